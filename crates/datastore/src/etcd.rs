@@ -1,0 +1,335 @@
+//! A blocking etcd v3 client for short-lived plugin processes: one connection per
+//! invocation, reused for every request, with compare-and-swap writes.
+
+use calico_netconf::EtcdSettings;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    TlsOptions, Txn, TxnOp,
+};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How to reach etcd and how long to wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub ca_cert_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Bound on establishing a connection to one endpoint.
+    pub connect_timeout: Duration,
+    /// Bound on any single request, connection included.
+    pub request_timeout: Duration,
+}
+
+impl EtcdConfig {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdConfig {
+            endpoints,
+            ca_cert_file: None,
+            cert_file: None,
+            key_file: None,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    pub fn from_settings(s: &EtcdSettings) -> Self {
+        EtcdConfig {
+            ca_cert_file: s.ca_cert_file.clone(),
+            cert_file: s.cert_file.clone(),
+            key_file: s.key_file.clone(),
+            ..EtcdConfig::new(s.endpoints.clone())
+        }
+    }
+
+    fn uses_tls(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+}
+
+/// What can go wrong talking to etcd. Callers map [`EtcdError::Unreachable`] to "try again
+/// later" and the rest to plain errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd at {endpoints} is unreachable: {reason}")]
+    Unreachable { endpoints: String, reason: String },
+    #[error("etcd at {endpoints} rejected the TLS connection: {reason}")]
+    Tls { endpoints: String, reason: String },
+    #[error("invalid etcd configuration: {0}")]
+    Config(String),
+    #[error("etcd request failed: {0}")]
+    Request(String),
+}
+
+impl EtcdError {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, EtcdError::Unreachable { .. })
+    }
+}
+
+/// One stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The etcd revision of the last write to this key: the CAS token.
+    pub mod_revision: i64,
+}
+
+/// A condition a transaction's writes depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The key does not exist (create).
+    Absent(String),
+    /// The key is unchanged since it was read at this revision (update, delete).
+    Revision(String, i64),
+}
+
+/// A write in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// The connection. Requests run on a single-threaded runtime owned by this value, so
+/// callers stay synchronous (and on their thread, which matters for network namespaces).
+pub struct Etcd {
+    runtime: tokio::runtime::Runtime,
+    kv: KvClient,
+    config: EtcdConfig,
+    endpoints: String,
+    /// Set after the first answered request: from then on a closed connection means etcd
+    /// went away, not that it rejected our TLS identity.
+    answered: std::cell::Cell<bool>,
+}
+
+impl Etcd {
+    /// Prepares the connection; it is established by the first request.
+    pub fn connect(config: &EtcdConfig) -> Result<Self, EtcdError> {
+        if config.endpoints.is_empty() {
+            return Err(EtcdError::Config("no etcd endpoints configured".into()));
+        }
+        let endpoints = config.endpoints.join(",");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| EtcdError::Config(format!("cannot start the I/O runtime: {e}")))?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_timeout(config.request_timeout);
+        if config.uses_tls() {
+            options = options.with_tls(tls_options(config)?);
+        }
+        let client = runtime
+            .block_on(Client::connect(&config.endpoints, Some(options)))
+            .map_err(|e| classify(&endpoints, e, false))?;
+        Ok(Etcd {
+            runtime,
+            kv: client.kv_client(),
+            config: config.clone(),
+            endpoints,
+            answered: std::cell::Cell::new(false),
+        })
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// Runs one request, bounded by the request timeout whatever the transport does.
+    fn run<T>(
+        &self,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
+        let limit = self.config.request_timeout;
+        let out = self
+            .runtime
+            .block_on(async { tokio::time::timeout(limit, f).await })
+            .map_err(|_| EtcdError::Unreachable {
+                endpoints: self.endpoints.clone(),
+                reason: format!("no answer within {limit:?}"),
+            })?;
+        let rejected_tls = self.config.uses_tls() && !self.answered.get();
+        let out = out.map_err(|e| classify(&self.endpoints, e, rejected_tls))?;
+        self.answered.set(true);
+        Ok(out)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let mut kv = self.kv.clone();
+        let resp = self.run(kv.get(key, None))?;
+        Ok(resp.kvs().first().map(to_kv))
+    }
+
+    /// Every key under `prefix`, in key order.
+    pub fn list(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        let mut kv = self.kv.clone();
+        let resp = self.run(kv.get(prefix, Some(GetOptions::new().with_prefix())))?;
+        Ok(resp.kvs().iter().map(to_kv).collect())
+    }
+
+    /// Applies `writes` only if every guard holds, atomically. Returns whether it applied.
+    pub fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, EtcdError> {
+        let compares: Vec<Compare> = guards
+            .iter()
+            .map(|g| match g {
+                Guard::Absent(k) => Compare::version(k.as_str(), CompareOp::Equal, 0),
+                Guard::Revision(k, rev) => {
+                    Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev)
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                Write::Delete(k) => TxnOp::delete(k.as_str(), None),
+            })
+            .collect();
+        let mut kv = self.kv.clone();
+        let resp = self.run(kv.txn(Txn::new().when(compares).and_then(ops)))?;
+        Ok(resp.succeeded())
+    }
+
+    /// Creates `key`; false if it already exists.
+    pub fn create(&self, key: &str, value: Vec<u8>) -> Result<bool, EtcdError> {
+        self.txn(
+            &[Guard::Absent(key.into())],
+            &[Write::Put(key.into(), value)],
+        )
+    }
+
+    /// Replaces `key` if unchanged since `revision`; false on conflict.
+    pub fn update(&self, key: &str, value: Vec<u8>, revision: i64) -> Result<bool, EtcdError> {
+        self.txn(
+            &[Guard::Revision(key.into(), revision)],
+            &[Write::Put(key.into(), value)],
+        )
+    }
+
+    /// Deletes `key` if unchanged since `revision`; false on conflict or if already gone.
+    pub fn delete(&self, key: &str, revision: i64) -> Result<bool, EtcdError> {
+        self.txn(
+            &[Guard::Revision(key.into(), revision)],
+            &[Write::Delete(key.into())],
+        )
+    }
+
+    /// Unconditional put, for tools and tests.
+    pub fn put(&self, key: &str, value: Vec<u8>) -> Result<(), EtcdError> {
+        let mut kv = self.kv.clone();
+        self.run(kv.put(key, value, None)).map(|_| ())
+    }
+
+    /// Unconditional delete of every key under `prefix`; returns how many went.
+    pub fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let mut kv = self.kv.clone();
+        let resp = self.run(kv.delete(
+            prefix,
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        ))?;
+        Ok(resp.deleted())
+    }
+}
+
+fn to_kv(kv: &etcd_client::KeyValue) -> Kv {
+    Kv {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path)
+        .map_err(|e| EtcdError::Config(format!("cannot read etcd {what} {}: {e}", path.display())))
+}
+
+fn tls_options(config: &EtcdConfig) -> Result<TlsOptions, EtcdError> {
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &config.ca_cert_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read_pem("CA certificate", ca)?));
+    }
+    match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read_pem("client certificate", cert)?,
+                read_pem("client key", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(EtcdError::Config(
+                "etcd_cert_file and etcd_key_file must be given together".into(),
+            ));
+        }
+    }
+    Ok(tls)
+}
+
+/// Sorts etcd-client's errors into what a caller acts on: unreachable (retry later),
+/// TLS (fix the certificates), or a plain failure. `first_tls_request` says the connection
+/// is TLS and has never been answered: with TLS 1.3 a server that rejects our client
+/// certificate simply closes the connection after the handshake.
+fn classify(endpoints: &str, e: etcd_client::Error, first_tls_request: bool) -> EtcdError {
+    let text = error_chain(&e);
+    let lower = text.to_ascii_lowercase();
+    let tls_words = ["certificate", "tls", "handshake", "alert", "unknownissuer"];
+    let endpoints = endpoints.to_string();
+    let closed = lower.contains("connection closed") || lower.contains("canceled");
+    if first_tls_request && closed {
+        return EtcdError::Tls {
+            endpoints,
+            reason: format!(
+                "{text} (etcd closed the connection after the TLS handshake: is the client \
+                 certificate signed by a CA etcd trusts?)"
+            ),
+        };
+    }
+    match e {
+        etcd_client::Error::InvalidArgs(_)
+        | etcd_client::Error::InvalidUri(_)
+        | etcd_client::Error::IoError(_) => EtcdError::Config(text),
+        _ if tls_words.iter().any(|w| lower.contains(w)) => EtcdError::Tls {
+            endpoints,
+            reason: text,
+        },
+        etcd_client::Error::TransportError(_) => EtcdError::Unreachable {
+            endpoints,
+            reason: text,
+        },
+        etcd_client::Error::GRpcStatus(ref s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ) =>
+        {
+            EtcdError::Unreachable {
+                endpoints,
+                reason: text,
+            }
+        }
+        _ => EtcdError::Request(text),
+    }
+}
+
+/// The error and its sources on one line: tonic hides the useful part (refused, bad
+/// certificate) a few levels down.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,1 @@
+//! Calico-compatible IPAM (the allocation library arrives with its issue).
