@@ -1,1 +1,20 @@
-//! Calico-compatible IPAM (the allocation library arrives with its issue).
+//! Calico-compatible IP address management on etcd.
+//!
+//! - [`block`]: block maths and the rules inside one block (FIFO, attributes);
+//! - [`pools`]: which pools a request may use, and each node's block search order;
+//! - [`allocator`]: affine blocks, claiming, borrowing, release, all as guarded
+//!   transactions over a [`calico_datastore::KvStore`];
+//! - [`lock`]: the host-wide IPAM lock;
+//! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin.
+
+pub mod allocator;
+#[cfg(test)]
+mod allocator_tests;
+pub mod block;
+pub mod cni;
+pub mod error;
+pub mod lock;
+pub mod pools;
+
+pub use allocator::{AssignRequest, Assigned, Ipam, IpamSettings, Snapshot};
+pub use error::IpamError;

@@ -1,5 +1,6 @@
-//! `calico-ipam`: Calico-compatible IP address management on etcd.
+//! `calico-ipam`: Calico-compatible IP address management on etcd, as a CNI IPAM plugin.
 
+use calico_ipam::cni;
 use calico_netconf::NetConf;
 use cni_protocol::logging::LogSettings;
 use cni_protocol::{CniError, CniResult, Plugin, Request};
@@ -7,15 +8,12 @@ use std::process::ExitCode;
 
 struct CalicoIpam;
 
-impl CalicoIpam {
-    /// Every verb decodes the config first, so a bad value is reported as such (code 7)
-    /// before anything else happens.
-    fn unbuilt(&self, req: &Request, verb: &str) -> CniError {
-        match NetConf::from_request(req) {
-            Err(e) => e,
-            Ok(_) => CniError::not_implemented(self.name(), verb),
-        }
-    }
+/// The config, the node's name and a datastore connection: what every verb starts from.
+fn setup(req: &Request) -> Result<(NetConf, String, calico_datastore::Etcd), CniError> {
+    let conf = NetConf::from_request(req)?;
+    let node = cni::node_name(&conf)?;
+    let store = cni::connect(&conf)?;
+    Ok((conf, node, store))
 }
 
 impl Plugin for CalicoIpam {
@@ -30,23 +28,31 @@ impl Plugin for CalicoIpam {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Err(self.unbuilt(req, "ADD"))
+        let (conf, node, store) = setup(req)?;
+        cni::add(&store, &conf, req, &node)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "DEL"))
+        let (conf, node, store) = setup(req)?;
+        cni::del(&store, &conf, req, &node)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "CHECK"))
+        let (_, node, store) = setup(req)?;
+        cni::check(&store, req, &node)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "GC"))
+        let (conf, node, store) = setup(req)?;
+        cni::gc(&store, &conf, req, &node)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "STATUS"))
+        let conf = NetConf::from_request(req)?;
+        let node = cni::node_name(&conf)?;
+        let store = cni::connect(&conf)
+            .map_err(|e| CniError::new(cni_protocol::ErrorCode::PLUGIN_NOT_AVAILABLE, e.msg))?;
+        cni::status(&store, &conf, &node)
     }
 }
 

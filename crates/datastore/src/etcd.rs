@@ -1,10 +1,11 @@
 //! A blocking etcd v3 client for short-lived plugin processes: one connection per
 //! invocation, reused for every request, with compare-and-swap writes.
 
+use crate::store::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use calico_netconf::EtcdSettings;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
-    TlsOptions, Txn, TxnOp,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -72,31 +73,6 @@ impl EtcdError {
     }
 }
 
-/// One stored key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kv {
-    pub key: String,
-    pub value: Vec<u8>,
-    /// The etcd revision of the last write to this key: the CAS token.
-    pub mod_revision: i64,
-}
-
-/// A condition a transaction's writes depend on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Guard {
-    /// The key does not exist (create).
-    Absent(String),
-    /// The key is unchanged since it was read at this revision (update, delete).
-    Revision(String, i64),
-}
-
-/// A write in a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    Put(String, Vec<u8>),
-    Delete(String),
-}
-
 /// The connection. Requests run on a single-threaded runtime owned by this value, so
 /// callers stay synchronous (and on their thread, which matters for network namespaces).
 pub struct Etcd {
@@ -161,21 +137,85 @@ impl Etcd {
         Ok(out)
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+    /// Unconditional put, for tools and tests.
+    pub fn put(&self, key: &str, value: Vec<u8>) -> Result<(), EtcdError> {
         let mut kv = self.kv.clone();
-        let resp = self.run(kv.get(key, None))?;
-        Ok(resp.kvs().first().map(to_kv))
+        self.run(kv.put(key, value, None)).map(|_| ())
     }
 
-    /// Every key under `prefix`, in key order.
-    pub fn list(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+    /// Unconditional delete of every key under `prefix`; returns how many went.
+    pub fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
         let mut kv = self.kv.clone();
-        let resp = self.run(kv.get(prefix, Some(GetOptions::new().with_prefix())))?;
-        Ok(resp.kvs().iter().map(to_kv).collect())
+        let resp = self.run(kv.delete(
+            prefix,
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        ))?;
+        Ok(resp.deleted())
     }
 
-    /// Applies `writes` only if every guard holds, atomically. Returns whether it applied.
-    pub fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<bool, EtcdError> {
+    /// Creates `key`; false if it already exists.
+    pub fn create(&self, key: &str, value: Vec<u8>) -> Result<bool, EtcdError> {
+        Ok(self
+            .txn(
+                &[Guard::Absent(key.into())],
+                &[Write::Put(key.into(), value)],
+            )?
+            .applied())
+    }
+
+    /// Replaces `key` if unchanged since `revision`; false on conflict.
+    pub fn update(&self, key: &str, value: Vec<u8>, revision: i64) -> Result<bool, EtcdError> {
+        Ok(self
+            .txn(
+                &[Guard::Revision(key.into(), revision)],
+                &[Write::Put(key.into(), value)],
+            )?
+            .applied())
+    }
+
+    /// Deletes `key` if unchanged since `revision`; false on conflict or if already gone.
+    pub fn delete(&self, key: &str, revision: i64) -> Result<bool, EtcdError> {
+        Ok(self
+            .txn(
+                &[Guard::Revision(key.into(), revision)],
+                &[Write::Delete(key.into())],
+            )?
+            .applied())
+    }
+}
+
+fn get_op(r: &Read) -> TxnOp {
+    match r {
+        Read::Key(k) => TxnOp::get(k.as_str(), None),
+        Read::Prefix(p) => TxnOp::get(p.as_str(), Some(GetOptions::new().with_prefix())),
+        Read::PrefixKeys(p) => TxnOp::get(
+            p.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        ),
+    }
+}
+
+fn gets(responses: Vec<TxnOpResponse>) -> Vec<Vec<Kv>> {
+    responses
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().iter().map(to_kv).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+impl KvStore for Etcd {
+    /// One etcd transaction of range requests: a consistent snapshot in one round trip.
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
+        let mut kv = self.kv.clone();
+        let ops: Vec<TxnOp> = reads.iter().map(get_op).collect();
+        let resp = self.run(kv.txn(Txn::new().and_then(ops)))?;
+        Ok(gets(resp.op_responses()))
+    }
+
+    /// On conflict the same round trip returns the guarded keys' current state.
+    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
         let compares: Vec<Compare> = guards
             .iter()
             .map(|g| match g {
@@ -192,49 +232,26 @@ impl Etcd {
                 Write::Delete(k) => TxnOp::delete(k.as_str(), None),
             })
             .collect();
+        let current: Vec<TxnOp> = guards
+            .iter()
+            .map(|g| get_op(&Read::Key(g.key().to_string())))
+            .collect();
         let mut kv = self.kv.clone();
-        let resp = self.run(kv.txn(Txn::new().when(compares).and_then(ops)))?;
-        Ok(resp.succeeded())
+        let resp = self.run(kv.txn(Txn::new().when(compares).and_then(ops).or_else(current)))?;
+        if resp.succeeded() {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            return Ok(TxnOutcome::Applied(revision));
+        }
+        Ok(TxnOutcome::Conflict(
+            gets(resp.op_responses())
+                .into_iter()
+                .map(|mut v| v.pop())
+                .collect(),
+        ))
     }
 
-    /// Creates `key`; false if it already exists.
-    pub fn create(&self, key: &str, value: Vec<u8>) -> Result<bool, EtcdError> {
-        self.txn(
-            &[Guard::Absent(key.into())],
-            &[Write::Put(key.into(), value)],
-        )
-    }
-
-    /// Replaces `key` if unchanged since `revision`; false on conflict.
-    pub fn update(&self, key: &str, value: Vec<u8>, revision: i64) -> Result<bool, EtcdError> {
-        self.txn(
-            &[Guard::Revision(key.into(), revision)],
-            &[Write::Put(key.into(), value)],
-        )
-    }
-
-    /// Deletes `key` if unchanged since `revision`; false on conflict or if already gone.
-    pub fn delete(&self, key: &str, revision: i64) -> Result<bool, EtcdError> {
-        self.txn(
-            &[Guard::Revision(key.into(), revision)],
-            &[Write::Delete(key.into())],
-        )
-    }
-
-    /// Unconditional put, for tools and tests.
-    pub fn put(&self, key: &str, value: Vec<u8>) -> Result<(), EtcdError> {
-        let mut kv = self.kv.clone();
-        self.run(kv.put(key, value, None)).map(|_| ())
-    }
-
-    /// Unconditional delete of every key under `prefix`; returns how many went.
-    pub fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
-        let mut kv = self.kv.clone();
-        let resp = self.run(kv.delete(
-            prefix,
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        ))?;
-        Ok(resp.deleted())
+    fn describe(&self) -> String {
+        format!("etcd at {}", self.endpoints)
     }
 }
 

@@ -1,7 +1,13 @@
 //! Calico's datastore on etcd v3.
 //!
-//! - [`etcd`]: the connection (plain or mutual TLS), reads, and compare-and-swap writes.
+//! - [`store`]: what the logic needs (batched reads, guarded atomic writes) and an in-memory
+//!   stand-in for unit tests;
+//! - [`etcd`]: the real thing: one connection per invocation, plain or mutual TLS;
+//! - [`model`]: Calico's keys and JSON, byte-compatible with Calico 3.32.
 
 pub mod etcd;
+pub mod model;
+pub mod store;
 
-pub use etcd::{Etcd, EtcdConfig, EtcdError, Guard, Kv, Write};
+pub use etcd::{Etcd, EtcdConfig, EtcdError};
+pub use store::{Guard, Kv, KvStore, MemKv, Read, TxnOutcome, Write};

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use calico_datastore::{Etcd, EtcdConfig, EtcdError, Guard, Write};
+use calico_datastore::{Etcd, EtcdConfig, EtcdError, Guard, KvStore, Read, TxnOutcome, Write};
 use testkit::{EtcdCluster, require};
 
 fn plain_config(endpoints: &str) -> EtcdConfig {
@@ -45,7 +45,7 @@ fn cas_writes_reads_and_lists() {
             ],
         )
         .unwrap();
-    assert!(applied);
+    assert!(applied.applied());
     let not_applied = db
         .txn(
             &[
@@ -55,7 +55,9 @@ fn cas_writes_reads_and_lists() {
             &[Write::Put("/t/c".into(), b"y".to_vec())],
         )
         .unwrap();
-    assert!(!not_applied);
+    // The failed transaction reports the guarded keys' current state.
+    let current_a = db.get("/t/a").unwrap();
+    assert_eq!(not_applied, TxnOutcome::Conflict(vec![current_a, None]));
     assert_eq!(db.get("/t/c").unwrap(), None);
 
     let listed: Vec<_> = db
@@ -65,6 +67,18 @@ fn cas_writes_reads_and_lists() {
         .map(|kv| kv.key)
         .collect();
     assert_eq!(listed, ["/t/a", "/t/b"]);
+    // A batch of reads is one consistent snapshot, in one round trip.
+    let batch = db
+        .read(&[
+            Read::Key("/t/a".into()),
+            Read::PrefixKeys("/t/".into()),
+            Read::Key("/none".into()),
+        ])
+        .unwrap();
+    assert_eq!(batch[0][0].value, b"3");
+    assert_eq!(batch[1].len(), 2);
+    assert!(batch[1][0].value.is_empty(), "keys only");
+    assert!(batch[2].is_empty());
     let b = db.get("/t/b").unwrap().unwrap();
     assert!(!db.delete("/t/b", b.mod_revision - 1).unwrap());
     assert!(db.delete("/t/b", b.mod_revision).unwrap());

@@ -182,10 +182,10 @@ impl Drop for EtcdCluster {
     /// its peers are going away waits up to 5 s on SIGTERM trying to hand leadership over.
     fn drop(&mut self) {
         for member in &self.members {
-            if let Some(mut daemon) = member.daemon().take() {
-                if let Err(e) = daemon.kill() {
-                    eprintln!("testkit: etcd {}: {e:#}", member.spec.name);
-                }
+            if let Some(mut daemon) = member.daemon().take()
+                && let Err(e) = daemon.kill()
+            {
+                eprintln!("testkit: etcd {}: {e:#}", member.spec.name);
             }
         }
     }

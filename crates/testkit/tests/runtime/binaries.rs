@@ -237,10 +237,11 @@ fn every_early_error_is_an_error_object_with_its_code() {
 }
 
 #[test]
-fn unbuilt_verbs_answer_a_clear_error_in_every_binary() {
+fn unbuilt_verbs_answer_a_clear_error() {
     let log = tempfile::tempdir().unwrap();
     let log_file = log.path().join("cni.log");
-    for bin in OURS {
+    // The binaries whose issues have not landed yet.
+    for bin in ["calico", "portmap"] {
         for (verb, version) in [
             ("ADD", "1.0.0"),
             ("DEL", "1.0.0"),

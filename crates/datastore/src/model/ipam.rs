@@ -1,0 +1,276 @@
+//! The IPAM objects under `/calico/ipam/v2/`, in Calico 3.32's JSON (field order, `null`s and
+//! omissions as Go's `encoding/json` writes them). Older schemas read fine: missing sequence
+//! numbers default, `null` attributes read as absent. Fields we do not know are kept in
+//! `extra` and written back, since kube-controllers, calicoctl and Felix share these objects.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// `null` reads as the type's default (Go writes `null` for nil slices and maps).
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn none_or_empty(m: &Option<BTreeMap<String, String>>) -> bool {
+    m.as_ref().is_none_or(BTreeMap::is_empty)
+}
+
+/// An allocation block (`model.AllocationBlock`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationBlock {
+    pub cidr: IpNet,
+    /// `host:<node>`, `virtual:<name>`, or `null` when un-affine.
+    pub affinity: Option<String>,
+    /// RFC 3339 to the second; 3.32+.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_claim_time: Option<String>,
+    /// Per ordinal: the index into `attributes`, or `null` when free.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub allocations: Vec<Option<usize>>,
+    /// Free ordinals, oldest-freed first (FIFO).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub unallocated: Vec<usize>,
+    /// `null` on a fresh block, as Calico writes it.
+    #[serde(default)]
+    pub attributes: Option<Vec<AllocationAttribute>>,
+    #[serde(rename = "sequenceNumber", default)]
+    pub sequence_number: u64,
+    /// Map keys are ordinals as decimal strings (sorted as strings, like Go's maps).
+    #[serde(
+        rename = "sequenceNumberForAllocation",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub sequence_number_for_allocation: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub deleted: bool,
+    /// Deprecated bare host name.
+    #[serde(
+        rename = "hostAffinity",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host_affinity: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Who owns an allocation (`model.AllocationAttribute`, 3.32 form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationAttribute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle_id: Option<String>,
+    /// `node`, `namespace`, `pod`, `timestamp`, ... ("active owner").
+    #[serde(default, skip_serializing_if = "none_or_empty")]
+    pub secondary: Option<BTreeMap<String, String>>,
+    #[serde(
+        rename = "alternateOwnerAttrs",
+        default,
+        skip_serializing_if = "none_or_empty"
+    )]
+    pub alternate_owner_attrs: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl AllocationAttribute {
+    pub fn new(handle: &str, secondary: BTreeMap<String, String>) -> Self {
+        AllocationAttribute {
+            handle_id: Some(handle.to_string()),
+            secondary: Some(secondary),
+            alternate_owner_attrs: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The handle, sanitised as Calico reads it (malformed old handles end at `\r`).
+    pub fn handle(&self) -> Option<&str> {
+        self.handle_id
+            .as_deref()
+            .map(|h| h.split('\r').next().unwrap_or(h))
+    }
+
+    pub fn owner(&self, key: &str) -> Option<&str> {
+        self.secondary.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
+/// A host's claim on a block (`model.BlockAffinity`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockAffinity {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl BlockAffinity {
+    pub const CONFIRMED: &'static str = "confirmed";
+    pub const PENDING: &'static str = "pending";
+    pub const PENDING_DELETION: &'static str = "pendingDeletion";
+
+    pub fn confirmed() -> Self {
+        BlockAffinity {
+            state: Self::CONFIRMED.into(),
+            deleted: false,
+            extra: Map::new(),
+        }
+    }
+
+    /// An empty state is old data and counts as confirmed.
+    pub fn is_confirmed(&self) -> bool {
+        self.state.is_empty() || self.state == Self::CONFIRMED
+    }
+
+    /// Legacy affinities were stored with an empty value.
+    pub fn from_bytes(b: &[u8]) -> serde_json::Result<Self> {
+        if b.iter().all(u8::is_ascii_whitespace) {
+            return serde_json::from_slice(b"{}");
+        }
+        serde_json::from_slice(b)
+    }
+}
+
+/// Which blocks hold a handle's addresses, and how many in each (`model.IPAMHandle`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamHandle {
+    /// Block CIDR (`10.244.1.0/26`) to the number of addresses there.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub block: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The IPAM settings at `/calico/ipam/v2/config`. Every field is `omitempty`, so a stored
+/// `{}` means auto-allocation **off**; only an absent key means Calico's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamConfigValue {
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strict_affinity: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_allocate_blocks: bool,
+    #[serde(rename = "maxBlocksPerHost", default, skip_serializing_if = "is_zero")]
+    pub max_blocks_per_host: i64,
+    #[serde(
+        rename = "kubeVirtVMAddressPersistence",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kubevirt_vm_address_persistence: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl IpamConfigValue {
+    /// What an absent key means (and what Calico 3.30-3.32 write on first use).
+    pub fn calico_default() -> Self {
+        IpamConfigValue {
+            strict_affinity: false,
+            auto_allocate_blocks: true,
+            max_blocks_per_host: 0,
+            kubevirt_vm_address_persistence: Some("Enabled".into()),
+            extra: Map::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fresh_block_is_written_as_calico_writes_it() {
+        let b = AllocationBlock {
+            cidr: "10.244.1.0/30".parse().expect("cidr"),
+            affinity: Some("host:node1".into()),
+            affinity_claim_time: Some("2026-05-01T10:00:00Z".into()),
+            allocations: vec![None; 4],
+            unallocated: vec![0, 1, 2, 3],
+            attributes: None,
+            sequence_number: 1_777_629_600_123_456_789,
+            sequence_number_for_allocation: BTreeMap::new(),
+            deleted: false,
+            host_affinity: None,
+            extra: Map::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&b).expect("encodes"),
+            r#"{"cidr":"10.244.1.0/30","affinity":"host:node1","affinity_claim_time":"2026-05-01T10:00:00Z","allocations":[null,null,null,null],"unallocated":[0,1,2,3],"attributes":null,"sequenceNumber":1777629600123456789,"sequenceNumberForAllocation":{},"deleted":false}"#
+        );
+    }
+
+    #[test]
+    fn old_schemas_read_and_unknown_fields_survive() {
+        // Before 3.23: no sequence numbers; before 3.32: null handle/secondary, no claim time.
+        let old = json!({"cidr":"10.0.0.0/30","affinity":null,"allocations":[0,null,null,null],
+            "unallocated":[1,2,3],"attributes":[{"handle_id":null,"secondary":null}],
+            "deleted":false,"futureField":{"x":1}});
+        let b: AllocationBlock = serde_json::from_value(old).expect("reads");
+        assert_eq!(b.sequence_number, 0);
+        assert!(b.sequence_number_for_allocation.is_empty());
+        let attrs = b.attributes.clone().expect("attributes");
+        assert_eq!(attrs[0].handle_id, None);
+        assert_eq!(attrs[0].secondary, None);
+        let back = serde_json::to_value(&b).expect("encodes");
+        assert_eq!(back["futureField"], json!({"x":1}));
+        assert_eq!(back["attributes"], json!([{}]));
+        let attr: AllocationAttribute = serde_json::from_value(
+            json!({"handle_id":"h\r\n","secondary":{"node":"n"},"releasedAt":"2026-01-01T00:00:00Z"}),
+        )
+        .expect("reads");
+        assert_eq!(attr.handle(), Some("h"));
+        assert_eq!(
+            serde_json::to_value(&attr).expect("encodes")["releasedAt"],
+            "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn affinity_handle_and_config_shapes() {
+        assert_eq!(
+            serde_json::to_string(&BlockAffinity::confirmed()).expect("encodes"),
+            r#"{"state":"confirmed","deleted":false}"#
+        );
+        assert!(
+            BlockAffinity::from_bytes(b"")
+                .expect("legacy")
+                .is_confirmed()
+        );
+        let h = IpamHandle {
+            block: [("10.244.1.0/26".to_string(), 1)].into_iter().collect(),
+            ..IpamHandle::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&h).expect("encodes"),
+            r#"{"block":{"10.244.1.0/26":1},"deleted":false}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&IpamConfigValue::calico_default()).expect("encodes"),
+            r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+        );
+        let empty: IpamConfigValue = serde_json::from_str("{}").expect("reads");
+        assert!(
+            !empty.auto_allocate_blocks,
+            "a stored {{}} turns auto-allocation off"
+        );
+    }
+}

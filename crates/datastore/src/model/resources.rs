@@ -1,0 +1,321 @@
+//! Calico v3 resources as the etcdv3 backend stores them: the whole object with `kind` and
+//! `apiVersion`, `metadata.resourceVersion` stripped (it is the key's revision on read).
+
+use crate::store::Kv;
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+pub const API_VERSION: &str = "projectcalico.org/v3";
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+/// `metav1.ObjectMeta`, the fields Calico's objects use; the rest kept in `extra`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(
+        rename = "generateName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub generate_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// Never stored; filled in from the key's revision when read.
+    #[serde(
+        rename = "resourceVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub resource_version: String,
+    #[serde(
+        rename = "creationTimestamp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A v3 resource with spec `S`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resource<S> {
+    pub kind: String,
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl<S: Serialize + DeserializeOwned + Clone> Resource<S> {
+    pub fn new(kind: &str, name: &str, spec: S) -> Self {
+        Resource {
+            kind: kind.to_string(),
+            api_version: API_VERSION.to_string(),
+            metadata: ObjectMeta {
+                name: name.to_string(),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Reads a stored value; `resourceVersion` comes from the key's revision.
+    pub fn from_kv(kv: &Kv) -> serde_json::Result<Self> {
+        let mut r: Self = serde_json::from_slice(&kv.value)?;
+        r.metadata.resource_version = kv.mod_revision.to_string();
+        Ok(r)
+    }
+
+    /// The value to store: `resourceVersion` stripped, `kind`/`apiVersion` set.
+    pub fn to_stored(&self) -> serde_json::Result<Vec<u8>> {
+        let mut r = self.clone();
+        r.metadata.resource_version.clear();
+        r.api_version = API_VERSION.to_string();
+        serde_json::to_vec(&r)
+    }
+}
+
+/// `IPPoolSpec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpPoolSpec {
+    pub cidr: String,
+    #[serde(
+        rename = "vxlanMode",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub vxlan_mode: String,
+    #[serde(rename = "ipipMode", default, skip_serializing_if = "String::is_empty")]
+    pub ipip_mode: String,
+    #[serde(rename = "natOutgoing", default, skip_serializing_if = "is_false")]
+    pub nat_outgoing: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
+    #[serde(rename = "disableBGPExport", default, skip_serializing_if = "is_false")]
+    pub disable_bgp_export: bool,
+    #[serde(rename = "blockSize", default, skip_serializing_if = "is_zero")]
+    pub block_size: u8,
+    #[serde(
+        rename = "nodeSelector",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub node_selector: String,
+    #[serde(
+        rename = "namespaceSelector",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub namespace_selector: String,
+    #[serde(rename = "allowedUses", default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uses: Vec<String>,
+    #[serde(
+        rename = "assignmentMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub assignment_mode: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+pub type IpPool = Resource<IpPoolSpec>;
+
+impl IpPoolSpec {
+    /// A spec with just a CIDR (what a user writes).
+    pub fn for_cidr(cidr: &str) -> Self {
+        IpPoolSpec {
+            cidr: cidr.to_string(),
+            vxlan_mode: String::new(),
+            ipip_mode: String::new(),
+            nat_outgoing: false,
+            disabled: false,
+            disable_bgp_export: false,
+            block_size: 0,
+            node_selector: String::new(),
+            namespace_selector: String::new(),
+            allowed_uses: Vec::new(),
+            assignment_mode: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Calico's defaults, applied on read (and written by calicoctl on create).
+    pub fn with_defaults(&self) -> Self {
+        let mut s = self.clone();
+        let v4 = !s.cidr.contains(':');
+        if s.block_size == 0 {
+            s.block_size = if v4 { 26 } else { 122 };
+        }
+        if s.allowed_uses.is_empty() {
+            s.allowed_uses = vec!["Workload".into(), "Tunnel".into()];
+        }
+        if s.node_selector.is_empty() {
+            s.node_selector = "all()".into();
+        }
+        if s.ipip_mode.is_empty() {
+            s.ipip_mode = "Never".into();
+        }
+        if s.vxlan_mode.is_empty() {
+            s.vxlan_mode = "Never".into();
+        }
+        if s.assignment_mode.is_none() {
+            s.assignment_mode = Some("Automatic".into());
+        }
+        s
+    }
+
+    /// The CIDR, parsed and truncated to its network.
+    pub fn network(&self) -> Option<IpNet> {
+        self.cidr.parse::<IpNet>().ok().map(|n| n.trunc())
+    }
+}
+
+/// A Calico Node; IPAM needs only its labels, so the spec stays raw.
+pub type Node = Resource<Value>;
+
+/// `IPReservationSpec`: CIDRs (or bare addresses) IPAM never hands out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpReservationSpec {
+    #[serde(
+        rename = "reservedCIDRs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub reserved_cidrs: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+pub type IpReservation = Resource<IpReservationSpec>;
+
+impl IpReservationSpec {
+    /// The reserved ranges; a bare address is a /32 or /128.
+    pub fn networks(&self) -> Vec<IpNet> {
+        self.reserved_cidrs
+            .iter()
+            .filter_map(|c| {
+                c.parse::<IpNet>()
+                    .ok()
+                    .or_else(|| c.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+            })
+            .collect()
+    }
+}
+
+/// `ClusterInformationSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInformationSpec {
+    #[serde(
+        rename = "clusterGUID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub cluster_guid: String,
+    #[serde(
+        rename = "clusterType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub cluster_type: String,
+    #[serde(
+        rename = "calicoVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub calico_version: String,
+    #[serde(
+        rename = "datastoreReady",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub datastore_ready: Option<bool>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+pub type ClusterInformation = Resource<ClusterInformationSpec>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pool_written_by_calicoctl_reads_and_round_trips() {
+        let stored = json!({"kind":"IPPool","apiVersion":"projectcalico.org/v3",
+            "metadata":{"name":"pool1","uid":"5b1f0000-0000-4000-8000-000000000000","creationTimestamp":"2026-05-01T10:00:00Z"},
+            "spec":{"cidr":"10.244.0.0/16","vxlanMode":"Never","ipipMode":"Always","natOutgoing":true,
+                    "blockSize":26,"nodeSelector":"all()","allowedUses":["Workload","Tunnel"],
+                    "assignmentMode":"Automatic","someNewField":7}});
+        let kv = Kv {
+            key: "/k".into(),
+            value: serde_json::to_vec(&stored).expect("encodes"),
+            mod_revision: 45,
+        };
+        let pool = IpPool::from_kv(&kv).expect("reads");
+        assert_eq!(pool.metadata.resource_version, "45");
+        assert!(pool.spec.nat_outgoing);
+        let written: Value =
+            serde_json::from_slice(&pool.to_stored().expect("encodes")).expect("json");
+        assert_eq!(written, stored, "field for field, unknown fields kept");
+    }
+
+    #[test]
+    fn pool_defaults_on_read() {
+        let v6 = IpPoolSpec::for_cidr("fd00:10:244::/48").with_defaults();
+        assert_eq!(v6.block_size, 122);
+        assert_eq!(v6.allowed_uses, ["Workload", "Tunnel"]);
+        assert_eq!(v6.node_selector, "all()");
+        assert_eq!(v6.assignment_mode.as_deref(), Some("Automatic"));
+        assert_eq!(
+            IpPoolSpec::for_cidr("10.0.0.0/16")
+                .with_defaults()
+                .block_size,
+            26
+        );
+        let written =
+            serde_json::to_value(IpPool::new("p", "p", IpPoolSpec::for_cidr("10.0.0.0/16")))
+                .expect("encodes");
+        assert_eq!(
+            written,
+            json!({"kind":"p","apiVersion":"projectcalico.org/v3","metadata":{"name":"p"},"spec":{"cidr":"10.0.0.0/16"}})
+        );
+    }
+
+    #[test]
+    fn reservations_accept_bare_addresses() {
+        let r = IpReservationSpec {
+            reserved_cidrs: vec!["10.0.0.0/30".into(), "10.0.1.7".into(), "nonsense".into()],
+            extra: Map::new(),
+        };
+        let nets: Vec<String> = r.networks().iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/30", "10.0.1.7/32"]);
+    }
+}

@@ -1,0 +1,390 @@
+//! The `calico-ipam` CNI verbs over a datastore connection. The `calico-ipam` binary runs
+//! them on its own connection; the `calico` plugin runs them in-process on the one it already
+//! has, with the same result and the same datastore state.
+
+use crate::allocator::{AssignRequest, Ipam};
+use crate::block;
+use crate::error::IpamError;
+use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
+use calico_datastore::model::keys;
+use calico_datastore::{Etcd, EtcdConfig, KvStore, Read};
+use calico_netconf::NetConf;
+use cni_protocol::{CniError, CniResult, ErrorCode, IpConfig, Request, Route};
+use ipnet::IpNet;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+/// Calico's allocation timeout, started once the host lock is held.
+pub const ALLOCATION_BUDGET: Duration = Duration::from_secs(90);
+
+/// Who a call is for, from `CNI_ARGS` and the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub node: String,
+    /// `k8s` with `K8S_POD_NAMESPACE`/`K8S_POD_NAME`, else `cni`.
+    pub orchestrator: &'static str,
+    pub namespace: String,
+    pub pod: String,
+    pub container_id: String,
+}
+
+impl Workload {
+    pub fn from_request(req: &Request, node: &str) -> Workload {
+        let args = &req.env.args;
+        match (
+            args.get_non_empty("K8S_POD_NAMESPACE"),
+            args.get_non_empty("K8S_POD_NAME"),
+        ) {
+            (Some(ns), Some(pod)) => Workload {
+                node: node.to_string(),
+                orchestrator: "k8s",
+                namespace: ns.to_string(),
+                pod: pod.to_string(),
+                container_id: req.env.container_id.clone(),
+            },
+            _ => Workload {
+                node: node.to_string(),
+                orchestrator: "cni",
+                namespace: args
+                    .get_non_empty("CNI_TEST_NAMESPACE")
+                    .unwrap_or("default")
+                    .to_string(),
+                pod: String::new(),
+                container_id: req.env.container_id.clone(),
+            },
+        }
+    }
+
+    /// `<network>.<container ID>`.
+    pub fn handle(&self, network: &str) -> String {
+        format!("{network}.{}", self.container_id)
+    }
+
+    /// The Calico v2 handle, still released on DEL: `<namespace>.<pod>`, or the container ID.
+    pub fn legacy_handle(&self) -> String {
+        if self.orchestrator == "k8s" {
+            format!("{}.{}", self.namespace, self.pod)
+        } else {
+            self.container_id.clone()
+        }
+    }
+
+    /// The attributes Calico's garbage collector relies on: without `pod` and `namespace`
+    /// an allocation counts as in use forever.
+    pub fn attributes(&self, now: SystemTime) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::new();
+        a.insert("node".to_string(), self.node.clone());
+        a.insert(
+            "timestamp".to_string(),
+            calico_datastore::model::time::go_utc_string(now),
+        );
+        if self.orchestrator == "k8s" {
+            a.insert("namespace".to_string(), self.namespace.clone());
+            a.insert("pod".to_string(), self.pod.clone());
+        }
+        a
+    }
+}
+
+/// The node's name (config, nodename file, hostname); code 7 if none can be found.
+pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
+    conf.nodename(|p| std::fs::read_to_string(p).ok(), machine_hostname)
+        .ok_or_else(|| {
+            CniError::invalid_config(format!(
+                "cannot determine the node name: set nodename, or write {}",
+                conf.nodename_file().display()
+            ))
+        })
+}
+
+fn machine_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok()
+}
+
+/// Connects to etcd per the config; Calico's Kubernetes datastore is not supported.
+pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
+    match conf.datastore_type() {
+        "etcdv3" => {}
+        other => {
+            return Err(CniError::new(
+                ErrorCode::UNSUPPORTED_FIELD,
+                format!("datastore_type {other:?} is not supported: set etcd_endpoints (etcdv3)"),
+            ));
+        }
+    }
+    let settings = conf.etcd(|k| std::env::var(k).ok());
+    Etcd::connect(&EtcdConfig::from_settings(&settings)).map_err(store_error)
+}
+
+/// Datastore failures as CNI errors: unreachable is "try again later" (code 11).
+pub fn store_error(e: calico_datastore::EtcdError) -> CniError {
+    CniError::from(IpamError::Store(e))
+}
+
+/// Addresses asked for explicitly: `IP=` in CNI_ARGS (comma-separated), the `ips`
+/// capability (`runtimeConfig.ips`), `args.cni.ips`, or `ipam.ipAddrs` in the config.
+pub fn requested_addresses(req: &Request) -> Result<Vec<IpAddr>, CniError> {
+    let mut raw: Vec<String> = Vec::new();
+    if let Some(ip) = req.env.args.get_non_empty("IP") {
+        raw.extend(ip.split(',').map(str::to_string));
+    }
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    raw.extend(strings(req.runtime_config().and_then(|r| r.get("ips"))));
+    raw.extend(strings(
+        req.config
+            .get("args")
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("ips")),
+    ));
+    raw.extend(strings(
+        req.config.get("ipam").and_then(|i| i.get("ipAddrs")),
+    ));
+    raw.iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let addr = s.split('/').next().unwrap_or(s);
+            addr.parse::<IpAddr>().map_err(|_| {
+                CniError::invalid_config(format!("requested address {s:?} is not an IP address"))
+            })
+        })
+        .collect()
+}
+
+/// The IPAM result: each address with its block's mask, and a route per block.
+fn result_of(addresses: &[IpNet]) -> CniResult {
+    let mut blocks = BTreeSet::new();
+    let ips = addresses
+        .iter()
+        .map(|a| {
+            blocks.insert(a.trunc());
+            IpConfig {
+                interface: None,
+                address: *a,
+                gateway: None,
+            }
+        })
+        .collect();
+    CniResult {
+        ips,
+        routes: blocks.into_iter().map(Route::to).collect(),
+        ..CniResult::default()
+    }
+}
+
+/// ADD: allocates per the config (or the addresses asked for) under `<network>.<container>`.
+pub fn add(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+) -> Result<CniResult, CniError> {
+    let workload = Workload::from_request(req, node);
+    let handle = workload.handle(&req.network_name);
+    let attrs = workload.attributes(SystemTime::now());
+    let wanted = requested_addresses(req)?;
+    let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
+    let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
+    let snap = ipam.snapshot(&[&handle])?;
+
+    if !wanted.is_empty() {
+        let mut got: Vec<IpNet> = Vec::new();
+        for ip in &wanted {
+            match ipam.assign_ip_with(&snap, *ip, &handle, &attrs) {
+                Ok(net) => got.push(net),
+                Err(e) => {
+                    // Leave nothing half-assigned.
+                    let taken: Vec<IpAddr> = got.iter().map(IpNet::addr).collect();
+                    let _ = ipam.release_ips(&taken, Some(&handle));
+                    return Err(e.into());
+                }
+            }
+        }
+        log::info!("assigned requested addresses {got:?} to {handle}");
+        return Ok(result_of(&got));
+    }
+
+    let (v4, v6) = (conf.ipam.assign_ipv4(), conf.ipam.assign_ipv6());
+    if !v4 && !v6 {
+        return Err(CniError::invalid_config(
+            "ipam.assign_ipv4 is \"false\" and ipam.assign_ipv6 is not \"true\": nothing to assign",
+        ));
+    }
+    let request = AssignRequest {
+        handle: handle.clone(),
+        attrs,
+        num_v4: usize::from(v4),
+        num_v6: usize::from(v6),
+        v4_pools: conf.ipam.ipv4_pools.clone(),
+        v6_pools: conf.ipam.ipv6_pools.clone(),
+        namespace_labels: BTreeMap::new(),
+    };
+    let assigned = ipam.auto_assign_with(&snap, &request)?;
+    log::info!(
+        "assigned {:?} {:?} to {handle} on node {node}",
+        assigned.v4,
+        assigned.v6
+    );
+    let all: Vec<IpNet> = assigned.v4.into_iter().chain(assigned.v6).collect();
+    Ok(result_of(&all))
+}
+
+/// DEL: releases the handle and Calico's legacy handle. Missing is success.
+pub fn del(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Result<(), CniError> {
+    let workload = Workload::from_request(req, node);
+    let handles = [workload.handle(&req.network_name), workload.legacy_handle()];
+    let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
+    let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
+    let reads: Vec<Read> = handles.iter().map(|h| Read::Key(keys::handle(h))).collect();
+    let current = store.read(&reads).map_err(store_error)?;
+    for (h, cur) in handles.iter().zip(current) {
+        if let Some(released) = ipam.release_handle_with(h, cur.into_iter().next(), None)? {
+            log::info!("released {released:?} of {h}");
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: the handle still owns exactly the addresses of `prevResult`.
+pub fn check(store: &dyn KvStore, req: &Request, node: &str) -> Result<(), CniError> {
+    let prev = req.prev_result()?.ok_or_else(|| {
+        CniError::invalid_config("CHECK needs prevResult (the result of the ADD)")
+    })?;
+    let workload = Workload::from_request(req, node);
+    let handle = workload.handle(&req.network_name);
+    let ipam = Ipam::new(store, node);
+    let owned: BTreeSet<IpAddr> = ipam.addresses_of_handle(&handle)?.into_iter().collect();
+    let expected: BTreeSet<IpAddr> = prev.ips.iter().map(|i| i.address.addr()).collect();
+    if owned == expected {
+        return Ok(());
+    }
+    let missing: Vec<_> = expected.difference(&owned).collect();
+    let extra: Vec<_> = owned.difference(&expected).collect();
+    Err(CniError::new(
+        ErrorCode::CHECK_FAILED,
+        format!("handle {handle} does not own exactly the addresses of prevResult"),
+    )
+    .with_details(format!(
+        "not allocated to it: {missing:?}; allocated to it but not in prevResult: {extra:?}"
+    )))
+}
+
+/// GC: releases this node's allocations for this network whose container is not among the
+/// valid attachments. Handles of other networks and allocations of other nodes are never
+/// touched; a failure on one handle does not stop the others, and all are reported.
+pub fn gc(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Result<(), CniError> {
+    let valid: BTreeSet<String> = req
+        .valid_attachments()?
+        .into_iter()
+        .map(|a| a.container_id)
+        .collect();
+    let prefix = keys::handle(&format!("{}.", req.network_name));
+    let stale: Vec<calico_datastore::Kv> = store
+        .list(&prefix)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|kv| {
+            let cid = &kv.key[prefix.len()..];
+            // A '.' could mean the handle of a network whose name extends ours
+            // ("net" vs "net.x"): never guess.
+            !cid.contains('.') && !valid.contains(cid)
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
+    let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
+    let mut errors = Vec::new();
+    for kv in stale {
+        let id = kv.key[keys::HANDLES.len()..].to_string();
+        match ipam.release_handle_with(&id, Some(kv), Some(node)) {
+            Ok(Some(ips)) if !ips.is_empty() => log::info!("GC released {ips:?} of {id}"),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("{id}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::DATASTORE,
+            format!("GC failed for {} handle(s)", errors.len()),
+        )
+        .with_details(errors.join("; ")))
+    }
+}
+
+/// STATUS: 50 if the datastore cannot be reached, 51 if no pool for this node has a free
+/// address in the families the config assigns.
+pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), CniError> {
+    let unavailable = |e: calico_datastore::EtcdError| {
+        CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE, e.to_string())
+    };
+    let ipam = Ipam::new(store, node);
+    let snap = ipam.snapshot(&[]).map_err(|e| match e {
+        IpamError::Store(s) => unavailable(s),
+        other => CniError::from(other),
+    })?;
+    for (v4, wanted, requested) in [
+        (true, conf.ipam.assign_ipv4(), &conf.ipam.ipv4_pools),
+        (false, conf.ipam.assign_ipv6(), &conf.ipam.ipv6_pools),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let no_room =
+            |why: String| CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE_LIMITED_CONNECTIVITY, why);
+        let pools = crate::pools::choose(
+            &snap.pools,
+            requested,
+            v4,
+            node,
+            &snap.node_labels,
+            &BTreeMap::new(),
+        )
+        .map_err(|e| no_room(e.to_string()))?;
+        let blocks = store.list(&keys::blocks_prefix(v4)).map_err(unavailable)?;
+        let ours = snap
+            .affinities
+            .keys()
+            .filter(|c| matches!(c, IpNet::V4(_)) == v4)
+            .count();
+        let reserved = |ip: IpAddr| snap.is_reserved(ip);
+        let room = pools.iter().any(|pool| {
+            let in_pool: Vec<_> = blocks
+                .iter()
+                .filter_map(|kv| {
+                    let b: calico_datastore::model::AllocationBlock =
+                        serde_json::from_slice(&kv.value).ok()?;
+                    pool.cidr.contains(&b.cidr).then_some(b)
+                })
+                .collect();
+            let usable_block = in_pool.iter().any(|b| {
+                block::free(b, &reserved) > 0
+                    && (!snap.settings.strict_affinity || block::affine_node(b) == Some(node))
+            });
+            let can_claim = snap.settings.auto_allocate_blocks
+                && ours < snap.settings.max_blocks_per_host
+                && (in_pool.len() as u128) < pool.block_count();
+            usable_block || can_claim
+        });
+        if !room {
+            return Err(no_room(format!(
+                "no {} pool for node {node} has a free address",
+                if v4 { "IPv4" } else { "IPv6" }
+            )));
+        }
+    }
+    Ok(())
+}

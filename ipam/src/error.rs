@@ -1,0 +1,83 @@
+//! What can go wrong in IPAM, and the CNI code each failure maps to.
+
+use calico_datastore::EtcdError;
+use cni_protocol::{CniError, ErrorCode};
+use std::net::IpAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error(transparent)]
+    Store(#[from] EtcdError),
+    #[error("no configured Calico {family} pools for node {node}")]
+    NoPools { family: &'static str, node: String },
+    #[error("the given pool ({pool}) {reason}")]
+    PoolNotUsable { pool: String, reason: String },
+    #[error("no {family} addresses available in pools {pools:?}")]
+    Exhausted {
+        family: &'static str,
+        pools: Vec<String>,
+    },
+    #[error(
+        "cannot allocate a new {family} block due to the per-host block limit ({limit}) and no \
+         address is free in the node's blocks"
+    )]
+    BlockLimit { family: &'static str, limit: usize },
+    #[error("address {ip} is already assigned in block {block}")]
+    AlreadyAssigned { ip: IpAddr, block: String },
+    #[error("address {ip} is not in any enabled IP pool")]
+    NotInPool { ip: IpAddr },
+    #[error("address {ip} is reserved by an IPReservation")]
+    Reserved { ip: IpAddr },
+    #[error("address {ip} is in block {block}, which is affine to another node (strict affinity)")]
+    ForeignBlock { ip: IpAddr, block: String },
+    #[error("address {ip} is not assigned")]
+    NotAssigned { ip: IpAddr },
+    #[error("max retries hit - excessive concurrent IPAM requests on {key}")]
+    TooManyRetries { key: String },
+    #[error("IPAM did not finish within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("timed out after {waited:?} waiting for the IPAM lock {path}")]
+    LockTimeout {
+        path: String,
+        waited: std::time::Duration,
+    },
+    #[error("cannot decode {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl IpamError {
+    /// Transient failures a runtime should retry.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IpamError::Store(e) => e.is_unreachable(),
+            IpamError::TooManyRetries { .. }
+            | IpamError::Timeout(_)
+            | IpamError::LockTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn corrupt(key: &str, e: impl std::fmt::Display) -> Self {
+        IpamError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl From<IpamError> for CniError {
+    fn from(e: IpamError) -> CniError {
+        let code = if e.is_transient() {
+            ErrorCode::TRY_AGAIN_LATER
+        } else {
+            match &e {
+                IpamError::Store(_) | IpamError::Corrupt { .. } => ErrorCode::DATASTORE,
+                IpamError::Other(_) => ErrorCode::INTERNAL,
+                _ => ErrorCode::ADDRESS_UNAVAILABLE,
+            }
+        };
+        CniError::new(code, e.to_string())
+    }
+}

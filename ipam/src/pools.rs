@@ -1,0 +1,335 @@
+//! Which pools an allocation may use, and in which order their blocks are tried.
+
+use crate::error::IpamError;
+use calico_datastore::model::IpPool;
+use calico_selector::Selector;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// An IP pool as IPAM uses it: defaults applied, CIDR and selectors parsed.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub cidr: IpNet,
+    pub block_size: u8,
+    pub disabled: bool,
+    pub automatic: bool,
+    pub allows_workloads: bool,
+    pub node_selector: Selector,
+    pub namespace_selector: Selector,
+}
+
+impl Pool {
+    /// Reads a stored pool; `None` for one IPAM cannot use at all (bad CIDR or selector,
+    /// block size out of range, being deleted, marked not allocatable).
+    pub fn from_resource(p: &IpPool) -> Option<Pool> {
+        let spec = p.spec.with_defaults();
+        let cidr = spec.network()?;
+        if spec.block_size > cidr.max_prefix_len() || spec.block_size < cidr.prefix_len() {
+            return None;
+        }
+        if p.metadata.extra.contains_key("deletionTimestamp") {
+            return None;
+        }
+        let not_allocatable = p
+            .status
+            .as_ref()
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| c.as_array())
+            .is_some_and(|conds| {
+                conds
+                    .iter()
+                    .any(|c| c["type"] == "Allocatable" && c["status"] == "False")
+            });
+        if not_allocatable {
+            return None;
+        }
+        Some(Pool {
+            name: p.metadata.name.clone(),
+            cidr,
+            block_size: spec.block_size,
+            disabled: spec.disabled,
+            automatic: spec.assignment_mode.as_deref() != Some("Manual"),
+            allows_workloads: spec.allowed_uses.iter().any(|u| u == "Workload"),
+            node_selector: Selector::parse(&spec.node_selector).ok()?,
+            namespace_selector: Selector::parse(&spec.namespace_selector).ok()?,
+        })
+    }
+
+    pub fn is_v4(&self) -> bool {
+        matches!(self.cidr, IpNet::V4(_))
+    }
+
+    /// The block containing `ip`.
+    pub fn block_of(&self, ip: IpAddr) -> Option<IpNet> {
+        IpNet::new(ip, self.block_size).ok().map(|n| n.trunc())
+    }
+
+    /// Number of blocks in the pool (saturating).
+    pub fn block_count(&self) -> u128 {
+        1u128
+            .checked_shl(u32::from(self.block_size - self.cidr.prefix_len()))
+            .unwrap_or(u128::MAX)
+    }
+
+    /// Block `i` of the pool.
+    pub fn block_at(&self, i: u128) -> Option<IpNet> {
+        let host_bits = u32::from(self.cidr.max_prefix_len() - self.block_size);
+        let base = match self.cidr.network() {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let addr = base.checked_add(i.checked_shl(host_bits)?)?;
+        let ip = if self.is_v4() {
+            IpAddr::V4(u32::try_from(addr).ok()?.into())
+        } else {
+            IpAddr::V6(addr.into())
+        };
+        IpNet::new(ip, self.block_size).ok()
+    }
+
+    /// The pool's blocks starting at a per-node offset and wrapping around, so nodes claiming
+    /// at the same time start far apart (Calico seeds the start with FNV-1 of the host name;
+    /// the property, not Go's exact sequence, is what matters).
+    pub fn blocks_from_node_offset(&self, node: &str) -> impl Iterator<Item = IpNet> + '_ {
+        let n = self.block_count();
+        let start = if n == 0 {
+            0
+        } else {
+            spread(fnv1_32(node.as_bytes())) % n
+        };
+        (0..n).filter_map(move |k| self.block_at((start + k) % n))
+    }
+}
+
+/// 32-bit FNV-1 (multiply, then xor), Calico's seed for the start block.
+pub fn fnv1_32(data: &[u8]) -> u32 {
+    data.iter().fold(2_166_136_261u32, |h, b| {
+        h.wrapping_mul(16_777_619) ^ u32::from(*b)
+    })
+}
+
+/// Spreads a 32-bit seed over 128 bits (splitmix64 twice), so large pools use all of it.
+fn spread(seed: u32) -> u128 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let a = mix(u64::from(seed));
+    let b = mix(a);
+    (u128::from(a) << 64) | u128::from(b)
+}
+
+/// Chooses the pools for one family.
+///
+/// Requested pools (names or CIDRs, from the config or annotations) are used as given, in
+/// the order given, selectors ignored, but they must exist, be enabled and allow workloads.
+/// Otherwise every enabled `Automatic` pool of the family whose node selector matches the
+/// node's labels and whose namespace selector matches the namespace's, in name order.
+pub fn choose<'p>(
+    pools: &'p [Pool],
+    requested: &[String],
+    v4: bool,
+    node: &str,
+    node_labels: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Result<Vec<&'p Pool>, IpamError> {
+    let family = if v4 { "IPv4" } else { "IPv6" };
+    if !requested.is_empty() {
+        let mut out = Vec::new();
+        for want in requested {
+            let as_cidr = want.parse::<IpNet>().ok().map(|n| n.trunc());
+            let found = pools
+                .iter()
+                .find(|p| p.name == *want || Some(p.cidr) == as_cidr);
+            let Some(p) = found.filter(|p| !p.disabled) else {
+                return Err(IpamError::PoolNotUsable {
+                    pool: want.clone(),
+                    reason: "does not exist, or is not enabled".into(),
+                });
+            };
+            if p.is_v4() != v4 {
+                return Err(IpamError::PoolNotUsable {
+                    pool: want.clone(),
+                    reason: format!("is not an {family} pool"),
+                });
+            }
+            if !p.allows_workloads {
+                return Err(IpamError::PoolNotUsable {
+                    pool: want.clone(),
+                    reason: "does not allow Workload use".into(),
+                });
+            }
+            out.push(p);
+        }
+        return Ok(out);
+    }
+    let chosen: Vec<&Pool> = pools
+        .iter()
+        .filter(|p| p.is_v4() == v4 && !p.disabled && p.automatic && p.allows_workloads)
+        .filter(|p| p.node_selector.matches(node_labels))
+        .filter(|p| p.namespace_selector.matches(namespace_labels))
+        .collect();
+    if chosen.is_empty() {
+        return Err(IpamError::NoPools {
+            family,
+            node: node.to_string(),
+        });
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calico_datastore::model::{IpPoolSpec, Resource};
+    use serde_json::json;
+
+    fn pool(name: &str, f: impl FnOnce(&mut IpPoolSpec), cidr: &str) -> Pool {
+        let mut spec = IpPoolSpec::for_cidr(cidr);
+        f(&mut spec);
+        Pool::from_resource(&Resource::new("IPPool", name, spec)).expect("usable")
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn automatic_choice_filters_family_state_use_and_selectors() {
+        let pools = vec![
+            pool("a-v4", |_| {}, "10.1.0.0/16"),
+            pool("b-disabled", |s| s.disabled = true, "10.2.0.0/16"),
+            pool(
+                "c-manual",
+                |s| s.assignment_mode = Some("Manual".into()),
+                "10.3.0.0/16",
+            ),
+            pool(
+                "d-tunnel",
+                |s| s.allowed_uses = vec!["Tunnel".into()],
+                "10.4.0.0/16",
+            ),
+            pool(
+                "e-zone",
+                |s| s.node_selector = "zone == 'a'".into(),
+                "10.5.0.0/16",
+            ),
+            pool("f-v6", |_| {}, "fd00::/48"),
+            pool(
+                "g-ns",
+                |s| s.namespace_selector = "team == 'x'".into(),
+                "10.7.0.0/16",
+            ),
+        ];
+        let none = BTreeMap::new();
+        let names = |ps: Vec<&Pool>| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        let got = choose(&pools, &[], true, "n1", &none, &none).expect("pools");
+        assert_eq!(names(got), ["a-v4"]);
+        let got = choose(
+            &pools,
+            &[],
+            true,
+            "n1",
+            &labels(&[("zone", "a")]),
+            &labels(&[("team", "x")]),
+        )
+        .expect("pools");
+        assert_eq!(names(got), ["a-v4", "e-zone", "g-ns"]);
+        let got = choose(&pools, &[], false, "n1", &none, &none).expect("pools");
+        assert_eq!(names(got), ["f-v6"]);
+        let e = choose(&pools[1..5], &[], false, "n1", &none, &none).expect_err("none");
+        assert!(
+            e.to_string()
+                .contains("no configured Calico IPv6 pools for node n1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn requested_pools_by_name_or_cidr_ignore_selectors() {
+        let pools = vec![
+            pool(
+                "manual",
+                |s| s.assignment_mode = Some("Manual".into()),
+                "10.3.0.0/16",
+            ),
+            pool(
+                "zone",
+                |s| s.node_selector = "zone == 'b'".into(),
+                "10.5.0.0/16",
+            ),
+            pool("off", |s| s.disabled = true, "10.6.0.0/16"),
+            pool("v6", |_| {}, "fd00::/48"),
+        ];
+        let none = BTreeMap::new();
+        let got = choose(
+            &pools,
+            &["10.5.0.0/16".into(), "manual".into()],
+            true,
+            "n",
+            &none,
+            &none,
+        )
+        .expect("pools");
+        assert_eq!(got[0].name, "zone");
+        assert_eq!(got[1].name, "manual");
+        for (bad, why) in [
+            ("off", "not enabled"),
+            ("missing", "does not exist"),
+            ("v6", "not an IPv4"),
+        ] {
+            let e = choose(&pools, &[bad.into()], true, "n", &none, &none).expect_err(bad);
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unusable_pools_are_dropped_on_read() {
+        let mut spec = IpPoolSpec::for_cidr("10.0.0.0/16");
+        spec.block_size = 12;
+        assert!(Pool::from_resource(&Resource::new("IPPool", "p", spec)).is_none());
+        let mut r = Resource::new("IPPool", "p", IpPoolSpec::for_cidr("10.0.0.0/16"));
+        r.status = Some(json!({"conditions":[{"type":"Allocatable","status":"False"}]}));
+        assert!(Pool::from_resource(&r).is_none());
+        let mut r = Resource::new("IPPool", "p", IpPoolSpec::for_cidr("10.0.0.0/16"));
+        r.metadata
+            .extra
+            .insert("deletionTimestamp".into(), json!("2026-01-01T00:00:00Z"));
+        assert!(Pool::from_resource(&r).is_none());
+    }
+
+    #[test]
+    fn block_walk_covers_every_block_once_from_a_node_offset() {
+        let p = pool("p", |s| s.block_size = 26, "10.0.0.0/22");
+        assert_eq!(p.block_count(), 16);
+        let walk: Vec<IpNet> = p.blocks_from_node_offset("node-a").collect();
+        assert_eq!(walk.len(), 16);
+        let mut sorted = walk.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 16);
+        assert!(
+            walk.iter()
+                .all(|b| b.prefix_len() == 26 && p.cidr.contains(b))
+        );
+        // Different nodes start at different places (for these names).
+        let starts: std::collections::BTreeSet<IpNet> = ["node-a", "node-b", "node-c", "node-d"]
+            .iter()
+            .filter_map(|n| p.blocks_from_node_offset(n).next())
+            .collect();
+        assert!(starts.len() >= 3, "{starts:?}");
+        // A huge IPv6 pool is walked lazily.
+        let big = pool("v6", |_| {}, "fd00::/48");
+        assert_eq!(big.block_count(), 1 << 74);
+        assert_eq!(big.blocks_from_node_offset("n").take(3).count(), 3);
+        assert_eq!(fnv1_32(b""), 2_166_136_261);
+        assert_eq!(fnv1_32(b"a"), 0x050c_5d7e);
+    }
+}

@@ -1,0 +1,7 @@
+//! `calico-ipam` as a runtime drives it (through libcni), against Debian's etcd.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod lab;
+mod verbs;
