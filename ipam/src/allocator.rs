@@ -82,6 +82,9 @@ pub struct Snapshot {
     pub affinities: BTreeMap<IpNet, Kv>,
     /// The handles asked for, current state.
     pub handles: BTreeMap<String, Option<Kv>>,
+    /// Blocks read along with the rest because the caller expected to need them (the
+    /// node's affine blocks as last seen): `None` if the block does not exist.
+    pub blocks: BTreeMap<IpNet, Option<Kv>>,
 }
 
 impl Snapshot {
@@ -233,6 +236,17 @@ impl<'s> Ipam<'s> {
     /// Reads config, pools, node labels, reservations, this node's affinities and the given
     /// handles in one round trip.
     pub fn snapshot(&self, handles: &[&str]) -> Result<Snapshot, IpamError> {
+        self.snapshot_with_blocks(handles, &[])
+    }
+
+    /// As [`Ipam::snapshot`], also reading the blocks `likely` (the node's affine blocks as
+    /// last seen), so the usual allocation needs no second read. A stale guess costs only
+    /// the extra keys: what counts is the affinities read in the same snapshot.
+    pub fn snapshot_with_blocks(
+        &self,
+        handles: &[&str],
+        likely: &[IpNet],
+    ) -> Result<Snapshot, IpamError> {
         let mut reads = vec![
             Read::Key(keys::IPAM_CONFIG.into()),
             Read::Prefix(keys::resources_prefix("ippools")),
@@ -241,6 +255,7 @@ impl<'s> Ipam<'s> {
             Read::Prefix(format!("/calico/ipam/v2/host/{}/", self.node)),
         ];
         reads.extend(handles.iter().map(|h| Read::Key(keys::handle(h))));
+        reads.extend(likely.iter().map(|b| Read::Key(keys::block(b))));
         let mut got = self.store.read(&reads)?.into_iter();
         let mut next = || got.next().unwrap_or_default();
 
@@ -277,6 +292,7 @@ impl<'s> Ipam<'s> {
             .iter()
             .map(|h| (h.to_string(), next().pop()))
             .collect();
+        let blocks = likely.iter().map(|b| (*b, next().pop())).collect();
         Ok(Snapshot {
             settings: IpamSettings::from_stored(config.as_ref()),
             pools,
@@ -284,6 +300,7 @@ impl<'s> Ipam<'s> {
             reservations,
             affinities,
             handles,
+            blocks,
         })
     }
 
@@ -361,11 +378,24 @@ impl<'s> Ipam<'s> {
             .filter(|(cidr, _)| matches!(cidr, IpNet::V4(_)) == v4 && in_pools(cidr))
             .collect();
         if !affine.is_empty() {
-            let reads: Vec<Read> = affine
+            let missing: Vec<Read> = affine
                 .iter()
+                .filter(|(cidr, _)| !snap.blocks.contains_key(cidr))
                 .map(|(cidr, _)| Read::Key(keys::block(cidr)))
                 .collect();
-            let blocks = self.store.read(&reads)?;
+            let mut fetched = if missing.is_empty() {
+                Vec::new()
+            } else {
+                self.store.read(&missing)?
+            }
+            .into_iter();
+            let blocks: Vec<Vec<Kv>> = affine
+                .iter()
+                .map(|(cidr, _)| match snap.blocks.get(cidr) {
+                    Some(kv) => kv.iter().cloned().collect(),
+                    None => fetched.next().unwrap_or_default(),
+                })
+                .collect();
             for ((cidr, aff), found) in affine.iter().zip(blocks) {
                 if got.len() >= wanted {
                     break;
@@ -765,16 +795,18 @@ impl<'s> Ipam<'s> {
     /// Releases everything `handle` holds. `Ok(None)` if the handle does not exist.
     pub fn release_by_handle(&self, handle_id: &str) -> Result<Option<Vec<IpAddr>>, IpamError> {
         let current = self.store.get(&keys::handle(handle_id))?;
-        self.release_handle_with(handle_id, current, None)
+        self.release_handle_with(handle_id, current, None, &BTreeMap::new())
     }
 
     /// Releases what `handle_id` holds (only the allocations whose `node` attribute is
-    /// `only_node`, when given), starting from the handle's state `current`.
+    /// `only_node`, when given), starting from the handle's state `current`. Blocks already
+    /// read (`prefetched`, `None` = absent) are not read again.
     pub fn release_handle_with(
         &self,
         handle_id: &str,
         current: Option<Kv>,
         only_node: Option<&str>,
+        prefetched: &BTreeMap<IpNet, Option<Kv>>,
     ) -> Result<Option<Vec<IpAddr>>, IpamError> {
         if current.is_none() {
             return Ok(None);
@@ -786,16 +818,24 @@ impl<'s> Ipam<'s> {
             .keys()
             .filter_map(|c| c.parse().ok())
             .collect();
-        let reads: Vec<Read> = cidrs.iter().map(|c| Read::Key(keys::block(c))).collect();
-        let blocks = self.store.read(&reads)?;
+        let reads: Vec<Read> = cidrs
+            .iter()
+            .filter(|c| !prefetched.contains_key(c))
+            .map(|c| Read::Key(keys::block(c)))
+            .collect();
+        let mut fetched = if reads.is_empty() {
+            Vec::new()
+        } else {
+            self.store.read(&reads)?
+        }
+        .into_iter();
         let mut released = Vec::new();
-        for (cidr, found) in cidrs.iter().zip(blocks) {
-            released.extend(self.release_in_block(
-                cidr,
-                found.into_iter().next(),
-                &mut handle,
-                only_node,
-            )?);
+        for cidr in &cidrs {
+            let found = match prefetched.get(cidr) {
+                Some(kv) => kv.clone(),
+                None => fetched.next().unwrap_or_default().pop(),
+            };
+            released.extend(self.release_in_block(cidr, found, &mut handle, only_node)?);
         }
         Ok(Some(released))
     }

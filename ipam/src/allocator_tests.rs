@@ -466,7 +466,7 @@ fn release_limited_to_a_node_leaves_other_nodes_allocations() {
     ipam(&store, "n2").auto_assign(&req).expect("n2");
     let current = store.get(&keys::handle("n.shared")).expect("read");
     let released = ipam(&store, "n1")
-        .release_handle_with("n.shared", current, Some("n2"))
+        .release_handle_with("n.shared", current, Some("n2"), &BTreeMap::new())
         .expect("release")
         .expect("handle");
     assert_eq!(released.len(), 1);

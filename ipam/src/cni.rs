@@ -161,6 +161,35 @@ pub fn requested_addresses(req: &Request) -> Result<Vec<IpAddr>, CniError> {
         .collect()
 }
 
+/// The node's affine blocks as last seen, kept next to the host lock (and written only
+/// under it), so an ADD reads them with everything else in one round trip. Only a hint: the
+/// affinities in the same snapshot decide which blocks are used.
+mod block_hint {
+    use ipnet::IpNet;
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    pub fn path(lock_file: &Path) -> PathBuf {
+        lock_file.with_file_name("ipam-affine-blocks")
+    }
+
+    pub fn read(lock_file: &Path) -> BTreeSet<IpNet> {
+        std::fs::read_to_string(path(lock_file))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn write(lock_file: &Path, blocks: &BTreeSet<IpNet>) {
+        let target = path(lock_file);
+        let tmp = target.with_extension("tmp");
+        let text: String = blocks.iter().map(|b| format!("{b}\n")).collect();
+        let done = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &target));
+        if let Err(e) = done {
+            log::debug!("cannot update {}: {e}", target.display());
+        }
+    }
+}
+
 /// The IPAM result: each address with its block's mask, and a route per block.
 fn result_of(addresses: &[IpNet]) -> CniResult {
     let mut blocks = BTreeSet::new();
@@ -193,9 +222,18 @@ pub fn add(
     let handle = workload.handle(&req.network_name);
     let attrs = workload.attributes(SystemTime::now());
     let wanted = requested_addresses(req)?;
-    let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
+    let started = std::time::Instant::now();
+    let lock_file = conf.ipam_lock_file();
+    let lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
-    let snap = ipam.snapshot(&[&handle])?;
+    let hint = block_hint::read(&lock_file);
+    let likely: Vec<IpNet> = hint.iter().copied().collect();
+    let snap = ipam.snapshot_with_blocks(&[&handle], &likely)?;
+    log::debug!(
+        "IPAM lock waited {:?}; snapshot read after {:?}",
+        lock.waited,
+        started.elapsed()
+    );
 
     if !wanted.is_empty() {
         let mut got: Vec<IpNet> = Vec::new();
@@ -230,12 +268,22 @@ pub fn add(
         namespace_labels: BTreeMap::new(),
     };
     let assigned = ipam.auto_assign_with(&snap, &request)?;
+    log::debug!("assigned after {:?}", started.elapsed());
     log::info!(
         "assigned {:?} {:?} to {handle} on node {node}",
         assigned.v4,
         assigned.v6
     );
     let all: Vec<IpNet> = assigned.v4.into_iter().chain(assigned.v6).collect();
+    let known: BTreeSet<IpNet> = snap
+        .affinities
+        .keys()
+        .copied()
+        .chain(all.iter().map(IpNet::trunc))
+        .collect();
+    if known != hint {
+        block_hint::write(&lock_file, &known);
+    }
     Ok(result_of(&all))
 }
 
@@ -243,12 +291,27 @@ pub fn add(
 pub fn del(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Result<(), CniError> {
     let workload = Workload::from_request(req, node);
     let handles = [workload.handle(&req.network_name), workload.legacy_handle()];
-    let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
+    let lock_file = conf.ipam_lock_file();
+    let _lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
-    let reads: Vec<Read> = handles.iter().map(|h| Read::Key(keys::handle(h))).collect();
-    let current = store.read(&reads).map_err(store_error)?;
+    // The handles and the node's usual blocks in one round trip.
+    let likely: Vec<IpNet> = block_hint::read(&lock_file).into_iter().collect();
+    let reads: Vec<Read> = handles
+        .iter()
+        .map(|h| Read::Key(keys::handle(h)))
+        .chain(likely.iter().map(|b| Read::Key(keys::block(b))))
+        .collect();
+    let mut got = store.read(&reads).map_err(store_error)?.into_iter();
+    let current: Vec<Option<calico_datastore::Kv>> = handles
+        .iter()
+        .map(|_| got.next().unwrap_or_default().pop())
+        .collect();
+    let prefetched: BTreeMap<IpNet, Option<calico_datastore::Kv>> = likely
+        .iter()
+        .map(|b| (*b, got.next().unwrap_or_default().pop()))
+        .collect();
     for (h, cur) in handles.iter().zip(current) {
-        if let Some(released) = ipam.release_handle_with(h, cur.into_iter().next(), None)? {
+        if let Some(released) = ipam.release_handle_with(h, cur, None, &prefetched)? {
             log::info!("released {released:?} of {h}");
         }
     }
@@ -308,7 +371,7 @@ pub fn gc(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Res
     let mut errors = Vec::new();
     for kv in stale {
         let id = kv.key[keys::HANDLES.len()..].to_string();
-        match ipam.release_handle_with(&id, Some(kv), Some(node)) {
+        match ipam.release_handle_with(&id, Some(kv), Some(node), &BTreeMap::new()) {
             Ok(Some(ips)) if !ips.is_empty() => log::info!("GC released {ips:?} of {id}"),
             Ok(_) => {}
             Err(e) => errors.push(format!("{id}: {e}")),

@@ -10,9 +10,14 @@ struct CalicoIpam;
 
 /// The config, the node's name and a datastore connection: what every verb starts from.
 fn setup(req: &Request) -> Result<(NetConf, String, calico_datastore::Etcd), CniError> {
+    let started = std::time::Instant::now();
     let conf = NetConf::from_request(req)?;
     let node = cni::node_name(&conf)?;
     let store = cni::connect(&conf)?;
+    log::debug!(
+        "config read and datastore client built in {:?}",
+        started.elapsed()
+    );
     Ok((conf, node, store))
 }
 

@@ -86,9 +86,14 @@ fn open_log_file(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// Log targets of this suite's crates; everything else (the HTTP/2, TLS and netlink
+/// libraries) is kept to warnings even at debug level, where it would drown our lines.
+const OUR_TARGETS: [&str; 3] = ["calico", "cni_protocol", "portmap"];
+
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        let ours = OUR_TARGETS.iter().any(|t| metadata.target().starts_with(t));
+        metadata.level() <= log::max_level() && (ours || metadata.level() <= log::Level::Warn)
     }
 
     fn log(&self, record: &log::Record<'_>) {

@@ -2,13 +2,12 @@
 //! invocation, reused for every request, with compare-and-swap writes.
 
 use crate::store::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
+use crate::transport::{Target, connect_first};
 use calico_netconf::EtcdSettings;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
-    TlsOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to reach etcd and how long to wait.
@@ -86,24 +85,40 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Prepares the connection; it is established by the first request.
+    /// Prepares the connection; it is established by the first request, to the first
+    /// endpoint that accepts (see [`crate::transport`]).
     pub fn connect(config: &EtcdConfig) -> Result<Self, EtcdError> {
         if config.endpoints.is_empty() {
             return Err(EtcdError::Config("no etcd endpoints configured".into()));
         }
         let endpoints = config.endpoints.join(",");
+        let targets = config
+            .endpoints
+            .iter()
+            .map(|e| Target::parse(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = if targets.iter().any(|t| t.tls) {
+            Some(crate::transport::tls_config(config)?)
+        } else {
+            None
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| EtcdError::Config(format!("cannot start the I/O runtime: {e}")))?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_timeout(config.request_timeout);
-        if config.uses_tls() {
-            options = options.with_tls(tls_options(config)?);
-        }
+        let uri = format!("http://{}", targets[0].authority);
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| EtcdError::Config(format!("invalid etcd endpoint: {e}")))?;
+        let targets = Arc::new(targets);
+        let timeout = config.connect_timeout;
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            connect_first(targets.clone(), tls.clone(), timeout)
+        });
         let client = runtime
-            .block_on(Client::connect(&config.endpoints, Some(options)))
+            .block_on(async {
+                let channel = endpoint.connect_with_connector_lazy(connector);
+                Client::from_channel(etcd_client::Channel::Tonic(channel), None).await
+            })
             .map_err(|e| classify(&endpoints, e, false))?;
         Ok(Etcd {
             runtime,
@@ -263,33 +278,6 @@ fn to_kv(kv: &etcd_client::KeyValue) -> Kv {
     }
 }
 
-fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, EtcdError> {
-    std::fs::read(path)
-        .map_err(|e| EtcdError::Config(format!("cannot read etcd {what} {}: {e}", path.display())))
-}
-
-fn tls_options(config: &EtcdConfig) -> Result<TlsOptions, EtcdError> {
-    let mut tls = TlsOptions::new();
-    if let Some(ca) = &config.ca_cert_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read_pem("CA certificate", ca)?));
-    }
-    match (&config.cert_file, &config.key_file) {
-        (Some(cert), Some(key)) => {
-            tls = tls.identity(Identity::from_pem(
-                read_pem("client certificate", cert)?,
-                read_pem("client key", key)?,
-            ));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(EtcdError::Config(
-                "etcd_cert_file and etcd_key_file must be given together".into(),
-            ));
-        }
-    }
-    Ok(tls)
-}
-
 /// Sorts etcd-client's errors into what a caller acts on: unreachable (retry later),
 /// TLS (fix the certificates), or a plain failure. `first_tls_request` says the connection
 /// is TLS and has never been answered: with TLS 1.3 a server that rejects our client
@@ -299,7 +287,15 @@ fn classify(endpoints: &str, e: etcd_client::Error, first_tls_request: bool) -> 
     let lower = text.to_ascii_lowercase();
     let tls_words = ["certificate", "tls", "handshake", "alert", "unknownissuer"];
     let endpoints = endpoints.to_string();
-    let closed = lower.contains("connection closed") || lower.contains("canceled");
+    // What a client sees when the server drops it right after the handshake.
+    let closed = [
+        "connection closed",
+        "canceled",
+        "broken pipe",
+        "connection reset",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
     if first_tls_request && closed {
         return EtcdError::Tls {
             endpoints,

@@ -8,6 +8,7 @@
 pub mod etcd;
 pub mod model;
 pub mod store;
+pub mod transport;
 
 pub use etcd::{Etcd, EtcdConfig, EtcdError};
 pub use store::{Guard, Kv, KvStore, MemKv, Read, TxnOutcome, Write};

@@ -1,0 +1,152 @@
+"""Shared pieces of the benchmark scripts: a throwaway etcd (plain or mutual TLS) on
+loopback, certificates, and running scripts/bench-cni for a chain.
+
+Everything made here lives in a temporary directory and is removed by close()."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, **kw)
+
+
+class Pki:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (ECDSA P-256)."""
+
+    def __init__(self, d):
+        self.dir = d
+        ca_key, ca = self.path("ca.key"), self.path("ca.crt")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=bench-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        self.leaf("server", "serverAuth,clientAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        self.leaf("client", "clientAuth", "")
+        self.ca = ca
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def leaf(self, name, usage, extra):
+        key, csr, crt, ext = (self.path(f"{name}.{x}") for x in ("key", "csr", "crt", "ext"))
+        run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", key, "-out", csr, "-subj", f"/CN={name}"])
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                    f"extendedKeyUsage={usage}\n{extra}")
+        run(["openssl", "x509", "-req", "-in", csr, "-CA", self.path("ca.crt"), "-CAkey",
+             self.path("ca.key"), "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext])
+
+
+class Etcd:
+    """Debian's etcd on 127.0.0.1 with the fast-start flags, optionally with client-cert TLS."""
+
+    def __init__(self, tls=False):
+        self.tmp = tempfile.mkdtemp(prefix="bench-etcd.")
+        self.pki = Pki(self.tmp) if tls else None
+        scheme = "https" if tls else "http"
+        cp, pp = free_port(), free_port()
+        self.endpoint = f"{scheme}://127.0.0.1:{cp}"
+        cmd = ["etcd", "--name", "bench", "--data-dir", os.path.join(self.tmp, "data"),
+               "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+               "--listen-peer-urls", f"http://127.0.0.1:{pp}",
+               "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+               "--initial-cluster", f"bench=http://127.0.0.1:{pp}",
+               "--heartbeat-interval", "10", "--election-timeout", "100",
+               "--logger", "zap", "--log-outputs", "stderr", "--log-level", "error"]
+        if tls:
+            cmd += ["--cert-file", self.pki.path("server.crt"), "--key-file", self.pki.path("server.key"),
+                    "--trusted-ca-file", self.pki.ca, "--client-cert-auth"]
+        self.log = open(os.path.join(self.tmp, "etcd.log"), "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 15
+        while not self.healthy():
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("etcd did not start")
+            time.sleep(0.02)
+
+    def ctl(self, *args):
+        cmd = ["etcdctl", "--endpoints", self.endpoint, "--dial-timeout", "2s"]
+        if self.pki:
+            cmd += ["--cacert", self.pki.ca, "--cert", self.pki.path("client.crt"),
+                    "--key", self.pki.path("client.key")]
+        return run(cmd + list(args)).stdout.decode()
+
+    def healthy(self):
+        try:
+            self.ctl("endpoint", "health")
+            return True
+        except subprocess.CalledProcessError:
+            return False
+
+    def plugin_settings(self):
+        """The etcd keys of a Calico NetConf for this etcd."""
+        s = {"etcd_endpoints": self.endpoint}
+        if self.pki:
+            s.update(etcd_ca_cert_file=self.pki.ca, etcd_cert_file=self.pki.path("client.crt"),
+                     etcd_key_file=self.pki.path("client.key"))
+        return s
+
+    def add_pool(self, name, cidr, block_size=None):
+        spec = {"cidr": cidr}
+        if block_size:
+            spec["blockSize"] = block_size
+        pool = {"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                "metadata": {"name": name}, "spec": spec}
+        self.ctl("put", f"/calico/resources/v3/projectcalico.org/ippools/{name}", json.dumps(pool))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def bench_chain(label, conflist, cni_path, pods, work, extra_args=()):
+    """Runs scripts/bench-cni on `conflist` (a dict) and returns its figures."""
+    path = os.path.join(work, f"{label}.conflist")
+    out = os.path.join(work, f"{label}.json")
+    with open(path, "w") as f:
+        json.dump(conflist, f)
+    subprocess.run([os.path.join(REPO, "scripts", "bench-cni"), "--conflist", path, "--label", label,
+                    "--pods", str(pods), "--cni-path", cni_path, "--json", out,
+                    "--driver", os.path.join(REPO, "target", "testbin", "cni-driver"),
+                    "--noop", os.path.join(REPO, "target", "release", "cni-noop"), *extra_args],
+                   check=True)
+    with open(out) as f:
+        return json.load(f)
+
+
+def cni_path_with(work, name, ours=(), reference=()):
+    """A directory of symlinks naming exactly the plugins a chain may use."""
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    for b in ours:
+        os.symlink(os.path.join(REPO, "target", "release", b), os.path.join(d, b))
+    for b in reference:
+        os.symlink(os.path.join("/usr/lib/cni", b), os.path.join(d, b))
+    return d
+
+
+def share(fig, verb, stat):
+    return fig[verb]["share"][stat]
