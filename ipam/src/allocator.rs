@@ -1,12 +1,15 @@
 //! Calico's allocation algorithm over a [`KvStore`]: affine blocks first, then a new block
 //! claimed for the node, then (without strict affinity) borrowing from other nodes' blocks.
 //!
-//! Every write is one guarded etcd transaction. An assignment writes the block and the handle
-//! together, and claiming a block writes the block (with the new address in it), the node's
-//! confirmed affinity and the handle together, so there is never a handle without its
-//! address, an address without its handle, or a claimed block without its affinity, whatever
-//! happens to the process in between. (Calico writes them one by one because its Kubernetes
-//! datastore cannot do multi-object transactions; the end state is the same.)
+//! Every allocation and every release is planned against a snapshot and committed as **one**
+//! guarded etcd transaction: the blocks, the handle, any affinity claimed or confirmed, and
+//! whatever the caller adds (the `calico` plugin's WorkloadEndpoint). So there is never a
+//! handle without its address, an address without its handle, a claimed block without its
+//! affinity, or an endpoint without its address, whatever happens to the process; and the
+//! IPv4 half of a dual-stack request is never written if the IPv6 half fails. (Calico writes
+//! these objects one by one because its Kubernetes datastore cannot do multi-object
+//! transactions; the end state is the same.) A conflict means someone else wrote in between:
+//! the plan is rebuilt from a fresh snapshot, up to Calico's bound of 100 times.
 
 use crate::block::{self, Owner};
 use crate::error::IpamError;
@@ -15,13 +18,13 @@ use calico_datastore::model::resources::Node;
 use calico_datastore::model::{
     AllocationBlock, BlockAffinity, IpPool, IpReservation, IpamConfigValue, IpamHandle, keys,
 };
-use calico_datastore::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
+use calico_datastore::{Guard, Kv, KvStore, Read, Write};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-/// Calico's bound on compare-and-swap retries of one object.
+/// Calico's bound on compare-and-swap retries.
 pub const MAX_RETRIES: usize = 100;
 /// Calico's per-node block limit when the config sets none.
 pub const DEFAULT_MAX_BLOCKS_PER_HOST: usize = 20;
@@ -47,6 +50,29 @@ pub struct Assigned {
     pub v6: Vec<IpNet>,
 }
 
+impl Assigned {
+    pub fn all(&self) -> Vec<IpNet> {
+        self.v4.iter().chain(&self.v6).copied().collect()
+    }
+}
+
+/// Writes a caller commits in the same transaction as an allocation or a release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extra {
+    pub guards: Vec<Guard>,
+    pub writes: Vec<Write>,
+}
+
+impl Extra {
+    pub fn is_empty(&self) -> bool {
+        self.guards.is_empty() && self.writes.is_empty()
+    }
+}
+
+/// Builds a caller's extra writes from the planned outcome and the snapshot it was planned
+/// against (called again after each conflict).
+pub type ExtraFn<'a, T> = dyn FnMut(&T, &Snapshot) -> Result<Extra, IpamError> + 'a;
+
 /// The IPAM settings in effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpamSettings {
@@ -70,7 +96,7 @@ impl IpamSettings {
     }
 }
 
-/// Everything an allocation needs that is not a block, read in one round trip.
+/// Everything an allocation needs, read in one round trip.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub settings: IpamSettings,
@@ -85,6 +111,8 @@ pub struct Snapshot {
     /// Blocks read along with the rest because the caller expected to need them (the
     /// node's affine blocks as last seen): `None` if the block does not exist.
     pub blocks: BTreeMap<IpNet, Option<Kv>>,
+    /// Keys the caller asked to read in the same round trip (its own objects).
+    pub extra: BTreeMap<String, Option<Kv>>,
 }
 
 impl Snapshot {
@@ -93,72 +121,14 @@ impl Snapshot {
     }
 }
 
-/// A handle as this call last saw it, kept current across its own writes.
-#[derive(Debug, Clone)]
-struct HandleState {
-    id: String,
-    key: String,
-    current: Option<Kv>,
-    value: IpamHandle,
-}
-
-impl HandleState {
-    fn new(id: &str, current: Option<Kv>) -> Result<Self, IpamError> {
-        let key = keys::handle(id);
-        let value = match &current {
-            Some(kv) => {
-                serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&key, e))?
-            }
-            None => IpamHandle::default(),
-        };
-        Ok(HandleState {
-            id: id.to_string(),
-            key,
-            current,
-            value,
-        })
-    }
-
-    fn guard(&self) -> Guard {
-        Guard::for_current(&self.key, self.current.as_ref())
-    }
-
-    /// The handle with `delta` more addresses in `cidr`, and the write that stores it.
-    fn adjusted(&self, cidr: &IpNet, delta: i64) -> Result<(IpamHandle, Write), IpamError> {
-        let mut v = self.value.clone();
-        let k = cidr.to_string();
-        let n = v.block.get(&k).copied().unwrap_or(0) + delta;
-        if n > 0 {
-            v.block.insert(k, n);
-        } else {
-            v.block.remove(&k);
-        }
-        let write = if v.block.is_empty() {
-            Write::Delete(self.key.clone())
-        } else {
-            Write::Put(self.key.clone(), encode(&self.key, &v)?)
-        };
-        Ok((v, write))
-    }
-
-    /// Records a successful write at `revision`.
-    fn committed(&mut self, value: IpamHandle, write: &Write, revision: i64) {
-        self.current = match write {
-            Write::Put(k, bytes) => Some(Kv {
-                key: k.clone(),
-                value: bytes.clone(),
-                mod_revision: revision,
-            }),
-            Write::Delete(_) => None,
-        };
-        self.value = value;
-    }
-
-    /// Takes the state a failed transaction reported.
-    fn refresh(&mut self, current: Option<Kv>) -> Result<(), IpamError> {
-        *self = HandleState::new(&self.id, current)?;
-        Ok(())
-    }
+/// What a caller wants read in a snapshot besides IPAM's own objects.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotRequest<'a> {
+    pub handles: &'a [&'a str],
+    /// Blocks likely needed (the node's affine blocks as last seen).
+    pub blocks: &'a [IpNet],
+    /// The caller's own keys.
+    pub keys: &'a [String],
 }
 
 fn encode<T: serde::Serialize>(key: &str, v: &T) -> Result<Vec<u8>, IpamError> {
@@ -169,19 +139,23 @@ fn decode_block(kv: &Kv) -> Result<AllocationBlock, IpamError> {
     serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))
 }
 
+fn decode_handle(kv: &Kv) -> Result<IpamHandle, IpamError> {
+    serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))
+}
+
 /// Whether `b` overlaps a block in `existing` (same size, or bigger or smaller blocks left by
 /// pools with another block size).
 fn overlaps_any(existing: &BTreeSet<IpNet>, b: &IpNet) -> bool {
     if existing.contains(b) {
         return true;
     }
-    let max = b.max_prefix_len();
-    // A bigger block containing b.
     let bigger = (0..b.prefix_len())
         .filter_map(|len| IpNet::new(b.network(), len).ok().map(|n| n.trunc()))
         .any(|n| existing.contains(&n));
-    // A smaller block inside b: something between b's first and last address.
-    let (Ok(lo), Ok(hi)) = (IpNet::new(b.network(), 0), IpNet::new(b.broadcast(), max)) else {
+    let (Ok(lo), Ok(hi)) = (
+        IpNet::new(b.network(), 0),
+        IpNet::new(b.broadcast(), b.max_prefix_len()),
+    ) else {
         return bigger;
     };
     bigger || existing.range(lo..=hi).any(|e| b.contains(e))
@@ -189,6 +163,546 @@ fn overlaps_any(existing: &BTreeSet<IpNet>, b: &IpNet) -> bool {
 
 fn family_name(v4: bool) -> &'static str {
     if v4 { "IPv4" } else { "IPv6" }
+}
+
+fn is_v4(n: &IpNet) -> bool {
+    matches!(n, IpNet::V4(_))
+}
+
+/// A block as the plan changes it.
+#[derive(Debug, Clone)]
+struct PlannedBlock {
+    /// The stored state (`None`: the plan creates the block).
+    current: Option<Kv>,
+    block: AllocationBlock,
+    changed: bool,
+}
+
+/// A handle as the plan changes it.
+#[derive(Debug, Clone)]
+struct PlannedHandle {
+    key: String,
+    current: Option<Kv>,
+    value: IpamHandle,
+    changed: bool,
+}
+
+impl PlannedHandle {
+    fn new(id: &str, current: Option<Kv>) -> Result<Self, IpamError> {
+        let value = match &current {
+            Some(kv) => decode_handle(kv)?,
+            None => IpamHandle::default(),
+        };
+        Ok(PlannedHandle {
+            key: keys::handle(id),
+            current,
+            value,
+            changed: false,
+        })
+    }
+
+    fn adjust(&mut self, cidr: &IpNet, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let k = cidr.to_string();
+        let n = self.value.block.get(&k).copied().unwrap_or(0) + delta;
+        if n > 0 {
+            self.value.block.insert(k, n);
+        } else {
+            self.value.block.remove(&k);
+        }
+        self.changed = true;
+    }
+
+    fn held_in(&self, cidr: &IpNet) -> i64 {
+        self.value
+            .block
+            .get(&cidr.to_string())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The guard and write, if the handle changed.
+    fn finish(&self, guards: &mut Vec<Guard>, writes: &mut Vec<Write>) -> Result<(), IpamError> {
+        if !self.changed {
+            return Ok(());
+        }
+        guards.push(Guard::for_current(&self.key, self.current.as_ref()));
+        if self.value.block.is_empty() {
+            if self.current.is_some() {
+                writes.push(Write::Delete(self.key.clone()));
+            }
+        } else {
+            writes.push(Write::Put(
+                self.key.clone(),
+                encode(&self.key, &self.value)?,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The changes one transaction will make, built against one snapshot.
+struct Plan<'a, 's> {
+    ipam: &'a Ipam<'s>,
+    snap: &'a Snapshot,
+    blocks: BTreeMap<IpNet, Option<PlannedBlock>>,
+    handles: BTreeMap<String, PlannedHandle>,
+    /// Affinity key to its guard and write (claim, confirm or drop).
+    affinities: BTreeMap<String, (Guard, Write)>,
+    /// Every block key per family (`true`: IPv4), read when first needed.
+    block_keys: BTreeMap<bool, BTreeSet<IpNet>>,
+    /// Every block per family, read when first needed (borrowing).
+    all_blocks: BTreeMap<bool, Vec<Kv>>,
+}
+
+impl<'a, 's> Plan<'a, 's> {
+    fn new(ipam: &'a Ipam<'s>, snap: &'a Snapshot) -> Self {
+        let blocks = snap
+            .blocks
+            .iter()
+            .map(|(cidr, kv)| {
+                let planned = kv
+                    .as_ref()
+                    .map(|kv| {
+                        decode_block(kv).map(|block| PlannedBlock {
+                            current: Some(kv.clone()),
+                            block,
+                            changed: false,
+                        })
+                    })
+                    .transpose();
+                (*cidr, planned)
+            })
+            .filter_map(|(c, p)| p.ok().map(|p| (c, p)))
+            .collect();
+        Plan {
+            ipam,
+            snap,
+            blocks,
+            handles: BTreeMap::new(),
+            affinities: BTreeMap::new(),
+            block_keys: BTreeMap::new(),
+            all_blocks: BTreeMap::new(),
+        }
+    }
+
+    fn handle(&mut self, id: &str) -> Result<&mut PlannedHandle, IpamError> {
+        if !self.handles.contains_key(id) {
+            let current = match self.snap.handles.get(id) {
+                Some(kv) => kv.clone(),
+                None => self.ipam.store.get(&keys::handle(id))?,
+            };
+            self.handles
+                .insert(id.to_string(), PlannedHandle::new(id, current)?);
+        }
+        self.handles
+            .get_mut(id)
+            .ok_or_else(|| IpamError::Other("handle vanished from the plan".into()))
+    }
+
+    /// Makes sure the blocks are loaded (one read for all that are not yet).
+    fn load(&mut self, cidrs: &[IpNet]) -> Result<(), IpamError> {
+        let missing: Vec<IpNet> = cidrs
+            .iter()
+            .filter(|c| !self.blocks.contains_key(c))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let reads: Vec<Read> = missing.iter().map(|c| Read::Key(keys::block(c))).collect();
+        for (cidr, found) in missing.iter().zip(self.ipam.store.read(&reads)?) {
+            let planned = match found.into_iter().next() {
+                Some(kv) => Some(PlannedBlock {
+                    block: decode_block(&kv)?,
+                    current: Some(kv),
+                    changed: false,
+                }),
+                None => None,
+            };
+            self.blocks.insert(*cidr, planned);
+        }
+        Ok(())
+    }
+
+    /// Takes up to `n` addresses from a loaded block for `owner`.
+    fn take(&mut self, cidr: &IpNet, n: usize, owner: &Owner) -> Result<Vec<IpNet>, IpamError> {
+        let snap = self.snap;
+        let reserved = |ip: IpAddr| snap.is_reserved(ip);
+        let Some(Some(pb)) = self.blocks.get_mut(cidr) else {
+            return Ok(Vec::new());
+        };
+        let ips = block::assign_next(&mut pb.block, n, owner, &reserved);
+        if ips.is_empty() {
+            return Ok(Vec::new());
+        }
+        pb.changed = true;
+        let count = ips.len() as i64;
+        self.handle(&owner.handle)?.adjust(cidr, count);
+        Ok(ips
+            .into_iter()
+            .map(|ip| block::with_block_mask(cidr, ip))
+            .collect())
+    }
+
+    /// Plans a new block for this node (and its confirmed affinity).
+    fn create_block(&mut self, cidr: IpNet) {
+        let aff_key = keys::affinity(&self.ipam.node, &cidr);
+        let guard = Guard::for_current(&aff_key, self.snap.affinities.get(&cidr));
+        let confirmed = serde_json::to_vec(&BlockAffinity::confirmed()).unwrap_or_default();
+        self.affinities
+            .insert(aff_key.clone(), (guard, Write::Put(aff_key, confirmed)));
+        self.blocks.insert(
+            cidr,
+            Some(PlannedBlock {
+                current: None,
+                block: block::new_block(cidr, &self.ipam.node, (self.ipam.now)()),
+                changed: true,
+            }),
+        );
+    }
+
+    fn block_keys(&mut self, v4: bool) -> Result<&BTreeSet<IpNet>, IpamError> {
+        if !self.block_keys.contains_key(&v4) {
+            let keys: BTreeSet<IpNet> = self
+                .ipam
+                .store
+                .list_keys(&keys::blocks_prefix(v4))?
+                .iter()
+                .filter_map(|k| keys::block_cidr_of(k))
+                .collect();
+            self.block_keys.insert(v4, keys);
+        }
+        Ok(&self.block_keys[&v4])
+    }
+
+    /// Plans up to `wanted` addresses of one family.
+    fn family(
+        &mut self,
+        req: &AssignRequest,
+        owner: &Owner,
+        v4: bool,
+    ) -> Result<Vec<IpNet>, IpamError> {
+        let snap = self.snap;
+        let node = self.ipam.node.clone();
+        let wanted = if v4 { req.num_v4 } else { req.num_v6 };
+        let requested = if v4 { &req.v4_pools } else { &req.v6_pools };
+        let chosen = pools::choose(
+            &snap.pools,
+            requested,
+            v4,
+            &node,
+            &snap.node_labels,
+            &req.namespace_labels,
+        )?;
+        let in_pools = |cidr: &IpNet| chosen.iter().any(|p| p.cidr.contains(cidr));
+        let mut got: Vec<IpNet> = Vec::new();
+
+        // 1. Blocks affine to this node, in key order.
+        let affine: Vec<(IpNet, Kv)> = snap
+            .affinities
+            .iter()
+            .filter(|(cidr, _)| is_v4(cidr) == v4 && in_pools(cidr))
+            .map(|(c, kv)| (*c, kv.clone()))
+            .collect();
+        let cidrs: Vec<IpNet> = affine.iter().map(|(c, _)| *c).collect();
+        self.load(&cidrs)?;
+        for (cidr, aff_kv) in &affine {
+            if got.len() >= wanted {
+                break;
+            }
+            let aff = BlockAffinity::from_bytes(&aff_kv.value)
+                .map_err(|e| IpamError::corrupt(&aff_kv.key, e))?;
+            if aff.state == BlockAffinity::PENDING_DELETION {
+                continue;
+            }
+            let owner_node = match self.blocks.get(cidr) {
+                Some(Some(pb)) => block::affine_node(&pb.block).map(str::to_string),
+                _ => {
+                    // An affinity whose block was never written (a claim cut short).
+                    self.create_block(*cidr);
+                    Some(node.clone())
+                }
+            };
+            if owner_node.as_deref() != Some(node.as_str()) {
+                // The block belongs to another node: our affinity is stale; drop it.
+                self.affinities.insert(
+                    aff_kv.key.clone(),
+                    (
+                        Guard::Revision(aff_kv.key.clone(), aff_kv.mod_revision),
+                        Write::Delete(aff_kv.key.clone()),
+                    ),
+                );
+                continue;
+            }
+            if !aff.is_confirmed() && !self.affinities.contains_key(&aff_kv.key) {
+                let confirmed = encode(&aff_kv.key, &BlockAffinity::confirmed())?;
+                self.affinities.insert(
+                    aff_kv.key.clone(),
+                    (
+                        Guard::Revision(aff_kv.key.clone(), aff_kv.mod_revision),
+                        Write::Put(aff_kv.key.clone(), confirmed),
+                    ),
+                );
+            }
+            got.extend(self.take(cidr, wanted - got.len(), owner)?);
+        }
+
+        // 2. Claim new blocks for this node.
+        let owned = snap.affinities.keys().filter(|c| is_v4(c) == v4).count();
+        let limit = snap.settings.max_blocks_per_host;
+        let mut claimed = 0;
+        while got.len() < wanted && snap.settings.auto_allocate_blocks && owned + claimed < limit {
+            let mut taken = self.block_keys(v4)?.clone();
+            taken.extend(self.blocks.keys().filter(|c| is_v4(c) == v4));
+            let candidate = chosen.iter().find_map(|pool| {
+                pool.blocks_from_node_offset(&node)
+                    .find(|b| !overlaps_any(&taken, b) && !self.fully_reserved(b))
+            });
+            let Some(cidr) = candidate else { break };
+            self.create_block(cidr);
+            claimed += 1;
+            got.extend(self.take(&cidr, wanted - got.len(), owner)?);
+        }
+
+        // 3. Borrow from blocks affine to other nodes (or to none).
+        if got.len() < wanted && !snap.settings.strict_affinity {
+            if !self.all_blocks.contains_key(&v4) {
+                let all = self.ipam.store.list(&keys::blocks_prefix(v4))?;
+                self.all_blocks.insert(v4, all);
+            }
+            let candidates: Vec<Kv> = self.all_blocks[&v4]
+                .iter()
+                .filter(|kv| keys::block_cidr_of(&kv.key).is_some_and(|c| in_pools(&c)))
+                .cloned()
+                .collect();
+            for kv in candidates {
+                if got.len() >= wanted {
+                    break;
+                }
+                let Some(cidr) = keys::block_cidr_of(&kv.key) else {
+                    continue;
+                };
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.blocks.entry(cidr) {
+                    let b = decode_block(&kv)?;
+                    slot.insert(Some(PlannedBlock {
+                        current: Some(kv),
+                        block: b,
+                        changed: false,
+                    }));
+                }
+                let mine = matches!(self.blocks.get(&cidr), Some(Some(pb))
+                    if block::affine_node(&pb.block) == Some(node.as_str()));
+                if !mine {
+                    got.extend(self.take(&cidr, wanted - got.len(), owner)?);
+                }
+            }
+        }
+
+        if got.len() >= wanted {
+            return Ok(got);
+        }
+        let family = family_name(v4);
+        if snap.settings.auto_allocate_blocks && owned >= limit {
+            return Err(IpamError::BlockLimit { family, limit });
+        }
+        Err(IpamError::Exhausted {
+            family,
+            pools: chosen.iter().map(|p| p.cidr.to_string()).collect(),
+        })
+    }
+
+    fn fully_reserved(&self, cidr: &IpNet) -> bool {
+        !self.snap.reservations.is_empty()
+            && (0..block::capacity(cidr)).all(|o| self.snap.is_reserved(block::address(cidr, o)))
+    }
+
+    /// Plans one specific address for `owner`.
+    fn specific(&mut self, ip: IpAddr, owner: &Owner) -> Result<IpNet, IpamError> {
+        let snap = self.snap;
+        let pool = snap
+            .pools
+            .iter()
+            .find(|p| p.cidr.contains(&ip) && !p.disabled)
+            .ok_or(IpamError::NotInPool { ip })?;
+        if !pool.allows_workloads {
+            return Err(IpamError::PoolNotUsable {
+                pool: pool.name.clone(),
+                reason: "does not allow Workload use".into(),
+            });
+        }
+        if snap.is_reserved(ip) {
+            return Err(IpamError::Reserved { ip });
+        }
+        let cidr = pool.block_of(ip).ok_or(IpamError::NotInPool { ip })?;
+        self.load(&[cidr])?;
+        if matches!(self.blocks.get(&cidr), Some(None)) {
+            self.create_block(cidr);
+        }
+        let node = self.ipam.node.clone();
+        let Some(Some(pb)) = self.blocks.get_mut(&cidr) else {
+            return Err(IpamError::NotInPool { ip });
+        };
+        if snap.settings.strict_affinity && block::affine_node(&pb.block).is_some_and(|n| n != node)
+        {
+            return Err(IpamError::ForeignBlock {
+                ip,
+                block: cidr.to_string(),
+            });
+        }
+        block::assign_specific(&mut pb.block, ip, owner).map_err(|_| {
+            IpamError::AlreadyAssigned {
+                ip,
+                block: cidr.to_string(),
+            }
+        })?;
+        pb.changed = true;
+        self.handle(&owner.handle)?.adjust(&cidr, 1);
+        Ok(block::with_block_mask(&cidr, ip))
+    }
+
+    /// Plans the release of what `handle_id` holds (only allocations whose `node` attribute
+    /// is `only_node`, when given).
+    fn release_handle(
+        &mut self,
+        handle_id: &str,
+        only_node: Option<&str>,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let cidrs: Vec<IpNet> = self
+            .handle(handle_id)?
+            .value
+            .block
+            .keys()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        self.load(&cidrs)?;
+        let mut freed_all = Vec::new();
+        for cidr in cidrs {
+            let held = self.handle(handle_id)?.held_in(&cidr);
+            let freed: Vec<IpAddr> = match self.blocks.get_mut(&cidr) {
+                Some(Some(pb)) => {
+                    let freed: Vec<IpAddr> = block::release_where(&mut pb.block, |_, a| {
+                        a.is_some_and(|a| {
+                            a.handle() == Some(handle_id)
+                                && only_node.is_none_or(|n| a.owner("node") == Some(n))
+                        })
+                    })
+                    .into_iter()
+                    .map(|(ip, _)| ip)
+                    .collect();
+                    pb.changed |= !freed.is_empty();
+                    freed
+                }
+                _ => Vec::new(),
+            };
+            // Without a node filter the handle holds nothing in this block any more.
+            let delta = if only_node.is_some() {
+                -(freed.len() as i64)
+            } else {
+                -held
+            };
+            self.handle(handle_id)?.adjust(&cidr, delta);
+            freed_all.extend(freed);
+        }
+        Ok(freed_all)
+    }
+
+    /// Plans the release of specific addresses (only those of `handle_id`, when given).
+    fn release_ips(
+        &mut self,
+        ips: &[IpAddr],
+        handle_id: Option<&str>,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let mut by_block: BTreeMap<IpNet, BTreeSet<usize>> = BTreeMap::new();
+        for ip in ips {
+            let cidr = match self
+                .snap
+                .pools
+                .iter()
+                .find(|p| p.cidr.contains(ip))
+                .and_then(|p| p.block_of(*ip))
+            {
+                Some(c) => Some(c),
+                None => self
+                    .block_keys(ip.is_ipv4())?
+                    .iter()
+                    .find(|c| c.contains(ip))
+                    .copied(),
+            };
+            if let Some(c) = cidr
+                && let Some(ord) = block::ordinal(&c, *ip)
+            {
+                by_block.entry(c).or_default().insert(ord);
+            }
+        }
+        let cidrs: Vec<IpNet> = by_block.keys().copied().collect();
+        self.load(&cidrs)?;
+        let mut released = Vec::new();
+        for (cidr, ords) in by_block {
+            let freed = match self.blocks.get_mut(&cidr) {
+                Some(Some(pb)) => {
+                    let freed = block::release_where(&mut pb.block, |ord, a| {
+                        ords.contains(&ord)
+                            && handle_id.is_none_or(|h| a.and_then(|a| a.handle()) == Some(h))
+                    });
+                    pb.changed |= !freed.is_empty();
+                    freed
+                }
+                _ => Vec::new(),
+            };
+            for (ip, h) in freed {
+                if let Some(h) = h {
+                    let planned = self.handle(&h)?;
+                    if planned.current.is_some() {
+                        planned.adjust(&cidr, -1);
+                    }
+                }
+                released.push(ip);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Whether the plan writes anything.
+    fn is_empty(&self) -> bool {
+        !self.blocks.values().flatten().any(|b| b.changed)
+            && !self.handles.values().any(|h| h.changed)
+            && self.affinities.is_empty()
+    }
+
+    /// Commits the plan and `extra` in one transaction; false on a conflict.
+    fn commit(self, extra: Extra) -> Result<bool, IpamError> {
+        let mut guards = Vec::new();
+        let mut writes = Vec::new();
+        for (cidr, pb) in self.blocks {
+            let Some(mut pb) = pb.filter(|b| b.changed) else {
+                continue;
+            };
+            let key = keys::block(&cidr);
+            guards.push(Guard::for_current(&key, pb.current.as_ref()));
+            if pb.current.is_some() && block::is_empty(&pb.block) && pb.block.affinity.is_none() {
+                writes.push(Write::Delete(key));
+            } else {
+                pb.block.sequence_number += 1;
+                writes.push(Write::Put(key.clone(), encode(&key, &pb.block)?));
+            }
+        }
+        for h in self.handles.values() {
+            h.finish(&mut guards, &mut writes)?;
+        }
+        for (guard, write) in self.affinities.into_values() {
+            guards.push(guard);
+            writes.push(write);
+        }
+        guards.extend(extra.guards);
+        writes.extend(extra.writes);
+        if writes.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.ipam.store.txn(&guards, &writes)?.applied())
+    }
 }
 
 /// IPAM for one node.
@@ -226,6 +740,10 @@ impl<'s> Ipam<'s> {
         &self.node
     }
 
+    pub fn store(&self) -> &'s dyn KvStore {
+        self.store
+    }
+
     fn check_deadline(&self) -> Result<(), IpamError> {
         match self.deadline {
             Some((at, budget)) if Instant::now() > at => Err(IpamError::Timeout(budget)),
@@ -236,17 +754,16 @@ impl<'s> Ipam<'s> {
     /// Reads config, pools, node labels, reservations, this node's affinities and the given
     /// handles in one round trip.
     pub fn snapshot(&self, handles: &[&str]) -> Result<Snapshot, IpamError> {
-        self.snapshot_with_blocks(handles, &[])
+        self.read_snapshot(&SnapshotRequest {
+            handles,
+            ..SnapshotRequest::default()
+        })
     }
 
-    /// As [`Ipam::snapshot`], also reading the blocks `likely` (the node's affine blocks as
-    /// last seen), so the usual allocation needs no second read. A stale guess costs only
-    /// the extra keys: what counts is the affinities read in the same snapshot.
-    pub fn snapshot_with_blocks(
-        &self,
-        handles: &[&str],
-        likely: &[IpNet],
-    ) -> Result<Snapshot, IpamError> {
+    /// One round trip for everything: IPAM's objects, the blocks the caller expects to use
+    /// (a stale guess costs only the extra keys; the affinities read in the same snapshot
+    /// decide), and the caller's own keys.
+    pub fn read_snapshot(&self, req: &SnapshotRequest<'_>) -> Result<Snapshot, IpamError> {
         let mut reads = vec![
             Read::Key(keys::IPAM_CONFIG.into()),
             Read::Prefix(keys::resources_prefix("ippools")),
@@ -254,8 +771,9 @@ impl<'s> Ipam<'s> {
             Read::Prefix(keys::resources_prefix("ipreservations")),
             Read::Prefix(format!("/calico/ipam/v2/host/{}/", self.node)),
         ];
-        reads.extend(handles.iter().map(|h| Read::Key(keys::handle(h))));
-        reads.extend(likely.iter().map(|b| Read::Key(keys::block(b))));
+        reads.extend(req.handles.iter().map(|h| Read::Key(keys::handle(h))));
+        reads.extend(req.blocks.iter().map(|b| Read::Key(keys::block(b))));
+        reads.extend(req.keys.iter().map(|k| Read::Key(k.clone())));
         let mut got = self.store.read(&reads)?.into_iter();
         let mut next = || got.next().unwrap_or_default();
 
@@ -288,11 +806,13 @@ impl<'s> Ipam<'s> {
                 (node == self.node).then_some((cidr, kv))
             })
             .collect();
-        let handles = handles
+        let handles = req
+            .handles
             .iter()
             .map(|h| (h.to_string(), next().pop()))
             .collect();
-        let blocks = likely.iter().map(|b| (*b, next().pop())).collect();
+        let blocks = req.blocks.iter().map(|b| (*b, next().pop())).collect();
+        let extra = req.keys.iter().map(|k| (k.clone(), next().pop())).collect();
         Ok(Snapshot {
             settings: IpamSettings::from_stored(config.as_ref()),
             pools,
@@ -301,404 +821,84 @@ impl<'s> Ipam<'s> {
             affinities,
             handles,
             blocks,
+            extra,
         })
     }
 
-    /// Allocates per `req`: all IPv4 first, then IPv6. If the IPv6 half fails after the IPv4
-    /// half succeeded, the IPv4 addresses are released before the error returns.
-    pub fn auto_assign(&self, req: &AssignRequest) -> Result<Assigned, IpamError> {
-        let snap = self.snapshot(&[&req.handle])?;
-        self.auto_assign_with(&snap, req)
+    /// Re-reads what a plan against `snap` used, after a conflict.
+    fn refresh(&self, snap: &Snapshot) -> Result<Snapshot, IpamError> {
+        let handles: Vec<&str> = snap.handles.keys().map(String::as_str).collect();
+        let blocks: Vec<IpNet> = snap.blocks.keys().copied().collect();
+        let keys: Vec<String> = snap.extra.keys().cloned().collect();
+        self.read_snapshot(&SnapshotRequest {
+            handles: &handles,
+            blocks: &blocks,
+            keys: &keys,
+        })
     }
 
-    /// As [`Ipam::auto_assign`], with a snapshot already read.
+    /// Runs `plan` against `snap` and commits it with the caller's `extra` writes, re-reading
+    /// and re-planning after each conflict. `plan` and `extra` see the current snapshot.
+    fn plan_and_commit<T>(
+        &self,
+        snap: &Snapshot,
+        mut plan: impl FnMut(&mut Plan<'_, 's>) -> Result<T, IpamError>,
+        extra: &mut ExtraFn<'_, T>,
+    ) -> Result<T, IpamError> {
+        let mut current = snap.clone();
+        for _ in 0..MAX_RETRIES {
+            self.check_deadline()?;
+            let mut p = Plan::new(self, &current);
+            let out = plan(&mut p)?;
+            let ex = extra(&out, &current)?;
+            if p.is_empty() && ex.is_empty() {
+                return Ok(out);
+            }
+            if p.commit(ex)? {
+                return Ok(out);
+            }
+            current = self.refresh(&current)?;
+        }
+        Err(IpamError::TooManyRetries {
+            key: "ipam transaction".into(),
+        })
+    }
+
+    /// Allocates per `req`.
+    pub fn auto_assign(&self, req: &AssignRequest) -> Result<Assigned, IpamError> {
+        let snap = self.snapshot(&[&req.handle])?;
+        self.auto_assign_with(&snap, req, &mut |_, _| Ok(Extra::default()))
+    }
+
+    /// Allocates per `req` (IPv4, then IPv6) against `snap`, committing `extra(assigned,
+    /// snapshot)` in the same transaction. Nothing is written if either family fails.
     pub fn auto_assign_with(
         &self,
         snap: &Snapshot,
         req: &AssignRequest,
+        extra: &mut ExtraFn<'_, Assigned>,
     ) -> Result<Assigned, IpamError> {
         let owner = Owner {
             handle: req.handle.clone(),
             attrs: req.attrs.clone(),
         };
-        let mut handle = HandleState::new(
-            &req.handle,
-            snap.handles.get(&req.handle).cloned().flatten(),
-        )?;
-        let mut out = Assigned::default();
-        if req.num_v4 > 0 {
-            out.v4 = self.assign_family(snap, req, &owner, &mut handle, true)?;
-        }
-        if req.num_v6 > 0 {
-            match self.assign_family(snap, req, &owner, &mut handle, false) {
-                Ok(v6) => out.v6 = v6,
-                Err(e) => {
-                    if !out.v4.is_empty() {
-                        let ips: Vec<IpAddr> = out.v4.iter().map(IpNet::addr).collect();
-                        if let Err(undo) = self.release_ips(&ips, Some(&req.handle)) {
-                            log::error!(
-                                "IPv6 failed and releasing the IPv4 addresses {ips:?} failed \
-                                 too: {undo}"
-                            );
-                        }
-                    }
-                    return Err(e);
+        self.plan_and_commit(
+            snap,
+            |plan| {
+                let mut out = Assigned::default();
+                if req.num_v4 > 0 {
+                    out.v4 = plan.family(req, &owner, true)?;
                 }
-            }
-        }
-        Ok(out)
+                if req.num_v6 > 0 {
+                    out.v6 = plan.family(req, &owner, false)?;
+                }
+                Ok(out)
+            },
+            extra,
+        )
     }
 
-    fn assign_family(
-        &self,
-        snap: &Snapshot,
-        req: &AssignRequest,
-        owner: &Owner,
-        handle: &mut HandleState,
-        v4: bool,
-    ) -> Result<Vec<IpNet>, IpamError> {
-        let wanted = if v4 { req.num_v4 } else { req.num_v6 };
-        let requested = if v4 { &req.v4_pools } else { &req.v6_pools };
-        let pools = pools::choose(
-            &snap.pools,
-            requested,
-            v4,
-            &self.node,
-            &snap.node_labels,
-            &req.namespace_labels,
-        )?;
-        let in_pools = |cidr: &IpNet| pools.iter().any(|p| p.cidr.contains(cidr));
-        let reserved = |ip: IpAddr| snap.is_reserved(ip);
-        let mut got: Vec<IpNet> = Vec::new();
-
-        // 1. Blocks affine to this node, in key order.
-        let affine: Vec<(&IpNet, &Kv)> = snap
-            .affinities
-            .iter()
-            .filter(|(cidr, _)| matches!(cidr, IpNet::V4(_)) == v4 && in_pools(cidr))
-            .collect();
-        if !affine.is_empty() {
-            let missing: Vec<Read> = affine
-                .iter()
-                .filter(|(cidr, _)| !snap.blocks.contains_key(cidr))
-                .map(|(cidr, _)| Read::Key(keys::block(cidr)))
-                .collect();
-            let mut fetched = if missing.is_empty() {
-                Vec::new()
-            } else {
-                self.store.read(&missing)?
-            }
-            .into_iter();
-            let blocks: Vec<Vec<Kv>> = affine
-                .iter()
-                .map(|(cidr, _)| match snap.blocks.get(cidr) {
-                    Some(kv) => kv.iter().cloned().collect(),
-                    None => fetched.next().unwrap_or_default(),
-                })
-                .collect();
-            for ((cidr, aff), found) in affine.iter().zip(blocks) {
-                if got.len() >= wanted {
-                    break;
-                }
-                let ips = self.fill_affine(
-                    cidr,
-                    aff,
-                    found.into_iter().next(),
-                    wanted - got.len(),
-                    owner,
-                    handle,
-                    &reserved,
-                )?;
-                got.extend(ips);
-            }
-        }
-        if got.len() >= wanted {
-            return Ok(got);
-        }
-
-        // 2. Claim new blocks for this node.
-        let family_affinities = snap
-            .affinities
-            .keys()
-            .filter(|c| matches!(c, IpNet::V4(_)) == v4)
-            .count();
-        let limit = snap.settings.max_blocks_per_host;
-        let may_claim = snap.settings.auto_allocate_blocks && family_affinities < limit;
-        if may_claim {
-            let mut claimed = 0;
-            while got.len() < wanted && family_affinities + claimed < limit {
-                match self.claim_new_block(&pools, wanted - got.len(), owner, handle, &reserved)? {
-                    Some(ips) => {
-                        claimed += 1;
-                        got.extend(ips);
-                    }
-                    None => break,
-                }
-            }
-        }
-        if got.len() >= wanted {
-            return Ok(got);
-        }
-
-        // 3. Borrow from blocks affine to other nodes.
-        if !snap.settings.strict_affinity {
-            let ips = self.borrow(&pools, wanted - got.len(), owner, handle, &reserved)?;
-            got.extend(ips);
-        }
-        if got.len() >= wanted {
-            return Ok(got);
-        }
-        if !got.is_empty() {
-            let ips: Vec<IpAddr> = got.iter().map(IpNet::addr).collect();
-            let _ = self.release_ips(&ips, Some(&owner.handle));
-        }
-        let family = family_name(v4);
-        if snap.settings.auto_allocate_blocks && family_affinities >= limit {
-            return Err(IpamError::BlockLimit { family, limit });
-        }
-        Err(IpamError::Exhausted {
-            family,
-            pools: pools.iter().map(|p| p.cidr.to_string()).collect(),
-        })
-    }
-
-    /// Uses a block this node has an affinity for: claims it if the block is missing, drops
-    /// the affinity if the block belongs to someone else, confirms a pending affinity.
-    #[allow(clippy::too_many_arguments)]
-    fn fill_affine(
-        &self,
-        cidr: &IpNet,
-        affinity: &Kv,
-        block: Option<Kv>,
-        n: usize,
-        owner: &Owner,
-        handle: &mut HandleState,
-        reserved: &impl Fn(IpAddr) -> bool,
-    ) -> Result<Vec<IpNet>, IpamError> {
-        let aff = BlockAffinity::from_bytes(&affinity.value)
-            .map_err(|e| IpamError::corrupt(&affinity.key, e))?;
-        if aff.state == BlockAffinity::PENDING_DELETION {
-            return Ok(Vec::new());
-        }
-        let Some(block_kv) = block else {
-            // An affinity whose block was never written (a claim cut short): claim it now.
-            return self.claim_block(*cidr, Some(affinity), n, owner, handle, reserved);
-        };
-        let current = decode_block(&block_kv)?;
-        if block::affine_node(&current) != Some(self.node.as_str()) {
-            // The block belongs to another node: our affinity is stale.
-            let _ = self.store.txn(
-                &[Guard::Revision(affinity.key.clone(), affinity.mod_revision)],
-                &[Write::Delete(affinity.key.clone())],
-            )?;
-            return Ok(Vec::new());
-        }
-        let confirm = (!aff.is_confirmed()).then_some(affinity);
-        self.assign_in_block(block_kv, n, owner, handle, reserved, confirm)
-    }
-
-    /// Assigns up to `n` addresses in an existing block, retrying on conflicts. `confirm`
-    /// is a pending affinity of ours to confirm in the same write.
-    fn assign_in_block(
-        &self,
-        mut block_kv: Kv,
-        n: usize,
-        owner: &Owner,
-        handle: &mut HandleState,
-        reserved: &impl Fn(IpAddr) -> bool,
-        confirm: Option<&Kv>,
-    ) -> Result<Vec<IpNet>, IpamError> {
-        for _ in 0..MAX_RETRIES {
-            self.check_deadline()?;
-            let mut block = decode_block(&block_kv)?;
-            let ips = block::assign_next(&mut block, n, owner, reserved);
-            if ips.is_empty() {
-                return Ok(Vec::new());
-            }
-            block.sequence_number += 1;
-            let (new_handle, handle_write) = handle.adjusted(&block.cidr, ips.len() as i64)?;
-            let mut guards = vec![
-                Guard::Revision(block_kv.key.clone(), block_kv.mod_revision),
-                handle.guard(),
-            ];
-            let mut writes = vec![
-                Write::Put(block_kv.key.clone(), encode(&block_kv.key, &block)?),
-                handle_write.clone(),
-            ];
-            if let Some(aff) = confirm {
-                guards.push(Guard::Revision(aff.key.clone(), aff.mod_revision));
-                writes.push(Write::Put(
-                    aff.key.clone(),
-                    encode(&aff.key, &BlockAffinity::confirmed())?,
-                ));
-            }
-            match self.store.txn(&guards, &writes)? {
-                TxnOutcome::Applied(rev) => {
-                    handle.committed(new_handle, &handle_write, rev);
-                    return Ok(ips
-                        .into_iter()
-                        .map(|ip| block::with_block_mask(&block.cidr, ip))
-                        .collect());
-                }
-                TxnOutcome::Conflict(current) => {
-                    let mut current = current.into_iter();
-                    let Some(b) = current.next().flatten() else {
-                        return Ok(Vec::new()); // the block went away
-                    };
-                    block_kv = b;
-                    handle.refresh(current.next().flatten())?;
-                    if confirm.is_some() {
-                        // Our pending affinity changed under us; use the block unconfirmed
-                        // next time round and let a later call confirm it.
-                        return self.assign_in_block(block_kv, n, owner, handle, reserved, None);
-                    }
-                }
-            }
-        }
-        Err(IpamError::TooManyRetries { key: block_kv.key })
-    }
-
-    /// Creates block `cidr` for this node with the first addresses already assigned, the
-    /// confirmed affinity and the handle, in one transaction. `None` if someone else created
-    /// the block first (or it is entirely reserved).
-    fn claim_block(
-        &self,
-        cidr: IpNet,
-        existing_affinity: Option<&Kv>,
-        n: usize,
-        owner: &Owner,
-        handle: &mut HandleState,
-        reserved: &impl Fn(IpAddr) -> bool,
-    ) -> Result<Vec<IpNet>, IpamError> {
-        let block_key = keys::block(&cidr);
-        let aff_key = keys::affinity(&self.node, &cidr);
-        let mut aff_current = existing_affinity.cloned();
-        for _ in 0..MAX_RETRIES {
-            self.check_deadline()?;
-            let mut block = block::new_block(cidr, &self.node, (self.now)());
-            let ips = block::assign_next(&mut block, n, owner, reserved);
-            if ips.is_empty() {
-                return Ok(Vec::new());
-            }
-            block.sequence_number += 1;
-            let (new_handle, handle_write) = handle.adjusted(&cidr, ips.len() as i64)?;
-            let guards = [
-                Guard::Absent(block_key.clone()),
-                Guard::for_current(&aff_key, aff_current.as_ref()),
-                handle.guard(),
-            ];
-            let writes = [
-                Write::Put(block_key.clone(), encode(&block_key, &block)?),
-                Write::Put(
-                    aff_key.clone(),
-                    encode(&aff_key, &BlockAffinity::confirmed())?,
-                ),
-                handle_write.clone(),
-            ];
-            match self.store.txn(&guards, &writes)? {
-                TxnOutcome::Applied(rev) => {
-                    handle.committed(new_handle, &handle_write, rev);
-                    log::info!("claimed block {cidr} for node {}", self.node);
-                    return Ok(ips
-                        .into_iter()
-                        .map(|ip| block::with_block_mask(&cidr, ip))
-                        .collect());
-                }
-                TxnOutcome::Conflict(current) => {
-                    let mut current = current.into_iter();
-                    if current.next().flatten().is_some() {
-                        // Another node won this block; a stale affinity of ours for it is
-                        // dropped by the next call that finds it (see fill_affine).
-                        return Ok(Vec::new());
-                    }
-                    aff_current = current.next().flatten();
-                    handle.refresh(current.next().flatten())?;
-                }
-            }
-        }
-        Err(IpamError::TooManyRetries { key: block_key })
-    }
-
-    /// Finds an unclaimed block in the pools (starting at this node's offset) and claims it.
-    /// `None` when every pool is full of blocks.
-    fn claim_new_block(
-        &self,
-        pools: &[&Pool],
-        n: usize,
-        owner: &Owner,
-        handle: &mut HandleState,
-        reserved: &impl Fn(IpAddr) -> bool,
-    ) -> Result<Option<Vec<IpNet>>, IpamError> {
-        let v4 = pools.first().is_none_or(|p| p.is_v4());
-        for _ in 0..MAX_RETRIES {
-            let existing: BTreeSet<IpNet> = self
-                .store
-                .list_keys(&keys::blocks_prefix(v4))?
-                .iter()
-                .filter_map(|k| keys::block_cidr_of(k))
-                .collect();
-            let candidate = pools.iter().find_map(|pool| {
-                pool.blocks_from_node_offset(&self.node)
-                    .find(|b| !overlaps_any(&existing, b))
-            });
-            let Some(cidr) = candidate else {
-                return Ok(None);
-            };
-            let ips = self.claim_block(cidr, None, n, owner, handle, reserved)?;
-            if !ips.is_empty() {
-                return Ok(Some(ips));
-            }
-            // Lost the race for that block (or it is all reserved): look again.
-            if (0..block::capacity(&cidr)).all(|o| reserved(block::address(&cidr, o))) {
-                return Ok(None);
-            }
-        }
-        Err(IpamError::TooManyRetries {
-            key: keys::blocks_prefix(v4),
-        })
-    }
-
-    /// Takes addresses from blocks affine to other nodes (or to none).
-    fn borrow(
-        &self,
-        pools: &[&Pool],
-        n: usize,
-        owner: &Owner,
-        handle: &mut HandleState,
-        reserved: &impl Fn(IpAddr) -> bool,
-    ) -> Result<Vec<IpNet>, IpamError> {
-        let v4 = pools.first().is_none_or(|p| p.is_v4());
-        let all = self.store.list(&keys::blocks_prefix(v4))?;
-        let mut got = Vec::new();
-        for pool in pools {
-            for kv in all
-                .iter()
-                .filter(|kv| keys::block_cidr_of(&kv.key).is_some_and(|c| pool.cidr.contains(&c)))
-            {
-                if got.len() >= n {
-                    return Ok(got);
-                }
-                let b = decode_block(kv)?;
-                if block::affine_node(&b) == Some(self.node.as_str())
-                    || block::free(&b, reserved) == 0
-                {
-                    continue;
-                }
-                got.extend(self.assign_in_block(
-                    kv.clone(),
-                    n - got.len(),
-                    owner,
-                    handle,
-                    reserved,
-                    None,
-                )?);
-            }
-        }
-        Ok(got)
-    }
-
-    /// Assigns one specific address (`IP=` in CNI_ARGS, fixed addresses). Returns it with
-    /// the block's mask.
+    /// Assigns one specific address; returns it with the block's mask.
     pub fn assign_ip(
         &self,
         ip: IpAddr,
@@ -706,305 +906,85 @@ impl<'s> Ipam<'s> {
         attrs: &BTreeMap<String, String>,
     ) -> Result<IpNet, IpamError> {
         let snap = self.snapshot(&[handle_id])?;
-        self.assign_ip_with(&snap, ip, handle_id, attrs)
+        let got = self.assign_ips_with(&snap, &[ip], handle_id, attrs, &mut |_, _| {
+            Ok(Extra::default())
+        })?;
+        got.into_iter().next().ok_or(IpamError::NotAssigned { ip })
     }
 
-    pub fn assign_ip_with(
+    /// Assigns specific addresses (`IP=`, fixed addresses) all or none, with `extra` in the
+    /// same transaction.
+    pub fn assign_ips_with(
         &self,
         snap: &Snapshot,
-        ip: IpAddr,
+        ips: &[IpAddr],
         handle_id: &str,
         attrs: &BTreeMap<String, String>,
-    ) -> Result<IpNet, IpamError> {
-        let pool = snap
-            .pools
-            .iter()
-            .find(|p| p.cidr.contains(&ip) && !p.disabled)
-            .ok_or(IpamError::NotInPool { ip })?;
-        if !pool.allows_workloads {
-            return Err(IpamError::PoolNotUsable {
-                pool: pool.name.clone(),
-                reason: "does not allow Workload use".into(),
-            });
-        }
-        if snap.is_reserved(ip) {
-            return Err(IpamError::Reserved { ip });
-        }
-        let cidr = pool.block_of(ip).ok_or(IpamError::NotInPool { ip })?;
+        extra: &mut ExtraFn<'_, Vec<IpNet>>,
+    ) -> Result<Vec<IpNet>, IpamError> {
         let owner = Owner {
             handle: handle_id.to_string(),
             attrs: attrs.clone(),
         };
-        let mut handle =
-            HandleState::new(handle_id, snap.handles.get(handle_id).cloned().flatten())?;
-        let block_key = keys::block(&cidr);
-        let aff_key = keys::affinity(&self.node, &cidr);
-        let only_ip = |a: IpAddr| a != ip;
-        for _ in 0..MAX_RETRIES {
-            self.check_deadline()?;
-            let got = self
-                .store
-                .read(&[Read::Key(block_key.clone()), Read::Key(aff_key.clone())])?;
-            let mut got = got.into_iter();
-            let block_kv = got.next().unwrap_or_default().pop();
-            let aff = got.next().unwrap_or_default().pop();
-            let Some(block_kv) = block_kv else {
-                // No block yet: claim it for this node with the address in it.
-                let ips = self.claim_block(cidr, aff.as_ref(), 1, &owner, &mut handle, &only_ip)?;
-                match ips.into_iter().next() {
-                    Some(net) => return Ok(net),
-                    None => continue,
-                }
-            };
-            let mut b = decode_block(&block_kv)?;
-            if snap.settings.strict_affinity
-                && block::affine_node(&b).is_some_and(|n| n != self.node)
-            {
-                return Err(IpamError::ForeignBlock {
-                    ip,
-                    block: cidr.to_string(),
-                });
-            }
-            block::assign_specific(&mut b, ip, &owner).map_err(|_| IpamError::AlreadyAssigned {
-                ip,
-                block: cidr.to_string(),
-            })?;
-            b.sequence_number += 1;
-            let (new_handle, handle_write) = handle.adjusted(&cidr, 1)?;
-            let guards = [
-                Guard::Revision(block_key.clone(), block_kv.mod_revision),
-                handle.guard(),
-            ];
-            let writes = [
-                Write::Put(block_key.clone(), encode(&block_key, &b)?),
-                handle_write.clone(),
-            ];
-            match self.store.txn(&guards, &writes)? {
-                TxnOutcome::Applied(rev) => {
-                    handle.committed(new_handle, &handle_write, rev);
-                    return Ok(block::with_block_mask(&cidr, ip));
-                }
-                TxnOutcome::Conflict(current) => {
-                    handle.refresh(current.into_iter().nth(1).flatten())?;
-                }
-            }
-        }
-        Err(IpamError::TooManyRetries { key: block_key })
+        self.plan_and_commit(
+            snap,
+            |plan| ips.iter().map(|ip| plan.specific(*ip, &owner)).collect(),
+            extra,
+        )
     }
 
     /// Releases everything `handle` holds. `Ok(None)` if the handle does not exist.
     pub fn release_by_handle(&self, handle_id: &str) -> Result<Option<Vec<IpAddr>>, IpamError> {
-        let current = self.store.get(&keys::handle(handle_id))?;
-        self.release_handle_with(handle_id, current, None, &BTreeMap::new())
-    }
-
-    /// Releases what `handle_id` holds (only the allocations whose `node` attribute is
-    /// `only_node`, when given), starting from the handle's state `current`. Blocks already
-    /// read (`prefetched`, `None` = absent) are not read again.
-    pub fn release_handle_with(
-        &self,
-        handle_id: &str,
-        current: Option<Kv>,
-        only_node: Option<&str>,
-        prefetched: &BTreeMap<IpNet, Option<Kv>>,
-    ) -> Result<Option<Vec<IpAddr>>, IpamError> {
-        if current.is_none() {
+        let snap = self.snapshot(&[handle_id])?;
+        if snap.handles.get(handle_id).is_none_or(Option::is_none) {
             return Ok(None);
         }
-        let mut handle = HandleState::new(handle_id, current)?;
-        let cidrs: Vec<IpNet> = handle
-            .value
-            .block
-            .keys()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        let reads: Vec<Read> = cidrs
-            .iter()
-            .filter(|c| !prefetched.contains_key(c))
-            .map(|c| Read::Key(keys::block(c)))
-            .collect();
-        let mut fetched = if reads.is_empty() {
-            Vec::new()
-        } else {
-            self.store.read(&reads)?
-        }
-        .into_iter();
-        let mut released = Vec::new();
-        for cidr in &cidrs {
-            let found = match prefetched.get(cidr) {
-                Some(kv) => kv.clone(),
-                None => fetched.next().unwrap_or_default().pop(),
-            };
-            released.extend(self.release_in_block(cidr, found, &mut handle, only_node)?);
-        }
-        Ok(Some(released))
+        self.release_handles_with(&snap, None, &mut |_, _| Ok(Extra::default()))
+            .map(Some)
     }
 
-    fn release_in_block(
+    /// Releases what the snapshot's handles hold (those that exist; only allocations whose
+    /// `node` attribute is `only_node`, when given), with `extra` in the same transaction.
+    /// Blocks already in the snapshot are not read again.
+    pub fn release_handles_with(
         &self,
-        cidr: &IpNet,
-        mut block_kv: Option<Kv>,
-        handle: &mut HandleState,
+        snap: &Snapshot,
         only_node: Option<&str>,
+        extra: &mut ExtraFn<'_, Vec<IpAddr>>,
     ) -> Result<Vec<IpAddr>, IpamError> {
-        let key = keys::block(cidr);
-        for _ in 0..MAX_RETRIES {
-            self.check_deadline()?;
-            let mut guards = vec![handle.guard()];
-            let mut writes = Vec::new();
-            let mut freed = Vec::new();
-            let held = handle
-                .value
-                .block
-                .get(&cidr.to_string())
-                .copied()
-                .unwrap_or(0);
-            let mut delta = -held;
-            if let Some(kv) = &block_kv {
-                let mut b = decode_block(kv)?;
-                let id = handle.id.clone();
-                freed = block::release_where(&mut b, |_, a| {
-                    a.is_some_and(|a| {
-                        a.handle() == Some(id.as_str())
-                            && only_node.is_none_or(|n| a.owner("node") == Some(n))
-                    })
-                })
-                .into_iter()
-                .map(|(ip, _)| ip)
-                .collect();
-                if only_node.is_some() {
-                    delta = -(freed.len() as i64);
+        self.plan_and_commit(
+            snap,
+            |plan| {
+                let mut freed = Vec::new();
+                let existing: Vec<String> = plan
+                    .snap
+                    .handles
+                    .iter()
+                    .filter(|(_, kv)| kv.is_some())
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                for h in existing {
+                    freed.extend(plan.release_handle(&h, only_node)?);
                 }
-                if !freed.is_empty() {
-                    guards.push(Guard::Revision(key.clone(), kv.mod_revision));
-                    if block::is_empty(&b) && b.affinity.is_none() {
-                        writes.push(Write::Delete(key.clone()));
-                    } else {
-                        b.sequence_number += 1;
-                        writes.push(Write::Put(key.clone(), encode(&key, &b)?));
-                    }
-                }
-            }
-            if delta == 0 && freed.is_empty() {
-                return Ok(freed);
-            }
-            let (new_handle, handle_write) = handle.adjusted(cidr, delta)?;
-            writes.push(handle_write.clone());
-            match self.store.txn(&guards, &writes)? {
-                TxnOutcome::Applied(rev) => {
-                    handle.committed(new_handle, &handle_write, rev);
-                    return Ok(freed);
-                }
-                TxnOutcome::Conflict(current) => {
-                    let mut current = current.into_iter();
-                    handle.refresh(current.next().flatten())?;
-                    if handle.current.is_none() {
-                        return Ok(Vec::new());
-                    }
-                    if guards.len() > 1 {
-                        block_kv = current.next().flatten();
-                    }
-                }
-            }
-        }
-        Err(IpamError::TooManyRetries { key })
+                Ok(freed)
+            },
+            extra,
+        )
     }
 
     /// Releases specific addresses (only those owned by `handle_id`, when given); returns
-    /// the ones released. Their handles are decremented in the same transactions.
+    /// the ones released. Their handles are decremented in the same transaction.
     pub fn release_ips(
         &self,
         ips: &[IpAddr],
         handle_id: Option<&str>,
     ) -> Result<Vec<IpAddr>, IpamError> {
-        let mut by_block: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
-        let mut snap_pools: Option<Vec<Pool>> = None;
-        for ip in ips {
-            let pools = match &snap_pools {
-                Some(p) => p,
-                None => snap_pools.insert(self.snapshot(&[])?.pools),
-            };
-            let cidr = match pools
-                .iter()
-                .find(|p| p.cidr.contains(ip))
-                .and_then(|p| p.block_of(*ip))
-            {
-                Some(c) => Some(c),
-                None => self
-                    .store
-                    .list_keys(&keys::blocks_prefix(ip.is_ipv4()))?
-                    .iter()
-                    .filter_map(|k| keys::block_cidr_of(k))
-                    .find(|c| c.contains(ip)),
-            };
-            if let Some(c) = cidr {
-                by_block.entry(c).or_default().push(*ip);
-            }
-        }
-        let mut released = Vec::new();
-        for (cidr, ips) in by_block {
-            released.extend(self.release_ips_in_block(&cidr, &ips, handle_id)?);
-        }
-        Ok(released)
-    }
-
-    fn release_ips_in_block(
-        &self,
-        cidr: &IpNet,
-        ips: &[IpAddr],
-        handle_id: Option<&str>,
-    ) -> Result<Vec<IpAddr>, IpamError> {
-        let key = keys::block(cidr);
-        for _ in 0..MAX_RETRIES {
-            self.check_deadline()?;
-            let Some(kv) = self.store.get(&key)? else {
-                return Ok(Vec::new());
-            };
-            let mut b = decode_block(&kv)?;
-            let ords: BTreeSet<usize> = ips
-                .iter()
-                .filter_map(|ip| block::ordinal(cidr, *ip))
-                .collect();
-            let freed = block::release_where(&mut b, |ord, a| {
-                ords.contains(&ord)
-                    && handle_id.is_none_or(|h| a.and_then(|a| a.handle()) == Some(h))
-            });
-            if freed.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut per_handle: BTreeMap<String, i64> = BTreeMap::new();
-            for (_, h) in &freed {
-                if let Some(h) = h {
-                    *per_handle.entry(h.clone()).or_default() += 1;
-                }
-            }
-            let handle_reads: Vec<Read> = per_handle
-                .keys()
-                .map(|h| Read::Key(keys::handle(h)))
-                .collect();
-            let current_handles = self.store.read(&handle_reads)?;
-            let mut guards = vec![Guard::Revision(key.clone(), kv.mod_revision)];
-            let mut writes = Vec::new();
-            if block::is_empty(&b) && b.affinity.is_none() {
-                writes.push(Write::Delete(key.clone()));
-            } else {
-                b.sequence_number += 1;
-                writes.push(Write::Put(key.clone(), encode(&key, &b)?));
-            }
-            for ((h, n), cur) in per_handle.iter().zip(current_handles) {
-                let state = HandleState::new(h, cur.into_iter().next())?;
-                if state.current.is_none() {
-                    continue;
-                }
-                let (_, w) = state.adjusted(cidr, -n)?;
-                guards.push(state.guard());
-                writes.push(w);
-            }
-            if self.store.txn(&guards, &writes)?.applied() {
-                return Ok(freed.into_iter().map(|(ip, _)| ip).collect());
-            }
-        }
-        Err(IpamError::TooManyRetries { key })
+        let snap = self.snapshot(&[])?;
+        self.plan_and_commit(
+            &snap,
+            |plan| plan.release_ips(ips, handle_id),
+            &mut |_, _| Ok(Extra::default()),
+        )
     }
 
     /// The addresses `handle_id` holds, per its blocks.
@@ -1012,9 +992,8 @@ impl<'s> Ipam<'s> {
         let Some(kv) = self.store.get(&keys::handle(handle_id))? else {
             return Ok(Vec::new());
         };
-        let h = HandleState::new(handle_id, Some(kv))?;
+        let h = decode_handle(&kv)?;
         let reads: Vec<Read> = h
-            .value
             .block
             .keys()
             .filter_map(|c| c.parse::<IpNet>().ok())

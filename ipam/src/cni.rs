@@ -2,12 +2,12 @@
 //! them on its own connection; the `calico` plugin runs them in-process on the one it already
 //! has, with the same result and the same datastore state.
 
-use crate::allocator::{AssignRequest, Ipam};
+use crate::allocator::{AssignRequest, Extra, Ipam, SnapshotRequest};
 use crate::block;
 use crate::error::IpamError;
 use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
 use calico_datastore::model::keys;
-use calico_datastore::{Etcd, EtcdConfig, KvStore, Read};
+use calico_datastore::{Etcd, EtcdConfig, KvStore};
 use calico_netconf::NetConf;
 use cni_protocol::{CniError, CniResult, ErrorCode, IpConfig, Request, Route};
 use ipnet::IpNet;
@@ -228,7 +228,11 @@ pub fn add(
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
     let hint = block_hint::read(&lock_file);
     let likely: Vec<IpNet> = hint.iter().copied().collect();
-    let snap = ipam.snapshot_with_blocks(&[&handle], &likely)?;
+    let snap = ipam.read_snapshot(&SnapshotRequest {
+        handles: &[&handle],
+        blocks: &likely,
+        keys: &[],
+    })?;
     log::debug!(
         "IPAM lock waited {:?}; snapshot read after {:?}",
         lock.waited,
@@ -236,18 +240,7 @@ pub fn add(
     );
 
     if !wanted.is_empty() {
-        let mut got: Vec<IpNet> = Vec::new();
-        for ip in &wanted {
-            match ipam.assign_ip_with(&snap, *ip, &handle, &attrs) {
-                Ok(net) => got.push(net),
-                Err(e) => {
-                    // Leave nothing half-assigned.
-                    let taken: Vec<IpAddr> = got.iter().map(IpNet::addr).collect();
-                    let _ = ipam.release_ips(&taken, Some(&handle));
-                    return Err(e.into());
-                }
-            }
-        }
+        let got = ipam.assign_ips_with(&snap, &wanted, &handle, &attrs, &mut no_extra)?;
         log::info!("assigned requested addresses {got:?} to {handle}");
         return Ok(result_of(&got));
     }
@@ -267,7 +260,7 @@ pub fn add(
         v6_pools: conf.ipam.ipv6_pools.clone(),
         namespace_labels: BTreeMap::new(),
     };
-    let assigned = ipam.auto_assign_with(&snap, &request)?;
+    let assigned = ipam.auto_assign_with(&snap, &request, &mut no_extra)?;
     log::debug!("assigned after {:?}", started.elapsed());
     log::info!(
         "assigned {:?} {:?} to {handle} on node {node}",
@@ -296,26 +289,22 @@ pub fn del(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Re
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
     // The handles and the node's usual blocks in one round trip.
     let likely: Vec<IpNet> = block_hint::read(&lock_file).into_iter().collect();
-    let reads: Vec<Read> = handles
-        .iter()
-        .map(|h| Read::Key(keys::handle(h)))
-        .chain(likely.iter().map(|b| Read::Key(keys::block(b))))
-        .collect();
-    let mut got = store.read(&reads).map_err(store_error)?.into_iter();
-    let current: Vec<Option<calico_datastore::Kv>> = handles
-        .iter()
-        .map(|_| got.next().unwrap_or_default().pop())
-        .collect();
-    let prefetched: BTreeMap<IpNet, Option<calico_datastore::Kv>> = likely
-        .iter()
-        .map(|b| (*b, got.next().unwrap_or_default().pop()))
-        .collect();
-    for (h, cur) in handles.iter().zip(current) {
-        if let Some(released) = ipam.release_handle_with(h, cur, None, &prefetched)? {
-            log::info!("released {released:?} of {h}");
-        }
+    let handle_refs: Vec<&str> = handles.iter().map(String::as_str).collect();
+    let snap = ipam.read_snapshot(&SnapshotRequest {
+        handles: &handle_refs,
+        blocks: &likely,
+        keys: &[],
+    })?;
+    let released = ipam.release_handles_with(&snap, None, &mut no_extra)?;
+    if !released.is_empty() {
+        log::info!("released {released:?} of {handles:?}");
     }
     Ok(())
+}
+
+/// No writes of the caller's own alongside IPAM's.
+fn no_extra<T>(_: &T, _: &crate::Snapshot) -> Result<Extra, IpamError> {
+    Ok(Extra::default())
 }
 
 /// CHECK: the handle still owns exactly the addresses of `prevResult`.
@@ -371,8 +360,11 @@ pub fn gc(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Res
     let mut errors = Vec::new();
     for kv in stale {
         let id = kv.key[keys::HANDLES.len()..].to_string();
-        match ipam.release_handle_with(&id, Some(kv), Some(node), &BTreeMap::new()) {
-            Ok(Some(ips)) if !ips.is_empty() => log::info!("GC released {ips:?} of {id}"),
+        let released = ipam
+            .snapshot(&[&id])
+            .and_then(|snap| ipam.release_handles_with(&snap, Some(node), &mut no_extra));
+        match released {
+            Ok(ips) if !ips.is_empty() => log::info!("GC released {ips:?} of {id}"),
             Ok(_) => {}
             Err(e) => errors.push(format!("{id}: {e}")),
         }

@@ -130,10 +130,33 @@ fn address_of(result: &Value) -> String {
     result["ips"][0]["address"].as_str().unwrap().to_string()
 }
 
-/// After the run: the audit is clean and the handles are exactly the pods still alive.
-fn assert_consistent(db: &Etcd, alive: &BTreeSet<usize>) {
+/// `calicoctl ipam check` against `endpoints`: the number of problems it reports.
+fn calicoctl_problems(endpoints: &str) -> usize {
+    let out = Command::new(built("calicoctl").unwrap())
+        .args(["ipam", "check"])
+        .env("ETCD_ENDPOINTS", endpoints)
+        .env("DATASTORE_TYPE", "etcdv3")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("Check complete; found ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no summary line in: {text}"))
+}
+
+/// After the run: the audit and `calicoctl ipam check` are clean, and the handles are
+/// exactly the pods still alive.
+fn assert_consistent(db: &Etcd, endpoints: &str, alive: &BTreeSet<usize>) {
     let a = audit(db);
     assert!(a.problems.is_empty(), "{:#?}", a.problems);
+    assert_eq!(calicoctl_problems(endpoints), 0, "calicoctl ipam check");
     let expected: BTreeSet<String> = alive.iter().map(|i| format!("stress.pod{i}")).collect();
     assert_eq!(a.handles, expected);
     assert_eq!(a.allocations.len(), alive.len());
@@ -152,7 +175,7 @@ fn eight_nodes_allocate_400_addresses_at_once_without_duplicates() {
     let addrs: BTreeSet<String> = ok.iter().map(|(_, r)| address_of(r)).collect();
     assert_eq!(addrs.len(), PODS, "every address distinct");
     let db = connect(&etcd.endpoints());
-    assert_consistent(&db, &pods.iter().copied().collect());
+    assert_consistent(&db, &etcd.endpoints(), &pods.iter().copied().collect());
     // Each node kept to its own blocks where it could.
     let a = audit(&db);
     let per_node_blocks: BTreeSet<(String, String)> = a
@@ -173,7 +196,7 @@ fn eight_nodes_allocate_400_addresses_at_once_without_duplicates() {
 
     let (_, failed) = run.all("DEL", &pods);
     assert!(failed.is_empty(), "failed DELs: {failed:?}");
-    assert_consistent(&db, &BTreeSet::new());
+    assert_consistent(&db, &etcd.endpoints(), &BTreeSet::new());
 }
 
 #[test]
@@ -219,7 +242,7 @@ fn killing_adds_at_random_points_leaves_nothing_owned_twice_and_del_plus_gc_clea
     let (_, failed) = run.all("DEL", &dead);
     assert!(failed.is_empty(), "{failed:?}");
     run.gc(&alive.iter().copied().collect::<Vec<_>>());
-    assert_consistent(&db, &alive);
+    assert_consistent(&db, &etcd.endpoints(), &alive);
     eprintln!(
         "killed {} of {PODS} ADDs; {} completed",
         dead.len(),
@@ -263,7 +286,11 @@ fn the_etcd_leader_stopping_mid_run_loses_and_duplicates_nothing() {
     assert!(del_failed.is_empty(), "{del_failed:?}");
     let alive: BTreeSet<usize> = ok.iter().map(|(i, _)| *i).collect();
     run.gc(&alive.iter().copied().collect::<Vec<_>>());
-    assert_consistent(&connect(&cluster.endpoints()), &alive);
+    assert_consistent(
+        &connect(&cluster.endpoints()),
+        &cluster.endpoints(),
+        &alive,
+    );
     eprintln!(
         "leader stopped mid-run: {} ADDs completed, {} failed",
         ok.len(),

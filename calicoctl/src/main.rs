@@ -1,0 +1,367 @@
+//! `calicoctl` for Calico's etcdv3 datastore.
+
+use anyhow::Context as _;
+use calicoctl::config::{self, ConfigError, DEFAULT_CONFIG_PATH};
+use calicoctl::error::{CmdError, CmdResult};
+use calicoctl::ipam::{check, configure, release, show};
+use calicoctl::resources::ops::{self, Action, Ctx};
+use calicoctl::resources::print::Format;
+use calicoctl::resources::{self, Kind, Object};
+use clap::{Args, Parser, Subcommand};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// calicoctl for Calico's etcdv3 datastore.
+#[derive(Parser, Debug)]
+#[command(name = "calicoctl", version, disable_help_subcommand = true)]
+struct Cli {
+    /// Log level (accepted for compatibility; nothing is logged).
+    #[arg(short = 'l', long = "log-level", default_value = "panic")]
+    log_level: String,
+    /// Accepted for compatibility: there is no client/cluster version check to override.
+    #[arg(long = "allow-version-mismatch", global = true)]
+    allow_version_mismatch: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Datastore {
+    /// Path to the file containing connection configuration in YAML or JSON format.
+    #[arg(short = 'c', long = "config", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply a resource by file or stdin (create it, or replace it if it exists).
+    Apply {
+        /// Filename to use to apply the resource ("-" for stdin).
+        #[arg(short = 'f', long = "filename")]
+        filename: String,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// Create a resource by file or stdin.
+    Create {
+        /// Filename to use to create the resource ("-" for stdin).
+        #[arg(short = 'f', long = "filename")]
+        filename: String,
+        /// Do not return an error if the resource already exists.
+        #[arg(long = "skip-exists")]
+        skip_exists: bool,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// Delete a resource identified by file, stdin or kind and name.
+    Delete {
+        /// The kind (ippool, node, ipamconfig and their aliases).
+        kind: Option<String>,
+        /// The name of the resource.
+        name: Option<String>,
+        /// Filename to use to delete the resource ("-" for stdin).
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+        filename: Option<String>,
+        /// Do not return an error if the resource does not exist.
+        #[arg(long = "skip-not-exists")]
+        skip_not_exists: bool,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// Get resources: a list of the kind, or the named ones.
+    Get {
+        /// The kind (ippool, node, ipamconfig and their aliases).
+        kind: String,
+        /// Names; none lists every resource of the kind.
+        names: Vec<String>,
+        /// Output format: ps, wide, yaml or json.
+        #[arg(short = 'o', long = "output", default_value = "ps")]
+        output: String,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// IP address management.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IpamCommand {
+    /// Show IP usage per pool (and block), or who holds an address.
+    Show {
+        /// Report whether this specific IP address is in use.
+        #[arg(long = "ip", group = "what")]
+        ip: Option<String>,
+        /// Show detailed information for IP blocks as well as pools.
+        #[arg(long = "show-blocks", group = "what")]
+        show_blocks: bool,
+        /// Show detailed information for "borrowed" IP addresses.
+        #[arg(long = "show-borrowed", group = "what")]
+        show_borrowed: bool,
+        /// Show current Calico IPAM configuration.
+        #[arg(long = "show-configuration", group = "what")]
+        show_configuration: bool,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// Modify the IPAM configuration.
+    Configure {
+        /// Set StrictAffinity to true/false (no borrowing when true).
+        #[arg(long = "strictaffinity")]
+        strict_affinity: Option<String>,
+        /// Set the maximum number of blocks that can be affine to a host.
+        #[arg(long = "max-blocks-per-host")]
+        max_blocks_per_host: Option<String>,
+        /// Enabled|Disabled: whether KubeVirt VMs keep their IP addresses.
+        #[arg(long = "kubevirt-ip-persistence")]
+        kubevirt_ip_persistence: Option<String>,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// Release an IP address.
+    Release {
+        /// IP address to release.
+        #[arg(long = "ip")]
+        ip: String,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// Check the IPAM data for inconsistencies (etcd only).
+    Check {
+        /// Path to output report file.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Print all IPs that are checked.
+        #[arg(long = "show-all-ips")]
+        show_all_ips: bool,
+        /// Print all IPs that are leaked or not allocated properly.
+        #[arg(long = "show-problem-ips")]
+        show_problem_ips: bool,
+        /// Accepted for compatibility; Kubernetes is not consulted.
+        #[arg(long = "kubeconfig")]
+        kubeconfig: Option<String>,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+}
+
+/// The etcd connection a command's `--config` describes.
+fn connect(ds: &Datastore) -> CmdResult<calico_datastore::Etcd> {
+    let spec = config::load(&ds.config, |k| std::env::var(k).ok()).map_err(|e| match e {
+        ConfigError::Unreadable(_) => CmdError::Stdout(e.to_string()),
+        ConfigError::Invalid(m) => CmdError::Failed(m),
+    })?;
+    let cfg = spec
+        .etcd_config()
+        .map_err(|e| CmdError::Failed(e.to_string()))?;
+    calico_datastore::Etcd::connect(&cfg)
+        .map_err(|e| CmdError::Failed(format!("Failed to create Calico API client: {e}")))
+}
+
+/// The documents of `-f <file>` (`-` is stdin).
+fn read_objects(filename: &str) -> CmdResult<Vec<Object>> {
+    let text = if filename == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CmdError::failed(format!("failed to execute command: read stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(Path::new(filename)).map_err(|e| {
+            CmdError::failed(format!("failed to execute command: open {filename}: {e}"))
+        })?
+    };
+    let objects = resources::parse_documents(&text)
+        .map_err(|e| CmdError::failed(format!("failed to execute command: {e}")))?;
+    if objects.is_empty() {
+        return Err(CmdError::failed(format!(
+            "no resources specified in file {filename}"
+        )));
+    }
+    Ok(objects)
+}
+
+/// The object `delete <kind> <name>` names.
+fn named_object(kind: Kind, name: &str) -> Object {
+    use calico_datastore::model::{IpPool, IpPoolSpec, Resource};
+    match kind {
+        Kind::IpPool => Object::IpPool(IpPool::new(kind.name(), name, IpPoolSpec::for_cidr(""))),
+        Kind::Node => Object::Node(Resource::new(kind.name(), name, Default::default())),
+        Kind::IpamConfiguration => Object::IpamConfiguration(Resource::new(
+            kind.name(),
+            name,
+            resources::IpamConfigurationSpec {
+                strict_affinity: false,
+                max_blocks_per_host: 0,
+                auto_allocate_blocks: true,
+                kubevirt_vm_address_persistence: None,
+            },
+        )),
+    }
+}
+
+fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
+    match cli.command {
+        Command::Apply { filename, ds } => {
+            let objects = read_objects(&filename)?;
+            let store = connect(&ds)?;
+            ops::apply(&Ctx::new(&store), &objects, Action::Apply, false, out)
+        }
+        Command::Create {
+            filename,
+            skip_exists,
+            ds,
+        } => {
+            let objects = read_objects(&filename)?;
+            let store = connect(&ds)?;
+            ops::apply(
+                &Ctx::new(&store),
+                &objects,
+                Action::Create,
+                skip_exists,
+                out,
+            )
+        }
+        Command::Delete {
+            kind,
+            name,
+            filename,
+            skip_not_exists,
+            ds,
+        } => {
+            let (objects, single) = match (filename, kind, name) {
+                (Some(f), _, _) => (read_objects(&f)?, None),
+                (None, Some(k), Some(n)) => {
+                    let kind = Kind::from_alias(&k).ok_or_else(|| {
+                        CmdError::failed(format!("resource type '{k}' is not supported"))
+                    })?;
+                    if n.is_empty() {
+                        return Err(CmdError::failed("resource name may not be empty"));
+                    }
+                    (vec![named_object(kind, &n)], Some(kind))
+                }
+                _ => {
+                    return Err(CmdError::failed(
+                        "invalid option: delete needs <KIND> <NAME> or --filename=<FILENAME>",
+                    ));
+                }
+            };
+            let store = connect(&ds)?;
+            ops::delete(&Ctx::new(&store), &objects, single, skip_not_exists, out)
+        }
+        Command::Get {
+            kind,
+            names,
+            output,
+            ds,
+        } => {
+            let k = Kind::from_alias(&kind).ok_or_else(|| {
+                CmdError::failed(format!(
+                    "failed to get resources: resource type '{kind}' is not supported"
+                ))
+            })?;
+            let format = Format::parse(&output).ok_or_else(|| {
+                CmdError::failed(format!(
+                    "unrecognized output format '{output}': use ps, wide, yaml or json"
+                ))
+            })?;
+            if names.iter().any(String::is_empty) {
+                return Err(CmdError::failed("resource name may not be empty"));
+            }
+            let store = connect(&ds)?;
+            ops::get(&Ctx::new(&store), k, &names, format, out)
+        }
+        Command::Ipam { command } => match command {
+            IpamCommand::Show {
+                ip,
+                show_blocks,
+                show_borrowed,
+                show_configuration,
+                ds,
+            } => {
+                if let Some(ip) = &ip {
+                    show::parse_ip(ip)?;
+                }
+                let store = connect(&ds)?;
+                match ip {
+                    Some(ip) => show::show_ip(&store, &ip, out),
+                    None if show_borrowed => show::show_borrowed(&store, out),
+                    None if show_configuration => show::show_configuration(&store, out),
+                    None => show::utilization(&store, show_blocks, out),
+                }
+            }
+            IpamCommand::Configure {
+                strict_affinity,
+                max_blocks_per_host,
+                kubevirt_ip_persistence,
+                ds,
+            } => {
+                let opts = configure::Options {
+                    strict_affinity,
+                    max_blocks_per_host,
+                    kubevirt_ip_persistence,
+                };
+                opts.parse()?;
+                let store = connect(&ds)?;
+                configure::configure(&store, &opts, out)
+            }
+            IpamCommand::Release { ip, ds } => {
+                show::parse_ip(&ip)?;
+                let store = connect(&ds)?;
+                release::release_ip(&store, &ip, out)
+            }
+            IpamCommand::Check {
+                output,
+                show_all_ips,
+                show_problem_ips,
+                kubeconfig: _,
+                ds,
+            } => {
+                let store = connect(&ds)?;
+                let opts = check::CheckOptions {
+                    show_all_ips,
+                    show_problem_ips,
+                };
+                check::check(&store, opts, output.as_deref(), out)
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let _ = (&cli.log_level, cli.allow_version_mismatch);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = run(cli, &mut out);
+    let flushed = out.flush().context("cannot write to stdout");
+    drop(out);
+    match (result, flushed) {
+        (Ok(()), Ok(())) => ExitCode::SUCCESS,
+        (Ok(()), Err(e)) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+        (Err(CmdError::Stdout(m)), _) => {
+            println!("{m}");
+            ExitCode::FAILURE
+        }
+        (Err(CmdError::Failed(m)), _) => {
+            eprintln!("{m}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! The resource kinds this calicoctl manages, read from YAML/JSON documents.
+//!
+//! - [`Kind`]: IPPool, Node and IPAMConfiguration, their `get` aliases and etcd keys;
+//! - [`parse_documents`]: a file's documents (several `---` documents, a YAML sequence, or a
+//!   `<Kind>List`/`List`) into typed objects, rejecting unknown fields as calicoctl's strict
+//!   decoding does;
+//! - [`validate`]: Calico's checks and defaults; [`print`]: tables, YAML and JSON;
+//!   [`ops`]: get, apply, create and delete against the datastore.
+
+pub mod ops;
+pub mod print;
+pub mod validate;
+
+use crate::yaml;
+use calico_datastore::model::keys;
+use calico_datastore::model::{IpPool, IpPoolSpec, IpamConfigValue, ObjectMeta, Resource};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+pub const API_VERSION: &str = "projectcalico.org/v3";
+
+/// A kind of resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    IpPool,
+    Node,
+    IpamConfiguration,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::IpPool, Kind::Node, Kind::IpamConfiguration];
+
+    /// The kind as written in documents.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::IpPool => "IPPool",
+            Kind::Node => "Node",
+            Kind::IpamConfiguration => "IPAMConfiguration",
+        }
+    }
+
+    /// The names `get`/`delete` accept (case-insensitive), as calicoctl's resource managers.
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Kind::IpPool => &["ippool", "ippools", "ipp", "ipps", "pool", "pools"],
+            Kind::Node => &["node", "nodes", "no", "nos"],
+            Kind::IpamConfiguration => &[
+                "ipamconfiguration",
+                "ipamconfigurations",
+                "ipamconfig",
+                "ipamconfigs",
+            ],
+        }
+    }
+
+    pub fn from_alias(s: &str) -> Option<Kind> {
+        let lower = s.to_ascii_lowercase();
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.aliases().contains(&lower.as_str()))
+    }
+
+    pub fn from_kind_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Where objects of this kind live. IPAMConfiguration is our mapping onto the config the
+    /// IPAM reads (`/calico/ipam/v2/config`), a single object named `default`.
+    pub fn key(self, name: &str) -> String {
+        match self {
+            Kind::IpPool => keys::resource("ippools", name),
+            Kind::Node => keys::resource("nodes", name),
+            Kind::IpamConfiguration => keys::IPAM_CONFIG.to_string(),
+        }
+    }
+
+    /// The prefix a list of this kind reads (the single key for IPAMConfiguration).
+    pub fn list_prefix(self) -> String {
+        match self {
+            Kind::IpPool => keys::resources_prefix("ippools"),
+            Kind::Node => keys::resources_prefix("nodes"),
+            Kind::IpamConfiguration => keys::IPAM_CONFIG.to_string(),
+        }
+    }
+}
+
+/// An AS number: a number, or a string with the number or the dotted `high.low` form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsNumber(pub u32);
+
+impl Serialize for AsNumber {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AsNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let bad = || serde::de::Error::custom(format!("invalid AS number {v}"));
+        match &v {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(AsNumber)
+                .ok_or_else(bad),
+            Value::String(s) => {
+                if let Ok(n) = s.parse::<u32>() {
+                    return Ok(AsNumber(n));
+                }
+                let (hi, lo) = s.split_once('.').ok_or_else(bad)?;
+                let hi: u16 = hi.parse().map_err(|_| bad())?;
+                let lo: u16 = lo.parse().map_err(|_| bad())?;
+                Ok(AsNumber((u32::from(hi) << 16) | u32::from(lo)))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// `NodeBGPSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBgpSpec {
+    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<AsNumber>,
+    #[serde(
+        rename = "ipv4Address",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv4_address: String,
+    #[serde(
+        rename = "ipv6Address",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv6_address: String,
+    #[serde(
+        rename = "ipv4IPIPTunnelAddr",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv4_ipip_tunnel_addr: String,
+    #[serde(
+        rename = "routeReflectorClusterID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub route_reflector_cluster_id: String,
+}
+
+/// `OrchRef`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchRef {
+    #[serde(rename = "nodeName", default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    #[serde(default)]
+    pub orchestrator: String,
+}
+
+/// `NodeWireguardSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeWireguardSpec {
+    #[serde(
+        rename = "interfaceIPv4Address",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub interface_ipv4_address: String,
+    #[serde(
+        rename = "interfaceIPv6Address",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub interface_ipv6_address: String,
+}
+
+/// `NodeAddress`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    #[serde(default)]
+    pub address: String,
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+}
+
+/// `NodeInterface`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInterface {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+}
+
+/// The Calico Node's spec (`internalapi.NodeSpec`), fields in Calico's order. Fields we do
+/// not know (from newer writers) are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBgpSpec>,
+    #[serde(
+        rename = "ipv4VXLANTunnelAddr",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv4_vxlan_tunnel_addr: String,
+    #[serde(
+        rename = "vxlanTunnelMACAddr",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub vxlan_tunnel_mac_addr: String,
+    #[serde(
+        rename = "ipv6VXLANTunnelAddr",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv6_vxlan_tunnel_addr: String,
+    #[serde(
+        rename = "vxlanTunnelMACAddrV6",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub vxlan_tunnel_mac_addr_v6: String,
+    #[serde(rename = "orchRefs", default, skip_serializing_if = "Vec::is_empty")]
+    pub orch_refs: Vec<OrchRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<NodeWireguardSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<NodeInterface>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+pub type NodeResource = Resource<NodeSpec>;
+
+fn yes() -> bool {
+    true
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// The spec of our IPAMConfiguration (master's `IPAMConfigurationSpec`, field order kept).
+/// Fields missing from a document take their CRD defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamConfigurationSpec {
+    #[serde(rename = "strictAffinity", default)]
+    pub strict_affinity: bool,
+    #[serde(rename = "maxBlocksPerHost", default, skip_serializing_if = "is_zero")]
+    pub max_blocks_per_host: i64,
+    #[serde(rename = "autoAllocateBlocks", default = "yes")]
+    pub auto_allocate_blocks: bool,
+    #[serde(
+        rename = "kubeVirtVMAddressPersistence",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kubevirt_vm_address_persistence: Option<String>,
+}
+
+impl IpamConfigurationSpec {
+    /// As the IPAM's stored config shows it.
+    pub fn from_value(v: &IpamConfigValue) -> Self {
+        IpamConfigurationSpec {
+            strict_affinity: v.strict_affinity,
+            max_blocks_per_host: v.max_blocks_per_host,
+            auto_allocate_blocks: v.auto_allocate_blocks,
+            kubevirt_vm_address_persistence: v.kubevirt_vm_address_persistence.clone(),
+        }
+    }
+
+    /// The stored config: `base` (the current value, so fields other writers added
+    /// survive) with this spec's settings; persistence defaults to `Enabled`.
+    pub fn to_value(&self, base: Option<&IpamConfigValue>) -> IpamConfigValue {
+        let mut v = base.cloned().unwrap_or_default();
+        v.strict_affinity = self.strict_affinity;
+        v.auto_allocate_blocks = self.auto_allocate_blocks;
+        v.max_blocks_per_host = self.max_blocks_per_host;
+        v.kubevirt_vm_address_persistence = Some(
+            self.kubevirt_vm_address_persistence
+                .clone()
+                .unwrap_or_else(|| "Enabled".into()),
+        );
+        v
+    }
+}
+
+pub type IpamConfiguration = Resource<IpamConfigurationSpec>;
+
+/// One resource from a document or the datastore.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    IpPool(IpPool),
+    Node(NodeResource),
+    IpamConfiguration(IpamConfiguration),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::IpPool(_) => Kind::IpPool,
+            Object::Node(_) => Kind::Node,
+            Object::IpamConfiguration(_) => Kind::IpamConfiguration,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::IpPool(r) => &r.metadata,
+            Object::Node(r) => &r.metadata,
+            Object::IpamConfiguration(r) => &r.metadata,
+        }
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::IpPool(r) => &mut r.metadata,
+            Object::Node(r) => &mut r.metadata,
+            Object::IpamConfiguration(r) => &mut r.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    /// `Kind(name)`, how Calico's errors name a resource.
+    pub fn id(&self) -> String {
+        format!("{}({})", self.kind().name(), self.name())
+    }
+
+    /// The object as JSON (for output).
+    pub fn to_json(&self) -> Value {
+        let v = match self {
+            Object::IpPool(r) => serde_json::to_value(r),
+            Object::Node(r) => serde_json::to_value(r),
+            Object::IpamConfiguration(r) => serde_json::to_value(r),
+        };
+        v.unwrap_or(Value::Null)
+    }
+}
+
+/// A `Kind(name)` identifier for messages.
+pub fn id(kind: Kind, name: &str) -> String {
+    format!("{}({name})", kind.name())
+}
+
+/// Which keys a level of a document may have, and how to check below them.
+struct Fields(&'static [(&'static str, Sub)]);
+
+enum Sub {
+    Leaf,
+    Obj(&'static Fields),
+    List(&'static Fields),
+}
+
+const OBJECT_META: Fields = Fields(&[
+    ("name", Sub::Leaf),
+    ("generateName", Sub::Leaf),
+    ("namespace", Sub::Leaf),
+    ("selfLink", Sub::Leaf),
+    ("uid", Sub::Leaf),
+    ("resourceVersion", Sub::Leaf),
+    ("generation", Sub::Leaf),
+    ("creationTimestamp", Sub::Leaf),
+    ("deletionTimestamp", Sub::Leaf),
+    ("deletionGracePeriodSeconds", Sub::Leaf),
+    ("labels", Sub::Leaf),
+    ("annotations", Sub::Leaf),
+    ("ownerReferences", Sub::Leaf),
+    ("finalizers", Sub::Leaf),
+    ("managedFields", Sub::Leaf),
+]);
+
+const LIST_META: Fields = Fields(&[
+    ("selfLink", Sub::Leaf),
+    ("resourceVersion", Sub::Leaf),
+    ("continue", Sub::Leaf),
+    ("remainingItemCount", Sub::Leaf),
+]);
+
+const IPPOOL_SPEC: Fields = Fields(&[
+    ("cidr", Sub::Leaf),
+    ("vxlanMode", Sub::Leaf),
+    ("ipipMode", Sub::Leaf),
+    ("natOutgoing", Sub::Leaf),
+    ("disabled", Sub::Leaf),
+    ("disableBGPExport", Sub::Leaf),
+    ("blockSize", Sub::Leaf),
+    ("nodeSelector", Sub::Leaf),
+    ("namespaceSelector", Sub::Leaf),
+    ("allowedUses", Sub::Leaf),
+    ("assignmentMode", Sub::Leaf),
+]);
+
+const IPPOOL_STATUS: Fields = Fields(&[("conditions", Sub::Leaf)]);
+
+const NODE_BGP: Fields = Fields(&[
+    ("asNumber", Sub::Leaf),
+    ("ipv4Address", Sub::Leaf),
+    ("ipv6Address", Sub::Leaf),
+    ("ipv4IPIPTunnelAddr", Sub::Leaf),
+    ("routeReflectorClusterID", Sub::Leaf),
+]);
+
+const NODE_ORCH_REF: Fields = Fields(&[("nodeName", Sub::Leaf), ("orchestrator", Sub::Leaf)]);
+
+const NODE_WIREGUARD: Fields = Fields(&[
+    ("interfaceIPv4Address", Sub::Leaf),
+    ("interfaceIPv6Address", Sub::Leaf),
+]);
+
+const NODE_ADDRESS: Fields = Fields(&[("address", Sub::Leaf), ("type", Sub::Leaf)]);
+
+const NODE_INTERFACE: Fields = Fields(&[("name", Sub::Leaf), ("addresses", Sub::Leaf)]);
+
+const NODE_SPEC: Fields = Fields(&[
+    ("bgp", Sub::Obj(&NODE_BGP)),
+    ("ipv4VXLANTunnelAddr", Sub::Leaf),
+    ("vxlanTunnelMACAddr", Sub::Leaf),
+    ("ipv6VXLANTunnelAddr", Sub::Leaf),
+    ("vxlanTunnelMACAddrV6", Sub::Leaf),
+    ("orchRefs", Sub::List(&NODE_ORCH_REF)),
+    ("wireguard", Sub::Obj(&NODE_WIREGUARD)),
+    ("addresses", Sub::List(&NODE_ADDRESS)),
+    ("interfaces", Sub::List(&NODE_INTERFACE)),
+]);
+
+const NODE_STATUS: Fields = Fields(&[
+    ("wireguardPublicKey", Sub::Leaf),
+    ("wireguardPublicKeyV6", Sub::Leaf),
+    ("podCIDRs", Sub::Leaf),
+]);
+
+const IPAM_CONFIG_SPEC: Fields = Fields(&[
+    ("strictAffinity", Sub::Leaf),
+    ("maxBlocksPerHost", Sub::Leaf),
+    ("autoAllocateBlocks", Sub::Leaf),
+    ("kubeVirtVMAddressPersistence", Sub::Leaf),
+]);
+
+const IPPOOL_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&IPPOOL_SPEC)),
+    ("status", Sub::Obj(&IPPOOL_STATUS)),
+]);
+
+const NODE_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&NODE_SPEC)),
+    ("status", Sub::Obj(&NODE_STATUS)),
+]);
+
+const IPAM_CONFIG_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&IPAM_CONFIG_SPEC)),
+]);
+
+const LIST_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&LIST_META)),
+    ("items", Sub::Leaf),
+]);
+
+/// calicoctl's message for a field its strict decoding does not know.
+pub fn unknown_field_message(name: &str) -> String {
+    format!("field in document is not recognized or is in the wrong location: {name}")
+}
+
+fn check_fields(v: &Value, fields: &Fields) -> Result<(), String> {
+    let Value::Object(m) = v else {
+        // Type mismatches are reported by the decoding that follows.
+        return Ok(());
+    };
+    for (k, child) in m {
+        let Some((_, sub)) = fields.0.iter().find(|(name, _)| name == k) else {
+            return Err(unknown_field_message(k));
+        };
+        match (sub, child) {
+            (Sub::Obj(f), _) => check_fields(child, f)?,
+            (Sub::List(f), Value::Array(items)) => {
+                for item in items {
+                    check_fields(item, f)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(v: Value, kind: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        format!("cannot decode field {path} of {kind}: {}", e.into_inner())
+    })
+}
+
+/// Reads one resource document (a JSON object).
+pub fn decode_resource(v: Value) -> Result<Object, String> {
+    let Value::Object(mut m) = v else {
+        return Err(format!(
+            "a document must hold a resource (a mapping with kind and apiVersion), not {v}"
+        ));
+    };
+    let kind = match m.get("kind") {
+        Some(Value::String(k)) if !k.is_empty() => k.clone(),
+        _ => {
+            return Err(format!(
+                "Object 'Kind' is missing in '{}'",
+                Value::Object(m.clone())
+            ));
+        }
+    };
+    let api_version = m
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let known = Kind::from_kind_name(&kind).filter(|_| api_version == API_VERSION);
+    let Some(k) = known else {
+        return Err(format!(
+            "unknown resource type ({kind}) and/or version ({api_version})"
+        ));
+    };
+    let top = match k {
+        Kind::IpPool => &IPPOOL_TOP,
+        Kind::Node => &NODE_TOP,
+        Kind::IpamConfiguration => &IPAM_CONFIG_TOP,
+    };
+    let whole = Value::Object(m.clone());
+    check_fields(&whole, top)?;
+    // Go decodes a missing metadata or spec as empty; validation then names what is missing.
+    for part in ["metadata", "spec"] {
+        if m.get(part).is_none_or(Value::is_null) {
+            m.insert(part.into(), Value::Object(Map::new()));
+        }
+    }
+    if k == Kind::IpPool
+        && let Some(Value::Object(spec)) = m.get_mut("spec")
+    {
+        spec.entry("cidr").or_insert(Value::String(String::new()));
+    }
+    let v = Value::Object(m);
+    Ok(match k {
+        Kind::IpPool => Object::IpPool(decode::<Resource<IpPoolSpec>>(v, "IPPool")?),
+        Kind::Node => {
+            let mut n: NodeResource = decode(v, "Node")?;
+            n.status.get_or_insert_with(|| Value::Object(Map::new()));
+            Object::Node(n)
+        }
+        Kind::IpamConfiguration => Object::IpamConfiguration(decode(v, "IPAMConfiguration")?),
+    })
+}
+
+/// Every resource in a file's text: documents separated by `---`, each a resource, a
+/// sequence of resources, or a list (`IPPoolList`, ..., or a generic `List`) with `items`.
+/// The first problem found is returned and nothing else.
+pub fn parse_documents(text: &str) -> Result<Vec<Object>, String> {
+    let docs = yaml::parse_documents(text).map_err(|e| {
+        format!(
+            "error converting YAML to JSON: yaml: {}",
+            e.replace('\n', " ")
+        )
+    })?;
+    let mut out = Vec::new();
+    for doc in docs {
+        match doc {
+            Value::Array(items) => {
+                for item in items {
+                    out.push(decode_resource(item)?);
+                }
+            }
+            Value::Object(ref m) if is_list_kind(m) => {
+                check_fields(&doc, &LIST_TOP)?;
+                let items = match m.get("items") {
+                    Some(Value::Array(items)) => items.clone(),
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(_) => return Err("the items of a list must be a sequence".into()),
+                };
+                for item in items {
+                    out.push(decode_resource(item)?);
+                }
+            }
+            other => out.push(decode_resource(other)?),
+        }
+    }
+    Ok(out)
+}
+
+fn is_list_kind(m: &Map<String, Value>) -> bool {
+    match m.get("kind").and_then(Value::as_str) {
+        Some("List") => true,
+        Some(k) => k
+            .strip_suffix("List")
+            .is_some_and(|base| Kind::from_kind_name(base).is_some()),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn aliases_and_keys() {
+        for a in ["ippool", "IPPools", "ipp", "ipps", "pool", "pools"] {
+            assert_eq!(Kind::from_alias(a), Some(Kind::IpPool), "{a}");
+        }
+        for a in ["node", "nodes", "no", "nos"] {
+            assert_eq!(Kind::from_alias(a), Some(Kind::Node), "{a}");
+        }
+        for a in [
+            "ipamconfig",
+            "ipamconfigs",
+            "ipamconfiguration",
+            "IPAMConfigurations",
+        ] {
+            assert_eq!(Kind::from_alias(a), Some(Kind::IpamConfiguration), "{a}");
+        }
+        assert_eq!(Kind::from_alias("profile"), None);
+        assert_eq!(
+            Kind::IpPool.key("p1"),
+            "/calico/resources/v3/projectcalico.org/ippools/p1"
+        );
+        assert_eq!(
+            Kind::Node.key("n1"),
+            "/calico/resources/v3/projectcalico.org/nodes/n1"
+        );
+        assert_eq!(
+            Kind::IpamConfiguration.key("default"),
+            "/calico/ipam/v2/config"
+        );
+    }
+
+    #[test]
+    fn several_documents_and_lists() {
+        let text = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p1\nspec:\n  cidr: 10.1.0.0/16\n\
+                    ---\n\
+                    apiVersion: projectcalico.org/v3\nkind: NodeList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: Node\n  metadata:\n    name: n1\n  spec:\n    bgp:\n      asNumber: \"1.10\"\n      ipv4Address: 192.168.1.1/24\n\
+                    ---\n\
+                    - apiVersion: projectcalico.org/v3\n  kind: IPAMConfiguration\n  metadata:\n    name: default\n  spec:\n    strictAffinity: true\n";
+        let objs = parse_documents(text).expect("parses");
+        assert_eq!(objs.len(), 3);
+        assert_eq!(objs[0].id(), "IPPool(p1)");
+        let Object::Node(n) = &objs[1] else {
+            panic!("node expected")
+        };
+        assert_eq!(
+            n.spec.bgp.as_ref().and_then(|b| b.as_number),
+            Some(AsNumber(65546))
+        );
+        assert_eq!(n.status, Some(json!({})));
+        let Object::IpamConfiguration(c) = &objs[2] else {
+            panic!("ipam config expected")
+        };
+        assert!(c.spec.strict_affinity && c.spec.auto_allocate_blocks);
+    }
+
+    #[test]
+    fn clear_errors() {
+        let unknown_kind =
+            parse_documents("apiVersion: projectcalico.org/v3\nkind: Foo\nmetadata:\n  name: x\n")
+                .unwrap_err();
+        assert_eq!(
+            unknown_kind,
+            "unknown resource type (Foo) and/or version (projectcalico.org/v3)"
+        );
+        let unknown_field = parse_documents(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: x\nspec:\n  cidr: 10.0.0.0/8\n  blocksize: 24\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            unknown_field,
+            "field in document is not recognized or is in the wrong location: blocksize"
+        );
+        let nested = parse_documents(
+            "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: x\nspec:\n  bgp:\n    asn: 1\n",
+        )
+        .unwrap_err();
+        assert!(nested.ends_with(": asn"), "{nested}");
+        let bad_type = parse_documents(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: x\nspec:\n  cidr: 10.0.0.0/8\n  blockSize: big\n",
+        )
+        .unwrap_err();
+        assert!(
+            bad_type.starts_with("cannot decode field spec.blockSize of IPPool"),
+            "{bad_type}"
+        );
+        let no_kind =
+            parse_documents("apiVersion: projectcalico.org/v3\nmetadata: {}\n").unwrap_err();
+        assert!(no_kind.starts_with("Object 'Kind' is missing"), "{no_kind}");
+        let bad_yaml = parse_documents("kind: IPPool\n  bad: [\n").unwrap_err();
+        assert!(
+            bad_yaml.starts_with("error converting YAML to JSON: yaml: "),
+            "{bad_yaml}"
+        );
+        assert!(!bad_yaml.contains('\n'), "one line: {bad_yaml}");
+        let wrong_version =
+            parse_documents("apiVersion: v1\nkind: IPPool\nmetadata:\n  name: x\n").unwrap_err();
+        assert_eq!(
+            wrong_version,
+            "unknown resource type (IPPool) and/or version (v1)"
+        );
+    }
+
+    #[test]
+    fn missing_cidr_decodes_so_validation_can_name_it() {
+        let objs = parse_documents(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: x\n",
+        )
+        .expect("decodes");
+        let Object::IpPool(p) = &objs[0] else {
+            panic!("pool expected")
+        };
+        assert_eq!(p.spec.cidr, "");
+    }
+}

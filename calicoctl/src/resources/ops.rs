@@ -1,0 +1,1080 @@
+//! `get`, `apply`, `create` and `delete` against the datastore.
+//!
+//! Writes follow calicoctl's resource managers and libcalico-go's etcdv3 backend: the whole
+//! object is stored with `kind`/`apiVersion` and without `resourceVersion` (the key's mod
+//! revision is the version); create keeps only name, labels and annotations from the
+//! document and sets a new `uid` and `creationTimestamp`; update keeps the stored metadata
+//! but takes labels and annotations from the document; an update with a `resourceVersion`
+//! must match the stored one. Every write is a guarded etcd transaction.
+//!
+//! One deliberate difference: every document is decoded and validated (against the
+//! datastore's current state and the documents before it) before anything is written, so a
+//! file with one bad document changes nothing.
+
+use super::print::{self, Fetched, Format};
+use super::validate::{self, PoolContext};
+use super::{IpamConfiguration, IpamConfigurationSpec, Kind, NodeResource, Object, id};
+use crate::error::{CmdError, CmdResult};
+use crate::uuid;
+use calico_datastore::model::time::rfc3339_seconds;
+use calico_datastore::model::{
+    AllocationBlock, ClusterInformation, ClusterInformationSpec, IpPool, IpamConfigValue, Resource,
+    keys,
+};
+use calico_datastore::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
+use ipnet::IpNet;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// The datastore and the sources of time and identity (replaceable in tests).
+pub struct Ctx<'a> {
+    pub store: &'a dyn KvStore,
+    pub now: fn() -> SystemTime,
+    pub new_uid: fn() -> String,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(store: &'a dyn KvStore) -> Self {
+        Ctx {
+            store,
+            now: SystemTime::now,
+            new_uid: uuid::new_v4,
+        }
+    }
+}
+
+/// Calico's default AS number, shown for Nodes without their own when there is no global
+/// BGPConfiguration.
+pub const DEFAULT_ASN: u32 = 64512;
+
+/// `resource does not exist: Kind(name) with error: <nil>`.
+pub fn does_not_exist(kind: Kind, name: &str) -> String {
+    format!(
+        "resource does not exist: {} with error: <nil>",
+        id(kind, name)
+    )
+}
+
+/// The store's current revision (an etcd transaction without writes does not create one).
+fn current_revision(store: &dyn KvStore) -> CmdResult<i64> {
+    match store.txn(&[], &[])? {
+        TxnOutcome::Applied(rev) => Ok(rev),
+        TxnOutcome::Conflict(_) => Ok(0),
+    }
+}
+
+/// A stored object of `kind` read as `get` shows it (IPPool defaults applied, as
+/// `convertIpPoolFromStorage` does on read). `None` if the value does not decode.
+pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
+    match kind {
+        Kind::IpPool => {
+            let mut p = IpPool::from_kv(kv).ok()?;
+            p.spec = p.spec.with_defaults();
+            Some(Object::IpPool(p))
+        }
+        Kind::Node => {
+            let mut n = NodeResource::from_kv(kv).ok()?;
+            n.status.get_or_insert_with(|| Value::Object(Map::new()));
+            Some(Object::Node(n))
+        }
+        Kind::IpamConfiguration => {
+            let v: IpamConfigValue = serde_json::from_slice(&kv.value).ok()?;
+            let mut c = IpamConfiguration::new(
+                Kind::IpamConfiguration.name(),
+                "default",
+                IpamConfigurationSpec::from_value(&v),
+            );
+            c.metadata.resource_version = kv.mod_revision.to_string();
+            Some(Object::IpamConfiguration(c))
+        }
+    }
+}
+
+fn global_asn(store: &dyn KvStore) -> CmdResult<u32> {
+    let kv = store.get(&keys::resource("bgpconfigurations", "default"))?;
+    Ok(kv
+        .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .and_then(|v| v["spec"]["asNumber"].as_u64())
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(DEFAULT_ASN))
+}
+
+/// `calicoctl get <kind> [<name>...]`: prints what was found, then fails naming what was not.
+pub fn get(
+    ctx: &Ctx,
+    kind: Kind,
+    names: &[String],
+    format: Format,
+    out: &mut dyn std::io::Write,
+) -> CmdResult {
+    let mut fetched = Vec::new();
+    let mut errors = Vec::new();
+    if names.is_empty() {
+        let read = if kind == Kind::IpamConfiguration {
+            Read::Key(kind.list_prefix())
+        } else {
+            Read::Prefix(kind.list_prefix())
+        };
+        let kvs = ctx.store.read(&[read])?.pop().unwrap_or_default();
+        let revision = current_revision(ctx.store)?;
+        fetched.push(Fetched::List {
+            kind,
+            revision,
+            items: kvs.iter().filter_map(|kv| read_object(kind, kv)).collect(),
+        });
+    } else {
+        let reads: Vec<Read> = names.iter().map(|n| Read::Key(kind.key(n))).collect();
+        let found = ctx.store.read(&reads)?;
+        for (name, kvs) in names.iter().zip(found) {
+            let obj = kvs
+                .first()
+                .filter(|_| kind != Kind::IpamConfiguration || name == "default")
+                .and_then(|kv| read_object(kind, kv));
+            match obj {
+                Some(o) => fetched.push(Fetched::One(Box::new(o))),
+                None => errors.push(does_not_exist(kind, name)),
+            }
+        }
+    }
+    let asn = if format == Format::Wide && kind == Kind::Node {
+        global_asn(ctx.store)?
+    } else {
+        DEFAULT_ASN
+    };
+    if !fetched.is_empty() || errors.is_empty() {
+        out.write_all(print::render(&fetched, format, asn).as_bytes())?;
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CmdError::Failed(errors.join("\n")))
+    }
+}
+
+/// apply or create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Apply,
+    Create,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Apply => "apply",
+            Action::Create => "create",
+        }
+    }
+
+    fn past(self) -> &'static str {
+        match self {
+            Action::Apply => "applied",
+            Action::Create => "created",
+        }
+    }
+}
+
+/// The kind all objects share, if they do.
+fn single_kind(objects: &[Object]) -> Option<Kind> {
+    let first = objects.first()?.kind();
+    objects.iter().all(|o| o.kind() == first).then_some(first)
+}
+
+fn slice(errs: &[String]) -> String {
+    format!("[{}]", errs.join(" "))
+}
+
+/// calicoctl's message when no resource could be applied/created.
+pub fn all_failed(verb: &str, kind: Option<Kind>, total: usize, errs: &[String]) -> String {
+    match (total, kind) {
+        (1, Some(k)) => format!("failed to {verb} '{}' resource: {}", k.name(), slice(errs)),
+        (_, Some(k)) => format!(
+            "failed to {verb} any '{}' resources: {}",
+            k.name(),
+            slice(errs)
+        ),
+        _ => format!("failed to {verb} any resources: {}", slice(errs)),
+    }
+}
+
+/// A write decided before anything is written.
+struct Planned {
+    id: String,
+    key: String,
+    value: Vec<u8>,
+}
+
+/// What planning knows of the datastore: the state read, and the documents planned so far.
+struct Plan<'a> {
+    ctx: &'a Ctx<'a>,
+    action: Action,
+    skip_exists: bool,
+    /// Stored values by key, as read.
+    stored: BTreeMap<String, Option<Kv>>,
+    /// Objects planned earlier in this run, by key (they win over `stored`).
+    planned: BTreeMap<String, Object>,
+    /// Pool name -> CIDR: stored pools, updated by planned ones.
+    pools: BTreeMap<String, String>,
+    /// Every block in the datastore.
+    blocks: Vec<IpNet>,
+}
+
+enum Existing {
+    None,
+    Stored(Kv),
+    Planned(Box<Object>),
+}
+
+impl Plan<'_> {
+    fn existing(&self, key: &str) -> Existing {
+        if let Some(o) = self.planned.get(key) {
+            return Existing::Planned(Box::new(o.clone()));
+        }
+        match self.stored.get(key).cloned().flatten() {
+            Some(kv) => Existing::Stored(kv),
+            None => Existing::None,
+        }
+    }
+
+    /// The metadata a new object gets from a document (calicoctl's `prepareMetadataForCreate`
+    /// plus the backend's uid and creationTimestamp).
+    fn create_meta(&self, doc: &Object) -> calico_datastore::model::ObjectMeta {
+        let m = doc.metadata();
+        calico_datastore::model::ObjectMeta {
+            name: m.name.clone(),
+            uid: (self.ctx.new_uid)(),
+            creation_timestamp: Some(rfc3339_seconds((self.ctx.now)())),
+            labels: m.labels.clone(),
+            annotations: m.annotations.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The metadata an update stores: the live object's, with the document's labels and
+    /// annotations (`mergeMetadataForUpdate`).
+    fn update_meta(
+        live: &calico_datastore::model::ObjectMeta,
+        doc: &Object,
+    ) -> calico_datastore::model::ObjectMeta {
+        let mut m = live.clone();
+        m.labels = doc.metadata().labels.clone();
+        m.annotations = doc.metadata().annotations.clone();
+        m.resource_version.clear();
+        m
+    }
+
+    fn check_version(doc: &Object, live_rev: Option<i64>) -> Result<(), String> {
+        let rv = &doc.metadata().resource_version;
+        match live_rev {
+            Some(live) if !rv.is_empty() && *rv != live.to_string() => {
+                Err(format!("update conflict: {}", doc.id()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Plans one document: `Ok(None)` if it is skipped (`--skip-exists`).
+    fn one(&mut self, doc: &Object) -> Result<Option<Planned>, String> {
+        let kind = doc.kind();
+        let name = doc.name().to_string();
+        if !doc.metadata().namespace.is_empty() {
+            return Err(format!(
+                "namespace should not be specified for a non-namespaced resource. {} is not a \
+                 namespaced resource",
+                kind.name()
+            ));
+        }
+        match doc {
+            Object::IpamConfiguration(c) => {
+                validate::ipam_configuration(&name, &c.spec).map_err(|e| e.to_string())?;
+            }
+            _ => validate::check_name(kind.name(), &name).map_err(|e| e.to_string())?,
+        }
+        let key = kind.key(&name);
+        let existing = self.existing(&key);
+        let exists = !matches!(existing, Existing::None);
+        if exists && self.action == Action::Create {
+            if self.skip_exists {
+                return Ok(None);
+            }
+            return Err(format!(
+                "resource already exists: {} with error: <nil>",
+                doc.id()
+            ));
+        }
+        let live_rev = match &existing {
+            Existing::Stored(kv) => Some(kv.mod_revision),
+            _ => None,
+        };
+        let (obj, value) = match doc {
+            Object::IpPool(p) => self.plan_pool(p, doc, &existing, live_rev)?,
+            Object::Node(n) => {
+                validate::node(&n.spec).map_err(|e| e.to_string())?;
+                let mut n = n.clone();
+                n.metadata = match &existing {
+                    Existing::None => self.create_meta(doc),
+                    Existing::Stored(kv) => {
+                        Self::check_version(doc, live_rev)?;
+                        let live = NodeResource::from_kv(kv)
+                            .map_err(|e| format!("cannot decode the stored {}: {e}", doc.id()))?;
+                        Self::update_meta(&live.metadata, doc)
+                    }
+                    Existing::Planned(o) => Self::update_meta(o.metadata(), doc),
+                };
+                n.kind = kind.name().into();
+                n.status.get_or_insert_with(|| Value::Object(Map::new()));
+                let bytes = n.to_stored().map_err(|e| e.to_string())?;
+                (Object::Node(n), bytes)
+            }
+            Object::IpamConfiguration(c) => {
+                let base = match &existing {
+                    Existing::Stored(kv) => {
+                        Self::check_version(doc, live_rev)?;
+                        Some(
+                            serde_json::from_slice::<IpamConfigValue>(&kv.value).map_err(|e| {
+                                format!("cannot decode the stored IPAM config: {e}")
+                            })?,
+                        )
+                    }
+                    Existing::Planned(o) => match &**o {
+                        Object::IpamConfiguration(o) => Some(o.spec.to_value(None)),
+                        _ => None,
+                    },
+                    Existing::None => None,
+                };
+                let value = c.spec.to_value(base.as_ref());
+                let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+                let mut shown = c.clone();
+                shown.metadata = calico_datastore::model::ObjectMeta {
+                    name: "default".into(),
+                    ..Default::default()
+                };
+                (Object::IpamConfiguration(shown), bytes)
+            }
+        };
+        self.planned.insert(key.clone(), obj);
+        Ok(Some(Planned {
+            id: doc.id(),
+            key,
+            value,
+        }))
+    }
+
+    fn plan_pool(
+        &mut self,
+        p: &IpPool,
+        doc: &Object,
+        existing: &Existing,
+        live_rev: Option<i64>,
+    ) -> Result<(Object, Vec<u8>), String> {
+        let name = p.metadata.name.clone();
+        // Calico's apply tries Create first: its checks apply whether or not the pool exists.
+        let others: Vec<(String, String)> = self
+            .pools
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
+        let mut spec = p.spec.clone();
+        validate::ippool(
+            &name,
+            &mut spec,
+            &PoolContext {
+                old: None,
+                others: Some(&others),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        validate::block_size_conflict(&spec, &self.blocks).map_err(|e| e.to_string())?;
+        let live: Option<IpPool> = match existing {
+            Existing::None => None,
+            Existing::Stored(kv) => Some(
+                IpPool::from_kv(kv)
+                    .map_err(|e| format!("cannot decode the stored {}: {e}", doc.id()))?,
+            ),
+            Existing::Planned(o) => match &**o {
+                Object::IpPool(o) => Some(o.clone()),
+                _ => None,
+            },
+        };
+        let mut pool = p.clone();
+        pool.kind = Kind::IpPool.name().into();
+        match &live {
+            None => {
+                pool.spec = spec;
+                pool.metadata = self.create_meta(doc);
+            }
+            Some(live) => {
+                let old = live.spec.with_defaults();
+                let mut updated = p.spec.clone();
+                validate::ippool(
+                    &name,
+                    &mut updated,
+                    &PoolContext {
+                        old: Some(&old),
+                        others: None,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                Self::check_version(doc, live_rev)?;
+                pool.spec = updated;
+                pool.metadata = Self::update_meta(&live.metadata, doc);
+            }
+        }
+        self.pools.insert(name, pool.spec.cidr.clone());
+        let bytes = pool.to_stored().map_err(|e| e.to_string())?;
+        Ok((Object::IpPool(pool), bytes))
+    }
+}
+
+/// `calicoctl apply|create -f`: validates every document, then writes them in order.
+pub fn apply(
+    ctx: &Ctx,
+    objects: &[Object],
+    action: Action,
+    skip_exists: bool,
+    out: &mut dyn std::io::Write,
+) -> CmdResult {
+    let kind = single_kind(objects);
+    let total = objects.len();
+    let any_pool = objects.iter().any(|o| o.kind() == Kind::IpPool);
+    let keys_wanted: Vec<String> = objects.iter().map(|o| o.kind().key(o.name())).collect();
+    let mut reads: Vec<Read> = keys_wanted.iter().map(|k| Read::Key(k.clone())).collect();
+    if any_pool {
+        reads.push(Read::Prefix(keys::resources_prefix("ippools")));
+        reads.push(Read::PrefixKeys("/calico/ipam/v2/assignment/".into()));
+    }
+    let mut got = ctx.store.read(&reads)?.into_iter();
+    let mut stored = BTreeMap::new();
+    for k in &keys_wanted {
+        let kv = got.next().and_then(|mut v| v.pop());
+        stored.entry(k.clone()).or_insert(kv);
+    }
+    let pools = got
+        .next()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|kv| IpPool::from_kv(kv).ok())
+        .map(|p| (p.metadata.name.clone(), p.spec.cidr.clone()))
+        .collect();
+    let blocks = got
+        .next()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|kv| keys::block_cidr_of(&kv.key))
+        .collect();
+    let mut plan = Plan {
+        ctx,
+        action,
+        skip_exists,
+        stored,
+        planned: BTreeMap::new(),
+        pools,
+        blocks,
+    };
+    let mut planned = Vec::new();
+    let mut errors = Vec::new();
+    for doc in objects {
+        match plan.one(doc) {
+            Ok(p) => planned.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CmdError::Failed(all_failed(
+            action.verb(),
+            kind,
+            total,
+            &errors,
+        )));
+    }
+    ensure_initialized(ctx);
+
+    // Write, guarding each key on what we read (or on our own earlier write to it).
+    let mut latest: BTreeMap<String, Option<i64>> = plan
+        .stored
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map(|kv| kv.mod_revision)))
+        .collect();
+    let mut handled = 0;
+    for p in planned {
+        let Some(p) = p else {
+            handled += 1;
+            continue;
+        };
+        let guard = match latest.get(&p.key).copied().flatten() {
+            Some(rev) => Guard::Revision(p.key.clone(), rev),
+            None => Guard::Absent(p.key.clone()),
+        };
+        match ctx.store.txn(
+            std::slice::from_ref(&guard),
+            &[Write::Put(p.key.clone(), p.value)],
+        )? {
+            TxnOutcome::Applied(rev) => {
+                latest.insert(p.key, Some(rev));
+                handled += 1;
+            }
+            TxnOutcome::Conflict(_) => errors.push(match guard {
+                Guard::Absent(_) => format!("resource already exists: {} with error: <nil>", p.id),
+                Guard::Revision(..) => format!("update conflict: {}", p.id),
+            }),
+        }
+    }
+    if handled == 0 {
+        return Err(CmdError::Failed(all_failed(
+            action.verb(),
+            kind,
+            total,
+            &errors,
+        )));
+    }
+    if errors.is_empty() {
+        match kind {
+            Some(k) => writeln!(
+                out,
+                "Successfully {} {handled} '{}' resource(s)",
+                action.past(),
+                k.name()
+            )?,
+            None => writeln!(out, "Successfully {} {handled} resource(s)", action.past())?,
+        }
+        return Ok(());
+    }
+    if handled > errors.len() {
+        match kind {
+            Some(k) => writeln!(
+                out,
+                "Partial success: {} the first {handled} out of {total} '{}' resources:",
+                action.past(),
+                k.name()
+            )?,
+            None => writeln!(
+                out,
+                "Partial success: {} the first {handled} out of {total} resources:",
+                action.past()
+            )?,
+        }
+    }
+    let label = if action == Action::Apply {
+        "hit error(s)"
+    } else {
+        "hit error"
+    };
+    Err(CmdError::Failed(format!("{label}: {}", slice(&errors))))
+}
+
+/// calicoctl's `EnsureInitialized` before writes: the ClusterInformation `default` (with a
+/// GUID and `datastoreReady: true`) and the default tiers, if missing. Failures are ignored,
+/// as calicoctl ignores them.
+pub fn ensure_initialized(ctx: &Ctx) {
+    let ci_key = keys::resource("clusterinformations", "default");
+    const TIERS: [(&str, &str, u64); 3] = [
+        ("default", "Deny", 1_000_000),
+        ("kube-admin", "Pass", 1_000),
+        ("kube-baseline", "Pass", 10_000_000),
+    ];
+    let mut reads = vec![Read::Key(ci_key.clone())];
+    reads.extend(
+        TIERS
+            .iter()
+            .map(|(n, ..)| Read::Key(keys::resource("tiers", n))),
+    );
+    let Ok(got) = ctx.store.read(&reads) else {
+        return;
+    };
+    let mut got = got.into_iter();
+    let now = rfc3339_seconds((ctx.now)());
+    let meta = |name: &str| calico_datastore::model::ObjectMeta {
+        name: name.into(),
+        uid: (ctx.new_uid)(),
+        creation_timestamp: Some(now.clone()),
+        ..Default::default()
+    };
+    match got.next().and_then(|mut v| v.pop()) {
+        None => {
+            let mut ci = ClusterInformation::new(
+                "ClusterInformation",
+                "default",
+                ClusterInformationSpec {
+                    cluster_guid: uuid::new_guid(),
+                    datastore_ready: Some(true),
+                    ..Default::default()
+                },
+            );
+            ci.metadata = meta("default");
+            if let Ok(bytes) = ci.to_stored() {
+                let _ = ctx.store.txn(
+                    &[Guard::Absent(ci_key.clone())],
+                    &[Write::Put(ci_key.clone(), bytes)],
+                );
+            }
+        }
+        Some(kv) => {
+            if let Ok(mut ci) = ClusterInformation::from_kv(&kv) {
+                let mut changed = false;
+                if ci.spec.cluster_guid.is_empty() {
+                    ci.spec.cluster_guid = uuid::new_guid();
+                    changed = true;
+                }
+                if ci.spec.datastore_ready.is_none() {
+                    ci.spec.datastore_ready = Some(true);
+                    changed = true;
+                }
+                if changed && let Ok(bytes) = ci.to_stored() {
+                    let _ = ctx.store.txn(
+                        &[Guard::Revision(ci_key.clone(), kv.mod_revision)],
+                        &[Write::Put(ci_key.clone(), bytes)],
+                    );
+                }
+            }
+        }
+    }
+    for (name, action, order) in TIERS {
+        if got.next().and_then(|mut v| v.pop()).is_some() {
+            continue;
+        }
+        let mut tier = Resource::new(
+            "Tier",
+            name,
+            json!({"order": order, "defaultAction": action}),
+        );
+        tier.metadata = meta(name);
+        tier.status = Some(json!({}));
+        let key = keys::resource("tiers", name);
+        if let Ok(bytes) = tier.to_stored() {
+            let _ = ctx
+                .store
+                .txn(&[Guard::Absent(key.clone())], &[Write::Put(key, bytes)]);
+        }
+    }
+}
+
+/// `calicoctl delete`: deletes each object, reporting each failure.
+pub fn delete(
+    ctx: &Ctx,
+    objects: &[Object],
+    single: Option<Kind>,
+    skip_not_exists: bool,
+    out: &mut dyn std::io::Write,
+) -> CmdResult {
+    let mut handled = 0;
+    let mut errors = Vec::new();
+    for o in objects {
+        match delete_one(ctx, o) {
+            Ok(()) => handled += 1,
+            Err(DeleteError::Missing) if skip_not_exists => handled += 1,
+            Err(DeleteError::Missing) => errors.push(does_not_exist(o.kind(), o.name())),
+            Err(DeleteError::Other(e)) => errors.push(e),
+        }
+    }
+    let kind = single.or_else(|| single_kind(objects));
+    if handled > 0 {
+        match kind {
+            Some(k) => writeln!(
+                out,
+                "Successfully deleted {handled} '{}' resource(s)",
+                k.name()
+            )?,
+            None => writeln!(out, "Successfully deleted {handled} resource(s)")?,
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|e| match kind {
+            Some(k) => format!("Failed to delete '{}' resource: {e}", k.name()),
+            None => format!("Failed to delete resource: {e}"),
+        })
+        .collect();
+    Err(CmdError::Failed(lines.join("\n")))
+}
+
+enum DeleteError {
+    Missing,
+    Other(String),
+}
+
+impl From<calico_datastore::EtcdError> for DeleteError {
+    fn from(e: calico_datastore::EtcdError) -> Self {
+        DeleteError::Other(e.to_string())
+    }
+}
+
+fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
+    let kind = o.kind();
+    if kind == Kind::IpamConfiguration && o.name() != "default" {
+        return Err(DeleteError::Missing);
+    }
+    let key = kind.key(o.name());
+    let kv = ctx.store.get(&key)?.ok_or(DeleteError::Missing)?;
+    let rv = &o.metadata().resource_version;
+    let conflict = || DeleteError::Other(format!("update conflict: {}", o.id()));
+    if !rv.is_empty() && *rv != kv.mod_revision.to_string() {
+        return Err(conflict());
+    }
+    let mut rev = kv.mod_revision;
+    if kind == Kind::IpPool {
+        let mut pool = IpPool::from_kv(&kv)
+            .map_err(|e| DeleteError::Other(format!("cannot decode the stored {}: {e}", o.id())))?;
+        let cidr = validate::parse_cidr(&pool.spec.cidr).map(|(_, n)| n);
+        // Calico disables an enabled pool first, so nothing is assigned from it while its
+        // affinities are released (it then waits 500 ms; we do not).
+        if !pool.spec.disabled {
+            pool.spec = pool.spec.with_defaults();
+            pool.spec.disabled = true;
+            let bytes = pool
+                .to_stored()
+                .map_err(|e| DeleteError::Other(e.to_string()))?;
+            match ctx.store.txn(
+                &[Guard::Revision(key.clone(), rev)],
+                &[Write::Put(key.clone(), bytes)],
+            )? {
+                TxnOutcome::Applied(r) => rev = r,
+                TxnOutcome::Conflict(_) => return Err(conflict()),
+            }
+        }
+        if let Some(cidr) = cidr {
+            release_pool_affinities(ctx.store, &cidr).map_err(DeleteError::Other)?;
+        }
+    }
+    match ctx
+        .store
+        .txn(&[Guard::Revision(key.clone(), rev)], &[Write::Delete(key)])?
+    {
+        TxnOutcome::Applied(_) => Ok(()),
+        TxnOutcome::Conflict(current) if current.first().is_some_and(Option::is_none) => {
+            Err(DeleteError::Missing)
+        }
+        TxnOutcome::Conflict(_) => Err(conflict()),
+    }
+}
+
+/// Whether a block has no allocations but Windows-reserved ones (Calico's `empty()`).
+pub fn block_is_empty(b: &AllocationBlock) -> bool {
+    b.allocations.iter().flatten().all(|i| {
+        b.attributes
+            .as_ref()
+            .and_then(|a| a.get(*i))
+            .and_then(|a| a.handle())
+            == Some(WINDOWS_RESERVED_HANDLE)
+    })
+}
+
+/// The handle of the addresses Calico reserves in blocks for Windows nodes.
+pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
+
+/// `ReleasePoolAffinities`: every affinity of a block in `pool` goes; an empty block goes
+/// with it, a non-empty one loses its affinity. Block and affinity change in one
+/// transaction. (Calico leaves an affinity whose block is missing; we delete it too.)
+pub fn release_pool_affinities(store: &dyn KvStore, pool: &IpNet) -> Result<(), String> {
+    let affinities = store
+        .list_keys("/calico/ipam/v2/host/")
+        .map_err(|e| e.to_string())?;
+    for aff_key in affinities {
+        let Some((host, cidr)) = keys::parse_affinity(&aff_key) else {
+            continue;
+        };
+        if !pool.contains(&cidr.network()) || pool.prefix_len() > cidr.prefix_len() {
+            continue;
+        }
+        let block_key = keys::block(&cidr);
+        let mut done = false;
+        for _ in 0..calico_ipam::allocator::MAX_RETRIES {
+            let got = store
+                .read(&[Read::Key(aff_key.clone()), Read::Key(block_key.clone())])
+                .map_err(|e| e.to_string())?;
+            let mut got = got.into_iter();
+            let Some(aff) = got.next().and_then(|mut v| v.pop()) else {
+                done = true;
+                break;
+            };
+            let mut guards = vec![Guard::Revision(aff_key.clone(), aff.mod_revision)];
+            let mut writes = vec![Write::Delete(aff_key.clone())];
+            if let Some(bkv) = got.next().and_then(|mut v| v.pop()) {
+                let mut b: AllocationBlock = serde_json::from_slice(&bkv.value)
+                    .map_err(|e| format!("cannot decode {block_key}: {e}"))?;
+                let mine = b.affinity.as_deref() == Some(format!("host:{host}").as_str());
+                if mine {
+                    guards.push(Guard::Revision(block_key.clone(), bkv.mod_revision));
+                    if block_is_empty(&b) {
+                        writes.push(Write::Delete(block_key.clone()));
+                    } else {
+                        b.affinity = None;
+                        b.affinity_claim_time = None;
+                        b.sequence_number += 1;
+                        let bytes = serde_json::to_vec(&b).map_err(|e| e.to_string())?;
+                        writes.push(Write::Put(block_key.clone(), bytes));
+                    }
+                }
+            }
+            if store
+                .txn(&guards, &writes)
+                .map_err(|e| e.to_string())?
+                .applied()
+            {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            return Err("Max retries hit - excessive concurrent IPAM requests".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::parse_documents;
+    use calico_datastore::MemKv;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_777_629_600)
+    }
+
+    fn fixed_uid() -> String {
+        "11111111-2222-4333-8444-555555555555".into()
+    }
+
+    fn ctx(store: &MemKv) -> Ctx<'_> {
+        Ctx {
+            store,
+            now: t0,
+            new_uid: fixed_uid,
+        }
+    }
+
+    fn run_apply(store: &MemKv, text: &str, action: Action) -> (String, CmdResult) {
+        let objs = parse_documents(text).expect("parses");
+        let mut out = Vec::new();
+        let r = apply(&ctx(store), &objs, action, false, &mut out);
+        (String::from_utf8_lossy(&out).into_owned(), r)
+    }
+
+    const POOL: &str = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: pool1\nspec:\n  cidr: 10.244.0.0/16\n  ipipMode: Always\n  natOutgoing: true\n";
+
+    fn stored(store: &MemKv, key: &str) -> Option<String> {
+        store
+            .dump()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn create_writes_calicos_object_and_initialises() {
+        let store = MemKv::new();
+        let (out, r) = run_apply(&store, POOL, Action::Create);
+        assert_eq!(r, Ok(()));
+        assert_eq!(out, "Successfully created 1 'IPPool' resource(s)\n");
+        assert_eq!(
+            stored(
+                &store,
+                "/calico/resources/v3/projectcalico.org/ippools/pool1"
+            )
+            .as_deref(),
+            Some(
+                r#"{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"pool1","uid":"11111111-2222-4333-8444-555555555555","creationTimestamp":"2026-05-01T10:00:00Z"},"spec":{"cidr":"10.244.0.0/16","vxlanMode":"Never","ipipMode":"Always","natOutgoing":true,"blockSize":26,"nodeSelector":"all()","allowedUses":["Workload","Tunnel"],"assignmentMode":"Automatic"}}"#
+            )
+        );
+        let ci = stored(
+            &store,
+            "/calico/resources/v3/projectcalico.org/clusterinformations/default",
+        )
+        .expect("cluster information");
+        let ci: Value = serde_json::from_str(&ci).expect("json");
+        assert_eq!(ci["spec"]["datastoreReady"], true);
+        assert_eq!(ci["spec"]["clusterGUID"].as_str().map(str::len), Some(32));
+        assert!(
+            stored(
+                &store,
+                "/calico/resources/v3/projectcalico.org/tiers/default"
+            )
+            .is_some()
+        );
+
+        let (_, again) = run_apply(&store, POOL, Action::Create);
+        assert_eq!(
+            again,
+            Err(CmdError::Failed(
+                "failed to create 'IPPool' resource: [resource already exists: IPPool(pool1) with error: <nil>]"
+                    .into()
+            ))
+        );
+    }
+
+    #[test]
+    fn apply_updates_keeping_uid_and_creation_time() {
+        let store = MemKv::new();
+        store.put(
+            "/calico/resources/v3/projectcalico.org/ippools/pool1",
+            br#"{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"pool1","uid":"old-uid","creationTimestamp":"2020-01-01T00:00:00Z","labels":{"a":"b"}},"spec":{"cidr":"10.244.0.0/16"}}"#,
+        );
+        let (out, r) = run_apply(&store, POOL, Action::Apply);
+        assert_eq!(r, Ok(()));
+        assert_eq!(out, "Successfully applied 1 'IPPool' resource(s)\n");
+        let v: Value = serde_json::from_str(
+            &stored(
+                &store,
+                "/calico/resources/v3/projectcalico.org/ippools/pool1",
+            )
+            .expect("pool"),
+        )
+        .expect("json");
+        assert_eq!(v["metadata"]["uid"], "old-uid");
+        assert_eq!(v["metadata"]["creationTimestamp"], "2020-01-01T00:00:00Z");
+        assert!(
+            v["metadata"].get("labels").is_none(),
+            "labels come from the document"
+        );
+        assert_eq!(v["spec"]["ipipMode"], "Always");
+        assert!(v["metadata"].get("resourceVersion").is_none());
+    }
+
+    #[test]
+    fn one_bad_document_writes_nothing() {
+        let store = MemKv::new();
+        let text = format!(
+            "{POOL}---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: pool2\nspec:\n  cidr: 10.244.128.0/17\n"
+        );
+        let (out, r) = run_apply(&store, &text, Action::Apply);
+        assert_eq!(out, "");
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "failed to apply any 'IPPool' resources: [error with field IPPool.Spec.CIDR = '10.244.128.0/17' (IPPool(pool2) CIDR overlaps with IPPool(pool1) CIDR 10.244.0.0/16)]"
+                    .into()
+            ))
+        );
+        assert!(store.dump().is_empty(), "{:?}", store.dump());
+    }
+
+    #[test]
+    fn ipam_configuration_maps_onto_the_ipam_config() {
+        let store = MemKv::new();
+        let (out, r) = run_apply(
+            &store,
+            "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: true\n  maxBlocksPerHost: 4\n",
+            Action::Apply,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            out,
+            "Successfully applied 1 'IPAMConfiguration' resource(s)\n"
+        );
+        assert_eq!(
+            stored(&store, "/calico/ipam/v2/config").as_deref(),
+            Some(
+                r#"{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":4,"kubeVirtVMAddressPersistence":"Enabled"}"#
+            )
+        );
+        let mut out = Vec::new();
+        get(
+            &ctx(&store),
+            Kind::IpamConfiguration,
+            &[],
+            Format::Wide,
+            &mut out,
+        )
+        .expect("get");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("default   true             true                 4"),
+            "{text}"
+        );
+        let bad = run_apply(
+            &store,
+            "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: other\nspec: {}\n",
+            Action::Apply,
+        );
+        assert!(bad.1.is_err());
+    }
+
+    #[test]
+    fn get_missing_and_delete_pool_releases_affinities() {
+        let store = MemKv::new();
+        run_apply(&store, POOL, Action::Create).1.expect("created");
+        let mut out = Vec::new();
+        let r = get(
+            &ctx(&store),
+            Kind::IpPool,
+            &["pool1".into(), "nope".into()],
+            Format::Ps,
+            &mut out,
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "resource does not exist: IPPool(nope) with error: <nil>".into()
+            ))
+        );
+        assert!(String::from_utf8_lossy(&out).contains("pool1"));
+
+        // An empty affine block and a used one in the pool.
+        let empty =
+            calico_ipam::block::new_block("10.244.1.0/26".parse().expect("net"), "n1", t0());
+        store.put(
+            "/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26",
+            &serde_json::to_vec(&empty).expect("json"),
+        );
+        store.put(
+            "/calico/ipam/v2/host/n1/ipv4/block/10.244.1.0-26",
+            br#"{"state":"confirmed","deleted":false}"#,
+        );
+        let mut used =
+            calico_ipam::block::new_block("10.244.2.0/26".parse().expect("net"), "n1", t0());
+        used.allocations[0] = Some(0);
+        used.unallocated.retain(|o| *o != 0);
+        used.attributes = Some(vec![calico_datastore::model::AllocationAttribute::new(
+            "h",
+            BTreeMap::new(),
+        )]);
+        store.put(
+            "/calico/ipam/v2/assignment/ipv4/block/10.244.2.0-26",
+            &serde_json::to_vec(&used).expect("json"),
+        );
+        store.put(
+            "/calico/ipam/v2/host/n1/ipv4/block/10.244.2.0-26",
+            br#"{"state":"confirmed","deleted":false}"#,
+        );
+
+        let objs = vec![Object::IpPool(IpPool::new(
+            "IPPool",
+            "pool1",
+            calico_datastore::model::IpPoolSpec::for_cidr(""),
+        ))];
+        let mut out = Vec::new();
+        delete(&ctx(&store), &objs, Some(Kind::IpPool), false, &mut out).expect("deleted");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "Successfully deleted 1 'IPPool' resource(s)\n"
+        );
+        let keys: Vec<String> = store.dump().into_iter().map(|(k, _)| k).collect();
+        assert!(!keys.iter().any(|k| k.contains("/ippools/")));
+        assert!(!keys.iter().any(|k| k.contains("/host/")));
+        assert!(!keys.iter().any(|k| k.ends_with("10.244.1.0-26")));
+        let b: AllocationBlock = serde_json::from_str(
+            &stored(
+                &store,
+                "/calico/ipam/v2/assignment/ipv4/block/10.244.2.0-26",
+            )
+            .expect("kept"),
+        )
+        .expect("block");
+        assert_eq!(b.affinity, None);
+
+        let mut out = Vec::new();
+        let r = delete(&ctx(&store), &objs, Some(Kind::IpPool), false, &mut out);
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "Failed to delete 'IPPool' resource: resource does not exist: IPPool(pool1) with error: <nil>"
+                    .into()
+            ))
+        );
+    }
+}

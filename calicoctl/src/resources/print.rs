@@ -1,0 +1,324 @@
+//! `get` output: calicoctl's `ps`/`wide` tables (Go tabwriter), and YAML/JSON of an object,
+//! a `<Kind>List`, or a bare array when several names were asked for.
+
+use super::{API_VERSION, Kind, Object};
+use crate::{gofmt, yaml};
+use serde_json::{Value, json};
+
+/// The `-o` formats we support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ps,
+    Wide,
+    Yaml,
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "ps" => Some(Format::Ps),
+            "wide" => Some(Format::Wide),
+            "yaml" => Some(Format::Yaml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// What one `get` argument produced: the whole kind (no name given) or one object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    List {
+        kind: Kind,
+        revision: i64,
+        items: Vec<Object>,
+    },
+    One(Box<Object>),
+}
+
+impl Fetched {
+    fn kind(&self) -> Kind {
+        match self {
+            Fetched::List { kind, .. } => *kind,
+            Fetched::One(o) => o.kind(),
+        }
+    }
+
+    fn items(&self) -> Vec<&Object> {
+        match self {
+            Fetched::List { items, .. } => items.iter().collect(),
+            Fetched::One(o) => vec![&**o],
+        }
+    }
+
+    /// The Go object calicoctl would marshal.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Fetched::One(o) => o.to_json(),
+            Fetched::List {
+                kind,
+                revision,
+                items,
+            } => json!({
+                "kind": format!("{}List", kind.name()),
+                "apiVersion": API_VERSION,
+                "metadata": {"resourceVersion": revision.to_string()},
+                "items": items.iter().map(Object::to_json).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+/// The table headings of a kind.
+pub fn headings(kind: Kind, wide: bool) -> &'static [&'static str] {
+    match (kind, wide) {
+        (Kind::IpPool, false) => &["NAME", "CIDR", "SELECTOR"],
+        (Kind::IpPool, true) => &[
+            "NAME",
+            "CIDR",
+            "NAT",
+            "IPIPMODE",
+            "VXLANMODE",
+            "DISABLED",
+            "DISABLEBGPEXPORT",
+            "SELECTOR",
+            "ASSIGNMENTMODE",
+        ],
+        (Kind::Node, false) => &["NAME"],
+        (Kind::Node, true) => &["NAME", "ASN", "IPV4", "IPV6"],
+        (Kind::IpamConfiguration, false) => &["NAME", "STRICTAFFINITY", "AUTOALLOCATEBLOCKS"],
+        (Kind::IpamConfiguration, true) => &[
+            "NAME",
+            "STRICTAFFINITY",
+            "AUTOALLOCATEBLOCKS",
+            "MAXBLOCKSPERHOST",
+        ],
+    }
+}
+
+fn or_never(s: &str) -> String {
+    if s.is_empty() {
+        "Never".into()
+    } else {
+        s.into()
+    }
+}
+
+/// One table row, as calicoctl's column templates fill it. `global_asn` is shown in
+/// parentheses for a Node with BGP settings but no AS number of its own.
+pub fn row(obj: &Object, wide: bool, global_asn: u32) -> Vec<String> {
+    let name = obj.name().to_string();
+    match obj {
+        Object::IpPool(p) => {
+            let s = &p.spec;
+            if wide {
+                vec![
+                    name,
+                    s.cidr.clone(),
+                    s.nat_outgoing.to_string(),
+                    or_never(&s.ipip_mode),
+                    or_never(&s.vxlan_mode),
+                    s.disabled.to_string(),
+                    s.disable_bgp_export.to_string(),
+                    s.node_selector.clone(),
+                    s.assignment_mode.clone().unwrap_or_default(),
+                ]
+            } else {
+                vec![name, s.cidr.clone(), s.node_selector.clone()]
+            }
+        }
+        Object::Node(n) => {
+            if !wide {
+                return vec![name];
+            }
+            let bgp = n.spec.bgp.as_ref();
+            let asn = bgp
+                .map(|b| match b.as_number {
+                    Some(a) => a.0.to_string(),
+                    None => format!("({global_asn})"),
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                asn,
+                bgp.map(|b| b.ipv4_address.clone()).unwrap_or_default(),
+                bgp.map(|b| b.ipv6_address.clone()).unwrap_or_default(),
+            ]
+        }
+        Object::IpamConfiguration(c) => {
+            let mut r = vec![
+                name,
+                c.spec.strict_affinity.to_string(),
+                c.spec.auto_allocate_blocks.to_string(),
+            ];
+            if wide {
+                r.push(c.spec.max_blocks_per_host.to_string());
+            }
+            r
+        }
+    }
+}
+
+/// The whole `get` output for `fetched` (in the order asked).
+pub fn render(fetched: &[Fetched], format: Format, global_asn: u32) -> String {
+    match format {
+        Format::Ps | Format::Wide => {
+            let wide = format == Format::Wide;
+            let mut out = String::new();
+            for f in fetched {
+                let mut rows = vec![
+                    headings(f.kind(), wide)
+                        .iter()
+                        .map(|h| (*h).to_string())
+                        .collect::<Vec<_>>(),
+                ];
+                rows.extend(f.items().into_iter().map(|o| row(o, wide, global_asn)));
+                out.push_str(&gofmt::tabwriter(&rows));
+                out.push('\n');
+            }
+            out
+        }
+        Format::Yaml | Format::Json => {
+            let v = match fetched {
+                [one] => one.to_json(),
+                many => Value::Array(many.iter().map(Fetched::to_json).collect()),
+            };
+            if format == Format::Yaml {
+                yaml::to_yaml(&v)
+            } else {
+                gofmt::json_indent(&v)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{AsNumber, NodeBgpSpec, NodeResource, NodeSpec};
+    use calico_datastore::model::{IpPool, IpPoolSpec};
+
+    fn pool(name: &str, cidr: &str, rv: &str) -> Object {
+        let mut p = IpPool::new("IPPool", name, IpPoolSpec::for_cidr(cidr).with_defaults());
+        p.metadata.resource_version = rv.into();
+        p.metadata.uid = "0b5e1b1a-0000-4000-8000-000000000001".into();
+        p.metadata.creation_timestamp = Some("2026-05-01T10:00:00Z".into());
+        Object::IpPool(p)
+    }
+
+    #[test]
+    fn ps_and_wide_tables() {
+        let list = Fetched::List {
+            kind: Kind::IpPool,
+            revision: 9,
+            items: vec![pool("default-ipv4-ippool", "10.244.0.0/16", "5")],
+        };
+        assert_eq!(
+            render(std::slice::from_ref(&list), Format::Ps, 64512),
+            "NAME                  CIDR            SELECTOR   \n\
+             default-ipv4-ippool   10.244.0.0/16   all()      \n\n"
+        );
+        assert_eq!(
+            render(&[list], Format::Wide, 64512),
+            "NAME                  CIDR            NAT     IPIPMODE   VXLANMODE   DISABLED   DISABLEBGPEXPORT   SELECTOR   ASSIGNMENTMODE   \n\
+             default-ipv4-ippool   10.244.0.0/16   false   Never      Never       false      false              all()      Automatic        \n\n"
+        );
+        let mut n = NodeResource::new("Node", "node1", NodeSpec::default());
+        n.spec.bgp = Some(NodeBgpSpec {
+            ipv4_address: "192.168.0.1/24".into(),
+            ..NodeBgpSpec::default()
+        });
+        let mut n2 = NodeResource::new("Node", "node2", NodeSpec::default());
+        n2.spec.bgp = Some(NodeBgpSpec {
+            as_number: Some(AsNumber(65001)),
+            ..NodeBgpSpec::default()
+        });
+        let n3 = NodeResource::new("Node", "node3", NodeSpec::default());
+        let nodes = Fetched::List {
+            kind: Kind::Node,
+            revision: 1,
+            items: vec![Object::Node(n), Object::Node(n2), Object::Node(n3)],
+        };
+        assert_eq!(
+            render(&[nodes], Format::Wide, 64512),
+            "NAME    ASN       IPV4             IPV6   \n\
+             node1   (64512)   192.168.0.1/24          \n\
+             node2   65001                             \n\
+             node3                                     \n\n"
+        );
+        // Two names: two tables.
+        let two = render(
+            &[
+                Fetched::One(Box::new(pool("a", "10.1.0.0/16", "1"))),
+                Fetched::One(Box::new(pool("b", "10.2.0.0/16", "2"))),
+            ],
+            Format::Ps,
+            64512,
+        );
+        assert_eq!(two.matches("NAME").count(), 2);
+    }
+
+    #[test]
+    fn json_list_object_and_array() {
+        let list = Fetched::List {
+            kind: Kind::IpPool,
+            revision: 123,
+            items: vec![],
+        };
+        assert_eq!(
+            render(&[list], Format::Json, 0),
+            "{\n  \"kind\": \"IPPoolList\",\n  \"apiVersion\": \"projectcalico.org/v3\",\n  \"metadata\": {\n    \"resourceVersion\": \"123\"\n  },\n  \"items\": []\n}"
+        );
+        let one = render(
+            &[Fetched::One(Box::new(pool("a", "10.1.0.0/16", "7")))],
+            Format::Json,
+            0,
+        );
+        let v: Value = serde_json::from_str(&one).expect("json");
+        assert_eq!(v["metadata"]["resourceVersion"], "7");
+        assert_eq!(v["spec"]["blockSize"], 26);
+        assert!(
+            one.starts_with("{\n  \"kind\": \"IPPool\",\n  \"apiVersion\""),
+            "{one}"
+        );
+        let two = render(
+            &[
+                Fetched::One(Box::new(pool("a", "10.1.0.0/16", "1"))),
+                Fetched::One(Box::new(pool("b", "10.2.0.0/16", "2"))),
+            ],
+            Format::Json,
+            0,
+        );
+        assert!(two.starts_with('['), "{two}");
+    }
+
+    #[test]
+    fn yaml_of_one_pool() {
+        let y = render(
+            &[Fetched::One(Box::new(pool("a", "10.1.0.0/16", "7")))],
+            Format::Yaml,
+            0,
+        );
+        assert_eq!(
+            y,
+            "apiVersion: projectcalico.org/v3\n\
+             kind: IPPool\n\
+             metadata:\n  \
+               creationTimestamp: \"2026-05-01T10:00:00Z\"\n  \
+               name: a\n  \
+               resourceVersion: \"7\"\n  \
+               uid: 0b5e1b1a-0000-4000-8000-000000000001\n\
+             spec:\n  \
+               allowedUses:\n  \
+               - Workload\n  \
+               - Tunnel\n  \
+               assignmentMode: Automatic\n  \
+               blockSize: 26\n  \
+               cidr: 10.1.0.0/16\n  \
+               ipipMode: Never\n  \
+               nodeSelector: all()\n  \
+               vxlanMode: Never\n"
+        );
+    }
+}

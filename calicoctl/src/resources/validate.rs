@@ -1,0 +1,755 @@
+//! Calico's checks and defaults for the resources, as pure functions.
+//!
+//! IPPool follows `clientv3/ippool.go: validateAndSetDefaults` (defaults written, canonical
+//! CIDR, immutability on update, overlap on create) and then the struct validator
+//! (`validator/v3: validateIPPoolSpec`). IPAMConfiguration follows `SetIPAMConfig`.
+//! Messages are Calico's `ErrorValidation` text: `error with field <Name> = '<value>' (<reason>)`.
+
+use super::{IpamConfigurationSpec, NodeSpec};
+use calico_datastore::model::IpPoolSpec;
+use calico_selector::Selector;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+
+/// One failed field (`cerrors.ErroredField`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErroredField {
+    pub name: String,
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+impl ErroredField {
+    pub fn new(name: &str, value: Option<String>, reason: impl Into<String>) -> Self {
+        ErroredField {
+            name: name.to_string(),
+            value,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ErroredField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{} = '{v}'", self.name)?,
+            None => write!(f, "{}", self.name)?,
+        }
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// `cerrors.ErrorValidation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError(pub Vec<ErroredField>);
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [] => write!(f, "unknown validation error"),
+            [one] => write!(f, "error with field {one}"),
+            many => {
+                writeln!(f, "error with the following fields:")?;
+                for e in many {
+                    writeln!(f, "-  {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+fn fail(fields: Vec<ErroredField>) -> Result<(), ValidationError> {
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError(fields))
+    }
+}
+
+/// Go's `net.ParseCIDR`: the address as written and the masked network.
+pub fn parse_cidr(s: &str) -> Option<(IpAddr, IpNet)> {
+    let (addr, len) = s.split_once('/')?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) || len.len() > 3 {
+        return None;
+    }
+    let ip: IpAddr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let net = IpNet::new(ip, len).ok()?;
+    Some((ip, net.trunc()))
+}
+
+/// Calico's `ParseCIDROrIP`: a CIDR, or a bare address as a host route.
+pub fn parse_cidr_or_ip(s: &str) -> Option<(IpAddr, IpNet)> {
+    parse_cidr(s).or_else(|| s.parse::<IpAddr>().ok().map(|ip| (ip, IpNet::from(ip))))
+}
+
+/// Whether two networks share an address (`IsNetOverlap`).
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Calico's resource name rule (DNS-1123 subdomain).
+pub fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return fail(vec![ErroredField::new(
+            "Metadata.Name",
+            None,
+            "field must be set for a Create request",
+        )]);
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return fail(vec![ErroredField::new(
+            &format!("{kind}.Metadata.Name"),
+            Some(name.to_string()),
+            "name must consist of lower case alphanumeric characters, '-' or '.', and must \
+             start and end with an alphanumeric character",
+        )]);
+    }
+    Ok(())
+}
+
+/// What an IPPool is checked against.
+pub struct PoolContext<'a> {
+    /// The stored pool (with read defaults) when this is an update.
+    pub old: Option<&'a IpPoolSpec>,
+    /// Other pools (name, CIDR as stored) when this is a create: the CIDR may not overlap them.
+    pub others: Option<&'a [(String, String)]>,
+}
+
+const MODES: [&str; 3] = ["Always", "CrossSubnet", "Never"];
+
+/// Validates `spec` of pool `name` and writes Calico's defaults and the canonical CIDR into it.
+pub fn ippool(name: &str, spec: &mut IpPoolSpec, ctx: &PoolContext) -> Result<(), ValidationError> {
+    let cidr_field = "IPPool.Spec.CIDR";
+    if spec.cidr.is_empty() {
+        return fail(vec![ErroredField::new(
+            cidr_field,
+            None,
+            "IPPool CIDR must be specified",
+        )]);
+    }
+    let Some((ip, cidr)) = parse_cidr(&spec.cidr) else {
+        return fail(vec![ErroredField::new(
+            cidr_field,
+            Some(spec.cidr.clone()),
+            "IPPool CIDR must be a valid subnet",
+        )]);
+    };
+    let v4 = ip.is_ipv4();
+    spec.cidr = cidr.to_string();
+    if spec.node_selector.is_empty() {
+        spec.node_selector = "all()".into();
+    }
+    let mut errs = Vec::new();
+    if let Some(old) = ctx.old {
+        let same = old.cidr == spec.cidr || parse_cidr(&old.cidr).is_some_and(|(_, o)| o == cidr);
+        if !same {
+            errs.push(ErroredField::new(
+                cidr_field,
+                Some(spec.cidr.clone()),
+                "IPPool CIDR cannot be modified",
+            ));
+        }
+    }
+    if spec.block_size == 0 {
+        spec.block_size = if v4 { 26 } else { 122 };
+    }
+    if spec.allowed_uses.is_empty() {
+        spec.allowed_uses = vec!["Workload".into(), "Tunnel".into()];
+    }
+    if let Some(old) = ctx.old
+        && old.allowed_uses.iter().any(|u| u == "LoadBalancer")
+        && spec.allowed_uses.iter().any(|u| u != "LoadBalancer")
+    {
+        return fail(vec![ErroredField::new(
+            "IPPool.Spec.AllowedUses",
+            Some(format!("[{}]", spec.allowed_uses.join(" "))),
+            "IPPool allowed use cannot be changed from LoadBalacer to Workload or Tunnel",
+        )]);
+    }
+    if spec.assignment_mode.is_none() {
+        spec.assignment_mode = Some("Automatic".into());
+    }
+    let bs_field = "IPPool.Spec.BlockSize";
+    if let Some(old) = ctx.old
+        && old.block_size != spec.block_size
+    {
+        errs.push(ErroredField::new(
+            bs_field,
+            Some(spec.block_size.to_string()),
+            "IPPool BlockSize cannot be modified",
+        ));
+    }
+    let (lo, hi, reason) = if v4 {
+        (20, 32, "IPv4 block size must be between 20 and 32")
+    } else {
+        (116, 128, "IPv6 block size must be between 116 and 128")
+    };
+    if !(lo..=hi).contains(&spec.block_size) {
+        errs.push(ErroredField::new(
+            bs_field,
+            Some(spec.block_size.to_string()),
+            reason,
+        ));
+    }
+    if !spec.disabled && cidr.prefix_len() > spec.block_size {
+        errs.push(ErroredField::new(
+            cidr_field,
+            Some(spec.cidr.clone()),
+            "IP pool size is too small for use with Calico IPAM. It must be equal to or \
+             greater than the block size.",
+        ));
+    }
+    if let Some(others) = ctx.others {
+        for (other_name, other_cidr) in others {
+            if other_name == name {
+                continue;
+            }
+            if let Some((_, o)) = parse_cidr(other_cidr)
+                && overlaps(&o, &cidr)
+            {
+                errs.push(ErroredField::new(
+                    cidr_field,
+                    Some(spec.cidr.clone()),
+                    format!(
+                        "IPPool({name}) CIDR overlaps with IPPool({other_name}) CIDR {other_cidr}"
+                    ),
+                ));
+            }
+        }
+    }
+    if spec.ipip_mode.is_empty() {
+        spec.ipip_mode = "Never".into();
+    }
+    if spec.vxlan_mode.is_empty() {
+        spec.vxlan_mode = "Never".into();
+    }
+    if spec.vxlan_mode != "Never" && spec.ipip_mode != "Never" {
+        errs.push(ErroredField::new(
+            "IPPool.Spec.VXLANMode",
+            Some(spec.vxlan_mode.clone()),
+            "Cannot enable both VXLAN and IPIP on the same IPPool",
+        ));
+    }
+    if !v4 && spec.ipip_mode != "Never" {
+        errs.push(ErroredField::new(
+            "IPPool.Spec.IPIPMode",
+            Some(spec.ipip_mode.clone()),
+            "IPIP is not supported on an IPv6 IP pool",
+        ));
+    }
+    if cidr.network() != ip {
+        errs.push(ErroredField::new(
+            cidr_field,
+            Some(spec.cidr.clone()),
+            "IPPool CIDR is not strictly masked",
+        ));
+    }
+    let link_local: IpNet = if v4 {
+        IpNet::V4(ipnet::Ipv4Net::new([169, 254, 0, 0].into(), 16).unwrap_or_default())
+    } else {
+        IpNet::V6(ipnet::Ipv6Net::new([0xfe80, 0, 0, 0, 0, 0, 0, 0].into(), 10).unwrap_or_default())
+    };
+    if overlaps(&cidr, &link_local) {
+        let reason = if v4 {
+            "IPPool CIDR overlaps with IPv4 Link Local range 169.254.0.0/16"
+        } else {
+            "IPPool CIDR overlaps with IPv6 Link Local range fe80::/10"
+        };
+        errs.push(ErroredField::new(
+            cidr_field,
+            Some(spec.cidr.clone()),
+            reason,
+        ));
+    }
+    fail(errs)?;
+    ippool_struct(spec)
+}
+
+/// The struct validator's checks (field values, allowed uses, selectors).
+fn ippool_struct(spec: &IpPoolSpec) -> Result<(), ValidationError> {
+    let mut errs = Vec::new();
+    for (field, value) in [
+        ("IPPool.Spec.IPIPMode", &spec.ipip_mode),
+        ("IPPool.Spec.VXLANMode", &spec.vxlan_mode),
+    ] {
+        if !MODES.contains(&value.as_str()) {
+            errs.push(ErroredField::new(
+                field,
+                Some(value.clone()),
+                "must be one of Always, CrossSubnet, Never",
+            ));
+        }
+    }
+    if let Some(m) = &spec.assignment_mode
+        && m != "Automatic"
+        && m != "Manual"
+    {
+        errs.push(ErroredField::new(
+            "IPPool.Spec.AssignmentMode",
+            Some(m.clone()),
+            "must be Automatic or Manual",
+        ));
+    }
+    let lb = spec.allowed_uses.iter().any(|u| u == "LoadBalancer");
+    for u in &spec.allowed_uses {
+        match u.as_str() {
+            "LoadBalancer" => {}
+            "Workload" | "Tunnel" if lb => errs.push(ErroredField::new(
+                "IPPool.Spec.AllowedUses",
+                None,
+                format!("LoadBalancer cannot be used at the same time as: {u}"),
+            )),
+            "Workload" | "Tunnel" => {}
+            other => errs.push(ErroredField::new(
+                "IPPool.Spec.AllowedUses",
+                None,
+                format!("unknown use: {other}"),
+            )),
+        }
+    }
+    if lb && (spec.ipip_mode != "Never" || spec.vxlan_mode != "Never") {
+        errs.push(ErroredField::new(
+            "IPPool.Spec.IPIPMode",
+            None,
+            "Neither IPIPMode nor VXLANMode can be enabled on AllowedUses LoadBalancer IP pool",
+        ));
+    }
+    if lb && spec.node_selector != "all()" {
+        errs.push(ErroredField::new(
+            "IPPool.Spec.NodeSelector",
+            None,
+            "IP Pool with AllowedUse LoadBalancer must have node selector set to all()",
+        ));
+    }
+    if spec.allowed_uses.iter().any(|u| u == "Tunnel") && !spec.namespace_selector.is_empty() {
+        errs.push(ErroredField::new(
+            "IPPool.Spec.NamespaceSelector",
+            None,
+            "IP Pool with AllowedUse Tunnel cannot have namespaceSelector specified - tunnel \
+             IPs are not namespaced resources",
+        ));
+    }
+    for (field, sel) in [
+        ("IPPool.Spec.NodeSelector", &spec.node_selector),
+        ("IPPool.Spec.NamespaceSelector", &spec.namespace_selector),
+    ] {
+        if sel.contains("global(") {
+            errs.push(ErroredField::new(
+                field,
+                Some(sel.clone()),
+                "global() selector is not valid for IPPool selectors - use all() instead",
+            ));
+        } else if let Err(e) = Selector::parse(sel) {
+            errs.push(ErroredField::new(field, Some(sel.clone()), e.reason));
+        }
+    }
+    fail(errs)
+}
+
+/// An existing block of another size inside the pool (`IPPool blocksSize conflicts ...`).
+pub fn block_size_conflict(spec: &IpPoolSpec, blocks: &[IpNet]) -> Result<(), ValidationError> {
+    let Some((_, cidr)) = parse_cidr(&spec.cidr) else {
+        return Ok(());
+    };
+    let conflict = blocks.iter().any(|b| {
+        b.prefix_len() != spec.block_size
+            && matches!(
+                (b, &cidr),
+                (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+            )
+            && overlaps(b, &cidr)
+    });
+    if conflict {
+        return fail(vec![ErroredField::new(
+            "IPPool.Spec.BlockSize",
+            Some(spec.block_size.to_string()),
+            "IPPool blocksSize conflicts with existing allocations that use a different blockSize",
+        )]);
+    }
+    Ok(())
+}
+
+fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    matches!(parts.len(), 6 | 8 | 20)
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The Node's address fields.
+pub fn node(spec: &NodeSpec) -> Result<(), ValidationError> {
+    let mut errs = Vec::new();
+    let mut check = |field: &str, value: &str, ok: bool, what: &str| {
+        if !value.is_empty() && !ok {
+            errs.push(ErroredField::new(
+                field,
+                Some(value.to_string()),
+                format!("must be {what}"),
+            ));
+        }
+    };
+    let v4 = |s: &str| s.parse::<std::net::Ipv4Addr>().is_ok();
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().is_ok();
+    let cidr_v =
+        |s: &str, want_v4: bool| parse_cidr_or_ip(s).is_some_and(|(ip, _)| ip.is_ipv4() == want_v4);
+    if let Some(bgp) = &spec.bgp {
+        check(
+            "Node.Spec.BGP.IPv4Address",
+            &bgp.ipv4_address,
+            cidr_v(&bgp.ipv4_address, true),
+            "an IPv4 address or CIDR",
+        );
+        check(
+            "Node.Spec.BGP.IPv6Address",
+            &bgp.ipv6_address,
+            cidr_v(&bgp.ipv6_address, false),
+            "an IPv6 address or CIDR",
+        );
+        check(
+            "Node.Spec.BGP.IPv4IPIPTunnelAddr",
+            &bgp.ipv4_ipip_tunnel_addr,
+            v4(&bgp.ipv4_ipip_tunnel_addr),
+            "an IPv4 address",
+        );
+        check(
+            "Node.Spec.BGP.RouteReflectorClusterID",
+            &bgp.route_reflector_cluster_id,
+            v4(&bgp.route_reflector_cluster_id),
+            "an IPv4 address",
+        );
+    }
+    check(
+        "Node.Spec.IPv4VXLANTunnelAddr",
+        &spec.ipv4_vxlan_tunnel_addr,
+        v4(&spec.ipv4_vxlan_tunnel_addr),
+        "an IPv4 address",
+    );
+    check(
+        "Node.Spec.IPv6VXLANTunnelAddr",
+        &spec.ipv6_vxlan_tunnel_addr,
+        v6(&spec.ipv6_vxlan_tunnel_addr),
+        "an IPv6 address",
+    );
+    check(
+        "Node.Spec.VXLANTunnelMACAddr",
+        &spec.vxlan_tunnel_mac_addr,
+        is_mac(&spec.vxlan_tunnel_mac_addr),
+        "a MAC address",
+    );
+    check(
+        "Node.Spec.VXLANTunnelMACAddrV6",
+        &spec.vxlan_tunnel_mac_addr_v6,
+        is_mac(&spec.vxlan_tunnel_mac_addr_v6),
+        "a MAC address",
+    );
+    if let Some(wg) = &spec.wireguard {
+        check(
+            "Node.Spec.Wireguard.InterfaceIPv4Address",
+            &wg.interface_ipv4_address,
+            v4(&wg.interface_ipv4_address),
+            "an IPv4 address",
+        );
+        check(
+            "Node.Spec.Wireguard.InterfaceIPv6Address",
+            &wg.interface_ipv6_address,
+            v6(&wg.interface_ipv6_address),
+            "an IPv6 address",
+        );
+    }
+    for a in &spec.addresses {
+        if parse_cidr_or_ip(&a.address).is_none() {
+            errs.push(ErroredField::new(
+                "Node.Spec.Addresses.Address",
+                Some(a.address.clone()),
+                "must be an IP address or CIDR",
+            ));
+        }
+    }
+    for r in &spec.orch_refs {
+        if r.orchestrator.is_empty() {
+            errs.push(ErroredField::new(
+                "Node.Spec.OrchRefs.Orchestrator",
+                None,
+                "must be set",
+            ));
+        }
+    }
+    fail(errs)
+}
+
+/// Our IPAMConfiguration: the single `default`, with `SetIPAMConfig`'s rules.
+pub fn ipam_configuration(name: &str, spec: &IpamConfigurationSpec) -> Result<(), ValidationError> {
+    if name != "default" {
+        return fail(vec![ErroredField::new(
+            "IPAMConfiguration.Metadata.Name",
+            Some(name.to_string()),
+            "the only IPAMConfiguration is named 'default'",
+        )]);
+    }
+    let mut errs = Vec::new();
+    if !spec.strict_affinity && !spec.auto_allocate_blocks {
+        errs.push(ErroredField::new(
+            "IPAMConfiguration.Spec",
+            None,
+            "Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time",
+        ));
+    }
+    if !(0..=1_000_000).contains(&spec.max_blocks_per_host) {
+        errs.push(ErroredField::new(
+            "IPAMConfiguration.Spec.MaxBlocksPerHost",
+            Some(spec.max_blocks_per_host.to_string()),
+            "must be between 0 and 1000000",
+        ));
+    } else if spec.max_blocks_per_host > 0 && !spec.strict_affinity {
+        errs.push(ErroredField::new(
+            "IPAMConfiguration.Spec",
+            None,
+            "MaxBlocksPerHost requires StrictAffinity to be enabled",
+        ));
+    }
+    if let Some(p) = &spec.kubevirt_vm_address_persistence
+        && p != "Enabled"
+        && p != "Disabled"
+    {
+        errs.push(ErroredField::new(
+            "IPAMConfiguration.Spec.KubeVirtVMAddressPersistence",
+            Some(p.clone()),
+            "must be Enabled or Disabled",
+        ));
+    }
+    fail(errs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(cidr: &str, f: impl FnOnce(&mut IpPoolSpec)) -> Result<IpPoolSpec, String> {
+        let mut s = IpPoolSpec::for_cidr(cidr);
+        f(&mut s);
+        let ctx = PoolContext {
+            old: None,
+            others: Some(&[]),
+        };
+        ippool("p", &mut s, &ctx)
+            .map(|()| s)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_written_and_cidr_made_canonical() {
+        let s = check("fd00:0:0::/48", |_| {}).expect("valid");
+        assert_eq!(s.cidr, "fd00::/48");
+        assert_eq!(s.block_size, 122);
+        assert_eq!(s.node_selector, "all()");
+        assert_eq!(s.allowed_uses, ["Workload", "Tunnel"]);
+        assert_eq!(
+            (s.ipip_mode.as_str(), s.vxlan_mode.as_str()),
+            ("Never", "Never")
+        );
+        assert_eq!(s.assignment_mode.as_deref(), Some("Automatic"));
+    }
+
+    #[test]
+    fn calicos_messages() {
+        assert_eq!(
+            check("", |_| {}).unwrap_err(),
+            "error with field IPPool.Spec.CIDR (IPPool CIDR must be specified)"
+        );
+        assert_eq!(
+            check("10.0.0.0", |_| {}).unwrap_err(),
+            "error with field IPPool.Spec.CIDR = '10.0.0.0' (IPPool CIDR must be a valid subnet)"
+        );
+        assert_eq!(
+            check("10.0.0.0/8", |s| s.block_size = 16).unwrap_err(),
+            "error with field IPPool.Spec.BlockSize = '16' (IPv4 block size must be between 20 and 32)"
+        );
+        assert_eq!(
+            check("fd00::/48", |s| s.block_size = 112).unwrap_err(),
+            "error with field IPPool.Spec.BlockSize = '112' (IPv6 block size must be between 116 and 128)"
+        );
+        assert_eq!(
+            check("10.0.0.0/28", |_| {}).unwrap_err(),
+            "error with field IPPool.Spec.CIDR = '10.0.0.0/28' (IP pool size is too small for use \
+             with Calico IPAM. It must be equal to or greater than the block size.)"
+        );
+        assert!(
+            check("10.0.0.0/28", |s| s.disabled = true).is_ok(),
+            "disabled pools may be small"
+        );
+        assert_eq!(
+            check("10.0.0.1/16", |_| {}).unwrap_err(),
+            "error with field IPPool.Spec.CIDR = '10.0.0.0/16' (IPPool CIDR is not strictly masked)"
+        );
+        assert_eq!(
+            check("10.0.0.0/16", |s| {
+                s.ipip_mode = "Always".into();
+                s.vxlan_mode = "CrossSubnet".into();
+            })
+            .unwrap_err(),
+            "error with field IPPool.Spec.VXLANMode = 'CrossSubnet' (Cannot enable both VXLAN and IPIP on the same IPPool)"
+        );
+        assert_eq!(
+            check("fd00::/48", |s| s.ipip_mode = "Always".into()).unwrap_err(),
+            "error with field IPPool.Spec.IPIPMode = 'Always' (IPIP is not supported on an IPv6 IP pool)"
+        );
+        assert_eq!(
+            check("169.254.0.0/16", |_| {}).unwrap_err(),
+            "error with field IPPool.Spec.CIDR = '169.254.0.0/16' (IPPool CIDR overlaps with IPv4 Link Local range 169.254.0.0/16)"
+        );
+        assert_eq!(
+            check("fe80::/64", |_| {}).unwrap_err(),
+            "error with field IPPool.Spec.CIDR = 'fe80::/64' (IPPool CIDR overlaps with IPv6 Link Local range fe80::/10)"
+        );
+        let two = check("10.0.0.1/28", |_| {}).unwrap_err();
+        assert!(
+            two.starts_with("error with the following fields:\n-  IPPool.Spec.CIDR"),
+            "{two}"
+        );
+        assert!(check("10.0.0.0/16", |s| s.ipip_mode = "Sometimes".into()).is_err());
+        assert!(check("10.0.0.0/16", |s| s.allowed_uses = vec!["Pods".into()]).is_err());
+        assert!(check("10.0.0.0/16", |s| s.node_selector = "a ==".into()).is_err());
+        assert!(
+            check("10.0.0.0/16", |s| s.node_selector =
+                "has(a) && b == 'c'".into())
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn create_overlap_and_update_immutability() {
+        let others = [("other".to_string(), "10.0.0.0/8".to_string())];
+        let mut s = IpPoolSpec::for_cidr("10.1.0.0/16");
+        let err = ippool(
+            "p",
+            &mut s,
+            &PoolContext {
+                old: None,
+                others: Some(&others),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "error with field IPPool.Spec.CIDR = '10.1.0.0/16' (IPPool(p) CIDR overlaps with IPPool(other) CIDR 10.0.0.0/8)"
+        );
+        // The same name is the pool itself.
+        let mut s = IpPoolSpec::for_cidr("10.1.0.0/16");
+        let me = [("p".to_string(), "10.1.0.0/16".to_string())];
+        assert!(
+            ippool(
+                "p",
+                &mut s,
+                &PoolContext {
+                    old: None,
+                    others: Some(&me)
+                }
+            )
+            .is_ok()
+        );
+
+        let old = IpPoolSpec::for_cidr("10.1.0.0/16").with_defaults();
+        let mut moved = IpPoolSpec::for_cidr("10.2.0.0/16");
+        let err = ippool(
+            "p",
+            &mut moved,
+            &PoolContext {
+                old: Some(&old),
+                others: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "error with field IPPool.Spec.CIDR = '10.2.0.0/16' (IPPool CIDR cannot be modified)"
+        );
+        let mut resized = IpPoolSpec::for_cidr("10.1.0.0/16");
+        resized.block_size = 24;
+        let err = ippool(
+            "p",
+            &mut resized,
+            &PoolContext {
+                old: Some(&old),
+                others: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "error with field IPPool.Spec.BlockSize = '24' (IPPool BlockSize cannot be modified)"
+        );
+        let mut same = IpPoolSpec::for_cidr("10.1.0.0/16");
+        same.nat_outgoing = true;
+        assert!(
+            ippool(
+                "p",
+                &mut same,
+                &PoolContext {
+                    old: Some(&old),
+                    others: None
+                }
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn block_size_conflicts() {
+        let spec = IpPoolSpec::for_cidr("10.0.0.0/16").with_defaults();
+        let blocks: Vec<IpNet> = vec!["10.0.1.0/24".parse().expect("net")];
+        assert!(block_size_conflict(&spec, &blocks).is_err());
+        let same: Vec<IpNet> = vec!["10.0.1.0/26".parse().expect("net")];
+        assert!(block_size_conflict(&spec, &same).is_ok());
+        let outside: Vec<IpNet> = vec!["10.9.1.0/24".parse().expect("net")];
+        assert!(block_size_conflict(&spec, &outside).is_ok());
+    }
+
+    #[test]
+    fn names_and_ipam_config() {
+        assert!(check_name("IPPool", "pool-1.a").is_ok());
+        assert!(check_name("IPPool", "Pool_1").is_err());
+        assert_eq!(
+            check_name("IPPool", "").unwrap_err().to_string(),
+            "error with field Metadata.Name (field must be set for a Create request)"
+        );
+        let spec = |strict, auto, max| IpamConfigurationSpec {
+            strict_affinity: strict,
+            auto_allocate_blocks: auto,
+            max_blocks_per_host: max,
+            kubevirt_vm_address_persistence: None,
+        };
+        assert!(ipam_configuration("default", &spec(true, true, 4)).is_ok());
+        assert!(ipam_configuration("other", &spec(true, true, 0)).is_err());
+        let both = ipam_configuration("default", &spec(false, false, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains(
+                "Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time"
+            )
+        );
+        let max = ipam_configuration("default", &spec(false, true, 3))
+            .unwrap_err()
+            .to_string();
+        assert!(max.contains("MaxBlocksPerHost requires StrictAffinity to be enabled"));
+    }
+}

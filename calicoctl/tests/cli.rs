@@ -1,0 +1,978 @@
+//! calicoctl as a process against Debian's etcd: resources round trip, nothing written on bad
+//! input, the ipam commands on data made by the IPAM library, and mutual TLS via calicoctl.cfg.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use calico_datastore::model::{AllocationBlock, IpamHandle, keys};
+use calico_datastore::{EtcdConfig, KvStore};
+use calico_ipam::{AssignRequest, Ipam};
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use testkit::require;
+
+const BIN: &str = env!("CARGO_BIN_EXE_calicoctl");
+
+struct Out {
+    stdout: String,
+    stderr: String,
+    code: i32,
+}
+
+/// An etcd, a calicoctl.cfg pointing at it, and a scratch directory.
+struct Fixture {
+    etcd: testkit::Etcd,
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+}
+
+impl Fixture {
+    fn start() -> Self {
+        Self::with(testkit::Etcd::start().unwrap(), false)
+    }
+
+    fn start_tls() -> Self {
+        Self::with(testkit::Etcd::start_tls().unwrap(), true)
+    }
+
+    fn with(etcd: testkit::Etcd, tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("calicoctl.cfg");
+        let mut text = format!(
+            "apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nmetadata: {{}}\nspec:\n  \
+             datastoreType: etcdv3\n  etcdEndpoints: {}\n",
+            etcd.endpoints()
+        );
+        if tls {
+            text.push_str(&format!(
+                "  etcdKeyFile: {}\n  etcdCertFile: {}\n  etcdCACertFile: {}\n",
+                etcd.key_path().display(),
+                etcd.cert_path().display(),
+                etcd.ca_path().display()
+            ));
+        }
+        std::fs::write(&cfg, text).unwrap();
+        Fixture { etcd, dir, cfg }
+    }
+
+    /// Runs `calicoctl <args> -c <cfg>` with `stdin`.
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut all: Vec<&str> = args.to_vec();
+        let cfg = self.cfg.to_str().unwrap();
+        all.extend(["-c", cfg]);
+        run_bin(&all, stdin, &[])
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert_eq!(
+            out.code, 0,
+            "calicoctl {args:?}: {}{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    fn apply(&self, yaml: &str) -> Out {
+        self.run(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    fn store(&self) -> calico_datastore::Etcd {
+        let mut cfg = EtcdConfig::new(vec![self.etcd.endpoints()]);
+        if self.etcd.pki().is_some() {
+            cfg.ca_cert_file = Some(self.etcd.ca_path());
+            cfg.cert_file = Some(self.etcd.cert_path());
+            cfg.key_file = Some(self.etcd.key_path());
+        }
+        calico_datastore::Etcd::connect(&cfg).unwrap()
+    }
+
+    fn dump(&self) -> Vec<(String, String)> {
+        self.etcd.get_prefix("/calico/").unwrap()
+    }
+
+    fn get_json(&self, key: &str) -> Option<Value> {
+        self.etcd
+            .get(key)
+            .unwrap()
+            .map(|v| serde_json::from_str(&v).unwrap())
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+fn run_bin(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ETCD_") || k.starts_with("CALICO_") || k == "DATASTORE_TYPE" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    Out {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+const POOL: &str = "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: pool1
+spec:
+  cidr: 10.244.0.0/16
+  ipipMode: Always
+  natOutgoing: true
+";
+
+const POOL_KEY: &str = "/calico/resources/v3/projectcalico.org/ippools/pool1";
+
+/// A stored value with its uid and creationTimestamp checked and replaced by placeholders.
+fn with_placeholders(mut v: Value) -> Value {
+    let uid = v["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(uid.len(), 36, "{uid}");
+    assert_eq!(&uid[14..15], "4", "UUID v4: {uid}");
+    let ts = v["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ts.ends_with('Z') && ts.len() == 20, "{ts}");
+    v["metadata"]["uid"] = json!("UID");
+    v["metadata"]["creationTimestamp"] = json!("TS");
+    v
+}
+
+#[test]
+fn ippool_round_trip_with_calicos_stored_json() {
+    require!("etcd");
+    let f = Fixture::start();
+    let out = f.apply(POOL);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "Successfully applied 1 'IPPool' resource(s)\n"),
+        "{}",
+        out.stderr
+    );
+
+    let raw = f.etcd.get(POOL_KEY).unwrap().unwrap();
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    let (uid, ts) = (
+        v["metadata"]["uid"].as_str().unwrap().to_string(),
+        v["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    assert_eq!(
+        raw,
+        format!(
+            r#"{{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{{"name":"pool1","uid":"{uid}","creationTimestamp":"{ts}"}},"spec":{{"cidr":"10.244.0.0/16","vxlanMode":"Never","ipipMode":"Always","natOutgoing":true,"blockSize":26,"nodeSelector":"all()","allowedUses":["Workload","Tunnel"],"assignmentMode":"Automatic"}}}}"#
+        )
+    );
+    with_placeholders(v);
+    let ci = f
+        .get_json("/calico/resources/v3/projectcalico.org/clusterinformations/default")
+        .unwrap();
+    assert_eq!(ci["spec"]["datastoreReady"], true);
+
+    // get: ps, wide, yaml, json.
+    assert_eq!(
+        f.ok(&["get", "ippool"]),
+        "NAME    CIDR            SELECTOR   \npool1   10.244.0.0/16   all()      \n\n"
+    );
+    assert_eq!(
+        f.ok(&["get", "ipp", "-o", "wide"]),
+        "NAME    CIDR            NAT    IPIPMODE   VXLANMODE   DISABLED   DISABLEBGPEXPORT   SELECTOR   ASSIGNMENTMODE   \n\
+         pool1   10.244.0.0/16   true   Always     Never       false      false              all()      Automatic        \n\n"
+    );
+    let rv = f.store().get(POOL_KEY).unwrap().unwrap().mod_revision;
+    assert_eq!(
+        f.ok(&["get", "pools", "pool1", "-o", "yaml"]),
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  creationTimestamp: \"{ts}\"\n  \
+             name: pool1\n  resourceVersion: \"{rv}\"\n  uid: {uid}\nspec:\n  allowedUses:\n  - Workload\n  \
+             - Tunnel\n  assignmentMode: Automatic\n  blockSize: 26\n  cidr: 10.244.0.0/16\n  ipipMode: Always\n  \
+             natOutgoing: true\n  nodeSelector: all()\n  vxlanMode: Never\n"
+        )
+    );
+    let list: Value = serde_json::from_str(&f.ok(&["get", "ippools", "-o", "json"])).unwrap();
+    assert_eq!(list["kind"], "IPPoolList");
+    assert_eq!(
+        list["items"][0]["metadata"]["resourceVersion"],
+        rv.to_string()
+    );
+    assert!(
+        list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= rv
+    );
+    let missing = f.run(&["get", "ippool", "pool1", "nope"], None);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stdout.contains("pool1"));
+    assert_eq!(
+        missing.stderr,
+        "resource does not exist: IPPool(nope) with error: <nil>\n"
+    );
+
+    // Apply again with a change: uid and creationTimestamp are kept.
+    let changed = POOL.replace("natOutgoing: true", "natOutgoing: false");
+    assert_eq!(f.apply(&changed).code, 0);
+    let v = f.get_json(POOL_KEY).unwrap();
+    assert_eq!(v["metadata"]["uid"], uid.as_str());
+    assert_eq!(v["metadata"]["creationTimestamp"], ts.as_str());
+    assert!(v["spec"].get("natOutgoing").is_none());
+
+    // create of an existing pool fails; a stale resourceVersion is a conflict.
+    let again = f.run(&["create", "-f", "-"], Some(POOL));
+    assert_eq!(again.code, 1);
+    assert_eq!(
+        again.stderr,
+        "failed to create 'IPPool' resource: [resource already exists: IPPool(pool1) with error: <nil>]\n"
+    );
+    let stale = POOL.replace("name: pool1", "name: pool1\n  resourceVersion: \"1\"");
+    assert_eq!(
+        f.apply(&stale).stderr,
+        "failed to apply 'IPPool' resource: [update conflict: IPPool(pool1)]\n"
+    );
+    // An overlapping pool and a changed CIDR are refused.
+    let overlap = POOL
+        .replace("pool1", "pool2")
+        .replace("10.244.0.0/16", "10.244.128.0/17");
+    assert_eq!(
+        f.apply(&overlap).stderr,
+        "failed to apply 'IPPool' resource: [error with field IPPool.Spec.CIDR = '10.244.128.0/17' (IPPool(pool2) CIDR overlaps with IPPool(pool1) CIDR 10.244.0.0/16)]\n"
+    );
+    let moved = POOL.replace("10.244.0.0/16", "10.245.0.0/16");
+    assert_eq!(
+        f.apply(&moved).stderr,
+        "failed to apply 'IPPool' resource: [error with field IPPool.Spec.CIDR = '10.245.0.0/16' (IPPool CIDR cannot be modified)]\n"
+    );
+
+    // Delete by kind and name; then it is gone.
+    assert_eq!(
+        f.ok(&["delete", "ippool", "pool1"]),
+        "Successfully deleted 1 'IPPool' resource(s)\n"
+    );
+    assert!(f.etcd.get(POOL_KEY).unwrap().is_none());
+    let gone = f.run(&["delete", "ippool", "pool1"], None);
+    assert_eq!(gone.code, 1);
+    assert_eq!(
+        gone.stderr,
+        "Failed to delete 'IPPool' resource: resource does not exist: IPPool(pool1) with error: <nil>\n"
+    );
+    assert_eq!(
+        f.ok(&["get", "ippool", "-o", "yaml"]).lines().nth(1),
+        Some("items: []")
+    );
+}
+
+#[test]
+fn node_and_ipam_configuration_round_trip() {
+    require!("etcd");
+    let f = Fixture::start();
+    let docs = "apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: node1
+  labels:
+    zone: a
+spec:
+  bgp:
+    ipv4Address: 192.168.0.1/24
+    ipv4IPIPTunnelAddr: 10.244.0.1
+---
+apiVersion: projectcalico.org/v3
+kind: IPAMConfiguration
+metadata:
+  name: default
+spec:
+  strictAffinity: true
+  maxBlocksPerHost: 4
+";
+    let out = f.apply(docs);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "Successfully applied 2 resource(s)\n"),
+        "{}",
+        out.stderr
+    );
+    let node = with_placeholders(
+        f.get_json("/calico/resources/v3/projectcalico.org/nodes/node1")
+            .unwrap(),
+    );
+    assert_eq!(
+        node,
+        json!({"kind":"Node","apiVersion":"projectcalico.org/v3",
+               "metadata":{"name":"node1","uid":"UID","creationTimestamp":"TS","labels":{"zone":"a"}},
+               "spec":{"bgp":{"ipv4Address":"192.168.0.1/24","ipv4IPIPTunnelAddr":"10.244.0.1"}},
+               "status":{}})
+    );
+    assert_eq!(
+        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
+        r#"{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":4,"kubeVirtVMAddressPersistence":"Enabled"}"#
+    );
+    assert_eq!(
+        f.ok(&["get", "nodes", "-o", "wide"]),
+        "NAME    ASN       IPV4             IPV6   \nnode1   (64512)   192.168.0.1/24          \n\n"
+    );
+    assert_eq!(f.ok(&["get", "no"]), "NAME    \nnode1   \n\n");
+    assert_eq!(
+        f.ok(&["get", "ipamconfig"]),
+        "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   \ndefault   true             true                 \n\n"
+    );
+    let cfg: Value =
+        serde_json::from_str(&f.ok(&["get", "ipamconfiguration", "default", "-o", "json"]))
+            .unwrap();
+    assert_eq!(
+        cfg["spec"],
+        json!({"strictAffinity": true, "maxBlocksPerHost": 4, "autoAllocateBlocks": true, "kubeVirtVMAddressPersistence": "Enabled"})
+    );
+    assert_eq!(cfg["kind"], "IPAMConfiguration");
+
+    // IPAMConfiguration is the single "default", validated as SetIPAMConfig does.
+    let bad = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: false\n  autoAllocateBlocks: false\n");
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr
+            .contains("Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time"),
+        "{}",
+        bad.stderr
+    );
+    let other = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: other\nspec: {}\n");
+    assert_eq!(other.code, 1);
+
+    // Update a node from a file, then delete both by file.
+    let path = f.file("node.yaml", &docs.replace("zone: a", "zone: b"));
+    assert_eq!(
+        f.ok(&["apply", "-f", path.to_str().unwrap()]),
+        "Successfully applied 2 resource(s)\n"
+    );
+    let node = f
+        .get_json("/calico/resources/v3/projectcalico.org/nodes/node1")
+        .unwrap();
+    assert_eq!(node["metadata"]["labels"]["zone"], "b");
+    assert_eq!(
+        f.ok(&["delete", "-f", path.to_str().unwrap()]),
+        "Successfully deleted 2 resource(s)\n"
+    );
+    assert!(
+        f.etcd
+            .get("/calico/resources/v3/projectcalico.org/nodes/node1")
+            .unwrap()
+            .is_none()
+    );
+    assert!(f.etcd.get(keys::IPAM_CONFIG).unwrap().is_none());
+    assert_eq!(
+        f.ok(&["get", "ipamconfigs"]),
+        "NAME   STRICTAFFINITY   AUTOALLOCATEBLOCKS   \n\n"
+    );
+}
+
+#[test]
+fn bad_documents_write_nothing() {
+    require!("etcd");
+    let f = Fixture::start();
+    assert_eq!(f.apply(POOL).code, 0);
+    let before = f.dump();
+    let unknown_kind = format!(
+        "{POOL}---\napiVersion: projectcalico.org/v3\nkind: Widget\nmetadata:\n  name: w\n"
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "bad yaml",
+            format!("{POOL}---\nkind: IPPool\n  metadata: [\n"),
+            "failed to execute command: error converting YAML to JSON: yaml: ",
+        ),
+        (
+            "unknown kind",
+            unknown_kind,
+            "failed to execute command: unknown resource type (Widget) and/or version (projectcalico.org/v3)",
+        ),
+        (
+            "unknown field",
+            POOL.replace("pool1", "pool3")
+                .replace("natOutgoing", "natOutgoin"),
+            "failed to execute command: field in document is not recognized or is in the wrong location: natOutgoin",
+        ),
+        (
+            "missing cidr",
+            format!(
+                "{}---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: pool4\nspec: {{}}\n",
+                POOL.replace("pool1", "pool5")
+                    .replace("10.244.0.0/16", "10.9.0.0/16")
+            ),
+            "failed to apply any 'IPPool' resources: [error with field IPPool.Spec.CIDR (IPPool CIDR must be specified)]",
+        ),
+        (
+            "no kind",
+            "apiVersion: projectcalico.org/v3\nmetadata:\n  name: x\n".into(),
+            "failed to execute command: Object 'Kind' is missing in",
+        ),
+        (
+            "bad block size",
+            POOL.replace("pool1", "pool6")
+                .replace("10.244.0.0/16", "10.8.0.0/16")
+                .replace("natOutgoing: true", "blockSize: 16"),
+            "failed to apply 'IPPool' resource: [error with field IPPool.Spec.BlockSize = '16' (IPv4 block size must be between 20 and 32)]",
+        ),
+    ];
+    for (what, text, want) in cases {
+        for verb in ["apply", "create"] {
+            let out = f.run(&[verb, "-f", "-"], Some(&text));
+            assert_eq!(out.code, 1, "{what} ({verb}): {}", out.stdout);
+            assert_eq!(out.stdout, "", "{what} ({verb})");
+            assert_eq!(
+                out.stderr.lines().count(),
+                1,
+                "{what} ({verb}): one line: {}",
+                out.stderr
+            );
+            let want = want.replace("apply", verb);
+            assert!(
+                out.stderr.starts_with(&want),
+                "{what} ({verb}): {}",
+                out.stderr
+            );
+            assert_eq!(f.dump(), before, "{what} ({verb}) wrote something");
+        }
+    }
+    let empty = f.run(&["apply", "-f", "-"], Some("---\n"));
+    assert_eq!(
+        (empty.code, empty.stderr.as_str()),
+        (1, "no resources specified in file -\n")
+    );
+    let nofile = f.run(&["apply", "-f", "/nonexistent.yaml"], None);
+    assert_eq!(nofile.code, 1);
+    assert!(
+        nofile
+            .stderr
+            .starts_with("failed to execute command: open /nonexistent.yaml"),
+        "{}",
+        nofile.stderr
+    );
+    assert_eq!(f.dump(), before);
+}
+
+fn request(handle: &str, pod: &str, n: usize) -> AssignRequest {
+    AssignRequest {
+        handle: handle.into(),
+        attrs: [("node", "node1"), ("pod", pod), ("namespace", "default")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        num_v4: n,
+        ..AssignRequest::default()
+    }
+}
+
+#[test]
+fn ipam_show_and_release() {
+    require!("etcd");
+    let f = Fixture::start();
+    assert_eq!(f.apply(POOL).code, 0);
+    let store = f.store();
+    let ipam = Ipam::new(&store, "node1");
+    let a = ipam.auto_assign(&request("net.c1", "p1", 2)).unwrap();
+    let (ip1, ip2) = (a.v4[0].addr(), a.v4[1].addr());
+    let block = a.v4[0].trunc();
+
+    assert_eq!(
+        f.ok(&["ipam", "show"]),
+        "+----------+---------------+-----------+------------+--------------+\n\
+         | GROUPING |     CIDR      | IPS TOTAL | IPS IN USE |   IPS FREE   |\n\
+         +----------+---------------+-----------+------------+--------------+\n\
+         | IP Pool  | 10.244.0.0/16 |     65536 | 2 (0%)     | 65534 (100%) |\n\
+         +----------+---------------+-----------+------------+--------------+\n"
+    );
+    let blocks = f.ok(&["ipam", "show", "--show-blocks"]);
+    let block_line = blocks.lines().find(|l| l.starts_with("| Block")).unwrap();
+    assert!(block_line.contains(&format!(" {block} ")), "{blocks}");
+    assert!(
+        block_line.contains("|        64 | 2 (3%) ") && block_line.contains(" 62 (97%) "),
+        "{blocks}"
+    );
+
+    assert_eq!(
+        f.ok(&["ipam", "show", &format!("--ip={ip1}")]),
+        format!(
+            "IP {ip1} is in use\nHandle ID: net.c1\nActive Owner Attributes:\n  namespace: default\n  node: node1\n  pod: p1\n"
+        )
+    );
+    assert_eq!(
+        f.ok(&["ipam", "show", "--ip", "10.244.255.1"]),
+        "10.244.255.1 is not assigned\n"
+    );
+    assert_eq!(
+        f.ok(&["ipam", "show", "--ip=192.0.2.1"]),
+        "192.0.2.1 is not assigned\n"
+    );
+    let bad = f.run(&["ipam", "show", "--ip=10.1"], None);
+    assert_eq!(
+        (bad.code, bad.stdout.as_str()),
+        (
+            1,
+            "Error executing command: invalid IP address specified: 10.1\n"
+        )
+    );
+
+    assert_eq!(
+        f.ok(&["ipam", "release", &format!("--ip={ip1}")]),
+        format!("Successfully released IP address {ip1}\n")
+    );
+    assert_eq!(
+        f.ok(&["ipam", "show", "--ip", &ip1.to_string()]),
+        format!("{ip1} is not assigned\n")
+    );
+    let h: IpamHandle =
+        serde_json::from_str(&f.etcd.get(&keys::handle("net.c1")).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        h.block.get(&block.to_string()),
+        Some(&1),
+        "the handle lost one address"
+    );
+    let again = f.run(&["ipam", "release", &format!("--ip={ip1}")], None);
+    assert_eq!(
+        (again.code, again.stderr.clone()),
+        (1, format!("IP address {ip1} is not assigned\n"))
+    );
+    assert!(f.ok(&["ipam", "show"]).contains("| 1 (0%)     |"));
+    assert_eq!(
+        f.ok(&["ipam", "release", &format!("--ip={ip2}")]),
+        format!("Successfully released IP address {ip2}\n")
+    );
+    assert!(
+        f.etcd.get(&keys::handle("net.c1")).unwrap().is_none(),
+        "empty handle deleted"
+    );
+}
+
+#[test]
+fn ipam_configure_strict_affinity() {
+    require!("etcd");
+    let f = Fixture::start();
+    assert_eq!(
+        f.ok(&["ipam", "configure", "--strictaffinity=true"]),
+        "Successfully set StrictAffinity to: true\n"
+    );
+    assert_eq!(
+        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
+        r#"{"strict_affinity":true,"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+    );
+    assert_eq!(
+        f.ok(&["ipam", "configure", "--max-blocks-per-host=3"]),
+        "Successfully set MaxBlocksPerHost to: 3\n"
+    );
+    assert_eq!(
+        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
+        r#"{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":3,"kubeVirtVMAddressPersistence":"Enabled"}"#
+    );
+    let off = f.run(&["ipam", "configure", "--strictaffinity=false"], None);
+    assert_eq!(
+        (off.code, off.stderr.as_str()),
+        (
+            1,
+            "error: MaxBlocksPerHost requires StrictAffinity to be enabled\n"
+        )
+    );
+    let bad = f.run(&["ipam", "configure", "--strictaffinity=maybe"], None);
+    assert_eq!(
+        (bad.code, bad.stderr.as_str()),
+        (
+            1,
+            "invalid value. Use true or false to set strictaffinity\n"
+        )
+    );
+    let none = f.run(&["ipam", "configure"], None);
+    assert_eq!(
+        (none.code, none.stderr.as_str()),
+        (1, "at least one configuration option must be specified\n")
+    );
+    assert!(
+        f.ok(&["ipam", "show", "--show-configuration"])
+            .contains("| MaxBlocksPerHost             |         3 |")
+    );
+}
+
+fn wep(f: &Fixture, name: &str, ips: &[String]) {
+    let nets: Vec<String> = ips.iter().map(|ip| format!("{ip}/32")).collect();
+    let v = json!({"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3",
+        "metadata":{"name":name,"namespace":"default"},
+        "spec":{"orchestrator":"cni","node":"node1","endpoint":"eth0","ipNetworks":nets}});
+    f.etcd
+        .put(
+            &keys::namespaced_resource("workloadendpoints", "default", name),
+            &v.to_string(),
+        )
+        .unwrap();
+}
+
+fn problems(out: &str) -> usize {
+    let last = out.lines().last().unwrap();
+    last.strip_prefix("Check complete; found ")
+        .and_then(|r| r.strip_suffix(" problems."))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn edit_block(f: &Fixture, cidr: &IpNet, edit: impl FnOnce(&mut AllocationBlock)) {
+    let key = keys::block(cidr);
+    let mut b: AllocationBlock = serde_json::from_str(&f.etcd.get(&key).unwrap().unwrap()).unwrap();
+    edit(&mut b);
+    f.etcd
+        .put(&key, &serde_json::to_string(&b).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn ipam_check_finds_each_problem() {
+    require!("etcd");
+    let f = Fixture::start();
+    assert_eq!(f.apply(POOL).code, 0);
+    let store = f.store();
+    let ipam = Ipam::new(&store, "node1");
+    let a = ipam.auto_assign(&request("net.c1", "p1", 1)).unwrap();
+    let b = ipam.auto_assign(&request("net.c2", "p2", 1)).unwrap();
+    let (ip1, ip2) = (a.v4[0].addr().to_string(), b.v4[0].addr().to_string());
+    let block = a.v4[0].trunc();
+
+    // IPAM-only use: no workload endpoints, nothing counted for unused allocations.
+    let report = f.dir.path().join("report.json");
+    let out = f.ok(&["ipam", "check", "-o", report.to_str().unwrap()]);
+    assert_eq!(problems(&out), 0, "{out}");
+    assert!(out.contains("(IPAM-only use)"), "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["workloadCheckSkipped"], true);
+    assert_eq!(r["allocations"][&ip1][0]["handle"], "net.c1");
+    assert_eq!(r["allocations"][&ip1][0]["inUse"], false);
+    let ci = f
+        .get_json("/calico/resources/v3/projectcalico.org/clusterinformations/default")
+        .unwrap();
+    assert_eq!(r["clusterGUID"], ci["spec"]["clusterGUID"]);
+
+    // With the calico plugin's endpoints for both: clean.
+    wep(&f, "node1-cni-c1-eth0", std::slice::from_ref(&ip1));
+    wep(&f, "node1-cni-c2-eth0", std::slice::from_ref(&ip2));
+    let out = f.ok(&["ipam", "check"]);
+    assert_eq!(problems(&out), 0, "{out}");
+    assert!(
+        out.contains("Found 2 workload IPs.\nWorkloads and nodes are using 2 IPs.\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Found 0 IPs that are allocated in IPAM but not actually in use."),
+        "{out}"
+    );
+    assert!(out.contains("  node1 has 2 allocations\n"), "{out}");
+
+    // (e) an allocation no endpoint uses.
+    let leaked = ipam.auto_assign(&request("net.c3", "p3", 1)).unwrap().v4[0]
+        .addr()
+        .to_string();
+    let out = f.ok(&["ipam", "check", "--show-problem-ips"]);
+    assert_eq!(problems(&out), 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "  {leaked} leaked; attrs Main:net.c3 Extra:namespace=default,node=node1,pod=p3\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Found 1 IPs that are allocated in IPAM but not actually in use."));
+    wep(&f, "node1-cni-c3-eth0", std::slice::from_ref(&leaked));
+
+    // (f) an endpoint address nobody allocated.
+    wep(&f, "node1-cni-c4-eth0", &["10.244.250.1".to_string()]);
+    let out = f.ok(&["ipam", "check"]);
+    assert_eq!(problems(&out), 1, "{out}");
+    assert!(out.contains("Found 1 in-use IPs that are in active IP pools but have no corresponding IPAM allocation."), "{out}");
+    f.etcd
+        .delete_prefix(&keys::namespaced_resource(
+            "workloadendpoints",
+            "default",
+            "node1-cni-c4-eth0",
+        ))
+        .unwrap();
+
+    // (b) a handle with no addresses.
+    f.etcd
+        .put(&keys::handle("net.gone"), r#"{"block":{},"deleted":false}"#)
+        .unwrap();
+    let out = f.ok(&["ipam", "check", "-o", report.to_str().unwrap()]);
+    assert_eq!(problems(&out), 1, "{out}");
+    assert!(
+        out.contains("Found 1 handles with no matching IPs (and 3 handles with matches)."),
+        "{out}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["leakedHandles"][0]["ID"], "net.gone");
+    assert_eq!(r["leakedHandles"][0]["UID"], Value::Null);
+    f.etcd.delete_prefix(&keys::handle("net.gone")).unwrap();
+
+    // (a) a missing handle, and a handle whose count is off.
+    let c1 = f.etcd.get(&keys::handle("net.c1")).unwrap().unwrap();
+    f.etcd.delete_prefix(&keys::handle("net.c1")).unwrap();
+    let mut c2: IpamHandle =
+        serde_json::from_str(&f.etcd.get(&keys::handle("net.c2")).unwrap().unwrap()).unwrap();
+    c2.block.insert(block.to_string(), 5);
+    f.etcd
+        .put(
+            &keys::handle("net.c2"),
+            &serde_json::to_string(&c2).unwrap(),
+        )
+        .unwrap();
+    let out = f.ok(&[
+        "ipam",
+        "check",
+        "--show-problem-ips",
+        "-o",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(problems(&out), 2, "{out}");
+    assert!(
+        out.contains("  net.c1 is in use in a block but doesn't exist.\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "  handle net.c2 records 5 IPs in block {block}, which holds 1 of its IPs.\n"
+        )),
+        "{out}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        r["missingHandles"],
+        json!([{"handle": "net.c1", "ips": [ip1]}])
+    );
+    assert_eq!(r["handleCountMismatches"][0]["handleCount"], 5);
+    f.etcd.put(&keys::handle("net.c1"), &c1).unwrap();
+    c2.block.insert(block.to_string(), 1);
+    f.etcd
+        .put(
+            &keys::handle("net.c2"),
+            &serde_json::to_string(&c2).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(problems(&f.ok(&["ipam", "check"])), 0);
+
+    // (d) an allocation without a handle (and so not used by anything: also (e)).
+    let free_ord = {
+        let b: AllocationBlock =
+            serde_json::from_str(&f.etcd.get(&keys::block(&block)).unwrap().unwrap()).unwrap();
+        b.unallocated[0]
+    };
+    edit_block(&f, &block, |b| {
+        let attrs = b.attributes.get_or_insert_with(Vec::new);
+        attrs.push(calico_datastore::model::AllocationAttribute {
+            handle_id: None,
+            secondary: None,
+            alternate_owner_attrs: None,
+            extra: serde_json::Map::new(),
+        });
+        b.allocations[free_ord] = Some(attrs.len() - 1);
+        b.unallocated.retain(|o| *o != free_ord);
+    });
+    let out = f.ok(&["ipam", "check", "-o", report.to_str().unwrap()]);
+    assert!(
+        out.contains("Found 1 allocations without a handle."),
+        "{out}"
+    );
+    assert_eq!(problems(&out), 2, "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["allocationsWithoutHandle"][0]["block"], block.to_string());
+    edit_block(&f, &block, |b| {
+        b.allocations[free_ord] = None;
+        b.unallocated.push(free_ord);
+    });
+
+    // (c) the same address allocated in an overlapping block (with its handle and endpoint).
+    let ip1_addr: std::net::IpAddr = ip1.parse().unwrap();
+    let small = IpNet::new(ip1_addr, 30).unwrap().trunc();
+    let mut dup = calico_ipam::block::new_block(small, "node9", std::time::SystemTime::now());
+    let ord = calico_ipam::block::ordinal(&small, ip1_addr).unwrap();
+    dup.allocations[ord] = Some(0);
+    dup.unallocated.retain(|o| *o != ord);
+    dup.attributes = Some(vec![calico_datastore::model::AllocationAttribute::new(
+        "net.dup",
+        BTreeMap::new(),
+    )]);
+    dup.affinity = None;
+    f.etcd
+        .put(&keys::block(&small), &serde_json::to_string(&dup).unwrap())
+        .unwrap();
+    f.etcd
+        .put(
+            &keys::handle("net.dup"),
+            &format!(r#"{{"block":{{"{small}":1}},"deleted":false}}"#),
+        )
+        .unwrap();
+    let out = f.ok(&["ipam", "check", "--show-problem-ips"]);
+    assert_eq!(problems(&out), 1, "{out}");
+    assert!(
+        out.contains("Found 1 IPs allocated in more than one block."),
+        "{out}"
+    );
+    f.etcd.delete_prefix(&keys::block(&small)).unwrap();
+    f.etcd.delete_prefix(&keys::handle("net.dup")).unwrap();
+
+    // (g) a confirmed affinity without a block, and a block without its affinity.
+    let aff_key = keys::affinity("node1", &block);
+    let aff = f.etcd.get(&aff_key).unwrap().unwrap();
+    f.etcd.delete_prefix(&aff_key).unwrap();
+    f.etcd
+        .put(
+            &keys::affinity("node2", &"10.244.77.0/26".parse().unwrap()),
+            r#"{"state":"confirmed","deleted":false}"#,
+        )
+        .unwrap();
+    let out = f.ok(&["ipam", "check", "-o", report.to_str().unwrap()]);
+    assert_eq!(problems(&out), 2, "{out}");
+    assert!(out.contains("Found 2 block affinity problems."), "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let kinds: Vec<&str> = r["affinityProblems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["problem"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["blockMissing", "affinityMissing"]);
+    f.etcd.put(&aff_key, &aff).unwrap();
+    f.etcd.delete_prefix("/calico/ipam/v2/host/node2/").unwrap();
+
+    // Back to clean; the report has Calico's fields.
+    let out = f.ok(&["ipam", "check", "--output", report.to_str().unwrap()]);
+    assert_eq!(problems(&out), 0, "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for field in [
+        "version",
+        "clusterGUID",
+        "datastoreLocked",
+        "clusterInformationRevision",
+        "clusterType",
+        "allocations",
+    ] {
+        assert!(r.get(field).is_some(), "{field}");
+    }
+    assert_eq!(r["datastoreLocked"], false);
+    let alloc = &r["allocations"][&ip2][0];
+    assert_eq!(alloc["inUse"], true);
+    assert_eq!(
+        alloc["owners"],
+        json!(["Workload(default/node1-cni-c2-eth0)"])
+    );
+    assert!(alloc["sequenceNumber"].as_u64().is_some());
+}
+
+#[test]
+fn tls_via_calicoctl_cfg() {
+    require!("etcd");
+    let f = Fixture::start_tls();
+    let out = f.apply(POOL);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        f.ok(&["get", "ippool"]).lines().nth(1),
+        Some("pool1   10.244.0.0/16   all()      ")
+    );
+    assert!(
+        f.ok(&["ipam", "show"])
+            .contains("| IP Pool  | 10.244.0.0/16 |")
+    );
+    assert_eq!(
+        f.ok(&["ipam", "configure", "--strictaffinity=true"]),
+        "Successfully set StrictAffinity to: true\n"
+    );
+    assert!(
+        f.ok(&["ipam", "check"])
+            .ends_with("Check complete; found 0 problems.\n")
+    );
+}
+
+#[test]
+fn config_from_environment_and_errors() {
+    require!("etcd");
+    let f = Fixture::start();
+    let missing = run_bin(
+        &["get", "ippool", "-c", "/nonexistent/calicoctl.cfg"],
+        None,
+        &[],
+    );
+    assert_eq!(
+        (missing.code, missing.stdout.as_str()),
+        (1, "Error reading config file: /nonexistent/calicoctl.cfg\n")
+    );
+    let k8s = f.file(
+        "k8s.cfg",
+        "apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nspec:\n  datastoreType: kubernetes\n",
+    );
+    let out = run_bin(&["get", "ippool", "-c", k8s.to_str().unwrap()], None, &[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("only the etcdv3 datastore"),
+        "{}",
+        out.stderr
+    );
+    let typo = f.file(
+        "typo.cfg",
+        "apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nspec:\n  etcdEndpoint: x\n",
+    );
+    let out = run_bin(&["get", "ippool", "-c", typo.to_str().unwrap()], None, &[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "field in document is not recognized or is in the wrong location: etcdEndpoint"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    if Path::new("/etc/calico/calicoctl.cfg").exists() {
+        return; // the default file wins over the environment
+    }
+    let env = f.etcd.endpoints();
+    let out = run_bin(
+        &["apply", "-f", "-"],
+        Some(POOL),
+        &[
+            ("ETCD_ENDPOINTS", "http://127.0.0.1:1"),
+            ("CALICO_ETCD_ENDPOINTS", &env),
+        ],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "Successfully applied 1 'IPPool' resource(s)\n"),
+        "{}",
+        out.stderr
+    );
+    let out = run_bin(
+        &["get", "ippool", "--allow-version-mismatch"],
+        None,
+        &[("DATASTORE_TYPE", "etcdv3"), ("ETCD_ENDPOINTS", &env)],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("pool1"));
+    let none = run_bin(&["get", "ippool"], None, &[]);
+    assert_eq!(none.code, 1);
+    assert!(none.stderr.contains("ETCD_ENDPOINTS"), "{}", none.stderr);
+}
