@@ -53,9 +53,11 @@ class Pki:
 
 
 class Etcd:
-    """Debian's etcd on 127.0.0.1 with the fast-start flags, optionally with client-cert TLS."""
+    """Debian's etcd on 127.0.0.1 with the fast-start flags, optionally with client-cert TLS,
+    optionally inside a network namespace (then its loopback is that namespace's)."""
 
-    def __init__(self, tls=False):
+    def __init__(self, tls=False, netns=None):
+        self.netns = netns
         self.tmp = tempfile.mkdtemp(prefix="bench-etcd.")
         self.pki = Pki(self.tmp) if tls else None
         scheme = "https" if tls else "http"
@@ -72,7 +74,7 @@ class Etcd:
             cmd += ["--cert-file", self.pki.path("server.crt"), "--key-file", self.pki.path("server.key"),
                     "--trusted-ca-file", self.pki.ca, "--client-cert-auth"]
         self.log = open(os.path.join(self.tmp, "etcd.log"), "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(self.wrap(cmd), stdout=self.log, stderr=self.log)
         deadline = time.time() + 15
         while not self.healthy():
             if time.time() > deadline or self.proc.poll() is not None:
@@ -80,12 +82,27 @@ class Etcd:
                 raise RuntimeError("etcd did not start")
             time.sleep(0.02)
 
+    def wrap(self, cmd):
+        return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
+
     def ctl(self, *args):
         cmd = ["etcdctl", "--endpoints", self.endpoint, "--dial-timeout", "2s"]
         if self.pki:
             cmd += ["--cacert", self.pki.ca, "--cert", self.pki.path("client.crt"),
                     "--key", self.pki.path("client.key")]
-        return run(cmd + list(args)).stdout.decode()
+        return run(self.wrap(cmd + list(args))).stdout.decode()
+
+    def kv_requests(self):
+        """KV gRPC calls etcd has served so far (Range, Txn, Put, DeleteRange)."""
+        cmd = ["curl", "-sf", f"{self.endpoint}/metrics"]
+        if self.pki:
+            cmd += ["--cacert", self.pki.ca, "--cert", self.pki.path("client.crt"),
+                    "--key", self.pki.path("client.key")]
+        total = 0
+        for line in run(self.wrap(cmd)).stdout.decode().splitlines():
+            if line.startswith("grpc_server_started_total") and 'grpc_service="etcdserverpb.KV"' in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
 
     def healthy(self):
         try:
@@ -122,7 +139,7 @@ class Etcd:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def bench_chain(label, conflist, cni_path, pods, work, extra_args=()):
+def bench_chain(label, conflist, cni_path, pods, work, extra_args=(), prefill=0, node_netns=None):
     """Runs scripts/bench-cni on `conflist` (a dict) and returns its figures."""
     path = os.path.join(work, f"{label}.conflist")
     out = os.path.join(work, f"{label}.json")
@@ -131,7 +148,9 @@ def bench_chain(label, conflist, cni_path, pods, work, extra_args=()):
     subprocess.run([os.path.join(REPO, "scripts", "bench-cni"), "--conflist", path, "--label", label,
                     "--pods", str(pods), "--cni-path", cni_path, "--json", out,
                     "--driver", os.path.join(REPO, "target", "testbin", "cni-driver"),
-                    "--noop", os.path.join(REPO, "target", "release", "cni-noop"), *extra_args],
+                    "--noop", os.path.join(REPO, "target", "release", "cni-noop"),
+                    "--prefill", str(prefill), *(["--node-netns", node_netns] if node_netns else []),
+                    *extra_args],
                    check=True)
     with open(out) as f:
         return json.load(f)

@@ -1,6 +1,6 @@
 //! calicoctl for Calico's etcdv3 datastore: the resource commands (`get`, `apply`, `create`,
-//! `delete`) for IPPool, Node and IPAMConfiguration, and the `ipam` commands, with calicoctl
-//! 3.32's flags, messages and output layouts.
+//! `delete`) for IPPool, Node and IPAMConfiguration, `get` for WorkloadEndpoint and Profile,
+//! and the `ipam` commands, with calicoctl 3.32's flags, messages and output layouts.
 //!
 //! - [`config`]: where the datastore is (`calicoctl.cfg` or the environment);
 //! - [`resources`]: kinds, documents, validation, printing and the datastore operations;
@@ -29,13 +29,14 @@
 //!   pointer) and does not write the default config when it is missing.
 //! - YAML output does not fold long strings at column 80 as yaml.v2 does.
 //! - `get` supports `-o ps|wide|yaml|json` (no custom-columns or go-template) and no `-f`.
+//! - WorkloadEndpoint and Profile are read-only: apply, create and delete refuse them with
+//!   one error line, and `-n`/`-A` exist only on `get`.
 
 pub mod config;
 pub mod error;
 pub mod gofmt;
 pub mod ipam;
 pub mod resources;
-pub mod uuid;
 pub mod yaml;
 
 pub use error::{CmdError, CmdResult};

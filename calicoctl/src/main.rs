@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use calicoctl::config::{self, ConfigError, DEFAULT_CONFIG_PATH};
 use calicoctl::error::{CmdError, CmdResult};
 use calicoctl::ipam::{check, configure, release, show};
-use calicoctl::resources::ops::{self, Action, Ctx};
+use calicoctl::resources::ops::{self, Action, Ctx, Namespaces};
 use calicoctl::resources::print::Format;
 use calicoctl::resources::{self, Kind, Object};
 use clap::{Args, Parser, Subcommand};
@@ -56,7 +56,8 @@ enum Command {
     },
     /// Delete a resource identified by file, stdin or kind and name.
     Delete {
-        /// The kind (ippool, node, ipamconfig and their aliases).
+        /// The kind (ippool, node, ipamconfig and their aliases; workloadendpoint and profile
+        /// are read-only).
         kind: Option<String>,
         /// The name of the resource.
         name: Option<String>,
@@ -71,13 +72,19 @@ enum Command {
     },
     /// Get resources: a list of the kind, or the named ones.
     Get {
-        /// The kind (ippool, node, ipamconfig and their aliases).
+        /// The kind (ippool, node, ipamconfig, workloadendpoint, profile and their aliases).
         kind: String,
         /// Names; none lists every resource of the kind.
         names: Vec<String>,
         /// Output format: ps, wide, yaml or json.
         #[arg(short = 'o', long = "output", default_value = "ps")]
         output: String,
+        /// Namespace of the resource (WorkloadEndpoint only); `default` if not given.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
+        /// List the requested objects across all namespaces.
+        #[arg(short = 'A', short_alias = 'a', long = "all-namespaces")]
+        all_namespaces: bool,
         #[command(flatten)]
         ds: Datastore,
     },
@@ -185,9 +192,9 @@ fn read_objects(filename: &str) -> CmdResult<Vec<Object>> {
 }
 
 /// The object `delete <kind> <name>` names.
-fn named_object(kind: Kind, name: &str) -> Object {
+fn named_object(kind: Kind, name: &str) -> CmdResult<Object> {
     use calico_datastore::model::{IpPool, IpPoolSpec, Resource};
-    match kind {
+    Ok(match kind {
         Kind::IpPool => Object::IpPool(IpPool::new(kind.name(), name, IpPoolSpec::for_cidr(""))),
         Kind::Node => Object::Node(Resource::new(kind.name(), name, Default::default())),
         Kind::IpamConfiguration => Object::IpamConfiguration(Resource::new(
@@ -200,7 +207,10 @@ fn named_object(kind: Kind, name: &str) -> Object {
                 kubevirt_vm_address_persistence: None,
             },
         )),
-    }
+        Kind::WorkloadEndpoint | Kind::Profile => {
+            return Err(CmdError::failed(kind.read_only_error()));
+        }
+    })
 }
 
 fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
@@ -241,7 +251,7 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
                     if n.is_empty() {
                         return Err(CmdError::failed("resource name may not be empty"));
                     }
-                    (vec![named_object(kind, &n)], Some(kind))
+                    (vec![named_object(kind, &n)?], Some(kind))
                 }
                 _ => {
                     return Err(CmdError::failed(
@@ -256,6 +266,8 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             kind,
             names,
             output,
+            namespace,
+            all_namespaces,
             ds,
         } => {
             let k = Kind::from_alias(&kind).ok_or_else(|| {
@@ -271,8 +283,12 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             if names.iter().any(String::is_empty) {
                 return Err(CmdError::failed("resource name may not be empty"));
             }
+            let namespaces = Namespaces {
+                namespace,
+                all: all_namespaces,
+            };
             let store = connect(&ds)?;
-            ops::get(&Ctx::new(&store), k, &names, format, out)
+            ops::get(&Ctx::new(&store), k, &names, &namespaces, format, out)
         }
         Command::Ipam { command } => match command {
             IpamCommand::Show {

@@ -391,6 +391,192 @@ spec:
     );
 }
 
+/// A WorkloadEndpoint as Calico's CNI plugin stores it (k8s orchestrator, §8.3 field order).
+fn k8s_wep(ns: &str, pod: &str, ip: &str, profiles: &[&str], nats: Value) -> (String, Value) {
+    let name = format!("node1-k8s-{}-eth0", pod.replace('-', "--"));
+    let mut spec = json!({"orchestrator":"k8s","node":"node1","containerID":"c0ffee","pod":pod,
+        "endpoint":"eth0","ipNetworks":[format!("{ip}/32")],"profiles":profiles,
+        "interfaceName":"cali1a2b3c4d5e6","mac":"ee:ee:ee:ee:ee:ee",
+        "ports":[{"name":"http","protocol":"TCP","port":80,"hostPort":0,"hostIP":""}]});
+    if !nats.is_null() {
+        spec["ipNATs"] = nats;
+    }
+    let v = json!({"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3",
+        "metadata":{"name":name,"namespace":ns,"uid":"0b5e1b1a-0000-4000-8000-000000000001",
+            "creationTimestamp":"2026-05-01T10:00:00Z",
+            "labels":{"projectcalico.org/namespace":ns,"projectcalico.org/orchestrator":"k8s"}},
+        "spec":spec});
+    (keys::namespaced_resource("workloadendpoints", ns, &name), v)
+}
+
+#[test]
+fn workload_endpoints_and_profiles_are_listed_read_only() {
+    require!("etcd");
+    let f = Fixture::start();
+    let (nginx_key, nginx) = k8s_wep(
+        "default",
+        "nginx",
+        "10.244.1.5",
+        &["kns.default"],
+        Value::Null,
+    );
+    let (dns_key, dns) = k8s_wep(
+        "kube-system",
+        "coredns-abc",
+        "10.244.1.6",
+        &["kns.kube-system", "ksa.kube-system.coredns"],
+        json!([{"internalIP":"10.244.1.6","externalIP":"172.16.0.6"}]),
+    );
+    // As the CNI plugin writes it for the `cni` orchestrator: no pod, no workload.
+    let cni_key =
+        keys::namespaced_resource("workloadendpoints", "default", "node1-cni-abc123-eth0");
+    let cni = json!({"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3",
+        "metadata":{"name":"node1-cni-abc123-eth0","namespace":"default"},
+        "spec":{"orchestrator":"cni","node":"node1","containerID":"abc123","endpoint":"eth0",
+            "ipNetworks":["10.244.1.7/32"],"profiles":["mynet"],"interfaceName":"caliabc123","mac":"ee:00:00:00:00:07"}});
+    for (k, v) in [(&nginx_key, &nginx), (&dns_key, &dns), (&cni_key, &cni)] {
+        f.etcd.put(k, &v.to_string()).unwrap();
+    }
+    let profile_key = keys::resource("profiles", "mynet");
+    f.etcd
+        .put(
+            &profile_key,
+            r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"mynet","uid":"5b1f0000-0000-4000-8000-000000000002","creationTimestamp":"2026-05-01T10:00:00Z"},"spec":{"ingress":[{"action":"Allow","source":{"selector":"has(mynet)"}}],"egress":[{"action":"Allow"}],"labelsToApply":{"mynet":""}}}"#,
+        )
+        .unwrap();
+    let before = f.dump();
+
+    // The default namespace, in key order; WORKLOAD falls back to the pod.
+    assert_eq!(
+        f.ok(&["get", "wep", "-o", "wide"]),
+        "NAME                    WORKLOAD   NODE    NETWORKS        INTERFACE         PROFILES      NATS   \n\
+         node1-cni-abc123-eth0              node1   10.244.1.7/32   caliabc123        mynet                \n\
+         node1-k8s-nginx-eth0    nginx      node1   10.244.1.5/32   cali1a2b3c4d5e6   kns.default          \n\n"
+    );
+    assert_eq!(
+        f.ok(&["get", "workloadendpoints"]),
+        concat!(
+            "WORKLOAD   NODE    NETWORKS        INTERFACE         \n",
+            "           node1   10.244.1.7/32   caliabc123        \n",
+            "nginx      node1   10.244.1.5/32   cali1a2b3c4d5e6   \n\n",
+        )
+    );
+    // -A: every namespace, NAMESPACE first.
+    assert_eq!(
+        f.ok(&["get", "wep", "-A"]),
+        "NAMESPACE     WORKLOAD      NODE    NETWORKS        INTERFACE         \n\
+         default                     node1   10.244.1.7/32   caliabc123        \n\
+         default       nginx         node1   10.244.1.5/32   cali1a2b3c4d5e6   \n\
+         kube-system   coredns-abc   node1   10.244.1.6/32   cali1a2b3c4d5e6   \n\n"
+    );
+    // -n: that namespace, also with the NAMESPACE column (as calicoctl).
+    assert_eq!(
+        f.ok(&["get", "weps", "-n", "kube-system", "-o", "wide"]),
+        "NAMESPACE     NAME                          WORKLOAD      NODE    NETWORKS        INTERFACE         PROFILES                                  NATS                      \n\
+         kube-system   node1-k8s-coredns--abc-eth0   coredns-abc   node1   10.244.1.6/32   cali1a2b3c4d5e6   kns.kube-system,ksa.kube-system.coredns   {10.244.1.6 172.16.0.6}   \n\n"
+    );
+    // One by name: the stored object with its resourceVersion.
+    let rv = f.store().get(&nginx_key).unwrap().unwrap().mod_revision;
+    let mut want = nginx.clone();
+    want["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let got: Value =
+        serde_json::from_str(&f.ok(&["get", "wep", "node1-k8s-nginx-eth0", "-o", "json"])).unwrap();
+    assert_eq!(got, want);
+    let list: Value = serde_json::from_str(&f.ok(&["get", "wep", "-A", "-o", "json"])).unwrap();
+    assert_eq!(list["kind"], "WorkloadEndpointList");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
+    let missing = f.run(&["get", "wep", "nope", "-n", "kube-system"], None);
+    assert_eq!(
+        (missing.code, missing.stderr.as_str()),
+        (
+            1,
+            "resource does not exist: WorkloadEndpoint(kube-system/nope) with error: <nil>\n"
+        )
+    );
+    let both = f.run(&["get", "wep", "-A", "-n", "default"], None);
+    assert_eq!(
+        (both.code, both.stderr.as_str()),
+        (
+            1,
+            "cannot use both --namespace and --all-namespaces flags at the same time\n"
+        )
+    );
+    let pools = f.run(&["get", "ippool", "-A"], None);
+    assert_eq!(
+        (pools.code, pools.stderr.as_str()),
+        (1, "IPPool is not namespaced\n")
+    );
+
+    // Profiles: the stored one, then the built-in default-allow one.
+    let prv = f.store().get(&profile_key).unwrap().unwrap().mod_revision;
+    assert_eq!(
+        f.ok(&["get", "profile", "-o", "yaml"]),
+        format!(
+            "apiVersion: projectcalico.org/v3\n\
+             items:\n\
+             - apiVersion: projectcalico.org/v3\n  \
+               kind: Profile\n  \
+               metadata:\n    \
+                 creationTimestamp: \"2026-05-01T10:00:00Z\"\n    \
+                 name: mynet\n    \
+                 resourceVersion: \"{prv}\"\n    \
+                 uid: 5b1f0000-0000-4000-8000-000000000002\n  \
+               spec:\n    \
+                 egress:\n    \
+                 - action: Allow\n    \
+                 ingress:\n    \
+                 - action: Allow\n      \
+                   source:\n        \
+                     selector: has(mynet)\n    \
+                 labelsToApply:\n      \
+                   mynet: \"\"\n\
+             - apiVersion: projectcalico.org/v3\n  \
+               kind: Profile\n  \
+               metadata:\n    \
+                 name: projectcalico-default-allow\n    \
+                 resourceVersion: \"1\"\n  \
+               spec:\n    \
+                 egress:\n    \
+                 - action: Allow\n    \
+                 ingress:\n    \
+                 - action: Allow\n\
+             kind: ProfileList\n\
+             metadata:\n  \
+               resourceVersion: \"{prv}\"\n"
+        )
+    );
+    assert_eq!(
+        f.ok(&["get", "pros", "-o", "wide"]),
+        "NAME                          LABELS   \n\
+         mynet                         mynet=   \n\
+         projectcalico-default-allow            \n\n"
+    );
+
+    // Read-only: apply, create and delete refuse them and write nothing.
+    let doc =
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: other\nspec: {}\n";
+    for verb in ["apply", "create", "delete"] {
+        let out = f.run(&[verb, "-f", "-"], Some(doc));
+        assert_eq!(
+            (out.code, out.stderr.as_str()),
+            (
+                1,
+                "failed to execute command: resource type 'Profile' is read-only in this calicoctl: only get is supported\n"
+            ),
+            "{verb}"
+        );
+    }
+    let del = f.run(&["delete", "wep", "node1-k8s-nginx-eth0"], None);
+    assert_eq!(
+        (del.code, del.stderr.as_str()),
+        (
+            1,
+            "resource type 'WorkloadEndpoint' is read-only in this calicoctl: only get is supported\n"
+        )
+    );
+    assert_eq!(f.dump(), before);
+}
+
 #[test]
 fn bad_documents_write_nothing() {
     require!("etcd");

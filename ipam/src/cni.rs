@@ -211,17 +211,46 @@ fn result_of(addresses: &[IpNet]) -> CniResult {
     }
 }
 
-/// ADD: allocates per the config (or the addresses asked for) under `<network>.<container>`.
-pub fn add(
+/// What a caller may change about an allocation (Calico's pod annotations do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replace `ipam.ipv4_pools` / `ipv6_pools`.
+    pub v4_pools: Option<Vec<String>>,
+    pub v6_pools: Option<Vec<String>>,
+    /// Assign exactly these (in addition to what `CNI_ARGS`/config ask for).
+    pub addresses: Vec<IpAddr>,
+    /// The pod namespace's labels (pools' `namespaceSelector`).
+    pub namespace_labels: BTreeMap<String, String>,
+}
+
+/// Builds writes to commit together with the allocation (or release), from the addresses and
+/// the snapshot (which holds the caller's `extra_keys`); called again after a conflict.
+pub type CommitWith<'a, T> = dyn FnMut(&[T], &crate::Snapshot) -> Result<Extra, IpamError> + 'a;
+
+/// Allocates under `<network>.<container>` per the config, the addresses asked for and
+/// `ov`, committing `with(addresses, snapshot)` in the same transaction; `extra_keys` are
+/// read in the same round trip as IPAM's own objects.
+#[allow(clippy::too_many_arguments)]
+pub fn allocate(
     store: &dyn KvStore,
     conf: &NetConf,
     req: &Request,
     node: &str,
-) -> Result<CniResult, CniError> {
+    ov: &Overrides,
+    extra_keys: &[String],
+    with: &mut CommitWith<'_, IpNet>,
+) -> Result<Vec<IpNet>, CniError> {
     let workload = Workload::from_request(req, node);
     let handle = workload.handle(&req.network_name);
     let attrs = workload.attributes(SystemTime::now());
-    let wanted = requested_addresses(req)?;
+    let mut wanted = requested_addresses(req)?;
+    wanted.extend(&ov.addresses);
+    let (v4, v6) = (conf.ipam.assign_ipv4(), conf.ipam.assign_ipv6());
+    if wanted.is_empty() && !v4 && !v6 {
+        return Err(CniError::invalid_config(
+            "ipam.assign_ipv4 is \"false\" and ipam.assign_ipv6 is not \"true\": nothing to assign",
+        ));
+    }
     let started = std::time::Instant::now();
     let lock_file = conf.ipam_lock_file();
     let lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
@@ -231,7 +260,7 @@ pub fn add(
     let snap = ipam.read_snapshot(&SnapshotRequest {
         handles: &[&handle],
         blocks: &likely,
-        keys: &[],
+        keys: extra_keys,
     })?;
     log::debug!(
         "IPAM lock waited {:?}; snapshot read after {:?}",
@@ -239,35 +268,29 @@ pub fn add(
         started.elapsed()
     );
 
-    if !wanted.is_empty() {
-        let got = ipam.assign_ips_with(&snap, &wanted, &handle, &attrs, &mut no_extra)?;
-        log::info!("assigned requested addresses {got:?} to {handle}");
-        return Ok(result_of(&got));
-    }
-
-    let (v4, v6) = (conf.ipam.assign_ipv4(), conf.ipam.assign_ipv6());
-    if !v4 && !v6 {
-        return Err(CniError::invalid_config(
-            "ipam.assign_ipv4 is \"false\" and ipam.assign_ipv6 is not \"true\": nothing to assign",
-        ));
-    }
-    let request = AssignRequest {
-        handle: handle.clone(),
-        attrs,
-        num_v4: usize::from(v4),
-        num_v6: usize::from(v6),
-        v4_pools: conf.ipam.ipv4_pools.clone(),
-        v6_pools: conf.ipam.ipv6_pools.clone(),
-        namespace_labels: BTreeMap::new(),
+    let all: Vec<IpNet> = if !wanted.is_empty() {
+        ipam.assign_ips_with(&snap, &wanted, &handle, &attrs, &mut |ips, s| with(ips, s))?
+    } else {
+        let request = AssignRequest {
+            handle: handle.clone(),
+            attrs,
+            num_v4: usize::from(v4),
+            num_v6: usize::from(v6),
+            v4_pools: ov
+                .v4_pools
+                .clone()
+                .unwrap_or_else(|| conf.ipam.ipv4_pools.clone()),
+            v6_pools: ov
+                .v6_pools
+                .clone()
+                .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
+            namespace_labels: ov.namespace_labels.clone(),
+        };
+        ipam.auto_assign_with(&snap, &request, &mut |a, s| with(&a.all(), s))?
+            .all()
     };
-    let assigned = ipam.auto_assign_with(&snap, &request, &mut no_extra)?;
     log::debug!("assigned after {:?}", started.elapsed());
-    log::info!(
-        "assigned {:?} {:?} to {handle} on node {node}",
-        assigned.v4,
-        assigned.v6
-    );
-    let all: Vec<IpNet> = assigned.v4.into_iter().chain(assigned.v6).collect();
+    log::info!("assigned {all:?} to {handle} on node {node}");
     let known: BTreeSet<IpNet> = snap
         .affinities
         .keys()
@@ -277,11 +300,39 @@ pub fn add(
     if known != hint {
         block_hint::write(&lock_file, &known);
     }
+    Ok(all)
+}
+
+/// ADD: allocates per the config (or the addresses asked for) under `<network>.<container>`.
+pub fn add(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+) -> Result<CniResult, CniError> {
+    let all = allocate(
+        store,
+        conf,
+        req,
+        node,
+        &Overrides::default(),
+        &[],
+        &mut no_extra,
+    )?;
     Ok(result_of(&all))
 }
 
-/// DEL: releases the handle and Calico's legacy handle. Missing is success.
-pub fn del(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Result<(), CniError> {
+/// Releases the handle and Calico's legacy handle (missing is success), committing
+/// `with(released, snapshot)` in the same transaction; `extra_keys` are read in the same
+/// round trip.
+pub fn release(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+    extra_keys: &[String],
+    with: &mut CommitWith<'_, IpAddr>,
+) -> Result<Vec<IpAddr>, CniError> {
     let workload = Workload::from_request(req, node);
     let handles = [workload.handle(&req.network_name), workload.legacy_handle()];
     let lock_file = conf.ipam_lock_file();
@@ -293,17 +344,22 @@ pub fn del(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Re
     let snap = ipam.read_snapshot(&SnapshotRequest {
         handles: &handle_refs,
         blocks: &likely,
-        keys: &[],
+        keys: extra_keys,
     })?;
-    let released = ipam.release_handles_with(&snap, None, &mut no_extra)?;
+    let released = ipam.release_handles_with(&snap, None, &mut |ips, s| with(ips, s))?;
     if !released.is_empty() {
         log::info!("released {released:?} of {handles:?}");
     }
-    Ok(())
+    Ok(released)
+}
+
+/// DEL: releases the handle and Calico's legacy handle. Missing is success.
+pub fn del(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Result<(), CniError> {
+    release(store, conf, req, node, &[], &mut no_extra).map(|_| ())
 }
 
 /// No writes of the caller's own alongside IPAM's.
-fn no_extra<T>(_: &T, _: &crate::Snapshot) -> Result<Extra, IpamError> {
+fn no_extra<T>(_: &[T], _: &crate::Snapshot) -> Result<Extra, IpamError> {
     Ok(Extra::default())
 }
 
@@ -360,9 +416,9 @@ pub fn gc(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Res
     let mut errors = Vec::new();
     for kv in stale {
         let id = kv.key[keys::HANDLES.len()..].to_string();
-        let released = ipam
-            .snapshot(&[&id])
-            .and_then(|snap| ipam.release_handles_with(&snap, Some(node), &mut no_extra));
+        let released = ipam.snapshot(&[&id]).and_then(|snap| {
+            ipam.release_handles_with(&snap, Some(node), &mut |ips, s| no_extra(ips, s))
+        });
         match released {
             Ok(ips) if !ips.is_empty() => log::info!("GC released {ips:?} of {id}"),
             Ok(_) => {}

@@ -45,6 +45,9 @@ pub enum IpamError {
     Corrupt { key: String, reason: String },
     #[error("{0}")]
     Other(String),
+    /// A caller's own check failed inside an IPAM transaction (its error passes through).
+    #[error("{0}")]
+    Caller(CniError),
 }
 
 impl IpamError {
@@ -69,6 +72,9 @@ impl IpamError {
 
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> CniError {
+        if let IpamError::Caller(inner) = e {
+            return inner;
+        }
         let code = if e.is_transient() {
             ErrorCode::TRY_AGAIN_LATER
         } else {

@@ -1,6 +1,7 @@
 //! The resource kinds this calicoctl manages, read from YAML/JSON documents.
 //!
-//! - [`Kind`]: IPPool, Node and IPAMConfiguration, their `get` aliases and etcd keys;
+//! - [`Kind`]: IPPool, Node and IPAMConfiguration, the read-only (`get` only) WorkloadEndpoint
+//!   and Profile, their `get` aliases and etcd keys;
 //! - [`parse_documents`]: a file's documents (several `---` documents, a YAML sequence, or a
 //!   `<Kind>List`/`List`) into typed objects, rejecting unknown fields as calicoctl's strict
 //!   decoding does;
@@ -13,7 +14,9 @@ pub mod validate;
 
 use crate::yaml;
 use calico_datastore::model::keys;
-use calico_datastore::model::{IpPool, IpPoolSpec, IpamConfigValue, ObjectMeta, Resource};
+use calico_datastore::model::{
+    IpPool, IpPoolSpec, IpamConfigValue, ObjectMeta, Profile, Resource, WorkloadEndpoint,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -26,10 +29,27 @@ pub enum Kind {
     IpPool,
     Node,
     IpamConfiguration,
+    /// Read-only here: `get` only.
+    WorkloadEndpoint,
+    /// Read-only here: `get` only.
+    Profile,
 }
 
+/// The namespace `get` reads for a namespaced kind when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The Profile the etcd backend adds to every profile list and returns for its name without
+/// storing it (libcalico-go's `resources.DefaultAllowProfile`).
+pub const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
+
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::IpPool, Kind::Node, Kind::IpamConfiguration];
+    pub const ALL: [Kind; 5] = [
+        Kind::IpPool,
+        Kind::Node,
+        Kind::IpamConfiguration,
+        Kind::WorkloadEndpoint,
+        Kind::Profile,
+    ];
 
     /// The kind as written in documents.
     pub fn name(self) -> &'static str {
@@ -37,6 +57,8 @@ impl Kind {
             Kind::IpPool => "IPPool",
             Kind::Node => "Node",
             Kind::IpamConfiguration => "IPAMConfiguration",
+            Kind::WorkloadEndpoint => "WorkloadEndpoint",
+            Kind::Profile => "Profile",
         }
     }
 
@@ -51,6 +73,8 @@ impl Kind {
                 "ipamconfig",
                 "ipamconfigs",
             ],
+            Kind::WorkloadEndpoint => &["workloadendpoint", "workloadendpoints", "wep", "weps"],
+            Kind::Profile => &["profile", "profiles", "pro", "pros"],
         }
     }
 
@@ -65,22 +89,55 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == s)
     }
 
-    /// Where objects of this kind live. IPAMConfiguration is our mapping onto the config the
-    /// IPAM reads (`/calico/ipam/v2/config`), a single object named `default`.
-    pub fn key(self, name: &str) -> String {
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        self == Kind::WorkloadEndpoint
+    }
+
+    /// Whether this calicoctl only reads the kind (`get`); apply, create and delete refuse it.
+    pub fn read_only(self) -> bool {
+        matches!(self, Kind::WorkloadEndpoint | Kind::Profile)
+    }
+
+    /// The one-line error for writing a read-only kind.
+    pub fn read_only_error(self) -> String {
+        format!(
+            "resource type '{}' is read-only in this calicoctl: only get is supported",
+            self.name()
+        )
+    }
+
+    /// The plural in etcd keys.
+    fn plural(self) -> &'static str {
         match self {
-            Kind::IpPool => keys::resource("ippools", name),
-            Kind::Node => keys::resource("nodes", name),
-            Kind::IpamConfiguration => keys::IPAM_CONFIG.to_string(),
+            Kind::IpPool => "ippools",
+            Kind::Node => "nodes",
+            Kind::IpamConfiguration => "ipamconfigurations",
+            Kind::WorkloadEndpoint => "workloadendpoints",
+            Kind::Profile => "profiles",
         }
     }
 
-    /// The prefix a list of this kind reads (the single key for IPAMConfiguration).
-    pub fn list_prefix(self) -> String {
+    /// Where an object of this kind lives (`namespace` is ignored for cluster-scoped kinds).
+    /// IPAMConfiguration is our mapping onto the config the IPAM reads
+    /// (`/calico/ipam/v2/config`), a single object named `default`.
+    pub fn key(self, namespace: &str, name: &str) -> String {
         match self {
-            Kind::IpPool => keys::resources_prefix("ippools"),
-            Kind::Node => keys::resources_prefix("nodes"),
             Kind::IpamConfiguration => keys::IPAM_CONFIG.to_string(),
+            k if k.namespaced() => keys::namespaced_resource(k.plural(), namespace, name),
+            k => keys::resource(k.plural(), name),
+        }
+    }
+
+    /// The prefix a list of this kind reads (the single key for IPAMConfiguration). For a
+    /// namespaced kind, `namespace` picks one namespace and `None` reads them all.
+    pub fn list_prefix(self, namespace: Option<&str>) -> String {
+        match (self, namespace) {
+            (Kind::IpamConfiguration, _) => keys::IPAM_CONFIG.to_string(),
+            (k, Some(ns)) if k.namespaced() => {
+                format!("{}{ns}/", keys::resources_prefix(k.plural()))
+            }
+            (k, _) => keys::resources_prefix(k.plural()),
         }
     }
 }
@@ -293,12 +350,15 @@ impl IpamConfigurationSpec {
 
 pub type IpamConfiguration = Resource<IpamConfigurationSpec>;
 
-/// One resource from a document or the datastore.
+/// One resource from a document or the datastore. WorkloadEndpoints and Profiles only come
+/// from the datastore (documents of those kinds are refused: they are read-only here).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     IpPool(IpPool),
     Node(NodeResource),
     IpamConfiguration(IpamConfiguration),
+    WorkloadEndpoint(Box<WorkloadEndpoint>),
+    Profile(Box<Profile>),
 }
 
 impl Object {
@@ -307,6 +367,8 @@ impl Object {
             Object::IpPool(_) => Kind::IpPool,
             Object::Node(_) => Kind::Node,
             Object::IpamConfiguration(_) => Kind::IpamConfiguration,
+            Object::WorkloadEndpoint(_) => Kind::WorkloadEndpoint,
+            Object::Profile(_) => Kind::Profile,
         }
     }
 
@@ -315,6 +377,8 @@ impl Object {
             Object::IpPool(r) => &r.metadata,
             Object::Node(r) => &r.metadata,
             Object::IpamConfiguration(r) => &r.metadata,
+            Object::WorkloadEndpoint(r) => &r.metadata,
+            Object::Profile(r) => &r.metadata,
         }
     }
 
@@ -323,6 +387,8 @@ impl Object {
             Object::IpPool(r) => &mut r.metadata,
             Object::Node(r) => &mut r.metadata,
             Object::IpamConfiguration(r) => &mut r.metadata,
+            Object::WorkloadEndpoint(r) => &mut r.metadata,
+            Object::Profile(r) => &mut r.metadata,
         }
     }
 
@@ -330,9 +396,10 @@ impl Object {
         &self.metadata().name
     }
 
-    /// `Kind(name)`, how Calico's errors name a resource.
+    /// `Kind(name)` (`Kind(namespace/name)` for a namespaced kind), how Calico's errors name
+    /// a resource.
     pub fn id(&self) -> String {
-        format!("{}({})", self.kind().name(), self.name())
+        id_in(self.kind(), &self.metadata().namespace, self.name())
     }
 
     /// The object as JSON (for output).
@@ -341,6 +408,8 @@ impl Object {
             Object::IpPool(r) => serde_json::to_value(r),
             Object::Node(r) => serde_json::to_value(r),
             Object::IpamConfiguration(r) => serde_json::to_value(r),
+            Object::WorkloadEndpoint(r) => serde_json::to_value(r),
+            Object::Profile(r) => serde_json::to_value(r),
         };
         v.unwrap_or(Value::Null)
     }
@@ -349,6 +418,16 @@ impl Object {
 /// A `Kind(name)` identifier for messages.
 pub fn id(kind: Kind, name: &str) -> String {
     format!("{}({name})", kind.name())
+}
+
+/// `Kind(namespace/name)` for a namespaced kind (as libcalico-go's `ResourceKey`), else
+/// `Kind(name)`.
+pub fn id_in(kind: Kind, namespace: &str, name: &str) -> String {
+    if kind.namespaced() {
+        format!("{}({namespace}/{name})", kind.name())
+    } else {
+        id(kind, name)
+    }
 }
 
 /// Which keys a level of a document may have, and how to check below them.
@@ -540,6 +619,7 @@ pub fn decode_resource(v: Value) -> Result<Object, String> {
         Kind::IpPool => &IPPOOL_TOP,
         Kind::Node => &NODE_TOP,
         Kind::IpamConfiguration => &IPAM_CONFIG_TOP,
+        Kind::WorkloadEndpoint | Kind::Profile => return Err(k.read_only_error()),
     };
     let whole = Value::Object(m.clone());
     check_fields(&whole, top)?;
@@ -563,6 +643,7 @@ pub fn decode_resource(v: Value) -> Result<Object, String> {
             Object::Node(n)
         }
         Kind::IpamConfiguration => Object::IpamConfiguration(decode(v, "IPAMConfiguration")?),
+        Kind::WorkloadEndpoint | Kind::Profile => return Err(k.read_only_error()),
     })
 }
 
@@ -632,19 +713,50 @@ mod tests {
         ] {
             assert_eq!(Kind::from_alias(a), Some(Kind::IpamConfiguration), "{a}");
         }
-        assert_eq!(Kind::from_alias("profile"), None);
+        for a in ["workloadendpoint", "WorkloadEndpoints", "wep", "weps"] {
+            assert_eq!(Kind::from_alias(a), Some(Kind::WorkloadEndpoint), "{a}");
+        }
+        for a in ["profile", "Profiles", "pro", "pros"] {
+            assert_eq!(Kind::from_alias(a), Some(Kind::Profile), "{a}");
+        }
+        assert_eq!(Kind::from_alias("policy"), None);
         assert_eq!(
-            Kind::IpPool.key("p1"),
+            Kind::IpPool.key("ignored", "p1"),
             "/calico/resources/v3/projectcalico.org/ippools/p1"
         );
         assert_eq!(
-            Kind::Node.key("n1"),
+            Kind::Node.key("", "n1"),
             "/calico/resources/v3/projectcalico.org/nodes/n1"
         );
         assert_eq!(
-            Kind::IpamConfiguration.key("default"),
+            Kind::IpamConfiguration.key("", "default"),
             "/calico/ipam/v2/config"
         );
+        assert_eq!(
+            Kind::WorkloadEndpoint.key("ns1", "w1"),
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/ns1/w1"
+        );
+        assert_eq!(
+            Kind::WorkloadEndpoint.list_prefix(Some("default")),
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/default/"
+        );
+        assert_eq!(
+            Kind::WorkloadEndpoint.list_prefix(None),
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/"
+        );
+        assert_eq!(
+            Kind::Profile.key("", "net"),
+            "/calico/resources/v3/projectcalico.org/profiles/net"
+        );
+        assert_eq!(
+            Kind::Profile.list_prefix(Some("ignored")),
+            "/calico/resources/v3/projectcalico.org/profiles/"
+        );
+        assert_eq!(
+            id_in(Kind::WorkloadEndpoint, "ns", "w"),
+            "WorkloadEndpoint(ns/w)"
+        );
+        assert_eq!(id_in(Kind::Profile, "ns", "p"), "Profile(p)");
     }
 
     #[test]
@@ -715,6 +827,26 @@ mod tests {
         assert_eq!(
             wrong_version,
             "unknown resource type (IPPool) and/or version (v1)"
+        );
+    }
+
+    #[test]
+    fn read_only_kinds_are_refused_in_documents() {
+        let wep = parse_documents(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: default\nspec: {}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            wep,
+            "resource type 'WorkloadEndpoint' is read-only in this calicoctl: only get is supported"
+        );
+        let listed = parse_documents(
+            "apiVersion: projectcalico.org/v3\nkind: ProfileList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: Profile\n  metadata:\n    name: p\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            listed,
+            "resource type 'Profile' is read-only in this calicoctl: only get is supported"
         );
     }
 

@@ -11,15 +11,16 @@
 //! datastore's current state and the documents before it) before anything is written, so a
 //! file with one bad document changes nothing.
 
-use super::print::{self, Fetched, Format};
+use super::print::{self, Fetched, Format, TableOpts};
 use super::validate::{self, PoolContext};
-use super::{IpamConfiguration, IpamConfigurationSpec, Kind, NodeResource, Object, id};
+use super::{
+    DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, IpamConfiguration, IpamConfigurationSpec, Kind,
+    NodeResource, Object, id_in,
+};
 use crate::error::{CmdError, CmdResult};
-use crate::uuid;
-use calico_datastore::model::time::rfc3339_seconds;
 use calico_datastore::model::{
-    AllocationBlock, ClusterInformation, ClusterInformationSpec, IpPool, IpamConfigValue, Resource,
-    keys,
+    AllocationBlock, ClusterInformation, ClusterInformationSpec, IpPool, IpamConfigValue, Profile,
+    ProfileSpec, Resource, Rule, WorkloadEndpoint, keys, new_cluster_guid,
 };
 use calico_datastore::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use ipnet::IpNet;
@@ -27,11 +28,10 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-/// The datastore and the sources of time and identity (replaceable in tests).
+/// The datastore and the clock (replaceable in tests).
 pub struct Ctx<'a> {
     pub store: &'a dyn KvStore,
     pub now: fn() -> SystemTime,
-    pub new_uid: fn() -> String,
 }
 
 impl<'a> Ctx<'a> {
@@ -39,7 +39,6 @@ impl<'a> Ctx<'a> {
         Ctx {
             store,
             now: SystemTime::now,
-            new_uid: uuid::new_v4,
         }
     }
 }
@@ -48,11 +47,12 @@ impl<'a> Ctx<'a> {
 /// BGPConfiguration.
 pub const DEFAULT_ASN: u32 = 64512;
 
-/// `resource does not exist: Kind(name) with error: <nil>`.
-pub fn does_not_exist(kind: Kind, name: &str) -> String {
+/// `resource does not exist: Kind(name) with error: <nil>` (`Kind(namespace/name)` for a
+/// namespaced kind).
+pub fn does_not_exist(kind: Kind, namespace: &str, name: &str) -> String {
     format!(
         "resource does not exist: {} with error: <nil>",
-        id(kind, name)
+        id_in(kind, namespace, name)
     )
 }
 
@@ -88,7 +88,29 @@ pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
             c.metadata.resource_version = kv.mod_revision.to_string();
             Some(Object::IpamConfiguration(c))
         }
+        Kind::WorkloadEndpoint => WorkloadEndpoint::from_kv(kv)
+            .ok()
+            .map(|w| Object::WorkloadEndpoint(Box::new(w))),
+        Kind::Profile => Profile::from_kv(kv)
+            .ok()
+            .map(|p| Object::Profile(Box::new(p))),
     }
+}
+
+/// `projectcalico-default-allow`: never stored, but the etcd backend returns it for its name
+/// and appends it to every profile list, with resourceVersion `1`.
+pub fn default_allow_profile() -> Object {
+    let mut p = Profile::new(
+        Kind::Profile.name(),
+        DEFAULT_ALLOW_PROFILE,
+        ProfileSpec {
+            ingress: vec![Rule::allow()],
+            egress: vec![Rule::allow()],
+            ..ProfileSpec::default()
+        },
+    );
+    p.metadata.resource_version = "1".into();
+    Object::Profile(Box::new(p))
 }
 
 fn global_asn(store: &dyn KvStore) -> CmdResult<u32> {
@@ -100,50 +122,114 @@ fn global_asn(store: &dyn KvStore) -> CmdResult<u32> {
         .unwrap_or(DEFAULT_ASN))
 }
 
+/// Which namespaces `get` reads: `-n <ns>` and `-A`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// `-n <ns>` (an empty namespace counts as not given).
+    pub namespace: Option<String>,
+    /// `-A`.
+    pub all: bool,
+}
+
+impl Namespaces {
+    fn given(&self) -> Option<&str> {
+        self.namespace.as_deref().filter(|ns| !ns.is_empty())
+    }
+
+    /// Either flag was given: a namespaced kind's table then starts with NAMESPACE.
+    pub fn shown(&self) -> bool {
+        self.all || self.given().is_some()
+    }
+
+    /// calicoctl's `handleNamespace` (and `GetOrList`) check: the error each requested
+    /// resource fails with, if the flags do not fit the kind.
+    fn misuse(&self, kind: Kind, named: bool) -> Option<String> {
+        if !kind.namespaced() {
+            return self
+                .shown()
+                .then(|| format!("{} is not namespaced", kind.name()));
+        }
+        if self.all && self.given().is_some() {
+            return Some(
+                "cannot use both --namespace and --all-namespaces flags at the same time".into(),
+            );
+        }
+        (self.all && named)
+            .then(|| "cannot use --all-namespace flag for getting a single resource".into())
+    }
+
+    /// The namespace read for a namespaced kind: `None` for all of them.
+    fn read(&self) -> Option<&str> {
+        if self.all {
+            None
+        } else {
+            Some(self.given().unwrap_or(DEFAULT_NAMESPACE))
+        }
+    }
+}
+
 /// `calicoctl get <kind> [<name>...]`: prints what was found, then fails naming what was not.
 pub fn get(
     ctx: &Ctx,
     kind: Kind,
     names: &[String],
+    namespaces: &Namespaces,
     format: Format,
     out: &mut dyn std::io::Write,
 ) -> CmdResult {
+    if let Some(e) = namespaces.misuse(kind, !names.is_empty()) {
+        // calicoctl fails each requested resource the same way.
+        return Err(CmdError::Failed(vec![e; names.len().max(1)].join("\n")));
+    }
+    let namespace = namespaces.read();
     let mut fetched = Vec::new();
     let mut errors = Vec::new();
     if names.is_empty() {
         let read = if kind == Kind::IpamConfiguration {
-            Read::Key(kind.list_prefix())
+            Read::Key(kind.list_prefix(namespace))
         } else {
-            Read::Prefix(kind.list_prefix())
+            Read::Prefix(kind.list_prefix(namespace))
         };
         let kvs = ctx.store.read(&[read])?.pop().unwrap_or_default();
         let revision = current_revision(ctx.store)?;
+        let mut items: Vec<Object> = kvs.iter().filter_map(|kv| read_object(kind, kv)).collect();
+        if kind == Kind::Profile {
+            items.push(default_allow_profile());
+        }
         fetched.push(Fetched::List {
             kind,
             revision,
-            items: kvs.iter().filter_map(|kv| read_object(kind, kv)).collect(),
+            items,
         });
     } else {
-        let reads: Vec<Read> = names.iter().map(|n| Read::Key(kind.key(n))).collect();
+        let ns = namespace.unwrap_or_default();
+        let reads: Vec<Read> = names.iter().map(|n| Read::Key(kind.key(ns, n))).collect();
         let found = ctx.store.read(&reads)?;
         for (name, kvs) in names.iter().zip(found) {
-            let obj = kvs
-                .first()
-                .filter(|_| kind != Kind::IpamConfiguration || name == "default")
-                .and_then(|kv| read_object(kind, kv));
+            let obj = if kind == Kind::Profile && name == DEFAULT_ALLOW_PROFILE {
+                Some(default_allow_profile())
+            } else {
+                kvs.first()
+                    .filter(|_| kind != Kind::IpamConfiguration || name == "default")
+                    .and_then(|kv| read_object(kind, kv))
+            };
             match obj {
                 Some(o) => fetched.push(Fetched::One(Box::new(o))),
-                None => errors.push(does_not_exist(kind, name)),
+                None => errors.push(does_not_exist(kind, ns, name)),
             }
         }
     }
-    let asn = if format == Format::Wide && kind == Kind::Node {
+    let global_asn = if format == Format::Wide && kind == Kind::Node {
         global_asn(ctx.store)?
     } else {
         DEFAULT_ASN
     };
+    let opts = TableOpts {
+        global_asn,
+        namespace_column: namespaces.shown(),
+    };
     if !fetched.is_empty() || errors.is_empty() {
-        out.write_all(print::render(&fetched, format, asn).as_bytes())?;
+        out.write_all(print::render(&fetched, format, opts).as_bytes())?;
     }
     if errors.is_empty() {
         Ok(())
@@ -237,14 +323,12 @@ impl Plan<'_> {
         }
     }
 
-    /// The metadata a new object gets from a document (calicoctl's `prepareMetadataForCreate`
-    /// plus the backend's uid and creationTimestamp).
-    fn create_meta(&self, doc: &Object) -> calico_datastore::model::ObjectMeta {
+    /// The metadata a new object gets from a document (calicoctl's `prepareMetadataForCreate`);
+    /// the backend's uid and creationTimestamp are added by `Resource::stamp_created`.
+    fn create_meta(doc: &Object) -> calico_datastore::model::ObjectMeta {
         let m = doc.metadata();
         calico_datastore::model::ObjectMeta {
             name: m.name.clone(),
-            uid: (self.ctx.new_uid)(),
-            creation_timestamp: Some(rfc3339_seconds((self.ctx.now)())),
             labels: m.labels.clone(),
             annotations: m.annotations.clone(),
             ..Default::default()
@@ -278,6 +362,9 @@ impl Plan<'_> {
     fn one(&mut self, doc: &Object) -> Result<Option<Planned>, String> {
         let kind = doc.kind();
         let name = doc.name().to_string();
+        if kind.read_only() {
+            return Err(kind.read_only_error());
+        }
         if !doc.metadata().namespace.is_empty() {
             return Err(format!(
                 "namespace should not be specified for a non-namespaced resource. {} is not a \
@@ -291,7 +378,7 @@ impl Plan<'_> {
             }
             _ => validate::check_name(kind.name(), &name).map_err(|e| e.to_string())?,
         }
-        let key = kind.key(&name);
+        let key = kind.key("", &name);
         let existing = self.existing(&key);
         let exists = !matches!(existing, Existing::None);
         if exists && self.action == Action::Create {
@@ -313,7 +400,7 @@ impl Plan<'_> {
                 validate::node(&n.spec).map_err(|e| e.to_string())?;
                 let mut n = n.clone();
                 n.metadata = match &existing {
-                    Existing::None => self.create_meta(doc),
+                    Existing::None => Self::create_meta(doc),
                     Existing::Stored(kv) => {
                         Self::check_version(doc, live_rev)?;
                         let live = NodeResource::from_kv(kv)
@@ -322,6 +409,9 @@ impl Plan<'_> {
                     }
                     Existing::Planned(o) => Self::update_meta(o.metadata(), doc),
                 };
+                if matches!(existing, Existing::None) {
+                    n.stamp_created((self.ctx.now)());
+                }
                 n.kind = kind.name().into();
                 n.status.get_or_insert_with(|| Value::Object(Map::new()));
                 let bytes = n.to_stored().map_err(|e| e.to_string())?;
@@ -351,6 +441,9 @@ impl Plan<'_> {
                     ..Default::default()
                 };
                 (Object::IpamConfiguration(shown), bytes)
+            }
+            Object::WorkloadEndpoint(_) | Object::Profile(_) => {
+                return Err(kind.read_only_error());
             }
         };
         self.planned.insert(key.clone(), obj);
@@ -402,7 +495,8 @@ impl Plan<'_> {
         match &live {
             None => {
                 pool.spec = spec;
-                pool.metadata = self.create_meta(doc);
+                pool.metadata = Self::create_meta(doc);
+                pool.stamp_created((self.ctx.now)());
             }
             Some(live) => {
                 let old = live.spec.with_defaults();
@@ -438,7 +532,10 @@ pub fn apply(
     let kind = single_kind(objects);
     let total = objects.len();
     let any_pool = objects.iter().any(|o| o.kind() == Kind::IpPool);
-    let keys_wanted: Vec<String> = objects.iter().map(|o| o.kind().key(o.name())).collect();
+    let keys_wanted: Vec<String> = objects
+        .iter()
+        .map(|o| o.kind().key(&o.metadata().namespace, o.name()))
+        .collect();
     let mut reads: Vec<Read> = keys_wanted.iter().map(|k| Read::Key(k.clone())).collect();
     if any_pool {
         reads.push(Read::Prefix(keys::resources_prefix("ippools")));
@@ -583,25 +680,19 @@ pub fn ensure_initialized(ctx: &Ctx) {
         return;
     };
     let mut got = got.into_iter();
-    let now = rfc3339_seconds((ctx.now)());
-    let meta = |name: &str| calico_datastore::model::ObjectMeta {
-        name: name.into(),
-        uid: (ctx.new_uid)(),
-        creation_timestamp: Some(now.clone()),
-        ..Default::default()
-    };
+    let now = (ctx.now)();
     match got.next().and_then(|mut v| v.pop()) {
         None => {
             let mut ci = ClusterInformation::new(
                 "ClusterInformation",
                 "default",
                 ClusterInformationSpec {
-                    cluster_guid: uuid::new_guid(),
+                    cluster_guid: new_cluster_guid(),
                     datastore_ready: Some(true),
                     ..Default::default()
                 },
             );
-            ci.metadata = meta("default");
+            ci.stamp_created(now);
             if let Ok(bytes) = ci.to_stored() {
                 let _ = ctx.store.txn(
                     &[Guard::Absent(ci_key.clone())],
@@ -613,7 +704,7 @@ pub fn ensure_initialized(ctx: &Ctx) {
             if let Ok(mut ci) = ClusterInformation::from_kv(&kv) {
                 let mut changed = false;
                 if ci.spec.cluster_guid.is_empty() {
-                    ci.spec.cluster_guid = uuid::new_guid();
+                    ci.spec.cluster_guid = new_cluster_guid();
                     changed = true;
                 }
                 if ci.spec.datastore_ready.is_none() {
@@ -638,7 +729,7 @@ pub fn ensure_initialized(ctx: &Ctx) {
             name,
             json!({"order": order, "defaultAction": action}),
         );
-        tier.metadata = meta(name);
+        tier.stamp_created(now);
         tier.status = Some(json!({}));
         let key = keys::resource("tiers", name);
         if let Ok(bytes) = tier.to_stored() {
@@ -663,7 +754,9 @@ pub fn delete(
         match delete_one(ctx, o) {
             Ok(()) => handled += 1,
             Err(DeleteError::Missing) if skip_not_exists => handled += 1,
-            Err(DeleteError::Missing) => errors.push(does_not_exist(o.kind(), o.name())),
+            Err(DeleteError::Missing) => {
+                errors.push(does_not_exist(o.kind(), &o.metadata().namespace, o.name()))
+            }
             Err(DeleteError::Other(e)) => errors.push(e),
         }
     }
@@ -704,10 +797,13 @@ impl From<calico_datastore::EtcdError> for DeleteError {
 
 fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
     let kind = o.kind();
+    if kind.read_only() {
+        return Err(DeleteError::Other(kind.read_only_error()));
+    }
     if kind == Kind::IpamConfiguration && o.name() != "default" {
         return Err(DeleteError::Missing);
     }
-    let key = kind.key(o.name());
+    let key = kind.key(&o.metadata().namespace, o.name());
     let kv = ctx.store.get(&key)?.ok_or(DeleteError::Missing)?;
     let rv = &o.metadata().resource_version;
     let conflict = || DeleteError::Other(format!("update conflict: {}", o.id()));
@@ -836,16 +932,23 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_777_629_600)
     }
 
-    fn fixed_uid() -> String {
-        "11111111-2222-4333-8444-555555555555".into()
+    fn ctx(store: &MemKv) -> Ctx<'_> {
+        Ctx { store, now: t0 }
     }
 
-    fn ctx(store: &MemKv) -> Ctx<'_> {
-        Ctx {
-            store,
-            now: t0,
-            new_uid: fixed_uid,
-        }
+    /// The uid of a stored object, checked to be a random UUID v4 (`uuid.New().String()`).
+    fn uid_of(stored: &str) -> String {
+        let v: Value = serde_json::from_str(stored).expect("json");
+        let uid = v["metadata"]["uid"].as_str().expect("uid").to_string();
+        let parts: Vec<usize> = uid.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{uid}");
+        assert_eq!(&uid[14..15], "4", "version 4: {uid}");
+        assert!(
+            uid.bytes()
+                .all(|c| c == b'-' || (c.is_ascii_hexdigit() && !c.is_ascii_uppercase())),
+            "{uid}"
+        );
+        uid
     }
 
     fn run_apply(store: &MemKv, text: &str, action: Action) -> (String, CmdResult) {
@@ -871,14 +974,16 @@ mod tests {
         let (out, r) = run_apply(&store, POOL, Action::Create);
         assert_eq!(r, Ok(()));
         assert_eq!(out, "Successfully created 1 'IPPool' resource(s)\n");
+        let pool = stored(
+            &store,
+            "/calico/resources/v3/projectcalico.org/ippools/pool1",
+        )
+        .expect("pool");
+        let uid = uid_of(&pool);
         assert_eq!(
-            stored(
-                &store,
-                "/calico/resources/v3/projectcalico.org/ippools/pool1"
-            )
-            .as_deref(),
-            Some(
-                r#"{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"pool1","uid":"11111111-2222-4333-8444-555555555555","creationTimestamp":"2026-05-01T10:00:00Z"},"spec":{"cidr":"10.244.0.0/16","vxlanMode":"Never","ipipMode":"Always","natOutgoing":true,"blockSize":26,"nodeSelector":"all()","allowedUses":["Workload","Tunnel"],"assignmentMode":"Automatic"}}"#
+            pool,
+            format!(
+                r#"{{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{{"name":"pool1","uid":"{uid}","creationTimestamp":"2026-05-01T10:00:00Z"}},"spec":{{"cidr":"10.244.0.0/16","vxlanMode":"Never","ipipMode":"Always","natOutgoing":true,"blockSize":26,"nodeSelector":"all()","allowedUses":["Workload","Tunnel"],"assignmentMode":"Automatic"}}}}"#
             )
         );
         let ci = stored(
@@ -897,6 +1002,15 @@ mod tests {
             .is_some()
         );
 
+        for tier in ["default", "kube-admin", "kube-baseline"] {
+            let t = stored(
+                &store,
+                &format!("/calico/resources/v3/projectcalico.org/tiers/{tier}"),
+            )
+            .expect("tier");
+            uid_of(&t);
+        }
+
         let (_, again) = run_apply(&store, POOL, Action::Create);
         assert_eq!(
             again,
@@ -905,6 +1019,23 @@ mod tests {
                     .into()
             ))
         );
+
+        // A document's uid and creationTimestamp are not kept: create makes new ones.
+        let doc = POOL
+            .replace(
+                "name: pool1",
+                "name: pool2\n  uid: doc-uid\n  creationTimestamp: \"2020-01-01T00:00:00Z\"",
+            )
+            .replace("10.244.0.0/16", "10.245.0.0/16");
+        run_apply(&store, &doc, Action::Create).1.expect("created");
+        let p2 = stored(
+            &store,
+            "/calico/resources/v3/projectcalico.org/ippools/pool2",
+        )
+        .expect("pool2");
+        assert_ne!(uid_of(&p2), uid);
+        let v: Value = serde_json::from_str(&p2).expect("json");
+        assert_eq!(v["metadata"]["creationTimestamp"], "2026-05-01T10:00:00Z");
     }
 
     #[test]
@@ -977,6 +1108,7 @@ mod tests {
             &ctx(&store),
             Kind::IpamConfiguration,
             &[],
+            &Namespaces::default(),
             Format::Wide,
             &mut out,
         )
@@ -994,6 +1126,283 @@ mod tests {
         assert!(bad.1.is_err());
     }
 
+    const WEP_KEY: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints";
+
+    fn put_wep(store: &MemKv, ns: &str, name: &str, spec: Value) {
+        let v = json!({"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3",
+            "metadata":{"name":name,"namespace":ns,"uid":"u-1","creationTimestamp":"2026-05-01T10:00:00Z"},
+            "spec":spec});
+        store.put(&format!("{WEP_KEY}/{ns}/{name}"), v.to_string().as_bytes());
+    }
+
+    fn run_get(
+        store: &MemKv,
+        kind: Kind,
+        names: &[&str],
+        ns: &Namespaces,
+        format: Format,
+    ) -> (String, CmdResult) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
+        let mut out = Vec::new();
+        let r = get(&ctx(store), kind, &names, ns, format, &mut out);
+        (String::from_utf8_lossy(&out).into_owned(), r)
+    }
+
+    fn ns(namespace: Option<&str>, all: bool) -> Namespaces {
+        Namespaces {
+            namespace: namespace.map(str::to_string),
+            all,
+        }
+    }
+
+    #[test]
+    fn get_workload_endpoints_by_namespace() {
+        let store = MemKv::new();
+        put_wep(
+            &store,
+            "default",
+            "node1-k8s-nginx-eth0",
+            json!({"orchestrator":"k8s","node":"node1","pod":"nginx","endpoint":"eth0",
+                   "ipNetworks":["10.244.1.5/32","fd00::5/128"],"profiles":["kns.default","ksa.default.sa"],
+                   "interfaceName":"cali1234567890a",
+                   "ipNATs":[{"internalIP":"10.244.1.5","externalIP":"172.16.0.5"}]}),
+        );
+        put_wep(
+            &store,
+            "other",
+            "node2-cni-abc-eth0",
+            json!({"orchestrator":"cni","workload":"wl1","pod":"ignored","node":"node2",
+                   "ipNetworks":["10.244.2.7/32"],"profiles":["mynet"],"interfaceName":"caliabc"}),
+        );
+        let (out, r) = run_get(
+            &store,
+            Kind::WorkloadEndpoint,
+            &[],
+            &ns(None, false),
+            Format::Ps,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            out,
+            "WORKLOAD   NODE    NETWORKS                    INTERFACE         \n\
+             nginx      node1   10.244.1.5/32,fd00::5/128   cali1234567890a   \n\n"
+        );
+        let (out, _) = run_get(
+            &store,
+            Kind::WorkloadEndpoint,
+            &[],
+            &ns(Some("other"), false),
+            Format::Wide,
+        );
+        assert_eq!(
+            out,
+            "NAMESPACE   NAME                 WORKLOAD   NODE    NETWORKS        INTERFACE   PROFILES   NATS   \n\
+             other       node2-cni-abc-eth0   wl1        node2   10.244.2.7/32   caliabc     mynet             \n\n"
+        );
+        let (out, _) = run_get(
+            &store,
+            Kind::WorkloadEndpoint,
+            &[],
+            &ns(None, true),
+            Format::Wide,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[0].starts_with("NAMESPACE   NAME "), "{out}");
+        assert!(
+            lines[1].starts_with("default     node1-k8s-nginx-eth0")
+                && lines[1].contains(" kns.default,ksa.default.sa   {10.244.1.5 172.16.0.5}   "),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("other       node2-cni-abc-eth0"),
+            "{out}"
+        );
+
+        // Named: in the namespace asked for; missing ones are named with their namespace.
+        let (out, r) = run_get(
+            &store,
+            Kind::WorkloadEndpoint,
+            &["node2-cni-abc-eth0", "nope"],
+            &ns(Some("other"), false),
+            Format::Json,
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "resource does not exist: WorkloadEndpoint(other/nope) with error: <nil>".into()
+            ))
+        );
+        let v: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["metadata"]["namespace"], "other");
+        assert_eq!(v["spec"]["workload"], "wl1");
+        let (_, r) = run_get(
+            &store,
+            Kind::WorkloadEndpoint,
+            &["node2-cni-abc-eth0"],
+            &ns(None, false),
+            Format::Ps,
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "resource does not exist: WorkloadEndpoint(default/node2-cni-abc-eth0) with error: <nil>"
+                    .into()
+            ))
+        );
+        // The list object of one namespace.
+        let (out, _) = run_get(
+            &store,
+            Kind::WorkloadEndpoint,
+            &[],
+            &ns(None, false),
+            Format::Yaml,
+        );
+        assert!(
+            out.starts_with("apiVersion: projectcalico.org/v3\nitems:\n- apiVersion"),
+            "{out}"
+        );
+        assert!(out.contains("\nkind: WorkloadEndpointList\n"), "{out}");
+        assert_eq!(
+            out.matches("  kind: WorkloadEndpoint\n").count(),
+            1,
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn namespace_flags_are_checked_as_calicoctl_does() {
+        let store = MemKv::new();
+        let cases: [(Kind, &[&str], Namespaces, &str); 5] = [
+            (
+                Kind::IpPool,
+                &[],
+                ns(Some("x"), false),
+                "IPPool is not namespaced",
+            ),
+            (
+                Kind::Profile,
+                &[],
+                ns(None, true),
+                "Profile is not namespaced",
+            ),
+            (
+                Kind::Node,
+                &["a", "b"],
+                ns(Some("x"), false),
+                "Node is not namespaced\nNode is not namespaced",
+            ),
+            (
+                Kind::WorkloadEndpoint,
+                &[],
+                ns(Some("x"), true),
+                "cannot use both --namespace and --all-namespaces flags at the same time",
+            ),
+            (
+                Kind::WorkloadEndpoint,
+                &["w"],
+                ns(None, true),
+                "cannot use --all-namespace flag for getting a single resource",
+            ),
+        ];
+        for (kind, names, flags, want) in cases {
+            let (out, r) = run_get(&store, kind, names, &flags, Format::Ps);
+            assert_eq!(out, "", "{kind:?}");
+            assert_eq!(r, Err(CmdError::Failed(want.into())), "{kind:?}");
+        }
+        // An empty -n is no -n.
+        let (_, r) = run_get(&store, Kind::IpPool, &[], &ns(Some(""), false), Format::Ps);
+        assert_eq!(r, Ok(()));
+    }
+
+    #[test]
+    fn get_profiles_adds_the_default_allow_profile() {
+        let store = MemKv::new();
+        store.put(
+            "/calico/resources/v3/projectcalico.org/profiles/mynet",
+            br#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"mynet","uid":"u-2","creationTimestamp":"2026-05-01T10:00:00Z"},"spec":{"ingress":[{"action":"Allow","source":{"selector":"has(mynet)"}}],"egress":[{"action":"Allow"}],"labelsToApply":{"mynet":"","a.b":"1","a":"2"}}}"#,
+        );
+        let (out, r) = run_get(
+            &store,
+            Kind::Profile,
+            &[],
+            &Namespaces::default(),
+            Format::Wide,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            out,
+            "NAME                          LABELS             \n\
+             mynet                         a.b=1,a=2,mynet=   \n\
+             projectcalico-default-allow                      \n\n"
+        );
+        let (out, r) = run_get(
+            &store,
+            Kind::Profile,
+            &["projectcalico-default-allow"],
+            &Namespaces::default(),
+            Format::Json,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            out,
+            "{\n  \"kind\": \"Profile\",\n  \"apiVersion\": \"projectcalico.org/v3\",\n  \"metadata\": {\n    \"name\": \"projectcalico-default-allow\",\n    \"resourceVersion\": \"1\"\n  },\n  \"spec\": {\n    \"ingress\": [\n      {\n        \"action\": \"Allow\"\n      }\n    ],\n    \"egress\": [\n      {\n        \"action\": \"Allow\"\n      }\n    ]\n  }\n}"
+        );
+        let (_, r) = run_get(
+            &store,
+            Kind::Profile,
+            &["nope"],
+            &Namespaces::default(),
+            Format::Ps,
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "resource does not exist: Profile(nope) with error: <nil>".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn read_only_kinds_are_not_written_or_deleted() {
+        let store = MemKv::new();
+        let p = Profile::new("Profile", "mynet", ProfileSpec::default());
+        let mut out = Vec::new();
+        let r = apply(
+            &ctx(&store),
+            &[Object::Profile(Box::new(p.clone()))],
+            Action::Apply,
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "failed to apply 'Profile' resource: [resource type 'Profile' is read-only in this calicoctl: only get is supported]"
+                    .into()
+            ))
+        );
+        store.put(
+            "/calico/resources/v3/projectcalico.org/profiles/mynet",
+            &p.to_stored().expect("json"),
+        );
+        let r = delete(
+            &ctx(&store),
+            &[Object::Profile(Box::new(p))],
+            Some(Kind::Profile),
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "Failed to delete 'Profile' resource: resource type 'Profile' is read-only in this calicoctl: only get is supported"
+                    .into()
+            ))
+        );
+        assert_eq!(store.dump().len(), 1, "nothing written or deleted");
+    }
+
     #[test]
     fn get_missing_and_delete_pool_releases_affinities() {
         let store = MemKv::new();
@@ -1003,6 +1412,7 @@ mod tests {
             &ctx(&store),
             Kind::IpPool,
             &["pool1".into(), "nope".into()],
+            &Namespaces::default(),
             Format::Ps,
             &mut out,
         );

@@ -1,5 +1,9 @@
 //! `get` output: calicoctl's `ps`/`wide` tables (Go tabwriter), and YAML/JSON of an object,
 //! a `<Kind>List`, or a bare array when several names were asked for.
+//!
+//! Cells are filled as calicoctl's column templates fill them; its `join` writes list items
+//! with Go's `%v` (so a WorkloadEndpoint's NAT `{internalIP externalIP}` struct prints as
+//! `{10.0.0.1 172.16.0.1}`) and map entries as sorted `k=v`.
 
 use super::{API_VERSION, Kind, Object};
 use crate::{gofmt, yaml};
@@ -94,7 +98,43 @@ pub fn headings(kind: Kind, wide: bool) -> &'static [&'static str] {
             "AUTOALLOCATEBLOCKS",
             "MAXBLOCKSPERHOST",
         ],
+        (Kind::WorkloadEndpoint, false) => &["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
+        (Kind::WorkloadEndpoint, true) => &[
+            "NAME",
+            "WORKLOAD",
+            "NODE",
+            "NETWORKS",
+            "INTERFACE",
+            "PROFILES",
+            "NATS",
+        ],
+        (Kind::Profile, false) => &["NAME"],
+        (Kind::Profile, true) => &["NAME", "LABELS"],
     }
+}
+
+/// How `get` lays out its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableOpts {
+    /// Shown in parentheses for a Node with BGP settings but no AS number of its own.
+    pub global_asn: u32,
+    /// `-n` or `-A` was given: a namespaced kind's table starts with a NAMESPACE column.
+    pub namespace_column: bool,
+}
+
+impl TableOpts {
+    pub fn new(global_asn: u32) -> Self {
+        TableOpts {
+            global_asn,
+            namespace_column: false,
+        }
+    }
+}
+
+/// A NAT mapping as Go's `%v` prints calicoctl's `IPNAT` struct: `{internal external}`.
+fn nat_cell(nat: &Value) -> String {
+    let field = |k: &str| nat.get(k).and_then(Value::as_str).unwrap_or_default();
+    format!("{{{} {}}}", field("internalIP"), field("externalIP"))
 }
 
 fn or_never(s: &str) -> String {
@@ -157,23 +197,66 @@ pub fn row(obj: &Object, wide: bool, global_asn: u32) -> Vec<String> {
             }
             r
         }
+        Object::WorkloadEndpoint(w) => {
+            let s = &w.spec;
+            let workload = if s.workload.is_empty() {
+                s.pod.clone()
+            } else {
+                s.workload.clone()
+            };
+            let mut r = vec![
+                workload,
+                s.node.clone(),
+                s.ip_networks.join(","),
+                s.interface_name.clone(),
+            ];
+            if wide {
+                r.insert(0, name);
+                r.push(s.profiles.join(","));
+                r.push(s.ip_nats.iter().map(nat_cell).collect::<Vec<_>>().join(","));
+            }
+            r
+        }
+        Object::Profile(p) => {
+            if !wide {
+                return vec![name];
+            }
+            // Sorted as `k=v` strings, as calicoctl sorts them (not by key: `a.b=` < `a=`).
+            let mut labels: Vec<String> = p
+                .spec
+                .labels_to_apply
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            labels.sort();
+            vec![name, labels.join(",")]
+        }
     }
 }
 
 /// The whole `get` output for `fetched` (in the order asked).
-pub fn render(fetched: &[Fetched], format: Format, global_asn: u32) -> String {
+pub fn render(fetched: &[Fetched], format: Format, opts: TableOpts) -> String {
     match format {
         Format::Ps | Format::Wide => {
             let wide = format == Format::Wide;
             let mut out = String::new();
             for f in fetched {
-                let mut rows = vec![
-                    headings(f.kind(), wide)
-                        .iter()
-                        .map(|h| (*h).to_string())
-                        .collect::<Vec<_>>(),
-                ];
-                rows.extend(f.items().into_iter().map(|o| row(o, wide, global_asn)));
+                let with_ns = opts.namespace_column && f.kind().namespaced();
+                let mut head: Vec<String> = headings(f.kind(), wide)
+                    .iter()
+                    .map(|h| (*h).to_string())
+                    .collect();
+                if with_ns {
+                    head.insert(0, "NAMESPACE".into());
+                }
+                let mut rows = vec![head];
+                rows.extend(f.items().into_iter().map(|o| {
+                    let mut r = row(o, wide, opts.global_asn);
+                    if with_ns {
+                        r.insert(0, o.metadata().namespace.clone());
+                    }
+                    r
+                }));
                 out.push_str(&gofmt::tabwriter(&rows));
                 out.push('\n');
             }
@@ -197,7 +280,9 @@ pub fn render(fetched: &[Fetched], format: Format, global_asn: u32) -> String {
 mod tests {
     use super::*;
     use crate::resources::{AsNumber, NodeBgpSpec, NodeResource, NodeSpec};
-    use calico_datastore::model::{IpPool, IpPoolSpec};
+    use calico_datastore::model::{
+        IpPool, IpPoolSpec, Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointSpec,
+    };
 
     fn pool(name: &str, cidr: &str, rv: &str) -> Object {
         let mut p = IpPool::new("IPPool", name, IpPoolSpec::for_cidr(cidr).with_defaults());
@@ -215,12 +300,16 @@ mod tests {
             items: vec![pool("default-ipv4-ippool", "10.244.0.0/16", "5")],
         };
         assert_eq!(
-            render(std::slice::from_ref(&list), Format::Ps, 64512),
+            render(
+                std::slice::from_ref(&list),
+                Format::Ps,
+                TableOpts::new(64512)
+            ),
             "NAME                  CIDR            SELECTOR   \n\
              default-ipv4-ippool   10.244.0.0/16   all()      \n\n"
         );
         assert_eq!(
-            render(&[list], Format::Wide, 64512),
+            render(&[list], Format::Wide, TableOpts::new(64512)),
             "NAME                  CIDR            NAT     IPIPMODE   VXLANMODE   DISABLED   DISABLEBGPEXPORT   SELECTOR   ASSIGNMENTMODE   \n\
              default-ipv4-ippool   10.244.0.0/16   false   Never      Never       false      false              all()      Automatic        \n\n"
         );
@@ -241,7 +330,7 @@ mod tests {
             items: vec![Object::Node(n), Object::Node(n2), Object::Node(n3)],
         };
         assert_eq!(
-            render(&[nodes], Format::Wide, 64512),
+            render(&[nodes], Format::Wide, TableOpts::new(64512)),
             "NAME    ASN       IPV4             IPV6   \n\
              node1   (64512)   192.168.0.1/24          \n\
              node2   65001                             \n\
@@ -254,9 +343,134 @@ mod tests {
                 Fetched::One(Box::new(pool("b", "10.2.0.0/16", "2"))),
             ],
             Format::Ps,
-            64512,
+            TableOpts::new(64512),
         );
         assert_eq!(two.matches("NAME").count(), 2);
+    }
+
+    fn wep(ns: &str, name: &str, spec: WorkloadEndpointSpec) -> Object {
+        let mut w = WorkloadEndpoint::new("WorkloadEndpoint", name, spec);
+        w.metadata.namespace = ns.into();
+        Object::WorkloadEndpoint(Box::new(w))
+    }
+
+    #[test]
+    fn workload_endpoint_and_profile_rows() {
+        let k8s = wep(
+            "default",
+            "node1-k8s-nginx-eth0",
+            WorkloadEndpointSpec {
+                node: "node1".into(),
+                pod: "nginx".into(),
+                ip_networks: vec!["10.244.1.5/32".into(), "fd00::5/128".into()],
+                profiles: vec!["kns.default".into(), "ksa.default.sa".into()],
+                interface_name: "cali0123456789a".into(),
+                ip_nats: vec![
+                    json!({"internalIP": "10.244.1.5", "externalIP": "172.16.0.5"}),
+                    json!({"internalIP": "fd00::5", "externalIP": "fd01::5"}),
+                ],
+                ..WorkloadEndpointSpec::default()
+            },
+        );
+        assert_eq!(
+            row(&k8s, false, 0),
+            [
+                "nginx",
+                "node1",
+                "10.244.1.5/32,fd00::5/128",
+                "cali0123456789a"
+            ]
+        );
+        assert_eq!(
+            row(&k8s, true, 0),
+            [
+                "node1-k8s-nginx-eth0",
+                "nginx",
+                "node1",
+                "10.244.1.5/32,fd00::5/128",
+                "cali0123456789a",
+                "kns.default,ksa.default.sa",
+                "{10.244.1.5 172.16.0.5},{fd00::5 fd01::5}",
+            ]
+        );
+        // The workload wins over the pod; empty lists are empty cells.
+        let cni = wep(
+            "ns2",
+            "w2",
+            WorkloadEndpointSpec {
+                workload: "wl".into(),
+                pod: "pod".into(),
+                ..WorkloadEndpointSpec::default()
+            },
+        );
+        assert_eq!(row(&cni, true, 0), ["w2", "wl", "", "", "", "", ""]);
+
+        let mut p = Profile::new("Profile", "net", ProfileSpec::default());
+        p.spec.labels_to_apply = [("z", ""), ("a", "1"), ("a.b", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let p = Object::Profile(Box::new(p));
+        assert_eq!(row(&p, false, 0), ["net"]);
+        assert_eq!(row(&p, true, 0), ["net", "a.b=2,a=1,z="]);
+    }
+
+    #[test]
+    fn namespace_column_for_namespaced_kinds_only() {
+        let weps = Fetched::List {
+            kind: Kind::WorkloadEndpoint,
+            revision: 3,
+            items: vec![wep(
+                "ns1",
+                "w1",
+                WorkloadEndpointSpec {
+                    node: "n1".into(),
+                    pod: "p1".into(),
+                    ..WorkloadEndpointSpec::default()
+                },
+            )],
+        };
+        let with_ns = TableOpts {
+            global_asn: 0,
+            namespace_column: true,
+        };
+        assert_eq!(
+            render(std::slice::from_ref(&weps), Format::Ps, with_ns),
+            "NAMESPACE   WORKLOAD   NODE   NETWORKS   INTERFACE   \n\
+             ns1         p1         n1                            \n\n"
+        );
+        assert_eq!(
+            render(std::slice::from_ref(&weps), Format::Ps, TableOpts::new(0)),
+            "WORKLOAD   NODE   NETWORKS   INTERFACE   \n\
+             p1         n1                            \n\n"
+        );
+        let pools = Fetched::List {
+            kind: Kind::IpPool,
+            revision: 3,
+            items: vec![],
+        };
+        assert_eq!(
+            render(&[pools], Format::Ps, with_ns),
+            "NAME   CIDR   SELECTOR   \n\n"
+        );
+        // yaml/json: the list wrapper is named after the kind.
+        let y = render(&[weps], Format::Yaml, with_ns);
+        assert_eq!(
+            y,
+            "apiVersion: projectcalico.org/v3\n\
+             items:\n\
+             - apiVersion: projectcalico.org/v3\n  \
+               kind: WorkloadEndpoint\n  \
+               metadata:\n    \
+                 name: w1\n    \
+                 namespace: ns1\n  \
+               spec:\n    \
+                 node: n1\n    \
+                 pod: p1\n\
+             kind: WorkloadEndpointList\n\
+             metadata:\n  \
+               resourceVersion: \"3\"\n"
+        );
     }
 
     #[test]
@@ -267,13 +481,13 @@ mod tests {
             items: vec![],
         };
         assert_eq!(
-            render(&[list], Format::Json, 0),
+            render(&[list], Format::Json, TableOpts::new(0)),
             "{\n  \"kind\": \"IPPoolList\",\n  \"apiVersion\": \"projectcalico.org/v3\",\n  \"metadata\": {\n    \"resourceVersion\": \"123\"\n  },\n  \"items\": []\n}"
         );
         let one = render(
             &[Fetched::One(Box::new(pool("a", "10.1.0.0/16", "7")))],
             Format::Json,
-            0,
+            TableOpts::new(0),
         );
         let v: Value = serde_json::from_str(&one).expect("json");
         assert_eq!(v["metadata"]["resourceVersion"], "7");
@@ -288,7 +502,7 @@ mod tests {
                 Fetched::One(Box::new(pool("b", "10.2.0.0/16", "2"))),
             ],
             Format::Json,
-            0,
+            TableOpts::new(0),
         );
         assert!(two.starts_with('['), "{two}");
     }
@@ -298,7 +512,7 @@ mod tests {
         let y = render(
             &[Fetched::One(Box::new(pool("a", "10.1.0.0/16", "7")))],
             Format::Yaml,
-            0,
+            TableOpts::new(0),
         );
         assert_eq!(
             y,

@@ -1,5 +1,21 @@
 //! The kernel side of the suite: network namespaces, veth pairs, addresses, routes and
-//! sysctls, each behind a small interface so the logic above it is testable without root.
+//! sysctls, behind the [`workload::Dataplane`] trait so the plugin's logic is testable without
+//! root, and tested for real in namespaces.
 //!
-//! Filled in by the `calico` plugin's issue; the crate exists now so the workspace's shape
-//! (protocol, datastore, dataplane) is in place from the start.
+//! - [`netns`]: entering a namespace for the moment a socket or a sysctl needs it;
+//! - [`netlink`]: a synchronous rtnetlink socket per namespace;
+//! - [`sysctl`]: settings under `/proc/sys/net`;
+//! - [`workload`]: Calico's wiring of a pod.
+//!
+//! Everything created is recognisable: host ends are named `cali…`, routes carry protocol
+//! [`netlink::ROUTE_PROTOCOL`].
+
+pub mod error;
+pub mod netlink;
+pub mod netns;
+pub mod reaper;
+pub mod sysctl;
+pub mod workload;
+
+pub use error::DataplaneError;
+pub use workload::{Dataplane, LinuxDataplane, Observed, WorkloadSpec};

@@ -11,9 +11,11 @@
 //! tool is missing.
 
 pub mod bins;
+pub mod cluster;
 pub mod driver;
 pub mod etcd;
 pub mod gate;
+pub mod k8s;
 pub mod netns;
 pub mod node;
 pub mod process;
@@ -21,6 +23,7 @@ pub mod tls;
 pub mod underlay;
 
 pub use bins::CniPathDir;
+pub use cluster::Cluster;
 pub use driver::{CallOpts, DriverError, Runtime};
 pub use etcd::{Etcd, EtcdCluster, Etcdctl};
 pub use netns::NetNs;
@@ -61,6 +64,20 @@ fn base36(mut n: u32, width: usize) -> String {
         n /= 36;
     }
     String::from_utf8(out).expect("base-36 digits are ASCII")
+}
+
+/// Polls `f` every 10 ms until it holds or `timeout` passes; whether it held.
+pub fn eventually(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]

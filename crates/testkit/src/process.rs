@@ -200,6 +200,9 @@ pub(crate) fn mount_ns_holder(netns: OwnedFd, binds: Vec<(CString, CString)>) ->
 fn die_with_parent(cmd: &mut Command) {
     let parent = getpid();
     let hook = move || -> io::Result<()> {
+        // A daemon must not inherit signals its parent blocked (the demo blocks SIGINT and
+        // SIGTERM to clean up on Ctrl-C): it would then ignore the SIGTERM that stops it.
+        nix::sys::signal::SigSet::all().thread_unblock()?;
         prctl::set_pdeathsig(Signal::SIGKILL)?;
         if getppid() != parent {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));

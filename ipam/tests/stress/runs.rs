@@ -139,7 +139,11 @@ fn calicoctl_problems(endpoints: &str) -> usize {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .find_map(|l| {
             l.strip_prefix("Check complete; found ")?
@@ -286,11 +290,7 @@ fn the_etcd_leader_stopping_mid_run_loses_and_duplicates_nothing() {
     assert!(del_failed.is_empty(), "{del_failed:?}");
     let alive: BTreeSet<usize> = ok.iter().map(|(i, _)| *i).collect();
     run.gc(&alive.iter().copied().collect::<Vec<_>>());
-    assert_consistent(
-        &connect(&cluster.endpoints()),
-        &cluster.endpoints(),
-        &alive,
-    );
+    assert_consistent(&connect(&cluster.endpoints()), &cluster.endpoints(), &alive);
     eprintln!(
         "leader stopped mid-run: {} ADDs completed, {} failed",
         ok.len(),

@@ -1,21 +1,47 @@
-//! `calico`: the main CNI plugin (veth, pod addressing, host routes, workload endpoints).
+//! `calico`: the main CNI plugin (veth with a `cali` host end, pod addressing, host routes,
+//! workload endpoints).
 
-use calico_netconf::NetConf;
+use calico_dataplane::LinuxDataplane;
+use calico_netconf::{DEFAULT_MTU_FILE, NetConf};
+use calico_plugin::kubernetes;
+use calico_plugin::verbs::{self, Deps};
+use calico_plugin::workload::Context;
 use cni_protocol::logging::LogSettings;
-use cni_protocol::{CniError, CniResult, Plugin, Request};
+use cni_protocol::{CniError, CniResult, ErrorCode, Plugin, Request};
+use std::path::Path;
 use std::process::ExitCode;
 
 struct Calico;
 
-impl Calico {
-    /// Every verb decodes the config first, so a bad value is reported as such (code 7)
-    /// before anything else happens.
-    fn unbuilt(&self, req: &Request, verb: &str) -> CniError {
-        match NetConf::from_request(req) {
-            Err(e) => e,
-            Ok(_) => CniError::not_implemented(self.name(), verb),
-        }
-    }
+/// What every verb starts from: the derived context and a datastore connection (opened
+/// lazily: the first request makes it, in parallel with the kernel work).
+fn setup(req: &Request) -> Result<(Context, calico_datastore::Etcd), CniError> {
+    let ctx = Context::new(req)?;
+    let store = calico_ipam::cni::connect(&ctx.conf)?;
+    Ok((ctx, store))
+}
+
+/// Runs a verb with the real datastore and kernel; `with_pod` reads the pod from the
+/// Kubernetes API first when the config asks for it (ADD only: DEL, CHECK and GC never
+/// depend on the API server being up).
+fn run<T>(
+    req: &Request,
+    with_pod: bool,
+    verb: impl FnOnce(&Context, &Deps<'_>) -> Result<T, CniError>,
+) -> Result<T, CniError> {
+    let (ctx, store) = setup(req)?;
+    let pod = if with_pod && kubernetes::wanted(&ctx) {
+        Some(kubernetes::pod_meta(&ctx)?)
+    } else {
+        None
+    };
+    let deps = Deps {
+        store: &store,
+        dataplane: &LinuxDataplane,
+        mtu_file: Path::new(DEFAULT_MTU_FILE),
+        pod,
+    };
+    verb(&ctx, &deps)
 }
 
 impl Plugin for Calico {
@@ -30,26 +56,33 @@ impl Plugin for Calico {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Err(self.unbuilt(req, "ADD"))
+        run(req, true, |ctx, deps| verbs::add(req, ctx, deps))
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "DEL"))
+        run(req, false, |ctx, deps| verbs::del(req, ctx, deps))
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "CHECK"))
+        run(req, false, |ctx, deps| verbs::check(req, ctx, deps))
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "GC"))
+        run(req, false, |ctx, deps| verbs::gc(req, ctx, deps))
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        Err(self.unbuilt(req, "STATUS"))
+        let ctx = Context::new(req)?;
+        let store = calico_ipam::cni::connect(&ctx.conf)
+            .map_err(|e| CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE, e.msg))?;
+        verbs::status(req, &ctx, &store)
     }
 }
 
 fn main() -> ExitCode {
+    // A detached interface deletion handed over by a DEL (see calico_dataplane::reaper).
+    if calico_dataplane::reaper::run_if_requested() {
+        return ExitCode::SUCCESS;
+    }
     cni_protocol::run(&Calico)
 }

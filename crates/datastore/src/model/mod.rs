@@ -2,11 +2,13 @@
 
 pub mod ipam;
 pub mod keys;
+pub mod names;
 pub mod resources;
 pub mod time;
 
 pub use ipam::{AllocationAttribute, AllocationBlock, BlockAffinity, IpamConfigValue, IpamHandle};
 pub use resources::{
-    ClusterInformation, ClusterInformationSpec, IpPool, IpPoolSpec, IpReservation,
-    IpReservationSpec, Node, ObjectMeta, Resource,
+    ClusterInformation, ClusterInformationSpec, EntityRule, IpPool, IpPoolSpec, IpReservation,
+    IpReservationSpec, Node, ObjectMeta, Profile, ProfileSpec, Resource, Rule, WorkloadEndpoint,
+    WorkloadEndpointPort, WorkloadEndpointSpec, new_cluster_guid, new_uid,
 };

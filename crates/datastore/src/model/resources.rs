@@ -90,6 +90,17 @@ impl<S: Serialize + DeserializeOwned + Clone> Resource<S> {
         Ok(r)
     }
 
+    /// Fills in what the datastore sets on create, as libcalico-go does: a random `uid`
+    /// and the creation time (RFC 3339, seconds), unless already set.
+    pub fn stamp_created(&mut self, now: std::time::SystemTime) {
+        if self.metadata.uid.is_empty() {
+            self.metadata.uid = new_uid();
+        }
+        if self.metadata.creation_timestamp.is_none() {
+            self.metadata.creation_timestamp = Some(crate::model::time::rfc3339_seconds(now));
+        }
+    }
+
     /// The value to store: `resourceVersion` stripped, `kind`/`apiVersion` set.
     pub fn to_stored(&self) -> serde_json::Result<Vec<u8>> {
         let mut r = self.clone();
@@ -97,6 +108,16 @@ impl<S: Serialize + DeserializeOwned + Clone> Resource<S> {
         r.api_version = API_VERSION.to_string();
         serde_json::to_vec(&r)
     }
+}
+
+/// A random UUID (v4) in the canonical text form, as `metadata.uid`.
+pub fn new_uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A cluster GUID as Calico makes it: 16 random bytes as 32 hex digits.
+pub fn new_cluster_guid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// `IPPoolSpec`.
@@ -317,5 +338,200 @@ mod tests {
         };
         let nets: Vec<String> = r.networks().iter().map(ToString::to_string).collect();
         assert_eq!(nets, ["10.0.0.0/30", "10.0.1.7/32"]);
+    }
+}
+
+/// `WorkloadEndpointSpec` (every field omitempty, in Calico's order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadEndpointSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub orchestrator: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(
+        rename = "containerID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+    #[serde(
+        rename = "serviceAccountName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub service_account_name: String,
+    #[serde(rename = "ipNetworks", default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_networks: Vec<String>,
+    #[serde(rename = "ipNATs", default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_nats: Vec<Value>,
+    #[serde(
+        rename = "ipv4Gateway",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv4_gateway: String,
+    #[serde(
+        rename = "ipv6Gateway",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv6_gateway: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    #[serde(
+        rename = "interfaceName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub interface_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<WorkloadEndpointPort>,
+    #[serde(
+        rename = "allowSpoofedSourcePrefixes",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allow_spoofed_source_prefixes: Vec<String>,
+    #[serde(
+        rename = "qosControls",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub qos_controls: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A workload port. No field is omitted (Calico's struct has no omitempty here); the
+/// protocol is a string (`"TCP"`) or a number, as Calico's `numorstring.Protocol`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadEndpointPort {
+    pub name: String,
+    pub protocol: Value,
+    pub port: u16,
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    #[serde(rename = "hostIP")]
+    pub host_ip: String,
+}
+
+pub type WorkloadEndpoint = Resource<WorkloadEndpointSpec>;
+
+/// `ProfileSpec` (omitempty fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<Rule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<Rule>,
+    #[serde(
+        rename = "labelsToApply",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub labels_to_apply: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A policy rule; `source`/`destination` are omitted when empty (3.32).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<EntityRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<EntityRule>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Rule {
+    pub fn allow() -> Self {
+        Rule {
+            action: "Allow".into(),
+            source: None,
+            destination: None,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// `EntityRule`: the part Calico's CNI uses (a selector); the rest kept raw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityRule {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+pub type Profile = Resource<ProfileSpec>;
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn workload_endpoint_json_is_calicos() {
+        let mut wep = WorkloadEndpoint::new(
+            "WorkloadEndpoint",
+            "node1-k8s-nginx-eth0",
+            WorkloadEndpointSpec {
+                orchestrator: "k8s".into(),
+                node: "node1".into(),
+                container_id: "abc".into(),
+                pod: "nginx".into(),
+                endpoint: "eth0".into(),
+                ip_networks: vec!["10.244.1.5/32".into()],
+                profiles: vec!["kns.default".into()],
+                interface_name: "calic440f455693".into(),
+                mac: "9a:00:00:00:00:01".into(),
+                ports: vec![WorkloadEndpointPort {
+                    name: "http".into(),
+                    protocol: json!("TCP"),
+                    port: 80,
+                    host_port: 0,
+                    host_ip: String::new(),
+                }],
+                ..WorkloadEndpointSpec::default()
+            },
+        );
+        wep.metadata.namespace = "default".into();
+        let v: Value = serde_json::from_slice(&wep.to_stored().expect("encodes")).expect("json");
+        assert_eq!(
+            v,
+            json!({"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3",
+                "metadata":{"name":"node1-k8s-nginx-eth0","namespace":"default"},
+                "spec":{"orchestrator":"k8s","node":"node1","containerID":"abc","pod":"nginx",
+                    "endpoint":"eth0","ipNetworks":["10.244.1.5/32"],"profiles":["kns.default"],
+                    "interfaceName":"calic440f455693","mac":"9a:00:00:00:00:01",
+                    "ports":[{"name":"http","protocol":"TCP","port":80,"hostPort":0,"hostIP":""}]}})
+        );
+    }
+
+    #[test]
+    fn stamp_created_sets_uid_and_time_once() {
+        let mut p = Profile::new("Profile", "net", ProfileSpec::default());
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_777_629_600);
+        p.stamp_created(t);
+        let uid = p.metadata.uid.clone();
+        assert_eq!(uid.len(), 36);
+        assert_eq!(
+            p.metadata.creation_timestamp.as_deref(),
+            Some("2026-05-01T10:00:00Z")
+        );
+        p.stamp_created(t + std::time::Duration::from_secs(5));
+        assert_eq!(p.metadata.uid, uid);
+        assert_eq!(new_cluster_guid().len(), 32);
     }
 }

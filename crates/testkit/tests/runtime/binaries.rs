@@ -235,36 +235,3 @@ fn every_early_error_is_an_error_object_with_its_code() {
         );
     }
 }
-
-#[test]
-fn unbuilt_verbs_answer_a_clear_error() {
-    let log = tempfile::tempdir().unwrap();
-    let log_file = log.path().join("cni.log");
-    // The binaries whose issues have not landed yet.
-    for bin in ["calico", "portmap"] {
-        for (verb, version) in [
-            ("ADD", "1.0.0"),
-            ("DEL", "1.0.0"),
-            ("CHECK", "1.0.0"),
-            ("GC", "1.1.0"),
-            ("STATUS", "1.1.0"),
-        ] {
-            let conf = json!({"cniVersion": version, "name": "net1", "type": bin,
-                "log_file_path": log_file.to_str().unwrap(),
-                "cni.dev/valid-attachments": []});
-            let (rc, out, _) = invoke(bin, &env_with("CNI_COMMAND", verb), &conf.to_string());
-            assert_eq!(
-                (rc, out["code"].as_u64()),
-                (1, Some(101)),
-                "{bin} {verb}: {out}"
-            );
-            assert!(
-                out["msg"].as_str().unwrap().contains("not implemented"),
-                "{out}"
-            );
-        }
-    }
-    // The plugins that read Calico's config logged to the configured file.
-    let logged = std::fs::read_to_string(&log_file).unwrap();
-    assert!(logged.contains("calico ADD"), "{logged}");
-}

@@ -1,0 +1,348 @@
+//! Calico's wiring of a workload: a veth pair whose host end (`cali…`, MAC
+//! `ee:ee:ee:ee:ee:ee`) stays on the host and whose other end is the pod's interface; the pod
+//! routes everything via `169.254.1.1` (IPv4) or the host end's link-local address (IPv6),
+//! which the host answers by proxy ARP / proxy NDP; the host routes each pod address to the
+//! host end.
+
+use crate::error::DataplaneError;
+use crate::netlink::{Link, Netlink, NewRoute, ROUTE_PROTOCOL, Route};
+use crate::{netns, sysctl};
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+/// The host end's MAC, as Calico sets it.
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+/// The pod's IPv4 next hop: exists nowhere, answered by proxy ARP.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The host end's link-local address (EUI-64 of `ee:ee:ee:ee:ee:ee`), the pod's IPv6 next hop.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
+/// One workload's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+    /// The pod's interface (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The host end (`cali` + 11 hex digits).
+    pub host_ifname: String,
+    /// `None` leaves the kernel default (1500).
+    pub mtu: Option<u32>,
+    pub pod_mac: [u8; 6],
+    /// Which families the pod will have (sysctls and routes depend on it).
+    pub v4: bool,
+    pub v6: bool,
+    /// `container_settings.allow_ip_forwarding`.
+    pub allow_ip_forwarding: bool,
+}
+
+/// The state found, for CHECK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub host: Option<Link>,
+    pub pod: Option<Link>,
+    pub pod_addresses: Vec<IpNet>,
+    pub pod_routes: Vec<Route>,
+    /// Host main-table routes whose destination is one of the given addresses.
+    pub host_routes: Vec<Route>,
+}
+
+/// What the plugin asks of the kernel. [`LinuxDataplane`] is the real thing; the plugin's
+/// tests use a recording fake to check rollbacks.
+pub trait Dataplane {
+    /// Creates the veth pair with its sysctls and brings both ends up.
+    fn create(&self, spec: &WorkloadSpec) -> Result<(), DataplaneError>;
+    /// Addresses, routes and sysctls in the pod, and the host routes.
+    fn configure(&self, spec: &WorkloadSpec, addresses: &[IpNet]) -> Result<(), DataplaneError>;
+    /// Removes the pod's interface (and so the host end and its routes). Missing namespace
+    /// or interface is success.
+    fn remove(
+        &self,
+        netns: Option<&Path>,
+        ifname: &str,
+        host_ifname: &str,
+    ) -> Result<(), DataplaneError>;
+    /// Reads back what [`Dataplane::create`] and [`Dataplane::configure`] made.
+    fn inspect(&self, spec: &WorkloadSpec, addresses: &[IpNet])
+    -> Result<Observed, DataplaneError>;
+    /// As [`Dataplane::remove`], without waiting for the kernel to free the interface: the
+    /// host routes to the pod's addresses go at once (so a new pod may reuse an address
+    /// immediately), then a detached helper deletes the interface. Freeing a veth makes the
+    /// kernel wait out an RCU grace period (10-20 ms here), the bulk of a DEL otherwise;
+    /// the runtime removes the namespace next anyway, which would free it too.
+    fn remove_detached(
+        &self,
+        netns: Option<&Path>,
+        ifname: &str,
+        host_ifname: &str,
+    ) -> Result<(), DataplaneError> {
+        self.remove(netns, ifname, host_ifname)
+    }
+    /// Host interfaces whose name starts with `prefix`.
+    fn host_interfaces(&self, prefix: &str) -> Result<Vec<String>, DataplaneError>;
+    /// Deletes a host interface (the veth pair goes with it). Missing is success.
+    fn remove_host_interface(&self, name: &str) -> Result<(), DataplaneError>;
+}
+
+/// The kernel, through netlink and `/proc/sys`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxDataplane;
+
+fn host_sysctls(spec: &WorkloadSpec) -> Result<(), DataplaneError> {
+    let h = &spec.host_ifname;
+    if spec.v4 {
+        // route_localnet lets hostPort traffic to 127.0.0.1 reach the pod (portmap).
+        sysctl::set(&format!("ipv4/conf/{h}/route_localnet"), "1")?;
+        // Without proxy_delay=0 the first packet waits for the proxy-ARP timer.
+        sysctl::set_best_effort(&format!("ipv4/neigh/{h}/proxy_delay"), "0");
+        sysctl::set(&format!("ipv4/conf/{h}/proxy_arp"), "1")?;
+        sysctl::set(&format!("ipv4/conf/{h}/forwarding"), "1")?;
+    }
+    if spec.v6 {
+        sysctl::set(&format!("ipv6/conf/{h}/accept_dad"), "0")?;
+        sysctl::set(&format!("ipv6/conf/{h}/disable_ipv6"), "0")?;
+        // EUI-64 link-local, so the host end is always fe80::ecee:eeff:feee:eeee.
+        sysctl::set_best_effort(&format!("ipv6/conf/{h}/addr_gen_mode"), "0");
+        sysctl::set(&format!("ipv6/conf/{h}/proxy_ndp"), "1")?;
+        sysctl::set(&format!("ipv6/conf/{h}/forwarding"), "1")?;
+    }
+    sysctl::set_best_effort(&format!("ipv6/conf/{h}/accept_ra"), "0");
+    Ok(())
+}
+
+fn find(nl: &Netlink, name: &str, op: &str) -> Result<Link, DataplaneError> {
+    nl.link(name)?
+        .ok_or_else(|| DataplaneError::netlink(op, format!("link {name} does not exist")))
+}
+
+impl Dataplane for LinuxDataplane {
+    fn create(&self, spec: &WorkloadSpec) -> Result<(), DataplaneError> {
+        let ns = netns::open(&spec.netns)?;
+        let host = Netlink::host()?;
+        // A host end left by an earlier sandbox of the same pod would block the name.
+        if let Some(stale) = host.link(&spec.host_ifname)? {
+            host.delete_link(stale.index)?;
+        }
+        if !host.add_veth(
+            &spec.host_ifname,
+            HOST_MAC,
+            &spec.ifname,
+            spec.pod_mac,
+            &ns,
+            spec.mtu,
+        )? {
+            return Err(DataplaneError::Exists {
+                ifname: spec.ifname.clone(),
+                host_ifname: spec.host_ifname.clone(),
+            });
+        }
+        let pod = Netlink::in_netns(&ns, &spec.netns)?;
+        let pod_link = find(&pod, &spec.ifname, "find the pod interface")?;
+        if spec.v6 {
+            // Before the link comes up, or duplicate address detection delays the address.
+            netns::within(&ns, &spec.netns, || -> Result<(), DataplaneError> {
+                for conf in ["all", "default", "lo"] {
+                    sysctl::set_best_effort(&format!("ipv6/conf/{conf}/disable_ipv6"), "0");
+                }
+                sysctl::set(&format!("ipv6/conf/{}/accept_dad", spec.ifname), "0")
+            })??;
+        }
+        host_sysctls(spec)?;
+        let host_link = find(&host, &spec.host_ifname, "find the host interface")?;
+        host.set_up(host_link.index)?;
+        pod.set_up(pod_link.index)?;
+        Ok(())
+    }
+
+    fn configure(&self, spec: &WorkloadSpec, addresses: &[IpNet]) -> Result<(), DataplaneError> {
+        let ns = netns::open(&spec.netns)?;
+        let pod = Netlink::in_netns(&ns, &spec.netns)?;
+        let pod_link = find(&pod, &spec.ifname, "find the pod interface")?;
+        let has_v4 = addresses.iter().any(|a| a.addr().is_ipv4());
+        let has_v6 = addresses.iter().any(|a| a.addr().is_ipv6());
+        if has_v4 {
+            pod.add_route(&NewRoute {
+                dst: IpNet::from(IpAddr::V4(GATEWAY_V4)),
+                gateway: None,
+                oif: pod_link.index,
+                link_scope: true,
+            })?;
+            pod.add_route(&NewRoute {
+                dst: "0.0.0.0/0"
+                    .parse()
+                    .unwrap_or_else(|_| IpNet::from(IpAddr::V4(GATEWAY_V4))),
+                gateway: Some(IpAddr::V4(GATEWAY_V4)),
+                oif: pod_link.index,
+                link_scope: false,
+            })?;
+        }
+        if has_v6 {
+            pod.add_route(&NewRoute {
+                dst: "::/0"
+                    .parse()
+                    .unwrap_or_else(|_| IpNet::from(IpAddr::V6(GATEWAY_V6))),
+                gateway: Some(IpAddr::V6(GATEWAY_V6)),
+                oif: pod_link.index,
+                link_scope: false,
+            })?;
+        }
+        for a in addresses {
+            // Calico puts /32 and /128 on the pod: everything else goes via the gateway.
+            pod.add_address(pod_link.index, IpNet::from(a.addr()))?;
+        }
+        let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
+        netns::within(&ns, &spec.netns, || -> Result<(), DataplaneError> {
+            if has_v4 {
+                sysctl::set("ipv4/ip_forward", forward)?;
+            }
+            if has_v6 {
+                sysctl::set("ipv6/conf/all/forwarding", forward)?;
+            }
+            Ok(())
+        })??;
+
+        let host = Netlink::host()?;
+        let host_link = find(&host, &spec.host_ifname, "find the host interface")?;
+        for a in addresses {
+            let dst = IpNet::from(a.addr());
+            let route = NewRoute {
+                dst,
+                gateway: None,
+                oif: host_link.index,
+                link_scope: true,
+            };
+            if !host.add_route(&route)? {
+                // Felix may have programmed the same route already: fine. A route through
+                // another interface is a conflict to report, naming both.
+                let existing = host
+                    .routes(dst.addr().is_ipv4())?
+                    .into_iter()
+                    .find(|r| r.dst == dst);
+                match existing {
+                    Some(r) if r.oif == Some(host_link.index) => {}
+                    Some(r) => {
+                        let other = r
+                            .oif
+                            .and_then(|i| {
+                                host.links()
+                                    .ok()?
+                                    .into_iter()
+                                    .find(|l| l.index == i)
+                                    .map(|l| l.name)
+                            })
+                            .unwrap_or_else(|| format!("{:?}", r.oif));
+                        return Err(DataplaneError::RouteConflict {
+                            dst: dst.to_string(),
+                            wanted: spec.host_ifname.clone(),
+                            existing: other,
+                        });
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(
+        &self,
+        netns: Option<&Path>,
+        ifname: &str,
+        host_ifname: &str,
+    ) -> Result<(), DataplaneError> {
+        if let Some(path) = netns {
+            match netns::open(path) {
+                Ok(ns) => {
+                    let pod = Netlink::in_netns(&ns, path)?;
+                    if let Some(link) = pod.link(ifname)? {
+                        pod.delete_link(link.index)?;
+                    }
+                }
+                Err(DataplaneError::NetnsMissing(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Normally gone with its peer; a host end whose pod side was lost is removed here.
+        self.remove_host_interface(host_ifname)
+    }
+
+    fn remove_detached(
+        &self,
+        netns: Option<&Path>,
+        ifname: &str,
+        host_ifname: &str,
+    ) -> Result<(), DataplaneError> {
+        let host = Netlink::host()?;
+        let Some(host_link) = host.link(host_ifname)? else {
+            // Nothing on the host: the pod side (if any) is not one of ours to keep waiting on.
+            return self.remove(netns, ifname, host_ifname);
+        };
+        for v4 in [true, false] {
+            for r in host.routes(v4)? {
+                if r.oif == Some(host_link.index) && r.gateway.is_none() {
+                    host.delete_route(r.dst, host_link.index)?;
+                }
+            }
+        }
+        crate::reaper::spawn(netns, ifname, host_ifname).or_else(|e| {
+            log::warn!("cannot hand the interface deletion over ({e}); deleting it now");
+            self.remove(netns, ifname, host_ifname)
+        })
+    }
+
+    fn inspect(
+        &self,
+        spec: &WorkloadSpec,
+        addresses: &[IpNet],
+    ) -> Result<Observed, DataplaneError> {
+        let host = Netlink::host()?;
+        let mut seen = Observed {
+            host: host.link(&spec.host_ifname)?,
+            ..Observed::default()
+        };
+        for v4 in [true, false] {
+            seen.host_routes.extend(
+                host.routes(v4)?
+                    .into_iter()
+                    .filter(|r| addresses.iter().any(|a| IpNet::from(a.addr()) == r.dst)),
+            );
+        }
+        let ns = netns::open(&spec.netns)?;
+        let pod = Netlink::in_netns(&ns, &spec.netns)?;
+        seen.pod = pod.link(&spec.ifname)?;
+        if let Some(l) = &seen.pod {
+            seen.pod_addresses = pod.addresses(l.index)?;
+            for v4 in [true, false] {
+                seen.pod_routes.extend(
+                    pod.routes(v4)?
+                        .into_iter()
+                        .filter(|r| r.oif == Some(l.index)),
+                );
+            }
+        }
+        Ok(seen)
+    }
+
+    fn host_interfaces(&self, prefix: &str) -> Result<Vec<String>, DataplaneError> {
+        Ok(Netlink::host()?
+            .links()?
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
+    fn remove_host_interface(&self, name: &str) -> Result<(), DataplaneError> {
+        let host = Netlink::host()?;
+        if let Some(link) = host.link(name)? {
+            host.delete_link(link.index)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a route is one of ours.
+pub fn is_ours(r: &Route) -> bool {
+    r.protocol == ROUTE_PROTOCOL
+}

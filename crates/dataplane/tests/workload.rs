@@ -1,0 +1,143 @@
+//! Calico's wiring in real namespaces: a simulated node (the "host") and a pod.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use calico_dataplane::netlink::ROUTE_PROTOCOL;
+use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC};
+use calico_dataplane::{Dataplane, LinuxDataplane, WorkloadSpec};
+use ipnet::IpNet;
+use std::net::IpAddr;
+use testkit::{NetNs, require};
+
+fn spec(pod: &NetNs, host_if: &str) -> WorkloadSpec {
+    WorkloadSpec {
+        netns: pod.path(),
+        ifname: "eth0".into(),
+        host_ifname: host_if.into(),
+        mtu: Some(1440),
+        pod_mac: [0x02, 0x11, 0x22, 0x33, 0x44, 0x55],
+        v4: true,
+        v6: true,
+        allow_ip_forwarding: false,
+    }
+}
+
+#[test]
+fn create_configure_inspect_remove() {
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    let pod = NetNs::new("pod").unwrap();
+    let host_if = format!("cali{}", &testkit::unique_name("x")[2..]);
+    let s = spec(&pod, &host_if);
+    let addrs: Vec<IpNet> = vec![
+        "10.244.1.5/26".parse().unwrap(),
+        "fd00:10:244::5/122".parse().unwrap(),
+    ];
+    node.within(|| {
+        let dp = LinuxDataplane;
+        dp.create(&s).unwrap();
+        dp.configure(&s, &addrs).unwrap();
+        // Configuring again (a retried ADD, or Felix's identical routes) is fine.
+        dp.configure(&s, &addrs).unwrap();
+        let seen = dp.inspect(&s, &addrs).unwrap();
+        let host = seen.host.clone().unwrap();
+        assert_eq!(host.mac, Some(HOST_MAC));
+        assert!(host.up);
+        assert_eq!(host.mtu, Some(1440));
+        let podl = seen.pod.clone().unwrap();
+        assert_eq!(podl.mac, Some(s.pod_mac));
+        let mut got: Vec<String> = seen.pod_addresses.iter().map(ToString::to_string).collect();
+        got.sort();
+        assert_eq!(got, ["10.244.1.5/32", "fd00:10:244::5/128"]);
+        let gw4 = seen
+            .pod_routes
+            .iter()
+            .find(|r| r.gateway == Some(IpAddr::V4(GATEWAY_V4)));
+        assert_eq!(gw4.map(|r| r.dst.to_string()), Some("0.0.0.0/0".into()));
+        let gw6 = seen
+            .pod_routes
+            .iter()
+            .find(|r| r.gateway == Some(IpAddr::V6(GATEWAY_V6)));
+        assert_eq!(gw6.map(|r| r.dst.to_string()), Some("::/0".into()));
+        assert!(
+            seen.pod_routes
+                .iter()
+                .any(|r| r.dst.to_string() == "169.254.1.1/32" && r.scope == 253)
+        );
+        assert_eq!(seen.host_routes.len(), 2, "{:?}", seen.host_routes);
+        assert!(
+            seen.host_routes
+                .iter()
+                .all(|r| r.oif == Some(host.index) && r.protocol == ROUTE_PROTOCOL)
+        );
+    })
+    .unwrap();
+    // The sysctls as Calico sets them, on the node and in the pod.
+    let node_sys = |p: &str| {
+        node.sh(&format!("cat /proc/sys/net/{p}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(node_sys(&format!("ipv4/conf/{host_if}/proxy_arp")), "1");
+    assert_eq!(
+        node_sys(&format!("ipv4/conf/{host_if}/route_localnet")),
+        "1"
+    );
+    assert_eq!(node_sys(&format!("ipv4/neigh/{host_if}/proxy_delay")), "0");
+    assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/proxy_ndp")), "1");
+    assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/accept_ra")), "0");
+    let pod_sys = |p: &str| {
+        pod.sh(&format!("cat /proc/sys/net/{p}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(pod_sys("ipv6/conf/eth0/accept_dad"), "0");
+    assert_eq!(pod_sys("ipv4/ip_forward"), "0");
+    // The host end's link-local is the pod's IPv6 gateway.
+    let ll = node
+        .sh(&format!("ip -6 addr show dev {host_if} scope link"))
+        .unwrap();
+    assert!(ll.contains("fe80::ecee:eeff:feee:eeee"), "{ll}");
+
+    node.within(|| {
+        let dp = LinuxDataplane;
+        dp.remove(Some(&s.netns), "eth0", &host_if).unwrap();
+        // Idempotent, also without a namespace.
+        dp.remove(Some(&s.netns), "eth0", &host_if).unwrap();
+        dp.remove(None, "eth0", &host_if).unwrap();
+        assert!(dp.host_interfaces("cali").unwrap().is_empty());
+    })
+    .unwrap();
+    assert!(pod.sh("ip link show eth0").is_err());
+}
+
+#[test]
+fn a_conflicting_host_route_names_both_interfaces_and_a_missing_netns_is_reported() {
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    let pod = NetNs::new("pod").unwrap();
+    node.sh("ip link add other0 type veth peer name other1 && ip link set other0 up && ip route add 10.244.1.9/32 dev other0")
+        .unwrap();
+    let s = WorkloadSpec {
+        v6: false,
+        ..spec(&pod, "calitest0000001")
+    };
+    let addrs: Vec<IpNet> = vec!["10.244.1.9/26".parse().unwrap()];
+    node.within(|| {
+        let dp = LinuxDataplane;
+        dp.create(&s).unwrap();
+        let e = dp.configure(&s, &addrs).unwrap_err().to_string();
+        assert!(e.contains("other0") && e.contains("calitest0000001"), "{e}");
+        let gone = WorkloadSpec {
+            netns: "/run/netns/definitely-not-there".into(),
+            ..s.clone()
+        };
+        let e = dp.create(&gone).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        dp.remove(Some(&s.netns), "eth0", &s.host_ifname).unwrap();
+    })
+    .unwrap();
+}

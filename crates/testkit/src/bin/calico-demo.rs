@@ -1,0 +1,333 @@
+//! The main job's demo: a two-node Calico cluster in network namespaces, pods made by the
+//! seed conflist through libcni, traffic between them, and a summary. Everything it creates
+//! is removed when it ends (fixtures drop), also on failure.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use testkit::{CallOpts, Cluster, NetNs};
+
+struct Pod {
+    name: &'static str,
+    node: usize,
+    ns: NetNs,
+    ipv4: String,
+    ipv6: String,
+    host_if: String,
+    add_ms: f64,
+}
+
+fn heading(s: &str) {
+    println!("\n\x1b[1m== {s}\x1b[0m");
+}
+
+fn indent(text: &str) {
+    for line in text.lines() {
+        println!("   {line}");
+    }
+}
+
+/// calicoctl run on a node (it reads the node's TLS files), against the cluster's etcd.
+fn calicoctl(c: &Cluster, args: &[&str]) -> Result<String> {
+    let bin = testkit::bins::built("calicoctl")?;
+    let out = c
+        .node(0)
+        .command(&bin)?
+        .args(args)
+        .env("ETCD_ENDPOINTS", "https://10.10.0.174:2379")
+        .env("ETCD_CA_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-ca")
+        .env("ETCD_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-cert")
+        .env("ETCD_KEY_FILE", "/etc/cni/net.d/calico-tls/etcd-key")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "calicoctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ping(from: &NetNs, to: &str) -> bool {
+    (0..3).any(|_| {
+        from.run("busybox", ["ping", "-c1", "-W2", to])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+fn pod_args(name: &str) -> CallOpts {
+    CallOpts::args(&format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"
+    ))
+}
+
+fn block_of(addr: &str, len: u8) -> Result<String> {
+    let ip: IpAddr = addr.split('/').next().unwrap_or(addr).parse()?;
+    Ok(ipnet::IpNet::new(ip, len)?.trunc().to_string())
+}
+
+/// Ctrl-C (or SIGTERM) stops the demo at the next step, so the fixtures are dropped and
+/// everything made is removed: the signals are blocked and waited for on a thread.
+fn interruptible() -> Result<Arc<AtomicBool>> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = flag.clone();
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            eprintln!("\ncalico-demo: interrupted; cleaning up");
+            seen.store(true, Ordering::SeqCst);
+        }
+    });
+    Ok(flag)
+}
+
+fn step(interrupted: &AtomicBool) -> Result<()> {
+    if interrupted.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn run(interrupted: &AtomicBool) -> Result<()> {
+    let started = Instant::now();
+    heading(
+        "A two-node cluster: underlay 10.10.0.0/24, etcd with mutual TLS at https://10.10.0.174:2379",
+    );
+    let c = Cluster::start(2, &[])?;
+    for (i, n) in c.nodes.iter().enumerate() {
+        println!(
+            "   node-{} : namespace {}, underlay {}",
+            i + 1,
+            n.name(),
+            n.underlay_ip()
+        );
+    }
+
+    step(interrupted)?;
+    heading("IP pools (calicoctl apply -f -)");
+    let pools = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.244.0.0/16\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv6-ippool\nspec:\n  cidr: fd00:10:244::/48\n";
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("pools.yaml"), pools)?;
+    indent(&calicoctl(
+        &c,
+        &[
+            "apply",
+            "-f",
+            &dir.path().join("pools.yaml").display().to_string(),
+        ],
+    )?);
+    indent(&calicoctl(&c, &["get", "ippool", "-o", "wide"])?);
+
+    step(interrupted)?;
+    heading(
+        "The seed conflist on both nodes (policy and kubernetes sections left out: no API server here), dual stack",
+    );
+    let mut list = testkit::cluster::seed_without_kubernetes()?;
+    list["plugins"][0]["ipam"]["assign_ipv6"] = json!("true");
+    for i in 0..2 {
+        c.install(i, &list)?;
+    }
+    indent(&serde_json::to_string_pretty(&list)?);
+
+    step(interrupted)?;
+    heading("Pods, added through libcni (cni-driver add k8s-pod-network <netns>)");
+    let mut pods = Vec::new();
+    for (name, node) in [("frontend", 0), ("backend", 0), ("db", 1)] {
+        let ns = NetNs::new(name)?;
+        let t = Instant::now();
+        let r: Value = c
+            .runtime(node)
+            .add("k8s-pod-network", &ns.path(), &pod_args(name))?
+            .map_err(|e| anyhow::anyhow!("ADD {name}: {e}"))?;
+        let add_ms = t.elapsed().as_secs_f64() * 1e3;
+        let ips: Vec<String> = r["ips"]
+            .as_array()
+            .context("ips")?
+            .iter()
+            .filter_map(|i| i["address"].as_str().map(str::to_string))
+            .collect();
+        pods.push(Pod {
+            name,
+            node,
+            ipv4: ips.first().cloned().unwrap_or_default(),
+            ipv6: ips.get(1).cloned().unwrap_or_default(),
+            host_if: r["interfaces"][0]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            ns,
+            add_ms,
+        });
+    }
+    for p in &pods {
+        println!("   {} on node-{} ({}):", p.name, p.node + 1, p.host_if);
+        indent(
+            &p.ns
+                .sh("ip -br addr show dev eth0; ip route; ip -6 route show default")?,
+        );
+    }
+
+    step(interrupted)?;
+    heading("Endpoint records (calicoctl get workloadendpoints -o wide)");
+    match calicoctl(&c, &["get", "workloadendpoints", "-o", "wide"]) {
+        Ok(out) => indent(&out),
+        Err(_) => {
+            for (k, v) in c.values("/calico/resources/v3/projectcalico.org/workloadendpoints/")? {
+                println!("   {k}\n      {}", v["spec"]);
+            }
+        }
+    }
+    heading("IPAM blocks (calicoctl ipam show --show-blocks)");
+    indent(&calicoctl(&c, &["ipam", "show", "--show-blocks"])?);
+
+    step(interrupted)?;
+    heading("Traffic");
+    let addr = |s: &str| s.split('/').next().unwrap_or(s).to_string();
+    let same_v4 = ping(&pods[0].ns, &addr(&pods[1].ipv4));
+    let same_v6 = ping(&pods[0].ns, &addr(&pods[1].ipv6));
+    println!(
+        "   frontend -> backend, same node:  IPv4 {}  IPv6 {}",
+        ok(same_v4),
+        ok(same_v6)
+    );
+    // Until the BGP helper lands, the nodes learn each other's blocks by hand.
+    let (n1, n2) = (c.node(0), c.node(1));
+    n1.sh(&format!(
+        "ip route add {} via {}",
+        block_of(&pods[2].ipv4, 26)?,
+        n2.underlay_ip()
+    ))?;
+    n2.sh(&format!(
+        "ip route add {} via {}",
+        block_of(&pods[0].ipv4, 26)?,
+        n1.underlay_ip()
+    ))?;
+    n1.sh(&format!(
+        "ip -6 route add {} via {}",
+        block_of(&pods[2].ipv6, 122)?,
+        n2.underlay_ip6()
+    ))?;
+    n2.sh(&format!(
+        "ip -6 route add {} via {}",
+        block_of(&pods[0].ipv6, 122)?,
+        n1.underlay_ip6()
+    ))?;
+    let cross_v4 = ping(&pods[0].ns, &addr(&pods[2].ipv4));
+    let cross_v6 = ping(&pods[0].ns, &addr(&pods[2].ipv6));
+    println!(
+        "   frontend -> db, across nodes:    IPv4 {}  IPv6 {}  (routes to each other's blocks added by hand)",
+        ok(cross_v4),
+        ok(cross_v6)
+    );
+
+    step(interrupted)?;
+    heading("Removing the pods (cni-driver del)");
+    let mut del_ms = Vec::new();
+    for p in &pods {
+        let t = Instant::now();
+        c.runtime(p.node)
+            .del("k8s-pod-network", &p.ns.path(), &pod_args(p.name))?
+            .map_err(|e| anyhow::anyhow!("DEL {}: {e}", p.name))?;
+        del_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let left_weps = c
+        .values("/calico/resources/v3/projectcalico.org/workloadendpoints/")?
+        .len();
+    let left_handles = c.values("/calico/ipam/v2/handle/")?.len();
+    // DEL hands the interface deletion to a detached helper (the kernel takes ~15 ms per
+    // veth); give it a moment before counting.
+    let no_cali = || {
+        c.nodes.iter().all(|n| {
+            n.sh("ip -o link show | grep -c cali || true")
+                .map(|s| s.trim() == "0")
+                .unwrap_or(false)
+        })
+    };
+    testkit::eventually(std::time::Duration::from_secs(5), no_cali);
+    let left_links: usize = c
+        .nodes
+        .iter()
+        .map(|n| {
+            n.sh("ip -o link show | grep -c cali || true")
+                .map(|s| s.trim().parse().unwrap_or(0))
+        })
+        .sum::<Result<usize>>()?;
+
+    heading("Summary");
+    println!(
+        "   {:<9} {:<7} {:<18} {:<26} {:<16} {:>8}",
+        "pod", "node", "IPv4", "IPv6", "host veth", "ADD ms"
+    );
+    for p in &pods {
+        println!(
+            "   {:<9} {:<7} {:<18} {:<26} {:<16} {:>8.1}",
+            p.name,
+            format!("node-{}", p.node + 1),
+            p.ipv4,
+            p.ipv6,
+            p.host_if,
+            p.add_ms
+        );
+    }
+    println!("   (ADD/DEL times are whole cni-driver runs: libcni start-up included)");
+    println!(
+        "   DEL ms: {}",
+        del_ms
+            .iter()
+            .map(|d| format!("{d:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "   traffic: same node {}/{}, across nodes {}/{}",
+        ok(same_v4),
+        ok(same_v6),
+        ok(cross_v4),
+        ok(cross_v6)
+    );
+    println!(
+        "   after DEL: {left_weps} endpoint records, {left_handles} IPAM handles, {left_links} cali interfaces"
+    );
+    println!(
+        "   total {:.1} s; namespaces, etcd and temporary files are removed now",
+        started.elapsed().as_secs_f64()
+    );
+    if !(same_v4 && same_v6 && cross_v4 && cross_v6) || left_weps + left_handles + left_links > 0 {
+        bail!("the demo did not end as expected");
+    }
+    Ok(())
+}
+
+fn ok(b: bool) -> &'static str {
+    if b { "ok" } else { "FAILED" }
+}
+
+fn main() -> std::process::ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("calico-demo: run as root (it makes network namespaces)");
+        return std::process::ExitCode::from(2);
+    }
+    let interrupted = match interruptible() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("calico-demo: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match run(&interrupted) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("calico-demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! ADD, DEL, CHECK, GC and STATUS of the `calico` plugin, over a datastore and a dataplane
+//! passed in (so the orchestration, rollbacks included, is testable with stand-ins).
+//!
+//! ADD overlaps the kernel work with the datastore work: the veth pair is created on a
+//! second thread while the main thread reads the datastore (TLS handshake included) and
+//! commits the allocation together with the WorkloadEndpoint in one transaction; the pod's
+//! addresses and routes follow once both are done. Any failure undoes everything made.
+
+use crate::endpoint::{PodMeta, network_profile, workload_endpoint};
+use crate::workload::{Context, format_mac, parse_mac, random_mac};
+use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC};
+use calico_dataplane::{Dataplane, DataplaneError, WorkloadSpec};
+use calico_datastore::model::{ClusterInformation, Profile, WorkloadEndpoint, keys};
+use calico_datastore::{Guard, Kv, KvStore, Write};
+use calico_ipam::allocator::Extra;
+use calico_ipam::cni::{Overrides, store_error};
+use calico_ipam::{IpamError, Snapshot};
+use cni_protocol::{
+    CniError, CniResult, Command, ErrorCode, Interface, IpConfig, Request, Route, delegate,
+};
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// Where Calico's readiness flag lives.
+pub fn cluster_information_key() -> String {
+    keys::resource("clusterinformations", "default")
+}
+
+fn profile_key(network: &str) -> String {
+    keys::resource("profiles", network)
+}
+
+/// Kernel failures as CNI errors: a vanished namespace is "unknown container".
+pub fn dataplane_error(e: DataplaneError) -> CniError {
+    let code = match e {
+        DataplaneError::NetnsMissing(_) => ErrorCode::UNKNOWN_CONTAINER,
+        _ => ErrorCode::DATAPLANE,
+    };
+    CniError::new(code, e.to_string())
+}
+
+/// `datastoreReady: false` in `clusterinformations/default` (Calico's upgrade switch) means
+/// "try again later". A missing object does not block.
+fn check_ready(current: Option<&Kv>) -> Result<(), CniError> {
+    let Some(kv) = current else {
+        return Ok(());
+    };
+    let ci = ClusterInformation::from_kv(kv).map_err(|e| {
+        CniError::new(
+            ErrorCode::DATASTORE,
+            format!("cannot decode {}: {e}", kv.key),
+        )
+    })?;
+    if ci.spec.datastore_ready == Some(false) {
+        return Err(CniError::try_again_later(
+            "Calico is currently not ready to process requests (datastoreReady is false)",
+        ));
+    }
+    Ok(())
+}
+
+/// What Calico's pod annotations change, read from the pod and its namespace.
+struct PodOverrides {
+    ipam: Overrides,
+    /// `ipAddrsNoIpam`: addresses used as given, no IPAM at all.
+    no_ipam: Vec<IpAddr>,
+    mac: Option<[u8; 6]>,
+}
+
+fn json_list(v: Option<&String>, what: &str) -> Result<Option<Vec<String>>, CniError> {
+    v.map(|s| {
+        serde_json::from_str::<Vec<String>>(s).map_err(|e| {
+            CniError::invalid_config(format!("annotation {what} is not a JSON list: {e}"))
+        })
+    })
+    .transpose()
+}
+
+fn addresses_of(list: Vec<String>, what: &str) -> Result<Vec<IpAddr>, CniError> {
+    list.iter()
+        .map(|s| {
+            s.split('/')
+                .next()
+                .unwrap_or(s)
+                .parse::<IpAddr>()
+                .map_err(|_| CniError::invalid_config(format!("{what}: {s:?} is not an address")))
+        })
+        .collect()
+}
+
+fn pod_overrides(ctx: &Context, pod: Option<&PodMeta>) -> Result<PodOverrides, CniError> {
+    let mut out = PodOverrides {
+        ipam: Overrides::default(),
+        no_ipam: Vec::new(),
+        mac: None,
+    };
+    let Some(pod) = pod else {
+        return Ok(out);
+    };
+    const P: &str = "cni.projectcalico.org/";
+    let pick = |name: &str| {
+        pod.annotations
+            .get(&format!("{P}{name}"))
+            .or_else(|| pod.namespace_annotations.get(&format!("{P}{name}")))
+    };
+    out.ipam.v4_pools = json_list(pick("ipv4pools"), "ipv4pools")?;
+    out.ipam.v6_pools = json_list(pick("ipv6pools"), "ipv6pools")?;
+    out.ipam.namespace_labels = pod.namespace_labels.clone();
+    let ip_addrs = json_list(pod.annotations.get(&format!("{P}ipAddrs")), "ipAddrs")?;
+    let no_ipam = json_list(
+        pod.annotations.get(&format!("{P}ipAddrsNoIpam")),
+        "ipAddrsNoIpam",
+    )?;
+    match (ip_addrs, no_ipam) {
+        (Some(_), Some(_)) => {
+            return Err(CniError::invalid_config(
+                "annotations ipAddrs and ipAddrsNoIpam cannot both be set",
+            ));
+        }
+        (Some(list), None) => {
+            if !ctx.ipam_in_process() {
+                return Err(CniError::invalid_config(
+                    "annotation ipAddrs needs ipam.type calico-ipam",
+                ));
+            }
+            out.ipam.addresses = addresses_of(list, "ipAddrs")?;
+        }
+        (None, Some(list)) => {
+            if !ctx.conf.feature_control.ip_addrs_no_ipam {
+                return Err(CniError::invalid_config(
+                    "annotation ipAddrsNoIpam needs feature_control.ip_addrs_no_ipam",
+                ));
+            }
+            out.no_ipam = addresses_of(list, "ipAddrsNoIpam")?;
+        }
+        (None, None) => {}
+    }
+    if let Some(m) = pod.annotations.get(&format!("{P}hwAddr")) {
+        out.mac = Some(parse_mac(m).ok_or_else(|| {
+            CniError::invalid_config(format!("annotation hwAddr {m:?} is not a MAC address"))
+        })?);
+    }
+    Ok(out)
+}
+
+/// The endpoint (and, without `policy.type`, the network's profile if missing) as writes
+/// guarded on what the snapshot saw.
+fn endpoint_writes(
+    ctx: &Context,
+    req: &Request,
+    addresses: &[IpNet],
+    mac: &[u8; 6],
+    pod: Option<&PodMeta>,
+    current: impl Fn(&str) -> Option<Kv>,
+) -> Result<Extra, CniError> {
+    let mut wep = workload_endpoint(
+        ctx,
+        &req.env.ifname,
+        addresses,
+        &format_mac(mac),
+        &req.network_name,
+        pod,
+    );
+    let existing = current(&ctx.wep_key);
+    match existing
+        .as_ref()
+        .and_then(|kv| WorkloadEndpoint::from_kv(kv).ok())
+    {
+        // An update keeps the object's identity, as libcalico-go's Update does.
+        Some(old) => {
+            wep.metadata.uid = old.metadata.uid;
+            wep.metadata.creation_timestamp = old.metadata.creation_timestamp;
+        }
+        None => wep.stamp_created(SystemTime::now()),
+    }
+    let encode = |what: &str, e: serde_json::Error| {
+        CniError::new(
+            ErrorCode::INTERNAL,
+            format!("cannot encode the {what}: {e}"),
+        )
+    };
+    let mut extra = Extra {
+        guards: vec![Guard::for_current(&ctx.wep_key, existing.as_ref())],
+        writes: vec![Write::Put(
+            ctx.wep_key.clone(),
+            wep.to_stored().map_err(|e| encode("endpoint", e))?,
+        )],
+    };
+    if ctx.conf.policy.policy_type.is_empty() {
+        let key = profile_key(&req.network_name);
+        if current(&key).is_none() {
+            let mut profile: Profile =
+                network_profile(&req.network_name, ctx.workload.orchestrator == "k8s");
+            profile.stamp_created(SystemTime::now());
+            extra.guards.push(Guard::Absent(key.clone()));
+            extra.writes.push(Write::Put(
+                key,
+                profile.to_stored().map_err(|e| encode("profile", e))?,
+            ));
+        }
+    }
+    Ok(extra)
+}
+
+/// Deletes the endpoint record if it belongs to this container (a newer sandbox of the same
+/// pod must keep its record).
+fn endpoint_delete(ctx: &Context, current: Option<&Kv>) -> Extra {
+    let Some(kv) = current else {
+        return Extra::default();
+    };
+    let ours = WorkloadEndpoint::from_kv(kv)
+        .map(|w| w.spec.container_id.is_empty() || w.spec.container_id == ctx.workload.container_id)
+        .unwrap_or(true);
+    if !ours {
+        log::info!(
+            "endpoint {} belongs to another container; kept",
+            ctx.wep_name
+        );
+        return Extra::default();
+    }
+    Extra {
+        guards: vec![Guard::Revision(kv.key.clone(), kv.mod_revision)],
+        writes: vec![Write::Delete(kv.key.clone())],
+    }
+}
+
+fn snapshot_key(snap: &Snapshot, key: &str) -> Option<Kv> {
+    snap.extra.get(key).cloned().flatten()
+}
+
+/// The result Calico prints: the host end (name only), the pod interface, every address as
+/// /32 or /128 on interface 1, and the IPAM result's routes.
+fn result(
+    req: &Request,
+    ctx: &Context,
+    mac: &[u8; 6],
+    mtu: Option<u32>,
+    addrs: &[IpNet],
+    routes: Vec<Route>,
+) -> CniResult {
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: ctx.host_ifname.clone(),
+                ..Interface::default()
+            },
+            Interface {
+                name: req.env.ifname.clone(),
+                mac: Some(format_mac(mac)),
+                mtu,
+                sandbox: req.env.netns.as_ref().map(|p| p.display().to_string()),
+                ..Interface::default()
+            },
+        ],
+        ips: addrs
+            .iter()
+            .map(|a| IpConfig {
+                interface: Some(1),
+                address: IpNet::from(a.addr()),
+                gateway: None,
+            })
+            .collect(),
+        routes,
+        ..CniResult::default()
+    }
+}
+
+/// Everything ADD needs besides the request.
+pub struct Deps<'a> {
+    pub store: &'a dyn KvStore,
+    pub dataplane: &'a (dyn Dataplane + Sync),
+    /// Calico's `/var/lib/calico/mtu`.
+    pub mtu_file: &'a Path,
+    /// From the Kubernetes API when `policy.type` is `k8s`.
+    pub pod: Option<PodMeta>,
+}
+
+/// ADD.
+pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, CniError> {
+    let netns = req
+        .env
+        .netns
+        .clone()
+        .ok_or_else(|| CniError::invalid_env("CNI_NETNS is missing"))?;
+    let pod = deps.pod.as_ref();
+    let ov = pod_overrides(ctx, pod)?;
+    let mac = ov.mac.unwrap_or_else(random_mac);
+    let mtu = ctx.mtu(deps.mtu_file)?;
+    let requested: Vec<IpAddr> = ov
+        .ipam
+        .addresses
+        .iter()
+        .chain(&ov.no_ipam)
+        .copied()
+        .chain(calico_ipam::cni::requested_addresses(req)?)
+        .collect();
+    let (v4, v6) = if requested.is_empty() {
+        (ctx.conf.ipam.assign_ipv4(), ctx.conf.ipam.assign_ipv6())
+    } else {
+        (
+            requested.iter().any(IpAddr::is_ipv4),
+            requested.iter().any(IpAddr::is_ipv6),
+        )
+    };
+    let spec = WorkloadSpec {
+        netns: netns.clone(),
+        ifname: req.env.ifname.clone(),
+        host_ifname: ctx.host_ifname.clone(),
+        mtu,
+        pod_mac: mac,
+        v4,
+        v6,
+        allow_ip_forwarding: ctx.conf.container_settings.allow_ip_forwarding,
+    };
+    let mut extra_keys = vec![cluster_information_key(), ctx.wep_key.clone()];
+    if ctx.conf.policy.policy_type.is_empty() {
+        extra_keys.push(profile_key(&req.network_name));
+    }
+
+    // The kernel half starts at once on its own thread; the datastore half reads (and
+    // connects) meanwhile, and waits for the kernel half before it commits anything, so a
+    // failed veth leaves the datastore untouched.
+    let outcome = std::thread::scope(|s| -> Result<(Vec<IpNet>, Vec<Route>), (CniError, bool)> {
+        let mut creating = Some(s.spawn(|| deps.dataplane.create(&spec)));
+        let mut created: Option<Result<(), DataplaneError>> = None;
+        let mut wait_created = || -> Result<(), CniError> {
+            if created.is_none() {
+                let joined = creating.take().map_or(Ok(()), |h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(DataplaneError::netlink(
+                            "create",
+                            "the dataplane thread panicked",
+                        ))
+                    })
+                });
+                created = Some(joined);
+            }
+            match &created {
+                Some(Err(DataplaneError::Exists {
+                    ifname,
+                    host_ifname,
+                })) => Err(dataplane_error(DataplaneError::Exists {
+                    ifname: ifname.clone(),
+                    host_ifname: host_ifname.clone(),
+                })),
+                Some(Err(e)) => Err(CniError::new(
+                    if matches!(e, DataplaneError::NetnsMissing(_)) {
+                        ErrorCode::UNKNOWN_CONTAINER
+                    } else {
+                        ErrorCode::DATAPLANE
+                    },
+                    e.to_string(),
+                )),
+                _ => Ok(()),
+            }
+        };
+        let committed = if ctx.ipam_in_process() && ov.no_ipam.is_empty() {
+            calico_ipam::cni::allocate(
+                deps.store,
+                &ctx.conf,
+                req,
+                &ctx.node,
+                &ov.ipam,
+                &extra_keys,
+                &mut |addrs: &[IpNet], snap: &Snapshot| {
+                    check_ready(snapshot_key(snap, &cluster_information_key()).as_ref())
+                        .map_err(IpamError::Caller)?;
+                    wait_created().map_err(IpamError::Caller)?;
+                    endpoint_writes(ctx, req, addrs, &mac, pod, |k| snapshot_key(snap, k))
+                        .map_err(IpamError::Caller)
+                },
+            )
+            .map(|addrs| {
+                let routes = addrs
+                    .iter()
+                    .map(IpNet::trunc)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .map(Route::to)
+                    .collect();
+                (addrs, routes)
+            })
+        } else {
+            add_delegated(
+                req,
+                ctx,
+                deps,
+                &ov,
+                &extra_keys,
+                &mac,
+                pod,
+                &mut wait_created,
+            )
+        };
+        let _ = wait_created();
+        // On failure remove what we made, unless the names belonged to someone else.
+        let theirs = matches!(created, Some(Err(DataplaneError::Exists { .. })));
+        committed.map_err(|e| (e, !theirs))
+    });
+    let (addrs, routes) = match outcome {
+        Ok(done) => done,
+        Err((e, remove)) => {
+            if remove {
+                remove_quietly(deps, &spec);
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = deps.dataplane.configure(&spec, &addrs) {
+        remove_quietly(deps, &spec);
+        undo_datastore(req, ctx, deps, ov.no_ipam.is_empty());
+        return Err(dataplane_error(e));
+    }
+    Ok(result(req, ctx, &mac, mtu, &addrs, routes))
+}
+
+/// ADD with a delegated IPAM plugin (or `ipAddrsNoIpam`): readiness and the records first,
+/// then the IPAM plugin (while the veth is being made), then the endpoint record.
+#[allow(clippy::too_many_arguments)]
+fn add_delegated(
+    req: &Request,
+    ctx: &Context,
+    deps: &Deps<'_>,
+    ov: &PodOverrides,
+    extra_keys: &[String],
+    mac: &[u8; 6],
+    pod: Option<&PodMeta>,
+    wait_created: &mut dyn FnMut() -> Result<(), CniError>,
+) -> Result<(Vec<IpNet>, Vec<Route>), CniError> {
+    let reads: Vec<calico_datastore::Read> = extra_keys
+        .iter()
+        .map(|k| calico_datastore::Read::Key(k.clone()))
+        .collect();
+    let got = deps.store.read(&reads).map_err(store_error)?;
+    let current = |k: &str| {
+        extra_keys
+            .iter()
+            .position(|x| x == k)
+            .and_then(|i| got.get(i))
+            .and_then(|v| v.first().cloned())
+    };
+    check_ready(current(&cluster_information_key()).as_ref())?;
+    let used_ipam = ov.no_ipam.is_empty();
+    let (addrs, routes) = if used_ipam {
+        let r = delegate::add(
+            &req.env,
+            &ctx.conf.ipam.ipam_type,
+            &req.stdin,
+            req.cni_version,
+        )?;
+        (
+            r.ips.iter().map(|i| i.address).collect::<Vec<_>>(),
+            r.routes,
+        )
+    } else {
+        (
+            ov.no_ipam.iter().map(|a| IpNet::from(*a)).collect(),
+            Vec::new(),
+        )
+    };
+    let fail = |e: CniError| {
+        undo_delegated_ipam(req, ctx, used_ipam);
+        e
+    };
+    wait_created().map_err(fail)?;
+    let extra = endpoint_writes(ctx, req, &addrs, mac, pod, current).map_err(fail)?;
+    match deps.store.txn(&extra.guards, &extra.writes) {
+        Ok(o) if o.applied() => Ok((addrs, routes)),
+        Ok(_) => Err(fail(CniError::try_again_later(format!(
+            "endpoint {} changed while it was being written",
+            ctx.wep_name
+        )))),
+        Err(e) => Err(fail(store_error(e))),
+    }
+}
+
+fn remove_quietly(deps: &Deps<'_>, spec: &WorkloadSpec) {
+    if let Err(e) = deps
+        .dataplane
+        .remove(Some(&spec.netns), &spec.ifname, &spec.host_ifname)
+    {
+        log::error!("rolling back: cannot remove {}: {e}", spec.host_ifname);
+    }
+}
+
+/// Releases a delegated IPAM allocation (DEL to the IPAM plugin).
+fn undo_delegated_ipam(req: &Request, ctx: &Context, used_ipam: bool) {
+    if !used_ipam || ctx.ipam_in_process() {
+        return;
+    }
+    let mut env = req.env.clone();
+    env.command = Command::Del;
+    if let Err(e) = delegate::run(&env, Command::Del, &ctx.conf.ipam.ipam_type, &req.stdin) {
+        log::error!("rolling back: IPAM DEL failed: {e}");
+    }
+}
+
+/// Takes back a committed ADD: the allocation and the endpoint record (if still ours).
+fn undo_datastore(req: &Request, ctx: &Context, deps: &Deps<'_>, used_ipam: bool) {
+    let undo = if ctx.ipam_in_process() && used_ipam {
+        calico_ipam::cni::release(
+            deps.store,
+            &ctx.conf,
+            req,
+            &ctx.node,
+            std::slice::from_ref(&ctx.wep_key),
+            &mut |_, snap| {
+                Ok(endpoint_delete(
+                    ctx,
+                    snapshot_key(snap, &ctx.wep_key).as_ref(),
+                ))
+            },
+        )
+        .map(|_| ())
+    } else {
+        undo_delegated_ipam(req, ctx, used_ipam);
+        delete_endpoint(deps.store, ctx)
+    };
+    if let Err(e) = undo {
+        log::error!(
+            "rolling back: cannot release the allocation of {}: {e}",
+            ctx.handle
+        );
+    }
+}
+
+/// Deletes the endpoint record if ours (outside an IPAM transaction).
+fn delete_endpoint(store: &dyn KvStore, ctx: &Context) -> Result<(), CniError> {
+    let current = store.get(&ctx.wep_key).map_err(store_error)?;
+    let extra = endpoint_delete(ctx, current.as_ref());
+    if extra.is_empty() {
+        return Ok(());
+    }
+    // A concurrent change means someone else owns it now: leave it.
+    store
+        .txn(&extra.guards, &extra.writes)
+        .map(|_| ())
+        .map_err(store_error)
+}
+
+/// DEL: the pod's interface, the endpoint record (if ours), the allocation. Idempotent; all
+/// three are attempted, and every failure is reported.
+pub fn del(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError> {
+    let netns = req.env.netns.clone();
+    let (removed, released) = std::thread::scope(|s| {
+        let removing = s.spawn(|| {
+            deps.dataplane
+                .remove_detached(netns.as_deref(), &req.env.ifname, &ctx.host_ifname)
+        });
+        let released = if ctx.ipam_in_process() {
+            calico_ipam::cni::release(
+                deps.store,
+                &ctx.conf,
+                req,
+                &ctx.node,
+                std::slice::from_ref(&ctx.wep_key),
+                &mut |_, snap| {
+                    Ok(endpoint_delete(
+                        ctx,
+                        snapshot_key(snap, &ctx.wep_key).as_ref(),
+                    ))
+                },
+            )
+            .map(|_| ())
+        } else {
+            let ipam = delegate::run(&req.env, Command::Del, &ctx.conf.ipam.ipam_type, &req.stdin);
+            let wep = delete_endpoint(deps.store, ctx);
+            ipam.and(wep)
+        };
+        let removed = removing.join().unwrap_or_else(|_| {
+            Err(DataplaneError::netlink(
+                "remove",
+                "the dataplane thread panicked",
+            ))
+        });
+        (removed, released)
+    });
+    match (removed.map_err(dataplane_error), released) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(CniError::new(a.code, format!("{}; and {}", a.msg, b.msg))),
+    }
+}
+
+fn mismatch(what: impl Into<String>) -> CniError {
+    CniError::new(ErrorCode::CHECK_FAILED, what)
+}
+
+/// CHECK: the host end, the pod interface, its addresses and routes, the host routes, the
+/// endpoint record and the IPAM allocation are all as the ADD left them.
+pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError> {
+    let prev = req.prev_result()?.ok_or_else(|| {
+        CniError::invalid_config("CHECK needs prevResult (the result of the ADD)")
+    })?;
+    let netns = req
+        .env
+        .netns
+        .clone()
+        .ok_or_else(|| CniError::invalid_env("CNI_NETNS is missing"))?;
+    // The pod's addresses: those on the pod interface, or all if indices are absent.
+    let pod_index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == req.env.ifname && i.sandbox.is_some());
+    let addrs: Vec<IpNet> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none() || ip.interface == pod_index)
+        .map(|ip| IpNet::from(ip.address.addr()))
+        .collect();
+    let spec = WorkloadSpec {
+        netns,
+        ifname: req.env.ifname.clone(),
+        host_ifname: ctx.host_ifname.clone(),
+        mtu: None,
+        pod_mac: [0; 6],
+        v4: addrs.iter().any(|a| a.addr().is_ipv4()),
+        v6: addrs.iter().any(|a| a.addr().is_ipv6()),
+        allow_ip_forwarding: false,
+    };
+    let seen = deps
+        .dataplane
+        .inspect(&spec, &addrs)
+        .map_err(dataplane_error)?;
+    let host = seen
+        .host
+        .as_ref()
+        .ok_or_else(|| mismatch(format!("host interface {} does not exist", ctx.host_ifname)))?;
+    if host.mac != Some(HOST_MAC) {
+        return Err(mismatch(format!(
+            "host interface {} has MAC {:?}, expected ee:ee:ee:ee:ee:ee",
+            ctx.host_ifname,
+            host.mac.map(|m| format_mac(&m))
+        )));
+    }
+    if !host.up {
+        return Err(mismatch(format!(
+            "host interface {} is down",
+            ctx.host_ifname
+        )));
+    }
+    let pod_link = seen.pod.as_ref().ok_or_else(|| {
+        mismatch(format!(
+            "interface {} does not exist in the pod",
+            req.env.ifname
+        ))
+    })?;
+    let have: BTreeSet<IpNet> = seen.pod_addresses.iter().copied().collect();
+    let want: BTreeSet<IpNet> = addrs.iter().copied().collect();
+    if have != want {
+        return Err(mismatch(format!(
+            "interface {} in the pod has addresses {have:?}, expected {want:?}",
+            req.env.ifname
+        )));
+    }
+    let route_there = |dst: &str, gw: Option<IpAddr>| {
+        seen.pod_routes
+            .iter()
+            .any(|r| r.dst.to_string() == dst && r.gateway == gw)
+    };
+    if spec.v4 {
+        if !route_there("169.254.1.1/32", None) {
+            return Err(mismatch("the pod has no route to 169.254.1.1"));
+        }
+        if !route_there("0.0.0.0/0", Some(IpAddr::V4(GATEWAY_V4))) {
+            return Err(mismatch("the pod has no default route via 169.254.1.1"));
+        }
+    }
+    if spec.v6 && !route_there("::/0", Some(IpAddr::V6(GATEWAY_V6))) {
+        return Err(mismatch(
+            "the pod has no IPv6 default route via fe80::ecee:eeff:feee:eeee",
+        ));
+    }
+    for a in &addrs {
+        let ok = seen
+            .host_routes
+            .iter()
+            .any(|r| r.dst == *a && r.oif == Some(host.index));
+        if !ok {
+            return Err(mismatch(format!(
+                "the host has no route to {a} through {}",
+                ctx.host_ifname
+            )));
+        }
+    }
+    // The endpoint record.
+    let kv = deps
+        .store
+        .get(&ctx.wep_key)
+        .map_err(store_error)?
+        .ok_or_else(|| mismatch(format!("endpoint record {} does not exist", ctx.wep_name)))?;
+    let wep = WorkloadEndpoint::from_kv(&kv).map_err(|e| {
+        mismatch(format!(
+            "endpoint record {} is unreadable: {e}",
+            ctx.wep_name
+        ))
+    })?;
+    if wep.spec.container_id != ctx.workload.container_id {
+        return Err(mismatch(format!(
+            "endpoint record {} belongs to container {}",
+            ctx.wep_name, wep.spec.container_id
+        )));
+    }
+    let recorded: BTreeSet<String> = wep.spec.ip_networks.iter().cloned().collect();
+    let expected: BTreeSet<String> = addrs.iter().map(ToString::to_string).collect();
+    if recorded != expected || wep.spec.interface_name != ctx.host_ifname {
+        return Err(mismatch(format!(
+            "endpoint record {} has {recorded:?} on {}, expected {expected:?} on {}",
+            ctx.wep_name, wep.spec.interface_name, ctx.host_ifname
+        )));
+    }
+    if pod_link.mac.map(|m| format_mac(&m)).as_deref() != Some(wep.spec.mac.as_str()) {
+        return Err(mismatch(format!(
+            "endpoint record {} has MAC {}, the pod interface has {:?}",
+            ctx.wep_name,
+            wep.spec.mac,
+            pod_link.mac.map(|m| format_mac(&m))
+        )));
+    }
+    if ctx.ipam_in_process() {
+        calico_ipam::cni::check(deps.store, req, &ctx.node)
+    } else {
+        delegate::run(
+            &req.env,
+            Command::Check,
+            &ctx.conf.ipam.ipam_type,
+            &req.stdin,
+        )
+    }
+}
+
+/// GC: endpoint records of this node whose attachment is not valid, the host interfaces no
+/// valid endpoint uses, and (delegated) the IPAM allocations. Keeps going after errors.
+pub fn gc(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError> {
+    let valid: BTreeSet<(String, String)> = req
+        .valid_attachments()?
+        .into_iter()
+        .map(|a| (a.container_id, a.ifname))
+        .collect();
+    let mut errors = Vec::new();
+    let weps = deps
+        .store
+        .list(&keys::resources_prefix("workloadendpoints"))
+        .map_err(store_error)?;
+    let mut keep_ifaces = BTreeSet::new();
+    for kv in &weps {
+        let Ok(w) = WorkloadEndpoint::from_kv(kv) else {
+            continue;
+        };
+        if w.spec.node != ctx.node {
+            continue;
+        }
+        if valid.contains(&(w.spec.container_id.clone(), w.spec.endpoint.clone())) {
+            keep_ifaces.insert(w.spec.interface_name.clone());
+            continue;
+        }
+        match deps.store.txn(
+            &[Guard::Revision(kv.key.clone(), kv.mod_revision)],
+            &[Write::Delete(kv.key.clone())],
+        ) {
+            Ok(_) => log::info!("GC removed endpoint {}", w.metadata.name),
+            Err(e) => errors.push(format!("endpoint {}: {e}", w.metadata.name)),
+        }
+    }
+    let prefix = crate::workload::interface_prefix(|k| std::env::var(k).ok());
+    match deps.dataplane.host_interfaces(&prefix) {
+        Ok(ifaces) => {
+            for name in ifaces.iter().filter(|n| !keep_ifaces.contains(*n)) {
+                match deps.dataplane.remove_host_interface(name) {
+                    Ok(()) => log::info!("GC removed host interface {name}"),
+                    Err(e) => errors.push(format!("{name}: {e}")),
+                }
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    let ipam = if ctx.ipam_in_process() {
+        calico_ipam::cni::gc(deps.store, &ctx.conf, req, &ctx.node)
+    } else {
+        delegate::run(&req.env, Command::Gc, &ctx.conf.ipam.ipam_type, &req.stdin)
+    };
+    if let Err(e) = ipam {
+        errors.push(e.to_string());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::DATASTORE,
+            format!("GC finished with {} error(s)", errors.len()),
+        )
+        .with_details(errors.join("; ")))
+    }
+}
+
+/// STATUS: 50 if the datastore cannot be reached; then IPAM's answer.
+pub fn status(req: &Request, ctx: &Context, store: &dyn KvStore) -> Result<(), CniError> {
+    store
+        .get(&cluster_information_key())
+        .map_err(|e| CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE, e.to_string()))?;
+    if ctx.ipam_in_process() {
+        calico_ipam::cni::status(store, &ctx.conf, &ctx.node)
+    } else {
+        delegate::run(
+            &req.env,
+            Command::Status,
+            &ctx.conf.ipam.ipam_type,
+            &req.stdin,
+        )
+    }
+}

@@ -1,0 +1,47 @@
+//! Shared helpers for the plugin's tests.
+
+use serde_json::{Value, json};
+use testkit::{CallOpts, Cluster, NetNs};
+
+/// A cluster with `n` nodes and the default pools (10.244.0.0/16, fd00:10:244::/48).
+pub fn cluster(n: usize) -> Cluster {
+    let c = Cluster::start(n, &["host-local"]).unwrap();
+    c.add_pool("default-ipv4-ippool", "10.244.0.0/16", None)
+        .unwrap();
+    c.add_pool("default-ipv6-ippool", "fd00:10:244::/48", None)
+        .unwrap();
+    c
+}
+
+/// The seed conflist without its Kubernetes sections, at `version`, with `ipam` merged into
+/// calico's ipam section.
+pub fn conflist(version: &str, ipam: Value) -> Value {
+    let mut list = testkit::cluster::seed_without_kubernetes().unwrap();
+    list["cniVersion"] = json!(version);
+    for (k, v) in ipam.as_object().unwrap() {
+        list["plugins"][0]["ipam"][k] = v.clone();
+    }
+    list
+}
+
+/// CNI_ARGS for a Kubernetes pod.
+pub fn pod_args(ns: &str, pod: &str) -> CallOpts {
+    CallOpts::args(&format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=x"
+    ))
+}
+
+/// The addresses of an ADD result, without masks.
+pub fn addresses(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `ip -o ...` output inside a namespace.
+pub fn sh(ns: &NetNs, cmd: &str) -> String {
+    ns.sh(cmd).unwrap()
+}

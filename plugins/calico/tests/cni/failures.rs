@@ -1,0 +1,158 @@
+//! Every failure is a clear CNI error and leaves the node and the datastore exactly as they
+//! were.
+
+use crate::common::*;
+use serde_json::json;
+use testkit::{Cluster, NetNs, require};
+
+/// Everything a failed ADD could leave behind: the node's links and routes, and every key.
+fn state(c: &Cluster) -> (String, String, Vec<(String, String)>) {
+    let node = c.node(0);
+    (
+        node.sh("ip -o link show | cut -d: -f2 | sort").unwrap(),
+        node.sh("ip route show; ip -6 route show").unwrap(),
+        c.etcd
+            .get_prefix("/calico/")
+            .unwrap()
+            .into_iter()
+            // The IPAM's block hint on the node is a cache, not state; keys are what count.
+            .collect(),
+    )
+}
+
+#[test]
+fn ipam_failure_leaves_nothing() {
+    require!(root; "etcd", "go", "ip");
+    let c = Cluster::start(1, &[]).unwrap();
+    c.add_pool("tiny", "10.9.9.0/30", Some(30)).unwrap();
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let rt = c.runtime(0);
+    let pods: Vec<NetNs> = (0..4)
+        .map(|i| NetNs::new(&format!("t{i}")).unwrap())
+        .collect();
+    for (i, p) in pods.iter().enumerate() {
+        rt.add(
+            "k8s-pod-network",
+            &p.path(),
+            &pod_args("default", &format!("t{i}")),
+        )
+        .unwrap()
+        .unwrap();
+    }
+    let before = state(&c);
+    let extra = NetNs::new("t4").unwrap();
+    let e = rt
+        .add("k8s-pod-network", &extra.path(), &pod_args("default", "t4"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(104), "{e}");
+    assert!(e.msg.contains("10.9.9.0/30"), "names the pool: {e}");
+    assert_eq!(state(&c), before);
+    assert!(
+        extra.sh("ip link show eth0").is_err(),
+        "no interface in the pod"
+    );
+}
+
+#[test]
+fn a_missing_netns_is_unknown_container_and_leaves_nothing() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let before = state(&c);
+    let gone = std::path::Path::new("/run/netns/ct-vanished-pod");
+    let e = c
+        .runtime(0)
+        .add("k8s-pod-network", gone, &pod_args("default", "gone"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(3), "{e}");
+    assert!(e.msg.contains("does not exist"), "{e}");
+    assert_eq!(state(&c), before);
+}
+
+#[test]
+fn etcd_down_is_try_again_later_and_leaves_nothing() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let (links, routes, _) = state(&c);
+    let pod = NetNs::new("down").unwrap();
+    // Freeze etcd: connections are accepted but never answered.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.etcd.pid() as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let e = c
+        .runtime(0)
+        .add("k8s-pod-network", &pod.path(), &pod_args("default", "down"))
+        .unwrap()
+        .unwrap_err();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.etcd.pid() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert_eq!(e.code, Some(11), "{e}");
+    assert!(
+        e.msg.contains("10.10.0.174:2379"),
+        "names the endpoint: {e}"
+    );
+    let (links2, routes2, keys) = state(&c);
+    assert_eq!(
+        (links2, routes2),
+        (links, routes),
+        "nothing left on the node"
+    );
+    assert!(
+        !keys
+            .iter()
+            .any(|(k, _)| k.contains("handle") || k.contains("workloadendpoints"))
+    );
+    assert!(pod.sh("ip link show eth0").is_err());
+}
+
+#[test]
+fn bad_config_values_are_code_7_and_touch_nothing() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    let mut list = conflist("1.0.0", json!({}));
+    list["plugins"][0]["mtu"] = json!("big");
+    c.install(0, &list).unwrap();
+    let before = state(&c);
+    let pod = NetNs::new("bad").unwrap();
+    let e = c
+        .runtime(0)
+        .add("k8s-pod-network", &pod.path(), &pod_args("default", "bad"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(7), "{e}");
+    assert!(e.msg.contains("mtu"), "{e}");
+    assert_eq!(state(&c), before);
+}
+
+#[test]
+fn a_cluster_not_ready_is_try_again_later() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    c.etcd
+        .put(
+            "/calico/resources/v3/projectcalico.org/clusterinformations/default",
+            &json!({"kind":"ClusterInformation","apiVersion":"projectcalico.org/v3",
+                "metadata":{"name":"default"},"spec":{"datastoreReady":false}})
+            .to_string(),
+        )
+        .unwrap();
+    let before = state(&c);
+    let pod = NetNs::new("nr").unwrap();
+    let e = c
+        .runtime(0)
+        .add("k8s-pod-network", &pod.path(), &pod_args("default", "nr"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(11), "{e}");
+    assert!(e.msg.contains("not ready"), "{e}");
+    assert_eq!(state(&c), before);
+}

@@ -1,0 +1,13 @@
+//! The `calico` plugin on simulated nodes, driven through libcni, against mutual-TLS etcd at
+//! the seed's address.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod failures;
+mod gc_check;
+mod lifecycle;
+mod scale;
+mod seed;
+mod traffic;
