@@ -48,6 +48,8 @@ pub struct AssignRequest {
 pub struct Assigned {
     pub v4: Vec<IpNet>,
     pub v6: Vec<IpNet>,
+    /// The blocks the allocation looked at, and whether each still has room.
+    pub room: BTreeMap<IpNet, bool>,
 }
 
 impl Assigned {
@@ -259,33 +261,28 @@ struct Plan<'a, 's> {
 
 impl<'a, 's> Plan<'a, 's> {
     fn new(ipam: &'a Ipam<'s>, snap: &'a Snapshot) -> Self {
-        let blocks = snap
-            .blocks
-            .iter()
-            .map(|(cidr, kv)| {
-                let planned = kv
-                    .as_ref()
-                    .map(|kv| {
-                        decode_block(kv).map(|block| PlannedBlock {
-                            current: Some(kv.clone()),
-                            block,
-                            changed: false,
-                        })
-                    })
-                    .transpose();
-                (*cidr, planned)
-            })
-            .filter_map(|(c, p)| p.ok().map(|p| (c, p)))
-            .collect();
         Plan {
             ipam,
             snap,
-            blocks,
+            blocks: BTreeMap::new(),
             handles: BTreeMap::new(),
             affinities: BTreeMap::new(),
             block_keys: BTreeMap::new(),
             all_blocks: BTreeMap::new(),
         }
+    }
+
+    /// Which blocks still have a free, unreserved address after the plan (for the node's
+    /// block hint: the next call prefetches only blocks with room).
+    fn room(&self) -> BTreeMap<IpNet, bool> {
+        let reserved = |ip: IpAddr| self.snap.is_reserved(ip);
+        self.blocks
+            .iter()
+            .filter_map(|(c, pb)| {
+                pb.as_ref()
+                    .map(|pb| (*c, block::free(&pb.block, &reserved) > 0))
+            })
+            .collect()
     }
 
     fn handle(&mut self, id: &str) -> Result<&mut PlannedHandle, IpamError> {
@@ -302,27 +299,36 @@ impl<'a, 's> Plan<'a, 's> {
             .ok_or_else(|| IpamError::Other("handle vanished from the plan".into()))
     }
 
-    /// Makes sure the blocks are loaded (one read for all that are not yet).
+    /// Makes sure the blocks are loaded: from the snapshot if it read them, else with one
+    /// read for all the others. Blocks are decoded only when needed.
     fn load(&mut self, cidrs: &[IpNet]) -> Result<(), IpamError> {
-        let missing: Vec<IpNet> = cidrs
-            .iter()
-            .filter(|c| !self.blocks.contains_key(c))
-            .copied()
-            .collect();
+        let planned = |kv: Kv| -> Result<PlannedBlock, IpamError> {
+            Ok(PlannedBlock {
+                block: decode_block(&kv)?,
+                current: Some(kv),
+                changed: false,
+            })
+        };
+        let mut missing = Vec::new();
+        for c in cidrs {
+            if self.blocks.contains_key(c) {
+                continue;
+            }
+            match self.snap.blocks.get(c) {
+                Some(kv) => {
+                    let p = kv.clone().map(planned).transpose()?;
+                    self.blocks.insert(*c, p);
+                }
+                None => missing.push(*c),
+            }
+        }
         if missing.is_empty() {
             return Ok(());
         }
         let reads: Vec<Read> = missing.iter().map(|c| Read::Key(keys::block(c))).collect();
         for (cidr, found) in missing.iter().zip(self.ipam.store.read(&reads)?) {
-            let planned = match found.into_iter().next() {
-                Some(kv) => Some(PlannedBlock {
-                    block: decode_block(&kv)?,
-                    current: Some(kv),
-                    changed: false,
-                }),
-                None => None,
-            };
-            self.blocks.insert(*cidr, planned);
+            let p = found.into_iter().next().map(planned).transpose()?;
+            self.blocks.insert(*cidr, p);
         }
         Ok(())
     }
@@ -400,18 +406,28 @@ impl<'a, 's> Plan<'a, 's> {
         let in_pools = |cidr: &IpNet| chosen.iter().any(|p| p.cidr.contains(cidr));
         let mut got: Vec<IpNet> = Vec::new();
 
-        // 1. Blocks affine to this node, in key order.
-        let affine: Vec<(IpNet, Kv)> = snap
+        // 1. Blocks affine to this node: those the snapshot prefetched (the node's blocks
+        // with room, as last seen) first, then the others, in key order, read only if needed.
+        let mut affine: Vec<(IpNet, Kv)> = snap
             .affinities
             .iter()
             .filter(|(cidr, _)| is_v4(cidr) == v4 && in_pools(cidr))
             .map(|(c, kv)| (*c, kv.clone()))
             .collect();
-        let cidrs: Vec<IpNet> = affine.iter().map(|(c, _)| *c).collect();
-        self.load(&cidrs)?;
-        for (cidr, aff_kv) in &affine {
+        affine.sort_by_key(|(c, _)| !snap.blocks.contains_key(c));
+        let prefetched = affine
+            .iter()
+            .take_while(|(c, _)| snap.blocks.contains_key(c))
+            .count();
+        for (i, (cidr, aff_kv)) in affine.iter().enumerate() {
             if got.len() >= wanted {
                 break;
+            }
+            if i == prefetched {
+                let rest: Vec<IpNet> = affine[i..].iter().map(|(c, _)| *c).collect();
+                self.load(&rest)?;
+            } else {
+                self.load(&[*cidr])?;
             }
             let aff = BlockAffinity::from_bytes(&aff_kv.value)
                 .map_err(|e| IpamError::corrupt(&aff_kv.key, e))?;
@@ -892,6 +908,7 @@ impl<'s> Ipam<'s> {
                 if req.num_v6 > 0 {
                     out.v6 = plan.family(req, &owner, false)?;
                 }
+                out.room = plan.room();
                 Ok(out)
             },
             extra,

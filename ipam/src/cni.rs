@@ -166,23 +166,38 @@ pub fn requested_addresses(req: &Request) -> Result<Vec<IpAddr>, CniError> {
 /// affinities in the same snapshot decide which blocks are used.
 mod block_hint {
     use ipnet::IpNet;
-    use std::collections::BTreeSet;
+    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
+
+    /// Block to "had room when last seen".
+    pub type Hint = BTreeMap<IpNet, bool>;
 
     pub fn path(lock_file: &Path) -> PathBuf {
         lock_file.with_file_name("ipam-affine-blocks")
     }
 
-    pub fn read(lock_file: &Path) -> BTreeSet<IpNet> {
+    /// Lines `<cidr> room` or `<cidr> full` (a bare CIDR counts as room).
+    pub fn read(lock_file: &Path) -> Hint {
         std::fs::read_to_string(path(lock_file))
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .map(|s| {
+                s.lines()
+                    .filter_map(|l| {
+                        let mut parts = l.split_whitespace();
+                        let cidr = parts.next()?.parse().ok()?;
+                        Some((cidr, parts.next() != Some("full")))
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    pub fn write(lock_file: &Path, blocks: &BTreeSet<IpNet>) {
+    pub fn write(lock_file: &Path, hint: &Hint) {
         let target = path(lock_file);
         let tmp = target.with_extension("tmp");
-        let text: String = blocks.iter().map(|b| format!("{b}\n")).collect();
+        let text: String = hint
+            .iter()
+            .map(|(b, room)| format!("{b} {}\n", if *room { "room" } else { "full" }))
+            .collect();
         let done = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &target));
         if let Err(e) = done {
             log::debug!("cannot update {}: {e}", target.display());
@@ -256,7 +271,12 @@ pub fn allocate(
     let lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
     let hint = block_hint::read(&lock_file);
-    let likely: Vec<IpNet> = hint.iter().copied().collect();
+    // Prefetch the node's blocks that had room: the usual allocation needs no second read.
+    let likely: Vec<IpNet> = hint
+        .iter()
+        .filter(|(_, room)| **room)
+        .map(|(b, _)| *b)
+        .collect();
     let snap = ipam.read_snapshot(&SnapshotRequest {
         handles: &[&handle],
         blocks: &likely,
@@ -268,8 +288,11 @@ pub fn allocate(
         started.elapsed()
     );
 
-    let all: Vec<IpNet> = if !wanted.is_empty() {
-        ipam.assign_ips_with(&snap, &wanted, &handle, &attrs, &mut |ips, s| with(ips, s))?
+    let (all, room) = if !wanted.is_empty() {
+        let got =
+            ipam.assign_ips_with(&snap, &wanted, &handle, &attrs, &mut |ips, s| with(ips, s))?;
+        let room = got.iter().map(|a| (a.trunc(), true)).collect();
+        (got, room)
     } else {
         let request = AssignRequest {
             handle: handle.clone(),
@@ -286,17 +309,19 @@ pub fn allocate(
                 .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
             namespace_labels: ov.namespace_labels.clone(),
         };
-        ipam.auto_assign_with(&snap, &request, &mut |a, s| with(&a.all(), s))?
-            .all()
+        let a = ipam.auto_assign_with(&snap, &request, &mut |a, s| with(&a.all(), s))?;
+        (a.all(), a.room)
     };
     log::debug!("assigned after {:?}", started.elapsed());
     log::info!("assigned {all:?} to {handle} on node {node}");
-    let known: BTreeSet<IpNet> = snap
+    // The node's blocks now: its affinities (room as last seen, else assumed), updated with
+    // what this allocation saw.
+    let mut known: block_hint::Hint = snap
         .affinities
         .keys()
-        .copied()
-        .chain(all.iter().map(IpNet::trunc))
+        .map(|b| (*b, hint.get(b).copied().unwrap_or(true)))
         .collect();
+    known.extend(room);
     if known != hint {
         block_hint::write(&lock_file, &known);
     }
@@ -338,8 +363,20 @@ pub fn release(
     let lock_file = conf.ipam_lock_file();
     let _lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
-    // The handles and the node's usual blocks in one round trip.
-    let likely: Vec<IpNet> = block_hint::read(&lock_file).into_iter().collect();
+    // The handles and the block(s) the pod's addresses are in, in one round trip: the ADD's
+    // result (prevResult) says which addresses, the hint which of the node's blocks.
+    let hint = block_hint::read(&lock_file);
+    let prev: Vec<IpAddr> = req
+        .prev_result()
+        .ok()
+        .flatten()
+        .map(|r| r.ips.iter().map(|i| i.address.addr()).collect())
+        .unwrap_or_default();
+    let likely: Vec<IpNet> = hint
+        .keys()
+        .filter(|b| prev.is_empty() || prev.iter().any(|ip| b.contains(ip)))
+        .copied()
+        .collect();
     let handle_refs: Vec<&str> = handles.iter().map(String::as_str).collect();
     let snap = ipam.read_snapshot(&SnapshotRequest {
         handles: &handle_refs,
@@ -349,6 +386,16 @@ pub fn release(
     let released = ipam.release_handles_with(&snap, None, &mut |ips, s| with(ips, s))?;
     if !released.is_empty() {
         log::info!("released {released:?} of {handles:?}");
+        let mut updated = hint.clone();
+        for b in updated
+            .iter_mut()
+            .filter(|(b, _)| released.iter().any(|ip| b.contains(ip)))
+        {
+            *b.1 = true;
+        }
+        if updated != hint {
+            block_hint::write(&lock_file, &updated);
+        }
     }
     Ok(released)
 }

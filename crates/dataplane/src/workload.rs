@@ -51,9 +51,10 @@ pub struct Observed {
 /// What the plugin asks of the kernel. [`LinuxDataplane`] is the real thing; the plugin's
 /// tests use a recording fake to check rollbacks.
 pub trait Dataplane {
-    /// Creates the veth pair with its sysctls and brings both ends up.
+    /// Creates the veth pair with its sysctls, brings both ends up, and sets the pod's
+    /// routes and forwarding sysctls (all that does not depend on the addresses).
     fn create(&self, spec: &WorkloadSpec) -> Result<(), DataplaneError>;
-    /// Addresses, routes and sysctls in the pod, and the host routes.
+    /// The pod's addresses and the host's routes to them.
     fn configure(&self, spec: &WorkloadSpec, addresses: &[IpNet]) -> Result<(), DataplaneError>;
     /// Removes the pod's interface (and so the host end and its routes). Missing namespace
     /// or interface is success.
@@ -111,6 +112,54 @@ fn host_sysctls(spec: &WorkloadSpec) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// The pod's routes: everything via 169.254.1.1 (IPv4) or the host end's link-local (IPv6).
+fn pod_gateways(pod: &Netlink, index: u32, v4: bool, v6: bool) -> Result<(), DataplaneError> {
+    let any =
+        |ip: IpAddr| IpNet::new(ip, 0).map_err(|e| DataplaneError::netlink("default route", e));
+    if v4 {
+        pod.add_route(&NewRoute {
+            dst: IpNet::from(IpAddr::V4(GATEWAY_V4)),
+            gateway: None,
+            oif: index,
+            link_scope: true,
+        })?;
+        pod.add_route(&NewRoute {
+            dst: any(IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
+            gateway: Some(IpAddr::V4(GATEWAY_V4)),
+            oif: index,
+            link_scope: false,
+        })?;
+    }
+    if v6 {
+        pod.add_route(&NewRoute {
+            dst: any(IpAddr::V6(Ipv6Addr::UNSPECIFIED))?,
+            gateway: Some(IpAddr::V6(GATEWAY_V6)),
+            oif: index,
+            link_scope: false,
+        })?;
+    }
+    Ok(())
+}
+
+/// `container_settings.allow_ip_forwarding`, written inside the pod either way (as Calico).
+fn pod_forwarding(
+    ns: &std::fs::File,
+    spec: &WorkloadSpec,
+    v4: bool,
+    v6: bool,
+) -> Result<(), DataplaneError> {
+    let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
+    netns::within(ns, &spec.netns, || -> Result<(), DataplaneError> {
+        if v4 {
+            sysctl::set("ipv4/ip_forward", forward)?;
+        }
+        if v6 {
+            sysctl::set("ipv6/conf/all/forwarding", forward)?;
+        }
+        Ok(())
+    })?
+}
+
 fn find(nl: &Netlink, name: &str, op: &str) -> Result<Link, DataplaneError> {
     nl.link(name)?
         .ok_or_else(|| DataplaneError::netlink(op, format!("link {name} does not exist")))
@@ -152,6 +201,10 @@ impl Dataplane for LinuxDataplane {
         let host_link = find(&host, &spec.host_ifname, "find the host interface")?;
         host.set_up(host_link.index)?;
         pod.set_up(pod_link.index)?;
+        // The pod's routes do not depend on its addresses: set them now, while the
+        // allocation is still being committed, so only the addresses are left for later.
+        pod_gateways(&pod, pod_link.index, spec.v4, spec.v6)?;
+        pod_forwarding(&ns, spec, spec.v4, spec.v6)?;
         Ok(())
     }
 
@@ -159,49 +212,16 @@ impl Dataplane for LinuxDataplane {
         let ns = netns::open(&spec.netns)?;
         let pod = Netlink::in_netns(&ns, &spec.netns)?;
         let pod_link = find(&pod, &spec.ifname, "find the pod interface")?;
-        let has_v4 = addresses.iter().any(|a| a.addr().is_ipv4());
-        let has_v6 = addresses.iter().any(|a| a.addr().is_ipv6());
-        if has_v4 {
-            pod.add_route(&NewRoute {
-                dst: IpNet::from(IpAddr::V4(GATEWAY_V4)),
-                gateway: None,
-                oif: pod_link.index,
-                link_scope: true,
-            })?;
-            pod.add_route(&NewRoute {
-                dst: "0.0.0.0/0"
-                    .parse()
-                    .unwrap_or_else(|_| IpNet::from(IpAddr::V4(GATEWAY_V4))),
-                gateway: Some(IpAddr::V4(GATEWAY_V4)),
-                oif: pod_link.index,
-                link_scope: false,
-            })?;
-        }
-        if has_v6 {
-            pod.add_route(&NewRoute {
-                dst: "::/0"
-                    .parse()
-                    .unwrap_or_else(|_| IpNet::from(IpAddr::V6(GATEWAY_V6))),
-                gateway: Some(IpAddr::V6(GATEWAY_V6)),
-                oif: pod_link.index,
-                link_scope: false,
-            })?;
-        }
+        // A family the addresses have but `create` was not told about (a delegated IPAM
+        // plugin decides the families) gets its routes now.
+        let v4 = addresses.iter().any(|a| a.addr().is_ipv4()) && !spec.v4;
+        let v6 = addresses.iter().any(|a| a.addr().is_ipv6()) && !spec.v6;
+        pod_gateways(&pod, pod_link.index, v4, v6)?;
+        pod_forwarding(&ns, spec, v4, v6)?;
         for a in addresses {
             // Calico puts /32 and /128 on the pod: everything else goes via the gateway.
             pod.add_address(pod_link.index, IpNet::from(a.addr()))?;
         }
-        let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
-        netns::within(&ns, &spec.netns, || -> Result<(), DataplaneError> {
-            if has_v4 {
-                sysctl::set("ipv4/ip_forward", forward)?;
-            }
-            if has_v6 {
-                sysctl::set("ipv6/conf/all/forwarding", forward)?;
-            }
-            Ok(())
-        })??;
-
         let host = Netlink::host()?;
         let host_link = find(&host, &spec.host_ifname, "find the host interface")?;
         for a in addresses {
@@ -275,15 +295,25 @@ impl Dataplane for LinuxDataplane {
     ) -> Result<(), DataplaneError> {
         let host = Netlink::host()?;
         let Some(host_link) = host.link(host_ifname)? else {
-            // Nothing on the host: the pod side (if any) is not one of ours to keep waiting on.
+            // No host end: nothing of ours waits on the kernel; finish synchronously.
             return self.remove(netns, ifname, host_ifname);
         };
-        for v4 in [true, false] {
-            for r in host.routes(v4)? {
-                if r.oif == Some(host_link.index) && r.gateway.is_none() {
-                    host.delete_route(r.dst, host_link.index)?;
+        // The host routes to the pod's addresses go now (found from the pod's interface,
+        // not by dumping the node's whole routing table, which grows with the pods).
+        let addresses = match netns.map(netns::open) {
+            Some(Ok(ns)) => {
+                let path = netns.unwrap_or_else(|| Path::new(""));
+                let pod = Netlink::in_netns(&ns, path)?;
+                match pod.link(ifname)? {
+                    Some(l) => pod.addresses(l.index)?,
+                    None => Vec::new(),
                 }
             }
+            Some(Err(DataplaneError::NetnsMissing(_))) | None => Vec::new(),
+            Some(Err(e)) => return Err(e),
+        };
+        for a in addresses {
+            host.delete_route(IpNet::from(a.addr()), host_link.index)?;
         }
         crate::reaper::spawn(netns, ifname, host_ifname).or_else(|e| {
             log::warn!("cannot hand the interface deletion over ({e}); deleting it now");

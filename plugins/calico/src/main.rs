@@ -16,8 +16,14 @@ struct Calico;
 /// What every verb starts from: the derived context and a datastore connection (opened
 /// lazily: the first request makes it, in parallel with the kernel work).
 fn setup(req: &Request) -> Result<(Context, calico_datastore::Etcd), CniError> {
+    let t = std::time::Instant::now();
     let ctx = Context::new(req)?;
+    let t1 = t.elapsed();
     let store = calico_ipam::cni::connect(&ctx.conf)?;
+    log::debug!(
+        "context in {t1:?}, datastore client in {:?}",
+        t.elapsed() - t1
+    );
     Ok((ctx, store))
 }
 

@@ -280,6 +280,7 @@ pub struct Deps<'a> {
 
 /// ADD.
 pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, CniError> {
+    let started = std::time::Instant::now();
     let netns = req
         .env
         .netns
@@ -324,7 +325,11 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
     // connects) meanwhile, and waits for the kernel half before it commits anything, so a
     // failed veth leaves the datastore untouched.
     let outcome = std::thread::scope(|s| -> Result<(Vec<IpNet>, Vec<Route>), (CniError, bool)> {
-        let mut creating = Some(s.spawn(|| deps.dataplane.create(&spec)));
+        let mut creating = Some(s.spawn(|| {
+            let r = deps.dataplane.create(&spec);
+            log::debug!("veth created after {:?}", started.elapsed());
+            r
+        }));
         let mut created: Option<Result<(), DataplaneError>> = None;
         let mut wait_created = || -> Result<(), CniError> {
             if created.is_none() {
@@ -409,11 +414,16 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
             return Err(e);
         }
     };
+    log::debug!(
+        "allocation and endpoint committed after {:?}",
+        started.elapsed()
+    );
     if let Err(e) = deps.dataplane.configure(&spec, &addrs) {
         remove_quietly(deps, &spec);
         undo_datastore(req, ctx, deps, ov.no_ipam.is_empty());
         return Err(dataplane_error(e));
     }
+    log::debug!("pod configured after {:?}", started.elapsed());
     Ok(result(req, ctx, &mac, mtu, &addrs, routes))
 }
 
