@@ -18,4 +18,4 @@ pub mod sysctl;
 pub mod workload;
 
 pub use error::DataplaneError;
-pub use workload::{Dataplane, LinuxDataplane, Observed, WorkloadSpec};
+pub use workload::{Dataplane, Links, LinuxDataplane, Observed, WorkloadSpec};

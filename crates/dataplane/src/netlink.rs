@@ -69,7 +69,8 @@ pub struct NewRoute {
 
 /// A netlink socket in one namespace.
 pub struct Netlink {
-    rt: tokio::runtime::Runtime,
+    /// Shared by the sockets of one operation (see [`Netlink::in_netns_sharing`]).
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
     handle: Handle,
 }
 
@@ -139,6 +140,7 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
 
 impl Netlink {
     fn with_connection(
+        rt: Option<std::sync::Arc<tokio::runtime::Runtime>>,
         make: impl FnOnce() -> std::io::Result<(
             rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
             Handle,
@@ -150,10 +152,15 @@ impl Netlink {
             )>,
         )>,
     ) -> Result<Self, DataplaneError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(DataplaneError::Runtime)?;
+        let rt = match rt {
+            Some(rt) => rt,
+            None => std::sync::Arc::new(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(DataplaneError::Runtime)?,
+            ),
+        };
         // The socket must be created inside the runtime's context (it registers with its
         // reactor), and in the namespace the caller is in right now.
         let (conn, handle, _) = {
@@ -166,13 +173,22 @@ impl Netlink {
 
     /// A socket in the calling thread's namespace (the host's).
     pub fn host() -> Result<Self, DataplaneError> {
-        Self::with_connection(rtnetlink::new_connection)
+        Self::with_connection(None, rtnetlink::new_connection)
     }
 
     /// A socket in namespace `ns`; the calling thread returns to its own at once.
     pub fn in_netns(ns: &File, path: &Path) -> Result<Self, DataplaneError> {
         netns::within(ns, path, || {
-            Self::with_connection(rtnetlink::new_connection)
+            Self::with_connection(None, rtnetlink::new_connection)
+        })?
+    }
+
+    /// As [`Netlink::in_netns`], driven by this socket's runtime (one runtime less to start
+    /// on the ADD path). Use both from the same thread.
+    pub fn in_netns_sharing(&self, ns: &File, path: &Path) -> Result<Self, DataplaneError> {
+        let rt = self.rt.clone();
+        netns::within(ns, path, || {
+            Self::with_connection(Some(rt), rtnetlink::new_connection)
         })?
     }
 
@@ -218,8 +234,11 @@ impl Netlink {
     }
 
     /// Creates a veth pair in one request: `name` here, `peer` directly inside `peer_ns`
-    /// (no move between namespaces, which costs the kernel a `synchronize_net`).
+    /// (no move between namespaces, which costs the kernel a `synchronize_net`); `name` comes
+    /// up at once if `up` (the peer cannot: the kernel opens it before the pair is joined,
+    /// and a veth without its peer refuses to open).
     /// `Ok(false)` if a link of either name already exists.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_veth(
         &self,
         name: &str,
@@ -228,6 +247,7 @@ impl Netlink {
         peer_mac: [u8; 6],
         peer_ns: &File,
         mtu: Option<u32>,
+        up: bool,
     ) -> Result<bool, DataplaneError> {
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
@@ -236,6 +256,9 @@ impl Netlink {
         let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_string())
             .address(mac.to_vec());
+        if up {
+            msg = msg.up();
+        }
         if let Some(mtu) = mtu {
             peer_msg = peer_msg.mtu(mtu);
             msg = msg.mtu(mtu);

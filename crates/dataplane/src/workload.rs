@@ -37,6 +37,14 @@ pub struct WorkloadSpec {
     pub allow_ip_forwarding: bool,
 }
 
+/// The two ends [`Dataplane::create`] made, by interface index (so configuring them needs no
+/// lookups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Links {
+    pub host_index: u32,
+    pub pod_index: u32,
+}
+
 /// The state found, for CHECK.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
@@ -53,9 +61,14 @@ pub struct Observed {
 pub trait Dataplane {
     /// Creates the veth pair with its sysctls, brings both ends up, and sets the pod's
     /// routes and forwarding sysctls (all that does not depend on the addresses).
-    fn create(&self, spec: &WorkloadSpec) -> Result<(), DataplaneError>;
-    /// The pod's addresses and the host's routes to them.
-    fn configure(&self, spec: &WorkloadSpec, addresses: &[IpNet]) -> Result<(), DataplaneError>;
+    fn create(&self, spec: &WorkloadSpec) -> Result<Links, DataplaneError>;
+    /// The pod's addresses and the host's routes to them, on the links `create` made.
+    fn configure(
+        &self,
+        spec: &WorkloadSpec,
+        links: &Links,
+        addresses: &[IpNet],
+    ) -> Result<(), DataplaneError>;
     /// Removes the pod's interface (and so the host end and its routes). Missing namespace
     /// or interface is success.
     fn remove(
@@ -166,30 +179,41 @@ fn find(nl: &Netlink, name: &str, op: &str) -> Result<Link, DataplaneError> {
 }
 
 impl Dataplane for LinuxDataplane {
-    fn create(&self, spec: &WorkloadSpec) -> Result<(), DataplaneError> {
+    fn create(&self, spec: &WorkloadSpec) -> Result<Links, DataplaneError> {
         let ns = netns::open(&spec.netns)?;
         let host = Netlink::host()?;
-        // A host end left by an earlier sandbox of the same pod would block the name.
-        if let Some(stale) = host.link(&spec.host_ifname)? {
-            host.delete_link(stale.index)?;
+        // The host end comes up in the creating request, except with IPv6: DAD must be off
+        // before it comes up (its link-local address is the pod's gateway, and a tentative
+        // one would stall the pod's first packets).
+        let up_at_once = !spec.v6;
+        let add = || {
+            host.add_veth(
+                &spec.host_ifname,
+                HOST_MAC,
+                &spec.ifname,
+                spec.pod_mac,
+                &ns,
+                spec.mtu,
+                up_at_once,
+            )
+        };
+        let mut created = add()?;
+        if !created {
+            // A host end left by an earlier sandbox of the same pod blocks the name.
+            if let Some(stale) = host.link(&spec.host_ifname)? {
+                host.delete_link(stale.index)?;
+                created = add()?;
+            }
         }
-        if !host.add_veth(
-            &spec.host_ifname,
-            HOST_MAC,
-            &spec.ifname,
-            spec.pod_mac,
-            &ns,
-            spec.mtu,
-        )? {
+        if !created {
             return Err(DataplaneError::Exists {
                 ifname: spec.ifname.clone(),
                 host_ifname: spec.host_ifname.clone(),
             });
         }
-        let pod = Netlink::in_netns(&ns, &spec.netns)?;
+        let pod = host.in_netns_sharing(&ns, &spec.netns)?;
         let pod_link = find(&pod, &spec.ifname, "find the pod interface")?;
         if spec.v6 {
-            // Before the link comes up, or duplicate address detection delays the address.
             netns::within(&ns, &spec.netns, || -> Result<(), DataplaneError> {
                 for conf in ["all", "default", "lo"] {
                     sysctl::set_best_effort(&format!("ipv6/conf/{conf}/disable_ipv6"), "0");
@@ -199,37 +223,45 @@ impl Dataplane for LinuxDataplane {
         }
         host_sysctls(spec)?;
         let host_link = find(&host, &spec.host_ifname, "find the host interface")?;
-        host.set_up(host_link.index)?;
+        if !up_at_once {
+            host.set_up(host_link.index)?;
+        }
         pod.set_up(pod_link.index)?;
         // The pod's routes do not depend on its addresses: set them now, while the
         // allocation is still being committed, so only the addresses are left for later.
         pod_gateways(&pod, pod_link.index, spec.v4, spec.v6)?;
         pod_forwarding(&ns, spec, spec.v4, spec.v6)?;
-        Ok(())
+        Ok(Links {
+            host_index: host_link.index,
+            pod_index: pod_link.index,
+        })
     }
 
-    fn configure(&self, spec: &WorkloadSpec, addresses: &[IpNet]) -> Result<(), DataplaneError> {
+    fn configure(
+        &self,
+        spec: &WorkloadSpec,
+        links: &Links,
+        addresses: &[IpNet],
+    ) -> Result<(), DataplaneError> {
         let ns = netns::open(&spec.netns)?;
-        let pod = Netlink::in_netns(&ns, &spec.netns)?;
-        let pod_link = find(&pod, &spec.ifname, "find the pod interface")?;
+        let host = Netlink::host()?;
+        let pod = host.in_netns_sharing(&ns, &spec.netns)?;
         // A family the addresses have but `create` was not told about (a delegated IPAM
         // plugin decides the families) gets its routes now.
         let v4 = addresses.iter().any(|a| a.addr().is_ipv4()) && !spec.v4;
         let v6 = addresses.iter().any(|a| a.addr().is_ipv6()) && !spec.v6;
-        pod_gateways(&pod, pod_link.index, v4, v6)?;
+        pod_gateways(&pod, links.pod_index, v4, v6)?;
         pod_forwarding(&ns, spec, v4, v6)?;
         for a in addresses {
             // Calico puts /32 and /128 on the pod: everything else goes via the gateway.
-            pod.add_address(pod_link.index, IpNet::from(a.addr()))?;
+            pod.add_address(links.pod_index, IpNet::from(a.addr()))?;
         }
-        let host = Netlink::host()?;
-        let host_link = find(&host, &spec.host_ifname, "find the host interface")?;
         for a in addresses {
             let dst = IpNet::from(a.addr());
             let route = NewRoute {
                 dst,
                 gateway: None,
-                oif: host_link.index,
+                oif: links.host_index,
                 link_scope: true,
             };
             if !host.add_route(&route)? {
@@ -240,7 +272,7 @@ impl Dataplane for LinuxDataplane {
                     .into_iter()
                     .find(|r| r.dst == dst);
                 match existing {
-                    Some(r) if r.oif == Some(host_link.index) => {}
+                    Some(r) if r.oif == Some(links.host_index) => {}
                     Some(r) => {
                         let other = r
                             .oif

@@ -36,10 +36,10 @@ fn create_configure_inspect_remove() {
     ];
     node.within(|| {
         let dp = LinuxDataplane;
-        dp.create(&s).unwrap();
-        dp.configure(&s, &addrs).unwrap();
+        let links = dp.create(&s).unwrap();
+        dp.configure(&s, &links, &addrs).unwrap();
         // Configuring again (a retried ADD, or Felix's identical routes) is fine.
-        dp.configure(&s, &addrs).unwrap();
+        dp.configure(&s, &links, &addrs).unwrap();
         let seen = dp.inspect(&s, &addrs).unwrap();
         let host = seen.host.clone().unwrap();
         assert_eq!(host.mac, Some(HOST_MAC));
@@ -128,8 +128,8 @@ fn a_conflicting_host_route_names_both_interfaces_and_a_missing_netns_is_reporte
     let addrs: Vec<IpNet> = vec!["10.244.1.9/26".parse().unwrap()];
     node.within(|| {
         let dp = LinuxDataplane;
-        dp.create(&s).unwrap();
-        let e = dp.configure(&s, &addrs).unwrap_err().to_string();
+        let links = dp.create(&s).unwrap();
+        let e = dp.configure(&s, &links, &addrs).unwrap_err().to_string();
         assert!(e.contains("other0") && e.contains("calitest0000001"), "{e}");
         let gone = WorkloadSpec {
             netns: "/run/netns/definitely-not-there".into(),

@@ -47,7 +47,11 @@ fn run<T>(
         mtu_file: Path::new(DEFAULT_MTU_FILE),
         pod,
     };
-    verb(&ctx, &deps)
+    let out = verb(&ctx, &deps);
+    // The process exits right after the answer is printed: the kernel closes the
+    // connection, and an orderly runtime shutdown would only add to the pod's start time.
+    std::mem::forget(store);
+    out
 }
 
 impl Plugin for Calico {

@@ -9,7 +9,7 @@
 use crate::endpoint::{PodMeta, network_profile, workload_endpoint};
 use crate::workload::{Context, format_mac, parse_mac, random_mac};
 use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC};
-use calico_dataplane::{Dataplane, DataplaneError, WorkloadSpec};
+use calico_dataplane::{Dataplane, DataplaneError, Links, WorkloadSpec};
 use calico_datastore::model::{ClusterInformation, Profile, WorkloadEndpoint, keys};
 use calico_datastore::{Guard, Kv, KvStore, Write};
 use calico_ipam::allocator::Extra;
@@ -324,23 +324,32 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
     // The kernel half starts at once on its own thread; the datastore half reads (and
     // connects) meanwhile, and waits for the kernel half before it commits anything, so a
     // failed veth leaves the datastore untouched.
-    let outcome = std::thread::scope(|s| -> Result<(Vec<IpNet>, Vec<Route>), (CniError, bool)> {
+    type Done = (Vec<IpNet>, Vec<Route>, Option<Links>);
+    let outcome = std::thread::scope(|s| -> Result<Done, (CniError, bool)> {
         let mut creating = Some(s.spawn(|| {
             let r = deps.dataplane.create(&spec);
             log::debug!("veth created after {:?}", started.elapsed());
             r
         }));
-        let mut created: Option<Result<(), DataplaneError>> = None;
+        let mut created: Option<Result<Links, DataplaneError>> = None;
         let mut wait_created = || -> Result<(), CniError> {
             if created.is_none() {
-                let joined = creating.take().map_or(Ok(()), |h| {
-                    h.join().unwrap_or_else(|_| {
+                let joined = creating.take().map_or_else(
+                    || {
                         Err(DataplaneError::netlink(
                             "create",
-                            "the dataplane thread panicked",
+                            "the dataplane thread is gone",
                         ))
-                    })
-                });
+                    },
+                    |h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(DataplaneError::netlink(
+                                "create",
+                                "the dataplane thread panicked",
+                            ))
+                        })
+                    },
+                );
                 created = Some(joined);
             }
             match &created {
@@ -403,9 +412,15 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         let _ = wait_created();
         // On failure remove what we made, unless the names belonged to someone else.
         let theirs = matches!(created, Some(Err(DataplaneError::Exists { .. })));
-        committed.map_err(|e| (e, !theirs))
+        let links = match created {
+            Some(Ok(links)) => Some(links),
+            _ => None,
+        };
+        committed
+            .map(|(addrs, routes)| (addrs, routes, links))
+            .map_err(|e| (e, !theirs))
     });
-    let (addrs, routes) = match outcome {
+    let (addrs, routes, links) = match outcome {
         Ok(done) => done,
         Err((e, remove)) => {
             if remove {
@@ -418,7 +433,11 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         "allocation and endpoint committed after {:?}",
         started.elapsed()
     );
-    if let Err(e) = deps.dataplane.configure(&spec, &addrs) {
+    // The commit waited for the veth, so `links` is there; kept total all the same.
+    let configured = links
+        .ok_or_else(|| DataplaneError::netlink("create", "the veth pair was not made"))
+        .and_then(|links| deps.dataplane.configure(&spec, &links, &addrs));
+    if let Err(e) = configured {
         remove_quietly(deps, &spec);
         undo_datastore(req, ctx, deps, ov.no_ipam.is_empty());
         return Err(dataplane_error(e));
