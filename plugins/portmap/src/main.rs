@@ -3,16 +3,7 @@
 use cni_protocol::{CniError, CniResult, Plugin, Request};
 use std::process::ExitCode;
 
-/// Until the port forwarding itself lands, a chain without port mappings passes through
-/// (as the reference plugin does), and mappings are refused with a clear error.
 struct Portmap;
-
-fn mappings(req: &Request) -> usize {
-    req.runtime_config()
-        .and_then(|r| r.get("portMappings"))
-        .and_then(|m| m.as_array())
-        .map_or(0, Vec::len)
-}
 
 impl Plugin for Portmap {
     fn name(&self) -> &'static str {
@@ -20,34 +11,19 @@ impl Plugin for Portmap {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let prev = req.prev_result()?.ok_or_else(|| {
-            CniError::invalid_config("portmap must be called as a chained plugin")
-        })?;
-        if mappings(req) > 0 {
-            return Err(CniError::not_implemented(
-                self.name(),
-                "ADD with port mappings",
-            ));
-        }
-        Ok(prev)
+        portmap::verbs::add(req)
     }
 
-    fn del(&self, _req: &Request) -> Result<(), CniError> {
-        Ok(())
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        portmap::verbs::del(req)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        if mappings(req) > 0 {
-            return Err(CniError::not_implemented(
-                self.name(),
-                "CHECK with port mappings",
-            ));
-        }
-        Ok(())
+        portmap::verbs::check(req)
     }
 
-    fn gc(&self, _req: &Request) -> Result<(), CniError> {
-        Ok(())
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        portmap::verbs::gc(req)
     }
 
     fn status(&self, _req: &Request) -> Result<(), CniError> {

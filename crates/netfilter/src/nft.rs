@@ -1,0 +1,484 @@
+//! nf_tables messages: tables, chains and rules with the few expressions a port forwarder
+//! needs, encoded as the kernel reads them (what `nft` sends for the equivalent rule).
+
+use crate::nlattr::{self, Attrs};
+use crate::socket::{Message, NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
+use std::net::IpAddr;
+
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+
+const NFT_MSG_NEWTABLE: u8 = 0;
+const NFT_MSG_NEWCHAIN: u8 = 3;
+const NFT_MSG_GETCHAIN: u8 = 4;
+const NFT_MSG_DELCHAIN: u8 = 5;
+const NFT_MSG_NEWRULE: u8 = 6;
+const NFT_MSG_GETRULE: u8 = 7;
+const NFT_MSG_DELRULE: u8 = 8;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_CHAIN_USERDATA: u16 = 12;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// `NFTNL_UDATA_*_COMMENT`, the first TLV of a table's, chain's or rule's user data.
+const UDATA_COMMENT: u8 = 0;
+
+const NF_ACCEPT: u32 = 1;
+const NFT_JUMP: i32 = -3;
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+const NFT_REG_2: u32 = 2;
+
+/// Netfilter hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting = 0,
+    Output = 3,
+    Postrouting = 4,
+}
+
+/// The priorities `nft` calls `dstnat` and `srcnat`.
+pub const PRIORITY_DSTNAT: i32 = -100;
+pub const PRIORITY_SRCNAT: i32 = 100;
+
+/// One expression of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// `meta <key>` into register 1 (`nfproto` 15, `l4proto` 16, `mark` 3).
+    Meta(u32),
+    /// Register 1 to the packet mark.
+    MetaSetMark,
+    /// Header bytes into register 1: base (1 network, 2 transport), offset, length.
+    Payload(u32, u32, u32),
+    /// Register 1 compared for equality with the bytes.
+    CmpEq(Vec<u8>),
+    /// Register 1 = (register 1 & mask) ^ xor, over mask.len() bytes.
+    Bitwise {
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    /// `fib daddr type` into register 1.
+    FibDaddrType,
+    /// Jump to a chain.
+    Jump(String),
+    /// DNAT to an address and port (family-specific in an `inet` table).
+    Dnat(IpAddr, u16),
+    Masquerade,
+}
+
+pub const META_MARK: u32 = 3;
+pub const META_NFPROTO: u32 = 15;
+pub const META_L4PROTO: u32 = 16;
+pub const BASE_NETWORK: u32 = 1;
+pub const BASE_TRANSPORT: u32 = 2;
+/// `RTN_LOCAL`, what `fib daddr type local` compares with (host byte order).
+pub const RTN_LOCAL: u32 = 2;
+
+fn data_value(a: &mut Attrs, ty: u16, v: &[u8]) {
+    a.nest(ty, |d| {
+        d.bytes(NFTA_DATA_VALUE, v);
+    });
+}
+
+fn expr(list: &mut Attrs, name: &str, data: impl FnOnce(&mut Attrs)) {
+    list.nest(NFTA_LIST_ELEM, |e| {
+        e.str(NFTA_EXPR_NAME, name);
+        e.nest(NFTA_EXPR_DATA, data);
+    });
+}
+
+impl Expr {
+    fn encode(&self, list: &mut Attrs) {
+        match self {
+            Expr::Meta(key) => expr(list, "meta", |d| {
+                d.u32_be(2, *key).u32_be(1, NFT_REG_1); // KEY, DREG
+            }),
+            Expr::MetaSetMark => expr(list, "meta", |d| {
+                d.u32_be(2, META_MARK).u32_be(3, NFT_REG_1); // KEY, SREG
+            }),
+            Expr::Payload(base, offset, len) => expr(list, "payload", |d| {
+                d.u32_be(1, NFT_REG_1)
+                    .u32_be(2, *base)
+                    .u32_be(3, *offset)
+                    .u32_be(4, *len);
+            }),
+            Expr::CmpEq(v) => expr(list, "cmp", |d| {
+                d.u32_be(1, NFT_REG_1).u32_be(2, 0); // SREG, OP eq
+                data_value(d, 3, v);
+            }),
+            Expr::Bitwise { mask, xor } => expr(list, "bitwise", |d| {
+                d.u32_be(1, NFT_REG_1)
+                    .u32_be(2, NFT_REG_1)
+                    .u32_be(3, mask.len() as u32);
+                data_value(d, 4, mask);
+                data_value(d, 5, xor);
+            }),
+            Expr::FibDaddrType => expr(list, "fib", |d| {
+                // DREG, RESULT addrtype (3), FLAGS daddr (2)
+                d.u32_be(1, NFT_REG_1).u32_be(2, 3).u32_be(3, 2);
+            }),
+            Expr::Jump(chain) => expr(list, "immediate", |d| {
+                d.u32_be(1, NFT_REG_VERDICT);
+                d.nest(2, |data| {
+                    data.nest(NFTA_DATA_VERDICT, |v| {
+                        v.u32_be(NFTA_VERDICT_CODE, NFT_JUMP as u32)
+                            .str(NFTA_VERDICT_CHAIN, chain);
+                    });
+                });
+            }),
+            Expr::Dnat(ip, port) => {
+                let (family, addr) = match ip {
+                    IpAddr::V4(a) => (NFPROTO_IPV4, a.octets().to_vec()),
+                    IpAddr::V6(a) => (NFPROTO_IPV6, a.octets().to_vec()),
+                };
+                expr(list, "immediate", |d| {
+                    d.u32_be(1, NFT_REG_1);
+                    data_value(d, 2, &addr);
+                });
+                expr(list, "immediate", |d| {
+                    d.u32_be(1, NFT_REG_2);
+                    data_value(d, 2, &port.to_be_bytes());
+                });
+                expr(list, "nat", |d| {
+                    // TYPE dnat, FAMILY, REG_ADDR_MIN, REG_PROTO_MIN, FLAGS map-ips|proto
+                    d.u32_be(1, 1)
+                        .u32_be(2, u32::from(family))
+                        .u32_be(3, NFT_REG_1)
+                        .u32_be(5, NFT_REG_2)
+                        .u32_be(7, 0x1 | 0x2);
+                });
+            }
+            Expr::Masquerade => {
+                list.nest(NFTA_LIST_ELEM, |e| {
+                    e.str(NFTA_EXPR_NAME, "masq");
+                });
+            }
+        }
+    }
+}
+
+/// Matches `meta nfproto <family>`.
+pub fn match_family(v4: bool) -> Vec<Expr> {
+    vec![
+        Expr::Meta(META_NFPROTO),
+        Expr::CmpEq(vec![if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 }]),
+    ]
+}
+
+/// Matches `meta l4proto <proto> th dport <port>`.
+pub fn match_dport(proto: u8, port: u16) -> Vec<Expr> {
+    vec![
+        Expr::Meta(META_L4PROTO),
+        Expr::CmpEq(vec![proto]),
+        Expr::Payload(BASE_TRANSPORT, 2, 2),
+        Expr::CmpEq(port.to_be_bytes().to_vec()),
+    ]
+}
+
+/// Matches the source or destination address against a prefix (after [`match_family`]).
+pub fn match_addr(source: bool, net: IpAddr, prefix: u8) -> Vec<Expr> {
+    let (offset, bytes) = match net {
+        IpAddr::V4(a) => (if source { 12 } else { 16 }, a.octets().to_vec()),
+        IpAddr::V6(a) => (if source { 8 } else { 24 }, a.octets().to_vec()),
+    };
+    let bits = bytes.len() * 8;
+    let prefix = usize::from(prefix).min(bits);
+    let mut out = vec![Expr::Payload(BASE_NETWORK, offset, bytes.len() as u32)];
+    if prefix < bits {
+        let mask: Vec<u8> = (0..bytes.len())
+            .map(|i| {
+                let left = prefix.saturating_sub(i * 8).min(8);
+                (0xffu16 << (8 - left)) as u8
+            })
+            .collect();
+        let masked: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
+        out.push(Expr::Bitwise {
+            mask,
+            xor: vec![0; bytes.len()],
+        });
+        out.push(Expr::CmpEq(masked));
+    } else {
+        out.push(Expr::CmpEq(bytes));
+    }
+    out
+}
+
+/// `meta mark set meta mark | bit`.
+pub fn set_mark_bit(bit: u32) -> Vec<Expr> {
+    let b = 1u32 << bit;
+    vec![
+        Expr::Meta(META_MARK),
+        Expr::Bitwise {
+            mask: (!b).to_ne_bytes().to_vec(),
+            xor: b.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSetMark,
+    ]
+}
+
+/// `meta mark & bit == bit`.
+pub fn match_mark_bit(bit: u32) -> Vec<Expr> {
+    let b = 1u32 << bit;
+    vec![
+        Expr::Meta(META_MARK),
+        Expr::Bitwise {
+            mask: b.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::CmpEq(b.to_ne_bytes().to_vec()),
+    ]
+}
+
+/// `fib daddr type local`.
+pub fn match_local_daddr() -> Vec<Expr> {
+    vec![
+        Expr::FibDaddrType,
+        Expr::CmpEq(RTN_LOCAL.to_ne_bytes().to_vec()),
+    ]
+}
+
+fn comment_udata(comment: &str) -> Vec<u8> {
+    // Comments are at most 128 bytes in nft; longer ones are cut (IDs are far shorter).
+    let mut c: Vec<u8> = comment.as_bytes().iter().copied().take(127).collect();
+    c.push(0);
+    let mut out = vec![UDATA_COMMENT, c.len() as u8];
+    out.extend_from_slice(&c);
+    out
+}
+
+/// The comment of a user-data blob, if it has one.
+pub fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut rest = udata;
+    while rest.len() >= 2 {
+        let (ty, len) = (rest[0], usize::from(rest[1]));
+        let value = rest.get(2..2 + len)?;
+        if ty == UDATA_COMMENT {
+            return Some(nlattr::as_str(value));
+        }
+        rest = &rest[2 + len..];
+    }
+    None
+}
+
+/// Creates a table (nothing if it exists).
+pub fn new_table(family: u8, name: &str, comment: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_TABLE_NAME, name)
+        .bytes(NFTA_TABLE_USERDATA, &comment_udata(comment));
+    Message::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, a)
+}
+
+/// A chain: a base chain if `hook` is given (type nat, policy accept).
+pub fn new_chain(
+    family: u8,
+    table: &str,
+    name: &str,
+    hook: Option<(Hook, i32)>,
+    comment: Option<&str>,
+) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, name);
+    if let Some((hook, prio)) = hook {
+        a.nest(NFTA_CHAIN_HOOK, |h| {
+            h.u32_be(NFTA_HOOK_HOOKNUM, hook as u32)
+                .u32_be(NFTA_HOOK_PRIORITY, prio as u32);
+        });
+        a.u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT)
+            .str(NFTA_CHAIN_TYPE, "nat");
+    }
+    if let Some(c) = comment {
+        a.bytes(NFTA_CHAIN_USERDATA, &comment_udata(c));
+    }
+    Message::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL, family, a)
+}
+
+/// Appends a rule; `echo` asks the kernel to send it back with its handle.
+pub fn new_rule(
+    family: u8,
+    table: &str,
+    chain: &str,
+    exprs: &[Expr],
+    comment: Option<&str>,
+    echo: bool,
+) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
+    a.nest(NFTA_RULE_EXPRESSIONS, |list| {
+        for e in exprs {
+            e.encode(list);
+        }
+    });
+    if let Some(c) = comment {
+        a.bytes(NFTA_RULE_USERDATA, &comment_udata(c));
+    }
+    let flags = NLM_F_CREATE | NLM_F_APPEND | if echo { NLM_F_ECHO } else { 0 };
+    Message::nft(NFT_MSG_NEWRULE, flags, family, a)
+}
+
+/// Deletes one rule by handle.
+pub fn del_rule(family: u8, table: &str, chain: &str, handle: u64) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_RULE_TABLE, table)
+        .str(NFTA_RULE_CHAIN, chain)
+        .u64_be(NFTA_RULE_HANDLE, handle);
+    Message::nft(NFT_MSG_DELRULE, 0, family, a)
+}
+
+/// Deletes every rule of a chain.
+pub fn flush_chain(family: u8, table: &str, chain: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
+    Message::nft(NFT_MSG_DELRULE, 0, family, a)
+}
+
+/// Deletes an (empty, unreferenced) chain.
+pub fn del_chain(family: u8, table: &str, chain: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, chain);
+    Message::nft(NFT_MSG_DELCHAIN, 0, family, a)
+}
+
+/// Asks for one chain (the reply says whether it exists).
+pub fn get_chain(family: u8, table: &str, chain: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, chain);
+    Message::nft(NFT_MSG_GETCHAIN, 0, family, a)
+}
+
+/// Dumps the rules of one chain.
+pub fn get_rules(family: u8, table: &str, chain: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
+    Message::nft(NFT_MSG_GETRULE, 0, family, a)
+}
+
+/// A rule as dumped or echoed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub chain: String,
+    pub handle: u64,
+    pub comment: Option<String>,
+    /// The chains the rule jumps or goes to.
+    pub targets: Vec<String>,
+}
+
+fn verdict_chains(buf: &[u8], out: &mut Vec<String>) {
+    // Walks the expression list for immediate verdicts naming a chain.
+    for (ty, elem) in nlattr::parse(buf) {
+        if ty != NFTA_LIST_ELEM {
+            continue;
+        }
+        let name = nlattr::find(elem, NFTA_EXPR_NAME).map(nlattr::as_str);
+        if name.as_deref() != Some("immediate") {
+            continue;
+        }
+        let chain = nlattr::find(elem, NFTA_EXPR_DATA)
+            .and_then(|d| nlattr::find(d, 2))
+            .and_then(|d| nlattr::find(d, NFTA_DATA_VERDICT))
+            .and_then(|v| nlattr::find(v, NFTA_VERDICT_CHAIN))
+            .map(nlattr::as_str);
+        out.extend(chain);
+    }
+}
+
+/// Decodes a rule message.
+pub fn rule_info(attrs: &[u8]) -> Option<RuleInfo> {
+    let mut info = RuleInfo {
+        chain: String::new(),
+        handle: 0,
+        comment: None,
+        targets: Vec::new(),
+    };
+    for (ty, p) in nlattr::parse(attrs) {
+        match ty {
+            NFTA_RULE_CHAIN => info.chain = nlattr::as_str(p),
+            NFTA_RULE_HANDLE => info.handle = nlattr::as_u64_be(p)?,
+            NFTA_RULE_USERDATA => info.comment = udata_comment(p),
+            NFTA_RULE_EXPRESSIONS => verdict_chains(p, &mut info.targets),
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
+/// The comment of a chain message.
+pub fn chain_comment(attrs: &[u8]) -> Option<String> {
+    nlattr::find(attrs, NFTA_CHAIN_USERDATA).and_then(udata_comment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn prefixes_become_masks() {
+        let e = match_addr(true, IpAddr::V4(Ipv4Addr::new(10, 244, 1, 77)), 26);
+        assert_eq!(e[0], Expr::Payload(BASE_NETWORK, 12, 4));
+        assert_eq!(
+            e[1],
+            Expr::Bitwise {
+                mask: vec![255, 255, 255, 192],
+                xor: vec![0; 4]
+            }
+        );
+        assert_eq!(e[2], Expr::CmpEq(vec![10, 244, 1, 64]));
+        let host = match_addr(false, "fd00::5".parse().expect("ip"), 128);
+        assert_eq!(host.len(), 2);
+        assert_eq!(host[0], Expr::Payload(BASE_NETWORK, 24, 16));
+    }
+
+    #[test]
+    fn rules_read_back() {
+        let m = new_rule(
+            NFPROTO_INET,
+            "t",
+            "hostports",
+            &[
+                Expr::Meta(META_L4PROTO),
+                Expr::CmpEq(vec![6]),
+                Expr::Jump("dn-abc".into()),
+            ],
+            Some("container-1"),
+            true,
+        );
+        let mut attrs = m.attrs.clone();
+        attrs.u64_be(NFTA_RULE_HANDLE, 42);
+        let info = rule_info(&attrs.buf).expect("decodes");
+        assert_eq!(info.chain, "hostports");
+        assert_eq!(info.handle, 42);
+        assert_eq!(info.comment.as_deref(), Some("container-1"));
+        assert_eq!(info.targets, ["dn-abc"]);
+    }
+
+    #[test]
+    fn mark_bits() {
+        let e = set_mark_bit(13);
+        assert_eq!(
+            e[1],
+            Expr::Bitwise {
+                mask: (!0x2000u32).to_ne_bytes().to_vec(),
+                xor: 0x2000u32.to_ne_bytes().to_vec()
+            }
+        );
+    }
+}

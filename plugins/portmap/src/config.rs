@@ -1,0 +1,355 @@
+//! portmap's configuration: the plugin's own keys, the runtime's `portMappings`, and the
+//! container's addresses from `prevResult`.
+
+use cni_protocol::{CniError, CniResult, ErrorCode, Request};
+use ipnet::IpNet;
+use serde_json::Value;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Where the state files, the port registry and the lock live (cleared by a reboot, as the
+/// rules are).
+pub const DEFAULT_STATE_DIR: &str = "/run/calico/portmap";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
+    }
+}
+
+/// One `portMappings` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Proto,
+    /// `None` for all of the node's addresses (also when given as `0.0.0.0` or `::`).
+    pub host_ip: Option<IpAddr>,
+}
+
+impl Mapping {
+    /// Whether the mapping applies to the given family.
+    pub fn applies_to(&self, v4: bool) -> bool {
+        self.host_ip.is_none_or(|ip| ip.is_ipv4() == v4)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Iptables,
+    Nftables,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conf {
+    pub network: String,
+    pub snat: bool,
+    pub mark_masq_bit: u32,
+    pub external_set_mark_chain: Option<String>,
+    /// Extra iptables match arguments for the entry rules, per family.
+    pub conditions_v4: Vec<String>,
+    pub conditions_v6: Vec<String>,
+    pub masq_all: bool,
+    /// `None`: not configured, decided from the host (see [`crate::backend`]).
+    pub backend: Option<BackendKind>,
+    pub state_dir: PathBuf,
+    pub mappings: Vec<Mapping>,
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> CniError {
+    CniError::invalid_config(format!("invalid value for field {field:?}: {why}"))
+}
+
+fn opt_bool(v: &Value, field: &str, default: bool) -> Result<bool, CniError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(bad(field, format!("{other} is not a boolean"))),
+    }
+}
+
+fn opt_strings(v: &Value, field: &str) -> Result<Vec<String>, CniError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(field, format!("{x} is not a string")))
+            })
+            .collect(),
+        Some(other) => Err(bad(field, format!("{other} is not a list of strings"))),
+    }
+}
+
+/// Conditions in iptables syntax start with `-` or `!` (as the reference plugin decides).
+fn iptables_syntax(conds: &[String]) -> bool {
+    conds
+        .first()
+        .is_some_and(|c| c.starts_with('-') || c.starts_with('!'))
+}
+
+fn port(m: &Value, i: usize, field: &str) -> Result<u16, CniError> {
+    let path = format!("runtimeConfig.portMappings[{i}].{field}");
+    let n = m
+        .get(field)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| bad(&path, "missing or not a number"))?;
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad(&path, format!("{n} is not a port (1-65535)")))
+}
+
+/// The `portMappings` capability.
+pub fn mappings(req: &Request) -> Result<Vec<Mapping>, CniError> {
+    let Some(list) = req.runtime_config().and_then(|r| r.get("portMappings")) else {
+        return Ok(Vec::new());
+    };
+    let Some(list) = list.as_array() else {
+        if list.is_null() {
+            return Ok(Vec::new());
+        }
+        return Err(bad("runtimeConfig.portMappings", "not a list"));
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let host_port = port(m, i, "hostPort")?;
+            let container_port = port(m, i, "containerPort")?;
+            let proto_path = format!("runtimeConfig.portMappings[{i}].protocol");
+            let protocol = match m.get("protocol") {
+                None | Some(Value::Null) => Proto::Tcp,
+                Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+                    "" | "tcp" => Proto::Tcp,
+                    "udp" => Proto::Udp,
+                    "sctp" => Proto::Sctp,
+                    other => {
+                        return Err(bad(
+                            &proto_path,
+                            format!("unknown protocol {other:?} (tcp, udp or sctp)"),
+                        ));
+                    }
+                },
+                Some(other) => return Err(bad(&proto_path, format!("{other} is not a string"))),
+            };
+            let host_ip = match m.get("hostIP") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.is_empty() => None,
+                Some(Value::String(s)) => {
+                    let ip: IpAddr = s.parse().map_err(|_| {
+                        bad(
+                            &format!("runtimeConfig.portMappings[{i}].hostIP"),
+                            format!("{s:?} is not an IP address"),
+                        )
+                    })?;
+                    (!ip.is_unspecified()).then_some(ip)
+                }
+                Some(other) => {
+                    return Err(bad(
+                        &format!("runtimeConfig.portMappings[{i}].hostIP"),
+                        format!("{other} is not a string"),
+                    ));
+                }
+            };
+            Ok(Mapping {
+                host_port,
+                container_port,
+                protocol,
+                host_ip,
+            })
+        })
+        .collect()
+}
+
+impl Conf {
+    /// For DEL and GC: mappings the ADD refused must not block the cleanup, so they are
+    /// ignored (DEL finds the rules by container ID).
+    pub fn for_cleanup(req: &Request) -> Result<Conf, CniError> {
+        let mut clean = req.clone();
+        if let Err(e) = mappings(req) {
+            log::warn!("portmap: ignoring the port mappings: {}", e.msg);
+            if let Some(rc) = clean
+                .config
+                .get_mut("runtimeConfig")
+                .and_then(Value::as_object_mut)
+            {
+                rc.remove("portMappings");
+            }
+        }
+        Conf::from_request(&clean)
+    }
+
+    pub fn from_request(req: &Request) -> Result<Conf, CniError> {
+        let v = Value::Object(req.config.clone());
+        let snat = opt_bool(&v, "snat", true)?;
+        let masq_all = opt_bool(&v, "masqAll", false)?;
+        let external_set_mark_chain = match v.get("externalSetMarkChain") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(bad(
+                    "externalSetMarkChain",
+                    format!("{other} is not a string"),
+                ));
+            }
+        };
+        let mark_masq_bit = match v.get("markMasqBit") {
+            None | Some(Value::Null) => 13,
+            Some(x) => match x.as_u64() {
+                Some(b) if b <= 31 => b as u32,
+                _ => return Err(bad("markMasqBit", format!("{x} is not between 0 and 31"))),
+            },
+        };
+        if v.get("markMasqBit").is_some_and(|x| !x.is_null()) && external_set_mark_chain.is_some() {
+            return Err(CniError::invalid_config(
+                "markMasqBit and externalSetMarkChain cannot both be given",
+            ));
+        }
+        let conditions_v4 = opt_strings(&v, "conditionsV4")?;
+        let conditions_v6 = opt_strings(&v, "conditionsV6")?;
+        let mut backend = match v.get("backend") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match s.as_str() {
+                "" => None,
+                "iptables" => Some(BackendKind::Iptables),
+                "nftables" => Some(BackendKind::Nftables),
+                other => {
+                    return Err(bad(
+                        "backend",
+                        format!("{other:?} is not iptables or nftables"),
+                    ));
+                }
+            },
+            Some(other) => return Err(bad("backend", format!("{other} is not a string"))),
+        };
+        // Conditions choose the backend by their syntax, as in the reference plugin.
+        let conds: Vec<&Vec<String>> = [&conditions_v4, &conditions_v6]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect();
+        if let Some(first) = conds.first() {
+            let wants_iptables = iptables_syntax(first);
+            if conds.iter().any(|c| iptables_syntax(c) != wants_iptables) {
+                return Err(CniError::invalid_config(
+                    "conditionsV4 and conditionsV6 must use the same syntax",
+                ));
+            }
+            match (wants_iptables, backend) {
+                (true, Some(BackendKind::Nftables)) => {
+                    return Err(CniError::invalid_config(
+                        "conditions in iptables syntax need backend iptables",
+                    ));
+                }
+                (true, _) => backend = Some(BackendKind::Iptables),
+                (false, _) => {
+                    return Err(CniError::new(
+                        ErrorCode::UNSUPPORTED_FIELD,
+                        "conditions in nft syntax are not supported (this portmap programs nftables \
+                         through netlink); give them in iptables syntax with backend iptables",
+                    ));
+                }
+            }
+        }
+        if external_set_mark_chain.is_some() && backend == Some(BackendKind::Nftables) {
+            return Err(CniError::invalid_config(
+                "externalSetMarkChain is an iptables option: it needs backend iptables",
+            ));
+        }
+        if external_set_mark_chain.is_some() {
+            backend = Some(BackendKind::Iptables);
+        }
+        let state_dir = match v.get("stateDir") {
+            None | Some(Value::Null) => PathBuf::from(DEFAULT_STATE_DIR),
+            Some(Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+            Some(other) => return Err(bad("stateDir", format!("{other} is not a path"))),
+        };
+        Ok(Conf {
+            network: req.network_name.clone(),
+            snat,
+            mark_masq_bit,
+            external_set_mark_chain,
+            conditions_v4,
+            conditions_v6,
+            masq_all,
+            backend,
+            state_dir,
+            mappings: mappings(req)?,
+        })
+    }
+}
+
+/// The container's first IPv4 and first IPv6 address (with their prefixes) from
+/// `prevResult`: entries on the interface named `CNI_IFNAME` that has a sandbox, or on no
+/// interface in particular.
+pub fn container_addresses(prev: &CniResult, ifname: &str) -> (Option<IpNet>, Option<IpNet>) {
+    let ours = |i: Option<usize>| match i {
+        None => true,
+        Some(i) => prev.interfaces.get(i).is_some_and(|itf| {
+            itf.name == ifname && itf.sandbox.as_deref().is_some_and(|s| !s.is_empty())
+        }),
+    };
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in &prev.ips {
+        if !ours(ip.interface) {
+            continue;
+        }
+        match ip.address {
+            IpNet::V4(_) if v4.is_none() => v4 = Some(ip.address),
+            IpNet::V6(_) if v6.is_none() => v6 = Some(ip.address),
+            _ => {}
+        }
+    }
+    (v4, v6)
+}
+
+/// Refuses mappings no address of the container can serve.
+pub fn check_families(
+    mappings: &[Mapping],
+    v4: Option<IpNet>,
+    v6: Option<IpNet>,
+) -> Result<(), CniError> {
+    for (i, m) in mappings.iter().enumerate() {
+        if let Some(ip) = m.host_ip {
+            let has = if ip.is_ipv4() {
+                v4.is_some()
+            } else {
+                v6.is_some()
+            };
+            if !has {
+                return Err(bad(
+                    &format!("runtimeConfig.portMappings[{i}].hostIP"),
+                    format!(
+                        "{ip} is {} but the container has no {} address",
+                        if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+                        if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

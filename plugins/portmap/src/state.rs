@@ -1,0 +1,302 @@
+//! What portmap keeps on the node besides the rules: a lock serialising its calls, a record
+//! per container of exactly what was installed (so DEL removes it in one transaction even
+//! when the runtime passes no port mappings), and a registry of claimed host ports (so a
+//! second container cannot take a port another one holds).
+//!
+//! Everything lives in one directory under `/run` (default [`crate::config::DEFAULT_STATE_DIR`]),
+//! which a reboot clears together with the rules.
+
+use crate::config::{Mapping, Proto};
+use cni_protocol::{CniError, ErrorCode};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Bound on waiting for another portmap call on this node.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> CniError {
+    CniError::new(
+        ErrorCode::IO_FAILURE,
+        format!("portmap: cannot {what} {}: {e}", path.display()),
+    )
+}
+
+/// Held until dropped.
+pub struct Lock {
+    _file: File,
+}
+
+/// Takes the node-wide portmap lock.
+pub fn lock(dir: &Path) -> Result<Lock, CniError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error("open", &path, e))?;
+    let started = Instant::now();
+    let mut pause = Duration::from_micros(100);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock { _file: file }),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(io_error("lock", &path, e)),
+        }
+        if started.elapsed() >= LOCK_WAIT {
+            return Err(CniError::new(
+                ErrorCode::TRY_AGAIN_LATER,
+                format!(
+                    "portmap: {} is held by another call for over {LOCK_WAIT:?}",
+                    path.display()
+                ),
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+/// What one ADD installed for one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub network: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// `iptables` or `nftables`.
+    pub backend: String,
+    /// iptables: the entry rules in `CNI-HOSTPORT-DNAT`, per family.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iptables_v4: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iptables_v6: Vec<String>,
+    /// nftables: the handles of the entry rules in our `hostports` chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nft_handles: Vec<u64>,
+    /// Mapped UDP host ports per family (their conntrack entries go on DEL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udp_v4: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udp_v6: Vec<u16>,
+    /// Registry entries (relative paths under `ports/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
+fn record_path(dir: &Path, chain: &str) -> PathBuf {
+    dir.join(format!("{chain}.json"))
+}
+
+pub fn load(dir: &Path, chain: &str) -> Option<Record> {
+    let bytes = std::fs::read(record_path(dir, chain)).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!("portmap: ignoring unreadable record for {chain}: {e}");
+            None
+        }
+    }
+}
+
+pub fn save(dir: &Path, chain: &str, r: &Record) -> Result<(), CniError> {
+    let path = record_path(dir, chain);
+    let tmp = dir.join(format!(".{chain}.tmp"));
+    let bytes =
+        serde_json::to_vec(r).map_err(|e| CniError::new(ErrorCode::INTERNAL, e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(|e| io_error("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e))
+}
+
+pub fn remove(dir: &Path, chain: &str) -> Result<(), CniError> {
+    let path = record_path(dir, chain);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("remove", &path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Every record: (chain, record).
+pub fn all(dir: &Path) -> Vec<(String, Record)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let chain = name.strip_suffix(".json")?.to_string();
+            if chain.starts_with('.') {
+                return None;
+            }
+            load(dir, &chain).map(|r| (chain, r))
+        })
+        .collect()
+}
+
+/// A registry slot: `<proto>-<port>/<v4|v6>-<hostIP|any>`.
+fn slots(m: &Mapping, v4: bool) -> (String, String) {
+    let family = if v4 { "v4" } else { "v6" };
+    let ip = m
+        .host_ip
+        .map_or_else(|| "any".to_string(), |ip| ip.to_string());
+    (
+        format!("{}-{}", m.protocol.name(), m.host_port),
+        format!("{family}-{ip}"),
+    )
+}
+
+fn clashes(a: &str, b: &str) -> bool {
+    let (fa, ia) = a.split_once('-').unwrap_or((a, ""));
+    let (fb, ib) = b.split_once('-').unwrap_or((b, ""));
+    fa == fb && (ia == ib || ia == "any" || ib == "any")
+}
+
+/// Claims the host ports of `mappings` (per family the container has) for the container
+/// whose chain is `chain`; a port held by another live container is an error naming it.
+/// A holder is live if it has a record and `has_rules(its chain)` (its rules may have been
+/// removed by another plugin's DEL). Returns the claimed entries (for the record).
+pub fn claim_ports(
+    dir: &Path,
+    chain: &str,
+    container_id: &str,
+    mappings: &[Mapping],
+    families: &[bool],
+    has_rules: &mut dyn FnMut(&str) -> bool,
+) -> Result<Vec<String>, CniError> {
+    let ports = dir.join("ports");
+    let mut wanted: Vec<(String, String, &Mapping)> = Vec::new();
+    for &v4 in families {
+        for m in mappings.iter().filter(|m| m.applies_to(v4)) {
+            let (d, l) = slots(m, v4);
+            if !wanted.iter().any(|(wd, wl, _)| *wd == d && *wl == l) {
+                wanted.push((d, l, m));
+            }
+        }
+    }
+    // Check everything first, so a refusal claims nothing.
+    for (d, l, m) in &wanted {
+        let Ok(entries) = std::fs::read_dir(ports.join(d)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let other = e.file_name().to_string_lossy().to_string();
+            if !clashes(l, &other) {
+                continue;
+            }
+            let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let mut lines = owner.lines();
+            let (owner_chain, owner_id) = (lines.next().unwrap_or(""), lines.nth(1).unwrap_or(""));
+            if owner_chain == chain {
+                continue;
+            }
+            // A holder without a record or rules is gone (its DEL was lost, or another
+            // plugin removed its rules): the slot is free.
+            if !owner_chain.is_empty()
+                && record_path(dir, owner_chain).exists()
+                && has_rules(owner_chain)
+            {
+                let proto = match m.protocol {
+                    Proto::Tcp => "TCP",
+                    Proto::Udp => "UDP",
+                    Proto::Sctp => "SCTP",
+                };
+                return Err(CniError::invalid_config(format!(
+                    "host port {}/{proto}{} is already mapped to container {owner_id}",
+                    m.host_port,
+                    m.host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default()
+                )));
+            }
+            let _ = std::fs::remove_file(e.path());
+            if !owner_chain.is_empty() {
+                let _ = remove(dir, owner_chain);
+            }
+        }
+    }
+    let mut claimed = Vec::new();
+    for (d, l, _) in wanted {
+        let sub = ports.join(&d);
+        std::fs::create_dir_all(&sub).map_err(|e| io_error("create", &sub, e))?;
+        let path = sub.join(&l);
+        std::fs::write(&path, format!("{chain}\n\n{container_id}\n"))
+            .map_err(|e| io_error("write", &path, e))?;
+        claimed.push(format!("{d}/{l}"));
+    }
+    Ok(claimed)
+}
+
+/// Releases registry entries (missing is fine).
+pub fn release_ports(dir: &Path, entries: &[String]) {
+    for e in entries {
+        let path = dir.join("ports").join(e);
+        let _ = std::fs::remove_file(&path);
+        if let Some(parent) = path.parent() {
+            // Removes the port's directory once empty; fails harmlessly otherwise.
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(port: u16, ip: Option<&str>) -> Mapping {
+        Mapping {
+            host_port: port,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: ip.map(|s| s.parse().expect("ip")),
+        }
+    }
+
+    #[test]
+    fn ports_are_exclusive_per_host_ip() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        let a = Record::default();
+        save(d, "CNI-DN-a", &a).expect("save");
+        let got = claim_ports(d, "CNI-DN-a", "a", &[m(8080, None)], &[true], &mut |_| true)
+            .expect("free");
+        assert_eq!(got, ["tcp-8080/v4-any"]);
+        // Re-claiming by the same container is fine.
+        claim_ports(d, "CNI-DN-a", "a", &[m(8080, None)], &[true], &mut |_| true)
+            .expect("same owner");
+        let e = claim_ports(
+            d,
+            "CNI-DN-b",
+            "b",
+            &[m(8080, Some("10.0.0.1"))],
+            &[true],
+            &mut |_| true,
+        )
+        .expect_err("taken");
+        assert!(
+            e.msg
+                .contains("8080/TCP on 10.0.0.1 is already mapped to container a"),
+            "{}",
+            e.msg
+        );
+        // Another family or port is free.
+        claim_ports(d, "CNI-DN-b", "b", &[m(8080, None)], &[false], &mut |_| {
+            true
+        })
+        .expect("v6 free");
+        claim_ports(d, "CNI-DN-b", "b", &[m(8081, None)], &[true], &mut |_| true)
+            .expect("other port");
+        // A holder whose rules are gone holds nothing.
+        claim_ports(d, "CNI-DN-x", "x", &[m(8081, None)], &[true], &mut |_| {
+            false
+        })
+        .expect("no rules");
+        assert!(load(d, "CNI-DN-b").is_none());
+        // Once a's record is gone its claim is stale.
+        remove(d, "CNI-DN-a").expect("rm");
+        claim_ports(d, "CNI-DN-c", "c", &[m(8080, None)], &[true], &mut |_| true)
+            .expect("stale claim");
+        release_ports(d, &["tcp-8080/v4-any".to_string()]);
+        assert!(!d.join("ports/tcp-8080/v4-any").exists());
+    }
+}

@@ -1,0 +1,216 @@
+//! Shared helpers: a cluster with the seed chain, echo servers that answer with the
+//! client's address, clients in any namespace, and rule listings.
+
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use testkit::{CallOpts, Cluster, NetNs, SimNode};
+
+pub const NET: &str = "k8s-pod-network";
+
+/// A cluster with the default pools (10.244.0.0/16, fd00:10:244::/48).
+pub fn cluster(n: usize) -> Cluster {
+    let c = Cluster::start(n, &[]).unwrap();
+    c.add_pool("default-ipv4-ippool", "10.244.0.0/16", None)
+        .unwrap();
+    c.add_pool("default-ipv6-ippool", "fd00:10:244::/48", None)
+        .unwrap();
+    c
+}
+
+/// The seed chain (calico + portmap) at 1.0.0, dual stack, with extra portmap settings.
+pub fn conflist(portmap: Value) -> Value {
+    conflist_named(NET, true, true, portmap)
+}
+
+/// The seed chain under another network name, with the families chosen.
+pub fn conflist_named(name: &str, v4: bool, v6: bool, portmap: Value) -> Value {
+    let mut list = testkit::cluster::seed_without_kubernetes().unwrap();
+    list["name"] = json!(name);
+    list["cniVersion"] = json!("1.0.0");
+    list["plugins"][0]["ipam"]["assign_ipv4"] = json!(v4.to_string());
+    list["plugins"][0]["ipam"]["assign_ipv6"] = json!(v6.to_string());
+    for (k, v) in portmap.as_object().unwrap() {
+        list["plugins"][1][k] = v.clone();
+    }
+    list
+}
+
+/// The rules without iptables-save's timestamp lines (for before/after comparisons).
+pub fn stable_rules(node: &SimNode) -> String {
+    rules(node)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// CNI_ARGS, CAP_ARGS and the container ID (also the pod's name) for a pod with the given
+/// mappings (`null`: no CAP_ARGS at all).
+pub fn opts(id: &str, mappings: Value) -> CallOpts {
+    CallOpts {
+        cni_args: Some(format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"
+        )),
+        cap_args: (!mappings.is_null()).then(|| json!({ "portMappings": mappings })),
+        container_id: Some(id.to_string()),
+        ..CallOpts::default()
+    }
+}
+
+/// A container ID unique to this run.
+pub fn new_id(hint: &str) -> String {
+    testkit::unique_name(hint)
+}
+
+/// TCP 8080 -> 80 and UDP 8053 -> 53.
+pub fn two_mappings() -> Value {
+    json!([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8053, "containerPort": 53, "protocol": "udp"}
+    ])
+}
+
+/// The pod's address of a family from an ADD result.
+pub fn pod_ip(result: &Value, v4: bool) -> IpAddr {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse::<IpAddr>()
+                .unwrap()
+        })
+        .find(|ip| ip.is_ipv4() == v4)
+        .unwrap()
+}
+
+/// Echo servers in a pod: TCP and UDP on the given ports (both families), each answering
+/// with the client's address as the server saw it. Stopped on drop.
+pub struct Echo {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    pub fn start(pod: &NetNs, tcp: &[u16], udp: &[u16]) -> Echo {
+        let (listeners, sockets) = pod
+            .within(|| {
+                let l: Vec<TcpListener> = tcp
+                    .iter()
+                    .map(|p| TcpListener::bind(("::", *p)).unwrap())
+                    .collect();
+                let u: Vec<UdpSocket> = udp
+                    .iter()
+                    .map(|p| UdpSocket::bind(("::", *p)).unwrap())
+                    .collect();
+                (l, u)
+            })
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for l in listeners {
+            l.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, peer)) => {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.write_all(peer.ip().to_canonical().to_string().as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            }));
+        }
+        for u in sockets {
+            u.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = u.recv_from(&mut buf) {
+                        let _ = u.send_to(peer.ip().to_canonical().to_string().as_bytes(), peer);
+                    }
+                }
+            }));
+        }
+        Echo { stop, threads }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The source address the server saw for a TCP connection from `from` to `to`.
+pub fn tcp_source(from: &NetNs, to: SocketAddr) -> Option<String> {
+    from.within(move || {
+        for _ in 0..3 {
+            if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut out = String::new();
+                if s.read_to_string(&mut out).is_ok() && !out.is_empty() {
+                    return Some(out);
+                }
+            }
+        }
+        None
+    })
+    .unwrap()
+}
+
+/// The source address the server saw for a UDP datagram from `from` to `to`.
+pub fn udp_source(from: &NetNs, to: SocketAddr) -> Option<String> {
+    from.within(move || {
+        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .unwrap();
+        let s = UdpSocket::bind(bind).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+        let mut buf = [0u8; 64];
+        for _ in 0..4 {
+            s.send_to(b"x", to).ok()?;
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    })
+    .unwrap()
+}
+
+/// Everything NAT-related the node has: iptables (both families) and nftables.
+pub fn rules(node: &SimNode) -> String {
+    node.sh("iptables-save -t nat 2>/dev/null; ip6tables-save -t nat 2>/dev/null; nft list ruleset 2>/dev/null")
+        .unwrap()
+}
+
+/// The per-container chain name of a pod of network NET.
+pub fn chain_of(container_id: &str) -> String {
+    portmap::layout::chain_name(NET, container_id)
+}
+
+/// The container ID the driver derives from a netns path when none is given (cnitool's
+/// rule), as GC's valid attachments carry it.
+pub fn derived_id(netns: &std::path::Path) -> String {
+    use sha2::{Digest, Sha512};
+    let sum = Sha512::digest(netns.to_string_lossy().as_bytes());
+    let hex: String = sum[..10].iter().map(|b| format!("{b:02x}")).collect();
+    format!("cnitool-{hex}")
+}
