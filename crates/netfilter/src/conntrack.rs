@@ -22,6 +22,15 @@ fn proto_and_dport(tuple: &[u8]) -> Option<(u8, u16)> {
     Some((num, port))
 }
 
+/// Whether this namespace has any conntrack entry. A dump walks the whole (host-wide) hash
+/// table, 262144 buckets and ~3.6 ms here, even when this namespace has nothing in it; the
+/// per-namespace count is free.
+fn tracks_anything() -> bool {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .map(|c| c.trim() != "0")
+        .unwrap_or(false)
+}
+
 /// Deletes the entries of `family` (`AF_INET` 2 / `AF_INET6` 10) whose original direction
 /// is `proto` to one of `ports`. Returns how many went. Entries that vanish meanwhile are
 /// fine.
@@ -31,7 +40,7 @@ pub fn delete_flows(
     proto: u8,
     ports: &[u16],
 ) -> Result<usize, NfError> {
-    if ports.is_empty() {
+    if ports.is_empty() || !tracks_anything() {
         return Ok(0);
     }
     let dump = Message {

@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod error;
+pub mod linger;
 pub mod nft;
 pub mod nlattr;
 pub mod route;

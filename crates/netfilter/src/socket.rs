@@ -144,6 +144,11 @@ impl NfSocket {
         })
     }
 
+    /// A second descriptor for the socket (see [`crate::linger`]).
+    pub fn duplicate_fd(&self) -> Result<std::os::fd::OwnedFd, NfError> {
+        nix::unistd::dup(&self.sock).map_err(|e| NfError::Io("dup".into(), e.into()))
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq

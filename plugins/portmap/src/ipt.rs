@@ -105,11 +105,19 @@ impl Ipt {
         }
     }
 
+    /// A chain's rules in `-S` form, `None` if it does not exist. (On a table without the
+    /// chain iptables-nft 1.8.9 says "incompatible" rather than "no chain": ask netlink first.)
+    fn list(&self, sock: &mut NfSocket, chain: &str) -> Result<Option<Vec<String>>, NfError> {
+        if self.x.flavour == Flavour::Nft && !chain_exists(sock, self.family(), chain)? {
+            return Ok(None);
+        }
+        self.x.list_chain("nat", chain)
+    }
+
     /// The entry rules jumping to `dn`, as listed by iptables (for removal).
-    fn listed_entries(&self, dn: &str) -> Result<Vec<String>, NfError> {
+    fn listed_entries(&self, sock: &mut NfSocket, dn: &str) -> Result<Vec<String>, NfError> {
         Ok(self
-            .x
-            .list_chain("nat", DNAT_CHAIN)?
+            .list(sock, DNAT_CHAIN)?
             .unwrap_or_default()
             .into_iter()
             .filter(|l| layout::is_entry_of(l, dn))
@@ -134,7 +142,7 @@ impl Ipt {
         if seen.dn_exists {
             let old = match recorded {
                 Some(r) if !r.is_empty() => r.to_vec(),
-                _ => self.listed_entries(dn)?,
+                _ => self.listed_entries(sock, dn)?,
             };
             lines.extend(old.iter().map(|l| layout::as_delete(l)));
         }
@@ -155,12 +163,17 @@ impl Ipt {
     }
 
     /// Removes the container's chain and the jumps into it; nothing there is success.
+    /// On iptables-nft this is one nf_tables transaction over netlink (the rules are found
+    /// by what they jump to), on legacy one restore.
     pub fn del(
         &self,
         sock: &mut NfSocket,
         dn: &str,
         recorded: Option<&[String]>,
     ) -> Result<(), NfError> {
+        if self.x.flavour == Flavour::Nft {
+            return self.del_over_netlink(sock, dn);
+        }
         if let Some(r) = recorded.filter(|r| !r.is_empty()) {
             let mut lines: Vec<String> = r.iter().map(|l| layout::as_delete(l)).collect();
             lines.push(format!("-F {dn}"));
@@ -176,7 +189,7 @@ impl Ipt {
             return Ok(());
         }
         let mut lines: Vec<String> = self
-            .listed_entries(dn)?
+            .listed_entries(sock, dn)?
             .iter()
             .map(|l| layout::as_delete(l))
             .collect();
@@ -185,9 +198,35 @@ impl Ipt {
         self.x.restore(&layout::document(&lines))
     }
 
+    fn del_over_netlink(&self, sock: &mut NfSocket, dn: &str) -> Result<(), NfError> {
+        let f = self.family();
+        if !chain_exists(sock, f, dn)? {
+            return Ok(());
+        }
+        let entries = match sock.dump("list rules", &nft::get_rules(f, "nat", DNAT_CHAIN)) {
+            Ok(r) => r,
+            Err(e) if e.errno() == Some(ENOENT) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut what = Vec::new();
+        let mut msgs = Vec::new();
+        for r in entries.iter().filter_map(|m| nft::rule_info(&m.attrs)) {
+            if r.targets.iter().any(|t| t == dn) {
+                what.push(format!("delete rule {} of {DNAT_CHAIN}", r.handle));
+                msgs.push(nft::del_rule(f, "nat", DNAT_CHAIN, r.handle));
+            }
+        }
+        what.push(format!("flush chain {dn}"));
+        msgs.push(nft::flush_chain(f, "nat", dn));
+        what.push(format!("delete chain {dn}"));
+        msgs.push(nft::del_chain(f, "nat", dn));
+        sock.batch(&what, &msgs).map(|_| ())
+    }
+
     /// What is missing of the container's rules, as readable items.
     pub fn missing(
         &self,
+        sock: &mut NfSocket,
         conf: &Conf,
         container_id: &str,
         dn: &str,
@@ -195,7 +234,7 @@ impl Ipt {
         mappings: &[Mapping],
     ) -> Result<Vec<String>, NfError> {
         let fam = if self.x.v6 { "IPv6" } else { "IPv4" };
-        let Some(listed) = self.x.list_chain("nat", dn)? else {
+        let Some(listed) = self.list(sock, dn)? else {
             return Ok(vec![format!(
                 "{fam}: chain {dn} does not exist in table nat"
             )]);
@@ -205,7 +244,7 @@ impl Ipt {
             .filter(|r| !listed.contains(r))
             .map(|r| format!("{fam}: rule `{r}`"))
             .collect();
-        let entries = self.x.list_chain("nat", DNAT_CHAIN)?.unwrap_or_default();
+        let entries = self.list(sock, DNAT_CHAIN)?.unwrap_or_default();
         for want in layout::entry_rules(conf, container_id, dn, !self.x.v6, mappings) {
             // Compare what identifies the jump: protocol, ports and target.
             let key = |l: &str| {
@@ -227,11 +266,10 @@ impl Ipt {
     }
 
     /// Container IDs with entry rules of `network`, from the comments (for GC).
-    pub fn containers(&self, network: &str) -> Result<Vec<String>, NfError> {
+    pub fn containers(&self, sock: &mut NfSocket, network: &str) -> Result<Vec<String>, NfError> {
         let prefix = format!("dnat name: \\\"{network}\\\" id: \\\"");
         Ok(self
-            .x
-            .list_chain("nat", DNAT_CHAIN)?
+            .list(sock, DNAT_CHAIN)?
             .unwrap_or_default()
             .iter()
             .filter_map(|l| {

@@ -32,5 +32,9 @@ impl Plugin for Portmap {
 }
 
 fn main() -> ExitCode {
+    // A helper holding a netfilter socket until we are gone (see calico_netfilter::linger).
+    if calico_netfilter::linger::run_if_requested() {
+        return ExitCode::SUCCESS;
+    }
     cni_protocol::run(&Portmap)
 }

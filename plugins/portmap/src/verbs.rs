@@ -248,9 +248,12 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         if let Err(undo) = remove_container(&mut sock, &conf, id, true) {
             log::error!("portmap: cleaning up after the failed ADD: {undo}");
         }
+        calico_netfilter::linger::close_detached(sock);
         return Err(e);
     }
     flush_udp(&mut sock, &rec.udp_v4, &rec.udp_v6);
+    // Other pods' DELs may have left nf_tables objects to free; our close would wait.
+    calico_netfilter::linger::close_detached(sock);
     Ok(prev)
 }
 
@@ -289,7 +292,9 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     // Rules the reference plugin made have no record: look for them when asked to remove
     // mappings, or when looking is cheap (iptables-nft answers over netlink).
     let probe = !conf.mappings.is_empty() || Flavour::detect() == Some(Flavour::Nft);
-    remove_container(&mut sock, &conf, &req.env.container_id, probe)
+    let out = remove_container(&mut sock, &conf, &req.env.container_id, probe);
+    calico_netfilter::linger::close_detached(sock);
+    out
 }
 
 /// CHECK: every mapping's rules are in place.
@@ -316,7 +321,7 @@ pub fn check(req: &Request) -> Result<(), CniError> {
                 }
                 missing.extend(
                     Ipt::new(fl, v6f)
-                        .missing(&conf, id, &dn, ip, &conf.mappings)
+                        .missing(&mut sock, &conf, id, &dn, ip, &conf.mappings)
                         .map_err(kernel)?,
                 );
             }
@@ -358,7 +363,7 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
             if !ipt.x.available() {
                 continue;
             }
-            match ipt.containers(&conf.network) {
+            match ipt.containers(&mut sock, &conf.network) {
                 Ok(ids) => stale.extend(ids.into_iter().filter(|id| !valid.contains(id))),
                 Err(e) => errors.push(e.to_string()),
             }
