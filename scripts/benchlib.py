@@ -139,8 +139,30 @@ class Etcd:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _cpu_times():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+
+def settle(max_wait=60.0, idle=0.9):
+    """Waits until the machine is idle again: the kernel frees the namespaces a previous
+    run deleted in the background for seconds, which would otherwise be billed to the next
+    chain measured."""
+    deadline = time.time() + max_wait
+    while time.time() < deadline:
+        t0, i0 = _cpu_times()
+        time.sleep(0.5)
+        t1, i1 = _cpu_times()
+        if t1 > t0 and (i1 - i0) / (t1 - t0) >= idle:
+            return
+    print("benchlib: the machine did not settle; figures may be noisy", flush=True)
+
+
 def bench_chain(label, conflist, cni_path, pods, work, extra_args=(), prefill=0, node_netns=None):
-    """Runs scripts/bench-cni on `conflist` (a dict) and returns its figures."""
+    """Runs scripts/bench-cni on `conflist` (a dict) and returns its figures (after waiting
+    for the machine to be idle)."""
+    settle()
     path = os.path.join(work, f"{label}.conflist")
     out = os.path.join(work, f"{label}.json")
     with open(path, "w") as f:

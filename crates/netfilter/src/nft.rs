@@ -83,7 +83,39 @@ pub enum Expr {
     /// DNAT to an address and port (family-specific in an `inet` table).
     Dnat(IpAddr, u16),
     Masquerade,
+    /// `meta <key>` into a given register.
+    MetaTo(u32, u32),
+    /// Header bytes into a given register: base, offset, length, register.
+    PayloadTo(u32, u32, u32, u32),
+    /// Register 1 compared for inequality with the bytes.
+    CmpNeq(Vec<u8>),
+    /// `ct status` into register 1.
+    CtStatus,
+    /// A set lookup of the key starting at `sreg`; with `dreg`, a map lookup whose value
+    /// goes there. A miss ends the rule.
+    Lookup {
+        set: String,
+        sreg: u32,
+        dreg: Option<u32>,
+    },
+    /// `meta mark` into `reg`, `reg = (reg & mask) ^ xor` (4 bytes), the mark from `reg`.
+    MetaMarkTo(u32),
+    BitwiseIn {
+        reg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    MetaSetMarkFrom(u32),
+    /// DNAT to the address in `addr_reg` and the port in `proto_reg` (IPv4 or IPv6).
+    DnatRegs {
+        v4: bool,
+        addr_reg: u32,
+        proto_reg: u32,
+    },
 }
+
+/// 32-bit registers, as concatenations use them (`NFT_REG32_00` and on).
+pub const REG32_00: u32 = 8;
 
 pub const META_MARK: u32 = 3;
 pub const META_NFPROTO: u32 = 15;
@@ -172,6 +204,53 @@ impl Expr {
                     e.str(NFTA_EXPR_NAME, "masq");
                 });
             }
+            Expr::MetaTo(key, reg) => expr(list, "meta", |d| {
+                d.u32_be(2, *key).u32_be(1, *reg);
+            }),
+            Expr::PayloadTo(base, offset, len, reg) => expr(list, "payload", |d| {
+                d.u32_be(1, *reg)
+                    .u32_be(2, *base)
+                    .u32_be(3, *offset)
+                    .u32_be(4, *len);
+            }),
+            Expr::CmpNeq(v) => expr(list, "cmp", |d| {
+                d.u32_be(1, NFT_REG_1).u32_be(2, 1); // SREG, OP neq
+                data_value(d, 3, v);
+            }),
+            Expr::MetaMarkTo(reg) => expr(list, "meta", |d| {
+                d.u32_be(2, META_MARK).u32_be(1, *reg);
+            }),
+            Expr::BitwiseIn { reg, mask, xor } => expr(list, "bitwise", |d| {
+                d.u32_be(1, *reg)
+                    .u32_be(2, *reg)
+                    .u32_be(3, mask.len() as u32);
+                data_value(d, 4, mask);
+                data_value(d, 5, xor);
+            }),
+            Expr::MetaSetMarkFrom(reg) => expr(list, "meta", |d| {
+                d.u32_be(2, META_MARK).u32_be(3, *reg);
+            }),
+            Expr::CtStatus => expr(list, "ct", |d| {
+                d.u32_be(1, NFT_REG_1).u32_be(2, 2); // DREG, KEY status
+            }),
+            Expr::Lookup { set, sreg, dreg } => expr(list, "lookup", |d| {
+                d.str(1, set).u32_be(2, *sreg).u32_be(4, set_id(set));
+                if let Some(r) = dreg {
+                    d.u32_be(3, *r);
+                }
+            }),
+            Expr::DnatRegs {
+                v4,
+                addr_reg,
+                proto_reg,
+            } => expr(list, "nat", |d| {
+                let family = if *v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
+                d.u32_be(1, 1)
+                    .u32_be(2, u32::from(family))
+                    .u32_be(3, *addr_reg)
+                    .u32_be(5, *proto_reg)
+                    .u32_be(7, 0x1 | 0x2);
+            }),
         }
     }
 }
@@ -222,6 +301,19 @@ pub fn match_addr(source: bool, net: IpAddr, prefix: u8) -> Vec<Expr> {
     out
 }
 
+/// `ct status dnat`: the flow's destination was translated.
+pub fn match_ct_dnat() -> Vec<Expr> {
+    const IPS_DST_NAT: u32 = 1 << 5;
+    vec![
+        Expr::CtStatus,
+        Expr::Bitwise {
+            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::CmpNeq(vec![0; 4]),
+    ]
+}
+
 /// `meta mark set meta mark | bit`.
 pub fn set_mark_bit(bit: u32) -> Vec<Expr> {
     let b = 1u32 << bit;
@@ -232,6 +324,20 @@ pub fn set_mark_bit(bit: u32) -> Vec<Expr> {
             xor: b.to_ne_bytes().to_vec(),
         },
         Expr::MetaSetMark,
+    ]
+}
+
+/// `meta mark set meta mark | bit`, computed in `reg` (so other registers keep their values).
+pub fn set_mark_bit_in(bit: u32, reg: u32) -> Vec<Expr> {
+    let b = 1u32 << bit;
+    vec![
+        Expr::MetaMarkTo(reg),
+        Expr::BitwiseIn {
+            reg,
+            mask: (!b).to_ne_bytes().to_vec(),
+            xor: b.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSetMarkFrom(reg),
     ]
 }
 
@@ -369,6 +475,212 @@ pub fn get_rules(family: u8, table: &str, chain: &str) -> Message {
     let mut a = Attrs::new();
     a.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
     Message::nft(NFT_MSG_GETRULE, 0, family, a)
+}
+
+const NFT_MSG_NEWSET: u8 = 9;
+const NFT_MSG_GETSET: u8 = 10;
+const NFT_MSG_NEWSETELEM: u8 = 12;
+const NFT_MSG_GETSETELEM: u8 = 13;
+const NFT_MSG_DELSETELEM: u8 = 14;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_CONCAT: u16 = 2;
+const NFTA_SET_FIELD_LEN: u16 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+pub const SET_INTERVAL: u32 = 0x4;
+pub const SET_MAP: u32 = 0x8;
+pub const SET_CONCAT: u32 = 0x80;
+
+/// nft's data type numbers (only `nft list` reads them): concatenations are
+/// `(a << 6) | b`.
+pub mod types {
+    pub const IPV4_ADDR: u32 = 7;
+    pub const IPV6_ADDR: u32 = 8;
+    pub const INET_PROTO: u32 = 12;
+    pub const INET_SERVICE: u32 = 13;
+
+    pub fn concat(parts: &[u32]) -> u32 {
+        parts.iter().fold(0, |acc, t| (acc << 6) | t)
+    }
+}
+
+/// A named set or map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    pub name: String,
+    pub key_type: u32,
+    /// Field lengths of the key (each padded to 4 bytes in the key).
+    pub key_fields: Vec<u32>,
+    /// For a map: the value's type and length.
+    pub data: Option<(u32, u32)>,
+    pub interval: bool,
+}
+
+fn padded(len: u32) -> u32 {
+    len.div_ceil(4) * 4
+}
+
+/// Creates a set or map (nothing if it exists).
+pub fn new_set(family: u8, table: &str, spec: &SetSpec) -> Message {
+    let key_len: u32 = spec.key_fields.iter().map(|l| padded(*l)).sum();
+    let mut flags = 0;
+    if spec.data.is_some() {
+        flags |= SET_MAP;
+    }
+    if spec.interval {
+        flags |= SET_INTERVAL;
+    }
+    if spec.key_fields.len() > 1 {
+        // The kernel wants the flag whenever the key is described as a concatenation.
+        flags |= SET_CONCAT;
+    }
+    let mut a = Attrs::new();
+    a.str(NFTA_SET_TABLE, table)
+        .str(NFTA_SET_NAME, &spec.name)
+        .u32_be(NFTA_SET_FLAGS, flags)
+        .u32_be(NFTA_SET_KEY_TYPE, spec.key_type)
+        .u32_be(NFTA_SET_KEY_LEN, key_len);
+    if let Some((ty, len)) = spec.data {
+        a.u32_be(NFTA_SET_DATA_TYPE, ty)
+            .u32_be(NFTA_SET_DATA_LEN, len);
+    }
+    if spec.key_fields.len() > 1 {
+        a.nest(NFTA_SET_DESC, |d| {
+            d.nest(NFTA_SET_DESC_CONCAT, |c| {
+                for f in &spec.key_fields {
+                    c.nest(NFTA_LIST_ELEM, |e| {
+                        e.u32_be(NFTA_SET_FIELD_LEN, *f);
+                    });
+                }
+            });
+        });
+    }
+    // An ID lets rules in the same transaction refer to the set before it exists.
+    a.u32_be(10, set_id(&spec.name));
+    Message::nft(NFT_MSG_NEWSET, NLM_F_CREATE, family, a)
+}
+
+/// A stable transaction-local ID for a set name.
+fn set_id(name: &str) -> u32 {
+    name.bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+}
+
+/// Asks for a set (the reply says whether it exists).
+pub fn get_set(family: u8, table: &str, name: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_SET_TABLE, table).str(NFTA_SET_NAME, name);
+    Message::nft(NFT_MSG_GETSET, 0, family, a)
+}
+
+/// A set element: key (and key end for intervals), map value, comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elem {
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+    pub data: Option<Vec<u8>>,
+    pub comment: Option<String>,
+}
+
+fn elems_message(
+    cmd: u8,
+    flags: u16,
+    family: u8,
+    table: &str,
+    set: &str,
+    elems: &[Elem],
+) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_SET_ELEM_LIST_TABLE, table)
+        .str(NFTA_SET_ELEM_LIST_SET, set);
+    if !elems.is_empty() {
+        a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+            for e in elems {
+                list.nest(NFTA_LIST_ELEM, |x| {
+                    data_value(x, NFTA_SET_ELEM_KEY, &e.key);
+                    if let Some(end) = &e.key_end {
+                        data_value(x, NFTA_SET_ELEM_KEY_END, end);
+                    }
+                    if let Some(d) = &e.data {
+                        data_value(x, NFTA_SET_ELEM_DATA, d);
+                    }
+                    if let Some(c) = &e.comment {
+                        x.bytes(NFTA_SET_ELEM_USERDATA, &comment_udata(c));
+                    }
+                });
+            }
+        });
+    }
+    Message::nft(cmd, flags, family, a)
+}
+
+/// Adds elements; an element whose key exists is an error.
+pub fn add_elems(family: u8, table: &str, set: &str, elems: &[Elem]) -> Message {
+    elems_message(
+        NFT_MSG_NEWSETELEM,
+        NLM_F_CREATE | NLM_F_EXCL,
+        family,
+        table,
+        set,
+        elems,
+    )
+}
+
+/// Deletes elements by key.
+pub fn del_elems(family: u8, table: &str, set: &str, elems: &[Elem]) -> Message {
+    elems_message(NFT_MSG_DELSETELEM, 0, family, table, set, elems)
+}
+
+/// Asks for one element by key (the reply says whether it exists).
+pub fn get_elem(family: u8, table: &str, set: &str, elem: &Elem) -> Message {
+    let only_key = Elem {
+        key: elem.key.clone(),
+        key_end: elem.key_end.clone(),
+        data: None,
+        comment: None,
+    };
+    elems_message(NFT_MSG_GETSETELEM, 0, family, table, set, &[only_key])
+}
+
+/// Dumps a set's elements.
+pub fn get_elems(family: u8, table: &str, set: &str) -> Message {
+    elems_message(NFT_MSG_GETSETELEM, 0, family, table, set, &[])
+}
+
+fn data_of(p: &[u8]) -> Vec<u8> {
+    nlattr::find(p, NFTA_DATA_VALUE)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+/// Decodes the elements of a set-element message.
+pub fn elems_of(attrs: &[u8]) -> Vec<Elem> {
+    let Some(list) = nlattr::find(attrs, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+        return Vec::new();
+    };
+    nlattr::parse(list)
+        .filter(|(ty, _)| *ty == NFTA_LIST_ELEM)
+        .map(|(_, e)| Elem {
+            key: nlattr::find(e, NFTA_SET_ELEM_KEY)
+                .map(data_of)
+                .unwrap_or_default(),
+            key_end: nlattr::find(e, NFTA_SET_ELEM_KEY_END).map(data_of),
+            data: nlattr::find(e, NFTA_SET_ELEM_DATA).map(data_of),
+            comment: nlattr::find(e, NFTA_SET_ELEM_USERDATA).and_then(udata_comment),
+        })
+        .collect()
 }
 
 /// A rule as dumped or echoed.

@@ -144,6 +144,11 @@ impl NfSocket {
         })
     }
 
+    /// The descriptor (see [`crate::linger`]).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.sock)
+    }
+
     /// A second descriptor for the socket (see [`crate::linger`]).
     pub fn duplicate_fd(&self) -> Result<std::os::fd::OwnedFd, NfError> {
         nix::unistd::dup(&self.sock).map_err(|e| NfError::Io("dup".into(), e.into()))

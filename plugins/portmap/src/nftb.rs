@@ -1,344 +1,671 @@
-//! The nftables backend: our own table `inet calico_portmap`, programmed over netlink (one
-//! nf_tables transaction per call, no process started):
+//! The nftables backend: our own table `inet calico_portmap`, programmed over netlink.
+//! Every container is a handful of set elements tagged with its container ID, so adding or
+//! removing one is one small nf_tables transaction whatever the number of containers (no
+//! rule is added per container, hence no revalidation of the table), and a packet finds its
+//! mapping by hash lookup instead of walking a rule per container.
 //!
 //! ```text
 //! table inet calico_portmap {
-//!   chain prerouting  { type nat hook prerouting priority dstnat; fib daddr type local jump hostports }
-//!   chain output      { type nat hook output priority dstnat; fib daddr type local jump hostports }
-//!   chain postrouting { type nat hook postrouting priority srcnat; meta mark & 0x2000 == 0x2000 masquerade }
-//!   chain hostports   { tcp dport 8080 jump CNI-DN-…  comment "<container ID>"  ... }
-//!   chain CNI-DN-…    { comment "<container ID>"
-//!     meta nfproto ipv4 ip saddr <pod>/32 tcp dport 8080 meta mark set mark | 0x2000   (hairpin)
-//!     meta nfproto ipv4 ip saddr 127.0.0.1 tcp dport 8080 meta mark set mark | 0x2000  (localhost)
-//!     meta nfproto ipv4 tcp dport 8080 dnat ip to <pod>:80 }
+//!   map hostports4    { type inet_proto . inet_service : ipv4_addr . inet_service }        # any host address
+//!   map hostipports4  { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }  # hostIP given
+//!   set hairpin4      { type ipv4_addr . ipv4_addr; flags interval }   # pod network . pod
+//!   set localhost4    { type ipv4_addr }                               # pods reachable via 127.0.0.1
+//!   set masqall4      { type ipv4_addr }                               # pods with masqAll
+//!   (and the same for IPv6, without localhost)
+//!   chain prerouting  { type nat hook prerouting priority dstnat
+//!     fib daddr type local meta nfproto ipv4 ip daddr . meta l4proto . th dport lookup @hostipports4:
+//!         meta mark set mark | 0x2000, dnat ip to (the value)
+//!     fib daddr type local meta nfproto ipv4 meta l4proto . th dport lookup @hostports4: ... }
+//!   chain output      { the same for the node's own traffic }
+//!   chain postrouting { type nat hook postrouting priority srcnat
+//!     mark 0x2000 ip saddr . ip daddr @hairpin4 masquerade
+//!     mark 0x2000 ip saddr 127.0.0.0/8 ip daddr @localhost4 masquerade
+//!     mark 0x2000 ip daddr @masqall4 masquerade ... }
 //! }
 //! ```
-//! The per-container chain has the same name as in the iptables layout.
+//! The mark bit is `markMasqBit` of the call that creates the table.
 
 use crate::config::{Conf, Mapping};
-use calico_netfilter::nft::{self, Expr, Hook, NFPROTO_INET};
-use calico_netfilter::socket::Message;
+use calico_netfilter::nft::{self, Elem, Expr, Hook, NFPROTO_INET, REG32_00, SetSpec, types};
+use calico_netfilter::socket::{Message, Reply};
 use calico_netfilter::{NfError, NfSocket};
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 
 pub const TABLE: &str = "calico_portmap";
-const HOSTPORTS: &str = "hostports";
-const POSTROUTING: &str = "postrouting";
 const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+const EBUSY: i32 = 16;
 const NFT_MSG_DELTABLE: u8 = 2;
+/// `NFT_REG_1`, where map values land; `NFT_REG_3`, scratch for the mark.
+const REG_VALUE: u32 = 1;
+const REG_MARK: u32 = 3;
 
-fn chain_exists(sock: &mut NfSocket, chain: &str) -> Result<bool, NfError> {
-    match sock.request("get chain", &nft::get_chain(NFPROTO_INET, TABLE, chain)) {
-        Ok(_) => Ok(true),
-        Err(e) if e.errno() == Some(ENOENT) => Ok(false),
-        Err(e) => Err(e),
+/// A set element as recorded (hex bytes), enough to delete or find it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedElem {
+    pub set: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_end: Option<String>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
-fn rules(sock: &mut NfSocket, chain: &str) -> Result<Vec<nft::RuleInfo>, NfError> {
-    match sock.dump("list rules", &nft::get_rules(NFPROTO_INET, TABLE, chain)) {
-        Ok(r) => Ok(r.iter().filter_map(|m| nft::rule_info(&m.attrs)).collect()),
-        Err(e) if e.errno() == Some(ENOENT) => Ok(Vec::new()),
-        Err(e) => Err(e),
+fn proto_bytes(p: u8) -> Vec<u8> {
+    vec![p, 0, 0, 0]
+}
+
+fn port_bytes(p: u16) -> Vec<u8> {
+    let b = p.to_be_bytes();
+    vec![b[0], b[1], 0, 0]
+}
+
+fn sets() -> Vec<SetSpec> {
+    use types::*;
+    let map = |name: &str, key: &[u32], fields: &[u32], data: (u32, u32)| SetSpec {
+        name: name.into(),
+        key_type: concat(key),
+        key_fields: fields.to_vec(),
+        data: Some(data),
+        interval: false,
+    };
+    let set = |name: &str, key: &[u32], fields: &[u32], interval: bool| SetSpec {
+        name: name.into(),
+        key_type: concat(key),
+        key_fields: fields.to_vec(),
+        data: None,
+        interval,
+    };
+    vec![
+        map(
+            "hostports4",
+            &[INET_PROTO, INET_SERVICE],
+            &[1, 2],
+            (concat(&[IPV4_ADDR, INET_SERVICE]), 8),
+        ),
+        map(
+            "hostports6",
+            &[INET_PROTO, INET_SERVICE],
+            &[1, 2],
+            (concat(&[IPV6_ADDR, INET_SERVICE]), 20),
+        ),
+        map(
+            "hostipports4",
+            &[IPV4_ADDR, INET_PROTO, INET_SERVICE],
+            &[4, 1, 2],
+            (concat(&[IPV4_ADDR, INET_SERVICE]), 8),
+        ),
+        map(
+            "hostipports6",
+            &[IPV6_ADDR, INET_PROTO, INET_SERVICE],
+            &[16, 1, 2],
+            (concat(&[IPV6_ADDR, INET_SERVICE]), 20),
+        ),
+        set("hairpin4", &[IPV4_ADDR, IPV4_ADDR], &[4, 4], true),
+        set("hairpin6", &[IPV6_ADDR, IPV6_ADDR], &[16, 16], true),
+        set("localhost4", &[IPV4_ADDR], &[4], false),
+        set("masqall4", &[IPV4_ADDR], &[4], false),
+        set("masqall6", &[IPV6_ADDR], &[16], false),
+    ]
+}
+
+/// The DNAT rule of one map: key loaded from REG32_00 on, value into NFT_REG_1.
+fn dnat_rule(v4: bool, by_host_ip: bool, bit: u32) -> Vec<Expr> {
+    let mut e = nft::match_local_daddr();
+    e.extend(nft::match_family(v4));
+    let mut reg = REG32_00;
+    if by_host_ip {
+        let (offset, len) = if v4 { (16, 4) } else { (24, 16) };
+        e.push(Expr::PayloadTo(nft::BASE_NETWORK, offset, len, reg));
+        reg += len / 4;
     }
+    e.push(Expr::MetaTo(nft::META_L4PROTO, reg));
+    e.push(Expr::PayloadTo(nft::BASE_TRANSPORT, 2, 2, reg + 1));
+    let set = match (v4, by_host_ip) {
+        (true, false) => "hostports4",
+        (false, false) => "hostports6",
+        (true, true) => "hostipports4",
+        (false, true) => "hostipports6",
+    };
+    e.push(Expr::Lookup {
+        set: set.into(),
+        sreg: REG32_00,
+        dreg: Some(REG_VALUE),
+    });
+    e.extend(nft::set_mark_bit_in(bit, REG_MARK));
+    // The value is address . port: the port follows the address's 32-bit words.
+    e.push(Expr::DnatRegs {
+        v4,
+        addr_reg: REG_VALUE,
+        proto_reg: REG32_00 + if v4 { 1 } else { 4 },
+    });
+    e
 }
 
-fn masq_comment(bit: u32) -> String {
-    format!("masquerade mark {:#x}", 1u32 << bit)
+/// `mark ... <match> masquerade` rules of postrouting.
+fn masq_rules(bit: u32) -> Vec<Vec<Expr>> {
+    let mut out = Vec::new();
+    for v4 in [true, false] {
+        let (saddr, daddr, len) = if v4 { (12, 16, 4) } else { (8, 24, 16) };
+        let head = || {
+            let mut e = nft::match_mark_bit(bit);
+            e.extend(nft::match_family(v4));
+            e
+        };
+        // Hairpin: from the pod's network to the pod.
+        let mut e = head();
+        e.push(Expr::PayloadTo(nft::BASE_NETWORK, saddr, len, REG32_00));
+        e.push(Expr::PayloadTo(
+            nft::BASE_NETWORK,
+            daddr,
+            len,
+            REG32_00 + len / 4,
+        ));
+        e.push(Expr::Lookup {
+            set: if v4 { "hairpin4" } else { "hairpin6" }.into(),
+            sreg: REG32_00,
+            dreg: None,
+        });
+        e.push(Expr::Masquerade);
+        out.push(e);
+        if v4 {
+            let mut e = head();
+            e.extend(nft::match_addr(true, IpAddr::V4([127, 0, 0, 0].into()), 8));
+            e.push(Expr::PayloadTo(nft::BASE_NETWORK, daddr, len, REG32_00));
+            e.push(Expr::Lookup {
+                set: "localhost4".into(),
+                sreg: REG32_00,
+                dreg: None,
+            });
+            e.push(Expr::Masquerade);
+            out.push(e);
+        }
+        let mut e = head();
+        e.push(Expr::PayloadTo(nft::BASE_NETWORK, daddr, len, REG32_00));
+        e.push(Expr::Lookup {
+            set: if v4 { "masqall4" } else { "masqall6" }.into(),
+            sreg: REG32_00,
+            dreg: None,
+        });
+        e.push(Expr::Masquerade);
+        out.push(e);
+    }
+    out
 }
 
-/// The base table, recreated from nothing (only when its `hostports` chain is missing, so
-/// no container's rules can be in it).
-fn base(msgs: &mut Vec<(String, Message)>) {
+/// The whole table, recreated from nothing (only when it is missing or incomplete).
+fn base(bit: u32, msgs: &mut Vec<(String, Message)>) {
     let f = NFPROTO_INET;
     let mut del = calico_netfilter::nlattr::Attrs::new();
     del.str(1, TABLE);
-    msgs.push((
-        "create table".into(),
-        nft::new_table(f, TABLE, "calico portmap: hostPorts"),
-    ));
+    let comment = "calico portmap: hostPorts";
+    msgs.push(("create table".into(), nft::new_table(f, TABLE, comment)));
     msgs.push((
         "reset table".into(),
         Message::nft(NFT_MSG_DELTABLE, 0, f, del),
     ));
-    msgs.push((
-        "create table".into(),
-        nft::new_table(f, TABLE, "calico portmap: hostPorts"),
-    ));
-    msgs.push((
-        "create chain hostports".into(),
-        nft::new_chain(f, TABLE, HOSTPORTS, None, None),
-    ));
+    msgs.push(("create table".into(), nft::new_table(f, TABLE, comment)));
+    for s in sets() {
+        msgs.push((format!("create set {}", s.name), nft::new_set(f, TABLE, &s)));
+    }
     for (name, hook, prio) in [
         ("prerouting", Hook::Prerouting, nft::PRIORITY_DSTNAT),
         ("output", Hook::Output, nft::PRIORITY_DSTNAT),
-        (POSTROUTING, Hook::Postrouting, nft::PRIORITY_SRCNAT),
+        ("postrouting", Hook::Postrouting, nft::PRIORITY_SRCNAT),
     ] {
         msgs.push((
             format!("create chain {name}"),
             nft::new_chain(f, TABLE, name, Some((hook, prio)), None),
         ));
     }
-    for name in ["prerouting", "output"] {
-        let mut e = nft::match_local_daddr();
-        e.push(Expr::Jump(HOSTPORTS.into()));
+    for chain in ["prerouting", "output"] {
+        for v4 in [true, false] {
+            for by_host_ip in [true, false] {
+                msgs.push((
+                    format!("add rule to {chain}"),
+                    nft::new_rule(
+                        f,
+                        TABLE,
+                        chain,
+                        &dnat_rule(v4, by_host_ip, bit),
+                        None,
+                        false,
+                    ),
+                ));
+            }
+        }
+    }
+    for e in masq_rules(bit) {
         msgs.push((
-            format!("add rule {name}"),
-            nft::new_rule(f, TABLE, name, &e, None, false),
+            "add rule to postrouting".into(),
+            nft::new_rule(f, TABLE, "postrouting", &e, None, false),
         ));
     }
 }
 
-/// The container chain's rules for one address.
-fn dn_rules(conf: &Conf, ip: IpNet, mappings: &[Mapping]) -> Vec<Vec<Expr>> {
-    let v4 = matches!(ip, IpNet::V4(_));
-    let mut out = Vec::new();
-    for m in mappings.iter().filter(|m| m.applies_to(v4)) {
-        let mut head = nft::match_family(v4);
-        if let Some(h) = m.host_ip {
-            head.extend(nft::match_addr(false, h, if v4 { 32 } else { 128 }));
+/// The elements a container needs: per family, its mappings and masquerade entries.
+pub fn elements(
+    conf: &Conf,
+    container_id: &str,
+    v4: Option<IpNet>,
+    v6: Option<IpNet>,
+    mappings: &[Mapping],
+) -> Vec<(String, Elem)> {
+    let tag = Some(container_id.to_string());
+    let mut out: Vec<(String, Elem)> = Vec::new();
+    let mut push = |set: String, e: Elem| {
+        if !out.iter().any(|(s, x)| *s == set && x.key == e.key) {
+            out.push((set, e));
         }
-        let dport = nft::match_dport(m.protocol.number(), m.host_port);
-        if conf.snat {
-            let mut sources: Vec<Option<(IpAddr, u8)>> = Vec::new();
-            if conf.masq_all {
-                sources.push(None);
-            } else {
-                sources.push(Some((ip.trunc().addr(), ip.prefix_len())));
-                if v4 {
-                    sources.push(Some((IpAddr::V4(Ipv4Addr::LOCALHOST), 32)));
+    };
+    for (fam, ip) in [("4", v4), ("6", v6)] {
+        let Some(ip) = ip else { continue };
+        let is_v4 = fam == "4";
+        let value = |port: u16| {
+            let mut v = ip_bytes(ip.addr());
+            v.extend(port_bytes(port));
+            v
+        };
+        let mut any = false;
+        for m in mappings.iter().filter(|m| m.applies_to(is_v4)) {
+            any = true;
+            let mut key = Vec::new();
+            let set = match m.host_ip {
+                Some(h) => {
+                    key.extend(ip_bytes(h));
+                    format!("hostipports{fam}")
                 }
-            }
-            for s in sources {
-                let mut e = head.clone();
-                if let Some((net, len)) = s {
-                    e.extend(nft::match_addr(true, net, len));
-                }
-                e.extend(dport.clone());
-                e.extend(nft::set_mark_bit(conf.mark_masq_bit));
-                out.push(e);
-            }
+                None => format!("hostports{fam}"),
+            };
+            key.extend(proto_bytes(m.protocol.number()));
+            key.extend(port_bytes(m.host_port));
+            push(
+                set,
+                Elem {
+                    key,
+                    key_end: None,
+                    data: Some(value(m.container_port)),
+                    comment: tag.clone(),
+                },
+            );
         }
-        let mut e = head;
-        e.extend(dport);
-        e.push(Expr::Dnat(ip.addr(), m.container_port));
-        out.push(e);
+        if !any || !conf.snat {
+            continue;
+        }
+        let pod = ip_bytes(ip.addr());
+        let plain = |set: &str| {
+            (
+                format!("{set}{fam}"),
+                Elem {
+                    key: pod.clone(),
+                    key_end: None,
+                    data: None,
+                    comment: tag.clone(),
+                },
+            )
+        };
+        if conf.masq_all {
+            let (s, e) = plain("masqall");
+            push(s, e);
+            continue;
+        }
+        let net = ip.trunc();
+        let mut key = ip_bytes(net.network());
+        key.extend(&pod);
+        let mut end = ip_bytes(net.broadcast());
+        end.extend(&pod);
+        push(
+            format!("hairpin{fam}"),
+            Elem {
+                key,
+                key_end: Some(end),
+                data: None,
+                comment: tag.clone(),
+            },
+        );
+        if is_v4 {
+            let (s, e) = plain("localhost");
+            push(s, e);
+        }
     }
     out
 }
 
-/// The (protocol, port) pairs that jump into the container's chain.
-fn entry_keys(mappings: &[Mapping], families: &[bool]) -> Vec<(u8, u16)> {
-    let mut keys = Vec::new();
-    for m in mappings {
-        if families.iter().any(|v4| m.applies_to(*v4)) {
-            let k = (m.protocol.number(), m.host_port);
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
-    }
-    keys
-}
-
-/// Deletion of a container's rules: its entry rules (by handle) and its chain.
-fn removal(dn: &str, handles: &[u64], msgs: &mut Vec<(String, Message)>) {
-    for h in handles {
-        msgs.push((
-            format!("delete rule {h} of hostports"),
-            nft::del_rule(NFPROTO_INET, TABLE, HOSTPORTS, *h),
-        ));
-    }
-    msgs.push((
-        format!("flush chain {dn}"),
-        nft::flush_chain(NFPROTO_INET, TABLE, dn),
-    ));
-    msgs.push((
-        format!("delete chain {dn}"),
-        nft::del_chain(NFPROTO_INET, TABLE, dn),
-    ));
-}
-
-/// Handles of the entry rules that jump to `dn`.
-fn listed_handles(sock: &mut NfSocket, dn: &str) -> Result<Vec<u64>, NfError> {
-    Ok(rules(sock, HOSTPORTS)?
-        .into_iter()
-        .filter(|r| r.targets.iter().any(|t| t == dn))
-        .map(|r| r.handle)
-        .collect())
-}
-
-fn run(
-    sock: &mut NfSocket,
-    msgs: Vec<(String, Message)>,
-) -> Result<Vec<calico_netfilter::socket::Reply>, NfError> {
+fn run(sock: &mut NfSocket, msgs: Vec<(String, Message)>) -> Result<Vec<Reply>, NfError> {
     let (what, msgs): (Vec<String>, Vec<Message>) = msgs.into_iter().unzip();
     sock.batch(&what, &msgs)
 }
 
-/// Installs the container's rules in one transaction (replacing any it had); returns the
-/// handles of its entry rules.
-#[allow(clippy::too_many_arguments)]
-pub fn add(
-    sock: &mut NfSocket,
-    conf: &Conf,
-    container_id: &str,
-    dn: &str,
-    v4: Option<IpNet>,
-    v6: Option<IpNet>,
-    mappings: &[Mapping],
-    recorded: Option<&[u64]>,
-) -> Result<Vec<u64>, NfError> {
-    let mut msgs = Vec::new();
-    let fresh = !chain_exists(sock, HOSTPORTS)?;
-    if fresh {
-        base(&mut msgs);
+fn table_ready(sock: &mut NfSocket) -> Result<bool, NfError> {
+    // The last set created is there only if the whole table was made.
+    match sock.request("get set", &nft::get_set(NFPROTO_INET, TABLE, "masqall6")) {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno() == Some(ENOENT) => Ok(false),
+        Err(e) => Err(e),
     }
-    if conf.snat {
-        let comment = masq_comment(conf.mark_masq_bit);
-        let have = !fresh
-            && rules(sock, POSTROUTING)?
-                .iter()
-                .any(|r| r.comment.as_deref() == Some(comment.as_str()));
-        if !have {
-            let mut e = nft::match_mark_bit(conf.mark_masq_bit);
-            e.push(Expr::Masquerade);
-            msgs.push((
-                "add masquerade rule".into(),
-                nft::new_rule(NFPROTO_INET, TABLE, POSTROUTING, &e, Some(&comment), false),
-            ));
-        }
-    }
-    if !fresh && chain_exists(sock, dn)? {
-        let handles = match recorded {
-            Some(h) if !h.is_empty() => h.to_vec(),
-            _ => listed_handles(sock, dn)?,
+}
+
+fn deletions(recorded: &[RecordedElem], msgs: &mut Vec<(String, Message)>) {
+    for r in recorded {
+        let e = Elem {
+            key: unhex(&r.key),
+            key_end: r.key_end.as_deref().map(unhex),
+            data: None,
+            comment: None,
         };
-        removal(dn, &handles, &mut msgs);
-    }
-    msgs.push((
-        format!("create chain {dn}"),
-        nft::new_chain(NFPROTO_INET, TABLE, dn, None, Some(container_id)),
-    ));
-    for ip in [v4, v6].into_iter().flatten() {
-        for e in dn_rules(conf, ip, mappings) {
-            msgs.push((
-                format!("add rule to {dn}"),
-                nft::new_rule(NFPROTO_INET, TABLE, dn, &e, None, false),
-            ));
-        }
-    }
-    let families: Vec<bool> = [v4.map(|_| true), v6.map(|_| false)]
-        .into_iter()
-        .flatten()
-        .collect();
-    for (proto, port) in entry_keys(mappings, &families) {
-        let mut e = nft::match_dport(proto, port);
-        e.push(Expr::Jump(dn.to_string()));
         msgs.push((
-            format!("add rule to hostports for port {port}"),
-            nft::new_rule(NFPROTO_INET, TABLE, HOSTPORTS, &e, Some(container_id), true),
+            format!("delete element of {}", r.set),
+            nft::del_elems(NFPROTO_INET, TABLE, &r.set, &[e]),
         ));
     }
-    let echoed = match run(sock, msgs) {
-        Ok(r) => r,
-        Err(e) if recorded.is_some() && e.errno() == Some(ENOENT) => {
-            log::info!("portmap: the record did not match the rules ({e}); listing them");
-            return add(sock, conf, container_id, dn, v4, v6, mappings, None);
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(echoed
-        .iter()
-        .filter_map(|m| nft::rule_info(&m.attrs))
-        .filter(|r| r.chain == HOSTPORTS)
-        .map(|r| r.handle)
-        .collect())
 }
 
-/// Removes the container's chain and entry rules; nothing there is success.
-pub fn del(sock: &mut NfSocket, dn: &str, recorded: Option<&[u64]>) -> Result<(), NfError> {
-    if let Some(h) = recorded.filter(|h| !h.is_empty()) {
-        let mut msgs = Vec::new();
-        removal(dn, h, &mut msgs);
-        match run(sock, msgs) {
-            Ok(_) => return Ok(()),
-            Err(e) => log::info!("portmap: the record did not match the rules ({e}); listing them"),
-        }
-    }
-    if !chain_exists(sock, dn)? {
-        return Ok(());
-    }
-    let mut msgs = Vec::new();
-    let handles = listed_handles(sock, dn)?;
-    removal(dn, &handles, &mut msgs);
-    run(sock, msgs).map(|_| ())
-}
-
-/// Whether the container's chain exists.
-pub fn exists(sock: &mut NfSocket, dn: &str) -> Result<bool, NfError> {
-    chain_exists(sock, dn)
-}
-
-/// What is missing of the container's rules.
-pub fn missing(
-    sock: &mut NfSocket,
-    conf: &Conf,
-    dn: &str,
-    v4: Option<IpNet>,
-    v6: Option<IpNet>,
-    mappings: &[Mapping],
-) -> Result<Vec<String>, NfError> {
-    if !chain_exists(sock, dn)? {
-        return Ok(vec![format!(
-            "chain {dn} does not exist in table inet {TABLE}"
-        )]);
-    }
-    let mut missing = Vec::new();
-    let want: usize = [v4, v6]
-        .into_iter()
-        .flatten()
-        .map(|ip| dn_rules(conf, ip, mappings).len())
-        .sum();
-    let have = rules(sock, dn)?.len();
-    if have != want {
-        missing.push(format!("chain {dn} has {have} rules where {want} belong"));
-    }
-    let families: Vec<bool> = [v4.map(|_| true), v6.map(|_| false)]
-        .into_iter()
-        .flatten()
-        .collect();
-    let jumps = listed_handles(sock, dn)?.len();
-    let keys = entry_keys(mappings, &families);
-    if jumps != keys.len() {
-        missing.push(format!(
-            "hostports has {jumps} jumps to {dn} where {} belong (one per protocol and port)",
-            keys.len()
-        ));
-    }
-    if conf.snat {
-        let comment = masq_comment(conf.mark_masq_bit);
-        if !rules(sock, POSTROUTING)?
-            .iter()
-            .any(|r| r.comment.as_deref() == Some(comment.as_str()))
-        {
-            missing.push(format!("postrouting has no rule \"{comment}\""));
-        }
-    }
-    Ok(missing)
-}
-
-/// (container ID, chain) of every container with rules in the table (for GC).
-pub fn containers(sock: &mut NfSocket) -> Result<Vec<(String, String)>, NfError> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for r in rules(sock, HOSTPORTS)? {
-        if let (Some(id), Some(chain)) = (r.comment, r.targets.first()) {
-            let pair = (id, chain.clone());
-            if !out.contains(&pair) {
-                out.push(pair);
+/// Every element tagged with the container ID, found by listing the sets.
+fn listed(sock: &mut NfSocket, container_id: &str) -> Result<Vec<RecordedElem>, NfError> {
+    let mut out = Vec::new();
+    for s in sets() {
+        let replies = match sock.dump(
+            "list elements",
+            &nft::get_elems(NFPROTO_INET, TABLE, &s.name),
+        ) {
+            Ok(r) => r,
+            Err(e) if e.errno() == Some(ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        for r in replies {
+            for e in nft::elems_of(&r.attrs) {
+                if e.comment.as_deref() == Some(container_id) {
+                    out.push(RecordedElem {
+                        set: s.name.clone(),
+                        key: hex(&e.key),
+                        key_end: e.key_end.as_deref().map(hex),
+                    });
+                }
             }
         }
     }
     Ok(out)
+}
+
+/// The elements as they will be recorded.
+pub fn to_record(elems: &[(String, Elem)]) -> Vec<RecordedElem> {
+    elems
+        .iter()
+        .map(|(set, e)| RecordedElem {
+            set: set.clone(),
+            key: hex(&e.key),
+            key_end: e.key_end.as_deref().map(hex),
+        })
+        .collect()
+}
+
+/// Installs the container's elements in one transaction, replacing `recorded` (what an
+/// earlier ADD of the same container made).
+pub fn add(
+    sock: &mut NfSocket,
+    conf: &Conf,
+    elems: &[(String, Elem)],
+    container_id: &str,
+    recorded: Option<&[RecordedElem]>,
+) -> Result<(), NfError> {
+    let mut msgs = Vec::new();
+    let ready = table_ready(sock)?;
+    if !ready {
+        base(conf.mark_masq_bit, &mut msgs);
+    } else if let Some(r) = recorded {
+        deletions(r, &mut msgs);
+    }
+    for (set, e) in elems {
+        msgs.push((
+            format!("add element to {set}"),
+            nft::add_elems(NFPROTO_INET, TABLE, set, std::slice::from_ref(e)),
+        ));
+    }
+    match run(sock, msgs) {
+        Ok(_) => Ok(()),
+        // Elements of ours that no record names (a crash between the two): sweep and retry.
+        Err(e) if ready && matches!(e.errno(), Some(EEXIST | EBUSY | ENOENT)) => {
+            let mut msgs = Vec::new();
+            deletions(&listed(sock, container_id)?, &mut msgs);
+            for (set, e) in elems {
+                msgs.push((
+                    format!("add element to {set} (a host port another container holds?)"),
+                    nft::add_elems(NFPROTO_INET, TABLE, set, std::slice::from_ref(e)),
+                ));
+            }
+            run(sock, msgs).map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the container's elements; what is already gone is fine.
+pub fn del(
+    sock: &mut NfSocket,
+    container_id: &str,
+    recorded: &[RecordedElem],
+) -> Result<(), NfError> {
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let mut msgs = Vec::new();
+    deletions(recorded, &mut msgs);
+    match run(sock, msgs) {
+        Ok(_) => Ok(()),
+        Err(e) if e.errno() == Some(ENOENT) => {
+            // Some were gone already: delete what remains of ours, found by tag.
+            let mut msgs = Vec::new();
+            deletions(&listed(sock, container_id)?, &mut msgs);
+            run(sock, msgs).map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the first recorded element is still in place.
+pub fn present(sock: &mut NfSocket, recorded: &[RecordedElem]) -> Result<bool, NfError> {
+    let Some(r) = recorded.first() else {
+        return Ok(false);
+    };
+    let e = Elem {
+        key: unhex(&r.key),
+        key_end: r.key_end.as_deref().map(unhex),
+        data: None,
+        comment: None,
+    };
+    match sock.request(
+        "get element",
+        &nft::get_elem(NFPROTO_INET, TABLE, &r.set, &e),
+    ) {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno() == Some(ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn ip_of(b: &[u8]) -> String {
+    match b.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(b).unwrap_or_default()).to_string(),
+        16 => IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()).to_string(),
+        _ => hex(b),
+    }
+}
+
+/// An element in words: `hostports4 tcp/8080`, `hairpin4 10.0.0.5`.
+fn describe(set: &str, e: &Elem) -> String {
+    let k = &e.key;
+    let port = |at: usize| k.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let what = if set.starts_with("hostports") {
+        format!("{}/{}", proto_name(k[0]), port(4).unwrap_or_default())
+    } else if set.starts_with("hostipports") {
+        let a = if set.ends_with('4') { 4 } else { 16 };
+        format!(
+            "{}/{} on {}",
+            proto_name(k[a]),
+            port(a + 4).unwrap_or_default(),
+            ip_of(&k[..a])
+        )
+    } else {
+        let half = if set.starts_with("hairpin") {
+            k.len() / 2
+        } else {
+            0
+        };
+        ip_of(&k[half..])
+    };
+    format!("{set} {what}")
+}
+
+/// What is missing or different of the container's elements.
+pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<String>, NfError> {
+    let mut out = Vec::new();
+    for (set, want) in elems {
+        match sock.request(
+            "get element",
+            &nft::get_elem(NFPROTO_INET, TABLE, set, want),
+        ) {
+            Ok(replies) => {
+                let got = replies.iter().flat_map(|r| nft::elems_of(&r.attrs)).next();
+                if want.data.is_some() && got.as_ref().and_then(|g| g.data.clone()) != want.data {
+                    out.push(format!("{} maps elsewhere", describe(set, want)));
+                }
+            }
+            Err(e) if e.errno() == Some(ENOENT) => {
+                out.push(format!("{} (table inet {TABLE})", describe(set, want)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The container IDs tagged on any element (for GC).
+pub fn containers(sock: &mut NfSocket) -> Result<Vec<String>, NfError> {
+    let mut out: Vec<String> = Vec::new();
+    for s in sets() {
+        let replies = match sock.dump(
+            "list elements",
+            &nft::get_elems(NFPROTO_INET, TABLE, &s.name),
+        ) {
+            Ok(r) => r,
+            Err(e) if e.errno() == Some(ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        for r in replies {
+            for e in nft::elems_of(&r.attrs) {
+                if let Some(c) = e.comment
+                    && !out.contains(&c)
+                {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes every element tagged with the container ID (GC, or cleanup without a record).
+pub fn sweep(sock: &mut NfSocket, container_id: &str) -> Result<(), NfError> {
+    let found = listed(sock, container_id)?;
+    let mut msgs = Vec::new();
+    deletions(&found, &mut msgs);
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    run(sock, msgs).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendKind, Proto};
+
+    #[test]
+    fn a_dual_stack_pod_is_a_few_elements() {
+        let conf = Conf {
+            network: "n".into(),
+            snat: true,
+            mark_masq_bit: 13,
+            external_set_mark_chain: None,
+            conditions_v4: vec![],
+            conditions_v6: vec![],
+            masq_all: false,
+            backend: Some(BackendKind::Nftables),
+            state_dir: "/tmp".into(),
+            mappings: vec![],
+        };
+        let m = vec![
+            Mapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: Proto::Tcp,
+                host_ip: None,
+            },
+            Mapping {
+                host_port: 8443,
+                container_port: 443,
+                protocol: Proto::Tcp,
+                host_ip: Some("10.0.0.1".parse().expect("ip")),
+            },
+        ];
+        let e = elements(
+            &conf,
+            "c1",
+            Some("10.244.1.5/32".parse().expect("net")),
+            Some("fd00::5/128".parse().expect("net")),
+            &m,
+        );
+        let sets: Vec<&str> = e.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            sets,
+            [
+                "hostports4",
+                "hostipports4",
+                "hairpin4",
+                "localhost4",
+                "hostports6",
+                "hairpin6"
+            ]
+        );
+        assert_eq!(e[0].1.key, vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        assert_eq!(e[0].1.data, Some(vec![10, 244, 1, 5, 0, 80, 0, 0]));
+        assert_eq!(e[1].1.key[..4], [10, 0, 0, 1]);
+        assert_eq!(e[2].1.key, vec![10, 244, 1, 5, 10, 244, 1, 5]);
+        assert_eq!(e[2].1.key_end, Some(vec![10, 244, 1, 5, 10, 244, 1, 5]));
+        assert!(e.iter().all(|(_, x)| x.comment.as_deref() == Some("c1")));
+        let rec = to_record(&e);
+        assert_eq!(unhex(&rec[0].key), e[0].1.key);
+        assert_eq!(describe(&e[0].0, &e[0].1), "hostports4 tcp/8080");
+        assert_eq!(
+            describe(&e[1].0, &e[1].1),
+            "hostipports4 tcp/8443 on 10.0.0.1"
+        );
+        assert_eq!(describe(&e[2].0, &e[2].1), "hairpin4 10.244.1.5");
+    }
 }

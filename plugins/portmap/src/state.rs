@@ -73,9 +73,9 @@ pub struct Record {
     pub iptables_v4: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iptables_v6: Vec<String>,
-    /// nftables: the handles of the entry rules in our `hostports` chain.
+    /// nftables: the container's elements in our table's sets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nft_handles: Vec<u64>,
+    pub nft_elements: Vec<crate::nftb::RecordedElem>,
     /// Mapped UDP host ports per family (their conntrack entries go on DEL).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub udp_v4: Vec<u16>,

@@ -5,7 +5,6 @@ use crate::ipt::Ipt;
 use crate::layout::chain_name;
 use crate::nftb;
 use crate::state::{self, Record};
-use calico_netfilter::conntrack;
 use calico_netfilter::xtables::Flavour;
 use calico_netfilter::{NfError, NfSocket};
 use cni_protocol::{CniError, CniResult, ErrorCode, Request};
@@ -47,14 +46,11 @@ fn udp_ports(mappings: &[Mapping], v4: bool) -> Vec<u16> {
     ports
 }
 
-/// Stale UDP flows to the mapped ports would keep going where they went before; failures
-/// are logged only (as the reference plugin does), the rules being what matters.
-fn flush_udp(sock: &mut NfSocket, v4_ports: &[u16], v6_ports: &[u16]) {
-    for (family, ports) in [(AF_INET, v4_ports), (AF_INET6, v6_ports)] {
-        if let Err(e) = conntrack::delete_flows(sock, family, conntrack::IPPROTO_UDP, ports) {
-            log::warn!("portmap: could not delete UDP conntrack entries for {ports:?}: {e}");
-        }
-    }
+/// The UDP conntrack flush for mapped ports, per family: stale flows would keep going
+/// where they went before. Done by the helper (see `calico_netfilter::linger`), failures
+/// logged only (as the reference plugin does), the rules being what matters.
+fn udp_work(v4_ports: &[u16], v6_ports: &[u16]) -> Vec<(u8, Vec<u16>)> {
+    vec![(AF_INET, v4_ports.to_vec()), (AF_INET6, v6_ports.to_vec())]
 }
 
 /// `route_localnet` on the host interface towards the container, so that `127.0.0.1`
@@ -76,11 +72,14 @@ fn allow_localnet(ip: IpNet) -> Result<(), CniError> {
     })
 }
 
-/// Whether a container's chain exists in either layout (errors count as yes: when in
-/// doubt a claim stands).
-fn has_rules(sock: &mut NfSocket, dn: &str) -> bool {
-    if nftb::exists(sock, dn).unwrap_or(true) {
-        return true;
+/// Whether the container whose chain is `dn` still has its rules (errors count as yes: when
+/// in doubt a claim stands).
+fn has_rules(sock: &mut NfSocket, dir: &std::path::Path, dn: &str) -> bool {
+    let Some(rec) = state::load(dir, dn) else {
+        return false;
+    };
+    if rec.backend == "nftables" {
+        return nftb::present(sock, &rec.nft_elements).unwrap_or(true);
     }
     let Some(fl) = Flavour::detect() else {
         return false;
@@ -98,7 +97,7 @@ fn remove_container(
     conf: &Conf,
     container_id: &str,
     probe_iptables: bool,
-) -> Result<(), CniError> {
+) -> Result<Vec<(u8, Vec<u16>)>, CniError> {
     let dn = chain_name(&conf.network, container_id);
     let rec = state::load(&conf.state_dir, &dn);
     let ipt_recorded = rec.as_ref().is_some_and(|r| r.backend == "iptables");
@@ -118,23 +117,21 @@ fn remove_container(
         });
         ipt.del(sock, &dn, recorded).map_err(kernel)?;
     }
-    let nft_recorded = rec
-        .as_ref()
-        .filter(|r| r.backend == "nftables")
-        .map(|r| r.nft_handles.as_slice());
-    nftb::del(sock, &dn, nft_recorded).map_err(kernel)?;
-    match &rec {
+    if let Some(r) = rec.as_ref().filter(|r| r.backend == "nftables") {
+        nftb::del(sock, container_id, &r.nft_elements).map_err(kernel)?;
+    }
+    let udp = match &rec {
         Some(r) => {
-            flush_udp(sock, &r.udp_v4, &r.udp_v6);
             state::release_ports(&conf.state_dir, &r.ports);
+            udp_work(&r.udp_v4, &r.udp_v6)
         }
-        None => flush_udp(
-            sock,
+        None => udp_work(
             &udp_ports(&conf.mappings, true),
             &udp_ports(&conf.mappings, false),
         ),
-    }
-    state::remove(&conf.state_dir, &dn)
+    };
+    state::remove(&conf.state_dir, &dn)?;
+    Ok(udp)
 }
 
 /// ADD: installs the mappings and passes `prevResult` on.
@@ -173,7 +170,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         id,
         &conf.mappings,
         &families,
-        &mut |holder| has_rules(&mut sock, holder),
+        &mut |holder| has_rules(&mut sock, &conf.state_dir, holder),
     )?;
     let old = state::load(&conf.state_dir, &dn);
     let mut rec = Record {
@@ -228,10 +225,17 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
                 }
             }
             _ => {
-                let recorded = same.map(|o| o.nft_handles.as_slice());
-                rec.nft_handles =
-                    nftb::add(&mut sock, &conf, id, &dn, v4, v6, &conf.mappings, recorded)
-                        .map_err(kernel)?;
+                let elems = nftb::elements(&conf, id, v4, v6, &conf.mappings);
+                // Recorded first: whatever happens next, DEL knows what to look for.
+                let mut intent = rec.clone();
+                intent.nft_elements = nftb::to_record(&elems);
+                if let Some(o) = same {
+                    intent.nft_elements.extend(o.nft_elements.iter().cloned());
+                }
+                state::save(&conf.state_dir, &dn, &intent)?;
+                let recorded = same.map(|o| o.nft_elements.as_slice());
+                nftb::add(&mut sock, &conf, &elems, id, recorded).map_err(kernel)?;
+                rec.nft_elements = nftb::to_record(&elems);
             }
         }
         state::save(&conf.state_dir, &dn, &rec)?;
@@ -245,15 +249,14 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     if let Err(e) = installed {
         // A failed ADD leaves nothing: no rules, claims or record of this container.
         let _ = state::save(&conf.state_dir, &dn, &rec);
-        if let Err(undo) = remove_container(&mut sock, &conf, id, true) {
+        let udp = remove_container(&mut sock, &conf, id, true).unwrap_or_else(|undo| {
             log::error!("portmap: cleaning up after the failed ADD: {undo}");
-        }
-        calico_netfilter::linger::close_detached(sock);
+            Vec::new()
+        });
+        calico_netfilter::linger::finish_detached(sock, &udp);
         return Err(e);
     }
-    flush_udp(&mut sock, &rec.udp_v4, &rec.udp_v6);
-    // Other pods' DELs may have left nf_tables objects to free; our close would wait.
-    calico_netfilter::linger::close_detached(sock);
+    calico_netfilter::linger::finish_detached(sock, &udp_work(&rec.udp_v4, &rec.udp_v6));
     Ok(prev)
 }
 
@@ -279,7 +282,7 @@ fn remove_rules_only(
             }
         }
     } else {
-        nftb::del(sock, dn, Some(&old.nft_handles)).map_err(kernel)?;
+        nftb::del(sock, &old.container_id, &old.nft_elements).map_err(kernel)?;
     }
     Ok(())
 }
@@ -292,9 +295,9 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     // Rules the reference plugin made have no record: look for them when asked to remove
     // mappings, or when looking is cheap (iptables-nft answers over netlink).
     let probe = !conf.mappings.is_empty() || Flavour::detect() == Some(Flavour::Nft);
-    let out = remove_container(&mut sock, &conf, &req.env.container_id, probe);
-    calico_netfilter::linger::close_detached(sock);
-    out
+    let udp = remove_container(&mut sock, &conf, &req.env.container_id, probe)?;
+    calico_netfilter::linger::finish_detached(sock, &udp);
+    Ok(())
 }
 
 /// CHECK: every mapping's rules are in place.
@@ -328,7 +331,8 @@ pub fn check(req: &Request) -> Result<(), CniError> {
             missing
         }
         BackendKind::Nftables => {
-            nftb::missing(&mut sock, &conf, &dn, v4, v6, &conf.mappings).map_err(kernel)?
+            let elems = nftb::elements(&conf, id, v4, v6, &conf.mappings);
+            nftb::missing(&mut sock, &elems).map_err(kernel)?
         }
     };
     if missing.is_empty() {
@@ -369,22 +373,32 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
             }
         }
     }
+    // Elements no record names (a crash between record and transaction) and whose
+    // container is not valid.
+    let recorded: BTreeSet<String> = state::all(&conf.state_dir)
+        .into_iter()
+        .map(|(_, r)| r.container_id)
+        .collect();
     match nftb::containers(&mut sock) {
-        Ok(found) => stale.extend(
-            found
-                .into_iter()
-                .filter(|(id, chain)| {
-                    !valid.contains(id) && *chain == chain_name(&conf.network, id)
-                })
-                .map(|(id, _)| id),
-        ),
+        Ok(found) => {
+            for id in found.into_iter().filter(|id| !valid.contains(id)) {
+                if !recorded.contains(&id)
+                    && let Err(e) = nftb::sweep(&mut sock, &id)
+                {
+                    errors.push(format!("{id}: {e}"));
+                }
+            }
+        }
         Err(e) => errors.push(e.to_string()),
     }
+    let mut udp = Vec::new();
     for id in stale {
-        if let Err(e) = remove_container(&mut sock, &conf, &id, true) {
-            errors.push(format!("{id}: {}", e.msg));
+        match remove_container(&mut sock, &conf, &id, true) {
+            Ok(u) => udp.extend(u),
+            Err(e) => errors.push(format!("{id}: {}", e.msg)),
         }
     }
+    calico_netfilter::linger::finish_detached(sock, &udp);
     if errors.is_empty() {
         return Ok(());
     }

@@ -91,7 +91,13 @@ fn forwards_everything(backend: &str) {
         .unwrap()
         .unwrap();
     let chain = chain_of(&id);
-    assert!(rules(node).contains(&chain), "{backend}: the chain exists");
+    // iptables: the container's chain; nftables: its elements, tagged with its ID.
+    let mark = if backend == "iptables" {
+        chain.clone()
+    } else {
+        id.clone()
+    };
+    assert!(rules(node).contains(&mark), "{backend}: the rules exist");
     if std::env::var_os("SHOW_RULES").is_some() {
         eprintln!("{}", rules(node));
     }
@@ -122,4 +128,88 @@ fn nftables_forwards_from_everywhere() {
 #[test]
 fn iptables_forwards_from_everywhere() {
     forwards_everything("iptables");
+}
+
+/// A UDP flow that began before the mapping existed (or while it pointed at the old pod)
+/// would keep its conntrack entry: ADD and DEL delete the entries of their UDP host ports.
+fn udp_flows_are_flushed(backend: &str) {
+    require!(root; "etcd", "go", "ip", "iptables", "nft", "conntrack");
+    let c = cluster(1);
+    c.install(0, &conflist(json!({"backend": backend})))
+        .unwrap();
+    let node = c.node(0);
+    let client_ip = std::net::Ipv4Addr::new(10, 10, 0, 98);
+    let client = c.underlay.attach("cu", client_ip).unwrap();
+    let to = SocketAddr::new(IpAddr::V4(node.underlay_ip()), 8053);
+    // A fixed client port: the same flow before and after the mapping.
+    let send = || {
+        client
+            .within(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:40053").unwrap();
+                s.send_to(b"x", to).unwrap();
+            })
+            .unwrap()
+    };
+    let flows = || {
+        node.sh("conntrack -L -p udp --orig-port-dst 8053 2>/dev/null")
+            .unwrap()
+    };
+    // Conntrack tracks a namespace's flows once a rule there needs it.
+    node.sh("nft add table inet ct_warmup; \
+         nft 'add chain inet ct_warmup c { type filter hook prerouting priority 0; }'; \
+         nft add rule inet ct_warmup c ct state new counter")
+        .unwrap();
+    // (The first datagram may wait for ARP.)
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(3), || {
+            send();
+            flows().contains("dport=8053")
+        }),
+        "a flow before the mapping:\n{}",
+        flows()
+    );
+    let pod = NetNs::new("pu").unwrap();
+    let id = new_id("pu");
+    let result = c
+        .runtime(0)
+        .add(NET, &pod.path(), &opts(&id, two_mappings()))
+        .unwrap()
+        .unwrap();
+    let pod4 = pod_ip(&result, true).to_string();
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(3), || !flows()
+            .contains("dst=10.10.0.98 ")
+            || flows().contains(&pod4)),
+        "the flow from before the mapping was deleted:\n{}",
+        flows()
+    );
+    let _echo = Echo::start(&pod, &[], &[53]);
+    send();
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(3), || flows()
+            .contains(&pod4)),
+        "the same flow now goes to the pod:\n{}",
+        flows()
+    );
+    c.runtime(0)
+        .del(NET, &pod.path(), &opts(&id, serde_json::Value::Null))
+        .unwrap()
+        .unwrap();
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(3), || !flows()
+            .contains(&pod4)),
+        "DEL deleted the flow to the pod:\n{}",
+        flows()
+    );
+    node.sh("nft delete table inet ct_warmup").unwrap();
+}
+
+#[test]
+fn nftables_flushes_udp_flows() {
+    udp_flows_are_flushed("nftables");
+}
+
+#[test]
+fn iptables_flushes_udp_flows() {
+    udp_flows_are_flushed("iptables");
 }
