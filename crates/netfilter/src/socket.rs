@@ -174,19 +174,21 @@ impl NfSocket {
         Ok(parse_datagram(&self.buf[..n]))
     }
 
-    /// A single request answered by an acknowledgement or one message.
-    pub fn request(&mut self, what: &str, msg: &Message) -> Result<Vec<Reply>, NfError> {
+    /// Sends `msg` with `flags` and collects the replies to it until it is answered: an
+    /// acknowledgement (requests) or `NLMSG_DONE` (dumps); an error is the kernel's.
+    fn exchange(&mut self, what: &str, msg: &Message, flags: u16) -> Result<Vec<Reply>, NfError> {
         let seq = self.next_seq();
         let mut out = Vec::new();
-        msg.encode(seq, NLM_F_ACK, &mut out);
+        msg.encode(seq, flags, &mut out);
         self.send(what, &out)?;
         let mut replies = Vec::new();
         loop {
             for p in self.recv(what)? {
                 match p {
                     Parsed::Data(s, r) if s == seq => replies.push(r),
-                    Parsed::Ack(s, 0) if s == seq => return Ok(replies),
-                    Parsed::Ack(s, errno) if s == seq => {
+                    Parsed::Done(s) if s == seq => return Ok(replies),
+                    Parsed::Ack(s, 0) if s == seq && flags == NLM_F_ACK => return Ok(replies),
+                    Parsed::Ack(s, errno) if s == seq && errno != 0 => {
                         return Err(NfError::Kernel {
                             op: what.to_string(),
                             errno,
@@ -198,28 +200,14 @@ impl NfSocket {
         }
     }
 
+    /// A single request answered by an acknowledgement or one message.
+    pub fn request(&mut self, what: &str, msg: &Message) -> Result<Vec<Reply>, NfError> {
+        self.exchange(what, msg, NLM_F_ACK)
+    }
+
     /// A dump: every message until `NLMSG_DONE`.
     pub fn dump(&mut self, what: &str, msg: &Message) -> Result<Vec<Reply>, NfError> {
-        let seq = self.next_seq();
-        let mut out = Vec::new();
-        msg.encode(seq, NLM_F_DUMP, &mut out);
-        self.send(what, &out)?;
-        let mut replies = Vec::new();
-        loop {
-            for p in self.recv(what)? {
-                match p {
-                    Parsed::Data(s, r) if s == seq => replies.push(r),
-                    Parsed::Done(s) if s == seq => return Ok(replies),
-                    Parsed::Ack(s, errno) if s == seq && errno != 0 => {
-                        return Err(NfError::Kernel {
-                            op: what.to_string(),
-                            errno,
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.exchange(what, msg, NLM_F_DUMP)
     }
 
     /// An nf_tables transaction: all of `msgs` are committed atomically, or none is. Returns

@@ -80,6 +80,19 @@ pub fn eventually(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> 
     }
 }
 
+/// The addresses (without their masks) of a CNI result's `ips`, in order; entries that are
+/// not addresses are skipped.
+pub fn result_ips(result: &serde_json::Value) -> Vec<std::net::IpAddr> {
+    result["ips"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

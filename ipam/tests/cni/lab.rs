@@ -130,19 +130,9 @@ impl Lab {
 
     /// The addresses (without mask) in an ADD result.
     pub fn addresses(result: &Value) -> Vec<String> {
-        result["ips"]
-            .as_array()
-            .unwrap()
+        testkit::result_ips(result)
             .iter()
-            .map(|i| {
-                i["address"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_string()
-            })
+            .map(ToString::to_string)
             .collect()
     }
 

@@ -353,3 +353,20 @@ pub fn check_families(
     }
     Ok(())
 }
+
+/// A configuration for unit tests: the defaults, network `n`.
+#[cfg(test)]
+pub fn test_conf(backend: BackendKind) -> Conf {
+    Conf {
+        network: "n".into(),
+        snat: true,
+        mark_masq_bit: 13,
+        external_set_mark_chain: None,
+        conditions_v4: vec![],
+        conditions_v6: vec![],
+        masq_all: false,
+        backend: Some(backend),
+        state_dir: PathBuf::from("/tmp/portmap-test"),
+        mappings: vec![],
+    }
+}

@@ -210,21 +210,11 @@ pub fn is_entry_of(line: &str, chain: &str) -> bool {
 mod tests {
     use super::*;
     use crate::config::{BackendKind, Proto};
-    use std::path::PathBuf;
 
     fn conf() -> Conf {
-        Conf {
-            network: "refchain".into(),
-            snat: true,
-            mark_masq_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: vec![],
-            conditions_v6: vec![],
-            masq_all: false,
-            backend: Some(BackendKind::Iptables),
-            state_dir: PathBuf::from("/tmp/x"),
-            mappings: vec![],
-        }
+        let mut c = crate::config::test_conf(BackendKind::Iptables);
+        c.network = "refchain".into();
+        c
     }
 
     fn maps() -> Vec<Mapping> {

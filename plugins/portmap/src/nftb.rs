@@ -377,8 +377,8 @@ fn deletions(recorded: &[RecordedElem], msgs: &mut Vec<(String, Message)>) {
     }
 }
 
-/// Every element tagged with the container ID, found by listing the sets.
-fn listed(sock: &mut NfSocket, container_id: &str) -> Result<Vec<RecordedElem>, NfError> {
+/// Every element of our sets, with its set's name.
+fn all_elements(sock: &mut NfSocket) -> Result<Vec<(String, Elem)>, NfError> {
     let mut out = Vec::new();
     for s in sets() {
         let replies = match sock.dump(
@@ -390,18 +390,27 @@ fn listed(sock: &mut NfSocket, container_id: &str) -> Result<Vec<RecordedElem>, 
             Err(e) => return Err(e),
         };
         for r in replies {
-            for e in nft::elems_of(&r.attrs) {
-                if e.comment.as_deref() == Some(container_id) {
-                    out.push(RecordedElem {
-                        set: s.name.clone(),
-                        key: hex(&e.key),
-                        key_end: e.key_end.as_deref().map(hex),
-                    });
-                }
-            }
+            out.extend(
+                nft::elems_of(&r.attrs)
+                    .into_iter()
+                    .map(|e| (s.name.clone(), e)),
+            );
         }
     }
     Ok(out)
+}
+
+/// Every element tagged with the container ID, found by listing the sets.
+fn listed(sock: &mut NfSocket, container_id: &str) -> Result<Vec<RecordedElem>, NfError> {
+    Ok(all_elements(sock)?
+        .into_iter()
+        .filter(|(_, e)| e.comment.as_deref() == Some(container_id))
+        .map(|(set, e)| RecordedElem {
+            set,
+            key: hex(&e.key),
+            key_end: e.key_end.as_deref().map(hex),
+        })
+        .collect())
 }
 
 /// The elements as they will be recorded.
@@ -568,23 +577,11 @@ pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<Stri
 /// The container IDs tagged on any element (for GC).
 pub fn containers(sock: &mut NfSocket) -> Result<Vec<String>, NfError> {
     let mut out: Vec<String> = Vec::new();
-    for s in sets() {
-        let replies = match sock.dump(
-            "list elements",
-            &nft::get_elems(NFPROTO_INET, TABLE, &s.name),
-        ) {
-            Ok(r) => r,
-            Err(e) if e.errno() == Some(ENOENT) => continue,
-            Err(e) => return Err(e),
-        };
-        for r in replies {
-            for e in nft::elems_of(&r.attrs) {
-                if let Some(c) = e.comment
-                    && !out.contains(&c)
-                {
-                    out.push(c);
-                }
-            }
+    for (_, e) in all_elements(sock)? {
+        if let Some(c) = e.comment
+            && !out.contains(&c)
+        {
+            out.push(c);
         }
     }
     Ok(out)
@@ -608,18 +605,7 @@ mod tests {
 
     #[test]
     fn a_dual_stack_pod_is_a_few_elements() {
-        let conf = Conf {
-            network: "n".into(),
-            snat: true,
-            mark_masq_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: vec![],
-            conditions_v6: vec![],
-            masq_all: false,
-            backend: Some(BackendKind::Nftables),
-            state_dir: "/tmp".into(),
-            mappings: vec![],
-        };
+        let conf = crate::config::test_conf(BackendKind::Nftables);
         let m = vec![
             Mapping {
                 host_port: 8080,

@@ -76,20 +76,8 @@ pub fn two_mappings() -> Value {
 
 /// The pod's address of a family from an ADD result.
 pub fn pod_ip(result: &Value, v4: bool) -> IpAddr {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            i["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .parse::<IpAddr>()
-                .unwrap()
-        })
+    testkit::result_ips(result)
+        .into_iter()
         .find(|ip| ip.is_ipv4() == v4)
         .unwrap()
 }
