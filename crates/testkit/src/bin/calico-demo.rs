@@ -60,10 +60,54 @@ fn ping(from: &NetNs, to: &str) -> bool {
     })
 }
 
+/// CNI_ARGS of a pod; the frontend also maps host port 8080 to its port 80 (CAP_ARGS, as a
+/// runtime passes a pod's hostPort).
 fn pod_args(name: &str) -> CallOpts {
-    CallOpts::args(&format!(
+    let mut o = CallOpts::args(&format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"
-    ))
+    ));
+    if name == "frontend" {
+        o.cap_args = Some(json!({"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}
+        ]}));
+    }
+    o
+}
+
+/// A TCP server in `ns` on `port` answering each connection with the peer's address; it
+/// serves until the process ends.
+fn serve_peer_address(ns: &NetNs, port: u16) -> Result<()> {
+    let listener = ns.within(move || std::net::TcpListener::bind(("::", port)))??;
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            if let Ok(peer) = conn.peer_addr() {
+                let _ = std::io::Write::write_all(
+                    &mut conn,
+                    peer.ip().to_canonical().to_string().as_bytes(),
+                );
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What a TCP server at `to` answers a client in `from` (empty if nothing).
+fn tcp_answer(from: &NetNs, to: std::net::SocketAddr) -> String {
+    from.within(move || {
+        for _ in 0..3 {
+            if let Ok(mut c) =
+                std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2))
+            {
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let mut out = String::new();
+                if std::io::Read::read_to_string(&mut c, &mut out).is_ok() && !out.is_empty() {
+                    return out;
+                }
+            }
+        }
+        String::new()
+    })
+    .unwrap_or_default()
 }
 
 fn block_of(addr: &str, len: u8) -> Result<String> {
@@ -176,6 +220,12 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         );
     }
 
+    heading("frontend's hostPort 8080 (portmap, nftables backend): node-1's map");
+    indent(
+        &c.node(0)
+            .sh("nft list map inet calico_portmap hostports4")?,
+    );
+
     step(interrupted)?;
     heading("Endpoint records (calicoctl get workloadendpoints -o wide)");
     match calicoctl(&c, &["get", "workloadendpoints", "-o", "wide"]) {
@@ -228,6 +278,15 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         ok(cross_v4),
         ok(cross_v6)
     );
+    serve_peer_address(&pods[0].ns, 80)?;
+    let host_port = std::net::SocketAddr::new(IpAddr::V4(n1.underlay_ip()), 8080);
+    let seen = tcp_answer(&pods[2].ns, host_port);
+    let host_port_ok = seen == addr(&pods[2].ipv4);
+    println!(
+        "   db -> node-1 {host_port} (hostPort) -> frontend:80: {}  (frontend saw {})",
+        ok(host_port_ok),
+        if seen.is_empty() { "nothing" } else { &seen }
+    );
 
     step(interrupted)?;
     heading("Removing the pods (cni-driver del)");
@@ -243,6 +302,12 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         .values("/calico/resources/v3/projectcalico.org/workloadendpoints/")?
         .len();
     let left_handles = c.values("/calico/ipam/v2/handle/")?.len();
+    let left_mappings = c
+        .node(0)
+        .sh("nft list map inet calico_portmap hostports4 | grep -c comment || true")?
+        .trim()
+        .parse::<usize>()
+        .unwrap_or(0);
     // DEL hands the interface deletion to a detached helper (the kernel takes ~15 ms per
     // veth); give it a moment before counting.
     let no_cali = || {
@@ -288,20 +353,23 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
             .join(", ")
     );
     println!(
-        "   traffic: same node {}/{}, across nodes {}/{}",
+        "   traffic: same node {}/{}, across nodes {}/{}, hostPort {}",
         ok(same_v4),
         ok(same_v6),
         ok(cross_v4),
-        ok(cross_v6)
+        ok(cross_v6),
+        ok(host_port_ok)
     );
     println!(
-        "   after DEL: {left_weps} endpoint records, {left_handles} IPAM handles, {left_links} cali interfaces"
+        "   after DEL: {left_weps} endpoint records, {left_handles} IPAM handles, {left_links} cali interfaces, {left_mappings} hostPort mappings"
     );
     println!(
         "   total {:.1} s; namespaces, etcd and temporary files are removed now",
         started.elapsed().as_secs_f64()
     );
-    if !(same_v4 && same_v6 && cross_v4 && cross_v6) || left_weps + left_handles + left_links > 0 {
+    if !(same_v4 && same_v6 && cross_v4 && cross_v6 && host_port_ok)
+        || left_weps + left_handles + left_links + left_mappings > 0
+    {
         bail!("the demo did not end as expected");
     }
     Ok(())
