@@ -191,3 +191,32 @@ def cni_path_with(work, name, ours=(), reference=()):
 
 def share(fig, verb, stat):
     return fig[verb]["share"][stat]
+
+
+def nearest_rank(values, q):
+    import math
+    s = sorted(values)
+    return s[max(0, math.ceil(q * len(s)) - 1)] if s else float("nan")
+
+
+def pooled_rounds(chains, pods, rounds, work, node_netns=None, around=None):
+    """Measures `chains` (label, conflist, cni_path, extra_args_for_round) in `rounds` rounds
+    of pods // rounds pods each, every chain once per round in turn, and pools the per-pod
+    shares: a chain measured minutes after another would otherwise carry the machine's drift
+    in between. `around(label, run)` may wrap each run (to count requests, say). Returns
+    {label: {verb: {"median", "p99", "n", "samples"}}}."""
+    import statistics
+    per_round = max(1, pods // rounds)
+    samples = {}
+    for r in range(rounds):
+        for i, (label, conflist, path, extra) in enumerate(chains):
+            def run(label=label, conflist=conflist, path=path, extra=extra, i=i):
+                return bench_chain(f"r{r}c{i}", conflist, path, per_round, work,
+                                   extra_args=extra(r), node_netns=node_netns)
+            fig = around(label, run) if around else run()
+            for verb in ("ADD", "DEL"):
+                samples.setdefault(label, {}).setdefault(verb, []).extend(fig[verb]["share"]["samples"])
+    return {label: {verb: {"median": statistics.median(v), "p99": nearest_rank(v, 0.99), "n": len(v),
+                           "samples": v}
+                    for verb, v in verbs.items()}
+            for label, verbs in samples.items()}

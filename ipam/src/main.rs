@@ -62,5 +62,9 @@ impl Plugin for CalicoIpam {
 }
 
 fn main() -> ExitCode {
+    // The node's keeper of warm etcd connections (see calico_datastore::keeper).
+    if calico_datastore::keeper::run_if_requested() {
+        return ExitCode::SUCCESS;
+    }
     cni_protocol::run(&CalicoIpam)
 }

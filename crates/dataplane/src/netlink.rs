@@ -27,6 +27,7 @@ const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
 const ESRCH: i32 = 3;
 const ENOENT: i32 = 2;
+const EADDRNOTAVAIL: i32 = 99;
 const RT_TABLE_MAIN: u8 = 254;
 
 /// The errno of a netlink error, if it is one.
@@ -290,6 +291,20 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno(&e), Some(EEXIST)) => Ok(()),
             Err(e) => Err(DataplaneError::netlink(format!("add address {addr}"), e)),
+        }
+    }
+
+    /// Removes an address; one already gone is fine.
+    pub fn delete_address(&self, index: u32, addr: IpNet) -> Result<(), DataplaneError> {
+        let mut add = self
+            .handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len());
+        let msg = add.message_mut().clone();
+        match self.rt.block_on(self.handle.address().del(msg).execute()) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(EADDRNOTAVAIL | ENODEV)) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(format!("delete address {addr}"), e)),
         }
     }
 

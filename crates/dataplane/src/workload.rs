@@ -69,6 +69,14 @@ pub trait Dataplane {
         links: &Links,
         addresses: &[IpNet],
     ) -> Result<(), DataplaneError>;
+    /// Undoes [`Dataplane::configure`] for `addresses` (when an allocation had to be
+    /// planned again and chose others). What is already gone is fine.
+    fn unconfigure(
+        &self,
+        spec: &WorkloadSpec,
+        links: &Links,
+        addresses: &[IpNet],
+    ) -> Result<(), DataplaneError>;
     /// Removes the pod's interface (and so the host end and its routes). Missing namespace
     /// or interface is success.
     fn remove(
@@ -293,6 +301,22 @@ impl Dataplane for LinuxDataplane {
                     None => {}
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn unconfigure(
+        &self,
+        spec: &WorkloadSpec,
+        links: &Links,
+        addresses: &[IpNet],
+    ) -> Result<(), DataplaneError> {
+        let ns = netns::open(&spec.netns)?;
+        let host = Netlink::host()?;
+        let pod = host.in_netns_sharing(&ns, &spec.netns)?;
+        for a in addresses {
+            host.delete_route(IpNet::from(a.addr()), links.host_index)?;
+            pod.delete_address(links.pod_index, IpNet::from(a.addr()))?;
         }
         Ok(())
     }

@@ -1,13 +1,15 @@
 //! A blocking etcd v3 client for short-lived plugin processes: one connection per
 //! invocation, reused for every request, with compare-and-swap writes.
 
+use crate::keeper::{Claim, Keeper};
 use crate::store::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
-use crate::transport::{Target, connect_first};
+use crate::transport::{Target, dial, wrap};
 use calico_netconf::EtcdSettings;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How to reach etcd and how long to wait.
@@ -21,6 +23,9 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// Bound on any single request, connection included.
     pub request_timeout: Duration,
+    /// Take the connection from (and start if need be) the node's keeper of warm TLS
+    /// connections ([`crate::keeper`]); for short-lived plugin calls.
+    pub keeper: bool,
 }
 
 impl EtcdConfig {
@@ -35,6 +40,7 @@ impl EtcdConfig {
             key_file: None,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            keeper: false,
         }
     }
 
@@ -43,6 +49,7 @@ impl EtcdConfig {
             ca_cert_file: s.ca_cert_file.clone(),
             cert_file: s.cert_file.clone(),
             key_file: s.key_file.clone(),
+            keeper: s.keeper,
             ..EtcdConfig::new(s.endpoints.clone())
         }
     }
@@ -82,6 +89,73 @@ pub struct Etcd {
     /// Set after the first answered request: from then on a closed connection means etcd
     /// went away, not that it rejected our TLS identity.
     answered: std::cell::Cell<bool>,
+    /// How connections are made, and how the last one was.
+    dialing: Arc<Dialing>,
+}
+
+/// What the connector (called by the first request, and on reconnects) works from.
+struct Dialing {
+    targets: Vec<Target>,
+    config: EtcdConfig,
+    keeper: Option<Keeper>,
+    /// The TLS settings (None for plain endpoints), or why they could not be read.
+    tls: std::sync::OnceLock<Result<Option<Arc<rustls::ClientConfig>>, EtcdError>>,
+    /// Only the first connection may come from the keeper: a reconnect after a failure
+    /// goes straight to etcd.
+    first: AtomicBool,
+    via_keeper: AtomicBool,
+}
+
+impl Dialing {
+    fn tls_for(
+        targets: &[Target],
+        config: &EtcdConfig,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, EtcdError> {
+        if targets.iter().any(|t| t.tls) {
+            crate::transport::tls_config(config).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn connect(&self) -> Result<crate::transport::Io, std::io::Error> {
+        let asked = std::time::Instant::now();
+        let first = self.first.swap(false, Ordering::Relaxed);
+        if let Some(keeper) = self.keeper.as_ref().filter(|_| first) {
+            match keeper.claim().await {
+                Claim::Served(stream) => {
+                    log::debug!("etcd connection from the keeper in {:?}", asked.elapsed());
+                    self.via_keeper.store(true, Ordering::Relaxed);
+                    return Ok(wrap(crate::transport::Stream::Keeper(stream)));
+                }
+                Claim::Absent => {
+                    if let Err(e) = keeper.start() {
+                        log::debug!("could not start the etcd keeper: {e}");
+                    }
+                }
+                Claim::Declined => {}
+            }
+        }
+        self.via_keeper.store(false, Ordering::Relaxed);
+        let tls = match self
+            .tls
+            .get_or_init(|| Self::tls_for(&self.targets, &self.config))
+        {
+            Ok(tls) => tls.clone(),
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        let stream = dial(&self.targets, tls.as_ref(), self.config.connect_timeout).await;
+        log::debug!("etcd connection made in {:?}", asked.elapsed());
+        stream.map(wrap)
+    }
+
+    /// The TLS settings' error, if reading them failed.
+    fn config_error(&self) -> Option<EtcdError> {
+        match self.tls.get() {
+            Some(Err(EtcdError::Config(e))) => Some(EtcdError::Config(e.clone())),
+            _ => None,
+        }
+    }
 }
 
 impl Etcd {
@@ -97,11 +171,18 @@ impl Etcd {
             .iter()
             .map(|e| Target::parse(e))
             .collect::<Result<Vec<_>, _>>()?;
-        let tls = if targets.iter().any(|t| t.tls) {
-            Some(crate::transport::tls_config(config)?)
+        let keeper = if config.keeper {
+            Keeper::for_config(config)
         } else {
             None
         };
+        // Without a keeper the TLS settings are needed at once, so a bad file is reported
+        // here; with one they are read only if the keeper cannot serve (it could, with
+        // the same files).
+        let tls = std::sync::OnceLock::new();
+        if keeper.is_none() {
+            let _ = tls.set(Ok(Dialing::tls_for(&targets, config)?));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -109,10 +190,18 @@ impl Etcd {
         let uri = format!("http://{}", targets[0].authority);
         let endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| EtcdError::Config(format!("invalid etcd endpoint: {e}")))?;
-        let targets = Arc::new(targets);
-        let timeout = config.connect_timeout;
+        let dialing = Arc::new(Dialing {
+            targets,
+            config: config.clone(),
+            keeper,
+            tls,
+            first: AtomicBool::new(true),
+            via_keeper: AtomicBool::new(false),
+        });
+        let shared = dialing.clone();
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            connect_first(targets.clone(), tls.clone(), timeout)
+            let dialing = shared.clone();
+            async move { dialing.connect().await }
         });
         let client = runtime
             .block_on(async {
@@ -126,7 +215,13 @@ impl Etcd {
             config: config.clone(),
             endpoints,
             answered: std::cell::Cell::new(false),
+            dialing,
         })
+    }
+
+    /// Whether the connection (made by the first request) came from the node's keeper.
+    pub fn via_keeper(&self) -> bool {
+        self.dialing.via_keeper.load(Ordering::Relaxed)
     }
 
     pub fn endpoints(&self) -> &str {
@@ -147,7 +242,11 @@ impl Etcd {
                 reason: format!("no answer within {limit:?}"),
             })?;
         let rejected_tls = self.config.uses_tls() && !self.answered.get();
-        let out = out.map_err(|e| classify(&self.endpoints, e, rejected_tls))?;
+        let out = out.map_err(|e| {
+            self.dialing
+                .config_error()
+                .unwrap_or_else(|| classify(&self.endpoints, e, rejected_tls))
+        })?;
         self.answered.set(true);
         Ok(out)
     }

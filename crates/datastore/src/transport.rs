@@ -61,10 +61,14 @@ impl Target {
 /// The bytes moved by the connection: plain TCP or TLS, both buffered until flush.
 pub type Io = TokioIo<BufStream<Stream>>;
 
-/// A TCP or TLS stream.
+/// A TCP or TLS stream, or a keeper's connection (TLS done by the keeper, see
+/// [`crate::keeper`]).
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Keeper(tokio::net::UnixStream),
+    /// Made by the keeper's dialer thread (see [`crate::keeper`]).
+    Dialed(Box<tokio_rustls::client::TlsStream<crate::keeper::Switchable>>),
 }
 
 impl AsyncRead for Stream {
@@ -76,6 +80,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Keeper(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -89,6 +95,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Keeper(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -99,6 +107,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Keeper(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -109,6 +119,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Keeper(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -162,31 +174,30 @@ pub fn tls_config(config: &EtcdConfig) -> Result<Arc<rustls::ClientConfig>, Etcd
 }
 
 /// Connects to the first target that accepts (TCP, then TLS), each bounded by `timeout`.
-pub async fn connect_first(
-    targets: Arc<Vec<Target>>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+pub async fn dial(
+    targets: &[Target],
+    tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: Duration,
-) -> Result<Io, std::io::Error> {
+) -> Result<Stream, std::io::Error> {
     let mut errors = Vec::new();
-    for t in targets.iter() {
+    for t in targets {
         let attempt = async {
             let tcp = TcpStream::connect(&t.authority).await?;
             tcp.set_nodelay(true)?;
-            let stream = match (&tls, t.tls) {
+            match (tls, t.tls) {
                 (Some(cfg), true) => {
                     let name = ServerName::try_from(t.host.clone())
                         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                     let s = tokio_rustls::TlsConnector::from(cfg.clone())
                         .connect(name, tcp)
                         .await?;
-                    Stream::Tls(Box::new(s))
+                    Ok::<_, std::io::Error>(Stream::Tls(Box::new(s)))
                 }
-                _ => Stream::Plain(tcp),
-            };
-            Ok::<_, std::io::Error>(TokioIo::new(BufStream::new(stream)))
+                _ => Ok(Stream::Plain(tcp)),
+            }
         };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(io)) => return Ok(io),
+            Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => errors.push(format!("{}: {e}", t.url)),
             Err(_) => errors.push(format!("{}: no connection within {timeout:?}", t.url)),
         }
@@ -195,6 +206,11 @@ pub async fn connect_first(
         std::io::ErrorKind::ConnectionRefused,
         errors.join("; "),
     ))
+}
+
+/// The connection for the HTTP/2 client: buffered until flush.
+pub fn wrap(stream: Stream) -> Io {
+    TokioIo::new(BufStream::new(stream))
 }
 
 #[cfg(test)]

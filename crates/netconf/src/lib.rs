@@ -153,6 +153,9 @@ pub struct NetConf {
     pub etcd_ca_cert_file: String,
     /// Deprecated `host:port` form of the endpoint.
     pub etcd_authority: String,
+    /// Ours, not Calico's: `false` stops the plugins taking etcd TLS connections from the
+    /// node's connection keeper (see calico-datastore's `keeper`). Unset means on.
+    pub etcd_keeper: Option<bool>,
     pub log_level: String,
     pub log_file_path: String,
     pub log_file_max_size: i64,
@@ -208,6 +211,7 @@ impl NetConf {
         "etcd_cert_file",
         "etcd_ca_cert_file",
         "etcd_authority",
+        "etcd_keeper",
         "log_level",
         "log_file_path",
         "log_file_max_size",
@@ -355,6 +359,7 @@ impl NetConf {
             ca_cert_file: pick(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE"),
             cert_file: pick(&self.etcd_cert_file, "ETCD_CERT_FILE"),
             key_file: pick(&self.etcd_key_file, "ETCD_KEY_FILE"),
+            keeper: self.etcd_keeper.unwrap_or(true),
         }
     }
 
@@ -389,6 +394,8 @@ pub struct EtcdSettings {
     pub ca_cert_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Whether a plugin may use the node's keeper of warm etcd connections.
+    pub keeper: bool,
 }
 
 fn non_empty(s: &str) -> Option<&str> {

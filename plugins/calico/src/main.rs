@@ -94,5 +94,9 @@ fn main() -> ExitCode {
     if calico_dataplane::reaper::run_if_requested() {
         return ExitCode::SUCCESS;
     }
+    // The node's keeper of warm etcd connections (see calico_datastore::keeper).
+    if calico_datastore::keeper::run_if_requested() {
+        return ExitCode::SUCCESS;
+    }
     cni_protocol::run(&Calico)
 }

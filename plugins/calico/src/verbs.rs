@@ -324,7 +324,8 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
     // The kernel half starts at once on its own thread; the datastore half reads (and
     // connects) meanwhile, and waits for the kernel half before it commits anything, so a
     // failed veth leaves the datastore untouched.
-    type Done = (Vec<IpNet>, Vec<Route>, Option<Links>);
+    /// Addresses, routes, whether they are configured already, the links.
+    type Done = (Vec<IpNet>, Vec<Route>, bool, Option<Links>);
     let outcome = std::thread::scope(|s| -> Result<Done, (CniError, bool)> {
         let mut creating = Some(s.spawn(|| {
             let r = deps.dataplane.create(&spec);
@@ -332,7 +333,7 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
             r
         }));
         let mut created: Option<Result<Links, DataplaneError>> = None;
-        let mut wait_created = || -> Result<(), CniError> {
+        let mut wait_created = || -> Result<Links, CniError> {
             if created.is_none() {
                 let joined = creating.take().map_or_else(
                     || {
@@ -368,11 +369,52 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                     },
                     e.to_string(),
                 )),
-                _ => Ok(()),
+                Some(Ok(links)) => Ok(*links),
+                None => Err(CniError::new(
+                    ErrorCode::DATAPLANE,
+                    "the veth pair was not made",
+                )),
             }
         };
+        // In-process, the pod's addresses and host routes are set on another thread while
+        // the transaction is in flight (it is the slowest step: etcd's fsync). The host lock
+        // keeps any other pod of this node from holding those addresses meanwhile; a
+        // conflict that makes the allocation choose others undoes them first, and a failed
+        // commit removes the whole interface anyway.
+        let mut configuring: Option<(Vec<IpNet>, Links, _)> = None;
+        // Starts configuring `next` (undoing what an earlier attempt configured, if it
+        // differs), or with `None` waits for the configuring thread and returns its outcome.
+        let mut settle_configuring =
+            |next: Option<(&[IpNet], Links)>| -> Result<(), DataplaneError> {
+                let join = |h: std::thread::ScopedJoinHandle<'_, Result<(), DataplaneError>>| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(DataplaneError::netlink("configure", "the thread panicked"))
+                    })
+                };
+                if let Some((prev, links, h)) = configuring.take() {
+                    match next {
+                        Some((n, _)) if n == prev.as_slice() => {
+                            configuring = Some((prev, links, h));
+                            return Ok(());
+                        }
+                        Some(_) => {
+                            let _ = join(h);
+                            deps.dataplane.unconfigure(&spec, &links, &prev)?;
+                        }
+                        None => return join(h),
+                    }
+                }
+                if let Some((addrs, links)) = next {
+                    let addrs = addrs.to_vec();
+                    let for_thread = addrs.clone();
+                    let (spec, dataplane) = (&spec, deps.dataplane);
+                    let h = s.spawn(move || dataplane.configure(spec, &links, &for_thread));
+                    configuring = Some((addrs, links, h));
+                }
+                Ok(())
+            };
         let committed = if ctx.ipam_in_process() && ov.no_ipam.is_empty() {
-            calico_ipam::cni::allocate(
+            let result = calico_ipam::cni::allocate(
                 deps.store,
                 &ctx.conf,
                 req,
@@ -382,12 +424,18 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                 &mut |addrs: &[IpNet], snap: &Snapshot| {
                     check_ready(snapshot_key(snap, &cluster_information_key()).as_ref())
                         .map_err(IpamError::Caller)?;
-                    wait_created().map_err(IpamError::Caller)?;
+                    let links = wait_created().map_err(IpamError::Caller)?;
+                    settle_configuring(Some((addrs, links)))
+                        .map_err(|e| IpamError::Caller(dataplane_error(e)))?;
                     endpoint_writes(ctx, req, addrs, &mac, pod, |k| snapshot_key(snap, k))
                         .map_err(IpamError::Caller)
                 },
-            )
-            .map(|addrs| {
+            );
+            // Whatever happened, the configuring thread ends here; its outcome matters only
+            // if the allocation stands.
+            let configured = settle_configuring(None);
+            result.and_then(|addrs| {
+                configured.map_err(dataplane_error)?;
                 let routes = addrs
                     .iter()
                     .map(IpNet::trunc)
@@ -395,19 +443,13 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                     .into_iter()
                     .map(Route::to)
                     .collect();
-                (addrs, routes)
+                Ok((addrs, routes, true))
             })
         } else {
-            add_delegated(
-                req,
-                ctx,
-                deps,
-                &ov,
-                &extra_keys,
-                &mac,
-                pod,
-                &mut wait_created,
-            )
+            add_delegated(req, ctx, deps, &ov, &extra_keys, &mac, pod, &mut || {
+                wait_created().map(|_| ())
+            })
+            .map(|(addrs, routes)| (addrs, routes, false))
         };
         let _ = wait_created();
         // On failure remove what we made, unless the names belonged to someone else.
@@ -417,10 +459,10 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
             _ => None,
         };
         committed
-            .map(|(addrs, routes)| (addrs, routes, links))
+            .map(|(addrs, routes, configured)| (addrs, routes, configured, links))
             .map_err(|e| (e, !theirs))
     });
-    let (addrs, routes, links) = match outcome {
+    let (addrs, routes, configured, links) = match outcome {
         Ok(done) => done,
         Err((e, remove)) => {
             if remove {
@@ -434,9 +476,15 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         started.elapsed()
     );
     // The commit waited for the veth, so `links` is there; kept total all the same.
-    let configured = links
-        .ok_or_else(|| DataplaneError::netlink("create", "the veth pair was not made"))
-        .and_then(|links| deps.dataplane.configure(&spec, &links, &addrs));
+    // The commit waited for the veth, so `links` is there; kept total all the same.
+    let configured = match (configured, links) {
+        (true, _) => Ok(()),
+        (false, Some(links)) => deps.dataplane.configure(&spec, &links, &addrs),
+        (false, None) => Err(DataplaneError::netlink(
+            "create",
+            "the veth pair was not made",
+        )),
+    };
     if let Err(e) = configured {
         remove_quietly(deps, &spec);
         undo_datastore(req, ctx, deps, ov.no_ipam.is_empty());

@@ -7,6 +7,7 @@
 mod common;
 mod failures;
 mod gc_check;
+mod keeper;
 mod lifecycle;
 mod scale;
 mod seed;

@@ -1,0 +1,227 @@
+//! The node's keeper of warm etcd connections (calico_datastore::keeper), as the plugin
+//! starts and uses it: through libcni, against the cluster's mutual-TLS etcd.
+
+use crate::common::{addresses, cluster, conflist, pod_args};
+use serde_json::json;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+use testkit::{NetNs, require};
+
+/// Pids of keepers running in the network namespace at `netns`.
+fn keepers_in(netns: &std::path::Path) -> Vec<u32> {
+    let want = std::fs::metadata(netns).unwrap().ino();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmd.split(|b| *b == 0).next() == Some(b"calico-etcd-keeper".as_slice())
+                && std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == want)
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many calls of the log took their connection from the keeper, and how many dialled.
+fn connections(log: &std::path::Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    (
+        text.matches("etcd connection from the keeper").count(),
+        text.matches("etcd connection made").count(),
+    )
+}
+
+#[test]
+fn calls_after_the_first_use_the_keeper_and_get_the_same_results() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    let mut list = conflist("1.0.0", json!({}));
+    list["plugins"][0]["log_level"] = json!("debug");
+    c.install(0, &list).unwrap();
+    let rt = c.runtime(0);
+    let netns = c.node(0).netns().path();
+    assert!(keepers_in(&netns).is_empty());
+
+    let first = NetNs::new("keeper-a").unwrap();
+    let r = rt
+        .add("k8s-pod-network", &first.path(), &pod_args("default", "a"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(addresses(&r).len(), 1, "{r}");
+    assert_eq!(connections(&c.log_of(0)), (0, 1), "the first call dials");
+    wait_for("a keeper", || keepers_in(&netns).len() == 1);
+
+    // Every later call is served by it (it keeps connections ready for them), and the
+    // results and records are what a direct connection gives.
+    let pods: Vec<NetNs> = (0..4)
+        .map(|i| NetNs::new(&format!("keeper-{i}")).unwrap())
+        .collect();
+    for (i, pod) in pods.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(20));
+        let opts = pod_args("default", &format!("p{i}"));
+        let r = rt
+            .add("k8s-pod-network", &pod.path(), &opts)
+            .unwrap()
+            .unwrap();
+        assert!(addresses(&r)[0].starts_with("10.244."), "{r}");
+        rt.check("k8s-pod-network", &pod.path(), &opts)
+            .unwrap()
+            .unwrap();
+    }
+    let weps = c
+        .values("/calico/resources/v3/projectcalico.org/workloadendpoints/default/")
+        .unwrap();
+    assert_eq!(weps.len(), 5);
+    for (i, pod) in pods.iter().enumerate() {
+        rt.del(
+            "k8s-pod-network",
+            &pod.path(),
+            &pod_args("default", &format!("p{i}")),
+        )
+        .unwrap()
+        .unwrap();
+    }
+    rt.del("k8s-pod-network", &first.path(), &pod_args("default", "a"))
+        .unwrap()
+        .unwrap();
+    let (served, dialled) = connections(&c.log_of(0));
+    assert_eq!(dialled, 1, "only the first call dialled");
+    assert_eq!(
+        served,
+        4 * 2 + 5,
+        "ADD, CHECK and DEL of the rest were served"
+    );
+    assert_eq!(
+        keepers_in(&netns).len(),
+        1,
+        "one keeper per node and settings"
+    );
+    assert!(
+        c.values("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_keeper_serves_only_callers_that_could_read_the_key_themselves() {
+    require!(root; "etcd", "go", "ip", "nsenter", "setpriv", "/usr/bin/python3");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let pod = NetNs::new("keeper-uid").unwrap();
+    let rt = c.runtime(0);
+    rt.add("k8s-pod-network", &pod.path(), &pod_args("default", "u"))
+        .unwrap()
+        .unwrap();
+    let netns = c.node(0).netns().path();
+    wait_for("a keeper", || keepers_in(&netns).len() == 1);
+    let pid = keepers_in(&netns)[0];
+    let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap();
+    let name = unix
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("@calico-etcd-keeper-"))
+        .map(|h| format!("calico-etcd-keeper-{h}"))
+        .expect("the keeper listens");
+    // Waits for the keeper to have a connection ready, then asks for it, in the node's
+    // network namespace and, if `node_files`, its mount namespace (its /etc/cni/net.d).
+    let mount_ns = c.node(0).mount_ns_path();
+    let ask = |node_files: bool, user: &[&str]| -> String {
+        let script = format!(
+            "import socket,time\n\
+             time.sleep(0.5)\n\
+             s=socket.socket(socket.AF_UNIX)\n\
+             s.connect('\\0{name}')\n\
+             s.settimeout(2)\n\
+             print(repr(s.recv(1)))"
+        );
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(node_files.then(|| format!("--mount={}", mount_ns.display())))
+            .args(user)
+            .args(["/usr/bin/python3", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    assert_eq!(
+        ask(true, &nobody),
+        "b''",
+        "another user is turned away without a word"
+    );
+    assert_eq!(
+        ask(false, &[]),
+        "b''",
+        "root in a mount namespace where the key's path is another file (or none) too"
+    );
+    assert_eq!(
+        ask(true, &[]),
+        "b'k'",
+        "root seeing the same key file is served"
+    );
+    rt.del("k8s-pod-network", &pod.path(), &pod_args("default", "u"))
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn the_keeper_leaves_when_etcd_goes_and_calls_still_fail_clearly() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let rt = c.runtime(0);
+    let pod = NetNs::new("keeper-gone").unwrap();
+    rt.add("k8s-pod-network", &pod.path(), &pod_args("default", "g"))
+        .unwrap()
+        .unwrap();
+    let netns = c.node(0).netns().path();
+    wait_for("a keeper", || keepers_in(&netns).len() == 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.etcd.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Its connections close, no new one can be made: it exits.
+    wait_for("the keeper to exit", || keepers_in(&netns).is_empty());
+    let e = rt
+        .del("k8s-pod-network", &pod.path(), &pod_args("default", "g"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(11), "{e}");
+    assert!(e.msg.contains("10.10.0.174:2379"), "{e}");
+}
+
+#[test]
+fn etcd_keeper_false_dials_every_call_and_starts_none() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    let mut list = conflist("1.0.0", json!({}));
+    list["plugins"][0]["log_level"] = json!("debug");
+    list["plugins"][0]["etcd_keeper"] = json!(false);
+    c.install(0, &list).unwrap();
+    let rt = c.runtime(0);
+    let pod = NetNs::new("keeper-off").unwrap();
+    let opts = pod_args("default", "off");
+    rt.add("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    rt.del("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
+    assert_eq!(connections(&c.log_of(0)), (0, 2));
+    assert!(keepers_in(&c.node(0).netns().path()).is_empty());
+}
