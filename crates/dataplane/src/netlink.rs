@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
+    LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
@@ -232,6 +233,32 @@ impl Netlink {
         self.rt
             .block_on(self.handle.link().set(msg).execute())
             .map_err(|e| DataplaneError::netlink(format!("set link {index} up"), e))
+    }
+
+    /// Turns on IPv4 settings of an interface (`ipv4/conf/<if>/forwarding`, `proxy_arp`,
+    /// `route_localnet`) in one request. Each write under `/proc/sys` instead costs a path
+    /// lookup that grows with the interfaces on the node (0.05-0.4 ms each with 500 pods),
+    /// and `forwarding` spins on the rtnl lock while the kernel frees old namespaces.
+    pub fn enable_ipv4_conf(
+        &self,
+        index: u32,
+        forwarding: bool,
+        proxy_arp: bool,
+        route_localnet: bool,
+    ) -> Result<(), DataplaneError> {
+        // Only the non-zero fields are sent, so nothing else of the interface changes.
+        let mut conf = InetDevConf::default();
+        conf.forwarding = i32::from(forwarding);
+        conf.proxy_arp = i32::from(proxy_arp);
+        conf.route_localnet = i32::from(route_localnet);
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(|e| DataplaneError::netlink(format!("set IPv4 settings of link {index}"), e))
     }
 
     /// Creates a veth pair in one request: `name` here, `peer` directly inside `peer_ns`

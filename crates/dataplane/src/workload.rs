@@ -111,15 +111,13 @@ pub trait Dataplane {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxDataplane;
 
-fn host_sysctls(spec: &WorkloadSpec) -> Result<(), DataplaneError> {
+fn host_sysctls(host: &Netlink, index: u32, spec: &WorkloadSpec) -> Result<(), DataplaneError> {
     let h = &spec.host_ifname;
     if spec.v4 {
         // route_localnet lets hostPort traffic to 127.0.0.1 reach the pod (portmap).
-        sysctl::set(&format!("ipv4/conf/{h}/route_localnet"), "1")?;
+        host.enable_ipv4_conf(index, true, true, true)?;
         // Without proxy_delay=0 the first packet waits for the proxy-ARP timer.
         sysctl::set_best_effort(&format!("ipv4/neigh/{h}/proxy_delay"), "0");
-        sysctl::set(&format!("ipv4/conf/{h}/proxy_arp"), "1")?;
-        sysctl::set(&format!("ipv4/conf/{h}/forwarding"), "1")?;
     }
     if spec.v6 {
         sysctl::set(&format!("ipv6/conf/{h}/accept_dad"), "0")?;
@@ -171,11 +169,13 @@ fn pod_forwarding(
 ) -> Result<(), DataplaneError> {
     let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
     netns::within(ns, &spec.netns, || -> Result<(), DataplaneError> {
+        // Read first: a write of ip_forward spins on the rtnl lock while the kernel frees
+        // old namespaces, and a new namespace usually has the wanted value already.
         if v4 {
-            sysctl::set("ipv4/ip_forward", forward)?;
+            sysctl::ensure("ipv4/ip_forward", forward)?;
         }
         if v6 {
-            sysctl::set("ipv6/conf/all/forwarding", forward)?;
+            sysctl::ensure("ipv6/conf/all/forwarding", forward)?;
         }
         Ok(())
     })?
@@ -229,10 +229,12 @@ impl Dataplane for LinuxDataplane {
                 sysctl::set(&format!("ipv6/conf/{}/accept_dad", spec.ifname), "0")
             })??;
         }
-        host_sysctls(spec)?;
-        let host_link = find(&host, &spec.host_ifname, "find the host interface")?;
+        // The host end's index by ioctl: no rtnl lock, unlike a netlink lookup.
+        let host_index = nix::net::if_::if_nametoindex(spec.host_ifname.as_str())
+            .map_err(|e| DataplaneError::netlink("find the host interface", e))?;
+        host_sysctls(&host, host_index, spec)?;
         if !up_at_once {
-            host.set_up(host_link.index)?;
+            host.set_up(host_index)?;
         }
         pod.set_up(pod_link.index)?;
         // The pod's routes do not depend on its addresses: set them now, while the
@@ -240,7 +242,7 @@ impl Dataplane for LinuxDataplane {
         pod_gateways(&pod, pod_link.index, spec.v4, spec.v6)?;
         pod_forwarding(&ns, spec, spec.v4, spec.v6)?;
         Ok(Links {
-            host_index: host_link.index,
+            host_index,
             pod_index: pod_link.index,
         })
     }
