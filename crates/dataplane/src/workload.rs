@@ -61,7 +61,17 @@ pub struct Observed {
 pub trait Dataplane {
     /// Creates the veth pair with its sysctls, brings both ends up, and sets the pod's
     /// routes and forwarding sysctls (all that does not depend on the addresses).
-    fn create(&self, spec: &WorkloadSpec) -> Result<Links, DataplaneError>;
+    fn create(&self, spec: &WorkloadSpec) -> Result<Links, DataplaneError> {
+        self.create_then(spec, &mut || {})
+    }
+    /// As [`Dataplane::create`], calling `paired` as soon as the veth pair exists: from then
+    /// on nothing can take the names (the rest, settings and links up, rarely fails and is
+    /// undone with the interface if it does).
+    fn create_then(
+        &self,
+        spec: &WorkloadSpec,
+        paired: &mut dyn FnMut(),
+    ) -> Result<Links, DataplaneError>;
     /// The pod's addresses and the host's routes to them, on the links `create` made.
     fn configure(
         &self,
@@ -167,27 +177,29 @@ fn pod_forwarding(
     v4: bool,
     v6: bool,
 ) -> Result<(), DataplaneError> {
-    let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
-    netns::within(ns, &spec.netns, || -> Result<(), DataplaneError> {
-        // Read first: a write of ip_forward spins on the rtnl lock while the kernel frees
-        // old namespaces, and a new namespace usually has the wanted value already.
-        if v4 {
-            sysctl::ensure("ipv4/ip_forward", forward)?;
-        }
-        if v6 {
-            sysctl::ensure("ipv6/conf/all/forwarding", forward)?;
-        }
-        Ok(())
-    })?
+    netns::within(ns, &spec.netns, || forwarding_here(spec, v4, v6))?
 }
 
-fn find(nl: &Netlink, name: &str, op: &str) -> Result<Link, DataplaneError> {
-    nl.link(name)?
-        .ok_or_else(|| DataplaneError::netlink(op, format!("link {name} does not exist")))
+/// [`pod_forwarding`] from inside the pod's namespace.
+fn forwarding_here(spec: &WorkloadSpec, v4: bool, v6: bool) -> Result<(), DataplaneError> {
+    let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
+    // Read first: a write of ip_forward spins on the rtnl lock while the kernel frees old
+    // namespaces, and a new namespace usually has the wanted value already.
+    if v4 {
+        sysctl::ensure("ipv4/ip_forward", forward)?;
+    }
+    if v6 {
+        sysctl::ensure("ipv6/conf/all/forwarding", forward)?;
+    }
+    Ok(())
 }
 
 impl Dataplane for LinuxDataplane {
-    fn create(&self, spec: &WorkloadSpec) -> Result<Links, DataplaneError> {
+    fn create_then(
+        &self,
+        spec: &WorkloadSpec,
+        paired: &mut dyn FnMut(),
+    ) -> Result<Links, DataplaneError> {
         let ns = netns::open(&spec.netns)?;
         let host = Netlink::host()?;
         // The host end comes up in the creating request, except with IPv6: DAD must be off
@@ -219,16 +231,22 @@ impl Dataplane for LinuxDataplane {
                 host_ifname: spec.host_ifname.clone(),
             });
         }
+        paired();
         let pod = host.in_netns_sharing(&ns, &spec.netns)?;
-        let pod_link = find(&pod, &spec.ifname, "find the pod interface")?;
-        if spec.v6 {
-            netns::within(&ns, &spec.netns, || -> Result<(), DataplaneError> {
+        // One visit to the pod's namespace: the interface's index (by ioctl: no rtnl lock,
+        // unlike a netlink lookup), its IPv6 settings and forwarding.
+        let pod_index = netns::within(&ns, &spec.netns, || -> Result<u32, DataplaneError> {
+            let index = nix::net::if_::if_nametoindex(spec.ifname.as_str())
+                .map_err(|e| DataplaneError::netlink("find the pod interface", e))?;
+            if spec.v6 {
                 for conf in ["all", "default", "lo"] {
                     sysctl::set_best_effort(&format!("ipv6/conf/{conf}/disable_ipv6"), "0");
                 }
-                sysctl::set(&format!("ipv6/conf/{}/accept_dad", spec.ifname), "0")
-            })??;
-        }
+                sysctl::set(&format!("ipv6/conf/{}/accept_dad", spec.ifname), "0")?;
+            }
+            forwarding_here(spec, spec.v4, spec.v6)?;
+            Ok(index)
+        })??;
         // The host end's index by ioctl: no rtnl lock, unlike a netlink lookup.
         let host_index = nix::net::if_::if_nametoindex(spec.host_ifname.as_str())
             .map_err(|e| DataplaneError::netlink("find the host interface", e))?;
@@ -236,14 +254,13 @@ impl Dataplane for LinuxDataplane {
         if !up_at_once {
             host.set_up(host_index)?;
         }
-        pod.set_up(pod_link.index)?;
+        pod.set_up(pod_index)?;
         // The pod's routes do not depend on its addresses: set them now, while the
         // allocation is still being committed, so only the addresses are left for later.
-        pod_gateways(&pod, pod_link.index, spec.v4, spec.v6)?;
-        pod_forwarding(&ns, spec, spec.v4, spec.v6)?;
+        pod_gateways(&pod, pod_index, spec.v4, spec.v6)?;
         Ok(Links {
             host_index,
-            pod_index: pod_link.index,
+            pod_index,
         })
     }
 

@@ -321,100 +321,13 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         extra_keys.push(profile_key(&req.network_name));
     }
 
-    // The kernel half starts at once on its own thread; the datastore half reads (and
-    // connects) meanwhile, and waits for the kernel half before it commits anything, so a
-    // failed veth leaves the datastore untouched.
-    /// Addresses, routes, whether they are configured already, the links.
-    type Done = (Vec<IpNet>, Vec<Route>, bool, Option<Links>);
-    let outcome = std::thread::scope(|s| -> Result<Done, (CniError, bool)> {
-        let mut creating = Some(s.spawn(|| {
-            let r = deps.dataplane.create(&spec);
-            log::debug!("veth created after {:?}", started.elapsed());
-            r
-        }));
-        let mut created: Option<Result<Links, DataplaneError>> = None;
-        let mut wait_created = || -> Result<Links, CniError> {
-            if created.is_none() {
-                let joined = creating.take().map_or_else(
-                    || {
-                        Err(DataplaneError::netlink(
-                            "create",
-                            "the dataplane thread is gone",
-                        ))
-                    },
-                    |h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(DataplaneError::netlink(
-                                "create",
-                                "the dataplane thread panicked",
-                            ))
-                        })
-                    },
-                );
-                created = Some(joined);
-            }
-            match &created {
-                Some(Err(DataplaneError::Exists {
-                    ifname,
-                    host_ifname,
-                })) => Err(dataplane_error(DataplaneError::Exists {
-                    ifname: ifname.clone(),
-                    host_ifname: host_ifname.clone(),
-                })),
-                Some(Err(e)) => Err(CniError::new(
-                    if matches!(e, DataplaneError::NetnsMissing(_)) {
-                        ErrorCode::UNKNOWN_CONTAINER
-                    } else {
-                        ErrorCode::DATAPLANE
-                    },
-                    e.to_string(),
-                )),
-                Some(Ok(links)) => Ok(*links),
-                None => Err(CniError::new(
-                    ErrorCode::DATAPLANE,
-                    "the veth pair was not made",
-                )),
-            }
-        };
-        // In-process, the pod's addresses and host routes are set on another thread while
-        // the transaction is in flight (it is the slowest step: etcd's fsync). The host lock
-        // keeps any other pod of this node from holding those addresses meanwhile; a
-        // conflict that makes the allocation choose others undoes them first, and a failed
-        // commit removes the whole interface anyway.
-        let mut configuring: Option<(Vec<IpNet>, Links, _)> = None;
-        // Starts configuring `next` (undoing what an earlier attempt configured, if it
-        // differs), or with `None` waits for the configuring thread and returns its outcome.
-        let mut settle_configuring =
-            |next: Option<(&[IpNet], Links)>| -> Result<(), DataplaneError> {
-                let join = |h: std::thread::ScopedJoinHandle<'_, Result<(), DataplaneError>>| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(DataplaneError::netlink("configure", "the thread panicked"))
-                    })
-                };
-                if let Some((prev, links, h)) = configuring.take() {
-                    match next {
-                        Some((n, _)) if n == prev.as_slice() => {
-                            configuring = Some((prev, links, h));
-                            return Ok(());
-                        }
-                        Some(_) => {
-                            let _ = join(h);
-                            deps.dataplane.unconfigure(&spec, &links, &prev)?;
-                        }
-                        None => return join(h),
-                    }
-                }
-                if let Some((addrs, links)) = next {
-                    let addrs = addrs.to_vec();
-                    let for_thread = addrs.clone();
-                    let (spec, dataplane) = (&spec, deps.dataplane);
-                    let h = s.spawn(move || dataplane.configure(spec, &links, &for_thread));
-                    configuring = Some((addrs, links, h));
-                }
-                Ok(())
-            };
+    // The kernel half runs on its own thread (see `KernelThread`); the datastore half reads
+    // (and connects) meanwhile and commits nothing before the veth pair exists, so a pod
+    // that cannot have its interface leaves the datastore untouched.
+    let outcome = std::thread::scope(|s| -> Result<(Vec<IpNet>, Vec<Route>), (CniError, bool)> {
+        let mut kernel = KernelThread::start(s, deps.dataplane, &spec, started);
         let committed = if ctx.ipam_in_process() && ov.no_ipam.is_empty() {
-            let result = calico_ipam::cni::allocate(
+            calico_ipam::cni::allocate(
                 deps.store,
                 &ctx.conf,
                 req,
@@ -424,18 +337,18 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                 &mut |addrs: &[IpNet], snap: &Snapshot| {
                     check_ready(snapshot_key(snap, &cluster_information_key()).as_ref())
                         .map_err(IpamError::Caller)?;
-                    let links = wait_created().map_err(IpamError::Caller)?;
-                    settle_configuring(Some((addrs, links)))
-                        .map_err(|e| IpamError::Caller(dataplane_error(e)))?;
+                    kernel.wait_paired().map_err(IpamError::Caller)?;
+                    // The addresses go on while the transaction is in flight (the slowest
+                    // step: etcd's fsync). The host lock keeps any other pod of this node
+                    // from holding them meanwhile; if a conflict makes the allocation choose
+                    // others, the kernel thread swaps them; a failed commit removes the
+                    // whole interface anyway.
+                    kernel.configure(addrs);
                     endpoint_writes(ctx, req, addrs, &mac, pod, |k| snapshot_key(snap, k))
                         .map_err(IpamError::Caller)
                 },
-            );
-            // Whatever happened, the configuring thread ends here; its outcome matters only
-            // if the allocation stands.
-            let configured = settle_configuring(None);
-            result.and_then(|addrs| {
-                configured.map_err(dataplane_error)?;
+            )
+            .map(|addrs| {
                 let routes = addrs
                     .iter()
                     .map(IpNet::trunc)
@@ -443,26 +356,35 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                     .into_iter()
                     .map(Route::to)
                     .collect();
-                Ok((addrs, routes, true))
+                (addrs, routes)
             })
         } else {
             add_delegated(req, ctx, deps, &ov, &extra_keys, &mac, pod, &mut || {
-                wait_created().map(|_| ())
+                kernel.wait_paired()
             })
-            .map(|(addrs, routes)| (addrs, routes, false))
+            .inspect(|(addrs, _)| kernel.configure(addrs))
         };
-        let _ = wait_created();
+        let done = kernel.finish();
         // On failure remove what we made, unless the names belonged to someone else.
-        let theirs = matches!(created, Some(Err(DataplaneError::Exists { .. })));
-        let links = match created {
-            Some(Ok(links)) => Some(links),
+        let theirs = matches!(done.links, Err((_, true)));
+        let (addrs, routes) = committed.map_err(|e| (e, !theirs))?;
+        // Committed: whatever the kernel thread could not do undoes the commit too.
+        let kernel_failure = match (&done.links, &done.configured) {
+            (Err((e, _)), _) | (Ok(_), Err(e)) => Some(e.clone()),
+            (Ok(_), Ok(on)) if *on != addrs => Some(CniError::new(
+                ErrorCode::DATAPLANE,
+                format!("the pod has {on:?}, not the allocated {addrs:?}"),
+            )),
             _ => None,
         };
-        committed
-            .map(|(addrs, routes, configured)| (addrs, routes, configured, links))
-            .map_err(|e| (e, !theirs))
+        if let Some(e) = kernel_failure {
+            remove_quietly(deps, &spec);
+            undo_datastore(req, ctx, deps, ov.no_ipam.is_empty());
+            return Err((e, false));
+        }
+        Ok((addrs, routes))
     });
-    let (addrs, routes, configured, links) = match outcome {
+    let (addrs, routes) = match outcome {
         Ok(done) => done,
         Err((e, remove)) => {
             if remove {
@@ -471,27 +393,120 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
             return Err(e);
         }
     };
-    log::debug!(
-        "allocation and endpoint committed after {:?}",
-        started.elapsed()
-    );
-    // The commit waited for the veth, so `links` is there; kept total all the same.
-    // The commit waited for the veth, so `links` is there; kept total all the same.
-    let configured = match (configured, links) {
-        (true, _) => Ok(()),
-        (false, Some(links)) => deps.dataplane.configure(&spec, &links, &addrs),
-        (false, None) => Err(DataplaneError::netlink(
-            "create",
-            "the veth pair was not made",
-        )),
-    };
-    if let Err(e) = configured {
-        remove_quietly(deps, &spec);
-        undo_datastore(req, ctx, deps, ov.no_ipam.is_empty());
-        return Err(dataplane_error(e));
-    }
-    log::debug!("pod configured after {:?}", started.elapsed());
+    log::debug!("committed and configured after {:?}", started.elapsed());
     Ok(result(req, ctx, &mac, mtu, &addrs, routes))
+}
+
+/// The kernel half of an ADD, on its own thread: it makes the veth pair and says so, finishes
+/// the interfaces (settings, links up, the pod's routes), then puts on each set of addresses
+/// the datastore half sends (the last one wins: an earlier one is taken off again).
+struct KernelThread<'scope> {
+    handle: Option<std::thread::ScopedJoinHandle<'scope, KernelDone>>,
+    paired: std::sync::mpsc::Receiver<()>,
+    is_paired: bool,
+    addresses: Option<std::sync::mpsc::Sender<Vec<IpNet>>>,
+    done: Option<KernelDone>,
+}
+
+/// What the kernel thread made: the links (or why not, and whether the names were someone
+/// else's), and the addresses it put on them.
+struct KernelDone {
+    links: Result<Links, (CniError, bool)>,
+    configured: Result<Vec<IpNet>, CniError>,
+}
+
+impl<'scope> KernelThread<'scope> {
+    fn start<'env>(
+        s: &'scope std::thread::Scope<'scope, 'env>,
+        dataplane: &'env (dyn Dataplane + Sync),
+        spec: &'env WorkloadSpec,
+        started: std::time::Instant,
+    ) -> Self {
+        let (paired_tx, paired) = std::sync::mpsc::channel();
+        let (addresses, wanted) = std::sync::mpsc::channel::<Vec<IpNet>>();
+        let handle = s.spawn(move || {
+            let links = dataplane.create_then(spec, &mut || {
+                let _ = paired_tx.send(());
+            });
+            log::debug!("veth ready after {:?}", started.elapsed());
+            let l = match links {
+                Ok(l) => l,
+                Err(e) => {
+                    let theirs = matches!(e, DataplaneError::Exists { .. });
+                    return KernelDone {
+                        links: Err((dataplane_error(e), theirs)),
+                        configured: Ok(Vec::new()),
+                    };
+                }
+            };
+            let mut on: Vec<IpNet> = Vec::new();
+            let mut failed = None;
+            // Until the datastore half is done.
+            for next in wanted {
+                if failed.is_some() || next == on {
+                    continue;
+                }
+                let swapped = if on.is_empty() {
+                    Ok(())
+                } else {
+                    dataplane.unconfigure(spec, &l, &on)
+                };
+                match swapped.and_then(|()| dataplane.configure(spec, &l, &next)) {
+                    Ok(()) => on = next,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            KernelDone {
+                links: Ok(l),
+                configured: failed.map_or(Ok(on), |e| Err(dataplane_error(e))),
+            }
+        });
+        KernelThread {
+            handle: Some(handle),
+            paired,
+            is_paired: false,
+            addresses: Some(addresses),
+            done: None,
+        }
+    }
+
+    /// Waits until the veth pair exists; the error if it never will.
+    fn wait_paired(&mut self) -> Result<(), CniError> {
+        if !self.is_paired && self.done.is_none() && self.paired.recv().is_ok() {
+            self.is_paired = true;
+        }
+        if self.is_paired {
+            return Ok(());
+        }
+        match &self.finish().links {
+            Err((e, _)) => Err(e.clone()),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Has these addresses put on the pod (and its host routes).
+    fn configure(&self, addresses: &[IpNet]) {
+        if let Some(tx) = &self.addresses {
+            let _ = tx.send(addresses.to_vec());
+        }
+    }
+
+    /// Lets the thread finish and returns what it did.
+    fn finish(&mut self) -> &KernelDone {
+        self.addresses = None;
+        self.done.get_or_insert_with(|| {
+            self.handle
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or(KernelDone {
+                    links: Err((
+                        CniError::new(ErrorCode::DATAPLANE, "the kernel thread panicked"),
+                        false,
+                    )),
+                    configured: Ok(Vec::new()),
+                })
+        })
+    }
 }
 
 /// ADD with a delegated IPAM plugin (or `ipAddrsNoIpam`): readiness and the records first,
