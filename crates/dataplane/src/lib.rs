@@ -4,6 +4,7 @@
 //!
 //! - [`netns`]: entering a namespace for the moment a socket or a sysctl needs it;
 //! - [`netlink`]: a synchronous rtnetlink socket per namespace;
+//! - [`netconf`]: a namespace's forwarding setting, asked over netlink;
 //! - [`sysctl`]: settings under `/proc/sys/net`;
 //! - [`workload`]: Calico's wiring of a pod.
 //!
@@ -11,6 +12,7 @@
 //! [`netlink::ROUTE_PROTOCOL`].
 
 pub mod error;
+pub mod netconf;
 pub mod netlink;
 pub mod netns;
 pub mod reaper;

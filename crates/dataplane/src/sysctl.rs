@@ -12,14 +12,6 @@ pub fn set(path: &str, value: &str) -> Result<(), DataplaneError> {
     })
 }
 
-/// As [`set`], unless the value is already `value`.
-pub fn ensure(path: &str, value: &str) -> Result<(), DataplaneError> {
-    if get(path).as_deref() == Some(value) {
-        return Ok(());
-    }
-    set(path, value)
-}
-
 /// As [`set`], logging instead of failing (settings Calico treats as best effort).
 pub fn set_best_effort(path: &str, value: &str) {
     if let Err(e) = set(path, value) {

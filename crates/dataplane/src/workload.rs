@@ -183,13 +183,20 @@ fn pod_forwarding(
 /// [`pod_forwarding`] from inside the pod's namespace.
 fn forwarding_here(spec: &WorkloadSpec, v4: bool, v6: bool) -> Result<(), DataplaneError> {
     let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
-    // Read first: a write of ip_forward spins on the rtnl lock while the kernel frees old
-    // namespaces, and a new namespace usually has the wanted value already.
+    // Asked first (over netlink, see `netconf`): a new namespace usually has the wanted
+    // value already, and a write spins on the rtnl lock while the kernel frees old
+    // namespaces.
+    let set = |v6: bool, path: &str| {
+        if crate::netconf::forwarding_all(v6) == Some(spec.allow_ip_forwarding) {
+            return Ok(());
+        }
+        sysctl::set(path, forward)
+    };
     if v4 {
-        sysctl::ensure("ipv4/ip_forward", forward)?;
+        set(false, "ipv4/ip_forward")?;
     }
     if v6 {
-        sysctl::ensure("ipv6/conf/all/forwarding", forward)?;
+        set(true, "ipv6/conf/all/forwarding")?;
     }
     Ok(())
 }

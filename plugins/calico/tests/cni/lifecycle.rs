@@ -239,3 +239,33 @@ fn ipv6_and_dual_stack_add_check_del() {
             .is_empty()
     );
 }
+
+#[test]
+fn allow_ip_forwarding_is_applied_whatever_the_pod_had() {
+    require!(root; "etcd", "go", "ip", "sysctl");
+    let c = cluster(1);
+    let rt = c.runtime(0);
+    // Wanted on, the namespace has it off (and the reverse): both are written, v4 and v6.
+    for (allow, had) in [(true, "0"), (false, "1")] {
+        let mut list = conflist("1.0.0", json!({"assign_ipv6": "true"}));
+        list["plugins"][0]["container_settings"] = json!({"allow_ip_forwarding": allow});
+        c.install(0, &list).unwrap();
+        let pod = NetNs::new("fwd").unwrap();
+        sh(
+            &pod,
+            &format!(
+                "sysctl -qw net.ipv4.ip_forward={had} net.ipv6.conf.all.forwarding={had} && echo ok"
+            ),
+        );
+        let opts = pod_args("default", &format!("fwd-{allow}"));
+        rt.add("k8s-pod-network", &pod.path(), &opts)
+            .unwrap()
+            .unwrap();
+        let want = if allow { "1" } else { "0" };
+        assert_eq!(sysctl(|c| sh(&pod, c), "ipv4/ip_forward"), want);
+        assert_eq!(sysctl(|c| sh(&pod, c), "ipv6/conf/all/forwarding"), want);
+        rt.del("k8s-pod-network", &pod.path(), &opts)
+            .unwrap()
+            .unwrap();
+    }
+}
