@@ -102,10 +102,12 @@ impl Keeper {
         }
         let mut h = Sha256::new();
         h.update(b"calico-etcd-keeper v1\n");
-        for p in ["/proc/self/ns/net", "/proc/self/exe"] {
-            h.update(identity(Path::new(p)).as_bytes());
-            h.update(b"\n");
-        }
+        // The namespace by its inode number alone: its nsfs inode is made afresh (with a new
+        // mtime) whenever nothing holds it open.
+        let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        h.update(format!("{netns}\n").as_bytes());
+        h.update(identity(Path::new("/proc/self/exe")).as_bytes());
+        h.update(b"\n");
         for e in &config.endpoints {
             h.update(e.as_bytes());
             h.update(b",");

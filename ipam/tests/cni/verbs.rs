@@ -353,3 +353,39 @@ fn k8s_pods_get_namespace_and_pod_attributes_and_the_legacy_handle_is_released()
     rt.del("net", &pod, &opts).unwrap().unwrap();
     assert!(!lab.handle_exists("default.nginx"));
 }
+
+/// Keepers (calico_datastore::keeper) serving `endpoint`.
+fn keepers_for(endpoint: &str) -> usize {
+    let want = format!("CALICO_ETCD_KEEPER_ENDPOINTS={endpoint}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            cmd.split(|b| *b == 0).next() == Some(b"calico-etcd-keeper".as_slice())
+                && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+        })
+        .count()
+}
+
+#[test]
+fn calls_in_the_host_namespace_share_one_keeper() {
+    require!(root; "etcd", "go");
+    // The host namespace's nsfs inode comes and goes with its users: the keeper's name must
+    // not depend on more than its number, or every call would start another keeper.
+    let lab = Lab::new();
+    lab.add_pool("p", "10.81.0.0/16", |_| {});
+    lab.install("kp", lab.plugin("node-a", json!({})));
+    for i in 0..5 {
+        lab.add("kp", &lab.pod(&format!("k{i}"))).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    let log = std::fs::read_to_string(lab.dir.path().join("logs/cni.log")).unwrap();
+    assert_eq!(log.matches("etcd connection made").count(), 1, "{log}");
+    assert_eq!(log.matches("etcd connection from the keeper").count(), 4);
+    assert_eq!(keepers_for(&lab.etcd.endpoints()), 1);
+    for i in 0..5 {
+        lab.del("kp", &lab.pod(&format!("k{i}"))).unwrap();
+    }
+}
