@@ -241,7 +241,9 @@ impl Etcd {
                 endpoints: self.endpoints.clone(),
                 reason: format!("no answer within {limit:?}"),
             })?;
-        let rejected_tls = self.config.uses_tls() && !self.answered.get();
+        // A keeper's connection that closes was closed by etcd going away, not by a rejected
+        // certificate: the keeper's own handshake went through.
+        let rejected_tls = self.config.uses_tls() && !self.answered.get() && !self.via_keeper();
         let out = out.map_err(|e| {
             self.dialing
                 .config_error()

@@ -24,14 +24,18 @@
 
 use crate::etcd::{EtcdConfig, EtcdError};
 use crate::transport::{Stream, Target};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -131,24 +135,41 @@ impl Keeper {
         String::from_utf8_lossy(&self.name).into_owned()
     }
 
-    /// Asks the keeper for a connection.
+    /// Asks the keeper for a connection. Whoever listens must be this program, run by our
+    /// user: an abstract name can be taken by anyone in the namespace.
     pub async fn claim(&self) -> Claim {
-        let std_stream = match std::os::unix::net::SocketAddr::from_abstract_name(&self.name)
-            .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
-        {
-            Ok(s) => s,
-            Err(_) => return Claim::Absent,
+        let asked = async {
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(|_| Claim::Declined)?;
+            let addr = UnixAddr::new_abstract(&self.name).map_err(|_| Claim::Declined)?;
+            // Non-blocking: a keeper too busy to accept (a full backlog) is EAGAIN.
+            match connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::ECONNREFUSED | nix::errno::Errno::ENOENT) => {
+                    return Err(Claim::Absent);
+                }
+                Err(_) => return Err(Claim::Declined),
+            }
+            let mut stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
+                .map_err(|_| Claim::Declined)?;
+            if !is_ours(&stream) {
+                return Err(Claim::Declined);
+            }
+            let mut answer = [0u8; 1];
+            match stream.read_exact(&mut answer).await {
+                Ok(_) if answer[0] == b'k' => Ok(stream),
+                _ => Err(Claim::Declined),
+            }
         };
-        let Ok(mut stream) = std_stream
-            .set_nonblocking(true)
-            .and_then(|()| UnixStream::from_std(std_stream))
-        else {
-            return Claim::Declined;
-        };
-        let mut answer = [0u8; 1];
-        match tokio::time::timeout(CLAIM_WAIT, stream.read_exact(&mut answer)).await {
-            Ok(Ok(_)) if answer[0] == b'k' => Claim::Served(stream),
-            _ => Claim::Declined,
+        match tokio::time::timeout(CLAIM_WAIT, asked).await {
+            Ok(Ok(stream)) => Claim::Served(stream),
+            Ok(Err(claim)) => claim,
+            Err(_) => Claim::Declined,
         }
     }
 
@@ -169,6 +190,20 @@ impl Keeper {
             .spawn()
             .map(|_| ())
     }
+}
+
+/// Whether the peer of `stream` runs this executable as our user.
+fn is_ours(stream: &UnixStream) -> bool {
+    let exe = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let (Ok(cred), Ok(me)) = (stream.peer_cred(), std::fs::metadata("/proc/self")) else {
+        return false;
+    };
+    let Some(pid) = cred.pid() else {
+        return false;
+    };
+    cred.uid() == me.uid()
+        && exe(format!("/proc/{pid}/exe"))
+            .is_some_and(|theirs| Some(theirs) == exe("/proc/self/exe".into()))
 }
 
 fn hex_prefix(bytes: &[u8], n: usize) -> String {
@@ -223,12 +258,20 @@ impl Access {
         let Some(pid) = cred.pid() else {
             return false;
         };
-        let seen = if path.is_absolute() {
-            format!("/proc/{pid}/root{}", path.display())
-        } else {
-            format!("/proc/{pid}/cwd/{}", path.display())
+        // The key as the caller sees it, resolved inside the caller's root: a symlink there
+        // must not lead out to the file we see.
+        let (base, rel) = match path.strip_prefix("/") {
+            Ok(rel) => (format!("/proc/{pid}/root"), rel),
+            Err(_) => (format!("/proc/{pid}/cwd"), path.as_path()),
         };
-        std::fs::metadata(seen).is_ok_and(|m| (m.dev(), m.ino()) == *id)
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        std::fs::File::open(base)
+            .ok()
+            .and_then(|root| openat2(&root, rel, how).ok())
+            .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+            .is_some_and(|m| (m.dev(), m.ino()) == *id)
     }
 }
 
@@ -278,15 +321,19 @@ fn keep(name: &[u8], config: &EtcdConfig) -> Result<(), EtcdError> {
 }
 
 async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Dialer) {
+    // Dropped at the end of life: the name is free for a new keeper while the sessions
+    // under way finish.
+    let mut listener = Some(listener);
     let started = Instant::now();
     let mut last_call = Instant::now();
     let mut pool: VecDeque<Warm> = VecDeque::new();
     let mut dialing = 0usize;
     let mut dial_failed = false;
     let (dialed_tx, mut dialed_rx) = mpsc::unbounded_channel::<Option<Dialed>>();
-    // The end of each forwarded session.
+    // The end of each forwarded session (then a connection is made to replace it), and how
+    // many are under way (counted by the sessions themselves).
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<()>();
-    let mut active = 0usize;
+    let active = Arc::new(AtomicUsize::new(0));
     let dial_one = |dialing: &mut usize| {
         *dialing += 1;
         dialer.dial(dialed_tx.clone());
@@ -297,7 +344,12 @@ async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Diale
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = async {
+                match &listener {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 let Ok((client, _)) = accepted else { continue };
                 if !access.allows(&client) {
                     continue;
@@ -314,10 +366,9 @@ async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Diale
                         client = Some(c);
                         continue;
                     }
-                    match warm.claim.send(c) {
-                        Ok(()) => active += 1,
-                        // That connection had died; try the next one.
-                        Err(c) => client = Some(c),
+                    // An error gives the caller back: that connection had died.
+                    if let Err(c) = warm.claim.send(c) {
+                        client = Some(c);
                     }
                 }
                 if let Some(c) = client {
@@ -332,15 +383,14 @@ async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Diale
                 match dialed.flatten().and_then(|d| d.into_async().ok()) {
                     Some(stream) => {
                         let (claim, claimed) = oneshot::channel();
-                        tokio::spawn(hold(stream, claimed, ended_tx.clone()));
+                        tokio::spawn(hold(stream, claimed, ended_tx.clone(), active.clone()));
                         pool.push_back(Warm { claim, born: Instant::now() });
                     }
                     None => dial_failed = true,
                 }
             }
             Some(()) = ended_rx.recv() => {
-                active = active.saturating_sub(1);
-                if pool.len() + dialing < POOL && !dial_failed {
+                if pool.len() + dialing < POOL && !dial_failed && listener.is_some() {
                     dial_one(&mut dialing);
                 }
             }
@@ -348,10 +398,13 @@ async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Diale
                 pool.retain(|w| !w.claim.is_closed() && w.born.elapsed() < WARM_MAX);
                 let idle = last_call.elapsed() >= IDLE;
                 let unreachable = dial_failed && pool.is_empty() && dialing == 0;
-                if active == 0 && (idle || unreachable || started.elapsed() >= MAX_LIFE) {
-                    return;
-                }
-                if !idle && !dial_failed {
+                if idle || unreachable || started.elapsed() >= MAX_LIFE {
+                    listener = None;
+                    pool.clear();
+                    if active.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                } else if !dial_failed {
                     while pool.len() + dialing < POOL {
                         dial_one(&mut dialing);
                     }
@@ -519,6 +572,7 @@ async fn hold(
     mut etcd: Stream,
     mut claimed: oneshot::Receiver<UnixStream>,
     ended: mpsc::UnboundedSender<()>,
+    active: Arc<AtomicUsize>,
 ) {
     let mut early = vec![b'k'];
     let mut buf = [0u8; 4096];
@@ -538,6 +592,8 @@ async fn hold(
             },
         }
     };
+    // Counted from here to the end, however it ends.
+    let _session = Session::start(active, ended);
     if client.write_all(&early).await.is_ok() {
         let _ = tokio::time::timeout(
             SESSION_MAX,
@@ -545,8 +601,27 @@ async fn hold(
         )
         .await;
     }
-    let _ = etcd.shutdown().await;
-    let _ = ended.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(1), etcd.shutdown()).await;
+}
+
+/// A forwarded session under way: counted while it lives, and reported when it ends.
+struct Session {
+    active: Arc<AtomicUsize>,
+    ended: mpsc::UnboundedSender<()>,
+}
+
+impl Session {
+    fn start(active: Arc<AtomicUsize>, ended: mpsc::UnboundedSender<()>) -> Session {
+        active.fetch_add(1, Ordering::Relaxed);
+        Session { active, ended }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.ended.send(());
+    }
 }
 
 #[cfg(test)]

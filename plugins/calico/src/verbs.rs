@@ -428,6 +428,8 @@ impl<'scope> KernelThread<'scope> {
             let links = dataplane.create_then(spec, &mut || {
                 let _ = paired_tx.send(());
             });
+            // Whatever `create_then` did, nobody may wait for the signal any longer.
+            drop(paired_tx);
             log::debug!("veth ready after {:?}", started.elapsed());
             let l = match links {
                 Ok(l) => l,

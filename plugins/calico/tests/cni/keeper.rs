@@ -225,3 +225,83 @@ fn etcd_keeper_false_dials_every_call_and_starts_none() {
     assert_eq!(connections(&c.log_of(0)), (0, 2));
     assert!(keepers_in(&c.node(0).netns().path()).is_empty());
 }
+
+#[test]
+fn a_squatter_on_the_keepers_name_gets_nothing() {
+    require!(root; "etcd", "go", "ip", "nsenter", "/usr/bin/python3");
+    let c = cluster(1);
+    let mut list = conflist("1.0.0", json!({}));
+    list["plugins"][0]["log_level"] = json!("debug");
+    c.install(0, &list).unwrap();
+    let rt = c.runtime(0);
+    let netns = c.node(0).netns().path();
+    let first = NetNs::new("squat-a").unwrap();
+    rt.add("k8s-pod-network", &first.path(), &pod_args("default", "a"))
+        .unwrap()
+        .unwrap();
+    wait_for("a keeper", || keepers_in(&netns).len() == 1);
+    let pid = keepers_in(&netns)[0];
+    let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap();
+    let name = unix
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('@'))
+        .filter(|n| n.starts_with("calico-etcd-keeper-"))
+        .unwrap()
+        .to_string();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the keeper to die", || keepers_in(&netns).is_empty());
+    // Another program (root, but not ours) takes the name and answers as a keeper would.
+    let script = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_UNIX)\n\
+         s.bind('\\0{name}')\n\
+         s.listen(8)\n\
+         print('ready', flush=True)\n\
+         c,_=s.accept()\n\
+         total=0\n\
+         try:\n\
+         \x20   c.sendall(b'k')\n\
+         \x20   c.settimeout(2)\n\
+         \x20   while True:\n\
+         \x20       d=c.recv(4096)\n\
+         \x20       if not d: break\n\
+         \x20       total+=len(d)\n\
+         except Exception: pass\n\
+         print('got', total, flush=True)\n"
+    );
+    let mut squatter = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["/usr/bin/python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(squatter.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let second = NetNs::new("squat-b").unwrap();
+    let r = rt.add("k8s-pod-network", &second.path(), &pod_args("default", "b"));
+    // The squatter reports once the caller has hung up on it.
+    let mut got = String::new();
+    std::io::BufRead::read_line(&mut out, &mut got).unwrap();
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    let r = r.unwrap().unwrap();
+    assert_eq!(addresses(&r).len(), 1, "{r}");
+    assert_eq!(got.trim(), "got 0", "the squatter must not see a byte");
+    assert_eq!(
+        connections(&c.log_of(0)),
+        (0, 2),
+        "both calls dialled etcd themselves"
+    );
+    for (pod, name) in [(&first, "a"), (&second, "b")] {
+        rt.del("k8s-pod-network", &pod.path(), &pod_args("default", name))
+            .unwrap()
+            .unwrap();
+    }
+}
