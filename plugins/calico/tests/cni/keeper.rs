@@ -38,13 +38,23 @@ fn connections(log: &std::path::Path) -> (usize, usize) {
     )
 }
 
-#[test]
-fn calls_after_the_first_use_the_keeper_and_get_the_same_results() {
-    require!(root; "etcd", "go", "ip");
+/// One node with the seed conflist at debug level (the log says where each call's etcd
+/// connection came from), `etcd_keeper` set as given.
+fn debug_cluster(keeper: Option<bool>) -> testkit::Cluster {
     let c = cluster(1);
     let mut list = conflist("1.0.0", json!({}));
     list["plugins"][0]["log_level"] = json!("debug");
+    if let Some(k) = keeper {
+        list["plugins"][0]["etcd_keeper"] = json!(k);
+    }
     c.install(0, &list).unwrap();
+    c
+}
+
+#[test]
+fn calls_after_the_first_use_the_keeper_and_get_the_same_results() {
+    require!(root; "etcd", "go", "ip");
+    let c = debug_cluster(None);
     let rt = c.runtime(0);
     let netns = c.node(0).netns().path();
     assert!(keepers_in(&netns).is_empty());
@@ -212,11 +222,7 @@ fn the_keeper_leaves_when_etcd_goes_and_calls_still_fail_clearly() {
 #[test]
 fn etcd_keeper_false_dials_every_call_and_starts_none() {
     require!(root; "etcd", "go", "ip");
-    let c = cluster(1);
-    let mut list = conflist("1.0.0", json!({}));
-    list["plugins"][0]["log_level"] = json!("debug");
-    list["plugins"][0]["etcd_keeper"] = json!(false);
-    c.install(0, &list).unwrap();
+    let c = debug_cluster(Some(false));
     let rt = c.runtime(0);
     let pod = NetNs::new("keeper-off").unwrap();
     let opts = pod_args("default", "off");
@@ -234,10 +240,7 @@ fn etcd_keeper_false_dials_every_call_and_starts_none() {
 #[test]
 fn a_squatter_on_the_keepers_name_gets_nothing() {
     require!(root; "etcd", "go", "ip", "nsenter", "/usr/bin/python3");
-    let c = cluster(1);
-    let mut list = conflist("1.0.0", json!({}));
-    list["plugins"][0]["log_level"] = json!("debug");
-    c.install(0, &list).unwrap();
+    let c = debug_cluster(None);
     let rt = c.runtime(0);
     let netns = c.node(0).netns().path();
     let first = NetNs::new("squat-a").unwrap();
