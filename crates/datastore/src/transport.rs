@@ -2,6 +2,8 @@
 //!
 //! - One connection per invocation, to the first endpoint that answers (in order), so a
 //!   stopped member costs one refused connect, not a failed request.
+//! - Or, for plugin calls, a connection taken from the node's keeper, whose TLS handshake is
+//!   already done (see [`crate::keeper`]); the HTTP/2 then goes to it in the clear.
 //! - TLS with rustls from the configured PEM files, and every TLS write buffered until hyper
 //!   flushes, so a gRPC request leaves in one TLS record and one syscall instead of one per
 //!   HTTP/2 frame (which measurably slows each request on a busy node).
