@@ -18,8 +18,8 @@
 //!   access to etcd they did not have already. The other way round, a caller trusts only
 //!   a keeper that is the same executable run by its user, since anyone in the namespace
 //!   can bind an abstract name.
-//! - Lifetime: it exits after [`IDLE`] without calls, after [`MAX_LIFE`] in any case, and
-//!   once etcd cannot be reached. A warm connection is handed out within [`WARM_MAX`] of
+//! - Lifetime: it exits after `IDLE` without calls, after `MAX_LIFE` in any case, and
+//!   once etcd cannot be reached. A warm connection is handed out within `WARM_MAX` of
 //!   its handshake (servers drop connections that stay silent too long).
 //! - Failure: a call that finds no keeper, or no warm connection, connects directly as it
 //!   would without one (and, if there was no keeper, starts one for the calls after it).
