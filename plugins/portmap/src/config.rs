@@ -70,7 +70,7 @@ pub struct Conf {
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
     pub masq_all: bool,
-    /// `None`: not configured, decided from the host (see [`crate::backend`]).
+    /// `None`: not configured, decided from the host (see [`crate::verbs::backend`]).
     pub backend: Option<BackendKind>,
     pub state_dir: PathBuf,
     pub mappings: Vec<Mapping>,
