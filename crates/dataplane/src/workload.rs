@@ -201,6 +201,14 @@ fn forwarding_here(spec: &WorkloadSpec, v4: bool, v6: bool) -> Result<(), Datapl
     Ok(())
 }
 
+/// The pod's namespace, and netlink sockets on the host and in the pod (one runtime).
+fn open_both(spec: &WorkloadSpec) -> Result<(std::fs::File, Netlink, Netlink), DataplaneError> {
+    let ns = netns::open(&spec.netns)?;
+    let host = Netlink::host()?;
+    let pod = host.in_netns_sharing(&ns, &spec.netns)?;
+    Ok((ns, host, pod))
+}
+
 impl Dataplane for LinuxDataplane {
     fn create_then(
         &self,
@@ -277,9 +285,7 @@ impl Dataplane for LinuxDataplane {
         links: &Links,
         addresses: &[IpNet],
     ) -> Result<(), DataplaneError> {
-        let ns = netns::open(&spec.netns)?;
-        let host = Netlink::host()?;
-        let pod = host.in_netns_sharing(&ns, &spec.netns)?;
+        let (ns, host, pod) = open_both(spec)?;
         // A family the addresses have but `create` was not told about (a delegated IPAM
         // plugin decides the families) gets its routes now.
         let v4 = addresses.iter().any(|a| a.addr().is_ipv4()) && !spec.v4;
@@ -337,9 +343,7 @@ impl Dataplane for LinuxDataplane {
         links: &Links,
         addresses: &[IpNet],
     ) -> Result<(), DataplaneError> {
-        let ns = netns::open(&spec.netns)?;
-        let host = Netlink::host()?;
-        let pod = host.in_netns_sharing(&ns, &spec.netns)?;
+        let (_, host, pod) = open_both(spec)?;
         for a in addresses {
             host.delete_route(IpNet::from(a.addr()), links.host_index)?;
             pod.delete_address(links.pod_index, IpNet::from(a.addr()))?;

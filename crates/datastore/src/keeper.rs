@@ -25,7 +25,7 @@
 //!   would without one (and, if there was no keeper, starts one for the calls after it).
 
 use crate::etcd::{EtcdConfig, EtcdError};
-use crate::transport::{Stream, Target};
+use crate::transport::{Stream, Target, dial};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
 use sha2::{Digest, Sha256};
@@ -331,7 +331,7 @@ async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Diale
     let mut pool: VecDeque<Warm> = VecDeque::new();
     let mut dialing = 0usize;
     let mut dial_failed = false;
-    let (dialed_tx, mut dialed_rx) = mpsc::unbounded_channel::<Option<Dialed>>();
+    let (dialed_tx, mut dialed_rx) = mpsc::unbounded_channel::<Option<Stream>>();
     // The end of each forwarded session (then a connection is made to replace it), and how
     // many are under way (counted by the sessions themselves).
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<()>();
@@ -382,7 +382,7 @@ async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Diale
             }
             dialed = dialed_rx.recv() => {
                 dialing = dialing.saturating_sub(1);
-                match dialed.flatten().and_then(|d| d.into_async().ok()) {
+                match dialed.flatten().and_then(|mut d| d.rehome().ok().map(|()| d)) {
                     Some(stream) => {
                         let (claim, claimed) = oneshot::channel();
                         tokio::spawn(hold(stream, claimed, ended_tx.clone(), active.clone()));
@@ -416,26 +416,11 @@ async fn serve(listener: tokio::net::UnixListener, access: Access, dialer: Diale
     }
 }
 
-/// A connection whose handshake the dialer thread did, on that thread's runtime.
-type Dialed = tokio_rustls::client::TlsStream<Switchable>;
-
-trait IntoAsync {
-    fn into_async(self) -> std::io::Result<Stream>;
-}
-
-impl IntoAsync for Dialed {
-    /// Moves the socket under the keeper's runtime (call from within it).
-    fn into_async(mut self) -> std::io::Result<Stream> {
-        self.get_mut().0.make_async()?;
-        Ok(Stream::Dialed(Box::new(self)))
-    }
-}
-
 /// Makes connections on a thread of its own at the lowest CPU priority: a handshake is a
 /// few hundred microseconds of crypto (and as much in etcd), which must go to idle CPU
 /// time rather than delay the calls being served, or the node's other work.
 struct Dialer {
-    requests: std::sync::mpsc::Sender<mpsc::UnboundedSender<Option<Dialed>>>,
+    requests: std::sync::mpsc::Sender<mpsc::UnboundedSender<Option<Stream>>>,
 }
 
 impl Dialer {
@@ -445,11 +430,11 @@ impl Dialer {
         timeout: Duration,
     ) -> Dialer {
         let (requests, incoming) =
-            std::sync::mpsc::channel::<mpsc::UnboundedSender<Option<Dialed>>>();
+            std::sync::mpsc::channel::<mpsc::UnboundedSender<Option<Stream>>>();
         std::thread::spawn(move || {
             lower_priority();
             // Its own runtime: the handshake's I/O and crypto stay on this thread; each
-            // finished connection then moves to the serving runtime.
+            // finished connection then moves to the serving runtime (`Stream::rehome`).
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -457,13 +442,13 @@ impl Dialer {
                 return;
             };
             for reply in incoming {
-                let _ = reply.send(runtime.block_on(dial_tls(&targets, &tls, timeout)));
+                let _ = reply.send(runtime.block_on(dial(&targets, Some(&tls), timeout)).ok());
             }
         });
         Dialer { requests }
     }
 
-    fn dial(&self, reply: mpsc::UnboundedSender<Option<Dialed>>) {
+    fn dial(&self, reply: mpsc::UnboundedSender<Option<Stream>>) {
         if let Err(std::sync::mpsc::SendError(reply)) = self.requests.send(reply) {
             let _ = reply.send(None);
         }
@@ -475,97 +460,6 @@ impl Dialer {
 fn lower_priority() {
     // SAFETY: setpriority takes plain integers and touches no memory of ours.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-}
-
-/// TCP then TLS to the first target that accepts, each bounded by `timeout`.
-async fn dial_tls(
-    targets: &[Target],
-    tls: &Arc<rustls::ClientConfig>,
-    timeout: Duration,
-) -> Option<Dialed> {
-    for t in targets.iter().filter(|t| t.tls) {
-        let Ok(name) = rustls::pki_types::ServerName::try_from(t.host.clone()) else {
-            continue;
-        };
-        let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(&t.authority).await?;
-            tcp.set_nodelay(true)?;
-            tokio_rustls::TlsConnector::from(tls.clone())
-                .connect(name, Switchable::Async(tcp))
-                .await
-        };
-        if let Ok(Ok(stream)) = tokio::time::timeout(timeout, attempt).await {
-            return Some(stream);
-        }
-    }
-    None
-}
-
-/// A TCP socket that can move from the dialer thread's runtime to the serving one (a tokio
-/// socket belongs to the runtime that registered it).
-pub enum Switchable {
-    Async(tokio::net::TcpStream),
-    Gone,
-}
-
-impl Switchable {
-    /// Re-registers the socket with the current runtime.
-    fn make_async(&mut self) -> std::io::Result<()> {
-        if let Switchable::Async(tcp) = std::mem::replace(self, Switchable::Gone) {
-            *self = Switchable::Async(tokio::net::TcpStream::from_std(tcp.into_std()?)?);
-        }
-        Ok(())
-    }
-}
-
-fn gone() -> std::io::Error {
-    std::io::Error::from(std::io::ErrorKind::NotConnected)
-}
-
-impl tokio::io::AsyncRead for Switchable {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Switchable::Async(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Switchable::Gone => std::task::Poll::Ready(Err(gone())),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Switchable {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Switchable::Async(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Switchable::Gone => std::task::Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Switchable::Async(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Switchable::Gone => std::task::Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Switchable::Async(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Switchable::Gone => std::task::Poll::Ready(Ok(())),
-        }
-    }
 }
 
 /// Holds one warm connection until a caller claims it (keeping whatever etcd sends first),

@@ -67,10 +67,26 @@ pub type Io = TokioIo<BufStream<Stream>>;
 /// [`crate::keeper`]).
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS over [`Stream::Plain`].
+    Tls(Box<tokio_rustls::client::TlsStream<Stream>>),
     Keeper(tokio::net::UnixStream),
-    /// Made by the keeper's dialer thread (see [`crate::keeper`]).
-    Dialed(Box<tokio_rustls::client::TlsStream<crate::keeper::Switchable>>),
+}
+
+impl Stream {
+    /// Moves the socket under the current runtime (a tokio socket belongs to the runtime
+    /// that registered it; the keeper dials on one and serves on another): the descriptor
+    /// is duplicated and registered here, and the original leaves the other runtime.
+    pub fn rehome(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => {
+                let dup = std::os::fd::AsFd::as_fd(&*tcp).try_clone_to_owned()?;
+                *tcp = TcpStream::from_std(std::net::TcpStream::from(dup))?;
+                Ok(())
+            }
+            Stream::Tls(tls) => tls.get_mut().0.rehome(),
+            Stream::Keeper(_) => Ok(()),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -83,7 +99,6 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Keeper(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -98,7 +113,6 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Keeper(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -110,7 +124,6 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Keeper(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -122,7 +135,6 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Keeper(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -191,7 +203,7 @@ pub async fn dial(
                     let name = ServerName::try_from(t.host.clone())
                         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                     let s = tokio_rustls::TlsConnector::from(cfg.clone())
-                        .connect(name, tcp)
+                        .connect(name, Stream::Plain(tcp))
                         .await?;
                     Ok::<_, std::io::Error>(Stream::Tls(Box::new(s)))
                 }

@@ -46,7 +46,6 @@ const NF_ACCEPT: u32 = 1;
 const NFT_JUMP: i32 = -3;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
-const NFT_REG_2: u32 = 2;
 
 /// Netfilter hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,17 +79,11 @@ pub enum Expr {
     FibDaddrType,
     /// Jump to a chain.
     Jump(String),
-    /// DNAT to an address and port (family-specific in an `inet` table).
-    Dnat(IpAddr, u16),
     Masquerade,
     /// `meta <key>` into a given register.
     MetaTo(u32, u32),
     /// Header bytes into a given register: base, offset, length, register.
     PayloadTo(u32, u32, u32, u32),
-    /// Register 1 compared for inequality with the bytes.
-    CmpNeq(Vec<u8>),
-    /// `ct status` into register 1.
-    CtStatus,
     /// A set lookup of the key starting at `sreg`; with `dreg`, a map lookup whose value
     /// goes there. A miss ends the rule.
     Lookup {
@@ -177,28 +170,6 @@ impl Expr {
                     });
                 });
             }),
-            Expr::Dnat(ip, port) => {
-                let (family, addr) = match ip {
-                    IpAddr::V4(a) => (NFPROTO_IPV4, a.octets().to_vec()),
-                    IpAddr::V6(a) => (NFPROTO_IPV6, a.octets().to_vec()),
-                };
-                expr(list, "immediate", |d| {
-                    d.u32_be(1, NFT_REG_1);
-                    data_value(d, 2, &addr);
-                });
-                expr(list, "immediate", |d| {
-                    d.u32_be(1, NFT_REG_2);
-                    data_value(d, 2, &port.to_be_bytes());
-                });
-                expr(list, "nat", |d| {
-                    // TYPE dnat, FAMILY, REG_ADDR_MIN, REG_PROTO_MIN, FLAGS map-ips|proto
-                    d.u32_be(1, 1)
-                        .u32_be(2, u32::from(family))
-                        .u32_be(3, NFT_REG_1)
-                        .u32_be(5, NFT_REG_2)
-                        .u32_be(7, 0x1 | 0x2);
-                });
-            }
             Expr::Masquerade => {
                 list.nest(NFTA_LIST_ELEM, |e| {
                     e.str(NFTA_EXPR_NAME, "masq");
@@ -213,10 +184,6 @@ impl Expr {
                     .u32_be(3, *offset)
                     .u32_be(4, *len);
             }),
-            Expr::CmpNeq(v) => expr(list, "cmp", |d| {
-                d.u32_be(1, NFT_REG_1).u32_be(2, 1); // SREG, OP neq
-                data_value(d, 3, v);
-            }),
             Expr::MetaMarkTo(reg) => expr(list, "meta", |d| {
                 d.u32_be(2, META_MARK).u32_be(1, *reg);
             }),
@@ -229,9 +196,6 @@ impl Expr {
             }),
             Expr::MetaSetMarkFrom(reg) => expr(list, "meta", |d| {
                 d.u32_be(2, META_MARK).u32_be(3, *reg);
-            }),
-            Expr::CtStatus => expr(list, "ct", |d| {
-                d.u32_be(1, NFT_REG_1).u32_be(2, 2); // DREG, KEY status
             }),
             Expr::Lookup { set, sreg, dreg } => expr(list, "lookup", |d| {
                 d.str(1, set).u32_be(2, *sreg).u32_be(4, set_id(set));
@@ -263,16 +227,6 @@ pub fn match_family(v4: bool) -> Vec<Expr> {
     ]
 }
 
-/// Matches `meta l4proto <proto> th dport <port>`.
-pub fn match_dport(proto: u8, port: u16) -> Vec<Expr> {
-    vec![
-        Expr::Meta(META_L4PROTO),
-        Expr::CmpEq(vec![proto]),
-        Expr::Payload(BASE_TRANSPORT, 2, 2),
-        Expr::CmpEq(port.to_be_bytes().to_vec()),
-    ]
-}
-
 /// Matches the source or destination address against a prefix (after [`match_family`]).
 pub fn match_addr(source: bool, net: IpAddr, prefix: u8) -> Vec<Expr> {
     let (offset, bytes) = match net {
@@ -299,19 +253,6 @@ pub fn match_addr(source: bool, net: IpAddr, prefix: u8) -> Vec<Expr> {
         out.push(Expr::CmpEq(bytes));
     }
     out
-}
-
-/// `ct status dnat`: the flow's destination was translated.
-pub fn match_ct_dnat() -> Vec<Expr> {
-    const IPS_DST_NAT: u32 = 1 << 5;
-    vec![
-        Expr::CtStatus,
-        Expr::Bitwise {
-            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::CmpNeq(vec![0; 4]),
-    ]
 }
 
 /// `meta mark set meta mark | bit`.
@@ -730,11 +671,6 @@ pub fn rule_info(attrs: &[u8]) -> Option<RuleInfo> {
         }
     }
     Some(info)
-}
-
-/// The comment of a chain message.
-pub fn chain_comment(attrs: &[u8]) -> Option<String> {
-    nlattr::find(attrs, NFTA_CHAIN_USERDATA).and_then(udata_comment)
 }
 
 #[cfg(test)]

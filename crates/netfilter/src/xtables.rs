@@ -20,6 +20,13 @@ impl Flavour {
     /// What `iptables` on `PATH` (or `/usr/sbin`) resolves to; `None` if there is none.
     /// Reads the alternatives symlinks instead of running `iptables -V` (a process costs ~1 ms).
     pub fn detect() -> Option<Flavour> {
+        // Once per process: a call asks several times, and each look walks PATH (and may
+        // start `iptables -V`).
+        static FLAVOUR: std::sync::OnceLock<Option<Flavour>> = std::sync::OnceLock::new();
+        *FLAVOUR.get_or_init(Self::look)
+    }
+
+    fn look() -> Option<Flavour> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let candidates = std::env::split_paths(&path)
             .chain([std::path::PathBuf::from("/usr/sbin")])

@@ -51,14 +51,25 @@ pub struct RecordedElem {
     pub key_end: Option<String>,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+impl RecordedElem {
+    fn new(set: String, e: &Elem) -> RecordedElem {
+        RecordedElem {
+            set,
+            key: hex::encode(&e.key),
+            key_end: e.key_end.as_deref().map(hex::encode),
+        }
+    }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
+    /// The element to name in a delete or get (a damaged record names nothing that exists).
+    fn elem(&self) -> Elem {
+        let bytes = |s: &str| hex::decode(s).unwrap_or_default();
+        Elem {
+            key: bytes(&self.key),
+            key_end: self.key_end.as_deref().map(bytes),
+            data: None,
+            comment: None,
+        }
+    }
 }
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
@@ -364,12 +375,7 @@ fn table_ready(sock: &mut NfSocket) -> Result<bool, NfError> {
 
 fn deletions(recorded: &[RecordedElem], msgs: &mut Vec<(String, Message)>) {
     for r in recorded {
-        let e = Elem {
-            key: unhex(&r.key),
-            key_end: r.key_end.as_deref().map(unhex),
-            data: None,
-            comment: None,
-        };
+        let e = r.elem();
         msgs.push((
             format!("delete element of {}", r.set),
             nft::del_elems(NFPROTO_INET, TABLE, &r.set, &[e]),
@@ -405,11 +411,7 @@ fn listed(sock: &mut NfSocket, container_id: &str) -> Result<Vec<RecordedElem>, 
     Ok(all_elements(sock)?
         .into_iter()
         .filter(|(_, e)| e.comment.as_deref() == Some(container_id))
-        .map(|(set, e)| RecordedElem {
-            set,
-            key: hex(&e.key),
-            key_end: e.key_end.as_deref().map(hex),
-        })
+        .map(|(set, e)| RecordedElem::new(set, &e))
         .collect())
 }
 
@@ -417,11 +419,7 @@ fn listed(sock: &mut NfSocket, container_id: &str) -> Result<Vec<RecordedElem>, 
 pub fn to_record(elems: &[(String, Elem)]) -> Vec<RecordedElem> {
     elems
         .iter()
-        .map(|(set, e)| RecordedElem {
-            set: set.clone(),
-            key: hex(&e.key),
-            key_end: e.key_end.as_deref().map(hex),
-        })
+        .map(|(set, e)| RecordedElem::new(set.clone(), e))
         .collect()
 }
 
@@ -493,12 +491,7 @@ pub fn present(sock: &mut NfSocket, recorded: &[RecordedElem]) -> Result<bool, N
     let Some(r) = recorded.first() else {
         return Ok(false);
     };
-    let e = Elem {
-        key: unhex(&r.key),
-        key_end: r.key_end.as_deref().map(unhex),
-        data: None,
-        comment: None,
-    };
+    let e = r.elem();
     match sock.request(
         "get element",
         &nft::get_elem(NFPROTO_INET, TABLE, &r.set, &e),
@@ -522,7 +515,7 @@ fn ip_of(b: &[u8]) -> String {
     match b.len() {
         4 => IpAddr::from(<[u8; 4]>::try_from(b).unwrap_or_default()).to_string(),
         16 => IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()).to_string(),
-        _ => hex(b),
+        _ => hex::encode(b),
     }
 }
 
@@ -646,7 +639,7 @@ mod tests {
         assert_eq!(e[2].1.key_end, Some(vec![10, 244, 1, 5, 10, 244, 1, 5]));
         assert!(e.iter().all(|(_, x)| x.comment.as_deref() == Some("c1")));
         let rec = to_record(&e);
-        assert_eq!(unhex(&rec[0].key), e[0].1.key);
+        assert_eq!(rec[0].elem().key, e[0].1.key);
         assert_eq!(describe(&e[0].0, &e[0].1), "hostports4 tcp/8080");
         assert_eq!(
             describe(&e[1].0, &e[1].1),

@@ -223,22 +223,28 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
                         rec.iptables_v4 = entries;
                     }
                 }
+                state::save(&conf.state_dir, &dn, &rec)?;
             }
             _ => {
                 let elems = nftb::elements(&conf, id, v4, v6, &conf.mappings);
-                // Recorded first: whatever happens next, DEL knows what to look for.
-                let mut intent = rec.clone();
-                intent.nft_elements = nftb::to_record(&elems);
-                if let Some(o) = same {
-                    intent.nft_elements.extend(o.nft_elements.iter().cloned());
+                rec.nft_elements = nftb::to_record(&elems);
+                // Recorded first: whatever happens next, DEL knows what to look for (the
+                // earlier elements too, until they are replaced).
+                match same {
+                    Some(o) => {
+                        let mut intent = rec.clone();
+                        intent.nft_elements.extend(o.nft_elements.iter().cloned());
+                        state::save(&conf.state_dir, &dn, &intent)?;
+                    }
+                    None => state::save(&conf.state_dir, &dn, &rec)?,
                 }
-                state::save(&conf.state_dir, &dn, &intent)?;
                 let recorded = same.map(|o| o.nft_elements.as_slice());
                 nftb::add(&mut sock, &conf, &elems, id, recorded).map_err(kernel)?;
-                rec.nft_elements = nftb::to_record(&elems);
+                if same.is_some() {
+                    state::save(&conf.state_dir, &dn, &rec)?;
+                }
             }
         }
-        state::save(&conf.state_dir, &dn, &rec)?;
         if conf.snat
             && let Some(ip) = v4
         {
