@@ -189,6 +189,17 @@ pub fn assign_specific(
 
 /// The addresses `handle` holds in the block.
 pub fn addresses_of(block: &AllocationBlock, handle: &str) -> Vec<IpAddr> {
+    allocations_of(block, handle)
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect()
+}
+
+/// The addresses `handle` holds in the block, each with its attribute.
+pub fn allocations_of<'b>(
+    block: &'b AllocationBlock,
+    handle: &str,
+) -> Vec<(IpAddr, &'b AllocationAttribute)> {
     let attrs = block.attributes.as_deref().unwrap_or_default();
     block
         .allocations
@@ -196,7 +207,7 @@ pub fn addresses_of(block: &AllocationBlock, handle: &str) -> Vec<IpAddr> {
         .enumerate()
         .filter_map(|(ord, a)| {
             let attr = attrs.get((*a)?)?;
-            (attr.handle() == Some(handle)).then(|| address(&block.cidr, ord))
+            (attr.handle() == Some(handle)).then(|| (address(&block.cidr, ord), attr))
         })
         .collect()
 }

@@ -434,42 +434,53 @@ pub fn check(store: &dyn KvStore, req: &Request, node: &str) -> Result<(), CniEr
     )))
 }
 
-/// GC: releases this node's allocations for this network whose container is not among the
-/// valid attachments. Handles of other networks and allocations of other nodes are never
-/// touched; a failure on one handle does not stop the others, and all are reported.
-pub fn gc(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Result<(), CniError> {
+/// The writes GC commits with a candidate's release.
+pub type GcWith<'a> =
+    dyn FnMut(&crate::gc::Candidate, &[IpAddr], &crate::Snapshot) -> Result<Extra, IpamError> + 'a;
+
+/// GC: releases this node's allocations of this network whose container is not among the
+/// valid attachments and which `liveness` does not vouch for (see [`crate::gc`]), each with
+/// `with`'s writes (the caller's own records of the same container, read in the same round
+/// trip as the allocation: `keys_of`) in its transaction.
+/// A failure on one handle does not stop the others; all are reported.
+pub fn gc_with(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+    liveness: &crate::gc::Liveness<'_>,
+    keys_of: &dyn Fn(&crate::gc::Candidate) -> Vec<String>,
+    with: &mut GcWith<'_>,
+) -> Result<(), CniError> {
     let valid: BTreeSet<String> = req
         .valid_attachments()?
         .into_iter()
         .map(|a| a.container_id)
         .collect();
-    let prefix = keys::handle(&format!("{}.", req.network_name));
-    let stale: Vec<calico_datastore::Kv> = store
-        .list(&prefix)
-        .map_err(store_error)?
-        .into_iter()
-        .filter(|kv| {
-            let cid = &kv.key[prefix.len()..];
-            // A '.' could mean the handle of a network whose name extends ours
-            // ("net" vs "net.x"): never guess.
-            !cid.contains('.') && !valid.contains(cid)
-        })
-        .collect();
-    if stale.is_empty() {
+    let candidates = crate::gc::candidates(store, &req.network_name, node, &valid)?;
+    if candidates.is_empty() {
         return Ok(());
     }
     let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
     let mut errors = Vec::new();
-    for kv in stale {
-        let id = kv.key[keys::HANDLES.len()..].to_string();
-        let released = ipam.snapshot(&[&id]).and_then(|snap| {
-            ipam.release_handles_with(&snap, Some(node), &mut |ips, s| no_extra(ips, s))
-        });
-        match released {
-            Ok(ips) if !ips.is_empty() => log::info!("GC released {ips:?} of {id}"),
+    for c in candidates {
+        match liveness.judge(&c) {
+            Ok(crate::gc::Verdict::Stale) => {}
+            Ok(kept) => {
+                log::info!("GC kept {} ({:?}): {kept:?}", c.handle, c.addresses);
+                continue;
+            }
+            Err(e) => {
+                errors.push(format!("{}: {e}", c.handle));
+                continue;
+            }
+        }
+        let keys = keys_of(&c);
+        match crate::gc::release(&ipam, &c, &keys, &mut |ips, snap| with(&c, ips, snap)) {
+            Ok(ips) if !ips.is_empty() => log::info!("GC released {ips:?} of {}", c.handle),
             Ok(_) => {}
-            Err(e) => errors.push(format!("{id}: {e}")),
+            Err(e) => errors.push(format!("{}: {e}", c.handle)),
         }
     }
     if errors.is_empty() {
@@ -481,6 +492,46 @@ pub fn gc(store: &dyn KvStore, conf: &NetConf, req: &Request, node: &str) -> Res
         )
         .with_details(errors.join("; ")))
     }
+}
+
+/// Every address in use on the host (the kernel's word; see [`crate::gc`]).
+pub type InUseFn<'a> = dyn Fn() -> Result<BTreeSet<IpAddr>, String> + 'a;
+
+/// GC for the `calico-ipam` binary: no records of its own; an allocation is alive while one
+/// of its addresses is in use on the host (`in_use`, asked once), and young ones get
+/// [`crate::gc::DEFAULT_GRACE`].
+pub fn gc(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+    in_use: &InUseFn<'_>,
+) -> Result<(), CniError> {
+    let seen = std::cell::OnceCell::new();
+    let alive = |c: &crate::gc::Candidate| {
+        let used = match seen.get() {
+            Some(u) => u,
+            None => {
+                let u = in_use()?;
+                seen.get_or_init(|| u)
+            }
+        };
+        Ok(c.addresses.iter().any(|a| used.contains(a)))
+    };
+    let liveness = crate::gc::Liveness {
+        alive: &alive,
+        grace: crate::gc::DEFAULT_GRACE,
+        now: SystemTime::now(),
+    };
+    gc_with(
+        store,
+        conf,
+        req,
+        node,
+        &liveness,
+        &|_| Vec::new(),
+        &mut |_, ips, snap| no_extra(ips, snap),
+    )
 }
 
 /// STATUS: 50 if the datastore cannot be reached, 51 if no pool for this node has a free

@@ -1,5 +1,6 @@
 //! `calico-ipam`: Calico-compatible IP address management on etcd, as a CNI IPAM plugin.
 
+use calico_dataplane::Dataplane;
 use calico_ipam::cni;
 use calico_netconf::NetConf;
 use cni_protocol::logging::LogSettings;
@@ -49,7 +50,12 @@ impl Plugin for CalicoIpam {
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let (conf, node, store) = setup(req)?;
-        cni::gc(&store, &conf, req, &node)
+        let in_use = || {
+            calico_dataplane::LinuxDataplane::default()
+                .addresses_in_use()
+                .map_err(|e| e.to_string())
+        };
+        cni::gc(&store, &conf, req, &node, &in_use)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {

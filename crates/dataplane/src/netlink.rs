@@ -47,6 +47,8 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     pub up: bool,
     pub mtu: Option<u32>,
+    /// For a veth, the peer's index in the peer's namespace (`IFLA_LINK`).
+    pub peer: Option<u32>,
 }
 
 /// A route of the main table, as read back.
@@ -98,6 +100,10 @@ fn link_of(m: &LinkMessage) -> Link {
         up: m.header.flags.contains(LinkFlags::Up),
         mtu: m.attributes.iter().find_map(|a| match a {
             LinkAttribute::Mtu(v) => Some(*v),
+            _ => None,
+        }),
+        peer: m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Link(i) => Some(*i),
             _ => None,
         }),
     }
@@ -206,6 +212,16 @@ impl Netlink {
             Ok(m) => Ok(m.as_ref().map(link_of)),
             Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
             Err(e) => Err(DataplaneError::netlink(format!("get link {name}"), e)),
+        }
+    }
+
+    /// The link with index `index`, if any.
+    pub fn link_by_index(&self, index: u32) -> Result<Option<Link>, DataplaneError> {
+        let mut req = self.handle.link().get().match_index(index).execute();
+        match self.rt.block_on(req.try_next()) {
+            Ok(m) => Ok(m.as_ref().map(link_of)),
+            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
+            Err(e) => Err(DataplaneError::netlink(format!("get link {index}"), e)),
         }
     }
 
@@ -337,15 +353,22 @@ impl Netlink {
 
     /// The addresses on a link (global scope only: no link-locals).
     pub fn addresses(&self, index: u32) -> Result<Vec<IpNet>, DataplaneError> {
-        let req = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
+        self.dump_addresses(Some(index))
+    }
+
+    /// The addresses on every link of the namespace (global scope only).
+    pub fn all_addresses(&self) -> Result<Vec<IpNet>, DataplaneError> {
+        self.dump_addresses(None)
+    }
+
+    fn dump_addresses(&self, index: Option<u32>) -> Result<Vec<IpNet>, DataplaneError> {
+        let mut get = self.handle.address().get();
+        if let Some(i) = index {
+            get = get.set_link_index_filter(i);
+        }
         let msgs: Vec<_> = self
             .rt
-            .block_on(req.try_collect())
+            .block_on(get.execute().try_collect())
             .map_err(|e| DataplaneError::netlink("dump addresses", e))?;
         Ok(msgs
             .iter()

@@ -7,7 +7,46 @@
 use crate::error::DataplaneError;
 use nix::sched::{CloneFlags, setns};
 use std::fs::File;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What makes a namespace itself, whatever path it is mounted at: the device and inode of
+/// its nsfs file. A path can come to name another namespace; this cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
+impl std::str::FromStr for Identity {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (dev, ino) = s.split_once(':').unwrap_or((s, ""));
+        Ok(Identity {
+            dev: dev.parse()?,
+            ino: ino.parse()?,
+        })
+    }
+}
+
+/// The identity of an open namespace file.
+pub fn identity(ns: &File, path: &Path) -> Result<Identity, DataplaneError> {
+    let m = ns.metadata().map_err(|e| DataplaneError::Netns {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(Identity {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
 
 /// Opens a namespace file; a missing one is [`DataplaneError::NetnsMissing`].
 pub fn open(path: &Path) -> Result<File, DataplaneError> {
@@ -39,4 +78,52 @@ pub fn within<T>(ns: &File, path: &Path, f: impl FnOnce() -> T) -> Result<T, Dat
         std::process::abort();
     }
     Ok(out)
+}
+
+/// Directories where runtimes pin namespaces with a bind mount (`ip netns`, CNI runtimes,
+/// Docker, rootless Podman under each user's runtime directory).
+const PINNED: &[&str] = &["/run/netns", "/var/run/netns", "/run/docker/netns"];
+
+/// Every network namespace this host can see: those of its processes (`/proc/<pid>/ns/net`)
+/// and those pinned in the usual directories, each once (by identity). A namespace that
+/// vanishes while being looked at is skipped.
+pub fn all_visible() -> Vec<(PathBuf, File)> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut dirs: Vec<PathBuf> = PINNED.iter().map(PathBuf::from).collect();
+    if let Ok(users) = std::fs::read_dir("/run/user") {
+        dirs.extend(users.flatten().map(|u| u.path().join("netns")));
+    }
+    for d in dirs {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            paths.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    // Processes: the link text (`net:[inode]`) tells duplicates apart without opening them.
+    let mut seen_links = std::collections::BTreeSet::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let is_pid = p
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+            if !is_pid {
+                continue;
+            }
+            let path = p.path().join("ns/net");
+            if let Ok(link) = std::fs::read_link(&path)
+                && seen_links.insert(link)
+            {
+                paths.push(path);
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let ns = File::open(&path).ok()?;
+            let id = identity(&ns, &path).ok()?;
+            seen.insert((id.dev, id.ino)).then_some((path, ns))
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@ use crate::error::DataplaneError;
 use crate::netlink::{Link, Netlink, NewRoute, ROUTE_PROTOCOL, Route};
 use crate::{netns, sysctl};
 use ipnet::IpNet;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
@@ -87,39 +88,37 @@ pub trait Dataplane {
         links: &Links,
         addresses: &[IpNet],
     ) -> Result<(), DataplaneError>;
-    /// Removes the pod's interface (and so the host end and its routes). Missing namespace
-    /// or interface is success.
-    fn remove(
-        &self,
-        netns: Option<&Path>,
-        ifname: &str,
-        host_ifname: &str,
-    ) -> Result<(), DataplaneError>;
+    /// Removes the pod's interface (and so its host end and the routes through it), found
+    /// by name in the pod's namespace. Missing namespace or interface is success. Nothing is
+    /// ever deleted by the host end's name: a newer sandbox of the same pod has the same one.
+    fn remove(&self, netns: Option<&Path>, ifname: &str) -> Result<(), DataplaneError>;
     /// Reads back what [`Dataplane::create`] and [`Dataplane::configure`] made.
     fn inspect(&self, spec: &WorkloadSpec, addresses: &[IpNet])
     -> Result<Observed, DataplaneError>;
     /// As [`Dataplane::remove`], without waiting for the kernel to free the interface: the
     /// host routes to the pod's addresses go at once (so a new pod may reuse an address
-    /// immediately), then a detached helper deletes the interface. Freeing a veth makes the
-    /// kernel wait out an RCU grace period (10-20 ms here), the bulk of a DEL otherwise;
-    /// the runtime removes the namespace next anyway, which would free it too.
-    fn remove_detached(
-        &self,
-        netns: Option<&Path>,
-        ifname: &str,
-        host_ifname: &str,
-    ) -> Result<(), DataplaneError> {
-        self.remove(netns, ifname, host_ifname)
+    /// immediately), then a detached helper deletes the interface, named by the namespace's
+    /// identity and its index there (see [`crate::reaper`]). Freeing a veth makes the kernel
+    /// wait out an RCU grace period (10-20 ms here), the bulk of a DEL otherwise; the
+    /// runtime removes the namespace next anyway, which would free it too.
+    fn remove_detached(&self, netns: Option<&Path>, ifname: &str) -> Result<(), DataplaneError> {
+        self.remove(netns, ifname)
     }
     /// Host interfaces whose name starts with `prefix`.
     fn host_interfaces(&self, prefix: &str) -> Result<Vec<String>, DataplaneError>;
-    /// Deletes a host interface (the veth pair goes with it). Missing is success.
-    fn remove_host_interface(&self, name: &str) -> Result<(), DataplaneError>;
+    /// Every address in use on this host, the sign that a pod holding it is alive: routed by
+    /// a host route (/32, /128) to an interface (Calico and `ptp` write those), or assigned
+    /// to an interface in any network namespace a process holds or a runtime pinned (any
+    /// plugin). Costs a visit to every namespace: for GC, not for ADD or DEL.
+    fn addresses_in_use(&self) -> Result<BTreeSet<IpAddr>, DataplaneError>;
 }
 
 /// The kernel, through netlink and `/proc/sys`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LinuxDataplane;
+#[derive(Debug, Default, Clone)]
+pub struct LinuxDataplane {
+    /// Where the detached interface deletion logs (the plugin's log file).
+    pub log_file: Option<PathBuf>,
+}
 
 fn host_sysctls(host: &Netlink, index: u32, spec: &WorkloadSpec) -> Result<(), DataplaneError> {
     let h = &spec.host_ifname;
@@ -351,59 +350,57 @@ impl Dataplane for LinuxDataplane {
         Ok(())
     }
 
-    fn remove(
-        &self,
-        netns: Option<&Path>,
-        ifname: &str,
-        host_ifname: &str,
-    ) -> Result<(), DataplaneError> {
-        if let Some(path) = netns {
-            match netns::open(path) {
-                Ok(ns) => {
-                    let pod = Netlink::in_netns(&ns, path)?;
-                    if let Some(link) = pod.link(ifname)? {
-                        pod.delete_link(link.index)?;
-                    }
+    fn remove(&self, netns: Option<&Path>, ifname: &str) -> Result<(), DataplaneError> {
+        let Some(path) = netns else {
+            // No namespace named: its interfaces go with it.
+            return Ok(());
+        };
+        match netns::open(path) {
+            Ok(ns) => {
+                let pod = Netlink::in_netns(&ns, path)?;
+                if let Some(link) = pod.link(ifname)? {
+                    pod.delete_link(link.index)?;
                 }
-                Err(DataplaneError::NetnsMissing(_)) => {}
-                Err(e) => return Err(e),
+                Ok(())
             }
+            Err(DataplaneError::NetnsMissing(_)) => Ok(()),
+            Err(e) => Err(e),
         }
-        // Normally gone with its peer; a host end whose pod side was lost is removed here.
-        self.remove_host_interface(host_ifname)
     }
 
-    fn remove_detached(
-        &self,
-        netns: Option<&Path>,
-        ifname: &str,
-        host_ifname: &str,
-    ) -> Result<(), DataplaneError> {
-        let host = Netlink::host()?;
-        let Some(host_link) = host.link(host_ifname)? else {
-            // No host end: nothing of ours waits on the kernel; finish synchronously.
-            return self.remove(netns, ifname, host_ifname);
+    fn remove_detached(&self, netns: Option<&Path>, ifname: &str) -> Result<(), DataplaneError> {
+        let Some(path) = netns else {
+            return Ok(());
         };
-        // The host routes to the pod's addresses go now (found from the pod's interface,
-        // not by dumping the node's whole routing table, which grows with the pods).
-        let addresses = match netns.map(netns::open) {
-            Some(Ok(ns)) => {
-                let path = netns.unwrap_or_else(|| Path::new(""));
-                let pod = Netlink::in_netns(&ns, path)?;
-                match pod.link(ifname)? {
-                    Some(l) => pod.addresses(l.index)?,
-                    None => Vec::new(),
-                }
+        let ns = match netns::open(path) {
+            Ok(ns) => ns,
+            Err(DataplaneError::NetnsMissing(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let pod = Netlink::in_netns(&ns, path)?;
+        let Some(link) = pod.link(ifname)? else {
+            return Ok(());
+        };
+        // The host routes to the pod's addresses go now, through the veth's peer by index
+        // (found from the pod's interface, not by dumping the node's whole routing table,
+        // which grows with the pods, nor by the host end's name, which a newer sandbox of
+        // the same pod shares).
+        if let Some(peer) = link.peer {
+            let host = Netlink::host()?;
+            for a in pod.addresses(link.index)? {
+                host.delete_route(IpNet::from(a.addr()), peer)?;
             }
-            Some(Err(DataplaneError::NetnsMissing(_))) | None => Vec::new(),
-            Some(Err(e)) => return Err(e),
-        };
-        for a in addresses {
-            host.delete_route(IpNet::from(a.addr()), host_link.index)?;
         }
-        crate::reaper::spawn(netns, ifname, host_ifname).or_else(|e| {
+        let job = crate::reaper::Reap {
+            netns: path.to_path_buf(),
+            netns_id: netns::identity(&ns, path)?,
+            index: link.index,
+            ifname: ifname.to_string(),
+            log_file: self.log_file.clone(),
+        };
+        crate::reaper::spawn(&job).or_else(|e| {
             log::warn!("cannot hand the interface deletion over ({e}); deleting it now");
-            self.remove(netns, ifname, host_ifname)
+            job.run().map(|_| ())
         })
     }
 
@@ -449,12 +446,24 @@ impl Dataplane for LinuxDataplane {
             .collect())
     }
 
-    fn remove_host_interface(&self, name: &str) -> Result<(), DataplaneError> {
+    fn addresses_in_use(&self) -> Result<BTreeSet<IpAddr>, DataplaneError> {
         let host = Netlink::host()?;
-        if let Some(link) = host.link(name)? {
-            host.delete_link(link.index)?;
+        let mut used = BTreeSet::new();
+        for v4 in [true, false] {
+            for r in host.routes(v4)? {
+                if r.dst.prefix_len() == r.dst.max_prefix_len() && r.oif.is_some() {
+                    used.insert(r.dst.addr());
+                }
+            }
         }
-        Ok(())
+        for (path, ns) in netns::all_visible() {
+            // A namespace that goes away meanwhile has nothing in use any more.
+            match Netlink::in_netns(&ns, &path).and_then(|n| n.all_addresses()) {
+                Ok(addrs) => used.extend(addrs.iter().map(IpNet::addr)),
+                Err(e) => log::debug!("addresses in {}: {e}", path.display()),
+            }
+        }
+        Ok(used)
     }
 }
 

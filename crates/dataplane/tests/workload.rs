@@ -35,7 +35,7 @@ fn create_configure_inspect_remove() {
         "fd00:10:244::5/122".parse().unwrap(),
     ];
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         let links = dp.create(&s).unwrap();
         dp.configure(&s, &links, &addrs).unwrap();
         // Configuring again (a retried ADD, or Felix's identical routes) is fine.
@@ -103,11 +103,11 @@ fn create_configure_inspect_remove() {
     assert!(ll.contains("fe80::ecee:eeff:feee:eeee"), "{ll}");
 
     node.within(|| {
-        let dp = LinuxDataplane;
-        dp.remove(Some(&s.netns), "eth0", &host_if).unwrap();
+        let dp = LinuxDataplane::default();
+        dp.remove(Some(&s.netns), "eth0").unwrap();
         // Idempotent, also without a namespace.
-        dp.remove(Some(&s.netns), "eth0", &host_if).unwrap();
-        dp.remove(None, "eth0", &host_if).unwrap();
+        dp.remove(Some(&s.netns), "eth0").unwrap();
+        dp.remove(None, "eth0").unwrap();
         assert!(dp.host_interfaces("cali").unwrap().is_empty());
     })
     .unwrap();
@@ -127,7 +127,7 @@ fn a_conflicting_host_route_names_both_interfaces_and_a_missing_netns_is_reporte
     };
     let addrs: Vec<IpNet> = vec!["10.244.1.9/26".parse().unwrap()];
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         let links = dp.create(&s).unwrap();
         let e = dp.configure(&s, &links, &addrs).unwrap_err().to_string();
         assert!(e.contains("other0") && e.contains("calitest0000001"), "{e}");
@@ -137,7 +137,71 @@ fn a_conflicting_host_route_names_both_interfaces_and_a_missing_netns_is_reporte
         };
         let e = dp.create(&gone).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
-        dp.remove(Some(&s.netns), "eth0", &s.host_ifname).unwrap();
+        dp.remove(Some(&s.netns), "eth0").unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_late_deletion_takes_only_the_interface_it_was_given() {
+    // The old sandbox's deletion runs after the new sandbox of the same pod has its veth,
+    // whose host end has the same name: it must find nothing of its own and touch nothing.
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    let old_pod = NetNs::new("old").unwrap();
+    let new_pod = NetNs::new("new").unwrap();
+    let host_if = format!("cali{}", &testkit::unique_name("r")[2..]);
+    let (old, new) = (spec(&old_pod, &host_if), spec(&new_pod, &host_if));
+    let job_for = |pod: &NetNs| {
+        let ns = calico_dataplane::netns::open(&pod.path()).unwrap();
+        let index = pod
+            .sh("ip -o link show eth0")
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        calico_dataplane::reaper::Reap {
+            netns: pod.path(),
+            netns_id: calico_dataplane::netns::identity(&ns, &pod.path()).unwrap(),
+            index,
+            ifname: "eth0".into(),
+            log_file: None,
+        }
+    };
+    use calico_dataplane::reaper::Reaped;
+    node.within(|| {
+        let dp = LinuxDataplane::default();
+        dp.create(&old).unwrap();
+        let late = job_for(&old_pod);
+        // The new sandbox's ADD replaces the stale host end (Calico does the same).
+        dp.create(&new).unwrap();
+        assert_eq!(late.run().unwrap(), Reaped::InterfaceGone);
+        assert!(
+            dp.inspect(&new, &[]).unwrap().host.is_some(),
+            "new veth kept"
+        );
+
+        // With the old sandbox's veth still there, only it goes.
+        let other_host_if = format!("{host_if}o");
+        let third = NetNs::new("third").unwrap();
+        dp.create(&spec(&third, &other_host_if)).unwrap();
+        let job = job_for(&third);
+        assert_eq!(job.run().unwrap(), Reaped::Deleted);
+        assert!(third.sh("ip link show eth0").is_err());
+        assert!(
+            dp.inspect(&new, &[]).unwrap().host.is_some(),
+            "new veth kept"
+        );
+
+        // The path now names another namespace: nothing is done there.
+        let gone = calico_dataplane::reaper::Reap {
+            netns_id: calico_dataplane::netns::Identity { dev: 0, ino: 1 },
+            ..job_for(&new_pod)
+        };
+        assert_eq!(gone.run().unwrap(), Reaped::NamespaceGone);
+        assert!(new_pod.sh("ip link show eth0").is_ok());
     })
     .unwrap();
 }

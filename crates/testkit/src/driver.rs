@@ -117,6 +117,13 @@ impl<'a> Runtime<'a> {
         }
     }
 
+    /// Another libcni cache directory: a second runtime on the same node (containerd and
+    /// Podman side by side), which knows nothing of the first one's attachments.
+    pub fn with_cache_dir(mut self, dir: &Path) -> Self {
+        self.cache_dir = dir.to_path_buf();
+        self
+    }
+
     /// Extra environment for every call (seen by the plugins too).
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));

@@ -13,6 +13,13 @@ use std::process::ExitCode;
 
 struct Calico;
 
+/// ADD and DEL wait for calico-node, as Calico's plugin does (see
+/// [`calico_plugin::workload::require_nodename_file`]).
+fn require_nodename_file(req: &Request) -> Result<(), CniError> {
+    let conf = NetConf::from_request(req)?;
+    calico_plugin::workload::require_nodename_file(&conf, |p| p.exists())
+}
+
 /// What every verb starts from: the derived context and a datastore connection (opened
 /// lazily: the first request makes it, in parallel with the kernel work).
 fn setup(req: &Request) -> Result<(Context, calico_datastore::Etcd), CniError> {
@@ -36,6 +43,9 @@ fn run<T>(
     verb: impl FnOnce(&Context, &Deps<'_>) -> Result<T, CniError>,
 ) -> Result<T, CniError> {
     let (ctx, store) = setup(req)?;
+    let dataplane = LinuxDataplane {
+        log_file: ctx.conf.log_settings().file,
+    };
     let pod = if with_pod && kubernetes::wanted(&ctx) {
         Some(kubernetes::pod_meta(&ctx)?)
     } else {
@@ -43,7 +53,7 @@ fn run<T>(
     };
     let deps = Deps {
         store: &store,
-        dataplane: &LinuxDataplane,
+        dataplane: &dataplane,
         mtu_file: Path::new(DEFAULT_MTU_FILE),
         pod,
     };
@@ -66,10 +76,12 @@ impl Plugin for Calico {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        require_nodename_file(req)?;
         run(req, true, |ctx, deps| verbs::add(req, ctx, deps))
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
+        require_nodename_file(req)?;
         run(req, false, |ctx, deps| verbs::del(req, ctx, deps))
     }
 
@@ -91,7 +103,13 @@ impl Plugin for Calico {
 
 fn main() -> ExitCode {
     // A detached interface deletion handed over by a DEL (see calico_dataplane::reaper).
-    if calico_dataplane::reaper::run_if_requested() {
+    if let Some(job) = calico_dataplane::reaper::requested() {
+        cni_protocol::logging::install("calico reaper");
+        cni_protocol::logging::configure(&LogSettings {
+            file: job.log_file.clone(),
+            ..LogSettings::default()
+        });
+        job.run_and_log();
         return ExitCode::SUCCESS;
     }
     // The node's keeper of warm etcd connections (see calico_datastore::keeper).

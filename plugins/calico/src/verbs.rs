@@ -572,10 +572,7 @@ fn add_delegated(
 }
 
 fn remove_quietly(deps: &Deps<'_>, spec: &WorkloadSpec) {
-    if let Err(e) = deps
-        .dataplane
-        .remove(Some(&spec.netns), &spec.ifname, &spec.host_ifname)
-    {
+    if let Err(e) = deps.dataplane.remove(Some(&spec.netns), &spec.ifname) {
         log::error!("rolling back: cannot remove {}: {e}", spec.host_ifname);
     }
 }
@@ -642,7 +639,7 @@ pub fn del(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError
     let (removed, released) = std::thread::scope(|s| {
         let removing = s.spawn(|| {
             deps.dataplane
-                .remove_detached(netns.as_deref(), &req.env.ifname, &ctx.host_ifname)
+                .remove_detached(netns.as_deref(), &req.env.ifname)
         });
         let released = if ctx.ipam_in_process() {
             calico_ipam::cni::release(
@@ -826,68 +823,120 @@ pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniErr
     }
 }
 
-/// GC: endpoint records of this node whose attachment is not valid, the host interfaces no
-/// valid endpoint uses, and (delegated) the IPAM allocations. Keeps going after errors.
+/// GC: this network's allocations on this node whose container is not in
+/// `cni.dev/valid-attachments` and which the kernel shows dead, each released in one
+/// transaction with the endpoint records that carry its addresses (see [`calico_ipam::gc`]).
+///
+/// What is alive is kept whatever the list says: an endpoint whose host interface still
+/// exists (its pod's namespace exists), an allocation whose address is still in use on the
+/// host (routed to a pod, or on an interface in some namespace). Interfaces are
+/// never deleted: a veth goes with its namespace. An endpoint is this network's only through
+/// its allocation (the handle `<network>.<container>` holds its addresses), so with a
+/// delegated IPAM plugin only that plugin's GC runs.
 pub fn gc(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError> {
-    let valid: BTreeSet<(String, String)> = req
-        .valid_attachments()?
-        .into_iter()
-        .map(|a| (a.container_id, a.ifname))
-        .collect();
-    let mut errors = Vec::new();
-    let weps = deps
-        .store
-        .list(&keys::resources_prefix("workloadendpoints"))
-        .map_err(store_error)?;
-    let mut keep_ifaces = BTreeSet::new();
-    for kv in &weps {
-        let Ok(w) = WorkloadEndpoint::from_kv(kv) else {
-            continue;
-        };
-        if w.spec.node != ctx.node {
-            continue;
-        }
-        if valid.contains(&(w.spec.container_id.clone(), w.spec.endpoint.clone())) {
-            keep_ifaces.insert(w.spec.interface_name.clone());
-            continue;
-        }
-        match deps.store.txn(
-            &[Guard::Revision(kv.key.clone(), kv.mod_revision)],
-            &[Write::Delete(kv.key.clone())],
-        ) {
-            Ok(_) => log::info!("GC removed endpoint {}", w.metadata.name),
-            Err(e) => errors.push(format!("endpoint {}: {e}", w.metadata.name)),
-        }
+    if !ctx.ipam_in_process() {
+        return delegate::run(&req.env, Command::Gc, &ctx.conf.ipam.ipam_type, &req.stdin);
     }
+    let weps = node_endpoints(deps.store, &ctx.node)?;
     let prefix = crate::workload::interface_prefix(|k| std::env::var(k).ok());
-    match deps.dataplane.host_interfaces(&prefix) {
-        Ok(ifaces) => {
-            for name in ifaces.iter().filter(|n| !keep_ifaces.contains(*n)) {
-                match deps.dataplane.remove_host_interface(name) {
-                    Ok(()) => log::info!("GC removed host interface {name}"),
-                    Err(e) => errors.push(format!("{name}: {e}")),
+    let host_ifaces: BTreeSet<String> = deps
+        .dataplane
+        .host_interfaces(&prefix)
+        .map_err(dataplane_error)?
+        .into_iter()
+        .collect();
+    // The endpoints that carry a candidate's addresses (all of theirs among the handle's).
+    let endpoints_of = |c: &calico_ipam::gc::Candidate| -> Vec<&(Kv, WorkloadEndpoint)> {
+        weps.iter()
+            .filter(|(_, w)| w.spec.container_id == c.container_id)
+            .filter(|(_, w)| {
+                let ips = endpoint_addresses(w);
+                !ips.is_empty() && ips.iter().all(|ip| c.addresses.contains(ip))
+            })
+            .collect()
+    };
+    // The namespaces are visited once, and only if an endpoint's interface does not settle it.
+    let in_use = std::cell::OnceCell::new();
+    let alive = |c: &calico_ipam::gc::Candidate| -> Result<bool, String> {
+        if endpoints_of(c)
+            .iter()
+            .any(|(_, w)| host_ifaces.contains(&w.spec.interface_name))
+        {
+            return Ok(true);
+        }
+        let used = match in_use.get() {
+            Some(u) => u,
+            None => {
+                let u = deps
+                    .dataplane
+                    .addresses_in_use()
+                    .map_err(|e| e.to_string())?;
+                in_use.get_or_init(|| u)
+            }
+        };
+        Ok(c.addresses.iter().any(|a| used.contains(a)))
+    };
+    // The endpoint is committed with the allocation, after its veth exists: an allocation
+    // without a live endpoint or route is not an ADD in flight, so no grace period.
+    let liveness = calico_ipam::gc::Liveness {
+        alive: &alive,
+        grace: std::time::Duration::ZERO,
+        now: SystemTime::now(),
+    };
+    let keys_of = |c: &calico_ipam::gc::Candidate| {
+        endpoints_of(c)
+            .iter()
+            .map(|(kv, _)| kv.key.clone())
+            .collect()
+    };
+    calico_ipam::cni::gc_with(
+        deps.store,
+        &ctx.conf,
+        req,
+        &ctx.node,
+        &liveness,
+        &keys_of,
+        &mut |c, _, snap| {
+            let mut extra = Extra::default();
+            for (kv, w) in endpoints_of(c) {
+                // Guarded on the record as this snapshot read it: a new sandbox that took
+                // the record over meanwhile keeps it (the transaction fails and GC reports).
+                if let Some(current) = snapshot_key(snap, &kv.key) {
+                    extra
+                        .guards
+                        .push(Guard::Revision(current.key.clone(), current.mod_revision));
+                    extra.writes.push(Write::Delete(current.key.clone()));
+                    log::info!("GC removes endpoint {}", w.metadata.name);
                 }
             }
-        }
-        Err(e) => errors.push(e.to_string()),
-    }
-    let ipam = if ctx.ipam_in_process() {
-        calico_ipam::cni::gc(deps.store, &ctx.conf, req, &ctx.node)
-    } else {
-        delegate::run(&req.env, Command::Gc, &ctx.conf.ipam.ipam_type, &req.stdin)
-    };
-    if let Err(e) = ipam {
-        errors.push(e.to_string());
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            ErrorCode::DATASTORE,
-            format!("GC finished with {} error(s)", errors.len()),
-        )
-        .with_details(errors.join("; ")))
-    }
+            Ok(extra)
+        },
+    )
+}
+
+/// This node's endpoint records.
+fn node_endpoints(
+    store: &dyn KvStore,
+    node: &str,
+) -> Result<Vec<(Kv, WorkloadEndpoint)>, CniError> {
+    Ok(store
+        .list(&keys::resources_prefix("workloadendpoints"))
+        .map_err(store_error)?
+        .into_iter()
+        .filter_map(|kv| {
+            let w = WorkloadEndpoint::from_kv(&kv).ok()?;
+            (w.spec.node == node).then_some((kv, w))
+        })
+        .collect())
+}
+
+/// An endpoint's addresses, without their masks.
+fn endpoint_addresses(w: &WorkloadEndpoint) -> Vec<IpAddr> {
+    w.spec
+        .ip_networks
+        .iter()
+        .filter_map(|n| n.split('/').next()?.parse().ok())
+        .collect()
 }
 
 /// STATUS: 50 if the datastore cannot be reached; then IPAM's answer.

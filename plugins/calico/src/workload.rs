@@ -30,6 +30,26 @@ pub fn host_interface(w: &Workload, prefix: &str) -> String {
     }
 }
 
+/// Calico's sign that calico-node runs on this node: ADD and DEL fail while the nodename
+/// file (`nodename_file`, default `/var/lib/calico/nodename`) does not exist, even when
+/// `nodename` is set, unless `nodename_file_optional` is true. Otherwise endpoints and block
+/// affinities could land under a node name no agent serves. Mirrors the check at the top of
+/// `cmdAdd`/`cmdDel` in Calico's `cni-plugin/pkg/plugin/plugin.go`.
+pub fn require_nodename_file(
+    conf: &NetConf,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<(), CniError> {
+    let file = conf.nodename_file();
+    if conf.nodename_file_optional || exists(&file) {
+        return Ok(());
+    }
+    Err(CniError::try_again_later(format!(
+        "{} does not exist: check that calico-node is running on this node and has written \
+         it (or set nodename_file_optional)",
+        file.display()
+    )))
+}
+
 /// Everything derived from the request that the verbs share.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -155,6 +175,38 @@ mod tests {
         assert_eq!(n.len(), 15);
         assert_eq!(interface_prefix(|_| Some("tap,cali".into())), "tap");
         assert_eq!(interface_prefix(|_| None), "cali");
+    }
+
+    #[test]
+    fn the_nodename_file_is_required_unless_optional() {
+        // Mirrors cmdAdd/cmdDel in cni-plugin/pkg/plugin/plugin.go: the file must exist,
+        // even with `nodename` set, unless nodename_file_optional.
+        let conf = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "calico",
+                                           "nodename": "pinned"});
+            for (k, v) in extra.as_object().expect("object") {
+                c[k] = v.clone();
+            }
+            NetConf::from_value(c.as_object().expect("object")).expect("valid")
+        };
+        let none = |_: &Path| false;
+        let e = require_nodename_file(&conf(serde_json::json!({})), none).expect_err("gated");
+        assert_eq!(e.code, cni_protocol::ErrorCode::TRY_AGAIN_LATER);
+        assert!(e.msg.contains("/var/lib/calico/nodename"), "{}", e.msg);
+        let e = require_nodename_file(&conf(serde_json::json!({"nodename_file": "/x/name"})), none)
+            .expect_err("gated");
+        assert!(e.msg.contains("/x/name"), "{}", e.msg);
+        let only_x = |p: &Path| p == Path::new("/x/name");
+        require_nodename_file(
+            &conf(serde_json::json!({"nodename_file": "/x/name"})),
+            only_x,
+        )
+        .expect("present");
+        require_nodename_file(
+            &conf(serde_json::json!({"nodename_file_optional": true})),
+            none,
+        )
+        .expect("optional");
     }
 
     #[test]

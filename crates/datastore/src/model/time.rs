@@ -41,6 +41,12 @@ pub fn go_utc_string(t: SystemTime) -> String {
     )
 }
 
+/// Parses [`go_utc_string`]'s form (`2026-05-01 10:00:01.1234 +0000 UTC`), as found in
+/// allocation attributes written by Calico or by us.
+pub fn parse_go_utc_string(s: &str) -> Option<SystemTime> {
+    parse_rfc3339(&format!("{}Z", s.strip_suffix(" +0000 UTC")?))
+}
+
 /// Nanoseconds since the epoch (a block's initial `sequenceNumber`).
 pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -104,7 +110,10 @@ mod tests {
         let t = UNIX_EPOCH + Duration::new(1_777_629_601, 123_400_000);
         assert_eq!(rfc3339_seconds(t), "2026-05-01T10:00:01Z");
         assert_eq!(go_utc_string(t), "2026-05-01 10:00:01.1234 +0000 UTC");
+        assert_eq!(parse_go_utc_string(&go_utc_string(t)), Some(t));
         let whole = UNIX_EPOCH + Duration::new(1_777_629_601, 0);
+        assert_eq!(parse_go_utc_string(&go_utc_string(whole)), Some(whole));
+        assert_eq!(parse_go_utc_string("2026-05-01 10:00:01 +0200 CEST"), None);
         assert_eq!(go_utc_string(whole), "2026-05-01 10:00:01 +0000 UTC");
         let nanos = UNIX_EPOCH + Duration::new(1_777_629_601, 1);
         assert_eq!(

@@ -21,6 +21,7 @@ use crate::netns::NetNs;
 use crate::process::Daemon;
 use crate::tls::Pki;
 use crate::unique_name;
+
 use member::{MemberSpec, ServerTls, StartFailure, free_ports, wait_ready};
 
 /// How often to pick new ports when a picked port was taken before etcd bound it.
@@ -130,6 +131,26 @@ impl Etcd {
     /// See [`Etcdctl::delete_prefix`].
     pub fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.ctl.delete_prefix(prefix)
+    }
+
+    /// Makes every allocation look `age` old (its `timestamp` attribute, as Calico and we
+    /// write it), so a test can pass GC's grace period for new allocations without waiting.
+    pub fn backdate_allocations(&self, age: std::time::Duration) -> Result<()> {
+        let when = jiff::Timestamp::try_from(std::time::SystemTime::now() - age)?;
+        // Go's `time.Time.String()` in UTC.
+        let stamp = when.strftime("%Y-%m-%d %H:%M:%S +0000 UTC").to_string();
+        for (key, value) in self.get_prefix("/calico/ipam/v2/assignment/")? {
+            let mut block: serde_json::Value = serde_json::from_str(&value)?;
+            if let Some(attrs) = block["attributes"].as_array_mut() {
+                for a in attrs {
+                    if a["secondary"]["timestamp"].is_string() {
+                        a["secondary"]["timestamp"] = serde_json::json!(stamp);
+                    }
+                }
+            }
+            self.put(&key, &block.to_string())?;
+        }
+        Ok(())
     }
 
     fn tls_pki(&self) -> &Pki {

@@ -45,3 +45,18 @@ pub fn addresses(result: &Value) -> Vec<String> {
 pub fn sh(ns: &NetNs, cmd: &str) -> String {
     ns.sh(cmd).unwrap()
 }
+
+/// One echo answered within three tries (the first packet may wait for ARP/NDP on
+/// every hop).
+pub fn ping(from: &NetNs, to: &str) -> bool {
+    (0..3).any(|_| {
+        from.run("busybox", ["ping", "-c1", "-W2", to])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+/// The `i`th address of an ADD result, without its mask.
+pub fn ip_of(result: &Value, i: usize) -> String {
+    addresses(result)[i].split('/').next().unwrap().to_string()
+}

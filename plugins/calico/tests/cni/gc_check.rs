@@ -1,9 +1,8 @@
-//! CHECK catches what changed; GC removes only what is not valid; other IPAM plugins are
-//! delegated to.
+//! CHECK catches what changed; other IPAM plugins are delegated to.
 
 use crate::common::*;
 use serde_json::json;
-use testkit::{CallOpts, NetNs, require};
+use testkit::{NetNs, require};
 
 #[test]
 fn check_catches_a_deleted_route_a_changed_address_and_a_missing_record() {
@@ -82,79 +81,6 @@ fn check_catches_a_deleted_route_a_changed_address_and_a_missing_record() {
             .unwrap()
             .unwrap();
     }
-}
-
-#[test]
-fn gc_removes_only_what_is_not_in_the_valid_list() {
-    require!(root; "etcd", "go", "ip");
-    let c = cluster(1);
-    let mut list = conflist("1.0.0", json!({}));
-    list["cniVersions"] = json!(["1.0.0", "1.1.0"]);
-    c.install(0, &list).unwrap();
-    let rt = c.runtime(0);
-    let node = c.node(0);
-    let keep = NetNs::new("keep").unwrap();
-    let stale = NetNs::new("stale").unwrap();
-    rt.add(
-        "k8s-pod-network",
-        &keep.path(),
-        &pod_args("default", "keep"),
-    )
-    .unwrap()
-    .unwrap();
-    // The stale pod is added with its own container ID and then forgotten by the runtime
-    // (its cache entry removed), as after a crash: only the plugin's GC can find it.
-    let opts = CallOpts {
-        container_id: Some("lost-sandbox-1".into()),
-        ..pod_args("default", "stale")
-    };
-    rt.add("k8s-pod-network", &stale.path(), &opts)
-        .unwrap()
-        .unwrap();
-    for e in std::fs::read_dir(node.cni_lib_dir().join("results")).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().contains("lost-sandbox-1") {
-            std::fs::remove_file(e.path()).unwrap();
-        }
-    }
-    let stale_if = calico_plugin::workload::host_interface(
-        &calico_ipam::cni::Workload {
-            node: "node-1".into(),
-            orchestrator: "k8s",
-            namespace: "default".into(),
-            pod: "stale".into(),
-            container_id: "lost-sandbox-1".into(),
-        },
-        "cali",
-    );
-    assert!(node.sh(&format!("ip link show {stale_if}")).is_ok());
-
-    rt.gc("k8s-pod-network", &[&keep.path()], &CallOpts::default())
-        .unwrap()
-        .unwrap();
-
-    assert!(
-        node.sh(&format!("ip link show {stale_if}")).is_err(),
-        "stale veth removed"
-    );
-    let weps = c
-        .values("/calico/resources/v3/projectcalico.org/workloadendpoints/")
-        .unwrap();
-    assert_eq!(weps.len(), 1);
-    assert_eq!(weps[0].1["spec"]["pod"], "keep");
-    let handles = c.values("/calico/ipam/v2/handle/").unwrap();
-    assert_eq!(handles.len(), 1, "{handles:?}");
-    assert!(!handles[0].0.contains("lost-sandbox-1"));
-    // The valid pod is untouched.
-    rt.check(
-        "k8s-pod-network",
-        &keep.path(),
-        &pod_args("default", "keep"),
-    )
-    .unwrap()
-    .unwrap();
-    // STATUS is fine with room in the pools.
-    rt.status("k8s-pod-network").unwrap().unwrap();
 }
 
 #[test]

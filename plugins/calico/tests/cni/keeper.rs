@@ -229,7 +229,8 @@ fn etcd_keeper_false_dials_every_call_and_starts_none() {
     rt.add("k8s-pod-network", &pod.path(), &opts)
         .unwrap()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // A keeper would have been started during the call (spawn returns after its exec).
+    assert!(keepers_in(&c.node(0).netns().path()).is_empty());
     rt.del("k8s-pod-network", &pod.path(), &opts)
         .unwrap()
         .unwrap();
@@ -261,7 +262,15 @@ fn a_squatter_on_the_keepers_name_gets_nothing() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_for("the keeper to die", || keepers_in(&netns).is_empty());
+    // Not the process vanishing but the name being free: a dying process is gone from
+    // /proc's listing before the kernel has closed its socket.
+    let bound = format!("@{name}");
+    wait_for("the keeper's name to be released", || {
+        !c.node(0)
+            .sh("cat /proc/net/unix")
+            .unwrap_or_default()
+            .contains(&bound)
+    });
     // Another program (root, but not ours) takes the name and answers as a keeper would.
     let script = format!(
         "import socket\n\

@@ -3,7 +3,8 @@
 
 use crate::common::*;
 use serde_json::json;
-use testkit::{NetNs, require};
+use std::time::Duration;
+use testkit::{NetNs, eventually, require};
 
 fn sysctl(ns_sh: impl Fn(&str) -> String, path: &str) -> String {
     ns_sh(&format!("cat /proc/sys/net/{path}"))
@@ -125,13 +126,16 @@ fn ipv4_add_check_del() {
     rt.del("k8s-pod-network", &pod.path(), &opts)
         .unwrap()
         .unwrap();
+    // The host route goes with the DEL; the veth is deleted by a detached helper just after.
     assert!(
-        pod.sh("ip link show eth0").is_err(),
+        eventually(Duration::from_secs(10), || pod
+            .sh("ip link show eth0")
+            .is_err()),
         "pod interface removed"
     );
     assert!(
         node.sh("ip link show calic440f455693").is_err(),
-        "host end removed"
+        "host end removed with it"
     );
     assert!(
         node.sh(&format!("ip route show {ip}"))
@@ -232,12 +236,12 @@ fn ipv6_and_dual_stack_add_check_del() {
             .unwrap()
             .is_empty()
     );
-    assert!(
-        node.sh("ip -o link show | grep cali || true")
-            .unwrap()
-            .trim()
-            .is_empty()
-    );
+    // The veths go with detached helpers just after the DELs.
+    assert!(eventually(Duration::from_secs(10), || node
+        .sh("ip -o link show | grep cali || true")
+        .unwrap()
+        .trim()
+        .is_empty()));
 }
 
 #[test]
@@ -268,4 +272,103 @@ fn allow_ip_forwarding_is_applied_whatever_the_pod_had() {
             .unwrap()
             .unwrap();
     }
+}
+
+/// CPU hogs on both cores for as long as it lives, so the detached deletion of a DEL runs
+/// late, after the next ADD (the race a re-created sandbox meets on a busy node).
+struct Load(Vec<std::process::Child>);
+
+impl Load {
+    fn start() -> Load {
+        Load(
+            (0..2)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_sandbox_recreated_right_after_del_keeps_its_interface() {
+    // The host end's name is a hash of the pod's name, the same for every sandbox of the pod;
+    // the old sandbox's interface must be deleted by what identifies it (its namespace and
+    // index there), never by that name.
+    require!(root; "etcd", "go", "ip", "busybox");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let rt = c.runtime(0);
+    let node = c.node(0);
+    let opts = pod_args("default", "web");
+    let host_if = "cali68caf03a5f4"; // sha1("default.web")
+    let reaped = |ns: &str| {
+        std::fs::read_to_string(c.log_of(0))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("reaper: eth0") && l.contains(ns))
+    };
+    let _load = Load::start();
+    let mut sandbox = NetNs::new("web").unwrap();
+    let mut last = rt
+        .add("k8s-pod-network", &sandbox.path(), &opts)
+        .unwrap()
+        .unwrap();
+    for round in 0..20 {
+        let old = sandbox.path().display().to_string();
+        rt.del("k8s-pod-network", &sandbox.path(), &opts)
+            .unwrap()
+            .unwrap();
+        let next = NetNs::new("web").unwrap();
+        // Half the rounds the runtime removes the old namespace at once, half only later.
+        let previous = std::mem::replace(&mut sandbox, next);
+        let early = round % 2 == 0;
+        let previous = if early {
+            drop(previous);
+            None
+        } else {
+            Some(previous)
+        };
+        last = rt
+            .add("k8s-pod-network", &sandbox.path(), &opts)
+            .unwrap()
+            .unwrap();
+        drop(previous);
+        // Once the old sandbox's deletion has run, the new pod still has its interface.
+        assert!(
+            eventually(Duration::from_secs(20), || reaped(&old)),
+            "round {round}: the deletion for {old} did not finish"
+        );
+        let peer = sandbox.sh("ip -o link show eth0").unwrap();
+        assert!(peer.contains("state UP"), "round {round}: {peer}");
+        assert!(
+            node.sh(&format!("ip -o link show {host_if}"))
+                .unwrap()
+                .contains("state UP"),
+            "round {round}"
+        );
+        rt.check("k8s-pod-network", &sandbox.path(), &opts)
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        node.sh(&format!("busybox ping -c1 -W2 {}", ip_of(&last, 0)))
+            .is_ok(),
+        "the node reaches the last sandbox"
+    );
+    rt.del("k8s-pod-network", &sandbox.path(), &opts)
+        .unwrap()
+        .unwrap();
 }

@@ -6,6 +6,7 @@
 
 mod common;
 mod failures;
+mod gc;
 mod gc_check;
 mod keeper;
 mod lifecycle;

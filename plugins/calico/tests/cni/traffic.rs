@@ -5,20 +5,6 @@ use crate::common::*;
 use serde_json::json;
 use testkit::{NetNs, require};
 
-/// One echo answered within three tries (the first packet may wait for ARP/NDP on
-/// every hop).
-fn ping(from: &NetNs, to: &str) -> bool {
-    (0..3).any(|_| {
-        from.run("busybox", ["ping", "-c1", "-W2", to])
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
-
-fn ip_of(result: &serde_json::Value, i: usize) -> String {
-    addresses(result)[i].split('/').next().unwrap().to_string()
-}
-
 #[test]
 fn pods_reach_each_other_on_a_node_and_across_nodes() {
     require!(root; "etcd", "go", "ip", "busybox");
