@@ -331,9 +331,12 @@ spec:
                "status":{}})
     );
     assert_eq!(
-        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
-        r#"{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":4,"kubeVirtVMAddressPersistence":"Enabled"}"#
+        with_placeholders(f.get_json(IPAMCONFIGURATION_KEY).unwrap()),
+        json!({"kind":"IPAMConfiguration","apiVersion":"projectcalico.org/v3",
+               "metadata":{"name":"default","uid":"UID","creationTimestamp":"TS"},
+               "spec":{"strictAffinity":true,"maxBlocksPerHost":4,"autoAllocateBlocks":false}})
     );
+    assert!(f.etcd.get(keys::IPAM_CONFIG).unwrap().is_none());
     assert_eq!(
         f.ok(&["get", "nodes", "-o", "wide"]),
         "NAME    ASN       IPV4             IPV6   \nnode1   (64512)   192.168.0.1/24          \n\n"
@@ -341,28 +344,16 @@ spec:
     assert_eq!(f.ok(&["get", "no"]), "NAME    \nnode1   \n\n");
     assert_eq!(
         f.ok(&["get", "ipamconfig"]),
-        "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   \ndefault   true             true                 \n\n"
+        "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   \ndefault   true             false                \n\n"
     );
     let cfg: Value =
         serde_json::from_str(&f.ok(&["get", "ipamconfiguration", "default", "-o", "json"]))
             .unwrap();
     assert_eq!(
         cfg["spec"],
-        json!({"strictAffinity": true, "maxBlocksPerHost": 4, "autoAllocateBlocks": true, "kubeVirtVMAddressPersistence": "Enabled"})
+        json!({"strictAffinity": true, "maxBlocksPerHost": 4, "autoAllocateBlocks": false})
     );
     assert_eq!(cfg["kind"], "IPAMConfiguration");
-
-    // IPAMConfiguration is the single "default", validated as SetIPAMConfig does.
-    let bad = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: false\n  autoAllocateBlocks: false\n");
-    assert_eq!(bad.code, 1);
-    assert!(
-        bad.stderr
-            .contains("Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time"),
-        "{}",
-        bad.stderr
-    );
-    let other = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: other\nspec: {}\n");
-    assert_eq!(other.code, 1);
 
     // Update a node from a file, then delete both by file.
     let path = f.file("node.yaml", &docs.replace("zone: a", "zone: b"));
@@ -384,11 +375,128 @@ spec:
             .unwrap()
             .is_none()
     );
-    assert!(f.etcd.get(keys::IPAM_CONFIG).unwrap().is_none());
+    assert!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap().is_none());
     assert_eq!(
         f.ok(&["get", "ipamconfigs"]),
         "NAME   STRICTAFFINITY   AUTOALLOCATEBLOCKS   \n\n"
     );
+}
+
+const IPAMCONFIGURATION_KEY: &str =
+    "/calico/resources/v3/projectcalico.org/ipamconfigurations/default";
+
+/// In etcd mode the IPAMConfiguration resource and the IPAM's config are two objects: `get`,
+/// `apply`, `create` and `delete` use the first (mirrors clientv3/ipamconfig.go over
+/// model/resource.go's `ipamconfigurations` key and resourcemgr/ipamconfiguration.go's
+/// columns), `ipam configure` and `ipam show --show-configuration` the second (mirrors
+/// ipam.go GetIPAMConfig/SetIPAMConfig over model.IPAMConfigKey, `/calico/ipam/v2/config`).
+#[test]
+fn ipam_configuration_resource_and_ipam_config_are_separate_objects() {
+    require!("etcd");
+    let f = Fixture::start();
+    // `ipam show --show-configuration` creates the IPAM's default config, as GetIPAMConfig.
+    assert_eq!(
+        f.ok(&["ipam", "show", "--show-configuration"]),
+        "+------------------------------+-----------+\n\
+         |           PROPERTY           |   VALUE   |\n\
+         +------------------------------+-----------+\n\
+         | StrictAffinity               | false     |\n\
+         | AutoAllocateBlocks           | true      |\n\
+         | MaxBlocksPerHost             |         0 |\n\
+         | KubeVirtVMAddressPersistence | \"Enabled\" |\n\
+         +------------------------------+-----------+\n"
+    );
+    assert_eq!(
+        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
+        r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+    );
+    // ... which is not an IPAMConfiguration resource.
+    assert_eq!(
+        f.ok(&["get", "ipamconfigurations"]),
+        "NAME   STRICTAFFINITY   AUTOALLOCATEBLOCKS   \n\n"
+    );
+    let missing = f.run(&["get", "ipamconfig", "default"], None);
+    assert_eq!(
+        (missing.code, missing.stderr.as_str()),
+        (
+            1,
+            "resource does not exist: IPAMConfiguration(default) with error: <nil>\n"
+        )
+    );
+
+    // create: validator.Validate then validateMetadata; no SetIPAMConfig rules.
+    let created = f.run(
+        &["create", "-f", "-"],
+        Some("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: false\n  autoAllocateBlocks: false\n  maxBlocksPerHost: 7\n"),
+    );
+    assert_eq!(
+        (created.code, created.stdout.as_str()),
+        (
+            0,
+            "Successfully created 1 'IPAMConfiguration' resource(s)\n"
+        ),
+        "{}",
+        created.stderr
+    );
+    assert_eq!(
+        with_placeholders(f.get_json(IPAMCONFIGURATION_KEY).unwrap()),
+        json!({"kind":"IPAMConfiguration","apiVersion":"projectcalico.org/v3",
+               "metadata":{"name":"default","uid":"UID","creationTimestamp":"TS"},
+               "spec":{"strictAffinity":false,"maxBlocksPerHost":7,"autoAllocateBlocks":false}})
+    );
+    assert_eq!(
+        f.ok(&["get", "ipamconfig", "-o", "wide"]),
+        "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   MAXBLOCKSPERHOST   \n\
+         default   false            false                7                  \n\n"
+    );
+    let yaml = f.ok(&["get", "ipamconfig", "default", "-o", "yaml"]);
+    assert!(
+        yaml.starts_with("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  creationTimestamp: ")
+            && yaml.ends_with("spec:\n  autoAllocateBlocks: false\n  maxBlocksPerHost: 7\n  strictAffinity: false\n"),
+        "{yaml}"
+    );
+    // The IPAM's config is untouched, and `ipam configure` leaves the resource alone.
+    assert_eq!(
+        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
+        r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+    );
+    let before = f.etcd.get(IPAMCONFIGURATION_KEY).unwrap();
+    assert_eq!(
+        f.ok(&["ipam", "configure", "--strictaffinity=true"]),
+        "Successfully set StrictAffinity to: true\n"
+    );
+    assert_eq!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap(), before);
+    assert!(
+        f.ok(&["ipam", "show", "--show-configuration"])
+            .contains("| StrictAffinity               | true      |")
+    );
+
+    // Only "default", and the CRD schema's limits.
+    let other = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: other\nspec: {}\n");
+    assert_eq!(
+        (other.code, other.stderr.as_str()),
+        (
+            1,
+            "failed to apply 'IPAMConfiguration' resource: [Cannot create an IPAMConfiguration resource with a name other than \"default\"]\n"
+        )
+    );
+    let enum_ = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: true\n  autoAllocateBlocks: true\n  kubeVirtVMAddressPersistence: Sometimes\n");
+    assert_eq!(
+        (enum_.code, enum_.stderr.as_str()),
+        (
+            1,
+            "failed to apply 'IPAMConfiguration' resource: [error with field spec.kubeVirtVMAddressPersistence (supported values: \"Enabled\", \"Disabled\")]\n"
+        )
+    );
+    assert_eq!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap(), before);
+
+    // delete removes the resource only.
+    assert_eq!(
+        f.ok(&["delete", "ipamconfig", "default"]),
+        "Successfully deleted 1 'IPAMConfiguration' resource(s)\n"
+    );
+    assert!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap().is_none());
+    assert!(f.etcd.get(keys::IPAM_CONFIG).unwrap().is_some());
 }
 
 /// A WorkloadEndpoint as Calico's CNI plugin stores it (k8s orchestrator, §8.3 field order).
