@@ -4,6 +4,7 @@
 //! - [`pools`]: which pools a request may use, and each node's block search order;
 //! - [`allocator`]: affine blocks, claiming, borrowing, release, all as guarded
 //!   transactions over a [`calico_datastore::KvStore`];
+//! - [`host`]: taking a node out of IPAM (its addresses, affinities and empty blocks);
 //! - [`lock`]: the host-wide IPAM lock;
 //! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin.
 
@@ -13,6 +14,7 @@ mod allocator_tests;
 pub mod block;
 pub mod cni;
 pub mod error;
+pub mod host;
 pub mod lock;
 pub mod pools;
 
