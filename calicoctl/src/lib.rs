@@ -19,8 +19,9 @@
 //! - `--allow-version-mismatch` is accepted and does nothing: there is no version check.
 //! - apply/create validate every document (against the datastore and the documents before
 //!   it) before writing any, so one bad document writes nothing (Calico writes the good ones).
-//! - Deleting a Node deletes only the Node: Calico also releases its IPs and affinities and
-//!   deletes its endpoints, BGP peers and per-node configs.
+//! - Deleting a Node releases a recorded address only if its allocation is that node's, also
+//!   releases the IPv6 tunnel addresses, deletes affinities whose block is missing, and checks
+//!   a given `resourceVersion` first (see [`resources::node_delete`]).
 //! - Deleting a pool skips Calico's 500 ms pause, and also removes an affinity whose block is
 //!   already gone.
 //! - `ipam check` needs no Kubernetes: the service check is skipped, the leaked-IP check only

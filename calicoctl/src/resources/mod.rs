@@ -5,9 +5,11 @@
 //! - [`parse_documents`]: a file's documents (several `---` documents, a YAML sequence, or a
 //!   `<Kind>List`/`List`) into typed objects, rejecting unknown fields as calicoctl's strict
 //!   decoding does;
-//! - [`validate`]: Calico's checks and defaults; [`print`]: tables, YAML and JSON;
-//!   [`ops`]: get, apply, create and delete against the datastore.
+//! - [`validate`]: Calico's checks and defaults; [`print`](mod@print): tables, YAML and JSON;
+//!   [`ops`]: get, apply, create and delete against the datastore; [`node_delete`]: what
+//!   deleting a Node removes with it.
 
+pub mod node_delete;
 pub mod ops;
 pub mod print;
 pub mod validate;

@@ -18,8 +18,8 @@ use super::{
 };
 use crate::error::{CmdError, CmdResult};
 use calico_datastore::model::{
-    AllocationBlock, ClusterInformation, ClusterInformationSpec, IpPool, Profile, ProfileSpec,
-    Resource, Rule, WorkloadEndpoint, keys, new_cluster_guid,
+    ClusterInformation, ClusterInformationSpec, IpPool, Profile, ProfileSpec, Resource, Rule,
+    WorkloadEndpoint, keys, new_cluster_guid,
 };
 use calico_datastore::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use ipnet::IpNet;
@@ -762,7 +762,8 @@ pub fn delete(
     Err(CmdError::Failed(lines.join("\n")))
 }
 
-enum DeleteError {
+/// Why one object was not deleted: it does not exist, or the message of what failed.
+pub enum DeleteError {
     Missing,
     Other(String),
 }
@@ -777,6 +778,10 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
     let kind = o.kind();
     if kind.read_only() {
         return Err(DeleteError::Other(kind.read_only_error()));
+    }
+    if kind == Kind::Node {
+        // Its endpoints, addresses, affinities and per-node resources go first.
+        return super::node_delete::delete_node(ctx, o);
     }
     let key = kind.key(&o.metadata().namespace, o.name());
     let kv = ctx.store.get(&key)?.ok_or(DeleteError::Missing)?;
@@ -822,23 +827,10 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
     }
 }
 
-/// Whether a block has no allocations but Windows-reserved ones (Calico's `empty()`).
-pub fn block_is_empty(b: &AllocationBlock) -> bool {
-    b.allocations.iter().flatten().all(|i| {
-        b.attributes
-            .as_ref()
-            .and_then(|a| a.get(*i))
-            .and_then(|a| a.handle())
-            == Some(WINDOWS_RESERVED_HANDLE)
-    })
-}
-
-/// The handle of the addresses Calico reserves in blocks for Windows nodes.
-pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
-
-/// `ReleasePoolAffinities`: every affinity of a block in `pool` goes; an empty block goes
-/// with it, a non-empty one loses its affinity. Block and affinity change in one
-/// transaction. (Calico leaves an affinity whose block is missing; we delete it too.)
+/// `ReleasePoolAffinities`: every affinity of a block in `pool` is released as
+/// [`calico_ipam::host::release_block_affinity`] does (an empty block goes with it, a used
+/// one loses its affinity, one transaction each). Calico leaves an affinity whose block is
+/// missing; we delete it too.
 pub fn release_pool_affinities(store: &dyn KvStore, pool: &IpNet) -> Result<(), String> {
     let affinities = store
         .list_keys("/calico/ipam/v2/host/")
@@ -847,51 +839,14 @@ pub fn release_pool_affinities(store: &dyn KvStore, pool: &IpNet) -> Result<(), 
         let Some((host, cidr)) = keys::parse_affinity(&aff_key) else {
             continue;
         };
-        if !pool.contains(&cidr.network()) || pool.prefix_len() > cidr.prefix_len() {
+        if host.is_empty()
+            || !pool.contains(&cidr.network())
+            || pool.prefix_len() > cidr.prefix_len()
+        {
             continue;
         }
-        let block_key = keys::block(&cidr);
-        let mut done = false;
-        for _ in 0..calico_ipam::allocator::MAX_RETRIES {
-            let got = store
-                .read(&[Read::Key(aff_key.clone()), Read::Key(block_key.clone())])
-                .map_err(|e| e.to_string())?;
-            let mut got = got.into_iter();
-            let Some(aff) = got.next().and_then(|mut v| v.pop()) else {
-                done = true;
-                break;
-            };
-            let mut guards = vec![Guard::Revision(aff_key.clone(), aff.mod_revision)];
-            let mut writes = vec![Write::Delete(aff_key.clone())];
-            if let Some(bkv) = got.next().and_then(|mut v| v.pop()) {
-                let mut b: AllocationBlock = serde_json::from_slice(&bkv.value)
-                    .map_err(|e| format!("cannot decode {block_key}: {e}"))?;
-                let mine = b.affinity.as_deref() == Some(format!("host:{host}").as_str());
-                if mine {
-                    guards.push(Guard::Revision(block_key.clone(), bkv.mod_revision));
-                    if block_is_empty(&b) {
-                        writes.push(Write::Delete(block_key.clone()));
-                    } else {
-                        b.affinity = None;
-                        b.affinity_claim_time = None;
-                        b.sequence_number += 1;
-                        let bytes = serde_json::to_vec(&b).map_err(|e| e.to_string())?;
-                        writes.push(Write::Put(block_key.clone(), bytes));
-                    }
-                }
-            }
-            if store
-                .txn(&guards, &writes)
-                .map_err(|e| e.to_string())?
-                .applied()
-            {
-                done = true;
-                break;
-            }
-        }
-        if !done {
-            return Err("Max retries hit - excessive concurrent IPAM requests".into());
-        }
+        calico_ipam::host::release_block_affinity(store, &host, &cidr)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -1502,7 +1457,7 @@ mod tests {
         assert!(!keys.iter().any(|k| k.contains("/ippools/")));
         assert!(!keys.iter().any(|k| k.contains("/host/")));
         assert!(!keys.iter().any(|k| k.ends_with("10.244.1.0-26")));
-        let b: AllocationBlock = serde_json::from_str(
+        let b: calico_datastore::model::AllocationBlock = serde_json::from_str(
             &stored(
                 &store,
                 "/calico/ipam/v2/assignment/ipv4/block/10.244.2.0-26",
