@@ -200,7 +200,61 @@ pub fn delete_node(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CmdError;
+    use crate::resources::ops::delete;
+    use calico_datastore::MemKv;
+    use calico_datastore::model::Resource;
     use serde_json::json;
+
+    /// A stale `resourceVersion` fails before anything is removed (Calico's Delete cleans up
+    /// first and only its final conditional Node delete fails).
+    #[test]
+    fn a_stale_resource_version_changes_nothing() {
+        let store = MemKv::new();
+        store.put(
+            &keys::resource("nodes", "n1"),
+            br#"{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"n1"},"spec":{}}"#,
+        );
+        store.put(
+            &keys::namespaced_resource("workloadendpoints", "ns", "n1-k8s-p-eth0"),
+            br#"{"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3","metadata":{"name":"n1-k8s-p-eth0","namespace":"ns"},"spec":{"node":"n1"}}"#,
+        );
+        store.put(&keys::resource("felixconfigurations", "node.n1"), b"{}");
+        let before = store.dump();
+        let mut node = Resource::new("Node", "n1", Default::default());
+        node.metadata.resource_version = "999".into();
+        let ctx = Ctx::new(&store);
+        let r = delete(
+            &ctx,
+            &[Object::Node(node.clone())],
+            Some(Kind::Node),
+            false,
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "Failed to delete 'Node' resource: update conflict: Node(n1)".into()
+            ))
+        );
+        assert_eq!(store.dump(), before);
+        // With the current one, everything goes.
+        let rev = store
+            .get(&keys::resource("nodes", "n1"))
+            .expect("read")
+            .expect("node")
+            .mod_revision;
+        node.metadata.resource_version = rev.to_string();
+        delete(
+            &ctx,
+            &[Object::Node(node)],
+            Some(Kind::Node),
+            false,
+            &mut Vec::new(),
+        )
+        .expect("deleted");
+        assert_eq!(store.dump(), Vec::<(String, String)>::new());
+    }
 
     #[test]
     fn tunnel_addresses_of_every_kind() {
