@@ -2,6 +2,11 @@
 //! `delete`) for IPPool, Node and IPAMConfiguration, `get` for WorkloadEndpoint and Profile,
 //! and the `ipam` commands, with calicoctl 3.32's flags, messages and output layouts.
 //!
+//! As in Calico's etcd mode, the IPAMConfiguration resource
+//! (`/calico/resources/v3/projectcalico.org/ipamconfigurations/default`) and the config the
+//! IPAM reads (`/calico/ipam/v2/config`, written by `ipam configure` and created with the
+//! defaults by `ipam show --show-configuration`) are separate objects.
+//!
 //! - [`config`]: where the datastore is (`calicoctl.cfg` or the environment);
 //! - [`resources`]: kinds, documents, validation, printing and the datastore operations;
 //! - [`ipam`]: `ipam show|configure|release|check`;
@@ -14,19 +19,16 @@
 //! - `--allow-version-mismatch` is accepted and does nothing: there is no version check.
 //! - apply/create validate every document (against the datastore and the documents before
 //!   it) before writing any, so one bad document writes nothing (Calico writes the good ones).
-//! - IPAMConfiguration (not in 3.32; master stores it where etcd-mode IPAM never reads it) is
-//!   mapped onto `/calico/ipam/v2/config`, the config the IPAM reads; it has no uid or
-//!   creationTimestamp, a missing key lists as no object, and missing spec fields take the
-//!   CRD defaults (strictAffinity false, autoAllocateBlocks true, maxBlocksPerHost 0).
-//! - Deleting a Node deletes only the Node: Calico also releases its IPs and affinities and
-//!   deletes its endpoints, BGP peers and per-node configs.
+//! - Deleting a Node releases a recorded address only if its allocation is that node's, also
+//!   releases the IPv6 tunnel addresses, deletes affinities whose block is missing, and checks
+//!   a given `resourceVersion` first (see [`resources::node_delete`]).
 //! - Deleting a pool skips Calico's 500 ms pause, and also removes an affinity whose block is
 //!   already gone.
 //! - `ipam check` needs no Kubernetes: the service check is skipped, the leaked-IP check only
 //!   runs when WorkloadEndpoints exist, more problem kinds are counted, and the report has
 //!   extra arrays (see [`ipam::check`]). `ipam release --from-report` is not implemented.
 //! - `ipam show --show-configuration` prints the persistence setting's value (Go prints a
-//!   pointer) and does not write the default config when it is missing.
+//!   pointer).
 //! - YAML output does not fold long strings at column 80 as yaml.v2 does.
 //! - `get` supports `-o ps|wide|yaml|json` (no custom-columns or go-template) and no `-f`.
 //! - WorkloadEndpoint and Profile are read-only: apply, create and delete refuse them with

@@ -197,16 +197,9 @@ fn named_object(kind: Kind, name: &str) -> CmdResult<Object> {
     Ok(match kind {
         Kind::IpPool => Object::IpPool(IpPool::new(kind.name(), name, IpPoolSpec::for_cidr(""))),
         Kind::Node => Object::Node(Resource::new(kind.name(), name, Default::default())),
-        Kind::IpamConfiguration => Object::IpamConfiguration(Resource::new(
-            kind.name(),
-            name,
-            resources::IpamConfigurationSpec {
-                strict_affinity: false,
-                max_blocks_per_host: 0,
-                auto_allocate_blocks: true,
-                kubevirt_vm_address_persistence: None,
-            },
-        )),
+        Kind::IpamConfiguration => {
+            Object::IpamConfiguration(Resource::new(kind.name(), name, Default::default()))
+        }
         Kind::WorkloadEndpoint | Kind::Profile => {
             return Err(CmdError::failed(kind.read_only_error()));
         }

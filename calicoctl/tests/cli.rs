@@ -331,9 +331,12 @@ spec:
                "status":{}})
     );
     assert_eq!(
-        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
-        r#"{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":4,"kubeVirtVMAddressPersistence":"Enabled"}"#
+        with_placeholders(f.get_json(IPAMCONFIGURATION_KEY).unwrap()),
+        json!({"kind":"IPAMConfiguration","apiVersion":"projectcalico.org/v3",
+               "metadata":{"name":"default","uid":"UID","creationTimestamp":"TS"},
+               "spec":{"strictAffinity":true,"maxBlocksPerHost":4,"autoAllocateBlocks":false}})
     );
+    assert!(f.etcd.get(keys::IPAM_CONFIG).unwrap().is_none());
     assert_eq!(
         f.ok(&["get", "nodes", "-o", "wide"]),
         "NAME    ASN       IPV4             IPV6   \nnode1   (64512)   192.168.0.1/24          \n\n"
@@ -341,28 +344,16 @@ spec:
     assert_eq!(f.ok(&["get", "no"]), "NAME    \nnode1   \n\n");
     assert_eq!(
         f.ok(&["get", "ipamconfig"]),
-        "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   \ndefault   true             true                 \n\n"
+        "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   \ndefault   true             false                \n\n"
     );
     let cfg: Value =
         serde_json::from_str(&f.ok(&["get", "ipamconfiguration", "default", "-o", "json"]))
             .unwrap();
     assert_eq!(
         cfg["spec"],
-        json!({"strictAffinity": true, "maxBlocksPerHost": 4, "autoAllocateBlocks": true, "kubeVirtVMAddressPersistence": "Enabled"})
+        json!({"strictAffinity": true, "maxBlocksPerHost": 4, "autoAllocateBlocks": false})
     );
     assert_eq!(cfg["kind"], "IPAMConfiguration");
-
-    // IPAMConfiguration is the single "default", validated as SetIPAMConfig does.
-    let bad = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: false\n  autoAllocateBlocks: false\n");
-    assert_eq!(bad.code, 1);
-    assert!(
-        bad.stderr
-            .contains("Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time"),
-        "{}",
-        bad.stderr
-    );
-    let other = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: other\nspec: {}\n");
-    assert_eq!(other.code, 1);
 
     // Update a node from a file, then delete both by file.
     let path = f.file("node.yaml", &docs.replace("zone: a", "zone: b"));
@@ -384,11 +375,128 @@ spec:
             .unwrap()
             .is_none()
     );
-    assert!(f.etcd.get(keys::IPAM_CONFIG).unwrap().is_none());
+    assert!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap().is_none());
     assert_eq!(
         f.ok(&["get", "ipamconfigs"]),
         "NAME   STRICTAFFINITY   AUTOALLOCATEBLOCKS   \n\n"
     );
+}
+
+const IPAMCONFIGURATION_KEY: &str =
+    "/calico/resources/v3/projectcalico.org/ipamconfigurations/default";
+
+/// In etcd mode the IPAMConfiguration resource and the IPAM's config are two objects: `get`,
+/// `apply`, `create` and `delete` use the first (mirrors clientv3/ipamconfig.go over
+/// model/resource.go's `ipamconfigurations` key and resourcemgr/ipamconfiguration.go's
+/// columns), `ipam configure` and `ipam show --show-configuration` the second (mirrors
+/// ipam.go GetIPAMConfig/SetIPAMConfig over model.IPAMConfigKey, `/calico/ipam/v2/config`).
+#[test]
+fn ipam_configuration_resource_and_ipam_config_are_separate_objects() {
+    require!("etcd");
+    let f = Fixture::start();
+    // `ipam show --show-configuration` creates the IPAM's default config, as GetIPAMConfig.
+    assert_eq!(
+        f.ok(&["ipam", "show", "--show-configuration"]),
+        "+------------------------------+-----------+\n\
+         |           PROPERTY           |   VALUE   |\n\
+         +------------------------------+-----------+\n\
+         | StrictAffinity               | false     |\n\
+         | AutoAllocateBlocks           | true      |\n\
+         | MaxBlocksPerHost             |         0 |\n\
+         | KubeVirtVMAddressPersistence | \"Enabled\" |\n\
+         +------------------------------+-----------+\n"
+    );
+    assert_eq!(
+        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
+        r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+    );
+    // ... which is not an IPAMConfiguration resource.
+    assert_eq!(
+        f.ok(&["get", "ipamconfigurations"]),
+        "NAME   STRICTAFFINITY   AUTOALLOCATEBLOCKS   \n\n"
+    );
+    let missing = f.run(&["get", "ipamconfig", "default"], None);
+    assert_eq!(
+        (missing.code, missing.stderr.as_str()),
+        (
+            1,
+            "resource does not exist: IPAMConfiguration(default) with error: <nil>\n"
+        )
+    );
+
+    // create: validator.Validate then validateMetadata; no SetIPAMConfig rules.
+    let created = f.run(
+        &["create", "-f", "-"],
+        Some("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: false\n  autoAllocateBlocks: false\n  maxBlocksPerHost: 7\n"),
+    );
+    assert_eq!(
+        (created.code, created.stdout.as_str()),
+        (
+            0,
+            "Successfully created 1 'IPAMConfiguration' resource(s)\n"
+        ),
+        "{}",
+        created.stderr
+    );
+    assert_eq!(
+        with_placeholders(f.get_json(IPAMCONFIGURATION_KEY).unwrap()),
+        json!({"kind":"IPAMConfiguration","apiVersion":"projectcalico.org/v3",
+               "metadata":{"name":"default","uid":"UID","creationTimestamp":"TS"},
+               "spec":{"strictAffinity":false,"maxBlocksPerHost":7,"autoAllocateBlocks":false}})
+    );
+    assert_eq!(
+        f.ok(&["get", "ipamconfig", "-o", "wide"]),
+        "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   MAXBLOCKSPERHOST   \n\
+         default   false            false                7                  \n\n"
+    );
+    let yaml = f.ok(&["get", "ipamconfig", "default", "-o", "yaml"]);
+    assert!(
+        yaml.starts_with("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  creationTimestamp: ")
+            && yaml.ends_with("spec:\n  autoAllocateBlocks: false\n  maxBlocksPerHost: 7\n  strictAffinity: false\n"),
+        "{yaml}"
+    );
+    // The IPAM's config is untouched, and `ipam configure` leaves the resource alone.
+    assert_eq!(
+        f.etcd.get(keys::IPAM_CONFIG).unwrap().unwrap(),
+        r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+    );
+    let before = f.etcd.get(IPAMCONFIGURATION_KEY).unwrap();
+    assert_eq!(
+        f.ok(&["ipam", "configure", "--strictaffinity=true"]),
+        "Successfully set StrictAffinity to: true\n"
+    );
+    assert_eq!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap(), before);
+    assert!(
+        f.ok(&["ipam", "show", "--show-configuration"])
+            .contains("| StrictAffinity               | true      |")
+    );
+
+    // Only "default", and the CRD schema's limits.
+    let other = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: other\nspec: {}\n");
+    assert_eq!(
+        (other.code, other.stderr.as_str()),
+        (
+            1,
+            "failed to apply 'IPAMConfiguration' resource: [Cannot create an IPAMConfiguration resource with a name other than \"default\"]\n"
+        )
+    );
+    let enum_ = f.apply("apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: true\n  autoAllocateBlocks: true\n  kubeVirtVMAddressPersistence: Sometimes\n");
+    assert_eq!(
+        (enum_.code, enum_.stderr.as_str()),
+        (
+            1,
+            "failed to apply 'IPAMConfiguration' resource: [error with field spec.kubeVirtVMAddressPersistence (supported values: \"Enabled\", \"Disabled\")]\n"
+        )
+    );
+    assert_eq!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap(), before);
+
+    // delete removes the resource only.
+    assert_eq!(
+        f.ok(&["delete", "ipamconfig", "default"]),
+        "Successfully deleted 1 'IPAMConfiguration' resource(s)\n"
+    );
+    assert!(f.etcd.get(IPAMCONFIGURATION_KEY).unwrap().is_none());
+    assert!(f.etcd.get(keys::IPAM_CONFIG).unwrap().is_some());
 }
 
 /// A WorkloadEndpoint as Calico's CNI plugin stores it (k8s orchestrator, §8.3 field order).
@@ -1161,4 +1269,311 @@ fn config_from_environment_and_errors() {
     let none = run_bin(&["get", "ippool"], None, &[]);
     assert_eq!(none.code, 1);
     assert!(none.stderr.contains("ETCD_ENDPOINTS"), "{}", none.stderr);
+}
+
+/// Stores `v` at `key` through the client (fixtures written without etcdctl processes).
+fn put(store: &dyn KvStore, key: &str, v: &Value) {
+    let w = calico_datastore::Write::Put(key.to_string(), v.to_string().into_bytes());
+    assert!(store.txn(&[], &[w]).unwrap().applied());
+}
+
+fn fixed_clock() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_777_629_600)
+}
+
+fn meta(name: &str) -> Value {
+    json!({"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2026-05-01T10:00:00Z"})
+}
+
+fn resource(store: &dyn KvStore, kind: &str, plural: &str, name: &str, spec: Value) {
+    let v = json!({"kind": kind, "apiVersion": "projectcalico.org/v3", "metadata": meta(name), "spec": spec});
+    put(store, &keys::resource(plural, name), &v);
+}
+
+/// A pod of `node`: its allocation (by the IPAM library, with Calico's k8s attributes) and
+/// its WorkloadEndpoint, as the calico plugin writes them.
+fn pod(store: &dyn KvStore, node: &str, pod: &str, addr: &str) {
+    let attrs: BTreeMap<String, String> = [("node", node), ("namespace", "default"), ("pod", pod)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ipam::new(store, node)
+        .with_clock(fixed_clock)
+        .assign_ip(
+            addr.parse().unwrap(),
+            &format!("k8s-pod-network.{pod}"),
+            &attrs,
+        )
+        .unwrap();
+    let name = calico_datastore::model::names::workload_endpoint(node, "k8s", pod, "eth0");
+    let v = json!({"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3",
+        "metadata":{"name":name,"namespace":"default","uid":format!("uid-{pod}"),
+            "creationTimestamp":"2026-05-01T10:00:00Z"},
+        "spec":{"orchestrator":"k8s","node":node,"containerID":pod,"pod":pod,"endpoint":"eth0",
+            "ipNetworks":[format!("{addr}/32")],"profiles":["kns.default"],
+            "interfaceName":format!("cali{pod}")}});
+    put(
+        store,
+        &keys::namespaced_resource("workloadendpoints", "default", &name),
+        &v,
+    );
+}
+
+/// A Calico Node with its IPIP tunnel address allocated as calico-node allocates it.
+fn node_with_tunnel(store: &dyn KvStore, node: &str, tunnel: &str) {
+    let attrs: BTreeMap<String, String> = [("node", node), ("type", "ipipTunnelAddress")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ipam::new(store, node)
+        .with_clock(fixed_clock)
+        .assign_ip(
+            tunnel.parse().unwrap(),
+            &format!("ipip-tunnel-addr-{node}"),
+            &attrs,
+        )
+        .unwrap();
+    let v = json!({"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":meta(node),
+        "spec":{"bgp":{"ipv4Address":"192.168.0.1/24","ipv4IPIPTunnelAddr":tunnel}},"status":{}});
+    put(store, &keys::resource("nodes", node), &v);
+}
+
+/// node1 with four pods (two in one affine block, one in another, one borrowed from node2's
+/// block), an IPIP tunnel address in a third affine block, an empty affine block, a BGPPeer,
+/// a FelixConfiguration and a BGPConfiguration `node.node1` and a HostEndpoint; node2 and
+/// node1-b (whose endpoint names also start with `node1-`) with their own pods and objects.
+fn cluster_with_node1(store: &dyn KvStore) {
+    put(
+        store,
+        POOL_KEY,
+        &json!({"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":meta("pool1"),
+            "spec":{"cidr":"10.244.0.0/16","vxlanMode":"Never","ipipMode":"Always",
+                "natOutgoing":true,"blockSize":26,"nodeSelector":"all()",
+                "allowedUses":["Workload","Tunnel"],"assignmentMode":"Automatic"}}),
+    );
+    node_with_tunnel(store, "node2", "10.244.9.2");
+    pod(store, "node2", "q1", "10.244.9.1");
+    node_with_tunnel(store, "node1", "10.244.3.1");
+    pod(store, "node1", "p1", "10.244.1.1");
+    pod(store, "node1", "p2", "10.244.1.2");
+    pod(store, "node1", "p3", "10.244.2.5");
+    pod(store, "node1", "p4", "10.244.9.3");
+    // An empty block still affine to node1 (its pod is gone).
+    let ipam = Ipam::new(store, "node1").with_clock(fixed_clock);
+    ipam.assign_ip(
+        "10.244.4.1".parse().unwrap(),
+        "k8s-pod-network.gone",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    ipam.release_by_handle("k8s-pod-network.gone").unwrap();
+    pod(store, "node1-b", "z1", "10.244.20.1");
+    for (name, node) in [("peer-node1", "node1"), ("peer-node2", "node2")] {
+        resource(
+            store,
+            "BGPPeer",
+            "bgppeers",
+            name,
+            json!({"node": node, "peerIP": "192.168.0.254", "asNumber": 64513}),
+        );
+    }
+    resource(
+        store,
+        "BGPPeer",
+        "bgppeers",
+        "peer-global",
+        json!({"peerIP": "192.168.0.253", "asNumber": 64514}),
+    );
+    for node in ["node1", "node2"] {
+        let name = format!("node.{node}");
+        resource(
+            store,
+            "FelixConfiguration",
+            "felixconfigurations",
+            &name,
+            json!({"logSeverityScreen": "Debug"}),
+        );
+        resource(
+            store,
+            "HostEndpoint",
+            "hostendpoints",
+            &format!("{node}-eth0"),
+            json!({"node": node, "interfaceName": "eth0", "expectedIPs": ["192.168.0.9"]}),
+        );
+    }
+    resource(
+        store,
+        "BGPConfiguration",
+        "bgpconfigurations",
+        "node.node1",
+        json!({"listenPort": 1790}),
+    );
+}
+
+/// What deleting node1 removes (and nothing else but the borrowed address in node2's block).
+fn node1_keys() -> Vec<String> {
+    let r = |plural: &str, name: &str| keys::resource(plural, name);
+    let wep = |pod: &str| {
+        keys::namespaced_resource(
+            "workloadendpoints",
+            "default",
+            &format!("node1-k8s-{pod}-eth0"),
+        )
+    };
+    let mut v = vec![
+        r("nodes", "node1"),
+        r("bgppeers", "peer-node1"),
+        r("felixconfigurations", "node.node1"),
+        r("bgpconfigurations", "node.node1"),
+        r("hostendpoints", "node1-eth0"),
+        keys::handle("ipip-tunnel-addr-node1"),
+    ];
+    for pod in ["p1", "p2", "p3", "p4"] {
+        v.push(wep(pod));
+        v.push(keys::handle(&format!("k8s-pod-network.{pod}")));
+    }
+    for block in [
+        "10.244.1.0/26",
+        "10.244.2.0/26",
+        "10.244.3.0/26",
+        "10.244.4.0/26",
+    ] {
+        let cidr: IpNet = block.parse().unwrap();
+        v.push(keys::block(&cidr));
+        v.push(keys::affinity("node1", &cidr));
+    }
+    v.sort();
+    v
+}
+
+/// Checks the state after node1's deletion against the state before it.
+fn assert_node1_gone(before: &[(String, String)], after: &[(String, String)]) {
+    let removed = node1_keys();
+    let borrowed_block = keys::block(&"10.244.9.0/26".parse().unwrap());
+    let after_map: BTreeMap<&str, &str> = after
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for (k, v) in before {
+        if removed.contains(k) {
+            assert!(!after_map.contains_key(k.as_str()), "{k} left behind");
+        } else if *k != borrowed_block {
+            assert_eq!(after_map.get(k.as_str()), Some(&v.as_str()), "{k} changed");
+        }
+    }
+    assert_eq!(
+        after.len(),
+        before.len() - removed.len(),
+        "nothing new: {after:#?}"
+    );
+    let b: AllocationBlock = serde_json::from_str(after_map[borrowed_block.as_str()]).unwrap();
+    assert_eq!(b.affinity.as_deref(), Some("host:node2"));
+    let in_use: Vec<usize> = (0..64).filter(|o| b.allocations[*o].is_some()).collect();
+    assert_eq!(
+        in_use,
+        [1, 2],
+        "node2's pod and tunnel stay; node1's borrowed .3 is freed"
+    );
+}
+
+/// Mirrors clientv3/node.go Delete (WorkloadEndpoints and their addresses, tunnel
+/// addresses, ipam.go RemoveIPAMHost, BGPPeers, FelixConfiguration and BGPConfiguration
+/// `node.<name>`, HostEndpoints, then the Node).
+#[test]
+fn delete_node_removes_what_belongs_to_the_node() {
+    require!("etcd");
+    let f = Fixture::start();
+    let store = f.store();
+    cluster_with_node1(&store);
+    let check = f.ok(&["ipam", "check"]);
+    assert_eq!(problems(&check), 0, "{check}");
+    assert!(check.contains("Found 6 workload IPs."), "{check}");
+    let before = f.dump();
+    for k in node1_keys() {
+        assert!(before.iter().any(|(key, _)| *key == k), "fixture lacks {k}");
+    }
+
+    assert_eq!(
+        f.ok(&["delete", "node", "node1"]),
+        "Successfully deleted 1 'Node' resource(s)\n"
+    );
+    assert_node1_gone(&before, &f.dump());
+    let check = f.ok(&["ipam", "check"]);
+    assert_eq!(problems(&check), 0, "{check}");
+    assert!(check.contains("Found 2 workload IPs."), "{check}");
+
+    let again = f.run(&["delete", "node", "node1"], None);
+    assert_eq!(
+        (again.code, again.stderr.as_str()),
+        (
+            1,
+            "Failed to delete 'Node' resource: resource does not exist: Node(node1) with error: <nil>\n"
+        )
+    );
+    assert_eq!(
+        f.ok(&["delete", "node", "node1", "--skip-not-exists"]),
+        "Successfully deleted 1 'Node' resource(s)\n"
+    );
+}
+
+/// Whatever transaction a `delete node` dies before, running it again finishes the job with
+/// the same end state as an uninterrupted run, and `ipam check` is clean.
+#[test]
+fn delete_node_resumes_after_a_crash_at_any_step() {
+    require!("etcd");
+    let f = Fixture::start();
+    let store = f.store();
+    let node1 = || {
+        vec![calicoctl::resources::Object::Node(
+            calico_datastore::model::Resource::new("Node", "node1", Default::default()),
+        )]
+    };
+    let delete_via = |s: &dyn KvStore| {
+        let ctx = calicoctl::resources::ops::Ctx {
+            store: s,
+            now: fixed_clock,
+        };
+        calicoctl::resources::ops::delete(
+            &ctx,
+            &node1(),
+            Some(calicoctl::resources::Kind::Node),
+            false,
+            &mut Vec::new(),
+        )
+    };
+    let reset = || {
+        f.etcd.delete_prefix("/calico/").unwrap();
+        cluster_with_node1(&store);
+    };
+
+    reset();
+    let before = f.dump();
+    let counting = calico_datastore::FailNthTxn::new(&store, 0);
+    delete_via(&counting).unwrap();
+    let reference = f.dump();
+    assert_node1_gone(&before, &reference);
+    let total = counting.txns();
+    assert!(total >= 10, "one transaction per step: {total}");
+
+    for n in 1..=total {
+        reset();
+        let crashing = calico_datastore::FailNthTxn::new(&store, n);
+        let e = delete_via(&crashing).unwrap_err();
+        assert!(crashing.failed(), "transaction {n}");
+        assert!(e.to_string().contains("injected failure"), "{e}");
+        assert!(
+            f.etcd
+                .get(&keys::resource("nodes", "node1"))
+                .unwrap()
+                .is_some(),
+            "the Node goes last (crash at {n})"
+        );
+        assert_eq!(
+            f.ok(&["delete", "node", "node1"]),
+            "Successfully deleted 1 'Node' resource(s)\n"
+        );
+        assert_eq!(f.dump(), reference, "crash before transaction {n}");
+    }
+    let check = f.ok(&["ipam", "check"]);
+    assert_eq!(problems(&check), 0, "{check}");
 }

@@ -5,6 +5,7 @@
 //! - [`allocator`]: affine blocks, claiming, borrowing, release, all as guarded
 //!   transactions over a [`calico_datastore::KvStore`];
 //! - [`gc`]: CNI GC of one network's allocations on one node, keeping whatever is alive;
+//! - [`host`]: taking a node out of IPAM (its addresses, affinities and empty blocks);
 //! - [`lock`]: the host-wide IPAM lock;
 //! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin.
 
@@ -15,6 +16,7 @@ pub mod block;
 pub mod cni;
 pub mod error;
 pub mod gc;
+pub mod host;
 pub mod lock;
 pub mod pools;
 

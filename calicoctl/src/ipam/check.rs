@@ -28,13 +28,14 @@
 use crate::error::{CmdError, CmdResult};
 use crate::gofmt;
 use crate::resources::validate::parse_cidr_or_ip;
-use crate::resources::{NodeSpec, ops::WINDOWS_RESERVED_HANDLE, validate::parse_cidr};
+use crate::resources::{NodeSpec, validate::parse_cidr};
 use calico_datastore::model::{
     AllocationAttribute, AllocationBlock, BlockAffinity, ClusterInformation, IpPool, IpamHandle,
     Resource, keys,
 };
 use calico_datastore::{KvStore, Read};
 use calico_ipam::block;
+use calico_ipam::host::WINDOWS_RESERVED_HANDLE;
 use ipnet::IpNet;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};

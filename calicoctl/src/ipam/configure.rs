@@ -1,8 +1,11 @@
-//! `calicoctl ipam configure`: the IPAM settings at `/calico/ipam/v2/config`.
+//! `calicoctl ipam configure`: the IPAM settings at `/calico/ipam/v2/config` (the
+//! `model.IPAMConfigKey` that `ipam.GetIPAMConfig`/`SetIPAMConfig` use). In etcd mode this is
+//! not the IPAMConfiguration resource that `get`/`apply` show: libcalico-go maps the two onto
+//! one object only in the Kubernetes datastore.
 
 use crate::error::{CmdError, CmdResult};
 use calico_datastore::model::{IpamConfigValue, keys};
-use calico_datastore::{Guard, KvStore, TxnOutcome, Write};
+use calico_datastore::{Guard, Kv, KvStore, TxnOutcome, Write};
 
 /// The options as given on the command line (unparsed, to report Calico's messages).
 #[derive(Debug, Clone, Default)]
@@ -98,33 +101,71 @@ pub fn updated(current: Option<&IpamConfigValue>, changes: &Changes) -> IpamConf
     c
 }
 
-/// `ipam configure`: read (Calico's defaults if missing), change, check, write (guarded).
-/// Calico 3.32 writes the defaults when the key is missing even if nothing changes; so do we.
+/// How often `GetIPAMConfig` tries to read or create the config.
+const GET_ATTEMPTS: usize = 5;
+
+fn decode_config(kv: &Kv) -> CmdResult<IpamConfigValue> {
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| CmdError::failed(format!("error: cannot decode {}: {e}", kv.key)))
+}
+
+/// `ipam.GetIPAMConfig`: the stored config at `/calico/ipam/v2/config`; when it is missing,
+/// Calico's defaults are created there first (a guarded create, so a concurrent writer wins).
+pub fn get_ipam_config(store: &dyn KvStore) -> CmdResult<(Kv, IpamConfigValue)> {
+    let key = keys::IPAM_CONFIG;
+    for _ in 0..GET_ATTEMPTS {
+        if let Some(kv) = store.get(key)? {
+            let value = decode_config(&kv)?;
+            return Ok((kv, value));
+        }
+        let default = IpamConfigValue::calico_default();
+        let bytes =
+            serde_json::to_vec(&default).map_err(|e| CmdError::failed(format!("error: {e}")))?;
+        match store.txn(
+            &[Guard::Absent(key.into())],
+            &[Write::Put(key.into(), bytes.clone())],
+        )? {
+            TxnOutcome::Applied(rev) => {
+                let kv = Kv {
+                    key: key.into(),
+                    value: bytes,
+                    mod_revision: rev,
+                };
+                return Ok((kv, default));
+            }
+            // Another writer created it first: read theirs.
+            TxnOutcome::Conflict(_) => continue,
+        }
+    }
+    Err(CmdError::failed(format!(
+        "error: failed to get ipam config after {GET_ATTEMPTS} retries"
+    )))
+}
+
+/// `ipam configure` (`updateIPAMConfig`): `GetIPAMConfig` (which writes the defaults if the
+/// config is missing, even when the change is then refused), the changes, `SetIPAMConfig`'s
+/// checks, and a write guarded on the revision read.
 pub fn configure(store: &dyn KvStore, opts: &Options, out: &mut dyn std::io::Write) -> CmdResult {
     let changes = opts.parse()?;
     let key = keys::IPAM_CONFIG;
+    let (mut current, mut value) = get_ipam_config(store)?;
     let mut done = false;
     for _ in 0..5 {
-        let current = store.get(key)?;
-        let value: Option<IpamConfigValue> = match &current {
-            Some(kv) => Some(
-                serde_json::from_slice(&kv.value)
-                    .map_err(|e| CmdError::failed(format!("error: cannot decode {key}: {e}")))?,
-            ),
-            None => None,
-        };
-        let new = updated(value.as_ref(), &changes);
-        if value.as_ref() == Some(&new) {
+        let new = updated(Some(&value), &changes);
+        if value == new {
             done = true;
             break;
         }
         check(&new).map_err(|e| CmdError::failed(format!("error: {e}")))?;
         let bytes =
             serde_json::to_vec(&new).map_err(|e| CmdError::failed(format!("error: {e}")))?;
-        let guard = Guard::for_current(key, current.as_ref());
-        if let TxnOutcome::Applied(_) = store.txn(&[guard], &[Write::Put(key.into(), bytes)])? {
-            done = true;
-            break;
+        let guard = Guard::Revision(key.into(), current.mod_revision);
+        match store.txn(&[guard], &[Write::Put(key.into(), bytes)])? {
+            TxnOutcome::Applied(_) => {
+                done = true;
+                break;
+            }
+            TxnOutcome::Conflict(_) => (current, value) = get_ipam_config(store)?,
         }
     }
     if !done {
@@ -179,6 +220,33 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "Successfully set MaxBlocksPerHost to: 3\n"
+        );
+    }
+
+    /// Mirrors ipam.go GetIPAMConfig (creates the default when missing) followed by
+    /// SetIPAMConfig refusing the change: the defaults stay written.
+    #[test]
+    fn a_refused_change_still_leaves_the_defaults_written() {
+        let store = MemKv::new();
+        let e = configure(&store, &opts(None, Some("4")), &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "error: MaxBlocksPerHost requires StrictAffinity to be enabled"
+        );
+        assert_eq!(
+            store.dump(),
+            vec![(
+                keys::IPAM_CONFIG.to_string(),
+                r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+                    .to_string()
+            )]
+        );
+        let (kv, value) = get_ipam_config(&store).expect("read");
+        assert_eq!(value, IpamConfigValue::calico_default());
+        assert_eq!(
+            get_ipam_config(&store).expect("read again").0.mod_revision,
+            kv.mod_revision,
+            "an existing config is not rewritten"
         );
     }
 

@@ -261,16 +261,11 @@ pub fn show_borrowed(store: &dyn KvStore, out: &mut dyn std::io::Write) -> CmdRe
     Ok(())
 }
 
-/// `ipam show --show-configuration`: the settings in effect (Calico's defaults when the key
-/// is missing; unlike Calico 3.32 we do not write them). The persistence is shown as its
-/// value, where Go prints a pointer.
+/// `ipam show --show-configuration` (`showConfiguration`): `GetIPAMConfig`, so a missing
+/// config is created with Calico's defaults, as Calico 3.32 does. The persistence is shown
+/// as its value, where Go prints a pointer.
 pub fn show_configuration(store: &dyn KvStore, out: &mut dyn std::io::Write) -> CmdResult {
-    let c = match store.get(keys::IPAM_CONFIG)? {
-        Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| {
-            CmdError::failed(format!("error: cannot decode {}: {e}", keys::IPAM_CONFIG))
-        })?,
-        None => calico_datastore::model::IpamConfigValue::calico_default(),
-    };
+    let (_, c) = crate::ipam::configure::get_ipam_config(store)?;
     let rows = vec![
         vec!["StrictAffinity".to_string(), c.strict_affinity.to_string()],
         vec![
@@ -375,6 +370,34 @@ mod tests {
             ["10.0.0.0", "n2", "10.0.0.0/30", "n1", "pod", "ns/p"]
         );
         assert_eq!(rows.len(), 2);
+    }
+
+    /// Mirrors show.go showConfiguration over ipam.go GetIPAMConfig: a missing config is
+    /// created with the defaults, then shown.
+    #[test]
+    fn show_configuration_creates_the_default() {
+        let store = calico_datastore::MemKv::new();
+        let mut out = Vec::new();
+        show_configuration(&store, &mut out).expect("shown");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "+------------------------------+-----------+\n\
+             |           PROPERTY           |   VALUE   |\n\
+             +------------------------------+-----------+\n\
+             | StrictAffinity               | false     |\n\
+             | AutoAllocateBlocks           | true      |\n\
+             | MaxBlocksPerHost             |         0 |\n\
+             | KubeVirtVMAddressPersistence | \"Enabled\" |\n\
+             +------------------------------+-----------+\n"
+        );
+        assert_eq!(
+            store.dump(),
+            vec![(
+                keys::IPAM_CONFIG.to_string(),
+                r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
+                    .to_string()
+            )]
+        );
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! - [`parse_documents`]: a file's documents (several `---` documents, a YAML sequence, or a
 //!   `<Kind>List`/`List`) into typed objects, rejecting unknown fields as calicoctl's strict
 //!   decoding does;
-//! - [`validate`]: Calico's checks and defaults; [`print`]: tables, YAML and JSON;
-//!   [`ops`]: get, apply, create and delete against the datastore.
+//! - [`validate`]: Calico's checks and defaults; [`print`](mod@print): tables, YAML and JSON;
+//!   [`ops`]: get, apply, create and delete against the datastore; [`node_delete`]: what
+//!   deleting a Node removes with it.
 
+pub mod node_delete;
 pub mod ops;
 pub mod print;
 pub mod validate;
@@ -15,7 +17,7 @@ pub mod validate;
 use crate::yaml;
 use calico_datastore::model::keys;
 use calico_datastore::model::{
-    IpPool, IpPoolSpec, IpamConfigValue, ObjectMeta, Profile, Resource, WorkloadEndpoint,
+    IpPool, IpPoolSpec, ObjectMeta, Profile, Resource, WorkloadEndpoint,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -118,22 +120,22 @@ impl Kind {
         }
     }
 
-    /// Where an object of this kind lives (`namespace` is ignored for cluster-scoped kinds).
-    /// IPAMConfiguration is our mapping onto the config the IPAM reads
-    /// (`/calico/ipam/v2/config`), a single object named `default`.
+    /// Where an object of this kind lives (`namespace` is ignored for cluster-scoped kinds):
+    /// `model/resource.go`'s `ResourceKey` path. IPAMConfiguration is an ordinary v3
+    /// resource there (`ipamconfigurations/<name>`); in etcd mode it is not the config the
+    /// IPAM reads (`/calico/ipam/v2/config`, see [`crate::ipam::configure`]).
     pub fn key(self, namespace: &str, name: &str) -> String {
-        match self {
-            Kind::IpamConfiguration => keys::IPAM_CONFIG.to_string(),
-            k if k.namespaced() => keys::namespaced_resource(k.plural(), namespace, name),
-            k => keys::resource(k.plural(), name),
+        if self.namespaced() {
+            keys::namespaced_resource(self.plural(), namespace, name)
+        } else {
+            keys::resource(self.plural(), name)
         }
     }
 
-    /// The prefix a list of this kind reads (the single key for IPAMConfiguration). For a
-    /// namespaced kind, `namespace` picks one namespace and `None` reads them all.
+    /// The prefix a list of this kind reads. For a namespaced kind, `namespace` picks one
+    /// namespace and `None` reads them all.
     pub fn list_prefix(self, namespace: Option<&str>) -> String {
         match (self, namespace) {
-            (Kind::IpamConfiguration, _) => keys::IPAM_CONFIG.to_string(),
             (k, Some(ns)) if k.namespaced() => {
                 format!("{}{ns}/", keys::resources_prefix(k.plural()))
             }
@@ -295,23 +297,22 @@ pub struct NodeSpec {
 
 pub type NodeResource = Resource<NodeSpec>;
 
-fn yes() -> bool {
-    true
-}
-
-fn is_zero(n: &i64) -> bool {
+fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
-/// The spec of our IPAMConfiguration (master's `IPAMConfigurationSpec`, field order kept).
-/// Fields missing from a document take their CRD defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The IPAMConfiguration spec (`api/pkg/apis/projectcalico/v3/ipamconfig.go`), with Go's
+/// JSON: `strictAffinity` and `autoAllocateBlocks` always written, the other two only when
+/// set. A field missing from a document is Go's zero value: in etcd mode the CRD defaults
+/// (`autoAllocateBlocks: true`) never apply, because calicoctl decodes into the typed struct,
+/// which marshals `false`, before `validator.Validate` defaults what is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamConfigurationSpec {
     #[serde(rename = "strictAffinity", default)]
     pub strict_affinity: bool,
     #[serde(rename = "maxBlocksPerHost", default, skip_serializing_if = "is_zero")]
-    pub max_blocks_per_host: i64,
-    #[serde(rename = "autoAllocateBlocks", default = "yes")]
+    pub max_blocks_per_host: i32,
+    #[serde(rename = "autoAllocateBlocks", default)]
     pub auto_allocate_blocks: bool,
     #[serde(
         rename = "kubeVirtVMAddressPersistence",
@@ -319,33 +320,6 @@ pub struct IpamConfigurationSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub kubevirt_vm_address_persistence: Option<String>,
-}
-
-impl IpamConfigurationSpec {
-    /// As the IPAM's stored config shows it.
-    pub fn from_value(v: &IpamConfigValue) -> Self {
-        IpamConfigurationSpec {
-            strict_affinity: v.strict_affinity,
-            max_blocks_per_host: v.max_blocks_per_host,
-            auto_allocate_blocks: v.auto_allocate_blocks,
-            kubevirt_vm_address_persistence: v.kubevirt_vm_address_persistence.clone(),
-        }
-    }
-
-    /// The stored config: `base` (the current value, so fields other writers added
-    /// survive) with this spec's settings; persistence defaults to `Enabled`.
-    pub fn to_value(&self, base: Option<&IpamConfigValue>) -> IpamConfigValue {
-        let mut v = base.cloned().unwrap_or_default();
-        v.strict_affinity = self.strict_affinity;
-        v.auto_allocate_blocks = self.auto_allocate_blocks;
-        v.max_blocks_per_host = self.max_blocks_per_host;
-        v.kubevirt_vm_address_persistence = Some(
-            self.kubevirt_vm_address_persistence
-                .clone()
-                .unwrap_or_else(|| "Enabled".into()),
-        );
-        v
-    }
 }
 
 pub type IpamConfiguration = Resource<IpamConfigurationSpec>;
@@ -730,7 +704,11 @@ mod tests {
         );
         assert_eq!(
             Kind::IpamConfiguration.key("", "default"),
-            "/calico/ipam/v2/config"
+            "/calico/resources/v3/projectcalico.org/ipamconfigurations/default"
+        );
+        assert_eq!(
+            Kind::IpamConfiguration.list_prefix(None),
+            "/calico/resources/v3/projectcalico.org/ipamconfigurations/"
         );
         assert_eq!(
             Kind::WorkloadEndpoint.key("ns1", "w1"),
@@ -780,7 +758,8 @@ mod tests {
         let Object::IpamConfiguration(c) = &objs[2] else {
             panic!("ipam config expected")
         };
-        assert!(c.spec.strict_affinity && c.spec.auto_allocate_blocks);
+        // A missing autoAllocateBlocks is Go's zero value (the CRD default does not apply).
+        assert!(c.spec.strict_affinity && !c.spec.auto_allocate_blocks);
     }
 
     #[test]

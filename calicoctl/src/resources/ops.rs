@@ -14,13 +14,12 @@
 use super::print::{self, Fetched, Format, TableOpts};
 use super::validate::{self, PoolContext};
 use super::{
-    DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, IpamConfiguration, IpamConfigurationSpec, Kind,
-    NodeResource, Object, id_in,
+    DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, IpamConfiguration, Kind, NodeResource, Object, id_in,
 };
 use crate::error::{CmdError, CmdResult};
 use calico_datastore::model::{
-    AllocationBlock, ClusterInformation, ClusterInformationSpec, IpPool, IpamConfigValue, Profile,
-    ProfileSpec, Resource, Rule, WorkloadEndpoint, keys, new_cluster_guid,
+    ClusterInformation, ClusterInformationSpec, IpPool, Profile, ProfileSpec, Resource, Rule,
+    WorkloadEndpoint, keys, new_cluster_guid,
 };
 use calico_datastore::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use ipnet::IpNet;
@@ -78,16 +77,9 @@ pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
             n.status.get_or_insert_with(|| Value::Object(Map::new()));
             Some(Object::Node(n))
         }
-        Kind::IpamConfiguration => {
-            let v: IpamConfigValue = serde_json::from_slice(&kv.value).ok()?;
-            let mut c = IpamConfiguration::new(
-                Kind::IpamConfiguration.name(),
-                "default",
-                IpamConfigurationSpec::from_value(&v),
-            );
-            c.metadata.resource_version = kv.mod_revision.to_string();
-            Some(Object::IpamConfiguration(c))
-        }
+        Kind::IpamConfiguration => IpamConfiguration::from_kv(kv)
+            .ok()
+            .map(Object::IpamConfiguration),
         Kind::WorkloadEndpoint => WorkloadEndpoint::from_kv(kv)
             .ok()
             .map(|w| Object::WorkloadEndpoint(Box::new(w))),
@@ -185,12 +177,7 @@ pub fn get(
     let mut fetched = Vec::new();
     let mut errors = Vec::new();
     if names.is_empty() {
-        let read = if kind == Kind::IpamConfiguration {
-            Read::Key(kind.list_prefix(namespace))
-        } else {
-            Read::Prefix(kind.list_prefix(namespace))
-        };
-        let kvs = ctx.store.read(&[read])?.pop().unwrap_or_default();
+        let kvs = ctx.store.list(&kind.list_prefix(namespace))?;
         let revision = current_revision(ctx.store)?;
         let mut items: Vec<Object> = kvs.iter().filter_map(|kv| read_object(kind, kv)).collect();
         if kind == Kind::Profile {
@@ -209,9 +196,7 @@ pub fn get(
             let obj = if kind == Kind::Profile && name == DEFAULT_ALLOW_PROFILE {
                 Some(default_allow_profile())
             } else {
-                kvs.first()
-                    .filter(|_| kind != Kind::IpamConfiguration || name == "default")
-                    .and_then(|kv| read_object(kind, kv))
+                kvs.first().and_then(|kv| read_object(kind, kv))
             };
             match obj {
                 Some(o) => fetched.push(Fetched::One(Box::new(o))),
@@ -373,9 +358,7 @@ impl Plan<'_> {
             ));
         }
         match doc {
-            Object::IpamConfiguration(c) => {
-                validate::ipam_configuration(&name, &c.spec).map_err(|e| e.to_string())?;
-            }
+            Object::IpamConfiguration(c) => validate::ipam_configuration(&name, &c.spec)?,
             _ => validate::check_name(kind.name(), &name).map_err(|e| e.to_string())?,
         }
         let key = kind.key("", &name);
@@ -399,48 +382,13 @@ impl Plan<'_> {
             Object::Node(n) => {
                 validate::node(&n.spec).map_err(|e| e.to_string())?;
                 let mut n = n.clone();
-                n.metadata = match &existing {
-                    Existing::None => Self::create_meta(doc),
-                    Existing::Stored(kv) => {
-                        Self::check_version(doc, live_rev)?;
-                        let live = NodeResource::from_kv(kv)
-                            .map_err(|e| format!("cannot decode the stored {}: {e}", doc.id()))?;
-                        Self::update_meta(&live.metadata, doc)
-                    }
-                    Existing::Planned(o) => Self::update_meta(o.metadata(), doc),
-                };
-                if matches!(existing, Existing::None) {
-                    n.stamp_created((self.ctx.now)());
-                }
-                n.kind = kind.name().into();
                 n.status.get_or_insert_with(|| Value::Object(Map::new()));
-                let bytes = n.to_stored().map_err(|e| e.to_string())?;
+                let (n, bytes) = self.plan_plain(n, doc, &existing, live_rev)?;
                 (Object::Node(n), bytes)
             }
             Object::IpamConfiguration(c) => {
-                let base = match &existing {
-                    Existing::Stored(kv) => {
-                        Self::check_version(doc, live_rev)?;
-                        Some(
-                            serde_json::from_slice::<IpamConfigValue>(&kv.value).map_err(|e| {
-                                format!("cannot decode the stored IPAM config: {e}")
-                            })?,
-                        )
-                    }
-                    Existing::Planned(o) => match &**o {
-                        Object::IpamConfiguration(o) => Some(o.spec.to_value(None)),
-                        _ => None,
-                    },
-                    Existing::None => None,
-                };
-                let value = c.spec.to_value(base.as_ref());
-                let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-                let mut shown = c.clone();
-                shown.metadata = calico_datastore::model::ObjectMeta {
-                    name: "default".into(),
-                    ..Default::default()
-                };
-                (Object::IpamConfiguration(shown), bytes)
+                let (c, bytes) = self.plan_plain(c.clone(), doc, &existing, live_rev)?;
+                (Object::IpamConfiguration(c), bytes)
             }
             Object::WorkloadEndpoint(_) | Object::Profile(_) => {
                 return Err(kind.read_only_error());
@@ -452,6 +400,36 @@ impl Plan<'_> {
             key,
             value,
         }))
+    }
+
+    /// A kind without defaults or cross-object checks (Node, IPAMConfiguration): the generic
+    /// `resources.Create`/`Update` metadata handling.
+    fn plan_plain<S>(
+        &self,
+        mut r: Resource<S>,
+        doc: &Object,
+        existing: &Existing,
+        live_rev: Option<i64>,
+    ) -> Result<(Resource<S>, Vec<u8>), String>
+    where
+        S: serde::Serialize + serde::de::DeserializeOwned + Clone,
+    {
+        r.metadata = match existing {
+            Existing::None => Self::create_meta(doc),
+            Existing::Stored(kv) => {
+                Self::check_version(doc, live_rev)?;
+                let live = Resource::<Value>::from_kv(kv)
+                    .map_err(|e| format!("cannot decode the stored {}: {e}", doc.id()))?;
+                Self::update_meta(&live.metadata, doc)
+            }
+            Existing::Planned(o) => Self::update_meta(o.metadata(), doc),
+        };
+        if matches!(existing, Existing::None) {
+            r.stamp_created((self.ctx.now)());
+        }
+        r.kind = doc.kind().name().into();
+        let bytes = r.to_stored().map_err(|e| e.to_string())?;
+        Ok((r, bytes))
     }
 
     fn plan_pool(
@@ -784,7 +762,8 @@ pub fn delete(
     Err(CmdError::Failed(lines.join("\n")))
 }
 
-enum DeleteError {
+/// Why one object was not deleted: it does not exist, or the message of what failed.
+pub enum DeleteError {
     Missing,
     Other(String),
 }
@@ -800,8 +779,9 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
     if kind.read_only() {
         return Err(DeleteError::Other(kind.read_only_error()));
     }
-    if kind == Kind::IpamConfiguration && o.name() != "default" {
-        return Err(DeleteError::Missing);
+    if kind == Kind::Node {
+        // Its endpoints, addresses, affinities and per-node resources go first.
+        return super::node_delete::delete_node(ctx, o);
     }
     let key = kind.key(&o.metadata().namespace, o.name());
     let kv = ctx.store.get(&key)?.ok_or(DeleteError::Missing)?;
@@ -847,23 +827,10 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
     }
 }
 
-/// Whether a block has no allocations but Windows-reserved ones (Calico's `empty()`).
-pub fn block_is_empty(b: &AllocationBlock) -> bool {
-    b.allocations.iter().flatten().all(|i| {
-        b.attributes
-            .as_ref()
-            .and_then(|a| a.get(*i))
-            .and_then(|a| a.handle())
-            == Some(WINDOWS_RESERVED_HANDLE)
-    })
-}
-
-/// The handle of the addresses Calico reserves in blocks for Windows nodes.
-pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
-
-/// `ReleasePoolAffinities`: every affinity of a block in `pool` goes; an empty block goes
-/// with it, a non-empty one loses its affinity. Block and affinity change in one
-/// transaction. (Calico leaves an affinity whose block is missing; we delete it too.)
+/// `ReleasePoolAffinities`: every affinity of a block in `pool` is released as
+/// [`calico_ipam::host::release_block_affinity`] does (an empty block goes with it, a used
+/// one loses its affinity, one transaction each). Calico leaves an affinity whose block is
+/// missing; we delete it too.
 pub fn release_pool_affinities(store: &dyn KvStore, pool: &IpNet) -> Result<(), String> {
     let affinities = store
         .list_keys("/calico/ipam/v2/host/")
@@ -872,51 +839,14 @@ pub fn release_pool_affinities(store: &dyn KvStore, pool: &IpNet) -> Result<(), 
         let Some((host, cidr)) = keys::parse_affinity(&aff_key) else {
             continue;
         };
-        if !pool.contains(&cidr.network()) || pool.prefix_len() > cidr.prefix_len() {
+        if host.is_empty()
+            || !pool.contains(&cidr.network())
+            || pool.prefix_len() > cidr.prefix_len()
+        {
             continue;
         }
-        let block_key = keys::block(&cidr);
-        let mut done = false;
-        for _ in 0..calico_ipam::allocator::MAX_RETRIES {
-            let got = store
-                .read(&[Read::Key(aff_key.clone()), Read::Key(block_key.clone())])
-                .map_err(|e| e.to_string())?;
-            let mut got = got.into_iter();
-            let Some(aff) = got.next().and_then(|mut v| v.pop()) else {
-                done = true;
-                break;
-            };
-            let mut guards = vec![Guard::Revision(aff_key.clone(), aff.mod_revision)];
-            let mut writes = vec![Write::Delete(aff_key.clone())];
-            if let Some(bkv) = got.next().and_then(|mut v| v.pop()) {
-                let mut b: AllocationBlock = serde_json::from_slice(&bkv.value)
-                    .map_err(|e| format!("cannot decode {block_key}: {e}"))?;
-                let mine = b.affinity.as_deref() == Some(format!("host:{host}").as_str());
-                if mine {
-                    guards.push(Guard::Revision(block_key.clone(), bkv.mod_revision));
-                    if block_is_empty(&b) {
-                        writes.push(Write::Delete(block_key.clone()));
-                    } else {
-                        b.affinity = None;
-                        b.affinity_claim_time = None;
-                        b.sequence_number += 1;
-                        let bytes = serde_json::to_vec(&b).map_err(|e| e.to_string())?;
-                        writes.push(Write::Put(block_key.clone(), bytes));
-                    }
-                }
-            }
-            if store
-                .txn(&guards, &writes)
-                .map_err(|e| e.to_string())?
-                .applied()
-            {
-                done = true;
-                break;
-            }
-        }
-        if !done {
-            return Err("Max retries hit - excessive concurrent IPAM requests".into());
-        }
+        calico_ipam::host::release_block_affinity(store, &host, &cidr)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -1084,9 +1014,13 @@ mod tests {
         assert!(store.dump().is_empty(), "{:?}", store.dump());
     }
 
+    /// Mirrors clientv3/ipamconfig.go (Create, Update, Delete through the generic resources
+    /// client) and model/resource.go (the `ipamconfigurations` key): an ordinary v3 resource,
+    /// not `/calico/ipam/v2/config`.
     #[test]
-    fn ipam_configuration_maps_onto_the_ipam_config() {
+    fn ipam_configuration_is_its_own_v3_resource() {
         let store = MemKv::new();
+        const KEY: &str = "/calico/resources/v3/projectcalico.org/ipamconfigurations/default";
         let (out, r) = run_apply(
             &store,
             "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  strictAffinity: true\n  maxBlocksPerHost: 4\n",
@@ -1097,33 +1031,89 @@ mod tests {
             out,
             "Successfully applied 1 'IPAMConfiguration' resource(s)\n"
         );
+        let raw = stored(&store, KEY).expect("stored");
+        let uid = uid_of(&raw);
         assert_eq!(
-            stored(&store, "/calico/ipam/v2/config").as_deref(),
-            Some(
-                r#"{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":4,"kubeVirtVMAddressPersistence":"Enabled"}"#
+            raw,
+            format!(
+                r#"{{"kind":"IPAMConfiguration","apiVersion":"projectcalico.org/v3","metadata":{{"name":"default","uid":"{uid}","creationTimestamp":"2026-05-01T10:00:00Z"}},"spec":{{"strictAffinity":true,"maxBlocksPerHost":4,"autoAllocateBlocks":false}}}}"#
             )
         );
-        let mut out = Vec::new();
-        get(
-            &ctx(&store),
+        assert_eq!(stored(&store, "/calico/ipam/v2/config"), None);
+
+        let (out, r) = run_get(
+            &store,
             Kind::IpamConfiguration,
             &[],
             &Namespaces::default(),
             Format::Wide,
-            &mut out,
-        )
-        .expect("get");
-        let text = String::from_utf8_lossy(&out);
-        assert!(
-            text.contains("default   true             true                 4"),
-            "{text}"
         );
-        let bad = run_apply(
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            out,
+            "NAME      STRICTAFFINITY   AUTOALLOCATEBLOCKS   MAXBLOCKSPERHOST   \n\
+             default   true             false                4                  \n\n"
+        );
+
+        // An update keeps uid and creation time.
+        run_apply(
+            &store,
+            "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: default\nspec:\n  autoAllocateBlocks: true\n  kubeVirtVMAddressPersistence: Disabled\n",
+            Action::Apply,
+        )
+        .1
+        .expect("updated");
+        let v: Value = serde_json::from_str(&stored(&store, KEY).expect("stored")).expect("json");
+        assert_eq!(v["metadata"]["uid"], uid.as_str());
+        assert_eq!(
+            v["spec"],
+            json!({"strictAffinity": false, "autoAllocateBlocks": true, "kubeVirtVMAddressPersistence": "Disabled"})
+        );
+
+        let (_, r) = run_apply(
             &store,
             "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata:\n  name: other\nspec: {}\n",
-            Action::Apply,
+            Action::Create,
         );
-        assert!(bad.1.is_err());
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                r#"failed to create 'IPAMConfiguration' resource: [Cannot create an IPAMConfiguration resource with a name other than "default"]"#
+                    .into()
+            ))
+        );
+
+        let named = |n: &str| {
+            vec![Object::IpamConfiguration(IpamConfiguration::new(
+                "IPAMConfiguration",
+                n,
+                Default::default(),
+            ))]
+        };
+        let mut out = Vec::new();
+        let r = delete(
+            &ctx(&store),
+            &named("other"),
+            Some(Kind::IpamConfiguration),
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            r,
+            Err(CmdError::Failed(
+                "Failed to delete 'IPAMConfiguration' resource: resource does not exist: IPAMConfiguration(other) with error: <nil>"
+                    .into()
+            ))
+        );
+        delete(
+            &ctx(&store),
+            &named("default"),
+            Some(Kind::IpamConfiguration),
+            false,
+            &mut out,
+        )
+        .expect("deleted");
+        assert_eq!(stored(&store, KEY), None);
     }
 
     const WEP_KEY: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints";
@@ -1467,7 +1457,7 @@ mod tests {
         assert!(!keys.iter().any(|k| k.contains("/ippools/")));
         assert!(!keys.iter().any(|k| k.contains("/host/")));
         assert!(!keys.iter().any(|k| k.ends_with("10.244.1.0-26")));
-        let b: AllocationBlock = serde_json::from_str(
+        let b: calico_datastore::model::AllocationBlock = serde_json::from_str(
             &stored(
                 &store,
                 "/calico/ipam/v2/assignment/ipv4/block/10.244.2.0-26",

@@ -2,7 +2,7 @@
 //!
 //! IPPool follows `clientv3/ippool.go: validateAndSetDefaults` (defaults written, canonical
 //! CIDR, immutability on update, overlap on create) and then the struct validator
-//! (`validator/v3: validateIPPoolSpec`). IPAMConfiguration follows `SetIPAMConfig`.
+//! (`validator/v3: validateIPPoolSpec`). IPAMConfiguration follows `clientv3/ipamconfig.go`.
 //! Messages are Calico's `ErrorValidation` text: `error with field <Name> = '<value>' (<reason>)`.
 
 use super::{IpamConfigurationSpec, NodeSpec};
@@ -493,34 +493,35 @@ pub fn node(spec: &NodeSpec) -> Result<(), ValidationError> {
     fail(errs)
 }
 
-/// Our IPAMConfiguration: the single `default`, with `SetIPAMConfig`'s rules.
-pub fn ipam_configuration(name: &str, spec: &IpamConfigurationSpec) -> Result<(), ValidationError> {
-    if name != "default" {
-        return fail(vec![ErroredField::new(
-            "IPAMConfiguration.Metadata.Name",
-            Some(name.to_string()),
-            "the only IPAMConfiguration is named 'default'",
-        )]);
-    }
+/// `clientv3/ipamconfig.go` Create and Update: `validator.Validate` (the name, the struct
+/// check `validateIPAMConfigSpec`, then in etcd mode the CRD schema: `maxBlocksPerHost` in
+/// 0..=1000000, `kubeVirtVMAddressPersistence` one of `Enabled`/`Disabled`), then
+/// `validateMetadata` (the name must be `default`). None of `SetIPAMConfig`'s rules apply:
+/// this resource is not the config the IPAM reads.
+pub fn ipam_configuration(name: &str, spec: &IpamConfigurationSpec) -> Result<(), String> {
+    check_name("IPAMConfiguration", name).map_err(|e| e.to_string())?;
     let mut errs = Vec::new();
-    if !spec.strict_affinity && !spec.auto_allocate_blocks {
+    let max = spec.max_blocks_per_host;
+    if max < 0 {
         errs.push(ErroredField::new(
-            "IPAMConfiguration.Spec",
-            None,
-            "Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time",
+            "MaxBlocksPerHost",
+            Some(max.to_string()),
+            "must be greater than or equal to 0",
         ));
     }
-    if !(0..=1_000_000).contains(&spec.max_blocks_per_host) {
+    // The CRD checks, as the apiextensions schema validator words them.
+    const MAX_FIELD: &str = "spec.maxBlocksPerHost";
+    if max < 0 {
         errs.push(ErroredField::new(
-            "IPAMConfiguration.Spec.MaxBlocksPerHost",
-            Some(spec.max_blocks_per_host.to_string()),
-            "must be between 0 and 1000000",
-        ));
-    } else if spec.max_blocks_per_host > 0 && !spec.strict_affinity {
-        errs.push(ErroredField::new(
-            "IPAMConfiguration.Spec",
+            MAX_FIELD,
             None,
-            "MaxBlocksPerHost requires StrictAffinity to be enabled",
+            format!("{MAX_FIELD} in body should be greater than or equal to 0"),
+        ));
+    } else if max > 1_000_000 {
+        errs.push(ErroredField::new(
+            MAX_FIELD,
+            None,
+            format!("{MAX_FIELD} in body should be less than or equal to 1000000"),
         ));
     }
     if let Some(p) = &spec.kubevirt_vm_address_persistence
@@ -528,12 +529,19 @@ pub fn ipam_configuration(name: &str, spec: &IpamConfigurationSpec) -> Result<()
         && p != "Disabled"
     {
         errs.push(ErroredField::new(
-            "IPAMConfiguration.Spec.KubeVirtVMAddressPersistence",
-            Some(p.clone()),
-            "must be Enabled or Disabled",
+            "spec.kubeVirtVMAddressPersistence",
+            None,
+            r#"supported values: "Enabled", "Disabled""#,
         ));
     }
-    fail(errs)
+    fail(errs).map_err(|e| e.to_string())?;
+    if name != "default" {
+        return Err(
+            r#"Cannot create an IPAMConfiguration resource with a name other than "default""#
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -731,25 +739,42 @@ mod tests {
             check_name("IPPool", "").unwrap_err().to_string(),
             "error with field Metadata.Name (field must be set for a Create request)"
         );
+        // Mirrors clientv3/ipamconfig.go Create (validator.Validate, then validateMetadata).
         let spec = |strict, auto, max| IpamConfigurationSpec {
             strict_affinity: strict,
             auto_allocate_blocks: auto,
             max_blocks_per_host: max,
             kubevirt_vm_address_persistence: None,
         };
-        assert!(ipam_configuration("default", &spec(true, true, 4)).is_ok());
-        assert!(ipam_configuration("other", &spec(true, true, 0)).is_err());
-        let both = ipam_configuration("default", &spec(false, false, 0))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            both.contains(
-                "Cannot disable 'StrictAffinity' and 'AutoAllocateBlocks' at the same time"
+        assert_eq!(ipam_configuration("default", &spec(true, true, 4)), Ok(()));
+        // SetIPAMConfig's rules are not the resource's.
+        assert_eq!(
+            ipam_configuration("default", &spec(false, false, 3)),
+            Ok(())
+        );
+        assert_eq!(
+            ipam_configuration("other", &spec(true, true, 0)),
+            Err(
+                r#"Cannot create an IPAMConfiguration resource with a name other than "default""#
+                    .into()
             )
         );
-        let max = ipam_configuration("default", &spec(false, true, 3))
-            .unwrap_err()
-            .to_string();
-        assert!(max.contains("MaxBlocksPerHost requires StrictAffinity to be enabled"));
+        assert_eq!(
+            ipam_configuration("default", &spec(true, true, -1)),
+            Err("error with the following fields:\n\
+                 -  MaxBlocksPerHost = '-1' (must be greater than or equal to 0)\n\
+                 -  spec.maxBlocksPerHost (spec.maxBlocksPerHost in body should be greater than or equal to 0)\n"
+                .into())
+        );
+        assert_eq!(
+            ipam_configuration("default", &spec(true, true, 1_000_001)),
+            Err("error with field spec.maxBlocksPerHost (spec.maxBlocksPerHost in body should be less than or equal to 1000000)".into())
+        );
+        let mut bad = spec(true, true, 0);
+        bad.kubevirt_vm_address_persistence = Some("On".into());
+        assert_eq!(
+            ipam_configuration("other", &bad),
+            Err(r#"error with field spec.kubeVirtVMAddressPersistence (supported values: "Enabled", "Disabled")"#.into())
+        );
     }
 }
