@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use calico_datastore::model::{IpPoolSpec, Resource, keys};
-use calico_datastore::{Etcd, EtcdConfig, KvStore};
+use calico_datastore::{Etcd, EtcdConfig, Guard, KvStore, Write};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use testkit::{CallOpts, CniPathDir, DriverError, Runtime};
@@ -62,8 +62,24 @@ impl Lab {
             .unwrap();
     }
 
-    /// The `calico-ipam` plugin config for `node`, with `ipam` merged into its ipam section.
+    /// Writes the Calico Node resource of `node` unless it exists, as calico-node does when
+    /// it starts (automatic assignment needs it).
+    pub fn register_node(&self, node: &str) {
+        let key = keys::resource("nodes", node);
+        let mut n = Resource::new("Node", node, json!({}));
+        n.stamp_created(std::time::SystemTime::now());
+        self.db()
+            .txn(
+                &[Guard::Absent(key.clone())],
+                &[Write::Put(key, n.to_stored().unwrap())],
+            )
+            .unwrap();
+    }
+
+    /// The `calico-ipam` plugin config for `node` (registered first, see
+    /// [`Lab::register_node`]), with `ipam` merged into its ipam section.
     pub fn plugin(&self, node: &str, ipam: Value) -> Value {
+        self.register_node(node);
         let mut section = json!({"type": "calico-ipam"});
         for (k, v) in ipam.as_object().unwrap() {
             section[k] = v.clone();
