@@ -5,6 +5,7 @@
 //! - [`allocator`]: affine blocks, claiming, borrowing, release, all as guarded
 //!   transactions over a [`calico_datastore::KvStore`];
 //! - [`lock`]: the host-wide IPAM lock;
+//! - [`kubevirt`]: KubeVirt VMs keep their addresses across their pods;
 //! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin.
 
 pub mod allocator;
@@ -13,8 +14,9 @@ mod allocator_tests;
 pub mod block;
 pub mod cni;
 pub mod error;
+pub mod kubevirt;
 pub mod lock;
 pub mod pools;
 
-pub use allocator::{AssignRequest, Assigned, Ipam, IpamSettings, Snapshot};
+pub use allocator::{AssignRequest, Assigned, Ipam, IpamSettings, Snapshot, VmAssigned};
 pub use error::IpamError;
