@@ -120,6 +120,41 @@ impl Lab {
         )
     }
 
+    /// Installs a one-plugin conflist `net` on a node of its own (its own config directory
+    /// and libcni cache, see [`Lab::node_runtime`]): two nodes can then run the same network.
+    pub fn install_on(&self, node: &str, net: &str, plugin: Value) {
+        let dir = self.dir.path().join("nodes").join(node);
+        for sub in ["net.d", "cache"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let list = json!({"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"],
+                          "name": net, "plugins": [plugin]});
+        std::fs::write(
+            dir.join(format!("net.d/{net}.conflist")),
+            serde_json::to_vec_pretty(&list).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// The runtime of a node set up by [`Lab::install_on`].
+    pub fn node_runtime(&self, node: &str) -> Runtime<'static> {
+        let dir = self.dir.path().join("nodes").join(node);
+        Runtime::local(&dir.join("net.d"), self.path.path(), &dir.join("cache"))
+    }
+
+    /// Writes a value at `key` as JSON.
+    pub fn put_json(&self, key: &str, value: &Value) {
+        self.db().put(key, value.to_string().into_bytes()).unwrap();
+    }
+
+    /// The JSON at `key`, if any.
+    pub fn get_json(&self, key: &str) -> Option<Value> {
+        self.etcd
+            .get(key)
+            .unwrap()
+            .map(|v| serde_json::from_str(&v).unwrap())
+    }
+
     /// A pod sandbox path (IPAM never enters it; the driver derives the container ID).
     pub fn pod(&self, name: &str) -> PathBuf {
         self.dir.path().join("pods").join(name)

@@ -8,6 +8,7 @@ mod common;
 mod failures;
 mod gc_check;
 mod keeper;
+mod kubevirt;
 mod lifecycle;
 mod scale;
 mod seed;
