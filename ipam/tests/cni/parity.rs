@@ -140,3 +140,41 @@ fn with_a_cooldown_a_released_address_is_not_handed_out_again_at_once() {
         lab.del("net", p).unwrap();
     }
 }
+
+/// Mirrors ipam.go autoAssign/findOrClaimBlock: at maxBlocksPerHost, or with
+/// auto_allocate_blocks off, an ADD that needs a new block fails without borrowing from
+/// another node's block (strict affinity off), and leaves nothing behind.
+#[test]
+fn at_the_block_limit_or_without_auto_allocation_adds_do_not_borrow() {
+    require!("etcd", "go");
+    let lab = Lab::new();
+    lab.add_pool("p", "10.7.0.0/24", |s| s.block_size = 30);
+    lab.put_json(
+        keys::IPAM_CONFIG,
+        &json!({"auto_allocate_blocks": true, "maxBlocksPerHost": 1}),
+    );
+    for node in ["node-1", "node-2"] {
+        lab.install_on(node, "net", lab.plugin(node, json!({})));
+    }
+    let (n1, n2) = (lab.node_runtime("node-1"), lab.node_runtime("node-2"));
+    let opts = CallOpts::default();
+    // node-2's block has room to borrow from; node-1 fills its only block.
+    n2.add("net", &lab.pod("b0"), &opts).unwrap().unwrap();
+    for i in 0..4 {
+        n1.add("net", &lab.pod(&format!("a{i}")), &opts)
+            .unwrap()
+            .unwrap();
+    }
+    let before = lab.dump();
+    let e = n1.add("net", &lab.pod("a4"), &opts).unwrap().unwrap_err();
+    assert_eq!(e.code, Some(104), "{e}");
+    assert!(e.msg.contains("block limit (1)"), "{e}");
+    assert_eq!(lab.dump(), before, "nothing borrowed");
+    // A stored {} turns auto-allocation off: no claim, and still no borrowing.
+    lab.put_json(keys::IPAM_CONFIG, &json!({}));
+    let before = lab.dump();
+    let e = n1.add("net", &lab.pod("a4"), &opts).unwrap().unwrap_err();
+    assert_eq!(e.code, Some(104), "{e}");
+    assert!(e.msg.contains("failed to find or claim a block"), "{e}");
+    assert_eq!(lab.dump(), before);
+}
