@@ -1250,6 +1250,8 @@ impl<'s> Ipam<'s> {
                         plan.set_owner(&cidr, ip, &req.handle, role, Some(req.attrs.clone()));
                         addresses.push(block::with_block_mask(&cidr, ip));
                     }
+                    // IPv4 first, as an assignment lists them.
+                    addresses.sort_by_key(|a| !a.addr().is_ipv4());
                     return Ok(VmAssigned {
                         addresses,
                         reused: true,
