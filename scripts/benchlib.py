@@ -127,6 +127,13 @@ class Etcd:
                 "metadata": {"name": name}, "spec": spec}
         self.ctl("put", f"/calico/resources/v3/projectcalico.org/ippools/{name}", json.dumps(pool))
 
+    def register_node(self, name):
+        """The Calico Node resource calico-node writes when it starts: Calico's IPAM assigns
+        addresses automatically only to registered nodes."""
+        node = {"kind": "Node", "apiVersion": "projectcalico.org/v3",
+                "metadata": {"name": name, "creationTimestamp": "2026-05-01T10:00:00Z"}, "spec": {}}
+        self.ctl("put", f"/calico/resources/v3/projectcalico.org/nodes/{name}", json.dumps(node))
+
     def close(self):
         if self.proc.poll() is None:
             self.proc.terminate()

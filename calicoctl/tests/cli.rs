@@ -147,6 +147,13 @@ spec:
 
 const POOL_KEY: &str = "/calico/resources/v3/projectcalico.org/ippools/pool1";
 
+/// The Node calico-node registers: the IPAM assigns automatically only to registered nodes.
+const NODE1: &str = "apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: node1
+";
+
 /// A stored value with its uid and creationTimestamp checked and replaced by placeholders.
 fn with_placeholders(mut v: Value) -> Value {
     let uid = v["metadata"]["uid"].as_str().unwrap().to_string();
@@ -787,6 +794,7 @@ fn ipam_show_and_release() {
     require!("etcd");
     let f = Fixture::start();
     assert_eq!(f.apply(POOL).code, 0);
+    assert_eq!(f.apply(NODE1).code, 0);
     let store = f.store();
     let ipam = Ipam::new(&store, "node1");
     let a = ipam.auto_assign(&request("net.c1", "p1", 2)).unwrap();
@@ -946,6 +954,7 @@ fn ipam_check_finds_each_problem() {
     require!("etcd");
     let f = Fixture::start();
     assert_eq!(f.apply(POOL).code, 0);
+    assert_eq!(f.apply(NODE1).code, 0);
     let store = f.store();
     let ipam = Ipam::new(&store, "node1");
     let a = ipam.auto_assign(&request("net.c1", "p1", 1)).unwrap();

@@ -11,12 +11,13 @@
 //! transactions; the end state is the same.) A conflict means someone else wrote in between:
 //! the plan is rebuilt from a fresh snapshot, up to Calico's bound of 100 times.
 
-use crate::block::{self, Owner};
+use crate::block::{self, Owner, OwnerRole};
 use crate::error::IpamError;
 use crate::pools::{self, Pool};
 use calico_datastore::model::resources::Node;
 use calico_datastore::model::{
-    AllocationBlock, BlockAffinity, IpPool, IpReservation, IpamConfigValue, IpamHandle, keys,
+    AllocationAttribute, AllocationBlock, BlockAffinity, IpPool, IpReservation, IpamConfigValue,
+    IpamHandle, keys,
 };
 use calico_datastore::{Guard, Kv, KvStore, Read, Write};
 use ipnet::IpNet;
@@ -28,6 +29,10 @@ use std::time::{Instant, SystemTime};
 pub const MAX_RETRIES: usize = 100;
 /// Calico's per-node block limit when the config sets none.
 pub const DEFAULT_MAX_BLOCKS_PER_HOST: usize = 20;
+/// How long after another node claimed a block that block may be reclaimed once empty
+/// (Go's `EmptyBlockMinReclaimAge`): a block cannot ping-pong between two nodes before
+/// either could use it.
+pub const EMPTY_BLOCK_MIN_RECLAIM_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What to allocate.
 #[derive(Debug, Clone, Default)]
@@ -58,6 +63,15 @@ impl Assigned {
     }
 }
 
+/// What [`Ipam::assign_vm_with`] gave a KubeVirt VM pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmAssigned {
+    /// With their blocks' masks.
+    pub addresses: Vec<IpNet>,
+    /// The VM's addresses, which its handle held already (not newly assigned).
+    pub reused: bool,
+}
+
 /// Writes a caller commits in the same transaction as an allocation or a release.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extra {
@@ -81,6 +95,9 @@ pub struct IpamSettings {
     pub strict_affinity: bool,
     pub auto_allocate_blocks: bool,
     pub max_blocks_per_host: usize,
+    /// Calico 3.33's `ipCooldownSeconds`: released addresses stay taken this long (0: freed
+    /// at once, as 3.32 does).
+    pub ip_cooldown_seconds: i64,
 }
 
 impl IpamSettings {
@@ -94,6 +111,7 @@ impl IpamSettings {
                 .ok()
                 .filter(|n| *n > 0)
                 .unwrap_or(DEFAULT_MAX_BLOCKS_PER_HOST),
+            ip_cooldown_seconds: c.ip_cooldown_seconds(),
         }
     }
 }
@@ -103,8 +121,15 @@ impl IpamSettings {
 pub struct Snapshot {
     pub settings: IpamSettings,
     pub pools: Vec<Pool>,
-    /// The Calico Node's labels; empty if there is no Node resource.
+    /// Whether calico-node has registered this node (its Node resource exists): automatic
+    /// assignment needs it, as Calico's `prepareAffinityBlocksForHost` does.
+    pub node_registered: bool,
+    /// The Calico Node's labels.
     pub node_labels: BTreeMap<String, String>,
+    /// `kubeVirtVMAddressPersistence` is not `Disabled` in the v3 `IPAMConfiguration`
+    /// `default` (absent means enabled): what Calico's CNI plugin reads to decide whether a
+    /// KubeVirt VM keeps its addresses (`ipam_plugin.go` `getKubeVirtVMAddressPersistence`).
+    pub vm_address_persistence: bool,
     pub reservations: Vec<IpNet>,
     /// This node's affinities (both families), by block.
     pub affinities: BTreeMap<IpNet, Kv>,
@@ -251,8 +276,9 @@ struct Plan<'a, 's> {
     snap: &'a Snapshot,
     blocks: BTreeMap<IpNet, Option<PlannedBlock>>,
     handles: BTreeMap<String, PlannedHandle>,
-    /// Affinity key to its guard and write (claim, confirm or drop).
-    affinities: BTreeMap<String, (Guard, Write)>,
+    /// Affinity key to its guard and write (claim, confirm or drop; another node's affinity
+    /// dropped by a reclaim is guarded by its block instead).
+    affinities: BTreeMap<String, (Option<Guard>, Write)>,
     /// Every block key per family (`true`: IPv4), read when first needed.
     block_keys: BTreeMap<bool, BTreeSet<IpNet>>,
     /// Every block per family, read when first needed (borrowing).
@@ -299,16 +325,25 @@ impl<'a, 's> Plan<'a, 's> {
             .ok_or_else(|| IpamError::Other("handle vanished from the plan".into()))
     }
 
+    /// A stored block as the plan starts from it: addresses whose 3.33 cooldown has passed
+    /// are free (Go's `blockFromBackend`; written back only with the plan's own changes).
+    fn planned(&self, kv: Kv) -> Result<PlannedBlock, IpamError> {
+        let mut block = decode_block(&kv)?;
+        block::collect_cooled(
+            &mut block,
+            self.snap.settings.ip_cooldown_seconds,
+            (self.ipam.now)(),
+        );
+        Ok(PlannedBlock {
+            block,
+            current: Some(kv),
+            changed: false,
+        })
+    }
+
     /// Makes sure the blocks are loaded: from the snapshot if it read them, else with one
     /// read for all the others. Blocks are decoded only when needed.
     fn load(&mut self, cidrs: &[IpNet]) -> Result<(), IpamError> {
-        let planned = |kv: Kv| -> Result<PlannedBlock, IpamError> {
-            Ok(PlannedBlock {
-                block: decode_block(&kv)?,
-                current: Some(kv),
-                changed: false,
-            })
-        };
         let mut missing = Vec::new();
         for c in cidrs {
             if self.blocks.contains_key(c) {
@@ -316,7 +351,7 @@ impl<'a, 's> Plan<'a, 's> {
             }
             match self.snap.blocks.get(c) {
                 Some(kv) => {
-                    let p = kv.clone().map(planned).transpose()?;
+                    let p = kv.clone().map(|kv| self.planned(kv)).transpose()?;
                     self.blocks.insert(*c, p);
                 }
                 None => missing.push(*c),
@@ -327,7 +362,11 @@ impl<'a, 's> Plan<'a, 's> {
         }
         let reads: Vec<Read> = missing.iter().map(|c| Read::Key(keys::block(c))).collect();
         for (cidr, found) in missing.iter().zip(self.ipam.store.read(&reads)?) {
-            let p = found.into_iter().next().map(planned).transpose()?;
+            let p = found
+                .into_iter()
+                .next()
+                .map(|kv| self.planned(kv))
+                .transpose()?;
             self.blocks.insert(*cidr, p);
         }
         Ok(())
@@ -353,21 +392,108 @@ impl<'a, 's> Plan<'a, 's> {
             .collect())
     }
 
-    /// Plans a new block for this node (and its confirmed affinity).
-    fn create_block(&mut self, cidr: IpNet) {
+    /// Plans a new block for this node (and its confirmed affinity). `replacing` is the
+    /// stored block a reclaim makes anew (the write is guarded on it).
+    fn create_block(&mut self, cidr: IpNet, replacing: Option<Kv>) {
         let aff_key = keys::affinity(&self.ipam.node, &cidr);
         let guard = Guard::for_current(&aff_key, self.snap.affinities.get(&cidr));
         let confirmed = serde_json::to_vec(&BlockAffinity::confirmed()).unwrap_or_default();
-        self.affinities
-            .insert(aff_key.clone(), (guard, Write::Put(aff_key, confirmed)));
+        self.affinities.insert(
+            aff_key.clone(),
+            (Some(guard), Write::Put(aff_key, confirmed)),
+        );
         self.blocks.insert(
             cidr,
             Some(PlannedBlock {
-                current: None,
+                current: replacing,
                 block: block::new_block(cidr, &self.ipam.node, (self.ipam.now)()),
                 changed: true,
             }),
         );
+    }
+
+    /// Every block of a family, read when first needed (borrowing, reclaiming).
+    fn all_blocks(&mut self, v4: bool) -> Result<Vec<Kv>, IpamError> {
+        if !self.all_blocks.contains_key(&v4) {
+            let all = self.ipam.store.list(&keys::blocks_prefix(v4))?;
+            self.all_blocks.insert(v4, all);
+        }
+        Ok(self.all_blocks[&v4].clone())
+    }
+
+    /// Go's `findUsableBlock`, then the claim: the first block CIDR of the chosen pools
+    /// (each walked from this node's offset) that no block overlaps and that is not
+    /// wholly reserved; failing that, the first empty block (in the same walk) that
+    /// another node claimed at least [`EMPTY_BLOCK_MIN_RECLAIM_AGE`] ago, reclaimed: its
+    /// affinity is dropped and the block made anew for this node, guarded on the block as
+    /// read, so an allocation into it or another reclaim in between fails the transaction
+    /// and the plan is made again. `None` if there is neither.
+    fn claim_usable_block(
+        &mut self,
+        chosen: &[&Pool],
+        v4: bool,
+    ) -> Result<Option<IpNet>, IpamError> {
+        let node = self.ipam.node.clone();
+        let mut taken = self.block_keys(v4)?.clone();
+        taken.extend(self.blocks.keys().filter(|c| is_v4(c) == v4));
+        let fresh = chosen.iter().find_map(|pool| {
+            pool.blocks_from_node_offset(&node)
+                .find(|b| !overlaps_any(&taken, b) && !self.fully_reserved(b))
+        });
+        if let Some(cidr) = fresh {
+            self.create_block(cidr, None);
+            return Ok(Some(cidr));
+        }
+        // No unclaimed block is left, so these pools were just walked whole: small enough
+        // to walk again.
+        let stored: BTreeMap<IpNet, Kv> = self
+            .all_blocks(v4)?
+            .into_iter()
+            .filter_map(|kv| Some((keys::block_cidr_of(&kv.key)?, kv)))
+            .collect();
+        let now = (self.ipam.now)();
+        for pool in chosen {
+            for cidr in pool.blocks_from_node_offset(&node) {
+                if self.blocks.contains_key(&cidr) {
+                    continue; // in this plan already (ours, or looked at)
+                }
+                let Some(kv) = stored.get(&cidr) else {
+                    continue;
+                };
+                let pb = self.planned(kv.clone())?;
+                let reserved = |ip: IpAddr| self.snap.is_reserved(ip);
+                let Some(other) = block::affine_node(&pb.block).map(str::to_string) else {
+                    continue;
+                };
+                if other == node
+                    || !block::is_empty(&pb.block)
+                    || block::free(&pb.block, &reserved) == 0
+                {
+                    continue;
+                }
+                let claimed_at = pb
+                    .block
+                    .affinity_claim_time
+                    .as_deref()
+                    .and_then(calico_datastore::model::time::parse_rfc3339);
+                let age = claimed_at.map(|t| now.duration_since(t).unwrap_or_default());
+                // No claim time (older blocks): claimed long ago.
+                if age.is_some_and(|a| a < EMPTY_BLOCK_MIN_RECLAIM_AGE) {
+                    log::info!(
+                        "block {cidr} was claimed {:.1}s ago by {other}, not reclaiming it",
+                        age.unwrap_or_default().as_secs_f64()
+                    );
+                    continue;
+                }
+                log::info!("reclaiming empty block {cidr} from node {other}");
+                let theirs = keys::affinity(&other, &cidr);
+                self.affinities
+                    .insert(theirs.clone(), (None, Write::Delete(theirs)));
+                self.create_block(cidr, Some(kv.clone()));
+                return Ok(Some(cidr));
+            }
+        }
+        Ok(None)
     }
 
     fn block_keys(&mut self, v4: bool) -> Result<&BTreeSet<IpNet>, IpamError> {
@@ -393,6 +519,9 @@ impl<'a, 's> Plan<'a, 's> {
     ) -> Result<Vec<IpNet>, IpamError> {
         let snap = self.snap;
         let node = self.ipam.node.clone();
+        if !snap.node_registered {
+            return Err(IpamError::NodeNotFound { node });
+        }
         let wanted = if v4 { req.num_v4 } else { req.num_v6 };
         let requested = if v4 { &req.v4_pools } else { &req.v6_pools };
         let chosen = pools::choose(
@@ -438,7 +567,7 @@ impl<'a, 's> Plan<'a, 's> {
                 Some(Some(pb)) => block::affine_node(&pb.block).map(str::to_string),
                 _ => {
                     // An affinity whose block was never written (a claim cut short).
-                    self.create_block(*cidr);
+                    self.create_block(*cidr, None);
                     Some(node.clone())
                 }
             };
@@ -447,7 +576,7 @@ impl<'a, 's> Plan<'a, 's> {
                 self.affinities.insert(
                     aff_kv.key.clone(),
                     (
-                        Guard::Revision(aff_kv.key.clone(), aff_kv.mod_revision),
+                        Some(Guard::Revision(aff_kv.key.clone(), aff_kv.mod_revision)),
                         Write::Delete(aff_kv.key.clone()),
                     ),
                 );
@@ -458,7 +587,7 @@ impl<'a, 's> Plan<'a, 's> {
                 self.affinities.insert(
                     aff_kv.key.clone(),
                     (
-                        Guard::Revision(aff_kv.key.clone(), aff_kv.mod_revision),
+                        Some(Guard::Revision(aff_kv.key.clone(), aff_kv.mod_revision)),
                         Write::Put(aff_kv.key.clone(), confirmed),
                     ),
                 );
@@ -466,33 +595,37 @@ impl<'a, 's> Plan<'a, 's> {
             got.extend(self.take(cidr, wanted - got.len(), owner)?);
         }
 
-        // 2. Claim new blocks for this node.
-        let owned = snap.affinities.keys().filter(|c| is_v4(c) == v4).count();
+        // 2. Claim new blocks for this node, as Go's `findOrClaimBlock` does: at the block
+        // limit (counting only the node's blocks in the pools allowed here), or with
+        // auto-allocation off, the request fails now, without borrowing.
+        let family = family_name(v4);
+        let owned = snap
+            .affinities
+            .keys()
+            .filter(|c| is_v4(c) == v4 && in_pools(c))
+            .count();
         let limit = snap.settings.max_blocks_per_host;
         let mut claimed = 0;
-        while got.len() < wanted && snap.settings.auto_allocate_blocks && owned + claimed < limit {
-            let mut taken = self.block_keys(v4)?.clone();
-            taken.extend(self.blocks.keys().filter(|c| is_v4(c) == v4));
-            let candidate = chosen.iter().find_map(|pool| {
-                pool.blocks_from_node_offset(&node)
-                    .find(|b| !overlaps_any(&taken, b) && !self.fully_reserved(b))
-            });
-            let Some(cidr) = candidate else { break };
-            self.create_block(cidr);
+        while got.len() < wanted {
+            if owned + claimed >= limit {
+                return Err(IpamError::BlockLimit { family, limit });
+            }
+            if !snap.settings.auto_allocate_blocks {
+                return Err(IpamError::NoBlockToClaim { family });
+            }
+            let Some(cidr) = self.claim_usable_block(&chosen, v4)? else {
+                break; // no free block: borrow, unless strict
+            };
             claimed += 1;
             got.extend(self.take(&cidr, wanted - got.len(), owner)?);
         }
 
         // 3. Borrow from blocks affine to other nodes (or to none).
         if got.len() < wanted && !snap.settings.strict_affinity {
-            if !self.all_blocks.contains_key(&v4) {
-                let all = self.ipam.store.list(&keys::blocks_prefix(v4))?;
-                self.all_blocks.insert(v4, all);
-            }
-            let candidates: Vec<Kv> = self.all_blocks[&v4]
-                .iter()
+            let candidates: Vec<Kv> = self
+                .all_blocks(v4)?
+                .into_iter()
                 .filter(|kv| keys::block_cidr_of(&kv.key).is_some_and(|c| in_pools(&c)))
-                .cloned()
                 .collect();
             for kv in candidates {
                 if got.len() >= wanted {
@@ -501,13 +634,9 @@ impl<'a, 's> Plan<'a, 's> {
                 let Some(cidr) = keys::block_cidr_of(&kv.key) else {
                     continue;
                 };
-                if let std::collections::btree_map::Entry::Vacant(slot) = self.blocks.entry(cidr) {
-                    let b = decode_block(&kv)?;
-                    slot.insert(Some(PlannedBlock {
-                        current: Some(kv),
-                        block: b,
-                        changed: false,
-                    }));
+                if !self.blocks.contains_key(&cidr) {
+                    let pb = self.planned(kv)?;
+                    self.blocks.insert(cidr, Some(pb));
                 }
                 let mine = matches!(self.blocks.get(&cidr), Some(Some(pb))
                     if block::affine_node(&pb.block) == Some(node.as_str()));
@@ -519,10 +648,6 @@ impl<'a, 's> Plan<'a, 's> {
 
         if got.len() >= wanted {
             return Ok(got);
-        }
-        let family = family_name(v4);
-        if snap.settings.auto_allocate_blocks && owned >= limit {
-            return Err(IpamError::BlockLimit { family, limit });
         }
         Err(IpamError::Exhausted {
             family,
@@ -555,7 +680,7 @@ impl<'a, 's> Plan<'a, 's> {
         let cidr = pool.block_of(ip).ok_or(IpamError::NotInPool { ip })?;
         self.load(&[cidr])?;
         if matches!(self.blocks.get(&cidr), Some(None)) {
-            self.create_block(cidr);
+            self.create_block(cidr, None);
         }
         let node = self.ipam.node.clone();
         let Some(Some(pb)) = self.blocks.get_mut(&cidr) else {
@@ -579,6 +704,31 @@ impl<'a, 's> Plan<'a, 's> {
         Ok(block::with_block_mask(&cidr, ip))
     }
 
+    /// Releases the selected allocations of a loaded block: at once, or, with a 3.33
+    /// cooldown configured, into their cooldown (Go's `release` when `by_address`, else its
+    /// `releaseByHandle`), freeing meanwhile whatever has cooled down.
+    fn release_in(
+        &mut self,
+        cidr: &IpNet,
+        select: impl Fn(usize, Option<&AllocationAttribute>) -> bool,
+        by_address: bool,
+    ) -> Vec<(IpAddr, Option<String>)> {
+        let cooldown = self.snap.settings.ip_cooldown_seconds;
+        let now = (self.ipam.now)();
+        let Some(Some(pb)) = self.blocks.get_mut(cidr) else {
+            return Vec::new();
+        };
+        let freed = if cooldown > 0 {
+            let freed = block::release_into_cooldown(&mut pb.block, select, now, by_address);
+            block::collect_cooled(&mut pb.block, cooldown, now);
+            freed
+        } else {
+            block::release_where(&mut pb.block, select)
+        };
+        pb.changed |= !freed.is_empty();
+        freed
+    }
+
     /// Plans the release of what `handle_id` holds (only allocations whose `node` attribute
     /// is `only_node`, when given).
     fn release_handle(
@@ -597,22 +747,20 @@ impl<'a, 's> Plan<'a, 's> {
         let mut freed_all = Vec::new();
         for cidr in cidrs {
             let held = self.handle(handle_id)?.held_in(&cidr);
-            let freed: Vec<IpAddr> = match self.blocks.get_mut(&cidr) {
-                Some(Some(pb)) => {
-                    let freed: Vec<IpAddr> = block::release_where(&mut pb.block, |_, a| {
+            let freed: Vec<IpAddr> = self
+                .release_in(
+                    &cidr,
+                    |_, a| {
                         a.is_some_and(|a| {
                             a.handle() == Some(handle_id)
                                 && only_node.is_none_or(|n| a.owner("node") == Some(n))
                         })
-                    })
-                    .into_iter()
-                    .map(|(ip, _)| ip)
-                    .collect();
-                    pb.changed |= !freed.is_empty();
-                    freed
-                }
-                _ => Vec::new(),
-            };
+                    },
+                    false,
+                )
+                .into_iter()
+                .map(|(ip, _)| ip)
+                .collect();
             // Without a node filter the handle holds nothing in this block any more.
             let delta = if only_node.is_some() {
                 -(freed.len() as i64)
@@ -657,17 +805,14 @@ impl<'a, 's> Plan<'a, 's> {
         self.load(&cidrs)?;
         let mut released = Vec::new();
         for (cidr, ords) in by_block {
-            let freed = match self.blocks.get_mut(&cidr) {
-                Some(Some(pb)) => {
-                    let freed = block::release_where(&mut pb.block, |ord, a| {
-                        ords.contains(&ord)
-                            && handle_id.is_none_or(|h| a.and_then(|a| a.handle()) == Some(h))
-                    });
-                    pb.changed |= !freed.is_empty();
-                    freed
-                }
-                _ => Vec::new(),
-            };
+            let freed = self.release_in(
+                &cidr,
+                |ord, a| {
+                    ords.contains(&ord)
+                        && handle_id.is_none_or(|h| a.and_then(|a| a.handle()) == Some(h))
+                },
+                true,
+            );
             for (ip, h) in freed {
                 if let Some(h) = h {
                     let planned = self.handle(&h)?;
@@ -679,6 +824,57 @@ impl<'a, 's> Plan<'a, 's> {
             }
         }
         Ok(released)
+    }
+
+    /// The addresses `handle_id` holds, with their blocks (loaded): Go's `IPsByHandle`.
+    /// Nothing if the handle does not exist.
+    fn held_by(&mut self, handle_id: &str) -> Result<Vec<(IpNet, IpAddr)>, IpamError> {
+        let cidrs: Vec<IpNet> = self
+            .handle(handle_id)?
+            .value
+            .block
+            .keys()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        self.load(&cidrs)?;
+        Ok(cidrs
+            .iter()
+            .filter_map(|c| match self.blocks.get(c) {
+                Some(Some(pb)) => Some(
+                    block::addresses_of(&pb.block, handle_id)
+                        .into_iter()
+                        .map(|ip| (*c, ip))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .flatten()
+            .collect())
+    }
+
+    /// Sets one owner of the allocation at `ip` (in `cidr`, which is loaded) to `attrs`, or
+    /// clears it.
+    fn set_owner(
+        &mut self,
+        cidr: &IpNet,
+        ip: IpAddr,
+        handle_id: &str,
+        role: OwnerRole,
+        attrs: Option<BTreeMap<String, String>>,
+    ) {
+        if let Some(Some(pb)) = self.blocks.get_mut(cidr)
+            && block::set_owner(&mut pb.block, ip, handle_id, role, attrs)
+        {
+            pb.changed = true;
+        }
+    }
+
+    /// The attribute entry of the allocation at `ip` in a loaded block.
+    fn attribute(&self, cidr: &IpNet, ip: IpAddr) -> Option<&AllocationAttribute> {
+        match self.blocks.get(cidr) {
+            Some(Some(pb)) => block::attribute_of(&pb.block, ip),
+            _ => None,
+        }
     }
 
     /// Whether the plan writes anything.
@@ -709,7 +905,7 @@ impl<'a, 's> Plan<'a, 's> {
             h.finish(&mut guards, &mut writes)?;
         }
         for (guard, write) in self.affinities.into_values() {
-            guards.push(guard);
+            guards.extend(guard);
             writes.push(write);
         }
         guards.extend(extra.guards);
@@ -784,6 +980,7 @@ impl<'s> Ipam<'s> {
             Read::Key(keys::IPAM_CONFIG.into()),
             Read::Prefix(keys::resources_prefix("ippools")),
             Read::Key(keys::resource("nodes", &self.node)),
+            Read::Key(keys::resource("ipamconfigurations", "default")),
             Read::Prefix(keys::resources_prefix("ipreservations")),
             Read::Prefix(format!("/calico/ipam/v2/host/{}/", self.node)),
         ];
@@ -805,11 +1002,22 @@ impl<'s> Ipam<'s> {
             .filter_map(|kv| IpPool::from_kv(kv).ok())
             .filter_map(|p| Pool::from_resource(&p))
             .collect();
-        let node_labels = next()
-            .pop()
+        let node = next().pop();
+        let node_registered = node.is_some();
+        let node_labels = node
             .and_then(|kv| Node::from_kv(&kv).ok())
             .map(|n| n.metadata.labels)
             .unwrap_or_default();
+        // Unreadable counts as absent, as Go's Get error does: persistence stays on.
+        let vm_address_persistence = next()
+            .pop()
+            .and_then(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok())
+            .and_then(|v| {
+                v.pointer("/spec/kubeVirtVMAddressPersistence")
+                    .and_then(serde_json::Value::as_str)
+                    .map(|p| p != "Disabled")
+            })
+            .unwrap_or(true);
         let reservations = next()
             .iter()
             .filter_map(|kv| IpReservation::from_kv(kv).ok())
@@ -832,7 +1040,9 @@ impl<'s> Ipam<'s> {
         Ok(Snapshot {
             settings: IpamSettings::from_stored(config.as_ref()),
             pools,
+            node_registered,
             node_labels,
+            vm_address_persistence,
             reservations,
             affinities,
             handles,
@@ -1001,6 +1211,130 @@ impl<'s> Ipam<'s> {
             &snap,
             |plan| plan.release_ips(ips, handle_id),
             &mut |_, _| Ok(Extra::default()),
+        )
+    }
+
+    /// ADD of a KubeVirt virt-launcher pod whose VM keeps its addresses (`req.handle` is the
+    /// VM's handle, `req.attrs` carry the VMI attributes), as Calico's
+    /// `handleVirtLauncherPod` then its assignment: if the handle holds addresses already, they
+    /// are the pod's, and its attributes become their active owner (`secondary`), or, for a
+    /// live-migration target, their alternate owner (`alternateOwnerAttrs`); otherwise a
+    /// migration target fails, and any other pod is assigned `specific` addresses, or
+    /// addresses per `req`. One transaction, with `extra`; a concurrent ADD for the same VM
+    /// makes it plan again and then find the other's addresses (Go's per-handle limit of
+    /// one address per family does that job).
+    pub fn assign_vm_with(
+        &self,
+        snap: &Snapshot,
+        req: &AssignRequest,
+        specific: &[IpAddr],
+        migration_target: bool,
+        extra: &mut ExtraFn<'_, VmAssigned>,
+    ) -> Result<VmAssigned, IpamError> {
+        let owner = Owner {
+            handle: req.handle.clone(),
+            attrs: req.attrs.clone(),
+        };
+        let role = if migration_target {
+            OwnerRole::Alternate
+        } else {
+            OwnerRole::Active
+        };
+        self.plan_and_commit(
+            snap,
+            |plan| {
+                let held = plan.held_by(&req.handle)?;
+                if !held.is_empty() {
+                    let mut addresses = Vec::new();
+                    for (cidr, ip) in held {
+                        plan.set_owner(&cidr, ip, &req.handle, role, Some(req.attrs.clone()));
+                        addresses.push(block::with_block_mask(&cidr, ip));
+                    }
+                    // IPv4 first, as an assignment lists them.
+                    addresses.sort_by_key(|a| !a.addr().is_ipv4());
+                    return Ok(VmAssigned {
+                        addresses,
+                        reused: true,
+                    });
+                }
+                if migration_target {
+                    return Err(IpamError::NoVmAddress {
+                        handle: req.handle.clone(),
+                    });
+                }
+                let mut addresses = Vec::new();
+                if !specific.is_empty() {
+                    for ip in specific {
+                        addresses.push(plan.specific(*ip, &owner)?);
+                    }
+                } else {
+                    if req.num_v4 > 0 {
+                        addresses.extend(plan.family(req, &owner, true)?);
+                    }
+                    if req.num_v6 > 0 {
+                        addresses.extend(plan.family(req, &owner, false)?);
+                    }
+                }
+                Ok(VmAssigned {
+                    addresses,
+                    reused: false,
+                })
+            },
+            extra,
+        )
+    }
+
+    /// DEL of a KubeVirt virt-launcher pod whose VM keeps its addresses, as the VM branch of
+    /// Calico's `cmdDel`: the pod (`namespace`/`pod`) is removed as the active or alternate
+    /// owner of every address the VM's handle holds, and only if `vm_gone` (the VM, or a
+    /// standalone VMI, is being deleted) and no owner is left are the addresses released.
+    /// One transaction, with `extra`. A missing handle is nothing to do (Go fails there).
+    pub fn release_vm_with(
+        &self,
+        snap: &Snapshot,
+        handle_id: &str,
+        pod: (&str, &str),
+        vm_gone: bool,
+        extra: &mut ExtraFn<'_, Vec<IpAddr>>,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        // Go's `AttributeOwner.Matches`: the pod and namespace attributes name this pod.
+        let is_this_pod = |attrs: Option<&BTreeMap<String, String>>| {
+            attrs.is_some_and(|a| {
+                a.get("namespace").map(String::as_str) == Some(pod.0)
+                    && a.get("pod").map(String::as_str) == Some(pod.1)
+            })
+        };
+        self.plan_and_commit(
+            snap,
+            |plan| {
+                let held = plan.held_by(handle_id)?;
+                for (cidr, ip) in &held {
+                    let Some(attr) = plan.attribute(cidr, *ip) else {
+                        continue;
+                    };
+                    let role = if is_this_pod(attr.secondary.as_ref()) {
+                        OwnerRole::Active
+                    } else if is_this_pod(attr.alternate_owner_attrs.as_ref()) {
+                        OwnerRole::Alternate
+                    } else {
+                        continue;
+                    };
+                    plan.set_owner(cidr, *ip, handle_id, role, None);
+                }
+                let owned = held.iter().any(|(cidr, ip)| {
+                    plan.attribute(cidr, *ip).is_some_and(|a| {
+                        a.secondary.as_ref().is_some_and(|m| !m.is_empty())
+                            || a.alternate_owner_attrs
+                                .as_ref()
+                                .is_some_and(|m| !m.is_empty())
+                    })
+                });
+                if vm_gone && !owned {
+                    return plan.release_handle(handle_id, None);
+                }
+                Ok(Vec::new())
+            },
+            extra,
         )
     }
 

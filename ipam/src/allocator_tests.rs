@@ -26,6 +26,24 @@ fn net(s: &str) -> IpNet {
     s.parse().expect("cidr")
 }
 
+/// Registers a Calico Node as calico-node does (automatic assignment needs it).
+fn register_node(store: &MemKv, name: &str) {
+    let node = Resource::new("Node", name, json!({}));
+    store.put(
+        &keys::resource("nodes", name),
+        &node.to_stored().expect("encodes"),
+    );
+}
+
+/// A store with the nodes the tests use registered.
+fn store() -> MemKv {
+    let store = MemKv::new();
+    for n in ["n1", "n2", "node-a", "node-b"] {
+        register_node(&store, n);
+    }
+    store
+}
+
 fn add_pool(store: &MemKv, name: &str, cidr: &str, f: impl FnOnce(&mut IpPoolSpec)) {
     let mut spec = IpPoolSpec::for_cidr(cidr);
     f(&mut spec);
@@ -76,7 +94,7 @@ fn v4(a: &Assigned) -> Vec<String> {
 
 #[test]
 fn first_allocation_claims_a_block_with_affinity_handle_and_address_together() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "default-ipv4-ippool", "10.244.0.0/24", |s| {
         s.block_size = 26
     });
@@ -118,7 +136,7 @@ fn first_allocation_claims_a_block_with_affinity_handle_and_address_together() {
 
 #[test]
 fn a_node_fills_its_own_block_first_and_nodes_get_different_blocks() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.244.0.0/20", |s| s.block_size = 26);
     let a1 = ipam(&store, "node-a")
         .auto_assign(&request("n.a1", 1, 0))
@@ -143,7 +161,7 @@ fn a_node_fills_its_own_block_first_and_nodes_get_different_blocks() {
 
 #[test]
 fn full_affine_block_leads_to_a_second_claim_then_borrowing_then_exhaustion() {
-    let store = MemKv::new();
+    let store = store();
     // Two /30 blocks of four addresses.
     add_pool(&store, "tiny", "10.0.0.0/29", |s| s.block_size = 30);
     for i in 0..4 {
@@ -182,7 +200,7 @@ fn full_affine_block_leads_to_a_second_claim_then_borrowing_then_exhaustion() {
 
 #[test]
 fn strict_affinity_never_borrows() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "tiny", "10.0.0.0/29", |s| s.block_size = 30);
     set_config(
         &store,
@@ -207,7 +225,7 @@ fn strict_affinity_never_borrows() {
 
 #[test]
 fn the_block_limit_stops_claims_but_not_use_of_owned_blocks() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 30);
     set_config(
         &store,
@@ -230,21 +248,501 @@ fn the_block_limit_stops_claims_but_not_use_of_owned_blocks() {
     assert_eq!(IpamSettings::from_stored(None).max_blocks_per_host, 20);
 }
 
+/// Mirrors ipam.go findOrClaimBlock with AutoAllocateBlocks false: "failed to find or claim
+/// a block", and no borrowing even without strict affinity.
 #[test]
-fn auto_allocate_off_means_no_claims() {
-    let store = MemKv::new();
+fn auto_allocate_off_means_no_claims_and_no_borrowing() {
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |_| {});
+    // n2 has a block with room that n1 could borrow from.
+    ipam(&store, "n2")
+        .auto_assign(&request("n.b", 1, 0))
+        .expect("n2 claims");
     // A stored {} turns auto-allocation off (Calico's omitempty quirk).
     store.put(keys::IPAM_CONFIG, b"{}");
+    let before = store.dump();
     let e = ipam(&store, "n1")
         .auto_assign(&request("n.a", 1, 0))
         .expect_err("no claim");
+    assert!(matches!(e, IpamError::NoBlockToClaim { .. }), "{e}");
+    assert!(
+        e.to_string().contains("failed to find or claim a block"),
+        "{e}"
+    );
+    assert_eq!(store.dump(), before, "nothing borrowed");
+    // n2 still uses its own block.
+    ipam(&store, "n2")
+        .auto_assign(&request("n.b2", 1, 0))
+        .expect("own block");
+}
+
+/// Mirrors ipam.go autoAssign/findOrClaimBlock: at the limit, ErrBlockLimit at once, without
+/// borrowing from the blocks of other nodes (strict affinity off).
+#[test]
+fn at_the_block_limit_the_request_fails_without_borrowing() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 30);
+    set_config(
+        &store,
+        IpamConfigValue {
+            max_blocks_per_host: 1,
+            ..IpamConfigValue::calico_default()
+        },
+    );
+    ipam(&store, "n2")
+        .auto_assign(&request("n.b", 1, 0))
+        .expect("n2's block has room");
+    for i in 0..4 {
+        ipam(&store, "n1")
+            .auto_assign(&request(&format!("n.a{i}"), 1, 0))
+            .expect("own block");
+    }
+    let before = store.dump();
+    let e = ipam(&store, "n1")
+        .auto_assign(&request("n.a4", 1, 0))
+        .expect_err("limit");
+    assert!(matches!(e, IpamError::BlockLimit { limit: 1, .. }), "{e}");
+    assert_eq!(store.dump(), before, "no address borrowed from n2's block");
+}
+
+/// Mirrors ipam.go autoAssign: numBlocksOwned counts only the node's affine blocks in the
+/// pools allowed for this request (prepareAffinityBlocksForHost's allowedAffBlocks).
+#[test]
+fn the_block_limit_counts_only_blocks_in_the_requested_pools() {
+    let store = store();
+    add_pool(&store, "a", "10.1.0.0/24", |s| s.block_size = 30);
+    add_pool(&store, "b", "10.2.0.0/24", |s| s.block_size = 30);
+    set_config(
+        &store,
+        IpamConfigValue {
+            max_blocks_per_host: 1,
+            ..IpamConfigValue::calico_default()
+        },
+    );
+    let mut in_a = request("n.a", 1, 0);
+    in_a.v4_pools = vec!["a".into()];
+    let got = ipam(&store, "n1").auto_assign(&in_a).expect("block in a");
+    assert!(net("10.1.0.0/24").contains(&got.v4[0].addr()));
+    // The node's block in pool a does not count against a request for pool b.
+    let mut in_b = request("n.b", 1, 0);
+    in_b.v4_pools = vec!["b".into()];
+    let got = ipam(&store, "n1").auto_assign(&in_b).expect("block in b");
+    assert!(net("10.2.0.0/24").contains(&got.v4[0].addr()));
+    // Now each pool has one: a third block in a is over the limit once a is full.
+    for i in 0..3 {
+        let mut r = in_a.clone();
+        r.handle = format!("n.a{i}");
+        ipam(&store, "n1")
+            .auto_assign(&r)
+            .expect("room in a's block");
+    }
+    in_a.handle = "n.a9".into();
+    let e = ipam(&store, "n1")
+        .auto_assign(&in_a)
+        .expect_err("limit in a");
+    assert!(matches!(e, IpamError::BlockLimit { limit: 1, .. }), "{e}");
+}
+
+fn t30() -> SystemTime {
+    t0() + Duration::from_secs(30)
+}
+
+fn t61() -> SystemTime {
+    t0() + Duration::from_secs(61)
+}
+
+/// Two /30 blocks of a /29: n2 claims both (at t0) and empties one.
+fn two_blocks_claimed_by_n2(store: &MemKv) -> (IpNet, IpNet) {
+    add_pool(store, "tiny", "10.0.0.0/29", |s| s.block_size = 30);
+    set_config(
+        store,
+        IpamConfigValue {
+            strict_affinity: true,
+            ..IpamConfigValue::calico_default()
+        },
+    );
+    for i in 0..5 {
+        ipam(store, "n2")
+            .auto_assign(&request(&format!("n.b{i}"), 1, 0))
+            .expect("n2");
+    }
+    let last = ipam(store, "n2").addresses_of_handle("n.b4").expect("read")[0];
+    let second = IpNet::new(last, 30).expect("net").trunc();
+    let first = if second == net("10.0.0.0/30") {
+        net("10.0.0.4/30")
+    } else {
+        net("10.0.0.0/30")
+    };
+    ipam(store, "n2")
+        .release_by_handle("n.b4")
+        .expect("empties the second block");
+    (first, second)
+}
+
+/// Mirrors ipam_block_reader_writer.go findUsableBlock: with no unclaimed block left, an
+/// empty block affine to another node whose claim is at least EmptyBlockMinReclaimAge (60 s)
+/// old is released (releaseBlockAffinity, RequireEmpty) and claimed; a block in use, or
+/// claimed less than a minute ago, is not.
+#[test]
+fn an_empty_block_of_another_node_is_reclaimed_once_its_claim_is_a_minute_old() {
+    let store = store();
+    let (full, empty) = two_blocks_claimed_by_n2(&store);
+    let key = |node: &str, b: &IpNet| keys::affinity(node, b);
+    // 30 s after n2's claim: too young; the full block is never a candidate.
+    let before = store.dump();
+    let e = Ipam::new(&store, "n1")
+        .with_clock(t30)
+        .auto_assign(&request("n.a", 1, 0))
+        .expect_err("too young");
     assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+    assert_eq!(store.dump(), before);
+    // 61 s after: reclaimed in one transaction.
+    let got = Ipam::new(&store, "n1")
+        .with_clock(t61)
+        .auto_assign(&request("n.a", 1, 0))
+        .expect("reclaimed");
+    assert_eq!(got.v4[0].trunc(), empty);
+    let b = block(&store, &empty.to_string()).expect("block");
+    assert_eq!(b.affinity.as_deref(), Some("host:n1"));
+    assert_eq!(
+        b.affinity_claim_time.as_deref(),
+        Some("2026-05-01T10:01:01Z")
+    );
+    assert!(
+        store.get(&key("n2", &empty)).expect("read").is_none(),
+        "n2's affinity gone"
+    );
+    assert!(store.get(&key("n1", &empty)).expect("read").is_some());
+    assert!(
+        store.get(&key("n2", &full)).expect("read").is_some(),
+        "the other untouched"
+    );
+    // n2 no longer uses it: its next address would need a new block, and there is none.
+    let e = Ipam::new(&store, "n2")
+        .with_clock(t61)
+        .auto_assign(&request("n.b9", 1, 0))
+        .expect_err("n2 is full");
+    assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+}
+
+/// A block without affinity_claim_time (written before Calico 3.32) counts as claimed long
+/// ago (Go's zero time), and the reclaim also happens without strict affinity, before any
+/// borrowing.
+#[test]
+fn a_block_without_a_claim_time_is_reclaimable_and_reclaim_comes_before_borrowing() {
+    let store = store();
+    let (_, empty) = two_blocks_claimed_by_n2(&store);
+    store.put(keys::IPAM_CONFIG, br#"{"auto_allocate_blocks":true}"#);
+    let mut b = block(&store, &empty.to_string()).expect("block");
+    b.affinity_claim_time = None;
+    store.put(
+        &keys::block(&empty),
+        &serde_json::to_vec(&b).expect("encodes"),
+    );
+    let got = Ipam::new(&store, "n1")
+        .with_clock(t30)
+        .auto_assign(&request("n.a", 1, 0))
+        .expect("reclaimed");
+    assert_eq!(got.v4[0].trunc(), empty);
+}
+
+/// The reclaim is guarded on the block as read: an allocation into it in between (here by
+/// its owner) fails the transaction, and the new plan finds nothing to reclaim.
+#[test]
+fn an_allocation_into_a_block_being_reclaimed_wins_and_the_reclaim_is_planned_again() {
+    let store = store();
+    let (_, empty) = two_blocks_claimed_by_n2(&store);
+    let racing = Racing {
+        inner: &store,
+        interfere: Cell::new(Some(Box::new(|s: &MemKv| {
+            Ipam::new(s, "n2")
+                .with_clock(t61)
+                .auto_assign(&request("n.b5", 1, 0))
+                .expect("n2 uses its empty block");
+        }))),
+    };
+    let e = Ipam::new(&racing, "n1")
+        .with_clock(t61)
+        .auto_assign(&request("n.a", 1, 0))
+        .expect_err("nothing left to reclaim");
+    assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+    let b = block(&store, &empty.to_string()).expect("block");
+    assert_eq!(b.affinity.as_deref(), Some("host:n2"), "n2 kept it");
+    assert_eq!(
+        ipam(&store, "n2")
+            .addresses_of_handle("n.b5")
+            .expect("read")
+            .len(),
+        1
+    );
+    assert!(handle(&store, "n.a").is_none());
+}
+
+/// Two nodes reclaiming the same block: the second transaction fails on the block's guard
+/// and its new plan takes another empty block.
+#[test]
+fn two_reclaims_of_one_block_do_not_both_succeed() {
+    let store = store();
+    add_pool(&store, "tiny", "10.0.0.0/29", |s| s.block_size = 30);
+    set_config(
+        &store,
+        IpamConfigValue {
+            strict_affinity: true,
+            ..IpamConfigValue::calico_default()
+        },
+    );
+    // n2 claims both blocks and empties both.
+    for i in 0..5 {
+        ipam(&store, "n2")
+            .auto_assign(&request(&format!("n.b{i}"), 1, 0))
+            .expect("n2");
+    }
+    for i in 0..5 {
+        ipam(&store, "n2")
+            .release_by_handle(&format!("n.b{i}"))
+            .expect("release");
+    }
+    register_node(&store, "n3");
+    let racing = Racing {
+        inner: &store,
+        interfere: Cell::new(Some(Box::new(|s: &MemKv| {
+            // n3 reclaims the block n1 is about to reclaim (the first of n1's walk).
+            let first = crate::pools::Pool::from_resource(
+                &calico_datastore::model::IpPool::from_kv(
+                    &s.get(&keys::resource("ippools", "tiny"))
+                        .expect("read")
+                        .expect("pool"),
+                )
+                .expect("pool"),
+            )
+            .expect("usable")
+            .blocks_from_node_offset("n1")
+            .next()
+            .expect("a block");
+            let got = Ipam::new(s, "n3")
+                .with_clock(t61)
+                .auto_assign(&request("n.c", 1, 0))
+                .expect("n3 reclaims");
+            assert_eq!(got.v4[0].trunc(), first, "test premise: same block");
+        }))),
+    };
+    let got = Ipam::new(&racing, "n1")
+        .with_clock(t61)
+        .auto_assign(&request("n.a", 1, 0))
+        .expect("the other block");
+    let mine = got.v4[0].trunc();
+    let theirs = ipam(&store, "n3").addresses_of_handle("n.c").expect("read")[0];
+    assert_ne!(mine, IpNet::new(theirs, 30).expect("net").trunc());
+    for (b, node) in [
+        (mine, "n1"),
+        (IpNet::new(theirs, 30).expect("net").trunc(), "n3"),
+    ] {
+        let blk = block(&store, &b.to_string()).expect("block");
+        assert_eq!(blk.affinity, Some(format!("host:{node}")));
+    }
+    assert!(
+        store
+            .list("/calico/ipam/v2/host/n2/")
+            .expect("list")
+            .is_empty(),
+        "n2 has no affinities left"
+    );
+}
+
+/// Mirrors ipam.go prepareAffinityBlocksForHost: automatic assignment Gets the node's Node
+/// resource first and fails without it; AssignIP (explicit addresses) never reads it.
+#[test]
+fn a_missing_node_resource_fails_automatic_assignment_but_not_explicit_addresses() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |_| {});
+    let before = store.dump();
+    let e = ipam(&store, "ghost")
+        .auto_assign(&request("n.g", 1, 0))
+        .expect_err("not registered");
+    assert!(matches!(e, IpamError::NodeNotFound { .. }), "{e}");
+    assert!(e.is_transient(), "calico-node registers it soon: {e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ghost") && msg.contains("calico-node"),
+        "names the node and who registers it: {msg}"
+    );
+    assert_eq!(
+        cni_protocol::CniError::from(e).code,
+        cni_protocol::ErrorCode::TRY_AGAIN_LATER
+    );
+    assert_eq!(store.dump(), before, "nothing written");
+    // Requested pools do not help: the Node is read first.
+    let mut req = request("n.g", 1, 0);
+    req.v4_pools = vec!["p".into()];
+    let e = ipam(&store, "ghost").auto_assign(&req).expect_err("still");
+    assert!(matches!(e, IpamError::NodeNotFound { .. }), "{e}");
+    // An explicit address does not need the Node.
+    ipam(&store, "ghost")
+        .assign_ip(ip("10.0.0.9"), "n.g", &BTreeMap::new())
+        .expect("AssignIP");
+    // Once registered, automatic assignment works.
+    register_node(&store, "ghost");
+    ipam(&store, "ghost")
+        .auto_assign(&request("n.g2", 1, 0))
+        .expect("registered");
+}
+
+fn t10() -> SystemTime {
+    t0() + Duration::from_secs(10)
+}
+
+fn t31() -> SystemTime {
+    t0() + Duration::from_secs(31)
+}
+
+/// Mirrors Calico 3.33's ipam_block.go releaseByHandle and garbageCollect: with
+/// ipCooldownSeconds set, a released address points at an entry holding only releasedAt and
+/// stays taken until the cooldown has passed; then it is freed (to the tail of unallocated)
+/// and the entry dropped.
+#[test]
+fn with_a_cooldown_released_addresses_stay_taken_until_it_has_passed() {
+    let store = store();
+    add_pool(&store, "tiny", "10.0.0.0/30", |s| s.block_size = 30);
+    store.put(
+        keys::IPAM_CONFIG,
+        br#"{"strict_affinity":true,"auto_allocate_blocks":true,"ipCooldownSeconds":30}"#,
+    );
+    for i in 0..4 {
+        ipam(&store, "n1")
+            .auto_assign(&request(&format!("n.a{i}"), 1, 0))
+            .expect("fill");
+    }
+    let gone = ipam(&store, "n1")
+        .release_by_handle("n.a1")
+        .expect("release")
+        .expect("existed");
+    assert_eq!(gone, [ip("10.0.0.1")]);
+    assert!(handle(&store, "n.a1").is_none(), "the handle goes at once");
+    let raw: Value = serde_json::from_slice(
+        &store
+            .get(&keys::block(&net("10.0.0.0/30")))
+            .expect("read")
+            .expect("block")
+            .value,
+    )
+    .expect("json");
+    let idx = raw["allocations"][1].as_u64().expect("still taken") as usize;
+    assert_eq!(
+        raw["attributes"][idx],
+        json!({"releasedAt": "2026-05-01T10:00:00Z"})
+    );
+    assert_eq!(raw["unallocated"], json!([]));
+    // 10 s later: still cooling down (strict affinity: nowhere else to go).
+    let e = Ipam::new(&store, "n1")
+        .with_clock(t10)
+        .auto_assign(&request("n.b", 1, 0))
+        .expect_err("cooling down");
+    assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
+    // Releasing it again changes nothing.
+    assert!(
+        Ipam::new(&store, "n1")
+            .with_clock(t10)
+            .release_ips(&[ip("10.0.0.1")], None)
+            .expect("release")
+            .is_empty()
+    );
+    // 31 s later: it is free again.
+    let got = Ipam::new(&store, "n1")
+        .with_clock(t31)
+        .auto_assign(&request("n.b", 1, 0))
+        .expect("cooled down");
+    assert_eq!(v4(&got), ["10.0.0.1/30"]);
+    let b = block(&store, "10.0.0.0/30").expect("block");
+    assert!(
+        b.attributes
+            .expect("attributes")
+            .iter()
+            .all(|a| a.released_at().is_none()),
+        "the cooldown entry is dropped"
+    );
+}
+
+/// Without ipCooldownSeconds, release frees at once (3.32); an address a 3.33 node left in
+/// cooldown is freed as soon as a block is read (3.33's garbageCollect with a cooldown of 0).
+#[test]
+fn without_a_cooldown_release_is_immediate_and_left_over_cooldowns_end() {
+    let store = store();
+    add_pool(&store, "tiny", "10.0.0.0/30", |s| s.block_size = 30);
+    ipam(&store, "n1")
+        .auto_assign(&request("n.a", 1, 0))
+        .expect("a");
+    ipam(&store, "n1")
+        .release_by_handle("n.a")
+        .expect("release");
+    let b = block(&store, "10.0.0.0/30").expect("block");
+    assert_eq!(b.attributes, Some(vec![]), "3.32: freed and compacted");
+    assert_eq!(*b.unallocated.last().expect("tail"), 0);
+    // A 3.33 node released ordinal 1 into a cooldown that is no longer configured.
+    let mut b = block(&store, "10.0.0.0/30").expect("block");
+    b.unallocated.retain(|o| *o != 1);
+    b.allocations[1] = Some(0);
+    b.attributes = Some(vec![
+        calico_datastore::model::AllocationAttribute::released("2026-05-01T09:59:59Z".into()),
+    ]);
+    store.put(
+        &keys::block(&net("10.0.0.0/30")),
+        &serde_json::to_vec(&b).expect("encodes"),
+    );
+    for i in 0..4 {
+        ipam(&store, "n1")
+            .auto_assign(&request(&format!("n.x{i}"), 1, 0))
+            .expect("all four usable");
+    }
+}
+
+/// Mirrors 3.33's ipam_block.go release (by address): released into cooldown, with the
+/// block's sequence number recorded for the ordinal; the handle is decremented at once.
+#[test]
+fn release_of_an_address_with_a_cooldown_marks_it_and_updates_its_handle() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 28);
+    store.put(
+        keys::IPAM_CONFIG,
+        br#"{"auto_allocate_blocks":true,"ipCooldownSeconds":60}"#,
+    );
+    let got = ipam(&store, "n1")
+        .auto_assign(&request("n.m", 2, 0))
+        .expect("two");
+    let first = got.v4[0].addr();
+    let out = ipam(&store, "n1")
+        .release_ips(&[first], None)
+        .expect("release");
+    assert_eq!(out, [first]);
+    let cidr = got.v4[0].trunc();
+    assert_eq!(
+        handle(&store, "n.m")
+            .expect("handle")
+            .block
+            .get(&cidr.to_string()),
+        Some(&1)
+    );
+    let b = block(&store, &cidr.to_string()).expect("block");
+    let ord = crate::block::ordinal(&cidr, first).expect("inside");
+    let idx = b.allocations[ord].expect("in cooldown");
+    assert!(
+        b.attributes.as_ref().expect("attrs")[idx]
+            .released_at()
+            .is_some()
+    );
+    assert_eq!(
+        b.sequence_number_for_allocation.get(&ord.to_string()),
+        Some(&(b.sequence_number - 1)),
+        "the sequence number before this write"
+    );
+    assert_eq!(
+        ipam(&store, "n1").addresses_of_handle("n.m").expect("read"),
+        [got.v4[1].addr()]
+    );
 }
 
 #[test]
 fn disabled_pools_are_never_used() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "off", "10.1.0.0/24", |s| s.disabled = true);
     let e = ipam(&store, "n1")
         .auto_assign(&request("n.a", 1, 0))
@@ -267,7 +765,7 @@ fn disabled_pools_are_never_used() {
 
 #[test]
 fn node_selectors_use_the_node_labels() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "zone-a", "10.1.0.0/24", |s| {
         s.node_selector = "zone == 'a'".into()
     });
@@ -284,7 +782,7 @@ fn node_selectors_use_the_node_labels() {
         .auto_assign(&request("n.a", 1, 0))
         .expect("zone b");
     assert!(net("10.2.0.0/24").contains(&got.v4[0].addr()));
-    // A node without a Node resource has no labels: no pool selects it.
+    // A Node resource without labels: no pool selects it.
     let e = ipam(&store, "n2")
         .auto_assign(&request("n.b", 1, 0))
         .expect_err("no labels");
@@ -293,7 +791,7 @@ fn node_selectors_use_the_node_labels() {
 
 #[test]
 fn reserved_addresses_are_skipped() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 29);
     // Reserve the whole first half of the pool, one by one and as a range.
     let r = Resource::new(
@@ -322,7 +820,7 @@ fn reserved_addresses_are_skipped() {
 
 #[test]
 fn dual_stack_and_the_rollback_of_a_half_failure() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "v4", "10.0.0.0/24", |_| {});
     let before = store.dump();
     let e = ipam(&store, "n1")
@@ -350,7 +848,7 @@ fn dual_stack_and_the_rollback_of_a_half_failure() {
 
 #[test]
 fn release_by_handle_frees_addresses_and_deletes_empty_unaffine_blocks() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 28);
     let a = ipam(&store, "n1")
         .auto_assign(&request("n.a", 1, 0))
@@ -393,7 +891,7 @@ fn release_by_handle_frees_addresses_and_deletes_empty_unaffine_blocks() {
 
 #[test]
 fn specific_addresses_claim_their_block_and_refuse_duplicates() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |_| {});
     let attrs = BTreeMap::new();
     let got = ipam(&store, "n1")
@@ -423,7 +921,7 @@ fn specific_addresses_claim_their_block_and_refuse_duplicates() {
 
 #[test]
 fn release_of_specific_addresses_updates_their_handles() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |_| {});
     let mut req = request("n.m", 3, 0);
     req.num_v4 = 3;
@@ -450,7 +948,7 @@ fn release_of_specific_addresses_updates_their_handles() {
 
 #[test]
 fn release_limited_to_a_node_leaves_other_nodes_allocations() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |_| {});
     let mut req = request("n.shared", 1, 0);
     ipam(&store, "n1").auto_assign(&req).expect("n1");
@@ -468,7 +966,7 @@ fn release_limited_to_a_node_leaves_other_nodes_allocations() {
 
 #[test]
 fn old_schema_blocks_are_used_and_written_back_in_the_new_schema_with_unknown_fields() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 30);
     let old = json!({"cidr":"10.0.0.0/30","affinity":"host:n1","allocations":[0,null,null,null],
         "unallocated":[1,2,3],"attributes":[{"handle_id":"old","secondary":null}],
@@ -502,7 +1000,7 @@ fn old_schema_blocks_are_used_and_written_back_in_the_new_schema_with_unknown_fi
 
 #[test]
 fn a_pending_affinity_is_confirmed_and_a_missing_block_is_claimed() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 28);
     // A claim cut short after writing only the affinity.
     let cidr = net("10.0.0.48/28");
@@ -551,7 +1049,7 @@ impl KvStore for Racing<'_> {
 
 #[test]
 fn a_conflicting_write_is_retried_without_losing_either_allocation() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 28);
     ipam(&store, "n1")
         .auto_assign(&request("n.first", 1, 0))
@@ -583,7 +1081,7 @@ fn a_conflicting_write_is_retried_without_losing_either_allocation() {
 
 #[test]
 fn a_lost_claim_race_moves_on_to_another_block() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 28);
     let racing = Racing {
         inner: &store,
@@ -615,7 +1113,7 @@ fn a_lost_claim_race_moves_on_to_another_block() {
 
 #[test]
 fn an_unreachable_store_fails_the_assignment_as_transient_and_writes_nothing() {
-    let store = MemKv::new();
+    let store = store();
     add_pool(&store, "p", "10.0.0.0/24", |_| {});
     let before = store.dump();
     store.fail_next_txns(1);
@@ -624,4 +1122,239 @@ fn an_unreachable_store_fails_the_assignment_as_transient_and_writes_nothing() {
         .expect_err("down");
     assert!(e.is_transient(), "{e}");
     assert_eq!(store.dump(), before);
+}
+
+const VM_HANDLE: &str = "k8s-pod-network.vmi.vms.vm1";
+
+/// A VM pod's request: the VM's handle and the VMI attributes Calico adds.
+fn vm_request(pod: &str, node: &str, migration: Option<&str>) -> AssignRequest {
+    let mut attrs: BTreeMap<String, String> = [
+        ("node", node),
+        ("namespace", "vms"),
+        ("pod", pod),
+        ("vmi-name", "vm1"),
+        ("vmi-uid", "vmi-uid-1"),
+        ("vm-uid", "vm-uid-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if let Some(m) = migration {
+        attrs.insert("vmim-uid".into(), m.into());
+    }
+    AssignRequest {
+        handle: VM_HANDLE.into(),
+        attrs,
+        num_v4: 1,
+        num_v6: 1,
+        ..AssignRequest::default()
+    }
+}
+
+fn vm_assign(
+    store: &dyn KvStore,
+    node: &str,
+    req: &AssignRequest,
+    target: bool,
+) -> Result<VmAssigned, IpamError> {
+    let i = ipam(store, node);
+    let snap = i.snapshot(&[VM_HANDLE])?;
+    i.assign_vm_with(&snap, req, &[], target, &mut |_, _| Ok(Extra::default()))
+}
+
+fn vm_release(store: &MemKv, node: &str, pod: &str, vm_gone: bool) -> Vec<IpAddr> {
+    let i = ipam(store, node);
+    let snap = i.snapshot(&[VM_HANDLE]).expect("snapshot");
+    i.release_vm_with(&snap, VM_HANDLE, ("vms", pod), vm_gone, &mut |_, _| {
+        Ok(Extra::default())
+    })
+    .expect("release")
+}
+
+/// The attribute entry of `ip` (block mask `len`).
+fn attr_of(store: &MemKv, ip: IpNet) -> calico_datastore::model::AllocationAttribute {
+    let b = block(store, &ip.trunc().to_string()).expect("block");
+    crate::block::attribute_of(&b, ip.addr())
+        .expect("allocated")
+        .clone()
+}
+
+fn vm_store() -> MemKv {
+    let store = store();
+    add_pool(&store, "v4", "10.0.0.0/24", |_| {});
+    add_pool(&store, "v6", "fd00::/120", |_| {});
+    store
+}
+
+/// Mirrors ipam_plugin.go cmdAdd + handleVirtLauncherPod for a VM's first pod: nothing under
+/// the VM's handle yet, so a normal assignment under it, with the VMI attributes.
+#[test]
+fn a_vms_first_pod_is_assigned_under_the_vm_handle() {
+    let store = vm_store();
+    let got = vm_assign(
+        &store,
+        "n1",
+        &vm_request("virt-launcher-vm1-a", "n1", None),
+        false,
+    )
+    .expect("assigned");
+    assert!(!got.reused);
+    assert_eq!(got.addresses.len(), 2, "both families");
+    let h = handle(&store, VM_HANDLE).expect("the VM's handle");
+    assert_eq!(h.block.len(), 2);
+    let a = attr_of(&store, got.addresses[0]);
+    assert_eq!(a.handle(), Some(VM_HANDLE));
+    assert_eq!(a.owner("vmi-uid"), Some("vmi-uid-1"));
+    assert_eq!(a.owner("pod"), Some("virt-launcher-vm1-a"));
+}
+
+/// Mirrors handleVirtLauncherPod: a later pod of the VM (a restart, or a migration target on
+/// another node) gets the VM's addresses; a source pod becomes the active owner (secondary),
+/// a target the alternate owner (alternateOwnerAttrs); nothing new is allocated.
+#[test]
+fn later_pods_of_a_vm_reuse_its_addresses_as_active_or_alternate_owner() {
+    let store = vm_store();
+    let first = vm_assign(
+        &store,
+        "n1",
+        &vm_request("virt-launcher-vm1-a", "n1", None),
+        false,
+    )
+    .expect("first");
+    // A migration target on n2.
+    let target = vm_assign(
+        &store,
+        "n2",
+        &vm_request("virt-launcher-vm1-b", "n2", Some("job-1")),
+        true,
+    )
+    .expect("target");
+    assert!(target.reused);
+    assert_eq!(
+        target.addresses, first.addresses,
+        "the same addresses, same masks"
+    );
+    for a in &first.addresses {
+        let attr = attr_of(&store, *a);
+        assert_eq!(
+            attr.owner("pod"),
+            Some("virt-launcher-vm1-a"),
+            "source still active"
+        );
+        let alt = attr.alternate_owner_attrs.as_ref().expect("alternate");
+        assert_eq!(alt["pod"], "virt-launcher-vm1-b");
+        assert_eq!(alt["node"], "n2");
+        assert_eq!(alt["vmim-uid"], "job-1");
+    }
+    assert_eq!(
+        handle(&store, VM_HANDLE)
+            .expect("handle")
+            .block
+            .values()
+            .sum::<i64>(),
+        2,
+        "no address added"
+    );
+    // A recreated source pod replaces the active owner.
+    let again = vm_assign(
+        &store,
+        "n1",
+        &vm_request("virt-launcher-vm1-c", "n1", None),
+        false,
+    )
+    .expect("restart");
+    assert!(again.reused);
+    assert_eq!(
+        attr_of(&store, first.addresses[0]).owner("pod"),
+        Some("virt-launcher-vm1-c")
+    );
+}
+
+/// Mirrors handleVirtLauncherPod: a migration target needs the source's addresses.
+#[test]
+fn a_migration_target_without_the_vms_addresses_fails() {
+    let store = vm_store();
+    let before = store.dump();
+    let e = vm_assign(
+        &store,
+        "n2",
+        &vm_request("virt-launcher-vm1-b", "n2", Some("job-1")),
+        true,
+    )
+    .expect_err("nothing to migrate");
+    assert!(matches!(e, IpamError::NoVmAddress { .. }), "{e}");
+    assert!(e.to_string().contains(VM_HANDLE), "{e}");
+    assert_eq!(store.dump(), before);
+}
+
+/// Mirrors ipam_plugin.go cmdDel's VM branch: a pod is removed as active or alternate owner;
+/// the addresses go only when the VM is being deleted and no owner is left.
+#[test]
+fn a_vm_pods_del_gives_up_its_claim_and_the_vm_releases_the_addresses() {
+    let store = vm_store();
+    let first = vm_assign(
+        &store,
+        "n1",
+        &vm_request("virt-launcher-vm1-a", "n1", None),
+        false,
+    )
+    .expect("first");
+    vm_assign(
+        &store,
+        "n2",
+        &vm_request("virt-launcher-vm1-b", "n2", Some("job-1")),
+        true,
+    )
+    .expect("target");
+    // The source pod goes after the migration (the VM lives on): active owner cleared.
+    assert!(vm_release(&store, "n1", "virt-launcher-vm1-a", false).is_empty());
+    let a = attr_of(&store, first.addresses[0]);
+    assert!(a.secondary.is_none(), "active owner cleared: {a:?}");
+    assert!(a.alternate_owner_attrs.is_some(), "target kept");
+    // A pod that owns nothing changes nothing, even with the VM going.
+    let before = store.dump();
+    assert!(vm_release(&store, "n1", "virt-launcher-vm1-z", true).is_empty());
+    assert_eq!(store.dump(), before);
+    // The VM is deleted: the last owner's DEL releases everything.
+    let released = vm_release(&store, "n2", "virt-launcher-vm1-b", true);
+    assert_eq!(released.len(), 2);
+    assert!(handle(&store, VM_HANDLE).is_none());
+    // Idempotent: the handle is gone, nothing to do (Go's IPsByHandle would fail here).
+    assert!(vm_release(&store, "n2", "virt-launcher-vm1-b", true).is_empty());
+}
+
+/// A concurrent ADD for the same VM: the transaction that loses plans again and takes the
+/// winner's addresses (Go's MaxAllocToHandlePerIPVersion=1 then handleMaxAllocReached).
+#[test]
+fn two_pods_of_one_vm_at_once_get_the_same_addresses() {
+    let store = vm_store();
+    let racing = Racing {
+        inner: &store,
+        interfere: Cell::new(Some(Box::new(|s: &MemKv| {
+            vm_assign(
+                s,
+                "n1",
+                &vm_request("virt-launcher-vm1-a", "n1", None),
+                false,
+            )
+            .expect("the other pod");
+        }))),
+    };
+    let got = vm_assign(
+        &racing,
+        "n1",
+        &vm_request("virt-launcher-vm1-c", "n1", None),
+        false,
+    )
+    .expect("planned again");
+    assert!(got.reused);
+    assert_eq!(
+        handle(&store, VM_HANDLE)
+            .expect("handle")
+            .block
+            .values()
+            .sum::<i64>(),
+        2,
+        "one address per family, not two"
+    );
 }

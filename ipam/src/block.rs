@@ -4,8 +4,12 @@
 //! Addresses are taken from the head of `unallocated` and released to its tail, so the
 //! address free longest is reused first. All addresses of one owner in one call share one
 //! attribute entry; identical entries are shared.
+//!
+//! Calico 3.33's IP cooldown: a released address can instead point at an entry holding
+//! only `releasedAt`; it stays taken until [`collect_cooled`] frees it once the cooldown has
+//! passed (`ipam_block.go` `releaseByHandle`, `release`, `garbageCollect`).
 
-use calico_datastore::model::time::{rfc3339_seconds, unix_nanos};
+use calico_datastore::model::time::{parse_rfc3339, rfc3339_seconds, unix_nanos};
 use calico_datastore::model::{AllocationAttribute, AllocationBlock};
 use ipnet::IpNet;
 use serde_json::Map;
@@ -111,14 +115,20 @@ pub fn free(block: &AllocationBlock, reserved: &impl Fn(IpAddr) -> bool) -> usiz
         .count()
 }
 
-/// The index of an attribute entry equal to `owner`'s, added if missing.
+/// The index of an attribute entry equal to `owner`'s, added if missing. Equal means the
+/// whole entry, as Go's `findOrAddAttribute` compares it: an entry with alternate owner
+/// attributes or a `releasedAt` is never shared with a new allocation.
 fn attribute_index(block: &mut AllocationBlock, owner: &Owner) -> usize {
     let wanted = AllocationAttribute::new(&owner.handle, owner.attrs.clone());
     let attrs = block.attributes.get_or_insert_with(Vec::new);
-    if let Some(i) = attrs
-        .iter()
-        .position(|a| a.handle_id == wanted.handle_id && a.secondary == wanted.secondary)
-    {
+    if let Some(i) = attrs.iter().position(|a| {
+        a.handle_id == wanted.handle_id
+            && a.secondary == wanted.secondary
+            && a.alternate_owner_attrs
+                .as_ref()
+                .is_none_or(BTreeMap::is_empty)
+            && a.extra.is_empty()
+    }) {
         return i;
     }
     attrs.push(wanted);
@@ -187,6 +197,51 @@ pub fn assign_specific(
     Ok(())
 }
 
+/// The attribute entry of the allocation at `ip`, unless the address is free or in its
+/// cooldown (Go's `allocationAttributesForIP`).
+pub fn attribute_of(block: &AllocationBlock, ip: IpAddr) -> Option<&AllocationAttribute> {
+    let ord = ordinal(&block.cidr, ip)?;
+    let idx = (*block.allocations.get(ord)?)?;
+    let attr = block.attributes.as_ref()?.get(idx)?;
+    attr.released_at().is_none().then_some(attr)
+}
+
+/// Which owner attributes of an allocation: `secondary` (the pod using the address) or
+/// `alternateOwnerAttrs` (a KubeVirt migration target waiting to take it over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerRole {
+    Active,
+    Alternate,
+}
+
+/// Sets (or, with `None`, clears) one owner of the allocation at `ip`, which must belong to
+/// `handle`, in place, as Go's `setOwnerAttributes` does (an entry shared by several
+/// addresses changes for all of them). False if `ip` is not `handle`'s.
+pub fn set_owner(
+    block: &mut AllocationBlock,
+    ip: IpAddr,
+    handle: &str,
+    role: OwnerRole,
+    attrs: Option<BTreeMap<String, String>>,
+) -> bool {
+    let Some(idx) =
+        ordinal(&block.cidr, ip).and_then(|o| block.allocations.get(o).copied().flatten())
+    else {
+        return false;
+    };
+    let Some(attr) = block.attributes.as_mut().and_then(|a| a.get_mut(idx)) else {
+        return false;
+    };
+    if attr.handle() != Some(handle) || attr.released_at().is_some() {
+        return false;
+    }
+    match role {
+        OwnerRole::Active => attr.secondary = attrs,
+        OwnerRole::Alternate => attr.alternate_owner_attrs = attrs,
+    }
+    true
+}
+
 /// The addresses `handle` holds in the block.
 pub fn addresses_of(block: &AllocationBlock, handle: &str) -> Vec<IpAddr> {
     allocations_of(block, handle)
@@ -226,7 +281,8 @@ pub fn release_where(
             continue;
         };
         let attr = attrs.get(idx);
-        if select(ord, attr) {
+        // An address in its 3.33 cooldown is released already.
+        if attr.is_none_or(|a| a.released_at().is_none()) && select(ord, attr) {
             block.allocations[ord] = None;
             block.unallocated.push(ord);
             block
@@ -242,6 +298,94 @@ pub fn release_where(
         compact_attributes(block);
     }
     freed
+}
+
+/// Calico 3.33's release with a cooldown: the ordinals for which `select(ord, attribute)` is
+/// true are moved to one new entry holding only `releasedAt = now` and stay taken until
+/// [`collect_cooled`] frees them. `mark_sequence` records the block's sequence number for
+/// them (Go's release by address does, its release by handle does not). Returns the
+/// addresses with the handle each belonged to.
+pub fn release_into_cooldown(
+    block: &mut AllocationBlock,
+    select: impl Fn(usize, Option<&AllocationAttribute>) -> bool,
+    now: SystemTime,
+    mark_sequence: bool,
+) -> Vec<(IpAddr, Option<String>)> {
+    let attrs = block.attributes.clone().unwrap_or_default();
+    let mut freed = Vec::new();
+    let mut cooldown_index = None;
+    for ord in 0..block.allocations.len() {
+        let Some(idx) = block.allocations[ord] else {
+            continue;
+        };
+        let attr = attrs.get(idx);
+        if attr.is_some_and(|a| a.released_at().is_some()) || !select(ord, attr) {
+            continue;
+        }
+        let target = *cooldown_index.get_or_insert_with(|| {
+            let list = block.attributes.get_or_insert_with(Vec::new);
+            list.push(AllocationAttribute::released(rfc3339_seconds(now)));
+            list.len() - 1
+        });
+        block.allocations[ord] = Some(target);
+        if mark_sequence {
+            block
+                .sequence_number_for_allocation
+                .insert(ord.to_string(), block.sequence_number);
+        }
+        freed.push((
+            address(&block.cidr, ord),
+            attr.and_then(|a| a.handle()).map(str::to_string),
+        ));
+    }
+    freed
+}
+
+/// Calico 3.33's `garbageCollect`: frees every address whose `releasedAt` is more than
+/// `cooldown_seconds` before `now` (any, if negative; an unreadable time counts as long
+/// ago), in ordinal order to the tail of `unallocated`, then drops the entries nothing
+/// points at. True if the block changed.
+pub fn collect_cooled(block: &mut AllocationBlock, cooldown_seconds: i64, now: SystemTime) -> bool {
+    let Some(attrs) = block.attributes.as_ref() else {
+        return false;
+    };
+    if !attrs.iter().any(|a| a.released_at().is_some()) {
+        return false;
+    }
+    let deadline = now.checked_sub(std::time::Duration::from_secs(
+        u64::try_from(cooldown_seconds).unwrap_or(0),
+    ));
+    let cooled = |a: &AllocationAttribute| match a.released_at() {
+        None => false,
+        Some(_) if cooldown_seconds < 0 => true,
+        Some(t) => match (parse_rfc3339(t), deadline) {
+            (Some(at), Some(deadline)) => at < deadline,
+            (None, _) => true,
+            (Some(_), None) => false,
+        },
+    };
+    let expired: Vec<bool> = attrs.iter().map(cooled).collect();
+    let mut changed = false;
+    for ord in 0..block.allocations.len() {
+        if let Some(idx) = block.allocations[ord]
+            && expired.get(idx).copied().unwrap_or(false)
+        {
+            block.allocations[ord] = None;
+            block.unallocated.push(ord);
+            block
+                .sequence_number_for_allocation
+                .remove(&ord.to_string());
+            changed = true;
+        }
+    }
+    let used = block.attributes.as_ref().map_or(0, Vec::len);
+    let referenced: std::collections::BTreeSet<usize> =
+        block.allocations.iter().flatten().copied().collect();
+    if referenced.len() < used {
+        compact_attributes(block);
+        changed = true;
+    }
+    changed
 }
 
 /// Releases everything `handle` holds in the block.
@@ -399,5 +543,89 @@ mod tests {
         );
         assert_eq!(addresses_of(&b, "a"), [ip("10.0.0.5")]);
         assert!(!b.unallocated.contains(&5));
+    }
+
+    /// Mirrors 3.33's ipam_block.go releaseByHandle (one releasedAt entry for the call) and
+    /// garbageCollect (freed in ordinal order once older than the cooldown, entries dropped).
+    #[test]
+    fn cooldown_release_and_collection() {
+        let mut b = new_block(net("10.0.0.0/29"), "n1", t0());
+        assign_next(&mut b, 2, &owner("a"), &none);
+        assign_next(&mut b, 1, &owner("b"), &none);
+        let out = release_into_cooldown(
+            &mut b,
+            |_, a| a.and_then(|a| a.handle()) == Some("a"),
+            t0(),
+            false,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(b.allocations[..3], [Some(2), Some(2), Some(1)]);
+        assert_eq!(
+            b.attributes.as_ref().expect("attrs")[2].released_at(),
+            Some("2026-05-01T10:00:00Z")
+        );
+        // Collected at once, as Go's release does: a's old entry is dropped.
+        assert!(collect_cooled(&mut b, 30, t0()));
+        assert_eq!(b.allocations[..3], [Some(1), Some(1), Some(0)]);
+        assert!(addresses_of(&b, "a").is_empty());
+        assert!(attribute_of(&b, ip("10.0.0.0")).is_none(), "in cooldown");
+        assert!(!is_empty(&b), "a block with cooling addresses is not empty");
+        // Not yet (the stored time has whole seconds; Go's Before is strict).
+        assert!(!collect_cooled(&mut b, 30, t0() + Duration::from_secs(30)));
+        assert!(collect_cooled(&mut b, 30, t0() + Duration::from_secs(31)));
+        assert_eq!(b.allocations[..3], [None, None, Some(0)]);
+        assert_eq!(&b.unallocated[b.unallocated.len() - 2..], [0, 1]);
+        assert_eq!(
+            b.attributes.as_ref().expect("attrs").len(),
+            1,
+            "the cooldown entry gone"
+        );
+        // A negative cooldown frees at once; releasing a cooling address does nothing.
+        release_into_cooldown(&mut b, |_, _| true, t0(), true);
+        assert!(release_where(&mut b, |_, _| true).is_empty());
+        assert!(collect_cooled(&mut b, -1, t0()));
+        assert!(is_empty(&b));
+    }
+
+    /// Go's findOrAddAttribute compares whole entries: one with an alternate owner (a VM's
+    /// migration target) is not shared by a new allocation of the same owner.
+    #[test]
+    fn owner_changes_are_in_place_and_such_entries_are_not_shared() {
+        let mut b = new_block(net("10.0.0.0/29"), "n1", t0());
+        assign_next(&mut b, 1, &owner("vm"), &none);
+        let mut alt = BTreeMap::new();
+        alt.insert("pod".to_string(), "target".to_string());
+        assert!(set_owner(
+            &mut b,
+            ip("10.0.0.0"),
+            "vm",
+            OwnerRole::Alternate,
+            Some(alt)
+        ));
+        assert!(!set_owner(
+            &mut b,
+            ip("10.0.0.0"),
+            "other",
+            OwnerRole::Active,
+            None
+        ));
+        assert!(!set_owner(
+            &mut b,
+            ip("10.0.0.5"),
+            "vm",
+            OwnerRole::Active,
+            None
+        ));
+        assign_next(&mut b, 1, &owner("vm"), &none);
+        assert_eq!(b.allocations[..2], [Some(0), Some(1)]);
+        assert!(set_owner(
+            &mut b,
+            ip("10.0.0.0"),
+            "vm",
+            OwnerRole::Active,
+            None
+        ));
+        let a = attribute_of(&b, ip("10.0.0.0")).expect("allocated");
+        assert!(a.secondary.is_none() && a.alternate_owner_attrs.is_some());
     }
 }

@@ -5,6 +5,7 @@
 use crate::allocator::{AssignRequest, Extra, Ipam, SnapshotRequest};
 use crate::block;
 use crate::error::IpamError;
+use crate::kubevirt::{self, PodKind};
 use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
 use calico_datastore::model::keys;
 use calico_datastore::{Etcd, EtcdConfig, KvStore};
@@ -205,8 +206,11 @@ mod block_hint {
     }
 }
 
-/// The IPAM result: each address with its block's mask, and a route per block.
-fn result_of(addresses: &[IpNet]) -> CniResult {
+/// The IPAM result: each address with its block's mask, and a route per block (none for a
+/// live-migration target pod: Calico's IPAM returns none so that its host routes are left to
+/// Felix until the migration completes).
+fn result_of(allocation: &Allocation) -> CniResult {
+    let addresses = &allocation.addresses;
     let mut blocks = BTreeSet::new();
     let ips = addresses
         .iter()
@@ -219,11 +223,32 @@ fn result_of(addresses: &[IpNet]) -> CniResult {
             }
         })
         .collect();
+    let routes = if allocation.host_routes {
+        blocks.into_iter().map(Route::to).collect()
+    } else {
+        Vec::new()
+    };
     CniResult {
         ips,
-        routes: blocks.into_iter().map(Route::to).collect(),
+        routes,
         ..CniResult::default()
     }
+}
+
+/// What an ADD allocated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    /// With their blocks' masks.
+    pub addresses: Vec<IpNet>,
+    /// False for a KubeVirt live-migration target pod: the VM's addresses stay routed to
+    /// the source pod until the migration completes (Calico's IPAM returns no routes then).
+    pub host_routes: bool,
+}
+
+/// A VM pod's side of an ADD or DEL: its VMI, and whether the VM keeps its addresses.
+struct VmPod {
+    vmi: Box<calico_k8s::kubevirt::PodVmi>,
+    handle: String,
 }
 
 /// What a caller may change about an allocation (Calico's pod annotations do).
@@ -244,7 +269,8 @@ pub type CommitWith<'a, T> = dyn FnMut(&[T], &crate::Snapshot) -> Result<Extra, 
 
 /// Allocates under `<network>.<container>` per the config, the addresses asked for and
 /// `ov`, committing `with(addresses, snapshot)` in the same transaction; `extra_keys` are
-/// read in the same round trip as IPAM's own objects.
+/// read in the same round trip as IPAM's own objects. A KubeVirt VM's pod gets the VM's
+/// addresses (see [`kubevirt`]).
 #[allow(clippy::too_many_arguments)]
 pub fn allocate(
     store: &dyn KvStore,
@@ -255,8 +281,39 @@ pub fn allocate(
     extra_keys: &[String],
     with: &mut CommitWith<'_, IpNet>,
 ) -> Result<Vec<IpNet>, CniError> {
+    allocate_detailed(store, conf, req, node, ov, extra_keys, with).map(|a| a.addresses)
+}
+
+/// [`allocate`], saying also whether the pod's host routes are to be set.
+#[allow(clippy::too_many_arguments)]
+pub fn allocate_detailed(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+    ov: &Overrides,
+    extra_keys: &[String],
+    with: &mut CommitWith<'_, IpNet>,
+) -> Result<Allocation, CniError> {
     let workload = Workload::from_request(req, node);
-    let handle = workload.handle(&req.network_name);
+    // Before the lock, as Calico does: only `virt-launcher-*` pods cost API calls.
+    let vm = match kubevirt::pod_kind(conf, &workload)? {
+        PodKind::Ordinary => None,
+        PodKind::Vm(vmi) => Some(VmPod {
+            handle: kubevirt::vm_handle(&req.network_name, &vmi.vmi_namespace, &vmi.vmi_name),
+            vmi,
+        }),
+        PodKind::Gone => {
+            return Err(CniError::new(
+                ErrorCode::UNKNOWN_CONTAINER,
+                format!(
+                    "failed to get VMI info: pod {}/{} not found",
+                    workload.namespace, workload.pod
+                ),
+            ));
+        }
+    };
+    let container_handle = workload.handle(&req.network_name);
     let attrs = workload.attributes(SystemTime::now());
     let mut wanted = requested_addresses(req)?;
     wanted.extend(&ov.addresses);
@@ -277,8 +334,10 @@ pub fn allocate(
         .filter(|(_, room)| **room)
         .map(|(b, _)| *b)
         .collect();
+    let mut handles = vec![container_handle.as_str()];
+    handles.extend(vm.as_ref().map(|v| v.handle.as_str()));
     let snap = ipam.read_snapshot(&SnapshotRequest {
-        handles: &[&handle],
+        handles: &handles,
         blocks: &likely,
         keys: extra_keys,
     })?;
@@ -287,28 +346,59 @@ pub fn allocate(
         lock.waited,
         started.elapsed()
     );
+    if vm.as_ref().is_some_and(|v| v.vmi.is_migration_target()) && !snap.vm_address_persistence {
+        return Err(IpamError::MigrationTargetRejected.into());
+    }
+    let vm = vm.filter(|_| snap.vm_address_persistence);
+    let handle = vm
+        .as_ref()
+        .map_or_else(|| container_handle.clone(), |v| v.handle.clone());
+    let request = AssignRequest {
+        handle: handle.clone(),
+        attrs: match &vm {
+            Some(v) => kubevirt::vm_attributes(attrs.clone(), &v.vmi),
+            None => attrs.clone(),
+        },
+        num_v4: usize::from(v4),
+        num_v6: usize::from(v6),
+        v4_pools: ov
+            .v4_pools
+            .clone()
+            .unwrap_or_else(|| conf.ipam.ipv4_pools.clone()),
+        v6_pools: ov
+            .v6_pools
+            .clone()
+            .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
+        namespace_labels: ov.namespace_labels.clone(),
+    };
 
-    let (all, room) = if !wanted.is_empty() {
+    let mut host_routes = true;
+    let (all, room) = if let Some(v) = &vm {
+        let target = v.vmi.is_migration_target();
+        let got = ipam.assign_vm_with(&snap, &request, &wanted, target, &mut |a, s| {
+            with(&a.addresses, s)
+        })?;
+        if got.reused {
+            log::info!(
+                "VM {}/{}: its addresses {:?} are reused by pod {}{}",
+                v.vmi.vmi_namespace,
+                v.vmi.vmi_name,
+                got.addresses,
+                workload.pod,
+                if target { " (migration target)" } else { "" }
+            );
+        }
+        host_routes = !target;
+        let room = got.addresses.iter().map(|a| (a.trunc(), true)).collect();
+        (got.addresses, room)
+    } else if !wanted.is_empty() {
         let got =
-            ipam.assign_ips_with(&snap, &wanted, &handle, &attrs, &mut |ips, s| with(ips, s))?;
+            ipam.assign_ips_with(&snap, &wanted, &handle, &request.attrs, &mut |ips, s| {
+                with(ips, s)
+            })?;
         let room = got.iter().map(|a| (a.trunc(), true)).collect();
         (got, room)
     } else {
-        let request = AssignRequest {
-            handle: handle.clone(),
-            attrs,
-            num_v4: usize::from(v4),
-            num_v6: usize::from(v6),
-            v4_pools: ov
-                .v4_pools
-                .clone()
-                .unwrap_or_else(|| conf.ipam.ipv4_pools.clone()),
-            v6_pools: ov
-                .v6_pools
-                .clone()
-                .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
-            namespace_labels: ov.namespace_labels.clone(),
-        };
         let a = ipam.auto_assign_with(&snap, &request, &mut |a, s| with(&a.all(), s))?;
         (a.all(), a.room)
     };
@@ -325,7 +415,10 @@ pub fn allocate(
     if known != hint {
         block_hint::write(&lock_file, &known);
     }
-    Ok(all)
+    Ok(Allocation {
+        addresses: all,
+        host_routes,
+    })
 }
 
 /// ADD: allocates per the config (or the addresses asked for) under `<network>.<container>`.
@@ -335,7 +428,7 @@ pub fn add(
     req: &Request,
     node: &str,
 ) -> Result<CniResult, CniError> {
-    let all = allocate(
+    let allocation = allocate_detailed(
         store,
         conf,
         req,
@@ -344,12 +437,14 @@ pub fn add(
         &[],
         &mut no_extra,
     )?;
-    Ok(result_of(&all))
+    Ok(result_of(&allocation))
 }
 
 /// Releases the handle and Calico's legacy handle (missing is success), committing
 /// `with(released, snapshot)` in the same transaction; `extra_keys` are read in the same
-/// round trip.
+/// round trip. A KubeVirt VM's pod only gives up its claim on the VM's addresses, which are
+/// released with the VM (see [`Ipam::release_vm_with`]); a `virt-launcher-*` pod the
+/// Kubernetes API no longer has releases nothing (Calico's DEL).
 pub fn release(
     store: &dyn KvStore,
     conf: &NetConf,
@@ -359,7 +454,25 @@ pub fn release(
     with: &mut CommitWith<'_, IpAddr>,
 ) -> Result<Vec<IpAddr>, CniError> {
     let workload = Workload::from_request(req, node);
-    let handles = [workload.handle(&req.network_name), workload.legacy_handle()];
+    let kind = kubevirt::pod_kind(conf, &workload)?;
+    let vm = match &kind {
+        PodKind::Vm(vmi) => Some(VmPod {
+            handle: kubevirt::vm_handle(&req.network_name, &vmi.vmi_namespace, &vmi.vmi_name),
+            vmi: vmi.clone(),
+        }),
+        _ => None,
+    };
+    let mut handles = if kind == PodKind::Gone {
+        log::info!(
+            "pod {}/{} already deleted, nothing to release",
+            workload.namespace,
+            workload.pod
+        );
+        Vec::new()
+    } else {
+        vec![workload.handle(&req.network_name), workload.legacy_handle()]
+    };
+    handles.extend(vm.as_ref().map(|v| v.handle.clone()));
     let lock_file = conf.ipam_lock_file();
     let _lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
     let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
@@ -383,7 +496,27 @@ pub fn release(
         blocks: &likely,
         keys: extra_keys,
     })?;
-    let released = ipam.release_handles_with(&snap, None, &mut |ips, s| with(ips, s))?;
+    let released = match vm.as_ref().filter(|_| snap.vm_address_persistence) {
+        Some(v) => {
+            let mut only_vm = snap.clone();
+            only_vm.handles.retain(|h, _| *h == v.handle);
+            ipam.release_vm_with(
+                &only_vm,
+                &v.handle,
+                (&workload.namespace, &workload.pod),
+                v.vmi.vm_being_deleted(),
+                &mut |ips, s| with(ips, s),
+            )?
+        }
+        None => {
+            // Persistence off: a VM pod is an ordinary pod.
+            let mut pods = snap.clone();
+            if let Some(v) = &vm {
+                pods.handles.remove(&v.handle);
+            }
+            ipam.release_handles_with(&pods, None, &mut |ips, s| with(ips, s))?
+        }
+    };
     if !released.is_empty() {
         log::info!("released {released:?} of {handles:?}");
         let mut updated = hint.clone();
@@ -416,8 +549,16 @@ pub fn check(store: &dyn KvStore, req: &Request, node: &str) -> Result<(), CniEr
         CniError::invalid_config("CHECK needs prevResult (the result of the ADD)")
     })?;
     let workload = Workload::from_request(req, node);
-    let handle = workload.handle(&req.network_name);
     let ipam = Ipam::new(store, node);
+    // A VM pod's addresses are under the VM's handle (the config only says how to reach the
+    // Kubernetes API, and only `virt-launcher-*` pods need it).
+    let conf = NetConf::from_request(req)?;
+    let handle = match kubevirt::pod_kind(&conf, &workload)? {
+        PodKind::Vm(vmi) if ipam.snapshot(&[])?.vm_address_persistence => {
+            kubevirt::vm_handle(&req.network_name, &vmi.vmi_namespace, &vmi.vmi_name)
+        }
+        _ => workload.handle(&req.network_name),
+    };
     let owned: BTreeSet<IpAddr> = ipam.addresses_of_handle(&handle)?.into_iter().collect();
     let expected: BTreeSet<IpAddr> = prev.ips.iter().map(|i| i.address.addr()).collect();
     if owned == expected {
@@ -534,8 +675,9 @@ pub fn gc(
     )
 }
 
-/// STATUS: 50 if the datastore cannot be reached, 51 if no pool for this node has a free
-/// address in the families the config assigns.
+/// STATUS: 50 if the datastore cannot be reached or the node is not registered (no Calico
+/// Node resource yet: an ADD would fail), 51 if no pool for this node has a free address in
+/// the families the config assigns.
 pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), CniError> {
     let unavailable = |e: calico_datastore::EtcdError| {
         CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE, e.to_string())
@@ -545,6 +687,15 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
         IpamError::Store(s) => unavailable(s),
         other => CniError::from(other),
     })?;
+    if !snap.node_registered {
+        return Err(CniError::new(
+            ErrorCode::PLUGIN_NOT_AVAILABLE,
+            IpamError::NodeNotFound {
+                node: node.to_string(),
+            }
+            .to_string(),
+        ));
+    }
     for (v4, wanted, requested) in [
         (true, conf.ipam.assign_ipv4(), &conf.ipam.ipv4_pools),
         (false, conf.ipam.assign_ipv6(), &conf.ipam.ipv6_pools),
@@ -564,18 +715,22 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
         )
         .map_err(|e| no_room(e.to_string()))?;
         let blocks = store.list(&keys::blocks_prefix(v4)).map_err(unavailable)?;
+        // The block limit counts the node's blocks in these pools only.
         let ours = snap
             .affinities
             .keys()
             .filter(|c| matches!(c, IpNet::V4(_)) == v4)
+            .filter(|c| pools.iter().any(|p| p.cidr.contains(*c)))
             .count();
         let reserved = |ip: IpAddr| snap.is_reserved(ip);
+        let now = SystemTime::now();
         let room = pools.iter().any(|pool| {
             let in_pool: Vec<_> = blocks
                 .iter()
                 .filter_map(|kv| {
-                    let b: calico_datastore::model::AllocationBlock =
+                    let mut b: calico_datastore::model::AllocationBlock =
                         serde_json::from_slice(&kv.value).ok()?;
+                    block::collect_cooled(&mut b, snap.settings.ip_cooldown_seconds, now);
                     pool.cidr.contains(&b.cidr).then_some(b)
                 })
                 .collect();
@@ -583,9 +738,23 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
                 block::free(b, &reserved) > 0
                     && (!snap.settings.strict_affinity || block::affine_node(b) == Some(node))
             });
+            // A free block, or an empty one another node claimed long enough ago.
+            let reclaimable = |b: &calico_datastore::model::AllocationBlock| {
+                block::is_empty(b)
+                    && block::free(b, &reserved) > 0
+                    && block::affine_node(b).is_some_and(|n| n != node)
+                    && b.affinity_claim_time
+                        .as_deref()
+                        .and_then(calico_datastore::model::time::parse_rfc3339)
+                        .is_none_or(|t| {
+                            now.duration_since(t).unwrap_or_default()
+                                >= crate::allocator::EMPTY_BLOCK_MIN_RECLAIM_AGE
+                        })
+            };
             let can_claim = snap.settings.auto_allocate_blocks
                 && ours < snap.settings.max_blocks_per_host
-                && (in_pool.len() as u128) < pool.block_count();
+                && ((in_pool.len() as u128) < pool.block_count()
+                    || in_pool.iter().any(reclaimable));
             usable_block || can_claim
         });
         if !room {

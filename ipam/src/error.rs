@@ -8,6 +8,12 @@ use std::net::IpAddr;
 pub enum IpamError {
     #[error(transparent)]
     Store(#[from] EtcdError),
+    #[error(
+        "the Calico Node resource for node {node} does not exist \
+         (/calico/resources/v3/projectcalico.org/nodes/{node}): calico-node must register the \
+         node before its pods can be given addresses"
+    )]
+    NodeNotFound { node: String },
     #[error("no configured Calico {family} pools for node {node}")]
     NoPools { family: &'static str, node: String },
     #[error("the given pool ({pool}) {reason}")]
@@ -22,6 +28,17 @@ pub enum IpamError {
          address is free in the node's blocks"
     )]
     BlockLimit { family: &'static str, limit: usize },
+    #[error(
+        "failed to find or claim a block: auto_allocate_blocks is off and no {family} address \
+         is free in the node's blocks"
+    )]
+    NoBlockToClaim { family: &'static str },
+    #[error(
+        "live migration target pod is not allowed when KubeVirtVMAddressPersistence is disabled"
+    )]
+    MigrationTargetRejected,
+    #[error("migration target pod but no IP allocated to VM handle {handle}")]
+    NoVmAddress { handle: String },
     #[error("address {ip} is already assigned in block {block}")]
     AlreadyAssigned { ip: IpAddr, block: String },
     #[error("address {ip} is not in any enabled IP pool")]
@@ -55,7 +72,9 @@ impl IpamError {
     pub fn is_transient(&self) -> bool {
         match self {
             IpamError::Store(e) => e.is_unreachable(),
-            IpamError::TooManyRetries { .. }
+            // calico-node registers the node soon after it starts.
+            IpamError::NodeNotFound { .. }
+            | IpamError::TooManyRetries { .. }
             | IpamError::Timeout(_)
             | IpamError::LockTimeout { .. } => true,
             _ => false,

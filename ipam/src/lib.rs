@@ -7,6 +7,7 @@
 //! - [`gc`]: CNI GC of one network's allocations on one node, keeping whatever is alive;
 //! - [`host`]: taking a node out of IPAM (its addresses, affinities and empty blocks);
 //! - [`lock`]: the host-wide IPAM lock;
+//! - [`kubevirt`]: KubeVirt VMs keep their addresses across their pods;
 //! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin.
 
 pub mod allocator;
@@ -17,8 +18,9 @@ pub mod cni;
 pub mod error;
 pub mod gc;
 pub mod host;
+pub mod kubevirt;
 pub mod lock;
 pub mod pools;
 
-pub use allocator::{AssignRequest, Assigned, Ipam, IpamSettings, Snapshot};
+pub use allocator::{AssignRequest, Assigned, Ipam, IpamSettings, Snapshot, VmAssigned};
 pub use error::IpamError;

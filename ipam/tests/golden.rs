@@ -54,6 +54,14 @@ fn setup(pool_cidr: &str) -> (testkit::Etcd, Etcd) {
         Resource::new("IPPool", "golden", spec).to_stored().unwrap(),
     )
     .unwrap();
+    // The node is registered, as calico-node does.
+    db.put(
+        &keys::resource("nodes", "node-1"),
+        Resource::new("Node", "node-1", serde_json::json!({}))
+            .to_stored()
+            .unwrap(),
+    )
+    .unwrap();
     (etcd, db)
 }
 

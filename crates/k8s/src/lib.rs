@@ -8,6 +8,8 @@
 //!   win over the kubeconfig, as with client-go's `ConfigOverrides`.
 //! - Both GETs go out at once on a private single-threaded runtime, so a call costs one round
 //!   trip (plus the TLS handshakes, also concurrent); the public API is blocking.
+//! - [`kubevirt`]: whether a pod is a KubeVirt VM's virt-launcher pod, and the VM's state
+//!   (Calico's IPAM keeps a VM's addresses across its pods).
 //! - Objects are requested as JSON and read into small structs of what Calico uses: the
 //!   typed `k8s-openapi` objects are not used ([`convert`]).
 
@@ -15,6 +17,7 @@ pub mod config;
 pub mod convert;
 mod error;
 mod fetch;
+pub mod kubevirt;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -50,8 +50,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// `nodes` nodes at 10.10.0.11, .12, ... named by their `/var/lib/calico/nodename`
-    /// (`node-1`, `node-2`, ...), with our plugins on the CNI path (plus `extra_reference`
-    /// reference plugins).
+    /// (`node-1`, `node-2`, ...) and registered as Calico Nodes, with our plugins on the CNI
+    /// path (plus `extra_reference` reference plugins).
     pub fn start(nodes: usize, extra_reference: &[&str]) -> Result<Cluster> {
         let underlay = Underlay::new()?;
         let etcd_ns = underlay.attach("etcd", ETCD_IP)?;
@@ -84,9 +84,23 @@ impl Cluster {
             std::fs::copy(pki.ca_path(), tls.join("etcd-ca"))?;
             std::fs::copy(pki.client_cert_path(), tls.join("etcd-cert"))?;
             std::fs::copy(pki.client_key_path(), tls.join("etcd-key"))?;
+            cluster.register_node(&format!("node-{}", i + 1), ip)?;
             cluster.nodes.push(node);
         }
         Ok(cluster)
+    }
+
+    /// Writes the Calico Node resource of `name` as calico-node does when it starts (name,
+    /// creation time, BGP address on the underlay): Calico's IPAM assigns addresses
+    /// automatically only to registered nodes.
+    pub fn register_node(&self, name: &str, underlay_ip: Ipv4Addr) -> Result<()> {
+        let node = json!({"kind": "Node", "apiVersion": "projectcalico.org/v3",
+                          "metadata": {"name": name, "creationTimestamp": "2026-05-01T10:00:00Z"},
+                          "spec": {"bgp": {"ipv4Address": format!("{underlay_ip}/24")}}});
+        self.etcd.put(
+            &format!("/calico/resources/v3/projectcalico.org/nodes/{name}"),
+            &node.to_string(),
+        )
     }
 
     pub fn node(&self, i: usize) -> &SimNode {

@@ -5,6 +5,9 @@
 //! objects (the JSON `kubectl get -o json` prints, see `testdata/k8s/`):
 //! - `GET /api/v1/namespaces/{ns}/pods/{name}` and `GET /api/v1/namespaces/{ns}`: the
 //!   recorded object, or a 404 `Status` naming it;
+//! - KubeVirt's `GET /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}` and
+//!   `.../virtualmachines/{name}` (what Calico's IPAM reads for a virt-launcher pod), the same
+//!   way;
 //! - a request without `Authorization: Bearer <current token>`: 401 `Status`, whatever the
 //!   path (the API server authenticates first);
 //! - anything else: 404 `Status`.
@@ -116,9 +119,9 @@ impl K8sApiStandIn {
         })
     }
 
-    /// Records an object: a Pod (served at `/api/v1/namespaces/{ns}/pods/{name}`) or a
-    /// Namespace (`/api/v1/namespaces/{name}`), decided by its `kind`. Replaces an object
-    /// at the same path.
+    /// Records an object: a Pod (served at `/api/v1/namespaces/{ns}/pods/{name}`), a
+    /// Namespace (`/api/v1/namespaces/{name}`), or a KubeVirt VirtualMachineInstance or
+    /// VirtualMachine, decided by its `kind`. Replaces an object at the same path.
     ///
     /// Panics if the object is neither or lacks a name (a Pod also needs a namespace): a
     /// fixture that silently serves nothing would fail tests far from the cause.
@@ -128,6 +131,18 @@ impl K8sApiStandIn {
                 self.state().objects.insert(path, json);
             }
             Err(e) => panic!("K8sApiStandIn::add_object: {e:#}"),
+        }
+    }
+
+    /// Forgets the object recorded at the path `json` (the object, or just its `kind` and
+    /// `metadata`) would be served at: from now on that path answers 404, as after a
+    /// deletion. Panics if `json` names no servable path.
+    pub fn remove_object(&self, json: &Value) {
+        match object_path(json) {
+            Ok(path) => {
+                self.state().objects.remove(&path);
+            }
+            Err(e) => panic!("K8sApiStandIn::remove_object: {e:#}"),
         }
     }
 
@@ -277,14 +292,20 @@ fn object_path(json: &Value) -> Result<String> {
             .filter(|s| !s.is_empty())
     };
     let name = field("name").ok_or_else(|| anyhow!("the object has no metadata.name"))?;
+    let namespace =
+        || field("namespace").ok_or_else(|| anyhow!("{name} has no metadata.namespace"));
     match json.get("kind").and_then(Value::as_str) {
         Some("Namespace") => Ok(format!("/api/v1/namespaces/{name}")),
-        Some("Pod") => {
-            let ns = field("namespace")
-                .ok_or_else(|| anyhow!("pod {name} has no metadata.namespace"))?;
-            Ok(format!("/api/v1/namespaces/{ns}/pods/{name}"))
-        }
-        other => bail!("{name}: kind {other:?} is not served (only Pod and Namespace)"),
+        Some("Pod") => Ok(format!("/api/v1/namespaces/{}/pods/{name}", namespace()?)),
+        Some(kind @ ("VirtualMachineInstance" | "VirtualMachine")) => Ok(format!(
+            "/apis/kubevirt.io/v1/namespaces/{}/{}s/{name}",
+            namespace()?,
+            kind.to_ascii_lowercase()
+        )),
+        other => bail!(
+            "{name}: kind {other:?} is not served (only Pod, Namespace and KubeVirt's \
+             VirtualMachineInstance and VirtualMachine)"
+        ),
     }
 }
 
@@ -376,6 +397,20 @@ fn route(state: &mut State, request: &Request<Incoming>) -> Response<Full<Bytes>
             &format!("namespaces \"{name}\" not found"),
             Some(("namespaces", name)),
         ),
+        [
+            "apis",
+            "kubevirt.io",
+            "v1",
+            "namespaces",
+            _ns,
+            kind @ ("virtualmachineinstances" | "virtualmachines"),
+            name,
+        ] => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{kind}.kubevirt.io \"{name}\" not found"),
+            Some((kind, name)),
+        ),
         _ => status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -433,6 +468,17 @@ mod tests {
         assert_eq!(object_path(&ns).unwrap(), "/api/v1/namespaces/team-a");
         let node = json!({"kind": "Node", "metadata": {"name": "node-1"}});
         assert!(object_path(&node).is_err());
+        let vmi = json!({"kind": "VirtualMachineInstance",
+                         "metadata": {"name": "vm1", "namespace": "vms"}});
+        assert_eq!(
+            object_path(&vmi).unwrap(),
+            "/apis/kubevirt.io/v1/namespaces/vms/virtualmachineinstances/vm1"
+        );
+        let vm = json!({"kind": "VirtualMachine", "metadata": {"name": "vm1", "namespace": "vms"}});
+        assert_eq!(
+            object_path(&vm).unwrap(),
+            "/apis/kubevirt.io/v1/namespaces/vms/virtualmachines/vm1"
+        );
         let nameless = json!({"kind": "Pod", "metadata": {"namespace": "default"}});
         assert!(object_path(&nameless).is_err());
     }

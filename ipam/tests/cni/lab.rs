@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use calico_datastore::model::{IpPoolSpec, Resource, keys};
-use calico_datastore::{Etcd, EtcdConfig, KvStore};
+use calico_datastore::{Etcd, EtcdConfig, Guard, KvStore, Write};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use testkit::{CallOpts, CniPathDir, DriverError, Runtime};
@@ -62,8 +62,24 @@ impl Lab {
             .unwrap();
     }
 
-    /// The `calico-ipam` plugin config for `node`, with `ipam` merged into its ipam section.
+    /// Writes the Calico Node resource of `node` unless it exists, as calico-node does when
+    /// it starts (automatic assignment needs it).
+    pub fn register_node(&self, node: &str) {
+        let key = keys::resource("nodes", node);
+        let mut n = Resource::new("Node", node, json!({}));
+        n.stamp_created(std::time::SystemTime::now());
+        self.db()
+            .txn(
+                &[Guard::Absent(key.clone())],
+                &[Write::Put(key, n.to_stored().unwrap())],
+            )
+            .unwrap();
+    }
+
+    /// The `calico-ipam` plugin config for `node` (registered first, see
+    /// [`Lab::register_node`]), with `ipam` merged into its ipam section.
     pub fn plugin(&self, node: &str, ipam: Value) -> Value {
+        self.register_node(node);
         let mut section = json!({"type": "calico-ipam"});
         for (k, v) in ipam.as_object().unwrap() {
             section[k] = v.clone();
@@ -102,6 +118,41 @@ impl Lab {
             self.path.path(),
             &self.dir.path().join("cache"),
         )
+    }
+
+    /// Installs a one-plugin conflist `net` on a node of its own (its own config directory
+    /// and libcni cache, see [`Lab::node_runtime`]): two nodes can then run the same network.
+    pub fn install_on(&self, node: &str, net: &str, plugin: Value) {
+        let dir = self.dir.path().join("nodes").join(node);
+        for sub in ["net.d", "cache"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let list = json!({"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"],
+                          "name": net, "plugins": [plugin]});
+        std::fs::write(
+            dir.join(format!("net.d/{net}.conflist")),
+            serde_json::to_vec_pretty(&list).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// The runtime of a node set up by [`Lab::install_on`].
+    pub fn node_runtime(&self, node: &str) -> Runtime<'static> {
+        let dir = self.dir.path().join("nodes").join(node);
+        Runtime::local(&dir.join("net.d"), self.path.path(), &dir.join("cache"))
+    }
+
+    /// Writes a value at `key` as JSON.
+    pub fn put_json(&self, key: &str, value: &Value) {
+        self.db().put(key, value.to_string().into_bytes()).unwrap();
+    }
+
+    /// The JSON at `key`, if any.
+    pub fn get_json(&self, key: &str) -> Option<Value> {
+        self.etcd
+            .get(key)
+            .unwrap()
+            .map(|v| serde_json::from_str(&v).unwrap())
     }
 
     /// A pod sandbox path (IPAM never enters it; the driver derives the container ID).

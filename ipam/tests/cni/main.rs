@@ -3,5 +3,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod kubevirt;
 mod lab;
+mod parity;
 mod verbs;

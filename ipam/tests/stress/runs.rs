@@ -33,6 +33,13 @@ impl Run {
             pool.to_stored().unwrap(),
         )
         .unwrap();
+        // The nodes are registered, as calico-node does.
+        for node in 0..NODES {
+            let name = format!("node-{node}");
+            let n = Resource::new("Node", &name, json!({}));
+            db.put(&keys::resource("nodes", &name), n.to_stored().unwrap())
+                .unwrap();
+        }
         Run {
             dir: tempfile::tempdir().unwrap(),
             endpoints,

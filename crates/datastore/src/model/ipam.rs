@@ -107,6 +107,26 @@ impl AllocationAttribute {
     pub fn owner(&self, key: &str) -> Option<&str> {
         self.secondary.as_ref()?.get(key).map(String::as_str)
     }
+
+    /// Calico 3.33's `releasedAt` (RFC 3339): the allocation is released and in its
+    /// cooldown. Kept in `extra`, so it is written back where Go writes it (last).
+    pub fn released_at(&self) -> Option<&str> {
+        self.extra.get(Self::RELEASED_AT).and_then(Value::as_str)
+    }
+
+    /// An entry that holds only `releasedAt` (how 3.33 marks a released address).
+    pub fn released(at: String) -> Self {
+        let mut extra = Map::new();
+        extra.insert(Self::RELEASED_AT.to_string(), Value::String(at));
+        AllocationAttribute {
+            handle_id: None,
+            secondary: None,
+            alternate_owner_attrs: None,
+            extra,
+        }
+    }
+
+    const RELEASED_AT: &'static str = "releasedAt";
 }
 
 /// A host's claim on a block (`model.BlockAffinity`).
@@ -180,6 +200,15 @@ pub struct IpamConfigValue {
 }
 
 impl IpamConfigValue {
+    /// Calico 3.33's `ipCooldownSeconds`: how long a released address stays unavailable
+    /// (0: reused at once, as before 3.33). Kept in `extra`, written back as read.
+    pub fn ip_cooldown_seconds(&self) -> i64 {
+        self.extra
+            .get("ipCooldownSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    }
+
     /// What an absent key means (and what Calico 3.30-3.32 write on first use).
     pub fn calico_default() -> Self {
         IpamConfigValue {
@@ -242,6 +271,15 @@ mod tests {
             serde_json::to_value(&attr).expect("encodes")["releasedAt"],
             "2026-01-01T00:00:00Z"
         );
+        assert_eq!(attr.released_at(), Some("2026-01-01T00:00:00Z"));
+        // 3.33's cooldown marker: only releasedAt, in Go's field order.
+        assert_eq!(
+            serde_json::to_string(&AllocationAttribute::released(
+                "2026-05-01T10:00:00Z".into()
+            ))
+            .expect("encodes"),
+            r#"{"releasedAt":"2026-05-01T10:00:00Z"}"#
+        );
     }
 
     #[test]
@@ -267,7 +305,17 @@ mod tests {
             serde_json::to_string(&IpamConfigValue::calico_default()).expect("encodes"),
             r#"{"auto_allocate_blocks":true,"kubeVirtVMAddressPersistence":"Enabled"}"#
         );
+        let c: IpamConfigValue =
+            serde_json::from_str(r#"{"auto_allocate_blocks":true,"ipCooldownSeconds":30}"#)
+                .expect("reads");
+        assert_eq!(c.ip_cooldown_seconds(), 30);
+        assert_eq!(
+            serde_json::to_string(&c).expect("encodes"),
+            r#"{"auto_allocate_blocks":true,"ipCooldownSeconds":30}"#,
+            "3.33's field survives a rewrite"
+        );
         let empty: IpamConfigValue = serde_json::from_str("{}").expect("reads");
+        assert_eq!(empty.ip_cooldown_seconds(), 0);
         assert!(
             !empty.auto_allocate_blocks,
             "a stored {{}} turns auto-allocation off"

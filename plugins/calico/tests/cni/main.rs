@@ -9,6 +9,7 @@ mod failures;
 mod gc;
 mod gc_check;
 mod keeper;
+mod kubevirt;
 mod lifecycle;
 mod scale;
 mod seed;
