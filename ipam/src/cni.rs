@@ -105,7 +105,7 @@ fn machine_hostname() -> Option<String> {
 
 /// Connects to etcd per the config; Calico's Kubernetes datastore is not supported.
 pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
-    match conf.datastore_type() {
+    match conf.datastore_type(|k| std::env::var(k).ok()).as_str() {
         "etcdv3" => {}
         other => {
             return Err(CniError::new(
@@ -115,6 +115,7 @@ pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
         }
     }
     let settings = conf.etcd(|k| std::env::var(k).ok());
+    settings.check()?;
     Etcd::connect(&EtcdConfig::from_settings(&settings)).map_err(store_error)
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod datastore;
 mod failures;
 mod gc_check;
 mod keeper;
