@@ -237,6 +237,8 @@ pub struct Overrides {
     pub addresses: Vec<IpAddr>,
     /// The pod namespace's labels (pools' `namespaceSelector`).
     pub namespace_labels: BTreeMap<String, String>,
+    /// Replace `ipam.assign_ipv4` / `assign_ipv6` (the `ipFamilies` annotation).
+    pub families: Option<(bool, bool)>,
 }
 
 /// Builds writes to commit together with the allocation (or release), from the addresses and
@@ -261,7 +263,9 @@ pub fn allocate(
     let attrs = workload.attributes(SystemTime::now());
     let mut wanted = requested_addresses(req)?;
     wanted.extend(&ov.addresses);
-    let (v4, v6) = (conf.ipam.assign_ipv4(), conf.ipam.assign_ipv6());
+    let (v4, v6) = ov
+        .families
+        .unwrap_or((conf.ipam.assign_ipv4(), conf.ipam.assign_ipv6()));
     if wanted.is_empty() && !v4 && !v6 {
         return Err(CniError::invalid_config(
             "ipam.assign_ipv4 is \"false\" and ipam.assign_ipv6 is not \"true\": nothing to assign",

@@ -6,6 +6,7 @@
 //! commits the allocation together with the WorkloadEndpoint in one transaction; the pod's
 //! addresses and routes follow once both are done. Any failure undoes everything made.
 
+use crate::annotations;
 use crate::endpoint::{PodMeta, network_profile, workload_endpoint};
 use crate::workload::{Context, format_mac, parse_mac, random_mac};
 use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC};
@@ -68,6 +69,10 @@ struct PodOverrides {
     /// `ipAddrsNoIpam`: addresses used as given, no IPAM at all.
     no_ipam: Vec<IpAddr>,
     mac: Option<[u8; 6]>,
+    /// `allowedSourcePrefixes`, normalised.
+    source_prefixes: Vec<String>,
+    /// `floatingIPs`, validated (the feature is on): they become the endpoint's `ipNATs`.
+    floating_ips: Vec<String>,
 }
 
 fn json_list(v: Option<&String>, what: &str) -> Result<Option<Vec<String>>, CniError> {
@@ -96,19 +101,39 @@ fn pod_overrides(ctx: &Context, pod: Option<&PodMeta>) -> Result<PodOverrides, C
         ipam: Overrides::default(),
         no_ipam: Vec::new(),
         mac: None,
+        source_prefixes: Vec::new(),
+        floating_ips: Vec::new(),
     };
     let Some(pod) = pod else {
         return Ok(out);
     };
-    const P: &str = "cni.projectcalico.org/";
+    const P: &str = annotations::PREFIX;
+    // The pod's annotation if set (non-empty), else the namespace's, as CmdAddK8s.
     let pick = |name: &str| {
+        let key = format!("{P}{name}");
         pod.annotations
-            .get(&format!("{P}{name}"))
-            .or_else(|| pod.namespace_annotations.get(&format!("{P}{name}")))
+            .get(&key)
+            .filter(|v| !v.is_empty())
+            .or_else(|| pod.namespace_annotations.get(&key))
+            .filter(|v| !v.is_empty())
     };
     out.ipam.v4_pools = json_list(pick("ipv4pools"), "ipv4pools")?;
     out.ipam.v6_pools = json_list(pick("ipv6pools"), "ipv6pools")?;
+    // Like the pool annotations, only Calico IPAM reads ipFamilies.
+    if ctx.ipam_in_process() {
+        out.ipam.families = pick("ipFamilies")
+            .map(|v| annotations::ip_families(v))
+            .transpose()?;
+    }
     out.ipam.namespace_labels = pod.namespace_labels.clone();
+    let own = |name: &str| {
+        pod.annotations
+            .get(&format!("{P}{name}"))
+            .map_or("", String::as_str)
+    };
+    out.source_prefixes = annotations::allowed_source_prefixes(own("allowedSourcePrefixes"))?;
+    out.floating_ips =
+        annotations::floating_ips(own("floatingIPs"), ctx.conf.feature_control.floating_ips)?;
     let ip_addrs = json_list(pod.annotations.get(&format!("{P}ipAddrs")), "ipAddrs")?;
     let no_ipam = json_list(
         pod.annotations.get(&format!("{P}ipAddrsNoIpam")),
@@ -148,12 +173,14 @@ fn pod_overrides(ctx: &Context, pod: Option<&PodMeta>) -> Result<PodOverrides, C
 
 /// The endpoint (and, without `policy.type`, the network's profile if missing) as writes
 /// guarded on what the snapshot saw.
+#[allow(clippy::too_many_arguments)]
 fn endpoint_writes(
     ctx: &Context,
     req: &Request,
     addresses: &[IpNet],
     mac: &[u8; 6],
     pod: Option<&PodMeta>,
+    ov: &PodOverrides,
     current: impl Fn(&str) -> Option<Kv>,
 ) -> Result<Extra, CniError> {
     let mut wep = workload_endpoint(
@@ -164,6 +191,8 @@ fn endpoint_writes(
         &req.network_name,
         pod,
     );
+    wep.spec.allow_spoofed_source_prefixes = ov.source_prefixes.clone();
+    wep.spec.ip_nats = annotations::ip_nats(&ov.floating_ips, addresses)?;
     let existing = current(&ctx.wep_key);
     match existing
         .as_ref()
@@ -299,7 +328,14 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         .chain(calico_ipam::cni::requested_addresses(req)?)
         .collect();
     let (v4, v6) = if requested.is_empty() {
-        (ctx.conf.ipam.assign_ipv4(), ctx.conf.ipam.assign_ipv6())
+        let families = ov.ipam.families;
+        if families == Some((false, false)) && ctx.ipam_in_process() && ov.no_ipam.is_empty() {
+            return Err(CniError::invalid_config(format!(
+                "annotation {}ipFamilies lists no address family: nothing to assign",
+                annotations::PREFIX
+            )));
+        }
+        families.unwrap_or((ctx.conf.ipam.assign_ipv4(), ctx.conf.ipam.assign_ipv6()))
     } else {
         (
             requested.iter().any(IpAddr::is_ipv4),
@@ -344,7 +380,7 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                     // others, the kernel thread swaps them; a failed commit removes the
                     // whole interface anyway.
                     kernel.configure(addrs);
-                    endpoint_writes(ctx, req, addrs, &mac, pod, |k| snapshot_key(snap, k))
+                    endpoint_writes(ctx, req, addrs, &mac, pod, &ov, |k| snapshot_key(snap, k))
                         .map_err(IpamError::Caller)
                 },
             )
@@ -560,7 +596,7 @@ fn add_delegated(
         e
     };
     wait_created().map_err(fail)?;
-    let extra = endpoint_writes(ctx, req, &addrs, mac, pod, current).map_err(fail)?;
+    let extra = endpoint_writes(ctx, req, &addrs, mac, pod, ov, current).map_err(fail)?;
     match deps.store.txn(&extra.guards, &extra.writes) {
         Ok(o) if o.applied() => Ok((addrs, routes)),
         Ok(_) => Err(fail(CniError::try_again_later(format!(
