@@ -340,15 +340,18 @@ pub fn add(
     req: &Request,
     node: &str,
 ) -> Result<CniResult, CniError> {
-    let all = allocate(
-        store,
-        conf,
-        req,
-        node,
-        &Overrides::default(),
-        &[],
-        &mut no_extra,
-    )?;
+    add_with(store, conf, req, node, &Overrides::default())
+}
+
+/// As [`add`], with overrides (the binary passes the namespace's labels).
+pub fn add_with(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+    ov: &Overrides,
+) -> Result<CniResult, CniError> {
+    let all = allocate(store, conf, req, node, ov, &[], &mut no_extra)?;
     Ok(result_of(&all))
 }
 

@@ -5,7 +5,9 @@
 //! - [`allocator`]: affine blocks, claiming, borrowing, release, all as guarded
 //!   transactions over a [`calico_datastore::KvStore`];
 //! - [`lock`]: the host-wide IPAM lock;
-//! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin.
+//! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin;
+//! - [`kubernetes`]: the pod namespace's labels from the Kubernetes API (pools'
+//!   `namespaceSelector`).
 
 pub mod allocator;
 #[cfg(test)]
@@ -13,6 +15,7 @@ mod allocator_tests;
 pub mod block;
 pub mod cni;
 pub mod error;
+pub mod kubernetes;
 pub mod lock;
 pub mod pools;
 

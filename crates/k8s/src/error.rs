@@ -21,7 +21,8 @@ pub enum K8sError {
         message: String,
     },
 
-    /// 404 for the object: `kind` is `"Pod"` or `"Namespace"`, `name` is `ns/pod` or `ns`.
+    /// 404 for the object: `kind` is `"Pod"`, `"Namespace"` or `"Node"`, `name` is `ns/pod`,
+    /// `ns` or the node's name.
     #[error("{kind} {name} not found on the Kubernetes API server at {url}")]
     NotFound {
         kind: &'static str,

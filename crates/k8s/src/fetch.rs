@@ -83,7 +83,7 @@ async fn fetch_both(
     ))
 }
 
-async fn get<T: DeserializeOwned>(
+pub(crate) async fn get<T: DeserializeOwned>(
     client: &kube::Client,
     url: &str,
     path: &str,
@@ -104,7 +104,7 @@ async fn get<T: DeserializeOwned>(
 
 /// A path segment with everything but RFC 3986's unreserved characters percent-encoded, so
 /// a name can only ever name one object.
-fn segment(name: &str) -> String {
+pub(crate) fn segment(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -118,7 +118,11 @@ fn segment(name: &str) -> String {
 
 /// Sorts kube's error into what the caller acts on. `request` is the path and the object
 /// (kind, name) when the error answers a GET.
-fn classify(e: kube::Error, url: &str, request: Option<(&str, (&'static str, &str))>) -> K8sError {
+pub(crate) fn classify(
+    e: kube::Error,
+    url: &str,
+    request: Option<(&str, (&'static str, &str))>,
+) -> K8sError {
     let url = url.to_string();
     let what = request.map_or_else(String::new, |(path, _)| format!("GET {path}: "));
     match e {

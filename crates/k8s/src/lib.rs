@@ -8,6 +8,8 @@
 //!   win over the kubeconfig, as with client-go's `ConfigOverrides`.
 //! - Both GETs go out at once on a private single-threaded runtime, so a call costs one round
 //!   trip (plus the TLS handshakes, also concurrent); the public API is blocking.
+//! - A Namespace alone and a Node are read the same way ([`fetch_namespace`],
+//!   [`fetch_node`]).
 //! - Objects are requested as JSON and read into small structs of what Calico uses: the
 //!   typed `k8s-openapi` objects are not used ([`convert`]).
 
@@ -15,6 +17,7 @@ pub mod config;
 pub mod convert;
 mod error;
 mod fetch;
+mod single;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 pub use error::K8sError;
 pub use fetch::fetch_pod_and_namespace;
+pub use single::{fetch_namespace, fetch_node};
 
 /// How the call reaches the API server: the kubeconfig plus the network conf's overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,4 +107,15 @@ pub struct Namespace {
     pub labels: BTreeMap<String, String>,
     /// `cni.projectcalico.org/ipv4pools`, `ipv6pools` and `ipFamilies` live here.
     pub annotations: BTreeMap<String, String>,
+}
+
+/// What Calico takes from a Node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// `spec.podCIDR` (empty if none).
+    pub pod_cidr: String,
+    /// `spec.podCIDRs`: what Calico reads for host-local's `usePodCidr` (the API server keeps
+    /// its first entry equal to `podCIDR`).
+    pub pod_cidrs: Vec<String>,
 }

@@ -3,8 +3,8 @@
 //!
 //! It is not an API server. It serves only what Calico's CNI plugin reads, from recorded
 //! objects (the JSON `kubectl get -o json` prints, see `testdata/k8s/`):
-//! - `GET /api/v1/namespaces/{ns}/pods/{name}` and `GET /api/v1/namespaces/{ns}`: the
-//!   recorded object, or a 404 `Status` naming it;
+//! - `GET /api/v1/namespaces/{ns}/pods/{name}`, `GET /api/v1/namespaces/{ns}` and
+//!   `GET /api/v1/nodes/{name}`: the recorded object, or a 404 `Status` naming it;
 //! - a request without `Authorization: Bearer <current token>`: 401 `Status`, whatever the
 //!   path (the API server authenticates first);
 //! - anything else: 404 `Status`.
@@ -116,9 +116,9 @@ impl K8sApiStandIn {
         })
     }
 
-    /// Records an object: a Pod (served at `/api/v1/namespaces/{ns}/pods/{name}`) or a
-    /// Namespace (`/api/v1/namespaces/{name}`), decided by its `kind`. Replaces an object
-    /// at the same path.
+    /// Records an object: a Pod (served at `/api/v1/namespaces/{ns}/pods/{name}`), a
+    /// Namespace (`/api/v1/namespaces/{name}`) or a Node (`/api/v1/nodes/{name}`), decided
+    /// by its `kind`. Replaces an object at the same path.
     ///
     /// Panics if the object is neither or lacks a name (a Pod also needs a namespace): a
     /// fixture that silently serves nothing would fail tests far from the cause.
@@ -279,12 +279,13 @@ fn object_path(json: &Value) -> Result<String> {
     let name = field("name").ok_or_else(|| anyhow!("the object has no metadata.name"))?;
     match json.get("kind").and_then(Value::as_str) {
         Some("Namespace") => Ok(format!("/api/v1/namespaces/{name}")),
+        Some("Node") => Ok(format!("/api/v1/nodes/{name}")),
         Some("Pod") => {
             let ns = field("namespace")
                 .ok_or_else(|| anyhow!("pod {name} has no metadata.namespace"))?;
             Ok(format!("/api/v1/namespaces/{ns}/pods/{name}"))
         }
-        other => bail!("{name}: kind {other:?} is not served (only Pod and Namespace)"),
+        other => bail!("{name}: kind {other:?} is not served (only Pod, Namespace and Node)"),
     }
 }
 
@@ -370,6 +371,12 @@ fn route(state: &mut State, request: &Request<Incoming>) -> Response<Full<Bytes>
             &format!("pods \"{name}\" not found"),
             Some(("pods", name)),
         ),
+        ["api", "v1", "nodes", name] => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("nodes \"{name}\" not found"),
+            Some(("nodes", name)),
+        ),
         ["api", "v1", "namespaces", name] => status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -432,7 +439,9 @@ mod tests {
         let ns = json!({"kind": "Namespace", "metadata": {"name": "team-a"}});
         assert_eq!(object_path(&ns).unwrap(), "/api/v1/namespaces/team-a");
         let node = json!({"kind": "Node", "metadata": {"name": "node-1"}});
-        assert!(object_path(&node).is_err());
+        assert_eq!(object_path(&node).unwrap(), "/api/v1/nodes/node-1");
+        let service = json!({"kind": "Service", "metadata": {"name": "kubernetes"}});
+        assert!(object_path(&service).is_err());
         let nameless = json!({"kind": "Pod", "metadata": {"namespace": "default"}});
         assert!(object_path(&nameless).is_err());
     }
@@ -452,6 +461,7 @@ mod tests {
                 "/api/v1/namespaces/default/pods/noipam",
                 "/api/v1/namespaces/team-a",
                 "/api/v1/namespaces/team-a/pods/web",
+                "/api/v1/nodes/node-1",
             ]
         );
         assert!(api.url().starts_with("https://127.0.0.1:"));

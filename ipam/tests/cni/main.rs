@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod lab;
+mod namespace;
 mod verbs;

@@ -41,11 +41,20 @@ fn run<T>(
     } else {
         None
     };
+    // Without the pod (which brings its namespace), Calico IPAM still reads the namespace's
+    // labels for the pools' namespaceSelector when a kubeconfig is set.
+    let namespace_labels = if with_pod && pod.is_none() && ctx.ipam_in_process() {
+        let explicit = !calico_ipam::cni::requested_addresses(req)?.is_empty();
+        calico_ipam::kubernetes::labels_for_auto_assign(&ctx.conf, &ctx.workload, explicit)?
+    } else {
+        None
+    };
     let deps = Deps {
         store: &store,
         dataplane: &LinuxDataplane,
         mtu_file: Path::new(DEFAULT_MTU_FILE),
         pod,
+        namespace_labels,
     };
     let out = verb(&ctx, &deps);
     // The process exits right after the answer is printed: the kernel closes the

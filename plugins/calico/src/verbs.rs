@@ -20,7 +20,7 @@ use cni_protocol::{
     CniError, CniResult, Command, ErrorCode, Interface, IpConfig, Request, Route, delegate,
 };
 use ipnet::IpNet;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::SystemTime;
@@ -96,15 +96,18 @@ fn addresses_of(list: Vec<String>, what: &str) -> Result<Vec<IpAddr>, CniError> 
         .collect()
 }
 
-fn pod_overrides(ctx: &Context, pod: Option<&PodMeta>) -> Result<PodOverrides, CniError> {
+fn pod_overrides(ctx: &Context, deps: &Deps<'_>) -> Result<PodOverrides, CniError> {
     let mut out = PodOverrides {
-        ipam: Overrides::default(),
+        ipam: Overrides {
+            namespace_labels: deps.namespace_labels.clone().unwrap_or_default(),
+            ..Overrides::default()
+        },
         no_ipam: Vec::new(),
         mac: None,
         source_prefixes: Vec::new(),
         floating_ips: Vec::new(),
     };
-    let Some(pod) = pod else {
+    let Some(pod) = deps.pod.as_ref() else {
         return Ok(out);
     };
     const P: &str = annotations::PREFIX;
@@ -305,6 +308,9 @@ pub struct Deps<'a> {
     pub mtu_file: &'a Path,
     /// From the Kubernetes API when `policy.type` is `k8s`.
     pub pod: Option<PodMeta>,
+    /// The namespace's labels when there is no `pod` but Calico IPAM reads them (a
+    /// kubeconfig is set): the pools' `namespaceSelector`.
+    pub namespace_labels: Option<BTreeMap<String, String>>,
 }
 
 /// ADD.
@@ -316,7 +322,7 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         .clone()
         .ok_or_else(|| CniError::invalid_env("CNI_NETNS is missing"))?;
     let pod = deps.pod.as_ref();
-    let ov = pod_overrides(ctx, pod)?;
+    let ov = pod_overrides(ctx, deps)?;
     let mac = ov.mac.unwrap_or_else(random_mac);
     let mtu = ctx.mtu(deps.mtu_file)?;
     let requested: Vec<IpAddr> = ov

@@ -10,6 +10,7 @@ mod datastore;
 mod failures;
 mod gc_check;
 mod keeper;
+mod kubeconfig;
 mod lifecycle;
 mod scale;
 mod seed;
