@@ -1,5 +1,6 @@
-//! `policy.type: k8s`: the pod and its namespace from the Kubernetes API (the kubeconfig is
-//! read again on every call, so a rotated token works at once).
+//! What the plugin reads from the Kubernetes API: for `policy.type: k8s` the pod and its
+//! namespace; for host-local's `usePodCidr` the node's pod CIDRs. The kubeconfig is read
+//! again on every call, so a rotated token works at once.
 
 use crate::endpoint::PodMeta;
 use crate::workload::Context;
@@ -42,4 +43,28 @@ pub fn pod_meta(ctx: &Context) -> Result<PodMeta, CniError> {
         namespace_labels: ns.labels,
         namespace_annotations: ns.annotations,
     })
+}
+
+/// The node's pod CIDRs by family, for host-local's `usePodCidr`: the Node named
+/// `kubernetes.node_name` (else this node's name), its `spec.podCIDRs`. Mirrors k8s.go
+/// `getPodCidrs` and `getIPsByFamily`, errors included ("no podCidr for node ...").
+pub fn node_pod_cidrs(ctx: &Context) -> Result<(Option<String>, Option<String>), CniError> {
+    let name = if ctx.conf.kubernetes.node_name.is_empty() {
+        ctx.node.as_str()
+    } else {
+        ctx.conf.kubernetes.node_name.as_str()
+    };
+    let node = calico_k8s::fetch_node(&client_config(ctx), name).map_err(|e| match e {
+        // A missing Node means no pod CIDR to use: the config cannot work on this node.
+        e @ calico_k8s::K8sError::NotFound { .. } => {
+            CniError::invalid_config(format!("usePodCidr needs the node's pod CIDRs: {e}"))
+        }
+        e => calico_ipam::kubernetes::api_error(e),
+    })?;
+    if node.pod_cidrs.is_empty() {
+        return Err(CniError::invalid_config(format!(
+            "no podCidr for node {name}"
+        )));
+    }
+    crate::host_local::cidrs_by_family(&node.pod_cidrs)
 }

@@ -4,11 +4,13 @@
 //! - [`endpoint`]: the WorkloadEndpoint and Profile records;
 //! - [`annotations`]: Calico's pod annotations beyond IPAM (`ipFamilies`, `floatingIPs`,
 //!   `allowedSourcePrefixes`);
-//! - [`kubernetes`]: the pod and namespace for `policy.type: k8s`;
+//! - [`host_local`]: Calico's special cases for host-local IPAM (`usePodCidr`, `routes`);
+//! - [`kubernetes`]: the pod and namespace for `policy.type: k8s`, the node's pod CIDRs;
 //! - [`verbs`]: ADD, DEL, CHECK, GC, STATUS over a datastore and a dataplane.
 
 pub mod annotations;
 pub mod endpoint;
+pub mod host_local;
 pub mod kubernetes;
 pub mod verbs;
 pub mod workload;

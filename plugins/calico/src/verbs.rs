@@ -356,6 +356,7 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         pod_mac: mac,
         v4,
         v6,
+        routes: crate::host_local::routes_for(ctx, req)?,
         allow_ip_forwarding: ctx.conf.container_settings.allow_ip_forwarding,
     };
     let mut extra_keys = vec![cluster_information_key(), ctx.wep_key.clone()];
@@ -755,6 +756,7 @@ pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniErr
         pod_mac: [0; 6],
         v4: addrs.iter().any(|a| a.addr().is_ipv4()),
         v6: addrs.iter().any(|a| a.addr().is_ipv6()),
+        routes: crate::host_local::routes_for(ctx, req)?,
         allow_ip_forwarding: false,
     };
     let seen = deps
@@ -792,23 +794,23 @@ pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniErr
             req.env.ifname
         )));
     }
-    let route_there = |dst: &str, gw: Option<IpAddr>| {
+    let route_there = |dst: &IpNet, gw: Option<IpAddr>| {
         seen.pod_routes
             .iter()
-            .any(|r| r.dst.to_string() == dst && r.gateway == gw)
+            .any(|r| r.dst == *dst && r.gateway == gw)
     };
-    if spec.v4 {
-        if !route_there("169.254.1.1/32", None) {
-            return Err(mismatch("the pod has no route to 169.254.1.1"));
-        }
-        if !route_there("0.0.0.0/0", Some(IpAddr::V4(GATEWAY_V4))) {
-            return Err(mismatch("the pod has no default route via 169.254.1.1"));
-        }
+    if spec.v4 && !route_there(&IpNet::from(IpAddr::V4(GATEWAY_V4)), None) {
+        return Err(mismatch("the pod has no route to 169.254.1.1"));
     }
-    if spec.v6 && !route_there("::/0", Some(IpAddr::V6(GATEWAY_V6))) {
-        return Err(mismatch(
-            "the pod has no IPv6 default route via fe80::ecee:eeff:feee:eeee",
-        ));
+    for dst in &spec.routes {
+        let gw = match dst {
+            IpNet::V4(_) if spec.v4 => IpAddr::V4(GATEWAY_V4),
+            IpNet::V6(_) if spec.v6 => IpAddr::V6(GATEWAY_V6),
+            _ => continue,
+        };
+        if !route_there(dst, Some(gw)) {
+            return Err(mismatch(format!("the pod has no route to {dst} via {gw}")));
+        }
     }
     for a in &addrs {
         let ok = seen

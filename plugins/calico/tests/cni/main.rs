@@ -9,6 +9,7 @@ mod common;
 mod datastore;
 mod failures;
 mod gc_check;
+mod host_local;
 mod keeper;
 mod kubeconfig;
 mod lifecycle;
