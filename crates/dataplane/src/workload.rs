@@ -29,6 +29,8 @@ pub struct WorkloadSpec {
     pub host_ifname: String,
     /// `None` leaves the kernel default (1500).
     pub mtu: Option<u32>,
+    /// Transmit and receive queues of each end (`num_queues`; Calico's default is 1).
+    pub num_queues: u32,
     pub pod_mac: [u8; 6],
     /// Which families the pod will have (sysctls and routes depend on it).
     pub v4: bool,
@@ -244,6 +246,7 @@ impl Dataplane for LinuxDataplane {
                 spec.pod_mac,
                 &ns,
                 spec.mtu,
+                spec.num_queues,
                 up_at_once,
             )
         };

@@ -16,6 +16,7 @@ fn spec(pod: &NetNs, host_if: &str) -> WorkloadSpec {
         ifname: "eth0".into(),
         host_ifname: host_if.into(),
         mtu: Some(1440),
+        num_queues: 1,
         pod_mac: [0x02, 0x11, 0x22, 0x33, 0x44, 0x55],
         v4: true,
         v6: true,
@@ -191,4 +192,32 @@ fn custom_pod_routes_replace_the_defaults() {
             .unwrap()
     })
     .unwrap();
+}
+
+/// Mirrors dataplane_linux.go `DoWorkloadNetnsSetUp` (`NumTxQueues`/`NumRxQueues` on the veth,
+/// which netlink sets on both ends): each end has exactly `num_queues` queues.
+#[test]
+fn both_ends_get_the_queues_asked_for() {
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    for queues in [1, 4] {
+        let pod = NetNs::new("pod").unwrap();
+        let host_if = format!("cali{}", &testkit::unique_name("q")[2..]);
+        let s = WorkloadSpec {
+            num_queues: queues,
+            ..spec(&pod, &host_if)
+        };
+        node.within(|| LinuxDataplane.create(&s).unwrap()).unwrap();
+        let want = format!("numtxqueues {queues} numrxqueues {queues} ");
+        let host = node.sh(&format!("ip -d link show {host_if}")).unwrap();
+        assert!(host.contains(&want), "host end: {host}");
+        let inside = pod.sh("ip -d link show eth0").unwrap();
+        assert!(inside.contains(&want), "pod end: {inside}");
+        node.within(|| {
+            LinuxDataplane
+                .remove(Some(&s.netns), "eth0", &host_if)
+                .unwrap()
+        })
+        .unwrap();
+    }
 }
