@@ -16,6 +16,7 @@ pub mod dns;
 pub mod driver;
 pub mod etcd;
 pub mod gate;
+pub mod http;
 pub mod k8s;
 pub mod netns;
 pub mod node;

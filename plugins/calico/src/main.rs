@@ -5,7 +5,7 @@ use calico_dataplane::LinuxDataplane;
 use calico_netconf::{DEFAULT_MTU_FILE, NetConf};
 use calico_plugin::verbs::{self, Deps};
 use calico_plugin::workload::Context;
-use calico_plugin::{host_local, kubernetes};
+use calico_plugin::{host_local, kubernetes, readiness};
 use cni_protocol::logging::LogSettings;
 use cni_protocol::{CniError, CniResult, ErrorCode, Plugin, Request};
 use std::path::Path;
@@ -37,6 +37,10 @@ fn run<T>(
     verb: impl FnOnce(&Request, &Context, &Deps<'_>) -> Result<T, CniError>,
 ) -> Result<T, CniError> {
     let (ctx, store) = setup(req)?;
+    if with_pod {
+        // Calico waits for its readiness gates before anything else of the ADD.
+        readiness::wait_for_gates(&ctx.conf.readiness_gates)?;
+    }
     let rewritten = if with_pod && host_local::applies(&ctx) {
         host_local::rewritten(req, &mut || kubernetes::node_pod_cidrs(&ctx))?
     } else if !with_pod && ctx.conf.ipam.ipam_type == "host-local" {
