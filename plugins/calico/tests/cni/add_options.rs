@@ -46,8 +46,10 @@ fn readiness_gates_hold_the_add_until_ready() {
     assert_eq!(http.requests(), ["/ready", "/ready-too"]);
     rt.del(NET, &pod.path(), &args).unwrap().unwrap();
 
-    // Not ready at the first poll (the 3rd request overall), ready at the second.
+    // Not ready at the first poll (the 3rd request overall), ready at the second. A new
+    // sandbox, as a runtime makes one (the old interface goes in the background).
     c.install(0, &gates(&[http.url("/later")])).unwrap();
+    let pod = NetNs::new("gate2").unwrap();
     let started = Instant::now();
     rt.add(NET, &pod.path(), &args).unwrap().unwrap();
     let took = started.elapsed();
@@ -57,6 +59,7 @@ fn readiness_gates_hold_the_add_until_ready() {
 
     // A gate that is not a URL: code 7 at once.
     c.install(0, &gates(&["not a url".to_string()])).unwrap();
+    let pod = NetNs::new("gate3").unwrap();
     let e = rt.add(NET, &pod.path(), &args).unwrap().unwrap_err();
     assert_eq!(e.code, Some(7), "{e}");
     assert!(e.msg.contains("ReadinessGates"), "{e}");

@@ -56,7 +56,9 @@ fn the_environment_chooses_etcd() {
         .unwrap();
     assert_eq!(endpoint_count(&c), 0);
 
-    // DATASTORE_TYPE=kubernetes in the environment beats the endpoints.
+    // DATASTORE_TYPE=kubernetes in the environment beats the endpoints (a new sandbox: the
+    // old one's interface goes in the background).
+    let pod = NetNs::new("envds2").unwrap();
     let e = c
         .runtime(0)
         .with_env("ETCD_ENDPOINTS", "https://10.10.0.174:2379")

@@ -127,9 +127,11 @@ fn host_local_routes_replace_the_pods_default_routes() {
     rt.check(NET, &pod.path(), &args).unwrap().unwrap();
     rt.del(NET, &pod.path(), &args).unwrap().unwrap();
 
-    // include_default_routes: the defaults as well.
+    // include_default_routes: the defaults as well (a new sandbox, as a runtime makes one:
+    // the old one's interface is still being deleted in the background).
     list["plugins"][0]["include_default_routes"] = json!(true);
     c.install(0, &list).unwrap();
+    let pod = NetNs::new("hlr2").unwrap();
     rt.add(NET, &pod.path(), &args).unwrap().unwrap();
     let shown = pod.sh("ip -4 route show").unwrap();
     assert!(shown.contains("default via 169.254.1.1"), "{shown}");
