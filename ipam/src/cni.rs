@@ -106,7 +106,7 @@ fn machine_hostname() -> Option<String> {
 
 /// Connects to etcd per the config; Calico's Kubernetes datastore is not supported.
 pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
-    match conf.datastore_type() {
+    match conf.datastore_type(|k| std::env::var(k).ok()).as_str() {
         "etcdv3" => {}
         other => {
             return Err(CniError::new(
@@ -116,6 +116,7 @@ pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
         }
     }
     let settings = conf.etcd(|k| std::env::var(k).ok());
+    settings.check()?;
     Etcd::connect(&EtcdConfig::from_settings(&settings)).map_err(store_error)
 }
 
@@ -261,6 +262,8 @@ pub struct Overrides {
     pub addresses: Vec<IpAddr>,
     /// The pod namespace's labels (pools' `namespaceSelector`).
     pub namespace_labels: BTreeMap<String, String>,
+    /// Replace `ipam.assign_ipv4` / `assign_ipv6` (the `ipFamilies` annotation).
+    pub families: Option<(bool, bool)>,
 }
 
 /// Builds writes to commit together with the allocation (or release), from the addresses and
@@ -317,7 +320,9 @@ pub fn allocate_detailed(
     let attrs = workload.attributes(SystemTime::now());
     let mut wanted = requested_addresses(req)?;
     wanted.extend(&ov.addresses);
-    let (v4, v6) = (conf.ipam.assign_ipv4(), conf.ipam.assign_ipv6());
+    let (v4, v6) = ov
+        .families
+        .unwrap_or((conf.ipam.assign_ipv4(), conf.ipam.assign_ipv6()));
     if wanted.is_empty() && !v4 && !v6 {
         return Err(CniError::invalid_config(
             "ipam.assign_ipv4 is \"false\" and ipam.assign_ipv6 is not \"true\": nothing to assign",
@@ -428,15 +433,18 @@ pub fn add(
     req: &Request,
     node: &str,
 ) -> Result<CniResult, CniError> {
-    let allocation = allocate_detailed(
-        store,
-        conf,
-        req,
-        node,
-        &Overrides::default(),
-        &[],
-        &mut no_extra,
-    )?;
+    add_with(store, conf, req, node, &Overrides::default())
+}
+
+/// As [`add`], with overrides (the binary passes the namespace's labels).
+pub fn add_with(
+    store: &dyn KvStore,
+    conf: &NetConf,
+    req: &Request,
+    node: &str,
+    ov: &Overrides,
+) -> Result<CniResult, CniError> {
+    let allocation = allocate_detailed(store, conf, req, node, ov, &[], &mut no_extra)?;
     Ok(result_of(&allocation))
 }
 

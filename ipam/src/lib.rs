@@ -8,7 +8,9 @@
 //! - [`host`]: taking a node out of IPAM (its addresses, affinities and empty blocks);
 //! - [`lock`]: the host-wide IPAM lock;
 //! - [`kubevirt`]: KubeVirt VMs keep their addresses across their pods;
-//! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin.
+//! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin;
+//! - [`kubernetes`]: the pod namespace's labels from the Kubernetes API (pools'
+//!   `namespaceSelector`).
 
 pub mod allocator;
 #[cfg(test)]
@@ -18,6 +20,7 @@ pub mod cni;
 pub mod error;
 pub mod gc;
 pub mod host;
+pub mod kubernetes;
 pub mod kubevirt;
 pub mod lock;
 pub mod pools;

@@ -1,7 +1,7 @@
 //! `calico-ipam`: Calico-compatible IP address management on etcd, as a CNI IPAM plugin.
 
 use calico_dataplane::Dataplane;
-use calico_ipam::cni;
+use calico_ipam::{cni, kubernetes};
 use calico_netconf::NetConf;
 use cni_protocol::logging::LogSettings;
 use cni_protocol::{CniError, CniResult, Plugin, Request};
@@ -35,7 +35,17 @@ impl Plugin for CalicoIpam {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let (conf, node, store) = setup(req)?;
-        cni::add(&store, &conf, req, &node)
+        // The pools' namespaceSelector needs the namespace's labels (read as Calico does:
+        // with a kubeconfig or policy.type k8s, for automatic assignments).
+        let workload = cni::Workload::from_request(req, &node);
+        let explicit = !cni::requested_addresses(req)?.is_empty();
+        let namespace_labels =
+            kubernetes::labels_for_auto_assign(&conf, &workload, explicit)?.unwrap_or_default();
+        let ov = cni::Overrides {
+            namespace_labels,
+            ..cni::Overrides::default()
+        };
+        cni::add_with(&store, &conf, req, &node, &ov)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

@@ -280,7 +280,9 @@ impl Netlink {
     /// Creates a veth pair in one request: `name` here, `peer` directly inside `peer_ns`
     /// (no move between namespaces, which costs the kernel a `synchronize_net`); `name` comes
     /// up at once if `up` (the peer cannot: the kernel opens it before the pair is joined,
-    /// and a veth without its peer refuses to open).
+    /// and a veth without its peer refuses to open). Both ends get `queues` transmit and
+    /// receive queues (`IFLA_NUM_TX_QUEUES`/`IFLA_NUM_RX_QUEUES`; the kernel's default for a
+    /// veth is one per possible CPU).
     /// `Ok(false)` if a link of either name already exists.
     #[allow(clippy::too_many_arguments)]
     pub fn add_veth(
@@ -291,6 +293,7 @@ impl Netlink {
         peer_mac: [u8; 6],
         peer_ns: &File,
         mtu: Option<u32>,
+        queues: u32,
         up: bool,
     ) -> Result<bool, DataplaneError> {
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
@@ -307,9 +310,16 @@ impl Netlink {
             peer_msg = peer_msg.mtu(mtu);
             msg = msg.mtu(mtu);
         }
-        let msg = msg
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+        let queue_counts = [
+            LinkAttribute::NumTxQueues(queues),
+            LinkAttribute::NumRxQueues(queues),
+        ];
+        let mut peer_msg = peer_msg.build();
+        peer_msg.attributes.extend(queue_counts.clone());
+        let mut msg = msg
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
+        msg.attributes.extend(queue_counts);
         match self.rt.block_on(self.handle.link().add(msg).execute()) {
             Ok(()) => Ok(true),
             Err(e) if matches!(errno(&e), Some(EEXIST)) => Ok(false),

@@ -30,12 +30,25 @@ pub struct WorkloadSpec {
     pub host_ifname: String,
     /// `None` leaves the kernel default (1500).
     pub mtu: Option<u32>,
+    /// Transmit and receive queues of each end (`num_queues`; Calico's default is 1).
+    pub num_queues: u32,
     pub pod_mac: [u8; 6],
     /// Which families the pod will have (sysctls and routes depend on it).
     pub v4: bool,
     pub v6: bool,
+    /// The pod's routes, each via the gateway of its family ([`default_routes`] unless the
+    /// config names others); a route of a family the pod does not have is skipped.
+    pub routes: Vec<IpNet>,
     /// `container_settings.allow_ip_forwarding`.
     pub allow_ip_forwarding: bool,
+}
+
+/// Calico's pod routes (`utils.DefaultRoutes`): everything, in both families.
+pub fn default_routes() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(ipnet::Ipv4Net::default()),
+        IpNet::V6(ipnet::Ipv6Net::default()),
+    ]
 }
 
 /// The two ends [`Dataplane::create`] made, by interface index (so configuring them needs no
@@ -140,10 +153,15 @@ fn host_sysctls(host: &Netlink, index: u32, spec: &WorkloadSpec) -> Result<(), D
     Ok(())
 }
 
-/// The pod's routes: everything via 169.254.1.1 (IPv4) or the host end's link-local (IPv6).
-fn pod_gateways(pod: &Netlink, index: u32, v4: bool, v6: bool) -> Result<(), DataplaneError> {
-    let any =
-        |ip: IpAddr| IpNet::new(ip, 0).map_err(|e| DataplaneError::netlink("default route", e));
+/// The pod's routes (of the families asked for): each via 169.254.1.1 (IPv4, reached by a
+/// link route) or the host end's link-local address (IPv6), as Calico's dataplane adds them.
+fn pod_gateways(
+    pod: &Netlink,
+    index: u32,
+    v4: bool,
+    v6: bool,
+    routes: &[IpNet],
+) -> Result<(), DataplaneError> {
     if v4 {
         pod.add_route(&NewRoute {
             dst: IpNet::from(IpAddr::V4(GATEWAY_V4)),
@@ -151,17 +169,16 @@ fn pod_gateways(pod: &Netlink, index: u32, v4: bool, v6: bool) -> Result<(), Dat
             oif: index,
             link_scope: true,
         })?;
-        pod.add_route(&NewRoute {
-            dst: any(IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
-            gateway: Some(IpAddr::V4(GATEWAY_V4)),
-            oif: index,
-            link_scope: false,
-        })?;
     }
-    if v6 {
+    for dst in routes {
+        let gateway = match dst {
+            IpNet::V4(_) if v4 => IpAddr::V4(GATEWAY_V4),
+            IpNet::V6(_) if v6 => IpAddr::V6(GATEWAY_V6),
+            _ => continue,
+        };
         pod.add_route(&NewRoute {
-            dst: any(IpAddr::V6(Ipv6Addr::UNSPECIFIED))?,
-            gateway: Some(IpAddr::V6(GATEWAY_V6)),
+            dst: *dst,
+            gateway: Some(gateway),
             oif: index,
             link_scope: false,
         })?;
@@ -228,6 +245,7 @@ impl Dataplane for LinuxDataplane {
                 spec.pod_mac,
                 &ns,
                 spec.mtu,
+                spec.num_queues,
                 up_at_once,
             )
         };
@@ -271,7 +289,7 @@ impl Dataplane for LinuxDataplane {
         pod.set_up(pod_index)?;
         // The pod's routes do not depend on its addresses: set them now, while the
         // allocation is still being committed, so only the addresses are left for later.
-        pod_gateways(&pod, pod_index, spec.v4, spec.v6)?;
+        pod_gateways(&pod, pod_index, spec.v4, spec.v6, &spec.routes)?;
         Ok(Links {
             host_index,
             pod_index,
@@ -289,7 +307,7 @@ impl Dataplane for LinuxDataplane {
         // plugin decides the families) gets its routes now.
         let v4 = addresses.iter().any(|a| a.addr().is_ipv4()) && !spec.v4;
         let v6 = addresses.iter().any(|a| a.addr().is_ipv6()) && !spec.v6;
-        pod_gateways(&pod, links.pod_index, v4, v6)?;
+        pod_gateways(&pod, links.pod_index, v4, v6, &spec.routes)?;
         pod_forwarding(&ns, spec, v4, v6)?;
         for a in addresses {
             // Calico puts /32 and /128 on the pod: everything else goes via the gateway.

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use calico_dataplane::netlink::ROUTE_PROTOCOL;
-use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC};
+use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC, default_routes};
 use calico_dataplane::{Dataplane, LinuxDataplane, WorkloadSpec};
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -16,9 +16,11 @@ fn spec(pod: &NetNs, host_if: &str) -> WorkloadSpec {
         ifname: "eth0".into(),
         host_ifname: host_if.into(),
         mtu: Some(1440),
+        num_queues: 1,
         pod_mac: [0x02, 0x11, 0x22, 0x33, 0x44, 0x55],
         v4: true,
         v6: true,
+        routes: default_routes(),
         allow_ip_forwarding: false,
     }
 }
@@ -204,4 +206,83 @@ fn a_late_deletion_takes_only_the_interface_it_was_given() {
         assert!(new_pod.sh("ip link show eth0").is_ok());
     })
     .unwrap();
+}
+
+/// Mirrors dataplane_linux.go `DoWorkloadNetnsSetUp`: the routes Calico is given (host-local's
+/// `ipam.routes`) replace the defaults, each via the gateway of its family; routes of a
+/// family the pod lacks are skipped.
+#[test]
+fn custom_pod_routes_replace_the_defaults() {
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    let pod = NetNs::new("pod").unwrap();
+    let host_if = format!("cali{}", &testkit::unique_name("r")[2..]);
+    let s = WorkloadSpec {
+        v6: false,
+        routes: vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+            "fd00:96::/64".parse().unwrap(),
+        ],
+        ..spec(&pod, &host_if)
+    };
+    let addrs: Vec<IpNet> = vec!["10.85.0.7/24".parse().unwrap()];
+    node.within(|| {
+        let dp = LinuxDataplane::default();
+        let links = dp.create(&s).unwrap();
+        dp.configure(&s, &links, &addrs).unwrap();
+    })
+    .unwrap();
+    let v4 = pod.sh("ip -4 route show").unwrap();
+    let mut lines: Vec<&str> = v4.lines().map(str::trim).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.0/12 via 169.254.1.1 dev eth0 proto 77",
+            "169.254.1.1 dev eth0 proto 77 scope link",
+            "192.168.0.0/16 via 169.254.1.1 dev eth0 proto 77",
+        ],
+        "{v4}"
+    );
+    let v6 = pod.sh("ip -6 route show").unwrap();
+    assert!(
+        !v6.contains("fd00:96::"),
+        "no IPv6 route in an IPv4 pod: {v6}"
+    );
+    node.within(|| {
+        LinuxDataplane::default()
+            .remove(Some(&s.netns), "eth0")
+            .unwrap()
+    })
+    .unwrap();
+}
+
+/// Mirrors dataplane_linux.go `DoWorkloadNetnsSetUp` (`NumTxQueues`/`NumRxQueues` on the veth,
+/// which netlink sets on both ends): each end has exactly `num_queues` queues.
+#[test]
+fn both_ends_get_the_queues_asked_for() {
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    for queues in [1, 4] {
+        let pod = NetNs::new("pod").unwrap();
+        let host_if = format!("cali{}", &testkit::unique_name("q")[2..]);
+        let s = WorkloadSpec {
+            num_queues: queues,
+            ..spec(&pod, &host_if)
+        };
+        node.within(|| LinuxDataplane::default().create(&s).unwrap())
+            .unwrap();
+        let want = format!("numtxqueues {queues} numrxqueues {queues} ");
+        let host = node.sh(&format!("ip -d link show {host_if}")).unwrap();
+        assert!(host.contains(&want), "host end: {host}");
+        let inside = pod.sh("ip -d link show eth0").unwrap();
+        assert!(inside.contains(&want), "pod end: {inside}");
+        node.within(|| {
+            LinuxDataplane::default()
+                .remove(Some(&s.netns), "eth0")
+                .unwrap()
+        })
+        .unwrap();
+    }
 }

@@ -16,6 +16,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
+    /// `etcd_discovery_srv`: find the endpoints in this domain's DNS SRV records
+    /// ([`crate::discovery`]); exclusive with `endpoints`.
+    pub discovery_srv: Option<String>,
     pub ca_cert_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -35,6 +38,7 @@ impl EtcdConfig {
     pub fn new(endpoints: Vec<String>) -> Self {
         EtcdConfig {
             endpoints,
+            discovery_srv: None,
             ca_cert_file: None,
             cert_file: None,
             key_file: None,
@@ -50,6 +54,7 @@ impl EtcdConfig {
             cert_file: s.cert_file.clone(),
             key_file: s.key_file.clone(),
             keeper: s.keeper,
+            discovery_srv: s.discovery_srv.clone(),
             ..EtcdConfig::new(s.endpoints.clone())
         }
     }
@@ -162,6 +167,30 @@ impl Etcd {
     /// Prepares the connection; it is established by the first request, to the first
     /// endpoint that accepts (see [`crate::transport`]).
     pub fn connect(config: &EtcdConfig) -> Result<Self, EtcdError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| EtcdError::Config(format!("cannot start the I/O runtime: {e}")))?;
+        let discovered;
+        let config = match &config.discovery_srv {
+            // As libcalico-go's NewEtcdV3Client: one way or the other, never both.
+            Some(_) if !config.endpoints.is_empty() => {
+                return Err(EtcdError::Config(
+                    "multiple discovery or bootstrap options specified, use either \
+                     etcd_endpoints or etcd_discovery_srv"
+                        .into(),
+                ));
+            }
+            Some(domain) => {
+                discovered = EtcdConfig {
+                    endpoints: crate::discovery::discover(&runtime, domain)?,
+                    discovery_srv: None,
+                    ..config.clone()
+                };
+                &discovered
+            }
+            None => config,
+        };
         if config.endpoints.is_empty() {
             return Err(EtcdError::Config("no etcd endpoints configured".into()));
         }
@@ -183,10 +212,6 @@ impl Etcd {
         if keeper.is_none() {
             let _ = tls.set(Ok(Dialing::tls_for(&targets, config)?));
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| EtcdError::Config(format!("cannot start the I/O runtime: {e}")))?;
         let uri = format!("http://{}", targets[0].authority);
         let endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| EtcdError::Config(format!("invalid etcd endpoint: {e}")))?;

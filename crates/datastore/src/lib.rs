@@ -4,9 +4,11 @@
 //!   stand-in for unit tests;
 //! - [`etcd`]: the real thing: one connection per invocation, plain or mutual TLS;
 //! - [`faults`]: crash injection for tests (a store that fails its Nth transaction);
+//! - [`discovery`]: etcd endpoints from DNS SRV records (`etcd_discovery_srv`);
 //! - [`keeper`]: a per-node holder of warm TLS connections, so calls skip the handshake;
 //! - [`model`]: Calico's keys and JSON, byte-compatible with Calico 3.32.
 
+pub mod discovery;
 pub mod etcd;
 pub mod faults;
 pub mod keeper;

@@ -21,8 +21,9 @@ pub enum K8sError {
         message: String,
     },
 
-    /// 404 for the object: `kind` is `"Pod"`, `"Namespace"`, `"VirtualMachineInstance"` or
-    /// `"VirtualMachine"`, `name` is `ns/name` (or `ns` for a Namespace).
+    /// 404 for the object: `kind` is `"Pod"`, `"Namespace"`, `"Node"`,
+    /// `"VirtualMachineInstance"` or `"VirtualMachine"`, `name` is `ns/name`, `ns` for a
+    /// Namespace, or the node's name.
     #[error("{kind} {name} not found on the Kubernetes API server at {url}")]
     NotFound {
         kind: &'static str,

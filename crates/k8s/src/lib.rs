@@ -10,6 +10,8 @@
 //!   trip (plus the TLS handshakes, also concurrent); the public API is blocking.
 //! - [`kubevirt`]: whether a pod is a KubeVirt VM's virt-launcher pod, and the VM's state
 //!   (Calico's IPAM keeps a VM's addresses across its pods).
+//! - A Namespace alone and a Node are read the same way ([`fetch_namespace`],
+//!   [`fetch_node`]).
 //! - Objects are requested as JSON and read into small structs of what Calico uses: the
 //!   typed `k8s-openapi` objects are not used ([`convert`]).
 
@@ -18,6 +20,7 @@ pub mod convert;
 mod error;
 mod fetch;
 pub mod kubevirt;
+mod single;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 pub use error::K8sError;
 pub use fetch::fetch_pod_and_namespace;
+pub use single::{fetch_namespace, fetch_node};
 
 /// How the call reaches the API server: the kubeconfig plus the network conf's overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,4 +110,15 @@ pub struct Namespace {
     pub labels: BTreeMap<String, String>,
     /// `cni.projectcalico.org/ipv4pools`, `ipv6pools` and `ipFamilies` live here.
     pub annotations: BTreeMap<String, String>,
+}
+
+/// What Calico takes from a Node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// `spec.podCIDR` (empty if none).
+    pub pod_cidr: String,
+    /// `spec.podCIDRs`: what Calico reads for host-local's `usePodCidr` (the API server keeps
+    /// its first entry equal to `podCIDR`).
+    pub pod_cidrs: Vec<String>,
 }

@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use calico_k8s::{K8sConfig, K8sError, PodPort, fetch_pod_and_namespace};
+use calico_k8s::{
+    K8sConfig, K8sError, PodPort, fetch_namespace, fetch_node, fetch_pod_and_namespace,
+};
 use serde_json::json;
 use tempfile::TempDir;
 use testkit::k8s::K8sApiStandIn;
@@ -413,4 +415,45 @@ fn serves_inside_a_network_namespace() {
     let err = fetch_pod_and_namespace(&cfg, "default", "nginx").unwrap_err();
     eprintln!("from the host's namespace: {err}");
     assert_eq!(api.requests().len(), 2, "{:?}", api.requests());
+}
+
+/// Mirrors cni-plugin k8s.go `getPodCidrs`: the Node's `spec.podCIDRs`.
+#[test]
+fn reads_a_node_and_its_pod_cidrs() {
+    let f = fixture();
+    let node = fetch_node(&f.cfg, "node-1").unwrap();
+    assert_eq!(node.name, "node-1");
+    assert_eq!(node.pod_cidr, "10.85.0.0/24");
+    assert_eq!(node.pod_cidrs, ["10.85.0.0/24", "fd00:85::/64"]);
+    assert!(
+        f.api
+            .requests()
+            .iter()
+            .any(|r| r == "GET /api/v1/nodes/node-1")
+    );
+    let err = fetch_node(&f.cfg, "node-9").unwrap_err();
+    assert!(
+        matches!(err, K8sError::NotFound { kind: "Node", ref name, .. } if name == "node-9"),
+        "{err:?}"
+    );
+}
+
+/// Mirrors cni-plugin ipam_plugin.go `getNamespace`: the namespace alone, for its labels.
+#[test]
+fn reads_a_namespace_alone() {
+    let f = fixture();
+    let ns = fetch_namespace(&f.cfg, "team-a").unwrap();
+    assert_eq!(ns.labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(f.api.requests(), ["GET /api/v1/namespaces/team-a"]);
+    let err = fetch_namespace(&f.cfg, "nowhere").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            K8sError::NotFound {
+                kind: "Namespace",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

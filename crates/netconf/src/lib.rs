@@ -305,12 +305,20 @@ impl NetConf {
             .into()
     }
 
-    /// `datastore_type`, else `etcdv3` when etcd endpoints are set, else `kubernetes`.
-    pub fn datastore_type(&self) -> &str {
-        match non_empty(&self.datastore_type) {
-            Some(t) => t,
-            None if !self.etcd_endpoint_list().is_empty() => "etcdv3",
-            None => "kubernetes",
+    /// The datastore, chosen as libcalico-go's `applyConfigDefaults` does after the plugin
+    /// exported its config into the environment (`apiconfig/load.go`): `datastore_type`
+    /// (or `DATASTORE_TYPE` in the environment), else `etcdv3` when etcd endpoints are set
+    /// in the config or the environment (`ETCD_ENDPOINTS`), else `kubernetes`. See
+    /// [`calico_setting`] for how the config and the environment combine.
+    pub fn datastore_type(&self, env: impl Fn(&str) -> Option<String>) -> String {
+        if let Some(t) = calico_setting(&self.datastore_type, "DATASTORE_TYPE", &env) {
+            return t;
+        }
+        let endpoints = calico_setting(&self.etcd_endpoints, "ETCD_ENDPOINTS", &env);
+        if endpoints.is_some() || !self.etcd_endpoint_list().is_empty() {
+            "etcdv3".to_string()
+        } else {
+            "kubernetes".to_string()
         }
     }
 
@@ -335,27 +343,26 @@ impl NetConf {
         }
     }
 
-    /// The etcd connection settings: the config wins, the `ETCD_*` environment fills gaps
-    /// (Calico exports the config into the environment and lets it override).
+    /// The etcd connection settings, each from the config or the environment as
+    /// [`calico_setting`] says (Calico exports the config into the environment, where
+    /// libcalico-go reads it).
     pub fn etcd(&self, env: impl Fn(&str) -> Option<String>) -> EtcdSettings {
-        let pick = |conf: &str, var: &str| {
-            non_empty(conf)
-                .map(str::to_string)
-                .or_else(|| env(var).filter(|v| !v.is_empty()))
-                .map(PathBuf::from)
-        };
-        let mut endpoints = self.etcd_endpoint_list();
-        if endpoints.is_empty() {
-            endpoints = env("ETCD_ENDPOINTS")
+        let pick = |conf: &str, var: &str| calico_setting(conf, var, &env).map(PathBuf::from);
+        let mut endpoints: Vec<String> =
+            calico_setting(&self.etcd_endpoints, "ETCD_ENDPOINTS", &env)
                 .unwrap_or_default()
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
+        if endpoints.is_empty() {
+            // Ours, not libcalico-go v3's: the deprecated authority still names an endpoint.
+            endpoints = self.etcd_endpoint_list();
         }
         EtcdSettings {
             endpoints,
+            discovery_srv: calico_setting(&self.etcd_discovery_srv, "ETCD_DISCOVERY_SRV", &env),
             ca_cert_file: pick(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE"),
             cert_file: pick(&self.etcd_cert_file, "ETCD_CERT_FILE"),
             key_file: pick(&self.etcd_key_file, "ETCD_KEY_FILE"),
@@ -391,6 +398,10 @@ impl NetConf {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EtcdSettings {
     pub endpoints: Vec<String>,
+    /// `etcd_discovery_srv`: the domain whose DNS SRV records name the endpoints
+    /// (`_etcd-client-ssl._tcp.<domain>`, `_etcd-client._tcp.<domain>`); exclusive with
+    /// `endpoints`.
+    pub discovery_srv: Option<String>,
     pub ca_cert_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -398,8 +409,38 @@ pub struct EtcdSettings {
     pub keeper: bool,
 }
 
+impl EtcdSettings {
+    /// Code 7 if both endpoints and SRV discovery are set: libcalico-go's
+    /// `NewEtcdV3Client` refuses that too ("multiple discovery or bootstrap options").
+    pub fn check(&self) -> Result<(), CniError> {
+        match &self.discovery_srv {
+            Some(domain) if !self.endpoints.is_empty() => Err(CniError::invalid_config(format!(
+                "multiple discovery or bootstrap options specified, use either etcd_endpoints \
+                 ({}) or etcd_discovery_srv ({domain})",
+                self.endpoints.join(",")
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+/// One of libcalico-go's datastore settings as the Go plugin ends up reading it: the plugin
+/// copies a non-empty config value into the environment variable `name` (`CreateClient`),
+/// then `envconfig` reads `CALICO_<name>` first and `<name>` second. So `CALICO_<name>`
+/// wins, then the config, then `<name>`; empty values count as unset.
+pub fn calico_setting(
+    conf: &str,
+    name: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let set = |v: Option<String>| v.filter(|v| !v.is_empty());
+    set(env(&format!("CALICO_{name}")))
+        .or_else(|| non_empty(conf).map(str::to_string))
+        .or_else(|| set(env(name)))
 }
 
 /// Renames keys that match a known field case-insensitively to the field's exact name (an
@@ -458,7 +499,7 @@ mod tests {
         assert!(c.ipam.assign_ipv4() && !c.ipam.assign_ipv6());
         assert_eq!(c.policy.policy_type, "k8s");
         assert_eq!(c.kubernetes.kubeconfig, "/etc/cni/net.d/calico-kubeconfig");
-        assert_eq!(c.datastore_type(), "etcdv3");
+        assert_eq!(c.datastore_type(|_| None), "etcdv3");
         let etcd = c.etcd(|_| None);
         assert_eq!(etcd.endpoints, ["https://10.10.0.174:2379"]);
         assert_eq!(
@@ -613,6 +654,87 @@ mod tests {
         assert!(i.assign_ipv4() && !i.assign_ipv6());
     }
 
+    /// Mirrors libcalico-go `apiconfig/load.go` `applyConfigDefaults` (with the plugin's
+    /// `CreateClient` exporting the config first): the environment alone can choose etcdv3.
+    #[test]
+    fn datastore_type_is_detected_from_the_environment_too() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let bare = NetConf::default();
+        assert_eq!(bare.datastore_type(env(&[])), "kubernetes");
+        assert_eq!(
+            bare.datastore_type(env(&[("ETCD_ENDPOINTS", "http://e:2379")])),
+            "etcdv3"
+        );
+        assert_eq!(
+            bare.datastore_type(env(&[("CALICO_ETCD_ENDPOINTS", "http://e:2379")])),
+            "etcdv3"
+        );
+        assert_eq!(
+            bare.datastore_type(env(&[("DATASTORE_TYPE", "etcdv3")])),
+            "etcdv3"
+        );
+        // An empty variable is unset.
+        assert_eq!(
+            bare.datastore_type(env(&[("ETCD_ENDPOINTS", ""), ("DATASTORE_TYPE", "")])),
+            "kubernetes"
+        );
+        // The config's type beats the plain variable; CALICO_DATASTORE_TYPE beats both.
+        let typed = NetConf {
+            datastore_type: "kubernetes".into(),
+            ..NetConf::default()
+        };
+        assert_eq!(
+            typed.datastore_type(env(&[
+                ("DATASTORE_TYPE", "etcdv3"),
+                ("ETCD_ENDPOINTS", "http://e:2379")
+            ])),
+            "kubernetes"
+        );
+        assert_eq!(
+            typed.datastore_type(env(&[("CALICO_DATASTORE_TYPE", "etcdv3")])),
+            "etcdv3"
+        );
+        // Discovery alone does not choose etcdv3 (only endpoints do, in Go too).
+        let srv = NetConf {
+            etcd_discovery_srv: "example.com".into(),
+            ..NetConf::default()
+        };
+        assert_eq!(srv.datastore_type(env(&[])), "kubernetes");
+        let s = srv.etcd(env(&[]));
+        assert_eq!(s.discovery_srv.as_deref(), Some("example.com"));
+        assert!(s.endpoints.is_empty());
+        let s = bare.etcd(env(&[("ETCD_DISCOVERY_SRV", "env.example")]));
+        assert_eq!(s.discovery_srv.as_deref(), Some("env.example"));
+        assert!(s.check().is_ok());
+        // Both ways at once is an error (NewEtcdV3Client), whichever source each came from.
+        let both = srv.etcd(env(&[("ETCD_ENDPOINTS", "http://e:2379")]));
+        let e = both.check().expect_err("both");
+        assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
+        assert!(e.msg.contains("multiple discovery"), "{}", e.msg);
+        // Endpoints: CALICO_ETCD_ENDPOINTS, then the config, then ETCD_ENDPOINTS.
+        let conf = NetConf {
+            etcd_endpoints: "http://conf:2379".into(),
+            ..NetConf::default()
+        };
+        assert_eq!(
+            conf.etcd(env(&[("ETCD_ENDPOINTS", "http://env:2379")]))
+                .endpoints,
+            ["http://conf:2379"]
+        );
+        assert_eq!(
+            conf.etcd(env(&[("CALICO_ETCD_ENDPOINTS", "http://a:1,http://b:2")]))
+                .endpoints,
+            ["http://a:1", "http://b:2"]
+        );
+    }
+
     #[test]
     fn nodename_order_and_etcd_environment_fallback() {
         let c = NetConf::default();
@@ -646,7 +768,7 @@ mod tests {
         assert_eq!(s.endpoints, ["https://e1:2379", "https://e2:2379"]);
         assert_eq!(s.key_file, Some(PathBuf::from("conf-key")));
         assert_eq!(s.cert_file, Some(PathBuf::from("env-cert")));
-        assert_eq!(c.datastore_type(), "kubernetes");
+        assert_eq!(c.datastore_type(|_| None), "kubernetes");
         let legacy = NetConf {
             etcd_authority: "127.0.0.1:2379".into(),
             ..NetConf::default()

@@ -3,8 +3,8 @@
 //!
 //! It is not an API server. It serves only what Calico's CNI plugin reads, from recorded
 //! objects (the JSON `kubectl get -o json` prints, see `testdata/k8s/`):
-//! - `GET /api/v1/namespaces/{ns}/pods/{name}` and `GET /api/v1/namespaces/{ns}`: the
-//!   recorded object, or a 404 `Status` naming it;
+//! - `GET /api/v1/namespaces/{ns}/pods/{name}`, `GET /api/v1/namespaces/{ns}` and
+//!   `GET /api/v1/nodes/{name}`: the recorded object, or a 404 `Status` naming it;
 //! - KubeVirt's `GET /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}` and
 //!   `.../virtualmachines/{name}` (what Calico's IPAM reads for a virt-launcher pod), the same
 //!   way;
@@ -120,8 +120,9 @@ impl K8sApiStandIn {
     }
 
     /// Records an object: a Pod (served at `/api/v1/namespaces/{ns}/pods/{name}`), a
-    /// Namespace (`/api/v1/namespaces/{name}`), or a KubeVirt VirtualMachineInstance or
-    /// VirtualMachine, decided by its `kind`. Replaces an object at the same path.
+    /// Namespace (`/api/v1/namespaces/{name}`), a Node (`/api/v1/nodes/{name}`), or a
+    /// KubeVirt VirtualMachineInstance or VirtualMachine, decided by its `kind`. Replaces an
+    /// object at the same path.
     ///
     /// Panics if the object is neither or lacks a name (a Pod also needs a namespace): a
     /// fixture that silently serves nothing would fail tests far from the cause.
@@ -296,6 +297,7 @@ fn object_path(json: &Value) -> Result<String> {
         || field("namespace").ok_or_else(|| anyhow!("{name} has no metadata.namespace"));
     match json.get("kind").and_then(Value::as_str) {
         Some("Namespace") => Ok(format!("/api/v1/namespaces/{name}")),
+        Some("Node") => Ok(format!("/api/v1/nodes/{name}")),
         Some("Pod") => Ok(format!("/api/v1/namespaces/{}/pods/{name}", namespace()?)),
         Some(kind @ ("VirtualMachineInstance" | "VirtualMachine")) => Ok(format!(
             "/apis/kubevirt.io/v1/namespaces/{}/{}s/{name}",
@@ -303,7 +305,7 @@ fn object_path(json: &Value) -> Result<String> {
             kind.to_ascii_lowercase()
         )),
         other => bail!(
-            "{name}: kind {other:?} is not served (only Pod, Namespace and KubeVirt's \
+            "{name}: kind {other:?} is not served (only Pod, Namespace, Node and KubeVirt's \
              VirtualMachineInstance and VirtualMachine)"
         ),
     }
@@ -391,6 +393,12 @@ fn route(state: &mut State, request: &Request<Incoming>) -> Response<Full<Bytes>
             &format!("pods \"{name}\" not found"),
             Some(("pods", name)),
         ),
+        ["api", "v1", "nodes", name] => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("nodes \"{name}\" not found"),
+            Some(("nodes", name)),
+        ),
         ["api", "v1", "namespaces", name] => status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -467,7 +475,9 @@ mod tests {
         let ns = json!({"kind": "Namespace", "metadata": {"name": "team-a"}});
         assert_eq!(object_path(&ns).unwrap(), "/api/v1/namespaces/team-a");
         let node = json!({"kind": "Node", "metadata": {"name": "node-1"}});
-        assert!(object_path(&node).is_err());
+        assert_eq!(object_path(&node).unwrap(), "/api/v1/nodes/node-1");
+        let service = json!({"kind": "Service", "metadata": {"name": "kubernetes"}});
+        assert!(object_path(&service).is_err());
         let vmi = json!({"kind": "VirtualMachineInstance",
                          "metadata": {"name": "vm1", "namespace": "vms"}});
         assert_eq!(
@@ -498,6 +508,7 @@ mod tests {
                 "/api/v1/namespaces/default/pods/noipam",
                 "/api/v1/namespaces/team-a",
                 "/api/v1/namespaces/team-a/pods/web",
+                "/api/v1/nodes/node-1",
             ]
         );
         assert!(api.url().starts_with("https://127.0.0.1:"));

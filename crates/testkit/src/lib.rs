@@ -12,9 +12,11 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod dns;
 pub mod driver;
 pub mod etcd;
 pub mod gate;
+pub mod http;
 pub mod k8s;
 pub mod netns;
 pub mod node;
@@ -24,6 +26,7 @@ pub mod underlay;
 
 pub use bins::CniPathDir;
 pub use cluster::Cluster;
+pub use dns::DnsStandIn;
 pub use driver::{CallOpts, DriverError, Runtime};
 pub use etcd::{Etcd, EtcdCluster, Etcdctl};
 pub use netns::NetNs;

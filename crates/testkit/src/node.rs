@@ -154,6 +154,21 @@ impl SimNode {
         fs::write(&path, name).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Gives the node its own `/etc/resolv.conf` with `contents` (bind-mounted over the
+    /// host's in the node's mount namespace only, so programs on the node resolve names
+    /// with it; the mount goes with the namespace).
+    pub fn set_resolv_conf(&self, contents: &str) -> Result<()> {
+        let file = self.dirs.path().join("resolv.conf");
+        fs::write(&file, contents).with_context(|| format!("writing {}", file.display()))?;
+        run_checked(
+            self.command("mount")?
+                .arg("--bind")
+                .arg(&file)
+                .arg("/etc/resolv.conf"),
+        )
+        .map(|_| ())
+    }
+
     /// A command that runs `program` on the node: in its network and mount namespaces, both
     /// joined between fork and exec. `program` is looked up in the node's view of the files.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Result<Command> {

@@ -14,6 +14,11 @@ use rcgen::{
 };
 use tempfile::TempDir;
 
+/// A name every server certificate also carries, so a test can reach a server through DNS
+/// (e.g. SRV discovery, with a [`crate::DnsStandIn`] resolving it); `.test` is reserved
+/// (RFC 2606), so it can never name a real host.
+pub const SERVER_DNS_NAME: &str = "server.testkit.test";
+
 /// A CA, a server certificate, a client certificate and a wrong client identity (signed by
 /// another CA), in a temporary directory removed on drop.
 pub struct Pki {
@@ -22,7 +27,7 @@ pub struct Pki {
 
 impl Pki {
     /// Generates everything. The server certificate's SANs are `IP:127.0.0.1`,
-    /// `DNS:localhost` and `server_ips`.
+    /// `DNS:localhost`, [`SERVER_DNS_NAME`] and `server_ips`.
     pub fn generate(server_ips: &[IpAddr]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("testkit-pki.").tempdir()?;
         let pki = Self { dir };
@@ -31,6 +36,7 @@ impl Pki {
         let mut sans = vec![
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             SanType::DnsName("localhost".try_into()?),
+            SanType::DnsName(SERVER_DNS_NAME.try_into()?),
         ];
         sans.extend(server_ips.iter().copied().map(SanType::IpAddress));
         let both = [

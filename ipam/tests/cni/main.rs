@@ -5,5 +5,6 @@
 
 mod kubevirt;
 mod lab;
+mod namespace;
 mod parity;
 mod verbs;

@@ -65,13 +65,6 @@ pub fn workload_endpoint(
         }
         spec.ports = p.ports.clone();
         generate_name = p.generate_name.clone();
-        if let Some(prefixes) = p
-            .annotations
-            .get("cni.projectcalico.org/allowedSourcePrefixes")
-            .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
-        {
-            spec.allow_spoofed_source_prefixes = prefixes;
-        }
     }
     // Stored with every endpoint, as libcalico-go does.
     labels.insert(
@@ -174,12 +167,6 @@ mod tests {
                 .collect(),
             service_account: "default".into(),
             generate_name: "nginx-".into(),
-            annotations: [(
-                "cni.projectcalico.org/allowedSourcePrefixes".to_string(),
-                "[\"192.168.0.0/16\"]".to_string(),
-            )]
-            .into_iter()
-            .collect(),
             ..PodMeta::default()
         };
         let addrs: Vec<IpNet> = vec!["fd00::5/122".parse().expect("cidr")];
@@ -195,7 +182,6 @@ mod tests {
         assert_eq!(wep.spec.ip_networks, ["fd00::5/128"]);
         assert_eq!(wep.spec.profiles, ["kns.default", "ksa.default.default"]);
         assert_eq!(wep.spec.service_account_name, "default");
-        assert_eq!(wep.spec.allow_spoofed_source_prefixes, ["192.168.0.0/16"]);
         assert_eq!(wep.metadata.generate_name, "nginx-");
         assert_eq!(wep.metadata.labels["app"], "nginx");
         assert_eq!(wep.metadata.labels[SA_LABEL], "default");

@@ -1,30 +1,17 @@
-//! `policy.type: k8s`: the pod and its namespace from the Kubernetes API (the kubeconfig is
-//! read again on every call, so a rotated token works at once).
+//! What the plugin reads from the Kubernetes API: for `policy.type: k8s` the pod and its
+//! namespace; for host-local's `usePodCidr` the node's pod CIDRs. The kubeconfig is read
+//! again on every call, so a rotated token works at once.
 
 use crate::endpoint::PodMeta;
 use crate::workload::Context;
 use calico_datastore::model::WorkloadEndpointPort;
-use calico_k8s::{K8sConfig, K8sError};
-use cni_protocol::{CniError, ErrorCode};
-use std::path::PathBuf;
-
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
-}
+use calico_k8s::K8sConfig;
+use cni_protocol::CniError;
 
 /// The client settings from Calico's config: the kubeconfig, and the `policy.k8s_*` and
 /// `kubernetes.k8s_api_root` overrides.
 pub fn client_config(ctx: &Context) -> K8sConfig {
-    let p = &ctx.conf.policy;
-    let k = &ctx.conf.kubernetes;
-    K8sConfig {
-        api_root: non_empty(&p.k8s_api_root).or_else(|| non_empty(&k.k8s_api_root)),
-        token: non_empty(&p.k8s_auth_token),
-        client_certificate: non_empty(&p.k8s_client_certificate).map(PathBuf::from),
-        client_key: non_empty(&p.k8s_client_key).map(PathBuf::from),
-        certificate_authority: non_empty(&p.k8s_certificate_authority).map(PathBuf::from),
-        ..K8sConfig::new(&k.kubeconfig)
-    }
+    calico_ipam::kubernetes::client_config(&ctx.conf)
 }
 
 /// Whether this call needs the Kubernetes API.
@@ -36,15 +23,7 @@ pub fn wanted(ctx: &Context) -> bool {
 pub fn pod_meta(ctx: &Context) -> Result<PodMeta, CniError> {
     let w = &ctx.workload;
     let (pod, ns) = calico_k8s::fetch_pod_and_namespace(&client_config(ctx), &w.namespace, &w.pod)
-        .map_err(|e| {
-            let code = match e {
-                K8sError::Unreachable { .. } => ErrorCode::TRY_AGAIN_LATER,
-                K8sError::NotFound { .. } => ErrorCode::UNKNOWN_CONTAINER,
-                K8sError::Config(_) => ErrorCode::INVALID_NETWORK_CONFIG,
-                _ => ErrorCode::DATASTORE,
-            };
-            CniError::new(code, e.to_string())
-        })?;
+        .map_err(calico_ipam::kubernetes::api_error)?;
     Ok(PodMeta {
         labels: pod.labels,
         annotations: pod.annotations,
@@ -64,4 +43,28 @@ pub fn pod_meta(ctx: &Context) -> Result<PodMeta, CniError> {
         namespace_labels: ns.labels,
         namespace_annotations: ns.annotations,
     })
+}
+
+/// The node's pod CIDRs by family, for host-local's `usePodCidr`: the Node named
+/// `kubernetes.node_name` (else this node's name), its `spec.podCIDRs`. Mirrors k8s.go
+/// `getPodCidrs` and `getIPsByFamily`, errors included ("no podCidr for node ...").
+pub fn node_pod_cidrs(ctx: &Context) -> Result<(Option<String>, Option<String>), CniError> {
+    let name = if ctx.conf.kubernetes.node_name.is_empty() {
+        ctx.node.as_str()
+    } else {
+        ctx.conf.kubernetes.node_name.as_str()
+    };
+    let node = calico_k8s::fetch_node(&client_config(ctx), name).map_err(|e| match e {
+        // A missing Node means no pod CIDR to use: the config cannot work on this node.
+        e @ calico_k8s::K8sError::NotFound { .. } => {
+            CniError::invalid_config(format!("usePodCidr needs the node's pod CIDRs: {e}"))
+        }
+        e => calico_ipam::kubernetes::api_error(e),
+    })?;
+    if node.pod_cidrs.is_empty() {
+        return Err(CniError::invalid_config(format!(
+            "no podCidr for node {name}"
+        )));
+    }
+    crate::host_local::cidrs_by_family(&node.pod_cidrs)
 }

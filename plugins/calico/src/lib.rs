@@ -2,10 +2,17 @@
 //!
 //! - [`workload`]: identity and names (host interface, endpoint, handle), MTU, MAC;
 //! - [`endpoint`]: the WorkloadEndpoint and Profile records;
-//! - [`kubernetes`]: the pod and namespace for `policy.type: k8s`;
+//! - [`annotations`]: Calico's pod annotations beyond IPAM (`ipFamilies`, `floatingIPs`,
+//!   `allowedSourcePrefixes`);
+//! - [`host_local`]: Calico's special cases for host-local IPAM (`usePodCidr`, `routes`);
+//! - [`kubernetes`]: the pod and namespace for `policy.type: k8s`, the node's pod CIDRs;
+//! - [`readiness`]: `readiness_gates`, polled before an ADD;
 //! - [`verbs`]: ADD, DEL, CHECK, GC, STATUS over a datastore and a dataplane.
 
+pub mod annotations;
 pub mod endpoint;
+pub mod host_local;
 pub mod kubernetes;
+pub mod readiness;
 pub mod verbs;
 pub mod workload;

@@ -3,9 +3,9 @@
 
 use calico_dataplane::LinuxDataplane;
 use calico_netconf::{DEFAULT_MTU_FILE, NetConf};
-use calico_plugin::kubernetes;
 use calico_plugin::verbs::{self, Deps};
 use calico_plugin::workload::Context;
+use calico_plugin::{host_local, kubernetes, readiness};
 use cni_protocol::logging::LogSettings;
 use cni_protocol::{CniError, CniResult, ErrorCode, Plugin, Request};
 use std::path::Path;
@@ -34,20 +34,41 @@ fn setup(req: &Request) -> Result<(Context, calico_datastore::Etcd), CniError> {
     Ok((ctx, store))
 }
 
-/// Runs a verb with the real datastore and kernel; `with_pod` reads the pod from the
-/// Kubernetes API first when the config asks for it (ADD only: DEL, CHECK and GC never
-/// depend on the API server being up).
+/// Runs a verb with the real datastore and kernel; `with_pod` (ADD only: DEL, CHECK and GC
+/// never depend on the API server being up) reads from the Kubernetes API first what the
+/// config asks for: the pod, the namespace's labels, the node's pod CIDRs for host-local's
+/// `usePodCidr` (which other verbs replace by stand-ins, as Calico's DEL does).
 fn run<T>(
     req: &Request,
     with_pod: bool,
-    verb: impl FnOnce(&Context, &Deps<'_>) -> Result<T, CniError>,
+    verb: impl FnOnce(&Request, &Context, &Deps<'_>) -> Result<T, CniError>,
 ) -> Result<T, CniError> {
     let (ctx, store) = setup(req)?;
     let dataplane = LinuxDataplane {
         log_file: ctx.conf.log_settings().file,
     };
+    if with_pod {
+        // Calico waits for its readiness gates before anything else of the ADD.
+        readiness::wait_for_gates(&ctx.conf.readiness_gates)?;
+    }
+    let rewritten = if with_pod && host_local::applies(&ctx) {
+        host_local::rewritten(req, &mut || kubernetes::node_pod_cidrs(&ctx))?
+    } else if !with_pod && ctx.conf.ipam.ipam_type == "host-local" {
+        host_local::rewritten(req, &mut || Ok(host_local::teardown_cidrs()))?
+    } else {
+        None
+    };
+    let req = rewritten.as_ref().unwrap_or(req);
     let pod = if with_pod && kubernetes::wanted(&ctx) {
         Some(kubernetes::pod_meta(&ctx)?)
+    } else {
+        None
+    };
+    // Without the pod (which brings its namespace), Calico IPAM still reads the namespace's
+    // labels for the pools' namespaceSelector when a kubeconfig is set.
+    let namespace_labels = if with_pod && pod.is_none() && ctx.ipam_in_process() {
+        let explicit = !calico_ipam::cni::requested_addresses(req)?.is_empty();
+        calico_ipam::kubernetes::labels_for_auto_assign(&ctx.conf, &ctx.workload, explicit)?
     } else {
         None
     };
@@ -56,8 +77,9 @@ fn run<T>(
         dataplane: &dataplane,
         mtu_file: Path::new(DEFAULT_MTU_FILE),
         pod,
+        namespace_labels,
     };
-    let out = verb(&ctx, &deps);
+    let out = verb(req, &ctx, &deps);
     // The process exits right after the answer is printed: the kernel closes the
     // connection, and an orderly runtime shutdown would only add to the pod's start time.
     std::mem::forget(store);
@@ -77,20 +99,20 @@ impl Plugin for Calico {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         require_nodename_file(req)?;
-        run(req, true, |ctx, deps| verbs::add(req, ctx, deps))
+        run(req, true, verbs::add)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
         require_nodename_file(req)?;
-        run(req, false, |ctx, deps| verbs::del(req, ctx, deps))
+        run(req, false, verbs::del)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        run(req, false, |ctx, deps| verbs::check(req, ctx, deps))
+        run(req, false, verbs::check)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        run(req, false, |ctx, deps| verbs::gc(req, ctx, deps))
+        run(req, false, verbs::gc)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {

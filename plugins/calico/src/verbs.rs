@@ -6,6 +6,7 @@
 //! commits the allocation together with the WorkloadEndpoint in one transaction; the pod's
 //! addresses and routes follow once both are done. Any failure undoes everything made.
 
+use crate::annotations;
 use crate::endpoint::{PodMeta, network_profile, workload_endpoint};
 use crate::workload::{Context, format_mac, parse_mac, random_mac};
 use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC};
@@ -19,7 +20,7 @@ use cni_protocol::{
     CniError, CniResult, Command, ErrorCode, Interface, IpConfig, Request, Route, delegate,
 };
 use ipnet::IpNet;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::SystemTime;
@@ -68,6 +69,10 @@ struct PodOverrides {
     /// `ipAddrsNoIpam`: addresses used as given, no IPAM at all.
     no_ipam: Vec<IpAddr>,
     mac: Option<[u8; 6]>,
+    /// `allowedSourcePrefixes`, normalised.
+    source_prefixes: Vec<String>,
+    /// `floatingIPs`, validated (the feature is on): they become the endpoint's `ipNATs`.
+    floating_ips: Vec<String>,
 }
 
 fn json_list(v: Option<&String>, what: &str) -> Result<Option<Vec<String>>, CniError> {
@@ -91,24 +96,47 @@ fn addresses_of(list: Vec<String>, what: &str) -> Result<Vec<IpAddr>, CniError> 
         .collect()
 }
 
-fn pod_overrides(ctx: &Context, pod: Option<&PodMeta>) -> Result<PodOverrides, CniError> {
+fn pod_overrides(ctx: &Context, deps: &Deps<'_>) -> Result<PodOverrides, CniError> {
     let mut out = PodOverrides {
-        ipam: Overrides::default(),
+        ipam: Overrides {
+            namespace_labels: deps.namespace_labels.clone().unwrap_or_default(),
+            ..Overrides::default()
+        },
         no_ipam: Vec::new(),
         mac: None,
+        source_prefixes: Vec::new(),
+        floating_ips: Vec::new(),
     };
-    let Some(pod) = pod else {
+    let Some(pod) = deps.pod.as_ref() else {
         return Ok(out);
     };
-    const P: &str = "cni.projectcalico.org/";
+    const P: &str = annotations::PREFIX;
+    // The pod's annotation if set (non-empty), else the namespace's, as CmdAddK8s.
     let pick = |name: &str| {
+        let key = format!("{P}{name}");
         pod.annotations
-            .get(&format!("{P}{name}"))
-            .or_else(|| pod.namespace_annotations.get(&format!("{P}{name}")))
+            .get(&key)
+            .filter(|v| !v.is_empty())
+            .or_else(|| pod.namespace_annotations.get(&key))
+            .filter(|v| !v.is_empty())
     };
     out.ipam.v4_pools = json_list(pick("ipv4pools"), "ipv4pools")?;
     out.ipam.v6_pools = json_list(pick("ipv6pools"), "ipv6pools")?;
+    // Like the pool annotations, only Calico IPAM reads ipFamilies.
+    if ctx.ipam_in_process() {
+        out.ipam.families = pick("ipFamilies")
+            .map(|v| annotations::ip_families(v))
+            .transpose()?;
+    }
     out.ipam.namespace_labels = pod.namespace_labels.clone();
+    let own = |name: &str| {
+        pod.annotations
+            .get(&format!("{P}{name}"))
+            .map_or("", String::as_str)
+    };
+    out.source_prefixes = annotations::allowed_source_prefixes(own("allowedSourcePrefixes"))?;
+    out.floating_ips =
+        annotations::floating_ips(own("floatingIPs"), ctx.conf.feature_control.floating_ips)?;
     let ip_addrs = json_list(pod.annotations.get(&format!("{P}ipAddrs")), "ipAddrs")?;
     let no_ipam = json_list(
         pod.annotations.get(&format!("{P}ipAddrsNoIpam")),
@@ -148,12 +176,14 @@ fn pod_overrides(ctx: &Context, pod: Option<&PodMeta>) -> Result<PodOverrides, C
 
 /// The endpoint (and, without `policy.type`, the network's profile if missing) as writes
 /// guarded on what the snapshot saw.
+#[allow(clippy::too_many_arguments)]
 fn endpoint_writes(
     ctx: &Context,
     req: &Request,
     addresses: &[IpNet],
     mac: &[u8; 6],
     pod: Option<&PodMeta>,
+    ov: &PodOverrides,
     current: impl Fn(&str) -> Option<Kv>,
 ) -> Result<Extra, CniError> {
     let mut wep = workload_endpoint(
@@ -164,6 +194,8 @@ fn endpoint_writes(
         &req.network_name,
         pod,
     );
+    wep.spec.allow_spoofed_source_prefixes = ov.source_prefixes.clone();
+    wep.spec.ip_nats = annotations::ip_nats(&ov.floating_ips, addresses)?;
     let existing = current(&ctx.wep_key);
     match existing
         .as_ref()
@@ -276,6 +308,9 @@ pub struct Deps<'a> {
     pub mtu_file: &'a Path,
     /// From the Kubernetes API when `policy.type` is `k8s`.
     pub pod: Option<PodMeta>,
+    /// The namespace's labels when there is no `pod` but Calico IPAM reads them (a
+    /// kubeconfig is set): the pools' `namespaceSelector`.
+    pub namespace_labels: Option<BTreeMap<String, String>>,
 }
 
 /// ADD.
@@ -287,7 +322,7 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         .clone()
         .ok_or_else(|| CniError::invalid_env("CNI_NETNS is missing"))?;
     let pod = deps.pod.as_ref();
-    let ov = pod_overrides(ctx, pod)?;
+    let ov = pod_overrides(ctx, deps)?;
     let mac = ov.mac.unwrap_or_else(random_mac);
     let mtu = ctx.mtu(deps.mtu_file)?;
     let requested: Vec<IpAddr> = ov
@@ -299,7 +334,14 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         .chain(calico_ipam::cni::requested_addresses(req)?)
         .collect();
     let (v4, v6) = if requested.is_empty() {
-        (ctx.conf.ipam.assign_ipv4(), ctx.conf.ipam.assign_ipv6())
+        let families = ov.ipam.families;
+        if families == Some((false, false)) && ctx.ipam_in_process() && ov.no_ipam.is_empty() {
+            return Err(CniError::invalid_config(format!(
+                "annotation {}ipFamilies lists no address family: nothing to assign",
+                annotations::PREFIX
+            )));
+        }
+        families.unwrap_or((ctx.conf.ipam.assign_ipv4(), ctx.conf.ipam.assign_ipv6()))
     } else {
         (
             requested.iter().any(IpAddr::is_ipv4),
@@ -311,9 +353,11 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         ifname: req.env.ifname.clone(),
         host_ifname: ctx.host_ifname.clone(),
         mtu,
+        num_queues: ctx.num_queues()?,
         pod_mac: mac,
         v4,
         v6,
+        routes: crate::host_local::routes_for(ctx, req)?,
         allow_ip_forwarding: ctx.conf.container_settings.allow_ip_forwarding,
     };
     let mut extra_keys = vec![cluster_information_key(), ctx.wep_key.clone()];
@@ -344,7 +388,7 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                     // others, the kernel thread swaps them; a failed commit removes the
                     // whole interface anyway.
                     kernel.configure(addrs);
-                    endpoint_writes(ctx, req, addrs, &mac, pod, |k| snapshot_key(snap, k))
+                    endpoint_writes(ctx, req, addrs, &mac, pod, &ov, |k| snapshot_key(snap, k))
                         .map_err(IpamError::Caller)
                 },
             )
@@ -560,7 +604,7 @@ fn add_delegated(
         e
     };
     wait_created().map_err(fail)?;
-    let extra = endpoint_writes(ctx, req, &addrs, mac, pod, current).map_err(fail)?;
+    let extra = endpoint_writes(ctx, req, &addrs, mac, pod, ov, current).map_err(fail)?;
     match deps.store.txn(&extra.guards, &extra.writes) {
         Ok(o) if o.applied() => Ok((addrs, routes)),
         Ok(_) => Err(fail(CniError::try_again_later(format!(
@@ -707,9 +751,11 @@ pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniErr
         ifname: req.env.ifname.clone(),
         host_ifname: ctx.host_ifname.clone(),
         mtu: None,
+        num_queues: 1,
         pod_mac: [0; 6],
         v4: addrs.iter().any(|a| a.addr().is_ipv4()),
         v6: addrs.iter().any(|a| a.addr().is_ipv6()),
+        routes: crate::host_local::routes_for(ctx, req)?,
         allow_ip_forwarding: false,
     };
     let seen = deps
@@ -747,23 +793,23 @@ pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniErr
             req.env.ifname
         )));
     }
-    let route_there = |dst: &str, gw: Option<IpAddr>| {
+    let route_there = |dst: &IpNet, gw: Option<IpAddr>| {
         seen.pod_routes
             .iter()
-            .any(|r| r.dst.to_string() == dst && r.gateway == gw)
+            .any(|r| r.dst == *dst && r.gateway == gw)
     };
-    if spec.v4 {
-        if !route_there("169.254.1.1/32", None) {
-            return Err(mismatch("the pod has no route to 169.254.1.1"));
-        }
-        if !route_there("0.0.0.0/0", Some(IpAddr::V4(GATEWAY_V4))) {
-            return Err(mismatch("the pod has no default route via 169.254.1.1"));
-        }
+    if spec.v4 && !route_there(&IpNet::from(IpAddr::V4(GATEWAY_V4)), None) {
+        return Err(mismatch("the pod has no route to 169.254.1.1"));
     }
-    if spec.v6 && !route_there("::/0", Some(IpAddr::V6(GATEWAY_V6))) {
-        return Err(mismatch(
-            "the pod has no IPv6 default route via fe80::ecee:eeff:feee:eeee",
-        ));
+    for dst in &spec.routes {
+        let gw = match dst {
+            IpNet::V4(_) if spec.v4 => IpAddr::V4(GATEWAY_V4),
+            IpNet::V6(_) if spec.v6 => IpAddr::V6(GATEWAY_V6),
+            _ => continue,
+        };
+        if !route_there(dst, Some(gw)) {
+            return Err(mismatch(format!("the pod has no route to {dst} via {gw}")));
+        }
     }
     for a in &addrs {
         let ok = seen

@@ -120,6 +120,24 @@ impl Context {
     }
 }
 
+/// The kernel's limit on a link's transmit or receive queues.
+const MAX_QUEUES: i64 = 4096;
+
+impl Context {
+    /// `num_queues`: the queues of each veth end. Calico sets 1 for 0 or less (`cmdAdd`);
+    /// more than the kernel's 4096 is code 7 here rather than the kernel's EINVAL later.
+    pub fn num_queues(&self) -> Result<u32, CniError> {
+        match self.conf.num_queues {
+            n if n <= 0 => Ok(1),
+            n if n > MAX_QUEUES => Err(CniError::invalid_config(format!(
+                "num_queues {n} is out of range: the kernel allows 1 to {MAX_QUEUES}"
+            ))),
+            n => u32::try_from(n)
+                .map_err(|_| CniError::invalid_config(format!("num_queues {n} is out of range"))),
+        }
+    }
+}
+
 /// A random, locally administered, unicast MAC for the pod's interface (what the kernel
 /// would pick; chosen here so the endpoint record can be written before the veth exists).
 pub fn random_mac() -> [u8; 6] {
@@ -175,6 +193,30 @@ mod tests {
         assert_eq!(n.len(), 15);
         assert_eq!(interface_prefix(|_| Some("tap,cali".into())), "tap");
         assert_eq!(interface_prefix(|_| None), "cali");
+    }
+
+    /// Mirrors plugin.go `cmdAdd` (`if conf.NumQueues <= 0 { conf.NumQueues = 1 }`).
+    #[test]
+    fn num_queues_default_to_one() {
+        let ctx = |n: i64| Context {
+            conf: NetConf {
+                num_queues: n,
+                ..NetConf::default()
+            },
+            node: "n".into(),
+            workload: workload("k8s", "default", "p", "c"),
+            host_ifname: "cali0".into(),
+            wep_name: String::new(),
+            wep_key: String::new(),
+            handle: String::new(),
+        };
+        assert_eq!(ctx(0).num_queues().unwrap(), 1);
+        assert_eq!(ctx(-3).num_queues().unwrap(), 1);
+        assert_eq!(ctx(4).num_queues().unwrap(), 4);
+        assert_eq!(ctx(4096).num_queues().unwrap(), 4096);
+        let e = ctx(4097).num_queues().unwrap_err();
+        assert_eq!(e.code, cni_protocol::ErrorCode::INVALID_NETWORK_CONFIG);
+        assert!(e.msg.contains("num_queues"), "{}", e.msg);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shared helpers for the plugin's tests.
 
 use serde_json::{Value, json};
+use testkit::k8s::K8sApiStandIn;
 use testkit::{CallOpts, Cluster, NetNs};
 
 /// A cluster with `n` nodes and the default pools (10.244.0.0/16, fd00:10:244::/48).
@@ -59,4 +60,65 @@ pub fn ping(from: &NetNs, to: &str) -> bool {
 /// The `i`th address of an ADD result, without its mask.
 pub fn ip_of(result: &Value, i: usize) -> String {
     addresses(result)[i].split('/').next().unwrap().to_string()
+}
+
+/// Everything a failed ADD could leave behind on node 0 and in etcd: the node's links and
+/// routes, and every key.
+pub fn node_state(c: &Cluster) -> (String, String, Vec<(String, String)>) {
+    let node = c.node(0);
+    (
+        node.sh("ip -o link show | cut -d: -f2 | sort").unwrap(),
+        node.sh("ip route show; ip -6 route show").unwrap(),
+        c.etcd
+            .get_prefix("/calico/")
+            .unwrap()
+            .into_iter()
+            // The IPAM's block hint on the node is a cache, not state; keys are what count.
+            .collect(),
+    )
+}
+
+/// The Kubernetes API stand-in (there is no API server on these machines) on node 0's
+/// loopback, serving testdata/k8s, with the seed's kubeconfig written for it.
+pub fn start_api(c: &Cluster) -> K8sApiStandIn {
+    let api = K8sApiStandIn::start(Some(c.node(0).netns()), "127.0.0.1".parse().unwrap()).unwrap();
+    api.load_dir(&testkit::driver::repo_root().join("testdata/k8s"))
+        .unwrap();
+    api.write_kubeconfig(&c.node(0).conf_dir().join("calico-kubeconfig"))
+        .unwrap();
+    api
+}
+
+/// A pod as the API server returns it, with only what Calico reads: scheduled to node-1,
+/// the `default` service account, these annotations.
+pub fn pod_object(ns: &str, name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations,
+                     "labels": {"app": name}, "uid": format!("uid-{ns}-{name}")},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                 "nodeName": "node-1", "serviceAccountName": "default"},
+        "status": {"phase": "Pending"}
+    })
+}
+
+/// A namespace as the API server returns it.
+pub fn namespace_object(name: &str, labels: Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+    })
+}
+
+/// The WorkloadEndpoint of a pod on node-1.
+pub fn endpoint_of(c: &Cluster, ns: &str, pod: &str) -> Value {
+    let name = format!("node--1-k8s-{}-eth0", pod.replace('-', "--"));
+    let key = format!("/calico/resources/v3/projectcalico.org/workloadendpoints/{ns}/{name}");
+    c.values(&key)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no endpoint {key}"))
+        .1
 }

@@ -5,19 +5,8 @@ use crate::common::*;
 use serde_json::json;
 use testkit::{Cluster, NetNs, require};
 
-/// Everything a failed ADD could leave behind: the node's links and routes, and every key.
 fn state(c: &Cluster) -> (String, String, Vec<(String, String)>) {
-    let node = c.node(0);
-    (
-        node.sh("ip -o link show | cut -d: -f2 | sort").unwrap(),
-        node.sh("ip route show; ip -6 route show").unwrap(),
-        c.etcd
-            .get_prefix("/calico/")
-            .unwrap()
-            .into_iter()
-            // The IPAM's block hint on the node is a cache, not state; keys are what count.
-            .collect(),
-    )
+    node_state(c)
 }
 
 #[test]

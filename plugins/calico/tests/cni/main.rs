@@ -4,11 +4,16 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod add_options;
+mod annotations;
 mod common;
+mod datastore;
 mod failures;
 mod gc;
 mod gc_check;
+mod host_local;
 mod keeper;
+mod kubeconfig;
 mod kubevirt;
 mod lifecycle;
 mod scale;

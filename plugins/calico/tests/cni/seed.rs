@@ -5,17 +5,7 @@
 
 use crate::common::*;
 use serde_json::json;
-use testkit::k8s::K8sApiStandIn;
 use testkit::{NetNs, require};
-
-fn start_api(c: &testkit::Cluster) -> K8sApiStandIn {
-    let api = K8sApiStandIn::start(Some(c.node(0).netns()), "127.0.0.1".parse().unwrap()).unwrap();
-    api.load_dir(&testkit::driver::repo_root().join("testdata/k8s"))
-        .unwrap();
-    api.write_kubeconfig(&c.node(0).conf_dir().join("calico-kubeconfig"))
-        .unwrap();
-    api
-}
 
 #[test]
 fn seed_conflist_verbatim_with_kubernetes_policy() {

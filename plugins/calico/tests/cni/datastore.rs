@@ -1,0 +1,164 @@
+//! How the plugin finds its datastore: the environment (`DATASTORE_TYPE`, `ETCD_ENDPOINTS`)
+//! as libcalico-go's `apiconfig` reads it, and `etcd_discovery_srv` (DNS SRV records) as
+//! its etcdv3 backend resolves them.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use testkit::{Cluster, DnsStandIn, NetNs, require};
+
+/// The test conflist with every etcd location removed from it.
+fn without_endpoints() -> Value {
+    let mut list = conflist("1.0.0", json!({}));
+    let calico = list["plugins"][0].as_object_mut().unwrap();
+    calico.remove("etcd_endpoints");
+    list
+}
+
+fn endpoint_count(c: &Cluster) -> usize {
+    c.values("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+        .unwrap()
+        .len()
+}
+
+/// Mirrors libcalico-go `apiconfig/load.go` `applyConfigDefaults` (after cni-plugin
+/// `utils.CreateClient` exported the config): etcd endpoints in the environment alone
+/// choose etcdv3, and `DATASTORE_TYPE` in the environment is the datastore type.
+#[test]
+fn the_environment_chooses_etcd() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    c.install(0, &without_endpoints()).unwrap();
+    let pod = NetNs::new("envds").unwrap();
+    let args = pod_args("default", "envds");
+
+    // Nothing anywhere: the Kubernetes datastore, which is not supported (code 2).
+    let e = c
+        .runtime(0)
+        .add("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(2), "{e}");
+    assert!(e.msg.contains("kubernetes"), "{e}");
+    assert!(pod.sh("ip link show eth0").is_err(), "nothing made");
+
+    // ETCD_ENDPOINTS in the runtime's environment: etcdv3 at that address.
+    let rt = c
+        .runtime(0)
+        .with_env("ETCD_ENDPOINTS", "https://10.10.0.174:2379");
+    let r = rt
+        .add("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap();
+    assert_eq!(testkit::result_ips(&r).len(), 1, "{r}");
+    assert_eq!(endpoint_count(&c), 1);
+    rt.del("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap();
+    assert_eq!(endpoint_count(&c), 0);
+
+    // DATASTORE_TYPE=kubernetes in the environment beats the endpoints (a new sandbox: the
+    // old one's interface goes in the background).
+    let pod = NetNs::new("envds2").unwrap();
+    let e = c
+        .runtime(0)
+        .with_env("ETCD_ENDPOINTS", "https://10.10.0.174:2379")
+        .with_env("DATASTORE_TYPE", "kubernetes")
+        .add("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(2), "{e}");
+    assert!(pod.sh("ip link show eth0").is_err(), "nothing made");
+}
+
+/// The node resolves names with a DNS stand-in on its loopback that knows `calico.test`.
+fn with_dns(c: &Cluster) -> DnsStandIn {
+    let node = c.node(0);
+    let dns = DnsStandIn::start(Some(node.netns()), "127.0.0.1".parse().unwrap()).unwrap();
+    node.set_resolv_conf("nameserver 127.0.0.1\noptions ndots:1 attempts:1 timeout:1\n")
+        .unwrap();
+    dns.add_srv(
+        "_etcd-client-ssl._tcp.calico.test",
+        0,
+        0,
+        testkit::cluster::ETCD_PORT,
+        testkit::tls::SERVER_DNS_NAME,
+    )
+    .unwrap();
+    dns.add_a(testkit::tls::SERVER_DNS_NAME, testkit::cluster::ETCD_IP)
+        .unwrap();
+    dns
+}
+
+/// Mirrors libcalico-go `backend/etcdv3/etcdv3.go` `NewEtcdV3Client` with
+/// `etcdDiscoverySrv` (etcd `srv.GetClient("etcd-client", domain, "")`): the endpoints come
+/// from `_etcd-client-ssl._tcp.<domain>` (https) and `_etcd-client._tcp.<domain>` (http).
+#[test]
+fn etcd_endpoints_from_dns_srv_records() {
+    require!(root; "etcd", "go", "ip", "mount");
+    let c = cluster(1);
+    let dns = with_dns(&c);
+    let mut list = without_endpoints();
+    list["plugins"][0]["datastore_type"] = json!("etcdv3");
+    list["plugins"][0]["etcd_discovery_srv"] = json!("calico.test");
+    // No keeper: the connection must be this call's own, through the discovered name.
+    list["plugins"][0]["etcd_keeper"] = json!(false);
+    c.install(0, &list).unwrap();
+    let rt = c.runtime(0);
+    let pod = NetNs::new("srv").unwrap();
+    let args = pod_args("default", "srv");
+    let r = rt
+        .add("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap();
+    assert_eq!(testkit::result_ips(&r).len(), 1, "{r}");
+    assert_eq!(
+        endpoint_count(&c),
+        1,
+        "the endpoint is in the discovered etcd"
+    );
+    let asked = dns.questions();
+    for q in [
+        "SRV _etcd-client-ssl._tcp.calico.test.",
+        "SRV _etcd-client._tcp.calico.test.",
+    ] {
+        assert!(asked.iter().any(|a| a == q), "{q} in {asked:?}");
+    }
+    rt.del("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap();
+    assert_eq!(endpoint_count(&c), 0);
+    // DEL leaves the host end to a detached helper: wait until it is gone.
+    let no_cali = || {
+        c.node(0)
+            .sh("ip -o link show")
+            .is_ok_and(|links| !links.contains("cali"))
+    };
+    assert!(testkit::eventually(
+        std::time::Duration::from_secs(10),
+        no_cali
+    ));
+
+    // A domain without records: both lookups fail, "try again later", nothing made.
+    list["plugins"][0]["etcd_discovery_srv"] = json!("nothing.test");
+    c.install(0, &list).unwrap();
+    let e = rt
+        .add("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(11), "{e}");
+    assert!(e.msg.contains("dns lookup errors"), "{e}");
+    assert!(pod.sh("ip link show eth0").is_err(), "nothing made");
+    assert!(no_cali(), "no host end made");
+
+    // Endpoints and discovery at once: a configuration error, as in libcalico-go.
+    list["plugins"][0]["etcd_discovery_srv"] = json!("calico.test");
+    list["plugins"][0]["etcd_endpoints"] = json!("https://10.10.0.174:2379");
+    c.install(0, &list).unwrap();
+    let e = rt
+        .add("k8s-pod-network", &pod.path(), &args)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(7), "{e}");
+    assert!(e.msg.contains("multiple discovery"), "{e}");
+    assert_eq!(endpoint_count(&c), 0);
+}
