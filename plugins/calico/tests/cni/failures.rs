@@ -145,3 +145,41 @@ fn a_cluster_not_ready_is_try_again_later() {
     assert!(e.msg.contains("not ready"), "{e}");
     assert_eq!(state(&c), before);
 }
+
+#[test]
+fn without_the_nodename_file_add_and_del_wait_for_calico_node() {
+    // Mirrors cmdAdd/cmdDel in cni-plugin/pkg/plugin/plugin.go: the file calico-node writes
+    // must exist, even with `nodename` set, unless nodename_file_optional is true.
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    let mut list = conflist("1.0.0", json!({}));
+    list["plugins"][0]["nodename"] = json!("node-1");
+    c.install(0, &list).unwrap();
+    let rt = c.runtime(0);
+    std::fs::remove_file(c.node(0).calico_lib_dir().join("nodename")).unwrap();
+    let before = state(&c);
+    let pod = NetNs::new("nf").unwrap();
+    let opts = pod_args("default", "nf");
+    let e = rt
+        .add("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(11), "{e}");
+    assert!(e.msg.contains("/var/lib/calico/nodename"), "{e}");
+    assert_eq!(state(&c), before);
+    assert!(pod.sh("ip link show eth0").is_err());
+    let e = rt
+        .del("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(11), "{e}");
+
+    list["plugins"][0]["nodename_file_optional"] = json!(true);
+    c.install(0, &list).unwrap();
+    rt.add("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
+    rt.del("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
+}
