@@ -607,29 +607,28 @@ pub fn gc_with(
         .map(|a| a.container_id)
         .collect();
     let candidates = crate::gc::candidates(store, &req.network_name, node, &valid)?;
-    if candidates.is_empty() {
-        return Ok(());
-    }
-    let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
-    let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
+    // Judged before the host lock is taken: asking the kernel visits every namespace, and
+    // must not hold up the node's ADDs and DELs meanwhile. A candidate is a container the
+    // runtime no longer has, so nothing can make it alive again.
     let mut errors = Vec::new();
+    let mut stale = Vec::new();
     for c in candidates {
         match liveness.judge(&c) {
-            Ok(crate::gc::Verdict::Stale) => {}
-            Ok(kept) => {
-                log::info!("GC kept {} ({:?}): {kept:?}", c.handle, c.addresses);
-                continue;
-            }
-            Err(e) => {
-                errors.push(format!("{}: {e}", c.handle));
-                continue;
-            }
-        }
-        let keys = keys_of(&c);
-        match crate::gc::release(&ipam, &c, &keys, &mut |ips, snap| with(&c, ips, snap)) {
-            Ok(ips) if !ips.is_empty() => log::info!("GC released {ips:?} of {}", c.handle),
-            Ok(_) => {}
+            Ok(crate::gc::Verdict::Stale) => stale.push(c),
+            Ok(kept) => log::info!("GC kept {} ({:?}): {kept:?}", c.handle, c.addresses),
             Err(e) => errors.push(format!("{}: {e}", c.handle)),
+        }
+    }
+    if !stale.is_empty() {
+        let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
+        let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
+        for c in stale {
+            let keys = keys_of(&c);
+            match crate::gc::release(&ipam, &c, &keys, &mut |ips, snap| with(&c, ips, snap)) {
+                Ok(ips) if !ips.is_empty() => log::info!("GC released {ips:?} of {}", c.handle),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{}: {e}", c.handle)),
+            }
         }
     }
     if errors.is_empty() {
@@ -656,17 +655,8 @@ pub fn gc(
     node: &str,
     in_use: &InUseFn<'_>,
 ) -> Result<(), CniError> {
-    let seen = std::cell::OnceCell::new();
-    let alive = |c: &crate::gc::Candidate| {
-        let used = match seen.get() {
-            Some(u) => u,
-            None => {
-                let u = in_use()?;
-                seen.get_or_init(|| u)
-            }
-        };
-        Ok(c.addresses.iter().any(|a| used.contains(a)))
-    };
+    let in_use = crate::gc::InUse::new(in_use);
+    let alive = |c: &crate::gc::Candidate| in_use.any(&c.addresses);
     let liveness = crate::gc::Liveness {
         alive: &alive,
         grace: crate::gc::DEFAULT_GRACE,

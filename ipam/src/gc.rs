@@ -49,6 +49,34 @@ pub struct Liveness<'a> {
     pub now: SystemTime,
 }
 
+/// The kernel's list of addresses in use on the host, asked for once, when first needed
+/// (it visits every namespace).
+pub struct InUse<'a> {
+    ask: &'a dyn Fn() -> Result<BTreeSet<IpAddr>, String>,
+    seen: std::cell::OnceCell<BTreeSet<IpAddr>>,
+}
+
+impl<'a> InUse<'a> {
+    pub fn new(ask: &'a dyn Fn() -> Result<BTreeSet<IpAddr>, String>) -> Self {
+        InUse {
+            ask,
+            seen: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Whether any of `addresses` is in use.
+    pub fn any(&self, addresses: &[IpAddr]) -> Result<bool, String> {
+        let used = match self.seen.get() {
+            Some(u) => u,
+            None => {
+                let u = (self.ask)()?;
+                self.seen.get_or_init(|| u)
+            }
+        };
+        Ok(addresses.iter().any(|a| used.contains(a)))
+    }
+}
+
 /// Why a candidate was kept or released.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -84,10 +84,10 @@ pub fn within<T>(ns: &File, path: &Path, f: impl FnOnce() -> T) -> Result<T, Dat
 /// Docker, rootless Podman under each user's runtime directory).
 const PINNED: &[&str] = &["/run/netns", "/var/run/netns", "/run/docker/netns"];
 
-/// Every network namespace this host can see: those of its processes (`/proc/<pid>/ns/net`)
-/// and those pinned in the usual directories, each once (by identity). A namespace that
-/// vanishes while being looked at is skipped.
-pub fn all_visible() -> Vec<(PathBuf, File)> {
+/// Where every network namespace this host can see is found: those of its processes
+/// (`/proc/<pid>/ns/net`, one path per namespace) and those pinned in the usual directories.
+/// Two paths may still name one namespace (compare [`identity`]).
+pub fn visible_paths() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = Vec::new();
     let mut dirs: Vec<PathBuf> = PINNED.iter().map(PathBuf::from).collect();
     if let Ok(users) = std::fs::read_dir("/run/user") {
@@ -117,13 +117,20 @@ pub fn all_visible() -> Vec<(PathBuf, File)> {
             }
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
     paths
-        .into_iter()
-        .filter_map(|path| {
-            let ns = File::open(&path).ok()?;
-            let id = identity(&ns, &path).ok()?;
-            seen.insert((id.dev, id.ino)).then_some((path, ns))
-        })
-        .collect()
+}
+
+/// Opens a namespace found by [`visible_paths`]; `Ok(None)` if it went away meanwhile (the
+/// process exited, the pin was removed). Any other failure is an error: a caller deciding
+/// what is in use must not take an unreadable namespace for an empty one.
+pub fn open_visible(path: &Path) -> Result<Option<File>, DataplaneError> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ESRCH as i32) => Ok(None),
+        Err(e) => Err(DataplaneError::Netns {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
 }

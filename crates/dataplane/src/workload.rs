@@ -474,12 +474,19 @@ impl Dataplane for LinuxDataplane {
                 }
             }
         }
-        for (path, ns) in netns::all_visible() {
-            // A namespace that goes away meanwhile has nothing in use any more.
-            match Netlink::in_netns(&ns, &path).and_then(|n| n.all_addresses()) {
-                Ok(addrs) => used.extend(addrs.iter().map(IpNet::addr)),
-                Err(e) => log::debug!("addresses in {}: {e}", path.display()),
+        // One namespace open at a time (a node may have thousands); any failure but "gone
+        // meanwhile" is an error, so GC keeps everything rather than free a live address.
+        let mut seen = BTreeSet::new();
+        for path in netns::visible_paths() {
+            let Some(ns) = netns::open_visible(&path)? else {
+                continue;
+            };
+            let id = netns::identity(&ns, &path)?;
+            if !seen.insert((id.dev, id.ino)) {
+                continue;
             }
+            let addrs = Netlink::in_netns(&ns, &path)?.all_addresses()?;
+            used.extend(addrs.iter().map(IpNet::addr));
         }
         Ok(used)
     }

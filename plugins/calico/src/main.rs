@@ -13,18 +13,22 @@ use std::process::ExitCode;
 
 struct Calico;
 
-/// ADD and DEL wait for calico-node, as Calico's plugin does (see
+/// Whether a verb waits for calico-node: ADD and DEL do, as Calico's plugin does (see
 /// [`calico_plugin::workload::require_nodename_file`]).
-fn require_nodename_file(req: &Request) -> Result<(), CniError> {
-    let conf = NetConf::from_request(req)?;
-    calico_plugin::workload::require_nodename_file(&conf, |p| p.exists())
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NodeGate {
+    Required,
+    Not,
 }
 
 /// What every verb starts from: the derived context and a datastore connection (opened
 /// lazily: the first request makes it, in parallel with the kernel work).
-fn setup(req: &Request) -> Result<(Context, calico_datastore::Etcd), CniError> {
+fn setup(req: &Request, gate: NodeGate) -> Result<(Context, calico_datastore::Etcd), CniError> {
     let t = std::time::Instant::now();
     let ctx = Context::new(req)?;
+    if gate == NodeGate::Required {
+        calico_plugin::workload::require_nodename_file(&ctx.conf, |p| p.exists())?;
+    }
     let t1 = t.elapsed();
     let store = calico_ipam::cni::connect(&ctx.conf)?;
     log::debug!(
@@ -41,9 +45,10 @@ fn setup(req: &Request) -> Result<(Context, calico_datastore::Etcd), CniError> {
 fn run<T>(
     req: &Request,
     with_pod: bool,
+    gate: NodeGate,
     verb: impl FnOnce(&Request, &Context, &Deps<'_>) -> Result<T, CniError>,
 ) -> Result<T, CniError> {
-    let (ctx, store) = setup(req)?;
+    let (ctx, store) = setup(req, gate)?;
     let dataplane = LinuxDataplane {
         log_file: ctx.conf.log_settings().file,
     };
@@ -98,21 +103,19 @@ impl Plugin for Calico {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        require_nodename_file(req)?;
-        run(req, true, verbs::add)
+        run(req, true, NodeGate::Required, verbs::add)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        require_nodename_file(req)?;
-        run(req, false, verbs::del)
+        run(req, false, NodeGate::Required, verbs::del)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        run(req, false, verbs::check)
+        run(req, false, NodeGate::Not, verbs::check)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        run(req, false, verbs::gc)
+        run(req, false, NodeGate::Not, verbs::gc)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {

@@ -883,57 +883,38 @@ pub fn gc(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError>
     if !ctx.ipam_in_process() {
         return delegate::run(&req.env, Command::Gc, &ctx.conf.ipam.ipam_type, &req.stdin);
     }
-    let weps = node_endpoints(deps.store, &ctx.node)?;
-    let prefix = crate::workload::interface_prefix(|k| std::env::var(k).ok());
-    let host_ifaces: BTreeSet<String> = deps
-        .dataplane
-        .host_interfaces(&prefix)
-        .map_err(dataplane_error)?
-        .into_iter()
-        .collect();
-    // The endpoints that carry a candidate's addresses (all of theirs among the handle's).
-    let endpoints_of = |c: &calico_ipam::gc::Candidate| -> Vec<&(Kv, WorkloadEndpoint)> {
-        weps.iter()
-            .filter(|(_, w)| w.spec.container_id == c.container_id)
-            .filter(|(_, w)| {
-                let ips = endpoint_addresses(w);
-                !ips.is_empty() && ips.iter().all(|ip| c.addresses.contains(ip))
-            })
-            .collect()
+    // The endpoints and interfaces are read once the candidates have been listed (the first
+    // judgement asks for them): an ADD that commits after the listing is no candidate, and
+    // one that committed before has its endpoint (committed with the allocation, once its
+    // veth existed) in this view. So an allocation without a live endpoint or an address
+    // in use is not an ADD in flight, and needs no grace period.
+    let view = std::cell::OnceCell::new();
+    let view = || -> Result<&GcView, String> {
+        if let Some(v) = view.get() {
+            return Ok(v);
+        }
+        let v = GcView::read(ctx, deps).map_err(|e| e.to_string())?;
+        Ok(view.get_or_init(|| v))
     };
-    // The namespaces are visited once, and only if an endpoint's interface does not settle it.
-    let in_use = std::cell::OnceCell::new();
+    let ask = || deps.dataplane.addresses_in_use().map_err(|e| e.to_string());
+    let in_use = calico_ipam::gc::InUse::new(&ask);
     let alive = |c: &calico_ipam::gc::Candidate| -> Result<bool, String> {
-        if endpoints_of(c)
-            .iter()
-            .any(|(_, w)| host_ifaces.contains(&w.spec.interface_name))
+        let v = view()?;
+        if v.endpoints_of(c)
+            .any(|(_, w)| v.host_interfaces.contains(&w.spec.interface_name))
         {
             return Ok(true);
         }
-        let used = match in_use.get() {
-            Some(u) => u,
-            None => {
-                let u = deps
-                    .dataplane
-                    .addresses_in_use()
-                    .map_err(|e| e.to_string())?;
-                in_use.get_or_init(|| u)
-            }
-        };
-        Ok(c.addresses.iter().any(|a| used.contains(a)))
+        in_use.any(&c.addresses)
     };
-    // The endpoint is committed with the allocation, after its veth exists: an allocation
-    // without a live endpoint or route is not an ADD in flight, so no grace period.
     let liveness = calico_ipam::gc::Liveness {
         alive: &alive,
         grace: std::time::Duration::ZERO,
         now: SystemTime::now(),
     };
-    let keys_of = |c: &calico_ipam::gc::Candidate| {
-        endpoints_of(c)
-            .iter()
-            .map(|(kv, _)| kv.key.clone())
-            .collect()
+    let keys_of = |c: &calico_ipam::gc::Candidate| match view() {
+        Ok(v) => v.endpoints_of(c).map(|(kv, _)| kv.key.clone()).collect(),
+        Err(_) => Vec::new(),
     };
     calico_ipam::cni::gc_with(
         deps.store,
@@ -944,20 +925,58 @@ pub fn gc(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError>
         &keys_of,
         &mut |c, _, snap| {
             let mut extra = Extra::default();
-            for (kv, w) in endpoints_of(c) {
-                // Guarded on the record as this snapshot read it: a new sandbox that took
-                // the record over meanwhile keeps it (the transaction fails and GC reports).
-                if let Some(current) = snapshot_key(snap, &kv.key) {
-                    extra
-                        .guards
-                        .push(Guard::Revision(current.key.clone(), current.mod_revision));
-                    extra.writes.push(Write::Delete(current.key.clone()));
-                    log::info!("GC removes endpoint {}", w.metadata.name);
+            let v = view().map_err(IpamError::Other)?;
+            for (listed, w) in v.endpoints_of(c) {
+                // Only the record as it was judged: one rewritten since (a new sandbox of
+                // the same pod took the key over) is not this container's any more.
+                match snapshot_key(snap, &listed.key) {
+                    Some(now) if now.mod_revision == listed.mod_revision => {
+                        extra
+                            .guards
+                            .push(Guard::Revision(now.key.clone(), now.mod_revision));
+                        extra.writes.push(Write::Delete(now.key.clone()));
+                        log::info!("GC removes endpoint {}", w.metadata.name);
+                    }
+                    _ => log::info!("GC keeps endpoint {}: changed since", w.metadata.name),
                 }
             }
             Ok(extra)
         },
     )
+}
+
+/// What GC reads of this node: its endpoint records and its host interfaces.
+struct GcView {
+    endpoints: Vec<(Kv, WorkloadEndpoint)>,
+    host_interfaces: BTreeSet<String>,
+}
+
+impl GcView {
+    fn read(ctx: &Context, deps: &Deps<'_>) -> Result<GcView, CniError> {
+        let prefix = crate::workload::interface_prefix(|k| std::env::var(k).ok());
+        Ok(GcView {
+            endpoints: node_endpoints(deps.store, &ctx.node)?,
+            host_interfaces: deps
+                .dataplane
+                .host_interfaces(&prefix)
+                .map_err(dataplane_error)?
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    /// The endpoints that carry a candidate's addresses (all of theirs among the handle's).
+    fn endpoints_of<'v>(
+        &'v self,
+        c: &'v calico_ipam::gc::Candidate,
+    ) -> impl Iterator<Item = &'v (Kv, WorkloadEndpoint)> + 'v {
+        self.endpoints.iter().filter(|(_, w)| {
+            let ips = endpoint_addresses(w);
+            w.spec.container_id == c.container_id
+                && !ips.is_empty()
+                && ips.iter().all(|ip| c.addresses.contains(ip))
+        })
+    }
 }
 
 /// This node's endpoint records.
@@ -1001,3 +1020,7 @@ pub fn status(req: &Request, ctx: &Context, store: &dyn KvStore) -> Result<(), C
         )
     }
 }
+
+#[cfg(test)]
+#[path = "gc_tests.rs"]
+mod gc_tests;
