@@ -230,3 +230,51 @@ fn a_deleted_virt_launcher_pod_releases_nothing_and_a_standalone_vmi_decides_its
     n1.del(NET, &p, &pod_args(solo)).unwrap().unwrap();
     assert!(!lab.handle_exists(solo_handle));
 }
+
+/// A VM whose first pod ran on a node with Calico's Go plugins (its allocation as
+/// ipam_plugin.go cmdAdd stores it: testdata/calico/kubevirt-vm-block-v3.32.json) migrates to
+/// a node running ours: the target gets the same address as alternate owner
+/// (handleVirtLauncherPod), and what Go wrote is kept as it was.
+#[test]
+fn a_vm_started_by_calicos_go_plugin_migrates_to_our_node() {
+    require!("etcd", "go");
+    let (lab, _api) = vm_lab();
+    let block = std::fs::read_to_string(
+        testkit::driver::repo_root().join("testdata/calico/kubevirt-vm-block-v3.32.json"),
+    )
+    .unwrap();
+    let cidr: ipnet::IpNet = "10.244.64.0/26".parse().unwrap();
+    lab.etcd.put(&keys::block(&cidr), block.trim()).unwrap();
+    lab.etcd
+        .put(
+            &keys::handle(VM_HANDLE),
+            r#"{"block":{"10.244.64.0/26":1},"deleted":false}"#,
+        )
+        .unwrap();
+    lab.etcd
+        .put(
+            &keys::affinity("node-1", &cidr),
+            r#"{"state":"confirmed","deleted":false}"#,
+        )
+        .unwrap();
+
+    let n2 = lab.node_runtime("node-2");
+    let dst = lab.pod(TARGET);
+    let r = n2.add(NET, &dst, &pod_args(TARGET)).unwrap().unwrap();
+    assert_eq!(Lab::addresses(&r), ["10.244.64.5"], "{r}");
+    let attrs = attributes_of(&lab, VM_HANDLE);
+    assert_eq!(attrs.len(), 1);
+    let (_, a) = &attrs[0];
+    let go: Value = serde_json::from_str(&block).unwrap();
+    assert_eq!(
+        a["secondary"], go["attributes"][0]["secondary"],
+        "Go's owner kept"
+    );
+    let alt = &a["alternateOwnerAttrs"];
+    assert_eq!(alt["pod"], TARGET);
+    assert_eq!(alt["node"], "node-2");
+    assert_eq!(alt["vmi-name"], "vm1");
+    assert_eq!(alt["vmim-uid"], "3e2d1c0b-aaaa-4bbb-8ccc-000000000003");
+    let handle = lab.get_json(&keys::handle(VM_HANDLE)).unwrap();
+    assert_eq!(handle["block"], json!({"10.244.64.0/26": 1}), "{handle}");
+}
