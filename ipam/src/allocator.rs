@@ -205,6 +205,17 @@ struct PlannedBlock {
     changed: bool,
 }
 
+impl PlannedBlock {
+    /// Whether the commit deletes the block: it changed, is stored, is empty (Calico's
+    /// `empty()`) and has no affinity, as Go's release does.
+    fn deleted(&self) -> bool {
+        self.changed
+            && self.current.is_some()
+            && block::is_empty(&self.block)
+            && self.block.affinity.is_none()
+    }
+}
+
 /// A handle as the plan changes it.
 #[derive(Debug, Clone)]
 struct PlannedHandle {
@@ -489,6 +500,7 @@ impl<'a, 's> Plan<'a, 's> {
                 let theirs = keys::affinity(&other, &cidr);
                 self.affinities
                     .insert(theirs.clone(), (None, Write::Delete(theirs)));
+                self.drop_handles(&cidr, block::handle_counts(&pb.block))?;
                 self.create_block(cidr, Some(kv.clone()));
                 return Ok(Some(cidr));
             }
@@ -877,6 +889,23 @@ impl<'a, 's> Plan<'a, 's> {
         }
     }
 
+    /// The handles of allocations a block loses without their release (it is deleted, or
+    /// made anew by a reclaim: only Windows-reserved ones can be left) give up their count
+    /// for it, so no handle keeps a block that is gone. Missing handles stay missing.
+    fn drop_handles(
+        &mut self,
+        cidr: &IpNet,
+        counts: BTreeMap<String, i64>,
+    ) -> Result<(), IpamError> {
+        for (h, n) in counts {
+            let planned = self.handle(&h)?;
+            if planned.current.is_some() {
+                planned.adjust(cidr, -n);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the plan writes anything.
     fn is_empty(&self) -> bool {
         !self.blocks.values().flatten().any(|b| b.changed)
@@ -885,7 +914,18 @@ impl<'a, 's> Plan<'a, 's> {
     }
 
     /// Commits the plan and `extra` in one transaction; false on a conflict.
-    fn commit(self, extra: Extra) -> Result<bool, IpamError> {
+    fn commit(mut self, extra: Extra) -> Result<bool, IpamError> {
+        let deleted: Vec<(IpNet, BTreeMap<String, i64>)> = self
+            .blocks
+            .iter()
+            .filter_map(|(cidr, pb)| {
+                let pb = pb.as_ref().filter(|pb| pb.deleted())?;
+                Some((*cidr, block::handle_counts(&pb.block)))
+            })
+            .collect();
+        for (cidr, leftovers) in deleted {
+            self.drop_handles(&cidr, leftovers)?;
+        }
         let mut guards = Vec::new();
         let mut writes = Vec::new();
         for (cidr, pb) in self.blocks {
@@ -894,7 +934,7 @@ impl<'a, 's> Plan<'a, 's> {
             };
             let key = keys::block(&cidr);
             guards.push(Guard::for_current(&key, pb.current.as_ref()));
-            if pb.current.is_some() && block::is_empty(&pb.block) && pb.block.affinity.is_none() {
+            if pb.deleted() {
                 writes.push(Write::Delete(key));
             } else {
                 pb.block.sequence_number += 1;

@@ -23,19 +23,7 @@ use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// The handle of the addresses Calico reserves in blocks of Windows nodes.
-pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
-
-/// Calico's `allocationBlock.empty()`: no allocation but Windows-reserved ones.
-pub fn empty_but_reserved(b: &AllocationBlock) -> bool {
-    let attrs = b.attributes.as_deref().unwrap_or_default();
-    b.allocations.iter().flatten().all(|i| {
-        attrs
-            .get(*i)
-            .and_then(AllocationAttribute::handle)
-            .is_some_and(|h| h.eq_ignore_ascii_case(WINDOWS_RESERVED_HANDLE))
-    })
-}
+pub use crate::block::WINDOWS_RESERVED_HANDLE;
 
 /// Whether a node removal may release this allocation: its `node` attribute names `node`,
 /// or it has none (allocations written without owner attributes). An address a stale
@@ -183,7 +171,7 @@ fn plan_release(
         }
         txn.guards
             .push(Guard::Revision(kv.key.clone(), kv.mod_revision));
-        if empty_but_reserved(&b) && b.affinity.is_none() {
+        if block::is_empty(&b) && b.affinity.is_none() {
             count_leftovers(&b, &mut counts);
             txn.writes.push(Write::Delete(kv.key));
         } else {
@@ -280,7 +268,7 @@ pub fn release_block_affinity(
                 } else {
                     txn.guards
                         .push(Guard::Revision(block_key.clone(), bkv.mod_revision));
-                    if empty_but_reserved(&b) {
+                    if block::is_empty(&b) {
                         let mut counts = HandleCounts::new();
                         count_leftovers(&b, &mut counts);
                         plan_handles(store, &counts, &mut txn)?;

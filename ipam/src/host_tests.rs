@@ -294,7 +294,7 @@ fn a_block_with_only_windows_reserved_addresses_counts_as_empty() {
         attrs: BTreeMap::new(),
     };
     block::assign_next(&mut b, 2, &owner, &|_| false);
-    assert!(empty_but_reserved(&b) && !block::is_empty(&b));
+    assert!(block::is_empty(&b) && block::in_use(&b) == 2);
     put_json(&store, &keys::block(&cidr), &b);
     put_json(
         &store,
