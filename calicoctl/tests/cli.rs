@@ -1525,6 +1525,64 @@ fn delete_node_removes_what_belongs_to_the_node() {
     );
 }
 
+/// Mirrors 3.33's clientv3/node.go Delete over ipam.go ReleaseIPs with ipCooldownSeconds:
+/// node1's workload and tunnel addresses go into their cooldown (still taken, handles
+/// deleted), so their blocks are still in use and RemoveIPAMHost keeps them, without
+/// affinity; only the block that was already empty goes.
+#[test]
+fn delete_node_keeps_released_addresses_in_their_cooldown() {
+    require!("etcd");
+    let f = Fixture::start();
+    let store = f.store();
+    cluster_with_node1(&store);
+    put(
+        &store,
+        keys::IPAM_CONFIG,
+        &json!({"strict_affinity":false,"auto_allocate_blocks":true,"ipCooldownSeconds":300}),
+    );
+    assert_eq!(
+        f.ok(&["delete", "node", "node1"]),
+        "Successfully deleted 1 'Node' resource(s)\n"
+    );
+    let block = |cidr: &str| -> Option<AllocationBlock> {
+        let key = keys::block(&cidr.parse().unwrap());
+        f.etcd
+            .get(&key)
+            .unwrap()
+            .map(|v| serde_json::from_str(&v).unwrap())
+    };
+    for (cidr, cooling, affinity) in [
+        ("10.244.1.0/26", vec![1, 2], None),
+        ("10.244.2.0/26", vec![5], None),
+        ("10.244.3.0/26", vec![1], None),
+        ("10.244.9.0/26", vec![3], Some("host:node2")),
+    ] {
+        let b = block(cidr).unwrap_or_else(|| panic!("{cidr} kept: still in use"));
+        assert_eq!(b.affinity.as_deref(), affinity, "{cidr}");
+        let attrs = b.attributes.clone().unwrap_or_default();
+        for ord in cooling {
+            let idx = b.allocations[ord].unwrap_or_else(|| panic!("{cidr} .{ord} still taken"));
+            assert!(attrs[idx].released_at().is_some(), "{cidr} .{ord} cooling");
+            assert!(!b.unallocated.contains(&ord), "{cidr} .{ord}");
+        }
+    }
+    assert!(block("10.244.4.0/26").is_none(), "the empty block goes");
+    for h in [
+        "ipip-tunnel-addr-node1",
+        "k8s-pod-network.p1",
+        "k8s-pod-network.p3",
+        "k8s-pod-network.p4",
+    ] {
+        assert!(f.etcd.get(&keys::handle(h)).unwrap().is_none(), "{h}");
+    }
+    assert!(
+        f.etcd
+            .get(&keys::handle("k8s-pod-network.q1"))
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// Whatever transaction a `delete node` dies before, running it again finishes the job with
 /// the same end state as an uninterrupted run, and `ipam check` is clean.
 #[test]

@@ -89,6 +89,58 @@ impl Extra {
 /// against (called again after each conflict).
 pub type ExtraFn<'a, T> = dyn FnMut(&T, &Snapshot) -> Result<Extra, IpamError> + 'a;
 
+/// Which allocations at the given addresses a release by address frees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Selection<'a> {
+    /// Every one (`calicoctl ipam release`).
+    #[default]
+    Any,
+    /// Only this handle's (Go's `ReleaseOptions.Handle`).
+    Handle(&'a str),
+    /// Only those whose `node` attribute names this node, or that have none (allocations
+    /// written without owner attributes): a node's removal, where an address a stale record
+    /// names but that now belongs to another node's workload stays allocated.
+    Node(&'a str),
+}
+
+impl Selection<'_> {
+    fn admits(&self, attr: Option<&AllocationAttribute>) -> bool {
+        match self {
+            Selection::Any => true,
+            Selection::Handle(h) => attr.and_then(AllocationAttribute::handle) == Some(*h),
+            Selection::Node(n) => attr
+                .and_then(|a| a.owner("node"))
+                .is_none_or(|owner| owner == *n),
+        }
+    }
+}
+
+/// What to release by address in one transaction, and the caller's writes that go with it.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseStep {
+    pub ips: Vec<IpAddr>,
+    pub extra: Extra,
+}
+
+/// Gives the [`ReleaseStep`] for the caller's current state: called before each plan (the
+/// first, and again after a conflict) with the snapshot it is planned against. `None`:
+/// nothing (left) to do, and nothing is written.
+pub type ReleaseStepFn<'a> = dyn FnMut(&Snapshot) -> Result<Option<ReleaseStep>, IpamError> + 'a;
+
+/// What releasing one block affinity did ([`Ipam::release_block_affinity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityReleased {
+    /// The affinity was already gone.
+    Gone,
+    /// The block was empty and is deleted with the affinity.
+    BlockDeleted,
+    /// The block still holds addresses: it stays, without affinity.
+    BlockKept,
+    /// The block is another node's, or missing: only the stale affinity is deleted.
+    /// (Calico leaves an affinity whose block is missing; we delete it too.)
+    AffinityOnly,
+}
+
 /// The IPAM settings in effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpamSettings {
@@ -203,6 +255,17 @@ struct PlannedBlock {
     current: Option<Kv>,
     block: AllocationBlock,
     changed: bool,
+}
+
+impl PlannedBlock {
+    /// Whether the commit deletes the block: it changed, is stored, is empty (Calico's
+    /// `empty()`) and has no affinity, as Go's release does.
+    fn deleted(&self) -> bool {
+        self.changed
+            && self.current.is_some()
+            && block::is_empty(&self.block)
+            && self.block.affinity.is_none()
+    }
 }
 
 /// A handle as the plan changes it.
@@ -489,6 +552,7 @@ impl<'a, 's> Plan<'a, 's> {
                 let theirs = keys::affinity(&other, &cidr);
                 self.affinities
                     .insert(theirs.clone(), (None, Write::Delete(theirs)));
+                self.drop_handles(&cidr, block::handle_counts(&pb.block))?;
                 self.create_block(cidr, Some(kv.clone()));
                 return Ok(Some(cidr));
             }
@@ -773,11 +837,13 @@ impl<'a, 's> Plan<'a, 's> {
         Ok(freed_all)
     }
 
-    /// Plans the release of specific addresses (only those of `handle_id`, when given).
+    /// Plans the release of specific addresses (those `select` admits): Go's `ReleaseIPs`
+    /// and `releaseIPsFromBlock`. An address in no block, free, or in its cooldown is
+    /// skipped.
     fn release_ips(
         &mut self,
         ips: &[IpAddr],
-        handle_id: Option<&str>,
+        select: Selection<'_>,
     ) -> Result<Vec<IpAddr>, IpamError> {
         let mut by_block: BTreeMap<IpNet, BTreeSet<usize>> = BTreeMap::new();
         for ip in ips {
@@ -807,10 +873,7 @@ impl<'a, 's> Plan<'a, 's> {
         for (cidr, ords) in by_block {
             let freed = self.release_in(
                 &cidr,
-                |ord, a| {
-                    ords.contains(&ord)
-                        && handle_id.is_none_or(|h| a.and_then(|a| a.handle()) == Some(h))
-                },
+                |ord, a| ords.contains(&ord) && select.admits(a),
                 true,
             );
             for (ip, h) in freed {
@@ -824,6 +887,38 @@ impl<'a, 's> Plan<'a, 's> {
             }
         }
         Ok(released)
+    }
+
+    /// Plans Go's `releaseBlockAffinity` (without `RequireEmpty`) of this node's affinity to
+    /// `cidr` as the snapshot read it: the affinity is deleted; the block, if this node's (or
+    /// nobody's), loses its affinity, which makes the commit delete it if it is empty.
+    fn release_affinity(&mut self, cidr: &IpNet) -> Result<AffinityReleased, IpamError> {
+        let Some(aff) = self.snap.affinities.get(cidr) else {
+            return Ok(AffinityReleased::Gone);
+        };
+        self.affinities.insert(
+            aff.key.clone(),
+            (
+                Some(Guard::Revision(aff.key.clone(), aff.mod_revision)),
+                Write::Delete(aff.key.clone()),
+            ),
+        );
+        self.load(&[*cidr])?;
+        let ours = block::host_affinity(&self.ipam.node);
+        let Some(Some(pb)) = self.blocks.get_mut(cidr) else {
+            return Ok(AffinityReleased::AffinityOnly);
+        };
+        if pb.block.affinity.as_ref().is_some_and(|a| *a != ours) {
+            return Ok(AffinityReleased::AffinityOnly);
+        }
+        pb.block.affinity = None;
+        pb.block.affinity_claim_time = None;
+        pb.changed = true;
+        Ok(if pb.deleted() {
+            AffinityReleased::BlockDeleted
+        } else {
+            AffinityReleased::BlockKept
+        })
     }
 
     /// The addresses `handle_id` holds, with their blocks (loaded): Go's `IPsByHandle`.
@@ -877,6 +972,23 @@ impl<'a, 's> Plan<'a, 's> {
         }
     }
 
+    /// The handles of allocations a block loses without their release (it is deleted, or
+    /// made anew by a reclaim: only Windows-reserved ones can be left) give up their count
+    /// for it, so no handle keeps a block that is gone. Missing handles stay missing.
+    fn drop_handles(
+        &mut self,
+        cidr: &IpNet,
+        counts: BTreeMap<String, i64>,
+    ) -> Result<(), IpamError> {
+        for (h, n) in counts {
+            let planned = self.handle(&h)?;
+            if planned.current.is_some() {
+                planned.adjust(cidr, -n);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the plan writes anything.
     fn is_empty(&self) -> bool {
         !self.blocks.values().flatten().any(|b| b.changed)
@@ -885,7 +997,18 @@ impl<'a, 's> Plan<'a, 's> {
     }
 
     /// Commits the plan and `extra` in one transaction; false on a conflict.
-    fn commit(self, extra: Extra) -> Result<bool, IpamError> {
+    fn commit(mut self, extra: Extra) -> Result<bool, IpamError> {
+        let deleted: Vec<(IpNet, BTreeMap<String, i64>)> = self
+            .blocks
+            .iter()
+            .filter_map(|(cidr, pb)| {
+                let pb = pb.as_ref().filter(|pb| pb.deleted())?;
+                Some((*cidr, block::handle_counts(&pb.block)))
+            })
+            .collect();
+        for (cidr, leftovers) in deleted {
+            self.drop_handles(&cidr, leftovers)?;
+        }
         let mut guards = Vec::new();
         let mut writes = Vec::new();
         for (cidr, pb) in self.blocks {
@@ -894,7 +1017,7 @@ impl<'a, 's> Plan<'a, 's> {
             };
             let key = keys::block(&cidr);
             guards.push(Guard::for_current(&key, pb.current.as_ref()));
-            if pb.current.is_some() && block::is_empty(&pb.block) && pb.block.affinity.is_none() {
+            if pb.deleted() {
                 writes.push(Write::Delete(key));
             } else {
                 pb.block.sequence_number += 1;
@@ -1207,11 +1330,49 @@ impl<'s> Ipam<'s> {
         handle_id: Option<&str>,
     ) -> Result<Vec<IpAddr>, IpamError> {
         let snap = self.snapshot(&[])?;
-        self.plan_and_commit(
-            &snap,
-            |plan| plan.release_ips(ips, handle_id),
-            &mut |_, _| Ok(Extra::default()),
-        )
+        let select = handle_id.map_or(Selection::Any, Selection::Handle);
+        self.release_ips_with(&snap, select, &mut |_| {
+            Ok(Some(ReleaseStep {
+                ips: ips.to_vec(),
+                extra: Extra::default(),
+            }))
+        })
+    }
+
+    /// Releases by address, as Go's `ReleaseIPs`, the allocations `select` admits at the
+    /// addresses `step` gives, in one transaction with the caller's writes from the same
+    /// step: into their cooldown when `ipCooldownSeconds` is set, their handles decremented,
+    /// a block left empty and without affinity deleted. A conflict on any guarded key, the
+    /// caller's included, re-reads and calls `step` again. Returns the addresses released.
+    pub fn release_ips_with(
+        &self,
+        snap: &Snapshot,
+        select: Selection<'_>,
+        step: &mut ReleaseStepFn<'_>,
+    ) -> Result<Vec<IpAddr>, IpamError> {
+        let (released, _) = self.plan_and_commit(
+            snap,
+            |plan| match step(plan.snap)? {
+                None => Ok((Vec::new(), Extra::default())),
+                Some(ReleaseStep { ips, extra }) => Ok((plan.release_ips(&ips, select)?, extra)),
+            },
+            &mut |(_, extra): &(Vec<IpAddr>, Extra), _| Ok(extra.clone()),
+        )?;
+        Ok(released)
+    }
+
+    /// Go's `releaseBlockAffinity` (without `RequireEmpty`) of this node's affinity to block
+    /// `cidr`, in one transaction: the affinity goes; the block, unless another node's, goes
+    /// with it if empty (its leftover Windows-reserved handles decremented), else stays
+    /// without affinity.
+    pub fn release_block_affinity(&self, cidr: &IpNet) -> Result<AffinityReleased, IpamError> {
+        let snap = self.read_snapshot(&SnapshotRequest {
+            blocks: &[*cidr],
+            ..SnapshotRequest::default()
+        })?;
+        self.plan_and_commit(&snap, |plan| plan.release_affinity(cidr), &mut |_, _| {
+            Ok(Extra::default())
+        })
     }
 
     /// ADD of a KubeVirt virt-launcher pod whose VM keeps its addresses (`req.handle` is the

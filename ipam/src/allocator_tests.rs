@@ -446,6 +446,127 @@ fn a_block_without_a_claim_time_is_reclaimable_and_reclaim_comes_before_borrowin
     assert_eq!(got.v4[0].trunc(), empty);
 }
 
+/// Reserves `n` addresses of the stored block `cidr` for Windows, as a Windows node's
+/// calico-node does (`windows-reserved-ipam-handle`), and counts them in that handle, which
+/// may also hold `elsewhere` addresses in another block.
+fn reserve_for_windows(store: &MemKv, cidr: &IpNet, n: usize, elsewhere: Option<(&str, i64)>) {
+    let mut b = block(store, &cidr.to_string()).expect("block");
+    let owner = crate::block::Owner {
+        handle: crate::block::WINDOWS_RESERVED_HANDLE.into(),
+        attrs: BTreeMap::new(),
+    };
+    assert_eq!(
+        crate::block::assign_next(&mut b, n, &owner, &|_| false).len(),
+        n
+    );
+    store.put(
+        &keys::block(cidr),
+        &serde_json::to_vec(&b).expect("encodes"),
+    );
+    let mut h = IpamHandle::default();
+    h.block.insert(cidr.to_string(), n as i64);
+    if let Some((other, count)) = elsewhere {
+        h.block.insert(other.into(), count);
+    }
+    store.put(
+        &keys::handle(crate::block::WINDOWS_RESERVED_HANDLE),
+        &serde_json::to_vec(&h).expect("encodes"),
+    );
+}
+
+/// Mirrors ipam_block_reader_writer.go findUsableBlock, which takes a block for empty when
+/// ipam_block.go empty() says so: only Windows-reserved addresses left. Such a block of
+/// another node is reclaimed (made anew for this node), and the Windows handle gives up its
+/// count for it in the same transaction (Calico deletes the block and leaves the count).
+#[test]
+fn a_block_holding_only_windows_reserved_addresses_is_reclaimed() {
+    let store = store();
+    let (_, empty) = two_blocks_claimed_by_n2(&store);
+    reserve_for_windows(&store, &empty, 2, Some(("10.9.9.0/30", 4)));
+    let got = Ipam::new(&store, "n1")
+        .with_clock(t61)
+        .auto_assign(&request("n.a", 1, 0))
+        .expect("reclaimed");
+    assert_eq!(got.v4[0].trunc(), empty);
+    let b = block(&store, &empty.to_string()).expect("block");
+    assert_eq!(b.affinity.as_deref(), Some("host:n1"));
+    assert_eq!(crate::block::in_use(&b), 1, "only n1's new address");
+    assert!(
+        store
+            .get(&keys::affinity("n2", &empty))
+            .expect("read")
+            .is_none()
+    );
+    let windows = handle(&store, crate::block::WINDOWS_RESERVED_HANDLE).expect("handle");
+    assert_eq!(
+        windows.block,
+        [("10.9.9.0/30".to_string(), 4)].into_iter().collect(),
+        "its count for the reclaimed block is gone"
+    );
+}
+
+/// Mirrors ipam.go releaseIPsFromBlock: a block without affinity that the release leaves
+/// empty (ipam_block.go empty(): only Windows-reserved addresses left) is deleted; the
+/// Windows handle gives up its count for it in the same transaction, and goes if that was
+/// all it held.
+#[test]
+fn a_release_leaving_only_windows_reserved_addresses_deletes_the_block() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 28);
+    let a = ipam(&store, "n1")
+        .auto_assign(&request("n.a", 2, 0))
+        .expect("a");
+    let cidr = a.v4[0].trunc();
+    reserve_for_windows(&store, &cidr, 3, Some(("10.9.9.0/30", 4)));
+    let mut b = block(&store, &cidr.to_string()).expect("block");
+    b.affinity = None;
+    store.put(
+        &keys::block(&cidr),
+        &serde_json::to_vec(&b).expect("encodes"),
+    );
+    // One address left: the block is still in use.
+    ipam(&store, "n1")
+        .release_ips(&[a.v4[0].addr()], None)
+        .expect("release");
+    assert!(block(&store, &cidr.to_string()).is_some());
+    assert_eq!(
+        handle(&store, crate::block::WINDOWS_RESERVED_HANDLE)
+            .expect("handle")
+            .block
+            .get(&cidr.to_string()),
+        Some(&3)
+    );
+    // The last one: only the reserved addresses remain, so the block goes.
+    let out = ipam(&store, "n1")
+        .release_by_handle("n.a")
+        .expect("release");
+    assert_eq!(out, Some(vec![a.v4[1].addr()]));
+    assert!(block(&store, &cidr.to_string()).is_none(), "deleted");
+    assert!(handle(&store, "n.a").is_none());
+    let windows = handle(&store, crate::block::WINDOWS_RESERVED_HANDLE).expect("handle");
+    assert_eq!(
+        windows.block,
+        [("10.9.9.0/30".to_string(), 4)].into_iter().collect()
+    );
+    // With no other block, the handle itself goes.
+    let a = ipam(&store, "n1")
+        .auto_assign(&request("n.b", 1, 0))
+        .expect("b");
+    let cidr = a.v4[0].trunc();
+    reserve_for_windows(&store, &cidr, 2, None);
+    let mut b = block(&store, &cidr.to_string()).expect("block");
+    b.affinity = None;
+    store.put(
+        &keys::block(&cidr),
+        &serde_json::to_vec(&b).expect("encodes"),
+    );
+    ipam(&store, "n1")
+        .release_ips(&[a.v4[0].addr()], None)
+        .expect("release");
+    assert!(block(&store, &cidr.to_string()).is_none());
+    assert!(handle(&store, crate::block::WINDOWS_RESERVED_HANDLE).is_none());
+}
+
 /// The reclaim is guarded on the block as read: an allocation into it in between (here by
 /// its owner) fails the transaction, and the new plan finds nothing to reclaim.
 #[test]

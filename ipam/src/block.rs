@@ -17,6 +17,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+/// The handle of the addresses Calico reserves in the blocks of Windows nodes (Go's
+/// `WindowsReservedHandle`): they do not keep a block in use (see [`is_empty`]).
+pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
+
 /// The owner recorded with an allocation: its handle and attributes (`node`, `namespace`,
 /// `pod`, `timestamp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +106,30 @@ pub fn in_use(block: &AllocationBlock) -> usize {
     block.allocations.iter().filter(|a| a.is_some()).count()
 }
 
+/// Calico's `allocationBlock.empty()` (`ipam_block.go`): no allocation is left but
+/// Windows-reserved ones (handle [`WINDOWS_RESERVED_HANDLE`], any case). An address in its
+/// 3.33 cooldown has no handle, so it keeps the block in use.
 pub fn is_empty(block: &AllocationBlock) -> bool {
-    block.allocations.iter().all(Option::is_none)
+    let attrs = block.attributes.as_deref().unwrap_or_default();
+    block.allocations.iter().flatten().all(|i| {
+        attrs
+            .get(*i)
+            .and_then(AllocationAttribute::handle)
+            .is_some_and(|h| h.eq_ignore_ascii_case(WINDOWS_RESERVED_HANDLE))
+    })
+}
+
+/// How many allocations each handle still holds in the block: what the handles lose when
+/// the block is deleted or made anew (in an empty block, only Windows-reserved ones).
+pub fn handle_counts(block: &AllocationBlock) -> BTreeMap<String, i64> {
+    let attrs = block.attributes.as_deref().unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    for i in block.allocations.iter().flatten() {
+        if let Some(h) = attrs.get(*i).and_then(AllocationAttribute::handle) {
+            *counts.entry(h.to_string()).or_default() += 1;
+        }
+    }
+    counts
 }
 
 /// Free addresses that are not reserved.
@@ -584,6 +610,38 @@ mod tests {
         release_into_cooldown(&mut b, |_, _| true, t0(), true);
         assert!(release_where(&mut b, |_, _| true).is_empty());
         assert!(collect_cooled(&mut b, -1, t0()));
+        assert!(is_empty(&b));
+    }
+
+    /// Mirrors ipam_block.go empty(): a block is empty when every allocation left is
+    /// Windows-reserved (the handle compared case-insensitively); any other allocation, or
+    /// one without a handle (an address in its cooldown), keeps it in use.
+    #[test]
+    fn only_windows_reserved_allocations_leave_a_block_empty() {
+        let mut b = new_block(net("10.0.0.0/29"), "n1", t0());
+        assert!(is_empty(&b));
+        assign_next(&mut b, 2, &owner("Windows-Reserved-IPAM-Handle"), &none);
+        assign_next(&mut b, 1, &owner(WINDOWS_RESERVED_HANDLE), &none);
+        assert!(is_empty(&b), "only reserved addresses");
+        assert_eq!(
+            handle_counts(&b),
+            [
+                ("Windows-Reserved-IPAM-Handle".to_string(), 2),
+                (WINDOWS_RESERVED_HANDLE.to_string(), 1)
+            ]
+            .into_iter()
+            .collect()
+        );
+        assign_next(&mut b, 1, &owner("a"), &none);
+        assert!(!is_empty(&b), "a workload's address");
+        release_into_cooldown(
+            &mut b,
+            |_, a| a.and_then(|a| a.handle()) == Some("a"),
+            t0(),
+            false,
+        );
+        assert!(!is_empty(&b), "an address in its cooldown");
+        collect_cooled(&mut b, -1, t0());
         assert!(is_empty(&b));
     }
 

@@ -3,9 +3,11 @@
 //! conflicts re-planned, and every crash point resumable.
 
 use super::*;
-use crate::allocator::Ipam;
-use calico_datastore::model::{BlockAffinity, IpPoolSpec, Resource};
+use crate::allocator::{Extra, Ipam};
+use crate::block;
+use calico_datastore::model::{AllocationBlock, BlockAffinity, IpPoolSpec, IpamHandle, Resource};
 use calico_datastore::{FailNthTxn, MemKv};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn t0() -> SystemTime {
@@ -229,6 +231,89 @@ fn release_frees_the_nodes_addresses_with_the_callers_writes() {
     );
 }
 
+/// Mirrors 3.33's ipam.go ReleaseIPs and ipam_block.go release with ipCooldownSeconds set,
+/// as clientv3/node.go Delete calls them: the node's addresses go into their cooldown (still
+/// taken, their handles decremented at once), so a block holding them is not empty.
+#[test]
+fn release_honours_the_ip_cooldown() {
+    let store = MemKv::new();
+    cluster(&store);
+    store.put(
+        keys::IPAM_CONFIG,
+        br#"{"strict_affinity":false,"auto_allocate_blocks":true,"ipCooldownSeconds":60}"#,
+    );
+    let released = release_ips_with(&store, "n1", &mut || {
+        Ok(Some(ReleaseStep {
+            ips: vec![ip("10.0.0.0"), ip("10.0.0.4")],
+            extra: Extra::default(),
+        }))
+    })
+    .expect("released");
+    assert_eq!(released, [ip("10.0.0.0"), ip("10.0.0.4")]);
+    for gone in ["net.a0", "ipip-tunnel-addr-n1"] {
+        assert_eq!(handle_of(&store, gone), None, "{gone}");
+    }
+    for (cidr, ord) in [("10.0.0.0/30", 0), ("10.0.0.4/30", 0)] {
+        let b = block_of(&store, cidr).expect("block");
+        assert!(!b.unallocated.contains(&ord), "{cidr}: still taken");
+        let idx = b.allocations[ord].expect("in its cooldown");
+        let attr = &b.attributes.as_ref().expect("attributes")[idx];
+        assert!(
+            attr.released_at().is_some() && attr.handle().is_none(),
+            "{cidr}"
+        );
+    }
+    // Cooling, B is not empty: removing the host keeps it, without affinity.
+    remove_host(&store, "n1").expect("removed");
+    let b = block_of(&store, "10.0.0.4/30").expect("B kept while cooling");
+    assert_eq!(b.affinity, None);
+    // Releasing it again frees nothing.
+    let again = release_ips_with(&store, "n1", &mut || {
+        Ok(Some(ReleaseStep {
+            ips: vec![ip("10.0.0.4")],
+            extra: Extra::default(),
+        }))
+    })
+    .expect("nothing");
+    assert!(again.is_empty());
+}
+
+/// A block without affinity that a release leaves holding only Windows-reserved addresses
+/// is deleted, its Windows handle decremented (ipam.go releaseIPsFromBlock, ipam_block.go
+/// empty()).
+#[test]
+fn release_leaving_only_windows_reserved_addresses_deletes_the_block() {
+    let store = MemKv::new();
+    cluster(&store);
+    remove_host(&store, "n1").expect("removed");
+    let cidr = net("10.0.0.4/30");
+    let mut b = block_of(&store, "10.0.0.4/30").expect("B, in use, without affinity");
+    let owner = block::Owner {
+        handle: WINDOWS_RESERVED_HANDLE.into(),
+        attrs: BTreeMap::new(),
+    };
+    block::assign_next(&mut b, 3, &owner, &|_| false);
+    put_json(&store, &keys::block(&cidr), &b);
+    store.put(
+        &keys::handle(WINDOWS_RESERVED_HANDLE),
+        br#"{"block":{"10.0.0.4/30":3,"10.0.9.0/30":3},"deleted":false}"#,
+    );
+    let released = release_ips_with(&store, "n1", &mut || {
+        Ok(Some(ReleaseStep {
+            ips: vec![ip("10.0.0.4")],
+            extra: Extra::default(),
+        }))
+    })
+    .expect("released");
+    assert_eq!(released, [ip("10.0.0.4")]);
+    assert_eq!(block_of(&store, "10.0.0.4/30"), None);
+    let windows = handle_of(&store, WINDOWS_RESERVED_HANDLE).expect("handle");
+    assert_eq!(
+        windows.block,
+        [("10.0.9.0/30".to_string(), 3)].into_iter().collect()
+    );
+}
+
 /// A conflict on the caller's key (the endpoint changed) re-runs the step and the plan:
 /// the handle is decremented once, not twice.
 #[test]
@@ -294,7 +379,7 @@ fn a_block_with_only_windows_reserved_addresses_counts_as_empty() {
         attrs: BTreeMap::new(),
     };
     block::assign_next(&mut b, 2, &owner, &|_| false);
-    assert!(empty_but_reserved(&b) && !block::is_empty(&b));
+    assert!(block::is_empty(&b) && block::in_use(&b) == 2);
     put_json(&store, &keys::block(&cidr), &b);
     put_json(
         &store,
