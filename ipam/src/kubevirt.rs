@@ -12,13 +12,13 @@
 //!   pods.
 
 use crate::cni::Workload;
+use crate::kubernetes::{api_error, client_config};
+use calico_k8s::K8sError;
 use calico_k8s::kubevirt::PodVmi;
-use calico_k8s::{K8sConfig, K8sError};
 use calico_netconf::NetConf;
-use cni_protocol::{CniError, ErrorCode};
+use cni_protocol::CniError;
 use sha2::Digest;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// The prefix KubeVirt gives every virt-launcher pod's name; other pods are never looked up
 /// (the CNI hot path makes no API call for them).
@@ -79,25 +79,6 @@ pub fn vm_attributes(
     attrs
 }
 
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
-}
-
-/// The Kubernetes client settings as Calico's `getK8sRestConfig` builds them: the kubeconfig,
-/// the `policy.k8s_*` overrides, and `kubernetes.k8s_api_root` over `policy.k8s_api_root`.
-pub fn client_config(conf: &NetConf) -> K8sConfig {
-    let p = &conf.policy;
-    let k = &conf.kubernetes;
-    K8sConfig {
-        api_root: non_empty(&k.k8s_api_root).or_else(|| non_empty(&p.k8s_api_root)),
-        token: non_empty(&p.k8s_auth_token),
-        client_certificate: non_empty(&p.k8s_client_certificate).map(PathBuf::from),
-        client_key: non_empty(&p.k8s_client_key).map(PathBuf::from),
-        certificate_authority: non_empty(&p.k8s_certificate_authority).map(PathBuf::from),
-        ..K8sConfig::new(&k.kubeconfig)
-    }
-}
-
 /// What the Kubernetes API says about a workload's pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodKind {
@@ -109,8 +90,7 @@ pub enum PodKind {
     Gone,
 }
 
-/// Calico's `getVMIInfoForPod`. API failures as CNI errors: unreachable is "try again
-/// later", a bad client configuration code 7.
+/// Calico's `getVMIInfoForPod`. API failures as CNI errors ([`api_error`]).
 pub fn pod_kind(conf: &NetConf, workload: &Workload) -> Result<PodKind, CniError> {
     if workload.orchestrator != "k8s"
         || workload.pod.is_empty()
@@ -128,18 +108,12 @@ pub fn pod_kind(conf: &NetConf, workload: &Workload) -> Result<PodKind, CniError
         Ok(None) => Ok(PodKind::Ordinary),
         Err(K8sError::NotFound { kind: "Pod", .. }) => Ok(PodKind::Gone),
         Err(e) => {
-            let code = match e {
-                K8sError::Unreachable { .. } => ErrorCode::TRY_AGAIN_LATER,
-                K8sError::Config(_) => ErrorCode::INVALID_NETWORK_CONFIG,
-                _ => ErrorCode::DATASTORE,
-            };
-            Err(CniError::new(
-                code,
-                format!(
-                    "failed to get VMI info for pod {}/{}: {e}",
-                    workload.namespace, workload.pod
-                ),
-            ))
+            let mut err = api_error(e);
+            err.msg = format!(
+                "failed to get VMI info for pod {}/{}: {}",
+                workload.namespace, workload.pod, err.msg
+            );
+            Err(err)
         }
     }
 }

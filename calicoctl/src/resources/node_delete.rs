@@ -22,9 +22,8 @@
 //! fails before anything is changed (Calico cleans up first and then fails the Node delete).
 
 use super::ops::{Ctx, DeleteError};
-use super::validate::parse_cidr_or_ip;
 use super::{Kind, Object};
-use calico_datastore::model::{WorkloadEndpoint, keys};
+use calico_datastore::model::{WorkloadEndpoint, cidr, keys};
 use calico_datastore::{Guard, KvStore, TxnOutcome, Write};
 use calico_ipam::IpamError;
 use calico_ipam::allocator::{Extra, MAX_RETRIES};
@@ -36,15 +35,6 @@ impl From<IpamError> for DeleteError {
     fn from(e: IpamError) -> Self {
         DeleteError::Other(e.to_string())
     }
-}
-
-/// The addresses a WorkloadEndpoint records (`ParseCIDROrIP` of each `ipNetworks` entry).
-fn endpoint_addresses(w: &WorkloadEndpoint) -> Vec<IpAddr> {
-    w.spec
-        .ip_networks
-        .iter()
-        .filter_map(|n| parse_cidr_or_ip(n).map(|(ip, _)| ip))
-        .collect()
 }
 
 /// The tunnel addresses a stored Node records: `bgp.ipv4IPIPTunnelAddr`,
@@ -61,7 +51,7 @@ pub fn tunnel_addresses(node: &Value) -> Vec<IpAddr> {
     ]
     .into_iter()
     .filter_map(Value::as_str)
-    .filter_map(|s| parse_cidr_or_ip(s).map(|(ip, _)| ip))
+    .filter_map(|s| cidr::parse_cidr_or_ip(s).map(|c| c.addr))
     .collect()
 }
 
@@ -124,7 +114,7 @@ fn delete_endpoints(store: &dyn KvStore, node: &str) -> Result<(), DeleteError> 
                 return Ok(None);
             }
             Ok(Some(ReleaseStep {
-                ips: endpoint_addresses(&w),
+                ips: w.addresses(),
                 extra: Extra {
                     guards: vec![Guard::Revision(key.clone(), kv.mod_revision)],
                     writes: vec![Write::Delete(key.clone())],

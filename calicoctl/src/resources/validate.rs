@@ -6,7 +6,7 @@
 //! Messages are Calico's `ErrorValidation` text: `error with field <Name> = '<value>' (<reason>)`.
 
 use super::{IpamConfigurationSpec, NodeSpec};
-use calico_datastore::model::IpPoolSpec;
+use calico_datastore::model::{IpPoolSpec, cidr};
 use calico_selector::Selector;
 use ipnet::IpNet;
 use std::fmt;
@@ -73,21 +73,16 @@ fn fail(fields: Vec<ErroredField>) -> Result<(), ValidationError> {
     }
 }
 
-/// Go's `net.ParseCIDR`: the address as written and the masked network.
+/// Go's `net.ParseCIDR` ([`cidr::parse_cidr`]): the address as written and the masked
+/// network, as the checks here take them.
 pub fn parse_cidr(s: &str) -> Option<(IpAddr, IpNet)> {
-    let (addr, len) = s.split_once('/')?;
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) || len.len() > 3 {
-        return None;
-    }
-    let ip: IpAddr = addr.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    let net = IpNet::new(ip, len).ok()?;
-    Some((ip, net.trunc()))
+    cidr::parse_cidr(s).map(|c| (c.addr, c.net))
 }
 
-/// Calico's `ParseCIDROrIP`: a CIDR, or a bare address as a host route.
+/// Calico's `ParseCIDROrIP` ([`cidr::parse_cidr_or_ip`]): a CIDR, or a bare address as a
+/// host route.
 pub fn parse_cidr_or_ip(s: &str) -> Option<(IpAddr, IpNet)> {
-    parse_cidr(s).or_else(|| s.parse::<IpAddr>().ok().map(|ip| (ip, IpNet::from(ip))))
+    cidr::parse_cidr_or_ip(s).map(|c| (c.addr, c.net))
 }
 
 /// Whether two networks share an address (`IsNetOverlap`).

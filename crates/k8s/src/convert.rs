@@ -1,4 +1,5 @@
-//! The JSON of a Pod and a Namespace, reduced to what Calico uses.
+//! The JSON of a Pod, a Namespace and the metadata of any object (KubeVirt's VMI and VM),
+//! reduced to what Calico uses.
 //!
 //! Only the fields read are declared; every one may be absent or `null` (the API server omits
 //! empty ones), so a field never fails the read unless it has the wrong type.
@@ -19,13 +20,17 @@ pub struct PodObject {
     pub spec: PodSpec,
 }
 
-/// A Namespace as `GET /api/v1/namespaces/{ns}` returns it (the fields Calico reads).
+/// Any object of which only the metadata is read: a Namespace, a KubeVirt VMI or VM, a pod
+/// for its owners.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct NamespaceObject {
+pub struct MetadataObject {
     #[serde(deserialize_with = "or_default")]
     pub metadata: ObjectMeta,
 }
+
+/// A Namespace as `GET /api/v1/namespaces/{ns}` returns it: Calico reads its metadata.
+pub type NamespaceObject = MetadataObject;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -42,6 +47,29 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(deserialize_with = "or_default")]
     pub annotations: BTreeMap<String, String>,
+    /// What the KubeVirt checks follow from a pod to its VMI and from a VMI to its VM.
+    #[serde(deserialize_with = "or_default")]
+    pub owner_references: Vec<OwnerReference>,
+    /// Empty unless the object is being deleted (RFC 3339 otherwise; only its presence is
+    /// read).
+    #[serde(deserialize_with = "or_default")]
+    pub deletion_timestamp: String,
+}
+
+/// `metadata.ownerReferences[]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OwnerReference {
+    #[serde(deserialize_with = "or_default")]
+    pub api_version: String,
+    #[serde(deserialize_with = "or_default")]
+    pub kind: String,
+    #[serde(deserialize_with = "or_default")]
+    pub name: String,
+    #[serde(deserialize_with = "or_default")]
+    pub uid: String,
+    #[serde(deserialize_with = "or_default")]
+    pub controller: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,7 +180,7 @@ impl PodObject {
     }
 }
 
-impl NamespaceObject {
+impl MetadataObject {
     /// The namespace, its name falling back to the requested one.
     pub fn into_namespace(self, name: &str) -> Namespace {
         let meta = self.metadata;

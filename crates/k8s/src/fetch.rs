@@ -1,6 +1,8 @@
-//! The two GETs, on a runtime that lives for one call.
+//! The client on a runtime that lives for one call ([`with_client`], for every read), the
+//! GET and the sorting of its errors; the pod and its namespace read together.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
 
 use serde::de::DeserializeOwned;
@@ -20,18 +22,50 @@ pub fn fetch_pod_and_namespace(
     namespace: &str,
     pod: &str,
 ) -> Result<(Pod, Namespace), K8sError> {
-    let config = crate::config::load(cfg)?;
-    let url = config
+    refuse_empty_pod_name(cfg, namespace, pod)?;
+    with_client(cfg, |client, url| async move {
+        fetch_both(&client, &url, namespace, pod).await
+    })
+}
+
+/// An empty namespace or pod name fails before any request, naming the server (an unusable
+/// configuration is reported first, as for any read).
+pub(crate) fn refuse_empty_pod_name(
+    cfg: &K8sConfig,
+    namespace: &str,
+    pod: &str,
+) -> Result<(), K8sError> {
+    if !namespace.is_empty() && !pod.is_empty() {
+        return Ok(());
+    }
+    Err(K8sError::Other {
+        url: server_url(&crate::config::load(cfg)?),
+        message: format!("pod {namespace:?}/{pod:?}: an empty name cannot be read"),
+    })
+}
+
+/// The API server's URL as the errors name it.
+fn server_url(config: &kube::Config) -> String {
+    config
         .cluster_url
         .to_string()
         .trim_end_matches('/')
-        .to_string();
-    if namespace.is_empty() || pod.is_empty() {
-        return Err(K8sError::Other {
-            url,
-            message: format!("pod {namespace:?}/{pod:?}: an empty name cannot be read"),
-        });
-    }
+        .to_string()
+}
+
+/// Runs `request` with a client for `cfg` (the kubeconfig as it is now on disk, with the
+/// overrides) and the server's URL, on a runtime that lives for this call; blocks for at
+/// most about `cfg.timeout`, past which the call is [`K8sError::Unreachable`]. Every read of
+/// this crate goes through here.
+pub(crate) fn with_client<T, F>(
+    cfg: &K8sConfig,
+    request: impl FnOnce(kube::Client, String) -> F,
+) -> Result<T, K8sError>
+where
+    F: Future<Output = Result<T, K8sError>>,
+{
+    let config = crate::config::load(cfg)?;
+    let url = server_url(&config);
     // kube builds its TLS configuration from rustls' process default; choose ring
     // explicitly so a binary that also links another provider does not make that ambiguous.
     // An error means a provider is already installed, which is what we want.
@@ -47,33 +81,35 @@ pub fn fetch_pod_and_namespace(
         })?;
     let timeout = cfg.timeout;
     let outcome = runtime.block_on(async {
-        tokio::time::timeout(timeout, fetch_both(config, &url, namespace, pod)).await
+        tokio::time::timeout(timeout, async {
+            // Inside the runtime: the client spawns its request buffer's worker on it.
+            let client = kube::Client::try_from(config).map_err(|e| classify(e, &url, None))?;
+            request(client, url.clone()).await
+        })
+        .await
     });
     // A name lookup may still be running on the blocking pool; do not wait for it.
     runtime.shutdown_background();
-    match outcome {
-        Ok(result) => result,
-        Err(_elapsed) => Err(K8sError::Unreachable {
+    outcome.unwrap_or_else(|_elapsed| {
+        Err(K8sError::Unreachable {
             url,
             message: format!("no answer within {timeout:?}"),
-        }),
-    }
+        })
+    })
 }
 
 async fn fetch_both(
-    config: kube::Config,
+    client: &kube::Client,
     url: &str,
     namespace: &str,
     pod: &str,
 ) -> Result<(Pod, Namespace), K8sError> {
-    // Inside the runtime: the client spawns its request buffer's worker on it.
-    let client = kube::Client::try_from(config).map_err(|e| classify(e, url, None))?;
     let ns_path = format!("/api/v1/namespaces/{}", segment(namespace));
     let pod_path = format!("{ns_path}/pods/{}", segment(pod));
     let pod_name = format!("{namespace}/{pod}");
     let (ns_result, pod_result) = tokio::join!(
-        get::<NamespaceObject>(&client, url, &ns_path, ("Namespace", namespace)),
-        get::<PodObject>(&client, url, &pod_path, ("Pod", &pod_name)),
+        get::<NamespaceObject>(client, url, &ns_path, ("Namespace", namespace)),
+        get::<PodObject>(client, url, &pod_path, ("Pod", &pod_name)),
     );
     let ns_object = ns_result?;
     let pod_object = pod_result?;

@@ -11,11 +11,8 @@
 //! A live-migration target pod carries the label [`MIGRATION_JOB_LABEL`]. The GETs go out one
 //! after the other (each needs the previous answer) on one connection, within `cfg.timeout`.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Deserializer};
-
-use crate::fetch::{get, segment};
+use crate::convert::{MetadataObject, ObjectMeta, OwnerReference};
+use crate::fetch::{get, refuse_empty_pod_name, segment, with_client};
 use crate::{K8sConfig, K8sError};
 
 /// The label KubeVirt puts on a migration target pod (`kubevirtv1.MigrationJobLabel`).
@@ -63,56 +60,8 @@ impl PodVmi {
     }
 }
 
-/// The metadata of a Pod, VMI or VM: what the checks read.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct Object {
-    #[serde(deserialize_with = "or_default")]
-    metadata: Meta,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct Meta {
-    #[serde(deserialize_with = "or_default")]
-    name: String,
-    #[serde(deserialize_with = "or_default")]
-    namespace: String,
-    #[serde(deserialize_with = "or_default")]
-    uid: String,
-    #[serde(deserialize_with = "or_default")]
-    labels: BTreeMap<String, String>,
-    #[serde(deserialize_with = "or_default")]
-    owner_references: Vec<OwnerReference>,
-    #[serde(deserialize_with = "or_default")]
-    deletion_timestamp: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct OwnerReference {
-    #[serde(deserialize_with = "or_default")]
-    api_version: String,
-    #[serde(deserialize_with = "or_default")]
-    kind: String,
-    #[serde(deserialize_with = "or_default")]
-    name: String,
-    #[serde(deserialize_with = "or_default")]
-    uid: String,
-    #[serde(deserialize_with = "or_default")]
-    controller: bool,
-}
-
-fn or_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
 /// Calico's `FindVMIOwnerRef`: the controller owner reference naming a VMI.
-fn vmi_owner(pod: &Meta) -> Option<&OwnerReference> {
+fn vmi_owner(pod: &ObjectMeta) -> Option<&OwnerReference> {
     pod.owner_references.iter().find(|o| {
         o.api_version == KUBEVIRT_API && o.kind == "VirtualMachineInstance" && o.controller
     })
@@ -127,54 +76,22 @@ pub fn fetch_pod_vmi(
     namespace: &str,
     pod: &str,
 ) -> Result<Option<PodVmi>, K8sError> {
-    let config = crate::config::load(cfg)?;
-    let url = config
-        .cluster_url
-        .to_string()
-        .trim_end_matches('/')
-        .to_string();
-    if namespace.is_empty() || pod.is_empty() {
-        return Err(K8sError::Other {
-            url,
-            message: format!("pod {namespace:?}/{pod:?}: an empty name cannot be read"),
-        });
-    }
-    // As in `fetch_pod_and_namespace`: ring, explicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| K8sError::Other {
-            url: url.clone(),
-            message: format!("cannot start the I/O runtime: {e}"),
-        })?;
-    let timeout = cfg.timeout;
-    let outcome = runtime.block_on(async {
-        tokio::time::timeout(timeout, fetch_chain(config, &url, namespace, pod)).await
-    });
-    runtime.shutdown_background();
-    match outcome {
-        Ok(result) => result,
-        Err(_elapsed) => Err(K8sError::Unreachable {
-            url,
-            message: format!("no answer within {timeout:?}"),
-        }),
-    }
+    refuse_empty_pod_name(cfg, namespace, pod)?;
+    with_client(cfg, |client, url| async move {
+        fetch_chain(&client, &url, namespace, pod).await
+    })
 }
 
 async fn fetch_chain(
-    config: kube::Config,
+    client: &kube::Client,
     url: &str,
     namespace: &str,
     pod: &str,
 ) -> Result<Option<PodVmi>, K8sError> {
-    let client =
-        kube::Client::try_from(config).map_err(|e| crate::fetch::classify(e, url, None))?;
     let ns = segment(namespace);
     let pod_path = format!("/api/v1/namespaces/{ns}/pods/{}", segment(pod));
     let pod_name = format!("{namespace}/{pod}");
-    let pod_object: Object = get(&client, url, &pod_path, ("Pod", &pod_name)).await?;
+    let pod_object: MetadataObject = get(client, url, &pod_path, ("Pod", &pod_name)).await?;
     let Some(owner) = vmi_owner(&pod_object.metadata) else {
         return Ok(None);
     };
@@ -193,8 +110,8 @@ async fn fetch_chain(
         segment(&owner.name)
     );
     let vmi_name = format!("{namespace}/{}", owner.name);
-    let vmi: Object = get(
-        &client,
+    let vmi: MetadataObject = get(
+        client,
         url,
         &vmi_path,
         ("VirtualMachineInstance", &vmi_name),
@@ -218,7 +135,8 @@ async fn fetch_chain(
         Some(o) => {
             let vm_path = format!("{kubevirt}/virtualmachines/{}", segment(&o.name));
             let vm_name = format!("{namespace}/{}", o.name);
-            let vm: Object = get(&client, url, &vm_path, ("VirtualMachine", &vm_name)).await?;
+            let vm: MetadataObject =
+                get(client, url, &vm_path, ("VirtualMachine", &vm_name)).await?;
             Some(VmOwner {
                 uid: vm.metadata.uid,
                 deleting: !vm.metadata.deletion_timestamp.is_empty(),
@@ -255,8 +173,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn meta(v: serde_json::Value) -> Meta {
-        serde_json::from_value::<Object>(v).expect("reads").metadata
+    fn meta(v: serde_json::Value) -> ObjectMeta {
+        serde_json::from_value::<MetadataObject>(v)
+            .expect("reads")
+            .metadata
     }
 
     #[test]
@@ -284,6 +204,19 @@ mod tests {
             assert!(vmi_owner(&m).is_none(), "{m:?}");
         }
         assert!(vmi_owner(&meta(json!({"metadata": null}))).is_none());
+    }
+
+    #[test]
+    fn empty_names_are_refused_before_any_request() {
+        let cfg = K8sConfig {
+            api_root: Some("https://192.0.2.1:6443".to_string()),
+            ..K8sConfig::new("")
+        };
+        let err = fetch_pod_vmi(&cfg, "ns", "").unwrap_err();
+        assert!(
+            matches!(&err, K8sError::Other { url, .. } if url == "https://192.0.2.1:6443"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -36,8 +36,9 @@ pub struct K8sConfig {
     /// `kubernetes.kubeconfig`, read on every call. An empty path means no file: then
     /// `api_root` must be set and the overrides are the whole configuration.
     pub kubeconfig: PathBuf,
-    /// `kubernetes.k8s_api_root` or `policy.k8s_api_root`: the server URL. Anything from
-    /// `/api/` on is dropped, as Calico does (old confs gave `https://host:6443/api/v1/`).
+    /// `kubernetes.k8s_api_root`, else `policy.k8s_api_root` (Calico's precedence): the
+    /// server URL. Anything from `/api/` on is dropped, as Calico does for the latter (old
+    /// confs gave `https://host:6443/api/v1/`).
     pub api_root: Option<String>,
     /// `policy.k8s_auth_token`: a bearer token instead of the kubeconfig's credentials.
     pub token: Option<String>,

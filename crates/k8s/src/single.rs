@@ -4,12 +4,10 @@
 //! `k8s.go` `getPodCidrs`). Same client, runtime and error sorting as
 //! [`fetch_pod_and_namespace`](crate::fetch_pod_and_namespace).
 
-use std::future::Future;
-
 use serde::Deserialize;
 
 use crate::convert::{NamespaceObject, ObjectMeta};
-use crate::fetch::{classify, get, segment};
+use crate::fetch::{get, segment, with_client};
 use crate::{K8sConfig, K8sError, Namespace, Node};
 
 /// A Node as `GET /api/v1/nodes/{name}` returns it (the fields Calico reads).
@@ -44,48 +42,6 @@ impl NodeObject {
             pod_cidrs: spec.pod_cidrs.unwrap_or_default(),
         }
     }
-}
-
-/// Runs `request` with a client for `cfg` on a runtime that lives for this call, bounded by
-/// `cfg.timeout`.
-fn with_client<T, F>(
-    cfg: &K8sConfig,
-    request: impl FnOnce(kube::Client, String) -> F,
-) -> Result<T, K8sError>
-where
-    F: Future<Output = Result<T, K8sError>>,
-{
-    let config = crate::config::load(cfg)?;
-    let url = config
-        .cluster_url
-        .to_string()
-        .trim_end_matches('/')
-        .to_string();
-    // As in fetch_pod_and_namespace: ring, explicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| K8sError::Other {
-            url: url.clone(),
-            message: format!("cannot start the I/O runtime: {e}"),
-        })?;
-    let timeout = cfg.timeout;
-    let outcome = runtime.block_on(async {
-        tokio::time::timeout(timeout, async {
-            let client = kube::Client::try_from(config).map_err(|e| classify(e, &url, None))?;
-            request(client, url.clone()).await
-        })
-        .await
-    });
-    runtime.shutdown_background();
-    outcome.unwrap_or_else(|_elapsed| {
-        Err(K8sError::Unreachable {
-            url,
-            message: format!("no answer within {timeout:?}"),
-        })
-    })
 }
 
 /// Reads the namespace `namespace` (for its labels), as Calico IPAM's `getNamespace`.

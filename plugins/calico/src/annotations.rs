@@ -2,6 +2,7 @@
 //! `CmdAddK8s` reads them (`cni-plugin/pkg/k8s/k8s.go`): `ipFamilies`, `floatingIPs` and
 //! `allowedSourcePrefixes`. Every bad value is a code-7 error naming the annotation.
 
+use calico_datastore::model::cidr;
 use cni_protocol::CniError;
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -101,28 +102,6 @@ pub fn ip_nats(floating: &[String], pod_addresses: &[IpNet]) -> Result<Vec<Value
         .collect()
 }
 
-/// Go's `net.ParseCIDR(s)` followed by the network's `String()`: the address with its host
-/// bits cleared and the prefix length. Only what Go accepts: a plain address (no zone), `/`,
-/// a decimal length within the family's bits. An IPv4-mapped IPv6 network prints its address
-/// in dotted form, as Go's `IP.String` does.
-pub fn go_cidr(s: &str) -> Option<String> {
-    let (addr, len) = s.split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    // Decimal digits only (Go's dtoi: leading zeros are fine, signs and spaces are not).
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let len = u8::try_from(len.parse::<u32>().ok()?).ok()?;
-    let net = IpNet::new(addr, len).ok()?.trunc();
-    Some(match net {
-        IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => format!("{v4}/{}", v6.prefix_len()),
-            None => net.to_string(),
-        },
-        IpNet::V4(_) => net.to_string(),
-    })
-}
-
 /// `cni.projectcalico.org/allowedSourcePrefixes`: the source prefixes the pod may spoof,
 /// each normalised (`10.0.0.5/8` becomes `10.0.0.0/8`). Mirrors libcalico-go's
 /// `HandleSourceIPSpoofingAnnotation`: an entry that is not a CIDR fails the ADD; an empty
@@ -134,11 +113,13 @@ pub fn allowed_source_prefixes(value: &str) -> Result<Vec<String>, CniError> {
     string_list("allowedSourcePrefixes", value)?
         .iter()
         .map(|p| {
-            go_cidr(p).ok_or_else(|| {
-                CniError::invalid_config(format!(
-                    "annotation {PREFIX}allowedSourcePrefixes: failed to parse {p:?} as a CIDR"
-                ))
-            })
+            cidr::parse_cidr(p)
+                .map(|c| c.net.to_string())
+                .ok_or_else(|| {
+                    CniError::invalid_config(format!(
+                        "annotation {PREFIX}allowedSourcePrefixes: failed to parse {p:?} as a CIDR"
+                    ))
+                })
         })
         .collect()
 }
@@ -205,33 +186,6 @@ mod tests {
         assert!(ip_nats(&[], &[]).unwrap().is_empty());
     }
 
-    /// Mirrors Go's `net.ParseCIDR` + `IPNet.String()` (used by libcalico-go
-    /// `HandleSourceIPSpoofingAnnotation`).
-    #[test]
-    fn cidrs_normalise_as_go_prints_them() {
-        for (input, want) in [
-            ("10.0.0.5/8", Some("10.0.0.0/8")),
-            ("192.168.1.1/32", Some("192.168.1.1/32")),
-            ("0.0.0.0/0", Some("0.0.0.0/0")),
-            ("10.1.2.3/08", Some("10.0.0.0/8")),
-            ("10.1.2.3/0008", Some("10.0.0.0/8")),
-            ("2001:db8::1/32", Some("2001:db8::/32")),
-            ("2001:DB8::1/128", Some("2001:db8::1/128")),
-            ("::ffff:10.1.2.3/120", Some("10.1.2.0/120")),
-            ("10.0.0.0/33", None),
-            ("10.0.0.0", None),
-            ("10.0.0.0/", None),
-            ("10.0.0.0/+8", None),
-            ("10.0.0.0/ 8", None),
-            ("010.0.0.0/8", None),
-            ("fe80::1%eth0/64", None),
-            ("2001:db8::/129", None),
-            ("nonsense", None),
-        ] {
-            assert_eq!(go_cidr(input).as_deref(), want, "{input}");
-        }
-    }
-
     /// Mirrors libcalico-go `HandleSourceIPSpoofingAnnotation`.
     #[test]
     fn allowed_source_prefixes_are_checked_and_normalised() {
@@ -241,7 +195,18 @@ mod tests {
             allowed_source_prefixes(r#"["192.168.7.9/16","2001:db8::5/64"]"#).unwrap(),
             ["192.168.0.0/16", "2001:db8::/64"]
         );
-        for bad in [r#"["192.168.0.0"]"#, r#"["x/8"]"#, "192.168.0.0/16", "[1]"] {
+        // As Go's `IPNet.String()` prints them (see calico_datastore::model::cidr).
+        assert_eq!(
+            allowed_source_prefixes(r#"["10.1.2.3/08","::ffff:10.1.2.3/120"]"#).unwrap(),
+            ["10.0.0.0/8", "10.1.2.0/24"]
+        );
+        for bad in [
+            r#"["192.168.0.0"]"#,
+            r#"["x/8"]"#,
+            r#"["010.0.0.0/8"]"#,
+            "192.168.0.0/16",
+            "[1]",
+        ] {
             let e = allowed_source_prefixes(bad).expect_err(bad);
             assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{bad}");
             assert!(e.msg.contains("allowedSourcePrefixes"), "{bad}: {}", e.msg);

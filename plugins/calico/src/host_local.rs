@@ -13,6 +13,7 @@
 
 use crate::workload::Context;
 use calico_dataplane::workload::default_routes;
+use calico_datastore::model::cidr::parse_cidr;
 use cni_protocol::{CniError, Request};
 use ipnet::IpNet;
 use serde_json::{Map, Value};
@@ -58,11 +59,9 @@ pub fn routes_for(ctx: &Context, req: &Request) -> Result<Vec<IpNet>, CniError> 
 pub fn cidrs_by_family(cidrs: &[String]) -> Result<(Option<String>, Option<String>), CniError> {
     let (mut v4, mut v6) = (None, None);
     for cidr in cidrs {
-        let net = crate::annotations::go_cidr(cidr)
-            .and_then(|n| n.parse::<IpNet>().ok())
-            .ok_or_else(|| {
-                CniError::invalid_config(format!("the node's pod CIDR {cidr:?} is not a CIDR"))
-            })?;
+        let net = parse_cidr(cidr).map(|c| c.net).ok_or_else(|| {
+            CniError::invalid_config(format!("the node's pod CIDR {cidr:?} is not a CIDR"))
+        })?;
         match net {
             IpNet::V4(_) => v4 = Some(cidr.clone()),
             IpNet::V6(_) => v6 = Some(cidr.clone()),
@@ -189,13 +188,11 @@ pub fn pod_routes(
                         )));
                     }
                 };
-                let net = crate::annotations::go_cidr(dst)
-                    .and_then(|n| n.parse::<IpNet>().ok())
-                    .ok_or_else(|| {
-                        CniError::invalid_config(format!(
-                            "invalid CIDR address in the host-local IPAM routes: {dst}"
-                        ))
-                    })?;
+                let net = parse_cidr(dst).map(|c| c.net).ok_or_else(|| {
+                    CniError::invalid_config(format!(
+                        "invalid CIDR address in the host-local IPAM routes: {dst}"
+                    ))
+                })?;
                 routes.push(net);
             }
         }

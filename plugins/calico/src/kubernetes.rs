@@ -8,8 +8,8 @@ use calico_datastore::model::WorkloadEndpointPort;
 use calico_k8s::K8sConfig;
 use cni_protocol::CniError;
 
-/// The client settings from Calico's config: the kubeconfig, and the `policy.k8s_*` and
-/// `kubernetes.k8s_api_root` overrides.
+/// The client settings from Calico's config, with Calico's precedence
+/// ([`calico_ipam::kubernetes::client_config`]; the IPAM's reads use the same).
 pub fn client_config(ctx: &Context) -> K8sConfig {
     calico_ipam::kubernetes::client_config(&ctx.conf)
 }

@@ -1,5 +1,6 @@
 //! Calico's data model in etcd: keys, the IPAM objects and the v3 resources.
 
+pub mod cidr;
 pub mod ipam;
 pub mod keys;
 pub mod names;

@@ -1,12 +1,14 @@
 //! Calico v3 resources as the etcdv3 backend stores them: the whole object with `kind` and
 //! `apiVersion`, `metadata.resourceVersion` stripped (it is the key's revision on read).
 
+use super::cidr;
 use crate::store::Kv;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 pub const API_VERSION: &str = "projectcalico.org/v3";
 
@@ -425,6 +427,19 @@ pub struct WorkloadEndpointPort {
 
 pub type WorkloadEndpoint = Resource<WorkloadEndpointSpec>;
 
+impl WorkloadEndpoint {
+    /// The addresses the endpoint records: each `spec.ipNetworks` entry read as Calico's
+    /// `ParseCIDROrIP` reads it ([`cidr::parse_cidr_or_ip`]), its address without the mask
+    /// (IPv4-mapped ones as IPv4), in order. Entries that are neither are skipped.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.spec
+            .ip_networks
+            .iter()
+            .filter_map(|n| cidr::parse_cidr_or_ip(n).map(|c| c.addr))
+            .collect()
+    }
+}
+
 /// `ProfileSpec` (omitempty fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileSpec {
@@ -480,6 +495,43 @@ pub type Profile = Resource<ProfileSpec>;
 mod endpoint_tests {
     use super::*;
     use serde_json::json;
+
+    /// Mirrors libcalico-go `ParseCIDROrIP` over `ipNetworks`, as `clientv3/node.go` Delete
+    /// reads an endpoint's addresses to release them.
+    #[test]
+    fn an_endpoints_addresses_are_its_ip_networks_without_masks() {
+        let wep = WorkloadEndpoint::new(
+            "WorkloadEndpoint",
+            "node1-k8s-nginx-eth0",
+            WorkloadEndpointSpec {
+                ip_networks: vec![
+                    "10.244.1.5/32".into(),
+                    "fd00::5/128".into(),
+                    // A bare address, a wider mask (the address is kept, not the network),
+                    // an IPv4-mapped one (IPv4, as Go), and two that are not addresses.
+                    "10.244.1.6".into(),
+                    "10.244.1.7/26".into(),
+                    "::ffff:10.244.1.8/128".into(),
+                    "10.244.1.9/33".into(),
+                    "garbage".into(),
+                ],
+                ..WorkloadEndpointSpec::default()
+            },
+        );
+        let want: Vec<IpAddr> = [
+            "10.244.1.5",
+            "fd00::5",
+            "10.244.1.6",
+            "10.244.1.7",
+            "10.244.1.8",
+        ]
+        .iter()
+        .map(|a| a.parse().expect("an address"))
+        .collect();
+        assert_eq!(wep.addresses(), want);
+        let empty = WorkloadEndpoint::new("WorkloadEndpoint", "x", WorkloadEndpointSpec::default());
+        assert!(empty.addresses().is_empty());
+    }
 
     #[test]
     fn workload_endpoint_json_is_calicos() {
