@@ -971,7 +971,7 @@ impl GcView {
         c: &'v calico_ipam::gc::Candidate,
     ) -> impl Iterator<Item = &'v (Kv, WorkloadEndpoint)> + 'v {
         self.endpoints.iter().filter(|(_, w)| {
-            let ips = endpoint_addresses(w);
+            let ips = w.addresses();
             w.spec.container_id == c.container_id
                 && !ips.is_empty()
                 && ips.iter().all(|ip| c.addresses.contains(ip))
@@ -993,15 +993,6 @@ fn node_endpoints(
             (w.spec.node == node).then_some((kv, w))
         })
         .collect())
-}
-
-/// An endpoint's addresses, without their masks.
-fn endpoint_addresses(w: &WorkloadEndpoint) -> Vec<IpAddr> {
-    w.spec
-        .ip_networks
-        .iter()
-        .filter_map(|n| n.split('/').next()?.parse().ok())
-        .collect()
 }
 
 /// STATUS: 50 if the datastore cannot be reached; then IPAM's answer.
