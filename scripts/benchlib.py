@@ -208,15 +208,19 @@ def nearest_rank(values, q):
 
 def pooled_rounds(chains, pods, rounds, work, node_netns=None, around=None):
     """Measures `chains` (label, conflist, cni_path, extra_args_for_round) in `rounds` rounds
-    of pods // rounds pods each, every chain once per round in turn, and pools the per-pod
-    shares: a chain measured minutes after another would otherwise carry the machine's drift
-    in between. `around(label, run)` may wrap each run (to count requests, say). Returns
+    of pods // rounds pods each, every chain once per round in turn (the order reversed every
+    other round, so no chain always follows the same one), and pools the per-pod shares: a
+    chain measured minutes after another would otherwise carry the machine's drift in
+    between. `around(label, run)` may wrap each run (to count requests, say). Returns
     {label: {verb: {"median", "p99", "n", "samples"}}}."""
     import statistics
     per_round = max(1, pods // rounds)
     samples = {}
     for r in range(rounds):
-        for i, (label, conflist, path, extra) in enumerate(chains):
+        order = list(enumerate(chains))
+        if r % 2:
+            order.reverse()
+        for i, (label, conflist, path, extra) in order:
             def run(label=label, conflist=conflist, path=path, extra=extra, i=i):
                 return bench_chain(f"r{r}c{i}", conflist, path, per_round, work,
                                    extra_args=extra(r), node_netns=node_netns)
