@@ -1,6 +1,6 @@
 //! How a command fails: one message, and where calicoctl prints it.
 
-use calico_datastore::EtcdError;
+use calico_datastore::{EtcdError, StoreError};
 use calico_ipam::IpamError;
 
 /// A failed command. The binary prints the message and exits with status 1.
@@ -23,6 +23,12 @@ impl CmdError {
 
 impl From<EtcdError> for CmdError {
     fn from(e: EtcdError) -> Self {
+        CmdError::Failed(e.to_string())
+    }
+}
+
+impl From<StoreError> for CmdError {
+    fn from(e: StoreError) -> Self {
         CmdError::Failed(e.to_string())
     }
 }

@@ -14,10 +14,9 @@
 use crate::block::{self, Owner, OwnerRole};
 use crate::error::IpamError;
 use crate::pools::{self, Pool};
-use calico_datastore::model::resources::Node;
 use calico_datastore::model::{
     AllocationAttribute, AllocationBlock, BlockAffinity, IpPool, IpReservation, IpamConfigValue,
-    IpamHandle, keys,
+    IpamHandle, Resource, keys,
 };
 use calico_datastore::{Guard, Kv, KvStore, Read, Write};
 use ipnet::IpNet;
@@ -1127,8 +1126,10 @@ impl<'s> Ipam<'s> {
             .collect();
         let node = next().pop();
         let node_registered = node.is_some();
+        // Only the labels matter here: the spec stays raw, so a field the typed Node model
+        // cannot read does not hide the node's labels.
         let node_labels = node
-            .and_then(|kv| Node::from_kv(&kv).ok())
+            .and_then(|kv| Resource::<serde_json::Value>::from_kv(&kv).ok())
             .map(|n| n.metadata.labels)
             .unwrap_or_default();
         // Unreadable counts as absent, as Go's Get error does: persistence stays on.

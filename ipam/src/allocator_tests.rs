@@ -1150,14 +1150,14 @@ struct Racing<'a> {
 }
 
 impl KvStore for Racing<'_> {
-    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, calico_datastore::EtcdError> {
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, calico_datastore::StoreError> {
         self.inner.read(reads)
     }
     fn txn(
         &self,
         guards: &[Guard],
         writes: &[Write],
-    ) -> Result<TxnOutcome, calico_datastore::EtcdError> {
+    ) -> Result<TxnOutcome, calico_datastore::StoreError> {
         if let Some(f) = self.interfere.take() {
             f(self.inner);
         }

@@ -8,7 +8,7 @@ use crate::error::IpamError;
 use crate::kubevirt::{self, PodKind};
 use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
 use calico_datastore::model::keys;
-use calico_datastore::{Etcd, EtcdConfig, KvStore};
+use calico_datastore::{Etcd, KvStore, StoreError};
 use calico_netconf::NetConf;
 use cni_protocol::{CniError, CniResult, ErrorCode, IpConfig, Request, Route};
 use ipnet::IpNet;
@@ -116,13 +116,14 @@ pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
         }
     }
     let settings = conf.etcd(|k| std::env::var(k).ok());
-    settings.check()?;
-    Etcd::connect(&EtcdConfig::from_settings(&settings)).map_err(store_error)
+    calico_netconf::check_etcd(&settings)?;
+    Etcd::connect(&settings).map_err(store_error)
 }
 
 /// Datastore failures as CNI errors: unreachable is "try again later" (code 11).
-pub fn store_error(e: calico_datastore::EtcdError) -> CniError {
-    CniError::from(IpamError::Store(e))
+/// Takes the store's error or the etcd client's.
+pub fn store_error(e: impl Into<StoreError>) -> CniError {
+    CniError::from(IpamError::Store(e.into()))
 }
 
 /// Addresses asked for explicitly: `IP=` in CNI_ARGS (comma-separated), the `ips`
@@ -677,9 +678,7 @@ pub fn gc(
 /// Node resource yet: an ADD would fail), 51 if no pool for this node has a free address in
 /// the families the config assigns.
 pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), CniError> {
-    let unavailable = |e: calico_datastore::EtcdError| {
-        CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE, e.to_string())
-    };
+    let unavailable = |e: StoreError| CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE, e.to_string());
     let ipam = Ipam::new(store, node);
     let snap = ipam.snapshot(&[]).map_err(|e| match e {
         IpamError::Store(s) => unavailable(s),

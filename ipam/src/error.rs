@@ -1,13 +1,13 @@
 //! What can go wrong in IPAM, and the CNI code each failure maps to.
 
-use calico_datastore::EtcdError;
+use calico_datastore::{EtcdError, StoreError};
 use cni_protocol::{CniError, ErrorCode};
 use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error(transparent)]
-    Store(#[from] EtcdError),
+    Store(#[from] StoreError),
     #[error(
         "the Calico Node resource for node {node} does not exist \
          (/calico/resources/v3/projectcalico.org/nodes/{node}): calico-node must register the \
@@ -65,6 +65,12 @@ pub enum IpamError {
     /// A caller's own check failed inside an IPAM transaction (its error passes through).
     #[error("{0}")]
     Caller(CniError),
+}
+
+impl From<EtcdError> for IpamError {
+    fn from(e: EtcdError) -> Self {
+        IpamError::Store(e.into())
+    }
 }
 
 impl IpamError {

@@ -6,7 +6,9 @@
 //!   WorkloadEndpoint or the Node that recorded the addresses);
 //! - [`release_block_affinity`]: `blockReaderWriter.releaseBlockAffinity` for one block:
 //!   the affinity goes, an empty block goes with it, a block still in use loses its affinity;
-//! - [`remove_host`]: `ipam.RemoveIPAMHost`, every affinity of the node released.
+//! - [`remove_host`]: `ipam.RemoveIPAMHost`, every affinity of the node released;
+//! - [`release_pool_affinities`]: `ipam.ReleasePoolAffinities`, every affinity of a block in
+//!   a pool being deleted released.
 //!
 //! Each is built on the allocator's plans ([`Ipam::release_ips_with`],
 //! [`Ipam::release_block_affinity`]): one guarded transaction per change (blocks, handles and
@@ -106,6 +108,26 @@ pub fn remove_host(store: &dyn KvStore, node: &str) -> Result<HostRemoved, IpamE
         )?;
     }
     Ok(done)
+}
+
+/// `ReleasePoolAffinities`: every affinity of a block in `pool` is released as
+/// [`release_block_affinity`] does (an empty block goes with it, a used one loses its
+/// affinity, one transaction each). Calico leaves an affinity whose block is missing; we
+/// delete it too.
+pub fn release_pool_affinities(store: &dyn KvStore, pool: &IpNet) -> Result<(), IpamError> {
+    for aff_key in store.list_keys("/calico/ipam/v2/host/")? {
+        let Some((host, cidr)) = keys::parse_affinity(&aff_key) else {
+            continue;
+        };
+        if host.is_empty()
+            || !pool.contains(&cidr.network())
+            || pool.prefix_len() > cidr.prefix_len()
+        {
+            continue;
+        }
+        release_block_affinity(store, &host, &cidr)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

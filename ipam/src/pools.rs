@@ -7,6 +7,20 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// Whether a pool of `cidr` with blocks of `block_size` would overlap an existing block of
+/// another size in the same family (`clientv3/ippool.go`: "IPPool blocksSize conflicts with
+/// existing allocations that use a different blockSize"): blocks never change size.
+pub fn block_size_conflict(cidr: &IpNet, block_size: u8, blocks: &[IpNet]) -> bool {
+    blocks.iter().any(|b| {
+        b.prefix_len() != block_size
+            && matches!(
+                (b, cidr),
+                (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+            )
+            && (b.contains(&cidr.network()) || cidr.contains(&b.network()))
+    })
+}
+
 /// An IP pool as IPAM uses it: defaults applied, CIDR and selectors parsed.
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -331,5 +345,21 @@ mod tests {
         assert_eq!(big.blocks_from_node_offset("n").take(3).count(), 3);
         assert_eq!(fnv1_32(b""), 2_166_136_261);
         assert_eq!(fnv1_32(b"a"), 0x050c_5d7e);
+    }
+
+    /// Mirrors clientv3/ippool.go's check of existing blocks against a pool's blockSize.
+    #[test]
+    fn blocks_of_another_size_inside_the_pool_conflict() {
+        let net = |s: &str| s.parse::<IpNet>().expect("cidr");
+        let pool = net("10.244.0.0/16");
+        let blocks = [net("10.244.1.0/26"), net("fd00::/122")];
+        assert!(!block_size_conflict(&pool, 26, &blocks));
+        assert!(block_size_conflict(&pool, 24, &blocks));
+        // Another family, or outside the pool: no conflict.
+        assert!(!block_size_conflict(&net("10.0.0.0/16"), 24, &blocks));
+        assert!(!block_size_conflict(&net("fd01::/64"), 120, &blocks));
+        assert!(block_size_conflict(&net("fd00::/64"), 120, &blocks));
+        // A pool inside a bigger block still overlaps it.
+        assert!(block_size_conflict(&net("10.244.1.0/28"), 28, &blocks));
     }
 }

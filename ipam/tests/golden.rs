@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use calico_datastore::model::{IpPoolSpec, Resource, keys};
-use calico_datastore::{Etcd, EtcdConfig, KvStore};
+use calico_datastore::{Etcd, EtcdConfig};
 use calico_ipam::{AssignRequest, Ipam};
 use ipnet::IpNet;
 use testkit::require;

@@ -27,8 +27,9 @@
 
 use crate::error::{CmdError, CmdResult};
 use crate::gofmt;
+use crate::resources::validate::parse_cidr;
 use crate::resources::validate::parse_cidr_or_ip;
-use crate::resources::{NodeSpec, validate::parse_cidr};
+use calico_datastore::model::NodeSpec;
 use calico_datastore::model::{
     AllocationAttribute, AllocationBlock, BlockAffinity, ClusterInformation, IpPool, IpamHandle,
     Resource, keys,

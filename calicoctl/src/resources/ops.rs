@@ -13,13 +13,11 @@
 
 use super::print::{self, Fetched, Format, TableOpts};
 use super::validate::{self, PoolContext};
-use super::{
-    DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, IpamConfiguration, Kind, NodeResource, Object, id_in,
-};
+use super::{DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, Kind, Object, id_in};
 use crate::error::{CmdError, CmdResult};
 use calico_datastore::model::{
-    ClusterInformation, ClusterInformationSpec, IpPool, Profile, ProfileSpec, Resource, Rule,
-    WorkloadEndpoint, keys, new_cluster_guid,
+    ClusterInformation, ClusterInformationSpec, IpPool, IpamConfiguration, Node, Profile,
+    ProfileSpec, Resource, Rule, WorkloadEndpoint, keys, new_cluster_guid,
 };
 use calico_datastore::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use ipnet::IpNet;
@@ -73,7 +71,7 @@ pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
             Some(Object::IpPool(p))
         }
         Kind::Node => {
-            let mut n = NodeResource::from_kv(kv).ok()?;
+            let mut n = Node::from_kv(kv).ok()?;
             n.status.get_or_insert_with(|| Value::Object(Map::new()));
             Some(Object::Node(n))
         }
@@ -768,8 +766,8 @@ pub enum DeleteError {
     Other(String),
 }
 
-impl From<calico_datastore::EtcdError> for DeleteError {
-    fn from(e: calico_datastore::EtcdError) -> Self {
+impl From<calico_datastore::StoreError> for DeleteError {
+    fn from(e: calico_datastore::StoreError) -> Self {
         DeleteError::Other(e.to_string())
     }
 }
@@ -812,7 +810,8 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
             }
         }
         if let Some(cidr) = cidr {
-            release_pool_affinities(ctx.store, &cidr).map_err(DeleteError::Other)?;
+            calico_ipam::host::release_pool_affinities(ctx.store, &cidr)
+                .map_err(|e| DeleteError::Other(e.to_string()))?;
         }
     }
     match ctx
@@ -825,30 +824,6 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
         }
         TxnOutcome::Conflict(_) => Err(conflict()),
     }
-}
-
-/// `ReleasePoolAffinities`: every affinity of a block in `pool` is released as
-/// [`calico_ipam::host::release_block_affinity`] does (an empty block goes with it, a used
-/// one loses its affinity, one transaction each). Calico leaves an affinity whose block is
-/// missing; we delete it too.
-pub fn release_pool_affinities(store: &dyn KvStore, pool: &IpNet) -> Result<(), String> {
-    let affinities = store
-        .list_keys("/calico/ipam/v2/host/")
-        .map_err(|e| e.to_string())?;
-    for aff_key in affinities {
-        let Some((host, cidr)) = keys::parse_affinity(&aff_key) else {
-            continue;
-        };
-        if host.is_empty()
-            || !pool.contains(&cidr.network())
-            || pool.prefix_len() > cidr.prefix_len()
-        {
-            continue;
-        }
-        calico_ipam::host::release_block_affinity(store, &host, &cidr)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -279,7 +279,7 @@ pub fn render(fetched: &[Fetched], format: Format, opts: TableOpts) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{AsNumber, NodeBgpSpec, NodeResource, NodeSpec};
+    use calico_datastore::model::{AsNumber, Node, NodeBgpSpec, NodeSpec};
     use calico_datastore::model::{
         IpPool, IpPoolSpec, Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointSpec,
     };
@@ -313,17 +313,17 @@ mod tests {
             "NAME                  CIDR            NAT     IPIPMODE   VXLANMODE   DISABLED   DISABLEBGPEXPORT   SELECTOR   ASSIGNMENTMODE   \n\
              default-ipv4-ippool   10.244.0.0/16   false   Never      Never       false      false              all()      Automatic        \n\n"
         );
-        let mut n = NodeResource::new("Node", "node1", NodeSpec::default());
+        let mut n = Node::new("Node", "node1", NodeSpec::default());
         n.spec.bgp = Some(NodeBgpSpec {
             ipv4_address: "192.168.0.1/24".into(),
             ..NodeBgpSpec::default()
         });
-        let mut n2 = NodeResource::new("Node", "node2", NodeSpec::default());
+        let mut n2 = Node::new("Node", "node2", NodeSpec::default());
         n2.spec.bgp = Some(NodeBgpSpec {
             as_number: Some(AsNumber(65001)),
             ..NodeBgpSpec::default()
         });
-        let n3 = NodeResource::new("Node", "node3", NodeSpec::default());
+        let n3 = Node::new("Node", "node3", NodeSpec::default());
         let nodes = Fetched::List {
             kind: Kind::Node,
             revision: 1,

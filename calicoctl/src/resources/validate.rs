@@ -5,8 +5,8 @@
 //! (`validator/v3: validateIPPoolSpec`). IPAMConfiguration follows `clientv3/ipamconfig.go`.
 //! Messages are Calico's `ErrorValidation` text: `error with field <Name> = '<value>' (<reason>)`.
 
-use super::{IpamConfigurationSpec, NodeSpec};
 use calico_datastore::model::{IpPoolSpec, cidr};
+use calico_datastore::model::{IpamConfigurationSpec, NodeSpec};
 use calico_selector::Selector;
 use ipnet::IpNet;
 use std::fmt;
@@ -356,20 +356,13 @@ fn ippool_struct(spec: &IpPoolSpec) -> Result<(), ValidationError> {
     fail(errs)
 }
 
-/// An existing block of another size inside the pool (`IPPool blocksSize conflicts ...`).
+/// An existing block of another size inside the pool (`IPPool blocksSize conflicts ...`);
+/// the rule is the IPAM's ([`calico_ipam::pools::block_size_conflict`]).
 pub fn block_size_conflict(spec: &IpPoolSpec, blocks: &[IpNet]) -> Result<(), ValidationError> {
     let Some((_, cidr)) = parse_cidr(&spec.cidr) else {
         return Ok(());
     };
-    let conflict = blocks.iter().any(|b| {
-        b.prefix_len() != spec.block_size
-            && matches!(
-                (b, &cidr),
-                (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
-            )
-            && overlaps(b, &cidr)
-    });
-    if conflict {
+    if calico_ipam::pools::block_size_conflict(&cidr, spec.block_size, blocks) {
         return fail(vec![ErroredField::new(
             "IPPool.Spec.BlockSize",
             Some(spec.block_size.to_string()),

@@ -9,7 +9,7 @@
 //! records are ordered by priority, then by descending weight, then by name, where Go
 //! shuffles equal priorities by weight.
 
-use crate::etcd::EtcdError;
+use crate::error::EtcdError;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 

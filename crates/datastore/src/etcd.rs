@@ -1,88 +1,15 @@
 //! A blocking etcd v3 client for short-lived plugin processes: one connection per
 //! invocation, reused for every request, with compare-and-swap writes.
 
+use crate::config::EtcdConfig;
+use crate::error::{EtcdError, StoreError};
 use crate::keeper::{Claim, Keeper};
 use crate::store::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use crate::transport::{Target, dial, wrap};
-use calico_netconf::EtcdSettings;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-/// How to reach etcd and how long to wait.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdConfig {
-    pub endpoints: Vec<String>,
-    /// `etcd_discovery_srv`: find the endpoints in this domain's DNS SRV records
-    /// ([`crate::discovery`]); exclusive with `endpoints`.
-    pub discovery_srv: Option<String>,
-    pub ca_cert_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Bound on establishing a connection to one endpoint.
-    pub connect_timeout: Duration,
-    /// Bound on any single request, connection included.
-    pub request_timeout: Duration,
-    /// Take the connection from (and start if need be) the node's keeper of warm TLS
-    /// connections ([`crate::keeper`]); for short-lived plugin calls.
-    pub keeper: bool,
-}
-
-impl EtcdConfig {
-    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-    pub fn new(endpoints: Vec<String>) -> Self {
-        EtcdConfig {
-            endpoints,
-            discovery_srv: None,
-            ca_cert_file: None,
-            cert_file: None,
-            key_file: None,
-            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
-            keeper: false,
-        }
-    }
-
-    pub fn from_settings(s: &EtcdSettings) -> Self {
-        EtcdConfig {
-            ca_cert_file: s.ca_cert_file.clone(),
-            cert_file: s.cert_file.clone(),
-            key_file: s.key_file.clone(),
-            keeper: s.keeper,
-            discovery_srv: s.discovery_srv.clone(),
-            ..EtcdConfig::new(s.endpoints.clone())
-        }
-    }
-
-    fn uses_tls(&self) -> bool {
-        self.endpoints.iter().any(|e| e.starts_with("https://"))
-    }
-}
-
-/// What can go wrong talking to etcd. Callers map [`EtcdError::Unreachable`] to "try again
-/// later" and the rest to plain errors.
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
-    #[error("etcd at {endpoints} is unreachable: {reason}")]
-    Unreachable { endpoints: String, reason: String },
-    #[error("etcd at {endpoints} rejected the TLS connection: {reason}")]
-    Tls { endpoints: String, reason: String },
-    #[error("invalid etcd configuration: {0}")]
-    Config(String),
-    #[error("etcd request failed: {0}")]
-    Request(String),
-}
-
-impl EtcdError {
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, EtcdError::Unreachable { .. })
-    }
-}
 
 /// The connection. Requests run on a single-threaded runtime owned by this value, so
 /// callers stay synchronous (and on their thread, which matters for network namespaces).
@@ -233,7 +160,7 @@ impl Etcd {
                 let channel = endpoint.connect_with_connector_lazy(connector);
                 Client::from_channel(etcd_client::Channel::Tonic(channel), None).await
             })
-            .map_err(|e| classify(&endpoints, e, false))?;
+            .map_err(|e| classify(&endpoints, e, config.uses_tls(), false))?;
         Ok(Etcd {
             runtime,
             kv: client.kv_client(),
@@ -268,11 +195,12 @@ impl Etcd {
             })?;
         // A keeper's connection that closes was closed by etcd going away, not by a rejected
         // certificate: the keeper's own handshake went through.
-        let rejected_tls = self.config.uses_tls() && !self.answered.get() && !self.via_keeper();
+        let tls = self.config.uses_tls();
+        let rejected_tls = tls && !self.answered.get() && !self.via_keeper();
         let out = out.map_err(|e| {
             self.dialing
                 .config_error()
-                .unwrap_or_else(|| classify(&self.endpoints, e, rejected_tls))
+                .unwrap_or_else(|| classify(&self.endpoints, e, tls, rejected_tls))
         })?;
         self.answered.set(true);
         Ok(out)
@@ -346,9 +274,10 @@ fn gets(responses: Vec<TxnOpResponse>) -> Vec<Vec<Kv>> {
         .collect()
 }
 
-impl KvStore for Etcd {
+/// The store's calls, with etcd's own error ([`KvStore`] gives the same as [`StoreError`]).
+impl Etcd {
     /// One etcd transaction of range requests: a consistent snapshot in one round trip.
-    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
+    pub fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
         let mut kv = self.kv.clone();
         let ops: Vec<TxnOp> = reads.iter().map(get_op).collect();
         let resp = self.run(kv.txn(Txn::new().and_then(ops)))?;
@@ -356,7 +285,7 @@ impl KvStore for Etcd {
     }
 
     /// On conflict the same round trip returns the guarded keys' current state.
-    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
+    pub fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
         let compares: Vec<Compare> = guards
             .iter()
             .map(|g| match g {
@@ -391,6 +320,28 @@ impl KvStore for Etcd {
         ))
     }
 
+    pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        Read::key(key).one(|r| self.read(r))
+    }
+
+    pub fn list(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        Read::Prefix(prefix.into()).all(|r| self.read(r))
+    }
+
+    pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>, EtcdError> {
+        Read::PrefixKeys(prefix.into()).keys(|r| self.read(r))
+    }
+}
+
+impl KvStore for Etcd {
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, StoreError> {
+        Ok(Etcd::read(self, reads)?)
+    }
+
+    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, StoreError> {
+        Ok(Etcd::txn(self, guards, writes)?)
+    }
+
     fn describe(&self) -> String {
         format!("etcd at {}", self.endpoints)
     }
@@ -405,24 +356,21 @@ fn to_kv(kv: &etcd_client::KeyValue) -> Kv {
 }
 
 /// Sorts etcd-client's errors into what a caller acts on: unreachable (retry later),
-/// TLS (fix the certificates), or a plain failure. `first_tls_request` says the connection
-/// is TLS and has never been answered: with TLS 1.3 a server that rejects our client
-/// certificate simply closes the connection after the handshake.
-fn classify(endpoints: &str, e: etcd_client::Error, first_tls_request: bool) -> EtcdError {
-    let text = error_chain(&e);
-    let lower = text.to_ascii_lowercase();
-    let tls_words = ["certificate", "tls", "handshake", "alert", "unknownissuer"];
+/// TLS (fix the certificates), or a plain failure, by their types (gRPC status codes, the
+/// transport's I/O errors), never by their text. `tls` says the endpoints use TLS;
+/// `first_tls_request` that the connection is TLS and has never been answered: with TLS 1.3
+/// a server that rejects our client certificate simply closes the connection after the
+/// handshake.
+fn classify(
+    endpoints: &str,
+    e: etcd_client::Error,
+    tls: bool,
+    first_tls_request: bool,
+) -> EtcdError {
+    let text = e.to_string();
+    let cause = Cause::of(&e);
     let endpoints = endpoints.to_string();
-    // What a client sees when the server drops it right after the handshake.
-    let closed = [
-        "connection closed",
-        "canceled",
-        "broken pipe",
-        "connection reset",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
-    if first_tls_request && closed {
+    if first_tls_request && cause == Some(Cause::Closed) {
         return EtcdError::Tls {
             endpoints,
             reason: format!(
@@ -435,7 +383,7 @@ fn classify(endpoints: &str, e: etcd_client::Error, first_tls_request: bool) -> 
         etcd_client::Error::InvalidArgs(_)
         | etcd_client::Error::InvalidUri(_)
         | etcd_client::Error::IoError(_) => EtcdError::Config(text),
-        _ if tls_words.iter().any(|w| lower.contains(w)) => EtcdError::Tls {
+        _ if tls && cause == Some(Cause::Tls) => EtcdError::Tls {
             endpoints,
             reason: text,
         },
@@ -458,17 +406,65 @@ fn classify(endpoints: &str, e: etcd_client::Error, first_tls_request: bool) -> 
     }
 }
 
-/// The error and its sources on one line: tonic hides the useful part (refused, bad
-/// certificate) a few levels down.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
+/// What the transport says went wrong under a failed request, found by type in the error's
+/// causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The TLS layer failed: a handshake refused, an alert received, a certificate not
+    /// trusted. rustls reports these as `InvalidData` I/O errors, and that kind is all that
+    /// survives h2's copy of the error (its rustls value does not).
+    Tls,
+    /// The connection was closed, reset or cancelled under the request.
+    Closed,
+}
+
+impl Cause {
+    fn of(e: &etcd_client::Error) -> Option<Cause> {
+        let top: &(dyn std::error::Error + 'static) = match e {
+            etcd_client::Error::GRpcStatus(s) => s,
+            etcd_client::Error::TransportError(t) => t,
+            _ => return None,
+        };
+        let mut pending = vec![top];
+        let mut found = None;
+        while let Some(err) = pending.pop() {
+            match Cause::at(err) {
+                Some(Cause::Tls) => return Some(Cause::Tls),
+                Some(Cause::Closed) => found = Some(Cause::Closed),
+                None => {}
+            }
+            // An I/O error's own source skips the error it wraps: look at that too.
+            if let Some(inner) = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                pending.push(inner);
+            }
+            pending.extend(err.source());
         }
-        cur = s.source();
+        found
     }
-    parts.join(": ")
+
+    /// What this one error says by itself.
+    fn at(err: &(dyn std::error::Error + 'static)) -> Option<Cause> {
+        use std::io::ErrorKind;
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return Some(Cause::Tls);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                ErrorKind::InvalidData => Some(Cause::Tls),
+                ErrorKind::BrokenPipe
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::UnexpectedEof => Some(Cause::Closed),
+                _ => None,
+            };
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return (h.is_closed() || h.is_canceled() || h.is_incomplete_message())
+                .then_some(Cause::Closed);
+        }
+        None
+    }
 }

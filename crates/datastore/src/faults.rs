@@ -7,7 +7,7 @@
 //! unwrapped, shows that every prefix of its writes can be resumed. It is a test double for
 //! the crash only; every read and every other transaction reaches the wrapped store.
 
-use crate::etcd::EtcdError;
+use crate::error::StoreError;
 use crate::store::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -40,15 +40,15 @@ impl<'a> FailNthTxn<'a> {
 }
 
 impl KvStore for FailNthTxn<'_> {
-    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, StoreError> {
         self.inner.read(reads)
     }
 
-    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
+    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, StoreError> {
         let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
         if n == self.fail_at {
-            return Err(EtcdError::Unreachable {
-                endpoints: self.inner.describe(),
+            return Err(StoreError::Unreachable {
+                store: self.inner.describe(),
                 reason: format!("injected failure of transaction {n}"),
             });
         }

@@ -24,7 +24,8 @@
 //! - Failure: a call that finds no keeper, or no warm connection, connects directly as it
 //!   would without one (and, if there was no keeper, starts one for the calls after it).
 
-use crate::etcd::{EtcdConfig, EtcdError};
+use crate::config::EtcdConfig;
+use crate::error::EtcdError;
 use crate::transport::{Stream, Target, dial};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
@@ -455,11 +456,10 @@ impl Dialer {
     }
 }
 
-/// Nice 19 for the calling thread (Linux keeps the nice value per thread).
-#[allow(unsafe_code)]
+/// Nice 19 for the calling thread (Linux keeps the nice value per thread, and `PRIO_PROCESS`
+/// with no pid names the calling thread). Failure only leaves the dialer at normal priority.
 fn lower_priority() {
-    // SAFETY: setpriority takes plain integers and touches no memory of ours.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    let _ = rustix::process::setpriority_process(None, 19);
 }
 
 /// Holds one warm connection until a caller claims it (keeping whatever etcd sends first),

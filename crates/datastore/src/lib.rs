@@ -1,14 +1,27 @@
-//! Calico's datastore on etcd v3.
+//! Calico's datastore on etcd v3: the store interface the logic works on, the etcd client
+//! behind it, and Calico's keys and JSON.
 //!
-//! - [`store`]: what the logic needs (batched reads, guarded atomic writes) and an in-memory
-//!   stand-in for unit tests;
-//! - [`etcd`]: the real thing: one connection per invocation, plain or mutual TLS;
-//! - [`faults`]: crash injection for tests (a store that fails its Nth transaction);
-//! - [`discovery`]: etcd endpoints from DNS SRV records (`etcd_discovery_srv`);
-//! - [`keeper`]: a per-node holder of warm TLS connections, so calls skip the handshake;
-//! - [`model`]: Calico's keys and JSON, byte-compatible with Calico 3.32.
+//! Owns: the etcd settings ([`EtcdConfig`]) and errors, the [`KvStore`] interface with its
+//! in-memory stand-in, the etcd client and its connections, and Calico's data model
+//! ([`model`]). Must not import `calico-netconf` or `cni-protocol` (they sit above it:
+//! `calico-netconf` converts the CNI config into [`EtcdConfig`]), nor any IPAM rule (those
+//! are `calico-ipam`'s).
+//!
+//! Modules, in layers: each imports only modules of the layers below it.
+//!
+//! 1. [`config`]: how to reach etcd; [`error`]: [`StoreError`] (the store's) and
+//!    [`EtcdError`] (the etcd client's). Leaves.
+//! 2. [`store`]: what the logic needs (batched reads, guarded atomic writes) and [`MemKv`],
+//!    an in-memory stand-in for unit tests; [`transport`]: how bytes reach etcd (TCP, TLS);
+//!    [`discovery`]: etcd endpoints from DNS SRV records (`etcd_discovery_srv`).
+//! 3. [`model`]: Calico's keys and JSON, byte-compatible with Calico 3.32 (reads [`Kv`]);
+//!    [`faults`]: crash injection for tests (a store that fails its Nth transaction);
+//!    [`keeper`]: a per-node holder of warm TLS connections, so calls skip the handshake.
+//! 4. [`etcd`]: the real store: one connection per invocation, plain or mutual TLS.
 
+pub mod config;
 pub mod discovery;
+pub mod error;
 pub mod etcd;
 pub mod faults;
 pub mod keeper;
@@ -16,6 +29,8 @@ pub mod model;
 pub mod store;
 pub mod transport;
 
-pub use etcd::{Etcd, EtcdConfig, EtcdError};
+pub use config::EtcdConfig;
+pub use error::{EtcdError, StoreError};
+pub use etcd::Etcd;
 pub use faults::FailNthTxn;
 pub use store::{Guard, Kv, KvStore, MemKv, Read, TxnOutcome, Write};

@@ -1,10 +1,11 @@
-//! The datastore as the logic above sees it: batched reads and guarded, atomic writes.
+//! The datastore as the logic above sees it: batched reads and guarded, atomic writes,
+//! failing with the store's own [`StoreError`].
 //!
 //! [`Etcd`](crate::Etcd) is the real implementation. [`MemKv`] is an in-memory stand-in
 //! with the same revision semantics, for unit tests of the logic only; integration tests
 //! run against Debian's etcd.
 
-use crate::etcd::EtcdError;
+use crate::error::StoreError;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -27,6 +28,38 @@ pub enum Read {
     Prefix(String),
     /// Every key under a prefix, without values (cheap existence scans).
     PrefixKeys(String),
+}
+
+/// A lone read, run by `read` (a store's batch call, whatever its error): the shorthands
+/// [`KvStore::get`], `list` and `list_keys`, shared with the etcd client's own.
+impl Read {
+    pub fn key(key: &str) -> Read {
+        Read::Key(key.to_string())
+    }
+
+    /// Every result of this one read.
+    pub fn all<E>(
+        self,
+        read: impl FnOnce(&[Read]) -> Result<Vec<Vec<Kv>>, E>,
+    ) -> Result<Vec<Kv>, E> {
+        Ok(read(&[self])?.pop().unwrap_or_default())
+    }
+
+    /// Its result, for a key.
+    pub fn one<E>(
+        self,
+        read: impl FnOnce(&[Read]) -> Result<Vec<Vec<Kv>>, E>,
+    ) -> Result<Option<Kv>, E> {
+        Ok(self.all(read)?.pop())
+    }
+
+    /// The keys found, for a prefix.
+    pub fn keys<E>(
+        self,
+        read: impl FnOnce(&[Read]) -> Result<Vec<Vec<Kv>>, E>,
+    ) -> Result<Vec<String>, E> {
+        Ok(self.all(read)?.into_iter().map(|kv| kv.key).collect())
+    }
 }
 
 /// A condition a transaction's writes depend on.
@@ -81,36 +114,24 @@ impl TxnOutcome {
 /// What the logic needs of a datastore.
 pub trait KvStore {
     /// Runs every read in one round trip, at one revision; results in the order asked.
-    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError>;
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, StoreError>;
 
     /// Applies `writes` atomically if every guard holds.
-    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError>;
+    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, StoreError>;
 
     /// Where the store is, for messages.
     fn describe(&self) -> String;
 
-    fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
-        Ok(self
-            .read(&[Read::Key(key.to_string())])?
-            .pop()
-            .and_then(|mut v| v.pop()))
+    fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
+        Read::key(key).one(|r| self.read(r))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
-        Ok(self
-            .read(&[Read::Prefix(prefix.to_string())])?
-            .pop()
-            .unwrap_or_default())
+    fn list(&self, prefix: &str) -> Result<Vec<Kv>, StoreError> {
+        Read::Prefix(prefix.into()).all(|r| self.read(r))
     }
 
-    fn list_keys(&self, prefix: &str) -> Result<Vec<String>, EtcdError> {
-        Ok(self
-            .read(&[Read::PrefixKeys(prefix.to_string())])?
-            .pop()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|kv| kv.key)
-            .collect())
+    fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Read::PrefixKeys(prefix.into()).keys(|r| self.read(r))
     }
 }
 
@@ -163,13 +184,13 @@ impl MemKv {
         }
     }
 
-    fn poisoned() -> EtcdError {
-        EtcdError::Request("in-memory store poisoned".into())
+    fn poisoned() -> StoreError {
+        StoreError::failed("in-memory store poisoned")
     }
 }
 
 impl KvStore for MemKv {
-    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, StoreError> {
         let s = self.state.lock().map_err(|_| Self::poisoned())?;
         let kv = |k: &String, v: &(Vec<u8>, i64), with_value: bool| Kv {
             key: k.clone(),
@@ -190,12 +211,12 @@ impl KvStore for MemKv {
             .collect())
     }
 
-    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
+    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, StoreError> {
         let mut s = self.state.lock().map_err(|_| Self::poisoned())?;
         if s.fail_txns > 0 {
             s.fail_txns -= 1;
-            return Err(EtcdError::Unreachable {
-                endpoints: "memory".into(),
+            return Err(StoreError::Unreachable {
+                store: self.describe(),
                 reason: "injected failure".into(),
             });
         }

@@ -8,7 +8,8 @@
 //!   flushes, so a gRPC request leaves in one TLS record and one syscall instead of one per
 //!   HTTP/2 frame (which measurably slows each request on a busy node).
 
-use crate::etcd::{EtcdConfig, EtcdError};
+use crate::config::EtcdConfig;
+use crate::error::EtcdError;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -188,12 +189,16 @@ pub fn tls_config(config: &EtcdConfig) -> Result<Arc<rustls::ClientConfig>, Etcd
 }
 
 /// Connects to the first target that accepts (TCP, then TLS), each bounded by `timeout`.
+/// If none does, the error names every attempt; its kind is `InvalidData` if a TLS
+/// handshake failed (a certificate problem, which no retry mends: see `etcd`'s
+/// classification), else `ConnectionRefused`.
 pub async fn dial(
     targets: &[Target],
     tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<Stream, std::io::Error> {
     let mut errors = Vec::new();
+    let mut kind = std::io::ErrorKind::ConnectionRefused;
     for t in targets {
         let attempt = async {
             let tcp = TcpStream::connect(&t.authority).await?;
@@ -212,14 +217,16 @@ pub async fn dial(
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => errors.push(format!("{}: {e}", t.url)),
+            Ok(Err(e)) => {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    kind = e.kind();
+                }
+                errors.push(format!("{}: {e}", t.url));
+            }
             Err(_) => errors.push(format!("{}: no connection within {timeout:?}", t.url)),
         }
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::ConnectionRefused,
-        errors.join("; "),
-    ))
+    Err(std::io::Error::new(kind, errors.join("; ")))
 }
 
 /// The connection for the HTTP/2 client: buffered until flush.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use calico_datastore::{Etcd, EtcdConfig, EtcdError, Guard, KvStore, Read, TxnOutcome, Write};
+use calico_datastore::{Etcd, EtcdConfig, EtcdError, Guard, Read, TxnOutcome, Write};
 use testkit::{EtcdCluster, require};
 
 fn plain_config(endpoints: &str) -> EtcdConfig {
@@ -135,6 +135,30 @@ fn mutual_tls_works_with_the_right_identity_only() {
     let err = Etcd::connect(&missing).err().expect("unreadable key");
     assert!(matches!(err, EtcdError::Config(_)), "{err}");
     assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+}
+
+/// A server certificate our CA did not sign fails the handshake in the connector; that is a
+/// TLS error (fix the certificates), not an unreachable etcd (retry later).
+#[test]
+fn an_untrusted_server_certificate_is_a_tls_error() {
+    require!("etcd");
+    let server = testkit::Etcd::start_tls().unwrap();
+    let pki = server.pki().expect("TLS member");
+    let config = EtcdConfig {
+        ca_cert_file: Some(pki.wrong_ca_path()),
+        cert_file: Some(server.cert_path()),
+        key_file: Some(server.key_path()),
+        request_timeout: Duration::from_secs(2),
+        ..plain_config(&server.endpoints())
+    };
+    let err = Etcd::connect(&config)
+        .and_then(|db| db.get("/tls/k"))
+        .unwrap_err();
+    assert!(
+        matches!(err, EtcdError::Tls { .. }),
+        "untrusted server: {err}"
+    );
+    assert!(!err.is_unreachable(), "{err}");
 }
 
 #[test]

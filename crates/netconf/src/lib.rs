@@ -3,9 +3,14 @@
 //! Go's `encoding/json` matches keys case-insensitively (an exact match wins), treats `null`
 //! as "leave unset" and ignores unknown keys; a value of the wrong type fails the decode.
 //! [`NetConf::from_value`] does the same, and names the offending field (code 7).
+//!
+//! Owns the CNI config's fields and the settings derived from them; the etcd settings it
+//! derives are `calico-datastore`'s [`EtcdConfig`] (the one copy). Must not import the IPAM,
+//! the dataplane or the plugins.
 
 #![cfg_attr(test, recursion_limit = "256")]
 
+use calico_datastore::EtcdConfig;
 use cni_protocol::{CniError, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -346,7 +351,9 @@ impl NetConf {
     /// The etcd connection settings, each from the config or the environment as
     /// [`calico_setting`] says (Calico exports the config into the environment, where
     /// libcalico-go reads it).
-    pub fn etcd(&self, env: impl Fn(&str) -> Option<String>) -> EtcdSettings {
+    /// Timeouts are the client's defaults; `etcd_keeper` defaults to on. Check the result
+    /// with [`check_etcd`].
+    pub fn etcd(&self, env: impl Fn(&str) -> Option<String>) -> EtcdConfig {
         let pick = |conf: &str, var: &str| calico_setting(conf, var, &env).map(PathBuf::from);
         let mut endpoints: Vec<String> =
             calico_setting(&self.etcd_endpoints, "ETCD_ENDPOINTS", &env)
@@ -360,13 +367,13 @@ impl NetConf {
             // Ours, not libcalico-go v3's: the deprecated authority still names an endpoint.
             endpoints = self.etcd_endpoint_list();
         }
-        EtcdSettings {
-            endpoints,
+        EtcdConfig {
             discovery_srv: calico_setting(&self.etcd_discovery_srv, "ETCD_DISCOVERY_SRV", &env),
             ca_cert_file: pick(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE"),
             cert_file: pick(&self.etcd_cert_file, "ETCD_CERT_FILE"),
             key_file: pick(&self.etcd_key_file, "ETCD_KEY_FILE"),
             keeper: self.etcd_keeper.unwrap_or(true),
+            ..EtcdConfig::new(endpoints)
         }
     }
 
@@ -394,33 +401,16 @@ impl NetConf {
     }
 }
 
-/// How to reach etcd.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EtcdSettings {
-    pub endpoints: Vec<String>,
-    /// `etcd_discovery_srv`: the domain whose DNS SRV records name the endpoints
-    /// (`_etcd-client-ssl._tcp.<domain>`, `_etcd-client._tcp.<domain>`); exclusive with
-    /// `endpoints`.
-    pub discovery_srv: Option<String>,
-    pub ca_cert_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Whether a plugin may use the node's keeper of warm etcd connections.
-    pub keeper: bool,
-}
-
-impl EtcdSettings {
-    /// Code 7 if both endpoints and SRV discovery are set: libcalico-go's
-    /// `NewEtcdV3Client` refuses that too ("multiple discovery or bootstrap options").
-    pub fn check(&self) -> Result<(), CniError> {
-        match &self.discovery_srv {
-            Some(domain) if !self.endpoints.is_empty() => Err(CniError::invalid_config(format!(
-                "multiple discovery or bootstrap options specified, use either etcd_endpoints \
-                 ({}) or etcd_discovery_srv ({domain})",
-                self.endpoints.join(",")
-            ))),
-            _ => Ok(()),
-        }
+/// Code 7 if both endpoints and SRV discovery are set: libcalico-go's `NewEtcdV3Client`
+/// refuses that too ("multiple discovery or bootstrap options").
+pub fn check_etcd(etcd: &EtcdConfig) -> Result<(), CniError> {
+    match &etcd.discovery_srv {
+        Some(domain) if !etcd.endpoints.is_empty() => Err(CniError::invalid_config(format!(
+            "multiple discovery or bootstrap options specified, use either etcd_endpoints \
+             ({}) or etcd_discovery_srv ({domain})",
+            etcd.endpoints.join(",")
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -712,10 +702,10 @@ mod tests {
         assert!(s.endpoints.is_empty());
         let s = bare.etcd(env(&[("ETCD_DISCOVERY_SRV", "env.example")]));
         assert_eq!(s.discovery_srv.as_deref(), Some("env.example"));
-        assert!(s.check().is_ok());
+        assert!(check_etcd(&s).is_ok());
         // Both ways at once is an error (NewEtcdV3Client), whichever source each came from.
         let both = srv.etcd(env(&[("ETCD_ENDPOINTS", "http://e:2379")]));
-        let e = both.check().expect_err("both");
+        let e = check_etcd(&both).expect_err("both");
         assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
         assert!(e.msg.contains("multiple discovery"), "{}", e.msg);
         // Endpoints: CALICO_ETCD_ENDPOINTS, then the config, then ETCD_ENDPOINTS.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use calico_datastore::model::{IpPoolSpec, Resource, keys};
-use calico_datastore::{Etcd, EtcdConfig, Guard, KvStore, Write};
+use calico_datastore::{Etcd, EtcdConfig, Guard, Write};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use testkit::{CallOpts, CniPathDir, DriverError, Runtime};

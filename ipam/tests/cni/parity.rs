@@ -1,8 +1,8 @@
 //! Calico parity through libcni on etcd: the Node gate, reclaiming an empty block of another
 //! node, and the 3.33 cooldown.
 
+use calico_datastore::Write;
 use calico_datastore::model::keys;
-use calico_datastore::{KvStore, Write};
 use serde_json::json;
 use testkit::{CallOpts, require};
 

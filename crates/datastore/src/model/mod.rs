@@ -1,15 +1,21 @@
-//! Calico's data model in etcd: keys, the IPAM objects and the v3 resources.
+//! Calico's data model in etcd: keys, the IPAM objects and the v3 resources (the typed Node
+//! included). Models only: no datastore calls and no rules of the IPAM or of calicoctl.
 
 pub mod cidr;
 pub mod ipam;
 pub mod keys;
 pub mod names;
+pub mod node;
 pub mod resources;
 pub mod time;
 
 pub use ipam::{AllocationAttribute, AllocationBlock, BlockAffinity, IpamConfigValue, IpamHandle};
+pub use node::{
+    AsNumber, Node, NodeAddress, NodeBgpSpec, NodeInterface, NodeSpec, NodeWireguardSpec, OrchRef,
+};
 pub use resources::{
     ClusterInformation, ClusterInformationSpec, EntityRule, IpPool, IpPoolSpec, IpReservation,
-    IpReservationSpec, Node, ObjectMeta, Profile, ProfileSpec, Resource, Rule, WorkloadEndpoint,
-    WorkloadEndpointPort, WorkloadEndpointSpec, new_cluster_guid, new_uid,
+    IpReservationSpec, IpamConfiguration, IpamConfigurationSpec, ObjectMeta, Profile, ProfileSpec,
+    Resource, Rule, WorkloadEndpoint, WorkloadEndpointPort, WorkloadEndpointSpec, new_cluster_guid,
+    new_uid,
 };

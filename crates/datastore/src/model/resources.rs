@@ -20,6 +20,10 @@ fn is_zero(n: &u8) -> bool {
     *n == 0
 }
 
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
+}
+
 /// `metav1.ObjectMeta`, the fields Calico's objects use; the rest kept in `extra`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -218,8 +222,32 @@ impl IpPoolSpec {
     }
 }
 
-/// A Calico Node; IPAM needs only its labels, so the spec stays raw.
-pub type Node = Resource<Value>;
+/// The IPAMConfiguration spec (`api/pkg/apis/projectcalico/v3/ipamconfig.go`), with Go's
+/// JSON: `strictAffinity` and `autoAllocateBlocks` always written, the other two only when
+/// set. A field missing from a document is Go's zero value: in etcd mode the CRD defaults
+/// (`autoAllocateBlocks: true`) never apply, because calicoctl decodes into the typed struct,
+/// which marshals `false`, before `validator.Validate` defaults what is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamConfigurationSpec {
+    #[serde(rename = "strictAffinity", default)]
+    pub strict_affinity: bool,
+    #[serde(
+        rename = "maxBlocksPerHost",
+        default,
+        skip_serializing_if = "is_zero_i32"
+    )]
+    pub max_blocks_per_host: i32,
+    #[serde(rename = "autoAllocateBlocks", default)]
+    pub auto_allocate_blocks: bool,
+    #[serde(
+        rename = "kubeVirtVMAddressPersistence",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kubevirt_vm_address_persistence: Option<String>,
+}
+
+pub type IpamConfiguration = Resource<IpamConfigurationSpec>;
 
 /// `IPReservationSpec`: CIDRs (or bare addresses) IPAM never hands out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,44 +1,36 @@
-//! The time formats Calico's Go code writes.
+//! The time formats Calico's Go code writes, through `jiff`.
+//!
+//! Each is pinned byte for byte by the tests below: Go's `time.Time.String()` in UTC (fraction
+//! trimmed, dropped when zero), `metav1.Time` (RFC 3339 to the second) and the parsing of
+//! both, as Calico's `time.Parse(time.RFC3339, ...)` reads them (seconds and an offset
+//! required).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use jiff::Timestamp;
+use jiff::fmt::strtime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use cni_protocol::logging::civil_from_days;
+/// `t` as a jiff timestamp; times before the epoch (never written here) count as the epoch,
+/// as they always have.
+fn timestamp(t: SystemTime) -> Timestamp {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp::try_from(UNIX_EPOCH + since).unwrap_or(Timestamp::UNIX_EPOCH)
+}
 
-fn split(t: SystemTime) -> (i64, u32, u32, u64, u32) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    (y, m, day, secs % 86_400, d.subsec_nanos())
+fn format(pattern: &str, t: SystemTime) -> String {
+    // The patterns are fixed and valid for any timestamp: formatting cannot fail.
+    strtime::format(pattern, timestamp(t)).unwrap_or_default()
 }
 
 /// `metav1.Time`: RFC 3339 in UTC to the second, e.g. `2026-05-01T10:00:00Z`
 /// (`affinity_claim_time`, `creationTimestamp`).
 pub fn rfc3339_seconds(t: SystemTime) -> String {
-    let (y, m, d, s, _) = split(t);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
+    format("%Y-%m-%dT%H:%M:%SZ", t)
 }
 
 /// Go's `time.Now().UTC().String()`: `2026-05-01 10:00:01.1234 +0000 UTC`, trailing zeros
 /// of the fraction trimmed and the fraction dropped when zero (the allocation `timestamp`).
 pub fn go_utc_string(t: SystemTime) -> String {
-    let (y, m, d, s, nanos) = split(t);
-    let frac = if nanos == 0 {
-        String::new()
-    } else {
-        let digits = format!("{nanos:09}");
-        format!(".{}", digits.trim_end_matches('0'))
-    };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}{frac} +0000 UTC",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
+    format("%Y-%m-%d %H:%M:%S%.f +0000 UTC", t)
 }
 
 /// Parses [`go_utc_string`]'s form (`2026-05-01 10:00:01.1234 +0000 UTC`), as found in
@@ -54,56 +46,30 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
         .unwrap_or_default()
 }
 
-/// Days since the epoch of a proleptic Gregorian date (inverse of `civil_from_days`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses RFC 3339 (`2026-05-01T10:00:00Z`, optional fraction, `Z` or `±hh:mm`).
+/// Parses RFC 3339 (`2026-05-01T10:00:00Z`, optional fraction, `Z` or `±hh:mm`; `T`, `t` or
+/// a space between date and time). jiff reads a superset (ISO 8601's shorter times, time
+/// zone annotations): only the full `hh:mm:ss` time with an offset gets to it, as Go's
+/// RFC 3339 layout demands.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    let shape = b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't' | b' ')
+        && b[13] == b':'
+        && b[16] == b':'
+        && !s.ends_with(']');
+    if !shape {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        rest = &frac[digits.len()..];
-        let padded = format!("{digits:0<9}");
-        nanos = padded.get(..9)?.parse().ok()?;
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    let days = days_from_civil(y, u32::try_from(mo).ok()?, u32::try_from(d).ok()?);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
-    let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+    let t: Timestamp = s.parse().ok()?;
+    Some(SystemTime::from(t)).filter(|t| *t >= UNIX_EPOCH)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn go_formats() {
@@ -138,5 +104,16 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2026-05-01T10:00:01"), None);
+    }
+
+    /// What Go's RFC 3339 layout refuses stays refused though jiff would read it.
+    #[test]
+    fn only_full_rfc3339_times_parse() {
+        let t = UNIX_EPOCH + Duration::new(1_777_629_601, 0);
+        assert_eq!(parse_rfc3339("2026-05-01t10:00:01z"), Some(t));
+        assert_eq!(parse_rfc3339("2026-05-01 10:00:01Z"), Some(t));
+        assert_eq!(parse_rfc3339("2026-05-01T10:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-05-01T10:00:01Z[UTC]"), None);
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
     }
 }

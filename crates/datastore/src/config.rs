@@ -1,0 +1,47 @@
+//! How to reach etcd: the one copy of the etcd settings. A leaf: it imports nothing of this
+//! crate. `calico-netconf` (the CNI config) and calicoctl's `calicoctl.cfg` convert into it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to reach etcd and how long to wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// `etcd_discovery_srv`: find the endpoints in this domain's DNS SRV records
+    /// ([`crate::discovery`]); exclusive with `endpoints`.
+    pub discovery_srv: Option<String>,
+    pub ca_cert_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Bound on establishing a connection to one endpoint.
+    pub connect_timeout: Duration,
+    /// Bound on any single request, connection included.
+    pub request_timeout: Duration,
+    /// Take the connection from (and start if need be) the node's keeper of warm TLS
+    /// connections ([`crate::keeper`]); for short-lived plugin calls.
+    pub keeper: bool,
+}
+
+impl EtcdConfig {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdConfig {
+            endpoints,
+            discovery_srv: None,
+            ca_cert_file: None,
+            cert_file: None,
+            key_file: None,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            keeper: false,
+        }
+    }
+
+    /// Whether any endpoint is `https://`.
+    pub fn uses_tls(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+}
