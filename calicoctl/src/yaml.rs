@@ -1,7 +1,12 @@
 //! YAML in and out.
 //!
 //! In: every document of a (multi-document) YAML or JSON text as a JSON value, which is what
-//! calicoctl's `sigs.k8s.io/yaml` works on too.
+//! calicoctl's `sigs.k8s.io/yaml` works on too. The parser is `serde_norway`, the maintained
+//! fork of the deprecated `serde_yaml` (on a maintained port of libyaml), chosen over the
+//! other candidates because it reads every document to the same values and fails with the
+//! same messages (which calicoctl prints) as before: `serde_yaml_ng` still rests on the
+//! unmaintained `unsafe-libyaml`, and `serde-saphyr` (pure Rust, already built for `kube`)
+//! words its errors differently, rejects duplicate keys and resolves `<<` merge keys.
 //!
 //! Out: what `sigs.k8s.io/yaml.Marshal` (JSON, then yaml.v2) writes: keys sorted in yaml.v2's
 //! order at every level, block sequences not indented under their key, and strings quoted
@@ -16,7 +21,7 @@ use std::cmp::Ordering;
 /// Every document of `text`, in order; empty documents are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
     let mut docs = Vec::new();
-    for de in serde_yaml::Deserializer::from_str(text) {
+    for de in serde_norway::Deserializer::from_str(text) {
         let v = Value::deserialize(de).map_err(|e| e.to_string())?;
         if !v.is_null() {
             docs.push(v);
@@ -546,6 +551,12 @@ mod tests {
         let docs = parse_documents("a: 1\n---\n---\n- b: x\n").expect("parses");
         assert_eq!(docs, vec![json!({"a": 1}), json!([{"b": "x"}])]);
         assert!(parse_documents("a: [1\n").is_err());
+        // The parser's own words reach the user (after calicoctl's prefix): pinned.
+        assert_eq!(
+            parse_documents("a: [1\n").expect_err("unclosed"),
+            "did not find expected ',' or ']' at line 2 column 1, while parsing a flow \
+             sequence at line 1 column 4"
+        );
         assert_eq!(
             parse_documents("{\"kind\": \"IPPool\"}").expect("json"),
             vec![json!({"kind": "IPPool"})]
