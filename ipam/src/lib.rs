@@ -3,7 +3,7 @@
 //! - [`block`]: block maths and the rules inside one block (FIFO, attributes);
 //! - [`pools`]: which pools a request may use, and each node's block search order;
 //! - [`allocator`]: affine blocks, claiming, borrowing, release, all as guarded
-//!   transactions over a [`calico_datastore::KvStore`];
+//!   transactions over a [`calico_datastore::KvStore`] (snapshot, plan, commit);
 //! - [`gc`]: CNI GC of one network's allocations on one node, keeping whatever is alive;
 //! - [`host`]: taking a node out of IPAM (its addresses, affinities and empty blocks);
 //! - [`lock`]: the host-wide IPAM lock;
@@ -11,6 +11,9 @@
 //! - [`cni`]: the `calico-ipam` CNI verbs, shared by the binary and the `calico` plugin;
 //! - [`kubernetes`]: the pod namespace's labels from the Kubernetes API (pools'
 //!   `namespaceSelector`).
+//!
+//! Owns every IPAM rule (calicoctl only calls it: pool deletion's affinity release, the
+//! block-size rule, a node's removal). Must not import calicoctl or the `calico` plugin.
 
 pub mod allocator;
 #[cfg(test)]
