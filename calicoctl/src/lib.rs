@@ -12,6 +12,10 @@
 //! - [`ipam`]: `ipam show|configure|release|check`;
 //! - [`gofmt`], [`yaml`]: output exactly as calicoctl's Go libraries write it.
 //!
+//! Owns the command line: it parses, calls and prints. Models are `calico-datastore`'s
+//! (`model`), IPAM rules `calico-ipam`'s; it must not hold either, nor import the
+//! plugins, the dataplane or `calico-netconf`.
+//!
 //! Differences from calicoctl 3.32, on purpose:
 //! - etcdv3 only: `datastoreType: kubernetes` (or no datastore configured) is an error; so are
 //!   `etcdDiscoverySrv`, `etcdUsername`/`etcdPassword` and the inline `etcdKey`/`etcdCert`/

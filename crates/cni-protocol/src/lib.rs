@@ -8,6 +8,9 @@
 //! - [`delegate`]: running another plugin (IPAM) from `CNI_PATH`;
 //! - [`skel`]: the `main` of a plugin binary;
 //! - [`logging`]: stderr plus the configured log file, never stdout.
+//!
+//! Owns the protocol only; must not import any other crate of the workspace (everything
+//! else builds on it).
 
 pub mod args;
 pub mod delegate;

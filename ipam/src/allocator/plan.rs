@@ -100,6 +100,15 @@ impl PlannedHandle {
         self.changed = true;
     }
 
+    /// The blocks the handle holds addresses in, as it records them.
+    pub(super) fn blocks(&self) -> Vec<IpNet> {
+        self.value
+            .block
+            .keys()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
     pub(super) fn held_in(&self, cidr: &IpNet) -> i64 {
         self.value
             .block
@@ -603,13 +612,7 @@ impl<'a, 's> Plan<'a, 's> {
     /// The addresses `handle_id` holds, with their blocks (loaded): Go's `IPsByHandle`.
     /// Nothing if the handle does not exist.
     pub(super) fn held_by(&mut self, handle_id: &str) -> Result<Vec<(IpNet, IpAddr)>, IpamError> {
-        let cidrs: Vec<IpNet> = self
-            .handle(handle_id)?
-            .value
-            .block
-            .keys()
-            .filter_map(|c| c.parse().ok())
-            .collect();
+        let cidrs = self.handle(handle_id)?.blocks();
         self.load(&cidrs)?;
         Ok(cidrs
             .iter()

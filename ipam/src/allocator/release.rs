@@ -45,13 +45,7 @@ impl Plan<'_, '_> {
         handle_id: &str,
         only_node: Option<&str>,
     ) -> Result<Vec<IpAddr>, IpamError> {
-        let cidrs: Vec<IpNet> = self
-            .handle(handle_id)?
-            .value
-            .block
-            .keys()
-            .filter_map(|c| c.parse().ok())
-            .collect();
+        let cidrs = self.handle(handle_id)?.blocks();
         self.load(&cidrs)?;
         let mut freed_all = Vec::new();
         for cidr in cidrs {
