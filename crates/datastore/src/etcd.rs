@@ -1,5 +1,9 @@
 //! A blocking etcd v3 client for short-lived plugin processes: one connection per
 //! invocation, reused for every request, with compare-and-swap writes.
+//!
+//! Its own calls fail with [`EtcdError`] (TLS and configuration told apart, sorted by the
+//! errors' types); through [`KvStore`] the same failures are [`StoreError`]s. The top layer
+//! of the crate: it uses the settings, errors, store types, transport, discovery and keeper.
 
 use crate::config::EtcdConfig;
 use crate::error::{EtcdError, StoreError};
