@@ -1,21 +1,29 @@
 //! nf_tables messages: tables, chains and rules with the few expressions a port forwarder
 //! needs, encoded as the kernel reads them (what `nft` sends for the equivalent rule).
+//!
+//! Hand-written on purpose: `netlink-packet-netfilter` (0.4) types tables, chains, sets and
+//! a few expressions, but not `fib`, `nat` or `masq`, nor the concatenated set keys this
+//! table uses, so the nf_tables attributes are written here with the shared attribute
+//! builder ([`calico_netlink::attr`]); framing is the socket layer's. Kernel numbers come
+//! from `libc` where it defines them; the attribute numbers (`NFTA_*`), which it does not,
+//! are written out from `linux/netfilter/nf_tables.h`.
 
-use crate::nlattr::{self, Attrs};
 use crate::socket::{Message, NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
+use calico_netlink::attr::{self as nlattr, Attrs};
 use std::net::IpAddr;
 
-pub const NFPROTO_INET: u8 = 1;
-pub const NFPROTO_IPV4: u8 = 2;
-pub const NFPROTO_IPV6: u8 = 10;
+pub const NFPROTO_INET: u8 = libc::NFPROTO_INET as u8;
+pub const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
+pub const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
 
-const NFT_MSG_NEWTABLE: u8 = 0;
-const NFT_MSG_NEWCHAIN: u8 = 3;
-const NFT_MSG_GETCHAIN: u8 = 4;
-const NFT_MSG_DELCHAIN: u8 = 5;
-const NFT_MSG_NEWRULE: u8 = 6;
-const NFT_MSG_GETRULE: u8 = 7;
-const NFT_MSG_DELRULE: u8 = 8;
+const NFT_MSG_NEWTABLE: u8 = libc::NFT_MSG_NEWTABLE as u8;
+const NFT_MSG_DELTABLE: u8 = libc::NFT_MSG_DELTABLE as u8;
+const NFT_MSG_NEWCHAIN: u8 = libc::NFT_MSG_NEWCHAIN as u8;
+const NFT_MSG_GETCHAIN: u8 = libc::NFT_MSG_GETCHAIN as u8;
+const NFT_MSG_DELCHAIN: u8 = libc::NFT_MSG_DELCHAIN as u8;
+const NFT_MSG_NEWRULE: u8 = libc::NFT_MSG_NEWRULE as u8;
+const NFT_MSG_GETRULE: u8 = libc::NFT_MSG_GETRULE as u8;
+const NFT_MSG_DELRULE: u8 = libc::NFT_MSG_DELRULE as u8;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_USERDATA: u16 = 6;
@@ -42,22 +50,22 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 /// `NFTNL_UDATA_*_COMMENT`, the first TLV of a table's, chain's or rule's user data.
 const UDATA_COMMENT: u8 = 0;
 
-const NF_ACCEPT: u32 = 1;
-const NFT_JUMP: i32 = -3;
-const NFT_REG_VERDICT: u32 = 0;
-const NFT_REG_1: u32 = 1;
+const NF_ACCEPT: u32 = libc::NF_ACCEPT as u32;
+const NFT_JUMP: i32 = libc::NFT_JUMP;
+const NFT_REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
+const NFT_REG_1: u32 = libc::NFT_REG_1 as u32;
 
 /// Netfilter hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
-    Prerouting = 0,
-    Output = 3,
-    Postrouting = 4,
+    Prerouting = libc::NF_INET_PRE_ROUTING as isize,
+    Output = libc::NF_INET_LOCAL_OUT as isize,
+    Postrouting = libc::NF_INET_POST_ROUTING as isize,
 }
 
 /// The priorities `nft` calls `dstnat` and `srcnat`.
-pub const PRIORITY_DSTNAT: i32 = -100;
-pub const PRIORITY_SRCNAT: i32 = 100;
+pub const PRIORITY_DSTNAT: i32 = libc::NF_IP_PRI_NAT_DST;
+pub const PRIORITY_SRCNAT: i32 = libc::NF_IP_PRI_NAT_SRC;
 
 /// One expression of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,15 +116,15 @@ pub enum Expr {
 }
 
 /// 32-bit registers, as concatenations use them (`NFT_REG32_00` and on).
-pub const REG32_00: u32 = 8;
+pub const REG32_00: u32 = libc::NFT_REG32_00 as u32;
 
-pub const META_MARK: u32 = 3;
-pub const META_NFPROTO: u32 = 15;
-pub const META_L4PROTO: u32 = 16;
-pub const BASE_NETWORK: u32 = 1;
-pub const BASE_TRANSPORT: u32 = 2;
+pub const META_MARK: u32 = libc::NFT_META_MARK as u32;
+pub const META_NFPROTO: u32 = libc::NFT_META_NFPROTO as u32;
+pub const META_L4PROTO: u32 = libc::NFT_META_L4PROTO as u32;
+pub const BASE_NETWORK: u32 = libc::NFT_PAYLOAD_NETWORK_HEADER as u32;
+pub const BASE_TRANSPORT: u32 = libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32;
 /// `RTN_LOCAL`, what `fib daddr type local` compares with (host byte order).
-pub const RTN_LOCAL: u32 = 2;
+pub const RTN_LOCAL: u32 = libc::RTN_LOCAL as u32;
 
 fn data_value(a: &mut Attrs, ty: u16, v: &[u8]) {
     a.nest(ty, |d| {
@@ -381,6 +389,13 @@ pub fn new_rule(
     Message::nft(NFT_MSG_NEWRULE, flags, family, a)
 }
 
+/// Deletes a table and everything in it.
+pub fn del_table(family: u8, name: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_TABLE_NAME, name);
+    Message::nft(NFT_MSG_DELTABLE, 0, family, a)
+}
+
 /// Deletes one rule by handle.
 pub fn del_rule(family: u8, table: &str, chain: &str, handle: u64) -> Message {
     let mut a = Attrs::new();
@@ -418,11 +433,11 @@ pub fn get_rules(family: u8, table: &str, chain: &str) -> Message {
     Message::nft(NFT_MSG_GETRULE, 0, family, a)
 }
 
-const NFT_MSG_NEWSET: u8 = 9;
-const NFT_MSG_GETSET: u8 = 10;
-const NFT_MSG_NEWSETELEM: u8 = 12;
-const NFT_MSG_GETSETELEM: u8 = 13;
-const NFT_MSG_DELSETELEM: u8 = 14;
+const NFT_MSG_NEWSET: u8 = libc::NFT_MSG_NEWSET as u8;
+const NFT_MSG_GETSET: u8 = libc::NFT_MSG_GETSET as u8;
+const NFT_MSG_NEWSETELEM: u8 = libc::NFT_MSG_NEWSETELEM as u8;
+const NFT_MSG_GETSETELEM: u8 = libc::NFT_MSG_GETSETELEM as u8;
+const NFT_MSG_DELSETELEM: u8 = libc::NFT_MSG_DELSETELEM as u8;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
@@ -440,8 +455,9 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
-pub const SET_INTERVAL: u32 = 0x4;
-pub const SET_MAP: u32 = 0x8;
+pub const SET_INTERVAL: u32 = libc::NFT_SET_INTERVAL as u32;
+pub const SET_MAP: u32 = libc::NFT_SET_MAP as u32;
+/// `NFT_SET_CONCAT` (newer than libc's list).
 pub const SET_CONCAT: u32 = 0x80;
 
 /// nft's data type numbers (only `nft list` reads them): concatenations are

@@ -1,16 +1,30 @@
-//! Netlink attributes (type-length-value, 4-byte aligned): a builder with nesting and a
-//! reader. Netfilter attributes carry numbers big-endian unless noted.
+//! Netlink attributes (type-length-value, 4-byte aligned) for messages no `netlink-packet-*`
+//! crate types (nf_tables expressions, `RTM_GETNETCONF`): a builder with nesting and a
+//! reader, both over `netlink-packet-core`'s `Nla` encoding and `NlasIterator`. Netfilter
+//! attributes carry numbers big-endian unless noted.
 
-/// `NLA_F_NESTED`: the kernel's strict validation wants it on nested attributes.
-pub const NLA_F_NESTED: u16 = 1 << 15;
-const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
+use netlink_packet_core::{Emitable, NLA_F_NESTED, NLA_HEADER_SIZE, Nla, NlasIterator};
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
+/// One attribute borrowed for encoding.
+struct Borrowed<'a> {
+    kind: u16,
+    value: &'a [u8],
+}
+
+impl Nla for Borrowed<'_> {
+    fn value_len(&self) -> usize {
+        self.value.len()
+    }
+    fn kind(&self) -> u16 {
+        self.kind
+    }
+    fn emit_value(&self, buffer: &mut [u8]) {
+        buffer.copy_from_slice(self.value);
+    }
 }
 
 /// Appends attributes to a buffer.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Attrs {
     pub buf: Vec<u8>,
 }
@@ -21,17 +35,20 @@ impl Attrs {
     }
 
     pub fn bytes(&mut self, ty: u16, data: &[u8]) -> &mut Self {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.buf.resize(align4(self.buf.len()), 0);
+        let nla = Borrowed {
+            kind: ty,
+            value: data,
+        };
+        let start = self.buf.len();
+        self.buf.resize(start + nla.buffer_len(), 0);
+        nla.emit(&mut self.buf[start..]);
         self
     }
 
     /// A NUL-terminated string.
     pub fn str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut v = s.as_bytes().to_vec();
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
         v.push(0);
         self.bytes(ty, &v)
     }
@@ -52,7 +69,8 @@ impl Attrs {
         self.bytes(ty, &v.to_be_bytes())
     }
 
-    /// A nested attribute whose content `f` writes.
+    /// A nested attribute (flagged `NLA_F_NESTED`, which the kernel's strict validation
+    /// wants) whose content `f` writes.
     pub fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
         let mut inner = Attrs::new();
         f(&mut inner);
@@ -60,31 +78,13 @@ impl Attrs {
     }
 }
 
-/// Iterates over the attributes in `buf`: (type without flags, payload).
-pub fn parse(buf: &[u8]) -> AttrIter<'_> {
-    AttrIter { buf }
-}
-
-pub struct AttrIter<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Iterator for AttrIter<'a> {
-    type Item = (u16, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([self.buf[0], self.buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([self.buf[2], self.buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > self.buf.len() {
-            return None;
-        }
-        let payload = &self.buf[4..len];
-        self.buf = &self.buf[align4(len).min(self.buf.len())..];
-        Some((ty, payload))
-    }
+/// The attributes in `buf`: (type without flags, payload); stops at the first malformed one.
+pub fn parse(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    NlasIterator::new(buf).map_while(Result::ok).map(|nla| {
+        let (kind, len) = (nla.kind(), usize::from(nla.length()));
+        // Checked by the iterator: the header fits and the length is within the buffer.
+        (kind, &nla.into_inner()[NLA_HEADER_SIZE..len])
+    })
 }
 
 /// The first attribute of type `ty`.
@@ -104,6 +104,11 @@ pub fn as_u64_be(p: &[u8]) -> Option<u64> {
 
 pub fn as_u16_be(p: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(p.get(..2)?.try_into().ok()?))
+}
+
+/// A host-order `u32` payload (rtnetlink's numbers).
+pub fn as_u32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(p.get(..4)?.try_into().ok()?))
 }
 
 #[cfg(test)]
