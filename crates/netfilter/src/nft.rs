@@ -405,32 +405,38 @@ pub fn del_rule(family: u8, table: &str, chain: &str, handle: u64) -> Message {
     Message::nft(NFT_MSG_DELRULE, 0, family, a)
 }
 
-/// Deletes every rule of a chain.
-pub fn flush_chain(family: u8, table: &str, chain: &str) -> Message {
+/// A chain message (`NFT_MSG_*CHAIN`) naming one chain.
+fn chain_message(cmd: u8, family: u8, table: &str, chain: &str) -> Message {
+    let mut a = Attrs::new();
+    a.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, chain);
+    Message::nft(cmd, 0, family, a)
+}
+
+/// A rule message (`NFT_MSG_*RULE`) for every rule of one chain.
+fn rules_message(cmd: u8, family: u8, table: &str, chain: &str) -> Message {
     let mut a = Attrs::new();
     a.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
-    Message::nft(NFT_MSG_DELRULE, 0, family, a)
+    Message::nft(cmd, 0, family, a)
+}
+
+/// Deletes every rule of a chain.
+pub fn flush_chain(family: u8, table: &str, chain: &str) -> Message {
+    rules_message(NFT_MSG_DELRULE, family, table, chain)
 }
 
 /// Deletes an (empty, unreferenced) chain.
 pub fn del_chain(family: u8, table: &str, chain: &str) -> Message {
-    let mut a = Attrs::new();
-    a.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, chain);
-    Message::nft(NFT_MSG_DELCHAIN, 0, family, a)
+    chain_message(NFT_MSG_DELCHAIN, family, table, chain)
 }
 
 /// Asks for one chain (the reply says whether it exists).
 pub fn get_chain(family: u8, table: &str, chain: &str) -> Message {
-    let mut a = Attrs::new();
-    a.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, chain);
-    Message::nft(NFT_MSG_GETCHAIN, 0, family, a)
+    chain_message(NFT_MSG_GETCHAIN, family, table, chain)
 }
 
 /// Dumps the rules of one chain.
 pub fn get_rules(family: u8, table: &str, chain: &str) -> Message {
-    let mut a = Attrs::new();
-    a.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
-    Message::nft(NFT_MSG_GETRULE, 0, family, a)
+    rules_message(NFT_MSG_GETRULE, family, table, chain)
 }
 
 const NFT_MSG_NEWSET: u8 = libc::NFT_MSG_NEWSET as u8;

@@ -17,9 +17,9 @@ pub use calico_netlink::packet::{
 };
 pub use libc::{NFNL_SUBSYS_CTNETLINK, NFNL_SUBSYS_NFTABLES};
 
-/// `NFNETLINK_V0`, the only version of the nfnetlink header.
-const NFNETLINK_V0: u8 = 0;
-/// `struct nfgenmsg`.
+/// The only version of the nfnetlink header.
+const NFNETLINK_V0: u8 = libc::NFNETLINK_V0 as u8;
+/// `struct nfgenmsg` (family, version, resource id), which libc does not define.
 const NFGENMSG_LEN: usize = 4;
 
 /// One nfnetlink message to send.

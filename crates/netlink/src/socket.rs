@@ -17,8 +17,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for one datagram: the kernel fills dump datagrams up to 32 KiB; nf_tables echoes
 /// can be larger.
 const RECEIVE_BUFFER: usize = 1 << 17;
-/// `struct nlmsghdr`.
-const HEADER_LEN: usize = 16;
+const HEADER_LEN: usize = std::mem::size_of::<libc::nlmsghdr>();
 
 /// One message of an answer.
 enum Answer<P> {

@@ -18,6 +18,24 @@ pub struct Target<'a> {
     pub v6: Option<IpNet>,
 }
 
+impl<'a> Target<'a> {
+    pub fn new(
+        conf: &'a Conf,
+        container_id: &'a str,
+        dn: &'a str,
+        v4: Option<IpNet>,
+        v6: Option<IpNet>,
+    ) -> Self {
+        Target {
+            conf,
+            container_id,
+            dn,
+            v4,
+            v6,
+        }
+    }
+}
+
 pub trait Backend {
     /// The name records carry (`iptables`, `nftables`).
     fn name(&self) -> &'static str;

@@ -4,7 +4,7 @@
 //! with one `iptables-save -t nat` on iptables-legacy.
 
 use crate::backend::{AddError, Backend, Target};
-use crate::config::{Conf, Mapping};
+use crate::config::Conf;
 use crate::layout::{self, DNAT_CHAIN, MASQ_CHAIN, Present, SETMARK_CHAIN};
 use crate::state::{self, Record};
 use calico_netfilter::nft::{self, NFPROTO_IPV4, NFPROTO_IPV6};
@@ -125,19 +125,16 @@ impl Ipt {
             .collect())
     }
 
-    /// Installs the container's rules (replacing any it had) in one restore; returns the
-    /// entry rules for the record.
-    #[allow(clippy::too_many_arguments)]
+    /// Installs the container's rules for its address `ip` of this family (replacing any it
+    /// had) in one restore; returns the entry rules for the record.
     pub fn add(
         &self,
         sock: &mut NfSocket,
-        conf: &Conf,
-        container_id: &str,
-        dn: &str,
+        t: &Target,
         ip: IpNet,
-        mappings: &[Mapping],
         recorded: Option<&[String]>,
     ) -> Result<Vec<String>, NfError> {
+        let (conf, container_id, dn, mappings) = (t.conf, t.container_id, t.dn, &t.conf.mappings);
         let seen = self.seen(sock, dn)?;
         let mut lines = layout::shared_setup(conf, &seen.present);
         if seen.dn_exists {
@@ -157,7 +154,7 @@ impl Ipt {
             Err(e) if seen.dn_exists && recorded.is_some() => {
                 // The record was stale: go by what iptables lists.
                 log::info!("portmap: retrying from the listed rules after: {e}");
-                self.add(sock, conf, container_id, dn, ip, mappings, None)
+                self.add(sock, t, ip, None)
             }
             Err(e) => Err(e),
         }
@@ -224,16 +221,15 @@ impl Ipt {
         sock.batch(&what, &msgs).map(|_| ())
     }
 
-    /// What is missing of the container's rules, as readable items.
+    /// What is missing of the container's rules for its address `ip` of this family, as
+    /// readable items.
     pub fn missing(
         &self,
         sock: &mut NfSocket,
-        conf: &Conf,
-        container_id: &str,
-        dn: &str,
+        t: &Target,
         ip: IpNet,
-        mappings: &[Mapping],
     ) -> Result<Vec<String>, NfError> {
+        let (conf, container_id, dn, mappings) = (t.conf, t.container_id, t.dn, &t.conf.mappings);
         let fam = if self.x.v6 { "IPv6" } else { "IPv4" };
         let Some(listed) = self.list(sock, dn)? else {
             return Ok(vec![format!(
@@ -327,15 +323,8 @@ impl Backend for Iptables {
         rec: &mut Record,
     ) -> Result<(), AddError> {
         for (v6, ip) in mapped_families(t) {
-            let entries = Ipt::new(self.flavour, v6).add(
-                sock,
-                t.conf,
-                t.container_id,
-                t.dn,
-                ip,
-                &t.conf.mappings,
-                old.map(|o| recorded(o, v6)),
-            )?;
+            let entries =
+                Ipt::new(self.flavour, v6).add(sock, t, ip, old.map(|o| recorded(o, v6)))?;
             if v6 {
                 rec.iptables_v6 = entries;
             } else {
@@ -349,14 +338,7 @@ impl Backend for Iptables {
     fn missing(&self, sock: &mut NfSocket, t: &Target) -> Result<Vec<String>, NfError> {
         let mut missing = Vec::new();
         for (v6, ip) in mapped_families(t) {
-            missing.extend(Ipt::new(self.flavour, v6).missing(
-                sock,
-                t.conf,
-                t.container_id,
-                t.dn,
-                ip,
-                &t.conf.mappings,
-            )?);
+            missing.extend(Ipt::new(self.flavour, v6).missing(sock, t, ip)?);
         }
         Ok(missing)
     }

@@ -216,13 +216,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             remove_rules(&mut sock, &dn, id, Some(o), false)?;
         }
         let same = old.as_ref().filter(|o| o.backend == rec.backend);
-        let target = Target {
-            conf: &conf,
-            container_id: id,
-            dn: &dn,
-            v4,
-            v6,
-        };
+        let target = Target::new(&conf, id, &dn, v4, v6);
         chosen.add(&mut sock, &target, same, &mut rec)?;
         if conf.snat
             && let Some(ip) = v4
@@ -271,13 +265,7 @@ pub fn check(req: &Request) -> Result<(), CniError> {
     let id = &req.env.container_id;
     let dn = chain_name(&conf.network, id);
     let mut sock = NfSocket::open().map_err(kernel)?;
-    let target = Target {
-        conf: &conf,
-        container_id: id,
-        dn: &dn,
-        v4,
-        v6,
-    };
+    let target = Target::new(&conf, id, &dn, v4, v6);
     let missing = chosen(&conf)?.missing(&mut sock, &target).map_err(kernel)?;
     if missing.is_empty() {
         return Ok(());
