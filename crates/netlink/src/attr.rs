@@ -132,6 +132,31 @@ mod tests {
         assert_eq!(find(&a.buf, 3).map(|p| p.len()), Some(16));
     }
 
+    /// The layout the hand-written encoder wrote (length without padding, type with its
+    /// flags, value, zeros to 4 bytes), which the crate's encoding must match.
+    #[test]
+    fn the_encoding_is_the_hand_written_one() {
+        let by_hand = |ty: u16, data: &[u8]| {
+            let mut v = Vec::new();
+            v.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+            v.extend_from_slice(&ty.to_ne_bytes());
+            v.extend_from_slice(data);
+            v.resize(v.len().next_multiple_of(4), 0);
+            v
+        };
+        for len in 0..9 {
+            let data: Vec<u8> = (1..=len).collect();
+            let mut a = Attrs::new();
+            a.bytes(7, &data);
+            assert_eq!(a.buf, by_hand(7, &data), "{len} bytes");
+            let mut n = Attrs::new();
+            n.nest(3, |i| {
+                i.bytes(7, &data);
+            });
+            assert_eq!(n.buf, by_hand(3 | NLA_F_NESTED, &by_hand(7, &data)));
+        }
+    }
+
     #[test]
     fn truncated_input_stops() {
         let bad = [8u8, 0, 1, 0, 1];
