@@ -33,8 +33,6 @@ pub enum DataplaneError {
         wanted: String,
         existing: String,
     },
-    #[error("cannot start the netlink runtime: {0}")]
-    Runtime(std::io::Error),
 }
 
 impl DataplaneError {

@@ -3,16 +3,22 @@
 //! root, and tested for real in namespaces.
 //!
 //! - [`netns`]: entering a namespace for the moment a socket or a sysctl needs it;
-//! - [`netlink`]: a synchronous rtnetlink socket per namespace;
-//! - [`netconf`]: a namespace's forwarding setting, asked over netlink;
+//! - [`netlink`]: links, addresses and routes (and the route lookup) over rtnetlink, on the
+//!   shared socket layer (`calico-netlink`), one socket per namespace;
+//! - [`forwarding`]: a namespace's forwarding setting, asked over netlink;
 //! - [`sysctl`]: settings under `/proc/sys/net`;
-//! - [`workload`]: Calico's wiring of a pod.
+//! - [`workload`]: Calico's wiring of a pod;
+//! - [`reaper`]: the detached deletion of a pod's interface that DEL hands over.
+//!
+//! Imports point one way: `workload` → `reaper` → `netlink`, `netns`; nothing imports
+//! `workload`. The crate must not import `calico-netconf`, `cni-protocol` or the datastore:
+//! it knows interfaces, addresses and routes, not CNI or Calico's resources.
 //!
 //! Everything created is recognisable: host ends are named `cali…`, routes carry protocol
 //! [`netlink::ROUTE_PROTOCOL`].
 
 pub mod error;
-pub mod netconf;
+pub mod forwarding;
 pub mod netlink;
 pub mod netns;
 pub mod reaper;

@@ -1,20 +1,25 @@
-//! A small synchronous face on rtnetlink: one socket in one network namespace, driven by a
-//! private single-threaded runtime, with the few operations the plugins need.
+//! Links, addresses and routes over rtnetlink: `netlink-packet-route` messages on
+//! [`calico_netlink::Socket`], one socket per network namespace, with the few operations the
+//! plugins need, and the route lookup (`ip route get`) portmap needs.
 
 use crate::error::DataplaneError;
 use crate::netns;
-use futures::TryStreamExt;
+use calico_netlink::packet::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use calico_netlink::{NetlinkError, Socket};
 use ipnet::IpNet;
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
+use netlink_packet_route::link::{
     AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
-    LinkMessage,
+    LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::errno::Errno;
+use std::cell::RefCell;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -23,21 +28,6 @@ use std::path::Path;
 /// The route protocol our routes carry (`ip route ... proto 77`), so anything we created can
 /// be told apart from routes made by the system, BIRD or Felix.
 pub const ROUTE_PROTOCOL: u8 = 77;
-
-const EEXIST: i32 = 17;
-const ENODEV: i32 = 19;
-const ESRCH: i32 = 3;
-const ENOENT: i32 = 2;
-const EADDRNOTAVAIL: i32 = 99;
-const RT_TABLE_MAIN: u8 = 254;
-
-/// The errno of a netlink error, if it is one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
 
 /// A link as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,40 +63,46 @@ pub struct NewRoute {
 
 /// A netlink socket in one namespace.
 pub struct Netlink {
-    /// Shared by the sockets of one operation (see [`Netlink::in_netns_sharing`]).
-    rt: std::sync::Arc<tokio::runtime::Runtime>,
-    handle: Handle,
+    /// Borrowed for one exchange at a time (the socket numbers its requests).
+    sock: RefCell<Socket<RouteNetlinkMessage>>,
 }
 
-fn mac_of(attrs: &[LinkAttribute]) -> Option<[u8; 6]> {
-    attrs.iter().find_map(|a| match a {
-        LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
-        _ => None,
-    })
+/// The error for `op`, worded as before the socket layer was ours (rtnetlink's words).
+fn failed(op: impl Into<String>, e: NetlinkError) -> DataplaneError {
+    match e {
+        NetlinkError::Kernel { errno, .. } => DataplaneError::netlink(
+            op,
+            format!(
+                "Received a netlink error message {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        ),
+        NetlinkError::Io { source, .. } => DataplaneError::netlink(op, source),
+        NetlinkError::Decode { reason, .. } => DataplaneError::netlink(op, reason),
+    }
 }
 
 fn link_of(m: &LinkMessage) -> Link {
-    Link {
+    let mut link = Link {
         index: m.header.index,
-        name: m
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-            .unwrap_or_default(),
-        mac: mac_of(&m.attributes),
+        name: String::new(),
+        mac: None,
         up: m.header.flags.contains(LinkFlags::Up),
-        mtu: m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Mtu(v) => Some(*v),
-            _ => None,
-        }),
-        peer: m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Link(i) => Some(*i),
-            _ => None,
-        }),
+        mtu: None,
+        peer: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) if link.name.is_empty() => link.name = n.clone(),
+            LinkAttribute::Address(b) if link.mac.is_none() => {
+                link.mac = <[u8; 6]>::try_from(b.as_slice()).ok();
+            }
+            LinkAttribute::Mtu(v) if link.mtu.is_none() => link.mtu = Some(*v),
+            LinkAttribute::Link(i) if link.peer.is_none() => link.peer = Some(*i),
+            _ => {}
+        }
     }
+    link
 }
 
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
@@ -114,6 +110,21 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
+    }
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
     }
 }
 
@@ -146,109 +157,133 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
     })
 }
 
-impl Netlink {
-    fn with_connection(
-        rt: Option<std::sync::Arc<tokio::runtime::Runtime>>,
-        make: impl FnOnce() -> std::io::Result<(
-            rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
-            Handle,
-            futures::channel::mpsc::UnboundedReceiver<(
-                rtnetlink::packet_core::NetlinkMessage<
-                    rtnetlink::packet_route::RouteNetlinkMessage,
-                >,
-                rtnetlink::sys::SocketAddr,
-            )>,
-        )>,
-    ) -> Result<Self, DataplaneError> {
-        let rt = match rt {
-            Some(rt) => rt,
-            None => std::sync::Arc::new(
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                    .map_err(DataplaneError::Runtime)?,
-            ),
-        };
-        // The socket must be created inside the runtime's context (it registers with its
-        // reactor), and in the namespace the caller is in right now.
-        let (conn, handle, _) = {
-            let _guard = rt.enter();
-            make().map_err(|e| DataplaneError::netlink("socket", e))?
-        };
-        rt.spawn(conn);
-        Ok(Netlink { rt, handle })
-    }
+/// A main-table unicast route message of `dst`'s family (the header `ip route` sends).
+fn main_table_route(family: AddressFamily, prefix_len: u8) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family;
+    m.header.destination_prefix_length = prefix_len;
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Static;
+    m.header.scope = RouteScope::Universe;
+    m.header.kind = RouteType::Unicast;
+    m
+}
 
+/// An address message for `addr` on link `index` (with `IFA_LOCAL`, and the broadcast
+/// address for IPv4 prefixes shorter than /31, as `ip address add` sends).
+fn address_message(index: u32, addr: IpNet) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = family_of(addr.addr());
+    m.header.prefix_len = addr.prefix_len();
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Address(addr.addr()));
+    m.attributes.push(AddressAttribute::Local(addr.addr()));
+    if let IpNet::V4(net) = addr
+        && net.prefix_len() < 31
+    {
+        m.attributes
+            .push(AddressAttribute::Broadcast(net.broadcast()));
+    }
+    m
+}
+
+/// A message naming link `index` only.
+fn link_message(index: u32) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m
+}
+
+impl Netlink {
     /// A socket in the calling thread's namespace (the host's).
     pub fn host() -> Result<Self, DataplaneError> {
-        Self::with_connection(None, rtnetlink::new_connection)
+        let sock =
+            Socket::open(netlink_sys::protocols::NETLINK_ROUTE).map_err(|e| failed("socket", e))?;
+        Ok(Netlink {
+            sock: RefCell::new(sock),
+        })
     }
 
-    /// A socket in namespace `ns`; the calling thread returns to its own at once.
+    /// A socket in namespace `ns`.
     pub fn in_netns(ns: &File, path: &Path) -> Result<Self, DataplaneError> {
-        netns::within(ns, path, || {
-            Self::with_connection(None, rtnetlink::new_connection)
-        })?
+        netns::within(ns, path, Self::host)?
     }
 
-    /// As [`Netlink::in_netns`], driven by this socket's runtime (one runtime less to start
-    /// on the ADD path). Use both from the same thread.
-    pub fn in_netns_sharing(&self, ns: &File, path: &Path) -> Result<Self, DataplaneError> {
-        let rt = self.rt.clone();
-        netns::within(ns, path, || {
-            Self::with_connection(Some(rt), rtnetlink::new_connection)
-        })?
+    fn request(
+        &self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        self.sock.borrow_mut().request(op, msg, flags)
     }
 
     /// The link called `name`, if any.
     pub fn link(&self, name: &str) -> Result<Option<Link>, DataplaneError> {
-        let mut req = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match self.rt.block_on(req.try_next()) {
-            Ok(m) => Ok(m.as_ref().map(link_of)),
-            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
-            Err(e) => Err(DataplaneError::netlink(format!("get link {name}"), e)),
-        }
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(m)
+            .map_err(|e| failed(format!("get link {name}"), e))
     }
 
     /// The link with index `index`, if any.
     pub fn link_by_index(&self, index: u32) -> Result<Option<Link>, DataplaneError> {
-        let mut req = self.handle.link().get().match_index(index).execute();
-        match self.rt.block_on(req.try_next()) {
-            Ok(m) => Ok(m.as_ref().map(link_of)),
-            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
-            Err(e) => Err(DataplaneError::netlink(format!("get link {index}"), e)),
+        self.get_link(link_message(index))
+            .map_err(|e| failed(format!("get link {index}"), e))
+    }
+
+    fn get_link(&self, m: LinkMessage) -> Result<Option<Link>, NetlinkError> {
+        match self.request("get link", RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(replies) => Ok(replies.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(l)),
+                _ => None,
+            })),
+            Err(e) if e.is(&[Errno::ENODEV]) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
     /// Every link.
     pub fn links(&self) -> Result<Vec<Link>, DataplaneError> {
-        let req = self.handle.link().get().execute();
-        let msgs: Vec<LinkMessage> = self
-            .rt
-            .block_on(req.try_collect())
-            .map_err(|e| DataplaneError::netlink("dump links", e))?;
-        Ok(msgs.iter().map(link_of).collect())
+        let replies = self
+            .request(
+                "dump links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| failed("dump links", e))?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_of(l)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Deletes a link; one already gone is fine.
     pub fn delete_link(&self, index: u32) -> Result<(), DataplaneError> {
-        match self.rt.block_on(self.handle.link().del(index).execute()) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(()),
-            Err(e) => Err(DataplaneError::netlink(format!("delete link {index}"), e)),
+        let msg = RouteNetlinkMessage::DelLink(link_message(index));
+        match self.request("delete link", msg, NLM_F_ACK) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(&[Errno::ENODEV]) => Ok(()),
+            Err(e) => Err(failed(format!("delete link {index}"), e)),
         }
     }
 
+    /// Changes a link (`RTM_SETLINK`).
+    fn set_link(&self, m: LinkMessage) -> Result<(), NetlinkError> {
+        let flags = NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+        self.request("set link", RouteNetlinkMessage::SetLink(m), flags)
+            .map(|_| ())
+    }
+
     pub fn set_up(&self, index: u32) -> Result<(), DataplaneError> {
-        let msg = LinkUnspec::new_with_index(index).up().build();
-        self.rt
-            .block_on(self.handle.link().set(msg).execute())
-            .map_err(|e| DataplaneError::netlink(format!("set link {index} up"), e))
+        let mut m = link_message(index);
+        m.header.flags |= LinkFlags::Up;
+        m.header.change_mask |= LinkFlags::Up;
+        self.set_link(m)
+            .map_err(|e| failed(format!("set link {index} up"), e))
     }
 
     /// Turns on IPv4 settings of an interface (`ipv4/conf/<if>/forwarding`, `proxy_arp`,
@@ -267,14 +302,13 @@ impl Netlink {
         conf.forwarding = i32::from(forwarding);
         conf.proxy_arp = i32::from(proxy_arp);
         conf.route_localnet = i32::from(route_localnet);
-        let mut msg = LinkUnspec::new_with_index(index).build();
-        msg.attributes
+        let mut m = link_message(index);
+        m.attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
                 AfSpecInet::DevConfRequest(conf),
             ])]));
-        self.rt
-            .block_on(self.handle.link().set(msg).execute())
-            .map_err(|e| DataplaneError::netlink(format!("set IPv4 settings of link {index}"), e))
+        self.set_link(m)
+            .map_err(|e| failed(format!("set IPv4 settings of link {index}"), e))
     }
 
     /// Creates a veth pair in one request: `name` here, `peer` directly inside `peer_ns`
@@ -296,68 +330,62 @@ impl Netlink {
         queues: u32,
         up: bool,
     ) -> Result<bool, DataplaneError> {
-        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.to_string())
-            .address(peer_mac.to_vec())
-            .setns_by_fd(peer_ns.as_raw_fd());
-        let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(name.to_string())
-            .address(mac.to_vec());
-        if up {
-            msg = msg.up();
-        }
-        if let Some(mtu) = mtu {
-            peer_msg = peer_msg.mtu(mtu);
-            msg = msg.mtu(mtu);
-        }
         let queue_counts = [
             LinkAttribute::NumTxQueues(queues),
             LinkAttribute::NumRxQueues(queues),
         ];
-        let mut peer_msg = peer_msg.build();
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes.extend([
+            LinkAttribute::IfName(peer.to_string()),
+            LinkAttribute::Address(peer_mac.to_vec()),
+            LinkAttribute::NetNsFd(peer_ns.as_raw_fd()),
+        ]);
+        peer_msg.attributes.extend(mtu.map(LinkAttribute::Mtu));
         peer_msg.attributes.extend(queue_counts.clone());
-        let mut msg = msg
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
-        msg.attributes.extend(queue_counts);
-        match self.rt.block_on(self.handle.link().add(msg).execute()) {
-            Ok(()) => Ok(true),
-            Err(e) if matches!(errno(&e), Some(EEXIST)) => Ok(false),
-            Err(e) => Err(DataplaneError::netlink(
-                format!("create veth {name} with peer {peer}"),
-                e,
-            )),
+        let mut m = LinkMessage::default();
+        if up {
+            m.header.flags |= LinkFlags::Up;
+            m.header.change_mask |= LinkFlags::Up;
+        }
+        m.attributes.extend([
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::Address(mac.to_vec()),
+        ]);
+        m.attributes.extend(mtu.map(LinkAttribute::Mtu));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        m.attributes.extend(queue_counts);
+        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        match self.request("create veth", RouteNetlinkMessage::NewLink(m), flags) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(&[Errno::EEXIST]) => Ok(false),
+            Err(e) => Err(failed(format!("create veth {name} with peer {peer}"), e)),
         }
     }
 
     /// Adds an address (IPv6 without duplicate address detection).
     pub fn add_address(&self, index: u32, addr: IpNet) -> Result<(), DataplaneError> {
-        let mut req = self
-            .handle
-            .address()
-            .add(index, addr.addr(), addr.prefix_len());
+        let mut m = address_message(index, addr);
         if addr.addr().is_ipv6() {
-            let m = req.message_mut();
             m.header.flags |= AddressHeaderFlags::Nodad;
         }
-        match self.rt.block_on(req.execute()) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(EEXIST)) => Ok(()),
-            Err(e) => Err(DataplaneError::netlink(format!("add address {addr}"), e)),
+        let flags = NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+        match self.request("add address", RouteNetlinkMessage::NewAddress(m), flags) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(&[Errno::EEXIST]) => Ok(()),
+            Err(e) => Err(failed(format!("add address {addr}"), e)),
         }
     }
 
     /// Removes an address; one already gone is fine.
     pub fn delete_address(&self, index: u32, addr: IpNet) -> Result<(), DataplaneError> {
-        let mut add = self
-            .handle
-            .address()
-            .add(index, addr.addr(), addr.prefix_len());
-        let msg = add.message_mut().clone();
-        match self.rt.block_on(self.handle.address().del(msg).execute()) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(EADDRNOTAVAIL | ENODEV)) => Ok(()),
-            Err(e) => Err(DataplaneError::netlink(format!("delete address {addr}"), e)),
+        let msg = RouteNetlinkMessage::DelAddress(address_message(index, addr));
+        match self.request("delete address", msg, NLM_F_ACK) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(&[Errno::EADDRNOTAVAIL, Errno::ENODEV]) => Ok(()),
+            Err(e) => Err(failed(format!("delete address {addr}"), e)),
         }
     }
 
@@ -372,17 +400,21 @@ impl Netlink {
     }
 
     fn dump_addresses(&self, index: Option<u32>) -> Result<Vec<IpNet>, DataplaneError> {
-        let mut get = self.handle.address().get();
-        if let Some(i) = index {
-            get = get.set_link_index_filter(i);
-        }
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(get.execute().try_collect())
-            .map_err(|e| DataplaneError::netlink("dump addresses", e))?;
-        Ok(msgs
+        let replies = self
+            .request(
+                "dump addresses",
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| failed("dump addresses", e))?;
+        Ok(replies
             .iter()
-            .filter(|m| u8::from(m.header.scope) == 0)
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewAddress(m) => Some(m),
+                _ => None,
+            })
+            .filter(|m| index.is_none_or(|i| m.header.index == i))
+            .filter(|m| m.header.scope == AddressScope::Universe)
             .filter_map(|m| {
                 let ip = m.attributes.iter().find_map(|a| match a {
                     AddressAttribute::Address(ip) => Some(*ip),
@@ -396,78 +428,100 @@ impl Netlink {
     /// Adds a main-table route with our protocol. `Ok(false)` if a route to that
     /// destination exists already.
     pub fn add_route(&self, r: &NewRoute) -> Result<bool, DataplaneError> {
-        let proto = RouteProtocol::from(ROUTE_PROTOCOL);
-        let scope = if r.link_scope {
-            RouteScope::Link
-        } else {
-            RouteScope::Universe
-        };
-        let msg = match (r.dst, r.gateway) {
-            (IpNet::V4(dst), gw) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dst.addr(), dst.prefix_len())
-                    .output_interface(r.oif)
-                    .protocol(proto)
-                    .scope(scope);
-                if let Some(IpAddr::V4(g)) = gw {
-                    b = b.gateway(g);
-                }
-                b.build()
-            }
-            (IpNet::V6(dst), gw) => {
-                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(dst.addr(), dst.prefix_len())
-                    .output_interface(r.oif)
-                    .protocol(proto)
-                    .scope(scope);
-                if let Some(IpAddr::V6(g)) = gw {
-                    b = b.gateway(g);
-                }
-                b.build()
-            }
-        };
-        match self.rt.block_on(self.handle.route().add(msg).execute()) {
-            Ok(()) => Ok(true),
-            Err(e) if matches!(errno(&e), Some(EEXIST)) => Ok(false),
-            Err(e) => Err(DataplaneError::netlink(format!("add route {}", r.dst), e)),
+        let mut m = main_table_route(family_of(r.dst.addr()), r.dst.prefix_len());
+        m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+        if r.link_scope {
+            m.header.scope = RouteScope::Link;
+        }
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(r.dst.addr())));
+        m.attributes.push(RouteAttribute::Oif(r.oif));
+        if let Some(g) = r.gateway.filter(|g| g.is_ipv4() == r.dst.addr().is_ipv4()) {
+            m.attributes.push(RouteAttribute::Gateway(route_address(g)));
+        }
+        let flags = NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
+        match self.request("add route", RouteNetlinkMessage::NewRoute(m), flags) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(&[Errno::EEXIST]) => Ok(false),
+            Err(e) => Err(failed(format!("add route {}", r.dst), e)),
         }
     }
 
     /// Deletes a main-table route; one already gone is fine.
     pub fn delete_route(&self, dst: IpNet, oif: u32) -> Result<(), DataplaneError> {
-        let msg = match dst {
-            IpNet::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(d.addr(), d.prefix_len())
-                .output_interface(oif)
-                .build(),
-            IpNet::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(d.addr(), d.prefix_len())
-                .output_interface(oif)
-                .build(),
-        };
-        match self.rt.block_on(self.handle.route().del(msg).execute()) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(ESRCH | ENOENT)) => Ok(()),
-            Err(e) => Err(DataplaneError::netlink(format!("delete route {dst}"), e)),
+        let mut m = main_table_route(family_of(dst.addr()), dst.prefix_len());
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(dst.addr())));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        match self.request("delete route", RouteNetlinkMessage::DelRoute(m), NLM_F_ACK) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is(&[Errno::ESRCH, Errno::ENOENT]) => Ok(()),
+            Err(e) => Err(failed(format!("delete route {dst}"), e)),
         }
     }
 
     /// The main table's routes of a family.
     pub fn routes(&self, v4: bool) -> Result<Vec<Route>, DataplaneError> {
-        let msg = if v4 {
-            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        let family = if v4 {
+            AddressFamily::Inet
         } else {
-            RouteMessageBuilder::<Ipv6Addr>::new().build()
+            AddressFamily::Inet6
         };
-        let req = self.handle.route().get(msg).execute();
-        let msgs: Vec<RouteMessage> = self
-            .rt
-            .block_on(req.try_collect())
-            .map_err(|e| DataplaneError::netlink("dump routes", e))?;
-        Ok(msgs
+        let replies = self
+            .request(
+                "dump routes",
+                RouteNetlinkMessage::GetRoute(main_table_route(family, 0)),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| failed("dump routes", e))?;
+        Ok(replies
             .iter()
-            .filter(|m| m.header.table == RT_TABLE_MAIN)
-            .filter_map(route_of)
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(m)
+                    if m.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    route_of(m)
+                }
+                _ => None,
+            })
             .collect())
     }
+
+    /// The index of the interface this namespace would send to `ip` through (`ip route
+    /// get`), if it has a route there.
+    pub fn route_towards(&self, ip: IpAddr) -> Result<Option<u32>, NetlinkError> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family_of(ip);
+        m.header.destination_prefix_length = if ip.is_ipv4() { 32 } else { 128 };
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(ip)));
+        match self.request("route lookup", RouteNetlinkMessage::GetRoute(m), 0) {
+            Ok(replies) => Ok(replies.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(m) => m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                }),
+                _ => None,
+            })),
+            // No route: no interface.
+            Err(e) if e.is(&[Errno::ENETUNREACH, Errno::EHOSTUNREACH]) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The name of the interface the calling thread's namespace would send to `ip` through, if
+/// any (for settings that belong on that interface, as portmap's `route_localnet`).
+pub fn interface_towards(ip: IpAddr) -> Result<Option<String>, NetlinkError> {
+    let sock = Socket::open(netlink_sys::protocols::NETLINK_ROUTE)?;
+    let nl = Netlink {
+        sock: RefCell::new(sock),
+    };
+    let Some(oif) = nl.route_towards(ip)? else {
+        return Ok(None);
+    };
+    // The name by ioctl: no second netlink round trip.
+    Ok(nix::net::if_::if_indextoname(oif)
+        .ok()
+        .and_then(|name| name.into_string().ok()))
 }

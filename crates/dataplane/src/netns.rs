@@ -2,7 +2,8 @@
 //!
 //! `setns` is per thread, and sockets and `/proc/sys/net` files belong to the namespace of
 //! the thread that opened them. So code enters a namespace only for the synchronous moment
-//! it needs (opening a netlink socket, writing a sysctl) and always comes back, even on error.
+//! it needs (opening a netlink socket, writing a sysctl), on a thread of its own
+//! ([`within`]): the calling thread stays where it is whatever happens.
 
 use crate::error::DataplaneError;
 use nix::sched::{CloneFlags, setns};
@@ -62,22 +63,28 @@ pub fn open(path: &Path) -> Result<File, DataplaneError> {
     })
 }
 
-/// Runs `f` with the current thread in namespace `ns`, then returns the thread to the
-/// namespace it was in.
-pub fn within<T>(ns: &File, path: &Path, f: impl FnOnce() -> T) -> Result<T, DataplaneError> {
+/// Runs `f` in namespace `ns`, on a thread of its own that enters the namespace and ends
+/// with `f`: the caller's thread never changes namespace, so nothing (an error, a panic in
+/// `f`) can leave it in the pod's. A panic in `f` reaches the caller as a panic.
+pub fn within<T: Send>(
+    ns: &File,
+    path: &Path,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, DataplaneError> {
     let err = |e: std::io::Error| DataplaneError::Netns {
         path: path.to_path_buf(),
         source: e,
     };
-    let home = File::open("/proc/thread-self/ns/net").map_err(err)?;
-    setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(e.into()))?;
-    let out = f();
-    // Failing to return would leave this thread in the pod: nothing sane can continue.
-    if let Err(e) = setns(&home, CloneFlags::CLONE_NEWNET) {
-        log::error!("cannot return to the host network namespace: {e}");
-        std::process::abort();
-    }
-    Ok(out)
+    let joined = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .spawn_scoped(scope, move || -> Result<T, DataplaneError> {
+                setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(e.into()))?;
+                Ok(f())
+            })
+            .map_err(err)?;
+        Ok::<_, DataplaneError>(thread.join())
+    })?;
+    joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Directories where runtimes pin namespaces with a bind mount (`ip netns`, CNI runtimes,

@@ -5,7 +5,8 @@
 //! host end.
 
 use crate::error::DataplaneError;
-use crate::netlink::{Link, Netlink, NewRoute, ROUTE_PROTOCOL, Route};
+use crate::netlink::{Link, Netlink, NewRoute, Route};
+use crate::reaper::{self, Reap};
 use crate::{netns, sysctl};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
@@ -186,24 +187,15 @@ fn pod_gateways(
     Ok(())
 }
 
-/// `container_settings.allow_ip_forwarding`, written inside the pod either way (as Calico).
-fn pod_forwarding(
-    ns: &std::fs::File,
-    spec: &WorkloadSpec,
-    v4: bool,
-    v6: bool,
-) -> Result<(), DataplaneError> {
-    netns::within(ns, &spec.netns, || forwarding_here(spec, v4, v6))?
-}
-
-/// [`pod_forwarding`] from inside the pod's namespace.
+/// `container_settings.allow_ip_forwarding`, written inside the pod either way (as Calico),
+/// from inside the pod's namespace.
 fn forwarding_here(spec: &WorkloadSpec, v4: bool, v6: bool) -> Result<(), DataplaneError> {
     let forward = if spec.allow_ip_forwarding { "1" } else { "0" };
-    // Asked first (over netlink, see `netconf`): a new namespace usually has the wanted
+    // Asked first (over netlink, see `forwarding`): a new namespace usually has the wanted
     // value already, and a write spins on the rtnl lock while the kernel frees old
     // namespaces.
     let set = |v6: bool, path: &str| {
-        if crate::netconf::forwarding_all(v6) == Some(spec.allow_ip_forwarding) {
+        if crate::forwarding::forwarding_all(v6) == Some(spec.allow_ip_forwarding) {
             return Ok(());
         }
         sysctl::set(path, forward)
@@ -217,12 +209,19 @@ fn forwarding_here(spec: &WorkloadSpec, v4: bool, v6: bool) -> Result<(), Datapl
     Ok(())
 }
 
-/// The pod's namespace, and netlink sockets on the host and in the pod (one runtime).
-fn open_both(spec: &WorkloadSpec) -> Result<(std::fs::File, Netlink, Netlink), DataplaneError> {
+/// Netlink sockets on the host and in the pod; in the same visit to the pod's namespace,
+/// `in_pod` (settings written from there).
+fn open_both(
+    spec: &WorkloadSpec,
+    in_pod: impl FnOnce() -> Result<(), DataplaneError> + Send,
+) -> Result<(Netlink, Netlink), DataplaneError> {
     let ns = netns::open(&spec.netns)?;
     let host = Netlink::host()?;
-    let pod = host.in_netns_sharing(&ns, &spec.netns)?;
-    Ok((ns, host, pod))
+    let pod = netns::within(&ns, &spec.netns, || {
+        in_pod()?;
+        Netlink::host()
+    })??;
+    Ok((host, pod))
 }
 
 impl Dataplane for LinuxDataplane {
@@ -264,10 +263,9 @@ impl Dataplane for LinuxDataplane {
             });
         }
         paired();
-        let pod = host.in_netns_sharing(&ns, &spec.netns)?;
-        // One visit to the pod's namespace: the interface's index (by ioctl: no rtnl lock,
-        // unlike a netlink lookup), its IPv6 settings and forwarding.
-        let pod_index = netns::within(&ns, &spec.netns, || -> Result<u32, DataplaneError> {
+        // One visit to the pod's namespace: a netlink socket there, the interface's index (by
+        // ioctl: no rtnl lock, unlike a netlink lookup), its IPv6 settings and forwarding.
+        let (pod, pod_index) = netns::within(&ns, &spec.netns, || {
             let index = nix::net::if_::if_nametoindex(spec.ifname.as_str())
                 .map_err(|e| DataplaneError::netlink("find the pod interface", e))?;
             if spec.v6 {
@@ -277,7 +275,7 @@ impl Dataplane for LinuxDataplane {
                 sysctl::set(&format!("ipv6/conf/{}/accept_dad", spec.ifname), "0")?;
             }
             forwarding_here(spec, spec.v4, spec.v6)?;
-            Ok(index)
+            Ok::<_, DataplaneError>((Netlink::host()?, index))
         })??;
         // The host end's index by ioctl: no rtnl lock, unlike a netlink lookup.
         let host_index = nix::net::if_::if_nametoindex(spec.host_ifname.as_str())
@@ -302,13 +300,12 @@ impl Dataplane for LinuxDataplane {
         links: &Links,
         addresses: &[IpNet],
     ) -> Result<(), DataplaneError> {
-        let (ns, host, pod) = open_both(spec)?;
         // A family the addresses have but `create` was not told about (a delegated IPAM
-        // plugin decides the families) gets its routes now.
+        // plugin decides the families) gets its routes and forwarding now.
         let v4 = addresses.iter().any(|a| a.addr().is_ipv4()) && !spec.v4;
         let v6 = addresses.iter().any(|a| a.addr().is_ipv6()) && !spec.v6;
+        let (host, pod) = open_both(spec, || forwarding_here(spec, v4, v6))?;
         pod_gateways(&pod, links.pod_index, v4, v6, &spec.routes)?;
-        pod_forwarding(&ns, spec, v4, v6)?;
         for a in addresses {
             // Calico puts /32 and /128 on the pod: everything else goes via the gateway.
             pod.add_address(links.pod_index, IpNet::from(a.addr()))?;
@@ -360,7 +357,7 @@ impl Dataplane for LinuxDataplane {
         links: &Links,
         addresses: &[IpNet],
     ) -> Result<(), DataplaneError> {
-        let (_, host, pod) = open_both(spec)?;
+        let (host, pod) = open_both(spec, || Ok(()))?;
         for a in addresses {
             host.delete_route(IpNet::from(a.addr()), links.host_index)?;
             pod.delete_address(links.pod_index, IpNet::from(a.addr()))?;
@@ -409,14 +406,14 @@ impl Dataplane for LinuxDataplane {
                 host.delete_route(IpNet::from(a.addr()), peer)?;
             }
         }
-        let job = crate::reaper::Reap {
+        let job = Reap {
             netns: path.to_path_buf(),
             netns_id: netns::identity(&ns, path)?,
             index: link.index,
             ifname: ifname.to_string(),
             log_file: self.log_file.clone(),
         };
-        crate::reaper::spawn(&job).or_else(|e| {
+        reaper::spawn(&job).or_else(|e| {
             log::warn!("cannot hand the interface deletion over ({e}); deleting it now");
             job.run().map(|_| ())
         })
@@ -490,9 +487,4 @@ impl Dataplane for LinuxDataplane {
         }
         Ok(used)
     }
-}
-
-/// Whether a route is one of ours.
-pub fn is_ours(r: &Route) -> bool {
-    r.protocol == ROUTE_PROTOCOL
 }

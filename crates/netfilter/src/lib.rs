@@ -1,15 +1,19 @@
 //! Netfilter from Rust, for the plugins that program it (portmap now, policy later):
-//! nf_tables and conntrack over nfnetlink ([`socket`], [`nft`], [`conntrack`]), and the
-//! iptables tools for the iptables layouts ([`xtables`]).
+//! nf_tables and conntrack over nfnetlink ([`socket`], [`nft`], [`conntrack`]), the
+//! iptables tools for the iptables layouts ([`xtables`]), and the per-node [`holder`] that
+//! closes nfnetlink sockets and flushes conntrack after a call has answered.
+//!
+//! Framing and the socket are the shared netlink layer's (`calico-netlink`); the nfnetlink
+//! header and conntrack attributes are `netlink-packet-netfilter`'s; only the nf_tables
+//! messages ([`nft`]) are encoded here. Must not import `calico-dataplane`, `cni-protocol`
+//! or the plugins: it knows netfilter, not CNI.
 //!
 //! Everything here acts in the network namespace of the calling thread.
 
 pub mod conntrack;
 pub mod error;
-pub mod linger;
+pub mod holder;
 pub mod nft;
-pub mod nlattr;
-pub mod route;
 pub mod socket;
 pub mod xtables;
 

@@ -3,14 +3,15 @@
 //! iptables is iptables-nft (the chains are nf_tables chains, asked for over netlink), and
 //! with one `iptables-save -t nat` on iptables-legacy.
 
-use crate::config::{Conf, Mapping};
+use crate::backend::{AddError, Backend, Target};
+use crate::config::Conf;
 use crate::layout::{self, DNAT_CHAIN, MASQ_CHAIN, Present, SETMARK_CHAIN};
+use crate::state::{self, Record};
 use calico_netfilter::nft::{self, NFPROTO_IPV4, NFPROTO_IPV6};
 use calico_netfilter::xtables::{Flavour, Xtables};
 use calico_netfilter::{NfError, NfSocket};
 use ipnet::IpNet;
-
-const ENOENT: i32 = 2;
+use nix::errno::Errno;
 
 /// One family's view of the iptables nat table.
 pub struct Ipt {
@@ -26,7 +27,7 @@ pub struct Seen {
 fn chain_exists(sock: &mut NfSocket, family: u8, chain: &str) -> Result<bool, NfError> {
     match sock.request("get chain", &nft::get_chain(family, "nat", chain)) {
         Ok(_) => Ok(true),
-        Err(e) if e.errno() == Some(ENOENT) => Ok(false),
+        Err(e) if e.is(&[Errno::ENOENT]) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -37,7 +38,7 @@ fn jumps_to(sock: &mut NfSocket, family: u8, from: &str, to: &str) -> Result<boo
             .iter()
             .filter_map(|r| nft::rule_info(&r.attrs))
             .any(|r| r.targets.iter().any(|t| t == to))),
-        Err(e) if e.errno() == Some(ENOENT) => Ok(false),
+        Err(e) if e.is(&[Errno::ENOENT]) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -124,19 +125,16 @@ impl Ipt {
             .collect())
     }
 
-    /// Installs the container's rules (replacing any it had) in one restore; returns the
-    /// entry rules for the record.
-    #[allow(clippy::too_many_arguments)]
+    /// Installs the container's rules for its address `ip` of this family (replacing any it
+    /// had) in one restore; returns the entry rules for the record.
     pub fn add(
         &self,
         sock: &mut NfSocket,
-        conf: &Conf,
-        container_id: &str,
-        dn: &str,
+        t: &Target,
         ip: IpNet,
-        mappings: &[Mapping],
         recorded: Option<&[String]>,
     ) -> Result<Vec<String>, NfError> {
+        let (conf, container_id, dn, mappings) = (t.conf, t.container_id, t.dn, &t.conf.mappings);
         let seen = self.seen(sock, dn)?;
         let mut lines = layout::shared_setup(conf, &seen.present);
         if seen.dn_exists {
@@ -156,7 +154,7 @@ impl Ipt {
             Err(e) if seen.dn_exists && recorded.is_some() => {
                 // The record was stale: go by what iptables lists.
                 log::info!("portmap: retrying from the listed rules after: {e}");
-                self.add(sock, conf, container_id, dn, ip, mappings, None)
+                self.add(sock, t, ip, None)
             }
             Err(e) => Err(e),
         }
@@ -205,7 +203,7 @@ impl Ipt {
         }
         let entries = match sock.dump("list rules", &nft::get_rules(f, "nat", DNAT_CHAIN)) {
             Ok(r) => r,
-            Err(e) if e.errno() == Some(ENOENT) => Vec::new(),
+            Err(e) if e.is(&[Errno::ENOENT]) => Vec::new(),
             Err(e) => return Err(e),
         };
         let mut what = Vec::new();
@@ -223,16 +221,15 @@ impl Ipt {
         sock.batch(&what, &msgs).map(|_| ())
     }
 
-    /// What is missing of the container's rules, as readable items.
+    /// What is missing of the container's rules for its address `ip` of this family, as
+    /// readable items.
     pub fn missing(
         &self,
         sock: &mut NfSocket,
-        conf: &Conf,
-        container_id: &str,
-        dn: &str,
+        t: &Target,
         ip: IpNet,
-        mappings: &[Mapping],
     ) -> Result<Vec<String>, NfError> {
+        let (conf, container_id, dn, mappings) = (t.conf, t.container_id, t.dn, &t.conf.mappings);
         let fam = if self.x.v6 { "IPv6" } else { "IPv4" };
         let Some(listed) = self.list(sock, dn)? else {
             return Ok(vec![format!(
@@ -278,5 +275,106 @@ impl Ipt {
                 Some(rest[..rest.find("\\\"")?].to_string())
             })
             .collect())
+    }
+}
+
+/// The iptables backend: both families' nat tables, through the host's iptables flavour.
+pub struct Iptables {
+    pub flavour: Flavour,
+}
+
+impl Iptables {
+    /// The families whose tools are installed.
+    fn families(&self) -> impl Iterator<Item = Ipt> + '_ {
+        [false, true]
+            .into_iter()
+            .map(|v6| Ipt::new(self.flavour, v6))
+            .filter(|ipt| ipt.x.available())
+    }
+}
+
+/// A record's entry rules of one family.
+fn recorded(rec: &Record, v6: bool) -> &[String] {
+    if v6 {
+        rec.iptables_v6.as_slice()
+    } else {
+        rec.iptables_v4.as_slice()
+    }
+}
+
+/// The container's families that have mappings: (IPv6?, the container's address).
+fn mapped_families<'a>(target: &'a Target) -> impl Iterator<Item = (bool, IpNet)> + 'a {
+    [(false, target.v4), (true, target.v6)]
+        .into_iter()
+        .filter_map(|(v6, ip)| Some((v6, ip?)))
+        .filter(|(v6, _)| target.conf.mappings.iter().any(|m| m.applies_to(!v6)))
+}
+
+impl Backend for Iptables {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn add(
+        &self,
+        sock: &mut NfSocket,
+        t: &Target,
+        old: Option<&Record>,
+        rec: &mut Record,
+    ) -> Result<(), AddError> {
+        for (v6, ip) in mapped_families(t) {
+            let entries =
+                Ipt::new(self.flavour, v6).add(sock, t, ip, old.map(|o| recorded(o, v6)))?;
+            if v6 {
+                rec.iptables_v6 = entries;
+            } else {
+                rec.iptables_v4 = entries;
+            }
+        }
+        state::save(&t.conf.state_dir, t.dn, rec)?;
+        Ok(())
+    }
+
+    fn missing(&self, sock: &mut NfSocket, t: &Target) -> Result<Vec<String>, NfError> {
+        let mut missing = Vec::new();
+        for (v6, ip) in mapped_families(t) {
+            missing.extend(Ipt::new(self.flavour, v6).missing(sock, t, ip)?);
+        }
+        Ok(missing)
+    }
+
+    fn remove(
+        &self,
+        sock: &mut NfSocket,
+        dn: &str,
+        _container_id: &str,
+        rec: Option<&Record>,
+        probe: bool,
+    ) -> Result<(), NfError> {
+        if rec.is_none() && !probe {
+            return Ok(());
+        }
+        for ipt in self.families() {
+            ipt.del(sock, dn, rec.map(|r| recorded(r, ipt.x.v6)))?;
+        }
+        Ok(())
+    }
+
+    fn has_rules(&self, sock: &mut NfSocket, dn: &str, _rec: &Record) -> bool {
+        self.families()
+            .any(|ipt| ipt.dn_exists(sock, dn).unwrap_or(true))
+    }
+
+    fn containers(&self, sock: &mut NfSocket, network: &str) -> Result<Vec<String>, NfError> {
+        let mut ids = Vec::new();
+        for ipt in self.families() {
+            ids.extend(ipt.containers(sock, network)?);
+        }
+        Ok(ids)
+    }
+
+    fn sweep(&self, sock: &mut NfSocket, conf: &Conf, container_id: &str) -> Result<(), NfError> {
+        let dn = layout::chain_name(&conf.network, container_id);
+        self.remove(sock, &dn, container_id, None, true)
     }
 }

@@ -32,8 +32,8 @@ impl Plugin for Portmap {
 }
 
 fn main() -> ExitCode {
-    // A helper holding a netfilter socket until we are gone (see calico_netfilter::linger).
-    if calico_netfilter::linger::run_if_requested() {
+    // The holder of netfilter sockets after calls have answered (see calico_netfilter::holder).
+    if calico_netfilter::holder::run_if_requested() {
         return ExitCode::SUCCESS;
     }
     cni_protocol::run(&Portmap)

@@ -25,22 +25,21 @@
 //! ```
 //! The mark bit is `markMasqBit` of the call that creates the table.
 
+use crate::backend::{AddError, Backend, Target};
 use crate::config::{Conf, Mapping};
+use crate::state::{self, Record};
 use calico_netfilter::nft::{self, Elem, Expr, Hook, NFPROTO_INET, REG32_00, SetSpec, types};
 use calico_netfilter::socket::{Message, Reply};
 use calico_netfilter::{NfError, NfSocket};
 use ipnet::IpNet;
+use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 pub const TABLE: &str = "calico_portmap";
-const ENOENT: i32 = 2;
-const EEXIST: i32 = 17;
-const EBUSY: i32 = 16;
-const NFT_MSG_DELTABLE: u8 = 2;
 /// `NFT_REG_1`, where map values land; `NFT_REG_3`, scratch for the mark.
-const REG_VALUE: u32 = 1;
-const REG_MARK: u32 = 3;
+const REG_VALUE: u32 = libc::NFT_REG_1 as u32;
+const REG_MARK: u32 = libc::NFT_REG_3 as u32;
 
 /// A set element as recorded (hex bytes), enough to delete or find it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,14 +223,9 @@ fn masq_rules(bit: u32) -> Vec<Vec<Expr>> {
 /// The whole table, recreated from nothing (only when it is missing or incomplete).
 fn base(bit: u32, msgs: &mut Vec<(String, Message)>) {
     let f = NFPROTO_INET;
-    let mut del = calico_netfilter::nlattr::Attrs::new();
-    del.str(1, TABLE);
     let comment = "calico portmap: hostPorts";
     msgs.push(("create table".into(), nft::new_table(f, TABLE, comment)));
-    msgs.push((
-        "reset table".into(),
-        Message::nft(NFT_MSG_DELTABLE, 0, f, del),
-    ));
+    msgs.push(("reset table".into(), nft::del_table(f, TABLE)));
     msgs.push(("create table".into(), nft::new_table(f, TABLE, comment)));
     for s in sets() {
         msgs.push((format!("create set {}", s.name), nft::new_set(f, TABLE, &s)));
@@ -368,7 +362,7 @@ fn table_ready(sock: &mut NfSocket) -> Result<bool, NfError> {
     // The last set created is there only if the whole table was made.
     match sock.request("get set", &nft::get_set(NFPROTO_INET, TABLE, "masqall6")) {
         Ok(_) => Ok(true),
-        Err(e) if e.errno() == Some(ENOENT) => Ok(false),
+        Err(e) if e.is(&[Errno::ENOENT]) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -392,7 +386,7 @@ fn all_elements(sock: &mut NfSocket) -> Result<Vec<(String, Elem)>, NfError> {
             &nft::get_elems(NFPROTO_INET, TABLE, &s.name),
         ) {
             Ok(r) => r,
-            Err(e) if e.errno() == Some(ENOENT) => continue,
+            Err(e) if e.is(&[Errno::ENOENT]) => continue,
             Err(e) => return Err(e),
         };
         for r in replies {
@@ -448,7 +442,7 @@ pub fn add(
     match run(sock, msgs) {
         Ok(_) => Ok(()),
         // Elements of ours that no record names (a crash between the two): sweep and retry.
-        Err(e) if ready && matches!(e.errno(), Some(EEXIST | EBUSY | ENOENT)) => {
+        Err(e) if ready && e.is(&[Errno::EEXIST, Errno::EBUSY, Errno::ENOENT]) => {
             let mut msgs = Vec::new();
             deletions(&listed(sock, container_id)?, &mut msgs);
             for (set, e) in elems {
@@ -476,7 +470,7 @@ pub fn del(
     deletions(recorded, &mut msgs);
     match run(sock, msgs) {
         Ok(_) => Ok(()),
-        Err(e) if e.errno() == Some(ENOENT) => {
+        Err(e) if e.is(&[Errno::ENOENT]) => {
             // Some were gone already: delete what remains of ours, found by tag.
             let mut msgs = Vec::new();
             deletions(&listed(sock, container_id)?, &mut msgs);
@@ -497,16 +491,16 @@ pub fn present(sock: &mut NfSocket, recorded: &[RecordedElem]) -> Result<bool, N
         &nft::get_elem(NFPROTO_INET, TABLE, &r.set, &e),
     ) {
         Ok(_) => Ok(true),
-        Err(e) if e.errno() == Some(ENOENT) => Ok(false),
+        Err(e) if e.is(&[Errno::ENOENT]) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 fn proto_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        132 => "sctp".into(),
+    match i32::from(p) {
+        libc::IPPROTO_TCP => "tcp".into(),
+        libc::IPPROTO_UDP => "udp".into(),
+        libc::IPPROTO_SCTP => "sctp".into(),
         n => n.to_string(),
     }
 }
@@ -558,7 +552,7 @@ pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<Stri
                     out.push(format!("{} maps elsewhere", describe(set, want)));
                 }
             }
-            Err(e) if e.errno() == Some(ENOENT) => {
+            Err(e) if e.is(&[Errno::ENOENT]) => {
                 out.push(format!("{} (table inet {TABLE})", describe(set, want)));
             }
             Err(e) => return Err(e),
@@ -589,6 +583,74 @@ pub fn sweep(sock: &mut NfSocket, container_id: &str) -> Result<(), NfError> {
         return Ok(());
     }
     run(sock, msgs).map(|_| ())
+}
+
+/// The nftables backend: the container's elements in our table's sets.
+pub struct Nftables;
+
+impl Backend for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn add(
+        &self,
+        sock: &mut NfSocket,
+        t: &Target,
+        old: Option<&Record>,
+        rec: &mut Record,
+    ) -> Result<(), AddError> {
+        let elems = elements(t.conf, t.container_id, t.v4, t.v6, &t.conf.mappings);
+        rec.nft_elements = to_record(&elems);
+        // Recorded first: whatever happens next, DEL knows what to look for (the earlier
+        // elements too, until they are replaced).
+        match old {
+            Some(o) => {
+                let mut intent = rec.clone();
+                intent.nft_elements.extend(o.nft_elements.iter().cloned());
+                state::save(&t.conf.state_dir, t.dn, &intent)?;
+            }
+            None => state::save(&t.conf.state_dir, t.dn, rec)?,
+        }
+        let recorded = old.map(|o| o.nft_elements.as_slice());
+        add(sock, t.conf, &elems, t.container_id, recorded)?;
+        if old.is_some() {
+            state::save(&t.conf.state_dir, t.dn, rec)?;
+        }
+        Ok(())
+    }
+
+    fn missing(&self, sock: &mut NfSocket, t: &Target) -> Result<Vec<String>, NfError> {
+        let elems = elements(t.conf, t.container_id, t.v4, t.v6, &t.conf.mappings);
+        missing(sock, &elems)
+    }
+
+    fn remove(
+        &self,
+        sock: &mut NfSocket,
+        _dn: &str,
+        container_id: &str,
+        rec: Option<&Record>,
+        _probe: bool,
+    ) -> Result<(), NfError> {
+        // Without a record there is nothing to go by here: GC sweeps by tag.
+        match rec {
+            Some(r) => del(sock, container_id, &r.nft_elements),
+            None => Ok(()),
+        }
+    }
+
+    fn has_rules(&self, sock: &mut NfSocket, _dn: &str, rec: &Record) -> bool {
+        present(sock, &rec.nft_elements).unwrap_or(true)
+    }
+
+    fn containers(&self, sock: &mut NfSocket, _network: &str) -> Result<Vec<String>, NfError> {
+        containers(sock)
+    }
+
+    fn sweep(&self, sock: &mut NfSocket, _conf: &Conf, container_id: &str) -> Result<(), NfError> {
+        sweep(sock, container_id)
+    }
 }
 
 #[cfg(test)]

@@ -1,21 +1,27 @@
-//! ADD, DEL, CHECK and GC.
+//! ADD, DEL, CHECK and GC, through the [`Backend`]s.
 
+use crate::backend::{AddError, Backend, Target};
 use crate::config::{self, BackendKind, Conf, Mapping, Proto};
-use crate::ipt::Ipt;
+use crate::ipt::Iptables;
 use crate::layout::chain_name;
-use crate::nftb;
+use crate::nftb::Nftables;
 use crate::state::{self, Record};
 use calico_netfilter::xtables::Flavour;
 use calico_netfilter::{NfError, NfSocket};
 use cni_protocol::{CniError, CniResult, ErrorCode, Request};
-use ipnet::IpNet;
 use std::collections::BTreeSet;
-
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 fn kernel(e: NfError) -> CniError {
     CniError::new(ErrorCode::DATAPLANE, format!("portmap: {e}"))
+}
+
+impl From<AddError> for CniError {
+    fn from(e: AddError) -> Self {
+        match e {
+            AddError::Kernel(e) => kernel(e),
+            AddError::Record(e) => e,
+        }
+    }
 }
 
 /// The backend to use: the configured one, else the one matching the host's iptables
@@ -25,6 +31,26 @@ pub fn backend(conf: &Conf) -> BackendKind {
         Some(Flavour::Legacy) => BackendKind::Iptables,
         _ => BackendKind::Nftables,
     })
+}
+
+/// The backend ADD and CHECK use.
+fn chosen(conf: &Conf) -> Result<Box<dyn Backend>, CniError> {
+    Ok(match backend(conf) {
+        BackendKind::Iptables => Box::new(Iptables {
+            flavour: flavour_for_iptables()?,
+        }),
+        BackendKind::Nftables => Box::new(Nftables),
+    })
+}
+
+/// Every backend this host can have rules in (DEL and GC look in all of them).
+fn all_backends() -> Vec<Box<dyn Backend>> {
+    let mut out: Vec<Box<dyn Backend>> = Vec::new();
+    if let Some(flavour) = Flavour::detect() {
+        out.push(Box::new(Iptables { flavour }));
+    }
+    out.push(Box::new(Nftables));
+    out
 }
 
 fn flavour_for_iptables() -> Result<Flavour, CniError> {
@@ -47,16 +73,20 @@ fn udp_ports(mappings: &[Mapping], v4: bool) -> Vec<u16> {
 }
 
 /// The UDP conntrack flush for mapped ports, per family: stale flows would keep going
-/// where they went before. Done by the helper (see `calico_netfilter::linger`), failures
+/// where they went before. Done by the holder (see `calico_netfilter::holder`), failures
 /// logged only (as the reference plugin does), the rules being what matters.
 fn udp_work(v4_ports: &[u16], v6_ports: &[u16]) -> Vec<(u8, Vec<u16>)> {
-    vec![(AF_INET, v4_ports.to_vec()), (AF_INET6, v6_ports.to_vec())]
+    vec![
+        (libc::AF_INET as u8, v4_ports.to_vec()),
+        (libc::AF_INET6 as u8, v6_ports.to_vec()),
+    ]
 }
 
 /// `route_localnet` on the host interface towards the container, so that `127.0.0.1`
 /// hostPort traffic may be routed to it (IPv4 only; IPv6 has no such setting).
-fn allow_localnet(ip: IpNet) -> Result<(), CniError> {
-    let Some(ifname) = calico_netfilter::route::interface_towards(ip.addr()).map_err(kernel)?
+fn allow_localnet(ip: ipnet::IpNet) -> Result<(), CniError> {
+    let Some(ifname) =
+        calico_dataplane::netlink::interface_towards(ip.addr()).map_err(|e| kernel(e.into()))?
     else {
         return Ok(());
     };
@@ -78,16 +108,28 @@ fn has_rules(sock: &mut NfSocket, dir: &std::path::Path, dn: &str) -> bool {
     let Some(rec) = state::load(dir, dn) else {
         return false;
     };
-    if rec.backend == "nftables" {
-        return nftb::present(sock, &rec.nft_elements).unwrap_or(true);
+    all_backends()
+        .iter()
+        .find(|b| b.name() == rec.backend)
+        .is_some_and(|b| b.has_rules(sock, dn, &rec))
+}
+
+/// Removes the container's rules from every backend: what `rec` names in its backend, and,
+/// when `probe`, what the kernel has for the container without a record. The one removal
+/// path of DEL, GC, a failed ADD and a container moving between backends.
+fn remove_rules(
+    sock: &mut NfSocket,
+    dn: &str,
+    container_id: &str,
+    rec: Option<&Record>,
+    probe: bool,
+) -> Result<(), CniError> {
+    for b in all_backends() {
+        let own = rec.filter(|r| r.backend == b.name());
+        b.remove(sock, dn, container_id, own, probe)
+            .map_err(kernel)?;
     }
-    let Some(fl) = Flavour::detect() else {
-        return false;
-    };
-    [false, true].into_iter().any(|v6| {
-        let ipt = Ipt::new(fl, v6);
-        ipt.x.available() && ipt.dn_exists(sock, dn).unwrap_or(true)
-    })
+    Ok(())
 }
 
 /// Everything of the container's rules, in both layouts (what the record names, else what
@@ -100,26 +142,7 @@ fn remove_container(
 ) -> Result<Vec<(u8, Vec<u16>)>, CniError> {
     let dn = chain_name(&conf.network, container_id);
     let rec = state::load(&conf.state_dir, &dn);
-    let ipt_recorded = rec.as_ref().is_some_and(|r| r.backend == "iptables");
-    let flavour = Flavour::detect().filter(|_| ipt_recorded || probe_iptables);
-    for v6 in flavour.map(|_| [false, true]).unwrap_or_default() {
-        let Some(fl) = flavour else { break };
-        let ipt = Ipt::new(fl, v6);
-        if !ipt.x.available() {
-            continue;
-        }
-        let recorded = rec.as_ref().filter(|r| r.backend == "iptables").map(|r| {
-            if v6 {
-                r.iptables_v6.as_slice()
-            } else {
-                r.iptables_v4.as_slice()
-            }
-        });
-        ipt.del(sock, &dn, recorded).map_err(kernel)?;
-    }
-    if let Some(r) = rec.as_ref().filter(|r| r.backend == "nftables") {
-        nftb::del(sock, container_id, &r.nft_elements).map_err(kernel)?;
-    }
+    remove_rules(sock, &dn, container_id, rec.as_ref(), probe_iptables)?;
     let udp = match &rec {
         Some(r) => {
             state::release_ports(&conf.state_dir, &r.ports);
@@ -151,11 +174,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         )));
     }
     config::check_families(&conf.mappings, v4, v6)?;
-    let kind = backend(&conf);
-    let flavour = match kind {
-        BackendKind::Iptables => Some(flavour_for_iptables()?),
-        BackendKind::Nftables => None,
-    };
+    let chosen = chosen(&conf)?;
     let id = &req.env.container_id;
     let dn = chain_name(&conf.network, id);
     let _lock = state::lock(&conf.state_dir)?;
@@ -176,10 +195,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let mut rec = Record {
         network: conf.network.clone(),
         container_id: id.clone(),
-        backend: match kind {
-            BackendKind::Iptables => "iptables".into(),
-            BackendKind::Nftables => "nftables".into(),
-        },
+        backend: chosen.name().into(),
         udp_v4: if v4.is_some() {
             udp_ports(&conf.mappings, true)
         } else {
@@ -197,54 +213,11 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         // A container moving between backends leaves nothing in the old one.
         if let Some(o) = old.as_ref().filter(|o| o.backend != rec.backend) {
             log::info!("portmap: {id} moves from {} to {}", o.backend, rec.backend);
-            remove_rules_only(&mut sock, &conf, &dn, o)?;
+            remove_rules(&mut sock, &dn, id, Some(o), false)?;
         }
         let same = old.as_ref().filter(|o| o.backend == rec.backend);
-        match (kind, flavour) {
-            (BackendKind::Iptables, Some(fl)) => {
-                for (v6f, ip) in [(false, v4), (true, v6)] {
-                    let Some(ip) = ip else { continue };
-                    if !conf.mappings.iter().any(|m| m.applies_to(!v6f)) {
-                        continue;
-                    }
-                    let recorded = same.map(|o| {
-                        if v6f {
-                            o.iptables_v6.as_slice()
-                        } else {
-                            o.iptables_v4.as_slice()
-                        }
-                    });
-                    let entries = Ipt::new(fl, v6f)
-                        .add(&mut sock, &conf, id, &dn, ip, &conf.mappings, recorded)
-                        .map_err(kernel)?;
-                    if v6f {
-                        rec.iptables_v6 = entries;
-                    } else {
-                        rec.iptables_v4 = entries;
-                    }
-                }
-                state::save(&conf.state_dir, &dn, &rec)?;
-            }
-            _ => {
-                let elems = nftb::elements(&conf, id, v4, v6, &conf.mappings);
-                rec.nft_elements = nftb::to_record(&elems);
-                // Recorded first: whatever happens next, DEL knows what to look for (the
-                // earlier elements too, until they are replaced).
-                match same {
-                    Some(o) => {
-                        let mut intent = rec.clone();
-                        intent.nft_elements.extend(o.nft_elements.iter().cloned());
-                        state::save(&conf.state_dir, &dn, &intent)?;
-                    }
-                    None => state::save(&conf.state_dir, &dn, &rec)?,
-                }
-                let recorded = same.map(|o| o.nft_elements.as_slice());
-                nftb::add(&mut sock, &conf, &elems, id, recorded).map_err(kernel)?;
-                if same.is_some() {
-                    state::save(&conf.state_dir, &dn, &rec)?;
-                }
-            }
-        }
+        let target = Target::new(&conf, id, &dn, v4, v6);
+        chosen.add(&mut sock, &target, same, &mut rec)?;
         if conf.snat
             && let Some(ip) = v4
         {
@@ -259,38 +232,11 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             log::error!("portmap: cleaning up after the failed ADD: {undo}");
             Vec::new()
         });
-        calico_netfilter::linger::finish_detached(sock, &udp);
+        calico_netfilter::holder::hand_over(sock, &udp);
         return Err(e);
     }
-    calico_netfilter::linger::finish_detached(sock, &udp_work(&rec.udp_v4, &rec.udp_v6));
+    calico_netfilter::holder::hand_over(sock, &udp_work(&rec.udp_v4, &rec.udp_v6));
     Ok(prev)
-}
-
-/// Removes the rules an old record names (not its claims or the record).
-fn remove_rules_only(
-    sock: &mut NfSocket,
-    conf: &Conf,
-    dn: &str,
-    old: &Record,
-) -> Result<(), CniError> {
-    let _ = conf;
-    if old.backend == "iptables" {
-        if let Some(fl) = Flavour::detect() {
-            for v6 in [false, true] {
-                let recorded = if v6 {
-                    &old.iptables_v6
-                } else {
-                    &old.iptables_v4
-                };
-                Ipt::new(fl, v6)
-                    .del(sock, dn, Some(recorded))
-                    .map_err(kernel)?;
-            }
-        }
-    } else {
-        nftb::del(sock, &old.container_id, &old.nft_elements).map_err(kernel)?;
-    }
-    Ok(())
 }
 
 /// DEL: by container ID, with or without the mappings; nothing there is success.
@@ -302,7 +248,7 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     // mappings, or when looking is cheap (iptables-nft answers over netlink).
     let probe = !conf.mappings.is_empty() || Flavour::detect() == Some(Flavour::Nft);
     let udp = remove_container(&mut sock, &conf, &req.env.container_id, probe)?;
-    calico_netfilter::linger::finish_detached(sock, &udp);
+    calico_netfilter::holder::hand_over(sock, &udp);
     Ok(())
 }
 
@@ -319,28 +265,8 @@ pub fn check(req: &Request) -> Result<(), CniError> {
     let id = &req.env.container_id;
     let dn = chain_name(&conf.network, id);
     let mut sock = NfSocket::open().map_err(kernel)?;
-    let missing = match backend(&conf) {
-        BackendKind::Iptables => {
-            let fl = flavour_for_iptables()?;
-            let mut missing = Vec::new();
-            for (v6f, ip) in [(false, v4), (true, v6)] {
-                let Some(ip) = ip else { continue };
-                if !conf.mappings.iter().any(|m| m.applies_to(!v6f)) {
-                    continue;
-                }
-                missing.extend(
-                    Ipt::new(fl, v6f)
-                        .missing(&mut sock, &conf, id, &dn, ip, &conf.mappings)
-                        .map_err(kernel)?,
-                );
-            }
-            missing
-        }
-        BackendKind::Nftables => {
-            let elems = nftb::elements(&conf, id, v4, v6, &conf.mappings);
-            nftb::missing(&mut sock, &elems).map_err(kernel)?
-        }
-    };
+    let target = Target::new(&conf, id, &dn, v4, v6);
+    let missing = chosen(&conf)?.missing(&mut sock, &target).map_err(kernel)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -367,35 +293,25 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         .map(|(_, r)| r.container_id)
         .collect();
     let mut errors = Vec::new();
-    if let Some(fl) = Flavour::detect() {
-        for v6 in [false, true] {
-            let ipt = Ipt::new(fl, v6);
-            if !ipt.x.available() {
-                continue;
-            }
-            match ipt.containers(&mut sock, &conf.network) {
-                Ok(ids) => stale.extend(ids.into_iter().filter(|id| !valid.contains(id))),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-    }
-    // Elements no record names (a crash between record and transaction) and whose
-    // container is not valid.
+    // Rules no record names (the reference plugin's, or a crash between record and
+    // transaction) whose container is not valid.
     let recorded: BTreeSet<String> = state::all(&conf.state_dir)
         .into_iter()
         .map(|(_, r)| r.container_id)
         .collect();
-    match nftb::containers(&mut sock) {
-        Ok(found) => {
-            for id in found.into_iter().filter(|id| !valid.contains(id)) {
-                if !recorded.contains(&id)
-                    && let Err(e) = nftb::sweep(&mut sock, &id)
-                {
-                    errors.push(format!("{id}: {e}"));
+    for b in all_backends() {
+        match b.containers(&mut sock, &conf.network) {
+            Ok(found) => {
+                for id in found.into_iter().filter(|id| !valid.contains(id)) {
+                    if recorded.contains(&id) {
+                        stale.insert(id);
+                    } else if let Err(e) = b.sweep(&mut sock, &conf, &id) {
+                        errors.push(format!("{id}: {e}"));
+                    }
                 }
             }
+            Err(e) => errors.push(e.to_string()),
         }
-        Err(e) => errors.push(e.to_string()),
     }
     let mut udp = Vec::new();
     for id in stale {
@@ -404,7 +320,7 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
             Err(e) => errors.push(format!("{id}: {}", e.msg)),
         }
     }
-    calico_netfilter::linger::finish_detached(sock, &udp);
+    calico_netfilter::holder::hand_over(sock, &udp);
     if errors.is_empty() {
         return Ok(());
     }

@@ -1,10 +1,12 @@
-//! Work a plugin need not wait for, done after it has answered by a per-node helper.
+//! The holder: a per-node helper that does the work a plugin need not wait for, after the
+//! plugin has answered. (One name for it everywhere: the module, [`hand_over`], the
+//! environment variable [`HOLDER`] that starts one, its socket's name.)
 //!
 //! 1. Closing an nfnetlink socket: on the last close, nf_tables first waits for the objects
 //!    of recent transactions to be freed, an RCU grace period (5-20 ms here), and it waits
 //!    holding the namespace's nf_tables commit lock. A plugin closing its socket would pay
 //!    that wait in its `exit`; a helper closing it right after would stall the next plugin's
-//!    transaction instead. So sockets go to a *holder* that keeps them while calls keep
+//!    transaction instead. So sockets go to the holder, which keeps them while calls keep
 //!    coming and closes them all at once when the node has been quiet for a while.
 //! 2. Deleting UDP conntrack entries of mapped ports: finding them walks the host's whole
 //!    conntrack table (262144 buckets, ~3.6 ms here) whenever the namespace tracks anything.
@@ -26,10 +28,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LINGER: &str = "CALICO_NETFILTER_LINGER";
-const UDP_FLUSH: &str = "CALICO_NETFILTER_UDP_FLUSH";
+/// Set in a holder's environment: this process is the holder.
+pub const HOLDER: &str = "CALICO_NETFILTER_HOLDER";
+/// The first work of a new holder (UDP ports to flush), in its environment.
+const HOLDER_UDP_FLUSH: &str = "CALICO_NETFILTER_HOLDER_UDP_FLUSH";
 /// The holder's address (abstract: one per network namespace, gone with the process).
-const HOLDER: &[u8] = b"calico-netfilter-holder";
+const HOLDER_ADDRESS: &[u8] = b"calico-netfilter-holder";
 /// Quiet time after which the holder closes what it holds and exits.
 const IDLE: Duration = Duration::from_secs(2);
 /// Bound on a holder's life whatever happens.
@@ -70,11 +74,11 @@ fn flush(sock: &mut NfSocket, udp: &[(u8, Vec<u16>)]) {
 }
 
 fn holder_addr() -> std::io::Result<SocketAddr> {
-    SocketAddr::from_abstract_name(HOLDER)
+    SocketAddr::from_abstract_name(HOLDER_ADDRESS)
 }
 
 /// Hands the socket and the work to a running holder.
-fn hand_over(sock: &NfSocket, work: &str) -> std::io::Result<()> {
+fn send_to_holder(sock: &NfSocket, work: &str) -> std::io::Result<()> {
     let stream = UnixStream::connect_addr(&holder_addr()?)?;
     // A wedged holder must not hold up the call: then we start another.
     stream.set_read_timeout(Some(HAND_OVER_WAIT))?;
@@ -101,8 +105,8 @@ fn start_holder(sock: &NfSocket, work: &str) -> std::io::Result<()> {
         .duplicate_fd()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     Command::new(std::env::current_exe()?)
-        .env(LINGER, "1")
-        .env(UDP_FLUSH, work)
+        .env(HOLDER, "1")
+        .env(HOLDER_UDP_FLUSH, work)
         .stdin(Stdio::from(dup))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -112,10 +116,10 @@ fn start_holder(sock: &NfSocket, work: &str) -> std::io::Result<()> {
 }
 
 /// Leaves the socket's close and the UDP flush of `udp` ports (per family) to the holder.
-pub fn finish_detached(mut sock: NfSocket, udp: &[(u8, Vec<u16>)]) {
+pub fn hand_over(mut sock: NfSocket, udp: &[(u8, Vec<u16>)]) {
     let work = encode(udp);
 
-    if hand_over(&sock, &work).is_ok() {
+    if send_to_holder(&sock, &work).is_ok() {
         return;
     }
     if let Err(e) = start_holder(&sock, &work) {
@@ -124,22 +128,15 @@ pub fn finish_detached(mut sock: NfSocket, udp: &[(u8, Vec<u16>)]) {
     }
 }
 
-/// Implemented by `NfSocket` for the hand-over.
-impl AsRawFd for NfSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.raw_fd()
-    }
-}
-
 /// If this process is a holder: serves until the node is quiet, then returns true (the
 /// caller exits, and the kernel closes every socket held, at once).
 pub fn run_if_requested() -> bool {
-    if std::env::var_os(LINGER).is_none() {
+    if std::env::var_os(HOLDER).is_none() {
         return false;
     }
     let started = Instant::now();
     let mut nf = NfSocket::open().ok();
-    let first = decode(&std::env::var(UDP_FLUSH).unwrap_or_default());
+    let first = decode(&std::env::var(HOLDER_UDP_FLUSH).unwrap_or_default());
     if let Some(s) = nf.as_mut() {
         flush(s, &first);
     }

@@ -1,0 +1,234 @@
+//! A netlink socket in the caller's network namespace, speaking one protocol's messages
+//! (`P`: `RouteNetlinkMessage`, netfilter's message, or a hand-typed one): single requests,
+//! dumps, and batches (nfnetlink transactions: several requests in one datagram, each
+//! acknowledged).
+
+use crate::error::NetlinkError;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Longest the kernel may take to answer; it answers in microseconds when healthy.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room for one datagram: the kernel fills dump datagrams up to 32 KiB; nf_tables echoes
+/// can be larger.
+const RECEIVE_BUFFER: usize = 1 << 17;
+const HEADER_LEN: usize = std::mem::size_of::<libc::nlmsghdr>();
+
+/// One message of an answer.
+enum Answer<P> {
+    Data(u32, P),
+    /// Sequence number and errno (0: an acknowledgement).
+    Ack(u32, i32),
+    Done(u32),
+}
+
+/// The socket. Not shared between threads; cheap to open (two system calls).
+pub struct Socket<P> {
+    sock: netlink_sys::Socket,
+    seq: u32,
+    buf: Vec<u8>,
+    _payload: PhantomData<fn() -> P>,
+}
+
+impl<P> AsRawFd for Socket<P> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl<P> AsFd for Socket<P> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+fn io(op: &str) -> impl Fn(std::io::Error) -> NetlinkError + '_ {
+    move |source| NetlinkError::Io {
+        op: op.to_string(),
+        source,
+    }
+}
+
+/// Appends `payload` as one message, padded to netlink's 4-byte alignment.
+fn encode<P: NetlinkSerializable>(out: &mut Vec<u8>, payload: P, flags: u16, seq: u32) {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+    msg.finalize();
+    let start = out.len();
+    out.resize(start + msg.buffer_len(), 0);
+    msg.serialize(&mut out[start..]);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
+    /// A socket of `protocol` (`netlink_sys::protocols::NETLINK_*`) in the calling thread's
+    /// network namespace.
+    pub fn open(protocol: isize) -> Result<Self, NetlinkError> {
+        let op = "netlink socket";
+        let mut sock = netlink_sys::Socket::new(protocol).map_err(io(op))?;
+        sock.bind_auto().map_err(io(op))?;
+        let timeout = nix::sys::time::TimeVal::new(
+            i64::try_from(REPLY_TIMEOUT.as_secs()).unwrap_or(i64::MAX),
+            0,
+        );
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| io(op)(e.into()))?;
+        Ok(Socket {
+            sock,
+            // Sequence numbers only need to differ between our requests on this socket.
+            seq: std::process::id().wrapping_mul(1000),
+            buf: Vec::with_capacity(RECEIVE_BUFFER),
+            _payload: PhantomData,
+        })
+    }
+
+    /// A second descriptor for the socket (to hand it to another process).
+    pub fn duplicate_fd(&self) -> Result<OwnedFd, NetlinkError> {
+        nix::unistd::dup(&self.sock).map_err(|e| io("dup")(e.into()))
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn send(&self, op: &str, bytes: &[u8]) -> Result<(), NetlinkError> {
+        self.sock.send(bytes, 0).map(|_| ()).map_err(io(op))
+    }
+
+    /// One datagram's messages.
+    fn receive(&mut self, op: &str) -> Result<Vec<Answer<P>>, NetlinkError> {
+        self.buf.clear();
+        self.sock.recv(&mut self.buf, 0).map_err(io(op))?;
+        let decode = |reason: String| NetlinkError::Decode {
+            op: op.to_string(),
+            reason,
+        };
+        let mut out = Vec::new();
+        let mut rest = self.buf.as_slice();
+        while rest.len() >= HEADER_LEN {
+            let len = NetlinkBuffer::new(rest).length() as usize;
+            if len < HEADER_LEN || len > rest.len() {
+                break;
+            }
+            let msg = NetlinkMessage::<P>::deserialize(&rest[..len])
+                .map_err(|e| decode(e.to_string()))?;
+            let seq = msg.header.sequence_number;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(p) => out.push(Answer::Data(seq, p)),
+                NetlinkPayload::Error(e) => out.push(Answer::Ack(seq, -e.raw_code())),
+                NetlinkPayload::Done(_) => out.push(Answer::Done(seq)),
+                _ => {}
+            }
+            rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+        }
+        Ok(out)
+    }
+
+    /// Sends `payload` with `flags` (beyond `NLM_F_REQUEST`) and collects the messages that
+    /// answer it, until: the acknowledgement (`NLM_F_ACK`), `NLMSG_DONE` (`NLM_F_DUMP`), or
+    /// else the first message. A refusal is [`NetlinkError::Kernel`].
+    pub fn request(&mut self, op: &str, payload: P, flags: u16) -> Result<Vec<P>, NetlinkError> {
+        let seq = self.next_seq();
+        let mut out = Vec::new();
+        encode(&mut out, payload, flags, seq);
+        self.send(op, &out)?;
+        let acked = flags & NLM_F_ACK != 0;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            for answer in self.receive(op)? {
+                match answer {
+                    Answer::Data(s, p) if s == seq => {
+                        replies.push(p);
+                        if !acked && !dump {
+                            return Ok(replies);
+                        }
+                    }
+                    Answer::Done(s) if s == seq => return Ok(replies),
+                    Answer::Ack(s, 0) if s == seq && acked => return Ok(replies),
+                    Answer::Ack(s, errno) if s == seq && errno != 0 => {
+                        return Err(NetlinkError::Kernel {
+                            op: op.to_string(),
+                            errno,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A dump: every message until `NLMSG_DONE`.
+    pub fn dump(&mut self, op: &str, payload: P) -> Result<Vec<P>, NetlinkError> {
+        self.request(op, payload, NLM_F_DUMP)
+    }
+
+    /// A batch: `begin`, each of `msgs` (with its flags; `NLM_F_ACK` is added), `end`, in one
+    /// datagram. The kernel handles it as one transaction where the protocol has them
+    /// (nf_tables). Returns the messages the kernel sent back besides acknowledgements (those
+    /// asked for with `NLM_F_ECHO`). On failure the error names the first message the kernel
+    /// refused, by its entry in `what` (the first entry names the whole batch).
+    pub fn batch(
+        &mut self,
+        what: &[String],
+        begin: P,
+        msgs: Vec<(P, u16)>,
+        end: P,
+    ) -> Result<Vec<P>, NetlinkError> {
+        let label = what.first().cloned().unwrap_or_else(|| "batch".into());
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = msgs.len();
+        let mut out = Vec::new();
+        let begin_seq = self.next_seq();
+        encode(&mut out, begin, 0, begin_seq);
+        let first = begin_seq.wrapping_add(1);
+        for (m, flags) in msgs {
+            let s = self.next_seq();
+            encode(&mut out, m, flags | NLM_F_ACK, s);
+        }
+        let end_seq = self.next_seq();
+        encode(&mut out, end, 0, end_seq);
+        self.send(&label, &out)?;
+        let mut pending = count;
+        let mut failure: Option<NetlinkError> = None;
+        let mut echoed = Vec::new();
+        while pending > 0 {
+            for answer in self.receive(&label)? {
+                match answer {
+                    Answer::Data(_, p) => echoed.push(p),
+                    Answer::Ack(s, errno) => {
+                        if s == begin_seq && errno != 0 {
+                            // The commit itself failed: no per-message acknowledgement follows.
+                            return Err(NetlinkError::Kernel { op: label, errno });
+                        }
+                        let index = s.wrapping_sub(first) as usize;
+                        if index < count {
+                            pending -= 1;
+                            if errno != 0 && failure.is_none() {
+                                failure = Some(NetlinkError::Kernel {
+                                    op: what.get(index).cloned().unwrap_or_else(|| label.clone()),
+                                    errno,
+                                });
+                            }
+                        }
+                    }
+                    Answer::Done(_) => {}
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(echoed),
+        }
+    }
+}

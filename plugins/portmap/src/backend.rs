@@ -1,0 +1,96 @@
+//! The two ways portmap programs the kernel, behind one trait (as netavark's firewall
+//! drivers are): [`crate::ipt::Iptables`], the reference plugin's iptables layout, and
+//! [`crate::nftb::Nftables`], our own nftables table. The verbs choose one for ADD and CHECK
+//! and ask both on DEL and GC (a container may have rules in either).
+
+use crate::config::Conf;
+use crate::state::Record;
+use calico_netfilter::{NfError, NfSocket};
+use ipnet::IpNet;
+
+/// One container's mappings as a backend installs them.
+pub struct Target<'a> {
+    pub conf: &'a Conf,
+    pub container_id: &'a str,
+    /// The container's chain name (`CNI-DN-…`), which also names its record.
+    pub dn: &'a str,
+    pub v4: Option<IpNet>,
+    pub v6: Option<IpNet>,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(
+        conf: &'a Conf,
+        container_id: &'a str,
+        dn: &'a str,
+        v4: Option<IpNet>,
+        v6: Option<IpNet>,
+    ) -> Self {
+        Target {
+            conf,
+            container_id,
+            dn,
+            v4,
+            v6,
+        }
+    }
+}
+
+pub trait Backend {
+    /// The name records carry (`iptables`, `nftables`).
+    fn name(&self) -> &'static str;
+
+    /// Installs the container's mappings, replacing what `old` (this backend's record of an
+    /// earlier ADD of the same container) names, and writes into `rec` what it installed.
+    /// Saves the record at the moment DEL must be able to find what is being installed.
+    fn add(
+        &self,
+        sock: &mut NfSocket,
+        target: &Target,
+        old: Option<&Record>,
+        rec: &mut Record,
+    ) -> Result<(), AddError>;
+
+    /// What is missing of the container's rules, as readable items.
+    fn missing(&self, sock: &mut NfSocket, target: &Target) -> Result<Vec<String>, NfError>;
+
+    /// Removes the container's rules: what `rec` (a record of this backend) names, else, when
+    /// `probe`, what the kernel has for the container. Nothing there is success.
+    fn remove(
+        &self,
+        sock: &mut NfSocket,
+        dn: &str,
+        container_id: &str,
+        rec: Option<&Record>,
+        probe: bool,
+    ) -> Result<(), NfError>;
+
+    /// Whether the rules `rec` names are still in place (errors count as yes: when in doubt a
+    /// port claim stands).
+    fn has_rules(&self, sock: &mut NfSocket, dn: &str, rec: &Record) -> bool;
+
+    /// The container IDs of `network` that have rules in the kernel (for GC).
+    fn containers(&self, sock: &mut NfSocket, network: &str) -> Result<Vec<String>, NfError>;
+
+    /// Removes every rule of a container that has no record (GC).
+    fn sweep(&self, sock: &mut NfSocket, conf: &Conf, container_id: &str) -> Result<(), NfError>;
+}
+
+/// Why an ADD failed: the kernel, or saving the record.
+#[derive(Debug)]
+pub enum AddError {
+    Kernel(NfError),
+    Record(cni_protocol::CniError),
+}
+
+impl From<NfError> for AddError {
+    fn from(e: NfError) -> Self {
+        AddError::Kernel(e)
+    }
+}
+
+impl From<cni_protocol::CniError> for AddError {
+    fn from(e: cni_protocol::CniError) -> Self {
+        AddError::Record(e)
+    }
+}
