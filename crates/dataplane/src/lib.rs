@@ -6,12 +6,14 @@
 //! - [`netlink`]: a synchronous rtnetlink socket per namespace;
 //! - [`netconf`]: a namespace's forwarding setting, asked over netlink;
 //! - [`sysctl`]: settings under `/proc/sys/net`;
-//! - [`workload`]: Calico's wiring of a pod.
+//! - [`workload`]: Calico's wiring of a pod;
+//! - [`fake`]: the kernel in memory, for tests of the logic above without root.
 //!
 //! Everything created is recognisable: host ends are named `cali…`, routes carry protocol
 //! [`netlink::ROUTE_PROTOCOL`].
 
 pub mod error;
+pub mod fake;
 pub mod netconf;
 pub mod netlink;
 pub mod netns;
