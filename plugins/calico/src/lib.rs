@@ -7,7 +7,9 @@
 //! - [`host_local`]: Calico's special cases for host-local IPAM (`usePodCidr`, `routes`);
 //! - [`kubernetes`]: the pod and namespace for `policy.type: k8s`, the node's pod CIDRs;
 //! - [`readiness`]: `readiness_gates`, polled before an ADD;
-//! - [`verbs`]: ADD, DEL, CHECK, GC, STATUS over a datastore and a dataplane.
+//! - [`verbs`]: ADD, DEL, CHECK, GC, STATUS over a datastore and a dataplane, one module
+//!   each (CHECK's comparison pure), tested without root against the in-memory store and
+//!   the fake kernel.
 
 pub mod annotations;
 pub mod endpoint;
