@@ -200,3 +200,7 @@ pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniErr
         )
     }
 }
+
+#[cfg(test)]
+#[path = "check_tests.rs"]
+mod tests;
