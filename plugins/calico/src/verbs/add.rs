@@ -252,3 +252,7 @@ fn remove_quietly(deps: &Deps<'_>, spec: &WorkloadSpec) {
         log::error!("rolling back: cannot remove {}: {e}", spec.host_ifname);
     }
 }
+
+#[cfg(test)]
+#[path = "add_tests.rs"]
+mod tests;

@@ -37,3 +37,7 @@ pub fn del(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError
         (Err(a), Err(b)) => Err(CniError::new(a.code, format!("{}; and {}", a.msg, b.msg))),
     }
 }
+
+#[cfg(test)]
+#[path = "del_tests.rs"]
+mod tests;
