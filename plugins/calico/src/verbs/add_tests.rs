@@ -124,22 +124,16 @@ fn an_add_wires_the_pod_records_it_checks_and_is_deleted() {
 #[test]
 fn the_veth_failing_leaves_nothing() {
     let pod = Pod::new();
-    let before = pod.state();
     pod.dataplane.fail(Step::CreatePair);
-    let e = pod.add().expect_err("no veth");
-    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
-    assert!(e.msg.contains("injected failure"), "{}", e.msg);
-    pod.assert_left_as(&before);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
+    assert!(msg.contains("injected failure"), "{}", msg);
 }
 
 #[test]
 fn a_missing_namespace_is_unknown_container_and_leaves_nothing() {
     let pod = Pod::new();
     pod.dataplane.remove_netns(std::path::Path::new(POD_NETNS));
-    let before = pod.state();
-    let e = pod.add().expect_err("no namespace");
-    assert_eq!(e.code, ErrorCode::UNKNOWN_CONTAINER, "{}", e.msg);
-    pod.assert_left_as(&before);
+    let _ = pod.add_fails_leaving_nothing(ErrorCode::UNKNOWN_CONTAINER);
 }
 
 #[test]
@@ -147,11 +141,8 @@ fn an_interface_name_taken_in_the_pod_stays_and_nothing_is_left() {
     // Not ours: the rollback must not remove it.
     let pod = Pod::new();
     pod.dataplane.add_link(&pod_netns(), "eth0").expect("link");
-    let before = pod.state();
-    let e = pod.add().expect_err("taken");
-    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
-    assert!(e.msg.contains("already exists"), "{}", e.msg);
-    pod.assert_left_as(&before);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
+    assert!(msg.contains("already exists"), "{}", msg);
     assert!(!pod.dataplane.steps().contains(&Step::Remove));
 }
 
@@ -159,24 +150,18 @@ fn an_interface_name_taken_in_the_pod_stays_and_nothing_is_left() {
 fn finishing_the_veth_failing_after_the_commit_takes_everything_back() {
     // The pair existed, so the datastore half committed: the commit is released too.
     let pod = Pod::new();
-    let before = pod.state();
     pod.dataplane.fail(Step::FinishPair);
-    let e = pod.add().expect_err("not finished");
-    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
-    assert!(e.msg.contains("FinishPair"), "{}", e.msg);
-    pod.assert_left_as(&before);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
+    assert!(msg.contains("FinishPair"), "{}", msg);
 }
 
 #[test]
 fn the_kernel_thread_panicking_takes_everything_back() {
     for step in [Step::CreatePair, Step::FinishPair] {
         let pod = Pod::new();
-        let before = pod.state();
         pod.dataplane.panic_at(step.clone());
-        let e = pod.add().expect_err("panicked");
-        assert_eq!(e.code, ErrorCode::DATAPLANE, "{step:?}: {}", e.msg);
-        assert!(e.msg.contains("panicked"), "{step:?}: {}", e.msg);
-        pod.assert_left_as(&before);
+        let msg = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
+        assert!(msg.contains("panicked"), "{step:?}: {msg}");
     }
 }
 
@@ -184,25 +169,17 @@ fn the_kernel_thread_panicking_takes_everything_back() {
 fn an_address_failing_on_the_pod_takes_everything_back() {
     // The first address is on when the second fails.
     let pod = Pod::new().asking_for("10.0.0.9,10.0.0.10");
-    let before = pod.state();
     pod.dataplane.fail(Step::PodAddress(ip("10.0.0.10")));
-    let e = pod.add().expect_err("not configured");
-    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
-    assert!(
-        pod.dataplane
-            .steps()
-            .contains(&Step::PodAddress(ip("10.0.0.9")))
-    );
-    pod.assert_left_as(&before);
+    pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
+    let first_on = Step::PodAddress(ip("10.0.0.9"));
+    assert!(pod.dataplane.steps().contains(&first_on));
 }
 
 #[test]
 fn a_host_route_failing_takes_everything_back() {
     let pod = Pod::new().asking_for("10.0.0.9");
-    let before = pod.state();
     pod.dataplane.fail(Step::HostRoute(ip("10.0.0.9")));
-    pod.add().expect_err("not routed");
-    pod.assert_left_as(&before);
+    pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
 }
 
 #[test]
@@ -215,21 +192,15 @@ fn a_host_route_through_another_interface_is_a_conflict_and_stays() {
     pod.dataplane
         .add_route(&Netns::Host, route(net("10.0.0.9/32"), None, other, true))
         .expect("route");
-    let before = pod.state();
-    let e = pod.add().expect_err("conflict");
-    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
-    assert!(e.msg.contains("'other0'"), "{}", e.msg);
-    pod.assert_left_as(&before);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
+    assert!(msg.contains("'other0'"), "{}", msg);
 }
 
 #[test]
 fn the_transaction_failing_removes_the_veth() {
     let pod = Pod::new();
-    let before = pod.state();
     pod.store.fail_next_txns(1);
-    let e = pod.add().expect_err("not committed");
-    assert_eq!(e.code, ErrorCode::TRY_AGAIN_LATER, "{}", e.msg);
-    pod.assert_left_as(&before);
+    let _ = pod.add_fails_leaving_nothing(ErrorCode::TRY_AGAIN_LATER);
     assert!(pod.dataplane.steps().contains(&Step::Remove));
 }
 
@@ -243,11 +214,8 @@ fn a_cluster_not_ready_removes_the_veth() {
         .to_string()
         .as_bytes(),
     );
-    let before = pod.state();
-    let e = pod.add().expect_err("not ready");
-    assert_eq!(e.code, ErrorCode::TRY_AGAIN_LATER, "{}", e.msg);
-    assert!(e.msg.contains("not ready"), "{}", e.msg);
-    pod.assert_left_as(&before);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode::TRY_AGAIN_LATER);
+    assert!(msg.contains("not ready"), "{}", msg);
 }
 
 #[test]
@@ -324,10 +292,8 @@ fn addresses_without_ipam_failing_in_the_kernel_delete_the_record_only() {
             "[\"10.5.0.7\"]".into(),
         );
     }
-    let before = pod.state();
     pod.dataplane.fail(Step::HostRoute(ip("10.5.0.7")));
-    pod.add().expect_err("not routed");
-    pod.assert_left_as(&before);
+    pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
 }
 
 #[test]
@@ -338,10 +304,8 @@ fn a_delegated_ipam_failing_removes_the_veth() {
     let leases = pod.dir.path().join("host-local").join("net");
     std::fs::create_dir_all(&leases).expect("mkdir");
     std::fs::write(leases.join("10.1.0.9"), "another\r\neth0").expect("lease");
-    let before = pod.state();
-    let e = pod.add().expect_err("no address");
-    assert!(e.msg.contains("no IP addresses available"), "{}", e.msg);
-    pod.assert_left_as(&before);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode(999));
+    assert!(msg.contains("no IP addresses available"), "{msg}");
     assert_eq!(pod.host_local_leases(), ["10.1.0.9"]);
 }
 
@@ -349,11 +313,8 @@ fn a_delegated_ipam_failing_removes_the_veth() {
 fn the_veth_failing_after_a_delegated_add_releases_its_lease() {
     testkit::require!("/usr/lib/cni/host-local");
     let pod = Pod::new().with_host_local("10.1.0.9", "10.1.0.20");
-    let before = pod.state();
     pod.dataplane.fail(Step::CreatePair);
-    let e = pod.add().expect_err("no veth");
-    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
-    pod.assert_left_as(&before);
+    let _ = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
     assert_eq!(pod.host_local_leases(), Vec::<String>::new());
 }
 
@@ -361,11 +322,8 @@ fn the_veth_failing_after_a_delegated_add_releases_its_lease() {
 fn the_record_failing_after_a_delegated_add_releases_its_lease() {
     testkit::require!("/usr/lib/cni/host-local");
     let pod = Pod::new().with_host_local("10.1.0.9", "10.1.0.20");
-    let before = pod.state();
     pod.store.fail_next_txns(1);
-    let e = pod.add().expect_err("not recorded");
-    assert_eq!(e.code, ErrorCode::TRY_AGAIN_LATER, "{}", e.msg);
-    pod.assert_left_as(&before);
+    let _ = pod.add_fails_leaving_nothing(ErrorCode::TRY_AGAIN_LATER);
     assert_eq!(pod.host_local_leases(), Vec::<String>::new());
 }
 
@@ -373,11 +331,8 @@ fn the_record_failing_after_a_delegated_add_releases_its_lease() {
 fn the_kernel_failing_after_a_delegated_commit_takes_everything_back() {
     testkit::require!("/usr/lib/cni/host-local");
     let pod = Pod::new().with_host_local("10.1.0.9", "10.1.0.20");
-    let before = pod.state();
     pod.dataplane.fail(Step::PodAddress(ip("10.1.0.9")));
-    let e = pod.add().expect_err("not configured");
-    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
-    pod.assert_left_as(&before);
+    let _ = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
     assert_eq!(pod.host_local_leases(), Vec::<String>::new());
 }
 

@@ -3,14 +3,14 @@
 //! The comparisons are pure ([`Wanted::kernel_mismatch`], [`Wanted::record_mismatch`]); the
 //! verb only gathers what they compare, in that order, and ends with the IPAM's CHECK.
 
-use super::{Deps, dataplane_error};
+use super::{Deps, dataplane_error, delegated_ipam};
 use crate::workload::{Context, format_mac};
 use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC};
 use calico_dataplane::{Observed, WorkloadSpec};
 use calico_datastore::Kv;
 use calico_datastore::model::WorkloadEndpoint;
 use calico_ipam::cni::store_error;
-use cni_protocol::{CniError, Command, ErrorCode, Request, delegate};
+use cni_protocol::{CniError, Command, ErrorCode, Request};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -192,12 +192,7 @@ pub fn check(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniErr
     if ctx.ipam_in_process() {
         calico_ipam::cni::check(deps.store, req, &ctx.node)
     } else {
-        delegate::run(
-            &req.env,
-            Command::Check,
-            &ctx.conf.ipam.ipam_type,
-            &req.stdin,
-        )
+        delegated_ipam(req, ctx, Command::Check)
     }
 }
 

@@ -1,11 +1,11 @@
 //! DEL: the interface, the endpoint record and the allocation, the kernel and the datastore
 //! side at the same time.
 
-use super::release::{delegated_ipam_del, delete_endpoint, release_in_process};
-use super::{Deps, dataplane_error};
+use super::release::{delete_endpoint, release_in_process};
+use super::{Deps, dataplane_error, delegated_ipam};
 use crate::workload::Context;
 use calico_dataplane::DataplaneError;
-use cni_protocol::{CniError, Request};
+use cni_protocol::{CniError, Command, Request};
 
 /// DEL: the pod's interface, the endpoint record (if ours), the allocation. Idempotent; all
 /// three are attempted, and every failure is reported.
@@ -19,7 +19,7 @@ pub fn del(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError
         let released = if ctx.ipam_in_process() {
             release_in_process(req, ctx, deps)
         } else {
-            let ipam = delegated_ipam_del(req, ctx);
+            let ipam = delegated_ipam(req, ctx, Command::Del);
             let wep = delete_endpoint(deps.store, ctx);
             ipam.and(wep)
         };

@@ -2,14 +2,14 @@
 //! endpoint records.
 
 use super::records::snapshot_key;
-use super::{Deps, dataplane_error};
+use super::{Deps, dataplane_error, delegated_ipam};
 use crate::workload::Context;
 use calico_datastore::model::{WorkloadEndpoint, keys};
 use calico_datastore::{Guard, Kv, KvStore, Write};
 use calico_ipam::IpamError;
 use calico_ipam::allocator::Extra;
 use calico_ipam::cni::store_error;
-use cni_protocol::{CniError, Command, Request, delegate};
+use cni_protocol::{CniError, Command, Request};
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
@@ -25,7 +25,7 @@ use std::time::SystemTime;
 /// delegated IPAM plugin only that plugin's GC runs.
 pub fn gc(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<(), CniError> {
     if !ctx.ipam_in_process() {
-        return delegate::run(&req.env, Command::Gc, &ctx.conf.ipam.ipam_type, &req.stdin);
+        return delegated_ipam(req, ctx, Command::Gc);
     }
     // The endpoints and interfaces are read once the candidates have been listed (the first
     // judgement asks for them): an ADD that commits after the listing is no candidate, and

@@ -28,9 +28,10 @@ pub use records::cluster_information_key;
 pub use status::status;
 
 use crate::endpoint::PodMeta;
+use crate::workload::Context;
 use calico_dataplane::{Dataplane, DataplaneError};
 use calico_datastore::KvStore;
-use cni_protocol::{CniError, ErrorCode};
+use cni_protocol::{CniError, Command, ErrorCode, Request, delegate};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -41,6 +42,11 @@ pub fn dataplane_error(e: DataplaneError) -> CniError {
         _ => ErrorCode::DATAPLANE,
     };
     CniError::new(code, e.to_string())
+}
+
+/// Runs the delegated IPAM plugin (`ipam.type`) for `command`, with this call's config.
+fn delegated_ipam(req: &Request, ctx: &Context, command: Command) -> Result<(), CniError> {
+    delegate::run(&req.env, command, &ctx.conf.ipam.ipam_type, &req.stdin)
 }
 
 /// Everything a verb needs besides the request: the datastore, the kernel, and what was read

@@ -1,12 +1,12 @@
 //! Taking an attachment's datastore state back: its allocation and its endpoint record (if
 //! still this container's). DEL does it, and so does an ADD rolling back its commit.
 
-use super::Deps;
 use super::records::{endpoint_delete, snapshot_key};
+use super::{Deps, delegated_ipam};
 use crate::workload::Context;
 use calico_datastore::KvStore;
 use calico_ipam::cni::store_error;
-use cni_protocol::{CniError, Command, Request, delegate};
+use cni_protocol::{CniError, Command, Request};
 
 /// Releases the allocation under this attachment's handle (Calico IPAM, in-process) and,
 /// in the same transaction, the endpoint record if it is still this container's. Nothing to
@@ -32,17 +32,12 @@ pub(super) fn release_in_process(
     .map(|_| ())
 }
 
-/// Releases a delegated IPAM plugin's allocation: its DEL.
-pub(super) fn delegated_ipam_del(req: &Request, ctx: &Context) -> Result<(), CniError> {
-    delegate::run(&req.env, Command::Del, &ctx.conf.ipam.ipam_type, &req.stdin)
-}
-
 /// Rolls back a delegated IPAM plugin's ADD (`used_ipam`: it was run), logging a failure.
 pub(super) fn undo_delegated_ipam(req: &Request, ctx: &Context, used_ipam: bool) {
     if !used_ipam || ctx.ipam_in_process() {
         return;
     }
-    if let Err(e) = delegated_ipam_del(req, ctx) {
+    if let Err(e) = delegated_ipam(req, ctx, Command::Del) {
         log::error!("rolling back: IPAM DEL failed: {e}");
     }
 }

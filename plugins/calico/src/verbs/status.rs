@@ -1,9 +1,10 @@
 //! STATUS: whether the datastore can be reached, then IPAM's answer.
 
+use super::delegated_ipam;
 use super::records::cluster_information_key;
 use crate::workload::Context;
 use calico_datastore::KvStore;
-use cni_protocol::{CniError, Command, ErrorCode, Request, delegate};
+use cni_protocol::{CniError, Command, ErrorCode, Request};
 
 /// STATUS: 50 if the datastore cannot be reached; then IPAM's answer.
 pub fn status(req: &Request, ctx: &Context, store: &dyn KvStore) -> Result<(), CniError> {
@@ -13,11 +14,6 @@ pub fn status(req: &Request, ctx: &Context, store: &dyn KvStore) -> Result<(), C
     if ctx.ipam_in_process() {
         calico_ipam::cni::status(store, &ctx.conf, &ctx.node)
     } else {
-        delegate::run(
-            &req.env,
-            Command::Status,
-            &ctx.conf.ipam.ipam_type,
-            &req.stdin,
-        )
+        delegated_ipam(req, ctx, Command::Status)
     }
 }

@@ -10,7 +10,7 @@ use calico_dataplane::fake::{FakeDataplane, Kernel};
 use calico_datastore::model::{AllocationBlock, IpPoolSpec, Resource, keys};
 use calico_datastore::{KvStore, MemKv};
 use calico_ipam::Ipam;
-use cni_protocol::{CniError, CniResult, CniVersion, Environment, Request};
+use cni_protocol::{CniError, CniResult, CniVersion, Environment, ErrorCode, Request};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -171,6 +171,16 @@ impl Pod {
         let mut conf = self.conf.clone();
         conf["prevResult"] = prev.to_json(CniVersion::V1_0_0);
         self.call("CHECK", &conf, &*self.store, check)
+    }
+
+    /// Runs an ADD that must fail with `code`, and checks that it left the kernel and the
+    /// store as they were; returns its message.
+    pub fn add_fails_leaving_nothing(&self, code: ErrorCode) -> String {
+        let before = self.state();
+        let e = self.add().expect_err("a failure");
+        assert_eq!(e.code, code, "{}", e.msg);
+        self.assert_left_as(&before);
+        e.msg
     }
 
     /// The state a failed ADD must leave as it found.
