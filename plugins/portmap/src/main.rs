@@ -32,9 +32,7 @@ impl Plugin for Portmap {
 }
 
 fn main() -> ExitCode {
-    // A helper holding a netfilter socket until we are gone (see calico_netfilter::linger).
-    if calico_netfilter::linger::run_if_requested() {
-        return ExitCode::SUCCESS;
-    }
-    cni_protocol::run(&Portmap)
+    // Also the helper holding a netfilter socket until we are gone (see
+    // calico_netfilter::linger).
+    cni_protocol::run_with_helpers(&Portmap, &[calico_netfilter::linger::run_if_requested])
 }
