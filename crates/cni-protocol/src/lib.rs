@@ -1,4 +1,5 @@
-//! The CNI protocol, as every binary of the suite speaks it.
+//! The CNI protocol, as every binary of the suite speaks it. The base of the suite: it must
+//! not import any other crate of it.
 //!
 //! - [`version`]: the spec versions 0.1.0 to 1.1.0 and what each allows;
 //! - [`env`] and [`args`]: the `CNI_*` environment and `CNI_ARGS`;

@@ -1,4 +1,5 @@
-//! The plugin skeleton: reads the call, dispatches the verb, prints the answer.
+//! The plugin skeleton: reads the call, dispatches the verb, prints the answer (unless the
+//! process was started as one of the binary's helpers, see [`run_with_helpers`]).
 //!
 //! Output rules: an ADD result or a VERSION answer on stdout, or an error object with exit
 //! status 1; nothing else ever goes to stdout.

@@ -1,4 +1,8 @@
-//! The `calico` CNI plugin.
+//! The `calico` CNI plugin's logic; the binary (`main.rs`) picks the real kernel and
+//! datastore and hands them over. The library reaches the kernel only through
+//! [`calico_dataplane::Dataplane`] and the datastore only through
+//! [`calico_datastore::KvStore`], so it must not import `LinuxDataplane`, `Etcd`, netlink or
+//! etcd-client: its tests run without root on the fake kernel and the in-memory store.
 //!
 //! - [`workload`]: identity and names (host interface, endpoint, handle), MTU, MAC;
 //! - [`endpoint`]: the WorkloadEndpoint and Profile records;
