@@ -28,9 +28,7 @@ impl Plugin for CalicoIpam {
     }
 
     fn log_settings(&self, req: &Request) -> LogSettings {
-        NetConf::from_request(req)
-            .map(|c| c.log_settings())
-            .unwrap_or_default()
+        NetConf::log_settings_of(req)
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
@@ -78,9 +76,6 @@ impl Plugin for CalicoIpam {
 }
 
 fn main() -> ExitCode {
-    // The node's keeper of warm etcd connections (see calico_datastore::keeper).
-    if calico_datastore::keeper::run_if_requested() {
-        return ExitCode::SUCCESS;
-    }
-    cni_protocol::run(&CalicoIpam)
+    // Also the node's keeper of warm etcd connections (see calico_datastore::keeper).
+    cni_protocol::run_with_helpers(&CalicoIpam, &[calico_datastore::keeper::run_if_requested])
 }

@@ -1,4 +1,5 @@
-//! The CNI protocol, as every binary of the suite speaks it.
+//! The CNI protocol, as every binary of the suite speaks it. The base of the suite: it must
+//! not import any other crate of it.
 //!
 //! - [`version`]: the spec versions 0.1.0 to 1.1.0 and what each allows;
 //! - [`env`] and [`args`]: the `CNI_*` environment and `CNI_ARGS`;
@@ -27,5 +28,5 @@ pub use env::{Command, Environment};
 pub use error::{CniError, ErrorCode};
 pub use request::{Attachment, Request};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
-pub use skel::{Plugin, run};
+pub use skel::{Plugin, run, run_with_helpers};
 pub use version::CniVersion;

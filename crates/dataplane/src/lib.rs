@@ -8,16 +8,19 @@
 //! - [`forwarding`]: a namespace's forwarding setting, asked over netlink;
 //! - [`sysctl`]: settings under `/proc/sys/net`;
 //! - [`workload`]: Calico's wiring of a pod;
-//! - [`reaper`]: the detached deletion of a pod's interface that DEL hands over.
+//! - [`reaper`]: the detached deletion of a pod's interface that DEL hands over;
+//! - [`fake`]: the kernel in memory, for tests of the logic above without root.
 //!
-//! Imports point one way: `workload` → `reaper` → `netlink`, `netns`; nothing imports
-//! `workload`. The crate must not import `calico-netconf`, `cni-protocol` or the datastore:
-//! it knows interfaces, addresses and routes, not CNI or Calico's resources.
+//! Imports point one way: `workload` → `reaper` → `netlink`, `netns`; `fake` implements
+//! `workload`'s trait; nothing else imports `workload`. The crate must not import
+//! `calico-netconf`, `cni-protocol` or the datastore: it knows interfaces, addresses and
+//! routes, not CNI or Calico's resources.
 //!
 //! Everything created is recognisable: host ends are named `cali…`, routes carry protocol
 //! [`netlink::ROUTE_PROTOCOL`].
 
 pub mod error;
+pub mod fake;
 pub mod forwarding;
 pub mod netlink;
 pub mod netns;

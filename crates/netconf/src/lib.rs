@@ -298,6 +298,14 @@ impl NetConf {
         }
     }
 
+    /// A call's log settings (both binaries' [`cni_protocol::Plugin::log_settings`]): its
+    /// config's, or the defaults if the config does not decode (its error then goes there).
+    pub fn log_settings_of(req: &Request) -> cni_protocol::logging::LogSettings {
+        NetConf::from_request(req)
+            .map(|c| c.log_settings())
+            .unwrap_or_default()
+    }
+
     pub fn nodename_file(&self) -> PathBuf {
         non_empty(&self.nodename_file)
             .unwrap_or(DEFAULT_NODENAME_FILE)

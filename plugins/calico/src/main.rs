@@ -97,9 +97,7 @@ impl Plugin for Calico {
     }
 
     fn log_settings(&self, req: &Request) -> LogSettings {
-        NetConf::from_request(req)
-            .map(|c| c.log_settings())
-            .unwrap_or_default()
+        NetConf::log_settings_of(req)
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
@@ -126,20 +124,29 @@ impl Plugin for Calico {
     }
 }
 
+/// Runs a detached interface deletion handed over by a DEL (see calico_dataplane::reaper) if
+/// this process was started as one; true if it was.
+fn reap_if_requested() -> bool {
+    let Some(job) = calico_dataplane::reaper::requested() else {
+        return false;
+    };
+    cni_protocol::logging::install("calico reaper");
+    cni_protocol::logging::configure(&LogSettings {
+        file: job.log_file.clone(),
+        ..LogSettings::default()
+    });
+    job.run_and_log();
+    true
+}
+
 fn main() -> ExitCode {
-    // A detached interface deletion handed over by a DEL (see calico_dataplane::reaper).
-    if let Some(job) = calico_dataplane::reaper::requested() {
-        cni_protocol::logging::install("calico reaper");
-        cni_protocol::logging::configure(&LogSettings {
-            file: job.log_file.clone(),
-            ..LogSettings::default()
-        });
-        job.run_and_log();
-        return ExitCode::SUCCESS;
-    }
-    // The node's keeper of warm etcd connections (see calico_datastore::keeper).
-    if calico_datastore::keeper::run_if_requested() {
-        return ExitCode::SUCCESS;
-    }
-    cni_protocol::run(&Calico)
+    // Also the deleter of interfaces and the node's keeper of warm etcd connections (see
+    // calico_datastore::keeper).
+    cni_protocol::run_with_helpers(
+        &Calico,
+        &[
+            reap_if_requested,
+            calico_datastore::keeper::run_if_requested,
+        ],
+    )
 }

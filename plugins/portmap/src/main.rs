@@ -32,9 +32,7 @@ impl Plugin for Portmap {
 }
 
 fn main() -> ExitCode {
-    // The holder of netfilter sockets after calls have answered (see calico_netfilter::holder).
-    if calico_netfilter::holder::run_if_requested() {
-        return ExitCode::SUCCESS;
-    }
-    cni_protocol::run(&Portmap)
+    // Also the holder of netfilter sockets after calls have answered (see
+    // calico_netfilter::holder).
+    cni_protocol::run_with_helpers(&Portmap, &[calico_netfilter::holder::run_if_requested])
 }

@@ -1,77 +1,42 @@
-//! GC's decisions without root: the in-memory store and a stand-in dataplane that says which
+//! GC's decisions without root: the in-memory store and the fake kernel, which says which
 //! host interfaces exist and which addresses are in use (the real kernel is tested in
 //! tests/cni/gc.rs).
 
 use super::*;
-use calico_dataplane::{Links, Observed};
+use crate::verbs::testing::{NODE, store};
+use calico_dataplane::fake::{FakeDataplane, Netns, Step};
 use calico_datastore::MemKv;
-use calico_datastore::model::{IpPoolSpec, Resource};
 use calico_ipam::{AssignRequest, Ipam};
 use cni_protocol::Environment;
+use ipnet::IpNet;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
 
-/// The kernel as GC sees it; every other operation is refused (GC must not need them).
-struct StandIn<'a> {
-    host_interfaces: Vec<String>,
-    in_use: Vec<IpAddr>,
-    /// Runs when GC asks the kernel for the addresses in use: what happens meanwhile.
-    meanwhile: Mutex<Option<Box<dyn FnOnce() + Send + 'a>>>,
+/// The kernel as GC sees it: these host interfaces, and these addresses in use (on an
+/// interface of another namespace).
+fn kernel(host_interfaces: &[&str], in_use: &[IpAddr]) -> FakeDataplane {
+    let dp = FakeDataplane::new();
+    for name in host_interfaces {
+        dp.add_link(&Netns::Host, name).expect("link");
+    }
+    let elsewhere = Netns::at("/run/netns/elsewhere");
+    dp.add_netns("/run/netns/elsewhere");
+    let index = dp.add_link(&elsewhere, "eth0").expect("link");
+    for ip in in_use {
+        dp.add_address(&elsewhere, index, IpNet::from(*ip))
+            .expect("address");
+    }
+    dp
 }
 
-fn refused() -> DataplaneError {
-    DataplaneError::netlink("stand-in", "not used by GC")
-}
-
-impl Dataplane for StandIn<'_> {
-    fn create_then(&self, _: &WorkloadSpec, _: &mut dyn FnMut()) -> Result<Links, DataplaneError> {
-        Err(refused())
-    }
-    fn configure(&self, _: &WorkloadSpec, _: &Links, _: &[IpNet]) -> Result<(), DataplaneError> {
-        Err(refused())
-    }
-    fn unconfigure(&self, _: &WorkloadSpec, _: &Links, _: &[IpNet]) -> Result<(), DataplaneError> {
-        Err(refused())
-    }
-    fn remove(&self, _: Option<&Path>, _: &str) -> Result<(), DataplaneError> {
-        Err(refused())
-    }
-    fn inspect(&self, _: &WorkloadSpec, _: &[IpNet]) -> Result<Observed, DataplaneError> {
-        Err(refused())
-    }
-    fn host_interfaces(&self, prefix: &str) -> Result<Vec<String>, DataplaneError> {
-        Ok(self
-            .host_interfaces
-            .iter()
-            .filter(|n| n.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
-    fn addresses_in_use(&self) -> Result<BTreeSet<IpAddr>, DataplaneError> {
-        let meanwhile = self.meanwhile.lock().map(|mut m| m.take()).ok().flatten();
-        if let Some(f) = meanwhile {
-            f();
-        }
-        Ok(self.in_use.iter().copied().collect())
-    }
-}
-
-const NODE: &str = "n1";
-
-fn store() -> MemKv {
-    let store = MemKv::new();
-    let pool = Resource::new("IPPool", "p", IpPoolSpec::for_cidr("10.0.0.0/24"));
-    store.put(
-        &keys::resource("ippools", "p"),
-        &pool.to_stored().expect("encodes"),
-    );
-    let node = Resource::new("Node", NODE, json!({}));
-    store.put(
-        &keys::resource("nodes", NODE),
-        &node.to_stored().expect("encodes"),
-    );
-    store
+/// GC only reads the kernel: it must not need anything else.
+fn only_read(dp: &FakeDataplane) -> bool {
+    dp.steps()
+        .iter()
+        .all(|s| matches!(s, Step::HostInterfaces | Step::AddressesInUse))
 }
 
 /// An allocation of `network` for container `cid` on this node, and (if `iface` is given)
@@ -121,7 +86,7 @@ fn gc_request(lock: &Path, valid: &[&str]) -> Request {
     Request::new(env, conf.to_string().into_bytes()).expect("request")
 }
 
-fn run_gc(store: &MemKv, dp: &StandIn<'_>, valid: &[&str]) {
+fn run_gc(store: &MemKv, dp: &FakeDataplane, valid: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let req = gc_request(&dir.path().join("ipam.lock"), valid);
     let ctx = Context::new(&req).expect("context");
@@ -147,12 +112,9 @@ fn gc_releases_only_what_is_dead_and_ours() {
     let in_use = pod(&store, "net", "inuse", None);
     pod(&store, "net", "valid", Some("calivalid"));
     pod(&store, "other", "dead", Some("caliother"));
-    let dp = StandIn {
-        host_interfaces: vec!["calilive".into()],
-        in_use: vec![in_use],
-        meanwhile: Mutex::new(None),
-    };
+    let dp = kernel(&["calilive"], &[in_use]);
     run_gc(&store, &dp, &["valid"]);
+    assert!(only_read(&dp));
     assert!(!handle_exists(&store, "net.dead"), "dead: released");
     assert!(
         store.get(&wep_key("net-dead")).expect("get").is_none(),
@@ -170,15 +132,13 @@ fn gc_releases_only_what_is_dead_and_ours() {
 fn an_endpoint_taken_over_while_gc_judges_is_kept() {
     // A new sandbox of the same pod rewrites the endpoint record (same key) after GC listed
     // it: the old container's allocation goes, the record now belongs to the new one.
-    let store = store();
+    let store = Arc::new(store());
     let ip = pod(&store, "net", "old", Some("calipod"));
-    let dp = StandIn {
-        host_interfaces: vec![],
-        in_use: vec![],
-        meanwhile: Mutex::new(Some(Box::new(|| {
-            endpoint(&store, "net-old", "new", "calipod", ip)
-        }))),
-    };
+    let dp = kernel(&[], &[]);
+    let meanwhile = store.clone();
+    dp.on(Step::AddressesInUse, move || {
+        endpoint(&meanwhile, "net-old", "new", "calipod", ip)
+    });
     run_gc(&store, &dp, &[]);
     assert!(
         !handle_exists(&store, "net.old"),

@@ -1,0 +1,82 @@
+//! DEL without root, against the in-memory store and the fake kernel: it attempts the
+//! interface and the datastore state both, reports every failure, keeps what is not this
+//! container's, and can be repeated (the real kernel: tests/cni/lifecycle.rs).
+
+use crate::verbs::testing::{CONTAINER, POD_NETNS, Pod};
+use calico_dataplane::fake::Step;
+use calico_datastore::KvStore;
+use calico_datastore::model::keys;
+use cni_protocol::ErrorCode;
+
+fn wep_key() -> String {
+    keys::namespaced_resource("workloadendpoints", "default", "n1-k8s-pod0-eth0")
+}
+
+fn handle_exists(pod: &Pod) -> bool {
+    let key = keys::handle(&format!("net.{CONTAINER}"));
+    pod.store.get(&key).expect("get").is_some()
+}
+
+#[test]
+fn a_kernel_failure_still_releases_and_is_reported() {
+    let pod = Pod::new();
+    let before = pod.state();
+    pod.add().expect("added");
+    pod.dataplane.fail(Step::RemoveDetached);
+    let e = pod.del().expect_err("interface kept");
+    assert_eq!(e.code, ErrorCode::DATAPLANE, "{}", e.msg);
+    assert!(!handle_exists(&pod), "released all the same");
+    assert!(pod.store.get(&wep_key()).expect("get").is_none());
+    pod.dataplane.heal();
+    pod.del().expect("deleted");
+    pod.assert_left_as(&before);
+}
+
+#[test]
+fn both_failures_are_reported() {
+    let pod = Pod::new();
+    let before = pod.state();
+    pod.add().expect("added");
+    pod.dataplane.fail(Step::RemoveDetached);
+    pod.store.fail_next_txns(1);
+    let e = pod.del().expect_err("nothing done");
+    assert_eq!(
+        e.code,
+        ErrorCode::DATAPLANE,
+        "the kernel's first: {}",
+        e.msg
+    );
+    assert!(e.msg.contains("injected failure; and "), "{}", e.msg);
+    assert!(handle_exists(&pod));
+    pod.dataplane.heal();
+    pod.del().expect("deleted");
+    pod.assert_left_as(&before);
+}
+
+#[test]
+fn a_newer_sandboxs_record_is_kept() {
+    let pod = Pod::new();
+    pod.add().expect("added");
+    // A new sandbox of the same pod wrote the record (same key) meanwhile.
+    let mut wep = pod.store.get(&wep_key()).expect("get").expect("record");
+    let newer = String::from_utf8_lossy(&wep.value).replace(CONTAINER, "newer");
+    wep.value = newer.into_bytes();
+    pod.store.put(&wep.key, &wep.value);
+    pod.del().expect("deleted");
+    assert!(!handle_exists(&pod), "this container's allocation released");
+    let kept = pod.store.get(&wep_key()).expect("get").expect("kept");
+    assert!(String::from_utf8_lossy(&kept.value).contains("\"containerID\":\"newer\""));
+}
+
+#[test]
+fn a_namespace_gone_still_releases() {
+    let pod = Pod::new();
+    let before = pod.state();
+    pod.add().expect("added");
+    pod.dataplane.remove_netns(std::path::Path::new(POD_NETNS));
+    pod.del().expect("deleted");
+    assert!(!handle_exists(&pod));
+    assert!(pod.store.get(&wep_key()).expect("get").is_none());
+    pod.dataplane.add_netns(POD_NETNS);
+    pod.assert_left_as(&before);
+}
