@@ -1,0 +1,20 @@
+//! `calico-node`, the per-node agent: what Calico's `calico-node` does beside the CNI
+//! plugins on every node.
+//!
+//! - [`config`]: the settings read from the environment, under Calico's variable names;
+//! - [`startup`]: the one-shot start-up (Calico's `node/pkg/lifecycle/startup`): node name,
+//!   the Node resource, default pools, cluster information, the MTU file, tunnel addresses;
+//! - [`run`]: the long-lived daemon and the per-node services it gives the plugins;
+//! - [`health`]: the liveness and readiness probes.
+//!
+//! It sits above the library crates (datastore, ipam, dataplane, netfilter) and below only
+//! its own thin `main`. It must not import the plugins' crates: they talk to it over its
+//! socket, never by linking it.
+
+pub mod config;
+pub mod health;
+pub mod run;
+pub mod startup;
+
+/// The version `calico-node version` prints.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
