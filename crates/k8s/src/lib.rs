@@ -14,6 +14,9 @@
 //!   [`fetch_node`]).
 //! - Objects are requested as JSON and read into small structs of what Calico uses: the
 //!   typed `k8s-openapi` objects are not used ([`convert`]).
+//!
+//! Owns the reading of the Kubernetes API only; must not import the datastore, the dataplane
+//! or `cni-protocol`: the plugin turns what it returns into records and errors.
 
 pub mod config;
 pub mod convert;

@@ -11,6 +11,9 @@
 //! ```
 //! An empty selector selects everything. A missing label satisfies `!=` and `not in` and
 //! nothing else.
+//!
+//! Owns the language only (parsing and matching labels); must not import any other crate of
+//! this workspace: pools, policies and calicoctl bring the labels.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -9,6 +9,9 @@
 //!
 //! Tests start with [`require!`] so that they skip (or, in CI, fail) when not root or when a
 //! tool is missing.
+//!
+//! Owns fixtures only; no crate of the product may import it except as a dev-dependency, and
+//! it must not import the product's libraries (it runs their binaries as a runtime would).
 
 pub mod bins;
 pub mod cluster;
