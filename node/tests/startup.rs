@@ -320,6 +320,88 @@ fn tunnel_addresses_follow_the_pools() -> Result<()> {
     Ok(())
 }
 
+/// Two nodes starting at once on an empty datastore: both succeed, one set of pools and one
+/// ClusterInformation (create-if-absent; the loser keeps the winner's).
+#[test]
+fn two_start_ups_at_once() -> Result<()> {
+    require!(root; "etcd", "etcdctl", "ip");
+    let lab = Lab::new()?;
+    let mut runs = Vec::new();
+    for (name, ip) in [("node-1", "10.10.0.11/24"), ("node-2", "10.10.0.99/24")] {
+        let mut cmd = lab.node.command(env!("CARGO_BIN_EXE_calico-node"))?;
+        cmd.arg("startup")
+            .env_clear()
+            .env("ETCD_ENDPOINTS", format!("https://{ETCD_IP}:2379"))
+            .env("ETCD_CA_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-ca")
+            .env("ETCD_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-cert")
+            .env("ETCD_KEY_FILE", "/etc/cni/net.d/calico-tls/etcd-key")
+            .env("NODENAME", name)
+            .env("IP", ip)
+            .env("CALICO_VAR_LIB_DIR", format!("/var/lib/calico/{name}"))
+            .env("CALICO_IPV4POOL_CIDR", "10.244.0.0/16")
+            .stderr(std::process::Stdio::piped());
+        runs.push((name, cmd.spawn()?));
+    }
+    for (name, child) in runs {
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(lab.node_file(&format!("{name}/nodename"))?, name);
+    }
+    let pools = lab
+        .etcd
+        .get_prefix("/calico/resources/v3/projectcalico.org/ippools/")?;
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    for name in ["node-1", "node-2"] {
+        assert!(
+            lab.etcd
+                .get(&format!(
+                    "/calico/resources/v3/projectcalico.org/nodes/{name}"
+                ))?
+                .is_some()
+        );
+    }
+    Ok(())
+}
+
+/// On a plain etcd (loopback, so in the test's own namespace, where detection only reads):
+/// `CALICO_VAR_LIB_DIR` moves both files, `IP` as a CIDR is used verbatim.
+#[test]
+fn plain_etcd_and_the_files_moved() -> Result<()> {
+    require!(root; "etcd");
+    let etcd = Etcd::start()?;
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_calico-node"))
+        .arg("startup")
+        .env_clear()
+        .env("ETCD_ENDPOINTS", etcd.endpoints())
+        .env("NODENAME", "plain-1")
+        .env("IP", "10.99.0.1/24")
+        .env("CALICO_VAR_LIB_DIR", dir.path())
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "{log}");
+    assert!(
+        log.contains("unable to confirm IPv4 address 10.99.0.1/24"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("nodename"))?,
+        "plain-1"
+    );
+    assert!(dir.path().join("mtu").is_file());
+    let node: Value = serde_json::from_str(
+        &etcd
+            .get("/calico/resources/v3/projectcalico.org/nodes/plain-1")?
+            .context("the Node")?,
+    )?;
+    assert_eq!(node["spec"]["bgp"]["ipv4Address"], "10.99.0.1/24");
+    Ok(())
+}
+
 /// A malformed value: one line naming the variable, exit 1, before any datastore is used.
 #[test]
 fn a_bad_value_is_one_line_naming_the_variable() {
