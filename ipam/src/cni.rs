@@ -376,6 +376,7 @@ pub fn allocate_detailed(
             .clone()
             .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
         namespace_labels: ov.namespace_labels.clone(),
+        intended_use: crate::pools::PoolUse::Workload,
     };
 
     let mut host_routes = true;

@@ -30,6 +30,8 @@ pub struct Pool {
     pub disabled: bool,
     pub automatic: bool,
     pub allows_workloads: bool,
+    /// `allowedUses` holds `Tunnel` (the nodes' IPIP/VXLAN tunnel addresses).
+    pub allows_tunnel: bool,
     pub node_selector: Selector,
     pub namespace_selector: Selector,
 }
@@ -66,6 +68,7 @@ impl Pool {
             disabled: spec.disabled,
             automatic: spec.assignment_mode.as_deref() != Some("Manual"),
             allows_workloads: spec.allowed_uses.iter().any(|u| u == "Workload"),
+            allows_tunnel: spec.allowed_uses.iter().any(|u| u == "Tunnel"),
             node_selector: Selector::parse(&spec.node_selector).ok()?,
             namespace_selector: Selector::parse(&spec.namespace_selector).ok()?,
         })
@@ -137,13 +140,65 @@ fn spread(seed: u32) -> u128 {
     (u128::from(a) << 64) | u128::from(b)
 }
 
-/// Chooses the pools for one family.
+/// What an allocation is for: a pool serves it only if its `allowedUses` lists it (Go's
+/// `IPPoolAllowedUse`, `filterPoolsByUse`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PoolUse {
+    /// A pod's address.
+    #[default]
+    Workload,
+    /// A node's IPIP or VXLAN tunnel address (calico-node's `allocateip`).
+    Tunnel,
+}
+
+impl PoolUse {
+    /// Calico's name of the use, as `allowedUses` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolUse::Workload => "Workload",
+            PoolUse::Tunnel => "Tunnel",
+        }
+    }
+
+    /// Whether `pool` may serve this use.
+    pub fn allowed_by(self, pool: &Pool) -> bool {
+        match self {
+            PoolUse::Workload => pool.allows_workloads,
+            PoolUse::Tunnel => pool.allows_tunnel,
+        }
+    }
+}
+
+/// Chooses the pools for one family, for pods' addresses ([`choose_for`] with
+/// [`PoolUse::Workload`]).
+pub fn choose<'p>(
+    pools: &'p [Pool],
+    requested: &[String],
+    v4: bool,
+    node: &str,
+    node_labels: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Result<Vec<&'p Pool>, IpamError> {
+    choose_for(
+        PoolUse::Workload,
+        pools,
+        requested,
+        v4,
+        node,
+        node_labels,
+        namespace_labels,
+    )
+}
+
+/// Chooses the pools for one family and one use.
 ///
 /// Requested pools (names or CIDRs, from the config or annotations) are used as given, in
 /// the order given, selectors ignored, but they must exist, be enabled and allow workloads.
 /// Otherwise every enabled `Automatic` pool of the family whose node selector matches the
-/// node's labels and whose namespace selector matches the namespace's, in name order.
-pub fn choose<'p>(
+/// node's labels and whose namespace selector matches the namespace's, in name order. Either
+/// way a pool must allow the use.
+pub fn choose_for<'p>(
+    usage: PoolUse,
     pools: &'p [Pool],
     requested: &[String],
     v4: bool,
@@ -171,10 +226,10 @@ pub fn choose<'p>(
                     reason: format!("is not an {family} pool"),
                 });
             }
-            if !p.allows_workloads {
+            if !usage.allowed_by(p) {
                 return Err(IpamError::PoolNotUsable {
                     pool: want.clone(),
-                    reason: "does not allow Workload use".into(),
+                    reason: format!("does not allow {} use", usage.name()),
                 });
             }
             out.push(p);
@@ -183,7 +238,7 @@ pub fn choose<'p>(
     }
     let chosen: Vec<&Pool> = pools
         .iter()
-        .filter(|p| p.is_v4() == v4 && !p.disabled && p.automatic && p.allows_workloads)
+        .filter(|p| p.is_v4() == v4 && !p.disabled && p.automatic && usage.allowed_by(p))
         .filter(|p| p.node_selector.matches(node_labels))
         .filter(|p| p.namespace_selector.matches(namespace_labels))
         .collect();
@@ -302,6 +357,42 @@ mod tests {
             let e = choose(&pools, &[bad.into()], true, "n", &none, &none).expect_err(bad);
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
+    }
+
+    /// Mirrors ipam.go `filterPoolsByUse`: a tunnel address comes only from pools whose
+    /// `allowedUses` lists `Tunnel`, requested or chosen.
+    #[test]
+    fn tunnel_use_needs_pools_that_allow_it() {
+        let pools = vec![
+            pool("both", |_| {}, "10.1.0.0/16"),
+            pool(
+                "pods",
+                |s| s.allowed_uses = vec!["Workload".into()],
+                "10.2.0.0/16",
+            ),
+            pool(
+                "tunnels",
+                |s| s.allowed_uses = vec!["Tunnel".into()],
+                "10.3.0.0/16",
+            ),
+        ];
+        let none = BTreeMap::new();
+        let names = |ps: Vec<&Pool>| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        let got = choose_for(PoolUse::Tunnel, &pools, &[], true, "n", &none, &none);
+        assert_eq!(names(got.expect("pools")), ["both", "tunnels"]);
+        let e = choose_for(
+            PoolUse::Tunnel,
+            &pools,
+            &["pods".into()],
+            true,
+            "n",
+            &none,
+            &none,
+        )
+        .expect_err("not for tunnels");
+        assert!(e.to_string().contains("does not allow Tunnel use"), "{e}");
+        let got = choose(&pools, &[], true, "n", &none, &none).expect("pools");
+        assert_eq!(names(got), ["both", "pods"]);
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //!
 //! - [`config`]: the settings read from the environment, under Calico's variable names;
 //! - [`startup`]: the one-shot start-up (Calico's `node/pkg/lifecycle/startup`): node name,
-//!   the Node resource, default pools, cluster information, the MTU file, tunnel addresses;
+//!   the Node resource, default pools, cluster information, tunnel addresses, the MTU and
+//!   nodename files; its own settings module reads the variables it needs;
 //! - [`run`]: the long-lived daemon and the per-node services it gives the plugins;
 //! - [`health`]: the liveness and readiness probes.
 //!
-//! It sits above the library crates (datastore, ipam, dataplane, netfilter) and below only
+//! It sits above the library crates (datastore, ipam, selector, dataplane, netfilter) and below only
 //! its own thin `main`. It must not import the plugins' crates: they talk to it over its
 //! socket, never by linking it.
 

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let outcome = match args.as_slice() {
-        ["startup"] | ["-startup"] => calico_node::startup::run(&ProcessEnv),
+        ["startup"] | ["-startup"] => calico_node::startup::run(&ProcessEnv).map_err(Into::into),
         ["run"] | ["-run"] => calico_node::run::run(&ProcessEnv),
         ["health", probe] | ["-health", probe] => match *probe {
             "--live" | "-live" | "-felix-live" => {

@@ -1,6 +1,7 @@
 //! Links, addresses and routes over rtnetlink: `netlink-packet-route` messages on
 //! [`calico_netlink::Socket`], one socket per network namespace, with the few operations the
-//! plugins need, and the route lookup (`ip route get`) portmap needs.
+//! plugins need, the route lookup (`ip route get`) portmap needs, and every interface with
+//! all its addresses (calico-node's address detection).
 
 use crate::error::DataplaneError;
 use crate::netns;
@@ -507,6 +508,82 @@ impl Netlink {
             Err(e) if e.is(&[Errno::ENETUNREACH, Errno::EHOSTUNREACH]) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A link with every address on it, as host address detection needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub index: u32,
+    pub name: String,
+    pub mtu: Option<u32>,
+    /// Operationally up (`IFF_RUNNING`), not only set up by the administrator.
+    pub running: bool,
+    /// Every address of every scope (link-locals included), with its prefix length, in the
+    /// kernel's dump order.
+    pub addresses: Vec<IpNet>,
+}
+
+impl Netlink {
+    /// Every link with all its addresses: one dump of links and one of addresses.
+    pub fn interfaces(&self) -> Result<Vec<Interface>, DataplaneError> {
+        let links = self
+            .request(
+                "dump links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| failed("dump links", e))?;
+        let addresses = self
+            .request(
+                "dump addresses",
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| failed("dump addresses", e))?;
+        let mut out: Vec<Interface> = links
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(m) => {
+                    let l = link_of(m);
+                    Some(Interface {
+                        index: l.index,
+                        name: l.name,
+                        mtu: l.mtu,
+                        running: m.header.flags.contains(LinkFlags::Running),
+                        addresses: Vec::new(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        for r in &addresses {
+            let RouteNetlinkMessage::NewAddress(m) = r else {
+                continue;
+            };
+            // The local address where there is one (a point-to-point link's `IFA_ADDRESS` is
+            // the peer's), as Go's netlink reads it.
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            }) else {
+                continue;
+            };
+            let (Ok(net), Some(iface)) = (
+                IpNet::new(ip, m.header.prefix_len),
+                out.iter_mut().find(|i| i.index == m.header.index),
+            ) else {
+                continue;
+            };
+            iface.addresses.push(net);
+        }
+        Ok(out)
     }
 }
 

@@ -53,6 +53,17 @@ impl Cluster {
     /// (`node-1`, `node-2`, ...) and registered as Calico Nodes, with our plugins on the CNI
     /// path (plus `extra_reference` reference plugins).
     pub fn start(nodes: usize, extra_reference: &[&str]) -> Result<Cluster> {
+        let cluster = Self::start_bare(nodes, extra_reference)?;
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            node.write_nodename(&format!("node-{}", i + 1))?;
+            cluster.register_node(&format!("node-{}", i + 1), node.underlay_ip())?;
+        }
+        Ok(cluster)
+    }
+
+    /// As [`Cluster::start`], but the nodes are neither named nor registered: what
+    /// `calico-node startup` does on each of them.
+    pub fn start_bare(nodes: usize, extra_reference: &[&str]) -> Result<Cluster> {
         let underlay = Underlay::new()?;
         let etcd_ns = underlay.attach("etcd", ETCD_IP)?;
         let etcd = Etcd::builder()
@@ -77,14 +88,12 @@ impl Cluster {
         for i in 0..nodes {
             let ip = Ipv4Addr::new(10, 10, 0, 11 + u8::try_from(i)?);
             let node = SimNode::new(&cluster.underlay, &format!("n{}", i + 1), ip)?;
-            node.write_nodename(&format!("node-{}", i + 1))?;
             let tls = node.conf_dir().join("calico-tls");
             std::fs::create_dir_all(&tls)?;
             let pki = cluster.etcd.pki().context("TLS etcd has a PKI")?;
             std::fs::copy(pki.ca_path(), tls.join("etcd-ca"))?;
             std::fs::copy(pki.client_cert_path(), tls.join("etcd-cert"))?;
             std::fs::copy(pki.client_key_path(), tls.join("etcd-key"))?;
-            cluster.register_node(&format!("node-{}", i + 1), ip)?;
             cluster.nodes.push(node);
         }
         Ok(cluster)

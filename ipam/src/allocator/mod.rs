@@ -53,6 +53,8 @@ pub struct AssignRequest {
     pub v6_pools: Vec<String>,
     /// Labels of the pod's namespace, for pools with a `namespaceSelector` (empty if unknown).
     pub namespace_labels: BTreeMap<String, String>,
+    /// What the addresses are for (Go's `IntendedUse`): pools must allow it.
+    pub intended_use: crate::pools::PoolUse,
 }
 
 /// The addresses assigned, each with its block's mask (`10.244.1.5/26`).

@@ -402,7 +402,8 @@ impl<'a, 's> Plan<'a, 's> {
             return Err(IpamError::NodeNotFound { node });
         }
         let requested = if v4 { &req.v4_pools } else { &req.v6_pools };
-        let chosen = pools::choose(
+        let chosen = pools::choose_for(
+            req.intended_use,
             &snap.pools,
             requested,
             v4,

@@ -1,4 +1,5 @@
-//! The main job's demo: a two-node Calico cluster in network namespaces, pods made by the
+//! The main job's demo: a two-node Calico cluster in network namespaces, `calico-node
+//! startup` on each node (Node, default pools, nodename and MTU files), pods made by the
 //! seed conflist through libcni, traffic between them, and a summary. Everything it creates
 //! is removed when it ends (fixtures drop), also on failure.
 
@@ -50,6 +51,28 @@ fn calicoctl(c: &Cluster, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `calico-node startup` on node `i` (named `node-<i+1>`), against the cluster's etcd with
+/// the node's TLS files; its log.
+fn calico_node_startup(c: &Cluster, i: usize, vars: &[(&str, &str)]) -> Result<String> {
+    let bin = testkit::bins::built("calico-node")?;
+    let out = c
+        .node(i)
+        .command(&bin)?
+        .arg("startup")
+        .env("NODENAME", format!("node-{}", i + 1))
+        .env("ETCD_ENDPOINTS", "https://10.10.0.174:2379")
+        .env("ETCD_CA_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-ca")
+        .env("ETCD_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-cert")
+        .env("ETCD_KEY_FILE", "/etc/cni/net.d/calico-tls/etcd-key")
+        .envs(vars.iter().copied())
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("calico-node startup on node-{}: {log}", i + 1);
+    }
+    Ok(log)
 }
 
 fn ping(from: &NetNs, to: &str) -> bool {
@@ -146,7 +169,7 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
     heading(
         "A two-node cluster: underlay 10.10.0.0/24, etcd with mutual TLS at https://10.10.0.174:2379",
     );
-    let c = Cluster::start(2, &[])?;
+    let c = Cluster::start_bare(2, &[])?;
     for (i, n) in c.nodes.iter().enumerate() {
         println!(
             "   node-{} : namespace {}, underlay {}",
@@ -157,18 +180,35 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
     }
 
     step(interrupted)?;
-    heading("IP pools (calicoctl apply -f -)");
-    let pools = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.244.0.0/16\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv6-ippool\nspec:\n  cidr: fd00:10:244::/48\n";
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("pools.yaml"), pools)?;
-    indent(&calicoctl(
-        &c,
-        &[
-            "apply",
-            "-f",
-            &dir.path().join("pools.yaml").display().to_string(),
-        ],
-    )?);
+    heading(
+        "calico-node startup on each node (Node, default pools, cluster information, nodename and MTU files)",
+    );
+    let startup_vars = [
+        ("CALICO_IPV4POOL_CIDR", "10.244.0.0/16"),
+        ("CALICO_IPV6POOL_CIDR", "fd00:10:244::/48"),
+        ("IP6", "autodetect"),
+    ];
+    for i in 0..2 {
+        println!("   node-{}: calico-node startup", i + 1);
+        indent(&calico_node_startup(&c, i, &startup_vars)?);
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        let read = |f: &str| std::fs::read_to_string(n.calico_lib_dir().join(f));
+        println!(
+            "   node-{}: /var/lib/calico/nodename = {:?}, /var/lib/calico/mtu = {:?}",
+            i + 1,
+            read("nodename")?,
+            read("mtu")?
+        );
+    }
+    println!("   node-1 again (a rerun changes nothing):");
+    indent(
+        calico_node_startup(&c, 0, &startup_vars)?
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    );
+    indent(&calicoctl(&c, &["get", "nodes", "-o", "wide"])?);
     indent(&calicoctl(&c, &["get", "ippool", "-o", "wide"])?);
 
     step(interrupted)?;
