@@ -37,7 +37,7 @@ fn create_configure_inspect_remove() {
         "fd00:10:244::5/122".parse().unwrap(),
     ];
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         let links = dp.create(&s).unwrap();
         dp.configure(&s, &links, &addrs).unwrap();
         // Configuring again (a retried ADD, or Felix's identical routes) is fine.
@@ -105,7 +105,7 @@ fn create_configure_inspect_remove() {
     assert!(ll.contains("fe80::ecee:eeff:feee:eeee"), "{ll}");
 
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         dp.remove(Some(&s.netns), "eth0").unwrap();
         // Idempotent, also without a namespace.
         dp.remove(Some(&s.netns), "eth0").unwrap();
@@ -129,7 +129,7 @@ fn a_conflicting_host_route_names_both_interfaces_and_a_missing_netns_is_reporte
     };
     let addrs: Vec<IpNet> = vec!["10.244.1.9/26".parse().unwrap()];
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         let links = dp.create(&s).unwrap();
         let e = dp.configure(&s, &links, &addrs).unwrap_err().to_string();
         assert!(e.contains("other0") && e.contains("calitest0000001"), "{e}");
@@ -174,7 +174,7 @@ fn a_late_deletion_takes_only_the_interface_it_was_given() {
     };
     use calico_dataplane::reaper::Reaped;
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         dp.create(&old).unwrap();
         let late = job_for(&old_pod);
         // The new sandbox's ADD replaces the stale host end (Calico does the same).
@@ -228,7 +228,7 @@ fn custom_pod_routes_replace_the_defaults() {
     };
     let addrs: Vec<IpNet> = vec!["10.85.0.7/24".parse().unwrap()];
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         let links = dp.create(&s).unwrap();
         dp.configure(&s, &links, &addrs).unwrap();
     })
@@ -250,12 +250,8 @@ fn custom_pod_routes_replace_the_defaults() {
         !v6.contains("fd00:96::"),
         "no IPv6 route in an IPv4 pod: {v6}"
     );
-    node.within(|| {
-        LinuxDataplane::default()
-            .remove(Some(&s.netns), "eth0")
-            .unwrap()
-    })
-    .unwrap();
+    node.within(|| LinuxDataplane.remove(Some(&s.netns), "eth0").unwrap())
+        .unwrap();
 }
 
 /// Mirrors dataplane_linux.go `DoWorkloadNetnsSetUp` (`NumTxQueues`/`NumRxQueues` on the veth,
@@ -271,18 +267,13 @@ fn both_ends_get_the_queues_asked_for() {
             num_queues: queues,
             ..spec(&pod, &host_if)
         };
-        node.within(|| LinuxDataplane::default().create(&s).unwrap())
-            .unwrap();
+        node.within(|| LinuxDataplane.create(&s).unwrap()).unwrap();
         let want = format!("numtxqueues {queues} numrxqueues {queues} ");
         let host = node.sh(&format!("ip -d link show {host_if}")).unwrap();
         assert!(host.contains(&want), "host end: {host}");
         let inside = pod.sh("ip -d link show eth0").unwrap();
         assert!(inside.contains(&want), "pod end: {inside}");
-        node.within(|| {
-            LinuxDataplane::default()
-                .remove(Some(&s.netns), "eth0")
-                .unwrap()
-        })
-        .unwrap();
+        node.within(|| LinuxDataplane.remove(Some(&s.netns), "eth0").unwrap())
+            .unwrap();
     }
 }
