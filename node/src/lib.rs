@@ -4,8 +4,11 @@
 //! - [`config`]: the settings read from the environment, under Calico's variable names;
 //! - [`startup`]: the one-shot start-up (Calico's `node/pkg/lifecycle/startup`): node name,
 //!   the Node resource, default pools, cluster information, the MTU file, tunnel addresses;
-//! - [`run`]: the long-lived daemon and the per-node services it gives the plugins;
-//! - [`health`]: the liveness and readiness probes.
+//! - [`run`]: the long-lived daemon and the per-node services it gives the plugins over its
+//!   socket (`calico-agent-protocol`): etcd on the node's one connection, deferred kernel
+//!   work, metrics;
+//! - [`health`]: the liveness and readiness probes, answered by the daemon;
+//! - [`logging`]: stderr, at `CALICO_LOG_LEVEL` / `LOG_LEVEL`.
 //!
 //! It sits above the library crates (datastore, ipam, dataplane, netfilter) and below only
 //! its own thin `main`. It must not import the plugins' crates: they talk to it over its
@@ -13,6 +16,7 @@
 
 pub mod config;
 pub mod health;
+pub mod logging;
 pub mod run;
 pub mod startup;
 

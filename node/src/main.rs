@@ -10,6 +10,10 @@ const USAGE: &str = "usage: calico-node startup | run | health --live|--ready | 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(e) = calico_node::logging::init(&ProcessEnv) {
+        eprintln!("calico-node: {e}");
+        return ExitCode::FAILURE;
+    }
     let outcome = match args.as_slice() {
         ["startup"] | ["-startup"] => calico_node::startup::run(&ProcessEnv),
         ["run"] | ["-run"] => calico_node::run::run(&ProcessEnv),

@@ -66,7 +66,8 @@ pub enum CallError {
 pub struct Connection {
     stream: UnixStream,
     incoming: Incoming,
-    pub hello: Hello,
+    /// The agent's version.
+    pub agent: String,
 }
 
 impl Connection {
@@ -111,14 +112,15 @@ impl Connection {
         let mut c = Connection {
             stream,
             incoming: Incoming::default(),
-            hello: Hello {
-                agent: String::new(),
-            },
+            agent: String::new(),
         };
         let frame = c
             .read_frame(greeting)
             .map_err(|e| format!("no greeting: {e}"))?;
-        c.hello = frame.decode().map_err(|e| format!("greeting: {e}"))?;
+        match frame.decode().map_err(|e| format!("greeting: {e}"))? {
+            Hello::Welcome { agent } => c.agent = agent,
+            Hello::Refused(why) => return Err(format!("refused: {why}")),
+        }
         Ok(c)
     }
 

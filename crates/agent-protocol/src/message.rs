@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 /// Sent by the agent as soon as it accepts a connection: a plugin that does not get it
 /// within [`crate::client::GREETING_WAIT`] treats the agent as absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The agent's version (`calico-node version`), for logs.
-    pub agent: String,
+pub enum Hello {
+    /// Served; the agent's version (`calico-node version`), for logs.
+    Welcome { agent: String },
+    /// Not served (a caller that is not root); the agent closes the connection.
+    Refused(String),
 }
 
 /// A SHA-256 digest.
