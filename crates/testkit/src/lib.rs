@@ -1,5 +1,6 @@
 //! Fixtures for integration tests against real components: Debian's `etcd`, real network
-//! namespaces, simulated nodes on a simulated underlay, and this workspace's built binaries.
+//! namespaces, simulated nodes on a simulated underlay, this workspace's built binaries, and
+//! `calico-node run` on a node ([`Agent`]).
 //!
 //! Rules every fixture follows:
 //! - it removes what it created when dropped, also while a test panics (drop runs during
@@ -10,6 +11,7 @@
 //! Tests start with [`require!`] so that they skip (or, in CI, fail) when not root or when a
 //! tool is missing.
 
+pub mod agent;
 pub mod bins;
 pub mod cluster;
 pub mod dns;
@@ -24,6 +26,7 @@ pub mod process;
 pub mod tls;
 pub mod underlay;
 
+pub use agent::Agent;
 pub use bins::CniPathDir;
 pub use cluster::Cluster;
 pub use dns::DnsStandIn;
