@@ -17,7 +17,10 @@ fn cluster() -> Cluster {
     // calico-ipam under another name, so calico runs it as a delegated IPAM plugin (it
     // does Calico IPAM in-process when the type is `calico-ipam`).
     c.cni_path
-        .add("calico-ipam-bin", &testkit::bins::built("calico-ipam").unwrap())
+        .add(
+            "calico-ipam-bin",
+            &testkit::bins::built("calico-ipam").unwrap(),
+        )
         .unwrap();
     c.add_pool("default-ipv4-ippool", "10.244.0.0/16", Some(26))
         .unwrap();
@@ -97,7 +100,10 @@ fn plugin_processes(netns: &Path) -> Vec<String> {
         })
         .map(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            format!("{pid}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+            format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            )
         })
         .collect()
 }
@@ -171,7 +177,10 @@ fn plugins_use_the_agent_and_leave_no_process() {
     // portmap's ADD and DEL handed their sockets (and UDP flushes) over, calico's two DELs
     // their veths; the agent did the work.
     let netfilter = ["service=\"netfilter\"", "outcome=\"accepted\""];
-    assert_eq!(metric(&agent, "calico_node_requests_total", &netfilter), 2.0);
+    assert_eq!(
+        metric(&agent, "calico_node_requests_total", &netfilter),
+        2.0
+    );
     let link = ["service=\"link\"", "outcome=\"accepted\""];
     assert_eq!(metric(&agent, "calico_node_requests_total", &link), 2.0);
     wait_metric(
@@ -200,7 +209,10 @@ fn plugins_use_the_agent_and_leave_no_process() {
         &["kind=\"close\""],
         1.0,
     );
-    assert_eq!(metric(&agent, "calico_node_netfilter_sockets_held", &[]), 0.0);
+    assert_eq!(
+        metric(&agent, "calico_node_netfilter_sockets_held", &[]),
+        0.0
+    );
 }
 
 /// A copy of the node's TLS files at another path, with the seed conflist pointing there.
@@ -418,7 +430,11 @@ fn a_caller_that_is_not_root_is_refused() {
     let c = cluster();
     let agent = Agent::on_node(&c, 0).unwrap();
     const NOBODY: u32 = 65534;
-    let mode = std::fs::metadata(agent.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(agent.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     // The file's mode keeps others out.
     let out = health_as(&c, NOBODY);
@@ -462,7 +478,9 @@ fn health_answers_from_the_daemon_and_sigterm_finishes_the_work_taken() {
     assert!(probe("--live").status.success());
     // Ready once etcd has answered (the agent checks it at start).
     assert!(
-        eventually(Duration::from_secs(10), || probe("--ready").status.success()),
+        eventually(Duration::from_secs(10), || probe("--ready")
+            .status
+            .success()),
         "{:?}",
         probe("--ready")
     );

@@ -41,7 +41,9 @@ impl Agent {
     /// As [`Agent::on_node`], with more (or other) environment.
     pub fn on_node_with(cluster: &Cluster, i: usize, env: &[(&str, &str)]) -> Result<Agent> {
         let node = &cluster.nodes[i];
-        let dir = tempfile::Builder::new().prefix("testkit-agent.").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-agent.")
+            .tempdir()?;
         let log = dir.path().join("calico-node.log");
         let tls = "/etc/cni/net.d/calico-tls";
         let out = std::fs::File::create(&log)?;
@@ -166,7 +168,10 @@ mod tests {
             super::sum(text, "calico_node_requests_total", &["outcome=\"ok\""]),
             3.0
         );
-        assert_eq!(super::sum(text, "calico_node_deferred_work_pending", &[]), 0.0);
+        assert_eq!(
+            super::sum(text, "calico_node_deferred_work_pending", &[]),
+            0.0
+        );
         assert_eq!(super::sum(text, "missing", &[]), 0.0);
     }
 }
