@@ -4,6 +4,9 @@
 //! stale socket replaced, a caller that is not root refused, SIGTERM finishing the work
 //! accepted, and no plugin call leaving a process behind, with and without the agent.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use serde_json::{Value, json};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

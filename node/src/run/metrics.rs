@@ -77,6 +77,12 @@ pub struct Metrics {
     cpu_seconds: Counter<f64, AtomicU64>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("calico_node");
