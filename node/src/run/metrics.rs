@@ -180,6 +180,8 @@ impl Metrics {
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait a little rather than spin on it.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let metrics = metrics.clone();

@@ -163,7 +163,11 @@ async fn accept_until_signalled(
                 Ok((stream, _)) => {
                     tokio::spawn(server::connection(stream, shared.clone()));
                 }
-                Err(e) => log::warn!("accept: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin on it.
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
