@@ -8,7 +8,7 @@ use crate::error::IpamError;
 use crate::kubevirt::{self, PodKind};
 use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
 use calico_datastore::model::keys;
-use calico_datastore::{Etcd, KvStore, StoreError};
+use calico_datastore::{KvStore, PluginStore, StoreError};
 use calico_netconf::NetConf;
 use cni_protocol::{CniError, CniResult, ErrorCode, IpConfig, Request, Route};
 use ipnet::IpNet;
@@ -104,8 +104,10 @@ fn machine_hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok()
 }
 
-/// Connects to etcd per the config; Calico's Kubernetes datastore is not supported.
-pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
+/// The datastore per the config: through the node agent's etcd connection when it serves
+/// the same etcd, else a connection of the call's own (see calico-datastore's `agent`).
+/// Calico's Kubernetes datastore is not supported.
+pub fn connect(conf: &NetConf) -> Result<PluginStore, CniError> {
     match conf.datastore_type(|k| std::env::var(k).ok()).as_str() {
         "etcdv3" => {}
         other => {
@@ -117,7 +119,7 @@ pub fn connect(conf: &NetConf) -> Result<Etcd, CniError> {
     }
     let settings = conf.etcd(|k| std::env::var(k).ok());
     calico_netconf::check_etcd(&settings)?;
-    Etcd::connect(&settings).map_err(store_error)
+    PluginStore::connect(&settings).map_err(store_error)
 }
 
 /// Datastore failures as CNI errors: unreachable is "try again later" (code 11).

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 struct CalicoIpam;
 
 /// The config, the node's name and a datastore connection: what every verb starts from.
-fn setup(req: &Request) -> Result<(NetConf, String, calico_datastore::Etcd), CniError> {
+fn setup(req: &Request) -> Result<(NetConf, String, calico_datastore::PluginStore), CniError> {
     let started = std::time::Instant::now();
     let conf = NetConf::from_request(req)?;
     let node = cni::node_name(&conf)?;
@@ -59,7 +59,7 @@ impl Plugin for CalicoIpam {
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let (conf, node, store) = setup(req)?;
         let in_use = || {
-            calico_dataplane::LinuxDataplane::default()
+            calico_dataplane::LinuxDataplane
                 .addresses_in_use()
                 .map_err(|e| e.to_string())
         };
@@ -76,6 +76,5 @@ impl Plugin for CalicoIpam {
 }
 
 fn main() -> ExitCode {
-    // Also the node's keeper of warm etcd connections (see calico_datastore::keeper).
-    cni_protocol::run_with_helpers(&CalicoIpam, &[calico_datastore::keeper::run_if_requested])
+    cni_protocol::run(&CalicoIpam)
 }

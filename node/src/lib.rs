@@ -5,8 +5,11 @@
 //! - [`startup`]: the one-shot start-up (Calico's `node/pkg/lifecycle/startup`): node name,
 //!   the Node resource, default pools, cluster information, tunnel addresses, the MTU and
 //!   nodename files; its own settings module reads the variables it needs;
-//! - [`run`]: the long-lived daemon and the per-node services it gives the plugins;
-//! - [`health`]: the liveness and readiness probes.
+//! - [`run`]: the long-lived daemon and the per-node services it gives the plugins over its
+//!   socket (`calico-agent-protocol`): etcd on the node's one connection, deferred kernel
+//!   work, metrics;
+//! - [`health`]: the liveness and readiness probes, answered by the daemon;
+//! - [`logging`]: stderr, at `CALICO_LOG_LEVEL` / `LOG_LEVEL`.
 //!
 //! It sits above the library crates (datastore, ipam, selector, dataplane, netfilter) and below only
 //! its own thin `main`. It must not import the plugins' crates: they talk to it over its
@@ -14,6 +17,7 @@
 
 pub mod config;
 pub mod health;
+pub mod logging;
 pub mod run;
 pub mod startup;
 

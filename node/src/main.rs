@@ -10,6 +10,16 @@ const USAGE: &str = "usage: calico-node startup | run | health --live|--ready | 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `startup` logs at its own variable's level (it installs the logger itself).
+    if !matches!(args.as_slice(), ["startup"] | ["-startup"]) {
+        match calico_node::logging::level(&ProcessEnv) {
+            Ok(level) => calico_node::logging::init(level),
+            Err(e) => {
+                eprintln!("calico-node: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let outcome = match args.as_slice() {
         ["startup"] | ["-startup"] => calico_node::startup::run(&ProcessEnv).map_err(Into::into),
         ["run"] | ["-run"] => calico_node::run::run(&ProcessEnv),

@@ -28,5 +28,5 @@ pub use env::{Command, Environment};
 pub use error::{CniError, ErrorCode};
 pub use request::{Attachment, Request};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
-pub use skel::{Plugin, run, run_with_helpers};
+pub use skel::{Plugin, run};
 pub use version::CniVersion;

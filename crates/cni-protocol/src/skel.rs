@@ -1,5 +1,6 @@
-//! The plugin skeleton: reads the call, dispatches the verb, prints the answer (unless the
-//! process was started as one of the binary's helpers, see [`run_with_helpers`]).
+//! The plugin skeleton: reads the call, dispatches the verb, prints the answer. A plugin
+//! process is only ever a plugin: it starts no process that outlives it (work it need not
+//! wait for goes to the node agent, `calico-node run`, or is done before it answers).
 //!
 //! Output rules: an ADD result or a VERSION answer on stdout, or an error object with exit
 //! status 1; nothing else ever goes to stdout.
@@ -69,17 +70,6 @@ impl Outcome {
             exit_code: 1,
         }
     }
-}
-
-/// Entry point for a plugin binary whose executable is also started as helper processes
-/// (detached workers a call hands work to: they outlive it). Each of `helpers`, in order,
-/// runs this process as its helper and returns true if it was started as one; then the
-/// process exits, else it is the plugin.
-pub fn run_with_helpers(plugin: &impl Plugin, helpers: &[fn() -> bool]) -> ExitCode {
-    if helpers.iter().any(|run_if_requested| run_if_requested()) {
-        return ExitCode::SUCCESS;
-    }
-    run(plugin)
 }
 
 /// Entry point for a plugin binary's `main`.
@@ -348,27 +338,5 @@ mod tests {
         let out = o.stdout.expect("err");
         assert_eq!(out["code"], 100);
         assert!(out["msg"].as_str().expect("msg").contains("boom"));
-    }
-
-    #[test]
-    fn a_helper_started_runs_instead_of_the_plugin() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static ASKED: AtomicUsize = AtomicUsize::new(0);
-        fn not_this_one() -> bool {
-            ASKED.fetch_add(1, Ordering::SeqCst);
-            false
-        }
-        fn this_one() -> bool {
-            ASKED.fetch_add(10, Ordering::SeqCst);
-            true
-        }
-        fn never() -> bool {
-            ASKED.fetch_add(100, Ordering::SeqCst);
-            true
-        }
-        // The plugin would read stdin; the helper ran instead and nothing after it.
-        let code = run_with_helpers(&Unbuilt, &[not_this_one, this_one, never]);
-        assert_eq!(code, ExitCode::SUCCESS);
-        assert_eq!(ASKED.load(Ordering::SeqCst), 11);
     }
 }

@@ -8,13 +8,15 @@
 //! - [`forwarding`]: a namespace's forwarding setting, asked over netlink;
 //! - [`sysctl`]: settings under `/proc/sys/net`;
 //! - [`workload`]: Calico's wiring of a pod;
-//! - [`reaper`]: the detached deletion of a pod's interface that DEL hands over;
+//! - [`link_removal`]: the deletion of a pod's interface by index that DEL hands to the node
+//!   agent (`calico-node run`), or does itself without one;
 //! - [`fake`]: the kernel in memory, for tests of the logic above without root.
 //!
-//! Imports point one way: `workload` → `reaper` → `netlink`, `netns`; `fake` implements
+//! Imports point one way: `workload` → `link_removal` → `netlink`, `netns`; `fake` implements
 //! `workload`'s trait; nothing else imports `workload`. The crate must not import
 //! `calico-netconf`, `cni-protocol` or the datastore: it knows interfaces, addresses and
-//! routes, not CNI or Calico's resources.
+//! routes, not CNI or Calico's resources. Of the workspace it imports only `calico-netlink`
+//! and `calico-agent-protocol` (to hand work to the agent).
 //!
 //! Everything created is recognisable: host ends are named `cali…`, routes carry protocol
 //! [`netlink::ROUTE_PROTOCOL`].
@@ -22,9 +24,9 @@
 pub mod error;
 pub mod fake;
 pub mod forwarding;
+pub mod link_removal;
 pub mod netlink;
 pub mod netns;
-pub mod reaper;
 pub mod sysctl;
 pub mod workload;
 

@@ -5,8 +5,8 @@
 //! host end.
 
 use crate::error::DataplaneError;
+use crate::link_removal::{DeletedBy, LinkRemoval};
 use crate::netlink::{Link, Netlink, NewRoute, Route};
-use crate::reaper::{self, Reap};
 use crate::{netns, sysctl};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
@@ -109,12 +109,12 @@ pub trait Dataplane {
     /// Reads back what [`Dataplane::create`] and [`Dataplane::configure`] made.
     fn inspect(&self, spec: &WorkloadSpec, addresses: &[IpNet])
     -> Result<Observed, DataplaneError>;
-    /// As [`Dataplane::remove`], without waiting for the kernel to free the interface: the
-    /// host routes to the pod's addresses go at once (so a new pod may reuse an address
-    /// immediately), then a detached helper deletes the interface, named by the namespace's
-    /// identity and its index there (see [`crate::reaper`]). Freeing a veth makes the kernel
-    /// wait out an RCU grace period (10-20 ms here), the bulk of a DEL otherwise; the
-    /// runtime removes the namespace next anyway, which would free it too.
+    /// As [`Dataplane::remove`], without waiting for the kernel to free the interface when
+    /// the node agent can do that: the host routes to the pod's addresses go at once (so a
+    /// new pod may reuse an address immediately), then the agent deletes the interface,
+    /// named by the namespace and its index there (see [`crate::link_removal`]); without an
+    /// agent it is deleted here. Freeing a veth makes the kernel wait out an RCU grace
+    /// period (10-20 ms here), the bulk of a DEL otherwise.
     fn remove_detached(&self, netns: Option<&Path>, ifname: &str) -> Result<(), DataplaneError> {
         self.remove(netns, ifname)
     }
@@ -129,10 +129,7 @@ pub trait Dataplane {
 
 /// The kernel, through netlink and `/proc/sys`.
 #[derive(Debug, Default, Clone)]
-pub struct LinuxDataplane {
-    /// Where the detached interface deletion logs (the plugin's log file).
-    pub log_file: Option<PathBuf>,
-}
+pub struct LinuxDataplane;
 
 fn host_sysctls(host: &Netlink, index: u32, spec: &WorkloadSpec) -> Result<(), DataplaneError> {
     let h = &spec.host_ifname;
@@ -406,17 +403,19 @@ impl Dataplane for LinuxDataplane {
                 host.delete_route(IpNet::from(a.addr()), peer)?;
             }
         }
-        let job = Reap {
-            netns: path.to_path_buf(),
-            netns_id: netns::identity(&ns, path)?,
+        let removal = LinkRemoval {
+            netns: ns,
+            netns_path: path.to_path_buf(),
             index: link.index,
             ifname: ifname.to_string(),
-            log_file: self.log_file.clone(),
         };
-        reaper::spawn(&job).or_else(|e| {
-            log::warn!("cannot hand the interface deletion over ({e}); deleting it now");
-            job.run().map(|_| ())
-        })
+        match removal.hand_over()? {
+            DeletedBy::Agent => {
+                log::debug!("{ifname} (index {}) handed to calico-node", link.index)
+            }
+            DeletedBy::Us(outcome) => log::debug!("{ifname} (index {}): {outcome:?}", link.index),
+        }
+        Ok(())
     }
 
     fn inspect(

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use calico_dataplane::link_removal::{DeletedBy, LinkRemoval, Removed};
 use calico_dataplane::netlink::ROUTE_PROTOCOL;
 use calico_dataplane::workload::{GATEWAY_V4, GATEWAY_V6, HOST_MAC, default_routes};
 use calico_dataplane::{Dataplane, LinuxDataplane, WorkloadSpec};
@@ -37,7 +38,7 @@ fn create_configure_inspect_remove() {
         "fd00:10:244::5/122".parse().unwrap(),
     ];
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         let links = dp.create(&s).unwrap();
         dp.configure(&s, &links, &addrs).unwrap();
         // Configuring again (a retried ADD, or Felix's identical routes) is fine.
@@ -105,7 +106,7 @@ fn create_configure_inspect_remove() {
     assert!(ll.contains("fe80::ecee:eeff:feee:eeee"), "{ll}");
 
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         dp.remove(Some(&s.netns), "eth0").unwrap();
         // Idempotent, also without a namespace.
         dp.remove(Some(&s.netns), "eth0").unwrap();
@@ -129,7 +130,7 @@ fn a_conflicting_host_route_names_both_interfaces_and_a_missing_netns_is_reporte
     };
     let addrs: Vec<IpNet> = vec!["10.244.1.9/26".parse().unwrap()];
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         let links = dp.create(&s).unwrap();
         let e = dp.configure(&s, &links, &addrs).unwrap_err().to_string();
         assert!(e.contains("other0") && e.contains("calitest0000001"), "{e}");
@@ -154,8 +155,7 @@ fn a_late_deletion_takes_only_the_interface_it_was_given() {
     let new_pod = NetNs::new("new").unwrap();
     let host_if = format!("cali{}", &testkit::unique_name("r")[2..]);
     let (old, new) = (spec(&old_pod, &host_if), spec(&new_pod, &host_if));
-    let job_for = |pod: &NetNs| {
-        let ns = calico_dataplane::netns::open(&pod.path()).unwrap();
+    let removal_for = |pod: &NetNs| {
         let index = pod
             .sh("ip -o link show eth0")
             .unwrap()
@@ -164,22 +164,20 @@ fn a_late_deletion_takes_only_the_interface_it_was_given() {
             .unwrap()
             .parse()
             .unwrap();
-        calico_dataplane::reaper::Reap {
-            netns: pod.path(),
-            netns_id: calico_dataplane::netns::identity(&ns, &pod.path()).unwrap(),
+        LinkRemoval {
+            netns: calico_dataplane::netns::open(&pod.path()).unwrap(),
+            netns_path: pod.path(),
             index,
             ifname: "eth0".into(),
-            log_file: None,
         }
     };
-    use calico_dataplane::reaper::Reaped;
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         dp.create(&old).unwrap();
-        let late = job_for(&old_pod);
+        let late = removal_for(&old_pod);
         // The new sandbox's ADD replaces the stale host end (Calico does the same).
         dp.create(&new).unwrap();
-        assert_eq!(late.run().unwrap(), Reaped::InterfaceGone);
+        assert_eq!(late.run().unwrap(), Removed::InterfaceGone);
         assert!(
             dp.inspect(&new, &[]).unwrap().host.is_some(),
             "new veth kept"
@@ -189,21 +187,29 @@ fn a_late_deletion_takes_only_the_interface_it_was_given() {
         let other_host_if = format!("{host_if}o");
         let third = NetNs::new("third").unwrap();
         dp.create(&spec(&third, &other_host_if)).unwrap();
-        let job = job_for(&third);
-        assert_eq!(job.run().unwrap(), Reaped::Deleted);
+        let removal = removal_for(&third);
+        assert_eq!(removal.run().unwrap(), Removed::Deleted);
         assert!(third.sh("ip link show eth0").is_err());
         assert!(
             dp.inspect(&new, &[]).unwrap().host.is_some(),
             "new veth kept"
         );
 
-        // The path now names another namespace: nothing is done there.
-        let gone = calico_dataplane::reaper::Reap {
-            netns_id: calico_dataplane::netns::Identity { dev: 0, ino: 1 },
-            ..job_for(&new_pod)
-        };
-        assert_eq!(gone.run().unwrap(), Reaped::NamespaceGone);
-        assert!(new_pod.sh("ip link show eth0").is_ok());
+        // The namespace is held by its descriptor: its path removed (the runtime deleting
+        // it) changes nothing, the deletion still finds the interface there.
+        let fourth = NetNs::new("fourth").unwrap();
+        dp.create(&spec(&fourth, &format!("{host_if}f"))).unwrap();
+        let removal = removal_for(&fourth);
+        drop(fourth);
+        assert_eq!(removal.run().unwrap(), Removed::Deleted);
+        // Without an agent (none runs on the test host) the hand-over deletes it here.
+        let fifth = NetNs::new("fifth").unwrap();
+        dp.create(&spec(&fifth, &format!("{host_if}v"))).unwrap();
+        assert_eq!(
+            removal_for(&fifth).hand_over().unwrap(),
+            DeletedBy::Us(Removed::Deleted)
+        );
+        assert!(fifth.sh("ip link show eth0").is_err());
     })
     .unwrap();
 }
@@ -228,7 +234,7 @@ fn custom_pod_routes_replace_the_defaults() {
     };
     let addrs: Vec<IpNet> = vec!["10.85.0.7/24".parse().unwrap()];
     node.within(|| {
-        let dp = LinuxDataplane::default();
+        let dp = LinuxDataplane;
         let links = dp.create(&s).unwrap();
         dp.configure(&s, &links, &addrs).unwrap();
     })
@@ -250,12 +256,8 @@ fn custom_pod_routes_replace_the_defaults() {
         !v6.contains("fd00:96::"),
         "no IPv6 route in an IPv4 pod: {v6}"
     );
-    node.within(|| {
-        LinuxDataplane::default()
-            .remove(Some(&s.netns), "eth0")
-            .unwrap()
-    })
-    .unwrap();
+    node.within(|| LinuxDataplane.remove(Some(&s.netns), "eth0").unwrap())
+        .unwrap();
 }
 
 /// Mirrors dataplane_linux.go `DoWorkloadNetnsSetUp` (`NumTxQueues`/`NumRxQueues` on the veth,
@@ -271,18 +273,13 @@ fn both_ends_get_the_queues_asked_for() {
             num_queues: queues,
             ..spec(&pod, &host_if)
         };
-        node.within(|| LinuxDataplane::default().create(&s).unwrap())
-            .unwrap();
+        node.within(|| LinuxDataplane.create(&s).unwrap()).unwrap();
         let want = format!("numtxqueues {queues} numrxqueues {queues} ");
         let host = node.sh(&format!("ip -d link show {host_if}")).unwrap();
         assert!(host.contains(&want), "host end: {host}");
         let inside = pod.sh("ip -d link show eth0").unwrap();
         assert!(inside.contains(&want), "pod end: {inside}");
-        node.within(|| {
-            LinuxDataplane::default()
-                .remove(Some(&s.netns), "eth0")
-                .unwrap()
-        })
-        .unwrap();
+        node.within(|| LinuxDataplane.remove(Some(&s.netns), "eth0").unwrap())
+            .unwrap();
     }
 }

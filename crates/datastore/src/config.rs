@@ -18,9 +18,6 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// Bound on any single request, connection included.
     pub request_timeout: Duration,
-    /// Take the connection from (and start if need be) the node's keeper of warm TLS
-    /// connections ([`crate::keeper`]); for short-lived plugin calls.
-    pub keeper: bool,
 }
 
 impl EtcdConfig {
@@ -36,7 +33,6 @@ impl EtcdConfig {
             key_file: None,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
-            keeper: false,
         }
     }
 

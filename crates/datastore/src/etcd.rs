@@ -1,13 +1,15 @@
-//! A blocking etcd v3 client for short-lived plugin processes: one connection per
-//! invocation, reused for every request, with compare-and-swap writes.
+//! The etcd v3 client: [`EtcdClient`], asynchronous and shareable (the node agent serves
+//! every plugin call of the node over one), and [`Etcd`], the same behind a runtime of its
+//! own for synchronous callers (a plugin process, calicoctl): one connection per client,
+//! reused for every request, with compare-and-swap writes.
 //!
 //! Its own calls fail with [`EtcdError`] (TLS and configuration told apart, sorted by the
 //! errors' types); through [`KvStore`] the same failures are [`StoreError`]s. The top layer
-//! of the crate: it uses the settings, errors, store types, transport, discovery and keeper.
+//! of the crate with [`crate::plugin`]: it uses the settings, errors, store types, transport
+//! and discovery.
 
 use crate::config::EtcdConfig;
 use crate::error::{EtcdError, StoreError};
-use crate::keeper::{Claim, Keeper};
 use crate::store::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use crate::transport::{Target, dial, wrap};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
@@ -15,88 +17,187 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The connection. Requests run on a single-threaded runtime owned by this value, so
-/// callers stay synchronous (and on their thread, which matters for network namespaces).
-pub struct Etcd {
-    runtime: tokio::runtime::Runtime,
+/// The connection for asynchronous callers. Cheap to clone: clones share the connection
+/// (HTTP/2, so concurrent requests are multiplexed on it). Made and used within one tokio
+/// runtime.
+#[derive(Clone)]
+pub struct EtcdClient {
     kv: KvClient,
-    config: EtcdConfig,
-    endpoints: String,
+    config: Arc<EtcdConfig>,
+    endpoints: Arc<str>,
     /// Set after the first answered request: from then on a closed connection means etcd
     /// went away, not that it rejected our TLS identity.
-    answered: std::cell::Cell<bool>,
-    /// How connections are made, and how the last one was.
-    dialing: Arc<Dialing>,
+    answered: Arc<AtomicBool>,
 }
 
 /// What the connector (called by the first request, and on reconnects) works from.
 struct Dialing {
     targets: Vec<Target>,
-    config: EtcdConfig,
-    keeper: Option<Keeper>,
-    /// The TLS settings (None for plain endpoints), or why they could not be read.
-    tls: std::sync::OnceLock<Result<Option<Arc<rustls::ClientConfig>>, EtcdError>>,
-    /// Only the first connection may come from the keeper: a reconnect after a failure
-    /// goes straight to etcd.
-    first: AtomicBool,
-    via_keeper: AtomicBool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connect_timeout: std::time::Duration,
 }
 
 impl Dialing {
-    fn tls_for(
-        targets: &[Target],
-        config: &EtcdConfig,
-    ) -> Result<Option<Arc<rustls::ClientConfig>>, EtcdError> {
-        if targets.iter().any(|t| t.tls) {
-            crate::transport::tls_config(config).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
     async fn connect(&self) -> Result<crate::transport::Io, std::io::Error> {
         let asked = std::time::Instant::now();
-        let first = self.first.swap(false, Ordering::Relaxed);
-        if let Some(keeper) = self.keeper.as_ref().filter(|_| first) {
-            match keeper.claim().await {
-                Claim::Served(stream) => {
-                    log::debug!("etcd connection from the keeper in {:?}", asked.elapsed());
-                    self.via_keeper.store(true, Ordering::Relaxed);
-                    return Ok(wrap(crate::transport::Stream::Keeper(stream)));
-                }
-                Claim::Absent => {
-                    if let Err(e) = keeper.start() {
-                        log::debug!("could not start the etcd keeper: {e}");
-                    }
-                }
-                Claim::Declined => {}
-            }
-        }
-        self.via_keeper.store(false, Ordering::Relaxed);
-        let tls = match self
-            .tls
-            .get_or_init(|| Self::tls_for(&self.targets, &self.config))
-        {
-            Ok(tls) => tls.clone(),
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        };
-        let stream = dial(&self.targets, tls.as_ref(), self.config.connect_timeout).await;
+        let stream = dial(&self.targets, self.tls.as_ref(), self.connect_timeout).await;
         log::debug!("etcd connection made in {:?}", asked.elapsed());
         stream.map(wrap)
     }
+}
 
-    /// The TLS settings' error, if reading them failed.
-    fn config_error(&self) -> Option<EtcdError> {
-        match self.tls.get() {
-            Some(Err(EtcdError::Config(e))) => Some(EtcdError::Config(e.clone())),
-            _ => None,
+impl EtcdClient {
+    /// Prepares the connection (the TLS files are read now, so a bad one is reported
+    /// here); it is established by the first request, to the first endpoint that accepts
+    /// (see [`crate::transport`]). `config` must name its endpoints (DNS discovery is
+    /// [`Etcd::connect`]'s).
+    pub async fn connect(config: &EtcdConfig) -> Result<EtcdClient, EtcdError> {
+        if config.discovery_srv.is_some() {
+            return Err(EtcdError::Config(
+                "etcd_discovery_srv must be resolved before connecting".into(),
+            ));
         }
+        if config.endpoints.is_empty() {
+            return Err(EtcdError::Config("no etcd endpoints configured".into()));
+        }
+        let endpoints = config.endpoints.join(",");
+        let targets = config
+            .endpoints
+            .iter()
+            .map(|e| Target::parse(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = if targets.iter().any(|t| t.tls) {
+            Some(crate::transport::tls_config(config)?)
+        } else {
+            None
+        };
+        let uri = format!("http://{}", targets[0].authority);
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| EtcdError::Config(format!("invalid etcd endpoint: {e}")))?;
+        let dialing = Arc::new(Dialing {
+            targets,
+            tls,
+            connect_timeout: config.connect_timeout,
+        });
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let dialing = dialing.clone();
+            async move { dialing.connect().await }
+        });
+        let channel = endpoint.connect_with_connector_lazy(connector);
+        let client = Client::from_channel(etcd_client::Channel::Tonic(channel), None)
+            .await
+            .map_err(|e| classify(&endpoints, e, config.uses_tls(), false))?;
+        Ok(EtcdClient {
+            kv: client.kv_client(),
+            config: Arc::new(config.clone()),
+            endpoints: endpoints.into(),
+            answered: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+
+    /// Runs one request, bounded by the request timeout whatever the transport does.
+    async fn run<T>(
+        &self,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
+        let limit = self.config.request_timeout;
+        let out = tokio::time::timeout(limit, f)
+            .await
+            .map_err(|_| EtcdError::Unreachable {
+                endpoints: self.endpoints.to_string(),
+                reason: format!("no answer within {limit:?}"),
+            })?;
+        let tls = self.config.uses_tls();
+        let rejected_tls = tls && !self.answered.load(Ordering::Relaxed);
+        let out = out.map_err(|e| classify(&self.endpoints, e, tls, rejected_tls))?;
+        self.answered.store(true, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Unconditional put, for tools and tests.
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), EtcdError> {
+        let mut kv = self.kv.clone();
+        self.run(kv.put(key, value, None)).await.map(|_| ())
+    }
+
+    /// Unconditional delete of every key under `prefix`; returns how many went.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let mut kv = self.kv.clone();
+        let resp = self
+            .run(kv.delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ))
+            .await?;
+        Ok(resp.deleted())
+    }
+
+    /// One etcd transaction of range requests: a consistent snapshot in one round trip.
+    pub async fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
+        let mut kv = self.kv.clone();
+        let ops: Vec<TxnOp> = reads.iter().map(get_op).collect();
+        let resp = self.run(kv.txn(Txn::new().and_then(ops))).await?;
+        Ok(gets(resp.op_responses()))
+    }
+
+    /// On conflict the same round trip returns the guarded keys' current state.
+    pub async fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
+        let compares: Vec<Compare> = guards
+            .iter()
+            .map(|g| match g {
+                Guard::Absent(k) => Compare::version(k.as_str(), CompareOp::Equal, 0),
+                Guard::Revision(k, rev) => {
+                    Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev)
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                Write::Delete(k) => TxnOp::delete(k.as_str(), None),
+            })
+            .collect();
+        let current: Vec<TxnOp> = guards
+            .iter()
+            .map(|g| get_op(&Read::Key(g.key().to_string())))
+            .collect();
+        let mut kv = self.kv.clone();
+        let resp = self
+            .run(kv.txn(Txn::new().when(compares).and_then(ops).or_else(current)))
+            .await?;
+        if resp.succeeded() {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            return Ok(TxnOutcome::Applied(revision));
+        }
+        Ok(TxnOutcome::Conflict(
+            gets(resp.op_responses())
+                .into_iter()
+                .map(|mut v| v.pop())
+                .collect(),
+        ))
     }
 }
 
+/// The connection for synchronous callers: an [`EtcdClient`] on a single-threaded runtime
+/// owned by this value, so callers stay on their thread (which matters for network
+/// namespaces).
+pub struct Etcd {
+    runtime: tokio::runtime::Runtime,
+    client: EtcdClient,
+}
+
 impl Etcd {
-    /// Prepares the connection; it is established by the first request, to the first
-    /// endpoint that accepts (see [`crate::transport`]).
+    /// Prepares the connection, resolving `etcd_discovery_srv` first if set (see
+    /// [`EtcdClient::connect`]).
     pub fn connect(config: &EtcdConfig) -> Result<Self, EtcdError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -122,108 +223,22 @@ impl Etcd {
             }
             None => config,
         };
-        if config.endpoints.is_empty() {
-            return Err(EtcdError::Config("no etcd endpoints configured".into()));
-        }
-        let endpoints = config.endpoints.join(",");
-        let targets = config
-            .endpoints
-            .iter()
-            .map(|e| Target::parse(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        let keeper = if config.keeper {
-            Keeper::for_config(config)
-        } else {
-            None
-        };
-        // Without a keeper the TLS settings are needed at once, so a bad file is reported
-        // here; with one they are read only if the keeper cannot serve (it could, with
-        // the same files).
-        let tls = std::sync::OnceLock::new();
-        if keeper.is_none() {
-            let _ = tls.set(Ok(Dialing::tls_for(&targets, config)?));
-        }
-        let uri = format!("http://{}", targets[0].authority);
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| EtcdError::Config(format!("invalid etcd endpoint: {e}")))?;
-        let dialing = Arc::new(Dialing {
-            targets,
-            config: config.clone(),
-            keeper,
-            tls,
-            first: AtomicBool::new(true),
-            via_keeper: AtomicBool::new(false),
-        });
-        let shared = dialing.clone();
-        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            let dialing = shared.clone();
-            async move { dialing.connect().await }
-        });
-        let client = runtime
-            .block_on(async {
-                let channel = endpoint.connect_with_connector_lazy(connector);
-                Client::from_channel(etcd_client::Channel::Tonic(channel), None).await
-            })
-            .map_err(|e| classify(&endpoints, e, config.uses_tls(), false))?;
-        Ok(Etcd {
-            runtime,
-            kv: client.kv_client(),
-            config: config.clone(),
-            endpoints,
-            answered: std::cell::Cell::new(false),
-            dialing,
-        })
-    }
-
-    /// Whether the connection (made by the first request) came from the node's keeper.
-    pub fn via_keeper(&self) -> bool {
-        self.dialing.via_keeper.load(Ordering::Relaxed)
+        let client = runtime.block_on(EtcdClient::connect(config))?;
+        Ok(Etcd { runtime, client })
     }
 
     pub fn endpoints(&self) -> &str {
-        &self.endpoints
-    }
-
-    /// Runs one request, bounded by the request timeout whatever the transport does.
-    fn run<T>(
-        &self,
-        f: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, EtcdError> {
-        let limit = self.config.request_timeout;
-        let out = self
-            .runtime
-            .block_on(async { tokio::time::timeout(limit, f).await })
-            .map_err(|_| EtcdError::Unreachable {
-                endpoints: self.endpoints.clone(),
-                reason: format!("no answer within {limit:?}"),
-            })?;
-        // A keeper's connection that closes was closed by etcd going away, not by a rejected
-        // certificate: the keeper's own handshake went through.
-        let tls = self.config.uses_tls();
-        let rejected_tls = tls && !self.answered.get() && !self.via_keeper();
-        let out = out.map_err(|e| {
-            self.dialing
-                .config_error()
-                .unwrap_or_else(|| classify(&self.endpoints, e, tls, rejected_tls))
-        })?;
-        self.answered.set(true);
-        Ok(out)
+        self.client.endpoints()
     }
 
     /// Unconditional put, for tools and tests.
     pub fn put(&self, key: &str, value: Vec<u8>) -> Result<(), EtcdError> {
-        let mut kv = self.kv.clone();
-        self.run(kv.put(key, value, None)).map(|_| ())
+        self.runtime.block_on(self.client.put(key, value))
     }
 
     /// Unconditional delete of every key under `prefix`; returns how many went.
     pub fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
-        let mut kv = self.kv.clone();
-        let resp = self.run(kv.delete(
-            prefix,
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        ))?;
-        Ok(resp.deleted())
+        self.runtime.block_on(self.client.delete_prefix(prefix))
     }
 
     /// Creates `key`; false if it already exists.
@@ -255,6 +270,28 @@ impl Etcd {
             )?
             .applied())
     }
+
+    /// See [`EtcdClient::read`].
+    pub fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
+        self.runtime.block_on(self.client.read(reads))
+    }
+
+    /// See [`EtcdClient::txn`].
+    pub fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
+        self.runtime.block_on(self.client.txn(guards, writes))
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        Read::key(key).one(|r| self.read(r))
+    }
+
+    pub fn list(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        Read::Prefix(prefix.into()).all(|r| self.read(r))
+    }
+
+    pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>, EtcdError> {
+        Read::PrefixKeys(prefix.into()).keys(|r| self.read(r))
+    }
 }
 
 fn get_op(r: &Read) -> TxnOp {
@@ -278,65 +315,6 @@ fn gets(responses: Vec<TxnOpResponse>) -> Vec<Vec<Kv>> {
         .collect()
 }
 
-/// The store's calls, with etcd's own error ([`KvStore`] gives the same as [`StoreError`]).
-impl Etcd {
-    /// One etcd transaction of range requests: a consistent snapshot in one round trip.
-    pub fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, EtcdError> {
-        let mut kv = self.kv.clone();
-        let ops: Vec<TxnOp> = reads.iter().map(get_op).collect();
-        let resp = self.run(kv.txn(Txn::new().and_then(ops)))?;
-        Ok(gets(resp.op_responses()))
-    }
-
-    /// On conflict the same round trip returns the guarded keys' current state.
-    pub fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, EtcdError> {
-        let compares: Vec<Compare> = guards
-            .iter()
-            .map(|g| match g {
-                Guard::Absent(k) => Compare::version(k.as_str(), CompareOp::Equal, 0),
-                Guard::Revision(k, rev) => {
-                    Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev)
-                }
-            })
-            .collect();
-        let ops: Vec<TxnOp> = writes
-            .iter()
-            .map(|w| match w {
-                Write::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
-                Write::Delete(k) => TxnOp::delete(k.as_str(), None),
-            })
-            .collect();
-        let current: Vec<TxnOp> = guards
-            .iter()
-            .map(|g| get_op(&Read::Key(g.key().to_string())))
-            .collect();
-        let mut kv = self.kv.clone();
-        let resp = self.run(kv.txn(Txn::new().when(compares).and_then(ops).or_else(current)))?;
-        if resp.succeeded() {
-            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            return Ok(TxnOutcome::Applied(revision));
-        }
-        Ok(TxnOutcome::Conflict(
-            gets(resp.op_responses())
-                .into_iter()
-                .map(|mut v| v.pop())
-                .collect(),
-        ))
-    }
-
-    pub fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
-        Read::key(key).one(|r| self.read(r))
-    }
-
-    pub fn list(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
-        Read::Prefix(prefix.into()).all(|r| self.read(r))
-    }
-
-    pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>, EtcdError> {
-        Read::PrefixKeys(prefix.into()).keys(|r| self.read(r))
-    }
-}
-
 impl KvStore for Etcd {
     fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, StoreError> {
         Ok(Etcd::read(self, reads)?)
@@ -347,7 +325,7 @@ impl KvStore for Etcd {
     }
 
     fn describe(&self) -> String {
-        format!("etcd at {}", self.endpoints)
+        format!("etcd at {}", self.endpoints())
     }
 }
 

@@ -15,22 +15,27 @@
 //!    an in-memory stand-in for unit tests; [`transport`]: how bytes reach etcd (TCP, TLS);
 //!    [`discovery`]: etcd endpoints from DNS SRV records (`etcd_discovery_srv`).
 //! 3. [`model`]: Calico's keys and JSON, byte-compatible with Calico 3.32 (reads [`Kv`]);
-//!    [`faults`]: crash injection for tests (a store that fails its Nth transaction);
-//!    [`keeper`]: a per-node holder of warm TLS connections, so calls skip the handshake.
-//! 4. [`etcd`]: the real store: one connection per invocation, plain or mutual TLS.
+//!    [`faults`]: crash injection for tests (a store that fails its Nth transaction).
+//! 4. [`etcd`]: the real store, plain or mutual TLS: [`EtcdClient`] (asynchronous, shared by
+//!    the node agent's requests) and [`Etcd`] (synchronous, one connection per process).
+//! 5. [`agent`]: etcd through the node agent (`calico-node run`): the plugins' store
+//!    ([`PluginStore`]: the agent's connection when it serves the same etcd, else their own)
+//!    and the agent's side of it. Its messages are `calico-agent-protocol`'s, the one crate
+//!    of the workspace this crate imports.
 
+pub mod agent;
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod etcd;
 pub mod faults;
-pub mod keeper;
 pub mod model;
 pub mod store;
 pub mod transport;
 
+pub use agent::PluginStore;
 pub use config::EtcdConfig;
 pub use error::{EtcdError, StoreError};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdClient};
 pub use faults::FailNthTxn;
 pub use store::{Guard, Kv, KvStore, MemKv, Read, TxnOutcome, Write};

@@ -1,9 +1,7 @@
 //! How the etcd client reaches etcd: our own connector under tonic.
 //!
-//! - One connection per invocation, to the first endpoint that answers (in order), so a
+//! - One connection per client, to the first endpoint that answers (in order), so a
 //!   stopped member costs one refused connect, not a failed request.
-//! - Or, for plugin calls, a connection taken from the node's keeper, whose TLS handshake is
-//!   already done (see [`crate::keeper`]); the HTTP/2 then goes to it in the clear.
 //! - TLS with rustls from the configured PEM files, and every TLS write buffered until hyper
 //!   flushes, so a gRPC request leaves in one TLS record and one syscall instead of one per
 //!   HTTP/2 frame (which measurably slows each request on a busy node).
@@ -64,30 +62,11 @@ impl Target {
 /// The bytes moved by the connection: plain TCP or TLS, both buffered until flush.
 pub type Io = TokioIo<BufStream<Stream>>;
 
-/// A TCP or TLS stream, or a keeper's connection (TLS done by the keeper, see
-/// [`crate::keeper`]).
+/// A TCP or TLS stream.
 pub enum Stream {
     Plain(TcpStream),
     /// TLS over [`Stream::Plain`].
     Tls(Box<tokio_rustls::client::TlsStream<Stream>>),
-    Keeper(tokio::net::UnixStream),
-}
-
-impl Stream {
-    /// Moves the socket under the current runtime (a tokio socket belongs to the runtime
-    /// that registered it; the keeper dials on one and serves on another): the descriptor
-    /// is duplicated and registered here, and the original leaves the other runtime.
-    pub fn rehome(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(tcp) => {
-                let dup = std::os::fd::AsFd::as_fd(&*tcp).try_clone_to_owned()?;
-                *tcp = TcpStream::from_std(std::net::TcpStream::from(dup))?;
-                Ok(())
-            }
-            Stream::Tls(tls) => tls.get_mut().0.rehome(),
-            Stream::Keeper(_) => Ok(()),
-        }
-    }
 }
 
 impl AsyncRead for Stream {
@@ -99,7 +78,6 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Keeper(s) => std::pin::Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -113,7 +91,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Keeper(s) => std::pin::Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -124,7 +101,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Keeper(s) => std::pin::Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -135,7 +111,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Keeper(s) => std::pin::Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -158,9 +158,6 @@ pub struct NetConf {
     pub etcd_ca_cert_file: String,
     /// Deprecated `host:port` form of the endpoint.
     pub etcd_authority: String,
-    /// Ours, not Calico's: `false` stops the plugins taking etcd TLS connections from the
-    /// node's connection keeper (see calico-datastore's `keeper`). Unset means on.
-    pub etcd_keeper: Option<bool>,
     pub log_level: String,
     pub log_file_path: String,
     pub log_file_max_size: i64,
@@ -216,7 +213,6 @@ impl NetConf {
         "etcd_cert_file",
         "etcd_ca_cert_file",
         "etcd_authority",
-        "etcd_keeper",
         "log_level",
         "log_file_path",
         "log_file_max_size",
@@ -359,7 +355,7 @@ impl NetConf {
     /// The etcd connection settings, each from the config or the environment as
     /// [`calico_setting`] says (Calico exports the config into the environment, where
     /// libcalico-go reads it).
-    /// Timeouts are the client's defaults; `etcd_keeper` defaults to on. Check the result
+    /// Timeouts are the client's defaults. Check the result
     /// with [`check_etcd`].
     pub fn etcd(&self, env: impl Fn(&str) -> Option<String>) -> EtcdConfig {
         let pick = |conf: &str, var: &str| calico_setting(conf, var, &env).map(PathBuf::from);
@@ -380,7 +376,6 @@ impl NetConf {
             ca_cert_file: pick(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE"),
             cert_file: pick(&self.etcd_cert_file, "ETCD_CERT_FILE"),
             key_file: pick(&self.etcd_key_file, "ETCD_KEY_FILE"),
-            keeper: self.etcd_keeper.unwrap_or(true),
             ..EtcdConfig::new(endpoints)
         }
     }

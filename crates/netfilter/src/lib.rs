@@ -1,19 +1,21 @@
 //! Netfilter from Rust, for the plugins that program it (portmap now, policy later):
 //! nf_tables and conntrack over nfnetlink ([`socket`], [`nft`], [`conntrack`]), the
-//! iptables tools for the iptables layouts ([`xtables`]), and the per-node [`holder`] that
-//! closes nfnetlink sockets and flushes conntrack after a call has answered.
+//! iptables tools for the iptables layouts ([`xtables`]), and the [`release`] of a call's
+//! socket and UDP conntrack flush, handed to the node agent (`calico-node run`) when there is
+//! one so the call does not wait for them.
 //!
 //! Framing and the socket are the shared netlink layer's (`calico-netlink`); the nfnetlink
 //! header and conntrack attributes are `netlink-packet-netfilter`'s; only the nf_tables
 //! messages ([`nft`]) are encoded here. Must not import `calico-dataplane`, `cni-protocol`
-//! or the plugins: it knows netfilter, not CNI.
+//! or the plugins: it knows netfilter, not CNI. Of the workspace it imports only
+//! `calico-netlink` and `calico-agent-protocol`.
 //!
 //! Everything here acts in the network namespace of the calling thread.
 
 pub mod conntrack;
 pub mod error;
-pub mod holder;
 pub mod nft;
+pub mod release;
 pub mod socket;
 pub mod xtables;
 

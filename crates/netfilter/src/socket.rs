@@ -145,11 +145,6 @@ impl NfSocket {
         Ok(NfSocket { sock })
     }
 
-    /// A second descriptor for the socket (see [`crate::holder`]).
-    pub fn duplicate_fd(&self) -> Result<std::os::fd::OwnedFd, NfError> {
-        Ok(self.sock.duplicate_fd()?)
-    }
-
     /// A single request answered by an acknowledgement or one message.
     pub fn request(&mut self, what: &str, msg: &Message) -> Result<Vec<Reply>, NfError> {
         let (wire, flags) = msg.clone().wire();
@@ -179,6 +174,13 @@ impl NfSocket {
 impl std::os::fd::AsRawFd for NfSocket {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.sock.as_raw_fd()
+    }
+}
+
+/// The descriptor, to hand the socket to the node agent (see [`crate::release`]).
+impl std::os::fd::AsFd for NfSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 }
 

@@ -9,7 +9,7 @@ use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 /// Longest the kernel may take to answer; it answers in microseconds when healthy.
@@ -87,11 +87,6 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
             buf: Vec::with_capacity(RECEIVE_BUFFER),
             _payload: PhantomData,
         })
-    }
-
-    /// A second descriptor for the socket (to hand it to another process).
-    pub fn duplicate_fd(&self) -> Result<OwnedFd, NetlinkError> {
-        nix::unistd::dup(&self.sock).map_err(|e| io("dup")(e.into()))
     }
 
     fn next_seq(&mut self) -> u32 {

@@ -1,5 +1,6 @@
 //! Fixtures for integration tests against real components: Debian's `etcd`, real network
-//! namespaces, simulated nodes on a simulated underlay, and this workspace's built binaries.
+//! namespaces, simulated nodes on a simulated underlay, this workspace's built binaries, and
+//! `calico-node run` on a node ([`Agent`]).
 //!
 //! Rules every fixture follows:
 //! - it removes what it created when dropped, also while a test panics (drop runs during
@@ -13,6 +14,7 @@
 //! Owns fixtures only; no crate of the product may import it except as a dev-dependency, and
 //! it must not import the product's libraries (it runs their binaries as a runtime would).
 
+pub mod agent;
 pub mod bins;
 pub mod cluster;
 pub mod dns;
@@ -27,6 +29,7 @@ pub mod process;
 pub mod tls;
 pub mod underlay;
 
+pub use agent::Agent;
 pub use bins::CniPathDir;
 pub use cluster::Cluster;
 pub use dns::DnsStandIn;

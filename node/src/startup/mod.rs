@@ -20,7 +20,6 @@ pub mod autodetect;
 pub mod clusterinfo;
 pub mod guarded;
 pub mod host;
-pub mod logger;
 pub mod mtu;
 pub mod node;
 pub mod nodename;
@@ -137,7 +136,7 @@ fn datastore(settings: &Settings) -> Result<Etcd, StartupError> {
 /// `calico-node startup`: settings from `env`, the etcd they name, this host's kernel.
 pub fn run(env: &dyn Env) -> Result<(), StartupError> {
     let settings = Settings::from_env(env)?;
-    logger::init(settings.log_level);
+    crate::logging::init(settings.log_level);
     let store = datastore(&settings)?;
     let report = start(&settings, &store, &LinuxHost, SystemTime::now())?;
     log::info!(

@@ -382,20 +382,9 @@ fn mtu_var(env: &dyn Env, name: &'static str) -> Result<Option<u32>, ConfigError
 
 fn log_level(env: &dyn Env) -> Result<log::LevelFilter, ConfigError> {
     let name = "CALICO_STARTUP_LOGLEVEL";
-    let Some(v) = get(env, name) else {
-        return Ok(log::LevelFilter::Info);
-    };
-    // logrus's names; panic and fatal log errors only.
-    match v.to_ascii_lowercase().as_str() {
-        "panic" | "fatal" | "error" => Ok(log::LevelFilter::Error),
-        "warn" | "warning" => Ok(log::LevelFilter::Warn),
-        "info" => Ok(log::LevelFilter::Info),
-        "debug" => Ok(log::LevelFilter::Debug),
-        "trace" => Ok(log::LevelFilter::Trace),
-        _ => Err(ConfigError::new(
-            name,
-            format!("{v:?} is not a log level (error, warning, info, debug, trace)"),
-        )),
+    match get(env, name) {
+        None => Ok(log::LevelFilter::Info),
+        Some(v) => crate::logging::parse(name, &v),
     }
 }
 

@@ -23,7 +23,10 @@ enum NodeGate {
 
 /// What every verb starts from: the derived context and a datastore connection (opened
 /// lazily: the first request makes it, in parallel with the kernel work).
-fn setup(req: &Request, gate: NodeGate) -> Result<(Context, calico_datastore::Etcd), CniError> {
+fn setup(
+    req: &Request,
+    gate: NodeGate,
+) -> Result<(Context, calico_datastore::PluginStore), CniError> {
     let t = std::time::Instant::now();
     let ctx = Context::new(req)?;
     if gate == NodeGate::Required {
@@ -49,9 +52,7 @@ fn run<T>(
     verb: impl FnOnce(&Request, &Context, &Deps<'_>) -> Result<T, CniError>,
 ) -> Result<T, CniError> {
     let (ctx, store) = setup(req, gate)?;
-    let dataplane = LinuxDataplane {
-        log_file: ctx.conf.log_settings().file,
-    };
+    let dataplane = LinuxDataplane;
     if with_pod {
         // Calico waits for its readiness gates before anything else of the ADD.
         readiness::wait_for_gates(&ctx.conf.readiness_gates)?;
@@ -124,29 +125,6 @@ impl Plugin for Calico {
     }
 }
 
-/// Runs a detached interface deletion handed over by a DEL (see calico_dataplane::reaper) if
-/// this process was started as one; true if it was.
-fn reap_if_requested() -> bool {
-    let Some(job) = calico_dataplane::reaper::requested() else {
-        return false;
-    };
-    cni_protocol::logging::install("calico reaper");
-    cni_protocol::logging::configure(&LogSettings {
-        file: job.log_file.clone(),
-        ..LogSettings::default()
-    });
-    job.run_and_log();
-    true
-}
-
 fn main() -> ExitCode {
-    // Also the deleter of interfaces and the node's keeper of warm etcd connections (see
-    // calico_datastore::keeper).
-    cni_protocol::run_with_helpers(
-        &Calico,
-        &[
-            reap_if_requested,
-            calico_datastore::keeper::run_if_requested,
-        ],
-    )
+    cni_protocol::run(&Calico)
 }

@@ -32,7 +32,5 @@ impl Plugin for Portmap {
 }
 
 fn main() -> ExitCode {
-    // Also the holder of netfilter sockets after calls have answered (see
-    // calico_netfilter::holder).
-    cni_protocol::run_with_helpers(&Portmap, &[calico_netfilter::holder::run_if_requested])
+    cni_protocol::run(&Portmap)
 }

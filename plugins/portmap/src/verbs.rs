@@ -73,8 +73,8 @@ fn udp_ports(mappings: &[Mapping], v4: bool) -> Vec<u16> {
 }
 
 /// The UDP conntrack flush for mapped ports, per family: stale flows would keep going
-/// where they went before. Done by the holder (see `calico_netfilter::holder`), failures
-/// logged only (as the reference plugin does), the rules being what matters.
+/// where they went before. Done by the node agent if there is one (see
+/// `calico_netfilter::release`), failures logged only (as the reference plugin does), the rules being what matters.
 fn udp_work(v4_ports: &[u16], v6_ports: &[u16]) -> Vec<(u8, Vec<u16>)> {
     vec![
         (libc::AF_INET as u8, v4_ports.to_vec()),
@@ -232,10 +232,10 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             log::error!("portmap: cleaning up after the failed ADD: {undo}");
             Vec::new()
         });
-        calico_netfilter::holder::hand_over(sock, &udp);
+        calico_netfilter::release::release(sock, &udp);
         return Err(e);
     }
-    calico_netfilter::holder::hand_over(sock, &udp_work(&rec.udp_v4, &rec.udp_v6));
+    calico_netfilter::release::release(sock, &udp_work(&rec.udp_v4, &rec.udp_v6));
     Ok(prev)
 }
 
@@ -248,7 +248,7 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     // mappings, or when looking is cheap (iptables-nft answers over netlink).
     let probe = !conf.mappings.is_empty() || Flavour::detect() == Some(Flavour::Nft);
     let udp = remove_container(&mut sock, &conf, &req.env.container_id, probe)?;
-    calico_netfilter::holder::hand_over(sock, &udp);
+    calico_netfilter::release::release(sock, &udp);
     Ok(())
 }
 
@@ -320,7 +320,7 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
             Err(e) => errors.push(format!("{id}: {}", e.msg)),
         }
     }
-    calico_netfilter::holder::hand_over(sock, &udp);
+    calico_netfilter::release::release(sock, &udp);
     if errors.is_empty() {
         return Ok(());
     }

@@ -100,8 +100,8 @@ fn etcd_endpoints_from_dns_srv_records() {
     let mut list = without_endpoints();
     list["plugins"][0]["datastore_type"] = json!("etcdv3");
     list["plugins"][0]["etcd_discovery_srv"] = json!("calico.test");
-    // No keeper: the connection must be this call's own, through the discovered name.
-    list["plugins"][0]["etcd_keeper"] = json!(false);
+    // No agent on the node: the connection is this call's own, through the discovered
+    // name (and a plugin with discovery never uses the agent's).
     c.install(0, &list).unwrap();
     let rt = c.runtime(0);
     let pod = NetNs::new("srv").unwrap();

@@ -274,7 +274,7 @@ fn allow_ip_forwarding_is_applied_whatever_the_pod_had() {
     }
 }
 
-/// CPU hogs on both cores for as long as it lives, so the detached deletion of a DEL runs
+/// CPU hogs on both cores for as long as it lives, so the agent's deletion of a DEL runs
 /// late, after the next ADD (the race a re-created sandbox meets on a busy node).
 struct Load(Vec<std::process::Child>);
 
@@ -314,11 +314,13 @@ fn a_sandbox_recreated_right_after_del_keeps_its_interface() {
     let node = c.node(0);
     let opts = pod_args("default", "web");
     let host_if = "cali68caf03a5f4"; // sha1("default.web")
+    // The node agent deletes the old sandbox's interface after DEL has answered.
+    let agent = testkit::Agent::on_node(&c, 0).unwrap();
     let reaped = |ns: &str| {
-        std::fs::read_to_string(c.log_of(0))
-            .unwrap_or_default()
+        agent
+            .log()
             .lines()
-            .any(|l| l.contains("reaper: eth0") && l.contains(ns))
+            .any(|l| l.contains("eth0 (index ") && l.contains(&format!("in {ns}")))
     };
     let _load = Load::start();
     let mut sandbox = NetNs::new("web").unwrap();

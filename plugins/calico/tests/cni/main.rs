@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod add_options;
+mod agent;
 mod annotations;
 mod common;
 mod datastore;
@@ -12,7 +13,6 @@ mod failures;
 mod gc;
 mod gc_check;
 mod host_local;
-mod keeper;
 mod kubeconfig;
 mod kubevirt;
 mod lifecycle;

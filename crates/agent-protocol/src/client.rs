@@ -1,0 +1,196 @@
+//! The plugins' side: a blocking connection to the agent, bounded at every step, and the
+//! process-wide memory that there is no agent.
+//!
+//! A plugin never waits long for an agent that is not there or not answering:
+//!
+//! - no socket file, or nobody listening on it: known at once (`ENOENT`, `ECONNREFUSED`);
+//! - an agent too busy to accept (its backlog full): known at once (`EAGAIN`, the connect is
+//!   non-blocking);
+//! - an agent that accepted but does not greet within [`GREETING_WAIT`]: given up.
+//!
+//! Then the plugin does the work itself, synchronously, and every later use in the same
+//! process goes straight to that (one debug line says so, once).
+
+use crate::frame::{self, Frame, Incoming};
+use crate::message::{Hello, Reply, Request};
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a plugin waits for the agent's greeting after connecting. The agent greets from
+/// its accept loop within microseconds; the bound only has to cover the agent waiting for a
+/// CPU on a busy node. The kernel's scheduler gives every runnable task its turn within one
+/// scheduling period (`sched_latency`, 6 ms × (1 + log2 CPUs), so 12 ms on 2 CPUs and at
+/// most 24 ms on large nodes), so 25 ms is one full period on a small node to spare; and it
+/// is all a wedged agent (stopped, deadlocked) can cost a call, about one veth deletion's
+/// RCU wait, after which the call does its work itself.
+pub const GREETING_WAIT: Duration = Duration::from_millis(25);
+
+/// How long a plugin waits for kernel work to be taken ([`Reply::Accepted`]): the agent
+/// only queues it. Past this the plugin does the work itself; the agent's copy, if it took
+/// it after all, finds it done (every such piece of work is idempotent).
+pub const ACCEPT_WAIT: Duration = Duration::from_secs(1);
+
+/// Set once this process found no agent, or lost it: from then on it works alone.
+static ALONE: AtomicBool = AtomicBool::new(false);
+
+/// Notes that this process works without the agent from now on, and says so once.
+pub fn work_alone(why: &str) {
+    if !ALONE.swap(true, Ordering::Relaxed) {
+        log::debug!("no calico-node agent ({why}): this call does its work itself");
+    }
+}
+
+/// Whether this process has given up on the agent.
+pub fn is_alone() -> bool {
+    ALONE.load(Ordering::Relaxed)
+}
+
+/// Why a call got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing of the request reached the agent: it did nothing.
+    #[error("the request did not reach the agent: {0}")]
+    NotSent(std::io::Error),
+    /// The request went out but no (readable) reply came: whatever it asked may or may not
+    /// have been done.
+    #[error("the agent did not answer: {0}")]
+    NoReply(String),
+}
+
+/// A connection to the agent.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    incoming: Incoming,
+    /// The agent's version.
+    pub agent: String,
+}
+
+impl Connection {
+    /// The node's agent at [`crate::socket_path`], unless this process already works alone;
+    /// `None` (and this process works alone from now on) if none answers.
+    pub fn to_agent() -> Option<Connection> {
+        if is_alone() {
+            return None;
+        }
+        let path = crate::socket_path();
+        match Connection::open(&path, GREETING_WAIT) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                work_alone(&format!("{}: {why}", path.display()));
+                None
+            }
+        }
+    }
+
+    /// Connects to the agent at `path` and waits up to `greeting` for its hello.
+    pub fn open(path: &Path, greeting: Duration) -> Result<Connection, String> {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| format!("socket: {e}"))?;
+        let addr = SocketAddrUnix::new(path).map_err(|e| format!("socket path: {e}"))?;
+        // Non-blocking: an agent whose backlog is full is EAGAIN here, not a wait.
+        rustix::net::connect(&fd, &addr).map_err(|e| match e {
+            rustix::io::Errno::NOENT => "no socket".to_string(),
+            rustix::io::Errno::CONNREFUSED => "nobody listens".to_string(),
+            rustix::io::Errno::AGAIN => "too busy to accept".to_string(),
+            other => format!("connect: {other}"),
+        })?;
+        let stream = UnixStream::from(fd);
+        stream
+            .set_nonblocking(false)
+            .map_err(|e| format!("socket mode: {e}"))?;
+        let mut c = Connection {
+            stream,
+            incoming: Incoming::default(),
+            agent: String::new(),
+        };
+        let frame = c
+            .read_frame(greeting)
+            .map_err(|e| format!("no greeting: {e}"))?;
+        match frame.decode().map_err(|e| format!("greeting: {e}"))? {
+            Hello::Welcome { agent } => c.agent = agent,
+            Hello::Refused(why) => return Err(format!("refused: {why}")),
+        }
+        Ok(c)
+    }
+
+    /// Sends `request` (with `descriptors`, see [`Request::descriptors`]) and waits up to
+    /// `wait` for the reply.
+    pub fn call(
+        &mut self,
+        request: &Request,
+        descriptors: &[BorrowedFd<'_>],
+        wait: Duration,
+    ) -> Result<Reply, CallError> {
+        let bytes = frame::encode(request)
+            .map_err(|e| CallError::NotSent(std::io::Error::other(e.to_string())))?;
+        // A write that fails before any byte left is "not sent"; a blocking unix socket
+        // writes a frame whole or fails at once (the peer gone), so that is the case here.
+        frame::send(self.stream.as_fd(), &bytes, descriptors).map_err(CallError::NotSent)?;
+        let frame = self
+            .read_frame(wait)
+            .map_err(|e| CallError::NoReply(e.to_string()))?;
+        frame
+            .decode()
+            .map_err(|e| CallError::NoReply(format!("unreadable reply: {e}")))
+    }
+
+    /// Reads one frame, within `wait` in all.
+    fn read_frame(&mut self, wait: Duration) -> std::io::Result<Frame> {
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if let Some(f) = self
+                .incoming
+                .next_frame()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+            {
+                return Ok(f);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let n = match self.stream.read(&mut buf) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                Err(e) => return Err(e),
+            };
+            self.incoming.push(&buf[..n], Vec::new());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_socket_and_a_silent_listener_are_told_apart_and_quick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let e = Connection::open(&path, GREETING_WAIT).expect_err("no socket");
+        assert_eq!(e, "no socket");
+        // A listener that never greets (a wedged agent): given up after the bound.
+        let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let started = Instant::now();
+        let e = Connection::open(&path, Duration::from_millis(30)).expect_err("silent");
+        assert!(e.starts_with("no greeting"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,226 @@
+//! `calico-node run`: the long-lived per-node daemon and the services it gives the plugins
+//! over its unix socket (protocol: `calico-agent-protocol`).
+//!
+//! - [`listener`]: the socket (`/var/run/calico/calico-node.sock`, or `CALICO_NODE_SOCKET`),
+//!   mode 0600, a stale one replaced;
+//! - [`server`]: the connections: only root served (`SO_PEERCRED`), etcd requests run on
+//!   the node's one etcd client ([`calico_datastore::EtcdClient`], mutual TLS from the
+//!   `ETCD_*` variables), kernel work queued, health answered from the daemon's state;
+//! - [`kernel`]: the deferred kernel work (veth deletions by index, UDP conntrack flushes,
+//!   nfnetlink sockets closed when the node is quiet), on one thread;
+//! - [`metrics`]: `calico_node_*` in the Prometheus text format, on
+//!   `CALICO_NODE_METRICS_PORT` if set.
+//!
+//! SIGTERM (or SIGINT): no new work is taken (requests get `ShuttingDown`, and the plugins
+//! do the work themselves), the socket is removed, requests under way finish, the kernel
+//! work accepted is done, then the process exits 0.
+
+pub mod kernel;
+pub mod listener;
+pub mod metrics;
+pub mod server;
+
+use crate::config::{ConfigError, Env, etcd_from_env};
+use anyhow::Context as _;
+use calico_datastore::EtcdClient;
+use calico_datastore::store::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the daemon checks etcd by itself (plugins' requests count as checks too).
+const ETCD_PROBE_EVERY: Duration = Duration::from_secs(10);
+/// A key every Calico datastore has once calico-node has started, read as the probe.
+const PROBE_KEY: &str = "/calico/resources/v3/projectcalico.org/clusterinformations/default";
+
+/// The daemon's settings, from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub etcd: calico_datastore::EtcdConfig,
+    pub socket: PathBuf,
+    /// Where metrics are served (`CALICO_NODE_METRICS_PORT`, on
+    /// `CALICO_NODE_METRICS_HOST`, default all addresses); none if unset.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Settings {
+    pub fn from_env(env: &dyn Env) -> Result<Settings, ConfigError> {
+        let etcd = etcd_from_env(env)?;
+        let socket = env.var(calico_agent_protocol::SOCKET_ENV).map_or_else(
+            || calico_agent_protocol::DEFAULT_SOCKET.into(),
+            PathBuf::from,
+        );
+        let host: IpAddr = match env.var("CALICO_NODE_METRICS_HOST") {
+            Some(h) => h.parse().map_err(|_| {
+                ConfigError::new(
+                    "CALICO_NODE_METRICS_HOST",
+                    format!("{h:?} is not an address"),
+                )
+            })?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let metrics = match env.var("CALICO_NODE_METRICS_PORT") {
+            Some(p) => Some(SocketAddr::new(
+                host,
+                p.parse().map_err(|_| {
+                    ConfigError::new("CALICO_NODE_METRICS_PORT", format!("{p:?} is not a port"))
+                })?,
+            )),
+            None => None,
+        };
+        Ok(Settings {
+            etcd,
+            socket,
+            metrics,
+        })
+    }
+}
+
+/// Runs the daemon until SIGTERM.
+pub fn run(env: &dyn Env) -> anyhow::Result<()> {
+    let settings = Settings::from_env(env)?;
+    serve(&settings)
+}
+
+/// Serves with `settings` until SIGTERM or SIGINT.
+pub fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let identity = calico_datastore::agent::identity(&settings.etcd)
+        .context("reading the etcd TLS files (ETCD_*_FILE)")?;
+    let metrics = metrics::Metrics::new();
+    let (queue, mut worker) =
+        kernel::Worker::start(metrics.clone()).context("starting the kernel work thread")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let outcome = runtime.block_on(async {
+        let etcd = EtcdClient::connect(&settings.etcd)
+            .await
+            .context("etcd settings")?;
+        let shared = Arc::new(server::Shared::new(etcd, identity, queue, metrics.clone()));
+        if let Some(addr) = settings.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics on {addr}"))?;
+            log::info!("metrics on http://{addr}/metrics");
+            tokio::spawn(metrics::serve(listener, metrics.clone()));
+        }
+        tokio::spawn(probe_etcd(shared.clone()));
+        let socket = listener::Socket::bind(&settings.socket)?;
+        let result = accept_until_signalled(&socket, &shared).await;
+        // Stop taking work, then let what is under way finish (each etcd request is
+        // bounded by the request timeout).
+        shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        socket.remove();
+        let under_way = shared.in_flight();
+        if under_way > 0 {
+            log::info!("finishing {under_way} requests");
+        }
+        let bound = settings.etcd.request_timeout + Duration::from_secs(5);
+        if tokio::time::timeout(bound, shared.quiesced())
+            .await
+            .is_err()
+        {
+            log::warn!("requests still under way after {bound:?}; leaving them");
+        }
+        result
+    });
+    // Dropping the runtime ends every connection and task, and with them the last work
+    // queues: the worker then does what is queued and stops.
+    drop(runtime);
+    worker.finish();
+    log::info!("stopped");
+    outcome
+}
+
+async fn accept_until_signalled(
+    socket: &listener::Socket,
+    shared: &Arc<server::Shared>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let std_listener = socket
+        .listener
+        .try_clone()
+        .context("the socket's descriptor")?;
+    std_listener
+        .set_nonblocking(true)
+        .context("the socket's mode")?;
+    let listener = tokio::net::UnixListener::from_std(std_listener).context("the socket")?;
+    log::info!(
+        "calico-node {} serving {} (etcd at {})",
+        crate::VERSION,
+        socket.path().display(),
+        shared.etcd.endpoints()
+    );
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(server::connection(stream, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin on it.
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    log::info!("SIGTERM: taking no new work");
+    Ok(())
+}
+
+/// Reads one key now and then, so readiness follows etcd even when no plugin calls.
+async fn probe_etcd(shared: Arc<server::Shared>) {
+    let mut every = tokio::time::interval(ETCD_PROBE_EVERY);
+    loop {
+        every.tick().await;
+        let outcome = shared
+            .etcd
+            .read(&[Read::Key(PROBE_KEY.into())])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        shared.etcd_contact(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn settings_default_and_name_the_bad_variable() {
+        let s = Settings::from_env(&env(&[])).expect("defaults");
+        assert_eq!(s.socket, PathBuf::from("/var/run/calico/calico-node.sock"));
+        assert!(s.metrics.is_none());
+        let s = Settings::from_env(&env(&[
+            ("CALICO_NODE_METRICS_PORT", "9099"),
+            ("CALICO_NODE_SOCKET", "/tmp/x.sock"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.metrics, Some("0.0.0.0:9099".parse().expect("addr")));
+        assert_eq!(s.socket, PathBuf::from("/tmp/x.sock"));
+        let e = Settings::from_env(&env(&[("CALICO_NODE_METRICS_PORT", "http")]))
+            .expect_err("bad port");
+        assert_eq!(e.variable, "CALICO_NODE_METRICS_PORT");
+        let e = Settings::from_env(&env(&[("CALICO_NODE_METRICS_HOST", "localhost")]))
+            .expect_err("bad host");
+        assert_eq!(e.variable, "CALICO_NODE_METRICS_HOST");
+    }
+}
