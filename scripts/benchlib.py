@@ -231,3 +231,59 @@ def pooled_rounds(chains, pods, rounds, work, node_netns=None, around=None):
                            "samples": v}
                     for verb, v in verbs.items()}
             for label, verbs in samples.items()}
+
+
+class Agent:
+    """`calico-node run` in `netns`, serving `etcd` (a benchlib.Etcd; None: a local endpoint
+    nobody serves, for benchmarks of kernel work only) on its own socket in a temporary
+    directory; its CPU time and resident memory read from /proc, so what the
+    plugins hand over to it is billed too. close() stops it with SIGTERM."""
+
+    def __init__(self, etcd, netns, binary=None):
+        self.tmp = tempfile.mkdtemp(prefix="bench-agent.")
+        self.socket = os.path.join(self.tmp, "calico-node.sock")
+        env = dict(os.environ, CALICO_NODE_SOCKET=self.socket, LOG_LEVEL="warning",
+                   ETCD_ENDPOINTS=etcd.endpoint if etcd else f"http://127.0.0.1:{free_port()}")
+        if etcd and etcd.pki:
+            env.update(ETCD_CA_CERT_FILE=etcd.pki.ca, ETCD_CERT_FILE=etcd.pki.path("client.crt"),
+                       ETCD_KEY_FILE=etcd.pki.path("client.key"))
+        self.binary = binary or os.path.join(REPO, "target", "release", "calico-node")
+        self.log = open(os.path.join(self.tmp, "calico-node.log"), "w")
+        # `ip netns exec` execs the agent in place, so the pid is the agent's.
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, self.binary, "run"], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        self.env = env
+        deadline = time.time() + 10
+        while not self.live():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.close()
+                raise SystemExit(f"calico-node run did not start; see {self.log.name}")
+            time.sleep(0.02)
+
+    def live(self):
+        return subprocess.run([self.binary, "health", "--live"], env=self.env,
+                              capture_output=True).returncode == 0
+
+    def cpu_ms(self):
+        """User + system CPU time so far, ms."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)

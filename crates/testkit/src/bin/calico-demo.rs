@@ -1,5 +1,6 @@
 //! The main job's demo: a two-node Calico cluster in network namespaces, `calico-node
-//! startup` on each node (Node, default pools, nodename and MTU files), pods made by the
+//! startup` on each node (Node, default pools, nodename and MTU files), then `calico-node
+//! run` (the plugins' etcd and deferred kernel work), pods made by the
 //! seed conflist through libcni, traffic between them, and a summary. Everything it creates
 //! is removed when it ends (fixtures drop), also on failure.
 
@@ -223,6 +224,22 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
     indent(&serde_json::to_string_pretty(&list)?);
 
     step(interrupted)?;
+    heading(
+        "calico-node run on each node: the plugins' etcd connection and their deferred kernel work",
+    );
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let agent = testkit::Agent::on_node(&c, i)?;
+        println!(
+            "   node-{}: calico-node run, pid {}, socket {} (0600)",
+            i + 1,
+            agent.pid(),
+            testkit::agent::SOCKET
+        );
+        agents.push(agent);
+    }
+
+    step(interrupted)?;
     heading("Pods, added through libcni (cni-driver add k8s-pod-network <netns>)");
     let mut pods = Vec::new();
     for (name, node) in [("frontend", 0), ("backend", 0), ("db", 1)] {
@@ -403,6 +420,17 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
     println!(
         "   after DEL: {left_weps} endpoint records, {left_handles} IPAM handles, {left_links} cali interfaces, {left_mappings} hostPort mappings"
     );
+    for (i, agent) in agents.iter_mut().enumerate() {
+        let served = agent.metric("calico_node_requests_total", &["service=\"etcd\""])?;
+        let deferred = agent.metric("calico_node_deferred_work_total", &[])?;
+        let cpu = agent.metric("calico_node_cpu_seconds_total", &[])?;
+        let status = agent.stop()?;
+        println!(
+            "   node-{}: calico-node served {served} etcd requests, did {deferred} pieces of deferred kernel work, used {:.0} ms of CPU; SIGTERM: {status}",
+            i + 1,
+            cpu * 1e3
+        );
+    }
     println!(
         "   total {:.1} s; namespaces, etcd and temporary files are removed now",
         started.elapsed().as_secs_f64()
