@@ -270,6 +270,16 @@ class Agent:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
 
+    def wait_quiet(self, still=2.0, bound=60.0):
+        """Waits until the agent's CPU time has not moved for `still` seconds (its deferred
+        work done), `bound` seconds at most."""
+        deadline = time.time() + bound
+        while time.time() < deadline:
+            before = self.cpu_ms()
+            time.sleep(still)
+            if self.cpu_ms() == before:
+                return
+
     def rss_kb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
