@@ -20,6 +20,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop(proc):
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, **kw)
 
@@ -135,13 +146,7 @@ class Etcd:
         self.ctl("put", f"/calico/resources/v3/projectcalico.org/nodes/{name}", json.dumps(node))
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -288,12 +293,6 @@ class Agent:
         return 0
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)

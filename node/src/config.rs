@@ -41,6 +41,15 @@ impl Env for std::collections::HashMap<String, String> {
     }
 }
 
+/// An environment of `pairs`, for tests.
+#[cfg(test)]
+pub(crate) fn test_env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The datastore settings: `DATASTORE_TYPE` (only `etcdv3` here), `ETCD_ENDPOINTS` and the
 /// three `ETCD_*_FILE`s.
 pub fn etcd_from_env(env: &dyn Env) -> Result<EtcdConfig, ConfigError> {
@@ -95,14 +104,7 @@ pub fn etcd_from_env(env: &dyn Env) -> Result<EtcdConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::test_env as env;
 
     #[test]
     fn etcd_defaults_to_local_plain() {

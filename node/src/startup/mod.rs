@@ -154,16 +154,8 @@ mod tests {
     use super::*;
     use crate::startup::host::StaticHost;
     use calico_datastore::MemKv;
-    use std::collections::HashMap;
 
-    fn settings(dir: &std::path::Path, pairs: &[(&str, &str)]) -> Settings {
-        let mut env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.insert("CALICO_VAR_LIB_DIR".into(), dir.display().to_string());
-        Settings::from_env(&env).unwrap()
-    }
+    use crate::startup::settings::test_settings as settings;
 
     /// The whole start-up on an empty store, then again: the second run changes nothing.
     #[test]

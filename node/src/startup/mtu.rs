@@ -201,7 +201,6 @@ mod tests {
     use crate::startup::host::{Host, StaticHost};
     use calico_datastore::MemKv;
     use serde_json::json;
-    use std::collections::HashMap;
 
     fn inputs(host: u32) -> MtuInputs {
         MtuInputs {
@@ -266,14 +265,7 @@ mod tests {
         assert_eq!(host_mtu(&h.interfaces[3..], &pattern), None);
     }
 
-    fn settings(dir: &std::path::Path, pairs: &[(&str, &str)]) -> Settings {
-        let mut env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.insert("CALICO_VAR_LIB_DIR".into(), dir.display().to_string());
-        Settings::from_env(&env).unwrap()
-    }
+    use crate::startup::settings::test_settings as settings;
 
     #[test]
     fn the_file_follows_pools_felix_configuration_and_environment() {

@@ -140,16 +140,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::startup::host::StaticHost;
-    use std::collections::HashMap;
 
-    fn settings(dir: &Path, pairs: &[(&str, &str)]) -> Settings {
-        let mut env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.insert("CALICO_VAR_LIB_DIR".into(), dir.display().to_string());
-        Settings::from_env(&env).unwrap()
-    }
+    use crate::startup::settings::test_settings as settings;
 
     fn host() -> StaticHost {
         StaticHost {

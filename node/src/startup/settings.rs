@@ -478,18 +478,21 @@ impl Settings {
     }
 }
 
+/// Settings from `pairs`, with the files under `dir`, for tests.
+#[cfg(test)]
+pub(crate) fn test_settings(dir: &std::path::Path, pairs: &[(&str, &str)]) -> Settings {
+    let mut env = crate::config::test_env(pairs);
+    env.insert("CALICO_VAR_LIB_DIR".into(), dir.display().to_string());
+    #[allow(clippy::unwrap_used)]
+    Settings::from_env(&env).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::test_env as env;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
         Settings::from_env(&env(pairs)).unwrap()
