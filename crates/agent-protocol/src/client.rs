@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 /// CPU on a busy node. The kernel's scheduler gives every runnable task its turn within one
 /// scheduling period (`sched_latency`, 6 ms × (1 + log2 CPUs), so 12 ms on 2 CPUs and at
 /// most 24 ms on large nodes), so 25 ms is one full period on a small node to spare; and it
-/// is all a wedged agent (stopped, deadlocked) can cost a call, about one veth deletion's
-/// RCU wait, after which the call does its work itself.
+/// is all an agent that is wedged (stopped, deadlocked) before it greets can cost a call,
+/// about one veth deletion's RCU wait, after which the call does its work itself. An agent
+/// that wedges after greeting costs a call more: [`ACCEPT_WAIT`] for kernel work, and the
+/// etcd request's own timeout (plus 1 s) for an etcd request, as a direct connection to a
+/// wedged etcd would.
 pub const GREETING_WAIT: Duration = Duration::from_millis(25);
 
 /// How long a plugin waits for kernel work to be taken ([`Reply::Accepted`]): the agent
@@ -108,6 +111,11 @@ impl Connection {
         let stream = UnixStream::from(fd);
         stream
             .set_nonblocking(false)
+            .map_err(|e| format!("socket mode: {e}"))?;
+        // A request larger than the socket's buffer, sent to an agent that stopped reading,
+        // must not block the call for ever.
+        stream
+            .set_write_timeout(Some(ACCEPT_WAIT))
             .map_err(|e| format!("socket mode: {e}"))?;
         let mut c = Connection {
             stream,

@@ -160,8 +160,6 @@ pub struct PluginStore {
     /// Until the agent cannot serve us (then `None` for the rest of the call).
     agent: RefCell<Option<ViaAgent>>,
     own: OnceCell<Etcd>,
-    /// How many requests the agent answered (for logs and tests).
-    served: std::cell::Cell<usize>,
 }
 
 impl PluginStore {
@@ -187,17 +185,11 @@ impl PluginStore {
             config: config.clone(),
             agent: RefCell::new(agent),
             own: OnceCell::new(),
-            served: std::cell::Cell::new(0),
         };
         if store.agent.borrow().is_none() {
             store.own()?;
         }
         Ok(store)
-    }
-
-    /// How many requests went through the agent.
-    pub fn served_by_agent(&self) -> usize {
-        self.served.get()
     }
 
     /// Our own connection, made on first need.
@@ -270,10 +262,7 @@ impl PluginStore {
                 reason: message,
             }),
             Reply::EtcdFailed { message, .. } => Err(StoreError::failed(message)),
-            other @ (Reply::Read(_) | Reply::Txn(_)) => {
-                self.served.set(self.served.get() + 1);
-                Ok(Some(other))
-            }
+            other @ (Reply::Read(_) | Reply::Txn(_)) => Ok(Some(other)),
             other => {
                 log::debug!("calico-node answered {other:?} to an etcd request");
                 *slot = None;

@@ -99,10 +99,6 @@ impl EtcdClient {
         &self.endpoints
     }
 
-    pub fn config(&self) -> &EtcdConfig {
-        &self.config
-    }
-
     /// Runs one request, bounded by the request timeout whatever the transport does.
     async fn run<T>(
         &self,

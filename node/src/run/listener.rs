@@ -1,9 +1,19 @@
 //! The agent's unix socket: made mode 0600 (only root, the plugins' user, may connect), a
 //! stale file of a crashed agent replaced, a live agent's never taken over; removed at exit
 //! only if it is still ours.
+//!
+//! Who owns the socket is decided by a lock, not by probing it: an exclusive `flock` on
+//! `<socket>.lock`, taken before the socket is looked at and held for the daemon's life (the
+//! kernel drops it when the process dies, however it dies). With the lock held any file at
+//! the path is a dead agent's, so two agents starting at once can never unlink each other's
+//! socket, and a live agent with a full backlog is never mistaken for a dead one. The lock
+//! file itself stays.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 /// Why the socket could not be made.
@@ -25,6 +35,15 @@ pub struct Socket {
     pub listener: UnixListener,
     path: PathBuf,
     inode: (u64, u64),
+    /// Held while the socket is ours (see the module doc).
+    _lock: Flock<File>,
+}
+
+/// `<socket>.lock`.
+fn lock_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ListenError + '_ {
@@ -40,16 +59,25 @@ impl Socket {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
+        let lock_file = lock_path(path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_file)
+            .map_err(io(&lock_file))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Err(ListenError::InUse(path.to_path_buf())),
+            Err((_, e)) => return Err(io(&lock_file)(e.into())),
+        };
         match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
-                Ok(_) => return Err(ListenError::InUse(path.to_path_buf())),
-                // Nobody listens: a crashed agent's file.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    log::warn!("replacing the stale socket {}", path.display());
-                    std::fs::remove_file(path).map_err(io(path))?;
-                }
-                Err(e) => return Err(io(path)(e)),
-            },
+            // The lock is ours: a socket file here is a dead agent's.
+            Ok(m) if m.file_type().is_socket() => {
+                log::warn!("replacing the stale socket {}", path.display());
+                std::fs::remove_file(path).map_err(io(path))?;
+            }
             Ok(_) => return Err(ListenError::NotASocket(path.to_path_buf())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(path)(e)),
@@ -79,6 +107,7 @@ impl Socket {
             listener,
             path: path.to_path_buf(),
             inode: (m.dev(), m.ino()),
+            _lock: lock,
         })
     }
 
@@ -116,6 +145,7 @@ mod tests {
         let second = Socket::bind(&path).expect("stale file replaced");
         second.remove();
         assert!(!path.exists());
+        drop(second);
         std::fs::write(&path, "x").expect("write");
         assert!(matches!(
             Socket::bind(&path),

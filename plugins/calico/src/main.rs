@@ -21,8 +21,9 @@ enum NodeGate {
     Not,
 }
 
-/// What every verb starts from: the derived context and a datastore connection (opened
-/// lazily: the first request makes it, in parallel with the kernel work).
+/// What every verb starts from: the derived context and a datastore connection (calico-node's
+/// socket when it answers, else our own connection to etcd, made here so bad settings are
+/// reported before any kernel work).
 fn setup(
     req: &Request,
     gate: NodeGate,
