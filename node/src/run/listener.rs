@@ -115,6 +115,12 @@ impl Socket {
         &self.path
     }
 
+    /// Stops listening: removes the file (if still ours), closes the listening descriptor
+    /// and gives up the lock.
+    pub fn close(self) {
+        self.remove();
+    }
+
     /// Removes the file if it is still the one we bound (a newer agent's is left alone).
     pub fn remove(&self) {
         match std::fs::symlink_metadata(&self.path) {

@@ -107,14 +107,17 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             tokio::spawn(metrics::serve(listener, metrics.clone()));
         }
         tokio::spawn(probe_etcd(shared.clone()));
+        // Handlers first: a SIGTERM that comes once the socket exists is never missed.
+        let signals = Signals::new()?;
         let socket = listener::Socket::bind(&settings.socket)?;
-        let result = accept_until_signalled(&socket, &shared).await;
-        // Stop taking work, then let what is under way finish (each etcd request is
-        // bounded by the request timeout).
+        let result = accept_until_signalled(&socket, &shared, signals).await;
+        // Stop taking work (the socket goes, and with it the listening descriptor: a plugin
+        // now finds no agent at once), then let what is under way finish (each etcd request
+        // is bounded by the request timeout).
         shared
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        socket.remove();
+        socket.close();
         let under_way = shared.in_flight();
         if under_way > 0 {
             log::info!("finishing {under_way} requests");
@@ -136,13 +139,27 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     outcome
 }
 
+/// SIGTERM and SIGINT, the signals that stop the daemon.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+}
+
 async fn accept_until_signalled(
     socket: &listener::Socket,
     shared: &Arc<server::Shared>,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let std_listener = socket
         .listener
         .try_clone()
@@ -169,8 +186,8 @@ async fn accept_until_signalled(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
         }
     }
     log::info!("SIGTERM: taking no new work");
