@@ -51,7 +51,25 @@ fn bench_cni_reports_the_share_of_the_reference_chain() {
         .args(["netns", "list"])
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&left.stdout).contains("bench-"));
+    // bench-cni's pod namespaces are `bench-<6 hex>-<n>` (other benchmarks' names, such as
+    // `bench-node-…`, are not its and may exist while this test runs).
+    let pods_left: Vec<String> = String::from_utf8_lossy(&left.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| {
+            let mut parts = name.split('-');
+            parts.next() == Some("bench")
+                && parts
+                    .next()
+                    .is_some_and(|h| h.len() == 6 && h.chars().all(|c| c.is_ascii_hexdigit()))
+                && parts
+                    .next()
+                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+                && parts.next().is_none()
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(pods_left.is_empty(), "left: {pods_left:?}");
     assert_eq!(
         node.sh("ip -o link show | grep -c veth || true")
             .unwrap()
