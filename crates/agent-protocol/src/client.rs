@@ -6,7 +6,8 @@
 //! - no socket file, or nobody listening on it: known at once (`ENOENT`, `ECONNREFUSED`);
 //! - an agent too busy to accept (its backlog full): known at once (`EAGAIN`, the connect is
 //!   non-blocking);
-//! - an agent that accepted but does not greet within [`GREETING_WAIT`]: given up.
+//! - an agent that accepted but does not greet within [`GREETING_WAIT`]: given up;
+//! - a listener that is not root's (the socket's path comes from the environment): refused.
 //!
 //! Then the plugin does the work itself, synchronously, and every later use in the same
 //! process goes straight to that (one debug line says so, once).
@@ -108,6 +109,17 @@ impl Connection {
             rustix::io::Errno::AGAIN => "too busy to accept".to_string(),
             other => format!("connect: {other}"),
         })?;
+        // Only root's agent gets a pod's namespace or etcd traffic: the socket's path comes
+        // from the environment a runtime passes on, so the peer is checked, not the path.
+        let peer = rustix::net::sockopt::socket_peercred(&fd)
+            .map_err(|e| format!("peer credentials: {e}"))?;
+        if peer.uid.as_raw() != 0 {
+            return Err(format!(
+                "the listener is not root's (uid {}, pid {})",
+                peer.uid.as_raw(),
+                peer.pid.as_raw_nonzero()
+            ));
+        }
         let stream = UnixStream::from(fd);
         stream
             .set_nonblocking(false)
@@ -187,6 +199,62 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket at the agent's path whose listener is not root (a runtime may pass any
+    /// `CALICO_NODE_SOCKET`) gets nothing: refused before a byte is sent.
+    #[test]
+    fn a_listener_that_is_not_root_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Who we are: the owner of what we just made.
+        let root = std::os::unix::fs::MetadataExt::uid(&dir.path().metadata().expect("stat")) == 0;
+        if !root {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs the tests as root"
+            );
+            eprintln!("skipped: needs root (to start a listener as another user)");
+            return;
+        }
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod");
+        let path = dir.path().join("agent.sock");
+        // Listens as nobody until its stdin closes (when this test ends, also by a panic).
+        let mut listener = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 s.bind(sys.argv[1]); s.listen(8)\n\
+                 sys.stdin.read()",
+            )
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("setpriv python3");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() && Instant::now() < deadline {
+            if let Ok(Some(status)) = listener.try_wait() {
+                panic!("the listener ended: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let outcome = Connection::open(&path, GREETING_WAIT);
+        drop(listener.stdin.take());
+        let _ = listener.wait();
+        let Err(e) = outcome else {
+            panic!("a listener that is not root was used");
+        };
+        assert!(e.contains("not root's (uid 65534"), "{e}");
+    }
 
     #[test]
     fn no_socket_and_a_silent_listener_are_told_apart_and_quick() {
