@@ -234,19 +234,22 @@ mod tests {
                 "import socket, sys\n\
                  s = socket.socket(socket.AF_UNIX)\n\
                  s.bind(sys.argv[1]); s.listen(8)\n\
+                 print('listening', flush=True)\n\
                  sys.stdin.read()",
             )
             .arg(&path)
             .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("setpriv python3");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !path.exists() && Instant::now() < deadline {
-            if let Ok(Some(status)) = listener.try_wait() {
-                panic!("the listener ended: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        // Listening once it says so (the file exists from bind(), before listen()); it
+        // says so or ends at once.
+        let mut said = String::new();
+        if let Some(out) = listener.stdout.take() {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut said)
+                .expect("the listener's word");
         }
+        assert_eq!(said.trim(), "listening", "the listener did not start");
         let outcome = Connection::open(&path, GREETING_WAIT);
         drop(listener.stdin.take());
         let _ = listener.wait();
