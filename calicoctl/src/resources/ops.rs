@@ -16,12 +16,12 @@ use super::validate::{self, PoolContext};
 use super::{DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, Kind, Object, id_in};
 use crate::error::{CmdError, CmdResult};
 use calico_datastore::model::{
-    ClusterInformation, ClusterInformationSpec, IpPool, IpamConfiguration, Node, Profile,
-    ProfileSpec, Resource, Rule, WorkloadEndpoint, keys, new_cluster_guid,
+    ClusterInformation, ClusterInformationSpec, DEFAULT_TIERS, IpPool, IpamConfiguration, Node,
+    Profile, ProfileSpec, Resource, Rule, WorkloadEndpoint, default_tier, keys, new_cluster_guid,
 };
 use calico_datastore::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use ipnet::IpNet;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -641,14 +641,9 @@ pub fn apply(
 /// as calicoctl ignores them.
 pub fn ensure_initialized(ctx: &Ctx) {
     let ci_key = keys::resource("clusterinformations", "default");
-    const TIERS: [(&str, &str, u64); 3] = [
-        ("default", "Deny", 1_000_000),
-        ("kube-admin", "Pass", 1_000),
-        ("kube-baseline", "Pass", 10_000_000),
-    ];
     let mut reads = vec![Read::Key(ci_key.clone())];
     reads.extend(
-        TIERS
+        DEFAULT_TIERS
             .iter()
             .map(|(n, ..)| Read::Key(keys::resource("tiers", n))),
     );
@@ -696,17 +691,11 @@ pub fn ensure_initialized(ctx: &Ctx) {
             }
         }
     }
-    for (name, action, order) in TIERS {
+    for (name, action, order) in DEFAULT_TIERS {
         if got.next().and_then(|mut v| v.pop()).is_some() {
             continue;
         }
-        let mut tier = Resource::new(
-            "Tier",
-            name,
-            json!({"order": order, "defaultAction": action}),
-        );
-        tier.stamp_created(now);
-        tier.status = Some(json!({}));
+        let tier = default_tier(name, action, order, now);
         let key = keys::resource("tiers", name);
         if let Ok(bytes) = tier.to_stored() {
             let _ = ctx
@@ -831,6 +820,7 @@ mod tests {
     use super::*;
     use crate::resources::parse_documents;
     use calico_datastore::MemKv;
+    use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn t0() -> SystemTime {

@@ -10,10 +10,9 @@
 use super::guarded::{self, Outcome};
 use super::{Report, StartupError};
 use calico_datastore::model::{
-    ClusterInformation, ClusterInformationSpec, Resource, keys, new_cluster_guid,
+    ClusterInformation, ClusterInformationSpec, DEFAULT_TIERS, default_tier, keys, new_cluster_guid,
 };
 use calico_datastore::{Guard, KvStore, Read, TxnOutcome, Write};
-use serde_json::json;
 use std::time::SystemTime;
 
 /// The version written to `calicoVersion`.
@@ -22,12 +21,6 @@ pub fn calico_version() -> String {
 }
 
 /// Calico's default tiers: name, default action, order.
-const TIERS: [(&str, &str, u64); 3] = [
-    ("default", "Deny", 1_000_000),
-    ("kube-admin", "Pass", 1_000),
-    ("kube-baseline", "Pass", 10_000_000),
-];
-
 /// Makes sure of `clusterinformations/default` and the tiers.
 pub fn ensure(
     store: &dyn KvStore,
@@ -83,22 +76,16 @@ pub fn ensure(
         }
         Outcome::Unchanged => log::info!("clusterinformations/default is present"),
     }
-    let reads: Vec<Read> = TIERS
+    let reads: Vec<Read> = DEFAULT_TIERS
         .iter()
         .map(|(n, ..)| Read::Key(keys::resource("tiers", n)))
         .collect();
     let found = store.read(&reads)?;
-    for ((name, action, order), got) in TIERS.iter().zip(found) {
+    for ((name, action, order), got) in DEFAULT_TIERS.iter().zip(found) {
         if !got.is_empty() {
             continue;
         }
-        let mut tier = Resource::new(
-            "Tier",
-            name,
-            json!({"order": order, "defaultAction": action}),
-        );
-        tier.stamp_created(now);
-        tier.status = Some(json!({}));
+        let tier = default_tier(name, action, *order, now);
         let key = keys::resource("tiers", name);
         let bytes = tier.to_stored().map_err(|e| StartupError::Corrupt {
             key: key.clone(),
@@ -119,7 +106,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use calico_datastore::MemKv;
-    use serde_json::Value;
+    use serde_json::{Value, json};
 
     fn t0() -> SystemTime {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_777_629_600)

@@ -138,14 +138,9 @@ mod tests {
     use crate::startup::host::StaticHost;
     use calico_datastore::MemKv;
     use serde_json::{Value, json};
-    use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_env(&env).unwrap()
+        Settings::from_env(&crate::config::test_env(pairs)).unwrap()
     }
 
     fn t0() -> SystemTime {

@@ -14,8 +14,8 @@ pub use node::{
     AsNumber, Node, NodeAddress, NodeBgpSpec, NodeInterface, NodeSpec, NodeWireguardSpec, OrchRef,
 };
 pub use resources::{
-    ClusterInformation, ClusterInformationSpec, EntityRule, IpPool, IpPoolSpec, IpReservation,
-    IpReservationSpec, IpamConfiguration, IpamConfigurationSpec, ObjectMeta, Profile, ProfileSpec,
-    Resource, Rule, WorkloadEndpoint, WorkloadEndpointPort, WorkloadEndpointSpec, new_cluster_guid,
-    new_uid,
+    ClusterInformation, ClusterInformationSpec, DEFAULT_TIERS, EntityRule, IpPool, IpPoolSpec,
+    IpReservation, IpReservationSpec, IpamConfiguration, IpamConfigurationSpec, ObjectMeta,
+    Profile, ProfileSpec, Resource, Rule, WorkloadEndpoint, WorkloadEndpointPort,
+    WorkloadEndpointSpec, default_tier, new_cluster_guid, new_uid,
 };

@@ -60,6 +60,31 @@ pub struct ObjectMeta {
     pub extra: Map<String, Value>,
 }
 
+/// Calico's default tiers (name, default action, order), which calico-node's start-up and
+/// calicoctl's first write create when missing (libcalico-go's `EnsureInitialized`).
+pub const DEFAULT_TIERS: [(&str, &str, u64); 3] = [
+    ("default", "Deny", 1_000_000),
+    ("kube-admin", "Pass", 1_000),
+    ("kube-baseline", "Pass", 10_000_000),
+];
+
+/// One of [`DEFAULT_TIERS`] as a resource created `now`.
+pub fn default_tier(
+    name: &str,
+    action: &str,
+    order: u64,
+    now: std::time::SystemTime,
+) -> Resource<serde_json::Value> {
+    let mut tier = Resource::new(
+        "Tier",
+        name,
+        serde_json::json!({"order": order, "defaultAction": action}),
+    );
+    tier.stamp_created(now);
+    tier.status = Some(serde_json::json!({}));
+    tier
+}
+
 /// A v3 resource with spec `S`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resource<S> {
