@@ -366,17 +366,14 @@ mod tests {
 
     #[test]
     fn addresses_as_and_interfaces_from_the_environment() {
+        const VARS: &[(&str, &str)] = &[
+            ("IP", "10.0.0.5"),
+            ("IP6", "fd00::5"),
+            ("AS", "64513"),
+            ("CALICO_K8S_NODE_REF", "worker-1"),
+        ];
         let m = MemKv::new();
-        run(
-            &m,
-            &[
-                ("IP", "10.0.0.5"),
-                ("IP6", "fd00::5"),
-                ("AS", "64513"),
-                ("CALICO_K8S_NODE_REF", "worker-1"),
-            ],
-        )
-        .unwrap();
+        run(&m, VARS).unwrap();
         let n = stored(&m, "node-1");
         assert_eq!(
             n["spec"],
@@ -386,16 +383,7 @@ mod tests {
         );
         // Same settings again: nothing written (Calico rewrites when AS is set).
         let rev = m.get(&key("node-1")).unwrap().unwrap().mod_revision;
-        let (again, _) = run(
-            &m,
-            &[
-                ("IP", "10.0.0.5"),
-                ("IP6", "fd00::5"),
-                ("AS", "64513"),
-                ("CALICO_K8S_NODE_REF", "worker-1"),
-            ],
-        )
-        .unwrap();
+        let (again, _) = run(&m, VARS).unwrap();
         assert_eq!(again, Outcome::Unchanged);
         assert_eq!(m.get(&key("node-1")).unwrap().unwrap().mod_revision, rev);
     }
