@@ -12,6 +12,10 @@ pub enum NfError {
     Netlink(#[from] NetlinkError),
     #[error("{tool}: {msg}")]
     Tool { tool: String, msg: String },
+    /// Input refused before it reached the kernel or a tool (a line that would inject
+    /// another into an `iptables-restore` document).
+    #[error("{0}")]
+    Input(String),
 }
 
 impl NfError {

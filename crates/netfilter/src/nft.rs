@@ -621,6 +621,67 @@ pub fn del_elems(family: u8, table: &str, set: &str, elems: &[Elem]) -> Message 
     elems_message(NFT_MSG_DELSETELEM, 0, family, table, set, elems)
 }
 
+/// Bound on one message's element list: a netlink attribute's length is 16 bits, so the
+/// list must stay under 64 KiB; nft keeps to about half of that too.
+pub const ELEM_LIST_MAX: usize = 32 << 10;
+
+/// An upper bound of the attribute bytes `e` takes in an element list.
+pub fn elem_len(e: &Elem) -> usize {
+    // Each attribute: a 4-byte header, the value padded to 4 bytes; a value nests once more.
+    let value = |len: usize| 4 + 4 + len.next_multiple_of(4);
+    4 + value(e.key.len())
+        + e.key_end.as_ref().map_or(0, |k| value(k.len()))
+        + e.data.as_ref().map_or(0, |d| value(d.len()))
+        + e.comment
+            .as_ref()
+            .map_or(0, |c| 4 + (3 + c.len().min(127)).next_multiple_of(4))
+}
+
+/// `elems` in as few element-list messages as keep each list under [`ELEM_LIST_MAX`]: one
+/// message for a handful, several for thousands.
+fn elems_chunked(
+    cmd: u8,
+    flags: u16,
+    family: u8,
+    table: &str,
+    set: &str,
+    elems: &[Elem],
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut len = 0;
+    for (i, e) in elems.iter().enumerate() {
+        let l = elem_len(e);
+        if i > start && len + l > ELEM_LIST_MAX {
+            out.push(elems_message(cmd, flags, family, table, set, &elems[start..i]));
+            start = i;
+            len = 0;
+        }
+        len += l;
+    }
+    if start < elems.len() {
+        out.push(elems_message(cmd, flags, family, table, set, &elems[start..]));
+    }
+    out
+}
+
+/// [`add_elems`] for any number of elements: one message per [`ELEM_LIST_MAX`] bytes.
+pub fn add_elems_chunked(family: u8, table: &str, set: &str, elems: &[Elem]) -> Vec<Message> {
+    elems_chunked(
+        NFT_MSG_NEWSETELEM,
+        NLM_F_CREATE | NLM_F_EXCL,
+        family,
+        table,
+        set,
+        elems,
+    )
+}
+
+/// [`del_elems`] for any number of elements: one message per [`ELEM_LIST_MAX`] bytes.
+pub fn del_elems_chunked(family: u8, table: &str, set: &str, elems: &[Elem]) -> Vec<Message> {
+    elems_chunked(NFT_MSG_DELSETELEM, 0, family, table, set, elems)
+}
+
 /// Asks for one element by key (the reply says whether it exists).
 pub fn get_elem(family: u8, table: &str, set: &str, elem: &Elem) -> Message {
     let only_key = Elem {
@@ -732,6 +793,32 @@ mod tests {
         let host = match_addr(false, "fd00::5".parse().expect("ip"), 128);
         assert_eq!(host.len(), 2);
         assert_eq!(host[0], Expr::Payload(BASE_NETWORK, 24, 16));
+    }
+
+    /// Thousands of elements split into lists under the attribute bound, in order, and a
+    /// handful stay one message (one per call, as before).
+    #[test]
+    fn element_lists_are_chunked_under_the_attribute_bound() {
+        let elem = |i: u32| Elem {
+            key: i.to_be_bytes().to_vec(),
+            key_end: Some(i.to_be_bytes().to_vec()),
+            data: Some(vec![0; 20]),
+            comment: Some("x".repeat(200)),
+        };
+        let few: Vec<Elem> = (0..10).map(elem).collect();
+        assert_eq!(add_elems_chunked(NFPROTO_INET, "t", "s", &few).len(), 1);
+        let many: Vec<Elem> = (0..20_000).map(elem).collect();
+        let msgs = del_elems_chunked(NFPROTO_INET, "t", "s", &many);
+        assert!(msgs.len() > 1);
+        let mut seen = 0;
+        for m in &msgs {
+            let list = nlattr::find(&m.attrs.buf, NFTA_SET_ELEM_LIST_ELEMENTS).expect("list");
+            assert!(list.len() <= ELEM_LIST_MAX, "{}", list.len());
+            let got = elems_of(&m.attrs.buf);
+            assert_eq!(got[0].key, many[seen].key);
+            seen += got.len();
+        }
+        assert_eq!(seen, many.len());
     }
 }
 

@@ -1,6 +1,11 @@
 //! The iptables tools, for rule layouts that must stay readable and removable by other
 //! iptables users (the reference portmap plugin). A whole change goes through one
 //! `iptables-restore --noflush`, which the kernel applies atomically per table.
+//!
+//! Every document for restore is written by [`document`], which refuses a line that could
+//! end early or start another ([`check_line`]: no line break, carriage return or NUL, and
+//! short enough for restore's line buffer): no value, however it was validated upstream,
+//! can add a rule of its own.
 
 use crate::error::NfError;
 use std::io::Write;
@@ -177,6 +182,43 @@ impl Xtables {
     }
 }
 
+/// Longest line written for restore: well under the line buffer of `iptables-restore`
+/// (10 KiB in iptables 1.8), which would cut a longer line in two.
+pub const MAX_LINE: usize = 4096;
+
+/// Refuses a line that cannot stand as one line of an `iptables-restore` document: a line
+/// break or carriage return (restore reads what follows as a line of its own), a NUL (which
+/// ends the string there), or more than [`MAX_LINE`] bytes.
+pub fn check_line(line: &str) -> Result<(), NfError> {
+    if let Some(c) = line.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
+        return Err(NfError::Input(format!(
+            "refusing an iptables-restore line with {c:?} in it: {:?}",
+            line.chars().take(120).collect::<String>()
+        )));
+    }
+    if line.len() > MAX_LINE {
+        return Err(NfError::Input(format!(
+            "refusing an iptables-restore line of {} bytes (at most {MAX_LINE})",
+            line.len()
+        )));
+    }
+    Ok(())
+}
+
+/// An `iptables-restore` document for `table`: `*table`, the lines, `COMMIT`. Every line is
+/// checked ([`check_line`]) first.
+pub fn document(table: &str, lines: &[String]) -> Result<String, NfError> {
+    check_line(table)?;
+    let mut s = format!("*{table}\n");
+    for l in lines {
+        check_line(l)?;
+        s.push_str(l);
+        s.push('\n');
+    }
+    s.push_str("COMMIT\n");
+    Ok(s)
+}
+
 /// Quotes an argument the way `iptables-save` does, so restore reads it back unchanged.
 pub fn quote(arg: &str) -> String {
     if !arg.is_empty()
@@ -201,6 +243,25 @@ mod tests {
             quote(r#"dnat name: "net" id: "c1""#),
             r#""dnat name: \"net\" id: \"c1\"""#
         );
+    }
+
+    /// Findings #3: a value with a line break added a rule of its own to the document.
+    #[test]
+    fn no_line_can_carry_another() {
+        let ok = document("nat", &["-A X -j ACCEPT".to_string()]).expect("plain");
+        assert_eq!(ok, "*nat\n-A X -j ACCEPT\nCOMMIT\n");
+        for bad in [
+            "-A X -j ACCEPT\n-I OUTPUT 1 -j DNAT --to-destination 127.0.0.1:1",
+            "-A X -j ACCEPT\r-A Y",
+            "-A X -j ACC\0EPT",
+            &"x".repeat(MAX_LINE + 1),
+        ] {
+            let e = document("nat", &[bad.to_string()]).expect_err(bad);
+            assert!(matches!(e, NfError::Input(_)), "{e}");
+        }
+        assert!(document("nat\n*filter", &[]).is_err());
+        // Quoting keeps a line break inside the quotes, so the line check still refuses it.
+        assert!(check_line(&quote("a\nb")).is_err());
     }
 
     #[test]

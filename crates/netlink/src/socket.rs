@@ -2,6 +2,11 @@
 //! (`P`: `RouteNetlinkMessage`, netfilter's message, or a hand-typed one): single requests,
 //! dumps, and batches (nfnetlink transactions: several requests in one datagram, each
 //! acknowledged).
+//!
+//! A batch goes in one `send` and the kernel handles it, acknowledgements included, before
+//! `send` returns, so both socket buffers must hold the whole exchange: a batch larger than
+//! the default buffers grows them first (as nft's `mnl_set_sndbuffer`/`mnl_set_rcvbuffer`
+//! do), and a small one costs no extra system call.
 
 use crate::error::NetlinkError;
 use netlink_packet_core::{
@@ -18,6 +23,14 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// can be larger.
 const RECEIVE_BUFFER: usize = 1 << 17;
 const HEADER_LEN: usize = std::mem::size_of::<libc::nlmsghdr>();
+/// Below this the default socket buffers (`net.core.[rw]mem_default`, 208 KiB) are left alone.
+const DEFAULT_BUFFER: usize = 160 << 10;
+/// What one queued acknowledgement costs the receive buffer: the kernel charges a socket
+/// buffer's true size (data rounded up, `skb_shared_info`, `sk_buff`), about 1 KiB for an
+/// empty acknowledgement; a refusal also echoes the refused message.
+const ACK_COST: usize = 2 << 10;
+/// Bound on the buffers a batch may ask for.
+const MAX_BUFFER: usize = 256 << 20;
 
 /// One message of an answer.
 enum Answer<P> {
@@ -32,6 +45,9 @@ pub struct Socket<P> {
     sock: netlink_sys::Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// The send and receive buffer sizes set so far (0: the defaults).
+    sndbuf: usize,
+    rcvbuf: usize,
     _payload: PhantomData<fn() -> P>,
 }
 
@@ -85,6 +101,8 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
             // Sequence numbers only need to differ between our requests on this socket.
             seq: std::process::id().wrapping_mul(1000),
             buf: Vec::with_capacity(RECEIVE_BUFFER),
+            sndbuf: 0,
+            rcvbuf: 0,
             _payload: PhantomData,
         })
     }
@@ -92,6 +110,34 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
+    }
+
+    /// Grows the socket buffers to hold a batch of `len` bytes and the `acks` answers it
+    /// brings (the kernel queues them all while `send` runs): SO_SNDBUFFORCE/SO_RCVBUFFORCE
+    /// (which go past `[rw]mem_max` with CAP_NET_ADMIN), else the capped SO_SNDBUF/SO_RCVBUF.
+    /// Nothing for a batch the defaults hold.
+    fn fit_buffers(&mut self, op: &str, len: usize, acks: usize) -> Result<(), NetlinkError> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let snd = (len + 4096).min(MAX_BUFFER);
+        let rcv = acks
+            .saturating_mul(ACK_COST)
+            .saturating_add(len)
+            .saturating_add(RECEIVE_BUFFER)
+            .min(MAX_BUFFER);
+        let failed = |e: nix::errno::Errno| io(op)(std::io::Error::from(e));
+        if snd > DEFAULT_BUFFER && snd > self.sndbuf {
+            setsockopt(&self.sock, sockopt::SndBufForce, &snd)
+                .or_else(|_| setsockopt(&self.sock, sockopt::SndBuf, &snd))
+                .map_err(failed)?;
+            self.sndbuf = snd;
+        }
+        if rcv > DEFAULT_BUFFER && rcv > self.rcvbuf {
+            setsockopt(&self.sock, sockopt::RcvBufForce, &rcv)
+                .or_else(|_| setsockopt(&self.sock, sockopt::RcvBuf, &rcv))
+                .map_err(failed)?;
+            self.rcvbuf = rcv;
+        }
+        Ok(())
     }
 
     fn send(&self, op: &str, bytes: &[u8]) -> Result<(), NetlinkError> {
@@ -167,7 +213,7 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
     }
 
     /// A batch: `begin`, each of `msgs` (with its flags; `NLM_F_ACK` is added), `end`, in one
-    /// datagram. The kernel handles it as one transaction where the protocol has them
+    /// datagram, the socket buffers grown to hold it and its acknowledgements. The kernel handles it as one transaction where the protocol has them
     /// (nf_tables). Returns the messages the kernel sent back besides acknowledgements (those
     /// asked for with `NLM_F_ECHO`). On failure the error names the first message the kernel
     /// refused, by its entry in `what` (the first entry names the whole batch).
@@ -193,6 +239,7 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
         }
         let end_seq = self.next_seq();
         encode(&mut out, end, 0, end_seq);
+        self.fit_buffers(&label, out.len(), count + 2)?;
         self.send(&label, &out)?;
         let mut pending = count;
         let mut failure: Option<NetlinkError> = None;

@@ -69,6 +69,13 @@ pub trait Backend {
     /// port claim stands).
     fn has_rules(&self, sock: &mut NfSocket, dn: &str, rec: &Record) -> bool;
 
+    /// Whether anything of the container's rules is left after a removal that failed
+    /// (errors count as yes). Thorough where [`Backend::has_rules`] is quick.
+    fn remains(&self, sock: &mut NfSocket, dn: &str, container_id: &str, rec: &Record) -> bool {
+        let _ = container_id;
+        self.has_rules(sock, dn, rec)
+    }
+
     /// The container IDs of `network` that have rules in the kernel (for GC).
     fn containers(&self, sock: &mut NfSocket, network: &str) -> Result<Vec<String>, NfError>;
 

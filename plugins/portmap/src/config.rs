@@ -1,11 +1,21 @@
 //! portmap's configuration: the plugin's own keys, the runtime's `portMappings`, and the
 //! container's addresses from `prevResult`.
+//!
+//! Everything that reaches a rule is checked here, with code 7 naming the field: a chain
+//! name as iptables checks one ([`chain_name`]), conditions without control characters,
+//! no two mappings of one host address, port and protocol, and a target address that can
+//! receive traffic ([`check_targets`]). The iptables document writer refuses a line break
+//! again, whatever gets past this (`calico_netfilter::xtables::document`).
 
 use cni_protocol::{CniError, CniResult, ErrorCode, Request};
 use ipnet::IpNet;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+
+/// iptables' bound on a chain name: under `XT_EXTENSION_MAXNAMELEN` (29) bytes.
+const CHAIN_NAME_MAX: usize = 28;
 
 /// Where the state files, the port registry and the lock live (cleared by a reboot, as the
 /// rules are).
@@ -103,6 +113,47 @@ fn opt_strings(v: &Value, field: &str) -> Result<Vec<String>, CniError> {
     }
 }
 
+/// Checks a chain name as iptables does (`xshared.c`: under 29 bytes, no whitespace, not
+/// starting with `-` or `!`), and further refuses what is not printable ASCII and the
+/// quoting characters `"`, `'` and `\\`, which `iptables-restore` would read as quoting.
+pub fn chain_name(field: &str, s: &str) -> Result<(), CniError> {
+    let why = if s.is_empty() {
+        Some("a chain name cannot be empty".to_string())
+    } else if s.len() > CHAIN_NAME_MAX {
+        Some(format!(
+            "a chain name has at most {CHAIN_NAME_MAX} bytes, this one {}",
+            s.len()
+        ))
+    } else if s.starts_with('-') || s.starts_with('!') {
+        Some("a chain name cannot start with '-' or '!'".to_string())
+    } else if let Some(c) = s
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\'))
+    {
+        Some(format!("a chain name cannot contain {c:?}"))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(bad(field, format!("{s:?}: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a condition with a control character (a line break would start a rule of its
+/// own in the iptables document).
+fn check_conditions(field: &str, conds: &[String]) -> Result<(), CniError> {
+    for (i, c) in conds.iter().enumerate() {
+        if let Some(ch) = c.chars().find(|ch| ch.is_control()) {
+            return Err(bad(
+                &format!("{field}[{i}]"),
+                format!("{c:?} contains the control character {ch:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Conditions in iptables syntax start with `-` or `!` (as the reference plugin decides).
 fn iptables_syntax(conds: &[String]) -> bool {
     conds
@@ -133,7 +184,8 @@ pub fn mappings(req: &Request) -> Result<Vec<Mapping>, CniError> {
         }
         return Err(bad("runtimeConfig.portMappings", "not a list"));
     };
-    list.iter()
+    let list: Vec<Mapping> = list
+        .iter()
         .enumerate()
         .map(|(i, m)| {
             let host_port = port(m, i, "hostPort")?;
@@ -180,7 +232,24 @@ pub fn mappings(req: &Request) -> Result<Vec<Mapping>, CniError> {
                 host_ip,
             })
         })
-        .collect()
+        .collect::<Result<_, CniError>>()?;
+    // One host address, port and protocol goes to one place (Kubernetes refuses such a pod
+    // too); the second mapping would silently lose.
+    let mut first: HashMap<(Option<IpAddr>, u16, Proto), usize> = HashMap::new();
+    for (i, m) in list.iter().enumerate() {
+        if let Some(j) = first.insert((m.host_ip, m.host_port, m.protocol), i) {
+            return Err(bad(
+                &format!("runtimeConfig.portMappings[{i}]"),
+                format!(
+                    "host port {}/{}{} is already mapped by runtimeConfig.portMappings[{j}]",
+                    m.host_port,
+                    m.protocol.name(),
+                    m.host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(list)
 }
 
 impl Conf {
@@ -208,7 +277,10 @@ impl Conf {
         let external_set_mark_chain = match v.get("externalSetMarkChain") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => {
+                chain_name("externalSetMarkChain", s)?;
+                Some(s.clone())
+            }
             Some(other) => {
                 return Err(bad(
                     "externalSetMarkChain",
@@ -230,6 +302,8 @@ impl Conf {
         }
         let conditions_v4 = opt_strings(&v, "conditionsV4")?;
         let conditions_v6 = opt_strings(&v, "conditionsV6")?;
+        check_conditions("conditionsV4", &conditions_v4)?;
+        check_conditions("conditionsV6", &conditions_v6)?;
         let mut backend = match v.get("backend") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => match s.as_str() {
@@ -326,6 +400,33 @@ pub fn container_addresses(prev: &CniResult, ifname: &str) -> (Option<IpNet>, Op
     (v4, v6)
 }
 
+/// Refuses container addresses that cannot be a DNAT target: unspecified, loopback,
+/// multicast, broadcast, or a whole address space (`/0`), which a broken or hostile
+/// `prevResult` may carry.
+pub fn check_targets(v4: Option<IpNet>, v6: Option<IpNet>) -> Result<(), CniError> {
+    for net in [v4, v6].into_iter().flatten() {
+        let ip = net.addr();
+        let why = if ip.is_unspecified() {
+            "is unspecified"
+        } else if ip.is_loopback() {
+            "is a loopback address"
+        } else if ip.is_multicast() {
+            "is a multicast address"
+        } else if matches!(ip, IpAddr::V4(a) if a.is_broadcast()) {
+            "is the broadcast address"
+        } else if net.prefix_len() == 0 {
+            "has prefix length 0"
+        } else {
+            continue;
+        };
+        return Err(bad(
+            "prevResult.ips",
+            format!("the container address {net} {why}: it cannot receive mapped ports"),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses mappings no address of the container can serve.
 pub fn check_families(
     mappings: &[Mapping],
@@ -368,5 +469,150 @@ pub fn test_conf(backend: BackendKind) -> Conf {
         backend: Some(backend),
         state_dir: PathBuf::from("/tmp/portmap-test"),
         mappings: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni_protocol::env::Environment;
+    use serde_json::json;
+
+    fn request(conf: Value) -> Request {
+        let env = Environment::from_lookup(|k| {
+            Some(
+                match k {
+                    "CNI_COMMAND" => "ADD",
+                    "CNI_CONTAINERID" => "c1",
+                    "CNI_NETNS" => "/run/netns/p",
+                    "CNI_IFNAME" => "eth0",
+                    "CNI_PATH" => "/opt/cni/bin",
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        })
+        .expect("env");
+        Request::new(env, conf.to_string().into_bytes()).expect("request")
+    }
+
+    fn conf(extra: Value, mappings: Value) -> Result<Conf, CniError> {
+        let mut c = json!({"cniVersion": "1.0.0", "name": "n", "type": "portmap",
+                           "runtimeConfig": {"portMappings": mappings}});
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        Conf::from_request(&request(c))
+    }
+
+    fn one() -> Value {
+        json!([{"hostPort": 8080, "containerPort": 80}])
+    }
+
+    /// Findings #3: the chain name is checked as iptables checks one, code 7 naming the field.
+    #[test]
+    fn external_set_mark_chain_is_a_chain_name() {
+        for good in ["KUBE-MARK-MASQ", "ACCEPT", "a", &"X".repeat(28)] {
+            let c = conf(json!({ "externalSetMarkChain": good }), one()).expect(good);
+            assert_eq!(c.external_set_mark_chain.as_deref(), Some(good));
+        }
+        for bad in [
+            "ACCEPT\n-I OUTPUT 1 -p tcp --dport 9 -m comment --comment X -j DNAT --to-destination 127.0.0.1:1",
+            "A\rB",
+            "A\0",
+            "two words",
+            "-j",
+            "!X",
+            "q\"uote",
+            "tab\t",
+            "é",
+            &"X".repeat(29),
+        ] {
+            let e = conf(json!({ "externalSetMarkChain": bad }), one()).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{bad:?}");
+            assert!(e.msg.contains("externalSetMarkChain"), "{}", e.msg);
+        }
+    }
+
+    #[test]
+    fn conditions_with_control_characters_are_refused() {
+        let ok = conf(
+            json!({"conditionsV4": ["-m", "comment", "--comment", "a \"quoted\" one"]}),
+            one(),
+        )
+        .expect("plain conditions");
+        assert_eq!(ok.backend, Some(BackendKind::Iptables));
+        for (field, v) in [
+            ("conditionsV4[1]", json!({"conditionsV4": ["-s", "10.0.0.0/8\n-A OUTPUT -j DROP"]})),
+            ("conditionsV6[0]", json!({"conditionsV6": ["-s\r"]})),
+            ("conditionsV4[2]", json!({"conditionsV4": ["-m", "comment", "x\u{0}"]})),
+        ] {
+            let e = conf(v, one()).expect_err(field);
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
+            assert!(e.msg.contains(field), "{field}: {}", e.msg);
+        }
+    }
+
+    /// Findings #17: two mappings of one host address, port and protocol name both indices;
+    /// another protocol or host address is another mapping.
+    #[test]
+    fn duplicate_mappings_name_both_indices() {
+        let e = conf(
+            json!({}),
+            json!([{"hostPort": 8080, "containerPort": 80},
+                   {"hostPort": 9090, "containerPort": 90},
+                   {"hostPort": 8080, "containerPort": 81, "protocol": "TCP"}]),
+        )
+        .expect_err("duplicate");
+        assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
+        assert!(
+            e.msg.contains("portMappings[2]") && e.msg.contains("portMappings[0]"),
+            "{}",
+            e.msg
+        );
+        // 0.0.0.0 is every address, as no hostIP is.
+        let e = conf(
+            json!({}),
+            json!([{"hostPort": 53, "containerPort": 53, "protocol": "udp", "hostIP": "0.0.0.0"},
+                   {"hostPort": 53, "containerPort": 5353, "protocol": "udp"}]),
+        )
+        .expect_err("duplicate any");
+        assert!(e.msg.contains("portMappings[1]"), "{}", e.msg);
+        let ok = conf(
+            json!({}),
+            json!([{"hostPort": 8080, "containerPort": 80},
+                   {"hostPort": 8080, "containerPort": 80, "protocol": "udp"},
+                   {"hostPort": 8080, "containerPort": 80, "hostIP": "10.0.0.1"}]),
+        )
+        .expect("distinct");
+        assert_eq!(ok.mappings.len(), 3);
+        // DEL is not refused for them: it goes by container ID.
+        let mut dup = request(json!({"cniVersion": "1.0.0", "name": "n", "type": "portmap",
+            "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 1},
+                                               {"hostPort": 1, "containerPort": 2}]}}));
+        dup.env.command = cni_protocol::env::Command::Del;
+        assert!(Conf::for_cleanup(&dup).expect("cleanup").mappings.is_empty());
+    }
+
+    /// Findings #17: nonsense targets from prevResult.
+    #[test]
+    fn targets_must_receive_traffic() {
+        let net = |s: &str| Some(s.parse::<IpNet>().expect(s));
+        check_targets(net("10.244.1.5/32"), net("fd00:10::5/128")).expect("pod addresses");
+        check_targets(net("10.244.1.5/24"), None).expect("with the pod's prefix");
+        for (v4, v6) in [
+            (net("0.0.0.0/0"), None),
+            (net("10.244.1.5/0"), None),
+            (net("127.0.0.1/8"), None),
+            (net("224.0.0.1/32"), None),
+            (net("255.255.255.255/32"), None),
+            (net("10.244.1.5/32"), net("::/0")),
+            (None, net("::1/128")),
+            (None, net("ff02::1/128")),
+        ] {
+            let e = check_targets(v4, v6).expect_err(&format!("{v4:?} {v6:?}"));
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
+            assert!(e.msg.contains("prevResult"), "{}", e.msg);
+        }
     }
 }

@@ -149,7 +149,7 @@ impl Ipt {
         lines.extend(layout::dn_rules(conf, dn, ip, mappings));
         let entries = layout::entry_rules(conf, container_id, dn, !self.x.v6, mappings);
         lines.extend(entries.iter().cloned());
-        match self.x.restore(&layout::document(&lines)) {
+        match self.x.restore(&layout::document(&lines)?) {
             Ok(()) => Ok(entries),
             Err(e) if seen.dn_exists && recorded.is_some() => {
                 // The record was stale: go by what iptables lists.
@@ -176,7 +176,7 @@ impl Ipt {
             let mut lines: Vec<String> = r.iter().map(|l| layout::as_delete(l)).collect();
             lines.push(format!("-F {dn}"));
             lines.push(format!("-X {dn}"));
-            match self.x.restore(&layout::document(&lines)) {
+            match layout::document(&lines).and_then(|d| self.x.restore(&d)) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     log::info!("portmap: the record did not match the rules ({e}); listing them")
@@ -193,7 +193,7 @@ impl Ipt {
             .collect();
         lines.push(format!("-F {dn}"));
         lines.push(format!("-X {dn}"));
-        self.x.restore(&layout::document(&lines))
+        self.x.restore(&layout::document(&lines)?)
     }
 
     fn del_over_netlink(&self, sock: &mut NfSocket, dn: &str) -> Result<(), NfError> {

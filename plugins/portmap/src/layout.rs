@@ -3,7 +3,8 @@
 //! both layouts share.
 
 use crate::config::{Conf, Mapping};
-use calico_netfilter::xtables::quote;
+use calico_netfilter::NfError;
+use calico_netfilter::xtables::{self, quote};
 use ipnet::IpNet;
 use sha2::{Digest, Sha512};
 use std::collections::BTreeMap;
@@ -189,15 +190,10 @@ pub fn as_delete(rule: &str) -> String {
     }
 }
 
-/// An `iptables-restore --noflush` document for table nat.
-pub fn document(lines: &[String]) -> String {
-    let mut s = String::from("*nat\n");
-    for l in lines {
-        s.push_str(l);
-        s.push('\n');
-    }
-    s.push_str("COMMIT\n");
-    s
+/// An `iptables-restore --noflush` document for table nat; a line that would carry another
+/// (a line break in a value) is refused (see `calico_netfilter::xtables::document`).
+pub fn document(lines: &[String]) -> Result<String, NfError> {
+    xtables::document("nat", lines)
 }
 
 /// Whether a `-S`/save line of `CNI-HOSTPORT-DNAT` belongs to the container: it jumps to its
@@ -270,6 +266,25 @@ mod tests {
         assert!(setup.contains(
             &"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT".to_string()
         ));
+    }
+
+    /// Findings #3: a chain name with a line break, had it passed the configuration's
+    /// check, makes a document that is refused, not one with an extra rule.
+    #[test]
+    fn a_document_never_carries_an_injected_line() {
+        let mut c = conf();
+        c.external_set_mark_chain =
+            Some("ACCEPT\n-I OUTPUT 1 -p tcp --dport 9 -j DNAT --to-destination 127.0.0.1:1".into());
+        let ip: IpNet = "10.244.77.2/24".parse().expect("net");
+        let rules = dn_rules(&c, "CNI-DN-x", ip, &maps());
+        assert!(document(&rules).is_err());
+        c.external_set_mark_chain = None;
+        c.conditions_v4 = vec!["-m".into(), "comment\r\n-A OUTPUT".into()];
+        let entries = entry_rules(&c, "c", "CNI-DN-x", true, &maps());
+        assert!(document(&entries).is_err());
+        let fine = dn_rules(&conf(), "CNI-DN-x", ip, &maps());
+        let doc = document(&fine).expect("plain rules");
+        assert_eq!(doc.lines().count(), fine.len() + 2);
     }
 
     #[test]

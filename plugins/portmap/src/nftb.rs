@@ -4,6 +4,12 @@
 //! rule is added per container, hence no revalidation of the table), and a packet finds its
 //! mapping by hash lookup instead of walking a rule per container.
 //!
+//! Elements go per set in element-list messages of at most [`nft::ELEM_LIST_MAX`] bytes (one
+//! message per set for a usual pod, a few dozen for 20k mappings). An ADD is one transaction
+//! whatever its size (all or nothing; the socket layer sizes its buffers); a removal need not
+//! be atomic, so it goes in transactions of at most [`DELETE_TXN_MAX`] bytes, and elements
+//! already gone never stop it.
+//!
 //! ```text
 //! table inet calico_portmap {
 //!   map hostports4    { type inet_proto . inet_service : ipv4_addr . inet_service }        # any host address
@@ -34,12 +40,15 @@ use calico_netfilter::{NfError, NfSocket};
 use ipnet::IpNet;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 pub const TABLE: &str = "calico_portmap";
 /// `NFT_REG_1`, where map values land; `NFT_REG_3`, scratch for the mark.
 const REG_VALUE: u32 = libc::NFT_REG_1 as u32;
 const REG_MARK: u32 = libc::NFT_REG_3 as u32;
+/// Bound on one removal transaction's messages (bytes of attributes).
+pub const DELETE_TXN_MAX: usize = 256 << 10;
 
 /// A set element as recorded (hex bytes), enough to delete or find it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,8 +284,9 @@ pub fn elements(
 ) -> Vec<(String, Elem)> {
     let tag = Some(container_id.to_string());
     let mut out: Vec<(String, Elem)> = Vec::new();
+    let mut seen: HashSet<(String, Vec<u8>)> = HashSet::new();
     let mut push = |set: String, e: Elem| {
-        if !out.iter().any(|(s, x)| *s == set && x.key == e.key) {
+        if seen.insert((set.clone(), e.key.clone())) {
             out.push((set, e));
         }
     };
@@ -367,14 +377,58 @@ fn table_ready(sock: &mut NfSocket) -> Result<bool, NfError> {
     }
 }
 
-fn deletions(recorded: &[RecordedElem], msgs: &mut Vec<(String, Message)>) {
-    for r in recorded {
-        let e = r.elem();
-        msgs.push((
-            format!("delete element of {}", r.set),
-            nft::del_elems(NFPROTO_INET, TABLE, &r.set, &[e]),
-        ));
+/// Elements grouped by set, sets in the order they first appear.
+fn by_set<'a>(elems: impl IntoIterator<Item = (&'a str, Elem)>) -> Vec<(&'a str, Vec<Elem>)> {
+    let mut out: Vec<(&str, Vec<Elem>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (set, e) in elems {
+        let i = *index.entry(set).or_insert_with(|| {
+            out.push((set, Vec::new()));
+            out.len() - 1
+        });
+        out[i].1.push(e);
     }
+    out
+}
+
+/// Element-list messages deleting `recorded`.
+fn deletions(recorded: &[RecordedElem], msgs: &mut Vec<(String, Message)>) {
+    for (set, elems) in by_set(recorded.iter().map(|r| (r.set.as_str(), r.elem()))) {
+        for m in nft::del_elems_chunked(NFPROTO_INET, TABLE, set, &elems) {
+            msgs.push((format!("delete element of {set}"), m));
+        }
+    }
+}
+
+/// Element-list messages adding `elems`; `what` labels them (with the set's name).
+fn additions(elems: &[(String, Elem)], what: &str, msgs: &mut Vec<(String, Message)>) {
+    for (set, list) in by_set(elems.iter().map(|(s, e)| (s.as_str(), e.clone()))) {
+        for m in nft::add_elems_chunked(NFPROTO_INET, TABLE, set, &list) {
+            msgs.push((format!("add element to {set}{what}"), m));
+        }
+    }
+}
+
+/// Deletes `recorded` in transactions of at most [`DELETE_TXN_MAX`] bytes. `Err` with
+/// `ENOENT` if one of them named an element that is gone (that transaction did nothing).
+fn delete_chunked(sock: &mut NfSocket, recorded: &[RecordedElem]) -> Result<(), NfError> {
+    let mut msgs = Vec::new();
+    deletions(recorded, &mut msgs);
+    let mut txn = Vec::new();
+    let mut len = 0;
+    for (what, m) in msgs {
+        let l = m.attrs.buf.len();
+        if !txn.is_empty() && len + l > DELETE_TXN_MAX {
+            run(sock, std::mem::take(&mut txn))?;
+            len = 0;
+        }
+        len += l;
+        txn.push((what, m));
+    }
+    if !txn.is_empty() {
+        run(sock, txn)?;
+    }
+    Ok(())
 }
 
 /// Every element of our sets, with its set's name.
@@ -433,24 +487,18 @@ pub fn add(
     } else if let Some(r) = recorded {
         deletions(r, &mut msgs);
     }
-    for (set, e) in elems {
-        msgs.push((
-            format!("add element to {set}"),
-            nft::add_elems(NFPROTO_INET, TABLE, set, std::slice::from_ref(e)),
-        ));
-    }
+    additions(elems, "", &mut msgs);
     match run(sock, msgs) {
         Ok(_) => Ok(()),
         // Elements of ours that no record names (a crash between the two): sweep and retry.
         Err(e) if ready && e.is(&[Errno::EEXIST, Errno::EBUSY, Errno::ENOENT]) => {
             let mut msgs = Vec::new();
             deletions(&listed(sock, container_id)?, &mut msgs);
-            for (set, e) in elems {
-                msgs.push((
-                    format!("add element to {set} (a host port another container holds?)"),
-                    nft::add_elems(NFPROTO_INET, TABLE, set, std::slice::from_ref(e)),
-                ));
-            }
+            additions(
+                elems,
+                " (a host port another container holds?)",
+                &mut msgs,
+            );
             run(sock, msgs).map(|_| ())
         }
         Err(e) => Err(e),
@@ -466,17 +514,10 @@ pub fn del(
     if recorded.is_empty() {
         return Ok(());
     }
-    let mut msgs = Vec::new();
-    deletions(recorded, &mut msgs);
-    match run(sock, msgs) {
-        Ok(_) => Ok(()),
-        Err(e) if e.is(&[Errno::ENOENT]) => {
-            // Some were gone already: delete what remains of ours, found by tag.
-            let mut msgs = Vec::new();
-            deletions(&listed(sock, container_id)?, &mut msgs);
-            run(sock, msgs).map(|_| ())
-        }
-        Err(e) => Err(e),
+    match delete_chunked(sock, recorded) {
+        // Some were gone already (or the table is): delete what remains of ours, found by tag.
+        Err(e) if e.is(&[Errno::ENOENT]) => sweep(sock, container_id),
+        other => other,
     }
 }
 
@@ -576,13 +617,12 @@ pub fn containers(sock: &mut NfSocket) -> Result<Vec<String>, NfError> {
 
 /// Removes every element tagged with the container ID (GC, or cleanup without a record).
 pub fn sweep(sock: &mut NfSocket, container_id: &str) -> Result<(), NfError> {
-    let found = listed(sock, container_id)?;
-    let mut msgs = Vec::new();
-    deletions(&found, &mut msgs);
-    if msgs.is_empty() {
-        return Ok(());
-    }
-    run(sock, msgs).map(|_| ())
+    let found = match listed(sock, container_id) {
+        Ok(found) => found,
+        Err(e) if e.is(&[Errno::ENOENT]) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    delete_chunked(sock, &found)
 }
 
 /// The nftables backend: the container's elements in our table's sets.
@@ -642,6 +682,11 @@ impl Backend for Nftables {
 
     fn has_rules(&self, sock: &mut NfSocket, _dn: &str, rec: &Record) -> bool {
         present(sock, &rec.nft_elements).unwrap_or(true)
+    }
+
+    fn remains(&self, sock: &mut NfSocket, _dn: &str, container_id: &str, _rec: &Record) -> bool {
+        // A removal in several transactions may have stopped half way: look for any element.
+        listed(sock, container_id).map_or(true, |found| !found.is_empty())
     }
 
     fn containers(&self, sock: &mut NfSocket, _network: &str) -> Result<Vec<String>, NfError> {

@@ -5,10 +5,17 @@
 //!
 //! Everything lives in one directory under `/run` (default [`crate::config::DEFAULT_STATE_DIR`]),
 //! which a reboot clears together with the rules.
+//!
+//! Order makes a killed call harmless: ADD saves the container's record naming the claims it
+//! is about to make ([`claim_entries`]) before the first claim file, and the rules it is
+//! about to install before installing them, so DEL always finds what there is to remove.
+//! A claim is released only by its owner ([`release_ports`] reads who holds it), so a stale
+//! record never frees a port another container has taken since.
 
 use crate::config::{Mapping, Proto};
 use cni_protocol::{CniError, ErrorCode};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -110,7 +117,9 @@ pub fn save(dir: &Path, chain: &str, r: &Record) -> Result<(), CniError> {
     std::fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e))
 }
 
+/// Removes the record (and the temporary file of a save that was cut short).
 pub fn remove(dir: &Path, chain: &str) -> Result<(), CniError> {
+    let _ = std::fs::remove_file(dir.join(format!(".{chain}.tmp")));
     let path = record_path(dir, chain);
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("remove", &path, e)),
@@ -154,10 +163,36 @@ fn clashes(a: &str, b: &str) -> bool {
     fa == fb && (ia == ib || ia == "any" || ib == "any")
 }
 
+/// The registry slots of `mappings` for the families the container has (`true`: IPv4),
+/// each once, in order: (port directory, entry, the mapping).
+fn wanted<'a>(mappings: &'a [Mapping], families: &[bool]) -> Vec<(String, String, &'a Mapping)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for &v4 in families {
+        for m in mappings.iter().filter(|m| m.applies_to(v4)) {
+            let (d, l) = slots(m, v4);
+            if seen.insert((d.clone(), l.clone())) {
+                out.push((d, l, m));
+            }
+        }
+    }
+    out
+}
+
+/// The registry entries [`claim_ports`] would claim, as records name them (for the record
+/// saved before the first claim).
+pub fn claim_entries(mappings: &[Mapping], families: &[bool]) -> Vec<String> {
+    wanted(mappings, families)
+        .into_iter()
+        .map(|(d, l, _)| format!("{d}/{l}"))
+        .collect()
+}
+
 /// Claims the host ports of `mappings` (per family the container has) for the container
 /// whose chain is `chain`; a port held by another live container is an error naming it.
 /// A holder is live if it has a record and `has_rules(its chain)` (its rules may have been
-/// removed by another plugin's DEL). Returns the claimed entries (for the record).
+/// removed by another plugin's DEL, or its ADD was killed before installing them). Returns
+/// the claimed entries (for the record). Linear in the number of mappings.
 pub fn claim_ports(
     dir: &Path,
     chain: &str,
@@ -167,17 +202,21 @@ pub fn claim_ports(
     has_rules: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Vec<String>, CniError> {
     let ports = dir.join("ports");
-    let mut wanted: Vec<(String, String, &Mapping)> = Vec::new();
-    for &v4 in families {
-        for m in mappings.iter().filter(|m| m.applies_to(v4)) {
-            let (d, l) = slots(m, v4);
-            if !wanted.iter().any(|(wd, wl, _)| *wd == d && *wl == l) {
-                wanted.push((d, l, m));
-            }
-        }
-    }
+    let wanted = wanted(mappings, families);
+    // The ports anyone holds, in one listing: only those can clash.
+    let held: HashSet<String> = std::fs::read_dir(&ports)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     // Check everything first, so a refusal claims nothing.
     for (d, l, m) in &wanted {
+        if !held.contains(d) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(ports.join(d)) else {
             continue;
         };
@@ -192,8 +231,9 @@ pub fn claim_ports(
             if owner_chain == chain {
                 continue;
             }
-            // A holder without a record or rules is gone (its DEL was lost, or another
-            // plugin removed its rules): the slot is free.
+            // A holder without a record or rules is gone (its DEL was lost, another plugin
+            // removed its rules, or its ADD was killed): the slot is free. Its record stays
+            // for its DEL, which releases only what it still holds.
             if !owner_chain.is_empty()
                 && record_path(dir, owner_chain).exists()
                 && has_rules(owner_chain)
@@ -210,15 +250,21 @@ pub fn claim_ports(
                 )));
             }
             let _ = std::fs::remove_file(e.path());
-            if !owner_chain.is_empty() {
-                let _ = remove(dir, owner_chain);
-            }
         }
     }
     let mut claimed = Vec::new();
+    std::fs::create_dir_all(&ports).map_err(|e| io_error("create", &ports, e))?;
+    let mut made: HashSet<String> = HashSet::new();
     for (d, l, _) in wanted {
         let sub = ports.join(&d);
-        std::fs::create_dir_all(&sub).map_err(|e| io_error("create", &sub, e))?;
+        if !held.contains(&d) && made.insert(d.clone()) {
+            match std::fs::create_dir(&sub) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(io_error("create", &sub, e));
+                }
+                _ => {}
+            }
+        }
         let path = sub.join(&l);
         std::fs::write(&path, format!("{chain}\n\n{container_id}\n"))
             .map_err(|e| io_error("write", &path, e))?;
@@ -227,10 +273,20 @@ pub fn claim_ports(
     Ok(claimed)
 }
 
-/// Releases registry entries (missing is fine).
-pub fn release_ports(dir: &Path, entries: &[String]) {
+/// Whose a claim file is: the chain on its first line.
+fn owner(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.lines().next().unwrap_or("").to_string())
+}
+
+/// Releases the registry entries that `chain` holds (missing ones, and ones another
+/// container has taken since, are left alone).
+pub fn release_ports(dir: &Path, chain: &str, entries: &[String]) {
     for e in entries {
         let path = dir.join("ports").join(e);
+        if owner(&path).is_none_or(|o| o != chain) {
+            continue;
+        }
         let _ = std::fs::remove_file(&path);
         if let Some(parent) = path.parent() {
             // Removes the port's directory once empty; fails harmlessly otherwise.
@@ -286,17 +342,45 @@ mod tests {
         .expect("v6 free");
         claim_ports(d, "CNI-DN-b", "b", &[m(8081, None)], &[true], &mut |_| true)
             .expect("other port");
-        // A holder whose rules are gone holds nothing.
+        // A holder whose rules are gone holds nothing; its record stays for its DEL, which
+        // then leaves x's claim alone.
+        save(d, "CNI-DN-b", &Record::default()).expect("save b");
         claim_ports(d, "CNI-DN-x", "x", &[m(8081, None)], &[true], &mut |_| {
             false
         })
         .expect("no rules");
-        assert!(load(d, "CNI-DN-b").is_none());
+        assert!(load(d, "CNI-DN-b").is_some());
+        release_ports(d, "CNI-DN-b", &["tcp-8081/v4-any".to_string()]);
+        assert!(d.join("ports/tcp-8081/v4-any").exists());
         // Once a's record is gone its claim is stale.
         remove(d, "CNI-DN-a").expect("rm");
         claim_ports(d, "CNI-DN-c", "c", &[m(8080, None)], &[true], &mut |_| true)
             .expect("stale claim");
-        release_ports(d, &["tcp-8080/v4-any".to_string()]);
+        release_ports(d, "CNI-DN-c", &["tcp-8080/v4-any".to_string()]);
         assert!(!d.join("ports/tcp-8080/v4-any").exists());
+    }
+
+    /// 60k claims (30k ports, both families) in one call, and their release, in bounded
+    /// time: de-duplication and the clash check are linear. Findings #1: 100k mappings ran
+    /// for over 30 s (quadratic). 60k claims are ~150k file system calls, about 0.5 s on an
+    /// idle machine; the bound leaves room for a loaded one and still fails a quadratic path.
+    #[test]
+    fn sixty_thousand_claims_are_linear() {
+        // On tmpfs, as the default state directory under /run is.
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("tmp");
+        let d = dir.path();
+        let maps: Vec<Mapping> = (1..=30_000).map(|p| m(p, None)).collect();
+        let started = Instant::now();
+        let planned = claim_entries(&maps, &[true, false]);
+        let got = claim_ports(d, "CNI-DN-big", "big", &maps, &[true, false], &mut |_| true)
+            .expect("claims");
+        let took = started.elapsed();
+        assert_eq!(got.len(), 60_000);
+        assert_eq!(got, planned);
+        assert!(took < Duration::from_secs(5), "60k claims took {took:?}");
+        release_ports(d, "CNI-DN-big", &got);
+        assert_eq!(std::fs::read_dir(d.join("ports")).expect("ports").count(), 0);
     }
 }

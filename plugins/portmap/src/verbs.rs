@@ -1,4 +1,10 @@
 //! ADD, DEL, CHECK and GC, through the [`Backend`]s.
+//!
+//! What a call leaves: a successful ADD, its rules, claims and record; a failed ADD,
+//! nothing of the container (the claims of an earlier ADD of it included); an ADD killed at
+//! any point, a record naming everything it may have made, for DEL. DEL always runs every
+//! removal step (rules in every backend, claims, record) and keeps the record only while
+//! rules it could not remove are still there, so a retried DEL can finish.
 
 use crate::backend::{AddError, Backend, Target};
 use crate::config::{self, BackendKind, Conf, Mapping, Proto};
@@ -9,7 +15,7 @@ use crate::state::{self, Record};
 use calico_netfilter::xtables::Flavour;
 use calico_netfilter::{NfError, NfSocket};
 use cni_protocol::{CniError, CniResult, ErrorCode, Request};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 fn kernel(e: NfError) -> CniError {
     CniError::new(ErrorCode::DATAPLANE, format!("portmap: {e}"))
@@ -115,25 +121,30 @@ fn has_rules(sock: &mut NfSocket, dir: &std::path::Path, dn: &str) -> bool {
 }
 
 /// Removes the container's rules from every backend: what `rec` names in its backend, and,
-/// when `probe`, what the kernel has for the container without a record. The one removal
-/// path of DEL, GC, a failed ADD and a container moving between backends.
+/// when `probe`, what the kernel has for the container without a record. Tries every
+/// backend, whatever the others answer; returns what failed, one item per backend.
 fn remove_rules(
     sock: &mut NfSocket,
     dn: &str,
     container_id: &str,
     rec: Option<&Record>,
     probe: bool,
-) -> Result<(), CniError> {
+) -> Vec<String> {
+    let mut errors = Vec::new();
     for b in all_backends() {
         let own = rec.filter(|r| r.backend == b.name());
-        b.remove(sock, dn, container_id, own, probe)
-            .map_err(kernel)?;
+        if let Err(e) = b.remove(sock, dn, container_id, own, probe) {
+            errors.push(format!("{}: {e}", b.name()));
+        }
     }
-    Ok(())
+    errors
 }
 
 /// Everything of the container's rules, in both layouts (what the record names, else what
-/// the kernel has), its port claims and record.
+/// the kernel has), its port claims and record. The one removal path of DEL, GC and a
+/// failed ADD. Every step runs whatever the one before answered; the record stays only if
+/// the container's rules are still in the kernel after a failed removal (so the next DEL
+/// knows what to remove), and then every error is reported together.
 fn remove_container(
     sock: &mut NfSocket,
     conf: &Conf,
@@ -142,10 +153,26 @@ fn remove_container(
 ) -> Result<Vec<(u8, Vec<u16>)>, CniError> {
     let dn = chain_name(&conf.network, container_id);
     let rec = state::load(&conf.state_dir, &dn);
-    remove_rules(sock, &dn, container_id, rec.as_ref(), probe_iptables)?;
+    let mut errors = remove_rules(sock, &dn, container_id, rec.as_ref(), probe_iptables);
+    // A removal that failed may still have removed everything (or there was nothing).
+    let remains = !errors.is_empty()
+        && match &rec {
+            Some(r) => all_backends()
+                .iter()
+                .find(|b| b.name() == r.backend)
+                .is_none_or(|b| b.remains(sock, &dn, container_id, r)),
+            None => true,
+        };
+    if !remains && !errors.is_empty() {
+        log::warn!(
+            "portmap: {container_id}: removal reported {}, but nothing is left",
+            errors.join("; ")
+        );
+        errors.clear();
+    }
     let udp = match &rec {
         Some(r) => {
-            state::release_ports(&conf.state_dir, &r.ports);
+            state::release_ports(&conf.state_dir, &dn, &r.ports);
             udp_work(&r.udp_v4, &r.udp_v6)
         }
         None => udp_work(
@@ -153,8 +180,24 @@ fn remove_container(
             &udp_ports(&conf.mappings, false),
         ),
     };
-    state::remove(&conf.state_dir, &dn)?;
-    Ok(udp)
+    if !remains && let Err(e) = state::remove(&conf.state_dir, &dn) {
+        errors.push(e.msg);
+    }
+    if errors.is_empty() {
+        return Ok(udp);
+    }
+    Err(CniError::new(
+        ErrorCode::DATAPLANE,
+        format!("portmap: removing {container_id}: {}", errors.join("; ")),
+    ))
+}
+
+/// `a` then what of `b` is not in `a`.
+fn union(a: &[String], b: &[String]) -> Vec<String> {
+    let mut seen: HashSet<&str> = a.iter().map(String::as_str).collect();
+    let mut out = a.to_vec();
+    out.extend(b.iter().filter(|x| seen.insert(x.as_str())).cloned());
+    out
 }
 
 /// ADD: installs the mappings and passes `prevResult` on.
@@ -173,6 +216,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             req.env.ifname
         )));
     }
+    config::check_targets(v4, v6)?;
     config::check_families(&conf.mappings, v4, v6)?;
     let chosen = chosen(&conf)?;
     let id = &req.env.container_id;
@@ -183,15 +227,43 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         .flatten()
         .collect();
     let mut sock = NfSocket::open().map_err(kernel)?;
-    let ports = state::claim_ports(
+    let old = state::load(&conf.state_dir, &dn);
+    let old_ports = old.as_ref().map(|o| o.ports.clone()).unwrap_or_default();
+    // Before the first claim: a record naming the claims to be made (and whatever an earlier
+    // ADD of the container installed), so that DEL after a kill from here on finds them.
+    let planned = state::claim_entries(&conf.mappings, &families);
+    let mut intent = old.clone().unwrap_or_else(|| Record {
+        network: conf.network.clone(),
+        container_id: id.clone(),
+        backend: chosen.name().into(),
+        ..Record::default()
+    });
+    intent.ports = union(&old_ports, &planned);
+    state::save(&conf.state_dir, &dn, &intent)?;
+    let claimed = state::claim_ports(
         &conf.state_dir,
         &dn,
         id,
         &conf.mappings,
         &families,
         &mut |holder| has_rules(&mut sock, &conf.state_dir, holder),
-    )?;
-    let old = state::load(&conf.state_dir, &dn);
+    );
+    let ports = match claimed {
+        Ok(p) => p,
+        Err(e) => {
+            // Refused (or cut short): release this call's claims and put the record back.
+            let fresh: Vec<String> = planned
+                .into_iter()
+                .filter(|p| !old_ports.contains(p))
+                .collect();
+            state::release_ports(&conf.state_dir, &dn, &fresh);
+            let _ = match &old {
+                Some(o) => state::save(&conf.state_dir, &dn, o),
+                None => state::remove(&conf.state_dir, &dn),
+            };
+            return Err(e);
+        }
+    };
     let mut rec = Record {
         network: conf.network.clone(),
         container_id: id.clone(),
@@ -206,14 +278,21 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         } else {
             Vec::new()
         },
-        ports,
+        // Until this ADD succeeds, the claims of the earlier one are the container's too.
+        ports: union(&ports, &old_ports),
         ..Record::default()
     };
     let installed = (|| -> Result<(), CniError> {
         // A container moving between backends leaves nothing in the old one.
         if let Some(o) = old.as_ref().filter(|o| o.backend != rec.backend) {
             log::info!("portmap: {id} moves from {} to {}", o.backend, rec.backend);
-            remove_rules(&mut sock, &dn, id, Some(o), false)?;
+            let failed = remove_rules(&mut sock, &dn, id, Some(o), false);
+            if !failed.is_empty() {
+                return Err(CniError::new(
+                    ErrorCode::DATAPLANE,
+                    format!("portmap: {}", failed.join("; ")),
+                ));
+            }
         }
         let same = old.as_ref().filter(|o| o.backend == rec.backend);
         let target = Target::new(&conf, id, &dn, v4, v6);
@@ -226,14 +305,26 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         Ok(())
     })();
     if let Err(e) = installed {
-        // A failed ADD leaves nothing: no rules, claims or record of this container.
-        let _ = state::save(&conf.state_dir, &dn, &rec);
+        // A failed ADD leaves nothing: no rules, claims or record of this container. What the
+        // backend saved last names what it was installing; the claims of both ADDs go too.
+        let mut undo = state::load(&conf.state_dir, &dn).unwrap_or_else(|| rec.clone());
+        undo.ports = union(&undo.ports, &rec.ports);
+        let _ = state::save(&conf.state_dir, &dn, &undo);
         let udp = remove_container(&mut sock, &conf, id, true).unwrap_or_else(|undo| {
             log::error!("portmap: cleaning up after the failed ADD: {undo}");
             Vec::new()
         });
         calico_netfilter::release::release(sock, &udp);
         return Err(e);
+    }
+    // The claims of an earlier ADD that this one no longer maps.
+    if rec.ports.len() > ports.len() {
+        let dropped = rec.ports.split_off(ports.len());
+        match state::save(&conf.state_dir, &dn, &rec) {
+            Ok(()) => state::release_ports(&conf.state_dir, &dn, &dropped),
+            // The record still names them: DEL releases them.
+            Err(e) => log::warn!("portmap: {}", e.msg),
+        }
     }
     calico_netfilter::release::release(sock, &udp_work(&rec.udp_v4, &rec.udp_v6));
     Ok(prev)
@@ -262,6 +353,7 @@ pub fn check(req: &Request) -> Result<(), CniError> {
         .prev_result()?
         .ok_or_else(|| CniError::invalid_config("portmap CHECK needs prevResult"))?;
     let (v4, v6) = config::container_addresses(&prev, &req.env.ifname);
+    config::check_targets(v4, v6)?;
     let id = &req.env.container_id;
     let dn = chain_name(&conf.network, id);
     let mut sock = NfSocket::open().map_err(kernel)?;
