@@ -252,9 +252,22 @@ pub fn mappings(req: &Request) -> Result<Vec<Mapping>, CniError> {
     Ok(list)
 }
 
+/// Settings that shape what ADD installs but not where DEL finds it (DEL goes by container
+/// ID and record, in every backend).
+const ADD_ONLY: [&str; 7] = [
+    "externalSetMarkChain",
+    "conditionsV4",
+    "conditionsV6",
+    "markMasqBit",
+    "snat",
+    "masqAll",
+    "backend",
+];
+
 impl Conf {
-    /// For DEL and GC: mappings the ADD refused must not block the cleanup, so they are
-    /// ignored (DEL finds the rules by container ID).
+    /// For DEL and GC: what the ADD refused must not block the cleanup, so invalid mappings
+    /// and invalid ADD-only settings are ignored (DEL finds the rules by container ID).
+    /// Only what locates the state (`stateDir`) must be valid.
     pub fn for_cleanup(req: &Request) -> Result<Conf, CniError> {
         let mut clean = req.clone();
         if let Err(e) = mappings(req) {
@@ -267,7 +280,16 @@ impl Conf {
                 rc.remove("portMappings");
             }
         }
-        Conf::from_request(&clean)
+        match Conf::from_request(&clean) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                log::warn!("portmap: ignoring the settings of ADD: {}", e.msg);
+                for key in ADD_ONLY {
+                    clean.config.remove(key);
+                }
+                Conf::from_request(&clean)
+            }
+        }
     }
 
     pub fn from_request(req: &Request) -> Result<Conf, CniError> {
@@ -592,6 +614,13 @@ mod tests {
                                                {"hostPort": 1, "containerPort": 2}]}}));
         dup.env.command = cni_protocol::env::Command::Del;
         assert!(Conf::for_cleanup(&dup).expect("cleanup").mappings.is_empty());
+        // Nor for a chain name ADD refused.
+        let mut bad = request(json!({"cniVersion": "1.0.0", "name": "n", "type": "portmap",
+            "externalSetMarkChain": "A\nB", "stateDir": "/tmp/pm"}));
+        bad.env.command = cni_protocol::env::Command::Del;
+        let c = Conf::for_cleanup(&bad).expect("cleanup");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/pm"));
+        assert_eq!(c.external_set_mark_chain, None);
     }
 
     /// Findings #17: nonsense targets from prevResult.

@@ -202,3 +202,147 @@ pub fn derived_id(netns: &std::path::Path) -> String {
     let hex: String = sum[..10].iter().map(|b| format!("{b:02x}")).collect();
     format!("cnitool-{hex}")
 }
+
+/// What one plugin call printed and returned.
+pub struct Called {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Called {
+    /// Stdout as exactly one JSON object (a result or an error object), after checking
+    /// that nothing panicked.
+    pub fn json(&self) -> Value {
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("overflowed"),
+            "{}",
+            self.stderr
+        );
+        let mut objects = serde_json::Deserializer::from_str(&self.stdout).into_iter::<Value>();
+        let first = objects.next().unwrap_or_else(|| panic!("no JSON on stdout: {}", self.stderr));
+        let first = first.unwrap();
+        assert!(first.is_object(), "{first}");
+        assert!(objects.next().is_none(), "more than one JSON value: {}", self.stdout);
+        first
+    }
+
+    /// Asserts success and returns the output object.
+    pub fn ok(&self) -> Value {
+        let v = self.json();
+        assert!(self.status.success(), "{v}\n{}", self.stderr);
+        v
+    }
+
+    /// Asserts failure with exit status 1 and returns the error's code and message.
+    pub fn err(&self) -> (u64, String) {
+        let v = self.json();
+        assert_eq!(self.status.code(), Some(1), "{v}");
+        (
+            v["code"].as_u64().unwrap(),
+            v["msg"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+}
+
+/// A portmap command on `node`, as a runtime runs it: our binary, the CNI variables.
+pub fn portmap_command(node: &SimNode, verb: &str, id: &str, netns: &std::path::Path) -> std::process::Command {
+    let bin = testkit::bins::built("portmap").unwrap();
+    let mut cmd = node.command(bin).unwrap();
+    cmd.env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Runs our portmap directly on `node` (not through libcni: a runtime's `CAP_ARGS` cannot
+/// hold 20k mappings, an environment string being at most 128 KiB), config on stdin.
+pub fn portmap_direct(
+    node: &SimNode,
+    verb: &str,
+    id: &str,
+    netns: &std::path::Path,
+    conf: &Value,
+) -> Called {
+    let mut child = portmap_command(node, verb, id, netns).spawn().unwrap();
+    let input = conf.to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Called {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A portmap config of network `net` for a direct call: the mappings and the prevResult.
+pub fn portmap_conf(net: &str, extra: Value, mappings: Value, prev: &Value) -> Value {
+    let mut c = json!({"cniVersion": "1.0.0", "name": net, "type": "portmap",
+                       "runtimeConfig": {"portMappings": mappings}, "prevResult": prev});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// `n` TCP mappings, host ports 1024.., all to container port 80.
+pub fn many_mappings(n: u16) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"hostPort": 1024 + i, "containerPort": 80}))
+            .collect(),
+    )
+}
+
+/// What portmap's state directory on the node holds besides its lock: records (and
+/// temporary files) and port claims, as relative paths.
+pub fn portmap_state(node: &SimNode) -> Vec<String> {
+    let dir = node.host_path("/run/calico/portmap").unwrap();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lock" {
+            continue;
+        }
+        if name == "ports" {
+            for p in std::fs::read_dir(e.path()).unwrap().flatten() {
+                let port = p.file_name().to_string_lossy().into_owned();
+                let held: Vec<String> = std::fs::read_dir(p.path())
+                    .map(|d| {
+                        d.flatten()
+                            .map(|x| format!("ports/{port}/{}", x.file_name().to_string_lossy()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if held.is_empty() {
+                    out.push(format!("ports/{port}/"));
+                }
+                out.extend(held);
+            }
+            continue;
+        }
+        out.push(name);
+    }
+    out.sort();
+    out
+}
+
+/// The elements of one of our nftables sets, as `nft` lists them (empty if none or no table).
+pub fn nft_set(node: &SimNode, set: &str) -> String {
+    node.sh(&format!(
+        "nft list set inet calico_portmap {set} 2>/dev/null | sed -n '/elements/,$p'"
+    ))
+    .unwrap()
+}

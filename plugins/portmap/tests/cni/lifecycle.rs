@@ -1,4 +1,4 @@
-//! Bad input, CHECK for every family mix, GC.
+//! Bad input (findings #3 and #17 among it), CHECK for every family mix, GC.
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -54,6 +54,13 @@ fn bad_input_is_a_clear_error_and_touches_nothing() {
             NET,
             json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
             "already mapped to container",
+        ),
+        // Findings #17: one host port and protocol twice in one call.
+        (
+            NET,
+            json!([{"hostPort": 9000, "containerPort": 80, "protocol": "tcp"},
+                   {"hostPort": 9000, "containerPort": 81, "protocol": "tcp"}]),
+            "portMappings[1]\": host port 9000/tcp is already mapped by runtimeConfig.portMappings[0]",
         ),
     ];
     for (net, mappings, says) in cases {
@@ -201,5 +208,79 @@ fn gc_removes_only_what_is_not_valid() {
             .unwrap();
         let left = rules(c.node(0));
         assert!(!left.contains("CNI-DN-") && !left.contains(&ida), "{left}");
+    }
+}
+
+/// Findings #3: a line break in `externalSetMarkChain` added a rule of its own to the
+/// iptables-restore document (and it survived DEL). Now code 7 naming the field, the nat
+/// table unchanged, and DEL still succeeds.
+#[test]
+fn external_set_mark_chain_injection_is_refused() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    let injected = "ACCEPT\n-I OUTPUT 1 -p tcp --dport 9 -m comment --comment INJECTED -j DNAT --to-destination 127.0.0.1:1";
+    c.install(
+        0,
+        &conflist(json!({"backend": "iptables", "externalSetMarkChain": injected})),
+    )
+    .unwrap();
+    let node = c.node(0);
+    let nat = || {
+        node.sh("iptables-save -t nat; ip6tables-save -t nat")
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = nat();
+    let pod = NetNs::new("pi").unwrap();
+    let id = new_id("pi");
+    let e = c
+        .runtime(0)
+        .add(NET, &pod.path(), &opts(&id, two_mappings()))
+        .unwrap()
+        .expect_err("refused");
+    assert_eq!(e.code, Some(7), "{e}");
+    assert!(e.msg.contains("externalSetMarkChain"), "{}", e.msg);
+    assert_eq!(nat(), before);
+    assert!(!nat().contains("INJECTED"));
+    c.runtime(0)
+        .del(NET, &pod.path(), &opts(&id, two_mappings()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(nat(), before);
+    assert!(portmap_state(node).is_empty(), "{:?}", portmap_state(node));
+}
+
+/// Findings #17: a prevResult whose address is unspecified, loopback, multicast or a /0
+/// is no DNAT target: code 7, one error object, nothing installed or claimed.
+#[test]
+fn nonsense_targets_are_refused() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    let node = c.node(0);
+    let before = stable_rules(node);
+    let pod = NetNs::new("pt").unwrap();
+    for address in [
+        "0.0.0.0/0",
+        "10.244.9.9/0",
+        "127.0.0.1/8",
+        "224.0.0.5/32",
+        "::/0",
+        "::1/128",
+    ] {
+        let id = new_id("pt");
+        let prev = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": pod.path()}],
+            "ips": [{"address": address, "interface": 0}]});
+        for backend in ["nftables", "iptables"] {
+            let conf = portmap_conf(NET, json!({"backend": backend}), two_mappings(), &prev);
+            let (code, msg) = portmap_direct(node, "ADD", &id, &pod.path(), &conf).err();
+            assert_eq!(code, 7, "{address} {backend}: {msg}");
+            assert!(msg.contains(address.split('/').next().unwrap()), "{msg}");
+            assert_eq!(stable_rules(node), before, "{address} {backend}");
+            assert!(portmap_state(node).is_empty(), "{address} {backend}");
+        }
     }
 }

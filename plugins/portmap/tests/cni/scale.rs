@@ -1,9 +1,163 @@
-//! A hundred pods at once, two mappings each.
+//! A hundred pods at once, two mappings each; one pod with thousands of mappings (findings
+//! #1: from ~300 on, ADD failed after 5 s and left its record and claims, and every DEL of
+//! the pod failed from then on); a failed and a killed ADD of many mappings.
 
 use crate::common::*;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 use testkit::{NetNs, require};
+
+/// The v4-only network of the large-mapping tests.
+const BIG: &str = "big";
+
+/// A cluster with the `big` network and a pod on it (no mappings yet): the pod's namespace,
+/// ID and ADD result (the prevResult of direct portmap calls).
+fn big_pod(c: &testkit::Cluster, hint: &str) -> (NetNs, String, Value) {
+    c.install(0, &conflist_named(BIG, true, false, json!({})))
+        .unwrap();
+    let pod = NetNs::new(hint).unwrap();
+    let id = new_id(hint);
+    let result = c
+        .runtime(0)
+        .add(BIG, &pod.path(), &opts(&id, Value::Null))
+        .unwrap()
+        .unwrap();
+    (pod, id, result)
+}
+
+/// Nothing of `id` in the kernel or the state directory.
+fn assert_nothing_left(node: &testkit::SimNode, id: &str, what: &str) {
+    let set = nft_set(node, "hostports4");
+    assert!(!set.contains("elements"), "{what}: hostports4 holds\n{set}");
+    let left = rules(node);
+    assert!(!left.contains(id), "{what}: {id} left in\n{left}");
+    let state = portmap_state(node);
+    assert!(state.is_empty(), "{what}: state left: {state:?}");
+}
+
+/// Mirrors the reference plugin, which installs any number of mappings: 300, 2000 and 20k
+/// mappings through ADD, CHECK and DEL, on nftables (the default here), and 2000 on
+/// iptables; each DEL leaves nothing, and a mapped port forwards.
+#[test]
+fn thousands_of_mappings_add_check_and_del_leave_nothing() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    let node = c.node(0);
+    let (pod, id, prev) = big_pod(&c, "pbig");
+    let _echo = Echo::start(&pod, &[80], &[]);
+    let node_ip = IpAddr::V4(node.underlay_ip());
+    for (n, backend) in [
+        (300, "nftables"),
+        (2000, "nftables"),
+        (20_000, "nftables"),
+        (2000, "iptables"),
+    ] {
+        let what = format!("{n} mappings on {backend}");
+        let conf = portmap_conf(BIG, json!({"backend": backend}), many_mappings(n), &prev);
+        let started = Instant::now();
+        let out = portmap_direct(node, "ADD", &id, &pod.path(), &conf);
+        out.ok();
+        eprintln!("{what}: ADD took {:?}", started.elapsed());
+        let out = portmap_direct(node, "CHECK", &id, &pod.path(), &conf);
+        assert!(out.status.success(), "{what}: CHECK: {}{}", out.stdout, out.stderr);
+        let last = SocketAddr::new(node_ip, 1024 + n - 1);
+        assert!(tcp_source(node.netns(), last).is_some(), "{what}: {last} forwards");
+        // A runtime's DEL need not pass the mappings.
+        let del = portmap_conf(BIG, json!({}), Value::Null, &prev);
+        let started = Instant::now();
+        let out = portmap_direct(node, "DEL", &id, &pod.path(), &del);
+        assert!(out.status.success(), "{what}: DEL: {}{}", out.stdout, out.stderr);
+        eprintln!("{what}: DEL took {:?}", started.elapsed());
+        assert_nothing_left(node, &id, &what);
+        assert!(!rules(node).contains(&chain_of_net(BIG, &id)), "{what}: chain left");
+    }
+    c.runtime(0)
+        .del(BIG, &pod.path(), &opts(&id, Value::Null))
+        .unwrap()
+        .unwrap();
+}
+
+fn chain_of_net(net: &str, id: &str) -> String {
+    portmap::layout::chain_name(net, id)
+}
+
+/// A failed ADD of 300 mappings (the last one's port held by another pod) leaves nothing of
+/// its own: no record, claims or elements; the holder keeps its port.
+#[test]
+fn a_failed_add_at_index_299_leaves_nothing() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    let node = c.node(0);
+    let (pod, id, prev) = big_pod(&c, "pfail");
+    let holder = NetNs::new("phold").unwrap();
+    let holder_id = new_id("phold");
+    c.runtime(0)
+        .add(
+            BIG,
+            &holder.path(),
+            &opts(&holder_id, json!([{"hostPort": 1024 + 299, "containerPort": 80}])),
+        )
+        .unwrap()
+        .unwrap();
+    let state_before = portmap_state(node);
+    let set_before = nft_set(node, "hostports4");
+    let conf = portmap_conf(BIG, json!({}), many_mappings(300), &prev);
+    let (code, msg) = portmap_direct(node, "ADD", &id, &pod.path(), &conf).err();
+    assert_eq!(code, 7, "{msg}");
+    assert!(
+        msg.contains("1323/TCP") && msg.contains(&holder_id),
+        "{msg}"
+    );
+    assert_eq!(portmap_state(node), state_before);
+    assert_eq!(nft_set(node, "hostports4"), set_before);
+    assert!(!rules(node).contains(&id));
+    // The runtime's DEL of the failed pod, then of the holder: nothing left.
+    for (ns, pid) in [(&pod, &id), (&holder, &holder_id)] {
+        c.runtime(0)
+            .del(BIG, &ns.path(), &opts(pid, Value::Null))
+            .unwrap()
+            .unwrap();
+    }
+    assert_nothing_left(node, &id, "after both DELs");
+    assert_nothing_left(node, &holder_id, "after both DELs");
+}
+
+/// An ADD killed (SIGKILL) once its record is written, at whatever point of its work that
+/// is, then DEL: no claim, record or element is left (findings #1/#17: the claims of a
+/// killed ADD were never removed).
+#[test]
+fn a_killed_add_then_del_leaves_nothing() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    let node = c.node(0);
+    let (pod, id, prev) = big_pod(&c, "pkill");
+    let record = node
+        .host_path("/run/calico/portmap")
+        .unwrap()
+        .join(format!("{}.json", chain_of_net(BIG, &id)));
+    let conf = portmap_conf(BIG, json!({}), many_mappings(20_000), &prev);
+    let mut child = portmap_command(node, "ADD", &id, &pod.path()).spawn().unwrap();
+    let input = conf.to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !record.exists() {
+        assert!(Instant::now() < deadline, "no record within 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let del = portmap_conf(BIG, json!({}), Value::Null, &prev);
+    let out = portmap_direct(node, "DEL", &id, &pod.path(), &del);
+    assert!(out.status.success(), "DEL: {}{}", out.stdout, out.stderr);
+    assert_nothing_left(node, &id, "DEL after a killed ADD");
+    c.runtime(0)
+        .del(BIG, &pod.path(), &opts(&id, Value::Null))
+        .unwrap()
+        .unwrap();
+}
 
 #[test]
 fn a_hundred_concurrent_adds_and_dels() {
