@@ -164,3 +164,77 @@ fn our_decoder_reads_the_kernels_dump() {
         "{shown}"
     );
 }
+
+/// Findings #1: a transaction of hundreds of acknowledged messages overflowed the default
+/// receive buffer ("No buffer space available") and one of megabytes the send buffer
+/// ("Message too long"). The socket grows both to the batch: 5000 one-element messages,
+/// then 50k elements in chunked lists (about 2 MiB), each one transaction.
+#[test]
+fn large_transactions_fit_the_socket() {
+    require!(root; "nft");
+    let ns = NetNs::new("nftbig").unwrap();
+    let count = ns
+        .within(|| {
+            let mut sock = NfSocket::open().unwrap();
+            let spec = nft::SetSpec {
+                name: "ports".into(),
+                key_type: nft::types::IPV4_ADDR,
+                key_fields: vec![4],
+                data: None,
+                interval: false,
+            };
+            let big = nft::SetSpec {
+                name: "pairs".into(),
+                key_type: nft::types::concat(&[nft::types::IPV4_ADDR, nft::types::INET_SERVICE]),
+                key_fields: vec![4, 2],
+                data: None,
+                interval: false,
+            };
+            sock.batch(
+                &["table".into(), "set".into(), "set".into()],
+                &[
+                    nft::new_table(NFPROTO_INET, TABLE, "big"),
+                    nft::new_set(NFPROTO_INET, TABLE, &spec),
+                    nft::new_set(NFPROTO_INET, TABLE, &big),
+                ],
+            )
+            .unwrap();
+            let elem = |key: Vec<u8>| nft::Elem {
+                key,
+                key_end: None,
+                data: None,
+                comment: Some("a-container-id-of-some-length".into()),
+            };
+            let one_each: Vec<_> = (1..=5000u16)
+                .map(|p| {
+                    nft::add_elems(
+                        NFPROTO_INET,
+                        TABLE,
+                        "ports",
+                        &[elem(u32::from(p).to_be_bytes().to_vec())],
+                    )
+                })
+                .collect();
+            let what = vec!["add element".to_string(); one_each.len()];
+            sock.batch(&what, &one_each).unwrap();
+            let many: Vec<_> = (0..50_000u32)
+                .map(|i| {
+                    let [_, a, b, c] = i.to_be_bytes();
+                    elem(vec![10, a, b, c, 0, 80, 0, 0])
+                })
+                .collect();
+            let lists = nft::add_elems_chunked(NFPROTO_INET, TABLE, "pairs", &many);
+            let what = vec!["add elements".to_string(); lists.len()];
+            sock.batch(&what, &lists).unwrap();
+            let mut count = |set: &str| -> usize {
+                sock.dump("list", &nft::get_elems(NFPROTO_INET, TABLE, set))
+                    .unwrap()
+                    .iter()
+                    .map(|r| nft::elems_of(&r.attrs).len())
+                    .sum()
+            };
+            (count("ports"), count("pairs"))
+        })
+        .unwrap();
+    assert_eq!(count, (5000, 50_000));
+}
