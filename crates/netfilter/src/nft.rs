@@ -653,14 +653,28 @@ fn elems_chunked(
     for (i, e) in elems.iter().enumerate() {
         let l = elem_len(e);
         if i > start && len + l > ELEM_LIST_MAX {
-            out.push(elems_message(cmd, flags, family, table, set, &elems[start..i]));
+            out.push(elems_message(
+                cmd,
+                flags,
+                family,
+                table,
+                set,
+                &elems[start..i],
+            ));
             start = i;
             len = 0;
         }
         len += l;
     }
     if start < elems.len() {
-        out.push(elems_message(cmd, flags, family, table, set, &elems[start..]));
+        out.push(elems_message(
+            cmd,
+            flags,
+            family,
+            table,
+            set,
+            &elems[start..],
+        ));
     }
     out
 }

@@ -115,27 +115,26 @@ fn opt_strings(v: &Value, field: &str) -> Result<Vec<String>, CniError> {
 
 /// Checks a chain name as iptables does (`xshared.c`: under 29 bytes, no whitespace, not
 /// starting with `-` or `!`), and further refuses what is not printable ASCII and the
-/// quoting characters `"`, `'` and `\\`, which `iptables-restore` would read as quoting.
+/// quoting characters `"`, `'` and `\`, which `iptables-restore` would read as quoting.
 pub fn chain_name(field: &str, s: &str) -> Result<(), CniError> {
-    let why = if s.is_empty() {
-        Some("a chain name cannot be empty".to_string())
-    } else if s.len() > CHAIN_NAME_MAX {
-        Some(format!(
+    let refuse = |why: String| Err(bad(field, format!("{s:?}: {why}")));
+    if s.is_empty() {
+        return refuse("a chain name cannot be empty".into());
+    }
+    if s.len() > CHAIN_NAME_MAX {
+        return refuse(format!(
             "a chain name has at most {CHAIN_NAME_MAX} bytes, this one {}",
             s.len()
-        ))
-    } else if s.starts_with('-') || s.starts_with('!') {
-        Some("a chain name cannot start with '-' or '!'".to_string())
-    } else if let Some(c) = s
+        ));
+    }
+    if s.starts_with('-') || s.starts_with('!') {
+        return refuse("a chain name cannot start with '-' or '!'".into());
+    }
+    match s
         .chars()
         .find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\'))
     {
-        Some(format!("a chain name cannot contain {c:?}"))
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(bad(field, format!("{s:?}: {why}"))),
+        Some(c) => refuse(format!("a chain name cannot contain {c:?}")),
         None => Ok(()),
     }
 }
@@ -565,9 +564,15 @@ mod tests {
         .expect("plain conditions");
         assert_eq!(ok.backend, Some(BackendKind::Iptables));
         for (field, v) in [
-            ("conditionsV4[1]", json!({"conditionsV4": ["-s", "10.0.0.0/8\n-A OUTPUT -j DROP"]})),
+            (
+                "conditionsV4[1]",
+                json!({"conditionsV4": ["-s", "10.0.0.0/8\n-A OUTPUT -j DROP"]}),
+            ),
             ("conditionsV6[0]", json!({"conditionsV6": ["-s\r"]})),
-            ("conditionsV4[2]", json!({"conditionsV4": ["-m", "comment", "x\u{0}"]})),
+            (
+                "conditionsV4[2]",
+                json!({"conditionsV4": ["-m", "comment", "x\u{0}"]}),
+            ),
         ] {
             let e = conf(v, one()).expect_err(field);
             assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
@@ -609,14 +614,23 @@ mod tests {
         .expect("distinct");
         assert_eq!(ok.mappings.len(), 3);
         // DEL is not refused for them: it goes by container ID.
-        let mut dup = request(json!({"cniVersion": "1.0.0", "name": "n", "type": "portmap",
+        let mut dup = request(
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "portmap",
             "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 1},
-                                               {"hostPort": 1, "containerPort": 2}]}}));
+                                               {"hostPort": 1, "containerPort": 2}]}}),
+        );
         dup.env.command = cni_protocol::env::Command::Del;
-        assert!(Conf::for_cleanup(&dup).expect("cleanup").mappings.is_empty());
+        assert!(
+            Conf::for_cleanup(&dup)
+                .expect("cleanup")
+                .mappings
+                .is_empty()
+        );
         // Nor for a chain name ADD refused.
-        let mut bad = request(json!({"cniVersion": "1.0.0", "name": "n", "type": "portmap",
-            "externalSetMarkChain": "A\nB", "stateDir": "/tmp/pm"}));
+        let mut bad = request(
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "portmap",
+            "externalSetMarkChain": "A\nB", "stateDir": "/tmp/pm"}),
+        );
         bad.env.command = cni_protocol::env::Command::Del;
         let c = Conf::for_cleanup(&bad).expect("cleanup");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/pm"));

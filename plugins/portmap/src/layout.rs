@@ -273,8 +273,9 @@ mod tests {
     #[test]
     fn a_document_never_carries_an_injected_line() {
         let mut c = conf();
-        c.external_set_mark_chain =
-            Some("ACCEPT\n-I OUTPUT 1 -p tcp --dport 9 -j DNAT --to-destination 127.0.0.1:1".into());
+        c.external_set_mark_chain = Some(
+            "ACCEPT\n-I OUTPUT 1 -p tcp --dport 9 -j DNAT --to-destination 127.0.0.1:1".into(),
+        );
         let ip: IpNet = "10.244.77.2/24".parse().expect("net");
         let rules = dn_rules(&c, "CNI-DN-x", ip, &maps());
         assert!(document(&rules).is_err());

@@ -494,11 +494,7 @@ pub fn add(
         Err(e) if ready && e.is(&[Errno::EEXIST, Errno::EBUSY, Errno::ENOENT]) => {
             let mut msgs = Vec::new();
             deletions(&listed(sock, container_id)?, &mut msgs);
-            additions(
-                elems,
-                " (a host port another container holds?)",
-                &mut msgs,
-            );
+            additions(elems, " (a host port another container holds?)", &mut msgs);
             run(sock, msgs).map(|_| ())
         }
         Err(e) => Err(e),

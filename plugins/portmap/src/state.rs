@@ -381,6 +381,9 @@ mod tests {
         assert_eq!(got, planned);
         assert!(took < Duration::from_secs(5), "60k claims took {took:?}");
         release_ports(d, "CNI-DN-big", &got);
-        assert_eq!(std::fs::read_dir(d.join("ports")).expect("ports").count(), 0);
+        assert_eq!(
+            std::fs::read_dir(d.join("ports")).expect("ports").count(),
+            0
+        );
     }
 }

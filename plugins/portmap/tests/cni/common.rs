@@ -220,10 +220,16 @@ impl Called {
             self.stderr
         );
         let mut objects = serde_json::Deserializer::from_str(&self.stdout).into_iter::<Value>();
-        let first = objects.next().unwrap_or_else(|| panic!("no JSON on stdout: {}", self.stderr));
+        let first = objects
+            .next()
+            .unwrap_or_else(|| panic!("no JSON on stdout: {}", self.stderr));
         let first = first.unwrap();
         assert!(first.is_object(), "{first}");
-        assert!(objects.next().is_none(), "more than one JSON value: {}", self.stdout);
+        assert!(
+            objects.next().is_none(),
+            "more than one JSON value: {}",
+            self.stdout
+        );
         first
     }
 
@@ -246,7 +252,12 @@ impl Called {
 }
 
 /// A portmap command on `node`, as a runtime runs it: our binary, the CNI variables.
-pub fn portmap_command(node: &SimNode, verb: &str, id: &str, netns: &std::path::Path) -> std::process::Command {
+pub fn portmap_command(
+    node: &SimNode,
+    verb: &str,
+    id: &str,
+    netns: &std::path::Path,
+) -> std::process::Command {
     let bin = testkit::bins::built("portmap").unwrap();
     let mut cmd = node.command(bin).unwrap();
     cmd.env("CNI_COMMAND", verb)

@@ -60,17 +60,33 @@ fn thousands_of_mappings_add_check_and_del_leave_nothing() {
         out.ok();
         eprintln!("{what}: ADD took {:?}", started.elapsed());
         let out = portmap_direct(node, "CHECK", &id, &pod.path(), &conf);
-        assert!(out.status.success(), "{what}: CHECK: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.status.success(),
+            "{what}: CHECK: {}{}",
+            out.stdout,
+            out.stderr
+        );
         let last = SocketAddr::new(node_ip, 1024 + n - 1);
-        assert!(tcp_source(node.netns(), last).is_some(), "{what}: {last} forwards");
+        assert!(
+            tcp_source(node.netns(), last).is_some(),
+            "{what}: {last} forwards"
+        );
         // A runtime's DEL need not pass the mappings.
         let del = portmap_conf(BIG, json!({}), Value::Null, &prev);
         let started = Instant::now();
         let out = portmap_direct(node, "DEL", &id, &pod.path(), &del);
-        assert!(out.status.success(), "{what}: DEL: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.status.success(),
+            "{what}: DEL: {}{}",
+            out.stdout,
+            out.stderr
+        );
         eprintln!("{what}: DEL took {:?}", started.elapsed());
         assert_nothing_left(node, &id, &what);
-        assert!(!rules(node).contains(&chain_of_net(BIG, &id)), "{what}: chain left");
+        assert!(
+            !rules(node).contains(&chain_of_net(BIG, &id)),
+            "{what}: chain left"
+        );
     }
     c.runtime(0)
         .del(BIG, &pod.path(), &opts(&id, Value::Null))
@@ -96,7 +112,10 @@ fn a_failed_add_at_index_299_leaves_nothing() {
         .add(
             BIG,
             &holder.path(),
-            &opts(&holder_id, json!([{"hostPort": 1024 + 299, "containerPort": 80}])),
+            &opts(
+                &holder_id,
+                json!([{"hostPort": 1024 + 299, "containerPort": 80}]),
+            ),
         )
         .unwrap()
         .unwrap();
@@ -137,7 +156,9 @@ fn a_killed_add_then_del_leaves_nothing() {
         .unwrap()
         .join(format!("{}.json", chain_of_net(BIG, &id)));
     let conf = portmap_conf(BIG, json!({}), many_mappings(20_000), &prev);
-    let mut child = portmap_command(node, "ADD", &id, &pod.path()).spawn().unwrap();
+    let mut child = portmap_command(node, "ADD", &id, &pod.path())
+        .spawn()
+        .unwrap();
     let input = conf.to_string();
     let mut stdin = child.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
