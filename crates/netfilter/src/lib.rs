@@ -1,6 +1,7 @@
 //! Netfilter from Rust, for the plugins that program it (portmap now, policy later):
 //! nf_tables and conntrack over nfnetlink ([`socket`], [`nft`], [`conntrack`]), the
-//! iptables tools for the iptables layouts ([`xtables`]), and the [`release`] of a call's
+//! iptables tools for the iptables layouts ([`xtables`], whose document writer refuses a
+//! line that would carry another), and the [`release`] of a call's
 //! socket and UDP conntrack flush, handed to the node agent (`calico-node run`) when there is
 //! one so the call does not wait for them.
 //!

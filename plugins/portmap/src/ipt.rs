@@ -12,6 +12,7 @@ use calico_netfilter::xtables::{Flavour, Xtables};
 use calico_netfilter::{NfError, NfSocket};
 use ipnet::IpNet;
 use nix::errno::Errno;
+use std::collections::HashSet;
 
 /// One family's view of the iptables nat table.
 pub struct Ipt {
@@ -236,26 +237,33 @@ impl Ipt {
                 "{fam}: chain {dn} does not exist in table nat"
             )]);
         };
+        // Sets, so that thousands of mappings are compared in linear time.
+        let listed: HashSet<&str> = listed.iter().map(String::as_str).collect();
         let mut missing: Vec<String> = layout::dn_rules(conf, dn, ip, mappings)
             .into_iter()
-            .filter(|r| !listed.contains(r))
+            .filter(|r| !listed.contains(r.as_str()))
             .map(|r| format!("{fam}: rule `{r}`"))
             .collect();
-        let entries = self.list(sock, DNAT_CHAIN)?.unwrap_or_default();
-        for want in layout::entry_rules(conf, container_id, dn, !self.x.v6, mappings) {
-            // Compare what identifies the jump: protocol, ports and target.
-            let key = |l: &str| {
-                let words: Vec<&str> = l.split_whitespace().collect();
-                let after = |flag: &str| {
-                    words
-                        .iter()
-                        .position(|w| *w == flag)
-                        .and_then(|i| words.get(i + 1))
-                        .map(|s| s.to_string())
-                };
-                (after("-p"), after("--dports"), after("-j"))
+        // Compare what identifies a jump: protocol, ports and target.
+        let key = |l: &str| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let after = |flag: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == flag)
+                    .and_then(|i| words.get(i + 1))
+                    .map(|s| s.to_string())
             };
-            if !entries.iter().any(|l| key(l) == key(&want)) {
+            (after("-p"), after("--dports"), after("-j"))
+        };
+        let entries: HashSet<_> = self
+            .list(sock, DNAT_CHAIN)?
+            .unwrap_or_default()
+            .iter()
+            .map(|l| key(l))
+            .collect();
+        for want in layout::entry_rules(conf, container_id, dn, !self.x.v6, mappings) {
+            if !entries.contains(&key(&want)) {
                 missing.push(format!("{fam}: rule `{want}`"));
             }
         }

@@ -203,18 +203,22 @@ pub fn claim_ports(
 ) -> Result<Vec<String>, CniError> {
     let ports = dir.join("ports");
     let wanted = wanted(mappings, families);
-    // The ports anyone holds, in one listing: only those can clash.
-    let held: HashSet<String> = std::fs::read_dir(&ports)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    // For many mappings, the ports anyone holds in one listing (only those can clash); a
+    // usual pod's few ports are looked up one by one, whatever the node holds.
+    let held: Option<HashSet<String>> = (wanted.len() > LIST_HELD_FROM).then(|| {
+        std::fs::read_dir(&ports)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let maybe_held = |d: &str| held.as_ref().is_none_or(|h| h.contains(d));
     // Check everything first, so a refusal claims nothing.
     for (d, l, m) in &wanted {
-        if !held.contains(d) {
+        if !maybe_held(d) {
             continue;
         }
         let Ok(entries) = std::fs::read_dir(ports.join(d)) else {
@@ -253,17 +257,11 @@ pub fn claim_ports(
         }
     }
     let mut claimed = Vec::new();
-    std::fs::create_dir_all(&ports).map_err(|e| io_error("create", &ports, e))?;
     let mut made: HashSet<String> = HashSet::new();
     for (d, l, _) in wanted {
         let sub = ports.join(&d);
-        if !held.contains(&d) && made.insert(d.clone()) {
-            match std::fs::create_dir(&sub) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(io_error("create", &sub, e));
-                }
-                _ => {}
-            }
+        if held.as_ref().is_none_or(|h| !h.contains(&d)) && made.insert(d.clone()) {
+            port_dir(&ports, &sub)?;
         }
         let path = sub.join(&l);
         std::fs::write(&path, format!("{chain}\n\n{container_id}\n"))
@@ -273,9 +271,32 @@ pub fn claim_ports(
     Ok(claimed)
 }
 
+/// From this many slots on, [`claim_ports`] lists the registry once instead of looking up
+/// each port.
+const LIST_HELD_FROM: usize = 64;
+
+/// Creates a port's directory in the registry (and the registry on first use); one that
+/// exists is fine.
+fn port_dir(ports: &Path, sub: &Path) -> Result<(), CniError> {
+    use std::io::ErrorKind;
+    let mut made = std::fs::create_dir(sub);
+    if matches!(&made, Err(e) if e.kind() == ErrorKind::NotFound) {
+        std::fs::create_dir_all(ports).map_err(|e| io_error("create", ports, e))?;
+        made = std::fs::create_dir(sub);
+    }
+    match made {
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => Err(io_error("create", sub, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Whose a claim file is: the chain on its first line.
 fn owner(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    use std::io::Read;
+    // The chain comes first and is short: one read, no size lookup.
+    let mut buf = [0u8; 128];
+    let n = File::open(path).ok()?.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
     Some(text.lines().next().unwrap_or("").to_string())
 }
 
