@@ -252,9 +252,11 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         Ok(p) => p,
         Err(e) => {
             // Refused (or cut short): release this call's claims and put the record back.
+            let earlier: HashSet<&String> = old_ports.iter().collect();
             let fresh: Vec<String> = planned
-                .into_iter()
-                .filter(|p| !old_ports.contains(p))
+                .iter()
+                .filter(|p| !earlier.contains(p))
+                .cloned()
                 .collect();
             state::release_ports(&conf.state_dir, &dn, &fresh);
             let _ = match &old {

@@ -284,3 +284,52 @@ fn nonsense_targets_are_refused() {
         }
     }
 }
+
+/// A second ADD of one container with fewer mappings (a runtime retrying with a changed
+/// spec) releases the claims it no longer maps, so another pod can take them; DEL then
+/// leaves no claim or record.
+#[test]
+fn a_repeated_add_releases_the_ports_it_no_longer_maps() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    c.install(0, &conflist(json!({}))).unwrap();
+    let node = c.node(0);
+    let (a, b) = (NetNs::new("pra").unwrap(), NetNs::new("prb").unwrap());
+    let (ida, idb) = (new_id("pra"), new_id("prb"));
+    let rt = c.runtime(0);
+    let prev = rt
+        .add(NET, &a.path(), &opts(&ida, Value::Null))
+        .unwrap()
+        .unwrap();
+    let three = json!([{"hostPort": 7001, "containerPort": 80},
+                       {"hostPort": 7002, "containerPort": 80},
+                       {"hostPort": 7003, "containerPort": 80}]);
+    let one = json!([{"hostPort": 7001, "containerPort": 80}]);
+    for mappings in [three, one] {
+        let conf = portmap_conf(NET, json!({}), mappings, &prev);
+        portmap_direct(node, "ADD", &ida, &a.path(), &conf).ok();
+    }
+    let state = portmap_state(node);
+    assert!(
+        state
+            .iter()
+            .filter(|s| s.starts_with("ports/"))
+            .all(|s| s.contains("tcp-7001/")),
+        "{state:?}"
+    );
+    rt.add(
+        NET,
+        &b.path(),
+        &opts(&idb, json!([{"hostPort": 7002, "containerPort": 80}])),
+    )
+    .unwrap()
+    .unwrap();
+    for (ns, id) in [(&a, &ida), (&b, &idb)] {
+        rt.del(NET, &ns.path(), &opts(id, Value::Null))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(portmap_state(node).is_empty(), "{:?}", portmap_state(node));
+    let left = rules(node);
+    assert!(!left.contains(&ida) && !left.contains(&idb), "{left}");
+}
