@@ -74,6 +74,7 @@ pub fn delete_flows(
     }
     let dump = ctnetlink(IPCTNL_MSG_CT_GET, family, Attrs::new());
     let entries = sock.dump("dump conntrack", &dump)?;
+    let ports: std::collections::HashSet<u16> = ports.iter().copied().collect();
     let mut deleted = 0;
     for e in entries {
         let attrs = attributes(&e.attrs);

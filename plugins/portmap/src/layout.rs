@@ -7,7 +7,7 @@ use calico_netfilter::NfError;
 use calico_netfilter::xtables::{self, quote};
 use ipnet::IpNet;
 use sha2::{Digest, Sha512};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 pub const DNAT_CHAIN: &str = "CNI-HOSTPORT-DNAT";
 pub const SETMARK_CHAIN: &str = "CNI-HOSTPORT-SETMARK";
@@ -156,10 +156,13 @@ pub fn entry_rules(
     mappings: &[Mapping],
 ) -> Vec<String> {
     let mut by_proto: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+    let mut seen = HashSet::new();
     for m in mappings.iter().filter(|m| m.applies_to(v4)) {
-        let ports = by_proto.entry(m.protocol.name()).or_default();
-        if !ports.contains(&m.host_port) {
-            ports.push(m.host_port);
+        if seen.insert((m.protocol, m.host_port)) {
+            by_proto
+                .entry(m.protocol.name())
+                .or_default()
+                .push(m.host_port);
         }
     }
     let conds = if v4 {
