@@ -314,12 +314,16 @@ pub fn many_mappings(n: u16) -> Value {
     )
 }
 
-/// What portmap's state directory on the node holds besides its lock: records (and
+/// What portmap's default state directory on the node holds besides its lock: records (and
 /// temporary files) and port claims, as relative paths.
 pub fn portmap_state(node: &SimNode) -> Vec<String> {
-    let dir = node.host_path("/run/calico/portmap").unwrap();
+    state_in(&node.host_path("/run/calico/portmap").unwrap())
+}
+
+/// What a portmap state directory holds besides its lock (see [`portmap_state`]).
+pub fn state_in(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
     for e in entries.flatten() {
