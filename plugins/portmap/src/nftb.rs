@@ -501,7 +501,8 @@ pub fn add(
     }
 }
 
-/// Removes the container's elements; what is already gone is fine.
+/// Removes the container's elements, in transactions of at most [`DELETE_TXN_MAX`] bytes;
+/// what is already gone is fine (then the rest is found by tag).
 pub fn del(
     sock: &mut NfSocket,
     container_id: &str,

@@ -1,6 +1,6 @@
 //! What portmap keeps on the node besides the rules: a lock serialising its calls, a record
-//! per container of exactly what was installed (so DEL removes it in one transaction even
-//! when the runtime passes no port mappings), and a registry of claimed host ports (so a
+//! per container of exactly what was installed (so DEL removes it, in one transaction for a
+//! usual pod, even when the runtime passes no port mappings), and a registry of claimed host ports (so a
 //! second container cannot take a port another one holds).
 //!
 //! Everything lives in one directory under `/run` (default [`crate::config::DEFAULT_STATE_DIR`]),
