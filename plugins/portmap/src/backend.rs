@@ -16,6 +16,10 @@ pub struct Target<'a> {
     pub dn: &'a str,
     pub v4: Option<IpNet>,
     pub v6: Option<IpNet>,
+    /// The container's record on disk already names what [`Backend::add`] will install (the
+    /// caller saved it as [`Backend::plan`] filled it in): add need not save it before
+    /// installing, nor after if nothing differs.
+    pub recorded: bool,
 }
 
 impl<'a> Target<'a> {
@@ -32,6 +36,7 @@ impl<'a> Target<'a> {
             dn,
             v4,
             v6,
+            recorded: false,
         }
     }
 }
@@ -39,6 +44,10 @@ impl<'a> Target<'a> {
 pub trait Backend {
     /// The name records carry (`iptables`, `nftables`).
     fn name(&self) -> &'static str;
+
+    /// Writes into `rec` what [`Backend::add`] will install, where that is known beforehand,
+    /// so that one record saved before the port claims names everything of a new container.
+    fn plan(&self, target: &Target, rec: &mut Record);
 
     /// Installs the container's mappings, replacing what `old` (this backend's record of an
     /// earlier ADD of the same container) names, and writes into `rec` what it installed.

@@ -323,6 +323,17 @@ impl Backend for Iptables {
         "iptables"
     }
 
+    fn plan(&self, t: &Target, rec: &mut Record) {
+        for (v6, _) in mapped_families(t) {
+            let entries = layout::entry_rules(t.conf, t.container_id, t.dn, !v6, &t.conf.mappings);
+            if v6 {
+                rec.iptables_v6 = entries;
+            } else {
+                rec.iptables_v4 = entries;
+            }
+        }
+    }
+
     fn add(
         &self,
         sock: &mut NfSocket,
@@ -330,16 +341,21 @@ impl Backend for Iptables {
         old: Option<&Record>,
         rec: &mut Record,
     ) -> Result<(), AddError> {
+        let mut changed = !t.recorded;
         for (v6, ip) in mapped_families(t) {
             let entries =
                 Ipt::new(self.flavour, v6).add(sock, t, ip, old.map(|o| recorded(o, v6)))?;
-            if v6 {
-                rec.iptables_v6 = entries;
+            let field = if v6 {
+                &mut rec.iptables_v6
             } else {
-                rec.iptables_v4 = entries;
-            }
+                &mut rec.iptables_v4
+            };
+            changed |= *field != entries;
+            *field = entries;
         }
-        state::save(&t.conf.state_dir, t.dn, rec)?;
+        if changed {
+            state::save(&t.conf.state_dir, t.dn, rec)?;
+        }
         Ok(())
     }
 

@@ -630,6 +630,11 @@ impl Backend for Nftables {
         "nftables"
     }
 
+    fn plan(&self, t: &Target, rec: &mut Record) {
+        let elems = elements(t.conf, t.container_id, t.v4, t.v6, &t.conf.mappings);
+        rec.nft_elements = to_record(&elems);
+    }
+
     fn add(
         &self,
         sock: &mut NfSocket,
@@ -647,6 +652,7 @@ impl Backend for Nftables {
                 intent.nft_elements.extend(o.nft_elements.iter().cloned());
                 state::save(&t.conf.state_dir, t.dn, &intent)?;
             }
+            None if t.recorded => {}
             None => state::save(&t.conf.state_dir, t.dn, rec)?,
         }
         let recorded = old.map(|o| o.nft_elements.as_slice());

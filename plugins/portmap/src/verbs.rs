@@ -229,16 +229,39 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let mut sock = NfSocket::open().map_err(kernel)?;
     let old = state::load(&conf.state_dir, &dn);
     let old_ports = old.as_ref().map(|o| o.ports.clone()).unwrap_or_default();
-    // Before the first claim: a record naming the claims to be made (and whatever an earlier
-    // ADD of the container installed), so that DEL after a kill from here on finds them.
     let planned = state::claim_entries(&conf.mappings, &families);
-    let mut intent = old.clone().unwrap_or_else(|| Record {
+    let mut target = Target::new(&conf, id, &dn, v4, v6);
+    let mut rec = Record {
         network: conf.network.clone(),
         container_id: id.clone(),
         backend: chosen.name().into(),
+        udp_v4: if v4.is_some() {
+            udp_ports(&conf.mappings, true)
+        } else {
+            Vec::new()
+        },
+        udp_v6: if v6.is_some() {
+            udp_ports(&conf.mappings, false)
+        } else {
+            Vec::new()
+        },
+        // Until this ADD succeeds, the claims of the earlier one are the container's too.
+        ports: union(&planned, &old_ports),
         ..Record::default()
-    });
-    intent.ports = union(&old_ports, &planned);
+    };
+    // Before the first claim: a record naming the claims to be made, so that DEL after a kill
+    // from here on finds them. For a new container (the usual case) it is the whole record
+    // as it will be, saved once; otherwise the earlier record plus the claims.
+    let intent = match &old {
+        None => {
+            chosen.plan(&target, &mut rec);
+            rec.clone()
+        }
+        Some(o) => Record {
+            ports: union(&old_ports, &planned),
+            ..o.clone()
+        },
+    };
     state::save(&conf.state_dir, &dn, &intent)?;
     let claimed = state::claim_ports(
         &conf.state_dir,
@@ -266,24 +289,8 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             return Err(e);
         }
     };
-    let mut rec = Record {
-        network: conf.network.clone(),
-        container_id: id.clone(),
-        backend: chosen.name().into(),
-        udp_v4: if v4.is_some() {
-            udp_ports(&conf.mappings, true)
-        } else {
-            Vec::new()
-        },
-        udp_v6: if v6.is_some() {
-            udp_ports(&conf.mappings, false)
-        } else {
-            Vec::new()
-        },
-        // Until this ADD succeeds, the claims of the earlier one are the container's too.
-        ports: union(&ports, &old_ports),
-        ..Record::default()
-    };
+    target.recorded = old.is_none() && ports == planned;
+    rec.ports = union(&ports, &old_ports);
     let installed = (|| -> Result<(), CniError> {
         // A container moving between backends leaves nothing in the old one.
         if let Some(o) = old.as_ref().filter(|o| o.backend != rec.backend) {
@@ -297,7 +304,6 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             }
         }
         let same = old.as_ref().filter(|o| o.backend == rec.backend);
-        let target = Target::new(&conf, id, &dn, v4, v6);
         chosen.add(&mut sock, &target, same, &mut rec)?;
         if conf.snat
             && let Some(ip) = v4
