@@ -114,7 +114,9 @@ fn corrupt(bed: &Bed, prefix: &str) -> anyhow::Result<()> {
 }
 
 fn dummy_eth9(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
-    bed.node().sh("ip link add eth9 type dummy").map(drop)
+    bed.node()
+        .sh("ip link add eth9 type veth peer name eth9p")
+        .map(drop)
 }
 
 fn remove_eth9(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
@@ -192,6 +194,13 @@ fn defects() -> Vec<Row> {
             .defect("#2")
             .file("deep.json", deep_parens)
             .exit(1),
+        // Found by the selector property (tests/props): a non-ASCII character after a key.
+        row("pool nodeSelector with a non-ASCII character: calico ADD", Calico, Add)
+            .defect("selector-utf8")
+            .seed(
+                &format!("{POOLS}utf"),
+                pool("utf", "198.42.0.0/24", json!({"nodeSelector": "a\u{800}"})),
+            ),
         // #3: rule injection through externalSetMarkChain, and control characters in conditions.
         row("portmap externalSetMarkChain with a newline", Portmap, Add)
             .defect("#3")
@@ -294,12 +303,12 @@ fn defects() -> Vec<Row> {
             .within_ms(1000),
         row("kubeconfig is /dev/zero", Calico, Add)
             .defect("#9")
-            .patch(json!({"datastore_type": "kubernetes", "kubernetes": {"kubeconfig": "/dev/zero"}}))
+            .patch(json!({"policy": {"type": "k8s"}, "kubernetes": {"kubeconfig": "/dev/zero"}}))
             .codes(&[7, 102])
             .within_ms(1000),
         row("kubeconfig is a FIFO", Calico, Add)
             .defect("#9")
-            .patch(json!({"datastore_type": "kubernetes", "kubernetes": {"kubeconfig": "{TMP}/fifo"}}))
+            .patch(json!({"policy": {"type": "k8s"}, "kubernetes": {"kubeconfig": "{TMP}/fifo"}}))
             .codes(&[7, 102])
             .within_ms(1000),
         row("calicoctl -f /dev/zero", Calicoctl, ctl(&["apply", "-f", "/dev/zero"]))

@@ -19,19 +19,27 @@ pub struct Snapshot {
 /// One `sh` in the node prints every section.
 const NODE_STATE: &str = r#"
 echo '## links'; ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort
-echo '## routes'; ip route show table all | grep -v '^local\|^broadcast\|^multicast' ; ip -6 route show table all | grep -v '^local\|^multicast'
+echo '## routes'; ip route show; ip -6 route show
 echo '## ip_forward'; cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding
 echo '## iptables'; iptables-save 2>/dev/null | grep -v '^#' | sed 's/\[[0-9:]*\]//'
 echo '## ip6tables'; ip6tables-save 2>/dev/null | grep -v '^#' | sed 's/\[[0-9:]*\]//'
-echo '## nft'; nft list ruleset 2>/dev/null
-echo '## portmap state'; find /run/calico/portmap 2>/dev/null | sort
+echo '## nft'; nft list ruleset 2>/dev/null | sed 's/counter packets [0-9]* bytes [0-9]*/counter/'
+echo '## rules'; ip rule show; ip -6 rule show
+echo '## portmap state'; find /run/calico/portmap -mindepth 1 ! -name lock ! -path '*/portmap/ports' 2>/dev/null | sort
 "#;
 
 impl Snapshot {
+    /// Both halves at once (each is a process or two; together they are most of a row's
+    /// time).
     pub fn take(bed: &Bed) -> anyhow::Result<Self> {
+        let (node, keys) = std::thread::scope(|s| {
+            let keys = s.spawn(|| bed.cluster.etcd.get_prefix("/calico"));
+            let node = bed.node().sh(NODE_STATE);
+            (node, keys.join())
+        });
         Ok(Self {
-            node: bed.node().sh(NODE_STATE)?,
-            keys: bed.cluster.etcd.get_prefix("/calico")?,
+            node: node?,
+            keys: keys.map_err(|_| anyhow::anyhow!("the etcd snapshot panicked"))??,
         })
     }
 }
@@ -123,14 +131,38 @@ fn line_diff(a: &str, b: &str) -> String {
     out
 }
 
-/// After a failing row: removes the pod links a plugin left on the node, portmap's state,
-/// and turns forwarding back on, so one failure does not spill into the next rows.
+/// The node's nat tables (iptables-save form), to put back after a failing row.
+pub fn save_nat(bed: &Bed) -> anyhow::Result<(String, String)> {
+    Ok((
+        bed.node().sh("iptables-save -t nat")?,
+        bed.node().sh("ip6tables-save -t nat")?,
+    ))
+}
+
+/// After a failing row: removes the pod links a plugin left on the node, portmap's state and
+/// set elements, puts the nat tables back as they were after the warm-up, and turns
+/// forwarding back on, so that one failure does not spill into the next rows.
 pub fn clean_node(bed: &Bed) -> anyhow::Result<()> {
     bed.node().sh(
         "for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^cali'); do \
            ip link del \"$l\"; done; \
-         rm -rf /run/calico/portmap/*; \
+         rm -rf /run/calico/portmap/CNI-* /run/calico/portmap/ports/*; \
+         nft list table inet calico_portmap 2>/dev/null | awk '$1==\"set\"||$1==\"map\"{print $1, $2}' | \
+           while read kind name; do nft flush $kind inet calico_portmap $name; done; \
          echo 1 > /proc/sys/net/ipv4/ip_forward; true",
     )?;
+    let (v4, v6) = &bed.nat;
+    for (tool, saved) in [("iptables-restore", v4), ("ip6tables-restore", v6)] {
+        let mut cmd = bed.node().command(tool)?;
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write as _;
+            stdin.write_all(saved.as_bytes())?;
+        }
+        child.wait()?;
+    }
     Ok(())
 }

@@ -71,7 +71,7 @@ fn endpoint() -> Value {
            "spec": {"orchestrator": "k8s", "node": "node-1", "pod": "p", "endpoint": "eth0",
                     "containerID": "c1", "interfaceName": "cali12345", "mac": "ee:ee:ee:ee:ee:ee",
                     "ipNetworks": ["10.244.1.1/32"], "profiles": ["kns.default"],
-                    "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}})
+                    "ports": [{"name": "http", "protocol": "TCP", "port": 80, "hostPort": 0, "hostIP": ""}]}})
 }
 
 /// Every decoder, on `bytes`; none may panic.

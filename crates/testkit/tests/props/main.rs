@@ -24,7 +24,9 @@ use proptest::test_runner::Config;
 
 /// Defects whose properties run and are reported but do not fail (their fixes are in other
 /// branches); the lead empties this list at merge.
-pub const PENDING: &[&str] = &["#2", "#14"];
+/// `selector-utf8` is a defect this suite found (not in the findings): see
+/// `selector::any_text_parses_or_is_an_error`.
+pub const PENDING: &[&str] = &["#2", "#14", "selector-utf8"];
 
 /// The configuration of every property: `PROPTEST_CASES` cases (default 256), shrinking
 /// bounded to 5 s, regressions persisted next to the sources.

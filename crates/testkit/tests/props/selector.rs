@@ -96,15 +96,35 @@ proptest! {
     }
 
     #[test]
-    fn raw_text_parses_or_is_an_error(s in prop_oneof![".{0,80}", "[()!&|=a-z '\"{},]{0,120}"]) {
-        small_stack(move || {
-            if let Ok(sel) = Selector::parse(&s) {
-                // What parses displays as text that parses again.
-                let shown = sel.to_string();
-                assert!(Selector::parse(&shown).is_ok(), "{s:?} -> {shown:?}");
-            }
-        });
+    fn ascii_text_parses_or_is_an_error(s in "[()!&|=a-z '\"{},]{0,120}") {
+        raw_text(s);
     }
+}
+
+/// Parses `s` on a small stack: an error or a selector that displays as text that parses.
+fn raw_text(s: String) {
+    small_stack(move || {
+        if let Ok(sel) = Selector::parse(&s) {
+            let shown = sel.to_string();
+            assert!(Selector::parse(&shown).is_ok(), "{s:?} -> {shown:?}");
+        }
+    });
+}
+
+/// Found by this property: `Selector::parse("a\u{800}")` panics (a byte slice inside a
+/// character, in `eat_word`), so a pool whose nodeSelector has a non-ASCII character after a
+/// key breaks every plugin call. Pending on the selector rework of defect #2.
+#[test]
+fn any_text_parses_or_is_an_error() {
+    crate::pending(
+        "selector-utf8",
+        concat!(module_path!(), "::any_text_parses_or_is_an_error"),
+        || {
+            proptest!(crate::config(), |(s in ".{0,80}")| {
+                raw_text(s);
+            });
+        },
+    );
 }
 
 /// Defect #2: deep nesting and long chains are refused (or parsed), never an overflow.
