@@ -469,8 +469,9 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// The command for a call of `row`'s plugin with `verb` on the node, env cleared and set.
-fn command(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, overrides: bool) -> Command {
+/// The command for a call of `row`'s plugin with `verb` on the node, env cleared and set
+/// (with the row's overrides; a `follow_up` call around the row's own keeps its verb).
+fn command(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, follow_up: bool) -> Command {
     let mut cmd = bed.node().command(Bed::binary(row.plugin)).unwrap();
     cmd.env_clear().env(
         "PATH",
@@ -499,7 +500,7 @@ fn command(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, overrides: bool) -> Com
     }
     for (k, v) in &row.env {
         // A follow-up call (the DEL afterwards) keeps the row's environment but its verb.
-        if !overrides && k == "CNI_COMMAND" {
+        if follow_up && k == "CNI_COMMAND" {
             continue;
         }
         {
@@ -513,10 +514,10 @@ fn command(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, overrides: bool) -> Com
 }
 
 /// Runs one call in a jail of its own.
-fn call(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, overrides: bool) -> anyhow::Result<Outcome> {
+fn call(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, follow_up: bool) -> anyhow::Result<Outcome> {
     let jail = Jail::new("bad", row.limits)?;
     jail.run(
-        command(bed, ctx, row, verb, overrides),
+        command(bed, ctx, row, verb, follow_up),
         &stdin_of(bed, ctx, row),
     )
 }
@@ -663,22 +664,22 @@ fn run_row(bed: &Bed, row: &Row) -> (Verdict, bool) {
             dirty = true;
             between(bed, &ctx)?;
         }
-        let out = call(bed, &ctx, row, &row.verb, true)?;
+        let out = call(bed, &ctx, row, &row.verb, false)?;
         verdict.elapsed = out.elapsed;
         verdict.peak_pids = out.peak_pids;
         verdict.peak_memory = out.peak_memory;
         verdict.problems.extend(judge(row, &out));
-        if let Some(check) = row.check {
-            if let Err(e) = check(bed, &ctx, &out) {
-                verdict.problems.push(e);
-            }
+        if let Some(check) = row.check
+            && let Err(e) = check(bed, &ctx, &out)
+        {
+            verdict.problems.push(e);
         }
         let added = (row.expect == Expect::Ok && row.verb == Verb::Add) || row.add_first;
         // After a hang the DEL would hang the same way; the reset and `clean_node` clean up.
         if !out.timed_out && (added || out.code() == Some(0) && row.verb == Verb::Add) {
             dirty = true;
-            // The runtime's DEL of what the row added (plain environment).
-            let del = call(bed, &ctx, row, &Verb::Del, false)?;
+            // The runtime's DEL of what the row added (the row's environment, verb DEL).
+            let del = call(bed, &ctx, row, &Verb::Del, true)?;
             let p = judge(&row_expecting_ok(&with_verb(row, Verb::Del)), &del);
             if !p.is_empty() {
                 verdict
