@@ -454,6 +454,15 @@ fn defects() -> Vec<Row> {
             })
             .code(1)
             .check(small_stdout),
+        row("a pool with an invalid selector, named by the config", Calico, Add)
+            .defect("#15")
+            .seed(
+                &format!("{POOLS}badsel"),
+                pool("badsel", "198.43.0.0/24", json!({"nodeSelector": "has("})),
+            )
+            .patch(json!({"ipam": {"type": "calico-ipam", "ipv4_pools": ["badsel"]}}))
+            .code(7)
+            .msg("selector"),
         // #16: wrong-typed capability args.
         row("args.cni.ips as a string", Ipam, Add)
             .defect("#16")

@@ -136,6 +136,9 @@ pub struct Row {
     pub limits: Limits,
     /// Most tasks the run may have had at once.
     pub max_pids: u64,
+    /// Most memory the run may have been charged, in bytes (below the jail's limit, so a
+    /// run that the limit stopped also fails here).
+    pub max_memory: u64,
     /// Run the same ADD (expecting success) before the row's call.
     pub add_first: bool,
     pub setup: Option<Step>,
@@ -167,6 +170,7 @@ pub fn row(name: impl Into<String>, plugin: Plugin, verb: Verb) -> Row {
             deadline: Duration::from_secs(5),
         },
         max_pids: 32,
+        max_memory: 256 << 20,
         add_first: false,
         setup: None,
         between: None,
@@ -575,6 +579,13 @@ fn judge(row: &Row, out: &Outcome) -> Vec<String> {
     }
     if !out.leftovers.is_empty() {
         problems.push(format!("processes left running: {:?}", out.leftovers));
+    }
+    if out.peak_memory > row.max_memory {
+        problems.push(format!(
+            "{} MiB charged (bound {} MiB)",
+            out.peak_memory >> 20,
+            row.max_memory >> 20
+        ));
     }
     if out.peak_pids > row.max_pids {
         problems.push(format!(
