@@ -326,10 +326,18 @@ impl Bed {
     }
 
     /// etcd back to the baseline.
+    /// Only what differs is written: most rows change a key or two, and every etcdctl call
+    /// costs a process.
     pub fn reset(&self) -> anyhow::Result<()> {
         let etcd = &self.cluster.etcd;
-        etcd.delete_prefix("/calico")?;
-        for (k, v) in &self.baseline {
+        let now = etcd.get_prefix("/calico")?;
+        for (k, _) in now
+            .iter()
+            .filter(|(k, _)| !self.baseline.iter().any(|(b, _)| b == k))
+        {
+            etcd.ctl().run(&["del", "--", k])?;
+        }
+        for (k, v) in self.baseline.iter().filter(|kv| !now.contains(kv)) {
             etcd.put(k, v)?;
         }
         Ok(())
