@@ -46,7 +46,7 @@ pub const PENDING: &[&str] = &[
 
 #[test]
 fn bad_input_table() {
-    testkit::require!(root; "etcd", "etcdctl", "ip", "iptables-save", "nft", "sh", "mkfifo");
+    testkit::require!(root; "etcd", "etcdctl", "ip", "iptables-save", "ip6tables-save", "iptables-restore", "nft", "sh");
     if !testkit::limits::require_cgroups() {
         return;
     }
