@@ -4,8 +4,13 @@
 //! config, or raw bytes. Strings in configs, environment values, seeds and files may name the
 //! row's things: `{NETNS}` (a fresh pod namespace), `{CID}` (a container ID unique to the
 //! row), `{TMP}` (a directory of its own, holding `fifo` (a FIFO), `dir/` and `plug/`, a
-//! `CNI_PATH` for fake delegates), `{BIN}` (our plugins, for `CNI_PATH`) and `{TLS}` (the
-//! node's etcd client identity).
+//! `CNI_PATH` for fake delegates), `{BIN}` (our plugins, for `CNI_PATH`), `{TLS}` (the
+//! node's etcd client identity) and `{WRONGCERT}`/`{WRONGKEY}` (one from another CA).
+//!
+//! A row runs as: reset etcd if the last row changed it, seed, files, `setup`, snapshot, an
+//! optional first ADD, `between`, the call (in its own [`Jail`]), `check`, a DEL if something
+//! was added, snapshot and comparison ([`leftovers`]), `teardown`. A failing row is followed by
+//! [`leftovers::clean_node`].
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
