@@ -13,7 +13,7 @@
 //!
 //! Run: `cargo build -p calico-plugin -p calico-ipam -p portmap-plugin -p calicoctl --bins`
 //! then `cargo nextest run -p testkit --test badinput` (root, etcd). `BADINPUT_ROWS=<text>`
-//! runs only the rows whose name contains the text.
+//! runs only the rows whose name contains the text (or of that defect: `BADINPUT_ROWS=#7`).
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
