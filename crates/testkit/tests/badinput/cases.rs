@@ -125,6 +125,22 @@ fn remove_eth9(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
         .map(drop)
 }
 
+/// Refuses the node's connections to etcd (a TCP reset), as if etcd were down, with a table
+/// of its own that `unblock_etcd` deletes (so nothing else of the node's rules changes).
+fn block_etcd(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
+    bed.node()
+        .sh("nft add table inet badinput_block; \
+             nft add chain inet badinput_block out '{ type filter hook output priority 0; }'; \
+             nft add rule inet badinput_block out ip daddr 10.10.0.174 tcp dport 2379 reject with tcp reset")
+        .map(drop)
+}
+
+fn unblock_etcd(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
+    bed.node()
+        .sh("nft delete table inet badinput_block 2>/dev/null; true")
+        .map(drop)
+}
+
 fn stop_etcd(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
     signal_etcd(bed, nix::sys::signal::Signal::SIGSTOP)
 }
@@ -794,6 +810,18 @@ fn datastore_rows() -> Vec<Row> {
             )
             .codes(&[11, 102])
             .within_ms(6000),
+        // The DEL after this one (with etcd back) must clean up everything.
+        row(
+            "DEL while etcd refuses, then again once it is back",
+            Calico,
+            Del,
+        )
+        .add_first()
+        .between(block_etcd)
+        .check(|bed, ctx, _| unblock_etcd(bed, ctx).map_err(|e| e.to_string()))
+        .teardown(unblock_etcd)
+        .code(11)
+        .within_ms(1000),
         row("DEL of an unknown container", Calico, Del),
         row("calico-ipam DEL of an unknown container", Ipam, Del),
         row("DEL twice", Calico, Del).add_first(),
