@@ -125,6 +125,43 @@ fn remove_eth9(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
         .map(drop)
 }
 
+/// Runs portmap `verb` for another container (`holder-<CID>`) that maps host port 50299, so
+/// that the row's ADD meets a port already taken.
+fn portmap_holder(bed: &Bed, ctx: &Ctx, verb: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "badnet", "type": "portmap", "snat": true,
+        "runtimeConfig": {"portMappings": [{"hostPort": 50299, "containerPort": 80, "protocol": "tcp"}]},
+        "prevResult": {"cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": ctx.pod.path()}],
+            "ips": [{"address": "10.244.200.6/32", "interface": 0}]}
+    });
+    let mut cmd = bed.node().command(testkit::bins::built("portmap")?)?;
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", format!("holder-{}", ctx.cid))
+        .env("CNI_NETNS", ctx.pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", bed.cluster.cni_path.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "portmap {verb} of the holder: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
 /// Refuses the node's connections to etcd (a TCP reset), as if etcd were down, with a table
 /// of its own that `unblock_etcd` deletes (so nothing else of the node's rules changes).
 fn block_etcd(bed: &Bed, _: &Ctx) -> anyhow::Result<()> {
@@ -192,6 +229,18 @@ fn defects() -> Vec<Row> {
                 c
             })
             .within_ms(5000),
+        // A failed large ADD (the 300th port is held by another container) leaves nothing.
+        row("portmap ADD of 300 mappings, the last one taken", Portmap, Add)
+            .defect("#1")
+            .edit(|mut c| {
+                c["runtimeConfig"]["portMappings"] = mappings(300);
+                c
+            })
+            .setup(|bed, ctx| portmap_holder(bed, ctx, "ADD"))
+            .teardown(|bed, ctx| portmap_holder(bed, ctx, "DEL"))
+            .code(7)
+            .msg("50299")
+            .within_ms(3000),
         // #2: a deep nodeSelector anywhere in etcd.
         row("deep (((…))) pool in etcd: calico ADD", Calico, Add)
             .defect("#2")
