@@ -74,7 +74,8 @@ macro_rules! require {
     };
 }
 
-fn missing(reason: &str) -> bool {
+/// Skips (or in CI fails) the running test for `reason`; always false.
+pub(crate) fn missing(reason: &str) -> bool {
     // libtest names each test's thread after the test.
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("<unnamed test>");

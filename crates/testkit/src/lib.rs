@@ -1,6 +1,7 @@
 //! Fixtures for integration tests against real components: Debian's `etcd`, real network
-//! namespaces, simulated nodes on a simulated underlay, this workspace's built binaries, and
-//! `calico-node run` on a node ([`Agent`]).
+//! namespaces, simulated nodes on a simulated underlay, this workspace's built binaries,
+//! `calico-node run` on a node ([`Agent`]), and a [`Jail`] (pids and memory cgroup, address
+//! space, deadline) for running a plugin that may run away.
 //!
 //! Rules every fixture follows:
 //! - it removes what it created when dropped, also while a test panics (drop runs during
@@ -12,7 +13,9 @@
 //! tool is missing.
 //!
 //! Owns fixtures only; no crate of the product may import it except as a dev-dependency, and
-//! it must not import the product's libraries (it runs their binaries as a runtime would).
+//! the library must not import the product's libraries (it runs their binaries as a runtime
+//! would). Its own test targets are the exception: `tests/props` runs the product's parsers
+//! and decoders under proptest (dev-dependencies), and `tests/badinput` its binaries.
 
 pub mod agent;
 pub mod bins;
@@ -23,6 +26,7 @@ pub mod etcd;
 pub mod gate;
 pub mod http;
 pub mod k8s;
+pub mod limits;
 pub mod netns;
 pub mod node;
 pub mod process;
@@ -35,6 +39,7 @@ pub use cluster::Cluster;
 pub use dns::DnsStandIn;
 pub use driver::{CallOpts, DriverError, Runtime};
 pub use etcd::{Etcd, EtcdCluster, Etcdctl};
+pub use limits::{Jail, Limits, Outcome};
 pub use netns::NetNs;
 pub use node::SimNode;
 pub use process::Daemon;

@@ -195,6 +195,38 @@ pub(crate) fn mount_ns_holder(netns: OwnedFd, binds: Vec<(CString, CString)>) ->
     cmd
 }
 
+/// Confines the child of a [`crate::limits::Jail`]: before exec it joins each cgroup whose
+/// `cgroup.procs` is open in `procs` (writing `0` moves the writer), caps its address space
+/// at `address_space` bytes (`RLIMIT_AS`), starts its own session and process group (so the
+/// jail can kill the group), and asks for SIGKILL when the spawning thread dies.
+pub(crate) fn jail_hook(cmd: &mut Command, procs: Vec<OwnedFd>, address_space: u64) {
+    use std::os::fd::AsRawFd;
+    let hook = move || -> io::Result<()> {
+        for fd in &procs {
+            // SAFETY: a write of two bytes from a static buffer to an open descriptor.
+            if unsafe { libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let limit = libc::rlimit {
+            rlim_cur: address_space,
+            rlim_max: address_space,
+        };
+        // SAFETY: setrlimit reads the struct on the stack; setsid takes no arguments.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        prctl::set_pdeathsig(Signal::SIGKILL)?;
+        Ok(())
+    };
+    // SAFETY: raw syscalls only, on descriptors opened before the fork; nothing allocates.
+    unsafe { cmd.pre_exec(hook) };
+}
+
 /// Asks the kernel to SIGKILL the child when its parent (thread) dies, closing the race
 /// where the parent died before the request.
 fn die_with_parent(cmd: &mut Command) {
