@@ -26,9 +26,7 @@ mod runner;
 /// other branches. The lead empties this list as they merge. `selector-utf8` was found by
 /// tests/props (a non-ASCII character in a selector panics the parser).
 pub const PENDING: &[&str] = &[
-    "#1",
     "#2",
-    "#3",
     "#5",
     "#6",
     "#7",
@@ -40,7 +38,6 @@ pub const PENDING: &[&str] = &[
     "#14",
     "#15",
     "#16",
-    "#17",
     "selector-utf8",
 ];
 
