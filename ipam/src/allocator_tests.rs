@@ -636,6 +636,7 @@ fn two_reclaims_of_one_block_do_not_both_succeed() {
                 )
                 .expect("pool"),
             )
+            .ok()
             .expect("usable")
             .blocks_from_node_offset("n1")
             .next()
@@ -1216,6 +1217,7 @@ fn a_lost_claim_race_moves_on_to_another_block() {
                 )
                 .expect("pool"),
             )
+            .ok()
             .expect("usable")
             .blocks_from_node_offset("n1")
             .next()

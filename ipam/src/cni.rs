@@ -707,6 +707,7 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
             |why: String| CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE_LIMITED_CONNECTIVITY, why);
         let pools = crate::pools::choose(
             &snap.pools,
+            &snap.unusable_pools,
             requested,
             v4,
             node,

@@ -18,6 +18,9 @@ pub enum IpamError {
     NoPools { family: &'static str, node: String },
     #[error("the given pool ({pool}) {reason}")]
     PoolNotUsable { pool: String, reason: String },
+    /// A requested pool is stored but malformed (its selector or CIDR does not parse).
+    #[error("the given pool ({pool}) cannot be used: {reason}")]
+    PoolInvalid { pool: String, reason: String },
     #[error("no {family} addresses available in pools {pools:?}")]
     Exhausted {
         family: &'static str,
@@ -106,6 +109,7 @@ impl From<IpamError> for CniError {
             match &e {
                 IpamError::Store(_) | IpamError::Corrupt { .. } => ErrorCode::DATASTORE,
                 IpamError::Other(_) => ErrorCode::INTERNAL,
+                IpamError::PoolInvalid { .. } => ErrorCode::INVALID_NETWORK_CONFIG,
                 _ => ErrorCode::ADDRESS_UNAVAILABLE,
             }
         };

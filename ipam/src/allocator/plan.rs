@@ -405,6 +405,7 @@ impl<'a, 's> Plan<'a, 's> {
         let chosen = pools::choose_for(
             req.intended_use,
             &snap.pools,
+            &snap.unusable_pools,
             requested,
             v4,
             &node,
