@@ -802,9 +802,8 @@ fn deeply_nested_selectors_are_refused() {
         assert_eq!(out.code, 1, "{field}: {}", out.stderr);
         assert_eq!(out.stdout, "");
         assert!(!out.stderr.contains("overflow"), "{}", out.stderr);
-        let want = format!(
-            "failed to apply 'IPPool' resource: [error with field IPPool.Spec.{field} ("
-        );
+        let want =
+            format!("failed to apply 'IPPool' resource: [error with field IPPool.Spec.{field} (");
         assert!(out.stderr.starts_with(&want), "{}", out.stderr);
         assert!(
             out.stderr.contains("nested too deeply") || out.stderr.contains("terms"),

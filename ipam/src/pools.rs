@@ -84,8 +84,13 @@ impl Pool {
                 true,
             ));
         }
-        let node_selector = Selector::parse(&spec.node_selector)
-            .map_err(|e| unusable(Some(cidr), format!("has an invalid nodeSelector: {e}"), true))?;
+        let node_selector = Selector::parse(&spec.node_selector).map_err(|e| {
+            unusable(
+                Some(cidr),
+                format!("has an invalid nodeSelector: {e}"),
+                true,
+            )
+        })?;
         let namespace_selector = Selector::parse(&spec.namespace_selector).map_err(|e| {
             unusable(
                 Some(cidr),
@@ -500,15 +505,18 @@ mod tests {
         let deep = Pool::from_resource(&Resource::new("IPPool", "deep", spec)).expect_err("deep");
         assert!(deep.invalid, "{deep:?}");
         assert!(deep.reason.contains("nested too deeply"), "{deep:?}");
-        assert!(deep.reason.len() < 500, "the reason cuts the selector short");
+        assert!(
+            deep.reason.len() < 500,
+            "the reason cuts the selector short"
+        );
         let pools = vec![pool("good", |_| {}, "10.1.0.0/16")];
         let unusable = vec![deep];
         let none = BTreeMap::new();
         let got = choose(&pools, &unusable, &[], true, "n", &none, &none).expect("pools");
         assert_eq!(got.len(), 1);
         for want in ["deep", "10.9.0.0/24"] {
-            let e = choose(&pools, &unusable, &[want.into()], true, "n", &none, &none)
-                .expect_err(want);
+            let e =
+                choose(&pools, &unusable, &[want.into()], true, "n", &none, &none).expect_err(want);
             assert!(e.to_string().contains("nodeSelector"), "{e}");
             let cni = cni_protocol::CniError::from(e);
             assert_eq!(cni.code, cni_protocol::ErrorCode::INVALID_NETWORK_CONFIG);
