@@ -1481,3 +1481,42 @@ fn two_pods_of_one_vm_at_once_get_the_same_addresses() {
         "one address per family, not two"
     );
 }
+
+/// Issue 12 #12: a repeated ADD of the same attachment (same handle, same node) gets the
+/// addresses its handle holds back, per family, and only the shortfall is newly assigned;
+/// one release frees everything.
+#[test]
+fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
+    let store = store();
+    add_pool(&store, "p4", "10.0.0.0/24", |_| {});
+    add_pool(&store, "p6", "fd00::/120", |_| {});
+    let first = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("first");
+    let again = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("again");
+    assert_eq!(again.v4, first.v4);
+    let cidr = first.v4[0].trunc().to_string();
+    let b = block(&store, &cidr).expect("block");
+    assert_eq!(b.allocations.iter().filter(|a| a.is_some()).count(), 1);
+    assert_eq!(handle(&store, "net.c1").expect("handle").block[&cidr], 1);
+    // Dual stack asked later: the IPv4 address is kept, an IPv6 one added.
+    let dual = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 1))
+        .expect("dual");
+    assert_eq!(dual.v4, first.v4);
+    assert_eq!(dual.v6.len(), 1);
+    // Another handle still gets its own address.
+    let other = ipam(&store, "n1")
+        .auto_assign(&request("net.c2", 1, 0))
+        .expect("other");
+    assert_ne!(other.v4, first.v4);
+    let released = ipam(&store, "n1")
+        .release_by_handle("net.c1")
+        .expect("release")
+        .expect("held");
+    assert_eq!(released.len(), 2);
+    let b = block(&store, &cidr).expect("block");
+    assert_eq!(b.allocations.iter().filter(|a| a.is_some()).count(), 1, "c2's");
+}

@@ -216,6 +216,11 @@ impl<'s> Ipam<'s> {
 
     /// Allocates per `req` (IPv4, then IPv6) against `snap`, committing `extra(assigned,
     /// snapshot)` in the same transaction. Nothing is written if either family fails.
+    ///
+    /// Addresses the handle already holds count first, per family: a repeated ADD of the same
+    /// attachment (same handle) gets its addresses back rather than more of them (the CNI
+    /// spec's idempotence; Calico 3.32 assigns another address under the same handle, see
+    /// README "Differences from Calico"). Only the shortfall is newly assigned.
     pub fn auto_assign_with(
         &self,
         snap: &Snapshot,
@@ -229,12 +234,35 @@ impl<'s> Ipam<'s> {
         self.plan_and_commit(
             snap,
             |plan| {
+                let held = plan.held_here(&req.handle)?;
                 let mut out = Assigned::default();
-                if req.num_v4 > 0 {
-                    out.v4 = plan.family(req, &owner, true)?;
-                }
-                if req.num_v6 > 0 {
-                    out.v6 = plan.family(req, &owner, false)?;
+                for (v4, wanted) in [(true, req.num_v4), (false, req.num_v6)] {
+                    if wanted == 0 {
+                        continue;
+                    }
+                    let mut got: Vec<IpNet> = held
+                        .iter()
+                        .filter(|(_, ip)| ip.is_ipv4() == v4)
+                        .map(|(cidr, ip)| block::with_block_mask(cidr, *ip))
+                        .take(wanted)
+                        .collect();
+                    if !got.is_empty() {
+                        log::info!(
+                            "handle {} already holds {got:?}: returned again",
+                            req.handle
+                        );
+                    }
+                    if got.len() < wanted {
+                        let mut rest = req.clone();
+                        let short = wanted - got.len();
+                        (rest.num_v4, rest.num_v6) = if v4 { (short, 0) } else { (0, short) };
+                        got.extend(plan.family(&rest, &owner, v4)?);
+                    }
+                    if v4 {
+                        out.v4 = got;
+                    } else {
+                        out.v6 = got;
+                    }
                 }
                 out.room = plan.room();
                 Ok(out)

@@ -631,6 +631,25 @@ impl<'a, 's> Plan<'a, 's> {
             .collect())
     }
 
+    /// What `handle_id` holds whose allocation names this node as its owner, or names none
+    /// (what a repeated ADD on this node gets back).
+    pub(super) fn held_here(
+        &mut self,
+        handle_id: &str,
+    ) -> Result<Vec<(IpNet, IpAddr)>, IpamError> {
+        let node = self.ipam.node.clone();
+        let held = self.held_by(handle_id)?;
+        Ok(held
+            .into_iter()
+            .filter(|(cidr, ip)| match self.blocks.get(cidr) {
+                Some(Some(pb)) => block::attribute_of(&pb.block, *ip)
+                    .and_then(|a| a.owner("node"))
+                    .is_none_or(|n| n == node),
+                _ => false,
+            })
+            .collect())
+    }
+
     /// Sets one owner of the allocation at `ip` (in `cidr`, which is loaded) to `attrs`, or
     /// clears it.
     pub(super) fn set_owner(
