@@ -1518,5 +1518,9 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
         .expect("held");
     assert_eq!(released.len(), 2);
     let b = block(&store, &cidr).expect("block");
-    assert_eq!(b.allocations.iter().filter(|a| a.is_some()).count(), 1, "c2's");
+    assert_eq!(
+        b.allocations.iter().filter(|a| a.is_some()).count(),
+        1,
+        "c2's"
+    );
 }

@@ -633,10 +633,7 @@ impl<'a, 's> Plan<'a, 's> {
 
     /// What `handle_id` holds whose allocation names this node as its owner, or names none
     /// (what a repeated ADD on this node gets back).
-    pub(super) fn held_here(
-        &mut self,
-        handle_id: &str,
-    ) -> Result<Vec<(IpNet, IpAddr)>, IpamError> {
+    pub(super) fn held_here(&mut self, handle_id: &str) -> Result<Vec<(IpNet, IpAddr)>, IpamError> {
         let node = self.ipam.node.clone();
         let held = self.held_by(handle_id)?;
         Ok(held

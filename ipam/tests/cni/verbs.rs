@@ -368,3 +368,41 @@ fn k8s_pods_get_namespace_and_pod_attributes_and_the_legacy_handle_is_released()
     rt.del("net", &pod, &opts).unwrap().unwrap();
     assert!(!lab.handle_exists("default.nginx"));
 }
+
+/// The allocations in every block, counted from etcd.
+fn allocations_in_blocks(lab: &Lab) -> usize {
+    lab.dump()
+        .iter()
+        .filter(|(k, _)| k.starts_with("/calico/ipam/v2/assignment/"))
+        .map(|(_, v)| {
+            let b: Value = serde_json::from_str(v).unwrap();
+            b["allocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| !a.is_null())
+                .count()
+        })
+        .sum()
+}
+
+/// Issue 12 #12 (findings #12): a second ADD with the same container ID used to take a
+/// second address under the same handle. Now it returns the one the handle holds (the CNI
+/// spec's idempotence for a repeated ADD; Calico 3.32 takes another, a README difference),
+/// and DEL frees it.
+#[test]
+fn a_repeated_add_returns_the_same_address() {
+    require!("etcd", "go");
+    let lab = Lab::new();
+    lab.add_pool("p", "10.244.0.0/16", |_| {});
+    lab.install("net", lab.plugin("node-1", json!({})));
+    let pod = lab.pod("dup");
+    let first = lab.add("net", &pod).unwrap();
+    let again = lab.add("net", &pod).unwrap();
+    assert_eq!(Lab::addresses(&again), Lab::addresses(&first));
+    assert_eq!(allocations_in_blocks(&lab), 1);
+    let handle = handle_for(&lab, "net", &pod);
+    lab.del("net", &pod).unwrap();
+    assert!(!lab.handle_exists(&handle), "released");
+    assert_eq!(allocations_in_blocks(&lab), 0, "the block is empty");
+}
