@@ -636,7 +636,6 @@ fn two_reclaims_of_one_block_do_not_both_succeed() {
                 )
                 .expect("pool"),
             )
-            .ok()
             .expect("usable")
             .blocks_from_node_offset("n1")
             .next()
@@ -1217,7 +1216,6 @@ fn a_lost_claim_race_moves_on_to_another_block() {
                 )
                 .expect("pool"),
             )
-            .ok()
             .expect("usable")
             .blocks_from_node_offset("n1")
             .next()
@@ -1523,4 +1521,51 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
         1,
         "c2's"
     );
+}
+
+/// Issue 12 #13 (findings #13): a stored block that is not what its key says, or whose
+/// ordinals or attribute indices are out of range, used to hand out addresses outside the
+/// block and pool (a free ordinal 9999 gave 198.40.39.15 from a /26). Each such block is
+/// refused as corrupt (code 102 naming the key) and nothing is allocated or written.
+#[test]
+fn corrupt_blocks_are_never_allocated_from() {
+    let cidr = net("10.0.0.0/26");
+    type Corruption = (&'static str, fn(&mut AllocationBlock));
+    let corruptions: [Corruption; 6] = [
+        ("free ordinal out of range", |b| {
+            b.unallocated.insert(0, 9999)
+        }),
+        ("free ordinal twice", |b| b.unallocated.push(1)),
+        ("cidr not the key's", |b| b.cidr = net("10.9.0.0/26")),
+        ("too few slots", |b| b.allocations.truncate(10)),
+        ("too many slots", |b| b.allocations.push(None)),
+        ("attribute index out of range", |b| {
+            b.unallocated.retain(|o| *o != 5);
+            b.allocations[5] = Some(7);
+        }),
+    ];
+    for (what, corrupt) in corruptions {
+        let store = store();
+        add_pool(&store, "p", "10.0.0.0/24", |_| {});
+        let mut b = crate::block::new_block(cidr, "n1", t0());
+        corrupt(&mut b);
+        let key = keys::block(&cidr);
+        store.put(&key, &serde_json::to_vec(&b).expect("encode"));
+        store.put(
+            &keys::affinity("n1", &cidr),
+            br#"{"state":"confirmed","deleted":false}"#,
+        );
+        let before = store.list("/calico/").expect("list");
+        let e = ipam(&store, "n1")
+            .auto_assign(&request("n.c", 1, 0))
+            .expect_err(what);
+        assert!(
+            matches!(&e, IpamError::Corrupt { key: k, .. } if *k == key),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains("invalid block"), "{what}: {e}");
+        let cni = cni_protocol::CniError::from(e);
+        assert_eq!(cni.code, cni_protocol::ErrorCode::DATASTORE, "{what}");
+        assert_eq!(store.list("/calico/").expect("list"), before, "{what}");
+    }
 }

@@ -731,6 +731,8 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
                 .filter_map(|kv| {
                     let mut b: calico_datastore::model::AllocationBlock =
                         serde_json::from_slice(&kv.value).ok()?;
+                    // A corrupt block offers no room (allocations never use it).
+                    b.validate(keys::block_cidr_of(&kv.key).as_ref()).ok()?;
                     block::collect_cooled(&mut b, snap.settings.ip_cooldown_seconds, now);
                     pool.cidr.contains(&b.cidr).then_some(b)
                 })

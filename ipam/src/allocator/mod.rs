@@ -154,8 +154,15 @@ fn encode<T: serde::Serialize>(key: &str, v: &T) -> Result<Vec<u8>, IpamError> {
     serde_json::to_vec(v).map_err(|e| IpamError::corrupt(key, e))
 }
 
+/// Decodes a stored block and checks it ([`AllocationBlock::validate`]): a block that fails
+/// is corrupt, so nothing is allocated from it or written over it.
 fn decode_block(kv: &Kv) -> Result<AllocationBlock, IpamError> {
-    serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))
+    let block: AllocationBlock =
+        serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))?;
+    block
+        .validate(keys::block_cidr_of(&kv.key).as_ref())
+        .map_err(|why| IpamError::corrupt(&kv.key, format!("invalid block: {why}")))?;
+    Ok(block)
 }
 
 fn decode_handle(kv: &Kv) -> Result<IpamHandle, IpamError> {

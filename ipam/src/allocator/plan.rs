@@ -86,6 +86,17 @@ impl PlannedHandle {
         })
     }
 
+    /// A handle whose stored value cannot be decoded, as a release plans it: empty, and
+    /// changed, so the commit deletes it (guarded by its revision).
+    pub(super) fn unreadable(id: &str, current: Option<Kv>) -> Self {
+        PlannedHandle {
+            key: keys::handle(id),
+            current,
+            value: IpamHandle::default(),
+            changed: true,
+        }
+    }
+
     pub(super) fn adjust(&mut self, cidr: &IpNet, delta: i64) {
         if delta == 0 {
             return;
@@ -188,16 +199,21 @@ impl<'a, 's> Plan<'a, 's> {
 
     pub(super) fn handle(&mut self, id: &str) -> Result<&mut PlannedHandle, IpamError> {
         if !self.handles.contains_key(id) {
-            let current = match self.snap.handles.get(id) {
-                Some(kv) => kv.clone(),
-                None => self.ipam.store.get(&keys::handle(id))?,
-            };
+            let current = self.stored_handle(id)?;
             self.handles
                 .insert(id.to_string(), PlannedHandle::new(id, current)?);
         }
         self.handles
             .get_mut(id)
             .ok_or_else(|| IpamError::Other("handle vanished from the plan".into()))
+    }
+
+    /// The handle's stored key-value, from the snapshot when it read it.
+    pub(super) fn stored_handle(&self, id: &str) -> Result<Option<Kv>, IpamError> {
+        Ok(match self.snap.handles.get(id) {
+            Some(kv) => kv.clone(),
+            None => self.ipam.store.get(&keys::handle(id))?,
+        })
     }
 
     /// A stored block as the plan starts from it: addresses whose 3.33 cooldown has passed

@@ -111,13 +111,18 @@ impl Ipam<'_> {
         let mut got = self.store.read(&reads)?.into_iter();
         let mut next = || got.next().unwrap_or_default();
 
-        let config = match next().pop() {
-            Some(kv) => Some(
-                serde_json::from_slice::<IpamConfigValue>(&kv.value)
-                    .map_err(|e| IpamError::corrupt(keys::IPAM_CONFIG, e))?,
-            ),
-            None => None,
-        };
+        // An unreadable config means Calico's defaults (logged): it must not stop a DEL, and
+        // an ADD under the defaults is what a missing config gives too.
+        let config = next().pop().and_then(|kv| {
+            serde_json::from_slice::<IpamConfigValue>(&kv.value)
+                .map_err(|e| {
+                    log::warn!(
+                        "{} is unreadable ({e}): Calico's default IPAM settings apply",
+                        keys::IPAM_CONFIG
+                    );
+                })
+                .ok()
+        });
         let mut pools = Vec::new();
         let mut unusable_pools = Vec::new();
         for kv in next() {
