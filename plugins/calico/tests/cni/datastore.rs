@@ -257,3 +257,91 @@ fn a_pool_with_a_deeply_nested_selector_is_skipped() {
     }
     assert!(c.values(handles).unwrap().is_empty(), "nothing left behind");
 }
+
+/// Issue 12 #13 (findings #13), on etcd: a block of this node whose free list starts with
+/// ordinal 9999 used to give an address outside the block and the pool. It is refused as
+/// corrupt (code 102), and nothing is made. A corrupt handle, IPAM config or endpoint record
+/// used to make every DEL fail; DEL now succeeds, frees the address and deletes the record.
+#[test]
+fn corrupt_datastore_content_is_refused_and_never_blocks_a_del() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let rt = c.runtime(0);
+    let ctl = c.ctl();
+
+    // The findings' block: this node's, with an out-of-range free ordinal first.
+    let mut unallocated: Vec<usize> = (0..64).collect();
+    unallocated.insert(0, 9999);
+    let block = json!({"cidr": "10.244.7.0/26", "affinity": "host:node-1",
+                       "allocations": vec![Value::Null; 64], "unallocated": unallocated,
+                       "attributes": [], "deleted": false});
+    ctl.put(
+        "/calico/ipam/v2/assignment/ipv4/block/10.244.7.0-26",
+        &block.to_string(),
+    )
+    .unwrap();
+    ctl.put(
+        "/calico/ipam/v2/host/node-1/ipv4/block/10.244.7.0-26",
+        r#"{"state":"confirmed","deleted":false}"#,
+    )
+    .unwrap();
+    let pod = NetNs::new("corrupt").unwrap();
+    let opts = pod_args("default", "corrupt");
+    let e = rt
+        .add("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .expect_err("a corrupt block");
+    assert_eq!(e.code, Some(102), "{e}");
+    assert!(e.msg.contains("10.244.7.0-26"), "names the block: {e}");
+    assert_eq!(endpoint_count(&c), 0);
+    assert!(!c.node(0).sh("ip -o link").unwrap().contains("cali"));
+    ctl.run(&["del", "--prefix", "/calico/ipam/v2/"]).unwrap();
+
+    for (what, key) in [
+        ("handle", "/calico/ipam/v2/handle/"),
+        ("ipam config", "/calico/ipam/v2/config"),
+        (
+            "endpoint",
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/default/",
+        ),
+    ] {
+        let r = rt
+            .add("k8s-pod-network", &pod.path(), &opts)
+            .unwrap()
+            .unwrap();
+        assert!(ip_of(&r, 0).starts_with("10.244."), "{what}: {r}");
+        // Corrupt every key under (or at) `key`.
+        let keys: Vec<String> = if key.ends_with('/') {
+            c.values(key).unwrap().into_iter().map(|(k, _)| k).collect()
+        } else {
+            vec![key.to_string()]
+        };
+        assert!(!keys.is_empty(), "{what}");
+        for k in &keys {
+            ctl.put(k, "{not json").unwrap();
+        }
+        rt.del("k8s-pod-network", &pod.path(), &opts)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(endpoint_count(&c), 0, "{what}");
+        assert!(
+            c.values("/calico/ipam/v2/handle/").unwrap().is_empty(),
+            "{what}: the handle is gone"
+        );
+        let blocks = c.values("/calico/ipam/v2/assignment/").unwrap();
+        assert!(
+            blocks.iter().all(|(_, b)| b["allocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(Value::is_null)),
+            "{what}: the address is freed"
+        );
+        assert!(!c.node(0).sh("ip -o link").unwrap().contains("cali"));
+        rt.del("k8s-pod-network", &pod.path(), &opts)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}, again: {e}"));
+        ctl.run(&["del", "/calico/ipam/v2/config"]).unwrap();
+    }
+}
