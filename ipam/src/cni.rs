@@ -7,7 +7,7 @@ use crate::block;
 use crate::error::IpamError;
 use crate::kubevirt::{self, PodKind};
 use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
-use calico_datastore::model::keys;
+use calico_datastore::model::{keys, names};
 use calico_datastore::{KvStore, PluginStore, StoreError};
 use calico_netconf::NetConf;
 use cni_protocol::{CniError, CniResult, ErrorCode, IpConfig, Request, Route};
@@ -32,12 +32,27 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn from_request(req: &Request, node: &str) -> Workload {
+    /// The workload `CNI_ARGS` name. `K8S_POD_NAMESPACE`, `K8S_POD_NAME` and
+    /// `CNI_TEST_NAMESPACE` must be names Kubernetes accepts (code 4 naming the field): keys
+    /// are built from them.
+    pub fn from_request(req: &Request, node: &str) -> Result<Workload, CniError> {
         let args = &req.env.args;
-        match (
-            args.get_non_empty("K8S_POD_NAMESPACE"),
-            args.get_non_empty("K8S_POD_NAME"),
-        ) {
+        let checked = |field: &str, check: fn(&str) -> Result<(), String>| {
+            args.get_non_empty(field)
+                .map(|v| {
+                    check(v).map(|()| v).map_err(|why| {
+                        CniError::new(
+                            ErrorCode::INVALID_ENVIRONMENT,
+                            format!("invalid CNI_ARGS {field} {}: {why}", shown(v)),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let namespace = checked("K8S_POD_NAMESPACE", names::namespace)?;
+        let pod = checked("K8S_POD_NAME", names::pod_name)?;
+        let test_namespace = checked("CNI_TEST_NAMESPACE", names::namespace)?;
+        Ok(match (namespace, pod) {
             (Some(ns), Some(pod)) => Workload {
                 node: node.to_string(),
                 orchestrator: "k8s",
@@ -48,14 +63,11 @@ impl Workload {
             _ => Workload {
                 node: node.to_string(),
                 orchestrator: "cni",
-                namespace: args
-                    .get_non_empty("CNI_TEST_NAMESPACE")
-                    .unwrap_or("default")
-                    .to_string(),
+                namespace: test_namespace.unwrap_or("default").to_string(),
                 pod: String::new(),
                 container_id: req.env.container_id.clone(),
             },
-        }
+        })
     }
 
     /// `<network>.<container ID>`.
@@ -91,17 +103,36 @@ impl Workload {
 
 /// The node's name (config, nodename file, hostname); code 7 if none can be found.
 pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
-    conf.nodename(|p| std::fs::read_to_string(p).ok(), machine_hostname)
+    let node = conf
+        .nodename(|p| std::fs::read_to_string(p).ok(), machine_hostname)
         .ok_or_else(|| {
             CniError::invalid_config(format!(
                 "cannot determine the node name: set nodename, or write {}",
                 conf.nodename_file().display()
             ))
-        })
+        })?;
+    // Keys are built from it (affinities, endpoint names): `a/b` or `..` would land outside
+    // their prefix.
+    names::node_name(&node).map_err(|why| {
+        CniError::invalid_config(format!("invalid node name {}: {why}", shown(&node)))
+    })?;
+    Ok(node)
 }
 
+/// The OS host name, lower-cased and trimmed as libcalico-go's `names.Hostname` gives it.
 fn machine_hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_lowercase())
+}
+
+/// A name from outside, quoted for an error message and cut short when long.
+fn shown(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
+        None => format!("{name:?}"),
+    }
 }
 
 /// The datastore per the config: through the node agent's etcd connection when it serves
@@ -301,7 +332,7 @@ pub fn allocate_detailed(
     extra_keys: &[String],
     with: &mut CommitWith<'_, IpNet>,
 ) -> Result<Allocation, CniError> {
-    let workload = Workload::from_request(req, node);
+    let workload = Workload::from_request(req, node)?;
     // Before the lock, as Calico does: only `virt-launcher-*` pods cost API calls.
     let vm = match kubevirt::pod_kind(conf, &workload)? {
         PodKind::Ordinary => None,
@@ -465,7 +496,7 @@ pub fn release(
     extra_keys: &[String],
     with: &mut CommitWith<'_, IpAddr>,
 ) -> Result<Vec<IpAddr>, CniError> {
-    let workload = Workload::from_request(req, node);
+    let workload = Workload::from_request(req, node)?;
     let kind = kubevirt::pod_kind(conf, &workload)?;
     let vm = match &kind {
         PodKind::Vm(vmi) => Some(VmPod {
@@ -560,7 +591,7 @@ pub fn check(store: &dyn KvStore, req: &Request, node: &str) -> Result<(), CniEr
     let prev = req.prev_result()?.ok_or_else(|| {
         CniError::invalid_config("CHECK needs prevResult (the result of the ADD)")
     })?;
-    let workload = Workload::from_request(req, node);
+    let workload = Workload::from_request(req, node)?;
     let ipam = Ipam::new(store, node);
     // A VM pod's addresses are under the VM's handle (the config only says how to reach the
     // Kubernetes API, and only `virt-launcher-*` pods need it).

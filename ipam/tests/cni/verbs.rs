@@ -406,3 +406,46 @@ fn a_repeated_add_returns_the_same_address() {
     assert!(!lab.handle_exists(&handle), "released");
     assert_eq!(allocations_in_blocks(&lab), 0, "the block is empty");
 }
+
+/// Issue 12 #11 (findings #11): a node name `a/b` or `../../x` wrote affinity keys outside
+/// `/calico/ipam/v2/host/`, and `K8S_POD_NAMESPACE=a/b` endpoint keys outside theirs. Names
+/// are checked as Kubernetes checks them: a bad node name is code 7, a bad `K8S_POD_*` code
+/// 4 naming the field, and no key is written.
+#[test]
+fn names_that_would_escape_their_keys_are_refused() {
+    require!("etcd", "go");
+    let lab = Lab::new();
+    lab.add_pool("p", "10.244.0.0/16", |_| {});
+    let good = lab.plugin("node-1", json!({}));
+    let before = lab.dump();
+    let long = "a".repeat(5000);
+    for node in ["a/b", "..", "../../x", "Node_1", long.as_str()] {
+        let mut bad = good.clone();
+        bad["nodename"] = json!(node);
+        lab.install("badnode", bad);
+        let e = lab.add("badnode", &lab.pod("p1")).unwrap_err();
+        assert_eq!(e.code, Some(7), "{node:.20}: {e}");
+        assert!(e.msg.contains("invalid node name"), "{e}");
+        assert!(e.msg.len() < 500, "the name is cut short: {}", e.msg.len());
+        assert_eq!(lab.dump(), before, "{node:.20}: nothing written");
+    }
+    lab.install("net", good);
+    let rt = lab.runtime();
+    for (args, field) in [
+        ("K8S_POD_NAMESPACE=a/b;K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+        ("K8S_POD_NAMESPACE=..;K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+        (
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=../x",
+            "K8S_POD_NAME",
+        ),
+        ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=a/b", "K8S_POD_NAME"),
+    ] {
+        let e = rt
+            .add("net", &lab.pod("p2"), &CallOpts::args(args))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, Some(4), "{args}: {e}");
+        assert!(e.msg.contains(field), "{args}: {e}");
+        assert_eq!(lab.dump(), before, "{args}: nothing written");
+    }
+}
