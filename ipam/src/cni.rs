@@ -162,39 +162,110 @@ pub fn store_error(e: impl Into<StoreError>) -> CniError {
 /// Addresses asked for explicitly: `IP=` in CNI_ARGS (comma-separated), the `ips`
 /// capability (`runtimeConfig.ips`), `args.cni.ips`, or `ipam.ipAddrs` in the config.
 pub fn requested_addresses(req: &Request) -> Result<Vec<IpAddr>, CniError> {
-    let mut raw: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    // `IP=` takes bare addresses (Go's `net.ParseIP`): a prefix length is refused.
     if let Some(ip) = req.env.args.get_non_empty("IP") {
-        raw.extend(ip.split(',').map(str::to_string));
+        let listed: Vec<&str> = ip
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let parsed = listed
+            .iter()
+            .map(|s| {
+                s.parse::<IpAddr>().map_err(|_| {
+                    CniError::invalid_config(format!(
+                        "CNI_ARGS IP: {s:?} is not an IP address (a bare address, without a \
+                         prefix length)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.extend(no_duplicates("CNI_ARGS IP", parsed)?);
     }
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
+    let sources = [
+        (
+            "runtimeConfig.ips",
+            req.runtime_config().and_then(|r| r.get("ips")),
+        ),
+        (
+            "args.cni.ips",
+            req.config
+                .get("args")
+                .and_then(|a| a.get("cni"))
+                .and_then(|c| c.get("ips")),
+        ),
+        (
+            "ipam.ipAddrs",
+            req.config.get("ipam").and_then(|i| i.get("ipAddrs")),
+        ),
+    ];
+    for (field, value) in sources {
+        let parsed = string_list(value, field)?
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                // The capability's CIDR form (`10.0.0.5/24`) names the address.
+                let addr = s.split('/').next().unwrap_or(s);
+                addr.parse::<IpAddr>().map_err(|_| {
+                    CniError::invalid_config(format!(
+                        "{field}: requested address {s:?} is not an IP address"
+                    ))
+                })
             })
-            .unwrap_or_default()
-    };
-    raw.extend(strings(req.runtime_config().and_then(|r| r.get("ips"))));
-    raw.extend(strings(
-        req.config
-            .get("args")
-            .and_then(|a| a.get("cni"))
-            .and_then(|c| c.get("ips")),
-    ));
-    raw.extend(strings(
-        req.config.get("ipam").and_then(|i| i.get("ipAddrs")),
-    ));
-    raw.iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let addr = s.split('/').next().unwrap_or(s);
-            addr.parse::<IpAddr>().map_err(|_| {
-                CniError::invalid_config(format!("requested address {s:?} is not an IP address"))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.extend(no_duplicates(field, parsed)?);
+    }
+    Ok(out)
+}
+
+/// `value` as a list of strings: absent or `null` is empty; anything else than an array of
+/// strings is code 7 naming the field (or the element).
+fn string_list<'v>(value: Option<&'v Value>, field: &str) -> Result<Vec<&'v str>, CniError> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().ok_or_else(|| {
+                    CniError::invalid_config(format!(
+                        "{field}[{i}] must be a string (an IP address), not {v}"
+                    ))
+                })
             })
-        })
-        .collect()
+            .collect(),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "{field} must be a list of IP addresses, not {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Refuses an address listed twice in one field (code 7), rather than failing later with
+/// "already assigned" for the request's own duplicate.
+fn no_duplicates(field: &str, ips: Vec<IpAddr>) -> Result<Vec<IpAddr>, CniError> {
+    let mut seen = BTreeSet::new();
+    for ip in &ips {
+        if !seen.insert(*ip) {
+            return Err(CniError::invalid_config(format!(
+                "{field}: address {ip} is listed twice"
+            )));
+        }
+    }
+    Ok(ips)
 }
 
 /// The node's affine blocks as last seen, kept next to the host lock (and written only
@@ -799,4 +870,103 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni_protocol::Environment;
+    use serde_json::json;
+
+    fn request(cni_args: &str, conf: Value) -> Request {
+        let vars = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", cni_args),
+        ];
+        let env = Environment::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("env");
+        let mut c = json!({"cniVersion": "1.0.0", "name": "net", "type": "calico-ipam",
+                           "ipam": {"type": "calico-ipam"}});
+        for (k, v) in conf.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        Request::new(env, c.to_string().into_bytes()).expect("request")
+    }
+
+    fn refused(cni_args: &str, conf: Value) -> CniError {
+        requested_addresses(&request(cni_args, conf)).expect_err("refused")
+    }
+
+    /// Issue 12 #15 (findings #15): `IP=` with a prefix length was read as the address, and
+    /// `IP=a,a` failed later as "already assigned"; both are code 7 naming `IP`.
+    #[test]
+    fn ip_arg_takes_bare_distinct_addresses() {
+        let ok = requested_addresses(&request("IP=10.0.0.1,fd00::1", json!({}))).expect("ok");
+        assert_eq!(ok.len(), 2);
+        for (args, why) in [
+            ("IP=198.19.77.3/24", "without a prefix length"),
+            ("IP=10.0.0.1,10.0.0.1", "listed twice"),
+            ("IP=nonsense", "not an IP address"),
+        ] {
+            let e = refused(args, json!({}));
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{args}");
+            assert!(
+                e.msg.contains("CNI_ARGS IP") && e.msg.contains(why),
+                "{args}: {}",
+                e.msg
+            );
+        }
+        // The capability keeps its CIDR form.
+        let cidr = requested_addresses(&request(
+            "",
+            json!({"runtimeConfig": {"ips": ["10.0.0.5/24"]}}),
+        ))
+        .expect("cidr form");
+        assert_eq!(cidr, ["10.0.0.5".parse::<IpAddr>().expect("ip")]);
+    }
+
+    /// Issue 12 #16 (findings #16): wrong-typed `args.cni.ips` / `runtimeConfig.ips` were
+    /// ignored and an automatic address assigned; they are code 7 naming the field.
+    #[test]
+    fn wrong_typed_address_lists_name_the_field() {
+        for (conf, field) in [
+            (
+                json!({"args": {"cni": {"ips": "10.0.0.1"}}}),
+                "args.cni.ips must be a list",
+            ),
+            (
+                json!({"args": {"cni": {"ips": [1]}}}),
+                "args.cni.ips[0] must be a string",
+            ),
+            (
+                json!({"runtimeConfig": {"ips": [5]}}),
+                "runtimeConfig.ips[0] must be a string",
+            ),
+            (
+                json!({"runtimeConfig": {"ips": {"a": 1}}}),
+                "runtimeConfig.ips must be a list",
+            ),
+            (
+                json!({"runtimeConfig": {"ips": ["10.0.0.1", "10.0.0.1"]}}),
+                "runtimeConfig.ips: address 10.0.0.1 is listed twice",
+            ),
+        ] {
+            let e = refused("", conf.clone());
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{conf}");
+            assert!(e.msg.contains(field), "{conf}: {}", e.msg);
+        }
+        assert!(
+            requested_addresses(&request("", json!({"runtimeConfig": {"ips": null}})))
+                .expect("null is none")
+                .is_empty()
+        );
+    }
 }
