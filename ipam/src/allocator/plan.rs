@@ -616,6 +616,10 @@ impl<'a, 's> Plan<'a, 's> {
                 block: cidr.to_string(),
             });
         }
+        // Already this handle's: a repeated ADD asking for the same address gets it back.
+        if block::attribute_of(&pb.block, ip).and_then(|a| a.handle()) == Some(&owner.handle) {
+            return Ok(block::with_block_mask(&cidr, ip));
+        }
         block::assign_specific(&mut pb.block, ip, owner).map_err(|_| {
             IpamError::AlreadyAssigned {
                 ip,

@@ -405,6 +405,19 @@ fn a_repeated_add_returns_the_same_address() {
     lab.del("net", &pod).unwrap();
     assert!(!lab.handle_exists(&handle), "released");
     assert_eq!(allocations_in_blocks(&lab), 0, "the block is empty");
+
+    // The same with a specific address (`IP=`): the second ADD gets it back rather than
+    // "already assigned" (whose rollback would free the first ADD's address).
+    let rt = lab.runtime();
+    let opts = CallOpts::args("IP=10.244.7.7");
+    let fixed = lab.pod("fixed");
+    for _ in 0..2 {
+        let r = rt.add("net", &fixed, &opts).unwrap().unwrap();
+        assert_eq!(r["ips"][0]["address"], "10.244.7.7/26");
+    }
+    assert_eq!(allocations_in_blocks(&lab), 1);
+    rt.del("net", &fixed, &opts).unwrap().unwrap();
+    assert_eq!(allocations_in_blocks(&lab), 0);
 }
 
 /// Issue 12 #11 (findings #11): a node name `a/b` or `../../x` wrote affinity keys outside
