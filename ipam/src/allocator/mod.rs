@@ -155,7 +155,7 @@ fn encode<T: serde::Serialize>(key: &str, v: &T) -> Result<Vec<u8>, IpamError> {
 }
 
 /// Decodes a stored block and checks it ([`AllocationBlock::validate`]): a block that fails
-/// is corrupt, so nothing is allocated from it or written over it.
+/// is corrupt; the planner skips it (nothing is allocated from it or written over it).
 fn decode_block(kv: &Kv) -> Result<AllocationBlock, IpamError> {
     let block: AllocationBlock =
         serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))?;

@@ -169,6 +169,9 @@ pub(super) struct Plan<'a, 's> {
     block_keys: BTreeMap<bool, BTreeSet<IpNet>>,
     /// Every block per family, read when first needed (borrowing).
     all_blocks: BTreeMap<bool, Vec<Kv>>,
+    /// Stored blocks that are corrupt ([`AllocationBlock::validate`]), each logged once:
+    /// never loaded, so nothing is allocated from, released in or written over them.
+    corrupt: BTreeSet<IpNet>,
 }
 
 impl<'a, 's> Plan<'a, 's> {
@@ -181,7 +184,27 @@ impl<'a, 's> Plan<'a, 's> {
             affinities: BTreeMap::new(),
             block_keys: BTreeMap::new(),
             all_blocks: BTreeMap::new(),
+            corrupt: BTreeSet::new(),
         }
+    }
+
+    /// [`Plan::planned`], with a corrupt block logged, remembered and skipped (`None`).
+    fn planned_or_skip(&mut self, cidr: IpNet, kv: Kv) -> Result<Option<PlannedBlock>, IpamError> {
+        match self.planned(kv) {
+            Ok(pb) => Ok(Some(pb)),
+            Err(IpamError::Corrupt { key, reason }) => {
+                if self.corrupt.insert(cidr) {
+                    log::warn!("block {key} skipped: {reason}");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the stored block of `cidr` was found corrupt (and is skipped).
+    pub(super) fn is_corrupt(&self, cidr: &IpNet) -> bool {
+        self.corrupt.contains(cidr)
     }
 
     /// Which blocks still have a free, unreserved address after the plan (for the node's
@@ -237,13 +260,17 @@ impl<'a, 's> Plan<'a, 's> {
     pub(super) fn load(&mut self, cidrs: &[IpNet]) -> Result<(), IpamError> {
         let mut missing = Vec::new();
         for c in cidrs {
-            if self.blocks.contains_key(c) {
+            if self.blocks.contains_key(c) || self.corrupt.contains(c) {
                 continue;
             }
             match self.snap.blocks.get(c) {
-                Some(kv) => {
-                    let p = kv.clone().map(|kv| self.planned(kv)).transpose()?;
-                    self.blocks.insert(*c, p);
+                Some(Some(kv)) => {
+                    if let Some(pb) = self.planned_or_skip(*c, kv.clone())? {
+                        self.blocks.insert(*c, Some(pb));
+                    }
+                }
+                Some(None) => {
+                    self.blocks.insert(*c, None);
                 }
                 None => missing.push(*c),
             }
@@ -253,12 +280,16 @@ impl<'a, 's> Plan<'a, 's> {
         }
         let reads: Vec<Read> = missing.iter().map(|c| Read::Key(keys::block(c))).collect();
         for (cidr, found) in missing.iter().zip(self.ipam.store.read(&reads)?) {
-            let p = found
-                .into_iter()
-                .next()
-                .map(|kv| self.planned(kv))
-                .transpose()?;
-            self.blocks.insert(*cidr, p);
+            match found.into_iter().next() {
+                Some(kv) => {
+                    if let Some(pb) = self.planned_or_skip(*cidr, kv)? {
+                        self.blocks.insert(*cidr, Some(pb));
+                    }
+                }
+                None => {
+                    self.blocks.insert(*cidr, None);
+                }
+            }
         }
         Ok(())
     }
@@ -351,7 +382,9 @@ impl<'a, 's> Plan<'a, 's> {
                 let Some(kv) = stored.get(&cidr) else {
                     continue;
                 };
-                let pb = self.planned(kv.clone())?;
+                let Some(pb) = self.planned_or_skip(cidr, kv.clone())? else {
+                    continue;
+                };
                 let reserved = |ip: IpAddr| self.snap.is_reserved(ip);
                 let Some(other) = block::affine_node(&pb.block).map(str::to_string) else {
                     continue;
@@ -477,6 +510,9 @@ impl<'a, 's> Plan<'a, 's> {
             } else {
                 self.load(&[*cidr])?;
             }
+            if self.is_corrupt(cidr) {
+                continue;
+            }
             let aff = BlockAffinity::from_bytes(&aff_kv.value)
                 .map_err(|e| IpamError::corrupt(&aff_kv.key, e))?;
             if aff.state == BlockAffinity::PENDING_DELETION {
@@ -566,7 +602,9 @@ impl<'a, 's> Plan<'a, 's> {
                 continue;
             };
             if !self.blocks.contains_key(&cidr) {
-                let pb = self.planned(kv)?;
+                let Some(pb) = self.planned_or_skip(cidr, kv)? else {
+                    continue;
+                };
                 self.blocks.insert(cidr, Some(pb));
             }
             let mine = matches!(self.blocks.get(&cidr), Some(Some(pb))
@@ -602,6 +640,12 @@ impl<'a, 's> Plan<'a, 's> {
         }
         let cidr = pool.block_of(ip).ok_or(IpamError::NotInPool { ip })?;
         self.load(&[cidr])?;
+        if self.is_corrupt(&cidr) {
+            return Err(IpamError::corrupt(
+                &keys::block(&cidr),
+                "invalid block (see the log); no address is assigned from it",
+            ));
+        }
         if matches!(self.blocks.get(&cidr), Some(None)) {
             self.create_block(cidr, None);
         }

@@ -259,11 +259,12 @@ fn a_pool_with_a_deeply_nested_selector_is_skipped() {
 }
 
 /// Issue 12 #13 (findings #13), on etcd: a block of this node whose free list starts with
-/// ordinal 9999 used to give an address outside the block and the pool. It is refused as
-/// corrupt (code 102), and nothing is made. A corrupt handle, IPAM config or endpoint record
-/// used to make every DEL fail; DEL now succeeds, frees the address and deletes the record.
+/// ordinal 9999 used to give an address outside the block and the pool. It is skipped, and
+/// logged: the address comes from another block of the pool, and the corrupt block is left
+/// as it was. A corrupt handle, IPAM config or endpoint record used to make every DEL fail;
+/// DEL now succeeds, frees the address and deletes the record.
 #[test]
-fn corrupt_datastore_content_is_refused_and_never_blocks_a_del() {
+fn corrupt_datastore_content_is_skipped_and_never_blocks_a_del() {
     require!(root; "etcd", "go", "ip");
     let c = cluster(1);
     c.install(0, &conflist("1.0.0", json!({}))).unwrap();
@@ -288,12 +289,27 @@ fn corrupt_datastore_content_is_refused_and_never_blocks_a_del() {
     .unwrap();
     let pod = NetNs::new("corrupt").unwrap();
     let opts = pod_args("default", "corrupt");
-    let e = rt
+    let r = rt
         .add("k8s-pod-network", &pod.path(), &opts)
         .unwrap()
-        .expect_err("a corrupt block");
-    assert_eq!(e.code, Some(102), "{e}");
-    assert!(e.msg.contains("10.244.7.0-26"), "names the block: {e}");
+        .unwrap();
+    let ip: std::net::IpAddr = ip_of(&r, 0).parse().unwrap();
+    let pool: ipnet::IpNet = "10.244.0.0/16".parse().unwrap();
+    let corrupt: ipnet::IpNet = "10.244.7.0/26".parse().unwrap();
+    assert!(pool.contains(&ip) && !corrupt.contains(&ip), "{r}");
+    let log = std::fs::read_to_string(c.log_of(0)).unwrap();
+    assert!(
+        log.contains("block /calico/ipam/v2/assignment/ipv4/block/10.244.7.0-26 skipped"),
+        "the log names the block"
+    );
+    let kept = ctl
+        .get("/calico/ipam/v2/assignment/ipv4/block/10.244.7.0-26")
+        .unwrap()
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), block);
+    rt.del("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
     assert_eq!(endpoint_count(&c), 0);
     assert!(!c.node(0).sh("ip -o link").unwrap().contains("cali"));
     ctl.run(&["del", "--prefix", "/calico/ipam/v2/"]).unwrap();
