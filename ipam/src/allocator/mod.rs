@@ -11,6 +11,11 @@
 //! transactions; the end state is the same.) A conflict means someone else wrote in between:
 //! the plan is rebuilt from a fresh snapshot, up to Calico's bound of 100 times.
 //!
+//! What is read is not trusted: a stored pool IPAM cannot use is skipped ([`Snapshot`]'s
+//! `unusable_pools`), a corrupt block is skipped (see `plan`), and a release goes on past an
+//! unreadable handle or IPAM config, so a pod can always be deleted. An auto-assignment gets
+//! back what its handle already holds (a repeated ADD).
+//!
 //! - `snapshot`: the one read an operation starts from ([`Snapshot`]);
 //! - `plan`: the changes, phase by phase, against a snapshot; `release`: releases planned;
 //! - `commit`: the plan as one guarded transaction, re-planned after a conflict;

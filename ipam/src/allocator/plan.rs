@@ -2,6 +2,9 @@
 //! nothing written. An assignment goes phase by phase ([`Plan::family`]: affine, claim or
 //! reclaim, borrow); a specific address is [`Plan::specific`]; releases are planned in
 //! `release`; `commit` writes the plan.
+//!
+//! Stored blocks are validated as they are loaded; a corrupt one is logged and skipped by
+//! every phase and every release (never allocated from, released in or written over).
 
 use super::{
     AssignRequest, EMPTY_BLOCK_MIN_RECLAIM_AGE, Ipam, Snapshot, decode_block, decode_handle, encode,

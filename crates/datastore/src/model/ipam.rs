@@ -2,6 +2,8 @@
 //! omissions as Go's `encoding/json` writes them). Older schemas read fine: missing sequence
 //! numbers default, `null` attributes read as absent. Fields we do not know are kept in
 //! `extra` and written back, since kube-controllers, calicoctl and Felix share these objects.
+//! Serde checks only the shape: [`AllocationBlock::validate`] checks a block's consistency
+//! before IPAM uses it.
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
