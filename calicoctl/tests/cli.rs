@@ -777,6 +777,44 @@ fn bad_documents_write_nothing() {
     assert_eq!(f.dump(), before);
 }
 
+/// Issue 12 #2: a pool whose selector is nested 10k deep (by `(` or `!`) is refused with
+/// code 1 naming the field and the reason (it used to overflow calicoctl's stack), and
+/// nothing is written.
+#[test]
+fn deeply_nested_selectors_are_refused() {
+    require!("etcd");
+    let f = Fixture::start();
+    let before = f.dump();
+    let parens = format!("{}all(){}", "(".repeat(10_000), ")".repeat(10_000));
+    let bangs = format!("{}has(a)", "!".repeat(10_000));
+    let chain = vec!["has(a)"; 20_000].join(" && ");
+    for (field, yaml_field, sel) in [
+        ("NodeSelector", "nodeSelector", &parens),
+        ("NodeSelector", "nodeSelector", &bangs),
+        ("NamespaceSelector", "namespaceSelector", &parens),
+        ("NodeSelector", "nodeSelector", &chain),
+    ] {
+        let pool = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: deep\nspec:\n  \
+             cidr: 10.41.0.0/24\n  allowedUses: [Workload]\n  {yaml_field}: '{sel}'\n"
+        );
+        let out = f.apply(&pool);
+        assert_eq!(out.code, 1, "{field}: {}", out.stderr);
+        assert_eq!(out.stdout, "");
+        assert!(!out.stderr.contains("overflow"), "{}", out.stderr);
+        let want =
+            format!("failed to apply 'IPPool' resource: [error with field IPPool.Spec.{field} (");
+        assert!(out.stderr.starts_with(&want), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("nested too deeply") || out.stderr.contains("terms"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.len() < 1000, "the value is not echoed in full");
+        assert_eq!(f.dump(), before, "{field}: wrote something");
+    }
+}
+
 fn request(handle: &str, pod: &str, n: usize) -> AssignRequest {
     AssignRequest {
         handle: handle.into(),

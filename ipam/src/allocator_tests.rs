@@ -1479,3 +1479,106 @@ fn two_pods_of_one_vm_at_once_get_the_same_addresses() {
         "one address per family, not two"
     );
 }
+
+/// Issue 12 #12: a repeated ADD of the same attachment (same handle, same node) gets the
+/// addresses its handle holds back, per family, and only the shortfall is newly assigned;
+/// one release frees everything.
+#[test]
+fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
+    let store = store();
+    add_pool(&store, "p4", "10.0.0.0/24", |_| {});
+    add_pool(&store, "p6", "fd00::/120", |_| {});
+    let first = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("first");
+    let again = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("again");
+    assert_eq!(again.v4, first.v4);
+    let cidr = first.v4[0].trunc().to_string();
+    let b = block(&store, &cidr).expect("block");
+    assert_eq!(b.allocations.iter().filter(|a| a.is_some()).count(), 1);
+    assert_eq!(handle(&store, "net.c1").expect("handle").block[&cidr], 1);
+    // Dual stack asked later: the IPv4 address is kept, an IPv6 one added.
+    let dual = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 1))
+        .expect("dual");
+    assert_eq!(dual.v4, first.v4);
+    assert_eq!(dual.v6.len(), 1);
+    // Another handle still gets its own address.
+    let other = ipam(&store, "n1")
+        .auto_assign(&request("net.c2", 1, 0))
+        .expect("other");
+    assert_ne!(other.v4, first.v4);
+    let released = ipam(&store, "n1")
+        .release_by_handle("net.c1")
+        .expect("release")
+        .expect("held");
+    assert_eq!(released.len(), 2);
+    let b = block(&store, &cidr).expect("block");
+    assert_eq!(
+        b.allocations.iter().filter(|a| a.is_some()).count(),
+        1,
+        "c2's"
+    );
+}
+
+/// Issue 12 #13 (findings #13): a stored block that is not what its key says, or whose
+/// ordinals or attribute indices are out of range, used to hand out addresses outside the
+/// block and pool (a free ordinal 9999 gave 198.40.39.15 from a /26). Each such block is
+/// skipped (logged): the address comes from another block of the pool, the corrupt block is
+/// not written, and a specific address inside it is refused as corrupt (code 102).
+#[test]
+fn corrupt_blocks_are_never_allocated_from() {
+    let cidr = net("10.0.0.0/26");
+    type Corruption = (&'static str, fn(&mut AllocationBlock));
+    let corruptions: [Corruption; 6] = [
+        ("free ordinal out of range", |b| {
+            b.unallocated.insert(0, 9999)
+        }),
+        ("free ordinal twice", |b| b.unallocated.push(1)),
+        ("cidr not the key's", |b| b.cidr = net("10.9.0.0/26")),
+        ("too few slots", |b| b.allocations.truncate(10)),
+        ("too many slots", |b| b.allocations.push(None)),
+        ("attribute index out of range", |b| {
+            b.unallocated.retain(|o| *o != 5);
+            b.allocations[5] = Some(7);
+        }),
+    ];
+    for (what, corrupt) in corruptions {
+        let store = store();
+        add_pool(&store, "p", "10.0.0.0/24", |_| {});
+        let mut b = crate::block::new_block(cidr, "n1", t0());
+        corrupt(&mut b);
+        let key = keys::block(&cidr);
+        let stored = serde_json::to_vec(&b).expect("encode");
+        store.put(&key, &stored);
+        store.put(
+            &keys::affinity("n1", &cidr),
+            br#"{"state":"confirmed","deleted":false}"#,
+        );
+        let got = ipam(&store, "n1")
+            .auto_assign(&request("n.c", 1, 0))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let addr = got.v4[0].addr();
+        assert!(net("10.0.0.0/24").contains(&addr), "{what}: {addr}");
+        assert!(
+            !cidr.contains(&addr),
+            "{what}: {addr} from the corrupt block"
+        );
+        assert_eq!(
+            store.get(&key).expect("get").expect("kept").value,
+            stored,
+            "{what}: the corrupt block is not written"
+        );
+        let e = ipam(&store, "n1")
+            .assign_ip(ip("10.0.0.9"), "n.d", &BTreeMap::new())
+            .expect_err(what);
+        assert!(
+            matches!(&e, IpamError::Corrupt { key: k, .. } if *k == key),
+            "{what}: {e}"
+        );
+        let cni = cni_protocol::CniError::from(e);
+        assert_eq!(cni.code, cni_protocol::ErrorCode::DATASTORE, "{what}");
+    }
+}

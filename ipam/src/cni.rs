@@ -7,7 +7,7 @@ use crate::block;
 use crate::error::IpamError;
 use crate::kubevirt::{self, PodKind};
 use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
-use calico_datastore::model::keys;
+use calico_datastore::model::{keys, names};
 use calico_datastore::{KvStore, PluginStore, StoreError};
 use calico_netconf::NetConf;
 use cni_protocol::{CniError, CniResult, ErrorCode, IpConfig, Request, Route};
@@ -32,12 +32,27 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn from_request(req: &Request, node: &str) -> Workload {
+    /// The workload `CNI_ARGS` name. `K8S_POD_NAMESPACE`, `K8S_POD_NAME` and
+    /// `CNI_TEST_NAMESPACE` must be names Kubernetes accepts (code 4 naming the field): keys
+    /// are built from them.
+    pub fn from_request(req: &Request, node: &str) -> Result<Workload, CniError> {
         let args = &req.env.args;
-        match (
-            args.get_non_empty("K8S_POD_NAMESPACE"),
-            args.get_non_empty("K8S_POD_NAME"),
-        ) {
+        let checked = |field: &str, check: fn(&str) -> Result<(), String>| {
+            args.get_non_empty(field)
+                .map(|v| {
+                    check(v).map(|()| v).map_err(|why| {
+                        CniError::new(
+                            ErrorCode::INVALID_ENVIRONMENT,
+                            format!("invalid CNI_ARGS {field} {}: {why}", shown(v)),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let namespace = checked("K8S_POD_NAMESPACE", names::namespace)?;
+        let pod = checked("K8S_POD_NAME", names::pod_name)?;
+        let test_namespace = checked("CNI_TEST_NAMESPACE", names::namespace)?;
+        Ok(match (namespace, pod) {
             (Some(ns), Some(pod)) => Workload {
                 node: node.to_string(),
                 orchestrator: "k8s",
@@ -48,14 +63,11 @@ impl Workload {
             _ => Workload {
                 node: node.to_string(),
                 orchestrator: "cni",
-                namespace: args
-                    .get_non_empty("CNI_TEST_NAMESPACE")
-                    .unwrap_or("default")
-                    .to_string(),
+                namespace: test_namespace.unwrap_or("default").to_string(),
                 pod: String::new(),
                 container_id: req.env.container_id.clone(),
             },
-        }
+        })
     }
 
     /// `<network>.<container ID>`.
@@ -91,17 +103,36 @@ impl Workload {
 
 /// The node's name (config, nodename file, hostname); code 7 if none can be found.
 pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
-    conf.nodename(|p| std::fs::read_to_string(p).ok(), machine_hostname)
+    let node = conf
+        .nodename(|p| std::fs::read_to_string(p).ok(), machine_hostname)
         .ok_or_else(|| {
             CniError::invalid_config(format!(
                 "cannot determine the node name: set nodename, or write {}",
                 conf.nodename_file().display()
             ))
-        })
+        })?;
+    // Keys are built from it (affinities, endpoint names): `a/b` or `..` would land outside
+    // their prefix.
+    names::node_name(&node).map_err(|why| {
+        CniError::invalid_config(format!("invalid node name {}: {why}", shown(&node)))
+    })?;
+    Ok(node)
 }
 
+/// The OS host name, lower-cased and trimmed as libcalico-go's `names.Hostname` gives it.
 fn machine_hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_lowercase())
+}
+
+/// A name from outside, quoted for an error message and cut short when long.
+fn shown(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
+        None => format!("{name:?}"),
+    }
 }
 
 /// The datastore per the config: through the node agent's etcd connection when it serves
@@ -131,39 +162,110 @@ pub fn store_error(e: impl Into<StoreError>) -> CniError {
 /// Addresses asked for explicitly: `IP=` in CNI_ARGS (comma-separated), the `ips`
 /// capability (`runtimeConfig.ips`), `args.cni.ips`, or `ipam.ipAddrs` in the config.
 pub fn requested_addresses(req: &Request) -> Result<Vec<IpAddr>, CniError> {
-    let mut raw: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    // `IP=` takes bare addresses (Go's `net.ParseIP`): a prefix length is refused.
     if let Some(ip) = req.env.args.get_non_empty("IP") {
-        raw.extend(ip.split(',').map(str::to_string));
+        let listed: Vec<&str> = ip
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let parsed = listed
+            .iter()
+            .map(|s| {
+                s.parse::<IpAddr>().map_err(|_| {
+                    CniError::invalid_config(format!(
+                        "CNI_ARGS IP: {s:?} is not an IP address (a bare address, without a \
+                         prefix length)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.extend(no_duplicates("CNI_ARGS IP", parsed)?);
     }
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
+    let sources = [
+        (
+            "runtimeConfig.ips",
+            req.runtime_config().and_then(|r| r.get("ips")),
+        ),
+        (
+            "args.cni.ips",
+            req.config
+                .get("args")
+                .and_then(|a| a.get("cni"))
+                .and_then(|c| c.get("ips")),
+        ),
+        (
+            "ipam.ipAddrs",
+            req.config.get("ipam").and_then(|i| i.get("ipAddrs")),
+        ),
+    ];
+    for (field, value) in sources {
+        let parsed = string_list(value, field)?
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                // The capability's CIDR form (`10.0.0.5/24`) names the address.
+                let addr = s.split('/').next().unwrap_or(s);
+                addr.parse::<IpAddr>().map_err(|_| {
+                    CniError::invalid_config(format!(
+                        "{field}: requested address {s:?} is not an IP address"
+                    ))
+                })
             })
-            .unwrap_or_default()
-    };
-    raw.extend(strings(req.runtime_config().and_then(|r| r.get("ips"))));
-    raw.extend(strings(
-        req.config
-            .get("args")
-            .and_then(|a| a.get("cni"))
-            .and_then(|c| c.get("ips")),
-    ));
-    raw.extend(strings(
-        req.config.get("ipam").and_then(|i| i.get("ipAddrs")),
-    ));
-    raw.iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let addr = s.split('/').next().unwrap_or(s);
-            addr.parse::<IpAddr>().map_err(|_| {
-                CniError::invalid_config(format!("requested address {s:?} is not an IP address"))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.extend(no_duplicates(field, parsed)?);
+    }
+    Ok(out)
+}
+
+/// `value` as a list of strings: absent or `null` is empty; anything else than an array of
+/// strings is code 7 naming the field (or the element).
+fn string_list<'v>(value: Option<&'v Value>, field: &str) -> Result<Vec<&'v str>, CniError> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().ok_or_else(|| {
+                    CniError::invalid_config(format!(
+                        "{field}[{i}] must be a string (an IP address), not {v}"
+                    ))
+                })
             })
-        })
-        .collect()
+            .collect(),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "{field} must be a list of IP addresses, not {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Refuses an address listed twice in one field (code 7), rather than failing later with
+/// "already assigned" for the request's own duplicate.
+fn no_duplicates(field: &str, ips: Vec<IpAddr>) -> Result<Vec<IpAddr>, CniError> {
+    let mut seen = BTreeSet::new();
+    for ip in &ips {
+        if !seen.insert(*ip) {
+            return Err(CniError::invalid_config(format!(
+                "{field}: address {ip} is listed twice"
+            )));
+        }
+    }
+    Ok(ips)
 }
 
 /// The node's affine blocks as last seen, kept next to the host lock (and written only
@@ -301,7 +403,7 @@ pub fn allocate_detailed(
     extra_keys: &[String],
     with: &mut CommitWith<'_, IpNet>,
 ) -> Result<Allocation, CniError> {
-    let workload = Workload::from_request(req, node);
+    let workload = Workload::from_request(req, node)?;
     // Before the lock, as Calico does: only `virt-launcher-*` pods cost API calls.
     let vm = match kubevirt::pod_kind(conf, &workload)? {
         PodKind::Ordinary => None,
@@ -465,7 +567,7 @@ pub fn release(
     extra_keys: &[String],
     with: &mut CommitWith<'_, IpAddr>,
 ) -> Result<Vec<IpAddr>, CniError> {
-    let workload = Workload::from_request(req, node);
+    let workload = Workload::from_request(req, node)?;
     let kind = kubevirt::pod_kind(conf, &workload)?;
     let vm = match &kind {
         PodKind::Vm(vmi) => Some(VmPod {
@@ -560,7 +662,7 @@ pub fn check(store: &dyn KvStore, req: &Request, node: &str) -> Result<(), CniEr
     let prev = req.prev_result()?.ok_or_else(|| {
         CniError::invalid_config("CHECK needs prevResult (the result of the ADD)")
     })?;
-    let workload = Workload::from_request(req, node);
+    let workload = Workload::from_request(req, node)?;
     let ipam = Ipam::new(store, node);
     // A VM pod's addresses are under the VM's handle (the config only says how to reach the
     // Kubernetes API, and only `virt-launcher-*` pods need it).
@@ -707,6 +809,7 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
             |why: String| CniError::new(ErrorCode::PLUGIN_NOT_AVAILABLE_LIMITED_CONNECTIVITY, why);
         let pools = crate::pools::choose(
             &snap.pools,
+            &snap.unusable_pools,
             requested,
             v4,
             node,
@@ -730,6 +833,8 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
                 .filter_map(|kv| {
                     let mut b: calico_datastore::model::AllocationBlock =
                         serde_json::from_slice(&kv.value).ok()?;
+                    // A corrupt block offers no room (allocations never use it).
+                    b.validate(keys::block_cidr_of(&kv.key).as_ref()).ok()?;
                     block::collect_cooled(&mut b, snap.settings.ip_cooldown_seconds, now);
                     pool.cidr.contains(&b.cidr).then_some(b)
                 })
@@ -765,4 +870,103 @@ pub fn status(store: &dyn KvStore, conf: &NetConf, node: &str) -> Result<(), Cni
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni_protocol::Environment;
+    use serde_json::json;
+
+    fn request(cni_args: &str, conf: Value) -> Request {
+        let vars = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", cni_args),
+        ];
+        let env = Environment::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("env");
+        let mut c = json!({"cniVersion": "1.0.0", "name": "net", "type": "calico-ipam",
+                           "ipam": {"type": "calico-ipam"}});
+        for (k, v) in conf.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        Request::new(env, c.to_string().into_bytes()).expect("request")
+    }
+
+    fn refused(cni_args: &str, conf: Value) -> CniError {
+        requested_addresses(&request(cni_args, conf)).expect_err("refused")
+    }
+
+    /// Issue 12 #15 (findings #15): `IP=` with a prefix length was read as the address, and
+    /// `IP=a,a` failed later as "already assigned"; both are code 7 naming `IP`.
+    #[test]
+    fn ip_arg_takes_bare_distinct_addresses() {
+        let ok = requested_addresses(&request("IP=10.0.0.1,fd00::1", json!({}))).expect("ok");
+        assert_eq!(ok.len(), 2);
+        for (args, why) in [
+            ("IP=198.19.77.3/24", "without a prefix length"),
+            ("IP=10.0.0.1,10.0.0.1", "listed twice"),
+            ("IP=nonsense", "not an IP address"),
+        ] {
+            let e = refused(args, json!({}));
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{args}");
+            assert!(
+                e.msg.contains("CNI_ARGS IP") && e.msg.contains(why),
+                "{args}: {}",
+                e.msg
+            );
+        }
+        // The capability keeps its CIDR form.
+        let cidr = requested_addresses(&request(
+            "",
+            json!({"runtimeConfig": {"ips": ["10.0.0.5/24"]}}),
+        ))
+        .expect("cidr form");
+        assert_eq!(cidr, ["10.0.0.5".parse::<IpAddr>().expect("ip")]);
+    }
+
+    /// Issue 12 #16 (findings #16): wrong-typed `args.cni.ips` / `runtimeConfig.ips` were
+    /// ignored and an automatic address assigned; they are code 7 naming the field.
+    #[test]
+    fn wrong_typed_address_lists_name_the_field() {
+        for (conf, field) in [
+            (
+                json!({"args": {"cni": {"ips": "10.0.0.1"}}}),
+                "args.cni.ips must be a list",
+            ),
+            (
+                json!({"args": {"cni": {"ips": [1]}}}),
+                "args.cni.ips[0] must be a string",
+            ),
+            (
+                json!({"runtimeConfig": {"ips": [5]}}),
+                "runtimeConfig.ips[0] must be a string",
+            ),
+            (
+                json!({"runtimeConfig": {"ips": {"a": 1}}}),
+                "runtimeConfig.ips must be a list",
+            ),
+            (
+                json!({"runtimeConfig": {"ips": ["10.0.0.1", "10.0.0.1"]}}),
+                "runtimeConfig.ips: address 10.0.0.1 is listed twice",
+            ),
+        ] {
+            let e = refused("", conf.clone());
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{conf}");
+            assert!(e.msg.contains(field), "{conf}: {}", e.msg);
+        }
+        assert!(
+            requested_addresses(&request("", json!({"runtimeConfig": {"ips": null}})))
+                .expect("null is none")
+                .is_empty()
+        );
+    }
 }

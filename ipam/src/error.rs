@@ -18,6 +18,13 @@ pub enum IpamError {
     NoPools { family: &'static str, node: String },
     #[error("the given pool ({pool}) {reason}")]
     PoolNotUsable { pool: String, reason: String },
+    /// The configured `ipam_lock_file` cannot be the lock (a directory, not a regular file,
+    /// cannot be created).
+    #[error("ipam_lock_file {path} {reason}")]
+    LockFile { path: String, reason: String },
+    /// A requested pool is stored but malformed (its selector or CIDR does not parse).
+    #[error("the given pool ({pool}) cannot be used: {reason}")]
+    PoolInvalid { pool: String, reason: String },
     #[error("no {family} addresses available in pools {pools:?}")]
     Exhausted {
         family: &'static str,
@@ -106,6 +113,9 @@ impl From<IpamError> for CniError {
             match &e {
                 IpamError::Store(_) | IpamError::Corrupt { .. } => ErrorCode::DATASTORE,
                 IpamError::Other(_) => ErrorCode::INTERNAL,
+                IpamError::PoolInvalid { .. } | IpamError::LockFile { .. } => {
+                    ErrorCode::INVALID_NETWORK_CONFIG
+                }
                 _ => ErrorCode::ADDRESS_UNAVAILABLE,
             }
         };

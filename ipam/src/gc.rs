@@ -147,12 +147,23 @@ pub fn candidates(
         .iter()
         .map(|b| Read::Key(keys::block(b)))
         .collect();
+    // A corrupt block is left out (logged), as allocations and releases skip it.
     let blocks: Vec<AllocationBlock> = store
         .read(&reads)?
         .into_iter()
         .flatten()
-        .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e)))
-        .collect::<Result<_, _>>()?;
+        .filter_map(|kv| {
+            let checked = serde_json::from_slice::<AllocationBlock>(&kv.value)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    b.validate(keys::block_cidr_of(&kv.key).as_ref())
+                        .map(|()| b)
+                });
+            checked
+                .map_err(|why| log::warn!("GC: block {} skipped: {why}", kv.key))
+                .ok()
+        })
+        .collect();
     for c in &mut out {
         for b in &blocks {
             for (ip, attr) in block::allocations_of(b, &c.handle) {

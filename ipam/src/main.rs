@@ -35,7 +35,7 @@ impl Plugin for CalicoIpam {
         let (conf, node, store) = setup(req)?;
         // The pools' namespaceSelector needs the namespace's labels (read as Calico does:
         // with a kubeconfig or policy.type k8s, for automatic assignments).
-        let workload = cni::Workload::from_request(req, &node);
+        let workload = cni::Workload::from_request(req, &node)?;
         let explicit = !cni::requested_addresses(req)?.is_empty();
         let namespace_labels =
             kubernetes::labels_for_auto_assign(&conf, &workload, explicit)?.unwrap_or_default();

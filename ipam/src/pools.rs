@@ -1,4 +1,9 @@
 //! Which pools an allocation may use, and in which order their blocks are tried.
+//!
+//! A stored pool IPAM cannot use (an unparsable CIDR or selector, a block size out of range,
+//! being deleted) is an [`UnusablePool`]: it is left out of every choice, so one bad pool
+//! anywhere in the datastore never stops allocations from the others; a request that names
+//! it gets the reason.
 
 use crate::error::IpamError;
 use calico_datastore::model::IpPool;
@@ -36,17 +41,65 @@ pub struct Pool {
     pub namespace_selector: Selector,
 }
 
+/// A stored pool IPAM cannot use, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusablePool {
+    pub name: String,
+    /// Its CIDR, if that much parses (so a request naming the CIDR finds it).
+    pub cidr: Option<IpNet>,
+    pub reason: String,
+    /// The pool itself is malformed (rather than being deleted or not allocatable): a
+    /// request naming it is a configuration error.
+    pub invalid: bool,
+}
+
 impl Pool {
-    /// Reads a stored pool; `None` for one IPAM cannot use at all (bad CIDR or selector,
-    /// block size out of range, being deleted, marked not allocatable).
-    pub fn from_resource(p: &IpPool) -> Option<Pool> {
+    /// Reads a stored pool; an [`UnusablePool`] for one IPAM cannot use at all (bad CIDR or
+    /// selector, block size out of range, being deleted, marked not allocatable).
+    pub fn from_resource(p: &IpPool) -> Result<Pool, UnusablePool> {
         let spec = p.spec.with_defaults();
-        let cidr = spec.network()?;
+        let name = p.metadata.name.clone();
+        let unusable = |cidr: Option<IpNet>, reason: String, invalid: bool| UnusablePool {
+            name: name.clone(),
+            cidr,
+            reason,
+            invalid,
+        };
+        let Some(cidr) = spec.network() else {
+            return Err(unusable(
+                None,
+                format!("has an invalid cidr {:?}", spec.cidr),
+                true,
+            ));
+        };
         if spec.block_size > cidr.max_prefix_len() || spec.block_size < cidr.prefix_len() {
-            return None;
+            return Err(unusable(
+                Some(cidr),
+                format!(
+                    "has a blockSize ({}) outside {}..={}",
+                    spec.block_size,
+                    cidr.prefix_len(),
+                    cidr.max_prefix_len()
+                ),
+                true,
+            ));
         }
+        let node_selector = Selector::parse(&spec.node_selector).map_err(|e| {
+            unusable(
+                Some(cidr),
+                format!("has an invalid nodeSelector: {e}"),
+                true,
+            )
+        })?;
+        let namespace_selector = Selector::parse(&spec.namespace_selector).map_err(|e| {
+            unusable(
+                Some(cidr),
+                format!("has an invalid namespaceSelector: {e}"),
+                true,
+            )
+        })?;
         if p.metadata.extra.contains_key("deletionTimestamp") {
-            return None;
+            return Err(unusable(Some(cidr), "is being deleted".into(), false));
         }
         let not_allocatable = p
             .status
@@ -59,18 +112,22 @@ impl Pool {
                     .any(|c| c["type"] == "Allocatable" && c["status"] == "False")
             });
         if not_allocatable {
-            return None;
+            return Err(unusable(
+                Some(cidr),
+                "is not allocatable (status condition Allocatable is False)".into(),
+                false,
+            ));
         }
-        Some(Pool {
-            name: p.metadata.name.clone(),
+        Ok(Pool {
+            name,
             cidr,
             block_size: spec.block_size,
             disabled: spec.disabled,
             automatic: spec.assignment_mode.as_deref() != Some("Manual"),
             allows_workloads: spec.allowed_uses.iter().any(|u| u == "Workload"),
             allows_tunnel: spec.allowed_uses.iter().any(|u| u == "Tunnel"),
-            node_selector: Selector::parse(&spec.node_selector).ok()?,
-            namespace_selector: Selector::parse(&spec.namespace_selector).ok()?,
+            node_selector,
+            namespace_selector,
         })
     }
 
@@ -173,6 +230,7 @@ impl PoolUse {
 /// [`PoolUse::Workload`]).
 pub fn choose<'p>(
     pools: &'p [Pool],
+    unusable: &[UnusablePool],
     requested: &[String],
     v4: bool,
     node: &str,
@@ -182,6 +240,7 @@ pub fn choose<'p>(
     choose_for(
         PoolUse::Workload,
         pools,
+        unusable,
         requested,
         v4,
         node,
@@ -193,13 +252,15 @@ pub fn choose<'p>(
 /// Chooses the pools for one family and one use.
 ///
 /// Requested pools (names or CIDRs, from the config or annotations) are used as given, in
-/// the order given, selectors ignored, but they must exist, be enabled and allow workloads.
-/// Otherwise every enabled `Automatic` pool of the family whose node selector matches the
+/// the order given, selectors ignored, but they must exist, be usable (not in `unusable`),
+/// be enabled and allow workloads. Otherwise every enabled `Automatic` pool of the family whose node selector matches the
 /// node's labels and whose namespace selector matches the namespace's, in name order. Either
 /// way a pool must allow the use.
+#[allow(clippy::too_many_arguments)]
 pub fn choose_for<'p>(
     usage: PoolUse,
     pools: &'p [Pool],
+    unusable: &[UnusablePool],
     requested: &[String],
     v4: bool,
     node: &str,
@@ -214,12 +275,31 @@ pub fn choose_for<'p>(
             let found = pools
                 .iter()
                 .find(|p| p.name == *want || Some(p.cidr) == as_cidr);
-            let Some(p) = found.filter(|p| !p.disabled) else {
-                return Err(IpamError::PoolNotUsable {
-                    pool: want.clone(),
-                    reason: "does not exist, or is not enabled".into(),
+            let Some(p) = found else {
+                let bad = unusable
+                    .iter()
+                    .find(|u| u.name == *want || (as_cidr.is_some() && u.cidr == as_cidr));
+                return Err(match bad {
+                    Some(u) if u.invalid => IpamError::PoolInvalid {
+                        pool: want.clone(),
+                        reason: format!("pool {} {}", u.name, u.reason),
+                    },
+                    Some(u) => IpamError::PoolNotUsable {
+                        pool: want.clone(),
+                        reason: u.reason.clone(),
+                    },
+                    None => IpamError::PoolNotUsable {
+                        pool: want.clone(),
+                        reason: "does not exist".into(),
+                    },
                 });
             };
+            if p.disabled {
+                return Err(IpamError::PoolNotUsable {
+                    pool: want.clone(),
+                    reason: "is not enabled (disabled: true)".into(),
+                });
+            }
             if p.is_v4() != v4 {
                 return Err(IpamError::PoolNotUsable {
                     pool: want.clone(),
@@ -299,10 +379,11 @@ mod tests {
         ];
         let none = BTreeMap::new();
         let names = |ps: Vec<&Pool>| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
-        let got = choose(&pools, &[], true, "n1", &none, &none).expect("pools");
+        let got = choose(&pools, &[], &[], true, "n1", &none, &none).expect("pools");
         assert_eq!(names(got), ["a-v4"]);
         let got = choose(
             &pools,
+            &[],
             &[],
             true,
             "n1",
@@ -311,9 +392,9 @@ mod tests {
         )
         .expect("pools");
         assert_eq!(names(got), ["a-v4", "e-zone", "g-ns"]);
-        let got = choose(&pools, &[], false, "n1", &none, &none).expect("pools");
+        let got = choose(&pools, &[], &[], false, "n1", &none, &none).expect("pools");
         assert_eq!(names(got), ["f-v6"]);
-        let e = choose(&pools[1..5], &[], false, "n1", &none, &none).expect_err("none");
+        let e = choose(&pools[1..5], &[], &[], false, "n1", &none, &none).expect_err("none");
         assert!(
             e.to_string()
                 .contains("no configured Calico IPv6 pools for node n1"),
@@ -340,6 +421,7 @@ mod tests {
         let none = BTreeMap::new();
         let got = choose(
             &pools,
+            &[],
             &["10.5.0.0/16".into(), "manual".into()],
             true,
             "n",
@@ -350,11 +432,11 @@ mod tests {
         assert_eq!(got[0].name, "zone");
         assert_eq!(got[1].name, "manual");
         for (bad, why) in [
-            ("off", "not enabled"),
+            ("off", "is not enabled"),
             ("missing", "does not exist"),
             ("v6", "not an IPv4"),
         ] {
-            let e = choose(&pools, &[bad.into()], true, "n", &none, &none).expect_err(bad);
+            let e = choose(&pools, &[], &[bad.into()], true, "n", &none, &none).expect_err(bad);
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
     }
@@ -378,11 +460,12 @@ mod tests {
         ];
         let none = BTreeMap::new();
         let names = |ps: Vec<&Pool>| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
-        let got = choose_for(PoolUse::Tunnel, &pools, &[], true, "n", &none, &none);
+        let got = choose_for(PoolUse::Tunnel, &pools, &[], &[], true, "n", &none, &none);
         assert_eq!(names(got.expect("pools")), ["both", "tunnels"]);
         let e = choose_for(
             PoolUse::Tunnel,
             &pools,
+            &[],
             &["pods".into()],
             true,
             "n",
@@ -391,7 +474,7 @@ mod tests {
         )
         .expect_err("not for tunnels");
         assert!(e.to_string().contains("does not allow Tunnel use"), "{e}");
-        let got = choose(&pools, &[], true, "n", &none, &none).expect("pools");
+        let got = choose(&pools, &[], &[], true, "n", &none, &none).expect("pools");
         assert_eq!(names(got), ["both", "pods"]);
     }
 
@@ -399,15 +482,45 @@ mod tests {
     fn unusable_pools_are_dropped_on_read() {
         let mut spec = IpPoolSpec::for_cidr("10.0.0.0/16");
         spec.block_size = 12;
-        assert!(Pool::from_resource(&Resource::new("IPPool", "p", spec)).is_none());
+        let e = Pool::from_resource(&Resource::new("IPPool", "p", spec)).expect_err("size");
+        assert!(e.invalid && e.reason.contains("blockSize"), "{e:?}");
         let mut r = Resource::new("IPPool", "p", IpPoolSpec::for_cidr("10.0.0.0/16"));
         r.status = Some(json!({"conditions":[{"type":"Allocatable","status":"False"}]}));
-        assert!(Pool::from_resource(&r).is_none());
+        let e = Pool::from_resource(&r).expect_err("not allocatable");
+        assert!(!e.invalid, "{e:?}");
         let mut r = Resource::new("IPPool", "p", IpPoolSpec::for_cidr("10.0.0.0/16"));
         r.metadata
             .extra
             .insert("deletionTimestamp".into(), json!("2026-01-01T00:00:00Z"));
-        assert!(Pool::from_resource(&r).is_none());
+        assert!(Pool::from_resource(&r).is_err());
+    }
+
+    /// Issue 12 #2: a pool whose selector cannot be parsed (here nested 10k deep) is left
+    /// out of the automatic choice without stopping it; a request naming it, by name or
+    /// CIDR, gets code 7 with the reason.
+    #[test]
+    fn a_pool_with_an_unparsable_selector_is_skipped_and_named_requests_fail() {
+        let mut spec = IpPoolSpec::for_cidr("10.9.0.0/24");
+        spec.node_selector = format!("{}all(){}", "(".repeat(10_000), ")".repeat(10_000));
+        let deep = Pool::from_resource(&Resource::new("IPPool", "deep", spec)).expect_err("deep");
+        assert!(deep.invalid, "{deep:?}");
+        assert!(deep.reason.contains("nested too deeply"), "{deep:?}");
+        assert!(
+            deep.reason.len() < 500,
+            "the reason cuts the selector short"
+        );
+        let pools = vec![pool("good", |_| {}, "10.1.0.0/16")];
+        let unusable = vec![deep];
+        let none = BTreeMap::new();
+        let got = choose(&pools, &unusable, &[], true, "n", &none, &none).expect("pools");
+        assert_eq!(got.len(), 1);
+        for want in ["deep", "10.9.0.0/24"] {
+            let e =
+                choose(&pools, &unusable, &[want.into()], true, "n", &none, &none).expect_err(want);
+            assert!(e.to_string().contains("nodeSelector"), "{e}");
+            let cni = cni_protocol::CniError::from(e);
+            assert_eq!(cni.code, cni_protocol::ErrorCode::INVALID_NETWORK_CONFIG);
+        }
     }
 
     #[test]

@@ -350,11 +350,17 @@ fn ippool_struct(spec: &IpPoolSpec) -> Result<(), ValidationError> {
                 "global() selector is not valid for IPPool selectors - use all() instead",
             ));
         } else if let Err(e) = Selector::parse(sel) {
-            errs.push(ErroredField::new(field, Some(sel.clone()), e.reason));
+            // A hostile selector can be megabytes long: the error names the field and the
+            // reason, and shows the value only when it is short.
+            let shown = (sel.len() <= SHOWN_SELECTOR).then(|| sel.clone());
+            errs.push(ErroredField::new(field, shown, e.reason));
         }
     }
     fail(errs)
 }
+
+/// The longest selector an error message repeats in full.
+const SHOWN_SELECTOR: usize = 256;
 
 /// An existing block of another size inside the pool (`IPPool blocksSize conflicts ...`);
 /// the rule is the IPAM's ([`calico_ipam::pools::block_size_conflict`]).

@@ -12,11 +12,22 @@
 //! An empty selector selects everything. A missing label satisfies `!=` and `not in` and
 //! nothing else.
 //!
+//! Selectors come from the datastore, which anyone with write access fills, so parsing is
+//! bounded: the parser is iterative (its own stack, not the thread's), nesting through `(` and
+//! `!` deeper than [`MAX_DEPTH`] and more than [`MAX_TERMS`] terms are refused. `&&`/`||`
+//! chains are n-ary ([`Selector::And`]/[`Selector::Or`] hold a list), so a long chain adds no
+//! depth, and the recursion of `matches`, `Display` and `Drop` is bounded by [`MAX_DEPTH`].
+//!
 //! Owns the language only (parsing and matching labels); must not import any other crate of
 //! this workspace: pools, policies and calicoctl bring the labels.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+
+/// Deepest nesting accepted: each `(` and each `!` is one level.
+pub const MAX_DEPTH: usize = 128;
+/// Most terms (`has(k)`, `k == 'v'`, `all()`, …) accepted in one selector.
+pub const MAX_TERMS: usize = 10_000;
 
 /// A parsed selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +43,33 @@ pub enum Selector {
     StartsWith(String, String),
     EndsWith(String, String),
     Not(Box<Selector>),
-    And(Box<Selector>, Box<Selector>),
-    Or(Box<Selector>, Box<Selector>),
+    /// All of these (two or more).
+    And(Vec<Selector>),
+    /// Any of these (two or more).
+    Or(Vec<Selector>),
 }
 
 /// A selector that does not parse, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid selector {input:?} at offset {offset}: {reason}")]
+#[error("invalid selector {} at offset {offset}: {reason}", shown(input))]
 pub struct ParseError {
     pub input: String,
     pub offset: usize,
     pub reason: String,
+}
+
+/// The input as an error shows it: quoted, and cut short when long, so that a hostile
+/// selector of megabytes does not fill logs and error objects.
+fn shown(input: &str) -> String {
+    const SHOWN: usize = 120;
+    if input.len() <= SHOWN {
+        return format!("{input:?}");
+    }
+    let mut cut = SHOWN;
+    while !input.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{:?}… ({} bytes)", &input[..cut], input.len())
 }
 
 /// Something with labels.
@@ -91,8 +118,8 @@ impl Selector {
             }
             Selector::EndsWith(k, v) => labels.label(k).is_some_and(|l| l.ends_with(v.as_str())),
             Selector::Not(s) => !s.matches(labels),
-            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
-            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
+            Selector::And(all) => all.iter().all(|s| s.matches(labels)),
+            Selector::Or(any) => any.iter().any(|s| s.matches(labels)),
         }
     }
 
@@ -114,25 +141,91 @@ fn set(vals: &[String]) -> String {
     vals.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ")
 }
 
+/// Where a selector is printed, to decide whether it needs parentheses.
+#[derive(Clone, Copy, PartialEq)]
+enum Context {
+    Top,
+    Not,
+    And,
+    Or,
+}
+
+impl Selector {
+    /// Prints with only the parentheses the grammar needs, so the text is never nested deeper
+    /// than the selector it came from (and parses back within [`MAX_DEPTH`]).
+    fn write(&self, f: &mut fmt::Formatter<'_>, ctx: Context) -> fmt::Result {
+        let (list, sep) = match self {
+            Selector::All => return write!(f, "all()"),
+            Selector::Global => return write!(f, "global()"),
+            Selector::Has(k) => return write!(f, "has({k})"),
+            Selector::Eq(k, v) => return write!(f, "{k} == {}", quote(v)),
+            Selector::NotEq(k, v) => return write!(f, "{k} != {}", quote(v)),
+            Selector::In(k, s) => return write!(f, "{k} in {{{}}}", set(s)),
+            Selector::NotIn(k, s) => return write!(f, "{k} not in {{{}}}", set(s)),
+            Selector::Contains(k, v) => return write!(f, "{k} contains {}", quote(v)),
+            Selector::StartsWith(k, v) => return write!(f, "{k} starts with {}", quote(v)),
+            Selector::EndsWith(k, v) => return write!(f, "{k} ends with {}", quote(v)),
+            Selector::Not(s) => {
+                write!(f, "!")?;
+                return s.write(f, Context::Not);
+            }
+            Selector::And(all) => (all, " && "),
+            Selector::Or(any) => (any, " || "),
+        };
+        let own = if matches!(self, Selector::And(_)) {
+            Context::And
+        } else {
+            Context::Or
+        };
+        let parens = !(ctx == Context::Top || (own == Context::And && ctx == Context::Or));
+        if parens {
+            write!(f, "(")?;
+        }
+        for (i, s) in list.iter().enumerate() {
+            if i > 0 {
+                write!(f, "{sep}")?;
+            }
+            s.write(f, own)?;
+        }
+        if parens {
+            write!(f, ")")?;
+        }
+        Ok(())
+    }
+}
+
 /// Canonical text: parses back to the same selector.
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Selector::All => write!(f, "all()"),
-            Selector::Global => write!(f, "global()"),
-            Selector::Has(k) => write!(f, "has({k})"),
-            Selector::Eq(k, v) => write!(f, "{k} == {}", quote(v)),
-            Selector::NotEq(k, v) => write!(f, "{k} != {}", quote(v)),
-            Selector::In(k, s) => write!(f, "{k} in {{{}}}", set(s)),
-            Selector::NotIn(k, s) => write!(f, "{k} not in {{{}}}", set(s)),
-            Selector::Contains(k, v) => write!(f, "{k} contains {}", quote(v)),
-            Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quote(v)),
-            Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quote(v)),
-            Selector::Not(s) => write!(f, "!({s})"),
-            Selector::And(a, b) => write!(f, "({a} && {b})"),
-            Selector::Or(a, b) => write!(f, "({a} || {b})"),
-        }
+        self.write(f, Context::Top)
     }
+}
+
+/// One open parenthesis while parsing: what came before it at its level.
+#[derive(Default)]
+struct Frame {
+    /// Finished `||` operands at this level.
+    ors: Vec<Selector>,
+    /// `&&` operands of the operand being read.
+    ands: Vec<Selector>,
+    /// The `!`s in front of the `(` that opened the level above (applied when it closes).
+    nots: usize,
+}
+
+/// `list` as one selector: itself when it has one element.
+fn collapse(mut list: Vec<Selector>, n_ary: fn(Vec<Selector>) -> Selector) -> Selector {
+    if list.len() == 1 {
+        list.pop().unwrap_or(Selector::All)
+    } else {
+        n_ary(list)
+    }
+}
+
+fn negate(mut s: Selector, nots: usize) -> Selector {
+    for _ in 0..nots {
+        s = Selector::Not(Box::new(s));
+    }
+    s
 }
 
 struct Parser<'a> {
@@ -189,37 +282,83 @@ impl Parser<'_> {
         }
     }
 
-    fn expr(&mut self) -> Result<Selector, ParseError> {
-        let mut left = self.and()?;
-        while self.eat("||") {
-            let right = self.and()?;
-            left = Selector::Or(Box::new(left), Box::new(right));
-        }
-        Ok(left)
-    }
-
-    fn and(&mut self) -> Result<Selector, ParseError> {
-        let mut left = self.unary()?;
-        while self.eat("&&") {
-            let right = self.unary()?;
-            left = Selector::And(Box::new(left), Box::new(right));
-        }
-        Ok(left)
-    }
-
-    fn unary(&mut self) -> Result<Selector, ParseError> {
-        self.skip_ws();
-        if self.rest().starts_with('!') && !self.rest().starts_with("!=") {
-            self.pos += 1;
-            return Ok(Selector::Not(Box::new(self.unary()?)));
-        }
-        if self.eat("(") {
-            let inner = self.expr()?;
-            if !self.eat(")") {
-                return Err(self.error("expected ')'"));
+    /// Consumes the `!`s in front of a unary (not the `!` of `!=`) and counts them.
+    fn nots(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            self.skip_ws();
+            if self.rest().starts_with('!') && !self.rest().starts_with("!=") {
+                self.pos += 1;
+                n += 1;
+            } else {
+                return n;
             }
-            return Ok(inner);
         }
+    }
+
+    /// The whole grammar, without recursion: `stack` holds the levels of open parentheses.
+    fn expr(&mut self) -> Result<Selector, ParseError> {
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut cur = Frame::default();
+        let mut depth = 0usize;
+        let mut terms = 0usize;
+        loop {
+            // A unary: `!`*, then a parenthesised expression or a term.
+            let nots = self.nots();
+            if depth + nots > MAX_DEPTH {
+                return Err(self.error(&format!(
+                    "nested too deeply (more than {MAX_DEPTH} levels of '(' and '!')"
+                )));
+            }
+            if self.eat("(") {
+                if depth + nots + 1 > MAX_DEPTH {
+                    return Err(self.error(&format!(
+                        "nested too deeply (more than {MAX_DEPTH} levels of '(' and '!')"
+                    )));
+                }
+                depth += nots + 1;
+                stack.push(std::mem::replace(
+                    &mut cur,
+                    Frame {
+                        nots,
+                        ..Frame::default()
+                    },
+                ));
+                continue;
+            }
+            terms += 1;
+            if terms > MAX_TERMS {
+                return Err(self.error(&format!("more than {MAX_TERMS} terms")));
+            }
+            let mut unary = negate(self.term()?, nots);
+            // After a unary: `&&` reads the next one; `||` closes the `&&` chain; anything
+            // else closes this level (a `)`, or the end at the top).
+            loop {
+                cur.ands.push(unary);
+                if self.eat("&&") {
+                    break;
+                }
+                let and = collapse(std::mem::take(&mut cur.ands), Selector::And);
+                cur.ors.push(and);
+                if self.eat("||") {
+                    break;
+                }
+                let level = collapse(std::mem::take(&mut cur.ors), Selector::Or);
+                let Some(outer) = stack.pop() else {
+                    return Ok(level);
+                };
+                if !self.eat(")") {
+                    return Err(self.error("expected ')'"));
+                }
+                depth -= cur.nots + 1;
+                unary = negate(level, cur.nots);
+                cur = outer;
+            }
+        }
+    }
+
+    /// A term: everything a unary can be but `!` and parentheses.
+    fn term(&mut self) -> Result<Selector, ParseError> {
         if self.eat("all()") {
             return Ok(Selector::All);
         }
@@ -421,6 +560,95 @@ mod tests {
             let e = Selector::parse(bad).expect_err(bad);
             assert!(e.to_string().contains("invalid selector"), "{bad}: {e}");
         }
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack: anything that recursed per input byte or
+    /// per term would overflow it.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .expect("spawn")
+            .join()
+            .expect("no overflow or panic")
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflow() {
+        let parens = format!("{}all(){}", "(".repeat(10_000), ")".repeat(10_000));
+        let bangs = format!("{}has(a)", "!".repeat(10_000));
+        let mixed = format!("{}all(){}", "!(".repeat(5_000), ")".repeat(5_000));
+        for input in [parens, bangs, mixed] {
+            let e =
+                on_small_stack(move || Selector::parse(&input).map(|_| ())).expect_err("too deep");
+            assert!(e.reason.contains("nested too deeply"), "{e}");
+            assert!(e.to_string().len() < 400, "the error cuts the input short");
+        }
+    }
+
+    #[test]
+    fn the_depth_bound_is_exact() {
+        let at = format!("{}all(){}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        let over = format!("({at})");
+        let ok = on_small_stack(move || {
+            let s = Selector::parse(&at).map_err(|e| e.to_string())?;
+            Ok::<_, String>(s.matches(&HashMap::new()))
+        });
+        assert_eq!(ok, Ok(true));
+        assert!(Selector::parse(&over).is_err());
+        let nots = format!("{}has(a)", "!".repeat(MAX_DEPTH));
+        let sel = Selector::parse(&nots).expect("at the bound");
+        assert!(
+            sel.matches(&labels(&[("a", "")])),
+            "an even number of '!' cancels out"
+        );
+        assert!(Selector::parse(&format!("!{nots}")).is_err());
+    }
+
+    #[test]
+    fn long_chains_are_flat_and_capped() {
+        // 100k terms: over the cap, refused without overflow.
+        let long = vec!["has(a)"; 100_000].join(" && ");
+        let e = on_small_stack(move || Selector::parse(&long).map(|_| ())).expect_err("cap");
+        assert!(e.reason.contains("terms"), "{e}");
+        let long_or = vec!["has(a)"; 100_000].join(" || ");
+        assert!(on_small_stack(move || Selector::parse(&long_or).map(|_| ())).is_err());
+        // At the cap: one flat And, and matching, printing and dropping it stay shallow.
+        let at_cap = vec!["has(a)"; MAX_TERMS].join(" && ");
+        let (matched, text_len) = on_small_stack(move || {
+            let s = Selector::parse(&at_cap).expect("at the cap");
+            assert!(matches!(&s, Selector::And(v) if v.len() == MAX_TERMS));
+            let text = s.to_string();
+            assert_eq!(Selector::parse(&text).expect("reparse"), s);
+            (s.matches(&labels(&[("a", "")])), text.len())
+        });
+        assert!(matched);
+        assert!(text_len > MAX_TERMS);
+    }
+
+    #[test]
+    fn display_adds_no_depth() {
+        for sel in [
+            "!(a == 'x' && b == 'y')",
+            "a == 'x' && b == 'y' || c == 'z'",
+            "(a == 'x' || b == 'y') && c == 'z'",
+            "!!!has(a)",
+            "((has(a) || has(b)) && has(c)) || !(has(d) && (has(e) || has(f)))",
+        ] {
+            let parsed = Selector::parse(sel).expect(sel);
+            let text = parsed.to_string();
+            assert_eq!(Selector::parse(&text).expect("reparse"), parsed, "{sel}");
+            let opens = |t: &str| t.matches('(').count() - t.matches("()").count();
+            let depth_in = opens(sel) - sel.matches("has(").count();
+            let depth_out = opens(&text) - text.matches("has(").count();
+            assert!(depth_out <= depth_in, "{sel} printed as {text}");
+        }
+        assert_eq!(
+            Selector::parse("(a == 'x') && ((b == 'y'))")
+                .expect("p")
+                .to_string(),
+            "a == \"x\" && b == \"y\""
+        );
     }
 
     #[test]

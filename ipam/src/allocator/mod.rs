@@ -11,6 +11,11 @@
 //! transactions; the end state is the same.) A conflict means someone else wrote in between:
 //! the plan is rebuilt from a fresh snapshot, up to Calico's bound of 100 times.
 //!
+//! What is read is not trusted: a stored pool IPAM cannot use is skipped ([`Snapshot`]'s
+//! `unusable_pools`), a corrupt block is skipped (see `plan`), and a release goes on past an
+//! unreadable handle or IPAM config, so a pod can always be deleted. An auto-assignment gets
+//! back what its handle already holds (a repeated ADD).
+//!
 //! - `snapshot`: the one read an operation starts from ([`Snapshot`]);
 //! - `plan`: the changes, phase by phase, against a snapshot; `release`: releases planned;
 //! - `commit`: the plan as one guarded transaction, re-planned after a conflict;
@@ -154,8 +159,15 @@ fn encode<T: serde::Serialize>(key: &str, v: &T) -> Result<Vec<u8>, IpamError> {
     serde_json::to_vec(v).map_err(|e| IpamError::corrupt(key, e))
 }
 
+/// Decodes a stored block and checks it ([`AllocationBlock::validate`]): a block that fails
+/// is corrupt; the planner skips it (nothing is allocated from it or written over it).
 fn decode_block(kv: &Kv) -> Result<AllocationBlock, IpamError> {
-    serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))
+    let block: AllocationBlock =
+        serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))?;
+    block
+        .validate(keys::block_cidr_of(&kv.key).as_ref())
+        .map_err(|why| IpamError::corrupt(&kv.key, format!("invalid block: {why}")))?;
+    Ok(block)
 }
 
 fn decode_handle(kv: &Kv) -> Result<IpamHandle, IpamError> {
@@ -216,6 +228,11 @@ impl<'s> Ipam<'s> {
 
     /// Allocates per `req` (IPv4, then IPv6) against `snap`, committing `extra(assigned,
     /// snapshot)` in the same transaction. Nothing is written if either family fails.
+    ///
+    /// Addresses the handle already holds count first, per family: a repeated ADD of the same
+    /// attachment (same handle) gets its addresses back rather than more of them (the CNI
+    /// spec's idempotence; Calico 3.32 assigns another address under the same handle, see
+    /// README "Differences from Calico"). Only the shortfall is newly assigned.
     pub fn auto_assign_with(
         &self,
         snap: &Snapshot,
@@ -229,12 +246,35 @@ impl<'s> Ipam<'s> {
         self.plan_and_commit(
             snap,
             |plan| {
+                let held = plan.held_here(&req.handle)?;
                 let mut out = Assigned::default();
-                if req.num_v4 > 0 {
-                    out.v4 = plan.family(req, &owner, true)?;
-                }
-                if req.num_v6 > 0 {
-                    out.v6 = plan.family(req, &owner, false)?;
+                for (v4, wanted) in [(true, req.num_v4), (false, req.num_v6)] {
+                    if wanted == 0 {
+                        continue;
+                    }
+                    let mut got: Vec<IpNet> = held
+                        .iter()
+                        .filter(|(_, ip)| ip.is_ipv4() == v4)
+                        .map(|(cidr, ip)| block::with_block_mask(cidr, *ip))
+                        .take(wanted)
+                        .collect();
+                    if !got.is_empty() {
+                        log::info!(
+                            "handle {} already holds {got:?}: returned again",
+                            req.handle
+                        );
+                    }
+                    if got.len() < wanted {
+                        let mut rest = req.clone();
+                        let short = wanted - got.len();
+                        (rest.num_v4, rest.num_v6) = if v4 { (short, 0) } else { (0, short) };
+                        got.extend(plan.family(&rest, &owner, v4)?);
+                    }
+                    if v4 {
+                        out.v4 = got;
+                    } else {
+                        out.v6 = got;
+                    }
                 }
                 out.room = plan.room();
                 Ok(out)

@@ -2,6 +2,9 @@
 //! nothing written. An assignment goes phase by phase ([`Plan::family`]: affine, claim or
 //! reclaim, borrow); a specific address is [`Plan::specific`]; releases are planned in
 //! `release`; `commit` writes the plan.
+//!
+//! Stored blocks are validated as they are loaded; a corrupt one is logged and skipped by
+//! every phase and every release (never allocated from, released in or written over).
 
 use super::{
     AssignRequest, EMPTY_BLOCK_MIN_RECLAIM_AGE, Ipam, Snapshot, decode_block, decode_handle, encode,
@@ -86,6 +89,17 @@ impl PlannedHandle {
         })
     }
 
+    /// A handle whose stored value cannot be decoded, as a release plans it: empty, and
+    /// changed, so the commit deletes it (guarded by its revision).
+    pub(super) fn unreadable(id: &str, current: Option<Kv>) -> Self {
+        PlannedHandle {
+            key: keys::handle(id),
+            current,
+            value: IpamHandle::default(),
+            changed: true,
+        }
+    }
+
     pub(super) fn adjust(&mut self, cidr: &IpNet, delta: i64) {
         if delta == 0 {
             return;
@@ -158,6 +172,9 @@ pub(super) struct Plan<'a, 's> {
     block_keys: BTreeMap<bool, BTreeSet<IpNet>>,
     /// Every block per family, read when first needed (borrowing).
     all_blocks: BTreeMap<bool, Vec<Kv>>,
+    /// Stored blocks that are corrupt ([`AllocationBlock::validate`]), each logged once:
+    /// never loaded, so nothing is allocated from, released in or written over them.
+    corrupt: BTreeSet<IpNet>,
 }
 
 impl<'a, 's> Plan<'a, 's> {
@@ -170,7 +187,27 @@ impl<'a, 's> Plan<'a, 's> {
             affinities: BTreeMap::new(),
             block_keys: BTreeMap::new(),
             all_blocks: BTreeMap::new(),
+            corrupt: BTreeSet::new(),
         }
+    }
+
+    /// [`Plan::planned`], with a corrupt block logged, remembered and skipped (`None`).
+    fn planned_or_skip(&mut self, cidr: IpNet, kv: Kv) -> Result<Option<PlannedBlock>, IpamError> {
+        match self.planned(kv) {
+            Ok(pb) => Ok(Some(pb)),
+            Err(IpamError::Corrupt { key, reason }) => {
+                if self.corrupt.insert(cidr) {
+                    log::warn!("block {key} skipped: {reason}");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the stored block of `cidr` was found corrupt (and is skipped).
+    pub(super) fn is_corrupt(&self, cidr: &IpNet) -> bool {
+        self.corrupt.contains(cidr)
     }
 
     /// Which blocks still have a free, unreserved address after the plan (for the node's
@@ -188,16 +225,21 @@ impl<'a, 's> Plan<'a, 's> {
 
     pub(super) fn handle(&mut self, id: &str) -> Result<&mut PlannedHandle, IpamError> {
         if !self.handles.contains_key(id) {
-            let current = match self.snap.handles.get(id) {
-                Some(kv) => kv.clone(),
-                None => self.ipam.store.get(&keys::handle(id))?,
-            };
+            let current = self.stored_handle(id)?;
             self.handles
                 .insert(id.to_string(), PlannedHandle::new(id, current)?);
         }
         self.handles
             .get_mut(id)
             .ok_or_else(|| IpamError::Other("handle vanished from the plan".into()))
+    }
+
+    /// The handle's stored key-value, from the snapshot when it read it.
+    pub(super) fn stored_handle(&self, id: &str) -> Result<Option<Kv>, IpamError> {
+        Ok(match self.snap.handles.get(id) {
+            Some(kv) => kv.clone(),
+            None => self.ipam.store.get(&keys::handle(id))?,
+        })
     }
 
     /// A stored block as the plan starts from it: addresses whose 3.33 cooldown has passed
@@ -221,13 +263,17 @@ impl<'a, 's> Plan<'a, 's> {
     pub(super) fn load(&mut self, cidrs: &[IpNet]) -> Result<(), IpamError> {
         let mut missing = Vec::new();
         for c in cidrs {
-            if self.blocks.contains_key(c) {
+            if self.blocks.contains_key(c) || self.corrupt.contains(c) {
                 continue;
             }
             match self.snap.blocks.get(c) {
-                Some(kv) => {
-                    let p = kv.clone().map(|kv| self.planned(kv)).transpose()?;
-                    self.blocks.insert(*c, p);
+                Some(Some(kv)) => {
+                    if let Some(pb) = self.planned_or_skip(*c, kv.clone())? {
+                        self.blocks.insert(*c, Some(pb));
+                    }
+                }
+                Some(None) => {
+                    self.blocks.insert(*c, None);
                 }
                 None => missing.push(*c),
             }
@@ -237,12 +283,16 @@ impl<'a, 's> Plan<'a, 's> {
         }
         let reads: Vec<Read> = missing.iter().map(|c| Read::Key(keys::block(c))).collect();
         for (cidr, found) in missing.iter().zip(self.ipam.store.read(&reads)?) {
-            let p = found
-                .into_iter()
-                .next()
-                .map(|kv| self.planned(kv))
-                .transpose()?;
-            self.blocks.insert(*cidr, p);
+            match found.into_iter().next() {
+                Some(kv) => {
+                    if let Some(pb) = self.planned_or_skip(*cidr, kv)? {
+                        self.blocks.insert(*cidr, Some(pb));
+                    }
+                }
+                None => {
+                    self.blocks.insert(*cidr, None);
+                }
+            }
         }
         Ok(())
     }
@@ -335,7 +385,9 @@ impl<'a, 's> Plan<'a, 's> {
                 let Some(kv) = stored.get(&cidr) else {
                     continue;
                 };
-                let pb = self.planned(kv.clone())?;
+                let Some(pb) = self.planned_or_skip(cidr, kv.clone())? else {
+                    continue;
+                };
                 let reserved = |ip: IpAddr| self.snap.is_reserved(ip);
                 let Some(other) = block::affine_node(&pb.block).map(str::to_string) else {
                     continue;
@@ -405,6 +457,7 @@ impl<'a, 's> Plan<'a, 's> {
         let chosen = pools::choose_for(
             req.intended_use,
             &snap.pools,
+            &snap.unusable_pools,
             requested,
             v4,
             &node,
@@ -459,6 +512,9 @@ impl<'a, 's> Plan<'a, 's> {
                 self.load(&rest)?;
             } else {
                 self.load(&[*cidr])?;
+            }
+            if self.is_corrupt(cidr) {
+                continue;
             }
             let aff = BlockAffinity::from_bytes(&aff_kv.value)
                 .map_err(|e| IpamError::corrupt(&aff_kv.key, e))?;
@@ -549,7 +605,9 @@ impl<'a, 's> Plan<'a, 's> {
                 continue;
             };
             if !self.blocks.contains_key(&cidr) {
-                let pb = self.planned(kv)?;
+                let Some(pb) = self.planned_or_skip(cidr, kv)? else {
+                    continue;
+                };
                 self.blocks.insert(cidr, Some(pb));
             }
             let mine = matches!(self.blocks.get(&cidr), Some(Some(pb))
@@ -585,6 +643,12 @@ impl<'a, 's> Plan<'a, 's> {
         }
         let cidr = pool.block_of(ip).ok_or(IpamError::NotInPool { ip })?;
         self.load(&[cidr])?;
+        if self.is_corrupt(&cidr) {
+            return Err(IpamError::corrupt(
+                &keys::block(&cidr),
+                "invalid block (see the log); no address is assigned from it",
+            ));
+        }
         if matches!(self.blocks.get(&cidr), Some(None)) {
             self.create_block(cidr, None);
         }
@@ -598,6 +662,10 @@ impl<'a, 's> Plan<'a, 's> {
                 ip,
                 block: cidr.to_string(),
             });
+        }
+        // Already this handle's: a repeated ADD asking for the same address gets it back.
+        if block::attribute_of(&pb.block, ip).and_then(|a| a.handle()) == Some(&owner.handle) {
+            return Ok(block::with_block_mask(&cidr, ip));
         }
         block::assign_specific(&mut pb.block, ip, owner).map_err(|_| {
             IpamError::AlreadyAssigned {
@@ -627,6 +695,22 @@ impl<'a, 's> Plan<'a, 's> {
                 _ => None,
             })
             .flatten()
+            .collect())
+    }
+
+    /// What `handle_id` holds whose allocation names this node as its owner, or names none
+    /// (what a repeated ADD on this node gets back).
+    pub(super) fn held_here(&mut self, handle_id: &str) -> Result<Vec<(IpNet, IpAddr)>, IpamError> {
+        let node = self.ipam.node.clone();
+        let held = self.held_by(handle_id)?;
+        Ok(held
+            .into_iter()
+            .filter(|(cidr, ip)| match self.blocks.get(cidr) {
+                Some(Some(pb)) => block::attribute_of(&pb.block, *ip)
+                    .and_then(|a| a.owner("node"))
+                    .is_none_or(|n| n == node),
+                _ => false,
+            })
             .collect())
     }
 

@@ -1,7 +1,7 @@
 //! Planning releases: by handle, by address, a block affinity; at once or, with Calico
 //! 3.33's `ipCooldownSeconds`, into a cooldown.
 
-use super::plan::Plan;
+use super::plan::{Plan, PlannedHandle};
 use super::{AffinityReleased, Selection};
 use crate::block;
 use crate::error::IpamError;
@@ -40,12 +40,32 @@ impl Plan<'_, '_> {
 
     /// Plans the release of what `handle_id` holds (only allocations whose `node` attribute
     /// is `only_node`, when given).
+    ///
+    /// A handle that cannot be decoded does not stop the release (a pod must always be
+    /// deletable): its allocations are looked for in this node's affine blocks, and the
+    /// handle is deleted; the log says so.
     pub(super) fn release_handle(
         &mut self,
         handle_id: &str,
         only_node: Option<&str>,
     ) -> Result<Vec<IpAddr>, IpamError> {
-        let cidrs = self.handle(handle_id)?.blocks();
+        let cidrs = match self.handle(handle_id) {
+            Ok(h) => h.blocks(),
+            Err(IpamError::Corrupt { key, reason }) => {
+                log::warn!(
+                    "handle {key} is unreadable ({reason}): releasing its allocations found in \
+                     node {}'s blocks, and deleting it",
+                    self.ipam.node
+                );
+                let current = self.stored_handle(handle_id)?;
+                self.handles.insert(
+                    handle_id.to_string(),
+                    PlannedHandle::unreadable(handle_id, current),
+                );
+                self.snap.affinities.keys().copied().collect()
+            }
+            Err(e) => return Err(e),
+        };
         self.load(&cidrs)?;
         let mut freed_all = Vec::new();
         for cidr in cidrs {

@@ -3,7 +3,7 @@
 
 use super::{DEFAULT_MAX_BLOCKS_PER_HOST, Ipam};
 use crate::error::IpamError;
-use crate::pools::Pool;
+use crate::pools::{Pool, UnusablePool};
 use calico_datastore::Kv;
 use calico_datastore::Read;
 use calico_datastore::model::{IpPool, IpReservation, IpamConfigValue, Resource, keys};
@@ -43,6 +43,9 @@ impl IpamSettings {
 pub struct Snapshot {
     pub settings: IpamSettings,
     pub pools: Vec<Pool>,
+    /// Stored pools IPAM cannot use (each logged when read): never chosen, and a request
+    /// naming one gets the reason.
+    pub unusable_pools: Vec<UnusablePool>,
     /// Whether calico-node has registered this node (its Node resource exists): automatic
     /// assignment needs it, as Calico's `prepareAffinityBlocksForHost` does.
     pub node_registered: bool,
@@ -108,18 +111,37 @@ impl Ipam<'_> {
         let mut got = self.store.read(&reads)?.into_iter();
         let mut next = || got.next().unwrap_or_default();
 
-        let config = match next().pop() {
-            Some(kv) => Some(
-                serde_json::from_slice::<IpamConfigValue>(&kv.value)
-                    .map_err(|e| IpamError::corrupt(keys::IPAM_CONFIG, e))?,
-            ),
-            None => None,
-        };
-        let pools = next()
-            .iter()
-            .filter_map(|kv| IpPool::from_kv(kv).ok())
-            .filter_map(|p| Pool::from_resource(&p))
-            .collect();
+        // An unreadable config means Calico's defaults (logged): it must not stop a DEL, and
+        // an ADD under the defaults is what a missing config gives too.
+        let config = next().pop().and_then(|kv| {
+            serde_json::from_slice::<IpamConfigValue>(&kv.value)
+                .map_err(|e| {
+                    log::warn!(
+                        "{} is unreadable ({e}): Calico's default IPAM settings apply",
+                        keys::IPAM_CONFIG
+                    );
+                })
+                .ok()
+        });
+        let mut pools = Vec::new();
+        let mut unusable_pools = Vec::new();
+        for kv in next() {
+            let read = IpPool::from_kv(&kv)
+                .map_err(|e| UnusablePool {
+                    name: kv.key.rsplit('/').next().unwrap_or_default().to_string(),
+                    cidr: None,
+                    reason: format!("cannot be decoded: {e}"),
+                    invalid: true,
+                })
+                .and_then(|p| Pool::from_resource(&p));
+            match read {
+                Ok(p) => pools.push(p),
+                Err(u) => {
+                    log::warn!("IP pool {} skipped: it {}", u.name, u.reason);
+                    unusable_pools.push(u);
+                }
+            }
+        }
         let node = next().pop();
         let node_registered = node.is_some();
         // Only the labels matter here: the spec stays raw, so a field the typed Node model
@@ -160,6 +182,7 @@ impl Ipam<'_> {
         Ok(Snapshot {
             settings: IpamSettings::from_stored(config.as_ref()),
             pools,
+            unusable_pools,
             node_registered,
             node_labels,
             vm_address_persistence,

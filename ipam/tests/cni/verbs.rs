@@ -368,3 +368,97 @@ fn k8s_pods_get_namespace_and_pod_attributes_and_the_legacy_handle_is_released()
     rt.del("net", &pod, &opts).unwrap().unwrap();
     assert!(!lab.handle_exists("default.nginx"));
 }
+
+/// The allocations in every block, counted from etcd.
+fn allocations_in_blocks(lab: &Lab) -> usize {
+    lab.dump()
+        .iter()
+        .filter(|(k, _)| k.starts_with("/calico/ipam/v2/assignment/"))
+        .map(|(_, v)| {
+            let b: Value = serde_json::from_str(v).unwrap();
+            b["allocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| !a.is_null())
+                .count()
+        })
+        .sum()
+}
+
+/// Issue 12 #12 (findings #12): a second ADD with the same container ID used to take a
+/// second address under the same handle. Now it returns the one the handle holds (the CNI
+/// spec's idempotence for a repeated ADD; Calico 3.32 takes another, a README difference),
+/// and DEL frees it.
+#[test]
+fn a_repeated_add_returns_the_same_address() {
+    require!("etcd", "go");
+    let lab = Lab::new();
+    lab.add_pool("p", "10.244.0.0/16", |_| {});
+    lab.install("net", lab.plugin("node-1", json!({})));
+    let pod = lab.pod("dup");
+    let first = lab.add("net", &pod).unwrap();
+    let again = lab.add("net", &pod).unwrap();
+    assert_eq!(Lab::addresses(&again), Lab::addresses(&first));
+    assert_eq!(allocations_in_blocks(&lab), 1);
+    let handle = handle_for(&lab, "net", &pod);
+    lab.del("net", &pod).unwrap();
+    assert!(!lab.handle_exists(&handle), "released");
+    assert_eq!(allocations_in_blocks(&lab), 0, "the block is empty");
+
+    // The same with a specific address (`IP=`): the second ADD gets it back rather than
+    // "already assigned" (whose rollback would free the first ADD's address).
+    let rt = lab.runtime();
+    let opts = CallOpts::args("IP=10.244.7.7");
+    let fixed = lab.pod("fixed");
+    for _ in 0..2 {
+        let r = rt.add("net", &fixed, &opts).unwrap().unwrap();
+        assert_eq!(r["ips"][0]["address"], "10.244.7.7/26");
+    }
+    assert_eq!(allocations_in_blocks(&lab), 1);
+    rt.del("net", &fixed, &opts).unwrap().unwrap();
+    assert_eq!(allocations_in_blocks(&lab), 0);
+}
+
+/// Issue 12 #11 (findings #11): a node name `a/b` or `../../x` wrote affinity keys outside
+/// `/calico/ipam/v2/host/`, and `K8S_POD_NAMESPACE=a/b` endpoint keys outside theirs. Names
+/// are checked as Kubernetes checks them: a bad node name is code 7, a bad `K8S_POD_*` code
+/// 4 naming the field, and no key is written.
+#[test]
+fn names_that_would_escape_their_keys_are_refused() {
+    require!("etcd", "go");
+    let lab = Lab::new();
+    lab.add_pool("p", "10.244.0.0/16", |_| {});
+    let good = lab.plugin("node-1", json!({}));
+    let before = lab.dump();
+    let long = "a".repeat(5000);
+    for node in ["a/b", "..", "../../x", "Node_1", long.as_str()] {
+        let mut bad = good.clone();
+        bad["nodename"] = json!(node);
+        lab.install("badnode", bad);
+        let e = lab.add("badnode", &lab.pod("p1")).unwrap_err();
+        assert_eq!(e.code, Some(7), "{node:.20}: {e}");
+        assert!(e.msg.contains("invalid node name"), "{e}");
+        assert!(e.msg.len() < 500, "the name is cut short: {}", e.msg.len());
+        assert_eq!(lab.dump(), before, "{node:.20}: nothing written");
+    }
+    lab.install("net", good);
+    let rt = lab.runtime();
+    for (args, field) in [
+        ("K8S_POD_NAMESPACE=a/b;K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+        ("K8S_POD_NAMESPACE=..;K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+        (
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=../x",
+            "K8S_POD_NAME",
+        ),
+        ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=a/b", "K8S_POD_NAME"),
+    ] {
+        let e = rt
+            .add("net", &lab.pod("p2"), &CallOpts::args(args))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, Some(4), "{args}: {e}");
+        assert!(e.msg.contains(field), "{args}: {e}");
+        assert_eq!(lab.dump(), before, "{args}: nothing written");
+    }
+}

@@ -261,7 +261,7 @@ fn eligible_pools(
     pools
         .iter()
         .filter(|p| kind.wanted_by(p))
-        .filter_map(Pool::from_resource)
+        .filter_map(|p| Pool::from_resource(p).ok())
         .filter(|p| {
             p.is_v4() == kind.is_v4()
                 && !p.disabled

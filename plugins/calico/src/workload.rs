@@ -68,7 +68,7 @@ impl Context {
     pub fn new(req: &Request) -> Result<Context, CniError> {
         let conf = NetConf::from_request(req)?;
         let node = calico_ipam::cni::node_name(&conf)?;
-        let workload = Workload::from_request(req, &node);
+        let workload = Workload::from_request(req, &node)?;
         let host_ifname = host_interface(&workload, &interface_prefix(|k| std::env::var(k).ok()));
         let workload_part = if workload.orchestrator == "k8s" {
             workload.pod.clone()

@@ -2,6 +2,8 @@
 //! omissions as Go's `encoding/json` writes them). Older schemas read fine: missing sequence
 //! numbers default, `null` attributes read as absent. Fields we do not know are kept in
 //! `extra` and written back, since kube-controllers, calicoctl and Felix share these objects.
+//! Serde checks only the shape: [`AllocationBlock::validate`] checks a block's consistency
+//! before IPAM uses it.
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -67,6 +69,64 @@ pub struct AllocationBlock {
     pub host_affinity: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Blocks larger than this cannot be Calico's (IPv4 blocks are /20 or smaller, IPv6 /116):
+/// a stored block claiming more addresses is refused before anything sizes a vector by it.
+pub const MAX_BLOCK_CAPACITY: usize = 1 << 12;
+
+impl AllocationBlock {
+    /// The number of addresses a block of `cidr` holds, if it is a size Calico uses.
+    pub fn capacity_of(cidr: &IpNet) -> Option<usize> {
+        let bits = u32::from(cidr.max_prefix_len() - cidr.prefix_len());
+        1usize
+            .checked_shl(bits)
+            .filter(|n| *n <= MAX_BLOCK_CAPACITY)
+    }
+
+    /// Checks what serde cannot: the block is the one its key names (`key_cidr`), it has one
+    /// allocation slot per address, every free ordinal is in range and listed once, and every
+    /// allocation points at an attribute that exists. A block read from the datastore is
+    /// used only once this holds, so no address outside it is ever handed out.
+    pub fn validate(&self, key_cidr: Option<&IpNet>) -> Result<(), String> {
+        if let Some(k) = key_cidr
+            && *k != self.cidr
+        {
+            return Err(format!("its cidr {} is not the key's {k}", self.cidr));
+        }
+        if self.cidr.trunc() != self.cidr {
+            return Err(format!("its cidr {} is not a network address", self.cidr));
+        }
+        let Some(capacity) = Self::capacity_of(&self.cidr) else {
+            return Err(format!("its cidr {} is too large for a block", self.cidr));
+        };
+        if self.allocations.len() != capacity {
+            return Err(format!(
+                "it has {} allocation slots for {capacity} addresses",
+                self.allocations.len()
+            ));
+        }
+        let mut seen = vec![false; capacity];
+        for &o in &self.unallocated {
+            match seen.get_mut(o) {
+                None => return Err(format!("free ordinal {o} is out of range 0..{capacity}")),
+                Some(true) => return Err(format!("free ordinal {o} is listed twice")),
+                Some(s) => *s = true,
+            }
+        }
+        let attributes = self.attributes.as_ref().map_or(0, Vec::len);
+        if let Some((o, i)) = self
+            .allocations
+            .iter()
+            .enumerate()
+            .find_map(|(o, a)| a.filter(|i| *i >= attributes).map(|i| (o, i)))
+        {
+            return Err(format!(
+                "allocation {o} points at attribute {i} of {attributes}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Who owns an allocation (`model.AllocationAttribute`, 3.32 form).

@@ -1,4 +1,7 @@
-//! Calico's object names (libcalico-go `names`).
+//! Calico's object names (libcalico-go `names`), and the checks names from outside (a node
+//! name, `K8S_POD_NAMESPACE`, `K8S_POD_NAME`) pass before any key is built from them, as
+//! Kubernetes validates them (apimachinery `IsDNS1123Subdomain`/`IsDNS1123Label`): a `/` or
+//! `..` would otherwise write keys outside their prefix.
 
 /// A WorkloadEndpoint's name: `[node, orchestrator, workload, endpoint]` (the workload is the
 /// pod for `k8s`, the container ID for `cni`), each `-` doubled inside a part, the parts
@@ -11,9 +14,89 @@ pub fn workload_endpoint(node: &str, orchestrator: &str, workload: &str, endpoin
         .join("-")
 }
 
+/// Why `name` is not a DNS-1123 label (≤ 63 of `a-z`, `0-9`, `-`; alphanumeric at both
+/// ends): Kubernetes' rule for namespace names.
+pub fn dns1123_label(name: &str) -> Result<(), String> {
+    const MAX: usize = 63;
+    if name.len() > MAX {
+        return Err(format!("must be no more than {MAX} characters"));
+    }
+    label(name)
+}
+
+/// Why `name` is not a DNS-1123 subdomain (≤ 253 characters, dot-separated labels of
+/// `a-z`, `0-9`, `-`): Kubernetes' rule for node and pod names.
+pub fn dns1123_subdomain(name: &str) -> Result<(), String> {
+    const MAX: usize = 253;
+    if name.len() > MAX {
+        return Err(format!("must be no more than {MAX} characters"));
+    }
+    name.split('.').try_for_each(label)
+}
+
+fn label(part: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if part.chars().all(ok_char) && edge(part.chars().next()) && edge(part.chars().last()) {
+        Ok(())
+    } else {
+        Err(
+            "must consist of lower case alphanumeric characters, '-' or '.', and must start \
+             and end with an alphanumeric character"
+                .into(),
+        )
+    }
+}
+
+/// A node name as Calico and Kubernetes accept it (a DNS-1123 subdomain).
+pub fn node_name(name: &str) -> Result<(), String> {
+    dns1123_subdomain(name)
+}
+
+/// A namespace name (a DNS-1123 label).
+pub fn namespace(name: &str) -> Result<(), String> {
+    dns1123_label(name)
+}
+
+/// A pod name (a DNS-1123 subdomain).
+pub fn pod_name(name: &str) -> Result<(), String> {
+    dns1123_subdomain(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_name_rules() {
+        for good in ["n1", "node-1", "a.b-c.d", "0", &"a".repeat(253)] {
+            assert_eq!(node_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "../../x",
+            ".a",
+            "a.",
+            "a..b",
+            "-a",
+            "a-",
+            "A",
+            "a b",
+            "a\n",
+            "é",
+            &"a".repeat(254),
+        ] {
+            assert!(node_name(bad).is_err(), "{bad:?}");
+            assert!(pod_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(namespace("kube-system"), Ok(()));
+        for bad in ["a.b", "a/b", "..", "", &"a".repeat(64)] {
+            assert!(namespace(bad).is_err(), "{bad:?}");
+        }
+        assert!(node_name(&"a".repeat(5000)).unwrap_err().contains("253"));
+    }
 
     #[test]
     fn dashes_are_doubled_inside_parts() {

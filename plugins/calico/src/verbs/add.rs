@@ -214,13 +214,32 @@ fn add_delegated(
     };
     check_ready(current(&cluster_information_key()).as_ref())?;
     let used_ipam = ov.no_ipam.is_empty();
+    // From the moment the IPAM plugin has run, every failure (its own included: it may have
+    // allocated before failing) is rolled back with an IPAM DEL.
+    let fail = |e: CniError| {
+        undo_delegated_ipam(req, ctx, used_ipam);
+        e
+    };
     let (addrs, routes) = if used_ipam {
         let r = delegate::add(
             &req.env,
             &ctx.conf.ipam.ipam_type,
             &req.stdin,
             req.cni_version,
-        )?;
+        )
+        .map_err(fail)?;
+        // A result without addresses (or an error object printed with exit status 0) leaves
+        // the pod without an address: a failure, as Calico's "IPAM plugin returned missing
+        // IP config".
+        if r.ips.is_empty() {
+            return Err(fail(CniError::new(
+                ErrorCode::DELEGATION,
+                format!(
+                    "IPAM plugin {} returned missing IP config",
+                    ctx.conf.ipam.ipam_type
+                ),
+            )));
+        }
         (
             r.ips.iter().map(|i| i.address).collect::<Vec<_>>(),
             r.routes,
@@ -230,10 +249,6 @@ fn add_delegated(
             ov.no_ipam.iter().map(|a| IpNet::from(*a)).collect(),
             Vec::new(),
         )
-    };
-    let fail = |e: CniError| {
-        undo_delegated_ipam(req, ctx, used_ipam);
-        e
     };
     wait_created().map_err(fail)?;
     let extra = endpoint_writes(ctx, req, &addrs, mac, pod, ov, current).map_err(fail)?;

@@ -80,3 +80,41 @@ fn a_namespace_gone_still_releases() {
     pod.dataplane.add_netns(POD_NETNS);
     pod.assert_left_as(&before);
 }
+
+/// Issue 12 #13 (findings #13): a corrupt handle, IPAM config or endpoint record used to
+/// make every DEL fail with code 102. Now DEL finishes: the pod's addresses are released
+/// (found in the node's blocks when the handle is unreadable), the record at our key is
+/// deleted, the unreadable object is logged, and a second DEL succeeds too.
+#[test]
+fn corrupt_datastore_objects_never_block_a_del() {
+    type Corruption = (&'static str, fn() -> String);
+    let corruptions: [Corruption; 3] = [
+        ("handle", || keys::handle(&format!("net.{CONTAINER}"))),
+        ("ipam config", || keys::IPAM_CONFIG.to_string()),
+        ("endpoint", wep_key),
+    ];
+    for (what, key) in corruptions {
+        let pod = Pod::new();
+        pod.add().expect("added");
+        pod.store.put(&key(), b"{not json");
+        pod.del().unwrap_or_else(|e| panic!("{what}: {}", e.msg));
+        assert!(pod.store.get(&wep_key()).expect("get").is_none(), "{what}");
+        let blocks = pod.store.list("/calico/ipam/v2/assignment/").expect("list");
+        for kv in blocks {
+            let b: serde_json::Value = serde_json::from_slice(&kv.value).expect("block");
+            assert!(
+                b["allocations"]
+                    .as_array()
+                    .expect("allocations")
+                    .iter()
+                    .all(serde_json::Value::is_null),
+                "{what}: the address is released"
+            );
+        }
+        if what == "handle" {
+            assert!(!handle_exists(&pod), "the unreadable handle is deleted");
+        }
+        pod.del()
+            .unwrap_or_else(|e| panic!("{what}, again: {}", e.msg));
+    }
+}

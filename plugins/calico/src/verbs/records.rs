@@ -112,9 +112,15 @@ pub(super) fn endpoint_delete(ctx: &Context, current: Option<&Kv>) -> Extra {
     let Some(kv) = current else {
         return Extra::default();
     };
-    let ours = WorkloadEndpoint::from_kv(kv)
-        .map(|w| w.spec.container_id.is_empty() || w.spec.container_id == ctx.workload.container_id)
-        .unwrap_or(true);
+    // An unreadable record at our key is deleted (guarded by its revision): it must not
+    // keep the pod from being deleted.
+    let ours = match WorkloadEndpoint::from_kv(kv) {
+        Ok(w) => w.spec.container_id.is_empty() || w.spec.container_id == ctx.workload.container_id,
+        Err(e) => {
+            log::warn!("endpoint {} is unreadable ({e}); deleted", kv.key);
+            true
+        }
+    };
     if !ours {
         log::info!(
             "endpoint {} belongs to another container; kept",

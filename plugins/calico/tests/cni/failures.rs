@@ -183,3 +183,70 @@ fn without_the_nodename_file_add_and_del_wait_for_calico_node() {
         .unwrap()
         .unwrap();
 }
+
+/// Issue 12 #4 (findings #4), the findings' command: `nodename_file` naming a file that does
+/// not exist, no `nodename`, `nodename_file_optional` left false. The ADD used to succeed
+/// under the machine's host name, claiming a block; it is code 11, one error object, and no
+/// etcd key, link or route is written.
+#[test]
+fn a_missing_nodename_file_is_try_again_later_and_writes_nothing() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    let mut list = conflist("1.0.0", json!({}));
+    let calico = list["plugins"][0].as_object_mut().unwrap();
+    calico.remove("nodename");
+    calico.insert("nodename_file".into(), json!("/nonexistent/nodename"));
+    c.install(0, &list).unwrap();
+    let before = state(&c);
+    let pod = NetNs::new("nfm").unwrap();
+    let e = c
+        .runtime(0)
+        .add("k8s-pod-network", &pod.path(), &pod_args("default", "nfm"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, Some(11), "{e}");
+    assert!(e.msg.contains("/nonexistent/nodename"), "{e}");
+    assert_eq!(state(&c), before, "no etcd key, link or route");
+    assert!(pod.sh("ip link show eth0").is_err());
+}
+
+/// Issue 12 #11 (findings #11), the findings' command: `nodename` `a/b` (or `../../x`)
+/// wrote affinity keys outside `/calico/ipam/v2/host/`, and `K8S_POD_NAMESPACE=a/b` an
+/// endpoint outside its prefix. Both are refused before anything is made: code 7 for the
+/// node name, code 4 naming the `CNI_ARGS` field.
+#[test]
+fn names_that_would_escape_their_keys_write_nothing() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    let rt = c.runtime(0);
+    let pod = NetNs::new("names").unwrap();
+    for node in ["a/b", "../../x"] {
+        let mut list = conflist("1.0.0", json!({}));
+        list["plugins"][0]["nodename"] = json!(node);
+        c.install(0, &list).unwrap();
+        let before = state(&c);
+        let e = rt
+            .add("k8s-pod-network", &pod.path(), &pod_args("default", "p"))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, Some(7), "{node}: {e}");
+        assert!(e.msg.contains("invalid node name"), "{e}");
+        assert_eq!(state(&c), before, "{node}");
+    }
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let before = state(&c);
+    for (ns, name, field) in [
+        ("a/b", "p", "K8S_POD_NAMESPACE"),
+        ("..", "p", "K8S_POD_NAMESPACE"),
+        ("default", "../p", "K8S_POD_NAME"),
+    ] {
+        let e = rt
+            .add("k8s-pod-network", &pod.path(), &pod_args(ns, name))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, Some(4), "{ns}/{name}: {e}");
+        assert!(e.msg.contains(field), "{e}");
+        assert_eq!(state(&c), before, "{ns}/{name}");
+        assert!(pod.sh("ip link show eth0").is_err());
+    }
+}

@@ -374,3 +374,59 @@ fn a_sandbox_recreated_right_after_del_keeps_its_interface() {
         .unwrap()
         .unwrap();
 }
+
+/// Issue 12 #12 (findings #12): a second ADD with the same container ID used to take a
+/// second address under the same handle. Now the endpoint keeps its address (the IPAM
+/// returns what the handle holds; Calico 3.32 takes another, a README difference): one
+/// allocation, one endpoint, and DEL frees it.
+#[test]
+fn a_repeated_add_keeps_the_address() {
+    require!(root; "etcd", "go", "ip");
+    let c = cluster(1);
+    c.install(0, &conflist("1.0.0", json!({}))).unwrap();
+    let rt = c.runtime(0);
+    let pod = NetNs::new("dup").unwrap();
+    let opts = pod_args("default", "dup");
+    let first = rt
+        .add("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
+    let again = rt
+        .add("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
+    assert_eq!(addresses(&again), addresses(&first));
+    let allocations = |c: &testkit::Cluster| -> usize {
+        c.values("/calico/ipam/v2/assignment/")
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                b["allocations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| !a.is_null())
+                    .count()
+            })
+            .sum()
+    };
+    assert_eq!(allocations(&c), 1);
+    let weps = c
+        .values("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+        .unwrap();
+    assert_eq!(weps.len(), 1);
+    assert_eq!(
+        weps[0].1["spec"]["ipNetworks"],
+        json!([format!("{}/32", ip_of(&first, 0))])
+    );
+    rt.del("k8s-pod-network", &pod.path(), &opts)
+        .unwrap()
+        .unwrap();
+    assert_eq!(allocations(&c), 0, "the block is empty");
+    assert!(
+        c.values("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!c.node(0).sh("ip -o link").unwrap().contains("cali"));
+}
