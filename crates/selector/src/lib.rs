@@ -270,11 +270,11 @@ impl Parser<'_> {
     fn eat_word(&mut self, w: &str) -> bool {
         self.skip_ws();
         let r = self.rest();
-        let boundary = r[w.len().min(r.len())..]
-            .chars()
-            .next()
-            .is_none_or(|c| !is_key_char(c));
-        if r.starts_with(w) && boundary {
+        // Only slice after `starts_with`: `w.len()` may fall inside a multi-byte character.
+        let matched = r
+            .strip_prefix(w)
+            .is_some_and(|after| after.chars().next().is_none_or(|c| !is_key_char(c)));
+        if matched {
             self.pos += w.len();
             true
         } else {
@@ -571,6 +571,22 @@ mod tests {
             .expect("spawn")
             .join()
             .expect("no overflow or panic")
+    }
+
+    /// Found by testkit's property tests: a keyword check sliced the input inside a
+    /// multi-byte character and panicked.
+    #[test]
+    fn non_ascii_input_is_an_error_not_a_panic() {
+        for sel in [
+            "a\u{800}",
+            "\u{800}",
+            "a == 'x' && \u{800}",
+            "has(\u{800})",
+            "a\u{800} == 'b'",
+        ] {
+            assert!(Selector::parse(sel).is_err(), "{sel:?} parsed");
+        }
+        assert!(eval("a == '\u{800}'", &[("a", "\u{800}")]));
     }
 
     #[test]
