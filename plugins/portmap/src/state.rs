@@ -127,22 +127,37 @@ pub fn remove(dir: &Path, chain: &str) -> Result<(), CniError> {
     }
 }
 
-/// Every record: (chain, record).
-pub fn all(dir: &Path) -> Vec<(String, Record)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
+/// Every record: (chain, record). A state directory that cannot be listed is an error (only
+/// a missing one holds nothing).
+pub fn all(dir: &Path) -> Result<Vec<(String, Record)>, CniError> {
+    Ok(list(dir)?
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|name| {
             let chain = name.strip_suffix(".json")?.to_string();
             if chain.starts_with('.') {
                 return None;
             }
             load(dir, &chain).map(|r| (chain, r))
         })
-        .collect()
+        .collect())
+}
+
+/// The names in a directory; `None` if it does not exist. Any other failure (`EACCES`,
+/// `EMFILE`, ...) is an I/O error, never "nothing there": an unlisted claim would be
+/// overwritten.
+fn list(path: &Path) -> Result<Option<Vec<String>>, CniError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("list", path, e)),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| io_error("list", path, e))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    Ok(Some(names))
 }
 
 /// A registry slot: `<proto>-<port>/<v4|v6>-<hostIP|any>`.
@@ -205,31 +220,31 @@ pub fn claim_ports(
     let wanted = wanted(mappings, families);
     // For many mappings, the ports anyone holds in one listing (only those can clash); a
     // usual pod's few ports are looked up one by one, whatever the node holds.
-    let held: Option<HashSet<String>> = (wanted.len() > LIST_HELD_FROM).then(|| {
-        std::fs::read_dir(&ports)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
+    let held: Option<HashSet<String>> = if wanted.len() > LIST_HELD_FROM {
+        Some(list(&ports)?.unwrap_or_default().into_iter().collect())
+    } else {
+        None
+    };
     let maybe_held = |d: &str| held.as_ref().is_none_or(|h| h.contains(d));
     // Check everything first, so a refusal claims nothing.
     for (d, l, m) in &wanted {
         if !maybe_held(d) {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(ports.join(d)) else {
+        let sub = ports.join(d);
+        let Some(entries) = list(&sub)? else {
             continue;
         };
-        for e in entries.flatten() {
-            let other = e.file_name().to_string_lossy().to_string();
+        for other in entries {
             if !clashes(l, &other) {
                 continue;
             }
-            let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let path = sub.join(&other);
+            let owner = match std::fs::read_to_string(&path) {
+                Ok(owner) => owner,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("read", &path, e)),
+            };
             let mut lines = owner.lines();
             let (owner_chain, owner_id) = (lines.next().unwrap_or(""), lines.nth(1).unwrap_or(""));
             if owner_chain == chain {
@@ -237,9 +252,13 @@ pub fn claim_ports(
             }
             // A holder without a record or rules is gone (its DEL was lost, another plugin
             // removed its rules, or its ADD was killed): the slot is free. Its record stays
-            // for its DEL, which releases only what it still holds.
+            // for its DEL, which releases only what it still holds and removes only rules
+            // tagged as its own.
+            let record = record_path(dir, owner_chain);
             if !owner_chain.is_empty()
-                && record_path(dir, owner_chain).exists()
+                && record
+                    .try_exists()
+                    .map_err(|e| io_error("read", &record, e))?
                 && has_rules(owner_chain)
             {
                 let proto = match m.protocol {
@@ -253,7 +272,7 @@ pub fn claim_ports(
                     m.host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default()
                 )));
             }
-            let _ = std::fs::remove_file(e.path());
+            let _ = std::fs::remove_file(&path);
         }
     }
     let mut claimed = Vec::new();

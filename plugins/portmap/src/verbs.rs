@@ -2,9 +2,10 @@
 //!
 //! What a call leaves: a successful ADD, its rules, claims and record; a failed ADD,
 //! nothing of the container (the claims of an earlier ADD of it included); an ADD killed at
-//! any point, a record naming everything it may have made, for DEL. DEL always runs every
-//! removal step (rules in every backend, claims, record) and keeps the record only while
-//! rules it could not remove are still there, so a retried DEL can finish.
+//! any point, a record naming everything it may have made, for DEL. DEL removes the rules in
+//! every backend and then, unless rules it could not remove are still there, the claims and
+//! the record; while rules remain, the record and claims stay, so a retried DEL finishes and
+//! no other container takes a port that still forwards to this one.
 
 use crate::backend::{AddError, Backend, Target};
 use crate::config::{self, BackendKind, Conf, Mapping, Proto};
@@ -15,7 +16,7 @@ use crate::state::{self, Record};
 use calico_netfilter::xtables::Flavour;
 use calico_netfilter::{NfError, NfSocket};
 use cni_protocol::{CniError, CniResult, ErrorCode, Request};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 fn kernel(e: NfError) -> CniError {
     CniError::new(ErrorCode::DATAPLANE, format!("portmap: {e}"))
@@ -120,21 +121,33 @@ fn has_rules(sock: &mut NfSocket, dir: &std::path::Path, dn: &str) -> bool {
         .is_some_and(|b| b.has_rules(sock, dn, &rec))
 }
 
-/// Removes the container's rules from every backend: what `rec` names in its backend, and,
+/// Removes the container's rules from `backends`: what `rec` names in its backend, and,
 /// when `probe`, what the kernel has for the container without a record. Tries every
-/// backend, whatever the others answer; returns what failed, one item per backend.
+/// backend, whatever the others answer. A backend whose removal failed is asked whether
+/// anything of the container is left there: if not, its error is only logged (the removal
+/// may have got everything before failing, or there was nothing). Returns the errors of the
+/// backends that still hold rules of the container, one item per backend.
 fn remove_rules(
     sock: &mut NfSocket,
+    backends: &[Box<dyn Backend>],
     dn: &str,
     container_id: &str,
     rec: Option<&Record>,
     probe: bool,
 ) -> Vec<String> {
     let mut errors = Vec::new();
-    for b in all_backends() {
+    for b in backends {
         let own = rec.filter(|r| r.backend == b.name());
-        if let Err(e) = b.remove(sock, dn, container_id, own, probe) {
+        let Err(e) = b.remove(sock, dn, container_id, own, probe) else {
+            continue;
+        };
+        if b.remains(sock, dn, container_id) {
             errors.push(format!("{}: {e}", b.name()));
+        } else {
+            log::warn!(
+                "portmap: {container_id}: removal from {} reported {e}, but nothing of the container is left there",
+                b.name()
+            );
         }
     }
     errors
@@ -142,46 +155,52 @@ fn remove_rules(
 
 /// Everything of the container's rules, in both layouts (what the record names, else what
 /// the kernel has), its port claims and record. The one removal path of DEL, GC and a
-/// failed ADD. Every step runs whatever the one before answered; the record stays only if
-/// the container's rules are still in the kernel after a failed removal (so the next DEL
-/// knows what to remove), and then every error is reported together.
+/// failed ADD. If rules of the container are still in the kernel after a failed removal,
+/// the record and the claims stay (so the next DEL knows what to remove, and no other
+/// container takes a port that still forwards here) and every error is reported together;
+/// otherwise the claims are released and the record removed.
 fn remove_container(
     sock: &mut NfSocket,
     conf: &Conf,
     container_id: &str,
     probe_iptables: bool,
 ) -> Result<Vec<(u8, Vec<u16>)>, CniError> {
+    remove_container_in(sock, &all_backends(), conf, container_id, probe_iptables)
+}
+
+/// [`remove_container`] over the given backends.
+fn remove_container_in(
+    sock: &mut NfSocket,
+    backends: &[Box<dyn Backend>],
+    conf: &Conf,
+    container_id: &str,
+    probe_iptables: bool,
+) -> Result<Vec<(u8, Vec<u16>)>, CniError> {
     let dn = chain_name(&conf.network, container_id);
     let rec = state::load(&conf.state_dir, &dn);
-    let mut errors = remove_rules(sock, &dn, container_id, rec.as_ref(), probe_iptables);
-    // A removal that failed may still have removed everything (or there was nothing).
-    let remains = !errors.is_empty()
-        && match &rec {
-            Some(r) => all_backends()
-                .iter()
-                .find(|b| b.name() == r.backend)
-                .is_none_or(|b| b.remains(sock, &dn, container_id, r)),
-            None => true,
-        };
-    if !remains && !errors.is_empty() {
-        log::warn!(
-            "portmap: {container_id}: removal reported {}, but nothing is left",
-            errors.join("; ")
-        );
-        errors.clear();
-    }
+    let mut errors = remove_rules(
+        sock,
+        backends,
+        &dn,
+        container_id,
+        rec.as_ref(),
+        probe_iptables,
+    );
+    let remains = !errors.is_empty();
     let udp = match &rec {
-        Some(r) => {
-            state::release_ports(&conf.state_dir, &dn, &r.ports);
-            udp_work(&r.udp_v4, &r.udp_v6)
-        }
+        Some(r) => udp_work(&r.udp_v4, &r.udp_v6),
         None => udp_work(
             &udp_ports(&conf.mappings, true),
             &udp_ports(&conf.mappings, false),
         ),
     };
-    if !remains && let Err(e) = state::remove(&conf.state_dir, &dn) {
-        errors.push(e.msg);
+    if !remains {
+        if let Some(r) = &rec {
+            state::release_ports(&conf.state_dir, &dn, &r.ports);
+        }
+        if let Err(e) = state::remove(&conf.state_dir, &dn) {
+            errors.push(e.msg);
+        }
     }
     if errors.is_empty() {
         return Ok(udp);
@@ -295,7 +314,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         // A container moving between backends leaves nothing in the old one.
         if let Some(o) = old.as_ref().filter(|o| o.backend != rec.backend) {
             log::info!("portmap: {id} moves from {} to {}", o.backend, rec.backend);
-            let failed = remove_rules(&mut sock, &dn, id, Some(o), false);
+            let failed = remove_rules(&mut sock, &all_backends(), &dn, id, Some(o), false);
             if !failed.is_empty() {
                 return Err(CniError::new(
                     ErrorCode::DATAPLANE,
@@ -387,24 +406,26 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         .collect();
     let _lock = state::lock(&conf.state_dir)?;
     let mut sock = NfSocket::open().map_err(kernel)?;
-    let mut stale: BTreeSet<String> = state::all(&conf.state_dir)
-        .into_iter()
+    let records = state::all(&conf.state_dir)?;
+    let mut stale: BTreeSet<String> = records
+        .iter()
         .filter(|(_, r)| r.network == conf.network && !valid.contains(&r.container_id))
-        .map(|(_, r)| r.container_id)
+        .map(|(_, r)| r.container_id.clone())
         .collect();
     let mut errors = Vec::new();
     // Rules no record names (the reference plugin's, or a crash between record and
-    // transaction) whose container is not valid.
-    let recorded: BTreeSet<String> = state::all(&conf.state_dir)
-        .into_iter()
-        .map(|(_, r)| r.container_id)
-        .collect();
+    // transaction) whose container is not valid. Backends list IDs as they keep them
+    // (Backend::tag: nftables cuts long ones), so valid and recorded IDs are compared so.
+    let recorded: Vec<&String> = records.iter().map(|(_, r)| &r.container_id).collect();
     for b in all_backends() {
+        let valid_tags: BTreeSet<String> = valid.iter().map(|id| b.tag(id)).collect();
+        let recorded_by_tag: HashMap<String, &String> =
+            recorded.iter().map(|id| (b.tag(id), *id)).collect();
         match b.containers(&mut sock, &conf.network) {
             Ok(found) => {
-                for id in found.into_iter().filter(|id| !valid.contains(id)) {
-                    if recorded.contains(&id) {
-                        stale.insert(id);
+                for id in found.into_iter().filter(|id| !valid_tags.contains(id)) {
+                    if let Some(full) = recorded_by_tag.get(&id) {
+                        stale.insert((*full).clone());
                     } else if let Err(e) = b.sweep(&mut sock, &conf, &id) {
                         errors.push(format!("{id}: {e}"));
                     }
