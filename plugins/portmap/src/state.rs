@@ -400,6 +400,39 @@ mod tests {
         assert!(!d.join("ports/tcp-8080/v4-any").exists());
     }
 
+    /// Review of findings #1's fix: a registry that cannot be listed is an I/O error naming
+    /// it (code 5), not "nothing held" (an unlisted holder's claim would be overwritten).
+    /// As root, permissions do not refuse; a file where a directory belongs does (`ENOTDIR`).
+    #[test]
+    fn a_registry_that_cannot_be_listed_is_an_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("ports")).expect("ports");
+        std::fs::write(d.join("ports/tcp-8080"), "not a directory").expect("file");
+        let e = claim_ports(d, "CNI-DN-a", "a", &[m(8080, None)], &[true], &mut |_| true)
+            .expect_err("unlistable port");
+        assert_eq!(e.code, ErrorCode::IO_FAILURE);
+        assert!(
+            e.msg.contains("cannot list") && e.msg.contains("tcp-8080"),
+            "{}",
+            e.msg
+        );
+        // Many mappings list the whole registry first.
+        std::fs::remove_dir_all(d.join("ports")).expect("rm");
+        std::fs::write(d.join("ports"), "not a directory").expect("file");
+        let many: Vec<Mapping> = (1..=100).map(|p| m(p, None)).collect();
+        let e = claim_ports(d, "CNI-DN-a", "a", &many, &[true], &mut |_| true)
+            .expect_err("unlistable registry");
+        assert_eq!(e.code, ErrorCode::IO_FAILURE);
+        assert!(e.msg.contains("cannot list"), "{}", e.msg);
+        // A missing registry holds nothing; records likewise.
+        std::fs::remove_file(d.join("ports")).expect("rm");
+        claim_ports(d, "CNI-DN-a", "a", &many, &[true], &mut |_| true).expect("claims");
+        assert!(all(&d.join("missing")).expect("no records").is_empty());
+        let e = all(&d.join("ports/tcp-1/v4-any")).expect_err("a file is no state directory");
+        assert_eq!(e.code, ErrorCode::IO_FAILURE);
+    }
+
     /// 60k claims (30k ports, both families) in one call, and their release, in bounded
     /// time: de-duplication and the clash check are linear. Findings #1: 100k mappings ran
     /// for over 30 s (quadratic). 60k claims are ~150k file system calls, about 0.5 s on an

@@ -450,3 +450,191 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         format!("portmap GC: {}", errors.join("; ")),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Mapping, test_conf};
+    use std::cell::Cell;
+
+    /// A stand-in backend (the kernel's answers chosen): whether its removal fails, and
+    /// whether the container's rules are left there afterwards.
+    struct Scripted {
+        name: &'static str,
+        fails: bool,
+        left: bool,
+        removed: Cell<bool>,
+    }
+
+    fn scripted(name: &'static str, fails: bool, left: bool) -> Box<dyn Backend> {
+        Box::new(Scripted {
+            name,
+            fails,
+            left,
+            removed: Cell::new(false),
+        })
+    }
+
+    impl Backend for Scripted {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn plan(&self, _: &Target, _: &mut Record) {}
+        fn add(
+            &self,
+            _: &mut NfSocket,
+            _: &Target,
+            _: Option<&Record>,
+            _: &mut Record,
+        ) -> Result<(), AddError> {
+            Ok(())
+        }
+        fn missing(&self, _: &mut NfSocket, _: &Target) -> Result<Vec<String>, NfError> {
+            Ok(Vec::new())
+        }
+        fn remove(
+            &self,
+            _: &mut NfSocket,
+            _: &str,
+            _: &str,
+            _: Option<&Record>,
+            _: bool,
+        ) -> Result<(), NfError> {
+            self.removed.set(true);
+            if self.fails {
+                return Err(NfError::Input(format!("{} refused", self.name)));
+            }
+            Ok(())
+        }
+        fn has_rules(&self, _: &mut NfSocket, _: &str, _: &Record) -> bool {
+            self.left
+        }
+        fn remains(&self, _: &mut NfSocket, _: &str, _: &str) -> bool {
+            assert!(self.removed.get(), "asked before removing");
+            self.left
+        }
+        fn containers(&self, _: &mut NfSocket, _: &str) -> Result<Vec<String>, NfError> {
+            Ok(Vec::new())
+        }
+        fn sweep(&self, _: &mut NfSocket, _: &Conf, _: &str) -> Result<(), NfError> {
+            Ok(())
+        }
+    }
+
+    /// A container "c" of backend `backend` with a record and a claim on tcp/8080, in a
+    /// state directory of its own.
+    fn recorded_container(backend: &str) -> (tempfile::TempDir, Conf, String) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut conf = test_conf(config::BackendKind::Nftables);
+        conf.state_dir = dir.path().to_path_buf();
+        let maps = [Mapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        }];
+        let dn = chain_name(&conf.network, "c");
+        let rec = Record {
+            network: conf.network.clone(),
+            container_id: "c".into(),
+            backend: backend.into(),
+            ports: state::claim_entries(&maps, &[true]),
+            ..Record::default()
+        };
+        state::save(dir.path(), &dn, &rec).expect("save");
+        state::claim_ports(dir.path(), &dn, "c", &maps, &[true], &mut |_| true).expect("claim");
+        (dir, conf, dn)
+    }
+
+    fn claim_left(dir: &std::path::Path) -> bool {
+        dir.join("ports/tcp-8080/v4-any").exists()
+    }
+
+    /// Review of findings #1's fix: a removal that failed with the container's rules still
+    /// in place keeps the record and the claims (the port still forwards to it), and says
+    /// so; once a retried removal gets everything, both go.
+    #[test]
+    fn a_failed_removal_keeps_record_and_claims_only_while_rules_remain() {
+        let (dir, conf, dn) = recorded_container("nftables");
+        let mut sock = NfSocket::open().expect("nfnetlink socket");
+        let e = remove_container_in(
+            &mut sock,
+            &[scripted("nftables", true, true)],
+            &conf,
+            "c",
+            false,
+        )
+        .expect_err("rules remain");
+        assert_eq!(e.code, ErrorCode::DATAPLANE);
+        assert!(e.msg.contains("nftables refused"), "{}", e.msg);
+        assert!(state::load(dir.path(), &dn).is_some(), "record kept");
+        assert!(claim_left(dir.path()), "claim kept");
+        remove_container_in(
+            &mut sock,
+            &[scripted("nftables", false, false)],
+            &conf,
+            "c",
+            false,
+        )
+        .expect("the retried removal");
+        assert!(state::load(dir.path(), &dn).is_none());
+        assert!(!claim_left(dir.path()));
+    }
+
+    /// A removal that failed but left nothing of the container (it got everything before
+    /// failing, or there was nothing) is a successful DEL: record and claims go.
+    #[test]
+    fn a_failed_removal_that_left_nothing_succeeds() {
+        let (dir, conf, dn) = recorded_container("nftables");
+        let mut sock = NfSocket::open().expect("nfnetlink socket");
+        remove_container_in(
+            &mut sock,
+            &[scripted("nftables", true, false)],
+            &conf,
+            "c",
+            false,
+        )
+        .expect("nothing left");
+        assert!(state::load(dir.path(), &dn).is_none());
+        assert!(!claim_left(dir.path()));
+    }
+
+    /// Each backend whose removal failed is asked itself whether anything is left: the
+    /// record's backend answering "nothing" does not clear the other backend's error while
+    /// its rules remain, and the other way round.
+    #[test]
+    fn each_failed_backend_answers_for_itself() {
+        let cases = [
+            // (record's backend fails, its rules left, other fails, its rules left, DEL ok)
+            (true, false, true, true, false),
+            (true, true, true, false, false),
+            (false, false, true, false, true),
+            (true, false, true, false, true),
+            (false, false, true, true, false),
+        ];
+        for (own_fails, own_left, other_fails, other_left, ok) in cases {
+            let (dir, conf, dn) = recorded_container("nftables");
+            let mut sock = NfSocket::open().expect("nfnetlink socket");
+            let backends = [
+                scripted("iptables", other_fails, other_left),
+                scripted("nftables", own_fails, own_left),
+            ];
+            let got = remove_container_in(&mut sock, &backends, &conf, "c", true);
+            let what = format!("{own_fails} {own_left} {other_fails} {other_left}");
+            assert_eq!(got.is_ok(), ok, "{what}: {got:?}");
+            if let Err(e) = got {
+                let own = own_fails && own_left;
+                let other = other_fails && other_left;
+                assert_eq!(e.msg.contains("nftables refused"), own, "{what}: {}", e.msg);
+                assert_eq!(
+                    e.msg.contains("iptables refused"),
+                    other,
+                    "{what}: {}",
+                    e.msg
+                );
+            }
+            assert_eq!(state::load(dir.path(), &dn).is_some(), !ok, "{what}");
+            assert_eq!(claim_left(dir.path()), !ok, "{what}");
+        }
+    }
+}
