@@ -347,12 +347,14 @@ fn v4_pod(c: &testkit::Cluster, hint: &str) -> (NetNs, String, Value) {
     (ns, id, prev)
 }
 
-/// Review of findings #1's fix. A holds host ports 7101 and 7102 (`snat: false`, so its
-/// record names nothing but those two keys); its elements are removed behind its back (as
-/// another tool or plugin may), so its claims are stale. B takes 7101 and installs it. C
-/// then asks for 7102: A's first recorded key is B's element now, which must not make A look
-/// alive (findings #3 of the review: only the tag says whose an element is). A's DEL then
-/// leaves B's and C's elements, which still forward; after every DEL nothing is left.
+/// Review of findings #1's fix. A holds a host port (`snat: false`, so its record names
+/// nothing but the port's key); its element is removed behind its back (as another tool or
+/// plugin may, or as an ADD killed before installing leaves it), so its claim is stale. B
+/// takes the port and installs it; A's DEL must leave B's element (a DEL by key deleted it).
+/// Then A holds 7102 and 7103 the same way, B takes 7102 (A's first recorded key), and C
+/// asks for 7103: B's element on A's first key must not make A look alive (the tag says
+/// whose an element is). A's DEL leaves B's and C's elements, which still forward; after
+/// every DEL nothing is left.
 #[test]
 fn a_stale_holders_del_spares_the_ports_taken_over() {
     require!(root; "etcd", "go", "ip", "iptables", "nft");
@@ -374,36 +376,48 @@ fn a_stale_holders_del_spares_the_ports_taken_over() {
     };
     let add = |ns: &NetNs, id: &str, prev: &Value, ports: &[u16]| {
         let conf = portmap_conf("v4only", extra.clone(), map(ports), prev);
-        portmap_direct(node, "ADD", id, &ns.path(), &conf)
+        portmap_direct(node, "ADD", id, &ns.path(), &conf).ok();
     };
-    add(&a, &ida, &preva, &[7101, 7102]).ok();
-    node.sh("nft delete element inet calico_portmap hostports4 '{ tcp . 7101, tcp . 7102 }'")
-        .unwrap();
-    add(&b, &idb, &prevb, &[7101]).ok();
-    add(&cc, &idc, &prevc, &[7102]).ok();
-    let _echo_b = Echo::start(&b, &[80], &[]);
-    let _echo_c = Echo::start(&cc, &[80], &[]);
-    let node_ip = IpAddr::V4(node.underlay_ip());
-    let forwards = |port: u16| tcp_source(node.netns(), SocketAddr::new(node_ip, port)).is_some();
-    assert!(forwards(7101) && forwards(7102));
     let del = |ns: &NetNs, id: &str, prev: &Value| {
         let conf = portmap_conf("v4only", json!({}), Value::Null, prev);
         portmap_direct(node, "DEL", id, &ns.path(), &conf).done();
     };
+    let lose = |ports: &str| {
+        node.sh(&format!(
+            "nft delete element inet calico_portmap hostports4 '{{ {ports} }}'"
+        ))
+        .unwrap();
+    };
+    let _echo_b = Echo::start(&b, &[80], &[]);
+    let _echo_c = Echo::start(&cc, &[80], &[]);
+    let node_ip = IpAddr::V4(node.underlay_ip());
+    let forwards = |port: u16| tcp_source(node.netns(), SocketAddr::new(node_ip, port)).is_some();
+
+    add(&a, &ida, &preva, &[7101]);
+    lose("tcp . 7101");
+    add(&b, &idb, &prevb, &[7101]);
     del(&a, &ida, &preva);
     let set = nft_set(node, "hostports4");
-    assert!(
-        set.contains(&idb) && set.contains(&idc),
-        "{set}\n{}",
-        rules(node)
-    );
+    assert!(set.contains(&idb), "B's element stays:\n{set}");
     assert!(forwards(7101), "7101 still forwards to B");
-    assert!(forwards(7102), "7102 still forwards to C");
+
+    add(&a, &ida, &preva, &[7102, 7103]);
+    lose("tcp . 7102, tcp . 7103");
+    add(&b, &idb, &prevb, &[7101, 7102]);
+    add(&cc, &idc, &prevc, &[7103]);
+    assert!(forwards(7102) && forwards(7103));
+    del(&a, &ida, &preva);
+    let set = nft_set(node, "hostports4");
+    assert!(set.contains(&idb) && set.contains(&idc), "{set}");
+    assert!(!set.contains(&ida), "{set}");
+    for port in [7101, 7102, 7103] {
+        assert!(forwards(port), "{port} still forwards");
+    }
     // The claims are B's and C's.
     let state = portmap_state(node);
     assert_eq!(
         state.iter().filter(|s| s.starts_with("ports/")).count(),
-        2,
+        3,
         "{state:?}"
     );
     del(&b, &idb, &prevb);
