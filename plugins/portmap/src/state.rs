@@ -1,7 +1,7 @@
 //! What portmap keeps on the node besides the rules: a lock serialising its calls, a record
-//! per container of exactly what was installed (so DEL removes it, in one transaction for a
-//! usual pod, even when the runtime passes no port mappings), and a registry of claimed host ports (so a
-//! second container cannot take a port another one holds).
+//! per container of what its ADD installs (so DEL removes it, in one transaction for a usual
+//! pod, even when the runtime passes no port mappings), and a registry of claimed host ports
+//! (so a second container cannot take a port another one holds).
 //!
 //! Everything lives in one directory under `/run` (default [`crate::config::DEFAULT_STATE_DIR`]),
 //! which a reboot clears together with the rules.
@@ -10,7 +10,9 @@
 //! is about to make ([`claim_entries`]) before the first claim file, and the rules it is
 //! about to install before installing them, so DEL always finds what there is to remove.
 //! A claim is released only by its owner ([`release_ports`] reads who holds it), so a stale
-//! record never frees a port another container has taken since.
+//! record never frees a port another container has taken since (nor removes its rules: the
+//! nftables backend removes only elements tagged as the record's container's). A directory
+//! that cannot be listed is an I/O error, never "nothing held".
 
 use crate::config::{Mapping, Proto};
 use cni_protocol::{CniError, ErrorCode};
