@@ -469,3 +469,56 @@ fn a_200_character_container_id_is_added_and_removed() {
         .unwrap()
         .unwrap();
 }
+
+/// Review of findings #1's fix: a DEL whose removal fails while the container's rules stay
+/// (iptables: a rule portmap did not write jumps to the container's chain, so the chain
+/// cannot be deleted) reports code 103 and keeps the record and the claims, since the port
+/// still forwards to the container: another pod asking for it is refused. Once the foreign
+/// rule is gone, the retried DEL leaves nothing.
+#[test]
+fn a_del_that_cannot_remove_the_rules_keeps_the_claims() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    c.install(
+        0,
+        &conflist_named("v4only", true, false, json!({"backend": "iptables"})),
+    )
+    .unwrap();
+    let node = c.node(0);
+    let (a, ida, preva) = v4_pod(&c, "pka");
+    let (b, idb, prevb) = v4_pod(&c, "pkb");
+    let one = json!([{"hostPort": 7201, "containerPort": 80}]);
+    let conf =
+        |prev: &Value| portmap_conf("v4only", json!({"backend": "iptables"}), one.clone(), prev);
+    portmap_direct(node, "ADD", &ida, &a.path(), &conf(&preva)).ok();
+    let chain = portmap::layout::chain_name("v4only", &ida);
+    node.sh(&format!(
+        "iptables -t nat -N PORTMAP-TEST-FOREIGN && iptables -t nat -A PORTMAP-TEST-FOREIGN -j {chain}"
+    ))
+    .unwrap();
+    let del = portmap_conf("v4only", json!({}), Value::Null, &preva);
+    let (code, msg) = portmap_direct(node, "DEL", &ida, &a.path(), &del).err();
+    assert_eq!(code, 103, "{msg}");
+    assert!(msg.contains("iptables"), "{msg}");
+    let state = portmap_state(node);
+    assert!(
+        state.contains(&"ports/tcp-7201/v4-any".to_string())
+            && state.contains(&format!("{chain}.json")),
+        "{state:?}"
+    );
+    let (code, msg) = portmap_direct(node, "ADD", &idb, &b.path(), &conf(&prevb)).err();
+    assert_eq!(code, 7, "{msg}");
+    assert!(msg.contains(&ida), "{msg}");
+    node.sh("iptables -t nat -F PORTMAP-TEST-FOREIGN && iptables -t nat -X PORTMAP-TEST-FOREIGN")
+        .unwrap();
+    portmap_direct(node, "DEL", &ida, &a.path(), &del).done();
+    assert!(portmap_state(node).is_empty(), "{:?}", portmap_state(node));
+    let left = rules(node);
+    assert!(!left.contains(&chain) && !left.contains(&ida), "{left}");
+    for (ns, id) in [(&a, &ida), (&b, &idb)] {
+        c.runtime(0)
+            .del("v4only", &ns.path(), &opts(id, Value::Null))
+            .unwrap()
+            .unwrap();
+    }
+}
