@@ -623,7 +623,8 @@ fn describe(set: &str, e: &Elem) -> String {
     format!("{set} {what}")
 }
 
-/// What is missing or different of the container's elements.
+/// What is missing or different of the container's elements (an element of the same key
+/// tagged with another container's ID is not the container's).
 pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<String>, NfError> {
     let mut out = Vec::new();
     for (set, want) in elems {
@@ -635,6 +636,8 @@ pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<Stri
                 let got = replies.iter().flat_map(|r| nft::elems_of(&r.attrs)).next();
                 if want.data.is_some() && got.as_ref().and_then(|g| g.data.clone()) != want.data {
                     out.push(format!("{} maps elsewhere", describe(set, want)));
+                } else if got.as_ref().is_some_and(|g| g.comment != want.comment) {
+                    out.push(format!("{} is another container's", describe(set, want)));
                 }
             }
             Err(e) if e.is(&[Errno::ENOENT]) => {
