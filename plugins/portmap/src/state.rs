@@ -322,11 +322,12 @@ fn owner(path: &Path) -> Option<String> {
 }
 
 /// Releases the registry entries that `chain` holds (missing ones, and ones another
-/// container has taken since, are left alone).
+/// container has taken since, are left alone). An empty claim file (a claim whose writer was
+/// killed between creating and writing it) is nobody's, and goes too.
 pub fn release_ports(dir: &Path, chain: &str, entries: &[String]) {
     for e in entries {
         let path = dir.join("ports").join(e);
-        if owner(&path).is_none_or(|o| o != chain) {
+        if owner(&path).is_none_or(|o| o != chain && !o.is_empty()) {
             continue;
         }
         let _ = std::fs::remove_file(&path);
@@ -400,6 +401,11 @@ mod tests {
             .expect("stale claim");
         release_ports(d, "CNI-DN-c", &["tcp-8080/v4-any".to_string()]);
         assert!(!d.join("ports/tcp-8080/v4-any").exists());
+        // A claim cut short by a kill (created, never written) goes with the record naming it.
+        std::fs::create_dir_all(d.join("ports/tcp-9090")).expect("dir");
+        std::fs::write(d.join("ports/tcp-9090/v4-any"), "").expect("empty claim");
+        release_ports(d, "CNI-DN-c", &["tcp-9090/v4-any".to_string()]);
+        assert!(!d.join("ports/tcp-9090").exists());
     }
 
     /// Review of findings #1's fix: a registry that cannot be listed is an I/O error naming
