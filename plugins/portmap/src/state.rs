@@ -323,14 +323,20 @@ fn owner(path: &Path) -> Option<String> {
 
 /// Releases the registry entries that `chain` holds (missing ones, and ones another
 /// container has taken since, are left alone). An empty claim file (a claim whose writer was
-/// killed between creating and writing it) is nobody's, and goes too.
+/// killed between creating and writing it) is nobody's, and goes too, as does a port's
+/// directory left empty.
 pub fn release_ports(dir: &Path, chain: &str, entries: &[String]) {
     for e in entries {
         let path = dir.join("ports").join(e);
-        if owner(&path).is_none_or(|o| o != chain && !o.is_empty()) {
-            continue;
+        match owner(&path) {
+            Some(o) if o == chain || o.is_empty() => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Some(_) => continue,
+            // Never claimed, or the claim was cut short after its port's directory was
+            // made: the directory may be left over.
+            None => {}
         }
-        let _ = std::fs::remove_file(&path);
         if let Some(parent) = path.parent() {
             // Removes the port's directory once empty; fails harmlessly otherwise.
             let _ = std::fs::remove_dir(parent);
@@ -406,6 +412,10 @@ mod tests {
         std::fs::write(d.join("ports/tcp-9090/v4-any"), "").expect("empty claim");
         release_ports(d, "CNI-DN-c", &["tcp-9090/v4-any".to_string()]);
         assert!(!d.join("ports/tcp-9090").exists());
+        // Killed between making the port's directory and the claim file.
+        std::fs::create_dir_all(d.join("ports/tcp-9091")).expect("dir");
+        release_ports(d, "CNI-DN-c", &["tcp-9091/v4-any".to_string()]);
+        assert!(!d.join("ports/tcp-9091").exists());
     }
 
     /// Review of findings #1's fix: a registry that cannot be listed is an I/O error naming
