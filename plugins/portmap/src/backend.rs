@@ -63,8 +63,9 @@ pub trait Backend {
     /// What is missing of the container's rules, as readable items.
     fn missing(&self, sock: &mut NfSocket, target: &Target) -> Result<Vec<String>, NfError>;
 
-    /// Removes the container's rules: what `rec` (a record of this backend) names, else, when
-    /// `probe`, what the kernel has for the container. Nothing there is success.
+    /// Removes the container's rules: what `rec` (a record of this backend) names and is still
+    /// the container's (never another container's rule of the same key), else, when `probe`,
+    /// what the kernel has for the container. Nothing there is success.
     fn remove(
         &self,
         sock: &mut NfSocket,
