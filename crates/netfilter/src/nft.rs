@@ -318,9 +318,22 @@ pub fn match_local_daddr() -> Vec<Expr> {
     ]
 }
 
+/// Longest comment nf_tables keeps, in bytes (nft's `NFT_USERDATA_MAXLEN` is 256, but nft
+/// itself writes at most 128 bytes with the NUL, and lists what it wrote).
+pub const COMMENT_MAX: usize = 127;
+
+/// The comment as it is stored and listed back: cut to [`COMMENT_MAX`] bytes at a character
+/// boundary. Whoever compares a listed comment with its source compares with this.
+pub fn comment_text(comment: &str) -> &str {
+    let mut end = comment.len().min(COMMENT_MAX);
+    while !comment.is_char_boundary(end) {
+        end -= 1;
+    }
+    &comment[..end]
+}
+
 fn comment_udata(comment: &str) -> Vec<u8> {
-    // Comments are at most 128 bytes in nft; longer ones are cut (IDs are far shorter).
-    let mut c: Vec<u8> = comment.as_bytes().iter().copied().take(127).collect();
+    let mut c: Vec<u8> = comment_text(comment).as_bytes().to_vec();
     c.push(0);
     let mut out = vec![UDATA_COMMENT, c.len() as u8];
     out.extend_from_slice(&c);
@@ -634,7 +647,7 @@ pub fn elem_len(e: &Elem) -> usize {
         + e.data.as_ref().map_or(0, |d| value(d.len()))
         + e.comment
             .as_ref()
-            .map_or(0, |c| 4 + (3 + c.len().min(127)).next_multiple_of(4))
+            .map_or(0, |c| 4 + (3 + comment_text(c).len()).next_multiple_of(4))
 }
 
 /// `elems` in as few element-list messages as keep each list under [`ELEM_LIST_MAX`]: one
@@ -791,6 +804,21 @@ pub fn rule_info(attrs: &[u8]) -> Option<RuleInfo> {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    /// A comment longer than nf_tables keeps is stored cut, and [`comment_text`] says exactly
+    /// what is listed back (at a character boundary).
+    #[test]
+    fn long_comments_are_cut_as_comment_text_says() {
+        let long = "c".repeat(200);
+        assert_eq!(comment_text(&long).len(), COMMENT_MAX);
+        assert_eq!(
+            udata_comment(&comment_udata(&long)).as_deref(),
+            Some(comment_text(&long))
+        );
+        assert_eq!(comment_text("short"), "short");
+        let wide = format!("{}é", "x".repeat(COMMENT_MAX - 1));
+        assert_eq!(comment_text(&wide), "x".repeat(COMMENT_MAX - 1));
+    }
 
     #[test]
     fn prefixes_become_masks() {

@@ -63,8 +63,9 @@ pub trait Backend {
     /// What is missing of the container's rules, as readable items.
     fn missing(&self, sock: &mut NfSocket, target: &Target) -> Result<Vec<String>, NfError>;
 
-    /// Removes the container's rules: what `rec` (a record of this backend) names, else, when
-    /// `probe`, what the kernel has for the container. Nothing there is success.
+    /// Removes the container's rules: what `rec` (a record of this backend) names and is still
+    /// the container's (never another container's rule of the same key), else, when `probe`,
+    /// what the kernel has for the container. Nothing there is success.
     fn remove(
         &self,
         sock: &mut NfSocket,
@@ -78,15 +79,19 @@ pub trait Backend {
     /// port claim stands).
     fn has_rules(&self, sock: &mut NfSocket, dn: &str, rec: &Record) -> bool;
 
-    /// Whether anything of the container's rules is left after a removal that failed
-    /// (errors count as yes). Thorough where [`Backend::has_rules`] is quick.
-    fn remains(&self, sock: &mut NfSocket, dn: &str, container_id: &str, rec: &Record) -> bool {
-        let _ = container_id;
-        self.has_rules(sock, dn, rec)
-    }
+    /// Whether anything of the container's rules is left in this backend after a removal
+    /// that failed (errors count as yes), with or without a record. Thorough where
+    /// [`Backend::has_rules`] is quick.
+    fn remains(&self, sock: &mut NfSocket, dn: &str, container_id: &str) -> bool;
 
-    /// The container IDs of `network` that have rules in the kernel (for GC).
+    /// The container IDs of `network` that have rules in the kernel (for GC), as
+    /// [`Backend::tag`] gives them.
     fn containers(&self, sock: &mut NfSocket, network: &str) -> Result<Vec<String>, NfError>;
+
+    /// A container ID as [`Backend::containers`] lists it (the kernel may keep it cut).
+    fn tag(&self, container_id: &str) -> String {
+        container_id.to_string()
+    }
 
     /// Removes every rule of a container that has no record (GC).
     fn sweep(&self, sock: &mut NfSocket, conf: &Conf, container_id: &str) -> Result<(), NfError>;

@@ -2,11 +2,13 @@
 //! container's addresses from `prevResult`.
 //!
 //! Everything that reaches a rule is checked here, with code 7 naming the field: a chain
-//! name as iptables checks one ([`chain_name`]), conditions without control characters,
+//! name as iptables checks one ([`chain_name`]), conditions without control characters and
+//! short enough for one rule line ([`CONDITIONS_MAX`]),
 //! no two mappings of one host address, port and protocol, and a target address that can
 //! receive traffic ([`check_targets`]). The iptables document writer refuses a line break
 //! again, whatever gets past this (`calico_netfilter::xtables::document`).
 
+use calico_netfilter::xtables;
 use cni_protocol::{CniError, CniResult, ErrorCode, Request};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -139,8 +141,13 @@ pub fn chain_name(field: &str, s: &str) -> Result<(), CniError> {
     }
 }
 
+/// Bound on the conditions of one family as they are written into each entry rule (quoted,
+/// a space before each): the rest of the longest entry rule (a 255-byte comment quoted, 15
+/// ports, the chain) takes well under 1 KiB of an `iptables-restore` line.
+pub const CONDITIONS_MAX: usize = xtables::MAX_LINE - 1024;
+
 /// Refuses a condition with a control character (a line break would start a rule of its
-/// own in the iptables document).
+/// own in the iptables document), and conditions too long for one rule's line.
 fn check_conditions(field: &str, conds: &[String]) -> Result<(), CniError> {
     for (i, c) in conds.iter().enumerate() {
         if let Some(ch) = c.chars().find(|ch| ch.is_control()) {
@@ -149,6 +156,13 @@ fn check_conditions(field: &str, conds: &[String]) -> Result<(), CniError> {
                 format!("{c:?} contains the control character {ch:?}"),
             ));
         }
+    }
+    let len: usize = conds.iter().map(|c| 1 + xtables::quote(c).len()).sum();
+    if len > CONDITIONS_MAX {
+        return Err(bad(
+            field,
+            format!("the conditions take {len} bytes of a rule, at most {CONDITIONS_MAX}"),
+        ));
     }
     Ok(())
 }
@@ -569,6 +583,15 @@ mod tests {
                 json!({"conditionsV4": ["-s", "10.0.0.0/8\n-A OUTPUT -j DROP"]}),
             ),
             ("conditionsV6[0]", json!({"conditionsV6": ["-s\r"]})),
+            // Too long for one iptables-restore line: the field, not the document writer.
+            (
+                "conditionsV4",
+                json!({"conditionsV4": ["-m", "comment", "--comment", "x".repeat(CONDITIONS_MAX)]}),
+            ),
+            (
+                "conditionsV6",
+                json!({"conditionsV6": vec!["-s"; CONDITIONS_MAX / 2]}),
+            ),
             (
                 "conditionsV4[2]",
                 json!({"conditionsV4": ["-m", "comment", "x\u{0}"]}),

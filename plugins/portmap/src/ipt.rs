@@ -389,6 +389,12 @@ impl Backend for Iptables {
             .any(|ipt| ipt.dn_exists(sock, dn).unwrap_or(true))
     }
 
+    fn remains(&self, sock: &mut NfSocket, dn: &str, _container_id: &str) -> bool {
+        // The entry rules go with the chain in one transaction (iptables-nft) or restore.
+        self.families()
+            .any(|ipt| ipt.dn_exists(sock, dn).unwrap_or(true))
+    }
+
     fn containers(&self, sock: &mut NfSocket, network: &str) -> Result<Vec<String>, NfError> {
         let mut ids = Vec::new();
         for ipt in self.families() {

@@ -324,4 +324,29 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert!(e[1].contains("--dports 1016 "));
     }
+
+    /// Conditions as long as the config allows still fit an `iptables-restore` line, next to
+    /// the longest comment and port list an entry rule can have.
+    #[test]
+    fn the_longest_conditions_fit_one_line() {
+        use crate::config::CONDITIONS_MAX;
+        let mut c = conf();
+        c.network = "\"n\"".repeat(100);
+        let fixed = ["-m", "comment", "--comment"];
+        let used: usize = fixed.iter().map(|f| 1 + f.len()).sum();
+        c.conditions_v4 = fixed.iter().map(|f| f.to_string()).collect();
+        c.conditions_v4.push("x".repeat(CONDITIONS_MAX - used - 1));
+        let ports: Vec<Mapping> = (0..15)
+            .map(|i| Mapping {
+                host_port: 60000 + i,
+                container_port: 80,
+                protocol: Proto::Sctp,
+                host_ip: None,
+            })
+            .collect();
+        let id = "c".repeat(300);
+        let rules = entry_rules(&c, &id, &chain_name(&c.network, &id), true, &ports);
+        assert_eq!(rules.len(), 1);
+        document(&rules).expect("fits one line");
+    }
 }

@@ -1,7 +1,8 @@
 //! `portmap`: the chained hostPort plugin. DNAT from the node's addresses to the pod, with
 //! SNAT for hairpin and localhost traffic; the reference plugin's iptables layout
 //! ([`ipt`], [`layout`]) or our own nftables table ([`nftb`]), both behind
-//! [`backend::Backend`]; one kernel transaction per ADD, whatever the number of mappings.
+//! [`backend::Backend`]; per ADD, whatever the number of mappings, one nf_tables
+//! transaction (nftables) or one `iptables-restore` per family (iptables).
 //! Everything that reaches a rule is validated in [`config`] (code 7 naming the field); a
 //! failed or killed ADD leaves nothing DEL cannot remove, and DEL always finishes
 //! ([`verbs`], [`state`]).

@@ -8,7 +8,9 @@
 //! message per set for a usual pod, a few dozen for 20k mappings). An ADD is one transaction
 //! whatever its size (all or nothing; the socket layer sizes its buffers); a removal need not
 //! be atomic, so it goes in transactions of at most [`DELETE_TXN_MAX`] bytes, and elements
-//! already gone never stop it.
+//! already gone never stop it. A removal deletes only elements tagged with the container's
+//! ID ([`tag`]): a record names keys, and a key may be another container's by then (an ADD
+//! killed before installing, whose stale claims another container took).
 //!
 //! ```text
 //! table inet calico_portmap {
@@ -49,6 +51,18 @@ const REG_VALUE: u32 = libc::NFT_REG_1 as u32;
 const REG_MARK: u32 = libc::NFT_REG_3 as u32;
 /// Bound on one removal transaction's messages (bytes of attributes).
 pub const DELETE_TXN_MAX: usize = 256 << 10;
+/// Up to this many recorded elements, [`owned`] asks for each; beyond, it lists the sets once.
+const GET_EACH_MAX: usize = 64;
+
+/// The tag a container's elements carry: its ID as nf_tables stores a comment (cut to
+/// [`nft::COMMENT_MAX`] bytes). Every comparison with a listed comment goes through this.
+pub fn tag(container_id: &str) -> &str {
+    nft::comment_text(container_id)
+}
+
+fn tagged(e: &Elem, container_id: &str) -> bool {
+    e.comment.as_deref() == Some(tag(container_id))
+}
 
 /// A set element as recorded (hex bytes), enough to delete or find it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,7 +296,7 @@ pub fn elements(
     v6: Option<IpNet>,
     mappings: &[Mapping],
 ) -> Vec<(String, Elem)> {
-    let tag = Some(container_id.to_string());
+    let tag = Some(tag(container_id).to_string());
     let mut out: Vec<(String, Elem)> = Vec::new();
     let mut seen: HashSet<(String, Vec<u8>)> = HashSet::new();
     let mut push = |set: String, e: Elem| {
@@ -458,9 +472,43 @@ fn all_elements(sock: &mut NfSocket) -> Result<Vec<(String, Elem)>, NfError> {
 fn listed(sock: &mut NfSocket, container_id: &str) -> Result<Vec<RecordedElem>, NfError> {
     Ok(all_elements(sock)?
         .into_iter()
-        .filter(|(_, e)| e.comment.as_deref() == Some(container_id))
+        .filter(|(_, e)| tagged(e, container_id))
         .map(|(set, e)| RecordedElem::new(set, &e))
         .collect())
+}
+
+/// The recorded element as the kernel has it now (`None`: no such key, or no table).
+fn get(sock: &mut NfSocket, r: &RecordedElem) -> Result<Option<Elem>, NfError> {
+    match sock.request(
+        "get element",
+        &nft::get_elem(NFPROTO_INET, TABLE, &r.set, &r.elem()),
+    ) {
+        Ok(replies) => Ok(replies.iter().flat_map(|x| nft::elems_of(&x.attrs)).next()),
+        Err(e) if e.is(&[Errno::ENOENT]) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What of the container's elements is in the kernel, going by `recorded` but keeping only
+/// elements tagged with the container's ID: a key in a record is not proof of whose the
+/// element is (an ADD killed before installing records keys it never added, and once its
+/// claims are stale another container may hold them). A handful are asked for one by one;
+/// for many, the sets are listed once and every element with the tag is returned.
+fn owned(
+    sock: &mut NfSocket,
+    container_id: &str,
+    recorded: &[RecordedElem],
+) -> Result<Vec<RecordedElem>, NfError> {
+    if recorded.len() > GET_EACH_MAX {
+        return listed(sock, container_id);
+    }
+    let mut out = Vec::new();
+    for r in recorded {
+        if get(sock, r)?.is_some_and(|e| tagged(&e, container_id)) {
+            out.push(r.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The elements as they will be recorded.
@@ -471,8 +519,8 @@ pub fn to_record(elems: &[(String, Elem)]) -> Vec<RecordedElem> {
         .collect()
 }
 
-/// Installs the container's elements in one transaction, replacing `recorded` (what an
-/// earlier ADD of the same container made).
+/// Installs the container's elements in one transaction, replacing what of `recorded` (what
+/// an earlier ADD of the same container made) is still the container's.
 pub fn add(
     sock: &mut NfSocket,
     conf: &Conf,
@@ -485,7 +533,7 @@ pub fn add(
     if !ready {
         base(conf.mark_masq_bit, &mut msgs);
     } else if let Some(r) = recorded {
-        deletions(r, &mut msgs);
+        deletions(&owned(sock, container_id, r)?, &mut msgs);
     }
     additions(elems, "", &mut msgs);
     match run(sock, msgs) {
@@ -501,8 +549,9 @@ pub fn add(
     }
 }
 
-/// Removes the container's elements, in transactions of at most [`DELETE_TXN_MAX`] bytes;
-/// what is already gone is fine (then the rest is found by tag).
+/// Removes the container's elements, in transactions of at most [`DELETE_TXN_MAX`] bytes:
+/// those `recorded` names that carry its tag ([`owned`]), never another container's element
+/// of the same key; what is already gone is fine (then the rest is found by tag).
 pub fn del(
     sock: &mut NfSocket,
     container_id: &str,
@@ -511,27 +560,25 @@ pub fn del(
     if recorded.is_empty() {
         return Ok(());
     }
-    match delete_chunked(sock, recorded) {
+    let mine = owned(sock, container_id, recorded)?;
+    match delete_chunked(sock, &mine) {
         // Some were gone already (or the table is): delete what remains of ours, found by tag.
         Err(e) if e.is(&[Errno::ENOENT]) => sweep(sock, container_id),
         other => other,
     }
 }
 
-/// Whether the first recorded element is still in place.
-pub fn present(sock: &mut NfSocket, recorded: &[RecordedElem]) -> Result<bool, NfError> {
+/// Whether the first recorded element is in place and still the container's (tagged with
+/// its ID: once the container's claim is stale, another container may hold the same key).
+pub fn present(
+    sock: &mut NfSocket,
+    container_id: &str,
+    recorded: &[RecordedElem],
+) -> Result<bool, NfError> {
     let Some(r) = recorded.first() else {
         return Ok(false);
     };
-    let e = r.elem();
-    match sock.request(
-        "get element",
-        &nft::get_elem(NFPROTO_INET, TABLE, &r.set, &e),
-    ) {
-        Ok(_) => Ok(true),
-        Err(e) if e.is(&[Errno::ENOENT]) => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(get(sock, r)?.is_some_and(|e| tagged(&e, container_id)))
 }
 
 fn proto_name(p: u8) -> String {
@@ -576,7 +623,8 @@ fn describe(set: &str, e: &Elem) -> String {
     format!("{set} {what}")
 }
 
-/// What is missing or different of the container's elements.
+/// What is missing or different of the container's elements (an element of the same key
+/// tagged with another container's ID is not the container's).
 pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<String>, NfError> {
     let mut out = Vec::new();
     for (set, want) in elems {
@@ -588,6 +636,8 @@ pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<Stri
                 let got = replies.iter().flat_map(|r| nft::elems_of(&r.attrs)).next();
                 if want.data.is_some() && got.as_ref().and_then(|g| g.data.clone()) != want.data {
                     out.push(format!("{} maps elsewhere", describe(set, want)));
+                } else if got.as_ref().is_some_and(|g| g.comment != want.comment) {
+                    out.push(format!("{} is another container's", describe(set, want)));
                 }
             }
             Err(e) if e.is(&[Errno::ENOENT]) => {
@@ -599,7 +649,7 @@ pub fn missing(sock: &mut NfSocket, elems: &[(String, Elem)]) -> Result<Vec<Stri
     Ok(out)
 }
 
-/// The container IDs tagged on any element (for GC).
+/// The tags on any element (for GC): container IDs as [`tag`] cuts them.
 pub fn containers(sock: &mut NfSocket) -> Result<Vec<String>, NfError> {
     let mut out: Vec<String> = Vec::new();
     for (_, e) in all_elements(sock)? {
@@ -684,16 +734,20 @@ impl Backend for Nftables {
     }
 
     fn has_rules(&self, sock: &mut NfSocket, _dn: &str, rec: &Record) -> bool {
-        present(sock, &rec.nft_elements).unwrap_or(true)
+        present(sock, &rec.container_id, &rec.nft_elements).unwrap_or(true)
     }
 
-    fn remains(&self, sock: &mut NfSocket, _dn: &str, container_id: &str, _rec: &Record) -> bool {
+    fn remains(&self, sock: &mut NfSocket, _dn: &str, container_id: &str) -> bool {
         // A removal in several transactions may have stopped half way: look for any element.
         listed(sock, container_id).map_or(true, |found| !found.is_empty())
     }
 
     fn containers(&self, sock: &mut NfSocket, _network: &str) -> Result<Vec<String>, NfError> {
         containers(sock)
+    }
+
+    fn tag(&self, container_id: &str) -> String {
+        tag(container_id).to_string()
     }
 
     fn sweep(&self, sock: &mut NfSocket, _conf: &Conf, container_id: &str) -> Result<(), NfError> {

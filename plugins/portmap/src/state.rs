@@ -1,7 +1,7 @@
 //! What portmap keeps on the node besides the rules: a lock serialising its calls, a record
-//! per container of exactly what was installed (so DEL removes it, in one transaction for a
-//! usual pod, even when the runtime passes no port mappings), and a registry of claimed host ports (so a
-//! second container cannot take a port another one holds).
+//! per container of what its ADD installs (so DEL removes it, in one transaction for a usual
+//! pod, even when the runtime passes no port mappings), and a registry of claimed host ports
+//! (so a second container cannot take a port another one holds).
 //!
 //! Everything lives in one directory under `/run` (default [`crate::config::DEFAULT_STATE_DIR`]),
 //! which a reboot clears together with the rules.
@@ -10,7 +10,9 @@
 //! is about to make ([`claim_entries`]) before the first claim file, and the rules it is
 //! about to install before installing them, so DEL always finds what there is to remove.
 //! A claim is released only by its owner ([`release_ports`] reads who holds it), so a stale
-//! record never frees a port another container has taken since.
+//! record never frees a port another container has taken since (nor removes its rules: the
+//! nftables backend removes only elements tagged as the record's container's). A directory
+//! that cannot be listed is an I/O error, never "nothing held".
 
 use crate::config::{Mapping, Proto};
 use cni_protocol::{CniError, ErrorCode};
@@ -127,22 +129,37 @@ pub fn remove(dir: &Path, chain: &str) -> Result<(), CniError> {
     }
 }
 
-/// Every record: (chain, record).
-pub fn all(dir: &Path) -> Vec<(String, Record)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
+/// Every record: (chain, record). A state directory that cannot be listed is an error (only
+/// a missing one holds nothing).
+pub fn all(dir: &Path) -> Result<Vec<(String, Record)>, CniError> {
+    Ok(list(dir)?
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|name| {
             let chain = name.strip_suffix(".json")?.to_string();
             if chain.starts_with('.') {
                 return None;
             }
             load(dir, &chain).map(|r| (chain, r))
         })
-        .collect()
+        .collect())
+}
+
+/// The names in a directory; `None` if it does not exist. Any other failure (`EACCES`,
+/// `EMFILE`, ...) is an I/O error, never "nothing there": an unlisted claim would be
+/// overwritten.
+fn list(path: &Path) -> Result<Option<Vec<String>>, CniError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("list", path, e)),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| io_error("list", path, e))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    Ok(Some(names))
 }
 
 /// A registry slot: `<proto>-<port>/<v4|v6>-<hostIP|any>`.
@@ -205,31 +222,31 @@ pub fn claim_ports(
     let wanted = wanted(mappings, families);
     // For many mappings, the ports anyone holds in one listing (only those can clash); a
     // usual pod's few ports are looked up one by one, whatever the node holds.
-    let held: Option<HashSet<String>> = (wanted.len() > LIST_HELD_FROM).then(|| {
-        std::fs::read_dir(&ports)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
+    let held: Option<HashSet<String>> = if wanted.len() > LIST_HELD_FROM {
+        Some(list(&ports)?.unwrap_or_default().into_iter().collect())
+    } else {
+        None
+    };
     let maybe_held = |d: &str| held.as_ref().is_none_or(|h| h.contains(d));
     // Check everything first, so a refusal claims nothing.
     for (d, l, m) in &wanted {
         if !maybe_held(d) {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(ports.join(d)) else {
+        let sub = ports.join(d);
+        let Some(entries) = list(&sub)? else {
             continue;
         };
-        for e in entries.flatten() {
-            let other = e.file_name().to_string_lossy().to_string();
+        for other in entries {
             if !clashes(l, &other) {
                 continue;
             }
-            let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let path = sub.join(&other);
+            let owner = match std::fs::read_to_string(&path) {
+                Ok(owner) => owner,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("read", &path, e)),
+            };
             let mut lines = owner.lines();
             let (owner_chain, owner_id) = (lines.next().unwrap_or(""), lines.nth(1).unwrap_or(""));
             if owner_chain == chain {
@@ -237,9 +254,13 @@ pub fn claim_ports(
             }
             // A holder without a record or rules is gone (its DEL was lost, another plugin
             // removed its rules, or its ADD was killed): the slot is free. Its record stays
-            // for its DEL, which releases only what it still holds.
+            // for its DEL, which releases only what it still holds and removes only rules
+            // tagged as its own.
+            let record = record_path(dir, owner_chain);
             if !owner_chain.is_empty()
-                && record_path(dir, owner_chain).exists()
+                && record
+                    .try_exists()
+                    .map_err(|e| io_error("read", &record, e))?
                 && has_rules(owner_chain)
             {
                 let proto = match m.protocol {
@@ -253,7 +274,7 @@ pub fn claim_ports(
                     m.host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default()
                 )));
             }
-            let _ = std::fs::remove_file(e.path());
+            let _ = std::fs::remove_file(&path);
         }
     }
     let mut claimed = Vec::new();
@@ -301,14 +322,21 @@ fn owner(path: &Path) -> Option<String> {
 }
 
 /// Releases the registry entries that `chain` holds (missing ones, and ones another
-/// container has taken since, are left alone).
+/// container has taken since, are left alone). An empty claim file (a claim whose writer was
+/// killed between creating and writing it) is nobody's, and goes too, as does a port's
+/// directory left empty.
 pub fn release_ports(dir: &Path, chain: &str, entries: &[String]) {
     for e in entries {
         let path = dir.join("ports").join(e);
-        if owner(&path).is_none_or(|o| o != chain) {
-            continue;
+        match owner(&path) {
+            Some(o) if o == chain || o.is_empty() => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Some(_) => continue,
+            // Never claimed, or the claim was cut short after its port's directory was
+            // made: the directory may be left over.
+            None => {}
         }
-        let _ = std::fs::remove_file(&path);
         if let Some(parent) = path.parent() {
             // Removes the port's directory once empty; fails harmlessly otherwise.
             let _ = std::fs::remove_dir(parent);
@@ -379,6 +407,48 @@ mod tests {
             .expect("stale claim");
         release_ports(d, "CNI-DN-c", &["tcp-8080/v4-any".to_string()]);
         assert!(!d.join("ports/tcp-8080/v4-any").exists());
+        // A claim cut short by a kill (created, never written) goes with the record naming it.
+        std::fs::create_dir_all(d.join("ports/tcp-9090")).expect("dir");
+        std::fs::write(d.join("ports/tcp-9090/v4-any"), "").expect("empty claim");
+        release_ports(d, "CNI-DN-c", &["tcp-9090/v4-any".to_string()]);
+        assert!(!d.join("ports/tcp-9090").exists());
+        // Killed between making the port's directory and the claim file.
+        std::fs::create_dir_all(d.join("ports/tcp-9091")).expect("dir");
+        release_ports(d, "CNI-DN-c", &["tcp-9091/v4-any".to_string()]);
+        assert!(!d.join("ports/tcp-9091").exists());
+    }
+
+    /// Review of findings #1's fix: a registry that cannot be listed is an I/O error naming
+    /// it (code 5), not "nothing held" (an unlisted holder's claim would be overwritten).
+    /// As root, permissions do not refuse; a file where a directory belongs does (`ENOTDIR`).
+    #[test]
+    fn a_registry_that_cannot_be_listed_is_an_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("ports")).expect("ports");
+        std::fs::write(d.join("ports/tcp-8080"), "not a directory").expect("file");
+        let e = claim_ports(d, "CNI-DN-a", "a", &[m(8080, None)], &[true], &mut |_| true)
+            .expect_err("unlistable port");
+        assert_eq!(e.code, ErrorCode::IO_FAILURE);
+        assert!(
+            e.msg.contains("cannot list") && e.msg.contains("tcp-8080"),
+            "{}",
+            e.msg
+        );
+        // Many mappings list the whole registry first.
+        std::fs::remove_dir_all(d.join("ports")).expect("rm");
+        std::fs::write(d.join("ports"), "not a directory").expect("file");
+        let many: Vec<Mapping> = (1..=100).map(|p| m(p, None)).collect();
+        let e = claim_ports(d, "CNI-DN-a", "a", &many, &[true], &mut |_| true)
+            .expect_err("unlistable registry");
+        assert_eq!(e.code, ErrorCode::IO_FAILURE);
+        assert!(e.msg.contains("cannot list"), "{}", e.msg);
+        // A missing registry holds nothing; records likewise.
+        std::fs::remove_file(d.join("ports")).expect("rm");
+        claim_ports(d, "CNI-DN-a", "a", &many, &[true], &mut |_| true).expect("claims");
+        assert!(all(&d.join("missing")).expect("no records").is_empty());
+        let e = all(&d.join("ports/tcp-1/v4-any")).expect_err("a file is no state directory");
+        assert_eq!(e.code, ErrorCode::IO_FAILURE);
     }
 
     /// 60k claims (30k ports, both families) in one call, and their release, in bounded

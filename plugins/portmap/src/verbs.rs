@@ -2,9 +2,10 @@
 //!
 //! What a call leaves: a successful ADD, its rules, claims and record; a failed ADD,
 //! nothing of the container (the claims of an earlier ADD of it included); an ADD killed at
-//! any point, a record naming everything it may have made, for DEL. DEL always runs every
-//! removal step (rules in every backend, claims, record) and keeps the record only while
-//! rules it could not remove are still there, so a retried DEL can finish.
+//! any point, a record naming everything it may have made, for DEL. DEL removes the rules in
+//! every backend and then, unless rules it could not remove are still there, the claims and
+//! the record; while rules remain, the record and claims stay, so a retried DEL finishes and
+//! no other container takes a port that still forwards to this one.
 
 use crate::backend::{AddError, Backend, Target};
 use crate::config::{self, BackendKind, Conf, Mapping, Proto};
@@ -15,7 +16,7 @@ use crate::state::{self, Record};
 use calico_netfilter::xtables::Flavour;
 use calico_netfilter::{NfError, NfSocket};
 use cni_protocol::{CniError, CniResult, ErrorCode, Request};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 fn kernel(e: NfError) -> CniError {
     CniError::new(ErrorCode::DATAPLANE, format!("portmap: {e}"))
@@ -120,21 +121,33 @@ fn has_rules(sock: &mut NfSocket, dir: &std::path::Path, dn: &str) -> bool {
         .is_some_and(|b| b.has_rules(sock, dn, &rec))
 }
 
-/// Removes the container's rules from every backend: what `rec` names in its backend, and,
+/// Removes the container's rules from `backends`: what `rec` names in its backend, and,
 /// when `probe`, what the kernel has for the container without a record. Tries every
-/// backend, whatever the others answer; returns what failed, one item per backend.
+/// backend, whatever the others answer. A backend whose removal failed is asked whether
+/// anything of the container is left there: if not, its error is only logged (the removal
+/// may have got everything before failing, or there was nothing). Returns the errors of the
+/// backends that still hold rules of the container, one item per backend.
 fn remove_rules(
     sock: &mut NfSocket,
+    backends: &[Box<dyn Backend>],
     dn: &str,
     container_id: &str,
     rec: Option<&Record>,
     probe: bool,
 ) -> Vec<String> {
     let mut errors = Vec::new();
-    for b in all_backends() {
+    for b in backends {
         let own = rec.filter(|r| r.backend == b.name());
-        if let Err(e) = b.remove(sock, dn, container_id, own, probe) {
+        let Err(e) = b.remove(sock, dn, container_id, own, probe) else {
+            continue;
+        };
+        if b.remains(sock, dn, container_id) {
             errors.push(format!("{}: {e}", b.name()));
+        } else {
+            log::warn!(
+                "portmap: {container_id}: removal from {} reported {e}, but nothing of the container is left there",
+                b.name()
+            );
         }
     }
     errors
@@ -142,46 +155,52 @@ fn remove_rules(
 
 /// Everything of the container's rules, in both layouts (what the record names, else what
 /// the kernel has), its port claims and record. The one removal path of DEL, GC and a
-/// failed ADD. Every step runs whatever the one before answered; the record stays only if
-/// the container's rules are still in the kernel after a failed removal (so the next DEL
-/// knows what to remove), and then every error is reported together.
+/// failed ADD. If rules of the container are still in the kernel after a failed removal,
+/// the record and the claims stay (so the next DEL knows what to remove, and no other
+/// container takes a port that still forwards here) and every error is reported together;
+/// otherwise the claims are released and the record removed.
 fn remove_container(
     sock: &mut NfSocket,
     conf: &Conf,
     container_id: &str,
     probe_iptables: bool,
 ) -> Result<Vec<(u8, Vec<u16>)>, CniError> {
+    remove_container_in(sock, &all_backends(), conf, container_id, probe_iptables)
+}
+
+/// [`remove_container`] over the given backends.
+fn remove_container_in(
+    sock: &mut NfSocket,
+    backends: &[Box<dyn Backend>],
+    conf: &Conf,
+    container_id: &str,
+    probe_iptables: bool,
+) -> Result<Vec<(u8, Vec<u16>)>, CniError> {
     let dn = chain_name(&conf.network, container_id);
     let rec = state::load(&conf.state_dir, &dn);
-    let mut errors = remove_rules(sock, &dn, container_id, rec.as_ref(), probe_iptables);
-    // A removal that failed may still have removed everything (or there was nothing).
-    let remains = !errors.is_empty()
-        && match &rec {
-            Some(r) => all_backends()
-                .iter()
-                .find(|b| b.name() == r.backend)
-                .is_none_or(|b| b.remains(sock, &dn, container_id, r)),
-            None => true,
-        };
-    if !remains && !errors.is_empty() {
-        log::warn!(
-            "portmap: {container_id}: removal reported {}, but nothing is left",
-            errors.join("; ")
-        );
-        errors.clear();
-    }
+    let mut errors = remove_rules(
+        sock,
+        backends,
+        &dn,
+        container_id,
+        rec.as_ref(),
+        probe_iptables,
+    );
+    let remains = !errors.is_empty();
     let udp = match &rec {
-        Some(r) => {
-            state::release_ports(&conf.state_dir, &dn, &r.ports);
-            udp_work(&r.udp_v4, &r.udp_v6)
-        }
+        Some(r) => udp_work(&r.udp_v4, &r.udp_v6),
         None => udp_work(
             &udp_ports(&conf.mappings, true),
             &udp_ports(&conf.mappings, false),
         ),
     };
-    if !remains && let Err(e) = state::remove(&conf.state_dir, &dn) {
-        errors.push(e.msg);
+    if !remains {
+        if let Some(r) = &rec {
+            state::release_ports(&conf.state_dir, &dn, &r.ports);
+        }
+        if let Err(e) = state::remove(&conf.state_dir, &dn) {
+            errors.push(e.msg);
+        }
     }
     if errors.is_empty() {
         return Ok(udp);
@@ -295,7 +314,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         // A container moving between backends leaves nothing in the old one.
         if let Some(o) = old.as_ref().filter(|o| o.backend != rec.backend) {
             log::info!("portmap: {id} moves from {} to {}", o.backend, rec.backend);
-            let failed = remove_rules(&mut sock, &dn, id, Some(o), false);
+            let failed = remove_rules(&mut sock, &all_backends(), &dn, id, Some(o), false);
             if !failed.is_empty() {
                 return Err(CniError::new(
                     ErrorCode::DATAPLANE,
@@ -387,24 +406,26 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         .collect();
     let _lock = state::lock(&conf.state_dir)?;
     let mut sock = NfSocket::open().map_err(kernel)?;
-    let mut stale: BTreeSet<String> = state::all(&conf.state_dir)
-        .into_iter()
+    let records = state::all(&conf.state_dir)?;
+    let mut stale: BTreeSet<String> = records
+        .iter()
         .filter(|(_, r)| r.network == conf.network && !valid.contains(&r.container_id))
-        .map(|(_, r)| r.container_id)
+        .map(|(_, r)| r.container_id.clone())
         .collect();
     let mut errors = Vec::new();
     // Rules no record names (the reference plugin's, or a crash between record and
-    // transaction) whose container is not valid.
-    let recorded: BTreeSet<String> = state::all(&conf.state_dir)
-        .into_iter()
-        .map(|(_, r)| r.container_id)
-        .collect();
+    // transaction) whose container is not valid. Backends list IDs as they keep them
+    // (Backend::tag: nftables cuts long ones), so valid and recorded IDs are compared so.
+    let recorded: Vec<&String> = records.iter().map(|(_, r)| &r.container_id).collect();
     for b in all_backends() {
+        let valid_tags: BTreeSet<String> = valid.iter().map(|id| b.tag(id)).collect();
+        let recorded_by_tag: HashMap<String, &String> =
+            recorded.iter().map(|id| (b.tag(id), *id)).collect();
         match b.containers(&mut sock, &conf.network) {
             Ok(found) => {
-                for id in found.into_iter().filter(|id| !valid.contains(id)) {
-                    if recorded.contains(&id) {
-                        stale.insert(id);
+                for id in found.into_iter().filter(|id| !valid_tags.contains(id)) {
+                    if let Some(full) = recorded_by_tag.get(&id) {
+                        stale.insert((*full).clone());
                     } else if let Err(e) = b.sweep(&mut sock, &conf, &id) {
                         errors.push(format!("{id}: {e}"));
                     }
@@ -428,4 +449,192 @@ pub fn gc(req: &Request) -> Result<(), CniError> {
         ErrorCode::DATAPLANE,
         format!("portmap GC: {}", errors.join("; ")),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Mapping, test_conf};
+    use std::cell::Cell;
+
+    /// A stand-in backend (the kernel's answers chosen): whether its removal fails, and
+    /// whether the container's rules are left there afterwards.
+    struct Scripted {
+        name: &'static str,
+        fails: bool,
+        left: bool,
+        removed: Cell<bool>,
+    }
+
+    fn scripted(name: &'static str, fails: bool, left: bool) -> Box<dyn Backend> {
+        Box::new(Scripted {
+            name,
+            fails,
+            left,
+            removed: Cell::new(false),
+        })
+    }
+
+    impl Backend for Scripted {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn plan(&self, _: &Target, _: &mut Record) {}
+        fn add(
+            &self,
+            _: &mut NfSocket,
+            _: &Target,
+            _: Option<&Record>,
+            _: &mut Record,
+        ) -> Result<(), AddError> {
+            Ok(())
+        }
+        fn missing(&self, _: &mut NfSocket, _: &Target) -> Result<Vec<String>, NfError> {
+            Ok(Vec::new())
+        }
+        fn remove(
+            &self,
+            _: &mut NfSocket,
+            _: &str,
+            _: &str,
+            _: Option<&Record>,
+            _: bool,
+        ) -> Result<(), NfError> {
+            self.removed.set(true);
+            if self.fails {
+                return Err(NfError::Input(format!("{} refused", self.name)));
+            }
+            Ok(())
+        }
+        fn has_rules(&self, _: &mut NfSocket, _: &str, _: &Record) -> bool {
+            self.left
+        }
+        fn remains(&self, _: &mut NfSocket, _: &str, _: &str) -> bool {
+            assert!(self.removed.get(), "asked before removing");
+            self.left
+        }
+        fn containers(&self, _: &mut NfSocket, _: &str) -> Result<Vec<String>, NfError> {
+            Ok(Vec::new())
+        }
+        fn sweep(&self, _: &mut NfSocket, _: &Conf, _: &str) -> Result<(), NfError> {
+            Ok(())
+        }
+    }
+
+    /// A container "c" of backend `backend` with a record and a claim on tcp/8080, in a
+    /// state directory of its own.
+    fn recorded_container(backend: &str) -> (tempfile::TempDir, Conf, String) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut conf = test_conf(config::BackendKind::Nftables);
+        conf.state_dir = dir.path().to_path_buf();
+        let maps = [Mapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        }];
+        let dn = chain_name(&conf.network, "c");
+        let rec = Record {
+            network: conf.network.clone(),
+            container_id: "c".into(),
+            backend: backend.into(),
+            ports: state::claim_entries(&maps, &[true]),
+            ..Record::default()
+        };
+        state::save(dir.path(), &dn, &rec).expect("save");
+        state::claim_ports(dir.path(), &dn, "c", &maps, &[true], &mut |_| true).expect("claim");
+        (dir, conf, dn)
+    }
+
+    fn claim_left(dir: &std::path::Path) -> bool {
+        dir.join("ports/tcp-8080/v4-any").exists()
+    }
+
+    /// Review of findings #1's fix: a removal that failed with the container's rules still
+    /// in place keeps the record and the claims (the port still forwards to it), and says
+    /// so; once a retried removal gets everything, both go.
+    #[test]
+    fn a_failed_removal_keeps_record_and_claims_only_while_rules_remain() {
+        let (dir, conf, dn) = recorded_container("nftables");
+        let mut sock = NfSocket::open().expect("nfnetlink socket");
+        let e = remove_container_in(
+            &mut sock,
+            &[scripted("nftables", true, true)],
+            &conf,
+            "c",
+            false,
+        )
+        .expect_err("rules remain");
+        assert_eq!(e.code, ErrorCode::DATAPLANE);
+        assert!(e.msg.contains("nftables refused"), "{}", e.msg);
+        assert!(state::load(dir.path(), &dn).is_some(), "record kept");
+        assert!(claim_left(dir.path()), "claim kept");
+        remove_container_in(
+            &mut sock,
+            &[scripted("nftables", false, false)],
+            &conf,
+            "c",
+            false,
+        )
+        .expect("the retried removal");
+        assert!(state::load(dir.path(), &dn).is_none());
+        assert!(!claim_left(dir.path()));
+    }
+
+    /// A removal that failed but left nothing of the container (it got everything before
+    /// failing, or there was nothing) is a successful DEL: record and claims go.
+    #[test]
+    fn a_failed_removal_that_left_nothing_succeeds() {
+        let (dir, conf, dn) = recorded_container("nftables");
+        let mut sock = NfSocket::open().expect("nfnetlink socket");
+        remove_container_in(
+            &mut sock,
+            &[scripted("nftables", true, false)],
+            &conf,
+            "c",
+            false,
+        )
+        .expect("nothing left");
+        assert!(state::load(dir.path(), &dn).is_none());
+        assert!(!claim_left(dir.path()));
+    }
+
+    /// Each backend whose removal failed is asked itself whether anything is left: the
+    /// record's backend answering "nothing" does not clear the other backend's error while
+    /// its rules remain, and the other way round.
+    #[test]
+    fn each_failed_backend_answers_for_itself() {
+        let cases = [
+            // (record's backend fails, its rules left, other fails, its rules left, DEL ok)
+            (true, false, true, true, false),
+            (true, true, true, false, false),
+            (false, false, true, false, true),
+            (true, false, true, false, true),
+            (false, false, true, true, false),
+        ];
+        for (own_fails, own_left, other_fails, other_left, ok) in cases {
+            let (dir, conf, dn) = recorded_container("nftables");
+            let mut sock = NfSocket::open().expect("nfnetlink socket");
+            let backends = [
+                scripted("iptables", other_fails, other_left),
+                scripted("nftables", own_fails, own_left),
+            ];
+            let got = remove_container_in(&mut sock, &backends, &conf, "c", true);
+            let what = format!("{own_fails} {own_left} {other_fails} {other_left}");
+            assert_eq!(got.is_ok(), ok, "{what}: {got:?}");
+            if let Err(e) = got {
+                let own = own_fails && own_left;
+                let other = other_fails && other_left;
+                assert_eq!(e.msg.contains("nftables refused"), own, "{what}: {}", e.msg);
+                assert_eq!(
+                    e.msg.contains("iptables refused"),
+                    other,
+                    "{what}: {}",
+                    e.msg
+                );
+            }
+            assert_eq!(state::load(dir.path(), &dn).is_some(), !ok, "{what}");
+            assert_eq!(claim_left(dir.path()), !ok, "{what}");
+        }
+    }
 }

@@ -240,6 +240,16 @@ impl Called {
         v
     }
 
+    /// Asserts success with nothing on stdout (DEL and GC print nothing).
+    pub fn done(&self) {
+        assert!(
+            self.status.success() && self.stdout.is_empty(),
+            "{}{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+
     /// Asserts failure with exit status 1 and returns the error's code and message.
     pub fn err(&self) -> (u64, String) {
         let v = self.json();
@@ -354,10 +364,12 @@ pub fn state_in(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// The elements of one of our nftables sets, as `nft` lists them (empty if none or no table).
+/// The elements of one of our nftables sets or maps, as `nft` lists them (empty if none or
+/// no table). (`nft list set` does not list a map.)
 pub fn nft_set(node: &SimNode, set: &str) -> String {
+    let kind = if set.contains("ports") { "map" } else { "set" };
     node.sh(&format!(
-        "nft list set inet calico_portmap {set} 2>/dev/null | sed -n '/elements/,$p'"
+        "nft list {kind} inet calico_portmap {set} 2>/dev/null | sed -n '/elements/,$p'"
     ))
     .unwrap()
 }

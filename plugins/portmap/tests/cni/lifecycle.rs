@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use serde_json::{Value, json};
+use std::net::{IpAddr, SocketAddr};
 use testkit::{NetNs, require};
 
 #[test]
@@ -332,4 +333,192 @@ fn a_repeated_add_releases_the_ports_it_no_longer_maps() {
     assert!(portmap_state(node).is_empty(), "{:?}", portmap_state(node));
     let left = rules(node);
     assert!(!left.contains(&ida) && !left.contains(&idb), "{left}");
+}
+
+/// A pod on the v4-only network `v4only` with no mappings yet: namespace, ID, ADD result.
+fn v4_pod(c: &testkit::Cluster, hint: &str) -> (NetNs, String, Value) {
+    let ns = NetNs::new(hint).unwrap();
+    let id = new_id(hint);
+    let prev = c
+        .runtime(0)
+        .add("v4only", &ns.path(), &opts(&id, Value::Null))
+        .unwrap()
+        .unwrap();
+    (ns, id, prev)
+}
+
+/// Review of findings #1's fix. A holds a host port (`snat: false`, so its record names
+/// nothing but the port's key); its element is removed behind its back (as another tool or
+/// plugin may, or as an ADD killed before installing leaves it), so its claim is stale. B
+/// takes the port and installs it; A's DEL must leave B's element (a DEL by key deleted it).
+/// Then A holds 7102 and 7103 the same way, B takes 7102 (A's first recorded key), and C
+/// asks for 7103: B's element on A's first key must not make A look alive (the tag says
+/// whose an element is). A's DEL leaves B's and C's elements, which still forward; after
+/// every DEL nothing is left.
+#[test]
+fn a_stale_holders_del_spares_the_ports_taken_over() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    c.install(0, &conflist_named("v4only", true, false, json!({})))
+        .unwrap();
+    let node = c.node(0);
+    let (a, ida, preva) = v4_pod(&c, "psa");
+    let (b, idb, prevb) = v4_pod(&c, "psb");
+    let (cc, idc, prevc) = v4_pod(&c, "psc");
+    let extra = json!({"snat": false});
+    let map = |ports: &[u16]| {
+        Value::Array(
+            ports
+                .iter()
+                .map(|p| json!({"hostPort": p, "containerPort": 80}))
+                .collect(),
+        )
+    };
+    let add = |ns: &NetNs, id: &str, prev: &Value, ports: &[u16]| {
+        let conf = portmap_conf("v4only", extra.clone(), map(ports), prev);
+        portmap_direct(node, "ADD", id, &ns.path(), &conf).ok();
+    };
+    let del = |ns: &NetNs, id: &str, prev: &Value| {
+        let conf = portmap_conf("v4only", json!({}), Value::Null, prev);
+        portmap_direct(node, "DEL", id, &ns.path(), &conf).done();
+    };
+    let lose = |ports: &str| {
+        node.sh(&format!(
+            "nft delete element inet calico_portmap hostports4 '{{ {ports} }}'"
+        ))
+        .unwrap();
+    };
+    let _echo_b = Echo::start(&b, &[80], &[]);
+    let _echo_c = Echo::start(&cc, &[80], &[]);
+    let node_ip = IpAddr::V4(node.underlay_ip());
+    let forwards = |port: u16| tcp_source(node.netns(), SocketAddr::new(node_ip, port)).is_some();
+
+    add(&a, &ida, &preva, &[7101]);
+    lose("tcp . 7101");
+    add(&b, &idb, &prevb, &[7101]);
+    del(&a, &ida, &preva);
+    let set = nft_set(node, "hostports4");
+    assert!(set.contains(&idb), "B's element stays:\n{set}");
+    assert!(forwards(7101), "7101 still forwards to B");
+
+    add(&a, &ida, &preva, &[7102, 7103]);
+    lose("tcp . 7102, tcp . 7103");
+    add(&b, &idb, &prevb, &[7101, 7102]);
+    add(&cc, &idc, &prevc, &[7103]);
+    assert!(forwards(7102) && forwards(7103));
+    del(&a, &ida, &preva);
+    let set = nft_set(node, "hostports4");
+    assert!(set.contains(&idb) && set.contains(&idc), "{set}");
+    assert!(!set.contains(&ida), "{set}");
+    for port in [7101, 7102, 7103] {
+        assert!(forwards(port), "{port} still forwards");
+    }
+    // The claims are B's and C's.
+    let state = portmap_state(node);
+    assert_eq!(
+        state.iter().filter(|s| s.starts_with("ports/")).count(),
+        3,
+        "{state:?}"
+    );
+    del(&b, &idb, &prevb);
+    del(&cc, &idc, &prevc);
+    assert!(portmap_state(node).is_empty(), "{:?}", portmap_state(node));
+    let left = rules(node);
+    for id in [&ida, &idb, &idc] {
+        assert!(!left.contains(id.as_str()), "{id} left:\n{left}");
+    }
+    for (ns, id) in [(&a, &ida), (&b, &idb), (&cc, &idc)] {
+        c.runtime(0)
+            .del("v4only", &ns.path(), &opts(id, Value::Null))
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A 200-character container ID (the CNI spec sets no bound): nf_tables keeps the first 127
+/// bytes of the tag, and every comparison goes by that. ADD, CHECK, a GC that lists it as
+/// valid (its elements stay), DEL: nothing left.
+#[test]
+fn a_200_character_container_id_is_added_and_removed() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    c.install(0, &conflist_named("v4only", true, false, json!({})))
+        .unwrap();
+    let node = c.node(0);
+    let (pod, short, prev) = v4_pod(&c, "plong");
+    let id = format!("{short}{}", "x".repeat(200 - short.len()));
+    let conf = portmap_conf("v4only", json!({}), two_mappings(), &prev);
+    portmap_direct(node, "ADD", &id, &pod.path(), &conf).ok();
+    let out = portmap_direct(node, "CHECK", &id, &pod.path(), &conf);
+    assert!(out.status.success(), "CHECK: {}{}", out.stdout, out.stderr);
+    let tag = &id[..127];
+    let set = nft_set(node, "hostports4");
+    assert!(set.contains(tag), "{}", rules(node));
+    let gc = json!({"cniVersion": "1.1.0", "name": "v4only", "type": "portmap",
+                    "cni.dev/valid-attachments": [{"containerID": id, "ifname": "eth0"}]});
+    portmap_direct(node, "GC", &id, &pod.path(), &gc).done();
+    let set = nft_set(node, "hostports4");
+    assert!(set.contains(tag), "GC kept the valid container:\n{set}");
+    let del = portmap_conf("v4only", json!({}), Value::Null, &prev);
+    portmap_direct(node, "DEL", &id, &pod.path(), &del).done();
+    let left = rules(node);
+    assert!(!left.contains(tag), "left:\n{left}");
+    assert!(portmap_state(node).is_empty(), "{:?}", portmap_state(node));
+    c.runtime(0)
+        .del("v4only", &pod.path(), &opts(&short, Value::Null))
+        .unwrap()
+        .unwrap();
+}
+
+/// Review of findings #1's fix: a DEL whose removal fails while the container's rules stay
+/// (iptables: a rule portmap did not write jumps to the container's chain, so the chain
+/// cannot be deleted) reports code 103 and keeps the record and the claims, since the port
+/// still forwards to the container: another pod asking for it is refused. Once the foreign
+/// rule is gone, the retried DEL leaves nothing.
+#[test]
+fn a_del_that_cannot_remove_the_rules_keeps_the_claims() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    c.install(
+        0,
+        &conflist_named("v4only", true, false, json!({"backend": "iptables"})),
+    )
+    .unwrap();
+    let node = c.node(0);
+    let (a, ida, preva) = v4_pod(&c, "pka");
+    let (b, idb, prevb) = v4_pod(&c, "pkb");
+    let one = json!([{"hostPort": 7201, "containerPort": 80}]);
+    let conf =
+        |prev: &Value| portmap_conf("v4only", json!({"backend": "iptables"}), one.clone(), prev);
+    portmap_direct(node, "ADD", &ida, &a.path(), &conf(&preva)).ok();
+    let chain = portmap::layout::chain_name("v4only", &ida);
+    node.sh(&format!(
+        "iptables -t nat -N PORTMAP-TEST-FOREIGN && iptables -t nat -A PORTMAP-TEST-FOREIGN -j {chain}"
+    ))
+    .unwrap();
+    let del = portmap_conf("v4only", json!({}), Value::Null, &preva);
+    let (code, msg) = portmap_direct(node, "DEL", &ida, &a.path(), &del).err();
+    assert_eq!(code, 103, "{msg}");
+    assert!(msg.contains("iptables"), "{msg}");
+    let state = portmap_state(node);
+    assert!(
+        state.contains(&"ports/tcp-7201/v4-any".to_string())
+            && state.contains(&format!("{chain}.json")),
+        "{state:?}"
+    );
+    let (code, msg) = portmap_direct(node, "ADD", &idb, &b.path(), &conf(&prevb)).err();
+    assert_eq!(code, 7, "{msg}");
+    assert!(msg.contains(&ida), "{msg}");
+    node.sh("iptables -t nat -F PORTMAP-TEST-FOREIGN && iptables -t nat -X PORTMAP-TEST-FOREIGN")
+        .unwrap();
+    portmap_direct(node, "DEL", &ida, &a.path(), &del).done();
+    assert!(portmap_state(node).is_empty(), "{:?}", portmap_state(node));
+    let left = rules(node);
+    assert!(!left.contains(&chain) && !left.contains(&ida), "{left}");
+    for (ns, id) in [(&a, &ida), (&b, &idb)] {
+        c.runtime(0)
+            .del("v4only", &ns.path(), &opts(id, Value::Null))
+            .unwrap()
+            .unwrap();
+    }
 }

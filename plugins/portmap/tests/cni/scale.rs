@@ -158,23 +158,36 @@ fn a_failed_add_at_index_299_leaves_nothing() {
     assert_nothing_left(node, &holder_id, None, "after both DELs");
 }
 
-/// An ADD killed (SIGKILL) once its record is written, at whatever point of its work that
-/// is, then DEL: no claim, record or element is left (findings #1/#17: the claims of a
-/// killed ADD were never removed).
+/// An ADD killed (SIGKILL) once it holds its first port claim, before it installs anything,
+/// then another pod takes one of its ports (the killed ADD's claims are stale: it has a
+/// record but no rules) and installs it, then the killed pod's DEL: the other pod's element
+/// stays and forwards (review of findings #1's fix: the record names keys the killed ADD
+/// never added, and a DEL by key deleted the other pod's, with `snat: false` or thousands of
+/// mappings), and the killed pod's claims, record and elements are gone (findings #1/#17:
+/// the claims of a killed ADD were never removed).
 #[test]
-fn a_killed_add_then_del_leaves_nothing() {
+fn a_killed_add_then_del_leaves_nothing_and_spares_the_port_taken_over() {
     require!(root; "etcd", "go", "ip", "iptables", "nft");
     let c = cluster(1);
     let node = c.node(0);
     let (pod, id, prev) = big_pod(&c, "pkill");
     let state = tmpfs_state_dir();
     let state_dir = json!(state.path());
-    let record = state
-        .path()
-        .join(format!("{}.json", chain_of_net(BIG, &id)));
+    let dn = chain_of_net(BIG, &id);
+    // What the killed pod holds: claim files whose first line is its chain.
+    let claims_of = |chain: &str| -> usize {
+        state_in(state.path())
+            .iter()
+            .filter(|s| s.starts_with("ports/") && !s.ends_with('/'))
+            .filter(|s| {
+                std::fs::read_to_string(state.path().join(s))
+                    .is_ok_and(|o| o.lines().next() == Some(chain))
+            })
+            .count()
+    };
     let conf = portmap_conf(
         BIG,
-        json!({"stateDir": state_dir}),
+        json!({"stateDir": state_dir, "snat": false}),
         many_mappings(20_000),
         &prev,
     );
@@ -185,23 +198,126 @@ fn a_killed_add_then_del_leaves_nothing() {
     let mut stdin = child.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
     drop(stdin);
+    // The first claim (host port 1024) is written once all 20k are checked; the rules come
+    // after the last of the 20k claims.
+    let first = state.path().join("ports/tcp-1024/v4-any");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !record.exists() {
-        assert!(Instant::now() < deadline, "no record within 30 s");
+    while !first.exists() {
+        assert!(Instant::now() < deadline, "no claim within 30 s");
         std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    // The record comes before the first of 20k claims, so the kill lands mid-ADD.
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGKILL),
         "the ADD was still running when killed"
     );
+    assert!(claims_of(&dn) >= 1, "the killed ADD holds claims");
+    assert!(
+        !nft_set(node, "hostports4").contains(&id),
+        "killed before installing"
+    );
+    // Another pod takes host port 1024 from the killed one and installs it.
+    let other = NetNs::new("ptake").unwrap();
+    let other_id = new_id("ptake");
+    let other_prev = c
+        .runtime(0)
+        .add(BIG, &other.path(), &opts(&other_id, Value::Null))
+        .unwrap()
+        .unwrap();
+    let _echo = Echo::start(&other, &[80], &[]);
+    let one = json!([{"hostPort": 1024, "containerPort": 80}]);
+    let other_conf = portmap_conf(
+        BIG,
+        json!({"stateDir": state_dir, "snat": false}),
+        one,
+        &other_prev,
+    );
+    portmap_direct(node, "ADD", &other_id, &other.path(), &other_conf).ok();
+    let node_ip = IpAddr::V4(node.underlay_ip());
+    let taken = SocketAddr::new(node_ip, 1024);
+    assert!(tcp_source(node.netns(), taken).is_some(), "1024 forwards");
+    // The killed pod's DEL, as a runtime sends it (no mappings).
     let del = portmap_conf(BIG, json!({"stateDir": state_dir}), Value::Null, &prev);
     let out = portmap_direct(node, "DEL", &id, &pod.path(), &del);
     assert!(out.status.success(), "DEL: {}{}", out.stdout, out.stderr);
+    let set = nft_set(node, "hostports4");
+    assert!(set.contains(&other_id), "the taker's element stays:\n{set}");
+    assert!(
+        tcp_source(node.netns(), taken).is_some(),
+        "1024 still forwards to the taker"
+    );
+    assert_eq!(claims_of(&dn), 0, "the killed pod's claims are released");
+    assert!(
+        !state.path().join(format!("{dn}.json")).exists(),
+        "its record is gone"
+    );
+    assert!(!rules(node).contains(&id), "nothing of the killed pod left");
+    // The taker's DEL: nothing of either is left.
+    let del = portmap_conf(
+        BIG,
+        json!({"stateDir": state_dir}),
+        Value::Null,
+        &other_prev,
+    );
+    portmap_direct(node, "DEL", &other_id, &other.path(), &del).done();
     assert_nothing_left(node, &id, Some(state.path()), "DEL after a killed ADD");
+    assert_nothing_left(node, &other_id, Some(state.path()), "DEL of the taker");
+    for (ns, pid) in [(&pod, &id), (&other, &other_id)] {
+        c.runtime(0)
+            .del(BIG, &ns.path(), &opts(pid, Value::Null))
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// An ADD of 5000 mappings whose transaction fails after every claim is made (one host port
+/// is an element in our table that no claim covers, as another tool or a lost record would
+/// leave it: `EEXIST`): the ADD fails with a kernel error, and its cleanup (a large record,
+/// removed by tag in bounded transactions) leaves no record, claim or element of its own;
+/// the foreign element is untouched.
+#[test]
+fn an_install_failing_after_the_claims_leaves_nothing() {
+    require!(root; "etcd", "go", "ip", "iptables", "nft");
+    let c = cluster(1);
+    let node = c.node(0);
+    let (pod, id, prev) = big_pod(&c, "peex");
+    let state = tmpfs_state_dir();
+    let state_dir = json!(state.path());
+    // The table exists once any pod has had a mapping; then a foreign element on 6023.
+    let warm = portmap_conf(
+        BIG,
+        json!({"stateDir": state_dir}),
+        json!([{"hostPort": 999, "containerPort": 80}]),
+        &prev,
+    );
+    portmap_direct(node, "ADD", &id, &pod.path(), &warm).ok();
+    let del = portmap_conf(BIG, json!({"stateDir": state_dir}), Value::Null, &prev);
+    portmap_direct(node, "DEL", &id, &pod.path(), &del).done();
+    node.sh("nft add element inet calico_portmap hostports4 '{ tcp . 6023 comment \"foreign\" : 10.9.9.9 . 80 }'")
+        .unwrap();
+    let conf = portmap_conf(
+        BIG,
+        json!({"stateDir": state_dir}),
+        many_mappings(5000),
+        &prev,
+    );
+    let (code, msg) = portmap_direct(node, "ADD", &id, &pod.path(), &conf).err();
+    assert_eq!(code, 103, "{msg}");
+    let set = nft_set(node, "hostports4");
+    assert!(set.contains("6023") && set.contains("foreign"), "{set}");
+    assert!(
+        !rules(node).contains(&id),
+        "elements of the failed ADD left"
+    );
+    let left = state_in(state.path());
+    assert!(left.is_empty(), "state left: {left:?}");
+    node.sh("nft delete element inet calico_portmap hostports4 '{ tcp . 6023 }'")
+        .unwrap();
+    let out = portmap_direct(node, "DEL", &id, &pod.path(), &del);
+    assert!(out.status.success(), "DEL: {}{}", out.stdout, out.stderr);
+    assert_nothing_left(node, &id, Some(state.path()), "after the failed ADD");
     c.runtime(0)
         .del(BIG, &pod.path(), &opts(&id, Value::Null))
         .unwrap()
