@@ -507,3 +507,61 @@ fn health_answers_from_the_daemon_and_sigterm_finishes_the_work_taken() {
     assert!(!agent.socket().exists(), "the socket is removed at exit");
     assert!(!probe("--live").status.success());
 }
+
+/// Bad-input finding #7 on the agent's side: a plugin (or anything root that speaks the
+/// protocol) passing the agent's own network namespace with DeleteLink would have the
+/// agent delete a node interface by index. The agent checks the descriptor it receives as
+/// the plugins check `CNI_NETNS` (`netns::check_pod`): refused, and the interface stays.
+#[test]
+fn a_link_deletion_in_the_agents_own_namespace_is_refused() {
+    use calico_agent_protocol::{Connection, Reply, Request};
+    use std::os::fd::AsFd;
+    require!(root; "etcd", "go", "ip");
+    let c = cluster();
+    let agent = Agent::on_node(&c, 0).unwrap();
+    let node = c.node(0).netns();
+    let victim = format!("v{}", &testkit::unique_name("x")[2..]);
+    let victim = &victim[..victim.len().min(14)];
+    node.sh(&format!("ip link add {victim} type veth peer name {victim}p"))
+        .unwrap();
+    let index: u32 = node
+        .sh(&format!("ip -o link show {victim}"))
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let own = std::fs::File::open(node.path()).unwrap();
+    let mut conn = Connection::open(agent.socket(), Duration::from_secs(5)).unwrap();
+    let request = Request::DeleteLink {
+        netns: node.path().display().to_string(),
+        index,
+        ifname: victim.to_string(),
+    };
+    let reply = conn
+        .call(&request, &[own.as_fd()], Duration::from_secs(5))
+        .unwrap();
+    match reply {
+        Reply::Rejected(why) => assert!(why.contains("own network namespace"), "{why}"),
+        other => panic!("accepted a deletion in the agent's namespace: {other:?}"),
+    }
+    // A regular file is no namespace either.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let reply = conn
+        .call(&request, &[file.as_file().as_fd()], Duration::from_secs(5))
+        .unwrap();
+    match reply {
+        Reply::Rejected(why) => assert!(why.contains("not a network namespace"), "{why}"),
+        other => panic!("accepted a deletion in a regular file: {other:?}"),
+    }
+    node.sh(&format!("ip link show {victim}")).unwrap();
+    assert_eq!(
+        metric(
+            &agent,
+            "calico_node_requests_total",
+            &["outcome=\"rejected\""]
+        ),
+        2.0
+    );
+}

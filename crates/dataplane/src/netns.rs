@@ -4,6 +4,12 @@
 //! the thread that opened them. So code enters a namespace only for the synchronous moment
 //! it needs (opening a netlink socket, writing a sysctl), on a thread of its own
 //! ([`within`]): the calling thread stays where it is whatever happens.
+//!
+//! A pod's namespace comes from the caller (`CNI_NETNS`, or a descriptor a plugin passes to
+//! the node agent), so it is opened with [`open_pod`], which refuses what is not a network
+//! namespace and the caller's own (or the host's): wiring a "pod" into the node's own
+//! namespace would turn off its forwarding, and a DEL there would delete the node's
+//! interface of that name.
 
 use crate::error::DataplaneError;
 use nix::sched::{CloneFlags, setns};
@@ -61,6 +67,65 @@ pub fn open(path: &Path) -> Result<File, DataplaneError> {
             }
         }
     })
+}
+
+/// Opens a pod's network namespace ([`open`]) and refuses it unless [`check_pod`] passes.
+pub fn open_pod(path: &Path) -> Result<File, DataplaneError> {
+    let ns = open(path)?;
+    check_pod(&ns, path)?;
+    Ok(ns)
+}
+
+/// Why a namespace given as a pod's is not one ([`DataplaneError::NotPodNetns`]).
+pub const NOT_A_NETNS: &str = "is not a network namespace";
+/// See [`NOT_A_NETNS`].
+pub const HOST_NETNS: &str = "is the caller's own network namespace, not a pod's";
+
+/// Checks that `ns` (opened from `path`) is a network namespace other than the caller's and
+/// the host's (that of PID 1): a file of nsfs (not a regular file, a directory, a device),
+/// of the network type (not a mount or PID namespace), and not the same inode as
+/// `/proc/self/ns/net`, `/proc/thread-self/ns/net` (a thread may be elsewhere than the
+/// process) or `/proc/1/ns/net`.
+pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
+    let refuse = |reason: &'static str| DataplaneError::NotPodNetns {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let fs = nix::sys::statfs::fstatfs(ns).map_err(|e| DataplaneError::Netns {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(refuse(NOT_A_NETNS));
+    }
+    // The namespace's type, asked of the kernel: `setns` with CLONE_NEWNET refuses any other
+    // type with EINVAL. (The NS_GET_NSTYPE ioctl would say the same, but only through
+    // `unsafe`, which the workspace forbids.) On a thread that ends at once, so the caller
+    // never changes namespace.
+    match within(ns, path, || ()) {
+        Ok(()) => {}
+        Err(DataplaneError::Netns { source, .. })
+            if source.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) =>
+        {
+            return Err(refuse(NOT_A_NETNS));
+        }
+        Err(e) => return Err(e),
+    }
+    let id = identity(ns, path)?;
+    for own in [
+        "/proc/self/ns/net",
+        "/proc/thread-self/ns/net",
+        "/proc/1/ns/net",
+    ] {
+        // PID 1's may be unreadable (another PID namespace, hidepid): then only ours counts.
+        let Ok(m) = std::fs::metadata(own) else {
+            continue;
+        };
+        if (m.dev(), m.ino()) == (id.dev, id.ino) {
+            return Err(refuse(HOST_NETNS));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` in namespace `ns`, on a thread of its own that enters the namespace and ends

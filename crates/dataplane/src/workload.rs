@@ -212,7 +212,7 @@ fn open_both(
     spec: &WorkloadSpec,
     in_pod: impl FnOnce() -> Result<(), DataplaneError> + Send,
 ) -> Result<(Netlink, Netlink), DataplaneError> {
-    let ns = netns::open(&spec.netns)?;
+    let ns = netns::open_pod(&spec.netns)?;
     let host = Netlink::host()?;
     let pod = netns::within(&ns, &spec.netns, || {
         in_pod()?;
@@ -227,7 +227,7 @@ impl Dataplane for LinuxDataplane {
         spec: &WorkloadSpec,
         paired: &mut dyn FnMut(),
     ) -> Result<Links, DataplaneError> {
-        let ns = netns::open(&spec.netns)?;
+        let ns = netns::open_pod(&spec.netns)?;
         let host = Netlink::host()?;
         // The host end comes up in the creating request, except with IPv6: DAD must be off
         // before it comes up (its link-local address is the pod's gateway, and a tentative
@@ -367,7 +367,7 @@ impl Dataplane for LinuxDataplane {
             // No namespace named: its interfaces go with it.
             return Ok(());
         };
-        match netns::open(path) {
+        match netns::open_pod(path) {
             Ok(ns) => {
                 let pod = Netlink::in_netns(&ns, path)?;
                 if let Some(link) = pod.link(ifname)? {
@@ -384,7 +384,7 @@ impl Dataplane for LinuxDataplane {
         let Some(path) = netns else {
             return Ok(());
         };
-        let ns = match netns::open(path) {
+        let ns = match netns::open_pod(path) {
             Ok(ns) => ns,
             Err(DataplaneError::NetnsMissing(_)) => return Ok(()),
             Err(e) => return Err(e),
@@ -435,7 +435,7 @@ impl Dataplane for LinuxDataplane {
                     .filter(|r| addresses.iter().any(|a| IpNet::from(a.addr()) == r.dst)),
             );
         }
-        let ns = netns::open(&spec.netns)?;
+        let ns = netns::open_pod(&spec.netns)?;
         let pod = Netlink::in_netns(&ns, &spec.netns)?;
         seen.pod = pod.link(&spec.ifname)?;
         if let Some(l) = &seen.pod {
