@@ -522,8 +522,10 @@ fn a_link_deletion_in_the_agents_own_namespace_is_refused() {
     let node = c.node(0).netns();
     let victim = format!("v{}", &testkit::unique_name("x")[2..]);
     let victim = &victim[..victim.len().min(14)];
-    node.sh(&format!("ip link add {victim} type veth peer name {victim}p"))
-        .unwrap();
+    node.sh(&format!(
+        "ip link add {victim} type veth peer name {victim}p"
+    ))
+    .unwrap();
     let index: u32 = node
         .sh(&format!("ip -o link show {victim}"))
         .unwrap()

@@ -9,10 +9,7 @@ pub enum DataplaneError {
     /// A namespace given as a pod's that is none, or is the caller's own (see
     /// [`crate::netns::check_pod`]): the caller's environment is wrong (CNI code 4).
     #[error("CNI_NETNS {path} {reason}")]
-    NotPodNetns {
-        path: PathBuf,
-        reason: &'static str,
-    },
+    NotPodNetns { path: PathBuf, reason: &'static str },
     #[error("cannot enter network namespace {path}: {source}")]
     Netns {
         path: PathBuf,

@@ -315,7 +315,10 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
                 ..spec(&pod, "unused")
             };
             refused(dp.create(&s).unwrap_err(), HOST_NETNS);
-            refused(dp.remove(Some(own.as_ref()), "eth0").unwrap_err(), HOST_NETNS);
+            refused(
+                dp.remove(Some(own.as_ref()), "eth0").unwrap_err(),
+                HOST_NETNS,
+            );
             refused(
                 dp.remove_detached(Some(own.as_ref()), "eth0").unwrap_err(),
                 HOST_NETNS,
@@ -335,7 +338,10 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
                 ..spec(&pod, "unused")
             };
             refused(dp.create(&s).unwrap_err(), NOT_A_NETNS);
-            refused(dp.remove_detached(Some(other), "eth0").unwrap_err(), NOT_A_NETNS);
+            refused(
+                dp.remove_detached(Some(other), "eth0").unwrap_err(),
+                NOT_A_NETNS,
+            );
         }
         // A pod's namespace passes.
         calico_dataplane::netns::open_pod(&pod.path()).unwrap();

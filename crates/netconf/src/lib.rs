@@ -251,18 +251,48 @@ impl NetConf {
     pub fn from_value(config: &Map<String, Value>) -> Result<Self, CniError> {
         let mut top = canonicalise(config, Self::FIELDS);
         for (key, fields) in Self::NESTED {
-            if let Some(Value::Object(inner)) = top.get(*key) {
-                let inner = canonicalise(inner, fields);
-                top.insert((*key).to_string(), Value::Object(inner));
+            match top.get(*key) {
+                Some(Value::Object(inner)) => {
+                    let inner = canonicalise(inner, fields);
+                    top.insert((*key).to_string(), Value::Object(inner));
+                }
+                // Serde's derive would read an array positionally (`"policy": ["k8s"]` as
+                // `policy.type`); Go's decoder refuses anything but an object for a struct.
+                Some(other) => return Err(expected_object(key, other)),
+                None => {}
             }
         }
-        serde_path_to_error::deserialize(Value::Object(top)).map_err(|e| {
+        let conf: NetConf = serde_path_to_error::deserialize(Value::Object(top)).map_err(|e| {
             let path = e.path().to_string();
             CniError::invalid_config(format!(
                 "invalid value for field {path:?}: {}",
                 e.into_inner()
             ))
-        })
+        })?;
+        conf.validate()?;
+        Ok(conf)
+    }
+
+    /// What Go's types allow but no call can use, refused here with the field's name rather
+    /// than met later as a kernel error ("netlink create veth: Invalid argument") or a
+    /// delegation without end.
+    fn validate(&self) -> Result<(), CniError> {
+        // 0 is "unset" (the MTU file or the kernel's default); the kernel takes 68 (IPv4's
+        // minimum) to 65535 on a veth.
+        if self.mtu != 0 && !(MTU_MIN..=MTU_MAX).contains(&self.mtu) {
+            return Err(CniError::invalid_config(format!(
+                "invalid value for field \"mtu\": {} is outside {MTU_MIN}-{MTU_MAX}",
+                self.mtu
+            )));
+        }
+        if self.ipam.ipam_type == "calico" {
+            return Err(CniError::invalid_config(
+                "invalid value for field \"ipam.type\": \"calico\" is this plugin itself, \
+                 which would delegate to itself without end (Calico's IPAM plugin is \
+                 \"calico-ipam\")",
+            ));
+        }
+        Ok(())
     }
 
     /// Decodes a plugin call's config.
@@ -415,6 +445,25 @@ pub fn check_etcd(etcd: &EtcdConfig) -> Result<(), CniError> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// The smallest `mtu` a veth takes (IPv4's minimum datagram size).
+pub const MTU_MIN: i64 = 68;
+/// The largest `mtu` a veth takes.
+pub const MTU_MAX: i64 = 65535;
+
+/// Code 7 for a nested config section that is not an object.
+fn expected_object(field: &str, got: &Value) -> CniError {
+    let kind = match got {
+        Value::Array(_) => "an array",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Bool(_) => "a boolean",
+        Value::Null | Value::Object(_) => "something else",
+    };
+    CniError::invalid_config(format!(
+        "invalid value for field {field:?}: expected an object, got {kind}"
+    ))
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -608,9 +657,9 @@ mod tests {
         assert_eq!(c.ipam.ipam_type, "host-local");
         assert_eq!(c.policy.policy_type, "k8s");
         // An exact key beats a case variant.
-        let c = NetConf::from_value(json!({"mtu":1,"MTU":2}).as_object().expect("object"))
+        let c = NetConf::from_value(json!({"mtu":1400,"MTU":1500}).as_object().expect("object"))
             .expect("parses");
-        assert_eq!(c.mtu, 1);
+        assert_eq!(c.mtu, 1400);
     }
 
     #[test]
@@ -631,6 +680,62 @@ mod tests {
             assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{field}");
             assert!(e.msg.contains(field), "{field}: {}", e.msg);
         }
+    }
+
+    /// Bad-input finding #14: a nested section given as an array (which serde's derive
+    /// would read positionally: `"policy": ["k8s"]` as `policy.type`) or a scalar is code 7,
+    /// as Go's decoder refuses it.
+    #[test]
+    fn a_nested_section_that_is_not_an_object_is_code_7() {
+        for (field, _) in NetConf::NESTED {
+            for bad in [json!([]), json!(["k8s"]), json!(1), json!("x"), json!(true)] {
+                let conf = json!({ *field: bad });
+                let e = NetConf::from_value(conf.as_object().expect("object"))
+                    .expect_err(&conf.to_string());
+                assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{conf}");
+                assert!(
+                    e.msg.contains(&format!("{field:?}")) && e.msg.contains("expected an object"),
+                    "{conf}: {}",
+                    e.msg
+                );
+            }
+            // In any case, as Go matches keys; null stays "unset".
+            let conf = json!({ field.to_uppercase(): [] });
+            assert!(NetConf::from_value(conf.as_object().expect("object")).is_err());
+            let conf = json!({ *field: null });
+            assert!(NetConf::from_value(conf.as_object().expect("object")).is_ok());
+        }
+    }
+
+    /// Bad-input finding #15: an `mtu` no veth takes is code 7 naming the field, not a
+    /// kernel error after the fact; 0 stays "unset".
+    #[test]
+    fn an_mtu_outside_68_to_65535_is_code_7() {
+        for mtu in [-1, 1, 67, 65536, 70000, i64::MAX] {
+            let e = NetConf::from_value(json!({ "mtu": mtu }).as_object().expect("object"))
+                .expect_err(&mtu.to_string());
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{mtu}");
+            assert!(e.msg.contains("\"mtu\""), "{mtu}: {}", e.msg);
+        }
+        for mtu in [0, 68, 1440, 9000, 65535] {
+            let c = NetConf::from_value(json!({ "mtu": mtu }).as_object().expect("object"))
+                .expect("in range");
+            assert_eq!(c.mtu, mtu);
+        }
+    }
+
+    /// Bad-input finding #10: `ipam.type` "calico" would run the calico plugin as its own
+    /// IPAM, which runs it again, without end.
+    #[test]
+    fn ipam_type_calico_is_code_7() {
+        let e = NetConf::from_value(
+            json!({"type":"calico","ipam":{"type":"calico"}})
+                .as_object()
+                .expect("object"),
+        )
+        .expect_err("self-delegation");
+        assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
+        assert!(e.msg.contains("ipam.type"), "{}", e.msg);
     }
 
     #[test]

@@ -215,7 +215,7 @@ fn add_delegated(
     check_ready(current(&cluster_information_key()).as_ref())?;
     let used_ipam = ov.no_ipam.is_empty();
     let (addrs, routes) = if used_ipam {
-        let r = delegate::add(
+        let r = delegate::add_ipam(
             &req.env,
             &ctx.conf.ipam.ipam_type,
             &req.stdin,
