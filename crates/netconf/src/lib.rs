@@ -435,16 +435,28 @@ impl NetConf {
 }
 
 /// Code 7 if both endpoints and SRV discovery are set: libcalico-go's `NewEtcdV3Client`
-/// refuses that too ("multiple discovery or bootstrap options").
+/// refuses that too ("multiple discovery or bootstrap options"). Code 7 too for an endpoint
+/// that is not `http(s)://host[:port]` (one with `user:password@` among them), rather than
+/// a datastore error once the client is made.
 pub fn check_etcd(etcd: &EtcdConfig) -> Result<(), CniError> {
-    match &etcd.discovery_srv {
-        Some(domain) if !etcd.endpoints.is_empty() => Err(CniError::invalid_config(format!(
+    if let Some(domain) = &etcd.discovery_srv
+        && !etcd.endpoints.is_empty()
+    {
+        return Err(CniError::invalid_config(format!(
             "multiple discovery or bootstrap options specified, use either etcd_endpoints \
              ({}) or etcd_discovery_srv ({domain})",
             etcd.endpoints.join(",")
-        ))),
-        _ => Ok(()),
+        )));
     }
+    for endpoint in &etcd.endpoints {
+        calico_datastore::transport::Target::parse(endpoint).map_err(|e| match e {
+            calico_datastore::EtcdError::Config(why) => CniError::invalid_config(format!(
+                "invalid value for field \"etcd_endpoints\": {why}"
+            )),
+            other => CniError::invalid_config(other.to_string()),
+        })?;
+    }
+    Ok(())
 }
 
 /// The smallest `mtu` a veth takes (IPv4's minimum datagram size).
@@ -816,6 +828,18 @@ mod tests {
         let e = check_etcd(&both).expect_err("both");
         assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
         assert!(e.msg.contains("multiple discovery"), "{}", e.msg);
+        // Bad-input finding #15: credentials in an endpoint are code 7, naming the field
+        // and not the password (it was reported as "unreachable").
+        for bad in ["http://user:secret@127.0.0.1:2379", "ftp://e:2379"] {
+            let conf = NetConf {
+                etcd_endpoints: bad.into(),
+                ..NetConf::default()
+            };
+            let e = check_etcd(&conf.etcd(env(&[]))).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{bad}");
+            assert!(e.msg.contains("etcd_endpoints"), "{}", e.msg);
+            assert!(!e.msg.contains("secret"), "{}", e.msg);
+        }
         // Endpoints: CALICO_ETCD_ENDPOINTS, then the config, then ETCD_ENDPOINTS.
         let conf = NetConf {
             etcd_endpoints: "http://conf:2379".into(),
