@@ -632,7 +632,11 @@ mod tests {
             ("dns", json!(["1.1.1.1"]), "dns"),
             ("dns", json!(1), "dns"),
             ("ips", json!([["10.0.0.1/32"]]), "ips[0]"),
-            ("interfaces", json!([{"name":"eth0"}, ["eth1"]]), "interfaces[1]"),
+            (
+                "interfaces",
+                json!([{"name":"eth0"}, ["eth1"]]),
+                "interfaces[1]",
+            ),
             ("routes", json!([5]), "routes[0]"),
         ] {
             let mut v = ok.clone();
