@@ -567,3 +567,77 @@ fn a_link_deletion_in_the_agents_own_namespace_is_refused() {
         2.0
     );
 }
+
+/// Bad-input finding #8's remaining gap: the agent's socket path comes from the runtime's
+/// environment, so a socket there may be anyone's. One served by a user other than root
+/// (nobody, at the node's default path) gets nothing from the plugins: they check the
+/// listener (`SO_PEERCRED`) before sending a byte, then do their work alone.
+#[test]
+fn a_socket_served_by_another_user_gets_nothing_and_the_plugins_work_alone() {
+    use std::io::{BufRead, BufReader};
+    require!(root; "etcd", "go", "ip", "setpriv", "/usr/bin/python3");
+    let c = cluster();
+    c.install(0, &seed()).unwrap();
+    let socket_dir = c.node(0).host_path("/run/calico").unwrap();
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Counts the connections and the bytes they bring until its stdin closes.
+    let mut listener = c
+        .node(0)
+        .command("setpriv")
+        .unwrap()
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // Not root's pyenv shim, which nobody may read.
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(
+            "import socket, sys, threading\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.bind(sys.argv[1]); s.listen(64)\n\
+             print('listening', flush=True)\n\
+             seen = [0, 0]\n\
+             def serve():\n\
+             \x20   while True:\n\
+             \x20       c, _ = s.accept(); seen[0] += 1\n\
+             \x20       while True:\n\
+             \x20           d = c.recv(65536)\n\
+             \x20           if not d: break\n\
+             \x20           seen[1] += len(d)\n\
+             \x20       c.close()\n\
+             threading.Thread(target=serve, daemon=True).start()\n\
+             sys.stdin.read()\n\
+             print(seen[0], seen[1], flush=True)",
+        )
+        .arg(calico_agent_protocol::DEFAULT_SOCKET)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(listener.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let rt = c.runtime(0);
+    let pod_ns = NetNs::new("nobody").unwrap();
+    let opts = pod("nobody", udp_mapping());
+    let added = rt.add(NET, &pod_ns.path(), &opts).unwrap();
+    let deleted = rt.del(NET, &pod_ns.path(), &opts).unwrap();
+    // Done alone: the interface is gone when DEL returns.
+    let eth0_left = pod_ns.sh("ip link show eth0").is_ok();
+    drop(listener.stdin.take());
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    let _ = listener.wait();
+    added.unwrap();
+    deleted.unwrap();
+    assert!(!eth0_left, "DEL deleted the pod's interface itself");
+    let counts: Vec<u64> = line
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(counts[0] >= 1, "the plugins tried the socket: {line}");
+    assert_eq!(counts[1], 0, "and sent it nothing: {line}");
+}
