@@ -221,6 +221,22 @@ fn open_both(
     Ok((host, pod))
 }
 
+/// The pod's namespace for a removal, `None` if there is nothing to remove from: the path is
+/// gone, or is no network namespace any more (a runtime's pin file left after the namespace
+/// was unmounted). The caller's own namespace is still refused: the interface of that name
+/// there is the node's.
+fn open_for_removal(path: &Path) -> Result<Option<std::fs::File>, DataplaneError> {
+    match netns::open_pod(path) {
+        Ok(ns) => Ok(Some(ns)),
+        Err(DataplaneError::NetnsMissing(_)) => Ok(None),
+        Err(e @ DataplaneError::NotPodNetns { reason, .. }) if reason == netns::NOT_A_NETNS => {
+            log::warn!("nothing to remove: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Dataplane for LinuxDataplane {
     fn create_then(
         &self,
@@ -367,16 +383,15 @@ impl Dataplane for LinuxDataplane {
             // No namespace named: its interfaces go with it.
             return Ok(());
         };
-        match netns::open_pod(path) {
-            Ok(ns) => {
+        match open_for_removal(path)? {
+            Some(ns) => {
                 let pod = Netlink::in_netns(&ns, path)?;
                 if let Some(link) = pod.link(ifname)? {
                     pod.delete_link(link.index)?;
                 }
                 Ok(())
             }
-            Err(DataplaneError::NetnsMissing(_)) => Ok(()),
-            Err(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -384,10 +399,8 @@ impl Dataplane for LinuxDataplane {
         let Some(path) = netns else {
             return Ok(());
         };
-        let ns = match netns::open_pod(path) {
-            Ok(ns) => ns,
-            Err(DataplaneError::NetnsMissing(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        let Some(ns) = open_for_removal(path)? else {
+            return Ok(());
         };
         let pod = Netlink::in_netns(&ns, path)?;
         let Some(link) = pod.link(ifname)? else {

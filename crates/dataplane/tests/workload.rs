@@ -338,10 +338,10 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
                 ..spec(&pod, "unused")
             };
             refused(dp.create(&s).unwrap_err(), NOT_A_NETNS);
-            refused(
-                dp.remove_detached(Some(other), "eth0").unwrap_err(),
-                NOT_A_NETNS,
-            );
+            // Removal finds nothing to remove there (a runtime's pin file may outlive its
+            // namespace): DEL stays idempotent.
+            dp.remove_detached(Some(other), "eth0").unwrap();
+            dp.remove(Some(other), "eth0").unwrap();
         }
         // A pod's namespace passes.
         calico_dataplane::netns::open_pod(&pod.path()).unwrap();
