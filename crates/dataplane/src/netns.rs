@@ -6,10 +6,11 @@
 //! ([`within`]): the calling thread stays where it is whatever happens.
 //!
 //! A pod's namespace comes from the caller (`CNI_NETNS`, or a descriptor a plugin passes to
-//! the node agent), so it is opened with [`open_pod`], which refuses what is not a network
-//! namespace and the caller's own (or the host's): wiring a "pod" into the node's own
-//! namespace would turn off its forwarding, and a DEL there would delete the node's
-//! interface of that name.
+//! the node agent), so it is opened with [`open_pod`] (or [`open_pod_to_enter`] when it is
+//! entered at once), which refuses what is not a network namespace and the caller's own
+//! (or the host's): wiring a "pod" into the node's own namespace would turn off its
+//! forwarding, and a DEL there would delete the node's interface of that name. [`within`]
+//! reports a namespace of another type the same way.
 
 use crate::error::DataplaneError;
 use nix::sched::{CloneFlags, setns};
@@ -76,17 +77,36 @@ pub fn open_pod(path: &Path) -> Result<File, DataplaneError> {
     Ok(ns)
 }
 
+/// As [`open_pod`], without asking the kernel for the namespace's type: for a caller whose
+/// first use of it is [`within`], which refuses any other type the same way (one thread and
+/// one `setns` less per call).
+pub fn open_pod_to_enter(path: &Path) -> Result<File, DataplaneError> {
+    let ns = open(path)?;
+    check_not_own(&ns, path)?;
+    Ok(ns)
+}
+
 /// Why a namespace given as a pod's is not one ([`DataplaneError::NotPodNetns`]).
 pub const NOT_A_NETNS: &str = "is not a network namespace";
 /// See [`NOT_A_NETNS`].
 pub const HOST_NETNS: &str = "is the caller's own network namespace, not a pod's";
 
 /// Checks that `ns` (opened from `path`) is a network namespace other than the caller's and
-/// the host's (that of PID 1): a file of nsfs (not a regular file, a directory, a device),
-/// of the network type (not a mount or PID namespace), and not the same inode as
-/// `/proc/self/ns/net`, `/proc/thread-self/ns/net` (a thread may be elsewhere than the
-/// process) or `/proc/1/ns/net`.
+/// the host's (that of PID 1): [`check_not_own`], and of the network type (not a mount or
+/// PID namespace).
 pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
+    check_not_own(ns, path)?;
+    // The namespace's type, asked of the kernel: `setns` with CLONE_NEWNET refuses any other
+    // type ([`within`] reports that as not a network namespace). The NS_GET_NSTYPE ioctl
+    // would say the same, but only through `unsafe`, which the workspace forbids. On a
+    // thread that ends at once, so the caller never changes namespace.
+    within(ns, path, || ())
+}
+
+/// The cheap part of [`check_pod`]: a file of nsfs (not a regular file, a directory, a
+/// device), and not the same inode as `/proc/self/ns/net`, `/proc/thread-self/ns/net` (a
+/// thread may be elsewhere than the process) or `/proc/1/ns/net`.
+pub fn check_not_own(ns: &File, path: &Path) -> Result<(), DataplaneError> {
     let refuse = |reason: &'static str| DataplaneError::NotPodNetns {
         path: path.to_path_buf(),
         reason,
@@ -97,19 +117,6 @@ pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
     })?;
     if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err(refuse(NOT_A_NETNS));
-    }
-    // The namespace's type, asked of the kernel: `setns` with CLONE_NEWNET refuses any other
-    // type with EINVAL. (The NS_GET_NSTYPE ioctl would say the same, but only through
-    // `unsafe`, which the workspace forbids.) On a thread that ends at once, so the caller
-    // never changes namespace.
-    match within(ns, path, || ()) {
-        Ok(()) => {}
-        Err(DataplaneError::Netns { source, .. })
-            if source.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) =>
-        {
-            return Err(refuse(NOT_A_NETNS));
-        }
-        Err(e) => return Err(e),
     }
     let id = identity(ns, path)?;
     for own in [
@@ -143,7 +150,15 @@ pub fn within<T: Send>(
     let joined = std::thread::scope(|scope| {
         let thread = std::thread::Builder::new()
             .spawn_scoped(scope, move || -> Result<T, DataplaneError> {
-                setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(e.into()))?;
+                setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+                    // The kernel's word that the file is a namespace of another type (or
+                    // no namespace at all).
+                    nix::errno::Errno::EINVAL => DataplaneError::NotPodNetns {
+                        path: path.to_path_buf(),
+                        reason: NOT_A_NETNS,
+                    },
+                    e => err(e.into()),
+                })?;
                 Ok(f())
             })
             .map_err(err)?;
