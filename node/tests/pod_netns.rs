@@ -2,8 +2,7 @@
 //! and without calico-node: a `CNI_NETNS` that is the node's own network namespace (the
 //! plugin's `/proc/self/ns/net`) is refused with code 4 by ADD and DEL before anything is
 //! touched; no network namespace at all is code 4 for ADD, and nothing to remove for DEL.
-//! (PID 1's namespace is refused too, but a plugin run in a simulated node may not open it
-//! at all.) Before, ADD configured the node itself as the pod (turning its `ip_forward`
+//! Before, ADD configured the node itself as the pod (turning its `ip_forward`
 //! off) and DEL deleted the node's own `eth0`.
 
 // Test code: a failed unwrap is a failed test.

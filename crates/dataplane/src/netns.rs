@@ -7,8 +7,7 @@
 //!
 //! A pod's namespace comes from the caller (`CNI_NETNS`, or a descriptor a plugin passes to
 //! the node agent), so it is opened with [`open_pod`] (or [`open_pod_to_enter`] when it is
-//! entered at once), which refuses what is not a network namespace and the caller's own
-//! (or the host's): wiring a "pod" into the node's own namespace would turn off its
+//! entered at once), which refuses what is not a network namespace and the caller's own: wiring a "pod" into the node's own namespace would turn off its
 //! forwarding, and a DEL there would delete the node's interface of that name. [`within`]
 //! reports a namespace of another type the same way.
 
@@ -91,8 +90,8 @@ pub const NOT_A_NETNS: &str = "is not a network namespace";
 /// See [`NOT_A_NETNS`].
 pub const HOST_NETNS: &str = "is the caller's own network namespace, not a pod's";
 
-/// Checks that `ns` (opened from `path`) is a network namespace other than the caller's and
-/// the host's (that of PID 1): [`check_not_own`], and of the network type (not a mount or
+/// Checks that `ns` (opened from `path`) is a network namespace other than the caller's:
+/// [`check_not_own`], and of the network type (not a mount or
 /// PID namespace).
 pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
     check_not_own(ns, path)?;
@@ -104,8 +103,10 @@ pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
 }
 
 /// The cheap part of [`check_pod`]: a file of nsfs (not a regular file, a directory, a
-/// device), and not the same inode as `/proc/self/ns/net`, `/proc/thread-self/ns/net` (a
-/// thread may be elsewhere than the process) or `/proc/1/ns/net`.
+/// device), and not the namespace of `/proc/self/ns/net` or `/proc/thread-self/ns/net` (a
+/// thread may be elsewhere than the process). PID 1's is not compared: reading it is
+/// refused in some environments (this one), and every `/proc/<pid>/ns` lookup costs the
+/// concurrent calls of a busy node (see below).
 pub fn check_not_own(ns: &File, path: &Path) -> Result<(), DataplaneError> {
     let refuse = |reason: &'static str| DataplaneError::NotPodNetns {
         path: path.to_path_buf(),
@@ -119,16 +120,20 @@ pub fn check_not_own(ns: &File, path: &Path) -> Result<(), DataplaneError> {
         return Err(refuse(NOT_A_NETNS));
     }
     let id = identity(ns, path)?;
-    for own in [
-        "/proc/self/ns/net",
-        "/proc/thread-self/ns/net",
-        "/proc/1/ns/net",
-    ] {
-        // PID 1's may be unreadable (another PID namespace, hidepid): then only ours counts.
-        let Ok(m) = std::fs::metadata(own) else {
+    // The link's text (`net:[<inode>]`) rather than a stat of it: a stat makes the kernel
+    // build (and free) a dentry for the namespace, which a hundred concurrent calls were
+    // seen to contend on (portmap's scale test of a hundred pods then timed out on etcd);
+    // the text is only formatted. nsfs is one filesystem, so the inode names the namespace.
+    for own in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+        let Ok(link) = std::fs::read_link(own) else {
             continue;
         };
-        if (m.dev(), m.ino()) == (id.dev, id.ino) {
+        let ino = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("net:["))
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok());
+        if ino == Some(id.ino) {
             return Err(refuse(HOST_NETNS));
         }
     }

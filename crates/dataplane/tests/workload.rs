@@ -306,8 +306,7 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
     };
     node.within(|| {
         let dp = LinuxDataplane;
-        // The thread's own namespace (the node's), and the process's (the test host's,
-        // which is also PID 1's here).
+        // The thread's own namespace (the node's), and the process's (the test host's).
         for own in ["/proc/thread-self/ns/net", "/proc/self/ns/net"] {
             let s = WorkloadSpec {
                 netns: own.into(),
