@@ -227,8 +227,9 @@ pub fn load(
         }
         return Ok(from_env(env));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::Invalid(format!("open {}: {e}", path.display())))?;
+    // Bounded and never blocking (calico-fsbound): `--config /dev/zero` or a FIFO is refused.
+    let text = calico_fsbound::read_config_string(path, calico_fsbound::DOCUMENT_LIMIT, "--config")
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     parse_file(&text)
         .map_err(|e| ConfigError::Invalid(format!("syntax error in {}: {e}", path.display())))
 }

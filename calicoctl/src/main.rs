@@ -170,15 +170,31 @@ fn connect(ds: &Datastore) -> CmdResult<calico_datastore::Etcd> {
 
 /// The documents of `-f <file>` (`-` is stdin).
 fn read_objects(filename: &str) -> CmdResult<Vec<Object>> {
+    // Bounded, as every file a setting names (calico-fsbound): `/dev/zero` or a FIFO given
+    // as `-f` must not read without end or block.
+    let limit = calico_fsbound::DOCUMENT_LIMIT;
     let text = if filename == "-" {
         let mut s = String::new();
         std::io::stdin()
+            .take(limit + 1)
             .read_to_string(&mut s)
             .map_err(|e| CmdError::failed(format!("failed to execute command: read stdin: {e}")))?;
+        if s.len() as u64 > limit {
+            return Err(CmdError::failed(format!(
+                "failed to execute command: stdin holds more than {limit} bytes"
+            )));
+        }
         s
     } else {
-        std::fs::read_to_string(Path::new(filename)).map_err(|e| {
-            CmdError::failed(format!("failed to execute command: open {filename}: {e}"))
+        calico_fsbound::read_config_string(Path::new(filename), limit, "-f").map_err(|e| {
+            if e.is_missing() {
+                // Go's words for it.
+                CmdError::failed(format!(
+                    "failed to execute command: open {filename}: no such file or directory"
+                ))
+            } else {
+                CmdError::failed(format!("failed to execute command: {e}"))
+            }
         })?
     };
     let objects = resources::parse_documents(&text)

@@ -507,3 +507,137 @@ fn health_answers_from_the_daemon_and_sigterm_finishes_the_work_taken() {
     assert!(!agent.socket().exists(), "the socket is removed at exit");
     assert!(!probe("--live").status.success());
 }
+
+/// Bad-input finding #7 on the agent's side: a plugin (or anything root that speaks the
+/// protocol) passing the agent's own network namespace with DeleteLink would have the
+/// agent delete a node interface by index. The agent checks the descriptor it receives as
+/// the plugins check `CNI_NETNS` (`netns::check_pod`): refused, and the interface stays.
+#[test]
+fn a_link_deletion_in_the_agents_own_namespace_is_refused() {
+    use calico_agent_protocol::{Connection, Reply, Request};
+    use std::os::fd::AsFd;
+    require!(root; "etcd", "go", "ip");
+    let c = cluster();
+    let agent = Agent::on_node(&c, 0).unwrap();
+    let node = c.node(0).netns();
+    let victim = format!("v{}", &testkit::unique_name("x")[2..]);
+    let victim = &victim[..victim.len().min(14)];
+    node.sh(&format!(
+        "ip link add {victim} type veth peer name {victim}p"
+    ))
+    .unwrap();
+    let index: u32 = node
+        .sh(&format!("ip -o link show {victim}"))
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let own = std::fs::File::open(node.path()).unwrap();
+    let mut conn = Connection::open(agent.socket(), Duration::from_secs(5)).unwrap();
+    let request = Request::DeleteLink {
+        netns: node.path().display().to_string(),
+        index,
+        ifname: victim.to_string(),
+    };
+    let reply = conn
+        .call(&request, &[own.as_fd()], Duration::from_secs(5))
+        .unwrap();
+    match reply {
+        Reply::Rejected(why) => assert!(why.contains("own network namespace"), "{why}"),
+        other => panic!("accepted a deletion in the agent's namespace: {other:?}"),
+    }
+    // A regular file is no namespace either.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let reply = conn
+        .call(&request, &[file.as_file().as_fd()], Duration::from_secs(5))
+        .unwrap();
+    match reply {
+        Reply::Rejected(why) => assert!(why.contains("not a network namespace"), "{why}"),
+        other => panic!("accepted a deletion in a regular file: {other:?}"),
+    }
+    node.sh(&format!("ip link show {victim}")).unwrap();
+    assert_eq!(
+        metric(
+            &agent,
+            "calico_node_requests_total",
+            &["outcome=\"rejected\""]
+        ),
+        2.0
+    );
+}
+
+/// Bad-input finding #8's remaining gap: the agent's socket path comes from the runtime's
+/// environment, so a socket there may be anyone's. One served by a user other than root
+/// (nobody, at the node's default path) gets nothing from the plugins: they check the
+/// listener (`SO_PEERCRED`) before sending a byte, then do their work alone.
+#[test]
+fn a_socket_served_by_another_user_gets_nothing_and_the_plugins_work_alone() {
+    use std::io::{BufRead, BufReader};
+    require!(root; "etcd", "go", "ip", "setpriv", "/usr/bin/python3");
+    let c = cluster();
+    c.install(0, &seed()).unwrap();
+    let socket_dir = c.node(0).host_path("/run/calico").unwrap();
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Counts the connections and the bytes they bring until its stdin closes.
+    let mut listener = c
+        .node(0)
+        .command("setpriv")
+        .unwrap()
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // Not root's pyenv shim, which nobody may read.
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(
+            "import socket, sys, threading\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.bind(sys.argv[1]); s.listen(64)\n\
+             print('listening', flush=True)\n\
+             seen = [0, 0]\n\
+             def serve():\n\
+             \x20   while True:\n\
+             \x20       c, _ = s.accept(); seen[0] += 1\n\
+             \x20       while True:\n\
+             \x20           d = c.recv(65536)\n\
+             \x20           if not d: break\n\
+             \x20           seen[1] += len(d)\n\
+             \x20       c.close()\n\
+             threading.Thread(target=serve, daemon=True).start()\n\
+             sys.stdin.read()\n\
+             print(seen[0], seen[1], flush=True)",
+        )
+        .arg(calico_agent_protocol::DEFAULT_SOCKET)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(listener.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let rt = c.runtime(0);
+    let pod_ns = NetNs::new("nobody").unwrap();
+    let opts = pod("nobody", udp_mapping());
+    let added = rt.add(NET, &pod_ns.path(), &opts).unwrap();
+    let deleted = rt.del(NET, &pod_ns.path(), &opts).unwrap();
+    // Done alone: the interface is gone when DEL returns.
+    let eth0_left = pod_ns.sh("ip link show eth0").is_ok();
+    drop(listener.stdin.take());
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    let _ = listener.wait();
+    added.unwrap();
+    deleted.unwrap();
+    assert!(!eth0_left, "DEL deleted the pod's interface itself");
+    let counts: Vec<u64> = line
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(counts[0] >= 1, "the plugins tried the socket: {line}");
+    assert_eq!(counts[1], 0, "and sent it nothing: {line}");
+}

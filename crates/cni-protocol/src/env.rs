@@ -163,7 +163,7 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     }
 }
 
-/// A Linux interface name: 1-15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+/// A Linux interface name: 1-15 bytes, not `.`/`..`, no `/`, `:`, whitespace or `%`.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
     let problem = if name.len() > IFNAMSIZ_MAX {
         Some("is longer than 15 bytes")
@@ -174,6 +174,9 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
         Some("contains '/', ':' or whitespace")
+    } else if name.contains('%') {
+        // The kernel reads a name with '%' as a template ("eth%d": the next free number).
+        Some("contains '%'")
     } else {
         None
     };
@@ -287,6 +290,8 @@ mod tests {
             ("CNI_IFNAME", "a-very-long-interface-name"),
             ("CNI_IFNAME", "eth:0"),
             ("CNI_IFNAME", ".."),
+            // Bad-input finding #15: the kernel would expand the template (103 ENODEV).
+            ("CNI_IFNAME", "eth%d"),
             ("CNI_ARGS", "garbage"),
         ] {
             let e = env(&with(ADD, var, bad)).expect_err(bad);

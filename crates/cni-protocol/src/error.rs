@@ -54,6 +54,24 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The most bytes of any one text field of a printed error object. Messages quote their
+/// input (a bad `cniVersion`, a delegate's stderr), and input can be megabytes: a runtime
+/// logs the whole object.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+/// `text` cut to [`MAX_FIELD_BYTES`] (at a character boundary), saying how much was cut.
+fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_FIELD_BYTES {
+        return text.into();
+    }
+    const MARK: usize = 40;
+    let mut end = MAX_FIELD_BYTES - MARK;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &text[..end], text.len() - end).into()
+}
+
 /// A CNI error: what the runtime receives on stdout when a plugin fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {
@@ -118,11 +136,11 @@ impl CniError {
     /// when it was readable.
     pub fn to_json(&self, cni_version: &str) -> Value {
         let mut obj = Map::new();
-        obj.insert("cniVersion".into(), json!(cni_version));
+        obj.insert("cniVersion".into(), json!(bounded(cni_version)));
         obj.insert("code".into(), json!(self.code.0));
-        obj.insert("msg".into(), json!(self.msg));
+        obj.insert("msg".into(), json!(bounded(&self.msg)));
         if !self.details.is_empty() {
-            obj.insert("details".into(), json!(self.details));
+            obj.insert("details".into(), json!(bounded(&self.details)));
         }
         Value::Object(obj)
     }
@@ -193,5 +211,32 @@ mod tests {
         assert_eq!(e.msg, "etcd down");
         assert_eq!(e.details, "x");
         assert!(CniError::from_json(&json!({"msg":"no code"})).is_none());
+    }
+
+    /// Bad-input finding #15: a 100k-character `cniVersion` was echoed whole (200 KB on
+    /// stdout); every text field of the object is bounded.
+    #[test]
+    fn printed_fields_are_bounded() {
+        let huge = "9".repeat(100_000);
+        let e = CniError::incompatible_version(format!("unsupported version {huge:?}"))
+            .with_details(format!("é{huge}"));
+        let j = e.to_json(&huge);
+        for field in ["cniVersion", "msg", "details"] {
+            let text = j[field].as_str().expect("string");
+            assert!(text.len() <= MAX_FIELD_BYTES, "{field}: {}", text.len());
+            assert!(text.ends_with("bytes cut)"), "{field}");
+        }
+        assert!(
+            j["msg"]
+                .as_str()
+                .expect("msg")
+                .starts_with("unsupported version")
+        );
+        // Short fields are untouched.
+        let j = CniError::io("short").to_json("1.0.0");
+        assert_eq!(
+            (j["msg"].as_str(), j["cniVersion"].as_str()),
+            (Some("short"), Some("1.0.0"))
+        );
     }
 }

@@ -140,6 +140,48 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Serde's derive reads a struct from an array too, positionally (`"dns": ["x"]` as
+/// `dns.nameservers`); Go's decoder refuses anything but an object there. So every place
+/// that holds a struct is checked first: `dns`, `ip4`, `ip6` (null is "unset"), and each
+/// element of `interfaces`, `ips` and `routes` (also the legacy `ip4`/`ip6` routes).
+/// Returns the field and what it held.
+fn check_objects(v: &Value) -> Result<(), (String, &'static str)> {
+    fn kind(v: &Value) -> &'static str {
+        match v {
+            Value::Array(_) => "an array",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Bool(_) => "a boolean",
+            Value::Null | Value::Object(_) => "something else",
+        }
+    }
+    fn elements(obj: &Value, list: &str, at: &str) -> Result<(), (String, &'static str)> {
+        if let Some(Value::Array(items)) = obj.get(list) {
+            for (i, item) in items.iter().enumerate() {
+                if !item.is_object() {
+                    return Err((format!("{at}{list}[{i}]"), kind(item)));
+                }
+            }
+        }
+        Ok(())
+    }
+    for field in ["dns", "ip4", "ip6"] {
+        match v.get(field) {
+            None | Some(Value::Null | Value::Object(_)) => {}
+            Some(other) => return Err((field.to_string(), kind(other))),
+        }
+    }
+    for list in ["interfaces", "ips", "routes"] {
+        elements(v, list, "")?;
+    }
+    for legacy in ["ip4", "ip6"] {
+        if let Some(ip) = v.get(legacy) {
+            elements(ip, "routes", &format!("{legacy}."))?;
+        }
+    }
+    Ok(())
+}
+
 // ---- wire forms ----------------------------------------------------------------------------
 
 #[derive(Serialize, Deserialize)]
@@ -318,6 +360,12 @@ impl CniResult {
         let bad = |e: serde_json::Error| {
             CniError::decoding(format!("cannot decode a {version} result: {e}"))
         };
+        check_objects(&v).map_err(|(field, got)| {
+            CniError::decoding(format!(
+                "cannot decode a {version} result: invalid value for field {field:?}: expected \
+                 an object, got {got}"
+            ))
+        })?;
         if version.is_legacy() {
             let w: WireLegacy = serde_json::from_value(v).map_err(bad)?;
             Ok(CniResult::from_legacy(w))
@@ -573,5 +621,42 @@ mod tests {
         )
         .expect_err("bad address");
         assert_eq!(e.code, crate::ErrorCode::DECODING_FAILURE);
+    }
+
+    /// Bad-input finding #14, for results: a struct given as an array (which serde's derive
+    /// reads positionally) or a scalar is refused, naming the field.
+    #[test]
+    fn a_nested_struct_that_is_not_an_object_is_refused() {
+        let ok = json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1/32"}]});
+        for (field, bad, named) in [
+            ("dns", json!(["1.1.1.1"]), "dns"),
+            ("dns", json!(1), "dns"),
+            ("ips", json!([["10.0.0.1/32"]]), "ips[0]"),
+            (
+                "interfaces",
+                json!([{"name":"eth0"}, ["eth1"]]),
+                "interfaces[1]",
+            ),
+            ("routes", json!([5]), "routes[0]"),
+        ] {
+            let mut v = ok.clone();
+            v[field] = bad;
+            let e = CniResult::from_json(&v, CniVersion::V1_0_0).expect_err(named);
+            assert_eq!(e.code, crate::ErrorCode::DECODING_FAILURE, "{v}");
+            assert!(
+                e.msg.contains(&format!("{named:?}")) && e.msg.contains("expected an object"),
+                "{v}: {}",
+                e.msg
+            );
+        }
+        let legacy = json!({"cniVersion":"0.2.0","ip4":["10.0.0.1/32"]});
+        assert!(CniResult::from_json(&legacy, CniVersion::V0_2_0).is_err());
+        let legacy = json!({"cniVersion":"0.2.0","ip4":{"ip":"10.0.0.1/32","routes":[[]]}});
+        let e = CniResult::from_json(&legacy, CniVersion::V0_2_0).expect_err("legacy route");
+        assert!(e.msg.contains("ip4.routes[0]"), "{}", e.msg);
+        // null stays "unset".
+        let mut v = ok.clone();
+        v["dns"] = Value::Null;
+        CniResult::from_json(&v, CniVersion::V1_0_0).expect("null dns");
     }
 }

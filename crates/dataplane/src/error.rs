@@ -6,6 +6,10 @@ use std::path::PathBuf;
 pub enum DataplaneError {
     #[error("network namespace {0} does not exist")]
     NetnsMissing(PathBuf),
+    /// A namespace given as a pod's that is none, or is the caller's own (see
+    /// [`crate::netns::check_pod`]): the caller's environment is wrong (CNI code 4).
+    #[error("CNI_NETNS {path} {reason}")]
+    NotPodNetns { path: PathBuf, reason: &'static str },
     #[error("cannot enter network namespace {path}: {source}")]
     Netns {
         path: PathBuf,

@@ -4,6 +4,12 @@
 //! the thread that opened them. So code enters a namespace only for the synchronous moment
 //! it needs (opening a netlink socket, writing a sysctl), on a thread of its own
 //! ([`within`]): the calling thread stays where it is whatever happens.
+//!
+//! A pod's namespace comes from the caller (`CNI_NETNS`, or a descriptor a plugin passes to
+//! the node agent), so it is opened with [`open_pod`] (or [`open_pod_to_enter`] when it is
+//! entered at once), which refuses what is not a network namespace and the caller's own: wiring a "pod" into the node's own namespace would turn off its
+//! forwarding, and a DEL there would delete the node's interface of that name. [`within`]
+//! reports a namespace of another type the same way.
 
 use crate::error::DataplaneError;
 use nix::sched::{CloneFlags, setns};
@@ -63,6 +69,77 @@ pub fn open(path: &Path) -> Result<File, DataplaneError> {
     })
 }
 
+/// Opens a pod's network namespace ([`open`]) and refuses it unless [`check_pod`] passes.
+pub fn open_pod(path: &Path) -> Result<File, DataplaneError> {
+    let ns = open(path)?;
+    check_pod(&ns, path)?;
+    Ok(ns)
+}
+
+/// As [`open_pod`], without asking the kernel for the namespace's type: for a caller whose
+/// first use of it is [`within`], which refuses any other type the same way (one thread and
+/// one `setns` less per call).
+pub fn open_pod_to_enter(path: &Path) -> Result<File, DataplaneError> {
+    let ns = open(path)?;
+    check_not_own(&ns, path)?;
+    Ok(ns)
+}
+
+/// Why a namespace given as a pod's is not one ([`DataplaneError::NotPodNetns`]).
+pub const NOT_A_NETNS: &str = "is not a network namespace";
+/// See [`NOT_A_NETNS`].
+pub const HOST_NETNS: &str = "is the caller's own network namespace, not a pod's";
+
+/// Checks that `ns` (opened from `path`) is a network namespace other than the caller's:
+/// [`check_not_own`], and of the network type (not a mount or
+/// PID namespace).
+pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
+    check_not_own(ns, path)?;
+    // The namespace's type, asked of the kernel: `setns` with CLONE_NEWNET refuses any other
+    // type ([`within`] reports that as not a network namespace). The NS_GET_NSTYPE ioctl
+    // would say the same, but only through `unsafe`, which the workspace forbids. On a
+    // thread that ends at once, so the caller never changes namespace.
+    within(ns, path, || ())
+}
+
+/// The cheap part of [`check_pod`]: a file of nsfs (not a regular file, a directory, a
+/// device), and not the namespace of `/proc/self/ns/net` or `/proc/thread-self/ns/net` (a
+/// thread may be elsewhere than the process). PID 1's is not compared: reading it is
+/// refused in some environments (this one), and every `/proc/<pid>/ns` lookup costs the
+/// concurrent calls of a busy node (see below).
+pub fn check_not_own(ns: &File, path: &Path) -> Result<(), DataplaneError> {
+    let refuse = |reason: &'static str| DataplaneError::NotPodNetns {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let fs = nix::sys::statfs::fstatfs(ns).map_err(|e| DataplaneError::Netns {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(refuse(NOT_A_NETNS));
+    }
+    let id = identity(ns, path)?;
+    // The link's text (`net:[<inode>]`) rather than a stat of it: a stat makes the kernel
+    // build (and free) a dentry for the namespace, which a hundred concurrent calls were
+    // seen to contend on (portmap's scale test of a hundred pods then timed out on etcd);
+    // the text is only formatted. nsfs is one filesystem, so the inode names the namespace.
+    for own in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+        let Ok(link) = std::fs::read_link(own) else {
+            continue;
+        };
+        let ino = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("net:["))
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok());
+        if ino == Some(id.ino) {
+            return Err(refuse(HOST_NETNS));
+        }
+    }
+    Ok(())
+}
+
 /// Runs `f` in namespace `ns`, on a thread of its own that enters the namespace and ends
 /// with `f`: the caller's thread never changes namespace, so nothing (an error, a panic in
 /// `f`) can leave it in the pod's. A panic in `f` reaches the caller as a panic.
@@ -78,7 +155,15 @@ pub fn within<T: Send>(
     let joined = std::thread::scope(|scope| {
         let thread = std::thread::Builder::new()
             .spawn_scoped(scope, move || -> Result<T, DataplaneError> {
-                setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| err(e.into()))?;
+                setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+                    // The kernel's word that the file is a namespace of another type (or
+                    // no namespace at all).
+                    nix::errno::Errno::EINVAL => DataplaneError::NotPodNetns {
+                        path: path.to_path_buf(),
+                        reason: NOT_A_NETNS,
+                    },
+                    e => err(e.into()),
+                })?;
                 Ok(f())
             })
             .map_err(err)?;

@@ -212,7 +212,7 @@ fn open_both(
     spec: &WorkloadSpec,
     in_pod: impl FnOnce() -> Result<(), DataplaneError> + Send,
 ) -> Result<(Netlink, Netlink), DataplaneError> {
-    let ns = netns::open(&spec.netns)?;
+    let ns = netns::open_pod_to_enter(&spec.netns)?;
     let host = Netlink::host()?;
     let pod = netns::within(&ns, &spec.netns, || {
         in_pod()?;
@@ -221,13 +221,32 @@ fn open_both(
     Ok((host, pod))
 }
 
+/// The pod's namespace for a removal, and a netlink socket there; `None` if there is nothing
+/// to remove from: the path is
+/// gone, or is no network namespace any more (a runtime's pin file left after the namespace
+/// was unmounted). The caller's own namespace is still refused: the interface of that name
+/// there is the node's.
+fn open_for_removal(path: &Path) -> Result<Option<(std::fs::File, Netlink)>, DataplaneError> {
+    let opened =
+        netns::open_pod_to_enter(path).and_then(|ns| Ok((Netlink::in_netns(&ns, path)?, ns)));
+    match opened {
+        Ok((pod, ns)) => Ok(Some((ns, pod))),
+        Err(DataplaneError::NetnsMissing(_)) => Ok(None),
+        Err(e @ DataplaneError::NotPodNetns { reason, .. }) if reason == netns::NOT_A_NETNS => {
+            log::warn!("nothing to remove: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Dataplane for LinuxDataplane {
     fn create_then(
         &self,
         spec: &WorkloadSpec,
         paired: &mut dyn FnMut(),
     ) -> Result<Links, DataplaneError> {
-        let ns = netns::open(&spec.netns)?;
+        let ns = netns::open_pod(&spec.netns)?;
         let host = Netlink::host()?;
         // The host end comes up in the creating request, except with IPv6: DAD must be off
         // before it comes up (its link-local address is the pod's gateway, and a tentative
@@ -367,29 +386,22 @@ impl Dataplane for LinuxDataplane {
             // No namespace named: its interfaces go with it.
             return Ok(());
         };
-        match netns::open(path) {
-            Ok(ns) => {
-                let pod = Netlink::in_netns(&ns, path)?;
-                if let Some(link) = pod.link(ifname)? {
-                    pod.delete_link(link.index)?;
-                }
-                Ok(())
-            }
-            Err(DataplaneError::NetnsMissing(_)) => Ok(()),
-            Err(e) => Err(e),
+        let Some((_, pod)) = open_for_removal(path)? else {
+            return Ok(());
+        };
+        if let Some(link) = pod.link(ifname)? {
+            pod.delete_link(link.index)?;
         }
+        Ok(())
     }
 
     fn remove_detached(&self, netns: Option<&Path>, ifname: &str) -> Result<(), DataplaneError> {
         let Some(path) = netns else {
             return Ok(());
         };
-        let ns = match netns::open(path) {
-            Ok(ns) => ns,
-            Err(DataplaneError::NetnsMissing(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        let Some((ns, pod)) = open_for_removal(path)? else {
+            return Ok(());
         };
-        let pod = Netlink::in_netns(&ns, path)?;
         let Some(link) = pod.link(ifname)? else {
             return Ok(());
         };
@@ -435,7 +447,7 @@ impl Dataplane for LinuxDataplane {
                     .filter(|r| addresses.iter().any(|a| IpNet::from(a.addr()) == r.dst)),
             );
         }
-        let ns = netns::open(&spec.netns)?;
+        let ns = netns::open_pod_to_enter(&spec.netns)?;
         let pod = Netlink::in_netns(&ns, &spec.netns)?;
         seen.pod = pod.link(&spec.ifname)?;
         if let Some(l) = &seen.pod {

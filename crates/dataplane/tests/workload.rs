@@ -283,3 +283,74 @@ fn both_ends_get_the_queues_asked_for() {
             .unwrap();
     }
 }
+
+/// Bad-input finding #7 (and #15's "not a network namespace"): a `CNI_NETNS` that is the
+/// node's own namespace is refused before anything is touched (ADD would have turned off the
+/// node's `ip_forward`; DEL would have deleted the node's `eth0`), and so is anything that is
+/// not a network namespace. Upstream Calico accepts both (`ns.GetNS` checks nsfs only).
+#[test]
+fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
+    use calico_dataplane::DataplaneError;
+    use calico_dataplane::netns::{HOST_NETNS, NOT_A_NETNS};
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    let pod = NetNs::new("pod").unwrap();
+    node.sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add eth0 type veth peer name x0")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let refused = |e: DataplaneError, why: &str| match e {
+        DataplaneError::NotPodNetns { reason, .. } => assert_eq!(reason, why),
+        other => panic!("{why}: got {other}"),
+    };
+    node.within(|| {
+        let dp = LinuxDataplane;
+        // The thread's own namespace (the node's), and the process's (the test host's).
+        for own in ["/proc/thread-self/ns/net", "/proc/self/ns/net"] {
+            let s = WorkloadSpec {
+                netns: own.into(),
+                host_ifname: "calinetnstest01".into(),
+                ..spec(&pod, "unused")
+            };
+            refused(dp.create(&s).unwrap_err(), HOST_NETNS);
+            refused(
+                dp.remove(Some(own.as_ref()), "eth0").unwrap_err(),
+                HOST_NETNS,
+            );
+            refused(
+                dp.remove_detached(Some(own.as_ref()), "eth0").unwrap_err(),
+                HOST_NETNS,
+            );
+            refused(dp.inspect(&s, &[]).unwrap_err(), HOST_NETNS);
+        }
+        for other in [
+            file.as_path(),
+            dir.path(),
+            "/dev/null".as_ref(),
+            "/proc/self/ns/mnt".as_ref(),
+            "/proc/thread-self/ns/uts".as_ref(),
+        ] {
+            let s = WorkloadSpec {
+                netns: other.into(),
+                host_ifname: "calinetnstest01".into(),
+                ..spec(&pod, "unused")
+            };
+            refused(dp.create(&s).unwrap_err(), NOT_A_NETNS);
+            // Removal finds nothing to remove there (a runtime's pin file may outlive its
+            // namespace): DEL stays idempotent.
+            dp.remove_detached(Some(other), "eth0").unwrap();
+            dp.remove(Some(other), "eth0").unwrap();
+        }
+        // A pod's namespace passes.
+        calico_dataplane::netns::open_pod(&pod.path()).unwrap();
+    })
+    .unwrap();
+    assert_eq!(
+        node.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),
+        "1"
+    );
+    node.sh("ip link show eth0").unwrap();
+    assert!(node.sh("ip link show calinetnstest01").is_err());
+    assert!(pod.sh("ip link show eth0").is_err());
+}

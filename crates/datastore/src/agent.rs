@@ -27,19 +27,22 @@ use sha2::{Digest, Sha256};
 use std::cell::{OnceCell, RefCell};
 use std::time::Duration;
 
-/// What the agent must share with a plugin's settings to serve it. Reads the TLS files.
-pub fn identity(config: &EtcdConfig) -> std::io::Result<EtcdIdentity> {
-    let digest = |f: &Option<std::path::PathBuf>| -> std::io::Result<Option<[u8; 32]>> {
-        f.as_ref()
-            .map(|p| std::fs::read(p).map(|bytes| Sha256::digest(&bytes).into()))
-            .transpose()
-    };
+/// What the agent must share with a plugin's settings to serve it. Reads the TLS files
+/// (bounded and without blocking: they are read on every call through the agent).
+pub fn identity(config: &EtcdConfig) -> Result<EtcdIdentity, calico_fsbound::FileError> {
+    let [ca, cert, key] = crate::transport::tls_settings(config).map(|(setting, file)| {
+        file.map(|p| {
+            calico_fsbound::read_config_file(p, calico_fsbound::SMALL_FILE_LIMIT, setting)
+                .map(|bytes| <[u8; 32]>::from(Sha256::digest(&bytes)))
+        })
+        .transpose()
+    });
     Ok(EtcdIdentity {
         endpoints: config.endpoints.clone(),
         discovery_srv: config.discovery_srv.clone(),
-        ca: digest(&config.ca_cert_file)?,
-        cert: digest(&config.cert_file)?,
-        key: digest(&config.key_file)?,
+        ca: ca?,
+        cert: cert?,
+        key: key?,
     })
 }
 

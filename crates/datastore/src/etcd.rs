@@ -69,6 +69,7 @@ impl EtcdClient {
         let tls = if targets.iter().any(|t| t.tls) {
             Some(crate::transport::tls_config(config)?)
         } else {
+            crate::transport::check_tls_files(config)?;
             None
         };
         let uri = format!("http://{}", targets[0].authority);

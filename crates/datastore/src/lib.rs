@@ -20,8 +20,10 @@
 //!    the node agent's requests) and [`Etcd`] (synchronous, one connection per process).
 //! 5. [`agent`]: etcd through the node agent (`calico-node run`): the plugins' store
 //!    ([`PluginStore`]: the agent's connection when it serves the same etcd, else their own)
-//!    and the agent's side of it. Its messages are `calico-agent-protocol`'s, the one crate
-//!    of the workspace this crate imports.
+//!    and the agent's side of it. Its messages are `calico-agent-protocol`'s.
+//!
+//! Of the workspace it imports only `calico-agent-protocol` and `calico-fsbound` (the TLS
+//! files, read bounded and without blocking).
 
 pub mod agent;
 pub mod config;

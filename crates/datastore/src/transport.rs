@@ -2,7 +2,8 @@
 //!
 //! - One connection per client, to the first endpoint that answers (in order), so a
 //!   stopped member costs one refused connect, not a failed request.
-//! - TLS with rustls from the configured PEM files, and every TLS write buffered until hyper
+//! - TLS with rustls from the configured PEM files (read with `calico-fsbound`: regular
+//!   files only, bounded, never blocking), and every TLS write buffered until hyper
 //!   flushes, so a gRPC request leaves in one TLS record and one syscall instead of one per
 //!   HTTP/2 frame (which measurably slows each request on a busy node).
 
@@ -38,6 +39,15 @@ impl Target {
             )));
         };
         let authority = rest.trim_end_matches('/').to_string();
+        // Go's etcd client takes no credentials in the URL either (they are separate
+        // settings); quoting such an endpoint back would print the password.
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            let scheme = if tls { "https" } else { "http" };
+            return Err(EtcdError::Config(format!(
+                "etcd endpoint {scheme}://…@{host} holds credentials (user:password@): \
+                 not supported, name the host alone"
+            )));
+        }
         let host = match authority.rsplit_once(':') {
             Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
             _ => authority.as_str(),
@@ -115,9 +125,32 @@ impl AsyncWrite for Stream {
     }
 }
 
-fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, EtcdError> {
-    std::fs::read(path)
-        .map_err(|e| EtcdError::Config(format!("cannot read etcd {what} {}: {e}", path.display())))
+/// A PEM file that a setting names, read bounded and without blocking (a FIFO or
+/// `/dev/zero` there must not hang or exhaust the plugin).
+fn read_pem(setting: &str, path: &Path) -> Result<Vec<u8>, EtcdError> {
+    calico_fsbound::read_config_file(path, calico_fsbound::SMALL_FILE_LIMIT, setting)
+        .map_err(|e| EtcdError::Config(e.to_string()))
+}
+
+/// Reads the TLS files that are set, as [`tls_config`] does, when no endpoint uses TLS: Go's
+/// client reads them whatever the scheme (`transport.TLSInfo.ClientConfig` in libcalico-go's
+/// `NewEtcdV3Client`), so a missing or unreadable one is an error there too.
+pub fn check_tls_files(config: &EtcdConfig) -> Result<(), EtcdError> {
+    for (setting, file) in tls_settings(config) {
+        if let Some(path) = file {
+            read_pem(setting, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The TLS file settings, by the name the CNI config gives them.
+pub fn tls_settings(config: &EtcdConfig) -> [(&'static str, Option<&std::path::PathBuf>); 3] {
+    [
+        ("etcd_ca_cert_file", config.ca_cert_file.as_ref()),
+        ("etcd_cert_file", config.cert_file.as_ref()),
+        ("etcd_key_file", config.key_file.as_ref()),
+    ]
 }
 
 /// The rustls client config: the configured CA (else no trust at all, which fails clearly),
@@ -126,7 +159,7 @@ pub fn tls_config(config: &EtcdConfig) -> Result<Arc<rustls::ClientConfig>, Etcd
     let bad = |what: &str, e: &dyn std::fmt::Display| EtcdError::Config(format!("{what}: {e}"));
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &config.ca_cert_file {
-        let pem = read_pem("CA certificate", ca)?;
+        let pem = read_pem("etcd_ca_cert_file", ca)?;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| bad(&format!("etcd CA {}", ca.display()), &e))?;
             roots
@@ -143,10 +176,10 @@ pub fn tls_config(config: &EtcdConfig) -> Result<Arc<rustls::ClientConfig>, Etcd
     let mut tls = match (&config.cert_file, &config.key_file) {
         (Some(cert), Some(key)) => {
             let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(&read_pem("client certificate", cert)?)
+                CertificateDer::pem_slice_iter(&read_pem("etcd_cert_file", cert)?)
                     .collect::<Result<_, _>>()
                     .map_err(|e| bad(&format!("etcd client certificate {}", cert.display()), &e))?;
-            let key = PrivateKeyDer::from_pem_slice(&read_pem("client key", key)?)
+            let key = PrivateKeyDer::from_pem_slice(&read_pem("etcd_key_file", key)?)
                 .map_err(|e| bad(&format!("etcd client key {}", key.display()), &e))?;
             builder
                 .with_client_auth_cert(chain, key)
@@ -226,5 +259,71 @@ mod tests {
         let t = Target::parse("https://[fd00::1]:2379").expect("valid");
         assert_eq!(t.host, "fd00::1");
         assert!(Target::parse("etcd:2379").is_err());
+    }
+
+    /// Bad-input finding #15: an endpoint with `user:password@` is refused without quoting
+    /// the password.
+    #[test]
+    fn credentials_in_an_endpoint_are_refused() {
+        let e = Target::parse("http://root:hunter2@127.0.0.1:2379").expect_err("credentials");
+        let text = e.to_string();
+        assert!(
+            text.contains("holds credentials") && text.contains("127.0.0.1:2379"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    /// Bad-input findings #9 and #16: a TLS file setting naming /dev/zero, a FIFO or nothing
+    /// is refused at once, naming the setting, with https endpoints and (as Go's client,
+    /// which reads the files whatever the scheme) with http ones.
+    #[test]
+    fn tls_files_are_read_bounded_and_must_exist_whatever_the_scheme() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for scheme in ["https", "http"] {
+            for (setting, path) in [
+                ("etcd_ca_cert_file", Path::new("/dev/zero")),
+                ("etcd_cert_file", fifo.as_path()),
+                ("etcd_key_file", dir.path().join("missing").as_path()),
+            ] {
+                let mut config = EtcdConfig::new(vec![format!("{scheme}://127.0.0.1:1")]);
+                match setting {
+                    "etcd_ca_cert_file" => config.ca_cert_file = Some(path.into()),
+                    _ => {
+                        // Both or neither: the other one is a real (empty) file.
+                        let other = dir.path().join("other");
+                        std::fs::write(&other, "").expect("write");
+                        config.cert_file = Some(other.clone());
+                        config.key_file = Some(other);
+                        if setting == "etcd_cert_file" {
+                            config.cert_file = Some(path.into());
+                        } else {
+                            config.key_file = Some(path.into());
+                        }
+                    }
+                }
+                let started = std::time::Instant::now();
+                let e = runtime
+                    .block_on(crate::etcd::EtcdClient::connect(&config))
+                    .err()
+                    .unwrap_or_else(|| panic!("{scheme} {setting} accepted"));
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "{scheme} {setting}"
+                );
+                assert!(matches!(e, EtcdError::Config(_)), "{scheme} {setting}: {e}");
+                assert!(e.to_string().contains(setting), "{scheme} {setting}: {e}");
+                // The agent's identity reads them the same way.
+                let e = crate::agent::identity(&config).expect_err(setting);
+                assert_eq!(e.setting, setting);
+            }
+        }
     }
 }

@@ -5,6 +5,9 @@
 //! only non-empty values count, a CA or client certificate/key file given as an override
 //! replaces the kubeconfig's inline `*-data` as well (kube would otherwise prefer the data),
 //! and a token replaces the kubeconfig's `tokenFile`.
+//!
+//! The kubeconfig is read with `calico-fsbound` (a regular file, bounded, never blocking),
+//! and every file the result names is checked the same way before kube reads it.
 
 use std::path::Path;
 
@@ -22,15 +25,84 @@ pub fn load(cfg: &K8sConfig) -> Result<kube::Config, K8sError> {
     let file = if cfg.kubeconfig.as_os_str().is_empty() {
         None
     } else {
-        Some(Kubeconfig::read_from(&cfg.kubeconfig).map_err(|e| {
-            K8sError::Config(format!(
-                "kubeconfig {}: {}",
-                cfg.kubeconfig.display(),
-                crate::error::chain(&e)
-            ))
-        })?)
+        Some(read_kubeconfig(&cfg.kubeconfig)?)
     };
     resolve(cfg, file)
+}
+
+/// The kubeconfig at `path`, read bounded and without blocking (`calico-fsbound`), with the
+/// files it names made absolute against its directory, as kube's `Kubeconfig::read_from`
+/// (which reads without a bound) does.
+fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, K8sError> {
+    let text =
+        calico_fsbound::read_config_string(path, calico_fsbound::DOCUMENT_LIMIT, "kubeconfig")
+            .map_err(|e| K8sError::Config(e.to_string()))?;
+    let mut kubeconfig = Kubeconfig::from_yaml(&text).map_err(|e| {
+        K8sError::Config(format!(
+            "kubeconfig {}: {}",
+            path.display(),
+            crate::error::chain(&e)
+        ))
+    })?;
+    let Some(dir) = path.parent() else {
+        return Ok(kubeconfig);
+    };
+    let absolute = |file: &mut Option<String>| {
+        if let Some(f) = file.as_mut()
+            && Path::new(f.as_str()).is_relative()
+            && let Some(joined) = dir.join(f.as_str()).to_str()
+        {
+            *f = joined.to_string();
+        }
+    };
+    for named in &mut kubeconfig.clusters {
+        if let Some(cluster) = &mut named.cluster {
+            absolute(&mut cluster.certificate_authority);
+        }
+    }
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(user) = &mut named.auth_info {
+            absolute(&mut user.client_certificate);
+            absolute(&mut user.client_key);
+            absolute(&mut user.token_file);
+        }
+    }
+    Ok(kubeconfig)
+}
+
+/// Checks every file the configuration names (CA, client certificate and key, token file)
+/// as `calico-fsbound` reads: a regular file within bounds, so that kube, which reads them
+/// without a bound, never meets `/dev/zero` or a FIFO. `setting` names where each came from.
+fn check_named_files(
+    cluster: &Cluster,
+    user: &AuthInfo,
+    setting: impl Fn(&str) -> String,
+) -> Result<(), K8sError> {
+    let files = [
+        (
+            "certificate-authority",
+            cluster.certificate_authority.as_ref(),
+        ),
+        ("client-certificate", user.client_certificate.as_ref()),
+        ("client-key", user.client_key.as_ref()),
+        ("tokenFile", user.token_file.as_ref()),
+    ];
+    for (field, file) in files {
+        let Some(f) = file.filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        match calico_fsbound::check_config_file(
+            Path::new(f),
+            calico_fsbound::SMALL_FILE_LIMIT,
+            &setting(field),
+        ) {
+            // A token file is read at each request (client-go's too), so it may come later.
+            Err(e) if e.is_missing() && field == "tokenFile" => {}
+            Err(e) => return Err(K8sError::Config(e.to_string())),
+            Ok(()) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The server URL an `api_root` override stands for: everything before the first `/api/`
@@ -76,6 +148,20 @@ pub fn resolve(cfg: &K8sConfig, file: Option<Kubeconfig>) -> Result<kube::Config
         user.client_key = Some(path_str(key, "k8s_client_key")?);
         user.client_key_data = None;
     }
+    check_named_files(&cluster, &user, |field| {
+        let overridden = match field {
+            "certificate-authority" => nonempty_path(&cfg.certificate_authority),
+            "client-certificate" => nonempty_path(&cfg.client_certificate),
+            "client-key" => nonempty_path(&cfg.client_key),
+            _ => None,
+        };
+        match (overridden, field) {
+            (Some(_), "certificate-authority") => "k8s_certificate_authority".to_string(),
+            (Some(_), "client-certificate") => "k8s_client_certificate".to_string(),
+            (Some(_), _) => "k8s_client_key".to_string(),
+            (None, _) => format!("{origin}: {field}"),
+        }
+    })?;
 
     let server = cluster.server.clone().unwrap_or_default();
     if server.is_empty() {
@@ -270,11 +356,14 @@ users:
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.crt");
         std::fs::write(&ca, FAKE_CA_PEM.replace("AQIDBA==", "BQYHCA==")).unwrap();
+        let (crt, key) = (dir.path().join("cni.crt"), dir.path().join("cni.key"));
+        std::fs::write(&crt, "cert").unwrap();
+        std::fs::write(&key, "key").unwrap();
         let cfg = K8sConfig {
             api_root: Some("https://192.0.2.7:443/api/v1/".to_string()),
             token: Some("override-token".to_string()),
-            client_certificate: Some(PathBuf::from("/certs/cni.crt")),
-            client_key: Some(PathBuf::from("/certs/cni.key")),
+            client_certificate: Some(crt.clone()),
+            client_key: Some(key.clone()),
             certificate_authority: Some(ca),
             ..cfg()
         };
@@ -284,9 +373,9 @@ users:
         assert_eq!(config.root_cert, Some(vec![vec![5, 6, 7, 8]]));
         assert_eq!(token_of(&config).as_deref(), Some("override-token"));
         let user = &config.auth_info;
-        assert_eq!(user.client_certificate.as_deref(), Some("/certs/cni.crt"));
+        assert_eq!(user.client_certificate.as_deref(), crt.to_str());
         assert_eq!(user.client_certificate_data, None);
-        assert_eq!(user.client_key.as_deref(), Some("/certs/cni.key"));
+        assert_eq!(user.client_key.as_deref(), key.to_str());
         assert!(user.client_key_data.is_none());
     }
 
@@ -376,5 +465,59 @@ users:
         let config = resolve(&cfg, Some(parse(&yaml))).unwrap();
         assert_eq!(config.cluster_url.to_string(), "https://10.1.1.1:6443/");
         assert_eq!(token_of(&config), None);
+    }
+
+    /// Bad-input finding #9: a kubeconfig, or a file it or an override names, that is
+    /// /dev/zero, a FIFO or missing is refused at once, naming where it came from (kube
+    /// would read /dev/zero until memory ran out, and block on a FIFO).
+    #[test]
+    fn a_kubeconfig_or_a_file_it_names_that_is_no_small_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let started = std::time::Instant::now();
+        for bad in [
+            PathBuf::from("/dev/zero"),
+            fifo.clone(),
+            dir.path().join("none"),
+        ] {
+            let e = load(&K8sConfig {
+                kubeconfig: bad.clone(),
+                ..cfg()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("kubeconfig") && e.contains(&bad.display().to_string()),
+                "{e}"
+            );
+        }
+        // Files named inside it (relative to its directory, as kube resolves them).
+        let kubeconfig = dir.path().join("kubeconfig");
+        let yaml = kubeconfig_yaml(&b64(FAKE_CA_PEM))
+            .replace("    client-key-data: a2V5\n", "    client-key: fifo\n");
+        std::fs::write(&kubeconfig, yaml).unwrap();
+        let with_file = K8sConfig {
+            kubeconfig: kubeconfig.clone(),
+            ..cfg()
+        };
+        let e = load(&with_file).unwrap_err().to_string();
+        assert!(e.contains("client-key") && e.contains("a FIFO"), "{e}");
+        // And an override.
+        let e = load(&K8sConfig {
+            certificate_authority: Some("/dev/zero".into()),
+            client_key: Some(dir.path().join("kubeconfig")),
+            ..with_file
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("k8s_certificate_authority /dev/zero"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -16,7 +16,8 @@
 //!   typed `k8s-openapi` objects are not used ([`convert`]).
 //!
 //! Owns the reading of the Kubernetes API only; must not import the datastore, the dataplane
-//! or `cni-protocol`: the plugin turns what it returns into records and errors.
+//! or `cni-protocol`: the plugin turns what it returns into records and errors. Of the
+//! workspace it imports only `calico-fsbound` (the kubeconfig and the files it names).
 
 pub mod config;
 pub mod convert;

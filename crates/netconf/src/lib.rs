@@ -251,18 +251,48 @@ impl NetConf {
     pub fn from_value(config: &Map<String, Value>) -> Result<Self, CniError> {
         let mut top = canonicalise(config, Self::FIELDS);
         for (key, fields) in Self::NESTED {
-            if let Some(Value::Object(inner)) = top.get(*key) {
-                let inner = canonicalise(inner, fields);
-                top.insert((*key).to_string(), Value::Object(inner));
+            match top.get(*key) {
+                Some(Value::Object(inner)) => {
+                    let inner = canonicalise(inner, fields);
+                    top.insert((*key).to_string(), Value::Object(inner));
+                }
+                // Serde's derive would read an array positionally (`"policy": ["k8s"]` as
+                // `policy.type`); Go's decoder refuses anything but an object for a struct.
+                Some(other) => return Err(expected_object(key, other)),
+                None => {}
             }
         }
-        serde_path_to_error::deserialize(Value::Object(top)).map_err(|e| {
+        let conf: NetConf = serde_path_to_error::deserialize(Value::Object(top)).map_err(|e| {
             let path = e.path().to_string();
             CniError::invalid_config(format!(
                 "invalid value for field {path:?}: {}",
                 e.into_inner()
             ))
-        })
+        })?;
+        conf.validate()?;
+        Ok(conf)
+    }
+
+    /// What Go's types allow but no call can use, refused here with the field's name rather
+    /// than met later as a kernel error ("netlink create veth: Invalid argument") or a
+    /// delegation without end.
+    fn validate(&self) -> Result<(), CniError> {
+        // 0 is "unset" (the MTU file or the kernel's default); the kernel takes 68 (IPv4's
+        // minimum) to 65535 on a veth.
+        if self.mtu != 0 && !(MTU_MIN..=MTU_MAX).contains(&self.mtu) {
+            return Err(CniError::invalid_config(format!(
+                "invalid value for field \"mtu\": {} is outside {MTU_MIN}-{MTU_MAX}",
+                self.mtu
+            )));
+        }
+        if self.ipam.ipam_type == "calico" {
+            return Err(CniError::invalid_config(
+                "invalid value for field \"ipam.type\": \"calico\" is this plugin itself, \
+                 which would delegate to itself without end (Calico's IPAM plugin is \
+                 \"calico-ipam\")",
+            ));
+        }
+        Ok(())
     }
 
     /// Decodes a plugin call's config.
@@ -405,16 +435,47 @@ impl NetConf {
 }
 
 /// Code 7 if both endpoints and SRV discovery are set: libcalico-go's `NewEtcdV3Client`
-/// refuses that too ("multiple discovery or bootstrap options").
+/// refuses that too ("multiple discovery or bootstrap options"). Code 7 too for an endpoint
+/// that is not `http(s)://host[:port]` (one with `user:password@` among them), rather than
+/// a datastore error once the client is made.
 pub fn check_etcd(etcd: &EtcdConfig) -> Result<(), CniError> {
-    match &etcd.discovery_srv {
-        Some(domain) if !etcd.endpoints.is_empty() => Err(CniError::invalid_config(format!(
+    if let Some(domain) = &etcd.discovery_srv
+        && !etcd.endpoints.is_empty()
+    {
+        return Err(CniError::invalid_config(format!(
             "multiple discovery or bootstrap options specified, use either etcd_endpoints \
              ({}) or etcd_discovery_srv ({domain})",
             etcd.endpoints.join(",")
-        ))),
-        _ => Ok(()),
+        )));
     }
+    for endpoint in &etcd.endpoints {
+        calico_datastore::transport::Target::parse(endpoint).map_err(|e| match e {
+            calico_datastore::EtcdError::Config(why) => CniError::invalid_config(format!(
+                "invalid value for field \"etcd_endpoints\": {why}"
+            )),
+            other => CniError::invalid_config(other.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
+/// The smallest `mtu` a veth takes (IPv4's minimum datagram size).
+pub const MTU_MIN: i64 = 68;
+/// The largest `mtu` a veth takes.
+pub const MTU_MAX: i64 = 65535;
+
+/// Code 7 for a nested config section that is not an object.
+fn expected_object(field: &str, got: &Value) -> CniError {
+    let kind = match got {
+        Value::Array(_) => "an array",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Bool(_) => "a boolean",
+        Value::Null | Value::Object(_) => "something else",
+    };
+    CniError::invalid_config(format!(
+        "invalid value for field {field:?}: expected an object, got {kind}"
+    ))
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -608,9 +669,9 @@ mod tests {
         assert_eq!(c.ipam.ipam_type, "host-local");
         assert_eq!(c.policy.policy_type, "k8s");
         // An exact key beats a case variant.
-        let c = NetConf::from_value(json!({"mtu":1,"MTU":2}).as_object().expect("object"))
+        let c = NetConf::from_value(json!({"mtu":1400,"MTU":1500}).as_object().expect("object"))
             .expect("parses");
-        assert_eq!(c.mtu, 1);
+        assert_eq!(c.mtu, 1400);
     }
 
     #[test]
@@ -631,6 +692,62 @@ mod tests {
             assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{field}");
             assert!(e.msg.contains(field), "{field}: {}", e.msg);
         }
+    }
+
+    /// Bad-input finding #14: a nested section given as an array (which serde's derive
+    /// would read positionally: `"policy": ["k8s"]` as `policy.type`) or a scalar is code 7,
+    /// as Go's decoder refuses it.
+    #[test]
+    fn a_nested_section_that_is_not_an_object_is_code_7() {
+        for (field, _) in NetConf::NESTED {
+            for bad in [json!([]), json!(["k8s"]), json!(1), json!("x"), json!(true)] {
+                let conf = json!({ *field: bad });
+                let e = NetConf::from_value(conf.as_object().expect("object"))
+                    .expect_err(&conf.to_string());
+                assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{conf}");
+                assert!(
+                    e.msg.contains(&format!("{field:?}")) && e.msg.contains("expected an object"),
+                    "{conf}: {}",
+                    e.msg
+                );
+            }
+            // In any case, as Go matches keys; null stays "unset".
+            let conf = json!({ field.to_uppercase(): [] });
+            assert!(NetConf::from_value(conf.as_object().expect("object")).is_err());
+            let conf = json!({ *field: null });
+            assert!(NetConf::from_value(conf.as_object().expect("object")).is_ok());
+        }
+    }
+
+    /// Bad-input finding #15: an `mtu` no veth takes is code 7 naming the field, not a
+    /// kernel error after the fact; 0 stays "unset".
+    #[test]
+    fn an_mtu_outside_68_to_65535_is_code_7() {
+        for mtu in [-1, 1, 67, 65536, 70000, i64::MAX] {
+            let e = NetConf::from_value(json!({ "mtu": mtu }).as_object().expect("object"))
+                .expect_err(&mtu.to_string());
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{mtu}");
+            assert!(e.msg.contains("\"mtu\""), "{mtu}: {}", e.msg);
+        }
+        for mtu in [0, 68, 1440, 9000, 65535] {
+            let c = NetConf::from_value(json!({ "mtu": mtu }).as_object().expect("object"))
+                .expect("in range");
+            assert_eq!(c.mtu, mtu);
+        }
+    }
+
+    /// Bad-input finding #10: `ipam.type` "calico" would run the calico plugin as its own
+    /// IPAM, which runs it again, without end.
+    #[test]
+    fn ipam_type_calico_is_code_7() {
+        let e = NetConf::from_value(
+            json!({"type":"calico","ipam":{"type":"calico"}})
+                .as_object()
+                .expect("object"),
+        )
+        .expect_err("self-delegation");
+        assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
+        assert!(e.msg.contains("ipam.type"), "{}", e.msg);
     }
 
     #[test]
@@ -711,6 +828,18 @@ mod tests {
         let e = check_etcd(&both).expect_err("both");
         assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
         assert!(e.msg.contains("multiple discovery"), "{}", e.msg);
+        // Bad-input finding #15: credentials in an endpoint are code 7, naming the field
+        // and not the password (it was reported as "unreachable").
+        for bad in ["http://user:secret@127.0.0.1:2379", "ftp://e:2379"] {
+            let conf = NetConf {
+                etcd_endpoints: bad.into(),
+                ..NetConf::default()
+            };
+            let e = check_etcd(&conf.etcd(env(&[]))).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{bad}");
+            assert!(e.msg.contains("etcd_endpoints"), "{}", e.msg);
+            assert!(!e.msg.contains("secret"), "{}", e.msg);
+        }
         // Endpoints: CALICO_ETCD_ENDPOINTS, then the config, then ETCD_ENDPOINTS.
         let conf = NetConf {
             etcd_endpoints: "http://conf:2379".into(),

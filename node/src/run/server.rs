@@ -272,9 +272,17 @@ async fn handle(shared: &Shared, request: Request, mut fds: Vec<OwnedFd>) -> (Re
             let Some(ns) = fds.pop() else {
                 return (Reply::Rejected("no namespace".into()), "rejected");
             };
+            let ns = std::fs::File::from(ns);
+            let netns_path = std::path::PathBuf::from(netns);
+            // The descriptor is the caller's word for the pod's namespace: never ours or the
+            // host's, where the index would name one of the node's own interfaces.
+            if let Err(e) = calico_dataplane::netns::check_pod(&ns, &netns_path) {
+                log::warn!("refused a link deletion: {e}");
+                return (Reply::Rejected(e.to_string()), "rejected");
+            }
             let removal = LinkRemoval {
-                netns: std::fs::File::from(ns),
-                netns_path: netns.into(),
+                netns: ns,
+                netns_path,
                 index,
                 ifname,
             };

@@ -53,6 +53,9 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file read through `calico-fsbound` (its message names the setting and the path).
+    #[error(transparent)]
+    Setting(#[from] calico_fsbound::FileError),
     #[error("cannot decode {key}: {reason} (left as it is)")]
     Corrupt { key: String, reason: String },
     #[error("{key} kept changing while we wrote it ({attempts} attempts); try again")]

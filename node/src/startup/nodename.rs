@@ -44,15 +44,17 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(label)
 }
 
-/// Reads a file, `None` if it does not exist.
+/// Reads the nodename file, `None` if it does not exist; bounded and without blocking
+/// (`calico-fsbound`), so a FIFO or `/dev/zero` there is an error, not a hang.
 fn read_optional(path: &Path) -> Result<Option<String>, StartupError> {
-    match std::fs::read_to_string(path) {
+    match calico_fsbound::read_config_string(
+        path,
+        calico_fsbound::SMALL_FILE_LIMIT,
+        "the nodename file",
+    ) {
         Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StartupError::File {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(e) if e.is_missing() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -168,6 +170,27 @@ mod tests {
         std::fs::write(dir.path().join("nodename"), "stored-1\n").unwrap();
         assert_eq!(name(&[("HOSTNAME", "box")], &mut r).unwrap(), "stored-1");
         assert_eq!(name(&[("NODENAME", " node-9 ")], &mut r).unwrap(), "node-9");
+    }
+
+    /// Bad-input finding #9 for calico-node: a nodename file that is a FIFO (or /dev/zero)
+    /// is an error at once, naming the file, not a hang (or a read without end).
+    #[test]
+    fn a_nodename_file_that_is_no_regular_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("nodename"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let started = std::time::Instant::now();
+        let e = determine(&settings(dir.path(), &[]), &host(), &mut Report::default())
+            .expect_err("a FIFO");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let text = e.to_string();
+        assert!(
+            text.contains("nodename file") && text.contains("a FIFO"),
+            "{text}"
+        );
     }
 
     #[test]

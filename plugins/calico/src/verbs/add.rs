@@ -221,7 +221,7 @@ fn add_delegated(
         e
     };
     let (addrs, routes) = if used_ipam {
-        let r = delegate::add(
+        let r = delegate::add_ipam(
             &req.env,
             &ctx.conf.ipam.ipam_type,
             &req.stdin,

@@ -35,10 +35,12 @@ use cni_protocol::{CniError, Command, ErrorCode, Request, delegate};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Kernel failures as CNI errors: a vanished namespace is "unknown container".
+/// Kernel failures as CNI errors: a vanished namespace is "unknown container", a
+/// `CNI_NETNS` that is no pod's namespace a wrong environment.
 pub fn dataplane_error(e: DataplaneError) -> CniError {
     let code = match e {
         DataplaneError::NetnsMissing(_) => ErrorCode::UNKNOWN_CONTAINER,
+        DataplaneError::NotPodNetns { .. } => ErrorCode::INVALID_ENVIRONMENT,
         _ => ErrorCode::DATAPLANE,
     };
     CniError::new(code, e.to_string())
