@@ -266,7 +266,8 @@ fn defects() -> Vec<Row> {
         row("calicoctl apply of a deep pool is refused", Calicoctl, ctl(&["apply", "-f", "{TMP}/deep.json"]))
             .defect("#2")
             .file("deep.json", deep_parens)
-            .exit(1),
+            .exit(1)
+            .msg("selector"),
         // Found by the selector property (tests/props): a non-ASCII character after a key.
         row("pool nodeSelector with a non-ASCII character: calico ADD", Calico, Add)
             .defect("selector-utf8")
@@ -399,14 +400,17 @@ fn defects() -> Vec<Row> {
         row("calicoctl -f /dev/zero", Calicoctl, ctl(&["apply", "-f", "/dev/zero"]))
             .defect("#9")
             .exit(1)
+            .msg("/dev/zero")
             .within_ms(1000),
         row("calicoctl -f FIFO", Calicoctl, ctl(&["apply", "-f", "{TMP}/fifo"]))
             .defect("#9")
             .exit(1)
+            .msg("fifo")
             .within_ms(1000),
         row("calicoctl --config /dev/zero", Calicoctl, ctl(&["get", "ippools", "--config", "/dev/zero"]))
             .defect("#9")
             .exit(1)
+            .msg("/dev/zero")
             .within_ms(1000),
         // #10: ipam.type "calico" delegates to itself.
         row("ipam.type calico delegates to itself", Calico, Add)
@@ -579,7 +583,8 @@ fn defects() -> Vec<Row> {
     ]
 }
 
-/// Malformed stdin, for each CNI plugin: code 6 or 7 and one error object.
+/// Malformed stdin, for each CNI plugin: code 6 (decoding) and one error object, whatever
+/// the kind (none of them is a config that decodes but is wrong, code 7).
 fn stdin_rows() -> Vec<Row> {
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let kinds: Vec<(&str, Vec<u8>)> = vec![
@@ -620,7 +625,7 @@ fn stdin_rows() -> Vec<Row> {
                     Add,
                 )
                 .raw(bytes.clone())
-                .codes(&[6, 7]),
+                .code(6),
             );
         }
     }
@@ -907,7 +912,8 @@ fn datastore_rows() -> Vec<Row> {
     ]
 }
 
-/// calicoctl's validation: exit 1, nothing written.
+/// calicoctl's validation: exit 1 naming what is wrong on stderr, nothing written; and a
+/// control row, so that a calicoctl that cannot reach etcd at all (exit 1 too) fails here.
 fn calicoctl_rows() -> Vec<Row> {
     let apply = || ctl(&["apply", "-f", "{TMP}/in.yaml"]);
     let p = |spec: &str| {
@@ -926,27 +932,33 @@ fn calicoctl_rows() -> Vec<Row> {
     }
     let deep = format!("{}x{}", "[".repeat(20_000), "]".repeat(20_000));
     vec![
+        row("calicoctl: get ippools (control)", Calicoctl, ctl(&["get", "ippools"])).exit(0),
         row("calicoctl: invalid name", Calicoctl, apply())
             .file("in.yaml", "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: Bad_Name\nspec:\n  cidr: 10.50.0.0/16\n")
-            .exit(1),
-        row("calicoctl: bad CIDR", Calicoctl, apply()).file("in.yaml", p("  cidr: 10.50.0.0/33\n")).exit(1),
+            .exit(1)
+            .msg("Metadata.Name"),
+        row("calicoctl: bad CIDR", Calicoctl, apply()).file("in.yaml", p("  cidr: 10.50.0.0/33\n")).exit(1).msg("CIDR"),
         row("calicoctl: block size 33", Calicoctl, apply())
             .file("in.yaml", p("  cidr: 10.50.0.0/16\n  blockSize: 33\n"))
-            .exit(1),
+            .exit(1)
+            .msg("BlockSize"),
         row("calicoctl: ipipMode Sometimes", Calicoctl, apply())
             .file("in.yaml", p("  cidr: 10.50.0.0/16\n  ipipMode: Sometimes\n"))
-            .exit(1),
-        row("calicoctl: YAML alias bomb", Calicoctl, apply()).file("in.yaml", bomb).exit(1),
-        row("calicoctl: deep YAML nesting", Calicoctl, apply()).file("in.yaml", deep).exit(1),
+            .exit(1)
+            .msg("IPIPMode"),
+        row("calicoctl: YAML alias bomb", Calicoctl, apply()).file("in.yaml", bomb).exit(1).msg("repetition limit"),
+        row("calicoctl: deep YAML nesting", Calicoctl, apply()).file("in.yaml", deep).exit(1).msg("recursion limit"),
         row("calicoctl: invalid UTF-8", Calicoctl, apply())
             .file("in.yaml", b"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: \xff\xfe\n".to_vec())
-            .exit(1),
+            .exit(1)
+            .msg("UTF-8"),
         row("calicoctl: multi-document, second bad, nothing written", Calicoctl, apply())
             .file(
                 "in.yaml",
                 format!("{}---\n{}", p("  cidr: 10.50.0.0/16\n"), p("  cidr: nonsense\n").replace("p2", "p3")),
             )
-            .exit(1),
-        row("calicoctl: get of an unknown kind", Calicoctl, ctl(&["get", "nosuchkind"])).exit(1),
+            .exit(1)
+            .msg("nonsense"),
+        row("calicoctl: get of an unknown kind", Calicoctl, ctl(&["get", "nosuchkind"])).exit(1).msg("not supported"),
     ]
 }

@@ -56,10 +56,10 @@ pub fn config() -> Config {
 /// exits with a failure. proptest's own `timeout` would fork a process per case; a failing
 /// case made of elapsed time would persist a bogus regression.
 fn watchdog() {
-    struct Armed(mpsc::Sender<()>);
     thread_local! {
-        // Dropped when the test's thread ends, which disarms the watchdog.
-        static ARMED: RefCell<Option<Armed>> = const { RefCell::new(None) };
+        // Dropped when the test's thread ends, which disarms the watchdog (its receiver
+        // sees the channel close).
+        static ARMED: RefCell<Option<mpsc::Sender<()>>> = const { RefCell::new(None) };
     }
     ARMED.with(|armed| {
         let mut armed = armed.borrow_mut();
@@ -80,7 +80,7 @@ fn watchdog() {
                 std::process::exit(101);
             }
         });
-        *armed = Some(Armed(done));
+        *armed = Some(done);
     });
 }
 
