@@ -302,8 +302,9 @@ impl Jail {
         loop {
             attempts += 1;
             let made = match fs::create_dir(parent) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e)
-                    .with_context(|| format!("creating cgroup {}", parent.display())),
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    Err(e).with_context(|| format!("creating cgroup {}", parent.display()))
+                }
                 _ => delegate(parent).and_then(|()| self.make_dir(parent, name)),
             };
             match made {
@@ -372,10 +373,11 @@ impl Jail {
 
     /// [`Jail::run`] after the spawn.
     fn supervise(&self, child: &mut Child, start: Instant, stdin: &[u8]) -> Result<Outcome> {
-        let (input, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-            (Some(i), Some(o), Some(e)) => (i, o, e),
-            _ => anyhow::bail!("the child's stdio is not piped"),
-        };
+        let (input, stdout, stderr) =
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(i), Some(o), Some(e)) => (i, o, e),
+                _ => anyhow::bail!("the child's stdio is not piped"),
+            };
         let pgid = Pid::from_raw(i32::try_from(child.id())?);
         std::thread::scope(|scope| -> Result<Outcome> {
             // A child that never reads makes this fail with EPIPE once it is gone: fine.

@@ -372,6 +372,8 @@ struct Verdict {
     name: String,
     defect: Option<&'static str>,
     problems: Vec<String>,
+    /// What the call ended with: `exit N`, or `code N` for an error object.
+    ended: String,
     elapsed: Duration,
     peak_pids: u64,
     peak_memory: u64,
@@ -419,7 +421,8 @@ pub fn run_table(rows: &[Row]) {
         };
         let _ = writeln!(
             report,
-            "{state:>12} {:>6}ms ({:>5}ms) {:>3}pids {:>4}MiB  {}{}",
+            "{state:>12} {:>8} {:>6}ms ({:>5}ms) {:>3}pids {:>4}MiB  {}{}",
+            v.ended,
             v.elapsed.as_millis(),
             v.wall.as_millis(),
             v.peak_pids,
@@ -428,7 +431,7 @@ pub fn run_table(rows: &[Row]) {
             v.name
         );
         for p in &v.problems {
-            let _ = writeln!(report, "{:>26}- {p}", "");
+            let _ = writeln!(report, "{:>35}- {p}", "");
         }
         match (v.problems.is_empty(), pending) {
             // A pending row that passes means the fix merged: the list must say so, or a
@@ -699,6 +702,7 @@ fn run_row(bed: &Bed, row: &Row) -> (Verdict, bool) {
         name: row.name.clone(),
         defect: row.defect,
         problems: Vec::new(),
+        ended: String::new(),
         elapsed: Duration::ZERO,
         peak_pids: 0,
         peak_memory: 0,
@@ -731,6 +735,11 @@ fn run_row(bed: &Bed, row: &Row) -> (Verdict, bool) {
         }
         let out = call(bed, &ctx, row, &row.verb, false)?;
         verdict.elapsed = out.elapsed;
+        verdict.ended = match (out.code(), one_object(&out.stdout)) {
+            (Some(1), Ok(v)) if v.get("code").is_some() => format!("code {}", v["code"]),
+            (Some(c), _) => format!("exit {c}"),
+            (None, _) => "signal".into(),
+        };
         verdict.peak_pids = out.peak_pids;
         verdict.peak_memory = out.peak_memory;
         verdict.problems.extend(judge(row, &out));
@@ -794,6 +803,9 @@ fn row_expecting_ok(row: &Row) -> Row {
     let mut r = row.clone();
     r.expect = Expect::Ok;
     r.max = r.max.max(Duration::from_secs(2));
+    // A row's tight deadline is for its own call; an ADD before it or a DEL after it gets
+    // the default, so that a slow moment kills no clean-up half-way.
+    r.limits.deadline = r.limits.deadline.max(Duration::from_secs(5));
     r.check = None;
     r
 }

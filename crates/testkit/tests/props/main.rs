@@ -134,5 +134,8 @@ pub fn pending(defect: &str, test: &str, body: impl FnOnce()) {
         !out.status.success() || passed,
         "the pending child of {test} succeeded without running exactly that one test:\n{stdout}"
     );
-    assert!(!passed, "defect {defect} now holds: drop it from PENDING ({test})");
+    assert!(
+        !passed,
+        "defect {defect} now holds: drop it from PENDING ({test})"
+    );
 }
