@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::prctl;
 use nix::sys::resource::{Resource, setrlimit};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
 use nix::unistd::{Pid, getpid, getppid};
 
 /// How long a daemon gets to exit after SIGTERM before it is killed.
@@ -219,6 +220,30 @@ pub(crate) fn jail_hook(cmd: &mut Command, procs: Vec<OwnedFd>, address_space: u
     // SAFETY: syscalls only (write, setrlimit, setsid, prctl, getppid), on descriptors
     // opened before the fork; nothing allocates.
     unsafe { cmd.pre_exec(hook) };
+}
+
+/// Turns SIGTERM (how nextest ends a test past its time, SIGKILL following after a grace
+/// period) into a flag the caller polls, so that a long test can stop between steps and let
+/// its guards remove what it made (namespaces, cgroups, etcd) instead of dying at once.
+/// Installed once per process; returns the flag.
+pub fn sigterm_flag() -> &'static AtomicBool {
+    static TERMINATED: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    extern "C" fn on_sigterm(_: libc::c_int) {
+        TERMINATED.store(true, Ordering::SeqCst);
+    }
+    INSTALLED.get_or_init(|| {
+        let action = SigAction::new(
+            SigHandler::Handler(on_sigterm),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(Signal::SIGTERM, &action) } {
+            eprintln!("testkit: cannot catch SIGTERM: {e}");
+        }
+    });
+    &TERMINATED
 }
 
 /// Runs `cmd` (stdin closed) to its end or to `deadline`, when it is killed; returns its

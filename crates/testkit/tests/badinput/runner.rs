@@ -394,7 +394,14 @@ pub fn run_table(rows: &[Row]) {
     let started = Instant::now();
     let mut verdicts = Vec::new();
     let mut dirty = false;
+    // nextest's SIGTERM (the table ran past its bound) ends the table after the current row,
+    // so that the bed's guards still remove the node, its namespaces and etcd.
+    let terminated = testkit::process::sigterm_flag();
     for row in rows {
+        if terminated.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(bed);
+            panic!("terminated (SIGTERM) after {} rows", verdicts.len());
+        }
         if filter
             .as_deref()
             .is_some_and(|f| !row.name.contains(f) && row.defect != Some(f))
