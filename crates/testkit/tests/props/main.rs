@@ -1,12 +1,14 @@
 //! Property tests (proptest) of the parsers and decoders that read untrusted input: the
 //! network config (`NetConf::from_value`), `CNI_ARGS`, CNI results of every version, label
 //! selectors, and the datastore's stored values. This is issue 12's fuzz gate: it runs in the
-//! normal test command, each property bounded by `PROPTEST_CASES` (default 256) and a
-//! shrink-time cap, with failures persisted under `proptest-regressions/`.
+//! normal test command, each property bounded by `PROPTEST_CASES` (default 256), a
+//! shrink-time cap and a wall-clock bound ([`PROPERTY_BOUND`]), with failures persisted under
+//! `proptest-regressions/`.
 //!
 //! Properties that cannot hold until another branch's fix merges carry the defect number and
-//! run through [`pending`]: in a child process (a stack overflow aborts the whole process),
-//! reported but not failed while the defect is in [`PENDING`].
+//! run through [`pending`]: in a bounded child process (a stack overflow aborts the whole
+//! process), reported but not failed while they fail and the defect is in [`PENDING`]; one
+//! that holds fails until the defect leaves the list.
 //!
 //! Run: `cargo nextest run -p testkit --test props`.
 
