@@ -7,11 +7,16 @@
 //! when the whole process group *and* everything else in the cgroup (a process that started
 //! its own session) is killed.
 //!
-//! Cgroups: v2 when the unified hierarchy's `cgroup.controllers` lists `pids` and `memory`,
-//! otherwise the v1 `pids` and `memory` hierarchies (this machine: PID 1 is not systemd, and
-//! the hybrid layout's v2 part offers only `hugetlb`). A jail's cgroups are made under the
-//! test process's own cgroup in each hierarchy and removed on drop. Without them
-//! [`Jail::new`] fails; [`require_cgroups`] turns that into a skip, or a failure in CI.
+//! Cgroups: v2 when the unified hierarchy's root `cgroup.controllers` lists `pids` and
+//! `memory`, otherwise the v1 `pids` and `memory` hierarchies (this machine: PID 1 is not
+//! systemd, and the hybrid layout's v2 part offers only `hugetlb`). On v2 a jail's cgroup is
+//! made under [`V2_PARENT`], a cgroup of its own directly under the root (the test's own
+//! cgroup holds processes, so it cannot delegate controllers without moving them; it is left
+//! as it is), and that parent is removed with the last jail. On v1 the jails are made under
+//! the test process's own cgroup in each hierarchy. Every jail cgroup is named
+//! `testkit-jail-…` (so a leftover check finds them at any depth) and removed on drop.
+//! Without them [`Jail::new`] fails; [`require_cgroups`] turns that into a skip, or a
+//! failure in CI.
 //!
 //! One jail is meant for one run: its peaks ([`Outcome::peak_pids`],
 //! [`Outcome::peak_memory`]) are those of the cgroup's lifetime.
@@ -20,7 +25,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -92,10 +97,17 @@ pub const OUTPUT_CAP: usize = 16 << 20;
 /// grandchild between its parent's exit and its own).
 const LEFTOVER_GRACE: Duration = Duration::from_millis(200);
 
+/// The v2 cgroup (under the unified mount) that holds every jail; it holds no process.
+pub const V2_PARENT: &str = "testkit-jails";
+
+/// The prefix of every jail cgroup's name.
+pub const JAIL_PREFIX: &str = "testkit-jail-";
+
 /// The cgroup layout of this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hierarchy {
-    /// One unified cgroup directory (our own) with `pids` and `memory`.
+    /// The unified hierarchy's mount point (its root as we see it), which offers `pids` and
+    /// `memory`.
     V2(PathBuf),
     /// Our own cgroup directory in the v1 `pids` and `memory` hierarchies.
     V1 { pids: PathBuf, memory: PathBuf },
@@ -119,7 +131,7 @@ impl Hierarchy {
         controllers: impl Fn(&Path) -> Option<String>,
     ) -> Result<Self> {
         let mounts = cgroup_mounts(mountinfo);
-        let own_path = |hierarchy: &str| {
+        let own_path = |hierarchy: &str| -> Option<String> {
             own.lines().find_map(|line| {
                 let mut parts = line.splitn(3, ':');
                 let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
@@ -128,30 +140,26 @@ impl Hierarchy {
                 } else {
                     names.split(',').any(|n| n == hierarchy)
                 };
-                wanted.then(|| path.trim_start_matches('/').to_string())
+                wanted.then(|| path.to_string())
             })
         };
-        if let (Some((mount, _)), Some(path)) = (
-            mounts.iter().find(|(_, kind)| kind == "cgroup2"),
-            own_path(""),
-        ) {
-            let dir = mount.join(&path);
-            let listed = controllers(&dir).unwrap_or_default();
+        if let Some(mount) = mounts.iter().find(|m| m.kind == "cgroup2") {
+            let listed = controllers(&mount.point).unwrap_or_default();
             let has = |c: &str| listed.split_whitespace().any(|l| l == c);
             if has("pids") && has("memory") {
-                return Ok(Self::V2(dir));
+                return Ok(Self::V2(mount.point.clone()));
             }
         }
         let v1 = |controller: &str| -> Result<PathBuf> {
-            let (mount, _) = mounts
+            let mount = mounts
                 .iter()
-                .find(|(_, kind)| kind.split(',').any(|k| k == controller))
+                .find(|m| m.kind.split(',').any(|k| k == controller))
                 .with_context(|| {
                     format!("no cgroup v2 with pids+memory and no v1 {controller} hierarchy")
                 })?;
             let path = own_path(controller)
                 .with_context(|| format!("/proc/self/cgroup has no {controller} line"))?;
-            Ok(mount.join(path))
+            mount.dir_of(&path)
         };
         Ok(Self::V1 {
             pids: v1("pids")?,
@@ -160,22 +168,61 @@ impl Hierarchy {
     }
 }
 
-/// `(mount point, kind)` of every cgroup mount: kind `cgroup2`, or the v1 controller list
-/// from the super options (`rw,memory` → `rw,memory`).
-fn cgroup_mounts(mountinfo: &str) -> Vec<(PathBuf, String)> {
+/// A cgroup mount from `/proc/self/mountinfo`.
+#[derive(Debug)]
+struct CgroupMount {
+    /// Where it is mounted.
+    point: PathBuf,
+    /// The cgroup the mount shows at `point` (mountinfo's root field): `/` unless only a
+    /// subtree is mounted (a container's view).
+    root: String,
+    /// `cgroup2`, or the v1 controller list from the super options (`rw,memory`).
+    kind: String,
+}
+
+impl CgroupMount {
+    /// The directory of the cgroup `path` (as `/proc/self/cgroup` names it) under this mount.
+    fn dir_of(&self, path: &str) -> Result<PathBuf> {
+        let root = self.root.trim_end_matches('/');
+        let rest = path.strip_prefix(root).with_context(|| {
+            format!(
+                "cgroup {path} is outside {} (which shows {})",
+                self.point.display(),
+                self.root
+            )
+        })?;
+        anyhow::ensure!(
+            rest.is_empty() || rest.starts_with('/'),
+            "cgroup {path} is outside {} (which shows {})",
+            self.point.display(),
+            self.root
+        );
+        Ok(self.point.join(rest.trim_start_matches('/')))
+    }
+}
+
+/// Every cgroup mount of `mountinfo`.
+fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
     mountinfo
         .lines()
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
-            let mount_point = pre.split(' ').nth(4)?;
+            let mut pre = pre.split(' ');
+            let root = pre.nth(3)?;
+            let point = pre.next()?;
             let mut post = post.split(' ');
             let fstype = post.next()?;
             let options = post.nth(1)?;
-            match fstype {
-                "cgroup2" => Some((PathBuf::from(mount_point), "cgroup2".to_string())),
-                "cgroup" => Some((PathBuf::from(mount_point), options.to_string())),
-                _ => None,
-            }
+            let kind = match fstype {
+                "cgroup2" => "cgroup2".to_string(),
+                "cgroup" => options.to_string(),
+                _ => return None,
+            };
+            Some(CgroupMount {
+                point: PathBuf::from(point),
+                root: root.to_string(),
+                kind,
+            })
         })
         .collect()
 }
@@ -196,32 +243,35 @@ pub fn require_cgroups() -> bool {
 /// Dropping it kills whatever is still in it and removes the cgroup directories.
 pub struct Jail {
     hierarchy: Hierarchy,
+    /// On v2, [`V2_PARENT`], to remove once its last jail is gone.
+    parent: Option<PathBuf>,
     /// The cgroup directories made for this jail (one for v2, two for v1).
     dirs: Vec<PathBuf>,
     limits: Limits,
 }
 
 impl Jail {
-    /// Makes the cgroup(s) `<own cgroup>/<unique name>` and sets the limits.
+    /// Makes the cgroup(s) `testkit-jail-<unique name>` (v2: under [`V2_PARENT`]; v1: under
+    /// our own cgroup in each hierarchy) and sets the limits.
     pub fn new(hint: &str, limits: Limits) -> Result<Self> {
         let hierarchy = Hierarchy::detect()?;
-        let name = unique_name(hint);
+        let name = format!("{JAIL_PREFIX}{}", unique_name(hint));
         let mut jail = Self {
             hierarchy: hierarchy.clone(),
+            parent: None,
             dirs: Vec::new(),
             limits,
         };
         match hierarchy {
-            Hierarchy::V2(own) => {
-                // Children get the controllers only if the parent delegates them (which
-                // fails for a non-root cgroup that holds processes: then say so).
-                let _ = fs::write(own.join("cgroup.subtree_control"), "+pids +memory");
-                let dir = jail.make_dir(&own, &name)?;
+            Hierarchy::V2(root) => {
+                let parent = root.join(V2_PARENT);
+                jail.parent = Some(parent.clone());
+                let dir = jail.make_v2_dir(&root, &parent, &name)?;
                 let listed = fs::read_to_string(dir.join("cgroup.controllers"))?;
                 ensure!(
                     listed.contains("pids") && listed.contains("memory"),
                     "{} does not delegate pids and memory to its children ({listed:?})",
-                    own.display()
+                    parent.display()
                 );
                 write(&dir, "pids.max", limits.pids)?;
                 write(&dir, "memory.max", limits.memory)?;
@@ -238,7 +288,35 @@ impl Jail {
         Ok(jail)
     }
 
+    /// Makes `<root>/testkit-jails/<name>`, with the root and the parent delegating `pids`
+    /// and `memory`. Another jail's drop may remove the parent between our steps (it removes
+    /// it when empty): then it is made again.
+    fn make_v2_dir(&mut self, root: &Path, parent: &Path, name: &str) -> Result<PathBuf> {
+        let delegate = |dir: &Path| -> Result<()> {
+            let path = dir.join("cgroup.subtree_control");
+            fs::write(&path, "+pids +memory")
+                .with_context(|| format!("delegating pids and memory in {}", path.display()))
+        };
+        delegate(root)?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let made = match fs::create_dir(parent) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    Err(e).with_context(|| format!("creating cgroup {}", parent.display()))
+                }
+                _ => delegate(parent).and_then(|()| self.make_dir(parent, name)),
+            };
+            match made {
+                Ok(dir) => return Ok(dir),
+                Err(_) if attempts < 5 && !parent.exists() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn make_dir(&mut self, parent: &Path, name: &str) -> Result<PathBuf> {
+        sweep_stale(parent);
         let dir = parent.join(name);
         fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
         self.dirs.push(dir.clone());
@@ -282,31 +360,54 @@ impl Jail {
             .stderr(Stdio::piped());
         let start = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        // From here on, every way out kills what is in the jail first: the pipe readers
+        // below (and the scope joining them) end only once nothing holds the pipes.
+        let result = self.supervise(&mut child, start, stdin);
+        if result.is_err() {
+            let _ = child.kill();
+            self.kill_all();
+            let _ = child.wait();
+        }
+        result
+    }
+
+    /// [`Jail::run`] after the spawn.
+    fn supervise(&self, child: &mut Child, start: Instant, stdin: &[u8]) -> Result<Outcome> {
+        let (input, stdout, stderr) =
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(i), Some(o), Some(e)) => (i, o, e),
+                _ => anyhow::bail!("the child's stdio is not piped"),
+            };
         let pgid = Pid::from_raw(i32::try_from(child.id())?);
-        let (mut input, stdout, stderr) = (
-            child.stdin.take().context("stdin piped")?,
-            child.stdout.take().context("stdout piped")?,
-            child.stderr.take().context("stderr piped")?,
-        );
         std::thread::scope(|scope| -> Result<Outcome> {
             // A child that never reads makes this fail with EPIPE once it is gone: fine.
             scope.spawn(move || {
+                let mut input = input;
                 let _ = input.write_all(stdin);
             });
             let out = scope.spawn(move || read_capped(stdout));
             let err = scope.spawn(move || read_capped(stderr));
-            let mut timed_out = false;
-            let status = loop {
-                if let Some(status) = child.try_wait()? {
-                    break status;
+            let waited = (|| -> Result<(ExitStatus, bool)> {
+                loop {
+                    if let Some(status) = child.try_wait()? {
+                        return Ok((status, false));
+                    }
+                    if start.elapsed() >= self.limits.deadline {
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                        self.signal_all();
+                        return Ok((child.wait()?, true));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
                 }
-                if start.elapsed() >= self.limits.deadline {
-                    timed_out = true;
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                    self.signal_all();
-                    break child.wait()?;
+            })();
+            let (status, timed_out) = match waited {
+                Ok(w) => w,
+                Err(e) => {
+                    // Before the scope joins the readers.
+                    let _ = child.kill();
+                    self.kill_all();
+                    return Err(e);
                 }
-                std::thread::sleep(Duration::from_millis(2));
             };
             let elapsed = start.elapsed();
             // What is still in the cgroup once the child is gone was left behind by it.
@@ -408,6 +509,33 @@ impl Drop for Jail {
                 eprintln!("testkit: cannot remove cgroup {}", dir.display());
             }
         }
+        // Removed with its last jail; while another jail lives in it this fails (EBUSY).
+        if let Some(parent) = &self.parent {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Removes the empty jail cgroups in `parent` of test processes that are gone (killed before
+/// their jails' drop ran: the jailed processes died with them, by `PR_SET_PDEATHSIG`, but
+/// the directories stay). The pid is the one [`unique_name`] put in the name.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(JAIL_PREFIX)?.strip_prefix("ct")?.get(..5))
+            .and_then(|digits| u32::from_str_radix(digits, 36).ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            // Fails (EBUSY) if something still runs in it: then it is left alone.
+            let _ = fs::remove_dir(entry.path());
+        }
     }
 }
 
@@ -466,11 +594,34 @@ mod tests {
     fn v2_with_pids_and_memory_is_preferred() {
         let mountinfo = "30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         let h = Hierarchy::from_tables(mountinfo, "0::/user.slice/x.scope\n", |dir| {
-            assert_eq!(dir, Path::new("/sys/fs/cgroup/user.slice/x.scope"));
+            // The root's controllers: jails go under a cgroup of their own there.
+            assert_eq!(dir, Path::new("/sys/fs/cgroup"));
             Some("cpu io memory pids\n".into())
         })
         .unwrap();
-        assert_eq!(h, Hierarchy::V2("/sys/fs/cgroup/user.slice/x.scope".into()));
+        assert_eq!(h, Hierarchy::V2("/sys/fs/cgroup".into()));
+    }
+
+    #[test]
+    fn a_mount_of_a_subtree_is_joined_below_its_root() {
+        // A container's view: the memory mount shows /docker/abc at its mount point.
+        let mountinfo = "\
+35 31 0:32 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+        let own = "8:pids:/\n4:memory:/docker/abc/inner\n";
+        let h = Hierarchy::from_tables(mountinfo, own, |_| None).unwrap();
+        assert_eq!(
+            h,
+            Hierarchy::V1 {
+                pids: "/sys/fs/cgroup/pids".into(),
+                memory: "/sys/fs/cgroup/memory/inner".into()
+            }
+        );
+        // A cgroup outside what the mount shows is an error, not a wrong directory.
+        let e = Hierarchy::from_tables(mountinfo, "8:pids:/\n4:memory:/docker/abcd\n", |_| None)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("outside"), "{e:#}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::prctl;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
 use nix::unistd::{Pid, getpid, getppid};
 
 /// How long a daemon gets to exit after SIGTERM before it is killed.
@@ -198,33 +200,95 @@ pub(crate) fn mount_ns_holder(netns: OwnedFd, binds: Vec<(CString, CString)>) ->
 /// Confines the child of a [`crate::limits::Jail`]: before exec it joins each cgroup whose
 /// `cgroup.procs` is open in `procs` (writing `0` moves the writer), caps its address space
 /// at `address_space` bytes (`RLIMIT_AS`), starts its own session and process group (so the
-/// jail can kill the group), and asks for SIGKILL when the spawning thread dies.
+/// jail can kill the group), and asks for SIGKILL when the spawning thread dies (failing if
+/// the parent is already gone, as [`die_with_parent`] does).
 pub(crate) fn jail_hook(cmd: &mut Command, procs: Vec<OwnedFd>, address_space: u64) {
-    use std::os::fd::AsRawFd;
+    let parent = getpid();
     let hook = move || -> io::Result<()> {
         for fd in &procs {
-            // SAFETY: a write of two bytes from a static buffer to an open descriptor.
-            if unsafe { libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // One byte, "0": the writing process itself.
+            nix::unistd::write(fd, b"0")?;
         }
-        let limit = libc::rlimit {
-            rlim_cur: address_space,
-            rlim_max: address_space,
-        };
-        // SAFETY: setrlimit reads the struct on the stack; setsid takes no arguments.
-        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        if unsafe { libc::setsid() } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setrlimit(Resource::RLIMIT_AS, address_space, address_space)?;
+        nix::unistd::setsid()?;
         prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if getppid() != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
         Ok(())
     };
-    // SAFETY: raw syscalls only, on descriptors opened before the fork; nothing allocates.
+    // SAFETY: syscalls only (write, setrlimit, setsid, prctl, getppid), on descriptors
+    // opened before the fork; nothing allocates.
     unsafe { cmd.pre_exec(hook) };
+}
+
+/// Turns SIGTERM (how nextest ends a test past its time, SIGKILL following after a grace
+/// period) into a flag the caller polls, so that a long test can stop between steps and let
+/// its guards remove what it made (namespaces, cgroups, etcd) instead of dying at once.
+/// Installed once per process; returns the flag.
+pub fn sigterm_flag() -> &'static AtomicBool {
+    static TERMINATED: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    extern "C" fn on_sigterm(_: libc::c_int) {
+        TERMINATED.store(true, Ordering::SeqCst);
+    }
+    INSTALLED.get_or_init(|| {
+        let action = SigAction::new(
+            SigHandler::Handler(on_sigterm),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(Signal::SIGTERM, &action) } {
+            eprintln!("testkit: cannot catch SIGTERM: {e}");
+        }
+    });
+    &TERMINATED
+}
+
+/// Runs `cmd` (stdin closed) to its end or to `deadline`, when it is killed; returns its
+/// output and whether it was killed. The child dies with the test, too: SIGKILL when the
+/// calling thread dies, and no start at all if the parent is already gone.
+pub fn output_within(mut cmd: Command, deadline: Duration) -> Result<(Output, bool)> {
+    die_with_parent(&mut cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let read = |pipe: Option<Box<dyn io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut kept);
+            }
+            kept
+        })
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let mut killed = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => {
+                killed = true;
+                let _ = child.kill();
+                break child.wait().with_context(|| format!("reaping {cmd:?}"))?;
+            }
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    Ok((
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        killed,
+    ))
 }
 
 /// Asks the kernel to SIGKILL the child when its parent (thread) dies, closing the race

@@ -3,12 +3,14 @@
 //! taken before and after the row.
 //!
 //! In etcd, blocks and affinities may stay (Calico keeps a node's affine block after its last
-//! address is released), so they are compared by the number of addresses they hold; every
+//! address is released), so they are compared by the number of addresses they hold, and a
+//! new one is allowed only for the table's node ([`NODE`]) inside its pool ([`POOL`]): a
+//! block claimed anywhere else (a pool the call should have refused) is a leftover. Every
 //! other key (handles, endpoints, nodes, pools, config) must be exactly as before.
 
 use serde_json::Value;
 
-use crate::runner::Bed;
+use crate::runner::{Bed, NODE, POOL};
 
 /// The node's state as text, one section per kind, and etcd's keys.
 pub struct Snapshot {
@@ -47,6 +49,23 @@ impl Snapshot {
 /// Keys that may change as long as they hold no more addresses than before.
 fn is_block_or_affinity(key: &str) -> bool {
     key.starts_with("/calico/ipam/v2/assignment/") || key.starts_with("/calico/ipam/v2/host/")
+}
+
+/// Whether a block or affinity key that was not there before may stay: an IPv4 block, or the
+/// table node's affinity for one, inside [`POOL`].
+fn new_key_allowed(key: &str) -> bool {
+    let Ok(pool) = POOL.parse::<ipnet::IpNet>() else {
+        return false;
+    };
+    let cidr = key
+        .strip_prefix("/calico/ipam/v2/assignment/ipv4/block/")
+        .or_else(|| {
+            key.strip_prefix("/calico/ipam/v2/host/")?
+                .strip_prefix(NODE)?
+                .strip_prefix("/ipv4/block/")
+        });
+    cidr.and_then(|c| c.replacen('-', "/", 1).parse::<ipnet::IpNet>().ok())
+        .is_some_and(|block| pool.contains(&block))
 }
 
 /// Addresses held in the blocks of a snapshot (a value that does not decode counts as its
@@ -97,6 +116,18 @@ pub fn compare(before: &Snapshot, after: &Snapshot, allowed: &[String]) -> Vec<S
             "etcd changed: gone {:?}, new {:?}",
             only(&b, &a),
             only(&a, &b)
+        ));
+    }
+    let foreign: Vec<&str> = after
+        .keys
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| is_block_or_affinity(k) && !allowed.iter().any(|p| k.starts_with(p)))
+        .filter(|k| !before.keys.iter().any(|(b, _)| b == k) && !new_key_allowed(k))
+        .collect();
+    if !foreign.is_empty() {
+        problems.push(format!(
+            "new blocks or affinities outside {NODE}'s pool {POOL}: {foreign:?}"
         ));
     }
     let (hb, ub) = held(&before.keys);

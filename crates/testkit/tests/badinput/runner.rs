@@ -9,8 +9,12 @@
 //!
 //! A row runs as: reset etcd if the last row changed it, seed, files, `setup`, snapshot, an
 //! optional first ADD, `between`, the call (in its own [`Jail`]), `check`, a DEL if something
-//! was added, snapshot and comparison ([`leftovers`]), `teardown`. A failing row is followed by
-//! [`leftovers::clean_node`].
+//! was added (or, for a `del_after_failure` row, after its failed call; a follow-up DEL never
+//! takes a row's host `CNI_NETNS`), snapshot and comparison ([`leftovers`]), `teardown`. A
+//! failing row is followed by [`leftovers::clean_node`].
+//!
+//! A row of a defect in [`PENDING`] that passes fails the table: the fix merged and the
+//! list must lose it, or the row would guard nothing.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -135,7 +139,7 @@ pub struct Row {
     /// Files written in `{TMP}`: relative name, content, executable.
     pub files: Vec<(String, Vec<u8>, bool)>,
     pub expect: Expect,
-    /// A word the error message must contain (case-insensitive).
+    /// A word the error message (calicoctl: stderr) must contain (case-insensitive).
     pub msg_has: Option<String>,
     pub max: Duration,
     pub limits: Limits,
@@ -152,6 +156,9 @@ pub struct Row {
     pub check: Option<Check>,
     /// etcd key prefixes the row may leave changed (what it put there itself).
     pub allowed_keys: Vec<String>,
+    /// After the row's (failing) call, the runtime's DEL must give 0, and the leftover check
+    /// then covers what the failed call and its DEL left together.
+    pub del_after_failure: bool,
 }
 
 /// A row with the defaults: base config, no overrides, expects success within 2 s.
@@ -182,6 +189,7 @@ pub fn row(name: impl Into<String>, plugin: Plugin, verb: Verb) -> Row {
         teardown: None,
         check: None,
         allowed_keys: Vec::new(),
+        del_after_failure: false,
     }
 }
 
@@ -273,6 +281,10 @@ impl Row {
         self.check = Some(c);
         self
     }
+    pub fn del_after_failure(mut self) -> Self {
+        self.del_after_failure = true;
+        self
+    }
 }
 
 /// The row's own names and paths (see the module docs).
@@ -360,6 +372,8 @@ struct Verdict {
     name: String,
     defect: Option<&'static str>,
     problems: Vec<String>,
+    /// What the call ended with: `exit N`, or `code N` for an error object.
+    ended: String,
     elapsed: Duration,
     peak_pids: u64,
     peak_memory: u64,
@@ -380,7 +394,14 @@ pub fn run_table(rows: &[Row]) {
     let started = Instant::now();
     let mut verdicts = Vec::new();
     let mut dirty = false;
+    // nextest's SIGTERM (the table ran past its bound) ends the table after the current row,
+    // so that the bed's guards still remove the node, its namespaces and etcd.
+    let terminated = testkit::process::sigterm_flag();
     for row in rows {
+        if terminated.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(bed);
+            panic!("terminated (SIGTERM) after {} rows", verdicts.len());
+        }
         if filter
             .as_deref()
             .is_some_and(|f| !row.name.contains(f) && row.defect != Some(f))
@@ -398,16 +419,17 @@ pub fn run_table(rows: &[Row]) {
     let mut report = String::new();
     let mut failed = Vec::new();
     for v in &verdicts {
-        let pending = v.defect.is_some_and(|d| PENDING.contains(&d));
+        let pending = v.defect.filter(|d| PENDING.contains(d));
         let state = match (v.problems.is_empty(), pending) {
-            (true, false) => "ok",
-            (true, true) => "ok (pending: drop it from PENDING)",
-            (false, true) => "PENDING-FAIL",
-            (false, false) => "FAIL",
+            (true, None) => "ok",
+            (true, Some(_)) => "HOLDS",
+            (false, Some(_)) => "PENDING-FAIL",
+            (false, None) => "FAIL",
         };
         let _ = writeln!(
             report,
-            "{state:>12} {:>6}ms ({:>5}ms) {:>3}pids {:>4}MiB  {}{}",
+            "{state:>12} {:>8} {:>6}ms ({:>5}ms) {:>3}pids {:>4}MiB  {}{}",
+            v.ended,
             v.elapsed.as_millis(),
             v.wall.as_millis(),
             v.peak_pids,
@@ -416,10 +438,17 @@ pub fn run_table(rows: &[Row]) {
             v.name
         );
         for p in &v.problems {
-            let _ = writeln!(report, "{:>26}- {p}", "");
+            let _ = writeln!(report, "{:>35}- {p}", "");
         }
-        if !v.problems.is_empty() && !pending {
-            failed.push(v.name.clone());
+        match (v.problems.is_empty(), pending) {
+            // A pending row that passes means the fix merged: the list must say so, or a
+            // later regression of it would only be reported.
+            (true, Some(d)) => failed.push(format!(
+                "{}: defect {d} now holds: drop it from PENDING",
+                v.name
+            )),
+            (false, None) => failed.push(v.name.clone()),
+            _ => {}
         }
     }
     let _ = writeln!(
@@ -519,8 +548,12 @@ fn command(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, follow_up: bool) -> Com
             .env("CNI_PATH", bed.cluster.cni_path.path());
     }
     for (k, v) in &row.env {
-        // A follow-up call (the DEL afterwards) keeps the row's environment but its verb.
-        if follow_up && k == "CNI_COMMAND" {
+        // A follow-up call (the DEL afterwards) keeps the row's environment but its verb,
+        // and never runs in the host's namespace: a row's CNI_NETNS naming it (defect #7)
+        // gives way to the row's pod namespace, so a DEL cannot remove a node link.
+        if follow_up
+            && (k == "CNI_COMMAND" || k == "CNI_NETNS" && v.as_deref().is_some_and(is_host_netns))
+        {
             continue;
         }
         {
@@ -531,6 +564,12 @@ fn command(bed: &Bed, ctx: &Ctx, row: &Row, verb: &Verb, follow_up: bool) -> Com
         }
     }
     cmd
+}
+
+/// Whether `path` names a namespace of a running process (`/proc/<pid>/ns/…`, the caller's
+/// own among them) rather than a pod's bind mount.
+fn is_host_netns(path: &str) -> bool {
+    path.starts_with("/proc/")
 }
 
 /// Runs one call in a jail of its own.
@@ -621,6 +660,15 @@ fn judge(row: &Row, out: &Outcome) -> Vec<String> {
                     excerpt(&out.stderr)
                 ));
             }
+            // calicoctl's refusal says why on stderr.
+            if let Some(word) = &row.msg_has
+                && !stderr.to_lowercase().contains(&word.to_lowercase())
+            {
+                problems.push(format!(
+                    "stderr does not name {word:?}: {}",
+                    excerpt(&out.stderr)
+                ));
+            }
         }
         (Expect::Ok, Verb::Add) => match one_object(&out.stdout) {
             Ok(v) if code == 0 && v.get("code").is_none() => {}
@@ -661,6 +709,7 @@ fn run_row(bed: &Bed, row: &Row) -> (Verdict, bool) {
         name: row.name.clone(),
         defect: row.defect,
         problems: Vec::new(),
+        ended: String::new(),
         elapsed: Duration::ZERO,
         peak_pids: 0,
         peak_memory: 0,
@@ -693,6 +742,11 @@ fn run_row(bed: &Bed, row: &Row) -> (Verdict, bool) {
         }
         let out = call(bed, &ctx, row, &row.verb, false)?;
         verdict.elapsed = out.elapsed;
+        verdict.ended = match (out.code(), one_object(&out.stdout)) {
+            (Some(1), Ok(v)) if v.get("code").is_some() => format!("code {}", v["code"]),
+            (Some(c), _) => format!("exit {c}"),
+            (None, _) => "signal".into(),
+        };
         verdict.peak_pids = out.peak_pids;
         verdict.peak_memory = out.peak_memory;
         verdict.problems.extend(judge(row, &out));
@@ -701,9 +755,22 @@ fn run_row(bed: &Bed, row: &Row) -> (Verdict, bool) {
         {
             verdict.problems.push(e);
         }
+        if row.del_after_failure && !out.timed_out {
+            dirty = true;
+            let del = call(bed, &ctx, row, &Verb::Del, true)?;
+            let p = judge(&row_expecting_ok(&with_verb(row, Verb::Del)), &del);
+            if !p.is_empty() {
+                verdict
+                    .problems
+                    .push(format!("the DEL after the failure: {}", p.join("; ")));
+            }
+        }
         let added = (row.expect == Expect::Ok && row.verb == Verb::Add) || row.add_first;
         // After a hang the DEL would hang the same way; the reset and `clean_node` clean up.
-        if !out.timed_out && (added || out.code() == Some(0) && row.verb == Verb::Add) {
+        if !out.timed_out
+            && !row.del_after_failure
+            && (added || out.code() == Some(0) && row.verb == Verb::Add)
+        {
             dirty = true;
             // The runtime's DEL of what the row added (the row's environment, verb DEL).
             let del = call(bed, &ctx, row, &Verb::Del, true)?;
@@ -743,6 +810,9 @@ fn row_expecting_ok(row: &Row) -> Row {
     let mut r = row.clone();
     r.expect = Expect::Ok;
     r.max = r.max.max(Duration::from_secs(2));
+    // A row's tight deadline is for its own call; an ADD before it or a DEL after it gets
+    // the default, so that a slow moment kills no clean-up half-way.
+    r.limits.deadline = r.limits.deadline.max(Duration::from_secs(5));
     r.check = None;
     r
 }
