@@ -299,8 +299,9 @@ fn defects() -> Vec<Row> {
             .patch(json!({"ipam": {"type": "host-local"}}))
             .env("CNI_PATH", delegate_path)
             .script("plug/host-local", script_empty_ips)
-            // "IPAM plugin returned missing IP config", code 999 as Calico gives it (plan #5).
-            .code(999),
+            // "IPAM plugin returned missing IP config": code 105, our delegation code (Calico
+            // reports it as 999; README "Differences from Calico", error codes).
+            .code(105),
         row("delegate prints an error with exit 0", Calico, Add)
             .defect("#5")
             .patch(json!({"ipam": {"type": "host-local"}}))
@@ -424,7 +425,7 @@ fn defects() -> Vec<Row> {
             .defect("#11")
             .patch(json!({"nodename": "a/b"}))
             .code(7)
-            .msg("nodename"),
+            .msg("node name"),
         row("nodename ../../x", Calico, Add)
             .defect("#11")
             .patch(json!({"nodename": "../../x"}))

@@ -33,7 +33,7 @@ use proptest::test_runner::Config;
 /// branches); the lead empties this list at merge.
 /// `selector-utf8` is a defect this suite found (not in the findings): see
 /// `selector::any_text_parses_or_is_an_error`.
-pub const PENDING: &[&str] = &["#2", "#14", "selector-utf8"];
+pub const PENDING: &[&str] = &[];
 
 /// The wall-clock bound of one property (all its cases and its shrinking).
 pub const PROPERTY_BOUND: Duration = Duration::from_secs(20);

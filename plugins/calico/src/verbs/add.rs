@@ -221,6 +221,8 @@ fn add_delegated(
         e
     };
     let (addrs, routes) = if used_ipam {
+        // add_ipam refuses a result without addresses (or an error object printed with exit
+        // status 0), as Calico's "IPAM plugin returned missing IP config".
         let r = delegate::add_ipam(
             &req.env,
             &ctx.conf.ipam.ipam_type,
@@ -228,18 +230,6 @@ fn add_delegated(
             req.cni_version,
         )
         .map_err(fail)?;
-        // A result without addresses (or an error object printed with exit status 0) leaves
-        // the pod without an address: a failure, as Calico's "IPAM plugin returned missing
-        // IP config".
-        if r.ips.is_empty() {
-            return Err(fail(CniError::new(
-                ErrorCode::DELEGATION,
-                format!(
-                    "IPAM plugin {} returned missing IP config",
-                    ctx.conf.ipam.ipam_type
-                ),
-            )));
-        }
         (
             r.ips.iter().map(|i| i.address).collect::<Vec<_>>(),
             r.routes,
