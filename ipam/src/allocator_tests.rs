@@ -1532,9 +1532,20 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
 fn corrupt_blocks_are_never_allocated_from() {
     let cidr = net("10.0.0.0/26");
     type Corruption = (&'static str, fn(&mut AllocationBlock));
-    let corruptions: [Corruption; 6] = [
+    let corruptions: [Corruption; 7] = [
         ("free ordinal out of range", |b| {
             b.unallocated.insert(0, 9999)
+        }),
+        // Issue 12 review #1: ordinal 0 is free and allocated at once; handing it out would
+        // give a second pod the first one's address.
+        ("free ordinal allocated", |b| {
+            b.attributes = Some(vec![calico_datastore::model::AllocationAttribute {
+                handle_id: Some("other".into()),
+                secondary: None,
+                alternate_owner_attrs: None,
+                extra: Default::default(),
+            }]);
+            b.allocations[0] = Some(0);
         }),
         ("free ordinal twice", |b| b.unallocated.push(1)),
         ("cidr not the key's", |b| b.cidr = net("10.9.0.0/26")),
@@ -1580,5 +1591,49 @@ fn corrupt_blocks_are_never_allocated_from() {
         );
         let cni = cni_protocol::CniError::from(e);
         assert_eq!(cni.code, cni_protocol::ErrorCode::DATASTORE, "{what}");
+    }
+}
+
+/// Issue 12 review #3: a stored pool whose block size Calico's validation refuses (IPv4
+/// outside /20../32, IPv6 outside /116../128; validator.go validateIPPool) is an unusable
+/// pool: no block of it is ever claimed (before, each ADD claimed a /18 that block
+/// validation then refused, one block per pod), automatic choice uses the other pools, and
+/// a request naming it is a configuration error (code 7).
+#[test]
+fn pools_with_a_block_size_calico_refuses_are_unusable() {
+    let store = store();
+    add_pool(&store, "wide-v4", "10.0.0.0/16", |s| s.block_size = 18);
+    add_pool(&store, "wide-v6", "fd00::/64", |s| s.block_size = 112);
+    add_pool(&store, "good-v4", "10.9.0.0/24", |s| s.block_size = 26);
+    add_pool(&store, "good-v6", "fd09::/120", |s| s.block_size = 122);
+    for i in 0..3 {
+        let got = ipam(&store, "n1")
+            .auto_assign(&request(&format!("n.c{i}"), 1, 1))
+            .expect("assigned from the good pools");
+        assert!(net("10.9.0.0/24").contains(&got.v4[0].addr()), "{got:?}");
+        assert!(net("fd09::/120").contains(&got.v6[0].addr()), "{got:?}");
+    }
+    let blocks = store
+        .list_keys("/calico/ipam/v2/assignment/")
+        .expect("list");
+    assert_eq!(blocks.len(), 2, "one block per good pool only: {blocks:?}");
+    for (pools, v4n, v6n) in [
+        (vec!["wide-v4".to_string()], 1, 0),
+        (vec!["fd00::/64".to_string()], 0, 1),
+    ] {
+        let mut req = request("n.named", v4n, v6n);
+        if v4n > 0 {
+            req.v4_pools = pools.clone();
+        } else {
+            req.v6_pools = pools.clone();
+        }
+        let e = ipam(&store, "n1").auto_assign(&req).expect_err("named");
+        assert!(e.to_string().contains("blockSize"), "{e}");
+        let cni = cni_protocol::CniError::from(e);
+        assert_eq!(
+            cni.code,
+            cni_protocol::ErrorCode::INVALID_NETWORK_CONFIG,
+            "{pools:?}"
+        );
     }
 }
