@@ -1637,3 +1637,86 @@ fn pools_with_a_block_size_calico_refuses_are_unusable() {
         );
     }
 }
+
+/// Issue 12 review #6: an unreadable stored IPAM config is corrupt (code 102) for an
+/// allocation, automatic or specific, as Calico's `GetIPAMConfig` error stops `AutoAssign`
+/// and `AssignIP`; a release still goes on under the defaults (a pod must stay deletable).
+#[test]
+fn a_corrupt_ipam_config_refuses_allocations_but_not_releases() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 26);
+    let got = ipam(&store, "n1")
+        .auto_assign(&request("n.before", 1, 0))
+        .expect("assigned");
+    store.put(keys::IPAM_CONFIG, br#"{"strict_affinity":"yes"}"#);
+    let auto = ipam(&store, "n1")
+        .auto_assign(&request("n.c", 1, 0))
+        .expect_err("auto");
+    let specific = ipam(&store, "n1")
+        .assign_ip(ip("10.0.0.40"), "n.d", &BTreeMap::new())
+        .expect_err("specific");
+    for e in [auto, specific] {
+        assert!(
+            matches!(&e, IpamError::Corrupt { key, .. } if key == keys::IPAM_CONFIG),
+            "{e}"
+        );
+        let cni = cni_protocol::CniError::from(e);
+        assert_eq!(cni.code, cni_protocol::ErrorCode::DATASTORE);
+    }
+    assert!(handle(&store, "n.c").is_none() && handle(&store, "n.d").is_none());
+    let freed = ipam(&store, "n1")
+        .release_by_handle("n.before")
+        .expect("released under the defaults")
+        .expect("held");
+    assert_eq!(freed, vec![got.v4[0].addr()]);
+    assert!(handle(&store, "n.before").is_none());
+}
+
+/// Issue 12 review #8: releasing a handle whose block is corrupt (skipped, logged) leaves
+/// the handle's count for that block, so the handle is not deleted while the block still
+/// points at it; its allocations in sound blocks are released.
+#[test]
+fn a_release_keeps_the_handle_for_allocations_in_a_corrupt_block() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 26);
+    add_pool(&store, "p6", "fd00::/120", |s| s.block_size = 122);
+    let got = ipam(&store, "n1")
+        .auto_assign(&request("n.c", 1, 1))
+        .expect("assigned");
+    let cidr = got.v4[0].trunc();
+    let mut b = block(&store, &cidr.to_string()).expect("block");
+    b.allocations.push(None); // one slot too many: corrupt
+    store.put(
+        &keys::block(&cidr),
+        &serde_json::to_vec(&b).expect("encode"),
+    );
+    let freed = ipam(&store, "n1")
+        .release_by_handle("n.c")
+        .expect("a corrupt block does not stop the release")
+        .expect("held");
+    assert_eq!(
+        freed,
+        vec![got.v6[0].addr()],
+        "only the sound block's address"
+    );
+    let h = handle(&store, "n.c").expect("the handle is kept");
+    assert_eq!(h.block.get(&cidr.to_string()), Some(&1), "{h:?}");
+    assert_eq!(h.block.len(), 1, "the v6 block's count is gone: {h:?}");
+}
+
+/// Issue 12 review #7: one unreadable handle does not stop IPAM GC: it is logged and
+/// skipped, and the other handles' allocations are still candidates.
+#[test]
+fn gc_skips_a_corrupt_handle() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 26);
+    let a = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("assigned");
+    store.put(&keys::handle("net.c0"), b"{\"block\":7");
+    let got = crate::gc::candidates(&store, "net", "n1", &Default::default())
+        .expect("GC goes on past the corrupt handle");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].container_id, "c1");
+    assert_eq!(got[0].addresses, vec![a.v4[0].addr()]);
+}

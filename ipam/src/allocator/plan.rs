@@ -449,6 +449,7 @@ impl<'a, 's> Plan<'a, 's> {
         v4: bool,
     ) -> Result<Vec<IpNet>, IpamError> {
         let snap = self.snap;
+        snap.config_for_allocation()?;
         let node = self.ipam.node.clone();
         if !snap.node_registered {
             return Err(IpamError::NodeNotFound { node });
@@ -627,6 +628,7 @@ impl<'a, 's> Plan<'a, 's> {
     /// Plans one specific address for `owner`.
     pub(super) fn specific(&mut self, ip: IpAddr, owner: &Owner) -> Result<IpNet, IpamError> {
         let snap = self.snap;
+        snap.config_for_allocation()?;
         let pool = snap
             .pools
             .iter()

@@ -432,7 +432,9 @@ fn names_that_would_escape_their_keys_are_refused() {
     let good = lab.plugin("node-1", json!({}));
     let before = lab.dump();
     let long = "a".repeat(5000);
-    for node in ["a/b", "..", "../../x", "Node_1", long.as_str()] {
+    // `Node_1` is not refused: Calico's plugin never validates the node name (see
+    // upper_case_and_underscore_node_names_work).
+    for node in ["a/b", "..", "../../x", long.as_str()] {
         let mut bad = good.clone();
         bad["nodename"] = json!(node);
         lab.install("badnode", bad);
