@@ -70,6 +70,16 @@ fn request(handle: &str, v4: usize, v6: usize) -> AssignRequest {
     }
 }
 
+/// A request of one attachment, as the CNI plugins make it: the interface is an
+/// attribute, and a repeat gets back what that interface holds.
+fn attachment(handle: &str, ifname: &str, v4: usize, v6: usize) -> AssignRequest {
+    let mut req = request(handle, v4, v6);
+    req.attrs
+        .insert(ATTACHMENT_ATTRIBUTE.to_string(), ifname.to_string());
+    req.reuse_if = Some((ATTACHMENT_ATTRIBUTE.to_string(), ifname.to_string()));
+    req
+}
+
 fn ipam<'s>(store: &'s dyn KvStore, node: &str) -> Ipam<'s> {
     Ipam::new(store, node).with_clock(t0)
 }
@@ -1489,10 +1499,10 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
     add_pool(&store, "p4", "10.0.0.0/24", |_| {});
     add_pool(&store, "p6", "fd00::/120", |_| {});
     let first = ipam(&store, "n1")
-        .auto_assign(&request("net.c1", 1, 0))
+        .auto_assign(&attachment("net.c1", "eth0", 1, 0))
         .expect("first");
     let again = ipam(&store, "n1")
-        .auto_assign(&request("net.c1", 1, 0))
+        .auto_assign(&attachment("net.c1", "eth0", 1, 0))
         .expect("again");
     assert_eq!(again.v4, first.v4);
     let cidr = first.v4[0].trunc().to_string();
@@ -1501,7 +1511,7 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
     assert_eq!(handle(&store, "net.c1").expect("handle").block[&cidr], 1);
     // Dual stack asked later: the IPv4 address is kept, an IPv6 one added.
     let dual = ipam(&store, "n1")
-        .auto_assign(&request("net.c1", 1, 1))
+        .auto_assign(&attachment("net.c1", "eth0", 1, 1))
         .expect("dual");
     assert_eq!(dual.v4, first.v4);
     assert_eq!(dual.v6.len(), 1);
@@ -1719,4 +1729,46 @@ fn gc_skips_a_corrupt_handle() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].container_id, "c1");
     assert_eq!(got[0].addresses, vec![a.v4[0].addr()]);
+}
+
+/// Issue 12 review #2: Calico's handle is the network and container ID, without the
+/// interface, so a second attachment of the same container (Multus: another CNI_IFNAME)
+/// must get its own address, while a repeated ADD of the same attachment gets its own back.
+/// A request without `reuse_if` (Calico's behaviour) always gets another address, and a
+/// held address outside the pools the request names is not handed back.
+#[test]
+fn only_a_repeat_of_the_same_attachment_gets_its_addresses_back() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |_| {});
+    add_pool(&store, "q", "10.1.0.0/24", |_| {});
+    let eth0 = ipam(&store, "n1")
+        .auto_assign(&attachment("net.c1", "eth0", 1, 0))
+        .expect("eth0");
+    let net1 = ipam(&store, "n1")
+        .auto_assign(&attachment("net.c1", "net1", 1, 0))
+        .expect("net1");
+    assert_ne!(eth0.v4, net1.v4, "two interfaces, two addresses");
+    for (ifname, first) in [("eth0", &eth0), ("net1", &net1)] {
+        let again = ipam(&store, "n1")
+            .auto_assign(&attachment("net.c1", ifname, 1, 0))
+            .expect("again");
+        assert_eq!(again.v4, first.v4, "{ifname}: the same address again");
+    }
+    let calico = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("no reuse");
+    assert!(calico.v4 != eth0.v4 && calico.v4 != net1.v4, "{calico:?}");
+    // eth0 again, now limited to the other pool: a new address from it.
+    let in_q = eth0.v4[0].addr();
+    let other_pool = if net("10.0.0.0/24").contains(&in_q) {
+        "q"
+    } else {
+        "p"
+    };
+    let mut req = attachment("net.c1", "eth0", 1, 0);
+    req.v4_pools = vec![other_pool.into()];
+    let moved = ipam(&store, "n1").auto_assign(&req).expect("moved");
+    assert_ne!(moved.v4, eth0.v4);
+    let b = handle(&store, "net.c1").expect("handle");
+    assert_eq!(b.block.values().sum::<i64>(), 4, "{b:?}");
 }

@@ -427,7 +427,17 @@ pub fn allocate_detailed(
         }
     };
     let container_handle = workload.handle(&req.network_name);
-    let attrs = workload.attributes(SystemTime::now());
+    let mut attrs = workload.attributes(SystemTime::now());
+    // The attachment's interface: a repeated ADD of this attachment gets its addresses back,
+    // another interface of the same container (Multus) its own (the handle alone is the
+    // container's).
+    let attachment = (
+        crate::allocator::ATTACHMENT_ATTRIBUTE.to_string(),
+        req.env.ifname.clone(),
+    );
+    if !req.env.ifname.is_empty() {
+        attrs.insert(attachment.0.clone(), attachment.1.clone());
+    }
     let mut wanted = requested_addresses(req)?;
     wanted.extend(&ov.addresses);
     let (v4, v6) = ov
@@ -486,6 +496,7 @@ pub fn allocate_detailed(
             .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
         namespace_labels: ov.namespace_labels.clone(),
         intended_use: crate::pools::PoolUse::Workload,
+        reuse_if: Some(attachment).filter(|(_, ifname)| !ifname.is_empty()),
     };
 
     let mut host_routes = true;

@@ -716,6 +716,26 @@ impl<'a, 's> Plan<'a, 's> {
             .collect())
     }
 
+    /// Whether `ip` lies in a pool `req` may allocate from (a held address from a pool the
+    /// request no longer names is not handed back). A request whose pools cannot be chosen
+    /// reuses nothing; its allocation reports why.
+    pub(super) fn usable_for(&self, req: &AssignRequest, ip: IpAddr) -> bool {
+        let snap = self.snap;
+        let v4 = ip.is_ipv4();
+        let requested = if v4 { &req.v4_pools } else { &req.v6_pools };
+        pools::choose_for(
+            req.intended_use,
+            &snap.pools,
+            &snap.unusable_pools,
+            requested,
+            v4,
+            &self.ipam.node,
+            &snap.node_labels,
+            &req.namespace_labels,
+        )
+        .is_ok_and(|chosen| chosen.iter().any(|p| p.cidr.contains(&ip)))
+    }
+
     /// Sets one owner of the allocation at `ip` (in `cidr`, which is loaded) to `attrs`, or
     /// clears it.
     pub(super) fn set_owner(
