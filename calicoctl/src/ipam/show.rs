@@ -107,12 +107,7 @@ pub fn utilization(
         .filter_map(|kv| IpPool::from_kv(kv).ok())
         .filter_map(|p| parse_cidr(&p.spec.cidr).map(|(_, n)| n))
         .collect();
-    let blocks: Vec<AllocationBlock> = got
-        .next()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(decode)
-        .collect();
+    let blocks = super::sound_blocks(&got.next().unwrap_or_default());
     let rows = utilization_rows(&pools, &blocks, show_blocks);
     out.write_all(gofmt::box_table(&HEADERS, &rows).as_bytes())?;
     Ok(())
@@ -237,11 +232,7 @@ pub fn borrowed_rows(blocks: &[AllocationBlock]) -> (Vec<Vec<String>>, usize) {
 
 /// `ipam show --show-borrowed`.
 pub fn show_borrowed(store: &dyn KvStore, out: &mut dyn std::io::Write) -> CmdResult {
-    let blocks: Vec<AllocationBlock> = store
-        .list("/calico/ipam/v2/assignment/")?
-        .iter()
-        .filter_map(decode)
-        .collect();
+    let blocks = super::sound_blocks(&store.list("/calico/ipam/v2/assignment/")?);
     let (rows, unclassified) = borrowed_rows(&blocks);
     let headers = [
         "IP",
