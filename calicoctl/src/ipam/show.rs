@@ -85,10 +85,6 @@ pub fn utilization_rows(
     rows
 }
 
-fn decode<T: serde::de::DeserializeOwned>(kv: &calico_datastore::Kv) -> Option<T> {
-    serde_json::from_slice(&kv.value).ok()
-}
-
 /// `ipam show [--show-blocks]`.
 pub fn utilization(
     store: &dyn KvStore,
@@ -167,7 +163,7 @@ pub fn show_ip(store: &dyn KvStore, ip_text: &str, out: &mut dyn std::io::Write)
     };
     let Some(b) = store
         .get(&keys::block(&block_cidr))?
-        .and_then(|kv| decode::<AllocationBlock>(&kv))
+        .and_then(|kv| super::sound_blocks(std::slice::from_ref(&kv)).pop())
     else {
         out.write_all(not_assigned.as_bytes())?;
         return Ok(());

@@ -418,6 +418,27 @@ fn a_repeated_add_returns_the_same_address() {
     assert_eq!(allocations_in_blocks(&lab), 1);
     rt.del("net", &fixed, &opts).unwrap().unwrap();
     assert_eq!(allocations_in_blocks(&lab), 0);
+
+    // Issue 12 review #2: the handle is the network and container ID only, so a second
+    // interface of the same container (Multus) gets its own address, and a repeat of each
+    // attachment gets its own back (the interface is recorded as the `ifname` attribute).
+    let multi = lab.pod("multi");
+    let eth0 = CallOpts::default();
+    let net1 = CallOpts {
+        ifname: Some("net1".into()),
+        ..CallOpts::default()
+    };
+    let a = rt.add("net", &multi, &eth0).unwrap().unwrap();
+    let b = rt.add("net", &multi, &net1).unwrap().unwrap();
+    assert_ne!(a["ips"][0]["address"], b["ips"][0]["address"]);
+    for (opts, first) in [(&eth0, &a), (&net1, &b)] {
+        let again = rt.add("net", &multi, opts).unwrap().unwrap();
+        assert_eq!(again["ips"][0]["address"], first["ips"][0]["address"]);
+    }
+    assert_eq!(allocations_in_blocks(&lab), 2);
+    rt.del("net", &multi, &net1).unwrap().unwrap();
+    rt.del("net", &multi, &eth0).unwrap().unwrap();
+    assert_eq!(allocations_in_blocks(&lab), 0);
 }
 
 /// Issue 12 #11 (findings #11): a node name `a/b` or `../../x` wrote affinity keys outside
