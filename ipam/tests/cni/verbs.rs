@@ -443,8 +443,8 @@ fn a_repeated_add_returns_the_same_address() {
 
 /// Issue 12 #11 (findings #11): a node name `a/b` or `../../x` wrote affinity keys outside
 /// `/calico/ipam/v2/host/`, and `K8S_POD_NAMESPACE=a/b` endpoint keys outside theirs. Names
-/// are checked as Kubernetes checks them: a bad node name is code 7, a bad `K8S_POD_*` code
-/// 4 naming the field, and no key is written.
+/// are checked: a node name that is not key-safe is code 7, a `K8S_POD_*` Kubernetes would
+/// refuse is code 4 on ADD naming the field, and no key is written.
 #[test]
 fn names_that_would_escape_their_keys_are_refused() {
     require!("etcd", "go");
@@ -454,7 +454,7 @@ fn names_that_would_escape_their_keys_are_refused() {
     let before = lab.dump();
     let long = "a".repeat(5000);
     // `Node_1` is not refused: Calico's plugin never validates the node name (see
-    // upper_case_and_underscore_node_names_work).
+    // plugins/calico verbs::del::tests::upper_case_and_underscore_node_names_work).
     for node in ["a/b", "..", "../../x", long.as_str()] {
         let mut bad = good.clone();
         bad["nodename"] = json!(node);

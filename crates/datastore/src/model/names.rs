@@ -1,7 +1,8 @@
-//! Calico's object names (libcalico-go `names`), and the checks names from outside (a node
-//! name, `K8S_POD_NAMESPACE`, `K8S_POD_NAME`) pass before any key is built from them, as
-//! Kubernetes validates them (apimachinery `IsDNS1123Subdomain`/`IsDNS1123Label`): a `/` or
-//! `..` would otherwise write keys outside their prefix.
+//! Calico's object names (libcalico-go `names`), and the checks names from outside pass
+//! before any key is built from them (a `/` or `..` would otherwise write keys outside their
+//! prefix): [`key_safe`] for a node name and for everything on DEL, CHECK and GC; on ADD
+//! `K8S_POD_NAMESPACE` and `K8S_POD_NAME` as Kubernetes validates them (apimachinery
+//! `IsDNS1123Subdomain`/`IsDNS1123Label`).
 
 /// A WorkloadEndpoint's name: `[node, orchestrator, workload, endpoint]` (the workload is the
 /// pod for `k8s`, the container ID for `cni`), each `-` doubled inside a part, the parts
