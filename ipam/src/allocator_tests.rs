@@ -70,6 +70,16 @@ fn request(handle: &str, v4: usize, v6: usize) -> AssignRequest {
     }
 }
 
+/// A request of one attachment, as the CNI plugins make it: the interface is an
+/// attribute, and a repeat gets back what that interface holds.
+fn attachment(handle: &str, ifname: &str, v4: usize, v6: usize) -> AssignRequest {
+    let mut req = request(handle, v4, v6);
+    req.attrs
+        .insert(ATTACHMENT_ATTRIBUTE.to_string(), ifname.to_string());
+    req.reuse_if = Some((ATTACHMENT_ATTRIBUTE.to_string(), ifname.to_string()));
+    req
+}
+
 fn ipam<'s>(store: &'s dyn KvStore, node: &str) -> Ipam<'s> {
     Ipam::new(store, node).with_clock(t0)
 }
@@ -1489,10 +1499,10 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
     add_pool(&store, "p4", "10.0.0.0/24", |_| {});
     add_pool(&store, "p6", "fd00::/120", |_| {});
     let first = ipam(&store, "n1")
-        .auto_assign(&request("net.c1", 1, 0))
+        .auto_assign(&attachment("net.c1", "eth0", 1, 0))
         .expect("first");
     let again = ipam(&store, "n1")
-        .auto_assign(&request("net.c1", 1, 0))
+        .auto_assign(&attachment("net.c1", "eth0", 1, 0))
         .expect("again");
     assert_eq!(again.v4, first.v4);
     let cidr = first.v4[0].trunc().to_string();
@@ -1501,7 +1511,7 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
     assert_eq!(handle(&store, "net.c1").expect("handle").block[&cidr], 1);
     // Dual stack asked later: the IPv4 address is kept, an IPv6 one added.
     let dual = ipam(&store, "n1")
-        .auto_assign(&request("net.c1", 1, 1))
+        .auto_assign(&attachment("net.c1", "eth0", 1, 1))
         .expect("dual");
     assert_eq!(dual.v4, first.v4);
     assert_eq!(dual.v6.len(), 1);
@@ -1532,9 +1542,20 @@ fn a_repeated_assignment_with_the_same_handle_returns_what_it_holds() {
 fn corrupt_blocks_are_never_allocated_from() {
     let cidr = net("10.0.0.0/26");
     type Corruption = (&'static str, fn(&mut AllocationBlock));
-    let corruptions: [Corruption; 6] = [
+    let corruptions: [Corruption; 7] = [
         ("free ordinal out of range", |b| {
             b.unallocated.insert(0, 9999)
+        }),
+        // Issue 12 review #1: ordinal 0 is free and allocated at once; handing it out would
+        // give a second pod the first one's address.
+        ("free ordinal allocated", |b| {
+            b.attributes = Some(vec![calico_datastore::model::AllocationAttribute {
+                handle_id: Some("other".into()),
+                secondary: None,
+                alternate_owner_attrs: None,
+                extra: Default::default(),
+            }]);
+            b.allocations[0] = Some(0);
         }),
         ("free ordinal twice", |b| b.unallocated.push(1)),
         ("cidr not the key's", |b| b.cidr = net("10.9.0.0/26")),
@@ -1581,4 +1602,173 @@ fn corrupt_blocks_are_never_allocated_from() {
         let cni = cni_protocol::CniError::from(e);
         assert_eq!(cni.code, cni_protocol::ErrorCode::DATASTORE, "{what}");
     }
+}
+
+/// Issue 12 review #3: a stored pool whose block size Calico's validation refuses (IPv4
+/// outside /20../32, IPv6 outside /116../128; validator.go validateIPPool) is an unusable
+/// pool: no block of it is ever claimed (before, each ADD claimed a /18 that block
+/// validation then refused, one block per pod), automatic choice uses the other pools, and
+/// a request naming it is a configuration error (code 7).
+#[test]
+fn pools_with_a_block_size_calico_refuses_are_unusable() {
+    let store = store();
+    add_pool(&store, "wide-v4", "10.0.0.0/16", |s| s.block_size = 18);
+    add_pool(&store, "wide-v6", "fd00::/64", |s| s.block_size = 112);
+    add_pool(&store, "good-v4", "10.9.0.0/24", |s| s.block_size = 26);
+    add_pool(&store, "good-v6", "fd09::/120", |s| s.block_size = 122);
+    for i in 0..3 {
+        let got = ipam(&store, "n1")
+            .auto_assign(&request(&format!("n.c{i}"), 1, 1))
+            .expect("assigned from the good pools");
+        assert!(net("10.9.0.0/24").contains(&got.v4[0].addr()), "{got:?}");
+        assert!(net("fd09::/120").contains(&got.v6[0].addr()), "{got:?}");
+    }
+    let blocks = store
+        .list_keys("/calico/ipam/v2/assignment/")
+        .expect("list");
+    assert_eq!(blocks.len(), 2, "one block per good pool only: {blocks:?}");
+    for (pools, v4n, v6n) in [
+        (vec!["wide-v4".to_string()], 1, 0),
+        (vec!["fd00::/64".to_string()], 0, 1),
+    ] {
+        let mut req = request("n.named", v4n, v6n);
+        if v4n > 0 {
+            req.v4_pools = pools.clone();
+        } else {
+            req.v6_pools = pools.clone();
+        }
+        let e = ipam(&store, "n1").auto_assign(&req).expect_err("named");
+        assert!(e.to_string().contains("blockSize"), "{e}");
+        let cni = cni_protocol::CniError::from(e);
+        assert_eq!(
+            cni.code,
+            cni_protocol::ErrorCode::INVALID_NETWORK_CONFIG,
+            "{pools:?}"
+        );
+    }
+}
+
+/// Issue 12 review #6: an unreadable stored IPAM config is corrupt (code 102) for an
+/// allocation, automatic or specific, as Calico's `GetIPAMConfig` error stops `AutoAssign`
+/// and `AssignIP`; a release still goes on under the defaults (a pod must stay deletable).
+#[test]
+fn a_corrupt_ipam_config_refuses_allocations_but_not_releases() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 26);
+    let got = ipam(&store, "n1")
+        .auto_assign(&request("n.before", 1, 0))
+        .expect("assigned");
+    store.put(keys::IPAM_CONFIG, br#"{"strict_affinity":"yes"}"#);
+    let auto = ipam(&store, "n1")
+        .auto_assign(&request("n.c", 1, 0))
+        .expect_err("auto");
+    let specific = ipam(&store, "n1")
+        .assign_ip(ip("10.0.0.40"), "n.d", &BTreeMap::new())
+        .expect_err("specific");
+    for e in [auto, specific] {
+        assert!(
+            matches!(&e, IpamError::Corrupt { key, .. } if key == keys::IPAM_CONFIG),
+            "{e}"
+        );
+        let cni = cni_protocol::CniError::from(e);
+        assert_eq!(cni.code, cni_protocol::ErrorCode::DATASTORE);
+    }
+    assert!(handle(&store, "n.c").is_none() && handle(&store, "n.d").is_none());
+    let freed = ipam(&store, "n1")
+        .release_by_handle("n.before")
+        .expect("released under the defaults")
+        .expect("held");
+    assert_eq!(freed, vec![got.v4[0].addr()]);
+    assert!(handle(&store, "n.before").is_none());
+}
+
+/// Issue 12 review #8: releasing a handle whose block is corrupt (skipped, logged) leaves
+/// the handle's count for that block, so the handle is not deleted while the block still
+/// points at it; its allocations in sound blocks are released.
+#[test]
+fn a_release_keeps_the_handle_for_allocations_in_a_corrupt_block() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 26);
+    add_pool(&store, "p6", "fd00::/120", |s| s.block_size = 122);
+    let got = ipam(&store, "n1")
+        .auto_assign(&request("n.c", 1, 1))
+        .expect("assigned");
+    let cidr = got.v4[0].trunc();
+    let mut b = block(&store, &cidr.to_string()).expect("block");
+    b.allocations.push(None); // one slot too many: corrupt
+    store.put(
+        &keys::block(&cidr),
+        &serde_json::to_vec(&b).expect("encode"),
+    );
+    let freed = ipam(&store, "n1")
+        .release_by_handle("n.c")
+        .expect("a corrupt block does not stop the release")
+        .expect("held");
+    assert_eq!(
+        freed,
+        vec![got.v6[0].addr()],
+        "only the sound block's address"
+    );
+    let h = handle(&store, "n.c").expect("the handle is kept");
+    assert_eq!(h.block.get(&cidr.to_string()), Some(&1), "{h:?}");
+    assert_eq!(h.block.len(), 1, "the v6 block's count is gone: {h:?}");
+}
+
+/// Issue 12 review #7: one unreadable handle does not stop IPAM GC: it is logged and
+/// skipped, and the other handles' allocations are still candidates.
+#[test]
+fn gc_skips_a_corrupt_handle() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |s| s.block_size = 26);
+    let a = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("assigned");
+    store.put(&keys::handle("net.c0"), b"{\"block\":7");
+    let got = crate::gc::candidates(&store, "net", "n1", &Default::default())
+        .expect("GC goes on past the corrupt handle");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].container_id, "c1");
+    assert_eq!(got[0].addresses, vec![a.v4[0].addr()]);
+}
+
+/// Issue 12 review #2: Calico's handle is the network and container ID, without the
+/// interface, so a second attachment of the same container (Multus: another CNI_IFNAME)
+/// must get its own address, while a repeated ADD of the same attachment gets its own back.
+/// A request without `reuse_if` (Calico's behaviour) always gets another address, and a
+/// held address outside the pools the request names is not handed back.
+#[test]
+fn only_a_repeat_of_the_same_attachment_gets_its_addresses_back() {
+    let store = store();
+    add_pool(&store, "p", "10.0.0.0/24", |_| {});
+    add_pool(&store, "q", "10.1.0.0/24", |_| {});
+    let eth0 = ipam(&store, "n1")
+        .auto_assign(&attachment("net.c1", "eth0", 1, 0))
+        .expect("eth0");
+    let net1 = ipam(&store, "n1")
+        .auto_assign(&attachment("net.c1", "net1", 1, 0))
+        .expect("net1");
+    assert_ne!(eth0.v4, net1.v4, "two interfaces, two addresses");
+    for (ifname, first) in [("eth0", &eth0), ("net1", &net1)] {
+        let again = ipam(&store, "n1")
+            .auto_assign(&attachment("net.c1", ifname, 1, 0))
+            .expect("again");
+        assert_eq!(again.v4, first.v4, "{ifname}: the same address again");
+    }
+    let calico = ipam(&store, "n1")
+        .auto_assign(&request("net.c1", 1, 0))
+        .expect("no reuse");
+    assert!(calico.v4 != eth0.v4 && calico.v4 != net1.v4, "{calico:?}");
+    // eth0 again, now limited to the other pool: a new address from it.
+    let in_q = eth0.v4[0].addr();
+    let other_pool = if net("10.0.0.0/24").contains(&in_q) {
+        "q"
+    } else {
+        "p"
+    };
+    let mut req = attachment("net.c1", "eth0", 1, 0);
+    req.v4_pools = vec![other_pool.into()];
+    let moved = ipam(&store, "n1").auto_assign(&req).expect("moved");
+    assert_ne!(moved.v4, eth0.v4);
+    let b = handle(&store, "net.c1").expect("handle");
+    assert_eq!(b.block.values().sum::<i64>(), 4, "{b:?}");
 }

@@ -32,12 +32,15 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// The workload `CNI_ARGS` name. `K8S_POD_NAMESPACE`, `K8S_POD_NAME` and
+    /// The workload `CNI_ARGS` name. On ADD `K8S_POD_NAMESPACE`, `K8S_POD_NAME` and
     /// `CNI_TEST_NAMESPACE` must be names Kubernetes accepts (code 4 naming the field): keys
-    /// are built from them.
+    /// are built from them. DEL, CHECK and GC must always finish for what exists, so there
+    /// they need only be key-safe ([`names::key_safe`]).
     pub fn from_request(req: &Request, node: &str) -> Result<Workload, CniError> {
         let args = &req.env.args;
+        let strict = req.env.command == cni_protocol::Command::Add;
         let checked = |field: &str, check: fn(&str) -> Result<(), String>| {
+            let check = if strict { check } else { names::key_safe };
             args.get_non_empty(field)
                 .map(|v| {
                     check(v).map(|()| v).map_err(|why| {
@@ -112,8 +115,10 @@ pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
             ))
         })?;
     // Keys are built from it (affinities, endpoint names): `a/b` or `..` would land outside
-    // their prefix.
-    names::node_name(&node).map_err(|why| {
+    // their prefix. Nothing stricter: Calico's plugin never validates the node name, and
+    // clusters with names such as `Worker1` or `node_1` (a configured nodename is used as
+    // is) must keep working, on ADD as on DEL.
+    names::key_safe(&node).map_err(|why| {
         CniError::invalid_config(format!("invalid node name {}: {why}", shown(&node)))
     })?;
     Ok(node)
@@ -422,7 +427,17 @@ pub fn allocate_detailed(
         }
     };
     let container_handle = workload.handle(&req.network_name);
-    let attrs = workload.attributes(SystemTime::now());
+    let mut attrs = workload.attributes(SystemTime::now());
+    // The attachment's interface: a repeated ADD of this attachment gets its addresses back,
+    // another interface of the same container (Multus) its own (the handle alone is the
+    // container's).
+    let attachment = (
+        crate::allocator::ATTACHMENT_ATTRIBUTE.to_string(),
+        req.env.ifname.clone(),
+    );
+    if !req.env.ifname.is_empty() {
+        attrs.insert(attachment.0.clone(), attachment.1.clone());
+    }
     let mut wanted = requested_addresses(req)?;
     wanted.extend(&ov.addresses);
     let (v4, v6) = ov
@@ -481,6 +496,7 @@ pub fn allocate_detailed(
             .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
         namespace_labels: ov.namespace_labels.clone(),
         intended_use: crate::pools::PoolUse::Workload,
+        reuse_if: Some(attachment).filter(|(_, ifname)| !ifname.is_empty()),
     };
 
     let mut host_routes = true;

@@ -130,8 +130,14 @@ pub fn candidates(
         if valid.contains(cid) {
             continue;
         }
-        let handle: IpamHandle =
-            serde_json::from_slice(&kv.value).map_err(|e| IpamError::corrupt(&kv.key, e))?;
+        // One corrupt handle must not stop GC of the others: it is logged and skipped.
+        let handle: IpamHandle = match serde_json::from_slice(&kv.value) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("GC: handle {} skipped: it is unreadable ({e})", kv.key);
+                continue;
+            }
+        };
         wanted_blocks.extend(handle.block.keys().filter_map(|c| c.parse::<IpNet>().ok()));
         out.push(Candidate {
             handle: id.to_string(),

@@ -9,11 +9,6 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// `O_NONBLOCK` (the same value on every Linux architecture we build for).
-const fn libc_o_nonblock() -> i32 {
-    0o4000
-}
-
 /// How long a call waits for the lock by default.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
@@ -41,7 +36,7 @@ impl HostLock {
             .create(true)
             .truncate(false)
             .write(true)
-            .custom_flags(libc_o_nonblock())
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| match std::fs::metadata(path) {
                 Ok(m) if m.is_dir() => setting("is a directory".into()),

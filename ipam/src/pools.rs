@@ -72,7 +72,24 @@ impl Pool {
                 true,
             ));
         };
-        if spec.block_size > cidr.max_prefix_len() || spec.block_size < cidr.prefix_len() {
+        // Calico's pool validation (validator.go validateIPPool; our calicoctl validate.rs)
+        // allows IPv4 blocks /20../32 and IPv6 /116../128 only; a block of another size would
+        // be refused by block validation after it was claimed, costing a block per pod.
+        let (lo, hi) = match cidr {
+            IpNet::V4(_) => (20, 32),
+            IpNet::V6(_) => (116, 128),
+        };
+        if !(lo..=hi).contains(&spec.block_size) {
+            return Err(unusable(
+                Some(cidr),
+                format!(
+                    "has a blockSize ({}) outside Calico's {lo}..={hi}",
+                    spec.block_size
+                ),
+                true,
+            ));
+        }
+        if spec.block_size < cidr.prefix_len() {
             return Err(unusable(
                 Some(cidr),
                 format!(

@@ -85,10 +85,6 @@ pub fn utilization_rows(
     rows
 }
 
-fn decode<T: serde::de::DeserializeOwned>(kv: &calico_datastore::Kv) -> Option<T> {
-    serde_json::from_slice(&kv.value).ok()
-}
-
 /// `ipam show [--show-blocks]`.
 pub fn utilization(
     store: &dyn KvStore,
@@ -107,12 +103,7 @@ pub fn utilization(
         .filter_map(|kv| IpPool::from_kv(kv).ok())
         .filter_map(|p| parse_cidr(&p.spec.cidr).map(|(_, n)| n))
         .collect();
-    let blocks: Vec<AllocationBlock> = got
-        .next()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(decode)
-        .collect();
+    let blocks = super::sound_blocks(&got.next().unwrap_or_default());
     let rows = utilization_rows(&pools, &blocks, show_blocks);
     out.write_all(gofmt::box_table(&HEADERS, &rows).as_bytes())?;
     Ok(())
@@ -172,7 +163,7 @@ pub fn show_ip(store: &dyn KvStore, ip_text: &str, out: &mut dyn std::io::Write)
     };
     let Some(b) = store
         .get(&keys::block(&block_cidr))?
-        .and_then(|kv| decode::<AllocationBlock>(&kv))
+        .and_then(|kv| super::sound_blocks(std::slice::from_ref(&kv)).pop())
     else {
         out.write_all(not_assigned.as_bytes())?;
         return Ok(());
@@ -237,11 +228,7 @@ pub fn borrowed_rows(blocks: &[AllocationBlock]) -> (Vec<Vec<String>>, usize) {
 
 /// `ipam show --show-borrowed`.
 pub fn show_borrowed(store: &dyn KvStore, out: &mut dyn std::io::Write) -> CmdResult {
-    let blocks: Vec<AllocationBlock> = store
-        .list("/calico/ipam/v2/assignment/")?
-        .iter()
-        .filter_map(decode)
-        .collect();
+    let blocks = super::sound_blocks(&store.list("/calico/ipam/v2/assignment/")?);
     let (rows, unclassified) = borrowed_rows(&blocks);
     let headers = [
         "IP",

@@ -606,9 +606,17 @@ mod tests {
     fn the_depth_bound_is_exact() {
         let at = format!("{}all(){}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
         let over = format!("({at})");
+        // Parsing, matching, printing, reparsing what was printed and dropping, all at the
+        // bound on a small stack.
         let ok = on_small_stack(move || {
             let s = Selector::parse(&at).map_err(|e| e.to_string())?;
-            Ok::<_, String>(s.matches(&HashMap::new()))
+            let matched = s.matches(&HashMap::new());
+            let text = s.to_string();
+            let again = Selector::parse(&text).map_err(|e| format!("reparse: {e}"))?;
+            let same = again == s;
+            drop(again);
+            drop(s);
+            Ok::<_, String>(matched && same)
         });
         assert_eq!(ok, Ok(true));
         assert!(Selector::parse(&over).is_err());
@@ -642,8 +650,28 @@ mod tests {
         assert!(text_len > MAX_TERMS);
     }
 
+    /// The deepest parenthesis nesting of a selector's text (outside quoted strings).
+    fn nesting(text: &str) -> usize {
+        let (mut depth, mut max, mut quote) = (0usize, 0usize, None);
+        for c in text.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '(') => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                (None, ')') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
+    }
+
     #[test]
     fn display_adds_no_depth() {
+        assert_eq!(nesting("((has(a)) && b == '((')"), 3);
         for sel in [
             "!(a == 'x' && b == 'y')",
             "a == 'x' && b == 'y' || c == 'z'",
@@ -654,10 +682,12 @@ mod tests {
             let parsed = Selector::parse(sel).expect(sel);
             let text = parsed.to_string();
             assert_eq!(Selector::parse(&text).expect("reparse"), parsed, "{sel}");
-            let opens = |t: &str| t.matches('(').count() - t.matches("()").count();
-            let depth_in = opens(sel) - sel.matches("has(").count();
-            let depth_out = opens(&text) - text.matches("has(").count();
-            assert!(depth_out <= depth_in, "{sel} printed as {text}");
+            assert!(
+                nesting(&text) <= nesting(sel),
+                "{sel} printed as {text}: deeper ({} > {})",
+                nesting(&text),
+                nesting(sel)
+            );
         }
         assert_eq!(
             Selector::parse("(a == 'x') && ((b == 'y'))")

@@ -60,7 +60,19 @@ pub struct AssignRequest {
     pub namespace_labels: BTreeMap<String, String>,
     /// What the addresses are for (Go's `IntendedUse`): pools must allow it.
     pub intended_use: crate::pools::PoolUse,
+    /// When a repeated ADD may get back what the handle already holds: only allocations
+    /// whose attribute `.0` is `.1` (the CNI plugins use [`ATTACHMENT_ATTRIBUTE`] and
+    /// `CNI_IFNAME`: Calico's handle is the network and container ID only, so another
+    /// interface of the same container must not get this one's address). `None`: never,
+    /// Calico's behaviour (another address under the same handle).
+    pub reuse_if: Option<(String, String)>,
 }
+
+/// The allocation attribute naming the attachment's interface (`CNI_IFNAME`): with the
+/// handle (network and container ID) it identifies the attachment a repeated ADD is for.
+/// Calico's own plugin writes no such attribute, so its allocations are never taken for a
+/// repeat (it assigns another address instead, as Calico does).
+pub const ATTACHMENT_ATTRIBUTE: &str = "ifname";
 
 /// The addresses assigned, each with its block's mask (`10.244.1.5/26`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -229,10 +241,11 @@ impl<'s> Ipam<'s> {
     /// Allocates per `req` (IPv4, then IPv6) against `snap`, committing `extra(assigned,
     /// snapshot)` in the same transaction. Nothing is written if either family fails.
     ///
-    /// Addresses the handle already holds count first, per family: a repeated ADD of the same
-    /// attachment (same handle) gets its addresses back rather than more of them (the CNI
-    /// spec's idempotence; Calico 3.32 assigns another address under the same handle, see
-    /// README "Differences from Calico"). Only the shortfall is newly assigned.
+    /// Addresses the handle already holds for the same attachment (`req.reuse_if`) in the
+    /// pools the request may use count first, per family: a repeated ADD of the same
+    /// attachment gets its addresses back rather than more of them (the CNI spec's
+    /// idempotence; Calico 3.32 assigns another address under the same handle, see README
+    /// "Differences from Calico"). Only the shortfall is newly assigned.
     pub fn auto_assign_with(
         &self,
         snap: &Snapshot,
@@ -246,7 +259,19 @@ impl<'s> Ipam<'s> {
         self.plan_and_commit(
             snap,
             |plan| {
-                let held = plan.held_here(&req.handle)?;
+                let held: Vec<(IpNet, IpAddr)> = match &req.reuse_if {
+                    None => Vec::new(),
+                    Some((key, value)) => plan
+                        .held_here(&req.handle)?
+                        .into_iter()
+                        .filter(|(cidr, ip)| {
+                            plan.attribute(cidr, *ip)
+                                .and_then(|a| a.owner(key))
+                                .is_some_and(|v| v == value)
+                                && plan.usable_for(req, *ip)
+                        })
+                        .collect(),
+                };
                 let mut out = Assigned::default();
                 for (v4, wanted) in [(true, req.num_v4), (false, req.num_v6)] {
                     if wanted == 0 {

@@ -449,6 +449,7 @@ impl<'a, 's> Plan<'a, 's> {
         v4: bool,
     ) -> Result<Vec<IpNet>, IpamError> {
         let snap = self.snap;
+        snap.config_for_allocation()?;
         let node = self.ipam.node.clone();
         if !snap.node_registered {
             return Err(IpamError::NodeNotFound { node });
@@ -627,6 +628,7 @@ impl<'a, 's> Plan<'a, 's> {
     /// Plans one specific address for `owner`.
     pub(super) fn specific(&mut self, ip: IpAddr, owner: &Owner) -> Result<IpNet, IpamError> {
         let snap = self.snap;
+        snap.config_for_allocation()?;
         let pool = snap
             .pools
             .iter()
@@ -712,6 +714,26 @@ impl<'a, 's> Plan<'a, 's> {
                 _ => false,
             })
             .collect())
+    }
+
+    /// Whether `ip` lies in a pool `req` may allocate from (a held address from a pool the
+    /// request no longer names is not handed back). A request whose pools cannot be chosen
+    /// reuses nothing; its allocation reports why.
+    pub(super) fn usable_for(&self, req: &AssignRequest, ip: IpAddr) -> bool {
+        let snap = self.snap;
+        let v4 = ip.is_ipv4();
+        let requested = if v4 { &req.v4_pools } else { &req.v6_pools };
+        pools::choose_for(
+            req.intended_use,
+            &snap.pools,
+            &snap.unusable_pools,
+            requested,
+            v4,
+            &self.ipam.node,
+            &snap.node_labels,
+            &req.namespace_labels,
+        )
+        .is_ok_and(|chosen| chosen.iter().any(|p| p.cidr.contains(&ip)))
     }
 
     /// Sets one owner of the allocation at `ip` (in `cidr`, which is loaded) to `attrs`, or

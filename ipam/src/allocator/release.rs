@@ -69,6 +69,15 @@ impl Plan<'_, '_> {
         self.load(&cidrs)?;
         let mut freed_all = Vec::new();
         for cidr in cidrs {
+            // A corrupt block is skipped: it may still point at the handle, so the handle
+            // keeps its count for it (and is not deleted) until the block is repaired.
+            if self.is_corrupt(&cidr) {
+                log::warn!(
+                    "handle {handle_id}: its allocations in block {cidr} are not released \
+                     (the block is corrupt); the handle keeps them"
+                );
+                continue;
+            }
             let held = self.handle(handle_id)?.held_in(&cidr);
             let freed: Vec<IpAddr> = self
                 .release_in(

@@ -42,6 +42,10 @@ impl IpamSettings {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub settings: IpamSettings,
+    /// Why the stored IPAM config could not be read, if it could not: releases go on under
+    /// Calico's defaults, but an allocation refuses it as corrupt (code 102) rather than
+    /// guessing settings such as strict affinity ([`Snapshot::config_for_allocation`]).
+    pub config_error: Option<String>,
     pub pools: Vec<Pool>,
     /// Stored pools IPAM cannot use (each logged when read): never chosen, and a request
     /// naming one gets the reason.
@@ -111,15 +115,18 @@ impl Ipam<'_> {
         let mut got = self.store.read(&reads)?.into_iter();
         let mut next = || got.next().unwrap_or_default();
 
-        // An unreadable config means Calico's defaults (logged): it must not stop a DEL, and
-        // an ADD under the defaults is what a missing config gives too.
+        // An unreadable config means Calico's defaults (logged) for releases: it must not
+        // stop a DEL. An allocation refuses it (`config_error`): Calico's GetIPAMConfig fails.
+        let mut config_error = None;
         let config = next().pop().and_then(|kv| {
             serde_json::from_slice::<IpamConfigValue>(&kv.value)
                 .map_err(|e| {
                     log::warn!(
-                        "{} is unreadable ({e}): Calico's default IPAM settings apply",
+                        "{} is unreadable ({e}): releases use Calico's default IPAM settings, \
+                         allocations are refused",
                         keys::IPAM_CONFIG
                     );
+                    config_error = Some(e.to_string());
                 })
                 .ok()
         });
@@ -181,6 +188,7 @@ impl Ipam<'_> {
         let extra = req.keys.iter().map(|k| (k.clone(), next().pop())).collect();
         Ok(Snapshot {
             settings: IpamSettings::from_stored(config.as_ref()),
+            config_error,
             pools,
             unusable_pools,
             node_registered,
@@ -204,5 +212,19 @@ impl Ipam<'_> {
             blocks: &blocks,
             keys: &keys,
         })
+    }
+}
+
+impl Snapshot {
+    /// The settings an allocation may use: an unreadable stored IPAM config is corrupt
+    /// (code 102) for an allocation, as Calico's `GetIPAMConfig` error stops `AutoAssign`.
+    pub fn config_for_allocation(&self) -> Result<&IpamSettings, IpamError> {
+        match &self.config_error {
+            None => Ok(&self.settings),
+            Some(reason) => Err(IpamError::Corrupt {
+                key: keys::IPAM_CONFIG.to_string(),
+                reason: reason.clone(),
+            }),
+        }
     }
 }

@@ -261,7 +261,11 @@ fn eligible_pools(
     pools
         .iter()
         .filter(|p| kind.wanted_by(p))
-        .filter_map(|p| Pool::from_resource(p).ok())
+        .filter_map(|p| {
+            Pool::from_resource(p)
+                .map_err(|u| log::warn!("IP pool {} skipped: it {}", u.name, u.reason))
+                .ok()
+        })
         .filter(|p| {
             p.is_v4() == kind.is_v4()
                 && !p.disabled

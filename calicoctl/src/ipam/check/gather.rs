@@ -26,10 +26,8 @@ pub fn gather(store: &dyn KvStore) -> CmdResult<CheckData> {
             .ok()
             .map(|c| (c, kv.mod_revision))
     });
-    let blocks = next()
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect();
+    // A corrupt block is reported and left out rather than counted wrongly.
+    let blocks = crate::ipam::sound_blocks(&next());
     let pools = next()
         .iter()
         .filter_map(|kv| IpPool::from_kv(kv).ok())

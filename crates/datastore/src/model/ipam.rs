@@ -85,7 +85,7 @@ impl AllocationBlock {
     }
 
     /// Checks what serde cannot: the block is the one its key names (`key_cidr`), it has one
-    /// allocation slot per address, every free ordinal is in range and listed once, and every
+    /// allocation slot per address, every free ordinal is in range, listed once and not allocated, and every
     /// allocation points at an attribute that exists. A block read from the datastore is
     /// used only once this holds, so no address outside it is ever handed out.
     pub fn validate(&self, key_cidr: Option<&IpNet>) -> Result<(), String> {
@@ -112,6 +112,10 @@ impl AllocationBlock {
                 None => return Err(format!("free ordinal {o} is out of range 0..{capacity}")),
                 Some(true) => return Err(format!("free ordinal {o} is listed twice")),
                 Some(s) => *s = true,
+            }
+            // A free ordinal whose slot is taken would be handed out again: two pods, one IP.
+            if self.allocations.get(o).is_some_and(Option::is_some) {
+                return Err(format!("free ordinal {o} is allocated"));
             }
         }
         let attributes = self.attributes.as_ref().map_or(0, Vec::len);

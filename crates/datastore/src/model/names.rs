@@ -1,7 +1,8 @@
-//! Calico's object names (libcalico-go `names`), and the checks names from outside (a node
-//! name, `K8S_POD_NAMESPACE`, `K8S_POD_NAME`) pass before any key is built from them, as
-//! Kubernetes validates them (apimachinery `IsDNS1123Subdomain`/`IsDNS1123Label`): a `/` or
-//! `..` would otherwise write keys outside their prefix.
+//! Calico's object names (libcalico-go `names`), and the checks names from outside pass
+//! before any key is built from them (a `/` or `..` would otherwise write keys outside their
+//! prefix): [`key_safe`] for a node name and for everything on DEL, CHECK and GC; on ADD
+//! `K8S_POD_NAMESPACE` and `K8S_POD_NAME` as Kubernetes validates them (apimachinery
+//! `IsDNS1123Subdomain`/`IsDNS1123Label`).
 
 /// A WorkloadEndpoint's name: `[node, orchestrator, workload, endpoint]` (the workload is the
 /// pod for `k8s`, the container ID for `cni`), each `-` doubled inside a part, the parts
@@ -48,6 +49,28 @@ fn label(part: &str) -> Result<(), String> {
     }
 }
 
+/// Why `name` cannot be one segment of a datastore key: empty, longer than 253 bytes, a
+/// `/`, `.` or `..` (which would leave its prefix), or a control character. The only check
+/// a name gets where Calico does none (its CNI plugin never validates the node name; a
+/// configured `nodename` is used as is) and on DEL, CHECK and GC, which must always finish
+/// for whatever an ADD or an older plugin wrote.
+pub fn key_safe(name: &str) -> Result<(), String> {
+    const MAX: usize = 253;
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX {
+        return Err(format!("must be no more than {MAX} bytes"));
+    }
+    if name.contains('/') || name == "." || name == ".." {
+        return Err("must not contain '/' nor be '.' or '..'".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
 /// A node name as Calico and Kubernetes accept it (a DNS-1123 subdomain).
 pub fn node_name(name: &str) -> Result<(), String> {
     dns1123_subdomain(name)
@@ -66,6 +89,24 @@ pub fn pod_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_safe_names_refuse_only_what_leaves_a_key_prefix() {
+        for good in [
+            "n1",
+            "Worker1",
+            "node_1",
+            "a..b",
+            ".a",
+            "é",
+            &"a".repeat(253),
+        ] {
+            assert_eq!(key_safe(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a/b", ".", "..", "a\n", "a\u{7f}", &"a".repeat(254)] {
+            assert!(key_safe(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn kubernetes_name_rules() {

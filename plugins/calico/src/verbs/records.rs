@@ -112,14 +112,33 @@ pub(super) fn endpoint_delete(ctx: &Context, current: Option<&Kv>) -> Extra {
     let Some(kv) = current else {
         return Extra::default();
     };
-    // An unreadable record at our key is deleted (guarded by its revision): it must not
-    // keep the pod from being deleted.
     let ours = match WorkloadEndpoint::from_kv(kv) {
         Ok(w) => w.spec.container_id.is_empty() || w.spec.container_id == ctx.workload.container_id,
-        Err(e) => {
-            log::warn!("endpoint {} is unreadable ({e}); deleted", kv.key);
-            true
-        }
+        // A record we cannot decode is still judged by its container ID, as Calico's k8s.go
+        // cmdDelK8s does: only one that is not JSON at all, or whose raw spec.containerID
+        // is absent, empty or ours, is deleted (guarded by its revision) so it cannot keep
+        // the pod from being deleted; a newer sandbox's record in a shape we do not know
+        // is kept.
+        Err(e) => match serde_json::from_slice::<serde_json::Value>(&kv.value) {
+            Err(_) => {
+                log::warn!("endpoint {} is not JSON ({e}); deleted", kv.key);
+                true
+            }
+            Ok(raw) => {
+                let owner = raw.pointer("/spec/containerID");
+                let ours = match owner {
+                    None | Some(serde_json::Value::Null) => true,
+                    Some(serde_json::Value::String(c)) => {
+                        c.is_empty() || *c == ctx.workload.container_id
+                    }
+                    Some(_) => false,
+                };
+                if ours {
+                    log::warn!("endpoint {} is unreadable ({e}); deleted", kv.key);
+                }
+                ours
+            }
+        },
     };
     if !ours {
         log::info!(
