@@ -174,17 +174,20 @@ fn read_objects(filename: &str) -> CmdResult<Vec<Object>> {
     // as `-f` must not read without end or block.
     let limit = calico_fsbound::DOCUMENT_LIMIT;
     let text = if filename == "-" {
-        let mut s = String::new();
+        // Bytes first: a cut at the limit may split a character, and the size is the error.
+        let mut bytes = Vec::new();
         std::io::stdin()
             .take(limit + 1)
-            .read_to_string(&mut s)
+            .read_to_end(&mut bytes)
             .map_err(|e| CmdError::failed(format!("failed to execute command: read stdin: {e}")))?;
-        if s.len() as u64 > limit {
+        if bytes.len() as u64 > limit {
             return Err(CmdError::failed(format!(
                 "failed to execute command: stdin holds more than {limit} bytes"
             )));
         }
-        s
+        String::from_utf8(bytes).map_err(|_| {
+            CmdError::failed("failed to execute command: stdin is not UTF-8 text".to_string())
+        })?
     } else {
         calico_fsbound::read_config_string(Path::new(filename), limit, "-f").map_err(|e| {
             if e.is_missing() {

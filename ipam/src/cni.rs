@@ -106,14 +106,31 @@ impl Workload {
 
 /// The node's name (config, nodename file, hostname); code 7 if none can be found.
 pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
-    let node = conf
-        .nodename(|p| std::fs::read_to_string(p).ok(), machine_hostname)
-        .ok_or_else(|| {
-            CniError::invalid_config(format!(
-                "cannot determine the node name: set nodename, or write {}",
-                conf.nodename_file().display()
-            ))
-        })?;
+    // Bounded and non-blocking: a FIFO or /dev/zero named by nodename_file is an error at
+    // once (code 7 naming the setting); a missing file falls through to the host name.
+    let unreadable = std::cell::RefCell::new(None);
+    let read = |p: &std::path::Path| match calico_fsbound::read_config_string(
+        p,
+        calico_fsbound::SMALL_FILE_LIMIT,
+        "nodename_file",
+    ) {
+        Ok(s) => Some(s),
+        Err(e) if e.is_missing() => None,
+        Err(e) => {
+            unreadable.replace(Some(e));
+            None
+        }
+    };
+    let node = conf.nodename(read, machine_hostname);
+    if let Some(e) = unreadable.into_inner() {
+        return Err(CniError::invalid_config(e.to_string()));
+    }
+    let node = node.ok_or_else(|| {
+        CniError::invalid_config(format!(
+            "cannot determine the node name: set nodename, or write {}",
+            conf.nodename_file().display()
+        ))
+    })?;
     // Keys are built from it (affinities, endpoint names): `a/b` or `..` would land outside
     // their prefix. Nothing stricter: Calico's plugin never validates the node name, and
     // clusters with names such as `Worker1` or `node_1` (a configured nodename is used as
@@ -919,6 +936,34 @@ mod tests {
 
     fn refused(cni_args: &str, conf: Value) -> CniError {
         requested_addresses(&request(cni_args, conf)).expect_err("refused")
+    }
+
+    /// Issue 12 #9 (findings #9): a nodename_file of /dev/zero read until memory ran out and
+    /// a FIFO blocked for good; both are code 7 naming the setting at once. A missing file
+    /// still falls through to the host name.
+    #[test]
+    fn a_nodename_file_that_is_no_small_regular_file_is_code_7() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR).expect("mkfifo");
+        for path in [std::path::Path::new("/dev/zero"), &fifo, dir.path()] {
+            let conf = NetConf::from_request(&request(
+                "",
+                json!({"nodename_file": path.to_str().expect("utf-8")}),
+            ))
+            .expect("conf");
+            let started = std::time::Instant::now();
+            let e = node_name(&conf).expect_err("refused");
+            assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG, "{e}");
+            assert!(e.msg.contains("nodename_file"), "{e}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+        let conf = NetConf::from_request(&request(
+            "",
+            json!({"nodename_file": dir.path().join("absent").to_str().expect("utf-8")}),
+        ))
+        .expect("conf");
+        assert!(node_name(&conf).is_ok());
     }
 
     /// Issue 12 #15 (findings #15): `IP=` with a prefix length was read as the address, and

@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 /// Finds `plugin_type` in the search path: the first regular file of that name wins.
@@ -91,7 +91,8 @@ enum Event {
     Stdout(std::io::Result<Vec<u8>>),
     /// Past [`Limits::stdout_max`]: reading stopped.
     StdoutTooLarge,
-    Stderr(Vec<u8>),
+    /// Stderr reached its end; what it said is in the shared tail.
+    StderrDone,
     Exited(std::io::Result<std::process::ExitStatus>),
 }
 
@@ -177,26 +178,41 @@ pub fn exec_path_with(
             });
         });
     }
+    // Shared rather than sent at the end, so that a delegate killed at the deadline still
+    // has its last words quoted.
+    let stderr_tail = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::new()));
     if let Some(mut err) = child.stderr.take() {
         pending += 1;
         let tx = events.clone();
         let tail = limits.stderr_tail;
+        let kept = std::sync::Arc::clone(&stderr_tail);
         std::thread::spawn(move || {
-            let mut kept = std::collections::VecDeque::new();
             let mut buf = [0u8; 8192];
-            while let Ok(n @ 1..) = err.read(&mut buf) {
-                kept.extend(&buf[..n]);
-                let over = kept.len().saturating_sub(tail);
-                kept.drain(..over);
+            loop {
+                match err.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+                        kept.extend(&buf[..n]);
+                        let over = kept.len().saturating_sub(tail);
+                        kept.drain(..over);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
-            let _ = tx.send(Event::Stderr(kept.into()));
+            let _ = tx.send(Event::StderrDone);
         });
     }
     std::thread::spawn(move || {
         let _ = events.send(Event::Exited(child.wait()));
     });
     let deadline = Instant::now() + limits.timeout;
-    let (mut stdout, mut stderr, mut status) = (None, Vec::new(), None);
+    let (mut stdout, mut status) = (None, None);
+    let stderr = || -> Vec<u8> {
+        let kept = stderr_tail.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.iter().copied().collect()
+    };
     while pending > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
@@ -211,7 +227,7 @@ pub fn exec_path_with(
                     ),
                 ));
             }
-            Ok(Event::Stderr(err)) => stderr = err,
+            Ok(Event::StderrDone) => {}
             Ok(Event::Exited(s)) => status = Some(s.map_err(|e| fail("cannot wait for", e))?),
             Err(_) => {
                 kill_group();
@@ -222,12 +238,13 @@ pub fn exec_path_with(
                         limits.timeout.as_secs_f64()
                     ),
                 )
-                .with_details(String::from_utf8_lossy(&stderr).trim().to_string()));
+                .with_details(String::from_utf8_lossy(&stderr()).trim().to_string()));
             }
         }
         pending -= 1;
     }
     // The delegate's logs stay visible as ours.
+    let stderr = stderr();
     let _ = std::io::stderr().write_all(&stderr);
     let stdout = stdout
         .unwrap_or_else(|| Ok(Vec::new()))
@@ -483,7 +500,7 @@ mod tests {
         script(
             d,
             "hangs",
-            r#""$(dirname "$0")/sleeper" 1000 & "$(dirname "$0")/sleeper" 1000"#,
+            r#"echo "still thinking" >&2; "$(dirname "$0")/sleeper" 1000 & "$(dirname "$0")/sleeper" 1000"#,
         );
         script(d, "floods", "cat /dev/zero");
         script(
@@ -507,6 +524,8 @@ mod tests {
         );
         assert_eq!(e.code, ErrorCode::DELEGATION);
         assert!(e.msg.contains("timed out after 1s"), "{e}");
+        // Its last words are quoted although it never closed stderr.
+        assert!(e.details.contains("still thinking"), "{e:?}");
         let left = || {
             std::process::Command::new("pgrep")
                 .arg("-f")

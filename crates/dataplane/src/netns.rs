@@ -55,8 +55,20 @@ pub fn identity(ns: &File, path: &Path) -> Result<Identity, DataplaneError> {
     })
 }
 
-/// Opens a namespace file; a missing one is [`DataplaneError::NetnsMissing`].
+/// Opens a namespace file; a missing one is [`DataplaneError::NetnsMissing`]. A namespace
+/// file (nsfs, followed through `/proc/<pid>/ns/net` or a bind mount) is a regular file: a
+/// FIFO, device, socket or directory is refused before it is opened, so that opening never
+/// blocks (a FIFO without a writer) nor has a device's side effects; the checks after the
+/// open ([`check_not_own`]) see the file itself.
 pub fn open(path: &Path) -> Result<File, DataplaneError> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return Err(DataplaneError::NotPodNetns {
+            path: path.to_path_buf(),
+            reason: NOT_A_NETNS,
+        });
+    }
     File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             DataplaneError::NetnsMissing(path.to_path_buf())

@@ -300,6 +300,9 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, "x").unwrap();
+    // A FIFO without a writer: opening it would block for good (refused before the open).
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR).unwrap();
     let refused = |e: DataplaneError, why: &str| match e {
         DataplaneError::NotPodNetns { reason, .. } => assert_eq!(reason, why),
         other => panic!("{why}: got {other}"),
@@ -327,6 +330,7 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
         for other in [
             file.as_path(),
             dir.path(),
+            fifo.as_path(),
             "/dev/null".as_ref(),
             "/proc/self/ns/mnt".as_ref(),
             "/proc/thread-self/ns/uts".as_ref(),

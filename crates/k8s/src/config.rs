@@ -48,7 +48,9 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, K8sError> {
         return Ok(kubeconfig);
     };
     let absolute = |file: &mut Option<String>| {
+        // An empty setting names no file: it stays empty rather than becoming the directory.
         if let Some(f) = file.as_mut()
+            && !f.is_empty()
             && Path::new(f.as_str()).is_relative()
             && let Some(joined) = dir.join(f.as_str()).to_str()
         {

@@ -109,7 +109,12 @@ impl Context {
                 CniError::invalid_config(format!("mtu {} is out of range", self.conf.mtu))
             });
         }
-        match std::fs::read_to_string(mtu_file) {
+        // Bounded and non-blocking, as every file a call reads (calico-fsbound).
+        match calico_fsbound::read_config_string(
+            mtu_file,
+            calico_fsbound::SMALL_FILE_LIMIT,
+            "the MTU file",
+        ) {
             Ok(s) => Ok(s.trim().parse::<u32>().ok().filter(|m| *m > 0)),
             Err(e) if self.conf.require_mtu_file => Err(CniError::invalid_config(format!(
                 "require_mtu_file is set but {} cannot be read: {e}",

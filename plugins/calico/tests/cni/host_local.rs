@@ -254,11 +254,9 @@ fn a_delegate_without_addresses_fails_and_is_rolled_back() {
             assert_eq!(e.code, Some(105), "{ipam}: {e}");
             assert!(e.msg.contains("returned missing IP config"), "{ipam}: {e}");
         } else {
-            // TODO(issue 12 #5): once cni_protocol::delegate::add refuses an error object
-            // printed with exit status 0 (the other WP's change), tighten this to the
-            // delegate's own code 11 and message "no addresses today".
-            assert_ne!(e.code, Some(0), "{ipam}: {e}");
-            assert!(e.code.is_some(), "{ipam}: one error object: {e}");
+            // The delegate's own error object, passed on although it exited 0.
+            assert_eq!(e.code, Some(11), "{ipam}: {e}");
+            assert!(e.msg.contains("no addresses today"), "{ipam}: {e}");
         }
         let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
         assert!(
