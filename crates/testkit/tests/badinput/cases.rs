@@ -518,6 +518,9 @@ fn defects() -> Vec<Row> {
             .msg("CNI_NETNS"),
         row("CNI_NETNS is a directory", Calico, Add).defect("#15").env("CNI_NETNS", "{TMP}/dir").code(4),
         row("CNI_NETNS is /dev/null", Calico, Add).defect("#15").env("CNI_NETNS", "/dev/null").code(4),
+        // Found in review: opening a FIFO without a writer blocked ADD and DEL for good.
+        row("CNI_NETNS is a FIFO", Calico, Add).defect("#15").env("CNI_NETNS", "{TMP}/fifo").code(4).within_ms(1000),
+        row("DEL with CNI_NETNS a FIFO", Calico, Del).defect("#15").env("CNI_NETNS", "{TMP}/fifo").within_ms(1000),
         row("CNI_NETNS is a mount namespace", Calico, Add)
             .defect("#15")
             .env("CNI_NETNS", "/proc/self/ns/mnt")
