@@ -1,6 +1,7 @@
 //! Calico's data model in etcd: keys, the IPAM objects and the v3 resources (the typed Node
 //! included). Models only: no datastore calls and no rules of the IPAM or of calicoctl.
 
+pub mod bgp;
 pub mod cidr;
 pub mod ipam;
 pub mod keys;
@@ -9,6 +10,10 @@ pub mod node;
 pub mod resources;
 pub mod time;
 
+pub use bgp::{
+    BgpConfiguration, BgpConfigurationSpec, BgpPassword, BgpPeer, BgpPeerSpec, CidrBlock,
+    Community, PrefixAdvertisement, SecretKeyRef, parse_go_duration,
+};
 pub use ipam::{AllocationAttribute, AllocationBlock, BlockAffinity, IpamConfigValue, IpamHandle};
 pub use node::{
     AsNumber, Node, NodeAddress, NodeBgpSpec, NodeInterface, NodeSpec, NodeWireguardSpec, OrchRef,
