@@ -10,9 +10,14 @@
 //! - [`workload`]: Calico's wiring of a pod;
 //! - [`link_removal`]: the deletion of a pod's interface by index that DEL hands to the node
 //!   agent (`calico-node run`), or does itself without one;
+//! - [`routes`]: the routes the node agent distributes (BGP-learned, blackholes of local
+//!   blocks, VXLAN), each set owned by its route protocol, converged by dump and delta;
+//! - [`vxlan`]: the `vxlan.calico` device, and whether `ipip` (`tunl0`) is available;
+//! - [`neigh`]: permanent ARP/NDP entries and the VXLAN device's FDB entries;
 //! - [`fake`]: the kernel in memory, for tests of the logic above without root.
 //!
-//! Imports point one way: `workload` → `link_removal` → `netlink`, `netns`; `fake` implements
+//! Imports point one way: `workload` → `link_removal` → `netlink`, `netns`;
+//! `routes`, `vxlan`, `neigh` → `netlink`; `fake` implements
 //! `workload`'s trait; nothing else imports `workload`. The crate must not import
 //! `calico-netconf`, `cni-protocol` or the datastore: it knows interfaces, addresses and
 //! routes, not CNI or Calico's resources. Of the workspace it imports only `calico-netlink`
@@ -25,9 +30,12 @@ pub mod error;
 pub mod fake;
 pub mod forwarding;
 pub mod link_removal;
+pub mod neigh;
 pub mod netlink;
 pub mod netns;
+pub mod routes;
 pub mod sysctl;
+pub mod vxlan;
 pub mod workload;
 
 pub use error::DataplaneError;

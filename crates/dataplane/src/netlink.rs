@@ -69,7 +69,7 @@ pub struct Netlink {
 }
 
 /// The error for `op`, worded as before the socket layer was ours (rtnetlink's words).
-fn failed(op: impl Into<String>, e: NetlinkError) -> DataplaneError {
+pub(crate) fn failed(op: impl Into<String>, e: NetlinkError) -> DataplaneError {
     match e {
         NetlinkError::Kernel { errno, .. } => DataplaneError::netlink(
             op,
@@ -217,6 +217,12 @@ impl Netlink {
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         self.sock.borrow_mut().request(op, msg, flags)
+    }
+
+    /// The socket, for the other modules' messages (routes, VXLAN, neighbours); borrowed
+    /// for one exchange at a time.
+    pub(crate) fn socket(&self) -> std::cell::RefMut<'_, Socket<RouteNetlinkMessage>> {
+        self.sock.borrow_mut()
     }
 
     /// The link called `name`, if any.

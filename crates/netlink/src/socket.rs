@@ -1,7 +1,8 @@
 //! A netlink socket in the caller's network namespace, speaking one protocol's messages
 //! (`P`: `RouteNetlinkMessage`, netfilter's message, or a hand-typed one): single requests,
 //! dumps, and batches (nfnetlink transactions: several requests in one datagram, each
-//! acknowledged).
+//! acknowledged), and plain runs of requests in one datagram ([`Socket::requests`], for
+//! rtnetlink's thousands of routes).
 //!
 //! A batch goes in one `send` and the kernel handles it, acknowledgements included, before
 //! `send` returns, so both socket buffers must hold the whole exchange: a batch larger than
@@ -210,6 +211,41 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
     /// A dump: every message until `NLMSG_DONE`.
     pub fn dump(&mut self, op: &str, payload: P) -> Result<Vec<P>, NetlinkError> {
         self.request(op, payload, NLM_F_DUMP)
+    }
+
+    /// Several requests in one datagram, without framing messages (rtnetlink has no
+    /// transactions: the kernel handles each message in turn, and goes on after a refusal).
+    /// Each is acknowledged (`NLM_F_ACK` is added); the answer is each message's errno, in
+    /// order (0: done), so a caller can report every refusal, not only the first. The socket
+    /// buffers are grown to hold the batch and its acknowledgements; an error of the socket
+    /// itself (`ENOBUFS` when acknowledgements were dropped) fails the whole call.
+    pub fn requests(&mut self, op: &str, msgs: Vec<(P, u16)>) -> Result<Vec<i32>, NetlinkError> {
+        let count = msgs.len();
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let first = self.seq.wrapping_add(1);
+        for (m, flags) in msgs {
+            let s = self.next_seq();
+            encode(&mut out, m, flags | NLM_F_ACK, s);
+        }
+        self.fit_buffers(op, out.len(), count)?;
+        self.send(op, &out)?;
+        let mut errnos = vec![0; count];
+        let mut pending = count;
+        while pending > 0 {
+            for answer in self.receive(op)? {
+                if let Answer::Ack(s, errno) = answer {
+                    let index = s.wrapping_sub(first) as usize;
+                    if index < count {
+                        pending -= 1;
+                        errnos[index] = errno;
+                    }
+                }
+            }
+        }
+        Ok(errnos)
     }
 
     /// A batch: `begin`, each of `msgs` (with its flags; `NLM_F_ACK` is added), `end`, in one
