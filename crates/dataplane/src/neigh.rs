@@ -1,13 +1,13 @@
 //! Permanent neighbour entries (ARP for IPv4, NDP for IPv6) and a VXLAN device's
 //! forwarding database (FDB), as Felix's VXLAN manager programs them for each remote VTEP
-//! (felix/dataplane/linux/vxlan_fdb.go): `ip neigh replace <vtep ip> lladdr <vtep mac> dev
+//! (felix/vxlanfdb/vxlan_fdb.go `VXLANFDB.Apply` and `resync`): `ip neigh replace <vtep ip> lladdr <vtep mac> dev
 //! vxlan.calico nud permanent` and `bridge fdb replace <vtep mac> dev vxlan.calico dst
 //! <node ip> self permanent`.
 //!
 //! Each has replace, delete, list, and an apply that converges a device to a desired set
 //! (adds what is missing, removes permanent entries not wanted); what to change is decided
-//! by the pure [`diff`], tested without root. Entries the kernel made itself (learned,
-//! not permanent) are never removed.
+//! by the pure [`diff`], tested without root. As in Felix's resync, only permanent entries
+//! count as ours: entries the kernel made itself (learned, multicast) are never removed.
 
 use crate::error::DataplaneError;
 use crate::netlink::{Netlink, failed};

@@ -1,12 +1,15 @@
 //! The VXLAN tunnel device (`vxlan.calico`) and the question whether IPIP (`tunl0`) can be
 //! had at all.
 //!
-//! [`ensure_vxlan`] mirrors Felix's `VXLANManager.configureVXLANDevice`
-//! (felix/dataplane/linux/vxlan_mgr.go): a device whose VNI, UDP port, local address or
-//! parent differ is deleted and made again (the kernel cannot change them in place); MAC
-//! and MTU are set in place; learning is off (the FDB is programmed, see [`crate::neigh`]);
-//! the tunnel address is the device's only IPv4 address, as a /32; the device is up. What
-//! to do is decided by the pure [`reconcile`], tested without root.
+//! [`ensure_vxlan`] mirrors Felix's VXLAN device handling (felix/dataplane/linux/
+//! vxlan_mgr.go `vxlanManager.device` and `vxlanLinksIncompat`, run by the route manager's
+//! `keepDeviceInSync`): a device whose kind, VNI, UDP port, local address or parent differ
+//! is deleted and made again (the kernel cannot change them in place); the MTU is set in
+//! place. Felix also recreates the device for another MAC; we set the MAC in place, which
+//! the kernel allows and which keeps the device (and its routes) alive. Learning is off
+//! (the FDB is programmed, see [`crate::neigh`]); the tunnel address is the device's only
+//! IPv4 address, as a /32; the device is up. What to do is decided by the pure
+//! [`reconcile`], tested without root.
 //!
 //! [`ipip_available`] asks the kernel whether an `ipip` link can be made, in a throwaway
 //! network namespace so nothing of the caller's changes.

@@ -99,6 +99,22 @@ fn replace_list_delete_sweep_v4_and_v6() {
             PROTO_BGP,
         ),
         route(
+            "10.4.0.0/26",
+            RouteKind::Unicast(vec![
+                hop("192.168.50.2", None, false),
+                hop("192.168.51.2", None, false),
+            ]),
+            PROTO_BGP,
+        ),
+        route(
+            "fd00:4::/122",
+            RouteKind::Unicast(vec![
+                hop("fd00:50::2", None, false),
+                hop("fd00:51::2", None, false),
+            ]),
+            PROTO_BGP,
+        ),
+        route(
             "10.7.0.0/26",
             RouteKind::Unicast(vec![hop("192.168.50.3", None, false)]),
             PROTO_BGP,
@@ -130,11 +146,16 @@ fn replace_list_delete_sweep_v4_and_v6() {
                 "10.1.0.0/26",
                 "10.2.0.0/26",
                 "10.3.0.0/26",
+                "10.4.0.0/26",
                 "fd00:1::/122",
-                "fd00:3::/122"
+                "fd00:3::/122",
+                "fd00:4::/122"
             ]
         );
-        for (w, g) in wanted.iter().zip(&got) {
+        let mut sorted_wanted = wanted.clone();
+        sorted_wanted.sort_by_key(|r| r.dst);
+        sorted_wanted.retain(|r| r.dst != net("10.7.0.0/26"));
+        for (w, g) in sorted_wanted.iter().zip(&got) {
             assert!(w.satisfied_by(g), "wanted {w:?}, read back {g:?}");
         }
         // Read back as written: onlink kept, ECMP parsed back into two next hops.
@@ -142,7 +163,7 @@ fn replace_list_delete_sweep_v4_and_v6() {
             got[1].kind,
             RouteKind::Unicast(vec![hop("172.16.0.1", Some(a0), true)])
         );
-        match (&got[2].kind, &got[4].kind) {
+        match (&got[2].kind, &got[5].kind) {
             (RouteKind::Unicast(v4), RouteKind::Unicast(v6)) => {
                 assert_eq!(v4.len(), 2, "{v4:?}");
                 assert_eq!(v6.len(), 2, "{v6:?}");
@@ -155,13 +176,13 @@ fn replace_list_delete_sweep_v4_and_v6() {
 
         // apply() leaves the other program's route alone and says so.
         let stats = table.apply(&wanted, PROTO_BGP).unwrap();
-        assert_eq!(stats.unchanged, 5, "{stats:?}");
+        assert_eq!(stats.unchanged, 7, "{stats:?}");
         assert_eq!(stats.replaced, 0, "{stats:?}");
         assert_eq!(stats.failures.len(), 1, "{stats:?}");
         assert_eq!(stats.failures[0].action, "conflict");
 
         // delete() of our protocol on the other program's destination: nothing happens.
-        table.delete(&wanted[5]).unwrap();
+        table.delete(wanted.last().unwrap()).unwrap();
         let theirs = route("fd00:7::/122", RouteKind::Blackhole, PROTO_BGP);
         table.delete(&theirs).unwrap();
         // A route already gone is no error.
@@ -171,7 +192,7 @@ fn replace_list_delete_sweep_v4_and_v6() {
         // Sweep all but one of ours; blackholes (another protocol of ours) stay.
         let keep: HashSet<IpNet> = [net("10.3.0.0/26")].into();
         let swept = table.sweep(PROTO_BGP, &keep).unwrap();
-        assert_eq!(swept.deleted, 3, "{swept:?}");
+        assert_eq!(swept.deleted, 5, "{swept:?}");
         assert!(swept.failures.is_empty(), "{swept:?}");
         let left: Vec<String> = table
             .list(PROTO_BGP)
@@ -284,4 +305,32 @@ fn apply_ten_thousand_routes_then_only_the_difference() {
     })
     .unwrap();
     assert_eq!(ns.sh("ip route show proto 78").unwrap().trim(), "");
+}
+
+#[test]
+fn apply_reports_every_refused_route_after_one_retry() {
+    require!(root; "ip");
+    let ns = host_with_links();
+    ns.within(|| {
+        let table = RouteTable::host().unwrap();
+        let mut desired = many(100, Ipv4Addr::new(192, 168, 50, 2));
+        // Gateways on no connected network (and not onlink): the kernel refuses both.
+        for (r, gw) in desired.iter_mut().zip(["203.0.113.1", "203.0.113.2"]) {
+            r.kind = RouteKind::Unicast(vec![hop(gw, None, false)]);
+        }
+        let stats = table.apply(&desired, PROTO_BGP).unwrap();
+        assert!(stats.retried, "{stats:?}");
+        assert_eq!(stats.replaced, 98, "{stats:?}");
+        // Sent: 100 at first, then only the 2 still missing.
+        assert_eq!(stats.messages, 102, "{stats:?}");
+        let refused: Vec<String> = stats.failures.iter().map(|f| f.dst.to_string()).collect();
+        assert_eq!(refused, ["10.100.0.0/32", "10.100.0.1/32"], "{stats:?}");
+        assert!(stats.failures.iter().all(|f| f.action == "replace"));
+        assert!(
+            stats.failures[0].reason.contains("unreachable"),
+            "{stats:?}"
+        );
+        assert_eq!(table.list(PROTO_BGP).unwrap().len(), 98);
+    })
+    .unwrap();
 }
