@@ -36,6 +36,8 @@ pub const PROTO_BGP: u8 = 78;
 pub const PROTO_BLACKHOLE: u8 = 79;
 /// Routes to remote blocks over `vxlan.calico` (Felix's number).
 pub const PROTO_VXLAN: u8 = 80;
+/// Workload routes (the `calico` plugin's), named here so the numbers are in one place.
+pub const PROTO_WORKLOAD: u8 = crate::netlink::ROUTE_PROTOCOL;
 /// The main table (`RT_TABLE_MAIN`).
 pub const TABLE_MAIN: u32 = 254;
 
@@ -81,6 +83,48 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
+    /// `dst via gateway` in the main table (as BIRD installs a no-encap pool's block).
+    pub fn via(dst: IpNet, gateway: IpAddr, protocol: u8) -> Self {
+        RouteSpec {
+            dst,
+            kind: RouteKind::Unicast(vec![NextHop {
+                gateway,
+                oif: None,
+                onlink: false,
+            }]),
+            protocol,
+            table: TABLE_MAIN,
+            metric: None,
+        }
+    }
+
+    /// `dst via gateway dev oif onlink` in the main table: a block behind a tunnel
+    /// (`vxlan.calico` with [`PROTO_VXLAN`], `tunl0` with [`PROTO_BGP`]).
+    pub fn onlink(dst: IpNet, gateway: IpAddr, oif: u32, protocol: u8) -> Self {
+        RouteSpec {
+            dst,
+            kind: RouteKind::Unicast(vec![NextHop {
+                gateway,
+                oif: Some(oif),
+                onlink: true,
+            }]),
+            protocol,
+            table: TABLE_MAIN,
+            metric: None,
+        }
+    }
+
+    /// `blackhole dst proto 79` in the main table: a local block.
+    pub fn blackhole(dst: IpNet) -> Self {
+        RouteSpec {
+            dst,
+            kind: RouteKind::Blackhole,
+            protocol: PROTO_BLACKHOLE,
+            table: TABLE_MAIN,
+            metric: None,
+        }
+    }
+
     /// What the kernel tells routes apart by (table, destination, metric): a replace
     /// overwrites the route with the same key, whoever owns it.
     pub fn key(&self) -> RouteKey {
@@ -586,6 +630,13 @@ mod tests {
             table: TABLE_MAIN,
             metric: None,
         }
+    }
+
+    /// The agent runs the table on a thread of its own.
+    #[test]
+    fn the_table_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<RouteTable>();
     }
 
     #[test]

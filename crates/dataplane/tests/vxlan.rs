@@ -10,9 +10,7 @@ use calico_dataplane::neigh::{
     FdbEntry, Neighbor, apply_fdb, apply_neighbors, list_fdb, list_neighbors,
 };
 use calico_dataplane::netlink::Netlink;
-use calico_dataplane::routes::{
-    NextHop, PROTO_VXLAN, RouteKind, RouteSpec, RouteTable, TABLE_MAIN,
-};
+use calico_dataplane::routes::{PROTO_VXLAN, RouteSpec, RouteTable};
 use calico_dataplane::vxlan::{
     DEFAULT_PORT, DEFAULT_VNI, VXLAN_DEVICE, VxlanDevice, ensure_vxlan, ipip_support,
     observe_vxlan, remove_vxlan,
@@ -91,17 +89,7 @@ fn program(local: &Node, remote: &Node) -> u32 {
             let vtep = IpAddr::V4(remote.vtep);
             apply_neighbors(nl, index, &[(vtep, remote.mac)]).unwrap();
             apply_fdb(nl, index, &[(remote.mac, IpAddr::V4(remote.underlay))]).unwrap();
-            let route = RouteSpec {
-                dst: remote.block.parse().unwrap(),
-                kind: RouteKind::Unicast(vec![NextHop {
-                    gateway: vtep,
-                    oif: Some(index),
-                    onlink: true,
-                }]),
-                protocol: PROTO_VXLAN,
-                table: TABLE_MAIN,
-                metric: None,
-            };
+            let route = RouteSpec::onlink(remote.block.parse().unwrap(), vtep, index, PROTO_VXLAN);
             let stats = table.apply(&[route], PROTO_VXLAN).unwrap();
             assert!(stats.failures.is_empty(), "{stats:?}");
             index
@@ -136,7 +124,7 @@ fn permanent_neighbors(nl: &Netlink, index: u32) -> Vec<Neighbor> {
 
 #[test]
 fn pods_reach_each_other_over_vxlan_calico() {
-    require!(root; "ip", "busybox");
+    require!(root; "ip", "bridge", "busybox");
     let (a, b) = two_nodes();
     let ia = program(&a, &b);
     program(&b, &a);
@@ -154,10 +142,18 @@ fn pods_reach_each_other_over_vxlan_calico() {
         route.contains("10.244.2.0/26 via 10.244.2.0 dev vxlan.calico") && route.contains("onlink"),
         "{route}"
     );
-    let fdb =
-        a.ns.sh("bridge fdb show dev vxlan.calico")
-            .unwrap_or_default();
-    assert!(fdb.is_empty() || fdb.contains("dst 192.168.60.2"), "{fdb}");
+    // As `bridge fdb replace 66:0a:00:00:00:02 dev vxlan.calico dst 192.168.60.2 self
+    // permanent` would have made it.
+    let fdb = a.ns.sh("bridge fdb show dev vxlan.calico").unwrap();
+    assert!(
+        fdb.contains("66:0a:00:00:00:02 dst 192.168.60.2 self permanent"),
+        "{fdb}"
+    );
+    let arp = a.ns.sh("ip neigh show dev vxlan.calico").unwrap();
+    assert!(
+        arp.contains("10.244.2.0 lladdr 66:0a:00:00:00:02 PERMANENT"),
+        "{arp}"
+    );
 
     a.ns.within(|| {
         let nl = Netlink::host().unwrap();
