@@ -1,6 +1,9 @@
 //! The syncer ([`calico_datastore::watch`]) against Debian's etcd: plain and mutual TLS,
 //! a compaction that overtakes a watch, and a restarted etcd.
 
+// Helpers shared by the tests unwrap like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Mutex;
 use std::time::Duration;
 
