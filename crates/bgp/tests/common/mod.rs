@@ -194,3 +194,134 @@ pub async fn start(cfg: SpeakerConfig) -> (Speaker, Table) {
     let (s, rx) = Speaker::start(cfg).await.expect("speaker starts");
     (s, Table::new(rx))
 }
+
+/// A hand-driven BGP peer for wire-level checks: it sends what the test gives it (valid or
+/// not) and decodes what the speaker sends.
+pub struct RawPeer {
+    pub stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+pub const RAW_ID: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 9);
+
+impl RawPeer {
+    /// Connects from `src` to the speaker at `dst` (port 179), retrying until it accepts.
+    pub async fn connect(src: IpAddr, dst: IpAddr) -> RawPeer {
+        let end = Instant::now() + WAIT;
+        loop {
+            let s = tokio::net::TcpSocket::new_v4().expect("socket");
+            s.bind(SocketAddr::new(src, 0)).expect("bind");
+            match s.connect(SocketAddr::new(dst, PORT)).await {
+                Ok(stream) => {
+                    return RawPeer {
+                        stream,
+                        buf: bytes::BytesMut::new(),
+                    };
+                }
+                Err(e) if Instant::now() > end => panic!("connect to {dst}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    pub fn open(hold_time: u16, local_as: u32) -> bytes::Bytes {
+        calico_bgp::wire::encode(&calico_bgp::wire::build_open(
+            &calico_bgp::wire::OpenParams {
+                local_as,
+                router_id: RAW_ID,
+                hold_time,
+                gr_time: None,
+                restarting: false,
+            },
+        ))
+        .expect("encodes")
+    }
+
+    /// Connects and completes OPEN/KEEPALIVE as an iBGP peer.
+    pub async fn established(src: IpAddr, dst: IpAddr, hold_time: u16) -> RawPeer {
+        let mut p = RawPeer::connect(src, dst).await;
+        p.send(&RawPeer::open(hold_time, AS)).await;
+        assert!(matches!(
+            p.recv().await,
+            Some(rustbgpd_wire::Message::Open(_))
+        ));
+        p.send(&keepalive()).await;
+        assert!(matches!(
+            p.recv().await,
+            Some(rustbgpd_wire::Message::Keepalive)
+        ));
+        p
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next message (bounded wait); `None` when the speaker closed the connection.
+    pub async fn recv(&mut self) -> Option<rustbgpd_wire::Message> {
+        use tokio::io::AsyncReadExt;
+        let end = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(len)) = rustbgpd_wire::peek_message_length(&self.buf, 4096)
+                && self.buf.len() >= usize::from(len)
+            {
+                let mut frame = self.buf.split_to(usize::from(len)).freeze();
+                return Some(
+                    rustbgpd_wire::decode_message(&mut frame, 4096)
+                        .expect("the speaker sends valid messages"),
+                );
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("timed out waiting for a message"),
+            }
+        }
+    }
+
+    /// Skips KEEPALIVEs and UPDATEs until a NOTIFICATION: returns (code, subcode).
+    pub async fn notification(&mut self) -> (u8, u8) {
+        loop {
+            match self.recv().await {
+                Some(rustbgpd_wire::Message::Notification(n)) => {
+                    return (n.code.as_u8(), n.subcode);
+                }
+                Some(_) => {}
+                None => panic!("connection closed without NOTIFICATION"),
+            }
+        }
+    }
+
+    /// Reads until the speaker closes the connection (bounded).
+    pub async fn closed(&mut self) {
+        while self.recv().await.is_some() {}
+    }
+}
+
+pub fn keepalive() -> bytes::Bytes {
+    calico_bgp::wire::encode(&rustbgpd_wire::Message::Keepalive).expect("encodes")
+}
+
+/// A BGP message from its type and body (header added).
+pub fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(kind);
+    m.extend_from_slice(body);
+    m
+}
+
+/// An UPDATE announcing `prefix` (a.b.c.d/len) from an iBGP peer with the given ORIGIN value.
+pub fn update_v4(prefix: [u8; 4], len: u8, next_hop: [u8; 4], origin: u8) -> Vec<u8> {
+    let mut attrs = vec![0x40, 1, 1, origin, 0x40, 2, 0, 0x40, 3, 4];
+    attrs.extend_from_slice(&next_hop);
+    attrs.extend_from_slice(&[0x40, 5, 4, 0, 0, 0, 100]);
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&attrs);
+    body.push(len);
+    body.extend_from_slice(&prefix[..usize::from(len.div_ceil(8)).min(4)]);
+    message(2, &body)
+}
