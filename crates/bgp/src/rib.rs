@@ -617,7 +617,7 @@ mod tests {
                     peer_addr: ip("10.0.0.3"),
                 },
             ];
-            decide(&c).map(|(s, best)| (s, best))
+            decide(&c)
         };
         b.local_pref = Some(200);
         assert_eq!(cand(&a, &b), Some((vec![1], 1)));

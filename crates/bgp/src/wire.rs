@@ -343,27 +343,30 @@ pub fn decode_update(
     if parsed.attributes.len() == 1 && parsed.withdrawn.is_empty() && parsed.announced.is_empty() {
         out.end_of_rib = mp_unreach_only;
     }
-    if !announced.is_empty() {
-        if let Err(v) = rustbgpd_wire::validate::validate_update_attributes_with_context(
+    let invalid = if announced.is_empty() {
+        Ok(())
+    } else {
+        rustbgpd_wire::validate::validate_update_attributes_with_context(
             &parsed.attributes,
             true,
             has_body_nlri,
             !ibgp,
             UpdateValidationOptions::default(),
-        ) {
-            match v.error.disposition {
-                ErrorDisposition::SessionReset => {
-                    return Err(Notification::with_data(3, v.error.subcode, v.error.data));
-                }
-                d => {
-                    worst = worst.max(Some(d));
-                    reason.get_or_insert_with(|| {
-                        format!(
-                            "attribute {} invalid (subcode {})",
-                            v.type_code, v.error.subcode
-                        )
-                    });
-                }
+        )
+    };
+    if let Err(v) = invalid {
+        match v.error.disposition {
+            ErrorDisposition::SessionReset => {
+                return Err(Notification::with_data(3, v.error.subcode, v.error.data));
+            }
+            d => {
+                worst = worst.max(Some(d));
+                reason.get_or_insert_with(|| {
+                    format!(
+                        "attribute {} invalid (subcode {})",
+                        v.type_code, v.error.subcode
+                    )
+                });
             }
         }
     }

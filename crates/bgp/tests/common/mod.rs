@@ -73,7 +73,7 @@ where
 }
 
 pub fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
+    s.parse().expect("a prefix")
 }
 
 pub fn config(me: IpAddr) -> SpeakerConfig {
