@@ -1,0 +1,1008 @@
+//! The tokio shell: a core task that owns the [`Rib`] and the peer table, one task per
+//! peer session that runs its [`Fsm`] over TCP, and one listener that hands accepted
+//! connections to the session of the remote address (unknown addresses are closed).
+//! All decisions are in `fsm` and `rib`; this file moves bytes and timers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use rustbgpd_wire::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::fsm::{Fsm, FsmConfig, Input, Output, collision_keeps_new};
+use crate::rib::{Changes, OutUpdate, Rib, RibPeer};
+use crate::wire::{self, Family, InboundUpdate, Negotiated, Notification, OpenParams};
+use crate::{
+    BgpError, ExportFilter, PeerConfig, PeerStatus, RibEvent, Route, SessionState, SpeakerConfig,
+};
+
+/// Deferral timer of the initial sync when graceful restart is off (RFC 4724 suggests a
+/// selection deferral timer; BIRD waits for its restart time).
+const DEFAULT_DEFERRAL: Duration = Duration::from_secs(120);
+/// How long a shutdown waits for sessions to close.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// A running BGP speaker. Dropping it stops the core task (sessions close silently).
+pub struct Speaker {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    core: JoinHandle<()>,
+}
+
+enum Cmd {
+    SetPeers(Vec<PeerConfig>),
+    SetLocal(Vec<Route>),
+    SetFilter(ExportFilter),
+    Status(oneshot::Sender<Vec<PeerStatus>>),
+    Refresh(String),
+    Incoming(TcpStream, SocketAddr),
+    Shutdown(bool, oneshot::Sender<()>),
+}
+
+impl Speaker {
+    /// Starts the speaker (and its listener when `cfg.listen` is set) on the caller's runtime.
+    pub async fn start(
+        cfg: SpeakerConfig,
+    ) -> Result<(Speaker, mpsc::UnboundedReceiver<RibEvent>), BgpError> {
+        if cfg.router_id.is_unspecified() {
+            return Err(BgpError::Config("router id 0.0.0.0".into()));
+        }
+        if cfg.local_as == 0 {
+            return Err(BgpError::Config("AS number 0".into()));
+        }
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let listener = match cfg.listen {
+            Some(addr) => {
+                let l = bind_listener(addr).map_err(|source| BgpError::Listen { addr, source })?;
+                let tx = cmd_tx.clone();
+                Some(tokio::spawn(async move {
+                    loop {
+                        match l.accept().await {
+                            Ok((s, remote)) => {
+                                if tx.send(Cmd::Incoming(s, remote)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                log::warn!("BGP: accept: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }))
+            }
+            None => None,
+        };
+        let core = Core::new(cfg, ev_tx, listener);
+        let core = tokio::spawn(core.run(cmd_rx));
+        Ok((Speaker { cmd: cmd_tx, core }, ev_rx))
+    }
+
+    /// Reconciles the peers by (name, address): new ones start, gone ones get a Cease,
+    /// changed ones are reset alone.
+    pub fn set_peers(&self, peers: Vec<PeerConfig>) {
+        let _ = self.cmd.send(Cmd::SetPeers(peers));
+    }
+
+    /// The routes we originate; only the difference to the previous set is sent.
+    pub fn set_local_routes(&self, routes: Vec<Route>) {
+        let _ = self.cmd.send(Cmd::SetLocal(routes));
+    }
+
+    pub fn set_export_filter(&self, f: ExportFilter) {
+        let _ = self.cmd.send(Cmd::SetFilter(f));
+    }
+
+    /// Asks the peer named `name` to resend its routes (ROUTE-REFRESH, RFC 2918).
+    pub fn request_refresh(&self, name: &str) {
+        let _ = self.cmd.send(Cmd::Refresh(name.to_string()));
+    }
+
+    pub async fn status(&self) -> Vec<PeerStatus> {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Status(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Stops every session and the listener. `graceful_restart`: close TCP without a Cease so
+    /// that peers keep our routes (RFC 4724); otherwise Cease/Administrative Shutdown.
+    pub async fn shutdown(self, graceful_restart: bool) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Shutdown(graceful_restart, tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.core.await;
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(64)
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    updates_in: AtomicU64,
+    updates_out: AtomicU64,
+}
+
+enum ToSession {
+    Incoming(TcpStream),
+    Out(OutUpdate),
+    EndOfRib(Vec<Family>),
+    SendRefresh,
+    Stop(Option<Notification>),
+}
+
+enum Event {
+    State(u64, SessionState),
+    Up(u64, Negotiated, SocketAddr),
+    Down {
+        id: u64,
+        error: String,
+        was_established: bool,
+        graceful: bool,
+    },
+    Update(u64, InboundUpdate),
+    Refresh(u64, Option<Family>),
+}
+
+struct PeerEntry {
+    id: u64,
+    cfg: PeerConfig,
+    tx: Option<mpsc::UnboundedSender<ToSession>>,
+    task: Option<JoinHandle<()>>,
+    state: SessionState,
+    since: SystemTime,
+    last_error: Option<String>,
+    counters: Arc<Counters>,
+    negotiated: Option<Negotiated>,
+    /// Families whose End-of-RIB arrived since this entry started (initial sync).
+    eor_in: BTreeSet<Family>,
+    /// Session established at least once and End-of-RIB received for all its families.
+    synced: bool,
+}
+
+struct Core {
+    cfg: SpeakerConfig,
+    rib: Rib,
+    peers: BTreeMap<(String, IpAddr), PeerEntry>,
+    by_id: HashMap<u64, (String, IpAddr)>,
+    events: mpsc::UnboundedSender<RibEvent>,
+    ev_tx: mpsc::UnboundedSender<Event>,
+    ev_rx: mpsc::UnboundedReceiver<Event>,
+    listener: Option<JoinHandle<()>>,
+    next_id: u64,
+    peers_set: bool,
+    synced: bool,
+    deferral_at: Instant,
+    stale_at: HashMap<u64, Instant>,
+}
+
+impl Core {
+    fn new(
+        cfg: SpeakerConfig,
+        events: mpsc::UnboundedSender<RibEvent>,
+        listener: Option<JoinHandle<()>>,
+    ) -> Self {
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let rib = Rib::new(cfg.router_id, cfg.cluster_id, cfg.restarting);
+        let deferral_at = Instant::now() + cfg.graceful_restart.unwrap_or(DEFAULT_DEFERRAL);
+        Core {
+            cfg,
+            rib,
+            peers: BTreeMap::new(),
+            by_id: HashMap::new(),
+            events,
+            ev_tx,
+            ev_rx,
+            listener,
+            next_id: 1,
+            peers_set: false,
+            synced: false,
+            deferral_at,
+            stale_at: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        loop {
+            let mut deadline = self.stale_at.values().min().copied();
+            if !self.synced && self.peers_set {
+                deadline = Some(deadline.map_or(self.deferral_at, |d| d.min(self.deferral_at)));
+            }
+            let sleep = tokio::time::sleep_until(
+                deadline.map_or_else(far_future, tokio::time::Instant::from_std),
+            );
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => { self.stop_all(None).await; return; }
+                    Some(Cmd::Shutdown(gr, done)) => {
+                        let n = if gr { None } else { Some(Notification::new(6, 2)) };
+                        self.stop_all(n).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.on_cmd(c),
+                },
+                Some(ev) = self.ev_rx.recv() => self.on_event(ev),
+                _ = sleep => self.on_timers(),
+            }
+        }
+    }
+
+    async fn stop_all(&mut self, n: Option<Notification>) {
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+        let mut tasks = Vec::new();
+        for e in self.peers.values_mut() {
+            if let Some(tx) = e.tx.take() {
+                let _ = tx.send(ToSession::Stop(n.clone()));
+            }
+            tasks.extend(e.task.take());
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, t).await;
+        }
+    }
+
+    fn emit(&mut self, ch: Changes) {
+        for ev in ch.events {
+            let _ = self.events.send(ev);
+        }
+        for (id, u) in ch.out {
+            if u.is_empty() {
+                continue;
+            }
+            if let Some(e) = self.entry(id)
+                && let Some(tx) = &e.tx
+            {
+                let _ = tx.send(ToSession::Out(u));
+            }
+        }
+    }
+
+    fn entry(&mut self, id: u64) -> Option<&mut PeerEntry> {
+        let key = self.by_id.get(&id)?;
+        self.peers.get_mut(key)
+    }
+
+    fn on_cmd(&mut self, c: Cmd) {
+        match c {
+            Cmd::SetPeers(p) => self.set_peers(p),
+            Cmd::SetLocal(r) => {
+                let ch = self.rib.set_local(r);
+                self.emit(ch);
+            }
+            Cmd::SetFilter(f) => {
+                let ch = self.rib.set_filter(f);
+                self.emit(ch);
+            }
+            Cmd::Status(tx) => {
+                let st = self
+                    .peers
+                    .values()
+                    .map(|e| PeerStatus {
+                        name: e.cfg.name.clone(),
+                        address: e.cfg.address,
+                        state: e.state,
+                        since: e.since,
+                        last_error: e.last_error.clone(),
+                        routes_received: self.rib.routes_received(e.id),
+                        routes_sent: self.rib.routes_sent(e.id),
+                        passive: e.cfg.passive,
+                        messages_in: e.counters.messages_in.load(Ordering::Relaxed),
+                        messages_out: e.counters.messages_out.load(Ordering::Relaxed),
+                        updates_in: e.counters.updates_in.load(Ordering::Relaxed),
+                        updates_out: e.counters.updates_out.load(Ordering::Relaxed),
+                    })
+                    .collect();
+                let _ = tx.send(st);
+            }
+            Cmd::Refresh(name) => {
+                for e in self.peers.values() {
+                    if e.cfg.name == name
+                        && let Some(tx) = &e.tx
+                    {
+                        let _ = tx.send(ToSession::SendRefresh);
+                    }
+                }
+            }
+            Cmd::Incoming(stream, remote) => {
+                let ip = canonical(remote.ip());
+                match self
+                    .peers
+                    .values()
+                    .find(|e| e.cfg.address == ip && e.tx.is_some())
+                {
+                    Some(e) => {
+                        if let Some(tx) = &e.tx {
+                            let _ = tx.send(ToSession::Incoming(stream));
+                        }
+                    }
+                    None => log::info!("BGP: closing connection from unknown peer {remote}"),
+                }
+            }
+            Cmd::Shutdown(..) => {}
+        }
+    }
+
+    fn set_peers(&mut self, peers: Vec<PeerConfig>) {
+        let wanted: BTreeMap<(String, IpAddr), PeerConfig> = peers
+            .into_iter()
+            .map(|p| ((p.name.clone(), p.address), p))
+            .collect();
+        let gone: Vec<(String, IpAddr)> = self
+            .peers
+            .iter()
+            .filter(|(k, e)| wanted.get(*k) != Some(&e.cfg))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(mut e) = self.peers.remove(&k) {
+                let sub = if wanted.contains_key(&k) { 6 } else { 3 };
+                log::info!(
+                    "BGP peer {}: {}",
+                    e.cfg.name,
+                    if sub == 6 { "reconfigured" } else { "removed" }
+                );
+                if let Some(tx) = e.tx.take() {
+                    let _ = tx.send(ToSession::Stop(Some(Notification::new(6, sub))));
+                }
+                self.by_id.remove(&e.id);
+                self.stale_at.remove(&e.id);
+                let ch = self.rib.peer_down(e.id, false);
+                self.emit(ch);
+            }
+        }
+        for (k, cfg) in wanted {
+            if self.peers.contains_key(&k) {
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let counters = Arc::new(Counters::default());
+            let mut entry = PeerEntry {
+                id,
+                cfg: cfg.clone(),
+                tx: None,
+                task: None,
+                state: SessionState::Idle,
+                since: SystemTime::now(),
+                last_error: None,
+                counters: counters.clone(),
+                negotiated: None,
+                eor_in: BTreeSet::new(),
+                synced: false,
+            };
+            if cfg.password.is_some() {
+                let err = BgpError::Md5Unsupported(cfg.name.clone());
+                log::error!("{err}");
+                entry.last_error = Some(err.to_string());
+                // Never blocks the initial sync.
+                entry.synced = true;
+            } else {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let fsm = self.fsm_config(&cfg);
+                let source = cfg.source.or_else(|| {
+                    self.cfg
+                        .listen
+                        .map(|l| l.ip())
+                        .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == cfg.address.is_ipv4())
+                });
+                let session = Session {
+                    id,
+                    cfg: cfg.clone(),
+                    source,
+                    fsm: Fsm::new(fsm),
+                    events: self.ev_tx.clone(),
+                    counters,
+                    conn: None,
+                    connecting: None,
+                    pending: None,
+                    router_id: self.cfg.router_id,
+                };
+                entry.task = Some(tokio::spawn(session.run(rx)));
+                entry.tx = Some(tx);
+            }
+            self.by_id.insert(id, k.clone());
+            self.peers.insert(k, entry);
+        }
+        self.peers_set = true;
+        self.check_sync();
+    }
+
+    fn fsm_config(&self, p: &PeerConfig) -> FsmConfig {
+        let local_as = p.local_as.unwrap_or(self.cfg.local_as);
+        let gr = p
+            .graceful_restart_time
+            .or(self.cfg.graceful_restart)
+            .filter(|_| self.cfg.graceful_restart.is_some());
+        FsmConfig {
+            open: OpenParams {
+                local_as,
+                router_id: self.cfg.router_id,
+                hold_time: u16::try_from(p.hold_time.as_secs()).unwrap_or(u16::MAX),
+                gr_time: gr.map(|t| u16::try_from(t.as_secs()).unwrap_or(4095).min(4095)),
+                restarting: self.cfg.restarting,
+            },
+            remote_as: p.remote_as,
+            ibgp: local_as == p.remote_as,
+            passive: p.passive,
+            keepalive: p.keepalive,
+            connect_delay: p.connect_delay,
+            connect_retry: p.connect_retry,
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::State(id, s) => {
+                if let Some(e) = self.entry(id) {
+                    e.state = s;
+                    e.since = SystemTime::now();
+                }
+            }
+            Event::Up(id, neg, local) => self.peer_up(id, neg, local),
+            Event::Down {
+                id,
+                error,
+                was_established,
+                graceful,
+            } => {
+                let gr_on = self.cfg.graceful_restart.is_some();
+                let Some(e) = self.entry(id) else { return };
+                log::info!("BGP peer {}: down: {error}", e.cfg.name);
+                e.last_error = Some(error);
+                if !was_established {
+                    return;
+                }
+                let keep = graceful
+                    && gr_on
+                    && e.negotiated
+                        .as_ref()
+                        .and_then(|n| n.peer_gr.as_ref())
+                        .is_some();
+                let restart_time = e
+                    .negotiated
+                    .as_ref()
+                    .and_then(|n| n.peer_gr.as_ref())
+                    .map_or(0, |g| g.restart_time);
+                let keep = keep && restart_time > 0;
+                let ch = self.rib.peer_down(id, keep);
+                if keep {
+                    self.stale_at.insert(
+                        id,
+                        Instant::now() + Duration::from_secs(u64::from(restart_time)),
+                    );
+                }
+                self.emit(ch);
+            }
+            Event::Update(id, u) => {
+                if let Some(r) = &u.treated_as_withdraw {
+                    log::warn!("BGP peer {id}: UPDATE treated as withdraw (RFC 7606): {r}");
+                }
+                let eor = u.end_of_rib;
+                let ch = self.rib.update(id, u);
+                self.emit(ch);
+                if let Some(f) = eor {
+                    let ch = self.rib.sweep_stale(id, Some(f));
+                    self.emit(ch);
+                    if !self.rib.has_stale(id) {
+                        self.stale_at.remove(&id);
+                    }
+                    if let Some(e) = self.entry(id) {
+                        e.eor_in.insert(f);
+                        if e.negotiated
+                            .as_ref()
+                            .is_some_and(|n| n.families.iter().all(|f| e.eor_in.contains(f)))
+                        {
+                            e.synced = true;
+                        }
+                    }
+                    self.check_sync();
+                }
+            }
+            Event::Refresh(id, fam) => {
+                let out = self.rib.adj_rib_out(id, fam);
+                if let Some(e) = self.entry(id)
+                    && let Some(tx) = &e.tx
+                {
+                    let fams = e
+                        .negotiated
+                        .as_ref()
+                        .map(|n| n.families.clone())
+                        .unwrap_or_default();
+                    let _ = tx.send(ToSession::Out(out));
+                    let _ = tx.send(ToSession::EndOfRib(fam.map_or(fams, |f| vec![f])));
+                }
+            }
+        }
+    }
+
+    fn peer_up(&mut self, id: u64, neg: Negotiated, local: SocketAddr) {
+        let local_as = self.cfg.local_as;
+        let holding = self.rib.holding();
+        let Some(e) = self.entry(id) else { return };
+        log::info!("BGP peer {}: established", e.cfg.name);
+        e.last_error = None;
+        e.negotiated = Some(neg.clone());
+        let peer = RibPeer {
+            address: e.cfg.address,
+            local_addr: canonical(local.ip()),
+            local_as: e.cfg.local_as.unwrap_or(local_as),
+            remote_as: neg.remote_as,
+            remote_id: neg.remote_id,
+            rr_client: e.cfg.rr_client,
+            next_hop: e.cfg.next_hop,
+            families: neg.families.clone(),
+        };
+        let tx = e.tx.clone();
+        // Stale paths survive only for families whose forwarding state the peer kept.
+        let preserved: Vec<Family> = neg
+            .peer_gr
+            .as_ref()
+            .map(|g| g.preserved.clone())
+            .unwrap_or_default();
+        let mut ch = self.rib.peer_up(id, peer);
+        for f in [Family::Ipv4, Family::Ipv6] {
+            if !preserved.contains(&f) {
+                ch.events.extend(self.rib.sweep_stale(id, Some(f)).events);
+            }
+        }
+        if self.rib.has_stale(id) {
+            let t = neg
+                .peer_gr
+                .as_ref()
+                .map_or(120, |g| g.restart_time.max(120));
+            self.stale_at
+                .insert(id, Instant::now() + Duration::from_secs(u64::from(t)));
+        } else {
+            self.stale_at.remove(&id);
+        }
+        self.emit(ch);
+        if !holding && let Some(tx) = tx {
+            let _ = tx.send(ToSession::EndOfRib(neg.families.clone()));
+        }
+    }
+
+    fn check_sync(&mut self) {
+        if self.synced || !self.peers_set {
+            return;
+        }
+        if self.peers.values().all(|e| e.synced) {
+            self.sync_done();
+        }
+    }
+
+    fn sync_done(&mut self) {
+        self.synced = true;
+        log::info!("BGP: initial sync done");
+        let _ = self.events.send(RibEvent::Synced);
+        let holding = self.rib.holding();
+        let ch = self.rib.release_hold();
+        let ids: Vec<u64> = ch.out.keys().copied().collect();
+        self.emit(ch);
+        if holding {
+            for e in self.peers.values() {
+                if e.state == SessionState::Established
+                    && let (Some(tx), Some(n)) = (&e.tx, &e.negotiated)
+                {
+                    let _ = ids;
+                    let _ = tx.send(ToSession::EndOfRib(n.families.clone()));
+                }
+            }
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        if !self.synced && self.peers_set && self.deferral_at <= now {
+            log::info!("BGP: deferral timer expired before every peer's End-of-RIB");
+            self.sync_done();
+        }
+        let due: Vec<u64> = self
+            .stale_at
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.stale_at.remove(&id);
+            log::info!("BGP peer {id}: restart time over, dropping stale routes");
+            let ch = self.rib.sweep_stale(id, None);
+            self.emit(ch);
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+struct Session {
+    id: u64,
+    cfg: PeerConfig,
+    source: Option<IpAddr>,
+    fsm: Fsm,
+    events: mpsc::UnboundedSender<Event>,
+    counters: Arc<Counters>,
+    conn: Option<Conn>,
+    connecting: Option<JoinHandle<std::io::Result<TcpStream>>>,
+    /// An inbound connection that arrived while ours was in OpenSent (collision, RFC 4271
+    /// §6.8): resolved when the peer's identifier is known.
+    pending: Option<TcpStream>,
+    router_id: std::net::Ipv4Addr,
+}
+
+enum Wake {
+    Cmd(Option<ToSession>),
+    Read(std::io::Result<usize>),
+    Connected(std::io::Result<TcpStream>),
+    Timer,
+}
+
+impl Session {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ToSession>) {
+        self.apply(Input::Start).await;
+        loop {
+            let deadline = self.fsm.next_deadline();
+            let sleep = tokio::time::sleep_until(
+                deadline.map_or_else(far_future, tokio::time::Instant::from_std),
+            );
+            let wake = tokio::select! {
+                c = rx.recv() => Wake::Cmd(c),
+                r = read_some(&mut self.conn) => Wake::Read(r),
+                r = join_connect(&mut self.connecting) => Wake::Connected(r),
+                _ = sleep => Wake::Timer,
+            };
+            match wake {
+                Wake::Cmd(None) => {
+                    self.apply(Input::Stop(None)).await;
+                    return;
+                }
+                Wake::Cmd(Some(ToSession::Stop(n))) => {
+                    self.apply(Input::Stop(n)).await;
+                    return;
+                }
+                Wake::Cmd(Some(c)) => self.on_cmd(c).await,
+                Wake::Read(Ok(0)) => {
+                    self.apply(Input::TcpFailed("connection closed by peer".into()))
+                        .await
+                }
+                Wake::Read(Ok(_)) => self.drain_messages().await,
+                Wake::Read(Err(e)) => self.apply(Input::TcpFailed(e.to_string())).await,
+                Wake::Connected(r) => {
+                    self.connecting = None;
+                    match r {
+                        Ok(s) if self.conn.is_none() => {
+                            self.adopt(s);
+                            self.apply(Input::TcpUp).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::debug!("BGP peer {}: connect: {e}", self.cfg.name);
+                            self.apply(Input::TcpFailed(format!("connect: {e}"))).await;
+                        }
+                    }
+                }
+                Wake::Timer => self.apply(Input::Tick).await,
+            }
+        }
+    }
+
+    fn adopt(&mut self, s: TcpStream) {
+        let _ = s.set_nodelay(true);
+        if self.cfg.ttl_security.is_some() {
+            let _ = s.set_ttl(255);
+        }
+        self.conn = Some(Conn {
+            stream: s,
+            buf: BytesMut::with_capacity(8192),
+        });
+    }
+
+    async fn on_cmd(&mut self, c: ToSession) {
+        match c {
+            ToSession::Incoming(s) => self.incoming(s).await,
+            ToSession::Out(u) => {
+                if self.fsm.state() != SessionState::Established {
+                    return;
+                }
+                let four = self.fsm.negotiated().is_some_and(|n| n.four_octet_as);
+                let mut msgs = Vec::new();
+                let mut groups: Vec<(Arc<wire::PathAttrs>, Family, Vec<ipnet::IpNet>)> = Vec::new();
+                for (net, a) in u.announce {
+                    let f = Family::of(&net);
+                    match groups
+                        .iter_mut()
+                        .find(|(g, gf, _)| *gf == f && (Arc::ptr_eq(g, &a) || **g == *a))
+                    {
+                        Some(g) => g.2.push(net),
+                        None => groups.push((a, f, vec![net])),
+                    }
+                }
+                for f in [Family::Ipv4, Family::Ipv6] {
+                    let w: Vec<ipnet::IpNet> = u
+                        .withdraw
+                        .iter()
+                        .filter(|n| Family::of(n) == f)
+                        .copied()
+                        .collect();
+                    msgs.extend(wire::encode_withdraw(f, &w, four));
+                }
+                for (a, f, nets) in groups {
+                    msgs.extend(wire::encode_announce(f, &nets, &a, four));
+                }
+                self.counters
+                    .updates_out
+                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                self.write(msgs).await;
+            }
+            ToSession::EndOfRib(fams) => {
+                if self.fsm.state() == SessionState::Established {
+                    let msgs: Vec<Bytes> = fams.into_iter().filter_map(wire::end_of_rib).collect();
+                    self.write(msgs).await;
+                }
+            }
+            ToSession::SendRefresh => {
+                if let Some(n) = self.fsm.negotiated()
+                    && n.route_refresh
+                    && self.fsm.state() == SessionState::Established
+                {
+                    let msgs: Vec<Bytes> = n
+                        .families
+                        .clone()
+                        .into_iter()
+                        .filter_map(|f| wire::encode(&wire::route_refresh(f)))
+                        .collect();
+                    self.write(msgs).await;
+                }
+            }
+            ToSession::Stop(_) => {}
+        }
+    }
+
+    /// An accepted connection from the peer's address.
+    async fn incoming(&mut self, s: TcpStream) {
+        let state = self.fsm.state();
+        let remote_id = self.fsm.negotiated().map(|n| n.remote_id);
+        match state {
+            SessionState::Idle | SessionState::Connect | SessionState::Active => {
+                if let Some(c) = self.connecting.take() {
+                    c.abort();
+                }
+                self.adopt(s);
+                self.apply(Input::TcpUp).await;
+            }
+            SessionState::OpenSent => {
+                self.pending = Some(s);
+            }
+            SessionState::OpenConfirm => {
+                if let Some(rid) = remote_id {
+                    self.resolve_collision(s, rid).await;
+                }
+            }
+            SessionState::Established => {
+                // A peer that restarts reconnects before we notice the old connection died
+                // (RFC 4724 §4.2): with graceful restart the new one replaces it.
+                if self.fsm.negotiated().is_some_and(|n| n.peer_gr.is_some()) {
+                    self.conn = None;
+                    self.apply(Input::TcpFailed(
+                        "peer reconnected (graceful restart)".into(),
+                    ))
+                    .await;
+                    self.adopt(s);
+                    self.apply(Input::TcpUp).await;
+                } else {
+                    reject(s, Notification::new(6, 7)).await;
+                }
+            }
+        }
+    }
+
+    async fn resolve_collision(&mut self, s: TcpStream, remote_id: std::net::Ipv4Addr) {
+        if collision_keeps_new(self.router_id, remote_id, self.fsm.state()) {
+            log::info!(
+                "BGP peer {}: connection collision, keeping the peer's connection",
+                self.cfg.name
+            );
+            self.apply(Input::BadMsg(Notification::new(6, 7))).await;
+            self.adopt(s);
+            self.apply(Input::TcpUp).await;
+        } else {
+            reject(s, Notification::new(6, 7)).await;
+        }
+    }
+
+    async fn drain_messages(&mut self) {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            let len = match rustbgpd_wire::peek_message_length(&conn.buf, wire::MAX_LEN) {
+                Ok(Some(l)) if conn.buf.len() >= usize::from(l) => usize::from(l),
+                Ok(_) => return,
+                Err(e) => {
+                    let n = Notification::from_decode_error(&e);
+                    self.apply(Input::BadMsg(n)).await;
+                    return;
+                }
+            };
+            let mut frame = conn.buf.split_to(len).freeze();
+            self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+            match rustbgpd_wire::decode_message(&mut frame, wire::MAX_LEN) {
+                Ok(m) => {
+                    if matches!(m, Message::Update(_)) {
+                        self.counters.updates_in.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.apply(Input::Msg(m)).await;
+                }
+                Err(e) => {
+                    let n = Notification::from_decode_error(&e);
+                    log::warn!("BGP peer {}: malformed message: {e}", self.cfg.name);
+                    self.apply(Input::BadMsg(n)).await;
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, msgs: Vec<Bytes>) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let n = msgs.len() as u64;
+        let mut failed = None;
+        for m in msgs {
+            if let Err(e) = conn.stream.write_all(&m).await {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+        self.counters.messages_out.fetch_add(n, Ordering::Relaxed);
+        if let Some(e) = failed {
+            Box::pin(self.apply(Input::TcpFailed(e))).await;
+        }
+    }
+
+    /// Feeds the FSM and carries out what it asks for.
+    async fn apply(&mut self, input: Input) {
+        let outs = self.fsm.handle(input, Instant::now());
+        for o in outs {
+            match o {
+                Output::Connect => self.connect(),
+                Output::Send(m) => {
+                    if let Some(b) = wire::encode(&m) {
+                        self.write(vec![b]).await;
+                    }
+                }
+                Output::Close => {
+                    if let Some(mut c) = self.conn.take() {
+                        let _ = c.stream.shutdown().await;
+                    }
+                }
+                Output::Established(n) => {
+                    let local = self.conn.as_ref().and_then(|c| c.stream.local_addr().ok());
+                    if let Some(local) = local {
+                        let _ = self.events.send(Event::Up(self.id, n, local));
+                    }
+                }
+                Output::Down {
+                    error,
+                    was_established,
+                    graceful,
+                } => {
+                    let _ = self.events.send(Event::Down {
+                        id: self.id,
+                        error,
+                        was_established,
+                        graceful,
+                    });
+                }
+                Output::Update(u) => {
+                    let _ = self.events.send(Event::Update(self.id, u));
+                }
+                Output::RouteRefresh(f) => {
+                    let _ = self.events.send(Event::Refresh(self.id, f));
+                }
+                Output::State(s) => {
+                    let _ = self.events.send(Event::State(self.id, s));
+                    if s == SessionState::OpenConfirm
+                        && let (Some(p), Some(rid)) = (
+                            self.pending.take(),
+                            self.fsm.negotiated().map(|n| n.remote_id),
+                        )
+                    {
+                        Box::pin(self.resolve_collision(p, rid)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        if self.conn.is_some() || self.cfg.passive {
+            return;
+        }
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        let remote = SocketAddr::new(self.cfg.address, self.cfg.port);
+        let source = self.source;
+        let timeout = self.cfg.connect_retry.max(Duration::from_secs(1));
+        self.connecting = Some(tokio::spawn(async move {
+            let s = if remote.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Some(src) = source {
+                s.bind(SocketAddr::new(src, 0))?;
+            }
+            match tokio::time::timeout(timeout, s.connect(remote)).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )),
+            }
+        }));
+    }
+}
+
+async fn reject(mut s: TcpStream, n: Notification) {
+    if let Some(b) = wire::encode(&n.to_message()) {
+        let _ = s.write_all(&b).await;
+    }
+    let _ = s.shutdown().await;
+}
+
+async fn read_some(conn: &mut Option<Conn>) -> std::io::Result<usize> {
+    match conn {
+        Some(c) => c.stream.read_buf(&mut c.buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_connect(
+    c: &mut Option<JoinHandle<std::io::Result<TcpStream>>>,
+) -> std::io::Result<TcpStream> {
+    match c {
+        Some(h) => match h.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        },
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,126 @@
+//! Malformed messages from a hand-driven peer: the right NOTIFICATION (RFC 4271 §6), the
+//! session comes back afterwards, the speaker keeps running; RFC 7606 treat-as-withdraw
+//! keeps the session; the hold timer fires on a silent peer.
+
+mod common;
+
+use calico_bgp::{PeerConfig, Speaker};
+use common::*;
+
+async fn speaker_with_raw_peer() -> (Speaker, Table) {
+    let (s, t) = start(config(v4(1))).await;
+    let mut p = PeerConfig::new("Node_10_77_0_2", v4(2), AS);
+    p.passive = true;
+    s.set_peers(vec![p]);
+    (s, t)
+}
+
+#[test]
+fn header_open_update_and_fsm_errors_get_their_notifications() {
+    in_netns(|| async {
+        let (s, _t) = speaker_with_raw_peer().await;
+        let (me, sp) = (v4(2), v4(1));
+
+        // Header errors (1/x): bad type, bad marker, bad length.
+        let mut p = RawPeer::established(me, sp, 240).await;
+        p.send(&message(9, &[])).await;
+        assert_eq!(p.notification().await, (1, 3));
+        p.closed().await;
+
+        let mut p = RawPeer::established(me, sp, 240).await;
+        let mut bad_marker = message(4, &[]);
+        bad_marker[3] = 0;
+        p.send(&bad_marker).await;
+        assert_eq!(p.notification().await, (1, 1));
+
+        let mut p = RawPeer::established(me, sp, 240).await;
+        let mut bad_len = message(4, &[]);
+        bad_len[17] = 5;
+        p.send(&bad_len).await;
+        assert_eq!(p.notification().await, (1, 2));
+
+        // OPEN errors (2/x): version, peer AS, hold time.
+        let mut p = RawPeer::connect(me, sp).await;
+        let mut v3 = RawPeer::open(240, AS).to_vec();
+        v3[19] = 3;
+        p.send(&v3).await;
+        assert_eq!(p.notification().await, (2, 1));
+
+        let mut p = RawPeer::connect(me, sp).await;
+        p.send(&RawPeer::open(240, 65000)).await;
+        assert_eq!(p.notification().await, (2, 2));
+
+        let mut p = RawPeer::connect(me, sp).await;
+        p.send(&RawPeer::open(2, AS)).await;
+        assert_eq!(p.notification().await, (2, 6));
+
+        // UPDATE errors (3/x): an NLRI prefix longer than 32 bits.
+        let mut p = RawPeer::established(me, sp, 240).await;
+        p.send(&update_v4([10, 65, 9, 0], 33, [10, 77, 0, 2], 0))
+            .await;
+        assert_eq!(p.notification().await, (3, 10));
+
+        // FSM error (5/x): an OPEN in Established.
+        let mut p = RawPeer::established(me, sp, 240).await;
+        p.send(&RawPeer::open(240, AS)).await;
+        assert_eq!(p.notification().await, (5, 3));
+
+        // And the session comes back up afterwards.
+        let _p = RawPeer::established(me, sp, 240).await;
+        wait_status(&s, "session up again", |st| established(st, me)).await;
+        s.shutdown(false).await;
+    });
+}
+
+#[test]
+fn malformed_attribute_is_treated_as_withdraw_and_the_session_stays() {
+    in_netns(|| async {
+        let (s, mut t) = speaker_with_raw_peer().await;
+        let mut p = RawPeer::established(v4(2), v4(1), 240).await;
+        p.send(&update_v4([10, 65, 9, 0], 26, [10, 77, 0, 2], 0))
+            .await;
+        t.wait("route learned", |t| t.has("10.65.9.0/26", &[v4(2)]))
+            .await;
+        // ORIGIN 5 is invalid: RFC 7606 §7.1 treat-as-withdraw.
+        p.send(&update_v4([10, 65, 9, 0], 26, [10, 77, 0, 2], 5))
+            .await;
+        t.wait("route withdrawn", |t| t.routes.is_empty()).await;
+        p.send(&keepalive()).await;
+        let st = s.status().await;
+        assert!(established(&st, v4(2)), "no reset: {st:?}");
+        p.send(&update_v4([10, 65, 9, 0], 26, [10, 77, 0, 2], 0))
+            .await;
+        t.wait("route back", |t| t.has("10.65.9.0/26", &[v4(2)]))
+            .await;
+        s.shutdown(false).await;
+    });
+}
+
+#[test]
+fn silent_peer_gets_hold_timer_expired() {
+    in_netns(|| async {
+        let (s, _t) = speaker_with_raw_peer().await;
+        let mut p = RawPeer::established(v4(2), v4(1), 3).await;
+        assert_eq!(p.notification().await, (4, 0));
+        wait_status(&s, "hold timer error recorded", |st| {
+            st[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("hold timer"))
+        })
+        .await;
+        s.shutdown(false).await;
+    });
+}
+
+#[test]
+fn unknown_peer_is_refused() {
+    in_netns(|| async {
+        let (s, _t) = speaker_with_raw_peer().await;
+        let mut p = RawPeer::connect(v4(7), v4(1)).await;
+        p.send(&RawPeer::open(240, AS)).await;
+        // Closed without an OPEN from us.
+        assert!(p.recv().await.is_none());
+        s.shutdown(false).await;
+    });
+}

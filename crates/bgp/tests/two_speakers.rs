@@ -1,0 +1,161 @@
+//! Two and three speakers on loopback: sessions, routes both ways, withdrawal, ECMP from two
+//! origins, route refresh, reconfiguration, unknown peers refused.
+
+mod common;
+
+use calico_bgp::{Route, SessionState};
+use common::*;
+
+#[test]
+fn routes_flow_both_ways_and_are_withdrawn() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v4(1), v4(2));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, mut bt) = start(config(b_ip)).await;
+        a.set_local_routes(vec![Route::new(net("10.65.1.0/26"))]);
+        b.set_local_routes(vec![
+            Route::new(net("10.65.2.0/26")),
+            Route::new(net("10.65.2.64/26")),
+        ]);
+        a.set_peers(vec![peer(a_ip, b_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+
+        at.wait("A learns B's blocks", |t| {
+            t.has("10.65.2.0/26", &[b_ip]) && t.has("10.65.2.64/26", &[b_ip])
+        })
+        .await;
+        bt.wait("B learns A's block", |t| t.has("10.65.1.0/26", &[a_ip]))
+            .await;
+        // Both sent End-of-RIB: both are synced.
+        at.wait("A synced", |t| t.synced).await;
+        bt.wait("B synced", |t| t.synced).await;
+        let st = wait_status(&a, "A's counters", |st| {
+            established(st, b_ip) && st[0].routes_received == 2
+        })
+        .await;
+        assert_eq!(st[0].routes_sent, 1);
+        assert_eq!(
+            st[0].name,
+            format!("Mesh_{}", b_ip.to_string().replace('.', "_"))
+        );
+        assert!(!st[0].passive);
+        let st = b.status().await;
+        assert!(
+            st[0].passive,
+            "the higher address only accepts (Calico's unidirectional mesh)"
+        );
+
+        // Only the difference is sent: one withdrawal.
+        b.set_local_routes(vec![Route::new(net("10.65.2.0/26"))]);
+        at.wait("A drops the withdrawn block", |t| {
+            !t.routes.contains_key(&net("10.65.2.64/26"))
+        })
+        .await;
+        assert!(at.has("10.65.2.0/26", &[b_ip]));
+
+        // Route refresh: A asks, B resends its Adj-RIB-Out (and End-of-RIB).
+        let before = b.status().await[0].updates_out;
+        a.request_refresh(&peer(a_ip, b_ip).name);
+        wait_status(&b, "B answers the refresh", |st| st[0].updates_out > before).await;
+        at.drain();
+        assert!(at.has("10.65.2.0/26", &[b_ip]));
+
+        // Removing the peer: Cease, the routes go on both sides.
+        a.set_peers(vec![]);
+        at.wait("A forgets B's routes", |t| t.routes.is_empty())
+            .await;
+        bt.wait("B forgets A's routes", |t| t.routes.is_empty())
+            .await;
+        wait_status(&b, "B sees the Cease", |st| {
+            st[0].state != SessionState::Established
+        })
+        .await;
+        a.shutdown(false).await;
+        b.shutdown(false).await;
+    });
+}
+
+#[test]
+fn equal_paths_from_two_origins_are_merged() {
+    in_netns(|| async {
+        let (a_ip, b_ip, c_ip) = (v4(1), v4(2), v4(3));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, _bt) = start(config(b_ip)).await;
+        let (c, _ct) = start(config(c_ip)).await;
+        a.set_peers(vec![peer(a_ip, b_ip), peer(a_ip, c_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        c.set_peers(vec![peer(c_ip, a_ip)]);
+        b.set_local_routes(vec![Route::new(net("10.96.0.0/12"))]);
+        c.set_local_routes(vec![Route::new(net("10.96.0.0/12"))]);
+        at.wait("ECMP over B and C", |t| {
+            t.has("10.96.0.0/12", &[b_ip, c_ip])
+        })
+        .await;
+        c.set_local_routes(vec![]);
+        at.wait("only B left", |t| t.has("10.96.0.0/12", &[b_ip]))
+            .await;
+        // A route we originate ourselves is never reported as learned.
+        a.set_local_routes(vec![Route::new(net("10.96.0.0/12"))]);
+        at.wait("own route hides the learned one", |t| {
+            !t.routes.contains_key(&net("10.96.0.0/12"))
+        })
+        .await;
+        for s in [a, b, c] {
+            s.shutdown(false).await;
+        }
+    });
+}
+
+#[test]
+fn changed_peer_resets_alone_and_password_is_refused() {
+    in_netns(|| async {
+        let (a_ip, b_ip, c_ip) = (v4(1), v4(2), v4(3));
+        let (a, _at) = start(config(a_ip)).await;
+        let (b, _bt) = start(config(b_ip)).await;
+        let (c, _ct) = start(config(c_ip)).await;
+        a.set_peers(vec![peer(a_ip, b_ip), peer(a_ip, c_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        c.set_peers(vec![peer(c_ip, a_ip)]);
+        wait_status(&a, "both up", |st| {
+            established(st, b_ip) && established(st, c_ip)
+        })
+        .await;
+        let since =
+            |st: &[calico_bgp::PeerStatus], ip| st.iter().find(|p| p.address == ip).unwrap().since;
+        let st = a.status().await;
+        let (b_since, c_since) = (since(&st, b_ip), since(&st, c_ip));
+        let mut changed = peer(a_ip, b_ip);
+        changed.hold_time = std::time::Duration::from_secs(90);
+        a.set_peers(vec![changed, peer(a_ip, c_ip)]);
+        wait_status(&a, "B reset and back", |st| {
+            established(st, b_ip) && since(st, b_ip) > b_since
+        })
+        .await;
+        let st = a.status().await;
+        assert_eq!(
+            st.iter().find(|p| p.address == c_ip).unwrap().since,
+            c_since,
+            "C untouched"
+        );
+
+        let mut with_password = peer(a_ip, c_ip);
+        with_password.password = Some("secret".into());
+        a.set_peers(vec![peer(a_ip, b_ip), with_password]);
+        let st = wait_status(&a, "C refused", |st| {
+            st.iter().any(|p| {
+                p.address == c_ip
+                    && p.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("TCP-MD5"))
+            })
+        })
+        .await;
+        assert!(
+            st.iter()
+                .any(|p| p.address == c_ip && p.state == SessionState::Idle)
+        );
+        for s in [a, b, c] {
+            s.shutdown(false).await;
+        }
+    });
+}
