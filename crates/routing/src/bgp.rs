@@ -473,9 +473,18 @@ impl Planner<'_, '_> {
                         ));
                         continue;
                     };
-                    let Some(as_num) = spec.as_number.map(|a| a.0) else {
-                        self.warnings
-                            .push(format!("{what}: peerIP without asNumber, skipped"));
+                    // Without asNumber Calico writes `as 0`; a Calico node's own AS is
+                    // what such a peering can only mean.
+                    let node_as = self
+                        .ix
+                        .nodes
+                        .values()
+                        .find(|n| n.addr(false) == Some(ip) || n.addr(true) == Some(ip))
+                        .map(|n| self.ix.node_as(n));
+                    let Some(as_num) = spec.as_number.map(|a| a.0).or(node_as) else {
+                        self.warnings.push(format!(
+                            "{what}: peerIP {ip} without asNumber is not a Calico node, skipped"
+                        ));
                         continue;
                     };
                     if port == 0
@@ -1025,7 +1034,7 @@ pub fn bgp_plan(
             large_communities,
         });
     }
-    originated.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    originated.sort_by_key(|r| r.prefix);
 
     let blackholes = blocks
         .iter()
