@@ -124,6 +124,11 @@ impl PeerPlan {
     pub fn is_internal(&self) -> bool {
         self.remote_as == self.local_as
     }
+
+    /// An IPv6 session (Calico's `bird6.cfg`).
+    pub fn is_ipv6(&self) -> bool {
+        self.address.is_ipv6()
+    }
 }
 
 /// BIRD's debug level from `logSeverityScreen` (`client.go` `getLogSeverityKVPair`).
@@ -1061,4 +1066,301 @@ pub fn bgp_plan(
         kernel_reject,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NoSecrets;
+    use serde_json::json;
+
+    fn node(
+        name: &str,
+        labels: serde_json::Value,
+        bgp: serde_json::Value,
+    ) -> calico_datastore::model::Node {
+        serde_json::from_value(json!({
+            "kind": "Node", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"bgp": bgp}
+        }))
+        .unwrap()
+    }
+
+    fn peer(name: &str, spec: serde_json::Value) -> BgpPeer {
+        serde_json::from_value(json!({
+            "kind": "BGPPeer", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn config(name: &str, spec: serde_json::Value) -> calico_datastore::model::BgpConfiguration {
+        serde_json::from_value(json!({
+            "kind": "BGPConfiguration", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn plan(view: &ClusterView, node: &str) -> BgpPlan {
+        bgp_plan(view, node, &PlanOptions::default(), &NoSecrets).unwrap()
+    }
+
+    fn names(plan: &BgpPlan) -> Vec<&str> {
+        plan.peers.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// Mirrors bgp_processor.go processMeshPeers: `peerIP > currentNodeIP` on strings.
+    #[test]
+    fn passive_side_is_the_larger_address_as_text() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // As numbers 9 < 10, as text "10.0.0.9" > "10.0.0.10".
+        assert!(is_passive(ip("10.0.0.9"), ip("10.0.0.10")));
+        assert!(!is_passive(ip("10.0.0.10"), ip("10.0.0.9")));
+        assert!(is_passive(ip("2001::104"), ip("2001::103")));
+        assert!(!is_passive(ip("2001::102"), ip("2001::103")));
+        // Exactly one side of every pair is passive.
+        for (a, b) in [("10.0.0.9", "10.0.0.10"), ("192.0.2.100", "192.0.2.99")] {
+            assert_ne!(is_passive(ip(a), ip(b)), is_passive(ip(b), ip(a)));
+        }
+    }
+
+    /// Mirrors buildPeerFromData's names and calicoctl status.go's bgpPeerRegex/bgpTypeMap.
+    #[test]
+    fn peer_names_and_status_labels_follow_calico() {
+        let v4: IpAddr = "10.192.0.3".parse().unwrap();
+        let v6: IpAddr = "fd5f::3".parse().unwrap();
+        assert_eq!(peer_name(PeerKind::Mesh, v4, None), "Mesh_10_192_0_3");
+        assert_eq!(
+            peer_name(PeerKind::Global, v4, Some(150)),
+            "Global_10_192_0_3_port_150"
+        );
+        assert_eq!(
+            peer_name(PeerKind::Global, v4, Some(0)),
+            "Global_10_192_0_3"
+        );
+        assert_eq!(
+            peer_name(PeerKind::NodeSpecific, v6, Some(500)),
+            "Node_fd5f__3_port_500"
+        );
+        for kind in [PeerKind::Mesh, PeerKind::Global, PeerKind::NodeSpecific] {
+            assert_eq!(peer_kind_from_name(&peer_name(kind, v6, None)), Some(kind));
+        }
+        assert_eq!(PeerKind::Mesh.status_label(), "node-to-node mesh");
+        assert_eq!(PeerKind::Global.status_label(), "global");
+        assert_eq!(PeerKind::NodeSpecific.status_label(), "node specific");
+        assert_eq!(peer_kind_from_name("Local_Workload_10_0_0_1"), None);
+        assert_eq!(peer_kind_from_name("Mesh_"), None);
+        assert_eq!(peer_kind_from_name("kernel1"), None);
+    }
+
+    /// Mirrors template util.go HashToIPv4 (confd's mesh/hash golden file: 25.79.212.8).
+    #[test]
+    fn hashed_router_id_matches_calico() {
+        assert_eq!(hash_router_id("kube-master"), Ipv4Addr::new(25, 79, 212, 8));
+        assert!(hash_router_id("any-node").octets()[0] <= 223);
+    }
+
+    /// Mirrors client.go parseIPPort (Go's net.SplitHostPort).
+    #[test]
+    fn peer_ip_with_and_without_port() {
+        assert_eq!(parse_peer_ip("10.0.0.1"), ("10.0.0.1".into(), 0));
+        assert_eq!(parse_peer_ip("10.0.0.1:1790"), ("10.0.0.1".into(), 1790));
+        assert_eq!(parse_peer_ip("[ac13::57]:50"), ("ac13::57".into(), 50));
+        assert_eq!(parse_peer_ip("ac13::57"), ("ac13::57".into(), 0));
+        assert_eq!(parse_peer_ip("10.0.0.1:x"), ("10.0.0.1:x".into(), 0));
+    }
+
+    /// AS precedence: the node's asNumber, else default's, else 64512 (getNodeOrGlobalValue
+    /// "as_num" over the globalDefaults); node.<name> has no asNumber in Calico's v1 keys.
+    #[test]
+    fn local_as_precedence() {
+        let mut view = ClusterView {
+            nodes: vec![
+                node("a", json!({}), json!({"ipv4Address": "10.0.0.1/24"})),
+                node(
+                    "b",
+                    json!({}),
+                    json!({"ipv4Address": "10.0.0.2/24", "asNumber": 65002}),
+                ),
+            ],
+            ..ClusterView::default()
+        };
+        assert_eq!(plan(&view, "a").local_as, 64512);
+        view.bgp_configurations
+            .push(config("default", json!({"asNumber": 64600})));
+        view.bgp_configurations
+            .push(config("node.a", json!({"asNumber": 65099})));
+        let a = plan(&view, "a");
+        assert_eq!(a.local_as, 64600);
+        // The mesh peer's AS is that node's own.
+        assert_eq!(a.peers[0].remote_as, 65002);
+        let b = plan(&view, "b");
+        assert_eq!(b.local_as, 65002);
+        assert_eq!(b.peers[0].remote_as, 64600);
+        assert!(!b.peers[0].is_internal());
+    }
+
+    /// Mirrors updatePeersV1's emit: the first peering for a key wins, and a node-specific
+    /// peering is dropped when a global one has the same address and port.
+    #[test]
+    fn duplicate_peerings_are_dropped_as_calico_does() {
+        let view = ClusterView {
+            nodes: vec![
+                node(
+                    "a",
+                    json!({"rack": "1"}),
+                    json!({"ipv4Address": "10.0.0.1/24"}),
+                ),
+                node(
+                    "b",
+                    json!({"rack": "1"}),
+                    json!({"ipv4Address": "10.0.0.2/24"}),
+                ),
+            ],
+            bgp_configurations: vec![config("default", json!({"nodeToNodeMeshEnabled": false}))],
+            bgp_peers: vec![
+                peer(
+                    "1-global",
+                    json!({"peerIP": "192.0.2.1", "asNumber": 65000}),
+                ),
+                peer(
+                    "2-node",
+                    json!({"node": "a", "peerIP": "192.0.2.1", "asNumber": 65001}),
+                ),
+                peer(
+                    "3-rack",
+                    json!({"nodeSelector": "rack == '1'", "peerIP": "192.0.2.2", "asNumber": 65002, "keepaliveTime": "10s"}),
+                ),
+                peer(
+                    "4-node",
+                    json!({"node": "a", "peerIP": "192.0.2.2", "asNumber": 65003}),
+                ),
+                peer(
+                    "5-port",
+                    json!({"node": "a", "peerIP": "192.0.2.2:1790", "asNumber": 65004}),
+                ),
+            ],
+            ..ClusterView::default()
+        };
+        let a = plan(&view, "a");
+        assert_eq!(
+            names(&a),
+            [
+                "Global_192_0_2_1",
+                "Node_192_0_2_2",
+                "Node_192_0_2_2_port_1790"
+            ]
+        );
+        assert_eq!(a.peers[0].remote_as, 65000);
+        assert_eq!(a.peers[1].resource.as_deref(), Some("3-rack"));
+        assert_eq!(a.peers[1].keepalive_time, Some(10));
+        assert_eq!(a.peers[2].port, 1790);
+        assert_eq!(
+            names(&plan(&view, "b")),
+            ["Global_192_0_2_1", "Node_192_0_2_2"]
+        );
+    }
+
+    /// Mirrors processMeshPeers and the route-reflector rules of buildPeerFromData.
+    #[test]
+    fn route_reflectors_leave_the_mesh_and_take_clients() {
+        let view = ClusterView {
+            nodes: vec![
+                node(
+                    "rr1",
+                    json!({"rr": "true"}),
+                    json!({"ipv4Address": "10.0.0.1/24", "routeReflectorClusterID": "224.0.0.1"}),
+                ),
+                node(
+                    "rr2",
+                    json!({"rr": "true"}),
+                    json!({"ipv4Address": "10.0.0.2/24", "routeReflectorClusterID": "224.0.0.1"}),
+                ),
+                node("c1", json!({}), json!({"ipv4Address": "10.0.0.3/24"})),
+                node("c2", json!({}), json!({"ipv4Address": "10.0.0.4/24"})),
+            ],
+            bgp_peers: vec![peer(
+                "to-rr",
+                json!({"nodeSelector": "all()", "peerSelector": "rr == 'true'"}),
+            )],
+            ..ClusterView::default()
+        };
+        let rr1 = plan(&view, "rr1");
+        assert_eq!(rr1.cluster_id, Some(Ipv4Addr::new(224, 0, 0, 1)));
+        assert_eq!(
+            names(&rr1),
+            ["Node_10_0_0_2", "Node_10_0_0_3", "Node_10_0_0_4"]
+        );
+        // The other reflector of the same cluster is not a client.
+        assert_eq!(
+            rr1.peers.iter().map(|p| p.rr_client).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        // Clients mesh among themselves (mesh is on) and skip the reflectors' mesh.
+        let c1 = plan(&view, "c1");
+        assert_eq!(
+            names(&c1),
+            ["Mesh_10_0_0_4", "Node_10_0_0_1", "Node_10_0_0_2"]
+        );
+        assert!(c1.peers.iter().all(|p| !p.rr_client));
+        // Node-specific sessions between Calico nodes are active on both sides.
+        assert!(c1.peers[1..].iter().all(|p| !p.passive));
+    }
+
+    #[test]
+    fn export_policy_first_match_wins() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let view = ClusterView {
+            nodes: vec![node("a", json!({}), json!({"ipv4Address": "10.0.0.1/24"}))],
+            pools: vec![
+                serde_json::from_value(json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "p"}, "spec": {"cidr": "192.168.0.0/16"}})).unwrap(),
+                serde_json::from_value(json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "q"}, "spec": {"cidr": "172.16.0.0/16", "disableBGPExport": true}})).unwrap(),
+            ],
+            affinities: vec![("a".into(), net("192.168.5.0/26")), ("a".into(), net("172.16.1.0/26"))],
+            ..ClusterView::default()
+        };
+        let a = plan(&view, "a");
+        let d = |s: &str| a.export.decide(&net(s));
+        assert_eq!(d("192.168.5.0/26"), ExportAction::Accept);
+        assert_eq!(d("192.168.5.7/32"), ExportAction::Reject);
+        assert_eq!(d("192.168.9.0/26"), ExportAction::Accept);
+        assert_eq!(d("172.16.1.0/26"), ExportAction::Reject);
+        assert_eq!(d("10.9.0.0/24"), ExportAction::Reject);
+        // A block in a disableBGPExport pool is neither originated nor exported, but blackholed.
+        assert_eq!(
+            a.originated.iter().map(|r| r.prefix).collect::<Vec<_>>(),
+            [net("192.168.5.0/26")]
+        );
+        assert_eq!(a.blackholes, [net("172.16.1.0/26"), net("192.168.5.0/26")]);
+    }
+
+    #[test]
+    fn router_id_options() {
+        let view = ClusterView {
+            nodes: vec![node(
+                "v6only",
+                json!({}),
+                json!({"ipv6Address": "fd00::1/64"}),
+            )],
+            ..ClusterView::default()
+        };
+        let opts = |r: Option<&str>| PlanOptions {
+            router_id: r.map(String::from),
+            ..PlanOptions::default()
+        };
+        let id = |r| bgp_plan(&view, "v6only", &opts(r), &NoSecrets).map(|p| p.router_id);
+        assert_eq!(id(None), Ok(hash_router_id("v6only")));
+        assert_eq!(id(Some("hash")), Ok(hash_router_id("v6only")));
+        assert_eq!(id(Some("10.10.10.10")), Ok(Ipv4Addr::new(10, 10, 10, 10)));
+        assert_eq!(
+            id(Some("fd00::1")),
+            Err(PlanError::InvalidRouterId("fd00::1".into()))
+        );
+        assert_eq!(
+            bgp_plan(&view, "missing", &opts(None), &NoSecrets),
+            Err(PlanError::UnknownNode("missing".into()))
+        );
+    }
 }

@@ -131,3 +131,104 @@ fn service_reject_cidrs(ix: &Indexed<'_>, opts: &PlanOptions) -> Vec<IpNet> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn view(global: serde_json::Value) -> ClusterView {
+        ClusterView {
+            nodes: vec![
+                serde_json::from_value(json!({"kind": "Node", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "a"}, "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}}}))
+                .unwrap(),
+            ],
+            bgp_configurations: vec![
+                serde_json::from_value(json!({"kind": "BGPConfiguration", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "default"}, "spec": global}))
+                .unwrap(),
+            ],
+            pools: vec![
+                serde_json::from_value(json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "p"}, "spec": {"cidr": "192.168.0.0/16", "ipipMode": "CrossSubnet"}}))
+                .unwrap(),
+                serde_json::from_value(json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "v6"}, "spec": {"cidr": "fd00:1::/64", "ipipMode": "Always"}}))
+                .unwrap(),
+            ],
+            ..ClusterView::default()
+        }
+    }
+
+    fn learned(pairs: &[(&str, &[&str])]) -> BTreeMap<IpNet, Vec<IpAddr>> {
+        pairs
+            .iter()
+            .map(|(d, v)| {
+                (
+                    d.parse().unwrap(),
+                    v.iter().map(|h| h.parse().unwrap()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Mirrors processIPPool (CrossSubnet `bgp_next_hop ~ <local subnet>`, no IPIP in IPv6)
+    /// and bird_ipam.cfg's `/rejectcidrs`.
+    #[test]
+    fn cross_subnet_service_ranges_and_ipv6() {
+        let v = view(json!({"serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]}));
+        let routes = kernel_routes(
+            &v,
+            "a",
+            &PlanOptions::default(),
+            &learned(&[
+                ("192.168.1.0/26", &["10.0.0.2"]),
+                ("192.168.2.0/26", &["10.0.9.2"]),
+                ("192.168.3.0/26", &["10.0.9.2"]),
+                ("10.96.0.0/12", &["10.0.0.2"]),
+                ("fd00:1::40/122", &["fd00::2"]),
+            ]),
+            &["10.0.9.0/24".parse().unwrap()],
+        );
+        let shown: Vec<String> = routes.iter().map(crate::render::render_route).collect();
+        assert_eq!(
+            shown,
+            [
+                "192.168.1.0/26 via 10.0.0.2",
+                "192.168.2.0/26 via 10.0.9.2",
+                "192.168.3.0/26 via 10.0.9.2",
+                "fd00:1::40/122 via fd00::2",
+            ]
+        );
+        let shown: Vec<String> = kernel_routes(
+            &v,
+            "a",
+            &PlanOptions::default(),
+            &learned(&[("192.168.2.0/26", &["10.0.9.2"])]),
+            &[],
+        )
+        .iter()
+        .map(crate::render::render_route)
+        .collect();
+        assert_eq!(shown, ["192.168.2.0/26 via 10.0.9.2 dev tunl0 onlink"]);
+    }
+
+    /// Mirrors processIPPool with `programClusterRoutes: Disabled`: Felix owns pool routes.
+    #[test]
+    fn felix_owned_cluster_routes_are_left_out() {
+        let v = view(json!({"programClusterRoutes": "Disabled"}));
+        let routes = kernel_routes(
+            &v,
+            "a",
+            &PlanOptions::default(),
+            &learned(&[
+                ("192.168.1.0/26", &["10.0.0.2"]),
+                ("172.16.0.0/24", &["10.0.0.2"]),
+            ]),
+            &[],
+        );
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].dst, "172.16.0.0/24".parse::<IpNet>().unwrap());
+    }
+}

@@ -26,6 +26,44 @@
 //! the layout of a Kubernetes Secret mounted as a volume, trailing newline not stripped
 //! (as a mounted Secret). A reference that does not resolve leaves the peer without a
 //! password and adds a warning to the plan, as confd does.
+//!
+//! # Differences from Calico (release-v3.32)
+//! - Mesh peers without their own `asNumber` get the global AS, as Calico's templates did up
+//!   to v3.31; v3.32's `processMeshPeers` gives them this node's AS (a session that cannot
+//!   come up when only this node has its own AS).
+//! - BGPPeers are taken in name order; Go iterates a map, so which of two peerings with the
+//!   same key wins is random in Calico and fixed here.
+//! - `peerIP` with a port matches a Calico node (reverse peering, port lookup) when the
+//!   node's effective `listenPort` (its own, else the global one) equals it; Calico's
+//!   `nodesWithIPPortAndAS` can reject a node whose own port matches when a different
+//!   global port is set.
+//! - `peerIP` without `asNumber` takes the AS of the Calico node with that address; Calico
+//!   writes `as 0`. Other such peers are skipped with a warning.
+//! - No IPv4 address and no `CALICO_ROUTER_ID`: the router id is the name hash (Calico
+//!   writes an empty `router id`, which BIRD refuses).
+//! - /32 (/128) blocks are originated unconditionally; BIRD exports them only while the
+//!   workload's kernel route exists.
+//! - A node's `prefixAdvertisements` replace the global ones when non-empty (Calico: when
+//!   the field is present, even empty). Standard communities with a part above 65535 are
+//!   skipped with a warning (Calico hands them to BIRD, which refuses the configuration).
+//! - [`kernel_routes`] applies the pool rules also when the node has no IPv4 network
+//!   (Calico then leaves the IPv4 pool statements out), and `CrossSubnet` counts the
+//!   caller's local subnets as well as the node's `ipv4Address` network.
+//!
+//! # Not computed (yet)
+//! BGPFilter resources (names are passed through on [`PeerPlan::filters`]);
+//! `localWorkloadSelector` peers (`Local_Workload_*`); per-Service advertisement (confd's
+//! route generator: single external/LB IPs of Services with local endpoints); elevated
+//! priority more-specific routes (`krt_metric < normalRoutePriority`) and the import
+//! preference for live migration; `ignoredInterfaces`; the `reachableBy` static route (the
+//! gateway is on [`PeerPlan::reachable_by`]); WireGuard next hops; IPv6 VXLAN; Felix's
+//! routes for remote tunnel /32s and borrowed addresses.
+//!
+//! # For the speaker
+//! Node-specific sessions between Calico nodes (`peerSelector`, reverse peering) are active
+//! on both sides, as in Calico: connection collisions (RFC 4271 §6.8) must be resolved.
+//! iBGP split horizon (no learned iBGP route to another iBGP peer unless it is a route
+//! reflector client) is the speaker's rule; [`ExportPolicy`] is Calico's filter on top.
 
 pub mod bgp;
 pub mod kernel;
