@@ -10,7 +10,7 @@
 //!   export policy for learned routes.
 //! - [`kernel_routes`]: which BGP-learned routes go into the kernel and how (Calico's
 //!   `calico_kernel_programming` filter: IPIP `tunl0 onlink`, plain, or left to VXLAN).
-//! - [`vxlan_plan`]: the local VTEP, remote VTEPs with their ARP/FDB entries and the routes
+//! - [`vxlan_plan`] / [`vxlan_plan_v6`]: the local VTEP, remote VTEPs with their ARP/FDB entries and the routes
 //!   `<block> via <VTEP> dev vxlan.calico onlink`.
 //! - [`PeerKind::status_label`] / [`peer_kind_from_name`]: `calicoctl node status`'s PEER TYPE.
 //!
@@ -56,7 +56,7 @@
 //! route generator: single external/LB IPs of Services with local endpoints); elevated
 //! priority more-specific routes (`krt_metric < normalRoutePriority`) and the import
 //! preference for live migration; `ignoredInterfaces`; the `reachableBy` static route (the
-//! gateway is on [`PeerPlan::reachable_by`]); WireGuard next hops; IPv6 VXLAN; Felix's
+//! gateway is on [`PeerPlan::reachable_by`]); WireGuard next hops; Felix's
 //! routes for remote tunnel /32s and borrowed addresses.
 //!
 //! # For the speaker
@@ -77,7 +77,10 @@ pub use bgp::{
 };
 pub use kernel::{KernelRoute, kernel_routes};
 pub use view::{ClusterView, PlanOptions};
-pub use vxlan::{LocalVtep, RemoteVtep, VXLAN_DEVICE, VxlanPlan, vtep_mac_for_node, vxlan_plan};
+pub use vxlan::{
+    LocalVtep, RemoteVtep, VXLAN_DEVICE, VXLAN_DEVICE_V6, VxlanPlan, vtep_mac_for_node, vxlan_plan,
+    vxlan_plan_v6,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

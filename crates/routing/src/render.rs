@@ -176,7 +176,7 @@ pub fn render_route(r: &KernelRoute) -> String {
 
 /// The VXLAN plan as text.
 pub fn render_vxlan(plan: &VxlanPlan) -> String {
-    let mut out = String::new();
+    let mut out = format!("device {}\n", plan.device);
     match &plan.local {
         Some(l) => writeln!(
             out,
@@ -202,7 +202,7 @@ pub fn render_vxlan(plan: &VxlanPlan) -> String {
             }
         )
         .ok();
-        writeln!(out, "arp {} lladdr {}", r.tunnel_addr, r.mac).ok();
+        writeln!(out, "neigh {} lladdr {}", r.tunnel_addr, r.mac).ok();
         writeln!(out, "fdb {} dst {}", r.mac, r.parent_addr).ok();
     }
     for r in &plan.routes {
