@@ -229,6 +229,9 @@ pub struct BgpPlan {
     pub originated: Vec<OriginatedRoute>,
     /// Blackhole routes for this node's blocks, except /32 and /128 blocks.
     pub blackholes: Vec<IpNet>,
+    /// `reachableBy`: `<peer>/32 via <gateway>` for the kernel, so the session does not
+    /// follow BGP-learned routes (`bird_aggr.cfg`'s static routes for peers). Sorted.
+    pub peer_routes: Vec<crate::KernelRoute>,
     pub community_rules: Vec<CommunityRule>,
     pub export: ExportPolicy,
     /// Prefixes never programmed into the kernel from BGP (`/rejectcidrs`: the service ranges).
@@ -1047,6 +1050,20 @@ pub fn bgp_plan(
         .filter(|b| !is_single_address(b))
         .collect();
 
+    let mut peer_routes: Vec<crate::KernelRoute> = peers
+        .iter()
+        .filter_map(|p| {
+            p.reachable_by.map(|gw| crate::KernelRoute {
+                dst: IpNet::from(p.address),
+                next_hops: vec![gw],
+                device: None,
+                onlink: false,
+            })
+        })
+        .collect();
+    peer_routes.sort();
+    peer_routes.dedup();
+
     Ok(BgpPlan {
         node: node.to_string(),
         router_id,
@@ -1061,6 +1078,7 @@ pub fn bgp_plan(
         peers,
         originated,
         blackholes,
+        peer_routes,
         community_rules,
         export,
         kernel_reject,

@@ -55,8 +55,7 @@
 //! `localWorkloadSelector` peers (`Local_Workload_*`); per-Service advertisement (confd's
 //! route generator: single external/LB IPs of Services with local endpoints); elevated
 //! priority more-specific routes (`krt_metric < normalRoutePriority`) and the import
-//! preference for live migration; `ignoredInterfaces`; the `reachableBy` static route (the
-//! gateway is on [`PeerPlan::reachable_by`]); WireGuard next hops; Felix's
+//! preference for live migration; `ignoredInterfaces`; WireGuard next hops; Felix's
 //! routes for remote tunnel /32s and borrowed addresses.
 //!
 //! # For the speaker

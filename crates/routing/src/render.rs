@@ -125,6 +125,9 @@ pub fn render_bgp(plan: &BgpPlan) -> String {
     for b in &plan.blackholes {
         writeln!(out, "blackhole {b}").ok();
     }
+    for r in &plan.peer_routes {
+        writeln!(out, "peer-route {}", render_route(r)).ok();
+    }
     for r in &plan.community_rules {
         writeln!(
             out,
