@@ -1381,4 +1381,44 @@ mod tests {
             Err(PlanError::UnknownNode("missing".into()))
         );
     }
+
+    #[test]
+    fn a_thousand_node_mesh_plans_every_other_node() {
+        let nodes = (0..1000u32)
+            .map(|i| {
+                let n = i + 1;
+                let ip = format!("10.{}.{}.{}/8", n / 65536, (n / 256) % 256, n % 256);
+                node(&format!("n{i}"), json!({}), json!({"ipv4Address": ip}))
+            })
+            .collect();
+        let affinities = (0..1000u32)
+            .map(|i| {
+                let block = format!("172.{}.{}.0/26", 16 + i / 256, i % 256);
+                (format!("n{i}"), block.parse().unwrap())
+            })
+            .collect();
+        let view = ClusterView {
+            nodes,
+            affinities,
+            ..ClusterView::default()
+        };
+        let p = plan(&view, "n500");
+        assert_eq!(p.peers.len(), 999);
+        assert_eq!(p.originated.len(), 1);
+        // Exactly one side of each session connects.
+        let passive = p.peers.iter().filter(|p| p.passive).count();
+        let other = plan(&view, "n7");
+        assert!(passive > 0 && passive < 999);
+        let a = p
+            .peers
+            .iter()
+            .find(|x| x.address == other.node_ipv4.unwrap())
+            .unwrap();
+        let b = other
+            .peers
+            .iter()
+            .find(|x| x.address == p.node_ipv4.unwrap())
+            .unwrap();
+        assert_ne!(a.passive, b.passive);
+    }
 }

@@ -26,7 +26,8 @@ pub struct ClusterView {
 pub struct PlanOptions {
     /// `CALICO_ROUTER_ID`: an IPv4 address, or `hash` (derived from the node name).
     pub router_id: Option<String>,
-    /// `CALICO_ADVERTISE_CLUSTER_IPS`: overrides `serviceClusterIPs` when set.
+    /// `CALICO_ADVERTISE_CLUSTER_IPS` (one CIDR, as Calico reads it): replaces
+    /// `serviceClusterIPs` when set.
     pub advertise_cluster_ips: Option<Vec<IpNet>>,
 }
 
