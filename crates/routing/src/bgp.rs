@@ -1,7 +1,23 @@
 //! The BGP plan of one node: what confd writes into `bird.cfg`/`bird6.cfg` (release-v3.32
 //! `bgp_processor.go` `GetBirdBGPConfig`, with the peerings of `client.go` `updatePeersV1`)
 //! and what `bird_aggr.cfg`/`bird_ipam.cfg` originate, blackhole and export.
-
+//!
+//! Calico's rules, as read in its source:
+//! - A `node.<name>` BGPConfiguration is honoured for `listenPort`, `logSeverityScreen` and
+//!   `prefixAdvertisements` (with its own `communities`) only (`updateBGPConfigCache`); the
+//!   AS is the Node's `spec.bgp.asNumber`, else `default`'s `asNumber`, else 64512.
+//!   `bindMode`, the mesh settings and the service ranges are global only.
+//! - Originated: every confirmed affine block of the node, whatever pool it is in (pool
+//!   `disabled` does not matter), except blocks inside a `disableBGPExport` pool (the export
+//!   filter rejects those first); plus the service ranges: every `serviceClusterIPs` CIDR,
+//!   `serviceExternalIPs` and (with `serviceLoadBalancerAggregation` not `Disabled`)
+//!   `serviceLoadBalancerIPs` CIDRs other than single addresses, from every node not
+//!   labelled `node.kubernetes.io/exclude-from-external-load-balancers=true`. A route
+//!   reflector also re-exports anything inside the load-balancer ranges.
+//! - Those service ranges are never programmed into the kernel from BGP (`/rejectcidrs`),
+//!   on excluded nodes too.
+//! - Blackholes: every affine block but /32 (/128) blocks; service ranges get none in the
+//!   kernel (BIRD's static blackholes for them are rejected by the kernel filter).
 use crate::view::{ClusterView, Indexed, NodeInfo, PlanOptions};
 use crate::{PlanError, SecretSource};
 use calico_datastore::model::BgpPeer;
