@@ -24,8 +24,10 @@
 //! [`SecretSource`]; the convention is a file [`secret_file_path`]`(root, name, key)` =
 //! `<root>/<name>/<key>` with `root` = [`DEFAULT_SECRETS_DIR`] (`/etc/calico/bgp-secrets`),
 //! the layout of a Kubernetes Secret mounted as a volume, trailing newline not stripped
-//! (as a mounted Secret). A reference that does not resolve leaves the peer without a
-//! password and adds a warning to the plan, as confd does.
+//! (as a mounted Secret). Where a file is unwanted, the environment variable
+//! [`secret_env_var`]`(name, key)` (`CALICO_BGP_SECRET_<NAME>_<KEY>`, upper case, other
+//! characters as `_`) is the fallback. A reference that does not resolve leaves the peer
+//! without a password and adds a warning to the plan, as confd does.
 //!
 //! # Differences from Calico (release-v3.32)
 //! - Mesh peers without their own `asNumber` get the global AS, as Calico's templates did up
@@ -97,6 +99,24 @@ pub fn secret_file_path(root: &Path, name: &str, key: &str) -> Option<PathBuf> {
     (safe(name) && safe(key)).then(|| root.join(name).join(key))
 }
 
+/// The environment variable holding key `key` of secret `name`:
+/// `CALICO_BGP_SECRET_<NAME>_<KEY>`, upper case, every character other than `A-Z0-9` as `_`
+/// (`my-secrets-1`/`a` → `CALICO_BGP_SECRET_MY_SECRETS_1_A`).
+pub fn secret_env_var(name: &str, key: &str) -> String {
+    let part = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("CALICO_BGP_SECRET_{}_{}", part(name), part(key))
+}
+
 /// Resolves a BGP password's `secretKeyRef`. calico-node implements it with files (see the
 /// crate doc) or the environment; tests with a map.
 pub trait SecretSource {
@@ -152,5 +172,9 @@ mod tests {
         assert_eq!(secret_file_path(root, "..", "x"), None);
         assert_eq!(secret_file_path(root, "a/b", "x"), None);
         assert_eq!(secret_file_path(root, "a", ""), None);
+        assert_eq!(
+            secret_env_var("my-secrets-1", "a"),
+            "CALICO_BGP_SECRET_MY_SECRETS_1_A"
+        );
     }
 }
