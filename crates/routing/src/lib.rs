@@ -73,8 +73,9 @@ pub mod view;
 pub mod vxlan;
 
 pub use bgp::{
-    BgpPlan, CommunityRule, ExportAction, ExportPolicy, ExportRule, LogLevel, NextHopMode,
-    OriginSource, OriginatedRoute, PeerKind, PeerPlan, bgp_plan, peer_kind_from_name,
+    BGP_PORT, BgpPlan, CommunityRule, ExportAction, ExportPolicy, ExportRule, LogLevel,
+    NextHopMode, OriginSource, OriginatedRoute, PeerKind, PeerPlan, bgp_plan, hash_router_id,
+    is_passive, peer_kind_from_name, peer_name,
 };
 pub use kernel::{KernelRoute, kernel_routes};
 pub use view::{ClusterView, PlanOptions};
