@@ -1,0 +1,234 @@
+//! Which BGP-learned routes go into the kernel, and how: Calico's `calico_kernel_programming`
+//! filter (`bird_ipam.cfg.template`, statements from `bgp_processor.go` `processIPPool`).
+//!
+//! - service ranges (`/rejectcidrs`) → none;
+//! - prefixes in VXLAN pools → none (the VXLAN manager, [`crate::vxlan_plan`], does them);
+//! - `programClusterRoutes: Disabled` → no route inside any pool (Felix owns them);
+//! - IPIP `Always` → `via <gw> dev tunl0 onlink`; `CrossSubnet` → the same when the gateway is
+//!   outside the local subnets, else a plain route; IPv6 pools have no IPIP;
+//! - no-encap pools and anything outside the pools → `via <gw>` (ECMP: every best next hop).
+//!
+//! A learned route for one of this node's own blocks loses to the block's blackhole (BIRD's
+//! static routes have a higher preference than BGP), so it is left out.
+
+use crate::IPIP_DEVICE;
+use crate::view::{ClusterView, Encap, Indexed, PlanOptions};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// A route to program: `dst via next_hops[..] [dev device] [onlink]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelRoute {
+    pub dst: IpNet,
+    /// Gateways, sorted; more than one is an ECMP route.
+    pub next_hops: Vec<IpAddr>,
+    /// `Some("tunl0")`/`Some("vxlan.calico")`; `None` = the kernel picks the device by the
+    /// gateway.
+    pub device: Option<String>,
+    pub onlink: bool,
+}
+
+/// The kernel routes for `learned` (prefix → best next hops from BGP) on `node`.
+/// `local_subnets` are the subnets of the node's interfaces; the node's own BGP address
+/// network (`ipv4Address`'s CIDR, what Calico uses) always counts as local.
+pub fn kernel_routes(
+    view: &ClusterView,
+    node: &str,
+    opts: &PlanOptions,
+    learned: &BTreeMap<IpNet, Vec<IpAddr>>,
+    local_subnets: &[IpNet],
+) -> Vec<KernelRoute> {
+    let ix = Indexed::new(view);
+    let me = ix.nodes.get(node);
+    let mut local: Vec<IpNet> = local_subnets.to_vec();
+    if let Some(me) = me {
+        local.extend(me.ipv4.map(|a| a.network));
+        local.extend(me.ipv6.map(|a| a.network));
+    }
+    let own_blocks = ix.blocks_of(node);
+    let reject = service_reject_cidrs(&ix, opts);
+    let felix_owns_cluster_routes =
+        ix.global.and_then(|g| g.program_cluster_routes.as_deref()) == Some("Disabled");
+
+    let mut out = Vec::new();
+    for (dst, hops) in learned {
+        let dst = dst.trunc();
+        let mut next_hops = hops.clone();
+        next_hops.sort();
+        next_hops.dedup();
+        if next_hops.is_empty()
+            || reject.iter().any(|r| r.contains(&dst))
+            || own_blocks.iter().any(|b| !b_is_single(b) && *b == dst)
+        {
+            continue;
+        }
+        let plain = KernelRoute {
+            dst,
+            next_hops: next_hops.clone(),
+            device: None,
+            onlink: false,
+        };
+        let Some(pool) = ix.pool_of(&dst) else {
+            out.push(plain);
+            continue;
+        };
+        if pool.vxlan.is_on() || felix_owns_cluster_routes {
+            continue;
+        }
+        let tunnel = match pool.ipip {
+            _ if dst.addr().is_ipv6() => false,
+            Encap::Always => true,
+            // BIRD tests `bgp_next_hop`, the first next hop.
+            Encap::CrossSubnet => !local.iter().any(|s| s.contains(&next_hops[0])),
+            Encap::Never => false,
+        };
+        if tunnel {
+            out.push(KernelRoute {
+                dst,
+                next_hops,
+                device: Some(IPIP_DEVICE.to_string()),
+                onlink: true,
+            });
+        } else {
+            out.push(plain);
+        }
+    }
+    out
+}
+
+fn b_is_single(b: &IpNet) -> bool {
+    b.prefix_len() == b.max_prefix_len()
+}
+
+/// `/rejectcidrs`: the global service ranges as `client.go` `updateGlobalRoutes` records them
+/// (cluster IPs; external and load-balancer ranges other than single addresses).
+fn service_reject_cidrs(ix: &Indexed<'_>, opts: &PlanOptions) -> Vec<IpNet> {
+    let Some(global) = ix.global else {
+        return opts.advertise_cluster_ips.clone().unwrap_or_default();
+    };
+    let parse = |list: &[calico_datastore::model::CidrBlock]| -> Vec<IpNet> {
+        list.iter()
+            .filter_map(|b| b.cidr.trim().parse::<IpNet>().ok())
+            .map(|n| n.trunc())
+            .collect()
+    };
+    let mut out = match &opts.advertise_cluster_ips {
+        Some(list) => list.clone(),
+        None => parse(&global.service_cluster_ips),
+    };
+    out.extend(
+        parse(&global.service_external_ips)
+            .into_iter()
+            .filter(|n| !b_is_single(n)),
+    );
+    if global.service_load_balancer_aggregation.as_deref() != Some("Disabled") {
+        out.extend(
+            parse(&global.service_load_balancer_ips)
+                .into_iter()
+                .filter(|n| !b_is_single(n)),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn view(global: serde_json::Value) -> ClusterView {
+        ClusterView {
+            nodes: vec![
+                serde_json::from_value(json!({"kind": "Node", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "a"}, "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}}}))
+                .unwrap(),
+            ],
+            bgp_configurations: vec![
+                serde_json::from_value(json!({"kind": "BGPConfiguration", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "default"}, "spec": global}))
+                .unwrap(),
+            ],
+            pools: vec![
+                serde_json::from_value(json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "p"}, "spec": {"cidr": "192.168.0.0/16", "ipipMode": "CrossSubnet"}}))
+                .unwrap(),
+                serde_json::from_value(json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                    "metadata": {"name": "v6"}, "spec": {"cidr": "fd00:1::/64", "ipipMode": "Always"}}))
+                .unwrap(),
+            ],
+            ..ClusterView::default()
+        }
+    }
+
+    fn learned(pairs: &[(&str, &[&str])]) -> BTreeMap<IpNet, Vec<IpAddr>> {
+        pairs
+            .iter()
+            .map(|(d, v)| {
+                (
+                    d.parse().unwrap(),
+                    v.iter().map(|h| h.parse().unwrap()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Mirrors processIPPool (CrossSubnet `bgp_next_hop ~ <local subnet>`, no IPIP in IPv6)
+    /// and bird_ipam.cfg's `/rejectcidrs`.
+    #[test]
+    fn cross_subnet_service_ranges_and_ipv6() {
+        let v = view(json!({"serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]}));
+        let routes = kernel_routes(
+            &v,
+            "a",
+            &PlanOptions::default(),
+            &learned(&[
+                ("192.168.1.0/26", &["10.0.0.2"]),
+                ("192.168.2.0/26", &["10.0.9.2"]),
+                ("192.168.3.0/26", &["10.0.9.2"]),
+                ("10.96.0.0/12", &["10.0.0.2"]),
+                ("fd00:1::40/122", &["fd00::2"]),
+            ]),
+            &["10.0.9.0/24".parse().unwrap()],
+        );
+        let shown: Vec<String> = routes.iter().map(crate::render::render_route).collect();
+        assert_eq!(
+            shown,
+            [
+                "192.168.1.0/26 via 10.0.0.2",
+                "192.168.2.0/26 via 10.0.9.2",
+                "192.168.3.0/26 via 10.0.9.2",
+                "fd00:1::40/122 via fd00::2",
+            ]
+        );
+        let shown: Vec<String> = kernel_routes(
+            &v,
+            "a",
+            &PlanOptions::default(),
+            &learned(&[("192.168.2.0/26", &["10.0.9.2"])]),
+            &[],
+        )
+        .iter()
+        .map(crate::render::render_route)
+        .collect();
+        assert_eq!(shown, ["192.168.2.0/26 via 10.0.9.2 dev tunl0 onlink"]);
+    }
+
+    /// Mirrors processIPPool with `programClusterRoutes: Disabled`: Felix owns pool routes.
+    #[test]
+    fn felix_owned_cluster_routes_are_left_out() {
+        let v = view(json!({"programClusterRoutes": "Disabled"}));
+        let routes = kernel_routes(
+            &v,
+            "a",
+            &PlanOptions::default(),
+            &learned(&[
+                ("192.168.1.0/26", &["10.0.0.2"]),
+                ("172.16.0.0/24", &["10.0.0.2"]),
+            ]),
+            &[],
+        );
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].dst, "172.16.0.0/24".parse::<IpNet>().unwrap());
+    }
+}
