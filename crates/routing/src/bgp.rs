@@ -1,7 +1,23 @@
 //! The BGP plan of one node: what confd writes into `bird.cfg`/`bird6.cfg` (release-v3.32
 //! `bgp_processor.go` `GetBirdBGPConfig`, with the peerings of `client.go` `updatePeersV1`)
 //! and what `bird_aggr.cfg`/`bird_ipam.cfg` originate, blackhole and export.
-
+//!
+//! Calico's rules, as read in its source:
+//! - A `node.<name>` BGPConfiguration is honoured for `listenPort`, `logSeverityScreen` and
+//!   `prefixAdvertisements` (with its own `communities`) only (`updateBGPConfigCache`); the
+//!   AS is the Node's `spec.bgp.asNumber`, else `default`'s `asNumber`, else 64512.
+//!   `bindMode`, the mesh settings and the service ranges are global only.
+//! - Originated: every confirmed affine block of the node, whatever pool it is in (pool
+//!   `disabled` does not matter), except blocks inside a `disableBGPExport` pool (the export
+//!   filter rejects those first); plus the service ranges: every `serviceClusterIPs` CIDR,
+//!   `serviceExternalIPs` and (with `serviceLoadBalancerAggregation` not `Disabled`)
+//!   `serviceLoadBalancerIPs` CIDRs other than single addresses, from every node not
+//!   labelled `node.kubernetes.io/exclude-from-external-load-balancers=true`. A route
+//!   reflector also re-exports anything inside the load-balancer ranges.
+//! - Those service ranges are never programmed into the kernel from BGP (`/rejectcidrs`),
+//!   on excluded nodes too.
+//! - Blackholes: every affine block but /32 (/128) blocks; service ranges get none in the
+//!   kernel (BIRD's static blackholes for them are rejected by the kernel filter).
 use crate::view::{ClusterView, Indexed, NodeInfo, PlanOptions};
 use crate::{PlanError, SecretSource};
 use calico_datastore::model::BgpPeer;
@@ -229,6 +245,9 @@ pub struct BgpPlan {
     pub originated: Vec<OriginatedRoute>,
     /// Blackhole routes for this node's blocks, except /32 and /128 blocks.
     pub blackholes: Vec<IpNet>,
+    /// `reachableBy`: `<peer>/32 via <gateway>` for the kernel, so the session does not
+    /// follow BGP-learned routes (`bird_aggr.cfg`'s static routes for peers). Sorted.
+    pub peer_routes: Vec<crate::KernelRoute>,
     pub community_rules: Vec<CommunityRule>,
     pub export: ExportPolicy,
     /// Prefixes never programmed into the kernel from BGP (`/rejectcidrs`: the service ranges).
@@ -1047,6 +1066,20 @@ pub fn bgp_plan(
         .filter(|b| !is_single_address(b))
         .collect();
 
+    let mut peer_routes: Vec<crate::KernelRoute> = peers
+        .iter()
+        .filter_map(|p| {
+            p.reachable_by.map(|gw| crate::KernelRoute {
+                dst: IpNet::from(p.address),
+                next_hops: vec![gw],
+                device: None,
+                onlink: false,
+            })
+        })
+        .collect();
+    peer_routes.sort();
+    peer_routes.dedup();
+
     Ok(BgpPlan {
         node: node.to_string(),
         router_id,
@@ -1061,6 +1094,7 @@ pub fn bgp_plan(
         peers,
         originated,
         blackholes,
+        peer_routes,
         community_rules,
         export,
         kernel_reject,
@@ -1362,5 +1396,45 @@ mod tests {
             bgp_plan(&view, "missing", &opts(None), &NoSecrets),
             Err(PlanError::UnknownNode("missing".into()))
         );
+    }
+
+    #[test]
+    fn a_thousand_node_mesh_plans_every_other_node() {
+        let nodes = (0..1000u32)
+            .map(|i| {
+                let n = i + 1;
+                let ip = format!("10.{}.{}.{}/8", n / 65536, (n / 256) % 256, n % 256);
+                node(&format!("n{i}"), json!({}), json!({"ipv4Address": ip}))
+            })
+            .collect();
+        let affinities = (0..1000u32)
+            .map(|i| {
+                let block = format!("172.{}.{}.0/26", 16 + i / 256, i % 256);
+                (format!("n{i}"), block.parse().unwrap())
+            })
+            .collect();
+        let view = ClusterView {
+            nodes,
+            affinities,
+            ..ClusterView::default()
+        };
+        let p = plan(&view, "n500");
+        assert_eq!(p.peers.len(), 999);
+        assert_eq!(p.originated.len(), 1);
+        // Exactly one side of each session connects.
+        let passive = p.peers.iter().filter(|p| p.passive).count();
+        let other = plan(&view, "n7");
+        assert!(passive > 0 && passive < 999);
+        let a = p
+            .peers
+            .iter()
+            .find(|x| x.address == other.node_ipv4.unwrap())
+            .unwrap();
+        let b = other
+            .peers
+            .iter()
+            .find(|x| x.address == p.node_ipv4.unwrap())
+            .unwrap();
+        assert_ne!(a.passive, b.passive);
     }
 }

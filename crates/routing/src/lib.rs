@@ -10,7 +10,7 @@
 //!   export policy for learned routes.
 //! - [`kernel_routes`]: which BGP-learned routes go into the kernel and how (Calico's
 //!   `calico_kernel_programming` filter: IPIP `tunl0 onlink`, plain, or left to VXLAN).
-//! - [`vxlan_plan`]: the local VTEP, remote VTEPs with their ARP/FDB entries and the routes
+//! - [`vxlan_plan`] / [`vxlan_plan_v6`]: the local VTEP, remote VTEPs with their ARP/FDB entries and the routes
 //!   `<block> via <VTEP> dev vxlan.calico onlink`.
 //! - [`PeerKind::status_label`] / [`peer_kind_from_name`]: `calicoctl node status`'s PEER TYPE.
 //!
@@ -24,8 +24,10 @@
 //! [`SecretSource`]; the convention is a file [`secret_file_path`]`(root, name, key)` =
 //! `<root>/<name>/<key>` with `root` = [`DEFAULT_SECRETS_DIR`] (`/etc/calico/bgp-secrets`),
 //! the layout of a Kubernetes Secret mounted as a volume, trailing newline not stripped
-//! (as a mounted Secret). A reference that does not resolve leaves the peer without a
-//! password and adds a warning to the plan, as confd does.
+//! (as a mounted Secret). Where a file is unwanted, the environment variable
+//! [`secret_env_var`]`(name, key)` (`CALICO_BGP_SECRET_<NAME>_<KEY>`, upper case, other
+//! characters as `_`) is the fallback. A reference that does not resolve leaves the peer
+//! without a password and adds a warning to the plan, as confd does.
 //!
 //! # Differences from Calico (release-v3.32)
 //! - Mesh peers without their own `asNumber` get the global AS, as Calico's templates did up
@@ -55,8 +57,7 @@
 //! `localWorkloadSelector` peers (`Local_Workload_*`); per-Service advertisement (confd's
 //! route generator: single external/LB IPs of Services with local endpoints); elevated
 //! priority more-specific routes (`krt_metric < normalRoutePriority`) and the import
-//! preference for live migration; `ignoredInterfaces`; the `reachableBy` static route (the
-//! gateway is on [`PeerPlan::reachable_by`]); WireGuard next hops; IPv6 VXLAN; Felix's
+//! preference for live migration; `ignoredInterfaces`; WireGuard next hops; Felix's
 //! routes for remote tunnel /32s and borrowed addresses.
 //!
 //! # For the speaker
@@ -72,12 +73,16 @@ pub mod view;
 pub mod vxlan;
 
 pub use bgp::{
-    BgpPlan, CommunityRule, ExportAction, ExportPolicy, ExportRule, LogLevel, NextHopMode,
-    OriginSource, OriginatedRoute, PeerKind, PeerPlan, bgp_plan, peer_kind_from_name,
+    BGP_PORT, BgpPlan, CommunityRule, ExportAction, ExportPolicy, ExportRule, LogLevel,
+    NextHopMode, OriginSource, OriginatedRoute, PeerKind, PeerPlan, bgp_plan, hash_router_id,
+    is_passive, peer_kind_from_name, peer_name,
 };
 pub use kernel::{KernelRoute, kernel_routes};
 pub use view::{ClusterView, PlanOptions};
-pub use vxlan::{LocalVtep, RemoteVtep, VXLAN_DEVICE, VxlanPlan, vtep_mac_for_node, vxlan_plan};
+pub use vxlan::{
+    LocalVtep, RemoteVtep, VXLAN_DEVICE, VXLAN_DEVICE_V6, VxlanPlan, vtep_mac_for_node, vxlan_plan,
+    vxlan_plan_v6,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -93,6 +98,24 @@ pub const DEFAULT_SECRETS_DIR: &str = "/etc/calico/bgp-secrets";
 pub fn secret_file_path(root: &Path, name: &str, key: &str) -> Option<PathBuf> {
     let safe = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0']);
     (safe(name) && safe(key)).then(|| root.join(name).join(key))
+}
+
+/// The environment variable holding key `key` of secret `name`:
+/// `CALICO_BGP_SECRET_<NAME>_<KEY>`, upper case, every character other than `A-Z0-9` as `_`
+/// (`my-secrets-1`/`a` → `CALICO_BGP_SECRET_MY_SECRETS_1_A`).
+pub fn secret_env_var(name: &str, key: &str) -> String {
+    let part = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!("CALICO_BGP_SECRET_{}_{}", part(name), part(key))
 }
 
 /// Resolves a BGP password's `secretKeyRef`. calico-node implements it with files (see the
@@ -150,5 +173,9 @@ mod tests {
         assert_eq!(secret_file_path(root, "..", "x"), None);
         assert_eq!(secret_file_path(root, "a/b", "x"), None);
         assert_eq!(secret_file_path(root, "a", ""), None);
+        assert_eq!(
+            secret_env_var("my-secrets-1", "a"),
+            "CALICO_BGP_SECRET_MY_SECRETS_1_A"
+        );
     }
 }

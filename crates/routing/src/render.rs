@@ -125,6 +125,9 @@ pub fn render_bgp(plan: &BgpPlan) -> String {
     for b in &plan.blackholes {
         writeln!(out, "blackhole {b}").ok();
     }
+    for r in &plan.peer_routes {
+        writeln!(out, "peer-route {}", render_route(r)).ok();
+    }
     for r in &plan.community_rules {
         writeln!(
             out,
@@ -176,7 +179,7 @@ pub fn render_route(r: &KernelRoute) -> String {
 
 /// The VXLAN plan as text.
 pub fn render_vxlan(plan: &VxlanPlan) -> String {
-    let mut out = String::new();
+    let mut out = format!("device {}\n", plan.device);
     match &plan.local {
         Some(l) => writeln!(
             out,
@@ -202,7 +205,7 @@ pub fn render_vxlan(plan: &VxlanPlan) -> String {
             }
         )
         .ok();
-        writeln!(out, "arp {} lladdr {}", r.tunnel_addr, r.mac).ok();
+        writeln!(out, "neigh {} lladdr {}", r.tunnel_addr, r.mac).ok();
         writeln!(out, "fdb {} dst {}", r.mac, r.parent_addr).ok();
     }
     for r in &plan.routes {

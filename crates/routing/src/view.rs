@@ -7,7 +7,7 @@ use calico_datastore::model::bgp::DEFAULT_AS_NUMBER;
 use calico_datastore::model::{BgpConfiguration, BgpConfigurationSpec, BgpPeer, IpPool, Node};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The resources the calculation reads. Order does not matter: every function sorts.
 #[derive(Debug, Clone, Default)]
@@ -26,7 +26,8 @@ pub struct ClusterView {
 pub struct PlanOptions {
     /// `CALICO_ROUTER_ID`: an IPv4 address, or `hash` (derived from the node name).
     pub router_id: Option<String>,
-    /// `CALICO_ADVERTISE_CLUSTER_IPS`: overrides `serviceClusterIPs` when set.
+    /// `CALICO_ADVERTISE_CLUSTER_IPS` (one CIDR, as Calico reads it): replaces
+    /// `serviceClusterIPs` when set.
     pub advertise_cluster_ips: Option<Vec<IpNet>>,
 }
 
@@ -102,6 +103,8 @@ pub struct NodeInfo {
     pub rr_cluster_id: Option<String>,
     pub vxlan_tunnel_addr: Option<Ipv4Addr>,
     pub vxlan_mac: Option<String>,
+    pub vxlan_tunnel_addr_v6: Option<Ipv6Addr>,
+    pub vxlan_mac_v6: Option<String>,
 }
 
 impl NodeInfo {
@@ -116,6 +119,8 @@ pub(crate) struct Indexed<'a> {
     pub global: Option<&'a BgpConfigurationSpec>,
     pub per_node: BTreeMap<String, &'a BgpConfigurationSpec>,
     pub pools: Vec<PoolInfo>,
+    /// Confirmed blocks by node, sorted, without duplicates.
+    pub blocks: BTreeMap<String, Vec<IpNet>>,
     pub view: &'a ClusterView,
     /// Problems found while indexing (unparsable addresses, pools), for the plan's warnings.
     pub warnings: Vec<String>,
@@ -143,7 +148,13 @@ impl<'a> Indexed<'a> {
                 .trim()
                 .parse::<Ipv4Addr>()
                 .ok();
-            let mac = node.spec.vxlan_tunnel_mac_addr.trim();
+            let vxlan_tunnel_addr_v6 = node
+                .spec
+                .ipv6_vxlan_tunnel_addr
+                .trim()
+                .parse::<Ipv6Addr>()
+                .ok();
+            let text = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
             nodes.insert(
                 name.clone(),
                 NodeInfo {
@@ -155,7 +166,9 @@ impl<'a> Indexed<'a> {
                     rr_cluster_id: Some(bgp.route_reflector_cluster_id.trim().to_string())
                         .filter(|s| !s.is_empty()),
                     vxlan_tunnel_addr,
-                    vxlan_mac: (!mac.is_empty()).then(|| mac.to_string()),
+                    vxlan_mac: text(&node.spec.vxlan_tunnel_mac_addr),
+                    vxlan_tunnel_addr_v6,
+                    vxlan_mac_v6: text(&node.spec.vxlan_tunnel_mac_addr_v6),
                 },
             );
         }
@@ -192,11 +205,20 @@ impl<'a> Indexed<'a> {
         }
         // confd sorts its pool filter lines; sorting by CIDR keeps the same first match.
         pools.sort_by(|a, b| a.cidr.cmp(&b.cidr).then(a.name.cmp(&b.name)));
+        let mut blocks: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
+        for (node, block) in &view.affinities {
+            blocks.entry(node.clone()).or_default().push(block.trunc());
+        }
+        for list in blocks.values_mut() {
+            list.sort();
+            list.dedup();
+        }
         Indexed {
             nodes,
             global,
             per_node,
             pools,
+            blocks,
             view,
             warnings,
         }
@@ -230,15 +252,6 @@ impl<'a> Indexed<'a> {
 
     /// A node's confirmed blocks, sorted, without duplicates.
     pub fn blocks_of(&self, node: &str) -> Vec<IpNet> {
-        let mut blocks: Vec<IpNet> = self
-            .view
-            .affinities
-            .iter()
-            .filter(|(n, _)| n == node)
-            .map(|(_, b)| b.trunc())
-            .collect();
-        blocks.sort();
-        blocks.dedup();
-        blocks
+        self.blocks.get(node).cloned().unwrap_or_default()
     }
 }

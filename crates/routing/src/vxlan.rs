@@ -1,48 +1,55 @@
-//! IPv4 VXLAN routing as Felix computes it: VTEPs from the Node resources
+//! VXLAN routing as Felix computes it: VTEPs from the Node resources
 //! (`felix/calc/vxlan_resolver.go`), routes for remote blocks in VXLAN pools
-//! (`l3_route_resolver.go`, `dataplane/linux/route_mgr.go`, `vxlan_mgr.go`).
+//! (`l3_route_resolver.go`, `dataplane/linux/route_mgr.go`, `vxlan_mgr.go`), for IPv4
+//! ([`vxlan_plan`], device `vxlan.calico`) and IPv6 ([`vxlan_plan_v6`], `vxlan-v6.calico`).
 //!
-//! - A node is a VTEP when it has an IPv4 address and `ipv4VXLANTunnelAddr`; its MAC is
-//!   `vxlanTunnelMACAddr` or, when missing, derived from its name ([`vtep_mac_for_node`]).
-//! - For each remote block in a VXLAN pool: `<block> via <remote tunnel addr> dev vxlan.calico
-//!   onlink`, with ARP `<tunnel addr> lladdr <mac>` and FDB `<mac> dst <node IP>` per remote
-//!   VTEP. In a `CrossSubnet` pool a remote node inside this node's subnet gets
-//!   `<block> via <node IP>` instead.
+//! - A node is a VTEP of a family when it has an address of that family and a VXLAN tunnel
+//!   address of it (`ipv4VXLANTunnelAddr` / `ipv6VXLANTunnelAddr`); its MAC is
+//!   `vxlanTunnelMACAddr` (`…V6`) or, when missing, derived from its name
+//!   ([`vtep_mac_for_node`]).
+//! - For each remote block in a VXLAN pool: `<block> via <remote tunnel addr> dev
+//!   vxlan.calico onlink`, with ARP `<tunnel addr> lladdr <mac>` and FDB `<mac> dst <node IP>`
+//!   per remote VTEP. In a `CrossSubnet` pool a remote node inside this node's subnet gets
+//!   `<block> via <node IP>` instead (Felix's same-subnet route, which needs no remote VTEP).
 //! - Nothing is routed before this node has its own VTEP (Felix has no device then), and no
 //!   tunnel route goes to a node without a VTEP.
-//! - Local VXLAN blocks (not /32) get a blackhole, as Felix's route manager adds.
+//! - Local VXLAN blocks (not /32, /128) get a blackhole, as Felix's route manager adds.
 
 use crate::kernel::KernelRoute;
 use crate::view::{ClusterView, Encap, Indexed, NodeInfo};
 use ipnet::IpNet;
 use sha1::{Digest, Sha1};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// Felix's IPv4 VXLAN device.
 pub const VXLAN_DEVICE: &str = "vxlan.calico";
+/// Felix's IPv6 VXLAN device.
+pub const VXLAN_DEVICE_V6: &str = "vxlan-v6.calico";
 
 /// This node's VTEP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalVtep {
-    pub tunnel_addr: Ipv4Addr,
+    pub tunnel_addr: IpAddr,
     /// `aa:bb:cc:dd:ee:ff`, lower case.
     pub mac: String,
-    /// The node's IPv4 address (the VXLAN device's parent address).
-    pub parent_addr: Ipv4Addr,
+    /// The node's address (the VXLAN device's parent address).
+    pub parent_addr: IpAddr,
 }
 
 /// Another node's VTEP and its blocks in VXLAN pools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteVtep {
     pub node: String,
-    pub tunnel_addr: Ipv4Addr,
+    pub tunnel_addr: IpAddr,
     pub mac: String,
-    pub parent_addr: Ipv4Addr,
+    pub parent_addr: IpAddr,
     pub blocks: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VxlanPlan {
+    /// `vxlan.calico` or `vxlan-v6.calico`.
+    pub device: &'static str,
     pub local: Option<LocalVtep>,
     /// Sorted by node name.
     pub remotes: Vec<RemoteVtep>,
@@ -52,7 +59,8 @@ pub struct VxlanPlan {
 }
 
 /// The VTEP MAC Felix derives when a node has none (`vxlan_resolver.go` `vtepMACForHost`):
-/// `0x66` (`'f'`) followed by the first five bytes of SHA-1 of the node name.
+/// `0x66` (`'f'`) followed by the first five bytes of SHA-1 of the node name (of
+/// `<name>-v6` for IPv6).
 pub fn vtep_mac_for_node(node: &str) -> String {
     let digest = Sha1::digest(node.as_bytes());
     let bytes = [b'f', digest[0], digest[1], digest[2], digest[3], digest[4]];
@@ -82,36 +90,62 @@ fn canonical_mac(text: &str) -> Option<String> {
     )
 }
 
-fn vtep_of(node: &NodeInfo) -> Option<(Ipv4Addr, String, Ipv4Addr)> {
-    let tunnel = node.vxlan_tunnel_addr?;
-    let IpAddr::V4(parent) = node.ipv4?.addr else {
-        return None;
+/// A node's VTEP of one family: (tunnel address, MAC, parent address).
+fn vtep_of(node: &NodeInfo, v6: bool) -> Option<(IpAddr, String, IpAddr)> {
+    let (tunnel, mac, hashed) = if v6 {
+        (
+            node.vxlan_tunnel_addr_v6.map(IpAddr::V6),
+            &node.vxlan_mac_v6,
+            format!("{}-v6", node.name),
+        )
+    } else {
+        (
+            node.vxlan_tunnel_addr.map(IpAddr::V4),
+            &node.vxlan_mac,
+            node.name.clone(),
+        )
     };
-    let mac = match &node.vxlan_mac {
+    let tunnel = tunnel?;
+    let parent = node.addr(v6)?;
+    let mac = match mac {
         Some(m) => canonical_mac(m)?,
-        None => vtep_mac_for_node(&node.name),
+        None => vtep_mac_for_node(&hashed),
     };
     Some((tunnel, mac, parent))
 }
 
-/// The VXLAN plan of `node`.
+/// The IPv4 VXLAN plan of `node`.
 pub fn vxlan_plan(view: &ClusterView, node: &str) -> VxlanPlan {
+    plan_family(view, node, false)
+}
+
+/// The IPv6 VXLAN plan of `node`.
+pub fn vxlan_plan_v6(view: &ClusterView, node: &str) -> VxlanPlan {
+    plan_family(view, node, true)
+}
+
+fn plan_family(view: &ClusterView, node: &str, v6: bool) -> VxlanPlan {
+    let device = if v6 { VXLAN_DEVICE_V6 } else { VXLAN_DEVICE };
     let ix = Indexed::new(view);
     let Some(me) = ix.nodes.get(node) else {
-        return VxlanPlan::default();
+        return VxlanPlan {
+            device,
+            ..VxlanPlan::default()
+        };
     };
     let in_vxlan_pool =
-        |b: &IpNet| b.addr().is_ipv4() && ix.pool_of(b).is_some_and(|p| p.vxlan.is_on());
+        |b: &IpNet| b.addr().is_ipv6() == v6 && ix.pool_of(b).is_some_and(|p| p.vxlan.is_on());
     let blackholes = ix
         .blocks_of(node)
         .into_iter()
         .filter(|b| in_vxlan_pool(b) && b.prefix_len() < b.max_prefix_len())
         .collect();
-    let local = vtep_of(me).map(|(tunnel_addr, mac, parent_addr)| LocalVtep {
+    let local = vtep_of(me, v6).map(|(tunnel_addr, mac, parent_addr)| LocalVtep {
         tunnel_addr,
         mac,
         parent_addr,
     });
+    let my_net = if v6 { me.ipv6 } else { me.ipv4 }.map(|a| a.network);
 
     let mut remotes = Vec::new();
     let mut routes = Vec::new();
@@ -121,7 +155,7 @@ pub fn vxlan_plan(view: &ClusterView, node: &str) -> VxlanPlan {
             .into_iter()
             .filter(|b| in_vxlan_pool(b))
             .collect();
-        let vtep = vtep_of(other);
+        let vtep = vtep_of(other, v6);
         if let Some((tunnel_addr, mac, parent_addr)) = &vtep {
             remotes.push(RemoteVtep {
                 node: other.name.clone(),
@@ -134,8 +168,9 @@ pub fn vxlan_plan(view: &ClusterView, node: &str) -> VxlanPlan {
         if local.is_none() {
             continue;
         }
-        let same_subnet = match (me.ipv4, other.ipv4) {
-            (Some(mine), Some(theirs)) => mine.network.contains(&theirs.addr),
+        let their_addr = other.addr(v6);
+        let same_subnet = match (my_net, their_addr) {
+            (Some(net), Some(addr)) => net.contains(&addr),
             _ => false,
         };
         for block in blocks {
@@ -144,19 +179,19 @@ pub fn vxlan_plan(view: &ClusterView, node: &str) -> VxlanPlan {
                 .is_some_and(|p| p.vxlan == Encap::CrossSubnet);
             if cross_subnet
                 && same_subnet
-                && let Some(theirs) = other.ipv4
+                && let Some(addr) = their_addr
             {
                 routes.push(KernelRoute {
                     dst: block,
-                    next_hops: vec![theirs.addr],
+                    next_hops: vec![addr],
                     device: None,
                     onlink: false,
                 });
             } else if let Some((tunnel_addr, _, _)) = &vtep {
                 routes.push(KernelRoute {
                     dst: block,
-                    next_hops: vec![IpAddr::V4(*tunnel_addr)],
-                    device: Some(VXLAN_DEVICE.to_string()),
+                    next_hops: vec![*tunnel_addr],
+                    device: Some(device.to_string()),
                     onlink: true,
                 });
             }
@@ -164,6 +199,7 @@ pub fn vxlan_plan(view: &ClusterView, node: &str) -> VxlanPlan {
     }
     routes.sort();
     VxlanPlan {
+        device,
         local,
         remotes,
         routes,

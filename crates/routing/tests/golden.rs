@@ -10,7 +10,9 @@
 
 use calico_datastore::model::{BgpConfiguration, BgpPeer, IpPool, Node};
 use calico_routing::render::{render_bgp, render_route, render_vxlan};
-use calico_routing::{ClusterView, PlanOptions, bgp_plan, kernel_routes, vxlan_plan};
+use calico_routing::{
+    ClusterView, PlanOptions, bgp_plan, kernel_routes, vxlan_plan, vxlan_plan_v6,
+};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
@@ -169,6 +171,11 @@ fn run_case(dir: &Path) -> String {
     }
     out.push_str("== vxlan\n");
     out.push_str(&render_vxlan(&vxlan_plan(&view, &case.node)));
+    let v6 = vxlan_plan_v6(&view, &case.node);
+    if v6.local.is_some() || !v6.remotes.is_empty() {
+        out.push_str("== vxlan-v6\n");
+        out.push_str(&render_vxlan(&v6));
+    }
     out
 }
 
