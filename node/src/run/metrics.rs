@@ -13,7 +13,12 @@
 //! - `calico_node_netfilter_sockets_held`;
 //! - `calico_node_etcd_ready` (1 when the last etcd contact succeeded);
 //! - `calico_node_cpu_seconds_total`: the agent's own CPU time (user and system), so what is
-//!   moved into it is seen, not hidden.
+//!   moved into it is seen, not hidden;
+//! - route distribution: `calico_node_bgp_peers{state}` (sessions by RFC 4271 state),
+//!   `calico_node_bgp_routes_learned` (prefixes with a best path),
+//!   `calico_node_bgp_routes_originated`, `calico_node_route_applies_total{outcome}` and
+//!   `calico_node_route_apply_duration_seconds` (one kernel convergence), and
+//!   `calico_node_routing_synced` (1 once the datastore and BGP have synced).
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -75,6 +80,17 @@ pub struct Metrics {
     pub sockets_held: Gauge,
     pub etcd_ready: Gauge,
     cpu_seconds: Counter<f64, AtomicU64>,
+    pub bgp_peers: Family<State, Gauge>,
+    pub bgp_routes_learned: Gauge,
+    pub bgp_routes_originated: Gauge,
+    pub route_applies: Family<Outcome, Counter>,
+    pub route_apply_seconds: Histogram,
+    pub routing_synced: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct State {
+    pub state: &'static str,
 }
 
 impl Default for Metrics {
@@ -98,6 +114,12 @@ impl Metrics {
             sockets_held: Gauge::default(),
             etcd_ready: Gauge::default(),
             cpu_seconds: Counter::default(),
+            bgp_peers: Family::default(),
+            bgp_routes_learned: Gauge::default(),
+            bgp_routes_originated: Gauge::default(),
+            route_applies: Family::default(),
+            route_apply_seconds: latency_histogram(),
+            routing_synced: Gauge::default(),
         };
         registry.register(
             "requests",
@@ -149,6 +171,36 @@ impl Metrics {
             "cpu_seconds",
             "CPU time (user and system) the agent has used",
             m.cpu_seconds.clone(),
+        );
+        registry.register(
+            "bgp_peers",
+            "BGP sessions by state",
+            m.bgp_peers.clone(),
+        );
+        registry.register(
+            "bgp_routes_learned",
+            "Prefixes with a best path learned from BGP peers",
+            m.bgp_routes_learned.clone(),
+        );
+        registry.register(
+            "bgp_routes_originated",
+            "Prefixes this node announces",
+            m.bgp_routes_originated.clone(),
+        );
+        registry.register(
+            "route_applies",
+            "Kernel route convergences, by outcome",
+            m.route_applies.clone(),
+        );
+        registry.register(
+            "route_apply_duration_seconds",
+            "Time one kernel route convergence took",
+            m.route_apply_seconds.clone(),
+        );
+        registry.register(
+            "routing_synced",
+            "1 once route distribution has the datastore (and, with BGP, its peers' routes)",
+            m.routing_synced.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

@@ -18,6 +18,7 @@
 pub mod kernel;
 pub mod listener;
 pub mod metrics;
+pub mod routing;
 pub mod server;
 
 use crate::config::{ConfigError, Env, etcd_from_env};
@@ -42,6 +43,8 @@ pub struct Settings {
     /// Where metrics are served (`CALICO_NODE_METRICS_PORT`, on
     /// `CALICO_NODE_METRICS_HOST`, default all addresses); none if unset.
     pub metrics: Option<SocketAddr>,
+    /// Route distribution (`CALICO_NETWORKING_BACKEND` and friends).
+    pub routing: routing::RoutingSettings,
 }
 
 impl Settings {
@@ -73,6 +76,7 @@ impl Settings {
             etcd,
             socket,
             metrics,
+            routing: routing::RoutingSettings::from_env(env)?,
         })
     }
 }
@@ -98,7 +102,24 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         let etcd = EtcdClient::connect(&settings.etcd)
             .await
             .context("etcd settings")?;
-        let shared = Arc::new(server::Shared::new(etcd, identity, queue, metrics.clone()));
+        let routing_state = Arc::new(routing::status::RoutingState::new(
+            settings.routing.backend.name(),
+            metrics.clone(),
+        ));
+        let (stop_routing, routing_stopped) = tokio::sync::watch::channel(false);
+        let routing_task = tokio::spawn(routing::run(
+            etcd.clone(),
+            settings.routing.clone(),
+            routing_state.clone(),
+            routing_stopped,
+        ));
+        let shared = Arc::new(server::Shared::new(
+            etcd,
+            identity,
+            queue,
+            metrics.clone(),
+            routing_state,
+        ));
         if let Some(addr) = settings.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -128,6 +149,15 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             .is_err()
         {
             log::warn!("requests still under way after {bound:?}; leaving them");
+        }
+        // Route distribution stops last: sessions close without a Cease (graceful
+        // restart), kernel routes stay for the next run.
+        let _ = stop_routing.send(true);
+        match tokio::time::timeout(Duration::from_secs(10), routing_task).await {
+            Ok(Ok(Err(e))) => log::error!("route distribution: {e:#}"),
+            Ok(Err(e)) => log::error!("route distribution: {e}"),
+            Err(_) => log::warn!("route distribution did not stop within 10 s"),
+            Ok(Ok(Ok(()))) => {}
         }
         result
     });

@@ -9,7 +9,7 @@ use calico_agent_protocol::{Hello, Reply, Request};
 use calico_dataplane::link_removal::LinkRemoval;
 use calico_datastore::EtcdClient;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 use tokio::io::{AsyncWriteExt, Interest};
@@ -23,6 +23,8 @@ pub struct Shared {
     pub identity: EtcdIdentity,
     pub kernel: Queue,
     pub metrics: Metrics,
+    /// Route distribution's state (health detail, `calicoctl node status`).
+    pub routing: Arc<super::routing::status::RoutingState>,
     /// Set at SIGTERM: new work is refused (the plugins then do it themselves).
     pub draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -31,12 +33,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(etcd: EtcdClient, identity: EtcdIdentity, kernel: Queue, metrics: Metrics) -> Self {
+    pub fn new(
+        etcd: EtcdClient,
+        identity: EtcdIdentity,
+        kernel: Queue,
+        metrics: Metrics,
+        routing: Arc<super::routing::status::RoutingState>,
+    ) -> Self {
         Shared {
             etcd,
             identity,
             kernel,
             metrics,
+            routing,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),

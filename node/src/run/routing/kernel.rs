@@ -1,0 +1,296 @@
+//! Route distribution's kernel side: one thread that holds the node's rtnetlink socket and
+//! converges the kernel on the latest [`Desired`] state it was given (older ones are
+//! skipped: only the newest matters). Each kind of route is owned by its protocol number
+//! (`calico_dataplane::routes`), so a convergence removes only what we installed:
+//! blackholes of local blocks (79), routes learned by BGP (78), VXLAN routes (80), plus the
+//! `vxlan.calico` device with its ARP and FDB entries.
+//!
+//! Learned routes are left as they are until BGP has synced (`bgp: None`): after our own
+//! restart they keep carrying traffic (graceful restart) and are swept by the first
+//! convergence after the peers' End-of-RIB.
+
+use super::status::RoutingState;
+use calico_dataplane::neigh::{Mac, apply_fdb, apply_neighbors};
+use calico_dataplane::netlink::Netlink;
+use calico_dataplane::routes::{
+    NextHop, PROTO_BGP, PROTO_BLACKHOLE, PROTO_VXLAN, RouteKind, RouteSpec, RouteTable,
+    TABLE_MAIN,
+};
+use calico_dataplane::vxlan::{VxlanDevice, ensure_vxlan, observe_vxlan, remove_vxlan};
+use calico_routing::KernelRoute;
+use ipnet::IpNet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// What the kernel should hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Desired {
+    /// Blackholes of this node's blocks.
+    pub blackholes: Vec<IpNet>,
+    /// Routes learned by BGP, as the kernel should have them; `None` until BGP has synced
+    /// (ours from a previous run are then left alone).
+    pub bgp: Option<Vec<KernelRoute>>,
+    /// The VXLAN device with its neighbours and routes; `None`: no VXLAN here (our VXLAN
+    /// routes go, and the device too).
+    pub vxlan: Option<VxlanDesired>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanDesired {
+    pub device: VxlanDevice,
+    /// Remote VTEP address → MAC (permanent ARP entries on the device).
+    pub neighbors: Vec<(IpAddr, Mac)>,
+    /// Remote VTEP MAC → its node's address (FDB entries on the device).
+    pub fdb: Vec<(Mac, IpAddr)>,
+    /// Routes; those naming the VXLAN device get its index, the others (CrossSubnet) go
+    /// via the node address.
+    pub routes: Vec<KernelRoute>,
+}
+
+/// The handle the async side keeps: sends new states to the thread.
+pub struct Programmer {
+    tx: Option<mpsc::Sender<Desired>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Programmer {
+    /// Starts the thread (its socket is in the daemon's network namespace).
+    pub fn start(state: Arc<RoutingState>) -> std::io::Result<Programmer> {
+        let (tx, rx) = mpsc::channel::<Desired>();
+        let thread = std::thread::Builder::new()
+            .name("routes".into())
+            .spawn(move || program(rx, &state))?;
+        Ok(Programmer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands over a new state (the thread converges on the newest it has).
+    pub fn set(&self, desired: Desired) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(desired);
+        }
+    }
+
+    /// Lets the thread finish what it has and stop.
+    pub fn stop(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Programmer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
+    let table = match RouteTable::host() {
+        Ok(t) => t,
+        Err(e) => {
+            state.kernel_result(Err(format!("opening rtnetlink: {e}")), None);
+            return;
+        }
+    };
+    let mut last: Option<Desired> = None;
+    while let Ok(mut desired) = rx.recv() {
+        // Only the newest state matters.
+        while let Ok(newer) = rx.try_recv() {
+            desired = newer;
+        }
+        if last.as_ref() == Some(&desired) {
+            continue;
+        }
+        let started = Instant::now();
+        let outcome = converge(&table, &desired);
+        state.kernel_result(outcome, Some(started.elapsed()));
+        last = Some(desired);
+    }
+}
+
+/// One convergence; every step runs whatever failed before it, and every error is reported.
+fn converge(table: &RouteTable, d: &Desired) -> Result<String, String> {
+    let mut errors = Vec::new();
+    let mut summary = Vec::new();
+    let blackholes: Vec<RouteSpec> = d
+        .blackholes
+        .iter()
+        .map(|b| RouteSpec::blackhole(*b))
+        .collect();
+    record(
+        "blackholes",
+        table.apply(&blackholes, PROTO_BLACKHOLE),
+        &mut summary,
+        &mut errors,
+    );
+
+    let nl = table.netlink();
+    match &d.vxlan {
+        Some(v) => match vxlan(table, nl, v) {
+            Ok(s) => summary.push(s),
+            Err(e) => errors.push(e),
+        },
+        None => {
+            record(
+                "vxlan routes",
+                table.apply(&[], PROTO_VXLAN),
+                &mut summary,
+                &mut errors,
+            );
+            match observe_vxlan(nl, calico_dataplane::vxlan::VXLAN_DEVICE) {
+                Ok(Some(_)) => {
+                    if let Err(e) = remove_vxlan(nl, calico_dataplane::vxlan::VXLAN_DEVICE) {
+                        errors.push(format!("removing vxlan.calico: {e}"));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("reading vxlan.calico: {e}")),
+            }
+        }
+    }
+
+    if let Some(routes) = &d.bgp {
+        match specs(nl, routes, PROTO_BGP, None) {
+            Ok((specs, missing)) => {
+                record(
+                    "bgp routes",
+                    table.apply(&specs, PROTO_BGP),
+                    &mut summary,
+                    &mut errors,
+                );
+                if !missing.is_empty() {
+                    errors.push(format!("bgp routes not programmed: {}", missing.join(", ")));
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(summary.join(", "))
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+fn record(
+    what: &str,
+    r: Result<calico_dataplane::routes::ApplyStats, calico_dataplane::DataplaneError>,
+    summary: &mut Vec<String>,
+    errors: &mut Vec<String>,
+) {
+    match r {
+        Ok(s) => {
+            if s.replaced + s.deleted > 0 {
+                summary.push(format!("{what}: +{} -{}", s.replaced, s.deleted));
+            }
+            for f in s.failures {
+                errors.push(format!("{what}: {} {}: {}", f.action, f.dst, f.reason));
+            }
+        }
+        Err(e) => errors.push(format!("{what}: {e}")),
+    }
+}
+
+fn vxlan(table: &RouteTable, nl: &Netlink, v: &VxlanDesired) -> Result<String, String> {
+    let index = ensure_vxlan(nl, &v.device).map_err(|e| format!("vxlan.calico: {e}"))?;
+    let n = apply_neighbors(nl, index, &v.neighbors).map_err(|e| format!("vxlan ARP: {e}"))?;
+    let f = apply_fdb(nl, index, &v.fdb).map_err(|e| format!("vxlan FDB: {e}"))?;
+    let (specs, _) = specs(nl, &v.routes, PROTO_VXLAN, Some((&v.device.name, index)))?;
+    let s = table
+        .apply(&specs, PROTO_VXLAN)
+        .map_err(|e| format!("vxlan routes: {e}"))?;
+    if let Some(f) = s.failures.first() {
+        return Err(format!(
+            "vxlan routes: {} {}: {} ({} failed)",
+            f.action,
+            f.dst,
+            f.reason,
+            s.failures.len()
+        ));
+    }
+    Ok(format!(
+        "vxlan: arp +{} -{}, fdb +{} -{}, routes +{} -{}",
+        n.added, n.removed, f.added, f.removed, s.replaced, s.deleted
+    ))
+}
+
+/// Kernel routes as route specs of `protocol`; a named device is looked up (`known`: one
+/// whose index the caller has). Routes through a device that does not exist (`tunl0`
+/// without the kernel's ipip module) are returned apart, so the rest is still programmed.
+fn specs(
+    nl: &Netlink,
+    routes: &[KernelRoute],
+    protocol: u8,
+    known: Option<(&str, u32)>,
+) -> Result<(Vec<RouteSpec>, Vec<String>), String> {
+    let mut out = Vec::with_capacity(routes.len());
+    let mut missing = Vec::new();
+    for r in routes {
+        let oif = match r.device.as_deref() {
+            None => None,
+            Some(name) => match known {
+                Some((k, index)) if k == name => Some(index),
+                _ => match nl.link(name) {
+                    Ok(Some(l)) => Some(l.index),
+                    Ok(None) => {
+                        missing.push(format!("{} (no device {name})", r.dst));
+                        continue;
+                    }
+                    Err(e) => return Err(format!("looking up {name}: {e}")),
+                },
+            },
+        };
+        out.push(RouteSpec {
+            dst: r.dst,
+            kind: RouteKind::Unicast(
+                r.next_hops
+                    .iter()
+                    .map(|gw| NextHop {
+                        gateway: *gw,
+                        oif,
+                        onlink: r.onlink,
+                    })
+                    .collect(),
+            ),
+            protocol,
+            table: TABLE_MAIN,
+            metric: None,
+        });
+    }
+    Ok((out, missing))
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn parse_mac(text: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_as_felix_writes_them() {
+        assert_eq!(
+            parse_mac("66:0a:1b:2c:3d:4e"),
+            Some([0x66, 0x0a, 0x1b, 0x2c, 0x3d, 0x4e])
+        );
+        assert_eq!(parse_mac("66:0a:1b:2c:3d"), None);
+        assert_eq!(parse_mac("66:0a:1b:2c:3d:4e:5f"), None);
+        assert_eq!(parse_mac("zz:0a:1b:2c:3d:4e"), None);
+    }
+}

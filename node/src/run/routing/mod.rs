@@ -1,0 +1,535 @@
+//! Route distribution, Calico's BIRD + confd (BGP) and Felix's VXLAN manager in one task of
+//! `calico-node run`, chosen by `CALICO_NETWORKING_BACKEND` as in Calico: `bird` (or `bgp`):
+//! the BGP speaker ([`calico_bgp`]) plus VXLAN routes for VXLAN pools; `vxlan`: VXLAN routes
+//! from the datastore only; `none`: nothing.
+//!
+//! The loop: the datastore is listed and watched ([`calico_datastore::watch`]) into a
+//! [`cache::Cache`]; after every batch of changes (datastore or BGP) the plan is computed
+//! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
+//! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
+//! on the new state. Nothing is written to the kernel before the first full snapshot; learned
+//! routes are left alone until BGP has synced (graceful restart: a restarted agent keeps
+//! the routes of its previous run until its peers' End-of-RIB, then sweeps the stale ones).
+//!
+//! On SIGTERM the speaker closes its sessions without a Cease, so peers with graceful
+//! restart keep our routes, and our kernel routes stay for the next run.
+
+pub mod cache;
+pub mod kernel;
+pub mod status;
+
+use crate::config::{ConfigError, Env};
+use anyhow::Context as _;
+use cache::Cache;
+use calico_bgp::{
+    ExportFilter, NextHopMode, PeerConfig, RibEvent, Route, Speaker, SpeakerConfig,
+};
+use calico_dataplane::vxlan::{DEFAULT_PORT, DEFAULT_VNI, VXLAN_DEVICE, VxlanDevice};
+use calico_datastore::EtcdClient;
+use calico_routing::{BgpPlan, ClusterView, PlanOptions, SecretSource};
+use ipnet::IpNet;
+use kernel::{Desired, Programmer, VxlanDesired, parse_mac};
+use status::RoutingState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Calico's BIRD: graceful restart time (BIRD's default, which Calico keeps).
+const GRACEFUL_RESTART: Duration = Duration::from_secs(120);
+/// BIRD's default hold time (Calico never sets one).
+const HOLD_TIME: Duration = Duration::from_secs(240);
+/// Calico's `connect delay time 2; connect retry time 5`.
+const CONNECT_DELAY: Duration = Duration::from_secs(2);
+const CONNECT_RETRY: Duration = Duration::from_secs(5);
+/// The VXLAN device's MTU when no MTU file says otherwise (1500 less VXLAN's 50).
+const DEFAULT_VXLAN_MTU: u32 = 1450;
+
+/// `CALICO_NETWORKING_BACKEND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Bird,
+    Vxlan,
+    None,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Bird => "bird",
+            Backend::Vxlan => "vxlan",
+            Backend::None => "none",
+        }
+    }
+}
+
+/// Route distribution's settings, from the environment.
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    pub backend: Backend,
+    /// `NODENAME`, else the nodename file start-up wrote, else the host name.
+    pub nodename: Option<String>,
+    pub nodename_file: PathBuf,
+    pub mtu_file: PathBuf,
+    pub options: PlanOptions,
+    /// Where `secretKeyRef` passwords are read (`CALICO_BGP_SECRETS_DIR`).
+    pub secrets_dir: PathBuf,
+    /// Speaker timers (Calico's by default; `CALICO_BGP_CONNECT_RETRY_SECONDS` shortens the
+    /// retry for tests and labs).
+    pub connect_retry: Duration,
+}
+
+impl RoutingSettings {
+    pub fn from_env(env: &dyn Env) -> Result<RoutingSettings, ConfigError> {
+        let get = |k: &str| env.var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let backend = match get("CALICO_NETWORKING_BACKEND").as_deref() {
+            None | Some("bird") | Some("bgp") => Backend::Bird,
+            Some("vxlan") => Backend::Vxlan,
+            Some("none") => Backend::None,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "CALICO_NETWORKING_BACKEND",
+                    format!("{other:?} is not a networking backend (bird, bgp, vxlan or none)"),
+                ));
+            }
+        };
+        let var_lib = get("CALICO_VAR_LIB_DIR").map_or_else(
+            || PathBuf::from(crate::startup::settings::DEFAULT_VAR_LIB_DIR),
+            PathBuf::from,
+        );
+        let router_id = get("CALICO_ROUTER_ID");
+        if let Some(r) = &router_id
+            && r != "hash"
+            && r.parse::<Ipv4Addr>().is_err()
+        {
+            return Err(ConfigError::new(
+                "CALICO_ROUTER_ID",
+                format!("{r:?} is neither an IPv4 address nor \"hash\""),
+            ));
+        }
+        let advertise_cluster_ips = match get("CALICO_ADVERTISE_CLUSTER_IPS") {
+            None => None,
+            Some(v) => Some(vec![v.parse::<IpNet>().map_err(|_| {
+                ConfigError::new("CALICO_ADVERTISE_CLUSTER_IPS", format!("{v:?} is not a CIDR"))
+            })?]),
+        };
+        let connect_retry = match get("CALICO_BGP_CONNECT_RETRY_SECONDS") {
+            None => CONNECT_RETRY,
+            Some(v) => Duration::from_secs(v.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(
+                || {
+                    ConfigError::new(
+                        "CALICO_BGP_CONNECT_RETRY_SECONDS",
+                        format!("{v:?} is not a positive number of seconds"),
+                    )
+                },
+            )?),
+        };
+        Ok(RoutingSettings {
+            backend,
+            nodename: get("NODENAME"),
+            nodename_file: get("CALICO_NODENAME_FILE")
+                .map_or_else(|| var_lib.join("nodename"), PathBuf::from),
+            mtu_file: var_lib.join("mtu"),
+            options: PlanOptions {
+                router_id,
+                advertise_cluster_ips,
+            },
+            secrets_dir: get("CALICO_BGP_SECRETS_DIR")
+                .map_or_else(|| PathBuf::from(calico_routing::DEFAULT_SECRETS_DIR), PathBuf::from),
+            connect_retry,
+        })
+    }
+
+    /// The node's name: `NODENAME`, else the file start-up wrote, else the host name.
+    fn node_name(&self) -> anyhow::Result<String> {
+        if let Some(n) = &self.nodename {
+            return Ok(n.clone());
+        }
+        match calico_fsbound::read_config_string(&self.nodename_file, 4096, "CALICO_NODENAME_FILE") {
+            Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+            _ => {}
+        }
+        let h = nix::unistd::gethostname().context("the host name")?;
+        Ok(h.to_string_lossy().trim().to_lowercase())
+    }
+}
+
+/// Secrets from files (`<dir>/<name>/<key>`), else from the environment.
+struct FileSecrets {
+    dir: PathBuf,
+}
+
+impl SecretSource for FileSecrets {
+    fn secret(&self, name: &str, key: &str) -> Option<String> {
+        if let Some(path) = calico_routing::secret_file_path(&self.dir, name, key)
+            && let Ok(s) = calico_fsbound::read_config_string(&path, 4096, "BGP password")
+        {
+            return Some(s);
+        }
+        std::env::var(calico_routing::secret_env_var(name, key)).ok()
+    }
+}
+
+/// What a running speaker was started with: a change of any of these restarts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SpeakerKey {
+    router_id: Ipv4Addr,
+    local_as: u32,
+    listen: SocketAddr,
+    cluster_id: Option<Ipv4Addr>,
+}
+
+struct Bgp {
+    speaker: Arc<Speaker>,
+    events: mpsc::UnboundedReceiver<RibEvent>,
+    key: SpeakerKey,
+}
+
+/// Runs route distribution until `stop` turns true.
+pub async fn run(
+    etcd: EtcdClient,
+    settings: RoutingSettings,
+    state: Arc<RoutingState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if settings.backend == Backend::None {
+        return Ok(());
+    }
+    let node = settings.node_name()?;
+    log::info!(
+        "route distribution: backend {} for node {node}",
+        settings.backend.name()
+    );
+    let ipip = calico_dataplane::vxlan::ipip_support();
+    if !ipip.available {
+        state.set_ipip(Some(format!("IPIP unavailable: {}", ipip.reason)));
+    }
+    // Learned routes of a previous run still in the kernel: we are restarting (RFC 4724).
+    let restarting = calico_dataplane::routes::RouteTable::host()
+        .and_then(|t| t.list(calico_dataplane::routes::PROTO_BGP))
+        .map(|r| !r.is_empty())
+        .unwrap_or(false);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let syncer = {
+        let etcd = etcd.clone();
+        tokio::spawn(async move {
+            if let Err(e) = calico_datastore::sync_prefixes(&etcd, cache::prefixes(), tx).await {
+                log::error!("route distribution: datastore watch: {e}");
+            }
+        })
+    };
+    let programmer = Programmer::start(state.clone()).context("starting the routes thread")?;
+    let mut r = Routing {
+        node,
+        settings,
+        state: state.clone(),
+        cache: Cache::new(),
+        learned: BTreeMap::new(),
+        bgp: None,
+        bgp_synced: false,
+        restarting,
+        programmer,
+        secrets: FileSecrets { dir: PathBuf::new() },
+    };
+    r.secrets.dir = r.settings.secrets_dir.clone();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    r.cache.apply(ev);
+                    while let Ok(ev) = rx.try_recv() {
+                        r.cache.apply(ev);
+                    }
+                }
+                None => break,
+            },
+            ev = next_rib(&mut r.bgp) => match ev {
+                Some(ev) => {
+                    r.rib(ev);
+                    while let Some(ev) = r.bgp.as_mut().and_then(|b| b.events.try_recv().ok()) {
+                        r.rib(ev);
+                    }
+                }
+                None => {
+                    log::warn!("BGP speaker stopped; starting it again");
+                    r.bgp = None;
+                    r.state.set_speaker(None);
+                }
+            },
+            _ = stop.changed() => break,
+        }
+        r.recompute().await;
+    }
+    syncer.abort();
+    if let Some(b) = r.bgp.take() {
+        state.set_speaker(None);
+        // Closed without a Cease: peers with graceful restart keep our routes.
+        match Arc::try_unwrap(b.speaker) {
+            Ok(s) => s.shutdown(true).await,
+            Err(shared) => drop(shared),
+        }
+    }
+    r.programmer.stop();
+    Ok(())
+}
+
+async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
+    match bgp {
+        Some(b) => b.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Routing {
+    node: String,
+    settings: RoutingSettings,
+    state: Arc<RoutingState>,
+    cache: Cache,
+    /// Best next hops of learned prefixes.
+    learned: BTreeMap<IpNet, Vec<IpAddr>>,
+    bgp: Option<Bgp>,
+    bgp_synced: bool,
+    restarting: bool,
+    programmer: Programmer,
+    secrets: FileSecrets,
+}
+
+impl Routing {
+    fn rib(&mut self, ev: RibEvent) {
+        match ev {
+            RibEvent::Best { prefix, next_hops } => {
+                self.learned.insert(prefix, next_hops);
+            }
+            RibEvent::Withdrawn { prefix } => {
+                self.learned.remove(&prefix);
+            }
+            RibEvent::Synced => {
+                if !self.bgp_synced {
+                    log::info!("BGP synced: {} learned prefixes", self.learned.len());
+                }
+                self.bgp_synced = true;
+                self.state.set_bgp_synced(true);
+            }
+        }
+        self.state
+            .metrics()
+            .bgp_routes_learned
+            .set(i64::try_from(self.learned.len()).unwrap_or(i64::MAX));
+    }
+
+    async fn recompute(&mut self) {
+        if !self.cache.synced() {
+            return;
+        }
+        self.state.set_datastore_synced();
+        let view = self.cache.view();
+        let mut desired = Desired::default();
+        let local_subnets = local_subnets();
+        if self.settings.backend == Backend::Bird {
+            match calico_routing::bgp_plan(&view, &self.node, &self.settings.options, &self.secrets)
+            {
+                Ok(plan) => {
+                    self.state.set_plan_problem(None);
+                    for w in &plan.warnings {
+                        log::debug!("plan: {w}");
+                    }
+                    self.speak(&plan).await;
+                    desired.blackholes = plan.blackholes.clone();
+                    if self.bgp_synced {
+                        let mut routes = calico_routing::kernel_routes(
+                            &view,
+                            &self.node,
+                            &self.settings.options,
+                            &self.learned,
+                            &local_subnets,
+                        );
+                        routes.extend(plan.peer_routes.iter().cloned());
+                        desired.bgp = Some(routes);
+                    }
+                }
+                Err(e) => self.state.set_plan_problem(Some(e.to_string())),
+            }
+        }
+        let (blackholes, vxlan) = self.vxlan(&view);
+        desired.blackholes.extend(blackholes);
+        let unique: BTreeSet<IpNet> = desired.blackholes.drain(..).collect();
+        desired.blackholes = unique.into_iter().collect();
+        desired.vxlan = vxlan;
+        self.programmer.set(desired);
+    }
+
+    /// Starts, restarts or updates the speaker for `plan`.
+    async fn speak(&mut self, plan: &BgpPlan) {
+        let wants_v6 = plan.node_ipv6.is_some();
+        let listen_ip = plan.listen_addresses.first().copied().unwrap_or(if wants_v6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        });
+        let key = SpeakerKey {
+            router_id: plan.router_id,
+            local_as: plan.local_as,
+            listen: SocketAddr::new(listen_ip, plan.listen_port.unwrap_or(179)),
+            cluster_id: plan.cluster_id,
+        };
+        if self.bgp.as_ref().is_some_and(|b| b.key != key) {
+            log::info!("BGP identity changed ({key:?}): restarting the speaker");
+            self.bgp = None;
+            self.state.set_speaker(None);
+            self.learned.clear();
+        }
+        if self.bgp.is_none() {
+            let cfg = SpeakerConfig {
+                router_id: key.router_id,
+                local_as: key.local_as,
+                listen: Some(key.listen),
+                cluster_id: key.cluster_id,
+                graceful_restart: Some(GRACEFUL_RESTART),
+                restarting: self.restarting,
+            };
+            match Speaker::start(cfg).await {
+                Ok((speaker, events)) => {
+                    log::info!(
+                        "BGP speaker: router id {}, AS {}, listening on {}{}",
+                        key.router_id,
+                        key.local_as,
+                        key.listen,
+                        key.cluster_id
+                            .map(|c| format!(", route reflector cluster {c}"))
+                            .unwrap_or_default()
+                    );
+                    let speaker = Arc::new(speaker);
+                    self.state.set_speaker(Some(speaker.clone()));
+                    self.bgp = Some(Bgp {
+                        speaker,
+                        events,
+                        key: key.clone(),
+                    });
+                }
+                Err(e) => {
+                    self.state.set_plan_problem(Some(format!("BGP speaker: {e}")));
+                    return;
+                }
+            }
+        }
+        let Some(bgp) = &self.bgp else { return };
+        bgp.speaker
+            .set_peers(plan.peers.iter().map(|p| self.peer_config(p)).collect());
+        bgp.speaker.set_export_filter(export_filter(plan));
+        let originated: Vec<Route> = plan
+            .originated
+            .iter()
+            .map(|o| Route {
+                prefix: o.prefix,
+                communities: o.communities.clone(),
+                large_communities: o.large_communities.clone(),
+            })
+            .collect();
+        self.state
+            .metrics()
+            .bgp_routes_originated
+            .set(i64::try_from(originated.len()).unwrap_or(i64::MAX));
+        bgp.speaker.set_local_routes(originated);
+    }
+
+    fn peer_config(&self, p: &calico_routing::PeerPlan) -> PeerConfig {
+        let mut c = PeerConfig::new(p.name.clone(), p.address, p.remote_as);
+        c.port = p.port;
+        c.local_as = Some(p.local_as);
+        c.source = p.source_address;
+        c.passive = p.passive;
+        c.rr_client = p.rr_client;
+        c.password = p.password.clone();
+        c.hold_time = HOLD_TIME;
+        c.keepalive = p.keepalive_time.map(|s| Duration::from_secs(u64::from(s)));
+        c.graceful_restart_time = Some(
+            p.graceful_restart_time
+                .map_or(GRACEFUL_RESTART, |s| Duration::from_secs(u64::from(s))),
+        );
+        c.next_hop = match p.next_hop {
+            calico_routing::NextHopMode::Auto => NextHopMode::Auto,
+            calico_routing::NextHopMode::SelfAddr => NextHopMode::SelfAddr,
+            calico_routing::NextHopMode::Keep => NextHopMode::Keep,
+        };
+        c.ttl_security = p.ttl_security;
+        c.connect_delay = CONNECT_DELAY;
+        c.connect_retry = self.settings.connect_retry;
+        c
+    }
+
+    /// Felix's VXLAN manager: blackholes of local VXLAN blocks and the device state.
+    fn vxlan(&self, view: &ClusterView) -> (Vec<IpNet>, Option<VxlanDesired>) {
+        let plan = calico_routing::vxlan_plan(view, &self.node);
+        let Some(local) = &plan.local else {
+            return (plan.blackholes, None);
+        };
+        let (IpAddr::V4(address), IpAddr::V4(parent)) = (local.tunnel_addr, local.parent_addr)
+        else {
+            return (plan.blackholes, None);
+        };
+        let Some(mac) = parse_mac(&local.mac) else {
+            log::warn!("VXLAN: this node's MAC {:?} is not a MAC", local.mac);
+            return (plan.blackholes, None);
+        };
+        let parent_index = calico_dataplane::netlink::Netlink::host()
+            .and_then(|nl| nl.interfaces())
+            .ok()
+            .and_then(|ifs| {
+                ifs.into_iter()
+                    .find(|i| i.addresses.iter().any(|a| a.addr() == local.parent_addr))
+                    .map(|i| i.index)
+            });
+        let mtu = calico_fsbound::read_config_string(&self.settings.mtu_file, 64, "the MTU file")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|m| *m > 0)
+            .unwrap_or(DEFAULT_VXLAN_MTU);
+        let mut neighbors = Vec::new();
+        let mut fdb = Vec::new();
+        for r in &plan.remotes {
+            if let Some(m) = parse_mac(&r.mac) {
+                neighbors.push((r.tunnel_addr, m));
+                fdb.push((m, r.parent_addr));
+            }
+        }
+        let desired = VxlanDesired {
+            device: VxlanDevice {
+                name: VXLAN_DEVICE.to_string(),
+                vni: DEFAULT_VNI,
+                port: DEFAULT_PORT,
+                local: parent,
+                parent_index,
+                mac,
+                mtu,
+                address,
+            },
+            neighbors,
+            fdb,
+            routes: plan.routes.clone(),
+        };
+        (plan.blackholes, Some(desired))
+    }
+}
+
+/// Calico's export filter for learned routes, as the speaker's accept/reject lists (reject
+/// wins, which is what Calico's order gives: `disableBGPExport` pools are rejected first).
+fn export_filter(plan: &BgpPlan) -> ExportFilter {
+    let mut f = ExportFilter::default();
+    for rule in &plan.export.rules {
+        match rule.action {
+            calico_routing::ExportAction::Accept => f.accept.push(rule.prefix),
+            calico_routing::ExportAction::Reject => f.reject.push(rule.prefix),
+        }
+    }
+    f
+}
+
+/// The subnets of this namespace's interfaces (for IPIP/VXLAN `CrossSubnet`).
+fn local_subnets() -> Vec<IpNet> {
+    calico_dataplane::netlink::Netlink::host()
+        .and_then(|nl| nl.all_addresses())
+        .map(|a| a.into_iter().map(|n| n.trunc()).collect())
+        .unwrap_or_default()
+}
