@@ -1,0 +1,177 @@
+//! Self-tests of the BGP interop lab (`testkit::bgplab`), as in the reference lab
+//! (`/work/shared/reference/bgp.md` §5.2): three nodes, one route reflector and two clients of
+//! the other implementations, each originating its node's /26. Every daemon's RIB and every
+//! kernel must hold the other nodes' /26s, pods (addresses on `lo`) must reach each other,
+//! and a prefix announced and withdrawn at runtime must come and go everywhere. Also
+//! Calico's full-mesh BIRD configuration, on three nodes.
+//!
+//! Part of the normal suite: without the daemons they skip, or fail under `CI=true`,
+//! naming the Debian packages to install.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use testkit::bgplab::calico::CalicoMeshNode;
+use testkit::bgplab::{
+    Bird, DEFAULT_ASN, Frr, GoBgp, Lab, Neighbor, Speaker, SpeakerConfig, SpeakerKind,
+    wait_kernel_lacks, wait_kernel_routes,
+};
+use testkit::require;
+
+/// Bound of every wait: sessions come up in ~1 s with the lab's timers (reference §5.5);
+/// this leaves room for a machine busy with builds.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The speaker of `kind` on node `i` of `lab`: the reflector (`i == rr`) has every other node
+/// as a client, a client has the reflector as its only neighbour. It originates its pod block.
+fn start(lab: &Lab, kind: SpeakerKind, i: usize, rr: usize) -> Result<Box<dyn Speaker>> {
+    let mut config = SpeakerConfig::new(Lab::ip(i), DEFAULT_ASN).originate(Lab::pod_block(i));
+    if i == rr {
+        for j in (0..lab.nodes.len()).filter(|j| *j != rr) {
+            config = config.neighbor(Neighbor::new(Lab::ip(j), DEFAULT_ASN).rr_client(None));
+        }
+    } else {
+        config = config.neighbor(Neighbor::new(Lab::ip(rr), DEFAULT_ASN));
+    }
+    let ns = lab.netns(i);
+    Ok(match kind {
+        SpeakerKind::Bird => Box::new(Bird::start(ns, config)?),
+        SpeakerKind::GoBgp => Box::new(GoBgp::start(ns, config)?),
+        SpeakerKind::Frr => Box::new(Frr::start(ns, config)?),
+    })
+}
+
+/// Runs the three-node lab with `kinds[i]` on node `i` and node `rr` as the reflector.
+fn reflector_lab(kinds: [SpeakerKind; 3], rr: usize) -> Result<()> {
+    let lab = Lab::new(3)?;
+    for i in 0..3 {
+        lab.add_pod_address(i)?;
+    }
+    let t0 = Instant::now();
+    let mut speakers = Vec::new();
+    for (i, kind) in kinds.into_iter().enumerate() {
+        speakers.push(start(&lab, kind, i, rr).with_context(|| format!("starting {kind}"))?);
+    }
+    let started = t0.elapsed();
+    for s in &speakers {
+        s.wait_established(WAIT)?;
+    }
+    let established = t0.elapsed();
+    let blocks: Vec<Ipv4Net> = (0..3).map(Lab::pod_block).collect();
+    for s in &speakers {
+        s.wait_rib_has(&blocks, WAIT)?;
+    }
+    for (i, s) in speakers.iter().enumerate() {
+        let remote: Vec<(Ipv4Net, Ipv4Addr)> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| (Lab::pod_block(j), Lab::ip(j)))
+            .collect();
+        wait_kernel_routes(s.netns_name(), &remote, WAIT)
+            .with_context(|| format!("{} on node {i}", s.kind()))?;
+    }
+    let converged = t0.elapsed();
+    for from in 0..3 {
+        for to in (0..3).filter(|to| *to != from) {
+            assert!(
+                lab.ping(from, Lab::pod_ip(from), Lab::pod_ip(to))?,
+                "ping from pod {} to pod {}",
+                Lab::pod_ip(from),
+                Lab::pod_ip(to)
+            );
+        }
+    }
+    // Runtime announce and withdraw, from each speaker in turn.
+    let t1 = Instant::now();
+    for i in 0..3 {
+        let extra: Ipv4Net = format!("198.19.{}.64/26", i + 1).parse()?;
+        speakers[i].announce(extra)?;
+        for j in (0..3).filter(|j| *j != i) {
+            wait_kernel_routes(speakers[j].netns_name(), &[(extra, Lab::ip(i))], WAIT)
+                .with_context(|| format!("{} announced {extra}", speakers[i].kind()))?;
+        }
+        speakers[i].withdraw(extra)?;
+        for j in (0..3).filter(|j| *j != i) {
+            wait_kernel_lacks(speakers[j].netns_name(), &[extra], WAIT)
+                .with_context(|| format!("{} withdrew {extra}", speakers[i].kind()))?;
+            assert!(!speakers[j].rib()?.contains(&extra));
+        }
+    }
+    eprintln!(
+        "bgplab {kinds:?} rr={rr}: daemons started in {started:?}, sessions up at {established:?}, \
+         kernels full at {converged:?}; announce+withdraw round trips for 3 origins {:?}",
+        t1.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn bird_reflects_between_gobgp_and_frr() -> Result<()> {
+    require!(root; "ip", "busybox");
+    if !testkit::bgplab::require_daemons() {
+        return Ok(());
+    }
+    reflector_lab([SpeakerKind::Bird, SpeakerKind::GoBgp, SpeakerKind::Frr], 0)
+}
+
+#[test]
+fn frr_reflects_between_bird_and_gobgp() -> Result<()> {
+    require!(root; "ip", "busybox");
+    if !testkit::bgplab::require_daemons() {
+        return Ok(());
+    }
+    reflector_lab([SpeakerKind::Bird, SpeakerKind::GoBgp, SpeakerKind::Frr], 2)
+}
+
+/// Three BIRDs configured as Calico configures a full mesh: sessions come up although the
+/// higher address of each pair is passive, each kernel gets the others' blocks via their node
+/// and its own block as a blackhole, and a block added at runtime spreads.
+#[test]
+fn calico_mesh_bird_config_converges() -> Result<()> {
+    require!(root; "ip", "busybox");
+    if !testkit::bgplab::require_daemons() {
+        return Ok(());
+    }
+    let lab = Lab::new(3)?;
+    let mesh: Vec<Ipv4Addr> = (0..3).map(Lab::ip).collect();
+    let t0 = Instant::now();
+    let mut birds = Vec::new();
+    for i in 0..3 {
+        lab.add_pod_address(i)?;
+        let mut node = CalicoMeshNode::new(Lab::ip(i), mesh.clone());
+        node.local_blocks = vec![Lab::pod_block(i)];
+        node.pools = vec!["198.19.0.0/16".parse()?];
+        birds.push(Bird::start_calico(lab.netns(i), node)?);
+    }
+    for b in &birds {
+        b.wait_established(WAIT)?;
+    }
+    let established = t0.elapsed();
+    for (i, b) in birds.iter().enumerate() {
+        let remote: Vec<(Ipv4Net, Ipv4Addr)> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| (Lab::pod_block(j), Lab::ip(j)))
+            .collect();
+        wait_kernel_routes(b.netns_name(), &remote, WAIT)?;
+        let own = b
+            .kernel_routes()?
+            .into_iter()
+            .find(|r| r.dst == Lab::pod_block(i))
+            .context("own block in the kernel")?;
+        assert_eq!(own.kind, "blackhole", "{own:?}");
+    }
+    let converged = t0.elapsed();
+    assert!(lab.ping(0, Lab::pod_ip(0), Lab::pod_ip(2))?);
+    let extra: Ipv4Net = "198.19.1.64/26".parse()?;
+    birds[0].announce(extra)?;
+    for b in &birds[1..] {
+        wait_kernel_routes(b.netns_name(), &[(extra, Lab::ip(0))], WAIT)?;
+    }
+    birds[0].withdraw(extra)?;
+    for b in &birds[1..] {
+        wait_kernel_lacks(b.netns_name(), &[extra], WAIT)?;
+    }
+    eprintln!("bgplab calico mesh: sessions up at {established:?}, kernels full at {converged:?}");
+    Ok(())
+}
