@@ -350,17 +350,21 @@ mod tests {
 
     #[test]
     fn show_protocols_all_yields_states_by_neighbor() {
-        let out = "BIRD 2.0.12 ready.\n\
-Name       Proto      Table      State  Since         Info\n\
-device1    Device     ---        up     15:30:52.123  \n\
-n_198_18_0_2 BGP        ---        up     15:30:53.456  Established   \n\
-  BGP state:          Established\n\
-    Neighbor address: 198.18.0.2\n\
-    Neighbor AS:      64512\n\
-n_198_18_0_3 BGP        ---        start  15:30:52.123  Active        Socket: Connection refused\n\
-  BGP state:          Active\n\
-    Neighbor address: 198.18.0.3\n\
-    Neighbor AS:      64512\n";
+        let out = [
+            "BIRD 2.0.12 ready.",
+            "Name       Proto      Table      State  Since         Info",
+            "device1    Device     ---        up     15:30:52.123  ",
+            "n_198_18_0_2 BGP        ---        up     15:30:53.456  Established   ",
+            "  BGP state:          Established",
+            "    Neighbor address: 198.18.0.2",
+            "    Neighbor AS:      64512",
+            "n_198_18_0_3 BGP        ---        start  15:30:52.123  Active        Socket: Connection refused",
+            "  BGP state:          Active",
+            "    Neighbor address: 198.18.0.3",
+            "    Neighbor AS:      64512",
+        ]
+        .join("\n");
+        let out = out.as_str();
         let s = parse_show_protocols_all(out);
         assert_eq!(s[&Ipv4Addr::new(198, 18, 0, 2)], SessionState::Established);
         assert_eq!(s[&Ipv4Addr::new(198, 18, 0, 3)], SessionState::Active);
@@ -369,11 +373,16 @@ n_198_18_0_3 BGP        ---        start  15:30:52.123  Active        Socket: Co
 
     #[test]
     fn show_route_yields_prefixes() {
-        let out = "BIRD 2.0.12 ready.\nTable master4:\n\
-198.19.1.0/26        blackhole [originated 15:30:52.123] * (200)\n\
-198.19.2.0/26        unicast [n_198_18_0_2 15:30:53.456] * (100) [i]\n\
-\tvia 198.18.0.2 on eth0\n\
-                     unicast [n_198_18_0_3 15:30:53.456] (100) [i]\n";
+        let out = [
+            "BIRD 2.0.12 ready.",
+            "Table master4:",
+            "198.19.1.0/26        blackhole [originated 15:30:52.123] * (200)",
+            "198.19.2.0/26        unicast [n_198_18_0_2 15:30:53.456] * (100) [i]",
+            "\tvia 198.18.0.2 on eth0",
+            "                     unicast [n_198_18_0_3 15:30:53.456] (100) [i]",
+        ]
+        .join("\n");
+        let out = out.as_str();
         let p = parse_show_route(out);
         assert_eq!(
             p.iter().map(ToString::to_string).collect::<Vec<_>>(),

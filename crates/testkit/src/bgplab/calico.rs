@@ -172,7 +172,8 @@ mod tests {
         // mirrors bgp_processor.go processMeshPeers: `if peerIP > currentNodeIP { Passive }`
         let node = CalicoMeshNode::new(Ipv4Addr::new(10, 0, 0, 10), vec![]);
         assert!(node.passive_toward(Ipv4Addr::new(10, 0, 0, 9)));
-        assert!(!node.passive_toward(Ipv4Addr::new(10, 0, 0, 100)));
+        assert!(node.passive_toward(Ipv4Addr::new(10, 0, 0, 100)));
+        assert!(!node.passive_toward(Ipv4Addr::new(10, 0, 0, 1)));
         assert!(node.passive_toward(Ipv4Addr::new(10, 0, 0, 11)));
     }
 
