@@ -98,6 +98,11 @@ fn reflector_lab(kinds: [SpeakerKind; 3], rr: usize) -> Result<()> {
             assert!(!speakers[j].rib()?.contains(&extra));
         }
     }
+    if std::env::var_os("BGPLAB_LOGS").is_some() {
+        for s in &speakers {
+            eprintln!("==== {} log:\n{}", s.kind(), s.log());
+        }
+    }
     eprintln!(
         "bgplab {kinds:?} rr={rr}: daemons started in {started:?}, sessions up at {established:?}, \
          kernels full at {converged:?}; announce+withdraw round trips for 3 origins {:?}",
@@ -122,6 +127,15 @@ fn frr_reflects_between_bird_and_gobgp() -> Result<()> {
         return Ok(());
     }
     reflector_lab([SpeakerKind::Bird, SpeakerKind::GoBgp, SpeakerKind::Frr], 2)
+}
+
+#[test]
+fn gobgp_reflects_between_bird_and_frr() -> Result<()> {
+    require!(root; "ip", "busybox");
+    if !testkit::bgplab::require_daemons() {
+        return Ok(());
+    }
+    reflector_lab([SpeakerKind::Bird, SpeakerKind::GoBgp, SpeakerKind::Frr], 1)
 }
 
 /// Three BIRDs configured as Calico configures a full mesh: sessions come up although the

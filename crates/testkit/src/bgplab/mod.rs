@@ -345,6 +345,14 @@ pub trait Speaker {
     fn rib(&self) -> Result<BTreeSet<Ipv4Net>>;
     /// The state of its session with each configured neighbour.
     fn sessions(&self) -> Result<BTreeMap<Ipv4Addr, SessionState>>;
+    /// The state of its session with `peer` (`Other("not configured")` for a stranger).
+    fn session(&self, peer: Ipv4Addr) -> Result<SessionState> {
+        Ok(self
+            .sessions()?
+            .remove(&peer)
+            .unwrap_or_else(|| SessionState::Other("not configured".into())))
+    }
+
     /// Starts originating `prefix`.
     fn announce(&mut self, prefix: Ipv4Net) -> Result<()>;
     /// Stops originating `prefix`.
