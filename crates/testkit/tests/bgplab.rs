@@ -16,7 +16,7 @@ use ipnet::Ipv4Net;
 use testkit::bgplab::calico::CalicoMeshNode;
 use testkit::bgplab::{
     Bird, DEFAULT_ASN, Frr, GoBgp, Lab, Neighbor, Speaker, SpeakerConfig, SpeakerKind,
-    wait_kernel_lacks, wait_kernel_routes,
+    wait_kernel_gateway_routes, wait_kernel_lacks, wait_kernel_routes,
 };
 use testkit::require;
 
@@ -136,6 +136,73 @@ fn gobgp_reflects_between_bird_and_frr() -> Result<()> {
         return Ok(());
     }
     reflector_lab([SpeakerKind::Bird, SpeakerKind::GoBgp, SpeakerKind::Frr], 1)
+}
+
+/// `n` /32s of node `i`'s scale range 198.19.(64(i+1)).0/18 (reference §5.2).
+fn scale_prefixes(i: usize, n: usize) -> Vec<Ipv4Net> {
+    let base = u32::from(Ipv4Addr::new(
+        198,
+        19,
+        64 * u8::try_from(i + 1).unwrap_or(0),
+        0,
+    ));
+    (0..n)
+        .map(|k| Ipv4Net::from(Ipv4Addr::from(base + u32::try_from(k).unwrap_or(0))))
+        .collect()
+}
+
+/// Bulk updates (one reconfigure, one vtysh file, one MRT injection) through a BIRD
+/// reflector: each speaker announces 1000 /32s, every kernel gets the other 2000, then each
+/// withdraws them and every kernel loses them.
+#[test]
+fn thousand_prefixes_per_speaker_come_and_go() -> Result<()> {
+    require!(root; "ip", "busybox");
+    if !testkit::bgplab::require_daemons() {
+        return Ok(());
+    }
+    const N: usize = 1000;
+    let scale: Ipv4Net = "198.19.64.0/18".parse()?;
+    let scale = scale
+        .supernet()
+        .and_then(|s| s.supernet())
+        .context("198.19.0.0/16")?;
+    let lab = Lab::new(3)?;
+    let kinds = [SpeakerKind::Bird, SpeakerKind::GoBgp, SpeakerKind::Frr];
+    let mut speakers = Vec::new();
+    for (i, kind) in kinds.into_iter().enumerate() {
+        speakers.push(start(&lab, kind, i, 0)?);
+    }
+    for s in &speakers {
+        s.wait_established(WAIT)?;
+    }
+    // Own pod blocks are there too: 2 remote /26s per kernel.
+    for s in &speakers {
+        wait_kernel_gateway_routes(s.netns_name(), scale, 2, WAIT)?;
+    }
+    let mut timings = Vec::new();
+    for i in 0..3 {
+        let prefixes = scale_prefixes(i, N);
+        let t = Instant::now();
+        speakers[i].announce_many(&prefixes)?;
+        let command = t.elapsed();
+        for j in (0..3).filter(|j| *j != i) {
+            wait_kernel_gateway_routes(speakers[j].netns_name(), scale, 2 + N, WAIT)
+                .with_context(|| format!("{} announced {N}", speakers[i].kind()))?;
+        }
+        let announced = t.elapsed();
+        speakers[i].withdraw_many(&prefixes)?;
+        for j in (0..3).filter(|j| *j != i) {
+            wait_kernel_gateway_routes(speakers[j].netns_name(), scale, 2, WAIT)
+                .with_context(|| format!("{} withdrew {N}", speakers[i].kind()))?;
+        }
+        timings.push(format!(
+            "{}: command {command:?}, both kernels full at {announced:?}, empty again at {:?}",
+            speakers[i].kind(),
+            t.elapsed()
+        ));
+    }
+    eprintln!("bgplab {N} /32s via BIRD reflector: {}", timings.join("; "));
+    Ok(())
 }
 
 /// Three BIRDs configured as Calico configures a full mesh: sessions come up although the

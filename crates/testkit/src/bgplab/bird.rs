@@ -206,6 +206,23 @@ impl Speaker for Bird {
         self.apply()
     }
 
+    fn announce_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        let known: BTreeSet<Ipv4Net> = self.config.originate.iter().copied().collect();
+        let new: Vec<Ipv4Net> = prefixes
+            .iter()
+            .filter(|p| !known.contains(p))
+            .copied()
+            .collect();
+        self.config.originate.extend(new);
+        self.apply()
+    }
+
+    fn withdraw_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        let gone: BTreeSet<&Ipv4Net> = prefixes.iter().collect();
+        self.config.originate.retain(|p| !gone.contains(p));
+        self.apply()
+    }
+
     fn pids(&self) -> Vec<u32> {
         vec![self.daemon.pid()]
     }

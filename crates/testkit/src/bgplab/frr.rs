@@ -125,16 +125,29 @@ impl Frr {
         self.dir.path().to_path_buf()
     }
 
-    fn network(&self, prefix: Ipv4Net, no: bool) -> Result<()> {
-        let router = format!("router bgp {}", self.config.asn);
-        let network = format!("{}network {prefix}", if no { "no " } else { "" });
-        self.vtysh(&[
-            "configure terminal",
-            &router,
-            "address-family ipv4 unicast",
-            &network,
-        ])
-        .map(|_| ())
+    /// `[no] network <p>` for every prefix, applied with one `vtysh -f` (one process, one
+    /// configuration transaction, however many prefixes).
+    fn networks(&self, prefixes: &[Ipv4Net], no: bool) -> Result<()> {
+        let mut text = format!(
+            "router bgp {}\n address-family ipv4 unicast\n",
+            self.config.asn
+        );
+        for p in prefixes {
+            let _ = writeln!(text, "  {}network {p}", if no { "no " } else { "" });
+        }
+        let file = self.dir.path().join("change.conf");
+        std::fs::write(&file, text).with_context(|| format!("{}", file.display()))?;
+        let out = run_checked(
+            Command::new(VTYSH)
+                .arg("--vty_socket")
+                .arg(self.dir.path())
+                .arg("-f")
+                .arg(&file),
+        )?;
+        if let Some(err) = out.lines().find(|l| l.starts_with('%')) {
+            bail!("vtysh -f: {err}");
+        }
+        Ok(())
     }
 }
 
@@ -160,16 +173,29 @@ impl Speaker for Frr {
     }
 
     fn announce(&mut self, prefix: Ipv4Net) -> Result<()> {
-        self.network(prefix, false)?;
-        if !self.config.originate.contains(&prefix) {
-            self.config.originate.push(prefix);
-        }
-        Ok(())
+        self.announce_many(&[prefix])
     }
 
     fn withdraw(&mut self, prefix: Ipv4Net) -> Result<()> {
-        self.network(prefix, true)?;
-        self.config.originate.retain(|p| *p != prefix);
+        self.withdraw_many(&[prefix])
+    }
+
+    fn announce_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        self.networks(prefixes, false)?;
+        let known: BTreeSet<Ipv4Net> = self.config.originate.iter().copied().collect();
+        let new: Vec<Ipv4Net> = prefixes
+            .iter()
+            .filter(|p| !known.contains(p))
+            .copied()
+            .collect();
+        self.config.originate.extend(new);
+        Ok(())
+    }
+
+    fn withdraw_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        self.networks(prefixes, true)?;
+        let gone: BTreeSet<&Ipv4Net> = prefixes.iter().collect();
+        self.config.originate.retain(|p| !gone.contains(p));
         Ok(())
     }
 

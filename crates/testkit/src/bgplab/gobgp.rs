@@ -66,6 +66,8 @@ pub struct GoBgp {
     netns_path: PathBuf,
     log: PathBuf,
     bridge_log: PathBuf,
+    /// Prefixes added by MRT injection (see [`Speaker::withdraw_many`] of this type).
+    injected: BTreeSet<Ipv4Net>,
     _dir: TempDir,
 }
 
@@ -101,15 +103,15 @@ impl GoBgp {
             netns_path: netns.path(),
             log,
             bridge_log,
+            injected: BTreeSet::new(),
             _dir: dir,
         };
         gobgp.wait_ready()?;
         if gobgp.config.install_routes {
             gobgp.bridge = Some(gobgp.start_bridge()?);
         }
-        for p in gobgp.config.originate.clone() {
-            gobgp.rib_add(p)?;
-        }
+        let originate = gobgp.config.originate.clone();
+        gobgp.add_paths(&originate)?;
         Ok(gobgp)
     }
 
@@ -148,6 +150,51 @@ impl GoBgp {
             &nh,
         ])
         .map(|_| ())
+    }
+
+    /// Adds paths for `prefixes` with this speaker as next hop: a few with `global rib add`,
+    /// more with `gobgp mrt inject global` of a TABLE_DUMP_V2 file ([`table_dump_v2`]).
+    ///
+    /// gobgp 3.10's `mrt inject` returns before its stream is drained and loses the tail of
+    /// the file (reference §5.3), so the file is padded with copies of its last entry (re-adding
+    /// a path changes nothing), and prefixes still missing from the RIB afterwards are
+    /// injected again (at most 5 rounds).
+    fn add_paths(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        if prefixes.len() <= MAX_SINGLE_ADDS {
+            return prefixes.iter().try_for_each(|p| self.rib_add(*p));
+        }
+        let file = self._dir.path().join("inject.mrt");
+        let mut missing: Vec<Ipv4Net> = prefixes.to_vec();
+        for _round in 0..5 {
+            let padding = missing.len().max(64);
+            std::fs::write(
+                &file,
+                table_dump_v2(&missing, padding, self.config.router_id, self.config.asn),
+            )?;
+            let nh = self.config.router_id.to_string();
+            run_checked(
+                self.command()?
+                    .args(["mrt", "inject", "global", "--no-ipv6", "--nexthop", &nh])
+                    .arg(&file),
+            )?;
+            // Paths the CLI handed over may still be on their way into the RIB.
+            let mut rib = BTreeSet::new();
+            let _ = wait_for(Duration::from_secs(2), "injected paths", || {
+                rib = self.rib()?;
+                Ok((missing.iter().all(|p| rib.contains(p)), String::new()))
+            });
+            missing.retain(|p| !rib.contains(p));
+            if missing.is_empty() {
+                self.injected.extend(prefixes);
+                return Ok(());
+            }
+        }
+        bail!(
+            "gobgp mrt inject: {} of {} prefixes never reached the RIB (first: {})",
+            missing.len(),
+            prefixes.len(),
+            missing[0]
+        )
     }
 
     fn start_bridge(&self) -> Result<KernelBridge> {
@@ -216,10 +263,44 @@ impl Speaker for GoBgp {
     }
 
     fn announce(&mut self, prefix: Ipv4Net) -> Result<()> {
-        self.rib_add(prefix)?;
-        if !self.config.originate.contains(&prefix) {
-            self.config.originate.push(prefix);
+        self.announce_many(&[prefix])
+    }
+
+    fn announce_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        self.add_paths(prefixes)?;
+        let known: BTreeSet<Ipv4Net> = self.config.originate.iter().copied().collect();
+        let new: Vec<Ipv4Net> = prefixes
+            .iter()
+            .filter(|p| !known.contains(p))
+            .copied()
+            .collect();
+        self.config.originate.extend(new);
+        Ok(())
+    }
+
+    fn withdraw_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        let gone: BTreeSet<&Ipv4Net> = prefixes.iter().collect();
+        let remaining: Vec<Ipv4Net> = self
+            .config
+            .originate
+            .iter()
+            .filter(|p| !gone.contains(p))
+            .copied()
+            .collect();
+        if prefixes.iter().any(|p| self.injected.contains(p)) {
+            // Injected paths carry the MRT file's peer as their source, and `global rib del
+            // <prefix>` (local paths only) silently leaves them: delete everything, then
+            // add back what stays (it is withdrawn and announced again).
+            self.gobgp(&["global", "rib", "-a", "ipv4", "del", "all"])?;
+            self.injected.clear();
+            self.config.originate.clear();
+            self.add_paths(&remaining)?;
+        } else {
+            for p in prefixes {
+                self.gobgp(&["global", "rib", "del", "-a", "ipv4", &p.to_string()])?;
+            }
         }
+        self.config.originate = remaining;
         Ok(())
     }
 
@@ -240,6 +321,65 @@ impl Speaker for GoBgp {
     fn log(&self) -> String {
         format!("{}{}", read_log(&self.log), read_log(&self.bridge_log))
     }
+}
+
+/// Up to this many prefixes are added one `gobgp global rib add` each (~5 ms apiece).
+const MAX_SINGLE_ADDS: usize = 16;
+
+/// An MRT file (RFC 6396 TABLE_DUMP_V2) holding one path per prefix, originated by
+/// `router_id` in AS `asn` (ORIGIN IGP, empty AS_PATH, NEXT_HOP `router_id`), then `padding`
+/// copies of the last prefix's entry.
+pub fn table_dump_v2(
+    prefixes: &[Ipv4Net],
+    padding: usize,
+    router_id: Ipv4Addr,
+    asn: u32,
+) -> Vec<u8> {
+    const TABLE_DUMP_V2: u16 = 13;
+    const PEER_INDEX_TABLE: u16 = 1;
+    const RIB_IPV4_UNICAST: u16 = 2;
+    fn record(out: &mut Vec<u8>, subtype: u16, body: &[u8]) {
+        out.extend_from_slice(&0u32.to_be_bytes()); // timestamp
+        out.extend_from_slice(&TABLE_DUMP_V2.to_be_bytes());
+        out.extend_from_slice(&subtype.to_be_bytes());
+        let len = u32::try_from(body.len()).expect("an MRT record is small");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut out = Vec::new();
+    // One peer: this speaker (type 0x02 = IPv4 address, 4-byte AS).
+    let mut peers = Vec::new();
+    peers.extend_from_slice(&router_id.octets()); // collector id
+    peers.extend_from_slice(&0u16.to_be_bytes()); // no view name
+    peers.extend_from_slice(&1u16.to_be_bytes());
+    peers.push(0x02);
+    peers.extend_from_slice(&router_id.octets());
+    peers.extend_from_slice(&router_id.octets());
+    peers.extend_from_slice(&asn.to_be_bytes());
+    record(&mut out, PEER_INDEX_TABLE, &peers);
+    // ORIGIN IGP, AS_PATH empty, NEXT_HOP.
+    let mut attrs = vec![0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4];
+    attrs.extend_from_slice(&router_id.octets());
+    let last = prefixes.last().copied();
+    let all = prefixes
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(last, padding).flatten());
+    for (seq, p) in all.enumerate() {
+        let mut body = Vec::with_capacity(32);
+        body.extend_from_slice(&u32::try_from(seq).unwrap_or(u32::MAX).to_be_bytes());
+        body.push(p.prefix_len());
+        let bytes = usize::from(p.prefix_len()).div_ceil(8);
+        body.extend_from_slice(&p.network().octets()[..bytes]);
+        body.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        body.extend_from_slice(&0u16.to_be_bytes()); // peer index
+        body.extend_from_slice(&0u32.to_be_bytes()); // originated time
+        let len = u16::try_from(attrs.len()).expect("attributes are small");
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(&attrs);
+        record(&mut out, RIB_IPV4_UNICAST, &body);
+    }
+    out
 }
 
 /// gobgpd's TOML for a lab speaker: the router id as local address of every session;
@@ -411,6 +551,24 @@ mod tests {
         assert_eq!(monitor_line_to_ip_batch(mine, own), "");
         assert_eq!(monitor_line_to_ip_batch("[]", own), "");
         assert_eq!(monitor_line_to_ip_batch("garbage", own), "");
+    }
+
+    #[test]
+    fn mrt_file_layout() {
+        let id = Ipv4Addr::new(198, 18, 0, 2);
+        let f = table_dump_v2(&["198.19.2.0/26".parse().unwrap()], 2, id, 64512);
+        // Peer index record: 12-byte header + 4 + 2 + 2 + (1 + 4 + 4 + 4).
+        assert_eq!(&f[4..8], &[0, 13, 0, 1]);
+        let first_rib = 12 + 21;
+        assert_eq!(&f[first_rib + 4..first_rib + 8], &[0, 13, 0, 2]);
+        // seq 0, /26, 4 prefix bytes.
+        assert_eq!(
+            &f[first_rib + 12..first_rib + 21],
+            &[0, 0, 0, 0, 26, 198, 19, 2, 0]
+        );
+        // Three RIB records of equal size.
+        let rib_len = f.len() - first_rib;
+        assert_eq!(rib_len % 3, 0);
     }
 
     #[test]

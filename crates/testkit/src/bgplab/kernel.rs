@@ -32,6 +32,42 @@ pub fn kernel_routes(netns: &str) -> Result<Vec<KernelRoute>> {
     parse_ip_route_json(&out)
 }
 
+/// The IPv4 routes of the main table of `netns` inside `within` (`ip route show root`).
+pub fn kernel_routes_within(netns: &str, within: Ipv4Net) -> Result<Vec<KernelRoute>> {
+    let out = run_checked(Command::new("ip").args([
+        "-n",
+        netns,
+        "-4",
+        "-j",
+        "route",
+        "show",
+        "root",
+        &within.to_string(),
+    ]))?;
+    parse_ip_route_json(&out)
+}
+
+/// Waits (up to `timeout`) until the main table of `netns` has exactly `count` routes with a
+/// gateway inside `within` (learned routes; blackholes and device routes do not count).
+pub fn wait_kernel_gateway_routes(
+    netns: &str,
+    within: Ipv4Net,
+    count: usize,
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(
+        timeout,
+        &format!("{count} routes via a gateway inside {within} in the kernel of {netns}"),
+        || {
+            let n = kernel_routes_within(netns, within)?
+                .iter()
+                .filter(|r| !r.gateways.is_empty())
+                .count();
+            Ok((n == count, format!("{n} routes")))
+        },
+    )
+}
+
 /// Waits (up to `timeout`) until the main table of `netns` routes every prefix of `want`
 /// via its next hop (among the route's gateways).
 pub fn wait_kernel_routes(

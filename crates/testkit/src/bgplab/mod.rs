@@ -37,7 +37,10 @@ use ipnet::Ipv4Net;
 pub use bird::Bird;
 pub use frr::Frr;
 pub use gobgp::GoBgp;
-pub use kernel::{KernelRoute, kernel_routes, wait_kernel_lacks, wait_kernel_routes};
+pub use kernel::{
+    KernelRoute, kernel_routes, kernel_routes_within, wait_kernel_gateway_routes,
+    wait_kernel_lacks, wait_kernel_routes,
+};
 
 use crate::netns::NetNs;
 use crate::node::SimNode;
@@ -357,6 +360,15 @@ pub trait Speaker {
     fn announce(&mut self, prefix: Ipv4Net) -> Result<()>;
     /// Stops originating `prefix`.
     fn withdraw(&mut self, prefix: Ipv4Net) -> Result<()>;
+    /// Starts originating every prefix of `prefixes`, in as few daemon commands as the
+    /// daemon allows (one reconfigure, one vtysh file, one MRT injection).
+    fn announce_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        prefixes.iter().try_for_each(|p| self.announce(*p))
+    }
+    /// Stops originating every prefix of `prefixes`.
+    fn withdraw_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
+        prefixes.iter().try_for_each(|p| self.withdraw(*p))
+    }
     /// The pids of its processes (daemons and helpers).
     fn pids(&self) -> Vec<u32>;
     /// What it logged so far (all its processes).
