@@ -138,6 +138,60 @@ fn gobgp_reflects_between_bird_and_frr() -> Result<()> {
     reflector_lab([SpeakerKind::Bird, SpeakerKind::GoBgp, SpeakerKind::Frr], 1)
 }
 
+/// With `install_routes` off, every RIB holds every block but no kernel gets a learned route;
+/// and, graceful restart off, a killed client's block leaves the others' RIBs at once (the
+/// session closes; with graceful restart the reflector would keep it as stale for 120 s).
+#[test]
+fn speakers_told_not_to_install_leave_the_kernel_alone() -> Result<()> {
+    require!(root; "ip", "busybox");
+    if !testkit::bgplab::require_daemons() {
+        return Ok(());
+    }
+    let lab = Lab::new(3)?;
+    let rr = SpeakerConfig::new(Lab::ip(0), DEFAULT_ASN)
+        .originate(Lab::pod_block(0))
+        .install_routes(false)
+        .graceful_restart(false)
+        .neighbor(Neighbor::new(Lab::ip(1), DEFAULT_ASN).rr_client(None))
+        .neighbor(Neighbor::new(Lab::ip(2), DEFAULT_ASN).rr_client(None));
+    let client = |i: usize| {
+        SpeakerConfig::new(Lab::ip(i), DEFAULT_ASN)
+            .originate(Lab::pod_block(i))
+            .install_routes(false)
+            .graceful_restart(false)
+            .neighbor(Neighbor::new(Lab::ip(0), DEFAULT_ASN))
+    };
+    let mut speakers: Vec<Box<dyn Speaker>> = vec![
+        Box::new(Bird::start(lab.netns(0), rr)?),
+        Box::new(GoBgp::start(lab.netns(1), client(1))?),
+        Box::new(Frr::start(lab.netns(2), client(2))?),
+    ];
+    let blocks: Vec<Ipv4Net> = (0..3).map(Lab::pod_block).collect();
+    for s in &speakers {
+        s.wait_rib_has(&blocks, WAIT)?;
+    }
+    let pods: Ipv4Net = "198.19.0.0/16".parse()?;
+    for s in &speakers {
+        let learned: Vec<_> = testkit::bgplab::kernel_routes_within(s.netns_name(), pods)?
+            .into_iter()
+            .filter(|r| !r.gateways.is_empty())
+            .collect();
+        assert!(learned.is_empty(), "{}: {learned:?}", s.kind());
+    }
+    assert_eq!(
+        speakers[0].session(Lab::ip(2))?,
+        testkit::bgplab::SessionState::Established
+    );
+    speakers[2].kill()?;
+    for s in &speakers[..2] {
+        testkit::bgplab::wait_for(WAIT, "FRR's block withdrawn", || {
+            let rib = s.rib()?;
+            Ok((!rib.contains(&Lab::pod_block(2)), format!("{rib:?}")))
+        })?;
+    }
+    Ok(())
+}
+
 /// `n` /32s of node `i`'s scale range 198.19.(64(i+1)).0/18 (reference §5.2).
 fn scale_prefixes(i: usize, n: usize) -> Vec<Ipv4Net> {
     let base = u32::from(Ipv4Addr::new(

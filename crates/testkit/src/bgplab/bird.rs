@@ -223,6 +223,10 @@ impl Speaker for Bird {
         self.apply()
     }
 
+    fn kill(&mut self) -> Result<()> {
+        self.daemon.kill().map(|_| ())
+    }
+
     fn pids(&self) -> Vec<u32> {
         vec![self.daemon.pid()]
     }

@@ -199,6 +199,11 @@ impl Speaker for Frr {
         Ok(())
     }
 
+    fn kill(&mut self) -> Result<()> {
+        self.bgpd.kill()?;
+        self.zebra.kill().map(|_| ())
+    }
+
     fn pids(&self) -> Vec<u32> {
         vec![self.zebra.pid(), self.bgpd.pid()]
     }

@@ -310,6 +310,14 @@ impl Speaker for GoBgp {
         Ok(())
     }
 
+    fn kill(&mut self) -> Result<()> {
+        self.daemon.kill()?;
+        // The bridge would only see the monitor fail now; its routes stay in the kernel,
+        // as they would after a crash of a real GoBGP-based speaker.
+        self.bridge = None;
+        Ok(())
+    }
+
     fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.daemon.pid()];
         if let Some(b) = &self.bridge {

@@ -369,6 +369,9 @@ pub trait Speaker {
     fn withdraw_many(&mut self, prefixes: &[Ipv4Net]) -> Result<()> {
         prefixes.iter().try_for_each(|p| self.withdraw(*p))
     }
+    /// SIGKILLs its processes at once (a crash, for fault tests); the value is dropped as
+    /// usual afterwards.
+    fn kill(&mut self) -> Result<()>;
     /// The pids of its processes (daemons and helpers).
     fn pids(&self) -> Vec<u32>;
     /// What it logged so far (all its processes).
