@@ -307,6 +307,11 @@ fn calico_mesh_bird_config_converges() -> Result<()> {
     for b in &birds[1..] {
         wait_kernel_lacks(b.netns_name(), &[extra], WAIT)?;
     }
+    if std::env::var_os("BGPLAB_LOGS").is_some() {
+        for b in &birds {
+            eprintln!("==== BIRD log:\n{}\n{}", b.log(), b.config_text()?);
+        }
+    }
     eprintln!("bgplab calico mesh: sessions up at {established:?}, kernels full at {converged:?}");
     Ok(())
 }

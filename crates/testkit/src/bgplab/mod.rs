@@ -15,6 +15,34 @@
 //! Speakers share an underlay with calico-node agents when they are started on a
 //! [`SimNode`] of a [`crate::Cluster`] (`Bird::start(cluster.node(i).netns(), cfg)`), or on
 //! extra nodes attached to its underlay with [`SimNode::new`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use testkit::bgplab::{Bird, Frr, Lab, Neighbor, Speaker, SpeakerConfig, DEFAULT_ASN};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let lab = Lab::new(2)?; // 198.18.0.1 and .2; declared first, so dropped last
+//! let bird = Bird::start(
+//!     lab.netns(0),
+//!     SpeakerConfig::new(Lab::ip(0), DEFAULT_ASN)
+//!         .neighbor(Neighbor::new(Lab::ip(1), DEFAULT_ASN))
+//!         .originate(Lab::pod_block(0)),
+//! )?;
+//! let mut frr = Frr::start(
+//!     lab.netns(1),
+//!     SpeakerConfig::new(Lab::ip(1), DEFAULT_ASN).neighbor(Neighbor::new(Lab::ip(0), DEFAULT_ASN)),
+//! )?;
+//! frr.wait_established(Duration::from_secs(10))?;
+//! frr.announce(Lab::pod_block(1))?;
+//! bird.wait_rib_has(&[Lab::pod_block(1)], Duration::from_secs(10))?;
+//! testkit::bgplab::wait_kernel_routes(
+//!     bird.netns_name(),
+//!     &[(Lab::pod_block(1), Lab::ip(1))],
+//!     Duration::from_secs(10),
+//! )?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bird;
 pub mod calico;
