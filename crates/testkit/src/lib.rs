@@ -1,7 +1,8 @@
 //! Fixtures for integration tests against real components: Debian's `etcd`, real network
 //! namespaces, simulated nodes on a simulated underlay, this workspace's built binaries,
 //! `calico-node run` on a node ([`Agent`]), and a [`Jail`] (pids and memory cgroup, address
-//! space, deadline) for running a plugin that may run away.
+//! space, deadline) for running a plugin that may run away, and a BGP interop lab ([`bgplab`]:
+//! BIRD 2, GoBGP and FRR as peers on simulated nodes).
 //!
 //! Rules every fixture follows:
 //! - it removes what it created when dropped, also while a test panics (drop runs during
@@ -18,6 +19,7 @@
 //! and decoders under proptest (dev-dependencies), and `tests/badinput` its binaries.
 
 pub mod agent;
+pub mod bgplab;
 pub mod bins;
 pub mod cluster;
 pub mod dns;
