@@ -54,10 +54,18 @@ enum Command {
         #[command(flatten)]
         ds: Datastore,
     },
+    /// Replace existing resources by file or stdin.
+    Replace {
+        /// Filename to use to replace the resource ("-" for stdin).
+        #[arg(short = 'f', long = "filename")]
+        filename: String,
+        #[command(flatten)]
+        ds: Datastore,
+    },
     /// Delete a resource identified by file, stdin or kind and name.
     Delete {
-        /// The kind (ippool, node, ipamconfig and their aliases; workloadendpoint and profile
-        /// are read-only).
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer and their aliases;
+        /// workloadendpoint and profile are read-only).
         kind: Option<String>,
         /// The name of the resource.
         name: Option<String>,
@@ -72,7 +80,8 @@ enum Command {
     },
     /// Get resources: a list of the kind, or the named ones.
     Get {
-        /// The kind (ippool, node, ipamconfig, workloadendpoint, profile and their aliases).
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer, workloadendpoint, profile
+        /// and their aliases).
         kind: String,
         /// Names; none lists every resource of the kind.
         names: Vec<String>,
@@ -219,6 +228,16 @@ fn named_object(kind: Kind, name: &str) -> CmdResult<Object> {
         Kind::IpamConfiguration => {
             Object::IpamConfiguration(Resource::new(kind.name(), name, Default::default()))
         }
+        Kind::BgpConfiguration => Object::BgpConfiguration(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::BgpPeer => Object::BgpPeer(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
         Kind::WorkloadEndpoint | Kind::Profile => {
             return Err(CmdError::failed(kind.read_only_error()));
         }
@@ -231,6 +250,11 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             let objects = read_objects(&filename)?;
             let store = connect(&ds)?;
             ops::apply(&Ctx::new(&store), &objects, Action::Apply, false, out)
+        }
+        Command::Replace { filename, ds } => {
+            let objects = read_objects(&filename)?;
+            let store = connect(&ds)?;
+            ops::apply(&Ctx::new(&store), &objects, Action::Replace, false, out)
         }
         Command::Create {
             filename,

@@ -15,6 +15,7 @@ use super::print::{self, Fetched, Format, TableOpts};
 use super::validate::{self, PoolContext};
 use super::{DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, Kind, Object, id_in};
 use crate::error::{CmdError, CmdResult};
+use calico_datastore::model::bgp::{BgpConfiguration, BgpPeer};
 use calico_datastore::model::{
     ClusterInformation, ClusterInformationSpec, DEFAULT_TIERS, IpPool, IpamConfiguration, Node,
     Profile, ProfileSpec, Resource, Rule, WorkloadEndpoint, default_tier, keys, new_cluster_guid,
@@ -84,6 +85,12 @@ pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
         Kind::Profile => Profile::from_kv(kv)
             .ok()
             .map(|p| Object::Profile(Box::new(p))),
+        Kind::BgpConfiguration => BgpConfiguration::from_kv(kv)
+            .ok()
+            .map(|c| Object::BgpConfiguration(Box::new(c))),
+        Kind::BgpPeer => BgpPeer::from_kv(kv)
+            .ok()
+            .map(|p| Object::BgpPeer(Box::new(p))),
     }
 }
 
@@ -104,12 +111,12 @@ pub fn default_allow_profile() -> Object {
 }
 
 fn global_asn(store: &dyn KvStore) -> CmdResult<u32> {
-    let kv = store.get(&keys::resource("bgpconfigurations", "default"))?;
+    // Read as the typed resource: an AS number may be stored as text (`"1.10"`).
+    let kv = store.get(&Kind::BgpConfiguration.key("", "default"))?;
     Ok(kv
-        .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-        .and_then(|v| v["spec"]["asNumber"].as_u64())
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(DEFAULT_ASN))
+        .and_then(|kv| BgpConfiguration::from_kv(&kv).ok())
+        .and_then(|c| c.spec.as_number)
+        .map_or(DEFAULT_ASN, |a| a.0))
 }
 
 /// Which namespaces `get` reads: `-n <ns>` and `-A`.
@@ -226,6 +233,8 @@ pub fn get(
 pub enum Action {
     Apply,
     Create,
+    /// Update an existing resource; a missing one is an error.
+    Replace,
 }
 
 impl Action {
@@ -233,6 +242,7 @@ impl Action {
         match self {
             Action::Apply => "apply",
             Action::Create => "create",
+            Action::Replace => "replace",
         }
     }
 
@@ -240,6 +250,7 @@ impl Action {
         match self {
             Action::Apply => "applied",
             Action::Create => "created",
+            Action::Replace => "replaced",
         }
     }
 }
@@ -357,11 +368,22 @@ impl Plan<'_> {
         }
         match doc {
             Object::IpamConfiguration(c) => validate::ipam_configuration(&name, &c.spec)?,
+            Object::BgpConfiguration(c) => {
+                validate::bgp_configuration(&name, &c.spec).map_err(|e| e.to_string())?
+            }
+            Object::BgpPeer(p) => validate::bgp_peer(&name, &p.spec).map_err(|e| e.to_string())?,
             _ => validate::check_name(kind.name(), &name).map_err(|e| e.to_string())?,
         }
         let key = kind.key("", &name);
         let existing = self.existing(&key);
         let exists = !matches!(existing, Existing::None);
+        if !exists && self.action == Action::Replace {
+            // etcdv3.go Update: the guarded put finds no key (ErrorResourceDoesNotExist).
+            return Err(format!(
+                "resource does not exist: {} with error: <nil>",
+                doc.id()
+            ));
+        }
         if exists && self.action == Action::Create {
             if self.skip_exists {
                 return Ok(None);
@@ -387,6 +409,14 @@ impl Plan<'_> {
             Object::IpamConfiguration(c) => {
                 let (c, bytes) = self.plan_plain(c.clone(), doc, &existing, live_rev)?;
                 (Object::IpamConfiguration(c), bytes)
+            }
+            Object::BgpConfiguration(c) => {
+                let (c, bytes) = self.plan_plain((**c).clone(), doc, &existing, live_rev)?;
+                (Object::BgpConfiguration(Box::new(c)), bytes)
+            }
+            Object::BgpPeer(p) => {
+                let (p, bytes) = self.plan_plain((**p).clone(), doc, &existing, live_rev)?;
+                (Object::BgpPeer(Box::new(p)), bytes)
             }
             Object::WorkloadEndpoint(_) | Object::Profile(_) => {
                 return Err(kind.read_only_error());
