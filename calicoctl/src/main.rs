@@ -102,6 +102,17 @@ enum Command {
         #[command(subcommand)]
         command: IpamCommand,
     },
+    /// Calico node management.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Check the status of the Calico node instance: its BGP peering states.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,6 +337,9 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             let store = connect(&ds)?;
             ops::get(&Ctx::new(&store), k, &names, &namespaces, format, out)
         }
+        Command::Node {
+            command: NodeCommand::Status,
+        } => calicoctl::node_status::run(out),
         Command::Ipam { command } => match command {
             IpamCommand::Show {
                 ip,
