@@ -62,6 +62,21 @@ enum Command {
         #[command(flatten)]
         ds: Datastore,
     },
+    /// Patch a resource in place (a JSON merge of the patch into the stored object).
+    Patch {
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer and their aliases).
+        kind: String,
+        /// The name of the resource.
+        name: String,
+        /// The patch, JSON: `{"spec":{"bgp":{"routeReflectorClusterID":"224.0.0.1"}}}`.
+        #[arg(short = 'p', long = "patch")]
+        patch: String,
+        /// Accepted as calicoctl accepts it (strategic, json, merge): every patch is merged.
+        #[arg(short = 't', long = "type", default_value = "strategic")]
+        patch_type: String,
+        #[command(flatten)]
+        ds: Datastore,
+    },
     /// Delete a resource identified by file, stdin or kind and name.
     Delete {
         /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer and their aliases;
@@ -261,6 +276,19 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             let objects = read_objects(&filename)?;
             let store = connect(&ds)?;
             ops::apply(&Ctx::new(&store), &objects, Action::Apply, false, out)
+        }
+        Command::Patch {
+            kind,
+            name,
+            patch,
+            patch_type: _,
+            ds,
+        } => {
+            let kind = Kind::from_alias(&kind).ok_or_else(|| {
+                CmdError::failed(format!("resource type '{kind}' is not supported"))
+            })?;
+            let store = connect(&ds)?;
+            ops::patch(&Ctx::new(&store), kind, &name, &patch, out)
         }
         Command::Replace { filename, ds } => {
             let objects = read_objects(&filename)?;

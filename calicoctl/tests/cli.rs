@@ -1926,3 +1926,98 @@ fn bad_bgp_documents_write_nothing() {
         assert_eq!(f.dump(), before, "{text} wrote something");
     }
 }
+
+/// `calicoctl patch` (resourcemgr.go Patch): the documented route-reflector step patches a
+/// Node's BGP fields; a BGPPeer's; a missing resource, bad JSON and an invalid result write
+/// nothing.
+#[test]
+fn patch_node_bgp_fields_and_peers() {
+    require!("etcd");
+    let f = Fixture::start();
+    let node = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node1\n  \
+                labels:\n    rack: a\nspec:\n  bgp:\n    ipv4Address: 192.168.0.1/24\n";
+    assert_eq!(f.apply(node).code, 0);
+    assert_eq!(f.apply(BGP_DOCS).code, 0);
+    let node_key = "/calico/resources/v3/projectcalico.org/nodes/node1";
+    let before = f.get_json(node_key).unwrap();
+    assert_eq!(
+        f.ok(&[
+            "patch",
+            "node",
+            "node1",
+            "--patch",
+            r#"{"metadata":{"labels":{"route-reflector":"true","rack":null}},"spec":{"bgp":{"routeReflectorClusterID":"224.0.0.1","asNumber":"65001"}}}"#,
+        ]),
+        "Successfully patched 1 'Node' resource\n"
+    );
+    let after = f.get_json(node_key).unwrap();
+    assert_eq!(
+        after["spec"]["bgp"],
+        json!({"asNumber":65001,"ipv4Address":"192.168.0.1/24","routeReflectorClusterID":"224.0.0.1"})
+    );
+    assert_eq!(
+        after["metadata"]["labels"],
+        json!({"route-reflector":"true"})
+    );
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(
+        f.ok(&["get", "nodes", "-o", "wide"]),
+        "NAME    ASN     IPV4             IPV6   \nnode1   65001   192.168.0.1/24          \n\n"
+    );
+    assert_eq!(
+        f.ok(&[
+            "patch",
+            "bgpp",
+            "rack1-tor",
+            "-p",
+            r#"{"spec":{"peerIP":"192.20.30.41"}}"#,
+            "--type",
+            "merge"
+        ]),
+        "Successfully patched 1 'BGPPeer' resource\n"
+    );
+    assert_eq!(
+        f.get_json(BGP_PEER_KEY).unwrap()["spec"]["peerIP"],
+        "192.20.30.41"
+    );
+
+    let dump = f.dump();
+    for (args, want) in [
+        (
+            ["patch", "bgppeer", "absent", "-p", "{}"],
+            "Failed to patch 'BGPPeer' resource: resource does not exist: BGPPeer(absent) with error: <nil>\n\n",
+        ),
+        (
+            ["patch", "node", "node1", "-p", "{not json"],
+            "Failed to patch 'Node' resource: performing strategic merge patch: key must be a string at line 1 column 2\n\n",
+        ),
+        (
+            [
+                "patch",
+                "bgppeer",
+                "rack1-tor",
+                "-p",
+                r#"{"spec":{"node":"node1"}}"#,
+            ],
+            "Failed to patch 'BGPPeer' resource: updating existing resource: error with field Node = 'node1' (Node field must be empty when NodeSelector is specified)\n\n",
+        ),
+        (
+            [
+                "patch",
+                "node",
+                "node1",
+                "-p",
+                r#"{"spec":{"bgp":{"asn":1}}}"#,
+            ],
+            "Failed to patch 'Node' resource: creating resource from patched data: field in document is not recognized or is in the wrong location: asn\n\n",
+        ),
+    ] {
+        let out = f.run(&args, None);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (1, "", want),
+            "{args:?}"
+        );
+    }
+    assert_eq!(f.dump(), dump);
+}
