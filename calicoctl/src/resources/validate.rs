@@ -392,6 +392,15 @@ fn is_mac(s: &str) -> bool {
 /// The Node's address fields.
 pub fn node(spec: &NodeSpec) -> Result<(), ValidationError> {
     let mut errs = Vec::new();
+    if spec.bgp.as_ref().is_some_and(|b| *b == Default::default()) {
+        // validateNodeSpec: a BGP section with nothing in it (Go prints the nil pointer and
+        // four empty strings of the struct).
+        errs.push(ErroredField::new(
+            "BGP",
+            Some("&{<nil>    }".into()),
+            "Spec.BGP should not be empty",
+        ));
+    }
     let mut check = |field: &str, value: &str, ok: bool, what: &str| {
         if !value.is_empty() && !ok {
             errs.push(ErroredField::new(
@@ -1438,5 +1447,18 @@ mod tests {
             Err("error with field IPv4NormalRoutePriority = '0' (Reason: failed to validate Field: IPv4NormalRoutePriority because of Tag: gte )".into())
         );
         assert!(config("Default", |_| {}).is_err(), "name rule");
+    }
+
+    /// Mirrors validator.go validateNodeSpec: an empty BGP section is refused.
+    #[test]
+    fn an_empty_node_bgp_section_is_refused() {
+        let spec = NodeSpec {
+            bgp: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            node(&spec).map_err(|e| e.to_string()),
+            Err("error with field BGP = '&{<nil>    }' (Spec.BGP should not be empty)".into())
+        );
     }
 }
