@@ -154,3 +154,36 @@ fn an_agent_without_bgp_status_is_an_error_after_running() {
          not report BGP status yet\n"
     );
 }
+
+/// Mirrors permissions.go enforceRoot: not root is refused on stdout, exit 1, before any
+/// connection.
+#[test]
+fn not_root_is_refused() {
+    require!(root; "setpriv");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "node",
+            "status",
+        ])
+        .env("CALICO_NODE_SOCKET", dir.path().join("absent.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (
+            Some(1),
+            "Need super user privileges: Operation not permitted\n",
+            ""
+        )
+    );
+}
