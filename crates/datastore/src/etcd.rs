@@ -12,7 +12,9 @@ use crate::config::EtcdConfig;
 use crate::error::{EtcdError, StoreError};
 use crate::store::{Guard, Kv, KvStore, Read, TxnOutcome, Write};
 use crate::transport::{Target, dial, wrap};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse, WatchClient,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Clone)]
 pub struct EtcdClient {
     kv: KvClient,
+    /// Watches ([`crate::watch`]) ride the same connection as the requests.
+    watch: WatchClient,
     config: Arc<EtcdConfig>,
     endpoints: Arc<str>,
     /// Set after the first answered request: from then on a closed connection means etcd
@@ -90,6 +94,7 @@ impl EtcdClient {
             .map_err(|e| classify(&endpoints, e, config.uses_tls(), false))?;
         Ok(EtcdClient {
             kv: client.kv_client(),
+            watch: client.watch_client(),
             config: Arc::new(config.clone()),
             endpoints: endpoints.into(),
             answered: Arc::new(AtomicBool::new(false)),
@@ -98,6 +103,11 @@ impl EtcdClient {
 
     pub fn endpoints(&self) -> &str {
         &self.endpoints
+    }
+
+    /// How long one request may take.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.config.request_timeout
     }
 
     /// Runs one request, bounded by the request timeout whatever the transport does.
@@ -143,6 +153,56 @@ impl EtcdClient {
         let ops: Vec<TxnOp> = reads.iter().map(get_op).collect();
         let resp = self.run(kv.txn(Txn::new().and_then(ops))).await?;
         Ok(gets(resp.op_responses()))
+    }
+
+    /// Every key under each prefix, in one transaction, with the store's revision at that
+    /// moment: the starting point of a watch ([`crate::watch`]) that misses nothing.
+    pub async fn read_at_revision(&self, reads: &[Read]) -> Result<(Vec<Vec<Kv>>, i64), EtcdError> {
+        let mut kv = self.kv.clone();
+        let ops: Vec<TxnOp> = reads.iter().map(get_op).collect();
+        let resp = self.run(kv.txn(Txn::new().and_then(ops))).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((gets(resp.op_responses()), revision))
+    }
+
+    /// Discards the history before `revision` (etcd's compaction), for tools and tests: a
+    /// watch from an older revision is then refused.
+    pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
+        let mut kv = self.kv.clone();
+        self.run(kv.compact(revision, None)).await.map(|_| ())
+    }
+
+    /// Opens one watch stream over every prefix, from `start_revision` on (see
+    /// [`crate::watch`]). The opening is bounded by the request timeout; the stream is not.
+    pub(crate) async fn open_watch(
+        &self,
+        prefixes: &[String],
+        start_revision: i64,
+    ) -> Result<etcd_client::WatchStream, EtcdError> {
+        let options = || {
+            etcd_client::WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(start_revision)
+        };
+        let mut watch = self.watch.clone();
+        let Some((first, rest)) = prefixes.split_first() else {
+            return Err(EtcdError::Config(
+                "a watch needs at least one prefix".into(),
+            ));
+        };
+        let mut stream = self
+            .run(watch.watch(first.as_str(), Some(options())))
+            .await?;
+        for prefix in rest {
+            self.run(stream.watch(prefix.as_str(), Some(options())))
+                .await?;
+        }
+        Ok(stream)
+    }
+
+    /// Sorts a failed watch stream's error like a request's.
+    pub(crate) fn classify_stream_error(&self, e: etcd_client::Error) -> EtcdError {
+        classify(&self.endpoints, e, self.config.uses_tls(), false)
     }
 
     /// On conflict the same round trip returns the guarded keys' current state.
@@ -326,7 +386,7 @@ impl KvStore for Etcd {
     }
 }
 
-fn to_kv(kv: &etcd_client::KeyValue) -> Kv {
+pub(crate) fn to_kv(kv: &etcd_client::KeyValue) -> Kv {
     Kv {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         value: kv.value().to_vec(),

@@ -17,7 +17,9 @@
 //! 3. [`model`]: Calico's keys and JSON, byte-compatible with Calico 3.32 (reads [`Kv`]);
 //!    [`faults`]: crash injection for tests (a store that fails its Nth transaction).
 //! 4. [`etcd`]: the real store, plain or mutual TLS: [`EtcdClient`] (asynchronous, shared by
-//!    the node agent's requests) and [`Etcd`] (synchronous, one connection per process).
+//!    the node agent's requests) and [`Etcd`] (synchronous, one connection per process);
+//!    [`watch`]: Calico's syncer pattern (list at one revision, watch from the next,
+//!    re-list on compaction) over the client, with an in-memory test double.
 //! 5. [`agent`]: etcd through the node agent (`calico-node run`): the plugins' store
 //!    ([`PluginStore`]: the agent's connection when it serves the same etcd, else their own)
 //!    and the agent's side of it. Its messages are `calico-agent-protocol`'s.
@@ -34,6 +36,7 @@ pub mod faults;
 pub mod model;
 pub mod store;
 pub mod transport;
+pub mod watch;
 
 pub use agent::PluginStore;
 pub use config::EtcdConfig;
@@ -41,3 +44,4 @@ pub use error::{EtcdError, StoreError};
 pub use etcd::{Etcd, EtcdClient};
 pub use faults::FailNthTxn;
 pub use store::{Guard, Kv, KvStore, MemKv, Read, TxnOutcome, Write};
+pub use watch::{KeyChange, SyncEvent, SyncedKeys, Syncer, WatchableMemKv, sync_prefixes};
