@@ -1,6 +1,7 @@
 //! calicoctl for Calico's etcdv3 datastore: the resource commands (`get`, `apply`, `create`,
-//! `delete`) for IPPool, Node and IPAMConfiguration, `get` for WorkloadEndpoint and Profile,
-//! and the `ipam` commands, with calicoctl 3.32's flags, messages and output layouts.
+//! `replace`, `delete`) for IPPool, Node, IPAMConfiguration, BGPConfiguration and BGPPeer,
+//! `get` for WorkloadEndpoint and Profile, the `ipam` commands and `node status`, with
+//! calicoctl 3.32's flags, messages and output layouts.
 //!
 //! As in Calico's etcd mode, the IPAMConfiguration resource
 //! (`/calico/resources/v3/projectcalico.org/ipamconfigurations/default`) and the config the
@@ -10,6 +11,7 @@
 //! - [`config`]: where the datastore is (`calicoctl.cfg` or the environment);
 //! - [`resources`]: kinds, documents, validation, printing and the datastore operations;
 //! - [`ipam`]: `ipam show|configure|release|check`;
+//! - [`node_status`]: `node status`, from the node agent over `calico-agent-protocol`;
 //! - [`gofmt`], [`yaml`]: output exactly as calicoctl's Go libraries write it.
 //!
 //! Owns the command line: it parses, calls and prints. Models are `calico-datastore`'s
@@ -35,6 +37,9 @@
 //!   pointer).
 //! - YAML output does not fold long strings at column 80 as yaml.v2 does.
 //! - `get` supports `-o ps|wide|yaml|json` (no custom-columns or go-template) and no `-f`.
+//! - `node status` asks the node agent (`calico-node run`) over its socket instead of
+//!   looking for the felix/bird processes and reading BIRD's socket; the agent answers for
+//!   both. PEER ADDRESS is the peer's address (Calico derives it from BIRD's protocol name).
 //! - WorkloadEndpoint and Profile are read-only: apply, create and delete refuse them with
 //!   one error line, and `-n`/`-A` exist only on `get`.
 
@@ -42,6 +47,7 @@ pub mod config;
 pub mod error;
 pub mod gofmt;
 pub mod ipam;
+pub mod node_status;
 pub mod resources;
 pub mod yaml;
 

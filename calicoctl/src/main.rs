@@ -54,10 +54,33 @@ enum Command {
         #[command(flatten)]
         ds: Datastore,
     },
+    /// Replace existing resources by file or stdin.
+    Replace {
+        /// Filename to use to replace the resource ("-" for stdin).
+        #[arg(short = 'f', long = "filename")]
+        filename: String,
+        #[command(flatten)]
+        ds: Datastore,
+    },
+    /// Patch a resource in place (a JSON merge of the patch into the stored object).
+    Patch {
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer and their aliases).
+        kind: String,
+        /// The name of the resource.
+        name: String,
+        /// The patch, JSON: `{"spec":{"bgp":{"routeReflectorClusterID":"224.0.0.1"}}}`.
+        #[arg(short = 'p', long = "patch")]
+        patch: String,
+        /// Accepted as calicoctl accepts it (strategic, json, merge): every patch is merged.
+        #[arg(short = 't', long = "type", default_value = "strategic")]
+        patch_type: String,
+        #[command(flatten)]
+        ds: Datastore,
+    },
     /// Delete a resource identified by file, stdin or kind and name.
     Delete {
-        /// The kind (ippool, node, ipamconfig and their aliases; workloadendpoint and profile
-        /// are read-only).
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer and their aliases;
+        /// workloadendpoint and profile are read-only).
         kind: Option<String>,
         /// The name of the resource.
         name: Option<String>,
@@ -72,7 +95,8 @@ enum Command {
     },
     /// Get resources: a list of the kind, or the named ones.
     Get {
-        /// The kind (ippool, node, ipamconfig, workloadendpoint, profile and their aliases).
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer, workloadendpoint, profile
+        /// and their aliases).
         kind: String,
         /// Names; none lists every resource of the kind.
         names: Vec<String>,
@@ -93,6 +117,17 @@ enum Command {
         #[command(subcommand)]
         command: IpamCommand,
     },
+    /// Calico node management.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Check the status of the Calico node instance: its BGP peering states.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +254,16 @@ fn named_object(kind: Kind, name: &str) -> CmdResult<Object> {
         Kind::IpamConfiguration => {
             Object::IpamConfiguration(Resource::new(kind.name(), name, Default::default()))
         }
+        Kind::BgpConfiguration => Object::BgpConfiguration(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::BgpPeer => Object::BgpPeer(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
         Kind::WorkloadEndpoint | Kind::Profile => {
             return Err(CmdError::failed(kind.read_only_error()));
         }
@@ -231,6 +276,24 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             let objects = read_objects(&filename)?;
             let store = connect(&ds)?;
             ops::apply(&Ctx::new(&store), &objects, Action::Apply, false, out)
+        }
+        Command::Patch {
+            kind,
+            name,
+            patch,
+            patch_type: _,
+            ds,
+        } => {
+            let kind = Kind::from_alias(&kind).ok_or_else(|| {
+                CmdError::failed(format!("resource type '{kind}' is not supported"))
+            })?;
+            let store = connect(&ds)?;
+            ops::patch(&Ctx::new(&store), kind, &name, &patch, out)
+        }
+        Command::Replace { filename, ds } => {
+            let objects = read_objects(&filename)?;
+            let store = connect(&ds)?;
+            ops::apply(&Ctx::new(&store), &objects, Action::Replace, false, out)
         }
         Command::Create {
             filename,
@@ -302,6 +365,9 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             let store = connect(&ds)?;
             ops::get(&Ctx::new(&store), k, &names, &namespaces, format, out)
         }
+        Command::Node {
+            command: NodeCommand::Status,
+        } => calicoctl::node_status::run(out),
         Command::Ipam { command } => match command {
             IpamCommand::Show {
                 ip,

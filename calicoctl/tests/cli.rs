@@ -1682,3 +1682,342 @@ fn delete_node_resumes_after_a_crash_at_any_step() {
     let check = f.ok(&["ipam", "check"]);
     assert_eq!(problems(&check), 0, "{check}");
 }
+
+const BGP_DOCS: &str = "apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata:
+  name: default
+spec:
+  logSeverityScreen: Info
+  nodeToNodeMeshEnabled: false
+  asNumber: 63400
+  serviceClusterIPs:
+  - cidr: 10.96.0.0/12
+---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata:
+  name: node.node1
+spec:
+  listenPort: 1790
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: rack1-tor
+spec:
+  nodeSelector: rack == 'rack-1'
+  peerIP: 192.20.30.40:1790
+  asNumber: \"1.10\"
+  keepaliveTime: 30s
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: global-rr
+spec:
+  peerIP: '[fd00::1]:179'
+  asNumber: 64512
+  sourceAddress: None
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: node1-peer
+spec:
+  node: node1
+  peerIP: 10.0.0.9
+  asNumber: 64513
+  nextHopMode: Self
+";
+
+const BGP_PEER_KEY: &str = "/calico/resources/v3/projectcalico.org/bgppeers/rack1-tor";
+
+/// BGPConfiguration and BGPPeer through apply, get, replace and delete, stored as
+/// clientv3/bgpconfig.go and bgppeer.go store them (model/resource.go's keys) and printed
+/// with resourcemgr/bgpconfig.go's and bgppeer.go's columns; the Node's BGP fields print
+/// with the global AS number in parentheses when the node has none.
+#[test]
+fn bgp_configuration_and_peers_round_trip() {
+    require!("etcd");
+    let f = Fixture::start();
+    let out = f.apply(BGP_DOCS);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "Successfully applied 5 resource(s)\n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        with_placeholders(f.get_json(BGP_PEER_KEY).unwrap()),
+        json!({"kind":"BGPPeer","apiVersion":"projectcalico.org/v3",
+               "metadata":{"name":"rack1-tor","uid":"UID","creationTimestamp":"TS"},
+               "spec":{"nodeSelector":"rack == 'rack-1'","peerIP":"192.20.30.40:1790",
+                       "asNumber":65546,"keepaliveTime":"30s"}})
+    );
+    assert_eq!(
+        f.ok(&["get", "bgpconfig"]),
+        "NAME         LOGSEVERITY   MESHENABLED   ASNUMBER   \n\
+         default      Info          false         63400      \n\
+         node.node1                 -             -          \n\n"
+    );
+    assert_eq!(
+        f.ok(&["get", "bgpconfigurations", "-o", "wide"]),
+        f.ok(&["get", "bgpconfigs"])
+    );
+    assert_eq!(
+        f.ok(&["get", "bgpPeer"]),
+        "NAME         PEERIP              NODE               ASN     \n\
+         global-rr    [fd00::1]:179       (global)           64512   \n\
+         node1-peer   10.0.0.9            node1              64513   \n\
+         rack1-tor    192.20.30.40:1790   rack == 'rack-1'   65546   \n\n"
+    );
+    assert_eq!(
+        f.ok(&["get", "bgpp", "global-rr", "-o", "wide"]),
+        "NAME        PEERIP          NODE       ASN     \nglobal-rr   [fd00::1]:179   (global)   64512   \n\n"
+    );
+    let one: Value =
+        serde_json::from_str(&f.ok(&["get", "bgppeers", "node1-peer", "-o", "json"])).unwrap();
+    assert_eq!(
+        one["spec"],
+        json!({"node":"node1","peerIP":"10.0.0.9","asNumber":64513,"nextHopMode":"Self"})
+    );
+    let listed: Value = serde_json::from_str(&f.ok(&["get", "bgpconfig", "-o", "json"])).unwrap();
+    assert_eq!(listed["kind"], "BGPConfigurationList");
+    assert_eq!(
+        listed["items"][0]["spec"]["serviceClusterIPs"][0]["cidr"],
+        "10.96.0.0/12"
+    );
+    let yaml = f.ok(&["get", "bgpconfiguration", "node.node1", "-o", "yaml"]);
+    assert!(yaml.contains("kind: BGPConfiguration\n"), "{yaml}");
+    assert!(yaml.contains("  listenPort: 1790\n"), "{yaml}");
+
+    // The Node's BGP fields: its own AS number, else the global one in parentheses.
+    let node = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node1\nspec:\n  \
+                bgp:\n    ipv4Address: 192.168.0.1/24\n    routeReflectorClusterID: 224.0.0.1\n";
+    assert_eq!(f.apply(node).code, 0);
+    let node2 = node
+        .replace("node1", "node2")
+        .replace("    ipv4Address", "    asNumber: 65001\n    ipv4Address");
+    assert_eq!(f.apply(&node2).code, 0);
+    assert_eq!(
+        f.ok(&["get", "nodes", "-o", "wide"]),
+        "NAME    ASN       IPV4             IPV6   \n\
+         node1   (63400)   192.168.0.1/24          \n\
+         node2   65001     192.168.0.1/24          \n\n"
+    );
+    let stored = f
+        .get_json("/calico/resources/v3/projectcalico.org/nodes/node1")
+        .unwrap();
+    assert_eq!(
+        stored["spec"]["bgp"]["routeReflectorClusterID"],
+        "224.0.0.1"
+    );
+
+    // Replace: an existing resource is updated; a missing one is an error, nothing written.
+    let replaced = BGP_DOCS
+        .split("---\n")
+        .nth(2)
+        .unwrap()
+        .replace("keepaliveTime: 30s", "keepaliveTime: 1m");
+    let out = f.run(&["replace", "-f", "-"], Some(&replaced));
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "Successfully replaced 1 'BGPPeer' resource(s)\n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        f.get_json(BGP_PEER_KEY).unwrap()["spec"]["keepaliveTime"],
+        "1m"
+    );
+    let before = f.dump();
+    let missing = replaced.replace("rack1-tor", "rack2-tor");
+    let out = f.run(&["replace", "-f", "-"], Some(&missing));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("resource does not exist: BGPPeer(rack2-tor) with error: <nil>"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(f.dump(), before);
+
+    assert_eq!(
+        f.ok(&["delete", "bgppeer", "rack1-tor"]),
+        "Successfully deleted 1 'BGPPeer' resource(s)\n"
+    );
+    assert_eq!(
+        f.ok(&["delete", "bgpconfig", "node.node1"]),
+        "Successfully deleted 1 'BGPConfiguration' resource(s)\n"
+    );
+    assert!(f.etcd.get(BGP_PEER_KEY).unwrap().is_none());
+    assert_eq!(
+        f.ok(&["get", "bgpconfigs"]),
+        "NAME      LOGSEVERITY   MESHENABLED   ASNUMBER   \ndefault   Info          false         63400      \n\n"
+    );
+}
+
+/// Calico's validation of the BGP resources refuses bad documents with its messages
+/// (validator.go validateBGPPeerSpec, validateIPPort; bgpconfig.go ValidateDefaultOnlyFields),
+/// and nothing is written.
+#[test]
+fn bad_bgp_documents_write_nothing() {
+    require!("etcd");
+    let f = Fixture::start();
+    let before = f.dump();
+    let peer = |spec: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: p\nspec:\n{spec}"
+        )
+    };
+    let config = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: {name}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        (
+            peer("  node: node1\n  nodeSelector: all()\n  peerIP: 10.0.0.1\n  asNumber: 64512\n"),
+            "failed to apply 'BGPPeer' resource: [error with field Node = 'node1' (Node field must be empty when NodeSelector is specified)]",
+        ),
+        (
+            peer("  peerIP: 10.0.0.1:0\n  asNumber: 64512\n"),
+            "failed to apply 'BGPPeer' resource: [error with field PeerIP = '10.0.0.1:0' (Reason: failed to validate Field: PeerIP because of Tag: IP:port )]",
+        ),
+        (
+            peer("  peerIP: 10.0.0.1\n  sourceAddress: Any\n"),
+            "failed to apply 'BGPPeer' resource: [error with field SourceAddress = 'Any'",
+        ),
+        (
+            peer("  peerIP: 10.0.0.1\n  nextHopMode: Never\n"),
+            "failed to apply 'BGPPeer' resource: [error with field spec.nextHopMode (supported values: \"Auto\", \"Self\", \"Keep\")]",
+        ),
+        (
+            peer("  peerIP: 10.0.0.1\n  asNumber: 70000000000\n"),
+            "failed to execute command: cannot decode field spec.asNumber of BGPPeer",
+        ),
+        (
+            peer("  peerSelector: has(\n"),
+            "failed to apply 'BGPPeer' resource: [error with field PeerSelector = 'has('",
+        ),
+        (
+            config("node.node1", "  asNumber: 64512\n"),
+            "failed to apply 'BGPConfiguration' resource: [error with field BGPConfiguration.Spec.ASNumber (Cannot set ASNumber on a non default BGP Configuration.)]",
+        ),
+        (
+            config("default", "  logSeverityScreen: Verbose\n"),
+            "failed to apply 'BGPConfiguration' resource: [error with field LogSeverityScreen = 'Verbose'",
+        ),
+        (
+            config("default", "  nodeMeshMaxRestartTime: soon\n"),
+            "failed to apply 'BGPConfiguration' resource: [error with field NodeMeshMaxRestartTime = 'soon' (time: invalid duration \"soon\")]",
+        ),
+        (
+            config("default", "  bindMode: All\n"),
+            "failed to apply 'BGPConfiguration' resource: [error with field spec.bindMode",
+        ),
+    ];
+    for (text, want) in cases {
+        let out = f.apply(&text);
+        assert_eq!(out.code, 1, "{text}: {}", out.stdout);
+        assert_eq!(out.stdout, "", "{text}");
+        assert!(out.stderr.starts_with(want), "{text}: {}", out.stderr);
+        assert_eq!(f.dump(), before, "{text} wrote something");
+    }
+}
+
+/// `calicoctl patch` (resourcemgr.go Patch): the documented route-reflector step patches a
+/// Node's BGP fields; a BGPPeer's; a missing resource, bad JSON and an invalid result write
+/// nothing.
+#[test]
+fn patch_node_bgp_fields_and_peers() {
+    require!("etcd");
+    let f = Fixture::start();
+    let node = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node1\n  \
+                labels:\n    rack: a\nspec:\n  bgp:\n    ipv4Address: 192.168.0.1/24\n";
+    assert_eq!(f.apply(node).code, 0);
+    assert_eq!(f.apply(BGP_DOCS).code, 0);
+    let node_key = "/calico/resources/v3/projectcalico.org/nodes/node1";
+    let before = f.get_json(node_key).unwrap();
+    assert_eq!(
+        f.ok(&[
+            "patch",
+            "node",
+            "node1",
+            "--patch",
+            r#"{"metadata":{"labels":{"route-reflector":"true","rack":null}},"spec":{"bgp":{"routeReflectorClusterID":"224.0.0.1","asNumber":"65001"}}}"#,
+        ]),
+        "Successfully patched 1 'Node' resource\n"
+    );
+    let after = f.get_json(node_key).unwrap();
+    assert_eq!(
+        after["spec"]["bgp"],
+        json!({"asNumber":65001,"ipv4Address":"192.168.0.1/24","routeReflectorClusterID":"224.0.0.1"})
+    );
+    assert_eq!(
+        after["metadata"]["labels"],
+        json!({"route-reflector":"true"})
+    );
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(
+        f.ok(&["get", "nodes", "-o", "wide"]),
+        "NAME    ASN     IPV4             IPV6   \nnode1   65001   192.168.0.1/24          \n\n"
+    );
+    assert_eq!(
+        f.ok(&[
+            "patch",
+            "bgpp",
+            "rack1-tor",
+            "-p",
+            r#"{"spec":{"peerIP":"192.20.30.41"}}"#,
+            "--type",
+            "merge"
+        ]),
+        "Successfully patched 1 'BGPPeer' resource\n"
+    );
+    assert_eq!(
+        f.get_json(BGP_PEER_KEY).unwrap()["spec"]["peerIP"],
+        "192.20.30.41"
+    );
+
+    let dump = f.dump();
+    for (args, want) in [
+        (
+            ["patch", "bgppeer", "absent", "-p", "{}"],
+            "Failed to patch 'BGPPeer' resource: resource does not exist: BGPPeer(absent) with error: <nil>\n\n",
+        ),
+        (
+            ["patch", "node", "node1", "-p", "{not json"],
+            "Failed to patch 'Node' resource: performing strategic merge patch: key must be a string at line 1 column 2\n\n",
+        ),
+        (
+            [
+                "patch",
+                "bgppeer",
+                "rack1-tor",
+                "-p",
+                r#"{"spec":{"node":"node1"}}"#,
+            ],
+            "Failed to patch 'BGPPeer' resource: updating existing resource: error with field Node = 'node1' (Node field must be empty when NodeSelector is specified)\n\n",
+        ),
+        (
+            [
+                "patch",
+                "node",
+                "node1",
+                "-p",
+                r#"{"spec":{"bgp":{"asn":1}}}"#,
+            ],
+            "Failed to patch 'Node' resource: creating resource from patched data: field in document is not recognized or is in the wrong location: asn\n\n",
+        ),
+    ] {
+        let out = f.run(&args, None);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (1, "", want),
+            "{args:?}"
+        );
+    }
+    assert_eq!(f.dump(), dump);
+}

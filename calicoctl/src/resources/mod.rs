@@ -1,6 +1,6 @@
 //! The resource kinds this calicoctl manages, read from YAML/JSON documents.
 //!
-//! - [`Kind`]: IPPool, Node and IPAMConfiguration, the read-only (`get` only) WorkloadEndpoint
+//! - [`Kind`]: IPPool, Node, IPAMConfiguration, BGPConfiguration and BGPPeer, the read-only (`get` only) WorkloadEndpoint
 //!   and Profile, their `get` aliases and etcd keys;
 //! - [`parse_documents`]: a file's documents (several `---` documents, a YAML sequence, or a
 //!   `<Kind>List`/`List`) into typed objects, rejecting unknown fields as calicoctl's strict
@@ -15,6 +15,7 @@ pub mod print;
 pub mod validate;
 
 use crate::yaml;
+use calico_datastore::model::bgp::{BGP_CONFIGURATIONS, BGP_PEERS, BgpConfiguration, BgpPeer};
 use calico_datastore::model::keys;
 use calico_datastore::model::{
     IpPool, IpPoolSpec, IpamConfiguration, Node, ObjectMeta, Profile, Resource, WorkloadEndpoint,
@@ -34,6 +35,8 @@ pub enum Kind {
     WorkloadEndpoint,
     /// Read-only here: `get` only.
     Profile,
+    BgpConfiguration,
+    BgpPeer,
 }
 
 /// The namespace `get` reads for a namespaced kind when none is given.
@@ -44,12 +47,14 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::IpPool,
         Kind::Node,
         Kind::IpamConfiguration,
         Kind::WorkloadEndpoint,
         Kind::Profile,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
     ];
 
     /// The kind as written in documents.
@@ -60,6 +65,8 @@ impl Kind {
             Kind::IpamConfiguration => "IPAMConfiguration",
             Kind::WorkloadEndpoint => "WorkloadEndpoint",
             Kind::Profile => "Profile",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::BgpPeer => "BGPPeer",
         }
     }
 
@@ -76,6 +83,14 @@ impl Kind {
             ],
             Kind::WorkloadEndpoint => &["workloadendpoint", "workloadendpoints", "wep", "weps"],
             Kind::Profile => &["profile", "profiles", "pro", "pros"],
+            // calicoctl/resourcemgr/bgpconfig.go and bgppeer.go.
+            Kind::BgpConfiguration => &[
+                "bgpconfiguration",
+                "bgpconfigurations",
+                "bgpconfig",
+                "bgpconfigs",
+            ],
+            Kind::BgpPeer => &["bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"],
         }
     }
 
@@ -116,6 +131,8 @@ impl Kind {
             Kind::IpamConfiguration => "ipamconfigurations",
             Kind::WorkloadEndpoint => "workloadendpoints",
             Kind::Profile => "profiles",
+            Kind::BgpConfiguration => BGP_CONFIGURATIONS,
+            Kind::BgpPeer => BGP_PEERS,
         }
     }
 
@@ -152,6 +169,8 @@ pub enum Object {
     IpamConfiguration(IpamConfiguration),
     WorkloadEndpoint(Box<WorkloadEndpoint>),
     Profile(Box<Profile>),
+    BgpConfiguration(Box<BgpConfiguration>),
+    BgpPeer(Box<BgpPeer>),
 }
 
 impl Object {
@@ -162,6 +181,8 @@ impl Object {
             Object::IpamConfiguration(_) => Kind::IpamConfiguration,
             Object::WorkloadEndpoint(_) => Kind::WorkloadEndpoint,
             Object::Profile(_) => Kind::Profile,
+            Object::BgpConfiguration(_) => Kind::BgpConfiguration,
+            Object::BgpPeer(_) => Kind::BgpPeer,
         }
     }
 
@@ -172,6 +193,8 @@ impl Object {
             Object::IpamConfiguration(r) => &r.metadata,
             Object::WorkloadEndpoint(r) => &r.metadata,
             Object::Profile(r) => &r.metadata,
+            Object::BgpConfiguration(r) => &r.metadata,
+            Object::BgpPeer(r) => &r.metadata,
         }
     }
 
@@ -182,6 +205,8 @@ impl Object {
             Object::IpamConfiguration(r) => &mut r.metadata,
             Object::WorkloadEndpoint(r) => &mut r.metadata,
             Object::Profile(r) => &mut r.metadata,
+            Object::BgpConfiguration(r) => &mut r.metadata,
+            Object::BgpPeer(r) => &mut r.metadata,
         }
     }
 
@@ -203,6 +228,8 @@ impl Object {
             Object::IpamConfiguration(r) => serde_json::to_value(r),
             Object::WorkloadEndpoint(r) => serde_json::to_value(r),
             Object::Profile(r) => serde_json::to_value(r),
+            Object::BgpConfiguration(r) => serde_json::to_value(r),
+            Object::BgpPeer(r) => serde_json::to_value(r),
         };
         v.unwrap_or(Value::Null)
     }
@@ -317,6 +344,79 @@ const IPAM_CONFIG_SPEC: Fields = Fields(&[
     ("kubeVirtVMAddressPersistence", Sub::Leaf),
 ]);
 
+const CIDR_BLOCK: Fields = Fields(&[("cidr", Sub::Leaf)]);
+
+const COMMUNITY: Fields = Fields(&[("name", Sub::Leaf), ("value", Sub::Leaf)]);
+
+const PREFIX_ADVERTISEMENT: Fields = Fields(&[("cidr", Sub::Leaf), ("communities", Sub::Leaf)]);
+
+const SECRET_KEY_REF: Fields = Fields(&[
+    ("name", Sub::Leaf),
+    ("key", Sub::Leaf),
+    ("optional", Sub::Leaf),
+]);
+
+const BGP_PASSWORD: Fields = Fields(&[("secretKeyRef", Sub::Obj(&SECRET_KEY_REF))]);
+
+/// `BGPConfigurationSpec`'s JSON names (api/pkg/apis/projectcalico/v3/bgpconfig.go).
+const BGP_CONFIGURATION_SPEC: Fields = Fields(&[
+    ("logSeverityScreen", Sub::Leaf),
+    ("nodeToNodeMeshEnabled", Sub::Leaf),
+    ("asNumber", Sub::Leaf),
+    ("serviceLoadBalancerIPs", Sub::List(&CIDR_BLOCK)),
+    ("serviceExternalIPs", Sub::List(&CIDR_BLOCK)),
+    ("serviceClusterIPs", Sub::List(&CIDR_BLOCK)),
+    ("serviceLoadBalancerAggregation", Sub::Leaf),
+    ("communities", Sub::List(&COMMUNITY)),
+    ("prefixAdvertisements", Sub::List(&PREFIX_ADVERTISEMENT)),
+    ("listenPort", Sub::Leaf),
+    ("nodeMeshPassword", Sub::Obj(&BGP_PASSWORD)),
+    ("nodeMeshMaxRestartTime", Sub::Leaf),
+    ("bindMode", Sub::Leaf),
+    ("ignoredInterfaces", Sub::Leaf),
+    ("localWorkloadPeeringIPV4", Sub::Leaf),
+    ("localWorkloadPeeringIPV6", Sub::Leaf),
+    ("programClusterRoutes", Sub::Leaf),
+    ("ipv4NormalRoutePriority", Sub::Leaf),
+    ("ipv6NormalRoutePriority", Sub::Leaf),
+]);
+
+/// `BGPPeerSpec`'s JSON names (api/pkg/apis/projectcalico/v3/bgppeer.go).
+const BGP_PEER_SPEC: Fields = Fields(&[
+    ("node", Sub::Leaf),
+    ("nodeSelector", Sub::Leaf),
+    ("peerIP", Sub::Leaf),
+    ("asNumber", Sub::Leaf),
+    ("localASNumber", Sub::Leaf),
+    ("peerSelector", Sub::Leaf),
+    ("keepOriginalNextHop", Sub::Leaf),
+    ("nextHopMode", Sub::Leaf),
+    ("password", Sub::Obj(&BGP_PASSWORD)),
+    ("sourceAddress", Sub::Leaf),
+    ("maxRestartTime", Sub::Leaf),
+    ("keepaliveTime", Sub::Leaf),
+    ("numAllowedLocalASNumbers", Sub::Leaf),
+    ("ttlSecurity", Sub::Leaf),
+    ("reachableBy", Sub::Leaf),
+    ("filters", Sub::Leaf),
+    ("localWorkloadSelector", Sub::Leaf),
+    ("reversePeering", Sub::Leaf),
+]);
+
+const BGP_CONFIGURATION_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&BGP_CONFIGURATION_SPEC)),
+]);
+
+const BGP_PEER_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&BGP_PEER_SPEC)),
+]);
+
 const IPPOOL_TOP: Fields = Fields(&[
     ("apiVersion", Sub::Leaf),
     ("kind", Sub::Leaf),
@@ -412,6 +512,8 @@ pub fn decode_resource(v: Value) -> Result<Object, String> {
         Kind::IpPool => &IPPOOL_TOP,
         Kind::Node => &NODE_TOP,
         Kind::IpamConfiguration => &IPAM_CONFIG_TOP,
+        Kind::BgpConfiguration => &BGP_CONFIGURATION_TOP,
+        Kind::BgpPeer => &BGP_PEER_TOP,
         Kind::WorkloadEndpoint | Kind::Profile => return Err(k.read_only_error()),
     };
     let whole = Value::Object(m.clone());
@@ -436,6 +538,10 @@ pub fn decode_resource(v: Value) -> Result<Object, String> {
             Object::Node(n)
         }
         Kind::IpamConfiguration => Object::IpamConfiguration(decode(v, "IPAMConfiguration")?),
+        Kind::BgpConfiguration => {
+            Object::BgpConfiguration(Box::new(decode(v, "BGPConfiguration")?))
+        }
+        Kind::BgpPeer => Object::BgpPeer(Box::new(decode(v, "BGPPeer")?)),
         Kind::WorkloadEndpoint | Kind::Profile => return Err(k.read_only_error()),
     })
 }
@@ -513,6 +619,25 @@ mod tests {
         for a in ["profile", "Profiles", "pro", "pros"] {
             assert_eq!(Kind::from_alias(a), Some(Kind::Profile), "{a}");
         }
+        for a in [
+            "bgpconfig",
+            "BGPConfigs",
+            "bgpconfiguration",
+            "bgpconfigurations",
+        ] {
+            assert_eq!(Kind::from_alias(a), Some(Kind::BgpConfiguration), "{a}");
+        }
+        for a in ["bgpPeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"] {
+            assert_eq!(Kind::from_alias(a), Some(Kind::BgpPeer), "{a}");
+        }
+        assert_eq!(
+            Kind::BgpPeer.key("", "tor"),
+            "/calico/resources/v3/projectcalico.org/bgppeers/tor"
+        );
+        assert_eq!(
+            Kind::BgpConfiguration.key("", "node.n1"),
+            "/calico/resources/v3/projectcalico.org/bgpconfigurations/node.n1"
+        );
         assert_eq!(Kind::from_alias("policy"), None);
         assert_eq!(
             Kind::IpPool.key("ignored", "p1"),

@@ -15,6 +15,7 @@ use super::print::{self, Fetched, Format, TableOpts};
 use super::validate::{self, PoolContext};
 use super::{DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, Kind, Object, id_in};
 use crate::error::{CmdError, CmdResult};
+use calico_datastore::model::bgp::{BgpConfiguration, BgpPeer};
 use calico_datastore::model::{
     ClusterInformation, ClusterInformationSpec, DEFAULT_TIERS, IpPool, IpamConfiguration, Node,
     Profile, ProfileSpec, Resource, Rule, WorkloadEndpoint, default_tier, keys, new_cluster_guid,
@@ -84,6 +85,12 @@ pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
         Kind::Profile => Profile::from_kv(kv)
             .ok()
             .map(|p| Object::Profile(Box::new(p))),
+        Kind::BgpConfiguration => BgpConfiguration::from_kv(kv)
+            .ok()
+            .map(|c| Object::BgpConfiguration(Box::new(c))),
+        Kind::BgpPeer => BgpPeer::from_kv(kv)
+            .ok()
+            .map(|p| Object::BgpPeer(Box::new(p))),
     }
 }
 
@@ -104,12 +111,12 @@ pub fn default_allow_profile() -> Object {
 }
 
 fn global_asn(store: &dyn KvStore) -> CmdResult<u32> {
-    let kv = store.get(&keys::resource("bgpconfigurations", "default"))?;
+    // Read as the typed resource: an AS number may be stored as text (`"1.10"`).
+    let kv = store.get(&Kind::BgpConfiguration.key("", "default"))?;
     Ok(kv
-        .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-        .and_then(|v| v["spec"]["asNumber"].as_u64())
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(DEFAULT_ASN))
+        .and_then(|kv| BgpConfiguration::from_kv(&kv).ok())
+        .and_then(|c| c.spec.as_number)
+        .map_or(DEFAULT_ASN, |a| a.0))
 }
 
 /// Which namespaces `get` reads: `-n <ns>` and `-A`.
@@ -226,6 +233,8 @@ pub fn get(
 pub enum Action {
     Apply,
     Create,
+    /// Update an existing resource; a missing one is an error.
+    Replace,
 }
 
 impl Action {
@@ -233,6 +242,7 @@ impl Action {
         match self {
             Action::Apply => "apply",
             Action::Create => "create",
+            Action::Replace => "replace",
         }
     }
 
@@ -240,6 +250,7 @@ impl Action {
         match self {
             Action::Apply => "applied",
             Action::Create => "created",
+            Action::Replace => "replaced",
         }
     }
 }
@@ -357,11 +368,22 @@ impl Plan<'_> {
         }
         match doc {
             Object::IpamConfiguration(c) => validate::ipam_configuration(&name, &c.spec)?,
+            Object::BgpConfiguration(c) => {
+                validate::bgp_configuration(&name, &c.spec).map_err(|e| e.to_string())?
+            }
+            Object::BgpPeer(p) => validate::bgp_peer(&name, &p.spec).map_err(|e| e.to_string())?,
             _ => validate::check_name(kind.name(), &name).map_err(|e| e.to_string())?,
         }
         let key = kind.key("", &name);
         let existing = self.existing(&key);
         let exists = !matches!(existing, Existing::None);
+        if !exists && self.action == Action::Replace {
+            // etcdv3.go Update: the guarded put finds no key (ErrorResourceDoesNotExist).
+            return Err(format!(
+                "resource does not exist: {} with error: <nil>",
+                doc.id()
+            ));
+        }
         if exists && self.action == Action::Create {
             if self.skip_exists {
                 return Ok(None);
@@ -387,6 +409,14 @@ impl Plan<'_> {
             Object::IpamConfiguration(c) => {
                 let (c, bytes) = self.plan_plain(c.clone(), doc, &existing, live_rev)?;
                 (Object::IpamConfiguration(c), bytes)
+            }
+            Object::BgpConfiguration(c) => {
+                let (c, bytes) = self.plan_plain((**c).clone(), doc, &existing, live_rev)?;
+                (Object::BgpConfiguration(Box::new(c)), bytes)
+            }
+            Object::BgpPeer(p) => {
+                let (p, bytes) = self.plan_plain((**p).clone(), doc, &existing, live_rev)?;
+                (Object::BgpPeer(Box::new(p)), bytes)
             }
             Object::WorkloadEndpoint(_) | Object::Profile(_) => {
                 return Err(kind.read_only_error());
@@ -494,6 +524,90 @@ impl Plan<'_> {
         self.pools.insert(name, pool.spec.cidr.clone());
         let bytes = pool.to_stored().map_err(|e| e.to_string())?;
         Ok((Object::IpPool(pool), bytes))
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes a key, anything else
+/// replaces. On Calico's v3 types (no `patchStrategy` tags) this is what the strategic merge
+/// patch of `calicoctl patch` does.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(fields) = target {
+        for (k, v) in changes {
+            if v.is_null() {
+                fields.remove(k);
+            } else {
+                merge_patch(fields.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// `calicoctl patch <kind> <name> -p <patch>`: resourcemgr.go `Patch`: the stored object,
+/// the patch merged into its JSON (`strategicpatch.StrategicMergePatch`; calicoctl ignores
+/// `--type`), decoded as a document and written as an update guarded on the revision read.
+pub fn patch(
+    ctx: &Ctx,
+    kind: Kind,
+    name: &str,
+    patch_text: &str,
+    out: &mut dyn std::io::Write,
+) -> CmdResult {
+    // patch.go prints each failed resource as one line ending in a newline.
+    let failed = |why: String| {
+        CmdError::Failed(format!(
+            "Failed to patch '{}' resource: {why}\n",
+            kind.name()
+        ))
+    };
+    if kind.read_only() {
+        return Err(CmdError::failed(kind.read_only_error()));
+    }
+    let key = kind.key("", name);
+    let Some(kv) = ctx.store.get(&key)? else {
+        return Err(failed(format!(
+            "resource does not exist: {} with error: <nil>",
+            id_in(kind, "", name)
+        )));
+    };
+    let Some(live) = read_object(kind, &kv) else {
+        return Err(failed(format!(
+            "cannot decode the stored {}",
+            id_in(kind, "", name)
+        )));
+    };
+    let changes: Value = serde_json::from_str(patch_text)
+        .map_err(|e| failed(format!("performing strategic merge patch: {e}")))?;
+    let mut patched = live.to_json();
+    merge_patch(&mut patched, &changes);
+    let mut doc = super::decode_resource(patched)
+        .map_err(|e| failed(format!("creating resource from patched data: {e}")))?;
+    // mergeMetadataForPatch: the live object's identity and revision (so a change made
+    // since the read is a conflict, not overwritten).
+    let meta = doc.metadata_mut();
+    meta.name = name.to_string();
+    meta.namespace.clear();
+    meta.resource_version = kv.mod_revision.to_string();
+    let mut discarded = Vec::new();
+    match apply(ctx, &[doc], Action::Replace, false, &mut discarded) {
+        Ok(()) => {
+            writeln!(out, "Successfully patched 1 '{}' resource", kind.name())?;
+            Ok(())
+        }
+        Err(CmdError::Failed(m)) | Err(CmdError::Stdout(m)) => {
+            // The one error inside apply's "failed to replace '<Kind>' resource: [...]".
+            let inner = m
+                .split_once(": [")
+                .and_then(|(_, rest)| rest.strip_suffix(']'))
+                .unwrap_or(&m);
+            Err(failed(format!("updating existing resource: {inner}")))
+        }
     }
 }
 
@@ -818,6 +932,23 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 7386's examples: merge, replace, remove with null, arrays replaced whole.
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut target = serde_json::json!({"a":"b","c":{"d":"e","f":"g"},"l":[1,2]});
+        merge_patch(
+            &mut target,
+            &serde_json::json!({"a":"z","c":{"f":null},"l":[3],"n":{"x":1}}),
+        );
+        assert_eq!(
+            target,
+            serde_json::json!({"a":"z","c":{"d":"e"},"l":[3],"n":{"x":1}})
+        );
+        let mut scalar = serde_json::json!({"a":1});
+        merge_patch(&mut scalar, &serde_json::json!(["x"]));
+        assert_eq!(scalar, serde_json::json!(["x"]));
+    }
     use crate::resources::parse_documents;
     use calico_datastore::MemKv;
     use serde_json::json;

@@ -110,6 +110,9 @@ pub fn headings(kind: Kind, wide: bool) -> &'static [&'static str] {
         ],
         (Kind::Profile, false) => &["NAME"],
         (Kind::Profile, true) => &["NAME", "LABELS"],
+        // calicoctl/resourcemgr/bgpconfig.go and bgppeer.go: -o wide is the same table.
+        (Kind::BgpConfiguration, _) => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+        (Kind::BgpPeer, _) => &["NAME", "PEERIP", "NODE", "ASN"],
     }
 }
 
@@ -230,6 +233,34 @@ pub fn row(obj: &Object, wide: bool, global_asn: u32) -> Vec<String> {
                 .collect();
             labels.sort();
             vec![name, labels.join(",")]
+        }
+        // `{{if .Spec.X}}{{.Spec.X}}{{else}}-{{end}}` on pointers: set (even to false)
+        // prints the value.
+        Object::BgpConfiguration(c) => vec![
+            name,
+            c.spec.log_severity_screen.clone(),
+            c.spec
+                .node_to_node_mesh_enabled
+                .map_or("-".into(), |m| m.to_string()),
+            c.spec.as_number.map_or("-".into(), |a| a.0.to_string()),
+        ],
+        // NODE: the node, else the selector, else `(global)`; ASN is a plain number (0 when
+        // unset).
+        Object::BgpPeer(p) => {
+            let s = &p.spec;
+            let node = if !s.node.is_empty() {
+                s.node.clone()
+            } else if !s.node_selector.is_empty() {
+                s.node_selector.clone()
+            } else {
+                "(global)".into()
+            };
+            vec![
+                name,
+                s.peer_ip.clone(),
+                node,
+                s.as_number.map_or(0, |a| a.0).to_string(),
+            ]
         }
     }
 }

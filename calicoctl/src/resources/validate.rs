@@ -2,9 +2,12 @@
 //!
 //! IPPool follows `clientv3/ippool.go: validateAndSetDefaults` (defaults written, canonical
 //! CIDR, immutability on update, overlap on create) and then the struct validator
-//! (`validator/v3: validateIPPoolSpec`). IPAMConfiguration follows `clientv3/ipamconfig.go`.
+//! (`validator/v3: validateIPPoolSpec`). IPAMConfiguration follows `clientv3/ipamconfig.go`;
+//! BGPPeer and BGPConfiguration `clientv3/bgppeer.go` and `bgpconfig.go` (`validateBGPPeerSpec`,
+//! `validateBGPConfigurationSpec`, `ValidateDefaultOnlyFields`).
 //! Messages are Calico's `ErrorValidation` text: `error with field <Name> = '<value>' (<reason>)`.
 
+use calico_datastore::model::bgp::{BgpConfigurationSpec, BgpPeerSpec, parse_go_duration};
 use calico_datastore::model::{IpPoolSpec, cidr};
 use calico_datastore::model::{IpamConfigurationSpec, NodeSpec};
 use calico_selector::Selector;
@@ -389,6 +392,15 @@ fn is_mac(s: &str) -> bool {
 /// The Node's address fields.
 pub fn node(spec: &NodeSpec) -> Result<(), ValidationError> {
     let mut errs = Vec::new();
+    if spec.bgp.as_ref().is_some_and(|b| *b == Default::default()) {
+        // validateNodeSpec: a BGP section with nothing in it (Go prints the nil pointer and
+        // four empty strings of the struct).
+        errs.push(ErroredField::new(
+            "BGP",
+            Some("&{<nil>    }".into()),
+            "Spec.BGP should not be empty",
+        ));
+    }
     let mut check = |field: &str, value: &str, ok: bool, what: &str| {
         if !value.is_empty() && !ok {
             errs.push(ErroredField::new(
@@ -536,6 +548,508 @@ pub fn ipam_configuration(name: &str, spec: &IpamConfigurationSpec) -> Result<()
         );
     }
     Ok(())
+}
+
+/// Calico's `name` field rule (`nameRegex`: DNS-1123 subdomain labels joined by dots).
+fn is_calico_name(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253 && s.split('.').all(label_ok)
+}
+
+/// A field validator's failure as `convertError` words it: the struct field, its value, and
+/// `extractReason`'s text for a tag without a reason of its own.
+fn tag_error(field: &str, value: &str, tag: &str) -> ErroredField {
+    ErroredField::new(
+        field,
+        Some(value.to_string()),
+        format!("Reason: failed to validate Field: {field} because of Tag: {tag} "),
+    )
+}
+
+/// The CRD schema's enum check, as `defaultAndValidateCRD` reports it in etcd mode (the
+/// JSON path, no value).
+fn enum_error(path: &str, allowed: &[&str]) -> ErroredField {
+    let quoted: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+    ErroredField::new(
+        path,
+        None,
+        format!("supported values: {}", quoted.join(", ")),
+    )
+}
+
+fn check_enum(errs: &mut Vec<ErroredField>, path: &str, value: Option<&str>, allowed: &[&str]) {
+    if let Some(v) = value
+        && !allowed.contains(&v)
+    {
+        errs.push(enum_error(path, allowed));
+    }
+}
+
+/// A `metav1.Duration` field: Go's `time.ParseDuration` refuses it at decoding.
+fn check_duration(errs: &mut Vec<ErroredField>, field: &str, value: Option<&str>) {
+    if let Some(v) = value
+        && parse_go_duration(v).is_none()
+    {
+        errs.push(ErroredField::new(
+            field,
+            Some(v.to_string()),
+            format!("time: invalid duration \"{v}\""),
+        ));
+    }
+}
+
+fn check_selector(errs: &mut Vec<ErroredField>, field: &str, sel: &str) {
+    if !sel.is_empty() && Selector::parse(sel).is_err() {
+        let shown = if sel.len() <= SHOWN_SELECTOR { sel } else { "" };
+        errs.push(tag_error(field, shown, "selector"));
+    }
+}
+
+/// `processIPPort` in validator.go: `<IP>`, `<IPv4>:<port>` or `[<IPv6>]:<port>` (port
+/// 1..=65535); the address and the port (0 when none).
+pub fn process_ip_port(ip_port: &str) -> Option<(IpAddr, u16)> {
+    if ip_port.is_empty() {
+        return None;
+    }
+    let v4_port = {
+        // `^(\d+).(\d+).(\d+).(\d+):(\d+)$` (its dots match any character).
+        let (host, port) = ip_port.rsplit_once(':').unwrap_or((ip_port, ""));
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && host.contains(|c: char| c.is_ascii_digit())
+            && !host.contains(':')
+    };
+    let v6_port = ip_port.starts_with('[')
+        && ip_port.rsplit_once("]:").is_some_and(|(h, p)| {
+            h.len() > 1
+                && h[1..]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                && !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    let (host, port) = if v4_port || v6_port {
+        let (h, p) = ip_port.rsplit_once(':')?;
+        let h = h
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(h);
+        let port: u16 = p.parse().ok()?;
+        if port < 1 {
+            return None;
+        }
+        (h, port)
+    } else {
+        (ip_port, 0)
+    };
+    Some((host.parse().ok()?, port))
+}
+
+/// `isValidCommunity` and `validateCommunityValue`: `aa:nn` (16-bit parts) or `aa:nn:mm`
+/// (32-bit parts). `None`: not a community value at all; `Some(false)`: the shape of one
+/// with a part out of range.
+fn community_value(value: &str) -> Option<bool> {
+    let parts: Vec<&str> = value.split(':').collect();
+    if !(2..=3).contains(&parts.len())
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let in_range = if parts.len() == 2 {
+        parts.iter().all(|p| p.parse::<u16>().is_ok())
+    } else {
+        parts.iter().all(|p| p.parse::<u32>().is_ok())
+    };
+    Some(in_range)
+}
+
+fn community_range_error(field: &str, value: &str) -> ErroredField {
+    let bits = if value.split(':').count() == 2 {
+        16
+    } else {
+        32
+    };
+    ErroredField::new(
+        field,
+        Some(value.to_string()),
+        format!("invalid community value, expected {bits} bit value"),
+    )
+}
+
+/// `clientv3/bgppeer.go` Create and Update: `validator.Validate` on the resource: the
+/// name, the field tags of `BGPPeerSpec`, `validateBGPPeerSpec`, and in etcd mode the CRD
+/// enums (`nextHopMode`, `reversePeering`); a bad duration is refused at decoding in Go.
+pub fn bgp_peer(name: &str, spec: &BgpPeerSpec) -> Result<(), ValidationError> {
+    check_name("BGPPeer", name)?;
+    let mut errs = Vec::new();
+    if !spec.node.is_empty() && !is_calico_name(&spec.node) {
+        errs.push(tag_error("Node", &spec.node, "name"));
+    }
+    check_selector(&mut errs, "NodeSelector", &spec.node_selector);
+    if !spec.peer_ip.is_empty() && process_ip_port(&spec.peer_ip).is_none() {
+        errs.push(tag_error("PeerIP", &spec.peer_ip, "IP:port"));
+    }
+    check_selector(&mut errs, "PeerSelector", &spec.peer_selector);
+    if !spec.source_address.is_empty()
+        && !["UseNodeIP", "None"].contains(&spec.source_address.as_str())
+    {
+        errs.push(tag_error(
+            "SourceAddress",
+            &spec.source_address,
+            "sourceAddress",
+        ));
+    }
+    check_duration(
+        &mut errs,
+        "MaxRestartTime",
+        spec.max_restart_time.as_deref(),
+    );
+    check_duration(&mut errs, "KeepaliveTime", spec.keepalive_time.as_deref());
+    if !spec.reachable_by.is_empty() && spec.reachable_by.parse::<IpAddr>().is_err() {
+        errs.push(tag_error("ReachableBy", &spec.reachable_by, "reachableBy"));
+    }
+    for (i, f) in spec.filters.iter().enumerate() {
+        if !is_calico_name(f) {
+            errs.push(tag_error(&format!("Filters[{i}]"), f, "name"));
+        }
+    }
+    check_selector(
+        &mut errs,
+        "LocalWorkloadSelector",
+        &spec.local_workload_selector,
+    );
+    // validateBGPPeerSpec.
+    let asn = spec.as_number.map_or(0, |a| a.0);
+    let mut rule = |bad: bool, field: &str, value: String, why: &str| {
+        if bad {
+            errs.push(ErroredField::new(field, Some(value), why));
+        }
+    };
+    rule(
+        !spec.node.is_empty() && !spec.node_selector.is_empty(),
+        "Node",
+        spec.node.clone(),
+        "Node field must be empty when NodeSelector is specified",
+    );
+    rule(
+        !spec.peer_ip.is_empty() && !spec.peer_selector.is_empty(),
+        "PeerIP",
+        spec.peer_ip.clone(),
+        "PeerIP field must be empty when PeerSelector is specified",
+    );
+    rule(
+        asn != 0 && !spec.peer_selector.is_empty(),
+        "ASNumber",
+        asn.to_string(),
+        "ASNumber field must be empty when PeerSelector is specified",
+    );
+    rule(
+        asn == 0 && !spec.local_workload_selector.is_empty(),
+        "ASNumber",
+        asn.to_string(),
+        "ASNumber field must NOT be empty when LocalWorkloadSelector is specified",
+    );
+    rule(
+        !spec.peer_ip.is_empty() && !spec.local_workload_selector.is_empty(),
+        "PeerIP",
+        spec.peer_ip.clone(),
+        "PeerIP field must be empty when LocalWorkloadSelector is specified",
+    );
+    rule(
+        !spec.peer_selector.is_empty() && !spec.local_workload_selector.is_empty(),
+        "PeerSelector",
+        spec.peer_ip.clone(),
+        "PeerSelector field must be empty when LocalWorkloadSelector is specified",
+    );
+    if let Err(why) = reachable_by(&spec.reachable_by, &spec.peer_ip) {
+        rule(true, "ReachableBy", spec.reachable_by.clone(), why);
+    }
+    rule(
+        spec.keep_original_next_hop && spec.next_hop_mode.is_some(),
+        "KeepOriginalNextHop",
+        spec.peer_ip.clone(),
+        "The KeepOriginalNextHop field is deprecated. It must not be set to true when \
+         NextHopMode is configured.",
+    );
+    check_enum(
+        &mut errs,
+        "spec.nextHopMode",
+        spec.next_hop_mode.as_deref(),
+        &["Auto", "Self", "Keep"],
+    );
+    check_enum(
+        &mut errs,
+        "spec.reversePeering",
+        spec.reverse_peering.as_deref(),
+        &["Auto", "Manual"],
+    );
+    fail(errs)
+}
+
+/// `validateReachableBy` in validator.go (its "ReachablyBy" spelling included).
+fn reachable_by(reachable_by: &str, peer_ip: &str) -> Result<(), &'static str> {
+    if reachable_by.is_empty() {
+        return Ok(());
+    }
+    if peer_ip.is_empty() {
+        return Err("ReachablyBy field must be empty when PeerIP is empty");
+    }
+    let Ok(gateway) = reachable_by.parse::<IpAddr>() else {
+        return Err("ReachableBy is invalid address");
+    };
+    let Some((peer, _)) = process_ip_port(peer_ip) else {
+        return Err("PeerIP is invalid address");
+    };
+    if gateway.is_ipv4() != peer.is_ipv4() {
+        return Err("ReachableBy and PeerIP address family mismatched");
+    }
+    Ok(())
+}
+
+/// The Felix log levels `logSeverityScreen` takes (`logLevelRegex`).
+const LOG_LEVELS: [&str; 6] = ["Trace", "Debug", "Info", "Warning", "Error", "Fatal"];
+
+/// `clientv3/bgpconfig.go` Create and Update: `validator.Validate` (the name, the field
+/// tags of `BGPConfigurationSpec`, `validateBGPConfigurationSpec`, the CRD enums in etcd
+/// mode), then `ValidateDefaultOnlyFields`: only `default` may set the mesh, the AS number,
+/// the service addresses and the mesh's password and restart time (a `node.<name>`
+/// configuration applies per node, the rest of it).
+pub fn bgp_configuration(name: &str, spec: &BgpConfigurationSpec) -> Result<(), ValidationError> {
+    check_name("BGPConfiguration", name)?;
+    let mut errs = Vec::new();
+    if !spec.log_severity_screen.is_empty()
+        && !LOG_LEVELS.contains(&spec.log_severity_screen.as_str())
+    {
+        errs.push(tag_error(
+            "LogSeverityScreen",
+            &spec.log_severity_screen,
+            "logLevel",
+        ));
+    }
+    for block in spec
+        .service_load_balancer_ips
+        .iter()
+        .chain(&spec.service_external_ips)
+        .chain(&spec.service_cluster_ips)
+    {
+        if !block.cidr.is_empty() && parse_cidr(&block.cidr).is_none() {
+            errs.push(tag_error("CIDR", &block.cidr, "net"));
+        }
+    }
+    for c in &spec.communities {
+        if c.name.is_empty() {
+            errs.push(tag_error("Name", &c.name, "required"));
+        } else if !is_calico_name(&c.name) {
+            errs.push(tag_error("Name", &c.name, "name"));
+        }
+        if c.value.is_empty() {
+            errs.push(tag_error("Value", &c.value, "required"));
+        }
+    }
+    for pa in &spec.prefix_advertisements {
+        if pa.cidr.is_empty() {
+            errs.push(tag_error("CIDR", &pa.cidr, "required"));
+        } else if parse_cidr(&pa.cidr).is_none() {
+            errs.push(tag_error("CIDR", &pa.cidr, "net"));
+        }
+        if pa.communities.is_empty() {
+            errs.push(ErroredField::new(
+                "Communities",
+                Some("[]".into()),
+                "Reason: failed to validate Field: Communities because of Tag: required ",
+            ));
+        }
+    }
+    for (i, iface) in spec.ignored_interfaces.iter().enumerate() {
+        let ok = iface != "*"
+            && (1..=15).contains(&iface.len())
+            && iface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.*-".contains(&b));
+        if !ok {
+            errs.push(tag_error(
+                &format!("IgnoredInterfaces[{i}]"),
+                iface,
+                "ignoredInterface",
+            ));
+        }
+    }
+    if !spec.local_workload_peering_ipv4.is_empty()
+        && spec
+            .local_workload_peering_ipv4
+            .parse::<std::net::Ipv4Addr>()
+            .is_err()
+    {
+        errs.push(tag_error(
+            "LocalWorkloadPeeringIPV4",
+            &spec.local_workload_peering_ipv4,
+            "ipv4",
+        ));
+    }
+    if !spec.local_workload_peering_ipv6.is_empty()
+        && spec
+            .local_workload_peering_ipv6
+            .parse::<std::net::Ipv6Addr>()
+            .is_err()
+    {
+        errs.push(tag_error(
+            "LocalWorkloadPeeringIPV6",
+            &spec.local_workload_peering_ipv6,
+            "ipv6",
+        ));
+    }
+    for (field, priority) in [
+        ("IPv4NormalRoutePriority", spec.ipv4_normal_route_priority),
+        ("IPv6NormalRoutePriority", spec.ipv6_normal_route_priority),
+    ] {
+        if let Some(p) = priority {
+            if p < 1 {
+                errs.push(tag_error(field, &p.to_string(), "gte"));
+            } else if p > 2_147_483_646 {
+                errs.push(tag_error(field, &p.to_string(), "lte"));
+            }
+        }
+    }
+    check_duration(
+        &mut errs,
+        "NodeMeshMaxRestartTime",
+        spec.node_mesh_max_restart_time.as_deref(),
+    );
+    // validateBGPConfigurationSpec.
+    for c in &spec.communities {
+        match community_value(&c.value) {
+            Some(true) => {}
+            Some(false) => errs.push(community_range_error("Spec.Communities[].Value", &c.value)),
+            None => errs.push(ErroredField::new(
+                "Spec.Communities[].Value",
+                Some(c.value.clone()),
+                "invalid community value or format used.",
+            )),
+        }
+    }
+    if spec.prefix_advertisements.is_empty() && !spec.communities.is_empty() {
+        errs.push(ErroredField::new(
+            "Spec.Communities[]",
+            None,
+            "communities are defined but not used in Spec.PrefixAdvertisement[].",
+        ));
+    }
+    for pa in &spec.prefix_advertisements {
+        if parse_cidr_or_ip(&pa.cidr).is_none() {
+            errs.push(ErroredField::new(
+                "Spec.PrefixAdvertisement[].CIDR",
+                Some(pa.cidr.clone()),
+                "invalid CIDR value.",
+            ));
+        }
+        for v in &pa.communities {
+            match community_value(v) {
+                Some(true) => {}
+                Some(false) => errs.push(community_range_error(
+                    "Spec.PrefixAdvertisement[].Communities[]",
+                    v,
+                )),
+                None if spec.communities.iter().any(|c| &c.name == v) => {}
+                None => errs.push(ErroredField::new(
+                    "Spec.PrefixAdvertisement[].Communities[]",
+                    Some(v.clone()),
+                    "community used is invalid or not defined.",
+                )),
+            }
+        }
+    }
+    let mesh_disabled = spec.node_to_node_mesh_enabled == Some(false);
+    if mesh_disabled && spec.node_mesh_password.is_some() {
+        errs.push(ErroredField::new(
+            "Spec.NodeMeshPassword",
+            None,
+            "spec.NodeMeshPassword cannot be set if spec.NodeToNodeMesh is disabled",
+        ));
+    }
+    if mesh_disabled && spec.node_mesh_max_restart_time.is_some() {
+        errs.push(ErroredField::new(
+            "Spec.NodeMeshMaxRestartTime",
+            None,
+            "spec.NodeMeshMaxRestartTime cannot be set if spec.NodeToNodeMesh is disabled",
+        ));
+    }
+    check_enum(
+        &mut errs,
+        "spec.bindMode",
+        spec.bind_mode.as_deref(),
+        &["None", "NodeIP"],
+    );
+    check_enum(
+        &mut errs,
+        "spec.serviceLoadBalancerAggregation",
+        spec.service_load_balancer_aggregation.as_deref(),
+        &["Enabled", "Disabled"],
+    );
+    check_enum(
+        &mut errs,
+        "spec.programClusterRoutes",
+        spec.program_cluster_routes.as_deref(),
+        &["Enabled", "Disabled"],
+    );
+    fail(errs)?;
+    if name != "default" {
+        bgp_configuration_per_node(spec)?;
+    }
+    Ok(())
+}
+
+/// `ValidateDefaultOnlyFields`: what a configuration other than `default` may not set.
+fn bgp_configuration_per_node(spec: &BgpConfigurationSpec) -> Result<(), ValidationError> {
+    let mut errs = Vec::new();
+    let mut refuse = |set: bool, field: &str, json: &str| {
+        if set {
+            errs.push(ErroredField::new(
+                &format!("BGPConfiguration.Spec.{field}"),
+                None,
+                format!("Cannot set {json} on a non default BGP Configuration."),
+            ));
+        }
+    };
+    refuse(
+        spec.node_to_node_mesh_enabled.is_some(),
+        "NodeToNodeMeshEnabled",
+        "nodeToNodeMeshEnabled",
+    );
+    refuse(spec.as_number.is_some(), "ASNumber", "ASNumber");
+    refuse(
+        !spec.service_load_balancer_ips.is_empty(),
+        "ServiceLoadBalancerIPs",
+        "ServiceLoadBalancerIPs",
+    );
+    refuse(
+        !spec.service_external_ips.is_empty(),
+        "ServiceExternalIPs",
+        "ServiceExternalIPs",
+    );
+    refuse(
+        !spec.service_cluster_ips.is_empty(),
+        "ServiceClusterIPs",
+        "ServiceClusterIPs",
+    );
+    refuse(
+        spec.node_mesh_password.is_some(),
+        "NodeMeshPassword",
+        "nodeMeshPassword",
+    );
+    refuse(
+        spec.node_mesh_max_restart_time.is_some(),
+        "NodeMeshMaxRestartTime",
+        "nodeMeshMaxRestartTime",
+    );
+    fail(errs)
 }
 
 #[cfg(test)]
@@ -769,6 +1283,182 @@ mod tests {
         assert_eq!(
             ipam_configuration("other", &bad),
             Err(r#"error with field spec.kubeVirtVMAddressPersistence (supported values: "Enabled", "Disabled")"#.into())
+        );
+    }
+
+    /// Mirrors validator.go processIPPort: `<IP>`, `<IPv4>:<port>`, `[<IPv6>]:<port>`.
+    #[test]
+    fn peer_ip_forms() {
+        let ok = |s: &str| process_ip_port(s).map(|(ip, port)| (ip.to_string(), port));
+        assert_eq!(ok("10.0.0.1"), Some(("10.0.0.1".into(), 0)));
+        assert_eq!(ok("10.0.0.1:179"), Some(("10.0.0.1".into(), 179)));
+        assert_eq!(ok("fd00::1"), Some(("fd00::1".into(), 0)));
+        assert_eq!(ok("[fd00::1]:1790"), Some(("fd00::1".into(), 1790)));
+        for bad in [
+            "",
+            "10.0.0.1:0",
+            "10.0.0.1:65536",
+            "[fd00::1]",
+            "fd00::1:179:x",
+            "host:179",
+            "10.0.0.256",
+            "[10.0.0.1]:179x",
+        ] {
+            assert_eq!(process_ip_port(bad), None, "{bad}");
+        }
+    }
+
+    fn peer(f: impl FnOnce(&mut BgpPeerSpec)) -> Result<(), String> {
+        let mut spec = BgpPeerSpec {
+            peer_ip: "10.0.0.1".into(),
+            as_number: Some(calico_datastore::model::AsNumber(64512)),
+            ..Default::default()
+        };
+        f(&mut spec);
+        bgp_peer("p", &spec).map_err(|e| e.to_string())
+    }
+
+    /// Mirrors validator.go validateBGPPeerSpec and validateReachableBy.
+    #[test]
+    fn bgp_peer_rules() {
+        assert_eq!(peer(|_| {}), Ok(()));
+        assert_eq!(
+            peer(|s| s.peer_selector = "all()".into()),
+            Err("error with the following fields:\n\
+                 -  PeerIP = '10.0.0.1' (PeerIP field must be empty when PeerSelector is specified)\n\
+                 -  ASNumber = '64512' (ASNumber field must be empty when PeerSelector is specified)\n"
+                .into())
+        );
+        assert_eq!(
+            peer(|s| s.node = "Node_1".into()),
+            Err("error with field Node = 'Node_1' (Reason: failed to validate Field: Node because of Tag: name )".into())
+        );
+        assert_eq!(
+            peer(|s| s.reachable_by = "fd00::1".into()),
+            Err("error with field ReachableBy = 'fd00::1' (ReachableBy and PeerIP address family mismatched)".into())
+        );
+        assert_eq!(
+            peer(|s| {
+                s.keep_original_next_hop = true;
+                s.next_hop_mode = Some("Keep".into());
+            }),
+            Err("error with field KeepOriginalNextHop = '10.0.0.1' (The KeepOriginalNextHop field is deprecated. It must not be set to true when NextHopMode is configured.)".into())
+        );
+        assert_eq!(
+            peer(|s| {
+                s.peer_ip.clear();
+                s.as_number = None;
+                s.local_workload_selector = "app == 'x'".into();
+            }),
+            Err("error with field ASNumber = '0' (ASNumber field must NOT be empty when LocalWorkloadSelector is specified)".into())
+        );
+        assert_eq!(
+            peer(|s| s.filters = vec!["ok-filter".into(), "Bad".into()]),
+            Err("error with field Filters[1] = 'Bad' (Reason: failed to validate Field: Filters[1] because of Tag: name )".into())
+        );
+        assert_eq!(
+            peer(|s| s.reverse_peering = Some("Never".into())),
+            Err(
+                r#"error with field spec.reversePeering (supported values: "Auto", "Manual")"#
+                    .into()
+            )
+        );
+        assert_eq!(
+            peer(|s| s.keepalive_time = Some("1x".into())),
+            Err(r#"error with field KeepaliveTime = '1x' (time: invalid duration "1x")"#.into())
+        );
+        assert_eq!(peer(|s| s.source_address = "UseNodeIP".into()), Ok(()));
+    }
+
+    fn config(name: &str, f: impl FnOnce(&mut BgpConfigurationSpec)) -> Result<(), String> {
+        let mut spec = BgpConfigurationSpec::default();
+        f(&mut spec);
+        bgp_configuration(name, &spec).map_err(|e| e.to_string())
+    }
+
+    /// Mirrors validator.go validateBGPConfigurationSpec (communities) and bgpconfig.go
+    /// ValidateDefaultOnlyFields.
+    #[test]
+    fn bgp_configuration_rules() {
+        use calico_datastore::model::bgp::{CidrBlock, Community, PrefixAdvertisement};
+        let communities = |s: &mut BgpConfigurationSpec| {
+            s.communities = vec![Community {
+                name: "large".into(),
+                value: "63400:300:100".into(),
+            }];
+            s.prefix_advertisements = vec![PrefixAdvertisement {
+                cidr: "172.218.4.0/26".into(),
+                communities: vec!["large".into(), "63400:120".into()],
+            }];
+        };
+        assert_eq!(config("default", communities), Ok(()));
+        assert_eq!(
+            config("default", |s| {
+                communities(s);
+                s.prefix_advertisements[0].communities.push("unknown".into());
+                s.prefix_advertisements[0].communities.push("70000:1".into());
+            }),
+            Err("error with the following fields:\n\
+                 -  Spec.PrefixAdvertisement[].Communities[] = 'unknown' (community used is invalid or not defined.)\n\
+                 -  Spec.PrefixAdvertisement[].Communities[] = '70000:1' (invalid community value, expected 16 bit value)\n"
+                .into())
+        );
+        assert_eq!(
+            config("default", |s| {
+                communities(s);
+                s.prefix_advertisements.clear();
+            }),
+            Err("error with field Spec.Communities[] (communities are defined but not used in Spec.PrefixAdvertisement[].)".into())
+        );
+        assert_eq!(
+            config("default", |s| {
+                s.node_to_node_mesh_enabled = Some(false);
+                s.node_mesh_max_restart_time = Some("120s".into());
+            }),
+            Err("error with field Spec.NodeMeshMaxRestartTime (spec.NodeMeshMaxRestartTime cannot be set if spec.NodeToNodeMesh is disabled)".into())
+        );
+        // Per node: only what Calico allows outside `default`.
+        let per_node = |s: &mut BgpConfigurationSpec| {
+            s.listen_port = Some(1790);
+            s.log_severity_screen = "Debug".into();
+            s.bind_mode = Some("NodeIP".into());
+            s.ignored_interfaces = vec!["eth*".into()];
+        };
+        assert_eq!(config("node.node1", per_node), Ok(()));
+        assert_eq!(
+            config("node.node1", |s| {
+                per_node(s);
+                s.node_to_node_mesh_enabled = Some(true);
+                s.service_cluster_ips = vec![CidrBlock {
+                    cidr: "10.96.0.0/12".into(),
+                }];
+            }),
+            Err("error with the following fields:\n\
+                 -  BGPConfiguration.Spec.NodeToNodeMeshEnabled (Cannot set nodeToNodeMeshEnabled on a non default BGP Configuration.)\n\
+                 -  BGPConfiguration.Spec.ServiceClusterIPs (Cannot set ServiceClusterIPs on a non default BGP Configuration.)\n"
+                .into())
+        );
+        assert_eq!(
+            config("default", |s| s.ignored_interfaces = vec!["*".into()]),
+            Err("error with field IgnoredInterfaces[0] = '*' (Reason: failed to validate Field: IgnoredInterfaces[0] because of Tag: ignoredInterface )".into())
+        );
+        assert_eq!(
+            config("default", |s| s.ipv4_normal_route_priority = Some(0)),
+            Err("error with field IPv4NormalRoutePriority = '0' (Reason: failed to validate Field: IPv4NormalRoutePriority because of Tag: gte )".into())
+        );
+        assert!(config("Default", |_| {}).is_err(), "name rule");
+    }
+
+    /// Mirrors validator.go validateNodeSpec: an empty BGP section is refused.
+    #[test]
+    fn an_empty_node_bgp_section_is_refused() {
+        let spec = NodeSpec {
+            bgp: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            node(&spec).map_err(|e| e.to_string()),
+            Err("error with field BGP = '&{<nil>    }' (Spec.BGP should not be empty)".into())
         );
     }
 }

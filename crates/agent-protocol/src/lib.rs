@@ -2,7 +2,8 @@
 //! to it over a unix socket and must never link `calico-node` itself.
 //!
 //! - [`message`]: what is said: the agent's greeting, the requests (etcd reads and guarded
-//!   transactions for the plugins, deferred kernel work, health) and their replies;
+//!   transactions for the plugins, deferred kernel work, health, BGP status for
+//!   `calicoctl node status`) and their replies;
 //! - [`frame`]: how it goes on the wire: a length, the protocol [`VERSION`], a postcard body;
 //!   descriptors (a namespace, a netlink socket) ride along as `SCM_RIGHTS`;
 //! - [`client`]: the plugins' side: find the agent, connect with a bound, call it, and fall
@@ -18,7 +19,7 @@ pub mod frame;
 pub mod message;
 
 pub use client::{CallError, Connection};
-pub use message::{Hello, Reply, Request};
+pub use message::{BgpPeerStatus, BgpStatusReport, Hello, Reply, Request};
 
 /// The version of the messages. A frame says which version it is written in; a reader that
 /// does not speak it treats the peer as absent (a plugin then does the work itself).

@@ -1,6 +1,12 @@
 //! The messages. The agent greets every connection ([`Hello`]); then each [`Request`] gets
 //! one [`Reply`]. The etcd requests carry their own copies of the store's types (`Key*`):
 //! the wire must not change when the datastore crate's types do.
+//!
+//! Growing the protocol: postcard numbers an enum's variants by position, so a new request
+//! or reply goes at the end of [`Request`] / [`Reply`] and the old ones keep their bytes
+//! (and [`crate::VERSION`] stays). An agent that predates a request cannot decode it and
+//! closes the connection, which the caller sees as [`crate::CallError::NoReply`]; changing
+//! an existing message is a new [`crate::VERSION`].
 
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +122,8 @@ pub enum Request {
         udp: Vec<UdpFlush>,
     },
     Health(Probe),
+    /// The state of the node's BGP sessions (`calicoctl node status`).
+    BgpStatus,
 }
 
 impl Request {
@@ -126,6 +134,7 @@ impl Request {
             Request::DeleteLink { .. } => "link",
             Request::ReleaseNetfilter { .. } => "netfilter",
             Request::Health(_) => "health",
+            Request::BgpStatus => "bgp",
         }
     }
 
@@ -134,7 +143,7 @@ impl Request {
         match self {
             Request::DeleteLink { .. } => 1,
             Request::ReleaseNetfilter { .. } => 2,
-            Request::Etcd { .. } | Request::Health(_) => 0,
+            Request::Etcd { .. } | Request::Health(_) | Request::BgpStatus => 0,
         }
     }
 }
@@ -158,6 +167,7 @@ pub enum Reply {
     /// The agent is stopping and takes no new work: do it yourself.
     ShuttingDown,
     Health(HealthReport),
+    BgpStatus(BgpStatusReport),
 }
 
 /// The daemon's state, as its probes see it.
@@ -167,4 +177,67 @@ pub struct HealthReport {
     pub ready: bool,
     /// Why not ready (or what is fine), one line.
     pub detail: String,
+}
+
+/// What `calicoctl node status` shows: whether the node's BGP speakers run (Calico's `bird`
+/// and `bird6` processes), and each peer's session as BIRD's `show protocols` tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpStatusReport {
+    /// The IPv4 speaker runs. Both false: BGP is off on this node (no BGP backend).
+    pub ipv4_running: bool,
+    /// The IPv6 speaker runs.
+    pub ipv6_running: bool,
+    /// Which program speaks BGP for the node and its version (`BIRD 2.0.12`), for logs and
+    /// diagnostics; empty when BGP is off.
+    pub speaker: String,
+    /// One per configured peer of either family, in the speaker's order.
+    pub peers: Vec<BgpPeerStatus>,
+}
+
+/// One BGP session, as Calico's `calicoctl node status` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPeerStatus {
+    /// The speaker's name for the session (BIRD's protocol name, `Mesh_10_0_0_2`).
+    pub name: String,
+    pub address: std::net::IpAddr,
+    /// `node-to-node mesh`, `global` or `node specific`.
+    pub peer_type: String,
+    /// BIRD's protocol state: `up`, `start`, `down`.
+    pub state: String,
+    /// When the state last changed, as the speaker prints it (`23:30:04`, `2026-12-06`).
+    pub since: String,
+    /// The BGP state and the last error: `Established`, `Active Socket: Connection
+    /// refused`, `Connect`, `Passive`.
+    pub info: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// New messages go at the end: the old ones keep their bytes, so VERSION stays.
+    #[test]
+    fn bgp_status_is_appended_without_moving_the_old_messages() {
+        assert_eq!(
+            postcard::to_allocvec(&Request::Health(Probe::Ready)).unwrap(),
+            [3, 1]
+        );
+        assert_eq!(postcard::to_allocvec(&Request::BgpStatus).unwrap(), [4]);
+        let report = Reply::BgpStatus(BgpStatusReport {
+            ipv4_running: true,
+            ipv6_running: false,
+            speaker: "BIRD 2.0.12".into(),
+            peers: vec![BgpPeerStatus {
+                name: "Mesh_10_0_0_2".into(),
+                address: "10.0.0.2".parse().unwrap(),
+                peer_type: "node-to-node mesh".into(),
+                state: "up".into(),
+                since: "23:30:04".into(),
+                info: "Established".into(),
+            }],
+        });
+        let bytes = postcard::to_allocvec(&report).unwrap();
+        assert_eq!(bytes[0], 8, "after the eight replies before it");
+        assert_eq!(postcard::from_bytes::<Reply>(&bytes).unwrap(), report);
+    }
 }

@@ -44,4 +44,4 @@ pub use error::{EtcdError, StoreError};
 pub use etcd::{Etcd, EtcdClient};
 pub use faults::FailNthTxn;
 pub use store::{Guard, Kv, KvStore, MemKv, Read, TxnOutcome, Write};
-pub use watch::{SyncEvent, Syncer, WatchableMemKv, sync_prefixes};
+pub use watch::{KeyChange, SyncEvent, SyncedKeys, Syncer, WatchableMemKv, sync_prefixes};

@@ -7,6 +7,9 @@
 //! re-list), with one difference: a re-list is delivered as one complete snapshot, not as
 //! the updates and deletions that turn the old state into the new one.
 //!
+//! [`SyncedKeys`] keeps the consumer's copy and turns a re-list's snapshot into the puts and
+//! deletions it implies, for consumers that act on changes only.
+//!
 //! The logic ([`Syncer`]) works on a [`WatchSource`]: [`EtcdClient`] is the real one (one
 //! gRPC watch stream carrying one watcher per prefix); [`WatchableMemKv`] is an in-memory
 //! test double with etcd's revisions and compaction, for unit tests of the logic and of
@@ -34,6 +37,84 @@ pub enum SyncEvent {
     Put(Kv),
     /// A key was deleted at `revision`.
     Delete { key: String, revision: i64 },
+}
+
+/// One change to the watched keys, as [`SyncedKeys::apply`] derives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    /// Created or changed.
+    Put(Kv),
+    /// Gone.
+    Deleted(String),
+}
+
+/// The watched keys as a consumer keeps them, with what each event changed: a snapshot is
+/// turned into the puts and deletions between the old state and the new (what
+/// libcalico-go's watcher cache sends on a resync), so a consumer can act on changes only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncedKeys {
+    /// Every watched key by name.
+    pub keys: BTreeMap<String, Kv>,
+    /// The revision of the last event applied.
+    pub revision: i64,
+    /// Whether a snapshot has arrived (before it, the keys are not the datastore's).
+    pub in_sync: bool,
+}
+
+impl SyncedKeys {
+    pub fn new() -> Self {
+        SyncedKeys::default()
+    }
+
+    /// Applies `event`; returns what changed, in key order for a snapshot. A put that
+    /// changes nothing (same value and revision, as a re-list repeats) is not a change.
+    pub fn apply(&mut self, event: SyncEvent) -> Vec<KeyChange> {
+        match event {
+            SyncEvent::Snapshot { kvs, revision } => {
+                self.revision = revision;
+                self.in_sync = true;
+                let mut fresh: BTreeMap<String, Kv> =
+                    kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+                let mut changes: Vec<KeyChange> = self
+                    .keys
+                    .keys()
+                    .filter(|k| !fresh.contains_key(*k))
+                    .map(|k| KeyChange::Deleted(k.clone()))
+                    .collect();
+                changes.extend(
+                    fresh
+                        .values()
+                        .filter(|kv| self.keys.get(&kv.key) != Some(kv))
+                        .map(|kv| KeyChange::Put(kv.clone())),
+                );
+                std::mem::swap(&mut self.keys, &mut fresh);
+                changes.sort_by(|a, b| change_key(a).cmp(change_key(b)));
+                changes
+            }
+            SyncEvent::Put(kv) => {
+                self.revision = self.revision.max(kv.mod_revision);
+                if self.keys.get(&kv.key) == Some(&kv) {
+                    return Vec::new();
+                }
+                self.keys.insert(kv.key.clone(), kv.clone());
+                vec![KeyChange::Put(kv)]
+            }
+            SyncEvent::Delete { key, revision } => {
+                self.revision = self.revision.max(revision);
+                match self.keys.remove(&key) {
+                    Some(_) => vec![KeyChange::Deleted(key)],
+                    None => Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+fn change_key(change: &KeyChange) -> &str {
+    match change {
+        KeyChange::Put(kv) => &kv.key,
+        KeyChange::Deleted(key) => key,
+    }
 }
 
 /// What one read of a watch stream brings.
@@ -743,6 +824,69 @@ mod tests {
             [("/a/1".into(), "one".into()), ("/a/2".into(), "two".into())]
         );
         assert_eq!(store.lists(), 5, "first list, three refused, one answered");
+    }
+
+    /// A re-list becomes the puts and deletions between the old state and the new, as
+    /// watchercache.go's resync sends them.
+    #[test]
+    fn synced_keys_turn_a_snapshot_into_changes() {
+        let kv = |k: &str, v: &str, rev: i64| Kv {
+            key: k.into(),
+            value: v.as_bytes().to_vec(),
+            mod_revision: rev,
+        };
+        let mut synced = SyncedKeys::new();
+        assert!(!synced.in_sync);
+        let first = synced.apply(SyncEvent::Snapshot {
+            kvs: vec![kv("/a", "1", 2), kv("/b", "1", 3)],
+            revision: 3,
+        });
+        assert_eq!(
+            first,
+            [
+                KeyChange::Put(kv("/a", "1", 2)),
+                KeyChange::Put(kv("/b", "1", 3))
+            ]
+        );
+        assert!(synced.in_sync);
+        assert_eq!(
+            synced.apply(SyncEvent::Put(kv("/c", "1", 4))),
+            [KeyChange::Put(kv("/c", "1", 4))]
+        );
+        assert_eq!(
+            synced.apply(SyncEvent::Put(kv("/c", "1", 4))),
+            [],
+            "a repeated put"
+        );
+        // Compaction: /a deleted and /b changed unseen, /d new; /c unchanged.
+        let resync = synced.apply(SyncEvent::Snapshot {
+            kvs: vec![kv("/b", "2", 6), kv("/c", "1", 4), kv("/d", "1", 7)],
+            revision: 9,
+        });
+        assert_eq!(
+            resync,
+            [
+                KeyChange::Deleted("/a".into()),
+                KeyChange::Put(kv("/b", "2", 6)),
+                KeyChange::Put(kv("/d", "1", 7)),
+            ]
+        );
+        assert_eq!(synced.revision, 9);
+        assert_eq!(
+            synced.apply(SyncEvent::Delete {
+                key: "/c".into(),
+                revision: 10
+            }),
+            [KeyChange::Deleted("/c".into())]
+        );
+        assert_eq!(
+            synced.apply(SyncEvent::Delete {
+                key: "/zz".into(),
+                revision: 11
+            }),
+            []
+        );
+        assert_eq!(synced.keys.len(), 2);
     }
 
     #[tokio::test]
