@@ -168,7 +168,12 @@ fn a_bgp_mesh_carries_pods_across_three_nodes_with_no_static_route() {
     }
     // The agents say so: sessions up, routes learned.
     for a in &agents {
-        assert_eq!(a.metric("calico_node_bgp_peers", &["state=\"Established\""]).unwrap(), 2.0);
+        let ok = eventually(WAIT, || {
+            a.metric("calico_node_bgp_peers", &["state=\"Established\""])
+                .unwrap()
+                == 2.0
+        });
+        assert!(ok, "sessions not up: {}", a.metrics().unwrap());
         assert!(a.metric("calico_node_bgp_routes_learned", &[]).unwrap() >= 2.0);
     }
 

@@ -309,10 +309,9 @@ async fn handle(shared: &Shared, request: Request, mut fds: Vec<OwnedFd>) -> (Re
             }))
         }
         Request::Health(_) => (Reply::Rejected("unreachable".into()), "rejected"),
-        // Placeholder until route distribution (issue 13) answers it: calicoctl reports it.
         Request::BgpStatus => (
-            Reply::Rejected("this agent does not report BGP status yet".into()),
-            "rejected",
+            Reply::BgpStatus(super::routing::status::report(&shared.routing).await),
+            "ok",
         ),
     }
 }

@@ -44,6 +44,8 @@ const HOLD_TIME: Duration = Duration::from_secs(240);
 /// Calico's `connect delay time 2; connect retry time 5`.
 const CONNECT_DELAY: Duration = Duration::from_secs(2);
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
+/// How often the sessions' states are brought into the metrics.
+const PEER_METRICS_EVERY: Duration = Duration::from_secs(1);
 /// The VXLAN device's MTU when no MTU file says otherwise (1500 less VXLAN's 50).
 const DEFAULT_VXLAN_MTU: u32 = 1450;
 
@@ -234,8 +236,13 @@ pub async fn run(
         secrets: FileSecrets { dir: PathBuf::new() },
     };
     r.secrets.dir = r.settings.secrets_dir.clone();
+    let mut peer_metrics = tokio::time::interval(PEER_METRICS_EVERY);
     loop {
         tokio::select! {
+            _ = peer_metrics.tick() => {
+                status::peer_metrics(&state).await;
+                continue;
+            }
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     r.cache.apply(ev);

@@ -135,3 +135,149 @@ impl RoutingState {
         &self.metrics
     }
 }
+
+/// Brings `calico_node_bgp_peers{state}` up to the speaker's sessions.
+pub async fn peer_metrics(state: &RoutingState) {
+    use calico_bgp::SessionState::*;
+    let peers = state.peers().await;
+    for s in [Idle, Connect, Active, OpenSent, OpenConfirm, Established] {
+        let n = peers.iter().filter(|p| p.state == s).count();
+        let label = crate::run::metrics::State {
+            state: match s {
+                Idle => "Idle",
+                Connect => "Connect",
+                Active => "Active",
+                OpenSent => "OpenSent",
+                OpenConfirm => "OpenConfirm",
+                Established => "Established",
+            },
+        };
+        state
+            .metrics
+            .bgp_peers
+            .get_or_create(&label)
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// `calicoctl node status`'s report: BIRD's columns made from the speaker's sessions.
+pub async fn report(state: &RoutingState) -> calico_agent_protocol::message::BgpStatusReport {
+    let running = state.speaker().is_some();
+    let now = std::time::SystemTime::now();
+    let peers = state
+        .peers()
+        .await
+        .into_iter()
+        .map(|p| peer_row(&p, now))
+        .collect();
+    calico_agent_protocol::message::BgpStatusReport {
+        ipv4_running: running,
+        ipv6_running: running,
+        speaker: if running {
+            format!("calico-node {}", crate::VERSION)
+        } else {
+            String::new()
+        },
+        peers,
+    }
+}
+
+/// One session as BIRD's `show protocols` row reads in Calico's table: state `up` when
+/// established, else `start`; info the BGP state (`Passive` for a passive session waiting)
+/// and the last error.
+pub fn peer_row(
+    p: &calico_bgp::PeerStatus,
+    now: std::time::SystemTime,
+) -> calico_agent_protocol::message::BgpPeerStatus {
+    use calico_bgp::SessionState;
+    let established = p.state == SessionState::Established;
+    let bgp_state = match p.state {
+        SessionState::Idle | SessionState::Active if p.passive => "Passive".to_string(),
+        s => s.to_string(),
+    };
+    let info = match (&p.last_error, established) {
+        (Some(e), false) if !e.is_empty() => format!("{bgp_state} {e}"),
+        _ => bgp_state,
+    };
+    calico_agent_protocol::message::BgpPeerStatus {
+        name: p.name.clone(),
+        address: p.address,
+        peer_type: calico_routing::peer_kind_from_name(&p.name)
+            .map_or("unknown", |k| k.status_label())
+            .to_string(),
+        state: if established { "up" } else { "start" }.to_string(),
+        since: since(p.since, now),
+        info,
+    }
+}
+
+/// BIRD's `since` column: the time of day for a change today, else the date (UTC).
+fn since(at: std::time::SystemTime, now: std::time::SystemTime) -> String {
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let (at, now) = (secs(at), secs(now));
+    if at / 86_400 == now / 86_400 {
+        let s = at % 86_400;
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        let (y, m, d) = civil_from_days(i64::try_from(at / 86_400).unwrap_or(0));
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn status(state: calico_bgp::SessionState, passive: bool, err: Option<&str>) -> calico_bgp::PeerStatus {
+        calico_bgp::PeerStatus {
+            name: "Mesh_10_10_0_12".into(),
+            address: "10.10.0.12".parse().unwrap(),
+            state,
+            since: UNIX_EPOCH + Duration::from_secs(1_796_000_000),
+            last_error: err.map(str::to_string),
+            routes_received: 0,
+            routes_sent: 0,
+            passive,
+            messages_in: 0,
+            messages_out: 0,
+            updates_in: 0,
+            updates_out: 0,
+        }
+    }
+
+    #[test]
+    fn rows_read_as_birds_show_protocols_in_calicos_table() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_000_100);
+        let up = peer_row(&status(calico_bgp::SessionState::Established, false, None), now);
+        assert_eq!(up.peer_type, "node-to-node mesh");
+        assert_eq!((up.state.as_str(), up.info.as_str()), ("up", "Established"));
+        assert_eq!(up.since, "00:53:20");
+        let refused = peer_row(
+            &status(calico_bgp::SessionState::Active, false, Some("Socket: Connection refused")),
+            now + Duration::from_secs(86_400 * 3),
+        );
+        assert_eq!(refused.state, "start");
+        assert_eq!(refused.info, "Active Socket: Connection refused");
+        assert_eq!(refused.since, "2026-11-30");
+        let passive = peer_row(&status(calico_bgp::SessionState::Idle, true, None), now);
+        assert_eq!(passive.info, "Passive");
+    }
+}
