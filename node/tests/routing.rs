@@ -62,11 +62,7 @@ fn startup(c: &Cluster, i: usize, vars: &[(&str, &str)]) {
 }
 
 /// A cluster of `n` nodes, each started up (`vars`) and running the agent (`run_vars`).
-fn cluster(
-    n: usize,
-    vars: &[(&str, &str)],
-    run_vars: &[(&str, &str)],
-) -> (Cluster, Vec<Agent>) {
+fn cluster(n: usize, vars: &[(&str, &str)], run_vars: &[(&str, &str)]) -> (Cluster, Vec<Agent>) {
     let c = Cluster::start_bare(n, &[]).unwrap();
     for i in 0..n {
         startup(&c, i, vars);
@@ -113,7 +109,14 @@ fn routes(c: &Cluster, node: usize) -> Vec<KernelRoute> {
 }
 
 /// Waits until node `node`'s kernel routes `block` via `gw` with `protocol`.
-fn wait_route(c: &Cluster, agents: &[Agent], node: usize, block: Ipv4Net, gw: Ipv4Addr, protocol: &str) {
+fn wait_route(
+    c: &Cluster,
+    agents: &[Agent],
+    node: usize,
+    block: Ipv4Net,
+    gw: Ipv4Addr,
+    protocol: &str,
+) {
     let ok = eventually(WAIT, || {
         routes(c, node)
             .iter()
@@ -130,7 +133,12 @@ fn wait_route(c: &Cluster, agents: &[Agent], node: usize, block: Ipv4Net, gw: Ip
 
 fn wait_no_route(c: &Cluster, node: usize, block: Ipv4Net) {
     let ok = eventually(WAIT, || !routes(c, node).iter().any(|r| r.dst == block));
-    assert!(ok, "node-{}: {block} still routed: {:?}", node + 1, routes(c, node));
+    assert!(
+        ok,
+        "node-{}: {block} still routed: {:?}",
+        node + 1,
+        routes(c, node)
+    );
 }
 
 fn has_blackhole(c: &Cluster, node: usize, block: Ipv4Net) -> bool {
@@ -148,22 +156,31 @@ fn pings(from: &Pod, to: &Pod) -> bool {
 #[test]
 fn a_bgp_mesh_carries_pods_across_three_nodes_with_no_static_route() {
     require!(root; "etcd", "go", "ip", "busybox");
-    let (c, agents) = cluster(
-        3,
-        &[("CALICO_IPV4POOL_CIDR", "10.244.0.0/16")],
-        &[],
-    );
-    let pods: Vec<Pod> = (0..3).map(|i| add_pod(&c, i, &format!("mesh{i}"))).collect();
+    let (c, agents) = cluster(3, &[("CALICO_IPV4POOL_CIDR", "10.244.0.0/16")], &[]);
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| add_pod(&c, i, &format!("mesh{i}")))
+        .collect();
     for (i, p) in pods.iter().enumerate() {
         let ok = eventually(WAIT, || has_blackhole(&c, i, p.block));
-        assert!(ok, "node-{}: no blackhole for {}: {:?}", i + 1, p.block, routes(&c, i));
+        assert!(
+            ok,
+            "node-{}: no blackhole for {}: {:?}",
+            i + 1,
+            p.block,
+            routes(&c, i)
+        );
         for (j, _) in pods.iter().enumerate().filter(|(j, _)| *j != i) {
             wait_route(&c, &agents, j, p.block, c.node(i).underlay_ip(), "78");
         }
     }
     for (i, a) in pods.iter().enumerate() {
         for (j, b) in pods.iter().enumerate().filter(|(j, _)| *j != i) {
-            assert!(pings(a, b), "pod on node-{} cannot reach node-{}'s", i + 1, j + 1);
+            assert!(
+                pings(a, b),
+                "pod on node-{} cannot reach node-{}'s",
+                i + 1,
+                j + 1
+            );
         }
     }
     // The agents say so: sessions up, routes learned.
@@ -180,7 +197,10 @@ fn a_bgp_mesh_carries_pods_across_three_nodes_with_no_static_route() {
     // A block released on node-3 (its affinity gone) is withdrawn everywhere, and node-3's
     // blackhole goes.
     let released = pods[2].block;
-    c.runtime(2).del(NET, &pods[2].ns.path(), &pod("mesh2")).unwrap().unwrap();
+    c.runtime(2)
+        .del(NET, &pods[2].ns.path(), &pod("mesh2"))
+        .unwrap()
+        .unwrap();
     let key = format!(
         "/calico/ipam/v2/host/node-3/ipv4/block/{}-{}",
         released.addr(),
@@ -238,11 +258,19 @@ fn the_vxlan_backend_carries_pods_across_nodes_through_vxlan_calico() {
     }
     for (i, a) in pods.iter().enumerate() {
         for (j, b) in pods.iter().enumerate().filter(|(j, _)| *j != i) {
-            assert!(pings(a, b), "pod on node-{} cannot reach node-{}'s", i + 1, j + 1);
+            assert!(
+                pings(a, b),
+                "pod on node-{} cannot reach node-{}'s",
+                i + 1,
+                j + 1
+            );
         }
     }
     // Felix's ARP and FDB entries for each remote VTEP.
-    let neigh = c.node(0).sh("ip neigh show dev vxlan.calico nud permanent").unwrap();
+    let neigh = c
+        .node(0)
+        .sh("ip neigh show dev vxlan.calico nud permanent")
+        .unwrap();
     let fdb = c.node(0).sh("bridge fdb show dev vxlan.calico").unwrap();
     for j in 1..3 {
         assert!(neigh.contains(&vtep(j).to_string()), "{neigh}");
@@ -250,7 +278,9 @@ fn the_vxlan_backend_carries_pods_across_nodes_through_vxlan_calico() {
     }
     // No BGP in this mode.
     assert_eq!(
-        agents[0].metric("calico_node_bgp_peers", &["state=\"Established\""]).unwrap(),
+        agents[0]
+            .metric("calico_node_bgp_peers", &["state=\"Established\""])
+            .unwrap(),
         0.0
     );
     let _ = IpNet::from(pods[0].block);

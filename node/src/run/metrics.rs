@@ -172,11 +172,7 @@ impl Metrics {
             "CPU time (user and system) the agent has used",
             m.cpu_seconds.clone(),
         );
-        registry.register(
-            "bgp_peers",
-            "BGP sessions by state",
-            m.bgp_peers.clone(),
-        );
+        registry.register("bgp_peers", "BGP sessions by state", m.bgp_peers.clone());
         registry.register(
             "bgp_routes_learned",
             "Prefixes with a best path learned from BGP peers",

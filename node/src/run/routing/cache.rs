@@ -7,8 +7,8 @@ use calico_datastore::Kv;
 use calico_datastore::model::bgp::{BGP_CONFIGURATIONS, BGP_PEERS};
 use calico_datastore::model::keys::{parse_affinity, resources_prefix};
 use calico_datastore::model::{
-    BgpConfiguration, BgpConfigurationSpec, BgpPeer, BgpPeerSpec, BlockAffinity, IpPool, IpPoolSpec,
-    Node, Resource,
+    BgpConfiguration, BgpConfigurationSpec, BgpPeer, BgpPeerSpec, BlockAffinity, IpPool,
+    IpPoolSpec, Node, Resource,
 };
 use calico_datastore::watch::SyncEvent;
 use calico_routing::ClusterView;
@@ -107,7 +107,8 @@ fn parse(kv: &Kv) -> Entry {
     let key = kv.key.as_str();
     let under = |plural: &str| key.starts_with(&resources_prefix(plural));
     if under("nodes") {
-        resource::<calico_datastore::model::NodeSpec>(kv).map_or(Entry::Skipped, |r| Entry::Node(Box::new(r)))
+        resource::<calico_datastore::model::NodeSpec>(kv)
+            .map_or(Entry::Skipped, |r| Entry::Node(Box::new(r)))
     } else if under(BGP_CONFIGURATIONS) {
         resource::<BgpConfigurationSpec>(kv).map_or(Entry::Skipped, |r| Entry::Config(Box::new(r)))
     } else if under(BGP_PEERS) {
@@ -138,11 +139,7 @@ where
 {
     Resource::<S>::from_kv(kv)
         .map_err(|e| {
-            log::warn!(
-                "skipping {} (revision {}): {e}",
-                kv.key,
-                kv.mod_revision
-            );
+            log::warn!("skipping {} (revision {}): {e}", kv.key, kv.mod_revision);
         })
         .ok()
 }

@@ -13,8 +13,7 @@ use super::status::RoutingState;
 use calico_dataplane::neigh::{Mac, apply_fdb, apply_neighbors};
 use calico_dataplane::netlink::Netlink;
 use calico_dataplane::routes::{
-    NextHop, PROTO_BGP, PROTO_BLACKHOLE, PROTO_VXLAN, RouteKind, RouteSpec, RouteTable,
-    TABLE_MAIN,
+    NextHop, PROTO_BGP, PROTO_BLACKHOLE, PROTO_VXLAN, RouteKind, RouteSpec, RouteTable, TABLE_MAIN,
 };
 use calico_dataplane::vxlan::{VxlanDevice, ensure_vxlan, observe_vxlan, remove_vxlan};
 use calico_routing::KernelRoute;

@@ -21,9 +21,7 @@ pub mod status;
 use crate::config::{ConfigError, Env};
 use anyhow::Context as _;
 use cache::Cache;
-use calico_bgp::{
-    ExportFilter, NextHopMode, PeerConfig, RibEvent, Route, Speaker, SpeakerConfig,
-};
+use calico_bgp::{ExportFilter, NextHopMode, PeerConfig, RibEvent, Route, Speaker, SpeakerConfig};
 use calico_dataplane::vxlan::{DEFAULT_PORT, DEFAULT_VNI, VXLAN_DEVICE, VxlanDevice};
 use calico_datastore::EtcdClient;
 use calico_routing::{BgpPlan, ClusterView, PlanOptions, SecretSource};
@@ -85,7 +83,11 @@ pub struct RoutingSettings {
 
 impl RoutingSettings {
     pub fn from_env(env: &dyn Env) -> Result<RoutingSettings, ConfigError> {
-        let get = |k: &str| env.var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            env.var(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let backend = match get("CALICO_NETWORKING_BACKEND").as_deref() {
             None | Some("bird") | Some("bgp") => Backend::Bird,
             Some("vxlan") => Backend::Vxlan,
@@ -114,19 +116,22 @@ impl RoutingSettings {
         let advertise_cluster_ips = match get("CALICO_ADVERTISE_CLUSTER_IPS") {
             None => None,
             Some(v) => Some(vec![v.parse::<IpNet>().map_err(|_| {
-                ConfigError::new("CALICO_ADVERTISE_CLUSTER_IPS", format!("{v:?} is not a CIDR"))
+                ConfigError::new(
+                    "CALICO_ADVERTISE_CLUSTER_IPS",
+                    format!("{v:?} is not a CIDR"),
+                )
             })?]),
         };
         let connect_retry = match get("CALICO_BGP_CONNECT_RETRY_SECONDS") {
             None => CONNECT_RETRY,
-            Some(v) => Duration::from_secs(v.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(
-                || {
+            Some(v) => {
+                Duration::from_secs(v.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
                     ConfigError::new(
                         "CALICO_BGP_CONNECT_RETRY_SECONDS",
                         format!("{v:?} is not a positive number of seconds"),
                     )
-                },
-            )?),
+                })?)
+            }
         };
         Ok(RoutingSettings {
             backend,
@@ -138,8 +143,10 @@ impl RoutingSettings {
                 router_id,
                 advertise_cluster_ips,
             },
-            secrets_dir: get("CALICO_BGP_SECRETS_DIR")
-                .map_or_else(|| PathBuf::from(calico_routing::DEFAULT_SECRETS_DIR), PathBuf::from),
+            secrets_dir: get("CALICO_BGP_SECRETS_DIR").map_or_else(
+                || PathBuf::from(calico_routing::DEFAULT_SECRETS_DIR),
+                PathBuf::from,
+            ),
             connect_retry,
         })
     }
@@ -149,7 +156,8 @@ impl RoutingSettings {
         if let Some(n) = &self.nodename {
             return Ok(n.clone());
         }
-        match calico_fsbound::read_config_string(&self.nodename_file, 4096, "CALICO_NODENAME_FILE") {
+        match calico_fsbound::read_config_string(&self.nodename_file, 4096, "CALICO_NODENAME_FILE")
+        {
             Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
             _ => {}
         }
@@ -233,7 +241,9 @@ pub async fn run(
         bgp_synced: false,
         restarting,
         programmer,
-        secrets: FileSecrets { dir: PathBuf::new() },
+        secrets: FileSecrets {
+            dir: PathBuf::new(),
+        },
     };
     r.secrets.dir = r.settings.secrets_dir.clone();
     let mut peer_metrics = tokio::time::interval(PEER_METRICS_EVERY);
@@ -370,11 +380,15 @@ impl Routing {
     /// Starts, restarts or updates the speaker for `plan`.
     async fn speak(&mut self, plan: &BgpPlan) {
         let wants_v6 = plan.node_ipv6.is_some();
-        let listen_ip = plan.listen_addresses.first().copied().unwrap_or(if wants_v6 {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        });
+        let listen_ip = plan
+            .listen_addresses
+            .first()
+            .copied()
+            .unwrap_or(if wants_v6 {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            });
         let key = SpeakerKey {
             router_id: plan.router_id,
             local_as: plan.local_as,
@@ -416,7 +430,8 @@ impl Routing {
                     });
                 }
                 Err(e) => {
-                    self.state.set_plan_problem(Some(format!("BGP speaker: {e}")));
+                    self.state
+                        .set_plan_problem(Some(format!("BGP speaker: {e}")));
                     return;
                 }
             }

@@ -238,7 +238,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+    (
+        y,
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
 }
 
 #[cfg(test)]
@@ -246,7 +250,11 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn status(state: calico_bgp::SessionState, passive: bool, err: Option<&str>) -> calico_bgp::PeerStatus {
+    fn status(
+        state: calico_bgp::SessionState,
+        passive: bool,
+        err: Option<&str>,
+    ) -> calico_bgp::PeerStatus {
         calico_bgp::PeerStatus {
             name: "Mesh_10_10_0_12".into(),
             address: "10.10.0.12".parse().unwrap(),
@@ -266,12 +274,19 @@ mod tests {
     #[test]
     fn rows_read_as_birds_show_protocols_in_calicos_table() {
         let now = UNIX_EPOCH + Duration::from_secs(1_796_000_100);
-        let up = peer_row(&status(calico_bgp::SessionState::Established, false, None), now);
+        let up = peer_row(
+            &status(calico_bgp::SessionState::Established, false, None),
+            now,
+        );
         assert_eq!(up.peer_type, "node-to-node mesh");
         assert_eq!((up.state.as_str(), up.info.as_str()), ("up", "Established"));
         assert_eq!(up.since, "00:53:20");
         let refused = peer_row(
-            &status(calico_bgp::SessionState::Active, false, Some("Socket: Connection refused")),
+            &status(
+                calico_bgp::SessionState::Active,
+                false,
+                Some("Socket: Connection refused"),
+            ),
             now + Duration::from_secs(86_400 * 3),
         );
         assert_eq!(refused.state, "start");
