@@ -1,7 +1,8 @@
-//! The main job's demo: a two-node Calico cluster in network namespaces, `calico-node
+//! The main job's demo: a three-node Calico cluster in network namespaces, `calico-node
 //! startup` on each node (Node, default pools, nodename and MTU files), then `calico-node
-//! run` (the plugins' etcd and deferred kernel work), pods made by the
-//! seed conflist through libcni, traffic between them, and a summary. Everything it creates
+//! run` (the plugins' etcd and deferred kernel work, and the BGP mesh that distributes the
+//! pod blocks: no static route anywhere), pods made by the seed conflist through libcni,
+//! `calicoctl node status` and the learned routes, traffic between them, and a summary. Everything it creates
 //! is removed when it ends (fixtures drop), also on failure.
 
 use std::net::IpAddr;
@@ -12,6 +13,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use testkit::{CallOpts, Cluster, NetNs};
+
+/// Nodes in the demo cluster.
+const NODES: usize = 3;
 
 struct Pod {
     name: &'static str,
@@ -168,9 +172,9 @@ fn step(interrupted: &AtomicBool) -> Result<()> {
 fn run(interrupted: &AtomicBool) -> Result<()> {
     let started = Instant::now();
     heading(
-        "A two-node cluster: underlay 10.10.0.0/24, etcd with mutual TLS at https://10.10.0.174:2379",
+        "A three-node cluster: underlay 10.10.0.0/24, etcd with mutual TLS at https://10.10.0.174:2379",
     );
-    let c = Cluster::start_bare(2, &[])?;
+    let c = Cluster::start_bare(NODES, &[])?;
     for (i, n) in c.nodes.iter().enumerate() {
         println!(
             "   node-{} : namespace {}, underlay {}",
@@ -189,7 +193,7 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         ("CALICO_IPV6POOL_CIDR", "fd00:10:244::/48"),
         ("IP6", "autodetect"),
     ];
-    for i in 0..2 {
+    for i in 0..NODES {
         println!("   node-{}: calico-node startup", i + 1);
         indent(&calico_node_startup(&c, i, &startup_vars)?);
     }
@@ -214,21 +218,21 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
 
     step(interrupted)?;
     heading(
-        "The seed conflist on both nodes (policy and kubernetes sections left out: no API server here), dual stack",
+        "The seed conflist on every node (policy and kubernetes sections left out: no API server here), dual stack",
     );
     let mut list = testkit::cluster::seed_without_kubernetes()?;
     list["plugins"][0]["ipam"]["assign_ipv6"] = json!("true");
-    for i in 0..2 {
+    for i in 0..NODES {
         c.install(i, &list)?;
     }
     indent(&serde_json::to_string_pretty(&list)?);
 
     step(interrupted)?;
     heading(
-        "calico-node run on each node: the plugins' etcd connection and their deferred kernel work",
+        "calico-node run on each node: the plugins' etcd connection, their deferred kernel work, and the BGP mesh (CALICO_NETWORKING_BACKEND=bird)",
     );
     let mut agents = Vec::new();
-    for i in 0..2 {
+    for i in 0..NODES {
         let agent = testkit::Agent::on_node(&c, i)?;
         println!(
             "   node-{}: calico-node run, pid {}, socket {} (0600)",
@@ -242,7 +246,7 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
     step(interrupted)?;
     heading("Pods, added through libcni (cni-driver add k8s-pod-network <netns>)");
     let mut pods = Vec::new();
-    for (name, node) in [("frontend", 0), ("backend", 0), ("db", 1)] {
+    for (name, node) in [("frontend", 0), ("backend", 0), ("db", 1), ("cache", 2)] {
         let ns = NetNs::new(name)?;
         let t = Instant::now();
         let r: Value = c
@@ -297,6 +301,42 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
     indent(&calicoctl(&c, &["ipam", "show", "--show-blocks"])?);
 
     step(interrupted)?;
+    heading(
+        "Route distribution: calicoctl node status on node-1, and what each node's kernel learned",
+    );
+    let blocks: Vec<(usize, String, String)> = pods
+        .iter()
+        .map(|p| Ok((p.node, block_of(&p.ipv4, 26)?, block_of(&p.ipv6, 122)?)))
+        .collect::<Result<_>>()?;
+    let t = Instant::now();
+    let learned = testkit::eventually(std::time::Duration::from_secs(30), || {
+        (0..NODES).all(|n| {
+            let v4 = c.node(n).sh("ip route show proto 78").unwrap_or_default();
+            let v6 = c
+                .node(n)
+                .sh("ip -6 route show proto 78")
+                .unwrap_or_default();
+            blocks
+                .iter()
+                .filter(|(owner, _, _)| *owner != n)
+                .all(|(_, b4, b6)| v4.contains(b4.as_str()) && v6.contains(b6.as_str()))
+        })
+    });
+    println!(
+        "   every node has every other node's blocks: {} (after {:.1} s; Calico's BGP connect delay is 2 s)",
+        ok(learned),
+        t.elapsed().as_secs_f64()
+    );
+    indent(&calicoctl(&c, &["node", "status"])?);
+    for n in 0..NODES {
+        println!(
+            "   node-{}: ip route show proto 78 (learned by BGP) / proto 79 (blackholes of its own blocks):",
+            n + 1
+        );
+        indent(&c.node(n).sh("ip route show proto 78; ip -6 route show proto 78; ip route show proto 79; ip -6 route show proto 79")?);
+    }
+
+    step(interrupted)?;
     heading("Traffic");
     let addr = |s: &str| s.split('/').next().unwrap_or(s).to_string();
     let same_v4 = ping(&pods[0].ns, &addr(&pods[1].ipv4));
@@ -306,35 +346,26 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         ok(same_v4),
         ok(same_v6)
     );
-    // Until the BGP helper lands, the nodes learn each other's blocks by hand.
+    // No static route: the agents' BGP mesh has told every node where the others' blocks are.
     let (n1, n2) = (c.node(0), c.node(1));
-    n1.sh(&format!(
-        "ip route add {} via {}",
-        block_of(&pods[2].ipv4, 26)?,
-        n2.underlay_ip()
-    ))?;
-    n2.sh(&format!(
-        "ip route add {} via {}",
-        block_of(&pods[0].ipv4, 26)?,
-        n1.underlay_ip()
-    ))?;
-    n1.sh(&format!(
-        "ip -6 route add {} via {}",
-        block_of(&pods[2].ipv6, 122)?,
-        n2.underlay_ip6()
-    ))?;
-    n2.sh(&format!(
-        "ip -6 route add {} via {}",
-        block_of(&pods[0].ipv6, 122)?,
-        n1.underlay_ip6()
-    ))?;
-    let cross_v4 = ping(&pods[0].ns, &addr(&pods[2].ipv4));
-    let cross_v6 = ping(&pods[0].ns, &addr(&pods[2].ipv6));
-    println!(
-        "   frontend -> db, across nodes:    IPv4 {}  IPv6 {}  (routes to each other's blocks added by hand)",
-        ok(cross_v4),
-        ok(cross_v6)
-    );
+    let mut cross_v4 = true;
+    let mut cross_v6 = true;
+    for (from, to) in [(0, 2), (0, 3), (2, 3), (3, 1)] {
+        let v4 = ping(&pods[from].ns, &addr(&pods[to].ipv4));
+        let v6 = ping(&pods[from].ns, &addr(&pods[to].ipv6));
+        println!(
+            "   {} (node-{}) -> {} (node-{}), across nodes:  IPv4 {}  IPv6 {}",
+            pods[from].name,
+            pods[from].node + 1,
+            pods[to].name,
+            pods[to].node + 1,
+            ok(v4),
+            ok(v6)
+        );
+        cross_v4 &= v4;
+        cross_v6 &= v6;
+    }
+    let _ = n2;
     serve_peer_address(&pods[0].ns, 80)?;
     let host_port = std::net::SocketAddr::new(IpAddr::V4(n1.underlay_ip()), 8080);
     let seen = tcp_answer(&pods[2].ns, host_port);
@@ -410,7 +441,7 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
             .join(", ")
     );
     println!(
-        "   traffic: same node {}/{}, across nodes {}/{}, hostPort {}",
+        "   traffic: same node {}/{}, across nodes {}/{} (no static route: BGP), hostPort from another node {}",
         ok(same_v4),
         ok(same_v6),
         ok(cross_v4),
@@ -435,7 +466,7 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         "   total {:.1} s; namespaces, etcd and temporary files are removed now",
         started.elapsed().as_secs_f64()
     );
-    if !(same_v4 && same_v6 && cross_v4 && cross_v6 && host_port_ok)
+    if !(learned && same_v4 && same_v6 && cross_v4 && cross_v6 && host_port_ok)
         || left_weps + left_handles + left_links + left_mappings > 0
     {
         bail!("the demo did not end as expected");
