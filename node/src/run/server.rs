@@ -83,6 +83,7 @@ impl Shared {
             (Ok(()), false) => format!("etcd at {} answers", self.etcd.endpoints()),
             (Err(e), false) => e.clone(),
         };
+        let detail = format!("{detail}; {}", self.routing.summary());
         HealthReport {
             live: true,
             ready: etcd.is_ok() && !draining,

@@ -398,13 +398,14 @@ impl Settings {
             .map(PathBuf::from)
             .unwrap_or_else(|| var_lib.join("nodename"));
         let backend = match get(env, "CALICO_NETWORKING_BACKEND").as_deref() {
-            None | Some("bird") => Backend::Bird,
+            // Calico also takes `bgp` for BIRD.
+            None | Some("bird") | Some("bgp") => Backend::Bird,
             Some("vxlan") => Backend::Vxlan,
             Some("none") => Backend::None,
             Some(other) => {
                 return Err(ConfigError::new(
                     "CALICO_NETWORKING_BACKEND",
-                    format!("{other:?} is not a networking backend (bird, vxlan or none)"),
+                    format!("{other:?} is not a networking backend (bird, bgp, vxlan or none)"),
                 ));
             }
         };
