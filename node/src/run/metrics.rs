@@ -16,6 +16,8 @@
 //!   moved into it is seen, not hidden;
 //! - route distribution: `calico_node_bgp_peers{state}` (sessions by RFC 4271 state),
 //!   `calico_node_bgp_routes_learned` (prefixes with a best path),
+//!   `calico_node_bgp_peer_routes{peer,direction}` (routes received from and sent to each
+//!   peer),
 //!   `calico_node_bgp_routes_originated`, `calico_node_route_applies_total{outcome}` and
 //!   `calico_node_route_apply_duration_seconds` (one kernel convergence), and
 //!   `calico_node_routing_synced` (1 once the datastore and BGP have synced).
@@ -82,10 +84,17 @@ pub struct Metrics {
     cpu_seconds: Counter<f64, AtomicU64>,
     pub bgp_peers: Family<State, Gauge>,
     pub bgp_routes_learned: Gauge,
+    pub bgp_peer_routes: Family<PeerDirection, Gauge>,
     pub bgp_routes_originated: Gauge,
     pub route_applies: Family<Outcome, Counter>,
     pub route_apply_seconds: Histogram,
     pub routing_synced: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerDirection {
+    pub peer: String,
+    pub direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +125,7 @@ impl Metrics {
             cpu_seconds: Counter::default(),
             bgp_peers: Family::default(),
             bgp_routes_learned: Gauge::default(),
+            bgp_peer_routes: Family::default(),
             bgp_routes_originated: Gauge::default(),
             route_applies: Family::default(),
             route_apply_seconds: latency_histogram(),
@@ -177,6 +187,11 @@ impl Metrics {
             "bgp_routes_learned",
             "Prefixes with a best path learned from BGP peers",
             m.bgp_routes_learned.clone(),
+        );
+        registry.register(
+            "bgp_peer_routes",
+            "Routes received from and sent to each BGP peer (by the speaker's name for it)",
+            m.bgp_peer_routes.clone(),
         );
         registry.register(
             "bgp_routes_originated",

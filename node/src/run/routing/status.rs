@@ -140,6 +140,20 @@ impl RoutingState {
 pub async fn peer_metrics(state: &RoutingState) {
     use calico_bgp::SessionState::*;
     let peers = state.peers().await;
+    // Peers that went away leave no series behind.
+    state.metrics.bgp_peer_routes.clear();
+    for p in &peers {
+        for (direction, n) in [("received", p.routes_received), ("sent", p.routes_sent)] {
+            state
+                .metrics
+                .bgp_peer_routes
+                .get_or_create(&crate::run::metrics::PeerDirection {
+                    peer: p.name.clone(),
+                    direction,
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
     for s in [Idle, Connect, Active, OpenSent, OpenConfirm, Established] {
         let n = peers.iter().filter(|p| p.state == s).count();
         let label = crate::run::metrics::State {
