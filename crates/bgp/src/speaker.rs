@@ -660,9 +660,9 @@ struct Session {
     counters: Arc<Counters>,
     conn: Option<Conn>,
     connecting: Option<JoinHandle<std::io::Result<TcpStream>>>,
-    /// An inbound connection that arrived while ours was in OpenSent (collision, RFC 4271
-    /// §6.8): resolved when the peer's identifier is known.
-    pending: Option<TcpStream>,
+    /// An inbound connection that arrived while ours was opening (collision, RFC 4271
+    /// §6.8): its OPEN is read aside, then the identifiers decide which connection stays.
+    pending: Option<JoinHandle<std::io::Result<(TcpStream, BytesMut)>>>,
     router_id: std::net::Ipv4Addr,
 }
 
@@ -670,6 +670,7 @@ enum Wake {
     Cmd(Option<ToSession>),
     Read(std::io::Result<usize>),
     Connected(std::io::Result<TcpStream>),
+    PendingOpen(std::io::Result<(TcpStream, BytesMut)>),
     Timer,
 }
 
@@ -685,6 +686,7 @@ impl Session {
                 c = rx.recv() => Wake::Cmd(c),
                 r = read_some(&mut self.conn) => Wake::Read(r),
                 r = join_connect(&mut self.connecting) => Wake::Connected(r),
+                r = join_pending(&mut self.pending) => Wake::PendingOpen(r),
                 _ = sleep => Wake::Timer,
             };
             match wake {
@@ -707,7 +709,7 @@ impl Session {
                     self.connecting = None;
                     match r {
                         Ok(s) if self.conn.is_none() => {
-                            self.adopt(s);
+                            self.adopt(s, BytesMut::with_capacity(8192));
                             self.apply(Input::TcpUp).await;
                         }
                         Ok(_) => {}
@@ -717,20 +719,24 @@ impl Session {
                         }
                     }
                 }
+                Wake::PendingOpen(r) => {
+                    self.pending = None;
+                    match r {
+                        Ok((s, buf)) => self.resolve_collision(s, buf).await,
+                        Err(e) => log::debug!("BGP peer {}: second connection: {e}", self.cfg.name),
+                    }
+                }
                 Wake::Timer => self.apply(Input::Tick).await,
             }
         }
     }
 
-    fn adopt(&mut self, s: TcpStream) {
+    fn adopt(&mut self, s: TcpStream, buf: BytesMut) {
         let _ = s.set_nodelay(true);
         if self.cfg.ttl_security.is_some() {
             let _ = s.set_ttl(255);
         }
-        self.conn = Some(Conn {
-            stream: s,
-            buf: BytesMut::with_capacity(8192),
-        });
+        self.conn = Some(Conn { stream: s, buf });
     }
 
     async fn on_cmd(&mut self, c: ToSession) {
@@ -796,23 +802,20 @@ impl Session {
 
     /// An accepted connection from the peer's address.
     async fn incoming(&mut self, s: TcpStream) {
-        let state = self.fsm.state();
-        let remote_id = self.fsm.negotiated().map(|n| n.remote_id);
-        match state {
+        match self.fsm.state() {
             SessionState::Idle | SessionState::Connect | SessionState::Active => {
                 if let Some(c) = self.connecting.take() {
                     c.abort();
                 }
-                self.adopt(s);
+                self.adopt(s, BytesMut::with_capacity(8192));
                 self.apply(Input::TcpUp).await;
             }
-            SessionState::OpenSent => {
-                self.pending = Some(s);
-            }
-            SessionState::OpenConfirm => {
-                if let Some(rid) = remote_id {
-                    self.resolve_collision(s, rid).await;
+            SessionState::OpenSent | SessionState::OpenConfirm => {
+                // Collision: the peer sent its OPEN on its connection; read it aside.
+                if let Some(p) = self.pending.take() {
+                    p.abort();
                 }
+                self.pending = Some(tokio::spawn(read_first_message(s)));
             }
             SessionState::Established => {
                 // A peer that restarts reconnects before we notice the old connection died
@@ -823,7 +826,7 @@ impl Session {
                         "peer reconnected (graceful restart)".into(),
                     ))
                     .await;
-                    self.adopt(s);
+                    self.adopt(s, BytesMut::with_capacity(8192));
                     self.apply(Input::TcpUp).await;
                 } else {
                     reject(s, Notification::new(6, 7)).await;
@@ -832,18 +835,41 @@ impl Session {
         }
     }
 
-    async fn resolve_collision(&mut self, s: TcpStream, remote_id: std::net::Ipv4Addr) {
-        if collision_keeps_new(self.router_id, remote_id, self.fsm.state()) {
+    /// The peer's second connection delivered its OPEN: RFC 4271 §6.8 decides which stays.
+    async fn resolve_collision(&mut self, s: TcpStream, buf: BytesMut) {
+        let mut first = buf.clone().freeze();
+        let remote_id = match rustbgpd_wire::decode_message(&mut first, wire::MAX_LEN) {
+            Ok(Message::Open(o)) => o.bgp_identifier,
+            _ => return reject(s, Notification::new(5, 0)).await,
+        };
+        let state = self.fsm.state();
+        let keep_new = match state {
+            SessionState::OpenSent | SessionState::OpenConfirm => {
+                collision_keeps_new(self.router_id, remote_id, state)
+            }
+            SessionState::Established => false,
+            _ => true,
+        };
+        if !keep_new {
             log::info!(
-                "BGP peer {}: connection collision, keeping the peer's connection",
+                "BGP peer {}: connection collision, keeping ours",
+                self.cfg.name
+            );
+            return reject(s, Notification::new(6, 7)).await;
+        }
+        if matches!(state, SessionState::OpenSent | SessionState::OpenConfirm) {
+            log::info!(
+                "BGP peer {}: connection collision, keeping the peer's",
                 self.cfg.name
             );
             self.apply(Input::BadMsg(Notification::new(6, 7))).await;
-            self.adopt(s);
-            self.apply(Input::TcpUp).await;
-        } else {
-            reject(s, Notification::new(6, 7)).await;
         }
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        self.adopt(s, buf);
+        self.apply(Input::TcpUp).await;
+        self.drain_messages().await;
     }
 
     async fn drain_messages(&mut self) {
@@ -938,14 +964,6 @@ impl Session {
                 }
                 Output::State(s) => {
                     let _ = self.events.send(Event::State(self.id, s));
-                    if s == SessionState::OpenConfirm
-                        && let (Some(p), Some(rid)) = (
-                            self.pending.take(),
-                            self.fsm.negotiated().map(|n| n.remote_id),
-                        )
-                    {
-                        Box::pin(self.resolve_collision(p, rid)).await;
-                    }
                 }
             }
         }
@@ -986,6 +1004,44 @@ async fn reject(mut s: TcpStream, n: Notification) {
         let _ = s.write_all(&b).await;
     }
     let _ = s.shutdown().await;
+}
+
+/// Reads a second connection until its first message is complete (bounded by the hold time
+/// used before OPEN).
+async fn read_first_message(mut s: TcpStream) -> std::io::Result<(TcpStream, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let read = async {
+        loop {
+            if let Ok(Some(l)) = rustbgpd_wire::peek_message_length(&buf, wire::MAX_LEN)
+                && buf.len() >= usize::from(l)
+            {
+                return Ok(());
+            }
+            if s.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before OPEN",
+                ));
+            }
+        }
+    };
+    match tokio::time::timeout(crate::fsm::LARGE_HOLD, read).await {
+        Ok(Ok(())) => Ok((s, buf)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no OPEN")),
+    }
+}
+
+async fn join_pending(
+    p: &mut Option<JoinHandle<std::io::Result<(TcpStream, BytesMut)>>>,
+) -> std::io::Result<(TcpStream, BytesMut)> {
+    match p {
+        Some(h) => match h.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn read_some(conn: &mut Option<Conn>) -> std::io::Result<usize> {
