@@ -1,0 +1,158 @@
+//! Smoke interop with Debian's BIRD 2: BIRD runs in a namespace this test creates, linked by
+//! a veth to the test thread's own namespace where our speaker runs; both sides must learn
+//! the other's prefix (`birdc show route`, our RibEvents). The fuller interop lab lives in
+//! testkit. BIRD is killed by PID and the namespace deleted by a drop guard.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use calico_bgp::{PeerConfig, Route};
+use common::*;
+
+struct BirdGuard {
+    ns: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for BirdGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn run(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect("run");
+    assert!(st.success(), "{args:?} failed");
+}
+
+fn birdc(sock: &PathBuf, cmd: &str) -> String {
+    let out = Command::new("birdc")
+        .arg("-s")
+        .arg(sock)
+        .args(cmd.split(' '))
+        .output()
+        .expect("birdc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn bird_and_our_speaker_exchange_routes() {
+    if Command::new("bird")
+        .arg("--version")
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "bird (bird2) is required in CI"
+        );
+        eprintln!("SKIPPED: bird is not installed");
+        return;
+    }
+    in_netns(|| async {
+        let ns = format!("cbgp{}b", std::process::id());
+        let dir = tempfile::tempdir().expect("tempdir");
+        run(&["ip", "netns", "add", &ns]);
+        let mut guard = BirdGuard {
+            ns: ns.clone(),
+            child: None,
+            _dir: dir,
+        };
+        let dirp = guard._dir.path().to_path_buf();
+        // veth: our end in the test thread's namespace, BIRD's end in its own.
+        run(&[
+            "ip", "link", "add", "cbgp0", "type", "veth", "peer", "name", "cbgp1", "netns", &ns,
+        ]);
+        run(&["ip", "addr", "add", "10.78.0.1/24", "dev", "cbgp0"]);
+        run(&["ip", "link", "set", "cbgp0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            "10.78.0.2/24",
+            "dev",
+            "cbgp1",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "cbgp1", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let conf = dirp.join("bird.conf");
+        let sock = dirp.join("bird.ctl");
+        std::fs::write(
+            &conf,
+            "log stderr all;\nrouter id 10.78.0.2;\nprotocol device { scan time 1; }\n\
+             protocol direct { ipv4; interface \"cbgp1\"; }\n\
+             protocol static { ipv4; route 10.66.2.0/26 blackhole; }\n\
+             protocol bgp calico { local 10.78.0.2 as 64512; neighbor 10.78.0.1 as 64512;\n\
+               graceful restart on; connect delay time 1; connect retry time 1; error wait time 1,5;\n\
+               ipv4 { import all; export where source = RTS_STATIC; }; }\n",
+        )
+        .expect("write bird.conf");
+        guard.child = Some(
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "bird", "-f", "-c"])
+                .arg(&conf)
+                .arg("-s")
+                .arg(&sock)
+                .arg("-P")
+                .arg(dirp.join("bird.pid"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start bird"),
+        );
+
+        let me = IpAddr::V4(Ipv4Addr::new(10, 78, 0, 1));
+        let mut cfg = config(me);
+        cfg.listen = Some(SocketAddr::new(me, PORT));
+        cfg.graceful_restart = Some(Duration::from_secs(120));
+        let (s, mut t) = start(cfg).await;
+        let mut p = PeerConfig::new("Node_10_78_0_2", "10.78.0.2".parse().expect("ip"), AS);
+        p.source = Some(me);
+        p.connect_delay = Duration::from_millis(100);
+        p.connect_retry = Duration::from_millis(500);
+        s.set_peers(vec![p]);
+        s.set_local_routes(vec![Route::new(net("10.66.1.0/26"))]);
+
+        t.wait("BIRD's prefix learned", |t| {
+            t.has("10.66.2.0/26", &["10.78.0.2".parse().expect("ip")])
+        })
+        .await;
+        let end = Instant::now() + WAIT;
+        loop {
+            let out = birdc(&sock, "show route 10.66.1.0/26");
+            if out.contains("10.66.1.0/26") && out.contains("10.78.0.1") {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "BIRD never got our prefix: {out}\n{}",
+                birdc(&sock, "show protocols all calico")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A withdrawal reaches BIRD too.
+        s.set_local_routes(vec![]);
+        let end = Instant::now() + WAIT;
+        while birdc(&sock, "show route 10.66.1.0/26").contains("10.66.1.0/26") {
+            assert!(Instant::now() < end, "BIRD kept our withdrawn prefix");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s.shutdown(false).await;
+        drop(guard);
+    });
+}
