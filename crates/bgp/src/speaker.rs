@@ -61,11 +61,13 @@ impl Speaker {
         let listener = match cfg.listen {
             Some(addr) => {
                 let l = bind_listener(addr).map_err(|source| BgpError::Listen { addr, source })?;
-                let tx = cmd_tx.clone();
+                // Weak: dropping the Speaker must close the command channel.
+                let tx = cmd_tx.downgrade();
                 Some(tokio::spawn(async move {
                     loop {
                         match l.accept().await {
                             Ok((s, remote)) => {
+                                let Some(tx) = tx.upgrade() else { return };
                                 if tx.send(Cmd::Incoming(s, remote)).is_err() {
                                     return;
                                 }
@@ -498,7 +500,11 @@ impl Core {
             }
             Event::Update(id, u) => {
                 if let Some(r) = &u.treated_as_withdraw {
-                    log::warn!("BGP peer {id}: UPDATE treated as withdraw (RFC 7606): {r}");
+                    let name = self
+                        .entry(id)
+                        .map(|e| e.cfg.name.clone())
+                        .unwrap_or_default();
+                    log::warn!("BGP peer {name}: UPDATE treated as withdraw (RFC 7606): {r}");
                 }
                 let eor = u.end_of_rib;
                 let ch = self.rib.update(id, u);
@@ -627,7 +633,11 @@ impl Core {
             .collect();
         for id in due {
             self.stale_at.remove(&id);
-            log::info!("BGP peer {id}: restart time over, dropping stale routes");
+            let name = self
+                .entry(id)
+                .map(|e| e.cfg.name.clone())
+                .unwrap_or_default();
+            log::info!("BGP peer {name}: restart time over, dropping stale routes");
             let ch = self.rib.sweep_stale(id, None);
             self.emit(ch);
         }

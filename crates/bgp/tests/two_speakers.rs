@@ -211,3 +211,20 @@ fn both_sides_active_resolve_the_collision_to_one_session() {
         b.shutdown(false).await;
     });
 }
+
+#[test]
+fn dropping_a_speaker_closes_its_sessions() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v4(1), v4(2));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, _bt) = start(config(b_ip)).await;
+        b.set_local_routes(vec![Route::new(net("10.65.2.0/26"))]);
+        a.set_peers(vec![peer(a_ip, b_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        at.wait("A learns B's block", |t| t.routes.len() == 1).await;
+        drop(b);
+        at.wait("B's routes go with it", |t| t.routes.is_empty())
+            .await;
+        a.shutdown(false).await;
+    });
+}
