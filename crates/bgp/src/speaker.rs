@@ -914,18 +914,27 @@ impl Session {
         }
     }
 
+    /// Sends messages in one write, bounded by the hold time: a peer that stops reading is a
+    /// failed connection, not a stuck session task.
     async fn write(&mut self, msgs: Vec<Bytes>) {
+        let hold = match self.fsm.negotiated().map(|n| n.hold_time) {
+            Some(h) if h > 0 => Duration::from_secs(u64::from(h)),
+            _ => crate::fsm::LARGE_HOLD,
+        };
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let n = msgs.len() as u64;
-        let mut failed = None;
-        for m in msgs {
-            if let Err(e) = conn.stream.write_all(&m).await {
-                failed = Some(e.to_string());
-                break;
-            }
+        if msgs.is_empty() {
+            return;
         }
+        let n = msgs.len() as u64;
+        let mut all = BytesMut::with_capacity(msgs.iter().map(Bytes::len).sum());
+        msgs.iter().for_each(|m| all.extend_from_slice(m));
+        let failed = match tokio::time::timeout(hold, conn.stream.write_all(&all)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("peer stopped reading (send blocked for the hold time)".to_string()),
+        };
         self.counters.messages_out.fetch_add(n, Ordering::Relaxed);
         if let Some(e) = failed {
             Box::pin(self.apply(Input::TcpFailed(e))).await;

@@ -1,6 +1,7 @@
 //! Smoke interop with Debian's BIRD 2: BIRD runs in a namespace this test creates, linked by
 //! a veth to the test thread's own namespace where our speaker runs; both sides must learn
-//! the other's prefix (`birdc show route`, our RibEvents). The fuller interop lab lives in
+//! the other's prefix (`birdc show route`, our RibEvents), withdrawals, and graceful restart
+//! with BIRD as helper (our routes kept stale, swept after our End-of-RIB). The fuller interop lab lives in
 //! testkit. BIRD is killed by PID and the namespace deleted by a drop guard.
 
 mod common;
@@ -45,6 +46,35 @@ fn birdc(sock: &PathBuf, cmd: &str) -> String {
         .output()
         .expect("birdc");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bird_peer(me: IpAddr) -> PeerConfig {
+    let mut p = PeerConfig::new("Node_10_78_0_2", "10.78.0.2".parse().expect("ip"), AS);
+    p.source = Some(me);
+    p.connect_delay = Duration::from_millis(100);
+    p.connect_retry = Duration::from_millis(500);
+    p
+}
+
+/// Waits (bounded) until BIRD's full table satisfies `cond`.
+async fn wait_bird(sock: &PathBuf, what: &str, cond: impl Fn(&str) -> bool) {
+    wait_bird_cmd(sock, "show route", what, cond).await
+}
+
+async fn wait_bird_cmd(sock: &PathBuf, cmd: &str, what: &str, cond: impl Fn(&str) -> bool) {
+    let end = Instant::now() + WAIT;
+    loop {
+        let out = birdc(sock, cmd);
+        if cond(&out) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}: {out}\n{}",
+            birdc(sock, "show protocols all calico")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[test]
@@ -121,37 +151,51 @@ fn bird_and_our_speaker_exchange_routes() {
         cfg.listen = Some(SocketAddr::new(me, PORT));
         cfg.graceful_restart = Some(Duration::from_secs(120));
         let (s, mut t) = start(cfg).await;
-        let mut p = PeerConfig::new("Node_10_78_0_2", "10.78.0.2".parse().expect("ip"), AS);
-        p.source = Some(me);
-        p.connect_delay = Duration::from_millis(100);
-        p.connect_retry = Duration::from_millis(500);
-        s.set_peers(vec![p]);
+        s.set_peers(vec![bird_peer(me)]);
         s.set_local_routes(vec![Route::new(net("10.66.1.0/26"))]);
 
         t.wait("BIRD's prefix learned", |t| {
             t.has("10.66.2.0/26", &["10.78.0.2".parse().expect("ip")])
         })
         .await;
-        let end = Instant::now() + WAIT;
-        loop {
-            let out = birdc(&sock, "show route 10.66.1.0/26");
-            if out.contains("10.66.1.0/26") && out.contains("10.78.0.1") {
-                break;
-            }
-            assert!(
-                Instant::now() < end,
-                "BIRD never got our prefix: {out}\n{}",
-                birdc(&sock, "show protocols all calico")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_bird(&sock, "our prefix at BIRD", |out| {
+            out.contains("10.66.1.0/26") && out.contains("10.78.0.1")
+        })
+        .await;
         // A withdrawal reaches BIRD too.
-        s.set_local_routes(vec![]);
-        let end = Instant::now() + WAIT;
-        while birdc(&sock, "show route 10.66.1.0/26").contains("10.66.1.0/26") {
-            assert!(Instant::now() < end, "BIRD kept our withdrawn prefix");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.set_local_routes(vec![Route::new(net("10.66.3.0/26"))]);
+        wait_bird(&sock, "our withdrawal", |out| {
+            !out.contains("10.66.1.0/26") && out.contains("10.66.3.0/26")
+        })
+        .await;
+
+        // Graceful restart with BIRD as helper: after a GR shutdown BIRD keeps our route
+        // (stale) while we are gone; once we are back (R bit) and send End-of-RIB, the route
+        // we no longer have is withdrawn and the new one is there.
+        s.shutdown(true).await;
+        wait_bird_cmd(&sock, "show protocols calico", "BIRD sees us gone", |out| {
+            !out.contains("Established")
+        })
+        .await;
+        let out = birdc(&sock, "show route");
+        assert!(
+            out.contains("10.66.3.0/26"),
+            "BIRD kept our route during the restart: {out}"
+        );
+        let mut cfg = config(me);
+        cfg.graceful_restart = Some(Duration::from_secs(120));
+        cfg.restarting = true;
+        let (s, mut t) = start(cfg).await;
+        s.set_peers(vec![bird_peer(me)]);
+        s.set_local_routes(vec![Route::new(net("10.66.4.0/26"))]);
+        wait_bird(&sock, "stale route swept after our End-of-RIB", |out| {
+            !out.contains("10.66.3.0/26") && out.contains("10.66.4.0/26")
+        })
+        .await;
+        t.wait("synced with BIRD's routes", |t| {
+            t.synced && t.routes.contains_key(&net("10.66.2.0/26"))
+        })
+        .await;
         s.shutdown(false).await;
         drop(guard);
     });
