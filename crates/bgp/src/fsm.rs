@@ -88,6 +88,11 @@ impl Fsm {
         }
     }
 
+    /// Sets the R bit of the OPENs sent from now on (cleared once the restart is over).
+    pub fn set_restart_bit(&mut self, restarting: bool) {
+        self.cfg.open.restarting = restarting;
+    }
+
     pub fn state(&self) -> SessionState {
         self.state
     }

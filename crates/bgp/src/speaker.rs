@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -196,6 +196,7 @@ struct Core {
     synced: bool,
     deferral_at: Instant,
     stale_at: HashMap<u64, Instant>,
+    restart_pending: Arc<AtomicBool>,
 }
 
 impl Core {
@@ -206,6 +207,7 @@ impl Core {
     ) -> Self {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let rib = Rib::new(cfg.router_id, cfg.cluster_id, cfg.restarting);
+        let cfg_restarting = cfg.restarting;
         let deferral_at = Instant::now() + cfg.graceful_restart.unwrap_or(DEFAULT_DEFERRAL);
         Core {
             cfg,
@@ -221,6 +223,7 @@ impl Core {
             synced: false,
             deferral_at,
             stale_at: HashMap::new(),
+            restart_pending: Arc::new(AtomicBool::new(cfg_restarting)),
         }
     }
 
@@ -421,6 +424,7 @@ impl Core {
                     connecting: None,
                     pending: None,
                     router_id: self.cfg.router_id,
+                    restart_pending: self.restart_pending.clone(),
                 };
                 entry.task = Some(tokio::spawn(session.run(rx)));
                 entry.tx = Some(tx);
@@ -601,6 +605,7 @@ impl Core {
 
     fn sync_done(&mut self) {
         self.synced = true;
+        self.restart_pending.store(false, Ordering::Relaxed);
         log::info!("BGP: initial sync done");
         let _ = self.events.send(RibEvent::Synced);
         let holding = self.rib.holding();
@@ -674,6 +679,8 @@ struct Session {
     /// §6.8): its OPEN is read aside, then the identifiers decide which connection stays.
     pending: Option<JoinHandle<std::io::Result<(TcpStream, BytesMut)>>>,
     router_id: std::net::Ipv4Addr,
+    /// Shared with the core: we are a restarting speaker whose initial sync is not done.
+    restart_pending: Arc<AtomicBool>,
 }
 
 enum Wake {
@@ -943,6 +950,10 @@ impl Session {
 
     /// Feeds the FSM and carries out what it asks for.
     async fn apply(&mut self, input: Input) {
+        if matches!(input, Input::TcpUp) {
+            self.fsm
+                .set_restart_bit(self.restart_pending.load(Ordering::Relaxed));
+        }
         let outs = self.fsm.handle(input, Instant::now());
         for o in outs {
             match o {

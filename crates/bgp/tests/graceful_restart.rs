@@ -110,3 +110,72 @@ fn without_graceful_restart_routes_go_at_once() {
         a.shutdown(false).await;
     });
 }
+
+/// The R bit is set while the restarting speaker waits for its peers' End-of-RIB and is
+/// cleared on later sessions; announcements are held until then.
+#[test]
+fn restart_bit_is_cleared_after_the_initial_sync() {
+    use calico_bgp::wire::{Family, end_of_rib};
+    use rustbgpd_wire::{Capability, Message};
+
+    async fn open_r_bit(p: &mut RawPeer) -> bool {
+        match p.recv().await {
+            Some(Message::Open(o)) => o.capabilities.iter().any(|c| {
+                matches!(
+                    c,
+                    Capability::GracefulRestart {
+                        restart_state: true,
+                        ..
+                    }
+                )
+            }),
+            other => panic!("expected OPEN, got {other:?}"),
+        }
+    }
+
+    in_netns(|| async {
+        let mut cfg = gr(config(v4(1)), 120);
+        cfg.restarting = true;
+        let (s, mut t) = start(cfg).await;
+        s.set_local_routes(vec![Route::new(net("10.65.1.0/26"))]);
+        let mut p = calico_bgp::PeerConfig::new("Node_10_77_0_2", v4(2), AS);
+        p.passive = true;
+        s.set_peers(vec![p]);
+
+        let mut raw = RawPeer::connect(v4(2), v4(1)).await;
+        raw.send(&RawPeer::open(240, AS)).await;
+        assert!(open_r_bit(&mut raw).await, "R bit while restarting");
+        raw.send(&keepalive()).await;
+        assert_eq!(raw.recv().await, Some(Message::Keepalive));
+        for f in [Family::Ipv4, Family::Ipv6] {
+            raw.send(&end_of_rib(f).expect("EoR")).await;
+        }
+        t.wait("synced after the peer's End-of-RIB", |t| t.synced)
+            .await;
+        // Held announcements go out now, followed by our End-of-RIB.
+        let mut announced = false;
+        loop {
+            match raw.recv().await {
+                Some(Message::Update(u)) if u.nlri.is_empty() && u.path_attributes.is_empty() => {
+                    break;
+                }
+                Some(Message::Update(u)) => announced |= !u.nlri.is_empty(),
+                Some(_) => {}
+                None => panic!("closed"),
+            }
+        }
+        assert!(announced, "our route before our End-of-RIB");
+        drop(raw);
+        wait_status(&s, "session down", |st| {
+            st[0].state != calico_bgp::SessionState::Established
+        })
+        .await;
+        let mut raw = RawPeer::connect(v4(2), v4(1)).await;
+        raw.send(&RawPeer::open(240, AS)).await;
+        assert!(
+            !open_r_bit(&mut raw).await,
+            "no R bit after the restart is over"
+        );
+        s.shutdown(false).await;
+    });
+}
