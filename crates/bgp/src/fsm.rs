@@ -37,7 +37,8 @@ pub enum Input {
     Msg(Message),
     /// A received message that did not decode.
     BadMsg(Notification),
-    /// Timers that fell due are checked on every input and by [`Fsm::on_timers`].
+    /// Nothing happened but time passed: timers that fell due fire (they are checked on every
+    /// input).
     Tick,
 }
 
