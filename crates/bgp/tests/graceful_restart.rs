@@ -179,3 +179,26 @@ fn restart_bit_is_cleared_after_the_initial_sync() {
         s.shutdown(false).await;
     });
 }
+
+/// A restarting speaker whose peer never comes back stops waiting after the deferral
+/// timer (its restart time): Synced, and its held routes go to the peers that are up.
+#[test]
+fn deferral_timer_ends_the_wait_for_absent_peers() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v4(1), v4(2));
+        let mut cfg = gr(config(a_ip), 1);
+        cfg.restarting = true;
+        let (a, mut at) = start(cfg).await;
+        a.set_local_routes(vec![Route::new(net("10.65.1.0/26"))]);
+        // B is up; v4(3) never answers.
+        let (b, mut bt) = start(gr(config(b_ip), 120)).await;
+        a.set_peers(vec![peer(a_ip, b_ip), peer(a_ip, v4(3))]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        at.wait("Synced after the deferral timer", |t| t.synced)
+            .await;
+        bt.wait("B gets A's held route", |t| t.has("10.65.1.0/26", &[a_ip]))
+            .await;
+        a.shutdown(false).await;
+        b.shutdown(false).await;
+    });
+}

@@ -228,3 +228,33 @@ fn dropping_a_speaker_closes_its_sessions() {
         a.shutdown(false).await;
     });
 }
+
+#[test]
+fn thousands_of_routes_converge_and_withdraw() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v4(1), v4(2));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, _bt) = start(config(b_ip)).await;
+        a.set_peers(vec![peer(a_ip, b_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        // 5000 /32s (many UPDATEs, each under 4096 bytes) with a community each.
+        let routes: Vec<Route> = (0..5000u32)
+            .map(|i| {
+                let mut r = Route::new(ipnet::IpNet::from(std::net::IpAddr::V4(
+                    std::net::Ipv4Addr::from(0x0A50_0000 + i),
+                )));
+                r.communities = vec![0xFDE8_0000 + (i % 3)];
+                r
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        b.set_local_routes(routes);
+        at.wait("5000 routes", |t| t.routes.len() == 5000).await;
+        let took = started.elapsed();
+        eprintln!("5000 routes converged in {took:?}");
+        b.set_local_routes(vec![]);
+        at.wait("all withdrawn", |t| t.routes.is_empty()).await;
+        a.shutdown(false).await;
+        b.shutdown(false).await;
+    });
+}
