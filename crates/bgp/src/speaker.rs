@@ -164,6 +164,8 @@ enum Event {
     },
     Update(u64, InboundUpdate),
     Refresh(u64, Option<Family>),
+    /// A failure outside a session (connect errors), for the status.
+    Error(u64, String),
 }
 
 struct PeerEntry {
@@ -446,7 +448,11 @@ impl Core {
             open: OpenParams {
                 local_as,
                 router_id: self.cfg.router_id,
-                hold_time: u16::try_from(p.hold_time.as_secs()).unwrap_or(u16::MAX),
+                // 0 (no keepalives) or at least 3 s (RFC 4271 §4.2).
+                hold_time: match p.hold_time.as_secs() {
+                    0 => 0,
+                    s => u16::try_from(s).unwrap_or(u16::MAX).max(3),
+                },
                 gr_time: gr.map(|t| u16::try_from(t.as_secs()).unwrap_or(4095).min(4095)),
                 restarting: self.cfg.restarting,
             },
@@ -529,6 +535,11 @@ impl Core {
                         }
                     }
                     self.check_sync();
+                }
+            }
+            Event::Error(id, error) => {
+                if let Some(e) = self.entry(id) {
+                    e.last_error = Some(error);
                 }
             }
             Event::Refresh(id, fam) => {
@@ -732,6 +743,10 @@ impl Session {
                         Ok(_) => {}
                         Err(e) => {
                             log::debug!("BGP peer {}: connect: {e}", self.cfg.name);
+                            // As BIRD's status: "Socket: Connection refused".
+                            let _ = self
+                                .events
+                                .send(Event::Error(self.id, format!("Socket: {e}")));
                             self.apply(Input::TcpFailed(format!("connect: {e}"))).await;
                         }
                     }

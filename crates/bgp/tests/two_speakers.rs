@@ -258,3 +258,19 @@ fn thousands_of_routes_converge_and_withdraw() {
         b.shutdown(false).await;
     });
 }
+
+#[test]
+fn connect_errors_show_in_the_status_as_bird_does() {
+    in_netns(|| async {
+        let (a, _at) = start(config(v4(1))).await;
+        // Nothing listens on v4(2).
+        a.set_peers(vec![peer(v4(1), v4(2))]);
+        let st = wait_status(&a, "connect error", |st| st[0].last_error.is_some()).await;
+        assert_eq!(
+            st[0].last_error.as_deref(),
+            Some("Socket: Connection refused (os error 111)")
+        );
+        assert_eq!(st[0].state, SessionState::Connect);
+        a.shutdown(false).await;
+    });
+}
