@@ -586,7 +586,7 @@ impl Core {
         let mut ch = self.rib.peer_up(id, peer);
         for f in [Family::Ipv4, Family::Ipv6] {
             if !preserved.contains(&f) {
-                ch.events.extend(self.rib.sweep_stale(id, Some(f)).events);
+                ch.merge(self.rib.sweep_stale(id, Some(f)));
             }
         }
         if self.rib.has_stale(id) {
