@@ -124,3 +124,31 @@ fn unknown_peer_is_refused() {
         s.shutdown(false).await;
     });
 }
+
+#[test]
+fn cease_on_deconfiguration_and_on_shutdown() {
+    in_netns(|| async {
+        let (s, _t) = speaker_with_raw_peer().await;
+        let mut p = RawPeer::established(v4(2), v4(1), 240).await;
+        s.set_peers(vec![]);
+        assert_eq!(p.notification().await, (6, 3), "Peer De-configured");
+        let (s, _t) = {
+            s.shutdown(false).await;
+            speaker_with_raw_peer().await
+        };
+        let mut p = RawPeer::established(v4(2), v4(1), 240).await;
+        s.shutdown(false).await;
+        assert_eq!(p.notification().await, (6, 2), "Administrative Shutdown");
+        // A graceful-restart shutdown closes without NOTIFICATION.
+        let (s, _t) = speaker_with_raw_peer().await;
+        let mut p = RawPeer::established(v4(2), v4(1), 240).await;
+        s.shutdown(true).await;
+        loop {
+            match p.recv().await {
+                None => break,
+                Some(rustbgpd_wire::Message::Notification(n)) => panic!("unexpected {n:?}"),
+                Some(_) => {}
+            }
+        }
+    });
+}
