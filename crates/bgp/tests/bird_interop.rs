@@ -1,7 +1,8 @@
 //! Smoke interop with Debian's BIRD 2: BIRD runs in a namespace this test creates, linked by
 //! a veth to the test thread's own namespace where our speaker runs; both sides must learn
 //! the other's prefix (`birdc show route`, our RibEvents), withdrawals, and graceful restart
-//! with BIRD as helper (our routes kept stale, swept after our End-of-RIB). The fuller interop lab lives in
+//! both ways: BIRD as helper (our routes kept stale, swept after our End-of-RIB) and BIRD
+//! as restarting speaker (`bird -R` after SIGKILL, its routes kept stale by us). The fuller interop lab lives in
 //! testkit. BIRD is killed by PID and the namespace deleted by a drop guard.
 
 mod common;
@@ -77,6 +78,37 @@ async fn wait_bird_cmd(sock: &PathBuf, cmd: &str, what: &str, cond: impl Fn(&str
     }
 }
 
+/// Starts BIRD in `ns` originating `route`; `recovery`: as a restarting speaker (`-R`).
+fn start_bird(ns: &str, dir: &std::path::Path, route: &str, recovery: bool) -> Child {
+    let conf = dir.join("bird.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "log stderr all;\nrouter id 10.78.0.2;\nprotocol device {{ scan time 1; }}\n\
+             protocol direct {{ ipv4; interface \"cbgp1\"; }}\n\
+             protocol static {{ ipv4; route {route} blackhole; }}\n\
+             protocol bgp calico {{ local 10.78.0.2 as 64512; neighbor 10.78.0.1 as 64512;\n\
+               graceful restart on; connect delay time 1; connect retry time 1; error wait time 1,5;\n\
+               ipv4 {{ import all; export where source = RTS_STATIC; }}; }}\n"
+        ),
+    )
+    .expect("write bird.conf");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "bird", "-f", "-c"])
+        .arg(&conf)
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"));
+    if recovery {
+        cmd.arg("-R");
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bird")
+}
+
 #[test]
 fn bird_and_our_speaker_exchange_routes() {
     if Command::new("bird")
@@ -120,31 +152,8 @@ fn bird_and_our_speaker_exchange_routes() {
         ]);
         run(&["ip", "-n", &ns, "link", "set", "cbgp1", "up"]);
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        let conf = dirp.join("bird.conf");
         let sock = dirp.join("bird.ctl");
-        std::fs::write(
-            &conf,
-            "log stderr all;\nrouter id 10.78.0.2;\nprotocol device { scan time 1; }\n\
-             protocol direct { ipv4; interface \"cbgp1\"; }\n\
-             protocol static { ipv4; route 10.66.2.0/26 blackhole; }\n\
-             protocol bgp calico { local 10.78.0.2 as 64512; neighbor 10.78.0.1 as 64512;\n\
-               graceful restart on; connect delay time 1; connect retry time 1; error wait time 1,5;\n\
-               ipv4 { import all; export where source = RTS_STATIC; }; }\n",
-        )
-        .expect("write bird.conf");
-        guard.child = Some(
-            Command::new("ip")
-                .args(["netns", "exec", &ns, "bird", "-f", "-c"])
-                .arg(&conf)
-                .arg("-s")
-                .arg(&sock)
-                .arg("-P")
-                .arg(dirp.join("bird.pid"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start bird"),
-        );
+        guard.child = Some(start_bird(&ns, &dirp, "10.66.2.0/26", false));
 
         let me = IpAddr::V4(Ipv4Addr::new(10, 78, 0, 1));
         let mut cfg = config(me);
@@ -194,6 +203,34 @@ fn bird_and_our_speaker_exchange_routes() {
         .await;
         t.wait("synced with BIRD's routes", |t| {
             t.synced && t.routes.contains_key(&net("10.66.2.0/26"))
+        })
+        .await;
+
+        // Graceful restart with us as helper: BIRD dies (SIGKILL, TCP closed by the kernel);
+        // we keep its route stale; BIRD comes back in recovery (-R) with another route; after
+        // its End-of-RIB the old one is withdrawn.
+        if let Some(mut c) = guard.child.take() {
+            c.kill().expect("kill bird");
+            c.wait().expect("reap bird");
+        }
+        wait_status(&s, "BIRD gone", |st| {
+            st[0].state != calico_bgp::SessionState::Established
+        })
+        .await;
+        t.drain();
+        assert!(
+            t.routes.contains_key(&net("10.66.2.0/26")),
+            "BIRD's route kept stale: {:?}",
+            t.log
+        );
+        guard.child = Some(start_bird(&ns, &dirp, "10.66.5.0/26", true));
+        let bird: IpAddr = "10.78.0.2".parse().expect("ip");
+        t.wait("BIRD's new route, its old one swept", |t| {
+            t.has("10.66.5.0/26", &[bird]) && !t.routes.contains_key(&net("10.66.2.0/26"))
+        })
+        .await;
+        wait_bird(&sock, "BIRD relearns our route", |out| {
+            out.contains("10.66.4.0/26")
         })
         .await;
         s.shutdown(false).await;
