@@ -1,9 +1,10 @@
 //! Smoke interop with Debian's BIRD 2: BIRD runs in a namespace this test creates, linked by
-//! a veth to the test thread's own namespace where our speaker runs; both sides must learn
-//! the other's prefix (`birdc show route`, our RibEvents), withdrawals, and graceful restart
-//! both ways: BIRD as helper (our routes kept stale, swept after our End-of-RIB) and BIRD
-//! as restarting speaker (`bird -R` after SIGKILL, its routes kept stale by us). The fuller interop lab lives in
-//! testkit. BIRD is killed by PID and the namespace deleted by a drop guard.
+//! a veth to the test thread's own namespace where our speaker runs. Checked: both sides
+//! learn the other's prefix (`birdc show route`, our RibEvents), withdrawals, and graceful
+//! restart both ways — BIRD as helper (our routes kept stale, swept after our End-of-RIB)
+//! and BIRD as restarting speaker (`bird -R` after SIGKILL, its routes kept stale by us).
+//! The fuller interop lab lives in testkit. BIRD is killed by PID and the namespace deleted
+//! by a drop guard.
 
 mod common;
 
