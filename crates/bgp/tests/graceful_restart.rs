@@ -202,3 +202,61 @@ fn deferral_timer_ends_the_wait_for_absent_peers() {
         b.shutdown(false).await;
     });
 }
+
+/// A peer that restarts and reconnects before we noticed its old connection died: with
+/// graceful restart the new connection replaces the old one (RFC 4724 §4.2), the routes stay
+/// (stale) meanwhile; without, the new one is refused (Cease, connection collision).
+#[test]
+fn reconnect_while_established_replaces_the_session_only_with_graceful_restart() {
+    fn open(gr: bool) -> bytes::Bytes {
+        calico_bgp::wire::encode(&calico_bgp::wire::build_open(
+            &calico_bgp::wire::OpenParams {
+                local_as: AS,
+                router_id: RAW_ID,
+                hold_time: 240,
+                gr_time: gr.then_some(120),
+                restarting: gr,
+            },
+        ))
+        .expect("encodes")
+    }
+    in_netns(|| async {
+        let (s, mut t) = start(gr(config(v4(1)), 120)).await;
+        let mut p = calico_bgp::PeerConfig::new("Node_10_77_0_2", v4(2), AS);
+        p.passive = true;
+        s.set_peers(vec![p]);
+
+        let mut first = RawPeer::established_with(v4(2), v4(1), &open(true)).await;
+        first
+            .send(&update_v4([10, 65, 9, 0], 26, [10, 77, 0, 2], 0))
+            .await;
+        t.wait("route learned", |t| t.has("10.65.9.0/26", &[v4(2)]))
+            .await;
+        let mut second = RawPeer::established_with(v4(2), v4(1), &open(true)).await;
+        first.closed().await;
+        t.drain();
+        assert!(
+            t.has("10.65.9.0/26", &[v4(2)]),
+            "kept across the restart: {:?}",
+            t.log
+        );
+        for f in [
+            calico_bgp::wire::Family::Ipv4,
+            calico_bgp::wire::Family::Ipv6,
+        ] {
+            second
+                .send(&calico_bgp::wire::end_of_rib(f).expect("EoR"))
+                .await;
+        }
+        t.wait("swept at End-of-RIB", |t| t.routes.is_empty()).await;
+
+        // Without graceful restart the second connection is refused.
+        drop(second);
+        wait_status(&s, "down", |st| st[0].state != SessionState::Established).await;
+        let _first = RawPeer::established_with(v4(2), v4(1), &open(false)).await;
+        let mut second = RawPeer::connect(v4(2), v4(1)).await;
+        second.send(&open(false)).await;
+        assert_eq!(second.notification().await, (6, 7));
+        s.shutdown(false).await;
+    });
+}
