@@ -221,6 +221,11 @@ fn mutated_messages_over_a_session_never_break_the_speaker() {
             // hit the header itself.
             let len = m.len() as u16;
             m[16..18].copy_from_slice(&len.to_be_bytes());
+            // A mutated ROUTE-REFRESH would be answered with an End-of-RIB of its own, which
+            // this loop takes for the answer to its refresh: keep it an UPDATE.
+            if m[18] == 5 {
+                m[18] = 2;
+            }
             p.send(&m).await;
             p.send(&refresh).await;
             let alive = loop {
@@ -245,6 +250,10 @@ fn mutated_messages_over_a_session_never_break_the_speaker() {
         }
         eprintln!("{survived} mutated messages kept the session, {resets} reset it");
         assert!(resets > 0 && survived > 0);
+        // The speaker still works: a fresh session comes up.
+        drop(p);
+        wait_status(&s, "old session gone", |st| !established(st, v4(2))).await;
+        let _p = RawPeer::established(v4(2), v4(1), 240).await;
         wait_status(&s, "session up at the end", |st| established(st, v4(2))).await;
         s.shutdown(false).await;
     });
