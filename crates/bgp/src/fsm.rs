@@ -37,7 +37,8 @@ pub enum Input {
     Msg(Message),
     /// A received message that did not decode.
     BadMsg(Notification),
-    /// Timers that fell due are checked on every input and by [`Fsm::on_timers`].
+    /// Nothing happened but time passed: timers that fell due fire (they are checked on every
+    /// input).
     Tick,
 }
 
@@ -86,6 +87,11 @@ impl Fsm {
             keepalive: Duration::ZERO,
             stopped: true,
         }
+    }
+
+    /// Sets the R bit of the OPENs sent from now on (cleared once the restart is over).
+    pub fn set_restart_bit(&mut self, restarting: bool) {
+        self.cfg.open.restarting = restarting;
     }
 
     pub fn state(&self) -> SessionState {

@@ -17,8 +17,23 @@
 //! no error-to-NOTIFICATION mapping. `wire` adapts it to our types.
 //!
 //! TCP-MD5 (RFC 2385) is not supported: no maintained crate offers a safe `TCP_MD5SIG`
-//! setter and the workspace forbids `unsafe`; a peer with a password is refused with
-//! [`BgpError::Md5Unsupported`] (reported in its status).
+//! setter (nix 0.30/0.31, rustix 1, socket2 0.6 have none) and the workspace forbids
+//! `unsafe`; a peer with a password is not started, its status carries
+//! [`BgpError::Md5Unsupported`]'s message.
+//!
+//! How calico-node uses it: one [`Speaker`] per node; one [`PeerConfig`] per BIRD `protocol
+//! bgp` (mesh peers with the higher address `passive`, RR clients with `rr_client`); the
+//! node's affine blocks as [`Route`]s; the IP pools as [`ExportFilter::accept`] (learned
+//! routes pass on only by reflection or to eBGP peers, and only inside the filter; the
+//! default filter passes nothing on). [`RibEvent`]s carry the best LEARNED routes (a prefix
+//! we originate ourselves is never reported) for the kernel; [`RibEvent::Synced`] says when
+//! stale kernel routes may be flushed. IPv6 routes travel on IPv6 sessions (as Calico's
+//! separate bird6): a route goes only to sessions whose local address has its family.
+//!
+//! Known gaps: no TCP-MD5; GTSM only sets TTL 255 on our packets (no `IP_MINTTL` check of
+//! the peer's: no safe setter either); no IPv6 link-local next hop, no extended next hop
+//! (RFC 8950), no add-path, no enhanced route refresh, no confederations; an `AS_SET`
+//! received from a peer cannot be passed on (the codec follows RFC 9774).
 //!
 //! Must not import other workspace crates: calico-node wires it to the datastore and the
 //! dataplane.

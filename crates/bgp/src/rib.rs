@@ -56,10 +56,18 @@ pub struct Changes {
 }
 
 impl Changes {
-    fn merge(&mut self, other: Changes) {
+    /// Appends a later change: for a prefix in both, the later one wins (a peer's update is
+    /// sent as withdrawals then announcements, so the two lists must stay disjoint).
+    pub fn merge(&mut self, other: Changes) {
         self.events.extend(other.events);
         for (id, u) in other.out {
             let e = self.out.entry(id).or_default();
+            let withdrawn: BTreeSet<IpNet> = u.withdraw.iter().copied().collect();
+            let announced: BTreeSet<IpNet> = u.announce.iter().map(|(n, _)| *n).collect();
+            e.announce
+                .retain(|(n, _)| !withdrawn.contains(n) && !announced.contains(n));
+            e.withdraw
+                .retain(|n| !announced.contains(n) && !withdrawn.contains(n));
             e.announce.extend(u.announce);
             e.withdraw.extend(u.withdraw);
         }
@@ -768,6 +776,37 @@ mod tests {
             }]
         );
         assert!(!rib.has_stale(2));
+    }
+
+    #[test]
+    fn merged_changes_keep_the_later_state_of_a_prefix() {
+        let a = Arc::new(path("10.0.0.2"));
+        let mut first = Changes::default();
+        first.out.insert(
+            1,
+            OutUpdate {
+                announce: vec![(net("10.65.0.0/26"), a.clone())],
+                withdraw: vec![net("10.65.1.0/26")],
+            },
+        );
+        let mut later = Changes::default();
+        later.out.insert(
+            1,
+            OutUpdate {
+                announce: vec![(net("10.65.1.0/26"), a)],
+                withdraw: vec![net("10.65.0.0/26")],
+            },
+        );
+        first.merge(later);
+        assert_eq!(first.out[&1].withdraw, vec![net("10.65.0.0/26")]);
+        assert_eq!(
+            first.out[&1]
+                .announce
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>(),
+            vec![net("10.65.1.0/26")]
+        );
     }
 
     #[test]

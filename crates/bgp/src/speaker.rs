@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -61,11 +61,13 @@ impl Speaker {
         let listener = match cfg.listen {
             Some(addr) => {
                 let l = bind_listener(addr).map_err(|source| BgpError::Listen { addr, source })?;
-                let tx = cmd_tx.clone();
+                // Weak: dropping the Speaker must close the command channel.
+                let tx = cmd_tx.downgrade();
                 Some(tokio::spawn(async move {
                     loop {
                         match l.accept().await {
                             Ok((s, remote)) => {
+                                let Some(tx) = tx.upgrade() else { return };
                                 if tx.send(Cmd::Incoming(s, remote)).is_err() {
                                     return;
                                 }
@@ -162,6 +164,8 @@ enum Event {
     },
     Update(u64, InboundUpdate),
     Refresh(u64, Option<Family>),
+    /// A failure outside a session (connect errors), for the status.
+    Error(u64, String),
 }
 
 struct PeerEntry {
@@ -194,6 +198,7 @@ struct Core {
     synced: bool,
     deferral_at: Instant,
     stale_at: HashMap<u64, Instant>,
+    restart_pending: Arc<AtomicBool>,
 }
 
 impl Core {
@@ -204,6 +209,7 @@ impl Core {
     ) -> Self {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let rib = Rib::new(cfg.router_id, cfg.cluster_id, cfg.restarting);
+        let cfg_restarting = cfg.restarting;
         let deferral_at = Instant::now() + cfg.graceful_restart.unwrap_or(DEFAULT_DEFERRAL);
         Core {
             cfg,
@@ -219,6 +225,7 @@ impl Core {
             synced: false,
             deferral_at,
             stale_at: HashMap::new(),
+            restart_pending: Arc::new(AtomicBool::new(cfg_restarting)),
         }
     }
 
@@ -419,6 +426,7 @@ impl Core {
                     connecting: None,
                     pending: None,
                     router_id: self.cfg.router_id,
+                    restart_pending: self.restart_pending.clone(),
                 };
                 entry.task = Some(tokio::spawn(session.run(rx)));
                 entry.tx = Some(tx);
@@ -440,7 +448,11 @@ impl Core {
             open: OpenParams {
                 local_as,
                 router_id: self.cfg.router_id,
-                hold_time: u16::try_from(p.hold_time.as_secs()).unwrap_or(u16::MAX),
+                // 0 (no keepalives) or at least 3 s (RFC 4271 §4.2).
+                hold_time: match p.hold_time.as_secs() {
+                    0 => 0,
+                    s => u16::try_from(s).unwrap_or(u16::MAX).max(3),
+                },
                 gr_time: gr.map(|t| u16::try_from(t.as_secs()).unwrap_or(4095).min(4095)),
                 restarting: self.cfg.restarting,
             },
@@ -498,7 +510,11 @@ impl Core {
             }
             Event::Update(id, u) => {
                 if let Some(r) = &u.treated_as_withdraw {
-                    log::warn!("BGP peer {id}: UPDATE treated as withdraw (RFC 7606): {r}");
+                    let name = self
+                        .entry(id)
+                        .map(|e| e.cfg.name.clone())
+                        .unwrap_or_default();
+                    log::warn!("BGP peer {name}: UPDATE treated as withdraw (RFC 7606): {r}");
                 }
                 let eor = u.end_of_rib;
                 let ch = self.rib.update(id, u);
@@ -519,6 +535,11 @@ impl Core {
                         }
                     }
                     self.check_sync();
+                }
+            }
+            Event::Error(id, error) => {
+                if let Some(e) = self.entry(id) {
+                    e.last_error = Some(error);
                 }
             }
             Event::Refresh(id, fam) => {
@@ -565,7 +586,7 @@ impl Core {
         let mut ch = self.rib.peer_up(id, peer);
         for f in [Family::Ipv4, Family::Ipv6] {
             if !preserved.contains(&f) {
-                ch.events.extend(self.rib.sweep_stale(id, Some(f)).events);
+                ch.merge(self.rib.sweep_stale(id, Some(f)));
             }
         }
         if self.rib.has_stale(id) {
@@ -595,6 +616,7 @@ impl Core {
 
     fn sync_done(&mut self) {
         self.synced = true;
+        self.restart_pending.store(false, Ordering::Relaxed);
         log::info!("BGP: initial sync done");
         let _ = self.events.send(RibEvent::Synced);
         let holding = self.rib.holding();
@@ -627,7 +649,11 @@ impl Core {
             .collect();
         for id in due {
             self.stale_at.remove(&id);
-            log::info!("BGP peer {id}: restart time over, dropping stale routes");
+            let name = self
+                .entry(id)
+                .map(|e| e.cfg.name.clone())
+                .unwrap_or_default();
+            log::info!("BGP peer {name}: restart time over, dropping stale routes");
             let ch = self.rib.sweep_stale(id, None);
             self.emit(ch);
         }
@@ -660,16 +686,19 @@ struct Session {
     counters: Arc<Counters>,
     conn: Option<Conn>,
     connecting: Option<JoinHandle<std::io::Result<TcpStream>>>,
-    /// An inbound connection that arrived while ours was in OpenSent (collision, RFC 4271
-    /// §6.8): resolved when the peer's identifier is known.
-    pending: Option<TcpStream>,
+    /// An inbound connection that arrived while ours was opening (collision, RFC 4271
+    /// §6.8): its OPEN is read aside, then the identifiers decide which connection stays.
+    pending: Option<JoinHandle<std::io::Result<(TcpStream, BytesMut)>>>,
     router_id: std::net::Ipv4Addr,
+    /// Shared with the core: we are a restarting speaker whose initial sync is not done.
+    restart_pending: Arc<AtomicBool>,
 }
 
 enum Wake {
     Cmd(Option<ToSession>),
     Read(std::io::Result<usize>),
     Connected(std::io::Result<TcpStream>),
+    PendingOpen(std::io::Result<(TcpStream, BytesMut)>),
     Timer,
 }
 
@@ -685,6 +714,7 @@ impl Session {
                 c = rx.recv() => Wake::Cmd(c),
                 r = read_some(&mut self.conn) => Wake::Read(r),
                 r = join_connect(&mut self.connecting) => Wake::Connected(r),
+                r = join_pending(&mut self.pending) => Wake::PendingOpen(r),
                 _ = sleep => Wake::Timer,
             };
             match wake {
@@ -707,14 +737,25 @@ impl Session {
                     self.connecting = None;
                     match r {
                         Ok(s) if self.conn.is_none() => {
-                            self.adopt(s);
+                            self.adopt(s, BytesMut::with_capacity(8192));
                             self.apply(Input::TcpUp).await;
                         }
                         Ok(_) => {}
                         Err(e) => {
                             log::debug!("BGP peer {}: connect: {e}", self.cfg.name);
+                            // As BIRD's status: "Socket: Connection refused".
+                            let _ = self
+                                .events
+                                .send(Event::Error(self.id, format!("Socket: {e}")));
                             self.apply(Input::TcpFailed(format!("connect: {e}"))).await;
                         }
+                    }
+                }
+                Wake::PendingOpen(r) => {
+                    self.pending = None;
+                    match r {
+                        Ok((s, buf)) => self.resolve_collision(s, buf).await,
+                        Err(e) => log::debug!("BGP peer {}: second connection: {e}", self.cfg.name),
                     }
                 }
                 Wake::Timer => self.apply(Input::Tick).await,
@@ -722,15 +763,12 @@ impl Session {
         }
     }
 
-    fn adopt(&mut self, s: TcpStream) {
+    fn adopt(&mut self, s: TcpStream, buf: BytesMut) {
         let _ = s.set_nodelay(true);
         if self.cfg.ttl_security.is_some() {
             let _ = s.set_ttl(255);
         }
-        self.conn = Some(Conn {
-            stream: s,
-            buf: BytesMut::with_capacity(8192),
-        });
+        self.conn = Some(Conn { stream: s, buf });
     }
 
     async fn on_cmd(&mut self, c: ToSession) {
@@ -796,23 +834,20 @@ impl Session {
 
     /// An accepted connection from the peer's address.
     async fn incoming(&mut self, s: TcpStream) {
-        let state = self.fsm.state();
-        let remote_id = self.fsm.negotiated().map(|n| n.remote_id);
-        match state {
+        match self.fsm.state() {
             SessionState::Idle | SessionState::Connect | SessionState::Active => {
                 if let Some(c) = self.connecting.take() {
                     c.abort();
                 }
-                self.adopt(s);
+                self.adopt(s, BytesMut::with_capacity(8192));
                 self.apply(Input::TcpUp).await;
             }
-            SessionState::OpenSent => {
-                self.pending = Some(s);
-            }
-            SessionState::OpenConfirm => {
-                if let Some(rid) = remote_id {
-                    self.resolve_collision(s, rid).await;
+            SessionState::OpenSent | SessionState::OpenConfirm => {
+                // Collision: the peer sent its OPEN on its connection; read it aside.
+                if let Some(p) = self.pending.take() {
+                    p.abort();
                 }
+                self.pending = Some(tokio::spawn(read_first_message(s)));
             }
             SessionState::Established => {
                 // A peer that restarts reconnects before we notice the old connection died
@@ -823,7 +858,7 @@ impl Session {
                         "peer reconnected (graceful restart)".into(),
                     ))
                     .await;
-                    self.adopt(s);
+                    self.adopt(s, BytesMut::with_capacity(8192));
                     self.apply(Input::TcpUp).await;
                 } else {
                     reject(s, Notification::new(6, 7)).await;
@@ -832,18 +867,41 @@ impl Session {
         }
     }
 
-    async fn resolve_collision(&mut self, s: TcpStream, remote_id: std::net::Ipv4Addr) {
-        if collision_keeps_new(self.router_id, remote_id, self.fsm.state()) {
+    /// The peer's second connection delivered its OPEN: RFC 4271 §6.8 decides which stays.
+    async fn resolve_collision(&mut self, s: TcpStream, buf: BytesMut) {
+        let mut first = buf.clone().freeze();
+        let remote_id = match rustbgpd_wire::decode_message(&mut first, wire::MAX_LEN) {
+            Ok(Message::Open(o)) => o.bgp_identifier,
+            _ => return reject(s, Notification::new(5, 0)).await,
+        };
+        let state = self.fsm.state();
+        let keep_new = match state {
+            SessionState::OpenSent | SessionState::OpenConfirm => {
+                collision_keeps_new(self.router_id, remote_id, state)
+            }
+            SessionState::Established => false,
+            _ => true,
+        };
+        if !keep_new {
             log::info!(
-                "BGP peer {}: connection collision, keeping the peer's connection",
+                "BGP peer {}: connection collision, keeping ours",
+                self.cfg.name
+            );
+            return reject(s, Notification::new(6, 7)).await;
+        }
+        if matches!(state, SessionState::OpenSent | SessionState::OpenConfirm) {
+            log::info!(
+                "BGP peer {}: connection collision, keeping the peer's",
                 self.cfg.name
             );
             self.apply(Input::BadMsg(Notification::new(6, 7))).await;
-            self.adopt(s);
-            self.apply(Input::TcpUp).await;
-        } else {
-            reject(s, Notification::new(6, 7)).await;
         }
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        self.adopt(s, buf);
+        self.apply(Input::TcpUp).await;
+        self.drain_messages().await;
     }
 
     async fn drain_messages(&mut self) {
@@ -878,18 +936,27 @@ impl Session {
         }
     }
 
+    /// Sends messages in one write, bounded by the hold time: a peer that stops reading is a
+    /// failed connection, not a stuck session task.
     async fn write(&mut self, msgs: Vec<Bytes>) {
+        let hold = match self.fsm.negotiated().map(|n| n.hold_time) {
+            Some(h) if h > 0 => Duration::from_secs(u64::from(h)),
+            _ => crate::fsm::LARGE_HOLD,
+        };
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let n = msgs.len() as u64;
-        let mut failed = None;
-        for m in msgs {
-            if let Err(e) = conn.stream.write_all(&m).await {
-                failed = Some(e.to_string());
-                break;
-            }
+        if msgs.is_empty() {
+            return;
         }
+        let n = msgs.len() as u64;
+        let mut all = BytesMut::with_capacity(msgs.iter().map(Bytes::len).sum());
+        msgs.iter().for_each(|m| all.extend_from_slice(m));
+        let failed = match tokio::time::timeout(hold, conn.stream.write_all(&all)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("peer stopped reading (send blocked for the hold time)".to_string()),
+        };
         self.counters.messages_out.fetch_add(n, Ordering::Relaxed);
         if let Some(e) = failed {
             Box::pin(self.apply(Input::TcpFailed(e))).await;
@@ -898,6 +965,10 @@ impl Session {
 
     /// Feeds the FSM and carries out what it asks for.
     async fn apply(&mut self, input: Input) {
+        if matches!(input, Input::TcpUp) {
+            self.fsm
+                .set_restart_bit(self.restart_pending.load(Ordering::Relaxed));
+        }
         let outs = self.fsm.handle(input, Instant::now());
         for o in outs {
             match o {
@@ -938,14 +1009,6 @@ impl Session {
                 }
                 Output::State(s) => {
                     let _ = self.events.send(Event::State(self.id, s));
-                    if s == SessionState::OpenConfirm
-                        && let (Some(p), Some(rid)) = (
-                            self.pending.take(),
-                            self.fsm.negotiated().map(|n| n.remote_id),
-                        )
-                    {
-                        Box::pin(self.resolve_collision(p, rid)).await;
-                    }
                 }
             }
         }
@@ -986,6 +1049,44 @@ async fn reject(mut s: TcpStream, n: Notification) {
         let _ = s.write_all(&b).await;
     }
     let _ = s.shutdown().await;
+}
+
+/// Reads a second connection until its first message is complete (bounded by the hold time
+/// used before OPEN).
+async fn read_first_message(mut s: TcpStream) -> std::io::Result<(TcpStream, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let read = async {
+        loop {
+            if let Ok(Some(l)) = rustbgpd_wire::peek_message_length(&buf, wire::MAX_LEN)
+                && buf.len() >= usize::from(l)
+            {
+                return Ok(());
+            }
+            if s.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before OPEN",
+                ));
+            }
+        }
+    };
+    match tokio::time::timeout(crate::fsm::LARGE_HOLD, read).await {
+        Ok(Ok(())) => Ok((s, buf)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no OPEN")),
+    }
+}
+
+async fn join_pending(
+    p: &mut Option<JoinHandle<std::io::Result<(TcpStream, BytesMut)>>>,
+) -> std::io::Result<(TcpStream, BytesMut)> {
+    match p {
+        Some(h) => match h.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn read_some(conn: &mut Option<Conn>) -> std::io::Result<usize> {

@@ -579,7 +579,8 @@ pub struct OpenParams {
     pub hold_time: u16,
     /// Restart time (s) when graceful restart is on.
     pub gr_time: Option<u16>,
-    /// R bit and forwarding-preserved flags (we are restarting).
+    /// The R bit: we restarted and have not finished the initial sync yet. (The F bits are
+    /// always set with graceful restart on: calico-node keeps its kernel routes.)
     pub restarting: bool,
 }
 
@@ -606,7 +607,7 @@ pub fn build_open(p: &OpenParams) -> Message {
                 .map(|afi| GracefulRestartFamily {
                     afi,
                     safi: Safi::Unicast,
-                    forwarding_preserved: p.restarting,
+                    forwarding_preserved: true,
                 })
                 .collect(),
         });

@@ -159,3 +159,118 @@ fn changed_peer_resets_alone_and_password_is_refused() {
         }
     });
 }
+
+#[test]
+fn ipv6_session_carries_ipv6_routes_in_mp_reach() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v6(1), v6(2));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, mut bt) = start(config(b_ip)).await;
+        a.set_local_routes(vec![Route::new(net("fd00:65:1::/122"))]);
+        b.set_local_routes(vec![Route::new(net("fd00:65:2::/122"))]);
+        a.set_peers(vec![peer(a_ip, b_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        at.wait("A learns B's IPv6 block via B's IPv6 address", |t| {
+            t.has("fd00:65:2::/122", &[b_ip])
+        })
+        .await;
+        bt.wait("B learns A's IPv6 block", |t| {
+            t.has("fd00:65:1::/122", &[a_ip])
+        })
+        .await;
+        b.set_local_routes(vec![]);
+        at.wait("MP_UNREACH withdraws it", |t| t.routes.is_empty())
+            .await;
+        a.shutdown(false).await;
+        b.shutdown(false).await;
+    });
+}
+
+#[test]
+fn both_sides_active_resolve_the_collision_to_one_session() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v4(1), v4(2));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, mut bt) = start(config(b_ip)).await;
+        let (mut pa, mut pb) = (peer(a_ip, b_ip), peer(b_ip, a_ip));
+        pb.passive = false;
+        // Same delay on both sides: both connect at about the same time.
+        pa.connect_delay = std::time::Duration::from_millis(10);
+        pb.connect_delay = std::time::Duration::from_millis(10);
+        a.set_local_routes(vec![Route::new(net("10.65.1.0/26"))]);
+        b.set_local_routes(vec![Route::new(net("10.65.2.0/26"))]);
+        a.set_peers(vec![pa]);
+        b.set_peers(vec![pb]);
+        at.wait("A learns B's block", |t| t.has("10.65.2.0/26", &[b_ip]))
+            .await;
+        bt.wait("B learns A's block", |t| t.has("10.65.1.0/26", &[a_ip]))
+            .await;
+        wait_status(&a, "A established", |st| established(st, b_ip)).await;
+        wait_status(&b, "B established", |st| established(st, a_ip)).await;
+        a.shutdown(false).await;
+        b.shutdown(false).await;
+    });
+}
+
+#[test]
+fn dropping_a_speaker_closes_its_sessions() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v4(1), v4(2));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, _bt) = start(config(b_ip)).await;
+        b.set_local_routes(vec![Route::new(net("10.65.2.0/26"))]);
+        a.set_peers(vec![peer(a_ip, b_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        at.wait("A learns B's block", |t| t.routes.len() == 1).await;
+        drop(b);
+        at.wait("B's routes go with it", |t| t.routes.is_empty())
+            .await;
+        a.shutdown(false).await;
+    });
+}
+
+#[test]
+fn thousands_of_routes_converge_and_withdraw() {
+    in_netns(|| async {
+        let (a_ip, b_ip) = (v4(1), v4(2));
+        let (a, mut at) = start(config(a_ip)).await;
+        let (b, _bt) = start(config(b_ip)).await;
+        a.set_peers(vec![peer(a_ip, b_ip)]);
+        b.set_peers(vec![peer(b_ip, a_ip)]);
+        // 5000 /32s (many UPDATEs, each under 4096 bytes) with a community each.
+        let routes: Vec<Route> = (0..5000u32)
+            .map(|i| {
+                let mut r = Route::new(ipnet::IpNet::from(std::net::IpAddr::V4(
+                    std::net::Ipv4Addr::from(0x0A50_0000 + i),
+                )));
+                r.communities = vec![0xFDE8_0000 + (i % 3)];
+                r
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        b.set_local_routes(routes);
+        at.wait("5000 routes", |t| t.routes.len() == 5000).await;
+        let took = started.elapsed();
+        eprintln!("5000 routes converged in {took:?}");
+        b.set_local_routes(vec![]);
+        at.wait("all withdrawn", |t| t.routes.is_empty()).await;
+        a.shutdown(false).await;
+        b.shutdown(false).await;
+    });
+}
+
+#[test]
+fn connect_errors_show_in_the_status_as_bird_does() {
+    in_netns(|| async {
+        let (a, _at) = start(config(v4(1))).await;
+        // Nothing listens on v4(2).
+        a.set_peers(vec![peer(v4(1), v4(2))]);
+        let st = wait_status(&a, "connect error", |st| st[0].last_error.is_some()).await;
+        assert_eq!(
+            st[0].last_error.as_deref(),
+            Some("Socket: Connection refused (os error 111)")
+        );
+        assert_eq!(st[0].state, SessionState::Connect);
+        a.shutdown(false).await;
+    });
+}

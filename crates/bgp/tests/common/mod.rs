@@ -239,8 +239,13 @@ impl RawPeer {
 
     /// Connects and completes OPEN/KEEPALIVE as an iBGP peer.
     pub async fn established(src: IpAddr, dst: IpAddr, hold_time: u16) -> RawPeer {
+        RawPeer::established_with(src, dst, &RawPeer::open(hold_time, AS)).await
+    }
+
+    /// Connects and completes OPEN/KEEPALIVE with the given OPEN.
+    pub async fn established_with(src: IpAddr, dst: IpAddr, open: &[u8]) -> RawPeer {
         let mut p = RawPeer::connect(src, dst).await;
-        p.send(&RawPeer::open(hold_time, AS)).await;
+        p.send(open).await;
         assert!(matches!(
             p.recv().await,
             Some(rustbgpd_wire::Message::Open(_))
