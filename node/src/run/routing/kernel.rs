@@ -5,9 +5,10 @@
 //! blackholes of local blocks (79), routes learned by BGP (78), VXLAN routes (80), plus the
 //! `vxlan.calico` device with its ARP and FDB entries.
 //!
-//! Learned routes are left as they are until BGP has synced (`bgp: None`): after our own
-//! restart they keep carrying traffic (graceful restart) and are swept by the first
-//! convergence after the peers' End-of-RIB.
+//! Learned routes go in as soon as they are learned. After our own restart, the ones of the
+//! previous run that nothing has confirmed yet stay (`keep_stale_bgp`: graceful restart,
+//! they keep carrying traffic) and are swept by the first convergence after the peers'
+//! End-of-RIB.
 
 use super::status::RoutingState;
 use calico_dataplane::neigh::{Mac, apply_fdb, apply_neighbors};
@@ -28,9 +29,11 @@ use std::time::Instant;
 pub struct Desired {
     /// Blackholes of this node's blocks.
     pub blackholes: Vec<IpNet>,
-    /// Routes learned by BGP, as the kernel should have them; `None` until BGP has synced
-    /// (ours from a previous run are then left alone).
+    /// Routes learned by BGP, as the kernel should have them; `None` with BGP off.
     pub bgp: Option<Vec<KernelRoute>>,
+    /// Keep our learned routes that `bgp` lacks (a restarting speaker before its peers'
+    /// End-of-RIB: they may still be valid, and are swept once BGP has synced).
+    pub keep_stale_bgp: bool,
     /// The VXLAN device with its neighbours and routes; `None`: no VXLAN here (our VXLAN
     /// routes go, and the device too).
     pub vxlan: Option<VxlanDesired>,
@@ -159,7 +162,17 @@ fn converge(table: &RouteTable, d: &Desired) -> Result<String, String> {
 
     if let Some(routes) = &d.bgp {
         match specs(nl, routes, PROTO_BGP, None) {
-            Ok((specs, missing)) => {
+            Ok((mut specs, missing)) => {
+                if d.keep_stale_bgp {
+                    match table.list(PROTO_BGP) {
+                        Ok(current) => {
+                            let wanted: std::collections::HashSet<IpNet> =
+                                specs.iter().map(|s| s.dst).collect();
+                            specs.extend(current.into_iter().filter(|c| !wanted.contains(&c.dst)));
+                        }
+                        Err(e) => errors.push(format!("listing bgp routes: {e}")),
+                    }
+                }
                 record(
                     "bgp routes",
                     table.apply(&specs, PROTO_BGP),

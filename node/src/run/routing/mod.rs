@@ -8,8 +8,8 @@
 //! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
 //! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
 //! on the new state. Nothing is written to the kernel before the first full snapshot; learned
-//! routes are left alone until BGP has synced (graceful restart: a restarted agent keeps
-//! the routes of its previous run until its peers' End-of-RIB, then sweeps the stale ones).
+//! routes go in as they come, and a restarted agent keeps the routes of its previous run
+//! until its peers' End-of-RIB (graceful restart), then sweeps the stale ones.
 //!
 //! On SIGTERM the speaker closes its sessions without a Cease, so peers with graceful
 //! restart keep our routes, and our kernel routes stay for the next run.
@@ -354,17 +354,16 @@ impl Routing {
                     }
                     self.speak(&plan).await;
                     desired.blackholes = plan.blackholes.clone();
-                    if self.bgp_synced {
-                        let mut routes = calico_routing::kernel_routes(
-                            &view,
-                            &self.node,
-                            &self.settings.options,
-                            &self.learned,
-                            &local_subnets,
-                        );
-                        routes.extend(plan.peer_routes.iter().cloned());
-                        desired.bgp = Some(routes);
-                    }
+                    let mut routes = calico_routing::kernel_routes(
+                        &view,
+                        &self.node,
+                        &self.settings.options,
+                        &self.learned,
+                        &local_subnets,
+                    );
+                    routes.extend(plan.peer_routes.iter().cloned());
+                    desired.bgp = Some(routes);
+                    desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
                 }
                 Err(e) => self.state.set_plan_problem(Some(e.to_string())),
             }
