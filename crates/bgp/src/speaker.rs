@@ -603,6 +603,16 @@ impl Core {
         if !holding && let Some(tx) = tx {
             let _ = tx.send(ToSession::EndOfRib(neg.families.clone()));
         }
+        // RFC 4724 §4.1: a peer without graceful restart sends no End-of-RIB to wait for,
+        // and one that is restarting itself waits for ours: waiting for either would hold
+        // our announcements until the deferral timer (two agents restarted together would
+        // each wait for the other).
+        if neg.peer_gr.as_ref().is_none_or(|g| g.restarting)
+            && let Some(e) = self.entry(id)
+        {
+            e.synced = true;
+            self.check_sync();
+        }
     }
 
     fn check_sync(&mut self) {
