@@ -18,21 +18,6 @@ fn with_password(mut p: PeerConfig, pw: Option<&str>) -> PeerConfig {
     p
 }
 
-/// The kernel's count of segments it dropped for TCP-MD5 reasons (`TCPMD5NotFound`: unsigned
-/// but a key is set; `TCPMD5Unexpected`: signed but no key; `TCPMD5Failure`: wrong
-/// signature), in this thread's network namespace (the test's own, see `in_netns`).
-fn md5_drops(counter: &str) -> u64 {
-    let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat");
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == counter)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {counter} in netstat"))
-}
-
 /// Waits (bounded) until the kernel dropped a SYN for `counter`'s reason, then checks that
 /// neither side is Established.
 async fn assert_no_session(a: &Speaker, b: &Speaker, a_ip: IpAddr, b_ip: IpAddr, counter: &str) {
