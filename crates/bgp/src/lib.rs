@@ -16,10 +16,10 @@
 //! netgauze pulls a larger dependency tree and leaves RFC 7606 to the caller; zettabgp has
 //! no error-to-NOTIFICATION mapping. `wire` adapts it to our types.
 //!
-//! TCP-MD5 (RFC 2385) is not supported: no maintained crate offers a safe `TCP_MD5SIG`
-//! setter (nix 0.30/0.31, rustix 1, socket2 0.6 have none) and the workspace forbids
-//! `unsafe`; a peer with a password is not started, its status carries
-//! [`BgpError::Md5Unsupported`]'s message.
+//! TCP-MD5 (RFC 2385) for [`PeerConfig::password`], as BIRD's `password`: the key is set on
+//! the listening socket for the peer's address and on our outgoing socket before `connect`
+//! (through `calico-tcp-md5`, the one crate allowed the `setsockopt` no safe crate offers).
+//! A key that cannot be set is reported in the peer's status ([`BgpError::Md5Key`]).
 //!
 //! How calico-node uses it: one [`Speaker`] per node; one [`PeerConfig`] per BIRD `protocol
 //! bgp` (mesh peers with the higher address `passive`, RR clients with `rr_client`); the
@@ -30,13 +30,13 @@
 //! stale kernel routes may be flushed. IPv6 routes travel on IPv6 sessions (as Calico's
 //! separate bird6): a route goes only to sessions whose local address has its family.
 //!
-//! Known gaps: no TCP-MD5; GTSM only sets TTL 255 on our packets (no `IP_MINTTL` check of
+//! Known gaps: GTSM only sets TTL 255 on our packets (no `IP_MINTTL` check of
 //! the peer's: no safe setter either); no IPv6 link-local next hop, no extended next hop
 //! (RFC 8950), no add-path, no enhanced route refresh, no confederations; an `AS_SET`
 //! received from a peer cannot be passed on (the codec follows RFC 9774).
 //!
-//! Must not import other workspace crates: calico-node wires it to the datastore and the
-//! dataplane.
+//! Must not import other workspace crates (except `calico-tcp-md5`, a socket option):
+//! calico-node wires it to the datastore and the dataplane.
 
 pub mod fsm;
 pub mod rib;
@@ -95,7 +95,7 @@ pub struct PeerConfig {
     pub passive: bool,
     /// The peer is a route-reflector client of ours.
     pub rr_client: bool,
-    /// TCP-MD5 password: not supported, such a peer is refused (see the crate docs).
+    /// TCP-MD5 (RFC 2385) password, at most 80 bytes; `None` or empty: no signature.
     pub password: Option<String>,
     /// Hold time we propose (BIRD's default 240 s).
     pub hold_time: Duration,
@@ -226,11 +226,11 @@ pub enum BgpError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "BGP peer {0}: TCP-MD5 passwords are not supported (no safe TCP_MD5SIG setter; the \
-         workspace forbids unsafe code)"
-    )]
-    Md5Unsupported(String),
+    #[error("BGP peer {peer}: cannot set its TCP-MD5 key: {source}")]
+    Md5Key {
+        peer: String,
+        source: std::io::Error,
+    },
     #[error("BGP: invalid configuration: {0}")]
     Config(String),
 }

@@ -2,9 +2,14 @@
 //! peer session that runs its [`Fsm`] over TCP, and one listener that hands accepted
 //! connections to the session of the remote address (unknown addresses are closed).
 //! All decisions are in `fsm` and `rib`; this file moves bytes and timers.
+//!
+//! TCP-MD5 (RFC 2385): the core keeps the listener's keys equal to the peers' passwords
+//! (the kernel matches incoming SYNs by source address; accepted sockets inherit the key)
+//! and a session keys its outgoing socket before `connect`; both through `calico-tcp-md5`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -58,9 +63,13 @@ impl Speaker {
         }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let mut listen_socket = None;
         let listener = match cfg.listen {
             Some(addr) => {
                 let l = bind_listener(addr).map_err(|source| BgpError::Listen { addr, source })?;
+                // Shared with the core, which sets the peers' TCP-MD5 keys on it.
+                let l = Arc::new(l);
+                listen_socket = Some(l.clone());
                 // Weak: dropping the Speaker must close the command channel.
                 let tx = cmd_tx.downgrade();
                 Some(tokio::spawn(async move {
@@ -82,7 +91,7 @@ impl Speaker {
             }
             None => None,
         };
-        let core = Core::new(cfg, ev_tx, listener);
+        let core = Core::new(cfg, ev_tx, listener, listen_socket);
         let core = tokio::spawn(core.run(cmd_rx));
         Ok((Speaker { cmd: cmd_tx, core }, ev_rx))
     }
@@ -193,6 +202,10 @@ struct Core {
     ev_tx: mpsc::UnboundedSender<Event>,
     ev_rx: mpsc::UnboundedReceiver<Event>,
     listener: Option<JoinHandle<()>>,
+    /// The listening socket, to set TCP-MD5 keys on.
+    listen_socket: Option<Arc<TcpListener>>,
+    /// The TCP-MD5 keys set on `listen_socket`, by peer address.
+    listen_keys: BTreeMap<IpAddr, String>,
     next_id: u64,
     peers_set: bool,
     synced: bool,
@@ -206,6 +219,7 @@ impl Core {
         cfg: SpeakerConfig,
         events: mpsc::UnboundedSender<RibEvent>,
         listener: Option<JoinHandle<()>>,
+        listen_socket: Option<Arc<TcpListener>>,
     ) -> Self {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let rib = Rib::new(cfg.router_id, cfg.cluster_id, cfg.restarting);
@@ -220,6 +234,8 @@ impl Core {
             ev_tx,
             ev_rx,
             listener,
+            listen_socket,
+            listen_keys: BTreeMap::new(),
             next_id: 1,
             peers_set: false,
             synced: false,
@@ -400,42 +416,101 @@ impl Core {
                 eor_in: BTreeSet::new(),
                 synced: false,
             };
-            if cfg.password.is_some() {
-                let err = BgpError::Md5Unsupported(cfg.name.clone());
-                log::error!("{err}");
-                entry.last_error = Some(err.to_string());
-                // Never blocks the initial sync.
-                entry.synced = true;
-            } else {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let fsm = self.fsm_config(&cfg);
-                let source = cfg.source.or_else(|| {
-                    self.cfg
-                        .listen
-                        .map(|l| l.ip())
-                        .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == cfg.address.is_ipv4())
-                });
-                let session = Session {
-                    id,
-                    cfg: cfg.clone(),
-                    source,
-                    fsm: Fsm::new(fsm),
-                    events: self.ev_tx.clone(),
-                    counters,
-                    conn: None,
-                    connecting: None,
-                    pending: None,
-                    router_id: self.cfg.router_id,
-                    restart_pending: self.restart_pending.clone(),
-                };
-                entry.task = Some(tokio::spawn(session.run(rx)));
-                entry.tx = Some(tx);
-            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let fsm = self.fsm_config(&cfg);
+            let source = cfg.source.or_else(|| {
+                self.cfg
+                    .listen
+                    .map(|l| l.ip())
+                    .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == cfg.address.is_ipv4())
+            });
+            let session = Session {
+                id,
+                cfg: cfg.clone(),
+                source,
+                fsm: Fsm::new(fsm),
+                events: self.ev_tx.clone(),
+                counters,
+                conn: None,
+                connecting: None,
+                pending: None,
+                router_id: self.cfg.router_id,
+                restart_pending: self.restart_pending.clone(),
+            };
+            entry.task = Some(tokio::spawn(session.run(rx)));
+            entry.tx = Some(tx);
             self.by_id.insert(id, k.clone());
             self.peers.insert(k, entry);
         }
+        self.sync_listen_keys();
         self.peers_set = true;
         self.check_sync();
+    }
+
+    /// Makes the listener's TCP-MD5 keys those of the current peers: sets new and changed
+    /// passwords, clears those of peers gone or without a password. A key that cannot be set
+    /// is reported in the peer's status (its session cannot come up through the listener).
+    fn sync_listen_keys(&mut self) {
+        let Some(listener) = self.listen_socket.clone() else {
+            return;
+        };
+        let listen_v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+        let mut wanted: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
+        for e in self.peers.values() {
+            let Some(pw) = e.cfg.password.as_ref().filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            // An IPv4 listener never sees IPv6 peers.
+            if e.cfg.address.is_ipv6() && !listen_v6 {
+                continue;
+            }
+            match wanted.get(&e.cfg.address) {
+                // The kernel has one key per address.
+                Some((other, first)) if first != pw => log::warn!(
+                    "BGP peer {}: another peer of address {} ({other}) has a different \
+                     password; the listener uses that one",
+                    e.cfg.name,
+                    e.cfg.address
+                ),
+                Some(_) => {}
+                None => {
+                    wanted.insert(e.cfg.address, (e.cfg.name.clone(), pw.clone()));
+                }
+            }
+        }
+        let gone: Vec<IpAddr> = self
+            .listen_keys
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            self.listen_keys.remove(&addr);
+            if let Err(e) = calico_tcp_md5::set_md5_key(listener.as_fd(), addr, b"") {
+                log::warn!("BGP: cannot clear the TCP-MD5 key of {addr} on the listener: {e}");
+            }
+        }
+        for (addr, (name, pw)) in wanted {
+            if self.listen_keys.get(&addr) == Some(&pw) {
+                continue;
+            }
+            match calico_tcp_md5::set_md5_key(listener.as_fd(), addr, pw.as_bytes()) {
+                Ok(()) => {
+                    self.listen_keys.insert(addr, pw);
+                }
+                Err(source) => {
+                    // Whatever key was there is stale now.
+                    if self.listen_keys.remove(&addr).is_some() {
+                        let _ = calico_tcp_md5::set_md5_key(listener.as_fd(), addr, b"");
+                    }
+                    let err = BgpError::Md5Key { peer: name, source };
+                    log::error!("{err}");
+                    for e in self.peers.values_mut().filter(|e| e.cfg.address == addr) {
+                        e.last_error = Some(err.to_string());
+                    }
+                }
+            }
+        }
     }
 
     fn fsm_config(&self, p: &PeerConfig) -> FsmConfig {
@@ -1034,12 +1109,23 @@ impl Session {
         let remote = SocketAddr::new(self.cfg.address, self.cfg.port);
         let source = self.source;
         let timeout = self.cfg.connect_retry.max(Duration::from_secs(1));
+        let name = self.cfg.name.clone();
+        let password = self.cfg.password.clone().filter(|p| !p.is_empty());
         self.connecting = Some(tokio::spawn(async move {
             let s = if remote.is_ipv4() {
                 TcpSocket::new_v4()?
             } else {
                 TcpSocket::new_v6()?
             };
+            if let Some(pw) = password {
+                calico_tcp_md5::set_md5_key(s.as_fd(), remote.ip(), pw.as_bytes()).map_err(
+                    |source| {
+                        let kind = source.kind();
+                        let err = BgpError::Md5Key { peer: name, source };
+                        std::io::Error::new(kind, err.to_string())
+                    },
+                )?;
+            }
             if let Some(src) = source {
                 s.bind(SocketAddr::new(src, 0))?;
             }

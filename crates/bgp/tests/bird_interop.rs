@@ -2,7 +2,8 @@
 //! a veth to the test thread's own namespace where our speaker runs. Checked: both sides
 //! learn the other's prefix (`birdc show route`, our RibEvents), withdrawals, and graceful
 //! restart both ways — BIRD as helper (our routes kept stale, swept after our End-of-RIB)
-//! and BIRD as restarting speaker (`bird -R` after SIGKILL, its routes kept stale by us).
+//! and BIRD as restarting speaker (`bird -R` after SIGKILL, its routes kept stale by us);
+//! and TCP-MD5 (RFC 2385) against BIRD's `password`.
 //! The fuller interop lab lives in testkit. BIRD is killed by PID and the namespace deleted
 //! by a drop guard.
 
@@ -81,7 +82,19 @@ async fn wait_bird_cmd(sock: &PathBuf, cmd: &str, what: &str, cond: impl Fn(&str
 
 /// Starts BIRD in `ns` originating `route`; `recovery`: as a restarting speaker (`-R`).
 fn start_bird(ns: &str, dir: &std::path::Path, route: &str, recovery: bool) -> Child {
+    start_bird_with(ns, dir, route, recovery, None)
+}
+
+/// [`start_bird`], with `password` (TCP-MD5) on the session when given.
+fn start_bird_with(
+    ns: &str,
+    dir: &std::path::Path,
+    route: &str,
+    recovery: bool,
+    password: Option<&str>,
+) -> Child {
     let conf = dir.join("bird.conf");
+    let password = password.map_or(String::new(), |p| format!("password \"{p}\"; "));
     std::fs::write(
         &conf,
         format!(
@@ -89,6 +102,7 @@ fn start_bird(ns: &str, dir: &std::path::Path, route: &str, recovery: bool) -> C
              protocol direct {{ ipv4; interface \"cbgp1\"; }}\n\
              protocol static {{ ipv4; route {route} blackhole; }}\n\
              protocol bgp calico {{ local 10.78.0.2 as 64512; neighbor 10.78.0.1 as 64512;\n\
+               {password}\n\
                graceful restart on; connect delay time 1; connect retry time 1; error wait time 1,5;\n\
                ipv4 {{ import all; export where source = RTS_STATIC; }}; }}\n"
         ),
@@ -110,8 +124,8 @@ fn start_bird(ns: &str, dir: &std::path::Path, route: &str, recovery: bool) -> C
         .expect("start bird")
 }
 
-#[test]
-fn bird_and_our_speaker_exchange_routes() {
+/// Whether BIRD can run here; in CI it must.
+fn have_bird() -> bool {
     if Command::new("bird")
         .arg("--version")
         .stderr(Stdio::null())
@@ -123,36 +137,109 @@ fn bird_and_our_speaker_exchange_routes() {
             "bird (bird2) is required in CI"
         );
         eprintln!("SKIPPED: bird is not installed");
+        return false;
+    }
+    true
+}
+
+/// BIRD's namespace `ns` (10.78.0.2 on `cbgp1`) linked by a veth to the test thread's
+/// namespace (10.78.0.1 on `cbgp0`); BIRD itself is started by the caller into the guard.
+fn bird_lab(ns: String) -> BirdGuard {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(&["ip", "netns", "add", &ns]);
+    let guard = BirdGuard {
+        ns: ns.clone(),
+        child: None,
+        _dir: dir,
+    };
+    run(&[
+        "ip", "link", "add", "cbgp0", "type", "veth", "peer", "name", "cbgp1", "netns", &ns,
+    ]);
+    run(&["ip", "addr", "add", "10.78.0.1/24", "dev", "cbgp0"]);
+    run(&["ip", "link", "set", "cbgp0", "up"]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "10.78.0.2/24",
+        "dev",
+        "cbgp1",
+    ]);
+    run(&["ip", "-n", &ns, "link", "set", "cbgp1", "up"]);
+    run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    guard
+}
+
+/// BIRD with `password "..."` (TCP-MD5): a wrong password of ours gives no session (our
+/// kernel drops BIRD's badly signed SYN), the right one an Established session and routes
+/// both ways.
+#[test]
+fn bird_with_a_password_exchanges_routes() {
+    if !have_bird() {
+        return;
+    }
+    in_netns(|| async {
+        let mut guard = bird_lab(format!("cbgp{}m", std::process::id()));
+        let dirp = guard._dir.path().to_path_buf();
+        let sock = dirp.join("bird.ctl");
+        guard.child = Some(start_bird_with(
+            &guard.ns,
+            &dirp,
+            "10.66.2.0/26",
+            false,
+            Some("bird-s3cret"),
+        ));
+        let me = IpAddr::V4(Ipv4Addr::new(10, 78, 0, 1));
+        let (s, mut t) = start(config(me)).await;
+        s.set_local_routes(vec![Route::new(net("10.66.1.0/26"))]);
+        let mut wrong = bird_peer(me);
+        wrong.password = Some("not-birds".into());
+        s.set_peers(vec![wrong]);
+        let end = Instant::now() + WAIT;
+        while md5_drops("TCPMD5Failure") == 0 {
+            assert!(
+                Instant::now() < end,
+                "no badly signed segment dropped: {}",
+                birdc(&sock, "show protocols all calico")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!established(
+            &s.status().await,
+            "10.78.0.2".parse().expect("ip")
+        ));
+
+        let mut right = bird_peer(me);
+        right.password = Some("bird-s3cret".into());
+        s.set_peers(vec![right]);
+        t.wait("BIRD's prefix learned", |t| {
+            t.has("10.66.2.0/26", &["10.78.0.2".parse().expect("ip")])
+        })
+        .await;
+        wait_bird(&sock, "our prefix at BIRD", |out| {
+            out.contains("10.66.1.0/26") && out.contains("10.78.0.1")
+        })
+        .await;
+        wait_bird_cmd(&sock, "show protocols calico", "BIRD Established", |out| {
+            out.contains("Established")
+        })
+        .await;
+        s.shutdown(false).await;
+        drop(guard);
+    });
+}
+
+#[test]
+fn bird_and_our_speaker_exchange_routes() {
+    if !have_bird() {
         return;
     }
     in_netns(|| async {
         let ns = format!("cbgp{}b", std::process::id());
-        let dir = tempfile::tempdir().expect("tempdir");
-        run(&["ip", "netns", "add", &ns]);
-        let mut guard = BirdGuard {
-            ns: ns.clone(),
-            child: None,
-            _dir: dir,
-        };
+        let mut guard = bird_lab(ns.clone());
         let dirp = guard._dir.path().to_path_buf();
-        // veth: our end in the test thread's namespace, BIRD's end in its own.
-        run(&[
-            "ip", "link", "add", "cbgp0", "type", "veth", "peer", "name", "cbgp1", "netns", &ns,
-        ]);
-        run(&["ip", "addr", "add", "10.78.0.1/24", "dev", "cbgp0"]);
-        run(&["ip", "link", "set", "cbgp0", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            "10.78.0.2/24",
-            "dev",
-            "cbgp1",
-        ]);
-        run(&["ip", "-n", &ns, "link", "set", "cbgp1", "up"]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         let sock = dirp.join("bird.ctl");
         guard.child = Some(start_bird(&ns, &dirp, "10.66.2.0/26", false));
 

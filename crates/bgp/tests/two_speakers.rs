@@ -107,7 +107,7 @@ fn equal_paths_from_two_origins_are_merged() {
 }
 
 #[test]
-fn changed_peer_resets_alone_and_password_is_refused() {
+fn changed_peer_resets_alone() {
     in_netns(|| async {
         let (a_ip, b_ip, c_ip) = (v4(1), v4(2), v4(3));
         let (a, _at) = start(config(a_ip)).await;
@@ -138,22 +138,6 @@ fn changed_peer_resets_alone_and_password_is_refused() {
             "C untouched"
         );
 
-        let mut with_password = peer(a_ip, c_ip);
-        with_password.password = Some("secret".into());
-        a.set_peers(vec![peer(a_ip, b_ip), with_password]);
-        let st = wait_status(&a, "C refused", |st| {
-            st.iter().any(|p| {
-                p.address == c_ip
-                    && p.last_error
-                        .as_deref()
-                        .is_some_and(|e| e.contains("TCP-MD5"))
-            })
-        })
-        .await;
-        assert!(
-            st.iter()
-                .any(|p| p.address == c_ip && p.state == SessionState::Idle)
-        );
         for s in [a, b, c] {
             s.shutdown(false).await;
         }

@@ -182,6 +182,21 @@ pub async fn wait_status(
     }
 }
 
+/// The kernel's count of segments it dropped for TCP-MD5 reasons (`TCPMD5NotFound`: unsigned
+/// but a key is set; `TCPMD5Unexpected`: signed but no key; `TCPMD5Failure`: wrong
+/// signature), in this thread's network namespace (the test's own, see `in_netns`).
+pub fn md5_drops(counter: &str) -> u64 {
+    let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat");
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == counter)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {counter} in netstat"))
+}
+
 pub fn established(st: &[PeerStatus], peer: IpAddr) -> bool {
     st.iter()
         .any(|p| p.address == peer && p.state == SessionState::Established)
