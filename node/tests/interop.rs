@@ -541,26 +541,33 @@ fn our_agent_reflects_routes_between_bird_and_frr() {
     eprintln!("our agent as route reflector: {:?}", started.elapsed());
 }
 
-/// The rows of Calico's `IPv4 BGP status` table: (peer address, type, state, since, info).
+/// The rows of Calico's `IPv4 BGP status` table: (peer address, type, state, since, info),
+/// cells that tablewriter wrapped over several lines joined again.
 fn status_rows(out: &str) -> Vec<[String; 5]> {
     let section = out
         .split("IPv4 BGP status")
         .nth(1)
         .and_then(|s| s.split("IPv6 BGP status").next())
         .unwrap_or("");
-    section
-        .lines()
-        .filter(|l| l.starts_with('|'))
-        .map(|l| {
-            let cells: Vec<String> = l
-                .trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_string())
-                .collect();
-            [0, 1, 2, 3, 4].map(|i| cells.get(i).cloned().unwrap_or_default())
-        })
-        .filter(|r| r[0] != "PEER ADDRESS")
-        .collect()
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let cell = |i: usize| cells.get(i).copied().unwrap_or("").to_string();
+        match rows.last_mut() {
+            // A continuation line: no address, the rest of wrapped cells.
+            Some(last) if cell(0).is_empty() => {
+                for (i, c) in last.iter_mut().enumerate() {
+                    if !cell(i).is_empty() {
+                        c.push(' ');
+                        c.push_str(&cell(i));
+                    }
+                }
+            }
+            _ => rows.push([0, 1, 2, 3, 4].map(cell)),
+        }
+    }
+    rows.retain(|r| r[0] != "PEER ADDRESS");
+    rows
 }
 
 /// Test 4: `calicoctl node status` on node-1 with the mesh (node-2) and a global peer (BIRD
@@ -609,10 +616,18 @@ fn calicoctl_node_status_shows_mesh_and_global_peers() {
         out.contains("IPv6 BGP status\nNo IPv6 peers found.\n"),
         "{out}"
     );
+    // In bird.cfg's order, as BIRD lists them: the mesh, then global peers.
     let rows = status_rows(&out);
-    let row = |addr: &str| rows.iter().find(|r| r[0] == addr).cloned().unwrap();
-    assert_eq!(row(&mesh)[1], "node-to-node mesh", "{out}");
-    assert_eq!(row(&global)[1], "global", "{out}");
+    assert_eq!(
+        (rows[0][0].as_str(), rows[0][1].as_str()),
+        (mesh.as_str(), "node-to-node mesh"),
+        "{out}"
+    );
+    assert_eq!(
+        (rows[1][0].as_str(), rows[1][1].as_str()),
+        (global.as_str(), "global"),
+        "{out}"
+    );
     // SINCE is BIRD's time of day (HH:MM:SS) for a change today.
     for r in &rows {
         assert!(
@@ -632,5 +647,14 @@ fn calicoctl_node_status_shows_mesh_and_global_peers() {
                 .any(|r| r[0] == mesh && r[2] == "up" && r[4] == "Established")
     });
     assert!(down, "{out}\n{}", agent_log(&agents, 0));
+    // INFO as BIRD words it: the BGP state, then the last error (`Socket: Connection closed`
+    // for a peer that went away).
+    let rows = status_rows(&out);
+    let info = &rows.iter().find(|r| r[0] == global).unwrap()[4];
+    let (state, error) = info.split_once(' ').unwrap_or((info, ""));
+    assert!(
+        ["Idle", "Connect", "Active"].contains(&state) && error.starts_with("Socket: "),
+        "{out}"
+    );
     eprintln!("calicoctl node status: {:?}\n{out}", started.elapsed());
 }
