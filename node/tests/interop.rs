@@ -144,13 +144,23 @@ fn bgp_peer(c: &Cluster, name: &str, peer_ip: Ipv4Addr, node: Option<&str>) {
     );
 }
 
-/// Makes node `i` a route reflector (`spec.bgp.routeReflectorClusterID`) with calicoctl
-/// get + apply, as the Calico docs do it.
+/// Makes node `i` a route reflector (`spec.bgp.routeReflectorClusterID`) with `calicoctl
+/// patch node`, the step of Calico's route-reflector guide.
 fn make_route_reflector(c: &Cluster, i: usize, cluster_id: Ipv4Addr) {
-    let text = calicoctl(c, 0, &["get", "node", &node_name(i), "-o", "json"], "");
-    let mut node: Value = serde_json::from_str(&text).unwrap();
-    node["spec"]["bgp"]["routeReflectorClusterID"] = json!(cluster_id.to_string());
-    apply(c, &node.to_string());
+    let patch = json!({"spec": {"bgp": {"routeReflectorClusterID": cluster_id.to_string()}}});
+    calicoctl(
+        c,
+        0,
+        &["patch", "node", &node_name(i), "-p", &patch.to_string()],
+        "",
+    );
+    let node = calicoctl(c, 0, &["get", "node", &node_name(i), "-o", "json"], "");
+    let node: Value = serde_json::from_str(&node).unwrap();
+    assert_eq!(
+        node["spec"]["bgp"]["routeReflectorClusterID"],
+        json!(cluster_id.to_string()),
+        "{node}"
+    );
 }
 
 /// The agent on node `i`, with a 1 s connect retry (Calico's 5 s would make a lost first
