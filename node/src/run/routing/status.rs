@@ -178,12 +178,13 @@ pub async fn peer_metrics(state: &RoutingState) {
 pub async fn report(state: &RoutingState) -> calico_agent_protocol::message::BgpStatusReport {
     let running = state.speaker().is_some();
     let now = std::time::SystemTime::now();
-    let peers = state
+    let mut peers: Vec<_> = state
         .peers()
         .await
         .into_iter()
         .map(|p| peer_row(&p, now))
         .collect();
+    sort_rows(&mut peers);
     calico_agent_protocol::message::BgpStatusReport {
         ipv4_running: running,
         ipv6_running: running,
@@ -194,6 +195,19 @@ pub async fn report(state: &RoutingState) -> calico_agent_protocol::message::Bgp
         },
         peers,
     }
+}
+
+/// Rows in the order of Calico's bird.cfg, which `show protocols` (and so calicoctl)
+/// follows: mesh peers, then global, then node-specific (`bgp_processor.go` `processPeers`);
+/// by protocol name within a kind (Calico's order there comes from a Go map).
+pub fn sort_rows(rows: &mut [calico_agent_protocol::message::BgpPeerStatus]) {
+    rows.sort_by(|a, b| {
+        let kind = |r: &calico_agent_protocol::message::BgpPeerStatus| {
+            calico_routing::peer_kind_from_name(&r.name)
+        };
+        // `None` (a name of no known kind) sorts first; there is none in practice.
+        (kind(a), &a.name).cmp(&(kind(b), &b.name))
+    });
 }
 
 /// One session as BIRD's `show protocols` row reads in Calico's table: state `up` when
@@ -210,7 +224,7 @@ pub fn peer_row(
         s => s.to_string(),
     };
     let info = match (&p.last_error, established) {
-        (Some(e), false) if !e.is_empty() => format!("{bgp_state} {e}"),
+        (Some(e), false) if !e.is_empty() => format!("{bgp_state} {}", bird_error(e)),
         _ => bgp_state,
     };
     calico_agent_protocol::message::BgpPeerStatus {
@@ -222,6 +236,29 @@ pub fn peer_row(
         state: if established { "up" } else { "start" }.to_string(),
         since: since(p.since, now),
         info,
+    }
+}
+
+/// A session's last error in BIRD's words where they differ (`bgp_last_errmsg`): socket
+/// errors read `Socket: <strerror>`, a connection the peer closed `Socket: Connection
+/// closed` (what operators grep calicoctl's INFO for, e.g. `Active Socket: Connection
+/// refused`); anything else as the speaker said it.
+pub fn bird_error(e: &str) -> String {
+    let strerror = |s: &str| {
+        let s = s.split(" (os error").next().unwrap_or(s);
+        let mut c = s.chars();
+        c.next()
+            .map(|f| f.to_uppercase().chain(c).collect::<String>())
+            .unwrap_or_default()
+    };
+    if e == "connection closed by peer" {
+        "Socket: Connection closed".to_string()
+    } else if let Some(io) = e.strip_prefix("connect: ") {
+        format!("Socket: {}", strerror(io))
+    } else if e.contains("(os error ") {
+        format!("Socket: {}", strerror(e))
+    } else {
+        e.to_string()
     }
 }
 
@@ -283,6 +320,66 @@ mod tests {
             updates_in: 0,
             updates_out: 0,
         }
+    }
+
+    #[test]
+    fn socket_errors_read_as_birds() {
+        assert_eq!(
+            bird_error("connection closed by peer"),
+            "Socket: Connection closed"
+        );
+        assert_eq!(
+            bird_error("connect: Connection refused (os error 111)"),
+            "Socket: Connection refused"
+        );
+        assert_eq!(
+            bird_error("Connection reset by peer (os error 104)"),
+            "Socket: Connection reset by peer"
+        );
+        assert_eq!(
+            bird_error("connect: connect timed out"),
+            "Socket: Connect timed out"
+        );
+        assert_eq!(bird_error("hold timer expired"), "hold timer expired");
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_000_100);
+        let closed = peer_row(
+            &status(
+                calico_bgp::SessionState::Connect,
+                false,
+                Some("connection closed by peer"),
+            ),
+            now,
+        );
+        assert_eq!(closed.info, "Connect Socket: Connection closed");
+    }
+
+    #[test]
+    fn rows_follow_birds_protocol_order_mesh_global_node() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_000_100);
+        let mut rows: Vec<_> = [
+            "Node_10_10_0_20",
+            "Global_10_10_0_13",
+            "Mesh_10_10_0_14",
+            "Mesh_10_10_0_12",
+        ]
+        .into_iter()
+        .map(|name| {
+            let mut s = status(calico_bgp::SessionState::Established, false, None);
+            s.name = name.into();
+            peer_row(&s, now)
+        })
+        .collect();
+        sort_rows(&mut rows);
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Mesh_10_10_0_12",
+                "Mesh_10_10_0_14",
+                "Global_10_10_0_13",
+                "Node_10_10_0_20"
+            ]
+        );
     }
 
     #[test]
