@@ -31,6 +31,9 @@ pub struct Desired {
     pub blackholes: Vec<IpNet>,
     /// Routes learned by BGP, as the kernel should have them; `None` with BGP off.
     pub bgp: Option<Vec<KernelRoute>>,
+    /// The Node's IPIP tunnel address, for `tunl0` when that device exists (the kernel's
+    /// ipip module makes it; we never create it).
+    pub ipip_address: Option<std::net::Ipv4Addr>,
     /// Keep our learned routes that `bgp` lacks (a restarting speaker before its peers'
     /// End-of-RIB: they may still be valid, and are swept once BGP has synced).
     pub keep_stale_bgp: bool,
@@ -104,23 +107,56 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
         }
     };
     let mut last: Option<Desired> = None;
-    while let Ok(mut desired) = rx.recv() {
-        // Only the newest state matters.
-        while let Ok(newer) = rx.try_recv() {
-            desired = newer;
-        }
-        if last.as_ref() == Some(&desired) {
-            continue;
-        }
+    let mut last_ok = false;
+    loop {
+        // A failed convergence is tried again soon; a good one is checked now and then
+        // (a route someone removed by hand, a link that went down and took ours along).
+        let wait = if last_ok { RECHECK_EVERY } else { RETRY_AFTER };
+        let desired = match rx.recv_timeout(wait) {
+            Ok(mut desired) => {
+                // Only the newest state matters.
+                while let Ok(newer) = rx.try_recv() {
+                    desired = newer;
+                }
+                if last_ok && last.as_ref() == Some(&desired) {
+                    continue;
+                }
+                desired
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => match &last {
+                Some(d) => d.clone(),
+                None => continue,
+            },
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let started = Instant::now();
         let outcome = converge(&table, &desired);
+        last_ok = outcome.is_ok();
         state.kernel_result(outcome, Some(started.elapsed()));
         last = Some(desired);
     }
 }
 
-/// One convergence; every step runs whatever failed before it, and every error is reported.
+/// How long after a failed convergence it is tried again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a good convergence is checked against the kernel.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One convergence, run twice when the first pass refused something: a prefix that moves
+/// from one of our protocols to another (a pool switched from IPIP to VXLAN, a block that
+/// becomes this node's) is refused while the old owner's route is there, and the old
+/// owner's pass removes it; the second pass then installs it.
 fn converge(table: &RouteTable, d: &Desired) -> Result<String, String> {
+    match converge_once(table, d) {
+        Ok(s) => Ok(s),
+        Err(first) => converge_once(table, d).inspect_err(|_| {
+            log::debug!("routes: first pass: {first}");
+        }),
+    }
+}
+
+/// One pass; every step runs whatever failed before it, and every error is reported.
+fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
     let mut errors = Vec::new();
     let mut summary = Vec::new();
     let blackholes: Vec<RouteSpec> = d
@@ -160,6 +196,9 @@ fn converge(table: &RouteTable, d: &Desired) -> Result<String, String> {
         }
     }
 
+    if let Err(e) = tunl0(nl, d.ipip_address) {
+        errors.push(e);
+    }
     if let Some(routes) = &d.bgp {
         match specs(nl, routes, PROTO_BGP, None) {
             Ok((mut specs, missing)) => {
@@ -191,6 +230,30 @@ fn converge(table: &RouteTable, d: &Desired) -> Result<String, String> {
     } else {
         Err(errors.join("; "))
     }
+}
+
+/// `tunl0`, if the kernel has it: up, with the Node's IPIP tunnel address (/32), as Felix
+/// sets it; routes `dev tunl0 onlink` are refused while it is down.
+fn tunl0(nl: &Netlink, address: Option<std::net::Ipv4Addr>) -> Result<(), String> {
+    let Some(link) = nl
+        .link(calico_dataplane::vxlan::IPIP_DEVICE)
+        .map_err(|e| format!("reading tunl0: {e}"))?
+    else {
+        return Ok(());
+    };
+    nl.set_up(link.index)
+        .map_err(|e| format!("setting tunl0 up: {e}"))?;
+    if let Some(a) = address {
+        let net = IpNet::from(IpAddr::V4(a));
+        let have = nl
+            .addresses(link.index)
+            .map_err(|e| format!("reading tunl0's addresses: {e}"))?;
+        if !have.contains(&net) {
+            nl.add_address(link.index, net)
+                .map_err(|e| format!("adding {net} to tunl0: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn record(

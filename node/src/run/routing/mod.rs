@@ -42,6 +42,11 @@ const HOLD_TIME: Duration = Duration::from_secs(240);
 /// Calico's `connect delay time 2; connect retry time 5`.
 const CONNECT_DELAY: Duration = Duration::from_secs(2);
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
+/// How long events are gathered before the plan is computed again.
+const SETTLE: Duration = Duration::from_millis(2);
+/// How often everything is computed and converged again without a change (a failed speaker
+/// start, a route someone removed by hand).
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// How often the sessions' states are brought into the metrics.
 const PEER_METRICS_EVERY: Duration = Duration::from_secs(1);
 /// The VXLAN device's MTU when no MTU file says otherwise (1500 less VXLAN's 50).
@@ -225,8 +230,17 @@ pub async fn run(
     let syncer = {
         let etcd = etcd.clone();
         tokio::spawn(async move {
-            if let Err(e) = calico_datastore::sync_prefixes(&etcd, cache::prefixes(), tx).await {
-                log::error!("route distribution: datastore watch: {e}");
+            // The syncer retries what it can; if it ever gives up, it is started again (a
+            // routing task without a datastore would otherwise stop for good).
+            loop {
+                match calico_datastore::sync_prefixes(&etcd, cache::prefixes(), tx.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => log::error!("route distribution: datastore watch: {e}; again in 1 s"),
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     };
@@ -247,12 +261,16 @@ pub async fn run(
     };
     r.secrets.dir = r.settings.secrets_dir.clone();
     let mut peer_metrics = tokio::time::interval(PEER_METRICS_EVERY);
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
         tokio::select! {
             _ = peer_metrics.tick() => {
                 status::peer_metrics(&state).await;
                 continue;
             }
+            // Now and then (and soon after a speaker could not start) everything is
+            // computed again, so nothing waits for an unrelated change to be retried.
+            _ = resync.tick() => {}
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     r.cache.apply(ev);
@@ -271,11 +289,30 @@ pub async fn run(
                 }
                 None => {
                     log::warn!("BGP speaker stopped; starting it again");
-                    r.bgp = None;
-                    r.state.set_speaker(None);
+                    r.speaker_gone();
                 }
             },
             _ = stop.changed() => break,
+        }
+        // A short pause gathers what arrives together (a burst of UPDATEs, a transaction's
+        // keys) into one computation.
+        let settle = tokio::time::sleep(SETTLE);
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                _ = &mut settle => break,
+                ev = rx.recv() => match ev {
+                    Some(ev) => r.cache.apply(ev),
+                    None => break,
+                },
+                ev = next_rib(&mut r.bgp) => match ev {
+                    Some(ev) => r.rib(ev),
+                    None => {
+                        r.speaker_gone();
+                        break;
+                    }
+                },
+            }
         }
         r.recompute().await;
     }
@@ -314,6 +351,17 @@ struct Routing {
 }
 
 impl Routing {
+    /// The speaker stopped (its task ended, or it is being replaced): what it learned is
+    /// kept in the kernel as stale until a new speaker has synced, as after a restart.
+    fn speaker_gone(&mut self) {
+        self.bgp = None;
+        self.state.set_speaker(None);
+        self.learned.clear();
+        self.bgp_synced = false;
+        self.state.set_bgp_synced(false);
+        self.restarting = true;
+    }
+
     fn rib(&mut self, ev: RibEvent) {
         match ev {
             RibEvent::Best { prefix, next_hops } => {
@@ -342,6 +390,15 @@ impl Routing {
         }
         self.state.set_datastore_synced();
         let view = self.cache.view();
+        // Without our own Node (not written yet, or deleted and about to be written again)
+        // nothing can be planned: the kernel keeps what it has.
+        if !view.nodes.iter().any(|n| n.metadata.name == self.node) {
+            self.state.set_plan_problem(Some(format!(
+                "node {:?} is not in the datastore",
+                self.node
+            )));
+            return;
+        }
         let mut desired = Desired::default();
         let local_subnets = local_subnets();
         if self.settings.backend == Backend::Bird {
@@ -364,11 +421,24 @@ impl Routing {
                     routes.extend(plan.peer_routes.iter().cloned());
                     desired.bgp = Some(routes);
                     desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
+                    desired.ipip_address = view
+                        .nodes
+                        .iter()
+                        .find(|n| n.metadata.name == self.node)
+                        .and_then(|n| n.spec.bgp.as_ref())
+                        .and_then(|b| b.ipv4_ipip_tunnel_addr.parse().ok());
                 }
-                Err(e) => self.state.set_plan_problem(Some(e.to_string())),
+                Err(e) => {
+                    // A plan that cannot be made (a bad routeReflectorClusterID, say)
+                    // changes nothing in the kernel: what worked keeps working.
+                    self.state.set_plan_problem(Some(e.to_string()));
+                    return;
+                }
             }
         }
-        let (blackholes, vxlan) = self.vxlan(&view);
+        let Some((blackholes, vxlan)) = self.vxlan(&view) else {
+            return;
+        };
         desired.blackholes.extend(blackholes);
         let unique: BTreeSet<IpNet> = desired.blackholes.drain(..).collect();
         desired.blackholes = unique.into_iter().collect();
@@ -396,9 +466,16 @@ impl Routing {
         };
         if self.bgp.as_ref().is_some_and(|b| b.key != key) {
             log::info!("BGP identity changed ({key:?}): restarting the speaker");
-            self.bgp = None;
-            self.state.set_speaker(None);
-            self.learned.clear();
+            let old = self.bgp.take();
+            self.speaker_gone();
+            // Stopped before the new one binds its port (graceful: peers keep our routes
+            // until the new speaker has told them).
+            if let Some(b) = old {
+                match Arc::try_unwrap(b.speaker) {
+                    Ok(s) => s.shutdown(true).await,
+                    Err(shared) => drop(shared),
+                }
+            }
         }
         if self.bgp.is_none() {
             let cfg = SpeakerConfig {
@@ -481,27 +558,33 @@ impl Routing {
     }
 
     /// Felix's VXLAN manager: blackholes of local VXLAN blocks and the device state.
-    fn vxlan(&self, view: &ClusterView) -> (Vec<IpNet>, Option<VxlanDesired>) {
+    /// `None` when the host's interfaces cannot be read now (try again later rather than
+    /// recreate the device without its parent).
+    fn vxlan(&self, view: &ClusterView) -> Option<(Vec<IpNet>, Option<VxlanDesired>)> {
         let plan = calico_routing::vxlan_plan(view, &self.node);
         let Some(local) = &plan.local else {
-            return (plan.blackholes, None);
+            return Some((plan.blackholes, None));
         };
         let (IpAddr::V4(address), IpAddr::V4(parent)) = (local.tunnel_addr, local.parent_addr)
         else {
-            return (plan.blackholes, None);
+            return Some((plan.blackholes, None));
         };
         let Some(mac) = parse_mac(&local.mac) else {
             log::warn!("VXLAN: this node's MAC {:?} is not a MAC", local.mac);
-            return (plan.blackholes, None);
+            return Some((plan.blackholes, None));
         };
-        let parent_index = calico_dataplane::netlink::Netlink::host()
-            .and_then(|nl| nl.interfaces())
-            .ok()
-            .and_then(|ifs| {
-                ifs.into_iter()
-                    .find(|i| i.addresses.iter().any(|a| a.addr() == local.parent_addr))
-                    .map(|i| i.index)
-            });
+        let interfaces =
+            match calico_dataplane::netlink::Netlink::host().and_then(|nl| nl.interfaces()) {
+                Ok(i) => i,
+                Err(e) => {
+                    log::warn!("VXLAN: reading the host's interfaces: {e}");
+                    return None;
+                }
+            };
+        let parent_index = interfaces
+            .into_iter()
+            .find(|i| i.addresses.iter().any(|a| a.addr() == local.parent_addr))
+            .map(|i| i.index);
         let mtu = calico_fsbound::read_config_string(&self.settings.mtu_file, 64, "the MTU file")
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
@@ -530,7 +613,7 @@ impl Routing {
             fdb,
             routes: plan.routes.clone(),
         };
-        (plan.blackholes, Some(desired))
+        Some((plan.blackholes, Some(desired)))
     }
 }
 
