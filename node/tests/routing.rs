@@ -285,3 +285,26 @@ fn the_vxlan_backend_carries_pods_across_nodes_through_vxlan_calico() {
     );
     let _ = IpNet::from(pods[0].block);
 }
+
+#[test]
+fn an_address_borrowed_from_another_nodes_block_is_announced_and_reached() {
+    require!(root; "etcd", "go", "ip", "busybox");
+    // One pool of one /30 block: node-1 claims it, node-2's pod borrows from it.
+    let (c, agents) = cluster(
+        2,
+        &[
+            ("CALICO_IPV4POOL_CIDR", "10.246.0.0/30"),
+            ("CALICO_IPV4POOL_BLOCK_SIZE", "30"),
+        ],
+        &[],
+    );
+    let owner = add_pod(&c, 0, "own0");
+    let borrower = add_pod(&c, 1, "borrow1");
+    let block = Ipv4Net::new(Ipv4Addr::new(10, 246, 0, 0), 30).unwrap();
+    assert!(block.contains(&owner.ip) && block.contains(&borrower.ip));
+    let host = Ipv4Net::new(borrower.ip, 32).unwrap();
+    // node-1 routes the borrowed /32 to node-2, past its own blackhole for the block.
+    wait_route(&c, &agents, 0, host, c.node(1).underlay_ip(), "78");
+    assert!(pings(&owner, &borrower));
+    assert!(pings(&borrower, &owner));
+}

@@ -8,7 +8,7 @@ use calico_datastore::model::bgp::{BGP_CONFIGURATIONS, BGP_PEERS};
 use calico_datastore::model::keys::{parse_affinity, resources_prefix};
 use calico_datastore::model::{
     BgpConfiguration, BgpConfigurationSpec, BgpPeer, BgpPeerSpec, BlockAffinity, IpPool,
-    IpPoolSpec, Node, Resource,
+    IpPoolSpec, Node, Resource, WorkloadEndpointSpec,
 };
 use calico_datastore::watch::SyncEvent;
 use calico_routing::ClusterView;
@@ -27,6 +27,7 @@ pub fn prefixes() -> Vec<String> {
         resources_prefix(BGP_CONFIGURATIONS),
         resources_prefix(BGP_PEERS),
         resources_prefix("ippools"),
+        resources_prefix("workloadendpoints"),
         AFFINITIES.to_string(),
     ]
 }
@@ -39,6 +40,8 @@ enum Entry {
     Peer(Box<BgpPeer>),
     Pool(Box<IpPool>),
     Affinity(String, IpNet),
+    /// A workload endpoint's node and addresses.
+    Workload(String, Vec<IpNet>),
     /// Unparsable, pending or not ours: kept out of the view.
     Skipped,
 }
@@ -85,6 +88,18 @@ impl Cache {
         }
     }
 
+    /// The addresses of the workload endpoints on `node`.
+    pub fn workload_addresses(&self, node: &str) -> Vec<IpNet> {
+        self.entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Workload(n, nets) if n == node => Some(nets.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     /// The view the route calculation reads.
     pub fn view(&self) -> ClusterView {
         let mut view = ClusterView::default();
@@ -95,6 +110,7 @@ impl Cache {
                 Entry::Peer(p) => view.bgp_peers.push((**p).clone()),
                 Entry::Pool(p) => view.pools.push((**p).clone()),
                 Entry::Affinity(node, block) => view.affinities.push((node.clone(), *block)),
+                Entry::Workload(..) => {}
                 Entry::Skipped => {}
             }
         }
@@ -115,6 +131,16 @@ fn parse(kv: &Kv) -> Entry {
         resource::<BgpPeerSpec>(kv).map_or(Entry::Skipped, |r| Entry::Peer(Box::new(r)))
     } else if under("ippools") {
         resource::<IpPoolSpec>(kv).map_or(Entry::Skipped, |r| Entry::Pool(Box::new(r)))
+    } else if under("workloadendpoints") {
+        resource::<WorkloadEndpointSpec>(kv).map_or(Entry::Skipped, |r| {
+            let nets = r
+                .spec
+                .ip_networks
+                .iter()
+                .filter_map(|n| n.parse::<IpNet>().ok())
+                .collect();
+            Entry::Workload(r.spec.node, nets)
+        })
     } else if key.starts_with(AFFINITIES) {
         let Some((node, block)) = parse_affinity(key) else {
             return Entry::Skipped;

@@ -409,7 +409,12 @@ impl Routing {
                     for w in &plan.warnings {
                         log::debug!("plan: {w}");
                     }
-                    self.speak(&plan).await;
+                    let borrowed = borrowed_addresses(
+                        &view,
+                        &self.node,
+                        &self.cache.workload_addresses(&self.node),
+                    );
+                    self.speak(&plan, &borrowed).await;
                     desired.blackholes = plan.blackholes.clone();
                     let mut routes = calico_routing::kernel_routes(
                         &view,
@@ -447,7 +452,7 @@ impl Routing {
     }
 
     /// Starts, restarts or updates the speaker for `plan`.
-    async fn speak(&mut self, plan: &BgpPlan) {
+    async fn speak(&mut self, plan: &BgpPlan, borrowed: &[IpNet]) {
         let wants_v6 = plan.node_ipv6.is_some();
         let listen_ip = plan
             .listen_addresses
@@ -516,7 +521,7 @@ impl Routing {
         bgp.speaker
             .set_peers(plan.peers.iter().map(|p| self.peer_config(p)).collect());
         bgp.speaker.set_export_filter(export_filter(plan));
-        let originated: Vec<Route> = plan
+        let mut originated: Vec<Route> = plan
             .originated
             .iter()
             .map(|o| Route {
@@ -525,6 +530,27 @@ impl Routing {
                 large_communities: o.large_communities.clone(),
             })
             .collect();
+        // Addresses borrowed from another node's block: Calico's BIRD learns their
+        // workload routes from the kernel and exports them (they are inside a pool); the
+        // other nodes then prefer this /32 (/128) to the block's owner.
+        let communities = |p: &IpNet| {
+            plan.community_rules
+                .iter()
+                .filter(|r| r.cidr.contains(p))
+                .fold((Vec::new(), Vec::new()), |(mut c, mut l), r| {
+                    c.extend(r.communities.iter().copied());
+                    l.extend(r.large_communities.iter().copied());
+                    (c, l)
+                })
+        };
+        originated.extend(borrowed.iter().map(|p| {
+            let (communities, large_communities) = communities(p);
+            Route {
+                prefix: *p,
+                communities,
+                large_communities,
+            }
+        }));
         self.state
             .metrics()
             .bgp_routes_originated
@@ -628,6 +654,32 @@ fn export_filter(plan: &BgpPlan) -> ExportFilter {
         }
     }
     f
+}
+
+/// This node's workload addresses that lie in no block affine to it but inside an IP pool
+/// whose routes are exported (borrowed addresses: IPAM found no free block of its own).
+fn borrowed_addresses(view: &ClusterView, node: &str, workloads: &[IpNet]) -> Vec<IpNet> {
+    let own: Vec<IpNet> = view
+        .affinities
+        .iter()
+        .filter(|(n, _)| n == node)
+        .map(|(_, b)| *b)
+        .collect();
+    let exported: Vec<IpNet> = view
+        .pools
+        .iter()
+        .filter(|p| !p.spec.disabled && !p.spec.disable_bgp_export)
+        .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok())
+        .collect();
+    let mut out: Vec<IpNet> = workloads
+        .iter()
+        .map(|a| IpNet::from(a.addr()))
+        .filter(|a| !own.iter().any(|b| b.contains(a)))
+        .filter(|a| exported.iter().any(|p| p.contains(a)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The subnets of this namespace's interfaces (for IPIP/VXLAN `CrossSubnet`).
