@@ -69,8 +69,17 @@ impl RoutingState {
         });
     }
 
+    /// Why IPIP routes cannot carry traffic here (the kernel's ipip probe), set while a pool
+    /// asks for IPIP; logged when it starts to matter.
     pub fn set_ipip(&self, reason: Option<String>) {
-        self.with(|i| i.ipip = reason);
+        self.with(|i| {
+            if i.ipip != reason
+                && let Some(r) = &reason
+            {
+                log::warn!("route distribution: {r}");
+            }
+            i.ipip = reason;
+        });
     }
 
     /// A kernel convergence's outcome.
