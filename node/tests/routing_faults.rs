@@ -476,9 +476,9 @@ fn agent_restart_keeps_routes_and_traffic(kill: bool) {
             routes(&c, j)
         );
     }
-    for j in 1..3 {
+    for (j, p) in pods.iter().enumerate().skip(1) {
         assert!(
-            has_route(&c, 0, pods[j].block, c.node(j).underlay_ip()),
+            has_route(&c, 0, p.block, c.node(j).underlay_ip()),
             "node-1 lost its learned route to node-{}: {:?}",
             j + 1,
             routes(&c, 0)
@@ -715,7 +715,7 @@ fn notification_for(s: &mut TcpStream, bad: &[u8]) -> (u8, u8) {
             Some((3, body)) => {
                 let n = (body[0], body[1]);
                 let mut rest = Vec::new();
-                let closed = matches!(s.read_to_end(&mut rest), Ok(_));
+                let closed = s.read_to_end(&mut rest).is_ok();
                 assert!(
                     closed,
                     "the agent kept the connection after its NOTIFICATION"
