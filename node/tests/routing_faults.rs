@@ -10,7 +10,9 @@
 //!   End-of-RIB when it comes back without them. With a restart time of 0
 //!   (`nodeMeshMaxRestartTime: 0s`, which confd renders as `graceful restart time 0`) the
 //!   routes leave at once when the socket closes: the "at once on a closed socket".
-//!   Either way they leave within the hold time (restart time ≤ hold time).
+//!   Either way they leave within the hold time (restart time ≤ hold time). A peer that goes
+//!   silent with its socket open loses its routes when the hold timer expires (NOTIFICATION
+//!   4/0; not kept as stale, as BIRD without RFC 8538).
 //! - Our agent restarted (SIGTERM or SIGKILL): peers keep its routes (a SIGTERM closes the
 //!   sessions without a Cease, as calico-node's BIRD is in effect killed when its container
 //!   stops), the node keeps its learned routes (proto 78), traffic continues; routes that
@@ -665,8 +667,8 @@ fn message(kind: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// OPEN: AS 64512, hold 90 s, our id, IPv4 unicast and 4-octet AS capabilities.
-fn open() -> Vec<u8> {
+/// OPEN: AS 64512, `hold` seconds, our id, IPv4 unicast and 4-octet AS capabilities.
+fn open(hold: u16) -> Vec<u8> {
     let caps: Vec<u8> = [
         vec![1, 4, 0, 1, 0, 1],
         [vec![65, 4], 64512u32.to_be_bytes().to_vec()].concat(),
@@ -674,7 +676,7 @@ fn open() -> Vec<u8> {
     .concat();
     let mut body = vec![4];
     body.extend_from_slice(&64512u16.to_be_bytes());
-    body.extend_from_slice(&90u16.to_be_bytes());
+    body.extend_from_slice(&hold.to_be_bytes());
     body.extend_from_slice(&RAW_PEER.octets());
     body.push(u8::try_from(caps.len() + 2).unwrap());
     body.push(2);
@@ -696,12 +698,16 @@ fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 
 /// A session with the agent on node-1 from the raw peer's namespace, up to Established.
 fn raw_session(ns: &NetNs, to: Ipv4Addr) -> TcpStream {
+    raw_session_with_hold(ns, to, 90)
+}
+
+fn raw_session_with_hold(ns: &NetNs, to: Ipv4Addr, hold: u16) -> TcpStream {
     let mut s = ns
         .within(move || TcpStream::connect_timeout(&(to, 179).into(), Duration::from_secs(5)))
         .unwrap()
         .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&open()).unwrap();
+    s.write_all(&open(hold)).unwrap();
     let (kind, body) = read_message(&mut s).expect("the agent closed instead of an OPEN");
     assert_eq!(
         kind, 1,
@@ -715,6 +721,20 @@ fn raw_session(ns: &NetNs, to: Ipv4Addr) -> TcpStream {
             return s;
         }
     }
+}
+
+/// A BGPPeer of node-1 at [`RAW_PEER`] (iBGP).
+fn raw_peer_of_node1(c: &Cluster) {
+    let peer = json!({"kind": "BGPPeer", "apiVersion": "projectcalico.org/v3",
+                      "metadata": {"name": "raw"},
+                      "spec": {"node": "node-1", "peerIP": RAW_PEER.to_string(),
+                               "asNumber": 64512}});
+    c.etcd
+        .put(
+            "/calico/resources/v3/projectcalico.org/bgppeers/raw",
+            &peer.to_string(),
+        )
+        .unwrap();
 }
 
 /// Sends `bad` and returns the NOTIFICATION's (code, subcode); asserts the agent then
@@ -752,16 +772,7 @@ fn a_malformed_message_gets_a_notification_and_resets_only_its_session() {
     // The raw peer is configured once the mesh has synced: a peer that never sends its
     // End-of-RIB would hold back node-1's first kernel programming for the deferral time,
     // as BIRD's `-R` recovery does (projectcalico/node#355).
-    let peer = json!({"kind": "BGPPeer", "apiVersion": "projectcalico.org/v3",
-                      "metadata": {"name": "raw"},
-                      "spec": {"node": "node-1", "peerIP": RAW_PEER.to_string(),
-                               "asNumber": 64512}});
-    c.etcd
-        .put(
-            "/calico/resources/v3/projectcalico.org/bgppeers/raw",
-            &peer.to_string(),
-        )
-        .unwrap();
+    raw_peer_of_node1(&c);
     let raw = c.underlay.attach("bgpraw", RAW_PEER).unwrap();
     let node1 = c.node(0).underlay_ip();
 
@@ -920,5 +931,62 @@ fn ipip_cross_subnet_on_one_subnet_routes_blocks_directly() {
         for (j, b) in pods.iter().enumerate().filter(|(j, _)| *j != i) {
             assert!(pings(a, b), "node-{} → node-{}", i + 1, j + 1);
         }
+    }
+}
+
+/// A peer that goes silent without closing its socket (a host cut off): its routes leave
+/// when the hold time expires, with a NOTIFICATION Hold Timer Expired (4/0), and are not
+/// kept as stale (RFC 4724 covers TCP loss, not an expired hold timer; BIRD does the same).
+/// The raw peer proposes a 3 s hold time (Calico sets none: BIRD's 240 s would bound this
+/// test by minutes).
+#[test]
+fn a_silent_peers_routes_leave_when_its_hold_time_expires() {
+    require!(root; "etcd", "go", "ip", "busybox");
+    let (c, agents) = cluster(3, &[("CALICO_IPV4POOL_CIDR", POOL)], |_| {});
+    mesh_with_pods(&c, &agents, "hold");
+    raw_peer_of_node1(&c);
+    let raw = c.underlay.attach("bgphold", RAW_PEER).unwrap();
+    let mut s = raw_session_with_hold(&raw, c.node(0).underlay_ip(), 3);
+    // 10.99.0.0/24 via the raw peer, then End-of-RIB.
+    let attrs: Vec<u8> = [
+        vec![0x40, 1, 1, 0],
+        vec![0x40, 2, 0],
+        [vec![0x40, 3, 4], RAW_PEER.octets().to_vec()].concat(),
+        vec![0x40, 5, 4, 0, 0, 0, 100],
+    ]
+    .concat();
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&u16::try_from(attrs.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&attrs);
+    body.extend_from_slice(&[24, 10, 99, 0]);
+    s.write_all(&message(2, &body)).unwrap();
+    s.write_all(&message(2, &[0, 0, 0, 0])).unwrap();
+    let learned: Ipv4Net = "10.99.0.0/24".parse().unwrap();
+    let ok = eventually(WAIT, || has_route(&c, 0, learned, RAW_PEER));
+    assert!(ok, "node-1 never routed {learned}: {:?}", routes(&c, 0));
+    // Silence: nothing more is sent, the socket stays open.
+    let silent_from = Instant::now();
+    let notification = loop {
+        match read_message(&mut s) {
+            Some((3, body)) => break (body[0], body[1]),
+            Some(_) => continue,
+            None => panic!("closed without a NOTIFICATION: {}", agents[0].log()),
+        }
+    };
+    let expired = silent_from.elapsed();
+    assert_eq!(notification, (4, 0), "{}", agents[0].log());
+    assert!(
+        expired >= Duration::from_secs(2) && expired < Duration::from_secs(6),
+        "hold timer of 3 s expired after {expired:?}"
+    );
+    wait_no_route(&c, &agents, 0, learned, Duration::from_secs(2));
+    eprintln!(
+        "silent peer: hold expired after {expired:?}, route gone after {:?}",
+        silent_from.elapsed()
+    );
+    // The mesh is untouched (the metric counts the raw session until its next refresh).
+    wait_established(&agents[0], 2.0);
+    for a in &agents[1..] {
+        assert_eq!(established(a), 2.0, "{}", a.log());
     }
 }
