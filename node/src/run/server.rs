@@ -83,6 +83,8 @@ impl Shared {
             (Ok(()), false) => format!("etcd at {} answers", self.etcd.endpoints()),
             (Err(e), false) => e.clone(),
         };
+        // Route distribution's state rides along (IPIP unavailable, waiting for BGP, ...);
+        // it does not decide readiness, as BIRD's state does not decide Felix's.
         let detail = format!("{detail}; {}", self.routing.summary());
         HealthReport {
             live: true,

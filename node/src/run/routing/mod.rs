@@ -218,9 +218,12 @@ pub async fn run(
         settings.backend.name()
     );
     let ipip = calico_dataplane::vxlan::ipip_support();
-    if !ipip.available {
-        state.set_ipip(Some(format!("IPIP unavailable: {}", ipip.reason)));
-    }
+    let ipip_unavailable = (!ipip.available).then(|| {
+        format!(
+            "IPIP unavailable: {} (IPIP pools' routes still name tunl0)",
+            ipip.reason
+        )
+    });
     // Learned routes of a previous run still in the kernel: we are restarting (RFC 4724).
     let restarting = calico_dataplane::routes::RouteTable::host()
         .and_then(|t| t.list(calico_dataplane::routes::PROTO_BGP))
@@ -254,6 +257,7 @@ pub async fn run(
         bgp: None,
         bgp_synced: false,
         restarting,
+        ipip_unavailable,
         programmer,
         secrets: FileSecrets {
             dir: PathBuf::new(),
@@ -346,6 +350,8 @@ struct Routing {
     bgp: Option<Bgp>,
     bgp_synced: bool,
     restarting: bool,
+    /// The ipip probe's reason when the kernel cannot make IPIP tunnels.
+    ipip_unavailable: Option<String>,
     programmer: Programmer,
     secrets: FileSecrets,
 }
@@ -390,6 +396,11 @@ impl Routing {
         }
         self.state.set_datastore_synced();
         let view = self.cache.view();
+        let wants_ipip = view.pools.iter().any(|p| {
+            !p.spec.disabled && matches!(p.spec.ipip_mode.as_str(), "Always" | "CrossSubnet")
+        });
+        self.state
+            .set_ipip(self.ipip_unavailable.clone().filter(|_| wants_ipip));
         // Without our own Node (not written yet, or deleted and about to be written again)
         // nothing can be planned: the kernel keeps what it has.
         if !view.nodes.iter().any(|n| n.metadata.name == self.node) {

@@ -69,8 +69,17 @@ impl RoutingState {
         });
     }
 
+    /// Why IPIP routes cannot carry traffic here (the kernel's ipip probe), set while a pool
+    /// asks for IPIP; logged when it starts to matter.
     pub fn set_ipip(&self, reason: Option<String>) {
-        self.with(|i| i.ipip = reason);
+        self.with(|i| {
+            if i.ipip != reason
+                && let Some(r) = &reason
+            {
+                log::warn!("route distribution: {r}");
+            }
+            i.ipip = reason;
+        });
     }
 
     /// A kernel convergence's outcome.
@@ -111,7 +120,9 @@ impl RoutingState {
     pub fn summary(&self) -> String {
         self.with(|i| {
             let mut parts = vec![format!("routing {}", self.backend)];
-            if !i.datastore_synced {
+            if self.backend == "none" {
+                // Nothing to wait for: route distribution is off.
+            } else if !i.datastore_synced {
                 parts.push("waiting for the datastore".into());
             } else if self.backend == "bird" && !i.bgp_synced {
                 parts.push("waiting for BGP End-of-RIB".into());
@@ -300,6 +311,24 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn the_summary_says_why_routing_waits_and_that_ipip_is_unavailable() {
+        let off = RoutingState::new("none", Metrics::new());
+        assert_eq!(off.summary(), "routing none");
+        let bird = RoutingState::new("bird", Metrics::new());
+        assert_eq!(bird.summary(), "routing bird; waiting for the datastore");
+        bird.set_datastore_synced();
+        assert_eq!(bird.summary(), "routing bird; waiting for BGP End-of-RIB");
+        bird.set_bgp_synced(true);
+        bird.set_ipip(Some("IPIP unavailable: no ipip module".into()));
+        assert_eq!(
+            bird.summary(),
+            "routing bird; synced; IPIP unavailable: no ipip module"
+        );
+        bird.set_ipip(None);
+        assert_eq!(bird.summary(), "routing bird; synced");
+    }
 
     fn status(
         state: calico_bgp::SessionState,
