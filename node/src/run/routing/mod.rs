@@ -465,15 +465,14 @@ impl Routing {
     /// Starts, restarts or updates the speaker for `plan`.
     async fn speak(&mut self, plan: &BgpPlan, borrowed: &[IpNet]) {
         let wants_v6 = plan.node_ipv6.is_some();
-        let listen_ip = plan
-            .listen_addresses
-            .first()
-            .copied()
-            .unwrap_or(if wants_v6 {
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            });
+        // `bindMode: NodeIP` binds the node's address; a dual-stack node has two, and the
+        // speaker has one listener, so it then listens on every address (IPv6 socket that
+        // takes IPv4 too) rather than refuse one family's peers.
+        let listen_ip = match plan.listen_addresses.as_slice() {
+            [one] => *one,
+            [] if !wants_v6 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            _ => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
         let key = SpeakerKey {
             router_id: plan.router_id,
             local_as: plan.local_as,
