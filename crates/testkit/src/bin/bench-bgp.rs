@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -485,7 +485,12 @@ impl Observer {
 
     /// Waits until `prefix` is in the kernel of every node but `except`; the last first
     /// sighting.
-    fn wait_everywhere(&self, prefix: Ipv4Net, except: usize, timeout: Duration) -> Result<Instant> {
+    fn wait_everywhere(
+        &self,
+        prefix: Ipv4Net,
+        except: usize,
+        timeout: Duration,
+    ) -> Result<Instant> {
         let t0 = Instant::now();
         loop {
             check_interrupted()?;
@@ -593,7 +598,10 @@ fn start_agents_at_once(c: &Cluster, args: &Args) -> Result<Vec<Agent>> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow::anyhow!("agent start panicked"))?)
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("agent start panicked"))?
+            })
             .collect()
     })
 }
@@ -719,7 +727,12 @@ fn reach(args: &Args) -> Result<Value> {
             match (everywhere, committed) {
                 (Ok(all), Ok(commit)) => {
                     from_commit.push(ms(all.saturating_duration_since(commit)));
-                    from_return.push(ms(all.saturating_duration_since(returned)));
+                    // Negative when the route was everywhere before the ADD returned.
+                    from_return.push(if all >= returned {
+                        ms(all - returned)
+                    } else {
+                        -ms(returned - all)
+                    });
                     add_ms.push(ms(returned - started));
                 }
                 (a, b) => failures.push(format!("claim {k} ({prefix}): {a:?} {b:?}")),
@@ -808,7 +821,10 @@ fn rr(args: &Args) -> Result<Value> {
         want[0] = (n - 1) as f64;
         wait_established(&agents, &want, Duration::from_secs(60))?;
         let watch = CommitWatch::start(&c)?;
-        let pids: Vec<u32> = (0..n).filter(|i| *i != 1).map(|i| agents[i].pid()).collect();
+        let pids: Vec<u32> = (0..n)
+            .filter(|i| *i != 1)
+            .map(|i| agents[i].pid())
+            .collect();
         let kvs: Vec<(String, String)> = blocks
             .iter()
             .map(|b| (affinity_key("node-2", *b), AFFINITY_VALUE.to_string()))
@@ -838,7 +854,8 @@ fn rr(args: &Args) -> Result<Value> {
         let cluster_id: Ipv4Addr = RR_CLUSTER_ID.parse()?;
         let mut rr_cfg = SpeakerConfig::new(Lab::ip(0), DEFAULT_ASN).timers(args.bird_timers());
         for i in 1..n {
-            rr_cfg = rr_cfg.neighbor(Neighbor::new(Lab::ip(i), DEFAULT_ASN).rr_client(Some(cluster_id)));
+            rr_cfg =
+                rr_cfg.neighbor(Neighbor::new(Lab::ip(i), DEFAULT_ASN).rr_client(Some(cluster_id)));
         }
         let mut birds = vec![Bird::start(lab.netns(0), rr_cfg)?];
         for i in 1..n {
@@ -878,7 +895,10 @@ fn rr(args: &Args) -> Result<Value> {
 
 /// Cold start of `n` nodes with `per` blocks each; also the resident sizes afterwards.
 fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
-    eprintln!("== {label}: {n} nodes x {per} blocks ({} routes per kernel)", (n - 1) * per);
+    eprintln!(
+        "== {label}: {n} nodes x {per} blocks ({} routes per kernel)",
+        (n - 1) * per
+    );
     let load_before = loadavg();
     let pool: Ipv4Net = POOL.parse()?;
     let blocks: Vec<Vec<Ipv4Net>> = (0..n)
@@ -928,7 +948,10 @@ fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().map_err(|_| anyhow::anyhow!("bird start panicked"))?)
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("bird start panicked"))?
+                })
                 .collect::<Result<Vec<Bird>>>()
         })?;
         let started = t0.elapsed();
@@ -940,9 +963,11 @@ fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
                "first_kernel_full_s": secs(times.iter().min().copied().unwrap_or_default()),
                "all_started_s": secs(started), "rss_kib": rss})
     };
-    Ok(json!({"part": label, "nodes": n, "prefixes_per_node": per, "routes_per_kernel": want,
+    Ok(
+        json!({"part": label, "nodes": n, "prefixes_per_node": per, "routes_per_kernel": want,
               "load_before": load_before, "load_after": loadavg(),
-              "ours": ours, "bird": bird}))
+              "ours": ours, "bird": bird}),
+    )
 }
 
 fn scale(args: &Args) -> Result<Value> {
@@ -1019,9 +1044,11 @@ fn scale(args: &Args) -> Result<Value> {
                                     "max": percentile(&cpu, 100.0)},
                "rss_kib_median": percentile(&rss, 50.0)})
     };
-    Ok(json!({"part": "scale", "nodes": n, "idle_seconds": args.idle_seconds,
+    Ok(
+        json!({"part": "scale", "nodes": n, "idle_seconds": args.idle_seconds,
               "load_before": load_before, "load_after": loadavg(),
-              "ours": ours, "bird": bird}))
+              "ours": ours, "bird": bird}),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1058,8 +1085,10 @@ fn row(
         (Some(o), Some(t)) => Some(o <= t),
         _ => None,
     };
-    rows.push(json!({"what": what, "unit": unit, "ours": ours, "bird": bird,
-                     "ratio": ratio, "target": target, "meets": meets}));
+    rows.push(
+        json!({"what": what, "unit": unit, "ours": ours, "bird": bird,
+                     "ratio": ratio, "target": target, "meets": meets}),
+    );
 }
 
 fn summary(results: &[Value]) -> Vec<Value> {
@@ -1067,35 +1096,69 @@ fn summary(results: &[Value]) -> Vec<Value> {
     for r in results {
         match r["part"].as_str() {
             Some("reach") => {
-                row(&mut rows, "reach median (commit → all kernels)", "ms",
+                row(
+                    &mut rows,
+                    "reach median (commit → all kernels)",
+                    "ms",
                     num(r, &["ours", "from_commit", "median_ms"]),
-                    num(r, &["bird", "from_config_write", "median_ms"]), None);
-                row(&mut rows, "reach p99 (commit → all kernels)", "ms",
+                    num(r, &["bird", "from_config_write", "median_ms"]),
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "reach p99 (commit → all kernels)",
+                    "ms",
                     num(r, &["ours", "from_commit", "p99_ms"]),
-                    num(r, &["bird", "from_config_write", "p99_ms"]), Some(50.0));
+                    num(r, &["bird", "from_config_write", "p99_ms"]),
+                    Some(50.0),
+                );
             }
-            Some("rr") => row(&mut rows, "rr hot update (commit → all client kernels)", "s",
+            Some("rr") => row(
+                &mut rows,
+                "rr hot update (commit → all client kernels)",
+                "s",
                 num(r, &["ours", "from_commit_s"]),
-                num(r, &["bird", "from_config_write_s"]), Some(0.1)),
+                num(r, &["bird", "from_config_write_s"]),
+                Some(0.1),
+            ),
             Some(label @ ("cold" | "memory")) => {
                 if label == "cold" {
-                    row(&mut rows, "cold start (start → all kernels full)", "s",
+                    row(
+                        &mut rows,
+                        "cold start (start → all kernels full)",
+                        "s",
                         num(r, &["ours", "all_kernels_full_s"]),
-                        num(r, &["bird", "all_kernels_full_s"]), Some(1.5));
+                        num(r, &["bird", "all_kernels_full_s"]),
+                        Some(1.5),
+                    );
                 }
                 let routes = num(r, &["routes_per_kernel"]).unwrap_or(0.0);
-                row(&mut rows, &format!("RSS with {routes} learned routes (median)"), "MiB",
+                row(
+                    &mut rows,
+                    &format!("RSS with {routes} learned routes (median)"),
+                    "MiB",
                     median_u64(&r["ours"]["rss_kib"]).map(|k| (k / 1024.0 * 10.0).round() / 10.0),
                     median_u64(&r["bird"]["rss_kib"]).map(|k| (k / 1024.0 * 10.0).round() / 10.0),
-                    (label == "memory").then_some(10.0));
+                    (label == "memory").then_some(10.0),
+                );
             }
             Some("scale") => {
-                row(&mut rows, "scale convergence (after last start)", "s",
+                row(
+                    &mut rows,
+                    "scale convergence (after last start)",
+                    "s",
                     num(r, &["ours", "converged_after_last_start_s"]),
-                    num(r, &["bird", "converged_after_last_start_s"]), Some(5.0));
-                row(&mut rows, "scale idle CPU per agent (max)", "%",
+                    num(r, &["bird", "converged_after_last_start_s"]),
+                    Some(5.0),
+                );
+                row(
+                    &mut rows,
+                    "scale idle CPU per agent (max)",
+                    "%",
                     num(r, &["ours", "idle_cpu_percent", "max"]),
-                    num(r, &["bird", "idle_cpu_percent", "max"]), None);
+                    num(r, &["bird", "idle_cpu_percent", "max"]),
+                    None,
+                );
             }
             _ => {}
         }
@@ -1178,7 +1241,9 @@ fn main() -> Result<()> {
         });
     }
     if args.wants("memory") && !shared {
-        run("memory", &|| cold(&args, args.cold_nodes, memory_per, "memory"));
+        run("memory", &|| {
+            cold(&args, args.cold_nodes, memory_per, "memory")
+        });
     }
     if args.wants("scale") {
         run("scale", &|| scale(&args));
