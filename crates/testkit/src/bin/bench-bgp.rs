@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -574,7 +574,10 @@ fn our_cluster(n: usize, cidr: &str, block_size: u8) -> Result<Cluster> {
 fn agent_env(args: &Args) -> Vec<(String, String)> {
     let mut env = vec![
         ("CALICO_NETWORKING_BACKEND".to_string(), "bird".to_string()),
-        ("LOG_LEVEL".to_string(), "info".to_string()),
+        (
+            "LOG_LEVEL".to_string(),
+            std::env::var("BENCH_BGP_LOG_LEVEL").unwrap_or_else(|_| "info".to_string()),
+        ),
     ];
     if let Some(r) = args.connect_retry {
         env.push(("CALICO_BGP_CONNECT_RETRY_SECONDS".into(), r.to_string()));
@@ -635,6 +638,32 @@ fn wait_established(agents: &[Agent], want: &[f64], timeout: Duration) -> Result
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// With `BENCH_BGP_LOGS=<dir>`, copies each agent's log there (`<part>-node-<i>.log`) before
+/// the fixtures go, for a look at what took the time.
+fn keep_logs(part: &str, agents: &[Agent]) {
+    let Ok(dir) = std::env::var("BENCH_BGP_LOGS") else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    for (i, a) in agents.iter().enumerate() {
+        let path = format!("{dir}/{part}-node-{}.log", i + 1);
+        if let Err(e) = std::fs::write(&path, a.log()) {
+            eprintln!("bench-bgp: {path}: {e}");
+        }
+    }
+}
+
+/// Established sessions per agent (for a failure's message).
+fn established(agents: &[Agent]) -> Vec<f64> {
+    agents
+        .iter()
+        .map(|a| {
+            a.metric("calico_node_bgp_peers", &["state=\"Established\""])
+                .unwrap_or(-1.0)
+        })
+        .collect()
 }
 
 fn seed() -> Result<Value> {
@@ -915,9 +944,14 @@ fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
         let agents = start_agents_at_once(&c, args)?;
         let started = t0.elapsed();
         let pids: Vec<u32> = agents.iter().map(Agent::pid).collect();
-        let times = wait_counts(&pids, pool, want, t0, poll, Duration::from_secs(120))?;
+        let times =
+            wait_counts(&pids, pool, want, t0, poll, Duration::from_secs(120)).map_err(|e| {
+                keep_logs(label, &agents);
+                e.context(format!("established per agent: {:?}", established(&agents)))
+            })?;
         std::thread::sleep(Duration::from_millis(500));
         let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+        keep_logs(label, &agents);
         json!({"all_kernels_full_s": secs(times.iter().max().copied().unwrap_or_default()),
                "first_kernel_full_s": secs(times.iter().min().copied().unwrap_or_default()),
                "all_started_s": secs(started), "rss_kib": rss})
@@ -970,14 +1004,70 @@ fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
     )
 }
 
+/// Permanent neighbour entries between every pair of `members` (namespace, address on the
+/// shared underlay's `eth0`). The kernel's ARP table is shared by all namespaces here
+/// (gc_thresh3 = 1024 entries in all): a 50-node full mesh needs 2450 dynamic entries and
+/// the kernel refuses new ones ("arp_cache: neighbor table overflow", connects fail with
+/// EHOSTUNREACH). Permanent entries do not count against that limit; both sides of the
+/// benchmark get the same.
+fn static_neighbours(members: &[(&NetNs, Ipv4Addr)]) -> Result<()> {
+    let mut macs = Vec::new();
+    for (ns, _) in members {
+        let out = testkit::process::run_checked(Command::new("ip").args([
+            "-n",
+            ns.name(),
+            "-j",
+            "link",
+            "show",
+            "eth0",
+        ]))?;
+        let v: Value = serde_json::from_str(&out)?;
+        macs.push(
+            v[0]["address"]
+                .as_str()
+                .context("eth0 without a MAC")?
+                .to_string(),
+        );
+    }
+    for (i, (ns, _)) in members.iter().enumerate() {
+        let mut batch = String::new();
+        for (j, (_, ip)) in members.iter().enumerate().filter(|(j, _)| *j != i) {
+            batch.push_str(&format!(
+                "neigh replace {ip} lladdr {} dev eth0 nud permanent\n",
+                macs[j]
+            ));
+        }
+        let mut child = Command::new("ip")
+            .args(["-n", ns.name(), "-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("ip stdin")?
+            .write_all(batch.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("ip -batch neigh in {}", ns.name());
+        }
+    }
+    Ok(())
+}
+
 fn scale(args: &Args) -> Result<Value> {
     let n = args.scale_nodes;
     eprintln!("== scale: {n} nodes, one block each");
     let load_before = loadavg();
     let pool: Ipv4Net = POOL.parse()?;
     let idle = Duration::from_secs(args.idle_seconds);
-    let ours = {
+    let ours = (|| -> Result<Value> {
         let c = our_cluster(n, POOL, 26)?;
+        let mut members: Vec<(&NetNs, Ipv4Addr)> = c
+            .nodes
+            .iter()
+            .map(|node| (node.netns(), node.underlay_ip()))
+            .collect();
+        members.push((&c.etcd_ns, testkit::cluster::ETCD_IP));
+        static_neighbours(&members)?;
         for i in 0..n {
             put_affinities(&c, &format!("node-{}", i + 1), &[block(i, 26)?])?;
         }
@@ -996,21 +1086,29 @@ fn scale(args: &Args) -> Result<Value> {
             n - 1,
             t_last,
             Duration::from_millis(20),
-            Duration::from_secs(120),
-        )?;
+            Duration::from_secs(60),
+        )
+        .map_err(|e| {
+            keep_logs("scale", &agents);
+            e.context(format!("established per agent: {:?}", established(&agents)))
+        })?;
+        keep_logs("scale", &agents);
         let cpu = idle_cpu(&pids, idle)?;
         let rss: Vec<f64> = pids
             .iter()
             .map(|p| rss_kib(*p).map(|r| r as f64))
             .collect::<Result<_>>()?;
-        json!({"converged_after_last_start_s": secs(times.iter().max().copied().unwrap_or_default()),
+        Ok(json!({"converged_after_last_start_s": secs(times.iter().max().copied().unwrap_or_default()),
                "start_span_s": secs(t_last - t_first),
                "idle_cpu_percent": {"mean": cpu.iter().sum::<f64>() / cpu.len() as f64,
                                     "max": percentile(&cpu, 100.0)},
-               "rss_kib_median": percentile(&rss, 50.0)})
-    };
+               "rss_kib_median": percentile(&rss, 50.0)}))
+    })()
+    .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
     let bird = {
         let lab = Lab::new(n)?;
+        let members: Vec<(&NetNs, Ipv4Addr)> = (0..n).map(|i| (lab.netns(i), Lab::ip(i))).collect();
+        static_neighbours(&members)?;
         let mesh: Vec<Ipv4Addr> = (0..n).map(Lab::ip).collect();
         let t_first = Instant::now();
         let mut birds = Vec::new();
