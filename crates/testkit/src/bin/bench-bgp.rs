@@ -388,10 +388,10 @@ impl CommitWatch {
                 let (Some(Ok(key)), Some(Ok(value))) = (lines.next(), lines.next()) else {
                     break;
                 };
-                if value.contains("confirmed") || key.ends_with("bench-sentinel") {
-                    if let Ok(mut m) = record.lock() {
-                        m.insert(key, at);
-                    }
+                if (value.contains("confirmed") || key.ends_with("bench-sentinel"))
+                    && let Ok(mut m) = record.lock()
+                {
+                    m.insert(key, at);
                 }
             }
         });
@@ -1229,6 +1229,10 @@ fn summary(results: &[Value]) -> Vec<Value> {
                         num(r, &["bird", "all_kernels_full_s"]),
                         Some(1.5),
                     );
+                }
+                if label == "cold" && r["also"] == "memory" {
+                    // The memory row comes from the same run, under "memory".
+                    continue;
                 }
                 let routes = num(r, &["routes_per_kernel"]).unwrap_or(0.0);
                 row(
