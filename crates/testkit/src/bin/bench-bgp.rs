@@ -17,6 +17,17 @@
 //! - `scale`: a full mesh of many agents, one block each, until every kernel has every block;
 //!   then the agents' CPU time over an idle period.
 //!
+//! What each side runs: ours always `calico-node startup` + `calico-node run` with Calico's
+//! timers (connect delay 2 s, retry 5 s; `--connect-retry` shortens the retry on both
+//! sides). BIRD runs Calico's generated configuration ([`CalicoMeshNode`]) for `reach` and
+//! `scale`; the lab configuration ([`testkit::bgplab::bird::bird_config`]) for `rr` (Calico
+//! has no RR template of its own here) and for `cold`/`memory`, with Calico's session
+//! structure and timers: Calico's per-block filter functions make BIRD quadratic in the
+//! number of local blocks, which no real node has 10,000 of. On our side only affinities are
+//! written for `rr`, `cold`, `memory` and `scale` (no block documents: the agent reads only
+//! affinities). The 50-node mesh gets permanent neighbour entries on both sides (see
+//! [`static_neighbours`]).
+//!
 //! Kernels are read from `/proc/<pid>/net/route` of a process inside each node (cheap; routes
 //! with a gateway inside the benchmark's pool count). Everything made is removed when the
 //! fixtures drop, on failure and on SIGTERM too (the loops stop at the next poll).
