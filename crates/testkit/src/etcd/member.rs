@@ -94,6 +94,10 @@ impl MemberSpec {
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            // Room for benchmarks that write thousands of keys in one transaction (the
+            // default allows 128 operations and 1.5 MiB per request); no test relies on the
+            // default limits.
+            .args(["--max-txn-ops", "20000", "--max-request-bytes", "8388608"])
             .args([
                 "--logger",
                 "zap",
