@@ -46,7 +46,12 @@ pub fn kernel_routes(
         local.extend(me.ipv4.map(|a| a.network));
         local.extend(me.ipv6.map(|a| a.network));
     }
-    let own_blocks = ix.blocks_of(node);
+    // Looked up once per learned prefix: a set, not a scan (10,000 blocks per node).
+    let own_blocks: std::collections::HashSet<IpNet> = ix
+        .blocks_of(node)
+        .into_iter()
+        .filter(|b| !b_is_single(b))
+        .collect();
     let reject = service_reject_cidrs(&ix, opts);
     let felix_owns_cluster_routes =
         ix.global.and_then(|g| g.program_cluster_routes.as_deref()) == Some("Disabled");
@@ -59,7 +64,7 @@ pub fn kernel_routes(
         next_hops.dedup();
         if next_hops.is_empty()
             || reject.iter().any(|r| r.contains(&dst))
-            || own_blocks.iter().any(|b| !b_is_single(b) && *b == dst)
+            || own_blocks.contains(&dst)
         {
             continue;
         }

@@ -588,7 +588,7 @@ impl Routing {
             calico_routing::NextHopMode::Keep => NextHopMode::Keep,
         };
         c.ttl_security = p.ttl_security;
-        c.connect_delay = CONNECT_DELAY;
+        c.connect_delay = jittered(CONNECT_DELAY, &self.node, &p.name);
         c.connect_retry = self.settings.connect_retry;
         c
     }
@@ -655,15 +655,44 @@ impl Routing {
 
 /// Calico's export filter for learned routes, as the speaker's accept/reject lists (reject
 /// wins, which is what Calico's order gives: `disableBGPExport` pools are rejected first).
+/// The rules about this node's own blocks (one or two per block) are left out: they decide
+/// what of our own is exported, which the speaker originates anyway, and as lists scanned for
+/// every learned prefix they made a node with 10,000 blocks quadratic.
 fn export_filter(plan: &BgpPlan) -> ExportFilter {
     let mut f = ExportFilter::default();
-    for rule in &plan.export.rules {
+    let own: std::collections::HashSet<IpNet> = plan
+        .originated
+        .iter()
+        .filter(|o| o.source == calico_routing::OriginSource::Block)
+        .map(|o| o.prefix)
+        .collect();
+    for rule in plan
+        .export
+        .rules
+        .iter()
+        .filter(|r| !own.contains(&r.prefix))
+    {
         match rule.action {
             calico_routing::ExportAction::Accept => f.accept.push(rule.prefix),
             calico_routing::ExportAction::Reject => f.reject.push(rule.prefix),
         }
     }
     f
+}
+
+/// BIRD's connect delay is jittered down by up to a quarter (RFC 4271 §10), so nodes started
+/// together do not all connect at once. Stable per (node, peer): a different value would
+/// count as a changed peer and reset its session.
+fn jittered(delay: Duration, node: &str, peer: &str) -> Duration {
+    // FNV-1a: a fixed, well-spread hash (std's hashers are seeded per process).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes().chain([0]).chain(peer.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let quarter = delay / 4;
+    let fraction = f64::from(u32::try_from(h % 1000).unwrap_or(0)) / 1000.0;
+    delay - quarter.mul_f64(fraction)
 }
 
 /// This node's workload addresses that lie in no block affine to it but inside an IP pool
