@@ -39,8 +39,16 @@ use tokio::sync::mpsc;
 const GRACEFUL_RESTART: Duration = Duration::from_secs(120);
 /// BIRD's default hold time (Calico never sets one).
 const HOLD_TIME: Duration = Duration::from_secs(240);
-/// Calico's `connect delay time 2; connect retry time 5`.
-const CONNECT_DELAY: Duration = Duration::from_secs(2);
+/// Calico's `connect delay time 2` lets BIRD settle after confd's first config; our speaker
+/// starts only once the datastore snapshot is planned, so the first attempt goes out almost
+/// at once (a deliberate difference: README, "Differences from Calico"), jittered so nodes
+/// started together do not connect in lockstep.
+const CONNECT_DELAY: Duration = Duration::from_millis(100);
+/// A peer not listening yet (started a moment after us) is tried again after this, doubling
+/// up to the connect retry: with a short first delay, a refused attempt must not cost the
+/// full retry time.
+const REFUSED_RETRY: Duration = Duration::from_millis(200);
+/// Calico's `connect retry time 5`.
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
 /// How long events are gathered before the plan is computed again.
 const SETTLE: Duration = Duration::from_millis(2);
@@ -590,6 +598,7 @@ impl Routing {
         c.ttl_security = p.ttl_security;
         c.connect_delay = jittered(CONNECT_DELAY, &self.node, &p.name);
         c.connect_retry = self.settings.connect_retry;
+        c.refused_retry = Some(REFUSED_RETRY);
         c
     }
 
