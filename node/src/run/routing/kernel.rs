@@ -134,6 +134,9 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
         last_ok = outcome.is_ok();
         state.kernel_result(outcome, Some(started.elapsed()));
         last = Some(desired);
+        // The route dumps and plans of a convergence (and the view the routing task built
+        // for it) are freed by now: give the pages back rather than keep the peak resident.
+        calico_malloc::release_free_memory();
     }
 }
 
