@@ -52,6 +52,8 @@ const REFUSED_RETRY: Duration = Duration::from_millis(200);
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
 /// How long events are gathered before the plan is computed again.
 const SETTLE: Duration = Duration::from_millis(2);
+/// The longest pause after a long computation (see the loop).
+const MAX_SETTLE: Duration = Duration::from_millis(100);
 /// How often everything is computed and converged again without a change (a failed speaker
 /// start, a route someone removed by hand).
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
@@ -274,6 +276,7 @@ pub async fn run(
     r.secrets.dir = r.settings.secrets_dir.clone();
     let mut peer_metrics = tokio::time::interval(PEER_METRICS_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
+    let mut last_compute = Duration::ZERO;
     loop {
         tokio::select! {
             _ = peer_metrics.tick() => {
@@ -307,8 +310,10 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         // A short pause gathers what arrives together (a burst of UPDATEs, a transaction's
-        // keys) into one computation.
-        let settle = tokio::time::sleep(SETTLE);
+        // keys) into one computation. After a long computation the pause is as long (up to
+        // a bound): the speaker's sessions share this thread, and a burst of 30,000 routes
+        // computed again after every UPDATE left them no time to read the rest.
+        let settle = tokio::time::sleep(SETTLE.max(last_compute.min(MAX_SETTLE)));
         tokio::pin!(settle);
         loop {
             tokio::select! {
@@ -326,7 +331,9 @@ pub async fn run(
                 },
             }
         }
+        let started = std::time::Instant::now();
         r.recompute().await;
+        last_compute = started.elapsed();
     }
     syncer.abort();
     if let Some(b) = r.bgp.take() {
