@@ -24,6 +24,10 @@ pub struct FsmConfig {
     pub keepalive: Option<Duration>,
     pub connect_delay: Duration,
     pub connect_retry: Duration,
+    /// After a connection attempt that failed before any session (refused: the peer is not
+    /// listening yet), try again after this, doubling per failure up to `connect_retry`.
+    /// `None`: every attempt waits `connect_retry` (BIRD's behaviour).
+    pub refused_retry: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -72,6 +76,8 @@ pub struct Fsm {
     hold: Duration,
     keepalive: Duration,
     stopped: bool,
+    /// Connection attempts that failed in a row (for `refused_retry`'s back-off).
+    failed_attempts: u32,
 }
 
 impl Fsm {
@@ -86,6 +92,7 @@ impl Fsm {
             hold: LARGE_HOLD,
             keepalive: Duration::ZERO,
             stopped: true,
+            failed_attempts: 0,
         }
     }
 
@@ -183,6 +190,7 @@ impl Fsm {
                     if !self.stopped =>
                 {
                     self.connect_at = None;
+                    self.failed_attempts = 0;
                     out.push(Output::Send(wire::build_open(&self.cfg.open)));
                     self.hold_at = Some(now + LARGE_HOLD);
                     self.set_state(SessionState::OpenSent, &mut out);
@@ -190,7 +198,16 @@ impl Fsm {
                 _ => out.push(Output::Close),
             },
             Input::TcpFailed(e) => match self.state {
-                SessionState::Connect | SessionState::Active | SessionState::Idle => {}
+                SessionState::Connect => {
+                    if let (Some(base), Some(at)) = (self.cfg.refused_retry, self.connect_at) {
+                        let backoff = base
+                            .saturating_mul(1 << self.failed_attempts.min(16))
+                            .min(self.cfg.connect_retry);
+                        self.connect_at = Some(at.min(now + backoff));
+                        self.failed_attempts = self.failed_attempts.saturating_add(1);
+                    }
+                }
+                SessionState::Active | SessionState::Idle => {}
                 SessionState::Established => self.fail(now, e, None, true, &mut out),
                 _ => self.fail(now, e, None, false, &mut out),
             },
@@ -358,6 +375,7 @@ mod tests {
             keepalive: None,
             connect_delay: Duration::from_secs(2),
             connect_retry: Duration::from_secs(5),
+            refused_retry: None,
         }
     }
 
@@ -428,6 +446,37 @@ mod tests {
             }
         )));
         assert_eq!(f.state(), SessionState::Connect);
+    }
+
+    #[test]
+    fn refused_attempts_back_off_from_the_quick_retry_to_connect_retry() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(FsmConfig {
+            connect_delay: Duration::ZERO,
+            refused_retry: Some(Duration::from_millis(500)),
+            ..cfg(false)
+        });
+        assert!(f.handle(Input::Start, t0).contains(&Output::Connect));
+        let mut at = t0;
+        for wait_ms in [500, 1000, 2000, 4000, 5000, 5000] {
+            f.handle(Input::TcpFailed("refused".into()), at);
+            assert_eq!(f.next_deadline(), Some(at + Duration::from_millis(wait_ms)));
+            at += Duration::from_millis(wait_ms);
+            assert!(f.handle(Input::Tick, at).contains(&Output::Connect));
+        }
+        // A connection resets the back-off.
+        f.handle(Input::TcpUp, at);
+        f.handle(Input::TcpFailed("reset".into()), at);
+        assert_eq!(f.next_deadline(), Some(at + Duration::from_secs(5)));
+        assert!(
+            f.handle(Input::Tick, at + Duration::from_secs(5))
+                .contains(&Output::Connect)
+        );
+        f.handle(
+            Input::TcpFailed("refused".into()),
+            at + Duration::from_secs(5),
+        );
+        assert_eq!(f.next_deadline(), Some(at + Duration::from_millis(5500)));
     }
 
     #[test]

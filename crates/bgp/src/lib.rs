@@ -110,6 +110,9 @@ pub struct PeerConfig {
     pub connect_delay: Duration,
     /// Interval between connection attempts (Calico: 5 s).
     pub connect_retry: Duration,
+    /// A refused attempt (no session yet) is retried after this, doubling up to
+    /// `connect_retry`; `None` (the default, as BIRD): always `connect_retry`.
+    pub refused_retry: Option<Duration>,
 }
 
 impl PeerConfig {
@@ -132,6 +135,7 @@ impl PeerConfig {
             ttl_security: None,
             connect_delay: Duration::from_secs(2),
             connect_retry: Duration::from_secs(5),
+            refused_retry: None,
         }
     }
 }

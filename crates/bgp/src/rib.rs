@@ -136,6 +136,10 @@ pub struct Rib {
     local: BTreeMap<IpNet, Route>,
     filter: ExportFilter,
     adj_out: HashMap<u64, BTreeMap<IpNet, Arc<PathAttrs>>>,
+    /// The attributes last announced to each peer: an equal set is shared rather than
+    /// stored again (a node's blocks all go out with one set, so Adj-RIB-Out holds one
+    /// allocation per peer instead of one per prefix).
+    last_out: HashMap<u64, Arc<PathAttrs>>,
     reported: HashMap<IpNet, Vec<IpAddr>>,
     best: HashMap<IpNet, u64>,
     /// Restarting speaker: announcements are held until released.
@@ -153,6 +157,7 @@ impl Rib {
             local: BTreeMap::new(),
             filter: ExportFilter::default(),
             adj_out: HashMap::new(),
+            last_out: HashMap::new(),
             reported: HashMap::new(),
             best: HashMap::new(),
             hold_out,
@@ -191,6 +196,7 @@ impl Rib {
     pub fn peer_down(&mut self, id: u64, keep_stale: bool) -> Changes {
         self.up.remove(&id);
         self.adj_out.remove(&id);
+        self.last_out.remove(&id);
         let Some(paths) = self.adj_in.get_mut(&id) else {
             return Changes::default();
         };
@@ -399,8 +405,14 @@ impl Rib {
             return;
         };
         match want {
-            Some(a) => {
+            Some(mut a) => {
                 if out.get(prefix) != Some(&a) {
+                    match self.last_out.get(&id) {
+                        Some(last) if **last == *a => a = last.clone(),
+                        _ => {
+                            self.last_out.insert(id, a.clone());
+                        }
+                    }
                     out.insert(*prefix, a.clone());
                     ch.out.entry(id).or_default().announce.push((*prefix, a));
                 }

@@ -537,6 +537,7 @@ impl Core {
             keepalive: p.keepalive,
             connect_delay: p.connect_delay,
             connect_retry: p.connect_retry,
+            refused_retry: p.refused_retry,
         }
     }
 

@@ -42,6 +42,7 @@ fn established() -> Fsm {
         keepalive: None,
         connect_delay: Duration::from_secs(2),
         connect_retry: Duration::from_secs(5),
+        refused_retry: None,
     });
     f.handle(Input::Start, now);
     f.handle(Input::TcpUp, now);

@@ -6,7 +6,7 @@
 //! socket: single changes ([`RouteTable::replace`], [`RouteTable::delete`]), a read of one
 //! protocol's routes ([`RouteTable::list`]), and convergence to a desired set
 //! ([`RouteTable::apply`]: one dump, then only the differences, in one datagram per few
-//! thousand routes) or a sweep of stale ones ([`RouteTable::sweep`]). What to send is
+//! thousand routes; [`RouteTable::apply_reusing`] shares one dump between protocols) or a sweep of stale ones ([`RouteTable::sweep`]). What to send is
 //! decided by the pure [`plan`], tested without root.
 //!
 //! Ownership is by protocol: a delete names the protocol, so the kernel only removes a
@@ -215,6 +215,22 @@ pub fn plan(desired: &[RouteSpec], current: &[RouteSpec], protocol: u8) -> Plan 
             (None, Some(owner)) => out.conflicts.push((w, *owner)),
         }
     }
+    out
+}
+
+/// `current` once `p` (planned on it for `protocol`) has been carried out in full.
+fn after(current: Vec<RouteSpec>, p: &Plan, protocol: u8) -> Vec<RouteSpec> {
+    let changed: HashSet<RouteKey> = p
+        .delete
+        .iter()
+        .chain(&p.replace)
+        .map(RouteSpec::key)
+        .collect();
+    let mut out: Vec<RouteSpec> = current
+        .into_iter()
+        .filter(|c| c.protocol != protocol || !changed.contains(&c.key()))
+        .collect();
+    out.extend(p.replace.iter().cloned());
     out
 }
 
@@ -501,9 +517,27 @@ impl RouteTable {
     /// once; what still fails is in [`ApplyStats::failures`]. An error is returned only
     /// when the kernel cannot be asked at all (the dump fails).
     pub fn apply(&self, desired: &[RouteSpec], protocol: u8) -> Result<ApplyStats, DataplaneError> {
+        self.apply_reusing(desired, protocol, &mut None)
+    }
+
+    /// [`RouteTable::apply`] for one of several protocols converged one after the other:
+    /// `dump` is the table as a previous call left it (`None`: dumped here). After a clean
+    /// pass it holds the table with this pass's changes, so the next protocol's pass needs
+    /// no dump of its own (tens of thousands of routes each); after any failure it is
+    /// cleared, and the next pass reads the kernel again. Between passes only changes of
+    /// these passes may happen to the table's unicast and blackhole routes.
+    pub fn apply_reusing(
+        &self,
+        desired: &[RouteSpec],
+        protocol: u8,
+        dump: &mut Option<Vec<RouteSpec>>,
+    ) -> Result<ApplyStats, DataplaneError> {
         let mut stats = ApplyStats::default();
         for attempt in 0..2 {
-            let current = self.dump_all()?;
+            let current = match dump.take() {
+                Some(d) if attempt == 0 => d,
+                _ => self.dump_all()?,
+            };
             let p = plan(desired, &current, protocol);
             if attempt == 0 {
                 stats.unchanged = p.unchanged;
@@ -529,6 +563,9 @@ impl RouteTable {
                 });
             }
             stats.failures = failures;
+            if !worth_retrying {
+                *dump = Some(after(current, &p, protocol));
+            }
             if !worth_retrying || attempt == 1 {
                 break;
             }
@@ -658,6 +695,49 @@ mod tests {
         let deleted: Vec<String> = p.delete.iter().map(|r| r.dst.to_string()).collect();
         assert_eq!(deleted, ["10.1.0.128/26"]);
         assert!(p.conflicts.is_empty());
+    }
+
+    #[test]
+    fn the_table_after_a_clean_pass_is_planned_as_unchanged() {
+        let current = vec![
+            via("10.65.0.0/26", &["10.0.0.2"]),
+            via("10.65.1.0/26", &["10.0.0.2"]),
+            RouteSpec::blackhole(net("10.65.9.0/26")),
+        ];
+        let mut current: Vec<RouteSpec> = current
+            .into_iter()
+            .map(|mut r| {
+                r.protocol = if r.kind == RouteKind::Blackhole {
+                    79
+                } else {
+                    78
+                };
+                r
+            })
+            .collect();
+        current.push(RouteSpec {
+            protocol: 2,
+            ..via("10.65.2.0/26", &["10.0.0.9"])
+        });
+        let desired = vec![
+            via("10.65.1.0/26", &["10.0.0.3"]),
+            via("10.65.2.0/26", &["10.0.0.3"]),
+            via("10.65.3.0/26", &["10.0.0.4"]),
+        ];
+        let p = plan(&desired, &current, 78);
+        let next = after(current, &p, 78);
+        let again = plan(&desired, &next, 78);
+        assert!(again.replace.is_empty() && again.delete.is_empty());
+        assert_eq!(again.unchanged, 2);
+        assert_eq!(
+            again.conflicts.len(),
+            1,
+            "another protocol's route stays its"
+        );
+        assert!(
+            next.iter().any(|r| r.protocol == 79),
+            "other protocols are kept"
+        );
     }
 
     #[test]

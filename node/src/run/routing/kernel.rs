@@ -134,6 +134,9 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
         last_ok = outcome.is_ok();
         state.kernel_result(outcome, Some(started.elapsed()));
         last = Some(desired);
+        // The route dumps and plans of a convergence (and the view the routing task built
+        // for it) are freed by now: give the pages back rather than keep the peak resident.
+        calico_malloc::release_free_memory();
     }
 }
 
@@ -159,6 +162,9 @@ fn converge(table: &RouteTable, d: &Desired) -> Result<String, String> {
 fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
     let mut errors = Vec::new();
     let mut summary = Vec::new();
+    // One dump of the table serves the passes below (each keeps it current with its own
+    // changes); a step that changes devices clears it, and the next pass dumps again.
+    let mut dump = None;
     let blackholes: Vec<RouteSpec> = d
         .blackholes
         .iter()
@@ -166,26 +172,30 @@ fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
         .collect();
     record(
         "blackholes",
-        table.apply(&blackholes, PROTO_BLACKHOLE),
+        table.apply_reusing(&blackholes, PROTO_BLACKHOLE, &mut dump),
         &mut summary,
         &mut errors,
     );
 
     let nl = table.netlink();
     match &d.vxlan {
-        Some(v) => match vxlan(table, nl, v) {
-            Ok(s) => summary.push(s),
-            Err(e) => errors.push(e),
-        },
+        Some(v) => {
+            dump = None;
+            match vxlan(table, nl, v) {
+                Ok(s) => summary.push(s),
+                Err(e) => errors.push(e),
+            }
+        }
         None => {
             record(
                 "vxlan routes",
-                table.apply(&[], PROTO_VXLAN),
+                table.apply_reusing(&[], PROTO_VXLAN, &mut dump),
                 &mut summary,
                 &mut errors,
             );
             match observe_vxlan(nl, calico_dataplane::vxlan::VXLAN_DEVICE) {
                 Ok(Some(_)) => {
+                    dump = None;
                     if let Err(e) = remove_vxlan(nl, calico_dataplane::vxlan::VXLAN_DEVICE) {
                         errors.push(format!("removing vxlan.calico: {e}"));
                     }
@@ -214,7 +224,7 @@ fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
                 }
                 record(
                     "bgp routes",
-                    table.apply(&specs, PROTO_BGP),
+                    table.apply_reusing(&specs, PROTO_BGP, &mut dump),
                     &mut summary,
                     &mut errors,
                 );

@@ -39,11 +39,21 @@ use tokio::sync::mpsc;
 const GRACEFUL_RESTART: Duration = Duration::from_secs(120);
 /// BIRD's default hold time (Calico never sets one).
 const HOLD_TIME: Duration = Duration::from_secs(240);
-/// Calico's `connect delay time 2; connect retry time 5`.
-const CONNECT_DELAY: Duration = Duration::from_secs(2);
+/// Calico's `connect delay time 2` lets BIRD settle after confd's first config; our speaker
+/// starts only once the datastore snapshot is planned, so the first attempt goes out almost
+/// at once (a deliberate difference: README, "Differences from Calico"), jittered so nodes
+/// started together do not connect in lockstep.
+const CONNECT_DELAY: Duration = Duration::from_millis(100);
+/// A peer not listening yet (started a moment after us) is tried again after this, doubling
+/// up to the connect retry: with a short first delay, a refused attempt must not cost the
+/// full retry time.
+const REFUSED_RETRY: Duration = Duration::from_millis(200);
+/// Calico's `connect retry time 5`.
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
 /// How long events are gathered before the plan is computed again.
 const SETTLE: Duration = Duration::from_millis(2);
+/// The longest pause after a long computation (see the loop).
+const MAX_SETTLE: Duration = Duration::from_millis(100);
 /// How often everything is computed and converged again without a change (a failed speaker
 /// start, a route someone removed by hand).
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
@@ -266,6 +276,7 @@ pub async fn run(
     r.secrets.dir = r.settings.secrets_dir.clone();
     let mut peer_metrics = tokio::time::interval(PEER_METRICS_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
+    let mut last_compute = Duration::ZERO;
     loop {
         tokio::select! {
             _ = peer_metrics.tick() => {
@@ -299,8 +310,10 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         // A short pause gathers what arrives together (a burst of UPDATEs, a transaction's
-        // keys) into one computation.
-        let settle = tokio::time::sleep(SETTLE);
+        // keys) into one computation. After a long computation the pause is as long (up to
+        // a bound): the speaker's sessions share this thread, and a burst of 30,000 routes
+        // computed again after every UPDATE left them no time to read the rest.
+        let settle = tokio::time::sleep(SETTLE.max(last_compute.min(MAX_SETTLE)));
         tokio::pin!(settle);
         loop {
             tokio::select! {
@@ -318,7 +331,9 @@ pub async fn run(
                 },
             }
         }
+        let started = std::time::Instant::now();
         r.recompute().await;
+        last_compute = started.elapsed();
     }
     syncer.abort();
     if let Some(b) = r.bgp.take() {
@@ -590,6 +605,7 @@ impl Routing {
         c.ttl_security = p.ttl_security;
         c.connect_delay = jittered(CONNECT_DELAY, &self.node, &p.name);
         c.connect_retry = self.settings.connect_retry;
+        c.refused_retry = Some(REFUSED_RETRY);
         c
     }
 
