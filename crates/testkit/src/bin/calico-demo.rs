@@ -323,7 +323,7 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         })
     });
     println!(
-        "   every node has every other node's blocks: {} (after {:.1} s; Calico's BGP connect delay is 2 s)",
+        "   every node has every other node's blocks: {} (after {:.1} s)",
         ok(learned),
         t.elapsed().as_secs_f64()
     );
