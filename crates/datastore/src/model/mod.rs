@@ -7,6 +7,7 @@ pub mod ipam;
 pub mod keys;
 pub mod names;
 pub mod node;
+pub mod policy;
 pub mod resources;
 pub mod time;
 
@@ -17,6 +18,11 @@ pub use bgp::{
 pub use ipam::{AllocationAttribute, AllocationBlock, BlockAffinity, IpamConfigValue, IpamHandle};
 pub use node::{
     AsNumber, Node, NodeAddress, NodeBgpSpec, NodeInterface, NodeSpec, NodeWireguardSpec, OrchRef,
+};
+pub use policy::{
+    FelixConfiguration, FelixConfigurationSpec, GlobalNetworkPolicy, GlobalNetworkPolicySpec,
+    GlobalNetworkSet, IcmpFields, NetworkPolicy, NetworkPolicySpec, NetworkSet, NetworkSetSpec,
+    Port, PortError, Protocol, ServiceAccountMatch, ServiceMatch, Tier, TierSpec,
 };
 pub use resources::{
     ClusterInformation, ClusterInformationSpec, DEFAULT_TIERS, EntityRule, IpPool, IpPoolSpec,

@@ -2,6 +2,7 @@
 //! `apiVersion`, `metadata.resourceVersion` stripped (it is the key's revision on read).
 
 use super::cidr;
+pub use super::policy::{EntityRule, Rule};
 use crate::store::Kv;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -506,38 +507,6 @@ pub struct ProfileSpec {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub labels_to_apply: BTreeMap<String, String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// A policy rule; `source`/`destination` are omitted when empty (3.32).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rule {
-    pub action: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<EntityRule>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<EntityRule>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-impl Rule {
-    pub fn allow() -> Self {
-        Rule {
-            action: "Allow".into(),
-            source: None,
-            destination: None,
-            extra: Map::new(),
-        }
-    }
-}
-
-/// `EntityRule`: the part Calico's CNI uses (a selector); the rest kept raw.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntityRule {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub selector: String,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
