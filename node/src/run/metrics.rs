@@ -89,6 +89,18 @@ pub struct Metrics {
     pub route_applies: Family<Outcome, Counter>,
     pub route_apply_seconds: Histogram,
     pub routing_synced: Gauge,
+    pub policy_applies: Family<Outcome, Counter>,
+    pub policy_apply_seconds: Histogram,
+    pub policy_sync_lag_seconds: Histogram,
+    pub policy_synced: Gauge,
+    pub policy_local_endpoints: Gauge,
+    pub policy_endpoints: Gauge,
+    pub policy_active_policies: Gauge,
+    pub policy_sets: Gauge,
+    pub policy_rules: Gauge,
+    pub policy_skipped_objects: Gauge,
+    pub policy_status_files: Gauge,
+    pub policy_applied_revision: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +142,18 @@ impl Metrics {
             route_applies: Family::default(),
             route_apply_seconds: latency_histogram(),
             routing_synced: Gauge::default(),
+            policy_applies: Family::default(),
+            policy_apply_seconds: latency_histogram(),
+            policy_sync_lag_seconds: latency_histogram(),
+            policy_synced: Gauge::default(),
+            policy_local_endpoints: Gauge::default(),
+            policy_endpoints: Gauge::default(),
+            policy_active_policies: Gauge::default(),
+            policy_sets: Gauge::default(),
+            policy_rules: Gauge::default(),
+            policy_skipped_objects: Gauge::default(),
+            policy_status_files: Gauge::default(),
+            policy_applied_revision: Gauge::default(),
         };
         registry.register(
             "requests",
@@ -212,6 +236,71 @@ impl Metrics {
             "routing_synced",
             "1 once route distribution has the datastore (and, with BGP, its peers' routes)",
             m.routing_synced.clone(),
+        );
+        let policy_gauges: [(&str, &str, &Gauge); 9] = [
+            (
+                "policy_applied_revision",
+                "The datastore revision the kernel's rules reflect (after each apply)",
+                &m.policy_applied_revision,
+            ),
+            (
+                "policy_synced",
+                "1 once policy has been programmed after the datastore snapshot",
+                &m.policy_synced,
+            ),
+            (
+                "policy_local_endpoints",
+                "Workload endpoints on this node with rules in the kernel",
+                &m.policy_local_endpoints,
+            ),
+            (
+                "policy_endpoints",
+                "Workload endpoints known cluster-wide (they feed selector sets)",
+                &m.policy_endpoints,
+            ),
+            (
+                "policy_active_policies",
+                "Policies and profiles that apply to an endpoint of this node",
+                &m.policy_active_policies,
+            ),
+            (
+                "policy_sets",
+                "nftables sets the policy table holds",
+                &m.policy_sets,
+            ),
+            (
+                "policy_rules",
+                "nftables rules the policy table holds",
+                &m.policy_rules,
+            ),
+            (
+                "policy_skipped_objects",
+                "Datastore objects skipped as invalid",
+                &m.policy_skipped_objects,
+            ),
+            (
+                "policy_endpoint_status_files",
+                "Endpoint status files written for the plugin",
+                &m.policy_status_files,
+            ),
+        ];
+        for (name, help, g) in policy_gauges {
+            registry.register(name, help, g.clone());
+        }
+        registry.register(
+            "policy_applies",
+            "Policy table transactions, by outcome",
+            m.policy_applies.clone(),
+        );
+        registry.register(
+            "policy_apply_duration_seconds",
+            "Time one policy transaction took in the kernel",
+            m.policy_apply_seconds.clone(),
+        );
+        registry.register(
+            "policy_sync_lag_seconds",
+            "Time from a datastore change arriving to its rules being in the kernel",
+            m.policy_sync_lag_seconds.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

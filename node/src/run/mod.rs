@@ -18,6 +18,7 @@
 pub mod kernel;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod routing;
 pub mod server;
 
@@ -45,6 +46,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// Route distribution (`CALICO_NETWORKING_BACKEND` and friends).
     pub routing: routing::RoutingSettings,
+    /// Network policy (`CALICO_DISABLE_FELIX`, `FELIX_*`).
+    pub policy: policy::PolicySettings,
 }
 
 impl Settings {
@@ -77,6 +80,7 @@ impl Settings {
             socket,
             metrics,
             routing: routing::RoutingSettings::from_env(env)?,
+            policy: policy::PolicySettings::from_env(env)?,
         })
     }
 }
@@ -119,12 +123,23 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             routing_state.clone(),
             routing_stopped,
         ));
+        let policy_state = Arc::new(policy::state::PolicyState::new(
+            settings.policy.enabled,
+            metrics.clone(),
+        ));
+        let policy_agent = policy::PolicyAgent::start(
+            etcd.clone(),
+            settings.policy.clone(),
+            policy_state.clone(),
+        )
+        .context("starting the policy agent")?;
         let shared = Arc::new(server::Shared::new(
             etcd,
             identity,
             queue,
             metrics.clone(),
             routing_state,
+            policy_state,
         ));
         if let Some(addr) = settings.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -164,6 +179,10 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             Ok(Err(e)) => log::error!("route distribution: {e}"),
             Err(_) => log::warn!("route distribution did not stop within 10 s"),
             Ok(Ok(Ok(()))) => {}
+        }
+        // Policy stops with its table in place: endpoints stay enforced (fail closed).
+        if let Some(p) = policy_agent {
+            p.stop();
         }
         result
     });

@@ -25,6 +25,7 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Route distribution's state (health detail, `calicoctl node status`).
     pub routing: Arc<super::routing::status::RoutingState>,
+    pub policy: Arc<super::policy::state::PolicyState>,
     /// Set at SIGTERM: new work is refused (the plugins then do it themselves).
     pub draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -39,6 +40,7 @@ impl Shared {
         kernel: Queue,
         metrics: Metrics,
         routing: Arc<super::routing::status::RoutingState>,
+        policy: Arc<super::policy::state::PolicyState>,
     ) -> Self {
         Shared {
             etcd,
@@ -46,6 +48,7 @@ impl Shared {
             kernel,
             metrics,
             routing,
+            policy,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
@@ -85,10 +88,15 @@ impl Shared {
         };
         // Route distribution's state rides along (IPIP unavailable, waiting for BGP, ...);
         // it does not decide readiness, as BIRD's state does not decide Felix's.
-        let detail = format!("{detail}; {}", self.routing.summary());
+        let detail = format!(
+            "{detail}; {}; {}",
+            self.routing.summary(),
+            self.policy.summary()
+        );
+        // Felix is ready once its first apply after the datastore snapshot is in.
         HealthReport {
             live: true,
-            ready: etcd.is_ok() && !draining,
+            ready: etcd.is_ok() && !draining && self.policy.ready(),
             detail,
         }
     }
