@@ -924,7 +924,7 @@ pub fn new_set(family: u8, table: &str, spec: &SetSpec) -> Message {
 }
 
 /// A stable transaction-local ID for a set name.
-fn set_id(name: &str) -> u32 {
+pub(crate) fn set_id(name: &str) -> u32 {
     name.bytes()
         .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
 }

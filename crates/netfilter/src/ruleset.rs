@@ -236,3 +236,9 @@ pub struct VerdictMap {
     pub key: MapKey,
     pub elems: BTreeMap<String, Verdict>,
 }
+
+mod elems;
+mod plan;
+
+pub use elems::{Interval, normalise};
+pub use plan::{Batch, apply, plan};
