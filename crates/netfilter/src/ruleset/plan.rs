@@ -511,6 +511,12 @@ const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DATA_LEN: u16 = 7;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
+/// `NFTNL_UDATA_SET_KEYBYTEORDER` = `BYTEORDER_HOST_ENDIAN`, as nft writes it for string keys.
+const UDATA_KEY_HOST_ORDER: [u8; 6] = {
+    let b = 1u32.to_ne_bytes();
+    [0, 4, b[0], b[1], b[2], b[3]]
+};
 const NFTA_SET_DESC_CONCAT: u16 = 2;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_FIELD_LEN: u16 = 1;
@@ -606,6 +612,9 @@ fn new_set_message(family: u8, table: &str, name: &str, set: Option<&Set>) -> Me
     if set.is_none() {
         a.u32_be(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT)
             .u32_be(NFTA_SET_DATA_LEN, VERDICT_LEN);
+        // Interface names are strings in host order: without saying so, `nft list` shows
+        // the keys as empty strings (only it reads this).
+        a.bytes(NFTA_SET_USERDATA, &UDATA_KEY_HOST_ORDER);
     }
     if fields.len() > 1 {
         a.nest(NFTA_SET_DESC, |d| {
