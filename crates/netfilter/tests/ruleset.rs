@@ -332,3 +332,192 @@ fn a_declared_table_is_what_nft_lists() {
 fn flat(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// `(rule text, handle)` of every rule of a chain, from `nft -a list chain`.
+fn handles(ns: &NetNs, chain: &str) -> Vec<(String, u64)> {
+    ns.sh(&format!("nft -a list chain inet {TABLE} {chain}"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (rule, handle) = l.trim().rsplit_once(" # handle ")?;
+            if rule.starts_with("chain ") {
+                return None;
+            }
+            Some((rule.to_string(), handle.parse().unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn an_incremental_change_touches_only_what_changed() {
+    require!(root; "nft");
+    let ns = NetNs::new("rsi").unwrap();
+    let old = sample();
+    apply(&ns, None, &old);
+    let before: Vec<_> = ["filter-FORWARD", "filter-cali-fw-calia", "filter-cali-tw-calia"]
+        .iter()
+        .map(|c| handles(&ns, c))
+        .collect();
+    assert_eq!(before[1].len(), 10);
+
+    let mut new = old.clone();
+    new.chains.get_mut("filter-cali-tw-calia").unwrap().rules[0] = rule(&[
+        nft::match_l4proto(nft::IPPROTO_UDP, false),
+        nft::match_ports(true, 5000, 6000, true),
+        verdict(Verdict::Return),
+    ]);
+    let dst = new.sets.get_mut("cali40s-dst").unwrap();
+    dst.elems.insert(net("10.9.0.0/16"));
+    new.sets
+        .get_mut("cali40n-http")
+        .unwrap()
+        .elems
+        .remove(&SetElem::AddrProtoPort("10.0.0.5".parse().unwrap(), 6, 80));
+    let map = &mut new.maps.get_mut("cali-from-wl-dispatch").unwrap().elems;
+    map.insert("calic".into(), Verdict::Jump("filter-cali-tw-calia".into()));
+    map.insert("calib".into(), Verdict::Jump("filter-cali-fw-calia".into()));
+
+    let batch = apply(&ns, Some(&old), &new);
+    assert_eq!(
+        batch.descriptions(),
+        [
+            "flush chain filter-cali-tw-calia",
+            "delete 1 elements of map cali-from-wl-dispatch",
+            "delete 1 elements of set cali40n-http",
+            "add 2 elements of set cali40s-dst",
+            "add 2 elements of map cali-from-wl-dispatch",
+            "add rule 0 of chain filter-cali-tw-calia",
+            "add rule 1 of chain filter-cali-tw-calia (cali:no policy passed the packet)",
+        ]
+    );
+    // Untouched chains keep their rules (same handles); the changed one is rewritten.
+    assert_eq!(handles(&ns, "filter-FORWARD"), before[0]);
+    assert_eq!(handles(&ns, "filter-cali-fw-calia"), before[1]);
+    let tw = handles(&ns, "filter-cali-tw-calia");
+    assert_eq!(tw[0].0, "udp dport != 5000-6000 return");
+    assert!(tw.iter().all(|(_, h)| !before[2].iter().any(|(_, b)| b == h)));
+    let listing = flat(&ns.sh(&format!("nft list table inet {TABLE}")).unwrap());
+    assert!(
+        listing.contains("elements = { 10.0.0.0/24, 10.1.2.0/30, 10.9.0.0/16 }"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("elements = { 10.0.0.6 . udp . 53 }"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(r#""calia" : jump filter-cali-fw-calia, "calib" : jump filter-cali-fw-calia, "calic" : jump filter-cali-tw-calia"#),
+        "{listing}"
+    );
+    // Nothing to do is no message.
+    assert!(ruleset::plan(Some(&new), &new).unwrap().is_empty());
+
+    // Removals: a chain, its jumps (a rule and two map elements) and a set go in one
+    // transaction, references first.
+    let mut less = new.clone();
+    less.chains.remove("filter-cali-tw-calia");
+    less.chains.get_mut("filter-cali-fw-calia").unwrap().rules.pop();
+    less.sets.remove("cali-ports");
+    let m = &mut less.maps.get_mut("cali-from-wl-dispatch").unwrap().elems;
+    m.remove("calic");
+    m.insert("calib".into(), Verdict::Drop);
+    let batch = apply(&ns, Some(&new), &less);
+    let d = batch.descriptions();
+    assert_eq!(
+        &d[..7],
+        [
+            "flush chain filter-cali-fw-calia",
+            "flush chain filter-cali-tw-calia",
+            "delete 2 elements of map cali-from-wl-dispatch",
+            "delete set cali-ports",
+            "delete chain filter-cali-tw-calia",
+            "add 1 elements of map cali-from-wl-dispatch",
+            "add rule 0 of chain filter-cali-fw-calia",
+        ]
+    );
+    assert_eq!(d.len(), 6 + 9);
+    assert_eq!(handles(&ns, "filter-FORWARD"), before[0]);
+    let listing = flat(&ns.sh(&format!("nft list table inet {TABLE}")).unwrap());
+    assert!(!listing.contains("cali-ports") && !listing.contains("tw-calia"), "{listing}");
+
+    // A set recreated with another kind of key: the unchanged chain that names it is
+    // rewritten around it. A base chain's policy changes in place; its priority by
+    // recreating it.
+    let mut other = less.clone();
+    other.sets.insert(
+        "cali40s-dst".into(),
+        Set {
+            key: SetKey::Ipv4Addr,
+            interval: false,
+            elems: [net("10.0.0.1/32")].into(),
+        },
+    );
+    let fwd = other.chains.get_mut("filter-FORWARD").unwrap();
+    fwd.base.as_mut().unwrap().policy = ChainPolicy::Drop;
+    let batch = apply(&ns, Some(&less), &other);
+    assert_eq!(
+        &batch.descriptions()[..5],
+        [
+            "flush chain filter-cali-fw-calia",
+            "delete set cali40s-dst",
+            "add set cali40s-dst",
+            "set policy Drop of chain filter-FORWARD",
+            "add 1 elements of set cali40s-dst",
+        ]
+    );
+    assert_eq!(handles(&ns, "filter-FORWARD"), before[0]);
+    assert!(
+        flat(&ns.sh(&format!("nft list chain inet {TABLE} filter-FORWARD")).unwrap())
+            .contains("policy drop;")
+    );
+    let mut moved = other.clone();
+    let fwd = moved.chains.get_mut("filter-FORWARD").unwrap();
+    fwd.base.as_mut().unwrap().priority = 10;
+    let batch = apply(&ns, Some(&other), &moved);
+    assert_eq!(
+        &batch.descriptions()[..3],
+        [
+            "flush chain filter-FORWARD",
+            "delete chain filter-FORWARD",
+            "add chain filter-FORWARD",
+        ]
+    );
+    assert!(
+        flat(&ns.sh(&format!("nft list chain inet {TABLE} filter-FORWARD")).unwrap())
+            .contains("hook forward priority filter + 10; policy drop;")
+    );
+}
+
+/// A refusal of the kernel names the message it refused, and changes nothing.
+#[test]
+fn a_kernel_refusal_names_the_rule_and_changes_nothing() {
+    require!(root; "nft");
+    let ns = NetNs::new("rse").unwrap();
+    let good = sample();
+    apply(&ns, None, &good);
+    let listed = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
+    let mut bad = good.clone();
+    // Register 99 does not exist: only the kernel knows.
+    bad.chains.get_mut("filter-cali-tw-calia").unwrap().rules[1] = Rule::new(vec![
+        Expr::Cmp {
+            sreg: 99,
+            op: CmpOp::Eq,
+            data: vec![1],
+        },
+        Expr::Verdict(Verdict::Drop),
+    ])
+    .with_comment("the bad one");
+    let batch = ruleset::plan(Some(&good), &bad).unwrap();
+    let err = ns
+        .within(move || {
+            let mut sock = NfSocket::open().unwrap();
+            ruleset::apply(&mut sock, &batch).unwrap_err()
+        })
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("add rule 1 of chain filter-cali-tw-calia (the bad one)"),
+        "{err}"
+    );
+    assert_eq!(ns.sh(&format!("nft list table inet {TABLE}")).unwrap(), listed);
+}
