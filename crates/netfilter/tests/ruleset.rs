@@ -617,3 +617,231 @@ fn interval_sets_follow_random_changes_exactly() {
     // The sequence did exercise merging, open intervals and sets of many intervals.
     assert!(merged > 10 && open > 10 && most >= 8, "{merged} {open} {most}");
 }
+
+/// `old = None` trusts nothing: a table full of another tool's junk (chains, a set, a map, a
+/// base chain that drops everything) is replaced in one transaction by exactly ours; an absent
+/// table is simply created. Other tables are left alone, and ours outlives the socket.
+#[test]
+fn the_atomic_replace_clears_junk_and_creates_an_absent_table() {
+    require!(root; "nft");
+    let ns = NetNs::new("rsj").unwrap();
+    ns.sh(&format!(
+        "nft -f - <<'X'
+table inet {TABLE} {{
+  set junk {{ type ipv4_addr; elements = {{ 1.2.3.4 }}; }}
+  map jm {{ type ifname : verdict; }}
+  chain filter-cali-tw-calia {{ counter drop; }}
+  chain junkbase {{ type filter hook input priority 0; policy drop; }}
+  chain junkchain {{ ip saddr @junk drop; jump filter-cali-tw-calia; }}
+}}
+table ip other {{
+  chain c {{
+    counter
+  }}
+}}
+X"
+    ))
+    .unwrap();
+    let rs = sample();
+    apply(&ns, None, &rs);
+    let listing = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
+    assert!(!listing.contains("junk") && !listing.contains("jm"), "{listing}");
+    assert_eq!(
+        chain_lines(&ns, "filter-cali-tw-calia"),
+        [
+            "udp dport >= 1024 return",
+            r#"drop comment "cali:no policy passed the packet""#,
+        ]
+    );
+    assert!(ns.sh("nft list table ip other").unwrap().contains("counter"));
+    // Again, over itself: the same table.
+    apply(&ns, None, &rs);
+    assert_eq!(ns.sh(&format!("nft list table inet {TABLE}")).unwrap(), listing);
+
+    let fresh = NetNs::new("rsa").unwrap();
+    let batch = apply(&fresh, None, &rs);
+    assert_eq!(
+        &batch.descriptions()[..3],
+        [
+            "add table inet calico (to replace it)",
+            "delete table inet calico",
+            "add table inet calico",
+        ]
+    );
+    // The socket is closed (the thread that applied is gone): the table stays.
+    assert_eq!(
+        fresh.sh(&format!("nft list table inet {TABLE}")).unwrap(),
+        listing
+    );
+}
+
+/// Policy scale in one transaction: 2,000 chains, 2,000 sets with 20,000 elements, 5,000
+/// rules and a 2,000-entry dispatch map; then a one-element and a one-chain change against it.
+/// Prints the timings (plan and apply) the issue's targets are about.
+#[test]
+fn a_ruleset_of_policy_scale_applies_in_one_transaction() {
+    require!(root; "nft");
+    let ns = NetNs::new("rsb").unwrap();
+    let big = scale_ruleset(2_000, 2_000, 10);
+    let rules: usize = big.chains.values().map(|c| c.rules.len()).sum();
+    let elems: usize = big.sets.values().map(|s| s.elems.len()).sum();
+    assert!(rules >= 5_000 && elems >= 20_000, "{rules} {elems}");
+    let t = Instant::now();
+    let batch = ruleset::plan(None, &big).unwrap();
+    let planned = t.elapsed();
+    let messages = batch.len();
+    let t = Instant::now();
+    ns.within(move || {
+        let mut sock = NfSocket::open().unwrap();
+        ruleset::apply(&mut sock, &batch).unwrap();
+    })
+    .unwrap();
+    let applied = t.elapsed();
+    eprintln!(
+        "full: {} chains, {rules} rules, {} sets, {elems} elements, {messages} messages: \
+         plan {planned:?}, apply {applied:?}",
+        big.chains.len(),
+        big.sets.len()
+    );
+    let count = |what: &str| {
+        ns.sh(&format!("nft list table inet {TABLE} | grep -c '{what}'"))
+            .unwrap()
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(count("^\tchain "), big.chains.len());
+    assert_eq!(count("^\tset "), big.sets.len());
+    assert_eq!(count("ip saddr @"), 2_000);
+
+    // One element, then one chain.
+    let mut one_elem = big.clone();
+    one_elem
+        .sets
+        .get_mut("cali40s-1000")
+        .unwrap()
+        .elems
+        .insert(net("192.168.77.0/24"));
+    let mut one_chain = one_elem.clone();
+    one_chain
+        .chains
+        .get_mut("filter-cali-pi-1000")
+        .unwrap()
+        .rules
+        .push(rule(&[verdict(Verdict::Drop)]));
+    for (name, old, new) in [
+        ("one element", &big, &one_elem),
+        ("one chain", &one_elem, &one_chain),
+    ] {
+        let t = Instant::now();
+        let batch = ruleset::plan(Some(old), new).unwrap();
+        let planned = t.elapsed();
+        let n = batch.len();
+        let applied = ns
+            .within(move || {
+                let mut sock = NfSocket::open().unwrap();
+                let t = Instant::now();
+                ruleset::apply(&mut sock, &batch).unwrap();
+                t.elapsed()
+            })
+            .unwrap();
+        eprintln!("{name}: {n} messages: plan {planned:?}, apply {applied:?}");
+        // One element message; or the chain's flush and its 4 rules.
+        assert!(n <= 5, "{name}: {n}");
+    }
+    assert!(
+        ns.sh(&format!(
+            "nft list set inet {TABLE} cali40s-1000 | grep -c 192.168.77.0/24"
+        ))
+        .is_ok()
+    );
+}
+
+/// A ruleset shaped like the policy agent's at scale: `policies` policy chains
+/// (`filter-cali-pi-N`, 2-3 rules each naming a set), `sets` address sets of `per_set`
+/// prefixes, a dispatch map and per-endpoint chains for 200 local endpoints.
+fn scale_ruleset(policies: usize, sets: usize, per_set: usize) -> Ruleset {
+    let mut rs = Ruleset::new(TABLE);
+    for s in 0..sets {
+        let elems = (0..per_set)
+            .map(|i| {
+                let n = (s * per_set + i) as u32;
+                // Not adjacent (a /25 in each /24): the kernel holds every one.
+                let [_, _, a, b] = n.to_be_bytes();
+                net(&format!("10.{a}.{b}.0/25"))
+            })
+            .collect();
+        rs.sets.insert(
+            format!("cali40s-{s}"),
+            Set {
+                key: SetKey::Ipv4Addr,
+                interval: true,
+                elems,
+            },
+        );
+    }
+    for p in 0..policies {
+        let set = format!("cali40s-{}", p % sets);
+        let mut rules = vec![
+            rule(&[
+                nft::match_family(true),
+                nft::match_addr_set(true, true, &set, false),
+                nft::match_l4proto(nft::IPPROTO_TCP, false),
+                nft::match_ports(true, 8000, 8080, false),
+                nft::update_mark(0x10000, 0),
+                verdict(Verdict::Return),
+            ])
+            .with_comment(format!("Policy default.knp.default.p{p} ingress")),
+            rule(&[
+                nft::match_icmp(true, 8, None, false),
+                nft::update_mark(0x10000, 0),
+                verdict(Verdict::Return),
+            ]),
+        ];
+        if p % 2 == 0 {
+            rules.push(rule(&[
+                nft::match_family(true),
+                nft::match_addr_set(false, true, &set, true),
+                verdict(Verdict::Drop),
+            ]));
+        }
+        rs.chains.insert(
+            format!("filter-cali-pi-{p}"),
+            Chain { base: None, rules },
+        );
+    }
+    let mut dispatch = VerdictMap::default();
+    for e in 0..200 {
+        let iface = format!("cali{e:011}");
+        let chain = format!("filter-cali-tw-{iface}");
+        let rules = (0..3)
+            .map(|k| {
+                rule(&[
+                    verdict(Verdict::Jump(format!(
+                        "filter-cali-pi-{}",
+                        (e * 3 + k) % policies
+                    ))),
+                ])
+            })
+            .chain([rule(&[
+                nft::match_mark(0x10000, 0x10000, false),
+                verdict(Verdict::Accept),
+            ])])
+            .chain([rule(&[verdict(Verdict::Drop)])])
+            .collect();
+        rs.chains.insert(chain.clone(), Chain { base: None, rules });
+        dispatch.elems.insert(iface, Verdict::Goto(chain));
+    }
+    rs.maps.insert("cali-to-wl-dispatch".into(), dispatch);
+    rs.chains.insert(
+        "filter-FORWARD".into(),
+        forward_chain(vec![
+            rule(&[
+                nft::match_ct_state(nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED),
+                verdict(Verdict::Accept),
+            ]),
+            rule(&[nft::ifname_vmap(true, "cali-to-wl-dispatch")]),
+        ]),
+    );
+    rs
+}
