@@ -10,8 +10,8 @@
 use calico_netfilter::NfSocket;
 use calico_netfilter::nft::{self, CmpOp, Expr, Verdict};
 use calico_netfilter::ruleset::{
-    self, BaseChain, Batch, Chain, ChainHook, ChainKind, ChainPolicy, Interval, Rule, Ruleset,
-    Set, SetElem, SetKey, VerdictMap,
+    self, BaseChain, Batch, Chain, ChainHook, ChainKind, ChainPolicy, Interval, Rule, Ruleset, Set,
+    SetElem, SetKey, VerdictMap,
 };
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -59,8 +59,11 @@ fn sample() -> Ruleset {
                 verdict(Verdict::Drop),
             ]),
             rule(&[nft::ifname_vmap(false, "cali-from-wl-dispatch")]),
-            rule(&[nft::match_ifname(false, "cali*", false), verdict(Verdict::Drop)])
-                .with_comment("unknown endpoint"),
+            rule(&[
+                nft::match_ifname(false, "cali*", false),
+                verdict(Verdict::Drop),
+            ])
+            .with_comment("unknown endpoint"),
         ]),
     );
     rs.chains.insert(
@@ -88,8 +91,14 @@ fn sample() -> Ruleset {
                     nft::match_addr_proto_port_set(true, true, "cali40n-http", false),
                     verdict(Verdict::Accept),
                 ]),
-                rule(&[nft::match_icmp(true, 8, Some(0), false), verdict(Verdict::Accept)]),
-                rule(&[nft::match_icmp(false, 128, None, false), verdict(Verdict::Accept)]),
+                rule(&[
+                    nft::match_icmp(true, 8, Some(0), false),
+                    verdict(Verdict::Accept),
+                ]),
+                rule(&[
+                    nft::match_icmp(false, 128, None, false),
+                    verdict(Verdict::Accept),
+                ]),
                 rule(&[
                     nft::match_mark(0x10000, 0x10000, false),
                     verdict(Verdict::Return),
@@ -354,10 +363,14 @@ fn an_incremental_change_touches_only_what_changed() {
     let ns = NetNs::new("rsi").unwrap();
     let old = sample();
     apply(&ns, None, &old);
-    let before: Vec<_> = ["filter-FORWARD", "filter-cali-fw-calia", "filter-cali-tw-calia"]
-        .iter()
-        .map(|c| handles(&ns, c))
-        .collect();
+    let before: Vec<_> = [
+        "filter-FORWARD",
+        "filter-cali-fw-calia",
+        "filter-cali-tw-calia",
+    ]
+    .iter()
+    .map(|c| handles(&ns, c))
+    .collect();
     assert_eq!(before[1].len(), 10);
 
     let mut new = old.clone();
@@ -395,7 +408,10 @@ fn an_incremental_change_touches_only_what_changed() {
     assert_eq!(handles(&ns, "filter-cali-fw-calia"), before[1]);
     let tw = handles(&ns, "filter-cali-tw-calia");
     assert_eq!(tw[0].0, "udp dport != 5000-6000 return");
-    assert!(tw.iter().all(|(_, h)| !before[2].iter().any(|(_, b)| b == h)));
+    assert!(
+        tw.iter()
+            .all(|(_, h)| !before[2].iter().any(|(_, b)| b == h))
+    );
     let listing = flat(&ns.sh(&format!("nft list table inet {TABLE}")).unwrap());
     assert!(
         listing.contains("elements = { 10.0.0.0/24, 10.1.2.0/30, 10.9.0.0/16 }"),
@@ -416,7 +432,11 @@ fn an_incremental_change_touches_only_what_changed() {
     // transaction, references first.
     let mut less = new.clone();
     less.chains.remove("filter-cali-tw-calia");
-    less.chains.get_mut("filter-cali-fw-calia").unwrap().rules.pop();
+    less.chains
+        .get_mut("filter-cali-fw-calia")
+        .unwrap()
+        .rules
+        .pop();
     less.sets.remove("cali-ports");
     let m = &mut less.maps.get_mut("cali-from-wl-dispatch").unwrap().elems;
     m.remove("calic");
@@ -438,7 +458,10 @@ fn an_incremental_change_touches_only_what_changed() {
     assert_eq!(d.len(), 6 + 9);
     assert_eq!(handles(&ns, "filter-FORWARD"), before[0]);
     let listing = flat(&ns.sh(&format!("nft list table inet {TABLE}")).unwrap());
-    assert!(!listing.contains("cali-ports") && !listing.contains("tw-calia"), "{listing}");
+    assert!(
+        !listing.contains("cali-ports") && !listing.contains("tw-calia"),
+        "{listing}"
+    );
 
     // A set recreated with another kind of key: the unchanged chain that names it is
     // rewritten around it. A base chain's policy changes in place; its priority by
@@ -467,8 +490,11 @@ fn an_incremental_change_touches_only_what_changed() {
     );
     assert_eq!(handles(&ns, "filter-FORWARD"), before[0]);
     assert!(
-        flat(&ns.sh(&format!("nft list chain inet {TABLE} filter-FORWARD")).unwrap())
-            .contains("policy drop;")
+        flat(
+            &ns.sh(&format!("nft list chain inet {TABLE} filter-FORWARD"))
+                .unwrap()
+        )
+        .contains("policy drop;")
     );
     let mut moved = other.clone();
     let fwd = moved.chains.get_mut("filter-FORWARD").unwrap();
@@ -483,8 +509,11 @@ fn an_incremental_change_touches_only_what_changed() {
         ]
     );
     assert!(
-        flat(&ns.sh(&format!("nft list chain inet {TABLE} filter-FORWARD")).unwrap())
-            .contains("hook forward priority filter + 10; policy drop;")
+        flat(
+            &ns.sh(&format!("nft list chain inet {TABLE} filter-FORWARD"))
+                .unwrap()
+        )
+        .contains("hook forward priority filter + 10; policy drop;")
     );
 }
 
@@ -519,7 +548,10 @@ fn a_kernel_refusal_names_the_rule_and_changes_nothing() {
             .contains("add rule 1 of chain filter-cali-tw-calia (the bad one)"),
         "{err}"
     );
-    assert_eq!(ns.sh(&format!("nft list table inet {TABLE}")).unwrap(), listed);
+    assert_eq!(
+        ns.sh(&format!("nft list table inet {TABLE}")).unwrap(),
+        listed
+    );
 }
 
 /// A small deterministic generator (xorshift), so a failing sequence can be replayed.
@@ -575,9 +607,15 @@ fn interval_sets_follow_random_changes_exactly() {
     let ns = NetNs::new("rsr").unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut current = Ruleset::new(TABLE);
-    current.sets.insert("v4".into(), Set::new(SetKey::Ipv4Addr, true));
-    current.sets.insert("v6".into(), Set::new(SetKey::Ipv6Addr, true));
-    current.sets.insert("ports".into(), Set::new(SetKey::Port, true));
+    current
+        .sets
+        .insert("v4".into(), Set::new(SetKey::Ipv4Addr, true));
+    current
+        .sets
+        .insert("v6".into(), Set::new(SetKey::Ipv6Addr, true));
+    current
+        .sets
+        .insert("ports".into(), Set::new(SetKey::Port, true));
     apply(&ns, None, &current);
     let (mut merged, mut open, mut most) = (0, 0, 0);
     for step in 0..60 {
@@ -615,7 +653,10 @@ fn interval_sets_follow_random_changes_exactly() {
         current = next;
     }
     // The sequence did exercise merging, open intervals and sets of many intervals.
-    assert!(merged > 10 && open > 10 && most >= 8, "{merged} {open} {most}");
+    assert!(
+        merged > 10 && open > 10 && most >= 8,
+        "{merged} {open} {most}"
+    );
 }
 
 /// `old = None` trusts nothing: a table full of another tool's junk (chains, a set, a map, a
@@ -645,7 +686,10 @@ X"
     let rs = sample();
     apply(&ns, None, &rs);
     let listing = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
-    assert!(!listing.contains("junk") && !listing.contains("jm"), "{listing}");
+    assert!(
+        !listing.contains("junk") && !listing.contains("jm"),
+        "{listing}"
+    );
     assert_eq!(
         chain_lines(&ns, "filter-cali-tw-calia"),
         [
@@ -653,10 +697,17 @@ X"
             r#"drop comment "cali:no policy passed the packet""#,
         ]
     );
-    assert!(ns.sh("nft list table ip other").unwrap().contains("counter"));
+    assert!(
+        ns.sh("nft list table ip other")
+            .unwrap()
+            .contains("counter")
+    );
     // Again, over itself: the same table.
     apply(&ns, None, &rs);
-    assert_eq!(ns.sh(&format!("nft list table inet {TABLE}")).unwrap(), listing);
+    assert_eq!(
+        ns.sh(&format!("nft list table inet {TABLE}")).unwrap(),
+        listing
+    );
 
     let fresh = NetNs::new("rsa").unwrap();
     let batch = apply(&fresh, None, &rs);
@@ -805,10 +856,8 @@ fn scale_ruleset(policies: usize, sets: usize, per_set: usize) -> Ruleset {
                 verdict(Verdict::Drop),
             ]));
         }
-        rs.chains.insert(
-            format!("filter-cali-pi-{p}"),
-            Chain { base: None, rules },
-        );
+        rs.chains
+            .insert(format!("filter-cali-pi-{p}"), Chain { base: None, rules });
     }
     let mut dispatch = VerdictMap::default();
     for e in 0..200 {
@@ -816,12 +865,10 @@ fn scale_ruleset(policies: usize, sets: usize, per_set: usize) -> Ruleset {
         let chain = format!("filter-cali-tw-{iface}");
         let rules = (0..3)
             .map(|k| {
-                rule(&[
-                    verdict(Verdict::Jump(format!(
-                        "filter-cali-pi-{}",
-                        (e * 3 + k) % policies
-                    ))),
-                ])
+                rule(&[verdict(Verdict::Jump(format!(
+                    "filter-cali-pi-{}",
+                    (e * 3 + k) % policies
+                )))])
             })
             .chain([rule(&[
                 nft::match_mark(0x10000, 0x10000, false),
@@ -844,4 +891,241 @@ fn scale_ruleset(policies: usize, sets: usize, per_set: usize) -> Ruleset {
         ]),
     );
     rs
+}
+
+/// Three endpoints behind a router namespace, as pods behind a node: A on `calia`, B on
+/// `calib`, and C on `caliz`, an interface the ruleset does not know.
+struct Lab {
+    router: NetNs,
+    a: NetNs,
+    b: NetNs,
+    c: NetNs,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let lab = Lab {
+            router: NetNs::new("rtr").unwrap(),
+            a: NetNs::new("epa").unwrap(),
+            b: NetNs::new("epb").unwrap(),
+            c: NetNs::new("epc").unwrap(),
+        };
+        lab.router
+            .sh("ip link set lo up; sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
+            .unwrap();
+        for (i, (iface, ep)) in [("calia", &lab.a), ("calib", &lab.b), ("caliz", &lab.c)]
+            .into_iter()
+            .enumerate()
+        {
+            let n = i + 1;
+            lab.router
+                .sh(&format!(
+                    "ip link add {iface} type veth peer name eth0 netns {ep}
+                     ip addr add 10.65.{n}.1/24 dev {iface}
+                     ip addr add fd65:{n}::1/64 dev {iface} nodad
+                     ip link set {iface} up",
+                    ep = ep.name()
+                ))
+                .unwrap();
+            ep.sh(&format!(
+                "ip link set lo up; ip link set eth0 up
+                 ip addr add 10.65.{n}.2/24 dev eth0
+                 ip addr add fd65:{n}::2/64 dev eth0 nodad
+                 ip route add default via 10.65.{n}.1
+                 ip -6 route add default via fd65:{n}::1"
+            ))
+            .unwrap();
+        }
+        lab
+    }
+}
+
+/// One echo answered (three tries of 1 s: the first may wait for neighbour discovery).
+fn pings(from: &NetNs, to: &str) -> bool {
+    (0..3).any(|_| {
+        from.run("busybox", ["ping", "-c1", "-W1", to])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+/// One echo, not answered within 1 s.
+fn ping_blocked(from: &NetNs, to: &str) -> bool {
+    !from
+        .run("busybox", ["ping", "-c1", "-W1", to])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Echo servers on `ports` in `ns` (sockets made there; served from threads of this
+/// process, which end with the test's process).
+fn serve(ns: &NetNs, ports: &[u16]) {
+    for &port in ports {
+        let listener = ns
+            .within(move || TcpListener::bind(("::", port)).unwrap())
+            .unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut read = conn.try_clone().unwrap();
+                    let _ = std::io::copy(&mut read, &mut conn);
+                });
+            }
+        });
+    }
+}
+
+/// A TCP connection from `ns`, if the handshake completes within 1 s.
+fn connect(ns: &NetNs, to: &str, port: u16) -> Option<TcpStream> {
+    let addr = SocketAddr::new(to.parse().unwrap(), port);
+    ns.within(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+        .unwrap()
+}
+
+/// Whether `conn` still carries data both ways (an echo within 1 s).
+fn echoes(conn: &mut TcpStream) -> bool {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 4];
+    conn.write_all(b"ping").is_ok() && conn.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+/// The router's ruleset: dispatch from each known endpoint's interface to its chain; A may
+/// ping the addresses of a set and reach TCP ports 8000-8010; B may start nothing; unknown
+/// `cali*` interfaces carry nothing; replies pass by conntrack.
+fn router_ruleset(allowed: &[&str], port_range: bool) -> Ruleset {
+    let mut rs = Ruleset::new(TABLE);
+    rs.chains.insert(
+        "filter-FORWARD".into(),
+        forward_chain(vec![
+            rule(&[
+                nft::match_ct_state(nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED),
+                verdict(Verdict::Accept),
+            ]),
+            rule(&[
+                nft::match_ct_state(nft::CT_STATE_INVALID),
+                verdict(Verdict::Drop),
+            ]),
+            rule(&[nft::ifname_vmap(false, "cali-from-wl-dispatch")]),
+            rule(&[
+                nft::match_ifname(false, "cali*", false),
+                verdict(Verdict::Drop),
+            ])
+            .with_comment("cali:unknown endpoint"),
+        ]),
+    );
+    let mut from_a = vec![
+        rule(&[
+            nft::match_family(true),
+            nft::match_addr_set(false, true, "cali40s-allowed", false),
+            nft::match_icmp(true, 8, None, false),
+            verdict(Verdict::Accept),
+        ]),
+        rule(&[
+            nft::match_family(false),
+            nft::match_addr_set(false, false, "cali60s-allowed", false),
+            nft::match_icmp(false, 128, None, false),
+            verdict(Verdict::Accept),
+        ]),
+    ];
+    if port_range {
+        from_a.push(rule(&[
+            nft::match_l4proto(nft::IPPROTO_TCP, false),
+            nft::match_ports(true, 8000, 8010, false),
+            verdict(Verdict::Accept),
+        ]));
+    }
+    from_a.push(rule(&[verdict(Verdict::Drop)]).with_comment("cali:no policy passed the packet"));
+    rs.chains.insert(
+        "filter-cali-fw-calia".into(),
+        Chain {
+            base: None,
+            rules: from_a,
+        },
+    );
+    rs.chains.insert(
+        "filter-cali-fw-calib".into(),
+        Chain {
+            base: None,
+            rules: vec![rule(&[verdict(Verdict::Drop)])],
+        },
+    );
+    let v4 = allowed.iter().filter(|a| !a.contains(':'));
+    let v6 = allowed.iter().filter(|a| a.contains(':'));
+    rs.sets.insert(
+        "cali40s-allowed".into(),
+        Set::nets(true, v4.map(|a| a.parse().unwrap())),
+    );
+    rs.sets.insert(
+        "cali60s-allowed".into(),
+        Set::nets(false, v6.map(|a| a.parse().unwrap())),
+    );
+    rs.maps.insert(
+        "cali-from-wl-dispatch".into(),
+        VerdictMap {
+            elems: [
+                ("calia".into(), Verdict::Jump("filter-cali-fw-calia".into())),
+                ("calib".into(), Verdict::Goto("filter-cali-fw-calib".into())),
+            ]
+            .into(),
+            ..VerdictMap::default()
+        },
+    );
+    rs
+}
+
+/// Real traffic through the router's forward chain, IPv4 and IPv6, ICMP and TCP.
+#[test]
+fn traffic_obeys_the_ruleset() {
+    require!(root; "nft", "busybox");
+    let lab = Lab::new();
+    serve(&lab.b, &[8005, 9000]);
+    serve(&lab.a, &[8005]);
+    let open = router_ruleset(&["10.65.2.0/24", "10.65.2.2/32", "fd65:2::/64"], true);
+    apply(&lab.router, None, &open);
+
+    // Allowed by the address sets (ICMP) and the port range (TCP).
+    assert!(pings(&lab.a, "10.65.2.2"));
+    assert!(pings(&lab.a, "fd65:2::2"));
+    let mut long_lived = connect(&lab.a, "10.65.2.2", 8005).expect("8005 is in 8000-8010");
+    assert!(echoes(&mut long_lived));
+    assert!(connect(&lab.a, "fd65:2::2", 8005).is_some());
+    // Outside the range; and B may start nothing (its replies pass by conntrack above).
+    assert!(connect(&lab.a, "10.65.2.2", 9000).is_none());
+    assert!(ping_blocked(&lab.b, "10.65.1.2"));
+    assert!(connect(&lab.b, "10.65.1.2", 8005).is_none());
+    // C's interface is a cali* interface the ruleset does not know: nothing passes.
+    assert!(ping_blocked(&lab.c, "10.65.2.2"));
+    assert!(connect(&lab.c, "10.65.2.2", 8005).is_none());
+    // Without the rules, C reaches B (the drop was the ruleset's).
+    let mut bare = Ruleset::new(TABLE);
+    bare.chains
+        .insert("filter-FORWARD".into(), forward_chain(Vec::new()));
+    apply(&lab.router, None, &bare);
+    assert!(pings(&lab.c, "10.65.2.2"));
+    apply(&lab.router, Some(&bare), &open);
+
+    // An incremental change: the set loses B, the port range goes. New traffic stops at
+    // once (the transaction is committed when apply returns); the established connection
+    // goes on.
+    let closed = router_ruleset(&["10.65.3.0/24"], false);
+    let batch = apply(&lab.router, Some(&open), &closed);
+    assert!(
+        batch
+            .descriptions()
+            .iter()
+            .all(|d| !d.contains("filter-FORWARD") && !d.contains("map")),
+        "{:?}",
+        batch.descriptions()
+    );
+    assert!(ping_blocked(&lab.a, "10.65.2.2"));
+    assert!(ping_blocked(&lab.a, "fd65:2::2"));
+    assert!(connect(&lab.a, "10.65.2.2", 8005).is_none());
+    assert!(echoes(&mut long_lived), "ct state established accept");
+
+    // Back again.
+    apply(&lab.router, Some(&closed), &open);
+    assert!(pings(&lab.a, "10.65.2.2"));
+    assert!(connect(&lab.a, "10.65.2.2", 8005).is_some());
 }
