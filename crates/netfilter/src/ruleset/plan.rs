@@ -635,3 +635,269 @@ fn new_set_message(family: u8, table: &str, name: &str, set: Option<&Set>) -> Me
         a,
     )
 }
+
+// What the kernel makes of these batches is tested in tests/ruleset.rs; here which messages a
+// plan holds, in which order, and what it refuses.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::{ChainHook, ChainKind, Rule, SetElem};
+
+    fn jump(chain: &str) -> Rule {
+        Rule::new(vec![Expr::Verdict(Verdict::Jump(chain.into()))])
+    }
+
+    fn lookup(set: &str) -> Rule {
+        Rule::new(nft::match_addr_set(true, true, set, false))
+    }
+
+    fn base() -> Chain {
+        Chain {
+            base: Some(BaseChain {
+                kind: ChainKind::Filter,
+                hook: ChainHook::Forward,
+                priority: 0,
+                policy: ChainPolicy::Accept,
+            }),
+            rules: vec![Rule::new(nft::ifname_vmap(false, "dispatch"))],
+        }
+    }
+
+    fn regular(rules: Vec<Rule>) -> Chain {
+        Chain { base: None, rules }
+    }
+
+    /// fwd → (map) → ep-a → pol-1 (names set s1).
+    fn small() -> Ruleset {
+        let mut rs = Ruleset::new("calico");
+        rs.chains.insert("fwd".into(), base());
+        rs.chains
+            .insert("ep-a".into(), regular(vec![jump("pol-1")]));
+        rs.chains
+            .insert("pol-1".into(), regular(vec![lookup("s1")]));
+        rs.sets.insert(
+            "s1".into(),
+            Set::nets(true, ["10.0.0.0/24".parse().expect("net")]),
+        );
+        let mut map = VerdictMap::default();
+        map.elems
+            .insert("calia".into(), Verdict::Goto("ep-a".into()));
+        rs.maps.insert("dispatch".into(), map);
+        rs
+    }
+
+    fn what(b: &Batch) -> Vec<&str> {
+        b.descriptions().iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_replace_adds_deletes_and_creates_the_table_then_everything_in_order() {
+        let b = plan(None, &small()).expect("plan");
+        assert_eq!(
+            what(&b),
+            [
+                "add table inet calico (to replace it)",
+                "delete table inet calico",
+                "add table inet calico",
+                "add set s1",
+                "add map dispatch",
+                "add chain ep-a",
+                "add chain fwd",
+                "add chain pol-1",
+                "add 2 elements of set s1",
+                "add 1 elements of map dispatch",
+                "add rule 0 of chain ep-a",
+                "add rule 0 of chain fwd",
+                "add rule 0 of chain pol-1",
+            ]
+        );
+        // Table messages: create without EXCL (the first cannot fail), then delete.
+        assert_eq!(b.messages()[0].flags, NLM_F_CREATE);
+        assert_eq!(b.messages()[1].cmd, libc::NFT_MSG_DELTABLE as u8);
+        // Nothing changed: nothing sent.
+        assert!(plan(Some(&small()), &small()).expect("plan").is_empty());
+    }
+
+    #[test]
+    fn removals_go_after_their_references_and_additions_before_theirs() {
+        let old = small();
+        let mut new = old.clone();
+        // pol-1 and s1 go; pol-2 and s2 come; ep-a now jumps to pol-2.
+        new.chains.remove("pol-1");
+        new.sets.remove("s1");
+        new.chains
+            .insert("pol-2".into(), regular(vec![lookup("s2")]));
+        new.sets.insert(
+            "s2".into(),
+            Set::nets(true, ["10.1.0.0/16".parse().expect("net")]),
+        );
+        new.chains
+            .insert("ep-a".into(), regular(vec![jump("pol-2")]));
+        let b = plan(Some(&old), &new).expect("plan");
+        assert_eq!(
+            what(&b),
+            [
+                "flush chain ep-a",
+                "flush chain pol-1",
+                "delete set s1",
+                "delete chain pol-1",
+                "add set s2",
+                "add chain pol-2",
+                "add 2 elements of set s2",
+                "add rule 0 of chain ep-a",
+                "add rule 0 of chain pol-2",
+            ]
+        );
+        // The map's target goes too: its element goes before the chain.
+        let mut no_a = new.clone();
+        no_a.chains.remove("ep-a");
+        no_a.maps.get_mut("dispatch").expect("map").elems.clear();
+        let b = plan(Some(&new), &no_a).expect("plan");
+        assert_eq!(
+            what(&b),
+            [
+                "flush chain ep-a",
+                "delete 1 elements of map dispatch",
+                "delete chain ep-a",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recreated_set_rewrites_the_chains_that_name_it() {
+        let old = small();
+        let mut new = old.clone();
+        new.sets.insert(
+            "s1".into(),
+            Set {
+                key: SetKey::Ipv4Addr,
+                interval: false,
+                elems: [SetElem::Net("10.0.0.1/32".parse().expect("net"))].into(),
+            },
+        );
+        let b = plan(Some(&old), &new).expect("plan");
+        assert_eq!(
+            what(&b),
+            [
+                "flush chain pol-1",
+                "delete set s1",
+                "add set s1",
+                "add 1 elements of set s1",
+                "add rule 0 of chain pol-1",
+            ]
+        );
+    }
+
+    #[test]
+    fn dangling_names_are_refused_before_the_kernel() {
+        let ok = small();
+        let refuse = |rs: &Ruleset, needle: &str| {
+            let e = plan(Some(&ok), rs).expect_err("refused").to_string();
+            assert!(e.contains(needle), "{e}");
+            let e = plan(None, rs).expect_err("refused").to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        let mut missing_chain = ok.clone();
+        missing_chain
+            .chains
+            .insert("ep-a".into(), regular(vec![jump("nope")]));
+        refuse(&missing_chain, "chain ep-a goes to chain nope");
+        let mut to_base = ok.clone();
+        to_base
+            .chains
+            .insert("ep-a".into(), regular(vec![jump("fwd")]));
+        refuse(&to_base, "base chain fwd");
+        let mut missing_set = ok.clone();
+        missing_set.sets.clear();
+        refuse(&missing_set, "chain pol-1 looks up set s1");
+        let mut missing_map = ok.clone();
+        missing_map.maps.clear();
+        refuse(&missing_map, "chain fwd looks up map dispatch");
+        // A chain that goes while an unchanged map element still goes to it.
+        let mut gone_target = ok.clone();
+        gone_target.chains.remove("ep-a");
+        refuse(
+            &gone_target,
+            "map dispatch element calia goes to chain ep-a",
+        );
+        // An element that does not fit its set.
+        let mut bad_elem = ok.clone();
+        bad_elem
+            .sets
+            .get_mut("s1")
+            .expect("set")
+            .elems
+            .insert(SetElem::Ports(1, 2));
+        refuse(&bad_elem, "set s1");
+    }
+
+    #[test]
+    fn a_renamed_table_replaces_the_old_one() {
+        let old = small();
+        let mut new = old.clone();
+        new.name = "calico2".into();
+        let b = plan(Some(&old), &new).expect("plan");
+        assert_eq!(
+            &what(&b)[..5],
+            [
+                "add table inet calico (to replace it)",
+                "delete table inet calico",
+                "add table inet calico2 (to replace it)",
+                "delete table inet calico2",
+                "add table inet calico2",
+            ]
+        );
+    }
+
+    #[test]
+    fn policy_changes_in_place_and_hooks_by_recreating() {
+        let old = small();
+        let mut new = old.clone();
+        let fwd = new.chains.get_mut("fwd").expect("fwd");
+        fwd.base.as_mut().expect("base").policy = ChainPolicy::Drop;
+        assert_eq!(
+            what(&plan(Some(&old), &new).expect("plan")),
+            ["set policy Drop of chain fwd"]
+        );
+        let mut hooked = new.clone();
+        let fwd = hooked.chains.get_mut("fwd").expect("fwd");
+        fwd.base.as_mut().expect("base").hook = ChainHook::Input;
+        assert_eq!(
+            what(&plan(Some(&new), &hooked).expect("plan")),
+            [
+                "flush chain fwd",
+                "delete chain fwd",
+                "add chain fwd",
+                "add rule 0 of chain fwd",
+            ]
+        );
+    }
+
+    #[test]
+    fn thousands_of_elements_are_several_messages_in_one_batch() {
+        let mut rs = Ruleset::new("calico");
+        let nets = (0..20_000u32).map(|i| {
+            let [_, _, a, b] = i.to_be_bytes();
+            ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, a, b, 0), 25).expect("net"),
+            )
+        });
+        rs.sets.insert("big".into(), Set::nets(true, nets));
+        let b = plan(None, &rs).expect("plan");
+        let adds: Vec<&str> = what(&b)
+            .into_iter()
+            .filter(|w| w.contains("elements"))
+            .collect();
+        assert!(adds.len() > 1, "{adds:?}");
+        let total: usize = adds
+            .iter()
+            .map(|w| {
+                w.split(' ')
+                    .nth(1)
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(total, 40_000, "a start and an end element per /25");
+    }
+}
