@@ -1,5 +1,7 @@
-//! Netfilter from Rust, for the plugins that program it (portmap now, policy later):
-//! nf_tables and conntrack over nfnetlink ([`socket`], [`nft`], [`conntrack`]), the
+//! Netfilter from Rust, for the plugins that program it (portmap) and the policy agent:
+//! nf_tables and conntrack over nfnetlink ([`socket`], [`nft`], [`conntrack`]), a
+//! declarative nf_tables table and the engine that applies changes to it incrementally, in
+//! one transaction ([`ruleset`]), the
 //! iptables tools for the iptables layouts ([`xtables`], whose document writer refuses a
 //! line that would carry another), and the [`release`] of a call's
 //! socket and UDP conntrack flush, handed to the node agent (`calico-node run`) when there is
@@ -17,6 +19,7 @@ pub mod conntrack;
 pub mod error;
 pub mod nft;
 pub mod release;
+pub mod ruleset;
 pub mod socket;
 pub mod xtables;
 

@@ -58,7 +58,10 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 const UDATA_COMMENT: u8 = 0;
 
 const NF_ACCEPT: u32 = libc::NF_ACCEPT as u32;
+const NF_DROP: u32 = libc::NF_DROP as u32;
 const NFT_JUMP: i32 = libc::NFT_JUMP;
+const NFT_GOTO: i32 = libc::NFT_GOTO;
+const NFT_RETURN: i32 = libc::NFT_RETURN;
 const NFT_REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
 const NFT_REG_1: u32 = libc::NFT_REG_1 as u32;
 
@@ -120,6 +123,102 @@ pub enum Expr {
         addr_reg: u32,
         proto_reg: u32,
     },
+    /// Register `sreg` compared with the bytes (as many as `data` has, so a shorter value
+    /// compares a prefix: `iifname "cali*"`). Ordering compares bytes as `memcmp` does, which
+    /// is numeric order for big-endian values (ports, addresses).
+    Cmp {
+        sreg: u32,
+        op: CmpOp,
+        data: Vec<u8>,
+    },
+    /// Register `sreg` within `[from, to]` (both inclusive, big-endian), or outside it with
+    /// `neq`.
+    Range {
+        sreg: u32,
+        neq: bool,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    /// The key starting at `sreg` is (or with `invert`, is not) in the named set: `ip saddr
+    /// @s`, `ip saddr != @s`. A miss (a hit with `invert`) ends the rule.
+    SetLookup {
+        set: String,
+        sreg: u32,
+        invert: bool,
+    },
+    /// The key starting at `sreg` looked up in a verdict map, whose verdict is taken on a hit
+    /// (`iifname vmap @m`); a miss goes on with the next expression.
+    VmapLookup {
+        map: String,
+        sreg: u32,
+    },
+    /// `ct <key>` into `dreg` (`CT_STATE`: 4 bytes, host order, the `CT_STATE_*` bits).
+    Ct {
+        key: u32,
+        dreg: u32,
+    },
+    /// A verdict: accept, drop, return, jump, goto.
+    Verdict(Verdict),
+    /// `log`: to the kernel log, or with a group to NFLOG (`log group N`).
+    Log {
+        prefix: Option<String>,
+        group: Option<u16>,
+    },
+    /// `counter` (packets and bytes of the rule, read back by `nft list`).
+    Counter,
+}
+
+/// `NFT_CMP_*`: how [`Expr::Cmp`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CmpOp {
+    Eq = 0,
+    Neq = 1,
+    Lt = 2,
+    Lte = 3,
+    Gt = 4,
+    Gte = 5,
+}
+
+/// What a rule, or a verdict map's element, decides.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    /// Back to the chain that jumped here (a base chain's policy if none).
+    Return,
+    /// To the chain, coming back after it (unless it decides).
+    Jump(String),
+    /// To the chain, not coming back.
+    Goto(String),
+}
+
+impl Verdict {
+    /// `NF_*`/`NFT_*` verdict code and chain.
+    fn code(&self) -> (u32, Option<&str>) {
+        match self {
+            Verdict::Accept => (NF_ACCEPT, None),
+            Verdict::Drop => (NF_DROP, None),
+            Verdict::Return => (NFT_RETURN as u32, None),
+            Verdict::Jump(c) => (NFT_JUMP as u32, Some(c)),
+            Verdict::Goto(c) => (NFT_GOTO as u32, Some(c)),
+        }
+    }
+
+    /// The chain this verdict goes to, if any.
+    pub fn chain(&self) -> Option<&str> {
+        self.code().1
+    }
+
+    /// Writes `NFTA_DATA_VERDICT` into a data attribute being built.
+    pub(crate) fn encode_data(&self, data: &mut Attrs) {
+        let (code, chain) = self.code();
+        data.nest(NFTA_DATA_VERDICT, |v| {
+            v.u32_be(NFTA_VERDICT_CODE, code);
+            if let Some(c) = chain {
+                v.str(NFTA_VERDICT_CHAIN, c);
+            }
+        });
+    }
 }
 
 /// 32-bit registers, as concatenations use them (`NFT_REG32_00` and on).
@@ -230,8 +329,278 @@ impl Expr {
                     .u32_be(5, *proto_reg)
                     .u32_be(7, 0x1 | 0x2);
             }),
+            Expr::Cmp { sreg, op, data } => expr(list, "cmp", |d| {
+                d.u32_be(1, *sreg).u32_be(2, *op as u32);
+                data_value(d, 3, data);
+            }),
+            Expr::Range {
+                sreg,
+                neq,
+                from,
+                to,
+            } => expr(list, "range", |d| {
+                d.u32_be(1, *sreg).u32_be(2, u32::from(*neq));
+                data_value(d, 3, from);
+                data_value(d, 4, to);
+            }),
+            Expr::SetLookup { set, sreg, invert } => expr(list, "lookup", |d| {
+                d.str(1, set).u32_be(2, *sreg).u32_be(4, set_id(set));
+                if *invert {
+                    d.u32_be(5, NFT_LOOKUP_F_INV);
+                }
+            }),
+            Expr::VmapLookup { map, sreg } => expr(list, "lookup", |d| {
+                d.str(1, map)
+                    .u32_be(2, *sreg)
+                    .u32_be(3, NFT_REG_VERDICT)
+                    .u32_be(4, set_id(map));
+            }),
+            Expr::Ct { key, dreg } => expr(list, "ct", |d| {
+                d.u32_be(1, *dreg).u32_be(2, *key);
+            }),
+            Expr::Verdict(v) => expr(list, "immediate", |d| {
+                d.u32_be(1, NFT_REG_VERDICT);
+                d.nest(2, |data| v.encode_data(data));
+            }),
+            Expr::Log { prefix, group } => expr(list, "log", |d| {
+                if let Some(g) = group {
+                    d.u16_be(1, *g);
+                }
+                if let Some(p) = prefix {
+                    d.str(2, p);
+                }
+            }),
+            Expr::Counter => expr(list, "counter", |d| {
+                d.u64_be(1, 0).u64_be(2, 0);
+            }),
         }
     }
+}
+
+const NFT_LOOKUP_F_INV: u32 = libc::NFT_LOOKUP_F_INV as u32;
+/// 128-bit data registers (`NFT_REG_1` .. `NFT_REG_4`); each is four of the 32-bit ones.
+pub const REG_1: u32 = NFT_REG_1;
+pub const REG_2: u32 = libc::NFT_REG_2 as u32;
+pub const META_IIFNAME: u32 = libc::NFT_META_IIFNAME as u32;
+pub const META_OIFNAME: u32 = libc::NFT_META_OIFNAME as u32;
+pub const CT_STATE: u32 = libc::NFT_CT_STATE as u32;
+/// `ct state` bits (`NF_CT_STATE_*` of `nf_conntrack_common.h`).
+pub const CT_STATE_INVALID: u32 = 1;
+pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+pub const CT_STATE_RELATED: u32 = 1 << 2;
+pub const CT_STATE_NEW: u32 = 1 << 3;
+pub const CT_STATE_UNTRACKED: u32 = 1 << 6;
+pub const IPPROTO_TCP: u8 = libc::IPPROTO_TCP as u8;
+pub const IPPROTO_UDP: u8 = libc::IPPROTO_UDP as u8;
+pub const IPPROTO_SCTP: u8 = libc::IPPROTO_SCTP as u8;
+pub const IPPROTO_ICMP: u8 = libc::IPPROTO_ICMP as u8;
+pub const IPPROTO_ICMPV6: u8 = libc::IPPROTO_ICMPV6 as u8;
+/// Interface names in registers: `IFNAMSIZ` bytes, NUL-padded.
+pub const IFNAME_LEN: usize = libc::IFNAMSIZ;
+
+/// `iifname`/`oifname` compared with `name`, as nft writes it: a trailing `*` compares the
+/// bytes before it (`iifname "cali*"`), else the whole NUL-padded name. `neq` negates.
+pub fn match_ifname(output: bool, name: &str, neq: bool) -> Vec<Expr> {
+    let key = if output { META_OIFNAME } else { META_IIFNAME };
+    let data = match name.strip_suffix('*') {
+        Some(prefix) => prefix.as_bytes().to_vec(),
+        None => ifname_key(name),
+    };
+    let op = if neq { CmpOp::Neq } else { CmpOp::Eq };
+    vec![
+        Expr::MetaTo(key, REG_1),
+        Expr::Cmp {
+            sreg: REG_1,
+            op,
+            data,
+        },
+    ]
+}
+
+/// An interface name as a key: `IFNAMSIZ` bytes, NUL-padded (cut to 15 bytes).
+pub fn ifname_key(name: &str) -> Vec<u8> {
+    let mut k = vec![0u8; IFNAME_LEN];
+    let b = name.as_bytes();
+    let n = b.len().min(IFNAME_LEN - 1);
+    k[..n].copy_from_slice(&b[..n]);
+    k
+}
+
+/// `iifname vmap @map` (or `oifname`).
+pub fn ifname_vmap(output: bool, map: &str) -> Vec<Expr> {
+    let key = if output { META_OIFNAME } else { META_IIFNAME };
+    vec![
+        Expr::MetaTo(key, REG_1),
+        Expr::VmapLookup {
+            map: map.into(),
+            sreg: REG_1,
+        },
+    ]
+}
+
+/// `meta l4proto <proto>` (`!=` with `neq`).
+pub fn match_l4proto(proto: u8, neq: bool) -> Vec<Expr> {
+    vec![
+        Expr::MetaTo(META_L4PROTO, REG_1),
+        Expr::Cmp {
+            sreg: REG_1,
+            op: if neq { CmpOp::Neq } else { CmpOp::Eq },
+            data: vec![proto],
+        },
+    ]
+}
+
+/// `meta l4proto { tcp, udp, sctp }`-free port load: the source or destination port (the
+/// first or second 16 bits of the transport header) into `reg`. Only meaningful after a
+/// protocol match of a protocol with ports.
+pub fn load_port(dst: bool, reg: u32) -> Expr {
+    Expr::PayloadTo(BASE_TRANSPORT, if dst { 2 } else { 0 }, 2, reg)
+}
+
+/// `th dport <first>-<last>` (a single port when equal); `neq` negates. After a protocol
+/// match (see [`load_port`]).
+pub fn match_ports(dst: bool, first: u16, last: u16, neq: bool) -> Vec<Expr> {
+    let cmp = if first == last {
+        Expr::Cmp {
+            sreg: REG_1,
+            op: if neq { CmpOp::Neq } else { CmpOp::Eq },
+            data: first.to_be_bytes().to_vec(),
+        }
+    } else {
+        Expr::Range {
+            sreg: REG_1,
+            neq,
+            from: first.to_be_bytes().to_vec(),
+            to: last.to_be_bytes().to_vec(),
+        }
+    };
+    vec![load_port(dst, REG_1), cmp]
+}
+
+/// The address of the given family into `reg`: source or destination.
+pub fn load_addr(source: bool, v4: bool, reg: u32) -> Expr {
+    let (offset, len) = match (v4, source) {
+        (true, true) => (12, 4),
+        (true, false) => (16, 4),
+        (false, true) => (8, 16),
+        (false, false) => (24, 16),
+    };
+    Expr::PayloadTo(BASE_NETWORK, offset, len, reg)
+}
+
+/// `ip saddr @set` / `ip6 daddr != @set`: the address looked up in an address set (after
+/// [`match_family`]).
+pub fn match_addr_set(source: bool, v4: bool, set: &str, invert: bool) -> Vec<Expr> {
+    vec![
+        load_addr(source, v4, REG_1),
+        Expr::SetLookup {
+            set: set.into(),
+            sreg: REG_1,
+            invert,
+        },
+    ]
+}
+
+/// `ip daddr . meta l4proto . th dport @set` (Felix's named-port sets, `hash:ip,port`): the
+/// concatenated key looked up in a set of [`crate::ruleset::SetKey::Ipv4AddrProtoPort`] (or
+/// IPv6) elements, after [`match_family`]. The port is the destination port with `dst`.
+pub fn match_addr_proto_port_set(dst: bool, v4: bool, set: &str, invert: bool) -> Vec<Expr> {
+    let addr_words = if v4 { 1 } else { 4 };
+    let proto_reg = REG32_00 + addr_words;
+    vec![
+        load_addr(!dst, v4, REG32_00),
+        Expr::MetaTo(META_L4PROTO, proto_reg),
+        load_port(dst, proto_reg + 1),
+        Expr::SetLookup {
+            set: set.into(),
+            sreg: REG32_00,
+            invert,
+        },
+    ]
+}
+
+/// `th dport @set` over a set of ports or port ranges (after a protocol match).
+pub fn match_port_set(dst: bool, set: &str, invert: bool) -> Vec<Expr> {
+    vec![
+        load_port(dst, REG_1),
+        Expr::SetLookup {
+            set: set.into(),
+            sreg: REG_1,
+            invert,
+        },
+    ]
+}
+
+/// `ct state & bits != 0`: e.g. `ct state established,related` with
+/// `CT_STATE_ESTABLISHED | CT_STATE_RELATED`, `ct state invalid` with `CT_STATE_INVALID`.
+pub fn match_ct_state(bits: u32) -> Vec<Expr> {
+    vec![
+        Expr::Ct {
+            key: CT_STATE,
+            dreg: REG_1,
+        },
+        Expr::BitwiseIn {
+            reg: REG_1,
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+/// `icmp type <t> [code <c>]` (IPv4) or `icmpv6 type ...`: the protocol match nft adds as
+/// a dependency, then the type and code bytes of the transport header. `neq` negates the
+/// type/code match (not the protocol): `icmp type != 8`; with a code, nft's
+/// `icmp type . icmp code != ...` is two bytes compared at once.
+pub fn match_icmp(v4: bool, icmp_type: u8, code: Option<u8>, neq: bool) -> Vec<Expr> {
+    let proto = if v4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+    let mut out = match_l4proto(proto, false);
+    let data = match code {
+        Some(c) => vec![icmp_type, c],
+        None => vec![icmp_type],
+    };
+    out.push(Expr::PayloadTo(BASE_TRANSPORT, 0, data.len() as u32, REG_1));
+    out.push(Expr::Cmp {
+        sreg: REG_1,
+        op: if neq { CmpOp::Neq } else { CmpOp::Eq },
+        data,
+    });
+    out
+}
+
+/// `meta mark & mask == value` (masks as Felix writes them: `0x10000`).
+pub fn match_mark(mask: u32, value: u32, neq: bool) -> Vec<Expr> {
+    vec![
+        Expr::MetaMarkTo(REG_1),
+        Expr::BitwiseIn {
+            reg: REG_1,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: if neq { CmpOp::Neq } else { CmpOp::Eq },
+            data: (value & mask).to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `meta mark set meta mark & ~clear | set`: sets the bits of `set`, clears those of
+/// `clear` (Felix's `meta mark set mark or 0x10000`, `... and 0xfff0ffff`).
+pub fn update_mark(set: u32, clear: u32) -> Vec<Expr> {
+    vec![
+        Expr::MetaMarkTo(REG_1),
+        Expr::BitwiseIn {
+            reg: REG_1,
+            mask: (!(set | clear)).to_ne_bytes().to_vec(),
+            xor: set.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSetMarkFrom(REG_1),
+    ]
 }
 
 /// Matches `meta nfproto <family>`.
