@@ -165,6 +165,9 @@ pub struct PolicyEngine {
     active_policies: HashSet<PolicyKey>,
     active_profiles: HashSet<String>,
     set_refs: HashMap<SetSpec, usize>,
+    /// The sets each active policy and profile references (what to release).
+    policy_sets: HashMap<PolicyKey, Vec<SetSpec>>,
+    profile_sets: HashMap<String, Vec<SetSpec>>,
     /// Interface each rendered endpoint was rendered with (to remove its chains).
     rendered: HashMap<EndpointKey, String>,
     dirty: Dirty,
@@ -218,6 +221,8 @@ impl PolicyEngine {
             active_policies: HashSet::new(),
             active_profiles: HashSet::new(),
             set_refs: HashMap::new(),
+            policy_sets: HashMap::new(),
+            profile_sets: HashMap::new(),
             rendered: HashMap::new(),
             dirty: Dirty {
                 statics: true,
@@ -312,37 +317,61 @@ impl PolicyEngine {
 
     // ---- activity ----
 
-    fn refresh_policy(&mut self, key: &PolicyKey) {
+    /// Re-evaluates whether a policy is active (applies to a local endpoint) and references
+    /// the sets of its current rules; the chains are re-rendered when either changed.
+    fn refresh_policy(&mut self, key: &PolicyKey, content_changed: bool) {
         let active = self.policy_index.match_count(key) > 0 && self.policies.contains_key(key);
         let was = self.active_policies.contains(key);
-        if active && !was {
-            self.active_policies.insert(key.clone());
-            let sets: Vec<SetSpec> = self.policies[key].sets().cloned().collect();
-            for s in &sets {
-                self.add_set_ref(s);
-            }
-            self.dirty.policies.insert(key.clone());
-        } else if !active && was {
-            self.active_policies.remove(key);
-            self.dirty.policies.insert(key.clone());
+        if active == was && !(active && content_changed) {
+            return;
         }
+        let new_sets: Vec<SetSpec> = if active {
+            self.active_policies.insert(key.clone());
+            self.policies[key].sets().cloned().collect()
+        } else {
+            self.active_policies.remove(key);
+            Vec::new()
+        };
+        // The new references first, so that a set both use is kept, not re-created.
+        for s in &new_sets {
+            self.add_set_ref(s);
+        }
+        let old_sets = match active {
+            false => self.policy_sets.remove(key),
+            true => self.policy_sets.insert(key.clone(), new_sets),
+        };
+        for s in old_sets.iter().flatten() {
+            self.remove_set_ref(s);
+        }
+        self.dirty.policies.insert(key.clone());
     }
 
-    fn refresh_profile(&mut self, name: &str) {
+    /// As [`Self::refresh_policy`], for a profile (active when a local endpoint lists it).
+    fn refresh_profile(&mut self, name: &str, content_changed: bool) {
         let active = self.local_by_profile.get(name).copied().unwrap_or(0) > 0
             && self.profiles.contains_key(name);
         let was = self.active_profiles.contains(name);
-        if active && !was {
-            self.active_profiles.insert(name.to_string());
-            let sets: Vec<SetSpec> = self.profiles[name].sets().cloned().collect();
-            for s in &sets {
-                self.add_set_ref(s);
-            }
-            self.dirty.profiles.insert(name.to_string());
-        } else if !active && was {
-            self.active_profiles.remove(name);
-            self.dirty.profiles.insert(name.to_string());
+        if active == was && !(active && content_changed) {
+            return;
         }
+        let new_sets: Vec<SetSpec> = if active {
+            self.active_profiles.insert(name.to_string());
+            self.profiles[name].sets().cloned().collect()
+        } else {
+            self.active_profiles.remove(name);
+            Vec::new()
+        };
+        for s in &new_sets {
+            self.add_set_ref(s);
+        }
+        let old_sets = match active {
+            false => self.profile_sets.remove(name),
+            true => self.profile_sets.insert(name.to_string(), new_sets),
+        };
+        for s in old_sets.iter().flatten() {
+            self.remove_set_ref(s);
+        }
+        self.dirty.profiles.insert(name.to_string());
     }
 
     // ---- endpoints ----
@@ -523,10 +552,10 @@ impl PolicyEngine {
             self.endpoints.insert(key, e);
         }
         for p in touched {
-            self.refresh_policy(&p);
+            self.refresh_policy(&p, false);
         }
         for p in profiles {
-            self.refresh_profile(&p);
+            self.refresh_profile(&p, false);
         }
     }
 
@@ -555,7 +584,7 @@ impl PolicyEngine {
                     self.dirty.endpoints.insert(key.clone());
                 }
                 for p in touched {
-                    self.refresh_policy(&p);
+                    self.refresh_policy(&p, false);
                 }
             }
         }
@@ -565,7 +594,6 @@ impl PolicyEngine {
 
     fn set_policy(&mut self, key: PolicyKey, p: Option<ParsedPolicy>) {
         let old = self.policies.remove(&key);
-        let was_active = self.active_policies.contains(&key);
         // Endpoints whose chain lists the policy change when where it sorts or which
         // directions it has change.
         let placement = |p: &ParsedPolicy| {
@@ -579,11 +607,6 @@ impl PolicyEngine {
         let moved = match (&old, &p) {
             (Some(a), Some(b)) => placement(a) != placement(b),
             _ => true,
-        };
-        let old_sets: Vec<SetSpec> = if was_active {
-            old.iter().flat_map(|o| o.sets().cloned()).collect()
-        } else {
-            Vec::new()
         };
         let content_changed = old.as_ref() != p.as_ref();
         let mut affected: HashSet<EndpointKey> = HashSet::new();
@@ -608,26 +631,7 @@ impl PolicyEngine {
             self.policies.insert(key.clone(), np);
         }
         self.dirty.endpoints.extend(affected);
-        // Re-reference the sets: the new ones first so that shared sets stay.
-        if was_active {
-            self.active_policies.remove(&key);
-            if self.policy_index.match_count(&key) > 0 && self.policies.contains_key(&key) {
-                self.active_policies.insert(key.clone());
-                let sets: Vec<SetSpec> = self.policies[&key].sets().cloned().collect();
-                for s in &sets {
-                    self.add_set_ref(s);
-                }
-            }
-            for s in &old_sets {
-                self.remove_set_ref(s);
-            }
-            self.dirty.policies.insert(key.clone());
-        } else {
-            self.refresh_policy(&key);
-        }
-        if content_changed && self.active_policies.contains(&key) {
-            self.dirty.policies.insert(key);
-        }
+        self.refresh_policy(&key, content_changed);
     }
 
     pub fn upsert_network_policy(&mut self, p: &NetworkPolicy) -> Result<(), Skipped> {
@@ -703,31 +707,14 @@ impl PolicyEngine {
 
     fn set_profile(&mut self, name: &str, p: Option<ParsedProfile>) {
         let old = self.profiles.remove(name);
-        let labels_changed =
-            old.as_ref().map(|o| &o.labels) != p.as_ref().map(|n| &n.labels);
-        let was_active = self.active_profiles.contains(name);
-        let old_sets: Vec<SetSpec> = if was_active {
-            old.iter().flat_map(|o| o.sets().cloned()).collect()
-        } else {
-            Vec::new()
-        };
+        let labels_changed = old.as_ref().map(|o| &o.labels) != p.as_ref().map(|n| &n.labels);
+        let content_changed = old.as_ref() != p.as_ref();
         let existed = old.is_some();
         let exists = p.is_some();
         if let Some(np) = p {
             self.profiles.insert(name.to_string(), np);
         }
-        if was_active {
-            self.active_profiles.remove(name);
-            for s in &old_sets {
-                // Removed after the new ones are referenced below (refresh re-adds).
-                let _ = s;
-            }
-        }
-        self.refresh_profile(name);
-        for s in &old_sets {
-            self.remove_set_ref(s);
-        }
-        self.dirty.profiles.insert(name.to_string());
+        self.refresh_profile(name, content_changed);
         if existed != exists {
             // Endpoint chains jump only to profiles that exist.
             if let Some(eps) = self.endpoints_by_profile.get(name) {
@@ -1022,13 +1009,13 @@ impl PolicyEngine {
         {
             problems.push(format!("defaultEndpointToHostAction {a:?}: using Drop"));
         }
-        self.felix = layered;
-        if marks != self.marks {
-            self.marks = marks;
-            // Every rule carries mark bits.
+        if marks != self.marks || layered.log_prefix != self.felix.log_prefix {
+            // Rules carry mark bits and log prefixes.
             self.dirty.policies.extend(self.active_policies.iter().cloned());
             self.dirty.profiles.extend(self.active_profiles.iter().cloned());
         }
+        self.marks = marks;
+        self.felix = layered;
         let all: Vec<EndpointKey> = self.rendered.keys().cloned().collect();
         self.dirty.endpoints.extend(all);
         self.dirty.statics = true;

@@ -107,7 +107,7 @@ mod tests {
         assert!(set_name(false, "all-ipam-pools").starts_with("cali60all-ipam-pools"));
         assert_eq!(policy_chain(true, "np/ns/a"), "filter-cali-pi-np/ns/a");
         let long = policy_chain(false, &"x".repeat(100));
-        assert_eq!(long.len(), MAX_CHAIN_NAME);
+        assert!(long.len() <= MAX_CHAIN_NAME);
         assert!(long.starts_with("filter-cali-po-_"));
         assert_ne!(long, policy_chain(false, &"x".repeat(101)));
     }
