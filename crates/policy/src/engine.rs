@@ -1,0 +1,1593 @@
+//! The incremental engine the agent feeds with datastore changes and asks for the wanted
+//! table (Felix's calculation graph: `felix/calc/active_rules_calculator.go`,
+//! `rule_scanner.go`, `policy_resolver.go`, `policy_sorter.go`, and the dataplane managers'
+//! "desired state", `felix/dataplane/linux/endpoint_mgr.go`, `policy_mgr.go`).
+//!
+//! Each update records the object and marks what it touches as dirty; [`PolicyEngine::desired`]
+//! re-renders only those chains, sets and map elements. Policies are evaluated against
+//! local endpoints only (a label index), and only policies and profiles that apply to a
+//! local endpoint are rendered ("active rules"); the sets their rules use are evaluated
+//! against every endpoint and network set of the cluster (a second label index).
+
+use crate::index::{LabelIndex, Labels};
+use crate::ir::{self, Action, Match, Rule};
+use crate::model::{
+    self, InvalidObject, LABEL_NAMESPACE, LABEL_SERVICE_ACCOUNT, NAMESPACE_LABEL_PREFIX,
+    ParsedPolicy, ParsedProfile, PolicyKey, SERVICE_ACCOUNT_LABEL_PREFIX, SetSpec,
+};
+use crate::names;
+use crate::render::{self, EndpointChainOptions, MarkBits, TierChains, verdict};
+use calico_datastore::model::node::Node;
+use calico_datastore::model::policy::{
+    FelixConfiguration, FelixConfigurationSpec, GlobalNetworkPolicy, GlobalNetworkSet,
+    NetworkPolicy, NetworkSet, Protocol, Tier,
+};
+use calico_datastore::model::resources::{DEFAULT_TIERS, IpPool, Profile, WorkloadEndpoint};
+use calico_netfilter::nft::{self, Verdict};
+use calico_netfilter::ruleset::{
+    BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetKey,
+    VerdictMap,
+};
+use calico_selector::Selector;
+use ipnet::IpNet;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+/// Settings that come from the agent's environment, not the datastore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Workload interface prefixes (`FELIX_INTERFACEPREFIX`, default `cali`).
+    pub interface_prefixes: Vec<String>,
+    /// Prefix of Log rules' kernel log lines (`FELIX_LOGPREFIX`, default `calico-packet`).
+    pub log_prefix: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            interface_prefixes: vec!["cali".into()],
+            log_prefix: "calico-packet".into(),
+        }
+    }
+}
+
+/// Which object a skip is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// An object the engine does not enforce, and why (to log; everything else stays enforced).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object} skipped: {reason}")]
+pub struct Skipped {
+    pub object: ObjectRef,
+    pub reason: String,
+}
+
+/// A local endpoint whose rules are in the wanted table: what its status file says.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointStatus {
+    pub orchestrator_id: String,
+    pub workload_id: String,
+    pub endpoint_id: String,
+    pub iface_name: String,
+    pub mac: String,
+    pub ipv4_nets: Vec<String>,
+    pub ipv6_nets: Vec<String>,
+}
+
+/// A workload endpoint's key: namespace and name of the resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ItemKey {
+    Endpoint(EndpointKey),
+    NetSet { namespace: String, name: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Endpoint {
+    local: bool,
+    iface: String,
+    mac: String,
+    nets: Vec<IpNet>,
+    profiles: Vec<String>,
+    own_labels: Labels,
+    /// (name, protocol, port).
+    ports: Vec<(String, u8, u16)>,
+    status: EndpointStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TierInfo {
+    order: Option<f64>,
+    pass: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Pool {
+    net: IpNet,
+    masquerade: bool,
+    ipip: bool,
+    vxlan: bool,
+}
+
+#[derive(Default)]
+struct Dirty {
+    endpoints: HashSet<EndpointKey>,
+    policies: HashSet<PolicyKey>,
+    profiles: HashSet<String>,
+    sets: HashSet<SetSpec>,
+    statics: bool,
+}
+
+/// The policy calculation of one node. See the module doc.
+pub struct PolicyEngine {
+    node: String,
+    config: EngineConfig,
+    felix_cluster: FelixConfigurationSpec,
+    felix_node: FelixConfigurationSpec,
+    felix: FelixConfigurationSpec,
+    marks: MarkBits,
+    tiers: HashMap<String, TierInfo>,
+    policies: HashMap<PolicyKey, ParsedPolicy>,
+    profiles: HashMap<String, ParsedProfile>,
+    endpoints: HashMap<EndpointKey, Endpoint>,
+    endpoints_by_profile: HashMap<String, HashSet<EndpointKey>>,
+    local_by_profile: HashMap<String, usize>,
+    netsets: HashMap<ItemKey, Vec<IpNet>>,
+    pools: BTreeMap<String, Pool>,
+    node_addrs: BTreeMap<String, Vec<IpAddr>>,
+    skipped: BTreeMap<ObjectRef, String>,
+    /// Policy selectors over local endpoints.
+    policy_index: LabelIndex<EndpointKey, PolicyKey>,
+    /// Set selectors over every endpoint and network set.
+    set_index: LabelIndex<ItemKey, SetSpec>,
+    active_policies: HashSet<PolicyKey>,
+    active_profiles: HashSet<String>,
+    set_refs: HashMap<SetSpec, usize>,
+    /// The sets each active policy and profile references (what to release).
+    policy_sets: HashMap<PolicyKey, Vec<SetSpec>>,
+    profile_sets: HashMap<String, Vec<SetSpec>>,
+    /// Interface each rendered endpoint was rendered with (to remove its chains).
+    rendered: HashMap<EndpointKey, String>,
+    dirty: Dirty,
+    out: Ruleset,
+    chains: BTreeMap<String, (Option<BaseChain>, Vec<Rule>)>,
+}
+
+fn object(kind: &'static str, namespace: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => a.total_cmp(&b),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}
+
+fn host_net(a: IpAddr) -> IpNet {
+    IpNet::from(a)
+}
+
+impl PolicyEngine {
+    /// An engine for `node_name` with Calico's default tiers and Felix's defaults.
+    pub fn new(node_name: &str, config: EngineConfig) -> Self {
+        let mut e = PolicyEngine {
+            node: node_name.to_string(),
+            config,
+            felix_cluster: FelixConfigurationSpec::default(),
+            felix_node: FelixConfigurationSpec::default(),
+            felix: FelixConfigurationSpec::default(),
+            marks: MarkBits::default(),
+            tiers: HashMap::new(),
+            policies: HashMap::new(),
+            profiles: HashMap::new(),
+            endpoints: HashMap::new(),
+            endpoints_by_profile: HashMap::new(),
+            local_by_profile: HashMap::new(),
+            netsets: HashMap::new(),
+            pools: BTreeMap::new(),
+            node_addrs: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            policy_index: LabelIndex::new(),
+            set_index: LabelIndex::new(),
+            active_policies: HashSet::new(),
+            active_profiles: HashSet::new(),
+            set_refs: HashMap::new(),
+            policy_sets: HashMap::new(),
+            profile_sets: HashMap::new(),
+            rendered: HashMap::new(),
+            dirty: Dirty {
+                statics: true,
+                ..Default::default()
+            },
+            out: Ruleset::new(names::TABLE),
+            chains: BTreeMap::new(),
+        };
+        for (name, action, order) in DEFAULT_TIERS {
+            e.tiers.insert(
+                name.to_string(),
+                TierInfo {
+                    order: Some(order as f64),
+                    pass: action == "Pass",
+                },
+            );
+        }
+        e
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// Objects not enforced now, with why.
+    pub fn skipped(&self) -> impl Iterator<Item = Skipped> + '_ {
+        self.skipped.iter().map(|(o, r)| Skipped {
+            object: o.clone(),
+            reason: r.clone(),
+        })
+    }
+
+    /// Records the outcome of an update: an invalid object is dropped as if deleted
+    /// (Felix's `ValidationFilter`), and the reason returned and kept.
+    fn outcome(&mut self, obj: ObjectRef, r: Result<(), InvalidObject>) -> Result<(), Skipped> {
+        match r {
+            Ok(()) => {
+                self.skipped.remove(&obj);
+                Ok(())
+            }
+            Err(e) => {
+                self.skipped.insert(obj.clone(), e.0.clone());
+                Err(Skipped {
+                    object: obj,
+                    reason: e.0,
+                })
+            }
+        }
+    }
+
+    // ---- sets ----
+
+    fn add_set_ref(&mut self, spec: &SetSpec) {
+        let n = self.set_refs.entry(spec.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            // The text is our own canonical rendering of a selector that parsed.
+            if let Ok(sel) = Selector::parse(spec.selector_text()) {
+                self.set_index.upsert_selector(spec.clone(), sel);
+            }
+            self.dirty.sets.insert(spec.clone());
+        }
+    }
+
+    fn remove_set_ref(&mut self, spec: &SetSpec) {
+        if let Some(n) = self.set_refs.get_mut(spec) {
+            *n -= 1;
+            if *n == 0 {
+                self.set_refs.remove(spec);
+                self.set_index.remove_selector(spec);
+                self.dirty.sets.insert(spec.clone());
+            }
+        }
+    }
+
+    fn set_item(&mut self, key: ItemKey, labels: Option<Labels>) {
+        let before: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
+        self.dirty.sets.extend(before);
+        match labels {
+            Some(l) => {
+                for (s, _) in self.set_index.upsert_item(key.clone(), l) {
+                    self.dirty.sets.insert(s);
+                }
+                let now: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
+                self.dirty.sets.extend(now);
+            }
+            None => {
+                self.set_index.remove_item(&key);
+            }
+        }
+    }
+
+    // ---- activity ----
+
+    /// Re-evaluates whether a policy is active (applies to a local endpoint) and references
+    /// the sets of its current rules; the chains are re-rendered when either changed.
+    fn refresh_policy(&mut self, key: &PolicyKey, content_changed: bool) {
+        let active = self.policy_index.match_count(key) > 0 && self.policies.contains_key(key);
+        let was = self.active_policies.contains(key);
+        if active == was && !(active && content_changed) {
+            return;
+        }
+        let new_sets: Vec<SetSpec> = if active {
+            self.active_policies.insert(key.clone());
+            self.policies[key].sets().cloned().collect()
+        } else {
+            self.active_policies.remove(key);
+            Vec::new()
+        };
+        // The new references first, so that a set both use is kept, not re-created.
+        for s in &new_sets {
+            self.add_set_ref(s);
+        }
+        let old_sets = match active {
+            false => self.policy_sets.remove(key),
+            true => self.policy_sets.insert(key.clone(), new_sets),
+        };
+        for s in old_sets.iter().flatten() {
+            self.remove_set_ref(s);
+        }
+        self.dirty.policies.insert(key.clone());
+    }
+
+    /// As [`Self::refresh_policy`], for a profile (active when a local endpoint lists it).
+    fn refresh_profile(&mut self, name: &str, content_changed: bool) {
+        let active = self.local_by_profile.get(name).copied().unwrap_or(0) > 0
+            && self.profiles.contains_key(name);
+        let was = self.active_profiles.contains(name);
+        if active == was && !(active && content_changed) {
+            return;
+        }
+        let new_sets: Vec<SetSpec> = if active {
+            self.active_profiles.insert(name.to_string());
+            self.profiles[name].sets().cloned().collect()
+        } else {
+            self.active_profiles.remove(name);
+            Vec::new()
+        };
+        for s in &new_sets {
+            self.add_set_ref(s);
+        }
+        let old_sets = match active {
+            false => self.profile_sets.remove(name),
+            true => self.profile_sets.insert(name.to_string(), new_sets),
+        };
+        for s in old_sets.iter().flatten() {
+            self.remove_set_ref(s);
+        }
+        self.dirty.profiles.insert(name.to_string());
+    }
+
+    // ---- endpoints ----
+
+    fn effective_labels(&self, ep: &Endpoint) -> Labels {
+        let mut labels = ep.own_labels.clone();
+        for p in &ep.profiles {
+            if let Some(prof) = self.profiles.get(p) {
+                for (k, v) in &prof.labels {
+                    labels.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        labels
+    }
+
+    fn parse_endpoint(&self, wep: &WorkloadEndpoint) -> Result<Endpoint, InvalidObject> {
+        let ns = &wep.metadata.namespace;
+        let spec = &wep.spec;
+        let local = spec.node == self.node;
+        if local && spec.interface_name.is_empty() {
+            return Err(InvalidObject("a local endpoint needs an interfaceName".into()));
+        }
+        let mut nets = Vec::new();
+        for n in &spec.ip_networks {
+            let net = n
+                .parse::<IpNet>()
+                .map(|n| n.trunc())
+                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| InvalidObject(format!("ipNetworks: {n:?} is not a CIDR")))?;
+            nets.push(net);
+        }
+        // As the WEP update processor: no pcns./pcsa. labels of its own (an endpoint must not
+        // pretend to be in another namespace), the service account from the spec.
+        let mut own: Labels = wep
+            .metadata
+            .labels
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with(NAMESPACE_LABEL_PREFIX) && !k.starts_with(SERVICE_ACCOUNT_LABEL_PREFIX)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !spec.service_account_name.is_empty() {
+            own.insert(LABEL_SERVICE_ACCOUNT.into(), spec.service_account_name.clone());
+        }
+        if !ns.is_empty() {
+            own.entry(LABEL_NAMESPACE.into())
+                .or_insert_with(|| ns.clone());
+        }
+        let mut ports = Vec::new();
+        for p in &spec.ports {
+            let proto = serde_json::from_value::<Protocol>(p.protocol.clone())
+                .ok()
+                .and_then(|p| p.number())
+                .ok_or_else(|| {
+                    InvalidObject(format!("port {:?}: unknown protocol {}", p.name, p.protocol))
+                })?;
+            ports.push((p.name.clone(), proto, p.port));
+        }
+        let workload = if spec.pod.is_empty() {
+            &spec.workload
+        } else {
+            &spec.pod
+        };
+        let (v4, v6): (Vec<IpNet>, Vec<IpNet>) =
+            nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
+        Ok(Endpoint {
+            local,
+            iface: spec.interface_name.clone(),
+            mac: spec.mac.clone(),
+            profiles: spec.profiles.clone(),
+            own_labels: own,
+            ports,
+            status: EndpointStatus {
+                orchestrator_id: spec.orchestrator.clone(),
+                workload_id: format!("{ns}/{workload}"),
+                endpoint_id: spec.endpoint.clone(),
+                iface_name: spec.interface_name.clone(),
+                mac: spec.mac.clone(),
+                ipv4_nets: v4.iter().map(ToString::to_string).collect(),
+                ipv6_nets: v6.iter().map(ToString::to_string).collect(),
+            },
+            nets,
+        })
+    }
+
+    /// Adds or replaces a WorkloadEndpoint (of any node: remote ones feed the sets).
+    pub fn upsert_workload_endpoint(&mut self, wep: &WorkloadEndpoint) -> Result<(), Skipped> {
+        let key = EndpointKey {
+            namespace: wep.metadata.namespace.clone(),
+            name: wep.metadata.name.clone(),
+        };
+        let obj = object("WorkloadEndpoint", &key.namespace, &key.name);
+        let parsed = self.parse_endpoint(wep);
+        let r = match parsed {
+            Ok(ep) => {
+                self.set_endpoint(key, Some(ep));
+                Ok(())
+            }
+            Err(e) => {
+                self.set_endpoint(key, None);
+                Err(e)
+            }
+        };
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_workload_endpoint(&mut self, namespace: &str, name: &str) {
+        let key = EndpointKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.skipped
+            .remove(&object("WorkloadEndpoint", namespace, name));
+        self.set_endpoint(key, None);
+    }
+
+    fn set_endpoint(&mut self, key: EndpointKey, ep: Option<Endpoint>) {
+        let old = self.endpoints.remove(&key);
+        if old.is_none() && ep.is_none() {
+            return;
+        }
+        if let Some(o) = &old {
+            for p in &o.profiles {
+                if let Some(s) = self.endpoints_by_profile.get_mut(p) {
+                    s.remove(&key);
+                    if s.is_empty() {
+                        self.endpoints_by_profile.remove(p);
+                    }
+                }
+                if o.local
+                    && let Some(n) = self.local_by_profile.get_mut(p)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.local_by_profile.remove(p);
+                    }
+                }
+            }
+            if o.local {
+                self.dirty.endpoints.insert(key.clone());
+            }
+        }
+        let labels = ep.as_ref().map(|e| self.effective_labels(e));
+        // Sets.
+        self.set_item(ItemKey::Endpoint(key.clone()), labels.clone());
+        // Policies (local endpoints only).
+        let mut touched: Vec<PolicyKey> = Vec::new();
+        match (&ep, labels) {
+            (Some(e), Some(l)) if e.local => {
+                for (p, _) in self.policy_index.upsert_item(key.clone(), l) {
+                    touched.push(p);
+                }
+                self.dirty.endpoints.insert(key.clone());
+            }
+            _ => {
+                touched.extend(self.policy_index.remove_item(&key));
+            }
+        }
+        if let Some(e) = &ep {
+            for p in &e.profiles {
+                self.endpoints_by_profile
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(key.clone());
+                if e.local {
+                    *self.local_by_profile.entry(p.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        let profiles: BTreeSet<String> = old
+            .iter()
+            .chain(ep.iter())
+            .flat_map(|e| e.profiles.iter().cloned())
+            .collect();
+        if let Some(e) = ep {
+            self.endpoints.insert(key, e);
+        }
+        for p in touched {
+            self.refresh_policy(&p, false);
+        }
+        for p in profiles {
+            self.refresh_profile(&p, false);
+        }
+    }
+
+    /// Re-labels the endpoints of a profile whose labels changed.
+    fn relabel_profile_endpoints(&mut self, profile: &str) {
+        let keys: Vec<EndpointKey> = self
+            .endpoints_by_profile
+            .get(profile)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            let Some(ep) = self.endpoints.get(&key) else {
+                continue;
+            };
+            let labels = self.effective_labels(ep);
+            let local = ep.local;
+            self.set_item(ItemKey::Endpoint(key.clone()), Some(labels.clone()));
+            if local {
+                let touched: Vec<PolicyKey> = self
+                    .policy_index
+                    .upsert_item(key.clone(), labels)
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect();
+                if !touched.is_empty() {
+                    self.dirty.endpoints.insert(key.clone());
+                }
+                for p in touched {
+                    self.refresh_policy(&p, false);
+                }
+            }
+        }
+    }
+
+    // ---- policies ----
+
+    fn set_policy(&mut self, key: PolicyKey, p: Option<ParsedPolicy>) {
+        let old = self.policies.remove(&key);
+        // Endpoints whose chain lists the policy change when where it sorts or which
+        // directions it has change.
+        let placement = |p: &ParsedPolicy| {
+            (
+                p.tier.clone(),
+                p.order.map(f64::to_bits),
+                p.ingress.is_some(),
+                p.egress.is_some(),
+            )
+        };
+        let moved = match (&old, &p) {
+            (Some(a), Some(b)) => placement(a) != placement(b),
+            _ => true,
+        };
+        let content_changed = old.as_ref() != p.as_ref();
+        let mut affected: HashSet<EndpointKey> = HashSet::new();
+        if moved {
+            affected.extend(self.policy_index.matches(&key).cloned());
+        }
+        match &p {
+            Some(np) => {
+                let sel = Selector::parse(&np.selector).unwrap_or(Selector::All);
+                for (ep, _) in self.policy_index.upsert_selector(key.clone(), sel) {
+                    affected.insert(ep);
+                }
+                if moved {
+                    affected.extend(self.policy_index.matches(&key).cloned());
+                }
+            }
+            None => {
+                affected.extend(self.policy_index.remove_selector(&key));
+            }
+        }
+        if let Some(np) = p {
+            self.policies.insert(key.clone(), np);
+        }
+        self.dirty.endpoints.extend(affected);
+        self.refresh_policy(&key, content_changed);
+    }
+
+    pub fn upsert_network_policy(&mut self, p: &NetworkPolicy) -> Result<(), Skipped> {
+        let key = PolicyKey {
+            kind: model::PolicyKind::NetworkPolicy,
+            namespace: p.metadata.namespace.clone(),
+            name: p.metadata.name.clone(),
+        };
+        let obj = object("NetworkPolicy", &key.namespace, &key.name);
+        let r = match model::parse_network_policy(p) {
+            Ok(np) => {
+                self.set_policy(key, Some(np));
+                Ok(())
+            }
+            Err(e) => {
+                self.set_policy(key, None);
+                Err(e)
+            }
+        };
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_network_policy(&mut self, namespace: &str, name: &str) {
+        self.skipped
+            .remove(&object("NetworkPolicy", namespace, name));
+        self.set_policy(
+            PolicyKey {
+                kind: model::PolicyKind::NetworkPolicy,
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            None,
+        );
+    }
+
+    pub fn upsert_global_network_policy(
+        &mut self,
+        p: &GlobalNetworkPolicy,
+    ) -> Result<(), Skipped> {
+        let key = PolicyKey {
+            kind: model::PolicyKind::GlobalNetworkPolicy,
+            namespace: String::new(),
+            name: p.metadata.name.clone(),
+        };
+        let obj = object("GlobalNetworkPolicy", "", &key.name);
+        let r = match model::parse_global_network_policy(p) {
+            Ok(np) => {
+                self.set_policy(key, np);
+                Ok(())
+            }
+            Err(e) => {
+                self.set_policy(key, None);
+                Err(e)
+            }
+        };
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_global_network_policy(&mut self, name: &str) {
+        self.skipped
+            .remove(&object("GlobalNetworkPolicy", "", name));
+        self.set_policy(
+            PolicyKey {
+                kind: model::PolicyKind::GlobalNetworkPolicy,
+                namespace: String::new(),
+                name: name.into(),
+            },
+            None,
+        );
+    }
+
+    // ---- profiles ----
+
+    fn set_profile(&mut self, name: &str, p: Option<ParsedProfile>) {
+        let old = self.profiles.remove(name);
+        let labels_changed = old.as_ref().map(|o| &o.labels) != p.as_ref().map(|n| &n.labels);
+        let content_changed = old.as_ref() != p.as_ref();
+        let existed = old.is_some();
+        let exists = p.is_some();
+        if let Some(np) = p {
+            self.profiles.insert(name.to_string(), np);
+        }
+        self.refresh_profile(name, content_changed);
+        if existed != exists {
+            // Endpoint chains jump only to profiles that exist.
+            if let Some(eps) = self.endpoints_by_profile.get(name) {
+                let local: Vec<EndpointKey> = eps
+                    .iter()
+                    .filter(|k| self.endpoints.get(*k).is_some_and(|e| e.local))
+                    .cloned()
+                    .collect();
+                self.dirty.endpoints.extend(local);
+            }
+        }
+        if labels_changed {
+            self.relabel_profile_endpoints(name);
+        }
+    }
+
+    pub fn upsert_profile(&mut self, p: &Profile) -> Result<(), Skipped> {
+        let name = p.metadata.name.clone();
+        let obj = object("Profile", "", &name);
+        let r = match model::parse_profile(p) {
+            Ok(pp) => {
+                self.set_profile(&name, Some(pp));
+                Ok(())
+            }
+            Err(e) => {
+                self.set_profile(&name, None);
+                Err(e)
+            }
+        };
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_profile(&mut self, name: &str) {
+        self.skipped.remove(&object("Profile", "", name));
+        self.set_profile(name, None);
+    }
+
+    // ---- tiers ----
+
+    fn set_tier(&mut self, name: &str, t: Option<TierInfo>) {
+        match t {
+            Some(t) => {
+                self.tiers.insert(name.to_string(), t);
+            }
+            None => {
+                self.tiers.remove(name);
+            }
+        }
+        let local: Vec<EndpointKey> = self.rendered.keys().cloned().collect();
+        self.dirty.endpoints.extend(local);
+    }
+
+    pub fn upsert_tier(&mut self, t: &Tier) -> Result<(), Skipped> {
+        let name = t.metadata.name.clone();
+        let obj = object("Tier", "", &name);
+        let pass = match t.spec.default_action.as_deref() {
+            None | Some("Deny") => Ok(false),
+            Some("Pass") => Ok(true),
+            Some(other) => Err(InvalidObject(format!("unknown defaultAction {other:?}"))),
+        };
+        let r = match pass {
+            Ok(pass) if t.spec.order.is_none_or(f64::is_finite) => {
+                self.set_tier(
+                    &name,
+                    Some(TierInfo {
+                        order: t.spec.order,
+                        pass,
+                    }),
+                );
+                Ok(())
+            }
+            Ok(_) => {
+                self.set_tier(&name, None);
+                Err(InvalidObject("order is not a number".into()))
+            }
+            Err(e) => {
+                self.set_tier(&name, None);
+                Err(e)
+            }
+        };
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_tier(&mut self, name: &str) {
+        self.skipped.remove(&object("Tier", "", name));
+        self.set_tier(name, None);
+    }
+
+    // ---- network sets ----
+
+    fn set_netset(&mut self, key: ItemKey, v: Option<(Labels, Vec<IpNet>)>) {
+        match v {
+            Some((labels, nets)) => {
+                let changed = self.netsets.get(&key) != Some(&nets);
+                self.netsets.insert(key.clone(), nets);
+                if changed {
+                    let matched: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
+                    self.dirty.sets.extend(matched);
+                }
+                self.set_item(key, Some(labels));
+            }
+            None => {
+                self.set_item(key.clone(), None);
+                self.netsets.remove(&key);
+            }
+        }
+    }
+
+    fn parse_netset(
+        labels: &Labels,
+        nets: &[String],
+        namespace: &str,
+    ) -> Result<(Labels, Vec<IpNet>), InvalidObject> {
+        let mut l = labels.clone();
+        if !namespace.is_empty() {
+            l.insert(LABEL_NAMESPACE.into(), namespace.into());
+        }
+        let mut out = Vec::new();
+        for n in nets {
+            out.push(
+                n.parse::<IpNet>()
+                    .map(|n| n.trunc())
+                    .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| InvalidObject(format!("nets: {n:?} is not a CIDR")))?,
+            );
+        }
+        Ok((l, out))
+    }
+
+    /// A namespaced NetworkSet: matched by its labels plus `projectcalico.org/namespace`.
+    pub fn upsert_network_set(&mut self, s: &NetworkSet) -> Result<(), Skipped> {
+        let ns = s.metadata.namespace.clone();
+        let key = ItemKey::NetSet {
+            namespace: ns.clone(),
+            name: s.metadata.name.clone(),
+        };
+        let obj = object("NetworkSet", &ns, &s.metadata.name);
+        let r = match Self::parse_netset(&s.metadata.labels, &s.spec.nets, &ns) {
+            Ok(v) => {
+                self.set_netset(key, Some(v));
+                Ok(())
+            }
+            Err(e) => {
+                self.set_netset(key, None);
+                Err(e)
+            }
+        };
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_network_set(&mut self, namespace: &str, name: &str) {
+        self.skipped.remove(&object("NetworkSet", namespace, name));
+        self.set_netset(
+            ItemKey::NetSet {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            None,
+        );
+    }
+
+    pub fn upsert_global_network_set(&mut self, s: &GlobalNetworkSet) -> Result<(), Skipped> {
+        let key = ItemKey::NetSet {
+            namespace: String::new(),
+            name: s.metadata.name.clone(),
+        };
+        let obj = object("GlobalNetworkSet", "", &s.metadata.name);
+        let r = match Self::parse_netset(&s.metadata.labels, &s.spec.nets, "") {
+            Ok(v) => {
+                self.set_netset(key, Some(v));
+                Ok(())
+            }
+            Err(e) => {
+                self.set_netset(key, None);
+                Err(e)
+            }
+        };
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_global_network_set(&mut self, name: &str) {
+        self.skipped.remove(&object("GlobalNetworkSet", "", name));
+        self.set_netset(
+            ItemKey::NetSet {
+                namespace: String::new(),
+                name: name.into(),
+            },
+            None,
+        );
+    }
+
+    // ---- pools, nodes, configuration ----
+
+    pub fn upsert_ip_pool(&mut self, p: &IpPool) -> Result<(), Skipped> {
+        let name = p.metadata.name.clone();
+        let obj = object("IPPool", "", &name);
+        let r = match p.spec.network() {
+            Some(net) => {
+                let mode = |m: &str| !m.is_empty() && m != "Never";
+                self.pools.insert(
+                    name,
+                    Pool {
+                        net,
+                        masquerade: p.spec.nat_outgoing,
+                        ipip: mode(&p.spec.ipip_mode),
+                        vxlan: mode(&p.spec.vxlan_mode),
+                    },
+                );
+                Ok(())
+            }
+            None => {
+                self.pools.remove(&name);
+                Err(InvalidObject(format!("cidr {:?} is not a CIDR", p.spec.cidr)))
+            }
+        };
+        self.dirty.statics = true;
+        self.outcome(obj, r)
+    }
+
+    pub fn remove_ip_pool(&mut self, name: &str) {
+        self.skipped.remove(&object("IPPool", "", name));
+        self.pools.remove(name);
+        self.dirty.statics = true;
+    }
+
+    /// A node's addresses (BGP addresses and `spec.addresses`) for the tunnels' allow-list.
+    pub fn upsert_node(&mut self, n: &Node) {
+        let mut addrs = BTreeSet::new();
+        let mut add = |s: &str| {
+            let a = s.split('/').next().unwrap_or(s);
+            if let Ok(ip) = a.parse::<IpAddr>() {
+                addrs.insert(ip);
+            }
+        };
+        if let Some(bgp) = &n.spec.bgp {
+            add(&bgp.ipv4_address);
+            add(&bgp.ipv6_address);
+        }
+        for a in &n.spec.addresses {
+            add(&a.address);
+        }
+        self.node_addrs
+            .insert(n.metadata.name.clone(), addrs.into_iter().collect());
+        self.dirty.statics = true;
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        self.node_addrs.remove(name);
+        self.dirty.statics = true;
+    }
+
+    /// FelixConfiguration `default` and `node.<this node>` (others are ignored).
+    pub fn upsert_felix_configuration(&mut self, c: &FelixConfiguration) -> Result<(), Skipped> {
+        let name = c.metadata.name.as_str();
+        if name == "default" {
+            self.felix_cluster = c.spec.clone();
+        } else if name == format!("node.{}", self.node) {
+            self.felix_node = c.spec.clone();
+        } else {
+            return Ok(());
+        }
+        self.apply_felix_config(name)
+    }
+
+    pub fn remove_felix_configuration(&mut self, name: &str) {
+        if name == "default" {
+            self.felix_cluster = FelixConfigurationSpec::default();
+        } else if name == format!("node.{}", self.node) {
+            self.felix_node = FelixConfigurationSpec::default();
+        } else {
+            return;
+        }
+        let _ = self.apply_felix_config(name);
+    }
+
+    fn apply_felix_config(&mut self, name: &str) -> Result<(), Skipped> {
+        let layered = FelixConfigurationSpec::layered(&self.felix_cluster, &self.felix_node);
+        let obj = object("FelixConfiguration", "", name);
+        let mut problems = Vec::new();
+        let marks = match layered.nftables_mark_mask {
+            None => MarkBits::default(),
+            Some(m) => MarkBits::from_mask(m).unwrap_or_else(|| {
+                problems.push(format!(
+                    "nftablesMarkMask {m:#x} has fewer than 5 bits; using {:#x}",
+                    render::DEFAULT_MARK_MASK
+                ));
+                MarkBits::default()
+            }),
+        };
+        if let Some(a) = &layered.default_endpoint_to_host_action
+            && !matches!(a.as_str(), "Drop" | "Accept" | "Return")
+        {
+            problems.push(format!("defaultEndpointToHostAction {a:?}: using Drop"));
+        }
+        if marks != self.marks || layered.log_prefix != self.felix.log_prefix {
+            // Rules carry mark bits and log prefixes.
+            self.dirty.policies.extend(self.active_policies.iter().cloned());
+            self.dirty.profiles.extend(self.active_profiles.iter().cloned());
+        }
+        self.marks = marks;
+        self.felix = layered;
+        let all: Vec<EndpointKey> = self.rendered.keys().cloned().collect();
+        self.dirty.endpoints.extend(all);
+        self.dirty.statics = true;
+        let r = if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidObject(problems.join("; ")))
+        };
+        self.outcome(obj, r)
+    }
+
+    // ---- output ----
+
+    fn put_chain(&mut self, name: String, base: Option<BaseChain>, rules: Vec<Rule>) {
+        let lowered = Chain {
+            base,
+            rules: rules.iter().map(Rule::lower).collect(),
+        };
+        self.out.chains.insert(name.clone(), lowered);
+        self.chains.insert(name, (base, rules));
+    }
+
+    fn drop_chain(&mut self, name: &str) {
+        self.out.chains.remove(name);
+        self.chains.remove(name);
+    }
+
+    fn render_set(&mut self, spec: &SetSpec) {
+        let (n4, n6) = render::set_names(spec);
+        if !self.set_refs.contains_key(spec) {
+            self.out.sets.remove(&n4);
+            self.out.sets.remove(&n6);
+            return;
+        }
+        let named = match spec {
+            SetSpec::NamedPort { proto, port, .. } => Some((*proto, port.as_str())),
+            SetSpec::Selector(_) => None,
+        };
+        let (mut s4, mut s6) = match named {
+            None => (Set::new(SetKey::Ipv4Addr, true), Set::new(SetKey::Ipv6Addr, true)),
+            Some(_) => (
+                Set::new(SetKey::Ipv4AddrProtoPort, false),
+                Set::new(SetKey::Ipv6AddrProtoPort, false),
+            ),
+        };
+        for item in self.set_index.matches(spec) {
+            let (nets, ports): (&[IpNet], &[(String, u8, u16)]) = match item {
+                ItemKey::Endpoint(k) => match self.endpoints.get(k) {
+                    Some(e) => (&e.nets, &e.ports),
+                    None => continue,
+                },
+                ItemKey::NetSet { .. } => match self.netsets.get(item) {
+                    Some(n) => (n, &[]),
+                    None => continue,
+                },
+            };
+            match named {
+                None => {
+                    for n in nets {
+                        let s = if matches!(n, IpNet::V4(_)) { &mut s4 } else { &mut s6 };
+                        s.elems.insert(SetElem::Net(*n));
+                    }
+                }
+                Some((proto, name)) => {
+                    for (pname, pproto, pport) in ports {
+                        if pname != name || proto.is_some_and(|p| p != *pproto) {
+                            continue;
+                        }
+                        for n in nets {
+                            let s = if matches!(n, IpNet::V4(_)) { &mut s4 } else { &mut s6 };
+                            s.elems
+                                .insert(SetElem::AddrProtoPort(n.addr(), *pproto, *pport));
+                        }
+                    }
+                }
+            }
+        }
+        self.out.sets.insert(n4, s4);
+        self.out.sets.insert(n6, s6);
+    }
+
+    fn render_policy(&mut self, key: &PolicyKey) {
+        let id = key.id();
+        let (ci, co) = (names::policy_chain(true, &id), names::policy_chain(false, &id));
+        let p = match self.policies.get(key) {
+            Some(p) if self.active_policies.contains(key) => p,
+            _ => {
+                self.drop_chain(&ci);
+                self.drop_chain(&co);
+                return;
+            }
+        };
+        let lp = self.log_prefix();
+        let ing = p.ingress.as_ref().map(|r| {
+            render::render_rules_chain(&format!("Policy {id} ingress"), r, &self.marks, &lp)
+        });
+        let eg = p.egress.as_ref().map(|r| {
+            render::render_rules_chain(&format!("Policy {id} egress"), r, &self.marks, &lp)
+        });
+        for (name, rules) in [(ci, ing), (co, eg)] {
+            match rules {
+                Some(r) => self.put_chain(name, None, r),
+                None => self.drop_chain(&name),
+            }
+        }
+    }
+
+    fn render_profile(&mut self, name: &str) {
+        let (ci, co) = (names::profile_chain(true, name), names::profile_chain(false, name));
+        let p = match self.profiles.get(name) {
+            Some(p) if self.active_profiles.contains(name) => p,
+            _ => {
+                self.drop_chain(&ci);
+                self.drop_chain(&co);
+                return;
+            }
+        };
+        let lp = self.log_prefix();
+        let ing =
+            render::render_rules_chain(&format!("Profile {name} ingress"), &p.ingress, &self.marks, &lp);
+        let eg =
+            render::render_rules_chain(&format!("Profile {name} egress"), &p.egress, &self.marks, &lp);
+        self.put_chain(ci, None, ing);
+        self.put_chain(co, None, eg);
+    }
+
+    fn log_prefix(&self) -> String {
+        self.felix
+            .log_prefix
+            .clone()
+            .unwrap_or_else(|| self.config.log_prefix.clone())
+    }
+
+    fn tier_info(&self, name: &str) -> TierInfo {
+        self.tiers.get(name).copied().unwrap_or(TierInfo {
+            order: None,
+            pass: false,
+        })
+    }
+
+    /// The tiers of an endpoint, each with its policies for one direction, in Felix's order
+    /// (`policy_sorter.go`).
+    fn endpoint_tiers(&self, key: &EndpointKey, ingress: bool) -> Vec<(String, bool, Vec<String>)> {
+        let mut pols: Vec<&ParsedPolicy> = self
+            .policy_index
+            .matched_by(key)
+            .filter_map(|k| self.policies.get(k))
+            .filter(|p| {
+                if ingress {
+                    p.ingress.is_some()
+                } else {
+                    p.egress.is_some()
+                }
+            })
+            .collect();
+        pols.sort_by(|a, b| {
+            let (ta, tb) = (self.tier_info(&a.tier), self.tier_info(&b.tier));
+            order_cmp(ta.order, tb.order)
+                .then_with(|| a.tier.cmp(&b.tier))
+                .then_with(|| order_cmp(a.order, b.order))
+                .then_with(|| a.key.name.cmp(&b.key.name))
+                .then_with(|| a.key.namespace.cmp(&b.key.namespace))
+                .then_with(|| a.key.kind.cmp(&b.key.kind))
+        });
+        let mut out: Vec<(String, bool, Vec<String>)> = Vec::new();
+        for p in pols {
+            let chain = names::policy_chain(ingress, &p.key.id());
+            match out.last_mut() {
+                Some((t, _, chains)) if *t == p.tier => chains.push(chain),
+                _ => out.push((p.tier.clone(), self.tier_info(&p.tier).pass, vec![chain])),
+            }
+        }
+        out
+    }
+
+    fn render_endpoint(&mut self, key: &EndpointKey) {
+        if let Some(old_iface) = self.rendered.remove(key) {
+            self.drop_chain(&names::endpoint_chain(true, &old_iface));
+            self.drop_chain(&names::endpoint_chain(false, &old_iface));
+            for m in [names::MAP_TO_WL, names::MAP_FROM_WL] {
+                if let Some(map) = self.out.maps.get_mut(m) {
+                    map.elems.remove(&old_iface);
+                }
+            }
+        }
+        let Some(ep) = self.endpoints.get(key).filter(|e| e.local) else {
+            return;
+        };
+        let iface = ep.iface.clone();
+        let profiles: Vec<String> = ep.profiles.clone();
+        let invalid_check = self.felix.disable_conntrack_invalid_check != Some(true);
+        let vxlan_port = self.felix.vxlan_port.unwrap_or(4789);
+        for ingress in [true, false] {
+            let tiers = self.endpoint_tiers(key, ingress);
+            let tier_chains: Vec<TierChains<'_>> = tiers
+                .iter()
+                .map(|(name, pass, chains)| TierChains {
+                    name,
+                    pass_by_default: *pass,
+                    chains: chains.clone(),
+                })
+                .collect();
+            let prof_chains: Vec<String> = profiles
+                .iter()
+                .filter(|p| self.profiles.contains_key(*p))
+                .map(|p| names::profile_chain(ingress, p))
+                .collect();
+            let opts = EndpointChainOptions {
+                ingress,
+                invalid_check,
+                drop_vxlan: (self.felix.allow_vxlan_packets_from_workloads != Some(true))
+                    .then_some(vxlan_port),
+                drop_ipip: self.felix.allow_ipip_packets_from_workloads != Some(true),
+            };
+            let rules = render::render_endpoint_chain(&tier_chains, &prof_chains, &opts, &self.marks);
+            let name = names::endpoint_chain(ingress, &iface);
+            self.put_chain(name.clone(), None, rules);
+            let map = if ingress {
+                names::MAP_TO_WL
+            } else {
+                names::MAP_FROM_WL
+            };
+            self.out
+                .maps
+                .entry(map.to_string())
+                .or_default()
+                .elems
+                .insert(iface.clone(), Verdict::Goto(name));
+        }
+        self.rendered.insert(key.clone(), iface);
+    }
+
+    fn render_statics(&mut self) {
+        let m = self.marks;
+        let filter = |hook| {
+            Some(BaseChain {
+                kind: ChainKind::Filter,
+                hook,
+                priority: 0,
+                policy: ChainPolicy::Accept,
+            })
+        };
+        let wl = |output: bool, p: &str| Match::IfName {
+            output,
+            name: format!("{p}*"),
+            neq: false,
+        };
+        let prefixes = self.config.interface_prefixes.clone();
+        // FORWARD (static.go StaticFilterForwardChains + StaticFilterForwardAppendRules).
+        let mut fwd = vec![Rule::new(
+            vec![],
+            vec![Action::SetMark {
+                set: 0,
+                clear: m.all(),
+            }],
+        )];
+        for p in &prefixes {
+            fwd.push(Rule::new(
+                vec![wl(false, p)],
+                vec![verdict(Verdict::Jump(names::CHAIN_FROM_WL_DISPATCH.into()))],
+            ));
+            fwd.push(Rule::new(
+                vec![wl(true, p)],
+                vec![verdict(Verdict::Jump(names::CHAIN_TO_WL_DISPATCH.into()))],
+            ));
+        }
+        fwd.push(
+            Rule::new(vec![render::mark_set(m.accept)], vec![verdict(Verdict::Accept)])
+                .comment("Policy explicitly accepted packet."),
+        );
+        self.put_chain(names::CHAIN_FORWARD.into(), filter(ChainHook::Forward), fwd);
+        // Dispatch (dispatch.go, nftables' verdict maps).
+        for (chain, output) in [
+            (names::CHAIN_FROM_WL_DISPATCH, false),
+            (names::CHAIN_TO_WL_DISPATCH, true),
+        ] {
+            self.out.maps.entry(chain.to_string()).or_insert_with(VerdictMap::default);
+            let rules = vec![
+                Rule::new(
+                    vec![],
+                    vec![Action::Vmap {
+                        output,
+                        map: chain.to_string(),
+                    }],
+                ),
+                Rule::new(vec![], vec![verdict(Verdict::Drop)]).comment("Unknown interface"),
+            ];
+            self.put_chain(chain.to_string(), None, rules);
+        }
+        // INPUT (static.go filterInputChain).
+        let (mut ipip, mut vxlan4, mut vxlan6) = (false, false, false);
+        for p in self.pools.values() {
+            let v4 = matches!(p.net, IpNet::V4(_));
+            ipip |= p.ipip && v4;
+            vxlan4 |= p.vxlan && v4;
+            vxlan6 |= p.vxlan && !v4;
+        }
+        let hosts4 = names::set_name(true, "all-hosts-net");
+        let hosts6 = names::set_name(false, "all-hosts-net");
+        let mut input = Vec::new();
+        if ipip {
+            let proto = Match::Proto {
+                proto: 4,
+                neq: false,
+            };
+            input.push(
+                Rule::new(
+                    vec![
+                        Match::Family { v4: true },
+                        proto.clone(),
+                        Match::AddrSet {
+                            source: true,
+                            v4: true,
+                            set: hosts4.clone(),
+                            neq: false,
+                        },
+                    ],
+                    vec![verdict(Verdict::Accept)],
+                )
+                .comment("Allow IPIP packets from Calico hosts"),
+            );
+            input.push(
+                Rule::new(vec![Match::Family { v4: true }, proto], vec![verdict(Verdict::Drop)])
+                    .comment("Drop IPIP packets from non-Calico hosts"),
+            );
+        }
+        let vxlan_port = self.felix.vxlan_port.unwrap_or(4789);
+        for (on, v4, set, fam) in [(vxlan4, true, &hosts4, "IPv4"), (vxlan6, false, &hosts6, "IPv6")] {
+            if !on {
+                continue;
+            }
+            let base = vec![
+                Match::Family { v4 },
+                Match::Proto {
+                    proto: nft::IPPROTO_UDP,
+                    neq: false,
+                },
+                Match::Ports {
+                    dst: true,
+                    first: vxlan_port,
+                    last: vxlan_port,
+                    neq: false,
+                },
+            ];
+            let mut allow = base.clone();
+            allow.push(Match::AddrSet {
+                source: true,
+                v4,
+                set: set.clone(),
+                neq: false,
+            });
+            allow.push(Match::LocalDaddr);
+            input.push(
+                Rule::new(allow, vec![verdict(Verdict::Accept)])
+                    .comment(format!("Allow {fam} VXLAN packets from allowed hosts")),
+            );
+            let mut deny = base;
+            deny.push(Match::LocalDaddr);
+            input.push(
+                Rule::new(deny, vec![verdict(Verdict::Drop)])
+                    .comment(format!("Drop {fam} VXLAN packets from non-allowed hosts")),
+            );
+        }
+        for p in &prefixes {
+            input.push(Rule::new(
+                vec![wl(false, p)],
+                vec![verdict(Verdict::Goto(names::CHAIN_WL_TO_HOST.into()))],
+            ));
+        }
+        self.put_chain(names::CHAIN_INPUT.into(), filter(ChainHook::Input), input);
+        // Workload to host (static.go filterWorkloadToHostChain).
+        let mut wl_to_host: Vec<Rule> = [130u8, 131, 132, 133, 135, 136]
+            .iter()
+            .map(|t| {
+                Rule::new(
+                    vec![
+                        Match::Family { v4: false },
+                        Match::Proto {
+                            proto: nft::IPPROTO_ICMPV6,
+                            neq: false,
+                        },
+                        Match::Icmp {
+                            v4: false,
+                            icmp_type: *t,
+                            code: None,
+                            neq: false,
+                        },
+                    ],
+                    vec![verdict(Verdict::Accept)],
+                )
+                .comment("Allow IPv6 neighbour discovery and MLD")
+            })
+            .collect();
+        wl_to_host.push(Rule::new(
+            vec![],
+            vec![verdict(Verdict::Jump(names::CHAIN_FROM_WL_DISPATCH.into()))],
+        ));
+        let action = match self.felix.default_endpoint_to_host_action.as_deref() {
+            Some("Accept") => Verdict::Accept,
+            Some("Return") => Verdict::Return,
+            _ => Verdict::Drop,
+        };
+        wl_to_host.push(
+            Rule::new(vec![], vec![verdict(action)])
+                .comment("Configured DefaultEndpointToHostAction"),
+        );
+        self.put_chain(names::CHAIN_WL_TO_HOST.into(), None, wl_to_host);
+        // OUTPUT (static.go filterOutputChain): host to workload is not policed.
+        let output: Vec<Rule> = prefixes
+            .iter()
+            .map(|p| {
+                Rule::new(vec![wl(true, p)], vec![verdict(Verdict::Return)])
+                    .comment("Host to workload: no policy, as Felix's cali-OUTPUT")
+            })
+            .collect();
+        self.put_chain(names::CHAIN_OUTPUT.into(), filter(ChainHook::Output), output);
+        // NAT (static.go StaticNATPostroutingChains, nat-outgoing).
+        self.put_chain(
+            names::CHAIN_NAT_POSTROUTING.into(),
+            Some(BaseChain {
+                kind: ChainKind::Nat,
+                hook: ChainHook::Postrouting,
+                priority: nft::PRIORITY_SRCNAT + 10,
+                policy: ChainPolicy::Accept,
+            }),
+            vec![Rule::new(
+                vec![],
+                vec![verdict(Verdict::Jump(names::CHAIN_NAT_OUTGOING.into()))],
+            )],
+        );
+        let mut nat = Vec::new();
+        for v4 in [true, false] {
+            nat.push(
+                Rule::new(
+                    vec![
+                        Match::Family { v4 },
+                        Match::AddrSet {
+                            source: true,
+                            v4,
+                            set: names::set_name(v4, "masq-ipam-pools"),
+                            neq: false,
+                        },
+                        Match::AddrSet {
+                            source: false,
+                            v4,
+                            set: names::set_name(v4, "all-ipam-pools"),
+                            neq: true,
+                        },
+                    ],
+                    vec![Action::Masquerade],
+                )
+                .comment("Masquerade traffic of natOutgoing pools leaving the pools"),
+            );
+        }
+        self.put_chain(names::CHAIN_NAT_OUTGOING.into(), None, nat);
+        // Fixed sets.
+        for v4 in [true, false] {
+            let fam = |n: &IpNet| matches!(n, IpNet::V4(_)) == v4;
+            let all = self.pools.values().map(|p| p.net).filter(fam);
+            self.out
+                .sets
+                .insert(names::set_name(v4, "all-ipam-pools"), Set::nets(v4, all));
+            let masq = self
+                .pools
+                .values()
+                .filter(|p| p.masquerade)
+                .map(|p| p.net)
+                .filter(fam);
+            self.out
+                .sets
+                .insert(names::set_name(v4, "masq-ipam-pools"), Set::nets(v4, masq));
+            let hosts = self
+                .node_addrs
+                .values()
+                .flatten()
+                .map(|a| host_net(*a))
+                .filter(fam);
+            self.out
+                .sets
+                .insert(names::set_name(v4, "all-hosts-net"), Set::nets(v4, hosts));
+        }
+    }
+
+    /// Brings the wanted table up to date with every update so far and returns it. Only
+    /// what the updates touched is re-rendered.
+    pub fn desired(&mut self) -> &Ruleset {
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty.statics {
+            self.render_statics();
+        }
+        for s in &dirty.sets {
+            self.render_set(s);
+        }
+        for p in &dirty.policies {
+            self.render_policy(p);
+        }
+        for p in &dirty.profiles {
+            self.render_profile(p);
+        }
+        for e in &dirty.endpoints {
+            self.render_endpoint(e);
+        }
+        &self.out
+    }
+
+    /// Whether updates are waiting for [`Self::desired`].
+    pub fn has_changes(&self) -> bool {
+        let d = &self.dirty;
+        d.statics
+            || !d.sets.is_empty()
+            || !d.policies.is_empty()
+            || !d.profiles.is_empty()
+            || !d.endpoints.is_empty()
+    }
+
+    /// The local endpoints whose rules the last [`Self::desired`] holds: what their status
+    /// files say (write them after the table is applied; remove the others).
+    pub fn programmed_endpoints(&self) -> Vec<EndpointStatus> {
+        let mut out: Vec<EndpointStatus> = self
+            .rendered
+            .keys()
+            .filter_map(|k| self.endpoints.get(k))
+            .map(|e| e.status.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Counts for metrics: (local endpoints, active policies, active profiles, sets, rules).
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            local_endpoints: self.rendered.len(),
+            active_policies: self.active_policies.len(),
+            active_profiles: self.active_profiles.len(),
+            sets: self.out.sets.len(),
+            chains: self.out.chains.len(),
+            rules: self.out.chains.values().map(|c| c.rules.len()).sum(),
+        }
+    }
+
+    /// The wanted table in nft's syntax (stable: maps, sets, chains by name), as
+    /// `nft list table inet calico` would show it. Call after [`Self::desired`].
+    pub fn text(&self) -> String {
+        let mut out = format!("table inet {} {{\n", self.out.name);
+        for (name, map) in &self.out.maps {
+            out.push_str(&ir::map_text(name, map));
+        }
+        for (name, set) in &self.out.sets {
+            out.push_str(&ir::set_text(name, set));
+        }
+        for (name, (base, rules)) in &self.chains {
+            let _ = writeln!(out, "\tchain {name} {{");
+            if let Some(b) = base {
+                let _ = writeln!(out, "\t\t{}", ir::base_text(b));
+            }
+            for r in rules {
+                let _ = writeln!(out, "\t\t{r}");
+            }
+            out.push_str("\t}\n");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// Sizes of the wanted table, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    pub local_endpoints: usize,
+    pub active_policies: usize,
+    pub active_profiles: usize,
+    pub sets: usize,
+    pub chains: usize,
+    pub rules: usize,
+}

@@ -1,0 +1,359 @@
+//! A label index: which selectors match which labelled items, kept up to date in both
+//! directions (Felix's `felix/labelindex`, `InheritIndex` and `SelectorAndNamedPortIndex`).
+//!
+//! An item change evaluates only the selectors that could match it, a selector change only
+//! the items that could match it: each selector that requires a label value (`k == 'v'`,
+//! alone or within `&&`) is filed under the rarest such pair, and each item under all its
+//! pairs; the rest (`has(k)`, `!`, `||`, `all()`) are evaluated against everything. With
+//! Kubernetes' scoped selectors (`… && projectcalico.org/namespace == 'ns'`) this keeps an
+//! update to the size of a namespace, not of the cluster.
+
+use calico_selector::Selector;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+
+pub type Labels = BTreeMap<String, String>;
+type Pair = (String, String);
+
+struct SelectorEntry {
+    sel: Selector,
+    /// The pair it is filed under; `None`: evaluated against every item.
+    filed: Option<Pair>,
+}
+
+/// Selectors `S` over items `I`.
+pub struct LabelIndex<I, S> {
+    items: HashMap<I, Labels>,
+    items_by_pair: HashMap<Pair, HashSet<I>>,
+    selectors: HashMap<S, SelectorEntry>,
+    selectors_by_pair: HashMap<Pair, HashSet<S>>,
+    unfiled: HashSet<S>,
+    matches: HashMap<S, HashSet<I>>,
+    matched_by: HashMap<I, HashSet<S>>,
+}
+
+impl<I, S> Default for LabelIndex<I, S> {
+    fn default() -> Self {
+        LabelIndex {
+            items: HashMap::new(),
+            items_by_pair: HashMap::new(),
+            selectors: HashMap::new(),
+            selectors_by_pair: HashMap::new(),
+            unfiled: HashSet::new(),
+            matches: HashMap::new(),
+            matched_by: HashMap::new(),
+        }
+    }
+}
+
+/// The `k == 'v'` pairs a selector requires.
+fn required_pairs(sel: &Selector) -> Vec<(&str, &str)> {
+    match sel {
+        Selector::Eq(k, v) => vec![(k.as_str(), v.as_str())],
+        Selector::And(list) => list
+            .iter()
+            .filter_map(|s| match s {
+                Selector::Eq(k, v) => Some((k.as_str(), v.as_str())),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn labels(&self, item: &I) -> Option<&Labels> {
+        self.items.get(item)
+    }
+
+    /// The items a selector matches now.
+    pub fn matches(&self, sel: &S) -> impl Iterator<Item = &I> {
+        self.matches.get(sel).into_iter().flatten()
+    }
+
+    pub fn match_count(&self, sel: &S) -> usize {
+        self.matches.get(sel).map_or(0, HashSet::len)
+    }
+
+    /// The selectors matching an item now.
+    pub fn matched_by(&self, item: &I) -> impl Iterator<Item = &S> {
+        self.matched_by.get(item).into_iter().flatten()
+    }
+
+    pub fn has_selector(&self, sel: &S) -> bool {
+        self.selectors.contains_key(sel)
+    }
+
+    fn link(&mut self, s: &S, i: &I) {
+        self.matches.entry(s.clone()).or_default().insert(i.clone());
+        self.matched_by
+            .entry(i.clone())
+            .or_default()
+            .insert(s.clone());
+    }
+
+    fn unlink(&mut self, s: &S, i: &I) {
+        if let Some(m) = self.matches.get_mut(s) {
+            m.remove(i);
+            if m.is_empty() {
+                self.matches.remove(s);
+            }
+        }
+        if let Some(m) = self.matched_by.get_mut(i) {
+            m.remove(s);
+            if m.is_empty() {
+                self.matched_by.remove(i);
+            }
+        }
+    }
+
+    /// Adds or replaces an item; returns the selectors that started (`true`) or stopped
+    /// (`false`) matching it.
+    pub fn upsert_item(&mut self, id: I, labels: Labels) -> Vec<(S, bool)> {
+        if self.items.get(&id) == Some(&labels) {
+            return Vec::new();
+        }
+        if let Some(old) = self.items.remove(&id) {
+            for (k, v) in old {
+                let pair = (k, v);
+                if let Some(set) = self.items_by_pair.get_mut(&pair) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.items_by_pair.remove(&pair);
+                    }
+                }
+            }
+        }
+        for (k, v) in &labels {
+            self.items_by_pair
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .insert(id.clone());
+        }
+        let mut now: HashSet<S> = HashSet::new();
+        let mut consider = |s: &S| {
+            if let Some(e) = self.selectors.get(s)
+                && e.sel.matches(&labels)
+            {
+                now.insert(s.clone());
+            }
+        };
+        for s in &self.unfiled {
+            consider(s);
+        }
+        for (k, v) in &labels {
+            // A lookup by a borrowed pair would need an owned key; labels are few.
+            if let Some(sels) = self.selectors_by_pair.get(&(k.clone(), v.clone())) {
+                for s in sels {
+                    consider(s);
+                }
+            }
+        }
+        self.items.insert(id.clone(), labels);
+        let before: HashSet<S> = self.matched_by.get(&id).cloned().unwrap_or_default();
+        let mut changes = Vec::new();
+        for s in before.difference(&now) {
+            self.unlink(s, &id);
+            changes.push((s.clone(), false));
+        }
+        for s in now.difference(&before) {
+            self.link(s, &id);
+            changes.push((s.clone(), true));
+        }
+        changes
+    }
+
+    /// Removes an item; returns the selectors that matched it.
+    pub fn remove_item(&mut self, id: &I) -> Vec<S> {
+        let Some(old) = self.items.remove(id) else {
+            return Vec::new();
+        };
+        for (k, v) in old {
+            let pair = (k, v);
+            if let Some(set) = self.items_by_pair.get_mut(&pair) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.items_by_pair.remove(&pair);
+                }
+            }
+        }
+        let before: Vec<S> = self
+            .matched_by
+            .get(id)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        for s in &before {
+            self.unlink(s, id);
+        }
+        before
+    }
+
+    /// Adds or replaces a selector; returns the items that started (`true`) or stopped
+    /// (`false`) matching it.
+    pub fn upsert_selector(&mut self, id: S, sel: Selector) -> Vec<(I, bool)> {
+        if self.selectors.get(&id).is_some_and(|e| e.sel == sel) {
+            return Vec::new();
+        }
+        self.unfile(&id);
+        let filed = required_pairs(&sel)
+            .into_iter()
+            .min_by_key(|(k, v)| {
+                self.items_by_pair
+                    .get(&((*k).to_string(), (*v).to_string()))
+                    .map_or(0, HashSet::len)
+            })
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let now: HashSet<I> = match &filed {
+            Some(pair) => self
+                .items_by_pair
+                .get(pair)
+                .into_iter()
+                .flatten()
+                .filter(|i| self.items.get(*i).is_some_and(|l| sel.matches(l)))
+                .cloned()
+                .collect(),
+            None => self
+                .items
+                .iter()
+                .filter(|(_, l)| sel.matches(*l))
+                .map(|(i, _)| i.clone())
+                .collect(),
+        };
+        match &filed {
+            Some(pair) => {
+                self.selectors_by_pair
+                    .entry(pair.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            None => {
+                self.unfiled.insert(id.clone());
+            }
+        }
+        self.selectors
+            .insert(id.clone(), SelectorEntry { sel, filed });
+        let before: HashSet<I> = self.matches.get(&id).cloned().unwrap_or_default();
+        let mut changes = Vec::new();
+        for i in before.difference(&now) {
+            self.unlink(&id, i);
+            changes.push((i.clone(), false));
+        }
+        for i in now.difference(&before) {
+            self.link(&id, i);
+            changes.push((i.clone(), true));
+        }
+        changes
+    }
+
+    fn unfile(&mut self, id: &S) {
+        if let Some(e) = self.selectors.remove(id) {
+            match e.filed {
+                Some(pair) => {
+                    if let Some(set) = self.selectors_by_pair.get_mut(&pair) {
+                        set.remove(id);
+                        if set.is_empty() {
+                            self.selectors_by_pair.remove(&pair);
+                        }
+                    }
+                }
+                None => {
+                    self.unfiled.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Removes a selector; returns the items it matched.
+    pub fn remove_selector(&mut self, id: &S) -> Vec<I> {
+        self.unfile(id);
+        let before: Vec<I> = self
+            .matches
+            .get(id)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        for i in &before {
+            self.unlink(id, i);
+        }
+        before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn sorted<T: Ord + Clone>(it: impl Iterator<Item = T>) -> Vec<T> {
+        let mut v: Vec<T> = it.collect();
+        v.sort();
+        v
+    }
+
+    /// Whatever the order of item and selector updates, the matches are those of a fresh
+    /// evaluation (mirrors labelindex's contract in felix/labelindex/label_inheritance_index.go).
+    #[test]
+    fn matches_do_not_depend_on_update_order() {
+        let items = [
+            ("a", labels(&[("app", "web"), ("ns", "x")])),
+            ("b", labels(&[("app", "db"), ("ns", "x")])),
+            ("c", labels(&[("app", "web"), ("ns", "y")])),
+        ];
+        let sels = [
+            ("web-x", "app == 'web' && ns == 'x'"),
+            ("has-app", "has(app)"),
+            ("not-db", "app != 'db'"),
+            ("y", "ns == 'y'"),
+        ];
+        let expect = |idx: &LabelIndex<&str, &str>| {
+            for (s, text) in sels {
+                let sel = Selector::parse(text).expect("selector");
+                let want = sorted(
+                    items
+                        .iter()
+                        .filter(|(_, l)| sel.matches(l))
+                        .map(|(i, _)| *i),
+                );
+                assert_eq!(sorted(idx.matches(&s).copied()), want, "{s}");
+            }
+        };
+        let mut one = LabelIndex::new();
+        for (i, l) in &items {
+            one.upsert_item(*i, l.clone());
+        }
+        for (s, t) in sels {
+            one.upsert_selector(s, Selector::parse(t).expect("selector"));
+        }
+        expect(&one);
+        let mut two = LabelIndex::new();
+        for (s, t) in sels {
+            two.upsert_selector(s, Selector::parse(t).expect("selector"));
+        }
+        // Items first with wrong labels, then corrected.
+        for (i, _) in &items {
+            two.upsert_item(*i, labels(&[("app", "db")]));
+        }
+        for (i, l) in items.iter().rev() {
+            let changes = two.upsert_item(*i, l.clone());
+            assert!(changes.iter().all(|(s, _)| sels.iter().any(|(n, _)| n == s)));
+        }
+        expect(&two);
+        // Removing and re-adding a selector and an item.
+        assert_eq!(sorted(two.remove_selector(&"web-x").into_iter()), ["a"]);
+        assert_eq!(two.match_count(&"web-x"), 0);
+        two.upsert_selector("web-x", Selector::parse("app == 'web' && ns == 'x'").expect("s"));
+        let gone = sorted(two.remove_item(&"c").into_iter());
+        assert_eq!(gone, ["has-app", "not-db", "y"]);
+        two.upsert_item("c", items[2].1.clone());
+        expect(&two);
+    }
+}

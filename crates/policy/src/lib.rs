@@ -1,0 +1,28 @@
+//! Felix's calculation and rule rendering as a pure library: Calico's policy model
+//! (WorkloadEndpoints of every node, Profiles, NetworkPolicies, GlobalNetworkPolicies, Tiers,
+//! NetworkSets, IPPools, Nodes, FelixConfiguration) in, the wanted nftables table out (one
+//! table `calico` of family `inet`, as the netfilter crate's [`calico_netfilter::ruleset::Ruleset`]),
+//! plus which local endpoints it programs (for their status files).
+//!
+//! - [`engine`]: the incremental [`PolicyEngine`] the agent feeds per datastore change
+//!   (Felix's `felix/calc` graph and the dataplane managers' desired state).
+//! - [`model`]: objects read and checked; selectors scoped as Calico's update processors do.
+//! - [`index`]: the label index (Felix's `felix/labelindex`).
+//! - [`render`]: rules, policy/profile/endpoint chains and the fixed chains
+//!   (`felix/rules`).
+//! - [`ir`]: typed nft rules, printed in nft's syntax and lowered to netfilter expressions.
+//! - [`names`]: chain and set names after Felix's nftables mode.
+//!
+//! No kernel and no datastore here: the agent (calico-node) reads etcd, calls the engine and
+//! applies the table with the netfilter crate. Must not import calico-node, the plugins or
+//! anything that does I/O.
+
+pub mod engine;
+pub mod index;
+pub mod ir;
+pub mod model;
+pub mod names;
+pub mod render;
+
+pub use engine::{EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine, Skipped};
+pub use render::MarkBits;
