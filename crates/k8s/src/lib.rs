@@ -13,17 +13,23 @@
 //! - A Namespace alone and a Node are read the same way ([`fetch_namespace`],
 //!   [`fetch_node`]).
 //! - Objects are requested as JSON and read into small structs of what Calico uses: the
-//!   typed `k8s-openapi` objects are not used ([`convert`]).
+//!   typed `k8s-openapi` objects are not used for reading ([`convert`]).
+//! - [`netpol`]: a Kubernetes NetworkPolicy (`k8s-openapi`'s type) as the Calico
+//!   NetworkPolicy `knp.default.<name>` that kube-controllers stores in etcd, exactly as
+//!   Calico's conversion; a library function, no API reads (the controller comes later).
 //!
-//! Owns the reading of the Kubernetes API only; must not import the datastore, the dataplane
-//! or `cni-protocol`: the plugin turns what it returns into records and errors. Of the
-//! workspace it imports only `calico-fsbound` (the kubeconfig and the files it names).
+//! Owns the reading of the Kubernetes API and the NetworkPolicy conversion; must not import
+//! the dataplane or `cni-protocol`, and of the datastore only its model types (the
+//! conversion's output), never a store: the plugin turns what it returns into records and
+//! errors. Of the workspace it imports only `calico-fsbound` (the kubeconfig and the files it
+//! names) and `calico-datastore`'s `model`.
 
 pub mod config;
 pub mod convert;
 mod error;
 mod fetch;
 pub mod kubevirt;
+pub mod netpol;
 mod single;
 
 use std::collections::BTreeMap;
@@ -32,6 +38,7 @@ use std::time::Duration;
 
 pub use error::K8sError;
 pub use fetch::fetch_pod_and_namespace;
+pub use netpol::{KnpConversion, k8s_network_policy_to_calico};
 pub use single::{fetch_namespace, fetch_node};
 
 /// How the call reaches the API server: the kubeconfig plus the network conf's overrides.

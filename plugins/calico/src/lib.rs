@@ -11,6 +11,8 @@
 //! - [`host_local`]: Calico's special cases for host-local IPAM (`usePodCidr`, `routes`);
 //! - [`kubernetes`]: the pod and namespace for `policy.type: k8s`, the node's pod CIDRs;
 //! - [`readiness`]: `readiness_gates`, polled before an ADD;
+//! - [`policy_gate`]: `policy_setup_timeout_seconds`, the wait after an ADD for the policy
+//!   agent's endpoint status file (`calico-epstatus`);
 //! - [`verbs`]: ADD, DEL, CHECK, GC, STATUS over a datastore and a dataplane, one module
 //!   each (CHECK's comparison pure), tested without root against the in-memory store and
 //!   the fake kernel.
@@ -19,6 +21,7 @@ pub mod annotations;
 pub mod endpoint;
 pub mod host_local;
 pub mod kubernetes;
+pub mod policy_gate;
 pub mod readiness;
 pub mod verbs;
 pub mod workload;

@@ -2,7 +2,9 @@
 //! datastore and commits the allocation with the endpoint record in one transaction (or,
 //! with a delegated IPAM plugin or `ipAddrsNoIpam`, runs the plugin and writes the record);
 //! the addresses go on while the transaction is in flight. Any failure undoes everything
-//! made: the interface unless its names were someone else's, the commit once made.
+//! made: the interface unless its names were someone else's, the commit once made. Once
+//! everything is in, `policy_setup_timeout_seconds` may hold the answer until the policy
+//! agent reports the endpoint programmed ([`crate::policy_gate`]).
 
 use super::Deps;
 use super::kernel_thread::KernelThread;
@@ -13,6 +15,7 @@ use super::records::{
 use super::release::{undo_datastore, undo_delegated_ipam};
 use crate::annotations;
 use crate::endpoint::PodMeta;
+use crate::policy_gate::PolicyGate;
 use crate::workload::{Context, format_mac, random_mac};
 use calico_dataplane::WorkloadSpec;
 use calico_ipam::cni::store_error;
@@ -68,6 +71,8 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         .clone()
         .ok_or_else(|| CniError::invalid_env("CNI_NETNS is missing"))?;
     let pod = deps.pod.as_ref();
+    // Checked before anything is made (a negative timeout is a config error).
+    let gate = PolicyGate::of(ctx, req)?;
     let ov = pod_overrides(ctx, deps)?;
     let mac = ov.mac.unwrap_or_else(random_mac);
     let mtu = ctx.mtu(deps.mtu_file)?;
@@ -184,6 +189,10 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
         }
     };
     log::debug!("committed and configured after {:?}", started.elapsed());
+    if let Some(gate) = gate {
+        gate.wait();
+        log::debug!("policy gate passed after {:?}", started.elapsed());
+    }
     Ok(result(req, ctx, &mac, mtu, &addrs, routes))
 }
 

@@ -348,3 +348,44 @@ fn a_delegated_add_is_deleted_with_its_lease() {
     pod.assert_left_as(&before);
     assert_eq!(pod.host_local_leases(), Vec::<String>::new());
 }
+
+/// Mirrors k8s.go `CmdAddK8s`'s "invalid pod startup delay" for a negative
+/// `policy_setup_timeout_seconds`, here refused before anything is made.
+#[test]
+fn a_negative_policy_setup_timeout_is_refused_before_anything_is_made() {
+    let mut pod = Pod::new();
+    pod.conf["policy_setup_timeout_seconds"] = serde_json::json!(-1);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode::INVALID_NETWORK_CONFIG);
+    assert_eq!(msg, "invalid pod startup delay of -1");
+}
+
+/// Mirrors k8s.go `CmdAddK8s` → wait.go `ForEndpointReadyWithTimeout`: the ADD returns once
+/// the endpoint's status file is there (written up front here, by the test standing in for
+/// the policy agent), and after the timeout with a warning when it never comes.
+#[test]
+fn the_policy_gate_waits_for_the_status_file_or_the_timeout() {
+    let mut pod = Pod::new();
+    let status = tempfile::tempdir().expect("tempdir");
+    pod.conf["policy_setup_timeout_seconds"] = serde_json::json!(1);
+    pod.conf["endpoint_status_dir"] = serde_json::json!(status.path());
+    let key = calico_epstatus::EndpointKey::new("k8s", "default/pod0", "eth0");
+    calico_epstatus::write(status.path(), &key, &Default::default()).expect("written");
+    let t = std::time::Instant::now();
+    pod.add().expect("added");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
+    pod.del().expect("deleted");
+
+    calico_epstatus::remove(status.path(), &key).expect("removed");
+    let t = std::time::Instant::now();
+    pod.add().expect("added all the same");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
+    pod.del().expect("deleted");
+}

@@ -16,6 +16,7 @@ mod host_local;
 mod kubeconfig;
 mod kubevirt;
 mod lifecycle;
+mod policy_gate;
 mod scale;
 mod seed;
 mod traffic;
