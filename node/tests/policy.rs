@@ -10,7 +10,6 @@ mod policy_lab;
 
 use policy_lab::{Lab, Pod, Proto, Servers, assert_matrix};
 use serde_json::{Value, json};
-use std::net::IpAddr;
 use testkit::{eventually, require};
 
 use Proto::{Icmp, Tcp, Udp};
@@ -353,8 +352,10 @@ fn an_unknown_cali_interface_carries_nothing() {
     ))
     .unwrap();
     rogue
-        .sh("ip addr add 10.99.0.5/32 dev eth0 && ip link set eth0 up && ip link set lo up && \
-             ip route add 169.254.1.1 dev eth0 && ip route add default via 169.254.1.1")
+        .sh(
+            "ip addr add 10.99.0.5/32 dev eth0 && ip link set eth0 up && ip link set lo up && \
+             ip route add 169.254.1.1 dev eth0 && ip route add default via 169.254.1.1",
+        )
         .unwrap();
     // The rogue pod sends to a known pod: dropped on the way in ("Unknown interface").
     let ok = rogue
@@ -372,7 +373,10 @@ fn an_unknown_cali_interface_carries_nothing() {
         .netns
         .run("busybox", ["ping", "-c1", "-W1", "10.99.0.5"])
         .unwrap();
-    assert!(!out.status.success(), "traffic reached an unknown cali interface");
+    assert!(
+        !out.status.success(),
+        "traffic reached an unknown cali interface"
+    );
 }
 
 /// An invalid policy written by another tool is skipped; every other policy stays enforced,
@@ -387,7 +391,10 @@ fn a_malformed_policy_in_etcd_does_not_stop_the_others() {
     lab.label_pod(&a, &[("app", "a")], "default", &[]);
     let rev = lab.label_pod(&b, &[("app", "b")], "default", &[]);
     lab.wait_applied(rev);
-    let _s = [Servers::start(&a, &[80], &[]), Servers::start(&b, &[80], &[])];
+    let _s = [
+        Servers::start(&a, &[80], &[]),
+        Servers::start(&b, &[80], &[]),
+    ];
     lab.apply(np(
         "default",
         "default.b-deny",
@@ -432,7 +439,10 @@ fn enforcement_survives_an_agent_restart_and_etcd_loss() {
     lab.label_pod(&a, &[("app", "a")], "default", &[]);
     let rev = lab.label_pod(&b, &[("app", "b")], "default", &[]);
     lab.wait_applied(rev);
-    let _s = [Servers::start(&a, &[80], &[]), Servers::start(&b, &[80], &[])];
+    let _s = [
+        Servers::start(&a, &[80], &[]),
+        Servers::start(&b, &[80], &[]),
+    ];
     lab.apply(np(
         "default",
         "default.b-deny",
@@ -487,7 +497,8 @@ fn endpoint_status_files_follow_programmed_endpoints() {
     assert!(found, "no status file in {}\n{}", dir.display(), lab.logs());
     let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
     let name = file.file_name().to_string_lossy().to_string();
-    assert!(name.starts_with("k8s default%2fa"), "{name}");
+    // Calico's name: orchestrator, workload and endpoint IDs path-escaped, space-separated.
+    assert_eq!(name, "k8s default%2Fa eth0");
     let status: Value = serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
     assert_eq!(
         status["ipv4Nets"],
@@ -499,8 +510,20 @@ fn endpoint_status_files_follow_programmed_endpoints() {
             .as_str()
             .is_some_and(|i| i.starts_with("cali"))
     );
-    let ip: IpAddr = a.v4();
-    let _ = ip;
+    // The endpoint goes (CNI DEL): so does its file.
+    lab.c
+        .runtime(0)
+        .del(policy_lab::NET, &a.netns.path(), &a.opts())
+        .unwrap()
+        .unwrap();
+    let gone = eventually(policy_lab::WAIT, || {
+        std::fs::read_dir(&dir).is_ok_and(|d| d.count() == 0)
+    });
+    assert!(
+        gone,
+        "the status file outlived its endpoint\n{}",
+        lab.logs()
+    );
 }
 
 /// A process stopped (SIGSTOP) for the guard's life: etcd not answering.

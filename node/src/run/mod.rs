@@ -127,12 +127,9 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
             settings.policy.enabled,
             metrics.clone(),
         ));
-        let policy_agent = policy::PolicyAgent::start(
-            etcd.clone(),
-            settings.policy.clone(),
-            policy_state.clone(),
-        )
-        .context("starting the policy agent")?;
+        let policy_agent =
+            policy::PolicyAgent::start(etcd.clone(), settings.policy.clone(), policy_state.clone())
+                .context("starting the policy agent")?;
         let shared = Arc::new(server::Shared::new(
             etcd,
             identity,

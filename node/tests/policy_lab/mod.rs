@@ -161,13 +161,7 @@ impl Lab {
     /// A pod `name` in namespace `ns` on node `node`, added through libcni.
     pub fn pod(&self, node: usize, ns: &str, name: &str) -> Pod {
         let netns = NetNs::new(name).expect("a pod namespace");
-        let opts = CallOpts {
-            cni_args: Some(format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"
-            )),
-            container_id: Some(format!("{ns}-{name}-{}", std::process::id())),
-            ..CallOpts::default()
-        };
+        let opts = pod_opts(ns, name);
         let result = self
             .c
             .runtime(node)
@@ -297,6 +291,16 @@ pub fn plural(kind: &str) -> &'static str {
     }
 }
 
+fn pod_opts(ns: &str, name: &str) -> CallOpts {
+    CallOpts {
+        cni_args: Some(format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"
+        )),
+        container_id: Some(format!("{ns}-{name}-{}", std::process::id())),
+        ..CallOpts::default()
+    }
+}
+
 pub struct Pod {
     pub netns: NetNs,
     pub node: usize,
@@ -308,6 +312,11 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The libcni options this pod was added with (for its DEL).
+    pub fn opts(&self) -> CallOpts {
+        pod_opts(&self.namespace, &self.name)
+    }
+
     pub fn v4(&self) -> IpAddr {
         self.v4.expect("an IPv4 address")
     }
@@ -375,11 +384,7 @@ impl Servers {
                 }));
             }
         }
-        Servers {
-            stop,
-            fds,
-            threads,
-        }
+        Servers { stop, fds, threads }
     }
 }
 

@@ -83,9 +83,10 @@ impl PolicySettings {
         o.endpoint_status_path_prefix = get("FELIX_ENDPOINTSTATUSPATHPREFIX");
         o.log_prefix = get("FELIX_LOGPREFIX");
         if let Some(v) = get("FELIX_NFTABLESMARKMASK") {
-            let parsed = v
-                .strip_prefix("0x")
-                .map_or_else(|| v.parse::<u32>().ok(), |h| u32::from_str_radix(h, 16).ok());
+            let parsed = v.strip_prefix("0x").map_or_else(
+                || v.parse::<u32>().ok(),
+                |h| u32::from_str_radix(h, 16).ok(),
+            );
             o.nftables_mark_mask = Some(parsed.ok_or_else(|| {
                 ConfigError::new("FELIX_NFTABLESMARKMASK", format!("{v:?} is not a mask"))
             })?);
@@ -193,16 +194,21 @@ impl PolicyAgent {
     }
 }
 
-fn run_loop(node: String, settings: PolicySettings, state: Arc<PolicyState>, rx: mpsc::Receiver<Arrived>) {
+fn run_loop(
+    node: String,
+    settings: PolicySettings,
+    state: Arc<PolicyState>,
+    rx: mpsc::Receiver<Arrived>,
+) {
     let mut keys = SyncedKeys::new();
-    let mut agent = match engine::Dataplane::new(&node, settings.env_overrides.clone(), state.clone())
-    {
-        Ok(a) => a,
-        Err(e) => {
-            log::error!("policy: cannot start: {e:#}");
-            return;
-        }
-    };
+    let mut agent =
+        match engine::Dataplane::new(&node, settings.env_overrides.clone(), state.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                log::error!("policy: cannot start: {e:#}");
+                return;
+            }
+        };
     let mut retry_at: Option<Instant> = None;
     loop {
         let first = match retry_at {

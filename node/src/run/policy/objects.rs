@@ -163,9 +163,13 @@ mod tests {
         let id =
             ObjectId::from_key("/calico/resources/v3/projectcalico.org/globalnetworkpolicies/x")
                 .expect("a global policy");
-        assert_eq!((id.kind, id.namespace.as_str()), (Kind::GlobalNetworkPolicy, ""));
+        assert_eq!(
+            (id.kind, id.namespace.as_str()),
+            (Kind::GlobalNetworkPolicy, "")
+        );
         assert!(
-            ObjectId::from_key("/calico/resources/v3/projectcalico.org/networkpolicies/x").is_none()
+            ObjectId::from_key("/calico/resources/v3/projectcalico.org/networkpolicies/x")
+                .is_none()
         );
         assert!(ObjectId::from_key("/calico/ipam/v2/host/a").is_none());
         assert_eq!(prefixes().len(), Kind::ALL.len());

@@ -61,7 +61,9 @@ impl PolicyState {
             .policy_apply_seconds
             .observe(took.as_secs_f64());
         if let Some(l) = lag {
-            self.metrics.policy_sync_lag_seconds.observe(l.as_secs_f64());
+            self.metrics
+                .policy_sync_lag_seconds
+                .observe(l.as_secs_f64());
         }
         let label = if outcome.is_ok() { "ok" } else { "error" };
         self.metrics
@@ -93,6 +95,10 @@ impl PolicyState {
     /// The datastore revision the kernel's rules now reflect.
     pub fn set_revision(&self, revision: i64) {
         self.metrics.policy_applied_revision.set(revision);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn set_counts(&self, c: Counts, skipped: usize) {
