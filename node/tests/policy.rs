@@ -8,8 +8,9 @@
 
 mod policy_lab;
 
-use policy_lab::{Lab, Pod, Proto, Servers, assert_matrix};
+use policy_lab::{Lab, Pod, Proto, Servers, assert_matrix, probe};
 use serde_json::{Value, json};
+use std::net::IpAddr;
 use testkit::{eventually, require};
 
 use Proto::{Icmp, Tcp, Udp};
@@ -541,4 +542,168 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
+}
+
+/// The Kubernetes documentation's NetworkPolicy example, converted as kube-controllers
+/// does (`calico_k8s::netpol`) and written to etcd as `knp.default.<name>`.
+#[test]
+fn the_kubernetes_documentation_example_through_the_conversion() {
+    require!(root; "etcd", "go", "ip", "busybox", "nft");
+    let lab = Lab::start(2, false, &[]);
+    lab.namespace("default", &[]);
+    lab.namespace("myproject", &[("project", "myproject")]);
+    lab.service_account("default", "default", &[]);
+    lab.service_account("myproject", "default", &[]);
+    let db = lab.pod(0, "default", "db");
+    let frontend = lab.pod(1, "default", "frontend");
+    let other = lab.pod(0, "default", "other");
+    let mp = lab.pod(1, "myproject", "mp");
+    lab.label_pod(&db, &[("role", "db")], "default", &[]);
+    lab.label_pod(&frontend, &[("role", "frontend")], "default", &[]);
+    lab.label_pod(&other, &[("role", "other")], "default", &[]);
+    let rev = lab.label_pod(&mp, &[("role", "other")], "default", &[]);
+    lab.wait_applied(rev);
+    let _s: Vec<Servers> = [&db, &frontend, &other, &mp]
+        .iter()
+        .map(|p| Servers::start(p, &[80, 6379], &[]))
+        .collect();
+    let knp = |case: &str| -> Value {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/knp");
+        let text = std::fs::read_to_string(dir.join(case).join("input.yaml")).unwrap();
+        let k: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_norway::from_str(&text).unwrap();
+        let conv = calico_k8s::netpol::k8s_network_policy_to_calico(&k);
+        serde_json::to_value(&conv.policy).unwrap()
+    };
+    lab.apply(knp("docs-test-network-policy"));
+    assert_matrix(
+        &lab,
+        &[
+            (&frontend, db.v4(), Tcp(6379), true),
+            (&mp, db.v4(), Tcp(6379), true),
+            (&other, db.v4(), Tcp(6379), false),
+            (&frontend, db.v4(), Tcp(80), false),
+            // Egress only to 10.0.0.0/24:5978.
+            (&db, frontend.v4(), Tcp(80), false),
+            (&db, other.v4(), Icmp, false),
+            // Other pods are not selected.
+            (&other, frontend.v4(), Tcp(80), true),
+        ],
+    );
+    // "Default deny all ingress traffic" in default: nothing reaches default's pods, myproject's
+    // pod is untouched.
+    lab.apply(knp("docs-default-deny-ingress"));
+    assert_matrix(
+        &lab,
+        &[
+            (&other, frontend.v4(), Tcp(80), false),
+            (&mp, other.v4(), Tcp(80), false),
+            (&frontend, mp.v4(), Tcp(80), true),
+        ],
+    );
+    // "Allow all ingress traffic" next to it: allowed again (policies are unions).
+    lab.apply(knp("docs-allow-all-ingress"));
+    assert_matrix(
+        &lab,
+        &[
+            (&other, frontend.v4(), Tcp(80), true),
+            (&mp, other.v4(), Tcp(80), true),
+        ],
+    );
+}
+
+/// `DefaultEndpointToHostAction`: Felix's default drops what a workload sends to its own
+/// host (after its egress policy); `Accept` lets it in.
+#[test]
+fn workload_to_host_follows_default_endpoint_to_host_action() {
+    require!(root; "etcd", "go", "ip", "busybox", "nft");
+    let lab = Lab::start(1, false, &[]);
+    let a = lab.pod(0, "default", "a");
+    let host = IpAddr::V4(lab.c.node(0).underlay_ip());
+    let host_listener = Servers::on_node(lab.c.node(0).netns(), host, &[7070]);
+    assert!(!probe(&a, host, Tcp(7070), false), "Drop is the default");
+    let rev = lab.put(
+        &json!({"kind": "FelixConfiguration", "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": "default"}, "spec": {"defaultEndpointToHostAction": "Accept"}}),
+    );
+    lab.wait_applied(rev);
+    assert!(
+        probe(&a, host, Tcp(7070), true),
+        "Accept lets it in\n{}",
+        lab.logs()
+    );
+    // The node's own setting (FELIX_ variable) wins over the datastore.
+    drop(host_listener);
+}
+
+/// Log rules: a packet matching a Log rule is counted by the kernel's log statement and then
+/// goes on to the next rule (Log is not a verdict).
+#[test]
+fn a_log_rule_logs_and_lets_the_next_rule_decide() {
+    require!(root; "etcd", "go", "ip", "busybox", "nft");
+    let lab = Lab::start(1, false, &[]);
+    lab.namespace("default", &[]);
+    let a = lab.pod(0, "default", "a");
+    let b = lab.pod(0, "default", "b");
+    lab.label_pod(&a, &[("app", "a")], "default", &[]);
+    let rev = lab.label_pod(&b, &[("app", "b")], "default", &[]);
+    lab.wait_applied(rev);
+    let _s = [Servers::start(&b, &[80, 81], &[])];
+    lab.apply(np(
+        "default",
+        "default.log-then-allow-80",
+        json!({"selector": "app == 'b'", "ingress": [
+            {"action": "Log", "protocol": "TCP"},
+            {"action": "Allow", "protocol": "TCP", "destination": {"ports": [80]}}]}),
+    ));
+    assert_matrix(
+        &lab,
+        &[(&a, b.v4(), Tcp(80), true), (&a, b.v4(), Tcp(81), false)],
+    );
+    let table = lab
+        .c
+        .node(0)
+        .netns()
+        .sh("nft list table inet calico")
+        .unwrap();
+    assert!(
+        table.contains("log prefix \"calico-packet"),
+        "no log statement:\n{table}"
+    );
+}
+
+/// The plugin's gate (`policy_setup_timeout_seconds`): ADD returns only once the agent has
+/// the pod's rules in and its status file written.
+#[test]
+fn the_plugin_waits_until_the_agent_has_programmed_the_pod() {
+    require!(root; "etcd", "go", "ip", "busybox", "nft");
+    let lab = Lab::start(1, false, &[]);
+    let mut conf = policy_lab::seed(false);
+    conf["plugins"][0]["policy_setup_timeout_seconds"] = json!(10);
+    lab.c.install(0, &conf).unwrap();
+    let started = std::time::Instant::now();
+    let _a = lab.pod(0, "default", "a");
+    let took = started.elapsed();
+    // Checked right after ADD returned, with no wait: the gate already waited.
+    let dir = lab
+        .c
+        .host_path(0, std::path::Path::new("/var/run/calico/endpoint-status"))
+        .unwrap();
+    let file = dir.join("k8s default%2Fa eth0");
+    let status: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let iface = status["ifaceName"].as_str().unwrap().to_string();
+    let table = lab
+        .c
+        .node(0)
+        .netns()
+        .sh("nft list table inet calico")
+        .unwrap();
+    assert!(
+        table.contains(&format!("filter-cali-tw-{iface}")),
+        "no chain for {iface} when ADD returned:\n{table}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "ADD waited out the timeout ({took:?})"
+    );
 }

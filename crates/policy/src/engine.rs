@@ -25,7 +25,7 @@ use calico_datastore::model::policy::{
 use calico_datastore::model::resources::{DEFAULT_TIERS, IpPool, Profile, WorkloadEndpoint};
 use calico_netfilter::nft::{self, Verdict};
 use calico_netfilter::ruleset::{
-    BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetKey, VerdictMap,
+    BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetKey,
 };
 use calico_selector::Selector;
 use ipnet::IpNet;
@@ -1333,10 +1333,7 @@ impl PolicyEngine {
             (names::CHAIN_FROM_WL_DISPATCH, false),
             (names::CHAIN_TO_WL_DISPATCH, true),
         ] {
-            self.out
-                .maps
-                .entry(chain.to_string())
-                .or_insert_with(VerdictMap::default);
+            self.out.maps.entry(chain.to_string()).or_default();
             let rules = vec![
                 Rule::new(
                     vec![],

@@ -491,3 +491,32 @@ pub fn assert_matrix(lab: &Lab, cases: &[(&Pod, IpAddr, Proto, bool)]) {
         lab.logs()
     );
 }
+
+impl Servers {
+    /// A TCP listener on `addr` in a node's own namespace (the host of its pods).
+    pub fn on_node(netns: &NetNs, addr: IpAddr, tcp: &[u16]) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut fds = Vec::new();
+        let mut threads = Vec::new();
+        for port in tcp {
+            let sa = SocketAddr::new(addr, *port);
+            let l = netns
+                .within(|| TcpListener::bind(sa))
+                .expect("into the node")
+                .expect("a TCP listener");
+            fds.push(OwnedFd::from(l.try_clone().expect("a duplicate")));
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.write_all(b"hi");
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        Servers { stop, fds, threads }
+    }
+}
