@@ -125,10 +125,18 @@ struct Arrived {
     at: Instant,
 }
 
+/// What the policy thread is told.
+enum Msg {
+    Event(Arrived),
+    /// Finish what is under way and return (SIGTERM).
+    Stop,
+}
+
 /// The running policy agent: its syncer task and its thread.
 pub struct PolicyAgent {
     syncer: tokio::task::JoinHandle<()>,
     thread: Option<std::thread::JoinHandle<()>>,
+    stop: mpsc::Sender<Msg>,
 }
 
 impl PolicyAgent {
@@ -145,16 +153,17 @@ impl PolicyAgent {
         }
         let node = settings.node_name()?;
         log::info!("policy: enforcing for node {node} with nftables table inet {TABLE}");
-        let (tx, rx) = mpsc::channel::<Arrived>();
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let stop = tx.clone();
         let syncer = tokio::spawn(async move {
             let (atx, mut arx) = tokio::sync::mpsc::unbounded_channel();
             let forward = async {
                 while let Some(event) = arx.recv().await {
                     if tx
-                        .send(Arrived {
+                        .send(Msg::Event(Arrived {
                             event,
                             at: Instant::now(),
-                        })
+                        }))
                         .is_err()
                     {
                         return;
@@ -180,6 +189,7 @@ impl PolicyAgent {
         Ok(Some(PolicyAgent {
             syncer,
             thread: Some(thread),
+            stop,
         }))
     }
 
@@ -187,8 +197,10 @@ impl PolicyAgent {
     /// stays in the kernel.
     pub fn stop(mut self) {
         self.syncer.abort();
+        // Told directly: the aborted task's sender is dropped only when the runtime next
+        // polls it, and this call holds the runtime's thread.
+        let _ = self.stop.send(Msg::Stop);
         if let Some(t) = self.thread.take() {
-            // The thread sees its channel closed once the syncer task is gone.
             let _ = t.join();
         }
     }
@@ -198,7 +210,7 @@ fn run_loop(
     node: String,
     settings: PolicySettings,
     state: Arc<PolicyState>,
-    rx: mpsc::Receiver<Arrived>,
+    rx: mpsc::Receiver<Msg>,
 ) {
     let mut keys = SyncedKeys::new();
     let mut agent =
@@ -213,20 +225,23 @@ fn run_loop(
     loop {
         let first = match retry_at {
             Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(a) => Some(a),
+                Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             },
             None => match rx.recv() {
-                Ok(a) => Some(a),
+                Ok(m) => Some(m),
                 Err(_) => return,
             },
         };
         let mut oldest: Option<Instant> = None;
-        let mut pending: Vec<Arrived> = first.into_iter().collect();
+        let mut pending: Vec<Arrived> = Vec::new();
         // Everything that came together goes into one transaction.
-        while let Ok(a) = rx.try_recv() {
-            pending.push(a);
+        for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match m {
+                Msg::Event(a) => pending.push(a),
+                Msg::Stop => return,
+            }
         }
         for a in pending {
             oldest = Some(oldest.map_or(a.at, |o| o.min(a.at)));
