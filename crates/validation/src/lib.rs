@@ -62,3 +62,6 @@ pub(crate) fn check_selector(errs: &mut Errors, field: &str, sel: &str) {
         errs.field(ErroredField::tag(field, sel, "selector"));
     }
 }
+
+#[cfg(test)]
+mod tests;
