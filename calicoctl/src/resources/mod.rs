@@ -16,6 +16,9 @@ pub mod ops;
 pub mod print;
 pub mod validate;
 
+#[cfg(test)]
+mod policy_tests;
+
 use crate::yaml;
 use calico_datastore::model::bgp::{BGP_CONFIGURATIONS, BGP_PEERS, BgpConfiguration, BgpPeer};
 use calico_datastore::model::keys;
