@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::ops::{self, Action, Ctx, Namespaces, apply, delete, get, handle_namespaces, patch};
+use super::ops::{Action, Ctx, Namespaces, apply, delete, get, handle_namespaces, patch};
 use super::print::Format;
-use super::{Kind, Object, parse_documents};
+use super::{Kind, parse_documents};
 use crate::error::{CmdError, CmdResult};
 use calico_datastore::{KvStore, MemKv};
 use serde_json::{Value, json};
@@ -554,6 +554,4 @@ fn patch_a_policy_in_its_namespace() {
             "Failed to patch 'Tier' resource: Tier is not namespaced\n".into()
         ))
     );
-    let _ = ops::KNP_PREFIX;
-    let _: Option<Object> = None;
 }
