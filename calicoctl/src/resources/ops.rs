@@ -110,7 +110,11 @@ pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
             tier_label_if_missing(&mut p.metadata);
             Object::GlobalNetworkPolicy(Box::new(p))
         }),
-        Kind::Tier => Tier::from_kv(kv).ok().map(|t| Object::Tier(Box::new(t))),
+        // `status` is a struct in Go: always there, `{}` when empty.
+        Kind::Tier => Tier::from_kv(kv).ok().map(|mut t| {
+            t.status.get_or_insert_with(|| Value::Object(Map::new()));
+            Object::Tier(Box::new(t))
+        }),
         Kind::NetworkSet => NetworkSet::from_kv(kv)
             .ok()
             .map(|n| Object::NetworkSet(Box::new(n))),
@@ -571,6 +575,7 @@ impl Plan<'_> {
                 let mut t = (**t).clone();
                 self.plan_meta(&mut t, doc, &existing, live_rev)?;
                 calico_validation::default_tier(&mut t);
+                t.status.get_or_insert_with(|| Value::Object(Map::new()));
                 let bytes = t.to_stored().map_err(|e| e.to_string())?;
                 (Object::Tier(Box::new(t)), bytes)
             }

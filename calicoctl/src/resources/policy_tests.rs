@@ -202,6 +202,7 @@ fn policies_in_a_missing_tier_are_refused_and_tiers_come_first_in_a_file() {
     assert_eq!(out, "Successfully applied 2 resource(s)\n");
     let t = stored(&store, "tiers/sec").unwrap();
     assert_eq!(t["spec"], json!({"order": 50, "defaultAction": "Deny"}));
+    assert_eq!(t["status"], json!({}), "a Go struct, never omitted");
     let g = stored(&store, "globalnetworkpolicies/sec.block").unwrap();
     assert_eq!(g["spec"]["types"], json!(["Egress"]));
     assert_eq!(
