@@ -1031,6 +1031,65 @@ mod tests {
             Kind::BgpConfiguration.key("", "node.n1"),
             "/calico/resources/v3/projectcalico.org/bgpconfigurations/node.n1"
         );
+        // calicoctl/resourcemgr/*.go of release-v3.32.
+        let policy_kinds: [(Kind, &[&str], &str); 7] = [
+            (
+                Kind::NetworkPolicy,
+                &[
+                    "networkpolicy",
+                    "NetworkPolicies",
+                    "policy",
+                    "np",
+                    "policies",
+                    "pol",
+                    "pols",
+                ],
+                "networkpolicies/ns/n",
+            ),
+            (
+                Kind::GlobalNetworkPolicy,
+                &[
+                    "globalnetworkpolicy",
+                    "globalnetworkpolicies",
+                    "gnp",
+                    "GNPs",
+                ],
+                "globalnetworkpolicies/n",
+            ),
+            (Kind::Tier, &["tier", "tiers"], "tiers/n"),
+            (
+                Kind::NetworkSet,
+                &["networkset", "networksets", "netsets"],
+                "networksets/ns/n",
+            ),
+            (
+                Kind::GlobalNetworkSet,
+                &["globalnetworkset", "globalnetworksets", "gnetsets"],
+                "globalnetworksets/n",
+            ),
+            (Kind::Profile, &["profile", "pro"], "profiles/n"),
+            (
+                Kind::FelixConfiguration,
+                &[
+                    "felixconfiguration",
+                    "felixconfigurations",
+                    "felixconfig",
+                    "felixconfigs",
+                ],
+                "felixconfigurations/n",
+            ),
+        ];
+        for (kind, aliases, key) in policy_kinds {
+            for a in aliases {
+                assert_eq!(Kind::from_alias(a), Some(kind), "{a}");
+            }
+            assert_eq!(
+                kind.key("ns", "n"),
+                format!("/calico/resources/v3/projectcalico.org/{key}")
+            );
+            assert_eq!(Kind::from_kind_name(kind.name()), Some(kind));
+        }
+        assert!(!Kind::Profile.read_only() && Kind::WorkloadEndpoint.read_only());
         assert_eq!(Kind::from_alias("policy"), Some(Kind::NetworkPolicy));
         assert_eq!(Kind::from_alias("policyx"), None);
         assert_eq!(
