@@ -15,8 +15,8 @@
 //!   Calico fills in before storing (policy `types`, the `projectcalico.org/tier` label, the
 //!   `default` tier; a tier's order and default action).
 //!
-//! Not checked (the agent does not enforce them either): `http` matches beyond their protocol
-//! and action, rule `metadata`, and FelixConfiguration fields other than the typed ones.
+//! Not checked: FelixConfiguration fields other than the typed ones (kept as written), the
+//! CRD's length limits on `http` paths and methods.
 
 pub mod error;
 pub mod k8s;

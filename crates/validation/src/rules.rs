@@ -6,6 +6,7 @@ use crate::error::{ErroredField, go_list};
 use crate::{Errors, check_selector};
 use calico_datastore::model::cidr;
 use calico_datastore::model::policy::{EntityRule, IcmpFields, Port, Protocol, Rule};
+use serde_json::Value;
 use std::net::IpAddr;
 
 const PROTOCOL_PORTS_MSG: &str = "rules that specify ports must set protocol to TCP or UDP or SCTP";
@@ -219,6 +220,72 @@ fn entity_rule(e: &EntityRule, errs: &mut Errors) {
     }
 }
 
+/// `validateHTTPRule`: no repeated method; each path exactly one of `exact`/`prefix`,
+/// starting with `/`, without `?`, `#` or spaces.
+fn http_match(h: &Value, errs: &mut Errors) {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let methods = strings(&h["methods"]);
+    let unique: std::collections::BTreeSet<&String> = methods.iter().collect();
+    if unique.len() != methods.len() {
+        let shown = go_list(&methods);
+        errs.field(ErroredField::new(
+            "Methods",
+            Some(shown.clone()),
+            format!("Invalid methods (duplicates): {shown}"),
+        ));
+    }
+    let paths: Vec<(String, String)> = h["paths"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                    (field("exact"), field("prefix"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let problem = paths.iter().find_map(|(exact, prefix)| {
+        if !exact.is_empty() && !prefix.is_empty() {
+            return Some("Invalid path match. Both 'exact' and 'prefix' are set".to_string());
+        }
+        let v = if exact.is_empty() { prefix } else { exact };
+        if v.is_empty() {
+            return Some("Invalid path match. Either 'exact' or 'prefix' must be set".to_string());
+        }
+        (!v.starts_with('/') || v.contains(['?', ' ', '#']))
+            .then(|| format!("Invalid path {v}. (must start with `/` and not contain `?` or `#`"))
+    });
+    if let Some(reason) = problem {
+        let shown: Vec<String> = paths.iter().map(|(e, p)| format!("{{{e} {p}}}")).collect();
+        errs.field(ErroredField::new("Paths", Some(go_list(&shown)), reason));
+    }
+}
+
+/// `validateRuleMetadata`: the annotation keys are qualified names.
+fn rule_metadata(m: &Value, errs: &mut Errors) {
+    let Some(annotations) = m["annotations"].as_object() else {
+        return;
+    };
+    for k in annotations.keys() {
+        for e in crate::k8s::qualified_name_errors(&k.to_lowercase()) {
+            errs.field(ErroredField::new(
+                "Metadata.Annotations (key)",
+                Some(k.clone()),
+                e,
+            ));
+        }
+    }
+}
+
 fn all_named(ports: &[Port]) -> bool {
     ports.iter().all(Port::is_named)
 }
@@ -260,6 +327,12 @@ pub fn rule(r: &Rule, crd_path: &str, errs: &mut Errors) {
     let dst = r.destination();
     entity_rule(&src, errs);
     entity_rule(&dst, errs);
+    if let Some(h) = &r.http {
+        http_match(h, errs);
+    }
+    if let Some(m) = &r.metadata {
+        rule_metadata(m, errs);
+    }
 
     // validateRule.
     let port_fields: [(&str, &[Port]); 4] = [
@@ -302,6 +375,12 @@ pub fn rule(r: &Rule, crd_path: &str, errs: &mut Errors) {
             Some(p.to_string()),
             PROTOCOL_AND_HTTP_MSG,
         ));
+        if !matches!(p, Protocol::Number(6)) {
+            errs.crd(ErroredField::crd(
+                crd_path,
+                "rules with HTTP match must have protocol TCP or unset",
+            ));
+        }
     }
     let proto = r.protocol.as_ref();
     let not_proto = r.not_protocol.as_ref();

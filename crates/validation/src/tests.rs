@@ -540,3 +540,49 @@ fn go_floats() {
         assert_eq!(go_float(v), s, "{v}");
     }
 }
+
+#[test]
+fn http_matches_and_rule_metadata() {
+    ok_rule(json!({"action": "Allow", "protocol": "TCP",
+        "http": {"methods": ["GET", "PUT"], "paths": [{"exact": "/a"}, {"prefix": "/b"}]},
+        "metadata": {"annotations": {"team": "a"}}}));
+    assert_eq!(
+        rule_err(json!({"action": "Allow", "http": {"methods": ["GET", "GET"]}})),
+        "error with field Methods = '[GET GET]' (Invalid methods (duplicates): [GET GET])"
+    );
+    assert_eq!(
+        rule_err(json!({"action": "Allow", "http": {"paths": [{"exact": "/a", "prefix": "/b"}]}})),
+        "error with field Paths = '[{/a /b}]' (Invalid path match. Both 'exact' and 'prefix' are set)"
+    );
+    assert!(
+        rule_err(json!({"action": "Allow", "http": {"paths": [{"exact": "a?b"}]}}))
+            .contains("must start with `/`")
+    );
+    let e = rule_err(json!({"action": "Deny", "protocol": "UDP", "http": {"methods": ["GET"]}}));
+    assert!(
+        e.contains(
+            "Protocol = 'UDP' (rules that specify HTTP fields must set protocol to TCP or empty)"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("HTTP = '<http>' (only valid for Allow rules)"),
+        "{e}"
+    );
+    assert!(!e.contains("not allowed in egress rule"), "{e}");
+    assert!(
+        e.contains("spec.ingress[0] (rules with HTTP match must have protocol TCP or unset)"),
+        "{e}"
+    );
+    let p = np(json!({"egress": [{"action": "Allow", "http": {"methods": ["GET"]}}]}));
+    assert!(
+        network_policy(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("HTTP = '<http>' (not allowed in egress rule)")
+    );
+    assert!(
+        rule_err(json!({"action": "Allow", "metadata": {"annotations": {"bad key": "x"}}}))
+            .starts_with("error with field Metadata.Annotations (key) = 'bad key'")
+    );
+}
