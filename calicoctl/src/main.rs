@@ -274,6 +274,17 @@ fn documents(filename: &str, namespace: Option<&str>, verb: &str) -> CmdResult<V
     }
     let kinds: std::collections::BTreeSet<Kind> = objects.iter().map(Object::kind).collect();
     let kind = (kinds.len() == 1).then(|| objects[0].kind());
+    if verb == "delete" {
+        // delete.go reports each resource on its own line.
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| match kind {
+                Some(k) => format!("Failed to delete '{}' resource: {e}", k.name()),
+                None => format!("Failed to delete resource: {e}"),
+            })
+            .collect();
+        return Err(CmdError::Failed(lines.join("\n")));
+    }
     Err(CmdError::Failed(ops::all_failed(
         verb,
         kind,

@@ -337,7 +337,7 @@ fn refusals_leave_etcd_unchanged() {
     let out = f.apply(FILE);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let before = f.dump();
-    let refusals: [(&[&str], Option<&str>, &str); 9] = [
+    let refusals: [(&[&str], Option<&str>, &str); 10] = [
         // One invalid document among good ones: the whole file is refused.
         (
             &["apply", "-f", "-"],
@@ -373,6 +373,13 @@ fn refusals_leave_etcd_unchanged() {
                 "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata:\n  name: s\n  namespace: prod\n",
             ),
             "failed to apply 'NetworkSet' resource: [resource namespace does not match client namespace. prod != dev]\n",
+        ),
+        (
+            &["delete", "-f", "-", "-n", "dev"],
+            Some(
+                "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata:\n  name: partners\n  namespace: prod\n",
+            ),
+            "Failed to delete 'NetworkSet' resource: resource namespace does not match client namespace. prod != dev\n",
         ),
         (
             &["delete", "tier", "security"],
