@@ -164,7 +164,7 @@ fn join_and_truncate(items: &[String], sep: &str, max: usize) -> String {
         }
         buf.push_str(item);
         if max > 0 && buf.len() > max {
-            let mut cut = max - 3;
+            let mut cut = max.saturating_sub(3);
             while !buf.is_char_boundary(cut) {
                 cut -= 1;
             }
