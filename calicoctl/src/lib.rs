@@ -45,7 +45,9 @@
 //!   both. PEER ADDRESS is the peer's address (Calico derives it from BIRD's protocol name).
 //! - WorkloadEndpoint is read-only: apply, create and delete refuse it with one error line.
 //! - A policy's tier must exist on `replace` too (Calico checks it on create only).
-//! - Validation values Go prints as pointers (`ICMP = '&{0xc...}'`) are printed as values.
+//! - Validation values Go prints as pointers (`ICMP = '&{0xc...}'`) are printed as values, and
+//!   the refusal of a `knp.default.*` policy names it `NetworkPolicy(ns/name)` (Go prints the
+//!   whole object).
 
 pub mod config;
 pub mod error;
