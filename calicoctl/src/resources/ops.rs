@@ -913,6 +913,13 @@ pub fn apply(
         };
         Some(Kind::Tier.key("", calico_validation::tier_of(tier)))
     }));
+    // A built-in tier in the file: it is made before the writes (EnsureInitialized), so
+    // writing it is an update of that one (see `made` below).
+    let built_in_key = |o: &Object| {
+        (o.kind() == Kind::Tier && DEFAULT_TIERS.iter().any(|(n, ..)| *n == o.name()))
+            .then(|| Kind::Tier.key("", o.name()))
+    };
+    keys_wanted.extend(objects.iter().filter_map(built_in_key));
     let mut reads: Vec<Read> = keys_wanted.iter().map(|k| Read::Key(k.clone())).collect();
     if any_pool {
         reads.push(Read::Prefix(keys::resources_prefix("ippools")));
@@ -937,12 +944,30 @@ pub fn apply(
         .iter()
         .filter_map(|kv| keys::block_cidr_of(&kv.key))
         .collect();
+    // The built-in tiers the file names that are missing, as EnsureInitialized will make
+    // them: the documents update these.
+    let mut made: BTreeMap<String, Resource<Value>> = BTreeMap::new();
+    for o in objects {
+        let Some(key) = built_in_key(o) else { continue };
+        if made.contains_key(&key) || matches!(stored.get(&key), Some(Some(_))) {
+            continue;
+        }
+        if let Some((name, act, order)) = DEFAULT_TIERS.iter().find(|(n, ..)| *n == o.name()) {
+            made.insert(key, default_tier(name, act, *order, (ctx.now)()));
+        }
+    }
+    let mut planned_before = BTreeMap::new();
+    for (key, t) in &made {
+        if let Ok(t) = serde_json::to_value(t).and_then(serde_json::from_value::<Tier>) {
+            planned_before.insert(key.clone(), Object::Tier(Box::new(t)));
+        }
+    }
     let mut plan = Plan {
         ctx,
         action,
         skip_exists,
         stored,
-        planned: BTreeMap::new(),
+        planned: planned_before,
         pools,
         blocks,
     };
@@ -962,7 +987,7 @@ pub fn apply(
             &errors,
         )));
     }
-    ensure_initialized(ctx);
+    ensure_initialized_with(ctx, &made);
 
     // Write, guarding each key on what we read (or on our own earlier write to it).
     let mut latest: BTreeMap<String, Option<i64>> = plan
@@ -970,6 +995,11 @@ pub fn apply(
         .iter()
         .map(|(k, v)| (k.clone(), v.as_ref().map(|kv| kv.mod_revision)))
         .collect();
+    for key in made.keys() {
+        if let Some(kv) = ctx.store.get(key)? {
+            latest.insert(key.clone(), Some(kv.mod_revision));
+        }
+    }
     let mut handled = 0;
     for p in planned {
         let Some(p) = p else {
@@ -1041,6 +1071,12 @@ pub fn apply(
 /// GUID and `datastoreReady: true`) and the default tiers, if missing. Failures are ignored,
 /// as calicoctl ignores them.
 pub fn ensure_initialized(ctx: &Ctx) {
+    ensure_initialized_with(ctx, &BTreeMap::new());
+}
+
+/// [`ensure_initialized`], writing the given objects for the built-in tiers it makes (by
+/// key), so that a document planned as their update finds what it planned against.
+fn ensure_initialized_with(ctx: &Ctx, made: &BTreeMap<String, Resource<Value>>) {
     let ci_key = keys::resource("clusterinformations", "default");
     let mut reads = vec![Read::Key(ci_key.clone())];
     reads.extend(
@@ -1096,8 +1132,11 @@ pub fn ensure_initialized(ctx: &Ctx) {
         if got.next().and_then(|mut v| v.pop()).is_some() {
             continue;
         }
-        let tier = default_tier(name, action, order, now);
         let key = keys::resource("tiers", name);
+        let tier = made
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| default_tier(name, action, order, now));
         if let Ok(bytes) = tier.to_stored() {
             let _ = ctx
                 .store

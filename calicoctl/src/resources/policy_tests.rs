@@ -556,3 +556,27 @@ fn patch_a_policy_in_its_namespace() {
         ))
     );
 }
+
+/// Calico's apply makes the built-in tiers first (EnsureInitialized), so applying one on an
+/// empty datastore is an update of it, and creating one fails as it then exists.
+#[test]
+fn a_built_in_tier_applied_on_an_empty_datastore() {
+    let store = MemKv::new();
+    let doc = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata:\n  name: kube-admin\n  labels:\n    a: b\nspec:\n  order: 1000\n  defaultAction: Pass\n";
+    let (_, r) = run(&store, doc, Action::Create);
+    assert_eq!(
+        r,
+        Err(CmdError::Failed(
+            "failed to create 'Tier' resource: [resource already exists: Tier(kube-admin) with error: <nil>]".into()
+        ))
+    );
+    let store = MemKv::new();
+    let (out, r) = run(&store, doc, Action::Apply);
+    assert_eq!(r, Ok(()), "{out}");
+    let t = stored(&store, "tiers/kube-admin").unwrap();
+    assert_eq!(t["metadata"]["labels"], json!({"a": "b"}));
+    assert_eq!(t["spec"], json!({"order": 1000, "defaultAction": "Pass"}));
+    let store = MemKv::new();
+    let (_, r) = run(&store, doc, Action::Replace);
+    assert_eq!(r, Ok(()));
+}
