@@ -1,7 +1,10 @@
 //! calicoctl for Calico's etcdv3 datastore: the resource commands (`get`, `apply`, `create`,
-//! `replace`, `delete`) for IPPool, Node, IPAMConfiguration, BGPConfiguration and BGPPeer,
-//! `get` for WorkloadEndpoint and Profile, the `ipam` commands and `node status`, with
-//! calicoctl 3.32's flags, messages and output layouts.
+//! `replace`, `patch`, `delete`) for IPPool, Node, IPAMConfiguration, BGPConfiguration,
+//! BGPPeer and the policy kinds (NetworkPolicy, GlobalNetworkPolicy, Tier, NetworkSet,
+//! GlobalNetworkSet, Profile, FelixConfiguration), `get` for WorkloadEndpoint, the `ipam`
+//! commands and `node status`, with calicoctl 3.32's flags, messages and output layouts.
+//! The policy kinds' validation and defaults are `calico-validation`'s (shared with the
+//! node's policy agent).
 //!
 //! As in Calico's etcd mode, the IPAMConfiguration resource
 //! (`/calico/resources/v3/projectcalico.org/ipamconfigurations/default`) and the config the
@@ -15,8 +18,8 @@
 //! - [`gofmt`], [`yaml`]: output exactly as calicoctl's Go libraries write it.
 //!
 //! Owns the command line: it parses, calls and prints. Models are `calico-datastore`'s
-//! (`model`), IPAM rules `calico-ipam`'s; it must not hold either, nor import the
-//! plugins, the dataplane or `calico-netconf`.
+//! (`model`), IPAM rules `calico-ipam`'s, the policy validator `calico-validation`'s; it
+//! must not hold them, nor import the plugins, the dataplane or `calico-netconf`.
 //!
 //! Differences from calicoctl 3.32, on purpose:
 //! - etcdv3 only: `datastoreType: kubernetes` (or no datastore configured) is an error; so are
@@ -40,8 +43,11 @@
 //! - `node status` asks the node agent (`calico-node run`) over its socket instead of
 //!   looking for the felix/bird processes and reading BIRD's socket; the agent answers for
 //!   both. PEER ADDRESS is the peer's address (Calico derives it from BIRD's protocol name).
-//! - WorkloadEndpoint and Profile are read-only: apply, create and delete refuse them with
-//!   one error line, and `-n`/`-A` exist only on `get`.
+//! - WorkloadEndpoint is read-only: apply, create and delete refuse it with one error line.
+//! - A policy's tier must exist on `replace` too (Calico checks it on create only).
+//! - Validation values Go prints as pointers (`ICMP = '&{0xc...}'`) are printed as values, and
+//!   the refusal of a `knp.default.*` policy names it `NetworkPolicy(ns/name)` (Go prints the
+//!   whole object).
 
 pub mod config;
 pub mod error;

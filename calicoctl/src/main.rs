@@ -40,6 +40,9 @@ enum Command {
         /// Filename to use to apply the resource ("-" for stdin).
         #[arg(short = 'f', long = "filename")]
         filename: String,
+        /// Namespace of the resource (namespaced kinds); `default` if not given.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
         #[command(flatten)]
         ds: Datastore,
     },
@@ -48,6 +51,9 @@ enum Command {
         /// Filename to use to create the resource ("-" for stdin).
         #[arg(short = 'f', long = "filename")]
         filename: String,
+        /// Namespace of the resource (namespaced kinds); `default` if not given.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
         /// Do not return an error if the resource already exists.
         #[arg(long = "skip-exists")]
         skip_exists: bool,
@@ -59,12 +65,17 @@ enum Command {
         /// Filename to use to replace the resource ("-" for stdin).
         #[arg(short = 'f', long = "filename")]
         filename: String,
+        /// Namespace of the resource (namespaced kinds); `default` if not given.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
         #[command(flatten)]
         ds: Datastore,
     },
     /// Patch a resource in place (a JSON merge of the patch into the stored object).
     Patch {
-        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer and their aliases).
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer, networkpolicy,
+        /// globalnetworkpolicy, tier, networkset, globalnetworkset, profile,
+        /// felixconfiguration and their aliases).
         kind: String,
         /// The name of the resource.
         name: String,
@@ -74,13 +85,17 @@ enum Command {
         /// Accepted as calicoctl accepts it (strategic, json, merge): every patch is merged.
         #[arg(short = 't', long = "type", default_value = "strategic")]
         patch_type: String,
+        /// Namespace of the resource (namespaced kinds); `default` if not given.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
         #[command(flatten)]
         ds: Datastore,
     },
     /// Delete a resource identified by file, stdin or kind and name.
     Delete {
-        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer and their aliases;
-        /// workloadendpoint and profile are read-only).
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer, networkpolicy,
+        /// globalnetworkpolicy, tier, networkset, globalnetworkset, profile,
+        /// felixconfiguration and their aliases; workloadendpoint is read-only).
         kind: Option<String>,
         /// The name of the resource.
         name: Option<String>,
@@ -90,20 +105,24 @@ enum Command {
         /// Do not return an error if the resource does not exist.
         #[arg(long = "skip-not-exists")]
         skip_not_exists: bool,
+        /// Namespace of the resource (namespaced kinds); `default` if not given.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
         #[command(flatten)]
         ds: Datastore,
     },
     /// Get resources: a list of the kind, or the named ones.
     Get {
-        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer, workloadendpoint, profile
-        /// and their aliases).
+        /// The kind (ippool, node, ipamconfig, bgpconfig, bgppeer, workloadendpoint,
+        /// networkpolicy, globalnetworkpolicy, tier, networkset, globalnetworkset, profile,
+        /// felixconfiguration and their aliases).
         kind: String,
         /// Names; none lists every resource of the kind.
         names: Vec<String>,
         /// Output format: ps, wide, yaml or json.
         #[arg(short = 'o', long = "output", default_value = "ps")]
         output: String,
-        /// Namespace of the resource (WorkloadEndpoint only); `default` if not given.
+        /// Namespace of the resource (namespaced kinds); `default` if not given.
         #[arg(short = 'n', long = "namespace")]
         namespace: Option<String>,
         /// List the requested objects across all namespaces.
@@ -245,8 +264,49 @@ fn read_objects(filename: &str) -> CmdResult<Vec<Object>> {
     Ok(objects)
 }
 
-/// The object `delete <kind> <name>` names.
-fn named_object(kind: Kind, name: &str) -> CmdResult<Object> {
+/// The documents of `-f`, with `-n` applied as calicoctl's `handleNamespace` does; a
+/// mismatch fails the command before anything is written.
+fn documents(filename: &str, namespace: Option<&str>, verb: &str) -> CmdResult<Vec<Object>> {
+    let mut objects = read_objects(filename)?;
+    let errors = ops::handle_namespaces(&mut objects, namespace);
+    if errors.is_empty() {
+        return Ok(objects);
+    }
+    let kinds: std::collections::BTreeSet<Kind> = objects.iter().map(Object::kind).collect();
+    let kind = (kinds.len() == 1).then(|| objects[0].kind());
+    if verb == "delete" {
+        // delete.go reports each resource on its own line.
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| match kind {
+                Some(k) => format!("Failed to delete '{}' resource: {e}", k.name()),
+                None => format!("Failed to delete resource: {e}"),
+            })
+            .collect();
+        return Err(CmdError::Failed(lines.join("\n")));
+    }
+    Err(CmdError::Failed(ops::all_failed(
+        verb,
+        kind,
+        objects.len(),
+        &errors,
+    )))
+}
+
+/// The object `delete <kind> <name>` names (in `namespace` for a namespaced kind).
+fn named_object(kind: Kind, name: &str, namespace: Option<&str>) -> CmdResult<Object> {
+    let mut o = bare_object(kind, name)?;
+    let errors = ops::handle_namespaces(std::slice::from_mut(&mut o), namespace);
+    if let Some(e) = errors.into_iter().next() {
+        return Err(CmdError::Failed(format!(
+            "Failed to delete '{}' resource: {e}",
+            kind.name()
+        )));
+    }
+    Ok(o)
+}
+
+fn bare_object(kind: Kind, name: &str) -> CmdResult<Object> {
     use calico_datastore::model::{IpPool, IpPoolSpec, Resource};
     Ok(match kind {
         Kind::IpPool => Object::IpPool(IpPool::new(kind.name(), name, IpPoolSpec::for_cidr(""))),
@@ -264,7 +324,42 @@ fn named_object(kind: Kind, name: &str) -> CmdResult<Object> {
             name,
             Default::default(),
         ))),
-        Kind::WorkloadEndpoint | Kind::Profile => {
+        Kind::NetworkPolicy => Object::NetworkPolicy(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::GlobalNetworkPolicy => Object::GlobalNetworkPolicy(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::Tier => Object::Tier(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::NetworkSet => Object::NetworkSet(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::GlobalNetworkSet => Object::GlobalNetworkSet(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::Profile => Object::Profile(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::FelixConfiguration => Object::FelixConfiguration(Box::new(Resource::new(
+            kind.name(),
+            name,
+            Default::default(),
+        ))),
+        Kind::WorkloadEndpoint => {
             return Err(CmdError::failed(kind.read_only_error()));
         }
     })
@@ -272,8 +367,12 @@ fn named_object(kind: Kind, name: &str) -> CmdResult<Object> {
 
 fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
     match cli.command {
-        Command::Apply { filename, ds } => {
-            let objects = read_objects(&filename)?;
+        Command::Apply {
+            filename,
+            namespace,
+            ds,
+        } => {
+            let objects = documents(&filename, namespace.as_deref(), "apply")?;
             let store = connect(&ds)?;
             ops::apply(&Ctx::new(&store), &objects, Action::Apply, false, out)
         }
@@ -282,25 +381,38 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             name,
             patch,
             patch_type: _,
+            namespace,
             ds,
         } => {
             let kind = Kind::from_alias(&kind).ok_or_else(|| {
                 CmdError::failed(format!("resource type '{kind}' is not supported"))
             })?;
             let store = connect(&ds)?;
-            ops::patch(&Ctx::new(&store), kind, &name, &patch, out)
+            ops::patch(
+                &Ctx::new(&store),
+                kind,
+                namespace.as_deref(),
+                &name,
+                &patch,
+                out,
+            )
         }
-        Command::Replace { filename, ds } => {
-            let objects = read_objects(&filename)?;
+        Command::Replace {
+            filename,
+            namespace,
+            ds,
+        } => {
+            let objects = documents(&filename, namespace.as_deref(), "replace")?;
             let store = connect(&ds)?;
             ops::apply(&Ctx::new(&store), &objects, Action::Replace, false, out)
         }
         Command::Create {
             filename,
             skip_exists,
+            namespace,
             ds,
         } => {
-            let objects = read_objects(&filename)?;
+            let objects = documents(&filename, namespace.as_deref(), "create")?;
             let store = connect(&ds)?;
             ops::apply(
                 &Ctx::new(&store),
@@ -315,10 +427,11 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
             name,
             filename,
             skip_not_exists,
+            namespace,
             ds,
         } => {
             let (objects, single) = match (filename, kind, name) {
-                (Some(f), _, _) => (read_objects(&f)?, None),
+                (Some(f), _, _) => (documents(&f, namespace.as_deref(), "delete")?, None),
                 (None, Some(k), Some(n)) => {
                     let kind = Kind::from_alias(&k).ok_or_else(|| {
                         CmdError::failed(format!("resource type '{k}' is not supported"))
@@ -326,7 +439,10 @@ fn run(cli: Cli, out: &mut dyn std::io::Write) -> CmdResult {
                     if n.is_empty() {
                         return Err(CmdError::failed("resource name may not be empty"));
                     }
-                    (vec![named_object(kind, &n)?], Some(kind))
+                    (
+                        vec![named_object(kind, &n, namespace.as_deref())?],
+                        Some(kind),
+                    )
                 }
                 _ => {
                     return Err(CmdError::failed(

@@ -4,136 +4,17 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use calico_datastore::KvStore;
 use calico_datastore::model::{AllocationBlock, IpamHandle, keys};
-use calico_datastore::{EtcdConfig, KvStore};
 use calico_ipam::{AssignRequest, Ipam};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use testkit::require;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calicoctl");
-
-struct Out {
-    stdout: String,
-    stderr: String,
-    code: i32,
-}
-
-/// An etcd, a calicoctl.cfg pointing at it, and a scratch directory.
-struct Fixture {
-    etcd: testkit::Etcd,
-    dir: tempfile::TempDir,
-    cfg: PathBuf,
-}
-
-impl Fixture {
-    fn start() -> Self {
-        Self::with(testkit::Etcd::start().unwrap(), false)
-    }
-
-    fn start_tls() -> Self {
-        Self::with(testkit::Etcd::start_tls().unwrap(), true)
-    }
-
-    fn with(etcd: testkit::Etcd, tls: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("calicoctl.cfg");
-        let mut text = format!(
-            "apiVersion: projectcalico.org/v3\nkind: CalicoAPIConfig\nmetadata: {{}}\nspec:\n  \
-             datastoreType: etcdv3\n  etcdEndpoints: {}\n",
-            etcd.endpoints()
-        );
-        if tls {
-            text.push_str(&format!(
-                "  etcdKeyFile: {}\n  etcdCertFile: {}\n  etcdCACertFile: {}\n",
-                etcd.key_path().display(),
-                etcd.cert_path().display(),
-                etcd.ca_path().display()
-            ));
-        }
-        std::fs::write(&cfg, text).unwrap();
-        Fixture { etcd, dir, cfg }
-    }
-
-    /// Runs `calicoctl <args> -c <cfg>` with `stdin`.
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut all: Vec<&str> = args.to_vec();
-        let cfg = self.cfg.to_str().unwrap();
-        all.extend(["-c", cfg]);
-        run_bin(&all, stdin, &[])
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, None);
-        assert_eq!(
-            out.code, 0,
-            "calicoctl {args:?}: {}{}",
-            out.stdout, out.stderr
-        );
-        out.stdout
-    }
-
-    fn apply(&self, yaml: &str) -> Out {
-        self.run(&["apply", "-f", "-"], Some(yaml))
-    }
-
-    fn store(&self) -> calico_datastore::Etcd {
-        let mut cfg = EtcdConfig::new(vec![self.etcd.endpoints()]);
-        if self.etcd.pki().is_some() {
-            cfg.ca_cert_file = Some(self.etcd.ca_path());
-            cfg.cert_file = Some(self.etcd.cert_path());
-            cfg.key_file = Some(self.etcd.key_path());
-        }
-        calico_datastore::Etcd::connect(&cfg).unwrap()
-    }
-
-    fn dump(&self) -> Vec<(String, String)> {
-        self.etcd.get_prefix("/calico/").unwrap()
-    }
-
-    fn get_json(&self, key: &str) -> Option<Value> {
-        self.etcd
-            .get(key)
-            .unwrap()
-            .map(|v| serde_json::from_str(&v).unwrap())
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-fn run_bin(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ETCD_") || k.starts_with("CALICO_") || k == "DATASTORE_TYPE" {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    Out {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code().unwrap_or(-1),
-    }
-}
+mod common;
+use common::{Fixture, run_bin, with_placeholders};
 
 const POOL: &str = "apiVersion: projectcalico.org/v3
 kind: IPPool
@@ -153,21 +34,6 @@ kind: Node
 metadata:
   name: node1
 ";
-
-/// A stored value with its uid and creationTimestamp checked and replaced by placeholders.
-fn with_placeholders(mut v: Value) -> Value {
-    let uid = v["metadata"]["uid"].as_str().unwrap().to_string();
-    assert_eq!(uid.len(), 36, "{uid}");
-    assert_eq!(&uid[14..15], "4", "UUID v4: {uid}");
-    let ts = v["metadata"]["creationTimestamp"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(ts.ends_with('Z') && ts.len() == 20, "{ts}");
-    v["metadata"]["uid"] = json!("UID");
-    v["metadata"]["creationTimestamp"] = json!("TS");
-    v
-}
 
 #[test]
 fn ippool_round_trip_with_calicos_stored_json() {
@@ -525,7 +391,7 @@ fn k8s_wep(ns: &str, pod: &str, ip: &str, profiles: &[&str], nats: Value) -> (St
 }
 
 #[test]
-fn workload_endpoints_and_profiles_are_listed_read_only() {
+fn workload_endpoints_are_read_only_and_profiles_listed() {
     require!("etcd");
     let f = Fixture::start();
     let (nginx_key, nginx) = k8s_wep(
@@ -667,16 +533,16 @@ fn workload_endpoints_and_profiles_are_listed_read_only() {
          projectcalico-default-allow            \n\n"
     );
 
-    // Read-only: apply, create and delete refuse them and write nothing.
-    let doc =
-        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: other\nspec: {}\n";
+    // WorkloadEndpoints are read-only: apply, create and delete refuse them and write
+    // nothing (Profiles are writable: see tests/policy.rs).
+    let doc = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: default\nspec: {}\n";
     for verb in ["apply", "create", "delete"] {
         let out = f.run(&[verb, "-f", "-"], Some(doc));
         assert_eq!(
             (out.code, out.stderr.as_str()),
             (
                 1,
-                "failed to execute command: resource type 'Profile' is read-only in this calicoctl: only get is supported\n"
+                "failed to execute command: resource type 'WorkloadEndpoint' is read-only in this calicoctl: only get is supported\n"
             ),
             "{verb}"
         );

@@ -1,7 +1,9 @@
 //! The resource kinds this calicoctl manages, read from YAML/JSON documents.
 //!
-//! - [`Kind`]: IPPool, Node, IPAMConfiguration, BGPConfiguration and BGPPeer, the read-only (`get` only) WorkloadEndpoint
-//!   and Profile, their `get` aliases and etcd keys;
+//! - [`Kind`]: IPPool, Node, IPAMConfiguration, BGPConfiguration, BGPPeer, the policy kinds
+//!   (NetworkPolicy, GlobalNetworkPolicy, Tier, NetworkSet, GlobalNetworkSet, Profile,
+//!   FelixConfiguration) and the read-only (`get` only) WorkloadEndpoint, their aliases and
+//!   etcd keys;
 //! - [`parse_documents`]: a file's documents (several `---` documents, a YAML sequence, or a
 //!   `<Kind>List`/`List`) into typed objects, rejecting unknown fields as calicoctl's strict
 //!   decoding does;
@@ -14,9 +16,15 @@ pub mod ops;
 pub mod print;
 pub mod validate;
 
+#[cfg(test)]
+mod policy_tests;
+
 use crate::yaml;
 use calico_datastore::model::bgp::{BGP_CONFIGURATIONS, BGP_PEERS, BgpConfiguration, BgpPeer};
 use calico_datastore::model::keys;
+use calico_datastore::model::policy::{
+    FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, NetworkSet, Tier,
+};
 use calico_datastore::model::{
     IpPool, IpPoolSpec, IpamConfiguration, Node, ObjectMeta, Profile, Resource, WorkloadEndpoint,
 };
@@ -33,10 +41,15 @@ pub enum Kind {
     IpamConfiguration,
     /// Read-only here: `get` only.
     WorkloadEndpoint,
-    /// Read-only here: `get` only.
     Profile,
     BgpConfiguration,
     BgpPeer,
+    NetworkPolicy,
+    GlobalNetworkPolicy,
+    Tier,
+    NetworkSet,
+    GlobalNetworkSet,
+    FelixConfiguration,
 }
 
 /// The namespace `get` reads for a namespaced kind when none is given.
@@ -47,7 +60,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 13] = [
         Kind::IpPool,
         Kind::Node,
         Kind::IpamConfiguration,
@@ -55,6 +68,12 @@ impl Kind {
         Kind::Profile,
         Kind::BgpConfiguration,
         Kind::BgpPeer,
+        Kind::NetworkPolicy,
+        Kind::GlobalNetworkPolicy,
+        Kind::Tier,
+        Kind::NetworkSet,
+        Kind::GlobalNetworkSet,
+        Kind::FelixConfiguration,
     ];
 
     /// The kind as written in documents.
@@ -67,6 +86,12 @@ impl Kind {
             Kind::Profile => "Profile",
             Kind::BgpConfiguration => "BGPConfiguration",
             Kind::BgpPeer => "BGPPeer",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            Kind::Tier => "Tier",
+            Kind::NetworkSet => "NetworkSet",
+            Kind::GlobalNetworkSet => "GlobalNetworkSet",
+            Kind::FelixConfiguration => "FelixConfiguration",
         }
     }
 
@@ -91,6 +116,32 @@ impl Kind {
                 "bgpconfigs",
             ],
             Kind::BgpPeer => &["bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"],
+            // calicoctl/resourcemgr/networkpolicy.go, globalnetworkpolicy.go, tier.go,
+            // networkset.go, globalnetworkset.go and felixconfig.go.
+            Kind::NetworkPolicy => &[
+                "networkpolicy",
+                "networkpolicies",
+                "policy",
+                "np",
+                "policies",
+                "pol",
+                "pols",
+            ],
+            Kind::GlobalNetworkPolicy => &[
+                "globalnetworkpolicy",
+                "globalnetworkpolicies",
+                "gnp",
+                "gnps",
+            ],
+            Kind::Tier => &["tier", "tiers"],
+            Kind::NetworkSet => &["networkset", "networksets", "netsets"],
+            Kind::GlobalNetworkSet => &["globalnetworkset", "globalnetworksets", "gnetsets"],
+            Kind::FelixConfiguration => &[
+                "felixconfiguration",
+                "felixconfigurations",
+                "felixconfig",
+                "felixconfigs",
+            ],
         }
     }
 
@@ -107,12 +158,15 @@ impl Kind {
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        self == Kind::WorkloadEndpoint
+        matches!(
+            self,
+            Kind::WorkloadEndpoint | Kind::NetworkPolicy | Kind::NetworkSet
+        )
     }
 
     /// Whether this calicoctl only reads the kind (`get`); apply, create and delete refuse it.
     pub fn read_only(self) -> bool {
-        matches!(self, Kind::WorkloadEndpoint | Kind::Profile)
+        self == Kind::WorkloadEndpoint
     }
 
     /// The one-line error for writing a read-only kind.
@@ -133,6 +187,12 @@ impl Kind {
             Kind::Profile => "profiles",
             Kind::BgpConfiguration => BGP_CONFIGURATIONS,
             Kind::BgpPeer => BGP_PEERS,
+            Kind::NetworkPolicy => "networkpolicies",
+            Kind::GlobalNetworkPolicy => "globalnetworkpolicies",
+            Kind::Tier => "tiers",
+            Kind::NetworkSet => "networksets",
+            Kind::GlobalNetworkSet => "globalnetworksets",
+            Kind::FelixConfiguration => "felixconfigurations",
         }
     }
 
@@ -160,8 +220,8 @@ impl Kind {
     }
 }
 
-/// One resource from a document or the datastore. WorkloadEndpoints and Profiles only come
-/// from the datastore (documents of those kinds are refused: they are read-only here).
+/// One resource from a document or the datastore. WorkloadEndpoints only come from the
+/// datastore (documents of that kind are refused: it is read-only here).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     IpPool(IpPool),
@@ -171,6 +231,33 @@ pub enum Object {
     Profile(Box<Profile>),
     BgpConfiguration(Box<BgpConfiguration>),
     BgpPeer(Box<BgpPeer>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    GlobalNetworkPolicy(Box<GlobalNetworkPolicy>),
+    Tier(Box<Tier>),
+    NetworkSet(Box<NetworkSet>),
+    GlobalNetworkSet(Box<GlobalNetworkSet>),
+    FelixConfiguration(Box<FelixConfiguration>),
+}
+
+/// Calls `$f` on the resource inside any [`Object`].
+macro_rules! each_object {
+    ($o:expr, $r:ident => $f:expr) => {
+        match $o {
+            Object::IpPool($r) => $f,
+            Object::Node($r) => $f,
+            Object::IpamConfiguration($r) => $f,
+            Object::WorkloadEndpoint($r) => $f,
+            Object::Profile($r) => $f,
+            Object::BgpConfiguration($r) => $f,
+            Object::BgpPeer($r) => $f,
+            Object::NetworkPolicy($r) => $f,
+            Object::GlobalNetworkPolicy($r) => $f,
+            Object::Tier($r) => $f,
+            Object::NetworkSet($r) => $f,
+            Object::GlobalNetworkSet($r) => $f,
+            Object::FelixConfiguration($r) => $f,
+        }
+    };
 }
 
 impl Object {
@@ -183,31 +270,21 @@ impl Object {
             Object::Profile(_) => Kind::Profile,
             Object::BgpConfiguration(_) => Kind::BgpConfiguration,
             Object::BgpPeer(_) => Kind::BgpPeer,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::GlobalNetworkPolicy(_) => Kind::GlobalNetworkPolicy,
+            Object::Tier(_) => Kind::Tier,
+            Object::NetworkSet(_) => Kind::NetworkSet,
+            Object::GlobalNetworkSet(_) => Kind::GlobalNetworkSet,
+            Object::FelixConfiguration(_) => Kind::FelixConfiguration,
         }
     }
 
     pub fn metadata(&self) -> &ObjectMeta {
-        match self {
-            Object::IpPool(r) => &r.metadata,
-            Object::Node(r) => &r.metadata,
-            Object::IpamConfiguration(r) => &r.metadata,
-            Object::WorkloadEndpoint(r) => &r.metadata,
-            Object::Profile(r) => &r.metadata,
-            Object::BgpConfiguration(r) => &r.metadata,
-            Object::BgpPeer(r) => &r.metadata,
-        }
+        each_object!(self, r => &r.metadata)
     }
 
     pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        match self {
-            Object::IpPool(r) => &mut r.metadata,
-            Object::Node(r) => &mut r.metadata,
-            Object::IpamConfiguration(r) => &mut r.metadata,
-            Object::WorkloadEndpoint(r) => &mut r.metadata,
-            Object::Profile(r) => &mut r.metadata,
-            Object::BgpConfiguration(r) => &mut r.metadata,
-            Object::BgpPeer(r) => &mut r.metadata,
-        }
+        each_object!(self, r => &mut r.metadata)
     }
 
     pub fn name(&self) -> &str {
@@ -222,16 +299,7 @@ impl Object {
 
     /// The object as JSON (for output).
     pub fn to_json(&self) -> Value {
-        let v = match self {
-            Object::IpPool(r) => serde_json::to_value(r),
-            Object::Node(r) => serde_json::to_value(r),
-            Object::IpamConfiguration(r) => serde_json::to_value(r),
-            Object::WorkloadEndpoint(r) => serde_json::to_value(r),
-            Object::Profile(r) => serde_json::to_value(r),
-            Object::BgpConfiguration(r) => serde_json::to_value(r),
-            Object::BgpPeer(r) => serde_json::to_value(r),
-        };
-        v.unwrap_or(Value::Null)
+        each_object!(self, r => serde_json::to_value(r)).unwrap_or(Value::Null)
     }
 }
 
@@ -440,6 +508,312 @@ const IPAM_CONFIG_TOP: Fields = Fields(&[
     ("spec", Sub::Obj(&IPAM_CONFIG_SPEC)),
 ]);
 
+const ICMP_FIELDS: Fields = Fields(&[("type", Sub::Leaf), ("code", Sub::Leaf)]);
+
+const SERVICE_MATCH: Fields = Fields(&[("name", Sub::Leaf), ("namespace", Sub::Leaf)]);
+
+const SERVICE_ACCOUNT_MATCH: Fields = Fields(&[("names", Sub::Leaf), ("selector", Sub::Leaf)]);
+
+/// `EntityRule` (api/pkg/apis/projectcalico/v3/policy_common.go).
+const ENTITY_RULE: Fields = Fields(&[
+    ("nets", Sub::Leaf),
+    ("selector", Sub::Leaf),
+    ("namespaceSelector", Sub::Leaf),
+    ("services", Sub::Obj(&SERVICE_MATCH)),
+    ("ports", Sub::Leaf),
+    ("notNets", Sub::Leaf),
+    ("notSelector", Sub::Leaf),
+    ("notPorts", Sub::Leaf),
+    ("serviceAccounts", Sub::Obj(&SERVICE_ACCOUNT_MATCH)),
+]);
+
+const HTTP_PATH: Fields = Fields(&[("exact", Sub::Leaf), ("prefix", Sub::Leaf)]);
+
+const HTTP_MATCH: Fields = Fields(&[("methods", Sub::Leaf), ("paths", Sub::List(&HTTP_PATH))]);
+
+const RULE_METADATA: Fields = Fields(&[("annotations", Sub::Leaf)]);
+
+/// `Rule` (policy_common.go).
+const RULE: Fields = Fields(&[
+    ("action", Sub::Leaf),
+    ("ipVersion", Sub::Leaf),
+    ("protocol", Sub::Leaf),
+    ("icmp", Sub::Obj(&ICMP_FIELDS)),
+    ("notProtocol", Sub::Leaf),
+    ("notICMP", Sub::Obj(&ICMP_FIELDS)),
+    ("source", Sub::Obj(&ENTITY_RULE)),
+    ("destination", Sub::Obj(&ENTITY_RULE)),
+    ("http", Sub::Obj(&HTTP_MATCH)),
+    ("metadata", Sub::Obj(&RULE_METADATA)),
+]);
+
+const NETWORK_POLICY_SPEC: Fields = Fields(&[
+    ("tier", Sub::Leaf),
+    ("order", Sub::Leaf),
+    ("ingress", Sub::List(&RULE)),
+    ("egress", Sub::List(&RULE)),
+    ("selector", Sub::Leaf),
+    ("types", Sub::Leaf),
+    ("serviceAccountSelector", Sub::Leaf),
+    ("performanceHints", Sub::Leaf),
+]);
+
+const GLOBAL_NETWORK_POLICY_SPEC: Fields = Fields(&[
+    ("tier", Sub::Leaf),
+    ("order", Sub::Leaf),
+    ("ingress", Sub::List(&RULE)),
+    ("egress", Sub::List(&RULE)),
+    ("selector", Sub::Leaf),
+    ("types", Sub::Leaf),
+    ("doNotTrack", Sub::Leaf),
+    ("preDNAT", Sub::Leaf),
+    ("applyOnForward", Sub::Leaf),
+    ("serviceAccountSelector", Sub::Leaf),
+    ("namespaceSelector", Sub::Leaf),
+    ("performanceHints", Sub::Leaf),
+]);
+
+const TIER_SPEC: Fields = Fields(&[("order", Sub::Leaf), ("defaultAction", Sub::Leaf)]);
+
+const TIER_STATUS: Fields = Fields(&[("conditions", Sub::Leaf)]);
+
+const NETWORK_SET_SPEC: Fields = Fields(&[("nets", Sub::Leaf)]);
+
+const PROFILE_SPEC: Fields = Fields(&[
+    ("ingress", Sub::List(&RULE)),
+    ("egress", Sub::List(&RULE)),
+    ("labelsToApply", Sub::Leaf),
+]);
+
+/// `FelixConfigurationSpec`'s JSON names (api/pkg/apis/projectcalico/v3/felixconfig.go of
+/// release-v3.32); the values below them are not checked.
+const FELIX_CONFIGURATION_SPEC: Fields = Fields(&[
+    ("nodeSelector", Sub::Leaf),
+    ("useInternalDataplaneDriver", Sub::Leaf),
+    ("dataplaneDriver", Sub::Leaf),
+    ("dataplaneWatchdogTimeout", Sub::Leaf),
+    ("ipv6Support", Sub::Leaf),
+    ("routeRefreshInterval", Sub::Leaf),
+    ("interfaceRefreshInterval", Sub::Leaf),
+    ("iptablesRefreshInterval", Sub::Leaf),
+    ("iptablesPostWriteCheckInterval", Sub::Leaf),
+    ("iptablesLockProbeInterval", Sub::Leaf),
+    ("featureDetectOverride", Sub::Leaf),
+    ("featureGates", Sub::Leaf),
+    ("ipsetsRefreshInterval", Sub::Leaf),
+    ("maxIpsetSize", Sub::Leaf),
+    ("iptablesBackend", Sub::Leaf),
+    ("xdpRefreshInterval", Sub::Leaf),
+    ("netlinkTimeout", Sub::Leaf),
+    ("metadataAddr", Sub::Leaf),
+    ("metadataPort", Sub::Leaf),
+    ("openstackRegion", Sub::Leaf),
+    ("interfacePrefix", Sub::Leaf),
+    ("interfaceExclude", Sub::Leaf),
+    ("chainInsertMode", Sub::Leaf),
+    ("defaultEndpointToHostAction", Sub::Leaf),
+    ("iptablesFilterAllowAction", Sub::Leaf),
+    ("iptablesMangleAllowAction", Sub::Leaf),
+    ("iptablesFilterDenyAction", Sub::Leaf),
+    ("logPrefix", Sub::Leaf),
+    ("logActionRateLimit", Sub::Leaf),
+    ("logActionRateLimitBurst", Sub::Leaf),
+    ("logFilePath", Sub::Leaf),
+    ("logSeverityFile", Sub::Leaf),
+    ("logSeverityScreen", Sub::Leaf),
+    ("logSeveritySys", Sub::Leaf),
+    ("logDebugFilenameRegex", Sub::Leaf),
+    ("ipipEnabled", Sub::Leaf),
+    ("ipipMTU", Sub::Leaf),
+    ("vxlanEnabled", Sub::Leaf),
+    ("vxlanMTU", Sub::Leaf),
+    ("vxlanMTUV6", Sub::Leaf),
+    ("vxlanPort", Sub::Leaf),
+    ("vxlanVNI", Sub::Leaf),
+    ("allowVXLANPacketsFromWorkloads", Sub::Leaf),
+    ("allowIPIPPacketsFromWorkloads", Sub::Leaf),
+    ("reportingInterval", Sub::Leaf),
+    ("reportingTTL", Sub::Leaf),
+    ("endpointReportingEnabled", Sub::Leaf),
+    ("endpointReportingDelay", Sub::Leaf),
+    ("endpointStatusPathPrefix", Sub::Leaf),
+    ("iptablesMarkMask", Sub::Leaf),
+    ("disableConntrackInvalidCheck", Sub::Leaf),
+    ("healthEnabled", Sub::Leaf),
+    ("healthHost", Sub::Leaf),
+    ("healthPort", Sub::Leaf),
+    ("healthTimeoutOverrides", Sub::Leaf),
+    ("prometheusMetricsEnabled", Sub::Leaf),
+    ("prometheusMetricsHost", Sub::Leaf),
+    ("prometheusMetricsPort", Sub::Leaf),
+    ("prometheusGoMetricsEnabled", Sub::Leaf),
+    ("prometheusProcessMetricsEnabled", Sub::Leaf),
+    ("prometheusWireGuardMetricsEnabled", Sub::Leaf),
+    ("prometheusMetricsCAFile", Sub::Leaf),
+    ("prometheusMetricsCertFile", Sub::Leaf),
+    ("prometheusMetricsKeyFile", Sub::Leaf),
+    ("prometheusMetricsClientAuth", Sub::Leaf),
+    ("failsafeInboundHostPorts", Sub::Leaf),
+    ("failsafeOutboundHostPorts", Sub::Leaf),
+    ("kubeNodePortRanges", Sub::Leaf),
+    ("policySyncPathPrefix", Sub::Leaf),
+    ("usageReportingEnabled", Sub::Leaf),
+    ("usageReportingInitialDelay", Sub::Leaf),
+    ("usageReportingInterval", Sub::Leaf),
+    ("natPortRange", Sub::Leaf),
+    ("natOutgoingAddress", Sub::Leaf),
+    ("natOutgoingExclusions", Sub::Leaf),
+    ("deviceRouteSourceAddress", Sub::Leaf),
+    ("deviceRouteSourceAddressIPv6", Sub::Leaf),
+    ("deviceRouteProtocol", Sub::Leaf),
+    ("removeExternalRoutes", Sub::Leaf),
+    ("programClusterRoutes", Sub::Leaf),
+    ("ipForwarding", Sub::Leaf),
+    ("externalNodesList", Sub::Leaf),
+    ("debugMemoryProfilePath", Sub::Leaf),
+    ("debugDisableLogDropping", Sub::Leaf),
+    ("debugSimulateCalcGraphHangAfter", Sub::Leaf),
+    ("debugSimulateDataplaneHangAfter", Sub::Leaf),
+    ("debugSimulateDataplaneApplyDelay", Sub::Leaf),
+    ("debugHost", Sub::Leaf),
+    ("debugPort", Sub::Leaf),
+    ("iptablesNATOutgoingInterfaceFilter", Sub::Leaf),
+    ("sidecarAccelerationEnabled", Sub::Leaf),
+    ("xdpEnabled", Sub::Leaf),
+    ("genericXDPEnabled", Sub::Leaf),
+    ("nftablesMode", Sub::Leaf),
+    ("nftablesRefreshInterval", Sub::Leaf),
+    ("nftablesFilterAllowAction", Sub::Leaf),
+    ("nftablesMangleAllowAction", Sub::Leaf),
+    ("nftablesFilterDenyAction", Sub::Leaf),
+    ("nftablesMarkMask", Sub::Leaf),
+    ("bpfEnabled", Sub::Leaf),
+    ("bpfDisableUnprivileged", Sub::Leaf),
+    ("bpfJITHardening", Sub::Leaf),
+    ("bpfLogLevel", Sub::Leaf),
+    ("bpfConntrackLogLevel", Sub::Leaf),
+    ("bpfConntrackMode", Sub::Leaf),
+    ("bpfConntrackTimeouts", Sub::Leaf),
+    ("bpfLogFilters", Sub::Leaf),
+    ("bpfCTLBLogFilter", Sub::Leaf),
+    ("bpfDataIfacePattern", Sub::Leaf),
+    ("bpfL3IfacePattern", Sub::Leaf),
+    ("bpfConnectTimeLoadBalancingEnabled", Sub::Leaf),
+    ("bpfConnectTimeLoadBalancing", Sub::Leaf),
+    ("bpfHostNetworkedNATWithoutCTLB", Sub::Leaf),
+    ("bpfExternalServiceMode", Sub::Leaf),
+    ("bpfDSROptoutCIDRs", Sub::Leaf),
+    ("bpfExtToServiceConnmark", Sub::Leaf),
+    ("bpfKubeProxyIptablesCleanupEnabled", Sub::Leaf),
+    ("bpfKubeProxyMinSyncPeriod", Sub::Leaf),
+    ("bpfKubeProxyHealthzPort", Sub::Leaf),
+    ("bpfPSNATPorts", Sub::Leaf),
+    ("bpfMapSizeNATFrontend", Sub::Leaf),
+    ("bpfMapSizeNATBackend", Sub::Leaf),
+    ("bpfMapSizeNATAffinity", Sub::Leaf),
+    ("bpfMapSizeRoute", Sub::Leaf),
+    ("bpfMapSizeConntrack", Sub::Leaf),
+    ("bpfMapSizePerCpuConntrack", Sub::Leaf),
+    ("bpfMapSizeConntrackScaling", Sub::Leaf),
+    ("bpfMapSizeConntrackCleanupQueue", Sub::Leaf),
+    ("bpfMapSizeIPSets", Sub::Leaf),
+    ("bpfMapSizeIfState", Sub::Leaf),
+    ("bpfHostConntrackBypass", Sub::Leaf),
+    ("bpfEnforceRPF", Sub::Leaf),
+    ("bpfPolicyDebugEnabled", Sub::Leaf),
+    ("bpfForceTrackPacketsFromIfaces", Sub::Leaf),
+    ("bpfDisableGROForIfaces", Sub::Leaf),
+    ("bpfExcludeCIDRsFromNAT", Sub::Leaf),
+    ("bpfExportBufferSizeMB", Sub::Leaf),
+    ("istioAmbientMode", Sub::Leaf),
+    ("istioDSCPMark", Sub::Leaf),
+    ("cgroupV2Path", Sub::Leaf),
+    ("flowLogsPolicyEvaluationMode", Sub::Leaf),
+    ("bpfRedirectToPeer", Sub::Leaf),
+    ("bpfAttachType", Sub::Leaf),
+    ("flowLogsFlushInterval", Sub::Leaf),
+    ("flowLogsCollectorDebugTrace", Sub::Leaf),
+    ("flowLogsGoldmaneServer", Sub::Leaf),
+    ("flowLogsLocalReporter", Sub::Leaf),
+    ("bpfProfiling", Sub::Leaf),
+    ("routeSource", Sub::Leaf),
+    ("routeTableRanges", Sub::Leaf),
+    ("routeTableRange", Sub::Leaf),
+    ("routeSyncDisabled", Sub::Leaf),
+    ("ipv4NormalRoutePriority", Sub::Leaf),
+    ("ipv4ElevatedRoutePriority", Sub::Leaf),
+    ("ipv6NormalRoutePriority", Sub::Leaf),
+    ("ipv6ElevatedRoutePriority", Sub::Leaf),
+    ("liveMigrationRouteConvergenceTime", Sub::Leaf),
+    ("wireguardEnabled", Sub::Leaf),
+    ("wireguardEnabledV6", Sub::Leaf),
+    ("wireguardThreadingEnabled", Sub::Leaf),
+    ("wireguardListeningPort", Sub::Leaf),
+    ("wireguardListeningPortV6", Sub::Leaf),
+    ("wireguardRoutingRulePriority", Sub::Leaf),
+    ("wireguardInterfaceName", Sub::Leaf),
+    ("wireguardInterfaceNameV6", Sub::Leaf),
+    ("wireguardMTU", Sub::Leaf),
+    ("wireguardMTUV6", Sub::Leaf),
+    ("wireguardHostEncryptionEnabled", Sub::Leaf),
+    ("wireguardKeepAlive", Sub::Leaf),
+    ("awsSrcDstCheck", Sub::Leaf),
+    ("serviceLoopPrevention", Sub::Leaf),
+    ("workloadSourceSpoofing", Sub::Leaf),
+    ("mtuIfacePattern", Sub::Leaf),
+    ("floatingIPs", Sub::Leaf),
+    ("windowsManageFirewallRules", Sub::Leaf),
+    ("goGCThreshold", Sub::Leaf),
+    ("goMemoryLimitMB", Sub::Leaf),
+    ("goMaxProcs", Sub::Leaf),
+    ("requireMTUFile", Sub::Leaf),
+    ("bpfMaglevMaxEndpointsPerService", Sub::Leaf),
+    ("bpfMaglevMaxServices", Sub::Leaf),
+]);
+
+const NETWORK_POLICY_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&NETWORK_POLICY_SPEC)),
+]);
+
+const GLOBAL_NETWORK_POLICY_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&GLOBAL_NETWORK_POLICY_SPEC)),
+]);
+
+const TIER_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&TIER_SPEC)),
+    ("status", Sub::Obj(&TIER_STATUS)),
+]);
+
+const NETWORK_SET_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&NETWORK_SET_SPEC)),
+]);
+
+const PROFILE_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&PROFILE_SPEC)),
+]);
+
+const FELIX_CONFIGURATION_TOP: Fields = Fields(&[
+    ("apiVersion", Sub::Leaf),
+    ("kind", Sub::Leaf),
+    ("metadata", Sub::Obj(&OBJECT_META)),
+    ("spec", Sub::Obj(&FELIX_CONFIGURATION_SPEC)),
+]);
+
 const LIST_TOP: Fields = Fields(&[
     ("apiVersion", Sub::Leaf),
     ("kind", Sub::Leaf),
@@ -514,7 +888,13 @@ pub fn decode_resource(v: Value) -> Result<Object, String> {
         Kind::IpamConfiguration => &IPAM_CONFIG_TOP,
         Kind::BgpConfiguration => &BGP_CONFIGURATION_TOP,
         Kind::BgpPeer => &BGP_PEER_TOP,
-        Kind::WorkloadEndpoint | Kind::Profile => return Err(k.read_only_error()),
+        Kind::NetworkPolicy => &NETWORK_POLICY_TOP,
+        Kind::GlobalNetworkPolicy => &GLOBAL_NETWORK_POLICY_TOP,
+        Kind::Tier => &TIER_TOP,
+        Kind::NetworkSet | Kind::GlobalNetworkSet => &NETWORK_SET_TOP,
+        Kind::Profile => &PROFILE_TOP,
+        Kind::FelixConfiguration => &FELIX_CONFIGURATION_TOP,
+        Kind::WorkloadEndpoint => return Err(k.read_only_error()),
     };
     let whole = Value::Object(m.clone());
     check_fields(&whole, top)?;
@@ -542,7 +922,20 @@ pub fn decode_resource(v: Value) -> Result<Object, String> {
             Object::BgpConfiguration(Box::new(decode(v, "BGPConfiguration")?))
         }
         Kind::BgpPeer => Object::BgpPeer(Box::new(decode(v, "BGPPeer")?)),
-        Kind::WorkloadEndpoint | Kind::Profile => return Err(k.read_only_error()),
+        Kind::NetworkPolicy => Object::NetworkPolicy(Box::new(decode(v, "NetworkPolicy")?)),
+        Kind::GlobalNetworkPolicy => {
+            Object::GlobalNetworkPolicy(Box::new(decode(v, "GlobalNetworkPolicy")?))
+        }
+        Kind::Tier => Object::Tier(Box::new(decode(v, "Tier")?)),
+        Kind::NetworkSet => Object::NetworkSet(Box::new(decode(v, "NetworkSet")?)),
+        Kind::GlobalNetworkSet => {
+            Object::GlobalNetworkSet(Box::new(decode(v, "GlobalNetworkSet")?))
+        }
+        Kind::Profile => Object::Profile(Box::new(decode(v, "Profile")?)),
+        Kind::FelixConfiguration => {
+            Object::FelixConfiguration(Box::new(decode(v, "FelixConfiguration")?))
+        }
+        Kind::WorkloadEndpoint => return Err(k.read_only_error()),
     })
 }
 
@@ -638,7 +1031,67 @@ mod tests {
             Kind::BgpConfiguration.key("", "node.n1"),
             "/calico/resources/v3/projectcalico.org/bgpconfigurations/node.n1"
         );
-        assert_eq!(Kind::from_alias("policy"), None);
+        // calicoctl/resourcemgr/*.go of release-v3.32.
+        let policy_kinds: [(Kind, &[&str], &str); 7] = [
+            (
+                Kind::NetworkPolicy,
+                &[
+                    "networkpolicy",
+                    "NetworkPolicies",
+                    "policy",
+                    "np",
+                    "policies",
+                    "pol",
+                    "pols",
+                ],
+                "networkpolicies/ns/n",
+            ),
+            (
+                Kind::GlobalNetworkPolicy,
+                &[
+                    "globalnetworkpolicy",
+                    "globalnetworkpolicies",
+                    "gnp",
+                    "GNPs",
+                ],
+                "globalnetworkpolicies/n",
+            ),
+            (Kind::Tier, &["tier", "tiers"], "tiers/n"),
+            (
+                Kind::NetworkSet,
+                &["networkset", "networksets", "netsets"],
+                "networksets/ns/n",
+            ),
+            (
+                Kind::GlobalNetworkSet,
+                &["globalnetworkset", "globalnetworksets", "gnetsets"],
+                "globalnetworksets/n",
+            ),
+            (Kind::Profile, &["profile", "pro"], "profiles/n"),
+            (
+                Kind::FelixConfiguration,
+                &[
+                    "felixconfiguration",
+                    "felixconfigurations",
+                    "felixconfig",
+                    "felixconfigs",
+                ],
+                "felixconfigurations/n",
+            ),
+        ];
+        for (kind, aliases, key) in policy_kinds {
+            for a in aliases {
+                assert_eq!(Kind::from_alias(a), Some(kind), "{a}");
+            }
+            assert_eq!(
+                kind.key("ns", "n"),
+                format!("/calico/resources/v3/projectcalico.org/{key}")
+            );
+            assert_eq!(Kind::from_kind_name(kind.name()), Some(kind));
+        }
+        assert!(!Kind::Profile.read_only() && Kind::WorkloadEndpoint.read_only());
+        assert_eq!(Kind::from_alias("policy"), Some(Kind::NetworkPolicy));
+        assert_eq!(Kind::from_alias("policyx"), None);
         assert_eq!(
             Kind::IpPool.key("ignored", "p1"),
             "/calico/resources/v3/projectcalico.org/ippools/p1"
@@ -765,12 +1218,12 @@ mod tests {
             "resource type 'WorkloadEndpoint' is read-only in this calicoctl: only get is supported"
         );
         let listed = parse_documents(
-            "apiVersion: projectcalico.org/v3\nkind: ProfileList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: Profile\n  metadata:\n    name: p\n",
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpointList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: WorkloadEndpoint\n  metadata:\n    name: p\n",
         )
         .unwrap_err();
         assert_eq!(
             listed,
-            "resource type 'Profile' is read-only in this calicoctl: only get is supported"
+            "resource type 'WorkloadEndpoint' is read-only in this calicoctl: only get is supported"
         );
     }
 

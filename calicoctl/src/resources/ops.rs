@@ -7,6 +7,12 @@
 //! but takes labels and annotations from the document; an update with a `resourceVersion`
 //! must match the stored one. Every write is a guarded etcd transaction.
 //!
+//! The policy kinds follow libcalico-go's clients: a policy's tier must exist (the default
+//! tiers always count: they are created before the first write), Calico's defaults are
+//! written (`calico_validation::default_*`) and the v3 validator runs on the result;
+//! deleting a built-in or non-empty tier, `knp.default.*` policies and the
+//! `projectcalico-default-allow` profile are refused with Calico's messages.
+//!
 //! One deliberate difference: every document is decoded and validated (against the
 //! datastore's current state and the documents before it) before anything is written, so a
 //! file with one bad document changes nothing.
@@ -16,6 +22,9 @@ use super::validate::{self, PoolContext};
 use super::{DEFAULT_ALLOW_PROFILE, DEFAULT_NAMESPACE, Kind, Object, id_in};
 use crate::error::{CmdError, CmdResult};
 use calico_datastore::model::bgp::{BgpConfiguration, BgpPeer};
+use calico_datastore::model::policy::{
+    FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, NetworkSet, Tier,
+};
 use calico_datastore::model::{
     ClusterInformation, ClusterInformationSpec, DEFAULT_TIERS, IpPool, IpamConfiguration, Node,
     Profile, ProfileSpec, Resource, Rule, WorkloadEndpoint, default_tier, keys, new_cluster_guid,
@@ -91,7 +100,80 @@ pub fn read_object(kind: Kind, kv: &Kv) -> Option<Object> {
         Kind::BgpPeer => BgpPeer::from_kv(kv)
             .ok()
             .map(|p| Object::BgpPeer(Box::new(p))),
+        // The clients add the tier label to a policy read without one
+        // (`defaultTierLabelIfMissing`).
+        Kind::NetworkPolicy => NetworkPolicy::from_kv(kv).ok().map(|mut p| {
+            tier_label_if_missing(&mut p.metadata);
+            Object::NetworkPolicy(Box::new(p))
+        }),
+        Kind::GlobalNetworkPolicy => GlobalNetworkPolicy::from_kv(kv).ok().map(|mut p| {
+            tier_label_if_missing(&mut p.metadata);
+            Object::GlobalNetworkPolicy(Box::new(p))
+        }),
+        // `status` is a struct in Go: always there, `{}` when empty.
+        Kind::Tier => Tier::from_kv(kv).ok().map(|mut t| {
+            t.status.get_or_insert_with(|| Value::Object(Map::new()));
+            Object::Tier(Box::new(t))
+        }),
+        Kind::NetworkSet => NetworkSet::from_kv(kv)
+            .ok()
+            .map(|n| Object::NetworkSet(Box::new(n))),
+        Kind::GlobalNetworkSet => GlobalNetworkSet::from_kv(kv)
+            .ok()
+            .map(|n| Object::GlobalNetworkSet(Box::new(n))),
+        Kind::FelixConfiguration => FelixConfiguration::from_kv(kv)
+            .ok()
+            .map(|c| Object::FelixConfiguration(Box::new(c))),
     }
+}
+
+/// `defaultTierLabelIfMissing`: `projectcalico.org/tier: default` when there is no tier label.
+fn tier_label_if_missing(meta: &mut calico_datastore::model::ObjectMeta) {
+    meta.labels
+        .entry(calico_validation::LABEL_TIER.into())
+        .or_insert_with(|| calico_validation::DEFAULT_TIER.into());
+}
+
+/// The prefix of the policies the Kubernetes controllers write in etcd mode
+/// (`converter.KubernetesNetworkPolicyEtcdPrefix`); calicoctl refuses to manage them.
+pub const KNP_PREFIX: &str = "knp.default.";
+
+/// calicoctl's refusal of a `knp.default.*` NetworkPolicy (`operation` as resourcemgr words it).
+pub fn knp_refusal(operation: &str, id: &str) -> String {
+    format!(
+        "operation {operation} is not supported on {id}: kubernetes network policies must be \
+         managed through the kubernetes API"
+    )
+}
+
+/// clientv3/profile.go's refusals for `projectcalico-default-allow`.
+fn default_allow_refusal(operation: &str) -> String {
+    let p = DEFAULT_ALLOW_PROFILE;
+    match operation {
+        "Create" => format!(
+            "resource already exists: {p} with error: {p} already exists. The profile \"{p}\" is \
+             default provided by Calico"
+        ),
+        op => format!(
+            "operation {op} is not supported on {p}: The profile \"{p}\" is a default provided \
+             by Calico and cannot be {}",
+            if op == "Delete" { "deleted" } else { "updated" }
+        ),
+    }
+}
+
+/// Go's `sort.SliceStable` of calicoctl's tier list: by order, tiers without one last.
+fn sort_tiers(items: &mut [Object]) {
+    let order = |o: &Object| match o {
+        Object::Tier(t) => t.spec.order,
+        _ => None,
+    };
+    items.sort_by(|a, b| match (order(a), order(b)) {
+        (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
 }
 
 /// `projectcalico-default-allow`: never stored, but the etcd backend returns it for its name
@@ -188,6 +270,9 @@ pub fn get(
         if kind == Kind::Profile {
             items.push(default_allow_profile());
         }
+        if kind == Kind::Tier {
+            sort_tiers(&mut items);
+        }
         fetched.push(Fetched::List {
             kind,
             revision,
@@ -253,6 +338,52 @@ impl Action {
             Action::Replace => "replaced",
         }
     }
+}
+
+/// The kinds whose checks are `calico_validation`'s.
+fn is_policy_kind(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::NetworkPolicy
+            | Kind::GlobalNetworkPolicy
+            | Kind::Tier
+            | Kind::NetworkSet
+            | Kind::GlobalNetworkSet
+            | Kind::Profile
+            | Kind::FelixConfiguration
+    )
+}
+
+/// calicoctl's `handleNamespace` for the documents of apply, create, replace and delete:
+/// `-n` fills in a namespaced document's missing namespace (`default` without `-n`) and
+/// must agree with one it has; other kinds take no namespace. The error of each document.
+pub fn handle_namespaces(objects: &mut [Object], cli: Option<&str>) -> Vec<String> {
+    let cli = cli.filter(|ns| !ns.is_empty());
+    let mut errors = Vec::new();
+    for o in objects {
+        let kind = o.kind();
+        let meta = o.metadata_mut();
+        if kind.namespaced() {
+            match cli {
+                Some(ns) if meta.namespace.is_empty() => meta.namespace = ns.to_string(),
+                Some(ns) if meta.namespace != ns => errors.push(format!(
+                    "resource namespace does not match client namespace. {} != {ns}",
+                    meta.namespace
+                )),
+                None if meta.namespace.is_empty() => meta.namespace = DEFAULT_NAMESPACE.into(),
+                _ => {}
+            }
+        } else if !meta.namespace.is_empty() {
+            errors.push(format!(
+                "namespace should not be specified for a non-namespaced resource. {} is not a \
+                 namespaced resource",
+                kind.name()
+            ));
+        } else if cli.is_some() {
+            errors.push(format!("{} is not namespaced", kind.name()));
+        }
+    }
+    errors
 }
 
 /// The kind all objects share, if they do.
@@ -323,6 +454,7 @@ impl Plan<'_> {
         let m = doc.metadata();
         calico_datastore::model::ObjectMeta {
             name: m.name.clone(),
+            namespace: m.namespace.clone(),
             labels: m.labels.clone(),
             annotations: m.annotations.clone(),
             ..Default::default()
@@ -359,12 +491,18 @@ impl Plan<'_> {
         if kind.read_only() {
             return Err(kind.read_only_error());
         }
-        if !doc.metadata().namespace.is_empty() {
+        if !kind.namespaced() && !doc.metadata().namespace.is_empty() {
             return Err(format!(
                 "namespace should not be specified for a non-namespaced resource. {} is not a \
                  namespaced resource",
                 kind.name()
             ));
+        }
+        if is_policy_kind(kind) {
+            if name.is_empty() {
+                validate::check_name(kind.name(), &name).map_err(|e| e.to_string())?;
+            }
+            self.check_policy_kind(doc)?;
         }
         match doc {
             Object::IpamConfiguration(c) => validate::ipam_configuration(&name, &c.spec)?,
@@ -372,9 +510,10 @@ impl Plan<'_> {
                 validate::bgp_configuration(&name, &c.spec).map_err(|e| e.to_string())?
             }
             Object::BgpPeer(p) => validate::bgp_peer(&name, &p.spec).map_err(|e| e.to_string())?,
+            _ if is_policy_kind(kind) => {}
             _ => validate::check_name(kind.name(), &name).map_err(|e| e.to_string())?,
         }
-        let key = kind.key("", &name);
+        let key = kind.key(&doc.metadata().namespace, &name);
         let existing = self.existing(&key);
         let exists = !matches!(existing, Existing::None);
         if !exists && self.action == Action::Replace {
@@ -418,7 +557,45 @@ impl Plan<'_> {
                 let (p, bytes) = self.plan_plain((**p).clone(), doc, &existing, live_rev)?;
                 (Object::BgpPeer(Box::new(p)), bytes)
             }
-            Object::WorkloadEndpoint(_) | Object::Profile(_) => {
+            Object::NetworkPolicy(p) => {
+                let mut p = (**p).clone();
+                self.plan_meta(&mut p, doc, &existing, live_rev)?;
+                calico_validation::default_network_policy(&mut p);
+                let bytes = p.to_stored().map_err(|e| e.to_string())?;
+                (Object::NetworkPolicy(Box::new(p)), bytes)
+            }
+            Object::GlobalNetworkPolicy(p) => {
+                let mut p = (**p).clone();
+                self.plan_meta(&mut p, doc, &existing, live_rev)?;
+                calico_validation::default_global_network_policy(&mut p);
+                let bytes = p.to_stored().map_err(|e| e.to_string())?;
+                (Object::GlobalNetworkPolicy(Box::new(p)), bytes)
+            }
+            Object::Tier(t) => {
+                let mut t = (**t).clone();
+                self.plan_meta(&mut t, doc, &existing, live_rev)?;
+                calico_validation::default_tier(&mut t);
+                t.status.get_or_insert_with(|| Value::Object(Map::new()));
+                let bytes = t.to_stored().map_err(|e| e.to_string())?;
+                (Object::Tier(Box::new(t)), bytes)
+            }
+            Object::NetworkSet(n) => {
+                let (n, bytes) = self.plan_plain((**n).clone(), doc, &existing, live_rev)?;
+                (Object::NetworkSet(Box::new(n)), bytes)
+            }
+            Object::GlobalNetworkSet(n) => {
+                let (n, bytes) = self.plan_plain((**n).clone(), doc, &existing, live_rev)?;
+                (Object::GlobalNetworkSet(Box::new(n)), bytes)
+            }
+            Object::Profile(p) => {
+                let (p, bytes) = self.plan_plain((**p).clone(), doc, &existing, live_rev)?;
+                (Object::Profile(Box::new(p)), bytes)
+            }
+            Object::FelixConfiguration(c) => {
+                let (c, bytes) = self.plan_plain((**c).clone(), doc, &existing, live_rev)?;
+                (Object::FelixConfiguration(Box::new(c)), bytes)
+            }
+            Object::WorkloadEndpoint(_) => {
                 return Err(kind.read_only_error());
             }
         };
@@ -442,6 +619,87 @@ impl Plan<'_> {
     where
         S: serde::Serialize + serde::de::DeserializeOwned + Clone,
     {
+        self.plan_meta(&mut r, doc, existing, live_rev)?;
+        let bytes = r.to_stored().map_err(|e| e.to_string())?;
+        Ok((r, bytes))
+    }
+
+    /// The checks of the policy kinds that come before the write is planned, in
+    /// libcalico-go's order: calicoctl's refusals, the tier's existence, then the
+    /// defaults and the validator on a copy.
+    fn check_policy_kind(&self, doc: &Object) -> Result<(), String> {
+        let invalid = |e: calico_validation::ValidationError| e.to_string();
+        match doc {
+            Object::NetworkPolicy(p) => {
+                if p.metadata.name.starts_with(KNP_PREFIX) {
+                    let op = if self.action == Action::Replace {
+                        "apply or replace"
+                    } else {
+                        "create or apply"
+                    };
+                    return Err(knp_refusal(op, &doc.id()));
+                }
+                self.tier_exists(&p.spec.tier)?;
+                let mut p = (**p).clone();
+                calico_validation::default_network_policy(&mut p);
+                calico_validation::network_policy(&p).map_err(invalid)
+            }
+            Object::GlobalNetworkPolicy(p) => {
+                self.tier_exists(&p.spec.tier)?;
+                let mut p = (**p).clone();
+                calico_validation::default_global_network_policy(&mut p);
+                calico_validation::global_network_policy(&p).map_err(invalid)
+            }
+            Object::Tier(t) => {
+                let mut t = (**t).clone();
+                calico_validation::default_tier(&mut t);
+                calico_validation::tier(&t).map_err(invalid)
+            }
+            Object::NetworkSet(n) => calico_validation::network_set(n).map_err(invalid),
+            Object::GlobalNetworkSet(n) => {
+                calico_validation::global_network_set(n).map_err(invalid)
+            }
+            Object::Profile(p) => {
+                if p.metadata.name == DEFAULT_ALLOW_PROFILE {
+                    return Err(default_allow_refusal(match self.action {
+                        Action::Create => "Create",
+                        Action::Apply | Action::Replace => "Update",
+                    }));
+                }
+                calico_validation::profile(p).map_err(invalid)
+            }
+            Object::FelixConfiguration(c) => {
+                calico_validation::felix_configuration(c).map_err(invalid)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A policy's tier must exist (`networkpolicy.go` Create): stored, planned earlier in
+    /// this run, or one of the default tiers (created before anything is written).
+    fn tier_exists(&self, tier: &str) -> Result<(), String> {
+        let tier = calico_validation::tier_of(tier);
+        if DEFAULT_TIERS.iter().any(|(n, ..)| *n == tier) {
+            return Ok(());
+        }
+        match self.existing(&Kind::Tier.key("", tier)) {
+            Existing::None => Err(does_not_exist(Kind::Tier, "", tier)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The metadata a write stores (`resources.Create`/`Update`), the kind, and on create
+    /// the uid and creation time.
+    fn plan_meta<S>(
+        &self,
+        r: &mut Resource<S>,
+        doc: &Object,
+        existing: &Existing,
+        live_rev: Option<i64>,
+    ) -> Result<(), String>
+    where
+        S: serde::Serialize + serde::de::DeserializeOwned + Clone,
+    {
         r.metadata = match existing {
             Existing::None => Self::create_meta(doc),
             Existing::Stored(kv) => {
@@ -456,8 +714,7 @@ impl Plan<'_> {
             r.stamp_created((self.ctx.now)());
         }
         r.kind = doc.kind().name().into();
-        let bytes = r.to_stored().map_err(|e| e.to_string())?;
-        Ok((r, bytes))
+        Ok(())
     }
 
     fn plan_pool(
@@ -552,9 +809,12 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// `calicoctl patch <kind> <name> -p <patch>`: resourcemgr.go `Patch`: the stored object,
 /// the patch merged into its JSON (`strategicpatch.StrategicMergePatch`; calicoctl ignores
 /// `--type`), decoded as a document and written as an update guarded on the revision read.
+/// `namespace` is `-n` (`default` for a namespaced kind when not given; refused for
+/// other kinds).
 pub fn patch(
     ctx: &Ctx,
     kind: Kind,
+    namespace: Option<&str>,
     name: &str,
     patch_text: &str,
     out: &mut dyn std::io::Write,
@@ -569,17 +829,23 @@ pub fn patch(
     if kind.read_only() {
         return Err(CmdError::failed(kind.read_only_error()));
     }
-    let key = kind.key("", name);
+    let namespace = namespace.filter(|ns| !ns.is_empty());
+    let ns = match (kind.namespaced(), namespace) {
+        (true, ns) => ns.unwrap_or(DEFAULT_NAMESPACE),
+        (false, None) => "",
+        (false, Some(_)) => return Err(failed(format!("{} is not namespaced", kind.name()))),
+    };
+    let key = kind.key(ns, name);
     let Some(kv) = ctx.store.get(&key)? else {
         return Err(failed(format!(
             "resource does not exist: {} with error: <nil>",
-            id_in(kind, "", name)
+            id_in(kind, ns, name)
         )));
     };
     let Some(live) = read_object(kind, &kv) else {
         return Err(failed(format!(
             "cannot decode the stored {}",
-            id_in(kind, "", name)
+            id_in(kind, ns, name)
         )));
     };
     let changes: Value = serde_json::from_str(patch_text)
@@ -592,7 +858,7 @@ pub fn patch(
     // since the read is a conflict, not overwritten).
     let meta = doc.metadata_mut();
     meta.name = name.to_string();
-    meta.namespace.clear();
+    meta.namespace = ns.to_string();
     meta.resource_version = kv.mod_revision.to_string();
     let mut discarded = Vec::new();
     match apply(ctx, &[doc], Action::Replace, false, &mut discarded) {
@@ -619,13 +885,41 @@ pub fn apply(
     skip_exists: bool,
     out: &mut dyn std::io::Write,
 ) -> CmdResult {
+    // A namespaced document without a namespace is in `default` (handleNamespace).
+    let objects: Vec<Object> = objects
+        .iter()
+        .cloned()
+        .map(|mut o| {
+            if o.kind().namespaced() && o.metadata().namespace.is_empty() {
+                o.metadata_mut().namespace = DEFAULT_NAMESPACE.into();
+            }
+            o
+        })
+        .collect();
+    let objects = objects.as_slice();
     let kind = single_kind(objects);
     let total = objects.len();
     let any_pool = objects.iter().any(|o| o.kind() == Kind::IpPool);
-    let keys_wanted: Vec<String> = objects
+    let mut keys_wanted: Vec<String> = objects
         .iter()
         .map(|o| o.kind().key(&o.metadata().namespace, o.name()))
         .collect();
+    // The tiers the policies name, to check that they exist.
+    keys_wanted.extend(objects.iter().filter_map(|o| {
+        let tier = match o {
+            Object::NetworkPolicy(p) => &p.spec.tier,
+            Object::GlobalNetworkPolicy(p) => &p.spec.tier,
+            _ => return None,
+        };
+        Some(Kind::Tier.key("", calico_validation::tier_of(tier)))
+    }));
+    // A built-in tier in the file: it is made before the writes (EnsureInitialized), so
+    // writing it is an update of that one (see `made` below).
+    let built_in_key = |o: &Object| {
+        (o.kind() == Kind::Tier && DEFAULT_TIERS.iter().any(|(n, ..)| *n == o.name()))
+            .then(|| Kind::Tier.key("", o.name()))
+    };
+    keys_wanted.extend(objects.iter().filter_map(built_in_key));
     let mut reads: Vec<Read> = keys_wanted.iter().map(|k| Read::Key(k.clone())).collect();
     if any_pool {
         reads.push(Read::Prefix(keys::resources_prefix("ippools")));
@@ -650,12 +944,30 @@ pub fn apply(
         .iter()
         .filter_map(|kv| keys::block_cidr_of(&kv.key))
         .collect();
+    // The built-in tiers the file names that are missing, as EnsureInitialized will make
+    // them: the documents update these.
+    let mut made: BTreeMap<String, Resource<Value>> = BTreeMap::new();
+    for o in objects {
+        let Some(key) = built_in_key(o) else { continue };
+        if made.contains_key(&key) || matches!(stored.get(&key), Some(Some(_))) {
+            continue;
+        }
+        if let Some((name, act, order)) = DEFAULT_TIERS.iter().find(|(n, ..)| *n == o.name()) {
+            made.insert(key, default_tier(name, act, *order, (ctx.now)()));
+        }
+    }
+    let mut planned_before = BTreeMap::new();
+    for (key, t) in &made {
+        if let Ok(t) = serde_json::to_value(t).and_then(serde_json::from_value::<Tier>) {
+            planned_before.insert(key.clone(), Object::Tier(Box::new(t)));
+        }
+    }
     let mut plan = Plan {
         ctx,
         action,
         skip_exists,
         stored,
-        planned: BTreeMap::new(),
+        planned: planned_before,
         pools,
         blocks,
     };
@@ -675,7 +987,7 @@ pub fn apply(
             &errors,
         )));
     }
-    ensure_initialized(ctx);
+    ensure_initialized_with(ctx, &made);
 
     // Write, guarding each key on what we read (or on our own earlier write to it).
     let mut latest: BTreeMap<String, Option<i64>> = plan
@@ -683,6 +995,11 @@ pub fn apply(
         .iter()
         .map(|(k, v)| (k.clone(), v.as_ref().map(|kv| kv.mod_revision)))
         .collect();
+    for key in made.keys() {
+        if let Some(kv) = ctx.store.get(key)? {
+            latest.insert(key.clone(), Some(kv.mod_revision));
+        }
+    }
     let mut handled = 0;
     for p in planned {
         let Some(p) = p else {
@@ -754,6 +1071,12 @@ pub fn apply(
 /// GUID and `datastoreReady: true`) and the default tiers, if missing. Failures are ignored,
 /// as calicoctl ignores them.
 pub fn ensure_initialized(ctx: &Ctx) {
+    ensure_initialized_with(ctx, &BTreeMap::new());
+}
+
+/// [`ensure_initialized`], writing the given objects for the built-in tiers it makes (by
+/// key), so that a document planned as their update finds what it planned against.
+fn ensure_initialized_with(ctx: &Ctx, made: &BTreeMap<String, Resource<Value>>) {
     let ci_key = keys::resource("clusterinformations", "default");
     let mut reads = vec![Read::Key(ci_key.clone())];
     reads.extend(
@@ -809,8 +1132,11 @@ pub fn ensure_initialized(ctx: &Ctx) {
         if got.next().and_then(|mut v| v.pop()).is_some() {
             continue;
         }
-        let tier = default_tier(name, action, order, now);
         let key = keys::resource("tiers", name);
+        let tier = made
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| default_tier(name, action, order, now));
         if let Ok(bytes) = tier.to_stored() {
             let _ = ctx
                 .store
@@ -863,6 +1189,30 @@ pub fn delete(
     Err(CmdError::Failed(lines.join("\n")))
 }
 
+/// clientv3/tier.go Delete: the built-in tiers stay, and so does a tier a policy is in.
+fn tier_deletable(ctx: &Ctx, name: &str) -> Result<(), DeleteError> {
+    if DEFAULT_TIERS.iter().any(|(n, ..)| *n == name) {
+        return Err(DeleteError::Other(format!(
+            "operation Delete is not supported on {name}: Cannot delete {name} tier"
+        )));
+    }
+    let lists = ctx.store.read(&[
+        Read::Prefix(Kind::NetworkPolicy.list_prefix(None)),
+        Read::Prefix(Kind::GlobalNetworkPolicy.list_prefix(None)),
+    ])?;
+    let in_tier = lists.iter().flatten().any(|kv| {
+        serde_json::from_slice::<Value>(&kv.value)
+            .ok()
+            .is_some_and(|v| v["spec"]["tier"].as_str() == Some(name))
+    });
+    if in_tier {
+        return Err(DeleteError::Other(format!(
+            "operation delete is not supported on {name}: Cannot delete a non-empty tier"
+        )));
+    }
+    Ok(())
+}
+
 /// Why one object was not deleted: it does not exist, or the message of what failed.
 pub enum DeleteError {
     Missing,
@@ -883,6 +1233,15 @@ fn delete_one(ctx: &Ctx, o: &Object) -> Result<(), DeleteError> {
     if kind == Kind::Node {
         // Its endpoints, addresses, affinities and per-node resources go first.
         return super::node_delete::delete_node(ctx, o);
+    }
+    if kind == Kind::NetworkPolicy && o.name().starts_with(KNP_PREFIX) {
+        return Err(DeleteError::Other(knp_refusal("delete", &o.id())));
+    }
+    if kind == Kind::Profile && o.name() == DEFAULT_ALLOW_PROFILE {
+        return Err(DeleteError::Other(default_allow_refusal("Delete")));
+    }
+    if kind == Kind::Tier {
+        tier_deletable(ctx, o.name())?;
     }
     let key = kind.key(&o.metadata().namespace, o.name());
     let kv = ctx.store.get(&key)?.ok_or(DeleteError::Missing)?;
@@ -1452,11 +1811,12 @@ mod tests {
     #[test]
     fn read_only_kinds_are_not_written_or_deleted() {
         let store = MemKv::new();
-        let p = Profile::new("Profile", "mynet", ProfileSpec::default());
+        let mut w = WorkloadEndpoint::new("WorkloadEndpoint", "n1-k8s-p-eth0", Default::default());
+        w.metadata.namespace = "default".into();
         let mut out = Vec::new();
         let r = apply(
             &ctx(&store),
-            &[Object::Profile(Box::new(p.clone()))],
+            &[Object::WorkloadEndpoint(Box::new(w.clone()))],
             Action::Apply,
             false,
             &mut out,
@@ -1464,25 +1824,25 @@ mod tests {
         assert_eq!(
             r,
             Err(CmdError::Failed(
-                "failed to apply 'Profile' resource: [resource type 'Profile' is read-only in this calicoctl: only get is supported]"
+                "failed to apply 'WorkloadEndpoint' resource: [resource type 'WorkloadEndpoint' is read-only in this calicoctl: only get is supported]"
                     .into()
             ))
         );
         store.put(
-            "/calico/resources/v3/projectcalico.org/profiles/mynet",
-            &p.to_stored().expect("json"),
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/default/n1-k8s-p-eth0",
+            &w.to_stored().expect("json"),
         );
         let r = delete(
             &ctx(&store),
-            &[Object::Profile(Box::new(p))],
-            Some(Kind::Profile),
+            &[Object::WorkloadEndpoint(Box::new(w))],
+            Some(Kind::WorkloadEndpoint),
             false,
             &mut out,
         );
         assert_eq!(
             r,
             Err(CmdError::Failed(
-                "Failed to delete 'Profile' resource: resource type 'Profile' is read-only in this calicoctl: only get is supported"
+                "Failed to delete 'WorkloadEndpoint' resource: resource type 'WorkloadEndpoint' is read-only in this calicoctl: only get is supported"
                     .into()
             ))
         );

@@ -113,6 +113,16 @@ pub fn headings(kind: Kind, wide: bool) -> &'static [&'static str] {
         // calicoctl/resourcemgr/bgpconfig.go and bgppeer.go: -o wide is the same table.
         (Kind::BgpConfiguration, _) => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
         (Kind::BgpPeer, _) => &["NAME", "PEERIP", "NODE", "ASN"],
+        // calicoctl/resourcemgr/networkpolicy.go, globalnetworkpolicy.go, tier.go,
+        // networkset.go, globalnetworkset.go, felixconfig.go.
+        (Kind::NetworkPolicy | Kind::GlobalNetworkPolicy, false) => &["NAME", "TIER"],
+        (Kind::NetworkPolicy | Kind::GlobalNetworkPolicy, true) => {
+            &["NAME", "TIER", "ORDER", "SELECTOR"]
+        }
+        (Kind::Tier, _) => &["NAME", "ORDER"],
+        (Kind::NetworkSet | Kind::GlobalNetworkSet, false) => &["NAME"],
+        (Kind::NetworkSet | Kind::GlobalNetworkSet, true) => &["NAME", "NETS"],
+        (Kind::FelixConfiguration, _) => &["NAME"],
     }
 }
 
@@ -138,6 +148,32 @@ impl TableOpts {
 fn nat_cell(nat: &Value) -> String {
     let field = |k: &str| nat.get(k).and_then(Value::as_str).unwrap_or_default();
     format!("{{{} {}}}", field("internalIP"), field("externalIP"))
+}
+
+/// `{{.Spec.Order}}` on a `*float64`: Go's `%v` of the number, `<nil>` when unset.
+fn order_cell(order: Option<f64>) -> String {
+    order.map_or("<nil>".into(), calico_validation::go_float)
+}
+
+/// calicoctl's `joinAndTruncate`: items joined, cut to `max` bytes ending in `...`.
+fn join_and_truncate(items: &[String], sep: &str, max: usize) -> String {
+    let mut buf = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            buf.push_str(sep);
+        }
+        buf.push_str(item);
+        if max > 0 && buf.len() > max {
+            let mut cut = max.saturating_sub(3);
+            while !buf.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            buf.truncate(cut);
+            buf.push_str("...");
+            break;
+        }
+    }
+    buf
 }
 
 fn or_never(s: &str) -> String {
@@ -262,6 +298,33 @@ pub fn row(obj: &Object, wide: bool, global_asn: u32) -> Vec<String> {
                 s.as_number.map_or(0, |a| a.0).to_string(),
             ]
         }
+        Object::NetworkPolicy(p) => {
+            let s = &p.spec;
+            let mut r = vec![name, s.tier.clone()];
+            if wide {
+                r.push(order_cell(s.order));
+                r.push(s.selector.clone());
+            }
+            r
+        }
+        Object::GlobalNetworkPolicy(p) => {
+            let s = &p.spec;
+            let mut r = vec![name, s.tier.clone()];
+            if wide {
+                r.push(order_cell(s.order));
+                r.push(s.selector.clone());
+            }
+            r
+        }
+        Object::Tier(t) => vec![name, order_cell(t.spec.order)],
+        Object::NetworkSet(n) | Object::GlobalNetworkSet(n) => {
+            if wide {
+                vec![name, join_and_truncate(&n.spec.nets, ",", 80)]
+            } else {
+                vec![name]
+            }
+        }
+        Object::FelixConfiguration(_) => vec![name],
     }
 }
 

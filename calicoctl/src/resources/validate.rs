@@ -12,61 +12,10 @@ use calico_datastore::model::{IpPoolSpec, cidr};
 use calico_datastore::model::{IpamConfigurationSpec, NodeSpec};
 use calico_selector::Selector;
 use ipnet::IpNet;
-use std::fmt;
 use std::net::IpAddr;
 
-/// One failed field (`cerrors.ErroredField`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErroredField {
-    pub name: String,
-    pub value: Option<String>,
-    pub reason: String,
-}
-
-impl ErroredField {
-    pub fn new(name: &str, value: Option<String>, reason: impl Into<String>) -> Self {
-        ErroredField {
-            name: name.to_string(),
-            value,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for ErroredField {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.value {
-            Some(v) => write!(f, "{} = '{v}'", self.name)?,
-            None => write!(f, "{}", self.name)?,
-        }
-        if !self.reason.is_empty() {
-            write!(f, " ({})", self.reason)?;
-        }
-        Ok(())
-    }
-}
-
-/// `cerrors.ErrorValidation`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidationError(pub Vec<ErroredField>);
-
-impl fmt::Display for ValidationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.as_slice() {
-            [] => write!(f, "unknown validation error"),
-            [one] => write!(f, "error with field {one}"),
-            many => {
-                writeln!(f, "error with the following fields:")?;
-                for e in many {
-                    writeln!(f, "-  {e}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl std::error::Error for ValidationError {}
+/// Calico's validation errors, shared with the policy kinds' validator.
+pub use calico_validation::{ErroredField, ValidationError};
 
 fn fail(fields: Vec<ErroredField>) -> Result<(), ValidationError> {
     if fields.is_empty() {

@@ -20,6 +20,16 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// An `order` as Go's `encoding/json` writes a float64: a whole number without a fraction
+/// (`100`, not `100.0`), anything else as a float.
+fn go_order<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => s.serialize_i64(*n as i64),
+        Some(n) => s.serialize_f64(*n),
+        None => s.serialize_none(),
+    }
+}
+
 /// `numorstring.Protocol`: a number (0-255) or a name (`TCP`, `UDP`, `ICMP`, `ICMPv6`,
 /// `SCTP`, `UDPLite`; other strings are kept for validation to refuse). A string of digits
 /// reads as a number, as `Uint8OrString` does.
@@ -331,7 +341,11 @@ impl Rule {
 pub struct NetworkPolicySpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tier: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "go_order"
+    )]
     pub order: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<Rule>,
@@ -362,7 +376,11 @@ pub struct NetworkPolicySpec {
 pub struct GlobalNetworkPolicySpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tier: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "go_order"
+    )]
     pub order: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<Rule>,
@@ -403,7 +421,11 @@ pub struct GlobalNetworkPolicySpec {
 /// `TierSpec`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TierSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "go_order"
+    )]
     pub order: Option<f64>,
     #[serde(
         rename = "defaultAction",
@@ -570,6 +592,20 @@ mod tests {
         let text = r#"{"kind":"NetworkPolicy","apiVersion":"projectcalico.org/v3","metadata":{"name":"default.allow-web","namespace":"prod"},"spec":{"tier":"default","order":100,"ingress":[{"action":"Allow","protocol":"TCP","source":{"selector":"role == 'fe'","namespaceSelector":"all()"},"destination":{"ports":[80,"8000:8080","http"]}},{"action":"Deny","ipVersion":4,"protocol":"ICMP","icmp":{"type":8,"code":0}}],"egress":[{"action":"Allow"}],"selector":"app == 'web'","types":["Ingress","Egress"],"futureField":{"x":1}}}"#;
         let p: NetworkPolicy = serde_json::from_str(text).expect("policy");
         assert_eq!(p.spec.order, Some(100.0));
+        let spec = serde_json::to_value(&p.spec).expect("json");
+        assert_eq!(
+            spec["order"].to_string(),
+            "100",
+            "whole orders as Go writes them"
+        );
+        let tier = TierSpec {
+            order: Some(10.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&tier).expect("json"),
+            r#"{"order":10.5}"#
+        );
         assert_eq!(
             p.spec.ingress[0].destination().ports[2],
             Port::Named("http".into())
