@@ -122,6 +122,22 @@ impl Dataplane {
                 return;
             }
         };
+        // Calico's validator, as Felix's validation filter runs it on what the syncer reads:
+        // an object calicoctl would refuse is not enforced.
+        let valid = match &object {
+            Object::Profile(p) => calico_validation::profile(p),
+            Object::NetworkPolicy(p) => calico_validation::network_policy(p),
+            Object::GlobalNetworkPolicy(p) => calico_validation::global_network_policy(p),
+            Object::Tier(t) => calico_validation::tier(t),
+            Object::NetworkSet(s) => calico_validation::network_set(s),
+            Object::GlobalNetworkSet(s) => calico_validation::global_network_set(s),
+            _ => Ok(()),
+        };
+        if let Err(e) = valid {
+            self.remove(&id);
+            self.skip(&kv.key, kv.mod_revision, e.to_string());
+            return;
+        }
         let outcome: Result<(), Skipped> = match &object {
             Object::WorkloadEndpoint(w) => self.engine.upsert_workload_endpoint(w),
             Object::Profile(p) => self.engine.upsert_profile(p),

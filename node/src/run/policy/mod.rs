@@ -237,7 +237,10 @@ fn run_loop(
         let mut oldest: Option<Instant> = None;
         let mut pending: Vec<Arrived> = Vec::new();
         // Everything that came together goes into one transaction.
-        for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        for m in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
             match m {
                 Msg::Event(a) => pending.push(a),
                 Msg::Stop => return,
