@@ -773,3 +773,137 @@ fn a_compaction_forces_a_relist_without_a_gap() {
         lab.logs()
     );
 }
+
+/// `natOutgoing` (the default pool asks for it): what a pod sends outside every pool leaves
+/// with the node's address; pod to pod keeps the pod's.
+#[test]
+fn nat_outgoing_masquerades_only_traffic_leaving_the_pools() {
+    require!(root; "etcd", "go", "ip", "busybox", "nft");
+    let lab = Lab::start(2, false, &[]);
+    let a = lab.pod(0, "default", "a");
+    let b = lab.pod(1, "default", "b");
+    // Outside the cluster: etcd's namespace on the underlay.
+    let outside = std::net::SocketAddr::new(std::net::IpAddr::from([10, 10, 0, 174]), 7171);
+    let rec = policy_lab::PeerRecorder::start(&lab.c.etcd_ns, outside);
+    assert!(probe(&a, outside.ip(), Tcp(7171), true), "{}", lab.logs());
+    let node_ip = IpAddr::V4(lab.c.node(0).underlay_ip());
+    assert_eq!(rec.peers.lock().unwrap()[0].ip(), node_ip);
+    // Pod to pod across nodes: no masquerade.
+    let peer = policy_lab::PeerRecorder::start(&b.netns, std::net::SocketAddr::new(b.v4(), 7272));
+    assert!(probe(&a, b.v4(), Tcp(7272), true));
+    assert_eq!(peer.peers.lock().unwrap()[0].ip(), a.v4());
+}
+
+/// Policy applies to hostPort traffic after portmap's DNAT (Calico's order), and an
+/// iptables (nf_tables) FORWARD accept, as kube-proxy adds, does not open what it denies.
+#[test]
+fn policy_applies_to_host_ports_beside_portmap_and_iptables() {
+    require!(root; "etcd", "go", "ip", "busybox", "nft", "iptables");
+    let lab = Lab::start(2, false, &[]);
+    lab.namespace("default", &[]);
+    let web = lab.pod_with_ports(
+        0,
+        "default",
+        "web",
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let client = lab.pod(1, "default", "client");
+    let other = lab.pod(1, "default", "other");
+    lab.label_pod(&web, &[("app", "web")], "default", &[]);
+    lab.label_pod(&client, &[("app", "client")], "default", &[]);
+    let rev = lab.label_pod(&other, &[("app", "other")], "default", &[]);
+    lab.wait_applied(rev);
+    let _s = Servers::start(&web, &[80], &[]);
+    let host0 = IpAddr::V4(lab.c.node(0).underlay_ip());
+    if !probe(&client, host0, Tcp(8080), true) {
+        let t = lab
+            .c
+            .node(0)
+            .netns()
+            .sh("nft list ruleset; conntrack -L 2>&1 | head -20")
+            .unwrap();
+        let t1 = lab
+            .c
+            .node(1)
+            .netns()
+            .sh("nft list ruleset; conntrack -L 2>&1| head")
+            .unwrap();
+        panic!("DEBUG node0:\n{t}\nnode1:\n{t1}");
+    }
+    lab.c
+        .node(0)
+        .netns()
+        .sh("iptables -A FORWARD -j ACCEPT")
+        .unwrap();
+    lab.c
+        .node(0)
+        .netns()
+        .sh("iptables -A FORWARD -j ACCEPT")
+        .unwrap();
+    for i in 0..6 {
+        if !policy_lab::tcp(&client, host0, 8080, std::time::Duration::from_millis(500)) {
+            let t = lab
+                .c
+                .node(0)
+                .netns()
+                .sh("nft list ruleset; conntrack -L 2>&1 | head -40")
+                .unwrap();
+            let t1 = lab
+                .c
+                .node(1)
+                .netns()
+                .sh("conntrack -L 2>&1 | head -40; ip route")
+                .unwrap();
+            let tp = web.netns.sh("ss -tan; ip route").unwrap();
+            std::fs::write(
+                "/tmp/dbg_nft.txt",
+                format!("try {i}\n{t}\n=== node1\n{t1}\n=== web\n{tp}"),
+            )
+            .unwrap();
+            panic!("DEBUG2");
+        }
+    }
+    assert_matrix(
+        &lab,
+        &[
+            (&client, host0, Tcp(8080), true),
+            (&other, host0, Tcp(8080), true),
+        ],
+    );
+    // Only the client pod may reach web. A pod on another node reaching the hostPort is
+    // masqueraded by its own node (natOutgoing: the node address is outside the pools), so
+    // web's policy sees node-2's address, as in Calico.
+    lab.apply(np(
+        "default",
+        "default.web-from-client",
+        json!({"selector": "app == 'web'", "ingress": [{"action": "Allow", "protocol": "TCP",
+               "source": {"selector": "app == 'client'"}, "destination": {"ports": [80]}}]}),
+    ));
+    assert_matrix(
+        &lab,
+        &[
+            (&client, web.v4(), Tcp(80), true),
+            (&other, web.v4(), Tcp(80), false),
+            (&client, host0, Tcp(8080), false),
+            (&other, host0, Tcp(8080), false),
+        ],
+    );
+    // Allowing node-2's address opens the hostPort (after portmap's DNAT) to its pods.
+    let node2 = format!("{}/32", lab.c.node(1).underlay_ip());
+    lab.apply(np(
+        "default",
+        "default.web-from-client",
+        json!({"selector": "app == 'web'", "ingress": [
+            {"action": "Allow", "protocol": "TCP", "source": {"selector": "app == 'client'"},
+             "destination": {"ports": [80]}},
+            {"action": "Allow", "protocol": "TCP", "source": {"nets": [node2]},
+             "destination": {"ports": [80]}}]}),
+    ));
+    assert_matrix(
+        &lab,
+        &[
+            (&other, host0, Tcp(8080), true),
+            (&other, web.v4(), Tcp(80), false),
+        ],
+    );
+}

@@ -160,8 +160,14 @@ impl Lab {
 
     /// A pod `name` in namespace `ns` on node `node`, added through libcni.
     pub fn pod(&self, node: usize, ns: &str, name: &str) -> Pod {
+        self.pod_with_ports(node, ns, name, Value::Null)
+    }
+
+    /// As [`Lab::pod`], with the runtime's `portMappings` (hostPorts, through portmap).
+    pub fn pod_with_ports(&self, node: usize, ns: &str, name: &str, mappings: Value) -> Pod {
         let netns = NetNs::new(name).expect("a pod namespace");
-        let opts = pod_opts(ns, name);
+        let mut opts = pod_opts(ns, name);
+        opts.cap_args = (!mappings.is_null()).then(|| json!({ "portMappings": mappings }));
         let result = self
             .c
             .runtime(node)
@@ -397,6 +403,45 @@ impl Drop for Servers {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// Listens on `addr` in `netns` and records the peer address of every connection (to see
+/// what source address traffic arrives with).
+pub struct PeerRecorder {
+    pub peers: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    _servers: Servers,
+}
+
+impl PeerRecorder {
+    pub fn start(netns: &NetNs, addr: SocketAddr) -> PeerRecorder {
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let l = netns
+            .within(|| TcpListener::bind(addr))
+            .expect("into the namespace")
+            .expect("a TCP listener");
+        let fds = vec![OwnedFd::from(l.try_clone().expect("a duplicate"))];
+        let (p, st) = (peers.clone(), stop.clone());
+        let t = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        p.lock().expect("peers").push(peer);
+                        let _ = s.write_all(b"hi");
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        PeerRecorder {
+            peers,
+            _servers: Servers {
+                stop,
+                fds,
+                threads: vec![t],
+            },
         }
     }
 }
