@@ -815,21 +815,6 @@ fn policy_applies_to_host_ports_beside_portmap_and_iptables() {
     lab.wait_applied(rev);
     let _s = Servers::start(&web, &[80], &[]);
     let host0 = IpAddr::V4(lab.c.node(0).underlay_ip());
-    if !probe(&client, host0, Tcp(8080), true) {
-        let t = lab
-            .c
-            .node(0)
-            .netns()
-            .sh("nft list ruleset; conntrack -L 2>&1 | head -20")
-            .unwrap();
-        let t1 = lab
-            .c
-            .node(1)
-            .netns()
-            .sh("nft list ruleset; conntrack -L 2>&1| head")
-            .unwrap();
-        panic!("DEBUG node0:\n{t}\nnode1:\n{t1}");
-    }
     lab.c
         .node(0)
         .netns()
