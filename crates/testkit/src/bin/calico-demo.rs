@@ -91,8 +91,10 @@ fn ping(from: &NetNs, to: &str) -> bool {
 /// CNI_ARGS of a pod; the frontend also maps host port 8080 to its port 80 (CAP_ARGS, as a
 /// runtime passes a pod's hostPort).
 fn pod_args(name: &str) -> CallOpts {
+    // db lives in its own namespace, which the policy part of the demo closes.
+    let namespace = if name == "db" { "data" } else { "default" };
     let mut o = CallOpts::args(&format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"
     ));
     if name == "frontend" {
         o.cap_args = Some(json!({"portMappings": [
@@ -365,16 +367,79 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         cross_v4 &= v4;
         cross_v6 &= v6;
     }
-    let _ = n2;
     serve_peer_address(&pods[0].ns, 80)?;
     let host_port = std::net::SocketAddr::new(IpAddr::V4(n1.underlay_ip()), 8080);
     let seen = tcp_answer(&pods[2].ns, host_port);
-    let host_port_ok = seen == addr(&pods[2].ipv4);
+    // node-1's address is outside every pool: db's node masquerades (the pool's natOutgoing,
+    // programmed by calico-node's policy agent as Felix does), so frontend sees node-2.
+    let host_port_ok = seen == n2.underlay_ip().to_string();
     println!(
-        "   db -> node-1 {host_port} (hostPort) -> frontend:80: {}  (frontend saw {})",
+        "   db -> node-1 {host_port} (hostPort) -> frontend:80: {}  (frontend saw {}: node-2, natOutgoing)",
         ok(host_port_ok),
         if seen.is_empty() { "nothing" } else { &seen }
     );
+
+    step(interrupted)?;
+    heading("Network policy (calico-node's policy agent, nftables table inet calico)");
+    let policy_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        policy_file.path(),
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: data-only-postgres\n  namespace: data\nspec:\n  selector: all()\n  types: [Ingress]\n  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [5432]\n",
+    )?;
+    let in_node = c.node(0).calico_lib_dir().join("demo-policy.yaml");
+    std::fs::copy(policy_file.path(), &in_node)?;
+    println!("   calicoctl apply -f (namespace data: only TCP 5432 in):");
+    indent(&std::fs::read_to_string(policy_file.path())?);
+    let t = Instant::now();
+    indent(&calicoctl(
+        &c,
+        &["apply", "-f", "/var/lib/calico/demo-policy.yaml"],
+    )?);
+    let db_v4 = addr(&pods[2].ipv4);
+    let closed = testkit::eventually(std::time::Duration::from_secs(10), || {
+        !pods[0]
+            .ns
+            .run("busybox", ["ping", "-c1", "-W1", &db_v4])
+            .map(|o| o.status.success())
+            .unwrap_or(true)
+    });
+    println!(
+        "   frontend -> db ping now dropped: {} (after {:.0} ms, measured by ping: an upper bound)",
+        ok(closed),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let others_ok = ping(&pods[0].ns, &addr(&pods[3].ipv4));
+    println!(
+        "   frontend -> cache (default namespace) still answers: {}",
+        ok(others_ok)
+    );
+    indent(&calicoctl(
+        &c,
+        &["get", "networkpolicy", "-n", "data", "-o", "wide"],
+    )?);
+    println!("   node-2's chain for db ({}):", pods[2].host_if);
+    indent(&c.node(1).sh(&format!(
+        "nft list chain inet calico filter-cali-tw-{}",
+        pods[2].host_if
+    ))?);
+    println!(
+        "   node-2's endpoint status files (what the plugin's policy_setup_timeout_seconds waits for):"
+    );
+    indent(&c.node(1).sh("ls /var/run/calico/endpoint-status/")?);
+    indent(&calicoctl(
+        &c,
+        &[
+            "delete",
+            "networkpolicy",
+            "data-only-postgres",
+            "-n",
+            "data",
+        ],
+    )?);
+    let reopened = ping(&pods[0].ns, &db_v4);
+    println!("   deleted: frontend -> db answers again: {}", ok(reopened));
+    let _ = std::fs::remove_file(&in_node);
+    let policy_ok = closed && others_ok && reopened;
 
     step(interrupted)?;
     heading("Removing the pods (cni-driver del)");
@@ -441,12 +506,13 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
             .join(", ")
     );
     println!(
-        "   traffic: same node {}/{}, across nodes {}/{} (no static route: BGP), hostPort from another node {}",
+        "   traffic: same node {}/{}, across nodes {}/{} (no static route: BGP), hostPort from another node {}, policy {}",
         ok(same_v4),
         ok(same_v6),
         ok(cross_v4),
         ok(cross_v6),
-        ok(host_port_ok)
+        ok(host_port_ok),
+        ok(policy_ok)
     );
     println!(
         "   after DEL: {left_weps} endpoint records, {left_handles} IPAM handles, {left_links} cali interfaces, {left_mappings} hostPort mappings"
@@ -466,7 +532,7 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         "   total {:.1} s; namespaces, etcd and temporary files are removed now",
         started.elapsed().as_secs_f64()
     );
-    if !(learned && same_v4 && same_v6 && cross_v4 && cross_v6 && host_port_ok)
+    if !(learned && same_v4 && same_v6 && cross_v4 && cross_v6 && host_port_ok && policy_ok)
         || left_weps + left_handles + left_links + left_mappings > 0
     {
         bail!("the demo did not end as expected");
