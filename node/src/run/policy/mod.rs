@@ -51,10 +51,6 @@ pub struct PolicySettings {
     pub env_overrides: FelixConfigurationSpec,
 }
 
-fn truthy(v: &str) -> bool {
-    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "y")
-}
-
 impl PolicySettings {
     pub fn from_env(env: &dyn Env) -> Result<PolicySettings, ConfigError> {
         let get = |k: &str| {
@@ -62,9 +58,12 @@ impl PolicySettings {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let disabled = ["CALICO_DISABLE_FELIX", "CALICO_DISABLE_POLICY"]
-            .iter()
-            .any(|k| get(k).is_some_and(|v| truthy(&v)));
+        let mut disabled = false;
+        for k in ["CALICO_DISABLE_FELIX", "CALICO_DISABLE_POLICY"] {
+            if let Some(v) = get(k) {
+                disabled |= crate::startup::settings::parse_bool(k, &v)?;
+            }
+        }
         let mut o = FelixConfigurationSpec::default();
         if let Some(v) = get("FELIX_DEFAULTENDPOINTTOHOSTACTION") {
             let norm = match v.to_ascii_lowercase().as_str() {
@@ -271,6 +270,49 @@ fn run_loop(
                 log::warn!("policy: {e:#}; a full replace in {RETRY_AFTER:?}");
                 retry_at = Some(Instant::now() + RETRY_AFTER);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn felix_variables_and_the_switch_are_read_as_calico_names_them() {
+        let s = PolicySettings::from_env(&env(&[])).expect("defaults");
+        assert!(s.enabled);
+        let s = PolicySettings::from_env(&env(&[
+            ("CALICO_DISABLE_FELIX", "True"),
+            ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"),
+            ("FELIX_NFTABLESMARKMASK", "0xff000000"),
+            ("FELIX_ENDPOINTSTATUSPATHPREFIX", "/run/x"),
+        ]))
+        .expect("valid");
+        assert!(!s.enabled);
+        let o = &s.env_overrides;
+        assert_eq!(o.default_endpoint_to_host_action.as_deref(), Some("Accept"));
+        assert_eq!(o.nftables_mark_mask, Some(0xff00_0000));
+        assert_eq!(o.endpoint_status_path_prefix.as_deref(), Some("/run/x"));
+    }
+
+    #[test]
+    fn a_malformed_setting_names_its_variable() {
+        for (k, v) in [
+            ("CALICO_DISABLE_POLICY", "maybe"),
+            ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "Reject"),
+            ("FELIX_NFTABLESMARKMASK", "lots"),
+        ] {
+            let e = PolicySettings::from_env(&env(&[(k, v)])).expect_err("refused");
+            assert!(e.to_string().contains(k), "{e}");
         }
     }
 }
