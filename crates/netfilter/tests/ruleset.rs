@@ -1137,3 +1137,39 @@ fn traffic_obeys_the_ruleset() {
     assert!(pings(&lab.a, "10.65.2.2"));
     assert!(connect(&lab.a, "10.65.2.2", 8005).is_some());
 }
+
+/// A jump loop passes the planner (it checks names, not the graph) and is refused by the
+/// kernel; the error says which message, and the previous table stays.
+#[test]
+fn a_jump_loop_is_refused_and_named() {
+    require!(root; "nft");
+    let ns = NetNs::new("rsloop").unwrap();
+    let good = sample();
+    apply(&ns, None, &good);
+    let listed = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
+    let mut looped = good.clone();
+    looped
+        .chains
+        .get_mut("filter-cali-tw-calia")
+        .unwrap()
+        .rules
+        .insert(
+            0,
+            rule(&[verdict(Verdict::Jump("filter-cali-fw-calia".into()))]),
+        );
+    let batch = ruleset::plan(Some(&good), &looped).unwrap();
+    let err = ns
+        .within(move || {
+            let mut sock = NfSocket::open().unwrap();
+            ruleset::apply(&mut sock, &batch).unwrap_err()
+        })
+        .unwrap();
+    let text = err.to_string();
+    assert!(text.contains("filter-cali-tw-calia"), "{text}");
+    // The kernel says EMLINK for a loop.
+    assert_eq!(err.errno(), Some(libc::EMLINK), "{text}");
+    assert_eq!(
+        ns.sh(&format!("nft list table inet {TABLE}")).unwrap(),
+        listed
+    );
+}
