@@ -241,4 +241,4 @@ mod elems;
 mod plan;
 
 pub use elems::{Interval, normalise};
-pub use plan::{Batch, apply, plan};
+pub use plan::{Batch, ProgrammedTable, apply, plan};

@@ -1173,3 +1173,48 @@ fn a_jump_loop_is_refused_and_named() {
         listed
     );
 }
+
+/// The record of what was applied: the first sync replaces (junk included), later ones send
+/// only differences, a refusal keeps the record (the kernel kept the table), `forget` makes
+/// the next sync a replace again.
+#[test]
+fn a_programmed_table_syncs_by_difference() {
+    require!(root; "nft");
+    let ns = NetNs::new("rsp").unwrap();
+    ns.sh(&format!(
+        "nft add table inet {TABLE}; nft add chain inet {TABLE} junk"
+    ))
+    .unwrap();
+    ns.within(|| {
+        let mut sock = NfSocket::open().unwrap();
+        let mut table = ruleset::ProgrammedTable::new();
+        let rs = sample();
+        let full = table.sync(&mut sock, rs.clone()).unwrap();
+        assert!(full > 20, "{full}");
+        assert_eq!(table.applied(), Some(&rs));
+        assert_eq!(table.sync(&mut sock, rs.clone()).unwrap(), 0);
+        let mut more = rs.clone();
+        more.sets
+            .get_mut("cali40s-dst")
+            .unwrap()
+            .elems
+            .insert(net("10.8.0.0/16"));
+        assert_eq!(table.sync(&mut sock, more.clone()).unwrap(), 1);
+        let mut bad = more.clone();
+        bad.chains.get_mut("filter-cali-tw-calia").unwrap().rules[0] = Rule::new(vec![Expr::Cmp {
+            sreg: 99,
+            op: CmpOp::Eq,
+            data: vec![1],
+        }]);
+        assert!(table.sync(&mut sock, bad).is_err());
+        assert_eq!(table.applied(), Some(&more));
+        table.forget();
+        assert!(table.sync(&mut sock, more).unwrap() > 20);
+    })
+    .unwrap();
+    let listing = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
+    assert!(
+        !listing.contains("junk") && listing.contains("10.8.0.0/16"),
+        "{listing}"
+    );
+}

@@ -68,6 +68,53 @@ pub fn apply(sock: &mut NfSocket, batch: &Batch) -> Result<(), NfError> {
     sock.batch(&batch.what, &batch.msgs).map(|_| ())
 }
 
+/// A table as this process last programmed it: plans each change against what was applied
+/// and keeps the new state only once the kernel took it (moved in, never cloned).
+///
+/// Starts knowing nothing, so the first [`ProgrammedTable::sync`] replaces whatever a previous
+/// run left (atomically). A refusal by the kernel leaves the table as it was (the transaction
+/// is all or nothing), so the record stays; any other failure (the socket's) leaves the
+/// kernel's state unknown, so the record is dropped and the next sync replaces the table.
+#[derive(Debug, Default)]
+pub struct ProgrammedTable {
+    applied: Option<Ruleset>,
+}
+
+impl ProgrammedTable {
+    /// Nothing in the kernel trusted yet.
+    pub fn new() -> Self {
+        ProgrammedTable::default()
+    }
+
+    /// What the kernel holds, if known.
+    pub fn applied(&self) -> Option<&Ruleset> {
+        self.applied.as_ref()
+    }
+
+    /// Forgets what was applied: the next sync replaces the table whole.
+    pub fn forget(&mut self) {
+        self.applied = None;
+    }
+
+    /// Makes the kernel's table `new` in one transaction; returns the number of messages
+    /// sent (0: nothing changed). On error, `new` is dropped and the record is as above.
+    pub fn sync(&mut self, sock: &mut NfSocket, new: Ruleset) -> Result<usize, NfError> {
+        let batch = plan(self.applied.as_ref(), &new)?;
+        match apply(sock, &batch) {
+            Ok(()) => {
+                self.applied = Some(new);
+                Ok(batch.len())
+            }
+            Err(e) => {
+                if e.errno().is_none() {
+                    self.applied = None;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 /// The transaction that makes the kernel's table `new`, given that `old` is what was applied
 /// last (the kernel is assumed to hold exactly that). With `old = None` nothing in the kernel
 /// is trusted: the table is replaced whole, atomically (added so its deletion cannot fail,
