@@ -67,6 +67,33 @@ fn sample() -> Ruleset {
         ]),
     );
     rs.chains.insert(
+        "raw-PREROUTING".into(),
+        Chain {
+            base: Some(BaseChain {
+                kind: ChainKind::Filter,
+                hook: ChainHook::Prerouting,
+                priority: ruleset::priority::RAW,
+                policy: ChainPolicy::Accept,
+            }),
+            rules: vec![rule(&[
+                nft::match_ifname(false, "calia", false),
+                vec![Expr::Notrack],
+            ])],
+        },
+    );
+    rs.chains.insert(
+        "mangle-OUTPUT".into(),
+        Chain {
+            base: Some(BaseChain {
+                kind: ChainKind::Route,
+                hook: ChainHook::Output,
+                priority: ruleset::priority::MANGLE,
+                policy: ChainPolicy::Accept,
+            }),
+            rules: vec![rule(&[nft::update_mark(0, 0xffff_0000)])],
+        },
+    );
+    rs.chains.insert(
         "filter-cali-fw-calia".into(),
         Chain {
             base: None,
@@ -322,10 +349,20 @@ fn a_declared_table_is_what_nft_lists() {
             r#"drop comment "cali:no policy passed the packet""#,
         ]
     );
+    assert_eq!(
+        chain_lines(&ns, "raw-PREROUTING"),
+        [r#"iifname "calia" notrack"#]
+    );
+    assert_eq!(
+        chain_lines(&ns, "mangle-OUTPUT"),
+        ["meta mark set meta mark & 0x0000ffff"]
+    );
     // Overlapping and adjacent elements merged; every kind of set and the verdict map.
     let listing = flat(&ns.sh(&format!("nft list table inet {TABLE}")).unwrap());
     for expected in [
         "type filter hook forward priority filter; policy accept;",
+        "type filter hook prerouting priority raw; policy accept;",
+        "type route hook output priority mangle; policy accept;",
         "set cali-ports { type inet_service flags interval elements = { 80-100, 443 } }",
         "set cali40n-http { type ipv4_addr . inet_proto . inet_service \
          elements = { 10.0.0.6 . udp . 53, 10.0.0.5 . tcp . 80 } }",
