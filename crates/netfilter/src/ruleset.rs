@@ -253,8 +253,10 @@ pub struct VerdictMap {
     pub elems: BTreeMap<String, Verdict>,
 }
 
+mod edit;
 mod elems;
 mod plan;
 
+pub use edit::Edit;
 pub use elems::{Interval, normalise};
 pub use plan::{Batch, ProgrammedTable, apply, plan};

@@ -851,6 +851,49 @@ fn a_ruleset_of_policy_scale_applies_in_one_transaction() {
         ))
         .is_ok()
     );
+    // The same changes as in-place edits of a programmed table: planned at the cost of what
+    // they touch.
+    let (edit_plan, edit_commit) = ns
+        .within(move || {
+            let mut sock = NfSocket::open().unwrap();
+            let mut table = ruleset::ProgrammedTable::new();
+            table.sync(&mut sock, one_chain).unwrap();
+            let mut times: Vec<Duration> = (0..21)
+                .map(|_| {
+                    let mut edit = table.edit().unwrap();
+                    edit.set_mut("cali40s-1001")
+                        .unwrap()
+                        .elems
+                        .insert(net("192.168.78.0/24"));
+                    let t = Instant::now();
+                    std::hint::black_box(edit.plan().unwrap());
+                    t.elapsed()
+                })
+                .collect();
+            times.sort();
+            let mut edit = table.edit().unwrap();
+            edit.set_mut("cali40s-1001")
+                .unwrap()
+                .elems
+                .insert(net("192.168.78.0/24"));
+            edit.chain_mut("filter-cali-pi-1001")
+                .unwrap()
+                .rules
+                .push(rule(&[verdict(Verdict::Drop)]));
+            let t = Instant::now();
+            // The elements; the flush and the 3 rules of the chain.
+            assert_eq!(edit.commit(&mut sock).unwrap(), 1 + 1 + 3);
+            (times[times.len() / 2], t.elapsed())
+        })
+        .unwrap();
+    eprintln!(
+        "edit: one element: plan {edit_plan:?} (median); one element and one chain: \
+         plan and apply {edit_commit:?}"
+    );
+    let listed = ns
+        .sh(&format!("nft list set inet {TABLE} cali40s-1001"))
+        .unwrap();
+    assert!(listed.contains("192.168.78.0/24"), "{listed}");
 }
 
 /// A ruleset shaped like the policy agent's at scale: `policies` policy chains

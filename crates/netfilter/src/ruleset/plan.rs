@@ -17,6 +17,7 @@
 //! granularity: no kernel rule handles needed, so a plan is a pure function of two
 //! rulesets).
 
+use super::edit::Edit;
 use super::elems::{self, KernelElem};
 use super::{BaseChain, Chain, ChainPolicy, Family, Ruleset, Set, SetKey, VerdictMap};
 use crate::error::NfError;
@@ -96,6 +97,17 @@ impl ProgrammedTable {
         self.applied = None;
     }
 
+    /// An in-place edit of what was applied, planned at the cost of what it touches (see
+    /// [`Edit`]); `None` when nothing is applied yet (sync a whole ruleset first).
+    pub fn edit(&mut self) -> Option<Edit<'_>> {
+        let current = self.applied.take()?;
+        Some(Edit::new(self, current))
+    }
+
+    pub(crate) fn restore(&mut self, applied: Option<Ruleset>) {
+        self.applied = applied;
+    }
+
     /// Makes the kernel's table `new` in one transaction; returns the number of messages
     /// sent (0: nothing changed). On error, `new` is dropped and the record is as above.
     pub fn sync(&mut self, sock: &mut NfSocket, new: Ruleset) -> Result<usize, NfError> {
@@ -128,7 +140,9 @@ pub fn plan(old: Option<&Ruleset>, new: &Ruleset) -> Result<Batch, NfError> {
     };
     let same_table = |o: &Ruleset| o.family == new.family && o.name == new.name;
     match old {
-        Some(o) if same_table(o) => p.incremental(o, new)?,
+        Some(o) if same_table(o) => {
+            p.incremental(Changes::all(o, new), new, &|c| o.chains.contains_key(c))?
+        }
         _ => {
             if let Some(o) = old {
                 // Renamed: the old table goes in the same transaction.
@@ -140,7 +154,7 @@ pub fn plan(old: Option<&Ruleset>, new: &Ruleset) -> Result<Batch, NfError> {
                 name: new.name.clone(),
                 ..Ruleset::default()
             };
-            p.incremental(&empty, new)?;
+            p.incremental(Changes::all(&empty, new), new, &|_| false)?;
         }
     }
     Ok(p.batch)
@@ -152,11 +166,42 @@ struct Planner<'a> {
     batch: Batch,
 }
 
-/// A name in both maps, or one of them.
-enum Pair<'a, T> {
-    Old(&'a str),
-    New(&'a str, &'a T),
-    Both(&'a str, &'a T, &'a T),
+/// The batch for only `changes` (what an edit touched) towards `new`, whose table exists
+/// and held the changes' old side.
+pub(crate) fn plan_changes(
+    changes: Changes<'_>,
+    new: &Ruleset,
+    old_has_chain: &dyn Fn(&str) -> bool,
+) -> Result<Batch, NfError> {
+    let mut p = Planner {
+        family: new.family.nfproto(),
+        table: &new.name,
+        batch: Batch::default(),
+    };
+    p.incremental(changes, new, old_has_chain)?;
+    Ok(p.batch)
+}
+
+/// A name, and what it names before and after: in both, or one of them.
+pub(crate) type Pair<'a, T> = (&'a str, Option<&'a T>, Option<&'a T>);
+
+/// What may differ between the applied table and the wanted one, by name, in name order:
+/// every entry of both ([`join`]), or only those an edit touched.
+pub(crate) struct Changes<'a> {
+    pub chains: Vec<Pair<'a, Chain>>,
+    pub sets: Vec<Pair<'a, Set>>,
+    pub maps: Vec<Pair<'a, VerdictMap>>,
+}
+
+impl<'a> Changes<'a> {
+    /// Every name of either ruleset.
+    fn all(old: &'a Ruleset, new: &'a Ruleset) -> Self {
+        Changes {
+            chains: join(&old.chains, &new.chains),
+            sets: join(&old.sets, &new.sets),
+            maps: join(&old.maps, &new.maps),
+        }
+    }
 }
 
 /// Merges two maps by key in one pass (no lookups: both are sorted).
@@ -164,32 +209,23 @@ fn join<'a, T>(a: &'a BTreeMap<String, T>, b: &'a BTreeMap<String, T>) -> Vec<Pa
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
     loop {
-        match (ia.peek(), ib.peek()) {
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    out.push(Pair::Old(ka.as_str()));
-                    ia.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(Pair::New(kb.as_str(), *vb));
-                    ib.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push(Pair::Both(ka.as_str(), *va, *vb));
-                    ia.next();
-                    ib.next();
-                }
-            },
-            (Some((ka, _)), None) => {
-                out.push(Pair::Old(ka.as_str()));
-                ia.next();
-            }
-            (None, Some((kb, vb))) => {
-                out.push(Pair::New(kb.as_str(), *vb));
-                ib.next();
-            }
+        let next = match (ia.peek(), ib.peek()) {
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => return out,
-        }
+        };
+        out.push(
+            match next {
+                std::cmp::Ordering::Less => ia.next().map(|(k, v)| (k.as_str(), Some(v), None)),
+                std::cmp::Ordering::Greater => ib.next().map(|(k, v)| (k.as_str(), None, Some(v))),
+                std::cmp::Ordering::Equal => ia
+                    .next()
+                    .zip(ib.next())
+                    .map(|((k, a), (_, b))| (k.as_str(), Some(a), Some(b))),
+            }
+            .unwrap_or(("", None, None)),
+        );
     }
 }
 
@@ -262,18 +298,26 @@ impl Planner<'_> {
         }
     }
 
-    fn incremental(&mut self, old: &Ruleset, new: &Ruleset) -> Result<(), NfError> {
+    /// The batch for `changes`, towards `new`; `old_has_chain` says whether a chain existed
+    /// before (chains are named in errors and rewritten only if they did).
+    pub(crate) fn incremental(
+        &mut self,
+        changes: Changes<'_>,
+        new: &Ruleset,
+        old_has_chain: &dyn Fn(&str) -> bool,
+    ) -> Result<(), NfError> {
         // Classify.
         let mut gone_chains = Vec::new();
         let mut recreated_chains = Vec::new();
         let mut new_chains = Vec::new();
         let mut rewrite: BTreeSet<&str> = BTreeSet::new();
         let mut policy_updates = Vec::new();
-        for pair in join(&old.chains, &new.chains) {
+        for pair in changes.chains {
             match pair {
-                Pair::Old(name) => gone_chains.push(name),
-                Pair::New(name, _) => new_chains.push(name),
-                Pair::Both(name, a, b) => {
+                (_, None, None) => {}
+                (name, Some(_), None) => gone_chains.push(name),
+                (name, None, Some(_)) => new_chains.push(name),
+                (name, Some(a), Some(b)) => {
                     if must_recreate(&a.base, &b.base) {
                         recreated_chains.push(name);
                         continue;
@@ -292,11 +336,12 @@ impl Planner<'_> {
         let mut gone_sets = Vec::new();
         let mut new_sets = Vec::new();
         let mut kept_sets = Vec::new();
-        for pair in join(&old.sets, &new.sets) {
+        for pair in changes.sets {
             match pair {
-                Pair::Old(name) => gone_sets.push(name),
-                Pair::New(name, s) => new_sets.push((name, s)),
-                Pair::Both(name, a, b) => {
+                (_, None, None) => {}
+                (name, Some(_), None) => gone_sets.push(name),
+                (name, None, Some(s)) => new_sets.push((name, s)),
+                (name, Some(a), Some(b)) => {
                     if set_recreated(a, b) {
                         gone_sets.push(name);
                         new_sets.push((name, b));
@@ -309,11 +354,12 @@ impl Planner<'_> {
         let mut gone_maps = Vec::new();
         let mut new_maps = Vec::new();
         let mut kept_maps = Vec::new();
-        for pair in join(&old.maps, &new.maps) {
+        for pair in changes.maps {
             match pair {
-                Pair::Old(name) => gone_maps.push(name),
-                Pair::New(name, m) => new_maps.push((name, m)),
-                Pair::Both(name, a, b) => {
+                (_, None, None) => {}
+                (name, Some(_), None) => gone_maps.push(name),
+                (name, None, Some(m)) => new_maps.push((name, m)),
+                (name, Some(a), Some(b)) => {
                     if map_recreated(a, b) {
                         gone_maps.push(name);
                         new_maps.push((name, b));
@@ -332,7 +378,7 @@ impl Planner<'_> {
             && gone_maps.is_empty());
         if something_goes {
             for (name, chain) in &new.chains {
-                if rewrite.contains(name.as_str()) || !old.chains.contains_key(name) {
+                if rewrite.contains(name.as_str()) || !old_has_chain(name) {
                     continue;
                 }
                 let mut affected = false;
