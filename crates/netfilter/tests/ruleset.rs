@@ -871,24 +871,35 @@ fn a_ruleset_of_policy_scale_applies_in_one_transaction() {
                 })
                 .collect();
             times.sort();
-            let mut edit = table.edit().unwrap();
-            edit.set_mut("cali40s-1001")
-                .unwrap()
-                .elems
-                .insert(net("192.168.78.0/24"));
-            edit.chain_mut("filter-cali-pi-1001")
-                .unwrap()
-                .rules
-                .push(rule(&[verdict(Verdict::Drop)]));
-            let t = Instant::now();
-            // The elements; the flush and the 3 rules of the chain.
-            assert_eq!(edit.commit(&mut sock).unwrap(), 1 + 1 + 3);
-            (times[times.len() / 2], t.elapsed())
+            // Element and rule in, then out again, and so on: the median commit.
+            let mut commits: Vec<Duration> = (0..21)
+                .map(|i| {
+                    let mut edit = table.edit().unwrap();
+                    let rules = &mut edit.chain_mut("filter-cali-pi-1001").unwrap().rules;
+                    if i % 2 == 0 {
+                        rules.push(rule(&[verdict(Verdict::Drop)]));
+                    } else {
+                        rules.pop();
+                    }
+                    let set = &mut edit.set_mut("cali40s-1001").unwrap().elems;
+                    let e = net("192.168.78.0/24");
+                    if !set.remove(&e) {
+                        set.insert(e);
+                    }
+                    let t = Instant::now();
+                    // The elements; the flush and the chain's rules (2 or 3).
+                    let n = edit.commit(&mut sock).unwrap();
+                    assert!(n == 1 + 1 + 2 || n == 1 + 1 + 3, "{n}");
+                    t.elapsed()
+                })
+                .collect();
+            commits.sort();
+            (times[times.len() / 2], commits[commits.len() / 2])
         })
         .unwrap();
     eprintln!(
         "edit: one element: plan {edit_plan:?} (median); one element and one chain: \
-         plan and apply {edit_commit:?}"
+         plan and apply {edit_commit:?} (median)"
     );
     let listed = ns
         .sh(&format!("nft list set inet {TABLE} cali40s-1001"))
