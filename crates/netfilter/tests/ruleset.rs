@@ -1265,6 +1265,15 @@ fn a_jump_loop_is_refused_and_named() {
     );
 }
 
+/// Deletes the test table from the calling thread's namespace, as another tool would.
+fn ns_delete_table_from_here() {
+    let status = std::process::Command::new("nft")
+        .args(["delete", "table", "inet", TABLE])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// The record of what was applied: the first sync replaces (junk included), later ones send
 /// only differences, a refusal keeps the record (the kernel kept the table), `forget` makes
 /// the next sync a replace again.
@@ -1276,36 +1285,68 @@ fn a_programmed_table_syncs_by_difference() {
         "nft add table inet {TABLE}; nft add chain inet {TABLE} junk"
     ))
     .unwrap();
-    ns.within(|| {
+    let more = ns
+        .within(|| {
+            let mut sock = NfSocket::open().unwrap();
+            let mut table = ruleset::ProgrammedTable::new();
+            let rs = sample();
+            let full = table.sync(&mut sock, rs.clone()).unwrap();
+            assert!(full > 20, "{full}");
+            assert_eq!(table.applied(), Some(&rs));
+            assert_eq!(table.sync(&mut sock, rs.clone()).unwrap(), 0);
+            let mut more = rs.clone();
+            more.sets
+                .get_mut("cali40s-dst")
+                .unwrap()
+                .elems
+                .insert(net("10.8.0.0/16"));
+            assert_eq!(table.sync(&mut sock, more.clone()).unwrap(), 1);
+            let mut bad = more.clone();
+            bad.chains.get_mut("filter-cali-tw-calia").unwrap().rules[0] =
+                Rule::new(vec![Expr::Cmp {
+                    sreg: 99,
+                    op: CmpOp::Eq,
+                    data: vec![1],
+                }]);
+            assert!(table.sync(&mut sock, bad).is_err());
+            assert_eq!(table.applied(), Some(&more));
+            table.forget();
+            assert!(table.sync(&mut sock, more.clone()).unwrap() > 20);
+            more
+        })
+        .unwrap();
+    // Drift: another tool deletes the table. The next change's difference is refused
+    // (nothing to change), and retried as a replace: the table is back, whole.
+    ns.within(move || {
         let mut sock = NfSocket::open().unwrap();
         let mut table = ruleset::ProgrammedTable::new();
-        let rs = sample();
-        let full = table.sync(&mut sock, rs.clone()).unwrap();
-        assert!(full > 20, "{full}");
-        assert_eq!(table.applied(), Some(&rs));
-        assert_eq!(table.sync(&mut sock, rs.clone()).unwrap(), 0);
-        let mut more = rs.clone();
-        more.sets
-            .get_mut("cali40s-dst")
+        table.sync(&mut sock, more.clone()).unwrap();
+        ns_delete_table_from_here();
+        let mut edit = table.edit().unwrap();
+        edit.set_mut("cali40s-dst")
             .unwrap()
             .elems
-            .insert(net("10.8.0.0/16"));
-        assert_eq!(table.sync(&mut sock, more.clone()).unwrap(), 1);
-        let mut bad = more.clone();
-        bad.chains.get_mut("filter-cali-tw-calia").unwrap().rules[0] = Rule::new(vec![Expr::Cmp {
-            sreg: 99,
-            op: CmpOp::Eq,
-            data: vec![1],
-        }]);
-        assert!(table.sync(&mut sock, bad).is_err());
-        assert_eq!(table.applied(), Some(&more));
-        table.forget();
-        assert!(table.sync(&mut sock, more).unwrap() > 20);
+            .insert(net("10.7.0.0/16"));
+        assert!(edit.commit(&mut sock).unwrap() > 20, "replaced whole");
+        let mut later = table.applied().unwrap().clone();
+        later.chains.remove("filter-cali-fw-calia");
+        later.maps.clear();
+        later
+            .chains
+            .get_mut("filter-FORWARD")
+            .unwrap()
+            .rules
+            .remove(2);
+        ns_delete_table_from_here();
+        assert!(table.sync(&mut sock, later).unwrap() > 10, "replaced whole");
     })
     .unwrap();
     let listing = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
     assert!(
-        !listing.contains("junk") && listing.contains("10.8.0.0/16"),
+        // 10.7.0.0/16 and 10.8.0.0/16, adjacent, merged.
+        listing.contains("10.7.0.0-10.8.255.255")
+            && !listing.contains("chain filter-cali-fw-calia")
+            && !listing.contains("junk"),
         "{listing}"
     );
 }

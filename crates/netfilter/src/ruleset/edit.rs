@@ -4,7 +4,7 @@
 //! the same against 20 chains or 20,000, and nothing is cloned but what is touched. The
 //! journal also undoes the edit when the kernel refuses it (the kernel kept the old table).
 
-use super::plan::{Batch, Changes, ProgrammedTable, apply, plan_changes};
+use super::plan::{Batch, Changes, ProgrammedTable, apply_or_replace, plan_changes};
 use super::{Chain, Ruleset, Set, VerdictMap};
 use crate::error::NfError;
 use crate::socket::NfSocket;
@@ -144,15 +144,17 @@ impl<'a> Edit<'a> {
     }
 
     /// Commits the edit in one transaction; returns the number of messages (0: the edit
-    /// changed nothing). A refusal undoes the edit (the kernel kept the table as it was); a
+    /// changed nothing). A refused difference is retried once as a whole replace (the
+    /// kernel's table may have drifted; see [`ProgrammedTable::sync`]). A refusal of that too
+    /// undoes the edit (the kernel kept the table as it was); a
     /// failure of the socket leaves the kernel's state unknown, so the table forgets what it
     /// applied and its next sync replaces the table whole.
     pub fn commit(mut self, sock: &mut NfSocket) -> Result<usize, NfError> {
         let batch = self.plan()?;
-        match apply(sock, &batch) {
-            Ok(()) => {
+        match apply_or_replace(sock, &batch, true, &self.current) {
+            Ok(sent) => {
                 self.journal = Journal::default();
-                Ok(batch.len())
+                Ok(sent)
             }
             Err(e) => {
                 self.lost = e.errno().is_none();

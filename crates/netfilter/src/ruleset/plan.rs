@@ -110,12 +110,17 @@ impl ProgrammedTable {
 
     /// Makes the kernel's table `new` in one transaction; returns the number of messages
     /// sent (0: nothing changed). On error, `new` is dropped and the record is as above.
+    ///
+    /// A refused difference may mean the kernel's table drifted from the record (another tool
+    /// deleted or changed it): the difference is then retried once as a whole replace, and
+    /// only if that is refused too is the error returned (the replace's, which names what the
+    /// kernel refused in `new` itself).
     pub fn sync(&mut self, sock: &mut NfSocket, new: Ruleset) -> Result<usize, NfError> {
         let batch = plan(self.applied.as_ref(), &new)?;
-        match apply(sock, &batch) {
-            Ok(()) => {
+        match apply_or_replace(sock, &batch, self.applied.is_some(), &new) {
+            Ok(sent) => {
                 self.applied = Some(new);
-                Ok(batch.len())
+                Ok(sent)
             }
             Err(e) => {
                 if e.errno().is_none() {
@@ -124,6 +129,28 @@ impl ProgrammedTable {
                 Err(e)
             }
         }
+    }
+}
+
+/// Applies `batch`, a difference when `incremental`; if the kernel refuses a difference,
+/// replaces the table with `new` whole. Returns the number of messages that were committed.
+pub(crate) fn apply_or_replace(
+    sock: &mut NfSocket,
+    batch: &Batch,
+    incremental: bool,
+    new: &Ruleset,
+) -> Result<usize, NfError> {
+    match apply(sock, batch) {
+        Ok(()) => Ok(batch.len()),
+        Err(e) if incremental && e.errno().is_some() => {
+            log::warn!(
+                "nf_tables table {}: {e}; replacing the table whole",
+                new.name
+            );
+            let whole = plan(None, new)?;
+            apply(sock, &whole).map(|()| whole.len())
+        }
+        Err(e) => Err(e),
     }
 }
 
