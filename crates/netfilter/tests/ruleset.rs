@@ -146,6 +146,13 @@ fn sample() -> Ruleset {
                     nft::match_port_set(true, "cali-ports", false),
                     verdict(Verdict::Jump("filter-cali-tw-calia".into())),
                 ]),
+                rule(&[
+                    nft::match_family(false),
+                    nft::match_addr_proto_port_set(true, false, "cali60n-http", true),
+                    nft::match_l4proto(nft::IPPROTO_UDP, false),
+                    nft::match_port_set(false, "cali-exact-ports", true),
+                    verdict(Verdict::Drop),
+                ]),
             ],
         },
     );
@@ -199,6 +206,22 @@ fn sample() -> Ruleset {
                 SetElem::AddrProtoPort("10.0.0.6".parse().unwrap(), 17, 53),
             ]
             .into(),
+        },
+    );
+    rs.sets.insert(
+        "cali60n-http".into(),
+        Set {
+            key: SetKey::Ipv6AddrProtoPort,
+            interval: false,
+            elems: [SetElem::AddrProtoPort("fd00::5".parse().unwrap(), 6, 8080)].into(),
+        },
+    );
+    rs.sets.insert(
+        "cali-exact-ports".into(),
+        Set {
+            key: SetKey::Port,
+            interval: false,
+            elems: [SetElem::Ports(53, 53), SetElem::Ports(5353, 5353)].into(),
         },
     );
     rs.sets.insert(
@@ -340,6 +363,7 @@ fn a_declared_table_is_what_nft_lists() {
             "meta mark set meta mark | 0x00020000",
             r#"log prefix "calico-drop" group 2 counter packets 0 bytes 0 drop"#,
             "tcp dport @cali-ports jump filter-cali-tw-calia",
+            "ip6 daddr . meta l4proto . th dport != @cali60n-http udp sport != @cali-exact-ports drop",
         ]
     );
     assert_eq!(
@@ -367,6 +391,8 @@ fn a_declared_table_is_what_nft_lists() {
         "set cali40n-http { type ipv4_addr . inet_proto . inet_service \
          elements = { 10.0.0.6 . udp . 53, 10.0.0.5 . tcp . 80 } }",
         "set cali40s-dst { type ipv4_addr flags interval elements = { 10.0.0.0/24, 10.1.2.0/30 } }",
+        "set cali60n-http { type ipv6_addr . inet_proto . inet_service elements = { fd00::5 . tcp . 8080 } }",
+        "set cali-exact-ports { type inet_service elements = { 53, 5353 } }",
         "set cali60s-src { type ipv6_addr flags interval elements = { fd00::/64 } }",
         r#"map cali-from-wl-dispatch { type ifname : verdict elements = { "calia" : jump filter-cali-fw-calia, "calib" : goto filter-cali-tw-calia } }"#,
     ] {
@@ -408,7 +434,7 @@ fn an_incremental_change_touches_only_what_changed() {
     .iter()
     .map(|c| handles(&ns, c))
     .collect();
-    assert_eq!(before[1].len(), 10);
+    assert_eq!(before[1].len(), 11);
 
     let mut new = old.clone();
     new.chains.get_mut("filter-cali-tw-calia").unwrap().rules[0] = rule(&[
@@ -469,11 +495,12 @@ fn an_incremental_change_touches_only_what_changed() {
     // transaction, references first.
     let mut less = new.clone();
     less.chains.remove("filter-cali-tw-calia");
+    // The rule that jumps to it.
     less.chains
         .get_mut("filter-cali-fw-calia")
         .unwrap()
         .rules
-        .pop();
+        .remove(9);
     less.sets.remove("cali-ports");
     let m = &mut less.maps.get_mut("cali-from-wl-dispatch").unwrap().elems;
     m.remove("calic");
@@ -492,7 +519,7 @@ fn an_incremental_change_touches_only_what_changed() {
             "add rule 0 of chain filter-cali-fw-calia",
         ]
     );
-    assert_eq!(d.len(), 6 + 9);
+    assert_eq!(d.len(), 6 + 10);
     assert_eq!(handles(&ns, "filter-FORWARD"), before[0]);
     let listing = flat(&ns.sh(&format!("nft list table inet {TABLE}")).unwrap());
     assert!(
