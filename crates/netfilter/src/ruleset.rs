@@ -25,7 +25,9 @@
 //! Interval sets of CIDRs are normalised here (overlapping and adjacent prefixes merged),
 //! because the kernel refuses overlapping interval elements.
 
-use crate::nft::{self, Expr, Verdict};
+use crate::nft;
+/// The rule vocabulary, here too for those who build rulesets.
+pub use crate::nft::{CmpOp, Expr, Verdict};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -1066,9 +1066,10 @@ impl Lab {
     }
 }
 
-/// One echo answered (three tries of 1 s: the first may wait for neighbour discovery).
+/// One echo answered, tried for up to 10 s (the first may wait for neighbour discovery, and
+/// a loaded machine for more).
 fn pings(from: &NetNs, to: &str) -> bool {
-    (0..3).any(|_| {
+    testkit::eventually(Duration::from_secs(10), || {
         from.run("busybox", ["ping", "-c1", "-W1", to])
             .map(|o| o.status.success())
             .unwrap_or(false)

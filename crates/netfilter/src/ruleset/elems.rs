@@ -250,6 +250,11 @@ fn sorted_difference<T: Ord + Copy>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
     (only_a, only_b)
 }
 
+/// A verdict map's key alone (to delete its element).
+pub(crate) fn map_key(ifname: &str) -> KernelElem {
+    KernelElem::key(nft::ifname_key(ifname))
+}
+
 /// A verdict map's element.
 pub(crate) fn map_elem(ifname: &str, verdict: &Verdict) -> KernelElem {
     KernelElem {

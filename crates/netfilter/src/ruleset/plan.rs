@@ -21,7 +21,7 @@ use super::edit::Edit;
 use super::elems::{self, KernelElem};
 use super::{BaseChain, Chain, ChainPolicy, Family, Ruleset, Set, SetKey, VerdictMap};
 use crate::error::NfError;
-use crate::nft::{self, Expr, Verdict};
+use crate::nft::{self, Expr};
 use crate::socket::{Message, NLM_F_CREATE, NLM_F_EXCL, NfSocket};
 use calico_netlink::attr::Attrs;
 use std::collections::{BTreeMap, BTreeSet};
@@ -405,7 +405,12 @@ impl Planner<'_> {
             && gone_maps.is_empty());
         if something_goes {
             for (name, chain) in &new.chains {
-                if rewrite.contains(name.as_str()) || !old_has_chain(name) {
+                let name = name.as_str();
+                // New and recreated chains are written whole anyway.
+                if rewrite.contains(name)
+                    || recreated_chains.contains(&name)
+                    || !old_has_chain(name)
+                {
                     continue;
                 }
                 let mut affected = false;
@@ -451,22 +456,20 @@ impl Planner<'_> {
         }
         // 2. Map elements that go or change.
         for (name, a, b) in &kept_maps {
+            // Deleted by key (a changed verdict is deleted, then added anew).
             let del: Vec<KernelElem> = a
                 .elems
                 .iter()
                 .filter(|(k, v)| b.elems.get(*k) != Some(*v))
-                .map(|(k, _)| elems::map_elem(k, &Verdict::Accept))
-                .map(|mut e| {
-                    e.verdict = None;
-                    e
-                })
+                .map(|(k, _)| elems::map_key(k))
                 .collect();
             self.elems(false, name, "map", &del);
         }
         // 3. Sets and maps that go.
-        for name in gone_sets.iter().chain(&gone_maps) {
+        let gone = gone_sets.iter().map(|n| ("set", n));
+        for (kind, name) in gone.chain(gone_maps.iter().map(|n| ("map", n))) {
             self.batch.push(
-                format!("delete set {name}"),
+                format!("delete {kind} {name}"),
                 set_name_message(nft_cmd(libc::NFT_MSG_DELSET), self.family, self.table, name),
             );
         }
@@ -543,6 +546,7 @@ impl Planner<'_> {
             .chain(recreated_chains.iter().copied())
             .collect();
         written.sort_unstable();
+        written.dedup();
         for name in written {
             for (i, rule) in new.chains[name].rules.iter().enumerate() {
                 let what = match &rule.comment {
@@ -761,6 +765,7 @@ fn new_set_message(family: u8, table: &str, name: &str, set: Option<&Set>) -> Me
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::Verdict;
     use crate::ruleset::{ChainHook, ChainKind, Rule, SetElem};
 
     fn jump(chain: &str) -> Rule {
@@ -903,6 +908,45 @@ mod tests {
                 "delete set s1",
                 "add set s1",
                 "add 1 elements of set s1",
+                "add rule 0 of chain pol-1",
+            ]
+        );
+    }
+
+    /// A base chain moved to another priority that also names a recreated set: flushed,
+    /// deleted, created and written once.
+    #[test]
+    fn a_recreated_chain_naming_a_recreated_set_is_written_once() {
+        let mut old = small();
+        old.chains
+            .get_mut("fwd")
+            .expect("fwd")
+            .rules
+            .push(lookup("s1"));
+        let mut new = old.clone();
+        new.chains
+            .get_mut("fwd")
+            .expect("fwd")
+            .base
+            .as_mut()
+            .expect("base")
+            .priority = 5;
+        new.sets.get_mut("s1").expect("s1").interval = false;
+        new.sets.get_mut("s1").expect("s1").elems =
+            [SetElem::Net("10.0.0.1/32".parse().expect("net"))].into();
+        let b = plan(Some(&old), &new).expect("plan");
+        assert_eq!(
+            what(&b),
+            [
+                "flush chain pol-1",
+                "flush chain fwd",
+                "delete set s1",
+                "delete chain fwd",
+                "add set s1",
+                "add chain fwd",
+                "add 1 elements of set s1",
+                "add rule 0 of chain fwd",
+                "add rule 1 of chain fwd",
                 "add rule 0 of chain pol-1",
             ]
         );
