@@ -827,7 +827,7 @@ fn a_ruleset_of_policy_scale_applies_in_one_transaction() {
     };
     assert_eq!(count("^\tchain "), big.chains.len());
     assert_eq!(count("^\tset "), big.sets.len());
-    assert_eq!(count("ip saddr @"), 2_000);
+    assert_eq!(count("ip saddr @"), 2_001);
 
     // One element, then one chain.
     let mut one_elem = big.clone();
@@ -932,6 +932,61 @@ fn a_ruleset_of_policy_scale_applies_in_one_transaction() {
         .sh(&format!("nft list set inet {TABLE} cali40s-1001"))
         .unwrap();
     assert!(listed.contains("192.168.78.0/24"), "{listed}");
+    // One pod in, one pod out, of the 10,000-address set, element by element.
+    let pod_plan = ns
+        .within(move || {
+            let mut sock = NfSocket::open().unwrap();
+            let mut table = ruleset::ProgrammedTable::new();
+            table
+                .sync(&mut sock, scale_ruleset(2_000, 2_000, 10))
+                .unwrap();
+            let mut plans = Vec::new();
+            let mut commits = Vec::new();
+            for i in 0..21u32 {
+                let mut edit = table.edit().unwrap();
+                let [_, _, a, b] = (i * 2 + 1).to_be_bytes();
+                let t = Instant::now();
+                edit.add_elem("cali40s-all", net(&format!("10.244.{a}.{b}/32")))
+                    .unwrap();
+                let [_, _, a, b] = (i * 2).to_be_bytes();
+                edit.remove_elem("cali40s-all", &net(&format!("10.244.{a}.{b}/32")))
+                    .unwrap();
+                let planned = edit.plan().unwrap();
+                plans.push(t.elapsed());
+                assert!(planned.len() <= 2, "{:?}", planned.descriptions());
+                let t = Instant::now();
+                edit.commit(&mut sock).unwrap();
+                commits.push(t.elapsed());
+            }
+            plans.sort();
+            commits.sort();
+            (plans[10], commits[10])
+        })
+        .unwrap();
+    eprintln!(
+        "edit: one address in and one out of a 10,000-address set: plan {:?}, commit {:?} \
+         (medians)",
+        pod_plan.0, pod_plan.1
+    );
+    // Round i took 10.244.0.(2i) out and put 10.244.0.(2i+1) in.
+    let has = |ip: &str| {
+        ns.run(
+            "nft",
+            [
+                "get",
+                "element",
+                "inet",
+                TABLE,
+                "cali40s-all",
+                &format!("{{ {ip} }}"),
+            ],
+        )
+        .unwrap()
+        .status
+        .success()
+    };
+    assert!(!has("10.244.0.0") && has("10.244.0.1") && !has("10.244.0.40"));
+    assert!(has("10.244.0.41") && has("10.244.0.42") && !has("10.244.0.43"));
 }
 
 /// A ruleset shaped like the policy agent's at scale: `policies` policy chains
@@ -985,6 +1040,29 @@ fn scale_ruleset(policies: usize, sets: usize, per_set: usize) -> Ruleset {
         rs.chains
             .insert(format!("filter-cali-pi-{p}"), Chain { base: None, rules });
     }
+    // A selector set of every pod cluster-wide: 10,000 addresses.
+    rs.sets.insert(
+        "cali40s-all".into(),
+        Set {
+            key: SetKey::Ipv4Addr,
+            interval: true,
+            elems: (0..10_000u32)
+                .map(|i| {
+                    let [_, _, a, b] = (i * 2).to_be_bytes();
+                    net(&format!("10.244.{a}.{b}/32"))
+                })
+                .collect(),
+        },
+    );
+    rs.chains
+        .get_mut("filter-cali-pi-0")
+        .unwrap()
+        .rules
+        .push(rule(&[
+            nft::match_family(true),
+            nft::match_addr_set(true, true, "cali40s-all", false),
+            verdict(Verdict::Accept),
+        ]));
     let mut dispatch = VerdictMap::default();
     for e in 0..200 {
         let iface = format!("cali{e:011}");

@@ -18,7 +18,7 @@
 //! rulesets).
 
 use super::edit::Edit;
-use super::elems::{self, KernelElem};
+use super::elems::{self, IntervalIndex, KernelElem};
 use super::{BaseChain, Chain, ChainPolicy, Family, Ruleset, Set, SetKey, VerdictMap};
 use crate::error::NfError;
 use crate::nft::{self, Expr};
@@ -79,6 +79,9 @@ pub fn apply(sock: &mut NfSocket, batch: &Batch) -> Result<(), NfError> {
 #[derive(Debug, Default)]
 pub struct ProgrammedTable {
     applied: Option<Ruleset>,
+    /// Interval sets edited element by element: their element and kernel intervals (see
+    /// [`Edit::add_elem`]); dropped whenever a set changes otherwise.
+    pub(crate) indexes: BTreeMap<String, IntervalIndex>,
 }
 
 impl ProgrammedTable {
@@ -95,6 +98,7 @@ impl ProgrammedTable {
     /// Forgets what was applied: the next sync replaces the table whole.
     pub fn forget(&mut self) {
         self.applied = None;
+        self.indexes.clear();
     }
 
     /// An in-place edit of what was applied, planned at the cost of what it touches (see
@@ -105,6 +109,9 @@ impl ProgrammedTable {
     }
 
     pub(crate) fn restore(&mut self, applied: Option<Ruleset>) {
+        if applied.is_none() {
+            self.indexes.clear();
+        }
         self.applied = applied;
     }
 
@@ -117,8 +124,10 @@ impl ProgrammedTable {
     /// kernel refused in `new` itself).
     pub fn sync(&mut self, sock: &mut NfSocket, new: Ruleset) -> Result<usize, NfError> {
         let batch = plan(self.applied.as_ref(), &new)?;
+        // Sets may change wholesale: indexes are rebuilt when next needed.
+        self.indexes.clear();
         match apply_or_replace(sock, &batch, self.applied.is_some(), &new) {
-            Ok(sent) => {
+            Ok((sent, _)) => {
                 self.applied = Some(new);
                 Ok(sent)
             }
@@ -133,22 +142,23 @@ impl ProgrammedTable {
 }
 
 /// Applies `batch`, a difference when `incremental`; if the kernel refuses a difference,
-/// replaces the table with `new` whole. Returns the number of messages that were committed.
+/// replaces the table with `new` whole. Returns the number of messages that were committed,
+/// and whether it was the replace.
 pub(crate) fn apply_or_replace(
     sock: &mut NfSocket,
     batch: &Batch,
     incremental: bool,
     new: &Ruleset,
-) -> Result<usize, NfError> {
+) -> Result<(usize, bool), NfError> {
     match apply(sock, batch) {
-        Ok(()) => Ok(batch.len()),
+        Ok(()) => Ok((batch.len(), false)),
         Err(e) if incremental && e.errno().is_some() => {
             log::warn!(
                 "nf_tables table {}: {e}; replacing the table whole",
                 new.name
             );
             let whole = plan(None, new)?;
-            apply(sock, &whole).map(|()| whole.len())
+            apply(sock, &whole).map(|()| (whole.len(), true))
         }
         Err(e) => Err(e),
     }
@@ -218,6 +228,9 @@ pub(crate) struct Changes<'a> {
     pub chains: Vec<Pair<'a, Chain>>,
     pub sets: Vec<Pair<'a, Set>>,
     pub maps: Vec<Pair<'a, VerdictMap>>,
+    /// Kernel elements to delete and to add in sets edited element by element (not in
+    /// `sets`).
+    pub set_elems: Vec<(&'a str, Vec<KernelElem>, Vec<KernelElem>)>,
 }
 
 impl<'a> Changes<'a> {
@@ -227,6 +240,7 @@ impl<'a> Changes<'a> {
             chains: join(&old.chains, &new.chains),
             sets: join(&old.sets, &new.sets),
             maps: join(&old.maps, &new.maps),
+            set_elems: Vec::new(),
         }
     }
 }
@@ -339,7 +353,8 @@ impl Planner<'_> {
         let mut new_chains = Vec::new();
         let mut rewrite: BTreeSet<&str> = BTreeSet::new();
         let mut policy_updates = Vec::new();
-        for pair in changes.chains {
+        for pair in &changes.chains {
+            let pair = *pair;
             match pair {
                 (_, None, None) => {}
                 (name, Some(_), None) => gone_chains.push(name),
@@ -363,7 +378,8 @@ impl Planner<'_> {
         let mut gone_sets = Vec::new();
         let mut new_sets = Vec::new();
         let mut kept_sets = Vec::new();
-        for pair in changes.sets {
+        for pair in &changes.sets {
+            let pair = *pair;
             match pair {
                 (_, None, None) => {}
                 (name, Some(_), None) => gone_sets.push(name),
@@ -381,7 +397,8 @@ impl Planner<'_> {
         let mut gone_maps = Vec::new();
         let mut new_maps = Vec::new();
         let mut kept_maps = Vec::new();
-        for pair in changes.maps {
+        for pair in &changes.maps {
+            let pair = *pair;
             match pair {
                 (_, None, None) => {}
                 (name, Some(_), None) => gone_maps.push(name),
@@ -514,8 +531,14 @@ impl Planner<'_> {
             self.elems(false, name, "set", &del);
             adds.push((*name, add));
         }
+        for (name, del, _) in &changes.set_elems {
+            self.elems(false, name, "set", del);
+        }
         for (name, add) in adds {
             self.elems(true, name, "set", &add);
+        }
+        for (name, _, add) in &changes.set_elems {
+            self.elems(true, name, "set", add);
         }
         for (name, set) in &new_sets {
             let all = elems::all_elems(name, set)?;
