@@ -1,6 +1,9 @@
 //! The desired state of ONE nf_tables table, declared as data ([`Ruleset`]), and the engine
 //! that brings the kernel to it: [`plan`] turns (what was applied, what is wanted) into the
 //! smallest nf_tables transaction that gets there, [`apply`] commits it in one go.
+//! [`ProgrammedTable`] keeps what the kernel holds and syncs a whole new ruleset by
+//! difference ([`ProgrammedTable::sync`]), or changes it in place ([`ProgrammedTable::edit`],
+//! an [`Edit`] planned at the cost of what it touches, not of the table's size).
 //!
 //! It owns the table's shape in the kernel, nothing of policy: the policy agent
 //! (`crates/policy`, wired in `calico-node`) renders Calico's model into a [`Ruleset`]
@@ -22,7 +25,9 @@
 //! Interval sets of CIDRs are normalised here (overlapping and adjacent prefixes merged),
 //! because the kernel refuses overlapping interval elements.
 
-use crate::nft::{self, Expr, Verdict};
+use crate::nft;
+/// The rule vocabulary, here too for those who build rulesets.
+pub use crate::nft::{CmpOp, Expr, Verdict};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -100,6 +105,9 @@ pub struct BaseChain {
 pub enum ChainKind {
     Filter,
     Nat,
+    /// `type route` (output hook only): a mark or address changed here reroutes the packet,
+    /// as iptables' mangle OUTPUT does.
+    Route,
 }
 
 impl ChainKind {
@@ -107,8 +115,21 @@ impl ChainKind {
         match self {
             ChainKind::Filter => "filter",
             ChainKind::Nat => "nat",
+            ChainKind::Route => "route",
         }
     }
+}
+
+/// nft's named base-chain priorities (`nft` prints them by name, e.g. `filter + 10`).
+/// kube-proxy's nftables mode hooks its filter chains at `filter - 10` and its NAT at
+/// `dstnat`/`srcnat`; Felix places its layers around those.
+pub mod priority {
+    pub const RAW: i32 = -300;
+    pub const MANGLE: i32 = -150;
+    pub const DSTNAT: i32 = -100;
+    pub const FILTER: i32 = 0;
+    pub const SECURITY: i32 = 50;
+    pub const SRCNAT: i32 = 100;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -237,8 +258,10 @@ pub struct VerdictMap {
     pub elems: BTreeMap<String, Verdict>,
 }
 
+mod edit;
 mod elems;
 mod plan;
 
+pub use edit::Edit;
 pub use elems::{Interval, normalise};
-pub use plan::{Batch, apply, plan};
+pub use plan::{Batch, ProgrammedTable, apply, plan};

@@ -17,10 +17,11 @@
 //! granularity: no kernel rule handles needed, so a plan is a pure function of two
 //! rulesets).
 
-use super::elems::{self, KernelElem};
+use super::edit::Edit;
+use super::elems::{self, IntervalIndex, KernelElem};
 use super::{BaseChain, Chain, ChainPolicy, Family, Ruleset, Set, SetKey, VerdictMap};
 use crate::error::NfError;
-use crate::nft::{self, Expr, Verdict};
+use crate::nft::{self, Expr};
 use crate::socket::{Message, NLM_F_CREATE, NLM_F_EXCL, NfSocket};
 use calico_netlink::attr::Attrs;
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +69,101 @@ pub fn apply(sock: &mut NfSocket, batch: &Batch) -> Result<(), NfError> {
     sock.batch(&batch.what, &batch.msgs).map(|_| ())
 }
 
+/// A table as this process last programmed it: plans each change against what was applied
+/// and keeps the new state only once the kernel took it (moved in, never cloned).
+///
+/// Starts knowing nothing, so the first [`ProgrammedTable::sync`] replaces whatever a previous
+/// run left (atomically). A refusal by the kernel leaves the table as it was (the transaction
+/// is all or nothing), so the record stays; any other failure (the socket's) leaves the
+/// kernel's state unknown, so the record is dropped and the next sync replaces the table.
+#[derive(Debug, Default)]
+pub struct ProgrammedTable {
+    applied: Option<Ruleset>,
+    /// Interval sets edited element by element: their element and kernel intervals (see
+    /// [`Edit::add_elem`]); dropped whenever a set changes otherwise.
+    pub(crate) indexes: BTreeMap<String, IntervalIndex>,
+}
+
+impl ProgrammedTable {
+    /// Nothing in the kernel trusted yet.
+    pub fn new() -> Self {
+        ProgrammedTable::default()
+    }
+
+    /// What the kernel holds, if known.
+    pub fn applied(&self) -> Option<&Ruleset> {
+        self.applied.as_ref()
+    }
+
+    /// Forgets what was applied: the next sync replaces the table whole.
+    pub fn forget(&mut self) {
+        self.applied = None;
+        self.indexes.clear();
+    }
+
+    /// An in-place edit of what was applied, planned at the cost of what it touches (see
+    /// [`Edit`]); `None` when nothing is applied yet (sync a whole ruleset first).
+    pub fn edit(&mut self) -> Option<Edit<'_>> {
+        let current = self.applied.take()?;
+        Some(Edit::new(self, current))
+    }
+
+    pub(crate) fn restore(&mut self, applied: Option<Ruleset>) {
+        if applied.is_none() {
+            self.indexes.clear();
+        }
+        self.applied = applied;
+    }
+
+    /// Makes the kernel's table `new` in one transaction; returns the number of messages
+    /// sent (0: nothing changed). On error, `new` is dropped and the record is as above.
+    ///
+    /// A refused difference may mean the kernel's table drifted from the record (another tool
+    /// deleted or changed it): the difference is then retried once as a whole replace, and
+    /// only if that is refused too is the error returned (the replace's, which names what the
+    /// kernel refused in `new` itself).
+    pub fn sync(&mut self, sock: &mut NfSocket, new: Ruleset) -> Result<usize, NfError> {
+        let batch = plan(self.applied.as_ref(), &new)?;
+        // Sets may change wholesale: indexes are rebuilt when next needed.
+        self.indexes.clear();
+        match apply_or_replace(sock, &batch, self.applied.is_some(), &new) {
+            Ok((sent, _)) => {
+                self.applied = Some(new);
+                Ok(sent)
+            }
+            Err(e) => {
+                if e.errno().is_none() {
+                    self.applied = None;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Applies `batch`, a difference when `incremental`; if the kernel refuses a difference,
+/// replaces the table with `new` whole. Returns the number of messages that were committed,
+/// and whether it was the replace.
+pub(crate) fn apply_or_replace(
+    sock: &mut NfSocket,
+    batch: &Batch,
+    incremental: bool,
+    new: &Ruleset,
+) -> Result<(usize, bool), NfError> {
+    match apply(sock, batch) {
+        Ok(()) => Ok((batch.len(), false)),
+        Err(e) if incremental && e.errno().is_some() => {
+            log::warn!(
+                "nf_tables table {}: {e}; replacing the table whole",
+                new.name
+            );
+            let whole = plan(None, new)?;
+            apply(sock, &whole).map(|()| (whole.len(), true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The transaction that makes the kernel's table `new`, given that `old` is what was applied
 /// last (the kernel is assumed to hold exactly that). With `old = None` nothing in the kernel
 /// is trusted: the table is replaced whole, atomically (added so its deletion cannot fail,
@@ -81,7 +177,9 @@ pub fn plan(old: Option<&Ruleset>, new: &Ruleset) -> Result<Batch, NfError> {
     };
     let same_table = |o: &Ruleset| o.family == new.family && o.name == new.name;
     match old {
-        Some(o) if same_table(o) => p.incremental(o, new)?,
+        Some(o) if same_table(o) => {
+            p.incremental(Changes::all(o, new), new, &|c| o.chains.contains_key(c))?
+        }
         _ => {
             if let Some(o) = old {
                 // Renamed: the old table goes in the same transaction.
@@ -93,7 +191,7 @@ pub fn plan(old: Option<&Ruleset>, new: &Ruleset) -> Result<Batch, NfError> {
                 name: new.name.clone(),
                 ..Ruleset::default()
             };
-            p.incremental(&empty, new)?;
+            p.incremental(Changes::all(&empty, new), new, &|_| false)?;
         }
     }
     Ok(p.batch)
@@ -105,11 +203,46 @@ struct Planner<'a> {
     batch: Batch,
 }
 
-/// A name in both maps, or one of them.
-enum Pair<'a, T> {
-    Old(&'a str),
-    New(&'a str, &'a T),
-    Both(&'a str, &'a T, &'a T),
+/// The batch for only `changes` (what an edit touched) towards `new`, whose table exists
+/// and held the changes' old side.
+pub(crate) fn plan_changes(
+    changes: Changes<'_>,
+    new: &Ruleset,
+    old_has_chain: &dyn Fn(&str) -> bool,
+) -> Result<Batch, NfError> {
+    let mut p = Planner {
+        family: new.family.nfproto(),
+        table: &new.name,
+        batch: Batch::default(),
+    };
+    p.incremental(changes, new, old_has_chain)?;
+    Ok(p.batch)
+}
+
+/// A name, and what it names before and after: in both, or one of them.
+pub(crate) type Pair<'a, T> = (&'a str, Option<&'a T>, Option<&'a T>);
+
+/// What may differ between the applied table and the wanted one, by name, in name order:
+/// every entry of both ([`join`]), or only those an edit touched.
+pub(crate) struct Changes<'a> {
+    pub chains: Vec<Pair<'a, Chain>>,
+    pub sets: Vec<Pair<'a, Set>>,
+    pub maps: Vec<Pair<'a, VerdictMap>>,
+    /// Kernel elements to delete and to add in sets edited element by element (not in
+    /// `sets`).
+    pub set_elems: Vec<(&'a str, Vec<KernelElem>, Vec<KernelElem>)>,
+}
+
+impl<'a> Changes<'a> {
+    /// Every name of either ruleset.
+    fn all(old: &'a Ruleset, new: &'a Ruleset) -> Self {
+        Changes {
+            chains: join(&old.chains, &new.chains),
+            sets: join(&old.sets, &new.sets),
+            maps: join(&old.maps, &new.maps),
+            set_elems: Vec::new(),
+        }
+    }
 }
 
 /// Merges two maps by key in one pass (no lookups: both are sorted).
@@ -117,32 +250,23 @@ fn join<'a, T>(a: &'a BTreeMap<String, T>, b: &'a BTreeMap<String, T>) -> Vec<Pa
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
     loop {
-        match (ia.peek(), ib.peek()) {
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    out.push(Pair::Old(ka.as_str()));
-                    ia.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(Pair::New(kb.as_str(), *vb));
-                    ib.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push(Pair::Both(ka.as_str(), *va, *vb));
-                    ia.next();
-                    ib.next();
-                }
-            },
-            (Some((ka, _)), None) => {
-                out.push(Pair::Old(ka.as_str()));
-                ia.next();
-            }
-            (None, Some((kb, vb))) => {
-                out.push(Pair::New(kb.as_str(), *vb));
-                ib.next();
-            }
+        let next = match (ia.peek(), ib.peek()) {
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => return out,
-        }
+        };
+        out.push(
+            match next {
+                std::cmp::Ordering::Less => ia.next().map(|(k, v)| (k.as_str(), Some(v), None)),
+                std::cmp::Ordering::Greater => ib.next().map(|(k, v)| (k.as_str(), None, Some(v))),
+                std::cmp::Ordering::Equal => ia
+                    .next()
+                    .zip(ib.next())
+                    .map(|((k, a), (_, b))| (k.as_str(), Some(a), Some(b))),
+            }
+            .unwrap_or(("", None, None)),
+        );
     }
 }
 
@@ -215,18 +339,27 @@ impl Planner<'_> {
         }
     }
 
-    fn incremental(&mut self, old: &Ruleset, new: &Ruleset) -> Result<(), NfError> {
+    /// The batch for `changes`, towards `new`; `old_has_chain` says whether a chain existed
+    /// before (chains are named in errors and rewritten only if they did).
+    pub(crate) fn incremental(
+        &mut self,
+        changes: Changes<'_>,
+        new: &Ruleset,
+        old_has_chain: &dyn Fn(&str) -> bool,
+    ) -> Result<(), NfError> {
         // Classify.
         let mut gone_chains = Vec::new();
         let mut recreated_chains = Vec::new();
         let mut new_chains = Vec::new();
         let mut rewrite: BTreeSet<&str> = BTreeSet::new();
         let mut policy_updates = Vec::new();
-        for pair in join(&old.chains, &new.chains) {
+        for pair in &changes.chains {
+            let pair = *pair;
             match pair {
-                Pair::Old(name) => gone_chains.push(name),
-                Pair::New(name, _) => new_chains.push(name),
-                Pair::Both(name, a, b) => {
+                (_, None, None) => {}
+                (name, Some(_), None) => gone_chains.push(name),
+                (name, None, Some(_)) => new_chains.push(name),
+                (name, Some(a), Some(b)) => {
                     if must_recreate(&a.base, &b.base) {
                         recreated_chains.push(name);
                         continue;
@@ -245,11 +378,13 @@ impl Planner<'_> {
         let mut gone_sets = Vec::new();
         let mut new_sets = Vec::new();
         let mut kept_sets = Vec::new();
-        for pair in join(&old.sets, &new.sets) {
+        for pair in &changes.sets {
+            let pair = *pair;
             match pair {
-                Pair::Old(name) => gone_sets.push(name),
-                Pair::New(name, s) => new_sets.push((name, s)),
-                Pair::Both(name, a, b) => {
+                (_, None, None) => {}
+                (name, Some(_), None) => gone_sets.push(name),
+                (name, None, Some(s)) => new_sets.push((name, s)),
+                (name, Some(a), Some(b)) => {
                     if set_recreated(a, b) {
                         gone_sets.push(name);
                         new_sets.push((name, b));
@@ -262,11 +397,13 @@ impl Planner<'_> {
         let mut gone_maps = Vec::new();
         let mut new_maps = Vec::new();
         let mut kept_maps = Vec::new();
-        for pair in join(&old.maps, &new.maps) {
+        for pair in &changes.maps {
+            let pair = *pair;
             match pair {
-                Pair::Old(name) => gone_maps.push(name),
-                Pair::New(name, m) => new_maps.push((name, m)),
-                Pair::Both(name, a, b) => {
+                (_, None, None) => {}
+                (name, Some(_), None) => gone_maps.push(name),
+                (name, None, Some(m)) => new_maps.push((name, m)),
+                (name, Some(a), Some(b)) => {
                     if map_recreated(a, b) {
                         gone_maps.push(name);
                         new_maps.push((name, b));
@@ -285,7 +422,12 @@ impl Planner<'_> {
             && gone_maps.is_empty());
         if something_goes {
             for (name, chain) in &new.chains {
-                if rewrite.contains(name.as_str()) || !old.chains.contains_key(name) {
+                let name = name.as_str();
+                // New and recreated chains are written whole anyway.
+                if rewrite.contains(name)
+                    || recreated_chains.contains(&name)
+                    || !old_has_chain(name)
+                {
                     continue;
                 }
                 let mut affected = false;
@@ -331,22 +473,20 @@ impl Planner<'_> {
         }
         // 2. Map elements that go or change.
         for (name, a, b) in &kept_maps {
+            // Deleted by key (a changed verdict is deleted, then added anew).
             let del: Vec<KernelElem> = a
                 .elems
                 .iter()
                 .filter(|(k, v)| b.elems.get(*k) != Some(*v))
-                .map(|(k, _)| elems::map_elem(k, &Verdict::Accept))
-                .map(|mut e| {
-                    e.verdict = None;
-                    e
-                })
+                .map(|(k, _)| elems::map_key(k))
                 .collect();
             self.elems(false, name, "map", &del);
         }
         // 3. Sets and maps that go.
-        for name in gone_sets.iter().chain(&gone_maps) {
+        let gone = gone_sets.iter().map(|n| ("set", n));
+        for (kind, name) in gone.chain(gone_maps.iter().map(|n| ("map", n))) {
             self.batch.push(
-                format!("delete set {name}"),
+                format!("delete {kind} {name}"),
                 set_name_message(nft_cmd(libc::NFT_MSG_DELSET), self.family, self.table, name),
             );
         }
@@ -391,8 +531,14 @@ impl Planner<'_> {
             self.elems(false, name, "set", &del);
             adds.push((*name, add));
         }
+        for (name, del, _) in &changes.set_elems {
+            self.elems(false, name, "set", del);
+        }
         for (name, add) in adds {
             self.elems(true, name, "set", &add);
+        }
+        for (name, _, add) in &changes.set_elems {
+            self.elems(true, name, "set", add);
         }
         for (name, set) in &new_sets {
             let all = elems::all_elems(name, set)?;
@@ -423,6 +569,7 @@ impl Planner<'_> {
             .chain(recreated_chains.iter().copied())
             .collect();
         written.sort_unstable();
+        written.dedup();
         for name in written {
             for (i, rule) in new.chains[name].rules.iter().enumerate() {
                 let what = match &rule.comment {
@@ -641,6 +788,7 @@ fn new_set_message(family: u8, table: &str, name: &str, set: Option<&Set>) -> Me
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::Verdict;
     use crate::ruleset::{ChainHook, ChainKind, Rule, SetElem};
 
     fn jump(chain: &str) -> Rule {
@@ -783,6 +931,45 @@ mod tests {
                 "delete set s1",
                 "add set s1",
                 "add 1 elements of set s1",
+                "add rule 0 of chain pol-1",
+            ]
+        );
+    }
+
+    /// A base chain moved to another priority that also names a recreated set: flushed,
+    /// deleted, created and written once.
+    #[test]
+    fn a_recreated_chain_naming_a_recreated_set_is_written_once() {
+        let mut old = small();
+        old.chains
+            .get_mut("fwd")
+            .expect("fwd")
+            .rules
+            .push(lookup("s1"));
+        let mut new = old.clone();
+        new.chains
+            .get_mut("fwd")
+            .expect("fwd")
+            .base
+            .as_mut()
+            .expect("base")
+            .priority = 5;
+        new.sets.get_mut("s1").expect("s1").interval = false;
+        new.sets.get_mut("s1").expect("s1").elems =
+            [SetElem::Net("10.0.0.1/32".parse().expect("net"))].into();
+        let b = plan(Some(&old), &new).expect("plan");
+        assert_eq!(
+            what(&b),
+            [
+                "flush chain pol-1",
+                "flush chain fwd",
+                "delete set s1",
+                "delete chain fwd",
+                "add set s1",
+                "add chain fwd",
+                "add 1 elements of set s1",
+                "add rule 0 of chain fwd",
+                "add rule 1 of chain fwd",
                 "add rule 0 of chain pol-1",
             ]
         );
