@@ -471,7 +471,37 @@ fn enforcement_survives_an_agent_restart_and_etcd_loss() {
         &lab,
         &[(&a, b.v4(), Tcp(80), false), (&b, a.v4(), Tcp(80), true)],
     );
+    // Junk in our table while the agent is down (an accept-all at the top of the forward
+    // chain, a chain of someone else's): nothing left is trusted, the new agent's first
+    // apply replaces the table whole.
+    lab.c
+        .node(0)
+        .netns()
+        .sh("nft insert rule inet calico filter-FORWARD accept && \
+             nft add chain inet calico junk-chain")
+        .unwrap();
+    assert_matrix(&lab, &[(&a, b.v4(), Tcp(80), true)]);
+    let rev = lab.put(&np(
+        "default",
+        "default.a-deny",
+        json!({"selector": "app == 'a'", "types": ["Ingress"]}),
+    ));
+    lab.agents[0] = testkit::Agent::on_node_with(&lab.c, 0, &[("NODENAME", "node-1")]).unwrap();
+    lab.wait_applied(rev);
+    assert_matrix(
+        &lab,
+        &[(&a, b.v4(), Tcp(80), false), (&b, a.v4(), Tcp(80), false)],
+    );
+    let table = lab
+        .c
+        .node(0)
+        .netns()
+        .sh("nft list table inet calico")
+        .unwrap();
+    assert!(!table.contains("junk-chain"), "{table}");
+    lab.agents[0].kill().unwrap();
     // A change while it is down, then a new agent: it applies the datastore's state.
+    lab.delete("NetworkPolicy", "default", "default.a-deny");
     let rev = lab.delete("NetworkPolicy", "default", "default.b-deny");
     lab.agents[0] = testkit::Agent::on_node_with(&lab.c, 0, &[("NODENAME", "node-1")]).unwrap();
     lab.wait_applied(rev);
@@ -794,10 +824,11 @@ fn nat_outgoing_masquerades_only_traffic_leaving_the_pools() {
     assert_eq!(peer.peers.lock().unwrap()[0].ip(), a.v4());
 }
 
-/// Policy applies to hostPort traffic after portmap's DNAT (Calico's order), and an
-/// iptables (nf_tables) FORWARD accept, as kube-proxy adds, does not open what it denies.
+/// Policy applies to hostPort traffic after portmap's DNAT (Calico's order), and neither an
+/// iptables (nf_tables) FORWARD accept nor kube-proxy's nftables table (an accepting forward
+/// chain at -110) opens what it denies.
 #[test]
-fn policy_applies_to_host_ports_beside_portmap_and_iptables() {
+fn policy_applies_to_host_ports_beside_portmap_iptables_and_kube_proxys_nftables() {
     require!(root; "etcd", "go", "ip", "busybox", "nft", "iptables");
     let lab = Lab::start(2, false, &[]);
     lab.namespace("default", &[]);
@@ -819,6 +850,15 @@ fn policy_applies_to_host_ports_beside_portmap_and_iptables() {
         .node(0)
         .netns()
         .sh("iptables -A FORWARD -j ACCEPT")
+        .unwrap();
+    // kube-proxy's nftables mode: its own table with a filter chain before ours (-110)
+    // that accepts; an accept ends only its own chain, so ours still decides.
+    lab.c
+        .node(0)
+        .netns()
+        .sh("nft add table ip kube-proxy && \
+             nft add chain ip kube-proxy filter-forward '{ type filter hook forward priority -110; policy accept; }' && \
+             nft add rule ip kube-proxy filter-forward accept")
         .unwrap();
     assert_matrix(
         &lab,
