@@ -1,1 +1,179 @@
-fn main() {}
+//! `cargo bench -p calico-policy`: the engine at the scale (one node of 50 with 200
+//! local endpoints, 10,000 endpoints cluster-wide, 2,000 policies, about 2,000 selector
+//! sets). Prints the time of a cold build, of one policy change and of one endpoint add
+//! (update + `desired()`), as the median and worst of several runs. A plain harness (no
+//! criterion in the workspace).
+
+use calico_datastore::model::policy::{
+    EntityRule, NetworkPolicy, NetworkPolicySpec, Port, Protocol, Rule,
+};
+use calico_datastore::model::resources::{
+    Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointPort, WorkloadEndpointSpec,
+};
+use calico_policy::{EngineConfig, PolicyEngine};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const NODES: usize = 50;
+const NAMESPACES: usize = 100;
+const ENDPOINTS_PER_NS: usize = 100;
+const POLICIES_PER_NS: usize = 20;
+
+fn endpoint(ns: usize, i: usize) -> WorkloadEndpoint {
+    let node = i % NODES;
+    let mut labels = BTreeMap::new();
+    // Every namespace has two local endpoints (i = 0 and 50), one of each app, so that all
+    // 2,000 policies apply on this node (10 per local endpoint and direction).
+    labels.insert("app".to_string(), format!("app{}", (i / NODES) % 2));
+    labels.insert("role".to_string(), format!("r{}", i % 7));
+    labels.insert("projectcalico.org/namespace".to_string(), format!("ns{ns}"));
+    let mut wep = WorkloadEndpoint::new(
+        "WorkloadEndpoint",
+        &format!("node{node}-k8s-pod{i}-eth0"),
+        WorkloadEndpointSpec {
+            orchestrator: "k8s".into(),
+            node: format!("node{node}"),
+            pod: format!("pod{i}"),
+            endpoint: "eth0".into(),
+            ip_networks: vec![format!("10.{}.{}.{}/32", 64 + ns / 50, (ns % 50) * 4 + i / 250, i % 250 + 1)],
+            profiles: vec![format!("kns.ns{ns}")],
+            interface_name: format!("cali{ns:04}{i:04}"),
+            mac: "ee:ee:ee:ee:ee:ee".into(),
+            ports: vec![WorkloadEndpointPort {
+                name: "http".into(),
+                protocol: serde_json::json!("TCP"),
+                port: 8080,
+                host_port: 0,
+                host_ip: String::new(),
+            }],
+            ..Default::default()
+        },
+    );
+    wep.metadata.namespace = format!("ns{ns}");
+    wep.metadata.labels = labels;
+    wep
+}
+
+fn policy(ns: usize, j: usize, port: u16) -> NetworkPolicy {
+    let mut ingress = Rule::allow();
+    ingress.protocol = Some(Protocol::Name("TCP".into()));
+    ingress.source = Some(EntityRule {
+        selector: format!("role == 'r{}' && app != 'x{j}'", j % 7),
+        ..Default::default()
+    });
+    ingress.destination = Some(EntityRule {
+        ports: vec![Port::single(port), Port::Range { min: 8000, max: 8080 }],
+        ..Default::default()
+    });
+    let mut egress = Rule::allow();
+    egress.destination = Some(EntityRule {
+        namespace_selector: format!("team == 't{}'", ns % 10),
+        ..Default::default()
+    });
+    let mut p = NetworkPolicy::new(
+        "NetworkPolicy",
+        &format!("default.p{j}"),
+        NetworkPolicySpec {
+            order: Some(j as f64),
+            selector: format!("app == 'app{}'", j % 2),
+            ingress: vec![ingress],
+            egress: vec![egress],
+            ..Default::default()
+        },
+    );
+    p.metadata.namespace = format!("ns{ns}");
+    p
+}
+
+fn profile(ns: usize) -> Profile {
+    let mut labels = BTreeMap::new();
+    labels.insert("pcns.team".to_string(), format!("t{}", ns % 10));
+    Profile::new(
+        "Profile",
+        &format!("kns.ns{ns}"),
+        ProfileSpec {
+            ingress: vec![Rule::allow()],
+            egress: vec![Rule::allow()],
+            labels_to_apply: labels,
+            ..Default::default()
+        },
+    )
+}
+
+fn cold() -> (PolicyEngine, Duration) {
+    let t = Instant::now();
+    let mut e = PolicyEngine::new("node0", EngineConfig::default());
+    for ns in 0..NAMESPACES {
+        e.upsert_profile(&profile(ns)).expect("profile");
+    }
+    for ns in 0..NAMESPACES {
+        for j in 0..POLICIES_PER_NS {
+            e.upsert_network_policy(&policy(ns, j, 80)).expect("policy");
+        }
+    }
+    for ns in 0..NAMESPACES {
+        for i in 0..ENDPOINTS_PER_NS {
+            e.upsert_workload_endpoint(&endpoint(ns, i)).expect("endpoint");
+        }
+    }
+    e.desired();
+    (e, t.elapsed())
+}
+
+fn summary(name: &str, mut runs: Vec<Duration>) {
+    runs.sort();
+    let median = runs[runs.len() / 2];
+    let worst = runs[runs.len() - 1];
+    println!("{name:<40} median {median:>10.3?}  worst {worst:>10.3?}  ({} runs)", runs.len());
+}
+
+fn main() {
+    let mut colds = Vec::new();
+    let mut engine = None;
+    for _ in 0..3 {
+        let (e, d) = cold();
+        colds.push(d);
+        engine = Some(e);
+    }
+    let Some(mut e) = engine else { return };
+    let s = e.stats();
+    println!(
+        "scale: {} local endpoints, {} active policies, {} sets, {} chains, {} rules",
+        s.local_endpoints, s.active_policies, s.sets, s.chains, s.rules
+    );
+    summary("cold build (all updates + desired)", colds);
+
+    let mut changes = Vec::new();
+    for k in 0..200u16 {
+        let p = policy((k as usize * 7) % NAMESPACES, k as usize % POLICIES_PER_NS, 81 + k);
+        debug_assert!(p.spec.selector.starts_with("app == 'app"));
+        let t = Instant::now();
+        e.upsert_network_policy(&p).expect("policy");
+        e.desired();
+        changes.push(t.elapsed());
+    }
+    summary("one policy change (rule port)", changes);
+
+    let mut adds = Vec::new();
+    for k in 0..200 {
+        // A new local pod (node0) in an existing namespace.
+        let mut wep = endpoint(k % NAMESPACES, 10_000 + k * NODES);
+        wep.spec.ip_networks = vec![format!("10.99.{}.{}/32", k / 250, k % 250 + 1)];
+        let t = Instant::now();
+        e.upsert_workload_endpoint(&wep).expect("endpoint");
+        e.desired();
+        adds.push(t.elapsed());
+    }
+    summary("one local endpoint add", adds);
+
+    let mut remote = Vec::new();
+    for k in 0..200 {
+        let mut wep = endpoint(k % NAMESPACES, 20_000 + k * NODES + 1);
+        wep.spec.ip_networks = vec![format!("10.98.{}.{}/32", k / 250, k % 250 + 1)];
+        let t = Instant::now();
+        e.upsert_workload_endpoint(&wep).expect("endpoint");
+        e.desired();
+        remote.push(t.elapsed());
+    }
+    summary("one remote endpoint add", remote);
+}

@@ -117,6 +117,34 @@ struct Endpoint {
     status: EndpointStatus,
 }
 
+/// What an endpoint or network set contributes to sets: addresses, and named ports.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ItemData {
+    nets: Vec<IpNet>,
+    /// (name, protocol, port).
+    ports: Vec<(String, u8, u16)>,
+}
+
+/// The elements an item brings to a set: its addresses (selector sets) or the (address,
+/// protocol, port) of its ports of the set's name and protocol (named-port sets).
+fn item_elems(spec: &SetSpec, d: &ItemData) -> Vec<SetElem> {
+    match spec {
+        SetSpec::Selector(_) => d.nets.iter().map(|n| SetElem::Net(*n)).collect(),
+        SetSpec::NamedPort { proto, port, .. } => {
+            let mut out = Vec::new();
+            for (pname, pproto, pport) in &d.ports {
+                if pname != port || proto.is_some_and(|p| p != *pproto) {
+                    continue;
+                }
+                for n in &d.nets {
+                    out.push(SetElem::AddrProtoPort(n.addr(), *pproto, *pport));
+                }
+            }
+            out
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct TierInfo {
     order: Option<f64>,
@@ -165,6 +193,8 @@ pub struct PolicyEngine {
     active_policies: HashSet<PolicyKey>,
     active_profiles: HashSet<String>,
     set_refs: HashMap<SetSpec, usize>,
+    /// Elements of each live set, counted by how many items bring them.
+    set_elems: HashMap<SetSpec, HashMap<SetElem, u32>>,
     /// The sets each active policy and profile references (what to release).
     policy_sets: HashMap<PolicyKey, Vec<SetSpec>>,
     profile_sets: HashMap<String, Vec<SetSpec>>,
@@ -221,6 +251,7 @@ impl PolicyEngine {
             active_policies: HashSet::new(),
             active_profiles: HashSet::new(),
             set_refs: HashMap::new(),
+            set_elems: HashMap::new(),
             policy_sets: HashMap::new(),
             profile_sets: HashMap::new(),
             rendered: HashMap::new(),
@@ -283,6 +314,15 @@ impl PolicyEngine {
             if let Ok(sel) = Selector::parse(spec.selector_text()) {
                 self.set_index.upsert_selector(spec.clone(), sel);
             }
+            let mut counts: HashMap<SetElem, u32> = HashMap::new();
+            for item in self.set_index.matches(spec) {
+                if let Some(d) = self.item_data(item) {
+                    for e in item_elems(spec, &d) {
+                        *counts.entry(e).or_insert(0) += 1;
+                    }
+                }
+            }
+            self.set_elems.insert(spec.clone(), counts);
             self.dirty.sets.insert(spec.clone());
         }
     }
@@ -292,22 +332,80 @@ impl PolicyEngine {
             *n -= 1;
             if *n == 0 {
                 self.set_refs.remove(spec);
+                self.set_elems.remove(spec);
                 self.set_index.remove_selector(spec);
                 self.dirty.sets.insert(spec.clone());
             }
         }
     }
 
-    fn set_item(&mut self, key: ItemKey, labels: Option<Labels>) {
-        let before: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
-        self.dirty.sets.extend(before);
-        match labels {
-            Some(l) => {
-                for (s, _) in self.set_index.upsert_item(key.clone(), l) {
-                    self.dirty.sets.insert(s);
+    /// What an item (endpoint or network set) puts into the sets that select it.
+    fn item_data(&self, key: &ItemKey) -> Option<ItemData> {
+        match key {
+            ItemKey::Endpoint(k) => self.endpoints.get(k).map(|e| ItemData {
+                nets: e.nets.clone(),
+                ports: e.ports.clone(),
+            }),
+            ItemKey::NetSet { .. } => self.netsets.get(key).map(|n| ItemData {
+                nets: n.clone(),
+                ports: Vec::new(),
+            }),
+        }
+    }
+
+    /// Adds (or takes away) an item's elements to a live set: counted, since two items may
+    /// bring the same element; the rendered set changes only when a count leaves or reaches 0.
+    fn apply_elems(&mut self, spec: &SetSpec, elems: Vec<SetElem>, add: bool) {
+        let Some(counts) = self.set_elems.get_mut(spec) else {
+            return;
+        };
+        let (n4, n6) = render::set_names(spec);
+        for e in elems {
+            let v4 = match e {
+                SetElem::Net(n) => matches!(n, IpNet::V4(_)),
+                SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
+                SetElem::Ports(..) => true,
+            };
+            let name = if v4 { &n4 } else { &n6 };
+            let c = counts.entry(e).or_insert(0);
+            let changed = if add {
+                *c += 1;
+                *c == 1
+            } else {
+                *c = c.saturating_sub(1);
+                *c == 0
+            };
+            if !add && *c == 0 {
+                counts.remove(&e);
+            }
+            if changed && let Some(set) = self.out.sets.get_mut(name) {
+                if add {
+                    set.elems.insert(e);
+                } else {
+                    set.elems.remove(&e);
                 }
+            }
+        }
+    }
+
+    /// An item's labels or data changed: its old elements leave the sets that selected it,
+    /// its new ones join the sets that select it now.
+    fn set_item(&mut self, key: ItemKey, old: Option<ItemData>, new: Option<(ItemData, Labels)>) {
+        if let Some(o) = &old {
+            let before: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
+            for s in before {
+                let elems = item_elems(&s, o);
+                self.apply_elems(&s, elems, false);
+            }
+        }
+        match new {
+            Some((d, labels)) => {
+                self.set_index.upsert_item(key.clone(), labels);
                 let now: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
-                self.dirty.sets.extend(now);
+                for s in now {
+                    let elems = item_elems(&s, &d);
+                    self.apply_elems(&s, elems, true);
+                }
             }
             None => {
                 self.set_index.remove_item(&key);
@@ -518,7 +616,12 @@ impl PolicyEngine {
         }
         let labels = ep.as_ref().map(|e| self.effective_labels(e));
         // Sets.
-        self.set_item(ItemKey::Endpoint(key.clone()), labels.clone());
+        let data = |e: &Endpoint| ItemData {
+            nets: e.nets.clone(),
+            ports: e.ports.clone(),
+        };
+        let new = ep.as_ref().zip(labels.clone()).map(|(e, l)| (data(e), l));
+        self.set_item(ItemKey::Endpoint(key.clone()), old.as_ref().map(data), new);
         // Policies (local endpoints only).
         let mut touched: Vec<PolicyKey> = Vec::new();
         match (&ep, labels) {
@@ -572,7 +675,15 @@ impl PolicyEngine {
             };
             let labels = self.effective_labels(ep);
             let local = ep.local;
-            self.set_item(ItemKey::Endpoint(key.clone()), Some(labels.clone()));
+            let d = ItemData {
+                nets: ep.nets.clone(),
+                ports: ep.ports.clone(),
+            };
+            self.set_item(
+                ItemKey::Endpoint(key.clone()),
+                Some(d.clone()),
+                Some((d, labels.clone())),
+            );
             if local {
                 let touched: Vec<PolicyKey> = self
                     .policy_index
@@ -806,21 +917,25 @@ impl PolicyEngine {
     // ---- network sets ----
 
     fn set_netset(&mut self, key: ItemKey, v: Option<(Labels, Vec<IpNet>)>) {
-        match v {
-            Some((labels, nets)) => {
-                let changed = self.netsets.get(&key) != Some(&nets);
-                self.netsets.insert(key.clone(), nets);
-                if changed {
-                    let matched: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
-                    self.dirty.sets.extend(matched);
-                }
-                self.set_item(key, Some(labels));
+        let old = self.item_data(&key);
+        let new = v.map(|(labels, nets)| {
+            (
+                ItemData {
+                    nets,
+                    ports: Vec::new(),
+                },
+                labels,
+            )
+        });
+        match &new {
+            Some((d, _)) => {
+                self.netsets.insert(key.clone(), d.nets.clone());
             }
             None => {
-                self.set_item(key.clone(), None);
                 self.netsets.remove(&key);
             }
         }
+        self.set_item(key, old, new);
     }
 
     fn parse_netset(
@@ -1045,53 +1160,26 @@ impl PolicyEngine {
 
     fn render_set(&mut self, spec: &SetSpec) {
         let (n4, n6) = render::set_names(spec);
-        if !self.set_refs.contains_key(spec) {
+        let Some(counts) = self.set_elems.get(spec) else {
             self.out.sets.remove(&n4);
             self.out.sets.remove(&n6);
             return;
-        }
-        let named = match spec {
-            SetSpec::NamedPort { proto, port, .. } => Some((*proto, port.as_str())),
-            SetSpec::Selector(_) => None,
         };
-        let (mut s4, mut s6) = match named {
-            None => (Set::new(SetKey::Ipv4Addr, true), Set::new(SetKey::Ipv6Addr, true)),
-            Some(_) => (
+        let (mut s4, mut s6) = if spec.is_named_port() {
+            (
                 Set::new(SetKey::Ipv4AddrProtoPort, false),
                 Set::new(SetKey::Ipv6AddrProtoPort, false),
-            ),
+            )
+        } else {
+            (Set::new(SetKey::Ipv4Addr, true), Set::new(SetKey::Ipv6Addr, true))
         };
-        for item in self.set_index.matches(spec) {
-            let (nets, ports): (&[IpNet], &[(String, u8, u16)]) = match item {
-                ItemKey::Endpoint(k) => match self.endpoints.get(k) {
-                    Some(e) => (&e.nets, &e.ports),
-                    None => continue,
-                },
-                ItemKey::NetSet { .. } => match self.netsets.get(item) {
-                    Some(n) => (n, &[]),
-                    None => continue,
-                },
+        for e in counts.keys() {
+            let v4 = match e {
+                SetElem::Net(n) => matches!(n, IpNet::V4(_)),
+                SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
+                SetElem::Ports(..) => true,
             };
-            match named {
-                None => {
-                    for n in nets {
-                        let s = if matches!(n, IpNet::V4(_)) { &mut s4 } else { &mut s6 };
-                        s.elems.insert(SetElem::Net(*n));
-                    }
-                }
-                Some((proto, name)) => {
-                    for (pname, pproto, pport) in ports {
-                        if pname != name || proto.is_some_and(|p| p != *pproto) {
-                            continue;
-                        }
-                        for n in nets {
-                            let s = if matches!(n, IpNet::V4(_)) { &mut s4 } else { &mut s6 };
-                            s.elems
-                                .insert(SetElem::AddrProtoPort(n.addr(), *pproto, *pport));
-                        }
-                    }
-                }
-            }
+            if v4 { &mut s4 } else { &mut s6 }.elems.insert(*e);
         }
         self.out.sets.insert(n4, s4);
         self.out.sets.insert(n6, s6);

@@ -4,7 +4,8 @@
 //! An item change evaluates only the selectors that could match it, a selector change only
 //! the items that could match it: each selector that requires a label value (`k == 'v'`,
 //! alone or within `&&`) is filed under the rarest such pair, and each item under all its
-//! pairs; the rest (`has(k)`, `!`, `||`, `all()`) are evaluated against everything. With
+//! pairs (ties, as on a cold start before any item, go to `projectcalico.org/namespace`);
+//! the rest (`has(k)`, `!`, `||`, `all()`) are evaluated against everything. With
 //! Kubernetes' scoped selectors (`… && projectcalico.org/namespace == 'ns'`) this keeps an
 //! update to the size of a namespace, not of the cluster.
 
@@ -202,9 +203,13 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         let filed = required_pairs(&sel)
             .into_iter()
             .min_by_key(|(k, v)| {
-                self.items_by_pair
+                let count = self
+                    .items_by_pair
                     .get(&((*k).to_string(), (*v).to_string()))
-                    .map_or(0, HashSet::len)
+                    .map_or(0, HashSet::len);
+                // Before items arrive (a cold start) counts say nothing: the namespace, which
+                // Calico scopes most selectors by, is the best guess of a rare pair.
+                (count, *k != crate::model::LABEL_NAMESPACE)
             })
             .map(|(k, v)| (k.to_string(), v.to_string()));
         let now: HashSet<I> = match &filed {
