@@ -35,7 +35,12 @@ fn endpoint(ns: usize, i: usize) -> WorkloadEndpoint {
             node: format!("node{node}"),
             pod: format!("pod{i}"),
             endpoint: "eth0".into(),
-            ip_networks: vec![format!("10.{}.{}.{}/32", 64 + ns / 50, (ns % 50) * 4 + i / 250, i % 250 + 1)],
+            ip_networks: vec![format!(
+                "10.{}.{}.{}/32",
+                64 + ns / 50,
+                (ns % 50) * 4 + i / 250,
+                i % 250 + 1
+            )],
             profiles: vec![format!("kns.ns{ns}")],
             interface_name: format!("cali{ns:04}{i:04}"),
             mac: "ee:ee:ee:ee:ee:ee".into(),
@@ -62,7 +67,13 @@ fn policy(ns: usize, j: usize, port: u16) -> NetworkPolicy {
         ..Default::default()
     });
     ingress.destination = Some(EntityRule {
-        ports: vec![Port::single(port), Port::Range { min: 8000, max: 8080 }],
+        ports: vec![
+            Port::single(port),
+            Port::Range {
+                min: 8000,
+                max: 8080,
+            },
+        ],
         ..Default::default()
     });
     let mut egress = Rule::allow();
@@ -113,7 +124,8 @@ fn cold() -> (PolicyEngine, Duration) {
     }
     for ns in 0..NAMESPACES {
         for i in 0..ENDPOINTS_PER_NS {
-            e.upsert_workload_endpoint(&endpoint(ns, i)).expect("endpoint");
+            e.upsert_workload_endpoint(&endpoint(ns, i))
+                .expect("endpoint");
         }
     }
     e.desired();
@@ -124,7 +136,10 @@ fn summary(name: &str, mut runs: Vec<Duration>) {
     runs.sort();
     let median = runs[runs.len() / 2];
     let worst = runs[runs.len() - 1];
-    println!("{name:<40} median {median:>10.3?}  worst {worst:>10.3?}  ({} runs)", runs.len());
+    println!(
+        "{name:<40} median {median:>10.3?}  worst {worst:>10.3?}  ({} runs)",
+        runs.len()
+    );
 }
 
 fn main() {
@@ -145,7 +160,11 @@ fn main() {
 
     let mut changes = Vec::new();
     for k in 0..200u16 {
-        let p = policy((k as usize * 7) % NAMESPACES, k as usize % POLICIES_PER_NS, 81 + k);
+        let p = policy(
+            (k as usize * 7) % NAMESPACES,
+            k as usize % POLICIES_PER_NS,
+            81 + k,
+        );
         debug_assert!(p.spec.selector.starts_with("app == 'app"));
         let t = Instant::now();
         e.upsert_network_policy(&p).expect("policy");

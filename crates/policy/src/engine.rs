@@ -26,7 +26,6 @@ use calico_datastore::model::resources::{DEFAULT_TIERS, IpPool, Profile, Workloa
 use calico_netfilter::nft::{self, Verdict};
 use calico_netfilter::ruleset::{
     BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetKey,
-    VerdictMap,
 };
 use calico_selector::Selector;
 use ipnet::IpNet;
@@ -491,7 +490,9 @@ impl PolicyEngine {
         let spec = &wep.spec;
         let local = spec.node == self.node;
         if local && spec.interface_name.is_empty() {
-            return Err(InvalidObject("a local endpoint needs an interfaceName".into()));
+            return Err(InvalidObject(
+                "a local endpoint needs an interfaceName".into(),
+            ));
         }
         let mut nets = Vec::new();
         for n in &spec.ip_networks {
@@ -509,12 +510,16 @@ impl PolicyEngine {
             .labels
             .iter()
             .filter(|(k, _)| {
-                !k.starts_with(NAMESPACE_LABEL_PREFIX) && !k.starts_with(SERVICE_ACCOUNT_LABEL_PREFIX)
+                !k.starts_with(NAMESPACE_LABEL_PREFIX)
+                    && !k.starts_with(SERVICE_ACCOUNT_LABEL_PREFIX)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !spec.service_account_name.is_empty() {
-            own.insert(LABEL_SERVICE_ACCOUNT.into(), spec.service_account_name.clone());
+            own.insert(
+                LABEL_SERVICE_ACCOUNT.into(),
+                spec.service_account_name.clone(),
+            );
         }
         if !ns.is_empty() {
             own.entry(LABEL_NAMESPACE.into())
@@ -526,7 +531,10 @@ impl PolicyEngine {
                 .ok()
                 .and_then(|p| p.number())
                 .ok_or_else(|| {
-                    InvalidObject(format!("port {:?}: unknown protocol {}", p.name, p.protocol))
+                    InvalidObject(format!(
+                        "port {:?}: unknown protocol {}",
+                        p.name, p.protocol
+                    ))
                 })?;
             ports.push((p.name.clone(), proto, p.port));
         }
@@ -778,10 +786,7 @@ impl PolicyEngine {
         );
     }
 
-    pub fn upsert_global_network_policy(
-        &mut self,
-        p: &GlobalNetworkPolicy,
-    ) -> Result<(), Skipped> {
+    pub fn upsert_global_network_policy(&mut self, p: &GlobalNetworkPolicy) -> Result<(), Skipped> {
         let key = PolicyKey {
             kind: model::PolicyKind::GlobalNetworkPolicy,
             namespace: String::new(),
@@ -1042,7 +1047,10 @@ impl PolicyEngine {
             }
             None => {
                 self.pools.remove(&name);
-                Err(InvalidObject(format!("cidr {:?} is not a CIDR", p.spec.cidr)))
+                Err(InvalidObject(format!(
+                    "cidr {:?} is not a CIDR",
+                    p.spec.cidr
+                )))
             }
         };
         self.dirty.statics = true;
@@ -1126,8 +1134,12 @@ impl PolicyEngine {
         }
         if marks != self.marks || layered.log_prefix != self.felix.log_prefix {
             // Rules carry mark bits and log prefixes.
-            self.dirty.policies.extend(self.active_policies.iter().cloned());
-            self.dirty.profiles.extend(self.active_profiles.iter().cloned());
+            self.dirty
+                .policies
+                .extend(self.active_policies.iter().cloned());
+            self.dirty
+                .profiles
+                .extend(self.active_profiles.iter().cloned());
         }
         self.marks = marks;
         self.felix = layered;
@@ -1171,7 +1183,10 @@ impl PolicyEngine {
                 Set::new(SetKey::Ipv6AddrProtoPort, false),
             )
         } else {
-            (Set::new(SetKey::Ipv4Addr, true), Set::new(SetKey::Ipv6Addr, true))
+            (
+                Set::new(SetKey::Ipv4Addr, true),
+                Set::new(SetKey::Ipv6Addr, true),
+            )
         };
         for e in counts.keys() {
             let v4 = match e {
@@ -1187,7 +1202,10 @@ impl PolicyEngine {
 
     fn render_policy(&mut self, key: &PolicyKey) {
         let id = key.id();
-        let (ci, co) = (names::policy_chain(true, &id), names::policy_chain(false, &id));
+        let (ci, co) = (
+            names::policy_chain(true, &id),
+            names::policy_chain(false, &id),
+        );
         let p = match self.policies.get(key) {
             Some(p) if self.active_policies.contains(key) => p,
             _ => {
@@ -1212,7 +1230,10 @@ impl PolicyEngine {
     }
 
     fn render_profile(&mut self, name: &str) {
-        let (ci, co) = (names::profile_chain(true, name), names::profile_chain(false, name));
+        let (ci, co) = (
+            names::profile_chain(true, name),
+            names::profile_chain(false, name),
+        );
         let p = match self.profiles.get(name) {
             Some(p) if self.active_profiles.contains(name) => p,
             _ => {
@@ -1222,10 +1243,18 @@ impl PolicyEngine {
             }
         };
         let lp = self.log_prefix();
-        let ing =
-            render::render_rules_chain(&format!("Profile {name} ingress"), &p.ingress, &self.marks, &lp);
-        let eg =
-            render::render_rules_chain(&format!("Profile {name} egress"), &p.egress, &self.marks, &lp);
+        let ing = render::render_rules_chain(
+            &format!("Profile {name} ingress"),
+            &p.ingress,
+            &self.marks,
+            &lp,
+        );
+        let eg = render::render_rules_chain(
+            &format!("Profile {name} egress"),
+            &p.egress,
+            &self.marks,
+            &lp,
+        );
         self.put_chain(ci, None, ing);
         self.put_chain(co, None, eg);
     }
@@ -1318,7 +1347,8 @@ impl PolicyEngine {
                     .then_some(vxlan_port),
                 drop_ipip: self.felix.allow_ipip_packets_from_workloads != Some(true),
             };
-            let rules = render::render_endpoint_chain(&tier_chains, &prof_chains, &opts, &self.marks);
+            let rules =
+                render::render_endpoint_chain(&tier_chains, &prof_chains, &opts, &self.marks);
             let name = names::endpoint_chain(ingress, &iface);
             self.put_chain(name.clone(), None, rules);
             let map = if ingress {
@@ -1371,8 +1401,11 @@ impl PolicyEngine {
             ));
         }
         fwd.push(
-            Rule::new(vec![render::mark_set(m.accept)], vec![verdict(Verdict::Accept)])
-                .comment("Policy explicitly accepted packet."),
+            Rule::new(
+                vec![render::mark_set(m.accept)],
+                vec![verdict(Verdict::Accept)],
+            )
+            .comment("Policy explicitly accepted packet."),
         );
         self.put_chain(names::CHAIN_FORWARD.into(), filter(ChainHook::Forward), fwd);
         // Dispatch (dispatch.go, nftables' verdict maps).
@@ -1380,7 +1413,7 @@ impl PolicyEngine {
             (names::CHAIN_FROM_WL_DISPATCH, false),
             (names::CHAIN_TO_WL_DISPATCH, true),
         ] {
-            self.out.maps.entry(chain.to_string()).or_insert_with(VerdictMap::default);
+            self.out.maps.entry(chain.to_string()).or_default();
             let rules = vec![
                 Rule::new(
                     vec![],
@@ -1426,12 +1459,18 @@ impl PolicyEngine {
                 .comment("Allow IPIP packets from Calico hosts"),
             );
             input.push(
-                Rule::new(vec![Match::Family { v4: true }, proto], vec![verdict(Verdict::Drop)])
-                    .comment("Drop IPIP packets from non-Calico hosts"),
+                Rule::new(
+                    vec![Match::Family { v4: true }, proto],
+                    vec![verdict(Verdict::Drop)],
+                )
+                .comment("Drop IPIP packets from non-Calico hosts"),
             );
         }
         let vxlan_port = self.felix.vxlan_port.unwrap_or(4789);
-        for (on, v4, set, fam) in [(vxlan4, true, &hosts4, "IPv4"), (vxlan6, false, &hosts6, "IPv6")] {
+        for (on, v4, set, fam) in [
+            (vxlan4, true, &hosts4, "IPv4"),
+            (vxlan6, false, &hosts6, "IPv6"),
+        ] {
             if !on {
                 continue;
             }
@@ -1519,7 +1558,11 @@ impl PolicyEngine {
                     .comment("Host to workload: no policy, as Felix's cali-OUTPUT")
             })
             .collect();
-        self.put_chain(names::CHAIN_OUTPUT.into(), filter(ChainHook::Output), output);
+        self.put_chain(
+            names::CHAIN_OUTPUT.into(),
+            filter(ChainHook::Output),
+            output,
+        );
         // NAT (static.go StaticNATPostroutingChains, nat-outgoing).
         self.put_chain(
             names::CHAIN_NAT_POSTROUTING.into(),

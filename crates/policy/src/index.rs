@@ -349,13 +349,20 @@ mod tests {
         }
         for (i, l) in items.iter().rev() {
             let changes = two.upsert_item(*i, l.clone());
-            assert!(changes.iter().all(|(s, _)| sels.iter().any(|(n, _)| n == s)));
+            assert!(
+                changes
+                    .iter()
+                    .all(|(s, _)| sels.iter().any(|(n, _)| n == s))
+            );
         }
         expect(&two);
         // Removing and re-adding a selector and an item.
         assert_eq!(sorted(two.remove_selector(&"web-x").into_iter()), ["a"]);
         assert_eq!(two.match_count(&"web-x"), 0);
-        two.upsert_selector("web-x", Selector::parse("app == 'web' && ns == 'x'").expect("s"));
+        two.upsert_selector(
+            "web-x",
+            Selector::parse("app == 'web' && ns == 'x'").expect("s"),
+        );
         let gone = sorted(two.remove_item(&"c").into_iter());
         assert_eq!(gone, ["has-app", "not-db", "y"]);
         two.upsert_item("c", items[2].1.clone());

@@ -65,12 +65,20 @@ pub enum Match {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Action {
     /// `meta mark set mark & ~clear | set`.
-    SetMark { set: u32, clear: u32 },
-    Log { prefix: String },
+    SetMark {
+        set: u32,
+        clear: u32,
+    },
+    Log {
+        prefix: String,
+    },
     Counter,
     Masquerade,
     /// `iifname vmap @map` / `oifname vmap @map` (a miss goes on).
-    Vmap { output: bool, map: String },
+    Vmap {
+        output: bool,
+        map: String,
+    },
     Verdict(Verdict),
 }
 
@@ -282,7 +290,11 @@ impl fmt::Display for Match {
             }
             Match::CtState { bits } => write!(f, "ct state {}", ct_names(*bits)),
             Match::Mark { mask, value, neq } => {
-                write!(f, "meta mark & {mask:#x} {}{value:#x}", if *neq { "!= " } else { "== " })
+                write!(
+                    f,
+                    "meta mark & {mask:#x} {}{value:#x}",
+                    if *neq { "!= " } else { "== " }
+                )
             }
             Match::LocalDaddr => write!(f, "fib daddr type local"),
         }

@@ -24,5 +24,7 @@ pub mod model;
 pub mod names;
 pub mod render;
 
-pub use engine::{EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine, Skipped};
+pub use engine::{
+    EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine, Skipped,
+};
 pub use render::MarkBits;

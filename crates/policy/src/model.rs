@@ -358,13 +358,14 @@ fn icmp(f: &IcmpFields, what: &str) -> Result<Option<(u8, Option<u8>)>, InvalidO
     match (f.icmp_type, f.code) {
         (None, None) => Ok(None),
         (None, Some(_)) => Err(invalid(format!("{what}: ICMP code without a type"))),
-        (Some(t), c) => Ok(Some((byte(t, "type")?, c.map(|c| byte(c, "code")).transpose()?))),
+        (Some(t), c) => Ok(Some((
+            byte(t, "type")?,
+            c.map(|c| byte(c, "code")).transpose()?,
+        ))),
     }
 }
 
-fn split_ports(
-    ports: &[Port],
-) -> (Vec<(u16, u16)>, Vec<String>) {
+fn split_ports(ports: &[Port]) -> (Vec<(u16, u16)>, Vec<String>) {
     let mut numeric = Vec::new();
     let mut named = Vec::new();
     for p in ports {
@@ -721,6 +722,9 @@ mod tests {
         assert_eq!(directions(&[], true, false), Ok((true, false)));
         assert_eq!(directions(&[], false, true), Ok((false, true)));
         assert_eq!(directions(&[], true, true), Ok((true, true)));
-        assert_eq!(directions(&["Egress".into()], true, false), Ok((false, true)));
+        assert_eq!(
+            directions(&["Egress".into()], true, false),
+            Ok((false, true))
+        );
     }
 }

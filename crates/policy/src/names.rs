@@ -70,7 +70,11 @@ pub fn set_name(v4: bool, id: &str) -> String {
 /// The chain of one endpoint and direction: `filter-cali-tw-<iface>` (to the workload:
 /// ingress policy) or `filter-cali-fw-<iface>` (from it: egress).
 pub fn endpoint_chain(ingress: bool, iface: &str) -> String {
-    let prefix = if ingress { PREFIX_TO_WL } else { PREFIX_FROM_WL };
+    let prefix = if ingress {
+        PREFIX_TO_WL
+    } else {
+        PREFIX_FROM_WL
+    };
     length_limited(prefix, iface, MAX_CHAIN_NAME)
 }
 
@@ -101,7 +105,11 @@ mod tests {
     fn ids_and_limited_names_are_felixs() {
         let id = unique_id("s", "all()");
         assert!(id.starts_with("s:"));
-        assert_eq!(id.len(), 2 + 38, "SHA-224 is 28 bytes: 38 base64 characters");
+        assert_eq!(
+            id.len(),
+            2 + 38,
+            "SHA-224 is 28 bytes: 38 base64 characters"
+        );
         assert_eq!(set_name(true, &id).len(), 31);
         assert!(set_name(true, &id).starts_with("cali40s-"));
         assert!(set_name(false, "all-ipam-pools").starts_with("cali60all-ipam-pools"));

@@ -256,12 +256,7 @@ fn rule_actions(action: RuleAction, marks: &MarkBits, log_prefix: &str) -> Vec<A
 /// One Calico rule as nft rules: one per family it needs and per combination of its
 /// alternatives (positive nets and ports are "any of", which one nft rule cannot say without
 /// anonymous sets).
-pub fn render_rule(
-    r: &ParsedRule,
-    marks: &MarkBits,
-    log_prefix: &str,
-    comment: &str,
-) -> Vec<Rule> {
+pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: &str) -> Vec<Rule> {
     let src = Side {
         e: &r.src,
         source: true,
@@ -287,7 +282,10 @@ pub fn render_rule(
             });
         }
         if let Some(p) = r.not_protocol {
-            fixed.push(Match::Proto { proto: p, neq: true });
+            fixed.push(Match::Proto {
+                proto: p,
+                neq: true,
+            });
         }
         let icmp_v4 = r.protocol == Some(1);
         if let Some((t, c)) = r.icmp {
@@ -373,14 +371,12 @@ pub fn render_endpoint_chain(
     opts: &EndpointChainOptions,
     marks: &MarkBits,
 ) -> Vec<Rule> {
-    let mut out = vec![
-        Rule::new(
-            vec![Match::CtState {
-                bits: nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED,
-            }],
-            vec![verdict(Verdict::Accept)],
-        ),
-    ];
+    let mut out = vec![Rule::new(
+        vec![Match::CtState {
+            bits: nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED,
+        }],
+        vec![verdict(Verdict::Accept)],
+    )];
     if opts.invalid_check {
         out.push(Rule::new(
             vec![Match::CtState {
@@ -454,18 +450,26 @@ pub fn render_endpoint_chain(
         if !tier.pass_by_default {
             out.push(
                 Rule::new(vec![mark_clear(marks.pass)], vec![verdict(Verdict::Drop)]).comment(
-                    format!("End of tier {}. Drop if no policies passed packet", tier.name),
+                    format!(
+                        "End of tier {}. Drop if no policies passed packet",
+                        tier.name
+                    ),
                 ),
             );
         }
     }
     for chain in profiles {
-        out.push(Rule::new(vec![], vec![verdict(Verdict::Jump(chain.clone()))]));
+        out.push(Rule::new(
+            vec![],
+            vec![verdict(Verdict::Jump(chain.clone()))],
+        ));
         out.push(
             Rule::new(vec![mark_set(marks.accept)], vec![verdict(Verdict::Return)])
                 .comment("Return if profile accepted"),
         );
     }
-    out.push(Rule::new(vec![], vec![verdict(Verdict::Drop)]).comment("Drop if no profiles matched"));
+    out.push(
+        Rule::new(vec![], vec![verdict(Verdict::Drop)]).comment("Drop if no profiles matched"),
+    );
     out
 }
