@@ -200,6 +200,7 @@ pub struct PolicyEngine {
     /// Interface each rendered endpoint was rendered with (to remove its chains).
     rendered: HashMap<EndpointKey, String>,
     dirty: Dirty,
+    touched: Touched,
     out: Ruleset,
     chains: BTreeMap<String, (Option<BaseChain>, Vec<Rule>)>,
 }
@@ -258,6 +259,7 @@ impl PolicyEngine {
                 statics: true,
                 ..Default::default()
             },
+            touched: Touched::default(),
             out: Ruleset::new(names::TABLE),
             chains: BTreeMap::new(),
         };
@@ -301,6 +303,12 @@ impl PolicyEngine {
                 })
             }
         }
+    }
+
+    /// Keeps a skip decided outside the engine (an undecodable value), to report it.
+    pub(crate) fn record_skip(&mut self, s: Skipped) -> Skipped {
+        self.skipped.insert(s.object.clone(), s.reason.clone());
+        s
     }
 
     // ---- sets ----
@@ -378,6 +386,7 @@ impl PolicyEngine {
                 counts.remove(&e);
             }
             if changed && let Some(set) = self.out.sets.get_mut(name) {
+                self.touched.sets.insert(name.clone());
                 if add {
                     set.elems.insert(e);
                 } else {
@@ -1157,24 +1166,54 @@ impl PolicyEngine {
     // ---- output ----
 
     fn put_chain(&mut self, name: String, base: Option<BaseChain>, rules: Vec<Rule>) {
+        if self
+            .chains
+            .get(&name)
+            .is_some_and(|(b, r)| *b == base && *r == rules)
+        {
+            return;
+        }
         let lowered = Chain {
             base,
             rules: rules.iter().map(Rule::lower).collect(),
         };
+        self.touched.chains.insert(name.clone());
         self.out.chains.insert(name.clone(), lowered);
         self.chains.insert(name, (base, rules));
     }
 
     fn drop_chain(&mut self, name: &str) {
+        if self.chains.remove(name).is_some() {
+            self.touched.chains.insert(name.to_string());
+        }
         self.out.chains.remove(name);
-        self.chains.remove(name);
+    }
+
+    fn put_set(&mut self, name: String, set: Set) {
+        if self.out.sets.get(&name) != Some(&set) {
+            self.touched.sets.insert(name.clone());
+            self.out.sets.insert(name, set);
+        }
+    }
+
+    fn drop_set(&mut self, name: &str) {
+        if self.out.sets.remove(name).is_some() {
+            self.touched.sets.insert(name.to_string());
+        }
+    }
+
+    /// The names of chains, sets and maps whose definition or elements may differ from
+    /// what they were at the previous call (added, changed or removed), for a caller that
+    /// plans only those. The first call names everything.
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
     }
 
     fn render_set(&mut self, spec: &SetSpec) {
         let (n4, n6) = render::set_names(spec);
         let Some(counts) = self.set_elems.get(spec) else {
-            self.out.sets.remove(&n4);
-            self.out.sets.remove(&n6);
+            self.drop_set(&n4);
+            self.drop_set(&n6);
             return;
         };
         let (mut s4, mut s6) = if spec.is_named_port() {
@@ -1196,8 +1235,8 @@ impl PolicyEngine {
             };
             if v4 { &mut s4 } else { &mut s6 }.elems.insert(*e);
         }
-        self.out.sets.insert(n4, s4);
-        self.out.sets.insert(n6, s6);
+        self.put_set(n4, s4);
+        self.put_set(n6, s6);
     }
 
     fn render_policy(&mut self, key: &PolicyKey) {
@@ -1309,12 +1348,20 @@ impl PolicyEngine {
     }
 
     fn render_endpoint(&mut self, key: &EndpointKey) {
-        if let Some(old_iface) = self.rendered.remove(key) {
+        let now = self
+            .endpoints
+            .get(key)
+            .filter(|e| e.local)
+            .map(|e| e.iface.clone());
+        if let Some(old_iface) = self.rendered.remove(key)
+            && now.as_ref() != Some(&old_iface)
+        {
             self.drop_chain(&names::endpoint_chain(true, &old_iface));
             self.drop_chain(&names::endpoint_chain(false, &old_iface));
             for m in [names::MAP_TO_WL, names::MAP_FROM_WL] {
                 if let Some(map) = self.out.maps.get_mut(m) {
                     map.elems.remove(&old_iface);
+                    self.touched.maps.insert(m.to_string());
                 }
             }
         }
@@ -1356,12 +1403,11 @@ impl PolicyEngine {
             } else {
                 names::MAP_FROM_WL
             };
-            self.out
-                .maps
-                .entry(map.to_string())
-                .or_default()
-                .elems
-                .insert(iface.clone(), Verdict::Goto(name));
+            let elems = &mut self.out.maps.entry(map.to_string()).or_default().elems;
+            if elems.get(&iface) != Some(&Verdict::Goto(name.clone())) {
+                elems.insert(iface.clone(), Verdict::Goto(name));
+                self.touched.maps.insert(map.to_string());
+            }
         }
         self.rendered.insert(key.clone(), iface);
     }
@@ -1413,7 +1459,10 @@ impl PolicyEngine {
             (names::CHAIN_FROM_WL_DISPATCH, false),
             (names::CHAIN_TO_WL_DISPATCH, true),
         ] {
-            self.out.maps.entry(chain.to_string()).or_default();
+            if !self.out.maps.contains_key(chain) {
+                self.out.maps.insert(chain.to_string(), Default::default());
+                self.touched.maps.insert(chain.to_string());
+            }
             let rules = vec![
                 Rule::new(
                     vec![],
@@ -1606,27 +1655,21 @@ impl PolicyEngine {
         for v4 in [true, false] {
             let fam = |n: &IpNet| matches!(n, IpNet::V4(_)) == v4;
             let all = self.pools.values().map(|p| p.net).filter(fam);
-            self.out
-                .sets
-                .insert(names::set_name(v4, "all-ipam-pools"), Set::nets(v4, all));
+            self.put_set(names::set_name(v4, "all-ipam-pools"), Set::nets(v4, all));
             let masq = self
                 .pools
                 .values()
                 .filter(|p| p.masquerade)
                 .map(|p| p.net)
                 .filter(fam);
-            self.out
-                .sets
-                .insert(names::set_name(v4, "masq-ipam-pools"), Set::nets(v4, masq));
+            self.put_set(names::set_name(v4, "masq-ipam-pools"), Set::nets(v4, masq));
             let hosts = self
                 .node_addrs
                 .values()
                 .flatten()
                 .map(|a| host_net(*a))
                 .filter(fam);
-            self.out
-                .sets
-                .insert(names::set_name(v4, "all-hosts-net"), Set::nets(v4, hosts));
+            self.put_set(names::set_name(v4, "all-hosts-net"), Set::nets(v4, hosts));
         }
     }
 
@@ -1710,6 +1753,14 @@ impl PolicyEngine {
         out.push_str("}\n");
         out
     }
+}
+
+/// Names in the wanted table that changed (see [`PolicyEngine::take_touched`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub chains: BTreeSet<String>,
+    pub sets: BTreeSet<String>,
+    pub maps: BTreeSet<String>,
 }
 
 /// Sizes of the wanted table, for metrics.

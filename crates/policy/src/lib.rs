@@ -12,6 +12,7 @@
 //!   (`felix/rules`).
 //! - [`ir`]: typed nft rules, printed in nft's syntax and lowered to netfilter expressions.
 //! - [`names`]: chain and set names after Felix's nftables mode.
+//! - [`stored`]: one entry point by kind for the etcd syncer's values.
 //!
 //! No kernel and no datastore here: the agent (calico-node) reads etcd, calls the engine and
 //! applies the table with the netfilter crate. Must not import calico-node, the plugins or
@@ -23,8 +24,11 @@ pub mod ir;
 pub mod model;
 pub mod names;
 pub mod render;
+pub mod stored;
 
 pub use engine::{
     EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine, Skipped,
+    Touched,
 };
 pub use render::MarkBits;
+pub use stored::ResourceKind;

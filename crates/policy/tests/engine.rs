@@ -2,8 +2,7 @@
 //! configuration.
 
 use calico_datastore::model::policy::{
-    EntityRule, FelixConfiguration, FelixConfigurationSpec, NetworkPolicy, NetworkPolicySpec,
-    Rule,
+    EntityRule, FelixConfiguration, FelixConfigurationSpec, NetworkPolicy, NetworkPolicySpec, Rule,
 };
 use calico_datastore::model::resources::{
     Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointSpec,
@@ -143,7 +142,10 @@ fn status_lists_local_endpoints_once_their_rules_are_rendered() {
     assert!(e.programmed_endpoints().is_empty());
     assert!(!e.desired().chains.contains_key("filter-cali-tw-calip1"));
     let map = &e.desired().maps["filter-cali-to-wl-dispatch"];
-    assert!(map.elems.is_empty(), "fail closed: the interface is unknown again");
+    assert!(
+        map.elems.is_empty(),
+        "fail closed: the interface is unknown again"
+    );
 }
 
 /// Mirrors Felix's label inheritance (felix/labelindex): a namespace's labels reach its
@@ -152,7 +154,8 @@ fn status_lists_local_endpoints_once_their_rules_are_rendered() {
 fn profile_label_changes_reach_namespace_selector_sets() {
     let mut e = PolicyEngine::new("n1", EngineConfig::default());
     e.upsert_profile(&kns("a", &[])).expect("profile");
-    e.upsert_profile(&kns("b", &[("team", "x")])).expect("profile");
+    e.upsert_profile(&kns("b", &[("team", "x")]))
+        .expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
     e.upsert_workload_endpoint(&wep("n2", "b", "p2", "10.0.0.2/32", &[]))
@@ -160,9 +163,11 @@ fn profile_label_changes_reach_namespace_selector_sets() {
     e.upsert_network_policy(&np("a", "from-x", from_namespace("team == 'x'")))
         .expect("policy");
     assert_eq!(members(&mut e), ["10.0.0.2/32"]);
-    e.upsert_profile(&kns("b", &[("team", "y")])).expect("profile");
+    e.upsert_profile(&kns("b", &[("team", "y")]))
+        .expect("profile");
     assert!(members(&mut e).is_empty());
-    e.upsert_profile(&kns("a", &[("team", "x")])).expect("profile");
+    e.upsert_profile(&kns("a", &[("team", "x")]))
+        .expect("profile");
     assert_eq!(members(&mut e), ["10.0.0.1/32"]);
     // An endpoint's own pcns. label is ignored (it must not pretend to be elsewhere).
     e.upsert_workload_endpoint(&wep("n2", "b", "p2", "10.0.0.2/32", &[("pcns.team", "x")]))
@@ -190,7 +195,10 @@ fn the_mark_mask_moves_every_mark_bit() {
     e.desired();
     let text = e.text();
     assert!(!text.contains("0x10000 "), "{text}");
-    assert!(text.contains("meta mark & 0x100000 == 0x100000 return"), "{text}");
+    assert!(
+        text.contains("meta mark & 0x100000 == 0x100000 return"),
+        "{text}"
+    );
     let bad = FelixConfiguration::new(
         "FelixConfiguration",
         "default",
@@ -201,4 +209,46 @@ fn the_mark_mask_moves_every_mark_bit() {
     );
     // The node's mask still wins over the cluster's bad one.
     e.upsert_felix_configuration(&bad).expect("node value wins");
+}
+
+#[test]
+fn a_change_touches_only_what_it_changes() {
+    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    e.upsert_profile(&kns("a", &[])).expect("profile");
+    e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
+        .expect("wep");
+    e.upsert_network_policy(&np("a", "pol", from_namespace("all()")))
+        .expect("policy");
+    e.desired();
+    let first = e.take_touched();
+    assert!(
+        first.chains.contains("filter-FORWARD"),
+        "the first call names everything"
+    );
+    // A rule change: the policy's chain and the sets it now uses, nothing else.
+    e.upsert_network_policy(&np("a", "pol", from_namespace("team == 'x'")))
+        .expect("policy");
+    e.desired();
+    let t = e.take_touched();
+    assert_eq!(
+        t.chains.iter().collect::<Vec<_>>(),
+        ["filter-cali-pi-np/a/pol"]
+    );
+    assert_eq!(t.sets.len(), 4, "old v4/v6 set gone, new v4/v6 set: {t:?}");
+    assert!(t.maps.is_empty());
+    // A remote endpoint in no set: nothing.
+    e.upsert_workload_endpoint(&wep("n2", "a", "p2", "10.0.0.2/32", &[]))
+        .expect("wep");
+    e.desired();
+    assert_eq!(e.take_touched(), Default::default());
+    // A new local endpoint: its two chains and the two dispatch maps.
+    e.upsert_workload_endpoint(&wep("n1", "a", "p3", "10.0.0.3/32", &[]))
+        .expect("wep");
+    e.desired();
+    let t = e.take_touched();
+    assert_eq!(
+        t.chains.iter().collect::<Vec<_>>(),
+        ["filter-cali-fw-calip3", "filter-cali-tw-calip3"]
+    );
+    assert_eq!(t.maps.len(), 2);
 }
