@@ -252,3 +252,39 @@ fn every_reference_resolves_at_every_step() {
         }
     }
 }
+
+/// The golden text is nft's own syntax: `nft --check` in a fresh network namespace parses
+/// it and has the kernel validate the whole table (types, set elements, jumps) without
+/// committing anything.
+#[test]
+fn golden_text_is_a_table_the_kernel_accepts() {
+    testkit::require!(root; "nft", "unshare");
+    for dir in cases() {
+        let mut e = PolicyEngine::new(NODE, EngineConfig::default());
+        for r in resources(&dir.join("input.yaml")) {
+            apply(&mut e, &r);
+        }
+        e.desired();
+        let text = e.text();
+        let mut child = std::process::Command::new("unshare")
+            .args(["-n", "nft", "-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare nft");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "{}: nft -c refused:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
