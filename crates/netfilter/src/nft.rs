@@ -1,16 +1,19 @@
-//! nf_tables messages: tables, chains and rules with the few expressions a port forwarder
-//! needs, encoded as the kernel reads them (what `nft` sends for the equivalent rule).
+//! nf_tables messages: tables, chains, rules, sets and elements, and the expressions rules are
+//! made of ([`Expr`]) with builders for the matches a port forwarder and a policy engine need
+//! (`match_*`, `update_mark`, `ifname_vmap`), encoded as the kernel reads them (what `nft`
+//! sends for the equivalent rule). The declarative table and its engine are
+//! [`crate::ruleset`]'s; this module is the vocabulary.
 //!
 //! Tables, chains, rules, sets and set elements are `netlink-packet-netfilter`'s typed
 //! attributes. The expressions ([`Expr`]) are encoded here by hand: the crate (0.4) has no
-//! `fib`, `nat` or `masq`, and its `meta`/`payload`/`lookup` cannot load the 32-bit
-//! registers concatenated keys use; so are the two attributes whose crate encoding differs
-//! from what `nft` sends (the expression list, nested in a rule, and a set's concatenation
-//! description, flagged nested), and the readers of dumped rules and elements, which read
-//! only what they need and so never fail on what other tools (iptables-nft) put there.
-//! Framing is the socket layer's. Kernel numbers come from `libc` where it defines them;
-//! the attribute numbers (`NFTA_*`), which it does not, are written out from
-//! `linux/netfilter/nf_tables.h`.
+//! `fib`, `nat`, `masq`, `ct`, `log`, `range` or `notrack`, and its `meta`/`payload`/`lookup`
+//! cannot load the 32-bit registers concatenated keys use; so are the two attributes whose
+//! crate encoding differs from what `nft` sends (the expression list, nested in a rule, and a
+//! set's concatenation description, flagged nested), and the readers of dumped rules and
+//! elements, which read only what they need and so never fail on what other tools
+//! (iptables-nft) put there. Framing is the socket layer's. Kernel numbers come from `libc`
+//! where it defines them; the attribute numbers (`NFTA_*`), which it does not, are written out
+//! from `linux/netfilter/nf_tables.h`.
 
 use crate::socket::{Message, NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use calico_netlink::attr::{self as nlattr, Attrs};
@@ -166,6 +169,9 @@ pub enum Expr {
     },
     /// `counter` (packets and bytes of the rule, read back by `nft list`).
     Counter,
+    /// `notrack`: the packet skips conntrack (Felix's raw-table untracked policies; only in a
+    /// chain hooked before conntrack, priority `raw`).
+    Notrack,
 }
 
 /// `NFT_CMP_*`: how [`Expr::Cmp`] compares.
@@ -373,6 +379,11 @@ impl Expr {
             Expr::Counter => expr(list, "counter", |d| {
                 d.u64_be(1, 0).u64_be(2, 0);
             }),
+            Expr::Notrack => {
+                list.nest(NFTA_LIST_ELEM, |e| {
+                    e.str(NFTA_EXPR_NAME, "notrack");
+                });
+            }
         }
     }
 }
@@ -924,7 +935,7 @@ pub fn new_set(family: u8, table: &str, spec: &SetSpec) -> Message {
 }
 
 /// A stable transaction-local ID for a set name.
-fn set_id(name: &str) -> u32 {
+pub(crate) fn set_id(name: &str) -> u32 {
     name.bytes()
         .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
 }

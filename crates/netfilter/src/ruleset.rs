@@ -100,6 +100,9 @@ pub struct BaseChain {
 pub enum ChainKind {
     Filter,
     Nat,
+    /// `type route` (output hook only): a mark or address changed here reroutes the packet,
+    /// as iptables' mangle OUTPUT does.
+    Route,
 }
 
 impl ChainKind {
@@ -107,8 +110,21 @@ impl ChainKind {
         match self {
             ChainKind::Filter => "filter",
             ChainKind::Nat => "nat",
+            ChainKind::Route => "route",
         }
     }
+}
+
+/// nft's named base-chain priorities (`nft` prints them by name, e.g. `filter + 10`).
+/// kube-proxy's nftables mode hooks its filter chains at `filter - 10` and its NAT at
+/// `dstnat`/`srcnat`; Felix places its layers around those.
+pub mod priority {
+    pub const RAW: i32 = -300;
+    pub const MANGLE: i32 = -150;
+    pub const DSTNAT: i32 = -100;
+    pub const FILTER: i32 = 0;
+    pub const SECURITY: i32 = 50;
+    pub const SRCNAT: i32 = 100;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,3 +252,11 @@ pub struct VerdictMap {
     pub key: MapKey,
     pub elems: BTreeMap<String, Verdict>,
 }
+
+mod edit;
+mod elems;
+mod plan;
+
+pub use edit::Edit;
+pub use elems::{Interval, normalise};
+pub use plan::{Batch, ProgrammedTable, apply, plan};
