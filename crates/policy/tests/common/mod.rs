@@ -81,4 +81,3 @@ pub fn remove(e: &mut PolicyEngine, v: &Value) {
         other => panic!("unknown kind {other}"),
     }
 }
-
