@@ -109,6 +109,8 @@ struct Endpoint {
     iface: String,
     mac: String,
     nets: Vec<IpNet>,
+    /// `allowSpoofedSourcePrefixes`: other sources it may send from.
+    spoof_ok: Vec<IpNet>,
     profiles: Vec<String>,
     own_labels: Labels,
     /// (name, protocol, port).
@@ -220,6 +222,14 @@ fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
         (None, Some(_)) => Ordering::Greater,
         (None, None) => Ordering::Equal,
     }
+}
+
+/// A CIDR (host bits cleared) or a bare address, as Calico's `ParseCIDROrIP`.
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .ok()
 }
 
 fn host_net(a: IpAddr) -> IpNet {
@@ -505,12 +515,15 @@ impl PolicyEngine {
         }
         let mut nets = Vec::new();
         for n in &spec.ip_networks {
-            let net = n
-                .parse::<IpNet>()
-                .map(|n| n.trunc())
-                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| InvalidObject(format!("ipNetworks: {n:?} is not a CIDR")))?;
+            let net = parse_net(n)
+                .ok_or_else(|| InvalidObject(format!("ipNetworks: {n:?} is not a CIDR")))?;
             nets.push(net);
+        }
+        let mut spoof_ok = Vec::new();
+        for n in &spec.allow_spoofed_source_prefixes {
+            spoof_ok.push(parse_net(n).ok_or_else(|| {
+                InvalidObject(format!("allowSpoofedSourcePrefixes: {n:?} is not a CIDR"))
+            })?);
         }
         // As the WEP update processor: no pcns./pcsa. labels of its own (an endpoint must not
         // pretend to be in another namespace), the service account from the spec.
@@ -559,6 +572,7 @@ impl PolicyEngine {
             iface: spec.interface_name.clone(),
             mac: spec.mac.clone(),
             profiles: spec.profiles.clone(),
+            spoof_ok,
             own_labels: own,
             ports,
             status: EndpointStatus {
@@ -1370,6 +1384,7 @@ impl PolicyEngine {
         };
         let iface = ep.iface.clone();
         let profiles: Vec<String> = ep.profiles.clone();
+        let sources: Vec<IpNet> = ep.nets.iter().chain(&ep.spoof_ok).copied().collect();
         let invalid_check = self.felix.disable_conntrack_invalid_check != Some(true);
         let vxlan_port = self.felix.vxlan_port.unwrap_or(4789);
         for ingress in [true, false] {
@@ -1389,6 +1404,7 @@ impl PolicyEngine {
                 .collect();
             let opts = EndpointChainOptions {
                 ingress,
+                sources: sources.clone(),
                 invalid_check,
                 drop_vxlan: (self.felix.allow_vxlan_packets_from_workloads != Some(true))
                     .then_some(vxlan_port),

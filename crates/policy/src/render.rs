@@ -359,6 +359,9 @@ pub struct TierChains<'a> {
 /// What an endpoint chain needs besides its policies.
 pub struct EndpointChainOptions {
     pub ingress: bool,
+    /// From the workload: the source addresses it may use (its own and its
+    /// `allowSpoofedSourcePrefixes`); anything else is dropped first.
+    pub sources: Vec<IpNet>,
     pub invalid_check: bool,
     pub drop_vxlan: Option<u16>,
     pub drop_ipip: bool,
@@ -371,12 +374,33 @@ pub fn render_endpoint_chain(
     opts: &EndpointChainOptions,
     marks: &MarkBits,
 ) -> Vec<Rule> {
-    let mut out = vec![Rule::new(
+    let mut out = Vec::new();
+    if !opts.ingress {
+        // Felix drops what fails the reverse-path check before anything else (raw
+        // `cali-rpf`, rp_filter on the interface); here each endpoint's own addresses are
+        // the only sources its interface may carry, which is what a strict reverse-path
+        // check through its /32 and /128 routes allows.
+        for v4 in [true, false] {
+            let mut matches = vec![Match::Family { v4 }];
+            matches.extend(opts.sources.iter().filter(|n| family_of(n) == v4).map(|n| {
+                Match::Net {
+                    source: true,
+                    net: *n,
+                    neq: true,
+                }
+            }));
+            out.push(
+                Rule::new(matches, vec![verdict(Verdict::Drop)])
+                    .comment("Drop packets from workloads not using their own addresses"),
+            );
+        }
+    }
+    out.push(Rule::new(
         vec![Match::CtState {
             bits: nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED,
         }],
         vec![verdict(Verdict::Accept)],
-    )];
+    ));
     if opts.invalid_check {
         out.push(Rule::new(
             vec![Match::CtState {

@@ -274,4 +274,14 @@ fn traffic_obeys_the_rendered_policy() {
         ping_blocked(&lab.c, "10.65.3.1"),
         "c (unknown interface) → host still dropped"
     );
+    // A source address that is not the endpoint's is dropped (Felix's reverse-path check).
+    lab.a.sh("ip addr add 10.65.1.99/24 dev eth0").unwrap();
+    let spoofed = lab
+        .a
+        .run(
+            "busybox",
+            ["ping", "-c1", "-W1", "-I", "10.65.1.99", "10.65.1.1"],
+        )
+        .unwrap();
+    assert!(!spoofed.status.success(), "a → host from a foreign address");
 }
