@@ -24,6 +24,7 @@ use calico_datastore::model::policy::{
 };
 use calico_datastore::model::resources::{DEFAULT_TIERS, IpPool, Profile, WorkloadEndpoint};
 use calico_netfilter::nft::{self, Verdict};
+use calico_netfilter::ruleset::Edit;
 use calico_netfilter::ruleset::{
     BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetKey,
 };
@@ -1709,6 +1710,43 @@ impl PolicyEngine {
             self.render_endpoint(e);
         }
         &self.out
+    }
+
+    /// Brings the wanted table up to date and copies what changed since the last call (or
+    /// since [`Self::take_touched`]) into an edit of the table the kernel holds, entry by
+    /// entry, so that the edit's transaction costs what changed, not the table's size.
+    ///
+    /// The first apply is a whole replace (`ProgrammedTable::sync` with a clone of
+    /// [`Self::desired`], then [`Self::take_touched`] to start counting from it). If a
+    /// commit fails, the edit is undone but these changes are taken: sync the whole table
+    /// again.
+    pub fn write_changes(&mut self, edit: &mut Edit<'_>) -> Touched {
+        self.desired();
+        let t = self.take_touched();
+        for c in &t.chains {
+            match self.out.chains.get(c) {
+                Some(chain) => edit.put_chain(c, chain.clone()),
+                None => edit.remove_chain(c),
+            }
+        }
+        for s in &t.sets {
+            match self.out.sets.get(s) {
+                Some(set) => match edit.set_mut(s) {
+                    Some(live) if live.key == set.key && live.interval == set.interval => {
+                        live.elems.clone_from(&set.elems)
+                    }
+                    _ => edit.put_set(s, set.clone()),
+                },
+                None => edit.remove_set(s),
+            }
+        }
+        for m in &t.maps {
+            match self.out.maps.get(m) {
+                Some(map) => edit.put_map(m, map.clone()),
+                None => edit.remove_map(m),
+            }
+        }
+        t
     }
 
     /// Whether updates are waiting for [`Self::desired`].

@@ -285,3 +285,40 @@ fn traffic_obeys_the_rendered_policy() {
         .unwrap();
     assert!(!spoofed.status.success(), "a → host from a foreign address");
 }
+
+/// The agent's loop as the lead wires it: a whole replace first, then per update an edit of
+/// the programmed table with only what changed; the kernel's table ends as the fresh build.
+#[test]
+fn edits_of_the_programmed_table_follow_the_engine() {
+    require!(root; "nft");
+    let ns = NetNs::new("ped").unwrap();
+    for dir in cases() {
+        let input = resources(&dir.join("input.yaml"));
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut e = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut table = ruleset::ProgrammedTable::new();
+        let first = e.desired().clone();
+        e.take_touched();
+        ns.within(|| {
+            let mut sock = NfSocket::open().unwrap();
+            table.sync(&mut sock, first).unwrap();
+            let steps = input
+                .iter()
+                .map(|r| (r, true))
+                .chain(input.iter().map(|r| (r, false)));
+            for (i, (r, add)) in steps.enumerate() {
+                if add {
+                    apply(&mut e, r);
+                } else {
+                    remove(&mut e, r);
+                }
+                let mut edit = table.edit().unwrap();
+                e.write_changes(&mut edit);
+                edit.commit(&mut sock)
+                    .unwrap_or_else(|err| panic!("{name}: step {i}: {err}"));
+                assert_eq!(table.applied(), Some(e.desired()), "{name}: step {i}");
+            }
+        })
+        .unwrap();
+    }
+}
