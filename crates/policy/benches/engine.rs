@@ -173,6 +173,26 @@ fn main() {
     }
     summary("one policy change (rule port)", changes);
 
+    // What the agent pays on top if it hands whole tables to the netfilter crate instead of
+    // edits (PolicyEngine::write_changes): a clone and a full-table plan.
+    let mut clones = Vec::new();
+    let mut plans = Vec::new();
+    let mut old = e.desired().clone();
+    for k in 0..20u16 {
+        e.upsert_network_policy(&policy(k as usize % NAMESPACES, 0, 500 + k))
+            .expect("policy");
+        let t = Instant::now();
+        let new = e.desired().clone();
+        clones.push(t.elapsed());
+        let t = Instant::now();
+        let batch = calico_netfilter::ruleset::plan(Some(&old), &new).expect("plan");
+        plans.push(t.elapsed());
+        assert!(!batch.is_empty());
+        old = new;
+    }
+    summary("  clone of the whole table", clones);
+    summary("  full-table plan of one change", plans);
+
     let mut adds = Vec::new();
     for k in 0..200 {
         // A new local pod (node0) in an existing namespace.
