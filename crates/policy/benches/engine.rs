@@ -135,9 +135,10 @@ fn cold() -> (PolicyEngine, Duration) {
 fn summary(name: &str, mut runs: Vec<Duration>) {
     runs.sort();
     let median = runs[runs.len() / 2];
+    let p99 = runs[(runs.len() * 99 / 100).min(runs.len() - 1)];
     let worst = runs[runs.len() - 1];
     println!(
-        "{name:<40} median {median:>10.3?}  worst {worst:>10.3?}  ({} runs)",
+        "{name:<40} median {median:>10.3?}  p99 {p99:>10.3?}  worst {worst:>10.3?}  ({} runs)",
         runs.len()
     );
 }
