@@ -1706,7 +1706,13 @@ impl PolicyEngine {
         for p in &dirty.profiles {
             self.render_profile(p);
         }
-        for e in &dirty.endpoints {
+        // Endpoints that went first, so that a new endpoint reusing an interface name is not
+        // undone by the removal of the old one.
+        let (gone, present): (Vec<&EndpointKey>, Vec<&EndpointKey>) = dirty
+            .endpoints
+            .iter()
+            .partition(|k| !self.endpoints.get(*k).is_some_and(|e| e.local));
+        for e in gone.into_iter().chain(present) {
             self.render_endpoint(e);
         }
         &self.out

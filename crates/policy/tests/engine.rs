@@ -252,3 +252,31 @@ fn a_change_touches_only_what_it_changes() {
     );
     assert_eq!(t.maps.len(), 2);
 }
+
+#[test]
+fn a_new_endpoint_may_take_over_an_interface_name() {
+    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    e.upsert_profile(&kns("a", &[])).expect("profile");
+    for round in 0..20 {
+        let (old, new) = if round % 2 == 0 {
+            ("x", "y")
+        } else {
+            ("y", "x")
+        };
+        let mut w = wep("n1", "a", new, "10.0.0.1/32", &[]);
+        w.spec.interface_name = "calishared".into();
+        e.remove_workload_endpoint("a", &format!("n1-k8s-{old}-eth0"));
+        e.upsert_workload_endpoint(&w).expect("wep");
+        let r = e.desired();
+        assert!(
+            r.chains.contains_key("filter-cali-tw-calishared"),
+            "round {round}"
+        );
+        assert!(
+            r.maps["filter-cali-to-wl-dispatch"]
+                .elems
+                .contains_key("calishared")
+        );
+        assert_eq!(e.programmed_endpoints().len(), 1);
+    }
+}
