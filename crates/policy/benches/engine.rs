@@ -122,13 +122,23 @@ fn cold() -> (PolicyEngine, Duration) {
             e.upsert_network_policy(&policy(ns, j, 80)).expect("policy");
         }
     }
+    let steps = std::env::var_os("MEM_STEPS").is_some();
+    if steps {
+        println!("  after profiles and policies: {} MiB", rss_kib() / 1024);
+    }
     for ns in 0..NAMESPACES {
         for i in 0..ENDPOINTS_PER_NS {
             e.upsert_workload_endpoint(&endpoint(ns, i))
                 .expect("endpoint");
         }
     }
+    if steps {
+        println!("  after endpoints: {} MiB", rss_kib() / 1024);
+    }
     e.desired();
+    if steps {
+        println!("  after desired(): {} MiB", rss_kib() / 1024);
+    }
     (e, t.elapsed())
 }
 
@@ -143,10 +153,29 @@ fn summary(name: &str, mut runs: Vec<Duration>) {
     );
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn main() {
     let mut colds = Vec::new();
-    let mut engine = None;
-    for _ in 0..3 {
+    let before = rss_kib();
+    let (first, d) = cold();
+    colds.push(d);
+    println!(
+        "resident memory of one engine at this scale: {} MiB (process {} MiB)",
+        (rss_kib().saturating_sub(before)) / 1024,
+        rss_kib() / 1024
+    );
+    let mut engine = Some(first);
+    for _ in 0..2 {
         let (e, d) = cold();
         colds.push(d);
         engine = Some(e);

@@ -9,7 +9,7 @@
 //! local endpoint are rendered ("active rules"); the sets their rules use are evaluated
 //! against every endpoint and network set of the cluster (a second label index).
 
-use crate::index::{LabelIndex, Labels};
+use crate::index::{Interner, LabelIndex, LabelSet, Labels};
 use crate::ir::{self, Action, Match, Rule};
 use crate::model::{
     self, InvalidObject, LABEL_NAMESPACE, LABEL_SERVICE_ACCOUNT, NAMESPACE_LABEL_PREFIX,
@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub interface_prefixes: Vec<String>,
     /// Prefix of Log rules' kernel log lines (`FELIX_LOGPREFIX`, default `calico-packet`).
     pub log_prefix: String,
+    /// Keep each chain's typed rules for [`PolicyEngine::text`] (tests, debugging); off, the
+    /// engine holds only the netfilter rules.
+    pub keep_text: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +52,7 @@ impl Default for EngineConfig {
         EngineConfig {
             interface_prefixes: vec!["cali".into()],
             log_prefix: "calico-packet".into(),
+            keep_text: false,
         }
     }
 }
@@ -113,10 +117,25 @@ struct Endpoint {
     /// `allowSpoofedSourcePrefixes`: other sources it may send from.
     spoof_ok: Vec<IpNet>,
     profiles: Vec<String>,
-    own_labels: Labels,
+    own_labels: LabelSet,
     /// (name, protocol, port).
     ports: Vec<(String, u8, u16)>,
     status: EndpointStatus,
+}
+
+/// An endpoint's labels for selectors: its own, then those its profiles give (in the
+/// profiles' order; the endpoint's own win, then the first profile's).
+fn effective_labels(
+    strings: &mut Interner,
+    profiles: &HashMap<String, ParsedProfile>,
+    ep: &Endpoint,
+) -> LabelSet {
+    let inherited = ep
+        .profiles
+        .iter()
+        .filter_map(|p| profiles.get(p))
+        .flat_map(|p| p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    LabelSet::new(ep.own_labels.iter().chain(inherited), strings)
 }
 
 /// What an endpoint or network set contributes to sets: addresses, and named ports.
@@ -144,6 +163,66 @@ fn item_elems(spec: &SetSpec, d: &ItemData) -> Vec<SetElem> {
             }
             out
         }
+    }
+}
+
+/// A set rules use: what it is, its names (v4, v6) and its elements, each counted by how
+/// many items bring it.
+struct LiveSet {
+    spec: SetSpec,
+    names: (String, String),
+    counts: HashMap<SetElem, u32>,
+}
+
+/// Small numbers for keys: ids are reused after release.
+struct Ids<T> {
+    ids: HashMap<T, u32>,
+    keys: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Ids<T> {
+    fn default() -> Self {
+        Ids {
+            ids: HashMap::new(),
+            keys: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Ids<T> {
+    fn get(&self, k: &T) -> Option<u32> {
+        self.ids.get(k).copied()
+    }
+
+    fn intern(&mut self, k: &T) -> u32 {
+        if let Some(id) = self.ids.get(k) {
+            return *id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.keys[id as usize] = Some(k.clone());
+                id
+            }
+            None => {
+                self.keys.push(Some(k.clone()));
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.ids.insert(k.clone(), id);
+        id
+    }
+
+    fn release(&mut self, k: &T) -> Option<u32> {
+        let id = self.ids.remove(k)?;
+        self.keys[id as usize] = None;
+        self.free.push(id);
+        Some(id)
+    }
+
+    fn key(&self, id: u32) -> Option<&T> {
+        self.keys.get(id as usize).and_then(Option::as_ref)
     }
 }
 
@@ -191,12 +270,16 @@ pub struct PolicyEngine {
     /// Policy selectors over local endpoints.
     policy_index: LabelIndex<EndpointKey, PolicyKey>,
     /// Set selectors over every endpoint and network set.
-    set_index: LabelIndex<ItemKey, SetSpec>,
+    set_index: LabelIndex<u32, u32>,
+    /// Small ids of the set index's items and selectors (an index entry is 4 bytes, not a
+    /// key's strings).
+    item_ids: Ids<ItemKey>,
+    set_ids: Ids<SetSpec>,
     active_policies: HashSet<PolicyKey>,
     active_profiles: HashSet<String>,
     set_refs: HashMap<SetSpec, usize>,
-    /// Elements of each live set, counted by how many items bring them.
-    set_elems: HashMap<SetSpec, HashMap<SetElem, u32>>,
+    /// The sets rules use now, by id, with their elements.
+    live_sets: HashMap<u32, LiveSet>,
     /// The sets each active policy and profile references (what to release).
     policy_sets: HashMap<PolicyKey, Vec<SetSpec>>,
     profile_sets: HashMap<String, Vec<SetSpec>>,
@@ -204,6 +287,9 @@ pub struct PolicyEngine {
     rendered: HashMap<EndpointKey, String>,
     dirty: Dirty,
     touched: Touched,
+    /// Label strings, shared; swept when it doubled since the last sweep.
+    strings: Interner,
+    sweep_at: usize,
     out: Ruleset,
     chains: BTreeMap<String, (Option<BaseChain>, Vec<Rule>)>,
 }
@@ -259,10 +345,12 @@ impl PolicyEngine {
             skipped: BTreeMap::new(),
             policy_index: LabelIndex::new(),
             set_index: LabelIndex::new(),
+            item_ids: Ids::default(),
+            set_ids: Ids::default(),
             active_policies: HashSet::new(),
             active_profiles: HashSet::new(),
             set_refs: HashMap::new(),
-            set_elems: HashMap::new(),
+            live_sets: HashMap::new(),
             policy_sets: HashMap::new(),
             profile_sets: HashMap::new(),
             rendered: HashMap::new(),
@@ -271,6 +359,8 @@ impl PolicyEngine {
                 ..Default::default()
             },
             touched: Touched::default(),
+            strings: Interner::default(),
+            sweep_at: 1024,
             out: Ruleset::new(names::TABLE),
             chains: BTreeMap::new(),
         };
@@ -328,19 +418,27 @@ impl PolicyEngine {
         let n = self.set_refs.entry(spec.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
+            let id = self.set_ids.intern(spec);
             // The text is our own canonical rendering of a selector that parsed.
             if let Ok(sel) = Selector::parse(spec.selector_text()) {
-                self.set_index.upsert_selector(spec.clone(), sel);
+                self.set_index.upsert_selector(id, sel);
             }
             let mut counts: HashMap<SetElem, u32> = HashMap::new();
-            for item in self.set_index.matches(spec) {
-                if let Some(d) = self.item_data(item) {
+            for item in self.set_index.matches(&id) {
+                if let Some(d) = self.item_ids.key(*item).and_then(|k| self.item_data(k)) {
                     for e in item_elems(spec, &d) {
                         *counts.entry(e).or_insert(0) += 1;
                     }
                 }
             }
-            self.set_elems.insert(spec.clone(), counts);
+            self.live_sets.insert(
+                id,
+                LiveSet {
+                    spec: spec.clone(),
+                    names: render::set_names(spec),
+                    counts,
+                },
+            );
             self.dirty.sets.insert(spec.clone());
         }
     }
@@ -350,8 +448,10 @@ impl PolicyEngine {
             *n -= 1;
             if *n == 0 {
                 self.set_refs.remove(spec);
-                self.set_elems.remove(spec);
-                self.set_index.remove_selector(spec);
+                if let Some(id) = self.set_ids.release(spec) {
+                    self.live_sets.remove(&id);
+                    self.set_index.remove_selector(&id);
+                }
                 self.dirty.sets.insert(spec.clone());
             }
         }
@@ -373,19 +473,18 @@ impl PolicyEngine {
 
     /// Adds (or takes away) an item's elements to a live set: counted, since two items may
     /// bring the same element; the rendered set changes only when a count leaves or reaches 0.
-    fn apply_elems(&mut self, spec: &SetSpec, elems: Vec<SetElem>, add: bool) {
-        let Some(counts) = self.set_elems.get_mut(spec) else {
+    fn apply_elems(&mut self, set: u32, d: &ItemData, add: bool) {
+        let Some(live) = self.live_sets.get_mut(&set) else {
             return;
         };
-        let (n4, n6) = render::set_names(spec);
-        for e in elems {
+        for e in item_elems(&live.spec, d) {
             let v4 = match e {
                 SetElem::Net(n) => matches!(n, IpNet::V4(_)),
                 SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
                 SetElem::Ports(..) => true,
             };
-            let name = if v4 { &n4 } else { &n6 };
-            let c = counts.entry(e).or_insert(0);
+            let name = if v4 { &live.names.0 } else { &live.names.1 };
+            let c = live.counts.entry(e).or_insert(0);
             let changed = if add {
                 *c += 1;
                 *c == 1
@@ -394,14 +493,14 @@ impl PolicyEngine {
                 *c == 0
             };
             if !add && *c == 0 {
-                counts.remove(&e);
+                live.counts.remove(&e);
             }
-            if changed && let Some(set) = self.out.sets.get_mut(name) {
+            if changed && let Some(out) = self.out.sets.get_mut(name) {
                 self.touched.sets.insert(name.clone());
                 if add {
-                    set.elems.insert(e);
+                    out.elems.insert(e);
                 } else {
-                    set.elems.remove(&e);
+                    out.elems.remove(&e);
                 }
             }
         }
@@ -409,25 +508,36 @@ impl PolicyEngine {
 
     /// An item's labels or data changed: its old elements leave the sets that selected it,
     /// its new ones join the sets that select it now.
-    fn set_item(&mut self, key: ItemKey, old: Option<ItemData>, new: Option<(ItemData, Labels)>) {
+    fn set_item(
+        &mut self,
+        key: ItemKey,
+        old: Option<ItemData>,
+        new: Option<(ItemData, LabelSet)>,
+    ) {
+        let id = match &new {
+            Some(_) => self.item_ids.intern(&key),
+            None => match self.item_ids.get(&key) {
+                Some(id) => id,
+                None => return,
+            },
+        };
         if let Some(o) = &old {
-            let before: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
+            let before: Vec<u32> = self.set_index.matched_by(&id).copied().collect();
             for s in before {
-                let elems = item_elems(&s, o);
-                self.apply_elems(&s, elems, false);
+                self.apply_elems(s, o, false);
             }
         }
         match new {
             Some((d, labels)) => {
-                self.set_index.upsert_item(key.clone(), labels);
-                let now: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
+                self.set_index.upsert_item(id, labels);
+                let now: Vec<u32> = self.set_index.matched_by(&id).copied().collect();
                 for s in now {
-                    let elems = item_elems(&s, &d);
-                    self.apply_elems(&s, elems, true);
+                    self.apply_elems(s, &d, true);
                 }
             }
             None => {
-                self.set_index.remove_item(&key);
+                self.set_index.remove_item(&id);
+                self.item_ids.release(&key);
             }
         }
     }
@@ -493,19 +603,7 @@ impl PolicyEngine {
 
     // ---- endpoints ----
 
-    fn effective_labels(&self, ep: &Endpoint) -> Labels {
-        let mut labels = ep.own_labels.clone();
-        for p in &ep.profiles {
-            if let Some(prof) = self.profiles.get(p) {
-                for (k, v) in &prof.labels {
-                    labels.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
-        }
-        labels
-    }
-
-    fn parse_endpoint(&self, wep: &WorkloadEndpoint) -> Result<Endpoint, InvalidObject> {
+    fn parse_endpoint(&mut self, wep: &WorkloadEndpoint) -> Result<Endpoint, InvalidObject> {
         let ns = &wep.metadata.namespace;
         let spec = &wep.spec;
         let local = spec.node == self.node;
@@ -574,7 +672,10 @@ impl PolicyEngine {
             mac: spec.mac.clone(),
             profiles: spec.profiles.clone(),
             spoof_ok,
-            own_labels: own,
+            own_labels: LabelSet::new(
+                own.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &mut self.strings,
+            ),
             ports,
             status: EndpointStatus {
                 orchestrator_id: spec.orchestrator.clone(),
@@ -646,7 +747,9 @@ impl PolicyEngine {
                 self.dirty.endpoints.insert(key.clone());
             }
         }
-        let labels = ep.as_ref().map(|e| self.effective_labels(e));
+        let labels = ep
+            .as_ref()
+            .map(|e| effective_labels(&mut self.strings, &self.profiles, e));
         // Sets.
         let data = |e: &Endpoint| ItemData {
             nets: e.nets.clone(),
@@ -705,7 +808,7 @@ impl PolicyEngine {
             let Some(ep) = self.endpoints.get(&key) else {
                 continue;
             };
-            let labels = self.effective_labels(ep);
+            let labels = effective_labels(&mut self.strings, &self.profiles, ep);
             let local = ep.local;
             let d = ItemData {
                 nets: ep.nets.clone(),
@@ -953,7 +1056,10 @@ impl PolicyEngine {
                     nets,
                     ports: Vec::new(),
                 },
-                labels,
+                LabelSet::new(
+                    labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    &mut self.strings,
+                ),
             )
         });
         match &new {
@@ -1181,27 +1287,25 @@ impl PolicyEngine {
     // ---- output ----
 
     fn put_chain(&mut self, name: String, base: Option<BaseChain>, rules: Vec<Rule>) {
-        if self
-            .chains
-            .get(&name)
-            .is_some_and(|(b, r)| *b == base && *r == rules)
-        {
-            return;
-        }
         let lowered = Chain {
             base,
             rules: rules.iter().map(Rule::lower).collect(),
         };
+        if self.out.chains.get(&name) == Some(&lowered) {
+            return;
+        }
         self.touched.chains.insert(name.clone());
         self.out.chains.insert(name.clone(), lowered);
-        self.chains.insert(name, (base, rules));
+        if self.config.keep_text {
+            self.chains.insert(name, (base, rules));
+        }
     }
 
     fn drop_chain(&mut self, name: &str) {
-        if self.chains.remove(name).is_some() {
+        if self.out.chains.remove(name).is_some() {
             self.touched.chains.insert(name.to_string());
         }
-        self.out.chains.remove(name);
+        self.chains.remove(name);
     }
 
     fn put_set(&mut self, name: String, set: Set) {
@@ -1226,7 +1330,12 @@ impl PolicyEngine {
 
     fn render_set(&mut self, spec: &SetSpec) {
         let (n4, n6) = render::set_names(spec);
-        let Some(counts) = self.set_elems.get(spec) else {
+        let Some(counts) = self
+            .set_ids
+            .get(spec)
+            .and_then(|id| self.live_sets.get(&id))
+            .map(|l| &l.counts)
+        else {
             self.drop_set(&n4);
             self.drop_set(&n6);
             return;
@@ -1693,6 +1802,10 @@ impl PolicyEngine {
     /// Brings the wanted table up to date with every update so far and returns it. Only
     /// what the updates touched is re-rendered.
     pub fn desired(&mut self) -> &Ruleset {
+        if self.strings.len() > self.sweep_at {
+            self.strings.sweep();
+            self.sweep_at = (self.strings.len() * 2).max(1024);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         if dirty.statics {
             self.render_statics();
@@ -1791,7 +1904,8 @@ impl PolicyEngine {
     }
 
     /// The wanted table in nft's syntax (stable: maps, sets, chains by name), as
-    /// `nft list table inet calico` would show it. Call after [`Self::desired`].
+    /// `nft list table inet calico` would show it. Call after [`Self::desired`]. Chains are
+    /// shown only with [`EngineConfig::keep_text`] (their typed rules cost memory).
     pub fn text(&self) -> String {
         let mut out = format!("table inet {} {{\n", self.out.name);
         for (name, map) in &self.out.maps {

@@ -90,7 +90,13 @@ fn members(e: &mut PolicyEngine) -> Vec<String> {
 /// deletion of the object, the rest stays.
 #[test]
 fn an_invalid_update_removes_the_object_and_keeps_the_rest() {
-    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    let mut e = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
@@ -123,7 +129,13 @@ fn an_invalid_update_removes_the_object_and_keeps_the_rest() {
 
 #[test]
 fn status_lists_local_endpoints_once_their_rules_are_rendered() {
-    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    let mut e = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
     e.upsert_workload_endpoint(&wep("n2", "a", "p2", "10.0.0.2/32", &[]))
@@ -152,7 +164,13 @@ fn status_lists_local_endpoints_once_their_rules_are_rendered() {
 /// endpoints through the kns. profile, and a change of them re-evaluates the sets.
 #[test]
 fn profile_label_changes_reach_namespace_selector_sets() {
-    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    let mut e = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_profile(&kns("b", &[("team", "x")]))
         .expect("profile");
@@ -177,7 +195,13 @@ fn profile_label_changes_reach_namespace_selector_sets() {
 
 #[test]
 fn the_mark_mask_moves_every_mark_bit() {
-    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    let mut e = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
@@ -213,7 +237,13 @@ fn the_mark_mask_moves_every_mark_bit() {
 
 #[test]
 fn a_change_touches_only_what_it_changes() {
-    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    let mut e = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
@@ -255,7 +285,13 @@ fn a_change_touches_only_what_it_changes() {
 
 #[test]
 fn a_new_endpoint_may_take_over_an_interface_name() {
-    let mut e = PolicyEngine::new("n1", EngineConfig::default());
+    let mut e = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
     e.upsert_profile(&kns("a", &[])).expect("profile");
     for round in 0..20 {
         let (old, new) = if round % 2 == 0 {

@@ -51,7 +51,13 @@ fn golden_cases() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failed = Vec::new();
     for dir in cases() {
-        let mut e = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut e = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for r in resources(&dir.join("input.yaml")) {
             apply(&mut e, &r);
         }
@@ -79,7 +85,13 @@ fn golden_cases() {
 fn incremental_updates_reach_the_fresh_build() {
     for dir in cases() {
         let input = resources(&dir.join("input.yaml"));
-        let mut fresh = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut fresh = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for r in &input {
             apply(&mut fresh, r);
         }
@@ -87,7 +99,13 @@ fn incremental_updates_reach_the_fresh_build() {
         let want_ruleset = fresh.desired().clone();
 
         // Reverse order, reading the table after every update.
-        let mut rev = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut rev = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for r in input.iter().rev() {
             apply(&mut rev, r);
             rev.desired();
@@ -104,7 +122,13 @@ fn incremental_updates_reach_the_fresh_build() {
             remove(&mut rev, r);
             rev.desired();
         }
-        let empty = PolicyEngine::new(NODE, EngineConfig::default());
+        let empty = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         let mut empty = empty;
         same(
             &output(&mut rev),
@@ -168,7 +192,13 @@ fn check_references(r: &calico_netfilter::ruleset::Ruleset, what: &str) {
 fn every_reference_resolves_at_every_step() {
     for dir in cases() {
         let input = resources(&dir.join("input.yaml"));
-        let mut e = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut e = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for (i, r) in input.iter().enumerate() {
             apply(&mut e, r);
             check_references(e.desired(), &format!("{} after {i}", dir.display()));
@@ -187,7 +217,13 @@ fn every_reference_resolves_at_every_step() {
 fn golden_text_is_a_table_the_kernel_accepts() {
     testkit::require!(root; "nft", "unshare");
     for dir in cases() {
-        let mut e = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut e = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for r in resources(&dir.join("input.yaml")) {
             apply(&mut e, &r);
         }
