@@ -34,6 +34,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Settings that come from the agent's environment, not the datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,8 +99,8 @@ pub struct EndpointStatus {
 /// A workload endpoint's key: namespace and name of the resource.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,7 +121,8 @@ struct Endpoint {
     own_labels: LabelSet,
     /// (name, protocol, port).
     ports: Vec<(String, u8, u16)>,
-    status: EndpointStatus,
+    /// For local endpoints only (remote ones have no status here).
+    status: Option<EndpointStatus>,
 }
 
 /// An endpoint's labels for selectors: its own, then those its profiles give (in the
@@ -677,7 +679,7 @@ impl PolicyEngine {
                 &mut self.strings,
             ),
             ports,
-            status: EndpointStatus {
+            status: local.then(|| EndpointStatus {
                 orchestrator_id: spec.orchestrator.clone(),
                 workload_id: format!("{ns}/{workload}"),
                 endpoint_id: spec.endpoint.clone(),
@@ -685,7 +687,7 @@ impl PolicyEngine {
                 mac: spec.mac.clone(),
                 ipv4_nets: v4.iter().map(ToString::to_string).collect(),
                 ipv6_nets: v6.iter().map(ToString::to_string).collect(),
-            },
+            }),
             nets,
         })
     }
@@ -693,8 +695,8 @@ impl PolicyEngine {
     /// Adds or replaces a WorkloadEndpoint (of any node: remote ones feed the sets).
     pub fn upsert_workload_endpoint(&mut self, wep: &WorkloadEndpoint) -> Result<(), Skipped> {
         let key = EndpointKey {
-            namespace: wep.metadata.namespace.clone(),
-            name: wep.metadata.name.clone(),
+            namespace: self.strings.get(&wep.metadata.namespace),
+            name: Arc::from(wep.metadata.name.as_str()),
         };
         let obj = object("WorkloadEndpoint", &key.namespace, &key.name);
         let parsed = self.parse_endpoint(wep);
@@ -713,8 +715,8 @@ impl PolicyEngine {
 
     pub fn remove_workload_endpoint(&mut self, namespace: &str, name: &str) {
         let key = EndpointKey {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: Arc::from(namespace),
+            name: Arc::from(name),
         };
         self.skipped
             .remove(&object("WorkloadEndpoint", namespace, name));
@@ -1885,7 +1887,7 @@ impl PolicyEngine {
             .rendered
             .keys()
             .filter_map(|k| self.endpoints.get(k))
-            .map(|e| e.status.clone())
+            .filter_map(|e| e.status.clone())
             .collect();
         out.sort();
         out
