@@ -108,6 +108,22 @@ impl Side<'_> {
         if alts.is_empty() { None } else { Some(alts) }
     }
 
+    /// Whether the negated nets leave the rule anything to say in this family
+    /// (`policy.go: filterNets`): none of this family, or one that is everything (`0.0.0.0/0`
+    /// negated), and Felix drops the rule for the family.
+    fn not_nets_ok(&self, v4: Option<bool>) -> bool {
+        if self.e.not_nets.is_empty() {
+            return true;
+        }
+        let mut ours = self
+            .e
+            .not_nets
+            .iter()
+            .filter(|n| v4.is_none_or(|v| family_of(n) == v))
+            .peekable();
+        ours.peek().is_some() && ours.all(|n| n.prefix_len() != 0)
+    }
+
     fn ports(&self, v4: Option<bool>) -> Vec<Match> {
         let mut alts: Vec<Match> = self
             .e
@@ -271,6 +287,9 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
         let (Some(src_nets), Some(dst_nets)) = (src.nets(v4), dst.nets(v4)) else {
             continue; // the rule's nets are all of the other family
         };
+        if !src.not_nets_ok(v4) || !dst.not_nets_ok(v4) {
+            continue;
+        }
         let mut fixed = Vec::new();
         if let Some(v) = v4 {
             fixed.push(Match::Family { v4: v });
