@@ -7,7 +7,12 @@
 //! re-renders only those chains, sets and map elements. Policies are evaluated against
 //! local endpoints only (a label index), and only policies and profiles that apply to a
 //! local endpoint are rendered ("active rules"); the sets their rules use are evaluated
-//! against every endpoint and network set of the cluster (a second label index).
+//! against every endpoint and network set of the cluster (a second label index). What
+//! changed since the last apply is named by [`PolicyEngine::take_touched`] and copied into
+//! an edit of the programmed table by [`PolicyEngine::write_changes`].
+//!
+//! An update that does not validate acts as the object's deletion (Felix's
+//! `ValidationFilter`): it returns [`Skipped`] with the reason, and the rest stays enforced.
 
 use crate::index::{Interner, LabelIndex, LabelSet, Labels};
 use crate::ir::{self, Action, Match, Rule};
@@ -510,12 +515,7 @@ impl PolicyEngine {
 
     /// An item's labels or data changed: its old elements leave the sets that selected it,
     /// its new ones join the sets that select it now.
-    fn set_item(
-        &mut self,
-        key: ItemKey,
-        old: Option<ItemData>,
-        new: Option<(ItemData, LabelSet)>,
-    ) {
+    fn set_item(&mut self, key: ItemKey, old: Option<ItemData>, new: Option<(ItemData, LabelSet)>) {
         let id = match &new {
             Some(_) => self.item_ids.intern(&key),
             None => match self.item_ids.get(&key) {
