@@ -84,7 +84,7 @@ fn policy(r: &mut Lcg, i: usize) -> Value {
     if r.next(3) == 0 {
         p["spec"]["order"] = json!(r.next(3));
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         p["kind"] = json!("GlobalNetworkPolicy");
         p["metadata"] = json!({"name": format!("{tier}.g{i}")});
     } else {
