@@ -1,6 +1,9 @@
 //! The desired state of ONE nf_tables table, declared as data ([`Ruleset`]), and the engine
 //! that brings the kernel to it: [`plan`] turns (what was applied, what is wanted) into the
 //! smallest nf_tables transaction that gets there, [`apply`] commits it in one go.
+//! [`ProgrammedTable`] keeps what the kernel holds and syncs a whole new ruleset by
+//! difference ([`ProgrammedTable::sync`]), or changes it in place ([`ProgrammedTable::edit`],
+//! an [`Edit`] planned at the cost of what it touches, not of the table's size).
 //!
 //! It owns the table's shape in the kernel, nothing of policy: the policy agent
 //! (`crates/policy`, wired in `calico-node`) renders Calico's model into a [`Ruleset`]
@@ -22,7 +25,9 @@
 //! Interval sets of CIDRs are normalised here (overlapping and adjacent prefixes merged),
 //! because the kernel refuses overlapping interval elements.
 
-use crate::nft::{self, Expr, Verdict};
+use crate::nft;
+/// The rule vocabulary, here too for those who build rulesets.
+pub use crate::nft::{CmpOp, Expr, Verdict};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

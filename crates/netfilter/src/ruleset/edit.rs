@@ -1,21 +1,35 @@
 //! Changing a programmed table in place ([`ProgrammedTable::edit`]): the record of what the
 //! kernel holds is changed entry by entry, each touched chain, set or map journaled once
 //! (its value before), and the plan covers only the journal — so a one-element change costs
-//! the same against 20 chains or 20,000, and nothing is cloned but what is touched. The
+//! the same against 20 chains or 20,000, and nothing is cloned but what is touched. Set
+//! elements can be edited one by one ([`Edit::add_elem`], [`Edit::remove_elem`]): then not
+//! even the set is cloned, and an interval set's change is planned around the element (an
+//! index of its intervals, kept by the table) rather than by normalising the whole set. The
 //! journal also undoes the edit when the kernel refuses it (the kernel kept the old table).
 
-use super::plan::{Batch, Changes, ProgrammedTable, apply, plan_changes};
-use super::{Chain, Ruleset, Set, VerdictMap};
+use super::elems::{self, Interval, IntervalIndex, KernelElem};
+use super::plan::{Batch, Changes, ProgrammedTable, apply_or_replace, plan_changes};
+use super::{Chain, Ruleset, Set, SetElem, VerdictMap};
 use crate::error::NfError;
 use crate::socket::NfSocket;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// The value of each touched entry before the edit (`None`: it did not exist).
+/// The value of each touched entry before the edit (`None`: it did not exist), and the
+/// elements added to and removed from sets edited element by element.
 #[derive(Debug, Default)]
 struct Journal {
     chains: BTreeMap<String, Option<Chain>>,
     sets: BTreeMap<String, Option<Set>>,
     maps: BTreeMap<String, Option<VerdictMap>>,
+    elems: BTreeMap<String, ElemDelta>,
+}
+
+/// What an element-by-element edit did to one set (net: an element added then removed is in
+/// neither).
+#[derive(Debug, Default)]
+struct ElemDelta {
+    added: BTreeSet<SetElem>,
+    removed: BTreeSet<SetElem>,
 }
 
 /// Records `name`'s value before its first change.
@@ -49,6 +63,24 @@ fn undo<T>(journal: BTreeMap<String, Option<T>>, live: &mut BTreeMap<String, T>)
         };
     }
 }
+
+/// Takes back an element delta.
+fn undo_elems(set: &mut Set, delta: ElemDelta) {
+    for e in &delta.added {
+        set.elems.remove(e);
+    }
+    set.elems.extend(delta.removed);
+}
+
+/// The kernel changes of element-by-element edits: per set, the kernel elements to delete
+/// and to add, and for interval sets the kernel intervals that go and come.
+type ElemPlan = Vec<(
+    String,
+    Vec<KernelElem>,
+    Vec<KernelElem>,
+    Option<IntervalChange>,
+)>;
+type IntervalChange = (Vec<Interval>, Vec<Interval>);
 
 /// An edit of a [`ProgrammedTable`]'s ruleset: change it, then [`Edit::commit`]. Dropped
 /// without a commit, it is undone.
@@ -93,21 +125,101 @@ impl<'a> Edit<'a> {
         self.current.chains.get_mut(name)
     }
 
+    /// Journals a set as a whole (its value before the edit), folding in element edits made
+    /// so far.
+    fn note_set(&mut self, name: &str) {
+        self.table.indexes.remove(name);
+        if let Some(delta) = self.journal.elems.remove(name) {
+            let before = self.current.sets.get(name).cloned().map(|mut set| {
+                undo_elems(&mut set, delta);
+                set
+            });
+            self.journal.sets.insert(name.to_string(), before);
+            return;
+        }
+        note(&mut self.journal.sets, &self.current.sets, name);
+    }
+
     /// Adds or replaces a set.
     pub fn put_set(&mut self, name: &str, set: Set) {
-        note(&mut self.journal.sets, &self.current.sets, name);
+        self.note_set(name);
         self.current.sets.insert(name.to_string(), set);
     }
 
     pub fn remove_set(&mut self, name: &str) {
-        note(&mut self.journal.sets, &self.current.sets, name);
+        self.note_set(name);
         self.current.sets.remove(name);
     }
 
-    /// A set to change in place (its elements: only the difference is sent).
+    /// A set to change in place (its elements: only the difference is sent, though the set
+    /// is compared whole; see [`Edit::add_elem`] for one element at a time).
     pub fn set_mut(&mut self, name: &str) -> Option<&mut Set> {
-        note(&mut self.journal.sets, &self.current.sets, name);
+        self.note_set(name);
         self.current.sets.get_mut(name)
+    }
+
+    /// Adds one element to a set; whether it was not there. Planned around the element
+    /// alone. Refused if the set does not exist or the element does not fit it.
+    pub fn add_elem(&mut self, set: &str, elem: SetElem) -> Result<bool, NfError> {
+        self.change_elem(set, elem, true)
+    }
+
+    /// Removes one element from a set; whether it was there.
+    pub fn remove_elem(&mut self, set: &str, elem: &SetElem) -> Result<bool, NfError> {
+        self.change_elem(set, *elem, false)
+    }
+
+    fn change_elem(&mut self, name: &str, elem: SetElem, add: bool) -> Result<bool, NfError> {
+        let set = self
+            .current
+            .sets
+            .get_mut(name)
+            .ok_or_else(|| NfError::Input(format!("set {name}: the table does not have it")))?;
+        let interval = if set.interval {
+            Some(elems::interval_of(name, set.key, &elem)?)
+        } else {
+            elems::exact_key(name, set.key, &elem)?;
+            None
+        };
+        if set.elems.contains(&elem) == add {
+            return Ok(false);
+        }
+        if self.journal.sets.contains_key(name) {
+            // Journaled whole already: planned by comparison.
+            if add {
+                set.elems.insert(elem);
+            } else {
+                set.elems.remove(&elem);
+            }
+            return Ok(true);
+        }
+        if let Some(i) = interval {
+            let index = match self.table.indexes.entry(name.to_string()) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                // Built from the set before this change: what the kernel holds.
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(IntervalIndex::build(name, set)?)
+                }
+            };
+            if add {
+                index.insert(i);
+            } else {
+                index.remove(i);
+            }
+        }
+        let delta = self.journal.elems.entry(name.to_string()).or_default();
+        if add {
+            set.elems.insert(elem);
+            if !delta.removed.remove(&elem) {
+                delta.added.insert(elem);
+            }
+        } else {
+            set.elems.remove(&elem);
+            if !delta.added.remove(&elem) {
+                delta.removed.insert(elem);
+            }
+        }
+        Ok(true)
     }
 
     /// Adds or replaces a verdict map.
@@ -127,14 +239,59 @@ impl<'a> Edit<'a> {
         self.current.maps.get_mut(name)
     }
 
-    /// The transaction for what was touched (what [`super::plan`] would send for the whole
-    /// table before and after, at the cost of the touched entries only).
-    pub fn plan(&self) -> Result<Batch, NfError> {
+    /// The kernel changes of the element-by-element edits.
+    fn elem_plan(&self) -> Result<ElemPlan, NfError> {
+        let mut out = Vec::new();
+        for (name, delta) in &self.journal.elems {
+            if delta.added.is_empty() && delta.removed.is_empty() {
+                continue;
+            }
+            let Some(set) = self.current.sets.get(name) else {
+                continue;
+            };
+            let (mut del, mut add) = (Vec::new(), Vec::new());
+            let mut intervals = None;
+            if set.interval {
+                let index = self.table.indexes.get(name).ok_or_else(|| {
+                    NfError::Input(format!("set {name}: element edits without an index"))
+                })?;
+                let changed = delta
+                    .added
+                    .iter()
+                    .chain(&delta.removed)
+                    .map(|e| elems::interval_of(name, set.key, e))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (gone, came) = index.diff(&changed);
+                let width = elems::key_width(set.key);
+                elems::interval_elems(&gone, width, &mut del);
+                for e in &mut del {
+                    e.open = false;
+                }
+                elems::interval_elems(&came, width, &mut add);
+                intervals = Some((gone, came));
+            } else {
+                for e in &delta.removed {
+                    del.push(KernelElem::key(elems::exact_key(name, set.key, e)?));
+                }
+                for e in &delta.added {
+                    add.push(KernelElem::key(elems::exact_key(name, set.key, e)?));
+                }
+            }
+            out.push((name.clone(), del, add, intervals));
+        }
+        Ok(out)
+    }
+
+    fn plan_with(&self, elem_plan: &ElemPlan) -> Result<Batch, NfError> {
         let j = &self.journal;
         let changes = Changes {
             chains: pairs(&j.chains, &self.current.chains),
             sets: pairs(&j.sets, &self.current.sets),
             maps: pairs(&j.maps, &self.current.maps),
+            set_elems: elem_plan
+                .iter()
+                .map(|(name, del, add, _)| (name.as_str(), del.clone(), add.clone()))
+                .collect(),
         };
         let old_has_chain = |c: &str| match j.chains.get(c) {
             Some(before) => before.is_some(),
@@ -143,16 +300,36 @@ impl<'a> Edit<'a> {
         plan_changes(changes, &self.current, &old_has_chain)
     }
 
+    /// The transaction for what was touched (what [`super::plan`] would send for the whole
+    /// table before and after, at the cost of the touched entries only).
+    pub fn plan(&self) -> Result<Batch, NfError> {
+        self.plan_with(&self.elem_plan()?)
+    }
+
     /// Commits the edit in one transaction; returns the number of messages (0: the edit
-    /// changed nothing). A refusal undoes the edit (the kernel kept the table as it was); a
-    /// failure of the socket leaves the kernel's state unknown, so the table forgets what it
-    /// applied and its next sync replaces the table whole.
+    /// changed nothing). A refused difference is retried once as a whole replace (the
+    /// kernel's table may have drifted; see [`ProgrammedTable::sync`]). A refusal of that too
+    /// undoes the edit (the kernel kept the table as it was); a failure of the socket leaves
+    /// the kernel's state unknown, so the table forgets what it applied and its next sync
+    /// replaces the table whole.
     pub fn commit(mut self, sock: &mut NfSocket) -> Result<usize, NfError> {
-        let batch = self.plan()?;
-        match apply(sock, &batch) {
-            Ok(()) => {
+        let elem_plan = self.elem_plan()?;
+        let batch = self.plan_with(&elem_plan)?;
+        match apply_or_replace(sock, &batch, true, &self.current) {
+            Ok((sent, replaced)) => {
+                if replaced {
+                    self.table.indexes.clear();
+                } else {
+                    for (name, _, _, intervals) in &elem_plan {
+                        if let (Some((gone, came)), Some(index)) =
+                            (intervals, self.table.indexes.get_mut(name))
+                        {
+                            index.committed(gone, came);
+                        }
+                    }
+                }
                 self.journal = Journal::default();
-                Ok(batch.len())
+                Ok(sent)
             }
             Err(e) => {
                 self.lost = e.errno().is_none();
@@ -170,6 +347,13 @@ impl Drop for Edit<'_> {
         }
         let journal = std::mem::take(&mut self.journal);
         let mut current = std::mem::take(&mut self.current);
+        for (name, delta) in journal.elems {
+            // The index followed the edit: rebuilt when next needed.
+            self.table.indexes.remove(&name);
+            if let Some(set) = current.sets.get_mut(&name) {
+                undo_elems(set, delta);
+            }
+        }
         undo(journal.chains, &mut current.chains);
         undo(journal.sets, &mut current.sets);
         undo(journal.maps, &mut current.maps);
@@ -250,6 +434,83 @@ mod tests {
         // Dropped without commit: undone.
         drop(edit);
         assert_eq!(table.applied(), Some(&before));
+    }
+
+    fn bytes(b: &Batch) -> Vec<Vec<u8>> {
+        b.messages().iter().map(|m| m.attrs.buf.clone()).collect()
+    }
+
+    fn host(i: u32) -> SetElem {
+        SetElem::Net(ipnet::IpNet::V4(
+            ipnet::Ipv4Net::new((0x0a00_0000 + i).into(), 32).expect("net"),
+        ))
+    }
+
+    /// Element by element, interval and exact sets: the same messages as the whole-table
+    /// plan, through several committed rounds (the interval index follows the kernel), and an
+    /// undone round.
+    #[test]
+    fn element_edits_send_what_the_whole_plan_sends() {
+        let mut rs = ruleset(3);
+        rs.sets.insert(
+            "big".into(),
+            Set {
+                key: crate::ruleset::SetKey::Ipv4Addr,
+                interval: true,
+                elems: (0..3_000).map(|i| host(i * 2)).collect(),
+            },
+        );
+        rs.sets.insert(
+            "exact".into(),
+            Set {
+                key: crate::ruleset::SetKey::Ipv4Addr,
+                interval: false,
+                elems: (0..100).map(host).collect(),
+            },
+        );
+        let mut table = ProgrammedTable::new();
+        table.restore(Some(rs));
+        for round in 0..6u32 {
+            let before = table.applied().expect("applied").clone();
+            let mut edit = table.edit().expect("edit");
+            // Fill a gap (merging two hosts into one interval), take one out again, add a
+            // far one, and edit the exact set.
+            assert!(edit.add_elem("big", host(round * 4 + 1)).expect("add"));
+            assert!(
+                edit.remove_elem("big", &host(round * 4 + 100))
+                    .expect("remove")
+            );
+            assert!(edit.add_elem("big", host(1_000_000 + round)).expect("add"));
+            assert!(
+                !edit
+                    .add_elem("big", host(1_000_000 + round))
+                    .expect("again")
+            );
+            assert!(edit.add_elem("exact", host(500 + round)).expect("add"));
+            assert!(edit.remove_elem("exact", &host(round)).expect("remove"));
+            assert!(edit.add_elem("s1", host(77)).is_ok());
+            assert!(edit.add_elem("exact", SetElem::Ports(1, 1)).is_err());
+            assert!(edit.add_elem("nope", host(1)).is_err());
+            let whole = plan(Some(&before), edit.ruleset()).expect("plan");
+            let only = edit.plan().expect("plan");
+            assert_eq!(what(&only), what(&whole), "round {round}");
+            assert_eq!(bytes(&only), bytes(&whole), "round {round}");
+            if round == 3 {
+                drop(edit);
+                assert_eq!(table.applied(), Some(&before));
+                continue;
+            }
+            // As a commit would, without a kernel: the index takes the change.
+            let plan = edit.elem_plan().expect("elems");
+            for (name, _, _, intervals) in &plan {
+                if let (Some((gone, came)), Some(index)) =
+                    (intervals, edit.table.indexes.get_mut(name))
+                {
+                    index.committed(gone, came);
+                }
+            }
+            edit.journal = Journal::default();
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::error::NfError;
 use crate::nft::{self, Verdict};
 use crate::socket::Message;
 use calico_netlink::attr::Attrs;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// Keys `first..=last` of an interval set, as numbers (32 bits for IPv4, 128 for IPv6, 16
@@ -39,7 +40,7 @@ fn bad(set: &str, what: String) -> NfError {
 }
 
 /// The interval an element covers, for an interval set of `key`.
-fn interval_of(set: &str, key: SetKey, e: &SetElem) -> Result<Interval, NfError> {
+pub(crate) fn interval_of(set: &str, key: SetKey, e: &SetElem) -> Result<Interval, NfError> {
     match (key, e) {
         (SetKey::Ipv4Addr, SetElem::Net(ipnet::IpNet::V4(n))) => Ok(Interval {
             first: u128::from(u32::from(n.network())),
@@ -83,7 +84,7 @@ pub fn normalise<'a>(
 }
 
 /// The exact key of an element of a non-interval set of `key`.
-fn exact_key(set: &str, key: SetKey, e: &SetElem) -> Result<Vec<u8>, NfError> {
+pub(crate) fn exact_key(set: &str, key: SetKey, e: &SetElem) -> Result<Vec<u8>, NfError> {
     let host = |n: &ipnet::IpNet| n.prefix_len() == n.max_prefix_len();
     match (key, e) {
         (SetKey::Ipv4Addr, SetElem::Net(n @ ipnet::IpNet::V4(v4))) if host(n) => {
@@ -133,7 +134,7 @@ pub(crate) struct KernelElem {
 }
 
 impl KernelElem {
-    fn key(key: Vec<u8>) -> Self {
+    pub(crate) fn key(key: Vec<u8>) -> Self {
         KernelElem {
             key,
             interval_end: false,
@@ -148,7 +149,7 @@ fn key_bytes(v: u128, width: usize) -> Vec<u8> {
 }
 
 /// The kernel elements of intervals: first keys, and the keys after their ends.
-fn interval_elems(intervals: &[Interval], width: usize, out: &mut Vec<KernelElem>) {
+pub(crate) fn interval_elems(intervals: &[Interval], width: usize, out: &mut Vec<KernelElem>) {
     let max = if width >= 16 {
         u128::MAX
     } else {
@@ -184,7 +185,7 @@ pub(crate) fn all_elems(name: &str, set: &Set) -> Result<Vec<KernelElem>, NfErro
     Ok(out)
 }
 
-fn check_interval_key(name: &str, key: SetKey) -> Result<(), NfError> {
+pub(crate) fn check_interval_key(name: &str, key: SetKey) -> Result<(), NfError> {
     match key {
         SetKey::Ipv4AddrProtoPort | SetKey::Ipv6AddrProtoPort => {
             Err(bad(name, format!("{key:?} sets cannot be interval sets")))
@@ -226,7 +227,7 @@ pub(crate) fn diff_elems(
 }
 
 /// `(a - b, b - a)` of two sorted, duplicate-free lists.
-fn sorted_difference<T: Ord + Copy>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
+pub(crate) fn sorted_difference<T: Ord + Copy>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
     let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
@@ -248,6 +249,121 @@ fn sorted_difference<T: Ord + Copy>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
     only_a.extend_from_slice(&a[i..]);
     only_b.extend_from_slice(&b[j..]);
     (only_a, only_b)
+}
+
+/// Merges sorted intervals where they overlap or touch.
+fn merge_sorted(sorted: impl IntoIterator<Item = Interval>) -> Vec<Interval> {
+    let mut out: Vec<Interval> = Vec::new();
+    for i in sorted {
+        match out.last_mut() {
+            Some(prev) if i.first <= prev.last || i.first - prev.last == 1 => {
+                prev.last = prev.last.max(i.last);
+            }
+            _ => out.push(i),
+        }
+    }
+    out
+}
+
+/// One interval set's element intervals (a multiset: two elements may cover the same
+/// interval) and the merged intervals the kernel holds, kept in step with element edits so
+/// that an element's change is planned around it (`O(log n)`), not over the whole set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IntervalIndex {
+    elems: BTreeMap<(u128, u128), u32>,
+    /// What the kernel holds: first → last.
+    kernel: BTreeMap<u128, u128>,
+}
+
+impl IntervalIndex {
+    /// The index of `set` as the kernel holds it.
+    pub fn build(name: &str, set: &Set) -> Result<Self, NfError> {
+        let mut idx = IntervalIndex::default();
+        for e in &set.elems {
+            idx.insert(interval_of(name, set.key, e)?);
+        }
+        let sorted = idx
+            .elems
+            .keys()
+            .map(|&(first, last)| Interval { first, last });
+        idx.kernel = merge_sorted(sorted)
+            .into_iter()
+            .map(|i| (i.first, i.last))
+            .collect();
+        Ok(idx)
+    }
+
+    pub fn insert(&mut self, i: Interval) {
+        *self.elems.entry((i.first, i.last)).or_insert(0) += 1;
+    }
+
+    pub fn remove(&mut self, i: Interval) {
+        if let std::collections::btree_map::Entry::Occupied(mut o) =
+            self.elems.entry((i.first, i.last))
+        {
+            if *o.get() > 1 {
+                *o.get_mut() -= 1;
+            } else {
+                o.remove();
+            }
+        }
+    }
+
+    /// The kernel intervals that go and come once the elements of `changed` intervals were
+    /// added or removed (the index already holds the new elements). Only the windows around
+    /// the changes are looked at: a change and the kernel intervals it touches or borders.
+    pub fn diff(&self, changed: &[Interval]) -> (Vec<Interval>, Vec<Interval>) {
+        let mut windows: Vec<Interval> = changed
+            .iter()
+            .map(|c| {
+                let (lo, hi) = (c.first.saturating_sub(1), c.last.saturating_add(1));
+                let mut w = *c;
+                // Kernel intervals are disjoint and sorted: those meeting [lo, hi] are a run.
+                for (&f, &l) in self.kernel.range(..=hi).rev() {
+                    if l < lo {
+                        break;
+                    }
+                    w.first = w.first.min(f);
+                    w.last = w.last.max(l);
+                }
+                w
+            })
+            .collect();
+        windows.sort_unstable();
+        let windows = merge_sorted(windows);
+        let (mut gone, mut came) = (Vec::new(), Vec::new());
+        for w in windows {
+            let before: Vec<Interval> = self
+                .kernel
+                .range(w.first..=w.last)
+                .map(|(&first, &last)| Interval { first, last })
+                .collect();
+            let after = merge_sorted(
+                self.elems
+                    .range((w.first, 0)..=(w.last, u128::MAX))
+                    .map(|(&(first, last), _)| Interval { first, last }),
+            );
+            let (g, c) = sorted_difference(&before, &after);
+            gone.extend(g);
+            came.extend(c);
+        }
+        (gone, came)
+    }
+
+    /// The kernel took the difference.
+    pub fn committed(&mut self, gone: &[Interval], came: &[Interval]) {
+        for g in gone {
+            self.kernel.remove(&g.first);
+        }
+        for c in came {
+            self.kernel.insert(c.first, c.last);
+        }
+    }
+}
+
+/// A verdict map's key alone (to delete its element).
+pub(crate) fn map_key(ifname: &str) -> KernelElem {
+    KernelElem::key(nft::ifname_key(ifname))
 }
 
 /// A verdict map's element.
@@ -499,6 +615,57 @@ mod tests {
             (del[0].key.clone(), add[0].key.clone()),
             (vec![10, 0, 0, 1], vec![10, 0, 0, 3])
         );
+    }
+
+    /// The index's windowed difference equals the difference of whole normalisations,
+    /// through random element changes (a deterministic xorshift sequence).
+    #[test]
+    fn the_interval_index_diffs_as_whole_normalisation_does() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut set = Set::new(SetKey::Ipv4Addr, true);
+        let mut idx = IntervalIndex::build("s", &set).expect("index");
+        for round in 0..400 {
+            let before = set.clone();
+            let mut changed = Vec::new();
+            for _ in 0..=next(3) {
+                let top = next(8) == 0;
+                let addr = if top {
+                    u32::MAX - next(300) as u32
+                } else {
+                    next(600) as u32
+                };
+                let len = 22 + next(11) as u8;
+                let e = SetElem::Net(ipnet::IpNet::V4(
+                    ipnet::Ipv4Net::new(addr.into(), len).expect("net").trunc(),
+                ));
+                let i = interval_of("s", SetKey::Ipv4Addr, &e).expect("interval");
+                if set.elems.contains(&e) && next(2) == 0 {
+                    set.elems.remove(&e);
+                    idx.remove(i);
+                } else if set.elems.insert(e) {
+                    idx.insert(i);
+                } else {
+                    continue;
+                }
+                changed.push(i);
+            }
+            let (gone, came) = idx.diff(&changed);
+            let old = normalise("s", SetKey::Ipv4Addr, &before.elems).expect("old");
+            let new = normalise("s", SetKey::Ipv4Addr, &set.elems).expect("new");
+            let (want_gone, want_came) = sorted_difference(&old, &new);
+            let mut g = gone.clone();
+            g.sort_unstable();
+            let mut c = came.clone();
+            c.sort_unstable();
+            assert_eq!((g, c), (want_gone, want_came), "round {round}");
+            idx.committed(&gone, &came);
+        }
     }
 
     #[test]

@@ -18,10 +18,10 @@
 //! rulesets).
 
 use super::edit::Edit;
-use super::elems::{self, KernelElem};
+use super::elems::{self, IntervalIndex, KernelElem};
 use super::{BaseChain, Chain, ChainPolicy, Family, Ruleset, Set, SetKey, VerdictMap};
 use crate::error::NfError;
-use crate::nft::{self, Expr, Verdict};
+use crate::nft::{self, Expr};
 use crate::socket::{Message, NLM_F_CREATE, NLM_F_EXCL, NfSocket};
 use calico_netlink::attr::Attrs;
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +79,9 @@ pub fn apply(sock: &mut NfSocket, batch: &Batch) -> Result<(), NfError> {
 #[derive(Debug, Default)]
 pub struct ProgrammedTable {
     applied: Option<Ruleset>,
+    /// Interval sets edited element by element: their element and kernel intervals (see
+    /// [`Edit::add_elem`]); dropped whenever a set changes otherwise.
+    pub(crate) indexes: BTreeMap<String, IntervalIndex>,
 }
 
 impl ProgrammedTable {
@@ -95,6 +98,7 @@ impl ProgrammedTable {
     /// Forgets what was applied: the next sync replaces the table whole.
     pub fn forget(&mut self) {
         self.applied = None;
+        self.indexes.clear();
     }
 
     /// An in-place edit of what was applied, planned at the cost of what it touches (see
@@ -105,17 +109,27 @@ impl ProgrammedTable {
     }
 
     pub(crate) fn restore(&mut self, applied: Option<Ruleset>) {
+        if applied.is_none() {
+            self.indexes.clear();
+        }
         self.applied = applied;
     }
 
     /// Makes the kernel's table `new` in one transaction; returns the number of messages
     /// sent (0: nothing changed). On error, `new` is dropped and the record is as above.
+    ///
+    /// A refused difference may mean the kernel's table drifted from the record (another tool
+    /// deleted or changed it): the difference is then retried once as a whole replace, and
+    /// only if that is refused too is the error returned (the replace's, which names what the
+    /// kernel refused in `new` itself).
     pub fn sync(&mut self, sock: &mut NfSocket, new: Ruleset) -> Result<usize, NfError> {
         let batch = plan(self.applied.as_ref(), &new)?;
-        match apply(sock, &batch) {
-            Ok(()) => {
+        // Sets may change wholesale: indexes are rebuilt when next needed.
+        self.indexes.clear();
+        match apply_or_replace(sock, &batch, self.applied.is_some(), &new) {
+            Ok((sent, _)) => {
                 self.applied = Some(new);
-                Ok(batch.len())
+                Ok(sent)
             }
             Err(e) => {
                 if e.errno().is_none() {
@@ -124,6 +138,29 @@ impl ProgrammedTable {
                 Err(e)
             }
         }
+    }
+}
+
+/// Applies `batch`, a difference when `incremental`; if the kernel refuses a difference,
+/// replaces the table with `new` whole. Returns the number of messages that were committed,
+/// and whether it was the replace.
+pub(crate) fn apply_or_replace(
+    sock: &mut NfSocket,
+    batch: &Batch,
+    incremental: bool,
+    new: &Ruleset,
+) -> Result<(usize, bool), NfError> {
+    match apply(sock, batch) {
+        Ok(()) => Ok((batch.len(), false)),
+        Err(e) if incremental && e.errno().is_some() => {
+            log::warn!(
+                "nf_tables table {}: {e}; replacing the table whole",
+                new.name
+            );
+            let whole = plan(None, new)?;
+            apply(sock, &whole).map(|()| (whole.len(), true))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -191,6 +228,9 @@ pub(crate) struct Changes<'a> {
     pub chains: Vec<Pair<'a, Chain>>,
     pub sets: Vec<Pair<'a, Set>>,
     pub maps: Vec<Pair<'a, VerdictMap>>,
+    /// Kernel elements to delete and to add in sets edited element by element (not in
+    /// `sets`).
+    pub set_elems: Vec<(&'a str, Vec<KernelElem>, Vec<KernelElem>)>,
 }
 
 impl<'a> Changes<'a> {
@@ -200,6 +240,7 @@ impl<'a> Changes<'a> {
             chains: join(&old.chains, &new.chains),
             sets: join(&old.sets, &new.sets),
             maps: join(&old.maps, &new.maps),
+            set_elems: Vec::new(),
         }
     }
 }
@@ -312,7 +353,8 @@ impl Planner<'_> {
         let mut new_chains = Vec::new();
         let mut rewrite: BTreeSet<&str> = BTreeSet::new();
         let mut policy_updates = Vec::new();
-        for pair in changes.chains {
+        for pair in &changes.chains {
+            let pair = *pair;
             match pair {
                 (_, None, None) => {}
                 (name, Some(_), None) => gone_chains.push(name),
@@ -336,7 +378,8 @@ impl Planner<'_> {
         let mut gone_sets = Vec::new();
         let mut new_sets = Vec::new();
         let mut kept_sets = Vec::new();
-        for pair in changes.sets {
+        for pair in &changes.sets {
+            let pair = *pair;
             match pair {
                 (_, None, None) => {}
                 (name, Some(_), None) => gone_sets.push(name),
@@ -354,7 +397,8 @@ impl Planner<'_> {
         let mut gone_maps = Vec::new();
         let mut new_maps = Vec::new();
         let mut kept_maps = Vec::new();
-        for pair in changes.maps {
+        for pair in &changes.maps {
+            let pair = *pair;
             match pair {
                 (_, None, None) => {}
                 (name, Some(_), None) => gone_maps.push(name),
@@ -378,7 +422,12 @@ impl Planner<'_> {
             && gone_maps.is_empty());
         if something_goes {
             for (name, chain) in &new.chains {
-                if rewrite.contains(name.as_str()) || !old_has_chain(name) {
+                let name = name.as_str();
+                // New and recreated chains are written whole anyway.
+                if rewrite.contains(name)
+                    || recreated_chains.contains(&name)
+                    || !old_has_chain(name)
+                {
                     continue;
                 }
                 let mut affected = false;
@@ -424,22 +473,20 @@ impl Planner<'_> {
         }
         // 2. Map elements that go or change.
         for (name, a, b) in &kept_maps {
+            // Deleted by key (a changed verdict is deleted, then added anew).
             let del: Vec<KernelElem> = a
                 .elems
                 .iter()
                 .filter(|(k, v)| b.elems.get(*k) != Some(*v))
-                .map(|(k, _)| elems::map_elem(k, &Verdict::Accept))
-                .map(|mut e| {
-                    e.verdict = None;
-                    e
-                })
+                .map(|(k, _)| elems::map_key(k))
                 .collect();
             self.elems(false, name, "map", &del);
         }
         // 3. Sets and maps that go.
-        for name in gone_sets.iter().chain(&gone_maps) {
+        let gone = gone_sets.iter().map(|n| ("set", n));
+        for (kind, name) in gone.chain(gone_maps.iter().map(|n| ("map", n))) {
             self.batch.push(
-                format!("delete set {name}"),
+                format!("delete {kind} {name}"),
                 set_name_message(nft_cmd(libc::NFT_MSG_DELSET), self.family, self.table, name),
             );
         }
@@ -484,8 +531,14 @@ impl Planner<'_> {
             self.elems(false, name, "set", &del);
             adds.push((*name, add));
         }
+        for (name, del, _) in &changes.set_elems {
+            self.elems(false, name, "set", del);
+        }
         for (name, add) in adds {
             self.elems(true, name, "set", &add);
+        }
+        for (name, _, add) in &changes.set_elems {
+            self.elems(true, name, "set", add);
         }
         for (name, set) in &new_sets {
             let all = elems::all_elems(name, set)?;
@@ -516,6 +569,7 @@ impl Planner<'_> {
             .chain(recreated_chains.iter().copied())
             .collect();
         written.sort_unstable();
+        written.dedup();
         for name in written {
             for (i, rule) in new.chains[name].rules.iter().enumerate() {
                 let what = match &rule.comment {
@@ -734,6 +788,7 @@ fn new_set_message(family: u8, table: &str, name: &str, set: Option<&Set>) -> Me
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::Verdict;
     use crate::ruleset::{ChainHook, ChainKind, Rule, SetElem};
 
     fn jump(chain: &str) -> Rule {
@@ -876,6 +931,45 @@ mod tests {
                 "delete set s1",
                 "add set s1",
                 "add 1 elements of set s1",
+                "add rule 0 of chain pol-1",
+            ]
+        );
+    }
+
+    /// A base chain moved to another priority that also names a recreated set: flushed,
+    /// deleted, created and written once.
+    #[test]
+    fn a_recreated_chain_naming_a_recreated_set_is_written_once() {
+        let mut old = small();
+        old.chains
+            .get_mut("fwd")
+            .expect("fwd")
+            .rules
+            .push(lookup("s1"));
+        let mut new = old.clone();
+        new.chains
+            .get_mut("fwd")
+            .expect("fwd")
+            .base
+            .as_mut()
+            .expect("base")
+            .priority = 5;
+        new.sets.get_mut("s1").expect("s1").interval = false;
+        new.sets.get_mut("s1").expect("s1").elems =
+            [SetElem::Net("10.0.0.1/32".parse().expect("net"))].into();
+        let b = plan(Some(&old), &new).expect("plan");
+        assert_eq!(
+            what(&b),
+            [
+                "flush chain pol-1",
+                "flush chain fwd",
+                "delete set s1",
+                "delete chain fwd",
+                "add set s1",
+                "add chain fwd",
+                "add 1 elements of set s1",
+                "add rule 0 of chain fwd",
+                "add rule 1 of chain fwd",
                 "add rule 0 of chain pol-1",
             ]
         );
