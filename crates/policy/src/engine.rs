@@ -28,6 +28,7 @@ use calico_datastore::model::policy::{
     NetworkPolicy, NetworkSet, Protocol, Tier,
 };
 use calico_datastore::model::resources::{DEFAULT_TIERS, IpPool, Profile, WorkloadEndpoint};
+use calico_netfilter::NfError;
 use calico_netfilter::nft::{self, Verdict};
 use calico_netfilter::ruleset::Edit;
 use calico_netfilter::ruleset::{
@@ -503,11 +504,22 @@ impl PolicyEngine {
                 live.counts.remove(&e);
             }
             if changed && let Some(out) = self.out.sets.get_mut(name) {
-                self.touched.sets.insert(name.clone());
                 if add {
                     out.elems.insert(e);
                 } else {
                     out.elems.remove(&e);
+                }
+                // A set already named whole is copied whole; else the element is recorded.
+                if !self.touched.sets.contains(name) {
+                    let d = self.touched.elems.entry(name.clone()).or_default();
+                    let (this, other) = if add {
+                        (&mut d.added, &mut d.removed)
+                    } else {
+                        (&mut d.removed, &mut d.added)
+                    };
+                    if !other.remove(&e) {
+                        this.insert(e);
+                    }
                 }
             }
         }
@@ -1312,6 +1324,7 @@ impl PolicyEngine {
 
     fn put_set(&mut self, name: String, set: Set) {
         if self.out.sets.get(&name) != Some(&set) {
+            self.touched.elems.remove(&name);
             self.touched.sets.insert(name.clone());
             self.out.sets.insert(name, set);
         }
@@ -1319,6 +1332,7 @@ impl PolicyEngine {
 
     fn drop_set(&mut self, name: &str) {
         if self.out.sets.remove(name).is_some() {
+            self.touched.elems.remove(name);
             self.touched.sets.insert(name.to_string());
         }
     }
@@ -1835,13 +1849,14 @@ impl PolicyEngine {
 
     /// Brings the wanted table up to date and copies what changed since the last call (or
     /// since [`Self::take_touched`]) into an edit of the table the kernel holds, entry by
-    /// entry, so that the edit's transaction costs what changed, not the table's size.
+    /// entry (set members one by one), so that the edit's transaction costs what changed,
+    /// not the table's size.
     ///
     /// The first apply is a whole replace (`ProgrammedTable::sync` with a clone of
-    /// [`Self::desired`], then [`Self::take_touched`] to start counting from it). If a
-    /// commit fails, the edit is undone but these changes are taken: sync the whole table
-    /// again.
-    pub fn write_changes(&mut self, edit: &mut Edit<'_>) -> Touched {
+    /// [`Self::desired`], then [`Self::take_touched`] to start counting from it). If the
+    /// commit (or this call) fails, the edit is undone but these changes are taken: sync the
+    /// whole table again.
+    pub fn write_changes(&mut self, edit: &mut Edit<'_>) -> Result<Touched, NfError> {
         self.desired();
         let t = self.take_touched();
         for c in &t.chains {
@@ -1861,13 +1876,21 @@ impl PolicyEngine {
                 None => edit.remove_set(s),
             }
         }
+        for (s, d) in &t.elems {
+            for e in &d.removed {
+                edit.remove_elem(s, e)?;
+            }
+            for e in &d.added {
+                edit.add_elem(s, *e)?;
+            }
+        }
         for m in &t.maps {
             match self.out.maps.get(m) {
                 Some(map) => edit.put_map(m, map.clone()),
                 None => edit.remove_map(m),
             }
         }
-        t
+        Ok(t)
     }
 
     /// Whether updates are waiting for [`Self::desired`].
@@ -1935,8 +1958,18 @@ impl PolicyEngine {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
     pub chains: BTreeSet<String>,
+    /// Sets added, removed or to be copied whole.
     pub sets: BTreeSet<String>,
     pub maps: BTreeSet<String>,
+    /// Members added to or removed from sets not in `sets`.
+    pub elems: BTreeMap<String, ElemDelta>,
+}
+
+/// The members a set gained and lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElemDelta {
+    pub added: BTreeSet<SetElem>,
+    pub removed: BTreeSet<SetElem>,
 }
 
 /// Sizes of the wanted table, for metrics.

@@ -38,8 +38,8 @@ pub mod render;
 pub mod stored;
 
 pub use engine::{
-    EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine, Skipped,
-    Touched,
+    ElemDelta, EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine,
+    Skipped, Touched,
 };
 pub use render::MarkBits;
 pub use stored::ResourceKind;

@@ -271,6 +271,19 @@ fn a_change_touches_only_what_it_changes() {
         .expect("wep");
     e.desired();
     assert_eq!(e.take_touched(), Default::default());
+    // Its namespace joins team x: members more in one set (v4), nothing else.
+    e.upsert_profile(&kns("a", &[("team", "x")]))
+        .expect("profile");
+    e.desired();
+    let t = e.take_touched();
+    assert!(
+        t.chains.is_empty() && t.sets.is_empty() && t.maps.is_empty(),
+        "{t:?}"
+    );
+    assert_eq!(t.elems.len(), 1, "{t:?}");
+    let d = t.elems.values().next().expect("delta");
+    assert_eq!(d.added.len(), 2, "p1's and p2's address: {d:?}");
+    assert!(d.removed.is_empty());
     // A new local endpoint: its two chains and the two dispatch maps.
     e.upsert_workload_endpoint(&wep("n1", "a", "p3", "10.0.0.3/32", &[]))
         .expect("wep");

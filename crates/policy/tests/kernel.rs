@@ -313,7 +313,8 @@ fn edits_of_the_programmed_table_follow_the_engine() {
                     remove(&mut e, r);
                 }
                 let mut edit = table.edit().unwrap();
-                e.write_changes(&mut edit);
+                e.write_changes(&mut edit)
+                    .unwrap_or_else(|err| panic!("{name}: step {i}: {err}"));
                 edit.commit(&mut sock)
                     .unwrap_or_else(|err| panic!("{name}: step {i}: {err}"));
                 assert_eq!(table.applied(), Some(e.desired()), "{name}: step {i}");
