@@ -283,6 +283,7 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
     };
     let actions = rule_actions(r.action, marks, log_prefix);
     let mut out = Vec::new();
+    let mut all_combos: Vec<Vec<Match>> = Vec::new();
     for v4 in families(r) {
         let (Some(src_nets), Some(dst_nets)) = (src.nets(v4), dst.nets(v4)) else {
             continue; // the rule's nets are all of the other family
@@ -344,9 +345,43 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
                 })
                 .collect();
         }
-        for matches in combos {
-            out.push(Rule::new(matches, actions.clone()).comment(comment));
+        all_combos.extend(combos);
+    }
+    if r.action == RuleAction::Log && all_combos.len() > 1 {
+        // Any of several alternatives: logged once, through a scratch bit (as Felix's
+        // rule blocks use them), not once per alternative that matches.
+        out.push(
+            Rule::new(
+                vec![],
+                vec![Action::SetMark {
+                    set: 0,
+                    clear: marks.scratch0,
+                }],
+            )
+            .comment(comment),
+        );
+        for matches in all_combos {
+            out.push(
+                Rule::new(
+                    matches,
+                    vec![Action::SetMark {
+                        set: marks.scratch0,
+                        clear: 0,
+                    }],
+                )
+                .comment(comment),
+            );
         }
+        let mut log = actions;
+        log.push(Action::SetMark {
+            set: 0,
+            clear: marks.scratch0,
+        });
+        out.push(Rule::new(vec![mark_set(marks.scratch0)], log).comment(comment));
+        return out;
+    }
+    for matches in all_combos {
+        out.push(Rule::new(matches, actions.clone()).comment(comment));
     }
     out
 }
