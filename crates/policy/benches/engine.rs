@@ -245,4 +245,70 @@ fn main() {
         remote.push(t.elapsed());
     }
     summary("one remote endpoint add", remote);
+
+    if std::env::var_os("POLICY_BENCH_KERNEL").is_some() {
+        kernel();
+    }
+}
+
+/// With `POLICY_BENCH_KERNEL=1` (root): the same scale applied to the kernel in a network
+/// namespace through the netfilter crate's programmed table, as the agent does it: one
+/// whole replace, then per update an edit with what changed (engine + plan + commit).
+fn kernel() {
+    use calico_netfilter::NfSocket;
+    use calico_netfilter::ruleset::ProgrammedTable;
+    let ns = match testkit::NetNs::new("pbench") {
+        Ok(ns) => ns,
+        Err(err) => {
+            println!("kernel timings skipped: {err:#}");
+            return;
+        }
+    };
+    let (mut e, build) = cold();
+    let timings = ns
+        .within(move || {
+            let mut sock = NfSocket::open().expect("nf socket");
+            let mut table = ProgrammedTable::new();
+            let t = Instant::now();
+            table
+                .sync(&mut sock, e.desired().clone())
+                .expect("whole table");
+            let sync = t.elapsed();
+            e.take_touched();
+            let mut step = |e: &mut PolicyEngine| {
+                let mut edit = table.edit().expect("applied");
+                e.write_changes(&mut edit).expect("edit");
+                edit.commit(&mut sock).expect("commit");
+            };
+            let mut changes = Vec::new();
+            for k in 0..100u16 {
+                let p = policy(
+                    (k as usize * 7) % NAMESPACES,
+                    k as usize % POLICIES_PER_NS,
+                    700 + k,
+                );
+                let t = Instant::now();
+                e.upsert_network_policy(&p).expect("policy");
+                step(&mut e);
+                changes.push(t.elapsed());
+            }
+            let mut adds = Vec::new();
+            for k in 0..100 {
+                let mut wep = endpoint(k % NAMESPACES, 30_000 + k * NODES);
+                wep.spec.ip_networks = vec![format!("10.97.{}.{}/32", k / 250, k % 250 + 1)];
+                let t = Instant::now();
+                e.upsert_workload_endpoint(&wep).expect("endpoint");
+                step(&mut e);
+                adds.push(t.elapsed());
+            }
+            (sync, changes, adds)
+        })
+        .expect("in the namespace");
+    let (sync, changes, adds) = timings;
+    println!(
+        "kernel: cold start (engine {build:.3?} + whole-table transaction {sync:.3?}) = {:.3?}",
+        build + sync
+    );
+    summary("kernel: policy change enforced", changes);
+    summary("kernel: local endpoint add enforced", adds);
 }
