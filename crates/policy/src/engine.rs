@@ -388,6 +388,12 @@ impl PolicyEngine {
         &self.node
     }
 
+    /// This node's FelixConfiguration (`node.<name>` over `default`), for the settings the
+    /// agent applies itself (`endpointStatusPathPrefix`, `logSeverityScreen`, ...).
+    pub fn felix_configuration(&self) -> &FelixConfigurationSpec {
+        &self.felix
+    }
+
     /// Objects not enforced now, with why.
     pub fn skipped(&self) -> impl Iterator<Item = Skipped> + '_ {
         self.skipped.iter().map(|(o, r)| Skipped {
