@@ -1,6 +1,12 @@
 //! Rendering: parsed rules to nft rules, policy/profile chains, per-endpoint chains and the
 //! table's fixed chains (Felix's `felix/rules/policy.go`, `endpoints.go`, `static.go`,
 //! `dispatch.go`, in their nftables flavour).
+//!
+//! Where it departs from Felix: a rule's positive alternatives (several nets, several ports
+//! or named ports) become one nft rule each rather than anonymous sets (a Log rule's
+//! alternatives set a scratch bit and log once); a rule is left out of an address family
+//! whose nets it cannot match (`filterNets`); and instead of a reverse-path check in a raw
+//! chain, each endpoint's egress chain first drops sources other than its own addresses.
 
 use crate::ir::{Action, Match, Rule};
 use crate::model::{ParsedEntity, ParsedRule, RuleAction, SetSpec};
