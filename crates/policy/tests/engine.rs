@@ -233,7 +233,10 @@ fn the_mark_mask_moves_every_mark_bit() {
     );
     // The node's mask still wins over the cluster's bad one.
     e.upsert_felix_configuration(&bad).expect("node value wins");
-    assert_eq!(e.felix_configuration().nftables_mark_mask, Some(0x0ff0_0000));
+    assert_eq!(
+        e.felix_configuration().nftables_mark_mask,
+        Some(0x0ff0_0000)
+    );
 }
 
 #[test]
