@@ -52,6 +52,11 @@ pub struct EngineConfig {
     /// Keep each chain's typed rules for [`PolicyEngine::text`] (tests, debugging); off, the
     /// engine holds only the netfilter rules.
     pub keep_text: bool,
+    /// Hold no copy of the chains (the programmed table has them; a fingerprint per chain
+    /// tells what changed): [`PolicyEngine::desired`] then has the sets and maps only, whole
+    /// tables come from [`PolicyEngine::full_table`] and changes from
+    /// [`PolicyEngine::write_changes`]. What the agent wants at scale.
+    pub lean: bool,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +65,7 @@ impl Default for EngineConfig {
             interface_prefixes: vec!["cali".into()],
             log_prefix: "calico-packet".into(),
             keep_text: false,
+            lean: false,
         }
     }
 }
@@ -295,6 +301,11 @@ pub struct PolicyEngine {
     rendered: HashMap<EndpointKey, String>,
     dirty: Dirty,
     touched: Touched,
+    /// Lean mode: each chain's fingerprint, and the chains changed since the last take.
+    chain_prints: HashMap<String, u64>,
+    pending_chains: BTreeMap<String, Option<Chain>>,
+    /// Set while [`Self::full_table`] renders every chain into it.
+    collect: Option<BTreeMap<String, Chain>>,
     /// Label strings, shared; swept when it doubled since the last sweep.
     strings: Interner,
     sweep_at: usize,
@@ -325,6 +336,15 @@ fn parse_net(s: &str) -> Option<IpNet> {
         .map(|n| n.trunc())
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .ok()
+}
+
+/// A chain's fingerprint in lean mode (its typed rules hashed; equal rules lower equally).
+fn fingerprint(base: &Option<BaseChain>, rules: &[Rule]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    base.hash(&mut h);
+    rules.hash(&mut h);
+    h.finish()
 }
 
 fn host_net(a: IpAddr) -> IpNet {
@@ -367,6 +387,9 @@ impl PolicyEngine {
                 ..Default::default()
             },
             touched: Touched::default(),
+            chain_prints: HashMap::new(),
+            pending_chains: BTreeMap::new(),
+            collect: None,
             strings: Interner::default(),
             sweep_at: 1024,
             out: Ruleset::new(names::TABLE),
@@ -1307,25 +1330,93 @@ impl PolicyEngine {
     // ---- output ----
 
     fn put_chain(&mut self, name: String, base: Option<BaseChain>, rules: Vec<Rule>) {
-        let lowered = Chain {
-            base,
-            rules: rules.iter().map(Rule::lower).collect(),
-        };
-        if self.out.chains.get(&name) == Some(&lowered) {
+        if let Some(all) = &mut self.collect {
+            // full_table(): every chain, nothing else changes.
+            let lowered = Chain {
+                base,
+                rules: rules.iter().map(Rule::lower).collect(),
+            };
+            all.insert(name, lowered);
             return;
         }
-        self.touched.chains.insert(name.clone());
-        self.out.chains.insert(name.clone(), lowered);
+        if self.config.lean {
+            let print = fingerprint(&base, &rules);
+            if self.chain_prints.get(&name) == Some(&print) {
+                return;
+            }
+            let lowered = Chain {
+                base,
+                rules: rules.iter().map(Rule::lower).collect(),
+            };
+            self.chain_prints.insert(name.clone(), print);
+            self.pending_chains.insert(name.clone(), Some(lowered));
+            self.touched.chains.insert(name.clone());
+        } else {
+            let lowered = Chain {
+                base,
+                rules: rules.iter().map(Rule::lower).collect(),
+            };
+            if self.out.chains.get(&name) == Some(&lowered) {
+                return;
+            }
+            self.touched.chains.insert(name.clone());
+            self.out.chains.insert(name.clone(), lowered);
+        }
         if self.config.keep_text {
             self.chains.insert(name, (base, rules));
         }
     }
 
     fn drop_chain(&mut self, name: &str) {
-        if self.out.chains.remove(name).is_some() {
+        if self.collect.is_some() {
+            return;
+        }
+        let had = if self.config.lean {
+            let had = self.chain_prints.remove(name).is_some();
+            if had {
+                self.pending_chains.insert(name.to_string(), None);
+            }
+            had
+        } else {
+            self.out.chains.remove(name).is_some()
+        };
+        if had {
             self.touched.chains.insert(name.to_string());
         }
         self.chains.remove(name);
+    }
+
+    /// The whole wanted table, chains included, rendered afresh from the current state:
+    /// for the first apply and for a whole replace after a refused edit. With
+    /// [`EngineConfig::lean`] it is the only way to see the chains; without, it equals
+    /// [`Self::desired`].
+    pub fn full_table(&mut self) -> Ruleset {
+        self.desired();
+        let mut all = BTreeMap::new();
+        self.collect = Some(BTreeMap::new());
+        self.render_statics();
+        let policies: Vec<PolicyKey> = self.active_policies.iter().cloned().collect();
+        for p in &policies {
+            self.render_policy(p);
+        }
+        let profiles: Vec<String> = self.active_profiles.iter().cloned().collect();
+        for p in &profiles {
+            self.render_profile(p);
+        }
+        let endpoints: Vec<EndpointKey> = self.rendered.keys().cloned().collect();
+        for e in &endpoints {
+            self.render_endpoint(e);
+        }
+        if let Some(c) = self.collect.take() {
+            all = c;
+        }
+        Ruleset {
+            family: self.out.family,
+            name: self.out.name.clone(),
+            chains: all,
+            sets: self.out.sets.clone(),
+            maps: self.out.maps.clone(),
+        }
     }
 
     fn put_set(&mut self, name: String, set: Set) {
@@ -1347,6 +1438,7 @@ impl PolicyEngine {
     /// what they were at the previous call (added, changed or removed), for a caller that
     /// plans only those. The first call names everything.
     pub fn take_touched(&mut self) -> Touched {
+        self.pending_chains.clear();
         std::mem::take(&mut self.touched)
     }
 
@@ -1864,10 +1956,15 @@ impl PolicyEngine {
     /// whole table again.
     pub fn write_changes(&mut self, edit: &mut Edit<'_>) -> Result<Touched, NfError> {
         self.desired();
+        let mut pending = std::mem::take(&mut self.pending_chains);
         let t = self.take_touched();
         for c in &t.chains {
-            match self.out.chains.get(c) {
-                Some(chain) => edit.put_chain(c, chain.clone()),
+            let chain = match pending.remove(c) {
+                Some(p) => p,
+                None => self.out.chains.get(c).cloned(),
+            };
+            match chain {
+                Some(chain) => edit.put_chain(c, chain),
                 None => edit.remove_chain(c),
             }
         }

@@ -15,9 +15,10 @@
 //! - [`stored`]: one entry point by kind for the etcd syncer's values.
 //!
 //! The agent's loop (calico-node):
-//! 1. `PolicyEngine::new(node, EngineConfig::default())`; for every object of the first
-//!    complete list, `upsert_stored(kind, ns, name, value)` (log the `Skipped` it returns).
-//! 2. After the first in-sync: `ProgrammedTable::sync(sock, engine.desired().clone())` (an
+//! 1. `PolicyEngine::new(node, EngineConfig { lean: true, ..Default::default() })`; for
+//!    every object of the first complete list, `upsert_stored(kind, ns, name, value)` (log
+//!    the `Skipped` it returns).
+//! 2. After the first in-sync: `ProgrammedTable::sync(sock, engine.full_table())` (an
 //!    atomic replace of whatever a previous run left), then `engine.take_touched()`.
 //! 3. Per watch event (or batch of them): `upsert_stored`/`remove_stored`; then
 //!    `let mut edit = table.edit()?; engine.write_changes(&mut edit); edit.commit(sock)?`

@@ -143,6 +143,14 @@ fn random_update_sequences_match_a_fresh_build() {
     for seed in 1..=12u64 {
         let mut r = Lcg(seed);
         let mut e = PolicyEngine::new("n1", EngineConfig::default());
+        // The same updates in lean mode (no copy of the chains, fingerprints only).
+        let mut lean = PolicyEngine::new(
+            "n1",
+            EngineConfig {
+                lean: true,
+                ..Default::default()
+            },
+        );
         let mut live: BTreeMap<String, Value> = BTreeMap::new();
         for step in 0..150 {
             let which = r.next(6);
@@ -157,6 +165,11 @@ fn random_update_sequences_match_a_fresh_build() {
             let k = key(&obj);
             if r.next(4) == 0 && live.contains_key(&k) {
                 live.remove(&k);
+                lean.remove_stored(
+                    kind(&obj),
+                    obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    obj["metadata"]["name"].as_str().unwrap_or_default(),
+                );
                 e.remove_stored(
                     kind(&obj),
                     obj["metadata"]["namespace"].as_str().unwrap_or_default(),
@@ -164,6 +177,7 @@ fn random_update_sequences_match_a_fresh_build() {
                 );
             } else {
                 upsert(&mut e, &obj);
+                upsert(&mut lean, &obj);
                 live.insert(k, obj);
             }
             if r.next(3) == 0 && step % 2 == 0 {
@@ -184,6 +198,8 @@ fn random_update_sequences_match_a_fresh_build() {
                 fresh.programmed_endpoints(),
                 "seed {seed} step {step}"
             );
+            assert!(e.full_table() == got, "seed {seed} step {step}: full_table");
+            assert!(lean.full_table() == got, "seed {seed} step {step}: lean");
         }
     }
 }
