@@ -1950,10 +1950,10 @@ impl PolicyEngine {
     /// entry (set members one by one), so that the edit's transaction costs what changed,
     /// not the table's size.
     ///
-    /// The first apply is a whole replace (`ProgrammedTable::sync` with a clone of
-    /// [`Self::desired`], then [`Self::take_touched`] to start counting from it). If the
-    /// commit (or this call) fails, the edit is undone but these changes are taken: sync the
-    /// whole table again.
+    /// The first apply is a whole replace (`ProgrammedTable::sync` with
+    /// [`Self::full_table`], then [`Self::take_touched`] to start counting from it). If the
+    /// commit (or this call) fails, the edit is undone but these changes are taken: sync
+    /// [`Self::full_table`] again.
     pub fn write_changes(&mut self, edit: &mut Edit<'_>) -> Result<Touched, NfError> {
         self.desired();
         let mut pending = std::mem::take(&mut self.pending_chains);
