@@ -302,7 +302,7 @@ pub struct PolicyEngine {
     dirty: Dirty,
     touched: Touched,
     /// Lean mode: each chain's fingerprint, and the chains changed since the last take.
-    chain_prints: HashMap<String, u64>,
+    chain_prints: HashMap<String, (u64, usize)>,
     pending_chains: BTreeMap<String, Option<Chain>>,
     /// Set while [`Self::full_table`] renders every chain into it.
     collect: Option<BTreeMap<String, Chain>>,
@@ -1340,7 +1340,7 @@ impl PolicyEngine {
             return;
         }
         if self.config.lean {
-            let print = fingerprint(&base, &rules);
+            let print = (fingerprint(&base, &rules), rules.len());
             if self.chain_prints.get(&name) == Some(&print) {
                 return;
             }
@@ -2026,8 +2026,16 @@ impl PolicyEngine {
             active_policies: self.active_policies.len(),
             active_profiles: self.active_profiles.len(),
             sets: self.out.sets.len(),
-            chains: self.out.chains.len(),
-            rules: self.out.chains.values().map(|c| c.rules.len()).sum(),
+            chains: if self.config.lean {
+                self.chain_prints.len()
+            } else {
+                self.out.chains.len()
+            },
+            rules: if self.config.lean {
+                self.chain_prints.values().map(|(_, n)| n).sum()
+            } else {
+                self.out.chains.values().map(|c| c.rules.len()).sum()
+            },
         }
     }
 
