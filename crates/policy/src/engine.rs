@@ -7,9 +7,14 @@
 //! re-renders only those chains, sets and map elements. Policies are evaluated against
 //! local endpoints only (a label index), and only policies and profiles that apply to a
 //! local endpoint are rendered ("active rules"); the sets their rules use are evaluated
-//! against every endpoint and network set of the cluster (a second label index).
+//! against every endpoint and network set of the cluster (a second label index). What
+//! changed since the last apply is named by [`PolicyEngine::take_touched`] and copied into
+//! an edit of the programmed table by [`PolicyEngine::write_changes`].
+//!
+//! An update that does not validate acts as the object's deletion (Felix's
+//! `ValidationFilter`): it returns [`Skipped`] with the reason, and the rest stays enforced.
 
-use crate::index::{LabelIndex, Labels};
+use crate::index::{Interner, LabelIndex, LabelSet, Labels};
 use crate::ir::{self, Action, Match, Rule};
 use crate::model::{
     self, InvalidObject, LABEL_NAMESPACE, LABEL_SERVICE_ACCOUNT, NAMESPACE_LABEL_PREFIX,
@@ -23,7 +28,9 @@ use calico_datastore::model::policy::{
     NetworkPolicy, NetworkSet, Protocol, Tier,
 };
 use calico_datastore::model::resources::{DEFAULT_TIERS, IpPool, Profile, WorkloadEndpoint};
+use calico_netfilter::NfError;
 use calico_netfilter::nft::{self, Verdict};
+use calico_netfilter::ruleset::Edit;
 use calico_netfilter::ruleset::{
     BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetKey,
 };
@@ -33,6 +40,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Settings that come from the agent's environment, not the datastore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +49,14 @@ pub struct EngineConfig {
     pub interface_prefixes: Vec<String>,
     /// Prefix of Log rules' kernel log lines (`FELIX_LOGPREFIX`, default `calico-packet`).
     pub log_prefix: String,
+    /// Keep each chain's typed rules for [`PolicyEngine::text`] (tests, debugging); off, the
+    /// engine holds only the netfilter rules.
+    pub keep_text: bool,
+    /// Hold no copy of the chains (the programmed table has them; a fingerprint per chain
+    /// tells what changed): [`PolicyEngine::desired`] then has the sets and maps only, whole
+    /// tables come from [`PolicyEngine::full_table`] and changes from
+    /// [`PolicyEngine::write_changes`]. What the agent wants at scale.
+    pub lean: bool,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +64,8 @@ impl Default for EngineConfig {
         EngineConfig {
             interface_prefixes: vec!["cali".into()],
             log_prefix: "calico-packet".into(),
+            keep_text: false,
+            lean: false,
         }
     }
 }
@@ -93,8 +111,8 @@ pub struct EndpointStatus {
 /// A workload endpoint's key: namespace and name of the resource.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,11 +127,117 @@ struct Endpoint {
     iface: String,
     mac: String,
     nets: Vec<IpNet>,
+    /// `allowSpoofedSourcePrefixes`: other sources it may send from.
+    spoof_ok: Vec<IpNet>,
     profiles: Vec<String>,
-    own_labels: Labels,
+    own_labels: LabelSet,
     /// (name, protocol, port).
     ports: Vec<(String, u8, u16)>,
-    status: EndpointStatus,
+    /// For local endpoints only (remote ones have no status here).
+    status: Option<EndpointStatus>,
+}
+
+/// An endpoint's labels for selectors: its own, then those its profiles give (in the
+/// profiles' order; the endpoint's own win, then the first profile's).
+fn effective_labels(
+    strings: &mut Interner,
+    profiles: &HashMap<String, ParsedProfile>,
+    ep: &Endpoint,
+) -> LabelSet {
+    let inherited = ep
+        .profiles
+        .iter()
+        .filter_map(|p| profiles.get(p))
+        .flat_map(|p| p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    LabelSet::new(ep.own_labels.iter().chain(inherited), strings)
+}
+
+/// What an endpoint or network set contributes to sets: addresses, and named ports.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ItemData {
+    nets: Vec<IpNet>,
+    /// (name, protocol, port).
+    ports: Vec<(String, u8, u16)>,
+}
+
+/// The elements an item brings to a set: its addresses (selector sets) or the (address,
+/// protocol, port) of its ports of the set's name and protocol (named-port sets).
+fn item_elems(spec: &SetSpec, d: &ItemData) -> Vec<SetElem> {
+    match spec {
+        SetSpec::Selector(_) => d.nets.iter().map(|n| SetElem::Net(*n)).collect(),
+        SetSpec::NamedPort { proto, port, .. } => {
+            let mut out = Vec::new();
+            for (pname, pproto, pport) in &d.ports {
+                if pname != port || proto.is_some_and(|p| p != *pproto) {
+                    continue;
+                }
+                for n in &d.nets {
+                    out.push(SetElem::AddrProtoPort(n.addr(), *pproto, *pport));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// A set rules use: what it is, its names (v4, v6) and its elements, each counted by how
+/// many items bring it.
+struct LiveSet {
+    spec: SetSpec,
+    names: (String, String),
+    counts: HashMap<SetElem, u32>,
+}
+
+/// Small numbers for keys: ids are reused after release.
+struct Ids<T> {
+    ids: HashMap<T, u32>,
+    keys: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Ids<T> {
+    fn default() -> Self {
+        Ids {
+            ids: HashMap::new(),
+            keys: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Ids<T> {
+    fn get(&self, k: &T) -> Option<u32> {
+        self.ids.get(k).copied()
+    }
+
+    fn intern(&mut self, k: &T) -> u32 {
+        if let Some(id) = self.ids.get(k) {
+            return *id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.keys[id as usize] = Some(k.clone());
+                id
+            }
+            None => {
+                self.keys.push(Some(k.clone()));
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.ids.insert(k.clone(), id);
+        id
+    }
+
+    fn release(&mut self, k: &T) -> Option<u32> {
+        let id = self.ids.remove(k)?;
+        self.keys[id as usize] = None;
+        self.free.push(id);
+        Some(id)
+    }
+
+    fn key(&self, id: u32) -> Option<&T> {
+        self.keys.get(id as usize).and_then(Option::as_ref)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -160,16 +284,31 @@ pub struct PolicyEngine {
     /// Policy selectors over local endpoints.
     policy_index: LabelIndex<EndpointKey, PolicyKey>,
     /// Set selectors over every endpoint and network set.
-    set_index: LabelIndex<ItemKey, SetSpec>,
+    set_index: LabelIndex<u32, u32>,
+    /// Small ids of the set index's items and selectors (an index entry is 4 bytes, not a
+    /// key's strings).
+    item_ids: Ids<ItemKey>,
+    set_ids: Ids<SetSpec>,
     active_policies: HashSet<PolicyKey>,
     active_profiles: HashSet<String>,
     set_refs: HashMap<SetSpec, usize>,
+    /// The sets rules use now, by id, with their elements.
+    live_sets: HashMap<u32, LiveSet>,
     /// The sets each active policy and profile references (what to release).
     policy_sets: HashMap<PolicyKey, Vec<SetSpec>>,
     profile_sets: HashMap<String, Vec<SetSpec>>,
     /// Interface each rendered endpoint was rendered with (to remove its chains).
     rendered: HashMap<EndpointKey, String>,
     dirty: Dirty,
+    touched: Touched,
+    /// Lean mode: each chain's fingerprint, and the chains changed since the last take.
+    chain_prints: HashMap<String, (u64, usize)>,
+    pending_chains: BTreeMap<String, Option<Chain>>,
+    /// Set while [`Self::full_table`] renders every chain into it.
+    collect: Option<BTreeMap<String, Chain>>,
+    /// Label strings, shared; swept when it doubled since the last sweep.
+    strings: Interner,
+    sweep_at: usize,
     out: Ruleset,
     chains: BTreeMap<String, (Option<BaseChain>, Vec<Rule>)>,
 }
@@ -189,6 +328,23 @@ fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
         (None, Some(_)) => Ordering::Greater,
         (None, None) => Ordering::Equal,
     }
+}
+
+/// A CIDR (host bits cleared) or a bare address, as Calico's `ParseCIDROrIP`.
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+}
+
+/// A chain's fingerprint in lean mode (its typed rules hashed; equal rules lower equally).
+fn fingerprint(base: &Option<BaseChain>, rules: &[Rule]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    base.hash(&mut h);
+    rules.hash(&mut h);
+    h.finish()
 }
 
 fn host_net(a: IpAddr) -> IpNet {
@@ -217,9 +373,12 @@ impl PolicyEngine {
             skipped: BTreeMap::new(),
             policy_index: LabelIndex::new(),
             set_index: LabelIndex::new(),
+            item_ids: Ids::default(),
+            set_ids: Ids::default(),
             active_policies: HashSet::new(),
             active_profiles: HashSet::new(),
             set_refs: HashMap::new(),
+            live_sets: HashMap::new(),
             policy_sets: HashMap::new(),
             profile_sets: HashMap::new(),
             rendered: HashMap::new(),
@@ -227,6 +386,12 @@ impl PolicyEngine {
                 statics: true,
                 ..Default::default()
             },
+            touched: Touched::default(),
+            chain_prints: HashMap::new(),
+            pending_chains: BTreeMap::new(),
+            collect: None,
+            strings: Interner::default(),
+            sweep_at: 1024,
             out: Ruleset::new(names::TABLE),
             chains: BTreeMap::new(),
         };
@@ -244,6 +409,12 @@ impl PolicyEngine {
 
     pub fn node_name(&self) -> &str {
         &self.node
+    }
+
+    /// This node's FelixConfiguration (`node.<name>` over `default`), for the settings the
+    /// agent applies itself (`endpointStatusPathPrefix`, `logSeverityScreen`, ...).
+    pub fn felix_configuration(&self) -> &FelixConfigurationSpec {
+        &self.felix
     }
 
     /// Objects not enforced now, with why.
@@ -272,16 +443,39 @@ impl PolicyEngine {
         }
     }
 
+    /// Keeps a skip decided outside the engine (an undecodable value), to report it.
+    pub(crate) fn record_skip(&mut self, s: Skipped) -> Skipped {
+        self.skipped.insert(s.object.clone(), s.reason.clone());
+        s
+    }
+
     // ---- sets ----
 
     fn add_set_ref(&mut self, spec: &SetSpec) {
         let n = self.set_refs.entry(spec.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
+            let id = self.set_ids.intern(spec);
             // The text is our own canonical rendering of a selector that parsed.
             if let Ok(sel) = Selector::parse(spec.selector_text()) {
-                self.set_index.upsert_selector(spec.clone(), sel);
+                self.set_index.upsert_selector(id, sel);
             }
+            let mut counts: HashMap<SetElem, u32> = HashMap::new();
+            for item in self.set_index.matches(&id) {
+                if let Some(d) = self.item_ids.key(*item).and_then(|k| self.item_data(k)) {
+                    for e in item_elems(spec, &d) {
+                        *counts.entry(e).or_insert(0) += 1;
+                    }
+                }
+            }
+            self.live_sets.insert(
+                id,
+                LiveSet {
+                    spec: spec.clone(),
+                    names: render::set_names(spec),
+                    counts,
+                },
+            );
             self.dirty.sets.insert(spec.clone());
         }
     }
@@ -291,25 +485,102 @@ impl PolicyEngine {
             *n -= 1;
             if *n == 0 {
                 self.set_refs.remove(spec);
-                self.set_index.remove_selector(spec);
+                if let Some(id) = self.set_ids.release(spec) {
+                    self.live_sets.remove(&id);
+                    self.set_index.remove_selector(&id);
+                }
                 self.dirty.sets.insert(spec.clone());
             }
         }
     }
 
-    fn set_item(&mut self, key: ItemKey, labels: Option<Labels>) {
-        let before: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
-        self.dirty.sets.extend(before);
-        match labels {
-            Some(l) => {
-                for (s, _) in self.set_index.upsert_item(key.clone(), l) {
-                    self.dirty.sets.insert(s);
+    /// What an item (endpoint or network set) puts into the sets that select it.
+    fn item_data(&self, key: &ItemKey) -> Option<ItemData> {
+        match key {
+            ItemKey::Endpoint(k) => self.endpoints.get(k).map(|e| ItemData {
+                nets: e.nets.clone(),
+                ports: e.ports.clone(),
+            }),
+            ItemKey::NetSet { .. } => self.netsets.get(key).map(|n| ItemData {
+                nets: n.clone(),
+                ports: Vec::new(),
+            }),
+        }
+    }
+
+    /// Adds (or takes away) an item's elements to a live set: counted, since two items may
+    /// bring the same element; the rendered set changes only when a count leaves or reaches 0.
+    fn apply_elems(&mut self, set: u32, d: &ItemData, add: bool) {
+        let Some(live) = self.live_sets.get_mut(&set) else {
+            return;
+        };
+        for e in item_elems(&live.spec, d) {
+            let v4 = match e {
+                SetElem::Net(n) => matches!(n, IpNet::V4(_)),
+                SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
+                SetElem::Ports(..) => true,
+            };
+            let name = if v4 { &live.names.0 } else { &live.names.1 };
+            let c = live.counts.entry(e).or_insert(0);
+            let changed = if add {
+                *c += 1;
+                *c == 1
+            } else {
+                *c = c.saturating_sub(1);
+                *c == 0
+            };
+            if !add && *c == 0 {
+                live.counts.remove(&e);
+            }
+            if changed && let Some(out) = self.out.sets.get_mut(name) {
+                if add {
+                    out.elems.insert(e);
+                } else {
+                    out.elems.remove(&e);
                 }
-                let now: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
-                self.dirty.sets.extend(now);
+                // A set already named whole is copied whole; else the element is recorded.
+                if !self.touched.sets.contains(name) {
+                    let d = self.touched.elems.entry(name.clone()).or_default();
+                    let (this, other) = if add {
+                        (&mut d.added, &mut d.removed)
+                    } else {
+                        (&mut d.removed, &mut d.added)
+                    };
+                    if !other.remove(&e) {
+                        this.insert(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An item's labels or data changed: its old elements leave the sets that selected it,
+    /// its new ones join the sets that select it now.
+    fn set_item(&mut self, key: ItemKey, old: Option<ItemData>, new: Option<(ItemData, LabelSet)>) {
+        let id = match &new {
+            Some(_) => self.item_ids.intern(&key),
+            None => match self.item_ids.get(&key) {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        if let Some(o) = &old {
+            let before: Vec<u32> = self.set_index.matched_by(&id).copied().collect();
+            for s in before {
+                self.apply_elems(s, o, false);
+            }
+        }
+        match new {
+            Some((d, labels)) => {
+                self.set_index.upsert_item(id, labels);
+                let now: Vec<u32> = self.set_index.matched_by(&id).copied().collect();
+                for s in now {
+                    self.apply_elems(s, &d, true);
+                }
             }
             None => {
-                self.set_index.remove_item(&key);
+                self.set_index.remove_item(&id);
+                self.item_ids.release(&key);
             }
         }
     }
@@ -375,19 +646,7 @@ impl PolicyEngine {
 
     // ---- endpoints ----
 
-    fn effective_labels(&self, ep: &Endpoint) -> Labels {
-        let mut labels = ep.own_labels.clone();
-        for p in &ep.profiles {
-            if let Some(prof) = self.profiles.get(p) {
-                for (k, v) in &prof.labels {
-                    labels.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
-        }
-        labels
-    }
-
-    fn parse_endpoint(&self, wep: &WorkloadEndpoint) -> Result<Endpoint, InvalidObject> {
+    fn parse_endpoint(&mut self, wep: &WorkloadEndpoint) -> Result<Endpoint, InvalidObject> {
         let ns = &wep.metadata.namespace;
         let spec = &wep.spec;
         let local = spec.node == self.node;
@@ -398,12 +657,15 @@ impl PolicyEngine {
         }
         let mut nets = Vec::new();
         for n in &spec.ip_networks {
-            let net = n
-                .parse::<IpNet>()
-                .map(|n| n.trunc())
-                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| InvalidObject(format!("ipNetworks: {n:?} is not a CIDR")))?;
+            let net = parse_net(n)
+                .ok_or_else(|| InvalidObject(format!("ipNetworks: {n:?} is not a CIDR")))?;
             nets.push(net);
+        }
+        let mut spoof_ok = Vec::new();
+        for n in &spec.allow_spoofed_source_prefixes {
+            spoof_ok.push(parse_net(n).ok_or_else(|| {
+                InvalidObject(format!("allowSpoofedSourcePrefixes: {n:?} is not a CIDR"))
+            })?);
         }
         // As the WEP update processor: no pcns./pcsa. labels of its own (an endpoint must not
         // pretend to be in another namespace), the service account from the spec.
@@ -452,9 +714,13 @@ impl PolicyEngine {
             iface: spec.interface_name.clone(),
             mac: spec.mac.clone(),
             profiles: spec.profiles.clone(),
-            own_labels: own,
+            spoof_ok,
+            own_labels: LabelSet::new(
+                own.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &mut self.strings,
+            ),
             ports,
-            status: EndpointStatus {
+            status: local.then(|| EndpointStatus {
                 orchestrator_id: spec.orchestrator.clone(),
                 workload_id: format!("{ns}/{workload}"),
                 endpoint_id: spec.endpoint.clone(),
@@ -462,7 +728,7 @@ impl PolicyEngine {
                 mac: spec.mac.clone(),
                 ipv4_nets: v4.iter().map(ToString::to_string).collect(),
                 ipv6_nets: v6.iter().map(ToString::to_string).collect(),
-            },
+            }),
             nets,
         })
     }
@@ -470,8 +736,8 @@ impl PolicyEngine {
     /// Adds or replaces a WorkloadEndpoint (of any node: remote ones feed the sets).
     pub fn upsert_workload_endpoint(&mut self, wep: &WorkloadEndpoint) -> Result<(), Skipped> {
         let key = EndpointKey {
-            namespace: wep.metadata.namespace.clone(),
-            name: wep.metadata.name.clone(),
+            namespace: self.strings.get(&wep.metadata.namespace),
+            name: Arc::from(wep.metadata.name.as_str()),
         };
         let obj = object("WorkloadEndpoint", &key.namespace, &key.name);
         let parsed = self.parse_endpoint(wep);
@@ -490,8 +756,8 @@ impl PolicyEngine {
 
     pub fn remove_workload_endpoint(&mut self, namespace: &str, name: &str) {
         let key = EndpointKey {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: Arc::from(namespace),
+            name: Arc::from(name),
         };
         self.skipped
             .remove(&object("WorkloadEndpoint", namespace, name));
@@ -524,9 +790,16 @@ impl PolicyEngine {
                 self.dirty.endpoints.insert(key.clone());
             }
         }
-        let labels = ep.as_ref().map(|e| self.effective_labels(e));
+        let labels = ep
+            .as_ref()
+            .map(|e| effective_labels(&mut self.strings, &self.profiles, e));
         // Sets.
-        self.set_item(ItemKey::Endpoint(key.clone()), labels.clone());
+        let data = |e: &Endpoint| ItemData {
+            nets: e.nets.clone(),
+            ports: e.ports.clone(),
+        };
+        let new = ep.as_ref().zip(labels.clone()).map(|(e, l)| (data(e), l));
+        self.set_item(ItemKey::Endpoint(key.clone()), old.as_ref().map(data), new);
         // Policies (local endpoints only).
         let mut touched: Vec<PolicyKey> = Vec::new();
         match (&ep, labels) {
@@ -578,9 +851,17 @@ impl PolicyEngine {
             let Some(ep) = self.endpoints.get(&key) else {
                 continue;
             };
-            let labels = self.effective_labels(ep);
+            let labels = effective_labels(&mut self.strings, &self.profiles, ep);
             let local = ep.local;
-            self.set_item(ItemKey::Endpoint(key.clone()), Some(labels.clone()));
+            let d = ItemData {
+                nets: ep.nets.clone(),
+                ports: ep.ports.clone(),
+            };
+            self.set_item(
+                ItemKey::Endpoint(key.clone()),
+                Some(d.clone()),
+                Some((d, labels.clone())),
+            );
             if local {
                 let touched: Vec<PolicyKey> = self
                     .policy_index
@@ -811,21 +1092,28 @@ impl PolicyEngine {
     // ---- network sets ----
 
     fn set_netset(&mut self, key: ItemKey, v: Option<(Labels, Vec<IpNet>)>) {
-        match v {
-            Some((labels, nets)) => {
-                let changed = self.netsets.get(&key) != Some(&nets);
-                self.netsets.insert(key.clone(), nets);
-                if changed {
-                    let matched: Vec<SetSpec> = self.set_index.matched_by(&key).cloned().collect();
-                    self.dirty.sets.extend(matched);
-                }
-                self.set_item(key, Some(labels));
+        let old = self.item_data(&key);
+        let new = v.map(|(labels, nets)| {
+            (
+                ItemData {
+                    nets,
+                    ports: Vec::new(),
+                },
+                LabelSet::new(
+                    labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    &mut self.strings,
+                ),
+            )
+        });
+        match &new {
+            Some((d, _)) => {
+                self.netsets.insert(key.clone(), d.nets.clone());
             }
             None => {
-                self.set_item(key.clone(), None);
                 self.netsets.remove(&key);
             }
         }
+        self.set_item(key, old, new);
     }
 
     fn parse_netset(
@@ -1042,82 +1330,151 @@ impl PolicyEngine {
     // ---- output ----
 
     fn put_chain(&mut self, name: String, base: Option<BaseChain>, rules: Vec<Rule>) {
-        let lowered = Chain {
-            base,
-            rules: rules.iter().map(Rule::lower).collect(),
-        };
-        self.out.chains.insert(name.clone(), lowered);
-        self.chains.insert(name, (base, rules));
+        if let Some(all) = &mut self.collect {
+            // full_table(): every chain, nothing else changes.
+            let lowered = Chain {
+                base,
+                rules: rules.iter().map(Rule::lower).collect(),
+            };
+            all.insert(name, lowered);
+            return;
+        }
+        if self.config.lean {
+            let print = (fingerprint(&base, &rules), rules.len());
+            if self.chain_prints.get(&name) == Some(&print) {
+                return;
+            }
+            let lowered = Chain {
+                base,
+                rules: rules.iter().map(Rule::lower).collect(),
+            };
+            self.chain_prints.insert(name.clone(), print);
+            self.pending_chains.insert(name.clone(), Some(lowered));
+            self.touched.chains.insert(name.clone());
+        } else {
+            let lowered = Chain {
+                base,
+                rules: rules.iter().map(Rule::lower).collect(),
+            };
+            if self.out.chains.get(&name) == Some(&lowered) {
+                return;
+            }
+            self.touched.chains.insert(name.clone());
+            self.out.chains.insert(name.clone(), lowered);
+        }
+        if self.config.keep_text {
+            self.chains.insert(name, (base, rules));
+        }
     }
 
     fn drop_chain(&mut self, name: &str) {
-        self.out.chains.remove(name);
+        if self.collect.is_some() {
+            return;
+        }
+        let had = if self.config.lean {
+            let had = self.chain_prints.remove(name).is_some();
+            if had {
+                self.pending_chains.insert(name.to_string(), None);
+            }
+            had
+        } else {
+            self.out.chains.remove(name).is_some()
+        };
+        if had {
+            self.touched.chains.insert(name.to_string());
+        }
         self.chains.remove(name);
+    }
+
+    /// The whole wanted table, chains included, rendered afresh from the current state:
+    /// for the first apply and for a whole replace after a refused edit. With
+    /// [`EngineConfig::lean`] it is the only way to see the chains; without, it equals
+    /// [`Self::desired`].
+    pub fn full_table(&mut self) -> Ruleset {
+        self.desired();
+        let mut all = BTreeMap::new();
+        self.collect = Some(BTreeMap::new());
+        self.render_statics();
+        let policies: Vec<PolicyKey> = self.active_policies.iter().cloned().collect();
+        for p in &policies {
+            self.render_policy(p);
+        }
+        let profiles: Vec<String> = self.active_profiles.iter().cloned().collect();
+        for p in &profiles {
+            self.render_profile(p);
+        }
+        let endpoints: Vec<EndpointKey> = self.rendered.keys().cloned().collect();
+        for e in &endpoints {
+            self.render_endpoint(e);
+        }
+        if let Some(c) = self.collect.take() {
+            all = c;
+        }
+        Ruleset {
+            family: self.out.family,
+            name: self.out.name.clone(),
+            chains: all,
+            sets: self.out.sets.clone(),
+            maps: self.out.maps.clone(),
+        }
+    }
+
+    fn put_set(&mut self, name: String, set: Set) {
+        if self.out.sets.get(&name) != Some(&set) {
+            self.touched.elems.remove(&name);
+            self.touched.sets.insert(name.clone());
+            self.out.sets.insert(name, set);
+        }
+    }
+
+    fn drop_set(&mut self, name: &str) {
+        if self.out.sets.remove(name).is_some() {
+            self.touched.elems.remove(name);
+            self.touched.sets.insert(name.to_string());
+        }
+    }
+
+    /// The names of chains, sets and maps whose definition or elements may differ from
+    /// what they were at the previous call (added, changed or removed), for a caller that
+    /// plans only those. The first call names everything.
+    pub fn take_touched(&mut self) -> Touched {
+        self.pending_chains.clear();
+        std::mem::take(&mut self.touched)
     }
 
     fn render_set(&mut self, spec: &SetSpec) {
         let (n4, n6) = render::set_names(spec);
-        if !self.set_refs.contains_key(spec) {
-            self.out.sets.remove(&n4);
-            self.out.sets.remove(&n6);
+        let Some(counts) = self
+            .set_ids
+            .get(spec)
+            .and_then(|id| self.live_sets.get(&id))
+            .map(|l| &l.counts)
+        else {
+            self.drop_set(&n4);
+            self.drop_set(&n6);
             return;
-        }
-        let named = match spec {
-            SetSpec::NamedPort { proto, port, .. } => Some((*proto, port.as_str())),
-            SetSpec::Selector(_) => None,
         };
-        let (mut s4, mut s6) = match named {
-            None => (
-                Set::new(SetKey::Ipv4Addr, true),
-                Set::new(SetKey::Ipv6Addr, true),
-            ),
-            Some(_) => (
+        let (mut s4, mut s6) = if spec.is_named_port() {
+            (
                 Set::new(SetKey::Ipv4AddrProtoPort, false),
                 Set::new(SetKey::Ipv6AddrProtoPort, false),
-            ),
+            )
+        } else {
+            (
+                Set::new(SetKey::Ipv4Addr, true),
+                Set::new(SetKey::Ipv6Addr, true),
+            )
         };
-        for item in self.set_index.matches(spec) {
-            let (nets, ports): (&[IpNet], &[(String, u8, u16)]) = match item {
-                ItemKey::Endpoint(k) => match self.endpoints.get(k) {
-                    Some(e) => (&e.nets, &e.ports),
-                    None => continue,
-                },
-                ItemKey::NetSet { .. } => match self.netsets.get(item) {
-                    Some(n) => (n, &[]),
-                    None => continue,
-                },
+        for e in counts.keys() {
+            let v4 = match e {
+                SetElem::Net(n) => matches!(n, IpNet::V4(_)),
+                SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
+                SetElem::Ports(..) => true,
             };
-            match named {
-                None => {
-                    for n in nets {
-                        let s = if matches!(n, IpNet::V4(_)) {
-                            &mut s4
-                        } else {
-                            &mut s6
-                        };
-                        s.elems.insert(SetElem::Net(*n));
-                    }
-                }
-                Some((proto, name)) => {
-                    for (pname, pproto, pport) in ports {
-                        if pname != name || proto.is_some_and(|p| p != *pproto) {
-                            continue;
-                        }
-                        for n in nets {
-                            let s = if matches!(n, IpNet::V4(_)) {
-                                &mut s4
-                            } else {
-                                &mut s6
-                            };
-                            s.elems
-                                .insert(SetElem::AddrProtoPort(n.addr(), *pproto, *pport));
-                        }
-                    }
-                }
-            }
+            if v4 { &mut s4 } else { &mut s6 }.elems.insert(*e);
         }
-        self.out.sets.insert(n4, s4);
-        self.out.sets.insert(n6, s6);
+        self.put_set(n4, s4);
+        self.put_set(n6, s6);
     }
 
     fn render_policy(&mut self, key: &PolicyKey) {
@@ -1229,12 +1586,20 @@ impl PolicyEngine {
     }
 
     fn render_endpoint(&mut self, key: &EndpointKey) {
-        if let Some(old_iface) = self.rendered.remove(key) {
+        let now = self
+            .endpoints
+            .get(key)
+            .filter(|e| e.local)
+            .map(|e| e.iface.clone());
+        if let Some(old_iface) = self.rendered.remove(key)
+            && now.as_ref() != Some(&old_iface)
+        {
             self.drop_chain(&names::endpoint_chain(true, &old_iface));
             self.drop_chain(&names::endpoint_chain(false, &old_iface));
             for m in [names::MAP_TO_WL, names::MAP_FROM_WL] {
                 if let Some(map) = self.out.maps.get_mut(m) {
                     map.elems.remove(&old_iface);
+                    self.touched.maps.insert(m.to_string());
                 }
             }
         }
@@ -1243,6 +1608,7 @@ impl PolicyEngine {
         };
         let iface = ep.iface.clone();
         let profiles: Vec<String> = ep.profiles.clone();
+        let sources: Vec<IpNet> = ep.nets.iter().chain(&ep.spoof_ok).copied().collect();
         let invalid_check = self.felix.disable_conntrack_invalid_check != Some(true);
         let vxlan_port = self.felix.vxlan_port.unwrap_or(4789);
         for ingress in [true, false] {
@@ -1262,6 +1628,7 @@ impl PolicyEngine {
                 .collect();
             let opts = EndpointChainOptions {
                 ingress,
+                sources: sources.clone(),
                 invalid_check,
                 drop_vxlan: (self.felix.allow_vxlan_packets_from_workloads != Some(true))
                     .then_some(vxlan_port),
@@ -1276,12 +1643,11 @@ impl PolicyEngine {
             } else {
                 names::MAP_FROM_WL
             };
-            self.out
-                .maps
-                .entry(map.to_string())
-                .or_default()
-                .elems
-                .insert(iface.clone(), Verdict::Goto(name));
+            let elems = &mut self.out.maps.entry(map.to_string()).or_default().elems;
+            if elems.get(&iface) != Some(&Verdict::Goto(name.clone())) {
+                elems.insert(iface.clone(), Verdict::Goto(name));
+                self.touched.maps.insert(map.to_string());
+            }
         }
         self.rendered.insert(key.clone(), iface);
     }
@@ -1333,7 +1699,10 @@ impl PolicyEngine {
             (names::CHAIN_FROM_WL_DISPATCH, false),
             (names::CHAIN_TO_WL_DISPATCH, true),
         ] {
-            self.out.maps.entry(chain.to_string()).or_default();
+            if !self.out.maps.contains_key(chain) {
+                self.out.maps.insert(chain.to_string(), Default::default());
+                self.touched.maps.insert(chain.to_string());
+            }
             let rules = vec![
                 Rule::new(
                     vec![],
@@ -1526,33 +1895,31 @@ impl PolicyEngine {
         for v4 in [true, false] {
             let fam = |n: &IpNet| matches!(n, IpNet::V4(_)) == v4;
             let all = self.pools.values().map(|p| p.net).filter(fam);
-            self.out
-                .sets
-                .insert(names::set_name(v4, "all-ipam-pools"), Set::nets(v4, all));
+            self.put_set(names::set_name(v4, "all-ipam-pools"), Set::nets(v4, all));
             let masq = self
                 .pools
                 .values()
                 .filter(|p| p.masquerade)
                 .map(|p| p.net)
                 .filter(fam);
-            self.out
-                .sets
-                .insert(names::set_name(v4, "masq-ipam-pools"), Set::nets(v4, masq));
+            self.put_set(names::set_name(v4, "masq-ipam-pools"), Set::nets(v4, masq));
             let hosts = self
                 .node_addrs
                 .values()
                 .flatten()
                 .map(|a| host_net(*a))
                 .filter(fam);
-            self.out
-                .sets
-                .insert(names::set_name(v4, "all-hosts-net"), Set::nets(v4, hosts));
+            self.put_set(names::set_name(v4, "all-hosts-net"), Set::nets(v4, hosts));
         }
     }
 
     /// Brings the wanted table up to date with every update so far and returns it. Only
     /// what the updates touched is re-rendered.
     pub fn desired(&mut self) -> &Ruleset {
+        if self.strings.len() > self.sweep_at {
+            self.strings.sweep();
+            self.sweep_at = (self.strings.len() * 2).max(1024);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         if dirty.statics {
             self.render_statics();
@@ -1566,10 +1933,67 @@ impl PolicyEngine {
         for p in &dirty.profiles {
             self.render_profile(p);
         }
-        for e in &dirty.endpoints {
+        // Endpoints that went first, so that a new endpoint reusing an interface name is not
+        // undone by the removal of the old one.
+        let (gone, present): (Vec<&EndpointKey>, Vec<&EndpointKey>) = dirty
+            .endpoints
+            .iter()
+            .partition(|k| !self.endpoints.get(*k).is_some_and(|e| e.local));
+        for e in gone.into_iter().chain(present) {
             self.render_endpoint(e);
         }
         &self.out
+    }
+
+    /// Brings the wanted table up to date and copies what changed since the last call (or
+    /// since [`Self::take_touched`]) into an edit of the table the kernel holds, entry by
+    /// entry (set members one by one), so that the edit's transaction costs what changed,
+    /// not the table's size.
+    ///
+    /// The first apply is a whole replace (`ProgrammedTable::sync` with
+    /// [`Self::full_table`], then [`Self::take_touched`] to start counting from it). If the
+    /// commit (or this call) fails, the edit is undone but these changes are taken: sync
+    /// [`Self::full_table`] again.
+    pub fn write_changes(&mut self, edit: &mut Edit<'_>) -> Result<Touched, NfError> {
+        self.desired();
+        let mut pending = std::mem::take(&mut self.pending_chains);
+        let t = self.take_touched();
+        for c in &t.chains {
+            let chain = match pending.remove(c) {
+                Some(p) => p,
+                None => self.out.chains.get(c).cloned(),
+            };
+            match chain {
+                Some(chain) => edit.put_chain(c, chain),
+                None => edit.remove_chain(c),
+            }
+        }
+        for s in &t.sets {
+            match self.out.sets.get(s) {
+                Some(set) => match edit.set_mut(s) {
+                    Some(live) if live.key == set.key && live.interval == set.interval => {
+                        live.elems.clone_from(&set.elems)
+                    }
+                    _ => edit.put_set(s, set.clone()),
+                },
+                None => edit.remove_set(s),
+            }
+        }
+        for (s, d) in &t.elems {
+            for e in &d.removed {
+                edit.remove_elem(s, e)?;
+            }
+            for e in &d.added {
+                edit.add_elem(s, *e)?;
+            }
+        }
+        for m in &t.maps {
+            match self.out.maps.get(m) {
+                Some(map) => edit.put_map(m, map.clone()),
+                None => edit.remove_map(m),
+            }
+        }
+        Ok(t)
     }
 
     /// Whether updates are waiting for [`Self::desired`].
@@ -1589,7 +2013,7 @@ impl PolicyEngine {
             .rendered
             .keys()
             .filter_map(|k| self.endpoints.get(k))
-            .map(|e| e.status.clone())
+            .filter_map(|e| e.status.clone())
             .collect();
         out.sort();
         out
@@ -1602,13 +2026,22 @@ impl PolicyEngine {
             active_policies: self.active_policies.len(),
             active_profiles: self.active_profiles.len(),
             sets: self.out.sets.len(),
-            chains: self.out.chains.len(),
-            rules: self.out.chains.values().map(|c| c.rules.len()).sum(),
+            chains: if self.config.lean {
+                self.chain_prints.len()
+            } else {
+                self.out.chains.len()
+            },
+            rules: if self.config.lean {
+                self.chain_prints.values().map(|(_, n)| n).sum()
+            } else {
+                self.out.chains.values().map(|c| c.rules.len()).sum()
+            },
         }
     }
 
     /// The wanted table in nft's syntax (stable: maps, sets, chains by name), as
-    /// `nft list table inet calico` would show it. Call after [`Self::desired`].
+    /// `nft list table inet calico` would show it. Call after [`Self::desired`]. Chains are
+    /// shown only with [`EngineConfig::keep_text`] (their typed rules cost memory).
     pub fn text(&self) -> String {
         let mut out = format!("table inet {} {{\n", self.out.name);
         for (name, map) in &self.out.maps {
@@ -1630,6 +2063,24 @@ impl PolicyEngine {
         out.push_str("}\n");
         out
     }
+}
+
+/// Names in the wanted table that changed (see [`PolicyEngine::take_touched`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub chains: BTreeSet<String>,
+    /// Sets added, removed or to be copied whole.
+    pub sets: BTreeSet<String>,
+    pub maps: BTreeSet<String>,
+    /// Members added to or removed from sets not in `sets`.
+    pub elems: BTreeMap<String, ElemDelta>,
+}
+
+/// The members a set gained and lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElemDelta {
+    pub added: BTreeSet<SetElem>,
+    pub removed: BTreeSet<SetElem>,
 }
 
 /// Sizes of the wanted table, for metrics.

@@ -4,29 +4,99 @@
 //! An item change evaluates only the selectors that could match it, a selector change only
 //! the items that could match it: each selector that requires a label value (`k == 'v'`,
 //! alone or within `&&`) is filed under the rarest such pair, and each item under all its
-//! pairs; the rest (`has(k)`, `!`, `||`, `all()`) are evaluated against everything. With
-//! Kubernetes' scoped selectors (`… && projectcalico.org/namespace == 'ns'`) this keeps an
+//! pairs (ties, as on a cold start before any item, go to `projectcalico.org/namespace`);
+//! the rest (`has(k)`, `!`, `||`, `all()`) are evaluated against everything. With
+//! Labels are stored as shared strings ([`Interner`], [`LabelSet`]): keys and values repeat
+//! across thousands of endpoints. With Kubernetes' scoped selectors (`… && projectcalico.org/namespace == 'ns'`) this keeps an
 //! update to the size of a namespace, not of the cluster.
 
 use calico_selector::Selector;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
+/// Labels as read from objects.
 pub type Labels = BTreeMap<String, String>;
-type Pair = (String, String);
+
+/// Shared strings: label keys and values repeat across thousands of endpoints, so each is
+/// stored once.
+#[derive(Default)]
+pub struct Interner {
+    strings: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(a.clone());
+        a
+    }
+
+    /// Forgets strings nothing else holds any more.
+    pub fn sweep(&mut self) {
+        self.strings.retain(|a| Arc::strong_count(a) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+}
+
+/// An item's labels, compact: sorted pairs of shared strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSet(Box<[(Arc<str>, Arc<str>)]>);
+
+impl LabelSet {
+    /// From pairs (a later duplicate key is ignored), its strings shared through `strings`.
+    pub fn new<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        strings: &mut Interner,
+    ) -> Self {
+        let mut v: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        for (k, val) in pairs {
+            if v.iter().any(|(have, _)| &**have == k) {
+                continue;
+            }
+            v.push((strings.get(k), strings.get(val)));
+        }
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        LabelSet(v.into_boxed_slice())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+}
+
+impl calico_selector::Labels for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+}
 
 struct SelectorEntry {
     sel: Selector,
     /// The pair it is filed under; `None`: evaluated against every item.
-    filed: Option<Pair>,
+    filed: Option<(String, String)>,
 }
 
 /// Selectors `S` over items `I`.
 pub struct LabelIndex<I, S> {
-    items: HashMap<I, Labels>,
-    items_by_pair: HashMap<Pair, HashSet<I>>,
+    items: HashMap<I, LabelSet>,
+    /// key → value → items with that label.
+    items_by_pair: HashMap<Arc<str>, HashMap<Arc<str>, HashSet<I>>>,
     selectors: HashMap<S, SelectorEntry>,
-    selectors_by_pair: HashMap<Pair, HashSet<S>>,
+    selectors_by_pair: HashMap<String, HashMap<String, HashSet<S>>>,
     unfiled: HashSet<S>,
     matches: HashMap<S, HashSet<I>>,
     matched_by: HashMap<I, HashSet<S>>,
@@ -66,7 +136,7 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         Self::default()
     }
 
-    pub fn labels(&self, item: &I) -> Option<&Labels> {
+    pub fn labels(&self, item: &I) -> Option<&LabelSet> {
         self.items.get(item)
     }
 
@@ -86,6 +156,13 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
 
     pub fn has_selector(&self, sel: &S) -> bool {
         self.selectors.contains_key(sel)
+    }
+
+    fn pair_count(&self, k: &str, v: &str) -> usize {
+        self.items_by_pair
+            .get(k)
+            .and_then(|vals| vals.get(v))
+            .map_or(0, HashSet::len)
     }
 
     fn link(&mut self, s: &S, i: &I) {
@@ -111,26 +188,36 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         }
     }
 
+    fn unfile_item(&mut self, id: &I, labels: &LabelSet) {
+        for (k, v) in labels.0.iter() {
+            if let Some(vals) = self.items_by_pair.get_mut(k) {
+                if let Some(set) = vals.get_mut(v) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        vals.remove(v);
+                    }
+                }
+                if vals.is_empty() {
+                    self.items_by_pair.remove(k);
+                }
+            }
+        }
+    }
+
     /// Adds or replaces an item; returns the selectors that started (`true`) or stopped
     /// (`false`) matching it.
-    pub fn upsert_item(&mut self, id: I, labels: Labels) -> Vec<(S, bool)> {
+    pub fn upsert_item(&mut self, id: I, labels: LabelSet) -> Vec<(S, bool)> {
         if self.items.get(&id) == Some(&labels) {
             return Vec::new();
         }
         if let Some(old) = self.items.remove(&id) {
-            for (k, v) in old {
-                let pair = (k, v);
-                if let Some(set) = self.items_by_pair.get_mut(&pair) {
-                    set.remove(&id);
-                    if set.is_empty() {
-                        self.items_by_pair.remove(&pair);
-                    }
-                }
-            }
+            self.unfile_item(&id, &old);
         }
-        for (k, v) in &labels {
+        for (k, v) in labels.0.iter() {
             self.items_by_pair
-                .entry((k.clone(), v.clone()))
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
                 .or_default()
                 .insert(id.clone());
         }
@@ -145,9 +232,8 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         for s in &self.unfiled {
             consider(s);
         }
-        for (k, v) in &labels {
-            // A lookup by a borrowed pair would need an owned key; labels are few.
-            if let Some(sels) = self.selectors_by_pair.get(&(k.clone(), v.clone())) {
+        for (k, v) in labels.iter() {
+            if let Some(sels) = self.selectors_by_pair.get(k).and_then(|vals| vals.get(v)) {
                 for s in sels {
                     consider(s);
                 }
@@ -172,15 +258,7 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         let Some(old) = self.items.remove(id) else {
             return Vec::new();
         };
-        for (k, v) in old {
-            let pair = (k, v);
-            if let Some(set) = self.items_by_pair.get_mut(&pair) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.items_by_pair.remove(&pair);
-                }
-            }
-        }
+        self.unfile_item(id, &old);
         let before: Vec<S> = self
             .matched_by
             .get(id)
@@ -201,16 +279,15 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         self.unfile(&id);
         let filed = required_pairs(&sel)
             .into_iter()
-            .min_by_key(|(k, v)| {
-                self.items_by_pair
-                    .get(&((*k).to_string(), (*v).to_string()))
-                    .map_or(0, HashSet::len)
-            })
+            // Before items arrive (a cold start) counts say nothing: the namespace, which
+            // Calico scopes most selectors by, is the best guess of a rare pair.
+            .min_by_key(|(k, v)| (self.pair_count(k, v), *k != crate::model::LABEL_NAMESPACE))
             .map(|(k, v)| (k.to_string(), v.to_string()));
         let now: HashSet<I> = match &filed {
-            Some(pair) => self
+            Some((k, v)) => self
                 .items_by_pair
-                .get(pair)
+                .get(k.as_str())
+                .and_then(|vals| vals.get(v.as_str()))
                 .into_iter()
                 .flatten()
                 .filter(|i| self.items.get(*i).is_some_and(|l| sel.matches(l)))
@@ -224,9 +301,11 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
                 .collect(),
         };
         match &filed {
-            Some(pair) => {
+            Some((k, v)) => {
                 self.selectors_by_pair
-                    .entry(pair.clone())
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
                     .or_default()
                     .insert(id.clone());
             }
@@ -252,11 +331,16 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
     fn unfile(&mut self, id: &S) {
         if let Some(e) = self.selectors.remove(id) {
             match e.filed {
-                Some(pair) => {
-                    if let Some(set) = self.selectors_by_pair.get_mut(&pair) {
-                        set.remove(id);
-                        if set.is_empty() {
-                            self.selectors_by_pair.remove(&pair);
+                Some((k, v)) => {
+                    if let Some(vals) = self.selectors_by_pair.get_mut(&k) {
+                        if let Some(set) = vals.get_mut(&v) {
+                            set.remove(id);
+                            if set.is_empty() {
+                                vals.remove(&v);
+                            }
+                        }
+                        if vals.is_empty() {
+                            self.selectors_by_pair.remove(&k);
                         }
                     }
                 }
@@ -286,11 +370,8 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+        LabelSet::new(pairs.iter().copied(), &mut Interner::default())
     }
 
     fn sorted<T: Ord + Clone>(it: impl Iterator<Item = T>) -> Vec<T> {

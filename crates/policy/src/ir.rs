@@ -283,9 +283,12 @@ impl fmt::Display for Match {
                 neq,
             } => {
                 let p = if *v4 { "icmp" } else { "icmpv6" };
-                match code {
-                    Some(c) => write!(f, "{p} type . {p} code {}{icmp_type} . {c}", op(*neq)),
-                    None => write!(f, "{p} type {}{icmp_type}", op(*neq)),
+                // Type and code are compared as one 2-byte value; nft writes the negation
+                // of that as a set lookup.
+                match (code, neq) {
+                    (Some(c), false) => write!(f, "{p} type {icmp_type} {p} code {c}"),
+                    (Some(c), true) => write!(f, "{p} type . {p} code != {{ {icmp_type} . {c} }}"),
+                    (None, _) => write!(f, "{p} type {}{icmp_type}", op(*neq)),
                 }
             }
             Match::CtState { bits } => write!(f, "ct state {}", ct_names(*bits)),

@@ -12,6 +12,19 @@
 //!   (`felix/rules`).
 //! - [`ir`]: typed nft rules, printed in nft's syntax and lowered to netfilter expressions.
 //! - [`names`]: chain and set names after Felix's nftables mode.
+//! - [`stored`]: one entry point by kind for the etcd syncer's values.
+//!
+//! The agent's loop (calico-node):
+//! 1. `PolicyEngine::new(node, EngineConfig { lean: true, ..Default::default() })`; for
+//!    every object of the first complete list, `upsert_stored(kind, ns, name, value)` (log
+//!    the `Skipped` it returns).
+//! 2. After the first in-sync: `ProgrammedTable::sync(sock, engine.full_table())` (an
+//!    atomic replace of whatever a previous run left), then `engine.take_touched()`.
+//! 3. Per watch event (or batch of them): `upsert_stored`/`remove_stored`; then
+//!    `let mut edit = table.edit()?; engine.write_changes(&mut edit); edit.commit(sock)?`
+//!    (a refused commit: sync the whole table again).
+//! 4. After each successful apply, `programmed_endpoints()` is the set of status files to
+//!    have (write the new ones, remove the others).
 //!
 //! No kernel and no datastore here: the agent (calico-node) reads etcd, calls the engine and
 //! applies the table with the netfilter crate. Must not import calico-node, the plugins or
@@ -23,8 +36,15 @@ pub mod ir;
 pub mod model;
 pub mod names;
 pub mod render;
+pub mod stored;
 
 pub use engine::{
+<<<<<<< HEAD
     EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine, Skipped,
+=======
+    ElemDelta, EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine,
+    Skipped, Touched,
+>>>>>>> i14-calc
 };
 pub use render::MarkBits;
+pub use stored::ResourceKind;

@@ -383,6 +383,13 @@ fn parse_entity(
     proto: Option<u8>,
     side: &str,
 ) -> Result<ParsedEntity, InvalidObject> {
+    if er.services.is_some() {
+        // Felix matches services through sets of Kubernetes endpoint slices, which this agent
+        // does not read; ignoring the match would widen the rule.
+        return Err(invalid(format!(
+            "{side}: services matches are not supported (no Kubernetes service data)"
+        )));
+    }
     let (sel, not_sel) = entity_selectors(er, ns)?;
     let (ports, named) = split_ports(&er.ports);
     let (not_ports, not_named) = split_ports(&er.not_ports);
@@ -714,6 +721,23 @@ mod tests {
         ))
         .expect_err("selector");
         assert!(err.0.contains("selector"), "{err}");
+        let mut rule = Rule::allow();
+        rule.destination = Some(EntityRule {
+            services: Some(calico_datastore::model::policy::ServiceMatch {
+                name: "kube-dns".into(),
+                namespace: "kube-system".into(),
+            }),
+            ..Default::default()
+        });
+        let err = parse_network_policy(&np(
+            "a",
+            NetworkPolicySpec {
+                egress: vec![rule],
+                ..Default::default()
+            },
+        ))
+        .expect_err("services");
+        assert!(err.0.contains("services"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Rendering: parsed rules to nft rules, policy/profile chains, per-endpoint chains and the
 //! table's fixed chains (Felix's `felix/rules/policy.go`, `endpoints.go`, `static.go`,
 //! `dispatch.go`, in their nftables flavour).
+//!
+//! Where it departs from Felix: a rule's positive alternatives (several nets, several ports
+//! or named ports) become one nft rule each rather than anonymous sets (a Log rule's
+//! alternatives set a scratch bit and log once); a rule is left out of an address family
+//! whose nets it cannot match (`filterNets`); and instead of a reverse-path check in a raw
+//! chain, each endpoint's egress chain first drops sources other than its own addresses.
 
 use crate::ir::{Action, Match, Rule};
 use crate::model::{ParsedEntity, ParsedRule, RuleAction, SetSpec};
@@ -106,6 +112,22 @@ impl Side<'_> {
             })
             .collect();
         if alts.is_empty() { None } else { Some(alts) }
+    }
+
+    /// Whether the negated nets leave the rule anything to say in this family
+    /// (`policy.go: filterNets`): none of this family, or one that is everything (`0.0.0.0/0`
+    /// negated), and Felix drops the rule for the family.
+    fn not_nets_ok(&self, v4: Option<bool>) -> bool {
+        if self.e.not_nets.is_empty() {
+            return true;
+        }
+        let mut ours = self
+            .e
+            .not_nets
+            .iter()
+            .filter(|n| v4.is_none_or(|v| family_of(n) == v))
+            .peekable();
+        ours.peek().is_some() && ours.all(|n| n.prefix_len() != 0)
     }
 
     fn ports(&self, v4: Option<bool>) -> Vec<Match> {
@@ -267,10 +289,14 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
     };
     let actions = rule_actions(r.action, marks, log_prefix);
     let mut out = Vec::new();
+    let mut all_combos: Vec<Vec<Match>> = Vec::new();
     for v4 in families(r) {
         let (Some(src_nets), Some(dst_nets)) = (src.nets(v4), dst.nets(v4)) else {
             continue; // the rule's nets are all of the other family
         };
+        if !src.not_nets_ok(v4) || !dst.not_nets_ok(v4) {
+            continue;
+        }
         let mut fixed = Vec::new();
         if let Some(v) = v4 {
             fixed.push(Match::Family { v4: v });
@@ -325,9 +351,43 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
                 })
                 .collect();
         }
-        for matches in combos {
-            out.push(Rule::new(matches, actions.clone()).comment(comment));
+        all_combos.extend(combos);
+    }
+    if r.action == RuleAction::Log && all_combos.len() > 1 {
+        // Any of several alternatives: logged once, through a scratch bit (as Felix's
+        // rule blocks use them), not once per alternative that matches.
+        out.push(
+            Rule::new(
+                vec![],
+                vec![Action::SetMark {
+                    set: 0,
+                    clear: marks.scratch0,
+                }],
+            )
+            .comment(comment),
+        );
+        for matches in all_combos {
+            out.push(
+                Rule::new(
+                    matches,
+                    vec![Action::SetMark {
+                        set: marks.scratch0,
+                        clear: 0,
+                    }],
+                )
+                .comment(comment),
+            );
         }
+        let mut log = actions;
+        log.push(Action::SetMark {
+            set: 0,
+            clear: marks.scratch0,
+        });
+        out.push(Rule::new(vec![mark_set(marks.scratch0)], log).comment(comment));
+        return out;
+    }
+    for matches in all_combos {
+        out.push(Rule::new(matches, actions.clone()).comment(comment));
     }
     out
 }
@@ -359,6 +419,9 @@ pub struct TierChains<'a> {
 /// What an endpoint chain needs besides its policies.
 pub struct EndpointChainOptions {
     pub ingress: bool,
+    /// From the workload: the source addresses it may use (its own and its
+    /// `allowSpoofedSourcePrefixes`); anything else is dropped first.
+    pub sources: Vec<IpNet>,
     pub invalid_check: bool,
     pub drop_vxlan: Option<u16>,
     pub drop_ipip: bool,
@@ -371,12 +434,41 @@ pub fn render_endpoint_chain(
     opts: &EndpointChainOptions,
     marks: &MarkBits,
 ) -> Vec<Rule> {
+<<<<<<< HEAD
     let mut out = vec![Rule::new(
+=======
+    let mut out = Vec::new();
+    if !opts.ingress {
+        // Felix drops what fails the reverse-path check before anything else (raw
+        // `cali-rpf`, rp_filter on the interface); here each endpoint's own addresses are
+        // the only sources its interface may carry, which is what a strict reverse-path
+        // check through its /32 and /128 routes allows.
+        for v4 in [true, false] {
+            let mut matches = vec![Match::Family { v4 }];
+            matches.extend(opts.sources.iter().filter(|n| family_of(n) == v4).map(|n| {
+                Match::Net {
+                    source: true,
+                    net: *n,
+                    neq: true,
+                }
+            }));
+            out.push(
+                Rule::new(matches, vec![verdict(Verdict::Drop)])
+                    .comment("Drop packets from workloads not using their own addresses"),
+            );
+        }
+    }
+    out.push(Rule::new(
+>>>>>>> i14-calc
         vec![Match::CtState {
             bits: nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED,
         }],
         vec![verdict(Verdict::Accept)],
+<<<<<<< HEAD
     )];
+=======
+    ));
+>>>>>>> i14-calc
     if opts.invalid_check {
         out.push(Rule::new(
             vec![Match::CtState {

@@ -5,83 +5,10 @@
 //! read between them, and objects removed and added again, gives the fresh build's table.
 
 use calico_policy::{EngineConfig, PolicyEngine};
-use serde::Deserialize;
-use serde_json::Value;
-use std::path::{Path, PathBuf};
 
-const NODE: &str = "node1";
+mod common;
 
-fn cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/policy");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("testdata/policy")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("input.yaml").exists())
-        .collect();
-    dirs.sort();
-    assert!(!dirs.is_empty(), "no golden cases under {}", root.display());
-    dirs
-}
-
-fn resources(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).expect("input.yaml");
-    let mut out = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(&text) {
-        let v = Value::deserialize(doc).expect("YAML");
-        if v.is_null() {
-            continue;
-        }
-        if v["kind"] == "List" {
-            out.extend(v["items"].as_array().cloned().unwrap_or_default());
-        } else {
-            out.push(v);
-        }
-    }
-    out
-}
-
-fn de<T: serde::de::DeserializeOwned>(v: &Value) -> T {
-    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
-}
-
-/// Feeds one resource; returns the skip reason if any.
-fn apply(e: &mut PolicyEngine, v: &Value) -> Option<String> {
-    let r = match v["kind"].as_str().unwrap_or_default() {
-        "WorkloadEndpoint" => e.upsert_workload_endpoint(&de(v)),
-        "Profile" => e.upsert_profile(&de(v)),
-        "NetworkPolicy" => e.upsert_network_policy(&de(v)),
-        "GlobalNetworkPolicy" => e.upsert_global_network_policy(&de(v)),
-        "Tier" => e.upsert_tier(&de(v)),
-        "NetworkSet" => e.upsert_network_set(&de(v)),
-        "GlobalNetworkSet" => e.upsert_global_network_set(&de(v)),
-        "IPPool" => e.upsert_ip_pool(&de(v)),
-        "Node" => {
-            e.upsert_node(&de(v));
-            Ok(())
-        }
-        "FelixConfiguration" => e.upsert_felix_configuration(&de(v)),
-        other => panic!("unknown kind {other}"),
-    };
-    r.err().map(|s| s.to_string())
-}
-
-fn remove(e: &mut PolicyEngine, v: &Value) {
-    let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = v["metadata"]["name"].as_str().unwrap_or_default();
-    match v["kind"].as_str().unwrap_or_default() {
-        "WorkloadEndpoint" => e.remove_workload_endpoint(ns, name),
-        "Profile" => e.remove_profile(name),
-        "NetworkPolicy" => e.remove_network_policy(ns, name),
-        "GlobalNetworkPolicy" => e.remove_global_network_policy(name),
-        "Tier" => e.remove_tier(name),
-        "NetworkSet" => e.remove_network_set(ns, name),
-        "GlobalNetworkSet" => e.remove_global_network_set(name),
-        "IPPool" => e.remove_ip_pool(name),
-        "Node" => e.remove_node(name),
-        "FelixConfiguration" => e.remove_felix_configuration(name),
-        other => panic!("unknown kind {other}"),
-    }
-}
+use common::{NODE, apply, cases, remove, resources};
 
 /// Equal texts, or a panic showing the first line that differs.
 fn same(got: &str, want: &str, what: &str) {
@@ -124,7 +51,13 @@ fn golden_cases() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failed = Vec::new();
     for dir in cases() {
-        let mut e = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut e = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for r in resources(&dir.join("input.yaml")) {
             apply(&mut e, &r);
         }
@@ -152,7 +85,13 @@ fn golden_cases() {
 fn incremental_updates_reach_the_fresh_build() {
     for dir in cases() {
         let input = resources(&dir.join("input.yaml"));
-        let mut fresh = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut fresh = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for r in &input {
             apply(&mut fresh, r);
         }
@@ -160,7 +99,13 @@ fn incremental_updates_reach_the_fresh_build() {
         let want_ruleset = fresh.desired().clone();
 
         // Reverse order, reading the table after every update.
-        let mut rev = PolicyEngine::new(NODE, EngineConfig::default());
+        let mut rev = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         for r in input.iter().rev() {
             apply(&mut rev, r);
             rev.desired();
@@ -177,7 +122,13 @@ fn incremental_updates_reach_the_fresh_build() {
             remove(&mut rev, r);
             rev.desired();
         }
-        let empty = PolicyEngine::new(NODE, EngineConfig::default());
+        let empty = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
         let mut empty = empty;
         same(
             &output(&mut rev),
@@ -204,6 +155,99 @@ fn incremental_updates_reach_the_fresh_build() {
             &output(&mut rev),
             &want,
             &format!("toggled: {}", dir.display()),
+        );
+    }
+}
+
+/// What nf_tables would refuse in a transaction: a jump/goto to a chain, a lookup in a set
+/// or map, or a map verdict to a chain that the table does not have. Checked on every case,
+/// and on every intermediate table of an update sequence.
+fn check_references(r: &calico_netfilter::ruleset::Ruleset, what: &str) {
+    use calico_netfilter::nft::{Expr, Verdict};
+    let chain_ok = |v: &Verdict| v.chain().is_none_or(|c| r.chains.contains_key(c));
+    for (name, chain) in &r.chains {
+        for rule in &chain.rules {
+            for e in &rule.exprs {
+                match e {
+                    Expr::Verdict(v) => assert!(chain_ok(v), "{what}: {name} → {v:?}"),
+                    Expr::SetLookup { set, .. } => {
+                        assert!(r.sets.contains_key(set), "{what}: {name} uses set {set}")
+                    }
+                    Expr::VmapLookup { map, .. } => {
+                        assert!(r.maps.contains_key(map), "{what}: {name} uses map {map}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (name, map) in &r.maps {
+        for v in map.elems.values() {
+            assert!(chain_ok(v), "{what}: map {name} → {v:?}");
+        }
+    }
+}
+
+#[test]
+fn every_reference_resolves_at_every_step() {
+    for dir in cases() {
+        let input = resources(&dir.join("input.yaml"));
+        let mut e = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
+        for (i, r) in input.iter().enumerate() {
+            apply(&mut e, r);
+            check_references(e.desired(), &format!("{} after {i}", dir.display()));
+        }
+        for (i, r) in input.iter().enumerate() {
+            remove(&mut e, r);
+            check_references(e.desired(), &format!("{} removing {i}", dir.display()));
+        }
+    }
+}
+
+/// The golden text is nft's own syntax: `nft --check` in a fresh network namespace parses
+/// it and has the kernel validate the whole table (types, set elements, jumps) without
+/// committing anything.
+#[test]
+fn golden_text_is_a_table_the_kernel_accepts() {
+    testkit::require!(root; "nft", "unshare");
+    for dir in cases() {
+        let mut e = PolicyEngine::new(
+            NODE,
+            EngineConfig {
+                keep_text: true,
+                ..Default::default()
+            },
+        );
+        for r in resources(&dir.join("input.yaml")) {
+            apply(&mut e, &r);
+        }
+        e.desired();
+        let text = e.text();
+        let mut child = std::process::Command::new("unshare")
+            .args(["-n", "nft", "-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare nft");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "{}: nft -c refused:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
