@@ -39,12 +39,8 @@ pub mod render;
 pub mod stored;
 
 pub use engine::{
-<<<<<<< HEAD
-    EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine, Skipped,
-=======
     ElemDelta, EndpointKey, EndpointStatus, EngineConfig, EngineStats, ObjectRef, PolicyEngine,
     Skipped, Touched,
->>>>>>> i14-calc
 };
 pub use render::MarkBits;
 pub use stored::ResourceKind;
