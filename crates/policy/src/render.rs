@@ -434,9 +434,6 @@ pub fn render_endpoint_chain(
     opts: &EndpointChainOptions,
     marks: &MarkBits,
 ) -> Vec<Rule> {
-<<<<<<< HEAD
-    let mut out = vec![Rule::new(
-=======
     let mut out = Vec::new();
     if !opts.ingress {
         // Felix drops what fails the reverse-path check before anything else (raw
@@ -459,16 +456,11 @@ pub fn render_endpoint_chain(
         }
     }
     out.push(Rule::new(
->>>>>>> i14-calc
         vec![Match::CtState {
             bits: nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED,
         }],
         vec![verdict(Verdict::Accept)],
-<<<<<<< HEAD
-    )];
-=======
     ));
->>>>>>> i14-calc
     if opts.invalid_check {
         out.push(Rule::new(
             vec![Match::CtState {
