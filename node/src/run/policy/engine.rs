@@ -7,9 +7,11 @@
 //!   as skipped (everything else stays enforced, as Felix's validation filter does).
 //! - `FELIX_*` variables win over the datastore: they are layered over this node's
 //!   FelixConfiguration before the engine sees it (the engine layers that over `default`).
-//! - [`Dataplane::converge`] applies the engine's wanted table in one transaction: against
-//!   the table applied last, or, first and after any failure, as an atomic replace of
-//!   whatever the kernel holds. Then the status files follow the programmed endpoints.
+//! - [`Dataplane::converge`] applies what changed in one transaction: the engine writes only
+//!   the chains, sets and set members it touched into an edit of the table the kernel holds
+//!   ([`ProgrammedTable`]; the engine keeps no copy of the chains: lean mode). First, and
+//!   after any refused edit, the whole table is rendered afresh and replaces whatever the
+//!   kernel holds, atomically. Then the status files follow the programmed endpoints.
 
 use super::objects::{Kind, Object, ObjectId, parse};
 use super::state::{Counts, PolicyState};
@@ -18,7 +20,7 @@ use calico_datastore::Kv;
 use calico_datastore::model::{FelixConfiguration, FelixConfigurationSpec};
 use calico_epstatus as epstatus;
 use calico_netfilter::NfSocket;
-use calico_netfilter::ruleset::{self, Ruleset};
+use calico_netfilter::ruleset::ProgrammedTable;
 use calico_policy::{EngineConfig, PolicyEngine, Skipped};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -34,9 +36,9 @@ pub struct Dataplane {
     cluster_config: FelixConfigurationSpec,
     /// Skipped objects and why, by key (logged when the reason changes).
     skipped: BTreeMap<String, String>,
-    /// What the kernel holds, as far as we know: `None` until the first apply and after a
+    /// What the kernel holds, as far as we know: nothing until the first apply and after a
     /// failed one (the next apply then replaces the table whole).
-    applied: Option<Ruleset>,
+    table: ProgrammedTable,
     socket: Option<NfSocket>,
     /// Status files written (by file key).
     statuses: BTreeMap<epstatus::EndpointKey, epstatus::EndpointStatus>,
@@ -52,7 +54,10 @@ impl Dataplane {
         env_overrides: FelixConfigurationSpec,
         state: Arc<PolicyState>,
     ) -> anyhow::Result<Dataplane> {
-        let mut config = EngineConfig::default();
+        let mut config = EngineConfig {
+            lean: true,
+            ..EngineConfig::default()
+        };
         if let Some(p) = &env_overrides.log_prefix {
             config.log_prefix = p.clone();
         }
@@ -63,7 +68,7 @@ impl Dataplane {
             node_config: FelixConfigurationSpec::default(),
             cluster_config: FelixConfigurationSpec::default(),
             skipped: BTreeMap::new(),
-            applied: None,
+            table: ProgrammedTable::new(),
             socket: None,
             statuses: BTreeMap::new(),
             status_dir: None,
@@ -216,28 +221,44 @@ impl Dataplane {
     /// Brings the kernel to the engine's wanted table (one transaction), then the status
     /// files to the programmed endpoints. `lag`: how long the oldest change waited.
     pub fn converge(&mut self, lag: Option<Duration>) -> anyhow::Result<()> {
-        let wanted_changes = self.engine.has_changes() || self.applied.is_none();
+        let first = self.table.applied().is_none();
+        let wanted_changes = self.engine.has_changes() || first;
         let started = Instant::now();
         if wanted_changes {
-            let desired = self.engine.desired();
-            let batch = ruleset::plan(self.applied.as_ref(), desired).context("planning")?;
-            if !batch.is_empty() {
-                let socket = match &mut self.socket {
-                    Some(s) => s,
-                    None => self
-                        .socket
-                        .insert(NfSocket::open().context("nfnetlink socket")?),
-                };
-                if let Err(e) = ruleset::apply(socket, &batch) {
-                    // What the kernel holds is unknown now: the next apply replaces it.
-                    self.applied = None;
-                    self.socket = None;
-                    self.state
-                        .applied(Err(e.to_string()), started.elapsed(), None);
-                    return Err(e).context("applying the policy table");
+            let socket = match &mut self.socket {
+                Some(s) => s,
+                None => self
+                    .socket
+                    .insert(NfSocket::open().context("nfnetlink socket")?),
+            };
+            let outcome = if first {
+                let whole = self.engine.full_table();
+                let r = self.table.sync(socket, whole).map(|_| ());
+                // The whole table carries every change recorded so far.
+                self.engine.take_touched();
+                r
+            } else {
+                match self.table.edit() {
+                    Some(mut edit) => match self.engine.write_changes(&mut edit) {
+                        Ok(_) => edit.commit(socket).map(|_| ()),
+                        // The edit is dropped uncommitted (undone); a whole replace follows.
+                        Err(e) => Err(e),
+                    },
+                    None => Ok(()),
                 }
+            };
+            if let Err(e) = outcome {
+                // What the kernel holds is unknown now: the next apply replaces it.
+                self.table.forget();
+                self.socket = None;
+                self.state
+                    .applied(Err(e.to_string()), started.elapsed(), None);
+                return Err(e).context("applying the policy table");
             }
-            self.applied = Some(desired.clone());
+            if first {
+                // The first build's temporaries (the whole table, the list) are gone now.
+                calico_malloc::release_free_memory();
+            }
         }
         let took = started.elapsed();
         self.state.applied(Ok(()), took, lag);
