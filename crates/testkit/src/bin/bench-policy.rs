@@ -729,6 +729,8 @@ struct Bench<'a> {
     status_name_lpod0: Option<String>,
     /// lpod0's endpoint as the plugin wrote it (relabelled): the new pods' template.
     template: Value,
+    /// RSS (KiB) of `calico-node run` with policy off, after the pods were added.
+    rss_policy_off: u64,
 }
 
 impl Bench<'_> {
@@ -759,6 +761,10 @@ impl Bench<'_> {
                     >= self.pods.len() as f64
             {
                 let took = t0.elapsed();
+                let log = agent.log();
+                if let Some(line) = log.lines().find(|l| l.contains("first apply done in")) {
+                    eprintln!("bench-policy: cold start {took:?}; the agent: {line}");
+                }
                 let files = self.status_files();
                 if files < self.pods.len() {
                     bail!("the agent says programmed but only {files} status files exist");
@@ -821,6 +827,8 @@ fn setup(args: &Args) -> Result<Bench<'_>> {
             );
         }
     }
+    // The same daemon with policy off: what the policy agent's memory adds to.
+    let rss_policy_off = rss_kib(setup_agent.pid(), "VmRSS:")?;
     drop(setup_agent);
     // Labels on the local endpoints (as Kubernetes pod labels reach them) and the remote
     // endpoints, the namespace profile and the policies.
@@ -900,6 +908,7 @@ fn setup(args: &Args) -> Result<Bench<'_>> {
         status_dir,
         status_name_lpod0: None,
         template,
+        rss_policy_off,
     })
 }
 
@@ -1249,6 +1258,7 @@ fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
         "rss_mib_idle": round3(rss_idle as f64 / 1024.0),
         "rss_mib_after_changes": round3(rss_kib(agent.pid(), "VmRSS:")? as f64 / 1024.0),
         "peak_rss_mib": round3(rss_kib(agent.pid(), "VmHWM:")? as f64 / 1024.0),
+        "rss_mib_policy_off": round3(b.rss_policy_off as f64 / 1024.0),
     }));
     // Packet path: everything loaded vs no policy (agent stopped, table deleted).
     let _servers = Servers::start(b.server())?;
@@ -1395,6 +1405,8 @@ fn summary(results: &[Value]) -> Vec<Value> {
                 row(&mut rows, "RSS at scale (after changes)", "MiB",
                     num(r, &["rss_mib_after_changes"]), Some(240.0), Some((50.0, false)));
                 row(&mut rows, "peak RSS", "MiB", num(r, &["peak_rss_mib"]), None, None);
+                row(&mut rows, "RSS of calico-node run, policy off", "MiB",
+                    num(r, &["rss_mib_policy_off"]), None, None);
                 row(&mut rows, "idle CPU", "%", num(r, &["idle_cpu_percent"]), None, Some((1.0, false)));
             }
             Some("path") => {
