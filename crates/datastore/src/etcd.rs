@@ -101,7 +101,9 @@ impl EtcdClient {
         // (defaultMaxCallRecvMsgSize): so do we, for lists and for watch batches alike.
         Ok(EtcdClient {
             kv: client.kv_client().max_decoding_message_size(MAX_RECV_BYTES),
-            watch: client.watch_client().max_decoding_message_size(MAX_RECV_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RECV_BYTES),
             config: Arc::new(config.clone()),
             endpoints: endpoints.into(),
             answered: Arc::new(AtomicBool::new(false)),
