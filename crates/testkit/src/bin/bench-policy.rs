@@ -191,11 +191,7 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
         .lines()
         .find(|l| l.starts_with(field))
         .with_context(|| format!("no {field}"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("a value")?
-        .parse()?)
+    Ok(line.split_whitespace().nth(1).context("a value")?.parse()?)
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -215,6 +211,42 @@ fn sleep_checked(d: Duration) -> Result<()> {
         std::thread::sleep((d - t0.elapsed()).min(Duration::from_millis(100)));
     }
     Ok(())
+}
+
+/// `perf record` of `pid` into `$BENCH_POLICY_PERF/<name>.data` while it lives (when that
+/// variable names a directory): where the agent's time goes. Stopped (SIGINT) on drop.
+struct Profile(Option<Child>);
+
+impl Profile {
+    fn start(pid: u32, name: &str) -> Profile {
+        let Some(dir) = std::env::var_os("BENCH_POLICY_PERF") else {
+            return Profile(None);
+        };
+        let out = PathBuf::from(dir).join(format!("{name}.data"));
+        let child = std::process::Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        Profile(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+            let _ = c.wait();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,10 +529,7 @@ fn add_ip(base: Ipv4Addr, n: usize) -> Ipv4Addr {
 }
 
 fn load_policy(i: usize, args: &Args) -> Value {
-    let peers = format!(
-        "peer == 'p{i}' || band == 'b{}'",
-        i % args.bands()
-    );
+    let peers = format!("peer == 'p{i}' || band == 'b{}'", i % args.bands());
     let port = 10_000 + (i % 1000) as u16;
     json!({
         "kind": "NetworkPolicy", "apiVersion": "projectcalico.org/v3",
@@ -679,7 +708,10 @@ impl Prober {
     }
 
     fn take(&self) -> Vec<(Instant, bool)> {
-        self.log.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 }
 
@@ -711,7 +743,10 @@ fn wait_verdict(prober: &Prober, want: bool, commit: Instant) -> Result<Duration
             return Ok(first.0.saturating_duration_since(commit));
         }
         if t0.elapsed() > Duration::from_secs(20) {
-            bail!("the probes never settled on {}", if want { "allowed" } else { "denied" });
+            bail!(
+                "the probes never settled on {}",
+                if want { "allowed" } else { "denied" }
+            );
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -752,13 +787,13 @@ impl Bench<'_> {
         let rev = revision(&self.c.ctl().run(&["get", "x", "-w", "json"])?)?;
         let t0 = Instant::now();
         let agent = start_agent(&self.c, true)?;
+        let _profile = Profile::start(agent.pid(), "cold");
         loop {
             check_interrupted()?;
             if let Ok(m) = agent.metrics()
                 && metric(&m, "calico_node_policy_synced") >= 1.0
                 && metric(&m, "calico_node_policy_applied_revision") >= rev as f64
-                && metric(&m, "calico_node_policy_endpoint_status_files")
-                    >= self.pods.len() as f64
+                && metric(&m, "calico_node_policy_endpoint_status_files") >= self.pods.len() as f64
             {
                 let took = t0.elapsed();
                 let log = agent.log();
@@ -789,9 +824,9 @@ impl Bench<'_> {
     }
 
     fn delete_ct_table(&self) -> Result<()> {
-        self.c
-            .node(0)
-            .sh("nft list tables | grep -q 'inet benchct' && nft delete table inet benchct || true")?;
+        self.c.node(0).sh(
+            "nft list tables | grep -q 'inet benchct' && nft delete table inet benchct || true",
+        )?;
         Ok(())
     }
 
@@ -894,13 +929,10 @@ fn setup(args: &Args) -> Result<Bench<'_>> {
         t0.elapsed().as_secs_f64()
     );
     // Fresh probe flows must never meet an old flow's conntrack entry (see the module doc).
-    c.node(0).sh(
-        "sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2 \
-         net.netfilter.nf_conntrack_udp_timeout_stream=2 2>/dev/null || true",
-    )?;
-    let status_dir = c
-        .node(0)
-        .host_path("/var/run/calico/endpoint-status")?;
+    c.node(0)
+        .sh("sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2 \
+         net.netfilter.nf_conntrack_udp_timeout_stream=2 2>/dev/null || true")?;
+    let status_dir = c.node(0).host_path("/var/run/calico/endpoint-status")?;
     Ok(Bench {
         args,
         c,
@@ -955,6 +987,7 @@ fn flips(b: &Bench, agent: &Agent) -> Result<Value> {
     wait_verdict(&prober, true, Instant::now())?;
     let m0 = agent.metrics()?;
     let cpu0 = cpu_ticks(agent.pid())?;
+    let profile = Profile::start(agent.pid(), "flip");
     let (mut to_deny, mut to_allow) = (Vec::new(), Vec::new());
     for n in 0..b.args.flips {
         check_interrupted()?;
@@ -974,6 +1007,7 @@ fn flips(b: &Bench, agent: &Agent) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    drop(profile);
     let cpu1 = cpu_ticks(agent.pid())?;
     let m1 = agent.metrics()?;
     // Leave the pair allowed.
@@ -1078,7 +1112,9 @@ fn new_pods(b: &mut Bench, agent: &Agent) -> Result<Value> {
     let apply_s = d("calico_node_policy_apply_duration_seconds_sum");
     let _ = ip_batch(
         &b.c,
-        &(0..n).map(|k| format!("link del calibn{k:05}\n")).collect::<String>(),
+        &(0..n)
+            .map(|k| format!("link del calibn{k:05}\n"))
+            .collect::<String>(),
     );
     Ok(json!({
         "part": "newpod",
@@ -1151,7 +1187,15 @@ fn iperf(b: &Bench, seconds: u64) -> Result<f64> {
                 .client()
                 .netns
                 .command("iperf3")?
-                .args(["-c", &ip, "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-J"])
+                .args([
+                    "-c",
+                    &ip,
+                    "-p",
+                    &IPERF_PORT.to_string(),
+                    "-t",
+                    &seconds.to_string(),
+                    "-J",
+                ])
                 .stdin(Stdio::null())
                 .output()?;
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -1246,8 +1290,8 @@ fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
     let c0 = cpu_ticks(agent.pid())?;
     let t0 = Instant::now();
     sleep_checked(Duration::from_secs(args.idle_seconds))?;
-    let idle = (cpu_ticks(agent.pid())? - c0) as f64 / CLOCK_TICKS / t0.elapsed().as_secs_f64()
-        * 100.0;
+    let idle =
+        (cpu_ticks(agent.pid())? - c0) as f64 / CLOCK_TICKS / t0.elapsed().as_secs_f64() * 100.0;
     let rss_idle = rss_kib(agent.pid(), "VmRSS:")?;
     push(flips(&b, &agent)?);
     push(new_pods(&mut b, &agent)?);
@@ -1363,8 +1407,10 @@ fn row(
         (Some(o), Some((t, higher))) => Some(if higher { o >= t } else { o <= t }),
         _ => None,
     };
-    rows.push(json!({"what": what, "unit": unit, "ours": ours, "reference": reference,
-                     "target": target.map(|t| t.0), "meets": meets}));
+    rows.push(
+        json!({"what": what, "unit": unit, "ours": ours, "reference": reference,
+                     "target": target.map(|t| t.0), "meets": meets}),
+    );
 }
 
 fn summary(results: &[Value]) -> Vec<Value> {
@@ -1372,58 +1418,198 @@ fn summary(results: &[Value]) -> Vec<Value> {
     for r in results {
         match r["part"].as_str() {
             Some("flip") => {
-                row(&mut rows, "policy change → enforced p50", "ms",
-                    num(r, &["all", "p50_ms"]), Some(100.0), Some((10.0, false)));
-                row(&mut rows, "policy change → enforced p99", "ms",
-                    num(r, &["all", "p99_ms"]), None, Some((50.0, false)));
-                row(&mut rows, "  allow→deny p50", "ms",
-                    num(r, &["allow_to_deny", "p50_ms"]), None, None);
-                row(&mut rows, "  allow→deny p99", "ms",
-                    num(r, &["allow_to_deny", "p99_ms"]), None, None);
-                row(&mut rows, "  deny→allow p50", "ms",
-                    num(r, &["deny_to_allow", "p50_ms"]), None, None);
-                row(&mut rows, "  deny→allow p99", "ms",
-                    num(r, &["deny_to_allow", "p99_ms"]), None, None);
-                row(&mut rows, "per-apply time (metric, mean)", "ms",
-                    num(r, &["apply_mean_ms"]), Some(17.0), None);
-                row(&mut rows, "agent CPU per policy change", "ms",
-                    num(r, &["agent_cpu_ms_per_change"]), None, None);
+                row(
+                    &mut rows,
+                    "policy change → enforced p50",
+                    "ms",
+                    num(r, &["all", "p50_ms"]),
+                    Some(100.0),
+                    Some((10.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "policy change → enforced p99",
+                    "ms",
+                    num(r, &["all", "p99_ms"]),
+                    None,
+                    Some((50.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "  allow→deny p50",
+                    "ms",
+                    num(r, &["allow_to_deny", "p50_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  allow→deny p99",
+                    "ms",
+                    num(r, &["allow_to_deny", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  deny→allow p50",
+                    "ms",
+                    num(r, &["deny_to_allow", "p50_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  deny→allow p99",
+                    "ms",
+                    num(r, &["deny_to_allow", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "per-apply time (metric, mean)",
+                    "ms",
+                    num(r, &["apply_mean_ms"]),
+                    Some(17.0),
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "agent CPU per policy change",
+                    "ms",
+                    num(r, &["agent_cpu_ms_per_change"]),
+                    None,
+                    None,
+                );
             }
             Some("newpod") => {
-                row(&mut rows, "new pod WEP → rules + status file p50", "ms",
-                    num(r, &["took", "p50_ms"]), None, None);
-                row(&mut rows, "new pod WEP → rules + status file p99", "ms",
-                    num(r, &["took", "p99_ms"]), None, Some((100.0, false)));
+                row(
+                    &mut rows,
+                    "new pod WEP → rules + status file p50",
+                    "ms",
+                    num(r, &["took", "p50_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "new pod WEP → rules + status file p99",
+                    "ms",
+                    num(r, &["took", "p99_ms"]),
+                    None,
+                    Some((100.0, false)),
+                );
             }
             Some("cold") => {
-                row(&mut rows, "cold start → programmed (fresh node)", "ms",
-                    num(r, &["fresh_node_ms"]), None, Some((2000.0, false)));
-                row(&mut rows, "cold start → programmed (restart, max)", "ms",
-                    num(r, &["restart_over_table", "max_ms"]), None, Some((2000.0, false)));
+                row(
+                    &mut rows,
+                    "cold start → programmed (fresh node)",
+                    "ms",
+                    num(r, &["fresh_node_ms"]),
+                    None,
+                    Some((2000.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "cold start → programmed (restart, max)",
+                    "ms",
+                    num(r, &["restart_over_table", "max_ms"]),
+                    None,
+                    Some((2000.0, false)),
+                );
             }
             Some("resources") => {
-                row(&mut rows, "RSS at scale (after changes)", "MiB",
-                    num(r, &["rss_mib_after_changes"]), Some(240.0), Some((50.0, false)));
-                row(&mut rows, "peak RSS", "MiB", num(r, &["peak_rss_mib"]), None, None);
-                row(&mut rows, "RSS of calico-node run, policy off", "MiB",
-                    num(r, &["rss_mib_policy_off"]), None, None);
-                row(&mut rows, "idle CPU", "%", num(r, &["idle_cpu_percent"]), None, Some((1.0, false)));
+                row(
+                    &mut rows,
+                    "RSS at scale (after changes)",
+                    "MiB",
+                    num(r, &["rss_mib_after_changes"]),
+                    Some(240.0),
+                    Some((50.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "peak RSS",
+                    "MiB",
+                    num(r, &["peak_rss_mib"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "RSS of calico-node run, policy off",
+                    "MiB",
+                    num(r, &["rss_mib_policy_off"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "idle CPU",
+                    "%",
+                    num(r, &["idle_cpu_percent"]),
+                    None,
+                    Some((1.0, false)),
+                );
             }
             Some("path") => {
-                row(&mut rows, "TCP connect p99 loaded", "ms",
-                    num(r, &["connect_loaded", "p99_ms"]), None, None);
-                row(&mut rows, "TCP connect p99 no policy", "ms",
-                    num(r, &["connect_none", "p99_ms"]), None, None);
-                row(&mut rows, "TCP connect p99 ratio (loaded / none)", "x",
-                    num(r, &["connect_p99_ratio"]), None, Some((1.10, false)));
-                row(&mut rows, "iperf3 throughput ratio (loaded / none)", "x",
-                    num(r, &["iperf_ratio"]), None, Some((0.95, true)));
-                row(&mut rows, "TCP connect p99 conntrack only", "ms",
-                    num(r, &["connect_ct_only", "p99_ms"]), None, None);
-                row(&mut rows, "TCP connect p99 ratio (loaded / ct only)", "x",
-                    num(r, &["connect_p99_ratio_loaded_vs_ct_only"]), None, None);
-                row(&mut rows, "iperf3 ratio (loaded / ct only)", "x",
-                    num(r, &["iperf_ratio_loaded_vs_ct_only"]), None, None);
+                row(
+                    &mut rows,
+                    "TCP connect p99 loaded",
+                    "ms",
+                    num(r, &["connect_loaded", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 no policy",
+                    "ms",
+                    num(r, &["connect_none", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 ratio (loaded / none)",
+                    "x",
+                    num(r, &["connect_p99_ratio"]),
+                    None,
+                    Some((1.10, false)),
+                );
+                row(
+                    &mut rows,
+                    "iperf3 throughput ratio (loaded / none)",
+                    "x",
+                    num(r, &["iperf_ratio"]),
+                    None,
+                    Some((0.95, true)),
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 conntrack only",
+                    "ms",
+                    num(r, &["connect_ct_only", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 ratio (loaded / ct only)",
+                    "x",
+                    num(r, &["connect_p99_ratio_loaded_vs_ct_only"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "iperf3 ratio (loaded / ct only)",
+                    "x",
+                    num(r, &["iperf_ratio_loaded_vs_ct_only"]),
+                    None,
+                    None,
+                );
             }
             _ => {}
         }
@@ -1456,4 +1642,3 @@ fn print_table(rows: &[Value]) {
         );
     }
 }
-
