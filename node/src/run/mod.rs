@@ -179,7 +179,7 @@ pub fn serve(settings: &Settings) -> anyhow::Result<()> {
         }
         // Policy stops with its table in place: endpoints stay enforced (fail closed).
         if let Some(p) = policy_agent {
-            p.stop();
+            p.stop().await;
         }
         result
     });

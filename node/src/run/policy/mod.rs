@@ -185,11 +185,16 @@ impl PolicyAgent {
 
     /// Stops the syncer and waits for the thread to finish what it was applying. The table
     /// stays in the kernel.
-    pub fn stop(mut self) {
+    ///
+    /// Async because the daemon's runtime has one thread: the aborted syncer task (which
+    /// holds the channel's sender) is only dropped when the runtime polls it, so joining the
+    /// thread before that, on the runtime's thread, would wait forever.
+    pub async fn stop(mut self) {
         self.syncer.abort();
+        let _ = (&mut self.syncer).await;
         if let Some(t) = self.thread.take() {
-            // The thread sees its channel closed once the syncer task is gone.
-            let _ = t.join();
+            // The thread sees its channel closed now that the syncer task is gone.
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 }
