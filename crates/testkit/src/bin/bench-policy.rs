@@ -224,7 +224,16 @@ impl Profile {
         };
         let out = PathBuf::from(dir).join(format!("{name}.data"));
         let child = std::process::Command::new("perf")
-            .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
             .arg(&out)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
