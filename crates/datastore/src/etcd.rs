@@ -19,6 +19,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The largest response accepted from etcd: Go clientv3's `defaultMaxCallRecvMsgSize`
+/// (math.MaxInt32).
+const MAX_RECV_BYTES: usize = i32::MAX as usize;
+
 /// The connection for asynchronous callers. Cheap to clone: clones share the connection
 /// (HTTP/2, so concurrent requests are multiplexed on it). Made and used within one tokio
 /// runtime.
@@ -92,9 +96,14 @@ impl EtcdClient {
         let client = Client::from_channel(etcd_client::Channel::Tonic(channel), None)
             .await
             .map_err(|e| classify(&endpoints, e, config.uses_tls(), false))?;
+        // tonic refuses messages over 4 MiB by default; one list of 10,000 endpoints is
+        // ~7.5 MB. Go's clientv3 (Felix, calicoctl) accepts up to math.MaxInt32
+        // (defaultMaxCallRecvMsgSize): so do we, for lists and for watch batches alike.
         Ok(EtcdClient {
-            kv: client.kv_client(),
-            watch: client.watch_client(),
+            kv: client.kv_client().max_decoding_message_size(MAX_RECV_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RECV_BYTES),
             config: Arc::new(config.clone()),
             endpoints: endpoints.into(),
             answered: Arc::new(AtomicBool::new(false)),

@@ -1,0 +1,1653 @@
+//! The driver of `scripts/bench-policy` (issue 14 §6): the policy agent (`calico-node run`,
+//! after `calico-node startup`, on a simulated node of a [`Cluster`]) at the issue's scale,
+//! measured in one run:
+//!
+//! - the scale: `--local` real pods on the node under test, added through libcni (the seed
+//!   conflist), and the rest of `--endpoints` written to etcd as other nodes'
+//!   WorkloadEndpoints; `--policies` NetworkPolicies, each selecting the local endpoints of
+//!   one `app` label (so every local endpoint is selected by `--per-endpoint` policies and
+//!   every policy is active on the node) and allowing, in and out, a selector of its own that
+//!   matches about `--set-members` remote endpoints (`peer == 'p<i>' || band == 'b<j>'`: as
+//!   many distinct selector sets as policies). The agent's own counts are printed to prove
+//!   the active set.
+//! - `flip`: a probe policy (ordered after the load policies, so a probe packet walks the
+//!   load policies' chains first) turned Allow → Deny → Allow ... on a probe pod pair, until
+//!   enforced: from the write's commit (as an `etcdctl watch` sees it; the agent sees the
+//!   same event) to the first fresh probe flow with the new verdict. The prober sends a UDP
+//!   echo from a new source port every 0.5 ms (a fresh conntrack flow each; ports cycle
+//!   sequentially over 40,000 and the node's UDP conntrack timeouts are shortened so that a
+//!   port's old entry is gone before it is used again); a probe with no echo within 5 ms is
+//!   denied. The flip time is the first probe of the run of new verdicts that follows the
+//!   last old one (a late echo counts against us).
+//! - `newpod`: a WorkloadEndpoint written for a pre-made `cali*` veth (the CNI ADD itself is
+//!   not timed) until its status file exists (the agent writes it after the rules are in).
+//! - `cold`: the agent started with everything in etcd until programmed (first apply done
+//!   and every local endpoint's status file written): once on a node without the table,
+//!   then `--restarts` times over the table of the previous run.
+//! - `path`: fresh TCP connects (connect() time, the first packet's round trip) and iperf3
+//!   throughput between the probe pair with everything loaded vs with no policy (the agent
+//!   stopped and the table `inet calico` deleted), rounds alternating the order.
+//! - RSS of the agent at that scale, its CPU over an idle period, its CPU per policy change
+//!   and the kernel time per apply (`calico_node_policy_apply_duration_seconds`).
+//!
+//! Everything made is removed when the fixtures drop, on failure and on SIGTERM too.
+//! Usage: see `scripts/bench-policy --help`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use testkit::{Agent, CallOpts, Cluster, NetNs};
+
+const NET: &str = "k8s-pod-network";
+const RESOURCES: &str = "/calico/resources/v3/projectcalico.org/";
+const NS: &str = "bench";
+const NODE: &str = "node-1";
+const POOL: &str = "10.244.0.0/16";
+/// Remote endpoints' addresses (not in any pool: only selector sets hold them).
+const REMOTE_BASE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+/// The new-pod benchmark's endpoints.
+const NEWPOD_BASE: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+const REMOTE_NODES: usize = 50;
+const PROBE_POLICY: &str = "default.probe";
+const TCP_PORT: u16 = 7777;
+const UDP_PORT: u16 = 7778;
+const IPERF_PORT: u16 = 5201;
+/// Linux's USER_HZ (the unit of /proc/<pid>/stat times).
+const CLOCK_TICKS: f64 = 100.0;
+const PROBE_EVERY: Duration = Duration::from_micros(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone)]
+struct Args {
+    local: usize,
+    endpoints: usize,
+    policies: usize,
+    per_endpoint: usize,
+    set_members: usize,
+    flips: usize,
+    new_pods: usize,
+    restarts: usize,
+    rounds: usize,
+    connects: usize,
+    iperf_seconds: u64,
+    idle_seconds: u64,
+    json: Option<String>,
+}
+
+impl Args {
+    fn parse() -> Result<Args> {
+        let mut a = Args {
+            local: 200,
+            endpoints: 10_000,
+            policies: 2000,
+            per_endpoint: 10,
+            set_members: 100,
+            flips: 200,
+            new_pods: 100,
+            restarts: 2,
+            rounds: 4,
+            connects: 1000,
+            iperf_seconds: 5,
+            idle_seconds: 10,
+            json: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--local" => a.local = value()?.parse()?,
+                "--endpoints" => a.endpoints = value()?.parse()?,
+                "--policies" => a.policies = value()?.parse()?,
+                "--per-endpoint" => a.per_endpoint = value()?.parse()?,
+                "--set-members" => a.set_members = value()?.parse()?,
+                "--flips" => a.flips = value()?.parse()?,
+                "--new-pods" => a.new_pods = value()?.parse()?,
+                "--restarts" => a.restarts = value()?.parse()?,
+                "--rounds" => a.rounds = value()?.parse()?,
+                "--connects" => a.connects = value()?.parse()?,
+                "--iperf-seconds" => a.iperf_seconds = value()?.parse()?,
+                "--idle-seconds" => a.idle_seconds = value()?.parse()?,
+                "--json" => a.json = Some(value()?),
+                other => bail!("unknown argument {other:?} (see scripts/bench-policy --help)"),
+            }
+        }
+        if a.local < 2 || a.endpoints < a.local || a.policies < 1 || a.per_endpoint < 1 {
+            bail!("need --local >= 2, --endpoints >= --local, --policies and --per-endpoint >= 1");
+        }
+        Ok(a)
+    }
+
+    /// Distinct `app` labels: each is selected by `per_endpoint` policies.
+    fn apps(&self) -> usize {
+        (self.policies / self.per_endpoint).max(1)
+    }
+
+    fn remote(&self) -> usize {
+        self.endpoints - self.local
+    }
+
+    /// Distinct `band` labels among remote endpoints (`set_members` endpoints each).
+    fn bands(&self) -> usize {
+        (self.remote() / self.set_members.max(1)).max(1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Interruption, statistics, processes.
+
+fn interrupted() -> bool {
+    testkit::process::sigterm_flag().load(Ordering::SeqCst)
+}
+
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
+/// Nearest-rank percentile of `v`.
+fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s.get(rank.min(s.len()) - 1).copied()
+}
+
+fn stats_ms(v: &[f64]) -> Value {
+    json!({
+        "n": v.len(),
+        "p50_ms": percentile(v, 50.0),
+        "p99_ms": percentile(v, 99.0),
+        "max_ms": percentile(v, 100.0),
+        "min_ms": percentile(v, 0.0),
+    })
+}
+
+fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field}"))?;
+    Ok(line.split_whitespace().nth(1).context("a value")?.parse()?)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = text.rsplit_once(')').context("stat without comm")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11).context("utime")?.parse()?;
+    let stime: u64 = f.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn sleep_checked(d: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < d {
+        check_interrupted()?;
+        std::thread::sleep((d - t0.elapsed()).min(Duration::from_millis(100)));
+    }
+    Ok(())
+}
+
+/// `perf record` of `pid` into `$BENCH_POLICY_PERF/<name>.data` while it lives (when that
+/// variable names a directory): where the agent's time goes. Stopped (SIGINT) on drop.
+struct Profile(Option<Child>);
+
+impl Profile {
+    fn start(pid: u32, name: &str) -> Profile {
+        let Some(dir) = std::env::var_os("BENCH_POLICY_PERF") else {
+            return Profile(None);
+        };
+        let out = PathBuf::from(dir).join(format!("{name}.data"));
+        let child = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        Profile(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// etcd.
+
+fn revision(etcdctl_json: &str) -> Result<i64> {
+    let v: Value = serde_json::from_str(etcdctl_json).context("etcdctl JSON")?;
+    v["header"]["revision"].as_i64().context("a revision")
+}
+
+fn put(c: &Cluster, key: &str, value: &str) -> Result<i64> {
+    revision(&c.ctl().run(&["put", key, value, "-w", "json"])?)
+}
+
+fn del(c: &Cluster, key: &str) -> Result<i64> {
+    revision(&c.ctl().run(&["del", key, "-w", "json"])?)
+}
+
+/// Writes `(key, value)` pairs in etcd transactions of 1000 (`etcdctl txn`).
+fn txn_put(c: &Cluster, kvs: &[(String, String)]) -> Result<()> {
+    for chunk in kvs.chunks(1000) {
+        check_interrupted()?;
+        let mut script = String::from("\n");
+        for (k, v) in chunk {
+            // Go's %q reads what Rust's Debug writes for these ASCII strings.
+            script.push_str(&format!("put {k:?} {v:?}\n"));
+        }
+        script.push_str("\n\n");
+        let mut child = c
+            .ctl()
+            .command()?
+            .arg("txn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("etcdctl txn")?;
+        child
+            .stdin
+            .take()
+            .context("etcdctl stdin")?
+            .write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !stdout.starts_with("SUCCESS") {
+            bail!(
+                "etcdctl txn: {} {}",
+                stdout.lines().next().unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `etcdctl watch --prefix` on the resources: when each write was seen, as a client of etcd
+/// sees it (the agent's watch sees the same events at the same time).
+struct CommitWatch {
+    child: Child,
+    seen: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl CommitWatch {
+    fn start(c: &Cluster) -> Result<CommitWatch> {
+        let mut child = c
+            .ctl()
+            .command()?
+            .args(["watch", "--prefix", RESOURCES])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("etcdctl watch")?;
+        let stdout = child.stdout.take().context("etcdctl watch stdout")?;
+        let seen: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+        let record = seen.clone();
+        let reader = std::thread::spawn(move || {
+            // Events come as `PUT` key value, or `DELETE` key (and an empty value line).
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(op)) = lines.next() {
+                let at = Instant::now();
+                if op != "PUT" && op != "DELETE" {
+                    continue;
+                }
+                let (Some(Ok(key)), Some(Ok(_))) = (lines.next(), lines.next()) else {
+                    break;
+                };
+                if let Ok(mut m) = record.lock() {
+                    m.entry(key).or_default().push(at);
+                }
+            }
+        });
+        let w = CommitWatch {
+            child,
+            seen,
+            reader: Some(reader),
+        };
+        // Established once a sentinel write comes back.
+        let sentinel = format!("{RESOURCES}bench-sentinel");
+        let t0 = Instant::now();
+        loop {
+            check_interrupted()?;
+            c.etcd.put(&sentinel, "x")?;
+            if w.count(&sentinel) > 0 {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("etcdctl watch saw nothing");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c.etcd.delete_prefix(&sentinel)?;
+        Ok(w)
+    }
+
+    fn count(&self, key: &str) -> usize {
+        self.seen
+            .lock()
+            .map(|m| m.get(key).map_or(0, Vec::len))
+            .unwrap_or(0)
+    }
+
+    /// Waits until `key` has been seen written more than `before` times; when it was.
+    fn wait(&self, key: &str, before: usize) -> Result<Instant> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(t) = self
+                .seen
+                .lock()
+                .ok()
+                .and_then(|m| m.get(key).and_then(|v| v.get(before).copied()))
+            {
+                return Ok(t);
+            }
+            check_interrupted()?;
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the watch never saw {key} written");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Drop for CommitWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The node, its pods and its agent.
+
+fn startup(c: &Cluster) -> Result<()> {
+    let bin = testkit::bins::built("calico-node")?;
+    let out = c
+        .node(0)
+        .command(&bin)?
+        .arg("startup")
+        .env("NODENAME", NODE)
+        .env("ETCD_ENDPOINTS", "https://10.10.0.174:2379")
+        .env("ETCD_CA_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-ca")
+        .env("ETCD_CERT_FILE", "/etc/cni/net.d/calico-tls/etcd-cert")
+        .env("ETCD_KEY_FILE", "/etc/cni/net.d/calico-tls/etcd-key")
+        .env("IP", "autodetect")
+        .env("IP_AUTODETECTION_METHOD", "interface=eth0")
+        .env("CALICO_IPV4POOL_CIDR", POOL)
+        .env("CALICO_IPV4POOL_IPIP", "Never")
+        .env("CALICO_IPV4POOL_VXLAN", "Never")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "calico-node startup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The agent on the node: policy on (or off for the setup phase), no route distribution
+/// (one node: nothing to distribute; keeps the measurement to policy).
+fn start_agent(c: &Cluster, policy: bool) -> Result<Agent> {
+    let level = std::env::var("BENCH_POLICY_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let mut env = vec![
+        ("NODENAME", NODE),
+        ("CALICO_NETWORKING_BACKEND", "none"),
+        ("LOG_LEVEL", level.as_str()),
+    ];
+    if !policy {
+        env.push(("CALICO_DISABLE_POLICY", "true"));
+    }
+    Agent::on_node_with(c, 0, &env)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    testkit::agent::sum(text, name, &[])
+}
+
+struct LocalPod {
+    netns: Arc<NetNs>,
+    ip: Ipv4Addr,
+}
+
+fn add_pod(c: &Cluster, name: &str) -> Result<LocalPod> {
+    let netns = NetNs::new(name)?;
+    let opts = CallOpts {
+        cni_args: Some(format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={name}"
+        )),
+        container_id: Some(format!("{NS}-{name}-{}", std::process::id())),
+        ..CallOpts::default()
+    };
+    let result = c
+        .runtime(0)
+        .add(NET, &netns.path(), &opts)?
+        .map_err(|e| anyhow::anyhow!("ADD {name}: {e:?}"))?;
+    let ip = testkit::result_ips(&result)
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .context("an IPv4 address")?;
+    Ok(LocalPod {
+        netns: Arc::new(netns),
+        ip,
+    })
+}
+
+fn wep_name(node: &str, pod: &str) -> String {
+    format!("{node}-k8s-{pod}-eth0")
+}
+
+fn wep_key(name: &str) -> String {
+    format!("{RESOURCES}workloadendpoints/{NS}/{name}")
+}
+
+fn policy_key(name: &str) -> String {
+    format!("{RESOURCES}networkpolicies/{NS}/{name}")
+}
+
+/// A WorkloadEndpoint like `template` (one the plugin wrote) for another pod.
+#[allow(clippy::too_many_arguments)]
+fn wep_from(
+    template: &Value,
+    node: &str,
+    pod: &str,
+    iface: &str,
+    ip: Ipv4Addr,
+    labels: &[(String, String)],
+) -> Value {
+    let mut w = template.clone();
+    w["metadata"]["name"] = json!(wep_name(node, pod));
+    if let Some(m) = w["metadata"].as_object_mut() {
+        m.remove("uid");
+        m.remove("resourceVersion");
+    }
+    let meta_labels = &mut w["metadata"]["labels"];
+    if !meta_labels.is_object() {
+        *meta_labels = json!({});
+    }
+    for (k, v) in labels {
+        meta_labels[k] = json!(v);
+    }
+    w["spec"]["node"] = json!(node);
+    w["spec"]["pod"] = json!(pod);
+    w["spec"]["containerID"] = json!(format!("bench-{node}-{pod}"));
+    w["spec"]["interfaceName"] = json!(iface);
+    w["spec"]["ipNetworks"] = json!([format!("{ip}/32")]);
+    w["spec"]["profiles"] = json!([format!("kns.{NS}")]);
+    w
+}
+
+fn add_ip(base: Ipv4Addr, n: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(base) + n as u32)
+}
+
+fn load_policy(i: usize, args: &Args) -> Value {
+    let peers = format!("peer == 'p{i}' || band == 'b{}'", i % args.bands());
+    let port = 10_000 + (i % 1000) as u16;
+    json!({
+        "kind": "NetworkPolicy", "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": format!("default.load-{i}"), "namespace": NS},
+        "spec": {
+            "order": 100,
+            "selector": format!("app == 'a{}'", i % args.apps()),
+            "types": ["Ingress", "Egress"],
+            "ingress": [{"action": "Allow", "protocol": "TCP",
+                         "source": {"selector": peers.clone()},
+                         "destination": {"ports": [port]}}],
+            "egress": [{"action": "Allow", "protocol": "TCP",
+                        "destination": {"selector": peers, "ports": [port]}}],
+        }
+    })
+}
+
+/// The packet-path variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// The agent running with everything loaded.
+    Loaded,
+    /// No agent, no table.
+    NoPolicy,
+    /// No agent; a table tracking connections only.
+    ConntrackOnly,
+}
+
+/// The probe pair's policy: after the load policies (order 1000), ingress `action` from the
+/// pair, egress allowed.
+fn probe_policy(action: &str) -> Value {
+    json!({
+        "kind": "NetworkPolicy", "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": PROBE_POLICY, "namespace": NS},
+        "spec": {
+            "order": 1000,
+            "selector": "probe == 'pair'",
+            "types": ["Ingress", "Egress"],
+            "ingress": [{"action": action, "source": {"selector": "probe == 'pair'"}}],
+            "egress": [{"action": "Allow"}],
+        }
+    })
+}
+
+/// Listeners in the server pod: TCP accepts and closes, UDP echoes. Closed on drop.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    fds: Vec<OwnedFd>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    fn start(pod: &LocalPod) -> Result<Servers> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tcp = pod
+            .netns
+            .within(|| TcpListener::bind(SocketAddr::new(pod.ip.into(), TCP_PORT)))??;
+        let udp = pod
+            .netns
+            .within(|| UdpSocket::bind(SocketAddr::new(pod.ip.into(), UDP_PORT)))??;
+        // The TCP listener is woken by a shutdown of its duplicate; the UDP socket polls the
+        // stop flag (a shutdown makes std's recv_from panic on the empty address).
+        let fds = vec![OwnedFd::from(tcp.try_clone()?)];
+        udp.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let s1 = stop.clone();
+        let t1 = std::thread::spawn(move || {
+            while !s1.load(Ordering::SeqCst) {
+                if tcp.accept().is_err() {
+                    break;
+                }
+            }
+        });
+        let s2 = stop.clone();
+        let t2 = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s2.load(Ordering::SeqCst) {
+                match udp.recv_from(&mut buf) {
+                    Ok((n, from)) if n > 0 => {
+                        let _ = udp.send_to(&buf[..n], from);
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Servers {
+            stop,
+            fds,
+            threads: vec![t1, t2],
+        })
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for fd in &self.fds {
+            // Wakes the blocked accept/recv: the duplicate shares the socket.
+            let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Fresh UDP flows from the client to the server's echo, one every [`PROBE_EVERY`]: each
+/// probe's send time and whether its echo came within [`PROBE_TIMEOUT`].
+struct Prober {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<(Instant, bool)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(client: &LocalPod, server: Ipv4Addr) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+        let (stop2, log2, ns, from) = (stop.clone(), log.clone(), client.netns.clone(), client.ip);
+        let thread = std::thread::spawn(move || {
+            let run = || {
+                let to = SocketAddr::new(server.into(), UDP_PORT);
+                let mut pending: VecDeque<(Instant, UdpSocket)> = VecDeque::new();
+                let mut next = Instant::now();
+                let mut port: u16 = 0;
+                let mut done: Vec<(Instant, bool)> = Vec::new();
+                let mut buf = [0u8; 16];
+                while !stop2.load(Ordering::SeqCst) {
+                    let now = Instant::now();
+                    if now >= next {
+                        next = (next + PROBE_EVERY).max(now);
+                        // Sequential source ports: a port comes back only after 40,000
+                        // probes, long after its conntrack entry expired.
+                        port = (port + 1) % 40_000;
+                        if let Ok(s) = UdpSocket::bind(SocketAddr::new(from.into(), 20_000 + port))
+                            && s.set_nonblocking(true).is_ok()
+                        {
+                            let sent = Instant::now();
+                            if s.send_to(b"probe", to).is_ok() {
+                                pending.push_back((sent, s));
+                            }
+                        }
+                    }
+                    let now = Instant::now();
+                    pending.retain(|(sent, s)| match s.recv_from(&mut buf) {
+                        Ok(_) => {
+                            done.push((*sent, true));
+                            false
+                        }
+                        Err(_) if now.duration_since(*sent) > PROBE_TIMEOUT => {
+                            done.push((*sent, false));
+                            false
+                        }
+                        Err(_) => true,
+                    });
+                    if !done.is_empty()
+                        && let Ok(mut l) = log2.lock()
+                    {
+                        l.append(&mut done);
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            };
+            let _ = ns.within(run);
+        });
+        Prober {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    fn take(&self) -> Vec<(Instant, bool)> {
+        self.log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until the probes settle on `want` after `commit`: the send time of the first probe
+/// of the run of `want` verdicts that follows the last other one (settled once that run
+/// holds 20 probes and 20 ms).
+fn wait_verdict(prober: &Prober, want: bool, commit: Instant) -> Result<Duration> {
+    let mut seen: Vec<(Instant, bool)> = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        check_interrupted()?;
+        seen.extend(prober.take());
+        seen.sort_by_key(|(t, _)| *t);
+        let last_other = seen.iter().rposition(|(_, v)| *v != want);
+        let run = &seen[last_other.map_or(0, |i| i + 1)..];
+        if let (Some(first), Some(last)) = (run.first(), run.last())
+            && run.len() >= 20
+            && last.0.duration_since(first.0) >= Duration::from_millis(20)
+        {
+            return Ok(first.0.saturating_duration_since(commit));
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "the probes never settled on {}",
+                if want { "allowed" } else { "denied" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The benchmark.
+
+struct Bench<'a> {
+    args: &'a Args,
+    c: Cluster,
+    pods: Vec<LocalPod>,
+    status_dir: PathBuf,
+    /// The status file name of local pod `lpod0`, to derive others' from.
+    status_name_lpod0: Option<String>,
+    /// lpod0's endpoint as the plugin wrote it (relabelled): the new pods' template.
+    template: Value,
+    /// RSS (KiB) of `calico-node run` with policy off, after the pods were added.
+    rss_policy_off: u64,
+}
+
+impl Bench<'_> {
+    fn server(&self) -> &LocalPod {
+        &self.pods[0]
+    }
+
+    fn client(&self) -> &LocalPod {
+        &self.pods[1]
+    }
+
+    fn status_files(&self) -> usize {
+        std::fs::read_dir(&self.status_dir).map_or(0, |d| d.count())
+    }
+
+    /// Starts the agent and waits until it is programmed: synced, the rules at etcd's
+    /// current revision and every local endpoint's status file written.
+    fn cold_start(&self) -> Result<(Agent, Duration)> {
+        let rev = revision(&self.c.ctl().run(&["get", "x", "-w", "json"])?)?;
+        let t0 = Instant::now();
+        let agent = start_agent(&self.c, true)?;
+        let _profile = Profile::start(agent.pid(), "cold");
+        loop {
+            check_interrupted()?;
+            if let Ok(m) = agent.metrics()
+                && metric(&m, "calico_node_policy_synced") >= 1.0
+                && metric(&m, "calico_node_policy_applied_revision") >= rev as f64
+                && metric(&m, "calico_node_policy_endpoint_status_files") >= self.pods.len() as f64
+            {
+                let took = t0.elapsed();
+                let log = agent.log();
+                if let Some(line) = log.lines().find(|l| l.contains("first apply done in")) {
+                    eprintln!("bench-policy: cold start {took:?}; the agent: {line}");
+                }
+                let files = self.status_files();
+                if files < self.pods.len() {
+                    bail!("the agent says programmed but only {files} status files exist");
+                }
+                return Ok((agent, took));
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                bail!("not programmed after 120 s: {}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The conntrack-only variant: the cost of tracking every flow, without policy.
+    fn add_ct_table(&self) -> Result<()> {
+        self.c.node(0).sh(
+            "nft add table inet benchct && \
+             nft add chain inet benchct forward '{ type filter hook forward priority 0; policy accept; }' && \
+             nft add rule inet benchct forward ct state established,related accept",
+        )?;
+        Ok(())
+    }
+
+    fn delete_ct_table(&self) -> Result<()> {
+        self.c.node(0).sh(
+            "nft list tables | grep -q 'inet benchct' && nft delete table inet benchct || true",
+        )?;
+        Ok(())
+    }
+
+    fn delete_table(&self) -> Result<()> {
+        self.c.node(0).sh("nft delete table inet calico")?;
+        let left = self.c.node(0).sh("nft list tables")?;
+        if left.contains("inet calico") {
+            bail!("the table inet calico is still there");
+        }
+        Ok(())
+    }
+}
+
+fn setup(args: &Args) -> Result<Bench<'_>> {
+    let c = Cluster::start_bare(1, &[])?;
+    startup(&c)?;
+    let t0 = Instant::now();
+    // The plugin's requests are served by the agent (policy off while pods are added).
+    let setup_agent = start_agent(&c, false)?;
+    let mut conf = testkit::cluster::seed_without_kubernetes()?;
+    conf["cniVersion"] = json!("1.0.0");
+    conf["plugins"][0]["ipam"]["assign_ipv6"] = json!("false");
+    c.install(0, &conf)?;
+    let mut pods = Vec::new();
+    for j in 0..args.local {
+        check_interrupted()?;
+        pods.push(add_pod(&c, &format!("lpod{j}"))?);
+        if (j + 1) % 50 == 0 {
+            eprintln!(
+                "bench-policy: {} local pods added ({:.0} s)",
+                j + 1,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // The same daemon with policy off: what the policy agent's memory adds to.
+    let rss_policy_off = rss_kib(setup_agent.pid(), "VmRSS:")?;
+    drop(setup_agent);
+    // Labels on the local endpoints (as Kubernetes pod labels reach them) and the remote
+    // endpoints, the namespace profile and the policies.
+    let local_weps = c
+        .ctl()
+        .get_prefix(&format!("{RESOURCES}workloadendpoints/{NS}/"))?;
+    let template: Value = serde_json::from_str(
+        &local_weps
+            .iter()
+            .find(|(_, v)| v.contains("\"pod\":\"lpod0\""))
+            .context("the plugin wrote no endpoint for lpod0")?
+            .1,
+    )?;
+    let mut kvs = Vec::new();
+    for (key, raw) in &local_weps {
+        let mut w: Value = serde_json::from_str(raw)?;
+        let pod = w["spec"]["pod"].as_str().context("a pod name")?.to_string();
+        let j: usize = pod.trim_start_matches("lpod").parse()?;
+        w["metadata"]["labels"]["app"] = json!(format!("a{}", j % args.apps()));
+        if j < 2 {
+            w["metadata"]["labels"]["probe"] = json!("pair");
+        }
+        w["spec"]["profiles"] = json!([format!("kns.{NS}")]);
+        kvs.push((key.clone(), w.to_string()));
+    }
+    kvs.push((
+        format!("{RESOURCES}profiles/kns.{NS}"),
+        json!({"kind": "Profile", "apiVersion": "projectcalico.org/v3",
+               "metadata": {"name": format!("kns.{NS}")},
+               "spec": {"ingress": [{"action": "Allow"}], "egress": [{"action": "Allow"}],
+                        "labelsToApply": {"pcns.projectcalico.org/name": NS}}})
+        .to_string(),
+    ));
+    for r in 0..args.remote() {
+        let node = format!("node-r{}", r % REMOTE_NODES);
+        let pod = format!("rpod{r}");
+        let labels = [
+            ("app".to_string(), format!("a{}", r % args.apps())),
+            ("peer".to_string(), format!("p{}", r % args.policies)),
+            ("band".to_string(), format!("b{}", r % args.bands())),
+        ];
+        let w = wep_from(
+            &template,
+            &node,
+            &pod,
+            &format!("cali{r:011}"),
+            add_ip(REMOTE_BASE, r),
+            &labels,
+        );
+        kvs.push((wep_key(&wep_name(&node, &pod)), w.to_string()));
+    }
+    for i in 0..args.policies {
+        kvs.push((
+            policy_key(&format!("default.load-{i}")),
+            load_policy(i, args).to_string(),
+        ));
+    }
+    kvs.push((policy_key(PROBE_POLICY), probe_policy("Allow").to_string()));
+    txn_put(&c, &kvs)?;
+    eprintln!(
+        "bench-policy: {} objects written ({:.0} s since start)",
+        kvs.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    // Fresh probe flows must never meet an old flow's conntrack entry (see the module doc).
+    c.node(0)
+        .sh("sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2 \
+         net.netfilter.nf_conntrack_udp_timeout_stream=2 2>/dev/null || true")?;
+    let status_dir = c.node(0).host_path("/var/run/calico/endpoint-status")?;
+    Ok(Bench {
+        args,
+        c,
+        pods,
+        status_dir,
+        status_name_lpod0: None,
+        template,
+        rss_policy_off,
+    })
+}
+
+/// The agent's counts and what the kernel's table holds (`nft -j`), to prove the scale.
+fn scale_proof(b: &Bench, agent: &Agent) -> Result<Value> {
+    let m = agent.metrics()?;
+    let out = b.c.node(0).sh("nft -j list table inet calico")?;
+    let v: Value = serde_json::from_str(&out).context("nft -j")?;
+    let (mut sets, mut elems, mut chains, mut rules, mut maps) = (0, 0, 0, 0, 0);
+    for o in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(s) = o.get("set") {
+            sets += 1;
+            elems += s["elem"].as_array().map_or(0, Vec::len);
+        } else if let Some(m) = o.get("map") {
+            maps += 1;
+            elems += m["elem"].as_array().map_or(0, Vec::len);
+        } else if o.get("chain").is_some() {
+            chains += 1;
+        } else if o.get("rule").is_some() {
+            rules += 1;
+        }
+    }
+    Ok(json!({
+        "agent": {
+            "local_endpoints": metric(&m, "calico_node_policy_local_endpoints"),
+            "endpoints": metric(&m, "calico_node_policy_endpoints"),
+            "active_policies_and_profiles": metric(&m, "calico_node_policy_active_policies"),
+            "sets": metric(&m, "calico_node_policy_sets"),
+            "rules": metric(&m, "calico_node_policy_rules"),
+            "skipped_objects": metric(&m, "calico_node_policy_skipped_objects"),
+            "status_files": metric(&m, "calico_node_policy_endpoint_status_files"),
+        },
+        "kernel": {"sets": sets, "maps": maps, "elements": elems, "chains": chains, "rules": rules},
+        "status_files_on_disk": b.status_files(),
+    }))
+}
+
+fn flips(b: &Bench, agent: &Agent) -> Result<Value> {
+    let watch = CommitWatch::start(&b.c)?;
+    let _servers = Servers::start(b.server())?;
+    let prober = Prober::start(b.client(), b.server().ip);
+    let key = policy_key(PROBE_POLICY);
+    // The pair is allowed to start with.
+    wait_verdict(&prober, true, Instant::now())?;
+    let m0 = agent.metrics()?;
+    let cpu0 = cpu_ticks(agent.pid())?;
+    let profile = Profile::start(agent.pid(), "flip");
+    let (mut to_deny, mut to_allow) = (Vec::new(), Vec::new());
+    for n in 0..b.args.flips {
+        check_interrupted()?;
+        let allow = n % 2 == 1;
+        let before = watch.count(&key);
+        put(
+            &b.c,
+            &key,
+            &probe_policy(if allow { "Allow" } else { "Deny" }).to_string(),
+        )?;
+        let commit = watch.wait(&key, before)?;
+        let took = wait_verdict(&prober, allow, commit)?;
+        if allow {
+            to_allow.push(ms(took));
+        } else {
+            to_deny.push(ms(took));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(profile);
+    let cpu1 = cpu_ticks(agent.pid())?;
+    let m1 = agent.metrics()?;
+    // Leave the pair allowed.
+    if b.args.flips % 2 == 1 {
+        let before = watch.count(&key);
+        put(&b.c, &key, &probe_policy("Allow").to_string())?;
+        let commit = watch.wait(&key, before)?;
+        wait_verdict(&prober, true, commit)?;
+    }
+    let d = |name: &str| metric(&m1, name) - metric(&m0, name);
+    let applies = d("calico_node_policy_apply_duration_seconds_count");
+    let apply_s = d("calico_node_policy_apply_duration_seconds_sum");
+    let lag_n = d("calico_node_policy_sync_lag_seconds_count");
+    let lag_s = d("calico_node_policy_sync_lag_seconds_sum");
+    let all: Vec<f64> = to_deny.iter().chain(&to_allow).copied().collect();
+    Ok(json!({
+        "part": "flip",
+        "all": stats_ms(&all),
+        "allow_to_deny": stats_ms(&to_deny),
+        "deny_to_allow": stats_ms(&to_allow),
+        "applies": applies,
+        "apply_mean_ms": (applies > 0.0).then(|| round3(apply_s / applies * 1e3)),
+        "sync_lag_mean_ms": (lag_n > 0.0).then(|| round3(lag_s / lag_n * 1e3)),
+        "agent_cpu_ms_per_change": round3((cpu1 - cpu0) as f64 / CLOCK_TICKS * 1e3 / b.args.flips.max(1) as f64),
+    }))
+}
+
+fn new_pods(b: &mut Bench, agent: &Agent) -> Result<Value> {
+    let n = b.args.new_pods;
+    if n == 0 {
+        return Ok(json!({"part": "newpod", "skipped": true}));
+    }
+    let watch = CommitWatch::start(&b.c)?;
+    let lpod0 = match &b.status_name_lpod0 {
+        Some(s) => s.clone(),
+        None => bail!("no status file for lpod0"),
+    };
+    let template = b.template.clone();
+    // Pre-made `cali*` veths (what the plugin would have made); the WEP is what is timed.
+    let mut script = String::new();
+    for k in 0..n {
+        script.push_str(&format!(
+            "link add calibn{k:05} type veth peer name bnp{k:05}\nlink set calibn{k:05} up\nlink set bnp{k:05} up\n"
+        ));
+    }
+    ip_batch(&b.c, &script)?;
+    let m0 = agent.metrics()?;
+    let mut took = Vec::new();
+    let mut rules_checked = false;
+    for k in 0..n {
+        check_interrupted()?;
+        let pod = format!("newpod{k}");
+        let file = b.status_dir.join(lpod0.replacen("lpod0", &pod, 1));
+        let w = wep_from(
+            &template,
+            NODE,
+            &pod,
+            &format!("calibn{k:05}"),
+            add_ip(NEWPOD_BASE, k),
+            &[
+                ("app".into(), format!("a{}", k % b.args.apps())),
+                ("probe".into(), "none".into()),
+            ],
+        );
+        let key = wep_key(&wep_name(NODE, &pod));
+        let before = watch.count(&key);
+        put(&b.c, &key, &w.to_string())?;
+        let commit = watch.wait(&key, before)?;
+        let t0 = Instant::now();
+        while !file.exists() {
+            check_interrupted()?;
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("no status file {} for {pod}", file.display());
+            }
+            std::thread::sleep(Duration::from_micros(250));
+        }
+        took.push(ms(Instant::now().saturating_duration_since(commit)));
+        if !rules_checked {
+            // Once: the interface is in the kernel's table when its file is there.
+            let table = b.c.node(0).sh("nft list table inet calico")?;
+            if !table.contains(&format!("calibn{k:05}")) {
+                bail!("status file written but calibn{k:05} is not in the table");
+            }
+            rules_checked = true;
+        }
+        let before = watch.count(&key);
+        del(&b.c, &key)?;
+        watch.wait(&key, before)?;
+        let t0 = Instant::now();
+        while file.exists() {
+            check_interrupted()?;
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("the status file of {pod} stays after its endpoint went");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m1 = agent.metrics()?;
+    let d = |name: &str| metric(&m1, name) - metric(&m0, name);
+    let applies = d("calico_node_policy_apply_duration_seconds_count");
+    let apply_s = d("calico_node_policy_apply_duration_seconds_sum");
+    let _ = ip_batch(
+        &b.c,
+        &(0..n)
+            .map(|k| format!("link del calibn{k:05}\n"))
+            .collect::<String>(),
+    );
+    Ok(json!({
+        "part": "newpod",
+        "how": "WorkloadEndpoint written for a pre-made cali* veth → status file exists",
+        "took": stats_ms(&took),
+        "applies": applies,
+        "apply_mean_ms": (applies > 0.0).then(|| round3(apply_s / applies * 1e3)),
+    }))
+}
+
+/// `ip -batch -` on the node.
+fn ip_batch(c: &Cluster, script: &str) -> Result<()> {
+    let mut child = c
+        .node(0)
+        .command("ip")?
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// `connects` fresh TCP connections client → server: each connect()'s time in ms.
+fn connect_times(b: &Bench, connects: usize) -> Result<Vec<f64>> {
+    let to = SocketAddr::new(b.server().ip.into(), TCP_PORT);
+    let out = b.client().netns.within(|| -> Result<Vec<f64>> {
+        let mut v = Vec::with_capacity(connects);
+        for _ in 0..connects {
+            check_interrupted()?;
+            let t0 = Instant::now();
+            let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .context("a connect from the client to the server")?;
+            v.push(ms(t0.elapsed()));
+            drop(s);
+        }
+        Ok(v)
+    })??;
+    Ok(out)
+}
+
+/// iperf3 client → server for `seconds`; bits per second received.
+fn iperf(b: &Bench, seconds: u64) -> Result<f64> {
+    let ip = b.server().ip.to_string();
+    let mut server = b
+        .server()
+        .netns
+        .command("iperf3")?
+        .args(["-s", "-1", "-B", &ip, "-p", &IPERF_PORT.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("iperf3 -s")?;
+    let result = (|| -> Result<f64> {
+        let t0 = Instant::now();
+        loop {
+            check_interrupted()?;
+            let out = b
+                .client()
+                .netns
+                .command("iperf3")?
+                .args([
+                    "-c",
+                    &ip,
+                    "-p",
+                    &IPERF_PORT.to_string(),
+                    "-t",
+                    &seconds.to_string(),
+                    "-J",
+                ])
+                .stdin(Stdio::null())
+                .output()?;
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                return Ok(bps);
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("iperf3: {}", String::from_utf8_lossy(&out.stdout));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse()?;
+    testkit::process::sigterm_flag();
+    if which("iperf3").is_none() {
+        bail!("iperf3 is missing: install the Debian package iperf3 (scripts/setup does)");
+    }
+    let started = Instant::now();
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    let outcome = run(&args, &mut results);
+    if let Err(e) = &outcome {
+        eprintln!("bench-policy: {e:#}");
+        errors.push(json!({"error": format!("{e:#}")}));
+    }
+    let rows = summary(&results);
+    let doc = json!({
+        "benchmark": "bench-policy",
+        "args": format!("{args:?}"),
+        "elapsed_s": round3(started.elapsed().as_secs_f64()),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "results": results,
+        "summary": rows,
+        "errors": errors,
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| path.clone())?;
+    }
+    println!();
+    print_table(&rows);
+    outcome
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
+    let mut b = setup(args)?;
+    let mut push = |v: Value| {
+        eprintln!("{}", serde_json::to_string(&v).unwrap_or_default());
+        results.push(v);
+    };
+    // Cold start on a node without the table, then restarts over the previous run's table.
+    let (mut agent, first) = b.cold_start()?;
+    let mut restarts = Vec::new();
+    for _ in 0..args.restarts {
+        drop(agent);
+        let (a, took) = b.cold_start()?;
+        agent = a;
+        restarts.push(ms(took));
+    }
+    let mut proof = scale_proof(&b, &agent)?;
+    proof["part"] = json!("scale");
+    proof["designed"] = json!({
+        "local_endpoints": args.local, "endpoints": args.endpoints, "policies": args.policies,
+        "policies_per_local_endpoint": args.per_endpoint, "apps": args.apps(),
+        "bands": args.bands(), "remote_per_set_about": args.remote() / args.policies + args.remote() / args.bands(),
+    });
+    push(proof);
+    push(json!({
+        "part": "cold",
+        "fresh_node_ms": ms(first),
+        "restart_over_table": stats_ms(&restarts),
+    }));
+    b.status_name_lpod0 = std::fs::read_dir(&b.status_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.contains("lpod0 ") || n.ends_with("lpod0"));
+    // Idle: settled after the start, nothing changes.
+    sleep_checked(Duration::from_secs(1))?;
+    let c0 = cpu_ticks(agent.pid())?;
+    let t0 = Instant::now();
+    sleep_checked(Duration::from_secs(args.idle_seconds))?;
+    let idle =
+        (cpu_ticks(agent.pid())? - c0) as f64 / CLOCK_TICKS / t0.elapsed().as_secs_f64() * 100.0;
+    let rss_idle = rss_kib(agent.pid(), "VmRSS:")?;
+    push(flips(&b, &agent)?);
+    push(new_pods(&mut b, &agent)?);
+    push(json!({
+        "part": "resources",
+        "idle_cpu_percent": round3(idle),
+        "idle_seconds": args.idle_seconds,
+        "rss_mib_idle": round3(rss_idle as f64 / 1024.0),
+        "rss_mib_after_changes": round3(rss_kib(agent.pid(), "VmRSS:")? as f64 / 1024.0),
+        "peak_rss_mib": round3(rss_kib(agent.pid(), "VmHWM:")? as f64 / 1024.0),
+        "rss_mib_policy_off": round3(b.rss_policy_off as f64 / 1024.0),
+    }));
+    // Packet path: everything loaded vs no policy (agent stopped, table deleted).
+    let _servers = Servers::start(b.server())?;
+    let mut agent = Some(agent);
+    let (mut lat_loaded, mut lat_none, mut bps_loaded, mut bps_none) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut path_restarts = Vec::new();
+    let (mut lat_ct, mut bps_ct) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        // The order rotates each round.
+        let mut order = [Variant::Loaded, Variant::NoPolicy, Variant::ConntrackOnly];
+        order.rotate_left(round % 3);
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for variant in order {
+            check_interrupted()?;
+            let loaded = variant == Variant::Loaded;
+            if loaded && agent.is_none() {
+                b.delete_ct_table()?;
+                let (a, took) = b.cold_start()?;
+                agent = Some(a);
+                path_restarts.push(ms(took));
+            } else if !loaded {
+                if let Some(a) = agent.take() {
+                    drop(a);
+                    b.delete_table()?;
+                }
+                if variant == Variant::ConntrackOnly {
+                    b.add_ct_table()?;
+                } else {
+                    b.delete_ct_table()?;
+                }
+            }
+            // Warm the path (neighbours, caches) before timing.
+            connect_times(&b, 20)?;
+            let lat = connect_times(&b, args.connects)?;
+            let bps = iperf(&b, args.iperf_seconds)?;
+            eprintln!(
+                "bench-policy: round {round} {variant:?}: connect p99 {:?} ms, {:.2} Gbit/s",
+                percentile(&lat, 99.0),
+                bps / 1e9
+            );
+            match variant {
+                Variant::Loaded => {
+                    lat_loaded.extend(lat);
+                    bps_loaded.push(bps);
+                }
+                Variant::NoPolicy => {
+                    lat_none.extend(lat);
+                    bps_none.push(bps);
+                }
+                Variant::ConntrackOnly => {
+                    lat_ct.extend(lat);
+                    bps_ct.push(bps);
+                }
+            }
+        }
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(round3(a / b)),
+        _ => None,
+    };
+    push(json!({
+        "part": "path",
+        "no_policy": "agent stopped and table inet calico deleted",
+        "connect_loaded": stats_ms(&lat_loaded),
+        "connect_none": stats_ms(&lat_none),
+        "connect_p99_ratio": ratio(percentile(&lat_loaded, 99.0), percentile(&lat_none, 99.0)),
+        "iperf_gbps_loaded": bps_loaded.iter().map(|x| round3(x / 1e9)).collect::<Vec<_>>(),
+        "iperf_gbps_none": bps_none.iter().map(|x| round3(x / 1e9)).collect::<Vec<_>>(),
+        "iperf_ratio": ratio(mean(&bps_loaded), mean(&bps_none)),
+        "conntrack_only": "no agent; a table with only `ct state established,related accept` in forward",
+        "connect_ct_only": stats_ms(&lat_ct),
+        "connect_p99_ratio_loaded_vs_ct_only": ratio(percentile(&lat_loaded, 99.0), percentile(&lat_ct, 99.0)),
+        "iperf_gbps_ct_only": bps_ct.iter().map(|x| round3(x / 1e9)).collect::<Vec<_>>(),
+        "iperf_ratio_loaded_vs_ct_only": ratio(mean(&bps_loaded), mean(&bps_ct)),
+        "restarts_ms": path_restarts,
+    }));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The summary.
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(v, |v, k| v.get(*k))?.as_f64()
+}
+
+/// A row: ours, the reference's figure and the target; `higher_is_better` for ratios of
+/// throughput.
+fn row(
+    rows: &mut Vec<Value>,
+    what: &str,
+    unit: &str,
+    ours: Option<f64>,
+    reference: Option<f64>,
+    target: Option<(f64, bool)>,
+) {
+    let meets = match (ours, target) {
+        (Some(o), Some((t, higher))) => Some(if higher { o >= t } else { o <= t }),
+        _ => None,
+    };
+    rows.push(
+        json!({"what": what, "unit": unit, "ours": ours, "reference": reference,
+                     "target": target.map(|t| t.0), "meets": meets}),
+    );
+}
+
+fn summary(results: &[Value]) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for r in results {
+        match r["part"].as_str() {
+            Some("flip") => {
+                row(
+                    &mut rows,
+                    "policy change → enforced p50",
+                    "ms",
+                    num(r, &["all", "p50_ms"]),
+                    Some(100.0),
+                    Some((10.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "policy change → enforced p99",
+                    "ms",
+                    num(r, &["all", "p99_ms"]),
+                    None,
+                    Some((50.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "  allow→deny p50",
+                    "ms",
+                    num(r, &["allow_to_deny", "p50_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  allow→deny p99",
+                    "ms",
+                    num(r, &["allow_to_deny", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  deny→allow p50",
+                    "ms",
+                    num(r, &["deny_to_allow", "p50_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  deny→allow p99",
+                    "ms",
+                    num(r, &["deny_to_allow", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "per-apply time (metric, mean)",
+                    "ms",
+                    num(r, &["apply_mean_ms"]),
+                    Some(17.0),
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "agent CPU per policy change",
+                    "ms",
+                    num(r, &["agent_cpu_ms_per_change"]),
+                    None,
+                    None,
+                );
+            }
+            Some("newpod") => {
+                row(
+                    &mut rows,
+                    "new pod WEP → rules + status file p50",
+                    "ms",
+                    num(r, &["took", "p50_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "new pod WEP → rules + status file p99",
+                    "ms",
+                    num(r, &["took", "p99_ms"]),
+                    None,
+                    Some((100.0, false)),
+                );
+            }
+            Some("cold") => {
+                row(
+                    &mut rows,
+                    "cold start → programmed (fresh node)",
+                    "ms",
+                    num(r, &["fresh_node_ms"]),
+                    None,
+                    Some((2000.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "cold start → programmed (restart, max)",
+                    "ms",
+                    num(r, &["restart_over_table", "max_ms"]),
+                    None,
+                    Some((2000.0, false)),
+                );
+            }
+            Some("resources") => {
+                row(
+                    &mut rows,
+                    "RSS at scale (after changes)",
+                    "MiB",
+                    num(r, &["rss_mib_after_changes"]),
+                    Some(240.0),
+                    Some((50.0, false)),
+                );
+                row(
+                    &mut rows,
+                    "peak RSS",
+                    "MiB",
+                    num(r, &["peak_rss_mib"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "RSS of calico-node run, policy off",
+                    "MiB",
+                    num(r, &["rss_mib_policy_off"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "idle CPU",
+                    "%",
+                    num(r, &["idle_cpu_percent"]),
+                    None,
+                    Some((1.0, false)),
+                );
+            }
+            Some("path") => {
+                row(
+                    &mut rows,
+                    "TCP connect p99 loaded",
+                    "ms",
+                    num(r, &["connect_loaded", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 no policy",
+                    "ms",
+                    num(r, &["connect_none", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 ratio (loaded / none)",
+                    "x",
+                    num(r, &["connect_p99_ratio"]),
+                    None,
+                    Some((1.10, false)),
+                );
+                row(
+                    &mut rows,
+                    "iperf3 throughput ratio (loaded / none)",
+                    "x",
+                    num(r, &["iperf_ratio"]),
+                    None,
+                    Some((0.95, true)),
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 conntrack only",
+                    "ms",
+                    num(r, &["connect_ct_only", "p99_ms"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 ratio (loaded / ct only)",
+                    "x",
+                    num(r, &["connect_p99_ratio_loaded_vs_ct_only"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "iperf3 ratio (loaded / ct only)",
+                    "x",
+                    num(r, &["iperf_ratio_loaded_vs_ct_only"]),
+                    None,
+                    None,
+                );
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
+fn print_table(rows: &[Value]) {
+    let f = |v: &Value| match v.as_f64() {
+        Some(x) => format!("{x:.3}"),
+        None => "-".into(),
+    };
+    println!(
+        "{:<44} {:>5} {:>10} {:>10} {:>8} {:>5}",
+        "measurement", "unit", "ours", "reference", "target", "meets"
+    );
+    for r in rows {
+        println!(
+            "{:<44} {:>5} {:>10} {:>10} {:>8} {:>5}",
+            r["what"].as_str().unwrap_or_default(),
+            r["unit"].as_str().unwrap_or_default(),
+            f(&r["ours"]),
+            f(&r["reference"]),
+            f(&r["target"]),
+            match r["meets"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            }
+        );
+    }
+}
