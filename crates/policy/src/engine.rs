@@ -2023,6 +2023,7 @@ impl PolicyEngine {
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             local_endpoints: self.rendered.len(),
+            endpoints: self.endpoints.len(),
             active_policies: self.active_policies.len(),
             active_profiles: self.active_profiles.len(),
             sets: self.out.sets.len(),
@@ -2087,6 +2088,8 @@ pub struct ElemDelta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EngineStats {
     pub local_endpoints: usize,
+    /// Workload endpoints known cluster-wide (they feed selector sets).
+    pub endpoints: usize,
     pub active_policies: usize,
     pub active_profiles: usize,
     pub sets: usize,

@@ -294,7 +294,7 @@ impl Metrics {
         );
         registry.register(
             "policy_apply_duration_seconds",
-            "Time one policy transaction took in the kernel",
+            "Time one policy apply took: rendering what changed, planning, and the kernel transaction",
             m.policy_apply_seconds.clone(),
         );
         registry.register(

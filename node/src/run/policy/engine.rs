@@ -219,8 +219,9 @@ impl Dataplane {
     }
 
     /// Brings the kernel to the engine's wanted table (one transaction), then the status
-    /// files to the programmed endpoints. `lag`: how long the oldest change waited.
-    pub fn converge(&mut self, lag: Option<Duration>) -> anyhow::Result<()> {
+    /// files to the programmed endpoints. `oldest`: when the oldest change applied now
+    /// arrived (the sync lag is measured from it to the rules being in).
+    pub fn converge(&mut self, oldest: Option<Instant>) -> anyhow::Result<()> {
         let first = self.table.applied().is_none();
         let wanted_changes = self.engine.has_changes() || first;
         let started = Instant::now();
@@ -261,7 +262,8 @@ impl Dataplane {
             }
         }
         let took = started.elapsed();
-        self.state.applied(Ok(()), took, lag);
+        self.state
+            .applied(Ok(()), took, oldest.map(|o| o.elapsed()));
         if wanted_changes && took > Duration::from_millis(100) {
             log::info!("policy: applied in {took:?}");
         }
@@ -270,7 +272,7 @@ impl Dataplane {
         self.state.set_counts(
             Counts {
                 local_endpoints: stats.local_endpoints,
-                endpoints: 0,
+                endpoints: stats.endpoints,
                 policies: stats.active_policies + stats.active_profiles,
                 sets: stats.sets,
                 rules: stats.rules,

@@ -264,7 +264,7 @@ fn run_loop(
             continue;
         }
         state.set_datastore_synced();
-        match agent.converge(oldest.map(|o| o.elapsed())) {
+        match agent.converge(oldest) {
             Ok(()) => retry_at = None,
             Err(e) => {
                 log::warn!("policy: {e:#}; a full replace in {RETRY_AFTER:?}");
