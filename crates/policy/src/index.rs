@@ -4,7 +4,8 @@
 //! An item change evaluates only the selectors that could match it, a selector change only
 //! the items that could match it: each selector that requires a label value (`k == 'v'`,
 //! alone or within `&&`) is filed under the rarest such pair, and each item under all its
-//! pairs (ties, as on a cold start before any item, go to `projectcalico.org/namespace`);
+//! pairs (ties, as on a cold start before any item, go to a pod's own label rather than
+//! Calico's `projectcalico.org/*`, `pcns.*` and `pcsa.*` labels, which whole namespaces share);
 //! the rest (`has(k)`, `!`, `||`, `all()`) are evaluated against everything. With
 //! Labels are stored as shared strings ([`Interner`], [`LabelSet`]): keys and values repeat
 //! across thousands of endpoints. With Kubernetes' scoped selectors (`… && projectcalico.org/namespace == 'ns'`) this keeps an
@@ -14,6 +15,12 @@ use calico_selector::Selector;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
+
+/// Whether a label key is one whole namespaces share (Calico's own labels, namespace and
+/// service-account labels): the last choice for filing a selector.
+fn broad_key(k: &str) -> bool {
+    k.starts_with("projectcalico.org/") || k.starts_with("pcns.") || k.starts_with("pcsa.")
+}
 
 /// Labels as read from objects.
 pub type Labels = BTreeMap<String, String>;
@@ -279,9 +286,13 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         self.unfile(&id);
         let filed = required_pairs(&sel)
             .into_iter()
-            // Before items arrive (a cold start) counts say nothing: the namespace, which
-            // Calico scopes most selectors by, is the best guess of a rare pair.
-            .min_by_key(|(k, v)| (self.pair_count(k, v), *k != crate::model::LABEL_NAMESPACE))
+            // Before items arrive (a cold start, where the datastore lists policies before
+            // endpoints) counts say nothing: a pod's own label (`app == 'x'`) is the best
+            // guess of a rare pair; Calico's own labels (the namespace, the orchestrator, a
+            // service account) and namespace labels are shared by whole namespaces. Filing
+            // 2,000 policies of one namespace under that namespace made every endpoint of it
+            // evaluate all of them (a 5 s cold start at the scale).
+            .min_by_key(|(k, v)| (self.pair_count(k, v), broad_key(k)))
             .map(|(k, v)| (k.to_string(), v.to_string()));
         let now: HashSet<I> = match &filed {
             Some((k, v)) => self
