@@ -676,7 +676,6 @@ fn workload_to_host_follows_default_endpoint_to_host_action() {
         "Accept lets it in\n{}",
         lab.logs()
     );
-    // The node's own setting (FELIX_ variable) wins over the datastore.
     drop(host_listener);
 }
 

@@ -104,17 +104,7 @@ impl PolicySettings {
     }
 
     fn node_name(&self) -> anyhow::Result<String> {
-        if let Some(n) = &self.nodename {
-            return Ok(n.clone());
-        }
-        if let Ok(s) =
-            calico_fsbound::read_config_string(&self.nodename_file, 4096, "CALICO_NODENAME_FILE")
-            && !s.trim().is_empty()
-        {
-            return Ok(s.trim().to_string());
-        }
-        let h = nix::unistd::gethostname()?;
-        Ok(h.to_string_lossy().trim().to_lowercase())
+        super::routing::node_name(self.nodename.as_deref(), &self.nodename_file)
     }
 }
 

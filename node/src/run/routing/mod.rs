@@ -168,17 +168,25 @@ impl RoutingSettings {
 
     /// The node's name: `NODENAME`, else the file start-up wrote, else the host name.
     fn node_name(&self) -> anyhow::Result<String> {
-        if let Some(n) = &self.nodename {
-            return Ok(n.clone());
-        }
-        match calico_fsbound::read_config_string(&self.nodename_file, 4096, "CALICO_NODENAME_FILE")
-        {
-            Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
-            _ => {}
-        }
-        let h = nix::unistd::gethostname().context("the host name")?;
-        Ok(h.to_string_lossy().trim().to_lowercase())
+        node_name(self.nodename.as_deref(), &self.nodename_file)
     }
+}
+
+/// The node's name as the daemon's tasks find it: `nodename` (`NODENAME`), else the file
+/// start-up wrote, else the host name (lower-cased).
+pub fn node_name(
+    nodename: Option<&str>,
+    nodename_file: &std::path::Path,
+) -> anyhow::Result<String> {
+    if let Some(n) = nodename {
+        return Ok(n.to_string());
+    }
+    match calico_fsbound::read_config_string(nodename_file, 4096, "CALICO_NODENAME_FILE") {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        _ => {}
+    }
+    let h = nix::unistd::gethostname().context("the host name")?;
+    Ok(h.to_string_lossy().trim().to_lowercase())
 }
 
 /// Secrets from files (`<dir>/<name>/<key>`), else from the environment.
