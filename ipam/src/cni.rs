@@ -7,6 +7,7 @@ use crate::block;
 use crate::error::IpamError;
 use crate::kubevirt::{self, PodKind};
 use crate::lock::{DEFAULT_LOCK_WAIT, HostLock};
+use crate::snapshot_cache::{CachingStore, PodCall};
 use calico_datastore::model::{keys, names};
 use calico_datastore::{KvStore, PluginStore, StoreError};
 use calico_netconf::NetConf;
@@ -468,97 +469,130 @@ pub fn allocate_detailed(
     let started = std::time::Instant::now();
     let lock_file = conf.ipam_lock_file();
     let lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
-    let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
+    // An ordinary pod's ADD may plan from the node's last snapshot (see `snapshot_cache`);
+    // one that asks for addresses or is a VM's reads what exists. A failure planned from the
+    // snapshot (the Node registered or a pool added since, say) is tried again from the store.
+    let mut serve = vm.is_none() && wanted.is_empty();
     let hint = block_hint::read(&lock_file);
-    // Prefetch the node's blocks that had room: the usual allocation needs no second read.
-    let likely: Vec<IpNet> = hint
-        .iter()
-        .filter(|(_, room)| **room)
-        .map(|(b, _)| *b)
-        .collect();
-    let mut handles = vec![container_handle.as_str()];
-    handles.extend(vm.as_ref().map(|v| v.handle.as_str()));
-    let snap = ipam.read_snapshot(&SnapshotRequest {
-        handles: &handles,
-        blocks: &likely,
-        keys: extra_keys,
-    })?;
-    log::debug!(
-        "IPAM lock waited {:?}; snapshot read after {:?}",
-        lock.waited,
-        started.elapsed()
-    );
-    if vm.as_ref().is_some_and(|v| v.vmi.is_migration_target()) && !snap.vm_address_persistence {
-        return Err(IpamError::MigrationTargetRejected.into());
-    }
-    let vm = vm.filter(|_| snap.vm_address_persistence);
-    let handle = vm
-        .as_ref()
-        .map_or_else(|| container_handle.clone(), |v| v.handle.clone());
-    let request = AssignRequest {
-        handle: handle.clone(),
-        attrs: match &vm {
-            Some(v) => kubevirt::vm_attributes(attrs.clone(), &v.vmi),
-            None => attrs.clone(),
-        },
-        num_v4: usize::from(v4),
-        num_v6: usize::from(v6),
-        v4_pools: ov
-            .v4_pools
-            .clone()
-            .unwrap_or_else(|| conf.ipam.ipv4_pools.clone()),
-        v6_pools: ov
-            .v6_pools
-            .clone()
-            .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
-        namespace_labels: ov.namespace_labels.clone(),
-        intended_use: crate::pools::PoolUse::Workload,
-        reuse_if: Some(attachment).filter(|(_, ifname)| !ifname.is_empty()),
-    };
-
-    let mut host_routes = true;
-    let (all, room) = if let Some(v) = &vm {
-        let target = v.vmi.is_migration_target();
-        let got = ipam.assign_vm_with(&snap, &request, &wanted, target, &mut |a, s| {
-            with(&a.addresses, s)
-        })?;
-        if got.reused {
-            log::info!(
-                "VM {}/{}: its addresses {:?} are reused by pod {}{}",
-                v.vmi.vmi_namespace,
-                v.vmi.vmi_name,
-                got.addresses,
-                workload.pod,
-                if target { " (migration target)" } else { "" }
-            );
-        }
-        host_routes = !target;
-        let room = got.addresses.iter().map(|a| (a.trunc(), true)).collect();
-        (got.addresses, room)
-    } else if !wanted.is_empty() {
-        let got =
-            ipam.assign_ips_with(&snap, &wanted, &handle, &request.attrs, &mut |ips, s| {
-                with(ips, s)
+    let (all, room, host_routes, affinities, handle, store) = loop {
+        let store = CachingStore::new(store, &lock_file, node, serve)
+            .for_pod(&container_handle, PodCall::Add);
+        let outcome = (|| -> Result<_, CniError> {
+            let ipam = Ipam::new(&store, node).with_budget(ALLOCATION_BUDGET);
+            // Prefetch the node's blocks that had room: the usual allocation needs no second read.
+            let likely: Vec<IpNet> = hint
+                .iter()
+                .filter(|(_, room)| **room)
+                .map(|(b, _)| *b)
+                .collect();
+            let mut handles = vec![container_handle.as_str()];
+            handles.extend(vm.as_ref().map(|v| v.handle.as_str()));
+            let snap = ipam.read_snapshot(&SnapshotRequest {
+                handles: &handles,
+                blocks: &likely,
+                keys: extra_keys,
             })?;
-        let room = got.iter().map(|a| (a.trunc(), true)).collect();
-        (got, room)
-    } else {
-        let a = ipam.auto_assign_with(&snap, &request, &mut |a, s| with(&a.all(), s))?;
-        (a.all(), a.room)
+            log::debug!(
+                "IPAM lock waited {:?}; snapshot {} after {:?}",
+                lock.waited,
+                if store.served_from_snapshot() {
+                    "taken from the node's last one"
+                } else {
+                    "read"
+                },
+                started.elapsed()
+            );
+            if vm.as_ref().is_some_and(|v| v.vmi.is_migration_target())
+                && !snap.vm_address_persistence
+            {
+                return Err(IpamError::MigrationTargetRejected.into());
+            }
+            let vm = vm.as_ref().filter(|_| snap.vm_address_persistence);
+            let handle = vm
+                .as_ref()
+                .map_or_else(|| container_handle.clone(), |v| v.handle.clone());
+            let request = AssignRequest {
+                handle: handle.clone(),
+                attrs: match &vm {
+                    Some(v) => kubevirt::vm_attributes(attrs.clone(), &v.vmi),
+                    None => attrs.clone(),
+                },
+                num_v4: usize::from(v4),
+                num_v6: usize::from(v6),
+                v4_pools: ov
+                    .v4_pools
+                    .clone()
+                    .unwrap_or_else(|| conf.ipam.ipv4_pools.clone()),
+                v6_pools: ov
+                    .v6_pools
+                    .clone()
+                    .unwrap_or_else(|| conf.ipam.ipv6_pools.clone()),
+                namespace_labels: ov.namespace_labels.clone(),
+                intended_use: crate::pools::PoolUse::Workload,
+                reuse_if: Some(attachment.clone()).filter(|(_, ifname)| !ifname.is_empty()),
+            };
+
+            let mut host_routes = true;
+            let (all, room) = if let Some(v) = vm {
+                let target = v.vmi.is_migration_target();
+                let got = ipam.assign_vm_with(&snap, &request, &wanted, target, &mut |a, s| {
+                    with(&a.addresses, s)
+                })?;
+                if got.reused {
+                    log::info!(
+                        "VM {}/{}: its addresses {:?} are reused by pod {}{}",
+                        v.vmi.vmi_namespace,
+                        v.vmi.vmi_name,
+                        got.addresses,
+                        workload.pod,
+                        if target { " (migration target)" } else { "" }
+                    );
+                }
+                host_routes = !target;
+                let room = got.addresses.iter().map(|a| (a.trunc(), true)).collect();
+                (got.addresses, room)
+            } else if !wanted.is_empty() {
+                let got = ipam.assign_ips_with(
+                    &snap,
+                    &wanted,
+                    &handle,
+                    &request.attrs,
+                    &mut |ips, s| with(ips, s),
+                )?;
+                let room = got.iter().map(|a| (a.trunc(), true)).collect();
+                (got, room)
+            } else {
+                let a = ipam.auto_assign_with(&snap, &request, &mut |a, s| with(&a.all(), s))?;
+                (a.all(), a.room)
+            };
+            log::debug!("assigned after {:?}", started.elapsed());
+            let affinities: Vec<IpNet> = snap.affinities.keys().copied().collect();
+            Ok((all, room, host_routes, affinities, handle))
+        })();
+        match outcome {
+            Ok((all, room, host_routes, affinities, handle)) => {
+                break (all, room, host_routes, affinities, handle, store);
+            }
+            Err(e) if store.may_retry_from_the_store() => {
+                log::debug!("planned from the node's snapshot: {e}; again from the store");
+                store.discard();
+                serve = false;
+            }
+            Err(e) => return Err(e),
+        }
     };
-    log::debug!("assigned after {:?}", started.elapsed());
     log::info!("assigned {all:?} to {handle} on node {node}");
     // The node's blocks now: its affinities (room as last seen, else assumed), updated with
     // what this allocation saw.
-    let mut known: block_hint::Hint = snap
-        .affinities
-        .keys()
+    let mut known: block_hint::Hint = affinities
+        .iter()
         .map(|b| (*b, hint.get(b).copied().unwrap_or(true)))
         .collect();
     known.extend(room);
     if known != hint {
         block_hint::write(&lock_file, &known);
     }
+    store.finish();
     Ok(Allocation {
         addresses: all,
         host_routes,
@@ -622,9 +656,10 @@ pub fn release(
     handles.extend(vm.as_ref().map(|v| v.handle.clone()));
     let lock_file = conf.ipam_lock_file();
     let _lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
-    let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
     // The handles and the block(s) the pod's addresses are in, in one round trip: the ADD's
-    // result (prevResult) says which addresses, the hint which of the node's blocks.
+    // result (prevResult) says which addresses, the hint which of the node's blocks. An
+    // ordinary pod's DEL may take them from the node's snapshot and the record its ADD left
+    // (see `snapshot_cache`); a failure planned from them is tried again from the store.
     let hint = block_hint::read(&lock_file);
     let prev: Vec<IpAddr> = req
         .prev_result()
@@ -638,30 +673,47 @@ pub fn release(
         .copied()
         .collect();
     let handle_refs: Vec<&str> = handles.iter().map(String::as_str).collect();
-    let snap = ipam.read_snapshot(&SnapshotRequest {
-        handles: &handle_refs,
-        blocks: &likely,
-        keys: extra_keys,
-    })?;
-    let released = match vm.as_ref().filter(|_| snap.vm_address_persistence) {
-        Some(v) => {
-            let mut only_vm = snap.clone();
-            only_vm.handles.retain(|h, _| *h == v.handle);
-            ipam.release_vm_with(
-                &only_vm,
-                &v.handle,
-                (&workload.namespace, &workload.pod),
-                v.vmi.vm_being_deleted(),
-                &mut |ips, s| with(ips, s),
-            )?
-        }
-        None => {
-            // Persistence off: a VM pod is an ordinary pod.
-            let mut pods = snap.clone();
-            if let Some(v) = &vm {
-                pods.handles.remove(&v.handle);
+    let mut serve = vm.is_none() && kind != PodKind::Gone;
+    let (released, store) = loop {
+        let store = CachingStore::new(store, &lock_file, node, serve)
+            .for_pod(&workload.handle(&req.network_name), PodCall::Del);
+        let outcome = (|| -> Result<_, CniError> {
+            let ipam = Ipam::new(&store, node).with_budget(ALLOCATION_BUDGET);
+            let snap = ipam.read_snapshot(&SnapshotRequest {
+                handles: &handle_refs,
+                blocks: &likely,
+                keys: extra_keys,
+            })?;
+            Ok(match vm.as_ref().filter(|_| snap.vm_address_persistence) {
+                Some(v) => {
+                    let mut only_vm = snap.clone();
+                    only_vm.handles.retain(|h, _| *h == v.handle);
+                    ipam.release_vm_with(
+                        &only_vm,
+                        &v.handle,
+                        (&workload.namespace, &workload.pod),
+                        v.vmi.vm_being_deleted(),
+                        &mut |ips, s| with(ips, s),
+                    )?
+                }
+                None => {
+                    // Persistence off: a VM pod is an ordinary pod.
+                    let mut pods = snap.clone();
+                    if let Some(v) = &vm {
+                        pods.handles.remove(&v.handle);
+                    }
+                    ipam.release_handles_with(&pods, None, &mut |ips, s| with(ips, s))?
+                }
+            })
+        })();
+        match outcome {
+            Ok(released) => break (released, store),
+            Err(e) if store.may_retry_from_the_store() => {
+                log::debug!("planned from the node's snapshot: {e}; again from the store");
+                store.discard();
+                serve = false;
             }
-            ipam.release_handles_with(&pods, None, &mut |ips, s| with(ips, s))?
+            Err(e) => return Err(e),
         }
     };
     if !released.is_empty() {
@@ -677,6 +729,7 @@ pub fn release(
             block_hint::write(&lock_file, &updated);
         }
     }
+    store.finish();
     Ok(released)
 }
 
@@ -759,16 +812,25 @@ pub fn gc_with(
         }
     }
     if !stale.is_empty() {
-        let _lock = HostLock::acquire(&conf.ipam_lock_file(), DEFAULT_LOCK_WAIT)?;
-        let ipam = Ipam::new(store, node).with_budget(ALLOCATION_BUDGET);
+        let lock_file = conf.ipam_lock_file();
+        let _lock = HostLock::acquire(&lock_file, DEFAULT_LOCK_WAIT)?;
+        // What GC reads and writes keeps the node's snapshot current; a released pod's
+        // record goes (its DEL will never come).
+        let cache = CachingStore::new(store, &lock_file, node, false);
+        let ipam = Ipam::new(&cache, node).with_budget(ALLOCATION_BUDGET);
         for c in stale {
             let keys = keys_of(&c);
             match crate::gc::release(&ipam, &c, &keys, &mut |ips, snap| with(&c, ips, snap)) {
-                Ok(ips) if !ips.is_empty() => log::info!("GC released {ips:?} of {}", c.handle),
-                Ok(_) => {}
+                Ok(ips) => {
+                    if !ips.is_empty() {
+                        log::info!("GC released {ips:?} of {}", c.handle);
+                    }
+                    crate::snapshot_cache::forget_pod(&lock_file, &c.handle);
+                }
                 Err(e) => errors.push(format!("{}: {e}", c.handle)),
             }
         }
+        cache.finish();
     }
     if errors.is_empty() {
         Ok(())

@@ -27,6 +27,7 @@ pub mod kubernetes;
 pub mod kubevirt;
 pub mod lock;
 pub mod pools;
+pub mod snapshot_cache;
 
 pub use allocator::{AssignRequest, Assigned, Ipam, IpamSettings, Snapshot, VmAssigned};
 pub use error::IpamError;

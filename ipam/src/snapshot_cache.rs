@@ -1,0 +1,515 @@
+//! The node's last IPAM snapshot, kept next to the host lock (read and written only under
+//! it), so that an ADD or DEL following another within [`MAX_AGE`] plans from it and goes
+//! straight to its transaction: one datastore round trip instead of two.
+//!
+//! Why this is safe: every key an allocation or release writes (block, affinity, handle,
+//! endpoint) is guarded in its transaction by the revision the snapshot gave it, or by its
+//! absence. A stale entry therefore makes the transaction fail, and the allocator's conflict
+//! path reads everything again from the store ([`crate::allocator`]): no address is ever
+//! handed out twice or lost. Per-pod objects (IPAM handles, workload endpoints) are not in
+//! the snapshot: an ADD served from it takes them as absent, which its guards check (a
+//! repeated ADD conflicts once and is then planned from a real read); an ADD leaves what it
+//! wrote of them in a record of its own (`ipam-pods/<handle>`), from which that pod's DEL is
+//! served and which the DEL removes. What is read but not written (pools, reservations, IPAM
+//! settings, the Node, cluster information) is at most [`MAX_AGE`] old; a plugin that reads
+//! the store itself can be descheduled as long between its read and its commit. A call that
+//! fails after planning from the snapshot, having written nothing, is made again from the
+//! store by its caller ([`CachingStore::may_retry_from_the_store`]). Every transaction
+//! applied through [`CachingStore`] is folded into the snapshot (at the revision etcd gave
+//! it), so the next call sees this node's own writes; an unknown outcome or an abandoned
+//! call removes the file.
+//!
+//! Written by hand: the entries are the store's own read results, and no crate caches a
+//! key-value snapshot with these rules.
+
+use calico_datastore::{Guard, Kv, KvStore, Read, StoreError, TxnOutcome, Write};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How old (since its last real read) a snapshot may be and still serve an ADD.
+pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Key prefixes of per-pod objects: never kept; an ADD served from the file takes them as
+/// absent (guarded as such).
+const PER_POD_PREFIXES: [&str; 2] = [
+    "/calico/ipam/v2/handle/",
+    "/calico/resources/v3/projectcalico.org/workloadendpoints/",
+];
+
+const VERSION: u32 = 1;
+
+/// The pods' records, beside the snapshot.
+const POD_DIR: &str = "ipam-pods";
+
+/// Where the snapshot of the node whose host lock is `lock_file` is kept.
+pub fn path(lock_file: &Path) -> PathBuf {
+    lock_file.with_file_name("ipam-snapshot.json")
+}
+
+fn per_pod(key: &str) -> bool {
+    PER_POD_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ReadKind {
+    Key,
+    Prefix,
+    Keys,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredKv {
+    k: String,
+    /// The stored value (Calico's values are JSON text).
+    v: String,
+    r: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    kind: ReadKind,
+    path: String,
+    /// When this read was last made against the store (ms since the epoch); writes folded
+    /// in since do not change it.
+    at: u64,
+    kvs: Vec<StoredKv>,
+}
+
+impl Entry {
+    /// What an entry for `read` would be: none for a per-pod key or a prefix that holds
+    /// per-pod keys (a listing without them would be wrong).
+    fn of(read: &Read) -> Option<(ReadKind, &str)> {
+        let holds_per_pod = |p: &str| PER_POD_PREFIXES.iter().any(|pp| pp.starts_with(p));
+        match read {
+            Read::Key(k) if per_pod(k) => None,
+            Read::Key(k) => Some((ReadKind::Key, k)),
+            Read::Prefix(p) | Read::PrefixKeys(p) if per_pod(p) || holds_per_pod(p) => None,
+            Read::Prefix(p) => Some((ReadKind::Prefix, p)),
+            Read::PrefixKeys(p) => Some((ReadKind::Keys, p)),
+        }
+    }
+
+    fn answers(&self, read: &Read) -> bool {
+        Entry::of(read).is_some_and(|(kind, path)| kind == self.kind && path == self.path)
+    }
+
+    fn same_read(&self, other: &Entry) -> bool {
+        self.kind == other.kind && self.path == other.path
+    }
+
+    fn covers(&self, key: &str) -> bool {
+        match self.kind {
+            ReadKind::Key => self.path == key,
+            ReadKind::Prefix | ReadKind::Keys => key.starts_with(&self.path),
+        }
+    }
+
+    /// Folds an applied write (at `revision`) in.
+    fn apply(&mut self, write: &Write, revision: i64) {
+        let (key, value) = match write {
+            Write::Put(k, v) => (k, Some(v)),
+            Write::Delete(k) => (k, None),
+        };
+        if !self.covers(key) {
+            return;
+        }
+        let at = self.kvs.binary_search_by(|kv| kv.k.as_str().cmp(key));
+        match (at, value) {
+            (Ok(i), None) => {
+                self.kvs.remove(i);
+            }
+            (Err(_), None) => {}
+            (at, Some(v)) => {
+                let kv = StoredKv {
+                    k: key.clone(),
+                    v: if self.kind == ReadKind::Keys {
+                        String::new()
+                    } else {
+                        String::from_utf8_lossy(v).into_owned()
+                    },
+                    r: revision,
+                };
+                match at {
+                    Ok(i) => self.kvs[i] = kv,
+                    Err(i) => self.kvs.insert(i, kv),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    node: String,
+    entries: Vec<Entry>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the call is to a pod's record (see [`CachingStore::for_pod`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodCall {
+    /// Its ADD (or a repeat): the per-pod objects it writes are recorded.
+    Add,
+    /// Its DEL (or an ADD's rollback): served from the record when there is one; the record
+    /// goes in any case.
+    Del,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The file's content as it will be written.
+    file: Option<File>,
+    /// Whether the first read may be served from the file.
+    may_serve: bool,
+    /// The pod's handle and what the call is to it.
+    pod: Option<(String, PodCall)>,
+    /// The per-pod objects written by transactions applied in this call.
+    pod_writes: Vec<StoredKv>,
+    /// Whether the first read was served from the file (so the next one must be real).
+    served: bool,
+    reads: usize,
+    changed: bool,
+    /// An outcome is unknown or a write was refused: the file goes.
+    spoiled: bool,
+    /// A transaction was applied, or its outcome is unknown.
+    wrote: bool,
+}
+
+/// A [`KvStore`] that serves an ADD's first read from the node's snapshot when it is fresh
+/// and complete, and keeps the snapshot current with every read and applied transaction.
+/// [`CachingStore::finish`] writes it back (or removes it); drop without finishing removes it.
+pub struct CachingStore<'a> {
+    inner: &'a dyn KvStore,
+    path: PathBuf,
+    node: String,
+    state: RefCell<State>,
+}
+
+impl<'a> CachingStore<'a> {
+    /// `serve`: whether the first read may come from the file; false records only.
+    pub fn new(inner: &'a dyn KvStore, lock_file: &Path, node: &str, serve: bool) -> Self {
+        CachingStore {
+            inner,
+            path: path(lock_file),
+            node: node.to_string(),
+            state: RefCell::new(State {
+                may_serve: serve,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// The call is an ADD or DEL of the pod whose IPAM handle is `handle`. An ADD records
+    /// the per-pod objects it writes (its handle, its endpoint) in `ipam-pods/` beside the
+    /// snapshot; a DEL served from that record needs no read of them either. A record needs
+    /// no age limit: a DEL guards every key it writes by the revision recorded, so a record
+    /// overtaken by another writer costs one conflict and a real read. Handles other than
+    /// the pod's own (Calico's legacy `<namespace>.<pod>` handle) are taken as absent then:
+    /// this suite never writes them.
+    pub fn for_pod(self, handle: &str, call: PodCall) -> Self {
+        self.state.borrow_mut().pod = Some((handle.to_string(), call));
+        self
+    }
+
+    fn pod_path(&self, handle: &str) -> PathBuf {
+        pod_path(&self.path, handle)
+    }
+
+    fn load_pod(&self, handle: &str) -> Option<Vec<StoredKv>> {
+        let bytes = std::fs::read(self.pod_path(handle)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Whether the first read came from the file.
+    pub fn served_from_snapshot(&self) -> bool {
+        self.state.borrow().served
+    }
+
+    /// Whether a call that failed may be made again from a real read: it was planned from
+    /// the file and wrote nothing (no transaction applied, none with an unknown outcome).
+    pub fn may_retry_from_the_store(&self) -> bool {
+        let state = self.state.borrow();
+        state.served && !state.wrote
+    }
+
+    /// The node's file, without entries too old to serve.
+    fn load(&self) -> Option<File> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        let mut file: File = serde_json::from_slice(&bytes)
+            .map_err(|e| log::debug!("{} ignored: {e}", self.path.display()))
+            .ok()?;
+        if file.version != VERSION || file.node != self.node {
+            return None;
+        }
+        let now = now_ms();
+        file.entries
+            .retain(|e| now.checked_sub(e.at).map(Duration::from_millis) <= Some(MAX_AGE));
+        Some(file)
+    }
+
+    /// The reads answered from the file (and, for a DEL, the pod's record), or None if
+    /// anything is missing.
+    fn answer(
+        file: &File,
+        pod: Option<(&str, &[StoredKv])>,
+        reads: &[Read],
+    ) -> Option<Vec<Vec<Kv>>> {
+        let kv = |kv: &StoredKv| Kv {
+            key: kv.k.clone(),
+            value: kv.v.clone().into_bytes(),
+            mod_revision: kv.r,
+        };
+        if let Some((handle, record)) = pod {
+            let own = calico_datastore::model::keys::handle(handle);
+            if !record.iter().any(|r| r.k == own) {
+                return None;
+            }
+        }
+        reads
+            .iter()
+            .map(|read| match (read, pod) {
+                (Read::Key(k), None) if per_pod(k) => Some(Vec::new()),
+                (Read::Key(k), Some((_, record))) if per_pod(k) => {
+                    match record.iter().find(|r| r.k == *k) {
+                        Some(r) => Some(vec![kv(r)]),
+                        None if k.starts_with(PER_POD_PREFIXES[0]) => Some(Vec::new()),
+                        None => None,
+                    }
+                }
+                _ => file
+                    .entries
+                    .iter()
+                    .find(|e| e.answers(read))
+                    .map(|e| e.kvs.iter().map(kv).collect()),
+            })
+            .collect()
+    }
+
+    /// Writes the snapshot back if anything changed, or removes it if it may be wrong; an
+    /// ADD's record of its pod is written, a DEL's removed.
+    pub fn finish(self) {
+        let mut state = self.state.take();
+        match state.pod.take() {
+            Some((handle, PodCall::Del)) => self.remove_file(&self.pod_path(&handle)),
+            Some((handle, PodCall::Add)) if !state.spoiled && !state.pod_writes.is_empty() => {
+                let path = self.pod_path(&handle);
+                let done = std::fs::create_dir_all(self.path.with_file_name(POD_DIR))
+                    .and_then(|()| write_atomically(&path, &state.pod_writes));
+                if let Err(e) = done {
+                    log::debug!("cannot write {}: {e}", path.display());
+                    self.remove_file(&path);
+                }
+            }
+            _ => {}
+        }
+        if state.spoiled {
+            self.remove_file(&self.path);
+            return;
+        }
+        if let (true, Some(file)) = (state.changed, state.file.take())
+            && let Err(e) = write_atomically(&self.path, &file)
+        {
+            log::debug!("cannot update {}: {e}", self.path.display());
+            self.remove_file(&self.path);
+        }
+    }
+
+    /// Drops the snapshot: the next call reads the store.
+    pub fn discard(self) {
+        self.state.borrow_mut().spoiled = true;
+        self.finish();
+    }
+
+    fn remove_file(&self, path: &Path) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Where the record of the pod whose handle is `handle` is kept (`snapshot` is the
+/// snapshot's path).
+fn pod_path(snapshot: &Path, handle: &str) -> PathBuf {
+    let name: String = handle
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("%{:02x}", u32::from(c))
+            }
+        })
+        .collect();
+    snapshot.with_file_name(POD_DIR).join(name)
+}
+
+/// Removes the record of a pod whose handle was released otherwise (GC).
+pub fn forget_pod(lock_file: &Path, handle: &str) {
+    let path = pod_path(&path(lock_file), handle);
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log::warn!("cannot remove {}: {e}", path.display());
+    }
+}
+
+fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+impl KvStore for CachingStore<'_> {
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, StoreError> {
+        let first = {
+            let mut state = self.state.borrow_mut();
+            state.reads += 1;
+            state.reads == 1
+        };
+        if first {
+            // Loaded (if fresh) whatever the call: a DEL's read and writes are folded in too.
+            let file = self.load();
+            let mut state = self.state.borrow_mut();
+            if state.may_serve {
+                let record = match &state.pod {
+                    Some((handle, PodCall::Del)) => {
+                        // No record: this pod's objects must be read.
+                        self.load_pod(handle).map(|r| (handle.clone(), r))
+                    }
+                    _ => None,
+                };
+                let del = matches!(state.pod, Some((_, PodCall::Del)));
+                let pod = record.as_ref().map(|(h, r)| (h.as_str(), r.as_slice()));
+                let answered = file
+                    .as_ref()
+                    .filter(|_| !del || pod.is_some())
+                    .and_then(|f| Self::answer(f, pod, reads));
+                if let Some(got) = answered {
+                    state.served = true;
+                    state.file = file;
+                    return Ok(got);
+                }
+            }
+            state.file = file;
+        }
+        let got = self.inner.read(reads)?;
+        let now = now_ms();
+        // Per-pod objects stay out; what was read replaces what was kept of the same reads.
+        let entries: Vec<Entry> = reads
+            .iter()
+            .zip(&got)
+            .filter_map(|(read, kvs)| {
+                let (kind, path) = Entry::of(read)?;
+                // Calico's values are JSON text; anything else is not kept.
+                if kvs.iter().any(|kv| std::str::from_utf8(&kv.value).is_err()) {
+                    return None;
+                }
+                Some(Entry {
+                    kind,
+                    path: path.to_string(),
+                    at: now,
+                    kvs: kvs
+                        .iter()
+                        .map(|kv| StoredKv {
+                            k: kv.key.clone(),
+                            v: String::from_utf8_lossy(&kv.value).into_owned(),
+                            r: kv.mod_revision,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let mut state = self.state.borrow_mut();
+        let file = state.file.get_or_insert_with(|| File {
+            version: VERSION,
+            node: self.node.clone(),
+            entries: Vec::new(),
+        });
+        for entry in entries {
+            match file.entries.iter_mut().find(|e| e.same_read(&entry)) {
+                Some(e) => *e = entry,
+                None => file.entries.push(entry),
+            }
+        }
+        state.changed = true;
+        state.spoiled = false;
+        Ok(got)
+    }
+
+    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, StoreError> {
+        let outcome = self.inner.txn(guards, writes);
+        let mut state = self.state.borrow_mut();
+        if !matches!(outcome, Ok(TxnOutcome::Conflict(_))) {
+            state.wrote = true;
+        }
+        match &outcome {
+            Ok(TxnOutcome::Applied(revision)) => {
+                for write in writes {
+                    match write {
+                        Write::Put(k, v) if per_pod(k) => {
+                            state.pod_writes.retain(|kv| kv.k != *k);
+                            state.pod_writes.push(StoredKv {
+                                k: k.clone(),
+                                v: String::from_utf8_lossy(v).into_owned(),
+                                r: *revision,
+                            });
+                        }
+                        Write::Delete(k) if per_pod(k) => state.pod_writes.retain(|kv| kv.k != *k),
+                        _ => {}
+                    }
+                }
+                if let Some(file) = state.file.as_mut() {
+                    for write in writes {
+                        for entry in &mut file.entries {
+                            entry.apply(write, *revision);
+                        }
+                    }
+                    state.changed = true;
+                }
+            }
+            // The next read is a real one (the allocator re-reads after a conflict); until
+            // then the snapshot is known stale.
+            Ok(TxnOutcome::Conflict(_)) | Err(_) => state.spoiled = true,
+        }
+        outcome
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+impl Drop for CachingStore<'_> {
+    fn drop(&mut self) {
+        // finish() takes the state; anything still here was abandoned mid-call.
+        let state = self.state.get_mut();
+        let del = match &state.pod {
+            Some((handle, PodCall::Del)) => Some(handle.clone()),
+            _ => None,
+        };
+        let abandoned = state.reads > 0 && (state.changed || state.spoiled);
+        if let Some(handle) = del {
+            self.remove_file(&self.pod_path(&handle));
+        }
+        if abandoned {
+            self.remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "snapshot_cache_tests.rs"]
+mod tests;

@@ -1,0 +1,395 @@
+//! The node's snapshot on the in-memory store: a following ADD plans from it with no read,
+//! a stale entry costs one conflict and never a duplicate, per-pod objects are taken as
+//! absent and checked, and an old, foreign or spoiled snapshot is not used.
+
+use super::*;
+use crate::allocator::{AssignRequest, Ipam};
+use calico_datastore::MemKv;
+use calico_datastore::model::{IpPoolSpec, Resource, keys};
+use serde_json::json;
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// Counts what reaches the store.
+struct Counting<'a> {
+    inner: &'a MemKv,
+    reads: Cell<usize>,
+    txns: Cell<usize>,
+    conflicts: Cell<usize>,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a MemKv) -> Self {
+        Counting {
+            inner,
+            reads: Cell::new(0),
+            txns: Cell::new(0),
+            conflicts: Cell::new(0),
+        }
+    }
+}
+
+impl KvStore for Counting<'_> {
+    fn read(&self, reads: &[Read]) -> Result<Vec<Vec<Kv>>, StoreError> {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.read(reads)
+    }
+    fn txn(&self, guards: &[Guard], writes: &[Write]) -> Result<TxnOutcome, StoreError> {
+        self.txns.set(self.txns.get() + 1);
+        let out = self.inner.txn(guards, writes)?;
+        if !out.applied() {
+            self.conflicts.set(self.conflicts.get() + 1);
+        }
+        Ok(out)
+    }
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+}
+
+fn cluster() -> MemKv {
+    let store = MemKv::new();
+    let node = Resource::new("Node", "n1", json!({}));
+    store.put(
+        &keys::resource("nodes", "n1"),
+        &node.to_stored().expect("node"),
+    );
+    let pool = Resource::new("IPPool", "p", IpPoolSpec::for_cidr("10.9.0.0/24"));
+    store.put(
+        &keys::resource("ippools", "p"),
+        &pool.to_stored().expect("pool"),
+    );
+    store
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "snapshot-cache-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&d).expect("dir");
+        Dir(d)
+    }
+    fn lock(&self) -> PathBuf {
+        self.0.join("ipam.lock")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn request(handle: &str) -> AssignRequest {
+    AssignRequest {
+        handle: handle.into(),
+        num_v4: 1,
+        ..AssignRequest::default()
+    }
+}
+
+/// One ADD as `cni::allocate_detailed` makes it: a snapshot with the handle and the
+/// node's blocks as last seen (the hint: here every block in the pool's first /26s), then
+/// the allocation, through a caching store that may serve.
+fn add(store: &dyn KvStore, dir: &Dir, handle: &str) -> (Vec<IpAddr>, bool) {
+    let cache = CachingStore::new(store, &dir.lock(), "n1", true).for_pod(handle, PodCall::Add);
+    let ipam = Ipam::new(&cache, "n1");
+    let likely = likely_blocks();
+    let snap = ipam
+        .read_snapshot(&crate::allocator::SnapshotRequest {
+            handles: &[handle],
+            blocks: &likely,
+            keys: &[],
+        })
+        .expect("snapshot");
+    let got = ipam
+        .auto_assign_with(&snap, &request(handle), &mut |_, _| {
+            Ok(crate::allocator::Extra::default())
+        })
+        .expect("assigned");
+    let served = cache.served_from_snapshot();
+    cache.finish();
+    (got.all().iter().map(|a| a.addr()).collect(), served)
+}
+
+/// The pool's four /26 blocks: whichever the node claims is among them.
+fn likely_blocks() -> Vec<ipnet::IpNet> {
+    [
+        "10.9.0.0/26",
+        "10.9.0.64/26",
+        "10.9.0.128/26",
+        "10.9.0.192/26",
+    ]
+    .iter()
+    .map(|b| b.parse().expect("cidr"))
+    .collect()
+}
+
+#[test]
+fn a_following_add_plans_from_the_snapshot_without_a_read() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    let (first, served) = add(&store, &dir, "net.a");
+    assert!(!served);
+    // The first ADD reads (and, claiming the node's first block, looks for a free one).
+    assert!(store.reads.get() >= 1);
+    let reads_after_first = store.reads.get();
+    let mut all: BTreeSet<IpAddr> = first.into_iter().collect();
+    for i in 0..10 {
+        let (got, served) = add(&store, &dir, &format!("net.b{i}"));
+        assert!(served, "ADD {i} is served from the snapshot");
+        all.extend(got);
+    }
+    assert_eq!(store.reads.get(), reads_after_first, "no further reads");
+    assert_eq!(store.conflicts.get(), 0);
+    assert_eq!(all.len(), 11, "every address distinct: {all:?}");
+}
+
+#[test]
+fn a_stale_block_costs_one_conflict_and_never_a_duplicate() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    let (a, _) = add(&store, &dir, "net.a");
+    // Another writer (a second plugin binary without this file, say) takes the next address
+    // behind the snapshot's back.
+    let (b, _) = {
+        let ipam = Ipam::new(&kv, "n1");
+        let got = ipam.auto_assign(&request("net.other")).expect("assigned");
+        (got.all().iter().map(|a| a.addr()).collect::<Vec<_>>(), ())
+    };
+    let (c, served) = add(&store, &dir, "net.c");
+    assert!(served);
+    assert_eq!(store.conflicts.get(), 1, "the stale block conflicts once");
+    let all: BTreeSet<IpAddr> = a.iter().chain(&b).chain(&c).copied().collect();
+    assert_eq!(all.len(), 3, "no duplicate: {a:?} {b:?} {c:?}");
+    // The conflict's re-read refreshed the snapshot: the next ADD goes straight through.
+    let conflicts = store.conflicts.get();
+    let (_, served) = add(&store, &dir, "net.d");
+    assert!(served);
+    assert_eq!(store.conflicts.get(), conflicts);
+}
+
+#[test]
+fn a_repeated_add_is_planned_from_what_exists() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    let (first, _) = add(&store, &dir, "net.a");
+    let mut repeat = request("net.a");
+    repeat.attrs.insert("ifname".into(), "eth0".into());
+    // The handle is never kept: served as absent, the guard finds it, the re-read sees it.
+    let cache = CachingStore::new(&store, &dir.lock(), "n1", true);
+    let ipam = Ipam::new(&cache, "n1");
+    let likely = likely_blocks();
+    let snap = ipam
+        .read_snapshot(&crate::allocator::SnapshotRequest {
+            handles: &["net.a"],
+            blocks: &likely,
+            keys: &[],
+        })
+        .expect("snapshot");
+    assert!(cache.served_from_snapshot());
+    assert_eq!(snap.handles.get("net.a"), Some(&None));
+    let got = ipam
+        .auto_assign_with(&snap, &request("net.a"), &mut |_, _| {
+            Ok(crate::allocator::Extra::default())
+        })
+        .expect("assigned");
+    cache.finish();
+    assert_eq!(store.conflicts.get(), 1);
+    let handle = kv
+        .get(&keys::handle("net.a"))
+        .expect("read")
+        .expect("handle");
+    let text = String::from_utf8(handle.value).expect("utf8");
+    assert!(
+        text.contains("/26\":2"),
+        "both addresses counted under the handle: {text}"
+    );
+    assert_ne!(got.all()[0].addr(), first[0]);
+    let text = std::fs::read_to_string(path(&dir.lock())).expect("snapshot file");
+    assert!(!text.contains("/calico/ipam/v2/handle/"), "{text}");
+}
+
+#[test]
+fn an_old_or_foreign_snapshot_is_not_used() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    add(&store, &dir, "net.a");
+    let file = path(&dir.lock());
+    let mut stored: File =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("parse");
+    let fresh = stored.clone();
+    for e in &mut stored.entries {
+        e.at -= u64::try_from(MAX_AGE.as_millis()).expect("ms") + 1;
+    }
+    std::fs::write(&file, serde_json::to_vec(&stored).expect("encode")).expect("write");
+    assert!(!add(&store, &dir, "net.b").1, "too old");
+    let mut other = fresh.clone();
+    other.node = "n2".into();
+    std::fs::write(&file, serde_json::to_vec(&other).expect("encode")).expect("write");
+    assert!(!add(&store, &dir, "net.c").1, "another node's");
+    std::fs::write(&file, b"{not json").expect("write");
+    assert!(!add(&store, &dir, "net.d").1, "unreadable");
+    assert!(add(&store, &dir, "net.e").1, "rewritten by the last read");
+}
+
+#[test]
+fn an_unknown_outcome_or_an_abandoned_call_removes_the_snapshot() {
+    let dir = Dir::new();
+    let kv = cluster();
+    add(&kv, &dir, "net.a");
+    assert!(path(&dir.lock()).exists());
+    kv.fail_next_txns(1);
+    let cache = CachingStore::new(&kv, &dir.lock(), "n1", true);
+    let ipam = Ipam::new(&cache, "n1");
+    let snap = ipam.snapshot(&["net.b"]).expect("snapshot");
+    let failed = ipam.auto_assign_with(&snap, &request("net.b"), &mut |_, _| {
+        Ok(crate::allocator::Extra::default())
+    });
+    assert!(failed.is_err());
+    drop(cache);
+    assert!(
+        !path(&dir.lock()).exists(),
+        "removed after an unknown outcome"
+    );
+
+    add(&kv, &dir, "net.c");
+    let cache = CachingStore::new(&kv, &dir.lock(), "n1", true);
+    let ipam = Ipam::new(&cache, "n1");
+    ipam.snapshot(&["net.d"]).expect("snapshot");
+    drop(cache);
+    assert!(path(&dir.lock()).exists(), "a call that only read keeps it");
+    let cache = CachingStore::new(&kv, &dir.lock(), "n1", false);
+    Ipam::new(&cache, "n1")
+        .snapshot(&["net.d"])
+        .expect("snapshot");
+    drop(cache);
+    assert!(
+        !path(&dir.lock()).exists(),
+        "a call that read the store and did not finish removes it"
+    );
+}
+
+#[test]
+fn writes_fold_into_the_entries_that_cover_them() {
+    let mut prefix = Entry {
+        kind: ReadKind::Prefix,
+        path: "/a/".into(),
+        at: 0,
+        kvs: vec![StoredKv {
+            k: "/a/2".into(),
+            v: "x".into(),
+            r: 1,
+        }],
+    };
+    prefix.apply(&Write::Put("/a/1".into(), b"one".to_vec()), 5);
+    prefix.apply(&Write::Put("/a/2".into(), b"two".to_vec()), 5);
+    prefix.apply(&Write::Put("/b/1".into(), b"no".to_vec()), 5);
+    assert_eq!(
+        prefix
+            .kvs
+            .iter()
+            .map(|kv| (kv.k.as_str(), kv.v.as_str(), kv.r))
+            .collect::<Vec<_>>(),
+        vec![("/a/1", "one", 5), ("/a/2", "two", 5)]
+    );
+    prefix.apply(&Write::Delete("/a/1".into()), 6);
+    assert_eq!(prefix.kvs.len(), 1);
+    let mut key = Entry {
+        kind: ReadKind::Key,
+        path: "/k".into(),
+        at: 0,
+        kvs: vec![],
+    };
+    key.apply(&Write::Put("/k/x".into(), b"no".to_vec()), 7);
+    assert!(key.kvs.is_empty());
+    key.apply(&Write::Put("/k".into(), b"v".to_vec()), 7);
+    assert_eq!(key.kvs[0].r, 7);
+    // Listings that would hold per-pod objects are never kept.
+    assert!(Entry::of(&Read::Prefix("/calico/ipam/v2/".into())).is_none());
+    assert!(Entry::of(&Read::Key("/calico/ipam/v2/handle/net.a".into())).is_none());
+    assert!(
+        Entry::of(&Read::Prefix(
+            "/calico/resources/v3/projectcalico.org/ippools/".into()
+        ))
+        .is_some()
+    );
+}
+
+/// One DEL as `cni::release` makes it: the pod's handle and Calico's legacy handle, the
+/// node's blocks, then the release.
+fn del(store: &dyn KvStore, dir: &Dir, handle: &str) -> (Vec<IpAddr>, bool) {
+    let cache = CachingStore::new(store, &dir.lock(), "n1", true).for_pod(handle, PodCall::Del);
+    let ipam = Ipam::new(&cache, "n1");
+    let likely = likely_blocks();
+    let snap = ipam
+        .read_snapshot(&crate::allocator::SnapshotRequest {
+            handles: &[handle, "default.legacy"],
+            blocks: &likely,
+            keys: &[],
+        })
+        .expect("snapshot");
+    let released = ipam
+        .release_handles_with(&snap, None, &mut |_, _| {
+            Ok(crate::allocator::Extra::default())
+        })
+        .expect("released");
+    let served = cache.served_from_snapshot();
+    cache.finish();
+    (released, served)
+}
+
+#[test]
+fn a_del_after_its_add_is_served_from_the_pods_record_and_removes_it() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    let (a, _) = add(&store, &dir, "net.a");
+    let (b, _) = add(&store, &dir, "net.b");
+    let record = dir.0.join(POD_DIR).join("net.a");
+    assert!(record.exists());
+    let reads = store.reads.get();
+    let (released, served) = del(&store, &dir, "net.a");
+    assert!(served, "planned from the snapshot and the record");
+    assert_eq!(store.reads.get(), reads, "no read");
+    assert_eq!(released, a);
+    assert!(!record.exists(), "the record goes with the DEL");
+    assert!(kv.get(&keys::handle("net.a")).expect("read").is_none());
+    // The block the snapshot holds was updated by the DEL: the next one goes straight on.
+    let (released, served) = del(&store, &dir, "net.b");
+    assert!(served);
+    assert_eq!(released, b);
+    assert_eq!(store.conflicts.get(), 0);
+    // Idempotent: no record, so a real read, and nothing to release.
+    let (released, served) = del(&store, &dir, "net.b");
+    assert!(!served);
+    assert!(released.is_empty());
+}
+
+#[test]
+fn a_record_overtaken_by_another_writer_costs_one_conflict() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    add(&store, &dir, "net.a");
+    // A repeated ADD by another binary (no snapshot) adds a second address to the handle.
+    let mut again = request("net.a");
+    again.attrs.insert("x".into(), "y".into());
+    Ipam::new(&kv, "n1").auto_assign(&again).expect("assigned");
+    let (released, served) = del(&store, &dir, "net.a");
+    assert!(served);
+    assert_eq!(store.conflicts.get(), 1);
+    assert_eq!(released.len(), 2, "both addresses released: {released:?}");
+    assert!(kv.get(&keys::handle("net.a")).expect("read").is_none());
+}
