@@ -275,11 +275,7 @@ impl NfSocket {
         let fd = self.sock.as_fd();
         let failed = |e: nix::errno::Errno| io_error(op, e);
         let snd = (len + 4096).min(MAX_BUFFER);
-        // An echo costs its message and a socket buffer's overhead.
-        let rcv = echoed
-            .saturating_mul(2)
-            .saturating_add(RECEIVE_BUFFER)
-            .min(MAX_BUFFER);
+        let rcv = echoed.saturating_add(RECEIVE_BUFFER).min(MAX_BUFFER);
         if snd > DEFAULT_BUFFER && snd > self.sndbuf {
             setsockopt(&fd, sockopt::SndBufForce, &snd)
                 .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &snd))
@@ -346,6 +342,9 @@ const BATCH_FIRST_SEQ: u32 = 0x4000_0000;
 const RECEIVE_BUFFER: usize = 1 << 17;
 /// Below this the default socket buffers (`net.core.[rw]mem_default`, 208 KiB) are left alone.
 const DEFAULT_BUFFER: usize = 160 << 10;
+/// What a queued answer costs the receive buffer beyond its bytes: the kernel charges a
+/// socket buffer's true size (data rounded up, `skb_shared_info`, `sk_buff`).
+const ECHO_OVERHEAD: usize = 2 << 10;
 /// Bound on the buffers a batch may ask for.
 const MAX_BUFFER: usize = 256 << 20;
 const NLMSG_HDRLEN: usize = 16;
@@ -358,7 +357,7 @@ pub struct WireBatch {
     buf: Vec<u8>,
     /// Where each message starts in `buf`.
     starts: Vec<u32>,
-    /// Bytes of the messages sent with `NLM_F_ECHO` (their echoes need receive room).
+    /// Receive room the echoes of messages sent with `NLM_F_ECHO` take.
     echoed: usize,
 }
 
@@ -382,7 +381,8 @@ impl WireBatch {
         self.buf.extend_from_slice(&msg.attrs.buf);
         self.buf.resize(start + len.next_multiple_of(4), 0);
         if msg.flags & NLM_F_ECHO != 0 {
-            self.echoed += self.buf.len() - start;
+            // The echo, in a socket buffer of its own (about 1 KiB of overhead each).
+            self.echoed += self.buf.len() - start + ECHO_OVERHEAD;
         }
     }
 
@@ -563,7 +563,7 @@ mod tests {
                 on_the_wire(echo.wire().0, 1 | NLM_F_ECHO, BATCH_FIRST_SEQ + 1),
             ]
         );
-        assert_eq!(batch.echoed, framed[1].len());
+        assert_eq!(batch.echoed, framed[1].len() + ECHO_OVERHEAD);
         let back =
             NetlinkMessage::<Wire>::deserialize(&on_the_wire(wire.clone(), 1, 7)).expect("parse");
         assert_eq!(back.payload, NetlinkPayload::InnerMessage(wire));
