@@ -51,10 +51,14 @@ pub enum KeyChange {
 /// The watched keys as a consumer keeps them, with what each event changed: a snapshot is
 /// turned into the puts and deletions between the old state and the new (what
 /// libcalico-go's watcher cache sends on a resync), so a consumer can act on changes only.
+///
+/// Only each key's `mod_revision` is kept, not its value: etcd gives every write a new
+/// revision, so two versions of a key with the same `mod_revision` are the same write (the
+/// values, megabytes at scale, are the consumer's to keep or drop).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncedKeys {
-    /// Every watched key by name.
-    pub keys: BTreeMap<String, Kv>,
+    /// Every watched key by name, with the revision of its last write.
+    pub keys: BTreeMap<String, i64>,
     /// The revision of the last event applied.
     pub revision: i64,
     /// Whether a snapshot has arrived (before it, the keys are not the datastore's).
@@ -67,36 +71,40 @@ impl SyncedKeys {
     }
 
     /// Applies `event`; returns what changed, in key order for a snapshot. A put that
-    /// changes nothing (same value and revision, as a re-list repeats) is not a change.
+    /// changes nothing (the same write, by its revision, as a re-list repeats) is not a
+    /// change.
     pub fn apply(&mut self, event: SyncEvent) -> Vec<KeyChange> {
         match event {
             SyncEvent::Snapshot { kvs, revision } => {
                 self.revision = revision;
                 self.in_sync = true;
-                let mut fresh: BTreeMap<String, Kv> =
-                    kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+                // The snapshot's values are moved into the changes, never copied.
+                let mut fresh: BTreeMap<String, i64> = BTreeMap::new();
+                let mut puts = Vec::new();
+                for kv in kvs {
+                    let unchanged = self.keys.get(&kv.key) == Some(&kv.mod_revision);
+                    fresh.insert(kv.key.clone(), kv.mod_revision);
+                    if !unchanged {
+                        puts.push(KeyChange::Put(kv));
+                    }
+                }
                 let mut changes: Vec<KeyChange> = self
                     .keys
                     .keys()
                     .filter(|k| !fresh.contains_key(*k))
                     .map(|k| KeyChange::Deleted(k.clone()))
                     .collect();
-                changes.extend(
-                    fresh
-                        .values()
-                        .filter(|kv| self.keys.get(&kv.key) != Some(kv))
-                        .map(|kv| KeyChange::Put(kv.clone())),
-                );
-                std::mem::swap(&mut self.keys, &mut fresh);
+                changes.extend(puts);
+                self.keys = fresh;
                 changes.sort_by(|a, b| change_key(a).cmp(change_key(b)));
                 changes
             }
             SyncEvent::Put(kv) => {
                 self.revision = self.revision.max(kv.mod_revision);
-                if self.keys.get(&kv.key) == Some(&kv) {
+                if self.keys.get(&kv.key) == Some(&kv.mod_revision) {
                     return Vec::new();
                 }
-                self.keys.insert(kv.key.clone(), kv.clone());
+                self.keys.insert(kv.key.clone(), kv.mod_revision);
                 vec![KeyChange::Put(kv)]
             }
             SyncEvent::Delete { key, revision } => {

@@ -7,7 +7,9 @@
 //! socket and UDP conntrack flush, handed to the node agent (`calico-node run`) when there is
 //! one so the call does not wait for them.
 //!
-//! Framing and the socket are the shared netlink layer's (`calico-netlink`); the nfnetlink
+//! The socket and the framing of single requests and dumps are the shared netlink layer's
+//! (`calico-netlink`); nf_tables transactions are framed here, once, as they are planned
+//! ([`socket::WireBatch`]: one buffer, one `sendmsg`, one acknowledgement); the nfnetlink
 //! header and conntrack attributes are `netlink-packet-netfilter`'s; only the nf_tables
 //! messages ([`nft`]) are encoded here. Must not import `calico-dataplane`, `cni-protocol`
 //! or the plugins: it knows netfilter, not CNI. Of the workspace it imports only

@@ -1456,3 +1456,116 @@ fn a_programmed_table_syncs_by_difference() {
         "{listing}"
     );
 }
+
+/// A refusal in the middle of a transaction of thousands of messages (only the last asks for
+/// an acknowledgement): the error names the refused rule, and nothing is applied, neither
+/// over an existing table nor as a first apply (the table stays absent).
+#[test]
+fn a_refusal_in_the_middle_of_a_large_batch_is_named_and_nothing_applied() {
+    require!(root; "nft");
+    let ns = NetNs::new("rsr").unwrap();
+    let good = scale_ruleset(2_000, 2_000, 10);
+    apply(&ns, None, &good);
+    let listed = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
+    let mut bad = good.clone();
+    bad.sets
+        .get_mut("cali40s-1999")
+        .unwrap()
+        .elems
+        .insert(net("192.168.99.0/24"));
+    // Register 99 does not exist: only the kernel knows.
+    bad.chains.get_mut("filter-cali-pi-1000").unwrap().rules[1] = Rule::new(vec![
+        Expr::Cmp {
+            sreg: 99,
+            op: CmpOp::Eq,
+            data: vec![1],
+        },
+        Expr::Verdict(Verdict::Drop),
+    ])
+    .with_comment("the bad one");
+    let fresh = NetNs::new("rsf").unwrap();
+    for (ns, old) in [(&ns, Some(&good)), (&ns, None), (&fresh, None)] {
+        let batch = ruleset::plan(old, &bad).unwrap();
+        let messages = batch.len();
+        let refused = batch
+            .descriptions()
+            .iter()
+            .position(|d| d.starts_with("add rule 1 of chain filter-cali-pi-1000"))
+            .unwrap();
+        // In the middle, with thousands of messages on either side when whole.
+        assert!(refused + 1 < messages, "{refused} of {messages}");
+        let err = ns
+            .within(move || {
+                let mut sock = NfSocket::open().unwrap();
+                let err = ruleset::apply(&mut sock, &batch).unwrap_err();
+                // The socket is usable after a refusal: the same batch fails the same way.
+                let again = ruleset::apply(&mut sock, &batch).unwrap_err();
+                assert_eq!(again.to_string(), err.to_string());
+                err
+            })
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("add rule 1 of chain filter-cali-pi-1000 (the bad one)"),
+            "{err}"
+        );
+        // A register out of range.
+        assert_eq!(err.errno(), Some(libc::ERANGE), "{err}");
+    }
+    assert_eq!(
+        ns.sh(&format!("nft list table inet {TABLE}")).unwrap(),
+        listed
+    );
+    assert!(fresh.sh(&format!("nft list table inet {TABLE}")).is_err());
+}
+
+/// The first apply at bench-policy's scale (about 4,000 sets, 210,000 elements, 4,200 chains)
+/// against `nft -f` of the same table (its own listing) in a fresh namespace: a measure, not a
+/// check (`cargo test --release -p calico-netfilter --test ruleset -- --ignored --nocapture
+/// first_apply_at_bench_scale`).
+#[test]
+#[ignore = "a measurement: run by hand"]
+fn first_apply_at_bench_scale() {
+    require!(root; "nft");
+    let ns = NetNs::new("rsm").unwrap();
+    let big = scale_ruleset(4_200, 4_000, 50);
+    let t = Instant::now();
+    let batch = ruleset::plan(None, &big).unwrap();
+    let planned = t.elapsed();
+    let messages = batch.len();
+    let bytes = batch.wire().bytes();
+    let applied = ns
+        .within(move || {
+            let mut sock = NfSocket::open().unwrap();
+            let t = Instant::now();
+            ruleset::apply(&mut sock, &batch).unwrap();
+            t.elapsed()
+        })
+        .unwrap();
+    eprintln!("ours: {messages} messages, {bytes} bytes: plan {planned:?}, apply {applied:?}");
+    let dir = std::env::temp_dir().join(format!("rsm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("table.nft");
+    let listing = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
+    std::fs::write(&file, listing).unwrap();
+    let fresh = NetNs::new("rsn").unwrap();
+    let t = Instant::now();
+    fresh.sh(&format!("nft -f {}", file.display())).unwrap();
+    eprintln!("nft -f: {:?}", t.elapsed());
+    // Replacing the loaded table (the agent's restart).
+    let again = ruleset::plan(None, &big).unwrap();
+    let replaced = ns
+        .within(move || {
+            let mut sock = NfSocket::open().unwrap();
+            let t = Instant::now();
+            ruleset::apply(&mut sock, &again).unwrap();
+            t.elapsed()
+        })
+        .unwrap();
+    eprintln!("ours, replacing: apply {replaced:?}");
+    if std::env::var_os("KEEP_TABLE").is_none() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    } else {
+        eprintln!("kept {}", file.display());
+    }
+}

@@ -52,9 +52,10 @@ pub struct EngineConfig {
     /// Keep each chain's typed rules for [`PolicyEngine::text`] (tests, debugging); off, the
     /// engine holds only the netfilter rules.
     pub keep_text: bool,
-    /// Hold no copy of the chains (the programmed table has them; a fingerprint per chain
-    /// tells what changed): [`PolicyEngine::desired`] then has the sets and maps only, whole
-    /// tables come from [`PolicyEngine::full_table`] and changes from
+    /// Hold no copy of the chains nor of the sets' members (the programmed table has them; a
+    /// fingerprint per chain and per set tells what changed; the members are counted in the
+    /// set index anyway): [`PolicyEngine::desired`] then has the maps and the sets' types
+    /// only, whole tables come from [`PolicyEngine::full_table`] and changes from
     /// [`PolicyEngine::write_changes`]. What the agent wants at scale.
     pub lean: bool,
 }
@@ -299,6 +300,8 @@ pub struct PolicyEngine {
     profile_sets: HashMap<String, Vec<SetSpec>>,
     /// Interface each rendered endpoint was rendered with (to remove its chains).
     rendered: HashMap<EndpointKey, String>,
+    /// Counts endpoint renders: unchanged, the programmed endpoints' statuses are too.
+    endpoint_renders: u64,
     dirty: Dirty,
     touched: Touched,
     /// Lean mode: each chain's fingerprint, and the chains changed since the last take.
@@ -306,6 +309,12 @@ pub struct PolicyEngine {
     pending_chains: BTreeMap<String, Option<Chain>>,
     /// Set while [`Self::full_table`] renders every chain into it.
     collect: Option<BTreeMap<String, Chain>>,
+    /// Lean mode: each set's fingerprint (its type and the sum of its members' hashes, kept
+    /// up to date member by member), and the sets to copy whole since the last take.
+    set_prints: HashMap<String, u64>,
+    pending_sets: BTreeMap<String, Set>,
+    /// Set while [`Self::full_table`] renders every set into it (lean mode).
+    collect_sets: Option<BTreeMap<String, Set>>,
     /// Label strings, shared; swept when it doubled since the last sweep.
     strings: Interner,
     sweep_at: usize,
@@ -347,6 +356,25 @@ fn fingerprint(base: &Option<BaseChain>, rules: &[Rule]) -> u64 {
     h.finish()
 }
 
+/// A set member's hash, summed into its set's fingerprint (a sum, so that a member joining
+/// or leaving updates it without a walk over the set).
+fn elem_hash(e: &SetElem) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    e.hash(&mut h);
+    h.finish()
+}
+
+/// A whole set's fingerprint (lean mode): its type and its members.
+fn set_print(set: &Set) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (set.key, set.interval).hash(&mut h);
+    set.elems
+        .iter()
+        .fold(h.finish(), |acc, e| acc.wrapping_add(elem_hash(e)))
+}
+
 fn host_net(a: IpAddr) -> IpNet {
     IpNet::from(a)
 }
@@ -382,6 +410,7 @@ impl PolicyEngine {
             policy_sets: HashMap::new(),
             profile_sets: HashMap::new(),
             rendered: HashMap::new(),
+            endpoint_renders: 0,
             dirty: Dirty {
                 statics: true,
                 ..Default::default()
@@ -390,6 +419,9 @@ impl PolicyEngine {
             chain_prints: HashMap::new(),
             pending_chains: BTreeMap::new(),
             collect: None,
+            set_prints: HashMap::new(),
+            pending_sets: BTreeMap::new(),
+            collect_sets: None,
             strings: Interner::default(),
             sweep_at: 1024,
             out: Ruleset::new(names::TABLE),
@@ -533,7 +565,25 @@ impl PolicyEngine {
                 live.counts.remove(&e);
             }
             if changed && let Some(out) = self.out.sets.get_mut(name) {
-                if add {
+                if self.config.lean {
+                    // No copy of the members: the fingerprint follows them, and a set to
+                    // be copied whole is updated in place.
+                    if let Some(print) = self.set_prints.get_mut(name) {
+                        let h = elem_hash(&e);
+                        *print = if add {
+                            print.wrapping_add(h)
+                        } else {
+                            print.wrapping_sub(h)
+                        };
+                    }
+                    if let Some(whole) = self.pending_sets.get_mut(name) {
+                        if add {
+                            whole.elems.insert(e);
+                        } else {
+                            whole.elems.remove(&e);
+                        }
+                    }
+                } else if add {
                     out.elems.insert(e);
                 } else {
                     out.elems.remove(&e);
@@ -1394,6 +1444,14 @@ impl PolicyEngine {
         self.desired();
         let mut all = BTreeMap::new();
         self.collect = Some(BTreeMap::new());
+        if self.config.lean {
+            // The members are rendered from the set index's counts, as a new set is.
+            self.collect_sets = Some(BTreeMap::new());
+            let specs: Vec<SetSpec> = self.live_sets.values().map(|l| l.spec.clone()).collect();
+            for spec in &specs {
+                self.render_set(spec);
+            }
+        }
         self.render_statics();
         let policies: Vec<PolicyKey> = self.active_policies.iter().cloned().collect();
         for p in &policies {
@@ -1410,16 +1468,37 @@ impl PolicyEngine {
         if let Some(c) = self.collect.take() {
             all = c;
         }
+        let sets = match self.collect_sets.take() {
+            Some(sets) => sets,
+            None => self.out.sets.clone(),
+        };
         Ruleset {
             family: self.out.family,
             name: self.out.name.clone(),
             chains: all,
-            sets: self.out.sets.clone(),
+            sets,
             maps: self.out.maps.clone(),
         }
     }
 
     fn put_set(&mut self, name: String, set: Set) {
+        if let Some(all) = &mut self.collect_sets {
+            all.insert(name, set);
+            return;
+        }
+        if self.config.lean {
+            let print = set_print(&set);
+            if self.out.sets.contains_key(&name) && self.set_prints.get(&name) == Some(&print) {
+                return;
+            }
+            self.touched.elems.remove(&name);
+            self.touched.sets.insert(name.clone());
+            self.set_prints.insert(name.clone(), print);
+            let shape = Set::new(set.key, set.interval);
+            self.out.sets.insert(name.clone(), shape);
+            self.pending_sets.insert(name, set);
+            return;
+        }
         if self.out.sets.get(&name) != Some(&set) {
             self.touched.elems.remove(&name);
             self.touched.sets.insert(name.clone());
@@ -1428,6 +1507,11 @@ impl PolicyEngine {
     }
 
     fn drop_set(&mut self, name: &str) {
+        if self.collect_sets.is_some() {
+            return;
+        }
+        self.set_prints.remove(name);
+        self.pending_sets.remove(name);
         if self.out.sets.remove(name).is_some() {
             self.touched.elems.remove(name);
             self.touched.sets.insert(name.to_string());
@@ -1439,6 +1523,7 @@ impl PolicyEngine {
     /// plans only those. The first call names everything.
     pub fn take_touched(&mut self) -> Touched {
         self.pending_chains.clear();
+        self.pending_sets.clear();
         std::mem::take(&mut self.touched)
     }
 
@@ -1586,6 +1671,7 @@ impl PolicyEngine {
     }
 
     fn render_endpoint(&mut self, key: &EndpointKey) {
+        self.endpoint_renders += 1;
         let now = self
             .endpoints
             .get(key)
@@ -1957,6 +2043,7 @@ impl PolicyEngine {
     pub fn write_changes(&mut self, edit: &mut Edit<'_>) -> Result<Touched, NfError> {
         self.desired();
         let mut pending = std::mem::take(&mut self.pending_chains);
+        let mut pending_sets = std::mem::take(&mut self.pending_sets);
         let t = self.take_touched();
         for c in &t.chains {
             let chain = match pending.remove(c) {
@@ -1969,12 +2056,24 @@ impl PolicyEngine {
             }
         }
         for s in &t.sets {
-            match self.out.sets.get(s) {
+            let wanted = if self.config.lean {
+                match pending_sets.remove(s) {
+                    Some(set) => Some(set),
+                    // Every set put since the last take is pending whole.
+                    None if self.out.sets.contains_key(s) => {
+                        return Err(NfError::Input(format!("set {s}: no members to copy")));
+                    }
+                    None => None,
+                }
+            } else {
+                self.out.sets.get(s).cloned()
+            };
+            match wanted {
                 Some(set) => match edit.set_mut(s) {
                     Some(live) if live.key == set.key && live.interval == set.interval => {
-                        live.elems.clone_from(&set.elems)
+                        live.elems = set.elems
                     }
-                    _ => edit.put_set(s, set.clone()),
+                    _ => edit.put_set(s, set),
                 },
                 None => edit.remove_set(s),
             }
@@ -2017,6 +2116,12 @@ impl PolicyEngine {
             .collect();
         out.sort();
         out
+    }
+
+    /// Changes whenever an endpoint is rendered (added, changed, removed): while it stays the
+    /// same, so does [`Self::programmed_endpoints`].
+    pub fn endpoint_generation(&self) -> u64 {
+        self.endpoint_renders
     }
 
     /// Counts for metrics: (local endpoints, active policies, active profiles, sets, rules).

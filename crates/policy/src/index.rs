@@ -2,11 +2,13 @@
 //! directions (Felix's `felix/labelindex`, `InheritIndex` and `SelectorAndNamedPortIndex`).
 //!
 //! An item change evaluates only the selectors that could match it, a selector change only
-//! the items that could match it: each selector that requires a label value (`k == 'v'`,
-//! alone or within `&&`) is filed under the rarest such pair, and each item under all its
-//! pairs (ties, as on a cold start before any item, go to a pod's own label rather than
-//! Calico's `projectcalico.org/*`, `pcns.*` and `pcsa.*` labels, which whole namespaces share);
-//! the rest (`has(k)`, `!`, `||`, `all()`) are evaluated against everything. With
+//! the items that could match it: each selector is filed under a "cover", pairs of which
+//! every item it matches has one (`k == 'v'`: that pair; `k in {a, b}`: one pair per value;
+//! `a || b`: the union of both sides' covers; `a && b`: the rarer of both sides' covers),
+//! and each item under all its pairs (ties, as on a cold start before any item, go to a
+//! pod's own label rather than Calico's `projectcalico.org/*`, `pcns.*` and `pcsa.*` labels,
+//! which whole namespaces share); the rest (`has(k)`, `!`, `all()`, or an `||` with such a
+//! side) are evaluated against everything. With
 //! Labels are stored as shared strings ([`Interner`], [`LabelSet`]): keys and values repeat
 //! across thousands of endpoints. With Kubernetes' scoped selectors (`… && projectcalico.org/namespace == 'ns'`) this keeps an
 //! update to the size of a namespace, not of the cluster.
@@ -93,8 +95,8 @@ impl calico_selector::Labels for LabelSet {
 
 struct SelectorEntry {
     sel: Selector,
-    /// The pair it is filed under; `None`: evaluated against every item.
-    filed: Option<(String, String)>,
+    /// The pairs it is filed under (its cover); none: evaluated against every item.
+    filed: Vec<(String, String)>,
 }
 
 /// Selectors `S` over items `I`.
@@ -123,17 +125,29 @@ impl<I, S> Default for LabelIndex<I, S> {
     }
 }
 
-/// The `k == 'v'` pairs a selector requires.
-fn required_pairs(sel: &Selector) -> Vec<(&str, &str)> {
+/// The covers a selector offers: sets of `k == 'v'` pairs such that every item it matches
+/// has at least one pair of the set (an `&&` offers each side's; the caller picks one).
+fn covers(sel: &Selector) -> Vec<Vec<(&str, &str)>> {
     match sel {
-        Selector::Eq(k, v) => vec![(k.as_str(), v.as_str())],
-        Selector::And(list) => list
-            .iter()
-            .filter_map(|s| match s {
-                Selector::Eq(k, v) => Some((k.as_str(), v.as_str())),
-                _ => None,
-            })
-            .collect(),
+        Selector::Eq(k, v) => vec![vec![(k.as_str(), v.as_str())]],
+        Selector::In(k, vals) if !vals.is_empty() => {
+            vec![vals.iter().map(|v| (k.as_str(), v.as_str())).collect()]
+        }
+        Selector::And(list) => list.iter().flat_map(covers).collect(),
+        Selector::Or(list) => {
+            // Every side must be covered; each side's first cover will do (the union of
+            // the alternatives' best would need the counts: rarely worth it).
+            let mut union = Vec::new();
+            for side in list {
+                match covers(side).into_iter().next() {
+                    Some(c) => union.extend(c),
+                    None => return Vec::new(),
+                }
+            }
+            union.sort_unstable();
+            union.dedup();
+            vec![union]
+        }
         _ => Vec::new(),
     }
 }
@@ -230,7 +244,9 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         }
         let mut now: HashSet<S> = HashSet::new();
         let mut consider = |s: &S| {
-            if let Some(e) = self.selectors.get(s)
+            // A selector filed under two of the item's pairs comes twice.
+            if !now.contains(s)
+                && let Some(e) = self.selectors.get(s)
                 && e.sel.matches(&labels)
             {
                 now.insert(s.clone());
@@ -284,7 +300,7 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
             return Vec::new();
         }
         self.unfile(&id);
-        let filed = required_pairs(&sel)
+        let filed: Vec<(String, String)> = covers(&sel)
             .into_iter()
             // Before items arrive (a cold start, where the datastore lists policies before
             // endpoints) counts say nothing: a pod's own label (`app == 'x'`) is the best
@@ -292,37 +308,47 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
             // service account) and namespace labels are shared by whole namespaces. Filing
             // 2,000 policies of one namespace under that namespace made every endpoint of it
             // evaluate all of them (a 5 s cold start at the scale).
-            .min_by_key(|(k, v)| (self.pair_count(k, v), broad_key(k)))
-            .map(|(k, v)| (k.to_string(), v.to_string()));
-        let now: HashSet<I> = match &filed {
-            Some((k, v)) => self
-                .items_by_pair
-                .get(k.as_str())
-                .and_then(|vals| vals.get(v.as_str()))
-                .into_iter()
-                .flatten()
-                .filter(|i| self.items.get(*i).is_some_and(|l| sel.matches(l)))
-                .cloned()
-                .collect(),
-            None => self
-                .items
+            .min_by_key(|cover| {
+                let items: usize = cover.iter().map(|(k, v)| self.pair_count(k, v)).sum();
+                let broad = cover.iter().filter(|(k, _)| broad_key(k)).count();
+                (items, broad, cover.len())
+            })
+            .map(|cover| {
+                cover
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now: HashSet<I> = if filed.is_empty() {
+            self.items
                 .iter()
                 .filter(|(_, l)| sel.matches(*l))
                 .map(|(i, _)| i.clone())
-                .collect(),
+                .collect()
+        } else {
+            filed
+                .iter()
+                .filter_map(|(k, v)| {
+                    self.items_by_pair
+                        .get(k.as_str())
+                        .and_then(|vals| vals.get(v.as_str()))
+                })
+                .flatten()
+                .filter(|i| self.items.get(*i).is_some_and(|l| sel.matches(l)))
+                .cloned()
+                .collect()
         };
-        match &filed {
-            Some((k, v)) => {
-                self.selectors_by_pair
-                    .entry(k.clone())
-                    .or_default()
-                    .entry(v.clone())
-                    .or_default()
-                    .insert(id.clone());
-            }
-            None => {
-                self.unfiled.insert(id.clone());
-            }
+        if filed.is_empty() {
+            self.unfiled.insert(id.clone());
+        }
+        for (k, v) in &filed {
+            self.selectors_by_pair
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .insert(id.clone());
         }
         self.selectors
             .insert(id.clone(), SelectorEntry { sel, filed });
@@ -341,22 +367,20 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
 
     fn unfile(&mut self, id: &S) {
         if let Some(e) = self.selectors.remove(id) {
-            match e.filed {
-                Some((k, v)) => {
-                    if let Some(vals) = self.selectors_by_pair.get_mut(&k) {
-                        if let Some(set) = vals.get_mut(&v) {
-                            set.remove(id);
-                            if set.is_empty() {
-                                vals.remove(&v);
-                            }
-                        }
-                        if vals.is_empty() {
-                            self.selectors_by_pair.remove(&k);
+            if e.filed.is_empty() {
+                self.unfiled.remove(id);
+            }
+            for (k, v) in e.filed {
+                if let Some(vals) = self.selectors_by_pair.get_mut(&k) {
+                    if let Some(set) = vals.get_mut(&v) {
+                        set.remove(id);
+                        if set.is_empty() {
+                            vals.remove(&v);
                         }
                     }
-                }
-                None => {
-                    self.unfiled.remove(id);
+                    if vals.is_empty() {
+                        self.selectors_by_pair.remove(&k);
+                    }
                 }
             }
         }
@@ -405,6 +429,10 @@ mod tests {
             ("has-app", "has(app)"),
             ("not-db", "app != 'db'"),
             ("y", "ns == 'y'"),
+            ("web-or-y", "app == 'web' || ns == 'y'"),
+            ("in-db", "app in {'db', 'cache'}"),
+            ("scoped-or", "(app == 'db' || ns == 'y') && ns == 'x'"),
+            ("or-has", "app == 'db' || has(ns)"),
         ];
         let expect = |idx: &LabelIndex<&str, &str>| {
             for (s, text) in sels {
@@ -426,6 +454,9 @@ mod tests {
             one.upsert_selector(s, Selector::parse(t).expect("selector"));
         }
         expect(&one);
+        // Only the selectors without a cover are evaluated against every item.
+        let unfiled: Vec<&str> = sorted(one.unfiled.iter().copied());
+        assert_eq!(unfiled, ["has-app", "not-db", "or-has"]);
         let mut two = LabelIndex::new();
         for (s, t) in sels {
             two.upsert_selector(s, Selector::parse(t).expect("selector"));
@@ -451,7 +482,7 @@ mod tests {
             Selector::parse("app == 'web' && ns == 'x'").expect("s"),
         );
         let gone = sorted(two.remove_item(&"c").into_iter());
-        assert_eq!(gone, ["has-app", "not-db", "y"]);
+        assert_eq!(gone, ["has-app", "not-db", "or-has", "web-or-y", "y"]);
         two.upsert_item("c", items[2].1.clone());
         expect(&two);
     }

@@ -437,7 +437,7 @@ mod tests {
     }
 
     fn bytes(b: &Batch) -> Vec<Vec<u8>> {
-        b.messages().iter().map(|m| m.attrs.buf.clone()).collect()
+        b.wire().messages().map(<[u8]>::to_vec).collect()
     }
 
     fn host(i: u32) -> SetElem {

@@ -22,20 +22,22 @@ use super::elems::{self, IntervalIndex, KernelElem};
 use super::{BaseChain, Chain, ChainPolicy, Family, Ruleset, Set, SetKey, VerdictMap};
 use crate::error::NfError;
 use crate::nft::{self, Expr};
-use crate::socket::{Message, NLM_F_CREATE, NLM_F_EXCL, NfSocket};
+use crate::socket::{Message, NLM_F_CREATE, NLM_F_EXCL, NfSocket, WireBatch};
 use calico_netlink::attr::Attrs;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One nf_tables transaction: its messages, and what each does (named in errors: the kernel's
-/// refusal says which message it refused).
+/// One nf_tables transaction: its messages, framed as they are planned (no message objects
+/// kept), and what each does (named in errors: the kernel's refusal says which message it
+/// refused).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
-    msgs: Vec<Message>,
+    msgs: WireBatch,
     what: Vec<String>,
 }
 
 impl Batch {
-    pub fn messages(&self) -> &[Message] {
+    /// The messages as they go to the kernel.
+    pub fn wire(&self) -> &WireBatch {
         &self.msgs
     }
 
@@ -55,7 +57,7 @@ impl Batch {
 
     fn push(&mut self, what: String, msg: Message) {
         self.what.push(what);
-        self.msgs.push(msg);
+        self.msgs.push(&msg);
     }
 }
 
@@ -66,7 +68,7 @@ pub fn apply(sock: &mut NfSocket, batch: &Batch) -> Result<(), NfError> {
     if batch.is_empty() {
         return Ok(());
     }
-    sock.batch(&batch.what, &batch.msgs).map(|_| ())
+    sock.send_batch(&batch.what, &batch.msgs).map(|_| ())
 }
 
 /// A table as this process last programmed it: plans each change against what was applied
@@ -860,8 +862,12 @@ mod tests {
             ]
         );
         // Table messages: create without EXCL (the first cannot fail), then delete.
-        assert_eq!(b.messages()[0].flags, NLM_F_CREATE);
-        assert_eq!(b.messages()[1].cmd, libc::NFT_MSG_DELTABLE as u8);
+        // (nlmsghdr: type at 4, flags at 6, the command in the type's low byte.)
+        let msgs: Vec<&[u8]> = b.wire().messages().collect();
+        let flags = u16::from_ne_bytes([msgs[0][6], msgs[0][7]]);
+        assert_eq!(flags, NLM_F_CREATE | calico_netlink::packet::NLM_F_REQUEST);
+        let ty = u16::from_ne_bytes([msgs[1][4], msgs[1][5]]);
+        assert_eq!(ty & 0xff, libc::NFT_MSG_DELTABLE as u16);
         // Nothing changed: nothing sent.
         assert!(plan(Some(&small()), &small()).expect("plan").is_empty());
     }

@@ -26,7 +26,9 @@
 //!   then `--restarts` times over the table of the previous run.
 //! - `path`: fresh TCP connects (connect() time, the first packet's round trip) and iperf3
 //!   throughput between the probe pair with everything loaded vs with no policy (the agent
-//!   stopped and the table `inet calico` deleted), rounds alternating the order.
+//!   stopped and the table `inet calico` deleted), rounds alternating the order. iperf3
+//!   omits its first second (slow start); after the agent's restart the path is measured
+//!   1 s later (the kernel frees the replaced table after the commit).
 //! - RSS of the agent at that scale, its CPU over an idle period, its CPU per policy change
 //!   and the kernel time per apply (`calico_node_policy_apply_duration_seconds`).
 //!
@@ -809,6 +811,11 @@ impl Bench<'_> {
                 if let Some(line) = log.lines().find(|l| l.contains("first apply done in")) {
                     eprintln!("bench-policy: cold start {took:?}; the agent: {line}");
                 }
+                // The agent's own account of the phases (listed, read, rendered, in the
+                // kernel, status files), with its RSS after each.
+                for line in log.lines().filter(|l| l.contains("MiB")) {
+                    eprintln!("bench-policy:   {line}");
+                }
                 let files = self.status_files();
                 if files < self.pods.len() {
                     bail!("the agent says programmed but only {files} status files exist");
@@ -1019,6 +1026,15 @@ fn flips(b: &Bench, agent: &Agent) -> Result<Value> {
     drop(profile);
     let cpu1 = cpu_ticks(agent.pid())?;
     let m1 = agent.metrics()?;
+    // With BENCH_POLICY_LOG_LEVEL=debug: how the last applies split (render, kernel).
+    let log = agent.log();
+    let splits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("changes rendered in"))
+        .collect();
+    for line in splits.iter().rev().take(5) {
+        eprintln!("bench-policy:   {line}");
+    }
     // Leave the pair allowed.
     if b.args.flips % 2 == 1 {
         let before = watch.count(&key);
@@ -1203,6 +1219,9 @@ fn iperf(b: &Bench, seconds: u64) -> Result<f64> {
                     &IPERF_PORT.to_string(),
                     "-t",
                     &seconds.to_string(),
+                    // TCP's slow start is not the path's cost: the first second is omitted.
+                    "-O",
+                    "1",
                     "-J",
                 ])
                 .stdin(Stdio::null())
@@ -1335,6 +1354,9 @@ fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
                 let (a, took) = b.cold_start()?;
                 agent = Some(a);
                 path_restarts.push(ms(took));
+                // The replaced table is freed by the kernel after the commit (RCU work):
+                // the path is measured once that is done, not during it.
+                sleep_checked(Duration::from_secs(1))?;
             } else if !loaded {
                 if let Some(a) = agent.take() {
                     drop(a);

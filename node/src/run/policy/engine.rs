@@ -44,6 +44,9 @@ pub struct Dataplane {
     statuses: BTreeMap<epstatus::EndpointKey, epstatus::EndpointStatus>,
     /// The status directory last used; stale files there are removed at the first apply.
     status_dir: Option<PathBuf>,
+    /// The engine's endpoint generation the status files were last brought up to date
+    /// with (nothing to look at while it stays: most applies change no endpoint).
+    status_generation: Option<u64>,
     revision: i64,
     state: Arc<PolicyState>,
 }
@@ -72,6 +75,7 @@ impl Dataplane {
             socket: None,
             statuses: BTreeMap::new(),
             status_dir: None,
+            status_generation: None,
             revision: 0,
             state,
         };
@@ -234,6 +238,11 @@ impl Dataplane {
             };
             let outcome = if first {
                 let whole = self.engine.full_table();
+                log::info!(
+                    "policy: whole table rendered in {:?} (RSS {} MiB)",
+                    started.elapsed(),
+                    rss_mib()
+                );
                 let r = self.table.sync(socket, whole).map(|_| ());
                 // The whole table carries every change recorded so far.
                 self.engine.take_touched();
@@ -241,7 +250,16 @@ impl Dataplane {
             } else {
                 match self.table.edit() {
                     Some(mut edit) => match self.engine.write_changes(&mut edit) {
-                        Ok(_) => edit.commit(socket).map(|_| ()),
+                        Ok(_) => {
+                            let rendered = started.elapsed();
+                            let r = edit.commit(socket).map(|_| ());
+                            log::debug!(
+                                "policy: changes rendered in {rendered:?}, planned and \
+                                 committed in {:?}",
+                                started.elapsed() - rendered
+                            );
+                            r
+                        }
                         // The edit is dropped uncommitted (undone); a whole replace follows.
                         Err(e) => Err(e),
                     },
@@ -257,8 +275,11 @@ impl Dataplane {
                 return Err(e).context("applying the policy table");
             }
             if first {
-                // The first build's temporaries (the whole table, the list) are gone now.
-                calico_malloc::release_free_memory();
+                log::info!(
+                    "policy: first table in the kernel after {:?} (RSS {} MiB)",
+                    started.elapsed(),
+                    rss_mib()
+                );
             }
         }
         let took = started.elapsed();
@@ -267,7 +288,15 @@ impl Dataplane {
         if wanted_changes && took > Duration::from_millis(100) {
             log::info!("policy: applied in {took:?}");
         }
+        let files_from = Instant::now();
         self.sync_status_files();
+        if first {
+            log::info!(
+                "policy: status files written in {:?} (RSS {} MiB)",
+                files_from.elapsed(),
+                rss_mib()
+            );
+        }
         let stats = self.engine.stats();
         self.state.set_counts(
             Counts {
@@ -280,6 +309,18 @@ impl Dataplane {
             self.skipped.len(),
         );
         self.state.set_revision(self.revision);
+        if first && wanted_changes {
+            // The first build's temporaries (the list, the whole table, its messages) are
+            // gone: their pages go back to the kernel, once the endpoints are programmed
+            // (the walk over the heap is not on their way).
+            let trim_from = Instant::now();
+            calico_malloc::release_free_memory();
+            log::info!(
+                "policy: freed memory returned in {:?} (RSS {} MiB)",
+                trim_from.elapsed(),
+                rss_mib()
+            );
+        }
         Ok(())
     }
 
@@ -289,6 +330,13 @@ impl Dataplane {
     fn sync_status_files(&mut self) {
         let dir = epstatus::status_dir(&self.status_prefix());
         let first = self.status_dir.as_ref() != Some(&dir);
+        let generation = self.engine.endpoint_generation();
+        if !first && self.status_generation == Some(generation) {
+            return;
+        }
+        // Set again below only if every file is as wanted (a failed write is retried).
+        self.status_generation = None;
+        let mut all_written = true;
         if first {
             if let Err(e) = epstatus::ensure_dir(&dir) {
                 log::warn!("policy: {e}");
@@ -336,7 +384,10 @@ impl Dataplane {
                     Ok(()) => {
                         self.statuses.insert(key.clone(), status.clone());
                     }
-                    Err(e) => log::warn!("policy: {e}"),
+                    Err(e) => {
+                        all_written = false;
+                        log::warn!("policy: {e}");
+                    }
                 }
             }
         }
@@ -351,12 +402,30 @@ impl Dataplane {
                 Ok(_) => {
                     self.statuses.remove(&key);
                 }
-                Err(e) => log::warn!("policy: {e}"),
+                Err(e) => {
+                    all_written = false;
+                    log::warn!("policy: {e}");
+                }
             }
+        }
+        if all_written {
+            self.status_generation = Some(generation);
         }
         self.state
             .metrics()
             .policy_status_files
             .set(i64::try_from(self.statuses.len()).unwrap_or(i64::MAX));
     }
+}
+
+/// The process's resident size in MiB (0 if unknown), for the cold start's log lines.
+pub fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
 }

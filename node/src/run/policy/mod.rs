@@ -172,9 +172,10 @@ impl PolicyAgent {
             };
             tokio::join!(forward, sync);
         });
+        let started = Instant::now();
         let thread = std::thread::Builder::new()
             .name("policy".into())
-            .spawn(move || run_loop(node, settings, state, rx))?;
+            .spawn(move || run_loop(node, settings, state, rx, started))?;
         Ok(Some(PolicyAgent {
             syncer,
             thread: Some(thread),
@@ -200,6 +201,7 @@ fn run_loop(
     settings: PolicySettings,
     state: Arc<PolicyState>,
     rx: mpsc::Receiver<Msg>,
+    started: Instant,
 ) {
     let mut keys = SyncedKeys::new();
     let mut agent =
@@ -237,16 +239,26 @@ fn run_loop(
         }
         for a in pending {
             oldest = Some(oldest.map_or(a.at, |o| o.min(a.at)));
-            let revision = match &a.event {
-                SyncEvent::Snapshot { revision, .. } => *revision,
-                SyncEvent::Put(kv) => kv.mod_revision,
-                SyncEvent::Delete { revision, .. } => *revision,
+            let (revision, listed) = match &a.event {
+                SyncEvent::Snapshot { revision, kvs } => (*revision, Some(kvs.len())),
+                SyncEvent::Put(kv) => (kv.mod_revision, None),
+                SyncEvent::Delete { revision, .. } => (*revision, None),
             };
+            let read_from = Instant::now();
             for change in keys.apply(a.event) {
                 match change {
                     KeyChange::Put(kv) => agent.put(&kv),
                     KeyChange::Deleted(key) => agent.delete(&key),
                 }
+            }
+            if let Some(n) = listed {
+                // The cold start's phases (the first apply logs its own).
+                log::info!(
+                    "policy: {n} keys listed at revision {revision}, {:?} after start; read                      into the calculation in {:?} (RSS {} MiB)",
+                    a.at.saturating_duration_since(started),
+                    read_from.elapsed(),
+                    engine::rss_mib()
+                );
             }
             agent.seen_revision(revision);
         }
