@@ -20,7 +20,7 @@ pub mod status;
 
 use crate::config::{ConfigError, Env};
 use anyhow::Context as _;
-use cache::Cache;
+use cache::{AffinityScope, Cache};
 use calico_bgp::{ExportFilter, NextHopMode, PeerConfig, RibEvent, Route, Speaker, SpeakerConfig};
 use calico_dataplane::vxlan::{DEFAULT_PORT, DEFAULT_VNI, VXLAN_DEVICE, VxlanDevice};
 use calico_datastore::EtcdClient;
@@ -248,26 +248,20 @@ pub async fn run(
         .map(|r| !r.is_empty())
         .unwrap_or(false);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let syncer = {
-        let etcd = etcd.clone();
-        tokio::spawn(async move {
-            // The syncer retries what it can; if it ever gives up, it is started again (a
-            // routing task without a datastore would otherwise stop for good).
-            loop {
-                match calico_datastore::sync_prefixes(&etcd, cache::prefixes(), tx.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => log::error!("route distribution: datastore watch: {e}; again in 1 s"),
-                }
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
+    // BGP alone needs only this node's affinities; a VXLAN pool (seen in the first
+    // snapshot, or later) widens the watch to every node's.
+    let scope = match settings.backend {
+        Backend::Vxlan => AffinityScope::All,
+        _ => AffinityScope::Own,
     };
+    let syncer = spawn_syncer(&etcd, cache::prefixes(&node, scope), &tx);
     let programmer = Programmer::start(state.clone()).context("starting the routes thread")?;
     let mut r = Routing {
         node,
+        syncer,
+        scope,
+        rescope: None,
+        scope_snapshot: 0,
         settings,
         state: state.clone(),
         cache: Cache::new(),
@@ -342,8 +336,13 @@ pub async fn run(
         let started = std::time::Instant::now();
         r.recompute().await;
         last_compute = started.elapsed();
+        if let Some(wanted) = r.rescope.take() {
+            log::info!("route distribution: reading {wanted:?} block affinities");
+            r.syncer.abort();
+            r.syncer = spawn_syncer(&etcd, cache::prefixes(&r.node, wanted), &tx);
+        }
     }
-    syncer.abort();
+    r.syncer.abort();
     if let Some(b) = r.bgp.take() {
         state.set_speaker(None);
         // Closed without a Cease: peers with graceful restart keep our routes.
@@ -356,6 +355,44 @@ pub async fn run(
     Ok(())
 }
 
+/// The datastore syncer of `prefixes` into `tx`. It retries what it can; if it ever gives
+/// up, it is started again (a routing task without a datastore would otherwise stop for
+/// good).
+fn spawn_syncer(
+    etcd: &EtcdClient,
+    prefixes: Vec<String>,
+    tx: &mpsc::UnboundedSender<calico_datastore::watch::SyncEvent>,
+) -> tokio::task::JoinHandle<()> {
+    let etcd = etcd.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match calico_datastore::sync_prefixes(&etcd, prefixes.clone(), tx.clone()).await {
+                Ok(()) => return,
+                Err(e) => log::error!("route distribution: datastore watch: {e}; again in 1 s"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Whose affinities `view` needs: every node's once a VXLAN pool is there (its routes go
+/// to other nodes' blocks), else this node's.
+fn affinity_scope(backend: Backend, view: &ClusterView) -> AffinityScope {
+    let vxlan_pool = view
+        .pools
+        .iter()
+        .any(|p| matches!(p.spec.vxlan_mode.as_str(), "Always" | "CrossSubnet"));
+    if backend == Backend::Vxlan || vxlan_pool {
+        AffinityScope::All
+    } else {
+        AffinityScope::Own
+    }
+}
+
 async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
     match bgp {
         Some(b) => b.events.recv().await,
@@ -365,6 +402,15 @@ async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
 
 struct Routing {
     node: String,
+    /// The datastore syncer's task, and whose affinities it reads.
+    syncer: tokio::task::JoinHandle<()>,
+    scope: AffinityScope,
+    /// A scope the syncer must be restarted with (set by a computation).
+    rescope: Option<AffinityScope>,
+    /// The cache's snapshot count when the scope last changed: a wider scope waits for the
+    /// next snapshot (the VXLAN plan would otherwise see no remote blocks and remove their
+    /// routes).
+    scope_snapshot: u64,
     settings: RoutingSettings,
     state: Arc<RoutingState>,
     cache: Cache,
@@ -417,8 +463,21 @@ impl Routing {
         if !self.cache.synced() {
             return;
         }
-        self.state.set_datastore_synced();
+        if self.scope == AffinityScope::All && self.cache.snapshots() <= self.scope_snapshot {
+            return;
+        }
         let view = self.cache.view();
+        let wanted = affinity_scope(self.settings.backend, &view);
+        if wanted != self.scope {
+            self.scope = wanted;
+            self.rescope = Some(wanted);
+            self.scope_snapshot = self.cache.snapshots();
+            if wanted == AffinityScope::All {
+                // Computed once every node's blocks are read.
+                return;
+            }
+        }
+        self.state.set_datastore_synced();
         let wants_ipip = view.pools.iter().any(|p| {
             !p.spec.disabled && matches!(p.spec.ipip_mode.as_str(), "Always" | "CrossSubnet")
         });
