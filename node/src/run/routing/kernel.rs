@@ -320,7 +320,7 @@ fn specs(
     let mut out = Vec::with_capacity(routes.len());
     let mut missing = Vec::new();
     for r in routes {
-        let oif = match r.device.as_deref() {
+        let oif = match r.device {
             None => None,
             Some(name) => match known {
                 Some((k, index)) if k == name => Some(index),

@@ -414,8 +414,8 @@ struct Routing {
     settings: RoutingSettings,
     state: Arc<RoutingState>,
     cache: Cache,
-    /// Best next hops of learned prefixes.
-    learned: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// Best next hops of learned prefixes (sets shared with the speaker's RIB).
+    learned: BTreeMap<IpNet, calico_bgp::NextHops>,
     bgp: Option<Bgp>,
     bgp_synced: bool,
     restarting: bool,
