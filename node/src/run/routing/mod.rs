@@ -4,12 +4,10 @@
 //! from the datastore only; `none`: nothing.
 //!
 //! The loop: the datastore is listed and watched ([`calico_datastore::watch`]) into a
-//! [`cache::Cache`]; after every batch of datastore changes the plan is computed again
-//! ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN VTEPs)
-//! and the speaker is told the differences; after a batch of learned routes only their
-//! kernel routes are (the rest of the plan is kept). The kernel thread ([`kernel`]) then
-//! converges on the new state. Only this node's block affinities are read unless a VXLAN
-//! pool (or the VXLAN backend) needs every node's, as Calico's BGP syncer reads them. Nothing is written to the kernel before the first full snapshot; learned
+//! [`cache::Cache`]; after every batch of changes (datastore or BGP) the plan is computed
+//! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
+//! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
+//! on the new state. Nothing is written to the kernel before the first full snapshot; learned
 //! routes go in as they come, and a restarted agent keeps the routes of its previous run
 //! until its peers' End-of-RIB (graceful restart), then sweeps the stale ones.
 //!
@@ -260,7 +258,6 @@ pub async fn run(
     let programmer = Programmer::start(state.clone()).context("starting the routes thread")?;
     let mut r = Routing {
         node,
-        planned: None,
         syncer,
         scope,
         rescope: None,
@@ -290,10 +287,9 @@ pub async fn run(
             }
             // Now and then (and soon after a speaker could not start) everything is
             // computed again, so nothing waits for an unrelated change to be retried.
-            _ = resync.tick() => r.planned = None,
+            _ = resync.tick() => {}
             ev = rx.recv() => match ev {
                 Some(ev) => {
-                    r.planned = None;
                     r.cache.apply(ev);
                     while let Ok(ev) = rx.try_recv() {
                         r.cache.apply(ev);
@@ -325,10 +321,7 @@ pub async fn run(
             tokio::select! {
                 _ = &mut settle => break,
                 ev = rx.recv() => match ev {
-                    Some(ev) => {
-                        r.planned = None;
-                        r.cache.apply(ev);
-                    }
+                    Some(ev) => r.cache.apply(ev),
                     None => break,
                 },
                 ev = next_rib(&mut r.bgp) => match ev {
@@ -407,22 +400,8 @@ async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
     }
 }
 
-/// What the last full computation derived from the datastore (and the host's interfaces),
-/// reused while only learned routes change: a burst of UPDATEs then costs the kernel routes
-/// of the learned prefixes, not a new plan of 10,000 blocks each time (the speaker shares
-/// this thread).
-struct Planned {
-    view: ClusterView,
-    local_subnets: Vec<IpNet>,
-    peer_routes: Vec<calico_routing::KernelRoute>,
-    /// Everything but the learned routes (`bgp` is `None`).
-    desired: Desired,
-}
-
 struct Routing {
     node: String,
-    /// Cleared by every datastore change, the periodic resync and a speaker restart.
-    planned: Option<Planned>,
     /// The datastore syncer's task, and whose affinities it reads.
     syncer: tokio::task::JoinHandle<()>,
     scope: AffinityScope,
@@ -450,7 +429,6 @@ impl Routing {
     /// The speaker stopped (its task ended, or it is being replaced): what it learned is
     /// kept in the kernel as stale until a new speaker has synced, as after a restart.
     fn speaker_gone(&mut self) {
-        self.planned = None;
         self.bgp = None;
         self.state.set_speaker(None);
         self.learned.clear();
@@ -485,23 +463,6 @@ impl Routing {
         if !self.cache.synced() {
             return;
         }
-        if let Some(planned) = &self.planned {
-            // Only learned routes changed since the last full computation: the plan, the
-            // speaker's configuration and the other kinds of routes stay as they were.
-            let mut desired = planned.desired.clone();
-            let mut routes = calico_routing::kernel_routes(
-                &planned.view,
-                &self.node,
-                &self.settings.options,
-                &self.learned,
-                &planned.local_subnets,
-            );
-            routes.extend(planned.peer_routes.iter().cloned());
-            desired.bgp = Some(routes);
-            desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
-            self.programmer.set(desired);
-            return;
-        }
         if self.scope == AffinityScope::All && self.cache.snapshots() <= self.scope_snapshot {
             return;
         }
@@ -533,7 +494,6 @@ impl Routing {
         }
         let mut desired = Desired::default();
         let local_subnets = local_subnets();
-        let mut peer_routes = None;
         if self.settings.backend == Backend::Bird {
             match calico_routing::bgp_plan(&view, &self.node, &self.settings.options, &self.secrets)
             {
@@ -558,7 +518,6 @@ impl Routing {
                     );
                     routes.extend(plan.peer_routes.iter().cloned());
                     desired.bgp = Some(routes);
-                    peer_routes = Some(plan.peer_routes);
                     desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
                     desired.ipip_address = view
                         .nodes
@@ -582,16 +541,6 @@ impl Routing {
         let unique: BTreeSet<IpNet> = desired.blackholes.drain(..).collect();
         desired.blackholes = unique.into_iter().collect();
         desired.vxlan = vxlan;
-        if let Some(peer_routes) = peer_routes {
-            let bgp = desired.bgp.take();
-            self.planned = Some(Planned {
-                view,
-                local_subnets,
-                peer_routes,
-                desired: desired.clone(),
-            });
-            desired.bgp = bgp;
-        }
         self.programmer.set(desired);
     }
 
