@@ -8,8 +8,8 @@
 //! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
 //! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
 //! on the new state. Only this node's block affinities are read unless a VXLAN pool (or the
-//! VXLAN backend) needs every node's, as Calico's BGP syncer reads them. Nothing is written to the kernel before the first full snapshot; learned
-//! routes go in as they come, and a restarted agent keeps the routes of its previous run
+//! VXLAN backend) needs every node's, as Calico's BGP syncer reads them. Nothing is written
+//! to the kernel before the first full snapshot; learned routes go in as they come, and a restarted agent keeps the routes of its previous run
 //! until its peers' End-of-RIB (graceful restart), then sweeps the stale ones.
 //!
 //! On SIGTERM the speaker closes its sessions without a Cease, so peers with graceful
