@@ -212,6 +212,19 @@ mod tests {
         }
     }
 
+    /// Mirrors bgpsyncer.go `New` (`BlockAffinityListOptions{Host: node}`): BGP reads its
+    /// own node's affinities only, and node-1's prefix does not take in node-10's keys.
+    #[test]
+    fn own_scope_reads_only_this_nodes_affinities() {
+        let own = prefixes("node-1", AffinityScope::Own);
+        let all = prefixes("node-1", AffinityScope::All);
+        let key = |node: &str| format!("{AFFINITIES}{node}/ipv4/block/10.244.0.0-26");
+        assert!(own.iter().any(|p| key("node-1").starts_with(p.as_str())));
+        assert!(!own.iter().any(|p| key("node-10").starts_with(p.as_str())));
+        assert!(all.iter().any(|p| key("node-10").starts_with(p.as_str())));
+        assert_eq!(own.len(), all.len());
+    }
+
     #[test]
     fn a_view_comes_from_the_snapshot_and_the_changes_after_it() {
         let mut c = Cache::new();

@@ -812,3 +812,30 @@ fn local_subnets() -> Vec<IpNet> {
         .map(|a| a.into_iter().map(|n| n.trunc()).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(vxlan_mode: &str) -> calico_datastore::model::IpPool {
+        serde_json::from_value(serde_json::json!({
+            "kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": "p"},
+            "spec": {"cidr": "10.244.0.0/16", "vxlanMode": vxlan_mode}
+        }))
+        .unwrap()
+    }
+
+    /// BGP alone reads this node's affinities; a VXLAN pool or the VXLAN backend needs every
+    /// node's blocks (Felix's VXLAN routes go to them).
+    #[test]
+    fn every_nodes_affinities_only_for_vxlan() {
+        let mut view = ClusterView::default();
+        assert_eq!(affinity_scope(Backend::Bird, &view), AffinityScope::Own);
+        assert_eq!(affinity_scope(Backend::Vxlan, &view), AffinityScope::All);
+        view.pools.push(pool("Never"));
+        assert_eq!(affinity_scope(Backend::Bird, &view), AffinityScope::Own);
+        view.pools.push(pool("CrossSubnet"));
+        assert_eq!(affinity_scope(Backend::Bird, &view), AffinityScope::All);
+    }
+}
