@@ -47,7 +47,7 @@ pub fn default_metric(v4: bool) -> u32 {
 }
 
 /// Routes sent per datagram by [`RouteTable::apply`]: bounds the socket buffers the
-/// acknowledgements need (about 2 KiB each).
+/// answers may need (only refusals and the last message are answered, about 2 KiB each).
 const CHUNK: usize = 4096;
 
 /// One next hop of a unicast route.
