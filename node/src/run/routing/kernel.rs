@@ -351,20 +351,35 @@ fn specs(
 ) -> Result<(Vec<RouteSpec>, Vec<String>), String> {
     let mut out = Vec::with_capacity(routes.len());
     let mut missing = Vec::new();
+    // Each device is looked up once per call, not once per route (every block of an IPIP
+    // pool names `tunl0`: tens of thousands of requests otherwise).
+    let mut indexes: Vec<(&str, Option<u32>)> = Vec::new();
+    if let Some((k, index)) = known {
+        indexes.push((k, Some(index)));
+    }
     for r in routes {
         let oif = match r.device {
             None => None,
-            Some(name) => match known {
-                Some((k, index)) if k == name => Some(index),
-                _ => match nl.link(name) {
-                    Ok(Some(l)) => Some(l.index),
-                    Ok(None) => {
+            Some(name) => {
+                let index = match indexes.iter().find(|(n, _)| *n == name) {
+                    Some((_, index)) => *index,
+                    None => {
+                        let index = nl
+                            .link(name)
+                            .map_err(|e| format!("looking up {name}: {e}"))?
+                            .map(|l| l.index);
+                        indexes.push((name, index));
+                        index
+                    }
+                };
+                match index {
+                    Some(i) => Some(i),
+                    None => {
                         missing.push(format!("{} (no device {name})", r.dst));
                         continue;
                     }
-                    Err(e) => return Err(format!("looking up {name}: {e}")),
-                },
-            },
+                }
+            }
         };
         out.push(RouteSpec {
             dst: r.dst,
