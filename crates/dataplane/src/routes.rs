@@ -11,8 +11,8 @@
 //!
 //! Ownership is by protocol: a delete names the protocol, so the kernel only removes a
 //! route of that protocol, and `apply` never overwrites a route another protocol owns (it
-//! reports it as a conflict; new routes are created with `NLM_F_EXCL`). Mirrors Felix's `routetable.RouteTable` (felix/routetable/)
-//! in spirit: a full resync by dump, then deltas.
+//! reports it as a conflict; new routes are created with `NLM_F_EXCL`). Mirrors Felix's
+//! `routetable.RouteTable` (felix/routetable/) in spirit: a full resync by dump, then deltas.
 
 use crate::error::DataplaneError;
 use crate::netlink::{Netlink, failed};
