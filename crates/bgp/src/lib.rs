@@ -174,13 +174,17 @@ impl ExportFilter {
     }
 }
 
+/// An ECMP set of next hops, sorted. Shared: the RIB hands out one allocation per distinct
+/// set (a peer's 10,000 routes all name the same one), and its readers keep it as it is.
+pub type NextHops = std::sync::Arc<[IpAddr]>;
+
 /// A change of the best learned routes (what the kernel should hold).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RibEvent {
     /// The best paths for `prefix`; `next_hops` is the ECMP set, sorted.
     Best {
         prefix: IpNet,
-        next_hops: Vec<IpAddr>,
+        next_hops: NextHops,
     },
     Withdrawn {
         prefix: IpNet,

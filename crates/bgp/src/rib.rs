@@ -10,7 +10,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::wire::{Family, InboundUpdate, PathAttrs};
-use crate::{ExportFilter, NextHopMode, RibEvent, Route};
+use crate::{ExportFilter, NextHopMode, NextHops, RibEvent, Route};
+
+/// How many recent next-hop sets are kept for sharing.
+const SHARED_HOP_SETS: usize = 16;
 
 /// LOCAL_PREF assumed when a path has none (RFC 4271 default, as BIRD).
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
@@ -140,8 +143,13 @@ pub struct Rib {
     /// stored again (a node's blocks all go out with one set, so Adj-RIB-Out holds one
     /// allocation per peer instead of one per prefix).
     last_out: HashMap<u64, Arc<PathAttrs>>,
-    reported: HashMap<IpNet, Vec<IpAddr>>,
-    best: HashMap<IpNet, u64>,
+    /// The next hops last reported per prefix. B-trees, not hash maps: with 30,000 learned
+    /// prefixes a hash table's doubling left half its buckets empty.
+    reported: BTreeMap<IpNet, NextHops>,
+    best: BTreeMap<IpNet, u64>,
+    /// Recently reported next-hop sets, handed out again when equal: one allocation per
+    /// distinct set rather than one per prefix (here and in every reader's copy).
+    hop_sets: Vec<NextHops>,
     /// Restarting speaker: announcements are held until released.
     hold_out: bool,
 }
@@ -158,8 +166,9 @@ impl Rib {
             filter: ExportFilter::default(),
             adj_out: HashMap::new(),
             last_out: HashMap::new(),
-            reported: HashMap::new(),
-            best: HashMap::new(),
+            reported: BTreeMap::new(),
+            best: BTreeMap::new(),
+            hop_sets: Vec::new(),
             hold_out,
         }
     }
@@ -384,7 +393,8 @@ impl Rib {
                     self.reported.remove(&prefix);
                     ch.events.push(RibEvent::Withdrawn { prefix });
                 }
-            } else if old != Some(&next_hops) {
+            } else if old.map(|o| &o[..]) != Some(&next_hops[..]) {
+                let next_hops = self.shared_hops(&next_hops);
                 self.reported.insert(prefix, next_hops.clone());
                 ch.events.push(RibEvent::Best { prefix, next_hops });
             }
@@ -394,6 +404,21 @@ impl Rib {
             }
         }
         ch
+    }
+
+    /// `hops` as a shared set: a recent equal one, else a new one remembered.
+    fn shared_hops(&mut self, hops: &[IpAddr]) -> NextHops {
+        if let Some(i) = self.hop_sets.iter().position(|s| &s[..] == hops) {
+            let set = self.hop_sets.remove(i);
+            self.hop_sets.push(set.clone());
+            return set;
+        }
+        let set: NextHops = hops.into();
+        if self.hop_sets.len() == SHARED_HOP_SETS {
+            self.hop_sets.remove(0);
+        }
+        self.hop_sets.push(set.clone());
+        set
     }
 
     fn export_prefix_to(&mut self, id: u64, prefix: &IpNet, ch: &mut Changes) {
@@ -571,6 +596,33 @@ mod tests {
     }
 
     #[test]
+    fn routes_with_equal_next_hops_share_one_set() {
+        let mut rib = Rib::new("10.0.0.1".parse().unwrap(), None, false);
+        rib.peer_up(2, peer("10.0.0.2", AS, false));
+        let attrs = Arc::new(path("10.0.0.2"));
+        let ch = rib.update(
+            2,
+            InboundUpdate {
+                announced: (0..100u8)
+                    .map(|i| (net(&format!("10.65.{i}.0/26")), attrs.clone()))
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        let sets: Vec<&NextHops> = ch
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                RibEvent::Best { next_hops, .. } => Some(next_hops),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sets.len(), 100);
+        assert!(sets.iter().all(|s| Arc::ptr_eq(s, sets[0])));
+        assert_eq!(&sets[0][..], &[ip("10.0.0.2")]);
+    }
+
+    #[test]
     fn equal_paths_from_two_peers_are_merged_into_ecmp() {
         let mut rib = Rib::new("10.0.0.1".parse().unwrap(), None, false);
         rib.peer_up(2, peer("10.0.0.2", AS, false));
@@ -580,7 +632,7 @@ mod tests {
             ch.events,
             vec![RibEvent::Best {
                 prefix: net("10.65.0.0/26"),
-                next_hops: vec![ip("10.0.0.2")]
+                next_hops: vec![ip("10.0.0.2")].into()
             }]
         );
         // Learned iBGP routes are not passed to other iBGP peers.
@@ -590,7 +642,7 @@ mod tests {
             ch.events,
             vec![RibEvent::Best {
                 prefix: net("10.65.0.0/26"),
-                next_hops: vec![ip("10.0.0.2"), ip("10.0.0.3")]
+                next_hops: vec![ip("10.0.0.2"), ip("10.0.0.3")].into()
             }]
         );
         let ch = rib.update(
@@ -604,7 +656,7 @@ mod tests {
             ch.events,
             vec![RibEvent::Best {
                 prefix: net("10.65.0.0/26"),
-                next_hops: vec![ip("10.0.0.3")]
+                next_hops: vec![ip("10.0.0.3")].into()
             }]
         );
         let ch = rib.peer_down(3, false);

@@ -11,13 +11,13 @@
 //!
 //! Ownership is by protocol: a delete names the protocol, so the kernel only removes a
 //! route of that protocol, and `apply` never overwrites a route another protocol owns (it
-//! reports it as a conflict). Mirrors Felix's `routetable.RouteTable` (felix/routetable/)
-//! in spirit: a full resync by dump, then deltas.
+//! reports it as a conflict; new routes are created with `NLM_F_EXCL`). Mirrors Felix's
+//! `routetable.RouteTable` (felix/routetable/) in spirit: a full resync by dump, then deltas.
 
 use crate::error::DataplaneError;
 use crate::netlink::{Netlink, failed};
 use calico_netlink::NetlinkError;
-use calico_netlink::packet::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use calico_netlink::packet::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use ipnet::IpNet;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
@@ -47,7 +47,7 @@ pub fn default_metric(v4: bool) -> u32 {
 }
 
 /// Routes sent per datagram by [`RouteTable::apply`]: bounds the socket buffers the
-/// acknowledgements need (about 2 KiB each).
+/// answers may need (only refusals and the last message are answered, about 2 KiB each).
 const CHUNK: usize = 4096;
 
 /// One next hop of a unicast route.
@@ -171,8 +171,12 @@ pub struct RouteKey {
 /// What converging to a desired set takes ([`plan`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Missing or different: sent with `NLM_F_REPLACE`.
+    /// Ours but different: sent with `NLM_F_REPLACE`.
     pub replace: Vec<RouteSpec>,
+    /// Missing, the key free as far as `current` knows: sent with `NLM_F_CREATE |
+    /// NLM_F_EXCL`, so a route another program added since `current` was read is refused
+    /// (`EEXIST`), never overwritten.
+    pub add: Vec<RouteSpec>,
     /// Ours and no longer wanted.
     pub delete: Vec<RouteSpec>,
     /// Already as wanted.
@@ -211,7 +215,8 @@ pub fn plan(desired: &[RouteSpec], current: &[RouteSpec], protocol: u8) -> Plan 
     for (key, w) in wanted {
         match (ours.get(&key), others.get(&key)) {
             (Some(have), _) if w.satisfied_by(have) => out.unchanged += 1,
-            (Some(_), _) | (None, None) => out.replace.push(w),
+            (Some(_), _) => out.replace.push(w),
+            (None, None) => out.add.push(w),
             (None, Some(owner)) => out.conflicts.push((w, *owner)),
         }
     }
@@ -224,13 +229,14 @@ fn after(current: Vec<RouteSpec>, p: &Plan, protocol: u8) -> Vec<RouteSpec> {
         .delete
         .iter()
         .chain(&p.replace)
+        .chain(&p.add)
         .map(RouteSpec::key)
         .collect();
     let mut out: Vec<RouteSpec> = current
         .into_iter()
         .filter(|c| c.protocol != protocol || !changed.contains(&c.key()))
         .collect();
-    out.extend(p.replace.iter().cloned());
+    out.extend(p.replace.iter().chain(&p.add).cloned());
     out
 }
 
@@ -524,8 +530,11 @@ impl RouteTable {
     /// `dump` is the table as a previous call left it (`None`: dumped here). After a clean
     /// pass it holds the table with this pass's changes, so the next protocol's pass needs
     /// no dump of its own (tens of thousands of routes each); after any failure it is
-    /// cleared, and the next pass reads the kernel again. Between passes only changes of
-    /// these passes may happen to the table's unicast and blackhole routes.
+    /// cleared, and the next pass reads the kernel again. The record may be older than the
+    /// table (the agent keeps it between convergences that follow each other closely): new
+    /// routes go in with `NLM_F_EXCL`, so a route another program added meanwhile is
+    /// refused and, after the retry's fresh dump, reported as a conflict, never overwritten;
+    /// a route of ours removed behind the record's back comes back at the next dump.
     pub fn apply_reusing(
         &self,
         desired: &[RouteSpec],
@@ -551,7 +560,7 @@ impl RouteTable {
                     reason: format!("the route is held by protocol {owner}"),
                 })
                 .collect();
-            let sent = self.send(&p.delete, &p.replace, &mut stats, &mut failures);
+            let sent = self.send(&p.delete, &p.replace, &p.add, &mut stats, &mut failures);
             // Conflicts stay conflicts; anything else may be a race with another writer or
             // lost acknowledgements, which a fresh dump settles.
             let worth_retrying = sent.is_err() || failures.len() > p.conflicts.len();
@@ -574,38 +583,38 @@ impl RouteTable {
         Ok(stats)
     }
 
-    /// Sends `delete` then `replace` in chunks; counts what the kernel accepted and adds
-    /// what it refused to `failures`. `Err` when the socket failed (the rest unsent or
+    /// Sends `delete`, `replace` then `add` in chunks; counts what the kernel accepted and
+    /// adds what it refused to `failures`. `Err` when the socket failed (the rest unsent or
     /// unconfirmed).
     fn send(
         &self,
         delete: &[RouteSpec],
         replace: &[RouteSpec],
+        add: &[RouteSpec],
         stats: &mut ApplyStats,
         failures: &mut Vec<RouteFailure>,
     ) -> Result<(), NetlinkError> {
-        let work: Vec<(&RouteSpec, bool)> = delete
+        // The flags of a new route: overwrite ours, or create where the key is free.
+        const REPLACE: Option<u16> = Some(NLM_F_REPLACE | NLM_F_CREATE);
+        const ADD: Option<u16> = Some(NLM_F_CREATE | NLM_F_EXCL);
+        let work: Vec<(&RouteSpec, Option<u16>)> = delete
             .iter()
-            .map(|r| (r, true))
-            .chain(replace.iter().map(|r| (r, false)))
+            .map(|r| (r, None))
+            .chain(replace.iter().map(|r| (r, REPLACE)))
+            .chain(add.iter().map(|r| (r, ADD)))
             .collect();
         for chunk in work.chunks(CHUNK) {
             let msgs = chunk
                 .iter()
-                .map(|(r, del)| {
-                    if *del {
-                        (RouteNetlinkMessage::DelRoute(delete_route_message(r)), 0)
-                    } else {
-                        (
-                            RouteNetlinkMessage::NewRoute(new_route_message(r)),
-                            NLM_F_REPLACE | NLM_F_CREATE,
-                        )
-                    }
+                .map(|(r, new)| match new {
+                    None => (RouteNetlinkMessage::DelRoute(delete_route_message(r)), 0),
+                    Some(flags) => (RouteNetlinkMessage::NewRoute(new_route_message(r)), *flags),
                 })
                 .collect();
             stats.messages += chunk.len();
             let errnos = self.nl.socket().requests("route changes", msgs)?;
-            for ((r, del), errno) in chunk.iter().zip(errnos) {
+            for ((r, new), errno) in chunk.iter().zip(errnos) {
+                let del = &new.is_none();
                 let gone = *del && (errno == Errno::ESRCH as i32 || errno == Errno::ENOENT as i32);
                 match (errno == 0 || gone, del) {
                     (true, true) => stats.deleted += 1,
@@ -631,7 +640,7 @@ impl RouteTable {
             .collect();
         let mut stats = ApplyStats::default();
         let mut failures = Vec::new();
-        if let Err(e) = self.send(&stale, &[], &mut stats, &mut failures) {
+        if let Err(e) = self.send(&stale, &[], &[], &mut stats, &mut failures) {
             failures.push(RouteFailure {
                 dst: IpNet::default(),
                 action: "batch",
@@ -691,7 +700,9 @@ mod tests {
         let p = plan(&desired, &current, PROTO_BGP);
         assert_eq!(p.unchanged, 1);
         let replaced: Vec<String> = p.replace.iter().map(|r| r.dst.to_string()).collect();
-        assert_eq!(replaced, ["10.1.0.64/26", "10.1.1.0/26"]);
+        assert_eq!(replaced, ["10.1.0.64/26"]);
+        let added: Vec<String> = p.add.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(added, ["10.1.1.0/26"]);
         let deleted: Vec<String> = p.delete.iter().map(|r| r.dst.to_string()).collect();
         assert_eq!(deleted, ["10.1.0.128/26"]);
         assert!(p.conflicts.is_empty());
@@ -727,7 +738,7 @@ mod tests {
         let p = plan(&desired, &current, 78);
         let next = after(current, &p, 78);
         let again = plan(&desired, &next, 78);
-        assert!(again.replace.is_empty() && again.delete.is_empty());
+        assert!(again.replace.is_empty() && again.add.is_empty() && again.delete.is_empty());
         assert_eq!(again.unchanged, 2);
         assert_eq!(
             again.conflicts.len(),
@@ -751,7 +762,7 @@ mod tests {
             &[theirs, other_dst],
             PROTO_BGP,
         );
-        assert!(p.replace.is_empty() && p.delete.is_empty());
+        assert!(p.replace.is_empty() && p.add.is_empty() && p.delete.is_empty());
         assert_eq!(p.conflicts.len(), 1);
         assert_eq!(p.conflicts[0].1, 12);
     }

@@ -334,3 +334,58 @@ fn apply_reports_every_refused_route_after_one_retry() {
     })
     .unwrap();
 }
+
+/// A pass planned on a record older than the table (the agent keeps one between quick
+/// convergences) never overwrites a route another program added meanwhile: new routes go
+/// in with `NLM_F_EXCL`, the refusal makes it read the kernel again, and the route is then
+/// reported as another protocol's.
+#[test]
+fn a_stale_record_never_overwrites_another_programs_route() {
+    require!(root; "ip");
+    let ns = host_with_links();
+    ns.within(|| {
+        let table = RouteTable::host().unwrap();
+        let mut record = Some(table.dump_all().unwrap());
+        ns.sh("ip route add 10.100.0.5/32 via 192.168.50.9 proto 99 && \
+               ip -6 route add fd00:100::5/128 via fd00:50::9 proto 99")
+            .unwrap();
+        let mut desired = many(10, Ipv4Addr::new(192, 168, 50, 2));
+        desired.push(route(
+            "fd00:100::5/128",
+            RouteKind::Unicast(vec![hop("fd00:50::2", None, false)]),
+            PROTO_BGP,
+        ));
+        let stats = table
+            .apply_reusing(&desired, PROTO_BGP, &mut record)
+            .unwrap();
+        assert!(stats.retried, "{stats:?}");
+        assert_eq!(stats.replaced, 9, "{stats:?}");
+        let conflicts: Vec<String> = stats
+            .failures
+            .iter()
+            .filter(|f| f.action == "conflict")
+            .map(|f| f.dst.to_string())
+            .collect();
+        assert_eq!(conflicts, ["10.100.0.5/32", "fd00:100::5/128"], "{stats:?}");
+        let theirs = ns
+            .sh("ip route show proto 99; ip -6 route show proto 99")
+            .unwrap();
+        assert_eq!(
+            theirs.lines().filter(|l| l.contains("100")).count(),
+            2,
+            "{theirs}"
+        );
+        assert!(
+            theirs.contains("192.168.50.9") && theirs.contains("fd00:50::9"),
+            "{theirs}"
+        );
+        // The retry read the kernel: the record it leaves knows their route.
+        let record = record.unwrap();
+        assert!(
+            record
+                .iter()
+                .any(|r| r.protocol == 99 && r.dst == net("10.100.0.5/32"))
+        );
+    })
+    .unwrap();
+}

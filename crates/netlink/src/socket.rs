@@ -215,10 +215,14 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
 
     /// Several requests in one datagram, without framing messages (rtnetlink has no
     /// transactions: the kernel handles each message in turn, and goes on after a refusal).
-    /// Each is acknowledged (`NLM_F_ACK` is added); the answer is each message's errno, in
-    /// order (0: done), so a caller can report every refusal, not only the first. The socket
-    /// buffers are grown to hold the batch and its acknowledgements; an error of the socket
-    /// itself (`ENOBUFS` when acknowledgements were dropped) fails the whole call.
+    /// Only the last asks for an acknowledgement (`NLM_F_ACK`): the kernel answers every
+    /// other message only when it refuses it (an error carries the refused message's
+    /// sequence number), and handles the messages in order before `send` returns, so the
+    /// last one's answer comes after every refusal. The answer is each message's errno, in
+    /// order (0: done), so a caller can report every refusal, not only the first. Thousands
+    /// of acknowledgements would cost the kernel a socket buffer each and us a `recv` each.
+    /// The socket buffers are grown to hold the batch and its answers; an error of the
+    /// socket itself (`ENOBUFS` when answers were dropped) fails the whole call.
     pub fn requests(&mut self, op: &str, msgs: Vec<(P, u16)>) -> Result<Vec<i32>, NetlinkError> {
         let count = msgs.len();
         if count == 0 {
@@ -226,26 +230,27 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
         }
         let mut out = Vec::new();
         let first = self.seq.wrapping_add(1);
-        for (m, flags) in msgs {
+        for (i, (m, flags)) in msgs.into_iter().enumerate() {
             let s = self.next_seq();
-            encode(&mut out, m, flags | NLM_F_ACK, s);
+            let ack = if i + 1 == count { NLM_F_ACK } else { 0 };
+            encode(&mut out, m, flags | ack, s);
         }
         self.fit_buffers(op, out.len(), count)?;
         self.send(op, &out)?;
         let mut errnos = vec![0; count];
-        let mut pending = count;
-        while pending > 0 {
+        loop {
             for answer in self.receive(op)? {
                 if let Answer::Ack(s, errno) = answer {
                     let index = s.wrapping_sub(first) as usize;
                     if index < count {
-                        pending -= 1;
                         errnos[index] = errno;
+                        if index + 1 == count {
+                            return Ok(errnos);
+                        }
                     }
                 }
             }
         }
-        Ok(errnos)
     }
 
     /// A batch: `begin`, each of `msgs` (with its flags; `NLM_F_ACK` is added), `end`, in one

@@ -1071,7 +1071,7 @@ pub fn bgp_plan(
         .filter_map(|p| {
             p.reachable_by.map(|gw| crate::KernelRoute {
                 dst: IpNet::from(p.address),
-                next_hops: vec![gw],
+                next_hops: vec![gw].into(),
                 device: None,
                 onlink: false,
             })

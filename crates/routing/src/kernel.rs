@@ -17,15 +17,19 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// An ECMP set of next hops, sorted, shared between the routes that have it (the BGP
+/// speaker hands out one allocation per distinct set; 30,000 routes name a handful).
+pub type NextHops = std::sync::Arc<[IpAddr]>;
+
 /// A route to program: `dst via next_hops[..] [dev device] [onlink]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KernelRoute {
     pub dst: IpNet,
     /// Gateways, sorted; more than one is an ECMP route.
-    pub next_hops: Vec<IpAddr>,
+    pub next_hops: NextHops,
     /// `Some("tunl0")`/`Some("vxlan.calico")`; `None` = the kernel picks the device by the
     /// gateway.
-    pub device: Option<String>,
+    pub device: Option<&'static str>,
     pub onlink: bool,
 }
 
@@ -36,7 +40,7 @@ pub fn kernel_routes(
     view: &ClusterView,
     node: &str,
     opts: &PlanOptions,
-    learned: &BTreeMap<IpNet, Vec<IpAddr>>,
+    learned: &BTreeMap<IpNet, NextHops>,
     local_subnets: &[IpNet],
 ) -> Vec<KernelRoute> {
     let ix = Indexed::new(view);
@@ -59,9 +63,15 @@ pub fn kernel_routes(
     let mut out = Vec::new();
     for (dst, hops) in learned {
         let dst = dst.trunc();
-        let mut next_hops = hops.clone();
-        next_hops.sort();
-        next_hops.dedup();
+        // Kept shared when already sorted without duplicates (as the speaker gives them).
+        let next_hops = if hops.windows(2).all(|w| w[0] < w[1]) {
+            hops.clone()
+        } else {
+            let mut v = hops.to_vec();
+            v.sort();
+            v.dedup();
+            NextHops::from(v)
+        };
         if next_hops.is_empty()
             || reject.iter().any(|r| r.contains(&dst))
             || own_blocks.contains(&dst)
@@ -92,7 +102,7 @@ pub fn kernel_routes(
             out.push(KernelRoute {
                 dst,
                 next_hops,
-                device: Some(IPIP_DEVICE.to_string()),
+                device: Some(IPIP_DEVICE),
                 onlink: true,
             });
         } else {
@@ -166,13 +176,13 @@ mod tests {
         }
     }
 
-    fn learned(pairs: &[(&str, &[&str])]) -> BTreeMap<IpNet, Vec<IpAddr>> {
+    fn learned(pairs: &[(&str, &[&str])]) -> BTreeMap<IpNet, NextHops> {
         pairs
             .iter()
             .map(|(d, v)| {
                 (
                     d.parse().unwrap(),
-                    v.iter().map(|h| h.parse().unwrap()).collect(),
+                    v.iter().map(|h| h.parse::<IpAddr>().unwrap()).collect(),
                 )
             })
             .collect()

@@ -77,7 +77,7 @@ pub use bgp::{
     NextHopMode, OriginSource, OriginatedRoute, PeerKind, PeerPlan, bgp_plan, hash_router_id,
     is_passive, peer_kind_from_name, peer_name,
 };
-pub use kernel::{KernelRoute, kernel_routes};
+pub use kernel::{KernelRoute, NextHops, kernel_routes};
 pub use view::{ClusterView, PlanOptions};
 pub use vxlan::{
     LocalVtep, RemoteVtep, VXLAN_DEVICE, VXLAN_DEVICE_V6, VxlanPlan, vtep_mac_for_node, vxlan_plan,

@@ -165,7 +165,7 @@ pub fn render_bgp(plan: &BgpPlan) -> String {
 /// One route, `ip route` style: `10.0.1.0/26 via 10.0.0.2 dev tunl0 onlink`.
 pub fn render_route(r: &KernelRoute) -> String {
     let mut s = r.dst.to_string();
-    for h in &r.next_hops {
+    for h in r.next_hops.iter() {
         write!(s, " via {h}").ok();
     }
     if let Some(d) = &r.device {

@@ -183,15 +183,15 @@ fn plan_family(view: &ClusterView, node: &str, v6: bool) -> VxlanPlan {
             {
                 routes.push(KernelRoute {
                     dst: block,
-                    next_hops: vec![addr],
+                    next_hops: vec![addr].into(),
                     device: None,
                     onlink: false,
                 });
             } else if let Some((tunnel_addr, _, _)) = &vtep {
                 routes.push(KernelRoute {
                     dst: block,
-                    next_hops: vec![*tunnel_addr],
-                    device: Some(device.to_string()),
+                    next_hops: vec![*tunnel_addr].into(),
+                    device: Some(device),
                     onlink: true,
                 });
             }

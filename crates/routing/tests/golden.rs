@@ -161,10 +161,10 @@ fn run_case(dir: &Path) -> String {
         Err(e) => out.push_str(&format!("error {e}\n")),
     }
     out.push_str("== kernel\n");
-    let learned: BTreeMap<IpNet, Vec<IpAddr>> = case
+    let learned: BTreeMap<IpNet, calico_routing::NextHops> = case
         .learned
         .iter()
-        .map(|l| (l.dst, l.via.clone()))
+        .map(|l| (l.dst, l.via.clone().into()))
         .collect();
     for r in kernel_routes(&view, &case.node, &opts, &learned, &case.local_subnets) {
         out.push_str(&format!("route {}\n", render_route(&r)));

@@ -127,7 +127,7 @@ impl Table {
     fn apply(&mut self, ev: RibEvent) {
         match &ev {
             RibEvent::Best { prefix, next_hops } => {
-                self.routes.insert(*prefix, next_hops.clone());
+                self.routes.insert(*prefix, next_hops.to_vec());
             }
             RibEvent::Withdrawn { prefix } => {
                 self.routes.remove(prefix);

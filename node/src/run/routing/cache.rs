@@ -20,15 +20,30 @@ use std::collections::BTreeMap;
 /// Where affinities live (every host, both families).
 pub const AFFINITIES: &str = "/calico/ipam/v2/host/";
 
-/// The prefixes route distribution watches.
-pub fn prefixes() -> Vec<String> {
+/// Whose block affinities are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityScope {
+    /// Only this node's: all BGP needs (its blocks, blackholes, borrowed addresses). Calico's
+    /// BGP syncer does the same (`bgpsyncer.go`: `BlockAffinityListOptions{Host: node}`),
+    /// and a node then lists its own few blocks rather than the whole cluster's.
+    Own,
+    /// Every node's: VXLAN routes go to other nodes' blocks (Felix reads them all).
+    All,
+}
+
+/// The prefixes route distribution watches for `node`.
+pub fn prefixes(node: &str, scope: AffinityScope) -> Vec<String> {
     vec![
         resources_prefix("nodes"),
         resources_prefix(BGP_CONFIGURATIONS),
         resources_prefix(BGP_PEERS),
         resources_prefix("ippools"),
         resources_prefix("workloadendpoints"),
-        AFFINITIES.to_string(),
+        match scope {
+            // The trailing slash keeps node-10's keys out of node-1's prefix.
+            AffinityScope::Own => format!("{AFFINITIES}{node}/"),
+            AffinityScope::All => AFFINITIES.to_string(),
+        },
     ]
 }
 
@@ -53,6 +68,8 @@ pub struct Cache {
     /// Set by the first snapshot: nothing is computed from a partial view.
     synced: bool,
     revision: i64,
+    /// Snapshots seen (a restarted syncer's first one replaces everything).
+    snapshots: u64,
 }
 
 impl Cache {
@@ -69,17 +86,30 @@ impl Cache {
         self.revision
     }
 
+    /// How many full snapshots have been applied.
+    pub fn snapshots(&self) -> u64 {
+        self.snapshots
+    }
+
     /// Applies one event.
     pub fn apply(&mut self, event: SyncEvent) {
         match event {
             SyncEvent::Snapshot { kvs, revision } => {
-                self.entries = kvs.iter().map(|kv| (kv.key.clone(), parse(kv))).collect();
+                self.entries = kvs
+                    .into_iter()
+                    .map(|kv| {
+                        let entry = parse(&kv);
+                        (kv.key, entry)
+                    })
+                    .collect();
                 self.synced = true;
                 self.revision = revision;
+                self.snapshots += 1;
             }
             SyncEvent::Put(kv) => {
                 self.revision = self.revision.max(kv.mod_revision);
-                self.entries.insert(kv.key.clone(), parse(&kv));
+                let entry = parse(&kv);
+                self.entries.insert(kv.key, entry);
             }
             SyncEvent::Delete { key, revision } => {
                 self.revision = self.revision.max(revision);
@@ -180,6 +210,19 @@ mod tests {
             value: value.as_bytes().to_vec(),
             mod_revision: rev,
         }
+    }
+
+    /// Mirrors bgpsyncer.go `New` (`BlockAffinityListOptions{Host: node}`): BGP reads its
+    /// own node's affinities only, and node-1's prefix does not take in node-10's keys.
+    #[test]
+    fn own_scope_reads_only_this_nodes_affinities() {
+        let own = prefixes("node-1", AffinityScope::Own);
+        let all = prefixes("node-1", AffinityScope::All);
+        let key = |node: &str| format!("{AFFINITIES}{node}/ipv4/block/10.244.0.0-26");
+        assert!(own.iter().any(|p| key("node-1").starts_with(p.as_str())));
+        assert!(!own.iter().any(|p| key("node-10").starts_with(p.as_str())));
+        assert!(all.iter().any(|p| key("node-10").starts_with(p.as_str())));
+        assert_eq!(own.len(), all.len());
     }
 
     #[test]

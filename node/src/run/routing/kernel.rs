@@ -108,10 +108,23 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
     };
     let mut last: Option<Desired> = None;
     let mut last_ok = false;
+    // The table as the last clean convergence left it, kept while new states come in
+    // quick succession (a start-up's batches of learned routes): the next convergence
+    // plans on it instead of dumping tens of thousands of routes again. New routes go in
+    // with `NLM_F_EXCL`, so one another program added meanwhile is refused, not
+    // overwritten, and a refusal reads the kernel again. Dropped when states stop coming
+    // (no memory held while idle) and before every recheck.
+    let mut record: Option<Vec<RouteSpec>> = None;
     loop {
         // A failed convergence is tried again soon; a good one is checked now and then
         // (a route someone removed by hand, a link that went down and took ours along).
-        let wait = if last_ok { RECHECK_EVERY } else { RETRY_AFTER };
+        let wait = if record.is_some() {
+            KEEP_RECORD
+        } else if last_ok {
+            RECHECK_EVERY
+        } else {
+            RETRY_AFTER
+        };
         let desired = match rx.recv_timeout(wait) {
             Ok(mut desired) => {
                 // Only the newest state matters.
@@ -123,6 +136,11 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
                 }
                 desired
             }
+            Err(mpsc::RecvTimeoutError::Timeout) if record.is_some() => {
+                record = None;
+                calico_malloc::release_free_memory();
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => match &last {
                 Some(d) => d.clone(),
                 None => continue,
@@ -130,7 +148,10 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let started = Instant::now();
-        let outcome = converge(&table, &desired);
+        let outcome = converge(&table, &desired, &mut record);
+        if outcome.is_err() {
+            record = None;
+        }
         last_ok = outcome.is_ok();
         state.kernel_result(outcome, Some(started.elapsed()));
         last = Some(desired);
@@ -142,6 +163,8 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
 
 /// How long after a failed convergence it is tried again.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the table's record is kept after a convergence, for the next one.
+const KEEP_RECORD: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often a good convergence is checked against the kernel.
 const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -149,22 +172,31 @@ const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// from one of our protocols to another (a pool switched from IPIP to VXLAN, a block that
 /// becomes this node's) is refused while the old owner's route is there, and the old
 /// owner's pass removes it; the second pass then installs it.
-fn converge(table: &RouteTable, d: &Desired) -> Result<String, String> {
-    match converge_once(table, d) {
+/// `record`: the table as the previous convergence left it (`None`: read here); left as
+/// this one leaves it.
+fn converge(
+    table: &RouteTable,
+    d: &Desired,
+    record: &mut Option<Vec<RouteSpec>>,
+) -> Result<String, String> {
+    match converge_once(table, d, record) {
         Ok(s) => Ok(s),
-        Err(first) => converge_once(table, d).inspect_err(|_| {
+        Err(first) => converge_once(table, d, &mut None).inspect_err(|_| {
             log::debug!("routes: first pass: {first}");
         }),
     }
 }
 
 /// One pass; every step runs whatever failed before it, and every error is reported.
-fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
+fn converge_once(
+    table: &RouteTable,
+    d: &Desired,
+    dump: &mut Option<Vec<RouteSpec>>,
+) -> Result<String, String> {
     let mut errors = Vec::new();
     let mut summary = Vec::new();
     // One dump of the table serves the passes below (each keeps it current with its own
     // changes); a step that changes devices clears it, and the next pass dumps again.
-    let mut dump = None;
     let blackholes: Vec<RouteSpec> = d
         .blackholes
         .iter()
@@ -172,7 +204,7 @@ fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
         .collect();
     record(
         "blackholes",
-        table.apply_reusing(&blackholes, PROTO_BLACKHOLE, &mut dump),
+        table.apply_reusing(&blackholes, PROTO_BLACKHOLE, dump),
         &mut summary,
         &mut errors,
     );
@@ -180,7 +212,7 @@ fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
     let nl = table.netlink();
     match &d.vxlan {
         Some(v) => {
-            dump = None;
+            *dump = None;
             match vxlan(table, nl, v) {
                 Ok(s) => summary.push(s),
                 Err(e) => errors.push(e),
@@ -189,13 +221,13 @@ fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
         None => {
             record(
                 "vxlan routes",
-                table.apply_reusing(&[], PROTO_VXLAN, &mut dump),
+                table.apply_reusing(&[], PROTO_VXLAN, dump),
                 &mut summary,
                 &mut errors,
             );
             match observe_vxlan(nl, calico_dataplane::vxlan::VXLAN_DEVICE) {
                 Ok(Some(_)) => {
-                    dump = None;
+                    *dump = None;
                     if let Err(e) = remove_vxlan(nl, calico_dataplane::vxlan::VXLAN_DEVICE) {
                         errors.push(format!("removing vxlan.calico: {e}"));
                     }
@@ -224,7 +256,7 @@ fn converge_once(table: &RouteTable, d: &Desired) -> Result<String, String> {
                 }
                 record(
                     "bgp routes",
-                    table.apply_reusing(&specs, PROTO_BGP, &mut dump),
+                    table.apply_reusing(&specs, PROTO_BGP, dump),
                     &mut summary,
                     &mut errors,
                 );
@@ -319,20 +351,35 @@ fn specs(
 ) -> Result<(Vec<RouteSpec>, Vec<String>), String> {
     let mut out = Vec::with_capacity(routes.len());
     let mut missing = Vec::new();
+    // Each device is looked up once per call, not once per route (every block of an IPIP
+    // pool names `tunl0`: tens of thousands of requests otherwise).
+    let mut indexes: Vec<(&str, Option<u32>)> = Vec::new();
+    if let Some((k, index)) = known {
+        indexes.push((k, Some(index)));
+    }
     for r in routes {
-        let oif = match r.device.as_deref() {
+        let oif = match r.device {
             None => None,
-            Some(name) => match known {
-                Some((k, index)) if k == name => Some(index),
-                _ => match nl.link(name) {
-                    Ok(Some(l)) => Some(l.index),
-                    Ok(None) => {
+            Some(name) => {
+                let index = match indexes.iter().find(|(n, _)| *n == name) {
+                    Some((_, index)) => *index,
+                    None => {
+                        let index = nl
+                            .link(name)
+                            .map_err(|e| format!("looking up {name}: {e}"))?
+                            .map(|l| l.index);
+                        indexes.push((name, index));
+                        index
+                    }
+                };
+                match index {
+                    Some(i) => Some(i),
+                    None => {
                         missing.push(format!("{} (no device {name})", r.dst));
                         continue;
                     }
-                    Err(e) => return Err(format!("looking up {name}: {e}")),
-                },
-            },
+                }
+            }
         };
         out.push(RouteSpec {
             dst: r.dst,

@@ -7,8 +7,9 @@
 //! [`cache::Cache`]; after every batch of changes (datastore or BGP) the plan is computed
 //! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
 //! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
-//! on the new state. Nothing is written to the kernel before the first full snapshot; learned
-//! routes go in as they come, and a restarted agent keeps the routes of its previous run
+//! on the new state. Only this node's block affinities are read unless a VXLAN pool (or the
+//! VXLAN backend) needs every node's, as Calico's BGP syncer reads them. Nothing is written
+//! to the kernel before the first full snapshot; learned routes go in as they come, and a restarted agent keeps the routes of its previous run
 //! until its peers' End-of-RIB (graceful restart), then sweeps the stale ones.
 //!
 //! On SIGTERM the speaker closes its sessions without a Cease, so peers with graceful
@@ -20,7 +21,7 @@ pub mod status;
 
 use crate::config::{ConfigError, Env};
 use anyhow::Context as _;
-use cache::Cache;
+use cache::{AffinityScope, Cache};
 use calico_bgp::{ExportFilter, NextHopMode, PeerConfig, RibEvent, Route, Speaker, SpeakerConfig};
 use calico_dataplane::vxlan::{DEFAULT_PORT, DEFAULT_VNI, VXLAN_DEVICE, VxlanDevice};
 use calico_datastore::EtcdClient;
@@ -248,26 +249,20 @@ pub async fn run(
         .map(|r| !r.is_empty())
         .unwrap_or(false);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let syncer = {
-        let etcd = etcd.clone();
-        tokio::spawn(async move {
-            // The syncer retries what it can; if it ever gives up, it is started again (a
-            // routing task without a datastore would otherwise stop for good).
-            loop {
-                match calico_datastore::sync_prefixes(&etcd, cache::prefixes(), tx.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => log::error!("route distribution: datastore watch: {e}; again in 1 s"),
-                }
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
+    // BGP alone needs only this node's affinities; a VXLAN pool (seen in the first
+    // snapshot, or later) widens the watch to every node's.
+    let scope = match settings.backend {
+        Backend::Vxlan => AffinityScope::All,
+        _ => AffinityScope::Own,
     };
+    let syncer = spawn_syncer(&etcd, cache::prefixes(&node, scope), &tx);
     let programmer = Programmer::start(state.clone()).context("starting the routes thread")?;
     let mut r = Routing {
         node,
+        syncer,
+        scope,
+        rescope: None,
+        scope_snapshot: 0,
         settings,
         state: state.clone(),
         cache: Cache::new(),
@@ -342,8 +337,13 @@ pub async fn run(
         let started = std::time::Instant::now();
         r.recompute().await;
         last_compute = started.elapsed();
+        if let Some(wanted) = r.rescope.take() {
+            log::info!("route distribution: reading {wanted:?} block affinities");
+            r.syncer.abort();
+            r.syncer = spawn_syncer(&etcd, cache::prefixes(&r.node, wanted), &tx);
+        }
     }
-    syncer.abort();
+    r.syncer.abort();
     if let Some(b) = r.bgp.take() {
         state.set_speaker(None);
         // Closed without a Cease: peers with graceful restart keep our routes.
@@ -356,6 +356,44 @@ pub async fn run(
     Ok(())
 }
 
+/// The datastore syncer of `prefixes` into `tx`. It retries what it can; if it ever gives
+/// up, it is started again (a routing task without a datastore would otherwise stop for
+/// good).
+fn spawn_syncer(
+    etcd: &EtcdClient,
+    prefixes: Vec<String>,
+    tx: &mpsc::UnboundedSender<calico_datastore::watch::SyncEvent>,
+) -> tokio::task::JoinHandle<()> {
+    let etcd = etcd.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match calico_datastore::sync_prefixes(&etcd, prefixes.clone(), tx.clone()).await {
+                Ok(()) => return,
+                Err(e) => log::error!("route distribution: datastore watch: {e}; again in 1 s"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Whose affinities `view` needs: every node's once a VXLAN pool is there (its routes go
+/// to other nodes' blocks), else this node's.
+fn affinity_scope(backend: Backend, view: &ClusterView) -> AffinityScope {
+    let vxlan_pool = view
+        .pools
+        .iter()
+        .any(|p| matches!(p.spec.vxlan_mode.as_str(), "Always" | "CrossSubnet"));
+    if backend == Backend::Vxlan || vxlan_pool {
+        AffinityScope::All
+    } else {
+        AffinityScope::Own
+    }
+}
+
 async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
     match bgp {
         Some(b) => b.events.recv().await,
@@ -365,11 +403,20 @@ async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
 
 struct Routing {
     node: String,
+    /// The datastore syncer's task, and whose affinities it reads.
+    syncer: tokio::task::JoinHandle<()>,
+    scope: AffinityScope,
+    /// A scope the syncer must be restarted with (set by a computation).
+    rescope: Option<AffinityScope>,
+    /// The cache's snapshot count when the scope last changed: a wider scope waits for the
+    /// next snapshot (the VXLAN plan would otherwise see no remote blocks and remove their
+    /// routes).
+    scope_snapshot: u64,
     settings: RoutingSettings,
     state: Arc<RoutingState>,
     cache: Cache,
-    /// Best next hops of learned prefixes.
-    learned: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// Best next hops of learned prefixes (sets shared with the speaker's RIB).
+    learned: BTreeMap<IpNet, calico_bgp::NextHops>,
     bgp: Option<Bgp>,
     bgp_synced: bool,
     restarting: bool,
@@ -417,8 +464,21 @@ impl Routing {
         if !self.cache.synced() {
             return;
         }
-        self.state.set_datastore_synced();
+        if self.scope == AffinityScope::All && self.cache.snapshots() <= self.scope_snapshot {
+            return;
+        }
         let view = self.cache.view();
+        let wanted = affinity_scope(self.settings.backend, &view);
+        if wanted != self.scope {
+            self.scope = wanted;
+            self.rescope = Some(wanted);
+            self.scope_snapshot = self.cache.snapshots();
+            if wanted == AffinityScope::All {
+                // Computed once every node's blocks are read.
+                return;
+            }
+        }
+        self.state.set_datastore_synced();
         let wants_ipip = view.pools.iter().any(|p| {
             !p.spec.disabled && matches!(p.spec.ipip_mode.as_str(), "Always" | "CrossSubnet")
         });
@@ -751,4 +811,31 @@ fn local_subnets() -> Vec<IpNet> {
         .and_then(|nl| nl.all_addresses())
         .map(|a| a.into_iter().map(|n| n.trunc()).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(vxlan_mode: &str) -> calico_datastore::model::IpPool {
+        serde_json::from_value(serde_json::json!({
+            "kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": "p"},
+            "spec": {"cidr": "10.244.0.0/16", "vxlanMode": vxlan_mode}
+        }))
+        .unwrap()
+    }
+
+    /// BGP alone reads this node's affinities; a VXLAN pool or the VXLAN backend needs every
+    /// node's blocks (Felix's VXLAN routes go to them).
+    #[test]
+    fn every_nodes_affinities_only_for_vxlan() {
+        let mut view = ClusterView::default();
+        assert_eq!(affinity_scope(Backend::Bird, &view), AffinityScope::Own);
+        assert_eq!(affinity_scope(Backend::Vxlan, &view), AffinityScope::All);
+        view.pools.push(pool("Never"));
+        assert_eq!(affinity_scope(Backend::Bird, &view), AffinityScope::Own);
+        view.pools.push(pool("CrossSubnet"));
+        assert_eq!(affinity_scope(Backend::Bird, &view), AffinityScope::All);
+    }
 }
