@@ -17,7 +17,9 @@
 //! store by its caller ([`CachingStore::may_retry_from_the_store`]). Every transaction
 //! applied through [`CachingStore`] is folded into the snapshot (at the revision etcd gave
 //! it), so the next call sees this node's own writes; an unknown outcome or an abandoned
-//! call removes the file.
+//! call removes the file. The file names the node and the datastore it came from (two
+//! networks of a node may share the lock file and not the datastore); an entry is served
+//! only if it is at most [`MAX_AGE`] old by the wall clock (a clock gone back makes it stale).
 //!
 //! Written by hand: the entries are the store's own read results, and no crate caches a
 //! key-value snapshot with these rules.
@@ -145,6 +147,9 @@ impl Entry {
 struct File {
     version: u32,
     node: String,
+    /// The store the entries came from ([`KvStore::describe`]): two networks of a node may
+    /// use different datastores with one lock file.
+    store: String,
     entries: Vec<Entry>,
 }
 
@@ -183,6 +188,8 @@ struct State {
     spoiled: bool,
     /// A transaction was applied, or its outcome is unknown.
     wrote: bool,
+    /// A transaction's outcome is unknown: the file goes, whatever is read afterwards.
+    unknown: bool,
 }
 
 /// A [`KvStore`] that serves an ADD's first read from the node's snapshot when it is fresh
@@ -248,12 +255,16 @@ impl<'a> CachingStore<'a> {
         let mut file: File = serde_json::from_slice(&bytes)
             .map_err(|e| log::debug!("{} ignored: {e}", self.path.display()))
             .ok()?;
-        if file.version != VERSION || file.node != self.node {
+        if file.version != VERSION || file.node != self.node || file.store != self.inner.describe()
+        {
             return None;
         }
         let now = now_ms();
-        file.entries
-            .retain(|e| now.checked_sub(e.at).map(Duration::from_millis) <= Some(MAX_AGE));
+        // A clock that went back makes an entry stale, not young.
+        file.entries.retain(|e| {
+            now.checked_sub(e.at)
+                .is_some_and(|age| Duration::from_millis(age) <= MAX_AGE)
+        });
         Some(file)
     }
 
@@ -301,7 +312,9 @@ impl<'a> CachingStore<'a> {
         let mut state = self.state.take();
         match state.pod.take() {
             Some((handle, PodCall::Del)) => self.remove_file(&self.pod_path(&handle)),
-            Some((handle, PodCall::Add)) if !state.spoiled && !state.pod_writes.is_empty() => {
+            Some((handle, PodCall::Add))
+                if !state.spoiled && !state.unknown && !state.pod_writes.is_empty() =>
+            {
                 let path = self.pod_path(&handle);
                 let done = std::fs::create_dir_all(self.path.with_file_name(POD_DIR))
                     .and_then(|()| write_atomically(&path, &state.pod_writes));
@@ -312,7 +325,7 @@ impl<'a> CachingStore<'a> {
             }
             _ => {}
         }
-        if state.spoiled {
+        if state.spoiled || state.unknown {
             self.remove_file(&self.path);
             return;
         }
@@ -436,6 +449,7 @@ impl KvStore for CachingStore<'_> {
         let file = state.file.get_or_insert_with(|| File {
             version: VERSION,
             node: self.node.clone(),
+            store: self.inner.describe(),
             entries: Vec::new(),
         });
         for entry in entries {
@@ -454,6 +468,9 @@ impl KvStore for CachingStore<'_> {
         let mut state = self.state.borrow_mut();
         if !matches!(outcome, Ok(TxnOutcome::Conflict(_))) {
             state.wrote = true;
+        }
+        if outcome.is_err() {
+            state.unknown = true;
         }
         match &outcome {
             Ok(TxnOutcome::Applied(revision)) => {
@@ -500,7 +517,7 @@ impl Drop for CachingStore<'_> {
             Some((handle, PodCall::Del)) => Some(handle.clone()),
             _ => None,
         };
-        let abandoned = state.reads > 0 && (state.changed || state.spoiled);
+        let abandoned = state.reads > 0 && (state.changed || state.spoiled || state.unknown);
         if let Some(handle) = del {
             self.remove_file(&self.pod_path(&handle));
         }

@@ -239,6 +239,19 @@ fn an_old_or_foreign_snapshot_is_not_used() {
     other.node = "n2".into();
     std::fs::write(&file, serde_json::to_vec(&other).expect("encode")).expect("write");
     assert!(!add(&store, &dir, "net.c").1, "another node's");
+    let mut elsewhere = fresh.clone();
+    elsewhere.store = "etcd at https://elsewhere:2379".into();
+    std::fs::write(&file, serde_json::to_vec(&elsewhere).expect("encode")).expect("write");
+    assert!(!add(&store, &dir, "net.c2").1, "another datastore's");
+    let mut future = fresh.clone();
+    for e in &mut future.entries {
+        e.at = now_ms() + 60_000;
+    }
+    std::fs::write(&file, serde_json::to_vec(&future).expect("encode")).expect("write");
+    assert!(
+        !add(&store, &dir, "net.c3").1,
+        "from the future (the clock went back)"
+    );
     std::fs::write(&file, b"{not json").expect("write");
     assert!(!add(&store, &dir, "net.d").1, "unreadable");
     assert!(add(&store, &dir, "net.e").1, "rewritten by the last read");
