@@ -1,7 +1,8 @@
 //! ADD: the veth pair made on a second thread ([`KernelThread`]) while this one reads the
 //! datastore and commits the allocation with the endpoint record in one transaction (or,
 //! with a delegated IPAM plugin or `ipAddrsNoIpam`, runs the plugin and writes the record);
-//! the addresses go on while the transaction is in flight. Any failure undoes everything
+//! the transaction does not wait for the pair (unless it has failed already), and the
+//! addresses go on while the transaction is in flight. Any failure undoes everything
 //! made: the interface unless its names were someone else's, the commit once made. Once
 //! everything is in, `policy_setup_timeout_seconds` may hold the answer until the policy
 //! agent reports the endpoint programmed ([`crate::policy_gate`]).
@@ -117,8 +118,10 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
     }
 
     // The kernel half runs on its own thread (see `KernelThread`); the datastore half reads
-    // (and connects) meanwhile and commits nothing before the veth pair exists, so a pod
-    // that cannot have its interface leaves the datastore untouched.
+    // (and connects) meanwhile. It commits unless the veth pair has failed already (a pod
+    // whose interface fails at once leaves the datastore untouched); a pair failing while
+    // the transaction is in flight has the commit taken back (the node keeps any block it
+    // claimed, empty, as Calico's release does).
     let outcome = std::thread::scope(|s| -> Result<(Vec<IpNet>, Vec<Route>), (CniError, bool)> {
         let mut kernel = KernelThread::start(s, deps.dataplane, &spec, started);
         let committed = if ctx.ipam_in_process() && ov.no_ipam.is_empty() {
@@ -132,12 +135,15 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                 &mut |addrs: &[IpNet], snap: &Snapshot| {
                     check_ready(snapshot_key(snap, &cluster_information_key()).as_ref())
                         .map_err(IpamError::Caller)?;
-                    kernel.wait_paired().map_err(IpamError::Caller)?;
-                    // The addresses go on while the transaction is in flight (the slowest
-                    // step: etcd's fsync). The host lock keeps any other pod of this node
-                    // from holding them meanwhile; if a conflict makes the allocation choose
-                    // others, the kernel thread swaps them; a failed commit removes the
-                    // whole interface anyway.
+                    // A veth pair that has already failed stops the commit; one still being
+                    // made does not hold it up (the transaction and the pair take about as
+                    // long; if the pair then fails, the commit is taken back below).
+                    kernel.failed_already().map_err(IpamError::Caller)?;
+                    // The addresses go on once the pair exists, while the transaction is in
+                    // flight (the slowest step: etcd's fsync). The host lock keeps any other
+                    // pod of this node from holding them meanwhile; if a conflict makes the
+                    // allocation choose others, the kernel thread swaps them; a failed commit
+                    // removes the whole interface anyway.
                     kernel.configure(addrs);
                     endpoint_writes(ctx, req, addrs, &mac, pod, &ov, |k| snapshot_key(snap, k))
                         .map_err(IpamError::Caller)
@@ -173,7 +179,10 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
             _ => None,
         };
         if let Some(e) = kernel_failure {
-            remove_quietly(deps, &spec);
+            // Interfaces whose names were someone else's stay.
+            if !theirs {
+                remove_quietly(deps, &spec);
+            }
             undo_datastore(req, ctx, deps, ov.no_ipam.is_empty());
             return Err((e, false));
         }

@@ -389,3 +389,25 @@ fn the_policy_gate_waits_for_the_status_file_or_the_timeout() {
     );
     pod.del().expect("deleted");
 }
+
+#[test]
+fn the_veth_failing_while_the_transaction_is_in_flight_takes_the_commit_back() {
+    // The pair is still being made when the plan is ready, so the transaction goes ahead;
+    // the pair then fails (held until the commit is in the store): the commit is released.
+    let pod = Pod::new();
+    let store = pod.store.clone();
+    pod.dataplane.on(Step::CreatePair, move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !store
+            .dump()
+            .iter()
+            .any(|(k, _)| k.contains("/workloadendpoints/"))
+        {
+            assert!(std::time::Instant::now() < deadline, "no commit");
+            std::thread::yield_now();
+        }
+    });
+    pod.dataplane.fail(Step::CreatePair);
+    let msg = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
+    assert!(msg.contains("injected failure"), "{}", msg);
+}

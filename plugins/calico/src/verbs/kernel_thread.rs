@@ -94,6 +94,28 @@ impl<'scope> KernelThread<'scope> {
         }
     }
 
+    /// The error if the veth pair has already failed; Ok while it exists or is still being
+    /// made (no wait).
+    pub(super) fn failed_already(&mut self) -> Result<(), CniError> {
+        if self.is_paired || self.done.is_some() {
+            return self.done.as_ref().map_or(Ok(()), |d| match &d.links {
+                Err((e, _)) => Err(e.clone()),
+                Ok(_) => Ok(()),
+            });
+        }
+        match self.paired.try_recv() {
+            Ok(()) => {
+                self.is_paired = true;
+                Ok(())
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => match &self.finish().links {
+                Err((e, _)) => Err(e.clone()),
+                Ok(_) => Ok(()),
+            },
+        }
+    }
+
     /// Has these addresses put on the pod (and its host routes).
     pub(super) fn configure(&self, addresses: &[IpNet]) {
         if let Some(tx) = &self.addresses {
