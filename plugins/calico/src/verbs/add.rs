@@ -138,7 +138,16 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                     // A veth pair that has already failed stops the commit; one still being
                     // made does not hold it up (the transaction and the pair take about as
                     // long; if the pair then fails, the commit is taken back below).
-                    kernel.failed_already().map_err(IpamError::Caller)?;
+                    // Only for a new attachment (its endpoint and handle absent, which the
+                    // transaction's guards check): taking back a commit that changed what a
+                    // live attachment had (a repeated ADD) would take that away too.
+                    let new_attachment = snapshot_key(snap, &ctx.wep_key).is_none()
+                        && snap.handles.values().all(Option::is_none);
+                    if new_attachment {
+                        kernel.failed_already().map_err(IpamError::Caller)?;
+                    } else {
+                        kernel.wait_paired().map_err(IpamError::Caller)?;
+                    }
                     // The addresses go on once the pair exists, while the transaction is in
                     // flight (the slowest step: etcd's fsync). The host lock keeps any other
                     // pod of this node from holding them meanwhile; if a conflict makes the

@@ -411,3 +411,21 @@ fn the_veth_failing_while_the_transaction_is_in_flight_takes_the_commit_back() {
     let msg = pod.add_fails_leaving_nothing(ErrorCode::DATAPLANE);
     assert!(msg.contains("injected failure"), "{}", msg);
 }
+
+#[test]
+fn a_repeated_add_whose_interface_fails_leaves_the_live_attachment_as_it_was() {
+    // The attachment exists (its endpoint and handle), so the transaction waits for the pair.
+    // The pair's failure is held back a little (an injected delay, not a wait for state): a
+    // transaction that did not wait would commit meanwhile and its rollback would take the
+    // live attachment's allocation and endpoint with it.
+    let pod = Pod::new();
+    pod.add().expect("first ADD");
+    pod.dataplane.on(Step::CreatePair, || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    pod.dataplane.fail(Step::CreatePair);
+    let before = pod.store.dump();
+    let e = pod.add().expect_err("the pair fails");
+    assert!(e.msg.contains("injected failure"), "{}", e.msg);
+    assert_eq!(pod.store.dump(), before, "the datastore is as it was");
+}
