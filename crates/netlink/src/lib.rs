@@ -10,8 +10,8 @@
 //! here. The socket stays in the network namespace of the thread that opened it, so a caller
 //! opens one per namespace (see `calico_dataplane::netns`).
 //!
-//! Owns: framing (headers, sequence numbers, acknowledgements, dumps, batches, and socket
-//! buffers sized to a large batch and its acknowledgements) and errors
+//! Owns: framing (headers, sequence numbers, acknowledgements, dumps, runs of requests in
+//! one datagram, and socket buffers sized to a large run and its acknowledgements) and errors
 //! (the kernel's errno kept as a number, so callers can accept `EEXIST` and the like).
 //! Message contents belong to the protocol crates: `netlink-packet-route` in dataplane,
 //! nfnetlink in netfilter. Must not import any other crate of this workspace.

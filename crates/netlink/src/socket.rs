@@ -1,11 +1,11 @@
 //! A netlink socket in the caller's network namespace, speaking one protocol's messages
 //! (`P`: `RouteNetlinkMessage`, netfilter's message, or a hand-typed one): single requests,
-//! dumps, and batches (nfnetlink transactions: several requests in one datagram, each
-//! acknowledged), and plain runs of requests in one datagram ([`Socket::requests`], for
-//! rtnetlink's thousands of routes).
+//! dumps, and runs of requests in one datagram ([`Socket::requests`], for rtnetlink's
+//! thousands of routes; nf_tables transactions are framed by `calico_netfilter`'s own
+//! batch writer).
 //!
-//! A batch goes in one `send` and the kernel handles it, acknowledgements included, before
-//! `send` returns, so both socket buffers must hold the whole exchange: a batch larger than
+//! A run goes in one `send` and the kernel handles it, acknowledgements included, before
+//! `send` returns, so both socket buffers must hold the whole exchange: a run larger than
 //! the default buffers grows them first (as nft's `mnl_set_sndbuffer`/`mnl_set_rcvbuffer`
 //! do), and a small one costs no extra system call.
 
@@ -250,68 +250,6 @@ impl<P: NetlinkSerializable + NetlinkDeserializable> Socket<P> {
                     }
                 }
             }
-        }
-    }
-
-    /// A batch: `begin`, each of `msgs` (with its flags; `NLM_F_ACK` is added), `end`, in one
-    /// datagram, the socket buffers grown to hold it and its acknowledgements. The kernel handles it as one transaction where the protocol has them
-    /// (nf_tables). Returns the messages the kernel sent back besides acknowledgements (those
-    /// asked for with `NLM_F_ECHO`). On failure the error names the first message the kernel
-    /// refused, by its entry in `what` (the first entry names the whole batch).
-    pub fn batch(
-        &mut self,
-        what: &[String],
-        begin: P,
-        msgs: Vec<(P, u16)>,
-        end: P,
-    ) -> Result<Vec<P>, NetlinkError> {
-        let label = what.first().cloned().unwrap_or_else(|| "batch".into());
-        if msgs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let count = msgs.len();
-        let mut out = Vec::new();
-        let begin_seq = self.next_seq();
-        encode(&mut out, begin, 0, begin_seq);
-        let first = begin_seq.wrapping_add(1);
-        for (m, flags) in msgs {
-            let s = self.next_seq();
-            encode(&mut out, m, flags | NLM_F_ACK, s);
-        }
-        let end_seq = self.next_seq();
-        encode(&mut out, end, 0, end_seq);
-        self.fit_buffers(&label, out.len(), count + 2)?;
-        self.send(&label, &out)?;
-        let mut pending = count;
-        let mut failure: Option<NetlinkError> = None;
-        let mut echoed = Vec::new();
-        while pending > 0 {
-            for answer in self.receive(&label)? {
-                match answer {
-                    Answer::Data(_, p) => echoed.push(p),
-                    Answer::Ack(s, errno) => {
-                        if s == begin_seq && errno != 0 {
-                            // The commit itself failed: no per-message acknowledgement follows.
-                            return Err(NetlinkError::Kernel { op: label, errno });
-                        }
-                        let index = s.wrapping_sub(first) as usize;
-                        if index < count {
-                            pending -= 1;
-                            if errno != 0 && failure.is_none() {
-                                failure = Some(NetlinkError::Kernel {
-                                    op: what.get(index).cloned().unwrap_or_else(|| label.clone()),
-                                    errno,
-                                });
-                            }
-                        }
-                    }
-                    Answer::Done(_) => {}
-                }
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(echoed),
         }
     }
 }

@@ -23,6 +23,16 @@ pub(super) struct KernelDone {
     pub configured: Result<Vec<IpNet>, CniError>,
 }
 
+impl KernelDone {
+    /// Why the links could not be made, if they could not.
+    fn links_failure(&self) -> Result<(), CniError> {
+        match &self.links {
+            Err((e, _)) => Err(e.clone()),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
 impl<'scope> KernelThread<'scope> {
     pub(super) fn start<'env>(
         s: &'scope std::thread::Scope<'scope, 'env>,
@@ -88,20 +98,14 @@ impl<'scope> KernelThread<'scope> {
         if self.is_paired {
             return Ok(());
         }
-        match &self.finish().links {
-            Err((e, _)) => Err(e.clone()),
-            Ok(_) => Ok(()),
-        }
+        self.finish().links_failure()
     }
 
     /// The error if the veth pair has already failed; Ok while it exists or is still being
     /// made (no wait).
     pub(super) fn failed_already(&mut self) -> Result<(), CniError> {
         if self.is_paired || self.done.is_some() {
-            return self.done.as_ref().map_or(Ok(()), |d| match &d.links {
-                Err((e, _)) => Err(e.clone()),
-                Ok(_) => Ok(()),
-            });
+            return self.done.as_ref().map_or(Ok(()), KernelDone::links_failure);
         }
         match self.paired.try_recv() {
             Ok(()) => {
@@ -109,10 +113,7 @@ impl<'scope> KernelThread<'scope> {
                 Ok(())
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => Ok(()),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => match &self.finish().links {
-                Err((e, _)) => Err(e.clone()),
-                Ok(_) => Ok(()),
-            },
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => self.finish().links_failure(),
         }
     }
 
