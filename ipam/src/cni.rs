@@ -323,12 +323,11 @@ mod block_hint {
 
     pub fn write(lock_file: &Path, hint: &Hint) {
         let target = path(lock_file);
-        let tmp = target.with_extension("tmp");
         let text: String = hint
             .iter()
             .map(|(b, room)| format!("{b} {}\n", if *room { "room" } else { "full" }))
             .collect();
-        let done = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &target));
+        let done = crate::snapshot_cache::overwrite_in_place(&target, text.into_bytes());
         if let Err(e) = done {
             log::debug!("cannot update {}: {e}", target.display());
         }

@@ -317,7 +317,7 @@ impl<'a> CachingStore<'a> {
             {
                 let path = self.pod_path(&handle);
                 let done = std::fs::create_dir_all(self.path.with_file_name(POD_DIR))
-                    .and_then(|()| write_atomically(&path, &state.pod_writes));
+                    .and_then(|()| write_json(&path, &state.pod_writes));
                 if let Err(e) = done {
                     log::debug!("cannot write {}: {e}", path.display());
                     self.remove_file(&path);
@@ -330,7 +330,7 @@ impl<'a> CachingStore<'a> {
             return;
         }
         if let (true, Some(file)) = (state.changed, state.file.take())
-            && let Err(e) = write_atomically(&self.path, &file)
+            && let Err(e) = write_json(&self.path, &file)
         {
             log::debug!("cannot update {}: {e}", self.path.display());
             self.remove_file(&self.path);
@@ -378,11 +378,38 @@ pub fn forget_pod(lock_file: &Path, handle: &str) {
     }
 }
 
-fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    overwrite_in_place(path, bytes)
+}
+
+/// Replaces a small file's content in place, neither renaming a new file over it nor
+/// truncating it to zero first: on ext4 (where `/run` is when it is not a tmpfs) either of
+/// those makes the kernel allocate the new blocks and start writing them back at once
+/// (`auto_da_alloc`), which cost an ADD 0.2-2.8 ms on the benchmark machine. A shorter
+/// content is padded with trailing whitespace (which JSON and the hint's lines ignore) up to
+/// the old length when that is at most twice as long, so the file need not shrink either.
+///
+/// Why in place is safe here: the files are read and written under the host lock, so no
+/// reader sees a half-written file; a write cut short by a crash of the machine leaves a file
+/// that either fails to parse or is older than [`MAX_AGE`] when anything reads it again,
+/// and every entry served is guarded by its revision anyway.
+pub(crate) fn overwrite_in_place(path: &Path, mut bytes: Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let old = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    if old > bytes.len() && old <= bytes.len().saturating_mul(2) {
+        bytes.resize(old, b' ');
+    }
+    file.write_all_at(&bytes, 0)?;
+    if old > bytes.len() {
+        file.set_len(bytes.len() as u64)?;
+    }
+    Ok(())
 }
 
 impl KvStore for CachingStore<'_> {

@@ -406,3 +406,27 @@ fn a_record_overtaken_by_another_writer_costs_one_conflict() {
     assert_eq!(released.len(), 2, "both addresses released: {released:?}");
     assert!(kv.get(&keys::handle("net.a")).expect("read").is_none());
 }
+
+#[test]
+fn a_file_overwritten_in_place_reads_back_exactly_what_was_written_last() {
+    let dir = Dir::new();
+    let path = path(&dir.lock());
+    let long = json!({"entries": ["a".repeat(300)]});
+    let short = json!({"entries": ["b".repeat(200)]});
+    let tiny = json!({"entries": []});
+    for value in [&long, &short, &tiny, &long] {
+        overwrite_in_place(&path, serde_json::to_vec(value).expect("encode")).expect("write");
+        let bytes = std::fs::read(&path).expect("read");
+        let back: serde_json::Value = serde_json::from_slice(&bytes).expect("parses");
+        assert_eq!(&back, value);
+    }
+    // A shorter content is padded (no truncation) unless the old one was over twice as long.
+    let before = std::fs::metadata(&path).expect("stat").len();
+    overwrite_in_place(&path, serde_json::to_vec(&short).expect("encode")).expect("write");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), before);
+    overwrite_in_place(&path, serde_json::to_vec(&tiny).expect("encode")).expect("write");
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        serde_json::to_vec(&tiny).expect("encode").len() as u64
+    );
+}
