@@ -190,12 +190,31 @@ def bench_chain(label, conflist, cni_path, pods, work, extra_args=(), prefill=0,
         return json.load(f)
 
 
+# The plugins a node installs, built static by scripts/build-plugins (what README's install
+# uses); everything else the benchmarks run comes from the ordinary release build.
+PLUGINS = ("calico", "calico-ipam", "portmap")
+
+
+def build_plugins():
+    """Builds the static plugin binaries (scripts/build-plugins); returns their directory."""
+    out = subprocess.run([os.path.join(REPO, "scripts", "build-plugins"), "--quiet"], check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def binary(name):
+    """Where the benchmarks take our binary `name` from."""
+    if name in PLUGINS:
+        return os.path.join(REPO, "target", "x86_64-unknown-linux-gnu", "release", name)
+    return os.path.join(REPO, "target", "release", name)
+
+
 def cni_path_with(work, name, ours=(), reference=()):
     """A directory of symlinks naming exactly the plugins a chain may use."""
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     for b in ours:
-        os.symlink(os.path.join(REPO, "target", "release", b), os.path.join(d, b))
+        os.symlink(binary(b), os.path.join(d, b))
     for b in reference:
         os.symlink(os.path.join("/usr/lib/cni", b), os.path.join(d, b))
     return d
