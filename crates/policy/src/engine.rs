@@ -21,7 +21,7 @@ use crate::model::{
     ParsedPolicy, ParsedProfile, PolicyKey, SERVICE_ACCOUNT_LABEL_PREFIX, SetSpec,
 };
 use crate::names;
-use crate::render::{self, EndpointChainOptions, MarkBits, TierChains, verdict};
+use crate::render::{self, Direction, EndpointChainOptions, MarkBits, TierChains, verdict};
 use calico_datastore::model::node::Node;
 use calico_datastore::model::policy::{
     FelixConfiguration, FelixConfigurationSpec, GlobalNetworkPolicy, GlobalNetworkSet,
@@ -1578,10 +1578,12 @@ impl PolicyEngine {
         };
         let lp = self.log_prefix();
         let ing = p.ingress.as_ref().map(|r| {
-            render::render_rules_chain(&format!("Policy {id} ingress"), r, &self.marks, &lp)
+            let what = format!("Policy {id} ingress");
+            render::render_rules_chain(&what, r, Direction::Ingress, &self.marks, &lp)
         });
         let eg = p.egress.as_ref().map(|r| {
-            render::render_rules_chain(&format!("Policy {id} egress"), r, &self.marks, &lp)
+            let what = format!("Policy {id} egress");
+            render::render_rules_chain(&what, r, Direction::Egress, &self.marks, &lp)
         });
         for (name, rules) in [(ci, ing), (co, eg)] {
             match rules {
@@ -1608,12 +1610,14 @@ impl PolicyEngine {
         let ing = render::render_rules_chain(
             &format!("Profile {name} ingress"),
             &p.ingress,
+            Direction::Ingress,
             &self.marks,
             &lp,
         );
         let eg = render::render_rules_chain(
             &format!("Profile {name} egress"),
             &p.egress,
+            Direction::Egress,
             &self.marks,
             &lp,
         );

@@ -5,7 +5,8 @@
 //! Where it departs from Felix: a rule's positive alternatives (several nets, several ports
 //! or named ports) become one nft rule each rather than anonymous sets (a Log rule's
 //! alternatives set a scratch bit and log once); a rule is left out of an address family
-//! whose nets it cannot match (`filterNets`); and instead of a reverse-path check in a raw
+//! whose nets it cannot match (`filterNets`); a rule's matches are ordered cheapest first
+//! (protocol and ports before set lookups); and instead of a reverse-path check in a raw
 //! chain, each endpoint's egress chain first drops sources other than its own addresses.
 
 use crate::ir::{Action, Match, Rule};
@@ -244,10 +245,29 @@ fn families(r: &ParsedRule) -> Vec<Option<bool>> {
     vec![Some(true), Some(false)]
 }
 
+/// Which way a policy's or profile's chain filters: ingress chains are reached only from
+/// the chains of the endpoints packets go to (`filter-cali-tw-*`), the last verdict a
+/// forwarded packet needs; egress chains from those of the endpoints they come from, after
+/// which the destination's ingress (or the host's `DefaultEndpointToHostAction`) may still
+/// have to be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
 /// The actions of a rule's verdict (`policy.go`: allow sets the accept bit and returns, pass
-/// sets the pass bit and returns, deny drops, log logs and goes on).
-fn rule_actions(action: RuleAction, marks: &MarkBits, log_prefix: &str) -> Vec<Action> {
+/// sets the pass bit and returns, deny drops, log logs and goes on). An ingress Allow accepts
+/// outright: nothing is left to decide after the destination's ingress (see
+/// [`render_endpoint_chain`]), and the accept spares the caller a mark test per policy.
+fn rule_actions(
+    action: RuleAction,
+    direction: Direction,
+    marks: &MarkBits,
+    log_prefix: &str,
+) -> Vec<Action> {
     match action {
+        RuleAction::Allow if direction == Direction::Ingress => vec![verdict(Verdict::Accept)],
         RuleAction::Allow => vec![
             Action::SetMark {
                 set: marks.accept,
@@ -275,10 +295,32 @@ fn rule_actions(action: RuleAction, marks: &MarkBits, log_prefix: &str) -> Vec<A
     }
 }
 
+/// The order of a rule's matches: by what a packet pays to evaluate them (a family or
+/// protocol compare, a port compare, an address compare, then set lookups), so that the
+/// cheap ones reject a packet first. A packet walking an endpoint's policies meets most
+/// rules with the wrong port or protocol; it then never pays their sets' lookups.
+fn match_cost(m: &Match) -> u8 {
+    match m {
+        Match::Family { .. } => 0,
+        Match::Proto { .. } => 1,
+        Match::Icmp { .. } => 2,
+        Match::Ports { .. } => 3,
+        Match::Net { .. } => 4,
+        Match::AddrSet { .. } | Match::NamedPortSet { .. } => 5,
+        _ => 6,
+    }
+}
+
 /// One Calico rule as nft rules: one per family it needs and per combination of its
 /// alternatives (positive nets and ports are "any of", which one nft rule cannot say without
 /// anonymous sets).
-pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: &str) -> Vec<Rule> {
+pub fn render_rule(
+    r: &ParsedRule,
+    direction: Direction,
+    marks: &MarkBits,
+    log_prefix: &str,
+    comment: &str,
+) -> Vec<Rule> {
     let src = Side {
         e: &r.src,
         source: true,
@@ -287,7 +329,7 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
         e: &r.dst,
         source: false,
     };
-    let actions = rule_actions(r.action, marks, log_prefix);
+    let actions = rule_actions(r.action, direction, marks, log_prefix);
     let mut out = Vec::new();
     let mut all_combos: Vec<Vec<Match>> = Vec::new();
     for v4 in families(r) {
@@ -353,6 +395,11 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
         }
         all_combos.extend(combos);
     }
+    for matches in &mut all_combos {
+        // All of a rule's matches must hold, so their order is free: the cheap compares
+        // first, so that a packet the rule does not concern leaves it before any set lookup.
+        matches.sort_by_key(match_cost);
+    }
     if r.action == RuleAction::Log && all_combos.len() > 1 {
         // Any of several alternatives: logged once, through a scratch bit (as Felix's
         // rule blocks use them), not once per alternative that matches.
@@ -396,6 +443,7 @@ pub fn render_rule(r: &ParsedRule, marks: &MarkBits, log_prefix: &str, comment: 
 pub fn render_rules_chain(
     what: &str,
     rules: &[ParsedRule],
+    direction: Direction,
     marks: &MarkBits,
     log_prefix: &str,
 ) -> Vec<Rule> {
@@ -404,7 +452,7 @@ pub fn render_rules_chain(
         .enumerate()
         .flat_map(|(i, r)| {
             let comment = format!("{what} rule {}: {:?}", i + 1, r.action);
-            render_rule(r, marks, log_prefix, &comment)
+            render_rule(r, direction, marks, log_prefix, &comment)
         })
         .collect()
 }
@@ -428,6 +476,14 @@ pub struct EndpointChainOptions {
 }
 
 /// An endpoint's chain for one direction (`endpoints.go: endpointIptablesChain`).
+///
+/// Where it departs from Felix: an ingress (to-workload) chain has no "Return if policy
+/// accepted" after each policy's jump, because ingress Allow rules accept outright (the
+/// to-workload chain is the last thing `filter-FORWARD` asks). That is one rule fewer per
+/// policy for every new flow's packet to walk, and for the kernel to check (it walks every
+/// chain reachable from the base chains on each commit that adds a rule). Egress chains
+/// keep Felix's mark-and-return: after them come the destination's ingress chain or the
+/// host's `DefaultEndpointToHostAction`.
 pub fn render_endpoint_chain(
     tiers: &[TierChains<'_>],
     profiles: &[String],
@@ -469,13 +525,16 @@ pub fn render_endpoint_chain(
             vec![verdict(Verdict::Drop)],
         ));
     }
-    out.push(Rule::new(
-        vec![],
-        vec![Action::SetMark {
-            set: 0,
-            clear: marks.accept | marks.pass,
-        }],
-    ));
+    if !opts.ingress {
+        // Ingress reads no accept bit (its Allow accepts) and each tier clears the pass bit.
+        out.push(Rule::new(
+            vec![],
+            vec![Action::SetMark {
+                set: 0,
+                clear: marks.accept | marks.pass,
+            }],
+        ));
+    }
     if !opts.ingress {
         if let Some(port) = opts.drop_vxlan {
             out.push(
@@ -526,10 +585,12 @@ pub fn render_endpoint_chain(
                 vec![mark_clear(marks.pass)],
                 vec![verdict(Verdict::Jump(chain.clone()))],
             ));
-            out.push(
-                Rule::new(vec![mark_set(marks.accept)], vec![verdict(Verdict::Return)])
-                    .comment("Return if policy accepted"),
-            );
+            if !opts.ingress {
+                out.push(
+                    Rule::new(vec![mark_set(marks.accept)], vec![verdict(Verdict::Return)])
+                        .comment("Return if policy accepted"),
+                );
+            }
         }
         if !tier.pass_by_default {
             out.push(
@@ -547,13 +608,152 @@ pub fn render_endpoint_chain(
             vec![],
             vec![verdict(Verdict::Jump(chain.clone()))],
         ));
-        out.push(
-            Rule::new(vec![mark_set(marks.accept)], vec![verdict(Verdict::Return)])
-                .comment("Return if profile accepted"),
-        );
+        if !opts.ingress {
+            out.push(
+                Rule::new(vec![mark_set(marks.accept)], vec![verdict(Verdict::Return)])
+                    .comment("Return if profile accepted"),
+            );
+        }
     }
     out.push(
         Rule::new(vec![], vec![verdict(Verdict::Drop)]).comment("Drop if no profiles matched"),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow_from_selector_to_port() -> ParsedRule {
+        ParsedRule {
+            action: RuleAction::Allow,
+            ip_version: None,
+            protocol: Some(nft::IPPROTO_TCP),
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            src: ParsedEntity {
+                sets: vec![SetSpec::Selector("app == 'a'".into())],
+                not_nets: vec!["10.1.0.0/16".parse().expect("net")],
+                ..Default::default()
+            },
+            dst: ParsedEntity {
+                ports: vec![(80, 80)],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_rules_set_lookups_come_after_its_port_and_address_compares() {
+        let rules = render_rule(
+            &allow_from_selector_to_port(),
+            Direction::Egress,
+            &MarkBits::default(),
+            "calico-packet",
+            "c",
+        );
+        // IPv4 only: an IPv4 notNets leaves the rule nothing in IPv6 (`filterNets`).
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        for r in &rules {
+            let costs: Vec<u8> = r.matches.iter().map(match_cost).collect();
+            assert!(costs.is_sorted(), "{r}");
+            assert!(
+                matches!(r.matches.last(), Some(Match::AddrSet { .. })),
+                "the set lookup is last: {r}"
+            );
+        }
+        assert!(
+            rules[0]
+                .to_string()
+                .starts_with("meta nfproto ipv4 meta l4proto tcp th dport 80 ip saddr != 10.1.0.0/16 ip saddr @cali40s-"),
+            "{}",
+            rules[0]
+        );
+    }
+
+    #[test]
+    fn ingress_allow_accepts_and_egress_allow_marks_and_returns() {
+        let marks = MarkBits::default();
+        let r = allow_from_selector_to_port();
+        let ingress = render_rule(&r, Direction::Ingress, &marks, "p", "c");
+        let egress = render_rule(&r, Direction::Egress, &marks, "p", "c");
+        for rule in &ingress {
+            assert_eq!(
+                rule.actions,
+                vec![Action::Verdict(Verdict::Accept)],
+                "{rule}"
+            );
+        }
+        for rule in &egress {
+            assert_eq!(
+                rule.actions,
+                vec![
+                    Action::SetMark {
+                        set: marks.accept,
+                        clear: 0
+                    },
+                    Action::Verdict(Verdict::Return)
+                ],
+                "{rule}"
+            );
+        }
+        // Pass and Deny are the same both ways.
+        for action in [RuleAction::Pass, RuleAction::Deny] {
+            let r = ParsedRule {
+                action,
+                ..r.clone()
+            };
+            assert_eq!(
+                render_rule(&r, Direction::Ingress, &marks, "p", "c"),
+                render_rule(&r, Direction::Egress, &marks, "p", "c")
+            );
+        }
+    }
+
+    #[test]
+    fn only_egress_endpoint_chains_return_on_the_accept_mark() {
+        let marks = MarkBits::default();
+        let tiers = [TierChains {
+            name: "default",
+            pass_by_default: false,
+            chains: vec!["p1".into(), "p2".into()],
+        }];
+        let profiles = vec!["prof".to_string()];
+        let chain = |ingress: bool| {
+            let opts = EndpointChainOptions {
+                ingress,
+                sources: vec!["10.0.0.1/32".parse().expect("net")],
+                invalid_check: true,
+                drop_vxlan: None,
+                drop_ipip: false,
+            };
+            render_endpoint_chain(&tiers, &profiles, &opts, &marks)
+        };
+        let returns_on_accept = |rules: &[Rule]| {
+            rules
+                .iter()
+                .filter(|r| r.matches == vec![mark_set(marks.accept)])
+                .count()
+        };
+        // Egress: after each of the two policies and the profile.
+        assert_eq!(returns_on_accept(&chain(false)), 3);
+        let ingress = chain(true);
+        assert_eq!(returns_on_accept(&ingress), 0);
+        let text: Vec<String> = ingress.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "ct state established,related accept",
+                "ct state invalid drop",
+                "meta mark set meta mark & 0xfffdffff comment \"Start of tier default\"",
+                "meta mark & 0x20000 == 0x0 jump p1",
+                "meta mark & 0x20000 == 0x0 jump p2",
+                "meta mark & 0x20000 == 0x0 drop comment \"End of tier default. Drop if no policies passed packet\"",
+                "jump prof",
+                "drop comment \"Drop if no profiles matched\"",
+            ]
+        );
+    }
 }

@@ -25,10 +25,14 @@
 //!   and every local endpoint's status file written): once on a node without the table,
 //!   then `--restarts` times over the table of the previous run.
 //! - `path`: fresh TCP connects (connect() time, the first packet's round trip) and iperf3
-//!   throughput between the probe pair with everything loaded vs with no policy (the agent
-//!   stopped and the table `inet calico` deleted), rounds alternating the order. iperf3
-//!   omits its first second (slow start); after the agent's restart the path is measured
-//!   1 s later (the kernel frees the replaced table after the commit).
+//!   throughput between the probe pair with everything loaded, with no policy (the agent
+//!   stopped and the table `inet calico` deleted) and with conntrack only. Every round
+//!   measures each variant once, in an order that rotates (6 rounds: every order once); the
+//!   ratios are paired within a round and the figure is their median over rounds, so load
+//!   drifting on a shared machine moves both sides of a ratio and one disturbed round does
+//!   not decide. After the agent's restart the path is measured once the agent is idle (the
+//!   kernel frees the replaced table after the commit). iperf3 omits its first second (slow
+//!   start).
 //! - RSS of the agent at that scale, its CPU over an idle period, its CPU per policy change
 //!   and the kernel time per apply (`calico_node_policy_apply_duration_seconds`).
 //!
@@ -97,7 +101,7 @@ impl Args {
             flips: 200,
             new_pods: 100,
             restarts: 2,
-            rounds: 4,
+            rounds: 6,
             connects: 1000,
             iperf_seconds: 5,
             idle_seconds: 10,
@@ -178,12 +182,13 @@ fn percentile(v: &[f64], p: f64) -> Option<f64> {
 }
 
 fn stats_ms(v: &[f64]) -> Value {
+    let p = |q: f64| percentile(v, q).map(|x| (x * 1e4).round() / 1e4);
     json!({
         "n": v.len(),
-        "p50_ms": percentile(v, 50.0),
-        "p99_ms": percentile(v, 99.0),
-        "max_ms": percentile(v, 100.0),
-        "min_ms": percentile(v, 0.0),
+        "p50_ms": p(50.0),
+        "p99_ms": p(99.0),
+        "max_ms": p(100.0),
+        "min_ms": p(0.0),
     })
 }
 
@@ -567,6 +572,16 @@ enum Variant {
     NoPolicy,
     /// No agent; a table tracking connections only.
     ConntrackOnly,
+}
+
+impl Variant {
+    fn key(self) -> &'static str {
+        match self {
+            Variant::Loaded => "loaded",
+            Variant::NoPolicy => "none",
+            Variant::ConntrackOnly => "ct_only",
+        }
+    }
 }
 
 /// The probe pair's policy: after the load policies (order 1000), ingress `action` from the
@@ -1173,17 +1188,35 @@ fn ip_batch(c: &Cluster, script: &str) -> Result<()> {
     Ok(())
 }
 
-/// `connects` fresh TCP connections client → server: each connect()'s time in ms.
+/// `connects` fresh TCP connections client → server: each connect()'s time in ms (to the
+/// nanosecond: a connect takes 10-30 µs, so microseconds would be a 5 % step).
+///
+/// The connects are paced, one every 0.5-1.5 ms (pseudo-random, so that no periodic
+/// disturbance locks onto them): back to back, 1,000 connects last ~30 ms, and one burst
+/// of another process's work on this shared machine would fill a round's whole tail, so
+/// its p99 would measure that burst. Spread over ~1 s, each round samples the machine's
+/// noise as the other variants' rounds do.
 fn connect_times(b: &Bench, connects: usize) -> Result<Vec<f64>> {
     let to = SocketAddr::new(b.server().ip.into(), TCP_PORT);
     let out = b.client().netns.within(|| -> Result<Vec<f64>> {
         let mut v = Vec::with_capacity(connects);
+        // xorshift64: the pacing's jitter (no need for a real random source).
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+        let mut next = Instant::now();
         for _ in 0..connects {
             check_interrupted()?;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            next = Instant::now() + Duration::from_micros(500 + state % 1000);
             let t0 = Instant::now();
             let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
                 .context("a connect from the client to the server")?;
-            v.push(ms(t0.elapsed()));
+            v.push(t0.elapsed().as_secs_f64() * 1e3);
             drop(s);
         }
         Ok(v)
@@ -1332,32 +1365,73 @@ fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
         "peak_rss_mib": round3(rss_kib(agent.pid(), "VmHWM:")? as f64 / 1024.0),
         "rss_mib_policy_off": round3(b.rss_policy_off as f64 / 1024.0),
     }));
-    // Packet path: everything loaded vs no policy (agent stopped, table deleted).
+    push(packet_path(&b, agent)?);
+    Ok(())
+}
+
+/// The agent's CPU has not moved for `quiet` (the first apply's aftermath is over: status
+/// files, the old table freed by the kernel's workers after the commit); at most 10 s.
+fn wait_idle(agent: &Agent, quiet: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    let mut last = cpu_ticks(agent.pid())?;
+    let mut since = Instant::now();
+    while since.elapsed() < quiet && t0.elapsed() < Duration::from_secs(10) {
+        check_interrupted()?;
+        std::thread::sleep(Duration::from_millis(50));
+        let now = cpu_ticks(agent.pid())?;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    Ok(())
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    }
+}
+
+/// Packet path: the probe pair (the same two pods throughout) with everything loaded, with
+/// no policy (agent stopped, table deleted) and with conntrack only, in `--rounds` rounds.
+/// Each round measures every variant once, in an order that changes from round to round
+/// (so no variant always comes first, or always right after an agent start), and its
+/// ratios are paired within the round: machine load that drifts over minutes moves both
+/// sides of a ratio. The figures: the median over rounds of the per-round ratios (one
+/// disturbed round does not decide), and the p99 of all samples pooled.
+fn packet_path(b: &Bench, agent: Agent) -> Result<Value> {
+    let args = b.args;
     let _servers = Servers::start(b.server())?;
     let mut agent = Some(agent);
-    let (mut lat_loaded, mut lat_none, mut bps_loaded, mut bps_none) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let variants = [Variant::Loaded, Variant::NoPolicy, Variant::ConntrackOnly];
+    // Per variant: every connect time, and per round its p50, p99 and iperf3 rate.
+    let mut lat: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut per_round: HashMap<&str, Vec<(f64, f64, f64)>> = HashMap::new();
     let mut path_restarts = Vec::new();
-    let (mut lat_ct, mut bps_ct) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        // The order rotates each round.
-        let mut order = [Variant::Loaded, Variant::NoPolicy, Variant::ConntrackOnly];
+        let mut order = variants;
         order.rotate_left(round % 3);
-        if round % 2 == 1 {
+        if (round / 3) % 2 == 1 {
             order.reverse();
         }
         for variant in order {
             check_interrupted()?;
-            let loaded = variant == Variant::Loaded;
-            if loaded && agent.is_none() {
+            if variant == Variant::Loaded && agent.is_none() {
                 b.delete_ct_table()?;
                 let (a, took) = b.cold_start()?;
-                agent = Some(a);
                 path_restarts.push(ms(took));
-                // The replaced table is freed by the kernel after the commit (RCU work):
-                // the path is measured once that is done, not during it.
-                sleep_checked(Duration::from_secs(1))?;
-            } else if !loaded {
+                // The replaced table is freed by the kernel after the commit and the agent
+                // writes its status files: the path is measured once all that is done.
+                sleep_checked(Duration::from_millis(500))?;
+                wait_idle(&a, Duration::from_millis(300))?;
+                agent = Some(a);
+            } else if variant != Variant::Loaded {
                 if let Some(a) = agent.take() {
                     drop(a);
                     b.delete_table()?;
@@ -1368,53 +1442,78 @@ fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
                     b.delete_ct_table()?;
                 }
             }
-            // Warm the path (neighbours, caches) before timing.
-            connect_times(&b, 20)?;
-            let lat = connect_times(&b, args.connects)?;
-            let bps = iperf(&b, args.iperf_seconds)?;
+            // Warm the path (neighbours, caches, the socket layer) before timing.
+            connect_times(b, 20)?;
+            let l = connect_times(b, args.connects)?;
+            let bps = iperf(b, args.iperf_seconds)?;
+            let (p50, p99) = (
+                percentile(&l, 50.0).unwrap_or(0.0),
+                percentile(&l, 99.0).unwrap_or(0.0),
+            );
+            let (p50, p99) = ((p50 * 1e4).round() / 1e4, (p99 * 1e4).round() / 1e4);
             eprintln!(
-                "bench-policy: round {round} {variant:?}: connect p99 {:?} ms, {:.2} Gbit/s",
-                percentile(&lat, 99.0),
+                "bench-policy: round {round} {variant:?}: connect p50 {p50} ms p99 {p99} ms, \
+                 {:.2} Gbit/s",
                 bps / 1e9
             );
-            match variant {
-                Variant::Loaded => {
-                    lat_loaded.extend(lat);
-                    bps_loaded.push(bps);
-                }
-                Variant::NoPolicy => {
-                    lat_none.extend(lat);
-                    bps_none.push(bps);
-                }
-                Variant::ConntrackOnly => {
-                    lat_ct.extend(lat);
-                    bps_ct.push(bps);
-                }
-            }
+            let key = variant.key();
+            lat.entry(key).or_default().extend(l);
+            per_round.entry(key).or_default().push((p50, p99, bps));
         }
     }
-    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(round3(a / b)),
-        _ => None,
+    drop(agent);
+    b.delete_ct_table()?;
+    // Per-round ratios of `a` to `b` on one field (0: p50, 1: p99, 2: throughput).
+    let ratios = |a: &str, b: &str, f: usize| -> Vec<f64> {
+        let (Some(x), Some(y)) = (per_round.get(a), per_round.get(b)) else {
+            return Vec::new();
+        };
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| {
+                let (x, y) = ([x.0, x.1, x.2][f], [y.0, y.1, y.2][f]);
+                if y > 0.0 { round3(x / y) } else { f64::NAN }
+            })
+            .collect()
     };
-    push(json!({
+    let pooled = |a: &str, b: &str| {
+        let (x, y) = (lat.get(a)?, lat.get(b)?);
+        Some(round3(percentile(x, 99.0)? / percentile(y, 99.0)?))
+    };
+    let stats = |k: &str| stats_ms(lat.get(k).map_or(&[][..], Vec::as_slice));
+    let gbps = |k: &str| -> Vec<f64> {
+        per_round
+            .get(k)
+            .map(|v| v.iter().map(|r| round3(r.2 / 1e9)).collect())
+            .unwrap_or_default()
+    };
+    let (l, n, c) = ("loaded", "none", "ct_only");
+    let med = |v: Vec<f64>| median(&v).map(round3);
+    Ok(json!({
         "part": "path",
         "no_policy": "agent stopped and table inet calico deleted",
-        "connect_loaded": stats_ms(&lat_loaded),
-        "connect_none": stats_ms(&lat_none),
-        "connect_p99_ratio": ratio(percentile(&lat_loaded, 99.0), percentile(&lat_none, 99.0)),
-        "iperf_gbps_loaded": bps_loaded.iter().map(|x| round3(x / 1e9)).collect::<Vec<_>>(),
-        "iperf_gbps_none": bps_none.iter().map(|x| round3(x / 1e9)).collect::<Vec<_>>(),
-        "iperf_ratio": ratio(mean(&bps_loaded), mean(&bps_none)),
         "conntrack_only": "no agent; a table with only `ct state established,related accept` in forward",
-        "connect_ct_only": stats_ms(&lat_ct),
-        "connect_p99_ratio_loaded_vs_ct_only": ratio(percentile(&lat_loaded, 99.0), percentile(&lat_ct, 99.0)),
-        "iperf_gbps_ct_only": bps_ct.iter().map(|x| round3(x / 1e9)).collect::<Vec<_>>(),
-        "iperf_ratio_loaded_vs_ct_only": ratio(mean(&bps_loaded), mean(&bps_ct)),
+        "method": "the same pod pair; every round measures each variant once, the order rotating; ratios paired within a round, their median over rounds",
+        "rounds": args.rounds,
+        "connects_per_round": args.connects,
+        "connect_loaded": stats(l),
+        "connect_none": stats(n),
+        "connect_ct_only": stats(c),
+        "connect_p99_ratio": med(ratios(l, n, 1)),
+        "connect_p99_ratio_rounds": ratios(l, n, 1),
+        "connect_p99_ratio_pooled": pooled(l, n),
+        "connect_p50_ratio": med(ratios(l, n, 0)),
+        "connect_p99_ratio_loaded_vs_ct_only": med(ratios(l, c, 1)),
+        "connect_p99_ratio_ct_only_vs_none": med(ratios(c, n, 1)),
+        "iperf_gbps_loaded": gbps(l),
+        "iperf_gbps_none": gbps(n),
+        "iperf_gbps_ct_only": gbps(c),
+        "iperf_ratio": med(ratios(l, n, 2)),
+        "iperf_ratio_rounds": ratios(l, n, 2),
+        "iperf_ratio_loaded_vs_ct_only": med(ratios(l, c, 2)),
+        "iperf_ratio_ct_only_vs_none": med(ratios(c, n, 2)),
         "restarts_ms": path_restarts,
-    }));
-    Ok(())
+    }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1611,6 +1710,22 @@ fn summary(results: &[Value]) -> Vec<Value> {
                 );
                 row(
                     &mut rows,
+                    "  connect p99 ratio, all samples pooled",
+                    "x",
+                    num(r, &["connect_p99_ratio_pooled"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  connect p50 ratio (loaded / none)",
+                    "x",
+                    num(r, &["connect_p50_ratio"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
                     "iperf3 throughput ratio (loaded / none)",
                     "x",
                     num(r, &["iperf_ratio"]),
@@ -1638,6 +1753,22 @@ fn summary(results: &[Value]) -> Vec<Value> {
                     "iperf3 ratio (loaded / ct only)",
                     "x",
                     num(r, &["iperf_ratio_loaded_vs_ct_only"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 ratio (ct only / none)",
+                    "x",
+                    num(r, &["connect_p99_ratio_ct_only_vs_none"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "iperf3 ratio (ct only / none)",
+                    "x",
+                    num(r, &["iperf_ratio_ct_only_vs_none"]),
                     None,
                     None,
                 );
