@@ -266,7 +266,6 @@ pub async fn run(
         settings,
         state: state.clone(),
         cache: Cache::new(),
-        learned: BTreeMap::new(),
         bgp: None,
         bgp_synced: false,
         restarting,
@@ -415,8 +414,6 @@ struct Routing {
     settings: RoutingSettings,
     state: Arc<RoutingState>,
     cache: Cache,
-    /// Best next hops of learned prefixes (sets shared with the speaker's RIB).
-    learned: BTreeMap<IpNet, calico_bgp::NextHops>,
     bgp: Option<Bgp>,
     bgp_synced: bool,
     restarting: bool,
@@ -432,32 +429,31 @@ impl Routing {
     fn speaker_gone(&mut self) {
         self.bgp = None;
         self.state.set_speaker(None);
-        self.learned.clear();
         self.bgp_synced = false;
         self.state.set_bgp_synced(false);
         self.restarting = true;
     }
 
+    /// The speaker's table of learned routes (best next hops per prefix), read in place.
+    fn learned(&self) -> Option<calico_bgp::LearnedRoutes> {
+        self.bgp.as_ref().map(|b| b.speaker.learned())
+    }
+
+    /// A RIB event: the learned routes themselves are read from the speaker's table when the
+    /// kernel's routes are computed; here only the sync and the count.
     fn rib(&mut self, ev: RibEvent) {
-        match ev {
-            RibEvent::Best { prefix, next_hops } => {
-                self.learned.insert(prefix, next_hops);
+        let learned = self.learned().map_or(0, |l| l.len());
+        if ev == RibEvent::Synced {
+            if !self.bgp_synced {
+                log::info!("BGP synced: {learned} learned prefixes");
             }
-            RibEvent::Withdrawn { prefix } => {
-                self.learned.remove(&prefix);
-            }
-            RibEvent::Synced => {
-                if !self.bgp_synced {
-                    log::info!("BGP synced: {} learned prefixes", self.learned.len());
-                }
-                self.bgp_synced = true;
-                self.state.set_bgp_synced(true);
-            }
+            self.bgp_synced = true;
+            self.state.set_bgp_synced(true);
         }
         self.state
             .metrics()
             .bgp_routes_learned
-            .set(i64::try_from(self.learned.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(learned).unwrap_or(i64::MAX));
     }
 
     async fn recompute(&mut self) {
@@ -510,13 +506,19 @@ impl Routing {
                     );
                     self.speak(&plan, &borrowed).await;
                     desired.blackholes = plan.blackholes.clone();
-                    let mut routes = calico_routing::kernel_routes(
-                        &view,
-                        &self.node,
-                        &self.settings.options,
-                        &self.learned,
-                        &local_subnets,
-                    );
+                    let kernel_routes = |learned: &BTreeMap<IpNet, calico_bgp::NextHops>| {
+                        calico_routing::kernel_routes(
+                            &view,
+                            &self.node,
+                            &self.settings.options,
+                            learned,
+                            &local_subnets,
+                        )
+                    };
+                    let mut routes = match self.learned() {
+                        Some(l) => l.with(kernel_routes),
+                        None => kernel_routes(&BTreeMap::new()),
+                    };
                     routes.extend(plan.peer_routes.iter().cloned());
                     desired.bgp = Some(routes);
                     desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
