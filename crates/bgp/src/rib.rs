@@ -105,6 +105,10 @@ pub struct Candidate<'a> {
 /// The decision process (RFC 4271 §9.1.2 with RFC 4456 §9): returns the indexes of the ECMP
 /// set (paths equal up to the router-id step) and the index of the single best path.
 pub fn decide(c: &[Candidate<'_>]) -> Option<(Vec<usize>, usize)> {
+    // One path (a full mesh announces each prefix once): it is the decision.
+    if c.len() == 1 {
+        return Some((vec![0], 0));
+    }
     let mut set: Vec<usize> = (0..c.len()).collect();
     fn keep_min<K: Ord + Copy>(set: &mut Vec<usize>, key: impl Fn(usize) -> K) {
         if let Some(m) = set.iter().map(|&i| key(i)).min() {
@@ -522,15 +526,19 @@ impl Rib {
             return None;
         }
         let from = self.meta.get(&from_id)?;
+        // iBGP to iBGP only when reflecting: client routes to all, others to clients
+        // (decided before the path is copied: in a full mesh no learned route goes on).
+        if to.ibgp()
+            && from.ibgp()
+            && (self.cluster_id.is_none() || !(from.rr_client || to.rr_client))
+        {
+            return None;
+        }
         let path = self.adj_in.get(&from_id)?.get(prefix)?;
         let mut a = (*path.attrs).clone();
         if to.ibgp() {
             if from.ibgp() {
-                // iBGP to iBGP only when reflecting: client routes to all, others to clients.
                 let cluster = self.cluster_id?;
-                if !(from.rr_client || to.rr_client) {
-                    return None;
-                }
                 let originator = *a.originator_id.get_or_insert(from.remote_id);
                 if originator == to.remote_id {
                     return None;

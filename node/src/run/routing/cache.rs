@@ -76,6 +76,8 @@ pub struct Cache {
     revision: i64,
     /// Snapshots seen (a restarted syncer's first one replaces everything).
     snapshots: u64,
+    /// Events applied: a view made at the same count is still current.
+    generation: u64,
 }
 
 impl Cache {
@@ -92,6 +94,11 @@ impl Cache {
         self.revision
     }
 
+    /// Counts the events applied: a view made at the same generation is still current.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// How many full snapshots have been applied.
     pub fn snapshots(&self) -> u64 {
         self.snapshots
@@ -99,6 +106,7 @@ impl Cache {
 
     /// Applies one event.
     pub fn apply(&mut self, event: SyncEvent) {
+        self.generation += 1;
         match event {
             SyncEvent::Snapshot { kvs, revision } => {
                 self.entries.clear();

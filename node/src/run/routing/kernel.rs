@@ -463,6 +463,33 @@ pub fn parse_mac(text: &str) -> Option<Mac> {
 mod tests {
     use super::*;
 
+    /// The routes thread keeps only a fingerprint of the state it converged on: equal states
+    /// must agree, and a change anywhere (one next hop, the stale flag) must not.
+    #[test]
+    fn fingerprints_tell_states_apart() {
+        let route = |dst: &str, gw: &str| KernelRoute {
+            dst: dst.parse().unwrap(),
+            next_hops: vec![gw.parse::<IpAddr>().unwrap()].into(),
+            device: None,
+            onlink: false,
+        };
+        let a = Desired {
+            blackholes: vec!["10.244.0.0/26".parse().unwrap()],
+            bgp: Some(vec![route("10.244.1.0/26", "10.0.0.2")]),
+            ..Desired::default()
+        };
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        let mut b = a.clone();
+        b.bgp = Some(vec![route("10.244.1.0/26", "10.0.0.3")]);
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        let mut c = a.clone();
+        c.keep_stale_bgp = true;
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        let mut d = a.clone();
+        d.bgp = None;
+        assert_ne!(fingerprint(&a), fingerprint(&d));
+    }
+
     #[test]
     fn macs_parse_as_felix_writes_them() {
         assert_eq!(

@@ -266,6 +266,7 @@ pub async fn run(
         settings,
         state: state.clone(),
         cache: Cache::new(),
+        planned: None,
         bgp: None,
         bgp_synced: false,
         restarting,
@@ -285,9 +286,17 @@ pub async fn run(
                 status::peer_metrics(&state).await;
                 continue;
             }
+            // Learned routes have stopped coming: the plan kept for them goes.
+            _ = plan_expiry(&r.planned) => {
+                r.planned = None;
+                calico_malloc::release_free_memory();
+                continue;
+            }
             // Now and then (and soon after a speaker could not start) everything is
             // computed again, so nothing waits for an unrelated change to be retried.
-            _ = resync.tick() => {}
+            _ = resync.tick() => {
+                r.planned = None;
+            }
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     r.cache.apply(ev);
@@ -393,12 +402,38 @@ fn affinity_scope(backend: Backend, view: &ClusterView) -> AffinityScope {
     }
 }
 
+/// When the kept plan is dropped ([`KEEP_PLAN`] after its last use); never without one.
+async fn plan_expiry(planned: &Option<Planned>) {
+    match planned {
+        Some(p) => tokio::time::sleep_until((p.at + KEEP_PLAN).into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
     match bgp {
         Some(b) => b.events.recv().await,
         None => std::future::pending().await,
     }
 }
+
+/// What the last full computation made of the datastore, kept while only the learned
+/// routes change (a start-up's burst of UPDATEs): each batch then computes only the kernel's
+/// learned routes, not the whole plan again (10,000 blocks planned, exported and compared
+/// per batch). Dropped [`KEEP_PLAN`] after its last use (no memory held while idle), on
+/// every resync, and whenever the datastore changes.
+struct Planned {
+    /// The cache's generation the plan was made at.
+    generation: u64,
+    view: ClusterView,
+    local_subnets: Vec<IpNet>,
+    /// Everything but the learned routes (`bgp` holds the peers' host routes).
+    desired: Desired,
+    at: std::time::Instant,
+}
+
+/// How long a plan is kept without use (a burst's batches come within the settle time).
+const KEEP_PLAN: Duration = Duration::from_millis(250);
 
 struct Routing {
     node: String,
@@ -414,6 +449,8 @@ struct Routing {
     settings: RoutingSettings,
     state: Arc<RoutingState>,
     cache: Cache,
+    /// The last plan, while learned routes keep coming (see [`Planned`]).
+    planned: Option<Planned>,
     bgp: Option<Bgp>,
     bgp_synced: bool,
     restarting: bool,
@@ -428,6 +465,7 @@ impl Routing {
     /// kept in the kernel as stale until a new speaker has synced, as after a restart.
     fn speaker_gone(&mut self) {
         self.bgp = None;
+        self.planned = None;
         self.state.set_speaker(None);
         self.bgp_synced = false;
         self.state.set_bgp_synced(false);
@@ -460,6 +498,39 @@ impl Routing {
         if !self.cache.synced() {
             return;
         }
+        let learned = self.learned();
+        if let Some(p) = &mut self.planned
+            && p.generation == self.cache.generation()
+            && self.bgp.is_some()
+        {
+            // Only learned routes changed: the plan stands.
+            p.at = std::time::Instant::now();
+            let mut desired = p.desired.clone();
+            let routes = learned.map(|l| {
+                l.with(|learned| {
+                    calico_routing::kernel_routes(
+                        &p.view,
+                        &self.node,
+                        &self.settings.options,
+                        learned,
+                        &p.local_subnets,
+                    )
+                })
+            });
+            // In the full computation's order (learned, then the peers' host routes), so an
+            // equal state has an equal fingerprint.
+            desired.bgp = match (desired.bgp.take(), routes) {
+                (Some(peer_routes), Some(mut routes)) => {
+                    routes.extend(peer_routes);
+                    Some(routes)
+                }
+                (peer_routes, _) => peer_routes,
+            };
+            desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
+            self.programmer.set(desired);
+            return;
+        }
+        self.planned = None;
         if self.scope == AffinityScope::All && self.cache.snapshots() <= self.scope_snapshot {
             return;
         }
@@ -491,6 +562,7 @@ impl Routing {
         }
         let mut desired = Desired::default();
         let local_subnets = local_subnets();
+        let mut peer_routes = None;
         if self.settings.backend == Backend::Bird {
             match calico_routing::bgp_plan(&view, &self.node, &self.settings.options, &self.secrets)
             {
@@ -506,6 +578,7 @@ impl Routing {
                     );
                     self.speak(&plan, &borrowed).await;
                     desired.blackholes = plan.blackholes.clone();
+                    peer_routes = Some(plan.peer_routes.clone());
                     let kernel_routes = |learned: &BTreeMap<IpNet, calico_bgp::NextHops>| {
                         calico_routing::kernel_routes(
                             &view,
@@ -544,6 +617,20 @@ impl Routing {
         let unique: BTreeSet<IpNet> = desired.blackholes.drain(..).collect();
         desired.blackholes = unique.into_iter().collect();
         desired.vxlan = vxlan;
+        if self.bgp.is_some()
+            && let Some(peer_routes) = peer_routes
+        {
+            self.planned = Some(Planned {
+                generation: self.cache.generation(),
+                desired: Desired {
+                    bgp: Some(peer_routes),
+                    ..desired.clone()
+                },
+                view,
+                local_subnets,
+                at: std::time::Instant::now(),
+            });
+        }
         self.programmer.set(desired);
     }
 
