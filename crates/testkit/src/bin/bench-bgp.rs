@@ -14,7 +14,8 @@
 //! - `cold`: every node's affinities written before any agent starts, all agents started at
 //!   once, until every kernel has every other node's blocks (with each process's CPU time
 //!   then); then `memory`: each agent's resident size with those routes 0.5 s later (the
-//!   issue's figure), and again 5 s later (what an idle process keeps).
+//!   issue's figure), and again 12 s later (what an idle process keeps, after
+//!   the agent's 10 s resync and recheck).
 //! - `scale`: a full mesh of many agents, one block each, until every kernel has every block;
 //!   then the agents' CPU time over an idle period.
 //!
@@ -321,9 +322,9 @@ fn cpu_seconds(pids: &[u32]) -> Result<Vec<f64>> {
         .collect()
 }
 
-/// How long after convergence the resident sizes are read a second time: what an idle
+/// How long after the first reading the resident sizes are read again: what an idle
 /// process keeps (the first reading, 0.5 s after, is the figure).
-const RSS_LATER: Duration = Duration::from_secs(5);
+const RSS_LATER: Duration = Duration::from_secs(12);
 
 /// The resident sizes [`RSS_LATER`] after the first reading (the processes idle meanwhile).
 fn rss_later(pids: &[u32]) -> Result<Value> {
