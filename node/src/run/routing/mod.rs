@@ -7,7 +7,9 @@
 //! [`cache::Cache`]; after every batch of changes (datastore or BGP) the plan is computed
 //! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
 //! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
-//! on the new state. Only this node's block affinities are read unless a VXLAN pool (or the
+//! on the new state. While only learned routes change (a start-up's burst of UPDATEs) the
+//! last plan is reused and only the kernel's learned routes are computed again; the learned
+//! routes are read in place from the speaker's table ([`calico_bgp::LearnedRoutes`]). Only this node's block affinities are read unless a VXLAN pool (or the
 //! VXLAN backend) needs every node's, as Calico's BGP syncer reads them. Nothing is written
 //! to the kernel before the first full snapshot; learned routes go in as they come, and a restarted agent keeps the routes of its previous run
 //! until its peers' End-of-RIB (graceful restart), then sweeps the stale ones.
