@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::wire::{Family, InboundUpdate, PathAttrs};
-use crate::{ExportFilter, NextHopMode, NextHops, RibEvent, Route};
+use crate::{ExportFilter, LearnedRoutes, NextHopMode, NextHops, RibEvent, Route};
 
 /// How many recent next-hop sets are kept for sharing.
 const SHARED_HOP_SETS: usize = 16;
@@ -77,6 +77,15 @@ impl Changes {
     }
 }
 
+/// The communities of a route we originate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Communities {
+    communities: Vec<u32>,
+    large_communities: Vec<[u32; 3]>,
+}
+
+type LocalAttrs = Arc<Communities>;
+
 #[derive(Debug, Clone)]
 struct InPath {
     attrs: Arc<PathAttrs>,
@@ -96,6 +105,10 @@ pub struct Candidate<'a> {
 /// The decision process (RFC 4271 §9.1.2 with RFC 4456 §9): returns the indexes of the ECMP
 /// set (paths equal up to the router-id step) and the index of the single best path.
 pub fn decide(c: &[Candidate<'_>]) -> Option<(Vec<usize>, usize)> {
+    // One path (a full mesh announces each prefix once): it is the decision.
+    if c.len() == 1 {
+        return Some((vec![0], 0));
+    }
     let mut set: Vec<usize> = (0..c.len()).collect();
     fn keep_min<K: Ord + Copy>(set: &mut Vec<usize>, key: impl Fn(usize) -> K) {
         if let Some(m) = set.iter().map(|&i| key(i)).min() {
@@ -136,17 +149,20 @@ pub struct Rib {
     /// What we last knew of every peer that has routes in Adj-RIB-In (stale ones too).
     meta: HashMap<u64, RibPeer>,
     adj_in: HashMap<u64, BTreeMap<IpNet, InPath>>,
-    local: BTreeMap<IpNet, Route>,
+    /// The routes we originate: their communities, one shared allocation per distinct
+    /// set (a node's blocks all have the same, usually none).
+    local: BTreeMap<IpNet, LocalAttrs>,
     filter: ExportFilter,
     adj_out: HashMap<u64, BTreeMap<IpNet, Arc<PathAttrs>>>,
     /// The attributes last announced to each peer: an equal set is shared rather than
     /// stored again (a node's blocks all go out with one set, so Adj-RIB-Out holds one
     /// allocation per peer instead of one per prefix).
     last_out: HashMap<u64, Arc<PathAttrs>>,
-    /// The next hops last reported per prefix. B-trees, not hash maps: with 30,000 learned
-    /// prefixes a hash table's doubling left half its buckets empty.
-    reported: BTreeMap<IpNet, NextHops>,
-    best: BTreeMap<IpNet, u64>,
+    /// The next hops last reported per prefix, shared with the speaker's user. B-trees, not
+    /// hash maps: with 30,000 learned prefixes a hash table's doubling left half its buckets
+    /// empty. The best path's peer is not kept: it is decided again where an export needs
+    /// it (another map of 30,000 entries otherwise).
+    reported: LearnedRoutes,
     /// Recently reported next-hop sets, handed out again when equal: one allocation per
     /// distinct set rather than one per prefix (here and in every reader's copy).
     hop_sets: Vec<NextHops>,
@@ -166,8 +182,7 @@ impl Rib {
             filter: ExportFilter::default(),
             adj_out: HashMap::new(),
             last_out: HashMap::new(),
-            reported: BTreeMap::new(),
-            best: BTreeMap::new(),
+            reported: LearnedRoutes::default(),
             hop_sets: Vec::new(),
             hold_out,
         }
@@ -175,6 +190,11 @@ impl Rib {
 
     pub fn holding(&self) -> bool {
         self.hold_out
+    }
+
+    /// The best next hops of every learned prefix (the table [`RibEvent`]s report changes of).
+    pub fn learned(&self) -> LearnedRoutes {
+        self.reported.clone()
     }
 
     pub fn routes_received(&self, peer: u64) -> usize {
@@ -277,8 +297,29 @@ impl Rib {
 
     /// Replaces the routes we originate.
     pub fn set_local(&mut self, routes: Vec<Route>) -> Changes {
-        let new: BTreeMap<IpNet, Route> =
-            routes.into_iter().map(|r| (r.prefix.trunc(), r)).collect();
+        let mut last: Option<LocalAttrs> = None;
+        let new: BTreeMap<IpNet, LocalAttrs> = routes
+            .into_iter()
+            .map(|r| {
+                let attrs = match &last {
+                    Some(a)
+                        if a.communities == r.communities
+                            && a.large_communities == r.large_communities =>
+                    {
+                        a.clone()
+                    }
+                    _ => {
+                        let a = LocalAttrs::new(Communities {
+                            communities: r.communities,
+                            large_communities: r.large_communities,
+                        });
+                        last = Some(a.clone());
+                        a
+                    }
+                };
+                (r.prefix.trunc(), attrs)
+            })
+            .collect();
         let mut touched: BTreeSet<IpNet> = self
             .local
             .keys()
@@ -349,58 +390,61 @@ impl Rib {
         let all = self.all_prefixes();
         let mut ch = Changes::default();
         for p in all {
-            self.export_prefix_to(id, &p, &mut ch);
+            let best = self.candidates(&p).1;
+            self.export_prefix_to(id, &p, best, &mut ch);
         }
         ch
     }
 
+    /// The paths for `prefix` in the decision (ordered by peer), the ECMP set's next hops
+    /// (none for a prefix we originate ourselves: ours wins), and the best path's peer.
+    fn candidates(&self, prefix: &IpNet) -> (Vec<IpAddr>, Option<u64>) {
+        let mut cands = Vec::new();
+        for (peer, paths) in &self.adj_in {
+            if let (Some(p), Some(meta)) = (paths.get(prefix), self.meta.get(peer)) {
+                cands.push(Candidate {
+                    peer: *peer,
+                    attrs: &p.attrs,
+                    ebgp: !meta.ibgp(),
+                    peer_id: meta.remote_id,
+                    peer_addr: meta.address,
+                });
+            }
+        }
+        cands.sort_by_key(|c| c.peer);
+        let Some((set, best)) = decide(&cands) else {
+            return (Vec::new(), None);
+        };
+        let mut next_hops: Vec<IpAddr> = if self.local.contains_key(prefix) {
+            Vec::new()
+        } else {
+            set.iter().map(|&i| cands[i].attrs.next_hop).collect()
+        };
+        next_hops.sort();
+        next_hops.dedup();
+        (next_hops, Some(cands[best].peer))
+    }
+
     fn recompute(&mut self, prefixes: BTreeSet<IpNet>) -> Changes {
         let mut ch = Changes::default();
+        let reported = self.reported.clone();
+        let mut reported = reported.lock();
+        let ids: Vec<u64> = self.up.keys().copied().collect();
         for prefix in prefixes {
-            let mut cands = Vec::new();
-            for (peer, paths) in &self.adj_in {
-                if let (Some(p), Some(meta)) = (paths.get(&prefix), self.meta.get(peer)) {
-                    cands.push(Candidate {
-                        peer: *peer,
-                        attrs: &p.attrs,
-                        ebgp: !meta.ibgp(),
-                        peer_id: meta.remote_id,
-                        peer_addr: meta.address,
-                    });
-                }
-            }
-            cands.sort_by_key(|c| c.peer);
-            let decided = decide(&cands);
-            let mut next_hops: Vec<IpAddr> = match &decided {
-                Some((set, _)) if !self.local.contains_key(&prefix) => {
-                    set.iter().map(|&i| cands[i].attrs.next_hop).collect()
-                }
-                _ => Vec::new(),
-            };
-            next_hops.sort();
-            next_hops.dedup();
-            match decided {
-                Some((_, b)) => {
-                    self.best.insert(prefix, cands[b].peer);
-                }
-                None => {
-                    self.best.remove(&prefix);
-                }
-            }
-            let old = self.reported.get(&prefix);
+            let (next_hops, best) = self.candidates(&prefix);
+            let old = reported.get(&prefix);
             if next_hops.is_empty() {
                 if old.is_some() {
-                    self.reported.remove(&prefix);
+                    reported.remove(&prefix);
                     ch.events.push(RibEvent::Withdrawn { prefix });
                 }
             } else if old.map(|o| &o[..]) != Some(&next_hops[..]) {
                 let next_hops = self.shared_hops(&next_hops);
-                self.reported.insert(prefix, next_hops.clone());
+                reported.insert(prefix, next_hops.clone());
                 ch.events.push(RibEvent::Best { prefix, next_hops });
             }
-            let ids: Vec<u64> = self.up.keys().copied().collect();
-            for id in ids {
-                self.export_prefix_to(id, &prefix, &mut ch);
+            for id in &ids {
+                self.export_prefix_to(*id, &prefix, best, &mut ch);
             }
         }
         ch
@@ -421,11 +465,12 @@ impl Rib {
         set
     }
 
-    fn export_prefix_to(&mut self, id: u64, prefix: &IpNet, ch: &mut Changes) {
+    /// `best`: the peer whose path for `prefix` is best, if any.
+    fn export_prefix_to(&mut self, id: u64, prefix: &IpNet, best: Option<u64>, ch: &mut Changes) {
         if self.hold_out {
             return;
         }
-        let want = self.export(id, prefix);
+        let want = self.export(id, prefix, best);
         let Some(out) = self.adj_out.get_mut(&id) else {
             return;
         };
@@ -451,7 +496,7 @@ impl Rib {
     }
 
     /// What we send peer `id` for `prefix` (RFC 4271 §9.2, RFC 4456 §8).
-    fn export(&self, id: u64, prefix: &IpNet) -> Option<Arc<PathAttrs>> {
+    fn export(&self, id: u64, prefix: &IpNet, best: Option<u64>) -> Option<Arc<PathAttrs>> {
         let to = self.up.get(&id)?;
         let family = Family::of(prefix);
         if !to.families.contains(&family) {
@@ -476,20 +521,24 @@ impl Rib {
             }
             return Some(Arc::new(a));
         }
-        let from_id = *self.best.get(prefix)?;
+        let from_id = best?;
         if from_id == id || !self.filter.allows(prefix) {
             return None;
         }
         let from = self.meta.get(&from_id)?;
+        // iBGP to iBGP only when reflecting: client routes to all, others to clients
+        // (decided before the path is copied: in a full mesh no learned route goes on).
+        if to.ibgp()
+            && from.ibgp()
+            && (self.cluster_id.is_none() || !(from.rr_client || to.rr_client))
+        {
+            return None;
+        }
         let path = self.adj_in.get(&from_id)?.get(prefix)?;
         let mut a = (*path.attrs).clone();
         if to.ibgp() {
             if from.ibgp() {
-                // iBGP to iBGP only when reflecting: client routes to all, others to clients.
                 let cluster = self.cluster_id?;
-                if !(from.rr_client || to.rr_client) {
-                    return None;
-                }
                 let originator = *a.originator_id.get_or_insert(from.remote_id);
                 if originator == to.remote_id {
                     return None;

@@ -25,7 +25,8 @@ use crate::fsm::{Fsm, FsmConfig, Input, Output, collision_keeps_new};
 use crate::rib::{Changes, OutUpdate, Rib, RibPeer};
 use crate::wire::{self, Family, InboundUpdate, Negotiated, Notification, OpenParams};
 use crate::{
-    BgpError, ExportFilter, PeerConfig, PeerStatus, RibEvent, Route, SessionState, SpeakerConfig,
+    BgpError, ExportFilter, LearnedRoutes, PeerConfig, PeerStatus, RibEvent, Route, SessionState,
+    SpeakerConfig,
 };
 
 /// Deferral timer of the initial sync when graceful restart is off (RFC 4724 suggests a
@@ -38,6 +39,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 pub struct Speaker {
     cmd: mpsc::UnboundedSender<Cmd>,
     core: JoinHandle<()>,
+    learned: LearnedRoutes,
 }
 
 enum Cmd {
@@ -92,8 +94,22 @@ impl Speaker {
             None => None,
         };
         let core = Core::new(cfg, ev_tx, listener, listen_socket);
+        let learned = core.rib.learned();
         let core = tokio::spawn(core.run(cmd_rx));
-        Ok((Speaker { cmd: cmd_tx, core }, ev_rx))
+        Ok((
+            Speaker {
+                cmd: cmd_tx,
+                core,
+                learned,
+            },
+            ev_rx,
+        ))
+    }
+
+    /// The best next hops of every learned prefix, as the [`RibEvent`]s so far report them
+    /// (or newer: the table may be ahead of the events not yet read).
+    pub fn learned(&self) -> LearnedRoutes {
+        self.learned.clone()
     }
 
     /// Reconciles the peers by (name, address): new ones start, gone ones get a Cease,

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 pub type NextHops = std::sync::Arc<[IpAddr]>;
 
 /// A route to program: `dst via next_hops[..] [dev device] [onlink]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KernelRoute {
     pub dst: IpNet,
     /// Gateways, sorted; more than one is an ECMP route.

@@ -12,8 +12,10 @@
 //!   `routeReflectorClusterID` to its clients; BIRD: the origin's configuration rewritten
 //!   with 1000 more static routes, a BIRD route reflector.
 //! - `cold`: every node's affinities written before any agent starts, all agents started at
-//!   once, until every kernel has every other node's blocks; then `memory`: each agent's
-//!   resident size with those routes.
+//!   once, until every kernel has every other node's blocks (with each process's CPU time
+//!   then); then `memory`: each agent's resident size with those routes 0.5 s later (the
+//!   issue's figure), and again 12 s later (what an idle process keeps, after
+//!   the agent's 10 s resync and recheck).
 //! - `scale`: a full mesh of many agents, one block each, until every kernel has every block;
 //!   then the agents' CPU time over an idle period.
 //!
@@ -311,6 +313,27 @@ fn rss_parts(pids: &[u32]) -> Result<Value> {
     let part =
         |field: &str| -> Result<Vec<u64>> { pids.iter().map(|p| status_kib(*p, field)).collect() };
     Ok(json!({"anon_kib": part("RssAnon")?, "file_kib": part("RssFile")?}))
+}
+
+/// Each process's CPU time so far (user + system), in seconds.
+fn cpu_seconds(pids: &[u32]) -> Result<Vec<f64>> {
+    pids.iter()
+        .map(|p| cpu_ticks(*p).map(|t| t as f64 / CLOCK_TICKS))
+        .collect()
+}
+
+/// How long after the first reading the resident sizes are read again: what an idle
+/// process keeps (the first reading, 0.5 s after, is the figure).
+const RSS_LATER: Duration = Duration::from_secs(12);
+
+/// The resident sizes [`RSS_LATER`] after the first reading (the processes idle meanwhile).
+fn rss_later(pids: &[u32]) -> Result<Value> {
+    std::thread::sleep(RSS_LATER);
+    let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+    Ok(
+        json!({"after_s": RSS_LATER.as_secs() as f64 + 0.5, "rss_kib": rss,
+              "parts": rss_parts(pids)?}),
+    )
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -1001,13 +1024,16 @@ fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
                 keep_logs(label, &agents);
                 e.context(format!("established per agent: {:?}", established(&agents)))
             })?;
+        let cpu = cpu_seconds(&pids)?;
         std::thread::sleep(Duration::from_millis(500));
         let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
         let parts = rss_parts(&pids)?;
+        let later = rss_later(&pids)?;
         keep_logs(label, &agents);
         json!({"all_kernels_full_s": secs(times.iter().max().copied().unwrap_or_default()),
                "first_kernel_full_s": secs(times.iter().min().copied().unwrap_or_default()),
                "all_started_s": secs(started), "rss_kib": rss, "rss_parts": parts,
+               "rss_later": later, "cpu_s_at_full": cpu,
                "kernel_full_s": times.iter().map(|t| secs(*t)).collect::<Vec<_>>()})
     };
     let bird = {
@@ -1045,12 +1071,15 @@ fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
         let started = t0.elapsed();
         let pids: Vec<u32> = birds.iter().map(bird_pid).collect::<Result<_>>()?;
         let times = wait_counts(&pids, pool, want, t0, poll, Duration::from_secs(120))?;
+        let cpu = cpu_seconds(&pids)?;
         std::thread::sleep(Duration::from_millis(500));
         let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
         let parts = rss_parts(&pids)?;
+        let later = rss_later(&pids)?;
         json!({"all_kernels_full_s": secs(times.iter().max().copied().unwrap_or_default()),
                "first_kernel_full_s": secs(times.iter().min().copied().unwrap_or_default()),
                "all_started_s": secs(started), "rss_kib": rss, "rss_parts": parts,
+               "rss_later": later, "cpu_s_at_full": cpu,
                "kernel_full_s": times.iter().map(|t| secs(*t)).collect::<Vec<_>>()})
     };
     Ok(

@@ -2,6 +2,10 @@
 //! up to date from the syncer's events, and turned into a [`ClusterView`] on demand. A value
 //! that does not parse is logged once per revision and left out; everything else stays in
 //! use (an invalid object written by another tool must not stop routing).
+//!
+//! Block affinities (tens of thousands on a large node) are kept apart and compactly: per
+//! node, the set of its confirmed blocks. Their keys are not kept: a key names its node and
+//! block (`parse_affinity`), so a deletion finds its entry from the key alone.
 
 use calico_datastore::Kv;
 use calico_datastore::model::bgp::{BGP_CONFIGURATIONS, BGP_PEERS};
@@ -15,7 +19,7 @@ use calico_routing::ClusterView;
 use ipnet::IpNet;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Where affinities live (every host, both families).
 pub const AFFINITIES: &str = "/calico/ipam/v2/host/";
@@ -54,7 +58,6 @@ enum Entry {
     Config(Box<BgpConfiguration>),
     Peer(Box<BgpPeer>),
     Pool(Box<IpPool>),
-    Affinity(String, IpNet),
     /// A workload endpoint's node and addresses.
     Workload(String, Vec<IpNet>),
     /// Unparsable, pending or not ours: kept out of the view.
@@ -64,12 +67,17 @@ enum Entry {
 /// The keys seen so far, parsed.
 #[derive(Debug, Default)]
 pub struct Cache {
+    /// Every key but the affinities.
     entries: BTreeMap<String, Entry>,
+    /// Confirmed block affinities: node → its blocks.
+    affinities: BTreeMap<String, BTreeSet<IpNet>>,
     /// Set by the first snapshot: nothing is computed from a partial view.
     synced: bool,
     revision: i64,
     /// Snapshots seen (a restarted syncer's first one replaces everything).
     snapshots: u64,
+    /// Events applied: a view made at the same count is still current.
+    generation: u64,
 }
 
 impl Cache {
@@ -86,6 +94,11 @@ impl Cache {
         self.revision
     }
 
+    /// Counts the events applied: a view made at the same generation is still current.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// How many full snapshots have been applied.
     pub fn snapshots(&self) -> u64 {
         self.snapshots
@@ -93,27 +106,59 @@ impl Cache {
 
     /// Applies one event.
     pub fn apply(&mut self, event: SyncEvent) {
+        self.generation += 1;
         match event {
             SyncEvent::Snapshot { kvs, revision } => {
-                self.entries = kvs
-                    .into_iter()
-                    .map(|kv| {
-                        let entry = parse(&kv);
-                        (kv.key, entry)
-                    })
-                    .collect();
+                self.entries.clear();
+                self.affinities.clear();
+                for kv in kvs {
+                    self.put(kv);
+                }
                 self.synced = true;
                 self.revision = revision;
                 self.snapshots += 1;
             }
             SyncEvent::Put(kv) => {
                 self.revision = self.revision.max(kv.mod_revision);
-                let entry = parse(&kv);
-                self.entries.insert(kv.key, entry);
+                self.put(kv);
             }
             SyncEvent::Delete { key, revision } => {
                 self.revision = self.revision.max(revision);
-                self.entries.remove(&key);
+                match parse_affinity_key(&key) {
+                    Some((node, block)) => self.remove_affinity(&node, &block),
+                    None => {
+                        self.entries.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One key's new value (an affinity that is no longer confirmed leaves the set).
+    fn put(&mut self, kv: Kv) {
+        let Some((node, block)) = parse_affinity_key(&kv.key) else {
+            let entry = parse(&kv);
+            self.entries.insert(kv.key, entry);
+            return;
+        };
+        match BlockAffinity::from_bytes(&kv.value) {
+            // Pending ones are left out, as confd does: the block is not the node's yet.
+            Ok(a) if a.is_confirmed() && !a.deleted => {
+                self.affinities.entry(node).or_default().insert(block);
+            }
+            Ok(_) => self.remove_affinity(&node, &block),
+            Err(e) => {
+                log::warn!("skipping {}: {e}", kv.key);
+                self.remove_affinity(&node, &block);
+            }
+        }
+    }
+
+    fn remove_affinity(&mut self, node: &str, block: &IpNet) {
+        if let Some(blocks) = self.affinities.get_mut(node) {
+            blocks.remove(block);
+            if blocks.is_empty() {
+                self.affinities.remove(node);
             }
         }
     }
@@ -139,13 +184,25 @@ impl Cache {
                 Entry::Config(c) => view.bgp_configurations.push((**c).clone()),
                 Entry::Peer(p) => view.bgp_peers.push((**p).clone()),
                 Entry::Pool(p) => view.pools.push((**p).clone()),
-                Entry::Affinity(node, block) => view.affinities.push((node.clone(), *block)),
                 Entry::Workload(..) => {}
                 Entry::Skipped => {}
             }
         }
+        view.affinities = self
+            .affinities
+            .iter()
+            .flat_map(|(node, blocks)| blocks.iter().map(|b| (node.clone(), *b)))
+            .collect();
         view
     }
+}
+
+/// The node and block an affinity key names; `None` for any other key (and for an affinity
+/// key that does not parse, which is then kept, skipped, with the other keys).
+fn parse_affinity_key(key: &str) -> Option<(String, IpNet)> {
+    key.starts_with(AFFINITIES)
+        .then(|| parse_affinity(key))
+        .flatten()
 }
 
 /// A key's entry; one that does not parse is logged (naming the key) and skipped.
@@ -171,19 +228,6 @@ fn parse(kv: &Kv) -> Entry {
                 .collect();
             Entry::Workload(r.spec.node, nets)
         })
-    } else if key.starts_with(AFFINITIES) {
-        let Some((node, block)) = parse_affinity(key) else {
-            return Entry::Skipped;
-        };
-        match BlockAffinity::from_bytes(&kv.value) {
-            // Pending ones are left out, as confd does: the block is not the node's yet.
-            Ok(a) if a.is_confirmed() && !a.deleted => Entry::Affinity(node, block),
-            Ok(_) => Entry::Skipped,
-            Err(e) => {
-                log::warn!("skipping {key}: {e}");
-                Entry::Skipped
-            }
-        }
     } else {
         Entry::Skipped
     }
@@ -223,6 +267,66 @@ mod tests {
         assert!(!own.iter().any(|p| key("node-10").starts_with(p.as_str())));
         assert!(all.iter().any(|p| key("node-10").starts_with(p.as_str())));
         assert_eq!(own.len(), all.len());
+    }
+
+    /// Mirrors confd's affinity handling (bgpsyncer.go: only confirmed affinities are the
+    /// node's): a put that makes an affinity pending takes its block out, a delete (which
+    /// carries only the key) finds the block from the key, and a later snapshot replaces
+    /// everything.
+    #[test]
+    fn affinities_follow_puts_deletes_and_snapshots_by_key_alone() {
+        let key = |node: &str, block: &str| format!("{AFFINITIES}{node}/ipv4/block/{block}");
+        let blocks = |c: &Cache| -> Vec<(String, String)> {
+            c.view()
+                .affinities
+                .into_iter()
+                .map(|(n, b)| (n, b.to_string()))
+                .collect()
+        };
+        let mut c = Cache::new();
+        c.apply(SyncEvent::Snapshot {
+            kvs: vec![
+                kv(&key("a", "10.244.0.0-26"), r#"{"state":"confirmed"}"#, 2),
+                kv(&key("a", "10.244.0.64-26"), r#"{"state":"confirmed"}"#, 3),
+                kv(&key("b", "10.244.1.0-26"), r#"{"state":"confirmed"}"#, 4),
+            ],
+            revision: 4,
+        });
+        assert_eq!(blocks(&c).len(), 3);
+        c.apply(SyncEvent::Put(kv(
+            &key("a", "10.244.0.64-26"),
+            r#"{"state":"pending"}"#,
+            5,
+        )));
+        c.apply(SyncEvent::Delete {
+            key: key("b", "10.244.1.0-26"),
+            revision: 6,
+        });
+        assert_eq!(blocks(&c), vec![("a".into(), "10.244.0.0/26".into())]);
+        c.apply(SyncEvent::Put(kv(
+            &key("a", "10.244.0.0-26"),
+            "{not json",
+            7,
+        )));
+        assert!(
+            blocks(&c).is_empty(),
+            "an unreadable value takes the block out"
+        );
+        c.apply(SyncEvent::Put(kv(
+            &key("a", "10.244.0.128-26"),
+            r#"{"state":"confirmed"}"#,
+            8,
+        )));
+        c.apply(SyncEvent::Snapshot {
+            kvs: vec![kv(
+                &key("c", "10.244.2.0-26"),
+                r#"{"state":"confirmed"}"#,
+                9,
+            )],
+            revision: 9,
+        });
+        assert_eq!(blocks(&c), vec![("c".into(), "10.244.2.0/26".into())]);
+        assert_eq!(c.revision(), 9);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! skipped: only the newest matters). Each kind of route is owned by its protocol number
 //! (`calico_dataplane::routes`), so a convergence removes only what we installed:
 //! blackholes of local blocks (79), routes learned by BGP (78), VXLAN routes (80), plus the
-//! `vxlan.calico` device with its ARP and FDB entries.
+//! `vxlan.calico` device with its ARP and FDB entries. A clean state is remembered by its
+//! fingerprint only; the routing task's periodic resend of the same state is the recheck.
 //!
 //! Learned routes go in as soon as they are learned. After our own restart, the ones of the
 //! previous run that nothing has confirmed yet stay (`keep_stale_bgp`: graceful restart,
@@ -106,8 +107,12 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
             return;
         }
     };
-    let mut last: Option<Desired> = None;
-    let mut last_ok = false;
+    // What the last convergence was for: its fingerprint, not a copy (a copy of 30,000
+    // routes stayed resident for as long as the agent ran). The routing task sends its
+    // state again every few seconds (its resync), so a clean state need not be kept for
+    // the recheck; a failed one is kept until it is retried.
+    let mut last: Option<(u64, Instant)> = None;
+    let mut failed: Option<Desired> = None;
     // The table as the last clean convergence left it, kept while new states come in
     // quick succession (a start-up's batches of learned routes): the next convergence
     // plans on it instead of dumping tens of thousands of routes again. New routes go in
@@ -116,14 +121,13 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
     // (no memory held while idle) and before every recheck.
     let mut record: Option<Vec<RouteSpec>> = None;
     loop {
-        // A failed convergence is tried again soon; a good one is checked now and then
-        // (a route someone removed by hand, a link that went down and took ours along).
+        // A failed convergence is tried again soon.
         let wait = if record.is_some() {
             KEEP_RECORD
-        } else if last_ok {
-            RECHECK_EVERY
-        } else {
+        } else if failed.is_some() {
             RETRY_AFTER
+        } else {
+            RECHECK_EVERY
         };
         let desired = match rx.recv_timeout(wait) {
             Ok(mut desired) => {
@@ -131,42 +135,89 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
                 while let Ok(newer) = rx.try_recv() {
                     desired = newer;
                 }
-                if last_ok && last.as_ref() == Some(&desired) {
-                    continue;
-                }
                 desired
             }
             Err(mpsc::RecvTimeoutError::Timeout) if record.is_some() => {
                 record = None;
                 calico_malloc::release_free_memory();
+                // Changes have stopped coming: the code and constants that start-up and the
+                // burst ran (TLS, the datastore listing, JSON, the first plans) need not stay
+                // mapped; what still runs is mapped again as it runs.
+                match calico_malloc::release_file_pages() {
+                    Ok(bytes) => {
+                        log::debug!(
+                            "routes: released {} KiB of read-only file mappings",
+                            bytes / 1024
+                        )
+                    }
+                    Err(e) => log::debug!("routes: releasing read-only file mappings: {e}"),
+                }
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => match &last {
-                Some(d) => d.clone(),
+            Err(mpsc::RecvTimeoutError::Timeout) => match failed.take() {
+                Some(d) => d,
                 None => continue,
             },
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
+        let print = fingerprint(&desired);
+        // A good convergence is checked again when the same state comes after a while (a
+        // route someone removed by hand, a link that went down and took ours along).
+        if failed.is_none()
+            && last.is_some_and(|(p, at)| p == print && at.elapsed() < RECHECK_AFTER)
+        {
+            continue;
+        }
+        if last.is_some_and(|(p, _)| p == print) {
+            record = None;
+        }
         let started = Instant::now();
         let outcome = converge(&table, &desired, &mut record);
         if outcome.is_err() {
             record = None;
         }
-        last_ok = outcome.is_ok();
+        failed = outcome.is_err().then_some(desired);
+        last = Some((print, Instant::now()));
         state.kernel_result(outcome, Some(started.elapsed()));
-        last = Some(desired);
         // The route dumps and plans of a convergence (and the view the routing task built
         // for it) are freed by now: give the pages back rather than keep the peak resident.
         calico_malloc::release_free_memory();
     }
 }
 
+/// A state's fingerprint (64-bit SipHash with fixed keys: two different states agree with
+/// odds of 2^-64, and then the newer waits for the next change or recheck).
+fn fingerprint(d: &Desired) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    d.blackholes.hash(&mut h);
+    d.bgp.hash(&mut h);
+    d.ipip_address.hash(&mut h);
+    d.keep_stale_bgp.hash(&mut h);
+    match &d.vxlan {
+        None => 0u8.hash(&mut h),
+        Some(v) => {
+            1u8.hash(&mut h);
+            let dev = &v.device;
+            (&dev.name, dev.vni, dev.port, dev.local, dev.parent_index).hash(&mut h);
+            (dev.mac, dev.mtu, dev.address).hash(&mut h);
+            v.neighbors.hash(&mut h);
+            v.fdb.hash(&mut h);
+            v.routes.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 /// How long after a failed convergence it is tried again.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long the table's record is kept after a convergence, for the next one.
 const KEEP_RECORD: std::time::Duration = std::time::Duration::from_millis(200);
-/// How often a good convergence is checked against the kernel.
+/// How long the thread waits for a state when all is well (it wakes only to stop).
 const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// The same state converged on longer ago than this is converged on again (a recheck;
+/// the routing task resends its state every 10 s).
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One convergence, run twice when the first pass refused something: a prefix that moves
 /// from one of our protocols to another (a pool switched from IPIP to VXLAN, a block that
@@ -414,6 +465,33 @@ pub fn parse_mac(text: &str) -> Option<Mac> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The routes thread keeps only a fingerprint of the state it converged on: equal states
+    /// must agree, and a change anywhere (one next hop, the stale flag) must not.
+    #[test]
+    fn fingerprints_tell_states_apart() {
+        let route = |dst: &str, gw: &str| KernelRoute {
+            dst: dst.parse().unwrap(),
+            next_hops: vec![gw.parse::<IpAddr>().unwrap()].into(),
+            device: None,
+            onlink: false,
+        };
+        let a = Desired {
+            blackholes: vec!["10.244.0.0/26".parse().unwrap()],
+            bgp: Some(vec![route("10.244.1.0/26", "10.0.0.2")]),
+            ..Desired::default()
+        };
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        let mut b = a.clone();
+        b.bgp = Some(vec![route("10.244.1.0/26", "10.0.0.3")]);
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        let mut c = a.clone();
+        c.keep_stale_bgp = true;
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        let mut d = a.clone();
+        d.bgp = None;
+        assert_ne!(fingerprint(&a), fingerprint(&d));
+    }
 
     #[test]
     fn macs_parse_as_felix_writes_them() {

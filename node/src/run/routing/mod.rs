@@ -7,7 +7,9 @@
 //! [`cache::Cache`]; after every batch of changes (datastore or BGP) the plan is computed
 //! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
 //! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
-//! on the new state. Only this node's block affinities are read unless a VXLAN pool (or the
+//! on the new state. While only learned routes change (a start-up's burst of UPDATEs) the
+//! last plan is reused and only the kernel's learned routes are computed again; the learned
+//! routes are read in place from the speaker's table ([`calico_bgp::LearnedRoutes`]). Only this node's block affinities are read unless a VXLAN pool (or the
 //! VXLAN backend) needs every node's, as Calico's BGP syncer reads them. Nothing is written
 //! to the kernel before the first full snapshot; learned routes go in as they come, and a restarted agent keeps the routes of its previous run
 //! until its peers' End-of-RIB (graceful restart), then sweeps the stale ones.
@@ -266,7 +268,7 @@ pub async fn run(
         settings,
         state: state.clone(),
         cache: Cache::new(),
-        learned: BTreeMap::new(),
+        planned: None,
         bgp: None,
         bgp_synced: false,
         restarting,
@@ -286,9 +288,17 @@ pub async fn run(
                 status::peer_metrics(&state).await;
                 continue;
             }
+            // Learned routes have stopped coming: the plan kept for them goes.
+            _ = plan_expiry(&r.planned) => {
+                r.planned = None;
+                calico_malloc::release_free_memory();
+                continue;
+            }
             // Now and then (and soon after a speaker could not start) everything is
             // computed again, so nothing waits for an unrelated change to be retried.
-            _ = resync.tick() => {}
+            _ = resync.tick() => {
+                r.planned = None;
+            }
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     r.cache.apply(ev);
@@ -394,12 +404,38 @@ fn affinity_scope(backend: Backend, view: &ClusterView) -> AffinityScope {
     }
 }
 
+/// When the kept plan is dropped ([`KEEP_PLAN`] after its last use); never without one.
+async fn plan_expiry(planned: &Option<Planned>) {
+    match planned {
+        Some(p) => tokio::time::sleep_until((p.at + KEEP_PLAN).into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
     match bgp {
         Some(b) => b.events.recv().await,
         None => std::future::pending().await,
     }
 }
+
+/// What the last full computation made of the datastore, kept while only the learned
+/// routes change (a start-up's burst of UPDATEs): each batch then computes only the kernel's
+/// learned routes, not the whole plan again (10,000 blocks planned, exported and compared
+/// per batch). Dropped [`KEEP_PLAN`] after its last use (no memory held while idle), on
+/// every resync, and whenever the datastore changes.
+struct Planned {
+    /// The cache's generation the plan was made at.
+    generation: u64,
+    view: ClusterView,
+    local_subnets: Vec<IpNet>,
+    /// Everything but the learned routes (`bgp` holds the peers' host routes).
+    desired: Desired,
+    at: std::time::Instant,
+}
+
+/// How long a plan is kept without use (a burst's batches come within the settle time).
+const KEEP_PLAN: Duration = Duration::from_millis(250);
 
 struct Routing {
     node: String,
@@ -415,8 +451,8 @@ struct Routing {
     settings: RoutingSettings,
     state: Arc<RoutingState>,
     cache: Cache,
-    /// Best next hops of learned prefixes (sets shared with the speaker's RIB).
-    learned: BTreeMap<IpNet, calico_bgp::NextHops>,
+    /// The last plan, while learned routes keep coming (see [`Planned`]).
+    planned: Option<Planned>,
     bgp: Option<Bgp>,
     bgp_synced: bool,
     restarting: bool,
@@ -431,39 +467,72 @@ impl Routing {
     /// kept in the kernel as stale until a new speaker has synced, as after a restart.
     fn speaker_gone(&mut self) {
         self.bgp = None;
+        self.planned = None;
         self.state.set_speaker(None);
-        self.learned.clear();
         self.bgp_synced = false;
         self.state.set_bgp_synced(false);
         self.restarting = true;
     }
 
+    /// The speaker's table of learned routes (best next hops per prefix), read in place.
+    fn learned(&self) -> Option<calico_bgp::LearnedRoutes> {
+        self.bgp.as_ref().map(|b| b.speaker.learned())
+    }
+
+    /// A RIB event: the learned routes themselves are read from the speaker's table when the
+    /// kernel's routes are computed; here only the sync and the count.
     fn rib(&mut self, ev: RibEvent) {
-        match ev {
-            RibEvent::Best { prefix, next_hops } => {
-                self.learned.insert(prefix, next_hops);
+        let learned = self.learned().map_or(0, |l| l.len());
+        if ev == RibEvent::Synced {
+            if !self.bgp_synced {
+                log::info!("BGP synced: {learned} learned prefixes");
             }
-            RibEvent::Withdrawn { prefix } => {
-                self.learned.remove(&prefix);
-            }
-            RibEvent::Synced => {
-                if !self.bgp_synced {
-                    log::info!("BGP synced: {} learned prefixes", self.learned.len());
-                }
-                self.bgp_synced = true;
-                self.state.set_bgp_synced(true);
-            }
+            self.bgp_synced = true;
+            self.state.set_bgp_synced(true);
         }
         self.state
             .metrics()
             .bgp_routes_learned
-            .set(i64::try_from(self.learned.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(learned).unwrap_or(i64::MAX));
     }
 
     async fn recompute(&mut self) {
         if !self.cache.synced() {
             return;
         }
+        let learned = self.learned();
+        if let Some(p) = &mut self.planned
+            && p.generation == self.cache.generation()
+            && self.bgp.is_some()
+        {
+            // Only learned routes changed: the plan stands.
+            p.at = std::time::Instant::now();
+            let mut desired = p.desired.clone();
+            let routes = learned.map(|l| {
+                l.with(|learned| {
+                    calico_routing::kernel_routes(
+                        &p.view,
+                        &self.node,
+                        &self.settings.options,
+                        learned,
+                        &p.local_subnets,
+                    )
+                })
+            });
+            // In the full computation's order (learned, then the peers' host routes), so an
+            // equal state has an equal fingerprint.
+            desired.bgp = match (desired.bgp.take(), routes) {
+                (Some(peer_routes), Some(mut routes)) => {
+                    routes.extend(peer_routes);
+                    Some(routes)
+                }
+                (peer_routes, _) => peer_routes,
+            };
+            desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
+            self.programmer.set(desired);
+            return;
+        }
+        self.planned = None;
         if self.scope == AffinityScope::All && self.cache.snapshots() <= self.scope_snapshot {
             return;
         }
@@ -495,6 +564,7 @@ impl Routing {
         }
         let mut desired = Desired::default();
         let local_subnets = local_subnets();
+        let mut peer_routes = None;
         if self.settings.backend == Backend::Bird {
             match calico_routing::bgp_plan(&view, &self.node, &self.settings.options, &self.secrets)
             {
@@ -510,13 +580,20 @@ impl Routing {
                     );
                     self.speak(&plan, &borrowed).await;
                     desired.blackholes = plan.blackholes.clone();
-                    let mut routes = calico_routing::kernel_routes(
-                        &view,
-                        &self.node,
-                        &self.settings.options,
-                        &self.learned,
-                        &local_subnets,
-                    );
+                    peer_routes = Some(plan.peer_routes.clone());
+                    let kernel_routes = |learned: &BTreeMap<IpNet, calico_bgp::NextHops>| {
+                        calico_routing::kernel_routes(
+                            &view,
+                            &self.node,
+                            &self.settings.options,
+                            learned,
+                            &local_subnets,
+                        )
+                    };
+                    let mut routes = match self.learned() {
+                        Some(l) => l.with(kernel_routes),
+                        None => kernel_routes(&BTreeMap::new()),
+                    };
                     routes.extend(plan.peer_routes.iter().cloned());
                     desired.bgp = Some(routes);
                     desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
@@ -542,6 +619,20 @@ impl Routing {
         let unique: BTreeSet<IpNet> = desired.blackholes.drain(..).collect();
         desired.blackholes = unique.into_iter().collect();
         desired.vxlan = vxlan;
+        if self.bgp.is_some()
+            && let Some(peer_routes) = peer_routes
+        {
+            self.planned = Some(Planned {
+                generation: self.cache.generation(),
+                desired: Desired {
+                    bgp: Some(peer_routes),
+                    ..desired.clone()
+                },
+                view,
+                local_subnets,
+                at: std::time::Instant::now(),
+            });
+        }
         self.programmer.set(desired);
     }
 
