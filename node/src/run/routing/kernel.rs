@@ -140,18 +140,6 @@ fn program(rx: mpsc::Receiver<Desired>, state: &RoutingState) {
             Err(mpsc::RecvTimeoutError::Timeout) if record.is_some() => {
                 record = None;
                 calico_malloc::release_free_memory();
-                // Changes have stopped coming: the code and constants that start-up and the
-                // burst ran (TLS, the datastore listing, JSON, the first plans) need not stay
-                // mapped; what still runs is mapped again as it runs.
-                match calico_malloc::release_file_pages() {
-                    Ok(bytes) => {
-                        log::debug!(
-                            "routes: released {} KiB of read-only file mappings",
-                            bytes / 1024
-                        )
-                    }
-                    Err(e) => log::debug!("routes: releasing read-only file mappings: {e}"),
-                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => match failed.take() {
