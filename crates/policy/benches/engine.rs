@@ -289,6 +289,11 @@ fn kernel() {
                  {} MiB after the cold start's transaction was freed ({peak} MiB before)",
                 rss_kib() / 1024
             );
+            if std::env::var_os("POLICY_BENCH_EXIT_AFTER_COLD").is_some() {
+                // What is live now is what a heap profiler (heaptrack) reports as leaked,
+                // with its stacks: the steady state's memory by where it was allocated.
+                std::process::exit(0);
+            }
             let mut step = |e: &mut PolicyEngine| {
                 let mut edit = table.edit().expect("applied");
                 e.write_changes(&mut edit).expect("edit");
