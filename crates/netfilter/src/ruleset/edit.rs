@@ -378,6 +378,7 @@ impl<'a> Edit<'a> {
                         }
                     }
                     self.journal = Journal::default();
+                    self.table.bound_indexes();
                     return Ok(batch.len());
                 }
                 Err(e) if e.errno().is_none() => {
@@ -640,6 +641,46 @@ mod tests {
             assert!(table.holds(&after));
             before = after;
         }
+    }
+
+    /// Past their bound the interval indexes are dropped after a commit, and the next element
+    /// edit (index rebuilt from the record) plans what the whole-table plan does.
+    #[test]
+    fn indexes_past_their_bound_are_dropped_and_rebuilt() {
+        let mut rs = ruleset(1);
+        let n = u32::try_from(crate::ruleset::plan::INDEXED_MAX).expect("small");
+        rs.sets.insert(
+            "big".into(),
+            Set {
+                key: crate::ruleset::SetKey::Ipv4Addr,
+                interval: true,
+                elems: (0..n / 2 + 1).map(|i| host(i * 2)).collect(),
+            },
+        );
+        let mut table = ProgrammedTable::new();
+        table.record(rs.clone());
+        let mut edit = table.edit().expect("edit");
+        assert!(edit.add_elem("big", host(1)).expect("add"));
+        rs.sets.get_mut("big").expect("big").elems.insert(host(1));
+        // As a commit would, without a kernel.
+        let elem_plan = edit.elem_plan().expect("elems");
+        for (name, _, _, intervals) in &elem_plan {
+            if let (Some((gone, came)), Some(index)) = (intervals, edit.table.indexes.get_mut(name))
+            {
+                index.committed(gone, came);
+            }
+        }
+        edit.journal = Journal::default();
+        edit.table.bound_indexes();
+        assert!(edit.table.indexes.is_empty(), "over the bound: dropped");
+        drop(edit);
+        assert!(table.holds(&rs));
+        let before = rs.clone();
+        let mut edit = table.edit().expect("edit");
+        assert!(edit.remove_elem("big", &host(2)).expect("remove"));
+        rs.sets.get_mut("big").expect("big").elems.remove(&host(2));
+        let whole = plan(Some(&before), &rs).expect("plan");
+        assert_eq!(bytes(&edit.plan().expect("plan")), bytes(&whole));
     }
 
     #[test]

@@ -159,6 +159,10 @@ impl Record {
     }
 }
 
+/// Entries the interval indexes may hold between edits (see
+/// [`ProgrammedTable::bound_indexes`]).
+pub(crate) const INDEXED_MAX: usize = 100_000;
+
 /// A table as this process last programmed it: plans each change against what was applied
 /// and keeps the new state only once the kernel took it.
 ///
@@ -229,6 +233,16 @@ impl ProgrammedTable {
             self.indexes.clear();
         }
         self.applied = applied;
+    }
+
+    /// Drops the interval indexes once they hold more than [`INDEXED_MAX`] entries (about
+    /// 50 bytes each): every set edited element by element keeps one, so over a long run
+    /// they would come to cost more than the sets; dropped, they are rebuilt from the record
+    /// when next needed (the cost of one pass over that set).
+    pub(crate) fn bound_indexes(&mut self) {
+        if self.indexes.values().map(IntervalIndex::len).sum::<usize>() > INDEXED_MAX {
+            self.indexes.clear();
+        }
     }
 
     /// Records `rs` as what the kernel holds (it took it whole).
