@@ -81,7 +81,7 @@ pub const PRIORITY_DSTNAT: i32 = libc::NF_IP_PRI_NAT_DST;
 pub const PRIORITY_SRCNAT: i32 = libc::NF_IP_PRI_NAT_SRC;
 
 /// One expression of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Expr {
     /// `meta <key>` into register 1 (`nfproto` 15, `l4proto` 16, `mark` 3).
     Meta(u32),

@@ -1,9 +1,11 @@
 //! The desired state of ONE nf_tables table, declared as data ([`Ruleset`]), and the engine
 //! that brings the kernel to it: [`plan`] turns (what was applied, what is wanted) into the
 //! smallest nf_tables transaction that gets there, [`apply`] commits it in one go.
-//! [`ProgrammedTable`] keeps what the kernel holds and syncs a whole new ruleset by
-//! difference ([`ProgrammedTable::sync`]), or changes it in place ([`ProgrammedTable::edit`],
-//! an [`Edit`] planned at the cost of what it touches, not of the table's size).
+//! [`ProgrammedTable`] keeps a compact record of what the kernel holds (sets and maps whole,
+//! each chain as a keyed hash of its rules and the names they hold) and syncs a whole new
+//! ruleset by difference ([`ProgrammedTable::sync`]), or changes it in place
+//! ([`ProgrammedTable::edit`], an [`Edit`] planned at the cost of what it touches, not of the
+//! table's size).
 //!
 //! It owns the table's shape in the kernel, nothing of policy: the policy agent
 //! (`crates/policy`, wired in `calico-node`) renders Calico's model into a [`Ruleset`]
@@ -12,10 +14,11 @@
 //! - One transaction per apply: the kernel switches from the old rules to the new ones
 //!   atomically, so a packet never meets half an update, and a refused update changes
 //!   nothing.
-//! - Incremental: a chain whose rules are unchanged (compared structurally, never
-//!   re-encoded) is not touched; a changed chain is flushed and rewritten whole (chain
-//!   granularity: plans need no kernel rule handles, so they are pure functions of two
-//!   rulesets); set and map elements are added and removed by difference.
+//! - Incremental: a chain whose rules are unchanged (compared structurally between two
+//!   rulesets, by fingerprint against the programmed record; never re-encoded) is not
+//!   touched; a changed chain is flushed and rewritten whole (chain granularity: plans need
+//!   no kernel rule handles, so they are pure functions of two rulesets); set and map
+//!   elements are added and removed by difference.
 //! - `old = None` trusts nothing left by a previous run: the table is added (so its deletion
 //!   cannot fail), deleted and created again whole in the same transaction — an atomic
 //!   replace, with no moment without rules.
@@ -163,7 +166,7 @@ pub enum ChainPolicy {
 /// One rule: its expressions (see the `match_*` builders of [`crate::nft`]) and a comment,
 /// kept in the rule's user data as `nft` writes it (so `nft list` shows it; cut to
 /// [`nft::COMMENT_MAX`] bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Rule {
     pub exprs: Vec<Expr>,
     pub comment: Option<String>,

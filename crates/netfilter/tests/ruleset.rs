@@ -884,6 +884,7 @@ fn a_ruleset_of_policy_scale_applies_in_one_transaction() {
         .within(move || {
             let mut sock = NfSocket::open().unwrap();
             let mut table = ruleset::ProgrammedTable::new();
+            let pi = one_chain.chains["filter-cali-pi-1001"].clone();
             table.sync(&mut sock, one_chain).unwrap();
             let mut times: Vec<Duration> = (0..21)
                 .map(|_| {
@@ -902,12 +903,11 @@ fn a_ruleset_of_policy_scale_applies_in_one_transaction() {
             let mut commits: Vec<Duration> = (0..21)
                 .map(|i| {
                     let mut edit = table.edit().unwrap();
-                    let rules = &mut edit.chain_mut("filter-cali-pi-1001").unwrap().rules;
+                    let mut chain = pi.clone();
                     if i % 2 == 0 {
-                        rules.push(rule(&[verdict(Verdict::Drop)]));
-                    } else {
-                        rules.pop();
+                        chain.rules.push(rule(&[verdict(Verdict::Drop)]));
                     }
+                    edit.put_chain("filter-cali-pi-1001", chain);
                     let set = &mut edit.set_mut("cali40s-1001").unwrap().elems;
                     let e = net("192.168.78.0/24");
                     if !set.remove(&e) {
@@ -1398,7 +1398,7 @@ fn a_programmed_table_syncs_by_difference() {
             let rs = sample();
             let full = table.sync(&mut sock, rs.clone()).unwrap();
             assert!(full > 20, "{full}");
-            assert_eq!(table.applied(), Some(&rs));
+            assert!(table.holds(&rs));
             assert_eq!(table.sync(&mut sock, rs.clone()).unwrap(), 0);
             let mut more = rs.clone();
             more.sets
@@ -1415,26 +1415,44 @@ fn a_programmed_table_syncs_by_difference() {
                     data: vec![1],
                 }]);
             assert!(table.sync(&mut sock, bad).is_err());
-            assert_eq!(table.applied(), Some(&more));
+            assert!(table.holds(&more));
             table.forget();
             assert!(table.sync(&mut sock, more.clone()).unwrap() > 20);
             more
         })
         .unwrap();
     // Drift: another tool deletes the table. The next change's difference is refused
-    // (nothing to change), and retried as a replace: the table is back, whole.
+    // (nothing to change), and retried as a replace with the whole wanted table: the table
+    // is back, whole. A plain commit is refused and changes nothing.
     ns.within(move || {
         let mut sock = NfSocket::open().unwrap();
         let mut table = ruleset::ProgrammedTable::new();
         table.sync(&mut sock, more.clone()).unwrap();
         ns_delete_table_from_here();
-        let mut edit = table.edit().unwrap();
-        edit.set_mut("cali40s-dst")
+        let mut wanted = more.clone();
+        wanted
+            .sets
+            .get_mut("cali40s-dst")
             .unwrap()
             .elems
             .insert(net("10.7.0.0/16"));
-        assert!(edit.commit(&mut sock).unwrap() > 20, "replaced whole");
-        let mut later = table.applied().unwrap().clone();
+        fn change(table: &mut ruleset::ProgrammedTable) -> ruleset::Edit<'_> {
+            let mut edit = table.edit().unwrap();
+            edit.set_mut("cali40s-dst")
+                .unwrap()
+                .elems
+                .insert(net("10.7.0.0/16"));
+            edit
+        }
+        assert!(change(&mut table).commit(&mut sock).is_err());
+        assert!(table.holds(&more), "undone");
+        let edit = change(&mut table);
+        let sent = edit
+            .commit_or_replace(&mut sock, || wanted.clone())
+            .unwrap();
+        assert!(sent > 20, "replaced whole");
+        assert!(table.holds(&wanted));
+        let mut later = wanted.clone();
         later.chains.remove("filter-cali-fw-calia");
         later.maps.clear();
         later

@@ -289,6 +289,29 @@ fn kernel() {
                  {} MiB after the cold start's transaction was freed ({peak} MiB before)",
                 rss_kib() / 1024
             );
+            if std::env::var_os("POLICY_BENCH_EXIT_AFTER_COLD").is_some() {
+                // The resident mappings of 1 MiB or more (heap, arenas, the binary).
+                let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+                let mut mapping = "";
+                for line in smaps.lines() {
+                    if !line.contains(':') || line.split_whitespace().count() > 3 {
+                        mapping = line;
+                    } else if let Some(kib) = line.strip_prefix("Rss:") {
+                        let kib: u64 = kib
+                            .trim()
+                            .trim_end_matches("kB")
+                            .trim()
+                            .parse()
+                            .unwrap_or(0);
+                        if kib >= 1024 {
+                            println!("  {} MiB  {mapping}", kib / 1024);
+                        }
+                    }
+                }
+                // What is live now is what a heap profiler (heaptrack) reports as leaked,
+                // with its stacks: the steady state's memory by where it was allocated.
+                std::process::exit(0);
+            }
             let mut step = |e: &mut PolicyEngine| {
                 let mut edit = table.edit().expect("applied");
                 e.write_changes(&mut edit).expect("edit");

@@ -125,8 +125,8 @@ enum ItemKey {
 #[derive(Debug, Clone, PartialEq)]
 struct Endpoint {
     local: bool,
+    /// Local endpoints only (empty for remote ones: nothing renders them).
     iface: String,
-    mac: String,
     nets: Vec<IpNet>,
     /// `allowSpoofedSourcePrefixes`: other sources it may send from.
     spoof_ok: Vec<IpNet>,
@@ -134,8 +134,9 @@ struct Endpoint {
     own_labels: LabelSet,
     /// (name, protocol, port).
     ports: Vec<(String, u8, u16)>,
-    /// For local endpoints only (remote ones have no status here).
-    status: Option<EndpointStatus>,
+    /// For local endpoints only (remote ones have no status here); boxed, so that the
+    /// cluster's remote endpoints do not each hold room for one.
+    status: Option<Box<EndpointStatus>>,
 }
 
 /// An endpoint's labels for selectors: its own, then those its profiles give (in the
@@ -186,7 +187,62 @@ fn item_elems(spec: &SetSpec, d: &ItemData) -> Vec<SetElem> {
 struct LiveSet {
     spec: SetSpec,
     names: (String, String),
-    counts: HashMap<SetElem, u32>,
+    counts: ElemCounts,
+}
+
+/// A set's members, each counted by how many items bring it: a sorted vector (a set has
+/// ~100 members, and a hash map takes about twice the room, which at the cluster's
+/// 200,000 members is megabytes).
+#[derive(Default)]
+struct ElemCounts(Vec<(SetElem, u32)>);
+
+impl ElemCounts {
+    /// Counts (the members' multiset, in any order).
+    fn from_elems(mut all: Vec<SetElem>) -> Self {
+        all.sort_unstable();
+        let mut out: Vec<(SetElem, u32)> = Vec::new();
+        for e in all {
+            match out.last_mut() {
+                Some((last, n)) if *last == e => *n += 1,
+                _ => out.push((e, 1)),
+            }
+        }
+        out.shrink_to_fit();
+        ElemCounts(out)
+    }
+
+    /// One more item brings `e`; whether it is a new member.
+    fn add(&mut self, e: SetElem) -> bool {
+        match self.0.binary_search_by(|(x, _)| x.cmp(&e)) {
+            Ok(i) => {
+                self.0[i].1 += 1;
+                false
+            }
+            Err(i) => {
+                self.0.insert(i, (e, 1));
+                true
+            }
+        }
+    }
+
+    /// One item less brings `e`; whether it stopped being a member.
+    fn remove(&mut self, e: &SetElem) -> bool {
+        match self.0.binary_search_by(|(x, _)| x.cmp(e)) {
+            Ok(i) if self.0[i].1 > 1 => {
+                self.0[i].1 -= 1;
+                false
+            }
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn members(&self) -> impl Iterator<Item = &SetElem> {
+        self.0.iter().map(|(e, _)| e)
+    }
 }
 
 /// Small numbers for keys: ids are reused after release.
@@ -492,14 +548,13 @@ impl PolicyEngine {
             if let Ok(sel) = Selector::parse(spec.selector_text()) {
                 self.set_index.upsert_selector(id, sel);
             }
-            let mut counts: HashMap<SetElem, u32> = HashMap::new();
+            let mut all = Vec::new();
             for item in self.set_index.matches(&id) {
                 if let Some(d) = self.item_ids.key(*item).and_then(|k| self.item_data(k)) {
-                    for e in item_elems(spec, &d) {
-                        *counts.entry(e).or_insert(0) += 1;
-                    }
+                    all.extend(item_elems(spec, &d));
                 }
             }
+            let counts = ElemCounts::from_elems(all);
             self.live_sets.insert(
                 id,
                 LiveSet {
@@ -553,17 +608,11 @@ impl PolicyEngine {
                 SetElem::Ports(..) => true,
             };
             let name = if v4 { &live.names.0 } else { &live.names.1 };
-            let c = live.counts.entry(e).or_insert(0);
             let changed = if add {
-                *c += 1;
-                *c == 1
+                live.counts.add(e)
             } else {
-                *c = c.saturating_sub(1);
-                *c == 0
+                live.counts.remove(&e)
             };
-            if !add && *c == 0 {
-                live.counts.remove(&e);
-            }
             if changed && let Some(out) = self.out.sets.get_mut(name) {
                 if self.config.lean {
                     // No copy of the members: the fingerprint follows them, and a set to
@@ -761,8 +810,11 @@ impl PolicyEngine {
             nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
         Ok(Endpoint {
             local,
-            iface: spec.interface_name.clone(),
-            mac: spec.mac.clone(),
+            iface: if local {
+                spec.interface_name.clone()
+            } else {
+                String::new()
+            },
             profiles: spec.profiles.clone(),
             spoof_ok,
             own_labels: LabelSet::new(
@@ -770,14 +822,16 @@ impl PolicyEngine {
                 &mut self.strings,
             ),
             ports,
-            status: local.then(|| EndpointStatus {
-                orchestrator_id: spec.orchestrator.clone(),
-                workload_id: format!("{ns}/{workload}"),
-                endpoint_id: spec.endpoint.clone(),
-                iface_name: spec.interface_name.clone(),
-                mac: spec.mac.clone(),
-                ipv4_nets: v4.iter().map(ToString::to_string).collect(),
-                ipv6_nets: v6.iter().map(ToString::to_string).collect(),
+            status: local.then(|| {
+                Box::new(EndpointStatus {
+                    orchestrator_id: spec.orchestrator.clone(),
+                    workload_id: format!("{ns}/{workload}"),
+                    endpoint_id: spec.endpoint.clone(),
+                    iface_name: spec.interface_name.clone(),
+                    mac: spec.mac.clone(),
+                    ipv4_nets: v4.iter().map(ToString::to_string).collect(),
+                    ipv6_nets: v6.iter().map(ToString::to_string).collect(),
+                })
             }),
             nets,
         })
@@ -1550,7 +1604,7 @@ impl PolicyEngine {
                 Set::new(SetKey::Ipv6Addr, true),
             )
         };
-        for e in counts.keys() {
+        for e in counts.members() {
             let v4 = match e {
                 SetElem::Net(n) => matches!(n, IpNet::V4(_)),
                 SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
@@ -2116,7 +2170,7 @@ impl PolicyEngine {
             .rendered
             .keys()
             .filter_map(|k| self.endpoints.get(k))
-            .filter_map(|e| e.status.clone())
+            .filter_map(|e| e.status.as_deref().cloned())
             .collect();
         out.sort();
         out
@@ -2204,4 +2258,31 @@ pub struct EngineStats {
     pub sets: usize,
     pub chains: usize,
     pub rules: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(i: u8) -> SetElem {
+        SetElem::Net(IpNet::from(IpAddr::from([10, 0, 0, i])))
+    }
+
+    /// Members are counted: an element two items bring stays until both are gone, and
+    /// only the first add and the last removal change the set.
+    #[test]
+    fn set_members_are_counted() {
+        let mut c = ElemCounts::from_elems(vec![host(3), host(1), host(3)]);
+        assert_eq!(c.members().copied().collect::<Vec<_>>(), [host(1), host(3)]);
+        assert!(!c.remove(&host(3)), "one item still brings it");
+        assert!(c.remove(&host(3)));
+        assert!(!c.remove(&host(3)), "not a member: nothing to remove");
+        assert!(c.add(host(2)));
+        assert!(!c.add(host(2)));
+        assert!(c.add(host(0)));
+        assert_eq!(
+            c.members().copied().collect::<Vec<_>>(),
+            [host(0), host(1), host(2)]
+        );
+    }
 }

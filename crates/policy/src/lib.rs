@@ -21,8 +21,9 @@
 //! 2. After the first in-sync: `ProgrammedTable::sync(sock, engine.full_table())` (an
 //!    atomic replace of whatever a previous run left), then `engine.take_touched()`.
 //! 3. Per watch event (or batch of them): `upsert_stored`/`remove_stored`; then
-//!    `let mut edit = table.edit()?; engine.write_changes(&mut edit); edit.commit(sock)?`
-//!    (a refused commit: sync the whole table again).
+//!    `let mut edit = table.edit()?; engine.write_changes(&mut edit);
+//!    edit.commit_or_replace(sock, || engine.full_table())?` (a refused difference, or one
+//!    the table's compact record cannot plan, replaces the table whole).
 //! 4. After each successful apply, `programmed_endpoints()` is the set of status files to
 //!    have (write the new ones, remove the others).
 //!

@@ -324,7 +324,7 @@ fn edits_of_the_programmed_table_follow_the_engine() {
                     .unwrap_or_else(|err| panic!("{name}: step {i}: {err}"));
                 edit.commit(&mut sock)
                     .unwrap_or_else(|err| panic!("{name}: step {i}: {err}"));
-                assert_eq!(table.applied(), Some(&e.full_table()), "{name}: step {i}");
+                assert!(table.holds(&e.full_table()), "{name}: step {i}");
             }
         })
         .unwrap();

@@ -1,14 +1,18 @@
 //! Changing a programmed table in place ([`ProgrammedTable::edit`]): the record of what the
-//! kernel holds is changed entry by entry, each touched chain, set or map journaled once
-//! (its value before), and the plan covers only the journal — so a one-element change costs
-//! the same against 20 chains or 20,000, and nothing is cloned but what is touched. Set
+//! kernel holds is changed entry by entry, each touched set or map journaled once (its value
+//! before), each chain put or removed held beside the record until the commit (the record
+//! keeps only a fingerprint of a chain's rules), and the plan covers only what was touched —
+//! so a one-element change costs the same against 20 chains or 20,000, and nothing is cloned
+//! but what is touched. Set
 //! elements can be edited one by one ([`Edit::add_elem`], [`Edit::remove_elem`]): then not
 //! even the set is cloned, and an interval set's change is planned around the element (an
 //! index of its intervals, kept by the table) rather than by normalising the whole set. The
 //! journal also undoes the edit when the kernel refuses it (the kernel kept the old table).
 
 use super::elems::{self, Interval, IntervalIndex, KernelElem};
-use super::plan::{Batch, Changes, ProgrammedTable, apply_or_replace, plan_changes};
+use super::plan::{
+    self, Batch, ChainPair, Changes, EditView, ProgrammedTable, Record, apply, plan_changes,
+};
 use super::{Chain, Ruleset, Set, SetElem, VerdictMap};
 use crate::error::NfError;
 use crate::socket::NfSocket;
@@ -18,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet};
 /// elements added to and removed from sets edited element by element.
 #[derive(Debug, Default)]
 struct Journal {
-    chains: BTreeMap<String, Option<Chain>>,
     sets: BTreeMap<String, Option<Set>>,
     maps: BTreeMap<String, Option<VerdictMap>>,
     elems: BTreeMap<String, ElemDelta>,
@@ -87,42 +90,36 @@ type IntervalChange = (Vec<Interval>, Vec<Interval>);
 #[derive(Debug)]
 pub struct Edit<'a> {
     table: &'a mut ProgrammedTable,
-    current: Ruleset,
+    current: Record,
+    /// Chains put (`Some`) or removed (`None`) by the edit: the record's chains change at the
+    /// commit.
+    chains: BTreeMap<String, Option<Chain>>,
     journal: Journal,
     /// The kernel's state became unknown: the table forgets what it applied.
     lost: bool,
+    /// The table was replaced whole and recorded: nothing to undo.
+    replaced: bool,
 }
 
 impl<'a> Edit<'a> {
-    pub(crate) fn new(table: &'a mut ProgrammedTable, current: Ruleset) -> Self {
+    pub(crate) fn new(table: &'a mut ProgrammedTable, current: Record) -> Self {
         Edit {
             table,
             current,
+            chains: BTreeMap::new(),
             journal: Journal::default(),
             lost: false,
+            replaced: false,
         }
-    }
-
-    /// The ruleset as edited so far.
-    pub fn ruleset(&self) -> &Ruleset {
-        &self.current
     }
 
     /// Adds or replaces a chain.
     pub fn put_chain(&mut self, name: &str, chain: Chain) {
-        note(&mut self.journal.chains, &self.current.chains, name);
-        self.current.chains.insert(name.to_string(), chain);
+        self.chains.insert(name.to_string(), Some(chain));
     }
 
     pub fn remove_chain(&mut self, name: &str) {
-        note(&mut self.journal.chains, &self.current.chains, name);
-        self.current.chains.remove(name);
-    }
-
-    /// A chain to change in place.
-    pub fn chain_mut(&mut self, name: &str) -> Option<&mut Chain> {
-        note(&mut self.journal.chains, &self.current.chains, name);
-        self.current.chains.get_mut(name)
+        self.chains.insert(name.to_string(), None);
     }
 
     /// Journals a set as a whole (its value before the edit), folding in element edits made
@@ -284,8 +281,24 @@ impl<'a> Edit<'a> {
 
     fn plan_with(&self, elem_plan: &ElemPlan) -> Result<Batch, NfError> {
         let j = &self.journal;
+        let keys = &self.table.keys;
         let changes = Changes {
-            chains: pairs(&j.chains, &self.current.chains),
+            chains: self
+                .chains
+                .iter()
+                .map(|(name, new)| {
+                    let old = self.current.chains.get(name);
+                    ChainPair {
+                        name,
+                        old: old.map(|o| o.base),
+                        new: new.as_ref(),
+                        rules_differ: match (old, new) {
+                            (Some(o), Some(n)) => o.print != plan::print(&n.rules, keys),
+                            _ => true,
+                        },
+                    }
+                })
+                .collect(),
             sets: pairs(&j.sets, &self.current.sets),
             maps: pairs(&j.maps, &self.current.maps),
             set_elems: elem_plan
@@ -293,11 +306,19 @@ impl<'a> Edit<'a> {
                 .map(|(name, del, add, _)| (name.as_str(), del.clone(), add.clone()))
                 .collect(),
         };
-        let old_has_chain = |c: &str| match j.chains.get(c) {
-            Some(before) => before.is_some(),
-            None => self.current.chains.contains_key(c),
+        // The record's chains are as before the edit until the commit.
+        let old_has_chain = |c: &str| self.current.chains.contains_key(c);
+        let view = EditView {
+            record: &self.current,
+            chains: &self.chains,
         };
-        plan_changes(changes, &self.current, &old_has_chain)
+        plan_changes(
+            changes,
+            self.current.family,
+            &self.current.name,
+            &view,
+            &old_has_chain,
+        )
     }
 
     /// The transaction for what was touched (what [`super::plan`] would send for the whole
@@ -307,19 +328,36 @@ impl<'a> Edit<'a> {
     }
 
     /// Commits the edit in one transaction; returns the number of messages (0: the edit
-    /// changed nothing). A refused difference is retried once as a whole replace (the
-    /// kernel's table may have drifted; see [`ProgrammedTable::sync`]). A refusal of that too
-    /// undoes the edit (the kernel kept the table as it was); a failure of the socket leaves
-    /// the kernel's state unknown, so the table forgets what it applied and its next sync
-    /// replaces the table whole.
-    pub fn commit(mut self, sock: &mut NfSocket) -> Result<usize, NfError> {
-        let elem_plan = self.elem_plan()?;
-        let batch = self.plan_with(&elem_plan)?;
-        match apply_or_replace(sock, &batch, true, &self.current) {
-            Ok((sent, replaced)) => {
-                if replaced {
-                    self.table.indexes.clear();
-                } else {
+    /// changed nothing). A refusal undoes the edit (the kernel kept the table as it was; see
+    /// [`Edit::commit_or_replace`] to replace the table whole instead); a failure of the
+    /// socket leaves the kernel's state unknown, so the table forgets what it applied and its
+    /// next sync replaces the table whole.
+    pub fn commit(self, sock: &mut NfSocket) -> Result<usize, NfError> {
+        self.finish::<fn() -> Ruleset>(sock, None)
+    }
+
+    /// [`Edit::commit`], but if the difference is refused (the kernel's table may have
+    /// drifted; see [`ProgrammedTable::sync`]) or cannot be planned from the record (a chain
+    /// the edit did not bring must be written again), the table is replaced whole, once,
+    /// with `whole()` (the wanted table with this edit in it). A refusal of that too undoes
+    /// the edit.
+    pub fn commit_or_replace(
+        self,
+        sock: &mut NfSocket,
+        whole: impl FnOnce() -> Ruleset,
+    ) -> Result<usize, NfError> {
+        self.finish(sock, Some(whole))
+    }
+
+    fn finish<F: FnOnce() -> Ruleset>(
+        mut self,
+        sock: &mut NfSocket,
+        whole: Option<F>,
+    ) -> Result<usize, NfError> {
+        let planned = self.elem_plan().and_then(|e| Ok((self.plan_with(&e)?, e)));
+        let failed = match planned {
+            Ok((batch, elem_plan)) => match apply(sock, &batch) {
+                Ok(()) => {
                     for (name, _, _, intervals) in &elem_plan {
                         if let (Some((gone, came)), Some(index)) =
                             (intervals, self.table.indexes.get_mut(name))
@@ -327,9 +365,47 @@ impl<'a> Edit<'a> {
                             index.committed(gone, came);
                         }
                     }
+                    let keys = &self.table.keys;
+                    for (name, chain) in std::mem::take(&mut self.chains) {
+                        match chain {
+                            Some(c) => {
+                                let record = plan::ChainRecord::of(&c, keys);
+                                self.current.chains.insert(name, record);
+                            }
+                            None => {
+                                self.current.chains.remove(&name);
+                            }
+                        }
+                    }
+                    self.journal = Journal::default();
+                    self.table.bound_indexes();
+                    return Ok(batch.len());
                 }
+                Err(e) if e.errno().is_none() => {
+                    self.lost = true;
+                    return Err(e);
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let Some(whole) = whole else {
+            return Err(failed);
+        };
+        log::warn!(
+            "nf_tables table {}: {failed}; replacing the table whole",
+            self.current.name
+        );
+        let wanted = whole();
+        let batch = plan::plan(None, &wanted)?;
+        match apply(sock, &batch) {
+            Ok(()) => {
+                // The edit is in `wanted`: nothing to undo, the record is the new table.
                 self.journal = Journal::default();
-                Ok(sent)
+                self.chains.clear();
+                self.replaced = true;
+                self.table.record(wanted);
+                Ok(batch.len())
             }
             Err(e) => {
                 self.lost = e.errno().is_none();
@@ -341,6 +417,10 @@ impl<'a> Edit<'a> {
 
 impl Drop for Edit<'_> {
     fn drop(&mut self) {
+        if self.replaced {
+            // The table recorded the new one already.
+            return;
+        }
         if self.lost {
             self.table.restore(None);
             return;
@@ -354,7 +434,6 @@ impl Drop for Edit<'_> {
                 undo_elems(set, delta);
             }
         }
-        undo(journal.chains, &mut current.chains);
         undo(journal.sets, &mut current.sets);
         undo(journal.maps, &mut current.maps);
         self.table.restore(Some(current));
@@ -404,36 +483,73 @@ mod tests {
     fn an_edit_plans_what_the_whole_table_plan_would() {
         let before = ruleset(50);
         let mut table = ProgrammedTable::new();
-        table.restore(Some(before.clone()));
+        table.record(before.clone());
+        let mut after = before.clone();
         let mut edit = table.edit().expect("applied");
-        edit.set_mut("s3")
-            .expect("s3")
-            .elems
-            .insert(SetElem::Net("10.200.0.0/24".parse().expect("net")));
-        edit.put_chain(
-            "pol-7",
-            Chain {
-                base: None,
-                rules: vec![Rule::new(vec![Expr::Verdict(Verdict::Drop)])],
-            },
-        );
+        let e = SetElem::Net("10.200.0.0/24".parse().expect("net"));
+        edit.set_mut("s3").expect("s3").elems.insert(e);
+        after.sets.get_mut("s3").expect("s3").elems.insert(e);
+        let drop_all = Chain {
+            base: None,
+            rules: vec![Rule::new(vec![Expr::Verdict(Verdict::Drop)])],
+        };
+        edit.put_chain("pol-7", drop_all.clone());
+        after.chains.insert("pol-7".into(), drop_all);
         // pol-9 and its set go; the map's element moves to pol-1.
         edit.remove_chain("pol-9");
         edit.remove_set("s9");
+        after.chains.remove("pol-9");
+        after.sets.remove("s9");
+        let moved = ("calib".to_string(), Verdict::Goto("pol-1".into()));
         edit.map_mut("dispatch")
             .expect("map")
             .elems
-            .insert("calib".into(), Verdict::Goto("pol-1".into()));
-        // Touched but left as it was: nothing to send for it.
-        let _ = edit.chain_mut("pol-11");
-        edit.put_set("new", Set::nets(false, ["fd00::/64".parse().expect("net")]));
-        let whole = plan(Some(&before), edit.ruleset()).expect("plan");
+            .insert(moved.0.clone(), moved.1.clone());
+        after
+            .maps
+            .get_mut("dispatch")
+            .expect("map")
+            .elems
+            .insert(moved.0, moved.1);
+        // Put again as it was: nothing to send for it.
+        edit.put_chain("pol-11", before.chains["pol-11"].clone());
+        let v6 = Set::nets(false, ["fd00::/64".parse().expect("net")]);
+        edit.put_set("new", v6.clone());
+        after.sets.insert("new".into(), v6);
+        let whole = plan(Some(&before), &after).expect("plan");
         let only = edit.plan().expect("plan");
         assert_eq!(what(&only), what(&whole));
         assert!(only.len() > 5);
         // Dropped without commit: undone.
         drop(edit);
-        assert_eq!(table.applied(), Some(&before));
+        assert!(table.holds(&before));
+    }
+
+    /// An unchanged chain that names a set recreated with another key must be written again:
+    /// the record has no rules for it, so the edit cannot be planned (a commit would replace
+    /// the table whole), where the whole-table plan rewrites the chain.
+    #[test]
+    fn an_edit_that_must_rewrite_a_chain_it_did_not_bring_is_refused() {
+        let before = ruleset(3);
+        let mut table = ProgrammedTable::new();
+        table.record(before.clone());
+        let mut edit = table.edit().expect("applied");
+        edit.put_set("s1", Set::nets(false, ["fd00::/64".parse().expect("net")]));
+        let err = edit.plan().expect_err("pol-1 names s1");
+        assert!(
+            err.to_string()
+                .contains("chain pol-1 must be written again"),
+            "{err}"
+        );
+        // Bringing the chain makes it plannable.
+        edit.put_chain("pol-1", before.chains["pol-1"].clone());
+        let mut after = before.clone();
+        after.sets.insert(
+            "s1".into(),
+            Set::nets(false, ["fd00::/64".parse().expect("net")]),
+        );
+        let whole = plan(Some(&before), &after).expect("plan");
+        assert_eq!(what(&edit.plan().expect("plan")), what(&whole));
     }
 
     fn bytes(b: &Batch) -> Vec<Vec<u8>> {
@@ -469,35 +585,46 @@ mod tests {
             },
         );
         let mut table = ProgrammedTable::new();
-        table.restore(Some(rs));
+        table.record(rs.clone());
+        let mut before = rs;
         for round in 0..6u32 {
-            let before = table.applied().expect("applied").clone();
+            let mut after = before.clone();
             let mut edit = table.edit().expect("edit");
             // Fill a gap (merging two hosts into one interval), take one out again, add a
             // far one, and edit the exact set.
+            let mut elems = |set: &str, e: SetElem, add: bool| {
+                let s = &mut after.sets.get_mut(set).expect("set").elems;
+                if add { s.insert(e) } else { s.remove(&e) }
+            };
             assert!(edit.add_elem("big", host(round * 4 + 1)).expect("add"));
+            elems("big", host(round * 4 + 1), true);
             assert!(
                 edit.remove_elem("big", &host(round * 4 + 100))
                     .expect("remove")
             );
+            elems("big", host(round * 4 + 100), false);
             assert!(edit.add_elem("big", host(1_000_000 + round)).expect("add"));
+            elems("big", host(1_000_000 + round), true);
             assert!(
                 !edit
                     .add_elem("big", host(1_000_000 + round))
                     .expect("again")
             );
             assert!(edit.add_elem("exact", host(500 + round)).expect("add"));
+            elems("exact", host(500 + round), true);
             assert!(edit.remove_elem("exact", &host(round)).expect("remove"));
+            elems("exact", host(round), false);
             assert!(edit.add_elem("s1", host(77)).is_ok());
+            elems("s1", host(77), true);
             assert!(edit.add_elem("exact", SetElem::Ports(1, 1)).is_err());
             assert!(edit.add_elem("nope", host(1)).is_err());
-            let whole = plan(Some(&before), edit.ruleset()).expect("plan");
+            let whole = plan(Some(&before), &after).expect("plan");
             let only = edit.plan().expect("plan");
             assert_eq!(what(&only), what(&whole), "round {round}");
             assert_eq!(bytes(&only), bytes(&whole), "round {round}");
             if round == 3 {
                 drop(edit);
-                assert_eq!(table.applied(), Some(&before));
+                assert!(table.holds(&before));
                 continue;
             }
             // As a commit would, without a kernel: the index takes the change.
@@ -510,7 +637,50 @@ mod tests {
                 }
             }
             edit.journal = Journal::default();
+            drop(edit);
+            assert!(table.holds(&after));
+            before = after;
         }
+    }
+
+    /// Past their bound the interval indexes are dropped after a commit, and the next element
+    /// edit (index rebuilt from the record) plans what the whole-table plan does.
+    #[test]
+    fn indexes_past_their_bound_are_dropped_and_rebuilt() {
+        let mut rs = ruleset(1);
+        let n = u32::try_from(crate::ruleset::plan::INDEXED_MAX).expect("small");
+        rs.sets.insert(
+            "big".into(),
+            Set {
+                key: crate::ruleset::SetKey::Ipv4Addr,
+                interval: true,
+                elems: (0..n / 2 + 1).map(|i| host(i * 2)).collect(),
+            },
+        );
+        let mut table = ProgrammedTable::new();
+        table.record(rs.clone());
+        let mut edit = table.edit().expect("edit");
+        assert!(edit.add_elem("big", host(1)).expect("add"));
+        rs.sets.get_mut("big").expect("big").elems.insert(host(1));
+        // As a commit would, without a kernel.
+        let elem_plan = edit.elem_plan().expect("elems");
+        for (name, _, _, intervals) in &elem_plan {
+            if let (Some((gone, came)), Some(index)) = (intervals, edit.table.indexes.get_mut(name))
+            {
+                index.committed(gone, came);
+            }
+        }
+        edit.journal = Journal::default();
+        edit.table.bound_indexes();
+        assert!(edit.table.indexes.is_empty(), "over the bound: dropped");
+        drop(edit);
+        assert!(table.holds(&rs));
+        let before = rs.clone();
+        let mut edit = table.edit().expect("edit");
+        assert!(edit.remove_elem("big", &host(2)).expect("remove"));
+        rs.sets.get_mut("big").expect("big").elems.remove(&host(2));
+        let whole = plan(Some(&before), &rs).expect("plan");
+        assert_eq!(bytes(&edit.plan().expect("plan")), bytes(&whole));
     }
 
     #[test]

@@ -293,6 +293,11 @@ impl IntervalIndex {
         Ok(idx)
     }
 
+    /// Entries held (elements and kernel intervals), for the table's bound on indexes.
+    pub fn len(&self) -> usize {
+        self.elems.len() + self.kernel.len()
+    }
+
     pub fn insert(&mut self, i: Interval) {
         *self.elems.entry((i.first, i.last)).or_insert(0) += 1;
     }

@@ -19,12 +19,13 @@
 
 use super::edit::Edit;
 use super::elems::{self, IntervalIndex, KernelElem};
-use super::{BaseChain, Chain, ChainPolicy, Family, Ruleset, Set, SetKey, VerdictMap};
+use super::{BaseChain, Chain, ChainPolicy, Family, Rule, Ruleset, Set, SetKey, VerdictMap};
 use crate::error::NfError;
 use crate::nft::{self, Expr};
 use crate::socket::{Message, NLM_F_CREATE, NLM_F_EXCL, NfSocket, WireBatch};
 use calico_netlink::attr::Attrs;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, RandomState};
 
 /// One nf_tables transaction: its messages, framed as they are planned (no message objects
 /// kept), and what each does (named in errors: the kernel's refusal says which message it
@@ -71,8 +72,106 @@ pub fn apply(sock: &mut NfSocket, batch: &Batch) -> Result<(), NfError> {
     sock.send_batch(&batch.what, &batch.msgs).map(|_| ())
 }
 
+/// What the record of a programmed table keeps of a chain: enough to plan against it
+/// without its rules (a chain's rules are most of a policy table's size, and they are needed
+/// only when the chain is written, which is from a wanted chain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChainRecord {
+    pub base: Option<BaseChain>,
+    /// The rules' hash, keyed per table ([`ProgrammedTable`]'s random keys: no one can craft
+    /// two rule lists that collide), and their number.
+    pub print: (u64, usize),
+    /// What the rules name (to find the chains a removal or a recreation affects).
+    pub refs: Box<[OwnedRef]>,
+}
+
+/// A name a rule holds ([`Ref`], owned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OwnedRef {
+    Chain(Box<str>),
+    Set(Box<str>),
+    Map(Box<str>),
+    SetOrMap(Box<str>),
+}
+
+impl OwnedRef {
+    fn as_ref(&self) -> Ref<'_> {
+        match self {
+            OwnedRef::Chain(n) => Ref::Chain(n),
+            OwnedRef::Set(n) => Ref::Set(n),
+            OwnedRef::Map(n) => Ref::Map(n),
+            OwnedRef::SetOrMap(n) => Ref::SetOrMap(n),
+        }
+    }
+}
+
+impl ChainRecord {
+    pub(crate) fn of(chain: &Chain, keys: &RandomState) -> Self {
+        let mut refs = Vec::new();
+        refs_of(&chain.rules, |r| {
+            let owned = match r {
+                Ref::Chain(n) => OwnedRef::Chain(n.into()),
+                Ref::Set(n) => OwnedRef::Set(n.into()),
+                Ref::Map(n) => OwnedRef::Map(n.into()),
+                Ref::SetOrMap(n) => OwnedRef::SetOrMap(n.into()),
+            };
+            if !refs.contains(&owned) {
+                refs.push(owned);
+            }
+        });
+        ChainRecord {
+            base: chain.base,
+            print: print(&chain.rules, keys),
+            refs: refs.into_boxed_slice(),
+        }
+    }
+}
+
+/// A rule list's fingerprint under `keys`.
+pub(crate) fn print(rules: &[Rule], keys: &RandomState) -> (u64, usize) {
+    (keys.hash_one(rules), rules.len())
+}
+
+/// What the kernel holds of one table, as applied: sets and maps whole (their elements are
+/// planned by difference), chains as [`ChainRecord`]s.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Record {
+    pub family: Family,
+    pub name: String,
+    pub chains: BTreeMap<String, ChainRecord>,
+    pub sets: BTreeMap<String, Set>,
+    pub maps: BTreeMap<String, VerdictMap>,
+}
+
+impl Record {
+    fn of(rs: Ruleset, keys: &RandomState) -> Self {
+        Record {
+            family: rs.family,
+            name: rs.name,
+            chains: rs
+                .chains
+                .iter()
+                .map(|(n, c)| (n.clone(), ChainRecord::of(c, keys)))
+                .collect(),
+            sets: rs.sets,
+            maps: rs.maps,
+        }
+    }
+}
+
+/// Entries the interval indexes may hold between edits (see
+/// [`ProgrammedTable::bound_indexes`]).
+pub(crate) const INDEXED_MAX: usize = 100_000;
+
 /// A table as this process last programmed it: plans each change against what was applied
-/// and keeps the new state only once the kernel took it (moved in, never cloned).
+/// and keeps the new state only once the kernel took it.
+///
+/// The record is compact: sets and maps whole, but of each chain only its hook, a keyed hash
+/// of its rules and the names they hold ([`ChainRecord`]), so that at scale it costs a
+/// fraction of the rules it stands for. A chain is written from the wanted state only;
+/// an edit that would have to write a chain it did not bring (an unchanged chain that names
+/// a set being recreated) cannot be planned from the record: [`Edit::commit_or_replace`]
+/// then replaces the table whole.
 ///
 /// Starts knowing nothing, so the first [`ProgrammedTable::sync`] replaces whatever a previous
 /// run left (atomically). A refusal by the kernel leaves the table as it was (the transaction
@@ -80,7 +179,9 @@ pub fn apply(sock: &mut NfSocket, batch: &Batch) -> Result<(), NfError> {
 /// kernel's state unknown, so the record is dropped and the next sync replaces the table.
 #[derive(Debug, Default)]
 pub struct ProgrammedTable {
-    applied: Option<Ruleset>,
+    applied: Option<Record>,
+    /// Keys of the chains' fingerprints (random per table).
+    pub(crate) keys: RandomState,
     /// Interval sets edited element by element: their element and kernel intervals (see
     /// [`Edit::add_elem`]); dropped whenever a set changes otherwise.
     pub(crate) indexes: BTreeMap<String, IntervalIndex>,
@@ -92,9 +193,26 @@ impl ProgrammedTable {
         ProgrammedTable::default()
     }
 
-    /// What the kernel holds, if known.
-    pub fn applied(&self) -> Option<&Ruleset> {
-        self.applied.as_ref()
+    /// Whether what the kernel holds is known (a sync went in and nothing was lost since).
+    pub fn is_programmed(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    /// Whether the record is what syncing `rs` would leave (tests: the record follows the
+    /// kernel).
+    pub fn holds(&self, rs: &Ruleset) -> bool {
+        let Some(r) = &self.applied else {
+            return false;
+        };
+        r.family == rs.family
+            && r.name == rs.name
+            && r.sets == rs.sets
+            && r.maps == rs.maps
+            && r.chains.len() == rs.chains.len()
+            && rs
+                .chains
+                .iter()
+                .all(|(n, c)| r.chains.get(n) == Some(&ChainRecord::of(c, &self.keys)))
     }
 
     /// Forgets what was applied: the next sync replaces the table whole.
@@ -110,11 +228,27 @@ impl ProgrammedTable {
         Some(Edit::new(self, current))
     }
 
-    pub(crate) fn restore(&mut self, applied: Option<Ruleset>) {
+    pub(crate) fn restore(&mut self, applied: Option<Record>) {
         if applied.is_none() {
             self.indexes.clear();
         }
         self.applied = applied;
+    }
+
+    /// Drops the interval indexes once they hold more than [`INDEXED_MAX`] entries (about
+    /// 50 bytes each): every set edited element by element keeps one, so over a long run
+    /// they would come to cost more than the sets; dropped, they are rebuilt from the record
+    /// when next needed (the cost of one pass over that set).
+    pub(crate) fn bound_indexes(&mut self) {
+        if self.indexes.values().map(IntervalIndex::len).sum::<usize>() > INDEXED_MAX {
+            self.indexes.clear();
+        }
+    }
+
+    /// Records `rs` as what the kernel holds (it took it whole).
+    pub(crate) fn record(&mut self, rs: Ruleset) {
+        self.indexes.clear();
+        self.applied = Some(Record::of(rs, &self.keys));
     }
 
     /// Makes the kernel's table `new` in one transaction; returns the number of messages
@@ -125,12 +259,15 @@ impl ProgrammedTable {
     /// only if that is refused too is the error returned (the replace's, which names what the
     /// kernel refused in `new` itself).
     pub fn sync(&mut self, sock: &mut NfSocket, new: Ruleset) -> Result<usize, NfError> {
-        let batch = plan(self.applied.as_ref(), &new)?;
+        let batch = match &self.applied {
+            Some(old) => plan_from_record(old, &new, &self.keys)?,
+            None => plan(None, &new)?,
+        };
         // Sets may change wholesale: indexes are rebuilt when next needed.
         self.indexes.clear();
         match apply_or_replace(sock, &batch, self.applied.is_some(), &new) {
             Ok((sent, _)) => {
-                self.applied = Some(new);
+                self.record(new);
                 Ok(sent)
             }
             Err(e) => {
@@ -172,30 +309,59 @@ pub(crate) fn apply_or_replace(
 /// deleted, and created again). Refuses (before any kernel call) a ruleset that names a chain,
 /// set or map it does not have, or an element that does not fit its set.
 pub fn plan(old: Option<&Ruleset>, new: &Ruleset) -> Result<Batch, NfError> {
-    let mut p = Planner {
-        family: new.family.nfproto(),
-        table: &new.name,
-        batch: Batch::default(),
-    };
-    let same_table = |o: &Ruleset| o.family == new.family && o.name == new.name;
     match old {
-        Some(o) if same_table(o) => {
-            p.incremental(Changes::all(o, new), new, &|c| o.chains.contains_key(c))?
+        Some(o) if o.family == new.family && o.name == new.name => {
+            let mut p = Planner::new(new);
+            p.incremental(Changes::all(o, new), new, &|c| o.chains.contains_key(c))?;
+            Ok(p.batch)
         }
-        _ => {
-            if let Some(o) = old {
-                // Renamed: the old table goes in the same transaction.
-                p.replace_table(o.family, &o.name, false);
-            }
-            p.replace_table(new.family, &new.name, true);
-            let empty = Ruleset {
-                family: new.family,
-                name: new.name.clone(),
-                ..Ruleset::default()
-            };
-            p.incremental(Changes::all(&empty, new), new, &|_| false)?;
-        }
+        _ => replace(old.map(|o| (o.family, o.name.as_str())), new),
     }
+}
+
+/// [`plan`] from a record of what was applied.
+fn plan_from_record(old: &Record, new: &Ruleset, keys: &RandomState) -> Result<Batch, NfError> {
+    if old.family != new.family || old.name != new.name {
+        return replace(Some((old.family, old.name.as_str())), new);
+    }
+    let mut p = Planner::new(new);
+    let changes = Changes {
+        chains: join(&old.chains, &new.chains)
+            .into_iter()
+            .map(|(name, a, b)| ChainPair {
+                name,
+                old: a.map(|a| a.base),
+                new: b,
+                rules_differ: match (a, b) {
+                    (Some(a), Some(b)) => a.print != print(&b.rules, keys),
+                    _ => true,
+                },
+            })
+            .collect(),
+        sets: join(&old.sets, &new.sets),
+        maps: join(&old.maps, &new.maps),
+        set_elems: Vec::new(),
+    };
+    p.incremental(changes, new, &|c| old.chains.contains_key(c))?;
+    Ok(p.batch)
+}
+
+/// The whole replace of table `old` (when known: it goes, renamed or not) by `new`.
+fn replace(old: Option<(Family, &str)>, new: &Ruleset) -> Result<Batch, NfError> {
+    let mut p = Planner::new(new);
+    if let Some((family, name)) = old
+        && (family != new.family || name != new.name)
+    {
+        // Renamed: the old table goes in the same transaction.
+        p.replace_table(family, name, false);
+    }
+    p.replace_table(new.family, &new.name, true);
+    let empty = Ruleset {
+        family: new.family,
+        name: new.name.clone(),
+        ..Ruleset::default()
+    };
+    p.incremental(Changes::all(&empty, new), new, &|_| false)?;
     Ok(p.batch)
 }
 
@@ -205,29 +371,140 @@ struct Planner<'a> {
     batch: Batch,
 }
 
+impl<'a> Planner<'a> {
+    fn new(new: &'a Ruleset) -> Self {
+        Planner {
+            family: new.family.nfproto(),
+            table: &new.name,
+            batch: Batch::default(),
+        }
+    }
+}
+
 /// The batch for only `changes` (what an edit touched) towards `new`, whose table exists
 /// and held the changes' old side.
 pub(crate) fn plan_changes(
     changes: Changes<'_>,
-    new: &Ruleset,
+    family: Family,
+    table: &str,
+    new: &dyn View,
     old_has_chain: &dyn Fn(&str) -> bool,
 ) -> Result<Batch, NfError> {
     let mut p = Planner {
-        family: new.family.nfproto(),
-        table: &new.name,
+        family: family.nfproto(),
+        table,
         batch: Batch::default(),
     };
     p.incremental(changes, new, old_has_chain)?;
     Ok(p.batch)
 }
 
+/// The wanted table as the planner reads it: a whole [`Ruleset`], or an edit (the record
+/// with the chains the edit brings).
+pub(crate) trait View {
+    /// Whether the chain exists, and its hook.
+    fn chain(&self, name: &str) -> Option<Option<BaseChain>>;
+    /// The rules of a chain (`None`: not known, only its record).
+    fn rules(&self, name: &str) -> Option<&[Rule]>;
+    fn has_set(&self, name: &str) -> bool;
+    fn has_map(&self, name: &str) -> bool;
+    fn maps(&self) -> &BTreeMap<String, VerdictMap>;
+    /// Every chain with each name its rules hold.
+    fn each_ref(&self, f: &mut dyn FnMut(&str, Ref<'_>));
+}
+
+impl View for Ruleset {
+    fn chain(&self, name: &str) -> Option<Option<BaseChain>> {
+        self.chains.get(name).map(|c| c.base)
+    }
+
+    fn rules(&self, name: &str) -> Option<&[Rule]> {
+        self.chains.get(name).map(|c| c.rules.as_slice())
+    }
+
+    fn has_set(&self, name: &str) -> bool {
+        self.sets.contains_key(name)
+    }
+
+    fn has_map(&self, name: &str) -> bool {
+        self.maps.contains_key(name)
+    }
+
+    fn maps(&self) -> &BTreeMap<String, VerdictMap> {
+        &self.maps
+    }
+
+    fn each_ref(&self, f: &mut dyn FnMut(&str, Ref<'_>)) {
+        for (name, chain) in &self.chains {
+            refs_of(&chain.rules, |r| f(name, r));
+        }
+    }
+}
+
+/// An edit's wanted table: the record (its sets and maps already edited) and the chains the
+/// edit put (`Some`) or removed (`None`).
+pub(crate) struct EditView<'a> {
+    pub record: &'a Record,
+    pub chains: &'a BTreeMap<String, Option<Chain>>,
+}
+
+impl View for EditView<'_> {
+    fn chain(&self, name: &str) -> Option<Option<BaseChain>> {
+        match self.chains.get(name) {
+            Some(c) => c.as_ref().map(|c| c.base),
+            None => self.record.chains.get(name).map(|c| c.base),
+        }
+    }
+
+    fn rules(&self, name: &str) -> Option<&[Rule]> {
+        self.chains.get(name)?.as_ref().map(|c| c.rules.as_slice())
+    }
+
+    fn has_set(&self, name: &str) -> bool {
+        self.record.sets.contains_key(name)
+    }
+
+    fn has_map(&self, name: &str) -> bool {
+        self.record.maps.contains_key(name)
+    }
+
+    fn maps(&self) -> &BTreeMap<String, VerdictMap> {
+        &self.record.maps
+    }
+
+    fn each_ref(&self, f: &mut dyn FnMut(&str, Ref<'_>)) {
+        for (name, c) in &self.record.chains {
+            if !self.chains.contains_key(name) {
+                for r in c.refs.iter() {
+                    f(name, r.as_ref());
+                }
+            }
+        }
+        for (name, c) in self.chains {
+            if let Some(c) = c {
+                refs_of(&c.rules, |r| f(name, r));
+            }
+        }
+    }
+}
+
 /// A name, and what it names before and after: in both, or one of them.
 pub(crate) type Pair<'a, T> = (&'a str, Option<&'a T>, Option<&'a T>);
+
+/// A chain before (whether it existed, and its hook) and after, and whether its rules
+/// differ.
+#[derive(Clone, Copy)]
+pub(crate) struct ChainPair<'a> {
+    pub name: &'a str,
+    pub old: Option<Option<BaseChain>>,
+    pub new: Option<&'a Chain>,
+    pub rules_differ: bool,
+}
 
 /// What may differ between the applied table and the wanted one, by name, in name order:
 /// every entry of both ([`join`]), or only those an edit touched.
 pub(crate) struct Changes<'a> {
-    pub chains: Vec<Pair<'a, Chain>>,
+    pub chains: Vec<ChainPair<'a>>,
     pub sets: Vec<Pair<'a, Set>>,
     pub maps: Vec<Pair<'a, VerdictMap>>,
     /// Kernel elements to delete and to add in sets edited element by element (not in
@@ -239,7 +516,18 @@ impl<'a> Changes<'a> {
     /// Every name of either ruleset.
     fn all(old: &'a Ruleset, new: &'a Ruleset) -> Self {
         Changes {
-            chains: join(&old.chains, &new.chains),
+            chains: join(&old.chains, &new.chains)
+                .into_iter()
+                .map(|(name, a, b)| ChainPair {
+                    name,
+                    old: a.map(|a| a.base),
+                    new: b,
+                    rules_differ: match (a, b) {
+                        (Some(a), Some(b)) => a.rules != b.rules,
+                        _ => true,
+                    },
+                })
+                .collect(),
             sets: join(&old.sets, &new.sets),
             maps: join(&old.maps, &new.maps),
             set_elems: Vec::new(),
@@ -248,7 +536,10 @@ impl<'a> Changes<'a> {
 }
 
 /// Merges two maps by key in one pass (no lookups: both are sorted).
-fn join<'a, T>(a: &'a BTreeMap<String, T>, b: &'a BTreeMap<String, T>) -> Vec<Pair<'a, T>> {
+fn join<'a, A, B>(
+    a: &'a BTreeMap<String, A>,
+    b: &'a BTreeMap<String, B>,
+) -> Vec<(&'a str, Option<&'a A>, Option<&'a B>)> {
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
     loop {
@@ -273,7 +564,7 @@ fn join<'a, T>(a: &'a BTreeMap<String, T>, b: &'a BTreeMap<String, T>) -> Vec<Pa
 }
 
 /// What a rule names.
-enum Ref<'a> {
+pub(crate) enum Ref<'a> {
     Chain(&'a str),
     Set(&'a str),
     Map(&'a str),
@@ -281,8 +572,8 @@ enum Ref<'a> {
     SetOrMap(&'a str),
 }
 
-fn refs_of<'a>(chain: &'a Chain, mut f: impl FnMut(Ref<'a>)) {
-    for rule in &chain.rules {
+fn refs_of<'a>(rules: &'a [Rule], mut f: impl FnMut(Ref<'a>)) {
+    for rule in rules {
         for e in &rule.exprs {
             match e {
                 Expr::Jump(c) => f(Ref::Chain(c)),
@@ -346,7 +637,7 @@ impl Planner<'_> {
     pub(crate) fn incremental(
         &mut self,
         changes: Changes<'_>,
-        new: &Ruleset,
+        new: &dyn View,
         old_has_chain: &dyn Fn(&str) -> bool,
     ) -> Result<(), NfError> {
         // Classify.
@@ -356,20 +647,20 @@ impl Planner<'_> {
         let mut rewrite: BTreeSet<&str> = BTreeSet::new();
         let mut policy_updates = Vec::new();
         for pair in &changes.chains {
-            let pair = *pair;
-            match pair {
-                (_, None, None) => {}
-                (name, Some(_), None) => gone_chains.push(name),
-                (name, None, Some(_)) => new_chains.push(name),
-                (name, Some(a), Some(b)) => {
-                    if must_recreate(&a.base, &b.base) {
+            let name = pair.name;
+            match (pair.old, pair.new) {
+                (None, None) => {}
+                (Some(_), None) => gone_chains.push(name),
+                (None, Some(_)) => new_chains.push(name),
+                (Some(a), Some(b)) => {
+                    if must_recreate(&a, &b.base) {
                         recreated_chains.push(name);
                         continue;
                     }
-                    if a.rules != b.rules {
+                    if pair.rules_differ {
                         rewrite.insert(name);
                     }
-                    if let (Some(x), Some(y)) = (&a.base, &b.base)
+                    if let (Some(x), Some(y)) = (&a, &b.base)
                         && x.policy != y.policy
                     {
                         policy_updates.push((name, y.policy));
@@ -422,39 +713,36 @@ impl Planner<'_> {
             && recreated_chains.is_empty()
             && gone_sets.is_empty()
             && gone_maps.is_empty());
+        let mut affected: BTreeSet<String> = BTreeSet::new();
         if something_goes {
-            for (name, chain) in &new.chains {
-                let name = name.as_str();
-                // New and recreated chains are written whole anyway.
-                if rewrite.contains(name)
-                    || recreated_chains.contains(&name)
-                    || !old_has_chain(name)
-                {
-                    continue;
-                }
-                let mut affected = false;
-                refs_of(chain, |r| {
-                    affected |= match r {
-                        Ref::Set(s) | Ref::Map(s) | Ref::SetOrMap(s) => {
-                            gone_sets.contains(&s) || gone_maps.contains(&s)
-                        }
-                        Ref::Chain(c) => recreated_chains.contains(&c) || gone_chains.contains(&c),
+            new.each_ref(&mut |name, r| {
+                let hit = match r {
+                    Ref::Set(s) | Ref::Map(s) | Ref::SetOrMap(s) => {
+                        gone_sets.contains(&s) || gone_maps.contains(&s)
                     }
-                });
-                // Rewritten, and so checked below: a recreated set or map is named again
-                // once it is back; a chain that is gone is reported.
-                if affected {
-                    rewrite.insert(name);
+                    Ref::Chain(c) => recreated_chains.contains(&c) || gone_chains.contains(&c),
+                };
+                // New and recreated chains are written whole anyway.
+                if hit
+                    && !rewrite.contains(name)
+                    && !recreated_chains.contains(&name)
+                    && !affected.contains(name)
+                    && old_has_chain(name)
+                {
+                    affected.insert(name.to_string());
                 }
-            }
+            });
         }
+        // Rewritten, and so checked below: a recreated set or map is named again once it is
+        // back; a chain that is gone is reported.
+        rewrite.extend(affected.iter().map(String::as_str));
 
         // Everything written must name only what the new ruleset has.
         for name in rewrite.iter().chain(&new_chains).chain(&recreated_chains) {
-            check_refs(new, name, &new.chains[*name])?;
+            check_refs(new, name, rules_of(new, name)?)?;
         }
         let check_all_map_elems = !(gone_chains.is_empty() && recreated_chains.is_empty());
-        for (name, map) in &new.maps {
+        for (name, map) in new.maps() {
             let fresh = new_maps.iter().any(|(n, _)| n == name);
             let changed = kept_maps.iter().any(|(n, _, _)| n == name);
             if check_all_map_elems || fresh || changed {
@@ -513,14 +801,14 @@ impl Planner<'_> {
             );
         }
         for name in new_chains.iter().chain(&recreated_chains) {
-            let chain = &new.chains[*name];
+            let base = new.chain(name).flatten();
             self.batch.push(
                 format!("add chain {name}"),
-                chain_message(self.family, self.table, name, chain.base.as_ref(), true),
+                chain_message(self.family, self.table, name, base.as_ref(), true),
             );
         }
         for (name, policy) in &policy_updates {
-            let base = new.chains[*name].base;
+            let base = new.chain(name).flatten();
             self.batch.push(
                 format!("set policy {policy:?} of chain {name}"),
                 chain_message(self.family, self.table, name, base.as_ref(), false),
@@ -573,7 +861,7 @@ impl Planner<'_> {
         written.sort_unstable();
         written.dedup();
         for name in written {
-            for (i, rule) in new.chains[name].rules.iter().enumerate() {
+            for (i, rule) in rules_of(new, name)?.iter().enumerate() {
                 let what = match &rule.comment {
                     Some(c) => format!("add rule {i} of chain {name} ({c})"),
                     None => format!("add rule {i} of chain {name}"),
@@ -603,36 +891,47 @@ impl Planner<'_> {
     }
 }
 
-fn check_chain_target(new: &Ruleset, who: &str, target: &str) -> Result<(), NfError> {
-    match new.chains.get(target) {
+/// The rules of a chain to write: a chain the edit did not bring cannot be written from the
+/// record (see [`ProgrammedTable`]).
+fn rules_of<'a>(new: &'a dyn View, name: &str) -> Result<&'a [Rule], NfError> {
+    new.rules(name).ok_or_else(|| {
+        input(format!(
+            "chain {name} must be written again, and only its fingerprint is kept: \
+             replace the table whole"
+        ))
+    })
+}
+
+fn check_chain_target(new: &dyn View, who: &str, target: &str) -> Result<(), NfError> {
+    match new.chain(target) {
         None => Err(input(format!(
             "{who} goes to chain {target}, which the table does not have"
         ))),
-        Some(c) if c.base.is_some() => Err(input(format!(
+        Some(Some(_)) => Err(input(format!(
             "{who} goes to base chain {target} (only regular chains can be jumped to)"
         ))),
         Some(_) => Ok(()),
     }
 }
 
-fn check_refs(new: &Ruleset, name: &str, chain: &Chain) -> Result<(), NfError> {
+fn check_refs(new: &dyn View, name: &str, rules: &[Rule]) -> Result<(), NfError> {
     let who = format!("chain {name}");
     let mut result = Ok(());
-    refs_of(chain, |r| {
+    refs_of(rules, |r| {
         if result.is_err() {
             return;
         }
         result = match r {
             Ref::Chain(c) => check_chain_target(new, &who, c),
-            Ref::Set(s) if !new.sets.contains_key(s) => Err(input(format!(
+            Ref::Set(s) if !new.has_set(s) => Err(input(format!(
                 "{who} looks up set {s}, which the table does not have"
             ))),
-            Ref::Map(m) if !new.maps.contains_key(m) => Err(input(format!(
+            Ref::Map(m) if !new.has_map(m) => Err(input(format!(
                 "{who} looks up map {m}, which the table does not have"
             ))),
-            Ref::SetOrMap(s) if !new.sets.contains_key(s) && !new.maps.contains_key(s) => Err(
-                input(format!("{who} looks up {s}, which the table does not have")),
-            ),
+            Ref::SetOrMap(s) if !new.has_set(s) && !new.has_map(s) => Err(input(format!(
+                "{who} looks up {s}, which the table does not have"
+            ))),
             _ => Ok(()),
         };
     });

@@ -226,7 +226,7 @@ impl Dataplane {
     /// files to the programmed endpoints. `oldest`: when the oldest change applied now
     /// arrived (the sync lag is measured from it to the rules being in).
     pub fn converge(&mut self, oldest: Option<Instant>) -> anyhow::Result<()> {
-        let first = self.table.applied().is_none();
+        let first = !self.table.is_programmed();
         let wanted_changes = self.engine.has_changes() || first;
         let started = Instant::now();
         if wanted_changes {
@@ -252,7 +252,12 @@ impl Dataplane {
                     Some(mut edit) => match self.engine.write_changes(&mut edit) {
                         Ok(_) => {
                             let rendered = started.elapsed();
-                            let r = edit.commit(socket).map(|_| ());
+                            // A refused difference (the kernel's table drifted) or one
+                            // the compact record cannot plan: the whole table, now.
+                            let engine = &mut self.engine;
+                            let r = edit
+                                .commit_or_replace(socket, || engine.full_table())
+                                .map(|_| ());
                             log::debug!(
                                 "policy: changes rendered in {rendered:?}, planned and \
                                  committed in {:?}",
