@@ -198,7 +198,7 @@ PLUGINS = ("calico", "calico-ipam", "portmap")
 def build_plugins():
     """Builds the static plugin binaries (scripts/build-plugins); returns their directory."""
     out = subprocess.run([os.path.join(REPO, "scripts", "build-plugins"), "--quiet"], check=True,
-                         capture_output=True, text=True).stdout
+                         stdout=subprocess.PIPE, text=True).stdout
     return out.strip()
 
 

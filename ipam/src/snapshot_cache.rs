@@ -391,9 +391,10 @@ fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
 /// the old length when that is at most twice as long, so the file need not shrink either.
 ///
 /// Why in place is safe here: the files are read and written under the host lock, so no
-/// reader sees a half-written file; a write cut short by a crash of the machine leaves a file
-/// that either fails to parse or is older than [`MAX_AGE`] when anything reads it again,
-/// and every entry served is guarded by its revision anyway.
+/// reader sees a half-written file; a write cut short (the call killed between two pages of
+/// it, or the machine crashing) leaves a file that fails to parse (new JSON followed by the
+/// old one's tail), or one older than [`MAX_AGE`] when anything reads it again, and every
+/// entry served is guarded by its revision anyway.
 pub(crate) fn overwrite_in_place(path: &Path, mut bytes: Vec<u8>) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new()
