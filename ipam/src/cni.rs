@@ -303,7 +303,7 @@ mod block_hint {
     pub type Hint = BTreeMap<IpNet, bool>;
 
     pub fn path(lock_file: &Path) -> PathBuf {
-        lock_file.with_file_name("ipam-affine-blocks")
+        crate::snapshot_cache::beside_lock(lock_file, "ipam-affine-blocks")
     }
 
     /// Lines `<cidr> room` or `<cidr> full` (a bare CIDR counts as room).

@@ -47,7 +47,25 @@ const POD_DIR: &str = "ipam-pods";
 
 /// Where the snapshot of the node whose host lock is `lock_file` is kept.
 pub fn path(lock_file: &Path) -> PathBuf {
-    lock_file.with_file_name("ipam-snapshot.json")
+    beside_lock(lock_file, "ipam-snapshot.json")
+}
+
+/// The file `name` of the lock domain of `lock_file`: `name` itself next to the default lock
+/// (`ipam.lock`), else prefixed with the lock's own file name. Two lock files in one
+/// directory (several networks, or simulated nodes, sharing it) must never share a file:
+/// each is written in place under its own lock only.
+pub(crate) fn beside_lock(lock_file: &Path, name: &str) -> PathBuf {
+    match lock_file.file_name().and_then(|n| n.to_str()) {
+        Some("ipam.lock") | None => lock_file.with_file_name(name),
+        Some(lock) => lock_file.with_file_name(format!("{lock}.{name}")),
+    }
+}
+
+/// The directory of the pods' records beside the snapshot at `snapshot`.
+fn pods_dir(snapshot: &Path) -> PathBuf {
+    let name = snapshot.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let prefix = name.strip_suffix("ipam-snapshot.json").unwrap_or("");
+    snapshot.with_file_name(format!("{prefix}{POD_DIR}"))
 }
 
 fn per_pod(key: &str) -> bool {
@@ -316,7 +334,7 @@ impl<'a> CachingStore<'a> {
                 if !state.spoiled && !state.unknown && !state.pod_writes.is_empty() =>
             {
                 let path = self.pod_path(&handle);
-                let done = std::fs::create_dir_all(self.path.with_file_name(POD_DIR))
+                let done = std::fs::create_dir_all(pods_dir(&self.path))
                     .and_then(|()| write_json(&path, &state.pod_writes));
                 if let Err(e) = done {
                     log::debug!("cannot write {}: {e}", path.display());
@@ -365,7 +383,7 @@ fn pod_path(snapshot: &Path, handle: &str) -> PathBuf {
             }
         })
         .collect();
-    snapshot.with_file_name(POD_DIR).join(name)
+    pods_dir(snapshot).join(name)
 }
 
 /// Removes the record of a pod whose handle was released otherwise (GC).

@@ -430,3 +430,28 @@ fn a_file_overwritten_in_place_reads_back_exactly_what_was_written_last() {
         serde_json::to_vec(&tiny).expect("encode").len() as u64
     );
 }
+
+#[test]
+fn lock_files_sharing_a_directory_share_no_file() {
+    let dir = Path::new("/var/run/calico");
+    let default = dir.join("ipam.lock");
+    assert_eq!(path(&default), dir.join("ipam-snapshot.json"));
+    assert_eq!(pod_path(&path(&default), "h"), dir.join("ipam-pods/h"));
+    assert_eq!(
+        beside_lock(&default, "ipam-affine-blocks"),
+        dir.join("ipam-affine-blocks")
+    );
+    let a = dir.join("node-1.lock");
+    let b = dir.join("node-2.lock");
+    assert_eq!(path(&a), dir.join("node-1.lock.ipam-snapshot.json"));
+    assert_eq!(
+        pod_path(&path(&a), "h"),
+        dir.join("node-1.lock.ipam-pods/h")
+    );
+    for name in ["ipam-snapshot.json", "ipam-affine-blocks"] {
+        let of = |l: &Path| beside_lock(l, name);
+        assert_ne!(of(&a), of(&b));
+        assert_ne!(of(&a), of(&default));
+    }
+    assert_ne!(pod_path(&path(&a), "h"), pod_path(&path(&b), "h"));
+}
