@@ -47,7 +47,7 @@ impl Agent {
         let log = dir.path().join("calico-node.log");
         let tls = "/etc/cni/net.d/calico-tls";
         let out = std::fs::File::create(&log)?;
-        let mut cmd = node.command(crate::bins::built("calico-node")?)?;
+        let mut cmd = node.command(crate::bins::calico_node()?)?;
         cmd.arg("run")
             .env_remove(calico_agent_protocol::SOCKET_ENV)
             .env("ETCD_ENDPOINTS", format!("https://{ETCD_IP}:{ETCD_PORT}"))

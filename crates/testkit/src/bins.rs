@@ -40,6 +40,23 @@ pub fn built(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The `calico-node` binary to start: `TESTKIT_CALICO_NODE` if set (to measure another build
+/// of it in `scripts/bench-bgp` or `scripts/bench-policy`), else [`built`]'s.
+pub fn calico_node() -> Result<PathBuf> {
+    match std::env::var_os("TESTKIT_CALICO_NODE") {
+        Some(p) => {
+            let path = PathBuf::from(p);
+            ensure!(
+                path.is_file(),
+                "TESTKIT_CALICO_NODE names {}, which is not a file",
+                path.display()
+            );
+            Ok(path)
+        }
+        None => built("calico-node"),
+    }
+}
+
 /// The path of Debian's reference plugin `name`, if installed.
 pub fn reference_plugin(name: &str) -> Result<PathBuf> {
     let path = Path::new(REFERENCE_PLUGIN_DIR).join(name);

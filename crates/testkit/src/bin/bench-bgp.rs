@@ -601,7 +601,7 @@ impl Drop for Observer {
 // Our agents.
 
 fn startup(c: &Cluster, i: usize, vars: &[(&str, &str)]) -> Result<()> {
-    let bin = testkit::bins::built("calico-node")?;
+    let bin = testkit::bins::calico_node()?;
     let out = c
         .node(i)
         .command(&bin)?

@@ -421,7 +421,7 @@ impl Drop for CommitWatch {
 // The node, its pods and its agent.
 
 fn startup(c: &Cluster) -> Result<()> {
-    let bin = testkit::bins::built("calico-node")?;
+    let bin = testkit::bins::calico_node()?;
     let out = c
         .node(0)
         .command(&bin)?
