@@ -581,6 +581,20 @@ fn an_incremental_change_touches_only_what_changed() {
     );
 }
 
+/// A rule the planner accepts and the kernel refuses (register 99 does not exist: only the
+/// kernel knows), commented "the bad one" so the error can be checked to name it.
+fn rule_only_the_kernel_refuses() -> Rule {
+    Rule::new(vec![
+        Expr::Cmp {
+            sreg: 99,
+            op: CmpOp::Eq,
+            data: vec![1],
+        },
+        Expr::Verdict(Verdict::Drop),
+    ])
+    .with_comment("the bad one")
+}
+
 /// A refusal of the kernel names the message it refused, and changes nothing.
 #[test]
 fn a_kernel_refusal_names_the_rule_and_changes_nothing() {
@@ -590,16 +604,7 @@ fn a_kernel_refusal_names_the_rule_and_changes_nothing() {
     apply(&ns, None, &good);
     let listed = ns.sh(&format!("nft list table inet {TABLE}")).unwrap();
     let mut bad = good.clone();
-    // Register 99 does not exist: only the kernel knows.
-    bad.chains.get_mut("filter-cali-tw-calia").unwrap().rules[1] = Rule::new(vec![
-        Expr::Cmp {
-            sreg: 99,
-            op: CmpOp::Eq,
-            data: vec![1],
-        },
-        Expr::Verdict(Verdict::Drop),
-    ])
-    .with_comment("the bad one");
+    bad.chains.get_mut("filter-cali-tw-calia").unwrap().rules[1] = rule_only_the_kernel_refuses();
     let batch = ruleset::plan(Some(&good), &bad).unwrap();
     let err = ns
         .within(move || {
@@ -1491,16 +1496,7 @@ fn a_refusal_in_the_middle_of_a_large_batch_is_named_and_nothing_applied() {
         .unwrap()
         .elems
         .insert(net("192.168.99.0/24"));
-    // Register 99 does not exist: only the kernel knows.
-    bad.chains.get_mut("filter-cali-pi-1000").unwrap().rules[1] = Rule::new(vec![
-        Expr::Cmp {
-            sreg: 99,
-            op: CmpOp::Eq,
-            data: vec![1],
-        },
-        Expr::Verdict(Verdict::Drop),
-    ])
-    .with_comment("the bad one");
+    bad.chains.get_mut("filter-cali-pi-1000").unwrap().rules[1] = rule_only_the_kernel_refuses();
     let fresh = NetNs::new("rsf").unwrap();
     for (ns, old) in [(&ns, Some(&good)), (&ns, None), (&fresh, None)] {
         let batch = ruleset::plan(old, &bad).unwrap();

@@ -325,23 +325,12 @@ fn plan_from_record(old: &Record, new: &Ruleset, keys: &RandomState) -> Result<B
         return replace(Some((old.family, old.name.as_str())), new);
     }
     let mut p = Planner::new(new);
-    let changes = Changes {
-        chains: join(&old.chains, &new.chains)
-            .into_iter()
-            .map(|(name, a, b)| ChainPair {
-                name,
-                old: a.map(|a| a.base),
-                new: b,
-                rules_differ: match (a, b) {
-                    (Some(a), Some(b)) => a.print != print(&b.rules, keys),
-                    _ => true,
-                },
-            })
-            .collect(),
-        sets: join(&old.sets, &new.sets),
-        maps: join(&old.maps, &new.maps),
-        set_elems: Vec::new(),
-    };
+    let changes = Changes::joined(
+        (&old.chains, &old.sets, &old.maps),
+        new,
+        |a| a.base,
+        |a, b| a.print == print(&b.rules, keys),
+    );
     p.incremental(changes, new, &|c| old.chains.contains_key(c))?;
     Ok(p.batch)
 }
@@ -515,25 +504,48 @@ pub(crate) struct Changes<'a> {
 impl<'a> Changes<'a> {
     /// Every name of either ruleset.
     fn all(old: &'a Ruleset, new: &'a Ruleset) -> Self {
+        Changes::joined(
+            (&old.chains, &old.sets, &old.maps),
+            new,
+            |a| a.base,
+            |a, b| a.rules == b.rules,
+        )
+    }
+
+    /// Every name of `old` (chains of any kind `C`: a ruleset's, or a record's) and of `new`;
+    /// `base` reads an old chain's hook, `same_rules` compares its rules with the new one's.
+    fn joined<C>(
+        (chains, sets, maps): OldTable<'a, C>,
+        new: &'a Ruleset,
+        base: impl Fn(&C) -> Option<BaseChain>,
+        same_rules: impl Fn(&C, &Chain) -> bool,
+    ) -> Self {
         Changes {
-            chains: join(&old.chains, &new.chains)
+            chains: join(chains, &new.chains)
                 .into_iter()
                 .map(|(name, a, b)| ChainPair {
                     name,
-                    old: a.map(|a| a.base),
+                    old: a.map(&base),
                     new: b,
                     rules_differ: match (a, b) {
-                        (Some(a), Some(b)) => a.rules != b.rules,
+                        (Some(a), Some(b)) => !same_rules(a, b),
                         _ => true,
                     },
                 })
                 .collect(),
-            sets: join(&old.sets, &new.sets),
-            maps: join(&old.maps, &new.maps),
+            sets: join(sets, &new.sets),
+            maps: join(maps, &new.maps),
             set_elems: Vec::new(),
         }
     }
 }
+
+/// The applied table's chains, sets and maps, as [`Changes::joined`] reads them.
+type OldTable<'a, C> = (
+    &'a BTreeMap<String, C>,
+    &'a BTreeMap<String, Set>,
+    &'a BTreeMap<String, VerdictMap>,
+);
 
 /// Merges two maps by key in one pass (no lookups: both are sorted).
 fn join<'a, A, B>(
