@@ -14,6 +14,7 @@
 //! An update that does not validate acts as the object's deletion (Felix's
 //! `ValidationFilter`): it returns [`Skipped`] with the reason, and the rest stays enforced.
 
+use crate::index::{FastMap, FastSet};
 use crate::index::{Interner, LabelIndex, LabelSet, Labels};
 use crate::ir::{self, Action, Match, Rule};
 use crate::model::{
@@ -37,7 +38,7 @@ use calico_netfilter::ruleset::{
 use calico_selector::Selector;
 use ipnet::IpNet;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -143,7 +144,7 @@ struct Endpoint {
 /// profiles' order; the endpoint's own win, then the first profile's).
 fn effective_labels(
     strings: &mut Interner,
-    profiles: &HashMap<String, ParsedProfile>,
+    profiles: &FastMap<String, ParsedProfile>,
     ep: &Endpoint,
 ) -> LabelSet {
     let inherited = ep
@@ -188,6 +189,55 @@ struct LiveSet {
     spec: SetSpec,
     names: (String, String),
     counts: ElemCounts,
+    /// Distinct members per family (IPv4, IPv6): a family's set exists while its count is
+    /// not 0 (see [`render::SetMembers`]).
+    filled: [u32; 2],
+    /// Of those, prefixes (not single hosts): while there is one, the family's set is an
+    /// interval set under its own name.
+    wide: [u32; 2],
+}
+
+impl LiveSet {
+    /// The family's set now: its name and whether it is an interval set; `None` when empty.
+    fn kernel_set(&self, v4: bool) -> Option<(String, bool)> {
+        let f = usize::from(!v4);
+        if self.filled[f] == 0 {
+            return None;
+        }
+        let exact = if v4 { &self.names.0 } else { &self.names.1 };
+        Some(if self.wide[f] > 0 {
+            (names::prefix_set_name(exact), true)
+        } else {
+            (exact.clone(), false)
+        })
+    }
+}
+
+/// Whether a set member is a prefix rather than one host (it needs an interval set).
+fn elem_is_wide(e: &SetElem) -> bool {
+    matches!(e, SetElem::Net(n) if n.prefix_len() < n.max_prefix_len())
+}
+
+/// Whether a set member is an IPv4 one (port-only members count as IPv4).
+fn elem_is_v4(e: &SetElem) -> bool {
+    match e {
+        SetElem::Net(n) => matches!(n, IpNet::V4(_)),
+        SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
+        SetElem::Ports(..) => true,
+    }
+}
+
+/// The live sets as the renderer asks about them.
+struct LiveMembers<'a> {
+    ids: &'a Ids<SetSpec>,
+    live: &'a FastMap<u32, LiveSet>,
+}
+
+impl render::SetMembers for LiveMembers<'_> {
+    fn set_name(&self, spec: &SetSpec, v4: bool) -> Option<String> {
+        let live = self.live.get(&self.ids.get(spec)?)?;
+        live.kernel_set(v4).map(|(name, _)| name)
+    }
 }
 
 /// A set's members, each counted by how many items bring it: a sorted vector (a set has
@@ -247,7 +297,7 @@ impl ElemCounts {
 
 /// Small numbers for keys: ids are reused after release.
 struct Ids<T> {
-    ids: HashMap<T, u32>,
+    ids: FastMap<T, u32>,
     keys: Vec<Option<T>>,
     free: Vec<u32>,
 }
@@ -255,7 +305,7 @@ struct Ids<T> {
 impl<T> Default for Ids<T> {
     fn default() -> Self {
         Ids {
-            ids: HashMap::new(),
+            ids: FastMap::default(),
             keys: Vec::new(),
             free: Vec::new(),
         }
@@ -313,10 +363,13 @@ struct Pool {
 
 #[derive(Default)]
 struct Dirty {
-    endpoints: HashSet<EndpointKey>,
-    policies: HashSet<PolicyKey>,
-    profiles: HashSet<String>,
-    sets: HashSet<SetSpec>,
+    endpoints: FastSet<EndpointKey>,
+    policies: FastSet<PolicyKey>,
+    profiles: FastSet<String>,
+    sets: FastSet<SetSpec>,
+    /// Sets of which a family gained its first member or lost its last: the chains that use
+    /// them render differently.
+    filled: FastSet<SetSpec>,
     statics: bool,
 }
 
@@ -328,13 +381,13 @@ pub struct PolicyEngine {
     felix_node: FelixConfigurationSpec,
     felix: FelixConfigurationSpec,
     marks: MarkBits,
-    tiers: HashMap<String, TierInfo>,
-    policies: HashMap<PolicyKey, ParsedPolicy>,
-    profiles: HashMap<String, ParsedProfile>,
-    endpoints: HashMap<EndpointKey, Endpoint>,
-    endpoints_by_profile: HashMap<String, HashSet<EndpointKey>>,
-    local_by_profile: HashMap<String, usize>,
-    netsets: HashMap<ItemKey, Vec<IpNet>>,
+    tiers: FastMap<String, TierInfo>,
+    policies: FastMap<PolicyKey, ParsedPolicy>,
+    profiles: FastMap<String, ParsedProfile>,
+    endpoints: FastMap<EndpointKey, Endpoint>,
+    endpoints_by_profile: FastMap<String, FastSet<EndpointKey>>,
+    local_by_profile: FastMap<String, usize>,
+    netsets: FastMap<ItemKey, Vec<IpNet>>,
     pools: BTreeMap<String, Pool>,
     node_addrs: BTreeMap<String, Vec<IpAddr>>,
     skipped: BTreeMap<ObjectRef, String>,
@@ -346,28 +399,28 @@ pub struct PolicyEngine {
     /// key's strings).
     item_ids: Ids<ItemKey>,
     set_ids: Ids<SetSpec>,
-    active_policies: HashSet<PolicyKey>,
-    active_profiles: HashSet<String>,
-    set_refs: HashMap<SetSpec, usize>,
+    active_policies: FastSet<PolicyKey>,
+    active_profiles: FastSet<String>,
+    set_refs: FastMap<SetSpec, usize>,
     /// The sets rules use now, by id, with their elements.
-    live_sets: HashMap<u32, LiveSet>,
+    live_sets: FastMap<u32, LiveSet>,
     /// The sets each active policy and profile references (what to release).
-    policy_sets: HashMap<PolicyKey, Vec<SetSpec>>,
-    profile_sets: HashMap<String, Vec<SetSpec>>,
+    policy_sets: FastMap<PolicyKey, Vec<SetSpec>>,
+    profile_sets: FastMap<String, Vec<SetSpec>>,
     /// Interface each rendered endpoint was rendered with (to remove its chains).
-    rendered: HashMap<EndpointKey, String>,
+    rendered: FastMap<EndpointKey, String>,
     /// Counts endpoint renders: unchanged, the programmed endpoints' statuses are too.
     endpoint_renders: u64,
     dirty: Dirty,
     touched: Touched,
     /// Lean mode: each chain's fingerprint, and the chains changed since the last take.
-    chain_prints: HashMap<String, (u64, usize)>,
+    chain_prints: FastMap<String, (u64, usize)>,
     pending_chains: BTreeMap<String, Option<Chain>>,
     /// Set while [`Self::full_table`] renders every chain into it.
     collect: Option<BTreeMap<String, Chain>>,
     /// Lean mode: each set's fingerprint (its type and the sum of its members' hashes, kept
     /// up to date member by member), and the sets to copy whole since the last take.
-    set_prints: HashMap<String, u64>,
+    set_prints: FastMap<String, u64>,
     pending_sets: BTreeMap<String, Set>,
     /// Set while [`Self::full_table`] renders every set into it (lean mode).
     collect_sets: Option<BTreeMap<String, Set>>,
@@ -445,13 +498,13 @@ impl PolicyEngine {
             felix_node: FelixConfigurationSpec::default(),
             felix: FelixConfigurationSpec::default(),
             marks: MarkBits::default(),
-            tiers: HashMap::new(),
-            policies: HashMap::new(),
-            profiles: HashMap::new(),
-            endpoints: HashMap::new(),
-            endpoints_by_profile: HashMap::new(),
-            local_by_profile: HashMap::new(),
-            netsets: HashMap::new(),
+            tiers: FastMap::default(),
+            policies: FastMap::default(),
+            profiles: FastMap::default(),
+            endpoints: FastMap::default(),
+            endpoints_by_profile: FastMap::default(),
+            local_by_profile: FastMap::default(),
+            netsets: FastMap::default(),
             pools: BTreeMap::new(),
             node_addrs: BTreeMap::new(),
             skipped: BTreeMap::new(),
@@ -459,23 +512,23 @@ impl PolicyEngine {
             set_index: LabelIndex::new(),
             item_ids: Ids::default(),
             set_ids: Ids::default(),
-            active_policies: HashSet::new(),
-            active_profiles: HashSet::new(),
-            set_refs: HashMap::new(),
-            live_sets: HashMap::new(),
-            policy_sets: HashMap::new(),
-            profile_sets: HashMap::new(),
-            rendered: HashMap::new(),
+            active_policies: FastSet::default(),
+            active_profiles: FastSet::default(),
+            set_refs: FastMap::default(),
+            live_sets: FastMap::default(),
+            policy_sets: FastMap::default(),
+            profile_sets: FastMap::default(),
+            rendered: FastMap::default(),
             endpoint_renders: 0,
             dirty: Dirty {
                 statics: true,
                 ..Default::default()
             },
             touched: Touched::default(),
-            chain_prints: HashMap::new(),
+            chain_prints: FastMap::default(),
             pending_chains: BTreeMap::new(),
             collect: None,
-            set_prints: HashMap::new(),
+            set_prints: FastMap::default(),
             pending_sets: BTreeMap::new(),
             collect_sets: None,
             strings: Interner::default(),
@@ -555,12 +608,20 @@ impl PolicyEngine {
                 }
             }
             let counts = ElemCounts::from_elems(all);
+            let (mut filled, mut wide) = ([0, 0], [0, 0]);
+            for e in counts.members() {
+                let f = usize::from(!elem_is_v4(e));
+                filled[f] += 1;
+                wide[f] += u32::from(elem_is_wide(e));
+            }
             self.live_sets.insert(
                 id,
                 LiveSet {
                     spec: spec.clone(),
                     names: render::set_names(spec),
                     counts,
+                    filled,
+                    wide,
                 },
             );
             self.dirty.sets.insert(spec.clone());
@@ -602,18 +663,35 @@ impl PolicyEngine {
             return;
         };
         for e in item_elems(&live.spec, d) {
-            let v4 = match e {
-                SetElem::Net(n) => matches!(n, IpNet::V4(_)),
-                SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
-                SetElem::Ports(..) => true,
-            };
-            let name = if v4 { &live.names.0 } else { &live.names.1 };
+            let v4 = elem_is_v4(&e);
             let changed = if add {
                 live.counts.add(e)
             } else {
                 live.counts.remove(&e)
             };
-            if changed && let Some(out) = self.out.sets.get_mut(name) {
+            if !changed {
+                continue;
+            }
+            let before = live.kernel_set(v4);
+            let f = usize::from(!v4);
+            let step = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            step(&mut live.filled[f]);
+            if elem_is_wide(&e) {
+                step(&mut live.wide[f]);
+            }
+            let now = live.kernel_set(v4);
+            if before != now {
+                // The family's set appears, goes or changes kind (and name): it is rendered
+                // whole, and the rules testing it anew.
+                self.dirty.sets.insert(live.spec.clone());
+                self.dirty.filled.insert(live.spec.clone());
+                continue;
+            }
+            let Some((name, _)) = now else {
+                continue;
+            };
+            let name = &name;
+            if let Some(out) = self.out.sets.get_mut(name) {
                 if self.config.lean {
                     // No copy of the members: the fingerprint follows them, and a set to
                     // be copied whole is updated in place.
@@ -1002,7 +1080,7 @@ impl PolicyEngine {
             _ => true,
         };
         let content_changed = old.as_ref() != p.as_ref();
-        let mut affected: HashSet<EndpointKey> = HashSet::new();
+        let mut affected: FastSet<EndpointKey> = FastSet::default();
         if moved {
             affected.extend(self.policy_index.matches(&key).cloned());
         }
@@ -1583,37 +1661,44 @@ impl PolicyEngine {
 
     fn render_set(&mut self, spec: &SetSpec) {
         let (n4, n6) = render::set_names(spec);
-        let Some(counts) = self
+        let live = self
             .set_ids
             .get(spec)
-            .and_then(|id| self.live_sets.get(&id))
-            .map(|l| &l.counts)
-        else {
-            self.drop_set(&n4);
-            self.drop_set(&n6);
-            return;
-        };
-        let (mut s4, mut s6) = if spec.is_named_port() {
-            (
-                Set::new(SetKey::Ipv4AddrProtoPort, false),
-                Set::new(SetKey::Ipv6AddrProtoPort, false),
-            )
-        } else {
-            (
-                Set::new(SetKey::Ipv4Addr, true),
-                Set::new(SetKey::Ipv6Addr, true),
-            )
-        };
-        for e in counts.members() {
-            let v4 = match e {
-                SetElem::Net(n) => matches!(n, IpNet::V4(_)),
-                SetElem::AddrProtoPort(a, _, _) => a.is_ipv4(),
-                SetElem::Ports(..) => true,
+            .and_then(|id| self.live_sets.get(&id));
+        // A family's set exists only while it has members, as an interval set only while
+        // it holds a prefix (render::SetMembers); its other names go.
+        let mut gone = Vec::new();
+        let mut put = Vec::new();
+        for (v4, exact) in [(true, n4), (false, n6)] {
+            let now = live.and_then(|l| l.kernel_set(v4));
+            let prefixes = names::prefix_set_name(&exact);
+            for name in [exact, prefixes] {
+                if now.as_ref().is_none_or(|(n, _)| *n != name) {
+                    gone.push(name);
+                }
+            }
+            let (Some(live), Some((name, interval))) = (live, now) else {
+                continue;
             };
-            if v4 { &mut s4 } else { &mut s6 }.elems.insert(*e);
+            let key = match (spec.is_named_port(), v4) {
+                (true, true) => SetKey::Ipv4AddrProtoPort,
+                (true, false) => SetKey::Ipv6AddrProtoPort,
+                (false, true) => SetKey::Ipv4Addr,
+                (false, false) => SetKey::Ipv6Addr,
+            };
+            let mut set = Set::new(key, interval);
+            set.elems = (live.counts.members())
+                .filter(|e| elem_is_v4(e) == v4)
+                .copied()
+                .collect();
+            put.push((name, set));
         }
-        self.put_set(n4, s4);
-        self.put_set(n6, s6);
+        for name in gone {
+            self.drop_set(&name);
+        }
+        for (name, set) in put {
+            self.put_set(name, set);
+        }
     }
 
     fn render_policy(&mut self, key: &PolicyKey) {
@@ -1631,13 +1716,22 @@ impl PolicyEngine {
             }
         };
         let lp = self.log_prefix();
+        let members = LiveMembers {
+            ids: &self.set_ids,
+            live: &self.live_sets,
+        };
+        let cx = render::RenderContext {
+            marks: &self.marks,
+            log_prefix: &lp,
+            members: &members,
+        };
         let ing = p.ingress.as_ref().map(|r| {
             let what = format!("Policy {id} ingress");
-            render::render_rules_chain(&what, r, Direction::Ingress, &self.marks, &lp)
+            render::render_rules_chain(&what, r, Direction::Ingress, &cx)
         });
         let eg = p.egress.as_ref().map(|r| {
             let what = format!("Policy {id} egress");
-            render::render_rules_chain(&what, r, Direction::Egress, &self.marks, &lp)
+            render::render_rules_chain(&what, r, Direction::Egress, &cx)
         });
         for (name, rules) in [(ci, ing), (co, eg)] {
             match rules {
@@ -1661,19 +1755,26 @@ impl PolicyEngine {
             }
         };
         let lp = self.log_prefix();
+        let members = LiveMembers {
+            ids: &self.set_ids,
+            live: &self.live_sets,
+        };
+        let cx = render::RenderContext {
+            marks: &self.marks,
+            log_prefix: &lp,
+            members: &members,
+        };
         let ing = render::render_rules_chain(
             &format!("Profile {name} ingress"),
             &p.ingress,
             Direction::Ingress,
-            &self.marks,
-            &lp,
+            &cx,
         );
         let eg = render::render_rules_chain(
             &format!("Profile {name} egress"),
             &p.egress,
             Direction::Egress,
-            &self.marks,
-            &lp,
+            &cx,
         );
         self.put_chain(ci, None, ing);
         self.put_chain(co, None, eg);
@@ -2064,7 +2165,21 @@ impl PolicyEngine {
             self.strings.sweep();
             self.sweep_at = (self.strings.len() * 2).max(1024);
         }
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if !dirty.filled.is_empty() {
+            // The chains using a set whose family appeared or went render anew.
+            let uses = |sets: &Vec<SetSpec>| sets.iter().any(|s| dirty.filled.contains(s));
+            let policies: Vec<PolicyKey> = (self.policy_sets.iter())
+                .filter(|(_, sets)| uses(sets))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let profiles: Vec<String> = (self.profile_sets.iter())
+                .filter(|(_, sets)| uses(sets))
+                .map(|(k, _)| k.clone())
+                .collect();
+            dirty.policies.extend(policies);
+            dirty.profiles.extend(profiles);
+        }
         if dirty.statics {
             self.render_statics();
         }

@@ -367,6 +367,8 @@ pub fn set_text(name: &str, set: &ruleset::Set) -> String {
             .elems
             .iter()
             .map(|e| match e {
+                // An exact set holds addresses, as nft writes them.
+                ruleset::SetElem::Net(n) if !set.interval => n.addr().to_string(),
                 ruleset::SetElem::Net(n) => n.to_string(),
                 ruleset::SetElem::AddrProtoPort(a, p, port) => {
                     format!("{a} . {} . {port}", proto_name(*p))

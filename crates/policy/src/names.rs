@@ -67,6 +67,18 @@ pub fn set_name(v4: bool, id: &str) -> String {
     name.replace(':', "-")
 }
 
+/// The name of a selector set's variant that holds prefixes (an interval set):
+/// `cali40p-…` for `cali40s-…`. A selector's set holds only host addresses (an exact set,
+/// the common case: endpoints' addresses) until a network set brings a prefix; the variant
+/// has its own name so that the change is a new set and rewritten rules, not a set
+/// recreated under rules that use it.
+pub fn prefix_set_name(exact: &str) -> String {
+    match exact.get(..8) {
+        Some(head) if head.ends_with("s-") => format!("{}p-{}", &head[..6], &exact[8..]),
+        _ => exact.to_string(),
+    }
+}
+
 /// The chain of one endpoint and direction: `filter-cali-tw-<iface>` (to the workload:
 /// ingress policy) or `filter-cali-fw-<iface>` (from it: egress).
 pub fn endpoint_chain(ingress: bool, iface: &str) -> String {

@@ -6,8 +6,10 @@
 //! or named ports) become one nft rule each rather than anonymous sets (a Log rule's
 //! alternatives set a scratch bit and log once); a rule is left out of an address family
 //! whose nets it cannot match (`filterNets`); a rule's matches are ordered cheapest first
-//! (protocol and ports before set lookups); and instead of a reverse-path check in a raw
-//! chain, each endpoint's egress chain first drops sources other than its own addresses.
+//! (protocol and ports before set lookups); instead of a reverse-path check in a raw
+//! chain, each endpoint's egress chain first drops sources other than its own addresses;
+//! and a selector's set of one family exists only while it has members (see
+//! [`SetMembers`]), so an IPv4-only cluster has no IPv6 sets and no rules testing them.
 
 use crate::ir::{Action, Match, Rule};
 use crate::model::{ParsedEntity, ParsedRule, RuleAction, SetSpec};
@@ -85,6 +87,31 @@ pub fn set_names(spec: &SetSpec) -> (String, String) {
     (names::set_name(true, &id), names::set_name(false, &id))
 }
 
+/// The kernel sets a selector's or named port's set is now, per family. A family's set
+/// with no members does not exist: a rule that needs a member of it can never match, so it
+/// is left out of that family; a test for a non-member always holds, so it is dropped from
+/// the rule. On a cluster with no IPv6 endpoints, half the sets and the rules that test them
+/// are then not in the kernel, whose commit looks every set up by name in a list of all of
+/// them (the first apply's largest cost at 4,000 sets). A selector set holding only host
+/// addresses is an exact set (`cali40s-…`: one kernel element per member, hashed); once a
+/// prefix joins it, an interval set (`cali40p-…`: two elements per range). A change of
+/// either re-renders the chains that use the set (the engine's job).
+pub trait SetMembers {
+    /// The family's set name, `None` while it has no members.
+    fn set_name(&self, spec: &SetSpec, v4: bool) -> Option<String>;
+}
+
+/// Every set counted as having host members in both families: rules rendered as if nothing
+/// were pruned (tests of the rules' shape).
+pub struct EverySetFilled;
+
+impl SetMembers for EverySetFilled {
+    fn set_name(&self, spec: &SetSpec, v4: bool) -> Option<String> {
+        let (n4, n6) = set_names(spec);
+        Some(if v4 { n4 } else { n6 })
+    }
+}
+
 fn family_of(net: &IpNet) -> bool {
     matches!(net, IpNet::V4(_))
 }
@@ -94,6 +121,7 @@ fn family_of(net: &IpNet) -> bool {
 struct Side<'a> {
     e: &'a ParsedEntity,
     source: bool,
+    members: &'a dyn SetMembers,
 }
 
 impl Side<'_> {
@@ -131,7 +159,9 @@ impl Side<'_> {
         ours.peek().is_some() && ours.all(|n| n.prefix_len() != 0)
     }
 
-    fn ports(&self, v4: Option<bool>) -> Vec<Match> {
+    /// The port alternatives; `None` when the side names ports but none of them can match
+    /// in this family (its named ports' sets are empty there).
+    fn ports(&self, v4: Option<bool>) -> Option<Vec<Match>> {
         let mut alts: Vec<Match> = self
             .e
             .ports
@@ -143,27 +173,48 @@ impl Side<'_> {
                 neq: false,
             })
             .collect();
+        let v = v4.unwrap_or(true);
         for s in &self.e.named_port_sets {
-            let (n4, n6) = set_names(s);
-            let v = v4.unwrap_or(true);
+            let Some(set) = self.members.set_name(s, v) else {
+                continue;
+            };
             alts.push(Match::NamedPortSet {
                 dst: !self.source,
                 v4: v,
-                set: if v { n4 } else { n6 },
+                set,
                 neq: false,
             });
         }
-        alts
+        let named = !self.e.ports.is_empty() || !self.e.named_port_sets.is_empty();
+        if named && alts.is_empty() {
+            None
+        } else {
+            Some(alts)
+        }
+    }
+
+    /// Whether every set this side needs a member of has members in the family.
+    fn sets_filled(&self, v4: Option<bool>) -> bool {
+        let v = v4.unwrap_or(true);
+        self.e
+            .sets
+            .iter()
+            .all(|s| self.members.set_name(s, v).is_some())
     }
 
     fn fixed(&self, v4: Option<bool>, out: &mut Vec<Match>) {
-        for s in &self.e.sets {
-            let (n4, n6) = set_names(s);
-            let v = v4.unwrap_or(true);
+        let v = v4.unwrap_or(true);
+        // Each has a name here: the family is skipped otherwise (`sets_filled`).
+        for set in self
+            .e
+            .sets
+            .iter()
+            .filter_map(|s| self.members.set_name(s, v))
+        {
             out.push(Match::AddrSet {
                 source: self.source,
                 v4: v,
-                set: if v { n4 } else { n6 },
+                set,
                 neq: false,
             });
         }
@@ -176,13 +227,17 @@ impl Side<'_> {
                 });
             }
         }
-        for s in &self.e.not_sets {
-            let (n4, n6) = set_names(s);
-            let v = v4.unwrap_or(true);
+        // An empty set has no name: every address is not in it.
+        for set in self
+            .e
+            .not_sets
+            .iter()
+            .filter_map(|s| self.members.set_name(s, v))
+        {
             out.push(Match::AddrSet {
                 source: self.source,
                 v4: v,
-                set: if v { n4 } else { n6 },
+                set,
                 neq: true,
             });
         }
@@ -197,13 +252,12 @@ impl Side<'_> {
                 neq: true,
             });
         }
-        for s in &self.e.not_named_port_sets {
-            let (n4, n6) = set_names(s);
-            let v = v4.unwrap_or(true);
+        let v = v4.unwrap_or(true);
+        for set in (self.e.not_named_port_sets.iter()).filter_map(|s| self.members.set_name(s, v)) {
             out.push(Match::NamedPortSet {
                 dst: !self.source,
                 v4: v,
-                set: if v { n4 } else { n6 },
+                set,
                 neq: true,
             });
         }
@@ -234,10 +288,12 @@ fn families(r: &ParsedRule) -> Vec<Option<bool>> {
     let src = Side {
         e: &r.src,
         source: true,
+        members: &EverySetFilled,
     };
     let dst = Side {
         e: &r.dst,
         source: false,
+        members: &EverySetFilled,
     };
     if !src.family_bound() && !dst.family_bound() {
         return vec![None];
@@ -317,17 +373,19 @@ fn match_cost(m: &Match) -> u8 {
 pub fn render_rule(
     r: &ParsedRule,
     direction: Direction,
-    marks: &MarkBits,
-    log_prefix: &str,
+    cx: &RenderContext<'_>,
     comment: &str,
 ) -> Vec<Rule> {
+    let (marks, log_prefix) = (cx.marks, cx.log_prefix);
     let src = Side {
         e: &r.src,
         source: true,
+        members: cx.members,
     };
     let dst = Side {
         e: &r.dst,
         source: false,
+        members: cx.members,
     };
     let actions = rule_actions(r.action, direction, marks, log_prefix);
     let mut out = Vec::new();
@@ -339,6 +397,12 @@ pub fn render_rule(
         if !src.not_nets_ok(v4) || !dst.not_nets_ok(v4) {
             continue;
         }
+        if !src.sets_filled(v4) || !dst.sets_filled(v4) {
+            continue; // a set it needs a member of is empty in this family
+        }
+        let (Some(src_ports), Some(dst_ports)) = (src.ports(v4), dst.ports(v4)) else {
+            continue; // none of its ports can match in this family
+        };
         let mut fixed = Vec::new();
         if let Some(v) = v4 {
             fixed.push(Match::Family { v4: v });
@@ -376,7 +440,7 @@ pub fn render_rule(
         dst.fixed(v4, &mut fixed);
         src.fixed_ports(v4, &mut fixed);
         dst.fixed_ports(v4, &mut fixed);
-        let groups = [src_nets, dst_nets, src.ports(v4), dst.ports(v4)];
+        let groups = [src_nets, dst_nets, src_ports, dst_ports];
         let mut combos: Vec<Vec<Match>> = vec![fixed];
         for g in groups {
             if g.is_empty() {
@@ -439,20 +503,27 @@ pub fn render_rule(
     out
 }
 
+/// What rendering a rule needs besides the rule: the node's mark bits, the Log prefix and
+/// which sets have members.
+pub struct RenderContext<'a> {
+    pub marks: &'a MarkBits,
+    pub log_prefix: &'a str,
+    pub members: &'a dyn SetMembers,
+}
+
 /// A policy's or profile's chain for one direction.
 pub fn render_rules_chain(
     what: &str,
     rules: &[ParsedRule],
     direction: Direction,
-    marks: &MarkBits,
-    log_prefix: &str,
+    cx: &RenderContext<'_>,
 ) -> Vec<Rule> {
     rules
         .iter()
         .enumerate()
         .flat_map(|(i, r)| {
             let comment = format!("{what} rule {}: {:?}", i + 1, r.action);
-            render_rule(r, direction, marks, log_prefix, &comment)
+            render_rule(r, direction, cx, &comment)
         })
         .collect()
 }
@@ -647,13 +718,13 @@ mod tests {
 
     #[test]
     fn a_rules_set_lookups_come_after_its_port_and_address_compares() {
-        let rules = render_rule(
-            &allow_from_selector_to_port(),
-            Direction::Egress,
-            &MarkBits::default(),
-            "calico-packet",
-            "c",
-        );
+        let marks = MarkBits::default();
+        let cx = RenderContext {
+            marks: &marks,
+            log_prefix: "calico-packet",
+            members: &EverySetFilled,
+        };
+        let rules = render_rule(&allow_from_selector_to_port(), Direction::Egress, &cx, "c");
         // IPv4 only: an IPv4 notNets leaves the rule nothing in IPv6 (`filterNets`).
         assert_eq!(rules.len(), 1, "{rules:?}");
         for r in &rules {
@@ -676,9 +747,14 @@ mod tests {
     #[test]
     fn ingress_allow_accepts_and_egress_allow_marks_and_returns() {
         let marks = MarkBits::default();
+        let cx = RenderContext {
+            marks: &marks,
+            log_prefix: "p",
+            members: &EverySetFilled,
+        };
         let r = allow_from_selector_to_port();
-        let ingress = render_rule(&r, Direction::Ingress, &marks, "p", "c");
-        let egress = render_rule(&r, Direction::Egress, &marks, "p", "c");
+        let ingress = render_rule(&r, Direction::Ingress, &cx, "c");
+        let egress = render_rule(&r, Direction::Egress, &cx, "c");
         for rule in &ingress {
             assert_eq!(
                 rule.actions,
@@ -706,8 +782,8 @@ mod tests {
                 ..r.clone()
             };
             assert_eq!(
-                render_rule(&r, Direction::Ingress, &marks, "p", "c"),
-                render_rule(&r, Direction::Egress, &marks, "p", "c")
+                render_rule(&r, Direction::Ingress, &cx, "c"),
+                render_rule(&r, Direction::Egress, &cx, "c")
             );
         }
     }

@@ -2,7 +2,9 @@
 //! configuration.
 
 use calico_datastore::model::policy::{
-    EntityRule, FelixConfiguration, FelixConfigurationSpec, NetworkPolicy, NetworkPolicySpec, Rule,
+    EntityRule, FelixConfiguration, FelixConfigurationSpec, GlobalNetworkPolicy,
+    GlobalNetworkPolicySpec, GlobalNetworkSet, NetworkPolicy, NetworkPolicySpec, NetworkSetSpec,
+    Rule,
 };
 use calico_datastore::model::resources::{
     Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointSpec,
@@ -259,7 +261,9 @@ fn a_change_touches_only_what_it_changes() {
         first.chains.contains("filter-FORWARD"),
         "the first call names everything"
     );
-    // A rule change: the policy's chain and the sets it now uses, nothing else.
+    // A rule change: the policy's chain and the sets it now uses, nothing else. The old
+    // selector's IPv4 set goes; the new one matches nothing yet, so it has no set (and the
+    // chain no rule testing one).
     e.upsert_network_policy(&np("a", "pol", from_namespace("team == 'x'")))
         .expect("policy");
     e.desired();
@@ -268,16 +272,32 @@ fn a_change_touches_only_what_it_changes() {
         t.chains.iter().collect::<Vec<_>>(),
         ["filter-cali-pi-np/a/pol"]
     );
-    assert_eq!(t.sets.len(), 4, "old v4/v6 set gone, new v4/v6 set: {t:?}");
+    assert_eq!(t.sets.len(), 1, "old v4 set gone, no new one: {t:?}");
     assert!(t.maps.is_empty());
     // A remote endpoint in no set: nothing.
     e.upsert_workload_endpoint(&wep("n2", "a", "p2", "10.0.0.2/32", &[]))
         .expect("wep");
     e.desired();
     assert_eq!(e.take_touched(), Default::default());
-    // Its namespace joins team x: members more in one set (v4), nothing else.
+    // Its namespace joins team x: the selector's IPv4 set appears whole, with p1's and p2's
+    // addresses, and the policy's chain gains the rule testing it.
     e.upsert_profile(&kns("a", &[("team", "x")]))
         .expect("profile");
+    e.desired();
+    let t = e.take_touched();
+    assert_eq!(
+        t.chains.iter().collect::<Vec<_>>(),
+        ["filter-cali-pi-np/a/pol"]
+    );
+    assert_eq!(t.sets.len(), 1, "{t:?}");
+    assert!(t.maps.is_empty() && t.elems.is_empty(), "{t:?}");
+    let set = t.sets.iter().next().expect("set");
+    assert!(set.starts_with("cali40"), "{set}");
+    assert_eq!(e.desired().sets[set].elems.len(), 2);
+    assert!(e.text().contains(&format!("@{set}")));
+    // One more remote endpoint of the namespace: one member more, nothing else.
+    e.upsert_workload_endpoint(&wep("n2", "a", "p4", "10.0.0.4/32", &[]))
+        .expect("wep");
     e.desired();
     let t = e.take_touched();
     assert!(
@@ -286,8 +306,15 @@ fn a_change_touches_only_what_it_changes() {
     );
     assert_eq!(t.elems.len(), 1, "{t:?}");
     let d = t.elems.values().next().expect("delta");
-    assert_eq!(d.added.len(), 2, "p1's and p2's address: {d:?}");
+    assert_eq!(d.added.len(), 1, "p4's address: {d:?}");
     assert!(d.removed.is_empty());
+    // It goes again, and so does p2: still members left, so still only members.
+    e.remove_workload_endpoint("a", "n2-k8s-p4-eth0");
+    e.remove_workload_endpoint("a", "n2-k8s-p2-eth0");
+    e.desired();
+    let t = e.take_touched();
+    assert!(t.chains.is_empty() && t.sets.is_empty(), "{t:?}");
+    assert_eq!(t.elems.values().next().map(|d| d.removed.len()), Some(2));
     // A new local endpoint: its two chains and the two dispatch maps.
     e.upsert_workload_endpoint(&wep("n1", "a", "p3", "10.0.0.3/32", &[]))
         .expect("wep");
@@ -332,4 +359,164 @@ fn a_new_endpoint_may_take_over_an_interface_name() {
         );
         assert_eq!(e.programmed_endpoints().len(), 1);
     }
+}
+
+/// The lines of the policy chain `filter-cali-pi-gnp/pol` in the wanted table.
+fn policy_rules(e: &mut PolicyEngine) -> Vec<String> {
+    e.desired();
+    let text = e.text();
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.contains("chain filter-cali-pi-gnp/pol "))
+        .skip(1);
+    let mut out = Vec::new();
+    for l in lines.by_ref() {
+        if l.trim() == "}" {
+            break;
+        }
+        out.push(l.trim().split(" comment ").next().unwrap_or("").to_string());
+    }
+    out
+}
+
+/// Allow from `role == 'web'`, deny from anything not `role == 'db'` (global: a namespaced
+/// policy's notSelector narrows its namespace's set instead).
+fn web_in_not_db_out() -> GlobalNetworkPolicy {
+    let mut allow = Rule::allow();
+    allow.source = Some(EntityRule {
+        selector: "role == 'web'".into(),
+        ..Default::default()
+    });
+    let mut deny = Rule::action("Deny");
+    deny.source = Some(EntityRule {
+        not_selector: "role == 'db'".into(),
+        ..Default::default()
+    });
+    let spec = GlobalNetworkPolicySpec {
+        selector: "all()".into(),
+        ingress: vec![allow, deny],
+        ..Default::default()
+    };
+    GlobalNetworkPolicy::new("GlobalNetworkPolicy", "pol", spec)
+}
+
+#[test]
+fn a_family_set_exists_while_it_has_members_and_its_rules_with_it() {
+    let mut e = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
+    e.upsert_profile(&kns("a", &[])).expect("profile");
+    e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[("role", "db")]))
+        .expect("wep");
+    e.upsert_global_network_policy(&web_in_not_db_out())
+        .expect("policy");
+    // No web endpoint: the allow can never match, in either family; the db set has an IPv4
+    // member only, so in IPv6 the deny holds for every source.
+    let sets = |e: &mut PolicyEngine| -> Vec<String> {
+        let mut s: Vec<String> = (e.desired().sets.keys())
+            .filter(|n| n.get(6..).is_some_and(|t| t.starts_with("s-")))
+            .map(|n| n[..6].to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(sets(&mut e), ["cali40"]);
+    let rules = policy_rules(&mut e);
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(rules[0].starts_with("meta nfproto ipv4 ip saddr != @cali40s-"));
+    assert!(
+        rules[1].starts_with("meta nfproto ipv6 meta mark set"),
+        "{rules:?}"
+    );
+    e.take_touched();
+    // A dual-stack web endpoint elsewhere: both families of its set appear, and the allow
+    // rules with them.
+    let mut web = wep("n2", "a", "w1", "10.0.0.2/32", &[("role", "web")]);
+    web.spec.ip_networks.push("fd00::2/128".into());
+    e.upsert_workload_endpoint(&web).expect("wep");
+    let touched = {
+        e.desired();
+        e.take_touched()
+    };
+    assert_eq!(
+        touched.chains.iter().collect::<Vec<_>>(),
+        ["filter-cali-pi-gnp/pol"]
+    );
+    assert_eq!(touched.sets.len(), 2, "{touched:?}");
+    assert_eq!(sets(&mut e), ["cali40", "cali40", "cali60"]);
+    let rules = policy_rules(&mut e);
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    assert!(rules[0].starts_with("meta nfproto ipv4 ip saddr @cali40s-"));
+    assert!(rules[1].starts_with("meta nfproto ipv6 ip6 saddr @cali60s-"));
+    // A network set of web addresses brings a prefix: the IPv4 set becomes an interval set
+    // under its own name, and the rule names it; when the prefix goes, back again.
+    let mut web_net = GlobalNetworkSet::new(
+        "GlobalNetworkSet",
+        "web-net",
+        NetworkSetSpec {
+            nets: vec!["192.0.2.0/24".into()],
+            ..Default::default()
+        },
+    );
+    web_net.metadata.labels = [("role".to_string(), "web".to_string())].into();
+    e.upsert_global_network_set(&web_net).expect("netset");
+    let rules = policy_rules(&mut e);
+    assert!(
+        rules[0].starts_with("meta nfproto ipv4 ip saddr @cali40p-"),
+        "{rules:?}"
+    );
+    assert!(rules[1].starts_with("meta nfproto ipv6 ip6 saddr @cali60s-"));
+    let prefixes = (rules[0].split('@').nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("")
+        .to_string();
+    let set = &e.desired().sets[&prefixes];
+    assert!(set.interval && set.elems.len() == 2, "{set:?}");
+    assert!(!(e.desired().sets.keys()).any(|n| n == &prefixes.replacen("0p-", "0s-", 1)));
+    e.remove_global_network_set("web-net");
+    let rules = policy_rules(&mut e);
+    assert!(rules[0].starts_with("meta nfproto ipv4 ip saddr @cali40s-"));
+    assert!(!e.desired().sets.contains_key(&prefixes));
+    // A dual-stack db endpoint: the not-db test returns to IPv6.
+    let mut db = wep("n2", "a", "d2", "10.0.0.3/32", &[("role", "db")]);
+    db.spec.ip_networks.push("fd00::3/128".into());
+    e.upsert_workload_endpoint(&db).expect("wep");
+    let rules = policy_rules(&mut e);
+    assert!(
+        rules[3].starts_with("meta nfproto ipv6 ip6 saddr != @cali60s-"),
+        "{rules:?}"
+    );
+    assert_eq!(sets(&mut e).len(), 4);
+    // The web endpoint goes: its set goes with the allow rules; nothing else changes.
+    e.take_touched();
+    e.remove_workload_endpoint("a", "n2-k8s-w1-eth0");
+    let rules = policy_rules(&mut e);
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(rules.iter().all(|r| r.contains("saddr != @")), "{rules:?}");
+    let touched = e.take_touched();
+    assert_eq!(touched.sets.len(), 2, "{touched:?}");
+    assert!(touched.elems.is_empty(), "{touched:?}");
+    // What the engine reached step by step is what a fresh one renders.
+    let mut fresh = PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    );
+    fresh.upsert_profile(&kns("a", &[])).expect("profile");
+    fresh
+        .upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[("role", "db")]))
+        .expect("wep");
+    fresh.upsert_workload_endpoint(&db).expect("wep");
+    fresh
+        .upsert_global_network_policy(&web_in_not_db_out())
+        .expect("policy");
+    fresh.desired();
+    e.desired();
+    assert_eq!(fresh.text(), e.text());
 }

@@ -253,14 +253,23 @@ impl Profile {
 
 impl Drop for Profile {
     fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
+        let Some(c) = &mut self.0 else {
+            return;
+        };
+        // A SIGINT that arrives while perf is still starting is lost (seen with --flips 0:
+        // perf kept recording and the driver waited for it forever), so it is repeated
+        // until perf exits; after 10 s it is killed.
+        let t0 = Instant::now();
+        while let Ok(None) = c.try_wait() {
+            let signal = if t0.elapsed() < Duration::from_secs(10) {
+                nix::sys::signal::Signal::SIGINT
+            } else {
+                nix::sys::signal::Signal::SIGKILL
+            };
             if let Ok(pid) = i32::try_from(c.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGINT,
-                );
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
             }
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

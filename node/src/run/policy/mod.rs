@@ -254,7 +254,8 @@ fn run_loop(
             if let Some(n) = listed {
                 // The cold start's phases (the first apply logs its own).
                 log::info!(
-                    "policy: {n} keys listed at revision {revision}, {:?} after start; read                      into the calculation in {:?} (RSS {} MiB)",
+                    "policy: {n} keys listed at revision {revision}, {:?} after start; \
+                     read into the calculation in {:?} (RSS {} MiB)",
                     a.at.saturating_duration_since(started),
                     read_from.elapsed(),
                     engine::rss_mib()
