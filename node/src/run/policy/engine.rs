@@ -321,9 +321,10 @@ impl Dataplane {
             let trim_from = Instant::now();
             calico_malloc::release_free_memory();
             log::info!(
-                "policy: freed memory returned in {:?} (RSS {} MiB)",
+                "policy: freed memory returned in {:?} (RSS {} MiB, heap in use {} MiB)",
                 trim_from.elapsed(),
-                rss_mib()
+                rss_mib(),
+                calico_malloc::heap_in_use().map_or(0, |b| b >> 20)
             );
         }
         Ok(())
