@@ -19,7 +19,7 @@ use crate::index::{Interner, LabelIndex, LabelSet, Labels};
 use crate::ir::{self, Action, Match, Rule};
 use crate::model::{
     self, InvalidObject, LABEL_NAMESPACE, LABEL_SERVICE_ACCOUNT, NAMESPACE_LABEL_PREFIX,
-    ParsedPolicy, ParsedProfile, PolicyKey, SERVICE_ACCOUNT_LABEL_PREFIX, SetSpec,
+    ParsedPolicy, ParsedProfile, ParsedRule, PolicyKey, SERVICE_ACCOUNT_LABEL_PREFIX, SetSpec,
 };
 use crate::names;
 use crate::render::{self, Direction, EndpointChainOptions, MarkBits, TierChains, verdict};
@@ -37,6 +37,7 @@ use calico_netfilter::ruleset::{
 };
 use calico_selector::Selector;
 use ipnet::IpNet;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -198,17 +199,21 @@ struct LiveSet {
 }
 
 impl LiveSet {
-    /// The family's set now: its name and whether it is an interval set; `None` when empty.
-    fn kernel_set(&self, v4: bool) -> Option<(String, bool)> {
+    /// The family's set now: `None` while it has no members, else whether it is an interval
+    /// set (it holds a prefix).
+    fn shape(&self, v4: bool) -> Option<bool> {
         let f = usize::from(!v4);
-        if self.filled[f] == 0 {
-            return None;
-        }
+        (self.filled[f] > 0).then_some(self.wide[f] > 0)
+    }
+
+    /// The family's set now: its name and whether it is an interval set; `None` when empty.
+    fn kernel_set(&self, v4: bool) -> Option<(Cow<'_, str>, bool)> {
+        let interval = self.shape(v4)?;
         let exact = if v4 { &self.names.0 } else { &self.names.1 };
-        Some(if self.wide[f] > 0 {
-            (names::prefix_set_name(exact), true)
+        Some(if interval {
+            (Cow::Owned(names::prefix_set_name(exact)), true)
         } else {
-            (exact.clone(), false)
+            (Cow::Borrowed(exact.as_str()), false)
         })
     }
 }
@@ -236,7 +241,7 @@ struct LiveMembers<'a> {
 impl render::SetMembers for LiveMembers<'_> {
     fn set_name(&self, spec: &SetSpec, v4: bool) -> Option<String> {
         let live = self.live.get(&self.ids.get(spec)?)?;
-        live.kernel_set(v4).map(|(name, _)| name)
+        live.kernel_set(v4).map(|(name, _)| name.into_owned())
     }
 }
 
@@ -672,25 +677,24 @@ impl PolicyEngine {
             if !changed {
                 continue;
             }
-            let before = live.kernel_set(v4);
+            let before = live.shape(v4);
             let f = usize::from(!v4);
             let step = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
             step(&mut live.filled[f]);
             if elem_is_wide(&e) {
                 step(&mut live.wide[f]);
             }
-            let now = live.kernel_set(v4);
-            if before != now {
+            if before != live.shape(v4) {
                 // The family's set appears, goes or changes kind (and name): it is rendered
                 // whole, and the rules testing it anew.
                 self.dirty.sets.insert(live.spec.clone());
                 self.dirty.filled.insert(live.spec.clone());
                 continue;
             }
-            let Some((name, _)) = now else {
+            let Some((name, _)) = live.kernel_set(v4) else {
                 continue;
             };
-            let name = &name;
+            let name: &str = &name;
             if let Some(out) = self.out.sets.get_mut(name) {
                 if self.config.lean {
                     // No copy of the members: the fingerprint follows them, and a set to
@@ -717,7 +721,7 @@ impl PolicyEngine {
                 }
                 // A set already named whole is copied whole; else the element is recorded.
                 if !self.touched.sets.contains(name) {
-                    let d = self.touched.elems.entry(name.clone()).or_default();
+                    let d = self.touched.elems.entry(name.to_string()).or_default();
                     let (this, other) = if add {
                         (&mut d.added, &mut d.removed)
                     } else {
@@ -1691,7 +1695,7 @@ impl PolicyEngine {
                 .filter(|e| elem_is_v4(e) == v4)
                 .copied()
                 .collect();
-            put.push((name, set));
+            put.push((name.into_owned(), set));
         }
         for name in gone {
             self.drop_set(&name);
@@ -1715,30 +1719,32 @@ impl PolicyEngine {
                 return;
             }
         };
-        let lp = self.log_prefix();
-        let members = LiveMembers {
-            ids: &self.set_ids,
-            live: &self.live_sets,
-        };
-        let cx = render::RenderContext {
-            marks: &self.marks,
-            log_prefix: &lp,
-            members: &members,
-        };
-        let ing = p.ingress.as_ref().map(|r| {
-            let what = format!("Policy {id} ingress");
-            render::render_rules_chain(&what, r, Direction::Ingress, &cx)
-        });
-        let eg = p.egress.as_ref().map(|r| {
-            let what = format!("Policy {id} egress");
-            render::render_rules_chain(&what, r, Direction::Egress, &cx)
-        });
+        let ing = (p.ingress.as_ref())
+            .map(|r| self.render_rules(&format!("Policy {id} ingress"), r, Direction::Ingress));
+        let eg = (p.egress.as_ref())
+            .map(|r| self.render_rules(&format!("Policy {id} egress"), r, Direction::Egress));
         for (name, rules) in [(ci, ing), (co, eg)] {
             match rules {
                 Some(r) => self.put_chain(name, None, r),
                 None => self.drop_chain(&name),
             }
         }
+    }
+
+    /// A policy's or profile's rules for one direction, with the node's mark bits, Log prefix
+    /// and the sets as they are now.
+    fn render_rules(&self, what: &str, rules: &[ParsedRule], direction: Direction) -> Vec<Rule> {
+        let log_prefix = self.log_prefix();
+        let members = LiveMembers {
+            ids: &self.set_ids,
+            live: &self.live_sets,
+        };
+        let cx = render::RenderContext {
+            marks: &self.marks,
+            log_prefix: &log_prefix,
+            members: &members,
+        };
+        render::render_rules_chain(what, rules, direction, &cx)
     }
 
     fn render_profile(&mut self, name: &str) {
@@ -1754,27 +1760,15 @@ impl PolicyEngine {
                 return;
             }
         };
-        let lp = self.log_prefix();
-        let members = LiveMembers {
-            ids: &self.set_ids,
-            live: &self.live_sets,
-        };
-        let cx = render::RenderContext {
-            marks: &self.marks,
-            log_prefix: &lp,
-            members: &members,
-        };
-        let ing = render::render_rules_chain(
+        let ing = self.render_rules(
             &format!("Profile {name} ingress"),
             &p.ingress,
             Direction::Ingress,
-            &cx,
         );
-        let eg = render::render_rules_chain(
+        let eg = self.render_rules(
             &format!("Profile {name} egress"),
             &p.egress,
             Direction::Egress,
-            &cx,
         );
         self.put_chain(ci, None, ing);
         self.put_chain(co, None, eg);

@@ -37,6 +37,17 @@ fn wep(node: &str, ns: &str, pod: &str, ip: &str, labels: &[(&str, &str)]) -> Wo
     w
 }
 
+/// The engine of node `n1`, keeping the chains' text.
+fn engine_n1() -> PolicyEngine {
+    PolicyEngine::new(
+        "n1",
+        EngineConfig {
+            keep_text: true,
+            ..Default::default()
+        },
+    )
+}
+
 fn kns(ns: &str, labels: &[(&str, &str)]) -> Profile {
     Profile::new(
         "Profile",
@@ -92,13 +103,7 @@ fn members(e: &mut PolicyEngine) -> Vec<String> {
 /// deletion of the object, the rest stays.
 #[test]
 fn an_invalid_update_removes_the_object_and_keeps_the_rest() {
-    let mut e = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut e = engine_n1();
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
@@ -131,13 +136,7 @@ fn an_invalid_update_removes_the_object_and_keeps_the_rest() {
 
 #[test]
 fn status_lists_local_endpoints_once_their_rules_are_rendered() {
-    let mut e = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut e = engine_n1();
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
     e.upsert_workload_endpoint(&wep("n2", "a", "p2", "10.0.0.2/32", &[]))
@@ -166,13 +165,7 @@ fn status_lists_local_endpoints_once_their_rules_are_rendered() {
 /// endpoints through the kns. profile, and a change of them re-evaluates the sets.
 #[test]
 fn profile_label_changes_reach_namespace_selector_sets() {
-    let mut e = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut e = engine_n1();
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_profile(&kns("b", &[("team", "x")]))
         .expect("profile");
@@ -197,13 +190,7 @@ fn profile_label_changes_reach_namespace_selector_sets() {
 
 #[test]
 fn the_mark_mask_moves_every_mark_bit() {
-    let mut e = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut e = engine_n1();
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
@@ -243,13 +230,7 @@ fn the_mark_mask_moves_every_mark_bit() {
 
 #[test]
 fn a_change_touches_only_what_it_changes() {
-    let mut e = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut e = engine_n1();
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[]))
         .expect("wep");
@@ -329,13 +310,7 @@ fn a_change_touches_only_what_it_changes() {
 
 #[test]
 fn a_new_endpoint_may_take_over_an_interface_name() {
-    let mut e = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut e = engine_n1();
     e.upsert_profile(&kns("a", &[])).expect("profile");
     for round in 0..20 {
         let (old, new) = if round % 2 == 0 {
@@ -402,13 +377,7 @@ fn web_in_not_db_out() -> GlobalNetworkPolicy {
 
 #[test]
 fn a_family_set_exists_while_it_has_members_and_its_rules_with_it() {
-    let mut e = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut e = engine_n1();
     e.upsert_profile(&kns("a", &[])).expect("profile");
     e.upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[("role", "db")]))
         .expect("wep");
@@ -501,13 +470,7 @@ fn a_family_set_exists_while_it_has_members_and_its_rules_with_it() {
     assert_eq!(touched.sets.len(), 2, "{touched:?}");
     assert!(touched.elems.is_empty(), "{touched:?}");
     // What the engine reached step by step is what a fresh one renders.
-    let mut fresh = PolicyEngine::new(
-        "n1",
-        EngineConfig {
-            keep_text: true,
-            ..Default::default()
-        },
-    );
+    let mut fresh = engine_n1();
     fresh.upsert_profile(&kns("a", &[])).expect("profile");
     fresh
         .upsert_workload_endpoint(&wep("n1", "a", "p1", "10.0.0.1/32", &[("role", "db")]))
