@@ -49,6 +49,21 @@ pub fn heap_in_use() -> Option<usize> {
     None
 }
 
+/// Bytes malloc holds free inside its heaps (`mallinfo2`: `fordblks`): what fragments the
+/// heap (pages with some of it are resident while anything else on them is live). `None`
+/// elsewhere than glibc.
+pub fn heap_free() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: as in heap_in_use.
+        #[allow(unsafe_code)]
+        let info = unsafe { libc::mallinfo2() };
+        Some(info.fordblks)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -32,7 +32,7 @@ use crate::nft;
 /// The rule vocabulary, here too for those who build rulesets.
 pub use crate::nft::{CmpOp, Expr, Verdict};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// The table's family. Policy uses `inet` (IPv4 and IPv6 in one table).
@@ -220,7 +220,7 @@ pub enum SetElem {
 pub struct Set {
     pub key: SetKey,
     pub interval: bool,
-    pub elems: BTreeSet<SetElem>,
+    pub elems: SetElems,
 }
 
 impl Set {
@@ -228,7 +228,7 @@ impl Set {
         Set {
             key,
             interval,
-            elems: BTreeSet::new(),
+            elems: SetElems::new(),
         }
     }
 
@@ -264,7 +264,9 @@ pub struct VerdictMap {
 mod edit;
 mod elems;
 mod plan;
+mod set_elems;
 
 pub use edit::Edit;
 pub use elems::{Interval, normalise};
 pub use plan::{Batch, ProgrammedTable, apply, plan};
+pub use set_elems::SetElems;

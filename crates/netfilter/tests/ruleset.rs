@@ -707,7 +707,7 @@ fn interval_sets_follow_random_changes_exactly() {
                     break;
                 }
                 let i = rng.below(set.elems.len() as u64) as usize;
-                let e = *set.elems.iter().nth(i).unwrap();
+                let e = set.elems.iter().nth(i).unwrap();
                 set.elems.remove(&e);
             }
         }

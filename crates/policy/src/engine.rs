@@ -33,7 +33,7 @@ use calico_netfilter::NfError;
 use calico_netfilter::nft::{self, Verdict};
 use calico_netfilter::ruleset::Edit;
 use calico_netfilter::ruleset::{
-    BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetKey,
+    BaseChain, Chain, ChainHook, ChainKind, ChainPolicy, Ruleset, Set, SetElem, SetElems, SetKey,
 };
 use calico_selector::Selector;
 use ipnet::IpNet;
@@ -41,6 +41,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasher as _, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -124,21 +125,33 @@ enum ItemKey {
     NetSet { namespace: String, name: String },
 }
 
+/// An endpoint as the calculation keeps it. Most are other nodes' (10,000 at the issue's
+/// scale), which feed only sets: what only local endpoints have is boxed apart, and lists
+/// are boxed slices (no spare room), so that a remote endpoint's entry is small.
 #[derive(Debug, Clone, PartialEq)]
 struct Endpoint {
-    local: bool,
-    /// Local endpoints only (empty for remote ones: nothing renders them).
-    iface: String,
-    nets: Vec<IpNet>,
-    /// `allowSpoofedSourcePrefixes`: other sources it may send from.
-    spoof_ok: Vec<IpNet>,
-    profiles: Vec<String>,
+    nets: Box<[IpNet]>,
+    profiles: Box<[String]>,
     own_labels: LabelSet,
     /// (name, protocol, port).
-    ports: Vec<(String, u8, u16)>,
-    /// For local endpoints only (remote ones have no status here); boxed, so that the
-    /// cluster's remote endpoints do not each hold room for one.
-    status: Option<Box<EndpointStatus>>,
+    ports: Box<[(String, u8, u16)]>,
+    /// This node's endpoints only.
+    local: Option<Box<LocalEndpoint>>,
+}
+
+/// What an endpoint of this node has beyond what every endpoint has.
+#[derive(Debug, Clone, PartialEq)]
+struct LocalEndpoint {
+    iface: String,
+    /// `allowSpoofedSourcePrefixes`: other sources it may send from.
+    spoof_ok: Vec<IpNet>,
+    status: EndpointStatus,
+}
+
+impl Endpoint {
+    fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
 }
 
 /// An endpoint's labels for selectors: its own, then those its profiles give (in the
@@ -172,7 +185,7 @@ fn item_elems(spec: &SetSpec, d: &ItemData) -> Vec<SetElem> {
         SetSpec::NamedPort { proto, port, .. } => {
             let mut out = Vec::new();
             for (pname, pproto, pport) in &d.ports {
-                if pname != port || proto.is_some_and(|p| p != *pproto) {
+                if pname.as_str() != &**port || proto.is_some_and(|p| p != *pproto) {
                     continue;
                 }
                 for n in &d.nets {
@@ -245,58 +258,61 @@ impl render::SetMembers for LiveMembers<'_> {
     }
 }
 
-/// A set's members, each counted by how many items bring it: a sorted vector (a set has
-/// ~100 members, and a hash map takes about twice the room, which at the cluster's
-/// 200,000 members is megabytes).
+/// A set's members, each counted by how many items bring it: the members packed and
+/// sorted ([`SetElems`], 8 bytes each for IPv4, where the cluster's ~200,000 members
+/// would take 28 as counted pairs), and beside them the rare member more than one item
+/// brings (two network sets naming the same prefix), with the count of the others.
 #[derive(Default)]
-struct ElemCounts(Vec<(SetElem, u32)>);
+struct ElemCounts {
+    members: SetElems,
+    more: FastMap<SetElem, u32>,
+}
 
 impl ElemCounts {
     /// Counts (the members' multiset, in any order).
     fn from_elems(mut all: Vec<SetElem>) -> Self {
         all.sort_unstable();
-        let mut out: Vec<(SetElem, u32)> = Vec::new();
+        let mut more: FastMap<SetElem, u32> = FastMap::default();
+        let mut distinct: Vec<SetElem> = Vec::with_capacity(all.len());
         for e in all {
-            match out.last_mut() {
-                Some((last, n)) if *last == e => *n += 1,
-                _ => out.push((e, 1)),
+            if distinct.last() == Some(&e) {
+                *more.entry(e).or_insert(0) += 1;
+            } else {
+                distinct.push(e);
             }
         }
-        out.shrink_to_fit();
-        ElemCounts(out)
+        ElemCounts {
+            members: distinct.into_iter().collect(),
+            more,
+        }
     }
 
     /// One more item brings `e`; whether it is a new member.
     fn add(&mut self, e: SetElem) -> bool {
-        match self.0.binary_search_by(|(x, _)| x.cmp(&e)) {
-            Ok(i) => {
-                self.0[i].1 += 1;
-                false
-            }
-            Err(i) => {
-                self.0.insert(i, (e, 1));
-                true
-            }
+        if self.members.insert(e) {
+            return true;
         }
+        *self.more.entry(e).or_insert(0) += 1;
+        false
     }
 
     /// One item less brings `e`; whether it stopped being a member.
     fn remove(&mut self, e: &SetElem) -> bool {
-        match self.0.binary_search_by(|(x, _)| x.cmp(e)) {
-            Ok(i) if self.0[i].1 > 1 => {
-                self.0[i].1 -= 1;
+        match self.more.get_mut(e) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
                 false
             }
-            Ok(i) => {
-                self.0.remove(i);
-                true
+            Some(_) => {
+                self.more.remove(e);
+                false
             }
-            Err(_) => false,
+            None => self.members.remove(e),
         }
     }
 
-    fn members(&self) -> impl Iterator<Item = &SetElem> {
-        self.0.iter().map(|(e, _)| e)
+    fn members(&self) -> impl Iterator<Item = SetElem> + '_ {
+        self.members.iter()
     }
 }
 
@@ -418,14 +434,17 @@ pub struct PolicyEngine {
     endpoint_renders: u64,
     dirty: Dirty,
     touched: Touched,
-    /// Lean mode: each chain's fingerprint, and the chains changed since the last take.
-    chain_prints: FastMap<String, (u64, usize)>,
+    /// Lean mode: each chain's fingerprint (by its name's key: no copy of thousands of
+    /// names), and the chains changed since the last take.
+    chain_prints: FastMap<NameKey, (u64, usize)>,
     pending_chains: BTreeMap<String, Option<Chain>>,
     /// Set while [`Self::full_table`] renders every chain into it.
     collect: Option<BTreeMap<String, Chain>>,
     /// Lean mode: each set's fingerprint (its type and the sum of its members' hashes, kept
     /// up to date member by member), and the sets to copy whole since the last take.
-    set_prints: FastMap<String, u64>,
+    set_prints: FastMap<NameKey, u64>,
+    /// The keys of [`NameKey`]s (random per engine).
+    name_keys: (RandomState, RandomState),
     pending_sets: BTreeMap<String, Set>,
     /// Set while [`Self::full_table`] renders every set into it (lean mode).
     collect_sets: Option<BTreeMap<String, Set>>,
@@ -462,6 +481,11 @@ fn parse_net(s: &str) -> Option<IpNet> {
 }
 
 /// A chain's fingerprint in lean mode (its typed rules hashed; equal rules lower equally).
+/// A chain's or set's name as the fingerprint maps hold it: 128 bits of two keyed SipHash
+/// digests (random keys per engine: no one can craft two names that collide), so that the
+/// maps hold no copy of the names.
+type NameKey = (u64, u64);
+
 fn fingerprint(base: &Option<BaseChain>, rules: &[Rule]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -480,13 +504,18 @@ fn elem_hash(e: &SetElem) -> u64 {
 }
 
 /// A whole set's fingerprint (lean mode): its type and its members.
+/// `name`'s [`NameKey`] under `keys`.
+fn name_key(keys: &(RandomState, RandomState), name: &str) -> NameKey {
+    (keys.0.hash_one(name), keys.1.hash_one(name))
+}
+
 fn set_print(set: &Set) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (set.key, set.interval).hash(&mut h);
     set.elems
         .iter()
-        .fold(h.finish(), |acc, e| acc.wrapping_add(elem_hash(e)))
+        .fold(h.finish(), |acc, e| acc.wrapping_add(elem_hash(&e)))
 }
 
 fn host_net(a: IpAddr) -> IpNet {
@@ -534,6 +563,7 @@ impl PolicyEngine {
             pending_chains: BTreeMap::new(),
             collect: None,
             set_prints: FastMap::default(),
+            name_keys: (RandomState::new(), RandomState::new()),
             pending_sets: BTreeMap::new(),
             collect_sets: None,
             strings: Interner::default(),
@@ -615,9 +645,9 @@ impl PolicyEngine {
             let counts = ElemCounts::from_elems(all);
             let (mut filled, mut wide) = ([0, 0], [0, 0]);
             for e in counts.members() {
-                let f = usize::from(!elem_is_v4(e));
+                let f = usize::from(!elem_is_v4(&e));
                 filled[f] += 1;
-                wide[f] += u32::from(elem_is_wide(e));
+                wide[f] += u32::from(elem_is_wide(&e));
             }
             self.live_sets.insert(
                 id,
@@ -651,8 +681,8 @@ impl PolicyEngine {
     fn item_data(&self, key: &ItemKey) -> Option<ItemData> {
         match key {
             ItemKey::Endpoint(k) => self.endpoints.get(k).map(|e| ItemData {
-                nets: e.nets.clone(),
-                ports: e.ports.clone(),
+                nets: e.nets.to_vec(),
+                ports: e.ports.to_vec(),
             }),
             ItemKey::NetSet { .. } => self.netsets.get(key).map(|n| ItemData {
                 nets: n.clone(),
@@ -699,7 +729,8 @@ impl PolicyEngine {
                 if self.config.lean {
                     // No copy of the members: the fingerprint follows them, and a set to
                     // be copied whole is updated in place.
-                    if let Some(print) = self.set_prints.get_mut(name) {
+                    let key = name_key(&self.name_keys, name);
+                    if let Some(print) = self.set_prints.get_mut(&key) {
                         let h = elem_hash(&e);
                         *print = if add {
                             print.wrapping_add(h)
@@ -891,31 +922,28 @@ impl PolicyEngine {
         let (v4, v6): (Vec<IpNet>, Vec<IpNet>) =
             nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
         Ok(Endpoint {
-            local,
-            iface: if local {
-                spec.interface_name.clone()
-            } else {
-                String::new()
-            },
-            profiles: spec.profiles.clone(),
-            spoof_ok,
+            profiles: spec.profiles.clone().into_boxed_slice(),
             own_labels: LabelSet::new(
                 own.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 &mut self.strings,
             ),
-            ports,
-            status: local.then(|| {
-                Box::new(EndpointStatus {
-                    orchestrator_id: spec.orchestrator.clone(),
-                    workload_id: format!("{ns}/{workload}"),
-                    endpoint_id: spec.endpoint.clone(),
-                    iface_name: spec.interface_name.clone(),
-                    mac: spec.mac.clone(),
-                    ipv4_nets: v4.iter().map(ToString::to_string).collect(),
-                    ipv6_nets: v6.iter().map(ToString::to_string).collect(),
+            ports: ports.into_boxed_slice(),
+            local: local.then(|| {
+                Box::new(LocalEndpoint {
+                    iface: spec.interface_name.clone(),
+                    spoof_ok,
+                    status: EndpointStatus {
+                        orchestrator_id: spec.orchestrator.clone(),
+                        workload_id: format!("{ns}/{workload}"),
+                        endpoint_id: spec.endpoint.clone(),
+                        iface_name: spec.interface_name.clone(),
+                        mac: spec.mac.clone(),
+                        ipv4_nets: v4.iter().map(ToString::to_string).collect(),
+                        ipv6_nets: v6.iter().map(ToString::to_string).collect(),
+                    },
                 })
             }),
-            nets,
+            nets: nets.into_boxed_slice(),
         })
     }
 
@@ -963,7 +991,7 @@ impl PolicyEngine {
                         self.endpoints_by_profile.remove(p);
                     }
                 }
-                if o.local
+                if o.is_local()
                     && let Some(n) = self.local_by_profile.get_mut(p)
                 {
                     *n -= 1;
@@ -972,7 +1000,7 @@ impl PolicyEngine {
                     }
                 }
             }
-            if o.local {
+            if o.is_local() {
                 self.dirty.endpoints.insert(key.clone());
             }
         }
@@ -981,15 +1009,15 @@ impl PolicyEngine {
             .map(|e| effective_labels(&mut self.strings, &self.profiles, e));
         // Sets.
         let data = |e: &Endpoint| ItemData {
-            nets: e.nets.clone(),
-            ports: e.ports.clone(),
+            nets: e.nets.to_vec(),
+            ports: e.ports.to_vec(),
         };
         let new = ep.as_ref().zip(labels.clone()).map(|(e, l)| (data(e), l));
         self.set_item(ItemKey::Endpoint(key.clone()), old.as_ref().map(data), new);
         // Policies (local endpoints only).
         let mut touched: Vec<PolicyKey> = Vec::new();
         match (&ep, labels) {
-            (Some(e), Some(l)) if e.local => {
+            (Some(e), Some(l)) if e.is_local() => {
                 for (p, _) in self.policy_index.upsert_item(key.clone(), l) {
                     touched.push(p);
                 }
@@ -1005,7 +1033,7 @@ impl PolicyEngine {
                     .entry(p.clone())
                     .or_default()
                     .insert(key.clone());
-                if e.local {
+                if e.is_local() {
                     *self.local_by_profile.entry(p.clone()).or_insert(0) += 1;
                 }
             }
@@ -1038,10 +1066,10 @@ impl PolicyEngine {
                 continue;
             };
             let labels = effective_labels(&mut self.strings, &self.profiles, ep);
-            let local = ep.local;
+            let local = ep.is_local();
             let d = ItemData {
-                nets: ep.nets.clone(),
-                ports: ep.ports.clone(),
+                nets: ep.nets.to_vec(),
+                ports: ep.ports.to_vec(),
             };
             self.set_item(
                 ItemKey::Endpoint(key.clone()),
@@ -1067,7 +1095,11 @@ impl PolicyEngine {
 
     // ---- policies ----
 
-    fn set_policy(&mut self, key: PolicyKey, p: Option<ParsedPolicy>) {
+    fn set_policy(&mut self, key: PolicyKey, mut p: Option<ParsedPolicy>) {
+        if let Some(np) = &mut p {
+            // One copy of the key's texts, whoever holds it.
+            np.key = key.clone();
+        }
         let old = self.policies.remove(&key);
         // Endpoints whose chain lists the policy change when where it sorts or which
         // directions it has change.
@@ -1112,8 +1144,8 @@ impl PolicyEngine {
     pub fn upsert_network_policy(&mut self, p: &NetworkPolicy) -> Result<(), Skipped> {
         let key = PolicyKey {
             kind: model::PolicyKind::NetworkPolicy,
-            namespace: p.metadata.namespace.clone(),
-            name: p.metadata.name.clone(),
+            namespace: self.strings.get(&p.metadata.namespace),
+            name: p.metadata.name.as_str().into(),
         };
         let obj = object("NetworkPolicy", &key.namespace, &key.name);
         let r = match model::parse_network_policy(p) {
@@ -1145,8 +1177,8 @@ impl PolicyEngine {
     pub fn upsert_global_network_policy(&mut self, p: &GlobalNetworkPolicy) -> Result<(), Skipped> {
         let key = PolicyKey {
             kind: model::PolicyKind::GlobalNetworkPolicy,
-            namespace: String::new(),
-            name: p.metadata.name.clone(),
+            namespace: "".into(),
+            name: p.metadata.name.as_str().into(),
         };
         let obj = object("GlobalNetworkPolicy", "", &key.name);
         let r = match model::parse_global_network_policy(p) {
@@ -1168,7 +1200,7 @@ impl PolicyEngine {
         self.set_policy(
             PolicyKey {
                 kind: model::PolicyKind::GlobalNetworkPolicy,
-                namespace: String::new(),
+                namespace: "".into(),
                 name: name.into(),
             },
             None,
@@ -1192,7 +1224,7 @@ impl PolicyEngine {
             if let Some(eps) = self.endpoints_by_profile.get(name) {
                 let local: Vec<EndpointKey> = eps
                     .iter()
-                    .filter(|k| self.endpoints.get(*k).is_some_and(|e| e.local))
+                    .filter(|k| self.endpoints.get(*k).is_some_and(|e| e.is_local()))
                     .cloned()
                     .collect();
                 self.dirty.endpoints.extend(local);
@@ -1516,25 +1548,33 @@ impl PolicyEngine {
     // ---- output ----
 
     fn put_chain(&mut self, name: String, base: Option<BaseChain>, rules: Vec<Rule>) {
-        if let Some(all) = &mut self.collect {
-            // full_table(): every chain, nothing else changes.
+        if self.collect.is_some() {
+            // full_table(): every chain; in lean mode its fingerprint is recorded afresh.
+            if self.config.lean {
+                let print = (fingerprint(&base, &rules), rules.len());
+                self.chain_prints
+                    .insert(name_key(&self.name_keys, &name), print);
+            }
             let lowered = Chain {
                 base,
                 rules: rules.iter().map(Rule::lower).collect(),
             };
-            all.insert(name, lowered);
+            if let Some(all) = &mut self.collect {
+                all.insert(name, lowered);
+            }
             return;
         }
         if self.config.lean {
             let print = (fingerprint(&base, &rules), rules.len());
-            if self.chain_prints.get(&name) == Some(&print) {
+            let key = name_key(&self.name_keys, &name);
+            if self.chain_prints.get(&key) == Some(&print) {
                 return;
             }
             let lowered = Chain {
                 base,
                 rules: rules.iter().map(Rule::lower).collect(),
             };
-            self.chain_prints.insert(name.clone(), print);
+            self.chain_prints.insert(key, print);
             self.pending_chains.insert(name.clone(), Some(lowered));
             self.touched.chains.insert(name.clone());
         } else {
@@ -1558,7 +1598,10 @@ impl PolicyEngine {
             return;
         }
         let had = if self.config.lean {
-            let had = self.chain_prints.remove(name).is_some();
+            let had = self
+                .chain_prints
+                .remove(&name_key(&self.name_keys, name))
+                .is_some();
             if had {
                 self.pending_chains.insert(name.to_string(), None);
             }
@@ -1577,27 +1620,57 @@ impl PolicyEngine {
     /// [`EngineConfig::lean`] it is the only way to see the chains; without, it equals
     /// [`Self::desired`].
     pub fn full_table(&mut self) -> Ruleset {
-        self.desired();
-        let mut all = BTreeMap::new();
-        self.collect = Some(BTreeMap::new());
-        if self.config.lean {
-            // The members are rendered from the set index's counts, as a new set is.
+        let lean = self.config.lean;
+        let mut done = Dirty::default();
+        if lean {
+            // Everything goes into the table: fingerprints and set shapes are recorded
+            // afresh as chains and sets are collected, and what changed since the last
+            // call is rendered straight into the table (not into pending copies first: at
+            // a cold start that is every chain, twice the memory).
+            self.chain_prints.clear();
+            self.set_prints.clear();
+            self.out.sets.clear();
+            self.pending_chains.clear();
+            self.pending_sets.clear();
+            self.collect = Some(BTreeMap::new());
             self.collect_sets = Some(BTreeMap::new());
-            let specs: Vec<SetSpec> = self.live_sets.values().map(|l| l.spec.clone()).collect();
+            done = self.render_dirty();
+        } else {
+            self.desired();
+            self.collect = Some(BTreeMap::new());
+        }
+        let mut all = BTreeMap::new();
+        if lean {
+            // The members are rendered from the set index's counts, as a new set is.
+            let specs: Vec<SetSpec> = (self.live_sets.values())
+                .filter(|l| !done.sets.contains(&l.spec))
+                .map(|l| l.spec.clone())
+                .collect();
             for spec in &specs {
                 self.render_set(spec);
             }
         }
-        self.render_statics();
-        let policies: Vec<PolicyKey> = self.active_policies.iter().cloned().collect();
+        if !done.statics {
+            self.render_statics();
+        }
+        let policies: Vec<PolicyKey> = (self.active_policies.iter())
+            .filter(|p| !done.policies.contains(*p))
+            .cloned()
+            .collect();
         for p in &policies {
             self.render_policy(p);
         }
-        let profiles: Vec<String> = self.active_profiles.iter().cloned().collect();
+        let profiles: Vec<String> = (self.active_profiles.iter())
+            .filter(|p| !done.profiles.contains(*p))
+            .cloned()
+            .collect();
         for p in &profiles {
             self.render_profile(p);
         }
-        let endpoints: Vec<EndpointKey> = self.rendered.keys().cloned().collect();
+        let endpoints: Vec<EndpointKey> = (self.rendered.keys())
+            .filter(|e| !done.endpoints.contains(*e))
+            .cloned()
+            .collect();
         for e in &endpoints {
             self.render_endpoint(e);
         }
@@ -1618,18 +1691,25 @@ impl PolicyEngine {
     }
 
     fn put_set(&mut self, name: String, set: Set) {
-        if let Some(all) = &mut self.collect_sets {
-            all.insert(name, set);
+        if self.collect_sets.is_some() {
+            // full_table() (lean mode): every set, its fingerprint and shape afresh.
+            self.set_prints
+                .insert(name_key(&self.name_keys, &name), set_print(&set));
+            (self.out.sets).insert(name.clone(), Set::new(set.key, set.interval));
+            if let Some(all) = &mut self.collect_sets {
+                all.insert(name, set);
+            }
             return;
         }
         if self.config.lean {
             let print = set_print(&set);
-            if self.out.sets.contains_key(&name) && self.set_prints.get(&name) == Some(&print) {
+            let key = name_key(&self.name_keys, &name);
+            if self.out.sets.contains_key(&name) && self.set_prints.get(&key) == Some(&print) {
                 return;
             }
             self.touched.elems.remove(&name);
             self.touched.sets.insert(name.clone());
-            self.set_prints.insert(name.clone(), print);
+            self.set_prints.insert(key, print);
             let shape = Set::new(set.key, set.interval);
             self.out.sets.insert(name.clone(), shape);
             self.pending_sets.insert(name, set);
@@ -1646,7 +1726,7 @@ impl PolicyEngine {
         if self.collect_sets.is_some() {
             return;
         }
-        self.set_prints.remove(name);
+        self.set_prints.remove(&name_key(&self.name_keys, name));
         self.pending_sets.remove(name);
         if self.out.sets.remove(name).is_some() {
             self.touched.elems.remove(name);
@@ -1693,7 +1773,6 @@ impl PolicyEngine {
             let mut set = Set::new(key, interval);
             set.elems = (live.counts.members())
                 .filter(|e| elem_is_v4(e) == v4)
-                .copied()
                 .collect();
             put.push((name.into_owned(), set));
         }
@@ -1828,8 +1907,8 @@ impl PolicyEngine {
         let now = self
             .endpoints
             .get(key)
-            .filter(|e| e.local)
-            .map(|e| e.iface.clone());
+            .and_then(|e| e.local.as_ref())
+            .map(|l| l.iface.clone());
         if let Some(old_iface) = self.rendered.remove(key)
             && now.as_ref() != Some(&old_iface)
         {
@@ -1842,12 +1921,15 @@ impl PolicyEngine {
                 }
             }
         }
-        let Some(ep) = self.endpoints.get(key).filter(|e| e.local) else {
+        let Some(ep) = self.endpoints.get(key) else {
             return;
         };
-        let iface = ep.iface.clone();
-        let profiles: Vec<String> = ep.profiles.clone();
-        let sources: Vec<IpNet> = ep.nets.iter().chain(&ep.spoof_ok).copied().collect();
+        let Some(local) = &ep.local else {
+            return;
+        };
+        let iface = local.iface.clone();
+        let profiles: Vec<String> = ep.profiles.to_vec();
+        let sources: Vec<IpNet> = ep.nets.iter().chain(&local.spoof_ok).copied().collect();
         let invalid_check = self.felix.disable_conntrack_invalid_check != Some(true);
         let vxlan_port = self.felix.vxlan_port.unwrap_or(4789);
         for ingress in [true, false] {
@@ -2155,6 +2237,12 @@ impl PolicyEngine {
     /// Brings the wanted table up to date with every update so far and returns it. Only
     /// what the updates touched is re-rendered.
     pub fn desired(&mut self) -> &Ruleset {
+        self.render_dirty();
+        &self.out
+    }
+
+    /// Renders what changed since the last call; returns what that was.
+    fn render_dirty(&mut self) -> Dirty {
         if self.strings.len() > self.sweep_at {
             self.strings.sweep();
             self.sweep_at = (self.strings.len() * 2).max(1024);
@@ -2191,11 +2279,11 @@ impl PolicyEngine {
         let (gone, present): (Vec<&EndpointKey>, Vec<&EndpointKey>) = dirty
             .endpoints
             .iter()
-            .partition(|k| !self.endpoints.get(*k).is_some_and(|e| e.local));
+            .partition(|k| !self.endpoints.get(*k).is_some_and(|e| e.is_local()));
         for e in gone.into_iter().chain(present) {
             self.render_endpoint(e);
         }
-        &self.out
+        dirty
     }
 
     /// Brings the wanted table up to date and copies what changed since the last call (or
@@ -2279,7 +2367,7 @@ impl PolicyEngine {
             .rendered
             .keys()
             .filter_map(|k| self.endpoints.get(k))
-            .filter_map(|e| e.status.as_deref().cloned())
+            .filter_map(|e| e.local.as_ref().map(|l| l.status.clone()))
             .collect();
         out.sort();
         out
@@ -2287,6 +2375,17 @@ impl PolicyEngine {
 
     /// Changes whenever an endpoint is rendered (added, changed, removed): while it stays the
     /// same, so does [`Self::programmed_endpoints`].
+    /// Gives back the room the calculation's lists grew into during a cold start (they
+    /// grow one member at a time), so that what stays is what is held. Costs one pass over
+    /// them: call it once the first table is in.
+    pub fn shrink_to_fit(&mut self) {
+        self.set_index.shrink_to_fit();
+        self.policy_index.shrink_to_fit();
+        for live in self.live_sets.values_mut() {
+            live.counts.members.shrink_to_fit();
+        }
+    }
+
     pub fn endpoint_generation(&self) -> u64 {
         self.endpoint_renders
     }
@@ -2382,16 +2481,13 @@ mod tests {
     #[test]
     fn set_members_are_counted() {
         let mut c = ElemCounts::from_elems(vec![host(3), host(1), host(3)]);
-        assert_eq!(c.members().copied().collect::<Vec<_>>(), [host(1), host(3)]);
+        assert_eq!(c.members().collect::<Vec<_>>(), [host(1), host(3)]);
         assert!(!c.remove(&host(3)), "one item still brings it");
         assert!(c.remove(&host(3)));
         assert!(!c.remove(&host(3)), "not a member: nothing to remove");
         assert!(c.add(host(2)));
         assert!(!c.add(host(2)));
         assert!(c.add(host(0)));
-        assert_eq!(
-            c.members().copied().collect::<Vec<_>>(),
-            [host(0), host(1), host(2)]
-        );
+        assert_eq!(c.members().collect::<Vec<_>>(), [host(0), host(1), host(2)]);
     }
 }

@@ -99,6 +99,97 @@ impl calico_selector::Labels for LabelSet {
     }
 }
 
+/// A small sorted set of ids: what each selector matches, what matches each item, the
+/// items with each label. A cluster has tens of thousands of them, most of a few to a
+/// hundred ids, where a hash set's buckets and control bytes take twice the room of the ids
+/// (and a sorted list makes the order of everything derived from it fixed).
+#[derive(Debug, Clone)]
+struct IdList<T>(Vec<T>);
+
+impl<T> Default for IdList<T> {
+    fn default() -> Self {
+        IdList(Vec::new())
+    }
+}
+
+impl<T: Ord> IdList<T> {
+    /// Adds `t`; whether it was not there. Ids mostly come in order (a cold start numbers
+    /// items as it reads them): appending is checked first.
+    fn insert(&mut self, t: T) -> bool {
+        if self.0.last().is_none_or(|l| *l < t) {
+            self.0.push(t);
+            return true;
+        }
+        match self.0.binary_search(&t) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, t);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, t: &T) -> bool {
+        match self.0.binary_search(t) {
+            Ok(i) => {
+                self.0.remove(i);
+                // A list that shrank to a quarter of its room gives half back.
+                if self.0.capacity() > 8 && self.0.len() * 4 < self.0.capacity() {
+                    self.0.shrink_to(self.0.len() * 2);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a IdList<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// `(a - b, b - a)` of two sorted, duplicate-free lists.
+fn sorted_differences<T: Ord + Clone>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                only_a.push(a[i].clone());
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                only_b.push(b[j].clone());
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    only_a.extend_from_slice(&a[i..]);
+    only_b.extend_from_slice(&b[j..]);
+    (only_a, only_b)
+}
+
 struct SelectorEntry {
     sel: Selector,
     /// The pairs it is filed under (its cover); none: evaluated against every item.
@@ -109,12 +200,12 @@ struct SelectorEntry {
 pub struct LabelIndex<I, S> {
     items: FastMap<I, LabelSet>,
     /// key → value → items with that label.
-    items_by_pair: FastMap<Arc<str>, FastMap<Arc<str>, FastSet<I>>>,
+    items_by_pair: FastMap<Arc<str>, FastMap<Arc<str>, IdList<I>>>,
     selectors: FastMap<S, SelectorEntry>,
     selectors_by_pair: FastMap<String, FastMap<String, FastSet<S>>>,
     unfiled: FastSet<S>,
-    matches: FastMap<S, FastSet<I>>,
-    matched_by: FastMap<I, FastSet<S>>,
+    matches: FastMap<S, IdList<I>>,
+    matched_by: FastMap<I, IdList<S>>,
 }
 
 impl<I, S> Default for LabelIndex<I, S> {
@@ -158,9 +249,25 @@ fn covers(sel: &Selector) -> Vec<Vec<(&str, &str)>> {
     }
 }
 
-impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
+impl<I: Clone + Ord + Hash, S: Clone + Ord + Hash> LabelIndex<I, S> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Gives back the room the lists grew into and no longer use (after a cold start,
+    /// which grows them one id at a time).
+    pub fn shrink_to_fit(&mut self) {
+        for lists in self.items_by_pair.values_mut() {
+            for l in lists.values_mut() {
+                l.0.shrink_to_fit();
+            }
+        }
+        for l in self.matches.values_mut() {
+            l.0.shrink_to_fit();
+        }
+        for l in self.matched_by.values_mut() {
+            l.0.shrink_to_fit();
+        }
     }
 
     pub fn labels(&self, item: &I) -> Option<&LabelSet> {
@@ -173,7 +280,7 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
     }
 
     pub fn match_count(&self, sel: &S) -> usize {
-        self.matches.get(sel).map_or(0, FastSet::len)
+        self.matches.get(sel).map_or(0, IdList::len)
     }
 
     /// The selectors matching an item now.
@@ -189,7 +296,7 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         self.items_by_pair
             .get(k)
             .and_then(|vals| vals.get(v))
-            .map_or(0, FastSet::len)
+            .map_or(0, IdList::len)
     }
 
     fn link(&mut self, s: &S, i: &I) {
@@ -269,15 +376,18 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
             }
         }
         self.items.insert(id.clone(), labels);
-        let before: FastSet<S> = self.matched_by.get(&id).cloned().unwrap_or_default();
-        let mut changes = Vec::new();
-        for s in before.difference(&now) {
-            self.unlink(s, &id);
-            changes.push((s.clone(), false));
+        let mut now: Vec<S> = now.into_iter().collect();
+        now.sort_unstable();
+        let before: &[S] = self.matched_by.get(&id).map_or(&[], |m| &m.0);
+        let (gone, came) = sorted_differences(before, &now);
+        let mut changes = Vec::with_capacity(gone.len() + came.len());
+        for s in gone {
+            self.unlink(&s, &id);
+            changes.push((s, false));
         }
-        for s in now.difference(&before) {
-            self.link(s, &id);
-            changes.push((s.clone(), true));
+        for s in came {
+            self.link(&s, &id);
+            changes.push((s, true));
         }
         changes
     }
@@ -326,7 +436,7 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
                     .collect()
             })
             .unwrap_or_default();
-        let now: FastSet<I> = if filed.is_empty() {
+        let mut now: Vec<I> = if filed.is_empty() {
             self.items
                 .iter()
                 .filter(|(_, l)| sel.matches(*l))
@@ -358,15 +468,19 @@ impl<I: Clone + Eq + Hash, S: Clone + Eq + Hash> LabelIndex<I, S> {
         }
         self.selectors
             .insert(id.clone(), SelectorEntry { sel, filed });
-        let before: FastSet<I> = self.matches.get(&id).cloned().unwrap_or_default();
-        let mut changes = Vec::new();
-        for i in before.difference(&now) {
-            self.unlink(&id, i);
-            changes.push((i.clone(), false));
+        // An item filed under two of the cover's pairs comes twice.
+        now.sort_unstable();
+        now.dedup();
+        let before: &[I] = self.matches.get(&id).map_or(&[], |m| &m.0);
+        let (gone, came) = sorted_differences(before, &now);
+        let mut changes = Vec::with_capacity(gone.len() + came.len());
+        for i in gone {
+            self.unlink(&id, &i);
+            changes.push((i, false));
         }
-        for i in now.difference(&before) {
-            self.link(&id, i);
-            changes.push((i.clone(), true));
+        for i in came {
+            self.link(&id, &i);
+            changes.push((i, true));
         }
         changes
     }

@@ -371,7 +371,7 @@ pub fn set_text(name: &str, set: &ruleset::Set) -> String {
                 ruleset::SetElem::Net(n) if !set.interval => n.addr().to_string(),
                 ruleset::SetElem::Net(n) => n.to_string(),
                 ruleset::SetElem::AddrProtoPort(a, p, port) => {
-                    format!("{a} . {} . {port}", proto_name(*p))
+                    format!("{a} . {} . {port}", proto_name(p))
                 }
                 ruleset::SetElem::Ports(a, b) if a == b => a.to_string(),
                 ruleset::SetElem::Ports(a, b) => format!("{a}-{b}"),

@@ -15,6 +15,7 @@ use calico_selector::Selector;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Label of an endpoint's namespace (`apiv3.LabelNamespace`).
 pub const LABEL_NAMESPACE: &str = "projectcalico.org/namespace";
@@ -41,12 +42,13 @@ pub enum PolicyKind {
     GlobalNetworkPolicy,
 }
 
-/// A policy's identity: kind, namespace (empty for global ones), name.
+/// A policy's identity: kind, namespace (empty for global ones), name. The calculation's
+/// maps and the label index each hold one per policy: the texts are shared.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {
     pub kind: PolicyKind,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl PolicyKey {
@@ -72,13 +74,16 @@ pub enum RuleAction {
 /// port) of the named port of endpoints a selector matches (`felix/calc/rule_scanner.go:
 /// IPSetData`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Its texts are shared: a set's spec is held by the rules that use it, the policies'
+/// references, the set's id and its live state (clones are counts, not copies).
 pub enum SetSpec {
-    Selector(String),
+    Selector(Arc<str>),
     NamedPort {
-        selector: String,
+        selector: Arc<str>,
         /// The rule's protocol, `None` for any (Felix's `ProtocolAny`).
         proto: Option<u8>,
-        port: String,
+        port: Arc<str>,
     },
 }
 
@@ -400,12 +405,12 @@ fn parse_entity(
             "{side}: ports need protocol TCP, UDP, SCTP or UDPLite"
         )));
     }
-    let sel_text = sel.as_ref().map(ToString::to_string);
+    let sel_text: Option<Arc<str>> = sel.as_ref().map(|s| Arc::from(s.to_string()));
     // Named ports are filtered by the positive selector (rule_scanner.go: namedPortsToIPSets).
     let named_set = |name: &String| SetSpec::NamedPort {
         selector: sel_text.clone().unwrap_or_else(|| "all()".into()),
         proto,
-        port: name.clone(),
+        port: Arc::from(name.as_str()),
     };
     let mut out = ParsedEntity {
         nets: parse_nets(&er.nets, side)?,
@@ -423,7 +428,7 @@ fn parse_entity(
         out.sets.push(SetSpec::Selector(s));
     }
     if let Some(n) = not_sel {
-        out.not_sets.push(SetSpec::Selector(n.to_string()));
+        out.not_sets.push(SetSpec::Selector(n.to_string().into()));
     }
     Ok(out)
 }
@@ -551,8 +556,8 @@ pub fn parse_network_policy(p: &NetworkPolicy) -> Result<ParsedPolicy, InvalidOb
     Ok(ParsedPolicy {
         key: PolicyKey {
             kind: PolicyKind::NetworkPolicy,
-            namespace: ns.to_string(),
-            name: p.metadata.name.clone(),
+            namespace: ns.into(),
+            name: p.metadata.name.as_str().into(),
         },
         tier: tier_or_default(&p.spec.tier),
         order: p.spec.order,
@@ -611,8 +616,8 @@ pub fn parse_global_network_policy(
     let parsed = ParsedPolicy {
         key: PolicyKey {
             kind: PolicyKind::GlobalNetworkPolicy,
-            namespace: String::new(),
-            name: p.metadata.name.clone(),
+            namespace: "".into(),
+            name: p.metadata.name.as_str().into(),
         },
         tier: tier_or_default(&p.spec.tier),
         order: p.spec.order,

@@ -85,8 +85,13 @@ impl Settings {
     }
 }
 
-/// glibc malloc arenas: the runtime thread and the kernel threads share them.
-const MALLOC_ARENAS: u16 = 2;
+/// glibc malloc arenas: one, shared by every thread. The policy thread reads the etcd
+/// snapshot the runtime thread decoded, freeing it key by key as the calculation grows: in
+/// one arena the calculation takes the room the snapshot leaves (41 MiB after the read at
+/// the bench's scale), in two it grew beside it (66 MiB, 61 after the first apply against
+/// 45-57), and which threads shared an arena depended on which allocated first. The
+/// threads rarely allocate at the same time.
+const MALLOC_ARENAS: u16 = 1;
 
 /// Runs the daemon until SIGTERM.
 pub fn run(env: &dyn Env) -> anyhow::Result<()> {
@@ -97,7 +102,7 @@ pub fn run(env: &dyn Env) -> anyhow::Result<()> {
 /// Serves with `settings` until SIGTERM or SIGINT.
 pub fn serve(settings: &Settings) -> anyhow::Result<()> {
     // Before any other thread: one arena per allocating thread (glibc's default) kept each
-    // thread's peak; the agent's threads rarely allocate at the same time.
+    // thread's peak (see MALLOC_ARENAS).
     calico_malloc::limit_arenas(MALLOC_ARENAS);
     let identity = calico_datastore::agent::identity(&settings.etcd)
         .context("reading the etcd TLS files (ETCD_*_FILE)")?;

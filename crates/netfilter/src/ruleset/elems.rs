@@ -13,6 +13,7 @@ use crate::error::NfError;
 use crate::nft::{self, Verdict};
 use crate::socket::Message;
 use calico_netlink::attr::Attrs;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -60,14 +61,14 @@ pub(crate) fn interval_of(set: &str, key: SetKey, e: &SetElem) -> Result<Interva
 
 /// The elements of an interval set of `key` as the kernel must hold them: sorted, merged
 /// where they overlap or touch (`10.0.0.0/25` and `10.0.0.128/25` are `10.0.0.0/24`).
-pub fn normalise<'a>(
+pub fn normalise<E: Borrow<SetElem>>(
     set: &str,
     key: SetKey,
-    elems: impl IntoIterator<Item = &'a SetElem>,
+    elems: impl IntoIterator<Item = E>,
 ) -> Result<Vec<Interval>, NfError> {
     let mut all = elems
         .into_iter()
-        .map(|e| interval_of(set, key, e))
+        .map(|e| interval_of(set, key, e.borrow()))
         .collect::<Result<Vec<_>, _>>()?;
     all.sort_unstable();
     let mut out: Vec<Interval> = Vec::with_capacity(all.len());
@@ -179,7 +180,7 @@ pub(crate) fn all_elems(name: &str, set: &Set) -> Result<Vec<KernelElem>, NfErro
         interval_elems(&intervals, key_width(set.key), &mut out);
     } else {
         for e in &set.elems {
-            out.push(KernelElem::key(exact_key(name, set.key, e)?));
+            out.push(KernelElem::key(exact_key(name, set.key, &e)?));
         }
     }
     Ok(out)
@@ -217,10 +218,10 @@ pub(crate) fn diff_elems(
         }
     } else {
         for e in old.elems.difference(&new.elems) {
-            del.push(KernelElem::key(exact_key(name, old.key, e)?));
+            del.push(KernelElem::key(exact_key(name, old.key, &e)?));
         }
         for e in new.elems.difference(&old.elems) {
-            add.push(KernelElem::key(exact_key(name, new.key, e)?));
+            add.push(KernelElem::key(exact_key(name, new.key, &e)?));
         }
     }
     Ok((del, add))
@@ -280,7 +281,7 @@ impl IntervalIndex {
     pub fn build(name: &str, set: &Set) -> Result<Self, NfError> {
         let mut idx = IntervalIndex::default();
         for e in &set.elems {
-            idx.insert(interval_of(name, set.key, e)?);
+            idx.insert(interval_of(name, set.key, &e)?);
         }
         let sorted = idx
             .elems
@@ -460,7 +461,6 @@ pub(crate) fn elem_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
 
     fn net(s: &str) -> SetElem {
         SetElem::Net(s.parse().expect("net"))
@@ -484,7 +484,7 @@ mod tests {
             net("10.0.1.255/32"),  // ends right before 10.0.2.0: adjacent
             net("192.168.9.9/16"), // host bits ignored
         ];
-        let got = normalise("s", SetKey::Ipv4Addr, &elems).expect("normalise");
+        let got = normalise("s", SetKey::Ipv4Addr, elems).expect("normalise");
         assert_eq!(
             got,
             [
@@ -493,16 +493,12 @@ mod tests {
                 iv(v4("192.168.0.0"), v4("192.168.255.255")),
             ]
         );
-        let all = normalise(
-            "s",
-            SetKey::Ipv4Addr,
-            &[net("0.0.0.0/0"), net("10.0.0.0/8")],
-        );
+        let all = normalise("s", SetKey::Ipv4Addr, [net("0.0.0.0/0"), net("10.0.0.0/8")]);
         assert_eq!(all.expect("all"), [iv(0, u128::from(u32::MAX))]);
         let v6 = normalise(
             "s",
             SetKey::Ipv6Addr,
-            &[net("fd00::/64"), net("fd00::1/128"), net("fd00:0:0:1::/64")],
+            [net("fd00::/64"), net("fd00::1/128"), net("fd00:0:0:1::/64")],
         )
         .expect("v6");
         assert_eq!(v6.len(), 1);
@@ -517,7 +513,7 @@ mod tests {
         let ports = normalise(
             "p",
             SetKey::Port,
-            &[
+            [
                 SetElem::Ports(80, 90),
                 SetElem::Ports(91, 91),
                 SetElem::Ports(85, 100),
@@ -530,12 +526,12 @@ mod tests {
 
     #[test]
     fn elements_of_the_wrong_kind_are_refused_by_name() {
-        let e = normalise("cali40s-x", SetKey::Ipv4Addr, &[net("fd00::/64")]).unwrap_err();
+        let e = normalise("cali40s-x", SetKey::Ipv4Addr, [net("fd00::/64")]).unwrap_err();
         assert!(e.to_string().contains("cali40s-x"), "{e}");
         let mut exact = Set::new(SetKey::Ipv4Addr, false);
         exact.elems.insert(net("10.0.0.0/24"));
         assert!(all_elems("s", &exact).is_err());
-        let bad_range = normalise("p", SetKey::Port, &[SetElem::Ports(9, 8)]);
+        let bad_range = normalise("p", SetKey::Port, [SetElem::Ports(9, 8)]);
         assert!(bad_range.is_err());
         let concat = Set::new(SetKey::Ipv4AddrProtoPort, true);
         assert!(all_elems("c", &concat).is_err());
@@ -604,10 +600,7 @@ mod tests {
         let hosts = |ips: &[&str]| Set {
             key: SetKey::Ipv4Addr,
             interval: false,
-            elems: ips
-                .iter()
-                .map(|i| net(&format!("{i}/32")))
-                .collect::<BTreeSet<_>>(),
+            elems: ips.iter().map(|i| net(&format!("{i}/32"))).collect(),
         };
         let (del, add) = diff_elems(
             "h",

@@ -144,17 +144,29 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// The record of `rs`. What it keeps is copied once `rs`'s rules are gone, so that it
+    /// settles into the room they leave rather than between them (a whole table's rules
+    /// are tens of megabytes, freed as soon as they are applied, and what outlives them
+    /// would otherwise keep the pages around it resident).
     fn of(rs: Ruleset, keys: &RandomState) -> Self {
+        let Ruleset {
+            family,
+            name,
+            chains,
+            sets,
+            maps,
+        } = rs;
+        let records: BTreeMap<String, ChainRecord> = chains
+            .iter()
+            .map(|(n, c)| (n.clone(), ChainRecord::of(c, keys)))
+            .collect();
+        drop(chains);
         Record {
-            family: rs.family,
-            name: rs.name,
-            chains: rs
-                .chains
-                .iter()
-                .map(|(n, c)| (n.clone(), ChainRecord::of(c, keys)))
-                .collect(),
-            sets: rs.sets,
-            maps: rs.maps,
+            family,
+            name,
+            chains: records,
+            sets,
+            maps,
         }
     }
 }
@@ -267,6 +279,8 @@ impl ProgrammedTable {
         self.indexes.clear();
         match apply_or_replace(sock, &batch, self.applied.is_some(), &new) {
             Ok((sent, _)) => {
+                // The messages go before the record is made (see `Record::of`).
+                drop(batch);
                 self.record(new);
                 Ok(sent)
             }

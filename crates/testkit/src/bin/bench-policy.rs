@@ -1363,6 +1363,15 @@ fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
     let idle =
         (cpu_ticks(agent.pid())? - c0) as f64 / CLOCK_TICKS / t0.elapsed().as_secs_f64() * 100.0;
     let rss_idle = rss_kib(agent.pid(), "VmRSS:")?;
+    // The cold start's last phase (after the status files, so not always in the lines
+    // printed when it was programmed): freed memory returned, and the heap in use.
+    for line in agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("freed memory returned"))
+    {
+        eprintln!("bench-policy:   {line}");
+    }
     push(flips(&b, &agent)?);
     push(new_pods(&mut b, &agent)?);
     push(json!({

@@ -319,12 +319,15 @@ impl Dataplane {
             // gone: their pages go back to the kernel, once the endpoints are programmed
             // (the walk over the heap is not on their way).
             let trim_from = Instant::now();
+            self.engine.shrink_to_fit();
             calico_malloc::release_free_memory();
             log::info!(
-                "policy: freed memory returned in {:?} (RSS {} MiB, heap in use {} MiB)",
+                "policy: spare room and freed memory returned in {:?} (RSS {} MiB, heap in use \
+                 {} MiB, free in the heap {} MiB)",
                 trim_from.elapsed(),
                 rss_mib(),
-                calico_malloc::heap_in_use().map_or(0, |b| b >> 20)
+                calico_malloc::heap_in_use().map_or(0, |b| b >> 20),
+                calico_malloc::heap_free().map_or(0, |b| b >> 20)
             );
         }
         Ok(())
