@@ -1559,6 +1559,10 @@ impl PolicyEngine {
                 base,
                 rules: rules.iter().map(Rule::lower).collect(),
             };
+            if self.config.lean && self.config.keep_text {
+                // What changed is rendered only here now (see full_table).
+                self.chains.insert(name.clone(), (base, rules));
+            }
             if let Some(all) = &mut self.collect {
                 all.insert(name, lowered);
             }
