@@ -261,11 +261,18 @@ impl render::SetMembers for LiveMembers<'_> {
 /// A set's members, each counted by how many items bring it: the members packed and
 /// sorted ([`SetElems`], 8 bytes each for IPv4, where the cluster's ~200,000 members
 /// would take 28 as counted pairs), and beside them the rare member more than one item
-/// brings (two network sets naming the same prefix), with the count of the others.
+/// brings (two network sets naming the same prefix), with the count of the others. The
+/// families are kept apart (IPv4 and port-only members, IPv6 members): an IPv6 member would
+/// unpack the IPv4 ones of a dual-stack set.
 #[derive(Default)]
 struct ElemCounts {
-    members: SetElems,
+    members: [SetElems; 2],
     more: FastMap<SetElem, u32>,
+}
+
+/// Which of [`ElemCounts::members`] holds `e`.
+fn family_of(e: &SetElem) -> usize {
+    usize::from(!elem_is_v4(e))
 }
 
 impl ElemCounts {
@@ -273,23 +280,26 @@ impl ElemCounts {
     fn from_elems(mut all: Vec<SetElem>) -> Self {
         all.sort_unstable();
         let mut more: FastMap<SetElem, u32> = FastMap::default();
-        let mut distinct: Vec<SetElem> = Vec::with_capacity(all.len());
+        let mut distinct: [Vec<SetElem>; 2] = [Vec::new(), Vec::new()];
+        let mut last: Option<SetElem> = None;
         for e in all {
-            if distinct.last() == Some(&e) {
+            if last == Some(e) {
                 *more.entry(e).or_insert(0) += 1;
             } else {
-                distinct.push(e);
+                distinct[family_of(&e)].push(e);
+                last = Some(e);
             }
         }
+        let [v4, v6] = distinct;
         ElemCounts {
-            members: distinct.into_iter().collect(),
+            members: [v4.into_iter().collect(), v6.into_iter().collect()],
             more,
         }
     }
 
     /// One more item brings `e`; whether it is a new member.
     fn add(&mut self, e: SetElem) -> bool {
-        if self.members.insert(e) {
+        if self.members[family_of(&e)].insert(e) {
             return true;
         }
         *self.more.entry(e).or_insert(0) += 1;
@@ -307,12 +317,13 @@ impl ElemCounts {
                 self.more.remove(e);
                 false
             }
-            None => self.members.remove(e),
+            None => self.members[family_of(e)].remove(e),
         }
     }
 
+    /// The members: IPv4 ones, then IPv6 ones, each in order.
     fn members(&self) -> impl Iterator<Item = SetElem> + '_ {
-        self.members.iter()
+        self.members[0].iter().chain(self.members[1].iter())
     }
 }
 
@@ -480,12 +491,12 @@ fn parse_net(s: &str) -> Option<IpNet> {
         .ok()
 }
 
-/// A chain's fingerprint in lean mode (its typed rules hashed; equal rules lower equally).
 /// A chain's or set's name as the fingerprint maps hold it: 128 bits of two keyed SipHash
 /// digests (random keys per engine: no one can craft two names that collide), so that the
 /// maps hold no copy of the names.
 type NameKey = (u64, u64);
 
+/// A chain's fingerprint in lean mode (its typed rules hashed; equal rules lower equally).
 fn fingerprint(base: &Option<BaseChain>, rules: &[Rule]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -503,12 +514,12 @@ fn elem_hash(e: &SetElem) -> u64 {
     h.finish()
 }
 
-/// A whole set's fingerprint (lean mode): its type and its members.
 /// `name`'s [`NameKey`] under `keys`.
 fn name_key(keys: &(RandomState, RandomState), name: &str) -> NameKey {
     (keys.0.hash_one(name), keys.1.hash_one(name))
 }
 
+/// A whole set's fingerprint (lean mode): its type and its members.
 fn set_print(set: &Set) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1599,6 +1610,8 @@ impl PolicyEngine {
 
     fn drop_chain(&mut self, name: &str) {
         if self.collect.is_some() {
+            // Not in the table being collected; its text goes (keep_text).
+            self.chains.remove(name);
             return;
         }
         let had = if self.config.lean {
@@ -1621,8 +1634,8 @@ impl PolicyEngine {
 
     /// The whole wanted table, chains included, rendered afresh from the current state:
     /// for the first apply and for a whole replace after a refused edit. With
-    /// [`EngineConfig::lean`] it is the only way to see the chains; without, it equals
-    /// [`Self::desired`].
+    /// [`EngineConfig::lean`] it is the only way to see the chains, and it takes what was
+    /// touched (the whole table carries it); without, it equals [`Self::desired`].
     pub fn full_table(&mut self) -> Ruleset {
         let lean = self.config.lean;
         let mut done = Dirty::default();
@@ -1634,8 +1647,8 @@ impl PolicyEngine {
             self.chain_prints.clear();
             self.set_prints.clear();
             self.out.sets.clear();
-            self.pending_chains.clear();
-            self.pending_sets.clear();
+            // The whole table carries every change: nothing is left to copy into an edit.
+            self.take_touched();
             self.collect = Some(BTreeMap::new());
             self.collect_sets = Some(BTreeMap::new());
             done = self.render_dirty();
@@ -2377,8 +2390,6 @@ impl PolicyEngine {
         out
     }
 
-    /// Changes whenever an endpoint is rendered (added, changed, removed): while it stays the
-    /// same, so does [`Self::programmed_endpoints`].
     /// Gives back the room the calculation's lists grew into during a cold start (they
     /// grow one member at a time), so that what stays is what is held. Costs one pass over
     /// them: call it once the first table is in.
@@ -2386,10 +2397,14 @@ impl PolicyEngine {
         self.set_index.shrink_to_fit();
         self.policy_index.shrink_to_fit();
         for live in self.live_sets.values_mut() {
-            live.counts.members.shrink_to_fit();
+            for family in &mut live.counts.members {
+                family.shrink_to_fit();
+            }
         }
     }
 
+    /// Changes whenever an endpoint is rendered (added, changed, removed): while it stays the
+    /// same, so does [`Self::programmed_endpoints`].
     pub fn endpoint_generation(&self) -> u64 {
         self.endpoint_renders
     }
@@ -2493,5 +2508,17 @@ mod tests {
         assert!(!c.add(host(2)));
         assert!(c.add(host(0)));
         assert_eq!(c.members().collect::<Vec<_>>(), [host(0), host(1), host(2)]);
+        // IPv6 members are kept apart (the IPv4 ones stay packed), listed after.
+        let v6 = SetElem::Net(IpNet::from(IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 1])));
+        assert!(c.add(v6));
+        assert!(!c.add(v6));
+        assert!(c.add(host(5)));
+        assert_eq!(
+            c.members().collect::<Vec<_>>(),
+            [host(0), host(1), host(2), host(5), v6]
+        );
+        assert!(!c.remove(&v6));
+        assert!(c.remove(&v6));
+        assert_eq!(c.members().count(), 4);
     }
 }

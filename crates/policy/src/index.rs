@@ -322,19 +322,42 @@ impl<I: Clone + Ord + Hash, S: Clone + Ord + Hash> LabelIndex<I, S> {
         }
     }
 
-    fn unfile_item(&mut self, id: &I, labels: &LabelSet) {
-        for (k, v) in labels.0.iter() {
-            if let Some(vals) = self.items_by_pair.get_mut(k) {
-                if let Some(set) = vals.get_mut(v) {
-                    set.remove(id);
-                    if set.is_empty() {
-                        vals.remove(v);
-                    }
-                }
-                if vals.is_empty() {
-                    self.items_by_pair.remove(k);
+    /// Drops `s` from what `i` matches (the other side, `matches[s]`, is the caller's).
+    fn unlink_item_side(&mut self, i: &I, s: &S) {
+        if let Some(m) = self.matched_by.get_mut(i) {
+            m.remove(s);
+            if m.is_empty() {
+                self.matched_by.remove(i);
+            }
+        }
+    }
+
+    fn file_pair(&mut self, k: &Arc<str>, v: &Arc<str>, id: &I) {
+        self.items_by_pair
+            .entry(k.clone())
+            .or_default()
+            .entry(v.clone())
+            .or_default()
+            .insert(id.clone());
+    }
+
+    fn unfile_pair(&mut self, k: &str, v: &str, id: &I) {
+        if let Some(vals) = self.items_by_pair.get_mut(k) {
+            if let Some(set) = vals.get_mut(v) {
+                set.remove(id);
+                if set.is_empty() {
+                    vals.remove(v);
                 }
             }
+            if vals.is_empty() {
+                self.items_by_pair.remove(k);
+            }
+        }
+    }
+
+    fn unfile_item(&mut self, id: &I, labels: &LabelSet) {
+        for (k, v) in labels.0.iter() {
+            self.unfile_pair(k, v, id);
         }
     }
 
@@ -344,16 +367,18 @@ impl<I: Clone + Ord + Hash, S: Clone + Ord + Hash> LabelIndex<I, S> {
         if self.items.get(&id) == Some(&labels) {
             return Vec::new();
         }
-        if let Some(old) = self.items.remove(&id) {
-            self.unfile_item(&id, &old);
+        // Only the pairs that changed are refiled: a pair whole namespaces share lists
+        // thousands of items, and its list is a sorted vector.
+        let old = self.items.remove(&id).unwrap_or_default();
+        for (k, v) in old.0.iter() {
+            if !labels.0.iter().any(|(a, b)| a == k && b == v) {
+                self.unfile_pair(k, v, &id);
+            }
         }
         for (k, v) in labels.0.iter() {
-            self.items_by_pair
-                .entry(k.clone())
-                .or_default()
-                .entry(v.clone())
-                .or_default()
-                .insert(id.clone());
+            if !old.0.iter().any(|(a, b)| a == k && b == v) {
+                self.file_pair(k, v, &id);
+            }
         }
         let mut now: FastSet<S> = FastSet::default();
         let mut consider = |s: &S| {
@@ -471,15 +496,22 @@ impl<I: Clone + Ord + Hash, S: Clone + Ord + Hash> LabelIndex<I, S> {
         // An item filed under two of the cover's pairs comes twice.
         now.sort_unstable();
         now.dedup();
-        let before: &[I] = self.matches.get(&id).map_or(&[], |m| &m.0);
-        let (gone, came) = sorted_differences(before, &now);
+        // The selector's list is replaced whole; each item's side is updated.
+        let before: Vec<I> = self.matches.remove(&id).map(|m| m.0).unwrap_or_default();
+        let (gone, came) = sorted_differences(&before, &now);
+        if !now.is_empty() {
+            self.matches.insert(id.clone(), IdList(now));
+        }
         let mut changes = Vec::with_capacity(gone.len() + came.len());
         for i in gone {
-            self.unlink(&id, &i);
+            self.unlink_item_side(&i, &id);
             changes.push((i, false));
         }
         for i in came {
-            self.link(&id, &i);
+            self.matched_by
+                .entry(i.clone())
+                .or_default()
+                .insert(id.clone());
             changes.push((i, true));
         }
         changes
@@ -509,13 +541,10 @@ impl<I: Clone + Ord + Hash, S: Clone + Ord + Hash> LabelIndex<I, S> {
     /// Removes a selector; returns the items it matched.
     pub fn remove_selector(&mut self, id: &S) -> Vec<I> {
         self.unfile(id);
-        let before: Vec<I> = self
-            .matches
-            .get(id)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default();
+        // The selector's list goes whole (not id by id from its front: quadratic).
+        let before: Vec<I> = self.matches.remove(id).map(|m| m.0).unwrap_or_default();
         for i in &before {
-            self.unlink(id, i);
+            self.unlink_item_side(i, id);
         }
         before
     }

@@ -73,10 +73,10 @@ pub enum RuleAction {
 /// What a set holds: the addresses of what a selector matches, or the (address, protocol,
 /// port) of the named port of endpoints a selector matches (`felix/calc/rule_scanner.go:
 /// IPSetData`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 ///
 /// Its texts are shared: a set's spec is held by the rules that use it, the policies'
 /// references, the set's id and its live state (clones are counts, not copies).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SetSpec {
     Selector(Arc<str>),
     NamedPort {
