@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use calico_datastore::KvStore;
 use calico_datastore::model::{AllocationBlock, IpamHandle, keys};
+use calico_datastore::{KvStore, Read};
 
 #[derive(Debug, Default)]
 pub struct Audit {
@@ -20,8 +20,21 @@ pub fn audit(db: &dyn KvStore) -> Audit {
     let mut a = Audit::default();
     let mut counted: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut affine_blocks = BTreeSet::new();
-    for v4 in [true, false] {
-        for kv in db.list(&keys::blocks_prefix(v4)).unwrap() {
+    // One transaction: blocks, handles and affinities at one revision (separate reads could
+    // straddle a write and see half of it).
+    let mut read = db
+        .read(&[
+            Read::Prefix(keys::blocks_prefix(true)),
+            Read::Prefix(keys::blocks_prefix(false)),
+            Read::Prefix(keys::HANDLES.to_string()),
+            Read::Prefix("/calico/ipam/v2/host/".to_string()),
+        ])
+        .unwrap()
+        .into_iter();
+    let mut next = || read.next().unwrap_or_default();
+    let (blocks_v4, blocks_v6, handles, affinities) = (next(), next(), next(), next());
+    for blocks in [blocks_v4, blocks_v6] {
+        for kv in blocks {
             let b: AllocationBlock = serde_json::from_slice(&kv.value).unwrap();
             if let Some(node) = b.affinity.as_deref().and_then(|x| x.strip_prefix("host:")) {
                 affine_blocks.insert((node.to_string(), b.cidr));
@@ -55,7 +68,7 @@ pub fn audit(db: &dyn KvStore) -> Audit {
         }
     }
     let mut recorded: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for kv in db.list(keys::HANDLES).unwrap() {
+    for kv in handles {
         let id = kv.key[keys::HANDLES.len()..].to_string();
         let h: IpamHandle = serde_json::from_slice(&kv.value).unwrap();
         if h.block.values().all(|n| *n <= 0) {
@@ -76,7 +89,7 @@ pub fn audit(db: &dyn KvStore) -> Audit {
         a.problems
             .push(format!("handle counts differ from allocations: {diff:?}"));
     }
-    for kv in db.list("/calico/ipam/v2/host/").unwrap() {
+    for kv in affinities {
         if let Some((node, cidr)) = keys::parse_affinity(&kv.key)
             && !affine_blocks.remove(&(node.clone(), cidr))
         {
