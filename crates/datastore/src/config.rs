@@ -16,13 +16,19 @@ pub struct EtcdConfig {
     pub key_file: Option<PathBuf>,
     /// Bound on establishing a connection to one endpoint.
     pub connect_timeout: Duration,
-    /// Bound on any single request, connection included.
+    /// Bound on any single request, connection included. Generous (see
+    /// [`EtcdConfig::DEFAULT_REQUEST_TIMEOUT`]): an etcd that is down is found by the connect
+    /// bound; this one only ends a wait on an etcd that is connected but slow.
     pub request_timeout: Duration,
 }
 
 impl EtcdConfig {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Calico's plugin waits up to 90 s for its IPAM work and 30 s for its pools; a busy
+    /// node's etcd (a WAL fsync stalled behind the disk's writeback, a hundred pods started at
+    /// once) can take seconds to commit, and a pod failed for that is a pod the runtime has to
+    /// start again. 5 s had failed one ADD of a hundred concurrent ones in a test run.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
     pub fn new(endpoints: Vec<String>) -> Self {
         EtcdConfig {

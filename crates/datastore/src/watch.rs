@@ -359,8 +359,10 @@ impl WatchSource for EtcdClient {
 
 /// An etcd watch stream (one watcher per prefix on one gRPC stream). An idle stream is
 /// probed: after [`EtcdWatch::IDLE`] without a message it asks etcd for a progress report,
-/// and a stream that does not answer that within the request timeout counts as broken (a
-/// silently dead connection would otherwise stall the syncer forever).
+/// and a stream that does not answer that within [`EtcdWatch::PROBE`] (or the request
+/// timeout, if shorter) counts as broken (a silently dead connection would otherwise stall
+/// the syncer forever). A progress report needs no commit, so its bound can be shorter than
+/// a request's.
 pub struct EtcdWatch {
     stream: etcd_client::WatchStream,
     client: EtcdClient,
@@ -369,6 +371,7 @@ pub struct EtcdWatch {
 
 impl EtcdWatch {
     const IDLE: Duration = Duration::from_secs(30);
+    const PROBE: Duration = Duration::from_secs(5);
 }
 
 impl WatchStream for EtcdWatch {
@@ -376,7 +379,7 @@ impl WatchStream for EtcdWatch {
         let mut probed = false;
         loop {
             let limit = if probed {
-                self.client.request_timeout()
+                self.client.request_timeout().min(EtcdWatch::PROBE)
             } else {
                 self.idle
             };
