@@ -26,8 +26,10 @@
 //!   then `--restarts` times over the table of the previous run.
 //! - `path`: fresh TCP connects (connect() time, the first packet's round trip) and iperf3
 //!   throughput between the probe pair with everything loaded, with no policy (the agent
-//!   stopped and the table `inet calico` deleted) and with conntrack only. Every round
-//!   measures each variant once, in an order that rotates (6 rounds: every order once); the
+//!   stopped and the table `inet calico` deleted), with conntrack only, and with conntrack
+//!   and a natOutgoing chain like the agent's (so the policies' own share shows apart from
+//!   what connection tracking and NAT cost any node). Every round measures each variant
+//!   once, in an order that rotates (each variant first in turn, then reversed); the
 //!   ratios are paired within a round and the figure is their median over rounds, so load
 //!   drifting on a shared machine moves both sides of a ratio and one disturbed round does
 //!   not decide. After the agent's restart the path is measured once the agent is idle (the
@@ -581,6 +583,10 @@ enum Variant {
     NoPolicy,
     /// No agent; a table tracking connections only.
     ConntrackOnly,
+    /// No agent; connection tracking and a natOutgoing masquerade chain shaped like the
+    /// agent's (what a node pays for NAT whatever enforces policy: kube-proxy's nat chains
+    /// cost every new connection the same null binding).
+    ConntrackNat,
 }
 
 impl Variant {
@@ -589,6 +595,7 @@ impl Variant {
             Variant::Loaded => "loaded",
             Variant::NoPolicy => "none",
             Variant::ConntrackOnly => "ct_only",
+            Variant::ConntrackNat => "ct_nat",
         }
     }
 }
@@ -854,12 +861,22 @@ impl Bench<'_> {
     }
 
     /// The conntrack-only variant: the cost of tracking every flow, without policy.
-    fn add_ct_table(&self) -> Result<()> {
+    /// The comparison tables: conntrack only, or (`nat`) with the agent's natOutgoing chain
+    /// (its priority, its rule, the pool in both sets) beside it.
+    fn add_ct_table(&self, nat: bool) -> Result<()> {
         self.c.node(0).sh(
             "nft add table inet benchct && \
              nft add chain inet benchct forward '{ type filter hook forward priority 0; policy accept; }' && \
              nft add rule inet benchct forward ct state established,related accept",
         )?;
+        if nat {
+            self.c.node(0).sh(&format!(
+                "nft add set inet benchct masq '{{ type ipv4_addr; flags interval; elements = {{ {POOL} }}; }}' && \
+                 nft add set inet benchct pools '{{ type ipv4_addr; flags interval; elements = {{ {POOL} }}; }}' && \
+                 nft add chain inet benchct postrouting '{{ type nat hook postrouting priority 110; policy accept; }}' && \
+                 nft add rule inet benchct postrouting meta nfproto ipv4 ip saddr @masq ip daddr != @pools masquerade"
+            ))?;
+        }
         Ok(())
     }
 
@@ -1226,6 +1243,19 @@ fn connect_times(b: &Bench, connects: usize) -> Result<Vec<f64>> {
             let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
                 .context("a connect from the client to the server")?;
             v.push(t0.elapsed().as_secs_f64() * 1e3);
+            // Closed with a reset, not a FIN: thousands of client sockets in TIME_WAIT make
+            // each later connect() search longer for a free local port (seen in a lab as
+            // connects of 0.8-1.6 ms after ~16,000 in a minute), which would load whichever
+            // variant comes later in a round.
+            nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            )
+            .context("SO_LINGER on the probe connection")?;
             drop(s);
         }
         Ok(v)
@@ -1427,15 +1457,20 @@ fn packet_path(b: &Bench, agent: Agent) -> Result<Value> {
     let args = b.args;
     let _servers = Servers::start(b.server())?;
     let mut agent = Some(agent);
-    let variants = [Variant::Loaded, Variant::NoPolicy, Variant::ConntrackOnly];
+    let variants = [
+        Variant::Loaded,
+        Variant::NoPolicy,
+        Variant::ConntrackOnly,
+        Variant::ConntrackNat,
+    ];
     // Per variant: every connect time, and per round its p50, p99 and iperf3 rate.
     let mut lat: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut per_round: HashMap<&str, Vec<(f64, f64, f64)>> = HashMap::new();
     let mut path_restarts = Vec::new();
     for round in 0..args.rounds {
         let mut order = variants;
-        order.rotate_left(round % 3);
-        if (round / 3) % 2 == 1 {
+        order.rotate_left(round % variants.len());
+        if (round / variants.len()) % 2 == 1 {
             order.reverse();
         }
         for variant in order {
@@ -1454,10 +1489,9 @@ fn packet_path(b: &Bench, agent: Agent) -> Result<Value> {
                     drop(a);
                     b.delete_table()?;
                 }
-                if variant == Variant::ConntrackOnly {
-                    b.add_ct_table()?;
-                } else {
-                    b.delete_ct_table()?;
+                b.delete_ct_table()?;
+                if variant != Variant::NoPolicy {
+                    b.add_ct_table(variant == Variant::ConntrackNat)?;
                 }
             }
             // Warm the path (neighbours, caches, the socket layer) before timing.
@@ -1505,31 +1539,38 @@ fn packet_path(b: &Bench, agent: Agent) -> Result<Value> {
             .map(|v| v.iter().map(|r| round3(r.2 / 1e9)).collect())
             .unwrap_or_default()
     };
-    let (l, n, c) = ("loaded", "none", "ct_only");
+    let (l, n, c, cn) = ("loaded", "none", "ct_only", "ct_nat");
     let med = |v: Vec<f64>| median(&v).map(round3);
     Ok(json!({
         "part": "path",
         "no_policy": "agent stopped and table inet calico deleted",
         "conntrack_only": "no agent; a table with only `ct state established,related accept` in forward",
+        "conntrack_nat": "conntrack only plus the agent's natOutgoing chain (nat postrouting 110, masquerade from the pool unless to a pool)",
         "method": "the same pod pair; every round measures each variant once, the order rotating; ratios paired within a round, their median over rounds",
         "rounds": args.rounds,
         "connects_per_round": args.connects,
         "connect_loaded": stats(l),
         "connect_none": stats(n),
         "connect_ct_only": stats(c),
+        "connect_ct_nat": stats(cn),
         "connect_p99_ratio": med(ratios(l, n, 1)),
         "connect_p99_ratio_rounds": ratios(l, n, 1),
         "connect_p99_ratio_pooled": pooled(l, n),
         "connect_p50_ratio": med(ratios(l, n, 0)),
         "connect_p99_ratio_loaded_vs_ct_only": med(ratios(l, c, 1)),
         "connect_p99_ratio_ct_only_vs_none": med(ratios(c, n, 1)),
+        "connect_p99_ratio_loaded_vs_ct_nat": med(ratios(l, cn, 1)),
+        "connect_p50_ratio_loaded_vs_ct_nat": med(ratios(l, cn, 0)),
+        "connect_p99_ratio_ct_nat_vs_none": med(ratios(cn, n, 1)),
         "iperf_gbps_loaded": gbps(l),
         "iperf_gbps_none": gbps(n),
         "iperf_gbps_ct_only": gbps(c),
+        "iperf_gbps_ct_nat": gbps(cn),
         "iperf_ratio": med(ratios(l, n, 2)),
         "iperf_ratio_rounds": ratios(l, n, 2),
         "iperf_ratio_loaded_vs_ct_only": med(ratios(l, c, 2)),
         "iperf_ratio_ct_only_vs_none": med(ratios(c, n, 2)),
+        "iperf_ratio_loaded_vs_ct_nat": med(ratios(l, cn, 2)),
         "restarts_ms": path_restarts,
     }))
 }
@@ -1787,6 +1828,38 @@ fn summary(results: &[Value]) -> Vec<Value> {
                     "iperf3 ratio (ct only / none)",
                     "x",
                     num(r, &["iperf_ratio_ct_only_vs_none"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 ratio (loaded / ct + nat)",
+                    "x",
+                    num(r, &["connect_p99_ratio_loaded_vs_ct_nat"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "  connect p50 ratio (loaded / ct + nat)",
+                    "x",
+                    num(r, &["connect_p50_ratio_loaded_vs_ct_nat"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "TCP connect p99 ratio (ct + nat / none)",
+                    "x",
+                    num(r, &["connect_p99_ratio_ct_nat_vs_none"]),
+                    None,
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "iperf3 ratio (loaded / ct + nat)",
+                    "x",
+                    num(r, &["iperf_ratio_loaded_vs_ct_nat"]),
                     None,
                     None,
                 );
