@@ -203,6 +203,21 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("a value")?.parse()?)
 }
 
+/// The whole machine's non-idle CPU time (`/proc/stat`: everything but idle and iowait), in
+/// clock ticks.
+fn machine_busy_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("/proc/stat's cpu line")?;
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok(fields.iter().sum::<u64>().saturating_sub(idle))
+}
+
 /// utime + stime of `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -1496,7 +1511,20 @@ fn packet_path(b: &Bench, agent: Agent) -> Result<Value> {
             }
             // Warm the path (neighbours, caches, the socket layer) before timing.
             connect_times(b, 20)?;
+            // The agent's own CPU while the connects run (it should be idle: anything it does
+            // then shares the two cores with the path being timed).
+            let agent_ticks = agent.as_ref().map(|a| cpu_ticks(a.pid())).transpose()?;
+            let busy_before = machine_busy_ticks()?;
             let l = connect_times(b, args.connects)?;
+            let busy = machine_busy_ticks()?.saturating_sub(busy_before);
+            let agent_used = match (agent.as_ref(), agent_ticks) {
+                (Some(a), Some(before)) => cpu_ticks(a.pid())?.saturating_sub(before),
+                _ => 0,
+            };
+            eprintln!(
+                "bench-policy: round {round} {variant:?}: during the connects the machine was \
+                 busy {busy} ticks, the agent {agent_used}"
+            );
             let bps = iperf(b, args.iperf_seconds)?;
             let (p50, p99) = (
                 percentile(&l, 50.0).unwrap_or(0.0),
