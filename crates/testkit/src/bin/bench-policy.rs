@@ -1376,6 +1376,14 @@ fn run(args: &Args, results: &mut Vec<Value>) -> Result<()> {
     };
     // Cold start on a node without the table, then restarts over the previous run's table.
     let (mut agent, first) = b.cold_start()?;
+    // The programmed table, for scripts/lab-policy-path (which takes the packet path apart).
+    if let Some(file) = std::env::var_os("BENCH_POLICY_DUMP_TABLE") {
+        let file = PathBuf::from(file);
+        let table = b.c.node(0).sh("nft list table inet calico")?;
+        std::fs::write(&file, table)
+            .with_context(|| format!("writing the table to {}", file.display()))?;
+        eprintln!("bench-policy: the table written to {}", file.display());
+    }
     let mut restarts = Vec::new();
     for _ in 0..args.restarts {
         drop(agent);
