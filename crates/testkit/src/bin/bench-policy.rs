@@ -875,9 +875,9 @@ impl Bench<'_> {
         }
     }
 
-    /// The conntrack-only variant: the cost of tracking every flow, without policy.
-    /// The comparison tables: conntrack only, or (`nat`) with the agent's natOutgoing chain
-    /// (its priority, its rule, the pool in both sets) beside it.
+    /// The comparison tables: conntrack only (the cost of tracking every flow, without
+    /// policy), or (`nat`) with the agent's natOutgoing chain (its priority, its rule, the
+    /// pool in both sets) beside it.
     fn add_ct_table(&self, nat: bool) -> Result<()> {
         self.c.node(0).sh(
             "nft add table inet benchct && \
