@@ -267,6 +267,6 @@ mod plan;
 mod set_elems;
 
 pub use edit::Edit;
-pub use elems::{Interval, normalise};
+pub use elems::{Interval, normalise, sorted_difference};
 pub use plan::{Batch, ProgrammedTable, apply, plan};
 pub use set_elems::SetElems;

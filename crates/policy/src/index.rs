@@ -13,6 +13,7 @@
 //! across thousands of endpoints. With Kubernetes' scoped selectors (`… && projectcalico.org/namespace == 'ns'`) this keeps an
 //! update to the size of a namespace, not of the cluster.
 
+use calico_netfilter::ruleset::sorted_difference;
 use calico_selector::Selector;
 use std::collections::BTreeMap;
 
@@ -163,31 +164,6 @@ impl<'a, T> IntoIterator for &'a IdList<T> {
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
     }
-}
-
-/// `(a - b, b - a)` of two sorted, duplicate-free lists.
-fn sorted_differences<T: Ord + Clone>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
-    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => {
-                only_a.push(a[i].clone());
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                only_b.push(b[j].clone());
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    only_a.extend_from_slice(&a[i..]);
-    only_b.extend_from_slice(&b[j..]);
-    (only_a, only_b)
 }
 
 struct SelectorEntry {
@@ -404,7 +380,7 @@ impl<I: Clone + Ord + Hash, S: Clone + Ord + Hash> LabelIndex<I, S> {
         let mut now: Vec<S> = now.into_iter().collect();
         now.sort_unstable();
         let before: &[S] = self.matched_by.get(&id).map_or(&[], |m| &m.0);
-        let (gone, came) = sorted_differences(before, &now);
+        let (gone, came) = sorted_difference(before, &now);
         let mut changes = Vec::with_capacity(gone.len() + came.len());
         for s in gone {
             self.unlink(&s, &id);
@@ -498,7 +474,7 @@ impl<I: Clone + Ord + Hash, S: Clone + Ord + Hash> LabelIndex<I, S> {
         now.dedup();
         // The selector's list is replaced whole; each item's side is updated.
         let before: Vec<I> = self.matches.remove(&id).map(|m| m.0).unwrap_or_default();
-        let (gone, came) = sorted_differences(&before, &now);
+        let (gone, came) = sorted_difference(&before, &now);
         if !now.is_empty() {
             self.matches.insert(id.clone(), IdList(now));
         }

@@ -227,18 +227,19 @@ pub(crate) fn diff_elems(
     Ok((del, add))
 }
 
-/// `(a - b, b - a)` of two sorted, duplicate-free lists.
-pub(crate) fn sorted_difference<T: Ord + Copy>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
+/// `(a - b, b - a)` of two sorted, duplicate-free lists (also the policy crate's label
+/// index's, for its id lists).
+pub fn sorted_difference<T: Ord + Clone>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
     let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
             std::cmp::Ordering::Less => {
-                only_a.push(a[i]);
+                only_a.push(a[i].clone());
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
-                only_b.push(b[j]);
+                only_b.push(b[j].clone());
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
