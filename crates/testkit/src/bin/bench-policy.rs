@@ -25,26 +25,26 @@
 //!   and every local endpoint's status file written): once on a node without the table,
 //!   then `--restarts` times over the table of the previous run.
 //! - `path`: fresh TCP connects (connect() time, the first packet's round trip) and iperf3
-//!   throughput between the probe pair with everything loaded; on the same node with no
-//!   policy (`profiles`: the agent's own table for this node, dumped before any policy was
-//!   written and restored with `nft -f`: every endpoint falls to its namespace profile);
-//!   with no table at all (the agent stopped and the table `inet calico` deleted); with
-//!   conntrack only; and with conntrack and a natOutgoing chain like the agent's (so the
-//!   policies' own share shows apart from what connection tracking and NAT cost any
-//!   node). And, under each of the loaded, no-policy and no tables, the probe pair beside
-//!   a second pair on the same node that no policy selects (`npod0`, `npod1`: two local
-//!   pods beyond `--local`), their connects interleaved one by one: the connect
-//!   target is read on this comparison, the pooled p99 of the probe pair over the other's
-//!   with everything loaded (a Calico node's pods with policies against its pods without;
-//!   the rounds above, minutes apart, differ at a p99 by more than the policies cost, and
-//!   against no table they show what connection tracking costs any Calico node). The
-//!   two other tables are the comparison's control: there the pairs differ by nothing. Every round measures each variant
-//!   once, in an order that rotates (each variant first in turn, then reversed); the
-//!   ratios are paired within a round and the figure is their median over rounds, so load
-//!   drifting on a shared machine moves both sides of a ratio and one disturbed round does
-//!   not decide. After the agent's restart the path is measured once the agent is idle (the
-//!   kernel frees the replaced table after the commit). iperf3 omits its first second (slow
-//!   start).
+//!   throughput between the probe pair, in five variants: everything loaded (the agent
+//!   running); the same node with no policy (`profiles`: the agent's own table for this
+//!   node, dumped before any policy was written and restored with `nft -f`: every endpoint
+//!   falls to its namespace profile); no table at all (the agent stopped and the table
+//!   `inet calico` deleted); conntrack only; and conntrack with a natOutgoing chain like
+//!   the agent's (so the policies' own share shows apart from what connection tracking and
+//!   NAT cost any node). Every round measures each variant once, in an order that rotates
+//!   (each variant first in turn, then reversed); the ratios are paired within a round and
+//!   the figure is their median over rounds, so load drifting on a shared machine moves
+//!   both sides of a ratio and one disturbed round does not decide. After the agent's
+//!   restart the path is measured once the agent is idle (the kernel frees the replaced
+//!   table after the commit). iperf3 omits its first second (slow start).
+//! - `path`, interleaved: under the loaded, no-policy and no tables, the probe pair beside a
+//!   second pair on the same node that no policy selects (`npod0`, `npod1`: two local pods
+//!   beyond `--local`), their connects interleaved one by one. The connect target
+//!   is read here: the pooled p99 of the probe pair over the other pair's with everything
+//!   loaded, a Calico node's pods with policies against its pods without, measured at the
+//!   same moments (the rounds above, minutes apart, differ at a p99 by more than the
+//!   policies cost; against no table they show what connection tracking costs any node).
+//!   Under the two other tables the pairs differ by nothing: the control.
 //! - RSS of the agent at that scale, its CPU over an idle period, its CPU per policy change
 //!   and the kernel time per apply (`calico_node_policy_apply_duration_seconds`).
 //!
@@ -1289,16 +1289,11 @@ fn ip_batch(c: &Cluster, script: &str) -> Result<()> {
     Ok(())
 }
 
-/// `connects` fresh TCP connections client → server: each connect()'s time in ms (to the
-/// nanosecond: a connect takes 10-30 µs, so microseconds would be a 5 % step).
-///
-/// The connects are paced, one every 0.5-1.5 ms (pseudo-random, so that no periodic
+/// Paced connects, one every 0.5-1.5 ms (pseudo-random, xorshift64, so that no periodic
 /// disturbance locks onto them): back to back, 1,000 connects last ~30 ms, and one burst
 /// of another process's work on this shared machine would fill a round's whole tail, so
 /// its p99 would measure that burst. Spread over ~1 s, each round samples the machine's
 /// noise as the other variants' rounds do.
-/// Paced connects: 0.5-1.5 ms apart, jittered (xorshift64: no need for a real random
-/// source), so they neither come in lockstep with a periodic disturbance nor queue up.
 struct Pacer {
     state: u64,
     next: Instant,
@@ -1346,6 +1341,9 @@ fn connect_once(to: SocketAddr) -> Result<f64> {
     Ok(took)
 }
 
+/// `connects` fresh TCP connections client → server, paced ([`Pacer`]): each connect()'s
+/// time in ms (to the nanosecond: a connect takes 10-30 µs, so microseconds would be a 5 %
+/// step).
 fn connect_times(b: &Bench, connects: usize) -> Result<Vec<f64>> {
     let to = SocketAddr::new(b.server().ip.into(), TCP_PORT);
     let out = b.client().netns.within(|| -> Result<Vec<f64>> {
@@ -1364,8 +1362,8 @@ fn connect_times(b: &Bench, connects: usize) -> Result<Vec<f64>> {
 /// The probe pair (selected by its policies) and the no-policy pair on the same node, under
 /// the same table, their connects interleaved one by one (A B B A A B B A ...: neither
 /// always first): `connects` each, (probe pair's, no-policy pair's). Each client runs in a
-/// thread of its own that stays in its namespace; the connects are paced as
-/// [`connect_times`]'s. What a disturbance of the machine costs lands on both alike, which
+/// thread of its own that stays in its namespace; the connects are paced
+/// ([`Pacer`]). What a disturbance of the machine costs lands on both alike, which
 /// rounds minutes apart cannot promise at a p99.
 fn interleaved_times(b: &Bench, connects: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     use std::sync::mpsc;
