@@ -15,6 +15,11 @@ use crate::{ExportFilter, LearnedRoutes, NextHopMode, NextHops, RibEvent, Route}
 /// How many recent next-hop sets are kept for sharing.
 const SHARED_HOP_SETS: usize = 16;
 
+/// Entries added to the RIB's maps since the last [`Rib::compact`] before the next quiet
+/// moment repacks them (a start-up's burst adds tens of thousands; a block claimed now and
+/// then never gets there).
+const COMPACT_AFTER: usize = 4096;
+
 /// LOCAL_PREF assumed when a path has none (RFC 4271 default, as BIRD).
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
@@ -168,6 +173,8 @@ pub struct Rib {
     hop_sets: Vec<NextHops>,
     /// Restarting speaker: announcements are held until released.
     hold_out: bool,
+    /// Entries added to the maps since the last compaction.
+    grown: usize,
 }
 
 impl Rib {
@@ -185,7 +192,31 @@ impl Rib {
             reported: LearnedRoutes::default(),
             hop_sets: Vec::new(),
             hold_out,
+            grown: 0,
         }
+    }
+
+    /// Whether enough was added since the last [`Rib::compact`] to make another worth it.
+    pub fn wants_compaction(&self) -> bool {
+        self.grown >= COMPACT_AFTER
+    }
+
+    /// Repacks the per-prefix maps. B-tree nodes filled in key order (a peer's UPDATEs, a
+    /// start-up's table) split at insertion and stay a little over half full; rebuilt from
+    /// their sorted entries they are full: with 30,000 learned prefixes and 10,000 blocks of
+    /// our own sent to three peers that is ~2 MB less. For a quiet moment (the speaker calls
+    /// it once a burst is over): it costs a few milliseconds per 100,000 entries.
+    pub fn compact(&mut self) {
+        fn repack<K: Ord, V>(m: &mut BTreeMap<K, V>) {
+            // `FromIterator` builds a B-tree from sorted entries with every node full.
+            let entries = std::mem::take(m);
+            *m = entries.into_iter().collect();
+        }
+        self.adj_in.values_mut().for_each(repack);
+        self.adj_out.values_mut().for_each(repack);
+        repack(&mut self.local);
+        repack(&mut self.reported.lock());
+        self.grown = 0;
     }
 
     pub fn holding(&self) -> bool {
@@ -279,13 +310,16 @@ impl Rib {
             touched.insert(n);
             match self_import(self.router_id, self.cluster_id, &peer, attrs) {
                 Some(attrs) => {
-                    paths.insert(
-                        n,
-                        InPath {
-                            attrs,
-                            stale: false,
-                        },
-                    );
+                    let new = paths
+                        .insert(
+                            n,
+                            InPath {
+                                attrs,
+                                stale: false,
+                            },
+                        )
+                        .is_none();
+                    self.grown += usize::from(new);
                 }
                 None => {
                     paths.remove(&n);
@@ -440,7 +474,7 @@ impl Rib {
                 }
             } else if old.map(|o| &o[..]) != Some(&next_hops[..]) {
                 let next_hops = self.shared_hops(&next_hops);
-                reported.insert(prefix, next_hops.clone());
+                self.grown += usize::from(reported.insert(prefix, next_hops.clone()).is_none());
                 ch.events.push(RibEvent::Best { prefix, next_hops });
             }
             for id in &ids {
@@ -483,7 +517,7 @@ impl Rib {
                             self.last_out.insert(id, a.clone());
                         }
                     }
-                    out.insert(*prefix, a.clone());
+                    self.grown += usize::from(out.insert(*prefix, a.clone()).is_none());
                     ch.out.entry(id).or_default().announce.push((*prefix, a));
                 }
             }
@@ -669,6 +703,72 @@ mod tests {
         assert_eq!(sets.len(), 100);
         assert!(sets.iter().all(|s| Arc::ptr_eq(s, sets[0])));
         assert_eq!(&sets[0][..], &[ip("10.0.0.2")]);
+    }
+
+    #[test]
+    fn a_burst_asks_for_compaction_and_compacting_changes_nothing_but_the_layout() {
+        let mut rib = Rib::new("10.0.0.1".parse().unwrap(), None, false);
+        rib.peer_up(2, peer("10.0.0.2", AS, false));
+        rib.peer_up(3, peer("10.0.0.3", AS, false));
+        rib.set_local(
+            (0..100u8)
+                .map(|i| Route::new(net(&format!("10.64.{i}.0/26"))))
+                .collect(),
+        );
+        let attrs = Arc::new(path("10.0.0.2"));
+        let announced: Vec<(IpNet, Arc<PathAttrs>)> = (0..COMPACT_AFTER / 2)
+            .map(|i| {
+                let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 65, 0, 0)) + (i as u32) * 64);
+                (
+                    IpNet::V4(ipnet::Ipv4Net::new(a, 26).unwrap()),
+                    attrs.clone(),
+                )
+            })
+            .collect();
+        assert!(!rib.wants_compaction());
+        // Adj-RIB-In and the learned table grow by one entry per prefix each (with our 100
+        // blocks in both peers' Adj-RIB-Out, past the threshold).
+        rib.update(
+            2,
+            InboundUpdate {
+                announced,
+                ..Default::default()
+            },
+        );
+        assert!(rib.wants_compaction());
+        let before = (
+            rib.learned().with(|l| l.clone()),
+            rib.adj_rib_out(3, Some(Family::Ipv4)),
+            rib.routes_received(2),
+            rib.routes_sent(2),
+            rib.routes_sent(3),
+        );
+        rib.compact();
+        assert!(!rib.wants_compaction());
+        let after = (
+            rib.learned().with(|l| l.clone()),
+            rib.adj_rib_out(3, Some(Family::Ipv4)),
+            rib.routes_received(2),
+            rib.routes_sent(2),
+            rib.routes_sent(3),
+        );
+        assert_eq!(before, after);
+        assert_eq!(after.2, COMPACT_AFTER / 2);
+        assert_eq!((after.3, after.4), (100, 100));
+        // A withdrawal after the repacking is found and reported as before.
+        let ch = rib.update(
+            2,
+            InboundUpdate {
+                withdrawn: vec![net("10.65.0.0/26")],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            ch.events,
+            vec![RibEvent::Withdrawn {
+                prefix: net("10.65.0.0/26")
+            }]
+        );
     }
 
     #[test]

@@ -34,6 +34,9 @@ use crate::{
 const DEFAULT_DEFERRAL: Duration = Duration::from_secs(120);
 /// How long a shutdown waits for sessions to close.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long the RIB must see no change before a compaction it wants ([`Rib::compact`]):
+/// a burst of UPDATEs is over by then, and the agent returns freed memory after it.
+const COMPACT_QUIET: Duration = Duration::from_millis(100);
 
 /// A running BGP speaker. Dropping it stops the core task (sessions close silently).
 pub struct Speaker {
@@ -228,6 +231,8 @@ struct Core {
     deferral_at: Instant,
     stale_at: HashMap<u64, Instant>,
     restart_pending: Arc<AtomicBool>,
+    /// When the RIB is repacked, if it wants to be (put off by every change).
+    compact_at: Option<Instant>,
 }
 
 impl Core {
@@ -258,6 +263,7 @@ impl Core {
             deferral_at,
             stale_at: HashMap::new(),
             restart_pending: Arc::new(AtomicBool::new(cfg_restarting)),
+            compact_at: None,
         }
     }
 
@@ -266,6 +272,9 @@ impl Core {
             let mut deadline = self.stale_at.values().min().copied();
             if !self.synced && self.peers_set {
                 deadline = Some(deadline.map_or(self.deferral_at, |d| d.min(self.deferral_at)));
+            }
+            if let Some(at) = self.compact_at {
+                deadline = Some(deadline.map_or(at, |d| d.min(at)));
             }
             let sleep = tokio::time::sleep_until(
                 deadline.map_or_else(far_future, tokio::time::Instant::from_std),
@@ -283,6 +292,10 @@ impl Core {
                 },
                 Some(ev) = self.ev_rx.recv() => self.on_event(ev),
                 _ = sleep => self.on_timers(),
+            }
+            // Put off by every change, so it comes once the burst is over.
+            if self.rib.wants_compaction() {
+                self.compact_at = Some(Instant::now() + COMPACT_QUIET);
             }
         }
     }
@@ -739,6 +752,12 @@ impl Core {
 
     fn on_timers(&mut self) {
         let now = Instant::now();
+        if self.compact_at.is_some_and(|at| at <= now) {
+            self.compact_at = None;
+            let started = Instant::now();
+            self.rib.compact();
+            log::debug!("BGP: RIB repacked in {:?}", started.elapsed());
+        }
         if !self.synced && self.peers_set && self.deferral_at <= now {
             log::info!("BGP: deferral timer expired before every peer's End-of-RIB");
             self.sync_done();
