@@ -15,7 +15,9 @@
 //!   once, until every kernel has every other node's blocks (with each process's CPU time
 //!   then); then `memory`: each agent's resident size with those routes 0.5 s later (the
 //!   issue's figure), and again 12 s later (what an idle process keeps, after
-//!   the agent's 10 s resync and recheck).
+//!   the agent's 10 s resync and recheck); beside it each process's PSS (the four nodes'
+//!   processes run one binary here, so its pages count a quarter in each; a real node
+//!   runs one).
 //! - `scale`: a full mesh of many agents, one block each, until every kernel has every block;
 //!   then the agents' CPU time over an idle period.
 //!
@@ -308,11 +310,28 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
 }
 
 /// Where the resident pages are: anonymous (heap, stacks) and file-backed (the binary's
-/// text and read-only data, shared libraries), per process.
+/// text and read-only data, shared libraries), per process; and each one's proportional
+/// set size (`Pss`: a page shared by n processes counts 1/n in each), what the node pays
+/// per process when several run the same binary.
 fn rss_parts(pids: &[u32]) -> Result<Value> {
     let part =
         |field: &str| -> Result<Vec<u64>> { pids.iter().map(|p| status_kib(*p, field)).collect() };
-    Ok(json!({"anon_kib": part("RssAnon")?, "file_kib": part("RssFile")?}))
+    let pss: Vec<u64> = pids.iter().map(|p| pss_kib(*p)).collect::<Result<_>>()?;
+    Ok(json!({"anon_kib": part("RssAnon")?, "file_kib": part("RssFile")?, "pss_kib": pss}))
+}
+
+/// The `Pss` of `/proc/<pid>/smaps_rollup`, in KiB.
+fn pss_kib(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .context("no Pss in smaps_rollup")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("Pss value")?
+        .parse()?)
 }
 
 /// Each process's CPU time so far (user + system), in seconds.
@@ -1327,6 +1346,18 @@ fn summary(results: &[Value]) -> Vec<Value> {
                     median_u64(&r["ours"]["rss_kib"]).map(|k| (k / 1024.0 * 10.0).round() / 10.0),
                     median_u64(&r["bird"]["rss_kib"]).map(|k| (k / 1024.0 * 10.0).round() / 10.0),
                     (label == "memory").then_some(10.0),
+                );
+                let pss = |who: &str| {
+                    median_u64(&r[who]["rss_parts"]["pss_kib"])
+                        .map(|k| (k / 1024.0 * 10.0).round() / 10.0)
+                };
+                row(
+                    &mut rows,
+                    "  PSS (pages shared by the nodes' processes split), median",
+                    "MiB",
+                    pss("ours"),
+                    pss("bird"),
+                    None,
                 );
             }
             Some("scale") => {
