@@ -297,11 +297,16 @@ fn rss_kib(pid: u32) -> Result<u64> {
 
 /// One `kB` field of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`, ...).
 fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    proc_kib(pid, "status", field)
+}
+
+/// One `kB` field (`Name:   123 kB`) of `/proc/<pid>/<file>`.
+fn proc_kib(pid: u32, file: &str, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
     let line = text
         .lines()
         .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-        .with_context(|| format!("no {field}"))?;
+        .with_context(|| format!("no {field} in /proc/{pid}/{file}"))?;
     Ok(line
         .split_whitespace()
         .nth(1)
@@ -316,22 +321,11 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
 fn rss_parts(pids: &[u32]) -> Result<Value> {
     let part =
         |field: &str| -> Result<Vec<u64>> { pids.iter().map(|p| status_kib(*p, field)).collect() };
-    let pss: Vec<u64> = pids.iter().map(|p| pss_kib(*p)).collect::<Result<_>>()?;
+    let pss: Vec<u64> = pids
+        .iter()
+        .map(|p| proc_kib(*p, "smaps_rollup", "Pss"))
+        .collect::<Result<_>>()?;
     Ok(json!({"anon_kib": part("RssAnon")?, "file_kib": part("RssFile")?, "pss_kib": pss}))
-}
-
-/// The `Pss` of `/proc/<pid>/smaps_rollup`, in KiB.
-fn pss_kib(pid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("Pss:"))
-        .context("no Pss in smaps_rollup")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("Pss value")?
-        .parse()?)
 }
 
 /// Each process's CPU time so far (user + system), in seconds.
