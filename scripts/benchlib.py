@@ -288,11 +288,33 @@ class Agent:
         return subprocess.run([self.binary, "health", "--live"], env=self.env,
                               capture_output=True).returncode == 0
 
+    def pids(self):
+        """The agent and its children (calico-bgpd under the BGP backend): what the node
+        pays for it."""
+        pids = [self.proc.pid]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                pids.append(int(entry))
+        return pids
+
     def cpu_ms(self):
-        """User + system CPU time so far, ms."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far of the agent and its children, ms."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total * 1000.0 / os.sysconf("SC_CLK_TCK")
 
     def wait_quiet(self, still=2.0, bound=60.0):
         """Waits until the agent's CPU time has not moved for `still` seconds (its deferred
@@ -305,11 +327,17 @@ class Agent:
                 return
 
     def rss_kb(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        """Resident size of the agent and its children, kB."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                continue
+        return total
 
     def close(self):
         stop(self.proc)

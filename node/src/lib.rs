@@ -9,12 +9,15 @@
 //!   socket (`calico-agent-protocol`): etcd on the node's one connection, deferred kernel
 //!   work, metrics;
 //! - [`health`]: the liveness and readiness probes, answered by the daemon;
+//! - [`bgpd`]: `calico-bgpd`, the routing process `run` starts under the BGP backend (the
+//!   speaker, its RIB and the kernel's learned routes and blackholes: Calico's BIRD);
 //! - [`logging`]: stderr, at `CALICO_LOG_LEVEL` / `LOG_LEVEL`.
 //!
 //! It sits above the library crates (datastore, ipam, selector, dataplane, netfilter) and below only
 //! its own thin `main`. It must not import the plugins' crates: they talk to it over its
 //! socket, never by linking it.
 
+pub mod bgpd;
 pub mod config;
 pub mod health;
 pub mod logging;

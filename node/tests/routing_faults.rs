@@ -465,11 +465,18 @@ fn agent_restart_keeps_routes_and_traffic(kill: bool) {
     // Pings 0.2 s apart from node-2's pod to node-1's, from before the stop until node-1
     // has synced again.
     let mut ping = PingLoop::start(&pods[1], &pods[0]);
+    let bgpd = agents[0].bgpd_pid();
+    assert!(bgpd.is_some(), "no calico-bgpd under node-1's calico-node");
     if kill {
         agents[0].kill().unwrap();
     } else {
         agents[0].stop().unwrap();
     }
+    // Its routing process goes with it: stopped by it, or ending when its pipe closes.
+    let ok = eventually(Duration::from_secs(5), || {
+        bgpd.is_some_and(testkit::agent::process_gone)
+    });
+    assert!(ok, "calico-bgpd outlived calico-node ({tag})");
     // The others saw the sessions go...
     for a in &agents[1..] {
         let ok = eventually(Duration::from_secs(5), || established(a) == 1.0);
@@ -553,6 +560,49 @@ fn an_agent_stopped_with_sigterm_keeps_routes_and_traffic_through_its_restart() 
 fn an_agent_killed_with_sigkill_keeps_routes_and_traffic_through_its_restart() {
     require!(root; "etcd", "go", "ip", "busybox");
     agent_restart_keeps_routes_and_traffic(true);
+}
+
+/// calico-bgpd (the routing process calico-node runs, as Calico's BIRD beside confd) killed
+/// on node-1: the kernel keeps its learned routes and blackholes, the peers keep node-1's
+/// routes (graceful restart), calico-node starts a new calico-bgpd, which comes back as a
+/// restarting speaker and re-establishes both sessions; traffic continues throughout.
+#[test]
+fn a_killed_calico_bgpd_is_started_again_and_routes_and_traffic_stay() {
+    require!(root; "etcd", "go", "ip", "busybox");
+    let (c, agents) = cluster(3, &[("CALICO_IPV4POOL_CIDR", POOL)], |_| {});
+    let pods = mesh_with_pods(&c, &agents, "bgk");
+    assert!(pings(&pods[1], &pods[0]));
+    let old = agents[0]
+        .bgpd_pid()
+        .expect("no calico-bgpd under node-1's calico-node");
+    let mut ping = PingLoop::start(&pods[1], &pods[0]);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(old).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let ok = eventually(Duration::from_secs(10), || {
+        agents[0].bgpd_pid().is_some_and(|p| p != old)
+    });
+    assert!(ok, "calico-bgpd not started again: {}", agents[0].log());
+    wait_established(&agents[0], 2.0);
+    for (j, p) in pods.iter().enumerate() {
+        for i in (0..3).filter(|i| *i != j) {
+            assert!(
+                has_route(&c, i, p.block, c.node(j).underlay_ip()),
+                "node-{} lost node-{}'s block: {:?}",
+                i + 1,
+                j + 1,
+                routes(&c, i)
+            );
+        }
+    }
+    assert!(has_blackhole(&c, 0, pods[0].block), "{:?}", routes(&c, 0));
+    assert!(ping.running(), "the ping loop ended early");
+    let (sent, lost, out) = ping.stop();
+    assert!(
+        lost <= 5,
+        "{lost} of {sent} pings (0.2 s apart) lost through calico-bgpd's restart:\n{out}"
+    );
+    let log = agents[0].log();
+    assert!(log.contains("calico-bgpd stopped"), "{log}");
 }
 
 // ---- 3. etcd unreachable ----

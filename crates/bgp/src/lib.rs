@@ -52,7 +52,7 @@ use ipnet::IpNet;
 pub use speaker::Speaker;
 
 /// The speaker's own settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpeakerConfig {
     pub router_id: Ipv4Addr,
     pub local_as: u32,
@@ -69,7 +69,7 @@ pub struct SpeakerConfig {
 }
 
 /// How the next hop of routes sent to a peer is chosen (Calico's `nextHopMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum NextHopMode {
     /// eBGP: our address; iBGP: learned routes keep theirs (BIRD's default).
     #[default]
@@ -81,7 +81,7 @@ pub enum NextHopMode {
 }
 
 /// One peer (one `protocol bgp` of Calico's bird.cfg).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerConfig {
     /// Calico's protocol name, e.g. `Mesh_10_0_0_2`.
     pub name: String,
@@ -142,7 +142,7 @@ impl PeerConfig {
 }
 
 /// A route we originate; its next hop is our session address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Route {
     pub prefix: IpNet,
     pub communities: Vec<u32>,
@@ -161,7 +161,7 @@ impl Route {
 
 /// Which LEARNED routes may be passed on (reflection, eBGP). Originated routes always go
 /// out. A route passes when it lies inside an `accept` prefix and inside no `reject` prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ExportFilter {
     pub accept: Vec<IpNet>,
     pub reject: Vec<IpNet>,
@@ -229,7 +229,7 @@ pub enum RibEvent {
 }
 
 /// The RFC 4271 session states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum SessionState {
     Idle,
     Connect,
@@ -246,7 +246,7 @@ impl std::fmt::Display for SessionState {
 }
 
 /// One peer's state, for `calicoctl node status` and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
     pub name: String,
     pub address: IpAddr,

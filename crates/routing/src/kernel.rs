@@ -43,73 +43,128 @@ pub fn kernel_routes(
     learned: &BTreeMap<IpNet, NextHops>,
     local_subnets: &[IpNet],
 ) -> Vec<KernelRoute> {
-    let ix = Indexed::new(view);
-    let me = ix.nodes.get(node);
-    let mut local: Vec<IpNet> = local_subnets.to_vec();
-    if let Some(me) = me {
-        local.extend(me.ipv4.map(|a| a.network));
-        local.extend(me.ipv6.map(|a| a.network));
-    }
-    // Looked up once per learned prefix: a set, not a scan (10,000 blocks per node).
-    let own_blocks: std::collections::HashSet<IpNet> = ix
-        .blocks_of(node)
-        .into_iter()
-        .filter(|b| !b_is_single(b))
-        .collect();
-    let reject = service_reject_cidrs(&ix, opts);
-    let felix_owns_cluster_routes =
-        ix.global.and_then(|g| g.program_cluster_routes.as_deref()) == Some("Disabled");
+    ImportRules::new(view, node, opts, local_subnets).routes(learned)
+}
 
-    let mut out = Vec::new();
-    for (dst, hops) in learned {
-        let dst = dst.trunc();
-        // Kept shared when already sorted without duplicates (as the speaker gives them).
-        let next_hops = if hops.windows(2).all(|w| w[0] < w[1]) {
-            hops.clone()
-        } else {
-            let mut v = hops.to_vec();
-            v.sort();
-            v.dedup();
-            NextHops::from(v)
-        };
-        if next_hops.is_empty()
-            || reject.iter().any(|r| r.contains(&dst))
-            || own_blocks.contains(&dst)
-        {
-            continue;
+/// Calico's import filter reduced to what it needs of the datastore, so that the process
+/// holding the learned routes (`calico-bgpd`) can apply it without the datastore: made by
+/// calico-node from its view, sent whenever it changes, applied to every batch of learned
+/// routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportRules {
+    /// Subnets counted as local for `CrossSubnet`.
+    pub local: Vec<IpNet>,
+    /// This node's blocks other than single addresses, sorted: their blackholes win.
+    pub own_blocks: Vec<IpNet>,
+    /// Service ranges (`/rejectcidrs`).
+    pub reject: Vec<IpNet>,
+    /// `programClusterRoutes: Disabled`: Felix owns every route inside a pool.
+    pub felix_owns_cluster_routes: bool,
+    /// The pools in the view's order (the first containing a prefix decides).
+    pub pools: Vec<ImportPool>,
+}
+
+/// One pool as the import filter sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportPool {
+    pub cidr: IpNet,
+    pub ipip: Encap,
+    pub vxlan: bool,
+}
+
+impl ImportRules {
+    /// The rules for `node` in `view` (see [`kernel_routes`]).
+    pub fn new(
+        view: &ClusterView,
+        node: &str,
+        opts: &PlanOptions,
+        local_subnets: &[IpNet],
+    ) -> ImportRules {
+        let ix = Indexed::new(view);
+        let mut local: Vec<IpNet> = local_subnets.to_vec();
+        if let Some(me) = ix.nodes.get(node) {
+            local.extend(me.ipv4.map(|a| a.network));
+            local.extend(me.ipv6.map(|a| a.network));
         }
-        let plain = KernelRoute {
-            dst,
-            next_hops: next_hops.clone(),
-            device: None,
-            onlink: false,
-        };
-        let Some(pool) = ix.pool_of(&dst) else {
-            out.push(plain);
-            continue;
-        };
-        if pool.vxlan.is_on() || felix_owns_cluster_routes {
-            continue;
-        }
-        let tunnel = match pool.ipip {
-            _ if dst.addr().is_ipv6() => false,
-            Encap::Always => true,
-            // BIRD tests `bgp_next_hop`, the first next hop.
-            Encap::CrossSubnet => !local.iter().any(|s| s.contains(&next_hops[0])),
-            Encap::Never => false,
-        };
-        if tunnel {
-            out.push(KernelRoute {
-                dst,
-                next_hops,
-                device: Some(IPIP_DEVICE),
-                onlink: true,
-            });
-        } else {
-            out.push(plain);
+        let mut own_blocks: Vec<IpNet> = ix
+            .blocks_of(node)
+            .into_iter()
+            .filter(|b| !b_is_single(b))
+            .collect();
+        own_blocks.sort();
+        own_blocks.dedup();
+        ImportRules {
+            local,
+            own_blocks,
+            reject: service_reject_cidrs(&ix, opts),
+            felix_owns_cluster_routes: ix.global.and_then(|g| g.program_cluster_routes.as_deref())
+                == Some("Disabled"),
+            pools: ix
+                .pools
+                .iter()
+                .map(|p| ImportPool {
+                    cidr: p.cidr,
+                    ipip: p.ipip,
+                    vxlan: p.vxlan.is_on(),
+                })
+                .collect(),
         }
     }
-    out
+
+    /// The kernel routes for `learned` (prefix → best next hops from BGP).
+    pub fn routes(&self, learned: &BTreeMap<IpNet, NextHops>) -> Vec<KernelRoute> {
+        let mut out = Vec::new();
+        for (dst, hops) in learned {
+            let dst = dst.trunc();
+            // Kept shared when already sorted without duplicates (as the speaker gives them).
+            let next_hops = if hops.windows(2).all(|w| w[0] < w[1]) {
+                hops.clone()
+            } else {
+                let mut v = hops.to_vec();
+                v.sort();
+                v.dedup();
+                NextHops::from(v)
+            };
+            if next_hops.is_empty()
+                || self.reject.iter().any(|r| r.contains(&dst))
+                // Looked up once per learned prefix: a search, not a scan (10,000 blocks).
+                || self.own_blocks.binary_search(&dst).is_ok()
+            {
+                continue;
+            }
+            let plain = KernelRoute {
+                dst,
+                next_hops: next_hops.clone(),
+                device: None,
+                onlink: false,
+            };
+            let Some(pool) = self.pools.iter().find(|p| p.cidr.contains(&dst)) else {
+                out.push(plain);
+                continue;
+            };
+            if pool.vxlan || self.felix_owns_cluster_routes {
+                continue;
+            }
+            let tunnel = match pool.ipip {
+                _ if dst.addr().is_ipv6() => false,
+                Encap::Always => true,
+                // BIRD tests `bgp_next_hop`, the first next hop.
+                Encap::CrossSubnet => !self.local.iter().any(|s| s.contains(&next_hops[0])),
+                Encap::Never => false,
+            };
+            if tunnel {
+                out.push(KernelRoute {
+                    dst,
+                    next_hops,
+                    device: Some(IPIP_DEVICE),
+                    onlink: true,
+                });
+            } else {
+                out.push(plain);
+            }
+        }
+        out
+    }
 }
 
 fn b_is_single(b: &IpNet) -> bool {
@@ -227,6 +282,43 @@ mod tests {
         .map(crate::render::render_route)
         .collect();
         assert_eq!(shown, ["192.168.2.0/26 via 10.0.9.2 dev tunl0 onlink"]);
+    }
+
+    /// The rules travel to calico-bgpd as JSON: what arrives decides exactly as the
+    /// original (own blocks, service ranges, CrossSubnet's local subnets, pool order).
+    #[test]
+    fn import_rules_survive_the_trip_to_calico_bgpd() {
+        let mut v = view(json!({"serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]}));
+        v.affinities
+            .push(("a".into(), "192.168.7.0/26".parse().unwrap()));
+        let rules = ImportRules::new(
+            &v,
+            "a",
+            &PlanOptions::default(),
+            &["10.0.9.0/24".parse().unwrap()],
+        );
+        let text = serde_json::to_string(&rules).unwrap();
+        let back: ImportRules = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, rules);
+        let l = learned(&[
+            ("192.168.1.0/26", &["10.0.0.2"]),
+            ("192.168.2.0/26", &["10.0.8.2"]),
+            ("192.168.7.0/26", &["10.0.0.2"]),
+            ("10.96.0.0/12", &["10.0.0.2"]),
+        ]);
+        assert_eq!(back.routes(&l), rules.routes(&l));
+        let shown: Vec<String> = back
+            .routes(&l)
+            .iter()
+            .map(crate::render::render_route)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "192.168.1.0/26 via 10.0.0.2",
+                "192.168.2.0/26 via 10.0.8.2 dev tunl0 onlink",
+            ]
+        );
     }
 
     /// Mirrors processIPPool with `programClusterRoutes: Disabled`: Felix owns pool routes.

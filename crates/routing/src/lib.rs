@@ -77,8 +77,8 @@ pub use bgp::{
     NextHopMode, OriginSource, OriginatedRoute, PeerKind, PeerPlan, bgp_plan, hash_router_id,
     is_passive, peer_kind_from_name, peer_name,
 };
-pub use kernel::{KernelRoute, NextHops, kernel_routes};
-pub use view::{ClusterView, PlanOptions};
+pub use kernel::{ImportPool, ImportRules, KernelRoute, NextHops, kernel_routes};
+pub use view::{ClusterView, Encap, PlanOptions};
 pub use vxlan::{
     LocalVtep, RemoteVtep, VXLAN_DEVICE, VXLAN_DEVICE_V6, VxlanPlan, vtep_mac_for_node, vxlan_plan,
     vxlan_plan_v6,

@@ -33,7 +33,9 @@ pub struct PlanOptions {
 
 /// Encapsulation mode of a pool (`ipipMode`/`vxlanMode`), as libcalico-go's `encap.Mode`:
 /// anything but `Always`/`CrossSubnet` is `Never`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Encap {
     Never,
     Always,

@@ -91,6 +91,12 @@ impl Agent {
         self.daemon.pid()
     }
 
+    /// The pid of the agent's `calico-bgpd` (its routing process under the BGP backend),
+    /// if one runs now.
+    pub fn bgpd_pid(&self) -> Option<u32> {
+        child_named(self.pid(), "calico-bgpd")
+    }
+
     /// The socket, host side.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -150,6 +156,37 @@ pub fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// A live (not zombie) child of `parent` whose command name is `name`, from `/proc/*/stat`.
+pub fn child_named(parent: u32, name: &str) -> Option<u32> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                return false;
+            };
+            let comm = &stat[open + 1..close];
+            let mut rest = stat[close + 1..].split_whitespace();
+            let state = rest.next();
+            let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
+            comm == name && ppid == Some(parent) && state != Some("Z")
+        })
+}
+
+/// Whether process `pid` is gone (or a zombie: exited, not yet reaped).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|c| stat[c + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
 }
 
 #[cfg(test)]

@@ -321,7 +321,7 @@ async fn handle(shared: &Shared, request: Request, mut fds: Vec<OwnedFd>) -> (Re
         }
         Request::Health(_) => (Reply::Rejected("unreachable".into()), "rejected"),
         Request::BgpStatus => (
-            Reply::BgpStatus(super::routing::status::report(&shared.routing).await),
+            Reply::BgpStatus(super::routing::status::report(&shared.routing)),
             "ok",
         ),
     }

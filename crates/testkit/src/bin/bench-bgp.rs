@@ -13,13 +13,14 @@
 //!   with 1000 more static routes, a BIRD route reflector.
 //! - `cold`: every node's affinities written before any agent starts, all agents started at
 //!   once, until every kernel has every other node's blocks (with each process's CPU time
-//!   then); then `memory`: each agent's resident size with those routes 0.5 s later (the
-//!   issue's figure), and again 12 s later (what an idle process keeps, after
-//!   the agent's 10 s resync and recheck); beside it each process's PSS (the four nodes'
-//!   processes run one binary here, so its pages count a quarter in each; a real node
-//!   runs one).
+//!   then, ours calico-node and its calico-bgpd together); then `memory`: the resident size
+//!   of the process holding those routes 0.5 s later (ours calico-bgpd, BIRD's counterpart:
+//!   the figure; calico-node's beside it), and again 12 s later (what an idle
+//!   process keeps, after the agent's 10 s resync and recheck); beside it each process's
+//!   PSS (the four nodes' processes run one binary here, so its pages count a quarter in
+//!   each; a real node runs one).
 //! - `scale`: a full mesh of many agents, one block each, until every kernel has every block;
-//!   then the agents' CPU time over an idle period.
+//!   then each node's CPU time over an idle period (ours: calico-node and calico-bgpd).
 //!
 //! What each side runs: ours always `calico-node startup` + `calico-node run` with Calico's
 //! timers (connect delay 2 s, retry 5 s; `--connect-retry` shortens the retry on both
@@ -326,6 +327,23 @@ fn rss_parts(pids: &[u32]) -> Result<Value> {
         .map(|p| proc_kib(*p, "smaps_rollup", "Pss"))
         .collect::<Result<_>>()?;
     Ok(json!({"anon_kib": part("RssAnon")?, "file_kib": part("RssFile")?, "pss_kib": pss}))
+}
+
+/// Each agent's calico-bgpd (its routing process under the BGP backend).
+fn bgpd_pids(agents: &[Agent]) -> Result<Vec<u32>> {
+    agents
+        .iter()
+        .map(|a| {
+            a.bgpd_pid()
+                .with_context(|| format!("no calico-bgpd under calico-node {}", a.pid()))
+        })
+        .collect()
+}
+
+/// Per node, the sum of its two processes' figures: `v` lists the `n` agents, then their
+/// `n` calico-bgpd in the same order.
+fn per_node(v: &[f64], n: usize) -> Vec<f64> {
+    (0..n).map(|i| v[i] + v[n + i]).collect()
 }
 
 /// Each process's CPU time so far (user + system), in seconds.
@@ -1037,16 +1055,25 @@ fn cold(args: &Args, n: usize, per: usize, label: &str) -> Result<Value> {
                 keep_logs(label, &agents);
                 e.context(format!("established per agent: {:?}", established(&agents)))
             })?;
-        let cpu = cpu_seconds(&pids)?;
+        // The routing process (calico-bgpd, BIRD's counterpart) is the figure;
+        // calico-node beside it is reported too, and CPU is both processes' per node.
+        let bgpd = bgpd_pids(&agents)?;
+        let both: Vec<u32> = pids.iter().chain(&bgpd).copied().collect();
+        let cpu_each = cpu_seconds(&both)?;
+        let cpu = per_node(&cpu_each, n);
         std::thread::sleep(Duration::from_millis(500));
-        let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
-        let parts = rss_parts(&pids)?;
-        let later = rss_later(&pids)?;
+        let rss: Vec<u64> = bgpd.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+        let agent_rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+        let parts = rss_parts(&bgpd)?;
+        let agent_parts = rss_parts(&pids)?;
+        let later = rss_later(&bgpd)?;
         keep_logs(label, &agents);
         json!({"all_kernels_full_s": secs(times.iter().max().copied().unwrap_or_default()),
                "first_kernel_full_s": secs(times.iter().min().copied().unwrap_or_default()),
                "all_started_s": secs(started), "rss_kib": rss, "rss_parts": parts,
+               "calico_node_rss_kib": agent_rss, "calico_node_rss_parts": agent_parts,
                "rss_later": later, "cpu_s_at_full": cpu,
+               "cpu_s_at_full_parts": {"calico_node": &cpu_each[..n], "calico_bgpd": &cpu_each[n..]},
                "kernel_full_s": times.iter().map(|t| secs(*t)).collect::<Vec<_>>()})
     };
     let bird = {
@@ -1191,11 +1218,17 @@ fn scale(args: &Args) -> Result<Value> {
             e.context(format!("established per agent: {:?}", established(&agents)))
         })?;
         keep_logs("scale", &agents);
-        let cpu = idle_cpu(&pids, idle)?;
-        let rss: Vec<f64> = pids
-            .iter()
-            .map(|p| rss_kib(*p).map(|r| r as f64))
-            .collect::<Result<_>>()?;
+        // Per node: calico-node and its calico-bgpd together.
+        let bgpd = bgpd_pids(&agents)?;
+        let both: Vec<u32> = pids.iter().chain(&bgpd).copied().collect();
+        let cpu = per_node(&idle_cpu(&both, idle)?, n);
+        let rss: Vec<f64> = per_node(
+            &both
+                .iter()
+                .map(|p| rss_kib(*p).map(|r| r as f64))
+                .collect::<Result<Vec<f64>>>()?,
+            n,
+        );
         Ok(json!({"converged_after_last_start_s": secs(times.iter().max().copied().unwrap_or_default()),
                "start_span_s": secs(t_last - t_first),
                "idle_cpu_percent": {"mean": cpu.iter().sum::<f64>() / cpu.len() as f64,
@@ -1335,11 +1368,20 @@ fn summary(results: &[Value]) -> Vec<Value> {
                 let routes = num(r, &["routes_per_kernel"]).unwrap_or(0.0);
                 row(
                     &mut rows,
-                    &format!("RSS with {routes} learned routes (median)"),
+                    &format!("RSS with {routes} learned routes (median; ours: calico-bgpd)"),
                     "MiB",
                     median_u64(&r["ours"]["rss_kib"]).map(|k| (k / 1024.0 * 10.0).round() / 10.0),
                     median_u64(&r["bird"]["rss_kib"]).map(|k| (k / 1024.0 * 10.0).round() / 10.0),
                     (label == "memory").then_some(10.0),
+                );
+                row(
+                    &mut rows,
+                    "  calico-node beside calico-bgpd (median; BIRD's confd not run)",
+                    "MiB",
+                    median_u64(&r["ours"]["calico_node_rss_kib"])
+                        .map(|k| (k / 1024.0 * 10.0).round() / 10.0),
+                    None,
+                    None,
                 );
                 let pss = |who: &str| {
                     median_u64(&r[who]["rss_parts"]["pss_kib"])

@@ -1,37 +1,40 @@
-//! Route distribution, Calico's BIRD + confd (BGP) and Felix's VXLAN manager in one task of
-//! `calico-node run`, chosen by `CALICO_NETWORKING_BACKEND` as in Calico: `bird` (or `bgp`):
-//! the BGP speaker ([`calico_bgp`]) plus VXLAN routes for VXLAN pools; `vxlan`: VXLAN routes
-//! from the datastore only; `none`: nothing.
+//! Route distribution, Calico's BIRD + confd (BGP) and Felix's VXLAN manager, chosen by
+//! `CALICO_NETWORKING_BACKEND` as in Calico: `bird` (or `bgp`): the BGP speaker plus VXLAN
+//! routes for VXLAN pools; `vxlan`: VXLAN routes from the datastore only; `none`: nothing.
 //!
-//! The loop: the datastore is listed and watched ([`calico_datastore::watch`]) into a
-//! [`cache::Cache`]; after every batch of changes (datastore or BGP) the plan is computed
-//! again ([`calico_routing`]: peers, originated blocks, blackholes, kernel routes, VXLAN
-//! VTEPs), the speaker is told the differences, and the kernel thread ([`kernel`]) converges
-//! on the new state. While only learned routes change (a start-up's burst of UPDATEs) the
-//! last plan is reused and only the kernel's learned routes are computed again; the learned
-//! routes are read in place from the speaker's table ([`calico_bgp::LearnedRoutes`]). Only this node's block affinities are read unless a VXLAN pool (or the
-//! VXLAN backend) needs every node's, as Calico's BGP syncer reads them. Nothing is written
-//! to the kernel before the first full snapshot; learned routes go in as they come, and a restarted agent keeps the routes of its previous run
-//! until its peers' End-of-RIB (graceful restart), then sweeps the stale ones.
+//! The split is Calico's: this task is confd and Felix's route managers, and under BGP it
+//! runs `calico-bgpd` beside itself as Calico runs BIRD ([`crate::bgpd`]: the speaker, its
+//! RIB, the learned routes and the blackholes in the kernel). The loop: the datastore is
+//! listed and watched ([`calico_datastore::watch`]) into a [`cache::Cache`]; after every
+//! batch of changes the plan is computed again ([`calico_routing`]: peers, originated
+//! blocks, blackholes, the import filter, VXLAN VTEPs); calico-bgpd is told what changed
+//! (a line per kind, sent only when it differs from the last), and this process's kernel
+//! thread ([`kernel`]) converges on the VXLAN state. A start-up's burst of UPDATEs stays in
+//! calico-bgpd: this task hears only counts, the sync and the sessions' states. Only this
+//! node's block affinities are read unless a VXLAN pool (or the VXLAN backend) needs every
+//! node's, as Calico's BGP syncer reads them. Nothing is written to the kernel before the
+//! first full snapshot.
 //!
-//! On SIGTERM the speaker closes its sessions without a Cease, so peers with graceful
-//! restart keep our routes, and our kernel routes stay for the next run.
+//! On SIGTERM calico-bgpd's stdin is closed: it closes its sessions without a Cease, so
+//! peers with graceful restart keep our routes, and our kernel routes stay for the next run
+//! (which starts as a restarting speaker and sweeps what its peers no longer send).
 
 pub mod cache;
 pub mod kernel;
 pub mod status;
 
+use crate::bgpd::{self, protocol::FromBgpd, protocol::ToBgpd};
 use crate::config::{ConfigError, Env};
 use anyhow::Context as _;
 use cache::{AffinityScope, Cache};
-use calico_bgp::{ExportFilter, NextHopMode, PeerConfig, RibEvent, Route, Speaker, SpeakerConfig};
+use calico_bgp::{ExportFilter, NextHopMode, PeerConfig, Route, SpeakerConfig};
 use calico_dataplane::vxlan::{DEFAULT_PORT, DEFAULT_VNI, VXLAN_DEVICE, VxlanDevice};
 use calico_datastore::EtcdClient;
 use calico_routing::{BgpPlan, ClusterView, PlanOptions, SecretSource};
 use ipnet::IpNet;
 use kernel::{Desired, Programmer, VxlanDesired, parse_mac};
 use status::RoutingState;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,13 +58,9 @@ const REFUSED_RETRY: Duration = Duration::from_millis(200);
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
 /// How long events are gathered before the plan is computed again.
 const SETTLE: Duration = Duration::from_millis(2);
-/// The longest pause after a long computation (see the loop).
-const MAX_SETTLE: Duration = Duration::from_millis(100);
 /// How often everything is computed and converged again without a change (a failed speaker
 /// start, a route someone removed by hand).
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
-/// How often the sessions' states are brought into the metrics.
-const PEER_METRICS_EVERY: Duration = Duration::from_secs(1);
 /// The VXLAN device's MTU when no MTU file says otherwise (1500 less VXLAN's 50).
 const DEFAULT_VXLAN_MTU: u32 = 1450;
 
@@ -217,11 +216,129 @@ struct SpeakerKey {
     cluster_id: Option<Ipv4Addr>,
 }
 
+/// The running calico-bgpd: the child, the pipe to it, what it says.
 struct Bgp {
-    speaker: Arc<Speaker>,
-    events: mpsc::UnboundedReceiver<RibEvent>,
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    events: mpsc::UnboundedReceiver<FromBgpd>,
     key: SpeakerKey,
+    /// Fingerprints of the last lines of each kind sent (see [`Slot`]): a line equal to the
+    /// last one is not sent again.
+    sent: [Option<u64>; 4],
 }
+
+/// The kinds of line sent after the identity, each remembered by its fingerprint.
+#[derive(Clone, Copy)]
+enum Slot {
+    Peers = 0,
+    Filter = 1,
+    Local = 2,
+    Kernel = 3,
+}
+
+/// Where calico-bgpd is: `CALICO_BGPD_BINARY`, else beside calico-node's own binary (both
+/// are installed together), else on `PATH`.
+fn bgpd_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CALICO_BGPD_BINARY").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    match std::env::current_exe() {
+        Ok(me) => match me.parent().map(|d| d.join(BGPD)) {
+            Some(sibling) if sibling.is_file() => sibling,
+            _ => PathBuf::from(BGPD),
+        },
+        Err(_) => PathBuf::from(BGPD),
+    }
+}
+
+const BGPD: &str = "calico-bgpd";
+
+impl Bgp {
+    /// Starts calico-bgpd with `cfg` as its identity.
+    async fn spawn(cfg: &SpeakerConfig, key: SpeakerKey) -> anyhow::Result<Bgp> {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let binary = bgpd_binary();
+        let mut child = tokio::process::Command::new(&binary)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            anyhow::bail!("{}: no pipes", binary.display());
+        };
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match bgpd::protocol::decode::<FromBgpd>(&line) {
+                    Ok(msg) => {
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("calico-bgpd said something unreadable ({e}): {line:.200}");
+                        return;
+                    }
+                }
+            }
+        });
+        stdin
+            .write_all(&bgpd::protocol::encode(&ToBgpd::Start(cfg.clone())))
+            .await
+            .context("calico-bgpd's stdin")?;
+        Ok(Bgp {
+            child,
+            stdin,
+            events,
+            key,
+            sent: [None; 4],
+        })
+    }
+
+    /// Sends `msg` unless it equals the last line of its kind. A child that has gone is
+    /// noticed by its closed stdout.
+    async fn send(&mut self, slot: Slot, msg: &ToBgpd) {
+        use std::hash::{Hash as _, Hasher as _};
+        use tokio::io::AsyncWriteExt as _;
+        let line = bgpd::protocol::encode(msg);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        line.hash(&mut h);
+        let print = h.finish();
+        if self.sent[slot as usize] == Some(print) {
+            return;
+        }
+        match self.stdin.write_all(&line).await {
+            Ok(()) => self.sent[slot as usize] = Some(print),
+            Err(e) => log::debug!("calico-bgpd's stdin: {e}"),
+        }
+    }
+
+    /// Closes its stdin (it closes its sessions for graceful restart and keeps the kernel's
+    /// routes) and waits for it to exit, for a bound.
+    async fn stop(self) {
+        let Bgp {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        match tokio::time::timeout(BGPD_STOP, child.wait()).await {
+            Ok(Ok(status)) if !status.success() => log::warn!("calico-bgpd exited: {status}"),
+            Ok(_) => {}
+            Err(_) => {
+                log::warn!("calico-bgpd did not stop within {BGPD_STOP:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// How long calico-bgpd gets to close its sessions and exit.
+const BGPD_STOP: Duration = Duration::from_secs(5);
+/// After calico-bgpd exited unasked, the first wait before it is started again; doubled
+/// after each exit that came before it was up, up to [`RESYNC_EVERY`].
+const RESPAWN_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs route distribution until `stop` turns true.
 pub async fn run(
@@ -245,11 +362,6 @@ pub async fn run(
             ipip.reason
         )
     });
-    // Learned routes of a previous run still in the kernel: we are restarting (RFC 4724).
-    let restarting = calico_dataplane::routes::RouteTable::host()
-        .and_then(|t| t.list(calico_dataplane::routes::PROTO_BGP))
-        .map(|r| !r.is_empty())
-        .unwrap_or(false);
     let (tx, mut rx) = mpsc::unbounded_channel();
     // BGP alone needs only this node's affinities; a VXLAN pool (seen in the first
     // snapshot, or later) widens the watch to every node's.
@@ -258,7 +370,11 @@ pub async fn run(
         _ => AffinityScope::Own,
     };
     let syncer = spawn_syncer(&etcd, cache::prefixes(&node, scope), &tx);
-    let programmer = Programmer::start(state.clone()).context("starting the routes thread")?;
+    let kernel_state = state.clone();
+    let programmer = Programmer::start(Box::new(move |outcome, took| {
+        kernel_state.kernel_result(outcome, took);
+    }))
+    .context("starting the routes thread")?;
     let mut r = Routing {
         node,
         syncer,
@@ -268,10 +384,11 @@ pub async fn run(
         settings,
         state: state.clone(),
         cache: Cache::new(),
-        planned: None,
         bgp: None,
         bgp_synced: false,
-        restarting,
+        learned: 0,
+        respawn_at: None,
+        respawn_delay: RESPAWN_AFTER,
         ipip_unavailable,
         programmer,
         secrets: FileSecrets {
@@ -279,26 +396,16 @@ pub async fn run(
         },
     };
     r.secrets.dir = r.settings.secrets_dir.clone();
-    let mut peer_metrics = tokio::time::interval(PEER_METRICS_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
-    let mut last_compute = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = peer_metrics.tick() => {
-                status::peer_metrics(&state).await;
-                continue;
+            // calico-bgpd is due to be started again.
+            _ = until(r.respawn_at) => {
+                r.respawn_at = None;
             }
-            // Learned routes have stopped coming: the plan kept for them goes.
-            _ = plan_expiry(&r.planned) => {
-                r.planned = None;
-                calico_malloc::release_free_memory();
-                continue;
-            }
-            // Now and then (and soon after a speaker could not start) everything is
-            // computed again, so nothing waits for an unrelated change to be retried.
-            _ = resync.tick() => {
-                r.planned = None;
-            }
+            // Now and then everything is computed and converged again, so nothing waits
+            // for an unrelated change to be retried.
+            _ = resync.tick() => {}
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     r.cache.apply(ev);
@@ -308,25 +415,22 @@ pub async fn run(
                 }
                 None => break,
             },
-            ev = next_rib(&mut r.bgp) => match ev {
+            ev = next_bgpd(&mut r.bgp) => match ev {
                 Some(ev) => {
-                    r.rib(ev);
+                    r.bgpd(ev);
                     while let Some(ev) = r.bgp.as_mut().and_then(|b| b.events.try_recv().ok()) {
-                        r.rib(ev);
+                        r.bgpd(ev);
                     }
+                    // Only calico-bgpd's news: nothing to compute.
+                    continue;
                 }
-                None => {
-                    log::warn!("BGP speaker stopped; starting it again");
-                    r.speaker_gone();
-                }
+                None => r.bgpd_gone().await,
             },
             _ = stop.changed() => break,
         }
-        // A short pause gathers what arrives together (a burst of UPDATEs, a transaction's
-        // keys) into one computation. After a long computation the pause is as long (up to
-        // a bound): the speaker's sessions share this thread, and a burst of 30,000 routes
-        // computed again after every UPDATE left them no time to read the rest.
-        let settle = tokio::time::sleep(SETTLE.max(last_compute.min(MAX_SETTLE)));
+        // A short pause gathers what arrives together (a transaction's keys) into one
+        // computation.
+        let settle = tokio::time::sleep(SETTLE);
         tokio::pin!(settle);
         loop {
             tokio::select! {
@@ -335,18 +439,9 @@ pub async fn run(
                     Some(ev) => r.cache.apply(ev),
                     None => break,
                 },
-                ev = next_rib(&mut r.bgp) => match ev {
-                    Some(ev) => r.rib(ev),
-                    None => {
-                        r.speaker_gone();
-                        break;
-                    }
-                },
             }
         }
-        let started = std::time::Instant::now();
         r.recompute().await;
-        last_compute = started.elapsed();
         if let Some(wanted) = r.rescope.take() {
             log::info!("route distribution: reading {wanted:?} block affinities");
             r.syncer.abort();
@@ -355,12 +450,8 @@ pub async fn run(
     }
     r.syncer.abort();
     if let Some(b) = r.bgp.take() {
-        state.set_speaker(None);
-        // Closed without a Cease: peers with graceful restart keep our routes.
-        match Arc::try_unwrap(b.speaker) {
-            Ok(s) => s.shutdown(true).await,
-            Err(shared) => drop(shared),
-        }
+        state.set_speaker_running(false);
+        b.stop().await;
     }
     r.programmer.stop();
     Ok(())
@@ -404,38 +495,19 @@ fn affinity_scope(backend: Backend, view: &ClusterView) -> AffinityScope {
     }
 }
 
-/// When the kept plan is dropped ([`KEEP_PLAN`] after its last use); never without one.
-async fn plan_expiry(planned: &Option<Planned>) {
-    match planned {
-        Some(p) => tokio::time::sleep_until((p.at + KEEP_PLAN).into()).await,
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-async fn next_rib(bgp: &mut Option<Bgp>) -> Option<RibEvent> {
+async fn next_bgpd(bgp: &mut Option<Bgp>) -> Option<FromBgpd> {
     match bgp {
         Some(b) => b.events.recv().await,
         None => std::future::pending().await,
     }
 }
-
-/// What the last full computation made of the datastore, kept while only the learned
-/// routes change (a start-up's burst of UPDATEs): each batch then computes only the kernel's
-/// learned routes, not the whole plan again (10,000 blocks planned, exported and compared
-/// per batch). Dropped [`KEEP_PLAN`] after its last use (no memory held while idle), on
-/// every resync, and whenever the datastore changes.
-struct Planned {
-    /// The cache's generation the plan was made at.
-    generation: u64,
-    view: ClusterView,
-    local_subnets: Vec<IpNet>,
-    /// Everything but the learned routes (`bgp` holds the peers' host routes).
-    desired: Desired,
-    at: std::time::Instant,
-}
-
-/// How long a plan is kept without use (a burst's batches come within the settle time).
-const KEEP_PLAN: Duration = Duration::from_millis(250);
 
 struct Routing {
     node: String,
@@ -451,88 +523,88 @@ struct Routing {
     settings: RoutingSettings,
     state: Arc<RoutingState>,
     cache: Cache,
-    /// The last plan, while learned routes keep coming (see [`Planned`]).
-    planned: Option<Planned>,
     bgp: Option<Bgp>,
     bgp_synced: bool,
-    restarting: bool,
+    /// calico-bgpd's last count of learned prefixes.
+    learned: usize,
+    /// Not before this is calico-bgpd started again (it exited unasked).
+    respawn_at: Option<tokio::time::Instant>,
+    respawn_delay: Duration,
     /// The ipip probe's reason when the kernel cannot make IPIP tunnels.
     ipip_unavailable: Option<String>,
-    programmer: Programmer,
+    programmer: Programmer<Desired>,
     secrets: FileSecrets,
 }
 
 impl Routing {
-    /// The speaker stopped (its task ended, or it is being replaced): what it learned is
-    /// kept in the kernel as stale until a new speaker has synced, as after a restart.
-    fn speaker_gone(&mut self) {
-        self.bgp = None;
-        self.planned = None;
-        self.state.set_speaker(None);
+    /// calico-bgpd exited unasked (its stdout closed). What it learned stays in the kernel
+    /// as stale until the next one has synced (it starts as a restarting speaker); it is
+    /// started again after a pause.
+    async fn bgpd_gone(&mut self) {
+        let Some(mut b) = self.bgp.take() else { return };
+        let status = tokio::time::timeout(BGPD_STOP, b.child.wait()).await;
+        let up = self.state.speaker_running();
+        log::warn!(
+            "calico-bgpd stopped ({}); starting it again in {:?}",
+            match status {
+                Ok(Ok(s)) => s.to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "its output closed".into(),
+            },
+            self.respawn_delay
+        );
+        drop(b);
+        self.respawn_at = Some(tokio::time::Instant::now() + self.respawn_delay);
+        self.respawn_delay = if up {
+            RESPAWN_AFTER
+        } else {
+            (self.respawn_delay * 2).min(RESYNC_EVERY)
+        };
+        self.state.set_speaker_running(false);
         self.bgp_synced = false;
         self.state.set_bgp_synced(false);
-        self.restarting = true;
     }
 
-    /// The speaker's table of learned routes (best next hops per prefix), read in place.
-    fn learned(&self) -> Option<calico_bgp::LearnedRoutes> {
-        self.bgp.as_ref().map(|b| b.speaker.learned())
-    }
-
-    /// A RIB event: the learned routes themselves are read from the speaker's table when the
-    /// kernel's routes are computed; here only the sync and the count.
-    fn rib(&mut self, ev: RibEvent) {
-        let learned = self.learned().map_or(0, |l| l.len());
-        if ev == RibEvent::Synced {
-            if !self.bgp_synced {
-                log::info!("BGP synced: {learned} learned prefixes");
+    /// What calico-bgpd said.
+    fn bgpd(&mut self, ev: FromBgpd) {
+        match ev {
+            FromBgpd::Started(Ok(())) => {
+                self.state.set_speaker_running(true);
+                self.respawn_delay = RESPAWN_AFTER;
             }
-            self.bgp_synced = true;
-            self.state.set_bgp_synced(true);
+            FromBgpd::Started(Err(e)) => {
+                self.state
+                    .set_plan_problem(Some(format!("BGP speaker: {e}")));
+            }
+            FromBgpd::Learned(n) => {
+                self.learned = n;
+                self.state
+                    .metrics()
+                    .bgp_routes_learned
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            FromBgpd::Synced => {
+                if !self.bgp_synced {
+                    log::info!("BGP synced: {} learned prefixes", self.learned);
+                }
+                self.bgp_synced = true;
+                self.state.set_bgp_synced(true);
+            }
+            FromBgpd::Peers(peers) => {
+                self.state.set_peers(peers);
+                status::peer_metrics(&self.state);
+            }
+            FromBgpd::Kernel { outcome, took } => self.state.bgp_kernel_result(
+                outcome,
+                took.and_then(|t| Duration::try_from_secs_f64(t).ok()),
+            ),
         }
-        self.state
-            .metrics()
-            .bgp_routes_learned
-            .set(i64::try_from(learned).unwrap_or(i64::MAX));
     }
 
     async fn recompute(&mut self) {
         if !self.cache.synced() {
             return;
         }
-        let learned = self.learned();
-        if let Some(p) = &mut self.planned
-            && p.generation == self.cache.generation()
-            && self.bgp.is_some()
-        {
-            // Only learned routes changed: the plan stands.
-            p.at = std::time::Instant::now();
-            let mut desired = p.desired.clone();
-            let routes = learned.map(|l| {
-                l.with(|learned| {
-                    calico_routing::kernel_routes(
-                        &p.view,
-                        &self.node,
-                        &self.settings.options,
-                        learned,
-                        &p.local_subnets,
-                    )
-                })
-            });
-            // In the full computation's order (learned, then the peers' host routes), so an
-            // equal state has an equal fingerprint.
-            desired.bgp = match (desired.bgp.take(), routes) {
-                (Some(peer_routes), Some(mut routes)) => {
-                    routes.extend(peer_routes);
-                    Some(routes)
-                }
-                (peer_routes, _) => peer_routes,
-            };
-            desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
-            self.programmer.set(desired);
-            return;
-        }
-        self.planned = None;
         if self.scope == AffinityScope::All && self.cache.snapshots() <= self.scope_snapshot {
             return;
         }
@@ -562,9 +634,14 @@ impl Routing {
             )));
             return;
         }
-        let mut desired = Desired::default();
-        let local_subnets = local_subnets();
-        let mut peer_routes = None;
+        let Some((vxlan_blackholes, vxlan)) = self.vxlan(&view) else {
+            return;
+        };
+        let mut desired = Desired {
+            blackholes: None,
+            ipip_address: None,
+            vxlan,
+        };
         if self.settings.backend == Backend::Bird {
             match calico_routing::bgp_plan(&view, &self.node, &self.settings.options, &self.secrets)
             {
@@ -578,25 +655,28 @@ impl Routing {
                         &self.node,
                         &self.cache.workload_addresses(&self.node),
                     );
-                    self.speak(&plan, &borrowed).await;
-                    desired.blackholes = plan.blackholes.clone();
-                    peer_routes = Some(plan.peer_routes.clone());
-                    let kernel_routes = |learned: &BTreeMap<IpNet, calico_bgp::NextHops>| {
-                        calico_routing::kernel_routes(
+                    // The blackholes are calico-bgpd's under BGP (BIRD's static routes).
+                    let blackholes: BTreeSet<IpNet> = plan
+                        .blackholes
+                        .iter()
+                        .chain(&vxlan_blackholes)
+                        .copied()
+                        .collect();
+                    let kernel = ToBgpd::Kernel {
+                        blackholes: blackholes.into_iter().collect(),
+                        import: calico_routing::ImportRules::new(
                             &view,
                             &self.node,
                             &self.settings.options,
-                            learned,
-                            &local_subnets,
-                        )
+                            &local_subnets(),
+                        ),
+                        host_routes: plan
+                            .peer_routes
+                            .iter()
+                            .map(bgpd::protocol::HostRoute::from_kernel)
+                            .collect(),
                     };
-                    let mut routes = match self.learned() {
-                        Some(l) => l.with(kernel_routes),
-                        None => kernel_routes(&BTreeMap::new()),
-                    };
-                    routes.extend(plan.peer_routes.iter().cloned());
-                    desired.bgp = Some(routes);
-                    desired.keep_stale_bgp = self.restarting && !self.bgp_synced;
+                    self.speak(&plan, &borrowed, &kernel).await;
                     desired.ipip_address = view
                         .nodes
                         .iter()
@@ -611,33 +691,15 @@ impl Routing {
                     return;
                 }
             }
-        }
-        let Some((blackholes, vxlan)) = self.vxlan(&view) else {
-            return;
-        };
-        desired.blackholes.extend(blackholes);
-        let unique: BTreeSet<IpNet> = desired.blackholes.drain(..).collect();
-        desired.blackholes = unique.into_iter().collect();
-        desired.vxlan = vxlan;
-        if self.bgp.is_some()
-            && let Some(peer_routes) = peer_routes
-        {
-            self.planned = Some(Planned {
-                generation: self.cache.generation(),
-                desired: Desired {
-                    bgp: Some(peer_routes),
-                    ..desired.clone()
-                },
-                view,
-                local_subnets,
-                at: std::time::Instant::now(),
-            });
+        } else {
+            let unique: BTreeSet<IpNet> = vxlan_blackholes.into_iter().collect();
+            desired.blackholes = Some(unique.into_iter().collect());
         }
         self.programmer.set(desired);
     }
 
-    /// Starts, restarts or updates the speaker for `plan`.
-    async fn speak(&mut self, plan: &BgpPlan, borrowed: &[IpNet]) {
+    /// Starts, restarts or updates calico-bgpd for `plan`.
+    async fn speak(&mut self, plan: &BgpPlan, borrowed: &[IpNet], kernel: &ToBgpd) {
         let wants_v6 = plan.node_ipv6.is_some();
         // `bindMode: NodeIP` binds the node's address; a dual-stack node has two, and the
         // speaker has one listener, so it then listens on every address (IPv6 socket that
@@ -654,57 +716,42 @@ impl Routing {
             cluster_id: plan.cluster_id,
         };
         if self.bgp.as_ref().is_some_and(|b| b.key != key) {
-            log::info!("BGP identity changed ({key:?}): restarting the speaker");
-            let old = self.bgp.take();
-            self.speaker_gone();
+            log::info!("BGP identity changed ({key:?}): restarting calico-bgpd");
             // Stopped before the new one binds its port (graceful: peers keep our routes
             // until the new speaker has told them).
-            if let Some(b) = old {
-                match Arc::try_unwrap(b.speaker) {
-                    Ok(s) => s.shutdown(true).await,
-                    Err(shared) => drop(shared),
-                }
+            if let Some(b) = self.bgp.take() {
+                b.stop().await;
             }
+            self.state.set_speaker_running(false);
+            self.bgp_synced = false;
+            self.state.set_bgp_synced(false);
         }
         if self.bgp.is_none() {
+            if self.respawn_at.is_some() {
+                return;
+            }
             let cfg = SpeakerConfig {
                 router_id: key.router_id,
                 local_as: key.local_as,
                 listen: Some(key.listen),
                 cluster_id: key.cluster_id,
                 graceful_restart: Some(GRACEFUL_RESTART),
-                restarting: self.restarting,
+                // calico-bgpd finds out itself (our learned routes in the kernel).
+                restarting: false,
             };
-            match Speaker::start(cfg).await {
-                Ok((speaker, events)) => {
-                    log::info!(
-                        "BGP speaker: router id {}, AS {}, listening on {}{}",
-                        key.router_id,
-                        key.local_as,
-                        key.listen,
-                        key.cluster_id
-                            .map(|c| format!(", route reflector cluster {c}"))
-                            .unwrap_or_default()
-                    );
-                    let speaker = Arc::new(speaker);
-                    self.state.set_speaker(Some(speaker.clone()));
-                    self.bgp = Some(Bgp {
-                        speaker,
-                        events,
-                        key: key.clone(),
-                    });
-                }
+            match Bgp::spawn(&cfg, key).await {
+                Ok(b) => self.bgp = Some(b),
                 Err(e) => {
                     self.state
-                        .set_plan_problem(Some(format!("BGP speaker: {e}")));
+                        .set_plan_problem(Some(format!("BGP speaker: {e:#}")));
+                    self.respawn_at = Some(tokio::time::Instant::now() + self.respawn_delay);
+                    self.respawn_delay = (self.respawn_delay * 2).min(RESYNC_EVERY);
                     return;
                 }
             }
         }
-        let Some(bgp) = &self.bgp else { return };
-        bgp.speaker
-            .set_peers(plan.peers.iter().map(|p| self.peer_config(p)).collect());
-        bgp.speaker.set_export_filter(export_filter(plan));
+        let peers = ToBgpd::Peers(plan.peers.iter().map(|p| self.peer_config(p)).collect());
+        let filter = ToBgpd::ExportFilter(export_filter(plan));
         let mut originated: Vec<Route> = plan
             .originated
             .iter()
@@ -739,7 +786,12 @@ impl Routing {
             .metrics()
             .bgp_routes_originated
             .set(i64::try_from(originated.len()).unwrap_or(i64::MAX));
-        bgp.speaker.set_local_routes(originated);
+        let local = ToBgpd::LocalRoutes(originated);
+        let Some(bgp) = &mut self.bgp else { return };
+        bgp.send(Slot::Peers, &peers).await;
+        bgp.send(Slot::Filter, &filter).await;
+        bgp.send(Slot::Local, &local).await;
+        bgp.send(Slot::Kernel, kernel).await;
     }
 
     fn peer_config(&self, p: &calico_routing::PeerPlan) -> PeerConfig {

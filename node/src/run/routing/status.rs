@@ -2,7 +2,7 @@
 //! status` (the BGP speaker's sessions) and metrics.
 
 use crate::run::metrics::{Metrics, Outcome};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Shared between the routing task, its kernel thread and the socket's connections.
@@ -18,7 +18,10 @@ struct Inner {
     bgp_synced: bool,
     plan_problem: Option<String>,
     kernel: Option<Result<String, String>>,
-    speaker: Option<Arc<calico_bgp::Speaker>>,
+    /// calico-bgpd's kernel outcome.
+    bgp_kernel: Option<Result<String, String>>,
+    speaker_running: bool,
+    peers: Vec<calico_bgp::PeerStatus>,
     ipip: Option<String>,
 }
 
@@ -82,8 +85,19 @@ impl RoutingState {
         });
     }
 
-    /// A kernel convergence's outcome.
+    /// A kernel convergence's outcome (calico-node's routes thread).
     pub fn kernel_result(&self, outcome: Result<String, String>, took: Option<Duration>) {
+        self.record_kernel(&outcome, took, "");
+        self.with(|i| i.kernel = Some(outcome));
+    }
+
+    /// A kernel convergence's outcome in calico-bgpd (blackholes and learned routes).
+    pub fn bgp_kernel_result(&self, outcome: Result<String, String>, took: Option<Duration>) {
+        self.record_kernel(&outcome, took, "calico-bgpd ");
+        self.with(|i| i.bgp_kernel = Some(outcome));
+    }
+
+    fn record_kernel(&self, outcome: &Result<String, String>, took: Option<Duration>, by: &str) {
         if let Some(t) = took {
             self.metrics.route_apply_seconds.observe(t.as_secs_f64());
         }
@@ -92,28 +106,38 @@ impl RoutingState {
             .route_applies
             .get_or_create(&Outcome { outcome: label })
             .inc();
-        match &outcome {
-            Ok(s) if !s.is_empty() => log::info!("routes: {s} (in {took:?})"),
+        match outcome {
+            Ok(s) if !s.is_empty() => log::info!("{by}routes: {s} (in {took:?})"),
             Ok(_) => {}
-            Err(e) => log::warn!("routes: {e}"),
+            Err(e) => log::warn!("{by}routes: {e}"),
         }
-        self.with(|i| i.kernel = Some(outcome));
     }
 
-    pub fn set_speaker(&self, speaker: Option<Arc<calico_bgp::Speaker>>) {
-        self.with(|i| i.speaker = speaker);
+    /// Whether calico-bgpd's speaker is up; its sessions go with it.
+    pub fn set_speaker_running(&self, running: bool) {
+        self.with(|i| {
+            i.speaker_running = running;
+            if !running {
+                i.peers.clear();
+            }
+        });
+        if !running {
+            peer_metrics(self);
+        }
     }
 
-    pub fn speaker(&self) -> Option<Arc<calico_bgp::Speaker>> {
-        self.with(|i| i.speaker.clone())
+    pub fn speaker_running(&self) -> bool {
+        self.with(|i| i.speaker_running)
+    }
+
+    /// The BGP sessions as calico-bgpd last reported them.
+    pub fn set_peers(&self, peers: Vec<calico_bgp::PeerStatus>) {
+        self.with(|i| i.peers = peers);
     }
 
     /// The BGP sessions (empty without a speaker).
-    pub async fn peers(&self) -> Vec<calico_bgp::PeerStatus> {
-        match self.speaker() {
-            Some(s) => s.status().await,
-            None => Vec::new(),
-        }
+    pub fn peers(&self) -> Vec<calico_bgp::PeerStatus> {
+        self.with(|i| i.peers.clone())
     }
 
     /// One line for health's detail.
@@ -135,6 +159,9 @@ impl RoutingState {
             if let Some(Err(e)) = &i.kernel {
                 parts.push(format!("kernel: {e}"));
             }
+            if let Some(Err(e)) = &i.bgp_kernel {
+                parts.push(format!("kernel (calico-bgpd): {e}"));
+            }
             if let Some(r) = &i.ipip {
                 parts.push(r.clone());
             }
@@ -148,9 +175,9 @@ impl RoutingState {
 }
 
 /// Brings `calico_node_bgp_peers{state}` up to the speaker's sessions.
-pub async fn peer_metrics(state: &RoutingState) {
+pub fn peer_metrics(state: &RoutingState) {
     use calico_bgp::SessionState::*;
-    let peers = state.peers().await;
+    let peers = state.peers();
     // Peers that went away leave no series behind.
     state.metrics.bgp_peer_routes.clear();
     for p in &peers {
@@ -186,12 +213,11 @@ pub async fn peer_metrics(state: &RoutingState) {
 }
 
 /// `calicoctl node status`'s report: BIRD's columns made from the speaker's sessions.
-pub async fn report(state: &RoutingState) -> calico_agent_protocol::message::BgpStatusReport {
-    let running = state.speaker().is_some();
+pub fn report(state: &RoutingState) -> calico_agent_protocol::message::BgpStatusReport {
+    let running = state.speaker_running();
     let now = std::time::SystemTime::now();
     let mut peers: Vec<_> = state
         .peers()
-        .await
         .into_iter()
         .map(|p| peer_row(&p, now))
         .collect();
