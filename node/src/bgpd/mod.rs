@@ -125,6 +125,13 @@ async fn serve() -> anyhow::Result<()> {
             _ = until(release_at) => {
                 release_at = None;
                 calico_malloc::release_free_memory();
+                log::info!(
+                    "calico-bgpd: {} learned prefixes; freed memory returned (RSS {} MiB, heap in use {} KiB, free in the heap {} KiB)",
+                    d.learned_sent.unwrap_or(0),
+                    crate::run::policy::engine::rss_mib(),
+                    calico_malloc::heap_in_use().unwrap_or(0) / 1024,
+                    calico_malloc::heap_free().unwrap_or(0) / 1024,
+                );
                 continue;
             }
             line = lines.next_line() => match line {

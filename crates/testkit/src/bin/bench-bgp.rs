@@ -978,11 +978,13 @@ fn rr(args: &Args) -> Result<Value> {
         let commit = watch.wait(&kvs[0].0, Duration::from_secs(5))?;
         let last = times.iter().max().copied().unwrap_or_default();
         let from_commit = last.saturating_sub(commit.saturating_duration_since(t_write));
-        let rr_rss = rss_kib(agents[0].pid())?;
+        // The reflector's routing process (BIRD's counterpart), and calico-node beside it.
+        let rr_rss = rss_kib(bgpd_pids(&agents[..1])?[0])?;
+        let rr_agent_rss = rss_kib(agents[0].pid())?;
         json!({"from_commit_s": secs(from_commit), "from_txn_start_s": secs(last),
                "etcdctl_txn_ms": txn_ms,
                "per_kernel_s": times.iter().map(|t| secs(*t)).collect::<Vec<_>>(),
-               "rr_rss_kib": rr_rss})
+               "rr_rss_kib": rr_rss, "rr_calico_node_rss_kib": rr_agent_rss})
     };
     let bird = {
         let lab = Lab::new(n)?;

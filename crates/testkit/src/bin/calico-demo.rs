@@ -330,6 +330,29 @@ fn run(interrupted: &AtomicBool) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     indent(&calicoctl(&c, &["node", "status"])?);
+    // The BGP side runs in calico-bgpd, a process calico-node starts beside itself (as
+    // Calico's calico-node runs BIRD).
+    for (n, agent) in agents.iter().enumerate() {
+        let rss = |pid: u32| -> String {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
+                })
+                .unwrap_or_else(|| "?".into())
+        };
+        match agent.bgpd_pid() {
+            Some(pid) => println!(
+                "   node-{}: calico-bgpd pid {pid} ({} resident) beside calico-node pid {} ({})",
+                n + 1,
+                rss(pid),
+                agent.pid(),
+                rss(agent.pid())
+            ),
+            None => println!("   node-{}: no calico-bgpd running", n + 1),
+        }
+    }
     for n in 0..NODES {
         println!(
             "   node-{}: ip route show proto 78 (learned by BGP) / proto 79 (blackholes of its own blocks):",
