@@ -17,6 +17,10 @@
 //!   sessions without a Cease, as calico-node's BIRD is in effect killed when its container
 //!   stops), the node keeps its learned routes (proto 78), traffic continues; routes that
 //!   went away meanwhile are swept after End-of-RIB, locally and at the peers.
+//! - calico-bgpd (the routing process, BIRD's place) killed: calico-node starts it again, as a
+//!   restarting speaker; routes, blackholes and traffic stay; it never outlives calico-node.
+//! - Routes removed by hand come back at the next resync, as BIRD's kernel scan puts back
+//!   what it exported.
 //! - etcd unreachable: BGP sessions and kernel routes stay (BIRD keeps its last config);
 //!   changes flow again when etcd is back.
 //! - A malformed message: NOTIFICATION with RFC 4271's code/subcode, the session resets,
@@ -603,6 +607,33 @@ fn a_killed_calico_bgpd_is_started_again_and_routes_and_traffic_stay() {
     );
     let log = agents[0].log();
     assert!(log.contains("calico-bgpd stopped"), "{log}");
+}
+
+/// A learned route and a blackhole removed by hand come back without any change in the
+/// datastore or from the peers: calico-bgpd hands its state to its routes thread again every
+/// 10 s, which converges again on a state older than 5 s (BIRD's kernel protocol scans the
+/// table every `scan time`, and puts back what it exported).
+#[test]
+fn routes_removed_by_hand_come_back() {
+    require!(root; "etcd", "go", "ip", "busybox");
+    let (c, agents) = cluster(3, &[("CALICO_IPV4POOL_CIDR", POOL)], |_| {});
+    let pods = mesh_with_pods(&c, &agents, "hnd");
+    c.node(0)
+        .sh(&format!("ip route del {} proto 78", pods[1].block))
+        .unwrap();
+    c.node(0)
+        .sh(&format!(
+            "ip route del blackhole {} proto 79",
+            pods[0].block
+        ))
+        .unwrap();
+    assert!(!has_route(&c, 0, pods[1].block, c.node(1).underlay_ip()));
+    let ok = eventually(WAIT, || {
+        has_route(&c, 0, pods[1].block, c.node(1).underlay_ip())
+            && has_blackhole(&c, 0, pods[0].block)
+    });
+    assert!(ok, "not put back: {:?}\n{}", routes(&c, 0), agents[0].log());
+    assert!(pings(&pods[0], &pods[1]));
 }
 
 // ---- 3. etcd unreachable ----

@@ -38,6 +38,10 @@ const MAX_SETTLE: Duration = Duration::from_millis(100);
 /// How often the sessions' states are compared with what calico-node was last told (also
 /// after every batch of events: a session that comes up or goes down mostly brings routes).
 const PEERS_EVERY: Duration = Duration::from_millis(250);
+/// How often the kernel's state is handed to the routes thread again without a change: it
+/// converges again on a state older than its recheck time (a route removed by hand comes
+/// back), as calico-node's resync does for its own routes.
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// Free memory is given back this long after the last computation of a burst.
 const RELEASE_AFTER: Duration = Duration::from_millis(250);
 /// A listening port still held by the previous run (shutting down as this one starts) is
@@ -114,7 +118,10 @@ async fn serve() -> anyhow::Result<()> {
         peers_sent: Vec::new(),
     };
     let mut peers = tokio::time::interval(PEERS_EVERY);
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    resync.tick().await;
     let mut release_at: Option<Instant> = None;
+    let mut logged: Option<usize> = None;
     let mut last_compute = Duration::ZERO;
     'run: loop {
         tokio::select! {
@@ -125,7 +132,15 @@ async fn serve() -> anyhow::Result<()> {
             _ = until(release_at) => {
                 release_at = None;
                 calico_malloc::release_free_memory();
-                log::info!(
+                // At info once per new count (after a burst), not after every resync.
+                let level = if d.learned_sent == logged {
+                    log::Level::Debug
+                } else {
+                    log::Level::Info
+                };
+                logged = d.learned_sent;
+                log::log!(
+                    level,
                     "calico-bgpd: {} learned prefixes; freed memory returned (RSS {} MiB, heap in use {} KiB, free in the heap {} KiB)",
                     d.learned_sent.unwrap_or(0),
                     crate::run::policy::engine::rss_mib(),
@@ -134,6 +149,7 @@ async fn serve() -> anyhow::Result<()> {
                 );
                 continue;
             }
+            _ = resync.tick() => d.dirty = true,
             line = lines.next_line() => match line {
                 Ok(Some(line)) => d.command(&line)?,
                 Ok(None) => break 'run,
