@@ -1,10 +1,10 @@
 //! `calico-bgpd`: the routing process calico-node runs beside itself under the BGP backend,
 //! as Calico's calico-node runs BIRD beside confd and Felix. It holds the BGP speaker
 //! ([`calico_bgp`]: sessions, RIB), applies Calico's import filter to what it learns
-//! ([`calico_routing::ImportRules`]) and programs the kernel with the learned routes and the
-//! blackholes of this node's blocks (BIRD's kernel and static protocols). calico-node keeps
-//! the datastore, the plan and everything else, and tells it over its stdin what to be
-//! ([`protocol`]); it answers on its stdout.
+//! ([`calico_routing::ImportRules`]) and programs the learned routes into the kernel (BIRD's
+//! kernel protocol). calico-node keeps the datastore, the plan, the blackholes and
+//! everything else, and tells it over its stdin what to be ([`protocol`]); it answers on its
+//! stdout.
 //!
 //! Why a process of its own: the routes and the sessions are what a node holds the most of
 //! at scale, and in a process that links only the speaker, the route code and the runtime
@@ -12,10 +12,12 @@
 //! README, "Route distribution"). It is started by calico-node only (it reads its identity
 //! from its stdin), never by hand.
 //!
-//! Lifetime: it ends when its stdin closes (calico-node stopped, or died: the pipe closes
-//! with it) or on SIGTERM (the service's whole unit being stopped). Either way the sessions
-//! are closed without a Cease and the kernel routes stay, so peers with graceful restart
-//! keep our routes and the next run starts as a restarting speaker (RFC 4724).
+//! Lifetime: it ends when its stdin closes (calico-node stopped it, or died: the pipe closes
+//! with it). The sessions are then closed without a Cease and the kernel routes stay, so
+//! peers with graceful restart keep our routes and the next run starts as a restarting
+//! speaker (RFC 4724). SIGTERM is logged and otherwise ignored: systemd sends it to the
+//! whole unit on stop, and calico-node, which stops it in its turn, would take an early exit
+//! for a crash and start it again.
 
 pub mod protocol;
 
@@ -23,7 +25,6 @@ use crate::run::routing::kernel::{BgpDesired, Programmer};
 use anyhow::Context as _;
 use calico_bgp::{BgpError, PeerStatus, RibEvent, Speaker};
 use calico_routing::{ImportRules, KernelRoute};
-use ipnet::IpNet;
 use protocol::{FromBgpd, ToBgpd};
 use std::io::Write as _;
 use std::os::fd::AsFd as _;
@@ -38,6 +39,8 @@ const MAX_SETTLE: Duration = Duration::from_millis(100);
 /// How often the sessions' states are compared with what calico-node was last told (also
 /// after every batch of events: a session that comes up or goes down mostly brings routes).
 const PEERS_EVERY: Duration = Duration::from_millis(250);
+/// Counters alone (messages, routes in and out) are sent at most this often.
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// How often the kernel's state is handed to the routes thread again without a change: it
 /// converges again on a state older than its recheck time (a route removed by hand comes
 /// back), as calico-node's resync does for its own routes.
@@ -116,6 +119,7 @@ async fn serve() -> anyhow::Result<()> {
         dirty: false,
         learned_sent: None,
         peers_sent: Vec::new(),
+        peers_sent_at: Instant::now(),
     };
     let mut peers = tokio::time::interval(PEERS_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
@@ -159,7 +163,10 @@ async fn serve() -> anyhow::Result<()> {
                 Some(ev) => d.rib(ev),
                 None => anyhow::bail!("the BGP speaker stopped"),
             },
-            _ = sigterm.recv() => break 'run,
+            _ = sigterm.recv() => {
+                log::info!("calico-bgpd: SIGTERM ignored (it stops when calico-node closes its pipe)");
+                continue;
+            }
         }
         let settle = tokio::time::sleep(SETTLE.max(last_compute.min(MAX_SETTLE)));
         tokio::pin!(settle);
@@ -237,7 +244,6 @@ async fn start_speaker(
 
 /// What the kernel's part is made from (calico-node's last [`ToBgpd::Kernel`]).
 struct KernelInputs {
-    blackholes: Vec<IpNet>,
     import: ImportRules,
     host_routes: Vec<KernelRoute>,
 }
@@ -254,6 +260,7 @@ struct Bgpd {
     dirty: bool,
     learned_sent: Option<usize>,
     peers_sent: Vec<PeerStatus>,
+    peers_sent_at: Instant,
 }
 
 impl Bgpd {
@@ -265,12 +272,10 @@ impl Bgpd {
             ToBgpd::ExportFilter(f) => self.speaker.set_export_filter(f),
             ToBgpd::LocalRoutes(r) => self.speaker.set_local_routes(r),
             ToBgpd::Kernel {
-                blackholes,
                 import,
                 host_routes,
             } => {
                 self.kernel = Some(KernelInputs {
-                    blackholes,
                     import,
                     host_routes: host_routes.iter().map(|h| h.to_kernel()).collect(),
                 });
@@ -307,17 +312,44 @@ impl Bgpd {
         let mut routes = learned.with(|l| k.import.routes(l));
         routes.extend(k.host_routes.iter().cloned());
         self.programmer.set(BgpDesired {
-            blackholes: k.blackholes.clone(),
             routes,
             keep_stale: self.restarting && !self.synced,
         });
     }
 
+    /// The sessions to calico-node when a state changed, or only counters and a second has
+    /// passed (every keepalive changes a counter: sent at once they would make a line per
+    /// session per keepalive, a large one on a route reflector).
     async fn report_peers(&mut self) {
         let peers = self.speaker.status().await;
-        if peers != self.peers_sent {
-            send(&FromBgpd::Peers(peers.clone()));
-            self.peers_sent = peers;
+        if peers == self.peers_sent {
+            return;
         }
+        let shape = |p: &[PeerStatus]| -> Vec<(
+            String,
+            std::net::IpAddr,
+            calico_bgp::SessionState,
+            std::time::SystemTime,
+            Option<String>,
+        )> {
+            p.iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.address,
+                        s.state,
+                        s.since,
+                        s.last_error.clone(),
+                    )
+                })
+                .collect()
+        };
+        if shape(&peers) == shape(&self.peers_sent) && self.peers_sent_at.elapsed() < COUNTERS_EVERY
+        {
+            return;
+        }
+        send(&FromBgpd::Peers(peers.clone()));
+        self.peers_sent = peers;
+        self.peers_sent_at = Instant::now();
     }
 }

@@ -20,10 +20,9 @@ pub enum ToBgpd {
     ExportFilter(ExportFilter),
     /// What this node originates.
     LocalRoutes(Vec<Route>),
-    /// What the kernel gets: the blackholes of this node's blocks, Calico's import filter for
-    /// learned routes, and the peers' host routes (`reachableBy`).
+    /// What the kernel gets: Calico's import filter for learned routes, and the peers' host
+    /// routes (`reachableBy`).
     Kernel {
-        blackholes: Vec<IpNet>,
         import: ImportRules,
         host_routes: Vec<HostRoute>,
     },
@@ -63,7 +62,8 @@ pub enum FromBgpd {
     Learned(usize),
     /// Initial End-of-RIB from every peer (or the deferral timer): stale routes are swept.
     Synced,
-    /// The sessions, sent when anything in them changed (checked every second).
+    /// The sessions: sent when a session's state or error changed (checked every 250 ms and
+    /// after every batch of events), and when only its counters did, at most once a second.
     Peers(Vec<PeerStatus>),
     /// A kernel convergence's outcome and how long it took (seconds).
     Kernel {
@@ -115,7 +115,6 @@ mod tests {
                 large_communities: vec![[1, 2, 3]],
             }]),
             ToBgpd::Kernel {
-                blackholes: vec!["10.244.0.0/26".parse().unwrap()],
                 import: ImportRules::default(),
                 host_routes: vec![HostRoute {
                     dst: "10.0.5.1/32".parse().unwrap(),

@@ -1,9 +1,10 @@
 //! Route distribution's kernel side: one thread that holds a rtnetlink socket and converges
 //! the kernel on the latest state it was given (older ones are skipped: only the newest
-//! matters). Two processes run one each, as Calico's BIRD and Felix split the work:
-//! calico-node's ([`Desired`]: the `vxlan.calico` device with its ARP and FDB entries, VXLAN
-//! routes (protocol 80), `tunl0`, and the blackholes when BGP is off) and calico-bgpd's
-//! ([`BgpDesired`]: blackholes of local blocks (79) and routes learned by BGP (78)). Each
+//! matters). Two processes run one each: calico-node's ([`Desired`]: blackholes of local
+//! blocks (protocol 79), the `vxlan.calico` device with its ARP and FDB entries, VXLAN
+//! routes (80), `tunl0`) and calico-bgpd's ([`BgpDesired`]: the routes learned by BGP and
+//! the peers' host routes (78)). The blackholes stay with calico-node so that they do not
+//! depend on the BGP process (one that cannot start, or is being started again). Each
 //! kind of route is owned by its protocol number (`calico_dataplane::routes`), so a
 //! convergence removes only what its process installed. A clean state is remembered by its
 //! fingerprint only; the periodic resend of the same state is the recheck.
@@ -19,7 +20,7 @@ use calico_dataplane::routes::{
     NextHop, PROTO_BGP, PROTO_BLACKHOLE, PROTO_VXLAN, RouteKind, RouteSpec, RouteTable, TABLE_MAIN,
 };
 use calico_dataplane::vxlan::{VxlanDevice, ensure_vxlan, observe_vxlan, remove_vxlan};
-use calico_routing::KernelRoute;
+use calico_routing::{IPIP_DEVICE, KernelRoute};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::sync::mpsc;
@@ -40,13 +41,13 @@ pub trait KernelState: Send + 'static {
     ) -> Result<String, String>;
 }
 
-/// What calico-node's own routes thread holds the kernel to: the VXLAN device, its routes
-/// and neighbours, `tunl0`, and (without BGP) the blackholes. Under BGP the blackholes and
-/// the learned routes are calico-bgpd's ([`BgpDesired`]), as Calico's BIRD programs both.
+/// What calico-node's own routes thread holds the kernel to: the blackholes, the VXLAN
+/// device, its routes and neighbours, `tunl0`. The learned routes are calico-bgpd's
+/// ([`BgpDesired`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Desired {
-    /// Blackholes of this node's blocks; `None`: not ours to program (calico-bgpd's).
-    pub blackholes: Option<Vec<IpNet>>,
+    /// Blackholes of this node's blocks.
+    pub blackholes: Vec<IpNet>,
     /// The Node's IPIP tunnel address, for `tunl0` when that device exists (the kernel's
     /// ipip module makes it; we never create it).
     pub ipip_address: Option<std::net::Ipv4Addr>,
@@ -55,11 +56,10 @@ pub struct Desired {
     pub vxlan: Option<VxlanDesired>,
 }
 
-/// What calico-bgpd holds the kernel to: the blackholes of this node's blocks and the
-/// routes learned by BGP (with the peers' host routes).
+/// What calico-bgpd holds the kernel to: the routes learned by BGP (with the peers' host
+/// routes).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BgpDesired {
-    pub blackholes: Vec<IpNet>,
     pub routes: Vec<KernelRoute>,
     /// Keep our learned routes that `routes` lacks (a restarting speaker before its peers'
     /// End-of-RIB: they may still be valid, and are swept once BGP has synced).
@@ -232,9 +232,17 @@ impl KernelState for Desired {
     ) -> Result<String, String> {
         let mut errors = Vec::new();
         let mut summary = Vec::new();
-        if let Some(blackholes) = &self.blackholes {
-            apply_blackholes(table, blackholes, dump, &mut summary, &mut errors);
-        }
+        let blackholes: Vec<RouteSpec> = self
+            .blackholes
+            .iter()
+            .map(|b| RouteSpec::blackhole(*b))
+            .collect();
+        record(
+            "blackholes",
+            table.apply_reusing(&blackholes, PROTO_BLACKHOLE, dump),
+            &mut summary,
+            &mut errors,
+        );
         let nl = table.netlink();
         match &self.vxlan {
             Some(v) => {
@@ -274,7 +282,6 @@ impl KernelState for BgpDesired {
     fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = hasher();
-        self.blackholes.hash(&mut h);
         self.routes.hash(&mut h);
         self.keep_stale.hash(&mut h);
         h.finish()
@@ -287,7 +294,13 @@ impl KernelState for BgpDesired {
     ) -> Result<String, String> {
         let mut errors = Vec::new();
         let mut summary = Vec::new();
-        apply_blackholes(table, &self.blackholes, dump, &mut summary, &mut errors);
+        // `dev tunl0 onlink` routes are refused while tunl0 is down; calico-node sets it up
+        // (with its address) too, but this process may get there first.
+        if self.routes.iter().any(|r| r.device == Some(IPIP_DEVICE))
+            && let Err(e) = tunl0(table.netlink(), None)
+        {
+            errors.push(e);
+        }
         match specs(table.netlink(), &self.routes, PROTO_BGP, None) {
             Ok((mut specs, missing)) => {
                 if self.keep_stale {
@@ -314,25 +327,6 @@ impl KernelState for BgpDesired {
         }
         outcome(summary, errors)
     }
-}
-
-fn apply_blackholes(
-    table: &RouteTable,
-    blackholes: &[IpNet],
-    dump: &mut Option<Vec<RouteSpec>>,
-    summary: &mut Vec<String>,
-    errors: &mut Vec<String>,
-) {
-    let specs: Vec<RouteSpec> = blackholes
-        .iter()
-        .map(|b| RouteSpec::blackhole(*b))
-        .collect();
-    record(
-        "blackholes",
-        table.apply_reusing(&specs, PROTO_BLACKHOLE, dump),
-        summary,
-        errors,
-    );
 }
 
 fn outcome(summary: Vec<String>, errors: Vec<String>) -> Result<String, String> {
@@ -524,7 +518,6 @@ mod tests {
             onlink: false,
         };
         let a = BgpDesired {
-            blackholes: vec!["10.244.0.0/26".parse().unwrap()],
             routes: vec![route("10.244.1.0/26", "10.0.0.2")],
             keep_stale: false,
         };
@@ -539,7 +532,7 @@ mod tests {
         d.routes.clear();
         assert_ne!(a.fingerprint(), d.fingerprint());
         let own = Desired {
-            blackholes: Some(a.blackholes.clone()),
+            blackholes: vec!["10.244.0.0/26".parse().unwrap()],
             ..Desired::default()
         };
         let theirs = Desired::default();

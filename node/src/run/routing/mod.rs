@@ -310,9 +310,15 @@ impl Bgp {
         if self.sent[slot as usize] == Some(print) {
             return;
         }
-        match self.stdin.write_all(&line).await {
-            Ok(()) => self.sent[slot as usize] = Some(print),
-            Err(e) => log::debug!("calico-bgpd's stdin: {e}"),
+        match tokio::time::timeout(BGPD_WRITE, self.stdin.write_all(&line)).await {
+            Ok(Ok(())) => self.sent[slot as usize] = Some(print),
+            // Gone: its closed stdout says so too, and that restarts it.
+            Ok(Err(e)) => log::debug!("calico-bgpd's stdin: {e}"),
+            Err(_) => {
+                // Not reading: stuck. Killed, it is started again like any that exits.
+                log::warn!("calico-bgpd took no input for {BGPD_WRITE:?}; killing it");
+                let _ = self.child.start_kill();
+            }
         }
     }
 
@@ -336,6 +342,9 @@ impl Bgp {
 
 /// How long calico-bgpd gets to close its sessions and exit.
 const BGPD_STOP: Duration = Duration::from_secs(5);
+/// How long a line to calico-bgpd may wait for it to read (it reads between batches of
+/// events, a few milliseconds apart even in a burst).
+const BGPD_WRITE: Duration = Duration::from_secs(10);
 /// After calico-bgpd exited unasked, the first wait before it is started again; doubled
 /// after each exit that came before it was up, up to [`RESYNC_EVERY`].
 const RESPAWN_AFTER: Duration = Duration::from_secs(1);
@@ -541,19 +550,27 @@ impl Routing {
     /// as stale until the next one has synced (it starts as a restarting speaker); it is
     /// started again after a pause.
     async fn bgpd_gone(&mut self) {
-        let Some(mut b) = self.bgp.take() else { return };
-        let status = tokio::time::timeout(BGPD_STOP, b.child.wait()).await;
+        let Some(b) = self.bgp.take() else { return };
+        let Bgp {
+            mut child, stdin, ..
+        } = b;
+        // Its output closed; if it still runs (it wrote something unreadable), the closed
+        // input stops it.
+        drop(stdin);
+        let why = match tokio::time::timeout(BGPD_STOP, child.wait()).await {
+            Ok(Ok(s)) => s.to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                let _ = child.kill().await;
+                "its output closed; killed".into()
+            }
+        };
         let up = self.state.speaker_running();
-        log::warn!(
-            "calico-bgpd stopped ({}); starting it again in {:?}",
-            match status {
-                Ok(Ok(s)) => s.to_string(),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "its output closed".into(),
-            },
+        // Logged as a warning by the state.
+        self.state.set_speaker_problem(Some(format!(
+            "calico-bgpd stopped ({why}); starting it again in {:?}",
             self.respawn_delay
-        );
-        drop(b);
+        )));
         self.respawn_at = Some(tokio::time::Instant::now() + self.respawn_delay);
         self.respawn_delay = if up {
             RESPAWN_AFTER
@@ -570,11 +587,12 @@ impl Routing {
         match ev {
             FromBgpd::Started(Ok(())) => {
                 self.state.set_speaker_running(true);
+                self.state.set_speaker_problem(None);
                 self.respawn_delay = RESPAWN_AFTER;
             }
             FromBgpd::Started(Err(e)) => {
                 self.state
-                    .set_plan_problem(Some(format!("BGP speaker: {e}")));
+                    .set_speaker_problem(Some(format!("BGP speaker: {e}")));
             }
             FromBgpd::Learned(n) => {
                 self.learned = n;
@@ -634,14 +652,8 @@ impl Routing {
             )));
             return;
         }
-        let Some((vxlan_blackholes, vxlan)) = self.vxlan(&view) else {
-            return;
-        };
-        let mut desired = Desired {
-            blackholes: None,
-            ipip_address: None,
-            vxlan,
-        };
+        let mut blackholes: Vec<IpNet> = Vec::new();
+        let mut ipip_address = None;
         if self.settings.backend == Backend::Bird {
             match calico_routing::bgp_plan(&view, &self.node, &self.settings.options, &self.secrets)
             {
@@ -655,15 +667,7 @@ impl Routing {
                         &self.node,
                         &self.cache.workload_addresses(&self.node),
                     );
-                    // The blackholes are calico-bgpd's under BGP (BIRD's static routes).
-                    let blackholes: BTreeSet<IpNet> = plan
-                        .blackholes
-                        .iter()
-                        .chain(&vxlan_blackholes)
-                        .copied()
-                        .collect();
                     let kernel = ToBgpd::Kernel {
-                        blackholes: blackholes.into_iter().collect(),
                         import: calico_routing::ImportRules::new(
                             &view,
                             &self.node,
@@ -677,7 +681,8 @@ impl Routing {
                             .collect(),
                     };
                     self.speak(&plan, &borrowed, &kernel).await;
-                    desired.ipip_address = view
+                    blackholes.clone_from(&plan.blackholes);
+                    ipip_address = view
                         .nodes
                         .iter()
                         .find(|n| n.metadata.name == self.node)
@@ -691,11 +696,16 @@ impl Routing {
                     return;
                 }
             }
-        } else {
-            let unique: BTreeSet<IpNet> = vxlan_blackholes.into_iter().collect();
-            desired.blackholes = Some(unique.into_iter().collect());
         }
-        self.programmer.set(desired);
+        let Some((vxlan_blackholes, vxlan)) = self.vxlan(&view) else {
+            return;
+        };
+        let unique: BTreeSet<IpNet> = blackholes.into_iter().chain(vxlan_blackholes).collect();
+        self.programmer.set(Desired {
+            blackholes: unique.into_iter().collect(),
+            ipip_address,
+            vxlan,
+        });
     }
 
     /// Starts, restarts or updates calico-bgpd for `plan`.
@@ -743,7 +753,7 @@ impl Routing {
                 Ok(b) => self.bgp = Some(b),
                 Err(e) => {
                     self.state
-                        .set_plan_problem(Some(format!("BGP speaker: {e:#}")));
+                        .set_speaker_problem(Some(format!("BGP speaker: {e:#}")));
                     self.respawn_at = Some(tokio::time::Instant::now() + self.respawn_delay);
                     self.respawn_delay = (self.respawn_delay * 2).min(RESYNC_EVERY);
                     return;

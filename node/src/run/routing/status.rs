@@ -17,6 +17,8 @@ struct Inner {
     datastore_synced: bool,
     bgp_synced: bool,
     plan_problem: Option<String>,
+    /// Why calico-bgpd is not running (it could not start, or exited), until it runs.
+    speaker_problem: Option<String>,
     kernel: Option<Result<String, String>>,
     /// calico-bgpd's kernel outcome.
     bgp_kernel: Option<Result<String, String>>,
@@ -72,6 +74,18 @@ impl RoutingState {
         });
     }
 
+    /// Why calico-bgpd's speaker is not running, or `None` once it is.
+    pub fn set_speaker_problem(&self, problem: Option<String>) {
+        self.with(|i| {
+            if i.speaker_problem != problem
+                && let Some(p) = &problem
+            {
+                log::warn!("route distribution: {p}");
+            }
+            i.speaker_problem = problem;
+        });
+    }
+
     /// Why IPIP routes cannot carry traffic here (the kernel's ipip probe), set while a pool
     /// asks for IPIP; logged when it starts to matter.
     pub fn set_ipip(&self, reason: Option<String>) {
@@ -119,6 +133,8 @@ impl RoutingState {
             i.speaker_running = running;
             if !running {
                 i.peers.clear();
+                // The next calico-bgpd reports its own.
+                i.bgp_kernel = None;
             }
         });
         if !running {
@@ -154,6 +170,9 @@ impl RoutingState {
                 parts.push("synced".into());
             }
             if let Some(p) = &i.plan_problem {
+                parts.push(p.clone());
+            }
+            if let Some(p) = &i.speaker_problem {
                 parts.push(p.clone());
             }
             if let Some(Err(e)) = &i.kernel {
