@@ -199,10 +199,12 @@ fn a_killed_add_then_del_leaves_nothing_and_spares_the_port_taken_over() {
     std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
     drop(stdin);
     // The first claim (host port 1024) is written once all 20k are checked; the rules come
-    // after the last of the 20k claims.
+    // after the last of the 20k claims. Waited for with its owner in it: the file exists a
+    // moment before its content does, and a kill in between leaves an empty claim (nobody's;
+    // released too, but then the killed ADD holds none yet).
     let first = state.path().join("ports/tcp-1024/v4-any");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !first.exists() {
+    while !std::fs::read_to_string(&first).is_ok_and(|o| o.lines().next() == Some(dn.as_str())) {
         assert!(Instant::now() < deadline, "no claim within 30 s");
         std::thread::sleep(Duration::from_millis(1));
     }
