@@ -59,7 +59,7 @@ impl Plugin for CalicoIpam {
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let (conf, node, store) = setup(req)?;
         let in_use = || {
-            calico_dataplane::LinuxDataplane
+            calico_dataplane::LinuxDataplane::default()
                 .addresses_in_use()
                 .map_err(|e| e.to_string())
         };

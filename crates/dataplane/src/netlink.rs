@@ -454,9 +454,15 @@ impl Netlink {
         }
     }
 
-    /// Deletes a main-table route; one already gone is fine.
+    /// Deletes a main-table route to `dst` through `oif`, whatever its protocol and scope;
+    /// one already gone is fine.
     pub fn delete_route(&self, dst: IpNet, oif: u32) -> Result<(), DataplaneError> {
         let mut m = main_table_route(family_of(dst.addr()), dst.prefix_len());
+        // The kernel matches a deletion's protocol and scope unless they are left open
+        // (unspec, "nowhere"): ours are ROUTE_PROTOCOL and link scope, not the message's
+        // defaults, which matched nothing and were taken for "already gone".
+        m.header.protocol = RouteProtocol::Unspec;
+        m.header.scope = RouteScope::NoWhere;
         m.attributes
             .push(RouteAttribute::Destination(route_address(dst.addr())));
         m.attributes.push(RouteAttribute::Oif(oif));

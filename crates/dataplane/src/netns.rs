@@ -107,11 +107,31 @@ pub const HOST_NETNS: &str = "is the caller's own network namespace, not a pod's
 /// PID namespace).
 pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
     check_not_own(ns, path)?;
-    // The namespace's type, asked of the kernel: `setns` with CLONE_NEWNET refuses any other
-    // type ([`within`] reports that as not a network namespace). The NS_GET_NSTYPE ioctl
-    // would say the same, but only through `unsafe`, which the workspace forbids. On a
-    // thread that ends at once, so the caller never changes namespace.
-    within(ns, path, || ())
+    // The namespace's type, as the kernel names an nsfs descriptor (`net:[<inode>]`; a
+    // mount namespace is `mnt:[…]`). The NS_GET_NSTYPE ioctl would say the same, but only
+    // through `unsafe`, which the workspace forbids.
+    match fd_link_type(ns) {
+        Some(true) => Ok(()),
+        Some(false) => Err(DataplaneError::NotPodNetns {
+            path: path.to_path_buf(),
+            reason: NOT_A_NETNS,
+        }),
+        // No /proc to ask: `setns` with CLONE_NEWNET refuses any other type ([`within`]
+        // reports that as not a network namespace), on a thread that ends at once so the
+        // caller never changes namespace (a thread and a `setns` more: ~0.3 ms).
+        None => within(ns, path, || ()),
+    }
+}
+
+/// Whether an open nsfs file is a network namespace, from its descriptor's link text in
+/// `/proc/self/fd`; `None` when that cannot be read.
+fn fd_link_type(ns: &File) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", ns.as_raw_fd())).ok()?;
+    let text = link.to_str()?;
+    // Any nsfs descriptor reads `<type>:[<inode>]`.
+    let kind = text.strip_suffix(']')?.split_once(":[")?.0;
+    Some(kind == "net")
 }
 
 /// The cheap part of [`check_pod`]: a file of nsfs (not a regular file, a directory, a

@@ -26,6 +26,37 @@ fn spec(pod: &NetNs, host_if: &str) -> WorkloadSpec {
     }
 }
 
+/// Addresses swapped as after an allocation conflict (configure, unconfigure, configure
+/// others), on the sockets `create` kept: the pod and the host end up with the second set
+/// only.
+#[test]
+fn addresses_swapped_on_the_kept_sockets() {
+    require!(root; "ip");
+    let node = NetNs::new("node").unwrap();
+    let pod = NetNs::new("pod").unwrap();
+    let host_if = format!("cali{}", &testkit::unique_name("x")[2..]);
+    let s = WorkloadSpec {
+        v6: false,
+        ..spec(&pod, &host_if)
+    };
+    let first: Vec<IpNet> = vec!["10.244.1.5/26".parse().unwrap()];
+    let second: Vec<IpNet> = vec!["10.244.1.9/26".parse().unwrap()];
+    node.within(|| {
+        let dp = LinuxDataplane::default();
+        let links = dp.create(&s).unwrap();
+        dp.configure(&s, &links, &first).unwrap();
+        dp.unconfigure(&s, &links, &first).unwrap();
+        dp.configure(&s, &links, &second).unwrap();
+        let seen = dp.inspect(&s, &[first[0], second[0]]).unwrap();
+        let got: Vec<String> = seen.pod_addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["10.244.1.9/32"]);
+        let routed: Vec<String> = seen.host_routes.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(routed, ["10.244.1.9/32"]);
+        dp.remove(Some(&s.netns), "eth0").unwrap();
+    })
+    .unwrap();
+}
+
 #[test]
 fn create_configure_inspect_remove() {
     require!(root; "ip");
@@ -38,7 +69,7 @@ fn create_configure_inspect_remove() {
         "fd00:10:244::5/122".parse().unwrap(),
     ];
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         let links = dp.create(&s).unwrap();
         dp.configure(&s, &links, &addrs).unwrap();
         // Configuring again (a retried ADD, or Felix's identical routes) is fine.
@@ -106,7 +137,7 @@ fn create_configure_inspect_remove() {
     assert!(ll.contains("fe80::ecee:eeff:feee:eeee"), "{ll}");
 
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         dp.remove(Some(&s.netns), "eth0").unwrap();
         // Idempotent, also without a namespace.
         dp.remove(Some(&s.netns), "eth0").unwrap();
@@ -130,7 +161,7 @@ fn a_conflicting_host_route_names_both_interfaces_and_a_missing_netns_is_reporte
     };
     let addrs: Vec<IpNet> = vec!["10.244.1.9/26".parse().unwrap()];
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         let links = dp.create(&s).unwrap();
         let e = dp.configure(&s, &links, &addrs).unwrap_err().to_string();
         assert!(e.contains("other0") && e.contains("calitest0000001"), "{e}");
@@ -172,7 +203,7 @@ fn a_late_deletion_takes_only_the_interface_it_was_given() {
         }
     };
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         dp.create(&old).unwrap();
         let late = removal_for(&old_pod);
         // The new sandbox's ADD replaces the stale host end (Calico does the same).
@@ -234,7 +265,7 @@ fn custom_pod_routes_replace_the_defaults() {
     };
     let addrs: Vec<IpNet> = vec!["10.85.0.7/24".parse().unwrap()];
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         let links = dp.create(&s).unwrap();
         dp.configure(&s, &links, &addrs).unwrap();
     })
@@ -256,8 +287,12 @@ fn custom_pod_routes_replace_the_defaults() {
         !v6.contains("fd00:96::"),
         "no IPv6 route in an IPv4 pod: {v6}"
     );
-    node.within(|| LinuxDataplane.remove(Some(&s.netns), "eth0").unwrap())
-        .unwrap();
+    node.within(|| {
+        LinuxDataplane::default()
+            .remove(Some(&s.netns), "eth0")
+            .unwrap()
+    })
+    .unwrap();
 }
 
 /// Mirrors dataplane_linux.go `DoWorkloadNetnsSetUp` (`NumTxQueues`/`NumRxQueues` on the veth,
@@ -273,14 +308,19 @@ fn both_ends_get_the_queues_asked_for() {
             num_queues: queues,
             ..spec(&pod, &host_if)
         };
-        node.within(|| LinuxDataplane.create(&s).unwrap()).unwrap();
+        node.within(|| LinuxDataplane::default().create(&s).unwrap())
+            .unwrap();
         let want = format!("numtxqueues {queues} numrxqueues {queues} ");
         let host = node.sh(&format!("ip -d link show {host_if}")).unwrap();
         assert!(host.contains(&want), "host end: {host}");
         let inside = pod.sh("ip -d link show eth0").unwrap();
         assert!(inside.contains(&want), "pod end: {inside}");
-        node.within(|| LinuxDataplane.remove(Some(&s.netns), "eth0").unwrap())
-            .unwrap();
+        node.within(|| {
+            LinuxDataplane::default()
+                .remove(Some(&s.netns), "eth0")
+                .unwrap()
+        })
+        .unwrap();
     }
 }
 
@@ -308,7 +348,7 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
         other => panic!("{why}: got {other}"),
     };
     node.within(|| {
-        let dp = LinuxDataplane;
+        let dp = LinuxDataplane::default();
         // The thread's own namespace (the node's), and the process's (the test host's).
         for own in ["/proc/thread-self/ns/net", "/proc/self/ns/net"] {
             let s = WorkloadSpec {

@@ -53,7 +53,7 @@ fn run<T>(
     verb: impl FnOnce(&Request, &Context, &Deps<'_>) -> Result<T, CniError>,
 ) -> Result<T, CniError> {
     let (ctx, store) = setup(req, gate)?;
-    let dataplane = LinuxDataplane;
+    let dataplane = LinuxDataplane::default();
     if with_pod {
         // Calico waits for its readiness gates before anything else of the ADD.
         readiness::wait_for_gates(&ctx.conf.readiness_gates)?;
