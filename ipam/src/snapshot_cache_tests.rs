@@ -153,6 +153,86 @@ fn a_following_add_plans_from_the_snapshot_without_a_read() {
     assert_eq!(all.len(), 11, "every address distinct: {all:?}");
 }
 
+/// The block files of the node's snapshot, by file name.
+fn block_files(dir: &Dir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(blocks_dir(&path(&dir.lock())))
+        .map(|d| {
+            d.flatten()
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Each block is in a file of its own, read only when asked for: the snapshot's file stays
+/// small however many blocks (and pods) the node has, and an ADD served from it reads and
+/// writes only the block it allocates from.
+#[test]
+fn blocks_are_kept_in_files_of_their_own() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    let mut all = BTreeSet::new();
+    // Three of the pool's four blocks filled or started: 64 + 64 + 2 addresses.
+    for i in 0..130 {
+        let (got, _) = add(&store, &dir, &format!("net.p{i}"));
+        all.extend(got);
+    }
+    assert_eq!(all.len(), 130, "every address distinct");
+    let files = block_files(&dir);
+    assert!(
+        files.len() >= 3
+            && files
+                .iter()
+                .all(|f| f.starts_with("%2fcalico%2fipam%2fv2%2fassignment%2f")),
+        "{files:?}"
+    );
+    let snapshot = std::fs::read_to_string(path(&dir.lock())).expect("snapshot file");
+    assert!(
+        !snapshot.contains("\\\"allocations\\\""),
+        "no block's value in the snapshot's file: {snapshot}"
+    );
+    assert!(snapshot.len() < 4096, "{} bytes", snapshot.len());
+    // A block's file holds the value as the store does, at its revision.
+    let key = keys::block(&"10.9.0.0/26".parse().expect("cidr"));
+    let stored = kv.get(&key).expect("read").expect("block");
+    let bytes = std::fs::read(blocks_dir(&path(&dir.lock())).join(file_name_for(&key)))
+        .expect("block file");
+    let entry = block_entry_from(&bytes, &key, "n1", "counting").expect("parses");
+    assert_eq!(entry.kvs.len(), 1);
+    assert_eq!(entry.kvs[0].v.as_bytes(), stored.value.as_slice());
+    assert_eq!(entry.kvs[0].r, stored.mod_revision);
+    // Another node's or datastore's file, a cut header or a short value is not used.
+    assert!(block_entry_from(&bytes, &key, "n2", "counting").is_none());
+    assert!(block_entry_from(&bytes, &key, "n1", "etcd at elsewhere").is_none());
+    assert!(block_entry_from(&bytes[..20], &key, "n1", "counting").is_none());
+    assert!(block_entry_from(&bytes[..bytes.len() - 1], &key, "n1", "counting").is_none());
+    // Served from the files: no read, no conflict.
+    let reads = store.reads.get();
+    let (_, served) = add(&store, &dir, "net.last");
+    assert!(served);
+    assert_eq!(store.reads.get(), reads);
+}
+
+/// A block's file older than MAX_AGE is not served: the ADD reads the store.
+#[test]
+fn an_old_block_file_is_not_used() {
+    let dir = Dir::new();
+    let kv = cluster();
+    let store = Counting::new(&kv);
+    add(&store, &dir, "net.a");
+    let key = keys::block(&"10.9.0.0/26".parse().expect("cidr"));
+    let file = blocks_dir(&path(&dir.lock())).join(file_name_for(&key));
+    let bytes = std::fs::read(&file).expect("block file");
+    let mut entry = block_entry_from(&bytes, &key, "n1", "counting").expect("parses");
+    entry.at -= u64::try_from(MAX_AGE.as_millis()).expect("ms") + 1;
+    std::fs::write(&file, block_file_bytes(&entry, "n1", "counting")).expect("write");
+    assert!(!add(&store, &dir, "net.b").1, "too old");
+    assert!(add(&store, &dir, "net.c").1, "rewritten by the last read");
+}
+
 #[test]
 fn a_stale_block_costs_one_conflict_and_never_a_duplicate() {
     let dir = Dir::new();
@@ -276,6 +356,7 @@ fn an_unknown_outcome_or_an_abandoned_call_removes_the_snapshot() {
         !path(&dir.lock()).exists(),
         "removed after an unknown outcome"
     );
+    assert_eq!(block_files(&dir), Vec::<String>::new(), "blocks' files too");
 
     add(&kv, &dir, "net.c");
     let cache = CachingStore::new(&kv, &dir.lock(), "n1", true);
@@ -454,4 +535,6 @@ fn lock_files_sharing_a_directory_share_no_file() {
         assert_ne!(of(&a), of(&default));
     }
     assert_ne!(pod_path(&path(&a), "h"), pod_path(&path(&b), "h"));
+    assert_eq!(blocks_dir(&path(&default)), dir.join("ipam-blocks"));
+    assert_ne!(blocks_dir(&path(&a)), blocks_dir(&path(&b)));
 }

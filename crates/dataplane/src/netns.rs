@@ -107,24 +107,27 @@ pub const HOST_NETNS: &str = "is the caller's own network namespace, not a pod's
 /// PID namespace).
 pub fn check_pod(ns: &File, path: &Path) -> Result<(), DataplaneError> {
     check_not_own(ns, path)?;
-    // The namespace's type, as the kernel names an nsfs descriptor (`net:[<inode>]`; a
-    // mount namespace is `mnt:[…]`). The NS_GET_NSTYPE ioctl would say the same, but only
-    // through `unsafe`, which the workspace forbids.
+    // The namespace's type, as the kernel names a descriptor opened through `/proc/<pid>/ns`
+    // (`net:[<inode>]`; a mount namespace is `mnt:[…]`). The NS_GET_NSTYPE ioctl would say
+    // the same, but only through `unsafe`, which the workspace forbids.
     match fd_link_type(ns) {
         Some(true) => Ok(()),
         Some(false) => Err(DataplaneError::NotPodNetns {
             path: path.to_path_buf(),
             reason: NOT_A_NETNS,
         }),
-        // No /proc to ask: `setns` with CLONE_NEWNET refuses any other type ([`within`]
-        // reports that as not a network namespace), on a thread that ends at once so the
-        // caller never changes namespace (a thread and a `setns` more: ~0.3 ms).
+        // A descriptor opened through a bind mount (how runtimes pin a pod's namespace)
+        // links to that path instead, and without /proc there is no link: `setns` with
+        // CLONE_NEWNET refuses any other type ([`within`] reports that as not a network
+        // namespace), on a thread that ends at once so the caller never changes namespace
+        // (a thread and a `setns` more: ~0.3 ms; see `LinuxDataplane::create_then` for
+        // why ADD still asks).
         None => within(ns, path, || ()),
     }
 }
 
 /// Whether an open nsfs file is a network namespace, from its descriptor's link text in
-/// `/proc/self/fd`; `None` when that cannot be read.
+/// `/proc/self/fd`; `None` when that cannot be read or names a path (a bind mount's).
 fn fd_link_type(ns: &File) -> Option<bool> {
     use std::os::fd::AsRawFd;
     let link = std::fs::read_link(format!("/proc/self/fd/{}", ns.as_raw_fd())).ok()?;

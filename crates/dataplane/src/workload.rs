@@ -358,6 +358,12 @@ impl Dataplane for LinuxDataplane {
         spec: &WorkloadSpec,
         paired: &mut dyn FnMut(),
     ) -> Result<Links, DataplaneError> {
+        // Asked whether it is a network namespace, which for a pinned one (a bind mount:
+        // its descriptor links to the path) costs a thread that enters it. The kernel would
+        // refuse another type when the pair is made with its descriptor, so the question
+        // could wait for a failure; measured, that ADD was 0.1-0.15 ms slower (four
+        // interleaved runs of 200 pods, session 29): the pair then comes ~0.3 ms earlier,
+        // while calico-node and etcd serve the transaction on the same two cores.
         let ns = netns::open_pod(&spec.netns)?;
         let host = Netlink::host()?;
         // The host end comes up in the creating request, except with IPv6: DAD must be off

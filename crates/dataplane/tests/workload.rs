@@ -11,6 +11,31 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 use testkit::{NetNs, require};
 
+/// The test's UTS namespace bind-mounted on a file, unmounted when dropped (a failing test
+/// too).
+struct PinnedUts(std::path::PathBuf);
+
+impl PinnedUts {
+    fn new(path: std::path::PathBuf) -> Self {
+        std::fs::write(&path, "").unwrap();
+        let pinned = PinnedUts(path);
+        let status = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg("/proc/self/ns/uts")
+            .arg(&pinned.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount --bind");
+        pinned
+    }
+}
+
+impl Drop for PinnedUts {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 fn spec(pod: &NetNs, host_if: &str) -> WorkloadSpec {
     WorkloadSpec {
         netns: pod.path(),
@@ -343,6 +368,9 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
     // A FIFO without a writer: opening it would block for good (refused before the open).
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR).unwrap();
+    // A namespace of another type pinned as runtimes pin a pod's (a bind mount): its
+    // descriptor's link reads as the path, not `uts:[…]`, so only the kernel can tell.
+    let pinned_uts = PinnedUts::new(dir.path().join("uts"));
     let refused = |e: DataplaneError, why: &str| match e {
         DataplaneError::NotPodNetns { reason, .. } => assert_eq!(reason, why),
         other => panic!("{why}: got {other}"),
@@ -374,6 +402,7 @@ fn the_callers_own_namespace_or_no_network_namespace_is_refused() {
             "/dev/null".as_ref(),
             "/proc/self/ns/mnt".as_ref(),
             "/proc/thread-self/ns/uts".as_ref(),
+            pinned_uts.0.as_path(),
         ] {
             let s = WorkloadSpec {
                 netns: other.into(),
