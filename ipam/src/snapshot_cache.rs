@@ -23,7 +23,7 @@
 //!
 //! The IPAM blocks, the only large values (a /26 with its pods' attributes is ~14 KB), are
 //! kept each in a file of its own (`ipam-blocks/<key>`: a header line, then the value as
-//! etcd holds it), read only when a call asks for that block and written only when it
+//! etcd holds it, checked against the header's SHA-256), read only when a call asks for that block and written only when it
 //! changed: a call costs what it touches, not what the node holds (with every block in the
 //! one file, an ADD on a node of 500 pods parsed and wrote ~130 KB of escaped JSON: 1.4 ms).
 //!
@@ -201,9 +201,21 @@ struct BlockHeader {
     store: String,
     /// As [`Entry::at`].
     at: u64,
-    /// The value's revision and length; `None`: the block does not exist.
+    /// The value's revision, length and SHA-256 (hex); `None`: the block does not exist.
     r: Option<i64>,
     len: usize,
+    /// A write cut short between two pages (the call killed, the machine crashing) can
+    /// leave the new header before a mix of new and old bytes, which might still parse and
+    /// would be served under the new revision: the sum refuses it.
+    sum: String,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A block's entry (a key read: the block, or nothing) as its file's bytes.
@@ -216,6 +228,7 @@ fn block_file_bytes(entry: &Entry, node: &str, store: &str) -> Vec<u8> {
         at: entry.at,
         r: kv.map(|kv| kv.r),
         len: kv.map_or(0, |kv| kv.v.len()),
+        sum: sha256_hex(kv.map_or(&[][..], |kv| kv.v.as_bytes())),
     };
     let mut bytes = serde_json::to_vec(&header).unwrap_or_default();
     bytes.push(b'\n');
@@ -225,8 +238,9 @@ fn block_file_bytes(entry: &Entry, node: &str, store: &str) -> Vec<u8> {
     bytes
 }
 
-/// The entry of the block `key` from its file's bytes, if they are this node's and store's
-/// and the header is whole; its age is the caller's to judge.
+/// The entry of the block `key` from its file's bytes, if they are this node's and store's,
+/// the header is whole and the value is what it was written as; its age is the caller's to
+/// judge.
 fn block_entry_from(bytes: &[u8], key: &str, node: &str, store: &str) -> Option<Entry> {
     let split = bytes.iter().position(|b| *b == b'\n')?;
     let header: BlockHeader = serde_json::from_slice(&bytes[..split]).ok()?;
@@ -236,6 +250,9 @@ fn block_entry_from(bytes: &[u8], key: &str, node: &str, store: &str) -> Option<
     let kvs = match header.r {
         Some(r) => {
             let value = bytes.get(split + 1..split + 1 + header.len)?;
+            if sha256_hex(value) != header.sum {
+                return None;
+            }
             vec![StoredKv {
                 k: key.to_string(),
                 v: String::from_utf8(value.to_vec()).ok()?,

@@ -209,6 +209,11 @@ fn blocks_are_kept_in_files_of_their_own() {
     assert!(block_entry_from(&bytes, &key, "n1", "etcd at elsewhere").is_none());
     assert!(block_entry_from(&bytes[..20], &key, "n1", "counting").is_none());
     assert!(block_entry_from(&bytes[..bytes.len() - 1], &key, "n1", "counting").is_none());
+    // A write cut short between two pages: the new header, then new bytes and old ones.
+    let mut torn = bytes.clone();
+    let last = torn.len() - 2;
+    torn[last] = if torn[last] == b'1' { b'2' } else { b'1' };
+    assert!(block_entry_from(&torn, &key, "n1", "counting").is_none());
     // Served from the files: no read, no conflict.
     let reads = store.reads.get();
     let (_, served) = add(&store, &dir, "net.last");
