@@ -22,10 +22,15 @@
 //! only if it is at most [`MAX_AGE`] old by the wall clock (a clock gone back makes it stale).
 //!
 //! The IPAM blocks, the only large values (a /26 with its pods' attributes is ~14 KB), are
-//! kept each in a file of its own (`ipam-blocks/<key>`: a header line, then the value as
-//! etcd holds it, checked against the header's SHA-256), read only when a call asks for that block and written only when it
-//! changed: a call costs what it touches, not what the node holds (with every block in the
-//! one file, an ADD on a node of 500 pods parsed and wrote ~130 KB of escaped JSON: 1.4 ms).
+//! not all kept in the snapshot's file: with every block in it, an ADD on a node of 500 pods
+//! parsed and wrote ~130 KB of escaped JSON (1.4 ms). The blocks the last call changed (the
+//! one the node allocates from, as a rule) stay in it, so the usual ADD or DEL reads and
+//! writes one file; any other is in a file of its own (`ipam-blocks/<key>`: a header line,
+//! then the value as etcd holds it, checked against the header's SHA-256), read only when a
+//! call asks for that block. A block leaving the snapshot's file is written to its own
+//! first; until then its own file (if any) is older and is not read. A call costs what it
+//! touches, not what the node holds (a second file per call, as session 29 had it, cost
+//! ~0.2 ms on a node of 50 pods).
 //!
 //! Written by hand: the entries are the store's own read results, and no crate caches a
 //! key-value snapshot with these rules.
@@ -46,8 +51,8 @@ const PER_POD_PREFIXES: [&str; 2] = [
     "/calico/resources/v3/projectcalico.org/workloadendpoints/",
 ];
 
-/// 2: blocks in files of their own.
-const VERSION: u32 = 2;
+/// 2: blocks in files of their own; 3: the last call's blocks in the snapshot's file.
+const VERSION: u32 = 3;
 
 /// The pods' records, beside the snapshot.
 const POD_DIR: &str = "ipam-pods";
@@ -289,6 +294,9 @@ struct File {
     /// use different datastores with one lock file.
     store: String,
     entries: Vec<Entry>,
+    /// The blocks the last call changed (key reads, as in `entries`): kept here, not in
+    /// their own files, which are older while a block is here.
+    blocks: Vec<Entry>,
 }
 
 fn now_ms() -> u64 {
@@ -384,15 +392,30 @@ impl<'a> CachingStore<'a> {
             .filter(|e| fresh(e.at, now_ms()))
     }
 
-    /// The block `key` as this call knows it (its file read on first need).
+    /// The block `key` as this call knows it (from the snapshot's file, else its own file,
+    /// on first need).
     fn block_slot<'s>(&self, state: &'s mut State, key: &str) -> &'s mut BlockSlot {
-        state
-            .blocks
-            .entry(key.to_string())
-            .or_insert_with(|| BlockSlot {
-                entry: self.load_block(key),
+        let State { file, blocks, .. } = state;
+        blocks.entry(key.to_string()).or_insert_with(|| {
+            let inline = file
+                .as_ref()
+                .and_then(|f| f.blocks.iter().find(|e| e.path == key));
+            BlockSlot {
+                entry: inline.cloned().or_else(|| self.load_block(key)),
                 dirty: false,
-            })
+            }
+        })
+    }
+
+    /// Writes the block `entry` to its own file (removing the file if that fails).
+    fn write_block_file(&self, entry: &Entry, store: &str) {
+        let path = self.block_path(&entry.path);
+        let done = std::fs::create_dir_all(blocks_dir(&self.path))
+            .and_then(|()| overwrite_in_place(&path, block_file_bytes(entry, &self.node, store)));
+        if let Err(e) = done {
+            log::debug!("cannot update {}: {e}", path.display());
+            self.remove_file(&path);
+        }
     }
 
     /// Removes the snapshot's file and every block's: what they hold may be wrong.
@@ -434,6 +457,8 @@ impl<'a> CachingStore<'a> {
         }
         let now = now_ms();
         file.entries.retain(|e| fresh(e.at, now));
+        // A block too old here is older still in its own file: neither is served.
+        file.blocks.retain(|e| fresh(e.at, now) && e.is_block());
         Some(file)
     }
 
@@ -504,24 +529,41 @@ impl<'a> CachingStore<'a> {
             return;
         }
         let store = self.inner.describe();
-        for (key, slot) in &state.blocks {
-            let Some(entry) = slot.entry.as_ref().filter(|_| slot.dirty) else {
-                continue;
-            };
-            let path = self.block_path(key);
-            let done = std::fs::create_dir_all(blocks_dir(&self.path)).and_then(|()| {
-                overwrite_in_place(&path, block_file_bytes(entry, &self.node, &store))
-            });
-            if let Err(e) = done {
-                log::debug!("cannot update {}: {e}", path.display());
-                self.remove_file(&path);
+        let changed: Vec<&Entry> = state
+            .blocks
+            .values()
+            .filter(|slot| slot.dirty)
+            .filter_map(|slot| slot.entry.as_ref())
+            .collect();
+        let Some(mut file) = state.file.take() else {
+            // Nothing was read (no file to keep blocks in): each in its own.
+            for entry in changed {
+                self.write_block_file(entry, &store);
             }
+            return;
+        };
+        if !changed.is_empty() {
+            // The blocks this call changed go into the snapshot's file; those that were there
+            // and are not any more, to their own files first (as this call knows them).
+            for old in &file.blocks {
+                if changed.iter().any(|e| e.path == old.path) {
+                    continue;
+                }
+                let known = state.blocks.get(&old.path).and_then(|s| s.entry.as_ref());
+                self.write_block_file(known.unwrap_or(old), &store);
+            }
+            file.blocks = changed.into_iter().cloned().collect();
+            state.changed = true;
         }
-        if let (true, Some(file)) = (state.changed, state.file.take())
+        if state.changed
             && let Err(e) = write_json(&self.path, &file)
         {
             log::debug!("cannot update {}: {e}", self.path.display());
             self.remove_file(&self.path);
+            // Their own files are older than what was lost: not to be served either.
+            for entry in &file.blocks {
+                self.remove_file(&self.block_path(&entry.path));
+            }
         }
     }
 
@@ -615,6 +657,8 @@ impl KvStore for CachingStore<'_> {
             // Loaded (if fresh) whatever the call: a DEL's read and writes are folded in too.
             let file = self.load();
             let mut state = self.state.borrow_mut();
+            let state = &mut *state;
+            state.file = file;
             if state.may_serve {
                 let record = match &state.pod {
                     Some((handle, PodCall::Del)) => {
@@ -625,24 +669,24 @@ impl KvStore for CachingStore<'_> {
                 };
                 let del = matches!(state.pod, Some((_, PodCall::Del)));
                 let pod = record.as_ref().map(|(h, r)| (h.as_str(), r.as_slice()));
-                let usable = file.as_ref().filter(|_| !del || pod.is_some());
-                if usable.is_some() {
+                if state.file.is_some() && (!del || pod.is_some()) {
                     for read in reads {
                         if let Read::Key(k) = read
                             && is_block_key(k)
                         {
-                            self.block_slot(&mut state, k);
+                            self.block_slot(state, k);
                         }
                     }
-                }
-                let answered = usable.and_then(|f| Self::answer(f, &state.blocks, pod, reads));
-                if let Some(got) = answered {
-                    state.served = true;
-                    state.file = file;
-                    return Ok(got);
+                    let answered = state
+                        .file
+                        .as_ref()
+                        .and_then(|f| Self::answer(f, &state.blocks, pod, reads));
+                    if let Some(got) = answered {
+                        state.served = true;
+                        return Ok(got);
+                    }
                 }
             }
-            state.file = file;
         }
         let got = self.inner.read(reads)?;
         let now = now_ms();
@@ -678,6 +722,7 @@ impl KvStore for CachingStore<'_> {
             node: self.node.clone(),
             store: self.inner.describe(),
             entries: Vec::new(),
+            blocks: Vec::new(),
         });
         for entry in entries {
             if entry.is_block() {
