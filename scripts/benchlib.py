@@ -230,20 +230,38 @@ def nearest_rank(values, q):
     return s[max(0, math.ceil(q * len(s)) - 1)] if s else float("nan")
 
 
+def round_orders(n, rounds):
+    """The order of n chains in each of `rounds` rounds. When n is even and the rounds a
+    multiple of it: a Williams square (rows 0, 1, n-1, 2, n-2, ... shifted by one each
+    round), so that every chain is run after every other one equally often and in every
+    position equally often. With the order reversed every other round (below), four chains
+    do not get that: in `bench-calico --baseline`, calico with calico-node ran right after
+    ptp + host-local in half the rounds and the baseline build never (README, session 30).
+    Otherwise the order is reversed every other round, so no chain always follows the same
+    one."""
+    if n % 2 == 0 and rounds % n == 0:
+        first, low, high = [0], 1, n - 1
+        while len(first) < n:
+            first.append(low if len(first) % 2 else high)
+            if len(first) % 2:
+                high -= 1
+            else:
+                low += 1
+        return [[(c + r) % n for c in first] for r in range(rounds)]
+    return [list(range(n)) if r % 2 == 0 else list(reversed(range(n))) for r in range(rounds)]
+
+
 def pooled_rounds(chains, pods, rounds, work, node_netns=None, around=None):
     """Measures `chains` (label, conflist, cni_path, extra_args_for_round) in `rounds` rounds
-    of pods // rounds pods each, every chain once per round in turn (the order reversed every
-    other round, so no chain always follows the same one), and pools the per-pod shares: a
-    chain measured minutes after another would otherwise carry the machine's drift in
-    between. `around(label, run)` may wrap each run (to count requests, say). Returns
-    {label: {verb: {"median", "p99", "n", "samples"}}}."""
+    of pods // rounds pods each, every chain once per round in turn (in the orders of
+    `round_orders`), and pools the per-pod shares: a chain measured minutes after another
+    would otherwise carry the machine's drift in between. `around(label, run)` may wrap each
+    run (to count requests, say). Returns {label: {verb: {"median", "p99", "n", "samples"}}}."""
     import statistics
     per_round = max(1, pods // rounds)
     samples = {}
-    for r in range(rounds):
-        order = list(enumerate(chains))
-        if r % 2:
-            order.reverse()
+    for r, indices in enumerate(round_orders(len(chains), rounds)):
+        order = [(i, chains[i]) for i in indices]
         for i, (label, conflist, path, extra) in order:
             def run(label=label, conflist=conflist, path=path, extra=extra, i=i):
                 return bench_chain(f"r{r}c{i}", conflist, path, per_round, work,

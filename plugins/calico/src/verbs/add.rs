@@ -151,8 +151,9 @@ pub fn add(req: &Request, ctx: &Context, deps: &Deps<'_>) -> Result<CniResult, C
                     // The addresses go on once the pair exists, while the transaction is in
                     // flight (the slowest step: etcd's fsync). The host lock keeps any other
                     // pod of this node from holding them meanwhile; if a conflict makes the
-                    // allocation choose others, the kernel thread swaps them; a failed commit
-                    // removes the whole interface anyway.
+                    // allocation choose others, they are swapped in once it is committed
+                    // (`KernelThread::finish`); a failed commit removes the whole interface
+                    // anyway.
                     kernel.configure(addrs);
                     endpoint_writes(ctx, req, addrs, &mac, pod, &ov, |k| snapshot_key(snap, k))
                         .map_err(IpamError::Caller)
