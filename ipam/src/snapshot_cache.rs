@@ -331,7 +331,8 @@ struct State {
     /// Whether the first read was served from the file (so the next one must be real).
     served: bool,
     reads: usize,
-    /// The snapshot's file (not the blocks') is to be written back.
+    /// The snapshot's file (with the blocks kept in it) is to be written back; blocks leaving
+    /// it are written to their own files then.
     changed: bool,
     /// An outcome is unknown or a write was refused: the file goes.
     spoiled: bool,
