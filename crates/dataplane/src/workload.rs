@@ -207,6 +207,23 @@ fn host_sysctls(host: &Netlink, index: u32, spec: &WorkloadSpec) -> Result<(), D
     Ok(())
 }
 
+/// The host end's IPv6 settings when the pod's IPv6 address comes after the link (a delegated
+/// IPAM plugin chose the families): those `host_sysctls` sets for an IPv6 pod, as Calico sets
+/// them from the IPAM result, and a link-local address that is not tentative (it is the
+/// pod's IPv6 gateway). The link came up with IPv6 on and DAD running on its link-local
+/// address, which the first packets would wait for (a second): IPv6 goes off and on again
+/// with DAD off, which makes the address anew.
+fn host_ipv6_late(h: &str) -> Result<(), DataplaneError> {
+    sysctl::set(&format!("ipv6/conf/{h}/accept_dad"), "0")?;
+    // EUI-64 link-local, so the host end is always fe80::ecee:eeff:feee:eeee.
+    sysctl::set_best_effort(&format!("ipv6/conf/{h}/addr_gen_mode"), "0");
+    sysctl::set(&format!("ipv6/conf/{h}/disable_ipv6"), "1")?;
+    sysctl::set(&format!("ipv6/conf/{h}/disable_ipv6"), "0")?;
+    sysctl::set(&format!("ipv6/conf/{h}/proxy_ndp"), "1")?;
+    sysctl::set(&format!("ipv6/conf/{h}/forwarding"), "1")?;
+    Ok(())
+}
+
 /// The pod's routes (of the families asked for): each via 169.254.1.1 (IPv4, reached by a
 /// link route) or the host end's link-local address (IPv6), as Calico's dataplane adds them.
 fn pod_gateways(
@@ -440,6 +457,9 @@ impl Dataplane for LinuxDataplane {
         // plugin decides the families) gets its routes and forwarding now.
         let v4 = addresses.iter().any(|a| a.addr().is_ipv4()) && !spec.v4;
         let v6 = addresses.iter().any(|a| a.addr().is_ipv6()) && !spec.v6;
+        if v6 {
+            host_ipv6_late(&spec.host_ifname)?;
+        }
         let (host, pod) =
             self.sockets_for(spec, links, !v4 && !v6, || forwarding_here(spec, v4, v6))?;
         let outcome = configure_with(spec, links, addresses, &host, &pod, v4, v6);

@@ -320,6 +320,63 @@ fn custom_pod_routes_replace_the_defaults() {
     .unwrap();
 }
 
+/// A pod whose IPv6 address comes after its link (a delegated IPAM plugin chose the
+/// families, so `create` was told IPv4 only) gets the host end Calico gives an IPv6 pod (it
+/// sets them from the IPAM result): DAD off, `proxy_ndp` and `forwarding` on, and a
+/// link-local gateway that is usable at once (not tentative), and IPv6 traffic flows.
+#[test]
+fn an_ipv6_address_that_comes_late_gets_the_host_end_of_an_ipv6_pod() {
+    require!(root; "ip", "busybox");
+    let node = NetNs::new("node").unwrap();
+    // Sources for the node's pings (it has no other addresses; a link-local IPv6 one
+    // cannot reach the pod), and a route to the pod's IPv4 gateway that is not through
+    // the pod's own link (as a node's default route is), for proxy ARP to answer.
+    node.sh("ip link set lo up; ip addr add 172.31.99.1/32 dev lo; \
+         ip -6 addr add fd00:99::1/128 dev lo; ip route add 169.254.1.1/32 dev lo")
+        .unwrap();
+    let node_sys = |p: &str| {
+        node.sh(&format!("cat /proc/sys/net/{p}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let pod = NetNs::new("pod").unwrap();
+    let host_if = format!("cali{}", &testkit::unique_name("6")[2..]);
+    let s = WorkloadSpec {
+        v6: false,
+        ..spec(&pod, &host_if)
+    };
+    let both: Vec<IpNet> = vec![
+        "10.244.3.5/26".parse().unwrap(),
+        "fd00:244::5/64".parse().unwrap(),
+    ];
+    node.within(|| {
+        let dp = LinuxDataplane::default();
+        let links = dp.create(&s).unwrap();
+        dp.configure(&s, &links, &both).unwrap();
+    })
+    .unwrap();
+    // Read at once: a link-local address still under DAD would show as tentative.
+    let ll = node
+        .sh(&format!("ip -6 addr show dev {host_if} scope link"))
+        .unwrap();
+    assert!(ll.contains("fe80::ecee:eeff:feee:eeee"), "{ll}");
+    assert!(!ll.contains("tentative"), "{ll}");
+    assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/accept_dad")), "0");
+    assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/proxy_ndp")), "1");
+    assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/forwarding")), "1");
+    assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/accept_ra")), "0");
+    let ping = |to: &str| (0..3).any(|_| node.sh(&format!("busybox ping -c1 -W2 {to}")).is_ok());
+    assert!(ping("fd00:244::5"), "node -> pod over IPv6");
+    assert!(ping("10.244.3.5"), "node -> pod over IPv4");
+    node.within(|| {
+        LinuxDataplane::default()
+            .remove(Some(&s.netns), "eth0")
+            .unwrap()
+    })
+    .unwrap();
+}
+
 /// Mirrors dataplane_linux.go `DoWorkloadNetnsSetUp` (`NumTxQueues`/`NumRxQueues` on the veth,
 /// which netlink sets on both ends): each end has exactly `num_queues` queues.
 #[test]
