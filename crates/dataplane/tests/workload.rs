@@ -36,6 +36,14 @@ impl Drop for PinnedUts {
     }
 }
 
+/// `/proc/sys/net/<path>` as read inside `ns`.
+fn sysctl_of(ns: &NetNs, path: &str) -> String {
+    ns.sh(&format!("cat /proc/sys/net/{path}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 fn spec(pod: &NetNs, host_if: &str) -> WorkloadSpec {
     WorkloadSpec {
         netns: pod.path(),
@@ -133,12 +141,7 @@ fn create_configure_inspect_remove() {
     })
     .unwrap();
     // The sysctls as Calico sets them, on the node and in the pod.
-    let node_sys = |p: &str| {
-        node.sh(&format!("cat /proc/sys/net/{p}"))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
+    let node_sys = |p: &str| sysctl_of(&node, p);
     assert_eq!(node_sys(&format!("ipv4/conf/{host_if}/proxy_arp")), "1");
     assert_eq!(
         node_sys(&format!("ipv4/conf/{host_if}/route_localnet")),
@@ -147,12 +150,7 @@ fn create_configure_inspect_remove() {
     assert_eq!(node_sys(&format!("ipv4/neigh/{host_if}/proxy_delay")), "0");
     assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/proxy_ndp")), "1");
     assert_eq!(node_sys(&format!("ipv6/conf/{host_if}/accept_ra")), "0");
-    let pod_sys = |p: &str| {
-        pod.sh(&format!("cat /proc/sys/net/{p}"))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
+    let pod_sys = |p: &str| sysctl_of(&pod, p);
     assert_eq!(pod_sys("ipv6/conf/eth0/accept_dad"), "0");
     assert_eq!(pod_sys("ipv4/ip_forward"), "0");
     // The host end's link-local is the pod's IPv6 gateway.
@@ -334,12 +332,7 @@ fn an_ipv6_address_that_comes_late_gets_the_host_end_of_an_ipv6_pod() {
     node.sh("ip link set lo up; ip addr add 172.31.99.1/32 dev lo; \
          ip -6 addr add fd00:99::1/128 dev lo; ip route add 169.254.1.1/32 dev lo")
         .unwrap();
-    let node_sys = |p: &str| {
-        node.sh(&format!("cat /proc/sys/net/{p}"))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
+    let node_sys = |p: &str| sysctl_of(&node, p);
     let pod = NetNs::new("pod").unwrap();
     let host_if = format!("cali{}", &testkit::unique_name("6")[2..]);
     let s = WorkloadSpec {
