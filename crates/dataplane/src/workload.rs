@@ -196,28 +196,25 @@ fn host_sysctls(host: &Netlink, index: u32, spec: &WorkloadSpec) -> Result<(), D
         sysctl::set_best_effort(&format!("ipv4/neigh/{h}/proxy_delay"), "0");
     }
     if spec.v6 {
-        sysctl::set(&format!("ipv6/conf/{h}/accept_dad"), "0")?;
-        sysctl::set(&format!("ipv6/conf/{h}/disable_ipv6"), "0")?;
-        // EUI-64 link-local, so the host end is always fe80::ecee:eeff:feee:eeee.
-        sysctl::set_best_effort(&format!("ipv6/conf/{h}/addr_gen_mode"), "0");
-        sysctl::set(&format!("ipv6/conf/{h}/proxy_ndp"), "1")?;
-        sysctl::set(&format!("ipv6/conf/{h}/forwarding"), "1")?;
+        host_ipv6_sysctls(h, false)?;
     }
     sysctl::set_best_effort(&format!("ipv6/conf/{h}/accept_ra"), "0");
     Ok(())
 }
 
-/// The host end's IPv6 settings when the pod's IPv6 address comes after the link (a delegated
-/// IPAM plugin chose the families): those `host_sysctls` sets for an IPv6 pod, as Calico sets
-/// them from the IPAM result, and a link-local address that is not tentative (it is the
-/// pod's IPv6 gateway). The link came up with IPv6 on and DAD running on its link-local
-/// address, which the first packets would wait for (a second): IPv6 goes off and on again
-/// with DAD off, which makes the address anew.
-fn host_ipv6_late(h: &str) -> Result<(), DataplaneError> {
+/// The host end's settings for a pod with IPv6 addresses, as Calico's: DAD off before IPv6 is
+/// on, so its link-local address (the pod's IPv6 gateway) is never tentative. `up_already`:
+/// the address came after the link (a delegated IPAM plugin chose the families), which came
+/// up with IPv6 as the node's default has it and DAD running on its link-local address, a
+/// second the first packets would wait for; IPv6 goes off and on again with DAD off, which
+/// makes the address anew.
+fn host_ipv6_sysctls(h: &str, up_already: bool) -> Result<(), DataplaneError> {
     sysctl::set(&format!("ipv6/conf/{h}/accept_dad"), "0")?;
     // EUI-64 link-local, so the host end is always fe80::ecee:eeff:feee:eeee.
     sysctl::set_best_effort(&format!("ipv6/conf/{h}/addr_gen_mode"), "0");
-    sysctl::set(&format!("ipv6/conf/{h}/disable_ipv6"), "1")?;
+    if up_already {
+        sysctl::set(&format!("ipv6/conf/{h}/disable_ipv6"), "1")?;
+    }
     sysctl::set(&format!("ipv6/conf/{h}/disable_ipv6"), "0")?;
     sysctl::set(&format!("ipv6/conf/{h}/proxy_ndp"), "1")?;
     sysctl::set(&format!("ipv6/conf/{h}/forwarding"), "1")?;
@@ -458,7 +455,7 @@ impl Dataplane for LinuxDataplane {
         let v4 = addresses.iter().any(|a| a.addr().is_ipv4()) && !spec.v4;
         let v6 = addresses.iter().any(|a| a.addr().is_ipv6()) && !spec.v6;
         if v6 {
-            host_ipv6_late(&spec.host_ifname)?;
+            host_ipv6_sysctls(&spec.host_ifname, true)?;
         }
         let (host, pod) =
             self.sockets_for(spec, links, !v4 && !v6, || forwarding_here(spec, v4, v6))?;
