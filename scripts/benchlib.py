@@ -213,11 +213,11 @@ def install(src, dst):
     """Puts a fresh copy of the executable `src` at `dst`, as a node's install does. Every
     chain's binaries are copied at the start of a run rather than linked: how fast a binary
     starts depends on the state of its file's page cache, which ages differently for each
-    file (this machine pages out memory it finds idle, `kdamond` with a `pageout` scheme, and
-    an evicted page comes back as a smaller folio): the same calico build ran ADD in 3.70 ms
-    from a file copied 47 minutes before and 3.29 ms from one copied just before, alternating
-    call by call (200 pods, session 32). Copies made together start alike, whichever build
-    or project they come from."""
+    file (this machine pages out memory it finds idle, `kdamond` with a `pageout` scheme):
+    the same calico build ran ADD in 3.70 ms from a file copied 47 minutes before and
+    3.29 ms from one copied just before, alternating call by call (200 pods, session 32),
+    with as many page faults, each costing more. Copies made together start alike,
+    whichever build or project they come from."""
     shutil.copy2(src, dst)
 
 

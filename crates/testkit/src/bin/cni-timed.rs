@@ -1,9 +1,9 @@
 //! `cni-timed`: a benchmark's stand-in for a plugin inside an unmodified runtime (cnitool).
-//! Linked in `CNI_PATH` under a plugin's name, it runs the real plugin of that name from
-//! `CNI_TIMED_REAL_PATH` with the same stdin, stdout, stderr and environment, and appends
-//! `<name> <CNI_COMMAND> <CNI_CONTAINERID> <microseconds>` to `CNI_TIMED_LOG`: how long each
-//! plugin of a chain lived, to set beside the chain's total. Its own exec is paid by every
-//! plugin alike, so differences between chains keep their meaning.
+//! Placed in `CNI_PATH` under a plugin's name (a copy or a link), it runs the real plugin of
+//! that name from `CNI_TIMED_REAL_PATH` with the same stdin, stdout, stderr and environment,
+//! and appends `<name> <CNI_COMMAND> <CNI_CONTAINERID> <microseconds>` to `CNI_TIMED_LOG`:
+//! how long each plugin of a chain lived, to set beside the chain's total. Its own exec is
+//! paid by every plugin alike, so differences between chains keep their meaning.
 //!
 //! Only std: it must cost as little as the no-op plugin does.
 
